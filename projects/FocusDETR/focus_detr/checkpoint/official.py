@@ -1,0 +1,79 @@
+"""Reading official detrex Focus-DETR checkpoints: key renaming and the aliased shared heads."""
+import re
+from typing import Dict, List, Tuple
+
+import torch
+
+# official key prefix (regex) -> our key prefix
+_RENAMES: List[Tuple[str, str]] = [
+    (r"transformer\.alpha$", "transformer.foreground_selector.modulation_weights"),
+    (r"transformer\.enc_mask_predictor\.layer1\.", "transformer.foreground_selector.predictor.projection."),
+    (r"transformer\.enc_mask_predictor\.layer2\.", "transformer.foreground_selector.predictor.score_mlp."),
+    (r"transformer\.encoder\.layers\.(\d+)\.attentions\.0\.attn\.", r"transformer.encoder.layers.\1.fine_grained_attn."),
+    (r"transformer\.encoder\.layers\.(\d+)\.norm2\.", r"transformer.encoder.layers.\1.fine_grained_norm."),
+    (r"transformer\.encoder\.layers\.(\d+)\.attentions\.1\.", r"transformer.encoder.layers.\1.cross_attn."),
+    (r"transformer\.encoder\.layers\.(\d+)\.norms\.0\.", r"transformer.encoder.layers.\1.cross_attn_norm."),
+    (r"transformer\.encoder\.layers\.(\d+)\.norms\.1\.", r"transformer.encoder.layers.\1.ffn_norm."),
+    (r"transformer\.decoder\.layers\.(\d+)\.attentions\.0\.attn\.", r"transformer.decoder.layers.\1.self_attn."),
+    (r"transformer\.decoder\.layers\.(\d+)\.attentions\.1\.", r"transformer.decoder.layers.\1.cross_attn."),
+    (r"transformer\.decoder\.layers\.(\d+)\.norms\.0\.", r"transformer.decoder.layers.\1.self_attn_norm."),
+    (r"transformer\.decoder\.layers\.(\d+)\.norms\.1\.", r"transformer.decoder.layers.\1.cross_attn_norm."),
+    (r"transformer\.decoder\.layers\.(\d+)\.norms\.2\.", r"transformer.decoder.layers.\1.ffn_norm."),
+    (r"transformer\.(encoder|decoder)\.layers\.(\d+)\.ffns\.0\.layers\.0\.0\.", r"transformer.\1.layers.\2.ffn.linear1."),
+    (r"transformer\.(encoder|decoder)\.layers\.(\d+)\.ffns\.0\.layers\.1\.", r"transformer.\1.layers.\2.ffn.linear2."),
+]
+_RENAMES = [(re.compile("^" + pattern), replacement) for pattern, replacement in _RENAMES]
+
+# Keys under which the official model registers the same head modules a second time.
+_DECODER_HEAD_ALIAS = re.compile(r"^transformer\.decoder\.(class_embed|bbox_embed)\.(\d+)\.(.+)$")
+_CATEGORY_SCORER_ALIAS = re.compile(r"^(?:transformer\.encoder\.enhance_MCSP|enhance_MCSP_layerlist)\.\d+\.(.+)$")
+_OFFICIAL_MARKERS = ("transformer.enc_mask_predictor.", "transformer.alpha", ".attentions.0.attn.", ".ffns.0.")
+
+
+def is_official_layout(state_dict: Dict[str, torch.Tensor]) -> bool:
+    """Whether the keys follow the official detrex Focus-DETR module layout."""
+    return any(marker in key for key in state_dict for marker in _OFFICIAL_MARKERS)
+
+
+def _num_heads(state_dict: Dict[str, torch.Tensor]) -> int:
+    indices = set()
+    for key in state_dict:
+        match = re.match(r"^(?:transformer\.decoder\.)?class_embed\.(\d+)\.", key)
+        if match:
+            indices.add(int(match.group(1)))
+    if not indices:
+        raise ValueError("official Focus-DETR checkpoint has no class_embed.* (nor transformer.decoder.class_embed.*) keys")
+    return max(indices) + 1
+
+
+def convert_official_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Maps an official detrex Focus-DETR state dict to this project's keys.
+
+    Aliased copies of the shared heads (``transformer.decoder.{class,bbox}_embed.*``, ``enhance_MCSP*``) are folded
+    into ``class_embed.*`` / ``bbox_embed.*``; any subset of the aliases is accepted, and present copies must be
+    identical. Raises ``ValueError`` when they differ.
+    """
+    last_head = _num_heads(state_dict) - 1
+    canonical: Dict[str, torch.Tensor] = {}
+    aliases: List[Tuple[str, str]] = []
+    for key, value in state_dict.items():
+        match = _DECODER_HEAD_ALIAS.match(key)
+        if match:
+            aliases.append((key, f"{match.group(1)}.{match.group(2)}.{match.group(3)}"))
+            continue
+        match = _CATEGORY_SCORER_ALIAS.match(key)
+        if match:
+            aliases.append((key, f"class_embed.{last_head}.{match.group(1)}"))
+            continue
+        for pattern, replacement in _RENAMES:
+            if pattern.match(key):
+                key = pattern.sub(replacement, key)
+                break
+        canonical[key] = value
+    for alias, target in aliases:
+        value = state_dict[alias]
+        if target not in canonical:
+            canonical[target] = value
+        elif canonical[target].shape != value.shape or not torch.equal(canonical[target], value):
+            raise ValueError(f"checkpoint keys '{alias}' and '{target}' should share one tensor but hold different values")
+    return canonical

@@ -1,0 +1,76 @@
+"""Sine position embeddings for feature maps and for box coordinates."""
+import math
+
+import torch
+from torch import nn
+
+
+def _sine_frequencies(num_feats: int, temperature: float, device) -> torch.Tensor:
+    """``temperature ** (2 * floor(i / 2) / num_feats)`` for ``i < num_feats`` -> ``(num_feats,)`` float32."""
+    dim_t = torch.arange(num_feats, dtype=torch.float32, device=device)
+    return temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+
+
+def _interleave_sin_cos(angles: torch.Tensor) -> torch.Tensor:
+    """``(..., F)`` angles -> ``(..., F)`` with sin on even and cos on odd features, interleaved."""
+    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+class PositionEmbeddingSine(nn.Module):
+    """The DETR sine embedding of pixel positions, normalised over the valid (unpadded) extent of each image.
+
+    Args:
+        num_pos_feats: features per axis; the output has ``2 * num_pos_feats`` channels (y first, then x).
+        temperature: the frequency base.
+        normalize: scale positions to ``[0, scale]`` over the valid extent.
+        scale: the normalised range (``2 * pi``).
+        offset: added to the 1-based cumulative position before normalising (-0.5 puts positions at pixel centres).
+        eps: keeps the normaliser non-zero.
+    """
+
+    def __init__(
+        self,
+        num_pos_feats: int = 128,
+        temperature: float = 10000.0,
+        normalize: bool = True,
+        scale: float = 2 * math.pi,
+        offset: float = 0.0,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        if num_pos_feats <= 0 or num_pos_feats % 2:
+            raise ValueError(f"num_pos_feats must be a positive even number, got {num_pos_feats}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.num_pos_feats = num_pos_feats
+        self.temperature = temperature
+        self.normalize = normalize
+        self.scale = scale
+        self.offset = offset
+        self.eps = eps
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        """mask ``(B, H, W)`` bool, True = padding -> ``(B, 2 * num_pos_feats, H, W)``."""
+        not_mask = ~mask
+        y_embed = not_mask.cumsum(1, dtype=torch.float32)
+        x_embed = not_mask.cumsum(2, dtype=torch.float32)
+        if self.normalize:
+            y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + self.eps) * self.scale
+            x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + self.eps) * self.scale
+        dim_t = _sine_frequencies(self.num_pos_feats, self.temperature, mask.device)
+        pos_x = _interleave_sin_cos(x_embed[..., None] / dim_t)
+        pos_y = _interleave_sin_cos(y_embed[..., None] / dim_t)
+        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
+
+
+def box_sine_embedding(boxes: torch.Tensor, num_feats: int = 128, temperature: float = 10000.0) -> torch.Tensor:
+    """Sine embedding of normalised ``(..., 4)`` cxcywh boxes (or ``(..., 2)`` points) -> ``(..., 4 * num_feats)``.
+
+    Coordinates are embedded as ``(y, x, w, h)``: y before x, matching the feature-map embedding's channel order.
+    """
+    if boxes.shape[-1] not in (2, 4):
+        raise ValueError(f"boxes must end in 2 or 4 coordinates, got shape {tuple(boxes.shape)}")
+    dim_t = _sine_frequencies(num_feats, temperature, boxes.device)
+    embeds = [_interleave_sin_cos(boxes[..., i, None] * (2 * math.pi) / dim_t) for i in range(boxes.shape[-1])]
+    embeds[0], embeds[1] = embeds[1], embeds[0]
+    return torch.cat(embeds, dim=-1)

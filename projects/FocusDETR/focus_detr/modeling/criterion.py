@@ -1,0 +1,236 @@
+"""Training losses of Focus-DETR (spec 5.2, 7): set losses for every prediction set plus the foreground loss."""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.utils import comm
+from torch import Tensor, nn
+
+from ..layers.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from .denoising import DenoisingQueries
+from .foreground_targets import ForegroundTargetAssigner, foreground_focal_loss
+from .matcher import HungarianMatcher
+
+Indices = List[Tuple[Tensor, Tensor]]
+
+SET_LOSS_NAMES = ("loss_class", "loss_bbox", "loss_giou")
+
+
+def sigmoid_focal_loss_sum(logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Element-wise sigmoid focal loss of (B, Q, K) logits vs {0,1} targets, reduced as the official
+    ``.mean(1).sum()`` (mean over queries, sum over batch and classes); multiply by Q for the plain sum."""
+    prob = logits.sigmoid()
+    ce_loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+        loss = alpha_t * loss
+    return loss.mean(1).sum()
+
+
+class FocusDETRCriterion(nn.Module):
+    """All training losses, already multiplied by their weights (the dict the trainer sums).
+
+    Produced keys, for L decoder layers (aux layers i = 0 .. L-2):
+    ``loss_{class,bbox,giou}``, ``loss_{class,bbox,giou}_{i}``, ``loss_{class,bbox,giou}_enc``,
+    ``loss_{class,bbox,giou}_dn``, ``loss_{class,bbox,giou}_dn_{i}`` and ``select_loss``.
+    Every prediction set is Hungarian-matched on its own; denoising predictions use the fixed matching
+    "positive dn query of group g <-> its GT". Without denoising the dn keys are zero tensors so the key set is stable.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 80,
+        matcher: Optional[HungarianMatcher] = None,
+        class_weight: float = 1.0,
+        bbox_weight: float = 5.0,
+        giou_weight: float = 2.0,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        foreground_assigner: Optional[ForegroundTargetAssigner] = None,
+        foreground_loss_weight: float = 1.5,
+        foreground_focal_alpha: float = 0.25,
+        foreground_focal_gamma: float = 2.0,
+    ):
+        """``matcher`` / ``foreground_assigner`` default to ``HungarianMatcher()`` / ``ForegroundTargetAssigner()``."""
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes <= 0:
+            raise ValueError(f"FocusDETRCriterion: num_classes must be a positive int, got {num_classes}")
+        for name, value in (
+            ("class_weight", class_weight),
+            ("bbox_weight", bbox_weight),
+            ("giou_weight", giou_weight),
+            ("foreground_loss_weight", foreground_loss_weight),
+            ("focal_gamma", focal_gamma),
+            ("foreground_focal_gamma", foreground_focal_gamma),
+        ):
+            if not value >= 0:
+                raise ValueError(f"FocusDETRCriterion: {name} must be >= 0, got {value}")
+        for name, value in (("focal_alpha", focal_alpha), ("foreground_focal_alpha", foreground_focal_alpha)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"FocusDETRCriterion: {name} must be in [0, 1], got {value}")
+        self.num_classes = num_classes
+        self.matcher = matcher if matcher is not None else HungarianMatcher()
+        self.foreground_assigner = foreground_assigner if foreground_assigner is not None else ForegroundTargetAssigner()
+        self.loss_weights = {"loss_class": class_weight, "loss_bbox": bbox_weight, "loss_giou": giou_weight}
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.foreground_loss_weight = foreground_loss_weight
+        self.foreground_focal_alpha = foreground_focal_alpha
+        self.foreground_focal_gamma = foreground_focal_gamma
+
+    # ------------------------------------------------------------------ set losses (unweighted)
+    def loss_class(self, pred_logits: Tensor, targets: List[Dict[str, Tensor]], indices: Indices, num_boxes: float) -> Tensor:
+        """Sigmoid focal loss of (B, Q, K) logits against one-hot matched labels (unmatched queries: all zeros)."""
+        batch_idx, query_idx = _flat_query_indices(indices, pred_logits.device)
+        matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(pred_logits.device)
+        target_classes = torch.full(
+            pred_logits.shape[:2], self.num_classes, dtype=torch.int64, device=pred_logits.device
+        )
+        target_classes[batch_idx, query_idx] = matched_labels
+        onehot = torch.zeros(
+            (*pred_logits.shape[:2], self.num_classes + 1), dtype=pred_logits.dtype, device=pred_logits.device
+        )
+        onehot.scatter_(2, target_classes.unsqueeze(-1), 1)
+        onehot = onehot[:, :, :-1]
+        loss = sigmoid_focal_loss_sum(pred_logits, onehot, self.focal_alpha, self.focal_gamma) / num_boxes
+        return loss * pred_logits.shape[1]
+
+    def loss_boxes(
+        self, pred_boxes: Tensor, targets: List[Dict[str, Tensor]], indices: Indices, num_boxes: float
+    ) -> Tuple[Tensor, Tensor]:
+        """L1 and (1 - GIoU) of matched (B, Q, 4) cxcywh boxes, each summed and divided by num_boxes."""
+        batch_idx, query_idx = _flat_query_indices(indices, pred_boxes.device)
+        matched_pred = pred_boxes[batch_idx, query_idx]
+        matched_target = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)], dim=0).to(pred_boxes)
+        loss_bbox = F.l1_loss(matched_pred, matched_target, reduction="none")
+        loss_giou = 1 - torch.diag(
+            generalized_box_iou(box_cxcywh_to_xyxy(matched_pred), box_cxcywh_to_xyxy(matched_target))
+        )
+        return loss_bbox.sum() / num_boxes, loss_giou.sum() / num_boxes
+
+    def set_losses(
+        self, prediction: Dict[str, Tensor], targets: List[Dict[str, Tensor]], indices: Indices, num_boxes: float
+    ) -> Dict[str, Tensor]:
+        """Unweighted loss_class / loss_bbox / loss_giou of one prediction set."""
+        loss_bbox, loss_giou = self.loss_boxes(prediction["pred_boxes"], targets, indices, num_boxes)
+        return {
+            "loss_class": self.loss_class(prediction["pred_logits"], targets, indices, num_boxes),
+            "loss_bbox": loss_bbox,
+            "loss_giou": loss_giou,
+        }
+
+    def matched_set_losses(self, prediction: Dict[str, Tensor], targets, num_boxes: float) -> Dict[str, Tensor]:
+        indices = self.matcher(prediction["pred_logits"], prediction["pred_boxes"], targets)
+        return self.set_losses(prediction, targets, indices, num_boxes)
+
+    # ------------------------------------------------------------------ helpers
+    def num_boxes(self, targets: List[Dict[str, Tensor]], device) -> float:
+        """Average number of GT boxes per worker (all-reduced over the process group), at least 1."""
+        num_boxes = torch.as_tensor(
+            [float(sum(len(t["labels"]) for t in targets))], dtype=torch.float, device=device
+        )
+        world_size = comm.get_world_size()
+        if world_size > 1:
+            torch.distributed.all_reduce(num_boxes)
+        return torch.clamp(num_boxes / world_size, min=1).item()
+
+    @staticmethod
+    def denoising_indices(targets: List[Dict[str, Tensor]], denoising: DenoisingQueries) -> Indices:
+        """Fixed matching of denoising queries: GT j <-> its positive query in every group."""
+        indices = []
+        for target in targets:
+            num_targets = len(target["labels"])
+            query_idx = denoising.positive_query_indices(num_targets)
+            target_idx = torch.arange(num_targets, dtype=torch.int64).repeat(denoising.dn_num)
+            indices.append((query_idx, target_idx))
+        return indices
+
+    def weighted(self, losses: Dict[str, Tensor], suffix: str) -> Dict[str, Tensor]:
+        return {name + suffix: value * self.loss_weights[name] for name, value in losses.items()}
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        outputs: Dict,
+        targets: List[Dict[str, Tensor]],
+        denoising: Optional[DenoisingQueries] = None,
+        dn_outputs: Optional[Dict] = None,
+    ) -> Dict[str, Tensor]:
+        """
+        Args:
+            outputs: {"pred_logits" (B, Q, K), "pred_boxes" (B, Q, 4) of the last decoder layer,
+                "aux_outputs": [{"pred_logits", "pred_boxes"}] of decoder layers 0 .. L-2,
+                "enc_outputs": {"pred_logits", "pred_boxes"} two-stage proposals,
+                "foreground_logits" (B, N, 1) raw FTS scores, "spatial_shapes" (num_levels, 2)}.
+            targets: B dicts {"labels" (n,) int64, "boxes" (n, 4) normalised cxcywh, "image_size" (h, w)}.
+            denoising: the denoising queries fed to the decoder (None: no denoising this step).
+            dn_outputs: their predictions from ``split_denoising_outputs`` (required iff denoising is given).
+        Returns:
+            dict of weighted scalar losses (see class docstring).
+        """
+        pred_logits = outputs["pred_logits"]
+        if len(targets) != pred_logits.shape[0]:
+            raise ValueError(f"FocusDETRCriterion: {len(targets)} targets for a batch of {pred_logits.shape[0]} images")
+        if pred_logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"FocusDETRCriterion: pred_logits has {pred_logits.shape[-1]} classes, expected num_classes={self.num_classes}"
+            )
+        if (denoising is None) != (dn_outputs is None):
+            raise ValueError("FocusDETRCriterion: denoising and dn_outputs must be given together")
+        device = pred_logits.device
+        num_boxes = self.num_boxes(targets, device)
+        aux_outputs = outputs.get("aux_outputs", [])
+
+        losses = {}
+        losses.update(self.weighted(self.matched_set_losses(outputs, targets, num_boxes), ""))
+        for i, aux in enumerate(aux_outputs):
+            losses.update(self.weighted(self.matched_set_losses(aux, targets, num_boxes), f"_{i}"))
+        if "enc_outputs" in outputs:
+            losses.update(self.weighted(self.matched_set_losses(outputs["enc_outputs"], targets, num_boxes), "_enc"))
+
+        losses.update(self.denoising_losses(targets, denoising, dn_outputs, len(aux_outputs), num_boxes, device))
+
+        foreground_targets = self.foreground_assigner(outputs["spatial_shapes"], targets)
+        select_loss = foreground_focal_loss(
+            outputs["foreground_logits"],
+            foreground_targets.to(outputs["foreground_logits"].device),
+            alpha=self.foreground_focal_alpha,
+            gamma=self.foreground_focal_gamma,
+        )
+        losses["select_loss"] = select_loss * self.foreground_loss_weight
+        return losses
+
+    def denoising_losses(
+        self,
+        targets: List[Dict[str, Tensor]],
+        denoising: Optional[DenoisingQueries],
+        dn_outputs: Optional[Dict],
+        num_aux: int,
+        num_boxes: float,
+        device,
+    ) -> Dict[str, Tensor]:
+        """Weighted ``loss_*_dn`` and ``loss_*_dn_{i}``; zeros when there is no denoising."""
+        suffixes = ["_dn"] + [f"_dn_{i}" for i in range(num_aux)]
+        if denoising is None:
+            zero = torch.zeros((), device=device)
+            return {name + suffix: zero.clone() for suffix in suffixes for name in SET_LOSS_NAMES}
+        dn_aux = dn_outputs.get("aux_outputs", [])
+        if len(dn_aux) != num_aux:
+            raise ValueError(
+                f"FocusDETRCriterion: dn_outputs has {len(dn_aux)} aux layers but outputs has {num_aux}"
+            )
+        indices = self.denoising_indices(targets, denoising)
+        dn_num_boxes = num_boxes * denoising.dn_num
+        losses = {}
+        for suffix, prediction in zip(suffixes, [dn_outputs] + list(dn_aux)):
+            losses.update(self.weighted(self.set_losses(prediction, targets, indices, dn_num_boxes), suffix))
+        return losses
+
+
+def _flat_query_indices(indices: Indices, device) -> Tuple[Tensor, Tensor]:
+    """(batch_idx, query_idx) of all matched queries, image-major."""
+    batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)]).to(device)
+    query_idx = torch.cat([src for src, _ in indices]).to(device)
+    return batch_idx, query_idx

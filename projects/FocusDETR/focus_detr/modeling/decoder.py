@@ -1,0 +1,139 @@
+"""The DINO decoder: self-attention among queries, deformable cross-attention to the encoder memory, and
+iterative box refinement with look-forward-twice."""
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..layers.box_ops import inverse_sigmoid
+from ..layers.mlp import FFN, MLP
+from ..layers.ms_deform_attn import MultiScaleDeformableAttention
+from ..layers.position_embedding import box_sine_embedding
+
+
+class DINODecoderLayer(nn.Module):
+    """Post-norm decoder layer: self-attention -> LN -> deformable cross-attention -> LN -> FFN -> LN."""
+
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        feedforward_dim: int = 2048,
+        num_levels: int = 4,
+        num_points: int = 4,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn_dropout = nn.Dropout(dropout)
+        self.self_attn_norm = nn.LayerNorm(embed_dim)
+        self.cross_attn = MultiScaleDeformableAttention(embed_dim, num_heads, num_levels, num_points, dropout)
+        self.cross_attn_norm = nn.LayerNorm(embed_dim)
+        self.ffn = FFN(embed_dim, feedforward_dim, dropout)
+        self.ffn_norm = nn.LayerNorm(embed_dim)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        query_pos: torch.Tensor,
+        memory: torch.Tensor,
+        memory_padding_mask: torch.Tensor,
+        reference_boxes: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        attn_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """queries, query_pos ``(B, Q, C)``; memory ``(B, N, C)``, memory_padding_mask ``(B, N)``;
+        reference_boxes ``(B, Q, L, 4)`` cxcywh per level; attn_mask ``(Q, Q)`` bool, True = blocked."""
+        with_pos = queries + query_pos
+        attended = self.self_attn(with_pos, with_pos, queries, attn_mask=attn_mask, need_weights=False)[0]
+        queries = self.self_attn_norm(queries + self.self_attn_dropout(attended))
+        queries = self.cross_attn(
+            query=queries,
+            value=memory,
+            reference_points=reference_boxes,
+            spatial_shapes=spatial_shapes,
+            level_start_index=level_start_index,
+            query_pos=query_pos,
+            key_padding_mask=memory_padding_mask,
+        )
+        queries = self.cross_attn_norm(queries)
+        return self.ffn_norm(self.ffn(queries))
+
+
+class DINODecoder(nn.Module):
+    """A stack of :class:`DINODecoderLayer` whose query positions come from the current reference boxes.
+
+    Args:
+        num_layers: decoder depth.
+        embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout: layer settings.
+        look_forward_twice: return each layer's refined boxes with their gradient (the next layer still gets them
+            detached), so a layer's box loss also trains the previous layer.
+    """
+
+    def __init__(
+        self,
+        num_layers: int = 6,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        feedforward_dim: int = 2048,
+        num_levels: int = 4,
+        num_points: int = 4,
+        dropout: float = 0.0,
+        look_forward_twice: bool = True,
+    ):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"DINODecoder: num_layers must be >= 1, got {num_layers}")
+        if embed_dim % 2:
+            raise ValueError(f"DINODecoder: embed_dim must be even, got {embed_dim}")
+        self.num_layers = num_layers
+        self.embed_dim = embed_dim
+        self.look_forward_twice = look_forward_twice
+        self.layers = nn.ModuleList(
+            DINODecoderLayer(embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout)
+            for _ in range(num_layers)
+        )
+        self.ref_point_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        reference_boxes: torch.Tensor,
+        memory: torch.Tensor,
+        memory_padding_mask: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        valid_ratios: torch.Tensor,
+        box_heads: Sequence[nn.Module],
+        attn_mask: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """queries ``(B, Q, C)``; reference_boxes ``(B, Q, 4)`` normalised cxcywh; memory ``(B, N, C)``;
+        valid_ratios ``(B, L, 2)``; box_heads: one box-delta head per layer (refinement).
+
+        Returns the normalised hidden states ``(num_layers, B, Q, C)`` and each layer's refined boxes
+        ``(num_layers, B, Q, 4)``.
+        """
+        if len(box_heads) < self.num_layers:
+            raise ValueError(f"DINODecoder: {len(box_heads)} box heads for {self.num_layers} layers")
+        hidden_states, refined_boxes = [], []
+        box_scale = torch.cat([valid_ratios, valid_ratios], -1)[:, None]
+        for layer, box_head in zip(self.layers, box_heads):
+            level_boxes = reference_boxes[:, :, None] * box_scale
+            query_pos = self.ref_point_head(box_sine_embedding(level_boxes[:, :, 0, :], self.embed_dim // 2))
+            queries = layer(
+                queries,
+                query_pos,
+                memory,
+                memory_padding_mask,
+                level_boxes,
+                spatial_shapes,
+                level_start_index,
+                attn_mask,
+            )
+            new_boxes = (box_head(queries) + inverse_sigmoid(reference_boxes)).sigmoid()
+            hidden_states.append(self.norm(queries))
+            refined_boxes.append(new_boxes if self.look_forward_twice else new_boxes.detach())
+            reference_boxes = new_boxes.detach()
+        return torch.stack(hidden_states), torch.stack(refined_boxes)

@@ -1,0 +1,184 @@
+"""The cascade dual-attention encoder: each layer refines only the foreground tokens the selector kept for it."""
+from typing import Callable, List, Tuple
+
+import torch
+from torch import nn
+
+from ..layers.mlp import FFN
+from ..layers.ms_deform_attn import MultiScaleDeformableAttention
+from .foreground_selector import ForegroundSelection
+
+
+def _gather_tokens(tokens: torch.Tensor, inds: torch.Tensor) -> torch.Tensor:
+    """tokens ``(B, N, ...)``, inds ``(B, k)`` -> ``(B, k, ...)``."""
+    expanded = inds.view(*inds.shape, *([1] * (tokens.dim() - 2))).expand(-1, -1, *tokens.shape[2:])
+    return tokens.gather(1, expanded)
+
+
+def _scatter_tokens(tokens: torch.Tensor, inds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Out-of-place ``tokens[b, inds[b, i]] = values[b, i]``; tokens ``(B, N, C)``, inds ``(B, k)``, values ``(B, k, C)``."""
+    return tokens.scatter(1, inds[..., None].expand(-1, -1, tokens.shape[-1]), values)
+
+
+class DualAttentionEncoderLayer(nn.Module):
+    """One encoder layer over a set of foreground tokens (post-norm):
+
+    1. multi-category scores (max class logit x foreground logit) pick the fine-grained tokens;
+    2. self-attention among the fine-grained tokens (+ LayerNorm), written back into the foreground set;
+    3. multi-scale deformable attention from the foreground tokens over all (un-updated) value tokens, + LayerNorm;
+    4. FFN + LayerNorm.
+
+    Args:
+        embed_dim, num_heads, feedforward_dim: transformer widths.
+        num_levels, num_points: deformable-attention sampling layout.
+        dropout: dropout of every sub-block.
+        num_fine_grained_tokens: tokens that get self-attention (the paper's 300); fewer when the layer keeps fewer.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        feedforward_dim: int = 2048,
+        num_levels: int = 4,
+        num_points: int = 4,
+        dropout: float = 0.0,
+        num_fine_grained_tokens: int = 300,
+    ):
+        super().__init__()
+        if num_fine_grained_tokens < 1:
+            raise ValueError(f"num_fine_grained_tokens must be >= 1, got {num_fine_grained_tokens}")
+        self.num_fine_grained_tokens = num_fine_grained_tokens
+        self.fine_grained_attn = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.fine_grained_dropout = nn.Dropout(dropout)
+        self.fine_grained_norm = nn.LayerNorm(embed_dim)
+        self.cross_attn = MultiScaleDeformableAttention(embed_dim, num_heads, num_levels, num_points, dropout)
+        self.cross_attn_norm = nn.LayerNorm(embed_dim)
+        self.ffn = FFN(embed_dim, feedforward_dim, dropout)
+        self.ffn_norm = nn.LayerNorm(embed_dim)
+
+    def select_fine_grained(
+        self, queries: torch.Tensor, foreground_scores: torch.Tensor, category_head: Callable
+    ) -> torch.Tensor:
+        """queries ``(B, k, C)``, foreground_scores ``(B, k)`` -> indices into the k queries ``(B, m)``.
+
+        The score multiplies two raw logits, not probabilities, as the released weights were trained with; only
+        the ranking is used, so no gradient flows through it.
+        """
+        num_fine = min(self.num_fine_grained_tokens, queries.shape[1])
+        with torch.no_grad():
+            category_scores = category_head(queries).max(-1)[0] * foreground_scores
+            return category_scores.topk(num_fine, dim=1)[1]
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        query_pos: torch.Tensor,
+        foreground_scores: torch.Tensor,
+        value: torch.Tensor,
+        value_padding_mask: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        category_head: Callable,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """queries, query_pos ``(B, k, C)``: the layer's foreground tokens; foreground_scores ``(B, k)``;
+        value ``(B, N, C)``, value_padding_mask ``(B, N)``; reference_points ``(B, k, L, 2)``.
+        Returns the updated queries ``(B, k, C)`` and the fine-grained indices into them ``(B, m)``."""
+        fine_inds = self.select_fine_grained(queries, foreground_scores, category_head)
+        fine = _gather_tokens(queries, fine_inds)
+        fine_with_pos = fine + _gather_tokens(query_pos, fine_inds)
+        attended = self.fine_grained_attn(fine_with_pos, fine_with_pos, fine, need_weights=False)[0]
+        fine = self.fine_grained_norm(fine + self.fine_grained_dropout(attended))
+        queries = _scatter_tokens(queries, fine_inds, fine)
+
+        queries = self.cross_attn(
+            query=queries,
+            value=value,
+            reference_points=reference_points,
+            spatial_shapes=spatial_shapes,
+            level_start_index=level_start_index,
+            query_pos=query_pos,
+            key_padding_mask=value_padding_mask,
+        )
+        queries = self.cross_attn_norm(queries)
+        queries = self.ffn_norm(self.ffn(queries))
+        return queries, fine_inds
+
+
+class CascadeDualAttentionEncoder(nn.Module):
+    """A stack of :class:`DualAttentionEncoderLayer`; layer j updates the first ``k_j`` foreground tokens.
+
+    Args:
+        num_layers: encoder depth; must equal the selector's number of cascade keep ratios.
+        the rest: passed to every layer.
+    """
+
+    def __init__(
+        self,
+        num_layers: int = 6,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        feedforward_dim: int = 2048,
+        num_levels: int = 4,
+        num_points: int = 4,
+        dropout: float = 0.0,
+        num_fine_grained_tokens: int = 300,
+    ):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"CascadeDualAttentionEncoder: num_layers must be >= 1, got {num_layers}")
+        self.num_layers = num_layers
+        self.layers = nn.ModuleList(
+            DualAttentionEncoderLayer(
+                embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout, num_fine_grained_tokens
+            )
+            for _ in range(num_layers)
+        )
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        pos: torch.Tensor,
+        padding_mask: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        selection: ForegroundSelection,
+        category_head: Callable,
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """tokens, pos ``(B, N, C)``: flattened neck features and their position + level embeddings;
+        padding_mask ``(B, N)``; reference_points ``(B, N, L, 2)``.
+
+        Returns the memory ``(B, N, C)`` (tokens no layer kept stay the raw neck features) and, per layer, the
+        fine-grained token indices into the full sequence ``(B, m_j)``.
+        """
+        if len(selection.foreground_inds) != self.num_layers:
+            raise ValueError(
+                f"CascadeDualAttentionEncoder: {len(selection.foreground_inds)} cascade keep ratios for "
+                f"{self.num_layers} encoder layers"
+            )
+        # Every layer samples the original neck tokens; only the query side evolves (as the released weights expect).
+        value = tokens
+        memory = tokens
+        fine_grained_inds = []
+        for layer, inds in zip(self.layers, selection.foreground_inds):
+            queries = _gather_tokens(memory, inds)
+            updated, fine_inds = layer(
+                queries,
+                _gather_tokens(pos, inds),
+                selection.selection_scores.gather(1, inds),
+                value,
+                padding_mask,
+                _gather_tokens(reference_points, inds),
+                spatial_shapes,
+                level_start_index,
+                category_head,
+            )
+            # Each image writes back only its own foreground budget; beyond it, the batch-wide k_j holds tokens
+            # ranked for another image's larger budget.
+            within_budget = torch.arange(inds.shape[1], device=inds.device)[None] < selection.focus_token_nums[:, None]
+            updated = torch.where(within_budget[..., None], updated, queries)
+            memory = _scatter_tokens(memory, inds, updated)
+            fine_grained_inds.append(inds.gather(1, fine_inds))
+        return memory, fine_grained_inds

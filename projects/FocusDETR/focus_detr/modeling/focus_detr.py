@@ -1,0 +1,243 @@
+"""The Focus-DETR meta-architecture: image batching, backbone, neck, transformer, heads, losses and inference."""
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, ImageList, Instances
+from torch import nn
+from torch.nn import functional as F
+
+from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
+from ..layers.mlp import MLP
+from ..layers.position_embedding import PositionEmbeddingSine
+from .criterion import FocusDETRCriterion
+from .denoising import ContrastiveDenoising, DenoisingQueries, split_denoising_outputs
+from .transformer import FocusDETRTransformer, TransformerOutput
+
+
+@META_ARCH_REGISTRY.register()
+class FocusDETR(nn.Module):
+    """Focus-DETR ("Less is More: Focus Attention for Efficient DETR").
+
+    Args:
+        backbone: a detectron2 backbone.
+        neck: maps the backbone's outputs to ``transformer.num_levels`` maps of ``embed_dim`` channels.
+        position_embedding: sine embedding of each level's mask.
+        transformer: :class:`FocusDETRTransformer`.
+        criterion: :class:`FocusDETRCriterion` (returns weighted losses).
+        denoising: :class:`ContrastiveDenoising` queries added in training.
+        num_classes: object categories.
+        embed_dim: token width.
+        num_detections: detections kept per image at inference (top scores over queries x classes).
+        pixel_mean, pixel_std: per-channel normalisation, in the input's value range and channel order.
+        class_prior_prob: initial foreground probability of the class heads' bias.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        neck: nn.Module,
+        position_embedding: PositionEmbeddingSine,
+        transformer: FocusDETRTransformer,
+        criterion: FocusDETRCriterion,
+        denoising: ContrastiveDenoising,
+        num_classes: int = 80,
+        embed_dim: int = 256,
+        num_detections: int = 300,
+        pixel_mean: Sequence[float] = (123.675, 116.280, 103.530),
+        pixel_std: Sequence[float] = (58.395, 57.120, 57.375),
+        class_prior_prob: float = 0.01,
+    ):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"FocusDETR: num_classes must be >= 1, got {num_classes}")
+        if num_detections < 1:
+            raise ValueError(f"FocusDETR: num_detections must be >= 1, got {num_detections}")
+        if len(pixel_mean) != len(pixel_std) or any(s <= 0 for s in pixel_std):
+            raise ValueError(f"FocusDETR: pixel_mean {pixel_mean} / pixel_std {pixel_std} must match and std be > 0")
+        if not 0.0 < class_prior_prob < 1.0:
+            raise ValueError(f"FocusDETR: class_prior_prob must be in (0, 1), got {class_prior_prob}")
+        self.backbone = backbone
+        self.neck = neck
+        self.position_embedding = position_embedding
+        self.transformer = transformer
+        self.criterion = criterion
+        self.denoising = denoising
+        self.num_classes = num_classes
+        self.num_detections = num_detections
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+        # One head per decoder layer, and a last one for the two-stage proposals (also the encoder's category scorer).
+        num_heads = transformer.decoder.num_layers + 1
+        self.class_embed = nn.ModuleList(nn.Linear(embed_dim, num_classes) for _ in range(num_heads))
+        self.bbox_embed = nn.ModuleList(MLP(embed_dim, embed_dim, 4, 3) for _ in range(num_heads))
+        self.label_enc = nn.Embedding(num_classes, embed_dim)
+        bias = -math.log((1 - class_prior_prob) / class_prior_prob)
+        for head in self.class_embed:
+            nn.init.constant_(head.bias, bias)
+        for head in self.bbox_embed:
+            nn.init.constant_(head.layers[-1].weight, 0.0)
+            nn.init.constant_(head.layers[-1].bias, 0.0)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------------------------------------- inputs
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise and pad (bottom/right, with 0 after normalisation) -> ImageList ``(B, 3, H, W)``."""
+        images = []
+        for i, item in enumerate(batched_inputs):
+            image = item.get("image")
+            if not torch.is_tensor(image) or image.dim() != 3 or image.shape[0] != self.pixel_mean.shape[0]:
+                shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
+                raise ValueError(
+                    f"FocusDETR: batched_inputs[{i}]['image'] must be a ({self.pixel_mean.shape[0]}, H, W) tensor, "
+                    f"got {shape}"
+                )
+            if image.shape[1] < 1 or image.shape[2] < 1:
+                raise ValueError(f"FocusDETR: batched_inputs[{i}]['image'] is empty: {tuple(image.shape)}")
+            images.append((image.to(self.device).float() - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(images)
+
+    @staticmethod
+    def padding_masks(images: ImageList) -> torch.Tensor:
+        """``(B, H, W)`` bool, True outside each image's own size (also at test time: unlike the official code, a
+        batch of several images is evaluated as each image alone)."""
+        batch, _, height, width = images.tensor.shape
+        masks = torch.ones((batch, height, width), dtype=torch.bool, device=images.tensor.device)
+        for i, (h, w) in enumerate(images.image_sizes):
+            masks[i, :h, :w] = False
+        return masks
+
+    def prepare_targets(self, batched_inputs: List[Dict]) -> List[Dict]:
+        """Instances -> ``{"labels" (n,), "boxes" (n, 4) cxcywh normalised by the image size, "image_size"}``."""
+        targets = []
+        for i, item in enumerate(batched_inputs):
+            if "instances" not in item:
+                raise ValueError(f"FocusDETR: training needs batched_inputs[{i}]['instances']")
+            instances = item["instances"].to(self.device)
+            h, w = instances.image_size
+            boxes = instances.gt_boxes.tensor
+            labels = instances.gt_classes
+            if boxes.numel() and (
+                not torch.isfinite(boxes).all() or (boxes[:, 2:] < boxes[:, :2]).any()
+            ):
+                raise ValueError(f"FocusDETR: batched_inputs[{i}] has non-finite or inverted (x2 < x1) gt boxes")
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise ValueError(
+                    f"FocusDETR: batched_inputs[{i}] has gt_classes outside [0, {self.num_classes}): "
+                    f"{labels.unique().tolist()}"
+                )
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
+            targets.append({"labels": labels, "boxes": box_xyxy_to_cxcywh(boxes / scale), "image_size": (h, w)})
+        return targets
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def run_transformer(
+        self, images: ImageList, denoising: Optional[DenoisingQueries] = None
+    ) -> TransformerOutput:
+        """Backbone -> neck -> position embeddings -> transformer on a padded batch."""
+        image_masks = self.padding_masks(images)
+        features = self.neck(self.backbone(images.tensor))
+        masks = [F.interpolate(image_masks[None].float(), size=f.shape[-2:]).to(torch.bool)[0] for f in features]
+        pos_embeds = [self.position_embedding(m) for m in masks]
+        return self.transformer(features, masks, pos_embeds, self.class_embed, self.bbox_embed, denoising)
+
+    def predict(self, out: TransformerOutput):
+        """Per decoder layer class logits ``(L, B, P+Q, K)`` and boxes ``(L, B, P+Q, 4)`` (normalised cxcywh)."""
+        input_boxes = torch.cat([out.initial_boxes[None], out.refined_boxes[:-1]], 0)
+        logits = torch.stack([head(h) for head, h in zip(self.class_embed, out.hidden_states)])
+        boxes = torch.stack(
+            [
+                (head(h) + inverse_sigmoid(ref)).sigmoid()
+                for head, h, ref in zip(self.bbox_embed, out.hidden_states, input_boxes)
+            ]
+        )
+        return logits, boxes
+
+    def forward(self, batched_inputs: List[Dict]):
+        """Training: dict of weighted losses. Inference: list of ``{"instances": Instances}``."""
+        if self.training:
+            return self.forward_training(batched_inputs)
+        return self.forward_inference(batched_inputs)
+
+    def forward_training(
+        self, batched_inputs: List[Dict], denoising: Optional[DenoisingQueries] = None
+    ) -> Dict[str, torch.Tensor]:
+        """Losses for a batch; ``denoising`` replaces the randomly generated denoising queries when given."""
+        images = self.preprocess_image(batched_inputs)
+        targets = self.prepare_targets(batched_inputs)
+        if denoising is None:
+            denoising = self.denoising(targets, self.label_enc, self.transformer.num_queries)
+        out = self.run_transformer(images, denoising)
+        logits, boxes = self.predict(out)
+        if denoising is None:
+            # Keeps label_enc in the graph when a batch has no boxes, so DDP sees every parameter used.
+            logits = logits + 0.0 * self.label_enc.weight[0, 0]
+        logits, boxes, dn_outputs = split_denoising_outputs(logits, boxes, denoising)
+        outputs = {
+            "pred_logits": logits[-1],
+            "pred_boxes": boxes[-1],
+            "aux_outputs": [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])],
+            "enc_outputs": {"pred_logits": out.encoder_logits, "pred_boxes": out.encoder_boxes},
+            "foreground_logits": out.selection.foreground_logits,
+            "spatial_shapes": out.spatial_shapes,
+        }
+        return self.criterion(outputs, targets, denoising, dn_outputs)
+
+    @torch.no_grad()
+    def forward_inference(self, batched_inputs: List[Dict], return_token_selection: bool = False) -> List[Dict]:
+        """Detections per image, rescaled to its ``height`` x ``width`` (default: the input size).
+
+        With ``return_token_selection``, each result also holds ``token_selection`` (per-token foreground logits,
+        kept and fine-grained token indices per encoder layer, level layout) and ``image_size``.
+        """
+        images = self.preprocess_image(batched_inputs)
+        out = self.run_transformer(images)
+        logits, boxes = self.predict(out)
+        results = self.postprocess(logits[-1], boxes[-1], images.image_sizes)
+        processed = []
+        for i, (result, item, image_size) in enumerate(zip(results, batched_inputs, images.image_sizes)):
+            height = item.get("height", image_size[0])
+            width = item.get("width", image_size[1])
+            entry = {"instances": detector_postprocess(result, height, width)}
+            if return_token_selection:
+                entry["image_size"] = tuple(image_size)
+                entry["token_selection"] = token_selection_of(out, i)
+            processed.append(entry)
+        return processed
+
+    def postprocess(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor, image_sizes) -> List[Instances]:
+        """Top ``num_detections`` over queries x classes (no NMS). pred_logits ``(B, Q, K)``, pred_boxes ``(B, Q, 4)``
+        normalised cxcywh -> Instances in input-image pixels."""
+        batch, num_queries, num_classes = pred_logits.shape
+        k = min(self.num_detections, num_queries * num_classes)
+        scores, inds = pred_logits.sigmoid().view(batch, -1).topk(k, dim=1)
+        query_inds = torch.div(inds, num_classes, rounding_mode="floor")
+        labels = inds % num_classes
+        boxes = pred_boxes.gather(1, query_inds[..., None].expand(-1, -1, 4))
+        results = []
+        for scores_i, labels_i, boxes_i, (h, w) in zip(scores, labels, boxes, image_sizes):
+            result = Instances((h, w))
+            result.pred_boxes = Boxes(box_cxcywh_to_xyxy(boxes_i))
+            result.pred_boxes.scale(scale_x=w, scale_y=h)
+            result.scores = scores_i
+            result.pred_classes = labels_i
+            results.append(result)
+        return results
+
+
+def token_selection_of(out: TransformerOutput, index: int) -> Dict:
+    """The selector's and encoder's token choices for image ``index`` of a batch."""
+    selection = out.selection
+    return {
+        "spatial_shapes": out.spatial_shapes,
+        "level_start_index": out.level_start_index,
+        "foreground_logits": selection.foreground_logits[index, :, 0],
+        "foreground_inds": [inds[index, : int(selection.focus_token_nums[index])] for inds in selection.foreground_inds],
+        "fine_grained_inds": [inds[index] for inds in out.fine_grained_inds],
+    }

@@ -1,0 +1,149 @@
+"""Foreground supervision of the Foreground Token Selector: per-token binary targets and their focal loss (spec 5)."""
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers.box_ops import box_cxcywh_to_xyxy
+
+
+class ForegroundTargetAssigner(nn.Module):
+    """Multi-scale label assignment: which tokens of the flattened feature pyramid lie on an object.
+
+    A token of level l (stride s) at (row, col) has its centre at ``(col*s + s//2, row*s + s//2)`` input pixels on the
+    padded canvas (images are top-left aligned, so this is also the image frame). It is a positive (target 1) when,
+    for at least one GT box, the centre lies strictly inside the box and the largest centre-to-side distance
+    ``max(l, t, r, b)`` falls in the level's range ``(lo, hi]`` (FCOS scale assignment, no centre sampling).
+    Holds no parameters or buffers.
+    """
+
+    def __init__(
+        self,
+        strides: Sequence[int] = (8, 16, 32, 64),
+        scale_ranges: Sequence[Tuple[float, float]] = ((-1, 64), (64, 128), (128, 256), (256, 999999)),
+    ):
+        super().__init__()
+        strides = tuple(strides)
+        scale_ranges = tuple(tuple(r) for r in scale_ranges)
+        if len(strides) == 0:
+            raise ValueError("ForegroundTargetAssigner: strides must not be empty")
+        if any(not isinstance(s, int) or isinstance(s, bool) or s <= 0 for s in strides):
+            raise ValueError(f"ForegroundTargetAssigner: strides must be positive ints, got {strides}")
+        if len(scale_ranges) != len(strides):
+            raise ValueError(
+                f"ForegroundTargetAssigner: scale_ranges has {len(scale_ranges)} entries but strides has {len(strides)}"
+            )
+        for low_high in scale_ranges:
+            if len(low_high) != 2 or not low_high[0] < low_high[1]:
+                raise ValueError(f"ForegroundTargetAssigner: each scale range must be (lo, hi) with lo < hi, got {low_high}")
+        self.strides = strides
+        self.scale_ranges = scale_ranges
+
+    def extra_repr(self) -> str:
+        return f"strides={self.strides}, scale_ranges={self.scale_ranges}"
+
+    def token_centres(self, spatial_shapes: Tensor, dtype: torch.dtype = torch.float32) -> Tuple[Tensor, Tensor, Tensor]:
+        """Centres of all tokens in flattened order (level-major, row-major inside a level).
+
+        Returns x (N,), y (N,) in input pixels and level (N,) int64, on spatial_shapes' device.
+        """
+        device = spatial_shapes.device
+        xs, ys, levels = [], [], []
+        for level, ((h, w), stride) in enumerate(zip(spatial_shapes.tolist(), self.strides)):
+            # same construction as the official code: arange(0, w*s, s) + s//2 in float32
+            shift_x = torch.arange(0, w * stride, stride, dtype=dtype, device=device)
+            shift_y = torch.arange(0, h * stride, stride, dtype=dtype, device=device)
+            grid_y, grid_x = torch.meshgrid(shift_y, shift_x, indexing="ij")
+            xs.append(grid_x.reshape(-1) + stride // 2)
+            ys.append(grid_y.reshape(-1) + stride // 2)
+            levels.append(torch.full((h * w,), level, dtype=torch.int64, device=device))
+        return torch.cat(xs), torch.cat(ys), torch.cat(levels)
+
+    @torch.no_grad()
+    def forward(self, spatial_shapes: Tensor, targets: List[Dict[str, Tensor]]) -> Tensor:
+        """
+        Args:
+            spatial_shapes: (L, 2) int64 (h, w) of each level, L == len(strides).
+            targets: B dicts with "boxes" (n, 4) cxcywh normalised by "image_size" (h, w) of the unpadded input.
+        Returns:
+            (B, N) float32 targets in {0, 1}, N = sum(h*w), same token order as the flattened features.
+        """
+        if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+            raise ValueError(f"ForegroundTargetAssigner: spatial_shapes must be (L, 2), got {tuple(spatial_shapes.shape)}")
+        if spatial_shapes.shape[0] != len(self.strides):
+            raise ValueError(
+                f"ForegroundTargetAssigner: spatial_shapes has {spatial_shapes.shape[0]} levels but "
+                f"{len(self.strides)} strides are configured"
+            )
+        x, y, level = self.token_centres(spatial_shapes)
+        low = torch.tensor([r[0] for r in self.scale_ranges], dtype=x.dtype, device=x.device)[level]
+        high = torch.tensor([r[1] for r in self.scale_ranges], dtype=x.dtype, device=x.device)[level]
+        foreground = torch.zeros(len(targets), x.numel(), dtype=torch.float32, device=x.device)
+        for b, target in enumerate(targets):
+            boxes = target["boxes"]
+            if boxes.dim() != 2 or boxes.shape[-1] != 4:
+                raise ValueError(f"ForegroundTargetAssigner: target {b} boxes must be (n, 4), got {tuple(boxes.shape)}")
+            if boxes.shape[0] == 0:
+                continue
+            if "image_size" not in target:
+                raise ValueError(f"ForegroundTargetAssigner: target {b} has no 'image_size' (h, w)")
+            h, w = (int(v) for v in target["image_size"])
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=x.device)
+            boxes_abs = box_cxcywh_to_xyxy(boxes.to(device=x.device, dtype=torch.float32) * scale)  # (n, 4)
+            left = x[:, None] - boxes_abs[None, :, 0]  # (N, n)
+            top = y[:, None] - boxes_abs[None, :, 1]
+            right = boxes_abs[None, :, 2] - x[:, None]
+            bottom = boxes_abs[None, :, 3] - y[:, None]
+            distances = torch.stack([left, top, right, bottom], dim=-1)  # (N, n, 4)
+            inside = distances.min(dim=-1).values > 0
+            largest = distances.max(dim=-1).values
+            in_level = (largest > low[:, None]) & (largest <= high[:, None])
+            foreground[b] = (inside & in_level).any(dim=1).float()
+        return foreground
+
+
+def foreground_focal_loss(
+    foreground_logits: Tensor, foreground_targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
+    """Sigmoid focal loss of the foreground scores, as the official ``select_loss`` (before its weight).
+
+    Per image: ``sum over ALL N tokens (padding included) of -w (1-pt)^gamma log(pt)`` divided by
+    ``max(#positives, 1)``; then the mean over images. ``w = alpha`` on positives, ``1 - alpha`` on negatives.
+
+    Deviation from the official code: where ``pt`` is exactly 0 in floating point (a confidently wrong token, e.g. a
+    negative with logit > ~16.6 in float32, much less in float16) the official ``log(pt)`` gives an infinite loss.
+    Here such entries use the equivalent stable form ``log(pt) = -BCE_with_logits(logit, target)``. Everywhere
+    else the official formula is evaluated unchanged, so the value is identical where the official one is finite.
+
+    Args:
+        foreground_logits: (B, N, 1) or (B, N) raw (unmasked) foreground logits.
+        foreground_targets: (B, N) targets in {0, 1}.
+    Returns:
+        scalar tensor.
+    """
+    if foreground_logits.dim() == 3:
+        if foreground_logits.shape[-1] != 1:
+            raise ValueError(f"foreground_focal_loss: foreground_logits must be (B, N, 1), got {tuple(foreground_logits.shape)}")
+        foreground_logits = foreground_logits.squeeze(-1)
+    if foreground_logits.shape != foreground_targets.shape:
+        raise ValueError(
+            f"foreground_focal_loss: logits {tuple(foreground_logits.shape)} and targets "
+            f"{tuple(foreground_targets.shape)} must both be (B, N)"
+        )
+    targets = foreground_targets.to(foreground_logits.dtype)
+    prob = foreground_logits.sigmoid()
+    pt = prob * targets + (1.0 - prob) * (1.0 - targets)
+    weight = alpha * targets + (1.0 - alpha) * (1.0 - targets)
+    underflow = pt <= 0
+    # log of a safe stand-in where pt == 0 keeps the backward free of 0 * inf = NaN
+    log_pt = torch.where(
+        underflow,
+        -F.binary_cross_entropy_with_logits(foreground_logits, targets, reduction="none"),
+        torch.log(torch.where(underflow, torch.ones_like(pt), pt)),
+    )
+    loss = -weight * torch.pow(1.0 - pt, gamma)
+    loss = loss * log_pt
+    num_positives = (foreground_targets > 0).sum(dim=1).clamp(min=1).to(loss.dtype)
+    per_image = torch.stack([loss_b.sum() for loss_b in loss])
+    return (per_image / num_positives).mean()

@@ -1,4 +1,5 @@
 """Training losses of Focus-DETR (spec 5.2, 7): set losses for every prediction set plus the foreground loss."""
+
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -72,7 +73,9 @@ class FocusDETRCriterion(nn.Module):
                 raise ValueError(f"FocusDETRCriterion: {name} must be in [0, 1], got {value}")
         self.num_classes = num_classes
         self.matcher = matcher if matcher is not None else HungarianMatcher()
-        self.foreground_assigner = foreground_assigner if foreground_assigner is not None else ForegroundTargetAssigner()
+        self.foreground_assigner = (
+            foreground_assigner if foreground_assigner is not None else ForegroundTargetAssigner()
+        )
         self.loss_weights = {"loss_class": class_weight, "loss_bbox": bbox_weight, "loss_giou": giou_weight}
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
@@ -81,7 +84,9 @@ class FocusDETRCriterion(nn.Module):
         self.foreground_focal_gamma = foreground_focal_gamma
 
     # ------------------------------------------------------------------ set losses (unweighted)
-    def loss_class(self, pred_logits: Tensor, targets: List[Dict[str, Tensor]], indices: Indices, num_boxes: float) -> Tensor:
+    def loss_class(
+        self, pred_logits: Tensor, targets: List[Dict[str, Tensor]], indices: Indices, num_boxes: float
+    ) -> Tensor:
         """Sigmoid focal loss of (B, Q, K) logits against one-hot matched labels (unmatched queries: all zeros)."""
         batch_idx, query_idx = _flat_query_indices(indices, pred_logits.device)
         matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(pred_logits.device)
@@ -128,9 +133,7 @@ class FocusDETRCriterion(nn.Module):
     # ------------------------------------------------------------------ helpers
     def num_boxes(self, targets: List[Dict[str, Tensor]], device) -> float:
         """Average number of GT boxes per worker (all-reduced over the process group), at least 1."""
-        num_boxes = torch.as_tensor(
-            [float(sum(len(t["labels"]) for t in targets))], dtype=torch.float, device=device
-        )
+        num_boxes = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], dtype=torch.float, device=device)
         world_size = comm.get_world_size()
         if world_size > 1:
             torch.distributed.all_reduce(num_boxes)
@@ -175,7 +178,8 @@ class FocusDETRCriterion(nn.Module):
             raise ValueError(f"FocusDETRCriterion: {len(targets)} targets for a batch of {pred_logits.shape[0]} images")
         if pred_logits.shape[-1] != self.num_classes:
             raise ValueError(
-                f"FocusDETRCriterion: pred_logits has {pred_logits.shape[-1]} classes, expected num_classes={self.num_classes}"
+                f"FocusDETRCriterion: pred_logits has {pred_logits.shape[-1]} classes, "
+                f"expected num_classes={self.num_classes}"
             )
         if (denoising is None) != (dn_outputs is None):
             raise ValueError("FocusDETRCriterion: denoising and dn_outputs must be given together")
@@ -218,9 +222,7 @@ class FocusDETRCriterion(nn.Module):
             return {name + suffix: zero.clone() for suffix in suffixes for name in SET_LOSS_NAMES}
         dn_aux = dn_outputs.get("aux_outputs", [])
         if len(dn_aux) != num_aux:
-            raise ValueError(
-                f"FocusDETRCriterion: dn_outputs has {len(dn_aux)} aux layers but outputs has {num_aux}"
-            )
+            raise ValueError(f"FocusDETRCriterion: dn_outputs has {len(dn_aux)} aux layers but outputs has {num_aux}")
         indices = self.denoising_indices(targets, denoising)
         dn_num_boxes = num_boxes * denoising.dn_num
         losses = {}

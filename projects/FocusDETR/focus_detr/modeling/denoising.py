@@ -1,4 +1,5 @@
 """Contrastive denoising (DINO CDN) queries for training, and splitting their outputs off the decoder's (spec 6.5)."""
+
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -133,7 +134,8 @@ class ContrastiveDenoising(nn.Module):
             return None
         if label_enc.num_embeddings < self.num_classes:
             raise ValueError(
-                f"ContrastiveDenoising: label_enc has {label_enc.num_embeddings} rows, fewer than num_classes={self.num_classes}"
+                f"ContrastiveDenoising: label_enc has {label_enc.num_embeddings} rows, "
+                f"fewer than num_classes={self.num_classes}"
             )
         counts = [int(t["labels"].numel()) for t in targets]
         max_gt = max(counts)
@@ -145,9 +147,7 @@ class ContrastiveDenoising(nn.Module):
         labels = torch.cat([t["labels"] for t in targets])
         boxes = torch.cat([t["boxes"] for t in targets])
         device = boxes.device
-        image_index = torch.cat(
-            [torch.full_like(t["labels"].long(), b) for b, t in enumerate(targets)]
-        ).to(device)
+        image_index = torch.cat([torch.full_like(t["labels"].long(), b) for b, t in enumerate(targets)]).to(device)
         num_total = labels.numel()
 
         # block-major copies: row r*num_total + i is GT i (batch-concatenated) in block r

@@ -1,4 +1,5 @@
 """Foreground supervision of the Foreground Token Selector: per-token binary targets and their focal loss (spec 5)."""
+
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -36,14 +37,18 @@ class ForegroundTargetAssigner(nn.Module):
             )
         for low_high in scale_ranges:
             if len(low_high) != 2 or not low_high[0] < low_high[1]:
-                raise ValueError(f"ForegroundTargetAssigner: each scale range must be (lo, hi) with lo < hi, got {low_high}")
+                raise ValueError(
+                    f"ForegroundTargetAssigner: each scale range must be (lo, hi) with lo < hi, got {low_high}"
+                )
         self.strides = strides
         self.scale_ranges = scale_ranges
 
     def extra_repr(self) -> str:
         return f"strides={self.strides}, scale_ranges={self.scale_ranges}"
 
-    def token_centres(self, spatial_shapes: Tensor, dtype: torch.dtype = torch.float32) -> Tuple[Tensor, Tensor, Tensor]:
+    def token_centres(
+        self, spatial_shapes: Tensor, dtype: torch.dtype = torch.float32
+    ) -> Tuple[Tensor, Tensor, Tensor]:
         """Centres of all tokens in flattened order (level-major, row-major inside a level).
 
         Returns x (N,), y (N,) in input pixels and level (N,) int64, on spatial_shapes' device.
@@ -70,7 +75,9 @@ class ForegroundTargetAssigner(nn.Module):
             (B, N) float32 targets in {0, 1}, N = sum(h*w), same token order as the flattened features.
         """
         if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
-            raise ValueError(f"ForegroundTargetAssigner: spatial_shapes must be (L, 2), got {tuple(spatial_shapes.shape)}")
+            raise ValueError(
+                f"ForegroundTargetAssigner: spatial_shapes must be (L, 2), got {tuple(spatial_shapes.shape)}"
+            )
         if spatial_shapes.shape[0] != len(self.strides):
             raise ValueError(
                 f"ForegroundTargetAssigner: spatial_shapes has {spatial_shapes.shape[0]} levels but "
@@ -95,9 +102,9 @@ class ForegroundTargetAssigner(nn.Module):
             top = y[:, None] - boxes_abs[None, :, 1]
             right = boxes_abs[None, :, 2] - x[:, None]
             bottom = boxes_abs[None, :, 3] - y[:, None]
-            distances = torch.stack([left, top, right, bottom], dim=-1)  # (N, n, 4)
-            inside = distances.min(dim=-1).values > 0
-            largest = distances.max(dim=-1).values
+            # min(l, t, r, b) > 0 and max(l, t, r, b) without materialising an (N, n, 4) stack
+            inside = (left > 0) & (top > 0) & (right > 0) & (bottom > 0)
+            largest = torch.maximum(torch.maximum(left, top), torch.maximum(right, bottom))
             in_level = (largest > low[:, None]) & (largest <= high[:, None])
             foreground[b] = (inside & in_level).any(dim=1).float()
         return foreground
@@ -124,7 +131,9 @@ def foreground_focal_loss(
     """
     if foreground_logits.dim() == 3:
         if foreground_logits.shape[-1] != 1:
-            raise ValueError(f"foreground_focal_loss: foreground_logits must be (B, N, 1), got {tuple(foreground_logits.shape)}")
+            raise ValueError(
+                f"foreground_focal_loss: foreground_logits must be (B, N, 1), got {tuple(foreground_logits.shape)}"
+            )
         foreground_logits = foreground_logits.squeeze(-1)
     if foreground_logits.shape != foreground_targets.shape:
         raise ValueError(

@@ -1,4 +1,5 @@
 """Hungarian matching of predictions to ground truth with a sigmoid-focal classification cost (spec 7.1)."""
+
 from typing import Dict, List, Tuple
 
 import torch
@@ -61,7 +62,9 @@ class HungarianMatcher(nn.Module):
         return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
 
     @torch.no_grad()
-    def forward(self, pred_logits: Tensor, pred_boxes: Tensor, targets: List[Dict[str, Tensor]]) -> List[Tuple[Tensor, Tensor]]:
+    def forward(
+        self, pred_logits: Tensor, pred_boxes: Tensor, targets: List[Dict[str, Tensor]]
+    ) -> List[Tuple[Tensor, Tensor]]:
         """
         Args:
             pred_logits: (B, Q, K) raw class logits.
@@ -97,7 +100,9 @@ class HungarianMatcher(nn.Module):
                 indices.append((empty, empty.clone()))
                 continue
             if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-                raise ValueError(f"HungarianMatcher: target labels must be in [0, {num_classes}), got {labels.tolist()}")
+                raise ValueError(
+                    f"HungarianMatcher: target labels must be in [0, {num_classes}), got {labels.tolist()}"
+                )
             cost = self.cost_matrix(logits, boxes, labels, target_boxes)
             query_idx, target_idx = linear_sum_assignment(cost.float().cpu().numpy())
             indices.append(

@@ -1,0 +1,13 @@
+# Focus-DETR, Swin-T (ImageNet-1k, 224), 4 feature levels, 24 COCO epochs.
+from .common.coco_schedule import lr_multiplier_24ep as lr_multiplier
+from .common.data.coco_detr import dataloader
+from .common.optim import AdamW as optimizer
+from .common.train import train
+from .models.focus_detr_swin import model
+
+dataloader.train.dataset.filter_empty = True
+train.max_iter = 180000
+# Convert the official Swin-T ImageNet-1k weights to detectron2 keys and point here.
+train.init_checkpoint = "./pretrained/swin_tiny_patch4_window7_224.pth"
+train.output_dir = "./output/focus_detr_swin_tiny_224_4scale_24ep"
+dataloader.evaluator.output_dir = train.output_dir

@@ -1,0 +1,29 @@
+# A small Focus-DETR that trains from scratch on a CPU in minutes: ResNet-18 with GroupNorm (no ImageNet weights
+# are available offline), a 128-wide transformer with 3 encoder and 3 decoder layers, and fewer queries.
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone import ResNet
+from torch import nn
+
+from .focus_detr_r50 import model
+
+model.backbone.stages = L(ResNet.make_default_stages)(depth=18, norm="GN")
+model.backbone.stem.norm = "GN"
+model.backbone.freeze_at = 0
+model.neck.input_shapes = {"res3": ShapeSpec(channels=128), "res4": ShapeSpec(channels=256), "res5": ShapeSpec(channels=512)}
+model.neck.out_channels = 128
+model.neck.norm_layer = L(nn.GroupNorm)(num_groups=32, num_channels=128)
+model.position_embedding.num_pos_feats = 64
+model.embed_dim = 128
+selector = model.transformer.foreground_selector
+selector.embed_dim = 128
+selector.cascade_keep_ratios = [1.0, 0.8, 0.6]
+for part in (model.transformer.encoder, model.transformer.decoder):
+    part.num_layers = 3
+    part.embed_dim = 128
+    part.feedforward_dim = 512
+model.transformer.encoder.num_fine_grained_tokens = 100
+model.transformer.embed_dim = 128
+model.transformer.num_queries = 100
+model.denoising.dn_number = 20
+model.num_detections = 100

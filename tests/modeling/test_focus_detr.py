@@ -1,0 +1,144 @@
+import pytest
+import torch
+from detectron2.structures import Boxes, Instances
+
+from conftest import build_tiny_model
+
+
+def _image_input(image, height=None, width=None, boxes=None, classes=None):
+    item = {"image": image}
+    if height is not None:
+        item.update(height=height, width=width)
+    if boxes is not None:
+        item["instances"] = Instances(
+            tuple(image.shape[-2:]), gt_boxes=Boxes(boxes.clone()), gt_classes=classes.clone()
+        )
+    return item
+
+
+def _fixture_inputs(parity_fixture, with_instances=False):
+    items = []
+    for item in parity_fixture["inputs"]:
+        inst = item["instances"]
+        items.append(
+            _image_input(
+                item["image"], item["height"], item["width"],
+                inst["gt_boxes"] if with_instances else None, inst["gt_classes"] if with_instances else None,
+            )
+        )
+    return items
+
+
+def test_inference_returns_instances_in_the_requested_size(tiny_model, parity_fixture):
+    items = _fixture_inputs(parity_fixture)
+    results = tiny_model(items[:1])
+    instances = results[0]["instances"]
+    assert instances.image_size == (400, 552)
+    assert len(instances) == 300
+    boxes = instances.pred_boxes.tensor
+    assert boxes[:, 0].min() >= 0 and boxes[:, 2].max() <= 552 and boxes[:, 3].max() <= 400
+    assert torch.all(instances.scores[:-1] >= instances.scores[1:])
+    expected = parity_fixture["eval_outputs"]["single"][0]["postprocessed"][0]
+    assert torch.allclose(boxes, expected["boxes_xyxy"], atol=1e-3)
+
+
+def test_batched_evaluation_masks_padding(tiny_model, parity_fixture):
+    # Deliberate deviation from the official code, which marks no padding at test time, so a padded image's
+    # foreground budget could be spent on padding.
+    items = _fixture_inputs(parity_fixture)
+    with torch.no_grad():
+        images = tiny_model.preprocess_image(items)
+        out = tiny_model.run_transformer(images)
+    selection = out.selection
+    num_rows_level0 = out.spatial_shapes[0, 0]
+    assert num_rows_level0 == 34  # the padded canvas 270 x 276
+    padded = selection.selection_scores == selection.selection_scores.min()
+    assert padded[0].sum() > 0 and padded[1].sum() > 0  # both images are padded on one side
+    for i, budget in enumerate(selection.focus_token_nums.tolist()):
+        assert not padded[i, selection.foreground_inds[0][i, :budget]].any()
+    assert selection.focus_token_nums.tolist() == [614, 578]  # from the valid tokens only: 1227 and 1154
+
+
+def test_token_selection_is_reported_per_image(tiny_model, parity_fixture):
+    items = _fixture_inputs(parity_fixture)
+    result = tiny_model.forward_inference(items[:1], return_token_selection=True)[0]
+    selection = result["token_selection"]
+    assert result["image_size"] == (200, 276)
+    assert selection["spatial_shapes"].tolist() == [[25, 35], [13, 18], [7, 9], [4, 5]]
+    assert selection["foreground_logits"].shape == (1192,)
+    assert [len(i) for i in selection["foreground_inds"]] == [597, 477]
+    assert [len(i) for i in selection["fine_grained_inds"]] == [300, 300]
+
+
+@pytest.mark.parametrize("size", [(32, 32), (40, 300), (300, 24)])
+def test_small_and_elongated_images_clamp_token_and_query_counts(size):
+    # The official code crashes when fewer than 300 tokens or 50/900 queries are available.
+    torch.manual_seed(0)
+    model = build_tiny_model().eval()
+    image = torch.randint(0, 256, (3, *size), dtype=torch.uint8)
+    instances = model([{"image": image}])[0]["instances"]
+    assert instances.image_size == size
+    assert 0 < len(instances) <= 300
+
+
+def test_keep_ratios_can_be_overridden_at_evaluation_time(parity_fixture):
+    from focus_detr.checkpoint import FocusDETRCheckpointer
+
+    model = build_tiny_model(
+        **{
+            "model.transformer.foreground_selector.keep_ratio": 0.25,
+            "model.transformer.foreground_selector.cascade_keep_ratios": [1.0, 0.5],
+        }
+    ).eval()
+    FocusDETRCheckpointer(model).load_model_state(parity_fixture["state_dict"])
+    item = _fixture_inputs(parity_fixture)[0]
+    selection = model.forward_inference([item], return_token_selection=True)[0]["token_selection"]
+    assert [len(i) for i in selection["foreground_inds"]] == [299, 149]  # int(1192 * 0.25) + 1 = 299
+
+
+def test_training_with_an_image_without_boxes_gives_finite_losses(parity_fixture):
+    torch.manual_seed(0)
+    model = build_tiny_model().train()
+    items = _fixture_inputs(parity_fixture, with_instances=True)
+    items[1]["instances"] = items[1]["instances"][:0]
+    losses = model(items)
+    assert all(torch.isfinite(v) for v in losses.values())
+    empty = _fixture_inputs(parity_fixture, with_instances=True)
+    for item in empty:
+        item["instances"] = item["instances"][:0]
+    losses = model(empty)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+def test_a_few_training_steps_reduce_the_loss_on_cpu(parity_fixture):
+    torch.manual_seed(0)
+    model = build_tiny_model().train()
+    items = _fixture_inputs(parity_fixture, with_instances=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)
+    totals = []
+    for _ in range(6):
+        torch.manual_seed(1)  # same denoising noise every step, so the losses are comparable
+        loss = sum(model(items).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        totals.append(float(loss))
+    assert totals[-1] < 0.9 * totals[0], totals
+
+
+def test_bad_inputs_are_rejected_with_a_clear_error(parity_fixture):
+    model = build_tiny_model()
+    with pytest.raises(ValueError, match="image"):
+        model.eval()([{"image": torch.zeros(1, 32, 32)}])
+    model.train()
+    item = _fixture_inputs(parity_fixture, with_instances=True)[0]
+    item["instances"].gt_boxes.tensor[0] = torch.tensor([50.0, 50.0, 10.0, 60.0])
+    with pytest.raises(ValueError, match="gt boxes"):
+        model([item])
+    item = _fixture_inputs(parity_fixture, with_instances=True)[0]
+    item["instances"].gt_classes[0] = 80
+    with pytest.raises(ValueError, match="gt_classes"):
+        model([item])
+    with pytest.raises(ValueError, match="instances"):
+        model(_fixture_inputs(parity_fixture))

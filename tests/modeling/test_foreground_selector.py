@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from focus_detr.modeling import ForegroundTokenSelector
+
+SHAPES = [(8, 10), (4, 5), (2, 3), (1, 2)]
+NUM_TOKENS = sum(h * w for h, w in SHAPES)
+
+
+def _selector(**kwargs):
+    torch.manual_seed(0)
+    return ForegroundTokenSelector(embed_dim=32, **kwargs).eval()
+
+
+def _padding(valid_counts):
+    mask = torch.zeros(len(valid_counts), NUM_TOKENS, dtype=torch.bool)
+    for i, valid in enumerate(valid_counts):
+        mask[i, valid:] = True
+    return mask
+
+
+def test_layer_counts_follow_the_official_float32_arithmetic():
+    selector = _selector()
+    # The fixture's training batch: 1227 and 1154 valid tokens -> budgets 614 / 578, layer counts from 614.
+    focus = (torch.tensor([1227, 1154]) * 0.5).int() + 1
+    assert focus.tolist() == [614, 578]
+    assert selector.layer_token_counts(focus, num_tokens=1602) == [614, 491, 368, 368, 245, 122]
+
+
+def test_counts_never_exceed_the_tokens_of_the_image():
+    selector = _selector(keep_ratio=1.0, cascade_keep_ratios=[1.0, 1.0])
+    memory = torch.randn(1, NUM_TOKENS, 32)
+    selection = selector(memory, _padding([NUM_TOKENS]), SHAPES)
+    assert selection.focus_token_nums.tolist() == [NUM_TOKENS]
+    assert selection.num_selected_tokens_per_layer == [NUM_TOKENS, NUM_TOKENS]
+
+
+def test_selection_is_a_nested_cascade_sorted_by_score():
+    selector = _selector(cascade_keep_ratios=[1.0, 0.5, 0.25])
+    selection = selector(torch.randn(2, NUM_TOKENS, 32), _padding([NUM_TOKENS, NUM_TOKENS]), SHAPES)
+    k0, k1, k2 = selection.num_selected_tokens_per_layer
+    assert (k0, k1, k2) == (NUM_TOKENS // 2 + 1, (NUM_TOKENS // 2 + 1) // 2, (NUM_TOKENS // 2 + 1) // 4)
+    for b in range(2):
+        scores = selection.selection_scores[b, selection.foreground_inds[0][b]]
+        assert torch.all(scores[:-1] >= scores[1:])
+        assert torch.equal(selection.foreground_inds[1][b], selection.foreground_inds[0][b, :k1])
+        assert torch.equal(selection.foreground_inds[2][b], selection.foreground_inds[0][b, :k2])
+
+
+def test_padding_ranks_last_and_counts_follow_each_image():
+    selector = _selector(cascade_keep_ratios=[1.0])
+    mask = _padding([NUM_TOKENS, 40])
+    selection = selector(torch.randn(2, NUM_TOKENS, 32), mask, SHAPES)
+    assert selection.focus_token_nums.tolist() == [NUM_TOKENS // 2 + 1, 21]
+    # The second image's own budget (21 tokens) holds only valid tokens.
+    assert not mask[1, selection.foreground_inds[0][1, :21]].any()
+    assert torch.all(selection.selection_scores[1, 40:] == selection.selection_scores.min())
+    # Raw logits stay unmasked for the foreground loss.
+    assert torch.equal(selection.foreground_logits.squeeze(-1)[~mask], selection.selection_scores[~mask])
+
+
+def test_without_modulation_levels_are_scored_independently():
+    selector = _selector(top_down_modulation=False)
+    memory = torch.randn(1, NUM_TOKENS, 32)
+    changed = memory.clone()
+    changed[:, -2:] += 3.0  # the coarsest level only
+    finest = slice(0, SHAPES[0][0] * SHAPES[0][1])
+    assert torch.equal(selector.score_tokens(memory, SHAPES)[:, finest], selector.score_tokens(changed, SHAPES)[:, finest])
+
+
+def test_top_down_modulation_changes_fine_scores():
+    # The modulation scales each token by (1 + weight * coarse logit); the predictor's LayerNorm cancels a positive
+    # scale, so the coarse level acts where the factor turns negative: large weights make that visible.
+    selector = _selector(top_down_modulation=True)
+    with torch.no_grad():
+        selector.modulation_weights.fill_(-10.0)
+    memory = torch.randn(1, NUM_TOKENS, 32)
+    modulated = selector.score_tokens(memory, SHAPES)
+    selector.top_down_modulation = False
+    plain = selector.score_tokens(memory, SHAPES)
+    coarsest = slice(NUM_TOKENS - 2, NUM_TOKENS)
+    assert torch.equal(modulated[:, coarsest], plain[:, coarsest])
+    assert not torch.allclose(modulated[:, :-2], plain[:, :-2])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"keep_ratio": 0.0}, "keep_ratio"),
+        ({"keep_ratio": 1.5}, "keep_ratio"),
+        ({"cascade_keep_ratios": []}, "cascade_keep_ratios"),
+        ({"cascade_keep_ratios": [1.0, 0.0]}, "cascade_keep_ratios"),
+        ({"cascade_keep_ratios": [1.2]}, "cascade_keep_ratios"),
+    ],
+)
+def test_bad_ratios_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ForegroundTokenSelector(embed_dim=32, **kwargs)

@@ -1,0 +1,46 @@
+"""Every shipped configuration loads, and the variants differ from the R50 12-epoch recipe where they should."""
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+
+from conftest import REPO_ROOT
+
+CONFIGS = sorted(p.name for p in (REPO_ROOT / "configs").glob("focus_detr_*.py"))
+
+
+def _load(name):
+    return LazyConfig.load(str(REPO_ROOT / "configs" / name))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_loads_with_the_paper_defaults(name):
+    cfg = _load(name)
+    for key in ("model", "dataloader", "optimizer", "lr_multiplier", "train"):
+        assert key in cfg, f"{name} lacks '{key}'"
+    selector = cfg.model.transformer.foreground_selector
+    assert len(selector.cascade_keep_ratios) == cfg.model.transformer.encoder.num_layers
+    assert cfg.train.output_dir.endswith(name[: -len(".py")])
+
+
+def test_variants_fix_the_official_config_bugs():
+    r50_36 = _load("focus_detr_r50_4scale_36ep.py")
+    assert r50_36.train.max_iter == 270000
+    assert list(r50_36.lr_multiplier.scheduler.milestones) == [210000, 250000, 270000]
+    r101_36 = _load("focus_detr_r101_4scale_36ep.py")
+    assert r101_36.model.backbone.stages.depth == 101 and "R-101" in r101_36.train.init_checkpoint
+    r50_24 = _load("focus_detr_r50_4scale_24ep.py")
+    assert (r50_24.model.position_embedding.temperature, r50_24.model.position_embedding.offset) == (20, 0.0)
+    assert list(r50_24.lr_multiplier.scheduler.milestones) == [150000, 180000]
+    assert list(_load("focus_detr_r50_4scale_12ep.py").lr_multiplier.scheduler.milestones) == [82500, 90000]
+    swin_b = _load("focus_detr_swin_base_384_22k_4scale_36ep.py")
+    assert swin_b.model.backbone.embed_dim == 128 and not swin_b.train.init_checkpoint.startswith("/")
+
+
+def test_swin_tiny_builds_and_detects():
+    cfg = _load("focus_detr_swin_tiny_224_4scale_12ep.py")
+    cfg.model.transformer.num_queries = 30
+    model = instantiate(cfg.model).eval()
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)}])
+    assert out[0]["instances"].image_size == (96, 128)
+    assert any(k.startswith("backbone.layers.0.blocks.0.attn") for k in model.state_dict())

@@ -39,11 +39,15 @@ class TransformerOutput:
     level_start_index: torch.Tensor
 
 
+def valid_extent(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """mask ``(B, h, w)`` True = padding (images are top-left aligned) -> valid rows ``(B,)`` and columns ``(B,)``."""
+    return (~mask[:, :, 0]).sum(1), (~mask[:, 0, :]).sum(1)
+
+
 def valid_ratios_of(mask: torch.Tensor) -> torch.Tensor:
     """mask ``(B, h, w)`` True = padding -> ``(B, 2)`` valid fraction ``(w, h)`` of the level."""
     _, h, w = mask.shape
-    valid_h = (~mask[:, :, 0]).sum(1)
-    valid_w = (~mask[:, 0, :]).sum(1)
+    valid_h, valid_w = valid_extent(mask)
     return torch.stack([valid_w.float() / w, valid_h.float() / h], -1)
 
 
@@ -73,9 +77,7 @@ def token_proposals(
     batch_size = padding_mask.shape[0]
     proposals, start = [], 0
     for level, (h, w) in enumerate(spatial_shapes):
-        mask = padding_mask[:, start : start + h * w].view(batch_size, h, w)
-        valid_h = (~mask[:, :, 0]).sum(1)
-        valid_w = (~mask[:, 0, :]).sum(1)
+        valid_h, valid_w = valid_extent(padding_mask[:, start : start + h * w].view(batch_size, h, w))
         grid_y, grid_x = torch.meshgrid(
             torch.linspace(0, h - 1, h, dtype=torch.float32, device=padding_mask.device),
             torch.linspace(0, w - 1, w, dtype=torch.float32, device=padding_mask.device),

@@ -31,7 +31,7 @@ def test_tiny_configuration_reproduces_the_official_outputs(parity_fixture, tmp_
     assert set(saved["train_losses"]["dn"]) == set(parity_fixture["train_losses"]["dn"]["losses"])
 
 
-def test_a_different_configuration_fails_the_check(capsys):
+def test_a_different_configuration_fails_the_check(parity_fixture, capsys):
     code = _check_parity_module().main(
         [
             "--config-file", str(TINY_CONFIG), "--fixture", str(FIXTURE_PATH),

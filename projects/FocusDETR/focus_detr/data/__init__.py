@@ -1,4 +1,5 @@
-"""Data: the embedded tree-crown demo dataset (build, verify, register)."""
+"""Data: the embedded tree-crown demo dataset (build, verify, register) and the DETR dataset mapper."""
+from .dataset_mapper import DetrDatasetMapper, read_image_or_raise
 from .trees import TreesCacheError, ensure_trees_cache, register_trees
 
-__all__ = ["TreesCacheError", "ensure_trees_cache", "register_trees"]
+__all__ = ["DetrDatasetMapper", "TreesCacheError", "ensure_trees_cache", "read_image_or_raise", "register_trees"]

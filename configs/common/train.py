@@ -1,0 +1,23 @@
+"""Training-loop defaults shared by every config (read by ``train_net.py`` and the tools)."""
+import torch
+
+train = dict(
+    output_dir="./output",
+    # a detectron2/torchvision backbone .pkl/.pth, one of our checkpoints, or an official detrex Focus-DETR .pth
+    init_checkpoint="",
+    max_iter=90000,
+    # "cuda" when a GPU is visible, else "cpu"; any torch device string works ("cpu", "cuda:1", ...).
+    device="cuda" if torch.cuda.is_available() else "cpu",
+    # precision: "auto" = bfloat16 where the device supports it (CPU, Ampere+ GPUs), else float16 with a grad scaler
+    amp=dict(enabled=False, precision="auto"),
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    clip_grad=dict(enabled=True, params=dict(max_norm=0.1, norm_type=2.0)),
+    # exponential moving average of the weights; when enabled, evaluation during training uses the EMA weights and
+    # checkpoints carry them (``--eval-only`` loads them when ``use_for_eval`` is True).
+    model_ema=dict(enabled=False, decay=0.999, use_for_eval=True),
+    checkpointer=dict(period=5000, max_to_keep=100),
+    eval_period=5000,
+    log_period=20,
+    # -1: draw a random seed (recorded in the log and in checkpoints, so --resume stays exact)
+    seed=-1,
+)

@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Draw Focus-DETR's detections on images, and with ``--show-tokens`` what its encoder looked at.
+
+For each input image, writes to ``--output``:
+  <name>_detections.png   boxes with scores (detectron2 Visualizer), above ``--confidence-threshold``
+  <name>_foreground.png   (--show-tokens) per feature level, the foreground token selector's probabilities
+  <name>_tokens.png       (--show-tokens) per encoder layer x level: kept tokens (blue) and fine-grained tokens (red)
+
+Images are resized like the config's test loader (the network input); pictures are drawn on the original image.
+
+Example:
+    python demo/demo.py --config-file configs/focus_detr_r18_trees.py --input datasets/trees/images/val/*.png \
+        --output output/demo --show-tokens --opts train.init_checkpoint=output/focus_detr_r18_trees/model_final.pth
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.utils.visualizer import Visualizer
+
+from focus_detr.analysis.token_maps import save_foreground_figure, save_token_figure
+from focus_detr.data.dataset_mapper import read_image_or_raise
+from focus_detr.engine import AtomicDetectionCheckpointer, build_model, load_config, resolve_device
+from focus_detr.engine.cli import run_reporting_errors
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--input", required=True, nargs="+", metavar="IMG", help="image files")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--show-tokens", action="store_true", help="also draw the token selection")
+    parser.add_argument("--confidence-threshold", type=float, default=0.3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
+    return parser.parse_args(argv)
+
+
+def _test_resize(cfg):
+    """The test loader's augmentation (a ResizeShortestEdge for DETR configs), else 800 / 1333."""
+    try:
+        return T.AugmentationList([instantiate(a) for a in cfg.dataloader.test.mapper.augmentation])
+    except (AttributeError, KeyError):
+        return T.AugmentationList([T.ResizeShortestEdge(800, 1333)])
+
+
+def _metadata(cfg):
+    try:
+        names = cfg.dataloader.test.dataset.names
+        return MetadataCatalog.get(names if isinstance(names, str) else names[0])
+    except (AttributeError, KeyError):
+        return MetadataCatalog.get("__unused")
+
+
+def _model_input(image_rgb, resize):
+    aug_input = T.AugInput(image_rgb)
+    resize(aug_input)
+    resized = aug_input.image
+    return {"image": torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))),
+            "height": image_rgb.shape[0], "width": image_rgb.shape[1]}, resized
+
+
+def draw_detections(image_rgb, instances, metadata, threshold, path):
+    instances = instances.to("cpu")
+    instances = instances[instances.scores >= threshold]
+    visualizer = Visualizer(image_rgb, metadata=metadata)
+    visualizer.draw_instance_predictions(instances).save(path)
+    return len(instances)
+
+
+def main(args):
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        raise ValueError(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
+    images = [(path, read_image_or_raise(path, "RGB")) for path in args.input]  # fail before building the model
+    cfg = load_config(args.config_file, args.opts)
+    device = resolve_device(args.device)
+    model = build_model(cfg, device)
+    init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
+    if init_checkpoint:
+        AtomicDetectionCheckpointer(model).load(init_checkpoint)
+    else:
+        print("warning: train.init_checkpoint is empty: drawing a randomly initialised model", file=sys.stderr)
+    model.eval()
+    os.makedirs(args.output, exist_ok=True)
+    resize, metadata = _test_resize(cfg), _metadata(cfg)
+    written = []
+    for path, image_rgb in images:
+        name = os.path.splitext(os.path.basename(path))[0]
+        model_input, resized = _model_input(image_rgb, resize)
+        model_input["image"] = model_input["image"].to(device)
+        with torch.no_grad():
+            if args.show_tokens:
+                output = model.forward_inference([model_input], return_token_selection=True)[0]
+            else:
+                output = model([model_input])[0]
+        detection_png = os.path.join(args.output, f"{name}_detections.png")
+        count = draw_detections(image_rgb, output["instances"], metadata, args.confidence_threshold, detection_png)
+        written.append(detection_png)
+        print(f"{path}: {count} detections >= {args.confidence_threshold} -> {detection_png}")
+        if args.show_tokens:
+            height, width = output["image_size"]
+            network_image = resized[:height, :width]
+            foreground_png = os.path.join(args.output, f"{name}_foreground.png")
+            tokens_png = os.path.join(args.output, f"{name}_tokens.png")
+            save_foreground_figure(network_image, output["token_selection"], foreground_png)
+            save_token_figure(network_image, output["token_selection"], tokens_png)
+            written += [foreground_png, tokens_png]
+            print(f"  token pictures -> {foreground_png}, {tokens_png}")
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(run_reporting_errors(main, parse_args()))

@@ -1,0 +1,46 @@
+"""fvcore FLOP handles for the project's custom ops.
+
+fvcore counts one fused multiply-add as one "flop" (its "GFLOPs" are GMACs); the handles here follow that convention.
+The deformable-attention op runs as a single ``focus_detr::ms_deform_attn`` node in a jit trace on every backend
+(the pytorch reference included, see ``focus_detr.layers.ms_deform_attn``), so counts do not depend on the device.
+"""
+from collections import Counter
+from typing import Any, Dict, List
+
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+
+__all__ = ["MSDA_FLOP_HANDLES", "flop_count_analysis", "msda_flop_handle", "msda_flops", "register_flop_handles"]
+
+MSDA_OP_NAME = "focus_detr::ms_deform_attn"
+
+
+def msda_flops(batch: int, num_queries: int, num_heads: int, num_levels: int, num_points: int, head_dim: int) -> int:
+    """Multiply-adds of one MSDA call: ``5 * B * Q * H * L * P * C``.
+
+    Per (query, head, level, point): bilinear interpolation of C channels from 4 corners (4 * C multiply-adds) plus
+    the attention weighting of the sampled C-vector (C multiply-adds). The O(1) per-point work (corner coordinates
+    and weights) is not counted, as fvcore does not count index arithmetic elsewhere either.
+    """
+    return 5 * batch * num_queries * num_heads * num_levels * num_points * head_dim
+
+
+def msda_flop_handle(inputs: List[Any], outputs: List[Any]) -> Counter:
+    """fvcore handle of ``focus_detr::ms_deform_attn(value (B, S, H, C), spatial_shapes, level_start_index,
+    sampling_locations (B, Q, H, L, P, 2), attention_weights, backend)``; formula in :func:`msda_flops`."""
+    batch, _, num_heads, head_dim = get_shape(inputs[0])
+    _, num_queries, _, num_levels, num_points, _ = get_shape(inputs[3])
+    return Counter({"ms_deform_attn": msda_flops(batch, num_queries, num_heads, num_levels, num_points, head_dim)})
+
+
+MSDA_FLOP_HANDLES: Dict[str, Any] = {MSDA_OP_NAME: msda_flop_handle}
+
+
+def register_flop_handles(analysis):
+    """Adds the project's handles to an fvcore (or detectron2) ``FlopCountAnalysis``; returns it."""
+    return analysis.set_op_handle(**MSDA_FLOP_HANDLES)
+
+
+def flop_count_analysis(model, inputs) -> FlopCountAnalysis:
+    """``fvcore.nn.FlopCountAnalysis(model, inputs)`` with the project's handles registered."""
+    return register_flop_handles(FlopCountAnalysis(model, inputs))

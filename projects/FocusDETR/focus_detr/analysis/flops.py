@@ -1,0 +1,127 @@
+"""FLOP counting of a detector per module group, with the project's op handles and a complete op accounting.
+
+fvcore's convention: one fused multiply-add = one flop (the "GFLOPs" of DETR papers are GMACs). Only ops that
+multiply-add count: linear / matmul / conv / attention / normalisation / interpolation and the deformable-attention op
+(handle in ``flop_handles``). Element-wise, reduction and indexing ops (``NOT_COUNTED_OPS``) are left out as in
+fvcore and detrex; any other op without a handle is reported in ``unsupported_ops`` so nothing is missed silently.
+Every row of the per-module table is a disjoint set of modules and the "other" row holds the remainder, so rows
+always sum to the total.
+"""
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import torch
+from detectron2.utils.analysis import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+
+from .flop_handles import register_flop_handles
+
+__all__ = ["FlopReport", "MODULE_GROUPS", "NOT_COUNTED_OPS", "count_flops", "sdpa_flop_handle"]
+
+# table row -> module names (relative to the model); first match wins, unmatched flops go to "other"
+MODULE_GROUPS = OrderedDict(
+    [
+        ("backbone", ["backbone"]),
+        ("neck", ["neck"]),
+        ("foreground selector", ["transformer.foreground_selector"]),
+        ("encoder", ["transformer.encoder"]),
+        ("two-stage proposals", ["transformer.enc_output", "transformer.enc_output_norm"]),
+        ("decoder", ["transformer.decoder"]),
+        ("heads", ["class_embed", "bbox_embed"]),
+    ]
+)
+OTHER_ROW = "other"
+
+# Ops with no multiply-adds worth counting under fvcore's convention (element-wise maths, reductions, comparisons,
+# indexing and tensor creation). They are silenced instead of being reported as unsupported.
+NOT_COUNTED_OPS = [
+    "aten::" + name
+    for name in (
+        "abs add add_ addcmul all any arange argmax argsort bitwise_not cat ceil chunk clamp clamp_ clamp_min clone "
+        "contiguous copy_ cos cumsum detach div div_ dropout empty eq exp expand expand_as fill_ flatten flip floor "
+        "floor_divide full full_like gather ge gelu gt index index_put_ index_select inverse_sigmoid le linspace log "
+        "log_sigmoid lt masked_fill masked_fill_ max maximum mean min minimum mul mul_ ne neg new_full new_ones "
+        "new_zeros nonzero numel ones ones_like pad permute pow prod reciprocal relu relu_ remainder repeat "
+        "repeat_interleave reshape round rsqrt rsub scatter scatter_ scatter_add_ select sigmoid sigmoid_ sin slice "
+        "softmax sort split sqrt squeeze stack sub sum t tanh to topk transpose unbind unflatten unsqueeze view where "
+        "zeros zeros_like _assert_async constant_pad_nd"
+    ).split()
+]
+
+
+def sdpa_flop_handle(inputs, outputs):
+    """``aten::scaled_dot_product_attention(q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv))``:
+    ``QK^T`` + ``AV`` = ``batch * Lq * Lk * (d + dv)`` multiply-adds (``batch`` = product of the leading dims)."""
+    q_shape, k_shape, v_shape = get_shape(inputs[0]), get_shape(inputs[1]), get_shape(inputs[2])
+    batch = 1
+    for size in q_shape[:-2]:
+        batch *= size
+    return Counter({"attention": batch * q_shape[-2] * k_shape[-2] * (q_shape[-1] + v_shape[-1])})
+
+
+@dataclass
+class FlopReport:
+    """FLOPs (multiply-adds) averaged over the analysed inputs."""
+
+    total: float
+    per_module: Dict[str, float]
+    per_operator: Dict[str, float]
+    unsupported_ops: Dict[str, int] = field(default_factory=dict)
+    num_inputs: int = 1
+
+
+def _analysis(model, single_input):
+    analysis = FlopCountAnalysis(model, [single_input])
+    register_flop_handles(analysis)
+    analysis.set_op_handle(**{"aten::scaled_dot_product_attention": sdpa_flop_handle})
+    analysis.set_op_handle(**{name: None for name in NOT_COUNTED_OPS})
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return analysis
+
+
+def _group_flops(by_module):
+    """Sums ``by_module`` (names prefixed with "model." by detectron2's tracing adapter) into MODULE_GROUPS rows."""
+    def flops_of(name):
+        return by_module.get("model." + name, by_module.get(name, 0))
+
+    rows = OrderedDict()
+    for row, names in MODULE_GROUPS.items():
+        rows[row] = sum(flops_of(name) for name in names)
+    total = by_module[""]
+    rows[OTHER_ROW] = total - sum(rows.values())
+    return rows, total
+
+
+@torch.no_grad()
+def count_flops(model, inputs: List[dict]) -> FlopReport:
+    """Counts FLOPs of ``model`` (eval mode) on each input dict separately (batch 1) and averages.
+
+    Args:
+        inputs: detectron2 input dicts (``image`` (3, H, W) tensor, optional ``height``/``width``).
+    """
+    if not inputs:
+        raise ValueError("count_flops needs at least one input")
+    was_training = model.training
+    model.eval()
+    totals, rows_sum, ops_sum, unsupported = [], Counter(), Counter(), Counter()
+    try:
+        for single_input in inputs:
+            analysis = _analysis(model, single_input)
+            rows, total = _group_flops(analysis.by_module())
+            totals.append(total)
+            rows_sum.update(rows)
+            ops_sum.update(analysis.by_operator())
+            unsupported.update(analysis.unsupported_ops())
+    finally:
+        model.train(was_training)
+    n = len(inputs)
+    per_module = OrderedDict((row, rows_sum[row] / n) for row in list(MODULE_GROUPS) + [OTHER_ROW])
+    return FlopReport(
+        total=sum(totals) / n,
+        per_module=per_module,
+        per_operator={op: value / n for op, value in ops_sum.items()},
+        unsupported_ops=dict(unsupported),
+        num_inputs=n,
+    )

@@ -1,0 +1,125 @@
+"""Pictures of Focus-DETR's token selection (the paper's figure, for any image).
+
+Input: the ``token_selection`` dict of ``FocusDETR.forward_inference(..., return_token_selection=True)``:
+``spatial_shapes`` (L, 2), ``foreground_logits`` (N,) over all tokens (level-major, row-major per level),
+``foreground_inds`` / ``fine_grained_inds``: per encoder layer, indices into the N tokens. Token (r, c) of level l
+covers ``stride_l`` x ``stride_l`` pixels of the network input (strides (8, 16, 32, 64) for the 4-level models).
+"""
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["level_grids", "foreground_heatmaps", "token_masks", "save_foreground_figure", "save_token_figure"]
+
+KEPT_COLOR = (0.12, 0.47, 0.71)  # blue: updated by the encoder layer (foreground tokens)
+FINE_COLOR = (0.89, 0.10, 0.11)  # red: fine-grained tokens (also in self-attention)
+
+
+def _as_numpy(x):
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def level_grids(values, spatial_shapes):
+    """Splits a per-token vector ``(N,)`` into one ``(H_l, W_l)`` grid per level."""
+    values = _as_numpy(values)
+    shapes = _as_numpy(spatial_shapes).astype(int)
+    if values.shape[0] != int((shapes[:, 0] * shapes[:, 1]).sum()):
+        raise ValueError(f"{values.shape[0]} token values do not match spatial_shapes {shapes.tolist()}")
+    grids, start = [], 0
+    for height, width in shapes:
+        grids.append(values[start : start + height * width].reshape(height, width))
+        start += height * width
+    return grids
+
+
+def foreground_heatmaps(token_selection):
+    """Per level, sigmoid foreground probability ``(H_l, W_l)``."""
+    probabilities = 1.0 / (1.0 + np.exp(-_as_numpy(token_selection["foreground_logits"]).astype(np.float64)))
+    return level_grids(probabilities, token_selection["spatial_shapes"])
+
+
+def token_masks(token_selection, layer):
+    """Per level, an int grid ``(H_l, W_l)``: 0 not kept, 1 kept (foreground), 2 fine-grained, for one encoder layer."""
+    shapes = _as_numpy(token_selection["spatial_shapes"]).astype(int)
+    codes = np.zeros(int((shapes[:, 0] * shapes[:, 1]).sum()), dtype=np.int64)
+    codes[_as_numpy(token_selection["foreground_inds"][layer]).astype(int)] = 1
+    codes[_as_numpy(token_selection["fine_grained_inds"][layer]).astype(int)] = 2
+    return level_grids(codes, shapes)
+
+
+def _grid_to_image(grid, stride, image_size):
+    """Nearest-neighbour upsampling of a token grid to the pixels of the (unpadded) network input ``(h, w)``."""
+    height, width = image_size
+    rows = min(grid.shape[0], math.ceil(height / stride))
+    cols = min(grid.shape[1], math.ceil(width / stride))
+    up = np.repeat(np.repeat(grid[:rows, :cols], stride, axis=0), stride, axis=1)
+    out = np.zeros((height, width), dtype=up.dtype)
+    out[: min(height, up.shape[0]), : min(width, up.shape[1])] = up[:height, :width]
+    return out
+
+
+def _strides(num_levels, strides):
+    strides = list(strides) if strides is not None else [8 * 2**level for level in range(num_levels)]
+    if len(strides) != num_levels:
+        raise ValueError(f"need one stride per level ({num_levels}), got {strides}")
+    return strides
+
+
+def _figure(rows, cols, panel_height=2.6, aspect=1.0):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * panel_height * aspect + 0.4, rows * panel_height + 0.6), squeeze=False)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    return plt, fig, axes
+
+
+def save_foreground_figure(image, token_selection, path, strides=None):
+    """One panel per feature level: the foreground probability over the image. ``image`` (h, w, 3) uint8 RGB of the
+    network input (``token_selection``'s ``image_size``)."""
+    heatmaps = foreground_heatmaps(token_selection)
+    strides = _strides(len(heatmaps), strides)
+    image_size = image.shape[:2]
+    plt, fig, axes = _figure(1, len(heatmaps), aspect=image_size[1] / image_size[0])
+    for level, (axis, heatmap, stride) in enumerate(zip(axes[0], heatmaps, strides)):
+        axis.imshow(image)
+        shown = axis.imshow(_grid_to_image(heatmap, stride, image_size), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+        axis.set_title(f"level {level} (stride {stride})", fontsize=9)
+    fig.colorbar(shown, ax=list(axes[0]), fraction=0.02, label="foreground probability")
+    fig.suptitle("Foreground token selector: scores per level", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_token_figure(image, token_selection, path, strides=None):
+    """Rows: encoder layers; columns: feature levels. Blue: tokens the layer updates (kept foreground tokens);
+    red: its fine-grained tokens (kept and also refined by self-attention)."""
+    num_layers = len(token_selection["foreground_inds"])
+    shapes = _as_numpy(token_selection["spatial_shapes"])
+    strides = _strides(len(shapes), strides)
+    image_size = image.shape[:2]
+    plt, fig, axes = _figure(num_layers, len(shapes), aspect=image_size[1] / image_size[0])
+    dimmed = (image.astype(np.float32) * 0.55).astype(np.uint8)
+    for layer in range(num_layers):
+        kept = len(token_selection["foreground_inds"][layer])
+        fine = len(token_selection["fine_grained_inds"][layer])
+        for level, (grid, stride) in enumerate(zip(token_masks(token_selection, layer), strides)):
+            axis = axes[layer][level]
+            codes = _grid_to_image(grid, stride, image_size)
+            overlay = np.zeros(image_size + (4,), dtype=np.float32)
+            overlay[codes == 1] = KEPT_COLOR + (0.55,)
+            overlay[codes == 2] = FINE_COLOR + (0.75,)
+            axis.imshow(dimmed)
+            axis.imshow(overlay)
+            if layer == 0:
+                axis.set_title(f"level {level} (stride {stride})", fontsize=9)
+            if level == 0:
+                axis.set_ylabel(f"layer {layer}\n{kept} kept / {fine} fine", fontsize=8)
+    fig.suptitle("Encoder tokens per layer: blue = kept (updated), red = fine-grained", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

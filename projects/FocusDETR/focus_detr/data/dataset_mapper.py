@@ -1,0 +1,93 @@
+"""Turns one detectron2 dataset dict into the model's input dict (DETR recipe).
+
+Training picks one of two augmentation pipelines per image with probability ``crop_probability`` (0.5 officially):
+the plain multi-scale resize, or the resize -> random crop -> multi-scale resize pipeline. Crowd boxes are dropped,
+boxes emptied by the crop are removed, images are delivered in ``img_format`` (RGB for the official weights).
+"""
+import copy
+import logging
+
+import numpy as np
+import torch
+from detectron2.data import detection_utils
+from detectron2.data import transforms as T
+
+__all__ = ["DetrDatasetMapper", "read_image_or_raise"]
+
+logger = logging.getLogger(__name__)
+
+
+def read_image_or_raise(file_name, img_format):
+    """``detection_utils.read_image`` with one clear error naming the file when it cannot be read.
+
+    Returns:
+        np.ndarray (H, W, 3) uint8 in ``img_format``.
+    """
+    try:
+        return detection_utils.read_image(file_name, format=img_format)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {file_name}") from None
+    except Exception as error:  # PIL raises several types for corrupt / non-image files
+        raise ValueError(f"cannot read image {file_name}: {type(error).__name__}: {error}") from None
+
+
+class DetrDatasetMapper:
+    """Callable: dataset dict (detectron2 format) -> model input dict.
+
+    Output keys: ``image`` (3, H, W) uint8 tensor in ``img_format``, ``height``/``width`` of the original image (used
+    to rescale predictions), the dataset's ``file_name``/``image_id``, and in training ``instances``
+    (``gt_boxes`` absolute XYXY in the augmented image, ``gt_classes``).
+    """
+
+    def __init__(self, augmentation, augmentation_with_crop=None, is_train=True, img_format="RGB", crop_probability=0.5):
+        """
+        Args:
+            augmentation (list[Augmentation]): the plain pipeline (the only one at test time).
+            augmentation_with_crop (list[Augmentation] or None): the pipeline with a random crop, training only.
+            is_train (bool): keep annotations as ``instances`` (True) or drop them (False).
+            img_format (str): "RGB" or "BGR" (any format ``detection_utils.read_image`` accepts).
+            crop_probability (float): probability to use ``augmentation_with_crop`` for an image.
+        """
+        if not 0.0 <= crop_probability <= 1.0:
+            raise ValueError(f"crop_probability must be in [0, 1], got {crop_probability}")
+        self.augmentation = T.AugmentationList(list(augmentation))
+        self.augmentation_with_crop = (
+            None if augmentation_with_crop is None else T.AugmentationList(list(augmentation_with_crop))
+        )
+        self.is_train = is_train
+        self.img_format = img_format
+        self.crop_probability = crop_probability
+        logger.info(
+            f"DetrDatasetMapper (train={is_train}): augmentation {augmentation}; with crop (p={crop_probability}) "
+            f"{augmentation_with_crop}"
+        )
+
+    def _choose_pipeline(self):
+        if self.augmentation_with_crop is None:
+            return self.augmentation
+        # the decision draws from np.random like the augmentations do, so one seed fixes the whole sample
+        return self.augmentation_with_crop if np.random.rand() <= self.crop_probability else self.augmentation
+
+    def __call__(self, dataset_dict):
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_image_or_raise(dataset_dict["file_name"], self.img_format)
+        detection_utils.check_image_size(dataset_dict, image)
+
+        aug_input = T.AugInput(image)
+        transforms = self._choose_pipeline()(aug_input)
+        image = aug_input.image
+        image_shape = image.shape[:2]
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+        annotations = dataset_dict.pop("annotations", None)
+        if not self.is_train or annotations is None:
+            return dataset_dict
+        kept = []
+        for annotation in annotations:
+            if annotation.get("iscrowd", 0) != 0:
+                continue
+            annotation = {k: v for k, v in annotation.items() if k not in ("segmentation", "keypoints")}
+            kept.append(detection_utils.transform_instance_annotations(annotation, transforms, image_shape))
+        instances = detection_utils.annotations_to_instances(kept, image_shape)
+        dataset_dict["instances"] = detection_utils.filter_empty_instances(instances)
+        return dataset_dict

@@ -1,0 +1,38 @@
+"""Training / evaluation machinery used by ``train_net.py`` and ``tools/``: config loading with checked overrides,
+the training step (AMP on CPU/GPU, gradient clipping), atomic checkpoints with exact resume (RNG + data position),
+EMA, evaluation."""
+from .checkpoint import AtomicDetectionCheckpointer
+from .config import ConfigError, check_datasets_registered, check_override_keys, load_config, resolve_device
+from .evaluation import evaluate
+from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restore_rank_state
+from .optim import LrFactorByName
+from .rng import capture_rng_state, isolated_rng, restore_rng_state
+from .runner import build_model, run_evaluation, run_training, wrap_ddp
+from .train_loader import ResumableTrainLoader, build_resumable_train_loader
+from .trainer import DetrTrainer, resolve_amp_dtype
+
+__all__ = [
+    "AtomicDetectionCheckpointer",
+    "ConfigError",
+    "DetrTrainer",
+    "EMAHook",
+    "IsolatedRngEvalHook",
+    "LrFactorByName",
+    "ResumableCheckpointHook",
+    "ResumableTrainLoader",
+    "build_model",
+    "build_resumable_train_loader",
+    "capture_rng_state",
+    "check_datasets_registered",
+    "check_override_keys",
+    "evaluate",
+    "isolated_rng",
+    "load_config",
+    "resolve_amp_dtype",
+    "resolve_device",
+    "restore_rank_state",
+    "restore_rng_state",
+    "run_evaluation",
+    "run_training",
+    "wrap_ddp",
+]

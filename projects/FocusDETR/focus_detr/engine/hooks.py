@@ -1,0 +1,136 @@
+"""Training hooks: checkpoints that carry every rank's RNG and data position, an EMA of the weights, and an
+evaluation hook that consumes no randomness of the training run."""
+import contextlib
+import logging
+import os
+
+import torch
+from detectron2.engine import HookBase
+from detectron2.engine.hooks import EvalHook
+from detectron2.utils import comm
+
+from .rng import capture_rng_state, isolated_rng
+
+__all__ = ["ResumableCheckpointHook", "EMAHook", "IsolatedRngEvalHook"]
+
+logger = logging.getLogger(__name__)
+
+
+class ResumableCheckpointHook(HookBase):
+    """Every ``period`` iterations and after the last one, saves the model, the trainer (iteration, optimizer,
+    scaler, hook states such as the LR scheduler and EMA) and, gathered from every rank, the RNG states and the
+    training data loader's position: everything ``--resume`` needs to continue as if never stopped.
+
+    Must be registered on every rank (the gather is collective); only the main process writes.
+    Place it after the hooks whose state it must capture (LR scheduler, EMA, evaluation).
+    """
+
+    def __init__(self, checkpointer, period, data_loader=None, max_to_keep=None, file_prefix="model"):
+        if period <= 0:
+            raise ValueError(f"checkpointer period must be positive, got {period}")
+        self.checkpointer = checkpointer
+        self.period = period
+        self.data_loader = data_loader
+        self.max_to_keep = max_to_keep
+        self.file_prefix = file_prefix
+        self._saved_numbered = []
+
+    def _rank_state(self):
+        state = {"rng": capture_rng_state()}
+        if self.data_loader is not None and hasattr(self.data_loader, "state_dict"):
+            state["data_loader"] = self.data_loader.state_dict()
+        return state
+
+    def save(self, name):
+        rank_states = comm.all_gather(self._rank_state())
+        if comm.is_main_process():
+            self.checkpointer.save(name, iteration=self.trainer.iter, rank_states=rank_states)
+        comm.synchronize()
+
+    def after_step(self):
+        iteration = self.trainer.iter
+        if iteration >= self.trainer.max_iter - 1:
+            self.save(f"{self.file_prefix}_final")
+        elif (iteration + 1) % self.period == 0:
+            name = f"{self.file_prefix}_{iteration:07d}"
+            self.save(name)
+            self._prune(name)
+
+    def _prune(self, name):
+        if not comm.is_main_process() or not self.max_to_keep:
+            return
+        self._saved_numbered.append(os.path.join(self.checkpointer.save_dir, name + ".pth"))
+        while len(self._saved_numbered) > self.max_to_keep:
+            old = self._saved_numbered.pop(0)
+            if os.path.exists(old) and not old.endswith(f"{self.file_prefix}_final.pth"):
+                os.remove(old)
+
+
+def restore_rank_state(extra_checkpoint_data, data_loader):
+    """Puts this rank's data-loader position back from a checkpoint written by :class:`ResumableCheckpointHook`.
+
+    Returns this rank's saved RNG state (restore it with ``rng.restore_rng_state`` right before training starts),
+    or None when the checkpoint has none or was written with a different number of processes (then training
+    continues from the right iteration with fresh randomness and data order, and a warning says so).
+    """
+    rank_states = extra_checkpoint_data.get("rank_states")
+    if not rank_states:
+        return None
+    if len(rank_states) != comm.get_world_size():
+        logger.warning(
+            f"The checkpoint was written by {len(rank_states)} processes and this run has {comm.get_world_size()}: "
+            "resuming the iteration, weights, optimizer and schedule, but not the RNG or the data order."
+        )
+        return None
+    state = rank_states[comm.get_rank()]
+    if data_loader is not None and "data_loader" in state and hasattr(data_loader, "load_state_dict"):
+        data_loader.load_state_dict(state["data_loader"])
+    return state["rng"]
+
+
+class EMAHook(HookBase):
+    """Exponential moving average of the model's floating-point parameters and buffers, updated after every step:
+    ``ema = decay * ema + (1 - decay) * weights`` (integer buffers are copied). Its state is saved with the trainer.
+    """
+
+    def __init__(self, model, decay=0.999):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"model_ema.decay must be in (0, 1), got {decay}")
+        self.model = model.module if hasattr(model, "module") else model
+        self.decay = decay
+        self.shadow = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+
+    @torch.no_grad()
+    def after_step(self):
+        for name, value in self.model.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.shadow[name].mul_(self.decay).add_(value.detach(), alpha=1.0 - self.decay)
+            else:
+                self.shadow[name].copy_(value)
+
+    def state_dict(self):
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state_dict):
+        for name, value in state_dict["shadow"].items():
+            if name in self.shadow:
+                self.shadow[name].copy_(value)
+
+    @contextlib.contextmanager
+    def weights_applied(self):
+        """Temporarily loads the EMA weights into the model (e.g. for evaluation)."""
+        backup = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+        self.model.load_state_dict(self.shadow)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(backup)
+
+
+class IsolatedRngEvalHook(EvalHook):
+    """detectron2's ``EvalHook`` whose evaluation leaves the training run's RNG states untouched, so a run with
+    periodic evaluation draws the same random numbers as one without."""
+
+    def _do_eval(self):
+        with isolated_rng():
+            super()._do_eval()

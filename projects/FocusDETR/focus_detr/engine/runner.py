@@ -1,0 +1,130 @@
+"""Building and running training / evaluation from a LazyConfig (what ``train_net.py`` calls on every process)."""
+import json
+import logging
+import os
+
+import torch
+from detectron2.config import instantiate
+from detectron2.engine import create_ddp_model, default_writers, hooks
+from detectron2.utils import comm
+
+from .checkpoint import AtomicDetectionCheckpointer
+from .config import resolve_device
+from .evaluation import evaluate
+from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restore_rank_state
+from .rng import restore_rng_state
+from .trainer import DetrTrainer, resolve_amp_dtype
+
+__all__ = ["build_model", "run_training", "run_evaluation", "wrap_ddp"]
+
+logger = logging.getLogger(__name__)
+
+EMA_HOOK_KEY = EMAHook.__qualname__
+
+
+def build_model(cfg, device=None):
+    """Instantiates ``cfg.model`` on ``device`` (default: ``cfg.train.device`` resolved; "auto" when absent)."""
+    device = device or resolve_device((cfg.get("train", None) or {}).get("device", "auto"))
+    model = instantiate(cfg.model)
+    model.to(device)
+    logger.info(f"Model on {device}:\n{model}")
+    return model
+
+
+def wrap_ddp(model, cfg, device):
+    """DistributedDataParallel when running several processes (CPU processes use gloo, ``device_ids=None``)."""
+    ddp_kwargs = dict(cfg.train.get("ddp", {}))
+    if torch.device(device).type == "cpu":
+        ddp_kwargs["device_ids"] = None
+        ddp_kwargs.pop("fp16_compression", None)
+    return create_ddp_model(model, **ddp_kwargs)
+
+
+def _ema_settings(cfg):
+    ema = cfg.train.get("model_ema", None) or {}
+    return bool(ema.get("enabled", False)), float(ema.get("decay", 0.999)), bool(ema.get("use_for_eval", True))
+
+
+def run_training(cfg, resume=False):
+    """Trains ``cfg.model`` for ``cfg.train.max_iter`` iterations (continuing from the last checkpoint in
+    ``cfg.train.output_dir`` when ``resume``). Returns the trainer."""
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg, device)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = wrap_ddp(model, cfg, device)
+
+    amp_dtype = resolve_amp_dtype(cfg.train.amp.get("precision", "auto"), device) if cfg.train.amp.enabled else None
+    clip = cfg.train.get("clip_grad", None) or {}
+    trainer = DetrTrainer(
+        model,
+        train_loader,
+        optimizer,
+        clip_grad_max_norm=clip["params"]["max_norm"] if clip.get("enabled", False) else None,
+        clip_grad_norm_type=clip.get("params", {}).get("norm_type", 2.0),
+        amp_dtype=amp_dtype,
+        device_type=torch.device(device).type,
+    )
+    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+
+    ema_enabled, ema_decay, ema_for_eval = _ema_settings(cfg)
+    ema_hook = EMAHook(model, ema_decay) if ema_enabled else None
+
+    def evaluate_current_model():
+        if ema_hook is not None and ema_for_eval:
+            with ema_hook.weights_applied():
+                return evaluate(cfg, model)
+        return evaluate(cfg, model)
+
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            ema_hook,
+            IsolatedRngEvalHook(cfg.train.eval_period, evaluate_current_model),
+            # after the hooks above, so a checkpoint holds the state they leave behind
+            ResumableCheckpointHook(
+                checkpointer,
+                cfg.train.checkpointer.period,
+                data_loader=train_loader,
+                max_to_keep=cfg.train.checkpointer.get("max_to_keep", None),
+            ),
+            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+
+    extra = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    start_iter, rng_state = 0, None
+    if resume and checkpointer.has_checkpoint():
+        start_iter = trainer.iter + 1
+        rng_state = restore_rank_state(extra, train_loader)
+        logger.info(f"Resuming at iteration {start_iter} (RNG and data position {'restored' if rng_state else 'NOT restored'})")
+    if rng_state is not None:
+        restore_rng_state(rng_state)  # last, so nothing between here and the first step draws from the generators
+    trainer.train(start_iter, cfg.train.max_iter)
+    return trainer
+
+
+def run_evaluation(cfg):
+    """Loads ``cfg.train.init_checkpoint`` (our, official detrex, or EMA weights when enabled) and evaluates.
+    Writes ``eval_results.json`` in ``cfg.train.output_dir``; returns the results dict."""
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg, device)
+    model = wrap_ddp(model, cfg, device)
+    if not cfg.train.init_checkpoint:
+        logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights")
+    extra = AtomicDetectionCheckpointer(model, cfg.train.output_dir).load(cfg.train.init_checkpoint)
+    ema_enabled, _, ema_for_eval = _ema_settings(cfg)
+    ema_state = (extra.get("trainer") or {}).get("hooks", {}).get(EMA_HOOK_KEY) if extra else None
+    if ema_enabled and ema_for_eval and ema_state is not None:
+        logger.info("Evaluating the EMA weights stored in the checkpoint")
+        (model.module if hasattr(model, "module") else model).load_state_dict(ema_state["shadow"])
+    results = evaluate(cfg, model)
+    if comm.is_main_process() and cfg.train.output_dir:
+        os.makedirs(cfg.train.output_dir, exist_ok=True)
+        with open(os.path.join(cfg.train.output_dir, "eval_results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    return results

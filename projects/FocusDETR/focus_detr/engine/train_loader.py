@@ -1,0 +1,196 @@
+"""A training data loader whose position can be saved and restored exactly (for bit-exact ``--resume``).
+
+Every sample is a pure function of its *position* in an endless stream: position -> (epoch, slot) -> dataset index
+through a per-epoch permutation seeded by (seed, epoch), and the augmentation randomness is seeded by
+(seed, position). Worker processes, prefetching and the number of workers therefore do not change what the model
+sees. Rank ``r`` of ``W`` processes reads global positions ``r, r + W, r + 2W, ...`` (like detectron2's
+``TrainingSampler``). Batches are grouped by aspect ratio (landscape / portrait) in the main process like
+detectron2's ``AspectRatioGroupedDataset``; the loader's state (next position, the positions waiting in the
+aspect-ratio buckets) is recorded after every batch, and restoring it regenerates exactly the same future batches.
+"""
+import logging
+
+import torch
+from detectron2.data import DatasetFromList
+from detectron2.utils import comm
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .rng import isolated_rng, seed_for_position
+
+__all__ = ["ResumableTrainLoader", "build_resumable_train_loader"]
+
+logger = logging.getLogger(__name__)
+
+
+_PERMUTATION_STREAM, _AUGMENTATION_STREAM = 0, 1
+
+
+def _identity(x):
+    return x
+
+
+class _PositionStream(IterableDataset):
+    """Yields ``(position, mapped_sample)`` for ``replay_positions`` and then ``next_position, next_position+1, ...``
+    (positions local to this rank). Worker ``w`` of ``K`` handles every K-th item, and the DataLoader interleaves
+    workers round-robin, so the output order does not depend on ``K``."""
+
+    def __init__(self, dataset, mapper, seed, rank, world_size, replay_positions, next_position, shuffle):
+        self.dataset = dataset
+        self.mapper = mapper
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.replay_positions = list(replay_positions)
+        self.next_position = next_position
+        self.shuffle = shuffle
+
+    def _positions(self):
+        yield from self.replay_positions
+        position = self.next_position
+        while True:
+            yield position
+            position += 1
+
+    def _dataset_index(self, global_position, permutation_cache):
+        size = len(self.dataset)
+        epoch, slot = divmod(global_position, size)
+        if not self.shuffle:
+            return slot
+        if permutation_cache.get("epoch") != epoch:
+            generator = torch.Generator().manual_seed(seed_for_position(self.seed, _PERMUTATION_STREAM, epoch))
+            permutation_cache["epoch"] = epoch
+            permutation_cache["order"] = torch.randperm(size, generator=generator).tolist()
+        return permutation_cache["order"][slot]
+
+    def __iter__(self):
+        worker = get_worker_info()
+        worker_id, num_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        permutation_cache = {}
+        for item_number, position in enumerate(self._positions()):
+            if item_number % num_workers != worker_id:
+                continue
+            global_position = self.rank + self.world_size * position
+            dataset_dict = self.dataset[self._dataset_index(global_position, permutation_cache)]
+            with isolated_rng(seed_for_position(self.seed, _AUGMENTATION_STREAM, global_position)):
+                sample = self.mapper(dataset_dict)
+            if sample is None:
+                raise ValueError(
+                    f"the dataset mapper returned None for {dataset_dict.get('file_name', dataset_dict)}; "
+                    "filter such images out of the dataset instead"
+                )
+            yield position, sample
+
+
+class ResumableTrainLoader:
+    """Endless iterable of training batches (``list[dict]`` of ``total_batch_size / world_size`` mapped samples)
+    with ``state_dict()`` / ``load_state_dict()``.
+
+    ``state_dict()`` describes the position after the last batch handed out; load it before iterating.
+    """
+
+    def __init__(
+        self, dataset, mapper, total_batch_size, num_workers=0, seed=None, aspect_ratio_grouping=True, shuffle=True
+    ):
+        """
+        Args:
+            dataset (list[dict] or Dataset): detectron2 dataset dicts.
+            mapper (callable): dataset dict -> model input dict (must not return None).
+            total_batch_size (int): images per iteration over all processes; divisible by the world size.
+            num_workers (int): data-loading worker processes per rank (0 = load in the main process).
+            seed (int or None): the stream's seed; None draws one shared by all ranks (it is part of the state).
+            aspect_ratio_grouping (bool): batch landscape and portrait images separately (less padding).
+            shuffle (bool): a fresh permutation of the dataset every epoch.
+        """
+        world_size = comm.get_world_size()
+        if total_batch_size <= 0 or total_batch_size % world_size != 0:
+            raise ValueError(
+                f"total_batch_size ({total_batch_size}) must be positive and divisible by the number of processes "
+                f"({world_size})"
+            )
+        if len(dataset) == 0:
+            raise ValueError("the training dataset is empty")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.dataset = dataset if not isinstance(dataset, list) else DatasetFromList(dataset, copy=False)
+        self.mapper = mapper
+        self.batch_size = total_batch_size // world_size
+        self.num_workers = num_workers
+        self.aspect_ratio_grouping = aspect_ratio_grouping
+        self.shuffle = shuffle
+        self.rank = comm.get_rank()
+        self.world_size = world_size
+        self.seed = int(comm.shared_random_seed() if seed is None else seed)
+        self._next_position = 0
+        self._waiting_positions = [[], []]  # per aspect-ratio bucket, in arrival order
+
+    def state_dict(self):
+        return {
+            "seed": self.seed,
+            "next_position": self._next_position,
+            "waiting_positions": [list(bucket) for bucket in self._waiting_positions],
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state):
+        if (state["world_size"], state["batch_size"]) != (self.world_size, self.batch_size):
+            raise ValueError(
+                f"the saved data-loader state is for {state['world_size']} processes x {state['batch_size']} images; "
+                f"this run has {self.world_size} x {self.batch_size}"
+            )
+        self.seed = int(state["seed"])
+        self._next_position = int(state["next_position"])
+        self._waiting_positions = [list(bucket) for bucket in state["waiting_positions"]]
+
+    def _bucket_of(self, sample):
+        if not self.aspect_ratio_grouping:
+            return 0
+        height, width = sample["image"].shape[-2:]
+        return 0 if width > height else 1
+
+    def __iter__(self):
+        replay = sorted(p for bucket in self._waiting_positions for p in bucket)
+        stream = _PositionStream(
+            self.dataset, self.mapper, self.seed, self.rank, self.world_size, replay, self._next_position, self.shuffle
+        )
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=_identity,
+            # an explicit generator keeps DataLoader start-up from drawing on the global torch RNG
+            generator=torch.Generator().manual_seed(self.seed),
+            persistent_workers=False,
+        )
+        replay_set = set(replay)
+        buckets = [[], []]
+        self._waiting_positions = [[], []]
+        for position, sample in loader:
+            if position in replay_set:
+                replay_set.discard(position)
+            else:
+                self._next_position = position + 1
+            bucket = self._bucket_of(sample)
+            buckets[bucket].append(sample)
+            self._waiting_positions[bucket].append(position)
+            if len(buckets[bucket]) == self.batch_size:
+                batch = buckets[bucket]
+                buckets[bucket] = []
+                self._waiting_positions[bucket] = []
+                yield batch
+
+
+def build_resumable_train_loader(
+    dataset, mapper, total_batch_size, num_workers=0, seed=None, aspect_ratio_grouping=True, shuffle=True
+):
+    """LazyConfig entry point: same arguments as :class:`ResumableTrainLoader`."""
+    return ResumableTrainLoader(
+        dataset,
+        mapper,
+        total_batch_size,
+        num_workers=num_workers,
+        seed=seed,
+        aspect_ratio_grouping=aspect_ratio_grouping,
+        shuffle=shuffle,
+    )

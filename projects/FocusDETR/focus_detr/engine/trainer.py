@@ -1,0 +1,91 @@
+"""The training step: forward, backward, optional gradient clipping, optimiser step, with AMP on CPU or GPU."""
+import time
+
+import torch
+from detectron2.engine import SimpleTrainer
+from detectron2.utils.events import get_event_storage
+
+__all__ = ["DetrTrainer", "resolve_amp_dtype"]
+
+
+def resolve_amp_dtype(precision, device):
+    """``"auto"`` -> bfloat16 where the device computes it natively (CPU, CUDA with bf16 support) else float16;
+    ``"bfloat16"``/``"bf16"``/``"float16"``/``"fp16"`` -> that dtype."""
+    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if precision == "auto":
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    if precision not in names:
+        raise ValueError(f"train.amp.precision must be one of auto, {', '.join(names)}; got {precision!r}")
+    return names[precision]
+
+
+class DetrTrainer(SimpleTrainer):
+    """detectron2's ``SimpleTrainer`` step plus what DETR training needs and ``AMPTrainer`` lacks on CPU:
+    autocast on any device type, a gradient scaler only for float16, and gradient-norm clipping of the unscaled
+    gradients before the step (the total norm before clipping is logged as ``grad_norm``).
+
+    Args:
+        model, data_loader, optimizer: as in ``SimpleTrainer`` (the model returns a dict of weighted losses).
+        clip_grad_max_norm (float or None): clip the total gradient norm to this value; None = no clipping.
+        clip_grad_norm_type (float): the norm's order (2 = L2).
+        amp_dtype (torch.dtype or None): autocast dtype; None = full precision.
+        device_type (str): "cpu" or "cuda" (autocast and scaler device).
+    """
+
+    def __init__(
+        self,
+        model,
+        data_loader,
+        optimizer,
+        *,
+        clip_grad_max_norm=None,
+        clip_grad_norm_type=2.0,
+        amp_dtype=None,
+        device_type="cpu",
+    ):
+        super().__init__(model, data_loader, optimizer)
+        if clip_grad_max_norm is not None and clip_grad_max_norm <= 0:
+            raise ValueError(f"clip_grad max_norm must be positive, got {clip_grad_max_norm}")
+        self.clip_grad_max_norm = clip_grad_max_norm
+        self.clip_grad_norm_type = clip_grad_norm_type
+        self.amp_dtype = amp_dtype
+        self.device_type = device_type
+        self.grad_scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
+
+    def run_step(self):
+        assert self.model.training, "[DetrTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+
+        with torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        losses = sum(loss.float() for loss in loss_dict.values())
+
+        self.optimizer.zero_grad()
+        self.grad_scaler.scale(losses).backward()
+        self.after_backward()
+        if self.clip_grad_max_norm is not None:
+            self.grad_scaler.unscale_(self.optimizer)
+            parameters = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+            total_norm = torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad_max_norm, self.clip_grad_norm_type)
+            get_event_storage().put_scalar("grad_norm", float(total_norm), smoothing_hint=True)
+        self._write_metrics(loss_dict, data_time)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self.grad_scaler.is_enabled():
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "grad_scaler" in state_dict and self.grad_scaler.is_enabled():
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])

@@ -1,0 +1,75 @@
+"""Bad input gets one clear line naming the thing, from the command line."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from engine_test_utils import REPO_ROOT, TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
+
+
+def _cli_error(train_net, capsys, *argv):
+    code = train_net.cli(["--config-file", TOY_CONFIG, *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    return err[-1]
+
+
+def test_unknown_config_key_is_named_with_suggestion(train_net, toy_dataset, capsys):
+    line = _cli_error(train_net, capsys, "train.max_iters=5")
+    assert line.startswith("error: unknown config key 'train.max_iters'")
+    assert "train.max_iter" in line.split("did you mean")[1]
+
+
+def test_unknown_nested_key_under_lazy_call_is_rejected(train_net, toy_dataset, capsys):
+    line = _cli_error(train_net, capsys, "model.num_querys=3")
+    assert "unknown config key 'model.num_querys'" in line
+
+
+def test_constructor_argument_left_at_its_default_is_accepted(toy_dataset, tmp_path):
+    from focus_detr.engine import load_config
+
+    cfg = load_config(TOY_CONFIG, ["model.input_size=16", "dataloader.train.shuffle=False"])  # not set in the file
+    assert cfg.model.input_size == 16 and cfg.dataloader.train.shuffle is False
+
+
+def test_missing_checkpoint_is_named(train_net, toy_dataset, capsys, tmp_path):
+    missing = tmp_path / "nope.pth"
+    line = _cli_error(train_net, capsys, "--eval-only", f"train.init_checkpoint={missing}", f"train.output_dir={tmp_path}")
+    assert line == f"error: checkpoint not found: {missing}"
+
+
+def test_unregistered_dataset_is_named(train_net, toy_dataset, capsys):
+    line = _cli_error(train_net, capsys, "dataloader.test.dataset.names=focus_detr_toyy")
+    assert line.startswith("error: dataset 'focus_detr_toyy' is not registered (did you mean: focus_detr_toy")
+
+
+def test_unreadable_image_is_named(train_net, capsys, tmp_path):
+    from toy_detector import register_toy_dataset
+
+    register_toy_dataset("focus_detr_toy_bad", str(tmp_path / "bad"), num_images=2, bad_image=True)
+    line = _cli_error(
+        train_net, capsys, "dataloader.train.dataset.names=focus_detr_toy_bad", "dataloader.train.shuffle=False",
+        "dataloader.train.aspect_ratio_grouping=False", "train.max_iter=2", f"train.output_dir={tmp_path / 'out'}",
+    )
+    assert line.startswith("ValueError: cannot read image ") or line.startswith("error: cannot read image ")
+    assert os.path.join("bad", "images", "toy_001.png") in line
+
+
+def test_missing_config_file_from_the_shell(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), "--config-file", str(tmp_path / "none.py")],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: config file not found: {tmp_path / 'none.py'}"
+
+
+@pytest.mark.parametrize("override, message", [("train.device=cuda:0", "no CUDA GPU"), ("train.amp.precision=fp8", "train.amp.precision")])
+def test_bad_device_or_precision(train_net, toy_dataset, capsys, tmp_path, override, message):
+    import torch
+
+    if override.startswith("train.device") and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    line = _cli_error(train_net, capsys, override, "train.amp.enabled=True", "train.max_iter=1", f"train.output_dir={tmp_path}")
+    assert message in line

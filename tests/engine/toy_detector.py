@@ -1,0 +1,121 @@
+"""A tiny stand-in detector and a synthetic COCO dataset for fast engine tests (not part of the package).
+
+The detector draws from the global torch RNG in training (like Focus-DETR's denoising queries) so that tests of
+exact resume notice a generator that is not restored.
+"""
+import json
+import os
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.structures import Boxes, Instances
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+
+
+class ToyDetector(nn.Module):
+    """images -> conv features -> ``num_queries`` boxes + class logits. Training: L1 + BCE against the first GT box."""
+
+    def __init__(self, num_classes=1, num_queries=4, input_size=32, feature_noise=0.05):
+        super().__init__()
+        self.feature_noise = feature_noise
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.input_size = input_size
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.GroupNorm(2, 8), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten()
+        )
+        self.class_embed = nn.Linear(128, num_queries * num_classes)
+        self.bbox_embed = nn.Linear(128, num_queries * 4)
+        self.register_buffer("pixel_mean", torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1), False)
+
+    def forward(self, batched_inputs):
+        device = self.pixel_mean.device
+        images = torch.stack(
+            [
+                F.interpolate(((x["image"].to(device).float() - self.pixel_mean) / self.pixel_std)[None], size=(self.input_size,) * 2, mode="bilinear")[0]
+                for x in batched_inputs
+            ]
+        )
+        features = self.backbone(images)
+        if self.training and self.feature_noise > 0:
+            features = features + self.feature_noise * torch.randn_like(features)
+        logits = self.class_embed(features).view(-1, self.num_queries, self.num_classes)
+        boxes = self.bbox_embed(features).view(-1, self.num_queries, 4).sigmoid()  # normalised x0, y0, x1-x0, y1-y0
+        if self.training:
+            return self.losses(batched_inputs, logits, boxes)
+        return self.inference(batched_inputs, logits, boxes)
+
+    def losses(self, batched_inputs, logits, boxes):
+        box_losses, class_losses = [], []
+        for x, image_logits, image_boxes in zip(batched_inputs, logits, boxes):
+            gt = x["instances"].to(logits.device)
+            h, w = x["image"].shape[-2:]
+            target_logits = torch.zeros_like(image_logits)
+            if len(gt) > 0:
+                box = gt.gt_boxes.tensor[0] / torch.tensor([w, h, w, h], device=logits.device)
+                target = torch.stack([box[0], box[1], box[2] - box[0], box[3] - box[1]])
+                box_losses.append((image_boxes[0] - target).abs().sum())
+                target_logits[0, gt.gt_classes[0]] = 1.0
+            class_losses.append(F.binary_cross_entropy_with_logits(image_logits, target_logits))
+        loss_box = torch.stack(box_losses).mean() if box_losses else boxes.sum() * 0.0
+        return {"loss_class": torch.stack(class_losses).mean(), "loss_bbox": 5.0 * loss_box}
+
+    def inference(self, batched_inputs, logits, boxes):
+        results = []
+        for x, image_logits, image_boxes in zip(batched_inputs, logits, boxes):
+            height, width = x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1])
+            scores, classes = image_logits.sigmoid().max(-1)
+            x0, y0, bw, bh = image_boxes.unbind(-1)
+            xyxy = torch.stack([x0 * width, y0 * height, (x0 + bw) * width, (y0 + bh) * height], -1)
+            instances = Instances((height, width))
+            instances.pred_boxes = Boxes(xyxy)
+            instances.scores = scores
+            instances.pred_classes = classes
+            results.append({"instances": instances})
+        return results
+
+
+def write_toy_coco(root, num_images=8, height=48, width=64, seed=0, bad_image=False):
+    """Writes ``num_images`` PNGs (one bright rectangle on noise each) and a COCO json; returns (json, image_root).
+    With ``bad_image`` the last file holds bytes that are not an image."""
+    rng = np.random.RandomState(seed)
+    image_root = os.path.join(root, "images")
+    os.makedirs(image_root, exist_ok=True)
+    images, annotations = [], []
+    for index in range(num_images):
+        pixels = rng.randint(0, 60, size=(height, width, 3)).astype(np.uint8)
+        bw, bh = rng.randint(12, width // 2), rng.randint(10, height // 2)
+        x0, y0 = rng.randint(0, width - bw), rng.randint(0, height - bh)
+        pixels[y0 : y0 + bh, x0 : x0 + bw] = 220
+        file_name = f"toy_{index:03d}.png"
+        path = os.path.join(image_root, file_name)
+        if bad_image and index == num_images - 1:
+            with open(path, "wb") as f:
+                f.write(b"this is not a png")
+        else:
+            Image.fromarray(pixels).save(path)
+        images.append({"id": index + 1, "file_name": file_name, "height": height, "width": width})
+        annotations.append(
+            {"id": index + 1, "image_id": index + 1, "category_id": 1, "bbox": [x0, y0, bw, bh], "area": bw * bh, "iscrowd": 0}
+        )
+    json_file = os.path.join(root, "toy.json")
+    with open(json_file, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "box"}]}, f)
+    return json_file, image_root
+
+
+def register_toy_dataset(name, root, **kwargs):
+    """Writes the toy data under ``root`` and registers it as ``name`` (re-registering replaces it)."""
+    json_file, image_root = write_toy_coco(root, **kwargs)
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        from detectron2.data import MetadataCatalog
+
+        MetadataCatalog.remove(name)
+    register_coco_instances(name, {}, json_file, image_root)
+    return name

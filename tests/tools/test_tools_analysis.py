@@ -1,0 +1,106 @@
+"""analyze_model.py, benchmark.py, sweep_keep_ratio.py and demo.py on the tiny Focus-DETR."""
+import csv
+import json
+import os
+
+import pytest
+
+from tools_test_utils import FIXTURE_CONFIG, TINY_TOY_CONFIG, load_script, toy_dataset  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def analyze_model():
+    return load_script("tools/analyze_model.py", "analyze_model")
+
+
+def test_flop_rows_sum_to_total_and_msda_is_counted(analyze_model, tmp_path, capsys):
+    json_path = tmp_path / "flops.json"
+    analyze_model.main(analyze_model.parse_args(
+        ["--config-file", FIXTURE_CONFIG, "--tasks", "flop", "activation", "--input-size", "96", "128", "--json", str(json_path)]
+    ))
+    result = json.loads(json_path.read_text())
+    assert result["total_gflops"] > 0
+    assert sum(result["per_module"].values()) == pytest.approx(result["total_gflops"], rel=1e-9)
+    assert result["flop"]["per_operator"]["ms_deform_attn"] > 0
+    assert result["flop"]["per_operator"]["attention"] > 0  # the fine-grained self-attention
+    assert result["unsupported_ops"] == {}
+    for row in ("backbone", "neck", "foreground selector", "encoder", "decoder", "heads"):
+        assert result["per_module"][row] > 0, row
+    # the dense (all keep ratios 1.0) encoder does more work; the rest of the model does not change
+    assert result["dense_total_gflops"] > result["total_gflops"]
+    assert result["flop"]["dense_per_module"]["encoder"] > result["per_module"]["encoder"]
+    assert result["flop"]["dense_per_module"]["backbone"] == result["per_module"]["backbone"]
+    assert result["activation"]["mean_mactivations"] > 0
+    printed = capsys.readouterr().out
+    assert "total" in printed and "dense GFLOPs" in printed and "unsupported ops: none" in printed
+
+
+def test_flops_average_over_dataset_images(analyze_model, toy_dataset, tmp_path):
+    result = analyze_model.main(analyze_model.parse_args(
+        ["--config-file", TINY_TOY_CONFIG, "--tasks", "flop", "parameter", "-n", "2", "--no-dense"]
+    ))
+    assert result["flop"]["num_inputs"] == 2
+    assert "first 2 images of focus_detr_toy" in result["inputs"]
+    assert "dense_total_gflops" not in result["flop"]
+    assert result["parameter"]["total"] == sum(result["parameter"]["per_module"].values())
+
+
+def test_benchmark_reports_latency_training_and_memory(tmp_path, capsys):
+    benchmark = load_script("tools/benchmark.py", "benchmark")
+    json_path = tmp_path / "bench.json"
+    benchmark.main(benchmark.parse_args(
+        ["--config-file", FIXTURE_CONFIG, "--device", "cpu", "--input-size", "64", "96", "--warmup", "0",
+         "--repeats", "1", "--json", str(json_path)]
+    ))
+    result = json.loads(json_path.read_text())
+    for task in ("inference", "train"):
+        assert {"median_ms", "images_per_s", "peak_memory_mib"} <= result[task].keys()
+    assert "median ms" in capsys.readouterr().out
+
+
+def test_sweep_writes_csv_and_plot(toy_dataset, tmp_path):
+    sweep = load_script("tools/sweep_keep_ratio.py", "sweep_keep_ratio")
+    sweep.main(sweep.parse_args(
+        ["--config-file", TINY_TOY_CONFIG, "--output", str(tmp_path), "--keep-ratios", "0.3",
+         "--flop-images", "1", "--latency-images", "1", "--latency-warmup", "0"]
+    ))
+    with open(tmp_path / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["setting"] for row in rows] == ["keep 0.3", "dense"]
+    assert rows[0]["cascade_keep_ratios"] == "1 0.8" and rows[1]["cascade_keep_ratios"] == "1 1"
+    assert float(rows[0]["gflops"]) < float(rows[1]["gflops"])
+    assert all(row["AP"] != "" and float(row["latency_ms"]) > 0 for row in rows)
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+def test_demo_writes_detection_and_token_pictures(toy_dataset, tmp_path):
+    from detectron2.data import DatasetCatalog
+
+    demo = load_script("demo/demo.py", "demo")
+    image = DatasetCatalog.get(toy_dataset)[0]["file_name"]
+    written = demo.main(demo.parse_args(
+        ["--config-file", TINY_TOY_CONFIG, "--input", image, "--output", str(tmp_path), "--show-tokens"]
+    ))
+    assert sorted(os.path.basename(p) for p in written) == ["toy_000_detections.png", "toy_000_foreground.png", "toy_000_tokens.png"]
+    from PIL import Image
+
+    sizes = {}
+    for path in written:
+        with Image.open(path) as picture:
+            assert picture.format == "PNG"
+            sizes[os.path.basename(path)] = picture.size
+    assert sizes["toy_000_detections.png"] == (64, 48)  # drawn on the original image
+    assert sizes["toy_000_tokens.png"][0] > 200
+
+
+def test_demo_names_an_unreadable_image(toy_dataset, tmp_path, capsys):
+    from focus_detr.engine.cli import run_reporting_errors
+
+    demo = load_script("demo/demo.py", "demo")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"no image here")
+    code = run_reporting_errors(demo.main, demo.parse_args(
+        ["--config-file", TINY_TOY_CONFIG, "--input", str(broken), "--output", str(tmp_path)]
+    ))
+    assert code == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: cannot read image {broken}")

@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+"""Speed and memory of a config's model: inference latency (median after warm-up) and images/s at batch 1, training
+iteration time, peak memory. Prints a table and, with ``--json``, writes the numbers. Nothing here is a test.
+
+Examples:
+    python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --input-size 800 1333
+    python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cuda --amp --json bench.json
+    python tools/benchmark.py --config-file configs/focus_detr_r18_trees.py --dataset-images 9 --tasks inference
+"""
+import argparse
+import json
+import platform
+import sys
+
+import torch
+
+from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
+from focus_detr.analysis.timing import autocast_for, peak_memory_mib, reset_peak_memory, summarize, time_calls
+from focus_detr.engine import AtomicDetectionCheckpointer, build_model, load_config, resolve_amp_dtype, resolve_device
+from focus_detr.engine.cli import run_reporting_errors
+from detectron2.structures import Boxes, Instances
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if visible)")
+    parser.add_argument("--amp", action="store_true", help="autocast (bfloat16 where supported, else float16)")
+    parser.add_argument("--tasks", nargs="+", choices=("inference", "train"), default=["inference", "train"])
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=[800, 1333])
+    parser.add_argument("--dataset-images", type=int, default=0, metavar="N",
+                        help="time inference on the first N test images of the config's dataset instead")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--train-batch-size", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
+    return parser.parse_args(argv)
+
+
+def _training_batch(height, width, batch_size, num_classes, seed=0):
+    """Synthetic images with 5 random boxes each (classes < num_classes), as a dataset mapper would deliver."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = []
+    for item in synthetic_inputs(height, width, batch_size, seed=seed):
+        xy = torch.rand(5, 2, generator=generator) * torch.tensor([width * 0.7, height * 0.7])
+        wh = (torch.rand(5, 2, generator=generator) * 0.25 + 0.05) * torch.tensor([width, height])
+        instances = Instances((height, width))
+        instances.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
+        instances.gt_classes = torch.randint(0, num_classes, (5,), generator=generator)
+        batch.append({**item, "instances": instances})
+    return batch
+
+
+def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats):
+    model.eval()
+    position = {"next": 0}
+
+    @torch.no_grad()
+    def one_image():
+        item = inputs[position["next"] % len(inputs)]
+        position["next"] += 1
+        with autocast_for(device, amp_dtype):
+            model([{**item, "image": item["image"].to(device)}])
+
+    reset_peak_memory(device)
+    stats = summarize(time_calls(one_image, device, warmup, repeats))
+    stats["images_per_s"] = 1000.0 / stats["median_ms"]
+    stats["peak_memory_mib"] = peak_memory_mib(device)
+    return stats
+
+
+def benchmark_training(model, batch, device, amp_dtype, warmup, repeats):
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp_dtype == torch.float16)
+
+    def one_step():
+        with autocast_for(device, amp_dtype):
+            losses = sum(model(batch).values())
+        optimizer.zero_grad()
+        scaler.scale(losses).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    reset_peak_memory(device)
+    stats = summarize(time_calls(one_step, device, warmup, repeats))
+    stats["images_per_s"] = len(batch) * 1000.0 / stats["median_ms"]
+    stats["peak_memory_mib"] = peak_memory_mib(device)
+    return stats
+
+
+def _hardware(device):
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def main(args):
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config_file, args.opts)
+    device = resolve_device(args.device)
+    amp_dtype = resolve_amp_dtype("auto", device) if args.amp else None
+    model = build_model(cfg, device)
+    init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
+    if init_checkpoint:
+        AtomicDetectionCheckpointer(model).load(init_checkpoint)
+    height, width = args.input_size
+    results = {
+        "config_file": args.config_file,
+        "device": device,
+        "hardware": _hardware(device),
+        "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
+        "torch": torch.__version__,
+    }
+    rows = []
+    if "inference" in args.tasks:
+        if args.dataset_images > 0:
+            inputs = dataset_inputs(cfg, args.dataset_images)
+            described = f"first {len(inputs)} test images of {cfg.dataloader.test.dataset.names}"
+        else:
+            inputs, described = synthetic_inputs(height, width), f"synthetic {height}x{width}"
+        results["inference"] = {"inputs": described, **benchmark_inference(model, inputs, device, amp_dtype, args.warmup, args.repeats)}
+        rows.append(("inference (batch 1)", described, results["inference"]))
+    if "train" in args.tasks:
+        num_classes = getattr(getattr(model, "module", model), "num_classes", 1)
+        batch = [{**x, "image": x["image"].to(device)} for x in _training_batch(height, width, args.train_batch_size, num_classes)]
+        results["train"] = {
+            "inputs": f"synthetic {args.train_batch_size} x {height}x{width}",
+            **benchmark_training(model, batch, device, amp_dtype, args.warmup, args.repeats),
+        }
+        rows.append((f"train step (batch {args.train_batch_size})", results["train"]["inputs"], results["train"]))
+
+    print(f"{args.config_file} on {results['hardware']} ({device}, amp: {results['amp_dtype'] or 'off'})")
+    header = f"{'task':<22}{'inputs':<30}{'median ms':>11}{'mean ms':>10}{'images/s':>10}{'peak MiB':>10}"
+    print(header + "\n" + "-" * len(header))
+    for task, described, stats in rows:
+        print(f"{task:<22}{described:<30}{stats['median_ms']:>11.1f}{stats['mean_ms']:>10.1f}"
+              f"{stats['images_per_s']:>10.2f}{stats['peak_memory_mib']:>10.0f}")
+    if torch.device(device).type == "cpu":
+        print("peak MiB on CPU = peak resident set size of the whole process")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(run_reporting_errors(main, parse_args()))

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""The README's first command (``make demo``): train the small Focus-DETR on the embedded tree-crown data on this
+CPU, evaluate COCO AP on ``trees_val`` next to a trivial baseline, draw detections and token pictures, and print
+where everything is.
+
+    python tools/main_job.py                      # ~10 minutes on 2 CPU cores
+    python tools/main_job.py --resume             # continue an interrupted run from its last checkpoint
+    python tools/main_job.py train.max_iter=1200  # any config override
+"""
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
+
+
+def _load_script(relative_path, name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE")
+    parser.add_argument("--output", default=os.path.join("output", "main_job"), metavar="DIR")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
+    parser.add_argument("--demo-images", type=int, default=2, help="validation images to draw")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
+    return parser.parse_args(argv)
+
+
+def _dataset_name(names):
+    return names if isinstance(names, str) else names[0]
+
+
+def main(args):
+    from detectron2.data import DatasetCatalog
+
+    from focus_detr.analysis.baseline import evaluate_grid_baseline
+    from focus_detr.engine import check_datasets_registered, load_config
+
+    torch.set_num_threads(args.threads if args.threads > 0 else (os.cpu_count() or 1))
+    output = os.path.abspath(args.output)
+    overrides = [f"train.output_dir={output}", *args.opts]
+    cfg = load_config(args.config_file, overrides)  # registers the tree data (or names the command that builds it)
+    check_datasets_registered(cfg.dataloader)
+    train_set = _dataset_name(cfg.dataloader.train.dataset.names)
+    val_set = _dataset_name(cfg.dataloader.test.dataset.names)
+
+    train_net = _load_script("train_net.py", "train_net")
+    started = time.time()
+    train_args = train_net.default_argument_parser().parse_args(
+        ["--config-file", args.config_file] + (["--resume"] if args.resume else []) + overrides
+    )
+    print(f"[main job] training {args.config_file} for {cfg.train.max_iter} iterations on "
+          f"{torch.get_num_threads()} CPU threads -> {output}", flush=True)
+    train_net.main(train_args)
+    train_minutes = (time.time() - started) / 60
+
+    final_checkpoint = os.path.join(output, "model_final.pth")
+    eval_args = train_net.default_argument_parser().parse_args(
+        ["--config-file", args.config_file, "--eval-only", *overrides, f"train.init_checkpoint={final_checkpoint}"]
+    )
+    model_metrics = train_net.main(eval_args).get("bbox", {})
+    baseline_metrics, box_size = evaluate_grid_baseline(train_set, val_set, os.path.join(output, "baseline"))
+    baseline_metrics = baseline_metrics.get("bbox", {})
+
+    demo = _load_script(os.path.join("demo", "demo.py"), "focus_detr_demo")
+    images = [record["file_name"] for record in DatasetCatalog.get(val_set)[: args.demo_images]]
+    pictures_dir = os.path.join(output, "pictures")
+    pictures = demo.main(demo.parse_args(
+        ["--config-file", args.config_file, "--input", *images, "--output", pictures_dir, "--show-tokens",
+         "--opts", *overrides, f"train.init_checkpoint={final_checkpoint}"]
+    ))
+
+    summary = {
+        "config_file": args.config_file,
+        "train_minutes": train_minutes,
+        "threads": torch.get_num_threads(),
+        "val_dataset": val_set,
+        "model": {k: model_metrics.get(k) for k in ("AP", "AP50", "AP75")},
+        "grid_baseline": {k: baseline_metrics.get(k) for k in ("AP", "AP50", "AP75")},
+        "baseline_box_size": box_size,
+        "checkpoint": final_checkpoint,
+        "pictures": pictures,
+    }
+    with open(os.path.join(output, "main_job_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.1f}"
+
+    print("\n" + "=" * 78)
+    print(f"Focus-DETR main job: {train_minutes:.1f} min of training on {summary['threads']} CPU threads")
+    print(f"COCO AP on {val_set}:  model AP {fmt(model_metrics.get('AP'))}  AP50 {fmt(model_metrics.get('AP50'))}   |   "
+          f"trivial grid baseline AP {fmt(baseline_metrics.get('AP'))}  AP50 {fmt(baseline_metrics.get('AP50'))}")
+    print(f"checkpoint:          {final_checkpoint}")
+    print(f"training log:        {os.path.join(output, 'log.txt')}  (metrics: metrics.json, TensorBoard: tensorboard --logdir {output})")
+    print(f"evaluation:          {os.path.join(output, 'eval_results.json')}")
+    print(f"pictures:            {pictures_dir}/  ({len(pictures)} PNG files: *_detections, *_foreground, *_tokens)")
+    print(f"summary:             {os.path.join(output, 'main_job_summary.json')}")
+    print("=" * 78)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, REPO_ROOT)
+    from focus_detr.engine.cli import run_reporting_errors
+
+    sys.exit(run_reporting_errors(main, parse_args()))

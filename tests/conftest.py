@@ -37,3 +37,31 @@ def tiny_model(parity_fixture):
     model = build_tiny_model()
     FocusDETRCheckpointer(model).load_model_state(parity_fixture["state_dict"])
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def official_r50_shapes():
+    """Key -> shape of the official R50 checkpoint (../shared/reference/official_r50_state_dict.tsv)."""
+    path = REPO_ROOT.parent / "shared" / "reference" / "official_r50_state_dict.tsv"
+    if not path.exists():
+        pytest.skip(f"{path} not found (it lives in the project's shared/ folder)")
+    shapes = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape, _ = line.split("\t")
+        shapes[key] = tuple(int(s) for s in shape.split(",")) if shape else ()
+    return shapes
+
+
+def fixture_targets(parity_fixture):
+    """The fixture's ground truth as the model's targets: xyxy / [w, h, w, h] -> cxcywh, image_size = tensor size."""
+    from focus_detr.layers.box_ops import box_xyxy_to_cxcywh
+
+    targets = []
+    for item in parity_fixture["inputs"]:
+        instances = item["instances"]
+        h, w = instances["image_size"]
+        boxes = instances["gt_boxes"] / torch.as_tensor([w, h, w, h], dtype=torch.float)
+        targets.append({"labels": instances["gt_classes"], "boxes": box_xyxy_to_cxcywh(boxes), "image_size": (h, w)})
+    return targets

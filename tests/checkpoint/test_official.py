@@ -7,20 +7,6 @@ from detectron2.config import LazyConfig, instantiate
 from conftest import REPO_ROOT, build_tiny_model
 from focus_detr.checkpoint import FocusDETRCheckpointer, convert_official_state_dict, is_official_layout
 
-REFERENCE = REPO_ROOT.parent / "shared" / "reference"
-
-
-def _official_r50_keys():
-    path = REFERENCE / "official_r50_state_dict.tsv"
-    if not path.exists():
-        pytest.skip(f"{path} not found (it lives in the project's shared/ folder)")
-    shapes = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            continue
-        key, shape, _ = line.split("\t")
-        shapes[key] = tuple(int(s) for s in shape.split(",")) if shape else ()
-    return shapes
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +20,8 @@ def test_r50_has_the_official_number_of_parameters(r50_model):
     assert sum(p.numel() for p in r50_model.parameters() if p.requires_grad) == 49_330_512
 
 
-def test_every_official_r50_key_maps_onto_the_model(r50_model):
-    shapes = _official_r50_keys()
-    official = {k: torch.zeros(s) for k, s in shapes.items()}
+def test_every_official_r50_key_maps_onto_the_model(r50_model, official_r50_shapes):
+    official = {k: torch.zeros(s) for k, s in official_r50_shapes.items()}
     assert is_official_layout(official)
     converted = convert_official_state_dict(official)
     ours = r50_model.state_dict()

@@ -17,9 +17,6 @@ from focus_detr.layers.ms_deform_attn import (
 
 HAS_CPU_KERNEL = "cpu" in available_backends("cpu")
 needs_cpu_kernel = pytest.mark.skipif(not HAS_CPU_KERNEL, reason="focus_detr.layers._C (CPU kernel) not built")
-STATE_DICT_TSV = os.path.join(
-    os.path.dirname(__file__), "..", "..", "..", "shared", "reference", "official_r50_state_dict.tsv"
-)
 
 
 def level_layout(shapes):
@@ -306,22 +303,14 @@ def test_jit_trace_records_one_msda_node(backend):
 # --------------------------------------------------------------------------------------------------------------
 # Module
 # --------------------------------------------------------------------------------------------------------------
-def _official_entries(prefix):
-    entries = {}
-    with open(STATE_DICT_TSV) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, _ = line.rstrip("\n").split("\t")
-            if key.startswith(prefix):
-                entries[key[len(prefix):]] = tuple(int(s) for s in shape.split(","))
-    return entries
+def _official_entries(official_r50_shapes, prefix):
+    return {k[len(prefix):]: v for k, v in official_r50_shapes.items() if k.startswith(prefix)}
 
 
 @pytest.mark.parametrize("prefix", ["transformer.encoder.layers.0.attentions.1.",
                                     "transformer.decoder.layers.5.attentions.1."])
-def test_parameter_names_and_shapes_match_official_checkpoint(prefix):
-    official = _official_entries(prefix)
+def test_parameter_names_and_shapes_match_official_checkpoint(official_r50_shapes, prefix):
+    official = _official_entries(official_r50_shapes, prefix)
     assert len(official) == 8
     module = MultiScaleDeformableAttention(embed_dim=256, num_heads=8, num_levels=4, num_points=4)
     ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}

@@ -1,13 +1,11 @@
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-from focus_detr.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
+from conftest import fixture_targets
+from focus_detr.layers.box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
 from focus_detr.modeling.denoising import ContrastiveDenoising, DenoisingQueries, split_denoising_outputs
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "focus_detr_tiny.pt"
 
 
 def _targets(counts, generator):
@@ -148,17 +146,10 @@ def test_split_denoising_outputs():
         split_denoising_outputs(outputs_class[:, :, :5], outputs_coord[:, :, :5], queries)
 
 
-def test_reproduces_the_official_denoising_inputs_of_the_fixture():
-    if not FIXTURE.is_file():
-        pytest.skip(f"official fixture not found at {FIXTURE}")
-    fixture = torch.load(FIXTURE, weights_only=False)
+def test_reproduces_the_official_denoising_inputs_of_the_fixture(parity_fixture):
+    fixture = parity_fixture
     recorded = fixture["train_losses"]["dn"]["dn_inputs"]
-    targets = []
-    for item in fixture["inputs"]:
-        instances = item["instances"]
-        h, w = instances["image_size"]
-        boxes = instances["gt_boxes"] / torch.as_tensor([w, h, w, h], dtype=torch.float)
-        targets.append({"labels": instances["gt_classes"], "boxes": box_xyxy_to_cxcywh(boxes)})
+    targets = fixture_targets(fixture)
     label_enc = nn.Embedding(80, 256)
     with torch.no_grad():
         label_enc.weight.copy_(fixture["state_dict"]["label_enc.weight"])

@@ -1,13 +1,12 @@
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import fixture_targets
 from focus_detr.layers.box_ops import box_xyxy_to_cxcywh
 from focus_detr.modeling.foreground_targets import ForegroundTargetAssigner, foreground_focal_loss
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "focus_detr_tiny.pt"
 
 
 def _target(boxes_xyxy, image_size):
@@ -148,26 +147,9 @@ def test_focal_loss_rejects_mismatched_shapes():
         foreground_focal_loss(torch.zeros(2, 10, 2), torch.zeros(2, 10))
 
 
-def _fixture():
-    if not FIXTURE.is_file():
-        pytest.skip(f"official fixture not found at {FIXTURE}")
-    return torch.load(FIXTURE, weights_only=False)
-
-
-def fixture_targets(fixture):
-    """Targets as the official prepare_targets builds them: xyxy / [w, h, w, h] -> cxcywh, image_size = tensor size."""
-    targets = []
-    for item in fixture["inputs"]:
-        instances = item["instances"]
-        h, w = instances["image_size"]
-        boxes = instances["gt_boxes"] / torch.as_tensor([w, h, w, h], dtype=torch.float)
-        targets.append({"labels": instances["gt_classes"], "boxes": box_xyxy_to_cxcywh(boxes), "image_size": (h, w)})
-    return targets
-
-
 @pytest.mark.parametrize("run", ["no_dn", "dn"])
-def test_select_loss_reproduces_the_official_fixture(run):
-    fixture = _fixture()
+def test_select_loss_reproduces_the_official_fixture(parity_fixture, run):
+    fixture = parity_fixture
     record = fixture["train_losses"][run]
     debug = record["debug"]
     foreground = ForegroundTargetAssigner()(debug["spatial_shapes"], fixture_targets(fixture))

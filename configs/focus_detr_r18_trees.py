@@ -1,4 +1,4 @@
-# The README's demo: the small Focus-DETR (ResNet-18, 128-wide transformer) trained from scratch on the embedded
+# The README's demo: the small Focus-DETR (half-width ResNet-18, 128-wide transformer) trained from scratch on the embedded
 # tree-crown tiles, on a CPU in about ten minutes.
 from .common.data.trees import dataloader
 from .common.coco_schedule import default_multistep
@@ -8,12 +8,12 @@ from .models.focus_detr_r18_small import model
 
 model.num_classes = 1
 # From scratch, a higher learning rate and no backbone discount learn faster in a short run.
-optimizer.lr = 4e-4
+optimizer.lr = 6e-4
 optimizer.params.lr_factor_func.factor = 1.0
-train.max_iter = 600
-# 38 training tiles at 2 per iteration: 19 iterations per epoch; decay for the last ~10% of the run.
-lr_multiplier = default_multistep(epochs=600 / 19, decay_epochs=540 / 19, iters_per_epoch=19)
-train.eval_period = 600
+train.max_iter = 900
+# 38 training tiles at 2 per iteration: 19 iterations per epoch; 1 epoch of warm-up, decay for the last ~10%.
+lr_multiplier = default_multistep(epochs=900 / 19, decay_epochs=810 / 19, warmup_epochs=1, iters_per_epoch=19)
+train.eval_period = 900
 train.checkpointer.period = 200
 train.log_period = 20
 train.output_dir = "./output/focus_detr_r18_trees"

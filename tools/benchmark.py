@@ -15,7 +15,14 @@ import sys
 import torch
 
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
-from focus_detr.analysis.timing import autocast_for, peak_memory_mib, reset_peak_memory, summarize, time_calls
+from focus_detr.analysis.timing import (
+    autocast_for,
+    inference_latency,
+    peak_memory_mib,
+    reset_peak_memory,
+    summarize,
+    time_calls,
+)
 from focus_detr.engine import AtomicDetectionCheckpointer, build_model, load_config, resolve_amp_dtype, resolve_device
 from focus_detr.engine.cli import run_reporting_errors
 from detectron2.structures import Boxes, Instances
@@ -54,18 +61,8 @@ def _training_batch(height, width, batch_size, num_classes, seed=0):
 
 
 def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats):
-    model.eval()
-    position = {"next": 0}
-
-    @torch.no_grad()
-    def one_image():
-        item = inputs[position["next"] % len(inputs)]
-        position["next"] += 1
-        with autocast_for(device, amp_dtype):
-            model([{**item, "image": item["image"].to(device)}])
-
     reset_peak_memory(device)
-    stats = summarize(time_calls(one_image, device, warmup, repeats))
+    stats = inference_latency(model, inputs, device, warmup, repeats, amp_dtype)
     stats["images_per_s"] = 1000.0 / stats["median_ms"]
     stats["peak_memory_mib"] = peak_memory_mib(device)
     return stats

@@ -18,6 +18,7 @@ from detectron2.structures import Boxes, Instances
 from torch.torch_version import TorchVersion
 
 from focus_detr.checkpoint import FocusDETRCheckpointer
+from focus_detr.layers.ms_deform_attn import select_backend
 from focus_detr.modeling import DenoisingQueries
 
 BOX_TOL = 1e-4
@@ -174,6 +175,8 @@ def main(argv=None) -> int:
     model = instantiate(cfg.model).eval()
     FocusDETRCheckpointer(model).load_model_state(fixture["state_dict"])
 
+    backend = select_backend(torch.empty(0))
+    print(f"deformable attention backend: {backend} (set FOCUS_DETR_MSDA_BACKEND=pytorch|cpu to choose)")
     report = Report()
     saved = {"single": [], "train_losses": {}}
     expected_single = fixture.get("eval_outputs", {}).get("single", [])

@@ -56,20 +56,9 @@ def _settings(model, args):
 
 
 def _latency_ms(model, inputs, device, warmup):
-    from focus_detr.analysis.timing import summarize, time_calls
+    from focus_detr.analysis.timing import inference_latency
 
-    import torch
-
-    model.eval()
-    position = {"next": 0}
-
-    @torch.no_grad()
-    def one_image():
-        item = inputs[position["next"] % len(inputs)]
-        position["next"] += 1
-        model([{**item, "image": item["image"].to(device)}])
-
-    return summarize(time_calls(one_image, device, warmup, len(inputs)))["median_ms"]
+    return inference_latency(model, inputs, device, warmup, len(inputs))["median_ms"]
 
 
 def write_plot(rows, path):

@@ -96,3 +96,16 @@ def test_top_down_modulation_changes_fine_scores():
 def test_bad_ratios_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ForegroundTokenSelector(embed_dim=32, **kwargs)
+
+
+def test_keep_ratios_can_be_changed_on_a_built_model():
+    selector = _selector(cascade_keep_ratios=[1.0, 0.5])
+    selector.set_keep_ratios(keep_ratio=1.0)
+    assert (selector.keep_ratio, selector.cascade_keep_ratios) == (1.0, [1.0, 0.5])
+    selection = selector(torch.randn(1, NUM_TOKENS, 32), _padding([NUM_TOKENS]), SHAPES)
+    assert selection.num_selected_tokens_per_layer == [NUM_TOKENS, NUM_TOKENS // 2]
+    with pytest.raises(ValueError, match="one entry per encoder layer"):
+        selector.set_keep_ratios(cascade_keep_ratios=[1.0])
+    with pytest.raises(ValueError, match="keep_ratio"):
+        selector.set_keep_ratios(keep_ratio=0.0)
+    assert (selector.keep_ratio, selector.cascade_keep_ratios) == (1.0, [1.0, 0.5])

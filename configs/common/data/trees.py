@@ -17,9 +17,9 @@ from focus_detr.engine.train_loader import build_resumable_train_loader
 
 register_trees()
 
-TRAIN_SHORT_EDGES = (320, 352, 384, 416, 448)
-TEST_SHORT_EDGE = 384
-MAX_SIZE = 640
+TRAIN_SHORT_EDGES = (288, 320, 352, 384)
+TEST_SHORT_EDGE = 352
+MAX_SIZE = 512
 
 dataloader = OmegaConf.create()
 

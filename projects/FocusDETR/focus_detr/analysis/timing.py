@@ -7,7 +7,9 @@ import time
 
 import torch
 
-__all__ = ["synchronize", "time_calls", "peak_memory_mib", "reset_peak_memory", "autocast_for"]
+__all__ = [
+    "synchronize", "time_calls", "summarize", "inference_latency", "peak_memory_mib", "reset_peak_memory", "autocast_for"
+]
 
 
 def synchronize(device):
@@ -61,3 +63,21 @@ def autocast_for(device, amp_dtype):
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=amp_dtype)
+
+
+def inference_latency(model, inputs, device, warmup, repeats, amp_dtype=None):
+    """Times ``model`` in eval mode on one image per call, cycling through ``inputs`` (dataset dicts).
+
+    Returns :func:`summarize` of the per-image seconds.
+    """
+    model.eval()
+    position = {"next": 0}
+
+    @torch.no_grad()
+    def one_image():
+        item = inputs[position["next"] % len(inputs)]
+        position["next"] += 1
+        with autocast_for(device, amp_dtype):
+            model([{**item, "image": item["image"].to(device)}])
+
+    return summarize(time_calls(one_image, device, warmup, repeats))

@@ -57,6 +57,18 @@ class ForegroundSelection:
         return [inds.shape[1] for inds in self.foreground_inds]
 
 
+def _validated_keep_ratios(keep_ratio: float, cascade_keep_ratios: Sequence[float]) -> Tuple[float, List[float]]:
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"ForegroundTokenSelector: keep_ratio must be in (0, 1], got {keep_ratio}")
+    cascade_keep_ratios = [float(r) for r in cascade_keep_ratios]
+    if not cascade_keep_ratios or any(not 0.0 < r <= 1.0 for r in cascade_keep_ratios):
+        raise ValueError(
+            f"ForegroundTokenSelector: cascade_keep_ratios must be a non-empty list of values in (0, 1], "
+            f"got {cascade_keep_ratios}"
+        )
+    return float(keep_ratio), cascade_keep_ratios
+
+
 class ForegroundTokenSelector(nn.Module):
     """Foreground scoring with top-down modulation, and the cascade of per-layer token counts.
 
@@ -80,23 +92,26 @@ class ForegroundTokenSelector(nn.Module):
         modulation_init_range: float = 0.3,
     ):
         super().__init__()
-        if not 0.0 < keep_ratio <= 1.0:
-            raise ValueError(f"ForegroundTokenSelector: keep_ratio must be in (0, 1], got {keep_ratio}")
-        cascade_keep_ratios = [float(r) for r in cascade_keep_ratios]
-        if not cascade_keep_ratios or any(not 0.0 < r <= 1.0 for r in cascade_keep_ratios):
-            raise ValueError(
-                f"ForegroundTokenSelector: cascade_keep_ratios must be a non-empty list of values in (0, 1], "
-                f"got {cascade_keep_ratios}"
-            )
         if num_levels < 1:
             raise ValueError(f"ForegroundTokenSelector: num_levels must be >= 1, got {num_levels}")
         self.num_levels = num_levels
-        self.keep_ratio = keep_ratio
-        self.cascade_keep_ratios = cascade_keep_ratios
+        self.keep_ratio, self.cascade_keep_ratios = _validated_keep_ratios(keep_ratio, cascade_keep_ratios)
         self.top_down_modulation = top_down_modulation
         self.predictor = ForegroundPredictor(embed_dim)
         self.modulation_weights = nn.Parameter(torch.empty(num_levels - 1))
         nn.init.uniform_(self.modulation_weights, -modulation_init_range, modulation_init_range)
+
+    def set_keep_ratios(self, keep_ratio: float = None, cascade_keep_ratios: Sequence[float] = None) -> None:
+        """Changes the token budget of a built model (e.g. to trade accuracy for speed at evaluation time); None
+        keeps the current value. The number of cascade ratios stays the number of encoder layers."""
+        keep_ratio = self.keep_ratio if keep_ratio is None else keep_ratio
+        cascade_keep_ratios = self.cascade_keep_ratios if cascade_keep_ratios is None else cascade_keep_ratios
+        if len(cascade_keep_ratios) != len(self.cascade_keep_ratios):
+            raise ValueError(
+                f"ForegroundTokenSelector: cascade_keep_ratios needs one entry per encoder layer "
+                f"({len(self.cascade_keep_ratios)}), got {list(cascade_keep_ratios)}"
+            )
+        self.keep_ratio, self.cascade_keep_ratios = _validated_keep_ratios(keep_ratio, cascade_keep_ratios)
 
     def score_tokens(self, memory: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]]) -> torch.Tensor:
         """memory ``(B, N, C)`` -> raw foreground logits ``(B, N, 1)``, scored coarsest level first."""

@@ -73,3 +73,10 @@ def test_bad_device_or_precision(train_net, toy_dataset, capsys, tmp_path, overr
         pytest.skip("a GPU is visible")
     line = _cli_error(train_net, capsys, override, "train.amp.enabled=True", "train.max_iter=1", f"train.output_dir={tmp_path}")
     assert message in line
+
+
+def test_unreachable_checkpoint_url_is_named(train_net, toy_dataset, capsys, tmp_path):
+    # Port 9 (discard) on the loopback interface: nothing listens, the connection is refused at once.
+    url = "http://127.0.0.1:9/model_final.pth"
+    line = _cli_error(train_net, capsys, "--eval-only", f"train.init_checkpoint={url}", f"train.output_dir={tmp_path}")
+    assert line.startswith(f"error: cannot fetch checkpoint {url}")

@@ -68,4 +68,11 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
     def load(self, path, *args, **kwargs):
         if path and "://" not in path and not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        return super().load(path, *args, **kwargs)
+        try:
+            return super().load(path, *args, **kwargs)
+        except OSError as error:  # includes urllib's URLError: no network, unknown host, HTTP errors
+            if "://" not in path:
+                raise
+            raise FileNotFoundError(
+                f"cannot fetch checkpoint {path} ({error}); download it and set train.init_checkpoint to the local file"
+            ) from error

@@ -24,7 +24,6 @@ from focus_detr.engine import check_datasets_registered, load_config, resolve_de
 from focus_detr.engine.cli import run_reporting_errors
 
 
-
 def main(args):
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)

@@ -11,12 +11,12 @@ strictly into that configuration's model, so a checkpoint that does not fit fail
 import argparse
 import os
 import sys
-import tempfile
 
 import torch
 from detectron2.config import LazyConfig, instantiate
 
 from focus_detr.checkpoint import FocusDETRCheckpointer, convert_official_state_dict, is_official_layout
+from focus_detr.engine import atomic_write
 
 
 def main(argv=None) -> int:
@@ -36,11 +36,7 @@ def main(argv=None) -> int:
     if args.config_file:
         model = instantiate(LazyConfig.load(args.config_file).model)
         FocusDETRCheckpointer(model).load_model_state(converted)
-    # Written next to the target, then renamed: an interrupted run never leaves a truncated checkpoint.
-    directory = os.path.dirname(os.path.abspath(args.output))
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
-        torch.save({"model": converted}, tmp)
-    os.replace(tmp.name, args.output)
+    atomic_write(args.output, lambda f: torch.save({"model": converted}, f))
     print(f"wrote {args.output}: {len(converted)} tensors (from {len(state_dict)} official keys incl. aliases)")
     return 0
 

@@ -1,25 +1,38 @@
+import copy
 import importlib.util
+import re
 
+import pytest
 import torch
 
 from conftest import FIXTURE_PATH, REPO_ROOT, TINY_CONFIG
 
 
-def _check_parity_module():
+@pytest.fixture(scope="module")
+def check_parity():
     spec = importlib.util.spec_from_file_location("check_parity", REPO_ROOT / "tools" / "check_parity.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_tiny_configuration_reproduces_the_official_outputs(parity_fixture, tmp_path, capsys):
+def _rows(printed, name):
+    return [line for line in printed.splitlines() if name in line]
+
+
+def test_tiny_configuration_reproduces_the_official_outputs(check_parity, parity_fixture, tmp_path, capsys):
     output = tmp_path / "ours.pt"
-    code = _check_parity_module().main(
+    code = check_parity.main(
         ["--config-file", str(TINY_CONFIG), "--fixture", str(FIXTURE_PATH), "--output", str(output)]
     )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "PARITY OK" in printed
+    # Every recorded decision was checked: 2 images x 2 layers of foreground and fine-grained choices, and the
+    # query ranking of the 2 images and the 2 training runs.
+    assert len(_rows(printed, "foreground tokens")) == 8
+    assert len(_rows(printed, "fine-grained tokens")) == 4
+    assert len(_rows(printed, "query ranking")) == 4
     saved = torch.load(output, weights_only=True)
     expected = parity_fixture["eval_outputs"]["single"]
     assert len(saved["single"]) == len(expected)
@@ -31,8 +44,15 @@ def test_tiny_configuration_reproduces_the_official_outputs(parity_fixture, tmp_
     assert set(saved["train_losses"]["dn"]) == set(parity_fixture["train_losses"]["dn"]["losses"])
 
 
-def test_a_different_configuration_fails_the_check(parity_fixture, capsys):
-    code = _check_parity_module().main(
+def test_the_configuration_is_inferred_from_the_weights(check_parity, capsys):
+    code = check_parity.main(["--fixture", str(FIXTURE_PATH)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert f"config: {TINY_CONFIG}" in printed
+
+
+def test_a_different_configuration_fails_the_check(check_parity, capsys):
+    code = check_parity.main(
         [
             "--config-file", str(TINY_CONFIG), "--fixture", str(FIXTURE_PATH),
             "model.transformer.foreground_selector.keep_ratio=0.4",
@@ -41,3 +61,70 @@ def test_a_different_configuration_fails_the_check(parity_fixture, capsys):
     printed = capsys.readouterr().out
     assert code == 1
     assert "PARITY FAILED" in printed and "FAIL" in printed
+
+
+def _eval_only_fixture(parity_fixture, path):
+    fixture = copy.deepcopy(parity_fixture)
+    del fixture["train_losses"]
+    torch.save(fixture, path)
+    return fixture
+
+
+def test_tied_scores_take_the_official_choice(check_parity, parity_fixture, tmp_path, monkeypatch, capsys):
+    # Rounded multi-category scores make hundreds of exact ties, which topk breaks its own way: the official
+    # fine-grained sets remain valid choices, so they must be taken, and the outputs then match.
+    from focus_detr.modeling.encoder import DualAttentionEncoderLayer
+
+    exact = DualAttentionEncoderLayer.multi_category_scores
+    monkeypatch.setattr(
+        DualAttentionEncoderLayer, "multi_category_scores", lambda *args: exact(*args).round(decimals=0)
+    )
+    path = tmp_path / "eval_only.pt"
+    _eval_only_fixture(parity_fixture, path)
+    code = check_parity.main(["--fixture", str(path)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    differing = [int(re.search(r"(\d+) differ", row).group(1)) for row in _rows(printed, "fine-grained tokens")]
+    assert len(differing) == 4 and min(differing) > 0
+
+
+def test_a_clearly_different_token_choice_fails(check_parity, parity_fixture, tmp_path, capsys):
+    path = tmp_path / "eval_only.pt"
+    fixture = _eval_only_fixture(parity_fixture, path)
+    # Swap the best foreground token of image 0 for one that no layer keeps.
+    inds = fixture["eval_outputs"]["single"][0]["debug"]["encoder_in"]["foreground_inds"]
+    kept = set(inds[0][0].tolist())
+    outside = next(t for t in range(1192) if t not in kept)
+    for layer in inds:
+        layer[0, 0] = outside
+    torch.save(fixture, path)
+    code = check_parity.main(["--fixture", str(path)])
+    printed = capsys.readouterr().out
+    assert code == 1
+    rows = [row for row in _rows(printed, "image0 layer") if "foreground tokens" in row]
+    assert len(rows) == 2
+    assert all(row.endswith("FAIL") and "1 differ" in row for row in rows)
+
+
+def test_ranking_check_accepts_ties_in_either_order_only(check_parity):
+    report = check_parity.Report()
+    scores = torch.tensor([[5.0, 3.0, 3.0, 1.0]])
+    ours = torch.tensor([[0, 1]])
+    assert check_parity.check_ranking(report, "tie", scores, ours, torch.tensor([[0, 2]]), ordered=True)
+    assert check_parity.check_ranking(report, "set order", scores, torch.tensor([[1, 0]]), ours, ordered=False)
+    assert not check_parity.check_ranking(report, "worse", scores, ours, torch.tensor([[0, 3]]), ordered=False)
+    assert not check_parity.check_ranking(report, "order", scores, ours, torch.tensor([[1, 0]]), ordered=True)
+    assert [row[3] for row in report.rows] == [True, True, False, False]
+
+
+def test_queries_are_found_by_their_boxes_and_taken_in_the_official_order(check_parity):
+    report = check_parity.Report()
+    # Tokens 1 and 2 tie; the official run ranked token 2 first.
+    scores = torch.tensor([[4.0, 2.0, 2.0, 0.5]])
+    boxes = torch.tensor([[[0.1, 0.1, 0.2, 0.2], [0.3, 0.3, 0.1, 0.1], [0.6, 0.5, 0.2, 0.3], [0.9, 0.9, 0.1, 0.1]]])
+    official = boxes[:, [0, 2, 1]] + 1e-6
+    forced = check_parity.ForcedDecisions(None, report, "", query_boxes=official)
+    forced.proposal_boxes = boxes
+    chosen = forced._query_chooser(lambda s: s.topk(3, dim=1)[1])(scores)
+    assert chosen.tolist() == [[0, 2, 1]]
+    assert report.ok

@@ -1,7 +1,7 @@
 """Training / evaluation machinery used by ``train_net.py`` and ``tools/``: config loading with checked overrides,
 the training step (AMP on CPU/GPU, gradient clipping), atomic checkpoints with exact resume (RNG + data position),
 EMA, evaluation."""
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import AtomicDetectionCheckpointer, atomic_write
 from .config import ConfigError, check_datasets_registered, check_override_keys, load_config, resolve_device
 from .evaluation import evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restore_rank_state
@@ -13,6 +13,7 @@ from .trainer import DetrTrainer, resolve_amp_dtype
 
 __all__ = [
     "AtomicDetectionCheckpointer",
+    "atomic_write",
     "ConfigError",
     "DetrTrainer",
     "EMAHook",

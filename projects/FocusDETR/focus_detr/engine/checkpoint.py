@@ -17,7 +17,7 @@ def _current_umask():
     return mask
 
 
-def _atomic_write(path, write_fn, mode="wb"):
+def atomic_write(path, write_fn, mode="wb"):
     """Writes through a temporary file in the same folder and renames it over ``path`` (``os.replace`` is atomic on
     POSIX and Windows), so a crash or a full disk leaves either the old file or the new one, never a torn one."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -58,12 +58,12 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        _atomic_write(save_file, lambda f: torch.save(data, f))
+        atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):
         save_file = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(save_file, lambda f: f.write(last_filename_basename), mode="w")
+        atomic_write(save_file, lambda f: f.write(last_filename_basename), mode="w")
 
     def load(self, path, *args, **kwargs):
         if path and "://" not in path and not os.path.isfile(path):

@@ -57,18 +57,23 @@ class DualAttentionEncoderLayer(nn.Module):
         self.ffn = FFN(embed_dim, feedforward_dim, dropout)
         self.ffn_norm = nn.LayerNorm(embed_dim)
 
-    def select_fine_grained(
+    def multi_category_scores(
         self, queries: torch.Tensor, foreground_scores: torch.Tensor, category_head: Callable
     ) -> torch.Tensor:
-        """queries ``(B, k, C)``, foreground_scores ``(B, k)`` -> indices into the k queries ``(B, m)``.
+        """queries ``(B, k, C)``, foreground_scores ``(B, k)`` -> ranking scores ``(B, k)``: max class logit x
+        foreground logit.
 
-        The score multiplies two raw logits, not probabilities, as the released weights were trained with; only
-        the ranking is used, so no gradient flows through it.
+        Two raw logits, not probabilities, as the released weights were trained with; only the ranking is used, so
+        no gradient flows through it.
         """
-        num_fine = min(self.num_fine_grained_tokens, queries.shape[1])
         with torch.no_grad():
-            category_scores = category_head(queries).max(-1)[0] * foreground_scores
-            return category_scores.topk(num_fine, dim=1)[1]
+            return category_head(queries).max(-1)[0] * foreground_scores
+
+    def select_fine_grained(self, category_scores: torch.Tensor) -> torch.Tensor:
+        """category_scores ``(B, k)`` -> indices of the fine-grained tokens among the k queries ``(B, m)``,
+        best first."""
+        num_fine = min(self.num_fine_grained_tokens, category_scores.shape[1])
+        return category_scores.topk(num_fine, dim=1)[1]
 
     def forward(
         self,
@@ -85,7 +90,7 @@ class DualAttentionEncoderLayer(nn.Module):
         """queries, query_pos ``(B, k, C)``: the layer's foreground tokens; foreground_scores ``(B, k)``;
         value ``(B, N, C)``, value_padding_mask ``(B, N)``; reference_points ``(B, k, L, 2)``.
         Returns the updated queries ``(B, k, C)`` and the fine-grained indices into them ``(B, m)``."""
-        fine_inds = self.select_fine_grained(queries, foreground_scores, category_head)
+        fine_inds = self.select_fine_grained(self.multi_category_scores(queries, foreground_scores, category_head))
         fine = _gather_tokens(queries, fine_inds)
         fine_with_pos = fine + _gather_tokens(query_pos, fine_inds)
         attended = self.fine_grained_attn(fine_with_pos, fine_with_pos, fine, need_weights=False)[0]

@@ -162,6 +162,11 @@ class FocusDETRTransformer(nn.Module):
         memory = memory.masked_fill(padding_mask[..., None], 0.0).masked_fill(~valid, 0.0)
         return self.enc_output_norm(self.enc_output(memory)), proposals
 
+    def select_queries(self, proposal_scores: torch.Tensor) -> torch.Tensor:
+        """proposal_scores ``(B, N)`` (each token's best class logit) -> the tokens that become decoder queries
+        ``(B, Q)``, best first; the rank decides which learnt content query each one gets."""
+        return proposal_scores.topk(min(self.num_queries, proposal_scores.shape[1]), dim=1)[1]
+
     def forward(
         self,
         features: List[torch.Tensor],
@@ -203,8 +208,8 @@ class FocusDETRTransformer(nn.Module):
         proposal_memory, proposals = self.project_memory(memory, padding_mask, spatial_shapes_list)
         proposal_logits = class_heads[-1](proposal_memory)
         proposal_coords = box_heads[-1](proposal_memory) + proposals
-        num_queries = min(self.num_queries, proposal_logits.shape[1])
-        topk_inds = proposal_logits.max(-1)[0].topk(num_queries, dim=1)[1]
+        topk_inds = self.select_queries(proposal_logits.max(-1)[0])
+        num_queries = topk_inds.shape[1]
         topk_coords = proposal_coords.gather(1, topk_inds[..., None].expand(-1, -1, 4))
         encoder_logits = proposal_logits.gather(1, topk_inds[..., None].expand(-1, -1, proposal_logits.shape[-1]))
 

@@ -1,0 +1,49 @@
+import importlib.util
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, TINY_CONFIG
+
+
+def _tool(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "tools"))
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_fixture_made_with_one_backend_passes_the_check_with_another(tmp_path, monkeypatch, capsys):
+    fixture = tmp_path / "tiny_pytorch.pt"
+    monkeypatch.setenv("FOCUS_DETR_MSDA_BACKEND", "pytorch")
+    assert _tool("make_parity_fixture", monkeypatch).main(
+        ["--config-file", str(TINY_CONFIG), "--output", str(fixture), "--sizes", "200x276", "270x196"]
+    ) == 0
+    saved = torch.load(fixture, weights_only=True)
+    assert len(saved["inputs"]) == 2 and set(saved["train_losses"]) == {"no_dn", "dn"}
+    assert saved["train_losses"]["dn"]["dn_inputs"]["dn_meta"]["dn_num"] >= 1
+    assert len(saved["eval_outputs"]["single"][0]["debug"]["encoder_layers"]) == 2
+
+    monkeypatch.setenv("FOCUS_DETR_MSDA_BACKEND", "cpu")
+    code = _tool("check_parity", monkeypatch).main(["--fixture", str(fixture)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "deformable attention backend: cpu" in printed and "PARITY OK" in printed
+
+
+def test_the_perturbed_weights_leave_no_constant_tensor(monkeypatch):
+    tool = _tool("make_parity_fixture", monkeypatch)
+    layer = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.BatchNorm1d(4))
+    tool.perturb_weights(layer, torch.Generator().manual_seed(0))
+    for key, tensor in layer.state_dict().items():
+        if tensor.is_floating_point():
+            assert tensor.unique().numel() == tensor.numel(), key
+
+
+@pytest.mark.parametrize("text", ["800", "0x100", "axb"])
+def test_bad_image_sizes_are_refused(text, monkeypatch, capsys):
+    tool = _tool("make_parity_fixture", monkeypatch)
+    with pytest.raises(SystemExit):
+        tool.main(["--config-file", str(TINY_CONFIG), "--output", "unused.pt", "--sizes", text])
+    assert "image size must" in capsys.readouterr().err

@@ -7,7 +7,8 @@
 Loads ``fixture["state_dict"]`` (official layout) through the checkpoint loader, runs eval-mode inference on each
 fixture input alone, and the training losses when the fixture has them (``no_dn`` as is; ``dn`` with the fixture's
 recorded denoising queries injected). Prints a comparison table and exits non-zero when out of tolerance. Without
-``--config-file`` the configuration is the first of ``CANDIDATE_CONFIGS`` whose model the weights fit exactly.
+``--config-file``, or when the weights do not fit it (reported), the configuration is the first of
+``CANDIDATE_CONFIGS`` whose model the weights fit exactly.
 
 Ranking decisions are teacher-forced. Focus-DETR ranks tokens three times: the foreground tokens of each encoder
 layer, the fine-grained tokens among them, and the proposals that become decoder queries (a query's rank picks its
@@ -341,26 +342,37 @@ def compare_losses(report: Report, name: str, ours: Dict[str, float], expected: 
         report.add(f"{name} {key} rel. error", rel, f"<= {LOSS_REL_TOL:g}", rel <= LOSS_REL_TOL)
 
 
-def fits(model, state_dict: Dict[str, torch.Tensor]) -> bool:
-    """Whether a detector state dict (ours or official layout) has exactly the model's keys and shapes."""
+def weight_mismatch(model, state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
+    """None when a detector state dict (ours or official layout) has exactly the model's keys and shapes, else what
+    differs."""
     if is_official_layout(state_dict):
         state_dict = convert_official_state_dict(state_dict)
     ours = model.state_dict()
-    return ours.keys() == state_dict.keys() and all(ours[k].shape == v.shape for k, v in state_dict.items())
+    missing, unexpected = sorted(ours.keys() - state_dict.keys()), sorted(state_dict.keys() - ours.keys())
+    shapes = [k for k in state_dict if k in ours and ours[k].shape != state_dict[k].shape]
+    problems = [f"{len(v)} {what}, e.g. {v[0]}" for what, v in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if v]
+    return "; ".join(problems) or None
 
 
 def build_model(config_file: Optional[str], opts: List[str], state_dict: Dict[str, torch.Tensor]):
-    """The model of ``config_file``, or of the first candidate configuration the weights fit."""
-    candidates = [config_file] if config_file else [str(REPO_ROOT / c) for c in CANDIDATE_CONFIGS]
+    """The model of ``config_file`` if the weights fit it, else of the first candidate configuration they fit (the
+    weights fix the architecture; a config that cannot hold them is reported, not fatal). Returns the model and the
+    config used."""
+    requested = Path(config_file).resolve() if config_file else None
+    candidates = [config_file] if config_file else []
+    candidates += [str(REPO_ROOT / c) for c in CANDIDATE_CONFIGS if REPO_ROOT / c != requested]
     for candidate in candidates:
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(candidate), opts)
-        model = instantiate(cfg.model)
-        if config_file or fits(model, state_dict):
+        model = instantiate(LazyConfig.apply_overrides(LazyConfig.load(candidate), opts).model)
+        mismatch = weight_mismatch(model, state_dict)
+        if mismatch is None:
             print(f"config: {candidate}")
-            return model
+            return model, candidate
+        if candidate == config_file:
+            print(f"WARNING: the fixture's weights do not fit {config_file} ({mismatch}); trying the candidate configs")
     raise ValueError(
         "the fixture's weights fit none of the candidate configurations (" + ", ".join(CANDIDATE_CONFIGS) + "); "
-        "pass --config-file"
+        "pass the --config-file they were made with"
     )
 
 
@@ -375,7 +387,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(2)
     fixture = load_fixture(args.fixture)
-    model = build_model(args.config_file, args.opts, fixture["state_dict"]).eval()
+    model, config_file = build_model(args.config_file, args.opts, fixture["state_dict"])
+    model.eval()
     FocusDETRCheckpointer(model).load_model_state(fixture["state_dict"])
     model.to(args.device)
 
@@ -404,7 +417,10 @@ def main(argv=None) -> int:
         atomic_write(args.output, lambda f: torch.save(saved, f))
         print(f"wrote {args.output}")
     report.print()
-    print("PARITY OK" if report.ok else "PARITY FAILED")
+    verdict = "PARITY OK" if report.ok else "PARITY FAILED"
+    if args.config_file not in (None, config_file):
+        verdict += f" (with {config_file}: the weights do not fit {args.config_file})"
+    print(verdict)
     return 0 if report.ok else 1
 
 

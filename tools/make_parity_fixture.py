@@ -3,8 +3,8 @@
 ``tools/check_parity.py`` can compare two runs of this code: another deformable-attention backend, device, thread
 count or torch version, at any model size.
 
-    FOCUS_DETR_MSDA_BACKEND=pytorch python tools/make_parity_fixture.py --config-file configs/focus_detr_r50_4scale_12ep.py \
-        --sizes 800x800 800x1066 --output r50_pytorch.pt
+    FOCUS_DETR_MSDA_BACKEND=pytorch python tools/make_parity_fixture.py \
+        --config-file configs/focus_detr_r50_4scale_12ep.py --sizes 800x800 800x1066 --output r50_pytorch.pt
     FOCUS_DETR_MSDA_BACKEND=cpu python tools/check_parity.py --fixture r50_pytorch.pt
 
 Weights: ``--weights`` (ours or official), else the config's initialisation perturbed as the official fixture's

@@ -51,6 +51,15 @@ def test_the_configuration_is_inferred_from_the_weights(check_parity, capsys):
     assert f"config: {TINY_CONFIG}" in printed
 
 
+def test_a_configuration_the_weights_do_not_fit_is_reported_and_replaced(check_parity, capsys):
+    r50 = REPO_ROOT / "configs" / "focus_detr_r50_4scale_12ep.py"
+    code = check_parity.main(["--config-file", str(r50), "--fixture", str(FIXTURE_PATH)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert f"weights do not fit {r50}" in printed and "shape mismatches, e.g. backbone.stem.conv1.weight" in printed
+    assert printed.strip().endswith(f"PARITY OK (with {TINY_CONFIG}: the weights do not fit {r50})")
+
+
 def test_a_different_configuration_fails_the_check(check_parity, capsys):
     code = check_parity.main(
         [

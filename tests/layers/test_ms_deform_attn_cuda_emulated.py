@@ -146,3 +146,25 @@ def test_no_queries_gives_an_empty_output(emulated):
 @pytest.mark.parametrize("group,segment", [(8, 8), (4, 4), (30, 2), (64, 32), (3, 1)])
 def test_shuffle_segments(emulated, group, segment):
     assert emulated.shuffle_segment(group) == segment
+
+
+def test_gradcheck_float64(emulated):
+    value, shapes, starts, _, weights = make_inputs(batch=1, queries=3, heads=2, channels=2, points=1,
+                                                    shapes=[(2, 3), (1, 1)])
+    # Away from the kinks of bilinear sampling (pixel centres, borders), where finite differences are not gradients.
+    locations = 0.05 + 0.9 * torch.rand(1, 3, 2, 2, 1, 2, generator=torch.Generator().manual_seed(1),
+                                        dtype=torch.float64)
+
+    class EmulatedMSDA(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, value, locations, weights):
+            ctx.save_for_backward(value, locations, weights)
+            return emulated.forward(value, shapes, starts, locations, weights)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            value, locations, weights = ctx.saved_tensors
+            return tuple(emulated.backward(value, shapes, starts, locations, weights, grad_output.contiguous()))
+
+    leaves = [t.clone().requires_grad_() for t in (value, locations, weights)]
+    assert torch.autograd.gradcheck(EmulatedMSDA.apply, leaves, eps=1e-6, atol=1e-7)

@@ -3,6 +3,7 @@
 // per-warp barrier for __shfl_xor_sync, dynamic shared memory per block, and mutex-guarded atomicAdd. Slow, but it
 // executes the kernels' own indexing, divergence and reductions exactly as written.
 #pragma once
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -17,7 +18,8 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define FOCUS_DETR_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(cuda_on_cpu::current_block()->shared.data())
+#define FOCUS_DETR_DYNAMIC_SHARED(type, name) \
+  type* name = reinterpret_cast<type*>(cuda_on_cpu::current_block()->shared.data())
 
 struct dim3 {
   unsigned int x = 0, y = 0, z = 0;

@@ -14,28 +14,10 @@ from focus_detr.layers.ms_deform_attn import (
     multi_scale_deformable_attention_pytorch,
     select_backend,
 )
+from msda_inputs import level_layout, make_inputs
 
 HAS_CPU_KERNEL = "cpu" in available_backends("cpu")
 needs_cpu_kernel = pytest.mark.skipif(not HAS_CPU_KERNEL, reason="focus_detr.layers._C (CPU kernel) not built")
-
-
-def level_layout(shapes):
-    spatial_shapes = torch.tensor(shapes, dtype=torch.int64).view(-1, 2)
-    sizes = spatial_shapes.prod(1)
-    level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-    return spatial_shapes, level_start_index, int(sizes.sum())
-
-
-def make_inputs(shapes, batch=2, queries=5, heads=2, channels=3, points=2, dtype=torch.float64, seed=0, low=-0.2,
-                high=1.2):
-    generator = torch.Generator().manual_seed(seed)
-    spatial_shapes, level_start_index, num_values = level_layout(shapes)
-    levels = spatial_shapes.shape[0]
-    value = torch.randn(batch, num_values, heads, channels, dtype=dtype, generator=generator)
-    locations = low + (high - low) * torch.rand(batch, queries, heads, levels, points, 2, dtype=dtype,
-                                                generator=generator)
-    weights = torch.rand(batch, queries, heads, levels, points, dtype=dtype, generator=generator)
-    return value, spatial_shapes, level_start_index, locations, weights
 
 
 def oracle(value, spatial_shapes, level_start_index, locations, weights):

@@ -7,6 +7,7 @@ from focus_detr.layers.ms_deform_attn import (
     available_backends,
     multi_scale_deformable_attention,
 )
+from msda_inputs import make_inputs as random_inputs
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or "cuda" not in available_backends("cuda"),
@@ -17,16 +18,11 @@ SHAPES = [(23, 31), (12, 16), (6, 8), (3, 4), (1, 1)]
 
 
 def make_inputs(batch=2, queries=300, heads=4, channels=32, points=4, dtype=torch.float32, seed=0, shapes=SHAPES):
-    generator = torch.Generator().manual_seed(seed)
-    spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
-    sizes = spatial_shapes.prod(1)
-    level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-    levels = len(shapes)
-    value = torch.randn(batch, int(sizes.sum()), heads, channels, generator=generator, dtype=torch.float64)
-    locations = -0.1 + 1.2 * torch.rand(batch, queries, heads, levels, points, 2, generator=generator,
-                                        dtype=torch.float64)
-    weights = torch.rand(batch, queries, heads, levels * points, generator=generator, dtype=torch.float64)
-    weights = weights.softmax(-1).view(batch, queries, heads, levels, points)
+    """Shared random inputs (float64, CPU) moved to the GPU: value in ``dtype``, locations and weights in the
+    kernel's accumulation precision."""
+    value, spatial_shapes, level_start_index, locations, weights = random_inputs(
+        shapes, batch, queries, heads, channels, points, seed=seed, low=-0.1, high=1.1
+    )
     coord_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     return (value.to("cuda", dtype), spatial_shapes.cuda(), level_start_index.cuda(),
             locations.to("cuda", coord_dtype), weights.to("cuda", coord_dtype))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from focus_detr.layers.ms_deform_attn import multi_scale_deformable_attention
+from msda_inputs import make_inputs as random_inputs
 
 HERE = Path(__file__).resolve().parent
 CUDA_SOURCES = HERE.parents[1] / "projects" / "FocusDETR" / "focus_detr" / "layers" / "csrc" / "cuda"
@@ -31,19 +32,12 @@ def emulated(tmp_path_factory):
 
 
 def make_inputs(batch=2, queries=12, heads=2, channels=32, points=2, shapes=SHAPES, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
-    sizes = spatial_shapes.prod(1)
-    level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-    levels = len(shapes)
-    value = torch.randn(batch, int(sizes.sum()), heads, channels, generator=generator, dtype=torch.float64)
-    # Outside [0, 1] too, and exactly on pixel centres and borders for some points.
-    locations = -0.15 + 1.3 * torch.rand(batch, queries, heads, levels, points, 2, generator=generator,
-                                         dtype=torch.float64)
+    """Shared random inputs (float64), with some points exactly on borders and pixel centres."""
+    value, spatial_shapes, level_start_index, locations, weights = random_inputs(
+        shapes, batch, queries, heads, channels, points, seed=seed, low=-0.15, high=1.15
+    )
     for query, location in enumerate((0.0, 1.0, 0.5)[:queries]):
         locations[:, query, :, :, 0] = location
-    weights = torch.rand(batch, queries, heads, levels * points, generator=generator, dtype=torch.float64)
-    weights = weights.softmax(-1).view(batch, queries, heads, levels, points)
     return value, spatial_shapes, level_start_index, locations, weights
 
 

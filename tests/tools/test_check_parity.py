@@ -1,19 +1,16 @@
 import copy
-import importlib.util
 import re
 
 import pytest
 import torch
 
 from conftest import FIXTURE_PATH, REPO_ROOT, TINY_CONFIG
+from tools_test_utils import load_script
 
 
 @pytest.fixture(scope="module")
 def check_parity():
-    spec = importlib.util.spec_from_file_location("check_parity", REPO_ROOT / "tools" / "check_parity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/check_parity.py", "check_parity")
 
 
 def _rows(printed, name):

@@ -1,17 +1,13 @@
-import importlib.util
-
 import pytest
 import torch
 
 from conftest import REPO_ROOT, TINY_CONFIG
+from tools_test_utils import load_script
 
 
 def _tool(name, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "tools"))
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "tools"))  # make_parity_fixture imports check_parity
+    return load_script(f"tools/{name}.py", name)
 
 
 def test_a_fixture_made_with_one_backend_passes_the_check_with_another(tmp_path, monkeypatch, capsys):

@@ -26,6 +26,7 @@ from detectron2.utils.visualizer import Visualizer
 from focus_detr.analysis.token_maps import save_foreground_figure, save_token_figure
 from focus_detr.data.dataset_mapper import read_image_or_raise
 from focus_detr.engine import AtomicDetectionCheckpointer, build_model, load_config, resolve_device
+from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 
 
@@ -37,8 +38,9 @@ def parse_args(argv=None):
     parser.add_argument("--show-tokens", action="store_true", help="also draw the token selection")
     parser.add_argument("--confidence-threshold", type=float, default=0.3)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
-    return parser.parse_args(argv)
+    # "--opts" is optional: overrides are recognised anywhere (it must not swallow the options after it)
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides key=value")
+    return parse_args_with_overrides(parser, argv)
 
 
 def _test_resize(cfg):

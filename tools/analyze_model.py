@@ -21,6 +21,7 @@ from focus_detr.analysis.flops import count_flops
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
 from focus_detr.analysis.keep_ratios import dense_keep_ratios, foreground_selector_of, keep_ratios_applied
 from focus_detr.engine import AtomicDetectionCheckpointer, build_model, check_datasets_registered, load_config
+from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 
 TASKS = ("flop", "parameter", "activation", "structure")
@@ -34,8 +35,8 @@ def parse_args(argv=None):
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="one synthetic image of this size")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense (all keep ratios 1.0) comparison")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
-    args = parser.parse_args(argv)
+    add_overrides_argument(parser)
+    args = parse_args_with_overrides(parser, argv)
     if args.num_inputs <= 0:
         parser.error(f"--num-inputs must be positive, got {args.num_inputs}")
     return args

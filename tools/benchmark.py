@@ -24,6 +24,7 @@ from focus_detr.analysis.timing import (
     time_calls,
 )
 from focus_detr.engine import AtomicDetectionCheckpointer, build_model, load_config, resolve_amp_dtype, resolve_device
+from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from detectron2.structures import Boxes, Instances
 
@@ -42,8 +43,8 @@ def parse_args(argv=None):
     parser.add_argument("--train-batch-size", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--json", metavar="PATH")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
-    return parser.parse_args(argv)
+    add_overrides_argument(parser)
+    return parse_args_with_overrides(parser, argv)
 
 
 def _training_batch(height, width, batch_size, num_classes, seed=0):

@@ -33,6 +33,7 @@ from torch.torch_version import TorchVersion
 from focus_detr.checkpoint import FocusDETRCheckpointer
 from focus_detr.checkpoint.official import convert_official_state_dict, is_official_layout
 from focus_detr.engine import atomic_write
+from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.layers.ms_deform_attn import select_backend
 from focus_detr.modeling import DenoisingQueries
 
@@ -376,14 +377,18 @@ def build_model(config_file: Optional[str], opts: List[str], state_dict: Dict[st
     )
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", help="default: the candidate configuration the fixture's weights fit")
     parser.add_argument("--fixture", required=True)
     parser.add_argument("--output", help="save our (decision-forced) outputs in the fixture's format")
     parser.add_argument("--device", default="cpu", help="run our model here (e.g. cuda, against a CPU-made fixture)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
-    args = parser.parse_args(argv)
+    add_overrides_argument(parser)
+    return parse_args_with_overrides(parser, argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     torch.set_num_threads(2)
     fixture = load_fixture(args.fixture)

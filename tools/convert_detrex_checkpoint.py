@@ -19,11 +19,20 @@ from focus_detr.checkpoint import FocusDETRCheckpointer, convert_official_state_
 from focus_detr.engine import atomic_write
 
 
-def main(argv=None) -> int:
+def _parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="official detrex Focus-DETR checkpoint (.pth)")
     parser.add_argument("output", help="where to write the converted checkpoint")
     parser.add_argument("--config-file", help="verify the result against this configuration's model")
+    return parser
+
+
+def parse_args(argv=None):
+    return _parser().parse_args(argv)
+
+
+def main(argv=None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     if not os.path.isfile(args.input):

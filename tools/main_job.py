@@ -28,14 +28,16 @@ def _load_script(relative_path, name):
 
 
 def parse_args(argv=None):
+    from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE")
     parser.add_argument("--output", default=os.path.join("output", "main_job"), metavar="DIR")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
     parser.add_argument("--demo-images", type=int, default=2, help="validation images to draw")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
-    return parser.parse_args(argv)
+    add_overrides_argument(parser)
+    return parse_args_with_overrides(parser, argv)
 
 
 def _dataset_name(names):
@@ -58,7 +60,7 @@ def main(args):
 
     train_net = _load_script("train_net.py", "train_net")
     started = time.time()
-    train_args = train_net.default_argument_parser().parse_args(
+    train_args = train_net.parse_args(
         ["--config-file", args.config_file] + (["--resume"] if args.resume else []) + overrides
     )
     print(f"[main job] training {args.config_file} for {cfg.train.max_iter} iterations on "
@@ -67,7 +69,7 @@ def main(args):
     train_minutes = (time.time() - started) / 60
 
     final_checkpoint = os.path.join(output, "model_final.pth")
-    eval_args = train_net.default_argument_parser().parse_args(
+    eval_args = train_net.parse_args(
         ["--config-file", args.config_file, "--eval-only", *overrides, f"train.init_checkpoint={final_checkpoint}"]
     )
     model_metrics = train_net.main(eval_args).get("bbox", {})

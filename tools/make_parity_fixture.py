@@ -23,6 +23,7 @@ from detectron2.config import LazyConfig, instantiate
 from check_parity import run_single, run_train_losses, to_batched_input
 from focus_detr.checkpoint import FocusDETRCheckpointer
 from focus_detr.engine import atomic_write
+from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 
 
 def perturb_weights(model: torch.nn.Module, generator: torch.Generator) -> None:
@@ -147,7 +148,7 @@ def record(model, inputs: List[Dict], seed: int) -> Dict:
     return {"eval_outputs": {"single": single}, "train_losses": train_losses}
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--output", required=True)
@@ -155,8 +156,12 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(200, 276), (270, 196)],
                         help="input image sizes, HxW")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
-    args = parser.parse_args(argv)
+    add_overrides_argument(parser)
+    return parse_args_with_overrides(parser, argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     torch.set_num_threads(2)
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)

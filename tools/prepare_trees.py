@@ -20,11 +20,15 @@ def format_stats(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=None, help="folder holding trees/ and downloads/")
     parser.add_argument("--force", action="store_true", help="rebuild the cache even if it verifies")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     start = time.perf_counter()
     if args.force:

@@ -26,6 +26,7 @@ from focus_detr.engine import (
     load_config,
     resolve_device,
 )
+from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 
 CSV_COLUMNS = ["setting", "keep_ratio", "cascade_keep_ratios", "AP", "AP50", "AP75", "gflops", "latency_ms"]
@@ -43,8 +44,8 @@ def parse_args(argv=None):
     parser.add_argument("--latency-images", type=int, default=5, help="0 skips latency")
     parser.add_argument("--latency-warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
-    return parser.parse_args(argv)
+    add_overrides_argument(parser)
+    return parse_args_with_overrides(parser, argv)
 
 
 def _settings(model, args):

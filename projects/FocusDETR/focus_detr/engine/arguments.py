@@ -1,0 +1,75 @@
+"""Command-line parsing shared by ``train_net.py``, ``tools/`` and ``demo/``: ``key=value`` config overrides are
+accepted anywhere on the line, also between the values of a multi-value option (``--keep-ratios 0.3 0.5
+train.init_checkpoint=W.pth --no-dense``), which a plain argparse ``nargs="+"`` option would swallow."""
+import argparse
+import re
+import sys
+
+__all__ = ["add_overrides_argument", "parse_args_with_overrides", "split_overrides"]
+
+# A config override: a dotted config key (optionally "+key" to add or "~key" to delete) followed by "=". Option values
+# that contain "=" (paths, URLs) do not match: they start with "-" or contain "/" or ":" before the "=".
+_OVERRIDE = re.compile(r"^[+~]?[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_\-]+)*=")
+
+
+def add_overrides_argument(parser):
+    """Adds the ``opts`` positional (``KEY=VALUE ...``) that :func:`parse_args_with_overrides` fills."""
+    parser.add_argument(
+        "opts", nargs="*", default=[], metavar="KEY=VALUE",
+        help="config overrides, anywhere on the command line (an unknown key is an error)",
+    )
+
+
+def _option_action(parser, token):
+    """The argparse action of the option ``token`` (exact or unambiguous abbreviation), or None."""
+    actions = parser._option_string_actions
+    if token in actions:
+        return actions[token]
+    if token.startswith("--"):
+        matches = {actions[name] for name in actions if name.startswith(token)}
+        if len(matches) == 1:
+            return matches.pop()
+    return None
+
+
+def _values_expected(action):
+    """How many of the next tokens are values ``action`` cannot do without (0 for flags and variable counts)."""
+    if action is None or action.nargs in (0, "?", "*", "+", argparse.REMAINDER):
+        return 1 if action is not None and action.nargs == "+" else 0
+    return 1 if action.nargs is None else int(action.nargs)
+
+
+def split_overrides(parser, argv):
+    """Splits ``argv`` into (the arguments for ``parser``, the ``key=value`` overrides in their order).
+
+    A token is an override when it looks like ``dotted.key=value`` and is not a value the previous option requires
+    (``--output a=b`` keeps ``a=b`` as the output). Everything after ``--`` is left to ``parser``.
+    """
+    arguments, overrides = [], []
+    required_values = 0
+    for index, token in enumerate(argv):
+        if token == "--":
+            arguments.extend(argv[index:])
+            break
+        if required_values > 0:
+            arguments.append(token)
+            required_values -= 1
+            continue
+        if _OVERRIDE.match(token):
+            overrides.append(token)
+            continue
+        arguments.append(token)
+        if token.startswith("-") and "=" not in token:
+            required_values = _values_expected(_option_action(parser, token))
+    return arguments, overrides
+
+
+def parse_args_with_overrides(parser, argv=None):
+    """``parser.parse_args`` with the ``key=value`` overrides taken from anywhere in ``argv`` into ``args.opts``
+    (after any the parser collected itself, e.g. detectron2's trailing ``opts``; those are errors unless they are
+    overrides)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    arguments, overrides = split_overrides(parser, argv)
+    args = parser.parse_args(arguments)
+    args.opts = overrides + list(getattr(args, "opts", None) or [])
+    return args

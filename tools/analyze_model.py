@@ -5,6 +5,7 @@ FLOPs follow the DETR convention: the model in eval mode on the first ``--num-in
 dataset (batch 1, the test resize), averaged; or on one synthetic image with ``--input-size H W`` (no resize).
 Focus-DETR's encoder is counted by the tokens it actually keeps; the same model with every keep ratio at 1.0 (a dense,
 DINO-like encoder) is counted next to it. One multiply-add counts as one flop (fvcore / detrex convention).
+No weights are loaded (``train.init_checkpoint`` is ignored): none of the counts depends on their values.
 
 Examples:
     python tools/analyze_model.py --config-file configs/focus_detr_r50_4scale_12ep.py --tasks flop --input-size 800 1333
@@ -20,7 +21,7 @@ import numpy as np
 from focus_detr.analysis.flops import count_flops
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
 from focus_detr.analysis.keep_ratios import dense_keep_ratios, foreground_selector_of, keep_ratios_applied
-from focus_detr.engine import AtomicDetectionCheckpointer, build_model, check_datasets_registered, load_config
+from focus_detr.engine import build_model, check_datasets_registered, load_config
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 
@@ -123,11 +124,9 @@ def activation_task(model, inputs):
 def main(args):
     logging.basicConfig(level=logging.WARNING)
     cfg = load_config(args.config_file, args.opts)
-    model = build_model(cfg)
-    init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
-    if init_checkpoint:
-        AtomicDetectionCheckpointer(model).load(init_checkpoint)
-    model.eval()
+    # no train.init_checkpoint: FLOPs, parameter and activation counts and the structure do not depend on the
+    # weights' values (the kept token counts are set by the keep ratios), so nothing is read or downloaded
+    model = build_model(cfg).eval()
     results = {"config_file": args.config_file}
     needs_inputs = {"flop", "activation"} & set(args.tasks)
     inputs, described = _inputs(cfg, args) if needs_inputs else (None, None)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Speed and memory of a config's model: inference latency (median after warm-up) and images/s at batch 1, training
 iteration time, peak memory. Prints a table and, with ``--json``, writes the numbers. Nothing here is a test.
+Random weights (``train.init_checkpoint`` is not loaded): the work done does not depend on their values.
 
 Examples:
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --input-size 800 1333
@@ -23,7 +24,7 @@ from focus_detr.analysis.timing import (
     summarize,
     time_calls,
 )
-from focus_detr.engine import AtomicDetectionCheckpointer, build_model, load_config, resolve_amp_dtype, resolve_device
+from focus_detr.engine import build_model, load_config, resolve_amp_dtype, resolve_device
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from detectron2.structures import Boxes, Instances
@@ -101,10 +102,9 @@ def main(args):
     cfg = load_config(args.config_file, args.opts)
     device = resolve_device(args.device)
     amp_dtype = resolve_amp_dtype("auto", device) if args.amp else None
+    # no train.init_checkpoint: the weights' values do not change the work done (token counts follow the keep
+    # ratios), so nothing is read or downloaded
     model = build_model(cfg, device)
-    init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
-    if init_checkpoint:
-        AtomicDetectionCheckpointer(model).load(init_checkpoint)
     height, width = args.input_size
     results = {
         "config_file": args.config_file,

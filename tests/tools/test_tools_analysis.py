@@ -104,3 +104,19 @@ def test_demo_names_an_unreadable_image(toy_dataset, tmp_path, capsys):
     ))
     assert code == 2
     assert capsys.readouterr().err.strip().startswith(f"error: cannot read image {broken}")
+
+
+def test_counting_and_benchmarking_read_no_weights(analyze_model, toy_dataset, tmp_path):
+    """FLOPs, parameters and speed do not depend on the weights' values: an unreachable train.init_checkpoint (the
+    R50 configs name a URL) must not stop them."""
+    missing = f"train.init_checkpoint={tmp_path / 'not_downloaded.pkl'}"
+    result = analyze_model.main(analyze_model.parse_args(
+        ["--config-file", TINY_TOY_CONFIG, "--tasks", "flop", "parameter", "--input-size", "64", "96", "--no-dense", missing]
+    ))
+    assert result["flop"]["total_gflops"] > 0 and result["parameter"]["total"] > 0
+    benchmark = load_script("tools/benchmark.py", "benchmark")
+    result = benchmark.main(benchmark.parse_args(
+        ["--config-file", TINY_TOY_CONFIG, "--device", "cpu", "--tasks", "inference", "--input-size", "64", "96",
+         "--warmup", "0", "--repeats", "1", missing]
+    ))
+    assert result["inference"]["median_ms"] > 0

@@ -24,7 +24,7 @@ from detectron2.data import transforms as T
 from detectron2.utils.visualizer import Visualizer
 
 from focus_detr.analysis.token_maps import save_foreground_figure, save_token_figure
-from focus_detr.data.dataset_mapper import read_image_or_raise
+from focus_detr.data import read_image
 from focus_detr.engine import AtomicDetectionCheckpointer, build_model, load_config, resolve_device
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
@@ -78,7 +78,7 @@ def draw_detections(image_rgb, instances, metadata, threshold, path):
 def main(args):
     if not 0.0 <= args.confidence_threshold <= 1.0:
         raise ValueError(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
-    images = [(path, read_image_or_raise(path, "RGB")) for path in args.input]  # fail before building the model
+    images = [(path, read_image(path, "RGB")) for path in args.input]  # fail before building the model
     cfg = load_config(args.config_file, args.opts)
     device = resolve_device(args.device)
     model = build_model(cfg, device)

@@ -12,23 +12,11 @@ import torch
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 
-__all__ = ["DetrDatasetMapper", "read_image_or_raise"]
+from .image_io import read_image
+
+__all__ = ["DetrDatasetMapper"]
 
 logger = logging.getLogger(__name__)
-
-
-def read_image_or_raise(file_name, img_format):
-    """``detection_utils.read_image`` with one clear error naming the file when it cannot be read.
-
-    Returns:
-        np.ndarray (H, W, 3) uint8 in ``img_format``.
-    """
-    try:
-        return detection_utils.read_image(file_name, format=img_format)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {file_name}") from None
-    except Exception as error:  # PIL raises several types for corrupt / non-image files
-        raise ValueError(f"cannot read image {file_name}: {type(error).__name__}: {error}") from None
 
 
 class DetrDatasetMapper:
@@ -45,7 +33,7 @@ class DetrDatasetMapper:
             augmentation (list[Augmentation]): the plain pipeline (the only one at test time).
             augmentation_with_crop (list[Augmentation] or None): the pipeline with a random crop, training only.
             is_train (bool): keep annotations as ``instances`` (True) or drop them (False).
-            img_format (str): "RGB" or "BGR" (any format ``detection_utils.read_image`` accepts).
+            img_format (str): "RGB" or "BGR" (any format :func:`read_image` accepts).
             crop_probability (float): probability to use ``augmentation_with_crop`` for an image.
         """
         if not 0.0 <= crop_probability <= 1.0:
@@ -70,7 +58,7 @@ class DetrDatasetMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image_or_raise(dataset_dict["file_name"], self.img_format)
+        image = read_image(dataset_dict["file_name"], self.img_format)
         detection_utils.check_image_size(dataset_dict, image)
 
         aug_input = T.AugInput(image)

@@ -1,0 +1,81 @@
+"""Reading image files into 8-bit arrays, whatever the file's PIL mode, or refusing them with one line.
+
+detectron2's ``read_image`` converts with ``PIL.Image.convert``, which clips 16-bit and float pixels to 255: a 16-bit
+grayscale PNG becomes pure white and is trained / evaluated on without a word. Here high-bit-depth modes are scaled
+to the 8-bit range first (16-bit: 0..65535 -> 0..255; float: 0..1 -> 0..255) and every other mode goes through a
+conversion PIL does correctly (palette, CMYK, YCbCr, HSV, with or without alpha: alpha is dropped, as detectron2
+does); modes PIL cannot convert correctly (LAB, premultiplied "La") are refused.
+"""
+import numpy as np
+from detectron2.data import detection_utils
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["read_image", "to_8bit"]
+
+# PIL modes whose conversion to RGB is right as PIL does it
+_CONVERTIBLE_MODES = {"1", "L", "P", "PA", "LA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"}
+_16_BIT_MAX = 65535
+
+
+def _scaled_16_bit(pixels, file_name, mode):
+    low, high = int(pixels.min()), int(pixels.max())
+    if low < 0 or high > _16_BIT_MAX:
+        raise ValueError(
+            f"cannot read image {file_name}: PIL mode {mode!r} pixel values span {low}..{high}, outside the 16-bit "
+            f"range 0..{_16_BIT_MAX}"
+        )
+    return np.round(pixels.astype(np.float64) * (255.0 / _16_BIT_MAX)).astype(np.uint8)
+
+
+def _scaled_float(pixels, file_name, mode):
+    if not np.isfinite(pixels).all():
+        raise ValueError(f"cannot read image {file_name}: PIL mode {mode!r} has NaN or infinite pixel values")
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"cannot read image {file_name}: PIL mode {mode!r} pixel values span {low:g}..{high:g}; float images "
+            "must lie in 0..1"
+        )
+    return np.round(pixels.astype(np.float64) * 255.0).astype(np.uint8)
+
+
+def to_8bit(image, file_name="<image>"):
+    """A PIL image in mode "L" or "RGB" with the content of ``image``, or ValueError naming ``file_name`` and the
+    mode."""
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return image
+    if mode.startswith("I;16") or mode == "I":
+        return Image.fromarray(_scaled_16_bit(np.asarray(image), file_name, mode), mode="L")
+    if mode == "F":
+        return Image.fromarray(_scaled_float(np.asarray(image), file_name, mode), mode="L")
+    if mode in _CONVERTIBLE_MODES:
+        return image.convert("RGB")
+    raise ValueError(
+        f"cannot read image {file_name}: PIL mode {mode!r} is not supported (convert it to RGB, L, or 16-bit grayscale)"
+    )
+
+
+def read_image(file_name, img_format="RGB"):
+    """Reads ``file_name`` (EXIF orientation applied) as an 8-bit array in ``img_format``.
+
+    Args:
+        file_name (str): image path.
+        img_format (str): "RGB", "BGR", "L" or another format ``detection_utils.convert_PIL_to_numpy`` accepts.
+
+    Returns:
+        np.ndarray (H, W, C) uint8 (C = 3, or 1 for "L").
+
+    Raises:
+        FileNotFoundError / ValueError, with one line naming the file and the problem.
+    """
+    try:
+        with Image.open(file_name) as image:
+            image = ImageOps.exif_transpose(image)
+            image.load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {file_name}") from None
+    # what PIL raises for corrupt, truncated, oversized or unreadable files
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read image {file_name}: {type(error).__name__}: {error}") from None
+    return detection_utils.convert_PIL_to_numpy(to_8bit(image, file_name), img_format)

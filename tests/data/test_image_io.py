@@ -1,0 +1,85 @@
+"""Every PIL image mode is read with its content (16-bit and float scaled to the 8-bit range) or refused with one
+line naming the file and the mode; the dataset mapper reads images this way."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from focus_detr.data import read_image
+
+# a horizontal ramp 0..255 (8 bit) the other modes are made from
+RAMP = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1))
+
+
+def _save(tmp_path, name, image):
+    path = tmp_path / name
+    image.save(path)
+    return str(path)
+
+
+def test_16_bit_grayscale_png_is_scaled_not_clipped_to_white(tmp_path):
+    path = _save(tmp_path, "gray16.png", Image.fromarray(RAMP.astype(np.uint16) * 257))
+    assert Image.open(path).mode == "I;16"
+    image = read_image(path, "RGB")
+    assert image.dtype == np.uint8 and image.shape == RAMP.shape + (3,)
+    np.testing.assert_array_equal(image[..., 0], RAMP)
+    np.testing.assert_array_equal(image[..., 0], image[..., 2])
+
+
+def test_32_bit_integer_and_float_images_are_scaled(tmp_path):
+    as_int = _save(tmp_path, "int32.tif", Image.fromarray(RAMP.astype(np.int32) * 257))
+    as_float = _save(tmp_path, "float.tif", Image.fromarray(RAMP.astype(np.float32) / 255.0))
+    assert Image.open(as_int).mode == "I" and Image.open(as_float).mode == "F"
+    np.testing.assert_array_equal(read_image(as_int, "RGB")[..., 1], RAMP)
+    np.testing.assert_array_equal(read_image(as_float, "RGB")[..., 1], RAMP)
+
+
+@pytest.mark.parametrize("mode, suffix", [("P", "png"), ("LA", "png"), ("RGBA", "png"), ("CMYK", "tif"), ("CMYK", "jpg"),
+                                          ("L", "png"), ("1", "png")])
+def test_palette_alpha_and_other_colour_modes_keep_their_colours(tmp_path, mode, suffix):
+    rgb = np.stack([RAMP, 255 - RAMP, np.full_like(RAMP, 128)], -1)
+    if mode in ("L", "LA", "1"):
+        rgb = np.repeat((RAMP >= 128).astype(np.uint8)[..., None] * 255 if mode == "1" else RAMP[..., None], 3, -1)
+    source = Image.fromarray(rgb)
+    image = source.convert("P", palette=Image.Palette.ADAPTIVE) if mode == "P" else source.convert(mode)
+    path = _save(tmp_path, f"image.{suffix}", image)
+    assert Image.open(path).mode == mode
+    read = read_image(path, "RGB").astype(int)
+    tolerance = {"jpg": 12, "png": 0, "tif": 0}[suffix]  # JPEG is lossy
+    assert np.abs(read - rgb).max() <= tolerance
+    np.testing.assert_array_equal(read_image(path, "BGR"), read[..., ::-1])
+
+
+@pytest.mark.parametrize(
+    "name, image, problem",
+    [
+        ("float_range.tif", Image.fromarray(np.full((4, 4), 3.5, np.float32)), "pixel values span 3.5..3.5; float images must lie in 0..1"),
+        ("float_nan.tif", Image.fromarray(np.full((4, 4), np.nan, np.float32)), "has NaN or infinite pixel values"),
+        ("int_range.tif", Image.fromarray(np.full((4, 4), 70000, np.int32)), "outside the 16-bit range 0..65535"),
+        ("lab.tif", Image.fromarray(np.zeros((4, 4, 3), np.uint8)).convert("LAB"), "PIL mode 'LAB' is not supported"),
+    ],
+)
+def test_unusable_modes_are_refused_with_one_line(tmp_path, name, image, problem):
+    path = _save(tmp_path, name, image)
+    with pytest.raises(ValueError) as error:
+        read_image(path, "RGB")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"cannot read image {path}: ") and problem in message
+
+
+def test_unreadable_and_missing_files_are_named(tmp_path):
+    (tmp_path / "not_an_image.png").write_bytes(b"hello")
+    with pytest.raises(ValueError, match=r"cannot read image .*not_an_image\.png: UnidentifiedImageError"):
+        read_image(str(tmp_path / "not_an_image.png"))
+    with pytest.raises(FileNotFoundError, match=r"image file not found: .*missing\.png"):
+        read_image(str(tmp_path / "missing.png"))
+
+
+def test_the_dataset_mapper_reads_16_bit_images_with_their_content(tmp_path):
+    from detectron2.data import transforms as T
+
+    from focus_detr.data import DetrDatasetMapper
+
+    path = _save(tmp_path, "gray16.png", Image.fromarray(RAMP.astype(np.uint16) * 257))
+    mapper = DetrDatasetMapper([T.ResizeShortestEdge(16, 64)], is_train=False)
+    sample = mapper({"file_name": path, "height": 16, "width": 64, "image_id": 0})
+    np.testing.assert_array_equal(sample["image"][0].numpy(), RAMP)

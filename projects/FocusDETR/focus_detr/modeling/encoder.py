@@ -6,6 +6,7 @@ from torch import nn
 
 from ..layers.mlp import FFN
 from ..layers.ms_deform_attn import MultiScaleDeformableAttention
+from ..layers.traced_shapes import capped_count
 from .foreground_selector import ForegroundSelection
 
 
@@ -72,7 +73,7 @@ class DualAttentionEncoderLayer(nn.Module):
     def select_fine_grained(self, category_scores: torch.Tensor) -> torch.Tensor:
         """category_scores ``(B, k)`` -> indices of the fine-grained tokens among the k queries ``(B, m)``,
         best first."""
-        num_fine = min(self.num_fine_grained_tokens, category_scores.shape[1])
+        num_fine = capped_count(self.num_fine_grained_tokens, category_scores.shape[1])
         return category_scores.topk(num_fine, dim=1)[1]
 
     def forward(

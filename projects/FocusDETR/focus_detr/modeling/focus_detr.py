@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
 from ..layers.mlp import MLP
 from ..layers.position_embedding import PositionEmbeddingSine
+from ..layers.traced_shapes import capped_count
 from .criterion import FocusDETRCriterion
 from .denoising import ContrastiveDenoising, DenoisingQueries, split_denoising_outputs
 from .transformer import FocusDETRTransformer, TransformerOutput
@@ -211,19 +212,24 @@ class FocusDETR(nn.Module):
             processed.append(entry)
         return processed
 
-    def postprocess(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor, image_sizes) -> List[Instances]:
+    def select_detections(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor):
         """Top ``num_detections`` over queries x classes (no NMS). pred_logits ``(B, Q, K)``, pred_boxes ``(B, Q, 4)``
-        normalised cxcywh -> Instances in input-image pixels."""
+        normalised cxcywh -> scores ``(B, k)``, labels ``(B, k)`` int64 and boxes ``(B, k, 4)`` normalised xyxy."""
         batch, num_queries, num_classes = pred_logits.shape
-        k = min(self.num_detections, num_queries * num_classes)
+        k = capped_count(self.num_detections, num_queries * num_classes)
         scores, inds = pred_logits.sigmoid().view(batch, -1).topk(k, dim=1)
         query_inds = torch.div(inds, num_classes, rounding_mode="floor")
         labels = inds % num_classes
         boxes = pred_boxes.gather(1, query_inds[..., None].expand(-1, -1, 4))
+        return scores, labels, box_cxcywh_to_xyxy(boxes)
+
+    def postprocess(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor, image_sizes) -> List[Instances]:
+        """:meth:`select_detections` -> Instances in input-image pixels."""
+        scores, labels, boxes = self.select_detections(pred_logits, pred_boxes)
         results = []
         for scores_i, labels_i, boxes_i, (h, w) in zip(scores, labels, boxes, image_sizes):
             result = Instances((h, w))
-            result.pred_boxes = Boxes(box_cxcywh_to_xyxy(boxes_i))
+            result.pred_boxes = Boxes(boxes_i)
             result.pred_boxes.scale(scale_x=w, scale_y=h)
             result.scores = scores_i
             result.pred_classes = labels_i

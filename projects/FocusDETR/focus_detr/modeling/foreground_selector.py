@@ -134,11 +134,17 @@ class ForegroundTokenSelector(nn.Module):
         return torch.cat(scores, dim=1)
 
     def layer_token_counts(self, focus_token_nums: torch.Tensor, num_tokens: int) -> List[int]:
-        """Tokens updated by each encoder layer: the cascade ratios times the batch's largest foreground budget."""
-        foreground_topk = int(focus_token_nums.max())
+        """Tokens updated by each encoder layer: the cascade ratios times the batch's largest foreground budget.
+
+        Under ``torch.jit.trace`` (``num_tokens`` is then a traced size) the counts are 0-dim tensors computed in the
+        graph, so an exported model recomputes them for every input size.
+        """
         # float32 product then truncation, as the released models computed it (0.8 and 0.6 are inexact in float32).
-        ratios = torch.tensor(self.cascade_keep_ratios, dtype=torch.float32)
-        return [min(max(int(k), 1), num_tokens) for k in (ratios * foreground_topk).tolist()]
+        ratios = torch.tensor(self.cascade_keep_ratios, dtype=torch.float32, device=focus_token_nums.device)
+        counts = (ratios * focus_token_nums.max()).int().clamp(min=1)
+        if isinstance(num_tokens, torch.Tensor):
+            return list(counts.clamp(max=num_tokens).unbind(0))
+        return [min(k, num_tokens) for k in counts.tolist()]
 
     def forward(
         self, memory: torch.Tensor, padding_mask: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]]

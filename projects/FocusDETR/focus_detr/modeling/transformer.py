@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..layers.ms_deform_attn import MultiScaleDeformableAttention
+from ..layers.traced_shapes import capped_count, spatial_shapes_of
 from .decoder import DINODecoder
 from .denoising import DenoisingQueries
 from .encoder import CascadeDualAttentionEncoder
@@ -165,7 +166,7 @@ class FocusDETRTransformer(nn.Module):
     def select_queries(self, proposal_scores: torch.Tensor) -> torch.Tensor:
         """proposal_scores ``(B, N)`` (each token's best class logit) -> the tokens that become decoder queries
         ``(B, Q)``, best first; the rank decides which learnt content query each one gets."""
-        return proposal_scores.topk(min(self.num_queries, proposal_scores.shape[1]), dim=1)[1]
+        return proposal_scores.topk(capped_count(self.num_queries, proposal_scores.shape[1]), dim=1)[1]
 
     def forward(
         self,
@@ -188,7 +189,7 @@ class FocusDETRTransformer(nn.Module):
         pos = torch.cat(
             [p.flatten(2).transpose(1, 2) + self.level_embeds[l].view(1, 1, -1) for l, p in enumerate(pos_embeds)], 1
         )
-        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=tokens.device)
+        spatial_shapes = spatial_shapes_of(features)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([valid_ratios_of(m) for m in masks], 1)
 

@@ -5,11 +5,12 @@ COCO is found through ``$DETECTRON2_DATASETS`` (``coco/{train2017,val2017,annota
 The training loader's position is saved in checkpoints, so ``--resume`` continues the same data order.
 """
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data import build_detection_test_loader
 from detectron2.data import transforms as T
 from detectron2.evaluation import COCOEvaluator
 from omegaconf import OmegaConf
 
+from focus_detr.data import get_checked_dataset_dicts
 from focus_detr.data.dataset_mapper import DetrDatasetMapper
 from focus_detr.engine.train_loader import build_resumable_train_loader
 
@@ -18,7 +19,7 @@ TRAIN_SHORT_EDGES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
 dataloader = OmegaConf.create()
 
 dataloader.train = L(build_resumable_train_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=True),
+    dataset=L(get_checked_dataset_dicts)(names="coco_2017_train", filter_empty=True),
     mapper=L(DetrDatasetMapper)(
         augmentation=[
             L(T.RandomFlip)(),
@@ -41,7 +42,7 @@ dataloader.train = L(build_resumable_train_loader)(
 )
 
 dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
+    dataset=L(get_checked_dataset_dicts)(names="coco_2017_val", filter_empty=False),
     mapper=L(DetrDatasetMapper)(
         augmentation=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)],
         augmentation_with_crop=None,

@@ -6,12 +6,12 @@ the command that builds it (``python tools/prepare_trees.py``). Aerial images ha
 added to the DETR recipe.
 """
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data import build_detection_test_loader
 from detectron2.data import transforms as T
 from detectron2.evaluation import COCOEvaluator
 from omegaconf import OmegaConf
 
-from focus_detr.data import register_trees
+from focus_detr.data import get_checked_dataset_dicts, register_trees
 from focus_detr.data.dataset_mapper import DetrDatasetMapper
 from focus_detr.engine.train_loader import build_resumable_train_loader
 
@@ -24,7 +24,7 @@ MAX_SIZE = 512
 dataloader = OmegaConf.create()
 
 dataloader.train = L(build_resumable_train_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="trees_train", filter_empty=True),
+    dataset=L(get_checked_dataset_dicts)(names="trees_train", filter_empty=True),
     mapper=L(DetrDatasetMapper)(
         augmentation=[
             L(T.RandomFlip)(horizontal=True, vertical=False),
@@ -47,7 +47,7 @@ dataloader.train = L(build_resumable_train_loader)(
 )
 
 dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="trees_val", filter_empty=False),
+    dataset=L(get_checked_dataset_dicts)(names="trees_val", filter_empty=False),
     mapper=L(DetrDatasetMapper)(
         augmentation=[L(T.ResizeShortestEdge)(short_edge_length=TEST_SHORT_EDGE, max_size=MAX_SIZE)],
         augmentation_with_crop=None,

@@ -1,6 +1,18 @@
-"""Data: the embedded tree-crown demo dataset (build, verify, register) and the DETR dataset mapper."""
+"""Data: the embedded tree-crown demo dataset (build, verify, register), checked dataset loading, image reading and
+the DETR dataset mapper."""
+from .checks import check_finite_boxes, check_num_classes, dataset_classes, get_checked_dataset_dicts
 from .dataset_mapper import DetrDatasetMapper
 from .image_io import read_image
 from .trees import TreesCacheError, ensure_trees_cache, register_trees
 
-__all__ = ["DetrDatasetMapper", "TreesCacheError", "ensure_trees_cache", "read_image", "register_trees"]
+__all__ = [
+    "DetrDatasetMapper",
+    "TreesCacheError",
+    "check_finite_boxes",
+    "check_num_classes",
+    "dataset_classes",
+    "ensure_trees_cache",
+    "get_checked_dataset_dicts",
+    "read_image",
+    "register_trees",
+]

@@ -10,7 +10,7 @@ from detectron2.utils import comm
 
 from .checkpoint import AtomicDetectionCheckpointer
 from .config import resolve_device
-from .evaluation import evaluate
+from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restore_rank_state
 from .rng import restore_rng_state
 from .trainer import DetrTrainer, resolve_amp_dtype
@@ -53,6 +53,10 @@ def run_training(cfg, resume=False):
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
+    # before the first step: a class count that does not fit the data would crash only at the first evaluation
+    check_model_classes(model, cfg.dataloader.train)
+    if cfg.train.eval_period > 0 and cfg.dataloader.get("evaluator", None) is not None:
+        check_model_classes(model, cfg.dataloader.test)
     model = wrap_ddp(model, cfg, device)
 
     amp_dtype = resolve_amp_dtype(cfg.train.amp.get("precision", "auto"), device) if cfg.train.amp.enabled else None

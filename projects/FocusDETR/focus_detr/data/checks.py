@@ -1,0 +1,95 @@
+"""Checks on detectron2 datasets before they are used: annotations the evaluator and the losses can trust, and the
+number of classes a model must have for them.
+
+A NaN or infinite box is refused, never dropped: the COCO evaluator reads the dataset's json file itself, so a box
+dropped from the training dicts would still be scored (a NaN ground-truth box silently raised AP from 0.228 to 0.320).
+The same loader function serves training and test data, so both refuse the same boxes.
+"""
+import json
+import math
+
+from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+
+__all__ = ["check_finite_boxes", "check_num_classes", "dataset_classes", "get_checked_dataset_dicts"]
+
+
+def _as_list(names):
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _is_finite(bbox):
+    try:
+        return all(math.isfinite(float(value)) for value in bbox)
+    except (TypeError, ValueError):
+        return False
+
+
+def _annotation_ids_in_json(names, image_id, bbox):
+    """The json ``id`` of the annotations of ``image_id`` with ``bbox`` (compared by ``repr``, so NaNs match) in the
+    COCO json files of ``names`` (detectron2's loader drops the ids)."""
+    wanted = [repr(v) for v in bbox]
+    ids = []
+    for name in names:
+        json_file = MetadataCatalog.get(name).get("json_file", None)
+        if not json_file:
+            continue
+        with open(json_file) as f:
+            annotations = json.load(f).get("annotations", [])
+        ids += [
+            a.get("id") for a in annotations
+            if a.get("image_id") == image_id and [repr(v) for v in a.get("bbox", [])] == wanted
+        ]
+    return ids
+
+
+def check_finite_boxes(dataset_dicts, names):
+    """Raises ValueError naming the dataset, image and annotation of the first box with a NaN / infinite coordinate.
+
+    Args:
+        dataset_dicts (list[dict]): detectron2 dataset dicts.
+        names (str or list[str]): the datasets they come from (for the message and the annotation ids).
+    """
+    names = _as_list(names)
+    for record in dataset_dicts:
+        for index, annotation in enumerate(record.get("annotations", ())):
+            bbox = annotation.get("bbox", None)
+            if bbox is None or _is_finite(bbox):
+                continue
+            image_id = record.get("image_id")
+            ids = [annotation["id"]] if "id" in annotation else _annotation_ids_in_json(names, image_id, bbox)
+            which = f"annotation id {ids[0]}" if len(ids) == 1 else f"annotation #{index} (0-based)"
+            raise ValueError(
+                f"dataset {', '.join(map(repr, names))}: {which} of image {record.get('file_name')} (image_id "
+                f"{image_id}) has a bbox that is not finite numbers: {list(bbox)}; fix or remove it"
+            )
+
+
+def get_checked_dataset_dicts(names, filter_empty=True, **kwargs):
+    """detectron2's ``get_detection_dataset_dicts`` (same arguments), refusing non-finite boxes
+    (:func:`check_finite_boxes`)."""
+    dataset_dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty, **kwargs)
+    check_finite_boxes(dataset_dicts, names)
+    return dataset_dicts
+
+
+def dataset_classes(name):
+    """The ``thing_classes`` of dataset ``name``, or None when its metadata has none. COCO-json datasets set them
+    when first loaded, so the dataset is loaded if needed."""
+    metadata = MetadataCatalog.get(name)
+    if metadata.get("thing_classes", None) is None:
+        DatasetCatalog.get(name)
+    return metadata.get("thing_classes", None)
+
+
+def check_num_classes(num_classes, names, what="model.num_classes"):
+    """Raises ValueError when a dataset of ``names`` has a number of classes other than ``num_classes``.
+    Datasets without class metadata are not checked."""
+    for name in _as_list(names):
+        classes = dataset_classes(name)
+        if classes is None or len(classes) == num_classes:
+            continue
+        shown = ", ".join(map(str, classes[:5])) + (", ..." if len(classes) > 5 else "")
+        raise ValueError(
+            f"{what} is {num_classes} but dataset {name!r} has {len(classes)} class"
+            f"{'es' if len(classes) != 1 else ''} ({shown}): set {what}={len(classes)}"
+        )

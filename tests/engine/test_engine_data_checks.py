@@ -1,0 +1,83 @@
+"""Data is checked before it is used, by training and --eval-only alike: non-finite boxes and a class count that
+does not fit the data stop with one line before any step or evaluation; batched evaluation warns."""
+import json
+import logging
+import os
+
+import pytest
+
+from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
+
+
+def _register_with_bad_box(name, root, bad):
+    from toy_detector import register_toy_dataset
+
+    register_toy_dataset(name, root, num_images=4)
+    json_file = os.path.join(root, "toy.json")
+    with open(json_file) as f:
+        coco = json.load(f)
+    coco["annotations"][2]["bbox"][1] = bad  # annotation id 3 of toy_002.png (image_id 3)
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+
+
+def _run(train_net, capsys, *argv):
+    code = train_net.cli(["--config-file", TOY_CONFIG, "dataloader.train.shuffle=False", *argv])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_non_finite_box_stops_training_and_evaluation_with_one_line(train_net, toy_dataset, capsys, tmp_path, bad, mode):
+    name = f"focus_detr_toy_bad_box_{mode}"
+    _register_with_bad_box(name, str(tmp_path / "data"), bad)
+    out = tmp_path / "out"
+    split = "train" if mode == "train" else "test"
+    argv = [f"dataloader.{split}.dataset.names={name}", "train.max_iter=2", f"train.output_dir={out}"]
+    code, err = _run(train_net, capsys, *(["--eval-only"] if mode == "eval" else []), *argv)
+    assert code == 2
+    assert err[-1].startswith(f"error: dataset '{name}': annotation id 3 of image ")
+    assert err[-1].endswith(f"toy_002.png (image_id 3) has a bbox that is not finite numbers: {coco_bbox(tmp_path)}; fix or remove it")
+    assert not (out / "eval_results.json").exists() and not (out / "model_final.pth").exists()
+
+
+def coco_bbox(tmp_path):
+    with open(tmp_path / "data" / "toy.json") as f:
+        return json.load(f)["annotations"][2]["bbox"]
+
+
+@pytest.mark.parametrize("eval_only", [False, True])
+def test_class_count_that_does_not_fit_the_data_stops_before_training_or_evaluation(
+    train_net, toy_dataset, capsys, tmp_path, eval_only
+):
+    out = tmp_path / "out"
+    code, err = _run(
+        train_net, capsys, *(["--eval-only"] if eval_only else []), "model.num_classes=5", "train.max_iter=2",
+        "train.checkpointer.period=1", f"train.output_dir={out}",
+    )
+    assert code == 2
+    assert err[-1] == "error: model.num_classes is 5 but dataset 'focus_detr_toy' has 1 class (box): set model.num_classes=1"
+    assert not list(out.glob("model_*.pth")) and not (out / "eval_results.json").exists()
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("batch_size, warned", [(1, False), (2, True)])
+def test_batched_evaluation_warns_that_scores_change(train_net, toy_dataset, capsys, tmp_path, batch_size, warned):
+    records = _Records()
+    logger = logging.getLogger("focus_detr.engine.evaluation")
+    logger.addHandler(records)
+    try:
+        code, _ = _run(train_net, capsys, "--eval-only", f"dataloader.test.batch_size={batch_size}", f"train.output_dir={tmp_path}")
+    finally:
+        logger.removeHandler(records)
+    assert code == 0
+    batched = [m for m in records.messages if "dataloader.test.batch_size is 2" in m and "changes their scores" in m]
+    assert bool(batched) == warned

@@ -3,6 +3,7 @@ the DETR dataset mapper."""
 from .checks import check_finite_boxes, check_num_classes, dataset_classes, get_checked_dataset_dicts
 from .dataset_mapper import DetrDatasetMapper
 from .image_io import read_image
+from .registration import register_coco_dataset
 from .trees import TreesCacheError, ensure_trees_cache, register_trees
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "ensure_trees_cache",
     "get_checked_dataset_dicts",
     "read_image",
+    "register_coco_dataset",
     "register_trees",
 ]

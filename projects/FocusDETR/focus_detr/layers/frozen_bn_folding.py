@@ -1,0 +1,70 @@
+"""Inference-time folding of FrozenBatchNorm into the convolution before it.
+
+A frozen batch norm is a per-channel affine map, so ``norm(conv(x, W, b))`` equals ``conv(x, W * s, b * s + t)``
+with ``s = weight / sqrt(running_var + eps)`` and ``t = bias - running_mean * s``: one convolution instead of a
+convolution and a full pass over its output. The folded weights are a cache beside the module's own parameters and
+buffers, so the state dict, checkpoints and training are unchanged.
+"""
+from typing import Tuple
+
+import torch
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["FrozenBNFoldingConv2d", "enable_frozen_bn_folding"]
+
+
+class FrozenBNFoldingConv2d(Conv2d):
+    """A detectron2 :class:`Conv2d` whose :class:`FrozenBatchNorm2d` is folded into its weights at inference.
+
+    Folding applies only in eval mode with gradients disabled: training, and eval with autograd on (e.g. gradients
+    with respect to the input), run convolution and norm separately, exactly as :class:`Conv2d` does. The folded
+    weights are recomputed whenever a parameter or buffer they derive from changes (loading weights, ``.to()``).
+    """
+
+    def _folded_parameters(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        norm = self.norm
+        sources = (self.weight, self.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+        # data_ptr catches replaced tensors (.to(), assignment), _version in-place updates (load_state_dict, copy_).
+        key = tuple((t.data_ptr(), t._version) if t is not None else None for t in sources) + (norm.eps,)
+        cache = self.__dict__.get("_folded_cache")
+        if cache is None or cache[0] != key:
+            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+            shift = norm.bias - norm.running_mean * scale
+            weight = self.weight * scale.view(-1, 1, 1, 1)
+            bias = shift if self.bias is None else self.bias * scale + shift
+            cache = (key, weight.detach(), bias.detach())
+            # Kept out of the module's parameters and buffers (and so out of the state dict) on purpose.
+            self.__dict__["_folded_cache"] = cache
+        return cache[1], cache[2]
+
+    def train(self, mode: bool = True):
+        if mode:
+            # Training never reads the folded copy: do not hold a second set of weights through it.
+            self.__dict__.pop("_folded_cache", None)
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, H, W)`` -> ``(B, C_out, H', W')``."""
+        if self.training or torch.is_grad_enabled():
+            return super().forward(x)
+        weight, bias = self._folded_parameters()
+        x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return self.activation(x) if self.activation is not None else x
+
+
+def enable_frozen_bn_folding(module: nn.Module) -> int:
+    """Makes every detectron2 ``Conv2d`` in ``module`` whose norm is a :class:`FrozenBatchNorm2d` fold it at
+    inference (in place; attributes, parameter names and the state dict stay as they are). Returns how many.
+
+    Call it after the backbone's freezing (detectron2 converts BatchNorm to FrozenBatchNorm2d when it freezes a
+    stage); convolutions with a trainable or another norm are left alone.
+    """
+    count = 0
+    for child in module.modules():
+        if type(child) is Conv2d and isinstance(child.norm, FrozenBatchNorm2d):
+            # The same object under its subclass: nothing is copied, so references and hooks stay valid.
+            child.__class__ = FrozenBNFoldingConv2d
+            count += 1
+    return count

@@ -2,6 +2,7 @@
 # One idempotent set-up step: creates .venv/ at the repository root (python 3.11) and installs
 #   1. torch, torchvision and the run-time / test dependencies, pinned by requirements/constraints.txt,
 #   2. detectron2 (hash-pinned pure-Python wheel, requirements/detectron2.txt) into the venv's site-packages,
+#      and onnx + onnxruntime (CPU; hash-pinned wheels, requirements/export.txt) for the ONNX export,
 #   3. this project, editable (`import focus_detr` from anywhere), which compiles the deformable-attention
 #      extension: the CPU kernel always, the CUDA kernel too when nvcc is found.
 # Each stage is skipped when a stamp (hash of its inputs) says nothing changed, so a second run takes seconds.
@@ -61,7 +62,7 @@ fi
 
 # --- 2. dependencies (torch, detectron2, the rest) -----------------------------------------------------------
 deps_hash="$(hash_files requirements/constraints.txt requirements/runtime.txt requirements/dev.txt \
-    requirements/detectron2.txt scripts/setup_env.sh)"
+    requirements/detectron2.txt requirements/export.txt scripts/setup_env.sh)"
 if stamp_matches "$DEPS_STAMP" "$deps_hash"; then
     log "dependencies up to date"
 else
@@ -81,7 +82,13 @@ else
             | { grep -v -e "^WARNING: Location" -e "^WARNING: Target directory" || true; }; then
         die "installing detectron2 failed"
     fi
-    "$PY" -c 'import detectron2, torch, torchvision' || die "detectron2/torch do not import after installation"
+    log "installing onnx and onnxruntime (CPU; hash-pinned, requirements/export.txt)"
+    if ! "$PY" -m pip install --quiet --no-deps --only-binary=:all: --require-hashes -r requirements/export.txt 2>&1 \
+            | { grep -v -e "^WARNING: Location" || true; }; then
+        die "installing onnx/onnxruntime failed"
+    fi
+    "$PY" -c 'import detectron2, torch, torchvision, onnx, onnxruntime' \
+        || die "detectron2/torch/onnx/onnxruntime do not import after installation"
     echo "$deps_hash" > "$DEPS_STAMP"
     log "dependencies installed in $((SECONDS - start_time)) s"
 fi

@@ -1,4 +1,13 @@
-from .checkpointer import FocusDETRCheckpointer
+from .checkpointer import FocusDETRCheckpointer, describe_mismatch
 from .official import convert_official_state_dict, is_official_layout
+from .safe_load import CheckpointError, UnreadableCheckpointError, read_weights_file
 
-__all__ = ["FocusDETRCheckpointer", "convert_official_state_dict", "is_official_layout"]
+__all__ = [
+    "CheckpointError",
+    "FocusDETRCheckpointer",
+    "UnreadableCheckpointError",
+    "convert_official_state_dict",
+    "describe_mismatch",
+    "is_official_layout",
+    "read_weights_file",
+]

@@ -1,41 +1,120 @@
-"""A DetectionCheckpointer that also reads official detrex Focus-DETR checkpoints and refuses partial loads."""
-import pickle
+"""A DetectionCheckpointer that reads weights without running code from them, also reads official detrex
+Focus-DETR checkpoints, and refuses partial loads of detector weights."""
+from urllib.parse import parse_qs
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .official import convert_official_state_dict, is_official_layout
+from .safe_load import CheckpointError, read_weights_file
 
 # Prefixes of a complete detector: a checkpoint with any of them must fill the whole model.
 _DETECTOR_PREFIXES = ("transformer.", "class_embed.", "bbox_embed.")
+# Keys listed per kind of mismatch in an error message (a full list can be tens of thousands of characters).
+_KEYS_SHOWN = 3
+
+
+def _first_keys(keys):
+    keys = sorted(keys)
+    shown = ", ".join(keys[:_KEYS_SHOWN])
+    return shown + (f", ... ({len(keys) - _KEYS_SHOWN} more)" if len(keys) > _KEYS_SHOWN else "")
+
+
+def describe_mismatch(incompatible):
+    """The missing / unexpected / wrongly shaped keys of ``incompatible`` as one short clause (counts and the first
+    few keys), or "" when everything matched."""
+    problems = []
+    if incompatible.missing_keys:
+        problems.append(f"{len(incompatible.missing_keys)} missing keys ({_first_keys(incompatible.missing_keys)})")
+    if incompatible.unexpected_keys:
+        problems.append(
+            f"{len(incompatible.unexpected_keys)} unexpected keys ({_first_keys(incompatible.unexpected_keys)})"
+        )
+    if incompatible.incorrect_shapes:
+        shapes = sorted(incompatible.incorrect_shapes)
+        shown = ", ".join(f"{key}: {tuple(ckpt)} in the checkpoint, {tuple(model)} in the model"
+                          for key, ckpt, model in shapes[:_KEYS_SHOWN])
+        more = f", ... ({len(shapes) - _KEYS_SHOWN} more)" if len(shapes) > _KEYS_SHOWN else ""
+        problems.append(f"{len(shapes)} shape mismatches ({shown}{more})")
+    return ", ".join(problems)
+
+
+def _check_state_dict(state_dict, source):
+    """Raises CheckpointError unless ``state_dict`` maps names to tensors / numeric numpy arrays."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"cannot use checkpoint {source}: its weights are a {type(state_dict).__name__}, "
+                              "not a dict of tensors")
+    for key, value in state_dict.items():
+        if not isinstance(key, str) or not isinstance(value, (torch.Tensor, np.ndarray)):
+            raise CheckpointError(f"cannot use checkpoint {source}: weight {key!r} is a {type(value).__name__}, "
+                                  "not a tensor or array")
 
 
 class FocusDETRCheckpointer(DetectionCheckpointer):
-    """Loads our checkpoints, official detrex Focus-DETR ones (converted on the fly) and backbone-only weights.
+    """Loads our checkpoints, official detrex Focus-DETR ones (converted on the fly), detectron2 model-zoo ``.pkl``
+    files and backbone-only weights, of any extension, without running code from the file
+    (:func:`~focus_detr.checkpoint.safe_load.read_weights_file`).
 
     A checkpoint holding detector weights must match the model exactly: missing or unexpected keys raise a
-    ``ValueError`` naming them, unless ``allow_partial=True``. Backbone-only checkpoints (ImageNet initialisation)
-    load partially, as in detectron2. Files are read with ``torch.load(weights_only=True)``.
+    :class:`CheckpointError` naming the file, the counts and the first few keys, unless ``allow_partial=True``.
+    Backbone-only checkpoints (ImageNet initialisation) load partially, as in detectron2.
     """
 
     def __init__(self, model, save_dir="", *, allow_partial: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.allow_partial = allow_partial
+        self._source = None  # the file being loaded, for error messages
 
-    def load_model_state(self, state_dict):
-        """Loads an in-memory state dict (ours or official) with the same conversion and checks as :meth:`load`."""
-        incompatible = self._load_model({"model": dict(state_dict)})
+    def load(self, path, *args, **kwargs):
+        self._source = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._source = None
+
+    def load_model_state(self, state_dict, source="the given state dict"):
+        """Loads an in-memory state dict (ours or official) with the same conversion and checks as :meth:`load`;
+        ``source`` names it in errors."""
+        _check_state_dict(state_dict, source)
+        self._source = source
+        try:
+            incompatible = self._load_model({"model": dict(state_dict)})
+        finally:
+            self._source = None
         self._log_incompatible_keys(incompatible)
         return incompatible
 
-    def _torch_load(self, f):
-        try:
-            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ValueError(
-                f"checkpoint {f} holds objects other than tensors and plain containers; refusing to unpickle it "
-                f"(weights_only=True). Re-save just its 'model' state dict. ({e})"
-            ) from e
+    def _load_file(self, filename):
+        """detectron2's layouts (model-zoo / Caffe2 pickles, pycls ``.pyth``, torch files), read safely."""
+        loaded = read_weights_file(filename)
+        data = loaded.content
+        if not isinstance(data, dict):
+            raise CheckpointError(f"cannot use checkpoint {filename}: it holds a {type(data).__name__}, "
+                                  "not a dict of weights")
+        if loaded.format == "pickle":
+            if "model" in data and "__author__" in data:  # detectron2 model zoo
+                self.logger.info(f"Reading a file from '{data['__author__']}'")
+            else:  # Caffe2 / Detectron model zoo: detection models keep their weights under "blobs"
+                blobs = data.get("blobs", data)
+                _check_state_dict(blobs, filename)
+                weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+                data = {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
+        elif filename.endswith(".pyth"):  # pycls
+            if "model_state" not in data:
+                raise CheckpointError(f"cannot use checkpoint {filename}: a pycls .pyth file must hold 'model_state'")
+            weights = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+            data = {"model": weights, "__author__": "pycls", "matching_heuristics": True}
+        else:
+            if "model" not in data:
+                data = {"model": data}
+            queries = parse_qs(self._parsed_url_during_load.query) if self._parsed_url_during_load else {}
+            if queries.pop("matching_heuristics", "False") == ["True"]:
+                data["matching_heuristics"] = True
+            if queries:
+                raise CheckpointError(f"cannot use checkpoint {filename}: unsupported URL query {queries}")
+        _check_state_dict(data["model"], filename)
+        return data
 
     def _load_model(self, checkpoint):
         state_dict = checkpoint["model"]
@@ -45,15 +124,7 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         is_detector = any(k.startswith(_DETECTOR_PREFIXES) for k in state_dict)
         incompatible = super()._load_model(checkpoint)
         if is_detector and not self.allow_partial:
-            problems = []
-            if incompatible.missing_keys:
-                problems.append(f"missing keys: {sorted(incompatible.missing_keys)}")
-            if incompatible.unexpected_keys:
-                problems.append(f"unexpected keys: {sorted(incompatible.unexpected_keys)}")
-            if incompatible.incorrect_shapes:
-                problems.append(f"shape mismatches (key, checkpoint, model): {incompatible.incorrect_shapes}")
-            if problems:
-                raise ValueError(
-                    "checkpoint does not match the model (pass allow_partial=True to load anyway): " + "; ".join(problems)
-                )
+            mismatch = describe_mismatch(incompatible)
+            if mismatch:
+                raise CheckpointError(f"checkpoint {self._source} does not fit the model: {mismatch}")
         return incompatible

@@ -92,4 +92,6 @@ model = L(FocusDETR)(
     num_detections=300,
     pixel_mean=[123.675, 116.280, 103.530],
     pixel_std=[58.395, 57.120, 57.375],
+    fold_frozen_batchnorm=True,
+    backbone_channels_last=True,  # faster oneDNN convolutions on CPU; same results up to float rounding
 )

@@ -14,5 +14,6 @@ model.backbone = L(SwinTransformer)(
     window_size=7,
     out_indices=(1, 2, 3),
 )
+model.backbone_channels_last = False  # a transformer backbone: its reshapes expect contiguous NCHW patches
 model.neck.input_shapes = {"p1": ShapeSpec(channels=192), "p2": ShapeSpec(channels=384), "p3": ShapeSpec(channels=768)}
 model.neck.in_features = ["p1", "p2", "p3"]

@@ -1,0 +1,53 @@
+"""The model's speed mechanisms change neither its outputs (beyond float rounding) nor its state dict."""
+import torch
+
+from conftest import build_tiny_model
+
+
+def _fixture_model(parity_fixture, **overrides):
+    from focus_detr.checkpoint import FocusDETRCheckpointer
+
+    torch.manual_seed(0)
+    model = build_tiny_model(**overrides)
+    FocusDETRCheckpointer(model).load_model_state(parity_fixture["state_dict"])
+    return model.eval()
+
+
+def _raw_outputs(model, parity_fixture):
+    items = [{"image": item["image"]} for item in parity_fixture["inputs"]]
+    with torch.no_grad():
+        logits, boxes = model.predict(model.run_transformer(model.preprocess_image(items)))
+    return logits[-1], boxes[-1]
+
+
+def test_folding_and_channels_last_keep_outputs_and_state_dict(parity_fixture):
+    fast = _fixture_model(parity_fixture)
+    plain = _fixture_model(parity_fixture, **{"model.fold_frozen_batchnorm": False, "model.backbone_channels_last": False})
+    from focus_detr.layers.frozen_bn_folding import FrozenBNFoldingConv2d
+
+    assert fast.backbone_channels_last and not plain.backbone_channels_last
+    assert any(isinstance(m, FrozenBNFoldingConv2d) for m in fast.modules())
+    assert not any(isinstance(m, FrozenBNFoldingConv2d) for m in plain.modules())
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    fast_logits, fast_boxes = _raw_outputs(fast, parity_fixture)
+    plain_logits, plain_boxes = _raw_outputs(plain, parity_fixture)
+    assert torch.allclose(fast_logits, plain_logits, atol=1e-4)
+    assert torch.allclose(fast_boxes, plain_boxes, atol=1e-5)
+
+
+def test_training_losses_do_not_depend_on_folding(parity_fixture):
+    from detectron2.structures import Boxes, Instances
+
+    items = []
+    for item in parity_fixture["inputs"]:
+        instances = item["instances"]
+        gt = Instances(tuple(item["image"].shape[-2:]), gt_boxes=Boxes(instances["gt_boxes"].clone()),
+                       gt_classes=instances["gt_classes"].clone())
+        items.append({"image": item["image"], "instances": gt})
+    losses = []
+    for fold in (True, False):
+        model = _fixture_model(parity_fixture, **{"model.fold_frozen_batchnorm": fold}).train()
+        torch.manual_seed(0)
+        losses.append(model(items))
+    for name in losses[0]:
+        assert torch.equal(losses[0][name], losses[1][name]), name

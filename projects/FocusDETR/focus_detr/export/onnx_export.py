@@ -1,0 +1,142 @@
+"""ONNX export of a Focus-DETR model's inference path: one graph for every input size, batch 1.
+
+The graph is traced with the TorchScript-based exporter (``torch.onnx.export(dynamo=False)``): the token counts
+that depend on the image size (foreground budget, per-layer cascade counts, fine-grained count, query count) are
+tensor values during tracing and become graph computations feeding ``TopK``'s k. The dynamo exporter
+(``torch.export``) turns them into data-dependent symbolic ints and stops at the first one
+(``GuardOnDataDependentSymNode``). Deformable attention is written in standard operators by
+:func:`focus_detr.layers.ms_deform_attn_onnx.onnx_msda_symbolic`.
+"""
+import time
+import warnings
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS, onnx_msda_symbolic
+from ..modeling import FocusDETR
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "INPUT_NAME",
+    "OUTPUT_NAMES",
+    "ExportableFocusDETR",
+    "export_onnx",
+    "export_metadata",
+]
+
+DEFAULT_OPSET = 17
+INPUT_NAME = "image"
+# boxes (K, 4) xyxy input pixels, scores (K,), labels (K,) int64; then per encoder layer the foreground tokens it
+# updates (J,) and its fine-grained tokens (J,), and the decoder queries (1,)
+OUTPUT_NAMES = ("boxes", "scores", "labels", "encoder_token_counts", "fine_grained_token_counts", "num_queries")
+
+
+def _length(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    """``tensor.shape[dim]`` as a ``(1,)`` int64 tensor (a graph value under tracing)."""
+    return torch._shape_as_tensor(tensor)[dim : dim + 1]
+
+
+class ExportableFocusDETR(nn.Module):
+    """A FocusDETR's inference on one image, with tensor inputs and outputs only.
+
+    ``forward(image)``: uint8 ``(3, H, W)`` in the model's input format, already resized (what detectron2's
+    ``DefaultPredictor`` passes to the model) -> the tensors of :data:`OUTPUT_NAMES`: the model's post-processed
+    detections in input pixels, unclipped (``detector_postprocess`` clips them, see ``OnnxPredictor``), and the
+    token counts its encoder and decoder used.
+    """
+
+    def __init__(self, model: FocusDETR):
+        super().__init__()
+        if not isinstance(model, FocusDETR):
+            raise ValueError(f"ONNX export supports FocusDETR models, got {type(model).__name__}")
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        model = self.model
+        images = model.preprocess_image([{"image": image}])
+        out = model.run_transformer(images)
+        logits, boxes = model.predict(out)
+        scores, labels, boxes = model.select_detections(logits[-1], boxes[-1])
+        height, width = _length(image, 1).float(), _length(image, 2).float()
+        scale = torch.cat([width, height, width, height])
+        return (
+            boxes[0] * scale,
+            scores[0],
+            labels[0],
+            torch.cat([_length(inds, 1) for inds in out.selection.foreground_inds]),
+            torch.cat([_length(inds, 1) for inds in out.fine_grained_inds]),
+            _length(out.hidden_states, 2),
+        )
+
+
+def export_onnx(
+    model: FocusDETR,
+    path: str,
+    sample_image: torch.Tensor,
+    opset: int = DEFAULT_OPSET,
+    msda_form: str = "grid_sample",
+) -> float:
+    """Traces ``model`` (eval mode, CPU) on ``sample_image`` (uint8 ``(3, H, W)``) and writes ``path``; height and
+    width are dynamic. Returns the export time in seconds."""
+    if msda_form not in MSDA_ONNX_FORMS:
+        raise ValueError(f"msda_form must be one of {MSDA_ONNX_FORMS}, got {msda_form!r}")
+    if sample_image.dtype != torch.uint8 or sample_image.dim() != 3:
+        raise ValueError(f"sample_image must be a uint8 (3, H, W) tensor, got {sample_image.dtype} {tuple(sample_image.shape)}")
+    wrapper = ExportableFocusDETR(model).eval()
+    dynamic_axes = {INPUT_NAME: {1: "height", 2: "width"}}
+    for name in OUTPUT_NAMES[:3]:
+        dynamic_axes[name] = {0: "num_detections"}
+    start = time.perf_counter()
+    with torch.no_grad(), onnx_msda_symbolic(opset, msda_form), warnings.catch_warnings():
+        # The tracer warns about every Python-side shape check it records as a constant; they are the model's fixed
+        # structure (levels, heads, batch 1), and the tests compare the graph with PyTorch at other sizes.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            wrapper,
+            (sample_image.cpu(),),
+            path,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+    return time.perf_counter() - start
+
+
+def export_metadata(
+    model: FocusDETR,
+    opset: int,
+    msda_form: str,
+    input_format: str = "RGB",
+    class_names: Optional[Sequence[str]] = None,
+) -> Dict:
+    """What a runtime needs besides the graph (written as ``model.json`` next to ``model.onnx``)."""
+    import onnx
+
+    selector = model.transformer.foreground_selector
+    return {
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "uint8",
+            "shape": ["3", "height", "width"],
+            "format": input_format,
+            "note": "already resized like the test loader; the graph normalises it",
+        },
+        "outputs": list(OUTPUT_NAMES),
+        "batch_size": 1,
+        "pixel_mean": model.pixel_mean.flatten().tolist(),
+        "pixel_std": model.pixel_std.flatten().tolist(),
+        "num_classes": model.num_classes,
+        "class_names": list(class_names) if class_names else None,
+        "num_detections": model.num_detections,
+        "keep_ratio": selector.keep_ratio,
+        "cascade_keep_ratios": list(selector.cascade_keep_ratios),
+        "opset": opset,
+        "msda_form": msda_form,
+        "torch_version": torch.__version__,
+        "onnx_version": onnx.__version__,
+    }

@@ -1,0 +1,83 @@
+"""Running an exported Focus-DETR graph with onnxruntime, returning detectron2 ``Instances``."""
+import json
+import os
+from typing import Dict, Optional, Union
+
+import numpy as np
+import torch
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, Instances
+
+from .onnx_export import INPUT_NAME, OUTPUT_NAMES
+
+__all__ = ["OnnxPredictor"]
+
+
+class OnnxPredictor:
+    """An exported ``model.onnx`` on onnxruntime's CPU provider.
+
+    ``predictor(image, height=None, width=None)`` takes what the PyTorch model takes as ``batched_inputs[0]``: a
+    uint8 ``(3, H, W)`` image (torch tensor or numpy array) in the model's input format, already resized, and
+    optionally the original ``height`` / ``width`` to rescale to; it returns the same ``Instances`` as
+    ``model([{"image": image, ...}])[0]["instances"]`` (``pred_boxes``, ``scores``, ``pred_classes``).
+    :meth:`run` returns the graph's raw outputs, token counts included.
+
+    Args:
+        path: the ``model.onnx`` written by ``tools/export_model.py``.
+        num_threads: onnxruntime intra-op threads (None: onnxruntime's default).
+    """
+
+    def __init__(self, path: str, num_threads: Optional[int] = None):
+        import onnxruntime
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        options = onnxruntime.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = num_threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types for unreadable / invalid files
+            raise ValueError(f"cannot load {path} with onnxruntime: {str(error).strip().splitlines()[-1]}") from None
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
+            raise ValueError(
+                f"{path} is not a Focus-DETR export: inputs {inputs}, outputs {outputs} "
+                f"(expected [{INPUT_NAME!r}], {list(OUTPUT_NAMES)})"
+            )
+        metadata_path = os.path.join(os.path.dirname(path), "model.json")
+        self.metadata: Dict = {}
+        if os.path.isfile(metadata_path):
+            with open(metadata_path) as f:
+                self.metadata = json.load(f)
+
+    @staticmethod
+    def _as_array(image: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu().numpy()
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"OnnxPredictor: image must be a torch tensor or numpy array, got {type(image).__name__}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"OnnxPredictor: image must be uint8 (3, H, W), got dtype {image.dtype}")
+        if image.ndim != 3 or image.shape[0] != 3 or image.shape[1] < 1 or image.shape[2] < 1:
+            raise ValueError(f"OnnxPredictor: image must be uint8 (3, H, W), got shape {tuple(image.shape)}")
+        return np.ascontiguousarray(image)
+
+    def run(self, image: Union[torch.Tensor, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The graph's outputs by name (see ``focus_detr.export.OUTPUT_NAMES``)."""
+        outputs = self.session.run(None, {INPUT_NAME: self._as_array(image)})
+        return dict(zip(OUTPUT_NAMES, outputs))
+
+    def __call__(
+        self, image: Union[torch.Tensor, np.ndarray], height: Optional[int] = None, width: Optional[int] = None
+    ) -> Instances:
+        outputs = self.run(image)
+        image_size = tuple(image.shape[1:])
+        result = Instances(image_size)
+        result.pred_boxes = Boxes(torch.from_numpy(outputs["boxes"]))
+        result.scores = torch.from_numpy(outputs["scores"])
+        result.pred_classes = torch.from_numpy(outputs["labels"])
+        # Clipping and rescaling exactly as the PyTorch model's inference does.
+        return detector_postprocess(result, height or image_size[0], width or image_size[1])

@@ -1,0 +1,185 @@
+"""ONNX export: one graph traced at one size gives the PyTorch model's detections and token counts at other sizes,
+matches the official fixture's outputs, is plain ONNX, and refuses bad inputs with one line."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from conftest import FIXTURE_PATH, REPO_ROOT, TINY_CONFIG, build_tiny_model
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+sys.path.insert(0, str(REPO_ROOT / "tests" / "tools"))
+from tools_test_utils import load_script  # noqa: E402
+
+from focus_detr.analysis.inputs import synthetic_inputs  # noqa: E402
+from focus_detr.export import OnnxPredictor, export_onnx, match_detections  # noqa: E402
+
+TREE_CONFIG = REPO_ROOT / "configs" / "focus_detr_r18_trees.py"
+# parity tolerances of tools/check_parity.py
+SCORE_TOL = 1e-4
+BOX_TOL = 1e-4  # of the image's longer side, in pixels
+
+
+@pytest.fixture(scope="module")
+def export_tool():
+    return load_script("tools/export_model.py", "export_model")
+
+
+@pytest.fixture(scope="module")
+def fixture_checkpoint(parity_fixture, tmp_path_factory):
+    path = tmp_path_factory.mktemp("checkpoint") / "official_tiny.pth"
+    torch.save({"model": parity_fixture["state_dict"]}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_export(export_tool, fixture_checkpoint, tmp_path_factory):
+    """The tiny configuration with the fixture's official weights, exported by the tool at 224x288."""
+    output = tmp_path_factory.mktemp("tiny_onnx")
+    failures = export_tool.main(export_tool.parse_args([
+        "--config-file", str(TINY_CONFIG), "--output", str(output), "--sample-size", "224", "288", "--threads", "1",
+        f"+train.init_checkpoint={fixture_checkpoint}",
+    ]))
+    assert failures == []
+    return output
+
+
+def _tiny_model(parity_fixture):
+    from focus_detr.checkpoint import FocusDETRCheckpointer
+
+    model = build_tiny_model()
+    FocusDETRCheckpointer(model).load_model_state(parity_fixture["state_dict"])
+    return model.eval()
+
+
+def _check_against_pytorch(model, predictor, sizes, seed=1):
+    """At each size: top-100 detections matched (class, IoU >= 0.99, |d score| <= 1e-3), same token counts."""
+    for height, width in sizes:
+        item = synthetic_inputs(height, width, seed=seed)[0]
+        with torch.no_grad():
+            reference = model.forward_inference([item], return_token_selection=True)[0]
+        outputs = predictor.run(item["image"])
+        instances = predictor(item["image"], height, width)
+        assert len(instances) == len(reference["instances"]) == model.num_detections
+        assert match_detections(reference["instances"], instances, top=100) == (100, 100), (height, width)
+        selection = reference["token_selection"]
+        assert outputs["encoder_token_counts"].tolist() == [len(i) for i in selection["foreground_inds"]]
+        assert outputs["fine_grained_token_counts"].tolist() == [len(i) for i in selection["fine_grained_inds"]]
+        num_tokens = int(selection["spatial_shapes"].prod(1).sum())
+        assert outputs["num_queries"].tolist() == [min(model.transformer.num_queries, num_tokens)]
+
+
+def test_tiny_graph_matches_pytorch_at_other_sizes(tiny_export, parity_fixture):
+    predictor = OnnxPredictor(str(tiny_export / "model.onnx"), num_threads=1)
+    # 160x192 keeps fewer than 300 tokens in the second layer: the fine-grained count follows the layer's count
+    _check_against_pytorch(_tiny_model(parity_fixture), predictor, [(256, 320), (320, 224), (160, 192)])
+
+
+def test_tiny_graph_matches_the_official_fixture(tiny_export, parity_fixture):
+    predictor = OnnxPredictor(str(tiny_export / "model.onnx"), num_threads=1)
+    for item, expected in zip(parity_fixture["inputs"], parity_fixture["eval_outputs"]["single"]):
+        ours = predictor(item["image"], item["height"], item["width"])
+        official = expected["postprocessed"][0]
+        assert len(ours) == official["num"]
+        assert (ours.scores - official["scores"]).abs().max() <= SCORE_TOL
+        box_tol = BOX_TOL * max(item["height"], item["width"])
+        for i in range(100):
+            fits = (
+                (ours.pred_classes == official["labels"][i])
+                & ((ours.scores - official["scores"][i]).abs() <= SCORE_TOL)
+                & ((ours.pred_boxes.tensor - official["boxes_xyxy"][i]).abs().max(-1)[0] <= box_tol)
+            )
+            assert fits.any(), f"official detection {i} has no counterpart"
+        # the official code computes all six cascade counts; the tiny encoder uses the first two
+        official_counts = [inds.shape[1] for inds in expected["debug"]["encoder_in"]["foreground_inds"]][:2]
+        assert predictor.run(item["image"])["encoder_token_counts"].tolist() == official_counts
+
+
+def test_graph_is_plain_onnx_with_metadata(tiny_export):
+    path = str(tiny_export / "model.onnx")
+    onnx.checker.check_model(path)
+    graph = onnx.load(path).graph
+    assert {node.domain for node in graph.node} <= {"", "ai.onnx"}
+    assert "GridSample" in {node.op_type for node in graph.node}
+    image = graph.input[0].type.tensor_type
+    assert image.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value or d.dim_param for d in image.shape.dim] == [3, "height", "width"]
+    metadata = json.loads((tiny_export / "model.json").read_text())
+    assert metadata["batch_size"] == 1 and metadata["opset"] == 17 and metadata["msda_form"] == "grid_sample"
+    assert metadata["input"]["format"] == "RGB"
+    assert metadata["cascade_keep_ratios"] == [1.0, 0.8] and metadata["keep_ratio"] == 0.5
+    assert metadata["num_detections"] == 300 and metadata["file_size_mib"] > 0
+
+
+def test_tree_config_graph_matches_pytorch_at_other_sizes(tmp_path):
+    from detectron2.config import LazyConfig, instantiate
+
+    torch.manual_seed(0)
+    model = instantiate(LazyConfig.load(str(TREE_CONFIG)).model).eval()
+    path = str(tmp_path / "trees.onnx")
+    export_onnx(model, path, synthetic_inputs(352, 352)[0]["image"])
+    _check_against_pytorch(model, OnnxPredictor(path, num_threads=1), [(256, 320), (320, 384), (384, 480)])
+
+
+def test_predictor_rejects_bad_images_with_one_line(tiny_export):
+    predictor = OnnxPredictor(str(tiny_export / "model.onnx"), num_threads=1)
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    for bad, message in (
+        (image.float(), "must be uint8"),
+        (image[0], r"got shape \(64, 64\)"),
+        (image[None], r"got shape \(1, 3, 64, 64\)"),
+        (image[:1], r"got shape \(1, 64, 64\)"),
+        ([[1, 2]], "torch tensor or numpy array"),
+    ):
+        with pytest.raises(ValueError, match=message) as info:
+            predictor(bad)
+        assert "\n" not in str(info.value)
+    with pytest.raises(FileNotFoundError):
+        OnnxPredictor(str(tiny_export / "missing.onnx"))
+
+
+def test_export_tool_reports_bad_config_and_checkpoint_in_one_line(export_tool, fixture_checkpoint, tmp_path, capfd):
+    cases = [
+        [str(TINY_CONFIG), "model.no_such_key=1"],
+        [str(tmp_path / "missing.py")],
+        [str(TINY_CONFIG), f"+train.init_checkpoint={tmp_path / 'missing.pth'}"],
+        # the official tiny weights do not fit the tree model
+        [str(TREE_CONFIG), f"train.init_checkpoint={fixture_checkpoint}"],
+    ]
+    for config, *overrides in cases:
+        argv = ["--config-file", config, "--output", str(tmp_path / "out"), *overrides]
+        code = export_tool.run_reporting_errors(export_tool.main, export_tool.parse_args(argv))
+        err = capfd.readouterr().err.strip().splitlines()
+        assert code == 2, argv
+        assert len([line for line in err if line.startswith("error:")]) == 1, err
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_demo_draws_the_same_detections_from_onnxruntime(tiny_export, fixture_checkpoint, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    demo = load_script("demo/demo.py", "demo")
+    image_path = tmp_path / "noise.png"
+    # without a test loader in the config the demo resizes to 800/1333: a thin image stays small (100x1333)
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 400, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image_path)
+    printed = {}
+    for name, extra in (
+        ("pytorch", [f"+train.init_checkpoint={fixture_checkpoint}"]),
+        ("onnx", ["--onnx", str(tiny_export / "model.onnx")]),
+    ):
+        argv = ["--config-file", str(TINY_CONFIG), "--input", str(image_path), "--output", str(tmp_path / name),
+                "--confidence-threshold", "0.02", *extra]
+        written = demo.main(demo.parse_args(argv))
+        assert [os.path.basename(p) for p in written] == ["noise_detections.png"]
+        printed[name] = capsys.readouterr().out.split(": ", 1)[1].split(" -> ")[0]
+    assert printed["onnx"] == printed["pytorch"]
+    assert not printed["onnx"].startswith("0 ")
+    with pytest.raises(ValueError, match="--show-tokens"):
+        demo.main(demo.parse_args(["--config-file", str(TINY_CONFIG), "--input", str(image_path), "--output",
+                                   str(tmp_path / "x"), "--onnx", str(tiny_export / "model.onnx"), "--show-tokens"]))

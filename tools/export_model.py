@@ -1,0 +1,198 @@
+#!/usr/bin/env python
+"""Export a Focus-DETR config's model to ONNX (named after detectron2's tools/deploy/export_model.py).
+
+    python tools/export_model.py --config-file CFG --output DIR [--format onnx] [--export-method tracing]
+        [--opset 17] [--msda-form grid_sample|gather] [--sample-size H W] [--verify-sizes HxW ...]
+        [--benchmark HxW ...] [--threads 2] [key=value ...]
+
+Builds the model, loads ``train.init_checkpoint`` (ours or an official detrex file; empty = random weights, with a
+warning), traces it on one CPU image of ``--sample-size`` and writes ``DIR/model.onnx`` and ``DIR/model.json``
+(input format, pixel mean/std, class names, keep ratios, opset, versions, export time, file size). The graph takes a
+uint8 ``image`` ``(3, H, W)`` of any size (batch 1) and returns ``boxes`` ``(K, 4)`` xyxy input pixels, ``scores``,
+``labels`` and the token counts; run it with ``focus_detr.export.OnnxPredictor`` or ``demo/demo.py --onnx``.
+
+After writing, the graph is checked (``onnx.checker``, no custom-domain node) and compared with the PyTorch model
+at the sample size and each ``--verify-sizes`` (top-100 detections matched by class, IoU >= 0.99, |d score| <= 1e-3;
+same token counts; a difference is reported, see the README). ``--benchmark`` times onnxruntime against PyTorch at each size, interleaved in one run, with
+``--threads`` threads for both, and writes ``DIR/benchmark.json``.
+
+Example:
+    python tools/export_model.py --config-file configs/focus_detr_r50_4scale_12ep.py --output output/onnx_r50 \
+        --benchmark 800x1333 480x640 train.init_checkpoint=""
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+from detectron2.data import MetadataCatalog
+
+from focus_detr.analysis.inputs import synthetic_inputs
+from focus_detr.engine import AtomicDetectionCheckpointer, build_model, load_config
+from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.export import DEFAULT_OPSET, OnnxPredictor, export_metadata, export_onnx, match_detections
+from focus_detr.layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
+
+TOP_DETECTIONS = 100
+
+
+def parse_size(text):
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW (e.g. 480x640), got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return height, width
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--output", required=True, metavar="DIR", help="writes DIR/model.onnx and DIR/model.json")
+    parser.add_argument("--format", choices=["onnx"], default="onnx")
+    parser.add_argument("--export-method", choices=["tracing"], default="tracing",
+                        help="TorchScript tracing (the dynamo exporter cannot express the data-dependent token counts)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 16 for GridSample)")
+    parser.add_argument("--msda-form", choices=MSDA_ONNX_FORMS, default="grid_sample",
+                        help="ONNX form of the deformable attention (grid_sample: faster on onnxruntime CPU)")
+    parser.add_argument("--sample-size", type=int, nargs=2, metavar=("H", "W"), default=[800, 1333],
+                        help="size of the random image the graph is traced on (the graph accepts any size)")
+    parser.add_argument("--verify-sizes", type=parse_size, nargs="*", default=[], metavar="HxW",
+                        help="also compare onnxruntime with PyTorch at these sizes")
+    parser.add_argument("--benchmark", type=parse_size, nargs="*", default=[], metavar="HxW",
+                        help="time onnxruntime against PyTorch at these sizes (interleaved)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and onnxruntime")
+    add_overrides_argument(parser)
+    return parse_args_with_overrides(parser, argv)
+
+
+def _class_names(cfg):
+    try:
+        names = cfg.dataloader.test.dataset.names
+        return MetadataCatalog.get(names if isinstance(names, str) else names[0]).get("thing_classes", None)
+    except (AttributeError, KeyError):
+        return None
+
+
+def _input_format(cfg):
+    try:
+        return cfg.dataloader.test.mapper.img_format
+    except (AttributeError, KeyError):
+        return "RGB"
+
+
+def check_graph(path):
+    """onnx.checker, and every node in the default ONNX domain (no plugin needed)."""
+    import onnx
+
+    onnx.checker.check_model(path)
+    custom = sorted({n.domain for n in onnx.load(path, load_external_data=False).graph.node} - {"", "ai.onnx"})
+    if custom:
+        raise RuntimeError(f"{path} has nodes in custom domains {custom}")
+
+
+def compare(model, predictor, item):
+    """PyTorch vs onnxruntime on one input dict: (matched, compared, same token counts, counts)."""
+    with torch.no_grad():
+        reference = model.forward_inference([item], return_token_selection=True)[0]
+    outputs = predictor.run(item["image"])
+    ours = predictor(item["image"], item["height"], item["width"])
+    matched, compared = match_detections(reference["instances"], ours, TOP_DETECTIONS)
+    selection = reference["token_selection"]
+    counts = [len(i) for i in selection["foreground_inds"]], [len(i) for i in selection["fine_grained_inds"]]
+    onnx_counts = outputs["encoder_token_counts"].tolist(), outputs["fine_grained_token_counts"].tolist()
+    return matched, compared, counts == onnx_counts, onnx_counts
+
+
+def benchmark(model, predictor, sizes, warmup, repeats):
+    """Median latency (ms) of PyTorch and onnxruntime per size, the two timed alternately on the same image."""
+    rows = []
+    for height, width in sizes:
+        item = synthetic_inputs(height, width)[0]
+        seconds = {"pytorch": [], "onnxruntime": []}
+        runs = {
+            "pytorch": lambda: model([item]),
+            "onnxruntime": lambda: predictor(item["image"]),
+        }
+        with torch.no_grad():
+            for step in range(warmup + repeats):
+                for name, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    if step >= warmup:
+                        seconds[name].append(time.perf_counter() - start)
+        medians = {name: 1000 * statistics.median(s) for name, s in seconds.items()}
+        rows.append({"size": f"{height}x{width}", "repeats": repeats, **{f"{k}_ms": v for k, v in medians.items()},
+                     "speedup": medians["pytorch"] / medians["onnxruntime"]})
+    return rows
+
+
+def main(args):
+    if args.opset < 11:
+        raise ValueError(f"--opset must be >= 11, got {args.opset}")
+    if args.warmup < 0 or args.repeats < 1 or args.threads < 1:
+        raise ValueError("--warmup must be >= 0, --repeats and --threads >= 1")
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config_file, args.opts)
+    model = build_model(cfg, "cpu")
+    init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
+    if init_checkpoint:
+        AtomicDetectionCheckpointer(model).load(init_checkpoint)
+    else:
+        print("warning: train.init_checkpoint is empty: exporting a randomly initialised model", file=sys.stderr)
+    model.eval()
+
+    os.makedirs(args.output, exist_ok=True)
+    path = os.path.join(args.output, "model.onnx")
+    sample = synthetic_inputs(*args.sample_size)[0]
+    seconds = export_onnx(model, path, sample["image"], args.opset, args.msda_form)
+    check_graph(path)
+    metadata = export_metadata(model, args.opset, args.msda_form, _input_format(cfg), _class_names(cfg))
+    metadata.update(
+        config_file=args.config_file,
+        init_checkpoint=init_checkpoint,
+        sample_size=list(args.sample_size),
+        export_seconds=round(seconds, 1),
+        file_size_mib=round(os.path.getsize(path) / 2**20, 1),
+    )
+    with open(os.path.join(args.output, "model.json"), "w") as f:
+        json.dump(metadata, f, indent=2)
+    print(f"wrote {path} ({metadata['file_size_mib']} MiB, exported in {seconds:.1f} s, opset {args.opset}, "
+          f"MSDA as {args.msda_form}) and model.json")
+
+    predictor = OnnxPredictor(path, num_threads=args.threads)
+    failures = []
+    for height, width in [tuple(args.sample_size)] + list(args.verify_sizes):
+        item = synthetic_inputs(height, width, seed=1)[0]
+        matched, compared, same_counts, counts = compare(model, predictor, item)
+        ok = matched == compared and same_counts
+        print(f"{height}x{width}: top-{compared} detections matched {matched}/{compared}, token counts per encoder "
+              f"layer {counts[0]}, fine-grained {counts[1]} ({'same' if same_counts else 'DIFFERENT'}) "
+              f"{'ok' if ok else 'MISMATCH'}")
+        if not ok:
+            failures.append(f"{height}x{width}")
+
+    if args.benchmark:
+        rows = benchmark(model, predictor, args.benchmark, args.warmup, args.repeats)
+        print(f"{'size':<12}{'pytorch ms':>12}{'onnxruntime ms':>16}{'speed-up':>10}   ({args.threads} threads, "
+              f"median of {args.repeats}, interleaved)")
+        for row in rows:
+            print(f"{row['size']:<12}{row['pytorch_ms']:>12.0f}{row['onnxruntime_ms']:>16.0f}{row['speedup']:>9.2f}x")
+        with open(os.path.join(args.output, "benchmark.json"), "w") as f:
+            json.dump({"threads": args.threads, "msda_form": args.msda_form, "rows": rows}, f, indent=2)
+    if failures:
+        # A near-tie in a token or query ranking (scores within float rounding, common with random weights) can
+        # be broken differently by onnxruntime and change a few detections; anything more points at a problem.
+        print(f"warning: onnxruntime and PyTorch differ at {', '.join(failures)}", file=sys.stderr)
+    return failures
+
+
+if __name__ == "__main__":
+    sys.exit(run_reporting_errors(main, parse_args()))

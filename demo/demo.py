@@ -7,10 +7,14 @@ For each input image, writes to ``--output``:
   <name>_tokens.png       (--show-tokens) per encoder layer x level: kept tokens (blue) and fine-grained tokens (red)
 
 Images are resized like the config's test loader (the network input); pictures are drawn on the original image.
+With ``--onnx DIR/model.onnx`` (written by tools/export_model.py) onnxruntime runs the exported graph instead of
+PyTorch; the config then only gives the resize and the class names (``--show-tokens`` needs the PyTorch model).
 
 Example:
     python demo/demo.py --config-file configs/focus_detr_r18_trees.py --input datasets/trees/images/val/*.png \
         --output output/demo --show-tokens --opts train.init_checkpoint=output/focus_detr_r18_trees/model_final.pth
+    python demo/demo.py --config-file configs/focus_detr_r18_trees.py --input datasets/trees/images/val/*.png \
+        --output output/demo_onnx --onnx output/onnx_trees/model.onnx
 """
 import argparse
 import os
@@ -28,6 +32,7 @@ from focus_detr.data import read_image
 from focus_detr.engine import AtomicDetectionCheckpointer, build_model, load_config, resolve_device
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.export import OnnxPredictor
 
 
 def parse_args(argv=None):
@@ -38,6 +43,7 @@ def parse_args(argv=None):
     parser.add_argument("--show-tokens", action="store_true", help="also draw the token selection")
     parser.add_argument("--confidence-threshold", type=float, default=0.3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--onnx", metavar="MODEL.onnx", help="run this exported graph with onnxruntime (CPU)")
     # "--opts" is optional: overrides are recognised anywhere (it must not swallow the options after it)
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides key=value")
     return parse_args_with_overrides(parser, argv)
@@ -67,6 +73,24 @@ def _model_input(image_rgb, resize):
             "height": image_rgb.shape[0], "width": image_rgb.shape[1]}, resized
 
 
+def _pytorch_predictor(cfg, device, show_tokens):
+    model = build_model(cfg, device)
+    init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
+    if init_checkpoint:
+        AtomicDetectionCheckpointer(model).load(init_checkpoint)
+    else:
+        print("warning: train.init_checkpoint is empty: drawing a randomly initialised model", file=sys.stderr)
+    model.eval()
+
+    @torch.no_grad()
+    def predict(model_input):
+        if show_tokens:
+            return model.forward_inference([model_input], return_token_selection=True)[0]
+        return model([model_input])[0]
+
+    return predict
+
+
 def draw_detections(image_rgb, instances, metadata, threshold, path):
     instances = instances.to("cpu")
     instances = instances[instances.scores >= threshold]
@@ -79,15 +103,18 @@ def main(args):
     if not 0.0 <= args.confidence_threshold <= 1.0:
         raise ValueError(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
     images = [(path, read_image(path, "RGB")) for path in args.input]  # fail before building the model
+    if args.onnx and args.show_tokens:
+        raise ValueError("--show-tokens draws the PyTorch model's token selection; it cannot be used with --onnx")
     cfg = load_config(args.config_file, args.opts)
-    device = resolve_device(args.device)
-    model = build_model(cfg, device)
-    init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
-    if init_checkpoint:
-        AtomicDetectionCheckpointer(model).load(init_checkpoint)
+    if args.onnx:
+        device, onnx_predictor = "cpu", OnnxPredictor(args.onnx)
+
+        def predictor(item):
+            return {"instances": onnx_predictor(item["image"], item["height"], item["width"])}
+
     else:
-        print("warning: train.init_checkpoint is empty: drawing a randomly initialised model", file=sys.stderr)
-    model.eval()
+        device = resolve_device(args.device)
+        predictor = _pytorch_predictor(cfg, device, args.show_tokens)
     os.makedirs(args.output, exist_ok=True)
     resize, metadata = _test_resize(cfg), _metadata(cfg)
     written = []
@@ -95,11 +122,7 @@ def main(args):
         name = os.path.splitext(os.path.basename(path))[0]
         model_input, resized = _model_input(image_rgb, resize)
         model_input["image"] = model_input["image"].to(device)
-        with torch.no_grad():
-            if args.show_tokens:
-                output = model.forward_inference([model_input], return_token_selection=True)[0]
-            else:
-                output = model([model_input])[0]
+        output = predictor(model_input)
         detection_png = os.path.join(args.output, f"{name}_detections.png")
         count = draw_detections(image_rgb, output["instances"], metadata, args.confidence_threshold, detection_png)
         written.append(detection_png)

@@ -135,8 +135,8 @@ def benchmark(model, predictor, sizes, warmup, repeats):
 
 
 def main(args):
-    if args.opset < 11:
-        raise ValueError(f"--opset must be >= 11, got {args.opset}")
+    if args.opset < 16:
+        raise ValueError(f"--opset must be >= 16 (GridSample), got {args.opset}")
     if args.warmup < 0 or args.repeats < 1 or args.threads < 1:
         raise ValueError("--warmup must be >= 0, --repeats and --threads >= 1")
     torch.set_num_threads(args.threads)

@@ -20,7 +20,14 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from focus_detr.engine import check_datasets_registered, load_config, resolve_device, run_evaluation, run_training
+from focus_detr.engine import (
+    check_datasets_registered,
+    check_output_dir,
+    load_config,
+    resolve_device,
+    run_evaluation,
+    run_training,
+)
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 
@@ -53,6 +60,7 @@ def _hide_gpus_for_cpu_processes(cfg, args):
 def _launch(args):
     cfg = load_config(args.config_file, args.opts)
     check_datasets_registered(cfg.get("dataloader", {}))
+    check_output_dir(cfg.train.get("output_dir", ""))
     _hide_gpus_for_cpu_processes(cfg, args)
     single_process = args.num_gpus * args.num_machines == 1
     launch(

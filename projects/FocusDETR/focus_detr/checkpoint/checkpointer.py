@@ -71,7 +71,8 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         try:
             return super().load(path, *args, **kwargs)
         finally:
-            self._source = None
+            # detectron2 resets these only when loading succeeds; after a refused file the next load must work
+            self._source = self._parsed_url_during_load = None
 
     def load_model_state(self, state_dict, source="the given state dict"):
         """Loads an in-memory state dict (ours or official) with the same conversion and checks as :meth:`load`;

@@ -2,7 +2,14 @@
 the training step (AMP on CPU/GPU, gradient clipping), atomic checkpoints with exact resume (RNG + data position),
 EMA, evaluation."""
 from .checkpoint import AtomicDetectionCheckpointer, atomic_write
-from .config import ConfigError, check_datasets_registered, check_override_keys, load_config, resolve_device
+from .config import (
+    ConfigError,
+    check_datasets_registered,
+    check_output_dir,
+    check_override_keys,
+    load_config,
+    resolve_device,
+)
 from .evaluation import evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restore_rank_state
 from .optim import LrFactorByName
@@ -25,6 +32,7 @@ __all__ = [
     "build_resumable_train_loader",
     "capture_rng_state",
     "check_datasets_registered",
+    "check_output_dir",
     "check_override_keys",
     "evaluate",
     "isolated_rng",

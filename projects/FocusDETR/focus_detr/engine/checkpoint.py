@@ -1,14 +1,24 @@
-"""Checkpoints that are never half-written, and clear errors for missing files."""
+"""Checkpoints that are never half-written, resume that survives what a crash leaves behind, and clear errors for
+missing files and full disks."""
+import errno
+import glob
 import logging
 import os
+import re
 import tempfile
 
 import torch
-from ..checkpoint import FocusDETRCheckpointer
 
-__all__ = ["AtomicDetectionCheckpointer"]
+from ..checkpoint import CheckpointError, FocusDETRCheckpointer, UnreadableCheckpointError
+
+__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "TEMPORARY_FILE_PATTERN"]
 
 logger = logging.getLogger(__name__)
+
+# Names of atomic_write's temporary files: ".<final name>.<random>.tmp" next to the final file.
+TEMPORARY_FILE_PATTERN = ".*.tmp"
+# Names of the checkpoints ResumableCheckpointHook writes: <prefix>_<7-digit iteration>.pth, <prefix>_final.pth.
+_CHECKPOINT_NAME = re.compile(r"^(.+)_(?:\d{7}|final)\.pth$")
 
 
 def _current_umask():
@@ -37,9 +47,14 @@ def atomic_write(path, write_fn, mode="wb"):
 
 
 class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
-    """The project's checkpointer (reads our, official detrex and backbone checkpoints with ``weights_only=True``)
-    with atomic writes of the checkpoint and of the ``last_checkpoint`` tag, and a one-line ``FileNotFoundError``
-    for a missing checkpoint.
+    """The project's checkpointer (reads weights files of any format without running code from them) with:
+
+    - atomic writes of the checkpoint and of the ``last_checkpoint`` tag; a full disk is a one-line
+      :class:`CheckpointError` and the previous checkpoint stays;
+    - resume from the newest readable checkpoint when ``last_checkpoint`` names a missing or corrupt file
+      (with a warning; never a silent restart from iteration 0);
+    - removal of the temporary files a killed save leaves (:meth:`remove_stale_temporary_files`);
+    - a one-line ``FileNotFoundError`` for a missing checkpoint.
 
     Args:
         model (nn.Module): the model (a DDP wrapper is unwrapped).
@@ -58,12 +73,63 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        atomic_write(save_file, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
+        try:
+            atomic_write(save_file, lambda f: torch.save(data, f))
+            self.tag_last_checkpoint(basename)
+        except OSError as error:
+            previous = self.get_checkpoint_file() if self.has_checkpoint() else None
+            kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
+            why = "no space left on device" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
+            raise CheckpointError(f"cannot save checkpoint {save_file}: {why} ({kept})") from error
 
     def tag_last_checkpoint(self, last_filename_basename):
         save_file = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(save_file, lambda f: f.write(last_filename_basename), mode="w")
+
+    def remove_stale_temporary_files(self):
+        """Deletes the temporary files of saves that were killed midway (only complete files are ever renamed into
+        place, so these are never needed). Call it before this run saves anything; returns the removed paths."""
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        stale = sorted(glob.glob(os.path.join(self.save_dir, TEMPORARY_FILE_PATTERN)))
+        for path in stale:
+            os.remove(path)
+        if stale:
+            logger.warning(f"Removed {len(stale)} temporary file(s) left by an interrupted save: {stale}")
+        return stale
+
+    def _resume_candidates(self):
+        """The checkpoint ``last_checkpoint`` names, then the other checkpoints of ``save_dir`` named like it
+        (``<prefix>_<iteration>.pth``, ``<prefix>_final.pth``), newest first."""
+        tagged = self.get_checkpoint_file()
+        match = _CHECKPOINT_NAME.match(os.path.basename(tagged))
+        prefix = match.group(1) if match else "model"
+        others = [
+            path for path in glob.glob(os.path.join(self.save_dir, f"{glob.escape(prefix)}_*.pth"))
+            if _CHECKPOINT_NAME.match(os.path.basename(path)) and os.path.abspath(path) != os.path.abspath(tagged)
+        ]
+        others.sort(key=lambda path: (os.path.getmtime(path), path), reverse=True)
+        return [tagged] + others
+
+    def resume_or_load(self, path, *, resume=True):
+        """detectron2's ``resume_or_load``; on resume, a missing or unreadable ``last_checkpoint`` target falls back
+        to the newest readable checkpoint of ``save_dir`` with a warning, and none readable is an error."""
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        problems = []
+        for candidate in self._resume_candidates():
+            try:
+                extra = self.load(candidate)
+            except (FileNotFoundError, UnreadableCheckpointError) as error:
+                problems.append(str(error))
+                continue
+            if problems:
+                logger.warning(f"Resumed from {candidate}, the newest readable checkpoint, instead of: " + "; ".join(problems))
+            return extra
+        raise CheckpointError(
+            f"cannot resume from {self.save_dir}: no readable checkpoint ({'; '.join(problems)}); "
+            "remove the folder's last_checkpoint to start from scratch"
+        )
 
     def load(self, path, *args, **kwargs):
         if path and "://" not in path and not os.path.isfile(path):

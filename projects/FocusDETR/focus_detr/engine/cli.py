@@ -1,31 +1,101 @@
-"""Command-line conventions shared by ``train_net.py`` and ``tools/``: input errors become one line on stderr."""
+"""Command-line conventions shared by ``train_net.py``, ``tools/`` and ``demo/``: a user error (config, files,
+datasets, disk) becomes one line ``error: <what> <where>: <why>`` on stderr and exit status 2; a bug keeps its
+traceback."""
+import contextlib
+import logging
+import re
 import sys
-
-from torch.multiprocessing.spawn import ProcessRaisedException
 
 from ..data import TreesCacheError
 
-__all__ = ["USER_ERRORS", "one_line", "run_reporting_errors"]
+__all__ = ["USER_ERRORS", "is_user_error", "one_line", "run_reporting_errors", "user_errors_without_tracebacks"]
 
-# Errors about the user's input (config, files, datasets). Anything else keeps its traceback: it is a bug.
-USER_ERRORS = (ValueError, FileNotFoundError, TreesCacheError, ProcessRaisedException)
+# Errors about the user's input or machine (config, files, datasets, permissions, full disks). Anything else is a bug.
+USER_ERRORS = (ValueError, OSError, TreesCacheError)
+
+# Errors re-raised from data-loader workers or spawned processes carry the original traceback in their message.
+_TRACEBACK = "Traceback (most recent call last):"
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?:: (.*))?$")
+# Longer messages are cut: a line is for reading (the full text stays in the log).
+MAX_LINE_CHARS = 800
+
+
+def _resolve_type(qualified_name):
+    """The exception class a traceback names (``ValueError``, ``focus_detr.engine.config.ConfigError``), looked up
+    among the modules already imported; None when unknown."""
+    module, _, name = qualified_name.rpartition(".")
+    found = getattr(sys.modules.get(module or "builtins"), name, None)
+    return found if isinstance(found, type) and issubclass(found, BaseException) else None
+
+
+def _origin(error):
+    """(exception class or None, message) of the exception where ``error`` started: for an error that carries a
+    remote traceback, the exception at its end; else ``error`` itself."""
+    message = str(error)
+    if _TRACEBACK not in message:
+        return type(error), message
+    lines = message.rsplit(_TRACEBACK, 1)[1].splitlines()
+    for index, line in enumerate(lines):
+        if line and not line[0].isspace():  # traceback frames are indented; the exception line is not
+            match = _EXCEPTION_LINE.match(line)
+            if not match:
+                return None, "\n".join(lines[index:])
+            return _resolve_type(match.group(1)), "\n".join([match.group(2) or ""] + lines[index + 1:])
+    return None, message
+
+
+def is_user_error(error):
+    """Whether ``error`` (or, for one re-raised from another process, its original) is a user error."""
+    origin_type, _ = _origin(error)
+    return origin_type is not None and issubclass(origin_type, USER_ERRORS)
 
 
 def one_line(error):
-    """The message of ``error`` on one line. Errors re-raised from data-loader workers or spawned processes carry
-    the original traceback in their message; their last line is the original exception."""
-    message = str(error).strip()
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    return lines[-1] if len(lines) > 1 else lines[0]
+    """The whole message of ``error`` (of its original, for one re-raised from another process) on one line."""
+    origin_type, message = _origin(error)
+    if isinstance(error, OSError) and error.strerror and error.filename and _TRACEBACK not in str(error):
+        message = f"cannot access {error.filename}: {error.strerror}"
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    if not text:
+        text = origin_type.__name__ if origin_type is not None else type(error).__name__
+    if len(text) > MAX_LINE_CHARS:
+        text = text[: MAX_LINE_CHARS - 40] + f" ... ({len(text) - MAX_LINE_CHARS + 40} more characters)"
+    return text
+
+
+class _UserErrorTracebackFilter(logging.Filter):
+    """Logs a user error that a library reports with ``logger.exception`` as one line, without the traceback."""
+
+    def filter(self, record):
+        if record.exc_info and record.exc_info[1] is not None and is_user_error(record.exc_info[1]):
+            record.msg = f"{record.getMessage()} {one_line(record.exc_info[1])}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+@contextlib.contextmanager
+def user_errors_without_tracebacks(logger_name="detectron2.engine.train_loop"):
+    """Within the block, ``logger_name`` (detectron2's training loop logs every exception with its traceback)
+    logs user errors as one line."""
+    log = logging.getLogger(logger_name)
+    quiet = _UserErrorTracebackFilter()
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
 
 
 def run_reporting_errors(function, *args, **kwargs):
-    """Calls ``function``; returns 0, or prints ``error: <one line>`` to stderr and returns 2 for input errors."""
+    """Calls ``function``; returns its exit status (its result when an int, else 0), or prints
+    ``error: <one line>`` to stderr and returns 2 for user errors. Other exceptions (bugs) propagate with their
+    traceback."""
     try:
-        function(*args, **kwargs)
-    except USER_ERRORS as error:
+        with user_errors_without_tracebacks():
+            result = function(*args, **kwargs)
+    except Exception as error:
+        if not is_user_error(error):
+            raise
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    return 0
+    return result if isinstance(result, int) else 0

@@ -3,16 +3,19 @@ and unregistered datasets."""
 import difflib
 import inspect
 import os
+import tempfile
 
 import torch
 from detectron2.config import LazyConfig
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 __all__ = [
     "ConfigError",
     "load_config",
     "check_override_keys",
+    "check_override_types",
     "check_datasets_registered",
+    "check_output_dir",
     "resolve_device",
 ]
 
@@ -85,6 +88,79 @@ def check_override_keys(cfg, overrides):
             raise ConfigError(f"unknown config key {missing_key!r} in override {override!r}{hint}")
 
 
+_UNSET = object()
+
+
+def _current_value(cfg, dotted_key):
+    """The value ``dotted_key`` has in ``cfg``: the entry, or the default of the LazyCall target's argument it names;
+    ``_UNSET`` when unknown (no entry, no default)."""
+    parent_key, _, name = dotted_key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+    if isinstance(parent, (DictConfig, ListConfig)) and (isinstance(parent, ListConfig) or name in parent):
+        value = OmegaConf.select(cfg, dotted_key, default=_UNSET)
+        # a copy: applying the overrides changes the config's nodes in place
+        return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+    if isinstance(parent, DictConfig):
+        target = parent.get("_target_", None) if "_target_" in parent else None
+        if target is not None:
+            return _signature_default(target, name)
+    return _UNSET
+
+
+def _signature_default(target, name):
+    if isinstance(target, str):
+        from hydra.utils import get_method
+
+        try:
+            target = get_method(target)
+        except Exception:
+            return _UNSET
+    try:
+        parameter = inspect.signature(target).parameters.get(name)
+    except (TypeError, ValueError):
+        return _UNSET
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return _UNSET
+    return parameter.default
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _expected_kind(value):
+    """What a replacement of ``value`` must be, as (description, check), or None when anything may replace it."""
+    if isinstance(value, bool):
+        return "True or False", lambda new: isinstance(new, bool)
+    if isinstance(value, int):
+        return "an integer", lambda new: isinstance(new, int) and not isinstance(new, bool)
+    if isinstance(value, float):
+        return "a number", _is_number
+    if isinstance(value, (list, tuple, ListConfig)) and len(value) and all(_is_number(v) for v in value):
+        return "a list of numbers", lambda new: isinstance(new, (list, tuple, ListConfig)) and all(_is_number(v) for v in new)
+    return None
+
+
+def check_override_types(old_values, cfg, overrides):
+    """Raises ConfigError naming key and value of the first override whose value is not of the kind the entry holds
+    (a number, an integer, True/False, a list of numbers); ``None`` is always accepted.
+
+    Args:
+        old_values (dict): key -> value before the overrides (``_current_value``).
+        cfg: the config after the overrides.
+    """
+    for override in overrides:
+        key, text = (part.strip() for part in override.split("=", 1))
+        if key.startswith(("+", "~")) or old_values.get(key, _UNSET) is _UNSET:
+            continue
+        expected = _expected_kind(old_values[key])
+        new = OmegaConf.select(cfg, key, default=None)
+        if expected is not None and new is not None and not expected[1](new):
+            raise ConfigError(
+                f"wrong value for config key {key!r}: {text!r} is not {expected[0]} (it is {old_values[key]!r} now)"
+            )
+
+
 def load_config(config_file, overrides=()):
     """LazyConfig.load + checked overrides. Raises FileNotFoundError / ConfigError with one-line messages."""
     if not config_file:
@@ -94,10 +170,12 @@ def load_config(config_file, overrides=()):
     cfg = LazyConfig.load(config_file)
     overrides = list(overrides or [])
     check_override_keys(cfg, overrides)
+    old_values = {o.split("=", 1)[0].strip(): _current_value(cfg, o.split("=", 1)[0].strip()) for o in overrides}
     try:
         cfg = LazyConfig.apply_overrides(cfg, overrides)
     except Exception as error:
         raise ConfigError(f"cannot apply overrides {overrides}: {error}") from None
+    check_override_types(old_values, cfg, overrides)
     return cfg
 
 
@@ -135,6 +213,24 @@ def check_datasets_registered(cfg_node):
                 f"dataset {name!r} is not registered{hint}; the tree data registers on 'import focus_detr.data', "
                 "COCO names need DETECTRON2_DATASETS pointing at the COCO folder"
             )
+
+
+def check_output_dir(path, key="train.output_dir"):
+    """Creates the output folder ``path`` (config entry ``key``) and checks that a file can be written in it; raises
+    ConfigError naming the folder and the reason (a file in the way, read-only, no permission)."""
+    if not path:
+        return
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{key} {path} cannot be created: {existing} is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{key} {path} is not writable: {error.strerror or error}") from None
 
 
 def resolve_device(device):

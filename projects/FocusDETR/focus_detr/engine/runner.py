@@ -9,7 +9,8 @@ from detectron2.engine import create_ddp_model, default_writers, hooks
 from detectron2.utils import comm
 
 from .checkpoint import AtomicDetectionCheckpointer
-from .config import resolve_device
+from .cli import user_errors_without_tracebacks
+from .config import ConfigError, resolve_device
 from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restore_rank_state
 from .rng import restore_rng_state
@@ -71,6 +72,8 @@ def run_training(cfg, resume=False):
         device_type=torch.device(device).type,
     )
     checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    if comm.is_main_process():
+        checkpointer.remove_stale_temporary_files()  # left by a save that was killed midway
 
     ema_enabled, ema_decay, ema_for_eval = _ema_settings(cfg)
     ema_hook = EMAHook(model, ema_decay) if ema_enabled else None
@@ -104,11 +107,17 @@ def run_training(cfg, resume=False):
     start_iter, rng_state = 0, None
     if resume and checkpointer.has_checkpoint():
         start_iter = trainer.iter + 1
+        if start_iter >= cfg.train.max_iter:
+            raise ConfigError(
+                f"nothing to resume in {cfg.train.output_dir}: its last checkpoint is at iteration {start_iter} and "
+                f"train.max_iter is {cfg.train.max_iter}; raise train.max_iter to train longer"
+            )
         rng_state = restore_rank_state(extra, train_loader)
         logger.info(f"Resuming at iteration {start_iter} (RNG and data position {'restored' if rng_state else 'NOT restored'})")
     if rng_state is not None:
         restore_rng_state(rng_state)  # last, so nothing between here and the first step draws from the generators
-    trainer.train(start_iter, cfg.train.max_iter)
+    with user_errors_without_tracebacks():  # a full disk at a save is one line, here and in spawned processes
+        trainer.train(start_iter, cfg.train.max_iter)
     return trainer
 
 

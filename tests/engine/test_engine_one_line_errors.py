@@ -1,0 +1,136 @@
+"""A user error is one line ``error: <what> <where>: <why>`` with exit status 2 and no traceback, with the
+project's message intact; a bug keeps its traceback."""
+import os
+import tempfile
+
+import pytest
+import torch
+from torch.multiprocessing.spawn import ProcessRaisedException
+
+from cli_output import error_lines, shows_traceback
+from engine_test_utils import REPO_ROOT, TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
+from focus_detr.engine.cli import is_user_error, one_line, run_reporting_errors
+
+TREES_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
+
+
+def _remote_traceback(exception_line, *more_lines):
+    return "\n".join([
+        "Traceback (most recent call last):",
+        '  File "/x/runner.py", line 3, in run_training',
+        "    raise error",
+        exception_line,
+        *more_lines,
+    ])
+
+
+def test_a_multi_line_message_keeps_the_projects_first_line():
+    error = ValueError("cannot read checkpoint /w/model.pth: it is damaged\n\nCheck the documentation of torch.load.")
+    assert one_line(error) == "cannot read checkpoint /w/model.pth: it is damaged Check the documentation of torch.load."
+
+
+def test_an_error_from_a_spawned_process_is_reported_by_its_original_message():
+    error = ProcessRaisedException(
+        "\n\n-- Process 1 terminated with the following error:\n"
+        + _remote_traceback("focus_detr.engine.config.ConfigError: wrong value for config key 'a.b': 'x' is not",
+                            "a number (it is 1.0 now)"),
+        error_index=1, error_pid=4242,
+    )
+    assert is_user_error(error)
+    assert one_line(error) == "wrong value for config key 'a.b': 'x' is not a number (it is 1.0 now)"
+
+
+def test_a_bug_in_a_spawned_process_keeps_its_traceback():
+    error = ProcessRaisedException(
+        "\n\n-- Process 0 terminated with the following error:\n"
+        + _remote_traceback("TypeError: unsupported operand type(s) for +: 'int' and 'str'"),
+        error_index=0, error_pid=4242,
+    )
+    assert not is_user_error(error)
+
+    def fail():
+        raise error
+
+    with pytest.raises(ProcessRaisedException):
+        run_reporting_errors(fail)
+
+
+def test_an_error_from_a_data_loader_worker_is_its_original_message():
+    error = ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal "
+                       + _remote_traceback("ValueError: cannot read image /d/a.png: image file is truncated"))
+    assert one_line(error) == "cannot read image /d/a.png: image file is truncated"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.transformer.foreground_selector.keep_ratio=abc",
+     "error: wrong value for config key 'model.transformer.foreground_selector.keep_ratio': 'abc' is not a number "
+     "(it is 0.5 now)"),
+    ("model.transformer.foreground_selector.cascade_keep_ratios=abc",
+     "error: wrong value for config key 'model.transformer.foreground_selector.cascade_keep_ratios': 'abc' is not a "
+     "list of numbers (it is [1.0, 0.8, 0.6] now)"),
+    ("train.max_iter=2.5", "error: wrong value for config key 'train.max_iter': '2.5' is not an integer (it is 900 now)"),
+])
+def test_config_values_of_the_wrong_type_name_key_and_value(train_net, capsys, override, expected):
+    assert train_net.cli(["--config-file", TREES_CONFIG, override]) == 2
+    assert error_lines(capsys.readouterr().err) == [expected]
+
+
+def _read_only_folder(tmp_path):
+    """A folder this process cannot write to: a chmod-ed one, or for root (whom permissions do not stop) /sys."""
+    if os.geteuid() == 0:
+        return "/sys/focus_detr_output", "Operation not permitted"
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return str(folder / "out"), "Permission denied"
+
+
+def test_read_only_output_folder_is_named(train_net, toy_dataset, capsys, tmp_path):
+    output, why = _read_only_folder(tmp_path)
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={output}"]) == 2
+    assert error_lines(capsys.readouterr().err) == [f"error: train.output_dir {output} is not writable: {why}"]
+
+
+def test_output_folder_under_a_file_is_named(train_net, toy_dataset, capsys, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    output = tmp_path / "a_file" / "out"
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={output}"]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: train.output_dir {output} cannot be created: {tmp_path / 'a_file'} is a file, not a folder"
+    ]
+
+
+def test_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoint(train_net, toy_dataset, capsys, tmp_path,
+                                                                            monkeypatch):
+    real_mkstemp = tempfile.mkstemp
+
+    def full_disk_for_the_final_checkpoint(prefix="", suffix="", dir=None, **kwargs):
+        if prefix.startswith(".model_final.pth."):  # a real full device: writes fail with ENOSPC
+            handle, path = real_mkstemp(prefix=prefix, suffix=suffix, dir=dir, **kwargs)
+            os.close(handle)
+            return os.open("/dev/full", os.O_WRONLY), path
+        return real_mkstemp(prefix=prefix, suffix=suffix, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_disk_for_the_final_checkpoint)
+    out = tmp_path / "out"
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}"]) == 2
+    captured = capsys.readouterr()
+    assert error_lines(captured.err) == [
+        f"error: cannot save checkpoint {out / 'model_final.pth'}: no space left on device "
+        f"(the previous checkpoint {out / 'model_0000004.pth'} is kept)"
+    ]
+    assert not shows_traceback(captured.out + captured.err)
+    assert (out / "last_checkpoint").read_text() == "model_0000004.pth"
+    assert torch.load(out / "model_0000004.pth", weights_only=True)["iteration"] == 4
+    assert not (out / "model_final.pth").exists() and not list(out.glob(".*.tmp"))
+
+
+def test_resume_of_a_finished_run_says_there_is_nothing_to_do(train_net, toy_dataset, capsys, tmp_path):
+    common = ["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}"]
+    assert train_net.cli(common) == 0
+    capsys.readouterr()
+    assert train_net.cli(common + ["--resume"]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: nothing to resume in {tmp_path}: its last checkpoint is at iteration 10 and train.max_iter is 10; "
+        "raise train.max_iter to train longer"
+    ]

@@ -1,0 +1,60 @@
+"""Resume survives what a crash leaves behind: a torn or corrupt checkpoint, stale temporary files."""
+import logging
+import shutil
+
+import torch
+
+from cli_output import error_lines
+from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
+
+
+def _train(train_net, out, *extra):
+    return train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}", *extra])
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_corrupt_last_checkpoint_falls_back_to_the_newest_readable_one(train_net, toy_dataset, tmp_path, caplog):
+    full = tmp_path / "full"
+    assert _train(train_net, full) == 0
+    expected = _weights(full / "model_final.pth")
+
+    crashed = tmp_path / "crashed"
+    shutil.copytree(full, crashed)
+    final = crashed / "model_final.pth"
+    final.write_bytes(final.read_bytes()[:1000])  # torn by something outside our atomic writes (disk, copy)
+    log = logging.getLogger("focus_detr.engine.checkpoint")
+    log.addHandler(caplog.handler)  # train_net's logger set-up stops propagation to the root logger
+    try:
+        assert _train(train_net, crashed, "--resume") == 0
+    finally:
+        log.removeHandler(caplog.handler)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "focus_detr.engine.checkpoint"]
+    assert any(m.startswith(f"Resumed from {crashed / 'model_0000004.pth'}, the newest readable checkpoint, instead of: "
+                            f"cannot read checkpoint {final}: the file is truncated or corrupt") for m in warnings)
+    resumed = _weights(final)
+    for name, value in expected.items():
+        assert torch.equal(value, resumed[name]), name
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_restart_from_zero(train_net, toy_dataset, tmp_path, capsys):
+    assert _train(train_net, tmp_path, "train.max_iter=5", "train.checkpointer.period=100") == 0
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    capsys.readouterr()
+    assert _train(train_net, tmp_path, "--resume") == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: cannot resume from {tmp_path}: no readable checkpoint (cannot read checkpoint "
+        f"{tmp_path / 'model_final.pth'}: the file is empty (0 bytes)); remove the folder's last_checkpoint to start "
+        "from scratch"
+    ]
+
+
+def test_temporary_files_of_a_killed_save_are_removed_at_start(train_net, toy_dataset, tmp_path):
+    tmp_path.joinpath(".model_0000004.pth.k3j2_x.tmp").write_bytes(b"half a checkpoint")
+    tmp_path.joinpath(".last_checkpoint.abc123.tmp").write_bytes(b"model_00")
+    tmp_path.joinpath("notes.tmp").write_text("not ours: kept")
+    assert _train(train_net, tmp_path, "train.max_iter=1") == 0
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert tmp_path.joinpath("notes.tmp").exists()

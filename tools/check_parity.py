@@ -30,10 +30,11 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from torch.torch_version import TorchVersion
 
-from focus_detr.checkpoint import FocusDETRCheckpointer
+from focus_detr.checkpoint import FocusDETRCheckpointer, read_weights_file
 from focus_detr.checkpoint.official import convert_official_state_dict, is_official_layout
 from focus_detr.engine import atomic_write
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.layers.ms_deform_attn import select_backend
 from focus_detr.modeling import DenoisingQueries
 
@@ -59,8 +60,10 @@ CANDIDATE_CONFIGS = [
 
 def load_fixture(path: str) -> Dict:
     # The fixture stores a torch version object besides tensors and plain containers.
-    with torch.serialization.safe_globals([TorchVersion]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    fixture = read_weights_file(path, torch_safe_globals=[TorchVersion]).content
+    if not isinstance(fixture, dict) or "state_dict" not in fixture or "inputs" not in fixture:
+        raise ValueError(f"cannot use fixture {path}: it is not a parity fixture (a dict with 'state_dict' and 'inputs')")
+    return fixture
 
 
 def to_batched_input(item: Dict, with_instances: bool) -> Dict:
@@ -394,7 +397,7 @@ def main(argv=None) -> int:
     fixture = load_fixture(args.fixture)
     model, config_file = build_model(args.config_file, args.opts, fixture["state_dict"])
     model.eval()
-    FocusDETRCheckpointer(model).load_model_state(fixture["state_dict"])
+    FocusDETRCheckpointer(model).load_model_state(fixture["state_dict"], source=args.fixture)
     model.to(args.device)
 
     backend = select_backend(torch.empty(0, device=args.device))
@@ -430,4 +433,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main))

@@ -9,14 +9,14 @@ strictly into that configuration's model, so a checkpoint that does not fit fail
 ``train.init_checkpoint`` accepts official checkpoints directly; converting once saves the renaming at every load.
 """
 import argparse
-import os
 import sys
 
 import torch
 from detectron2.config import LazyConfig, instantiate
 
-from focus_detr.checkpoint import FocusDETRCheckpointer, convert_official_state_dict, is_official_layout
+from focus_detr.checkpoint import FocusDETRCheckpointer, convert_official_state_dict, is_official_layout, read_weights_file
 from focus_detr.engine import atomic_write
+from focus_detr.engine.cli import run_reporting_errors
 
 
 def _parser():
@@ -35,20 +35,20 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
 
-    if not os.path.isfile(args.input):
-        parser.error(f"checkpoint not found: {args.input}")
-    checkpoint = torch.load(args.input, map_location="cpu", weights_only=True)
-    state_dict = checkpoint.get("model", checkpoint)
+    checkpoint = read_weights_file(args.input).content  # runs no code from the file, whatever its format
+    state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"cannot use checkpoint {args.input}: it holds a {type(state_dict).__name__}, not a dict of tensors")
     if not is_official_layout(state_dict):
         parser.error(f"{args.input} is not in the official detrex Focus-DETR layout (already converted?)")
     converted = convert_official_state_dict(state_dict)
     if args.config_file:
         model = instantiate(LazyConfig.load(args.config_file).model)
-        FocusDETRCheckpointer(model).load_model_state(converted)
+        FocusDETRCheckpointer(model).load_model_state(converted, source=args.input)
     atomic_write(args.output, lambda f: torch.save({"model": converted}, f))
     print(f"wrote {args.output}: {len(converted)} tensors (from {len(state_dict)} official keys incl. aliases)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main))

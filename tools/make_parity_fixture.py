@@ -24,6 +24,7 @@ from check_parity import run_single, run_train_losses, to_batched_input
 from focus_detr.checkpoint import FocusDETRCheckpointer
 from focus_detr.engine import atomic_write
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+from focus_detr.engine.cli import run_reporting_errors
 
 
 def perturb_weights(model: torch.nn.Module, generator: torch.Generator) -> None:
@@ -182,4 +183,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main))

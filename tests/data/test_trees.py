@@ -7,8 +7,10 @@ builder's code. Needs the prepared cache (`make test` runs `tools/prepare_trees.
 import csv
 import io
 import json
+import os
 import re
 import shutil
+import stat
 import xml.etree.ElementTree as ET
 import zipfile
 from collections import defaultdict
@@ -234,3 +236,10 @@ def test_cache_json_is_plain_coco(dataset_names):
     coco = json.loads((default_cache_dir() / "val.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["tree"]
     assert {a["image_id"] for a in coco["annotations"]} <= {i["id"] for i in coco["images"]}
+
+
+def test_cache_folder_has_the_usual_permissions(tmp_path, wheel_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    build_trees_cache(tmp_path / "trees", wheel_path)
+    assert stat.S_IMODE((tmp_path / "trees").stat().st_mode) == 0o777 & ~umask  # not private to its creator

@@ -310,6 +310,9 @@ def build_trees_cache(
         raise TreesCacheError(f"demo-data wheel not found at {wheel_path}; run tools/prepare_trees.py to download it")
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp_dir.chmod(0o777 & ~umask)  # mkdtemp makes a private (0700) folder; the cache is shared like any folder
     try:
         with zipfile.ZipFile(wheel_path) as wheel:
             stats = {

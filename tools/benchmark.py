@@ -3,6 +3,13 @@
 iteration time, peak memory. Prints a table and, with ``--json``, writes the numbers. Nothing here is a test.
 Random weights (``train.init_checkpoint`` is not loaded): the work done does not depend on their values.
 
+Every model run is interleaved with a yardstick run (torchvision ``resnet50()``, random weights, eval, float32,
+batch 1, same input size and threads, never autocast), and times are also reported as the median per-round ratio to
+it: ``ratio_to_yardstick`` (inference) and ``train_ratio_to_yardstick`` (one training step), comparable across
+machines and loads. ``--json`` writes ``inference_s``, ``yardstick_s``, ``ratio_to_yardstick``, ``train_step_s``,
+``train_ratio_to_yardstick`` and ``peak_rss_mib`` (CPU: the peak resident set over the timed phases; CUDA: the peak
+allocated) plus per-task details.
+
 Examples:
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --input-size 800 1333
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cuda --amp --json bench.json
@@ -18,11 +25,13 @@ import torch
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
 from focus_detr.analysis.timing import (
     autocast_for,
-    inference_latency,
+    inference_call,
+    median_ratio,
     peak_memory_mib,
     reset_peak_memory,
+    resnet50_yardstick,
     summarize,
-    time_calls,
+    time_interleaved,
 )
 from focus_detr.engine import build_model, load_config, resolve_amp_dtype, resolve_device
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
@@ -41,36 +50,48 @@ def parse_args(argv=None):
                         help="time inference on the first N test images of the config's dataset instead")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--train-batch-size", type=int, default=2)
+    parser.add_argument("--train-batch-size", type=int, default=1)
+    parser.add_argument("--train-boxes", type=int, default=3, metavar="N", help="random ground-truth boxes per image")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--json", metavar="PATH")
     add_overrides_argument(parser)
     return parse_args_with_overrides(parser, argv)
 
 
-def _training_batch(height, width, batch_size, num_classes, seed=0):
-    """Synthetic images with 5 random boxes each (classes < num_classes), as a dataset mapper would deliver."""
+def _training_batch(height, width, batch_size, num_boxes, num_classes, seed=0):
+    """Synthetic images with ``num_boxes`` random boxes each (classes < num_classes), as a dataset mapper would
+    deliver."""
     generator = torch.Generator().manual_seed(seed)
     batch = []
     for item in synthetic_inputs(height, width, batch_size, seed=seed):
-        xy = torch.rand(5, 2, generator=generator) * torch.tensor([width * 0.7, height * 0.7])
-        wh = (torch.rand(5, 2, generator=generator) * 0.25 + 0.05) * torch.tensor([width, height])
+        xy = torch.rand(num_boxes, 2, generator=generator) * torch.tensor([width * 0.7, height * 0.7])
+        wh = (torch.rand(num_boxes, 2, generator=generator) * 0.25 + 0.05) * torch.tensor([width, height])
         instances = Instances((height, width))
         instances.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
-        instances.gt_classes = torch.randint(0, num_classes, (5,), generator=generator)
+        instances.gt_classes = torch.randint(0, num_classes, (num_boxes,), generator=generator)
         batch.append({**item, "instances": instances})
     return batch
 
 
-def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats):
+def _interleaved_with_yardstick(function, yardstick, device, warmup, repeats):
+    """:func:`summarize` of ``function``'s times, with ``yardstick_ms`` (median) and ``ratio_to_yardstick``."""
     reset_peak_memory(device)
-    stats = inference_latency(model, inputs, device, warmup, repeats, amp_dtype)
-    stats["images_per_s"] = 1000.0 / stats["median_ms"]
+    seconds = time_interleaved({"model": function, "yardstick": yardstick}, device, warmup, repeats)
+    stats = summarize(seconds["model"])
     stats["peak_memory_mib"] = peak_memory_mib(device)
+    stats["yardstick_ms"] = summarize(seconds["yardstick"])["median_ms"]
+    stats["ratio_to_yardstick"] = median_ratio(seconds["model"], seconds["yardstick"])
     return stats
 
 
-def benchmark_training(model, batch, device, amp_dtype, warmup, repeats):
+def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats, yardstick):
+    one_image = inference_call(model, inputs, device, amp_dtype)
+    stats = _interleaved_with_yardstick(one_image, yardstick, device, warmup, repeats)
+    stats["images_per_s"] = 1000.0 / stats["median_ms"]
+    return stats
+
+
+def benchmark_training(model, batch, device, amp_dtype, warmup, repeats, yardstick):
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp_dtype == torch.float16)
@@ -83,11 +104,23 @@ def benchmark_training(model, batch, device, amp_dtype, warmup, repeats):
         scaler.step(optimizer)
         scaler.update()
 
-    reset_peak_memory(device)
-    stats = summarize(time_calls(one_step, device, warmup, repeats))
+    stats = _interleaved_with_yardstick(one_step, yardstick, device, warmup, repeats)
     stats["images_per_s"] = len(batch) * 1000.0 / stats["median_ms"]
-    stats["peak_memory_mib"] = peak_memory_mib(device)
     return stats
+
+
+def _headline(results):
+    """The flat summary keys of ``--json`` (None for a task not run)."""
+    inference, train = results.get("inference"), results.get("train")
+    timed = [stats for stats in (inference, train) if stats]
+    return {
+        "inference_s": inference["median_ms"] / 1000 if inference else None,
+        "yardstick_s": timed[0]["yardstick_ms"] / 1000 if timed else None,
+        "ratio_to_yardstick": inference["ratio_to_yardstick"] if inference else None,
+        "train_step_s": train["median_ms"] / 1000 if train else None,
+        "train_ratio_to_yardstick": train["ratio_to_yardstick"] if train else None,
+        "peak_rss_mib": max(stats["peak_memory_mib"] for stats in timed) if timed else None,
+    }
 
 
 def _hardware(device):
@@ -120,25 +153,38 @@ def main(args):
             described = f"first {len(inputs)} test images of {cfg.dataloader.test.dataset.names}"
         else:
             inputs, described = synthetic_inputs(height, width), f"synthetic {height}x{width}"
-        results["inference"] = {"inputs": described, **benchmark_inference(model, inputs, device, amp_dtype, args.warmup, args.repeats)}
+        # dataset images vary in size: the yardstick runs at the first one's
+        yardstick_size = tuple(inputs[0]["image"].shape[-2:])
+        yardstick = resnet50_yardstick(*yardstick_size, device)
+        results["inference"] = {
+            "inputs": described,
+            "yardstick_input": list(yardstick_size),
+            **benchmark_inference(model, inputs, device, amp_dtype, args.warmup, args.repeats, yardstick),
+        }
         rows.append(("inference (batch 1)", described, results["inference"]))
     if "train" in args.tasks:
         num_classes = getattr(getattr(model, "module", model), "num_classes", 1)
-        batch = [{**x, "image": x["image"].to(device)} for x in _training_batch(height, width, args.train_batch_size, num_classes)]
+        batch = _training_batch(height, width, args.train_batch_size, args.train_boxes, num_classes)
+        batch = [{**x, "image": x["image"].to(device)} for x in batch]
+        yardstick = resnet50_yardstick(height, width, device)
         results["train"] = {
-            "inputs": f"synthetic {args.train_batch_size} x {height}x{width}",
-            **benchmark_training(model, batch, device, amp_dtype, args.warmup, args.repeats),
+            "inputs": f"synthetic {args.train_batch_size} x {height}x{width}, {args.train_boxes} boxes each",
+            **benchmark_training(model, batch, device, amp_dtype, args.warmup, args.repeats, yardstick),
         }
         rows.append((f"train step (batch {args.train_batch_size})", results["train"]["inputs"], results["train"]))
+    results.update(_headline(results))
 
     print(f"{args.config_file} on {results['hardware']} ({device}, amp: {results['amp_dtype'] or 'off'})")
-    header = f"{'task':<22}{'inputs':<30}{'median ms':>11}{'mean ms':>10}{'images/s':>10}{'peak MiB':>10}"
+    header = (f"{'task':<22}{'inputs':<40}{'median ms':>11}{'mean ms':>10}{'images/s':>10}{'yardstick ms':>14}"
+              f"{'x yardstick':>13}{'peak MiB':>10}")
     print(header + "\n" + "-" * len(header))
     for task, described, stats in rows:
-        print(f"{task:<22}{described:<30}{stats['median_ms']:>11.1f}{stats['mean_ms']:>10.1f}"
-              f"{stats['images_per_s']:>10.2f}{stats['peak_memory_mib']:>10.0f}")
+        print(f"{task:<22}{described:<40}{stats['median_ms']:>11.1f}{stats['mean_ms']:>10.1f}"
+              f"{stats['images_per_s']:>10.2f}{stats['yardstick_ms']:>14.1f}{stats['ratio_to_yardstick']:>13.2f}"
+              f"{stats['peak_memory_mib']:>10.0f}")
+    print("x yardstick: median over rounds of (this run / the interleaved torchvision resnet50() forward, fp32, batch 1)")
     if torch.device(device).type == "cpu":
-        print("peak MiB on CPU = peak resident set size of the whole process")
+        print("peak MiB on CPU = peak resident set size of the whole process during that task")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -1,14 +1,27 @@
-"""Timing helpers for benchmarks: synchronised wall-clock, medians after warm-up, peak memory."""
+"""Timing helpers for benchmarks: synchronised wall-clock, medians after warm-up, interleaved runs against a
+yardstick, peak memory."""
 import contextlib
+import os
 import resource
 import statistics
 import sys
 import time
+from typing import Callable, Dict, List
 
 import torch
 
 __all__ = [
-    "synchronize", "time_calls", "summarize", "inference_latency", "peak_memory_mib", "reset_peak_memory", "autocast_for"
+    "synchronize",
+    "time_calls",
+    "time_interleaved",
+    "median_ratio",
+    "resnet50_yardstick",
+    "summarize",
+    "inference_call",
+    "inference_latency",
+    "peak_memory_mib",
+    "reset_peak_memory",
+    "autocast_for",
 ]
 
 
@@ -33,6 +46,46 @@ def time_calls(function, device, warmup, repeats):
     return seconds
 
 
+def time_interleaved(functions: Dict[str, Callable], device, warmup, repeats) -> Dict[str, List[float]]:
+    """Like :func:`time_calls` for several functions called in turn (one round = each function once), so that a
+    slow or busy spell of the machine hits all of them alike. Returns name -> seconds per call."""
+    if repeats <= 0 or warmup < 0:
+        raise ValueError(f"need repeats > 0 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        for function in functions.values():
+            function()
+    synchronize(device)
+    seconds = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def median_ratio(numerators: List[float], denominators: List[float]) -> float:
+    """Median of the per-round ratios of two interleaved timings (robust to the machine's load drifting)."""
+    return statistics.median(n / d for n, d in zip(numerators, denominators))
+
+
+def resnet50_yardstick(height: int, width: int, device) -> Callable[[], None]:
+    """A machine-speed unit: one forward of torchvision's ``resnet50()`` (random weights, eval, float32, batch 1,
+    no autocast) on a ``(1, 3, height, width)`` input. Benchmarks report times also as multiples of it, measured in
+    the same run, so numbers compare across machines and loads."""
+    import torchvision
+
+    network = torchvision.models.resnet50(weights=None).eval().to(device)
+    image = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(device)
+
+    @torch.no_grad()
+    def forward():
+        network(image)
+
+    return forward
+
+
 def summarize(seconds):
     """median / mean / min / max in milliseconds."""
     return {
@@ -44,16 +97,39 @@ def summarize(seconds):
     }
 
 
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
 def reset_peak_memory(device):
+    """CUDA: resets the allocator's peak. CPU on Linux: resets the process's peak resident set size to the current
+    one (``/proc/self/clear_refs``); elsewhere the CPU peak cannot be reset."""
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    elif os.access(_CLEAR_REFS, os.W_OK):
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+
+
+def _peak_rss_since_reset_mib():
+    """VmHWM of /proc/self/status in MiB (the peak since the last :func:`reset_peak_memory`), None if unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
+    return None
 
 
 def peak_memory_mib(device):
-    """CUDA: peak memory allocated by tensors since the last reset. CPU: the process's peak resident set size
-    (includes Python, libraries and every earlier phase: an upper bound)."""
+    """CUDA: peak memory allocated by tensors since the last reset. CPU: the process's peak resident set size (Python
+    and libraries included) since the last reset on Linux, else since the process started (an upper bound)."""
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = _peak_rss_since_reset_mib()
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
@@ -65,11 +141,9 @@ def autocast_for(device, amp_dtype):
     return torch.autocast(torch.device(device).type, dtype=amp_dtype)
 
 
-def inference_latency(model, inputs, device, warmup, repeats, amp_dtype=None):
-    """Times ``model`` in eval mode on one image per call, cycling through ``inputs`` (dataset dicts).
-
-    Returns :func:`summarize` of the per-image seconds.
-    """
+def inference_call(model, inputs, device, amp_dtype=None) -> Callable[[], None]:
+    """A function running ``model`` (put in eval mode) on one image per call, cycling through ``inputs`` (dataset
+    dicts)."""
     model.eval()
     position = {"next": 0}
 
@@ -80,4 +154,9 @@ def inference_latency(model, inputs, device, warmup, repeats, amp_dtype=None):
         with autocast_for(device, amp_dtype):
             model([{**item, "image": item["image"].to(device)}])
 
-    return summarize(time_calls(one_image, device, warmup, repeats))
+    return one_image
+
+
+def inference_latency(model, inputs, device, warmup, repeats, amp_dtype=None):
+    """Times :func:`inference_call`; returns :func:`summarize` of the per-image seconds."""
+    return summarize(time_calls(inference_call(model, inputs, device, amp_dtype), device, warmup, repeats))

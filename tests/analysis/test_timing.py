@@ -1,0 +1,48 @@
+"""Benchmark timing helpers: interleaved rounds, per-round ratios, the yardstick, resettable CPU peak memory."""
+import os
+
+import pytest
+import torch
+
+from focus_detr.analysis.timing import (
+    median_ratio,
+    peak_memory_mib,
+    reset_peak_memory,
+    resnet50_yardstick,
+    time_interleaved,
+)
+
+
+def test_interleaved_calls_alternate_and_are_all_timed():
+    calls = []
+    seconds = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "cpu", 1, 3)
+    assert calls == ["a", "b"] * 4  # one warm-up round, three timed rounds, each round a then b
+    assert {name: len(times) for name, times in seconds.items()} == {"a": 3, "b": 3}
+    with pytest.raises(ValueError, match="repeats"):
+        time_interleaved({"a": lambda: None}, "cpu", 0, 0)
+
+
+def test_median_ratio_is_taken_per_round():
+    # a machine slowing down 10x in round 3 hits both runs: the per-round ratio stays 2
+    assert median_ratio([2.0, 4.0, 40.0], [1.0, 2.0, 20.0]) == 2.0
+    assert median_ratio([1.0, 3.0, 100.0], [1.0, 1.0, 1.0]) == 3.0
+
+
+def test_yardstick_runs_resnet50_at_the_requested_size(monkeypatch):
+    import torchvision
+
+    seen = []
+    network = torchvision.models.resnet50(weights=None)
+    network.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0].shape, module.training)))
+    monkeypatch.setattr(torchvision.models, "resnet50", lambda weights=None: network)
+    resnet50_yardstick(64, 96, "cpu")()
+    assert seen == [(torch.Size([1, 3, 64, 96]), False)]
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
+def test_cpu_peak_memory_resets_to_the_current_size():
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    del block
+    before = peak_memory_mib("cpu")
+    reset_peak_memory("cpu")
+    assert peak_memory_mib("cpu") < before - 32

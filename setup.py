@@ -1,7 +1,11 @@
 """Installs the ``focus_detr`` package and builds its deformable-attention extension.
 
-The CPU kernel is always compiled. The CUDA kernel is compiled when a CUDA toolkit is found (or ``FORCE_CUDA=1``);
-``FORCE_CUDA=1`` turns a missing toolkit or a failed compile into an error instead of a CPU-only build.
+Builds against the torch already installed (``pip install --no-build-isolation -e .`` or ``python setup.py
+build_ext --inplace``), any torch >= 2.1 (running the package needs torch >= 2.4: ``torch.library.custom_op``);
+nothing here pins versions. The CPU kernel is always compiled. The CUDA kernel
+is compiled when a CUDA toolkit is found; ``FORCE_CUDA=1`` turns a missing toolkit or a failed compile into an error
+instead of a CPU-only build, ``NO_CUDA=1`` builds the CPU kernel only. ``TORCH_CUDA_ARCH_LIST`` defaults to the
+architectures of the visible GPUs, or to ``8.0;8.6;9.0`` when none is visible.
 """
 import glob
 import os
@@ -40,12 +44,26 @@ def _resolve_cuda_home():
     return os.path.dirname(os.path.dirname(nvcc))
 
 
+def _default_cuda_arch_list():
+    """The visible GPUs' architectures (``"9.0"`` on an H100), else the common data-centre and desktop ones."""
+    import torch
+
+    if torch.cuda.is_available():
+        capabilities = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{major}.{minor}" for major, minor in capabilities)
+    return "8.0;8.6;9.0"
+
+
 def _extensions():
     force_cuda = os.environ.get("FORCE_CUDA", "0") == "1"
-    cuda_home = _resolve_cuda_home()
+    no_cuda = os.environ.get("NO_CUDA", "0") == "1"
+    if force_cuda and no_cuda:
+        raise RuntimeError("FORCE_CUDA=1 and NO_CUDA=1 contradict each other: set one of them")
+    cuda_home = None if no_cuda else _resolve_cuda_home()
     if cuda_home is not None:
         os.environ["CUDA_HOME"] = cuda_home
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.6;9.0")
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = _default_cuda_arch_list()
     # Imported after CUDA_HOME is set: torch.utils.cpp_extension reads it at import time.
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
@@ -71,7 +89,8 @@ def _extensions():
                 extra_link_args=["-fopenmp"],
             )
         ]
-    _log("no CUDA toolkit found: building the CPU kernel only (the CUDA path will be unavailable)")
+    reason = "NO_CUDA=1" if no_cuda else "no CUDA toolkit found"
+    _log(f"{reason}: building the CPU kernel only (the CUDA path will be unavailable)")
     return [
         CppExtension(
             "focus_detr.layers._C", sources, extra_compile_args=extra_compile_args, extra_link_args=["-fopenmp"]

@@ -10,6 +10,11 @@ FIXTURE_PATH = REPO_ROOT.parent / "shared" / "fixtures" / "focus_detr_tiny.pt"
 TINY_CONFIG = REPO_ROOT / "configs" / "testing" / "focus_detr_tiny_fixture.py"
 
 
+def pytest_configure(config):
+    # scripts/gpu_check.sh runs `pytest -m gpu`: every test that needs a CUDA device carries this marker.
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one; selected by scripts/gpu_check.sh)")
+
+
 @pytest.fixture(scope="session")
 def parity_fixture():
     """The official outputs of the tiny configuration (../shared/fixtures/focus_detr_tiny.pt)."""

@@ -9,10 +9,13 @@ from focus_detr.layers.ms_deform_attn import (
 )
 from msda_inputs import make_inputs as random_inputs
 
-pytestmark = pytest.mark.skipif(
-    not torch.cuda.is_available() or "cuda" not in available_backends("cuda"),
-    reason="needs a GPU and focus_detr.layers._C built with the CUDA kernel",
-)
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or "cuda" not in available_backends("cuda"),
+        reason="needs a GPU and focus_detr.layers._C built with the CUDA kernel",
+    ),
+]
 
 SHAPES = [(23, 31), (12, 16), (6, 8), (3, 4), (1, 1)]
 

@@ -246,6 +246,7 @@ def _to(value, device):
     return value
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_losses_follow_the_device_of_their_inputs():
     generator = torch.Generator().manual_seed(7)

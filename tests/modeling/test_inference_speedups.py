@@ -51,3 +51,19 @@ def test_training_losses_do_not_depend_on_folding(parity_fixture):
         losses.append(model(items))
     for name in losses[0]:
         assert torch.equal(losses[0][name], losses[1][name]), name
+
+
+def test_inference_without_autograd_matches_with_autograd(parity_fixture):
+    # The no-grad path updates the encoder memory and the FFN / MLP activations in place; with two images of
+    # different foreground budgets (the fixture's), the result must equal the out-of-place path (up to rounding:
+    # without autograd nn.MultiheadAttention takes its fused fast path).
+    model = _fixture_model(parity_fixture, **{"model.fold_frozen_batchnorm": False})
+    items = [{"image": item["image"]} for item in parity_fixture["inputs"]]
+    images = model.preprocess_image(items)
+    with torch.no_grad():
+        in_place = model.predict(model.run_transformer(images))
+    with torch.enable_grad():
+        out_of_place = model.predict(model.run_transformer(images))
+    assert out_of_place[0].requires_grad
+    for fast, reference in zip(in_place, out_of_place):
+        assert torch.allclose(fast, reference.detach(), atol=1e-5)

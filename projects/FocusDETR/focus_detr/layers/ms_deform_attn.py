@@ -525,7 +525,8 @@ class MultiScaleDeformableAttention(nn.Module):
 
         value = self.value_proj(value)
         if key_padding_mask is not None:
-            value = value.masked_fill(key_padding_mask[..., None], 0.0)
+            # In place on the fresh projection (its backward does not read it): no second (B, Nv, E) buffer.
+            value = value.masked_fill_(key_padding_mask[..., None], 0.0)
         value = value.view(batch, num_values, heads, self.embed_dim // heads)
         offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
         weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)

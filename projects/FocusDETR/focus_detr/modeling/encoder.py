@@ -16,9 +16,13 @@ def _gather_tokens(tokens: torch.Tensor, inds: torch.Tensor) -> torch.Tensor:
     return tokens.gather(1, expanded)
 
 
-def _scatter_tokens(tokens: torch.Tensor, inds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Out-of-place ``tokens[b, inds[b, i]] = values[b, i]``; tokens ``(B, N, C)``, inds ``(B, k)``, values ``(B, k, C)``."""
-    return tokens.scatter(1, inds[..., None].expand(-1, -1, tokens.shape[-1]), values)
+def _scatter_tokens(
+    tokens: torch.Tensor, inds: torch.Tensor, values: torch.Tensor, in_place: bool = False
+) -> torch.Tensor:
+    """``tokens[b, inds[b, i]] = values[b, i]``, into a copy unless ``in_place``; tokens ``(B, N, C)``, inds ``(B, k)``,
+    values ``(B, k, C)``."""
+    index = inds[..., None].expand(-1, -1, tokens.shape[-1])
+    return tokens.scatter_(1, index, values) if in_place else tokens.scatter(1, index, values)
 
 
 class DualAttentionEncoderLayer(nn.Module):
@@ -166,7 +170,10 @@ class CascadeDualAttentionEncoder(nn.Module):
             )
         # Every layer samples the original neck tokens; only the query side evolves (as the released weights expect).
         value = tokens
-        memory = tokens
+        # Without autograd, one copy of the tokens is updated in place by every layer instead of a copy per layer
+        # (the gathers from memory save it for backward, so training scatters out of place).
+        in_place = not torch.is_grad_enabled()
+        memory = tokens.clone() if in_place else tokens
         fine_grained_inds = []
         for layer, inds in zip(self.layers, selection.foreground_inds):
             queries = _gather_tokens(memory, inds)
@@ -185,6 +192,6 @@ class CascadeDualAttentionEncoder(nn.Module):
             # ranked for another image's larger budget.
             within_budget = torch.arange(inds.shape[1], device=inds.device)[None] < selection.focus_token_nums[:, None]
             updated = torch.where(within_budget[..., None], updated, queries)
-            memory = _scatter_tokens(memory, inds, updated)
+            memory = _scatter_tokens(memory, inds, updated, in_place)
             fine_grained_inds.append(inds.gather(1, fine_inds))
         return memory, fine_grained_inds

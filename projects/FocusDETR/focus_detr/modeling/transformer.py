@@ -160,7 +160,7 @@ class FocusDETRTransformer(nn.Module):
         """Zero padded and border tokens, then Linear + LayerNorm. memory ``(B, N, C)`` -> ``(B, N, C)``, and the
         token proposals ``(B, N, 4)``."""
         proposals, valid = token_proposals(padding_mask, spatial_shapes, self.proposal_base_size)
-        memory = memory.masked_fill(padding_mask[..., None], 0.0).masked_fill(~valid, 0.0)
+        memory = memory.masked_fill(padding_mask[..., None] | ~valid, 0.0)
         return self.enc_output_norm(self.enc_output(memory)), proposals
 
     def select_queries(self, proposal_scores: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Writes gpu_report.json, gpu_report.md and gpu_check.log from the work dir of scripts/gpu_check.sh.
+
+    python scripts/gpu_report.py --work WORK --out OUT --dry-run 0|1 --total-s S --budget-s S
+
+Reads WORK/stages.tsv (one line per stage: name, status, seconds, exit code, note, command), WORK/environment.json,
+each stage's WORK/<name>.log and the JSON the tools wrote (msda.json, e2e_fp32.json, e2e_bf16.json). Standard
+library only: it runs whatever failed before it.
+"""
+import argparse
+import json
+import re
+from pathlib import Path
+
+PARITY_ROW = re.compile(r"^(\S.*?)\s{2,}(\S+)\s{2,}(.+?)\s{2,}(ok|FAIL)$")  # check, value, tolerance, result
+PARITY_KINDS = ("pred_logits", "pred_boxes", "score", "loss")
+PYTEST_SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
+LOG_TAIL_LINES = 25
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--dry-run", type=int, choices=(0, 1), required=True)
+    parser.add_argument("--total-s", type=int, required=True)
+    parser.add_argument("--budget-s", type=int, required=True)
+    return parser.parse_args(argv)
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_log(work: Path, name: str) -> str:
+    path = work / f"{name}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def read_stages(work: Path):
+    stages = []
+    for line in (work / "stages.tsv").read_text().splitlines():
+        name, status, seconds, rc, note, command = (line.split("\t") + [""] * 6)[:6]
+        log = read_log(work, name)
+        stages.append({
+            "name": name, "status": status, "seconds": int(seconds or 0), "exit_code": int(rc) if rc else None,
+            "note": note, "command": command, "log_tail": log.splitlines()[-LOG_TAIL_LINES:],
+        })
+    return stages
+
+
+def pytest_summary(log: str):
+    lines = [line for line in log.splitlines() if PYTEST_SUMMARY.search(line) and (" in " in line or "==" in line)]
+    if not lines:
+        return None
+    counts = {kind: int(n) for n, kind in PYTEST_SUMMARY.findall(lines[-1])}
+    return {"line": lines[-1].strip("= "), **counts}
+
+
+def parity_summary(log: str):
+    rows = [m.groups() for m in map(PARITY_ROW.match, log.splitlines()) if m]
+    verdicts = [line for line in log.splitlines() if line.startswith("PARITY ")]
+    backends = [line for line in log.splitlines() if line.startswith("deformable attention backend")]
+    worst = {}
+    for name, value, tolerance, result in rows:
+        kind = next((k for k in PARITY_KINDS if k in name), "other")
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if kind not in worst or number > worst[kind]["value"]:
+            worst[kind] = {"value": number, "tolerance": tolerance, "check": name}
+    return {
+        "verdict": verdicts[-1] if verdicts else None,
+        "backend": backends[-1].split(":", 1)[1].split("(")[0].strip() if backends else None,
+        "checks": len(rows),
+        "failed": [name for name, _, _, result in rows if result == "FAIL"],
+        "worst_by_kind": worst,
+    }
+
+
+def msda_summary(rows):
+    """Kernel vs PyTorch op per (dtype, case, batch)."""
+    if not rows:
+        return None
+    table = []
+    for row in rows:
+        if row["backend"] == "pytorch":
+            continue
+        entry = {k: row.get(k) for k in ("dtype", "case", "batch", "queries", "backend", "forward_ms",
+                                         "forward_speedup", "forward_backward_ms", "forward_backward_speedup",
+                                         "forward_peak_mb", "forward_backward_peak_mb")}
+        reference = [r for r in rows if r["backend"] == "pytorch" and
+                     (r["dtype"], r["case"], r["batch"]) == (row["dtype"], row["case"], row["batch"])]
+        if reference:
+            entry["reference_forward_ms"] = reference[0]["forward_ms"]
+            entry["reference_forward_backward_ms"] = reference[0].get("forward_backward_ms")
+        table.append(entry)
+    return table
+
+
+def fmt(value, spec=".2f"):
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(report) -> str:
+    env = report["environment"] or {}
+    lines = [f"# GPU check{' (dry run)' if report['dry_run'] else ''}", ""]
+    lines.append(f"{env.get('gpu', 'no GPU')}; python {env.get('python')}, torch {env.get('torch')} "
+                 f"(CUDA {env.get('torch_cuda')}), nvcc: {env.get('nvcc')}, driver {env.get('driver')}, "
+                 f"{env.get('cpu_cores')} cores. Total {report['total_s']} s of a {report['budget_s']} s budget.")
+    lines += ["", "| stage | status | s | note |", "| --- | --- | --- | --- |"]
+    for s in report["stages"]:
+        lines.append(f"| {s['name']} | {s['status']} | {s['seconds']} | {s['note']} |")
+    if report.get("gpu_tests"):
+        lines += ["", f"GPU tests: {report['gpu_tests']['line']}"]
+    for name in ("parity_tiny", "parity_r50"):
+        parity = report.get(name)
+        if parity:
+            worst = ", ".join(f"{k} {v['value']:.1e} (tol {v['tolerance']})" for k, v in parity["worst_by_kind"].items()
+                              if k != "other")
+            lines += ["", f"{name}: {parity['verdict']} ({parity['checks']} checks, backend {parity['backend']}); "
+                          f"worst: {worst or '-'}; failed: {', '.join(parity['failed']) or 'none'}"]
+    if report.get("msda"):
+        lines += ["", "Deformable attention, kernel vs PyTorch op (ms, x = speed-up):", "",
+                  "| dtype | case | B | Q | backend | ref fwd | fwd | x | ref fwd+bwd | fwd+bwd | x | fwd+bwd MiB |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in report["msda"]:
+            lines.append(
+                f"| {r['dtype']} | {r['case']} | {r['batch']} | {r['queries']} | {r['backend']} | "
+                f"{fmt(r.get('reference_forward_ms'))} | {fmt(r['forward_ms'])} | {fmt(r['forward_speedup'])} | "
+                f"{fmt(r.get('reference_forward_backward_ms'))} | {fmt(r.get('forward_backward_ms'))} | "
+                f"{fmt(r.get('forward_backward_speedup'))} | {fmt(r.get('forward_backward_peak_mb'), '.0f')} |")
+    for name in ("e2e_fp32", "e2e_bf16"):
+        result = report.get(name)
+        if not result:
+            continue
+        lines += ["", f"{name} ({result.get('config_file')}, {result.get('device')}, amp {result.get('amp_dtype')}):"]
+        for task in ("inference", "train"):
+            stats = result.get(task)
+            if stats:
+                lines.append(f"- {task}: {stats.get('inputs')}: median {fmt(stats.get('median_ms'))} ms, "
+                             f"{fmt(stats.get('images_per_s'))} images/s, "
+                             f"peak {fmt(stats.get('peak_memory_mib'), '.0f')} MiB")
+    failed = [s for s in report["stages"] if s["status"] in ("failed", "timeout")]
+    for s in failed:
+        lines += ["", f"## {s['name']}: {s['status']} (exit {s['exit_code']})", "", "```", *s["log_tail"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    work, out = args.work, args.out
+    stages = read_stages(work)
+    report = {
+        "dry_run": bool(args.dry_run), "total_s": args.total_s, "budget_s": args.budget_s,
+        "environment": read_json(work / "environment.json"),
+        "stages": stages,
+        "ok": not any(s["status"] in ("failed", "timeout") for s in stages),
+    }
+    names = {s["name"] for s in stages}
+    imports_log = read_log(work, "imports")
+    try:
+        report["imports"] = json.loads(imports_log[imports_log.index("{"):])
+    except ValueError:  # no JSON: the stage broke before printing it (its log tail says why)
+        report["imports"] = None
+    if "gpu_tests" in names:
+        report["gpu_tests"] = pytest_summary(read_log(work, "gpu_tests"))
+    for name in ("parity_tiny", "parity_r50"):
+        if name in names:
+            report[name] = parity_summary(read_log(work, name))
+    report["msda"] = msda_summary(read_json(work / "msda.json"))
+    for name in ("e2e_fp32", "e2e_bf16"):
+        report[name] = read_json(work / f"{name}.json")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "gpu_report.md").write_text(markdown(report))
+    with open(out / "gpu_check.log", "w") as f:
+        for s in stages:
+            f.write(f"===== {s['name']}: {s['status']} in {s['seconds']} s (exit {s['exit_code']})\n$ {s['command']}\n")
+            f.write(read_log(work, s["name"]))
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

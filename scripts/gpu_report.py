@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-PARITY_ROW = re.compile(r"^(\S.*?)\s{2,}(\S+)\s{2,}(.+?)\s{2,}(ok|FAIL)$")  # check, value, tolerance, result
+PARITY_COLUMNS = re.compile(r"\s{2,}")  # check_parity's table: check, value, tolerance, result (ok|FAIL)
 PARITY_KINDS = ("pred_logits", "pred_boxes", "score", "loss")
 PYTEST_SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
 LOG_TAIL_LINES = 25
@@ -61,7 +61,8 @@ def pytest_summary(log: str):
 
 
 def parity_summary(log: str):
-    rows = [m.groups() for m in map(PARITY_ROW.match, log.splitlines()) if m]
+    rows = [parts for parts in (PARITY_COLUMNS.split(line.strip()) for line in log.splitlines())
+            if len(parts) == 4 and parts[3] in ("ok", "FAIL")]
     verdicts = [line for line in log.splitlines() if line.startswith("PARITY ")]
     backends = [line for line in log.splitlines() if line.startswith("deformable attention backend")]
     worst = {}

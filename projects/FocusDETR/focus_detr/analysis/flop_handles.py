@@ -35,10 +35,14 @@ def msda_flop_handle(inputs: List[Any], outputs: List[Any]) -> Counter:
 
 MSDA_FLOP_HANDLES: Dict[str, Any] = {MSDA_OP_NAME: msda_flop_handle}
 
+# No multiply-adds, so fvcore should not report them as unsupported: the traced shape reads of
+# ``layers.traced_shapes`` and the boolean padding masks (``mask | ~valid``).
+ZERO_FLOP_OPS = ("aten::_shape_as_tensor", "aten::__or__")
+
 
 def register_flop_handles(analysis):
     """Adds the project's handles to an fvcore (or detectron2) ``FlopCountAnalysis``; returns it."""
-    return analysis.set_op_handle(**MSDA_FLOP_HANDLES)
+    return analysis.set_op_handle(**MSDA_FLOP_HANDLES, **{name: None for name in ZERO_FLOP_OPS})
 
 
 def flop_count_analysis(model, inputs) -> FlopCountAnalysis:

@@ -211,7 +211,7 @@ fi
 export PYTHONPATH="$BUILD_ROOT/projects/FocusDETR${PYTHONPATH:+:$PYTHONPATH}"
 build_in_place() {
     (cd "$BUILD_ROOT" && "$PYTHON" setup.py build_ext --inplace) || return 1
-    "$PYTHON" -c 'import focus_detr.layers.ms_deform_attn as m, sys; s = m.extension_status(); print(m.__file__, s)
+    "$PYTHON" -c 'import focus_detr.layers.ms_deform_attn_backends as m, sys; s = m.extension_status(); print(m.__file__, s)
 want = "cpu" if sys.argv[1] == "1" else "cuda"
 backends = m.available_backends(want)
 print("backends on", want, backends)

@@ -19,7 +19,8 @@ import time
 
 import torch
 
-from focus_detr.layers.ms_deform_attn import available_backends, multi_scale_deformable_attention
+from focus_detr.layers.ms_deform_attn_backends import available_backends
+from focus_detr.layers.ms_deform_attn_op import multi_scale_deformable_attention
 
 R50_SPATIAL_SHAPES = ((100, 167), (50, 84), (25, 42), (13, 21))
 

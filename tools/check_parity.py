@@ -35,7 +35,7 @@ from focus_detr.checkpoint.official import convert_official_state_dict, is_offic
 from focus_detr.engine import atomic_write
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
-from focus_detr.layers.ms_deform_attn import select_backend
+from focus_detr.layers.ms_deform_attn_backends import select_backend
 from focus_detr.modeling import DenoisingQueries
 
 BOX_TOL = 1e-4  # normalised cxcywh

@@ -6,14 +6,10 @@ import os
 import pytest
 import torch
 
-from focus_detr.layers import ms_deform_attn as msda
-from focus_detr.layers.ms_deform_attn import (
-    MultiScaleDeformableAttention,
-    available_backends,
-    multi_scale_deformable_attention,
-    multi_scale_deformable_attention_pytorch,
-    select_backend,
-)
+from focus_detr.layers.ms_deform_attn import MultiScaleDeformableAttention
+from focus_detr.layers.ms_deform_attn_backends import BACKEND_ENV_VAR, available_backends, select_backend
+from focus_detr.layers.ms_deform_attn_op import OP_NAME, multi_scale_deformable_attention
+from focus_detr.layers.ms_deform_attn_reference import multi_scale_deformable_attention_pytorch
 from msda_inputs import level_layout, make_inputs
 
 HAS_CPU_KERNEL = "cpu" in available_backends("cpu")
@@ -235,9 +231,9 @@ def test_forcing_cuda_on_cpu_tensor_raises_instead_of_falling_back():
 
 def test_environment_variable_forces_backend(monkeypatch):
     value = _valid()[0]
-    monkeypatch.setenv(msda.BACKEND_ENV_VAR, "pytorch")
+    monkeypatch.setenv(BACKEND_ENV_VAR, "pytorch")
     assert select_backend(value) == "pytorch"
-    monkeypatch.setenv(msda.BACKEND_ENV_VAR, "cuda")
+    monkeypatch.setenv(BACKEND_ENV_VAR, "cuda")
     with pytest.raises(RuntimeError):
         select_backend(value)
     # an explicit argument wins over the environment
@@ -246,8 +242,8 @@ def test_environment_variable_forces_backend(monkeypatch):
 
 def test_automatic_backend_on_cpu():
     value = _valid()[0]
-    if os.environ.get(msda.BACKEND_ENV_VAR):
-        pytest.skip(f"{msda.BACKEND_ENV_VAR} is set in the environment")
+    if os.environ.get(BACKEND_ENV_VAR):
+        pytest.skip(f"{BACKEND_ENV_VAR} is set in the environment")
     assert select_backend(value) == ("cpu" if HAS_CPU_KERNEL else "pytorch")
     # float16 has no CPU kernel: the reference runs
     assert select_backend(value.half()) == "pytorch"
@@ -277,7 +273,7 @@ def test_jit_trace_records_one_msda_node(backend):
             level_start_index)
     traced = torch.jit.trace(module, args, check_trace=False)
     kinds = [node.kind() for node in traced.inlined_graph.nodes()]
-    assert kinds.count(msda.OP_NAME) == 1
+    assert kinds.count(OP_NAME) == 1
     assert "aten::grid_sampler" not in kinds
     torch.testing.assert_close(traced(*args), module(*args))
 

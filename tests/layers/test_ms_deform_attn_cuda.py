@@ -2,11 +2,9 @@
 import pytest
 import torch
 
-from focus_detr.layers.ms_deform_attn import (
-    MultiScaleDeformableAttention,
-    available_backends,
-    multi_scale_deformable_attention,
-)
+from focus_detr.layers.ms_deform_attn import MultiScaleDeformableAttention
+from focus_detr.layers.ms_deform_attn_backends import available_backends
+from focus_detr.layers.ms_deform_attn_op import multi_scale_deformable_attention
 from msda_inputs import make_inputs as random_inputs
 
 pytestmark = [

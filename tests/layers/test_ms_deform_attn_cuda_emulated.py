@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from focus_detr.layers.ms_deform_attn import multi_scale_deformable_attention
+from focus_detr.layers.ms_deform_attn_op import multi_scale_deformable_attention
 from msda_inputs import make_inputs as random_inputs
 
 HERE = Path(__file__).resolve().parent

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from focus_detr.analysis.flop_handles import MSDA_FLOP_HANDLES, flop_count_analysis, msda_flops
-from focus_detr.layers.ms_deform_attn import OP_NAME, MultiScaleDeformableAttention, available_backends
+from focus_detr.layers.ms_deform_attn import MultiScaleDeformableAttention
+from focus_detr.layers.ms_deform_attn_backends import available_backends
+from focus_detr.layers.ms_deform_attn_op import OP_NAME
 
 
 def module_and_inputs(backend, batch=2, queries=11, embed_dim=32, heads=4, levels=2, points=3):

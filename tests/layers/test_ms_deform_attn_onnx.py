@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from focus_detr.layers.ms_deform_attn import multi_scale_deformable_attention, multi_scale_deformable_attention_pytorch
+from focus_detr.layers.ms_deform_attn_op import multi_scale_deformable_attention
+from focus_detr.layers.ms_deform_attn_reference import multi_scale_deformable_attention_pytorch
 from focus_detr.layers.ms_deform_attn_onnx import onnx_msda_symbolic
 from msda_inputs import make_inputs
 

@@ -2,7 +2,7 @@
 
 fvcore counts one fused multiply-add as one "flop" (its "GFLOPs" are GMACs); the handles here follow that convention.
 The deformable-attention op runs as a single ``focus_detr::ms_deform_attn`` node in a jit trace on every backend
-(the pytorch reference included, see ``focus_detr.layers.ms_deform_attn``), so counts do not depend on the device.
+(the pytorch reference included, see ``focus_detr.layers.ms_deform_attn_op``), so counts do not depend on the device.
 """
 from collections import Counter
 from typing import Any, Dict, List

@@ -1,5 +1,5 @@
 // Python bindings of the deformable-attention kernels: argument checks, then dispatch on the tensors' device.
-// The Python layer (ms_deform_attn.py) wraps these in the torch.library op `focus_detr::ms_deform_attn`.
+// The Python layer (ms_deform_attn_op.py) wraps these in the torch.library op `focus_detr::ms_deform_attn`.
 #include <torch/extension.h>
 
 #include "ms_deform_attn.h"

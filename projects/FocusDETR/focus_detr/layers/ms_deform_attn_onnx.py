@@ -71,7 +71,12 @@ def _grid_sample_form(g, value, spatial_shapes, level_start_index, sampling_loca
         g.op("Gather", spatial_shapes, _const(g, 0), axis_i=1),
         g.op("Gather", spatial_shapes, _const(g, 1), axis_i=1),
     )
-    sampled = []
+    # (B, Q, H, L, P) -> (B, H, Q, L, P) -> (B*H, 1, Q, L, P)
+    weights = g.op("Transpose", attention_weights, perm_i=[0, 2, 1, 3, 4])
+    weights = g.op(
+        "Reshape", weights, g.op("Concat", _const(g, [-1, 1]), num_queries, _const(g, [levels, points]), axis_i=0)
+    )
+    output = None
     for level in range(levels):
         index = _const(g, [level])
         start = g.op("Gather", level_start_index, index, axis_i=0)
@@ -82,12 +87,12 @@ def _grid_sample_form(g, value, spatial_shapes, level_start_index, sampling_loca
         value_l = g.op("Reshape", value_l, g.op("Concat", _const(g, [-1, channels]), height_width, axis_i=0))
         # (B*H, Q, P, 2)
         grid_l = g.op("Reshape", g.op("Gather", grids, _const(g, level), axis_i=3), grid_shape)
-        sampled.append(g.op("GridSample", value_l, grid_l, mode_s=mode, padding_mode_s="zeros", align_corners_i=0))
-    # (B*H, C, Q, L*P) weighted by (B*H, 1, Q, L*P), summed over the points
-    sampled = g.op("Concat", *sampled, axis_i=3)
-    weights = g.op("Transpose", attention_weights, perm_i=[0, 2, 1, 3, 4])
-    weights = g.op("Reshape", weights, g.op("Concat", _const(g, [-1, 1]), num_queries, _const(g, [levels * points]), axis_i=0))
-    output = g.op("ReduceSum", g.op("Mul", sampled, weights), _const(g, [-1]), keepdims_i=0)
+        # (B*H, C, Q, P) weighted by (B*H, 1, Q, P), summed over the points: each level is reduced on its own
+        # (a concatenation of all levels' samples first costs a copy of the largest tensor here)
+        sampled = g.op("GridSample", value_l, grid_l, mode_s=mode, padding_mode_s="zeros", align_corners_i=0)
+        weights_l = g.op("Gather", weights, _const(g, level), axis_i=3)
+        term = g.op("ReduceSum", g.op("Mul", sampled, weights_l), _const(g, [-1]), keepdims_i=0)
+        output = term if output is None else g.op("Add", output, term)
     # (B*H, C, Q) -> (B, H*C, Q) -> (B, Q, H*C)
     output = g.op("Reshape", output, g.op("Concat", _const(g, [-1, heads * channels]), num_queries, axis_i=0))
     return g.op("Transpose", output, perm_i=[0, 2, 1])

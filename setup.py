@@ -1,7 +1,7 @@
 """Installs the ``focus_detr`` package and builds its deformable-attention extension.
 
 Builds against the torch already installed (``pip install --no-build-isolation -e .`` or ``python setup.py
-build_ext --inplace``), any torch >= 2.1 (running the package needs torch >= 2.4: ``torch.library.custom_op``);
+build_ext --inplace``), any torch >= 2.1 (running the package needs torch >= 2.5, checked at import: ``focus_detr.MIN_TORCH_VERSION``);
 nothing here pins versions. The CPU kernel is always compiled. The CUDA kernel
 is compiled when a CUDA toolkit is found; ``FORCE_CUDA=1`` turns a missing toolkit or a failed compile into an error
 instead of a CPU-only build, ``NO_CUDA=1`` builds the CPU kernel only. ``TORCH_CUDA_ARCH_LIST`` defaults to the

@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests" / "tools"))
 from tools_test_utils import load_script  # noqa: E402
 
 from focus_detr.analysis.inputs import synthetic_inputs  # noqa: E402
-from focus_detr.export import OnnxPredictor, export_onnx, match_detections  # noqa: E402
+from focus_detr.export import ForcedQueryRanking, OnnxPredictor, export_onnx, match_detections  # noqa: E402
 
 TREE_CONFIG = REPO_ROOT / "configs" / "focus_detr_r18_trees.py"
 # parity tolerances of tools/check_parity.py
@@ -123,6 +123,65 @@ def test_tree_config_graph_matches_pytorch_at_other_sizes(tmp_path):
     path = str(tmp_path / "trees.onnx")
     export_onnx(model, path, synthetic_inputs(352, 352)[0]["image"])
     _check_against_pytorch(model, OnnxPredictor(path, num_threads=1), [(256, 320), (320, 384), (384, 480)])
+
+
+class _StubTransformer:
+    def select_queries(self, scores):
+        return scores.topk(3, dim=1)[1]
+
+
+class _StubModel:
+    transformer = _StubTransformer()
+
+
+def test_forced_query_ranking_takes_ties_only():
+    model = _StubModel()
+    scores = torch.tensor([[3.0, 2.0, 2.0 + 1e-6, 1.0]])  # ours: [0, 2, 1]
+    with ForcedQueryRanking(model, torch.tensor([[0, 1, 2]])) as tie:
+        assert model.transformer.select_queries(scores).tolist() == [[0, 1, 2]]
+    assert tie.forced and tie.differ == 2 and tie.gap <= tie.tolerance
+    with ForcedQueryRanking(model, torch.tensor([[0, 1, 3]])) as worse:
+        assert model.transformer.select_queries(scores).tolist() == [[0, 2, 1]]
+    assert not worse.forced and worse.gap == pytest.approx(1.0)
+    with ForcedQueryRanking(model, torch.tensor([[0, 1]])) as short:
+        assert model.transformer.select_queries(scores).tolist() == [[0, 2, 1]]
+    assert not short.forced
+    assert "select_queries" not in vars(model.transformer)  # the model's own method again
+
+
+def test_graph_query_ranking_output_is_pytorchs_ranking(tiny_export, parity_fixture):
+    model = _tiny_model(parity_fixture)
+    predictor = OnnxPredictor(str(tiny_export / "model.onnx"), num_threads=1, query_ranking=True)
+    item = synthetic_inputs(256, 320, seed=1)[0]
+    captured = {}
+    with torch.no_grad(), ForcedQueryRanking(model, torch.from_numpy(predictor.run(item["image"])["query_ranking"])) as forced:
+        choose = model.transformer.select_queries
+        model.transformer.select_queries = lambda scores: captured.setdefault("inds", choose(scores))
+        model.forward_inference([item])
+    assert forced.forced and forced.differ == 0
+    assert captured["inds"].shape == (1, model.transformer.num_queries)
+
+
+def test_export_tool_compare_refuses_a_ranking_that_is_not_a_tie(export_tool, tiny_export, parity_fixture):
+    model = _tiny_model(parity_fixture)
+    predictor = OnnxPredictor(str(tiny_export / "model.onnx"), num_threads=1, query_ranking=True)
+    item = synthetic_inputs(256, 320, seed=1)[0]
+    line, ok = export_tool.compare(model, predictor, item)
+    assert ok and "matched 100/100," in line, line
+
+    class Tampered:
+        """The graph's outputs with a changed best score and the query ranking reversed."""
+
+        instances = staticmethod(OnnxPredictor.instances)
+
+        def run(self, image):
+            outputs = predictor.run(image)
+            outputs["scores"][outputs["scores"].argmax()] += 0.01
+            outputs["query_ranking"] = outputs["query_ranking"][:, ::-1].copy()
+            return outputs
+
+    line, ok = export_tool.compare(model, Tampered(), item)
+    assert not ok and "NOT A TIE" in line and line.endswith("MISMATCH"), line
 
 
 def test_predictor_rejects_bad_images_with_one_line(tiny_export):

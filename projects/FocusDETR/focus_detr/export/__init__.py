@@ -2,14 +2,19 @@
 from .compare import match_detections
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES, ExportableFocusDETR, export_metadata, export_onnx
 from .predictor import OnnxPredictor
+from .ranking import QUERY_RANKING_OUTPUT, RANK_REL_TOL, ForcedQueryRanking, graph_with_query_ranking
 
 __all__ = [
     "DEFAULT_OPSET",
     "INPUT_NAME",
     "OUTPUT_NAMES",
+    "QUERY_RANKING_OUTPUT",
+    "RANK_REL_TOL",
     "ExportableFocusDETR",
+    "ForcedQueryRanking",
     "OnnxPredictor",
     "export_metadata",
     "export_onnx",
+    "graph_with_query_ranking",
     "match_detections",
 ]

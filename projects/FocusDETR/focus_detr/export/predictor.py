@@ -1,7 +1,7 @@
 """Running an exported Focus-DETR graph with onnxruntime, returning detectron2 ``Instances``."""
 import json
 import os
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -9,6 +9,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 from .onnx_export import INPUT_NAME, OUTPUT_NAMES
+from .ranking import QUERY_RANKING_OUTPUT, graph_with_query_ranking
 
 __all__ = ["OnnxPredictor"]
 
@@ -25,9 +26,11 @@ class OnnxPredictor:
     Args:
         path: the ``model.onnx`` written by ``tools/export_model.py``.
         num_threads: onnxruntime intra-op threads (None: onnxruntime's default).
+        query_ranking: also output the graph's query ranking (``query_ranking`` ``(1, Q)``, to compare with PyTorch
+            through near-ties, see :mod:`focus_detr.export.ranking`).
     """
 
-    def __init__(self, path: str, num_threads: Optional[int] = None):
+    def __init__(self, path: str, num_threads: Optional[int] = None, query_ranking: bool = False):
         import onnxruntime
 
         if not os.path.isfile(path):
@@ -36,16 +39,18 @@ class OnnxPredictor:
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
+        self.output_names = list(OUTPUT_NAMES) + ([QUERY_RANKING_OUTPUT] if query_ranking else [])
         try:
-            self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            graph = graph_with_query_ranking(path) if query_ranking else path
+            self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own exception types for unreadable / invalid files
             raise ValueError(f"cannot load {path} with onnxruntime: {str(error).strip().splitlines()[-1]}") from None
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
+        if inputs != [INPUT_NAME] or outputs != self.output_names:
             raise ValueError(
                 f"{path} is not a Focus-DETR export: inputs {inputs}, outputs {outputs} "
-                f"(expected [{INPUT_NAME!r}], {list(OUTPUT_NAMES)})"
+                f"(expected [{INPUT_NAME!r}], {self.output_names})"
             )
         metadata_path = os.path.join(os.path.dirname(path), "model.json")
         self.metadata: Dict = {}
@@ -68,13 +73,20 @@ class OnnxPredictor:
     def run(self, image: Union[torch.Tensor, np.ndarray]) -> Dict[str, np.ndarray]:
         """The graph's outputs by name (see ``focus_detr.export.OUTPUT_NAMES``)."""
         outputs = self.session.run(None, {INPUT_NAME: self._as_array(image)})
-        return dict(zip(OUTPUT_NAMES, outputs))
+        return dict(zip(self.output_names, outputs))
 
     def __call__(
         self, image: Union[torch.Tensor, np.ndarray], height: Optional[int] = None, width: Optional[int] = None
     ) -> Instances:
-        outputs = self.run(image)
-        image_size = tuple(image.shape[1:])
+        return self.instances(self.run(image), tuple(image.shape[1:]), height, width)
+
+    @staticmethod
+    def instances(
+        outputs: Dict[str, np.ndarray], image_size: Tuple[int, int], height: Optional[int] = None,
+        width: Optional[int] = None
+    ) -> Instances:
+        """:meth:`run`'s outputs for an image of ``image_size`` (H, W) as ``Instances``, rescaled to ``height`` x
+        ``width`` when given."""
         result = Instances(image_size)
         result.pred_boxes = Boxes(torch.from_numpy(outputs["boxes"]))
         result.scores = torch.from_numpy(outputs["scores"])

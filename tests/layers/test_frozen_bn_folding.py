@@ -1,4 +1,4 @@
-"""FrozenBatchNorm folding: same outputs at inference, same state dict, training untouched."""
+"""FrozenBatchNorm folding: same outputs and gradients (up to float rounding), same state dict."""
 import pytest
 import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
@@ -67,18 +67,38 @@ def test_backbone_state_dict_is_unchanged_and_outputs_match():
         assert (folded[name] - expected[name]).abs().max() <= 1e-5 * scale, name
 
 
-def test_training_and_autograd_do_not_fold():
+def test_training_gradients_match_conv_then_norm():
     conv, reference = _conv_pair(bias=True)
-    x = torch.randn(2, 8, 9, 9)
     for training in (True, False):
         conv.train(training), reference.train(training)
-        out, expected = conv(x), reference(x)  # grad enabled: the unfolded path, bit for bit
-        assert torch.equal(out, expected)
-        out.sum().backward()
-        expected.sum().backward()
-        assert torch.equal(conv.weight.grad, reference.weight.grad)
+        x = torch.randn(2, 8, 9, 9, requires_grad=True)
+        x_reference = x.detach().clone().requires_grad_()
+        out, expected = conv(x), reference(x_reference)  # grad enabled: the fold is differentiated through
+        assert torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
+        grad_out = torch.randn_like(out)
+        out.backward(grad_out)
+        expected.backward(grad_out)
+        assert torch.allclose(x.grad, x_reference.grad, rtol=1e-5, atol=1e-5)
+        for name in ("weight", "bias"):
+            got, want = getattr(conv, name).grad, getattr(reference, name).grad
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * want.abs().max()), name
         conv.zero_grad(), reference.zero_grad()
+    # trainable weights are folded afresh on every call, never through a cache that an optimizer step would stale
     assert "_folded_cache" not in conv.__dict__
+
+
+def test_frozen_convolution_reuses_its_folded_weights_in_training():
+    conv, reference = _conv_pair(bias=False)
+    conv.weight.requires_grad_(False), reference.weight.requires_grad_(False)
+    conv.train(), reference.train()
+    x = torch.randn(1, 8, 9, 9, requires_grad=True)
+    out = conv(x)
+    assert "_folded_cache" in conv.__dict__
+    out.sum().backward()
+    expected_grad = x.grad.clone()
+    x.grad = None
+    reference(x).sum().backward()
+    assert torch.allclose(expected_grad, x.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_folded_weights_follow_loaded_weights_and_are_dropped_in_training():

@@ -1,9 +1,10 @@
-"""Inference-time folding of FrozenBatchNorm into the convolution before it.
+"""Folding of FrozenBatchNorm into the convolution before it.
 
 A frozen batch norm is a per-channel affine map, so ``norm(conv(x, W, b))`` equals ``conv(x, W * s, b * s + t)``
 with ``s = weight / sqrt(running_var + eps)`` and ``t = bias - running_mean * s``: one convolution instead of a
-convolution and a full pass over its output. The folded weights are a cache beside the module's own parameters and
-buffers, so the state dict, checkpoints and training are unchanged.
+convolution and a full pass over its output (and, in training, without the norm's backward pass over the output's
+gradient: the gradient of the trainable ``W`` flows through the weight-sized product ``W * s`` instead). The
+module's own parameters and buffers stay as they are, so the state dict and checkpoints are unchanged.
 """
 from typing import Tuple
 
@@ -16,47 +17,54 @@ __all__ = ["FrozenBNFoldingConv2d", "enable_frozen_bn_folding"]
 
 
 class FrozenBNFoldingConv2d(Conv2d):
-    """A detectron2 :class:`Conv2d` whose :class:`FrozenBatchNorm2d` is folded into its weights at inference.
+    """A detectron2 :class:`Conv2d` whose :class:`FrozenBatchNorm2d` is folded into its weights.
 
-    Folding applies only in eval mode with gradients disabled: training, and eval with autograd on (e.g. gradients
-    with respect to the input), run convolution and norm separately, exactly as :class:`Conv2d` does. The folded
-    weights are recomputed whenever a parameter or buffer they derive from changes (loading weights, ``.to()``).
+    Where the folded weights need no gradient (gradients disabled, or a frozen convolution) they are a cache beside
+    the parameters, recomputed whenever a parameter or buffer they derive from changes (loading weights, ``.to()``,
+    in-place updates). Where they do (training a convolution), they are recomputed differentiably on every call, so
+    the gradients of ``weight`` and ``bias`` equal those of convolution-then-norm up to float rounding.
     """
 
+    def _fold(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        norm = self.norm
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        shift = norm.bias - norm.running_mean * scale
+        weight = self.weight * scale.view(-1, 1, 1, 1)
+        bias = shift if self.bias is None else self.bias * scale + shift
+        return weight, bias
+
     def _folded_parameters(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if torch.is_grad_enabled() and (self.weight.requires_grad or getattr(self.bias, "requires_grad", False)):
+            return self._fold()
         norm = self.norm
         sources = (self.weight, self.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
         # data_ptr catches replaced tensors (.to(), assignment), _version in-place updates (load_state_dict, copy_).
         key = tuple((t.data_ptr(), t._version) if t is not None else None for t in sources) + (norm.eps,)
         cache = self.__dict__.get("_folded_cache")
         if cache is None or cache[0] != key:
-            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-            shift = norm.bias - norm.running_mean * scale
-            weight = self.weight * scale.view(-1, 1, 1, 1)
-            bias = shift if self.bias is None else self.bias * scale + shift
-            cache = (key, weight.detach(), bias.detach())
+            with torch.no_grad():
+                weight, bias = self._fold()
+            cache = (key, weight, bias)
             # Kept out of the module's parameters and buffers (and so out of the state dict) on purpose.
             self.__dict__["_folded_cache"] = cache
         return cache[1], cache[2]
 
     def train(self, mode: bool = True):
-        if mode:
-            # Training never reads the folded copy: do not hold a second set of weights through it.
+        if mode and self.weight.requires_grad:
+            # Training recomputes the fold on every call: do not hold a second set of weights through the cache.
             self.__dict__.pop("_folded_cache", None)
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W)`` -> ``(B, C_out, H', W')``."""
-        if self.training or torch.is_grad_enabled():
-            return super().forward(x)
         weight, bias = self._folded_parameters()
         x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         return self.activation(x) if self.activation is not None else x
 
 
 def enable_frozen_bn_folding(module: nn.Module) -> int:
-    """Makes every detectron2 ``Conv2d`` in ``module`` whose norm is a :class:`FrozenBatchNorm2d` fold it at
-    inference (in place; attributes, parameter names and the state dict stay as they are). Returns how many.
+    """Makes every detectron2 ``Conv2d`` in ``module`` whose norm is a :class:`FrozenBatchNorm2d` fold it
+    (in place; attributes, parameter names and the state dict stay as they are). Returns how many.
 
     Call it after the backbone's freezing (detectron2 converts BatchNorm to FrozenBatchNorm2d when it freezes a
     stage); convolutions with a trainable or another norm are left alone.

@@ -35,8 +35,8 @@ class FocusDETR(nn.Module):
         num_detections: detections kept per image at inference (top scores over queries x classes).
         pixel_mean, pixel_std: per-channel normalisation, in the input's value range and channel order.
         class_prior_prob: initial foreground probability of the class heads' bias.
-        fold_frozen_batchnorm: at inference, fold the backbone's FrozenBatchNorm layers into the convolutions before
-            them (same state dict; training unaffected; outputs equal up to float rounding).
+        fold_frozen_batchnorm: fold the backbone's FrozenBatchNorm layers into the convolutions before them, at
+            inference and in training (same state dict; outputs and gradients equal up to float rounding).
         backbone_channels_last: feed the backbone channels-last (NHWC) images, the layout oneDNN convolutions run
             fastest in on CPUs (same results up to float rounding); for convolutional backbones.
     """

@@ -3,7 +3,7 @@
 
     python tools/export_model.py --config-file CFG --output DIR [--format onnx] [--export-method tracing]
         [--opset 17] [--msda-form grid_sample|gather] [--sample-size H W] [--verify-sizes HxW ...]
-        [--benchmark HxW ...] [--threads 2] [--seed 0] [key=value ...]
+        [--benchmark HxW ...] [--compare-msda-forms] [--threads 2] [--seed 0] [key=value ...]
 
 Builds the model, loads ``train.init_checkpoint`` (ours or an official detrex file; empty = random weights, with a
 warning), traces it on one CPU image of ``--sample-size`` and writes ``DIR/model.onnx`` and ``DIR/model.json``
@@ -17,7 +17,8 @@ same token counts). Where detections differ, PyTorch is run again with the graph
 PyTorch's own up to near-tied scores (see ``focus_detr.export.ranking``: a swapped pair of near-equal proposals swaps
 two queries' learnt content, common with random weights); a difference beyond that is reported. ``--benchmark``
 times onnxruntime against PyTorch at each size, interleaved in one run, with ``--threads`` threads for both, and
-writes ``DIR/benchmark.json``. Random weights (empty ``train.init_checkpoint``) are seeded by ``--seed``.
+writes ``DIR/benchmark.json``; ``--compare-msda-forms`` times the other deformable-attention form(s) in the same
+rounds. Random weights (empty ``train.init_checkpoint``) are seeded by ``--seed``.
 
 Example:
     python tools/export_model.py --config-file configs/focus_detr_r50_4scale_12ep.py --output output/onnx_r50 \
@@ -77,6 +78,8 @@ def parse_args(argv=None):
                         help="also compare onnxruntime with PyTorch at these sizes")
     parser.add_argument("--benchmark", type=parse_size, nargs="*", default=[], metavar="HxW",
                         help="time onnxruntime against PyTorch at these sizes (interleaved)")
+    parser.add_argument("--compare-msda-forms", action="store_true",
+                        help="also export the other MSDA form(s) (DIR/model_<form>.onnx) and time them in the benchmark")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and onnxruntime")
@@ -141,16 +144,15 @@ def compare(model, predictor, item):
     return line, ok
 
 
-def benchmark(model, predictor, sizes, warmup, repeats):
-    """Median latency (ms) of PyTorch and onnxruntime per size, the two timed alternately on the same image."""
+def benchmark(model, predictors, sizes, warmup, repeats):
+    """Median latency (ms) of PyTorch and each onnxruntime predictor (name -> OnnxPredictor; the first is the
+    exported graph) per size, all timed in turn on the same image."""
     rows = []
     for height, width in sizes:
         item = synthetic_inputs(height, width)[0]
-        seconds = {"pytorch": [], "onnxruntime": []}
-        runs = {
-            "pytorch": lambda: model([item]),
-            "onnxruntime": lambda: predictor(item["image"]),
-        }
+        runs = {"pytorch": lambda: model([item])}
+        runs.update({name: (lambda p=p: p(item["image"])) for name, p in predictors.items()})
+        seconds = {name: [] for name in runs}
         with torch.no_grad():
             for step in range(warmup + repeats):
                 for name, run in runs.items():
@@ -160,7 +162,8 @@ def benchmark(model, predictor, sizes, warmup, repeats):
                         seconds[name].append(time.perf_counter() - start)
         medians = {name: 1000 * statistics.median(s) for name, s in seconds.items()}
         rows.append({"size": f"{height}x{width}", "repeats": repeats, **{f"{k}_ms": v for k, v in medians.items()},
-                     "speedup": medians["pytorch"] / medians["onnxruntime"]})
+                     "speedup": medians["pytorch"] / medians["onnxruntime"],
+                     "runs_ms": {k: [round(1000 * t, 1) for t in v] for k, v in seconds.items()}})
     return rows
 
 
@@ -198,7 +201,7 @@ def main(args):
     print(f"wrote {path} ({metadata['file_size_mib']} MiB, exported in {seconds:.1f} s, opset {args.opset}, "
           f"MSDA as {args.msda_form}) and model.json")
 
-    predictor = OnnxPredictor(path, num_threads=args.threads, query_ranking=True)
+    predictor = OnnxPredictor(path, num_threads=args.threads, spin_wait=False, query_ranking=True)
     failures = []
     for height, width in [tuple(args.sample_size)] + list(args.verify_sizes):
         line, ok = compare(model, predictor, synthetic_inputs(height, width, seed=1)[0])
@@ -208,12 +211,22 @@ def main(args):
 
     if args.benchmark:
         del predictor  # the benchmark times the graph as written, without the ranking output
-        predictor = OnnxPredictor(path, num_threads=args.threads)
-        rows = benchmark(model, predictor, args.benchmark, args.warmup, args.repeats)
-        print(f"{'size':<12}{'pytorch ms':>12}{'onnxruntime ms':>16}{'speed-up':>10}   ({args.threads} threads, "
-              f"median of {args.repeats}, interleaved)")
+        # onnxruntime's waiting threads would slow down the PyTorch runs in between (tiny config: 2x and more)
+        predictors = {"onnxruntime": OnnxPredictor(path, num_threads=args.threads, spin_wait=False)}
+        if args.compare_msda_forms:
+            for form in MSDA_ONNX_FORMS:
+                if form != args.msda_form:
+                    other = os.path.join(args.output, f"model_{form}.onnx")
+                    export_onnx(model, other, sample["image"], args.opset, form)
+                    predictors[f"onnxruntime_{form}"] = OnnxPredictor(other, num_threads=args.threads, spin_wait=False)
+        rows = benchmark(model, predictors, args.benchmark, args.warmup, args.repeats)
+        names = list(predictors)
+        header = "".join(f"{n + ' ms':>{len(n) + 5}}" for n in names)
+        print(f"{'size':<12}{'pytorch ms':>12}{header}{'speed-up':>10}   ({args.threads} threads, median of "
+              f"{args.repeats}, interleaved; onnxruntime: MSDA as {args.msda_form})")
         for row in rows:
-            print(f"{row['size']:<12}{row['pytorch_ms']:>12.0f}{row['onnxruntime_ms']:>16.0f}{row['speedup']:>9.2f}x")
+            cells = "".join(f"{row[n + '_ms']:>{len(n) + 5}.0f}" for n in names)
+            print(f"{row['size']:<12}{row['pytorch_ms']:>12.0f}{cells}{row['speedup']:>9.2f}x")
         with open(os.path.join(args.output, "benchmark.json"), "w") as f:
             json.dump({"threads": args.threads, "msda_form": args.msda_form, "rows": rows}, f, indent=2)
     if failures:

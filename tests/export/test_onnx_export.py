@@ -242,3 +242,18 @@ def test_demo_draws_the_same_detections_from_onnxruntime(tiny_export, fixture_ch
     with pytest.raises(ValueError, match="--show-tokens"):
         demo.main(demo.parse_args(["--config-file", str(TINY_CONFIG), "--input", str(image_path), "--output",
                                    str(tmp_path / "x"), "--onnx", str(tiny_export / "model.onnx"), "--show-tokens"]))
+
+
+def test_export_tool_benchmark_times_pytorch_and_both_msda_forms(export_tool, tmp_path):
+    output = tmp_path / "bench"
+    failures = export_tool.main(export_tool.parse_args([
+        "--config-file", str(TINY_CONFIG), "--output", str(output), "--sample-size", "160", "192", "--threads", "1",
+        "--benchmark", "160x192", "--warmup", "0", "--repeats", "1", "--compare-msda-forms",
+    ]))
+    assert failures == []
+    report = json.loads((output / "benchmark.json").read_text())
+    assert report["msda_form"] == "grid_sample" and report["threads"] == 1
+    (row,) = report["rows"]
+    assert row["size"] == "160x192" and row["repeats"] == 1
+    assert min(row["pytorch_ms"], row["onnxruntime_ms"], row["onnxruntime_gather_ms"]) > 0
+    assert (output / "model_gather.onnx").is_file()

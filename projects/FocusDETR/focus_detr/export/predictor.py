@@ -26,11 +26,16 @@ class OnnxPredictor:
     Args:
         path: the ``model.onnx`` written by ``tools/export_model.py``.
         num_threads: onnxruntime intra-op threads (None: onnxruntime's default).
+        spin_wait: let onnxruntime's threads busy-wait for the next run (its default, lowest latency when nothing
+            else runs); False when other CPU work runs between calls, which the waiting threads would slow down (the
+            export tool's benchmark interleaves PyTorch).
         query_ranking: also output the graph's query ranking (``query_ranking`` ``(1, Q)``, to compare with PyTorch
             through near-ties, see :mod:`focus_detr.export.ranking`).
     """
 
-    def __init__(self, path: str, num_threads: Optional[int] = None, query_ranking: bool = False):
+    def __init__(
+        self, path: str, num_threads: Optional[int] = None, spin_wait: bool = True, query_ranking: bool = False
+    ):
         import onnxruntime
 
         if not os.path.isfile(path):
@@ -39,6 +44,8 @@ class OnnxPredictor:
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
+        if not spin_wait:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.output_names = list(OUTPUT_NAMES) + ([QUERY_RANKING_OUTPUT] if query_ranking else [])
         try:
             graph = graph_with_query_ranking(path) if query_ranking else path

@@ -257,3 +257,36 @@ def test_export_tool_benchmark_times_pytorch_and_both_msda_forms(export_tool, tm
     assert row["size"] == "160x192" and row["repeats"] == 1
     assert min(row["pytorch_ms"], row["onnxruntime_ms"], row["onnxruntime_gather_ms"]) > 0
     assert (output / "model_gather.onnx").is_file()
+
+
+def test_predictor_reports_a_graph_that_cannot_run_an_image_in_one_line(tmp_path):
+    from onnx import TensorProto, helper
+
+    from focus_detr.export import INPUT_NAME, OUTPUT_NAMES
+
+    # an export's inputs and outputs around a reshape fixed to 4x4 images, as in a graph that runs at one size only
+    def constant(name, values):
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
+
+    nodes = [
+        constant("fixed", [3, 4, 4]),
+        constant("rows", [-1, 4]),
+        helper.make_node("Reshape", [INPUT_NAME, "fixed"], ["reshaped"]),
+        helper.make_node("Cast", ["reshaped"], ["as_float"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["as_float", "rows"], [OUTPUT_NAMES[0]]),
+    ]
+    nodes += [constant(name, [0]) for name in OUTPUT_NAMES[1:]]
+    graph = helper.make_graph(
+        nodes,
+        "fixed_size",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, [3, "height", "width"])],
+        [helper.make_tensor_value_info(OUTPUT_NAMES[0], TensorProto.FLOAT, [12, 4])]
+        + [helper.make_tensor_value_info(name, TensorProto.INT64, [1]) for name in OUTPUT_NAMES[1:]],
+    )
+    path = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    predictor = OnnxPredictor(str(path), num_threads=1)
+    assert predictor.run(torch.zeros(3, 4, 4, dtype=torch.uint8))["boxes"].shape == (12, 4)
+    with pytest.raises(ValueError, match=r"onnxruntime cannot run .*fixed.onnx on a 5x4 image: .*Reshape") as info:
+        predictor(torch.zeros(3, 5, 4, dtype=torch.uint8))
+    assert "\n" not in str(info.value)

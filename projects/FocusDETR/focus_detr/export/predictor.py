@@ -40,12 +40,16 @@ class OnnxPredictor:
 
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model not found: {path}")
+        self.path = path
         options = onnxruntime.SessionOptions()
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
         if not spin_wait:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # A failed run is raised below as one line; onnxruntime's own log line of it would repeat it.
+        self._run_options = onnxruntime.RunOptions()
+        self._run_options.log_severity_level = 4
         self.output_names = list(OUTPUT_NAMES) + ([QUERY_RANKING_OUTPUT] if query_ranking else [])
         try:
             graph = graph_with_query_ranking(path) if query_ranking else path
@@ -79,7 +83,13 @@ class OnnxPredictor:
 
     def run(self, image: Union[torch.Tensor, np.ndarray]) -> Dict[str, np.ndarray]:
         """The graph's outputs by name (see ``focus_detr.export.OUTPUT_NAMES``)."""
-        outputs = self.session.run(None, {INPUT_NAME: self._as_array(image)})
+        image = self._as_array(image)
+        try:
+            outputs = self.session.run(None, {INPUT_NAME: image}, self._run_options)
+        except Exception as error:  # onnxruntime's own exception types; e.g. a graph traced at one size only
+            message = " ".join(str(error).split())
+            raise ValueError(f"onnxruntime cannot run {self.path} on a {image.shape[1]}x{image.shape[2]} image: "
+                             f"{message}") from None
         return dict(zip(self.output_names, outputs))
 
     def __call__(

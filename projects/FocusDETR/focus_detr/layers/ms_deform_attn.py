@@ -116,10 +116,13 @@ class MultiScaleDeformableAttention(nn.Module):
         num_values = value.shape[1]
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
 
-        value = self.value_proj(value)
+        # Projected as (B * Nv, E): the result is then its own tensor, not a view of one, so the in-place masking
+        # below is, for autograd, a plain masked fill (a view's in-place update would make the backward rebuild the
+        # whole buffer: a zero fill and a copy of (B, Nv, E) each).
+        value = self.value_proj(value.reshape(batch * num_values, self.embed_dim))
         if key_padding_mask is not None:
             # In place on the fresh projection (its backward does not read it): no second (B, Nv, E) buffer.
-            value = value.masked_fill_(key_padding_mask[..., None], 0.0)
+            value = value.masked_fill_(key_padding_mask.reshape(batch * num_values, 1), 0.0)
         value = value.view(batch, num_values, heads, self.embed_dim // heads)
         offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
         weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)

@@ -37,7 +37,7 @@ class DINODecoderLayer(nn.Module):
         queries: torch.Tensor,
         query_pos: torch.Tensor,
         memory: torch.Tensor,
-        memory_padding_mask: torch.Tensor,
+        memory_padding_mask: Optional[torch.Tensor],
         reference_boxes: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
@@ -102,15 +102,15 @@ class DINODecoder(nn.Module):
         queries: torch.Tensor,
         reference_boxes: torch.Tensor,
         memory: torch.Tensor,
-        memory_padding_mask: torch.Tensor,
+        memory_padding_mask: Optional[torch.Tensor],
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
         valid_ratios: torch.Tensor,
         box_heads: Sequence[nn.Module],
         attn_mask: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """queries ``(B, Q, C)``; reference_boxes ``(B, Q, 4)`` normalised cxcywh; memory ``(B, N, C)``;
-        valid_ratios ``(B, L, 2)``; box_heads: one box-delta head per layer (refinement).
+        """queries ``(B, Q, C)``; reference_boxes ``(B, Q, 4)`` normalised cxcywh; memory ``(B, N, C)``,
+        memory_padding_mask ``(B, N)`` True = padding, or None (nothing padded); valid_ratios ``(B, L, 2)``; box_heads: one box-delta head per layer (refinement).
 
         Returns the normalised hidden states ``(num_layers, B, Q, C)`` and each layer's refined boxes
         ``(num_layers, B, Q, 4)``.

@@ -1,5 +1,5 @@
 """The cascade dual-attention encoder: each layer refines only the foreground tokens the selector kept for it."""
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -86,14 +86,14 @@ class DualAttentionEncoderLayer(nn.Module):
         query_pos: torch.Tensor,
         foreground_scores: torch.Tensor,
         value: torch.Tensor,
-        value_padding_mask: torch.Tensor,
+        value_padding_mask: Optional[torch.Tensor],
         reference_points: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
         category_head: Callable,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """queries, query_pos ``(B, k, C)``: the layer's foreground tokens; foreground_scores ``(B, k)``;
-        value ``(B, N, C)``, value_padding_mask ``(B, N)``; reference_points ``(B, k, L, 2)``.
+        value ``(B, N, C)``, value_padding_mask ``(B, N)`` or None (nothing padded); reference_points ``(B, k, L, 2)``.
         Returns the updated queries ``(B, k, C)`` and the fine-grained indices into them ``(B, m)``."""
         fine_inds = self.select_fine_grained(self.multi_category_scores(queries, foreground_scores, category_head))
         fine = _gather_tokens(queries, fine_inds)
@@ -150,7 +150,7 @@ class CascadeDualAttentionEncoder(nn.Module):
         self,
         tokens: torch.Tensor,
         pos: torch.Tensor,
-        padding_mask: torch.Tensor,
+        padding_mask: Optional[torch.Tensor],
         reference_points: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
@@ -158,7 +158,7 @@ class CascadeDualAttentionEncoder(nn.Module):
         category_head: Callable,
     ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """tokens, pos ``(B, N, C)``: flattened neck features and their position + level embeddings;
-        padding_mask ``(B, N)``; reference_points ``(B, N, L, 2)``.
+        padding_mask ``(B, N)`` True = padding (None: nothing padded); reference_points ``(B, N, L, 2)``.
 
         Returns the memory ``(B, N, C)`` (tokens no layer kept stay the raw neck features) and, per layer, the
         fine-grained token indices into the full sequence ``(B, m_j)``.

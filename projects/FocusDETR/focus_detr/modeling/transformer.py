@@ -195,10 +195,13 @@ class FocusDETRTransformer(nn.Module):
 
         selector_input, _ = self.project_memory(tokens + pos, padding_mask, spatial_shapes_list)
         selection = self.foreground_selector(selector_input, padding_mask, spatial_shapes_list)
+        # Nothing padded (e.g. a batch of one image): the deformable attention has no value tokens to zero, and
+        # skips the (B, N, C) masking in each of its 12 calls and, in training, their backward.
+        value_padding_mask = padding_mask if torch.jit.is_tracing() or bool(padding_mask.any()) else None
         memory, fine_grained_inds = self.encoder(
             tokens,
             pos,
-            padding_mask,
+            value_padding_mask,
             encoder_reference_points(spatial_shapes_list, valid_ratios),
             spatial_shapes,
             level_start_index,
@@ -227,7 +230,7 @@ class FocusDETRTransformer(nn.Module):
             queries,
             reference_boxes,
             memory,
-            padding_mask,
+            value_padding_mask,
             spatial_shapes,
             level_start_index,
             valid_ratios,

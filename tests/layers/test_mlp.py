@@ -1,0 +1,59 @@
+"""The FFN's training path (its own backward) computes what autograd computes through Linear-ReLU-Linear."""
+import pytest
+import torch
+
+from focus_detr.layers.mlp import FFN
+
+
+def _graph_nodes(tensor):
+    """Names of the autograd nodes that produced ``tensor``."""
+    names, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def _reference(ffn, x):
+    return x + ffn.linear2(torch.relu(ffn.linear1(x)))
+
+
+@pytest.mark.parametrize("input_needs_grad", [True, False])
+def test_ffn_gradients_equal_autograd_through_its_layers(input_needs_grad):
+    torch.manual_seed(0)
+    ffn = FFN(16, 64).train()
+    # a third of the hidden units negative: the ReLU's mask matters
+    x = torch.randn(2, 37, 16).requires_grad_(input_needs_grad)
+    grad_out = torch.randn(2, 37, 16)
+    out = ffn(x)
+    assert "_LinearReLULinearBackward" in _graph_nodes(out)
+    out.backward(grad_out)
+    got = [x.grad] + [p.grad for p in ffn.parameters()]
+    x.grad = None
+    ffn.zero_grad()
+    expected_out = _reference(ffn, x)
+    expected_out.backward(grad_out)
+    expected = [x.grad] + [p.grad for p in ffn.parameters()]
+    assert torch.allclose(out, expected_out, rtol=0, atol=1e-6)
+    for name, a, b in zip(["input", "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"], got, expected):
+        if b is None:
+            assert a is None, name
+        else:
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+
+
+def test_ffn_without_autograd_and_with_dropout_match_the_plain_layers():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16)
+    ffn = FFN(16, 64, dropout=0.5)
+    with torch.no_grad():
+        assert torch.allclose(ffn.eval()(x), _reference(ffn, x), rtol=0, atol=1e-6)
+    ffn.train()
+    torch.manual_seed(1)
+    out = ffn(x)
+    assert "_LinearReLULinearBackward" not in _graph_nodes(out)  # dropout: the module path
+    torch.manual_seed(1)
+    hidden = ffn.dropout(torch.relu(ffn.linear1(x)))
+    assert torch.allclose(out, x + ffn.dropout(ffn.linear2(hidden)), rtol=0, atol=1e-6)

@@ -7,7 +7,7 @@ SHAPES = [(6, 6), (3, 3)]
 NUM_TOKENS = 45
 
 
-def _run(focus_token_nums, layer_counts, num_fine_grained_tokens=5):
+def _run(focus_token_nums, layer_counts, num_fine_grained_tokens=5, grad=False, layer_orders=None):
     torch.manual_seed(0)
     encoder = CascadeDualAttentionEncoder(
         num_layers=len(layer_counts), embed_dim=32, num_heads=4, feedforward_dim=64, num_levels=2,
@@ -20,17 +20,21 @@ def _run(focus_token_nums, layer_counts, num_fine_grained_tokens=5):
         foreground_logits=scores[..., None],
         selection_scores=scores,
         focus_token_nums=torch.tensor(focus_token_nums),
-        foreground_inds=[order[:, :k] for k in layer_counts],
+        foreground_inds=[o[:, :k] for o, k in zip(layer_orders or [order] * len(layer_counts), layer_counts)],
     )
     spatial_shapes = torch.tensor(SHAPES)
     level_start_index = torch.tensor([0, 36])
     reference_points = encoder_reference_points(SHAPES, torch.ones(2, 2, 2))
     category_head = torch.nn.Linear(32, 3)
-    with torch.no_grad():
+    tokens.requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
         memory, fine = encoder(
             tokens, torch.randn(2, NUM_TOKENS, 32), torch.zeros(2, NUM_TOKENS, dtype=torch.bool), reference_points,
             spatial_shapes, level_start_index, selection, category_head,
         )
+    if grad:
+        memory.square().sum().backward()
+        return tokens.grad, memory.detach(), fine, order
     return tokens, memory, fine, order
 
 
@@ -50,3 +54,29 @@ def test_fine_grained_tokens_come_from_the_layers_foreground_set():
     for layer, k in enumerate([20, 3]):
         for b in range(2):
             assert set(fine[layer][b].tolist()) <= set(order[b, :k].tolist())
+
+
+
+def test_working_on_the_first_layers_tokens_equals_the_full_sequence_form(monkeypatch):
+    import focus_detr.modeling.encoder as encoder_module
+
+    for grad in (False, True):
+        fast = _run([20, 8], [20, 12, 4], grad=grad)
+        with monkeypatch.context() as patch:
+            patch.setattr(encoder_module, "_positions_within", lambda *args: None)
+            full = _run([20, 8], [20, 12, 4], grad=grad)
+        assert torch.equal(fast[1], full[1])  # memory
+        assert all(torch.equal(a, b) for a, b in zip(fast[2], full[2]))  # fine-grained indices
+        if grad:
+            assert torch.allclose(fast[0], full[0], rtol=1e-6, atol=1e-7)  # gradient of the tokens
+
+
+def test_a_later_layer_token_outside_the_first_layers_set_is_still_updated():
+    # (possible only through score ties in the selector) the encoder then takes the full-sequence form
+    torch.manual_seed(3)
+    other = torch.randn(2, NUM_TOKENS).argsort(dim=1, descending=True)
+    order = _run([20, 8], [20, 8])[3]
+    tokens, memory, _, _ = _run([20, 8], [20, 8], layer_orders=[order, other])
+    outside = ~torch.isin(other[1, :8], order[1, :20])
+    assert outside.any()
+    assert (memory[1, other[1, :8][outside]] != tokens[1, other[1, :8][outside]]).any(-1).all()

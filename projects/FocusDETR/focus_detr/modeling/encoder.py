@@ -25,6 +25,19 @@ def _scatter_tokens(
     return tokens.scatter_(1, index, values) if in_place else tokens.scatter(1, index, values)
 
 
+def _positions_within(inds_0: torch.Tensor, layer_inds: List[torch.Tensor], num_tokens: int):
+    """Where each layer's token indices ``(B, k_j)`` sit in ``inds_0`` ``(B, k_0)`` (indices into ``N`` tokens):
+    ``(B, k_j)`` positions per layer, or None if some index is not in ``inds_0``."""
+    if torch.jit.is_tracing():
+        return None  # no data-dependent branch in an exported graph: it keeps the full-sequence form
+    rank = inds_0.new_full((inds_0.shape[0], num_tokens), -1)
+    rank.scatter_(1, inds_0, torch.arange(inds_0.shape[1], device=inds_0.device).expand_as(inds_0))
+    positions = [rank.gather(1, inds) for inds in layer_inds]
+    if any(bool((where < 0).any()) for where in positions):
+        return None
+    return positions
+
+
 class DualAttentionEncoderLayer(nn.Module):
     """One encoder layer over a set of foreground tokens (post-norm):
 
@@ -170,20 +183,39 @@ class CascadeDualAttentionEncoder(nn.Module):
             )
         # Every layer samples the original neck tokens; only the query side evolves (as the released weights expect).
         value = tokens
-        # Without autograd, one copy of the tokens is updated in place by every layer instead of a copy per layer
-        # (the gathers from memory save it for backward, so training scatters out of place).
+        # The layers work on the first layer's foreground tokens only (every later layer's tokens are among them:
+        # each layer keeps a prefix of one score ranking), gathered once and written back once, so the per-layer
+        # gathers and scatters, and in training their backward, move (B, k_0, C) instead of (B, N, C) buffers.
+        inds_0 = selection.foreground_inds[0]
+        positions = _positions_within(inds_0, selection.foreground_inds, tokens.shape[1])
+        if positions is None:
+            # A later layer picked a token the first did not (possible only through score ties): full sequences.
+            inds_0, positions = None, selection.foreground_inds
+        foreground, foreground_pos, foreground_refs, foreground_scores = (
+            (tokens, pos, reference_points, selection.selection_scores)
+            if inds_0 is None
+            else (
+                _gather_tokens(tokens, inds_0),
+                _gather_tokens(pos, inds_0),
+                _gather_tokens(reference_points, inds_0),
+                selection.selection_scores.gather(1, inds_0),
+            )
+        )
+        # Without autograd, the foreground copy is updated in place by every layer instead of a copy per layer
+        # (the gathers from it save it for backward, so training scatters out of place).
         in_place = not torch.is_grad_enabled()
-        memory = tokens.clone() if in_place else tokens
+        if in_place and inds_0 is None:
+            foreground = foreground.clone()
         fine_grained_inds = []
-        for layer, inds in zip(self.layers, selection.foreground_inds):
-            queries = _gather_tokens(memory, inds)
+        for layer, inds, where in zip(self.layers, selection.foreground_inds, positions):
+            queries = _gather_tokens(foreground, where)
             updated, fine_inds = layer(
                 queries,
-                _gather_tokens(pos, inds),
-                selection.selection_scores.gather(1, inds),
+                _gather_tokens(foreground_pos, where),
+                foreground_scores.gather(1, where),
                 value,
                 padding_mask,
-                _gather_tokens(reference_points, inds),
+                _gather_tokens(foreground_refs, where),
                 spatial_shapes,
                 level_start_index,
                 category_head,
@@ -192,6 +224,7 @@ class CascadeDualAttentionEncoder(nn.Module):
             # ranked for another image's larger budget.
             within_budget = torch.arange(inds.shape[1], device=inds.device)[None] < selection.focus_token_nums[:, None]
             updated = torch.where(within_budget[..., None], updated, queries)
-            memory = _scatter_tokens(memory, inds, updated, in_place)
+            foreground = _scatter_tokens(foreground, where, updated, in_place)
             fine_grained_inds.append(inds.gather(1, fine_inds))
+        memory = foreground if inds_0 is None else _scatter_tokens(tokens, inds_0, foreground)
         return memory, fine_grained_inds

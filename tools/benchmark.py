@@ -21,6 +21,7 @@ import platform
 import sys
 
 import torch
+from detectron2.config import instantiate
 
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
 from focus_detr.analysis.timing import (
@@ -91,9 +92,9 @@ def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats, yards
     return stats
 
 
-def benchmark_training(model, batch, device, amp_dtype, warmup, repeats, yardstick):
+def benchmark_training(model, optimizer, batch, device, amp_dtype, warmup, repeats, yardstick):
+    """One step: forward, backward and the config's optimizer (its own implementation choices, e.g. fused, count)."""
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp_dtype == torch.float16)
 
     def one_step():
@@ -167,9 +168,11 @@ def main(args):
         batch = _training_batch(height, width, args.train_batch_size, args.train_boxes, num_classes)
         batch = [{**x, "image": x["image"].to(device)} for x in batch]
         yardstick = resnet50_yardstick(height, width, device)
+        cfg.optimizer.params.model = model
+        optimizer = instantiate(cfg.optimizer)
         results["train"] = {
             "inputs": f"synthetic {args.train_batch_size} x {height}x{width}, {args.train_boxes} boxes each",
-            **benchmark_training(model, batch, device, amp_dtype, args.warmup, args.repeats, yardstick),
+            **benchmark_training(model, optimizer, batch, device, amp_dtype, args.warmup, args.repeats, yardstick),
         }
         rows.append((f"train step (batch {args.train_batch_size})", results["train"]["inputs"], results["train"]))
     results.update(_headline(results))

@@ -19,4 +19,7 @@ AdamW = L(torch.optim.AdamW)(
     lr=1e-4,
     betas=(0.9, 0.999),
     weight_decay=1e-4,
+    # one kernel over all parameters (CPU and CUDA): ~3x faster than the per-parameter loop, same update up to
+    # float rounding
+    fused=True,
 )

@@ -46,6 +46,7 @@ from focus_detr.export import (
     export_metadata,
     export_onnx,
     match_detections,
+    require_packages,
 )
 from focus_detr.layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
 
@@ -171,6 +172,7 @@ def benchmark(model, predictors, sizes, warmup, repeats):
 
 
 def main(args):
+    require_packages("onnx", "onnxruntime")
     if args.opset < 16:
         raise ValueError(f"--opset must be >= 16 (GridSample), got {args.opset}")
     if args.warmup < 0 or args.repeats < 1 or args.threads < 1:

@@ -290,3 +290,14 @@ def test_predictor_reports_a_graph_that_cannot_run_an_image_in_one_line(tmp_path
     with pytest.raises(ValueError, match=r"onnxruntime cannot run .*fixed.onnx on a 5x4 image: .*Reshape") as info:
         predictor(torch.zeros(3, 5, 4, dtype=torch.uint8))
     assert "\n" not in str(info.value)
+
+
+def test_missing_onnx_packages_give_one_line(export_tool, tiny_export, tmp_path, monkeypatch, capfd):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(ValueError, match="^onnxruntime not installed: .*requirements/export.txt") as info:
+        OnnxPredictor(str(tiny_export / "model.onnx"))
+    assert "\n" not in str(info.value)
+    argv = ["--config-file", str(TINY_CONFIG), "--output", str(tmp_path / "out")]
+    assert export_tool.run_reporting_errors(export_tool.main, export_tool.parse_args(argv)) == 2
+    assert capfd.readouterr().err.strip() == f"error: {info.value}"
+    assert not (tmp_path / "out").exists()

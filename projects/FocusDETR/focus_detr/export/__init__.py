@@ -1,6 +1,14 @@
 """Deployment: ONNX export of the inference path (one graph, any input size, batch 1) and an onnxruntime predictor."""
 from .compare import match_detections
-from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES, ExportableFocusDETR, export_metadata, export_onnx
+from .onnx_export import (
+    DEFAULT_OPSET,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    ExportableFocusDETR,
+    export_metadata,
+    export_onnx,
+    require_packages,
+)
 from .predictor import OnnxPredictor
 from .ranking import QUERY_RANKING_OUTPUT, RANK_REL_TOL, ForcedQueryRanking, graph_with_query_ranking
 
@@ -17,4 +25,5 @@ __all__ = [
     "export_onnx",
     "graph_with_query_ranking",
     "match_detections",
+    "require_packages",
 ]

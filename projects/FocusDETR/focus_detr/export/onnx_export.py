@@ -7,6 +7,7 @@ tensor values during tracing and become graph computations feeding ``TopK``'s k.
 (``GuardOnDataDependentSymNode``). Deformable attention is written in standard operators by
 :func:`focus_detr.layers.ms_deform_attn_onnx.onnx_msda_symbolic`.
 """
+import importlib.util
 import time
 import warnings
 from typing import Dict, Optional, Sequence, Tuple
@@ -24,6 +25,7 @@ __all__ = [
     "ExportableFocusDETR",
     "export_onnx",
     "export_metadata",
+    "require_packages",
 ]
 
 DEFAULT_OPSET = 17
@@ -31,6 +33,16 @@ INPUT_NAME = "image"
 # boxes (K, 4) xyxy input pixels, scores (K,), labels (K,) int64; then per encoder layer the foreground tokens it
 # updates (J,) and its fine-grained tokens (J,), and the decoder queries (1,)
 OUTPUT_NAMES = ("boxes", "scores", "labels", "encoder_token_counts", "fine_grained_token_counts", "num_queries")
+
+
+def require_packages(*names: str) -> None:
+    """One line naming those of ``names`` (``onnx``, ``onnxruntime``) that are not installed."""
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(
+            f"{' and '.join(missing)} not installed: ONNX export and onnxruntime inference need "
+            "requirements/export.txt (scripts/setup_env.sh installs it)"
+        )
 
 
 def _length(tensor: torch.Tensor, dim: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-from .onnx_export import INPUT_NAME, OUTPUT_NAMES
+from .onnx_export import INPUT_NAME, OUTPUT_NAMES, require_packages
 from .ranking import QUERY_RANKING_OUTPUT, graph_with_query_ranking
 
 __all__ = ["OnnxPredictor"]
@@ -36,6 +36,7 @@ class OnnxPredictor:
     def __init__(
         self, path: str, num_threads: Optional[int] = None, spin_wait: bool = True, query_ranking: bool = False
     ):
+        require_packages("onnxruntime", *(["onnx"] if query_ranking else []))
         import onnxruntime
 
         if not os.path.isfile(path):

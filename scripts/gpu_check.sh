@@ -295,7 +295,7 @@ fi
 if [[ ! -f tools/export_model.py ]]; then
     skipped onnx_export "tools/export_model.py does not exist in this checkout"
 elif ! "$PYTHON" -c 'import onnx, onnxruntime' 2> /dev/null; then
-    # not in the GPU wheel bundle (about 35 MB of wheels); the export runs wherever requirements/export.txt is installed
+    # not in the GPU wheel bundle (100 MB installed here); the export runs wherever requirements/export.txt is installed
     skipped onnx_export "onnx / onnxruntime do not import here (requirements/export.txt)"
 elif [[ $DRY_RUN == 1 ]]; then
     stage onnx_export 90 "dry run: tiny config, 160x160" -- "$PYTHON" tools/export_model.py \

@@ -52,3 +52,68 @@ def test_class_count_mismatch_names_both_counts(tmp_path):
     assert str(error.value) == (
         "model.num_classes is 5 but dataset 'checks_classes' has 1 class (tree): set model.num_classes=1"
     )
+
+
+def _register_coco(tmp_path, name, edit):
+    """The one-image dataset of ``_register`` with its json changed by ``edit(coco)``."""
+    _register(tmp_path, name, [[1, 2, 3, 4]])
+    json_file = tmp_path / f"{name}.json"
+    coco = json.loads(json_file.read_text())
+    edit(coco)
+    json_file.write_text(json.dumps(coco))
+    return name, json_file
+
+
+def _crowd_only(coco):
+    coco["annotations"][0]["iscrowd"] = 1
+
+
+def _no_annotations(coco):
+    coco["annotations"] = []
+
+
+def _no_images(coco):
+    coco["images"], coco["annotations"] = [], []
+
+
+@pytest.mark.parametrize("edit", [_crowd_only, _no_annotations])
+def test_a_dataset_with_no_usable_image_is_one_line_naming_it(tmp_path, edit):
+    name, json_file = _register_coco(tmp_path, "checks_unusable", edit)
+    with pytest.raises(ValueError) as error:
+        get_checked_dataset_dicts(name, filter_empty=True)
+    assert str(error.value) == (
+        f"No valid data found in dataset 'checks_unusable' ({json_file}): no image has a box that is not crowd "
+        "(iscrowd 0), and training uses only such images"
+    )
+    assert len(get_checked_dataset_dicts(name, filter_empty=False)) == 1  # evaluation keeps images without boxes
+
+
+def test_a_dataset_without_images_is_named(tmp_path):
+    name, json_file = _register_coco(tmp_path, "checks_no_images", _no_images)
+    with pytest.raises(ValueError) as error:
+        get_checked_dataset_dicts(name, filter_empty=False)
+    assert str(error.value) == f"dataset 'checks_no_images' ({json_file}) is empty: it lists no images"
+
+
+def _unknown_category(coco):
+    coco["annotations"][0]["category_id"] = 7
+
+
+def _no_categories(coco):
+    coco["categories"] = []
+
+
+@pytest.mark.parametrize("edit, why", [
+    (_unknown_category, ": annotation id 100 of image_id 10 has category_id 7, which is not among the json's "
+                        "categories (ids 1); add the category or fix the annotation"),
+    (_no_categories, " has no categories: list its classes in the json's 'categories'"),
+])
+def test_a_category_missing_from_the_json_is_named_by_loader_and_class_check(tmp_path, edit, why):
+    name, json_file = _register_coco(tmp_path, "checks_categories", edit)
+    expected = f"dataset 'checks_categories' ({json_file}){why}"
+    with pytest.raises(ValueError) as error:
+        check_num_classes(1, name)  # loads the dataset to learn its classes
+    assert str(error.value) == expected
+    with pytest.raises(ValueError) as error:
+        get_checked_dataset_dicts(name)
+    assert str(error.value) == expected

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from cli_output import shows_traceback
 from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
 
 
@@ -81,3 +82,47 @@ def test_batched_evaluation_warns_that_scores_change(train_net, toy_dataset, cap
     assert code == 0
     batched = [m for m in records.messages if "dataloader.test.batch_size is 2" in m and "changes their scores" in m]
     assert bool(batched) == warned
+
+
+def _register_edited(name, root, edit):
+    from toy_detector import register_toy_dataset
+
+    register_toy_dataset(name, root, num_images=3)
+    json_file = os.path.join(root, "toy.json")
+    with open(json_file) as f:
+        coco = json.load(f)
+    edit(coco)
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    return json_file
+
+
+def _crowd_only(coco):
+    for annotation in coco["annotations"]:
+        annotation["iscrowd"] = 1
+
+
+def _unknown_category(coco):
+    coco["annotations"][1]["category_id"] = 7
+
+
+@pytest.mark.parametrize("edit, mode, why", [
+    (_crowd_only, "train", "No valid data found in dataset '{name}' ({json}): no image has a box that is not crowd "
+                           "(iscrowd 0), and training uses only such images"),
+    (_unknown_category, "train", "dataset '{name}' ({json}): annotation id 2 of image_id 2 has category_id 7, which is "
+                                 "not among the json's categories (ids 1); add the category or fix the annotation"),
+    (_unknown_category, "eval", "dataset '{name}' ({json}): annotation id 2 of image_id 2 has category_id 7, which is "
+                                "not among the json's categories (ids 1); add the category or fix the annotation"),
+])
+def test_unusable_dataset_is_one_line_before_training_or_evaluation(train_net, toy_dataset, capsys, tmp_path, edit,
+                                                                    mode, why):
+    name = f"focus_detr_toy{edit.__name__}_{mode}"
+    json_file = _register_edited(name, str(tmp_path / "data"), edit)
+    out = tmp_path / "out"
+    split = "train" if mode == "train" else "test"
+    argv = [f"dataloader.{split}.dataset.names={name}", "train.max_iter=2", f"train.output_dir={out}"]
+    code, err = _run(train_net, capsys, *(["--eval-only"] if mode == "eval" else []), *argv)
+    assert code == 2
+    assert [line for line in err if line.startswith("error:")] == ["error: " + why.format(name=name, json=json_file)]
+    assert not shows_traceback("\n".join(err) + "\n")
+    assert not (out / "eval_results.json").exists() and not list(out.glob("model_*.pth"))

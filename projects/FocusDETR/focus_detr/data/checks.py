@@ -1,12 +1,15 @@
-"""Checks on detectron2 datasets before they are used: annotations the evaluator and the losses can trust, and the
-number of classes a model must have for them.
+"""Checks on detectron2 datasets before they are used: annotations the evaluator and the losses can trust, the
+number of classes a model must have for them, and one-line errors (instead of detectron2's bare assertions and
+KeyErrors) for a dataset with no usable image and for a category id the json's ``categories`` lack.
 
 A NaN or infinite box is refused, never dropped: the COCO evaluator reads the dataset's json file itself, so a box
 dropped from the training dicts would still be scored (a NaN ground-truth box silently raised AP from 0.228 to 0.320).
 The same loader function serves training and test data, so both refuse the same boxes.
 """
+import contextlib
 import json
 import math
+import re
 
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 
@@ -64,10 +67,68 @@ def check_finite_boxes(dataset_dicts, names):
             )
 
 
+def _json_of(name):
+    json_file = MetadataCatalog.get(name).get("json_file", None)
+    return f" ({json_file})" if json_file else ""
+
+
+def _category_problem(names):
+    """A message naming the first json of ``names`` without ``categories``, or the first annotation (dataset, json,
+    annotation and image id) whose ``category_id`` is not among its json's ``categories``; None when there is none."""
+    for name in names:
+        json_file = MetadataCatalog.get(name).get("json_file", None)
+        if not json_file:
+            continue
+        with open(json_file) as f:
+            coco = json.load(f)
+        known = sorted(c.get("id") for c in coco.get("categories", []))
+        if not known:
+            return f"dataset {name!r} ({json_file}) has no categories: list its classes in the json's 'categories'"
+        for annotation in coco.get("annotations", []):
+            if annotation.get("category_id") not in known:
+                shown = ", ".join(map(str, known[:10])) + (", ..." if len(known) > 10 else "")
+                return (
+                    f"dataset {name!r} ({json_file}): annotation id {annotation.get('id')} of image_id "
+                    f"{annotation.get('image_id')} has category_id {annotation.get('category_id')}, which is not "
+                    f"among the json's categories (ids {shown}); add the category or fix the annotation"
+                )
+    return None
+
+
+@contextlib.contextmanager
+def _dataset_errors_in_one_line(names):
+    """Turns detectron2's errors for unusable datasets (assertions, a KeyError for an unknown category) into
+    ValueErrors that name the dataset and say what is wrong; other errors pass unchanged."""
+    try:
+        yield
+    except (KeyError, ValueError) as error:
+        # detectron2: a KeyError for an unknown category id, min() of no category ids for a json without categories
+        known_symptom = "does not exist in 'categories'" in str(error) or "empty sequence" in str(error)
+        message = _category_problem(names) if known_symptom else None
+        if message is None:
+            raise
+        raise ValueError(message) from None
+    except AssertionError as error:
+        text = str(error)
+        empty = re.fullmatch(r"Dataset '(.*)' is empty!", text)
+        if empty:
+            name = empty.group(1)
+            raise ValueError(f"dataset {name!r}{_json_of(name)} is empty: it lists no images") from None
+        if text.startswith("No valid data found in "):
+            shown = ", ".join(f"{name!r}{_json_of(name)}" for name in names)
+            raise ValueError(
+                f"No valid data found in dataset {shown}: no image has a box that is not crowd (iscrowd 0), and "
+                "training uses only such images"
+            ) from None
+        raise
+
+
 def get_checked_dataset_dicts(names, filter_empty=True, **kwargs):
     """detectron2's ``get_detection_dataset_dicts`` (same arguments), refusing non-finite boxes
-    (:func:`check_finite_boxes`)."""
-    dataset_dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty, **kwargs)
+    (:func:`check_finite_boxes`), and with one-line ValueErrors for an empty dataset, a dataset left with no image
+    by ``filter_empty`` ("No valid data found") and a category id the json's ``categories`` lack."""
+    with _dataset_errors_in_one_line(_as_list(names)):
+        dataset_dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty, **kwargs)
     check_finite_boxes(dataset_dicts, names)
     return dataset_dicts
 
@@ -77,7 +138,8 @@ def dataset_classes(name):
     when first loaded, so the dataset is loaded if needed."""
     metadata = MetadataCatalog.get(name)
     if metadata.get("thing_classes", None) is None:
-        DatasetCatalog.get(name)
+        with _dataset_errors_in_one_line([name]):
+            DatasetCatalog.get(name)
     return metadata.get("thing_classes", None)
 
 

@@ -110,6 +110,14 @@ def benchmark_training(model, optimizer, batch, device, amp_dtype, warmup, repea
     return stats
 
 
+def _optimizer_of(cfg, model):
+    """The config's optimizer; for a model-only config (no ``optimizer``), AdamW as the training configs set it."""
+    if "optimizer" in cfg:
+        cfg.optimizer.params.model = model
+        return instantiate(cfg.optimizer)
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+
+
 def _headline(results):
     """The flat summary keys of ``--json`` (None for a task not run)."""
     inference, train = results.get("inference"), results.get("train")
@@ -168,8 +176,7 @@ def main(args):
         batch = _training_batch(height, width, args.train_batch_size, args.train_boxes, num_classes)
         batch = [{**x, "image": x["image"].to(device)} for x in batch]
         yardstick = resnet50_yardstick(height, width, device)
-        cfg.optimizer.params.model = model
-        optimizer = instantiate(cfg.optimizer)
+        optimizer = _optimizer_of(cfg, model)
         results["train"] = {
             "inputs": f"synthetic {args.train_batch_size} x {height}x{width}, {args.train_boxes} boxes each",
             **benchmark_training(model, optimizer, batch, device, amp_dtype, args.warmup, args.repeats, yardstick),

@@ -11,7 +11,7 @@ from tools_test_utils import FIXTURE_CONFIG, REPO_ROOT, load_script, toy_dataset
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "checkpoint"))
 from cli_output import error_lines, shows_traceback  # noqa: E402 (tests/engine, on sys.path via tools_test_utils)
-from hostile_files import MALICIOUS_FORMATS, write_malicious  # noqa: E402
+from hostile_files import MALICIOUS_FORMATS, damaged_files, write_malicious  # noqa: E402
 
 TOY_CONFIG = os.path.join(REPO_ROOT, "tests", "engine", "toy_config.py")
 
@@ -66,3 +66,14 @@ def test_malicious_weights_run_no_code_and_get_one_line(entry_point, name, toy_d
                       f"weights file ({'only arrays' if name.endswith(('.pkl', '.weights')) else 'only tensors'}, "
                       "numbers, strings and containers)"]
     assert not shows_traceback(captured.out + captured.err)
+
+
+def test_damaged_weights_get_one_line_naming_the_file_from_train_net(toy_dataset, tmp_path, capsys):
+    for description, path in damaged_files(tmp_path).items():
+        code = _train_net(path, tmp_path, eval_only=True)
+        captured = capsys.readouterr()
+        assert code == 2, description
+        verb = "use" if "layout" in description else "read"
+        lines = error_lines(captured.err)
+        assert len(lines) == 1 and lines[0].startswith(f"error: cannot {verb} checkpoint {path}: "), (description, lines)
+        assert not shows_traceback(captured.out + captured.err), description

@@ -105,9 +105,10 @@ class Kill:
 class Trial:
     index: int
     kills: List[Kill] = field(default_factory=list)
-    resumed_at: List[int] = field(default_factory=list)  # the iteration each --resume started from
+    resumed_at: List[int] = field(default_factory=list)  # the iteration each --resume started training at
     removed_temporary_files: int = 0
     fell_back: int = 0  # resumes that skipped an unreadable checkpoint
+    finished_before_kill: bool = False  # a kill after the final checkpoint: --resume said there is nothing to do
     problems: List[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -127,6 +128,7 @@ class _Run:
         self._reader = open(log_path, "rb")
         self._reader.seek(0, os.SEEK_END)
         self._text = b""
+        self.left_before = set(self.temporary_files())  # by an earlier killed run; not this run's writes
         self.start = time.monotonic()
         self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
                                         start_new_session=True)
@@ -318,11 +320,13 @@ def check_output(output_dir, expected):
     return problems
 
 
-def _record_resume(trial, log_path, log_offset):
+def _record_resume(trial, run, log_path, log_offset):
+    """Notes where a ``--resume`` run started and what its log says it cleaned up or skipped."""
     with open(log_path, errors="replace") as f:
         f.seek(log_offset)
         text = f.read()
-    trial.resumed_at += [int(m) for m in re.findall(r"Resuming at iteration (\d+)", text)]
+    if run.start_iteration is not None:
+        trial.resumed_at.append(run.start_iteration)
     trial.removed_temporary_files += sum(int(m) for m in re.findall(r"Removed (\d+) temporary file", text))
     trial.fell_back += len(re.findall(r"the newest readable checkpoint, instead of", text))
 
@@ -342,11 +346,12 @@ def run_trial(args, index, folder, reference, expected, max_iter, saves):
         run = _Run(_train_argv(args, output_dir, resume=number > 0), _env(args), log_path, output_dir, args.run_timeout)
         try:
             killed = run.wait(_trigger(kill, rng, reference, max_iter, saves) if kill else None)
-            writing = [_TEMPORARY.match(name).group(1) for name in run.temporary_files()] if killed else []
+            writing = [_TEMPORARY.match(name).group(1) for name in set(run.temporary_files()) - run.left_before
+                       ] if killed else []
         finally:
             run.close()
         if number > 0:
-            _record_resume(trial, log_path, offset)
+            _record_resume(trial, run, log_path, offset)
         if kill is not None:
             kill.landed = _where(run, writing) if killed else "missed: the run finished first"
             kill.mid_write = any(name.endswith(".pth") for name in writing)
@@ -356,6 +361,7 @@ def run_trial(args, index, folder, reference, expected, max_iter, saves):
         error = _last_error(log_path)
         # a kill after the final checkpoint leaves a finished run: --resume must say so
         finished_before = number > 0 and run.process.returncode == 2 and error.startswith("error: nothing to resume in")
+        trial.finished_before_kill = finished_before
         if run.process.returncode != 0 and not finished_before:
             trial.problems.append(f"run {number + 1} exited {run.process.returncode}: {error}")
         break
@@ -368,7 +374,10 @@ def run_trial(args, index, folder, reference, expected, max_iter, saves):
 def _describe(trial):
     kills = "; ".join(
         f"{k.kind}{' ' + k.target if k.target else ''} +{k.after_s:.2f}s -> {k.landed}" for k in trial.kills)
-    resumed = f"resumed at {trial.resumed_at}" if trial.resumed_at else "no resume"
+    resumes = [f"resumed at {trial.resumed_at}"] if trial.resumed_at else []
+    if trial.finished_before_kill:
+        resumes.append("--resume: nothing to resume (killed after the final checkpoint)")
+    resumed = ", ".join(resumes) or "no resume"
     extra = (f", removed {trial.removed_temporary_files} temporary file(s)" if trial.removed_temporary_files else "") + (
         f", fell back {trial.fell_back}x" if trial.fell_back else "")
     verdict = "OK" if trial.ok else "FAIL: " + "; ".join(trial.problems)

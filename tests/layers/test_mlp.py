@@ -57,3 +57,13 @@ def test_ffn_without_autograd_and_with_dropout_match_the_plain_layers():
     torch.manual_seed(1)
     hidden = ffn.dropout(torch.relu(ffn.linear1(x)))
     assert torch.allclose(out, x + ffn.dropout(ffn.linear2(hidden)), rtol=0, atol=1e-6)
+
+
+def test_ffn_trains_under_autocast():
+    torch.manual_seed(0)
+    ffn = FFN(16, 64).train()
+    x = torch.randn(2, 7, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ffn(x)
+    out.float().sum().backward()
+    assert x.grad is not None and ffn.linear1.weight.grad is not None and torch.isfinite(x.grad).all()

@@ -84,7 +84,13 @@ class FFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., embed_dim)`` -> ``(..., embed_dim)``."""
-        if torch.is_grad_enabled() and not (self.training and self.dropout.p > 0) and not torch.jit.is_tracing():
+        # Its backward runs outside autocast, with the forward's dtypes: under autocast, the module path.
+        if (
+            torch.is_grad_enabled()
+            and not (self.training and self.dropout.p > 0)
+            and not torch.jit.is_tracing()
+            and not torch.is_autocast_enabled(x.device.type)
+        ):
             rows = x.reshape(-1, x.shape[-1])
             out = _LinearReLULinear.apply(
                 rows, self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias

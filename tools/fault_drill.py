@@ -8,7 +8,8 @@ tree config shortened by ``DRILL_OVERRIDES`` (8 iterations at 128 px, a checkpoi
 evaluation); ``key=value`` pairs on this command line come after them. A trial kills 1..``--max-kills`` runs, each
 at a moment drawn from ``--seed``:
 
-- ``anytime``: a delay after launch, uniform over the uninterrupted run's duration (start-up included);
+- ``anytime``: a delay after launch, uniform up to when the uninterrupted run wrote its final checkpoint (start-up
+  included);
 - ``step``: a random part of a step after the log shows a random iteration of those the run still has to do;
 - ``save``: a random part of the write time after the temporary file of a random checkpoint appears, so the kill
   lands while the checkpoint is being written (the file is checked for at the moment of the kill).
@@ -85,9 +86,11 @@ def parse_args(argv=None):
 
 @dataclass
 class Reference:
-    """What the uninterrupted run took: seconds from launch to exit, per step, and per checkpoint write."""
+    """What the uninterrupted run took: seconds from launch to exit and to its final checkpoint write, per step, and
+    per checkpoint write."""
 
     total_s: float
+    final_save_s: float
     step_s: float
     write_s: dict
 
@@ -223,6 +226,7 @@ def run_reference(args, folder):
     steps = [b - a for a, b in zip(seen, seen[1:])]
     reference = Reference(
         total_s=time.monotonic() - run.start,
+        final_save_s=(run.first_write("model_final.pth") or time.monotonic()) - run.start,
         step_s=statistics.median(steps) if steps else 0.5,
         write_s={final: max(last - first, _POLL_S) for final, first, last in run.temporaries.values()
                  if final.endswith(".pth")},
@@ -241,8 +245,8 @@ def _trigger(kill, rng, reference, max_iter, saves):
     drawn among the moments the run still has ahead once its start iteration is logged: for ``step``, the start of
     training (-1) or an iteration's log line; for ``save``, a checkpoint's temporary file appearing."""
     u_anchor, u_delay = rng.random(), rng.random()
-    if kill.kind == "anytime":
-        kill.after_s = u_delay * reference.total_s
+    if kill.kind == "anytime":  # up to the final save: a kill after it rarely lands before the run exits
+        kill.after_s = u_delay * reference.final_save_s
         return lambda run: run.start + kill.after_s
 
     def trigger(run):

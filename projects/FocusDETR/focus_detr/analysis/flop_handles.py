@@ -10,9 +10,10 @@ from typing import Any, Dict, List
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 
+from ..layers.ms_deform_attn_op import OP_NAME
+
 __all__ = ["MSDA_FLOP_HANDLES", "flop_count_analysis", "msda_flop_handle", "msda_flops", "register_flop_handles"]
 
-MSDA_OP_NAME = "focus_detr::ms_deform_attn"
 
 
 def msda_flops(batch: int, num_queries: int, num_heads: int, num_levels: int, num_points: int, head_dim: int) -> int:
@@ -33,7 +34,7 @@ def msda_flop_handle(inputs: List[Any], outputs: List[Any]) -> Counter:
     return Counter({"ms_deform_attn": msda_flops(batch, num_queries, num_heads, num_levels, num_points, head_dim)})
 
 
-MSDA_FLOP_HANDLES: Dict[str, Any] = {MSDA_OP_NAME: msda_flop_handle}
+MSDA_FLOP_HANDLES: Dict[str, Any] = {OP_NAME: msda_flop_handle}
 
 # No multiply-adds, so fvcore should not report them as unsupported: the traced shape reads of
 # ``layers.traced_shapes`` and the boolean padding masks (``mask | ~valid``).

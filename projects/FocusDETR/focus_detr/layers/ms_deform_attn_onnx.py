@@ -22,9 +22,10 @@ from typing import Iterator
 import torch
 from torch.onnx import symbolic_helper
 
-__all__ = ["MSDA_ONNX_FORMS", "MSDA_OP_NAME", "onnx_msda_symbolic"]
+from .ms_deform_attn_op import OP_NAME
 
-MSDA_OP_NAME = "focus_detr::ms_deform_attn"
+__all__ = ["MSDA_ONNX_FORMS", "onnx_msda_symbolic"]
+
 MSDA_ONNX_FORMS = ("grid_sample", "gather")
 _MIN_OPSET = {"grid_sample": 16, "gather": 13}  # GridSample; ReduceSum / Unsqueeze with axes as an input
 _FLOAT = 1  # onnx.TensorProto.FLOAT
@@ -164,8 +165,8 @@ def onnx_msda_symbolic(opset: int, form: str = "grid_sample") -> Iterator[None]:
         # ``backend`` names the eager kernel; the ONNX form replaces every backend alike.
         return build(g, value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
-    torch.onnx.register_custom_op_symbolic(MSDA_OP_NAME, symbolic, opset)
+    torch.onnx.register_custom_op_symbolic(OP_NAME, symbolic, opset)
     try:
         yield
     finally:
-        torch.onnx.unregister_custom_op_symbolic(MSDA_OP_NAME, opset)
+        torch.onnx.unregister_custom_op_symbolic(OP_NAME, opset)

@@ -17,11 +17,12 @@ Examples:
 """
 import argparse
 import json
+import os
 import platform
 import sys
 
 import torch
-from detectron2.config import instantiate
+from detectron2.config import LazyConfig, instantiate
 
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
 from focus_detr.analysis.timing import (
@@ -110,12 +111,17 @@ def benchmark_training(model, optimizer, batch, device, amp_dtype, warmup, repea
     return stats
 
 
+# What the training configs train with; a model-only config (no ``optimizer``) is timed with it too.
+COMMON_OPTIMIZER_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "common", "optim.py"
+)
+
+
 def _optimizer_of(cfg, model):
-    """The config's optimizer; for a model-only config (no ``optimizer``), AdamW as the training configs set it."""
-    if "optimizer" in cfg:
-        cfg.optimizer.params.model = model
-        return instantiate(cfg.optimizer)
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    """The config's optimizer, else the training configs' (``configs/common/optim.py`` ``AdamW``)."""
+    optimizer = cfg.optimizer if "optimizer" in cfg else LazyConfig.load(COMMON_OPTIMIZER_CONFIG).AdamW
+    optimizer.params.model = model
+    return instantiate(optimizer)
 
 
 def _headline(results):

@@ -197,7 +197,7 @@ def multi_scale_deformable_attention(
     im2col_step: int = 64,
     backend: Optional[str] = None,
 ) -> Tensor:
-    """MSDA on the best available backend; shapes in the module docstring. Returns ``(B, Q, H * C)`` in value's dtype.
+    """MSDA on the best available backend; shapes in :mod:`.ms_deform_attn_reference`. Returns ``(B, Q, H * C)`` in value's dtype.
 
     Args:
         value: ``(B, S, H, C)`` contiguous floating tensor.

@@ -110,7 +110,8 @@ class DINODecoder(nn.Module):
         attn_mask: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """queries ``(B, Q, C)``; reference_boxes ``(B, Q, 4)`` normalised cxcywh; memory ``(B, N, C)``,
-        memory_padding_mask ``(B, N)`` True = padding, or None (nothing padded); valid_ratios ``(B, L, 2)``; box_heads: one box-delta head per layer (refinement).
+        memory_padding_mask ``(B, N)`` True = padding, or None (nothing padded); valid_ratios ``(B, L, 2)``;
+        box_heads: one box-delta head per layer (refinement).
 
         Returns the normalised hidden states ``(num_layers, B, Q, C)`` and each layer's refined boxes
         ``(num_layers, B, Q, 4)``.

@@ -152,7 +152,7 @@ class ForcedDecisions:
         self.model, self.report, self.prefix = model, report, prefix
         self.foreground_inds, self.fine_grained, self.query_boxes = foreground_inds, fine_grained, query_boxes
         self.forced_foreground = False
-        self.proposals = self.proposal_boxes = None
+        self.proposals = self.memory = None
         self.undo: List[Callable] = []
 
     def __enter__(self):
@@ -164,18 +164,17 @@ class ForcedDecisions:
             for j, layer in enumerate(transformer.encoder.layers):
                 self._patch(layer, "select_fine_grained", self._fine_grained_chooser(j, layer.select_fine_grained))
         if self.query_boxes is not None:
-            # Our proposal boxes, to find the official queries by: the encoder box head's output plus the token
-            # proposals, as the transformer adds them.
-            project = transformer.project_memory
+            # Our proposal boxes, to find the official queries by: the encoder box head over every token plus the
+            # token proposals (the transformer itself runs the box head on the chosen tokens only).
+            proposals_of = transformer.two_stage_proposals
 
-            def project_and_keep(memory, padding_mask, spatial_shapes):
-                projected, proposals = project(memory, padding_mask, spatial_shapes)
-                self.proposals = proposals
-                return projected, proposals
+            def proposals_and_keep(padding_mask, spatial_shapes):
+                self.proposals = proposals_of(padding_mask, spatial_shapes)
+                return self.proposals
 
-            self._patch(transformer, "project_memory", project_and_keep)
-            handle = self.model.bbox_embed[-1].register_forward_hook(
-                lambda module, inputs, output: setattr(self, "proposal_boxes", (output + self.proposals).sigmoid())
+            self._patch(transformer, "two_stage_proposals", proposals_and_keep)
+            handle = transformer.encoder.register_forward_hook(
+                lambda module, inputs, output: setattr(self, "memory", output[0])
             )
             self.undo.append(handle.remove)
             self._patch(transformer, "select_queries", self._query_chooser(transformer.select_queries))
@@ -218,13 +217,20 @@ class ForcedDecisions:
 
         return choose_official
 
+    def _proposal_boxes(self) -> torch.Tensor:
+        """``(B, N, 4)`` sigmoid boxes of every token's two-stage proposal in the current forward."""
+        transformer = self.model.transformer
+        proposals, ignored = self.proposals
+        return (self.model.bbox_embed[-1](transformer.project_memory(self.memory, ignored)) + proposals).sigmoid()
+
     def _query_chooser(self, choose: Callable) -> Callable:
         def choose_official(proposal_scores):
             ours = choose(proposal_scores)
-            official, distance = nearest_rows(self.query_boxes, self.proposal_boxes)
+            proposal_boxes = self._proposal_boxes()
+            official, distance = nearest_rows(self.query_boxes, proposal_boxes)
             found = distance <= BOX_TOL
             # Tokens with the same box (e.g. padding, whose proposals are all infinite) are interchangeable: keep ours.
-            ours_boxes = self.proposal_boxes.gather(1, ours[..., None].expand(-1, -1, 4))
+            ours_boxes = proposal_boxes.gather(1, ours[..., None].expand(-1, -1, 4))
             if ours_boxes.shape == self.query_boxes.shape:
                 same_box = (ours_boxes - self.query_boxes.to(ours_boxes)).abs().max(-1)[0] <= BOX_TOL
                 official = torch.where(same_box, ours, official)

@@ -130,7 +130,7 @@ def test_queries_are_found_by_their_boxes_and_taken_in_the_official_order(check_
     boxes = torch.tensor([[[0.1, 0.1, 0.2, 0.2], [0.3, 0.3, 0.1, 0.1], [0.6, 0.5, 0.2, 0.3], [0.9, 0.9, 0.1, 0.1]]])
     official = boxes[:, [0, 2, 1]] + 1e-6
     forced = check_parity.ForcedDecisions(None, report, "", query_boxes=official)
-    forced.proposal_boxes = boxes
+    forced._proposal_boxes = lambda: boxes
     chosen = forced._query_chooser(lambda s: s.topk(3, dim=1)[1])(scores)
     assert chosen.tolist() == [[0, 2, 1]]
     assert report.ok

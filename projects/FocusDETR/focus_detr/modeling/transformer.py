@@ -156,12 +156,18 @@ class FocusDETRTransformer(nn.Module):
                 module.init_weights()
         nn.init.normal_(self.level_embeds)
 
-    def project_memory(self, memory: torch.Tensor, padding_mask: torch.Tensor, spatial_shapes) -> Tuple:
-        """Zero padded and border tokens, then Linear + LayerNorm. memory ``(B, N, C)`` -> ``(B, N, C)``, and the
-        token proposals ``(B, N, 4)``."""
+    def two_stage_proposals(
+        self, padding_mask: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """padding_mask ``(B, N)`` -> the token proposals ``(B, N, 4)`` (inverse-sigmoid space, see
+        :func:`token_proposals`) and which tokens the two-stage head ignores ``(B, N, 1)`` bool (padded or too close
+        to the border)."""
         proposals, valid = token_proposals(padding_mask, spatial_shapes, self.proposal_base_size)
-        memory = memory.masked_fill(padding_mask[..., None] | ~valid, 0.0)
-        return self.enc_output_norm(self.enc_output(memory)), proposals
+        return proposals, padding_mask[..., None] | ~valid
+
+    def project_memory(self, memory: torch.Tensor, ignored: torch.Tensor) -> torch.Tensor:
+        """Zero the ignored tokens ``(B, N, 1)``, then Linear + LayerNorm. memory ``(B, N, C)`` -> ``(B, N, C)``."""
+        return self.enc_output_norm(self.enc_output(memory.masked_fill(ignored, 0.0)))
 
     def select_queries(self, proposal_scores: torch.Tensor) -> torch.Tensor:
         """proposal_scores ``(B, N)`` (each token's best class logit) -> the tokens that become decoder queries
@@ -193,7 +199,8 @@ class FocusDETRTransformer(nn.Module):
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([valid_ratios_of(m) for m in masks], 1)
 
-        selector_input, _ = self.project_memory(tokens + pos, padding_mask, spatial_shapes_list)
+        proposals, ignored = self.two_stage_proposals(padding_mask, spatial_shapes_list)
+        selector_input = self.project_memory(tokens + pos, ignored)
         selection = self.foreground_selector(selector_input, padding_mask, spatial_shapes_list)
         # Nothing padded (e.g. a batch of one image): the deformable attention has no value tokens to zero, and
         # skips the (B, N, C) masking in each of its 12 calls and, in training, their backward.
@@ -209,13 +216,19 @@ class FocusDETRTransformer(nn.Module):
             category_head=class_heads[-1],
         )
 
-        proposal_memory, proposals = self.project_memory(memory, padding_mask, spatial_shapes_list)
-        proposal_logits = class_heads[-1](proposal_memory)
-        proposal_coords = box_heads[-1](proposal_memory) + proposals
-        topk_inds = self.select_queries(proposal_logits.max(-1)[0])
+        # Every token is ranked, but only the Q chosen ones reach a loss or an output: rank without a graph, then
+        # project and score just those (a training step no longer carries the box head over all N tokens, nor the
+        # backward of zeros through the other N - Q rows).
+        with torch.no_grad():
+            proposal_scores = class_heads[-1](self.project_memory(memory, ignored)).max(-1)[0]
+        topk_inds = self.select_queries(proposal_scores)
         num_queries = topk_inds.shape[1]
-        topk_coords = proposal_coords.gather(1, topk_inds[..., None].expand(-1, -1, 4))
-        encoder_logits = proposal_logits.gather(1, topk_inds[..., None].expand(-1, -1, proposal_logits.shape[-1]))
+        selected_memory = self.project_memory(
+            memory.gather(1, topk_inds[..., None].expand(-1, -1, memory.shape[-1])),
+            ignored.gather(1, topk_inds[..., None]),
+        )
+        encoder_logits = class_heads[-1](selected_memory)
+        topk_coords = box_heads[-1](selected_memory) + proposals.gather(1, topk_inds[..., None].expand(-1, -1, 4))
 
         reference_boxes = topk_coords.detach().sigmoid()
         queries = self.tgt_embed.weight[None, :num_queries].repeat(tokens.shape[0], 1, 1)

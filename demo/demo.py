@@ -29,7 +29,14 @@ from detectron2.utils.visualizer import Visualizer
 
 from focus_detr.analysis.token_maps import save_foreground_figure, save_token_figure
 from focus_detr.data import read_image
-from focus_detr.engine import AtomicDetectionCheckpointer, build_model, load_config, resolve_device
+from focus_detr.engine import (
+    AtomicDetectionCheckpointer,
+    amp_autocast,
+    build_model,
+    inference_amp_dtype,
+    load_config,
+    resolve_device,
+)
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.export import OnnxPredictor
@@ -74,6 +81,7 @@ def _model_input(image_rgb, resize):
 
 
 def _pytorch_predictor(cfg, device, show_tokens):
+    amp_dtype = inference_amp_dtype(cfg, device)  # train.inference_amp: bfloat16 autocast when enabled
     model = build_model(cfg, device)
     init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
     if init_checkpoint:
@@ -84,9 +92,10 @@ def _pytorch_predictor(cfg, device, show_tokens):
 
     @torch.no_grad()
     def predict(model_input):
-        if show_tokens:
-            return model.forward_inference([model_input], return_token_selection=True)[0]
-        return model([model_input])[0]
+        with amp_autocast(device, amp_dtype):
+            if show_tokens:
+                return model.forward_inference([model_input], return_token_selection=True)[0]
+            return model([model_input])[0]
 
     return predict
 
@@ -107,6 +116,8 @@ def main(args):
         raise ValueError("--show-tokens draws the PyTorch model's token selection; it cannot be used with --onnx")
     cfg = load_config(args.config_file, args.opts)
     if args.onnx:
+        if inference_amp_dtype(cfg, "cpu") is not None:
+            raise ValueError("train.inference_amp autocasts the PyTorch model; the --onnx graph runs in float32")
         device, onnx_predictor = "cpu", OnnxPredictor(args.onnx)
 
         def predictor(item):

@@ -10,9 +10,14 @@ machines and loads. ``--json`` writes ``inference_s``, ``yardstick_s``, ``ratio_
 ``train_ratio_to_yardstick`` and ``peak_rss_mib`` (CPU: the peak resident set over the timed phases; CUDA: the peak
 allocated) plus per-task details.
 
+Precision: inference runs under the config's ``train.inference_amp``, the training step under ``train.amp`` (both
+off by default: float32); ``--amp`` turns both on (``auto``: bfloat16 where supported). ``--compare-fp32`` also runs
+the model in float32 in every round, interleaved, and reports ``fp32_ms`` and ``ratio_to_fp32`` per task.
+
 Examples:
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --input-size 800 1333
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cuda --amp --json bench.json
+    python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --amp --compare-fp32
     python tools/benchmark.py --config-file configs/focus_detr_r18_trees.py --dataset-images 9 --tasks inference
 """
 import argparse
@@ -35,7 +40,14 @@ from focus_detr.analysis.timing import (
     summarize,
     time_interleaved,
 )
-from focus_detr.engine import build_model, load_config, resolve_amp_dtype, resolve_device
+from focus_detr.engine import (
+    build_model,
+    inference_amp_dtype,
+    load_config,
+    resolve_amp_dtype,
+    resolve_device,
+    training_amp_dtype,
+)
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from detectron2.structures import Boxes, Instances
@@ -45,7 +57,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if visible)")
-    parser.add_argument("--amp", action="store_true", help="autocast (bfloat16 where supported, else float16)")
+    parser.add_argument("--amp", action="store_true",
+                        help="autocast inference and training (bfloat16 where supported, else float16), whatever "
+                             "train.inference_amp / train.amp say")
+    parser.add_argument("--compare-fp32", action="store_true",
+                        help="with autocast on: also time float32 runs, interleaved, and report the ratio")
     parser.add_argument("--tasks", nargs="+", choices=("inference", "train"), default=["inference", "train"])
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=[800, 1333])
     parser.add_argument("--dataset-images", type=int, default=0, metavar="N",
@@ -75,38 +91,51 @@ def _training_batch(height, width, batch_size, num_boxes, num_classes, seed=0):
     return batch
 
 
-def _interleaved_with_yardstick(function, yardstick, device, warmup, repeats):
-    """:func:`summarize` of ``function``'s times, with ``yardstick_ms`` (median) and ``ratio_to_yardstick``."""
+def _interleaved_with_yardstick(function, yardstick, device, warmup, repeats, fp32_function=None):
+    """:func:`summarize` of ``function``'s times, with ``yardstick_ms`` (median) and ``ratio_to_yardstick``; with
+    ``fp32_function`` (the same work in float32) also ``fp32_ms`` and ``ratio_to_fp32``, from the same rounds."""
     reset_peak_memory(device)
-    seconds = time_interleaved({"model": function, "yardstick": yardstick}, device, warmup, repeats)
+    functions = {"model": function, "yardstick": yardstick}
+    if fp32_function is not None:
+        functions["fp32"] = fp32_function
+    seconds = time_interleaved(functions, device, warmup, repeats)
     stats = summarize(seconds["model"])
     stats["peak_memory_mib"] = peak_memory_mib(device)
     stats["yardstick_ms"] = summarize(seconds["yardstick"])["median_ms"]
     stats["ratio_to_yardstick"] = median_ratio(seconds["model"], seconds["yardstick"])
+    if fp32_function is not None:
+        stats["fp32_ms"] = summarize(seconds["fp32"])["median_ms"]
+        stats["ratio_to_fp32"] = median_ratio(seconds["model"], seconds["fp32"])
     return stats
 
 
-def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats, yardstick):
+def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats, yardstick, compare_fp32=False):
     one_image = inference_call(model, inputs, device, amp_dtype)
-    stats = _interleaved_with_yardstick(one_image, yardstick, device, warmup, repeats)
+    fp32_image = inference_call(model, inputs, device) if compare_fp32 else None
+    stats = _interleaved_with_yardstick(one_image, yardstick, device, warmup, repeats, fp32_image)
     stats["images_per_s"] = 1000.0 / stats["median_ms"]
     return stats
 
 
-def benchmark_training(model, optimizer, batch, device, amp_dtype, warmup, repeats, yardstick):
+def benchmark_training(model, optimizer, batch, device, amp_dtype, warmup, repeats, yardstick, compare_fp32=False):
     """One step: forward, backward and the config's optimizer (its own implementation choices, e.g. fused, count)."""
     model.train()
-    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp_dtype == torch.float16)
 
-    def one_step():
-        with autocast_for(device, amp_dtype):
-            losses = sum(model(batch).values())
-        optimizer.zero_grad()
-        scaler.scale(losses).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    def step_in(dtype):
+        scaler = torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)
 
-    stats = _interleaved_with_yardstick(one_step, yardstick, device, warmup, repeats)
+        def one_step():
+            with autocast_for(device, dtype):
+                losses = sum(model(batch).values())
+            optimizer.zero_grad()
+            scaler.scale(losses).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+        return one_step
+
+    fp32_step = step_in(None) if compare_fp32 else None
+    stats = _interleaved_with_yardstick(step_in(amp_dtype), yardstick, device, warmup, repeats, fp32_step)
     stats["images_per_s"] = len(batch) * 1000.0 / stats["median_ms"]
     return stats
 
@@ -138,6 +167,10 @@ def _headline(results):
     }
 
 
+def _dtype_name(dtype):
+    return str(dtype).replace("torch.", "") if dtype is not None else None
+
+
 def _hardware(device):
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -149,7 +182,13 @@ def main(args):
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)
     device = resolve_device(args.device)
-    amp_dtype = resolve_amp_dtype("auto", device) if args.amp else None
+    inference_dtype, train_dtype = inference_amp_dtype(cfg, device), training_amp_dtype(cfg, device)
+    if args.amp:
+        inference_dtype = inference_dtype or resolve_amp_dtype("auto", device)
+        train_dtype = train_dtype or resolve_amp_dtype("auto", device)
+    # only where autocast is on: a float32 run against itself says nothing
+    compare = {"inference": args.compare_fp32 and inference_dtype is not None,
+               "train": args.compare_fp32 and train_dtype is not None}
     # no train.init_checkpoint: the weights' values do not change the work done (token counts follow the keep
     # ratios), so nothing is read or downloaded
     model = build_model(cfg, device)
@@ -158,7 +197,8 @@ def main(args):
         "config_file": args.config_file,
         "device": device,
         "hardware": _hardware(device),
-        "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
+        "inference_amp_dtype": _dtype_name(inference_dtype),
+        "train_amp_dtype": _dtype_name(train_dtype),
         "torch": torch.__version__,
     }
     rows = []
@@ -174,7 +214,9 @@ def main(args):
         results["inference"] = {
             "inputs": described,
             "yardstick_input": list(yardstick_size),
-            **benchmark_inference(model, inputs, device, amp_dtype, args.warmup, args.repeats, yardstick),
+            **benchmark_inference(
+                model, inputs, device, inference_dtype, args.warmup, args.repeats, yardstick, compare["inference"]
+            ),
         }
         rows.append(("inference (batch 1)", described, results["inference"]))
     if "train" in args.tasks:
@@ -185,12 +227,15 @@ def main(args):
         optimizer = _optimizer_of(cfg, model)
         results["train"] = {
             "inputs": f"synthetic {args.train_batch_size} x {height}x{width}, {args.train_boxes} boxes each",
-            **benchmark_training(model, optimizer, batch, device, amp_dtype, args.warmup, args.repeats, yardstick),
+            **benchmark_training(
+                model, optimizer, batch, device, train_dtype, args.warmup, args.repeats, yardstick, compare["train"]
+            ),
         }
         rows.append((f"train step (batch {args.train_batch_size})", results["train"]["inputs"], results["train"]))
     results.update(_headline(results))
 
-    print(f"{args.config_file} on {results['hardware']} ({device}, amp: {results['amp_dtype'] or 'off'})")
+    print(f"{args.config_file} on {results['hardware']} ({device}, autocast: inference "
+          f"{results['inference_amp_dtype'] or 'off'}, training {results['train_amp_dtype'] or 'off'})")
     header = (f"{'task':<22}{'inputs':<40}{'median ms':>11}{'mean ms':>10}{'images/s':>10}{'yardstick ms':>14}"
               f"{'x yardstick':>13}{'peak MiB':>10}")
     print(header + "\n" + "-" * len(header))
@@ -199,6 +244,10 @@ def main(args):
               f"{stats['images_per_s']:>10.2f}{stats['yardstick_ms']:>14.1f}{stats['ratio_to_yardstick']:>13.2f}"
               f"{stats['peak_memory_mib']:>10.0f}")
     print("x yardstick: median over rounds of (this run / the interleaved torchvision resnet50() forward, fp32, batch 1)")
+    for task, described, stats in rows:
+        if "ratio_to_fp32" in stats:
+            print(f"{task}: autocast {stats['median_ms']:.1f} ms vs float32 {stats['fp32_ms']:.1f} ms interleaved, "
+                  f"median ratio {stats['ratio_to_fp32']:.2f}x")
     if torch.device(device).type == "cpu":
         print("peak MiB on CPU = peak resident set size of the whole process during that task")
     if args.json:

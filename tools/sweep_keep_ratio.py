@@ -23,6 +23,7 @@ from focus_detr.engine import (
     build_model,
     check_datasets_registered,
     evaluate,
+    inference_amp_dtype,
     load_config,
     resolve_device,
 )
@@ -56,10 +57,10 @@ def _settings(model, args):
     return settings
 
 
-def _latency_ms(model, inputs, device, warmup):
+def _latency_ms(model, inputs, device, warmup, amp_dtype):
     from focus_detr.analysis.timing import inference_latency
 
-    return inference_latency(model, inputs, device, warmup, len(inputs))["median_ms"]
+    return inference_latency(model, inputs, device, warmup, len(inputs), amp_dtype)["median_ms"]
 
 
 def write_plot(rows, path):
@@ -97,6 +98,7 @@ def main(args):
     if "evaluator" in cfg.dataloader:
         cfg.dataloader.evaluator.output_dir = args.output
     device = resolve_device(args.device)
+    amp_dtype = inference_amp_dtype(cfg, device)  # latency in the precision the evaluation runs in
     model = build_model(cfg, device)
     if cfg.train.init_checkpoint:
         AtomicDetectionCheckpointer(model).load(cfg.train.init_checkpoint)
@@ -111,7 +113,9 @@ def main(args):
         with keep_ratios_applied(model, keep_ratio, cascade):
             metrics = evaluate(cfg, model).get("bbox", {})
             gflops = count_flops(model, flop_inputs).total / 1e9
-            latency = _latency_ms(model, latency_inputs, device, args.latency_warmup) if latency_inputs else ""
+            latency = ""
+            if latency_inputs:
+                latency = _latency_ms(model, latency_inputs, device, args.latency_warmup, amp_dtype)
         rows.append(
             {
                 "setting": name,

@@ -245,8 +245,30 @@ def test_automatic_backend_on_cpu():
     if os.environ.get(BACKEND_ENV_VAR):
         pytest.skip(f"{BACKEND_ENV_VAR} is set in the environment")
     assert select_backend(value) == ("cpu" if HAS_CPU_KERNEL else "pytorch")
-    # float16 has no CPU kernel: the reference runs
-    assert select_backend(value.half()) == "pytorch"
+    # float16/bfloat16 (autocast) run the kernel on a float32 copy of value
+    assert select_backend(value.half()) == ("cpu" if HAS_CPU_KERNEL else "pytorch")
+    assert select_backend(value.bfloat16()) == ("cpu" if HAS_CPU_KERNEL else "pytorch")
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_kernel_samples_reduced_precision_value_in_float32(dtype):
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(
+        [(6, 7), (3, 4)], queries=9, channels=4, dtype=torch.float32
+    )
+    value = value.to(dtype).requires_grad_()
+    locations.requires_grad_()
+    output = multi_scale_deformable_attention(
+        value, spatial_shapes, level_start_index, locations, weights, backend="cpu"
+    )
+    assert output.dtype == dtype
+    # the float32 result of the same (rounded) value, rounded once (float32 accumulation inside): within one
+    # rounding of the output dtype
+    expected = oracle(value.detach().float(), spatial_shapes, level_start_index, locations.detach(), weights)
+    torch.testing.assert_close(output.float(), expected, rtol=torch.finfo(dtype).eps, atol=1e-5)
+    output.float().sum().backward()
+    assert value.grad.dtype == dtype and locations.grad.dtype == torch.float32
+    assert torch.isfinite(value.grad.float()).all() and value.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS_UNDER_TEST)

@@ -142,3 +142,30 @@ def test_bad_inputs_are_rejected_with_a_clear_error(parity_fixture):
         model([item])
     with pytest.raises(ValueError, match="instances"):
         model(_fixture_inputs(parity_fixture))
+
+
+def test_bfloat16_autocast_computes_in_bfloat16_and_returns_float32_detections(tiny_model, parity_fixture):
+    item = _fixture_inputs(parity_fixture)[:1]
+    linear_dtypes = set()
+    hooks = [
+        module.register_forward_hook(lambda module, inputs, output: linear_dtypes.add(output.dtype))
+        for module in tiny_model.modules()
+        if isinstance(module, torch.nn.Linear)
+    ]
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = tiny_model.forward_inference(item, return_token_selection=True)[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    full = tiny_model.forward_inference(item, return_token_selection=True)[0]
+    # the dense layers ran in bfloat16, the heads (scores, boxes) in float32
+    assert linear_dtypes == {torch.bfloat16, torch.float32}
+    instances = low["instances"]
+    assert instances.scores.dtype == torch.float32 and instances.pred_boxes.tensor.dtype == torch.float32
+    assert torch.all(instances.scores[:-1] >= instances.scores[1:])
+    # close to float32 where no ranking decision intervenes yet: the foreground scores of every token
+    low_logits, full_logits = low["token_selection"]["foreground_logits"], full["token_selection"]["foreground_logits"]
+    assert low_logits.dtype == torch.float32
+    deviation = (low_logits - full_logits).abs().max().item()
+    assert 0 < deviation < 0.05 * full_logits.abs().max().item()

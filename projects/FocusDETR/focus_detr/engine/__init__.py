@@ -1,6 +1,6 @@
 """Training / evaluation machinery used by ``train_net.py`` and ``tools/``: config loading with checked overrides,
-the training step (AMP on CPU/GPU, gradient clipping), atomic checkpoints with exact resume (RNG + data position),
-EMA, evaluation."""
+the training step (AMP on CPU/GPU, gradient clipping), the autocast settings of training and inference, atomic
+checkpoints with exact resume (RNG + data position), EMA, evaluation."""
 from .checkpoint import AtomicDetectionCheckpointer, atomic_write
 from .config import (
     ConfigError,
@@ -13,13 +13,15 @@ from .config import (
 from .evaluation import evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restore_rank_state
 from .optim import LrFactorByName
+from .precision import amp_autocast, inference_amp_dtype, resolve_amp_dtype, training_amp_dtype
 from .rng import capture_rng_state, isolated_rng, restore_rng_state
 from .runner import build_model, run_evaluation, run_training, wrap_ddp
 from .train_loader import ResumableTrainLoader, build_resumable_train_loader
-from .trainer import DetrTrainer, resolve_amp_dtype
+from .trainer import DetrTrainer
 
 __all__ = [
     "AtomicDetectionCheckpointer",
+    "amp_autocast",
     "atomic_write",
     "ConfigError",
     "DetrTrainer",
@@ -35,6 +37,7 @@ __all__ = [
     "check_output_dir",
     "check_override_keys",
     "evaluate",
+    "inference_amp_dtype",
     "isolated_rng",
     "load_config",
     "resolve_amp_dtype",
@@ -43,5 +46,6 @@ __all__ = [
     "restore_rng_state",
     "run_evaluation",
     "run_training",
+    "training_amp_dtype",
     "wrap_ddp",
 ]

@@ -1,11 +1,13 @@
 """COCO-style evaluation of a model on the config's test loader."""
 import logging
 
+import torch
 from detectron2.config import instantiate
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 
 from ..data import check_num_classes
 from .config import _dataset_names_in
+from .precision import amp_autocast, inference_amp_dtype
 
 __all__ = ["check_model_classes", "evaluate"]
 
@@ -13,7 +15,8 @@ logger = logging.getLogger(__name__)
 
 
 def evaluate(cfg, model):
-    """Runs ``cfg.dataloader.test`` through ``model`` and scores it with ``cfg.dataloader.evaluator``.
+    """Runs ``cfg.dataloader.test`` through ``model`` (under autocast when ``train.inference_amp`` is enabled) and
+    scores it with ``cfg.dataloader.evaluator``.
 
     Returns:
         dict: e.g. ``{"bbox": {"AP": ..., "AP50": ..., ...}}`` (empty dict on non-main ranks of a DDP run).
@@ -27,9 +30,12 @@ def evaluate(cfg, model):
             f"dataloader.test.batch_size is {batch_size}: images of different sizes share a padded batch, which "
             "changes their scores (AP 0.595 at batch 1 vs 0.511 at batch 4 on trees_val); report numbers at batch 1"
         )
+    device = _model_device(model)
+    amp_dtype = inference_amp_dtype(cfg, device)
     loader = instantiate(cfg.dataloader.test)  # loads (and checks) the test data before the evaluator reads it
     check_model_classes(model, cfg.dataloader.test)
-    results = inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))
+    with amp_autocast(device, amp_dtype):
+        results = inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))
     if results:
         print_csv_format(results)
     return results or {}
@@ -41,3 +47,8 @@ def check_model_classes(model, dataloader_node):
     num_classes = getattr(getattr(model, "module", model), "num_classes", None)
     if num_classes is not None:
         check_num_classes(num_classes, _dataset_names_in(dataloader_node))
+
+
+def _model_device(model):
+    parameter = next(iter(model.parameters()), None)
+    return parameter.device if parameter is not None else torch.device("cpu")

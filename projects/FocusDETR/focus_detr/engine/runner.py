@@ -14,7 +14,8 @@ from .config import ConfigError, resolve_device
 from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restore_rank_state
 from .rng import restore_rng_state
-from .trainer import DetrTrainer, resolve_amp_dtype
+from .precision import inference_amp_dtype, training_amp_dtype
+from .trainer import DetrTrainer
 
 __all__ = ["build_model", "run_training", "run_evaluation", "wrap_ddp"]
 
@@ -60,7 +61,8 @@ def run_training(cfg, resume=False):
         check_model_classes(model, cfg.dataloader.test)
     model = wrap_ddp(model, cfg, device)
 
-    amp_dtype = resolve_amp_dtype(cfg.train.amp.get("precision", "auto"), device) if cfg.train.amp.enabled else None
+    amp_dtype = training_amp_dtype(cfg, device)
+    inference_amp_dtype(cfg, device)  # checked now, not at the first evaluation
     clip = cfg.train.get("clip_grad", None) or {}
     trainer = DetrTrainer(
         model,

@@ -5,21 +5,9 @@ import torch
 from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import get_event_storage
 
-__all__ = ["DetrTrainer", "resolve_amp_dtype"]
+from .precision import amp_autocast
 
-
-def resolve_amp_dtype(precision, device):
-    """``"auto"`` -> bfloat16 where the device computes it natively (CPU, CUDA with bf16 support) else float16;
-    ``"bfloat16"``/``"bf16"``/``"float16"``/``"fp16"`` -> that dtype."""
-    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if precision == "auto":
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
-    if precision not in names:
-        raise ValueError(f"train.amp.precision must be one of auto, {', '.join(names)}; got {precision!r}")
-    return names[precision]
+__all__ = ["DetrTrainer"]
 
 
 class DetrTrainer(SimpleTrainer):
@@ -61,7 +49,7 @@ class DetrTrainer(SimpleTrainer):
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
-        with torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with amp_autocast(self.device_type, self.amp_dtype):
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}

@@ -3,7 +3,8 @@
 Backends (see :func:`available_backends`, :func:`select_backend`):
     ``pytorch``  the reference (:func:`~focus_detr.layers.ms_deform_attn_reference.multi_scale_deformable_attention_pytorch`):
                  any device/dtype, differentiable;
-    ``cpu``      compiled C++ kernel (float32/float64 CPU tensors);
+    ``cpu``      compiled C++ kernel (float32/float64 CPU tensors; a float16/bfloat16 value, e.g. under autocast, is
+                 sampled from a float32 copy and the result cast back);
     ``cuda``     compiled CUDA kernel (float32/float16/bfloat16/float64 CUDA tensors; float32 accumulation,
                  float64 for float64).
 Automatic choice: the compiled kernel for the tensor's device when it supports the dtype, else the reference (with a
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 BACKEND_ENV_VAR = "FOCUS_DETR_MSDA_BACKEND"
 BACKENDS = ("pytorch", "cpu", "cuda")
 
-_CPU_KERNEL_DTYPES = (torch.float32, torch.float64)
+_CPU_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _CUDA_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -69,7 +70,7 @@ def _kernel_unavailable_reason(backend: str, value: Tensor) -> Optional[str]:
         if value.device.type != "cpu":
             return f"value is on {value.device}, the cpu kernel needs CPU tensors"
         if value.dtype not in _CPU_KERNEL_DTYPES:
-            return f"the cpu kernel supports float32/float64, value is {value.dtype}"
+            return f"the cpu kernel supports float32/float64/float16/bfloat16, value is {value.dtype}"
         return None
     if backend == "cuda":
         if not _C.has_cuda():

@@ -1,4 +1,5 @@
 """The Focus-DETR meta-architecture: image batching, backbone, neck, transformer, heads, losses and inference."""
+import contextlib
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -162,15 +163,21 @@ class FocusDETR(nn.Module):
         return self.transformer(features, masks, pos_embeds, self.class_embed, self.bbox_embed, denoising)
 
     def predict(self, out: TransformerOutput):
-        """Per decoder layer class logits ``(L, B, P+Q, K)`` and boxes ``(L, B, P+Q, 4)`` (normalised cxcywh)."""
-        input_boxes = torch.cat([out.initial_boxes[None], out.refined_boxes[:-1]], 0)
-        logits = torch.stack([head(h) for head, h in zip(self.class_embed, out.hidden_states)])
-        boxes = torch.stack(
-            [
-                (head(h) + inverse_sigmoid(ref)).sigmoid()
-                for head, h, ref in zip(self.bbox_embed, out.hidden_states, input_boxes)
-            ]
-        )
+        """Per decoder layer class logits ``(L, B, P+Q, K)`` and boxes ``(L, B, P+Q, 4)`` (normalised cxcywh).
+
+        In float32 also under autocast: the scores rank the detections and the boxes become pixel coordinates, both
+        finer than bfloat16's 8 bits resolve (ties, pixel steps at 1333 px); these heads are small next to the rest.
+        """
+        with _float32_under_autocast(self.device.type):
+            hidden_states = out.hidden_states.float()
+            input_boxes = torch.cat([out.initial_boxes[None], out.refined_boxes[:-1]], 0).float()
+            logits = torch.stack([head(h) for head, h in zip(self.class_embed, hidden_states)])
+            boxes = torch.stack(
+                [
+                    (head(h) + inverse_sigmoid(ref)).sigmoid()
+                    for head, h, ref in zip(self.bbox_embed, hidden_states, input_boxes)
+                ]
+            )
         return logits, boxes
 
     def forward(self, batched_inputs: List[Dict]):
@@ -250,13 +257,20 @@ class FocusDETR(nn.Module):
         return results
 
 
+def _float32_under_autocast(device_type: str):
+    """A region without autocast when it is on for ``device_type``; otherwise nothing changes (float32 runs as is)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def token_selection_of(out: TransformerOutput, index: int) -> Dict:
     """The selector's and encoder's token choices for image ``index`` of a batch."""
     selection = out.selection
     return {
         "spatial_shapes": out.spatial_shapes,
         "level_start_index": out.level_start_index,
-        "foreground_logits": selection.foreground_logits[index, :, 0],
+        "foreground_logits": selection.foreground_logits[index, :, 0].float(),  # bfloat16 under autocast
         "foreground_inds": [inds[index, : int(selection.focus_token_nums[index])] for inds in selection.foreground_inds],
         "fine_grained_inds": [inds[index] for inds in out.fine_grained_inds],
     }

@@ -8,7 +8,8 @@ batch 1, same input size and threads, never autocast), and times are also report
 it: ``ratio_to_yardstick`` (inference) and ``train_ratio_to_yardstick`` (one training step), comparable across
 machines and loads. ``--json`` writes ``inference_s``, ``yardstick_s``, ``ratio_to_yardstick``, ``train_step_s``,
 ``train_ratio_to_yardstick`` and ``peak_rss_mib`` (CPU: the peak resident set over the timed phases; CUDA: the peak
-allocated) plus per-task details.
+allocated) plus per-task details, and ``glibc_tunables`` (the environment's ``GLIBC_TUNABLES``: allocator settings change both
+the model's and the yardstick's times on CPU).
 
 Precision: inference runs under the config's ``train.inference_amp``, the training step under ``train.amp`` (both
 off by default: float32); ``--amp`` turns both on (``auto``: bfloat16 where supported). ``--compare-fp32`` also runs
@@ -200,6 +201,8 @@ def main(args):
         "inference_amp_dtype": _dtype_name(inference_dtype),
         "train_amp_dtype": _dtype_name(train_dtype),
         "torch": torch.__version__,
+        # glibc's allocator settings move both the model's and the yardstick's times (README "Benchmarks")
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     }
     rows = []
     if "inference" in args.tasks:

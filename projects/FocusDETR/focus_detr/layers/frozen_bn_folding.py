@@ -34,11 +34,7 @@ class FrozenBNFoldingConv2d(Conv2d):
         return weight, bias
 
     def _folded_parameters(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        if torch.compiler.is_compiling() or (
-            torch.is_grad_enabled() and (self.weight.requires_grad or getattr(self.bias, "requires_grad", False))
-        ):
-            # Under torch.compile the cache's data_ptr keys cannot be traced (a graph break per convolution once a
-            # new input size recompiles); in the graph the fold is cheap, and inductor's freezing precomputes it.
+        if torch.is_grad_enabled() and (self.weight.requires_grad or getattr(self.bias, "requires_grad", False)):
             return self._fold()
         norm = self.norm
         sources = (self.weight, self.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)

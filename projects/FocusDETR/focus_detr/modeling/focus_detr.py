@@ -20,21 +20,6 @@ from .denoising import ContrastiveDenoising, DenoisingQueries, split_denoising_o
 from .transformer import FocusDETRTransformer, TransformerOutput
 
 
-def compile_static_parts_of(model: "FocusDETR") -> List[nn.Module]:
-    """Compiles, in place (``nn.Module.compile``: state dict and module tree unchanged, compiled lazily on the first
-    call), the modules whose work depends on the image size only; returns them. The token selection between them
-    (data-dependent counts, top-k) stays eager. Freezing lets inductor fuse each convolution with its bias, ReLU and
-    residual add and pre-pack the weights, which is where the measured gain comes from."""
-    parts = [model.backbone, model.neck, *model.transformer.decoder.layers]
-    parts += [layer.ffn for layer in model.transformer.encoder.layers]
-    # Every part compiles Module._call_impl, one code object: dynamo's per-code cache must hold an entry per part and
-    # per shape regime (static first size, dynamic after), else the parts past its limit silently run eager.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(parts))
-    for part in parts:
-        part.compile(options={"freezing": True})
-    return parts
-
-
 @META_ARCH_REGISTRY.register()
 class FocusDETR(nn.Module):
     """Focus-DETR ("Less is More: Focus Attention for Efficient DETR").
@@ -55,10 +40,6 @@ class FocusDETR(nn.Module):
             inference and in training (same state dict; outputs and gradients equal up to float rounding).
         backbone_channels_last: feed the backbone channels-last (NHWC) images, the layout oneDNN convolutions run
             fastest in on CPUs (same results up to float rounding); for convolutional backbones.
-        compile_static_parts: ``torch.compile`` (inductor, with freezing) the parts whose shapes depend only on the
-            image size: backbone, neck, decoder layers and the encoder layers' FFNs. A different kernel order, so
-            outputs differ from eager by float rounding; the first call of each new input size compiles (tens of
-            seconds on a CPU). Off by default; see README "Benchmarks" for what it buys.
     """
 
     def __init__(
@@ -77,7 +58,6 @@ class FocusDETR(nn.Module):
         class_prior_prob: float = 0.01,
         fold_frozen_batchnorm: bool = True,
         backbone_channels_last: bool = False,
-        compile_static_parts: bool = False,
     ):
         super().__init__()
         if num_classes < 1:
@@ -113,8 +93,6 @@ class FocusDETR(nn.Module):
         for head in self.bbox_embed:
             nn.init.constant_(head.layers[-1].weight, 0.0)
             nn.init.constant_(head.layers[-1].bias, 0.0)
-        if compile_static_parts:
-            compile_static_parts_of(self)
 
     @property
     def device(self) -> torch.device:

@@ -32,7 +32,6 @@ from detectron2.config import LazyConfig, instantiate
 
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
 from focus_detr.analysis.timing import (
-    autocast_for,
     inference_call,
     median_ratio,
     peak_memory_mib,
@@ -42,6 +41,7 @@ from focus_detr.analysis.timing import (
     time_interleaved,
 )
 from focus_detr.engine import (
+    amp_autocast,
     build_model,
     inference_amp_dtype,
     load_config,
@@ -126,7 +126,7 @@ def benchmark_training(model, optimizer, batch, device, amp_dtype, warmup, repea
         scaler = torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)
 
         def one_step():
-            with autocast_for(device, dtype):
+            with amp_autocast(device, dtype):
                 losses = sum(model(batch).values())
             optimizer.zero_grad()
             scaler.scale(losses).backward()

@@ -234,7 +234,8 @@ class ForcedDecisions:
         """``(B, N, 4)`` sigmoid boxes of every token's two-stage proposal in the current forward."""
         transformer = self.model.transformer
         proposals, ignored = self.proposals
-        return (self.model.bbox_embed[-1](transformer.project_memory(self.memory, ignored)) + proposals).sigmoid()
+        with torch.no_grad():  # only searched, never part of a loss
+            return (self.model.bbox_embed[-1](transformer.project_memory(self.memory, ignored)) + proposals).sigmoid()
 
     def _query_chooser(self, choose: Callable) -> Callable:
         def choose_official(proposal_scores):
@@ -249,11 +250,8 @@ class ForcedDecisions:
                 official = torch.where(same_box, ours, official)
             self.report.add(f"{self.prefix}query proposals found", distance, f"<= {BOX_TOL:g}", found)
             name = f"{self.prefix}query ranking"
-            if found and check_ranking(self.report, name, proposal_scores.float(), ours, official, True):
-                return official
-            if self.take_unchecked:
-                return official
-            return ours
+            agrees = found and check_ranking(self.report, name, proposal_scores.float(), ours, official, True)
+            return official if agrees or self.take_unchecked else ours
 
         return choose_official
 

@@ -1,6 +1,5 @@
 """Timing helpers for benchmarks: synchronised wall-clock, medians after warm-up, interleaved runs against a
 yardstick, peak memory."""
-import contextlib
 import os
 import resource
 import statistics
@@ -9,6 +8,8 @@ import time
 from typing import Callable, Dict, List
 
 import torch
+
+from ..engine.precision import amp_autocast
 
 __all__ = [
     "synchronize",
@@ -21,7 +22,6 @@ __all__ = [
     "inference_latency",
     "peak_memory_mib",
     "reset_peak_memory",
-    "autocast_for",
 ]
 
 
@@ -134,13 +134,6 @@ def peak_memory_mib(device):
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def autocast_for(device, amp_dtype):
-    """An autocast context for ``device`` with ``amp_dtype`` (None = full precision)."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=amp_dtype)
-
-
 def inference_call(model, inputs, device, amp_dtype=None) -> Callable[[], None]:
     """A function running ``model`` (put in eval mode) on one image per call, cycling through ``inputs`` (dataset
     dicts)."""
@@ -151,7 +144,7 @@ def inference_call(model, inputs, device, amp_dtype=None) -> Callable[[], None]:
     def one_image():
         item = inputs[position["next"] % len(inputs)]
         position["next"] += 1
-        with autocast_for(device, amp_dtype):
+        with amp_autocast(device, amp_dtype):
             model([{**item, "image": item["image"].to(device)}])
 
     return one_image

@@ -44,6 +44,15 @@ def test_ffn_gradients_equal_autograd_through_its_layers(input_needs_grad):
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
 
 
+def test_ffn_weight_gradients_come_in_the_parameters_layout():
+    # otherwise autograd copies each of them into a fresh buffer before accumulating it
+    torch.manual_seed(0)
+    ffn = FFN(16, 64).train()
+    out = ffn(torch.randn(2, 37, 16))
+    grads = torch.autograd.grad(out, list(ffn.parameters()), torch.randn(2, 37, 16))
+    assert all(grad.is_contiguous() for grad in grads)
+
+
 def test_ffn_without_autograd_and_with_dropout_match_the_plain_layers():
     torch.manual_seed(0)
     x = torch.randn(3, 5, 16)

@@ -28,7 +28,7 @@ class _LinearReLULinear(torch.autograd.Function):
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
         grad_x = grad_w1 = grad_b1 = grad_w2 = grad_b2 = None
         if need_w2:
-            grad_w2 = hidden.t().mm(grad_out).t()
+            grad_w2 = grad_out.t().mm(hidden)
         if need_b2:
             grad_b2 = grad_out.sum(0)
         if need_x or need_w1 or need_b1:
@@ -37,7 +37,7 @@ class _LinearReLULinear(torch.autograd.Function):
             if need_x:
                 grad_x = grad_hidden.mm(weight1)
             if need_w1:
-                grad_w1 = x.t().mm(grad_hidden).t()
+                grad_w1 = grad_hidden.t().mm(x)
             if need_b1:
                 grad_b1 = grad_hidden.sum(0)
         return grad_x, grad_w1, grad_b1, grad_w2, grad_b2

@@ -53,6 +53,19 @@ def test_ffn_weight_gradients_come_in_the_parameters_layout():
     assert all(grad.is_contiguous() for grad in grads)
 
 
+def test_ffn_without_autograd_in_blocks_of_rows_matches_the_plain_layers():
+    torch.manual_seed(0)
+    ffn = FFN(16, 64).eval()
+    ffn.inference_block_rows = 8  # 74 rows: nine full blocks and a partial one
+    x = torch.randn(2, 37, 16)
+    with torch.no_grad():
+        assert torch.allclose(ffn(x), _reference(ffn, x), rtol=0, atol=1e-6)
+        # traced, the graph must not keep the example's block count: it serves other token counts
+        traced = torch.jit.trace(ffn, x)
+        other = torch.randn(2, 60, 16)  # more rows than the traced blocks cover
+        assert torch.allclose(traced(other), _reference(ffn, other), rtol=0, atol=1e-6)
+
+
 def test_ffn_without_autograd_and_with_dropout_match_the_plain_layers():
     torch.manual_seed(0)
     x = torch.randn(3, 5, 16)

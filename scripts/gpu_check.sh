@@ -7,7 +7,7 @@
 #                   then every module the checks import must be found (bundle or environment; versions recorded)
 #   2. build        setup.py build_ext --inplace, MAX_JOBS = cores, FORCE_CUDA=1, arch of the visible GPU
 #      fixture      (in the background, on the CPU) a full-size R50 parity fixture, tools/make_parity_fixture.py
-#   3. gpu_tests    pytest -x -m gpu (tests/layers/test_ms_deform_attn_cuda.py and every other GPU test)
+#   3. gpu_tests    pytest -m gpu (tests/layers/test_ms_deform_attn_cuda.py and every other GPU test)
 #   4. msda         tools/benchmark_msda.py --device cuda: fp32/fp16/bf16, fwd and fwd+bwd, R50 encoder and decoder
 #   5. parity_tiny  tools/check_parity.py --device cuda on the official tiny fixture (TINY_FIXTURE)
 #      parity_r50   tools/check_parity.py --device cuda on the full-size fixture made on the CPU
@@ -242,10 +242,10 @@ PYTEST_LIMITS=()
 if [[ $DRY_RUN == 1 ]]; then
     stage gpu_tests_selected 60 "dry run: the GPU tests pytest -m gpu selects" -- \
         "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu --collect-only tests
-    planned gpu_tests "$PYTHON" -m pytest -x -q -p no:cacheprovider -ra -m gpu "${PYTEST_LIMITS[@]}" tests
+    planned gpu_tests "$PYTHON" -m pytest -q -p no:cacheprovider -ra -m gpu "${PYTEST_LIMITS[@]}" tests
 else
-    stage gpu_tests 150 "pytest -x -m gpu" -- \
-        "$PYTHON" -m pytest -x -q -p no:cacheprovider -ra -m gpu "${PYTEST_LIMITS[@]}" tests
+    stage gpu_tests 150 "pytest -m gpu" -- \
+        "$PYTHON" -m pytest -q -p no:cacheprovider -ra -m gpu "${PYTEST_LIMITS[@]}" tests
 fi
 
 # --- 4. kernel benchmark --------------------------------------------------------------------------------------------

@@ -139,12 +139,14 @@ def markdown(report) -> str:
         result = report.get(name)
         if not result:
             continue
-        lines += ["", f"{name} ({result.get('config_file')}, {result.get('device')}, amp {result.get('amp_dtype')}):"]
+        lines += ["", f"{name} ({result.get('config_file')}, {result.get('device')}):"]
         for task in ("inference", "train"):
             stats = result.get(task)
             if stats:
-                lines.append(f"- {task}: {stats.get('inputs')}: median {fmt(stats.get('median_ms'))} ms, "
-                             f"{fmt(stats.get('images_per_s'))} images/s, "
+                # tools/benchmark.py records each task's autocast dtype (None: float32)
+                precision = result.get(f"{task}_amp_dtype") or "float32"
+                lines.append(f"- {task} ({precision}): {stats.get('inputs')}: "
+                             f"median {fmt(stats.get('median_ms'))} ms, {fmt(stats.get('images_per_s'))} images/s, "
                              f"peak {fmt(stats.get('peak_memory_mib'), '.0f')} MiB")
     failed = [s for s in report["stages"] if s["status"] in ("failed", "timeout")]
     for s in failed:

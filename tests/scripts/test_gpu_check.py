@@ -66,3 +66,19 @@ def test_report_records_a_failed_stage_with_its_log(tmp_path):
     assert parity["worst_by_kind"]["pred_boxes"]["value"] == pytest.approx(3e-3)
     markdown = (out / "gpu_report.md").read_text()
     assert "## parity_tiny: failed (exit 1)" in markdown and "PARITY FAILED" in markdown
+
+
+def test_report_names_each_tasks_precision(tmp_path):
+    # tools/benchmark.py --json records the autocast dtype per task; the report must not call a bfloat16 run float32
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    (work / "stages.tsv").write_text("e2e_bf16\tok\t20\t0\tR50\tpython tools/benchmark.py --amp\n")
+    stats = {"inputs": "synthetic 800x1333", "median_ms": 58.5, "images_per_s": 17.1, "peak_memory_mib": 698}
+    (work / "e2e_bf16.json").write_text(json.dumps({
+        "config_file": "configs/focus_detr_r50_4scale_12ep.py", "device": "cuda", "inference_amp_dtype": "bfloat16",
+        "train_amp_dtype": None, "inference": stats, "train": {**stats, "median_ms": 234.4}}))
+    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "gpu_report.py"), "--work", str(work), "--out",
+                    str(out), "--dry-run", "0", "--total-s", "20", "--budget-s", "450"], check=True)
+    markdown = (out / "gpu_report.md").read_text()
+    assert "- inference (bfloat16): synthetic 800x1333: median 58.50 ms" in markdown
+    assert "- train (float32): synthetic 800x1333: median 234.40 ms" in markdown

@@ -15,11 +15,18 @@ Precision: inference runs under the config's ``train.inference_amp``, the traini
 off by default: float32); ``--amp`` turns both on (``auto``: bfloat16 where supported). ``--compare-fp32`` also runs
 the model in float32 in every round, interleaved, and reports ``fp32_ms`` and ``ratio_to_fp32`` per task.
 
+``--flop-floor`` also counts, after the timing, the multiply-adds each task executes in convolutions, matrix
+products and attention (a training step's backward included; ``focus_detr.analysis.flops.executed_multiply_adds``)
+and those of the yardstick: ``flop_ratio_to_yardstick`` / ``train_flop_ratio_to_yardstick``. A model that ran its
+multiply-adds at the yardstick's own rate would read exactly that many yardstick units, so a time ratio below it
+means the model computes faster per multiply-add than a plain ResNet-50 forward does on that machine.
+
 Examples:
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --input-size 800 1333
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cuda --amp --json bench.json
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --amp --compare-fp32
     python tools/benchmark.py --config-file configs/focus_detr_r18_trees.py --dataset-images 9 --tasks inference
+    python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --flop-floor
 """
 import argparse
 import json
@@ -30,6 +37,7 @@ import sys
 import torch
 from detectron2.config import LazyConfig, instantiate
 
+from focus_detr.analysis.flops import executed_multiply_adds
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
 from focus_detr.analysis.timing import (
     inference_call,
@@ -63,6 +71,8 @@ def parse_args(argv=None):
                              "train.inference_amp / train.amp say")
     parser.add_argument("--compare-fp32", action="store_true",
                         help="with autocast on: also time float32 runs, interleaved, and report the ratio")
+    parser.add_argument("--flop-floor", action="store_true",
+                        help="also count each task's multiply-adds against the yardstick's (after the timing)")
     parser.add_argument("--tasks", nargs="+", choices=("inference", "train"), default=["inference", "train"])
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=[800, 1333])
     parser.add_argument("--dataset-images", type=int, default=0, metavar="N",
@@ -110,15 +120,26 @@ def _interleaved_with_yardstick(function, yardstick, device, warmup, repeats, fp
     return stats
 
 
-def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats, yardstick, compare_fp32=False):
+def _flop_floor(task_run, yardstick):
+    """``gmac`` (multiply-adds of one ``task_run``, in G), ``yardstick_gmac`` and their ratio ``flop_ratio``."""
+    task, unit = executed_multiply_adds(task_run), executed_multiply_adds(yardstick)
+    return {"gmac": task / 1e9, "yardstick_gmac": unit / 1e9, "flop_ratio": task / unit}
+
+
+def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats, yardstick, compare_fp32=False,
+                        flop_floor=False):
     one_image = inference_call(model, inputs, device, amp_dtype)
     fp32_image = inference_call(model, inputs, device) if compare_fp32 else None
     stats = _interleaved_with_yardstick(one_image, yardstick, device, warmup, repeats, fp32_image)
     stats["images_per_s"] = 1000.0 / stats["median_ms"]
+    if flop_floor:
+        # the first image, whose size the yardstick runs at
+        stats.update(_flop_floor(inference_call(model, inputs[:1], device, amp_dtype), yardstick))
     return stats
 
 
-def benchmark_training(model, optimizer, batch, device, amp_dtype, warmup, repeats, yardstick, compare_fp32=False):
+def benchmark_training(model, optimizer, batch, device, amp_dtype, warmup, repeats, yardstick, compare_fp32=False,
+                       flop_floor=False):
     """One step: forward, backward and the config's optimizer (its own implementation choices, e.g. fused, count)."""
     model.train()
 
@@ -138,6 +159,8 @@ def benchmark_training(model, optimizer, batch, device, amp_dtype, warmup, repea
     fp32_step = step_in(None) if compare_fp32 else None
     stats = _interleaved_with_yardstick(step_in(amp_dtype), yardstick, device, warmup, repeats, fp32_step)
     stats["images_per_s"] = len(batch) * 1000.0 / stats["median_ms"]
+    if flop_floor:
+        stats.update(_flop_floor(step_in(amp_dtype), yardstick))
     return stats
 
 
@@ -165,6 +188,8 @@ def _headline(results):
         "train_step_s": train["median_ms"] / 1000 if train else None,
         "train_ratio_to_yardstick": train["ratio_to_yardstick"] if train else None,
         "peak_rss_mib": max(stats["peak_memory_mib"] for stats in timed) if timed else None,
+        "flop_ratio_to_yardstick": inference.get("flop_ratio") if inference else None,
+        "train_flop_ratio_to_yardstick": train.get("flop_ratio") if train else None,
     }
 
 
@@ -218,7 +243,8 @@ def main(args):
             "inputs": described,
             "yardstick_input": list(yardstick_size),
             **benchmark_inference(
-                model, inputs, device, inference_dtype, args.warmup, args.repeats, yardstick, compare["inference"]
+                model, inputs, device, inference_dtype, args.warmup, args.repeats, yardstick, compare["inference"],
+                args.flop_floor,
             ),
         }
         rows.append(("inference (batch 1)", described, results["inference"]))
@@ -231,7 +257,8 @@ def main(args):
         results["train"] = {
             "inputs": f"synthetic {args.train_batch_size} x {height}x{width}, {args.train_boxes} boxes each",
             **benchmark_training(
-                model, optimizer, batch, device, train_dtype, args.warmup, args.repeats, yardstick, compare["train"]
+                model, optimizer, batch, device, train_dtype, args.warmup, args.repeats, yardstick, compare["train"],
+                args.flop_floor,
             ),
         }
         rows.append((f"train step (batch {args.train_batch_size})", results["train"]["inputs"], results["train"]))
@@ -251,6 +278,11 @@ def main(args):
         if "ratio_to_fp32" in stats:
             print(f"{task}: autocast {stats['median_ms']:.1f} ms vs float32 {stats['fp32_ms']:.1f} ms interleaved, "
                   f"median ratio {stats['ratio_to_fp32']:.2f}x")
+    for task, described, stats in rows:
+        if "flop_ratio" in stats:
+            print(f"{task}: {stats['gmac']:.1f} GMAC in convolutions, matrix products and attention, "
+                  f"{stats['flop_ratio']:.2f}x the yardstick's {stats['yardstick_gmac']:.1f} GMAC: the time ratio "
+                  f"a model running at the yardstick's multiply-add rate would read")
     if torch.device(device).type == "cpu":
         print("peak MiB on CPU = peak resident set size of the whole process during that task")
     if args.json:

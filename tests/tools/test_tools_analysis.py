@@ -64,6 +64,27 @@ def test_benchmark_reports_latency_training_and_memory(tmp_path, capsys):
     assert result["peak_rss_mib"] == max(result[task]["peak_memory_mib"] for task in ("inference", "train")) > 0
     out = capsys.readouterr().out
     assert "median ms" in out and "x yardstick" in out
+    # counting is opt-in: without --flop-floor the headline keys say it was not done
+    assert result["flop_ratio_to_yardstick"] is None and "gmac" not in result["inference"]
+
+
+def test_benchmark_flop_floor_counts_each_task_against_the_yardstick(tmp_path, capsys):
+    benchmark = load_script("tools/benchmark.py", "benchmark")
+    json_path = tmp_path / "bench.json"
+    benchmark.main(benchmark.parse_args(
+        ["--config-file", FIXTURE_CONFIG, "--device", "cpu", "--input-size", "64", "96", "--warmup", "0",
+         "--repeats", "1", "--flop-floor", "--json", str(json_path)]
+    ))
+    result = json.loads(json_path.read_text())
+    inference, train = result["inference"], result["train"]
+    # the yardstick: torchvision's resnet50 at 64x96, its convolutions and its classifier
+    assert inference["yardstick_gmac"] == train["yardstick_gmac"] == pytest.approx(0.50251, rel=1e-4)
+    assert result["flop_ratio_to_yardstick"] == inference["flop_ratio"] == pytest.approx(
+        inference["gmac"] / inference["yardstick_gmac"])
+    # a training step is its forward plus a backward of about twice that
+    assert 2.0 * inference["gmac"] < train["gmac"] < 3.5 * inference["gmac"]
+    assert result["train_flop_ratio_to_yardstick"] == train["flop_ratio"]
+    assert "GMAC in convolutions, matrix products and attention" in capsys.readouterr().out
 
 
 def test_sweep_writes_csv_and_plot(toy_dataset, tmp_path):

@@ -1,13 +1,14 @@
 """Measuring models: FLOPs per module (with the project's fvcore handles), keep-ratio overrides, benchmark timing,
 token-selection pictures and a trivial baseline detector."""
 from .flop_handles import MSDA_FLOP_HANDLES, flop_count_analysis
-from .flops import FlopReport, count_flops
+from .flops import FlopReport, count_flops, executed_multiply_adds
 from .keep_ratios import dense_keep_ratios, foreground_selector_of, keep_ratios_applied
 
 __all__ = [
     "FlopReport",
     "MSDA_FLOP_HANDLES",
     "count_flops",
+    "executed_multiply_adds",
     "dense_keep_ratios",
     "flop_count_analysis",
     "foreground_selector_of",

@@ -9,15 +9,23 @@ always sum to the total.
 """
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import torch
 from detectron2.utils.analysis import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
+from torch.utils.flop_counter import FlopCounterMode
 
 from .flop_handles import register_flop_handles
 
-__all__ = ["FlopReport", "MODULE_GROUPS", "NOT_COUNTED_OPS", "count_flops", "sdpa_flop_handle"]
+__all__ = [
+    "FlopReport",
+    "MODULE_GROUPS",
+    "NOT_COUNTED_OPS",
+    "count_flops",
+    "executed_multiply_adds",
+    "sdpa_flop_handle",
+]
 
 # table row -> module names (relative to the model); first match wins, unmatched flops go to "other"
 MODULE_GROUPS = OrderedDict(
@@ -125,3 +133,40 @@ def count_flops(model, inputs: List[dict]) -> FlopReport:
         unsupported_ops=dict(unsupported),
         num_inputs=n,
     )
+
+
+def _attention_products(query_shape, key_shape, value_shape):
+    """Multiply-adds of ``QK^T`` and ``AV`` for ``(B, H, Lq, d)`` / ``(B, H, Lk, d)`` / ``(B, H, Lk, dv)``."""
+    batch, heads, queries, depth = query_shape
+    return batch * heads * queries * key_shape[-2] * (depth + value_shape[-1])
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    return 2 * _attention_products(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                                  **kwargs):
+    # dQ, dK, dV and d(scores): twice the forward's products (a kernel that recomputes the scores does more)
+    return 4 * _attention_products(query_shape, key_shape, value_shape)
+
+
+# torch's counter knows the CUDA attention kernels, not the CPU one that scaled_dot_product_attention runs here.
+_CPU_ATTENTION_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+}
+
+
+def executed_multiply_adds(run: Callable[[], object]) -> int:
+    """Multiply-adds of the convolutions, matrix products and attention that one call of ``run`` executes, backward
+    passes included (``torch.utils.flop_counter`` at the dispatcher: it sees what autograd runs, which fvcore's
+    traced forward cannot).
+
+    A lower bound on the arithmetic of a run: element-wise ops, normalisations and the deformable-attention op's
+    sampling are not counted. Two runs' counts compare what their dense layers must compute at the least, e.g. a
+    training step against a plain ResNet-50 forward.
+    """
+    with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FORMULAS) as counter:
+        run()
+    return counter.get_total_flops() // 2

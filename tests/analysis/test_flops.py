@@ -1,0 +1,24 @@
+"""executed_multiply_adds: what a run computes in dense layers, backward passes included."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from focus_detr.analysis import executed_multiply_adds
+
+
+def test_counts_a_linear_forward_and_its_backward():
+    layer = nn.Linear(8, 4)
+    x = torch.randn(5, 8, requires_grad=True)
+    with torch.no_grad():
+        assert executed_multiply_adds(lambda: layer(x)) == 5 * 8 * 4
+    # backward: the input's and the weight's gradient, one more product of the forward's size each
+    assert executed_multiply_adds(lambda: layer(x).sum().backward()) == 3 * 5 * 8 * 4
+
+
+def test_counts_attention_on_the_cpu():
+    # torch's counter alone sees nothing in the CPU attention kernel: a decoder's self-attention would be left out
+    q, k, v = (torch.randn(1, 2, 6, 4, requires_grad=True) for _ in range(3))
+    products = 1 * 2 * 6 * 6 * (4 + 4)  # QK^T and AV
+    with torch.no_grad():
+        assert executed_multiply_adds(lambda: F.scaled_dot_product_attention(q, k, v)) == products
+    assert executed_multiply_adds(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == 3 * products

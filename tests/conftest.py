@@ -16,12 +16,18 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def parity_fixture():
-    """The official outputs of the tiny configuration (../shared/fixtures/focus_detr_tiny.pt)."""
+def parity_fixture_path():
+    """Path of the official tiny fixture; skips the test where the checkout has no shared/ folder beside it."""
     if not FIXTURE_PATH.exists():
         pytest.skip(f"parity fixture not found at {FIXTURE_PATH} (it lives in the project's shared/ folder)")
+    return FIXTURE_PATH
+
+
+@pytest.fixture(scope="session")
+def parity_fixture(parity_fixture_path):
+    """The official outputs of the tiny configuration (../shared/fixtures/focus_detr_tiny.pt)."""
     with torch.serialization.safe_globals([TorchVersion]):
-        return torch.load(FIXTURE_PATH, map_location="cpu", weights_only=True)
+        return torch.load(parity_fixture_path, map_location="cpu", weights_only=True)
 
 
 def build_tiny_model(**overrides):

@@ -41,26 +41,26 @@ def test_tiny_configuration_reproduces_the_official_outputs(check_parity, parity
     assert set(saved["train_losses"]["dn"]) == set(parity_fixture["train_losses"]["dn"]["losses"])
 
 
-def test_the_configuration_is_inferred_from_the_weights(check_parity, capsys):
-    code = check_parity.main(["--fixture", str(FIXTURE_PATH)])
+def test_the_configuration_is_inferred_from_the_weights(check_parity, parity_fixture_path, capsys):
+    code = check_parity.main(["--fixture", str(parity_fixture_path)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert f"config: {TINY_CONFIG}" in printed
 
 
-def test_a_configuration_the_weights_do_not_fit_is_reported_and_replaced(check_parity, capsys):
+def test_a_configuration_the_weights_do_not_fit_is_reported_and_replaced(check_parity, parity_fixture_path, capsys):
     r50 = REPO_ROOT / "configs" / "focus_detr_r50_4scale_12ep.py"
-    code = check_parity.main(["--config-file", str(r50), "--fixture", str(FIXTURE_PATH)])
+    code = check_parity.main(["--config-file", str(r50), "--fixture", str(parity_fixture_path)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert f"weights do not fit {r50}" in printed and "shape mismatches, e.g. backbone.stem.conv1.weight" in printed
     assert printed.strip().endswith(f"PARITY OK (with {TINY_CONFIG}: the weights do not fit {r50})")
 
 
-def test_a_different_configuration_fails_the_check(check_parity, capsys):
+def test_a_different_configuration_fails_the_check(check_parity, parity_fixture_path, capsys):
     code = check_parity.main(
         [
-            "--config-file", str(TINY_CONFIG), "--fixture", str(FIXTURE_PATH),
+            "--config-file", str(TINY_CONFIG), "--fixture", str(parity_fixture_path),
             "model.transformer.foreground_selector.keep_ratio=0.4",
         ]
     )
@@ -136,8 +136,8 @@ def test_queries_are_found_by_their_boxes_and_taken_in_the_official_order(check_
     assert report.ok
 
 
-def test_bfloat16_autocast_is_reported_as_a_deviation_never_as_parity(check_parity, capsys):
-    code = check_parity.main(["--fixture", str(FIXTURE_PATH), "--amp", "bf16"])
+def test_bfloat16_autocast_is_reported_as_a_deviation_never_as_parity(check_parity, parity_fixture_path, capsys):
+    code = check_parity.main(["--fixture", str(parity_fixture_path), "--amp", "bf16"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "PARITY OK" not in printed and "DEVIATION REPORT under bfloat16 autocast" in printed

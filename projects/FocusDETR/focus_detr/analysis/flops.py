@@ -58,14 +58,18 @@ NOT_COUNTED_OPS = [
 ]
 
 
-def sdpa_flop_handle(inputs, outputs):
-    """``aten::scaled_dot_product_attention(q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv))``:
-    ``QK^T`` + ``AV`` = ``batch * Lq * Lk * (d + dv)`` multiply-adds (``batch`` = product of the leading dims)."""
-    q_shape, k_shape, v_shape = get_shape(inputs[0]), get_shape(inputs[1]), get_shape(inputs[2])
+def _attention_products(query_shape, key_shape, value_shape) -> int:
+    """Multiply-adds of ``QK^T`` + ``AV`` for q ``(..., Lq, d)``, k ``(..., Lk, d)``, v ``(..., Lk, dv)``:
+    ``batch * Lq * Lk * (d + dv)``, ``batch`` the product of the leading dims."""
     batch = 1
-    for size in q_shape[:-2]:
+    for size in query_shape[:-2]:
         batch *= size
-    return Counter({"attention": batch * q_shape[-2] * k_shape[-2] * (q_shape[-1] + v_shape[-1])})
+    return batch * query_shape[-2] * key_shape[-2] * (query_shape[-1] + value_shape[-1])
+
+
+def sdpa_flop_handle(inputs, outputs):
+    """``aten::scaled_dot_product_attention(q, k, v)``: :func:`_attention_products` multiply-adds."""
+    return Counter({"attention": _attention_products(get_shape(inputs[0]), get_shape(inputs[1]), get_shape(inputs[2]))})
 
 
 @dataclass
@@ -135,12 +139,7 @@ def count_flops(model, inputs: List[dict]) -> FlopReport:
     )
 
 
-def _attention_products(query_shape, key_shape, value_shape):
-    """Multiply-adds of ``QK^T`` and ``AV`` for ``(B, H, Lq, d)`` / ``(B, H, Lk, d)`` / ``(B, H, Lk, dv)``."""
-    batch, heads, queries, depth = query_shape
-    return batch * heads * queries * key_shape[-2] * (depth + value_shape[-1])
-
-
+# torch's counter counts flops (2 per multiply-add)
 def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
     return 2 * _attention_products(query_shape, key_shape, value_shape)
 

@@ -18,5 +18,5 @@ train.eval_period = 900
 train.checkpointer.period = 200
 train.log_period = 20
 train.output_dir = "./output/focus_detr_r18_trees"
-# A fixed seed makes the README's demo numbers reproducible (seed 2 gave AP50 11.8 instead of 17.6).
+# A fixed seed makes the demo numbers of docs/demo.md reproducible (seed 2 gave AP50 11.8 instead of 17.6).
 train.seed = 1

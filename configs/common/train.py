@@ -11,7 +11,7 @@ train = dict(
     # precision: "auto" = bfloat16 where the device supports it (CPU, Ampere+ GPUs), else float16 with a grad scaler
     amp=dict(enabled=False, precision="auto"),
     # the same for inference (--eval-only, evaluation during training, demo/demo.py, tools/benchmark.py); off: float32.
-    # bfloat16 on CPUs with AVX512-BF16/AMX: R50 inference ~2x faster (README "Benchmarks", with its accuracy change)
+    # bfloat16 on CPUs with AVX512-BF16/AMX: R50 inference ~2x faster (docs/benchmarks.md, with its accuracy change)
     inference_amp=dict(enabled=False, precision="auto"),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     clip_grad=dict(enabled=True, params=dict(max_norm=0.1, norm_type=2.0)),

@@ -1,4 +1,4 @@
-"""The README's "Own data" recipe, literally: its config file (copied from the README next to a copy of configs/)
+"""The documented "Own data" recipe (docs/training.md), literally: its config file (copied from the page next to a copy of configs/)
 trains and evaluates through train_net.py on a small 3-class COCO dataset, and loads again in the same process."""
 import json
 import os
@@ -13,7 +13,7 @@ from PIL import Image
 from engine_test_utils import REPO_ROOT, train_net  # noqa: F401 (fixture)
 
 RECIPE_NAMES = ("my_train", "my_val")
-# Only sizes and the ImageNet weights (not available here) are overridden: the config file is the README's.
+# Only sizes and the ImageNet weights (not available here) are overridden: the config file is the documented one.
 FAST = [
     "model.transformer.num_queries=20",
     "model.num_detections=20",
@@ -33,10 +33,10 @@ FAST = [
 
 
 def readme_recipe():
-    with open(os.path.join(REPO_ROOT, "README.md")) as f:
+    with open(os.path.join(REPO_ROOT, "docs", "training.md")) as f:
         blocks = re.findall(r"^```python\n(.*?)^```", f.read(), re.MULTILINE | re.DOTALL)
     recipes = [block for block in blocks if block.startswith("# configs/my_data.py\n")]
-    assert len(recipes) == 1, "the README's Own data config (a python block starting '# configs/my_data.py') is gone"
+    assert len(recipes) == 1, "docs/training.md's Own data config (a python block starting '# configs/my_data.py') is gone"
     return recipes[0]
 
 
@@ -61,7 +61,7 @@ def _write_coco(root, split, num_images, rng):
 
 @pytest.fixture
 def recipe_dir(tmp_path, monkeypatch):
-    """tmp_path with configs/ (a copy, plus the README's my_data.py) and the recipe's my/ data; the working folder."""
+    """tmp_path with configs/ (a copy, plus the documented my_data.py) and the recipe's my/ data; the working folder."""
     shutil.copytree(os.path.join(REPO_ROOT, "configs"), tmp_path / "configs")
     (tmp_path / "configs" / "my_data.py").write_text(readme_recipe())
     rng = np.random.RandomState(0)

@@ -1,7 +1,7 @@
-"""Every command the README and the scripts' docstrings (= their ``--help``) show is accepted as written: its
+"""Every command the README, the docs/ pages and the scripts' docstrings (= their ``--help``) show is accepted as written: its
 script's ``parse_args`` takes it, and its config overrides name keys of its config.
 
-Commands are found generically (``python <script> ...`` lines in README code blocks and inline code, and in the
+Commands are found generically (``python <script> ...`` lines in the code blocks and inline code of README.md and docs/*.md, and in the
 module docstring of every script), so a new tool or example is checked without touching this file.
 """
 import ast
@@ -45,13 +45,21 @@ def commands_in(text, where):
     return found
 
 
+def doc_paths():
+    """README.md and the pages of docs/, relative to the repository."""
+    pages = sorted(os.path.relpath(p, REPO_ROOT) for p in glob.glob(os.path.join(REPO_ROOT, "docs", "*.md")))
+    return ["README.md"] + pages
+
+
 def readme_commands():
-    with open(os.path.join(REPO_ROOT, "README.md")) as f:
-        readme = f.read()
-    blocks = [m.group(1) for m in _FENCE.finditer(readme)]
-    outside = _FENCE.sub("", readme)
-    commands = [c for block in blocks for c in commands_in(block, "README.md")]
-    commands += [c for span in _INLINE.findall(outside) for c in commands_in(span, "README.md")]
+    commands = []
+    for page in doc_paths():
+        with open(os.path.join(REPO_ROOT, page)) as f:
+            text = f.read()
+        blocks = [m.group(1) for m in _FENCE.finditer(text)]
+        outside = _FENCE.sub("", text)
+        commands += [c for block in blocks for c in commands_in(block, page)]
+        commands += [c for span in _INLINE.findall(outside) for c in commands_in(span, page)]
     return commands
 
 
@@ -91,7 +99,7 @@ def test_commands_are_found_in_code_blocks_inline_code_and_docstrings():
         ("t", "tools/a.py", ["--b", "c", "d=1", "--e", "F"]),
     ]
     where = {(w, s) for w, s, _ in DOCUMENTED}
-    assert ("README.md", "tools/sweep_keep_ratio.py") in where and ("README.md", "train_net.py") in where
+    assert ("docs/benchmarks.md", "tools/sweep_keep_ratio.py") in where and ("README.md", "train_net.py") in where
     assert ("tools/sweep_keep_ratio.py", "tools/sweep_keep_ratio.py") in where
     assert ("demo/demo.py", "demo/demo.py") in where
 

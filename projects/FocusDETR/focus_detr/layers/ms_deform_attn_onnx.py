@@ -12,7 +12,7 @@ input size; H, C, L and P must be known when exporting (they are fixed by the mo
 
 Forms:
     ``grid_sample``  one ``GridSample`` (bilinear, zero padding, align_corners=0, opset >= 16) per level, like the
-                     PyTorch reference; the default (faster on onnxruntime's CPU provider, see the README);
+                     PyTorch reference; the default (faster on onnxruntime's CPU provider, see docs/export.md);
     ``gather``       the same bilinear sampling written out: the four neighbours of every sampling point over all
                      levels at once, one ``Gather`` each from the flattened value, weighted and summed (opset >= 13).
 """

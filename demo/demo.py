@@ -1,10 +1,15 @@
 #!/usr/bin/env python
 """Draw Focus-DETR's detections on images, and with ``--show-tokens`` what its encoder looked at.
 
+``--input`` takes image files and folders (a folder stands for its files, sorted by name). Every image that can be
+read is drawn; every other file (not an image, empty, truncated, unreadable, a subfolder) is named on stderr with why,
+``skipped <file>: <why>``, and the rest go on. The exit status is 0 when at least one image was drawn, else 2.
+
 For each input image, writes to ``--output``:
   <name>_detections.png   boxes with scores (detectron2 Visualizer), above ``--confidence-threshold``
   <name>_foreground.png   (--show-tokens) per feature level, the foreground token selector's probabilities
   <name>_tokens.png       (--show-tokens) per encoder layer x level: kept tokens (blue) and fine-grained tokens (red)
+<name> is the file name without its extension, with "-2", "-3", ... added when two inputs share it.
 
 Images are resized like the config's test loader (the network input); pictures are drawn on the original image.
 With ``--onnx DIR/model.onnx`` (written by tools/export_model.py) onnxruntime runs the exported graph instead of
@@ -28,7 +33,7 @@ from detectron2.data import transforms as T
 from detectron2.utils.visualizer import Visualizer
 
 from focus_detr.analysis.token_maps import save_foreground_figure, save_token_figure
-from focus_detr.data import read_image
+from focus_detr.data import image_files, read_image
 from focus_detr.engine import (
     AtomicDetectionCheckpointer,
     amp_autocast,
@@ -45,7 +50,7 @@ from focus_detr.export import OnnxPredictor
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--input", required=True, nargs="+", metavar="IMG", help="image files")
+    parser.add_argument("--input", required=True, nargs="+", metavar="PATH", help="image files and folders of images")
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--show-tokens", action="store_true", help="also draw the token selection")
     parser.add_argument("--confidence-threshold", type=float, default=0.3)
@@ -108,12 +113,42 @@ def draw_detections(image_rgb, instances, metadata, threshold, path):
     return len(instances)
 
 
+def _skip(path, why):
+    print(f"skipped {path}: {why}", file=sys.stderr)
+
+
+def _read_or_skip(path):
+    """The RGB pixels of ``path``, or None after naming it on stderr when they cannot be read (e.g. truncated)."""
+    try:
+        return read_image(path, "RGB")
+    except (OSError, ValueError) as error:
+        prefix = f"cannot read image {path}: "
+        _skip(path, str(error)[len(prefix):] if str(error).startswith(prefix) else str(error))
+        return None
+
+
+def _unique_name(path, taken):
+    """The file name of ``path`` without extension, made unique among ``taken`` (then added to it) so that two inputs
+    never overwrite each other's pictures."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name, number = stem, 1
+    while name in taken:
+        number += 1
+        name = f"{stem}-{number}"
+    taken.add(name)
+    return name
+
+
 def main(args):
     if not 0.0 <= args.confidence_threshold <= 1.0:
         raise ValueError(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
-    images = [(path, read_image(path, "RGB")) for path in args.input]  # fail before building the model
     if args.onnx and args.show_tokens:
         raise ValueError("--show-tokens draws the PyTorch model's token selection; it cannot be used with --onnx")
+    paths, skipped = image_files(args.input)  # headers only: the model is not built when nothing is an image
+    for path, why in skipped:
+        _skip(path, why)
+    if not paths:
+        raise ValueError(f"no image to draw: all {len(skipped)} inputs were skipped (each is named above)")
     cfg = load_config(args.config_file, args.opts)
     if args.onnx:
         if inference_amp_dtype(cfg, "cpu") is not None:
@@ -128,9 +163,12 @@ def main(args):
         predictor = _pytorch_predictor(cfg, device, args.show_tokens)
     os.makedirs(args.output, exist_ok=True)
     resize, metadata = _test_resize(cfg), _metadata(cfg)
-    written = []
-    for path, image_rgb in images:
-        name = os.path.splitext(os.path.basename(path))[0]
+    written, names = [], set()
+    for path in paths:
+        image_rgb = _read_or_skip(path)
+        if image_rgb is None:
+            continue
+        name = _unique_name(path, names)
         model_input, resized = _model_input(image_rgb, resize)
         model_input["image"] = model_input["image"].to(device)
         output = predictor(model_input)
@@ -147,6 +185,8 @@ def main(args):
             save_token_figure(network_image, output["token_selection"], tokens_png)
             written += [foreground_png, tokens_png]
             print(f"  token pictures -> {foreground_png}, {tokens_png}")
+    if not names:
+        raise ValueError(f"no image drawn: none of the {len(paths)} image files could be read (each is named above)")
     return written
 
 

@@ -1,12 +1,14 @@
 """Dataset checks: non-finite boxes are refused naming dataset, image and annotation id; a model's class count must
-match the dataset's."""
+match the dataset's; a COCO json's image and annotation ids and file names must each mean one thing."""
 import json
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-from focus_detr.data import check_finite_boxes, check_num_classes, get_checked_dataset_dicts
+from focus_detr.data import check_dataset_jsons, check_finite_boxes, check_num_classes, get_checked_dataset_dicts
+from focus_detr.data import coco_json as coco_json_module
+from focus_detr.data.coco_json import check_coco_json, coco_json_problem
 
 
 def _register(tmp_path, name, bboxes, categories=("a",)):
@@ -117,3 +119,111 @@ def test_a_category_missing_from_the_json_is_named_by_loader_and_class_check(tmp
     with pytest.raises(ValueError) as error:
         get_checked_dataset_dicts(name)
     assert str(error.value) == expected
+
+
+def _two_images(coco):
+    """A second image (id 11, im1.png) with its own annotation (id 101), for the id checks below to break."""
+    coco["images"].append({"id": 11, "file_name": "im1.png", "height": 32, "width": 32})
+    coco["annotations"].append(
+        {"id": 101, "image_id": 11, "category_id": 1, "bbox": [1, 2, 3, 4], "area": 1.0, "iscrowd": 0}
+    )
+
+
+def _duplicate_image_id(coco):
+    _two_images(coco)
+    coco["images"][1]["id"] = coco["annotations"][1]["image_id"] = 10
+
+
+def _duplicate_annotation_id(coco):
+    _two_images(coco)
+    coco["annotations"][1]["id"] = 100
+
+
+def _annotation_of_no_image(coco):
+    _two_images(coco)
+    coco["annotations"][1]["image_id"] = 99
+
+
+def _one_file_twice(coco):
+    _two_images(coco)
+    coco["images"][1]["file_name"] = "./im0.png"
+
+
+@pytest.mark.parametrize("edit, why", [
+    (_duplicate_image_id, "image id 10 is used by two images ('im0.png' and 'im1.png'); image ids must be unique, "
+                          "or their annotations are scored against one of them"),
+    (_duplicate_annotation_id, "annotation id 100 is used by two annotations; annotation ids must be unique"),
+    (_annotation_of_no_image, "annotation id 101 has image_id 99, which no image has; fix the image_id or remove "
+                              "the annotation"),
+    (_one_file_twice, "images 10 and 11 both name the file './im0.png'; list each image once (twice, it is trained "
+                      "on and scored twice)"),
+])
+def test_inconsistent_ids_in_the_json_are_one_line_naming_file_and_id(tmp_path, edit, why):
+    name, json_file = _register_coco(tmp_path, "checks_ids", edit)
+    with pytest.raises(ValueError) as error:
+        get_checked_dataset_dicts(name, filter_empty=False)
+    assert str(error.value) == f"dataset 'checks_ids' ({json_file}): {why}"
+    with pytest.raises(ValueError, match="^dataset 'checks_ids' "):
+        check_dataset_jsons([name])
+
+
+def test_a_consistent_json_passes_and_a_rewritten_json_is_checked_again(tmp_path):
+    name, json_file = _register_coco(tmp_path, "checks_ids_fixed", _two_images)
+    check_dataset_jsons(name)
+    assert len(get_checked_dataset_dicts(name)) == 2
+    coco = json.loads(json_file.read_text())
+    coco["annotations"][1]["id"] = 100
+    json_file.write_text(json.dumps(coco) + " " * 10)  # another size: not the verdict kept for the old file
+    with pytest.raises(ValueError, match="annotation id 100 is used by two annotations"):
+        check_dataset_jsons(name)
+
+
+@pytest.mark.parametrize("coco, why", [
+    ([], "the top level is a list, not an object with 'images' and 'annotations'"),
+    ({"images": {}}, "'images' is a dict, not a list"),
+    ({"images": [3]}, "images entry #0 (0-based) is a int, not an object"),
+    ({"images": [{"file_name": "a.png"}]}, "image #0 (0-based, file_name 'a.png') has id None, not a number"),
+    ({"images": [{"id": 1, "file_name": None}]}, "image id 1 has file_name None, not a file name"),
+    ({"images": [{"id": 1, "file_name": "a"}], "annotations": [{"id": [2], "image_id": 1}]},
+     "annotation #0 (0-based) has id [2], not a number"),
+    ({"images": [{"id": 1, "file_name": "a"}], "annotations": [{"id": 2, "image_id": True}]},
+     "annotation id 2 has image_id True, which no image has; fix the image_id or remove the annotation"),
+])
+def test_a_json_of_the_wrong_shape_is_named_not_a_traceback(coco, why):
+    assert coco_json_problem(coco) == why
+
+
+def test_a_json_file_that_is_not_json_is_named(tmp_path):
+    json_file = tmp_path / "broken.json"
+    json_file.write_text('{"images": [')
+    with pytest.raises(ValueError) as error:
+        check_coco_json(str(json_file), what="dataset 'x'")
+    assert str(error.value).startswith(f"dataset 'x' ({json_file}): not a readable json file: JSONDecodeError: ")
+
+
+class _CountedId(int):
+    """An id that counts the comparisons and hashes made with it."""
+    uses = 0
+
+    def __eq__(self, other):
+        _CountedId.uses += 1
+        return int(self) == other
+
+    def __hash__(self):
+        _CountedId.uses += 1
+        return int.__hash__(self)
+
+
+def test_the_check_is_one_linear_pass():
+    """10 times the images and annotations cost 10 times the id comparisons (a pairwise check would cost 100
+    times): counted, not timed."""
+    uses = []
+    for size in (200, 2000):
+        coco = {
+            "images": [{"id": _CountedId(i), "file_name": f"{i}.png"} for i in range(size)],
+            "annotations": [{"id": _CountedId(i), "image_id": _CountedId(i % size)} for i in range(3 * size)],
+        }
+        _CountedId.uses = 0
+        assert coco_json_problem(coco) is None
+        uses.append(_CountedId.uses)
+    assert uses[0] > 0 and uses[1] <= 11 * uses[0]

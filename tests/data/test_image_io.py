@@ -1,10 +1,13 @@
 """Every PIL image mode is read with its content (16-bit and float scaled to the 8-bit range) or refused with one
-line naming the file and the mode; the dataset mapper reads images this way."""
+line naming the file and the mode; the dataset mapper reads images this way. ``image_files`` sorts inputs (files,
+folders) into images and the rest, each named with why."""
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from focus_detr.data import read_image
+from focus_detr.data import image_files, read_image
 
 # a horizontal ramp 0..255 (8 bit) the other modes are made from
 RAMP = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1))
@@ -83,3 +86,30 @@ def test_the_dataset_mapper_reads_16_bit_images_with_their_content(tmp_path):
     mapper = DetrDatasetMapper([T.ResizeShortestEdge(16, 64)], is_train=False)
     sample = mapper({"file_name": path, "height": 16, "width": 64, "image_id": 0})
     np.testing.assert_array_equal(sample["image"][0].numpy(), RAMP)
+
+
+def test_image_files_expands_folders_sorted_and_names_what_is_not_an_image(tmp_path, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("b.png", "a.png", "locked.png"):
+        _save(folder, name, Image.fromarray(RAMP))
+    (folder / "notes.txt").write_text("text")
+    os.mkfifo(folder / "pipe")  # opening it to read would wait for a writer forever
+    (tmp_path / "empty_dir").mkdir()
+    real_open = Image.open
+
+    def open_refusing_locked(path, *args, **kwargs):  # as a file without read permission (tests may run as root)
+        if str(path).endswith("locked.png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", open_refusing_locked)
+    single = _save(tmp_path, "z.png", Image.fromarray(RAMP))
+    images, skipped = image_files([single, str(folder), str(tmp_path / "empty_dir")])
+    assert images == [single, str(folder / "a.png"), str(folder / "b.png")]
+    assert skipped == [
+        (str(folder / "locked.png"), "cannot open it: Permission denied"),
+        (str(folder / "notes.txt"), "not an image (Pillow does not recognise its format)"),
+        (str(folder / "pipe"), "not a regular file"),
+        (str(tmp_path / "empty_dir"), "an empty folder"),
+    ]

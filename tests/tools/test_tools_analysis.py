@@ -132,7 +132,10 @@ def test_demo_names_an_unreadable_image(toy_dataset, tmp_path, capsys):
         ["--config-file", TINY_TOY_CONFIG, "--input", str(broken), "--output", str(tmp_path)]
     ))
     assert code == 2
-    assert capsys.readouterr().err.strip().startswith(f"error: cannot read image {broken}")
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"skipped {broken}: not an image (Pillow does not recognise its format)",
+        "error: no image to draw: all 1 inputs were skipped (each is named above)",
+    ]
 
 
 def test_counting_and_benchmarking_read_no_weights(analyze_model, toy_dataset, tmp_path):

@@ -1,19 +1,21 @@
 """Data: the embedded tree-crown demo dataset (build, verify, register), checked dataset loading, image reading and
 the DETR dataset mapper."""
-from .checks import check_finite_boxes, check_num_classes, dataset_classes, get_checked_dataset_dicts
+from .checks import check_dataset_jsons, check_finite_boxes, check_num_classes, dataset_classes, get_checked_dataset_dicts
 from .dataset_mapper import DetrDatasetMapper
-from .image_io import read_image
+from .image_io import image_files, read_image
 from .registration import register_coco_dataset
 from .trees import TreesCacheError, ensure_trees_cache, register_trees
 
 __all__ = [
     "DetrDatasetMapper",
     "TreesCacheError",
+    "check_dataset_jsons",
     "check_finite_boxes",
     "check_num_classes",
     "dataset_classes",
     "ensure_trees_cache",
     "get_checked_dataset_dicts",
+    "image_files",
     "read_image",
     "register_coco_dataset",
     "register_trees",

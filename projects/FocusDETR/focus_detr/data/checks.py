@@ -2,6 +2,9 @@
 number of classes a model must have for them, and one-line errors (instead of detectron2's bare assertions and
 KeyErrors) for a dataset with no usable image and for a category id the json's ``categories`` lack.
 
+A COCO json is checked first (:func:`check_dataset_jsons`): duplicate image or annotation ids, an annotation of
+no image and an image listed twice change what is trained on and scored without a word.
+
 A NaN or infinite box is refused, never dropped: the COCO evaluator reads the dataset's json file itself, so a box
 dropped from the training dicts would still be scored (a NaN ground-truth box silently raised AP from 0.228 to 0.320).
 The same loader function serves training and test data, so both refuse the same boxes.
@@ -12,8 +15,17 @@ import math
 import re
 
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.utils.file_io import PathManager
 
-__all__ = ["check_finite_boxes", "check_num_classes", "dataset_classes", "get_checked_dataset_dicts"]
+from .coco_json import check_coco_json
+
+__all__ = [
+    "check_dataset_jsons",
+    "check_finite_boxes",
+    "check_num_classes",
+    "dataset_classes",
+    "get_checked_dataset_dicts",
+]
 
 
 def _as_list(names):
@@ -123,10 +135,22 @@ def _dataset_errors_in_one_line(names):
         raise
 
 
+def check_dataset_jsons(names):
+    """Raises ValueError naming the dataset, its json and the id when the COCO json of a dataset of ``names`` has
+    duplicate image or annotation ids, an annotation whose ``image_id`` no image has, or two images naming one file
+    (:func:`focus_detr.data.coco_json.coco_json_problem`). Datasets without a ``json_file`` are not checked."""
+    for name in _as_list(names):
+        json_file = MetadataCatalog.get(name).get("json_file", None)
+        if json_file:
+            # as detectron2's load_coco_json reads it (a local path stays as it is)
+            check_coco_json(PathManager.get_local_path(json_file), what=f"dataset {name!r}")
+
+
 def get_checked_dataset_dicts(names, filter_empty=True, **kwargs):
-    """detectron2's ``get_detection_dataset_dicts`` (same arguments), refusing non-finite boxes
-    (:func:`check_finite_boxes`), and with one-line ValueErrors for an empty dataset, a dataset left with no image
-    by ``filter_empty`` ("No valid data found") and a category id the json's ``categories`` lack."""
+    """detectron2's ``get_detection_dataset_dicts`` (same arguments), after :func:`check_dataset_jsons`, refusing
+    non-finite boxes (:func:`check_finite_boxes`), and with one-line ValueErrors for an empty dataset, a dataset left
+    with no image by ``filter_empty`` ("No valid data found") and a category id the json's ``categories`` lack."""
+    check_dataset_jsons(names)
     with _dataset_errors_in_one_line(_as_list(names)):
         dataset_dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty, **kwargs)
     check_finite_boxes(dataset_dicts, names)

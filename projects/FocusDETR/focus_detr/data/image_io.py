@@ -5,12 +5,16 @@ grayscale PNG becomes pure white and is trained / evaluated on without a word. H
 to the 8-bit range first (16-bit: 0..65535 -> 0..255; float: 0..1 -> 0..255) and every other mode goes through a
 conversion PIL does correctly (palette, CMYK, YCbCr, HSV, with or without alpha: alpha is dropped, as detectron2
 does); modes PIL cannot convert correctly (LAB, premultiplied "La") are refused.
+
+:func:`image_files` sorts a mix of files and folders into the images to read and the rest, each with why.
 """
+import os
+
 import numpy as np
 from detectron2.data import detection_utils
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["read_image", "to_8bit"]
+__all__ = ["image_files", "read_image", "to_8bit"]
 
 # PIL modes whose conversion to RGB is right as PIL does it
 _CONVERTIBLE_MODES = {"1", "L", "P", "PA", "LA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"}
@@ -79,3 +83,57 @@ def read_image(file_name, img_format="RGB"):
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot read image {file_name}: {type(error).__name__}: {error}") from None
     return detection_utils.convert_PIL_to_numpy(to_8bit(image, file_name), img_format)
+
+
+def _why_not_an_image(path):
+    """Why ``path`` cannot be an image, judged from its header (cheap), or None when it may be one."""
+    if not os.path.exists(path):
+        return "not found"
+    if os.path.isdir(path):  # only reached for a folder inside an input folder: input folders are expanded
+        return "a folder inside an input folder (only the files of an input folder are read)"
+    if not os.path.isfile(path):  # a pipe or a device: reading it could block forever
+        return "not a regular file"
+    try:
+        if os.path.getsize(path) == 0:
+            return "an empty file (0 bytes)"
+        with Image.open(path):
+            return None
+    except UnidentifiedImageError:
+        return "not an image (Pillow does not recognise its format)"
+    # what PIL's format plugins raise for a damaged header
+    except (Image.DecompressionBombError, SyntaxError, ValueError) as error:
+        return f"{type(error).__name__}: {error}"
+    except OSError as error:
+        return f"cannot open it: {error.strerror or error}"
+
+
+def image_files(inputs):
+    """The files among ``inputs`` that are images by their header, and the others with why.
+
+    A folder in ``inputs`` stands for the entries in it, sorted by name (not its subfolders' files). Only file
+    headers are read: an image whose pixels are damaged (truncated) is found by :func:`read_image`.
+
+    Args:
+        inputs (list[str]): file and folder paths.
+
+    Returns:
+        (list[str], list[tuple[str, str]]): image paths in order; (path, why) of every other entry.
+    """
+    images, skipped = [], []
+    for path in inputs:
+        entries = [path]
+        if os.path.isdir(path):
+            try:
+                entries = [os.path.join(path, name) for name in sorted(os.listdir(path))]
+            except OSError as error:
+                skipped.append((path, f"cannot list the folder: {error.strerror or error}"))
+                continue
+            if not entries:
+                skipped.append((path, "an empty folder"))
+        for entry in entries:
+            why = _why_not_an_image(entry)
+            if why is None:
+                images.append(entry)
+            else:
+                skipped.append((entry, why))
+    return images, skipped

@@ -5,7 +5,7 @@ import torch
 from detectron2.config import instantiate
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 
-from ..data import check_num_classes
+from ..data import check_dataset_jsons, check_num_classes
 from .config import _dataset_names_in
 from .precision import amp_autocast, inference_amp_dtype
 
@@ -43,7 +43,8 @@ def evaluate(cfg, model):
 
 def check_model_classes(model, dataloader_node):
     """Raises ValueError when the datasets a loader config names have another number of classes than ``model``
-    (models without a ``num_classes`` attribute are not checked)."""
+    (models without a ``num_classes`` attribute are not checked) or an inconsistent COCO json (duplicate ids, ...)."""
+    check_dataset_jsons(_dataset_names_in(dataloader_node))  # the test data too, before training starts
     num_classes = getattr(getattr(model, "module", model), "num_classes", None)
     if num_classes is not None:
         check_num_classes(num_classes, _dataset_names_in(dataloader_node))

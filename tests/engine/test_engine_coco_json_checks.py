@@ -1,0 +1,88 @@
+"""A COCO json whose ids or file names do not mean one thing each stops training and --eval-only with one line naming
+the json and the id, before any step or inference: pycocotools would otherwise merge, drop or double images and
+annotations and score another dataset than the json describes (duplicate image ids changed AP 0.075 to 0.130)."""
+import json
+import os
+
+import pytest
+
+from cli_output import error_lines, shows_traceback
+from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
+
+
+def _duplicate_image_id(coco):
+    # the issue's case: toy_001.png takes toy_000.png's id, and its annotation follows
+    coco["images"][1]["id"] = coco["annotations"][1]["image_id"] = 1
+
+
+def _duplicate_annotation_id(coco):
+    coco["annotations"][2]["id"] = 2
+
+
+def _annotation_of_no_image(coco):
+    coco["annotations"][2]["image_id"] = 42
+
+
+def _one_file_twice(coco):
+    coco["images"][2]["file_name"] = "toy_000.png"
+
+
+WHY = {
+    _duplicate_image_id: "image id 1 is used by two images ('toy_000.png' and 'toy_001.png'); image ids must be "
+                         "unique, or their annotations are scored against one of them",
+    _duplicate_annotation_id: "annotation id 2 is used by two annotations; annotation ids must be unique",
+    _annotation_of_no_image: "annotation id 3 has image_id 42, which no image has; fix the image_id or remove the "
+                             "annotation",
+    _one_file_twice: "images 1 and 3 both name the file 'toy_000.png'; list each image once (twice, it is trained on "
+                     "and scored twice)",
+}
+
+
+def _register_edited(name, root, edit):
+    from toy_detector import register_toy_dataset
+
+    register_toy_dataset(name, root, num_images=3)
+    json_file = os.path.join(root, "toy.json")
+    with open(json_file) as f:
+        coco = json.load(f)
+    edit(coco)
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    return json_file
+
+
+def _run(train_net, capsys, *argv):
+    code = train_net.cli(["--config-file", TOY_CONFIG, *argv])
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize("edit", list(WHY), ids=lambda edit: edit.__name__.strip("_"))
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_inconsistent_coco_json_is_one_line_naming_file_and_id(train_net, toy_dataset, capsys, tmp_path, edit, mode):
+    name = f"focus_detr_toy{edit.__name__}_{mode}"
+    json_file = _register_edited(name, str(tmp_path / "data"), edit)
+    out = tmp_path / "out"
+    split = "test" if mode == "eval" else "train"
+    code, err = _run(
+        train_net, capsys, *(["--eval-only"] if mode == "eval" else []), f"dataloader.{split}.dataset.names={name}",
+        "train.max_iter=2", "train.checkpointer.period=1", f"train.output_dir={out}",
+    )
+    assert code == 2
+    assert error_lines(err) == [f"error: dataset '{name}' ({json_file}): {WHY[edit]}"]
+    assert not shows_traceback(err)
+    assert not (out / "eval_results.json").exists() and not list(out.glob("model_*.pth"))
+
+
+def test_an_inconsistent_test_json_stops_training_before_the_first_step(train_net, toy_dataset, capsys, tmp_path):
+    """The test data is read only at the first evaluation; its json is checked before training starts."""
+    name = "focus_detr_toy_bad_test_json"
+    json_file = _register_edited(name, str(tmp_path / "data"), _duplicate_image_id)
+    out = tmp_path / "out"
+    code, err = _run(
+        train_net, capsys, f"dataloader.test.dataset.names={name}", "train.max_iter=2", "train.eval_period=2",
+        "train.checkpointer.period=1", f"train.output_dir={out}",
+    )
+    assert code == 2
+    assert error_lines(err) == [f"error: dataset '{name}' ({json_file}): {WHY[_duplicate_image_id]}"]
+    assert not list(out.glob("model_*.pth")) and not (out / "metrics.json").exists()

@@ -1,0 +1,113 @@
+"""demo/demo.py over inputs that are not all images: it draws every image it can, names each other file on stderr
+with why (one line each), and exits non-zero only when nothing was drawn. Folders stand for their files."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tools_test_utils import TINY_TOY_CONFIG, load_script, toy_dataset  # noqa: F401 (fixture)
+from cli_output import shows_traceback  # noqa: E402 (tests/engine is on sys.path once tools_test_utils is imported)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_script("demo/demo.py", "demo_inputs")
+
+
+def _png(path, seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def _mixed_folder(folder):
+    """Two images among files that are not: text, empty, truncated, a subfolder. Returns {name: why} of the others."""
+    folder.mkdir()
+    _png(folder / "a.png", 0)
+    _png(folder / "c.jpg", 1)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "empty.png").write_bytes(b"")
+    whole = (folder / "a.png").read_bytes()
+    (folder / "truncated.png").write_bytes(whole[: len(whole) // 2])  # a valid header, half the pixels
+    (folder / "sub").mkdir()
+    return {
+        "empty.png": "an empty file (0 bytes)",
+        "notes.txt": "not an image (Pillow does not recognise its format)",
+        "sub": "a folder inside an input folder (only the files of an input folder are read)",
+        "truncated.png": "OSError: ",
+    }
+
+
+def _run(demo, inputs, output, capsys):
+    from focus_detr.engine.cli import run_reporting_errors
+
+    code = run_reporting_errors(demo.main, demo.parse_args(
+        ["--config-file", TINY_TOY_CONFIG, "--input", *inputs, "--output", str(output)]
+    ))
+    captured = capsys.readouterr()
+    assert not shows_traceback(captured.err)
+    # the demo's own lines (in-process, stderr can also hold logging noise from earlier tests' closed streams)
+    return code, captured.out, [line for line in captured.err.splitlines() if line.startswith(("skipped ", "error:"))]
+
+
+def _skipped(err):
+    """{file name: why} of the 'skipped <path>: <why>' lines."""
+    lines = [line[len("skipped "):] for line in err if line.startswith("skipped ")]
+    return dict((os.path.basename(path), why) for path, why in (line.split(": ", 1) for line in lines))
+
+
+@pytest.mark.parametrize("as_glob", [False, True], ids=["folder", "folder/*"])
+def test_every_image_is_drawn_and_every_other_file_named_once(demo, toy_dataset, tmp_path, capsys, as_glob):
+    folder = tmp_path / "in"
+    expected = _mixed_folder(folder)
+    inputs = sorted(str(p) for p in folder.iterdir()) if as_glob else [str(folder)]
+    if as_glob:  # a folder named on the command line is read, not skipped; a shell glob names the subfolder
+        expected.pop("sub")
+        (folder / "sub" / "b.png").write_bytes((folder / "a.png").read_bytes())
+    code, out, err = _run(demo, inputs, tmp_path / "out", capsys)
+    assert code == 0, err
+    drawn = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert drawn == sorted(["a_detections.png", "c_detections.png"] + (["b_detections.png"] if as_glob else []))
+    skipped = _skipped(err)
+    assert skipped.keys() == expected.keys()
+    for name, why in expected.items():
+        assert skipped[name].startswith(why), (name, skipped[name])
+    assert len(err) == len(expected)  # one line per skipped file, no error
+
+
+def test_nothing_drawable_exits_2_before_building_the_model(demo, toy_dataset, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not an image")
+    code, _, err = _run(demo, [str(folder), str(tmp_path / "missing.png")], tmp_path / "out", capsys)
+    assert code == 2
+    assert err == [
+        f"skipped {folder / 'notes.txt'}: not an image (Pillow does not recognise its format)",
+        f"skipped {tmp_path / 'missing.png'}: not found",
+        "error: no image to draw: all 2 inputs were skipped (each is named above)",
+    ]
+    assert not (tmp_path / "out").exists()  # stopped before the model and the output folder
+
+
+def test_only_damaged_images_exit_2_naming_each(demo, toy_dataset, tmp_path, capsys):
+    good = _png(tmp_path / "good.png")
+    truncated = tmp_path / "truncated.png"
+    whole = open(good, "rb").read()
+    truncated.write_bytes(whole[: len(whole) // 2])
+    code, _, err = _run(demo, [str(truncated)], tmp_path / "out", capsys)
+    assert code == 2
+    assert len(err) == 2 and err[0].startswith(f"skipped {truncated}: OSError: ")
+    assert err[1] == "error: no image drawn: none of the 1 image files could be read (each is named above)"
+
+
+def test_inputs_with_one_name_do_not_overwrite_each_other(demo, toy_dataset, tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    inputs = [_png(tmp_path / "x" / "im.png", 0), _png(tmp_path / "y" / "im.png", 1), _png(tmp_path / "x" / "im.jpg", 2)]
+    code, out, err = _run(demo, inputs, tmp_path / "out", capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "im-2_detections.png", "im-3_detections.png", "im_detections.png"
+    ]
+    assert [line.split(": ")[0] for line in out.splitlines() if line.endswith(".png")] == inputs

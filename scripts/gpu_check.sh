@@ -13,7 +13,16 @@
 #      parity_r50   tools/check_parity.py --device cuda on the full-size fixture made on the CPU
 #   6. e2e_fp32     tools/benchmark.py --device cuda --json: R50 800x1333 inference, training step batch 2, memory
 #      e2e_bf16     the same under bfloat16 autocast (--amp)
-#      onnx_export  tools/export_model.py (when it exists): the export runs; onnxruntime-gpu is not needed
+#   7. profile      tools/profile_inference.py --device cuda: R50 800x1333 batch 1, float32 and bfloat16: GPU busy
+#                   fraction, kernels, launches, host<->device copies, synchronisations, operators per image
+#      batch8       tools/benchmark.py --batch-size 8 --amp --compare-fp32: images/s at batch 8, bfloat16 and float32
+#   8. official     (in the background from step 2 on, waited for before step 6) ../shared/official/setup_official.sh
+#                   --build-cuda: the official detrex Focus-DETR with its compiled CUDA attention, for timing only;
+#      sbs_fp32     side_by_side.py, DEVICE=cuda: official vs ours, R50 800x1333, inference and training step
+#      sbs_bf16     the same with ours under bfloat16 autocast (OURS_AMP=1; the official model stays float32)
+#      sbs_memory   scripts/side_by_side_memory.py: both models' peak memory per task, and which attention the
+#                   official model has (its compiled op or none)
+#   9. onnx_export  tools/export_model.py (when it exists): the export runs; onnxruntime-gpu is not needed
 # and writes OUT_DIR/gpu_report.json, OUT_DIR/gpu_report.md, OUT_DIR/gpu_check.log (every stage's log). A failing
 # stage is recorded and the next one runs; the exit status is 1 when any stage failed or timed out.
 #
@@ -21,11 +30,12 @@
 # target dir (tags of CPython 3.12 when this python is not 3.12: the bundle is checked, not imported), a CPU-only
 # build in a scratch copy of the sources (the checkout's own extension may be loaded by running processes), the
 # selection of the GPU tests, and small CPU versions of the benchmark, parity and export stages -- and prints each
-# GPU stage's command as planned.
+# GPU stage's command as planned. The official model runs there too, on the CPU at 480x640 (inference only).
 #
 # Environment: PYTHON (default: python3; --dry-run: .venv/bin/python when present), TINY_FIXTURE (default: the first
-# of ../shared/fixtures/, shared/fixtures/, WHEEL_DIR/ holding focus_detr_tiny.pt), MAX_JOBS (default: cores),
-# GPU_CHECK_BUDGET_S (default 450).
+# of ../shared/fixtures/, shared/fixtures/, WHEEL_DIR/ holding focus_detr_tiny.pt), OFFICIAL_SRC (default: the first
+# of ../shared/official/, shared/official/, WHEEL_DIR/official/ holding setup_official.sh and side_by_side.py),
+# MAX_JOBS (default: cores), GPU_CHECK_BUDGET_S (default 450).
 set -uo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -66,6 +76,14 @@ if [[ -z "${TINY_FIXTURE:-}" ]]; then
     done
 fi
 TINY_FIXTURE="${TINY_FIXTURE:-}"
+if [[ -z "${OFFICIAL_SRC:-}" ]]; then
+    for candidate in ../shared/official shared/official ${WHEEL_DIR:+"$WHEEL_DIR/official"}; do
+        if [[ -f "$candidate/setup_official.sh" && -f "$candidate/side_by_side.py" ]]; then
+            OFFICIAL_SRC="$(cd "$candidate" && pwd)"; break
+        fi
+    done
+fi
+OFFICIAL_SRC="${OFFICIAL_SRC:-}"
 
 # record NAME STATUS SECONDS RC NOTE COMMAND: one line of $STAGES (status ok|failed|timeout|skipped|planned)
 record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5//$'\t'/ }" "${6//$'\t'/ }" >> "$STAGES"; }
@@ -236,6 +254,36 @@ build_start=$SECONDS
 stage build 300 "$BUILD_NOTE, MAX_JOBS=$MAX_JOBS" -- build_in_place
 log "build took $((SECONDS - build_start)) s"
 
+# --- the official model, set up in the background (for side-by-side timing only, never copied from) ----------------
+OFFICIAL_DIR="$WORK/official"
+setup_official() {  # setup_official OPTIONS...: unpack (and build) it; the build's log tail when it did not build
+    bash "$OFFICIAL_SRC/setup_official.sh" "$OFFICIAL_DIR" "$@" || return 1
+    # a failed build leaves an empty detrex/_C.py in place of the compiled module
+    if [[ -f "$OFFICIAL_DIR/build.log" && -f "$OFFICIAL_DIR/detrex/_C.py" ]]; then tail -n 30 "$OFFICIAL_DIR/build.log"; fi
+}
+run_official() {  # run_official SCRIPT ARGS...: a side-by-side script, from the official folder, on its PYTHONPATH
+    cd "$OFFICIAL_DIR" && PYTHONPATH="$OFFICIAL_DIR:$OFFICIAL_DIR/_stubs:$PYTHONPATH" "$PYTHON" "$@"
+}
+export OFFICIAL_SRC OFFICIAL_DIR
+export -f setup_official run_official
+OFFICIAL_PID=""
+if [[ -z "$OFFICIAL_SRC" ]]; then
+    skipped official_setup "no setup_official.sh found (set OFFICIAL_SRC or put ../shared/official in WHEEL_DIR/official)"
+elif [[ $DRY_RUN == 1 ]]; then
+    stage official_setup 60 "dry run: unpacked for the CPU (--cpu), no build" -- setup_official --cpu &
+    OFFICIAL_PID=$!
+else
+    # the toolkit and architectures our build used (its log), so that detrex's setup.py finds the same nvcc
+    cuda_line="$(grep -o 'CUDA_HOME=[^,]*, TORCH_CUDA_ARCH_LIST=[^ ]*' "$WORK/build.log" 2>/dev/null | tail -n 1)"
+    if [[ -n "$cuda_line" ]]; then
+        export CUDA_HOME="${cuda_line%%,*}" && CUDA_HOME="${CUDA_HOME#CUDA_HOME=}"
+        export TORCH_CUDA_ARCH_LIST="${cuda_line##*TORCH_CUDA_ARCH_LIST=}"
+    fi
+    stage official_setup 240 "detrex's own CUDA attention (--build-cuda), CUDA_HOME=${CUDA_HOME:-unset}" -- \
+        setup_official --build-cuda &
+    OFFICIAL_PID=$!
+fi
+
 # --- 3. GPU tests ---------------------------------------------------------------------------------------------------
 PYTEST_LIMITS=()
 "$PYTHON" -c 'import pytest_timeout' 2>/dev/null && PYTEST_LIMITS=(--timeout=120)
@@ -276,7 +324,9 @@ else
     skipped parity_r50 "the fixture stage wrote no fixture"
 fi
 
-# --- 6. end-to-end benchmark, ONNX export ---------------------------------------------------------------------------
+# --- 6. end-to-end benchmark ----------------------------------------------------------------------------------------
+# no compile running beside the timed stages
+[[ -n "$OFFICIAL_PID" ]] && wait "$OFFICIAL_PID"
 if [[ $DRY_RUN == 1 ]]; then
     stage e2e_fp32 90 "dry run: tiny config, 128x128, CPU" -- "$PYTHON" tools/benchmark.py \
         --config-file configs/testing/focus_detr_tiny_fixture.py --device cpu --input-size 128 128 --warmup 1 \
@@ -292,6 +342,51 @@ else
         --config-file "$R50_CONFIG" --device cuda --amp --input-size 800 1333 --train-batch-size 2 \
         --json "$WORK/e2e_bf16.json"
 fi
+
+# --- 7. where the time goes, batched throughput ---------------------------------------------------------------------
+if [[ $DRY_RUN == 1 ]]; then
+    stage profile 90 "dry run: tiny config, 128x160, CPU (operator counts only)" -- "$PYTHON" tools/profile_inference.py \
+        --config-file configs/testing/focus_detr_tiny_fixture.py --device cpu --input-size 128 160 \
+        --precision float32 bfloat16 --warmup 1 --repeats 1 --profiled 1 --json "$WORK/profile.json"
+    planned profile_cuda "$PYTHON" tools/profile_inference.py --config-file "$R50_CONFIG" --device cuda \
+        --input-size 800 1333 --precision float32 bfloat16 --warmup 5 --repeats 20 --profiled 5 --json "$WORK/profile.json"
+    stage batch8 90 "dry run: tiny config, batch 2 of 128x128, CPU" -- "$PYTHON" tools/benchmark.py \
+        --config-file configs/testing/focus_detr_tiny_fixture.py --device cpu --input-size 128 128 --batch-size 2 \
+        --amp --compare-fp32 --tasks inference --warmup 0 --repeats 1 --json "$WORK/batch8.json"
+    planned batch8_cuda "$PYTHON" tools/benchmark.py --config-file "$R50_CONFIG" --device cuda --input-size 800 1333 \
+        --batch-size 8 --amp --compare-fp32 --tasks inference --warmup 2 --repeats 5 --json "$WORK/batch8.json"
+else
+    stage profile 120 "R50 800x1333 batch 1, float32 and bfloat16 autocast, torch.profiler" -- "$PYTHON" \
+        tools/profile_inference.py --config-file "$R50_CONFIG" --device cuda --input-size 800 1333 \
+        --precision float32 bfloat16 --warmup 5 --repeats 20 --profiled 5 --json "$WORK/profile.json"
+    stage batch8 90 "R50 batch 8 of 800x1333, bfloat16 autocast and float32, inference" -- "$PYTHON" tools/benchmark.py \
+        --config-file "$R50_CONFIG" --device cuda --input-size 800 1333 --batch-size 8 --amp --compare-fp32 \
+        --tasks inference --warmup 2 --repeats 5 --json "$WORK/batch8.json"
+fi
+
+# --- 8. the official model side by side ------------------------------------------------------------------------------
+if [[ ! -d "$OFFICIAL_DIR/detrex" ]]; then
+    for name in sbs_fp32 sbs_bf16 sbs_memory; do skipped "$name" "the official model is not set up (official_setup)"; done
+elif [[ $DRY_RUN == 1 ]]; then
+    DEVICE=cpu SIZES=480x640 TASKS=inference REPS=1 THREADS="${OMP_NUM_THREADS:-$CORES}" stage sbs_fp32 150 \
+        "dry run: CPU, 480x640, inference" -- run_official "$OFFICIAL_SRC/side_by_side.py" "$REPO_ROOT"
+    planned sbs_cuda_fp32 DEVICE=cuda SIZES=800x1333 REPS=10 run_official side_by_side.py "$REPO_ROOT"
+    planned sbs_cuda_bf16 DEVICE=cuda SIZES=800x1333 REPS=10 OURS_AMP=1 run_official side_by_side.py "$REPO_ROOT"
+    DEVICE=cpu SIZE=480x640 TASKS=inference stage sbs_memory 120 "dry run: CPU, 480x640, inference (no memory)" -- \
+        run_official "$REPO_ROOT/scripts/side_by_side_memory.py" "$REPO_ROOT"
+    planned sbs_memory_cuda DEVICE=cuda SIZE=800x1333 run_official scripts/side_by_side_memory.py "$REPO_ROOT"
+else
+    DEVICE=cuda SIZES=800x1333 TASKS=inference,train REPS=10 THREADS="$CORES" stage sbs_fp32 120 \
+        "official (float32) vs ours (float32), R50 800x1333, batch 1" -- \
+        run_official "$OFFICIAL_SRC/side_by_side.py" "$REPO_ROOT"
+    DEVICE=cuda SIZES=800x1333 TASKS=inference,train REPS=10 THREADS="$CORES" OURS_AMP=1 stage sbs_bf16 120 \
+        "official (float32) vs ours (bfloat16 autocast), R50 800x1333, batch 1" -- \
+        run_official "$OFFICIAL_SRC/side_by_side.py" "$REPO_ROOT"
+    DEVICE=cuda SIZE=800x1333 TASKS=inference,train stage sbs_memory 90 "peak memory per task, both models" -- \
+        run_official "$REPO_ROOT/scripts/side_by_side_memory.py" "$REPO_ROOT"
+fi
+
+# --- 9. ONNX export -------------------------------------------------------------------------------------------------
 if [[ ! -f tools/export_model.py ]]; then
     skipped onnx_export "tools/export_model.py does not exist in this checkout"
 elif ! "$PYTHON" -c 'import onnx, onnxruntime' 2> /dev/null; then
@@ -310,7 +405,7 @@ fi
 log "writing the report ($((SECONDS - START)) s so far)"
 "$PYTHON" scripts/gpu_report.py --work "$WORK" --out "$OUT" --dry-run "$DRY_RUN" --total-s $((SECONDS - START)) \
     --budget-s "$BUDGET_S" || die "writing the report failed (stage logs: $WORK)"
-rm -rf "$SITE" "$WORK/src" "$R50_FIXTURE" "$WORK/onnx"
+rm -rf "$SITE" "$WORK/src" "$R50_FIXTURE" "$WORK/onnx" "$OFFICIAL_DIR"
 cat "$OUT/gpu_report.md"
 if grep -q -P '\t(failed|timeout)\t' "$STAGES"; then exit 1; fi
 exit 0

@@ -4,8 +4,10 @@
     python scripts/gpu_report.py --work WORK --out OUT --dry-run 0|1 --total-s S --budget-s S
 
 Reads WORK/stages.tsv (one line per stage: name, status, seconds, exit code, note, command), WORK/environment.json,
-each stage's WORK/<name>.log and the JSON the tools wrote (msda.json, e2e_fp32.json, e2e_bf16.json). Standard
-library only: it runs whatever failed before it.
+each stage's WORK/<name>.log, the JSON the tools wrote (msda.json, e2e_fp32.json, e2e_bf16.json, profile.json,
+batch8.json) and the JSON lines of the side-by-side stages' logs (sbs_fp32, sbs_bf16, sbs_memory). Two tables sum
+them up: ours on the GPU, float32 and bfloat16, against issue 19's goals; and ours against the official model.
+Standard library only: it runs whatever failed before it.
 """
 import argparse
 import json
@@ -16,6 +18,7 @@ PARITY_COLUMNS = re.compile(r"\s{2,}")  # check_parity's table: check, value, to
 PARITY_KINDS = ("pred_logits", "pred_boxes", "score", "loss")
 PYTEST_SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
 LOG_TAIL_LINES = 25
+SIDE_BY_SIDE_STAGES = ("sbs_fp32", "sbs_bf16")
 
 
 def parse_args(argv=None):
@@ -103,6 +106,109 @@ def msda_summary(rows):
     return table
 
 
+def json_lines(log: str):
+    """The JSON objects printed one per line in a log (other lines, e.g. warnings, skipped)."""
+    rows = []
+    for line in log.splitlines():
+        if line.startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+    return rows
+
+
+def side_by_side_summary(log: str):
+    """side_by_side.py's lines: the header (device, parameters, ours_amp) and one row per size and task."""
+    rows = json_lines(log)
+    if not rows:
+        return None
+    return {"header": next((r for r in rows if "task" not in r), None), "rows": [r for r in rows if "task" in r]}
+
+
+def official_variant(report, setup_log: str):
+    """Which deformable attention the official model ran: side_by_side_memory.py's check, else setup's words."""
+    memory = report.get("sbs_memory") or {}
+    if (memory.get("header") or {}).get("official_attention"):
+        return memory["header"]["official_attention"]
+    for line in setup_log.splitlines():
+        if "detrex._C built" in line:
+            return "detrex._C (compiled CUDA op), by setup_official.sh"
+        if "did not build" in line:
+            return "none: detrex._C did not build (setup_official.sh)"
+    return None
+
+
+def _get(mapping, *keys):
+    for key in keys:
+        if not isinstance(mapping, dict):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def _copies(summary):
+    copies = _get(summary, "copies")
+    return None if copies is None else copies.get("HtoD", 0) + copies.get("DtoH", 0)
+
+
+def gpu_table(report):
+    """Ours on the GPU, float32 and bfloat16, per figure, with issue 19's goal: rows of
+    ``{"figure", "float32", "bfloat16", "goal"}`` (None where a stage did not run)."""
+    e2e = {"float32": report.get("e2e_fp32"), "bfloat16": report.get("e2e_bf16")}
+    profile = {p: _get(report, "profile", "precisions", p) for p in ("float32", "bfloat16")}
+    batch = report.get("batch8") or {}
+    rows = [
+        ("inference latency, batch 1 (ms)", {p: _get(e2e[p], "inference", "median_ms") for p in e2e},
+         "<= 20 / <= 12"),
+        ("training step, batch 2 (ms)", {p: _get(e2e[p], "train", "median_ms") for p in e2e}, "<= 160 / <= 110"),
+        ("inference peak memory (MiB)", {p: _get(e2e[p], "inference", "peak_memory_mib") for p in e2e}, "-"),
+        ("training peak memory (MiB)", {p: _get(e2e[p], "train", "peak_memory_mib") for p in e2e}, "must not rise"),
+        ("GPU busy fraction, inference", {p: _get(profile[p], "busy_fraction") for p in profile}, ">= 0.85"),
+        ("device time per image (ms)", {p: _get(profile[p], "device_active_ms") for p in profile}, "-"),
+        ("kernels per image", {p: _get(profile[p], "kernels") for p in profile}, "-"),
+        ("kernel launches per image", {p: _get(profile[p], "launches") for p in profile}, "-"),
+        ("host<->device copies per image", {p: _copies(profile[p]) for p in profile}, "-"),
+        ("synchronisations per image", {p: _get(profile[p], "syncs") for p in profile}, "0"),
+        ("operators per image", {p: _get(profile[p], "operators") for p in profile}, "-"),
+        ("casts per image", {p: _get(profile[p], "casts") for p in profile}, "-"),
+        (f"throughput, batch {_get(batch, 'inference', 'batch_size') or 8} (images/s)",
+         {"float32": _get(batch, "inference", "fp32_images_per_s"),
+          "bfloat16": _get(batch, "inference", "images_per_s") if batch.get("inference_amp_dtype") else None},
+         ">= 150 (bfloat16)"),
+    ]
+    return [{"figure": figure, **values, "goal": goal} for figure, values, goal in rows]
+
+
+def official_table(report):
+    """Ours against the official model, one row per figure: the official model's value (float32), ours in float32
+    and under bfloat16 autocast, and the ratios ours / official (times: median of per-round ratios)."""
+    runs = {"float32": report.get("sbs_fp32"), "bfloat16": report.get("sbs_bf16")}
+    memory = _get(report, "sbs_memory", "rows") or []
+    rows = []
+    for task, label in (("inference", "inference, batch 1 (ms)"), ("train", "training step, batch 1, no optimizer (ms)")):
+        row = {"figure": label, "official": None}
+        for precision, run in runs.items():
+            found = [r for r in (run or {}).get("rows", []) if r.get("task") == task]
+            if found:
+                # each run times the official model again: its float32 run is the reference column
+                if precision == "float32" or row["official"] is None:
+                    row["official"] = found[0]["official_s"] * 1000
+                row[precision] = found[0]["ours_s"] * 1000
+                row[f"{precision}_ratio"] = found[0]["ratio_median"]
+        rows.append(row)
+    for task, label in (("inference", "inference peak memory (MiB)"), ("train", "training step peak memory (MiB)")):
+        values = {(r["model"], r["precision"]): r.get("peak_mib") for r in memory if r.get("task") == task}
+        official = values.get(("official", "float32"))
+        row = {"figure": label, "official": official}
+        for precision in ("float32", "bfloat16"):
+            ours = values.get(("ours", precision))
+            row[precision] = ours
+            row[f"{precision}_ratio"] = ours / official if ours is not None and official else None
+        rows.append(row)
+    return rows
+
+
 def fmt(value, spec=".2f"):
     return "-" if value is None else format(value, spec)
 
@@ -148,6 +254,30 @@ def markdown(report) -> str:
                 lines.append(f"- {task} ({precision}): {stats.get('inputs')}: "
                              f"median {fmt(stats.get('median_ms'))} ms, {fmt(stats.get('images_per_s'))} images/s, "
                              f"peak {fmt(stats.get('peak_memory_mib'), '.0f')} MiB")
+    if any(any(row.get(p) is not None for p in ("float32", "bfloat16")) for row in report["gpu_table"]):
+        lines += ["", "Ours (stages e2e_fp32, e2e_bf16, profile, batch8: configs and sizes in their notes; random "
+                      "weights; bfloat16 = autocast):", "", "| figure | float32 | bfloat16 | issue 19 goal |",
+                  "| --- | --- | --- | --- |"]
+        for row in report["gpu_table"]:
+            spec = ".2f" if "fraction" in row["figure"] else ".1f"
+            lines.append(f"| {row['figure']} | {fmt(row.get('float32'), spec)} | {fmt(row.get('bfloat16'), spec)} | "
+                         f"{row['goal']} |")
+    if any(row.get("official") is not None for row in report["official_table"]):
+        sizes = sorted({row["size"] for name in (*SIDE_BY_SIDE_STAGES, "sbs_memory")
+                        for row in _get(report, name, "rows") or [] if "size" in row})
+        lines += ["", f"Ours vs the official model (side_by_side.py and scripts/side_by_side_memory.py, one process, "
+                      f"interleaved, R50 {', '.join(sizes)}, random weights; official attention: "
+                      f"{report['official_variant']}; the official model runs float32):", "",
+                  "| figure | official | ours float32 | ours / official | ours bfloat16 | ours / official |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for row in report["official_table"]:
+            lines.append(f"| {row['figure']} | {fmt(row.get('official'), '.1f')} | {fmt(row.get('float32'), '.1f')} | "
+                         f"{fmt(row.get('float32_ratio'))} | {fmt(row.get('bfloat16'), '.1f')} | "
+                         f"{fmt(row.get('bfloat16_ratio'))} |")
+    for precision, summary in ((report.get("profile") or {}).get("precisions") or {}).items():
+        if summary.get("top_kernels"):
+            lines += ["", f"Longest kernels per image ({precision}): " + "; ".join(
+                f"{k['name'][:60]} {k['ms']:.2f} ms ({k['launches']:.0f}x)" for k in summary["top_kernels"][:5])]
     failed = [s for s in report["stages"] if s["status"] in ("failed", "timeout")]
     for s in failed:
         lines += ["", f"## {s['name']}: {s['status']} (exit {s['exit_code']})", "", "```", *s["log_tail"], "```"]
@@ -176,8 +306,13 @@ def main(argv=None):
         if name in names:
             report[name] = parity_summary(read_log(work, name))
     report["msda"] = msda_summary(read_json(work / "msda.json"))
-    for name in ("e2e_fp32", "e2e_bf16"):
+    for name in ("e2e_fp32", "e2e_bf16", "profile", "batch8"):
         report[name] = read_json(work / f"{name}.json")
+    for name in (*SIDE_BY_SIDE_STAGES, "sbs_memory"):
+        report[name] = side_by_side_summary(read_log(work, name))
+    report["official_variant"] = official_variant(report, read_log(work, "official_setup"))
+    report["gpu_table"] = gpu_table(report)
+    report["official_table"] = official_table(report)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "gpu_report.md").write_text(markdown(report))

@@ -7,8 +7,8 @@
 #   - requirements/gpu-py312-sdist.txt  pure-Python packages published as source archives only: each archive is
 #                                       downloaded hash-pinned and built into a py3-none-any wheel here;
 #   - requirements/detectron2.txt       the hash-pinned detectron2 wheel (tagged cp310, installed pure, see INSTALL).
-# Also copies the official tiny parity fixture into DIR when ../shared/fixtures has it (the GPU machine gets only what
-# is carried). Prints every file and the total size; fails when DIR would hold two versions of one package.
+# Also copies the official tiny parity fixture into DIR when ../shared/fixtures has it, and ../shared/official into
+# DIR/official (the GPU machine gets only what is carried). Prints every file and the total size; fails when DIR would hold two versions of one package.
 #
 # Environment: PYTHON (default: .venv/bin/python, else python3) runs pip.
 set -euo pipefail
@@ -64,6 +64,13 @@ if [[ -f "$fixture" ]]; then
     cp "$fixture" "$DIR/"
 else
     log "no $fixture: gpu_check.sh's tiny-fixture parity stage will be skipped unless TINY_FIXTURE names one"
+fi
+# The official model for gpu_check.sh's side-by-side stages (timing only): its archive and set-up scripts, 0.2 MiB.
+official="$REPO_ROOT/../shared/official"
+if [[ -f "$official/setup_official.sh" ]]; then
+    rm -rf "$DIR/official" && mkdir -p "$DIR/official" && cp "$official"/* "$DIR/official/"
+else
+    log "no $official: gpu_check.sh's side-by-side stages will be skipped unless OFFICIAL_SRC names it"
 fi
 
 ls -l "$DIR" | tail -n +2 | awk '{printf "  %10d  %s\n", $5, $9}'

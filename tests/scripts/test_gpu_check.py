@@ -9,7 +9,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "focus_detr_tiny.pt"
-GPU_PLANNED = {"gpu_tests", "msda_cuda", "e2e_cuda_fp32", "e2e_cuda_bf16"}
+OFFICIAL_SRC = REPO_ROOT.parent / "shared" / "official"
+GPU_PLANNED = {"gpu_tests", "msda_cuda", "e2e_cuda_fp32", "e2e_cuda_bf16", "profile_cuda", "batch8_cuda", "sbs_cuda_fp32",
+               "sbs_cuda_bf16", "sbs_memory_cuda"}
 
 
 def _stages(report):
@@ -33,7 +35,8 @@ def test_dry_run_runs_every_cpu_stage_and_plans_the_gpu_ones(dry_run):
     stages = _stages(report)
     assert report["dry_run"] and report["ok"]
     assert stages["wheels"]["status"] == "skipped"
-    for name in ("imports", "build", "fixture", "gpu_tests_selected", "msda", "parity_r50", "e2e_fp32"):
+    for name in ("imports", "build", "fixture", "gpu_tests_selected", "msda", "parity_r50", "e2e_fp32", "profile",
+                 "batch8"):
         assert stages[name]["status"] == "ok", (name, stages[name]["log_tail"])
     assert {name for name, stage in stages.items() if stage["status"] == "planned"} == GPU_PLANNED
     # the build is the fresh one in the scratch copy, not the checkout's
@@ -44,6 +47,15 @@ def test_dry_run_runs_every_cpu_stage_and_plans_the_gpu_ones(dry_run):
     assert report["msda"] and report["e2e_fp32"]["train"]["median_ms"] > 0
     if TINY_FIXTURE.exists():
         assert stages["parity_tiny"]["status"] == "ok" and report["parity_tiny"]["verdict"] == "PARITY OK"
+    # the new stages' small CPU versions: operator counts per precision, a batch of 2, the official model beside ours
+    assert report["profile"]["precisions"]["bfloat16"]["operators"] > 0
+    assert report["batch8"]["inference"]["batch_size"] == 2 and report["batch8"]["inference"]["images_per_s"] > 0
+    if OFFICIAL_SRC.exists():
+        for name in ("official_setup", "sbs_fp32", "sbs_memory"):
+            assert stages[name]["status"] == "ok", (name, stages[name]["log_tail"])
+        assert [row["task"] for row in report["sbs_fp32"]["rows"]] == ["inference"]
+        assert report["official_table"][0]["official"] > 0 and report["official_table"][0]["float32_ratio"] > 0
+        assert report["official_variant"] == "none (detrex._C is empty)"
     markdown = (out / "gpu_report.md").read_text()
     assert "| gpu_tests | planned |" in markdown and "parity_r50: PARITY OK" in markdown
     assert "===== build: ok" in (out / "gpu_check.log").read_text()
@@ -82,3 +94,70 @@ def test_report_names_each_tasks_precision(tmp_path):
     markdown = (out / "gpu_report.md").read_text()
     assert "- inference (bfloat16): synthetic 800x1333: median 58.50 ms" in markdown
     assert "- train (float32): synthetic 800x1333: median 234.40 ms" in markdown
+
+
+def _write_issue19_stages(work):
+    """Synthetic outputs of the profile, batch-8 and side-by-side stages, as the tools print and write them."""
+    names = ("e2e_fp32", "e2e_bf16", "profile", "batch8", "official_setup", "sbs_fp32", "sbs_bf16", "sbs_memory")
+    (work / "stages.tsv").write_text("".join(f"{name}\tok\t9\t0\tnote\tcommand\n" for name in names))
+    for name, dtype, infer_ms, train_ms in (("e2e_fp32", None, 38.5, 250.0), ("e2e_bf16", "bfloat16", 58.5, 234.0)):
+        (work / f"{name}.json").write_text(json.dumps({
+            "inference_amp_dtype": dtype, "train_amp_dtype": dtype,
+            "inference": {"median_ms": infer_ms, "peak_memory_mib": 700.0},
+            "train": {"median_ms": train_ms, "peak_memory_mib": 5000.0}}))
+
+    def profiled(busy, syncs):
+        return {"busy_fraction": busy, "device_active_ms": 15.9, "kernels": 1830, "launches": 1831, "syncs": syncs,
+                "copies": {"HtoD": 40, "DtoH": 6, "DtoD": 3}, "operators": 3104, "casts": 630,
+                "top_kernels": [{"name": "sm90_gemm", "launches": 12, "ms": 2.5}]}
+
+    (work / "profile.json").write_text(json.dumps({"precisions": {"float32": profiled(0.41, 16),
+                                                                  "bfloat16": profiled(0.16, 16)}}))
+    (work / "batch8.json").write_text(json.dumps({"inference_amp_dtype": "bfloat16", "inference": {
+        "batch_size": 8, "images_per_s": 120.0, "fp32_images_per_s": 70.0}}))
+    (work / "official_setup.log").write_text("detrex._C built\nPYTHONPATH=/w/official:/w/official/_stubs\n")
+    warning = "/x/detrex/layers/dcn_v3.py:23: FutureWarning: deprecated\n"
+    (work / "sbs_fp32.log").write_text(warning + "\n".join(json.dumps(row) for row in (
+        {"device": "cuda", "params_official": 1, "params_ours": 1, "ours_amp": False},
+        {"size": "800x1333", "task": "inference", "official_s": 0.05, "ours_s": 0.04, "ratio_median": 0.8},
+        {"size": "800x1333", "task": "train", "official_s": 0.3, "ours_s": 0.15, "ratio_median": 0.5})) + "\n")
+    (work / "sbs_bf16.log").write_text("\n".join(json.dumps(row) for row in (
+        {"device": "cuda", "params_official": 1, "params_ours": 1, "ours_amp": True},
+        {"size": "800x1333", "task": "inference", "official_s": 0.052, "ours_s": 0.06, "ratio_median": 1.2})) + "\n")
+    (work / "sbs_memory.log").write_text("\n".join(json.dumps(row) for row in (
+        {"device": "cuda", "size": "800x1333", "official_attention": "detrex._C (compiled CUDA op)"},
+        {"model": "official", "precision": "float32", "task": "inference", "size": "800x1333", "peak_mib": 400.0},
+        {"model": "ours", "precision": "float32", "task": "inference", "peak_mib": 300.0},
+        {"model": "ours", "precision": "bfloat16", "task": "inference", "peak_mib": 200.0})) + "\n")
+
+
+def test_report_tables_ours_on_the_gpu_and_against_the_official_model(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    _write_issue19_stages(work)
+    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "gpu_report.py"), "--work", str(work), "--out",
+                    str(out), "--dry-run", "0", "--total-s", "300", "--budget-s", "450"], check=True)
+    report = json.loads((out / "gpu_report.json").read_text())
+    rows = {row["figure"]: row for row in report["gpu_table"]}
+    assert rows["inference latency, batch 1 (ms)"]["float32"] == 38.5
+    assert rows["training step, batch 2 (ms)"]["bfloat16"] == 234.0
+    assert rows["GPU busy fraction, inference"]["float32"] == 0.41
+    assert rows["host<->device copies per image"]["bfloat16"] == 46  # HtoD + DtoH, not DtoD
+    assert rows["synchronisations per image"]["float32"] == 16
+    assert rows["throughput, batch 8 (images/s)"] == {
+        "figure": "throughput, batch 8 (images/s)", "float32": 70.0, "bfloat16": 120.0, "goal": ">= 150 (bfloat16)"}
+    official = {row["figure"]: row for row in report["official_table"]}
+    inference = official["inference, batch 1 (ms)"]
+    # the float32 run's official time is the reference; each run's own ratio is kept
+    assert inference["official"] == pytest.approx(50) and inference["float32"] == pytest.approx(40)
+    assert inference["float32_ratio"] == 0.8 and inference["bfloat16_ratio"] == 1.2
+    train = official["training step, batch 1, no optimizer (ms)"]
+    assert train["float32"] == pytest.approx(150) and train.get("bfloat16") is None
+    memory = official["inference peak memory (MiB)"]
+    assert (memory["official"], memory["float32_ratio"], memory["bfloat16_ratio"]) == (400.0, 0.75, 0.5)
+    assert report["official_variant"] == "detrex._C (compiled CUDA op)"
+    markdown = (out / "gpu_report.md").read_text()
+    assert "| GPU busy fraction, inference | 0.41 | 0.16 | >= 0.85 |" in markdown
+    assert "| inference, batch 1 (ms) | 50.0 | 40.0 | 0.80 | 60.0 | 1.20 |" in markdown
+    assert "interleaved, R50 800x1333, random weights; official attention: detrex._C (compiled CUDA op)" in markdown
+    assert "sm90_gemm 2.50 ms (12x)" in markdown

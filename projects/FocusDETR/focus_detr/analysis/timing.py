@@ -134,20 +134,25 @@ def peak_memory_mib(device):
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def inference_call(model, inputs, device, amp_dtype=None) -> Callable[[], None]:
-    """A function running ``model`` (put in eval mode) on one image per call, cycling through ``inputs`` (dataset
-    dicts)."""
+def inference_call(model, inputs, device, amp_dtype=None, batch_size=1) -> Callable[[], None]:
+    """A function running ``model`` (put in eval mode) on ``batch_size`` images per call (one batch), cycling
+    through ``inputs`` (dataset dicts)."""
+    if batch_size < 1:
+        raise ValueError(f"the batch size must be at least 1, got {batch_size}")
     model.eval()
     position = {"next": 0}
 
     @torch.no_grad()
-    def one_image():
-        item = inputs[position["next"] % len(inputs)]
-        position["next"] += 1
+    def one_batch():
+        batch = []
+        for _ in range(batch_size):
+            item = inputs[position["next"] % len(inputs)]
+            position["next"] += 1
+            batch.append({**item, "image": item["image"].to(device)})
         with amp_autocast(device, amp_dtype):
-            model([{**item, "image": item["image"].to(device)}])
+            model(batch)
 
-    return one_image
+    return one_batch
 
 
 def inference_latency(model, inputs, device, warmup, repeats, amp_dtype=None):

@@ -1,0 +1,49 @@
+"""benchmark.py --batch-size (images per inference call) and profile_inference.py on the tiny Focus-DETR, CPU."""
+import json
+
+import pytest
+
+from tools_test_utils import FIXTURE_CONFIG, load_script
+
+
+def test_benchmark_batch_size_runs_batches_and_counts_images(tmp_path, monkeypatch):
+    benchmark = load_script("tools/benchmark.py", "benchmark_batch")
+    calls = []
+    build_model = benchmark.build_model
+
+    def spied_build_model(cfg, device):
+        model = build_model(cfg, device)
+        model.register_forward_pre_hook(lambda module, args: calls.append([tuple(x["image"].shape) for x in args[0]]))
+        return model
+
+    monkeypatch.setattr(benchmark, "build_model", spied_build_model)
+    json_path = tmp_path / "bench.json"
+    benchmark.main(benchmark.parse_args(
+        ["--config-file", FIXTURE_CONFIG, "--device", "cpu", "--input-size", "64", "96", "--batch-size", "3",
+         "--tasks", "inference", "--warmup", "0", "--repeats", "2", "--json", str(json_path)]))
+    inference = json.loads(json_path.read_text())["inference"]
+    assert calls == [[(3, 64, 96)] * 3] * 2
+    assert inference["batch_size"] == 3
+    assert inference["images_per_s"] == pytest.approx(3000 / inference["median_ms"])
+
+
+def test_benchmark_refuses_an_empty_batch(capsys):
+    benchmark = load_script("tools/benchmark.py", "benchmark_batch")
+    with pytest.raises(ValueError, match="--batch-size must be at least 1, got 0"):
+        benchmark.main(benchmark.parse_args(["--config-file", FIXTURE_CONFIG, "--device", "cpu", "--batch-size", "0"]))
+
+
+def test_profile_inference_writes_per_precision_counts(tmp_path, capsys):
+    profile = load_script("tools/profile_inference.py", "profile_inference")
+    json_path = tmp_path / "profile.json"
+    profile.main(profile.parse_args(
+        ["--config-file", FIXTURE_CONFIG, "--device", "cpu", "--input-size", "64", "96", "--precision", "float32",
+         "bfloat16", "--warmup", "0", "--repeats", "1", "--profiled", "1", "--json", str(json_path)]))
+    result = json.loads(json_path.read_text())
+    assert list(result["precisions"]) == ["float32", "bfloat16"]
+    float32, bfloat16 = result["precisions"]["float32"], result["precisions"]["bfloat16"]
+    assert float32["operators"] > 100 and float32["wall_ms"] > 0
+    assert bfloat16["casts"] > float32["casts"]  # autocast adds casts
+    # no device on a CPU: no kernels, no busy fraction
+    assert float32["kernels"] == 0 and float32["busy_fraction"] is None
+    assert "busy" in capsys.readouterr().out

@@ -8,8 +8,9 @@
 Builds the model, loads ``train.init_checkpoint`` (ours or an official detrex file; empty = random weights, with a
 warning), traces it on one CPU image of ``--sample-size`` and writes ``DIR/model.onnx`` and ``DIR/model.json``
 (input format, pixel mean/std, class names, keep ratios, opset, versions, export time, file size). The graph takes a
-uint8 ``image`` ``(3, H, W)`` of any size (batch 1) and returns ``boxes`` ``(K, 4)`` xyxy input pixels, ``scores``,
-``labels`` and the token counts; run it with ``focus_detr.export.OnnxPredictor`` or ``demo/demo.py --onnx``.
+uint8 ``image`` ``(3, H, W)`` of any size (batch 1) and returns ``boxes`` ``(K, 4)`` xyxy input pixels (clipped to the
+image, as the PyTorch model's are), ``scores``, ``labels`` and the token counts; run it with
+``focus_detr.export.OnnxPredictor`` or ``demo/demo.py --onnx``.
 
 After writing, the graph is checked (``onnx.checker``, no custom-domain node) and compared with the PyTorch model
 at the sample size and each ``--verify-sizes`` (top-100 detections matched by class, IoU >= 0.99, |d score| <= 1e-3;

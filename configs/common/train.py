@@ -18,7 +18,9 @@ train = dict(
     # exponential moving average of the weights; when enabled, evaluation during training uses the EMA weights and
     # checkpoints carry them (``--eval-only`` loads them when ``use_for_eval`` is True).
     model_ema=dict(enabled=False, decay=0.999, use_for_eval=True),
-    checkpointer=dict(period=5000, max_to_keep=100),
+    # save_safetensors: at the end also write <output_dir>/model_final.safetensors, the final weights alone (the EMA
+    # weights when model_ema.use_for_eval), for publishing; --resume needs the .pth checkpoints (optimizer, RNG, ...)
+    checkpointer=dict(period=5000, max_to_keep=100, save_safetensors=False),
     eval_period=5000,
     log_period=20,
     # -1: draw a random seed (recorded in the log and in checkpoints, so --resume stays exact)

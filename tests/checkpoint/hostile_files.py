@@ -7,6 +7,8 @@ import pickle
 import numpy as np
 import torch
 
+from focus_detr.engine.checkpoint import save_weights
+
 # (file name, how it is written): every format and extension a weights option accepts
 MALICIOUS_FORMATS = ["evil.pkl", "evil_zip.pth", "evil_legacy.pth", "evil.pyth", "evil.pt", "evil.weights"]
 
@@ -59,6 +61,10 @@ def damaged_files(folder):
         "not a pickle": b"weights: [1, 2, 3]\n",
         "not a zip": b"PK\x03\x04" + np.random.default_rng(1).bytes(200),
     }
+    safetensors = os.path.join(folder, "good.safetensors")
+    save_weights(safetensors, {"w": torch.zeros(1000)})
+    files["truncated safetensors"] = open(safetensors, "rb").read()[:-100]
+    os.remove(safetensors)
     paths = {}
     for index, (description, content) in enumerate(files.items()):
         paths[description] = os.path.join(folder, f"damaged_{index}.pth")

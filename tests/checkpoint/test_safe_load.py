@@ -54,9 +54,10 @@ def test_numpy_arrays_of_python_objects_are_refused(tmp_path):
 EXPECTED_WHY = {
     "zero-byte": "the file is empty (0 bytes)",
     "truncated": "the file is truncated or corrupt",
-    "random bytes": "it is neither a torch file (zip archive) nor a valid pickle",
-    "not a pickle": "it is neither a torch file (zip archive) nor a valid pickle",
+    "random bytes": "it is neither a torch file (zip archive), a safetensors file nor a valid pickle",
+    "not a pickle": "it is neither a torch file (zip archive), a safetensors file nor a valid pickle",
     "not a zip": "the file is truncated or corrupt",
+    "truncated safetensors": "(the file is truncated or its header is wrong)",
     "wrong layout (a list)": "it holds a list, not a dict of weights",
     "wrong layout (strings as weights)": "weight 'w' is a str, not a tensor or array",
 }

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from detectron2.config import LazyConfig, instantiate
 
 from conftest import FIXTURE_PATH, REPO_ROOT, TINY_CONFIG, build_tiny_model
 
@@ -116,13 +117,103 @@ def test_graph_is_plain_onnx_with_metadata(tiny_export):
 
 
 def test_tree_config_graph_matches_pytorch_at_other_sizes(tmp_path):
-    from detectron2.config import LazyConfig, instantiate
-
     torch.manual_seed(0)
     model = instantiate(LazyConfig.load(str(TREE_CONFIG)).model).eval()
     path = str(tmp_path / "trees.onnx")
     export_onnx(model, path, synthetic_inputs(352, 352)[0]["image"])
     _check_against_pytorch(model, OnnxPredictor(path, num_threads=1), [(256, 320), (320, 384), (384, 480)])
+
+
+def test_clip_to_image_is_detectron2s_clip_and_empty_box_filter():
+    from detectron2.structures import Boxes
+
+    from focus_detr.export.onnx_export import clip_to_image
+
+    height, width = 30, 50
+    boxes = torch.tensor([
+        [-5.0, -1.0, 60.0, 40.0],  # past every border
+        [10.0, 5.0, 20.0, 25.0],  # inside
+        [55.0, 5.0, 70.0, 25.0],  # right of the image: empty once clipped
+        [10.0, -9.0, 20.0, -1.0],  # above the image: empty once clipped
+        [50.0, 30.0, 50.0, 30.0],  # a point on the corner
+        [0.0, 0.0, 50.0, 30.0],  # the whole image
+    ])
+    ours, keep = clip_to_image(boxes, torch.tensor([width, height, width, height], dtype=torch.float32))
+    reference = Boxes(boxes.clone())
+    reference.clip((height, width))
+    assert torch.equal(ours, reference.tensor)
+    assert keep.tolist() == reference.nonempty().tolist() == [True, True, False, False, False, True]
+
+
+@pytest.fixture(scope="module")
+def border_reaching_export(tmp_path_factory):
+    """The tree model (random weights) with its box heads biased towards wide, tall boxes, so that most of its
+    detections reach past the image border; exported at 128x160. Returns the model and an OnnxPredictor."""
+    torch.manual_seed(0)
+    model = instantiate(LazyConfig.load(str(TREE_CONFIG)).model).eval()
+    with torch.no_grad():
+        for head in model.bbox_embed:
+            head.layers[-1].bias[2:] = 0.5  # width and height logits
+    path = str(tmp_path_factory.mktemp("border") / "trees.onnx")
+    export_onnx(model, path, torch.zeros(3, 128, 160, dtype=torch.uint8))
+    return model, OnnxPredictor(path, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def tree_picture():
+    """A trees_val tile, ``(H, W, 3)`` uint8 RGB."""
+    import numpy as np
+    from detectron2.data import DatasetCatalog
+    from PIL import Image
+
+    from focus_detr.data import register_trees
+
+    register_trees()
+    return np.asarray(Image.open(DatasetCatalog.get("trees_val")[0]["file_name"]).convert("RGB"))
+
+
+# the tile's own size (345x416), square, thin and tall, and sizes that are no multiple of the backbone's stride
+@pytest.mark.parametrize("size", [(345, 416), (352, 352), (160, 288), (301, 187)])
+def test_graph_clips_boxes_like_pytorch_on_a_tree_picture(border_reaching_export, tree_picture, size):
+    import numpy as np
+    from detectron2.structures import Boxes, Instances
+    from PIL import Image
+
+    model, predictor = border_reaching_export
+    height, width = size
+    image = torch.from_numpy(np.asarray(Image.fromarray(tree_picture).resize((width, height), Image.BILINEAR)))
+    image = image.permute(2, 0, 1).contiguous()
+    with torch.no_grad():
+        reference = model([{"image": image}])[0]["instances"]
+    top = reference.pred_boxes.tensor[reference.scores.argsort(descending=True)[:100]]
+    on_border = (top[:, :2] == 0).any(1) | (top[:, 2] == width) | (top[:, 3] == height)
+    assert on_border.sum() >= 30, "the model's boxes should reach past the border here"
+
+    # the graph's own outputs, as a runtime other than OnnxPredictor sees them (no detectron2 post-processing)
+    outputs = predictor.run(image)
+    boxes = torch.from_numpy(outputs["boxes"])
+    graph = Instances((height, width), pred_boxes=Boxes(boxes), scores=torch.from_numpy(outputs["scores"]),
+                      pred_classes=torch.from_numpy(outputs["labels"]))
+    assert len(graph) == len(reference)
+    assert match_detections(reference, graph, top=100) == (100, 100)
+    assert boxes.min() >= 0 and boxes[:, 0::2].max() <= width and boxes[:, 1::2].max() <= height
+    # where PyTorch clipped a coordinate, the graph's is the same border exactly
+    order = graph.scores.argsort(descending=True)[:100]
+    graph_top = boxes[order]
+    assert torch.equal(top == 0, graph_top == 0)
+    assert torch.equal(top[:, 0::2] == width, graph_top[:, 0::2] == width)
+    assert torch.equal(top[:, 1::2] == height, graph_top[:, 1::2] == height)
+
+    # rescaled to the tile's own size (416 / 352 in float32 times 352 falls short of 416), as the demo does
+    original = tree_picture.shape[:2]
+    with torch.no_grad():
+        reference = model([{"image": image, "height": original[0], "width": original[1]}])[0]["instances"]
+    ours = predictor(image, *original)
+    assert match_detections(reference, ours, top=100) == (100, 100)
+    top = reference.pred_boxes.tensor[reference.scores.argsort(descending=True)[:100]]
+    ours_top = ours.pred_boxes.tensor[ours.scores.argsort(descending=True)[:100]]
+    assert torch.equal(top[:, 0::2] == original[1], ours_top[:, 0::2] == original[1])
+    assert torch.equal(top[:, 1::2] == original[0], ours_top[:, 1::2] == original[0])
 
 
 class _StubTransformer:

@@ -1,6 +1,7 @@
 from .checkpointer import FocusDETRCheckpointer, describe_mismatch
 from .official import convert_official_state_dict, is_official_layout
 from .safe_load import CheckpointError, UnreadableCheckpointError, read_weights_file
+from .safetensors_io import write_safetensors
 
 __all__ = [
     "CheckpointError",
@@ -10,4 +11,5 @@ __all__ = [
     "describe_mismatch",
     "is_official_layout",
     "read_weights_file",
+    "write_safetensors",
 ]

@@ -53,7 +53,7 @@ def _check_state_dict(state_dict, source):
 
 class FocusDETRCheckpointer(DetectionCheckpointer):
     """Loads our checkpoints, official detrex Focus-DETR ones (converted on the fly), detectron2 model-zoo ``.pkl``
-    files and backbone-only weights, of any extension, without running code from the file
+    files, safetensors files and backbone-only weights, of any extension, without running code from the file
     (:func:`~focus_detr.checkpoint.safe_load.read_weights_file`).
 
     A checkpoint holding detector weights must match the model exactly: missing or unexpected keys raise a
@@ -107,7 +107,7 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
             weights = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
             data = {"model": weights, "__author__": "pycls", "matching_heuristics": True}
         else:
-            if "model" not in data:
+            if loaded.format == "safetensors" or "model" not in data:  # a safetensors file is one flat state dict
                 data = {"model": data}
             queries = parse_qs(self._parsed_url_during_load.query) if self._parsed_url_during_load else {}
             if queries.pop("matching_heuristics", "False") == ["True"]:

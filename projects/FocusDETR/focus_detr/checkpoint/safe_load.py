@@ -1,9 +1,11 @@
 """Reading weights files without running code from them, whatever their extension.
 
 A pickle can name any importable callable and have the unpickler call it, so a weights file from a stranger is a
-program unless the reader refuses such names. Two readers cover every format the project accepts:
+program unless the reader refuses such names. Three readers cover every format the project accepts:
 
 - torch files (zip archives, legacy ``torch.save`` files): ``torch.load(weights_only=True)``;
+- safetensors files (tensors only, no code by construction): :func:`~.safetensors_io.read_safetensors`, which checks
+  every header field;
 - plain pickles (detectron2 / Detectron model-zoo ``.pkl`` files): :class:`WeightsUnpickler`, which builds only
   numpy arrays of numbers, numpy scalars and dtypes, numbers, strings, bytes, ``None`` and dicts / lists / tuples /
   sets / ``OrderedDict``.
@@ -20,6 +22,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from .safetensors_io import looks_like_safetensors, read_safetensors
 
 __all__ = ["CheckpointError", "UnreadableCheckpointError", "WeightsFile", "read_weights_file", "WeightsUnpickler"]
 
@@ -81,7 +85,8 @@ class WeightsUnpickler(pickle.Unpickler):
 
 
 class WeightsFile(NamedTuple):
-    """What :func:`read_weights_file` read: the unpickled ``content`` and its ``format`` ("torch" or "pickle")."""
+    """What :func:`read_weights_file` read: the ``content`` and its ``format``: "torch", "pickle" (both: whatever
+    was pickled) or "safetensors" (a dict of tensors by name)."""
 
     content: Any
     format: str
@@ -141,11 +146,13 @@ def read_weights_file(path: str, *, torch_safe_globals=()) -> WeightsFile:
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(9)
             if size == 0:
                 raise unreadable("the file is empty (0 bytes)")
-            if zipfile.is_zipfile(f) or head == b"PK\x03\x04":
+            if zipfile.is_zipfile(f) or head[:4] == b"PK\x03\x04":
                 return WeightsFile(_torch_load(path, torch_safe_globals, unreadable), "torch")
+            if looks_like_safetensors(head):
+                return WeightsFile(read_safetensors(f, size, unreadable), "safetensors")
             f.seek(0)
             try:
                 first = _read_plain_pickle(path, f)
@@ -164,7 +171,8 @@ def _why_pickle_failed(error):
         return "the file is truncated (pickle data ended early)"
     if isinstance(error, pickle.UnpicklingError) and str(error).startswith("it "):
         return f"{error}, which is not allowed in a weights file (only arrays, numbers, strings and containers)"
-    return f"it is neither a torch file (zip archive) nor a valid pickle ({type(error).__name__}: {error})"
+    return (f"it is neither a torch file (zip archive), a safetensors file nor a valid pickle "
+            f"({type(error).__name__}: {error})")
 
 
 def _torch_load(path, safe_globals, unreadable):

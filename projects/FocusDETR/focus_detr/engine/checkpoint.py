@@ -9,9 +9,9 @@ import tempfile
 
 import torch
 
-from ..checkpoint import CheckpointError, FocusDETRCheckpointer, UnreadableCheckpointError
+from ..checkpoint import CheckpointError, FocusDETRCheckpointer, UnreadableCheckpointError, write_safetensors
 
-__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "TEMPORARY_FILE_PATTERN"]
+__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "save_weights", "TEMPORARY_FILE_PATTERN"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,23 @@ def atomic_write(path, write_fn, mode="wb"):
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         raise
+
+
+def save_weights(path, state_dict):
+    """Writes model weights alone (name -> tensor), atomically: a safetensors file when ``path`` ends in
+    ``.safetensors`` (tensors only: any reader can load it without running code), else a torch file holding
+    ``{"model": state_dict}``. Both load with ``train.init_checkpoint``. A full disk is a one-line CheckpointError."""
+    def write(f):
+        if str(path).endswith(".safetensors"):
+            write_safetensors(f, state_dict, metadata={"format": "pt"})  # "pt": Hugging Face readers' convention
+        else:
+            torch.save({"model": state_dict}, f)
+
+    try:
+        atomic_write(path, write)
+    except OSError as error:
+        why = "no space left on device" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
+        raise CheckpointError(f"cannot save weights {path}: {why}") from error
 
 
 class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
@@ -81,6 +98,15 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
             kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
             why = "no space left on device" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
             raise CheckpointError(f"cannot save checkpoint {save_file}: {why} ({kept})") from error
+
+    def save_weights(self, name, state_dict=None):
+        """Writes ``save_dir/name`` with the weights alone (default: the model's), as :func:`save_weights` does: for
+        publishing or ``train.init_checkpoint``, not for ``--resume`` (which needs the optimizer, scheduler, RNG and
+        data position, hence a ``.pth`` from :meth:`save`). Returns the path."""
+        path = os.path.join(self.save_dir, name)
+        self.logger.info(f"Saving weights to {path}")
+        save_weights(path, self.model.state_dict() if state_dict is None else state_dict)
+        return path
 
     def tag_last_checkpoint(self, last_filename_basename):
         save_file = os.path.join(self.save_dir, "last_checkpoint")

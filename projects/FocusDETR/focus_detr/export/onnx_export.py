@@ -23,6 +23,7 @@ __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAMES",
     "ExportableFocusDETR",
+    "clip_to_image",
     "export_onnx",
     "export_metadata",
     "require_packages",
@@ -30,8 +31,8 @@ __all__ = [
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
-# boxes (K, 4) xyxy input pixels, scores (K,), labels (K,) int64; then per encoder layer the foreground tokens it
-# updates (J,) and its fine-grained tokens (J,), and the decoder queries (1,)
+# boxes (K, 4) xyxy input pixels clipped to the image, scores (K,), labels (K,) int64; then per encoder layer the
+# foreground tokens it updates (J,) and its fine-grained tokens (J,), and the decoder queries (1,)
 OUTPUT_NAMES = ("boxes", "scores", "labels", "encoder_token_counts", "fine_grained_token_counts", "num_queries")
 
 
@@ -50,12 +51,21 @@ def _length(tensor: torch.Tensor, dim: int) -> torch.Tensor:
     return torch._shape_as_tensor(tensor)[dim : dim + 1]
 
 
+def clip_to_image(boxes: torch.Tensor, size: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """What ``detector_postprocess`` does to the PyTorch model's detections when the output size is the input size
+    (its scale factor is then 1): ``Boxes.clip`` then ``Boxes.nonempty``. ``boxes`` ``(K, 4)`` xyxy input pixels,
+    ``size`` ``(4,)`` float ``[W, H, W, H]`` -> the boxes clipped to ``[0, W] x [0, H]``, and ``(K,)`` bool: which of
+    them keep a positive width and height (detectron2 drops the others)."""
+    boxes = torch.minimum(boxes.clamp(min=0), size)
+    return boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
 class ExportableFocusDETR(nn.Module):
     """A FocusDETR's inference on one image, with tensor inputs and outputs only.
 
     ``forward(image)``: uint8 ``(3, H, W)`` in the model's input format, already resized (what detectron2's
-    ``DefaultPredictor`` passes to the model) -> the tensors of :data:`OUTPUT_NAMES`: the model's post-processed
-    detections in input pixels, unclipped (``detector_postprocess`` clips them, see ``OnnxPredictor``), and the
+    ``DefaultPredictor`` passes to the model) -> the tensors of :data:`OUTPUT_NAMES`: the model's detections in
+    input pixels, exactly as ``model([{"image": image}])`` post-processes them (see :func:`clip_to_image`), and the
     token counts its encoder and decoder used.
     """
 
@@ -72,11 +82,12 @@ class ExportableFocusDETR(nn.Module):
         logits, boxes = model.predict(out)
         scores, labels, boxes = model.select_detections(logits[-1], boxes[-1])
         height, width = _length(image, 1).float(), _length(image, 2).float()
-        scale = torch.cat([width, height, width, height])
+        size = torch.cat([width, height, width, height])
+        boxes, keep = clip_to_image(boxes[0] * size, size)
         return (
-            boxes[0] * scale,
-            scores[0],
-            labels[0],
+            boxes[keep],
+            scores[0][keep],
+            labels[0][keep],
             torch.cat([_length(inds, 1) for inds in out.selection.foreground_inds]),
             torch.cat([_length(inds, 1) for inds in out.fine_grained_inds]),
             _length(out.hidden_states, 2),

@@ -105,9 +105,13 @@ class OnnxPredictor:
     ) -> Instances:
         """:meth:`run`'s outputs for an image of ``image_size`` (H, W) as ``Instances``, rescaled to ``height`` x
         ``width`` when given."""
+        boxes = torch.from_numpy(outputs["boxes"])
+        # The graph clips to the input size; PyTorch scales to the output size first and clips there, so a clipped
+        # coordinate ends on the output border exactly, where the input border times the float32 scale factor can
+        # fall one rounding short. Moved past the border, detector_postprocess's clip puts it there too.
+        border = torch.tensor([image_size[1], image_size[0]] * 2, dtype=boxes.dtype)
         result = Instances(image_size)
-        result.pred_boxes = Boxes(torch.from_numpy(outputs["boxes"]))
+        result.pred_boxes = Boxes(torch.where(boxes == border, 2 * border, boxes))
         result.scores = torch.from_numpy(outputs["scores"])
         result.pred_classes = torch.from_numpy(outputs["labels"])
-        # Clipping and rescaling exactly as the PyTorch model's inference does.
         return detector_postprocess(result, height or image_size[0], width or image_size[1])

@@ -1,0 +1,32 @@
+"""tools/soak.py: a training run sampled for memory, file handles and threads, with a table and a verdict."""
+import json
+
+from focus_detr.engine.soak import Limits, Sample, soak_verdict
+from tools_test_utils import load_script
+
+
+def test_a_short_soak_on_the_tree_config_reports_samples_a_table_and_a_verdict(tmp_path, capsys):
+    soak = load_script("tools/soak.py", "soak")
+    report = tmp_path / "soak.json"
+    # 8 iterations, evaluations after 4 and 8: the judged samples are those of iterations 4-7 and the last evaluation.
+    # Handles and threads come and go with data-loader traffic, so this short run cannot judge them: wide limits.
+    argv = ["--output", str(tmp_path / "run"), "--sample-every", "0.1", "--json", str(report),
+            "--max-rss-growth", "50", "--max-fd-growth", "100", "--max-thread-growth", "100",
+            "train.max_iter=8", "train.eval_period=4", "train.checkpointer.period=2", "train.log_period=1",
+            "dataloader.train.num_workers=1"]
+    assert soak.main(soak.parse_args(argv)) == 0
+    result = json.loads(report.read_text())
+    assert result["run"]["exit_status"] == 0 and result["run"]["iterations"] == 8
+    assert result["max_iter"] == 8 and result["eval_period"] == 4
+    samples = [Sample(**s) for s in result["samples"]]
+    assert samples[-1].iterations == 8 and any(s.workers == 1 and s.rss_mib > 100 and s.fds > 3 for s in samples)
+    verdict = result["verdict"]
+    assert verdict["ok"] and verdict["problems"] == [] and verdict["warmup_iterations"] == 4
+    assert set(verdict["measures"]) == {"rss_mib", "workers_rss_mib", "fds", "threads"}
+    # the verdict is the one its samples give
+    again = soak_verdict(samples, 4, 8, Limits(0.5, 100, 100))
+    assert verdict["measures"] == again.measures and verdict["window"] == again.window
+    out = capsys.readouterr().out
+    assert "iter  time s  RSS MiB workers wRSS MiB   fds threads" in out and "<- warm-up over" in out
+    assert "soak: PASS; 8 iterations in" in out
+    assert (tmp_path / "run" / "run" / "model_final.pth").is_file()  # --output is kept

@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Soak: trains the tree config for 1,000 iterations (with an evaluation every 200 and a checkpoint every 100, at a
+reduced input size: ``SOAK_OVERRIDES`` in focus_detr/engine/soak.py) while sampling, every ``--sample-every``
+seconds, the training process's resident memory (VmRSS), its data-loader workers' (summed), and the open file
+handles and threads of all of them, from Linux's /proc. ``key=value`` pairs on this command line come after the
+soak's overrides.
+
+After the warm-up (up to the first evaluation, or the first 10% of the iterations without one) the last tenth of
+the samples is compared with the first tenth: resident memory may grow by at most ``--max-rss-growth`` percent
+(medians), open file handles and threads not at all (``--max-fd-growth`` / ``--max-thread-growth``). Prints the
+samples as a table (about 11 rows spread over the run) and the verdict; ``--json`` writes every sample. Exits 1 when
+a limit is exceeded or the run fails.
+
+Examples:
+    python tools/soak.py --json soak.json
+    python tools/soak.py --output /tmp/soak --sample-every 0.5 train.max_iter=200 train.eval_period=50
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict
+
+from focus_detr.engine import load_config
+from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.soak import SOAK_OVERRIDES, Limits, SampleTable, run_soak, soak_verdict, warmup_iterations
+from focus_detr.engine.training_process import TrainingCommand, last_error, prepare_runs_folder
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TREES_CONFIG = os.path.join("configs", "focus_detr_r18_trees.py")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default=TREES_CONFIG, metavar="FILE",
+                        help="default: the tree config (SOAK_OVERRIDES name its data pipeline)")
+    parser.add_argument("--output", metavar="DIR", help="new or empty folder for the run (default: a temporary "
+                        "folder, removed when the soak passes)")
+    parser.add_argument("--sample-every", type=float, default=2.0, metavar="S", help="seconds between samples")
+    parser.add_argument("--max-rss-growth", type=float, default=5.0, metavar="PERCENT")
+    parser.add_argument("--max-fd-growth", type=int, default=0, metavar="N")
+    parser.add_argument("--max-thread-growth", type=int, default=0, metavar="N")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the training process")
+    parser.add_argument("--run-timeout", type=float, default=3600.0, metavar="S")
+    parser.add_argument("--json", metavar="PATH", help="write the samples and the verdict here")
+    add_overrides_argument(parser)
+    return parse_args_with_overrides(parser, argv)
+
+
+def _print_lines(lines):
+    for line in lines:
+        print(line, flush=True)
+
+
+def main(args) -> int:
+    if args.sample_every <= 0 or min(args.max_rss_growth, args.max_fd_growth, args.max_thread_growth) < 0:
+        raise ValueError("--sample-every must be > 0 and the --max-*-growth limits >= 0")
+    overrides = [*SOAK_OVERRIDES, *args.opts]
+    cfg = load_config(os.path.join(REPO_ROOT, args.config_file), overrides)
+    max_iter = int(cfg.train.max_iter)
+    eval_period = int(cfg.train.eval_period) if cfg.dataloader.get("evaluator", None) is not None else 0
+    warmup = warmup_iterations(max_iter, eval_period)
+    limits = Limits(args.max_rss_growth / 100, args.max_fd_growth, args.max_thread_growth)
+    folder, temporary = prepare_runs_folder(args.output, "soak_")
+    log_path = os.path.join(folder, "train.log")
+    print(f"soak in {folder}: {args.config_file}, {max_iter} iterations, evaluation every {eval_period or '-'}, "
+          f"checkpoint every {cfg.train.checkpointer.period}; warm-up {warmup} iterations; a sample every "
+          f"{args.sample_every:g} s", flush=True)
+    command = TrainingCommand(args.config_file, overrides, REPO_ROOT, args.threads, args.run_timeout)
+    table = SampleTable(max_iter, warmup)
+    print(SampleTable.HEADER, flush=True)
+    run = run_soak(command, os.path.join(folder, "run"), log_path, args.sample_every,
+                   echo=lambda sample: _print_lines(table.add(sample)))
+    _print_lines(table.close())
+    verdict = soak_verdict(run.samples, warmup, max_iter, limits)
+    if run.exit_status != 0:
+        verdict.problems.insert(0, f"the training run exited {run.exit_status}: {last_error(log_path)}")
+    elif run.iterations < max_iter:
+        verdict.problems.insert(0, f"the training run logged {run.iterations} of {max_iter} iterations")
+    for name, measure in verdict.measures.items():
+        if name.endswith("rss_mib"):
+            print(f"{name}: {measure['baseline']:.1f} after warm-up -> {measure['final']:.1f} at the end "
+                  f"({measure['growth']:+.1%}, limit {measure['limit']:+.0%})")
+        else:
+            print(f"{name}: {measure['baseline']:g} after warm-up -> {measure['final']:g} at the end "
+                  f"({measure['growth']:+g}, limit {measure['limit']:+d})")
+    print(f"soak: {'PASS' if verdict.ok else 'FAIL: ' + '; '.join(verdict.problems)}; {run.iterations} iterations "
+          f"in {run.seconds:.0f} s, {len(run.samples)} samples (windows of {verdict.window})")
+    if args.json:
+        report = {"config": args.config_file, "overrides": overrides, "limits": asdict(limits),
+                  "sample_every_s": args.sample_every, "max_iter": max_iter, "eval_period": eval_period,
+                  "run": {"exit_status": run.exit_status, "iterations": run.iterations,
+                          "seconds": round(run.seconds, 1)},
+                  "verdict": dict(asdict(verdict), ok=verdict.ok), "samples": [asdict(s) for s in run.samples]}
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    if temporary and verdict.ok:
+        shutil.rmtree(folder)
+    return 0 if verdict.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_reporting_errors(main, parse_args()))

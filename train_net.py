@@ -12,6 +12,11 @@ Examples:
 default without a GPU) they are CPU processes talking over gloo, otherwise one process per GPU over NCCL.
 Multi-node: add ``--num-machines M --machine-rank R --dist-url tcp://HOST:PORT`` on every machine.
 ``key=value`` pairs anywhere on the line override config entries; an unknown key is an error.
+
+One run at a time per ``train.output_dir`` (a second one is refused, naming the process that holds the folder);
+training from scratch into a folder that holds an earlier run's checkpoints is refused (add ``--resume``).
+Ctrl-C or SIGTERM stops training after the current iteration with a checkpoint saved there, printing one line with
+the command that resumes it (exit status 130 / 143); a second Ctrl-C stops at once.
 """
 import os
 import sys
@@ -19,17 +24,13 @@ import sys
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from torch.multiprocessing import ProcessExitedException
 
-from focus_detr.engine import (
-    check_datasets_registered,
-    check_output_dir,
-    load_config,
-    resolve_device,
-    run_evaluation,
-    run_training,
-)
+from focus_detr.engine import check_datasets_registered, load_config, resolve_device, run_evaluation, run_training
 from focus_detr.engine.arguments import parse_args_with_overrides
-from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.cli import report_interruption, run_reporting_errors
+from focus_detr.engine.interrupt import ForwardedStop, StopRequest, resume_command
+from focus_detr.engine.output_lock import claim_output_dir
 
 
 def parse_args(argv=None):
@@ -39,15 +40,29 @@ def parse_args(argv=None):
 
 def main(args, cfg=None):
     """Trains or evaluates on this process. ``cfg``: the config already loaded from ``args`` in this process
-    (loading a config file twice in one process would run its code twice, e.g. register its datasets again)."""
+    (loading a config file twice in one process would run its code twice, e.g. register its datasets again).
+    Training stops after the current iteration on SIGINT / SIGTERM (raising ``TrainingInterrupted``, whose message
+    names the checkpoint and ``args.resume_command``, by default this process's command line with ``--resume``)."""
     if cfg is None:
         cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="focus_detr")
     if args.eval_only:
         return run_evaluation(cfg)
-    run_training(cfg, resume=args.resume)
+    with StopRequest() as stop_request:
+        command = getattr(args, "resume_command", None) or resume_command()
+        run_training(cfg, resume=args.resume, stop_request=stop_request, resume_command=command)
     return None
+
+
+def _process_main(args):
+    """``main`` on each of several processes. An interruption is one line and an exit status (130 / 143) from the
+    main process, which the launching process passes on; the others end quietly with status 0 (a non-zero status
+    from them would make the launcher terminate the main process before it has reported)."""
+    try:
+        return main(args)
+    except KeyboardInterrupt as interrupt:
+        sys.exit(report_interruption(interrupt) if comm.is_main_process() else 0)
 
 
 def _hide_gpus_for_cpu_processes(cfg, args):
@@ -57,27 +72,42 @@ def _hide_gpus_for_cpu_processes(cfg, args):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
+def _launch_processes(args):
+    """``launch`` of several processes. SIGINT / SIGTERM sent to this process alone reach them as a stop request;
+    returns the exit status of a stopped run (its main process printed the line), else 0."""
+    with ForwardedStop() as forwarded:
+        try:
+            launch(_process_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                   dist_url=args.dist_url, args=(args,))  # each process loads the config file itself
+        except ProcessExitedException as exited:
+            if ForwardedStop.stopped_status(exited.exit_code):
+                return exited.exit_code
+            if forwarded.signal_number is None:
+                raise
+            return report_interruption(KeyboardInterrupt(f"interrupted by a signal ({exited})"))
+    return 0
+
+
 def _launch(args):
     cfg = load_config(args.config_file, args.opts)
     check_datasets_registered(cfg.get("dataloader", {}))
-    check_output_dir(cfg.train.get("output_dir", ""))
     _hide_gpus_for_cpu_processes(cfg, args)
-    single_process = args.num_gpus * args.num_machines == 1
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        # one process runs main right here: it reuses this config; started processes load the file themselves
-        args=(args, cfg) if single_process else (args,),
-    )
+    # The lock is held here, by the process that runs main or waits for the processes running it, from before
+    # anything is written into the folder until every process has ended; on a multi-machine run, by the first machine.
+    with claim_output_dir(cfg.train.get("output_dir", ""), fresh_training=not (args.resume or args.eval_only),
+                          lock=args.machine_rank == 0):
+        if args.num_gpus * args.num_machines > 1:
+            return _launch_processes(args)
+        return main(args, cfg)  # one process: here, reusing this config
 
 
 def cli(argv=None):
     """Parses ``argv``, checks config / overrides / datasets up front (so errors are one line, before any worker
     starts) and launches ``main`` on every process. Returns the process exit code."""
-    return run_reporting_errors(_launch, parse_args(argv))
+    args = parse_args(argv)
+    # this process's command line (started processes have another), or train_net.py with the given arguments
+    args.resume_command = resume_command(None if argv is None else [sys.executable, os.path.abspath(__file__), *argv])
+    return run_reporting_errors(_launch, args)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,15 @@ def _dataset_name(names):
 
 
 def main(args):
+    """The whole job holds the output folder (one run at a time in it); without --resume, a folder holding an earlier
+    run's checkpoints is refused rather than overwritten."""
+    from focus_detr.engine import claim_output_dir
+
+    with claim_output_dir(os.path.abspath(args.output), key="--output", fresh_training=not args.resume):
+        return _run_job(args)
+
+
+def _run_job(args):
     from detectron2.data import DatasetCatalog
 
     from focus_detr.analysis.baseline import evaluate_grid_baseline

@@ -1,8 +1,7 @@
 """Two CPU processes (gloo, detectron2's ``launch``) compute the same first-step gradients as one process with the
 same total batch: data sharding, DDP gradient averaging and the loss normalisation agree."""
 import os
-import subprocess
-import sys
+import signal
 
 import pytest
 import torch
@@ -10,7 +9,8 @@ from detectron2.config import instantiate
 from detectron2.engine import launch
 from detectron2.utils import comm
 
-from engine_test_utils import ENGINE_TESTS, REPO_ROOT, TOY_CONFIG, TOY_DATASET
+from cli_output import shows_traceback
+from engine_test_utils import REPO_ROOT, TOY_CONFIG, TOY_DATASET, TrainNetProcess
 
 COMMON_OVERRIDES = [
     "dataloader.train.total_batch_size=2",
@@ -65,16 +65,23 @@ def test_two_gloo_processes_match_one_process(case, tmp_path, monkeypatch):
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_train_net_with_two_cpu_processes_checkpoints_both_ranks(tmp_path):
-    """``train_net.py --num-gpus 2`` on CPU: two gloo processes; the checkpoint holds each rank's RNG and data
-    position (what ``--resume`` gives back to each rank)."""
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", FOCUS_DETR_TOY_DATA_ROOT=str(tmp_path / "data"))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ENGINE_TESTS, env.get("PYTHONPATH")]))
-    command = [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), "--config-file", TOY_CONFIG, "--num-gpus", "2",
-               "--dist-url", "auto", f"train.output_dir={tmp_path}", "train.max_iter=2", "dataloader.evaluator=null"]
-    result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = torch.load(tmp_path / "model_final.pth", weights_only=True)
+def test_train_net_with_two_cpu_processes_stops_together_on_ctrl_c_and_checkpoints_both_ranks(tmp_path):
+    """``train_net.py --num-gpus 2`` on CPU: two gloo processes. A terminal's Ctrl-C (the launcher, both processes and
+    their data-loader workers get it) stops both after the same iteration: one line, status 130, and a checkpoint
+    holding each rank's RNG and data position (what ``--resume`` gives back to each rank)."""
+    argv = ["--config-file", TOY_CONFIG, "--num-gpus", "2", "--dist-url", "auto", f"train.output_dir={tmp_path}",
+            "train.max_iter=10", "train.log_period=1", "dataloader.evaluator=null", "dataloader.train.num_workers=1",
+            "model.step_seconds=0.3"]
+    run = TrainNetProcess(argv, str(tmp_path), tmp_path / "data")
+    run.wait_for(r"iter: 1 ")
+    run.signal_group(signal.SIGINT)
+    assert run.wait(timeout=300) == 130, run.stderr()[-3000:]
+    stderr = run.stderr()
+    assert not shows_traceback(stderr + run.stdout()) and "KeyboardInterrupt" not in stderr
+    stop_lines = [line for line in stderr.splitlines() if line.startswith("training stopped by SIGINT after iteration")]
+    assert len(stop_lines) == 1 and stderr.strip().splitlines()[-1] == stop_lines[0]
+    checkpoint = torch.load(tmp_path / (tmp_path / "last_checkpoint").read_text(), weights_only=True)
+    assert f"after iteration {checkpoint['iteration']} " in stop_lines[0]
     positions = [state["data_loader"] for state in checkpoint["rank_states"]]
     assert [p["rank"] for p in positions] == [0, 1] and all(p["world_size"] == 2 for p in positions)
     assert not torch.equal(checkpoint["rank_states"][0]["rng"]["torch"], checkpoint["rank_states"][1]["rng"]["torch"])

@@ -1,10 +1,14 @@
 """A tiny stand-in detector and a synthetic COCO dataset for fast engine tests (not part of the package).
 
 The detector draws from the global torch RNG in training (like Focus-DETR's denoising queries) so that tests of
-exact resume notice a generator that is not restored.
+exact resume notice a generator that is not restored. Two knobs that leave its numbers unchanged serve the tests of
+stopping a run: ``step_seconds`` (each training forward sleeps, giving a signal sent from outside time to land) and
+``signal_step`` / ``signals`` (the process signals itself during a given training forward).
 """
 import json
 import os
+import signal
+import time
 
 import numpy as np
 import torch
@@ -19,9 +23,16 @@ from torch.nn import functional as F
 class ToyDetector(nn.Module):
     """images -> conv features -> ``num_queries`` boxes + class logits. Training: L1 + BCE against the first GT box."""
 
-    def __init__(self, num_classes=1, num_queries=4, input_size=32, feature_noise=0.05):
+    def __init__(self, num_classes=1, num_queries=4, input_size=32, feature_noise=0.05, step_seconds=0.0,
+                 signal_step=None, signals=()):
+        """``step_seconds``: sleep in every training forward. ``signals``: signal numbers this process sends itself
+        during training forward number ``signal_step`` (0-based, counted from this model's creation)."""
         super().__init__()
         self.feature_noise = feature_noise
+        self.step_seconds = step_seconds
+        self.signal_step = signal_step
+        self.signals = list(signals)
+        self._training_forwards = 0
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.input_size = input_size
@@ -47,8 +58,16 @@ class ToyDetector(nn.Module):
         logits = self.class_embed(features).view(-1, self.num_queries, self.num_classes)
         boxes = self.bbox_embed(features).view(-1, self.num_queries, 4).sigmoid()  # normalised x0, y0, x1-x0, y1-y0
         if self.training:
+            self._after_training_forward()
             return self.losses(batched_inputs, logits, boxes)
         return self.inference(batched_inputs, logits, boxes)
+
+    def _after_training_forward(self):
+        if self._training_forwards == self.signal_step:
+            for number in self.signals:
+                os.kill(os.getpid(), number)
+        self._training_forwards += 1
+        time.sleep(self.step_seconds)
 
     def losses(self, batched_inputs, logits, boxes):
         box_losses, class_losses = [], []

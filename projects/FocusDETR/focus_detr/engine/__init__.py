@@ -1,6 +1,7 @@
 """Training / evaluation machinery used by ``train_net.py`` and ``tools/``: config loading with checked overrides,
 the training step (AMP on CPU/GPU, gradient clipping), the autocast settings of training and inference, atomic
-checkpoints with exact resume (RNG + data position), EMA, evaluation."""
+checkpoints with exact resume (RNG + data position), EMA, evaluation, one run per output folder, and stopping
+cleanly on Ctrl-C / SIGTERM."""
 from .checkpoint import AtomicDetectionCheckpointer, atomic_write
 from .config import (
     ConfigError,
@@ -12,7 +13,9 @@ from .config import (
 )
 from .evaluation import evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restore_rank_state
+from .interrupt import StopOnRequestHook, StopRequest, TrainingInterrupted
 from .optim import LrFactorByName
+from .output_lock import OutputDirInUseError, OutputDirLock, claim_output_dir
 from .precision import amp_autocast, inference_amp_dtype, resolve_amp_dtype, training_amp_dtype
 from .rng import capture_rng_state, isolated_rng, restore_rng_state
 from .runner import build_model, run_evaluation, run_training, wrap_ddp
@@ -28,14 +31,20 @@ __all__ = [
     "EMAHook",
     "IsolatedRngEvalHook",
     "LrFactorByName",
+    "OutputDirInUseError",
+    "OutputDirLock",
     "ResumableCheckpointHook",
     "ResumableTrainLoader",
+    "StopOnRequestHook",
+    "StopRequest",
+    "TrainingInterrupted",
     "build_model",
     "build_resumable_train_loader",
     "capture_rng_state",
     "check_datasets_registered",
     "check_output_dir",
     "check_override_keys",
+    "claim_output_dir",
     "evaluate",
     "inference_amp_dtype",
     "isolated_rng",

@@ -1,6 +1,7 @@
 """Command-line conventions shared by ``train_net.py``, ``tools/`` and ``demo/``: a user error (config, files,
 datasets, disk) becomes one line ``error: <what> <where>: <why>`` on stderr and exit status 2; a bug keeps its
-traceback."""
+traceback; Ctrl-C is one line (an interrupted training run's says where it stopped and how to resume) and exit
+status 130."""
 import contextlib
 import logging
 import re
@@ -8,7 +9,15 @@ import sys
 
 from ..data import TreesCacheError
 
-__all__ = ["USER_ERRORS", "is_user_error", "one_line", "run_reporting_errors", "user_errors_without_tracebacks"]
+__all__ = [
+    "INTERRUPTED_EXIT_STATUS",
+    "USER_ERRORS",
+    "is_user_error",
+    "one_line",
+    "report_interruption",
+    "run_reporting_errors",
+    "user_errors_without_tracebacks",
+]
 
 # Errors about the user's input or machine (config, files, datasets, permissions, full disks). Anything else is a bug.
 USER_ERRORS = (ValueError, OSError, TreesCacheError)
@@ -86,13 +95,26 @@ def user_errors_without_tracebacks(logger_name="detectron2.engine.train_loop"):
         log.removeFilter(quiet)
 
 
+# The exit status of a process stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_EXIT_STATUS = 130
+
+
+def report_interruption(interrupt):
+    """Prints the one line for a KeyboardInterrupt (its message, e.g. a ``TrainingInterrupted``'s, else
+    "interrupted") to stderr; returns the exit status (its ``exit_status``, else 130)."""
+    print(str(interrupt) or "interrupted", file=sys.stderr, flush=True)
+    return getattr(interrupt, "exit_status", INTERRUPTED_EXIT_STATUS)
+
+
 def run_reporting_errors(function, *args, **kwargs):
     """Calls ``function``; returns its exit status (its result when an int, else 0), or prints
-    ``error: <one line>`` to stderr and returns 2 for user errors. Other exceptions (bugs) propagate with their
-    traceback."""
+    ``error: <one line>`` to stderr and returns 2 for user errors, or prints one line and returns 130 (or the
+    interruption's own status) for Ctrl-C. Other exceptions (bugs) propagate with their traceback."""
     try:
         with user_errors_without_tracebacks():
             result = function(*args, **kwargs)
+    except KeyboardInterrupt as interrupt:
+        return report_interruption(interrupt)
     except Exception as error:
         if not is_user_error(error):
             raise

@@ -1,11 +1,13 @@
-"""Loading LazyConfig files with command-line overrides, failing with one clear line for unknown keys, missing files
-and unregistered datasets."""
+"""Loading LazyConfig files with command-line overrides, failing with one clear line for unknown keys, missing files,
+config files that do not parse or that raise while they run, and unregistered datasets."""
 import difflib
 import inspect
 import os
+import re
 import tempfile
 
 import torch
+import yaml
 from detectron2.config import LazyConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -161,13 +163,96 @@ def check_override_types(old_values, cfg, overrides):
             )
 
 
+# detectron2 runs every config file (the one named and those it imports) in a package named like this, and re-raises
+# a syntax error of any of them as "Config file <path> has syntax error!" from the parser's error.
+_CONFIG_PACKAGE_PREFIX = "detectron2._cfg_loader"
+_DETECTRON2_SYNTAX_ERROR = re.compile(r"^Config file (.+) has syntax error!$")
+_CONFIG_EXTENSIONS = (".py", ".yaml", ".yml")
+
+
+def _flat(text):
+    return " ".join(str(text).split())
+
+
+def _syntax_error_message(config_file, error):
+    """``config file F: invalid syntax at line N (why): <the line>`` for a SyntaxError from loading ``config_file``
+    (F: the file that does not parse, which may be one the config imports)."""
+    failing_file, parse_error = config_file, error
+    cause = error
+    while cause is not None:  # detectron2's "has syntax error!" wrapper, then the parser's error
+        if isinstance(cause, SyntaxError):
+            named = _DETECTRON2_SYNTAX_ERROR.match(str(cause.msg or ""))
+            if not named:
+                parse_error = cause
+                if cause.filename and not cause.filename.startswith("<"):  # "<unknown>": parsed from a string
+                    failing_file = cause.filename
+                break
+            failing_file = named.group(1)
+        cause = cause.__cause__ or cause.__context__
+    where = f" at line {parse_error.lineno}" if parse_error.lineno else ""
+    why = "" if _DETECTRON2_SYNTAX_ERROR.match(str(parse_error.msg or "")) else f" ({_flat(parse_error.msg)})"
+    text = f": {parse_error.text.strip()}" if parse_error.text and parse_error.text.strip() else ""
+    return f"config file {failing_file}: invalid syntax{where}{why}{text}"
+
+
+def _yaml_error_message(config_file, error):
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return f"config file {config_file}: invalid YAML ({_flat(error)})"
+    try:
+        with open(config_file, errors="replace") as f:
+            text = f.read().splitlines()[mark.line].strip()
+    except (OSError, IndexError):
+        text = ""
+    problem = _flat(getattr(error, "problem", None) or error)
+    text = f": {text}" if text else ""
+    return f"config file {config_file}: invalid YAML at line {mark.line + 1} ({problem}){text}"
+
+
+def _config_frame(traceback):
+    """(file, line) of the innermost frame of ``traceback`` that runs a config file's code (the file named on the
+    command line or one it imports / loads), or None."""
+    found = None
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if str(frame.f_globals.get("__package__") or "").startswith(_CONFIG_PACKAGE_PREFIX):
+            found = frame.f_code.co_filename, traceback.tb_lineno
+        traceback = traceback.tb_next
+    return found
+
+
+def _load_lazy_config(config_file):
+    """``LazyConfig.load`` with one-line ConfigErrors naming the file and line for a config that does not parse or
+    that raises while it runs (a NameError, a failed import, anything): the innermost config file in the traceback,
+    which may be one the named config imports."""
+    if not config_file.endswith(_CONFIG_EXTENSIONS):
+        raise ConfigError(f"config file {config_file} is neither a LazyConfig .py file nor a .yaml file")
+    try:
+        return LazyConfig.load(config_file)
+    except SyntaxError as error:
+        raise ConfigError(_syntax_error_message(config_file, error)) from error
+    except Exception as error:
+        frame = _config_frame(error.__traceback__)
+        if frame is not None:
+            failing_file, line = frame
+            raise ConfigError(f"config file {failing_file}: {type(error).__name__} at line {line}: {_flat(error)}"
+                              ) from error
+        # raised before any config code ran: reading or parsing the file
+        if isinstance(error, yaml.YAMLError):
+            raise ConfigError(_yaml_error_message(config_file, error)) from error
+        if isinstance(error, UnicodeDecodeError):
+            raise ConfigError(f"config file {config_file} is not a text file ({error.reason} at byte {error.start})"
+                              ) from error
+        raise  # e.g. an OSError reading it: its own one-line message
+
+
 def load_config(config_file, overrides=()):
     """LazyConfig.load + checked overrides. Raises FileNotFoundError / ConfigError with one-line messages."""
     if not config_file:
         raise ConfigError("no config file given (--config-file)")
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file not found: {config_file}")
-    cfg = LazyConfig.load(config_file)
+    cfg = _load_lazy_config(config_file)
     overrides = list(overrides or [])
     check_override_keys(cfg, overrides)
     old_values = {o.split("=", 1)[0].strip(): _current_value(cfg, o.split("=", 1)[0].strip()) for o in overrides}

@@ -23,6 +23,9 @@ class ResumableCheckpointHook(HookBase):
 
     Must be registered on every rank (the gather is collective); only the main process writes.
     Place it after the hooks whose state it must capture (LR scheduler, EMA, evaluation).
+
+    ``last_saved``: (iteration, path) of the checkpoint a resume would start from (this run's last save, or the one
+    it resumed from when the runner sets it); None when there is none.
     """
 
     def __init__(self, checkpointer, period, data_loader=None, max_to_keep=None, file_prefix="model"):
@@ -33,6 +36,7 @@ class ResumableCheckpointHook(HookBase):
         self.data_loader = data_loader
         self.max_to_keep = max_to_keep
         self.file_prefix = file_prefix
+        self.last_saved = None
         self._saved_numbered = []
 
     def _rank_state(self):
@@ -46,15 +50,25 @@ class ResumableCheckpointHook(HookBase):
         if comm.is_main_process():
             self.checkpointer.save(name, iteration=self.trainer.iter, rank_states=rank_states)
         comm.synchronize()
+        if self.checkpointer.save_dir:
+            self.last_saved = (self.trainer.iter, os.path.join(self.checkpointer.save_dir, f"{name}.pth"))
+
+    def save_current_iteration(self):
+        """Saves the state after the current iteration as a numbered checkpoint (what a periodic save at this
+        iteration writes), unless this iteration is saved already. Call it at an iteration boundary (``after_step``
+        of a hook placed after this one), on every rank."""
+        if self.last_saved is not None and self.last_saved[0] == self.trainer.iter:
+            return
+        name = f"{self.file_prefix}_{self.trainer.iter:07d}"
+        self.save(name)
+        self._prune(name)
 
     def after_step(self):
         iteration = self.trainer.iter
         if iteration >= self.trainer.max_iter - 1:
             self.save(f"{self.file_prefix}_final")
         elif (iteration + 1) % self.period == 0:
-            name = f"{self.file_prefix}_{iteration:07d}"
-            self.save(name)
-            self._prune(name)
+            self.save_current_iteration()
 
     def _prune(self, name):
         if not comm.is_main_process() or not self.max_to_keep:

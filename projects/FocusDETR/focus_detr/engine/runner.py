@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import signal
 
 import torch
 from detectron2.config import instantiate
@@ -13,6 +14,7 @@ from .cli import user_errors_without_tracebacks
 from .config import ConfigError, resolve_device
 from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restore_rank_state
+from .interrupt import StopOnRequestHook, TrainingInterrupted
 from .rng import restore_rng_state
 from .precision import inference_amp_dtype, training_amp_dtype
 from .trainer import DetrTrainer
@@ -47,9 +49,15 @@ def _ema_settings(cfg):
     return bool(ema.get("enabled", False)), float(ema.get("decay", 0.999)), bool(ema.get("use_for_eval", True))
 
 
-def run_training(cfg, resume=False):
+def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     """Trains ``cfg.model`` for ``cfg.train.max_iter`` iterations (continuing from the last checkpoint in
-    ``cfg.train.output_dir`` when ``resume``). Returns the trainer."""
+    ``cfg.train.output_dir`` when ``resume``). Returns the trainer.
+
+    With ``stop_request`` (an active :class:`~focus_detr.engine.interrupt.StopRequest`), a SIGINT / SIGTERM ends
+    training after the current iteration with a checkpoint saved there. An interrupted run (also by a plain
+    KeyboardInterrupt) raises :class:`~focus_detr.engine.interrupt.TrainingInterrupted`, whose message names the
+    iteration, the checkpoint a resume starts from and ``resume_command``.
+    """
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, device)
     cfg.optimizer.params.model = model
@@ -86,19 +94,24 @@ def run_training(cfg, resume=False):
                 return evaluate(cfg, model)
         return evaluate(cfg, model)
 
+    # after the hooks before it, so a checkpoint holds the state they leave behind
+    checkpoint_hook = ResumableCheckpointHook(
+        checkpointer,
+        cfg.train.checkpointer.period,
+        data_loader=train_loader,
+        max_to_keep=cfg.train.checkpointer.get("max_to_keep", None),
+    )
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             ema_hook,
             IsolatedRngEvalHook(cfg.train.eval_period, evaluate_current_model),
-            # after the hooks above, so a checkpoint holds the state they leave behind
-            ResumableCheckpointHook(
-                checkpointer,
-                cfg.train.checkpointer.period,
-                data_loader=train_loader,
-                max_to_keep=cfg.train.checkpointer.get("max_to_keep", None),
-            ),
+            checkpoint_hook,
+            # after the checkpoint hook, so the checkpoint at a stop holds every hook's state; before the writer,
+            # whose after_train writes the last iteration's metrics (writing one iteration twice divides by zero
+            # in detectron2's ETA estimate)
+            StopOnRequestHook(stop_request, checkpoint_hook, resume_command) if stop_request is not None else None,
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if comm.is_main_process()
             else None,
@@ -115,11 +128,22 @@ def run_training(cfg, resume=False):
                 f"train.max_iter is {cfg.train.max_iter}; raise train.max_iter to train longer"
             )
         rng_state = restore_rank_state(extra, train_loader)
+        checkpoint_hook.last_saved = (start_iter - 1, checkpointer.get_checkpoint_file())
         logger.info(f"Resuming at iteration {start_iter} (RNG and data position {'restored' if rng_state else 'NOT restored'})")
     if rng_state is not None:
         restore_rng_state(rng_state)  # last, so nothing between here and the first step draws from the generators
-    with user_errors_without_tracebacks():  # a full disk at a save is one line, here and in spawned processes
-        trainer.train(start_iter, cfg.train.max_iter)
+    try:
+        with user_errors_without_tracebacks():  # a full disk at a save is one line, here and in spawned processes
+            trainer.train(start_iter, cfg.train.max_iter)
+            if cfg.train.checkpointer.get("save_safetensors", False) and comm.is_main_process():  # weights alone
+                checkpointer.save_weights("model_final.safetensors", ema_hook.shadow if ema_hook and ema_for_eval else None)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt as interrupt:  # a second Ctrl-C, or one without a stop request: no checkpoint now
+        if isinstance(interrupt.__context__, TrainingInterrupted):  # pressed while a stop was being wrapped up
+            raise interrupt.__context__ from None
+        raise TrainingInterrupted(signal.SIGINT, f"during iteration {trainer.iter}", cfg.train.max_iter,
+                                  checkpoint_hook.last_saved, command=resume_command) from None
     return trainer
 
 

@@ -15,6 +15,7 @@ from detectron2.data import DatasetFromList
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .interrupt import ignore_stop_signals
 from .rng import isolated_rng, seed_for_position
 
 __all__ = ["ResumableTrainLoader", "build_resumable_train_loader"]
@@ -162,6 +163,7 @@ class ResumableTrainLoader:
             # an explicit generator keeps DataLoader start-up from drawing on the global torch RNG
             generator=torch.Generator().manual_seed(self.seed),
             persistent_workers=False,
+            worker_init_fn=ignore_stop_signals,  # a Ctrl-C / SIGTERM stops training at an iteration boundary
         )
         replay_set = set(replay)
         buckets = [[], []]

@@ -1,0 +1,212 @@
+"""Stopping training cleanly on Ctrl-C (SIGINT) or a scheduler's SIGTERM.
+
+The first signal asks the run to stop at the end of the current iteration: there it saves a checkpoint (the same
+save a periodic checkpoint makes, so ``--resume`` continues bit-exactly) and ends with one line naming the iteration,
+the checkpoint a resume starts from and the command that resumes. A second Ctrl-C stops at once, without saving: the
+last saved checkpoint stays the resume point. All processes of a multi-process run agree on the iteration to stop
+after. The exit status is 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as shells do.
+"""
+import contextlib
+import logging
+import multiprocessing
+import os
+import shlex
+import signal
+import sys
+import threading
+
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+__all__ = [
+    "STOP_SIGNALS",
+    "ForwardedStop",
+    "StopOnRequestHook",
+    "StopRequest",
+    "TrainingInterrupted",
+    "ignore_stop_signals",
+    "resume_command",
+]
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def resume_command(argv=None):
+    """The shell command that resumes the run started by ``argv`` (default: this process's own command line,
+    interpreter and its options included): the same command with ``--resume``."""
+    argv = list(sys.orig_argv if argv is None else argv)
+    if "--resume" not in argv:
+        end = argv.index("--") if "--" in argv else len(argv)
+        argv.insert(end, "--resume")
+    return shlex.join(argv)
+
+
+def _exit_on_sigterm_from(parent_pid):
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent_pid:
+            os._exit(0)
+
+
+def ignore_stop_signals(worker_id=None):
+    """``worker_init_fn`` of data-loader workers: a Ctrl-C or a SIGTERM meant for the whole job (a terminal's process
+    group, a scheduler signalling every process) leaves them running, so that the training process can finish its
+    iteration and save; SIGTERM from the training process itself (how it ends its workers) still ends them, as do
+    SIGKILL and the training process's death. Where the sender of a signal cannot be told (no ``sigwaitinfo``),
+    only Ctrl-C is ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    # Blocked here, before the worker starts any thread, so every thread blocks it and only the waiter receives it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_sigterm_from, args=(os.getppid(),), daemon=True).start()
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal. ``str()`` is the line to show; ``exit_status`` is 128 + the signal number.
+
+    Args:
+        signal_number (int): the signal that stopped the run.
+        where (str): "after iteration 5", "during iteration 7", "before iteration 0".
+        max_iter (int): the run's ``train.max_iter``.
+        checkpoint (tuple or None): (iteration, path) of the checkpoint a resume starts from; None: none yet.
+        saved_now (bool): that checkpoint was saved at this stop.
+        command (str or None): the command that resumes the run.
+    """
+
+    def __init__(self, signal_number, where, max_iter, checkpoint, saved_now=False, command=None):
+        self.signal_number = signal_number
+        self.exit_status = 128 + signal_number
+        self.checkpoint = checkpoint
+        name = signal.Signals(signal_number).name
+        if checkpoint is None:
+            resume_point = "no checkpoint yet: a resume starts from scratch"
+        else:
+            iteration, path = checkpoint
+            resume_point = (f"checkpoint {path} ({'saved now; ' if saved_now else ''}a resume continues at iteration "
+                            f"{iteration + 1})")
+        unsaved = "" if saved_now or where.startswith("before") else ", without saving"
+        resume = f"; resume with: {command}" if command else "; continue it with --resume"
+        super().__init__(
+            f"training stopped by {name} {where} (train.max_iter {max_iter}){unsaved}; {resume_point}{resume}"
+        )
+
+
+class StopRequest:
+    """Context manager: while active, SIGINT and SIGTERM do not interrupt this process but record a request to stop
+    (``signal_number``, the first signal received); a second SIGINT raises KeyboardInterrupt (stop at once).
+    Processes forked inside the block (data-loader workers) inherit the handler and ignore these signals: their
+    parent ends them. Installs nothing outside the main thread (Python delivers signals only there)."""
+
+    def __init__(self):
+        self.signal_number = None
+        self._pid = None
+        self._previous = {}
+
+    def _handle(self, signal_number, frame):
+        if os.getpid() != self._pid:  # a forked data-loader worker: the training process decides when it ends
+            return
+        if self.signal_number is None:
+            self.signal_number = signal_number
+            logger.warning(f"{signal.Signals(signal_number).name} received: stopping after this iteration, once its "
+                           "checkpoint is saved (Ctrl-C again stops at once, without saving)")
+        elif signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        self._pid = os.getpid()
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+
+class ForwardedStop(logging.Filter):
+    """Context manager for a process that waits for the training processes it started (detectron2's ``launch``
+    with several processes): SIGINT and SIGTERM do not interrupt it; each is recorded (``signal_number``, the first)
+    and passed on to its child processes as SIGTERM, a stop request for them. A terminal's Ctrl-C reaches the
+    children directly as well: a SIGTERM after a SIGINT changes nothing for them, while a second Ctrl-C still stops
+    them at once. ``stopped_status(exit_code)`` tells whether a child's exit status is that of a stopped run.
+
+    Once a signal came, torch's warning that it terminates the processes still running after one ended with a
+    non-zero status is expected (they are ending too) and is not shown.
+    """
+
+    _SPAWN_LOGGER = "torch.multiprocessing.spawn"
+
+    def __init__(self):
+        super().__init__()
+        self.signal_number = None
+        self._previous = {}
+
+    def filter(self, record):
+        return self.signal_number is None or not record.getMessage().startswith("Terminating process")
+
+    @staticmethod
+    def stopped_status(exit_code):
+        return exit_code in tuple(128 + number for number in STOP_SIGNALS)
+
+    def _handle(self, signal_number, frame):
+        if self.signal_number is None:
+            self.signal_number = signal_number
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
+        logging.getLogger(self._SPAWN_LOGGER).addFilter(self)
+        return self
+
+    def __exit__(self, *exc_info):
+        logging.getLogger(self._SPAWN_LOGGER).removeFilter(self)
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+
+class StopOnRequestHook(HookBase):
+    """Ends training at an iteration boundary once ``stop_request`` holds a signal on any process: saves a checkpoint
+    there through ``checkpoint_hook`` (a :class:`ResumableCheckpointHook`; no second save when it has just saved this
+    iteration) and raises :class:`TrainingInterrupted`. A request during the last iteration lets the run finish.
+
+    Register it after the checkpoint hook (and the hooks whose state that one saves), on every process: the
+    decision is collective (an all-gather per iteration when there are several processes), so all of them stop after
+    the same iteration and save together.
+    """
+
+    def __init__(self, stop_request, checkpoint_hook, command=None):
+        self.stop_request = stop_request
+        self.checkpoint_hook = checkpoint_hook
+        self.command = command
+
+    def _requested_signal(self):
+        """The signal some process received (the lowest rank's), or None; the same on every process."""
+        local = self.stop_request.signal_number
+        if comm.get_world_size() == 1:
+            return local
+        return next((number for number in comm.all_gather(local) if number is not None), None)
+
+    def interrupted(self, signal_number, where, saved_now=False):
+        return TrainingInterrupted(signal_number, where, self.trainer.max_iter, self.checkpoint_hook.last_saved,
+                                   saved_now=saved_now, command=self.command)
+
+    def before_train(self):
+        signal_number = self._requested_signal()
+        if signal_number is not None:  # received while the model and data were being set up
+            raise self.interrupted(signal_number, f"before iteration {self.trainer.start_iter}")
+
+    def after_step(self):
+        if self.trainer.iter >= self.trainer.max_iter - 1:
+            return
+        signal_number = self._requested_signal()
+        if signal_number is None:
+            return
+        self.checkpoint_hook.save_current_iteration()
+        raise self.interrupted(signal_number, f"after iteration {self.trainer.iter}", saved_now=True)

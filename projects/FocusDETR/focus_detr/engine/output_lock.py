@@ -1,0 +1,169 @@
+"""One run per output folder: a lock file inside ``train.output_dir`` that a training or evaluation run holds while it
+writes there, so a second run into the same folder is refused with one line naming the process that holds it,
+instead of interleaving checkpoints, ``last_checkpoint``, metrics and events.
+
+The lock is the kernel's (``fcntl.flock``), not the file's existence: the kernel releases it when the holding process
+dies, however it dies, so the file a killed run leaves behind never blocks the next run. The file only carries the
+holder's pid, host and start time for the message.
+"""
+import contextlib
+import datetime
+import errno
+import json
+import logging
+import os
+import socket
+
+from .config import ConfigError, check_output_dir
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: runs go unlocked (with a warning)
+    fcntl = None
+
+__all__ = ["LOCK_FILE_NAME", "OutputDirInUseError", "OutputDirLock", "claim_output_dir", "check_no_earlier_run"]
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE_NAME = ".focus_detr.lock"
+
+# Lock descriptors this process holds. A forked child (a data-loader worker) shares them, and a shared descriptor
+# keeps an flock held until its last copy closes: each child closes its copies at once, so only this process's life
+# decides how long the lock lives. Process-wide state by nature (it follows fork), hence module level.
+_HELD_DESCRIPTORS = set()
+
+
+def _close_inherited_locks():
+    for descriptor in _HELD_DESCRIPTORS:
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+    _HELD_DESCRIPTORS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+class OutputDirInUseError(ConfigError):
+    """Another live process holds the output folder's lock (message names the folder and the process)."""
+
+
+def _read_holder(descriptor):
+    """The holder record (pid, host, started) written in the lock file, or {} when unreadable."""
+    try:
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        holder = json.loads(os.read(descriptor, 4096).decode())
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe(holder):
+    if "pid" not in holder:
+        return "a process that has not written its pid yet"
+    where = f" on {holder['host']}" if holder.get("host") and holder["host"] != socket.gethostname() else ""
+    since = f", since {holder['started']}" if holder.get("started") else ""
+    return f"pid {holder['pid']}{where}{since}"
+
+
+class OutputDirLock:
+    """Holds ``<folder>/.focus_detr.lock`` (exclusive, non-blocking ``flock``) between :meth:`acquire` and
+    :meth:`release` (or as a context manager). ``acquire`` raises :class:`OutputDirInUseError` when a live process
+    holds it. The file is removed on release; a file left by a killed process is simply taken over.
+
+    Args:
+        folder (str): an existing folder.
+        key (str): how the user names the folder (the config key or the option), for messages.
+    """
+
+    def __init__(self, folder, key="train.output_dir"):
+        self.folder = folder
+        self.key = key
+        self.path = os.path.join(folder, LOCK_FILE_NAME)
+        self._descriptor = None
+
+    def acquire(self):
+        if fcntl is None:
+            logger.warning(f"No file locks on this system: nothing stops a second run from writing into {self.folder}")
+            return self
+        while True:
+            # never through a symbolic link: the file is truncated and written
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(descriptor)
+                os.close(descriptor)
+                raise OutputDirInUseError(
+                    f"{self.key} {self.folder} is in use by another run ({_describe(holder)}): wait for it to end, "
+                    f"or choose another {self.key}"
+                ) from None
+            except OSError as error:
+                os.close(descriptor)
+                if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                    raise
+                logger.warning(f"Cannot lock {self.path} ({error.strerror}): nothing stops a second run from writing "
+                               f"into {self.folder} at the same time")
+                return self
+            # A holder releasing the lock removes the file: if that happened between our open and our lock, we hold
+            # a file no one else will look at; open the current one again.
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(descriptor), os.stat(self.path)):
+                    break
+            os.close(descriptor)
+        self._descriptor = descriptor
+        _HELD_DESCRIPTORS.add(descriptor)
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, (json.dumps(record) + "\n").encode(), 0)
+        return self
+
+    def release(self):
+        if self._descriptor is None:
+            return
+        # removed while still locked, so a run that opened this file meanwhile notices and opens the new one
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path)
+        _HELD_DESCRIPTORS.discard(self._descriptor)
+        os.close(self._descriptor)
+        self._descriptor = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+def check_no_earlier_run(folder, key="train.output_dir"):
+    """Raises ConfigError when ``folder`` holds the checkpoints of an earlier run (a ``last_checkpoint`` tag), which
+    a new run from scratch would overwrite and mix its metrics with: the message says how to resume it instead."""
+    tag = os.path.join(folder, "last_checkpoint")
+    if not os.path.isfile(tag):
+        return
+    try:
+        with open(tag) as f:
+            named = f.read().strip()
+    except OSError:
+        named = ""
+    raise ConfigError(
+        f"{key} {folder} holds an earlier run's checkpoints (last_checkpoint names {named or 'nothing'}): add --resume "
+        f"to continue that run, or choose another {key} (or remove that folder) to start a new one"
+    )
+
+
+@contextlib.contextmanager
+def claim_output_dir(folder, key="train.output_dir", fresh_training=False, lock=True):
+    """Creates ``folder`` and checks it is writable (``check_output_dir``), holds its lock for the block (unless
+    ``lock`` is False, e.g. on the machines of a multi-machine run other than the first), and for ``fresh_training``
+    (training without ``--resume``) refuses a folder that holds an earlier run's checkpoints. An empty ``folder``
+    (no output) claims nothing."""
+    check_output_dir(folder, key)
+    if not folder or not lock:
+        yield
+        return
+    with OutputDirLock(folder, key):
+        if fresh_training:
+            check_no_earlier_run(folder, key)
+        yield

@@ -1,0 +1,91 @@
+"""A config file that does not parse, or that raises while it runs (a NameError, a failed import, any exception), is
+one line naming the file that failed (also one the config imports), the line and the error; no traceback."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cli_output import error_lines, shows_traceback
+from engine_test_utils import REPO_ROOT, train_net  # noqa: F401 (fixture)
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+CASES = {
+    "syntax error": (
+        {"cfg.py": "x = 1\ny = (\nz = 3\n"},
+        "error: config file {cfg.py}: invalid syntax at line 2 ('(' was never closed): y = (",
+    ),
+    "syntax error only the compiler sees": (
+        {"cfg.py": "x = 1\nreturn x\n"},
+        "error: config file {cfg.py}: invalid syntax at line 2 ('return' outside function): return x",
+    ),
+    "NameError": (
+        {"cfg.py": "a = 1\n\nb = undefined_name + 1\n"},
+        "error: config file {cfg.py}: NameError at line 3: name 'undefined_name' is not defined",
+    ),
+    "failed import": (
+        {"cfg.py": "import os\nfrom focus_detr.nowhere import model\n"},
+        "error: config file {cfg.py}: ModuleNotFoundError at line 2: No module named 'focus_detr.nowhere'",
+    ),
+    "syntax error in an imported config": (
+        {"cfg.py": "from .common.data import dataloader\n", "common/data.py": "dataloader = dict(\n    a=1,\n"},
+        "error: config file {common/data.py}: invalid syntax at line 1 ('(' was never closed): dataloader = dict(",
+    ),
+    "NameError in an imported config": (
+        {"cfg.py": "from .common.train import train\n", "common/train.py": "train = dict(max_iter=ITERATIONS)\n"},
+        "error: config file {common/train.py}: NameError at line 1: name 'ITERATIONS' is not defined",
+    ),
+    "relative import of a missing config": (
+        {"cfg.py": "x = 1\nfrom .common.optim import optimizer\n"},
+        "error: config file {cfg.py}: ImportError at line 2: Cannot import name common.optim from {cfg.py}: "
+        "{common/optim.py} does not exist.",
+    ),
+    "exception in a config's function": (
+        {"cfg.py": "def schedule(epochs):\n    return 100 // epochs\n\nmax_iter = schedule(0)\n"},
+        "error: config file {cfg.py}: ZeroDivisionError at line 2: integer division or modulo by zero",
+    ),
+    "invalid YAML": (
+        {"cfg.yaml": "train:\n  max_iter: [1, 2\nmodel: {}\n"},
+        "error: config file {cfg.yaml}: invalid YAML at line 3 (expected ',' or ']', but got ':'): model: {}",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_broken_config_is_one_line_with_file_line_and_error(train_net, tmp_path, capsys, case):
+    files, expected = CASES[case]
+    paths = {name: str(_write(tmp_path / name, text)) for name, text in files.items()}
+    paths["common/optim.py"] = str(tmp_path / "common" / "optim.py")
+    config = paths["cfg.yaml"] if "cfg.yaml" in paths else paths["cfg.py"]
+    assert train_net.cli(["--config-file", config]) == 2
+    captured = capsys.readouterr()
+    for name, path in paths.items():
+        expected = expected.replace("{" + name + "}", path)
+    assert error_lines(captured.err) == [expected]
+    assert not shows_traceback(captured.out + captured.err)
+
+
+def test_a_config_that_is_not_text_is_named(train_net, tmp_path, capsys):
+    config = tmp_path / "cfg.py"
+    config.write_bytes(b"\xff\xfe\x00 binary")
+    assert train_net.cli(["--config-file", str(config)]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: config file {config} is not a text file (invalid start byte at byte 0)"
+    ]
+
+
+def test_a_syntax_error_from_the_shell_is_one_line(tmp_path):
+    config = _write(tmp_path / "cfg.py", "train = dict(\n")
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train_net.py"), "--config-file", str(config)],
+                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [
+        f"error: config file {config}: invalid syntax at line 1 ('(' was never closed): train = dict("
+    ]
+    assert not shows_traceback(result.stderr)

@@ -1,0 +1,149 @@
+"""Ctrl-C (SIGINT) and SIGTERM during training: the run stops after the current iteration with a checkpoint saved
+there, prints one line (iteration, checkpoint, the command that resumes) and no traceback, exits 130 / 143, and the
+resumed run ends bit-identical to an uninterrupted one. A second Ctrl-C stops at once."""
+import os
+import re
+import shlex
+import signal
+
+import pytest
+import torch
+
+from cli_output import shows_traceback
+from engine_test_utils import TOY_CONFIG, TrainNetProcess, toy_dataset, train_net  # noqa: F401 (fixtures)
+
+STOP_LINE = re.compile(
+    r"^training stopped by (SIG\w+) after iteration (\d+) \(train\.max_iter (\d+)\); checkpoint (\S+) \(saved now; "
+    r"a resume continues at iteration (\d+)\); resume with: (.+)$"
+)
+# 10 iterations of the toy detector, a checkpoint every 5, the log line of every iteration
+RUN = ["train.max_iter=10", "train.checkpointer.period=5", "train.log_period=1", "dataloader.evaluator=null"]
+
+
+def _stop_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("training stopped")]
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _assert_same_checkpoint(expected, actual):
+    for part in ("model", "trainer", "rank_states"):
+        flat_expected, flat_actual = _flatten(expected[part]), _flatten(actual[part])
+        assert flat_expected.keys() == flat_actual.keys(), part
+        for key, value in flat_expected.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, flat_actual[key]), f"{part}.{key}"
+            else:
+                assert value == flat_actual[key], f"{part}.{key}"
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {k: v for key, child in tree.items() for k, v in _flatten(child, f"{prefix}.{key}").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for index, child in enumerate(tree) for k, v in _flatten(child, f"{prefix}[{index}]").items()}
+    return {prefix: tree}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_final(train_net, toy_dataset, tmp_path_factory):
+    """The final checkpoint of the run the interrupted ones must end up equal to."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN]) == 0
+    return _load(out / "model_final.pth")
+
+
+@pytest.mark.parametrize("number, status", [pytest.param(signal.SIGINT, 130, id="SIGINT"),
+                                            pytest.param(signal.SIGTERM, 143, id="SIGTERM")])
+def test_a_signal_stops_after_an_iteration_and_the_printed_command_resumes_bit_exactly(
+    train_net, toy_dataset, uninterrupted_final, tmp_path, number, status
+):
+    out = tmp_path / "out"
+    # one data-loader worker: it gets the signal too (the whole process group, as from a terminal or a scheduler)
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN, "dataloader.train.num_workers=1",
+            "model.step_seconds=0.3"]
+    run = TrainNetProcess(argv, str(tmp_path), tmp_path / "data")
+    run.wait_for(r"iter: 1 ")
+    run.signal_group(number)
+    assert run.wait(timeout=120) == status
+    stderr = run.stderr()
+    assert not shows_traceback(stderr + run.stdout()) and "KeyboardInterrupt" not in stderr
+    assert len(_stop_lines(stderr)) == 1 and stderr.strip().splitlines()[-1] == _stop_lines(stderr)[0]
+    name, iteration, max_iter, checkpoint, next_iteration, command = STOP_LINE.match(_stop_lines(stderr)[0]).groups()
+    assert name == signal.Signals(number).name and max_iter == "10"
+    assert 1 <= int(iteration) < 9 and int(next_iteration) == int(iteration) + 1
+    assert checkpoint == str(out / f"model_{int(iteration):07d}.pth")
+    assert (out / "last_checkpoint").read_text() == f"model_{int(iteration):07d}.pth"
+    assert _load(checkpoint)["iteration"] == int(iteration)
+    assert shlex.split(command) == [*run.command, "--resume"]
+
+    # the printed command's arguments, run here; neither the sleep nor the number of data-loader workers changes the
+    # numbers (in-process workers would cost seconds at shutdown)
+    assert train_net.cli(shlex.split(command)[2:] + ["model.step_seconds=0", "dataloader.train.num_workers=0"]) == 0
+    assert f"Resuming at iteration {next_iteration} (RNG and data position restored)" in (out / "log.txt").read_text()
+    _assert_same_checkpoint(uninterrupted_final, _load(out / "model_final.pth"))
+
+
+def test_a_second_ctrl_c_stops_at_once_and_names_the_last_checkpoint(train_net, toy_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    # during iteration 6 (after the checkpoint of iteration 4), Ctrl-C twice
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN, "model.signal_step=6",
+            f"model.signals=[{int(signal.SIGINT)},{int(signal.SIGINT)}]"]
+    assert train_net.cli(argv) == 130
+    err = capsys.readouterr().err
+    assert len(_stop_lines(err)) == 1 and not shows_traceback(err)
+    line = _stop_lines(err)[0]
+    assert line.startswith(f"training stopped by SIGINT during iteration 6 (train.max_iter 10), without saving; "
+                           f"checkpoint {out / 'model_0000004.pth'} (a resume continues at iteration 5); resume with: ")
+    assert line.endswith(" --resume")
+    assert (out / "last_checkpoint").read_text() == "model_0000004.pth"
+    assert not (out / "model_0000006.pth").exists() and not list(out.glob(".*.tmp"))
+
+
+def test_a_stop_before_the_first_checkpoint_says_a_resume_starts_from_scratch(train_net, toy_dataset, tmp_path,
+                                                                              capsys):
+    out = tmp_path / "out"
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN, "model.signal_step=2",
+            f"model.signals=[{int(signal.SIGTERM)},{int(signal.SIGINT)}]"]
+    assert train_net.cli(argv) == 130  # the second signal, a Ctrl-C, stopped it
+    assert _stop_lines(capsys.readouterr().err)[0].startswith(
+        "training stopped by SIGINT during iteration 2 (train.max_iter 10), without saving; "
+        "no checkpoint yet: a resume starts from scratch; resume with: "
+    )
+    assert not (out / "last_checkpoint").exists()
+
+
+def test_a_signal_in_an_early_iteration_stops_after_it(train_net, toy_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    # iteration 1: logged already and before detectron2's iteration timer has any history
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN, "model.signal_step=1",
+            f"model.signals=[{int(signal.SIGTERM)}]"]
+    assert train_net.cli(argv) == 143
+    err = capsys.readouterr().err
+    assert STOP_LINE.match(_stop_lines(err)[0]).group(2) == "1" and not shows_traceback(err)
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+
+
+def test_a_signal_during_set_up_stops_before_the_first_iteration(toy_dataset, tmp_path):
+    from focus_detr.engine import StopRequest, TrainingInterrupted, load_config, run_training
+
+    cfg = load_config(TOY_CONFIG, [f"train.output_dir={tmp_path}", *RUN])
+    with StopRequest() as stop_request, pytest.raises(TrainingInterrupted) as stopped:
+        os.kill(os.getpid(), signal.SIGTERM)  # while the model and data are being set up
+        run_training(cfg, stop_request=stop_request, resume_command="RESUME")
+    assert stopped.value.exit_status == 143
+    assert str(stopped.value) == ("training stopped by SIGTERM before iteration 0 (train.max_iter 10); no checkpoint "
+                                  "yet: a resume starts from scratch; resume with: RESUME")
+    assert not (tmp_path / "last_checkpoint").exists()
+
+
+def test_a_signal_during_the_last_iteration_lets_the_run_finish(train_net, toy_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN, "model.signal_step=9",
+            f"model.signals=[{int(signal.SIGTERM)}]"]
+    assert train_net.cli(argv) == 0
+    assert not _stop_lines(capsys.readouterr().err)
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+

@@ -1,0 +1,98 @@
+"""One run per output folder: a second run (training, --resume or --eval-only) into a folder a live run holds is
+refused with one line naming the folder and the holder's pid; a killed run's lock file does not block; training from
+scratch into a folder holding an earlier run's checkpoints is refused with how to resume it."""
+import os
+import re
+import signal
+
+import pytest
+
+from cli_output import error_lines
+from engine_test_utils import TOY_CONFIG, TrainNetProcess, toy_dataset, train_net  # noqa: F401 (fixtures)
+from focus_detr.engine import OutputDirInUseError, OutputDirLock
+from focus_detr.engine.output_lock import LOCK_FILE_NAME
+
+
+def _cli(train_net, capsys, out, *argv):
+    code = train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}", *argv])
+    return code, error_lines(capsys.readouterr().err)
+
+
+def test_a_second_run_is_refused_while_the_first_lives_and_not_after_it_was_killed(train_net, toy_dataset, tmp_path,
+                                                                                   capsys):
+    out = tmp_path / "out"
+    first = TrainNetProcess(["--config-file", TOY_CONFIG, f"train.output_dir={out}", "train.max_iter=200",
+                             "train.log_period=1", "dataloader.train.num_workers=1", "model.step_seconds=0.2"],
+                            str(tmp_path), tmp_path / "data")
+    try:
+        first.wait_for(r"iter: 0 ")
+        in_use = re.compile(rf"^error: train\.output_dir {re.escape(str(out))} is in use by another run \(pid "
+                            rf"{first.pid}, since [^)]+\): wait for it to end, or choose another train\.output_dir$")
+        for extra in ([], ["--resume"], ["--eval-only"]):
+            code, errors = _cli(train_net, capsys, out, "train.max_iter=2", *extra)
+            assert code == 2 and len(errors) == 1 and in_use.match(errors[0]), (extra, errors)
+        assert not (out / "eval_results.json").exists()
+
+        # killed -9 (its data-loader worker lives on for a moment): the file stays, the lock does not
+        os.kill(first.pid, signal.SIGKILL)
+        first.process.wait()
+        assert (out / LOCK_FILE_NAME).exists()
+        code, errors = _cli(train_net, capsys, out, "train.max_iter=2", "--resume")
+        assert (code, errors) == (0, [])
+        assert (out / "last_checkpoint").read_text() == "model_final.pth"
+        assert not (out / LOCK_FILE_NAME).exists()  # released at the end
+    finally:
+        first.kill()
+
+
+def test_training_from_scratch_into_a_folder_with_checkpoints_is_refused(train_net, toy_dataset, tmp_path, capsys):
+    (tmp_path / "last_checkpoint").write_text("model_0000004.pth")
+    code, errors = _cli(train_net, capsys, tmp_path, "train.max_iter=2")
+    assert code == 2
+    assert errors == [
+        f"error: train.output_dir {tmp_path} holds an earlier run's checkpoints (last_checkpoint names "
+        "model_0000004.pth): add --resume to continue that run, or choose another train.output_dir (or remove that "
+        "folder) to start a new one"
+    ]
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint"]  # nothing written, the lock released
+
+
+def test_the_lock_is_exclusive_and_released(tmp_path):
+    with OutputDirLock(str(tmp_path)):
+        try:
+            OutputDirLock(str(tmp_path), key="--output").acquire()
+            raise AssertionError("a second lock on the folder was granted")
+        except OutputDirInUseError as error:
+            assert str(error).startswith(f"--output {tmp_path} is in use by another run (pid {os.getpid()}, since ")
+    assert not (tmp_path / LOCK_FILE_NAME).exists()
+    (tmp_path / LOCK_FILE_NAME).write_text("not what a run writes")  # left by a killed run: taken over
+    with OutputDirLock(str(tmp_path)):
+        assert f'"pid": {os.getpid()}' in (tmp_path / LOCK_FILE_NAME).read_text()
+
+
+def _descriptors_open_on(path):
+    """How many of this process's file descriptors refer to the file ``path`` (Linux: /proc/self/fd)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.path.samestat(os.fstat(int(name)), os.stat(path))
+        except OSError:  # the descriptor listdir used, closed by now
+            pass
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors through /proc")
+def test_a_forked_child_does_not_hold_the_lock(tmp_path):
+    """A data-loader worker forked from a training process must not keep the lock after that process dies."""
+    with OutputDirLock(str(tmp_path)) as lock:
+        assert _descriptors_open_on(lock.path) == 1
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.write(write_end, str(_descriptors_open_on(lock.path)).encode())
+            os._exit(0)
+        os.close(write_end)
+        held_by_child = os.read(read_end, 16)
+        os.close(read_end)
+        os.waitpid(child, 0)
+    assert held_by_child == b"0"

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Speed and memory of a config's model: inference latency (median after warm-up) and images/s at batch 1, training
+"""Speed and memory of a config's model: inference latency (median after warm-up) and images/s at batch 1 (or
+``--batch-size N``: N images per call, padded into one batch; then times are per call), training
 iteration time, peak memory. Prints a table and, with ``--json``, writes the numbers. Nothing here is a test.
 Random weights (``train.init_checkpoint`` is not loaded): the work done does not depend on their values.
 
@@ -21,12 +22,19 @@ and those of the yardstick: ``flop_ratio_to_yardstick`` / ``train_flop_ratio_to_
 multiply-adds at the yardstick's own rate would read exactly that many yardstick units, so a time ratio below it
 means the model computes faster per multiply-add than a plain ResNet-50 forward does on that machine.
 
+``--count-dispatch`` also counts, after the timing and a warm-up call, the ATen operators one inference (one image)
+and one training step dispatch, and the operations among them that make the host wait for a GPU (value reads such
+as ``.item()``, data-dependent shapes, host-device copies; ``focus_detr.analysis.dispatch_counts``):
+``operators_per_inference``, ``syncs_per_inference``, ``operators_per_train_step``, ``syncs_per_train_step``.
+``--sync-sites`` also lists where in the code each synchronisation comes from.
+
 Examples:
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --input-size 800 1333
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cuda --amp --json bench.json
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --amp --compare-fp32
     python tools/benchmark.py --config-file configs/focus_detr_r18_trees.py --dataset-images 9 --tasks inference
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --flop-floor
+    python tools/benchmark.py --config-file configs/focus_detr_r18_trees.py --input-size 512 512 --count-dispatch
 """
 import argparse
 import json
@@ -37,6 +45,7 @@ import sys
 import torch
 from detectron2.config import LazyConfig, instantiate
 
+from focus_detr.analysis.dispatch_counts import dispatch_counts
 from focus_detr.analysis.flops import executed_multiply_adds
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
 from focus_detr.analysis.timing import (
@@ -73,8 +82,14 @@ def parse_args(argv=None):
                         help="with autocast on: also time float32 runs, interleaved, and report the ratio")
     parser.add_argument("--flop-floor", action="store_true",
                         help="also count each task's multiply-adds against the yardstick's (after the timing)")
+    parser.add_argument("--count-dispatch", action="store_true",
+                        help="also count each task's operators and host-device synchronisations (after the timing)")
+    parser.add_argument("--sync-sites", action="store_true",
+                        help="with --count-dispatch: also list the code locations of the synchronisations")
     parser.add_argument("--tasks", nargs="+", choices=("inference", "train"), default=["inference", "train"])
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=[800, 1333])
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N",
+                        help="images per inference call (one padded batch; synthetic: N different images of one size)")
     parser.add_argument("--dataset-images", type=int, default=0, metavar="N",
                         help="time inference on the first N test images of the config's dataset instead")
     parser.add_argument("--warmup", type=int, default=3)
@@ -126,20 +141,32 @@ def _flop_floor(task_run, yardstick):
     return {"gmac": task / 1e9, "yardstick_gmac": unit / 1e9, "flop_ratio": task / unit}
 
 
+def _dispatch_counts(task_run, device, sync_sites):
+    """``operators`` and ``syncs`` of one ``task_run`` after a warm-up call (plus their reasons, and sites if asked)."""
+    task_run()
+    return {"dispatch": dispatch_counts(task_run, device, record_sites=sync_sites).as_dict()}
+
+
 def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats, yardstick, compare_fp32=False,
-                        flop_floor=False):
-    one_image = inference_call(model, inputs, device, amp_dtype)
-    fp32_image = inference_call(model, inputs, device) if compare_fp32 else None
-    stats = _interleaved_with_yardstick(one_image, yardstick, device, warmup, repeats, fp32_image)
-    stats["images_per_s"] = 1000.0 / stats["median_ms"]
+                        flop_floor=False, batch_size=1, count_dispatch=False, sync_sites=False):
+    """Times one call of ``batch_size`` images (``median_ms`` etc. per call; ``images_per_s`` counts images)."""
+    one_batch = inference_call(model, inputs, device, amp_dtype, batch_size)
+    fp32_batch = inference_call(model, inputs, device, batch_size=batch_size) if compare_fp32 else None
+    stats = _interleaved_with_yardstick(one_batch, yardstick, device, warmup, repeats, fp32_batch)
+    stats["batch_size"] = batch_size
+    stats["images_per_s"] = batch_size * 1000.0 / stats["median_ms"]
+    if compare_fp32:
+        stats["fp32_images_per_s"] = batch_size * 1000.0 / stats["fp32_ms"]
     if flop_floor:
         # the first image, whose size the yardstick runs at
         stats.update(_flop_floor(inference_call(model, inputs[:1], device, amp_dtype), yardstick))
+    if count_dispatch:
+        stats.update(_dispatch_counts(inference_call(model, inputs[:1], device, amp_dtype), device, sync_sites))
     return stats
 
 
 def benchmark_training(model, optimizer, batch, device, amp_dtype, warmup, repeats, yardstick, compare_fp32=False,
-                       flop_floor=False):
+                       flop_floor=False, count_dispatch=False, sync_sites=False):
     """One step: forward, backward and the config's optimizer (its own implementation choices, e.g. fused, count)."""
     model.train()
 
@@ -161,6 +188,8 @@ def benchmark_training(model, optimizer, batch, device, amp_dtype, warmup, repea
     stats["images_per_s"] = len(batch) * 1000.0 / stats["median_ms"]
     if flop_floor:
         stats.update(_flop_floor(step_in(amp_dtype), yardstick))
+    if count_dispatch:
+        stats.update(_dispatch_counts(step_in(amp_dtype), device, sync_sites))
     return stats
 
 
@@ -190,6 +219,10 @@ def _headline(results):
         "peak_rss_mib": max(stats["peak_memory_mib"] for stats in timed) if timed else None,
         "flop_ratio_to_yardstick": inference.get("flop_ratio") if inference else None,
         "train_flop_ratio_to_yardstick": train.get("flop_ratio") if train else None,
+        "operators_per_inference": inference["dispatch"]["operators"] if inference and "dispatch" in inference else None,
+        "syncs_per_inference": inference["dispatch"]["syncs"] if inference and "dispatch" in inference else None,
+        "operators_per_train_step": train["dispatch"]["operators"] if train and "dispatch" in train else None,
+        "syncs_per_train_step": train["dispatch"]["syncs"] if train and "dispatch" in train else None,
     }
 
 
@@ -204,6 +237,8 @@ def _hardware(device):
 
 
 def main(args):
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)
@@ -213,6 +248,7 @@ def main(args):
         inference_dtype = inference_dtype or resolve_amp_dtype("auto", device)
         train_dtype = train_dtype or resolve_amp_dtype("auto", device)
     # only where autocast is on: a float32 run against itself says nothing
+    count_dispatch = args.count_dispatch or args.sync_sites
     compare = {"inference": args.compare_fp32 and inference_dtype is not None,
                "train": args.compare_fp32 and train_dtype is not None}
     # no train.init_checkpoint: the weights' values do not change the work done (token counts follow the keep
@@ -226,7 +262,7 @@ def main(args):
         "inference_amp_dtype": _dtype_name(inference_dtype),
         "train_amp_dtype": _dtype_name(train_dtype),
         "torch": torch.__version__,
-        # glibc's allocator settings move both the model's and the yardstick's times (README "Benchmarks")
+        # glibc's allocator settings move both the model's and the yardstick's times (docs/benchmarks.md)
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     }
     rows = []
@@ -235,7 +271,7 @@ def main(args):
             inputs = dataset_inputs(cfg, args.dataset_images)
             described = f"first {len(inputs)} test images of {cfg.dataloader.test.dataset.names}"
         else:
-            inputs, described = synthetic_inputs(height, width), f"synthetic {height}x{width}"
+            inputs, described = synthetic_inputs(height, width, args.batch_size), f"synthetic {height}x{width}"
         # dataset images vary in size: the yardstick runs at the first one's
         yardstick_size = tuple(inputs[0]["image"].shape[-2:])
         yardstick = resnet50_yardstick(*yardstick_size, device)
@@ -244,10 +280,10 @@ def main(args):
             "yardstick_input": list(yardstick_size),
             **benchmark_inference(
                 model, inputs, device, inference_dtype, args.warmup, args.repeats, yardstick, compare["inference"],
-                args.flop_floor,
+                args.flop_floor, args.batch_size, count_dispatch, args.sync_sites,
             ),
         }
-        rows.append(("inference (batch 1)", described, results["inference"]))
+        rows.append((f"inference (batch {args.batch_size})", described, results["inference"]))
     if "train" in args.tasks:
         num_classes = getattr(getattr(model, "module", model), "num_classes", 1)
         batch = _training_batch(height, width, args.train_batch_size, args.train_boxes, num_classes)
@@ -258,7 +294,7 @@ def main(args):
             "inputs": f"synthetic {args.train_batch_size} x {height}x{width}, {args.train_boxes} boxes each",
             **benchmark_training(
                 model, optimizer, batch, device, train_dtype, args.warmup, args.repeats, yardstick, compare["train"],
-                args.flop_floor,
+                args.flop_floor, count_dispatch=count_dispatch, sync_sites=args.sync_sites,
             ),
         }
         rows.append((f"train step (batch {args.train_batch_size})", results["train"]["inputs"], results["train"]))
@@ -283,6 +319,15 @@ def main(args):
             print(f"{task}: {stats['gmac']:.1f} GMAC in convolutions, matrix products and attention, "
                   f"{stats['flop_ratio']:.2f}x the yardstick's {stats['yardstick_gmac']:.1f} GMAC: the time ratio "
                   f"a model running at the yardstick's multiply-add rate would read")
+    for task, described, stats in rows:
+        if "dispatch" in stats:
+            counts = stats["dispatch"]
+            print(f"{task}: {counts['operators']} operators dispatched, {counts['syncs']} host-device "
+                  f"synchronisations (one call after a warm-up{', one image' if task.startswith('inference') else ''})")
+            for reason, count in counts["syncs_by_reason"].items():
+                print(f"  {count:>4} x {reason}")
+            for site, count in counts["sync_sites"].items():
+                print(f"  {count:>4} x at {site}")
     if torch.device(device).type == "cpu":
         print("peak MiB on CPU = peak resident set size of the whole process during that task")
     if args.json:

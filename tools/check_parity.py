@@ -179,8 +179,8 @@ class ForcedDecisions:
             # token proposals (the transformer itself runs the box head on the chosen tokens only).
             proposals_of = transformer.two_stage_proposals
 
-            def proposals_and_keep(padding_mask, spatial_shapes):
-                self.proposals = proposals_of(padding_mask, spatial_shapes)
+            def proposals_and_keep(*args):
+                self.proposals = proposals_of(*args)
                 return self.proposals
 
             self._patch(transformer, "two_stage_proposals", proposals_and_keep)

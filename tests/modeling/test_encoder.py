@@ -1,7 +1,7 @@
 import torch
 
 from focus_detr.modeling import CascadeDualAttentionEncoder, ForegroundSelection
-from focus_detr.modeling.transformer import encoder_reference_points
+from focus_detr.modeling.token_layout import encoder_reference_points
 
 SHAPES = [(6, 6), (3, 3)]
 NUM_TOKENS = 45

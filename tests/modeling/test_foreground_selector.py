@@ -109,3 +109,26 @@ def test_keep_ratios_can_be_changed_on_a_built_model():
     with pytest.raises(ValueError, match="keep_ratio"):
         selector.set_keep_ratios(keep_ratio=0.0)
     assert (selector.keep_ratio, selector.cascade_keep_ratios) == (1.0, [1.0, 0.5])
+
+
+def test_host_budgets_follow_the_same_float32_arithmetic_as_the_tensor_ones():
+    # eager inference counts the budgets on the host from the image sizes; an exported graph counts them as tensors
+    from focus_detr.modeling.foreground_selector import focus_token_nums_of, layer_token_counts
+
+    ratios = [1.0, 0.8, 0.6, 0.6, 0.4, 0.2]
+    for valid in ([1227, 1154], [22223], [33, 1], [59999, 40001, 7]):
+        for keep_ratio in (0.5, 0.3, 0.7, 1.0):
+            num_tokens = max(valid) + 3
+            as_tensor = focus_token_nums_of(torch.tensor(valid), keep_ratio, num_tokens)
+            on_host = focus_token_nums_of(valid, keep_ratio, num_tokens)
+            assert as_tensor.tolist() == on_host
+            assert layer_token_counts(as_tensor, ratios, num_tokens) == layer_token_counts(on_host, ratios, num_tokens)
+    assert layer_token_counts([614, 578], ratios, 1602) == [614, 491, 368, 368, 245, 122]
+
+
+def test_eager_layers_keep_views_of_one_ranking():
+    selector = _selector(cascade_keep_ratios=[1.0, 0.5])
+    selection = selector(torch.randn(1, NUM_TOKENS, 32), None, SHAPES, [NUM_TOKENS])
+    first, second = selection.foreground_inds
+    assert second.data_ptr() == first.data_ptr() and torch.equal(second, first[:, : second.shape[1]])
+    assert selection.focus_token_counts == selection.focus_token_nums.tolist() == [NUM_TOKENS // 2 + 1]

@@ -41,9 +41,10 @@ def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float =
 
     Raises ``ValueError`` for degenerate boxes (x2 < x1 or y2 < y1), which would otherwise give a silently wrong GIoU.
     """
-    for name, boxes in (("boxes1", boxes1), ("boxes2", boxes2)):
-        if not bool((boxes[:, 2:] >= boxes[:, :2]).all()):
-            raise ValueError(f"generalized_box_iou: {name} has boxes with x2 < x1 or y2 < y1 (or NaN coordinates)")
+    ordered = [(boxes[:, 2:] >= boxes[:, :2]).all() for boxes in (boxes1, boxes2)]
+    if not bool(ordered[0] & ordered[1]):  # one device read for both
+        name = "boxes1" if not bool(ordered[0]) else "boxes2"
+        raise ValueError(f"generalized_box_iou: {name} has boxes with x2 < x1 or y2 < y1 (or NaN coordinates)")
     iou, union = box_iou(boxes1, boxes2, eps)
     top_left = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
     bottom_right = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])

@@ -129,15 +129,11 @@ class MultiScaleDeformableAttention(nn.Module):
         weights = weights.softmax(-1).view(batch, num_queries, heads, levels, points)
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: normalise by (w_l, h_l)
-            normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.device)
-            locations = (
-                reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-            )
+            normalizer = spatial_shapes.flip(-1).to(offsets.device).view(levels, 1, 2)  # (w_l, h_l)
+            locations = reference_points.view(batch, num_queries, 1, levels, 1, 2) + offsets / normalizer
         else:
-            locations = (
-                reference_points[:, :, None, :, None, :2]
-                + offsets / points * reference_points[:, :, None, :, None, 2:] * 0.5
-            )
+            boxes = reference_points.view(batch, num_queries, 1, levels, 1, 4)
+            locations = boxes[..., :2] + offsets / points * boxes[..., 2:] * 0.5
         output = multi_scale_deformable_attention(
             value.contiguous(),
             spatial_shapes,

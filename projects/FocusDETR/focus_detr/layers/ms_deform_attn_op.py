@@ -12,10 +12,12 @@ agree to ~1e-5 (float64: ~1e-15). The CPU kernel is deterministic (its backward 
 forward is deterministic, its backward scatters ``grad_value`` with atomics (flagged to
 ``torch.use_deterministic_algorithms``). Double backward is available on the plain reference path only.
 """
+import weakref
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .ms_deform_attn_backends import _C, select_backend
 from .ms_deform_attn_reference import multi_scale_deformable_attention_pytorch
@@ -93,7 +95,27 @@ def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, 
         _check_level_layout(spatial_shapes, level_start_index, value.shape[1])
 
 
+# Layouts already checked, per spatial_shapes tensor: a model passes the same layout tensors for every image of a size
+# (focus_detr.modeling.token_layout), so their values are read once, not at every call. Entries leave with their
+# tensors; an in-place change of either tensor (its version) has it checked again.
+_CHECKED_LAYOUTS = WeakIdKeyDictionary()
+
+
 def _check_level_layout(spatial_shapes: Tensor, level_start_index: Tensor, num_values: int) -> None:
+    checked = _CHECKED_LAYOUTS.get(spatial_shapes)
+    if checked is not None:
+        version, start_index, start_index_version, values = checked
+        if (version, start_index(), start_index_version, values) == (
+            spatial_shapes._version, level_start_index, level_start_index._version, num_values
+        ):
+            return
+    _read_and_check_level_layout(spatial_shapes, level_start_index, num_values)
+    _CHECKED_LAYOUTS[spatial_shapes] = (
+        spatial_shapes._version, weakref.ref(level_start_index), level_start_index._version, num_values
+    )
+
+
+def _read_and_check_level_layout(spatial_shapes: Tensor, level_start_index: Tensor, num_values: int) -> None:
     shapes = spatial_shapes.tolist()
     if any(h < 0 or w < 0 for h, w in shapes):
         raise ValueError(f"spatial_shapes must be non-negative, got {shapes}")

@@ -1,14 +1,19 @@
 """Sine position embeddings for feature maps and for box coordinates."""
+import functools
 import math
+from typing import Tuple
 
 import torch
 from torch import nn
 
 
-def _sine_frequencies(num_feats: int, temperature: float, device) -> torch.Tensor:
-    """``temperature ** (2 * floor(i / 2) / num_feats)`` for ``i < num_feats`` -> ``(num_feats,)`` float32."""
-    dim_t = torch.arange(num_feats, dtype=torch.float32, device=device)
-    return temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+@functools.lru_cache(maxsize=16)
+def _sine_frequencies(num_feats: int, temperature: float, device: torch.device) -> torch.Tensor:
+    """``temperature ** (2 * floor(i / 2) / num_feats)`` for ``i < num_feats`` -> ``(num_feats,)`` float32, made once
+    per setting and device (shared: never modify it; a plain tensor even if first made under inference mode)."""
+    with torch.inference_mode(False):
+        dim_t = torch.arange(num_feats, dtype=torch.float32, device=device)
+        return temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
 
 
 def _interleave_sin_cos(angles: torch.Tensor) -> torch.Tensor:
@@ -49,6 +54,11 @@ class PositionEmbeddingSine(nn.Module):
         self.offset = offset
         self.eps = eps
 
+    @property
+    def settings(self) -> Tuple:
+        """The constructor arguments, in order: ``PositionEmbeddingSine(*e.settings)`` embeds like ``e``."""
+        return (self.num_pos_feats, self.temperature, self.normalize, self.scale, self.offset, self.eps)
+
     def forward(self, mask: torch.Tensor) -> torch.Tensor:
         """mask ``(B, H, W)`` bool, True = padding -> ``(B, 2 * num_pos_feats, H, W)``."""
         not_mask = ~mask
@@ -71,6 +81,9 @@ def box_sine_embedding(boxes: torch.Tensor, num_feats: int = 128, temperature: f
     if boxes.shape[-1] not in (2, 4):
         raise ValueError(f"boxes must end in 2 or 4 coordinates, got shape {tuple(boxes.shape)}")
     dim_t = _sine_frequencies(num_feats, temperature, boxes.device)
-    embeds = [_interleave_sin_cos(boxes[..., i, None] * (2 * math.pi) / dim_t) for i in range(boxes.shape[-1])]
-    embeds[0], embeds[1] = embeds[1], embeds[0]
-    return torch.cat(embeds, dim=-1)
+    # every coordinate at once: (..., D, num_feats)
+    embeds = _interleave_sin_cos(boxes[..., None] * (2 * math.pi) / dim_t)
+    ordered = [embeds[..., 1, :], embeds[..., 0, :]]
+    if boxes.shape[-1] == 4:
+        ordered.append(embeds[..., 2:, :].flatten(-2))
+    return torch.cat(ordered, dim=-1)

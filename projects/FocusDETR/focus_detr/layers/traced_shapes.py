@@ -5,7 +5,7 @@ While tracing, ``tensor.shape[i]`` is a 0-dim tensor recorded in the graph. Pyth
 export image's token counts at every other size. These helpers give the same integers in eager mode and graph values
 under tracing.
 """
-from typing import List, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -18,7 +18,9 @@ def capped_count(count: int, available: Union[int, Tensor]) -> Union[int, Tensor
     return min(count, available)
 
 
-def spatial_shapes_of(features: List[Tensor]) -> Tensor:
-    """Per-level ``(h, w)`` of ``(B, C, h, w)`` maps -> ``(L, 2)`` int64 on the maps' device, read from the shapes
-    (traced shapes stay graph values)."""
-    return torch.stack([torch._shape_as_tensor(f)[-2:] for f in features]).to(features[0].device)
+def spatial_shapes_of(level_shapes: Sequence[Tuple[Union[int, Tensor], Union[int, Tensor]]], device) -> Tensor:
+    """Per-level ``(h, w)`` -> ``(L, 2)`` int64 on ``device``: from Python ints, or from traced sizes (``f.shape[-2:]``
+    under tracing, 0-dim tensors), which stay graph values."""
+    if isinstance(level_shapes[0][0], Tensor):
+        return torch.stack([torch.stack(list(shape)) for shape in level_shapes]).to(device)
+    return torch.tensor(level_shapes, dtype=torch.int64, device=device)

@@ -25,6 +25,36 @@ def _scatter_tokens(
     return tokens.scatter_(1, index, values) if in_place else tokens.scatter(1, index, values)
 
 
+def _leading_columns(inds_0: torch.Tensor, layer_inds: List[torch.Tensor]) -> bool:
+    """Whether every layer's ``(B, k_j)`` indices are the first ``k_j`` columns of ``inds_0`` itself (views of the
+    same memory, as the selector returns them): then each layer's tokens are a prefix of the first layer's, known
+    without reading any index."""
+    return all(
+        inds.data_ptr() == inds_0.data_ptr() and inds.stride() == inds_0.stride() and inds.shape[0] == inds_0.shape[0]
+        and inds.shape[1] <= inds_0.shape[1]
+        for inds in layer_inds
+    )
+
+
+def _take(tokens: torch.Tensor, where) -> torch.Tensor:
+    """A layer's tokens among ``tokens`` ``(B, n, ...)``: the first ``where`` (an int) or those at positions
+    ``where`` ``(B, k)``."""
+    return tokens[:, :where] if isinstance(where, int) else _gather_tokens(tokens, where)
+
+
+def _put(tokens: torch.Tensor, where, values: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """Writes a layer's updated tokens ``values`` back at ``where`` (see :func:`_take`), into a copy unless
+    ``in_place``."""
+    if not isinstance(where, int):
+        return _scatter_tokens(tokens, where, values, in_place)
+    if where == tokens.shape[1]:
+        return tokens.copy_(values) if in_place else values
+    if in_place:
+        tokens[:, :where] = values
+        return tokens
+    return torch.cat([values, tokens[:, where:]], 1)
+
+
 def _positions_within(inds_0: torch.Tensor, layer_inds: List[torch.Tensor], num_tokens: int):
     """Where each layer's token indices ``(B, k_j)`` sit in ``inds_0`` ``(B, k_0)`` (indices into ``N`` tokens):
     ``(B, k_j)`` positions per layer, or None if some index is not in ``inds_0``."""
@@ -187,7 +217,10 @@ class CascadeDualAttentionEncoder(nn.Module):
         # each layer keeps a prefix of one score ranking), gathered once and written back once, so the per-layer
         # gathers and scatters, and in training their backward, move (B, k_0, C) instead of (B, N, C) buffers.
         inds_0 = selection.foreground_inds[0]
-        positions = _positions_within(inds_0, selection.foreground_inds, tokens.shape[1])
+        if _leading_columns(inds_0, selection.foreground_inds):
+            positions = [inds.shape[1] for inds in selection.foreground_inds]
+        else:
+            positions = _positions_within(inds_0, selection.foreground_inds, tokens.shape[1])
         if positions is None:
             # A later layer picked a token the first did not (possible only through score ties): full sequences.
             inds_0, positions = None, selection.foreground_inds
@@ -207,24 +240,28 @@ class CascadeDualAttentionEncoder(nn.Module):
         if in_place and inds_0 is None:
             foreground = foreground.clone()
         fine_grained_inds = []
+        budgets = selection.focus_token_counts
         for layer, inds, where in zip(self.layers, selection.foreground_inds, positions):
-            queries = _gather_tokens(foreground, where)
+            queries = _take(foreground, where)
             updated, fine_inds = layer(
                 queries,
-                _gather_tokens(foreground_pos, where),
-                foreground_scores.gather(1, where),
+                _take(foreground_pos, where),
+                _take(foreground_scores, where),
                 value,
                 padding_mask,
-                _gather_tokens(foreground_refs, where),
+                _take(foreground_refs, where),
                 spatial_shapes,
                 level_start_index,
                 category_head,
             )
             # Each image writes back only its own foreground budget; beyond it, the batch-wide k_j holds tokens
-            # ranked for another image's larger budget.
-            within_budget = torch.arange(inds.shape[1], device=inds.device)[None] < selection.focus_token_nums[:, None]
-            updated = torch.where(within_budget[..., None], updated, queries)
-            foreground = _scatter_tokens(foreground, where, updated, in_place)
+            # ranked for another image's larger budget (nothing to mask where every budget covers the k_j tokens).
+            if budgets is None or min(budgets) < inds.shape[1]:
+                within_budget = (
+                    torch.arange(inds.shape[1], device=inds.device)[None] < selection.focus_token_nums[:, None]
+                )
+                updated = torch.where(within_budget[..., None], updated, queries)
+            foreground = _put(foreground, where, updated, in_place)
             fine_grained_inds.append(inds.gather(1, fine_inds))
         memory = foreground if inds_0 is None else _scatter_tokens(tokens, inds_0, foreground)
         return memory, fine_grained_inds

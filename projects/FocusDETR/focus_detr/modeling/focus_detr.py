@@ -5,10 +5,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone
-from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
-from torch.nn import functional as F
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
 from ..layers.frozen_bn_folding import enable_frozen_bn_folding
@@ -17,6 +15,8 @@ from ..layers.position_embedding import PositionEmbeddingSine
 from ..layers.traced_shapes import capped_count
 from .criterion import FocusDETRCriterion
 from .denoising import ContrastiveDenoising, DenoisingQueries, split_denoising_outputs
+from .detections import batch_images, rescale_detections
+from .token_layout import token_layout
 from .transformer import FocusDETRTransformer, TransformerOutput
 
 
@@ -113,17 +113,7 @@ class FocusDETR(nn.Module):
             if image.shape[1] < 1 or image.shape[2] < 1:
                 raise ValueError(f"FocusDETR: batched_inputs[{i}]['image'] is empty: {tuple(image.shape)}")
             images.append((image.to(self.device).float() - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(images)
-
-    @staticmethod
-    def padding_masks(images: ImageList) -> torch.Tensor:
-        """``(B, H, W)`` bool, True outside each image's own size (also at test time: unlike the official code, a
-        batch of several images is evaluated as each image alone)."""
-        batch, _, height, width = images.tensor.shape
-        masks = torch.ones((batch, height, width), dtype=torch.bool, device=images.tensor.device)
-        for i, (h, w) in enumerate(images.image_sizes):
-            masks[i, :h, :w] = False
-        return masks
+        return batch_images(images)
 
     def prepare_targets(self, batched_inputs: List[Dict]) -> List[Dict]:
         """Instances -> ``{"labels" (n,), "boxes" (n, 4) cxcywh normalised by the image size, "image_size"}``."""
@@ -152,33 +142,41 @@ class FocusDETR(nn.Module):
     def run_transformer(
         self, images: ImageList, denoising: Optional[DenoisingQueries] = None
     ) -> TransformerOutput:
-        """Backbone -> neck -> position embeddings -> transformer on a padded batch."""
-        image_masks = self.padding_masks(images)
+        """Backbone -> neck -> token layout (padding masks, position embeddings, ...) -> transformer on a padded
+        batch. Padding masks hold for each image's own size also at test time: unlike the official code, a batch of
+        several images is evaluated as each image alone."""
         pixels = images.tensor
         if self.backbone_channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         features = self.neck(self.backbone(pixels))
-        masks = [F.interpolate(image_masks[None].float(), size=f.shape[-2:]).to(torch.bool)[0] for f in features]
-        pos_embeds = [self.position_embedding(m) for m in masks]
-        return self.transformer(features, masks, pos_embeds, self.class_embed, self.bbox_embed, denoising)
+        layout = token_layout(
+            images.image_sizes,
+            pixels.shape[-2:],
+            [f.shape[-2:] for f in features],
+            self.position_embedding,
+            self.transformer.proposal_base_size,
+            pixels.device,
+        )
+        return self.transformer(features, layout, self.class_embed, self.bbox_embed, denoising)
 
-    def predict(self, out: TransformerOutput):
-        """Per decoder layer class logits ``(L, B, P+Q, K)`` and boxes ``(L, B, P+Q, 4)`` (normalised cxcywh).
+    def predict(self, out: TransformerOutput, last_layer_only: bool = False):
+        """Per decoder layer class logits ``(L, B, P+Q, K)`` and boxes ``(L, B, P+Q, 4)`` (normalised cxcywh); with
+        ``last_layer_only``, the last layer's alone (L = 1: what inference reads).
 
         In float32 also under autocast: the scores rank the detections and the boxes become pixel coordinates, both
         finer than bfloat16's 8 bits resolve (ties, pixel steps at 1333 px); these heads are small next to the rest.
         """
+        num_layers = out.hidden_states.shape[0]
+        layers = range(num_layers - 1, num_layers) if last_layer_only else range(num_layers)
+        logits, boxes = [], []
         with _float32_under_autocast(self.device.type):
-            hidden_states = out.hidden_states.float()
-            input_boxes = torch.cat([out.initial_boxes[None], out.refined_boxes[:-1]], 0).float()
-            logits = torch.stack([head(h) for head, h in zip(self.class_embed, hidden_states)])
-            boxes = torch.stack(
-                [
-                    (head(h) + inverse_sigmoid(ref)).sigmoid()
-                    for head, h, ref in zip(self.bbox_embed, hidden_states, input_boxes)
-                ]
-            )
-        return logits, boxes
+            for i in layers:
+                hidden = out.hidden_states[i].float()
+                # each layer refines the previous layer's boxes (the first layer, the initial ones)
+                input_boxes = (out.initial_boxes if i == 0 else out.refined_boxes[i - 1]).float()
+                logits.append(self.class_embed[i](hidden))
+                boxes.append((self.bbox_embed[i](hidden) + inverse_sigmoid(input_boxes)).sigmoid())
+        return torch.stack(logits), torch.stack(boxes)
 
     def forward(self, batched_inputs: List[Dict]):
         """Training: dict of weighted losses. Inference: list of ``{"instances": Instances}``."""
@@ -219,13 +217,15 @@ class FocusDETR(nn.Module):
         """
         images = self.preprocess_image(batched_inputs)
         out = self.run_transformer(images)
-        logits, boxes = self.predict(out)
+        logits, boxes = self.predict(out, last_layer_only=True)
         results = self.postprocess(logits[-1], boxes[-1], images.image_sizes)
+        output_sizes = [
+            (item.get("height", image_size[0]), item.get("width", image_size[1]))
+            for item, image_size in zip(batched_inputs, images.image_sizes)
+        ]
         processed = []
-        for i, (result, item, image_size) in enumerate(zip(results, batched_inputs, images.image_sizes)):
-            height = item.get("height", image_size[0])
-            width = item.get("width", image_size[1])
-            entry = {"instances": detector_postprocess(result, height, width)}
+        for i, (instances, image_size) in enumerate(zip(rescale_detections(results, output_sizes), images.image_sizes)):
+            entry = {"instances": instances}
             if return_token_selection:
                 entry["image_size"] = tuple(image_size)
                 entry["token_selection"] = token_selection_of(out, i)
@@ -268,8 +268,9 @@ def token_selection_of(out: TransformerOutput, index: int) -> Dict:
     """The selector's and encoder's token choices for image ``index`` of a batch."""
     selection = out.selection
     return {
-        "spatial_shapes": out.spatial_shapes,
-        "level_start_index": out.level_start_index,
+        # copies: the model reuses these per input size
+        "spatial_shapes": out.spatial_shapes.clone(),
+        "level_start_index": out.level_start_index.clone(),
         "foreground_logits": selection.foreground_logits[index, :, 0].float(),  # bfloat16 under autocast
         "foreground_inds": [inds[index, : int(selection.focus_token_nums[index])] for inds in selection.foreground_inds],
         "fine_grained_inds": [inds[index] for inds in out.fine_grained_inds],

@@ -1,8 +1,10 @@
 """The Foreground Token Selector (FTS): scores every token as foreground, modulating fine levels with the scores of
 coarser ones (top-down), and picks how many and which tokens each encoder layer updates."""
+import functools
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -45,12 +47,14 @@ class ForegroundSelection:
         selection_scores: ``(B, N)`` the logits with padding set to the batch minimum, used for ranking.
         focus_token_nums: ``(B,)`` int, foreground tokens kept per image (written back by the encoder).
         foreground_inds: per encoder layer, ``(B, k_j)`` int64 token indices sorted by descending score.
+        focus_token_counts: ``focus_token_nums`` as Python ints, where known without a device read (else None).
     """
 
     foreground_logits: torch.Tensor
     selection_scores: torch.Tensor
     focus_token_nums: torch.Tensor
     foreground_inds: List[torch.Tensor]
+    focus_token_counts: Optional[List[int]] = None
 
     @property
     def num_selected_tokens_per_layer(self) -> List[int]:
@@ -133,34 +137,82 @@ class ForegroundTokenSelector(nn.Module):
             scores[level] = level_scores
         return torch.cat(scores, dim=1)
 
-    def layer_token_counts(self, focus_token_nums: torch.Tensor, num_tokens: int) -> List[int]:
-        """Tokens updated by each encoder layer: the cascade ratios times the batch's largest foreground budget.
-
-        Under ``torch.jit.trace`` (``num_tokens`` is then a traced size) the counts are 0-dim tensors computed in the
-        graph, so an exported model recomputes them for every input size.
-        """
-        # float32 product then truncation, as the released models computed it (0.8 and 0.6 are inexact in float32).
-        ratios = torch.tensor(self.cascade_keep_ratios, dtype=torch.float32, device=focus_token_nums.device)
-        counts = (ratios * focus_token_nums.max()).int().clamp(min=1)
-        if isinstance(num_tokens, torch.Tensor):
-            return list(counts.clamp(max=num_tokens).unbind(0))
-        return [min(k, num_tokens) for k in counts.tolist()]
+    def layer_token_counts(self, focus_token_nums, num_tokens: int) -> List[int]:
+        """Tokens updated by each encoder layer (:func:`layer_token_counts`) for foreground budgets
+        ``focus_token_nums`` (a ``(B,)`` tensor or Python ints)."""
+        return layer_token_counts(focus_token_nums, self.cascade_keep_ratios, num_tokens)
 
     def forward(
-        self, memory: torch.Tensor, padding_mask: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]]
+        self,
+        memory: torch.Tensor,
+        padding_mask: Optional[torch.Tensor],
+        spatial_shapes: Sequence[Tuple[int, int]],
+        valid_token_nums: Optional[Sequence[int]] = None,
     ) -> ForegroundSelection:
-        """memory ``(B, N, C)`` projected tokens; padding_mask ``(B, N)`` True = padding; spatial_shapes per level
-        ``(h, w)``. Returns the :class:`ForegroundSelection`."""
+        """memory ``(B, N, C)`` projected tokens; padding_mask ``(B, N)`` True = padding, or None (nothing padded);
+        spatial_shapes per level ``(h, w)``; valid_token_nums: unpadded tokens per image as Python ints, if known (the
+        budgets are then computed on the host, without reading the mask back from the device). Returns the
+        :class:`ForegroundSelection`."""
         if len(spatial_shapes) != self.num_levels:
             raise ValueError(f"ForegroundTokenSelector: expected {self.num_levels} levels, got {len(spatial_shapes)}")
-        num_tokens = memory.shape[1]
+        batch_size, num_tokens = memory.shape[:2]
         foreground_logits = self.score_tokens(memory, spatial_shapes)
         scores = foreground_logits.squeeze(-1)
-        selection_scores = scores.masked_fill(padding_mask, scores.min())
+        selection_scores = scores if padding_mask is None else scores.masked_fill(padding_mask, scores.min())
 
-        valid_token_nums = (~padding_mask).sum(-1)
-        focus_token_nums = ((valid_token_nums * self.keep_ratio).int() + 1).clamp(max=num_tokens)
-        foreground_inds = [
-            selection_scores.topk(k, dim=1)[1] for k in self.layer_token_counts(focus_token_nums, num_tokens)
-        ]
-        return ForegroundSelection(foreground_logits, selection_scores, focus_token_nums, foreground_inds)
+        if valid_token_nums is None and not torch.jit.is_tracing():
+            valid_token_nums = [num_tokens] * batch_size if padding_mask is None else (~padding_mask).sum(-1).tolist()
+        if valid_token_nums is None:
+            # Under tracing the counts are graph values (exported graphs follow the input size), which a slice would
+            # freeze: one top-k per layer.
+            focus_token_nums = focus_token_nums_of((~padding_mask).sum(-1), self.keep_ratio, num_tokens)
+            foreground_inds = [
+                selection_scores.topk(k, dim=1)[1] for k in self.layer_token_counts(focus_token_nums, num_tokens)
+            ]
+            focus_token_counts = None
+        else:
+            # Counted on the host from the image sizes: no value is read back from the device.
+            focus_token_counts = focus_token_nums_of(valid_token_nums, self.keep_ratio, num_tokens)
+            counts = self.layer_token_counts(focus_token_counts, num_tokens)
+            focus_token_nums = _int_tensor(tuple(focus_token_counts), memory.device)
+            # Each layer keeps a prefix of one ranking: views of the first layer's indices (the encoder relies on it).
+            first = selection_scores.topk(counts[0], dim=1)[1]
+            foreground_inds = [first[:, :k] for k in counts]
+        return ForegroundSelection(
+            foreground_logits, selection_scores, focus_token_nums, foreground_inds, focus_token_counts
+        )
+
+
+def focus_token_nums_of(valid_token_nums, keep_ratio: float, num_tokens):
+    """Foreground tokens kept per image: ``keep_ratio`` of its valid tokens, plus one, at most all.
+    valid_token_nums: ``(B,)`` int tensor -> ``(B,)`` int32 tensor, or Python ints -> Python ints (the same float32
+    arithmetic on the host)."""
+    if isinstance(valid_token_nums, torch.Tensor):
+        return ((valid_token_nums * keep_ratio).int() + 1).clamp(max=num_tokens)
+    return [min(int(np.float32(v) * np.float32(keep_ratio)) + 1, num_tokens) for v in valid_token_nums]
+
+
+def layer_token_counts(focus_token_nums, cascade_keep_ratios: Sequence[float], num_tokens) -> List:
+    """Tokens updated by each encoder layer: the cascade ratios times the batch's largest foreground budget.
+
+    float32 product then truncation, as the released models computed it (0.8 and 0.6 are inexact in float32):
+    on a ``(B,)`` tensor of budgets, or on the host for Python ints. Under ``torch.jit.trace`` (``num_tokens`` is
+    then a traced size) the counts are 0-dim tensors computed in the graph, so an exported model recomputes them
+    for every input size.
+    """
+    if not isinstance(focus_token_nums, torch.Tensor):
+        largest = np.float32(max(focus_token_nums))
+        return [min(max(int(np.float32(r) * largest), 1), num_tokens) for r in cascade_keep_ratios]
+    ratios = torch.tensor(cascade_keep_ratios, dtype=torch.float32, device=focus_token_nums.device)
+    counts = (ratios * focus_token_nums.max()).int().clamp(min=1)
+    if isinstance(num_tokens, torch.Tensor):
+        return list(counts.clamp(max=num_tokens).unbind(0))
+    return [min(k, num_tokens) for k in counts.tolist()]
+
+
+@functools.lru_cache(maxsize=64)
+def _int_tensor(values: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``values`` as an int32 tensor on ``device``, uploaded once per distinct value (shared: never modify it). A
+    plain tensor even when first made under torch.inference_mode (a training step may read it later)."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=torch.int32, device=device)

@@ -7,11 +7,12 @@ import torch
 from torch import nn
 
 from ..layers.ms_deform_attn import MultiScaleDeformableAttention
-from ..layers.traced_shapes import capped_count, spatial_shapes_of
+from ..layers.traced_shapes import capped_count
 from .decoder import DINODecoder
 from .denoising import DenoisingQueries
 from .encoder import CascadeDualAttentionEncoder
 from .foreground_selector import ForegroundSelection, ForegroundTokenSelector
+from .token_layout import TokenLayout
 
 
 @dataclass
@@ -38,63 +39,6 @@ class TransformerOutput:
     fine_grained_inds: List[torch.Tensor]
     spatial_shapes: torch.Tensor
     level_start_index: torch.Tensor
-
-
-def valid_extent(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """mask ``(B, h, w)`` True = padding (images are top-left aligned) -> valid rows ``(B,)`` and columns ``(B,)``."""
-    return (~mask[:, :, 0]).sum(1), (~mask[:, 0, :]).sum(1)
-
-
-def valid_ratios_of(mask: torch.Tensor) -> torch.Tensor:
-    """mask ``(B, h, w)`` True = padding -> ``(B, 2)`` valid fraction ``(w, h)`` of the level."""
-    _, h, w = mask.shape
-    valid_h, valid_w = valid_extent(mask)
-    return torch.stack([valid_w.float() / w, valid_h.float() / h], -1)
-
-
-def encoder_reference_points(spatial_shapes: Sequence[Tuple[int, int]], valid_ratios: torch.Tensor) -> torch.Tensor:
-    """Pixel centres of every token, normalised by the valid extent -> ``(B, N, L, 2)`` (x, y) per level."""
-    points = []
-    for level, (h, w) in enumerate(spatial_shapes):
-        ref_y, ref_x = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=valid_ratios.device),
-            torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=valid_ratios.device),
-            indexing="ij",
-        )
-        ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * h)
-        ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * w)
-        points.append(torch.stack((ref_x, ref_y), -1))
-    return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
-
-
-def token_proposals(
-    padding_mask: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]], base_size: float
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One box per token centred on it, ``base_size * 2**level`` wide, in inverse-sigmoid space.
-
-    padding_mask ``(B, N)``. Returns proposals ``(B, N, 4)`` (+inf where padded or too close to the border) and
-    the validity ``(B, N, 1)`` bool.
-    """
-    batch_size = padding_mask.shape[0]
-    proposals, start = [], 0
-    for level, (h, w) in enumerate(spatial_shapes):
-        valid_h, valid_w = valid_extent(padding_mask[:, start : start + h * w].view(batch_size, h, w))
-        grid_y, grid_x = torch.meshgrid(
-            torch.linspace(0, h - 1, h, dtype=torch.float32, device=padding_mask.device),
-            torch.linspace(0, w - 1, w, dtype=torch.float32, device=padding_mask.device),
-            indexing="ij",
-        )
-        grid = torch.cat([grid_x[..., None], grid_y[..., None]], -1)
-        scale = torch.cat([valid_w[:, None], valid_h[:, None]], 1).view(batch_size, 1, 1, 2)
-        grid = (grid[None].expand(batch_size, -1, -1, -1) + 0.5) / scale
-        size = torch.ones_like(grid) * base_size * (2.0**level)
-        proposals.append(torch.cat((grid, size), -1).view(batch_size, -1, 4))
-        start += h * w
-    proposals = torch.cat(proposals, 1)
-    valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
-    proposals = torch.log(proposals / (1 - proposals))
-    proposals = proposals.masked_fill(padding_mask[..., None], float("inf")).masked_fill(~valid, float("inf"))
-    return proposals, valid
 
 
 class FocusDETRTransformer(nn.Module):
@@ -156,14 +100,11 @@ class FocusDETRTransformer(nn.Module):
                 module.init_weights()
         nn.init.normal_(self.level_embeds)
 
-    def two_stage_proposals(
-        self, padding_mask: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]]
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """padding_mask ``(B, N)`` -> the token proposals ``(B, N, 4)`` (inverse-sigmoid space, see
-        :func:`token_proposals`) and which tokens the two-stage head ignores ``(B, N, 1)`` bool (padded or too close
-        to the border)."""
-        proposals, valid = token_proposals(padding_mask, spatial_shapes, self.proposal_base_size)
-        return proposals, padding_mask[..., None] | ~valid
+    def two_stage_proposals(self, layout: TokenLayout) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The token proposals ``(B, N, 4)`` (inverse-sigmoid space, see
+        :func:`~focus_detr.modeling.token_layout.token_proposals`) and which tokens the two-stage head ignores
+        ``(B, N, 1)`` bool (padded or too close to the border)."""
+        return layout.proposals, layout.proposal_ignored
 
     def project_memory(self, memory: torch.Tensor, ignored: torch.Tensor) -> torch.Tensor:
         """Zero the ignored tokens ``(B, N, 1)``, then Linear + LayerNorm. memory ``(B, N, C)`` -> ``(B, N, C)``."""
@@ -177,39 +118,35 @@ class FocusDETRTransformer(nn.Module):
     def forward(
         self,
         features: List[torch.Tensor],
-        masks: List[torch.Tensor],
-        pos_embeds: List[torch.Tensor],
+        layout: TokenLayout,
         class_heads: Sequence[nn.Module],
         box_heads: Sequence[nn.Module],
         denoising: Optional[DenoisingQueries] = None,
     ) -> TransformerOutput:
-        """features, pos_embeds: per level ``(B, C, h_l, w_l)``; masks: per level ``(B, h_l, w_l)`` True = padding.
-        class_heads / box_heads: one per decoder layer plus a last one for the encoder (two-stage) proposals; the
-        last class head also scores the encoder's fine-grained tokens.
+        """features: per level ``(B, C, h_l, w_l)``; layout: their :class:`TokenLayout` (masks, position embeddings,
+        proposals, ...). class_heads / box_heads: one per decoder layer plus a last one for the encoder (two-stage)
+        proposals; the last class head also scores the encoder's fine-grained tokens.
         """
         if len(features) != self.num_levels:
             raise ValueError(f"FocusDETRTransformer: expected {self.num_levels} feature levels, got {len(features)}")
-        spatial_shapes_list = [tuple(f.shape[-2:]) for f in features]
         tokens = torch.cat([f.flatten(2).transpose(1, 2) for f in features], 1)
-        padding_mask = torch.cat([m.flatten(1) for m in masks], 1)
-        pos = torch.cat(
-            [p.flatten(2).transpose(1, 2) + self.level_embeds[l].view(1, 1, -1) for l, p in enumerate(pos_embeds)], 1
-        )
-        spatial_shapes = spatial_shapes_of(features)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        valid_ratios = torch.stack([valid_ratios_of(m) for m in masks], 1)
+        pos = layout.position_embeddings + self.level_embeds[layout.level_ids]
+        spatial_shapes, level_start_index = layout.spatial_shapes, layout.level_start_index
+        valid_ratios = layout.valid_ratios
+        # Nothing padded (e.g. a batch of one image): no padding mask anywhere, so the deformable attention skips the
+        # (B, N, C) masking in each of its calls and, in training, their backward.
+        padding_mask = layout.padding_mask if layout.any_padding else None
 
-        proposals, ignored = self.two_stage_proposals(padding_mask, spatial_shapes_list)
+        proposals, ignored = self.two_stage_proposals(layout)
         selector_input = self.project_memory(tokens + pos, ignored)
-        selection = self.foreground_selector(selector_input, padding_mask, spatial_shapes_list)
-        # Nothing padded (e.g. a batch of one image): the deformable attention has no value tokens to zero, and
-        # skips the (B, N, C) masking in each of its 12 calls and, in training, their backward.
-        value_padding_mask = padding_mask if torch.jit.is_tracing() or bool(padding_mask.any()) else None
+        selection = self.foreground_selector(
+            selector_input, padding_mask, layout.spatial_shapes_list, layout.valid_token_nums
+        )
         memory, fine_grained_inds = self.encoder(
             tokens,
             pos,
-            value_padding_mask,
-            encoder_reference_points(spatial_shapes_list, valid_ratios),
+            padding_mask,
+            layout.reference_points,
             spatial_shapes,
             level_start_index,
             selection,
@@ -243,7 +180,7 @@ class FocusDETRTransformer(nn.Module):
             queries,
             reference_boxes,
             memory,
-            value_padding_mask,
+            padding_mask,
             spatial_shapes,
             level_start_index,
             valid_ratios,

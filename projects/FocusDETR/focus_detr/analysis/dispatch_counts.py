@@ -1,0 +1,215 @@
+"""Counting the operators a run dispatches and the operations among them that stall the host on a GPU.
+
+Every operator a model dispatches costs host time (Python, the dispatcher, on a GPU a kernel launch), and some force
+the host to wait for the device: reading a value (``.item()``, ``bool()``, ``int()``, ``.tolist()``), operators whose
+output shape depends on the data (``nonzero``, ``masked_select``, boolean-mask indexing, ``unique``,
+``repeat_interleave`` without ``output_size``), copies between the host and the device, and tensors built from
+Python data (``torch.tensor(...)`` on a GPU is a blocking host-to-device copy). Both are properties of the code, not
+of the device, so they are counted on the CPU as well: :func:`count_dispatch` / :func:`dispatch_counts`.
+
+The operators are the ATen operators that reach the dispatcher's Python key (what a ``TorchDispatchMode`` sees:
+composite operators such as ``linear`` appear as the operators they decompose into, views included).
+"""
+import collections
+import contextlib
+import dataclasses
+import os
+import traceback
+from typing import Callable, Dict, Iterator, Optional
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = ["DispatchCounts", "count_dispatch", "dispatch_counts", "sync_reason"]
+
+_aten = torch.ops.aten
+
+# Operators that wait for the device whatever their arguments: a value read on the host, or an output whose size
+# is only known once the device has computed it.
+_ALWAYS_SYNC = {
+    _aten._local_scalar_dense.default: "reads a value on the host",
+    _aten.equal.default: "reads a value on the host",
+    _aten.nonzero.default: "data-dependent output size",
+    _aten.masked_select.default: "data-dependent output size",
+    _aten._unique.default: "data-dependent output size",
+    _aten._unique2.default: "data-dependent output size",
+    _aten.unique_dim.default: "data-dependent output size",
+    _aten.unique_consecutive.default: "data-dependent output size",
+}
+
+_BOOLEAN_INDEXED = (_aten.index.Tensor, _aten.index_put.default, _aten.index_put_.default, _aten._index_put_impl_.default)
+
+# Tensor methods that hand data to Python or to the host without an operator the dispatcher sees on a CPU tensor
+# (``tolist`` reads the memory directly, ``cpu`` of a CPU tensor returns it as is).
+_HOST_CONVERSIONS = {
+    torch.Tensor.tolist: "tensor -> Python list",
+    torch.Tensor.numpy: "tensor -> NumPy array",
+    torch.Tensor.__array__: "tensor -> NumPy array",
+    torch.Tensor.cpu: "copy to the host",
+}
+# Tensors built from Python data: on a GPU, a blocking host-to-device copy.
+_FROM_PYTHON_DATA = (torch.tensor, torch.as_tensor, torch.asarray, torch.Tensor.new_tensor)
+_UPLOAD = "a tensor from Python data (a blocking host-to-device copy on a GPU)"
+
+
+def _tensors(tree) -> Iterator[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, (list, tuple)):
+        for item in tree:
+            yield from _tensors(item)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from _tensors(item)
+
+
+def sync_reason(func, args, kwargs) -> Optional[str]:
+    """Why the ATen operator ``func`` applied to ``args`` / ``kwargs`` makes the host wait for a GPU, or None."""
+    if func in _ALWAYS_SYNC:
+        return _ALWAYS_SYNC[func]
+    if func in _BOOLEAN_INDEXED:
+        indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+        if any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in indices):
+            return "boolean-mask indexing (data-dependent size)"
+        return None
+    if func is _aten.repeat_interleave.Tensor and kwargs.get("output_size") is None:
+        return "repeat_interleave without output_size (data-dependent size)"
+    if func is _aten._to_copy.default:
+        device = kwargs.get("device")
+        if device is not None and torch.device(device) != args[0].device:
+            return "copy between devices"
+        return None
+    if func in (_aten.copy_.default, _aten.copy.default):
+        if args[0].device != args[1].device:
+            return "copy between devices"
+    return None
+
+
+@dataclasses.dataclass
+class DispatchCounts:
+    """What one counted run dispatched.
+
+    Attributes:
+        operators: ATen operators dispatched.
+        syncs: operations among them (and host conversions such as ``.tolist()``) that make the host wait for a GPU.
+        by_operator: operator name -> count.
+        syncs_by_reason: ``"operator: reason"`` -> count.
+        sync_sites: ``"file:line (function)"`` of the calling code -> count (only when counted with
+            ``record_sites=True``).
+    """
+
+    operators: int = 0
+    syncs: int = 0
+    by_operator: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    syncs_by_reason: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    sync_sites: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def as_dict(self) -> Dict:
+        return {
+            "operators": self.operators,
+            "syncs": self.syncs,
+            "syncs_by_reason": dict(self.syncs_by_reason.most_common()),
+            "sync_sites": dict(self.sync_sites.most_common()),
+        }
+
+
+_THIS_FILE = os.path.abspath(__file__)
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+
+
+def _calling_site() -> str:
+    """The innermost frame outside torch and this file: where the model's code asked for the operation."""
+    for frame in reversed(traceback.extract_stack()):
+        filename = os.path.abspath(frame.filename)
+        if filename != _THIS_FILE and not filename.startswith(_TORCH_DIR):
+            return f"{frame.filename}:{frame.lineno} ({frame.name})"
+    return "<unknown>"
+
+
+class _Recorder:
+    def __init__(self, counts: DispatchCounts, device: torch.device, record_sites: bool):
+        self.counts = counts
+        self.device = device
+        self.record_sites = record_sites
+        self.in_conversion = 0
+
+    def on_device(self, args, kwargs) -> bool:
+        """Whether the operation touches a tensor on the measured device (a CPU tensor in a GPU run is host data)."""
+        tensors = list(_tensors(args)) + list(_tensors(kwargs))
+        return not tensors or any(t.device.type == self.device.type for t in tensors)
+
+    def sync(self, name: str, reason: str) -> None:
+        self.counts.syncs += 1
+        self.counts.syncs_by_reason[f"{name}: {reason}"] += 1
+        if self.record_sites:
+            self.counts.sync_sites[_calling_site()] += 1
+
+
+class _OperatorMode(TorchDispatchMode):
+    def __init__(self, recorder: _Recorder):
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        recorder = self.recorder
+        recorder.counts.operators += 1
+        recorder.counts.by_operator[str(func.overloadpacket)] += 1
+        if not recorder.in_conversion:
+            reason = sync_reason(func, args, kwargs)
+            if reason is not None and (reason == "copy between devices" or recorder.on_device(args, kwargs)):
+                recorder.sync(str(func.overloadpacket), reason)
+        return func(*args, **kwargs)
+
+
+class _ConversionMode(TorchFunctionMode):
+    def __init__(self, recorder: _Recorder):
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        recorder = self.recorder
+        if func in _FROM_PYTHON_DATA:
+            data = args[1] if func is torch.Tensor.new_tensor else (args[0] if args else kwargs.get("data"))
+            default = args[0].device if func is torch.Tensor.new_tensor else torch.get_default_device()
+            target = torch.device(kwargs.get("device") or default)
+            if not isinstance(data, torch.Tensor) and target.type == recorder.device.type:
+                owner = "Tensor" if func is torch.Tensor.new_tensor else "torch"
+                recorder.sync(f"{owner}.{func.__name__}", _UPLOAD)
+            return func(*args, **kwargs)
+        reason = _HOST_CONVERSIONS.get(func)
+        if reason is None:
+            return func(*args, **kwargs)
+        if recorder.on_device(args, kwargs):
+            recorder.sync(f"Tensor.{func.__name__}", reason)
+        # One sync for the whole conversion: the operators it dispatches (a copy, a value read) are not counted again.
+        recorder.in_conversion += 1
+        try:
+            return func(*args, **kwargs)
+        finally:
+            recorder.in_conversion -= 1
+
+
+@contextlib.contextmanager
+def count_dispatch(device="cpu", record_sites: bool = False) -> Iterator[DispatchCounts]:
+    """Counts, inside the ``with`` block, the operators dispatched and the host-device synchronisations.
+
+    Args:
+        device: where the measured model runs. On a CPU every operation counts (a CPU run stands for a GPU one); on
+            a GPU, value reads and data-dependent operators on host (CPU) tensors are free and not counted.
+        record_sites: also record, per synchronisation, the calling code's ``file:line`` (slower; for diagnosis).
+
+    Yields the :class:`DispatchCounts`, filled in as the block runs (autograd's backward included).
+    """
+    recorder = _Recorder(DispatchCounts(), torch.device(device), record_sites)
+    with _ConversionMode(recorder), _OperatorMode(recorder):
+        yield recorder.counts
+
+
+def dispatch_counts(function: Callable[[], object], device="cpu", record_sites: bool = False) -> DispatchCounts:
+    """:class:`DispatchCounts` of one call of ``function()`` (call it once before to count a warm run)."""
+    with count_dispatch(device, record_sites) as counts:
+        function()
+    return counts

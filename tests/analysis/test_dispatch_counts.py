@@ -1,0 +1,79 @@
+"""count_dispatch / dispatch_counts: operators dispatched and host-device synchronisations of tiny functions whose
+counts are known."""
+import torch
+
+from focus_detr.analysis.dispatch_counts import count_dispatch, dispatch_counts
+
+
+def test_counts_every_operator_and_no_sync_for_device_only_work():
+    x = torch.randn(4, 3)
+    counts = dispatch_counts(lambda: (x + 1).relu().sum(0))
+    assert (counts.operators, counts.syncs) == (3, 0)
+    assert counts.by_operator == {"aten.add": 1, "aten.relu": 1, "aten.sum": 1}
+
+
+def test_value_reads_are_synchronisations():
+    x = torch.arange(6.0)
+
+    def reads():
+        x.sum().item()
+        bool(x.any())
+        int(x[2])
+        x.tolist()  # reads CPU memory without any operator: counted all the same
+
+    counts = dispatch_counts(reads)
+    assert counts.syncs == 4
+    assert counts.syncs_by_reason["aten._local_scalar_dense: reads a value on the host"] == 3
+    assert counts.syncs_by_reason["Tensor.tolist: tensor -> Python list"] == 1
+
+
+def test_data_dependent_shapes_are_synchronisations():
+    x = torch.arange(6.0)
+    repeats = torch.tensor([1, 2])
+    assert dispatch_counts(lambda: x[x > 2]).syncs == 1
+    assert dispatch_counts(lambda: x.nonzero()).syncs == 1
+    assert dispatch_counts(lambda: x.unique()).syncs == 1
+    assert dispatch_counts(lambda: torch.repeat_interleave(repeats)).syncs == 1
+    assert dispatch_counts(lambda: torch.repeat_interleave(repeats, output_size=3)).syncs == 0
+    # integer indices and a slice assignment of a Python scalar know their sizes
+    assert dispatch_counts(lambda: x[torch.tensor([0, 2]).clone()]).syncs == 1  # the torch.tensor upload only
+    y = torch.zeros(3, 4, dtype=torch.bool)
+
+    def fill():
+        y[0, :2] = True
+
+    assert dispatch_counts(fill).syncs == 0
+
+
+def test_tensors_from_python_data_and_host_copies_are_synchronisations():
+    x = torch.arange(3.0)
+    counts = dispatch_counts(lambda: (torch.tensor([1.0, 2.0]), torch.as_tensor([3]), x.new_tensor([1]), x.cpu()))
+    assert counts.syncs == 4
+    # a tensor that already is one is not uploaded again
+    assert dispatch_counts(lambda: torch.as_tensor(x)).syncs == 0
+
+
+def test_a_gpu_run_does_not_count_host_work():
+    # measured for a CUDA model, reading a CPU tensor (host bookkeeping) makes no GPU wait
+    x = torch.arange(3)
+    counts = dispatch_counts(lambda: (x.tolist(), x.sum().item(), torch.tensor([1])), device="cuda")
+    assert counts.operators == 3 and counts.syncs == 0
+
+
+def test_backward_operators_are_counted():
+    layer = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        forward = dispatch_counts(lambda: layer(x)).operators
+    with count_dispatch() as counts:
+        layer(x).sum().backward()
+    assert counts.operators > forward + 2  # the sum, and the weight / bias gradients at least
+    assert counts.syncs == 0
+
+
+def test_sync_sites_name_the_calling_line():
+    x = torch.arange(3.0)
+    counts = dispatch_counts(lambda: x.sum().item(), record_sites=True)
+    (site,) = counts.sync_sites
+    assert site.startswith(__file__) and "lambda" in site
+    assert not dispatch_counts(lambda: x.sum().item()).sync_sites

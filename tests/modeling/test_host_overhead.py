@@ -1,0 +1,79 @@
+"""Inference reads nothing back from the device but its final detection counts, and the per-size tensors it reuses
+(token layout, budgets) change no result."""
+import torch
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, Instances
+
+from conftest import build_tiny_model
+from focus_detr.analysis.dispatch_counts import dispatch_counts
+from focus_detr.modeling.detections import rescale_detections
+from focus_detr.modeling.token_layout import build_token_layout, token_layout
+
+
+def _model():
+    torch.manual_seed(0)
+    return build_tiny_model().eval()
+
+
+def _image(height, width, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return {"image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)}
+
+
+def test_inference_after_the_first_call_at_a_size_reads_only_the_detection_count():
+    model = _model()
+    items = [_image(96, 128)]
+    with torch.no_grad():
+        model(items)
+        counts = dispatch_counts(lambda: model(items), record_sites=True)
+    # one read: how many of the top detections are non-empty boxes (the length of the returned Instances)
+    assert counts.syncs == 1, counts.sync_sites
+    (site,) = counts.sync_sites
+    assert "rescale_detections" in site
+    # a batch of several images of different sizes (padding) reads no more
+    batch = [_image(96, 128), _image(64, 96, seed=1)]
+    with torch.no_grad():
+        model(batch)
+        assert dispatch_counts(lambda: model(batch)).syncs == 1
+
+
+def test_reused_layouts_give_the_detections_of_freshly_built_ones(monkeypatch):
+    model = _model()
+    items = [_image(96, 128)]
+    with torch.no_grad():
+        model(items)  # fills the cache at this size
+        cached = model(items)[0]["instances"]
+        import focus_detr.modeling.focus_detr as meta_arch
+
+        monkeypatch.setattr(meta_arch, "token_layout", build_token_layout)
+        fresh = model(items)[0]["instances"]
+    assert torch.equal(cached.pred_boxes.tensor, fresh.pred_boxes.tensor)
+    assert torch.equal(cached.scores, fresh.scores)
+
+
+def test_a_layout_first_built_in_inference_mode_serves_training():
+    model = _model()
+    args = ([(32, 40)], (32, 40), [(4, 5), (2, 3)], model.position_embedding, 0.05, "cpu")
+    with torch.inference_mode():
+        layout = token_layout(*args)
+    assert token_layout(*args) is layout  # reused
+    assert not layout.position_embeddings.is_inference() and not layout.position_embeddings.requires_grad
+    assert layout.valid_token_nums == (26,) and not layout.any_padding
+    padded = token_layout([(32, 40), (16, 40)], (32, 40), [(4, 5), (2, 3)], model.position_embedding, 0.05, "cpu")
+    assert padded.valid_token_nums == (26, 13) and padded.any_padding
+
+
+def test_rescaled_detections_equal_detectron2_postprocessing():
+    generator = torch.Generator().manual_seed(0)
+    boxes = torch.rand(50, 4, generator=generator) * 120 - 10
+    boxes[:5, 2] = boxes[:5, 0]  # empty boxes are dropped
+    scores, classes = torch.rand(50, generator=generator), torch.randint(0, 3, (50,), generator=generator)
+    for output_size in ((100, 120), (200, 150)):
+        def result():
+            return Instances((100, 120), pred_boxes=Boxes(boxes.clone()), scores=scores, pred_classes=classes)
+
+        expected = detector_postprocess(result(), *output_size)
+        (ours,) = rescale_detections([result()], [output_size])
+        assert ours.image_size == expected.image_size and len(ours) == len(expected) < 50
+        assert torch.equal(ours.pred_boxes.tensor, expected.pred_boxes.tensor)
+        assert torch.equal(ours.scores, expected.scores) and torch.equal(ours.pred_classes, expected.pred_classes)

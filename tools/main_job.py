@@ -5,6 +5,7 @@ where everything is.
 
     python tools/main_job.py                      # ~10 minutes on 2 CPU cores
     python tools/main_job.py --resume             # continue an interrupted run from its last checkpoint
+    python tools/main_job.py --output output/mine # a folder of your choice (an earlier run there is refused)
     python tools/main_job.py train.max_iter=1200  # any config override
 """
 import argparse
@@ -18,6 +19,7 @@ import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
+DEFAULT_OUTPUT = os.path.join("output", "main_job")
 
 
 def _load_script(relative_path, name):
@@ -32,7 +34,11 @@ def parse_args(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE")
-    parser.add_argument("--output", default=os.path.join("output", "main_job"), metavar="DIR")
+    parser.add_argument(
+        "--output", default=None, metavar="DIR",
+        help=f"default: {DEFAULT_OUTPUT}, or {DEFAULT_OUTPUT}-2, -3, ... when it holds an earlier run (with --resume: "
+        "the newest of them)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
     parser.add_argument("--demo-images", type=int, default=2, help="validation images to draw")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
@@ -44,11 +50,23 @@ def _dataset_name(names):
     return names if isinstance(names, str) else names[0]
 
 
+def default_output(resume, base=DEFAULT_OUTPUT):
+    """``base``, or ``base-2``, ``base-3``, ... : without ``resume`` the first that holds no run (so running the job
+    again never touches an earlier run's results), with ``resume`` the one before it (the newest run)."""
+    candidates = [base] + [f"{base}-{n}" for n in range(2, 10_000)]
+    first_free = next(i for i, folder in enumerate(candidates) if not os.path.exists(os.path.join(folder, "last_checkpoint")))
+    return candidates[max(first_free - 1, 0)] if resume else candidates[first_free]
+
+
 def main(args):
-    """The whole job holds the output folder (one run at a time in it); without --resume, a folder holding an earlier
-    run's checkpoints is refused rather than overwritten."""
+    """The whole job holds the output folder (one run at a time in it); without --resume, a folder given with
+    --output that holds an earlier run's checkpoints is refused rather than overwritten."""
     from focus_detr.engine import claim_output_dir
 
+    if args.output is None:
+        args.output = default_output(args.resume)
+        if args.output != DEFAULT_OUTPUT and not args.resume:
+            print(f"[main job] {DEFAULT_OUTPUT} holds an earlier run: this one goes to {args.output}", flush=True)
     with claim_output_dir(os.path.abspath(args.output), key="--output", fresh_training=not args.resume):
         return _run_job(args)
 

@@ -1,5 +1,5 @@
-"""Training hooks: checkpoints that carry every rank's RNG and data position, an EMA of the weights, and an
-evaluation hook that consumes no randomness of the training run."""
+"""Training hooks: checkpoints that carry every rank's RNG and data position, an EMA of the weights, an
+evaluation hook that consumes no randomness of the training run, and the periodic return of freed memory."""
 import contextlib
 import logging
 import os
@@ -9,9 +9,10 @@ from detectron2.engine import HookBase
 from detectron2.engine.hooks import EvalHook
 from detectron2.utils import comm
 
+from .memory import release_freed_memory
 from .rng import capture_rng_state, isolated_rng
 
-__all__ = ["ResumableCheckpointHook", "EMAHook", "IsolatedRngEvalHook"]
+__all__ = ["ResumableCheckpointHook", "EMAHook", "IsolatedRngEvalHook", "ReleaseFreedMemoryHook"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +149,19 @@ class IsolatedRngEvalHook(EvalHook):
     def _do_eval(self):
         with isolated_rng():
             super()._do_eval()
+
+
+class ReleaseFreedMemoryHook(HookBase):
+    """Every ``period`` iterations (0: never), hands the C heap's free pages back to the operating system
+    (:func:`~focus_detr.engine.memory.release_freed_memory`), so a long run's resident memory does not creep up with
+    heap fragmentation. Changes no tensor and no random stream: results are the same with or without it.
+    Place it after the evaluation hook, whose buffers are freed by then."""
+
+    def __init__(self, period):
+        if period < 0:
+            raise ValueError(f"train.release_freed_memory_period must be >= 0, got {period}")
+        self.period = period
+
+    def after_step(self):
+        if self.period and (self.trainer.iter + 1) % self.period == 0:
+            release_freed_memory()

@@ -13,7 +13,7 @@ from .checkpoint import AtomicDetectionCheckpointer
 from .cli import user_errors_without_tracebacks
 from .config import ConfigError, resolve_device
 from .evaluation import check_model_classes, evaluate
-from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restore_rank_state
+from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state
 from .interrupt import StopOnRequestHook, TrainingInterrupted
 from .rng import restore_rng_state
 from .precision import inference_amp_dtype, training_amp_dtype
@@ -107,6 +107,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             ema_hook,
             IsolatedRngEvalHook(cfg.train.eval_period, evaluate_current_model),
+            ReleaseFreedMemoryHook(cfg.train.get("release_freed_memory_period", 0)),
             checkpoint_hook,
             # after the checkpoint hook, so the checkpoint at a stop holds every hook's state; before the writer,
             # whose after_train writes the last iteration's metrics (writing one iteration twice divides by zero

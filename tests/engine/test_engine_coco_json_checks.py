@@ -1,13 +1,11 @@
 """A COCO json whose ids or file names do not mean one thing each stops training and --eval-only with one line naming
 the json and the id, before any step or inference: pycocotools would otherwise merge, drop or double images and
 annotations and score another dataset than the json describes (duplicate image ids changed AP 0.075 to 0.130)."""
-import json
-import os
-
 import pytest
 
 from cli_output import error_lines, shows_traceback
 from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
+from toy_detector import register_edited_toy_dataset
 
 
 def _duplicate_image_id(coco):
@@ -38,19 +36,6 @@ WHY = {
 }
 
 
-def _register_edited(name, root, edit):
-    from toy_detector import register_toy_dataset
-
-    register_toy_dataset(name, root, num_images=3)
-    json_file = os.path.join(root, "toy.json")
-    with open(json_file) as f:
-        coco = json.load(f)
-    edit(coco)
-    with open(json_file, "w") as f:
-        json.dump(coco, f)
-    return json_file
-
-
 def _run(train_net, capsys, *argv):
     code = train_net.cli(["--config-file", TOY_CONFIG, *argv])
     err = capsys.readouterr().err
@@ -61,7 +46,7 @@ def _run(train_net, capsys, *argv):
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_inconsistent_coco_json_is_one_line_naming_file_and_id(train_net, toy_dataset, capsys, tmp_path, edit, mode):
     name = f"focus_detr_toy{edit.__name__}_{mode}"
-    json_file = _register_edited(name, str(tmp_path / "data"), edit)
+    json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), edit)
     out = tmp_path / "out"
     split = "test" if mode == "eval" else "train"
     code, err = _run(
@@ -77,7 +62,7 @@ def test_inconsistent_coco_json_is_one_line_naming_file_and_id(train_net, toy_da
 def test_an_inconsistent_test_json_stops_training_before_the_first_step(train_net, toy_dataset, capsys, tmp_path):
     """The test data is read only at the first evaluation; its json is checked before training starts."""
     name = "focus_detr_toy_bad_test_json"
-    json_file = _register_edited(name, str(tmp_path / "data"), _duplicate_image_id)
+    json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), _duplicate_image_id)
     out = tmp_path / "out"
     code, err = _run(
         train_net, capsys, f"dataloader.test.dataset.names={name}", "train.max_iter=2", "train.eval_period=2",

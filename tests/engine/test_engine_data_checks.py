@@ -8,6 +8,7 @@ import pytest
 
 from cli_output import shows_traceback
 from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
+from toy_detector import register_edited_toy_dataset
 
 
 def _register_with_bad_box(name, root, bad):
@@ -84,19 +85,6 @@ def test_batched_evaluation_warns_that_scores_change(train_net, toy_dataset, cap
     assert bool(batched) == warned
 
 
-def _register_edited(name, root, edit):
-    from toy_detector import register_toy_dataset
-
-    register_toy_dataset(name, root, num_images=3)
-    json_file = os.path.join(root, "toy.json")
-    with open(json_file) as f:
-        coco = json.load(f)
-    edit(coco)
-    with open(json_file, "w") as f:
-        json.dump(coco, f)
-    return json_file
-
-
 def _crowd_only(coco):
     for annotation in coco["annotations"]:
         annotation["iscrowd"] = 1
@@ -117,7 +105,7 @@ def _unknown_category(coco):
 def test_unusable_dataset_is_one_line_before_training_or_evaluation(train_net, toy_dataset, capsys, tmp_path, edit,
                                                                     mode, why):
     name = f"focus_detr_toy{edit.__name__}_{mode}"
-    json_file = _register_edited(name, str(tmp_path / "data"), edit)
+    json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), edit)
     out = tmp_path / "out"
     split = "train" if mode == "train" else "test"
     argv = [f"dataloader.{split}.dataset.names={name}", "train.max_iter=2", f"train.output_dir={out}"]

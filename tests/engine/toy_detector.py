@@ -138,3 +138,17 @@ def register_toy_dataset(name, root, **kwargs):
         MetadataCatalog.remove(name)
     register_coco_instances(name, {}, json_file, image_root)
     return name
+
+
+def register_edited_toy_dataset(name, root, edit):
+    """:func:`register_toy_dataset` with 3 images, its json changed in place by ``edit(coco_dict)``; returns the
+    json's path."""
+    register_toy_dataset(name, root, num_images=3)
+    json_file = os.path.join(root, "toy.json")
+    with open(json_file) as f:
+        coco = json.load(f)
+    edit(coco)
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    return json_file
+

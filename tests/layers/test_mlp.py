@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from focus_detr.layers.mlp import FFN
+from focus_detr.layers.mlp import FFN, MLP
 
 
 def _graph_nodes(tensor):
@@ -89,3 +89,14 @@ def test_ffn_trains_under_autocast():
         out = ffn(x)
     out.float().sum().backward()
     assert x.grad is not None and ffn.linear1.weight.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_mlp_on_any_leading_shape_matches_its_layers():
+    torch.manual_seed(0)
+    mlp = MLP(16, 32, 4, 3)
+    for shape in [(2, 5, 16), (7, 16), (16,), (2, 0, 16)]:
+        x = torch.randn(shape)
+        expected = mlp.layers[2](torch.relu(mlp.layers[1](torch.relu(mlp.layers[0](x)))))
+        out = mlp(x)
+        assert out.shape == shape[:-1] + (4,)
+        assert torch.allclose(out, expected, rtol=0, atol=1e-6)

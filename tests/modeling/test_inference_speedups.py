@@ -63,8 +63,7 @@ def test_training_losses_and_gradients_do_not_depend_on_folding(parity_fixture):
 
 def test_inference_without_autograd_matches_with_autograd(parity_fixture):
     # The no-grad path updates the encoder memory and the FFN / MLP activations in place; with two images of
-    # different foreground budgets (the fixture's), the result must equal the out-of-place path (up to rounding:
-    # without autograd nn.MultiheadAttention takes its fused fast path).
+    # different foreground budgets (the fixture's), the result must equal the out-of-place path (up to rounding).
     model = _fixture_model(parity_fixture, **{"model.fold_frozen_batchnorm": False})
     items = [{"image": item["image"]} for item in parity_fixture["inputs"]]
     images = model.preprocess_image(items)

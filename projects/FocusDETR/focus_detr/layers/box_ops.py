@@ -16,8 +16,9 @@ def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """Logit of ``x`` clamped to ``[0, 1]``; numerator and denominator are clamped at ``eps`` so 0 and 1 stay finite."""
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+    # clamp(clamp(x, 0, 1), eps) = clamp(x, eps, 1) and clamp(1 - clamp(x, 0, 1), eps) = clamp(1 - x, eps, 1) for
+    # eps < 1, values and gradients alike: one operator less than clamping x first
+    return torch.log(x.clamp(min=eps, max=1) / (1 - x).clamp(min=eps, max=1))
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:

@@ -60,11 +60,13 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., input_dim)`` -> ``(..., output_dim)``."""
+        # on (N, input_dim) rows: a Linear of a 2-D input is one matrix product, without reshapes around it
+        rows = x.reshape(-1, x.shape[-1])
         for i, layer in enumerate(self.layers):
-            x = layer(x)
+            rows = layer(rows)
             if i < len(self.layers) - 1:
-                x = _relu(x)
-        return x
+                rows = _relu(rows)
+        return rows.view(*x.shape[:-1], rows.shape[-1])
 
 
 class FFN(nn.Module):
@@ -98,11 +100,13 @@ class FFN(nn.Module):
             and not (self.training and self.dropout.p > 0)
             and not torch.jit.is_tracing()  # a traced graph would keep the block count of its example
         ):
-            out = torch.empty_like(rows)
-            for start in range(0, rows.shape[0], self.inference_block_rows):
-                block = rows[start : start + self.inference_block_rows]
-                torch.add(block, self.linear2(_relu(self.linear1(block))), out=out[start : start + block.shape[0]])
-            return out.view(x.shape)
+            # nn.Linear's products, with the weights transposed once rather than once per block
+            weight1, weight2 = self.linear1.weight.t(), self.linear2.weight.t()
+            blocks = []
+            for block in rows.split(self.inference_block_rows):
+                hidden = _relu(torch.addmm(self.linear1.bias, block, weight1))
+                blocks.append(torch.addmm(self.linear2.bias, hidden, weight2).add_(block))
+            return torch.cat(blocks).view(x.shape)
         # Its backward runs outside autocast, with the forward's dtypes: under autocast, the module path.
         if (
             torch.is_grad_enabled()
@@ -114,4 +118,4 @@ class FFN(nn.Module):
                 rows, self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias
             )
             return x + out.view(x.shape)
-        return x + self.dropout(self.linear2(self.dropout(_relu(self.linear1(x)))))
+        return x + self.dropout(self.linear2(self.dropout(_relu(self.linear1(rows))))).view(x.shape)

@@ -124,8 +124,9 @@ class MultiScaleDeformableAttention(nn.Module):
             # In place on the fresh projection (its backward does not read it): no second (B, Nv, E) buffer.
             value = value.masked_fill_(key_padding_mask.reshape(batch * num_values, 1), 0.0)
         value = value.view(batch, num_values, heads, self.embed_dim // heads)
-        offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
-        weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
+        query_rows = query.reshape(batch * num_queries, self.embed_dim)  # 2-D: each Linear is one matrix product
+        offsets = self.sampling_offsets(query_rows).view(batch, num_queries, heads, levels, points, 2)
+        weights = self.attention_weights(query_rows).view(batch, num_queries, heads, levels * points)
         weights = weights.softmax(-1).view(batch, num_queries, heads, levels, points)
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: normalise by (w_l, h_l)

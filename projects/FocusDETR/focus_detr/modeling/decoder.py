@@ -5,6 +5,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..layers.attention import MultiheadAttention
 from ..layers.box_ops import inverse_sigmoid
 from ..layers.mlp import FFN, MLP
 from ..layers.ms_deform_attn import MultiScaleDeformableAttention
@@ -24,7 +25,7 @@ class DINODecoderLayer(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn = MultiheadAttention(embed_dim, num_heads, dropout)
         self.self_attn_dropout = nn.Dropout(dropout)
         self.self_attn_norm = nn.LayerNorm(embed_dim)
         self.cross_attn = MultiScaleDeformableAttention(embed_dim, num_heads, num_levels, num_points, dropout)
@@ -46,7 +47,7 @@ class DINODecoderLayer(nn.Module):
         """queries, query_pos ``(B, Q, C)``; memory ``(B, N, C)``, memory_padding_mask ``(B, N)``;
         reference_boxes ``(B, Q, L, 4)`` cxcywh per level; attn_mask ``(Q, Q)`` bool, True = blocked."""
         with_pos = queries + query_pos
-        attended = self.self_attn(with_pos, with_pos, queries, attn_mask=attn_mask, need_weights=False)[0]
+        attended = self.self_attn(with_pos, with_pos, queries, attn_mask)
         queries = self.self_attn_norm(queries + self.self_attn_dropout(attended))
         queries = self.cross_attn(
             query=queries,
@@ -136,5 +137,6 @@ class DINODecoder(nn.Module):
             new_boxes = (box_head(queries) + inverse_sigmoid(reference_boxes)).sigmoid()
             hidden_states.append(self.norm(queries))
             refined_boxes.append(new_boxes if self.look_forward_twice else new_boxes.detach())
-            reference_boxes = new_boxes.detach()
+            # without autograd there is nothing to detach (one operator less per layer)
+            reference_boxes = new_boxes.detach() if torch.is_grad_enabled() else new_boxes
         return torch.stack(hidden_states), torch.stack(refined_boxes)

@@ -4,6 +4,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ..layers.attention import MultiheadAttention
 from ..layers.mlp import FFN
 from ..layers.ms_deform_attn import MultiScaleDeformableAttention
 from ..layers.traced_shapes import capped_count
@@ -39,7 +40,9 @@ def _leading_columns(inds_0: torch.Tensor, layer_inds: List[torch.Tensor]) -> bo
 def _take(tokens: torch.Tensor, where) -> torch.Tensor:
     """A layer's tokens among ``tokens`` ``(B, n, ...)``: the first ``where`` (an int) or those at positions
     ``where`` ``(B, k)``."""
-    return tokens[:, :where] if isinstance(where, int) else _gather_tokens(tokens, where)
+    if not isinstance(where, int):
+        return _gather_tokens(tokens, where)
+    return tokens if where == tokens.shape[1] else tokens.narrow(1, 0, where)  # one view operator at most
 
 
 def _put(tokens: torch.Tensor, where, values: torch.Tensor, in_place: bool) -> torch.Tensor:
@@ -97,7 +100,7 @@ class DualAttentionEncoderLayer(nn.Module):
         if num_fine_grained_tokens < 1:
             raise ValueError(f"num_fine_grained_tokens must be >= 1, got {num_fine_grained_tokens}")
         self.num_fine_grained_tokens = num_fine_grained_tokens
-        self.fine_grained_attn = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.fine_grained_attn = MultiheadAttention(embed_dim, num_heads, dropout)
         self.fine_grained_dropout = nn.Dropout(dropout)
         self.fine_grained_norm = nn.LayerNorm(embed_dim)
         self.cross_attn = MultiScaleDeformableAttention(embed_dim, num_heads, num_levels, num_points, dropout)
@@ -141,7 +144,7 @@ class DualAttentionEncoderLayer(nn.Module):
         fine_inds = self.select_fine_grained(self.multi_category_scores(queries, foreground_scores, category_head))
         fine = _gather_tokens(queries, fine_inds)
         fine_with_pos = fine + _gather_tokens(query_pos, fine_inds)
-        attended = self.fine_grained_attn(fine_with_pos, fine_with_pos, fine, need_weights=False)[0]
+        attended = self.fine_grained_attn(fine_with_pos, fine_with_pos, fine)
         fine = self.fine_grained_norm(fine + self.fine_grained_dropout(attended))
         queries = _scatter_tokens(queries, fine_inds, fine)
 

@@ -32,10 +32,14 @@ class ForegroundPredictor(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens ``(B, n, C)`` of one level -> raw foreground logits ``(B, n, 1)``."""
-        local_feats, global_feats = self.projection(tokens).chunk(2, dim=-1)
+        batch, num_tokens, channels = tokens.shape
+        # the Linear layers on 2-D (B * n, C) rows: each is then one matrix product, without reshapes around it
+        projected = self.projection(tokens.reshape(batch * num_tokens, channels))
+        local_feats, global_feats = projected.view(batch, num_tokens, channels).chunk(2, dim=-1)
         # The mean runs over every token of the level, padding included, as the released weights expect.
-        global_feats = global_feats.mean(dim=1, keepdim=True).expand(-1, tokens.shape[1], -1)
-        return self.score_mlp(torch.cat([local_feats, global_feats], dim=-1))
+        global_feats = global_feats.mean(dim=1, keepdim=True).expand(-1, num_tokens, -1)
+        features = torch.cat([local_feats, global_feats], dim=-1).view(batch * num_tokens, channels)
+        return self.score_mlp(features).view(batch, num_tokens, 1)
 
 
 @dataclass

@@ -22,9 +22,12 @@ train = dict(
     # weights when model_ema.use_for_eval), for publishing; --resume needs the .pth checkpoints (optimizer, RNG, ...)
     checkpointer=dict(period=5000, max_to_keep=100, save_safetensors=False),
     eval_period=5000,
-    # every N iterations hand the C heap's free pages back to the OS (glibc malloc_trim; 0: never): without it a
-    # long CPU run's resident memory creeps up with heap fragmentation (tools/soak.py). Results do not change.
-    release_freed_memory_period=100,
+    # Long CPU runs and glibc's heap (docs/reliability.md, "Memory over a long run"); results do not change.
+    # release_freed_memory_period: every N iterations hand the heap's free pages back to the OS (malloc_trim; 0:
+    # never; costs ~0.5% of a tree training step at 10). malloc_mmap_threshold_mib: fix glibc's mmap threshold
+    # (0: glibc's own, which rises after large frees); the tree config sets 4 (measured there).
+    release_freed_memory_period=10,
+    malloc_mmap_threshold_mib=0,
     log_period=20,
     # -1: draw a random seed (recorded in the log and in checkpoints, so --resume stays exact)
     seed=-1,

@@ -15,6 +15,7 @@ from .config import ConfigError, resolve_device
 from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state
 from .interrupt import StopOnRequestHook, TrainingInterrupted
+from .memory import set_mmap_threshold
 from .rng import restore_rng_state
 from .precision import inference_amp_dtype, training_amp_dtype
 from .trainer import DetrTrainer
@@ -59,6 +60,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     iteration, the checkpoint a resume starts from and ``resume_command``.
     """
     device = resolve_device(cfg.train.device)
+    if cfg.train.get("malloc_mmap_threshold_mib", 0):
+        set_mmap_threshold(cfg.train.malloc_mmap_threshold_mib)
     model = build_model(cfg, device)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)

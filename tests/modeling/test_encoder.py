@@ -80,3 +80,36 @@ def test_a_later_layer_token_outside_the_first_layers_set_is_still_updated():
     outside = ~torch.isin(other[1, :8], order[1, :20])
     assert outside.any()
     assert (memory[1, other[1, :8][outside]] != tokens[1, other[1, :8][outside]]).any(-1).all()
+
+
+def test_without_fine_grained_attention_no_token_is_fine_grained_and_no_weights_exist():
+    tokens, memory, fine, _ = _run(focus_token_nums=[20, 20], layer_counts=[20, 12], num_fine_grained_tokens=0)
+    assert [f.shape for f in fine] == [(2, 0), (2, 0)]
+    _, default_memory, _, _ = _run(focus_token_nums=[20, 20], layer_counts=[20, 12])
+    assert not torch.allclose(memory, default_memory)  # the self-attention step is really skipped
+    encoder = CascadeDualAttentionEncoder(num_layers=1, embed_dim=32, num_heads=4, num_fine_grained_tokens=0)
+    assert not any("fine_grained" in name for name, _ in encoder.named_parameters())
+
+
+def test_foreground_only_scoring_picks_the_highest_foreground_scores():
+    torch.manual_seed(0)
+    encoder = CascadeDualAttentionEncoder(
+        num_layers=1, embed_dim=32, num_heads=4, feedforward_dim=64, num_levels=2, num_fine_grained_tokens=5,
+        fine_grained_scoring="foreground",
+    ).eval()
+    layer = encoder.layers[0]
+    queries, foreground_scores = torch.randn(2, 20, 32), torch.randn(2, 20)
+    category_head = torch.nn.Linear(32, 3)
+    ranking = layer.fine_grained_ranking(queries, foreground_scores, category_head)
+    assert torch.equal(layer.select_fine_grained(ranking), foreground_scores.topk(5, dim=1)[1])
+    multi_category = CascadeDualAttentionEncoder(num_layers=1, embed_dim=32, num_heads=4).layers[0]
+    assert not torch.equal(multi_category.fine_grained_ranking(queries, foreground_scores, category_head), ranking)
+
+
+def test_unknown_fine_grained_settings_are_one_line_errors():
+    import pytest
+
+    with pytest.raises(ValueError, match="fine_grained_scoring must be one of multi_category, foreground"):
+        CascadeDualAttentionEncoder(num_layers=1, embed_dim=32, num_heads=4, fine_grained_scoring="class")
+    with pytest.raises(ValueError, match="num_fine_grained_tokens must be >= 0"):
+        CascadeDualAttentionEncoder(num_layers=1, embed_dim=32, num_heads=4, num_fine_grained_tokens=-1)

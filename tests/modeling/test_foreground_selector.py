@@ -132,3 +132,22 @@ def test_eager_layers_keep_views_of_one_ranking():
     first, second = selection.foreground_inds
     assert second.data_ptr() == first.data_ptr() and torch.equal(second, first[:, : second.shape[1]])
     assert selection.focus_token_counts == selection.focus_token_nums.tolist() == [NUM_TOKENS // 2 + 1]
+
+
+def test_random_ranking_keeps_the_same_counts_and_no_padding():
+    mask = _padding([NUM_TOKENS, 40])
+    memory = torch.randn(2, NUM_TOKENS, 32)
+    by_score = _selector(cascade_keep_ratios=[1.0, 0.5])(memory, mask, SHAPES)
+    torch.manual_seed(1)
+    at_random = _selector(cascade_keep_ratios=[1.0, 0.5], token_ranking="random")(memory, mask, SHAPES)
+    assert at_random.num_selected_tokens_per_layer == by_score.num_selected_tokens_per_layer
+    assert torch.equal(at_random.focus_token_nums, by_score.focus_token_nums)
+    assert not mask[1, at_random.foreground_inds[0][1, :21]].any()  # the image's own budget: valid tokens only
+    assert set(at_random.foreground_inds[0][0].tolist()) != set(by_score.foreground_inds[0][0].tolist())
+    # the scores the encoder's fine-grained ranking reads stay the foreground logits
+    assert torch.equal(at_random.selection_scores, by_score.selection_scores)
+
+
+def test_unknown_token_ranking_is_rejected():
+    with pytest.raises(ValueError, match="token_ranking must be one of foreground, random"):
+        _selector(token_ranking="best")

@@ -71,11 +71,15 @@ def _positions_within(inds_0: torch.Tensor, layer_inds: List[torch.Tensor], num_
     return positions
 
 
+FINE_GRAINED_SCORINGS = ("multi_category", "foreground")
+
+
 class DualAttentionEncoderLayer(nn.Module):
     """One encoder layer over a set of foreground tokens (post-norm):
 
     1. multi-category scores (max class logit x foreground logit) pick the fine-grained tokens;
-    2. self-attention among the fine-grained tokens (+ LayerNorm), written back into the foreground set;
+    2. self-attention among the fine-grained tokens (+ LayerNorm), written back into the foreground set (skipped, and
+       its weights not built, with ``num_fine_grained_tokens=0``: the ablation without dual attention);
     3. multi-scale deformable attention from the foreground tokens over all (un-updated) value tokens, + LayerNorm;
     4. FFN + LayerNorm.
 
@@ -83,7 +87,10 @@ class DualAttentionEncoderLayer(nn.Module):
         embed_dim, num_heads, feedforward_dim: transformer widths.
         num_levels, num_points: deformable-attention sampling layout.
         dropout: dropout of every sub-block.
-        num_fine_grained_tokens: tokens that get self-attention (the paper's 300); fewer when the layer keeps fewer.
+        num_fine_grained_tokens: tokens that get self-attention (the paper's 300); fewer when the layer keeps fewer;
+            0 skips the self-attention.
+        fine_grained_scoring: what ranks the fine-grained tokens: ``"multi_category"`` (the paper) or
+            ``"foreground"`` (the foreground logit alone, an ablation).
     """
 
     def __init__(
@@ -95,14 +102,24 @@ class DualAttentionEncoderLayer(nn.Module):
         num_points: int = 4,
         dropout: float = 0.0,
         num_fine_grained_tokens: int = 300,
+        fine_grained_scoring: str = "multi_category",
     ):
         super().__init__()
-        if num_fine_grained_tokens < 1:
-            raise ValueError(f"num_fine_grained_tokens must be >= 1, got {num_fine_grained_tokens}")
+        if num_fine_grained_tokens < 0:
+            raise ValueError(
+                f"num_fine_grained_tokens must be >= 0 (0: no fine-grained attention), got {num_fine_grained_tokens}"
+            )
+        if fine_grained_scoring not in FINE_GRAINED_SCORINGS:
+            raise ValueError(
+                f"fine_grained_scoring must be one of {', '.join(FINE_GRAINED_SCORINGS)}, got {fine_grained_scoring!r}"
+            )
         self.num_fine_grained_tokens = num_fine_grained_tokens
-        self.fine_grained_attn = MultiheadAttention(embed_dim, num_heads, dropout)
-        self.fine_grained_dropout = nn.Dropout(dropout)
-        self.fine_grained_norm = nn.LayerNorm(embed_dim)
+        self.fine_grained_scoring = fine_grained_scoring
+        if num_fine_grained_tokens:
+            # Not built when unused: parameters without gradients would stall DDP and load as unexpected keys.
+            self.fine_grained_attn = MultiheadAttention(embed_dim, num_heads, dropout)
+            self.fine_grained_dropout = nn.Dropout(dropout)
+            self.fine_grained_norm = nn.LayerNorm(embed_dim)
         self.cross_attn = MultiScaleDeformableAttention(embed_dim, num_heads, num_levels, num_points, dropout)
         self.cross_attn_norm = nn.LayerNorm(embed_dim)
         self.ffn = FFN(embed_dim, feedforward_dim, dropout)
@@ -126,6 +143,15 @@ class DualAttentionEncoderLayer(nn.Module):
         num_fine = capped_count(self.num_fine_grained_tokens, category_scores.shape[1])
         return category_scores.topk(num_fine, dim=1)[1]
 
+    def fine_grained_ranking(
+        self, queries: torch.Tensor, foreground_scores: torch.Tensor, category_head: Callable
+    ) -> torch.Tensor:
+        """queries ``(B, k, C)``, foreground_scores ``(B, k)`` -> the scores ``(B, k)`` that rank the fine-grained
+        tokens, as ``fine_grained_scoring`` says."""
+        if self.fine_grained_scoring == "foreground":
+            return foreground_scores
+        return self.multi_category_scores(queries, foreground_scores, category_head)
+
     def forward(
         self,
         queries: torch.Tensor,
@@ -140,13 +166,17 @@ class DualAttentionEncoderLayer(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """queries, query_pos ``(B, k, C)``: the layer's foreground tokens; foreground_scores ``(B, k)``;
         value ``(B, N, C)``, value_padding_mask ``(B, N)`` or None (nothing padded); reference_points ``(B, k, L, 2)``.
-        Returns the updated queries ``(B, k, C)`` and the fine-grained indices into them ``(B, m)``."""
-        fine_inds = self.select_fine_grained(self.multi_category_scores(queries, foreground_scores, category_head))
-        fine = _gather_tokens(queries, fine_inds)
-        fine_with_pos = fine + _gather_tokens(query_pos, fine_inds)
-        attended = self.fine_grained_attn(fine_with_pos, fine_with_pos, fine)
-        fine = self.fine_grained_norm(fine + self.fine_grained_dropout(attended))
-        queries = _scatter_tokens(queries, fine_inds, fine)
+        Returns the updated queries ``(B, k, C)`` and the fine-grained indices into them ``(B, m)`` (m = 0 without
+        fine-grained attention)."""
+        if self.num_fine_grained_tokens:
+            fine_inds = self.select_fine_grained(self.fine_grained_ranking(queries, foreground_scores, category_head))
+            fine = _gather_tokens(queries, fine_inds)
+            fine_with_pos = fine + _gather_tokens(query_pos, fine_inds)
+            attended = self.fine_grained_attn(fine_with_pos, fine_with_pos, fine)
+            fine = self.fine_grained_norm(fine + self.fine_grained_dropout(attended))
+            queries = _scatter_tokens(queries, fine_inds, fine)
+        else:
+            fine_inds = queries.new_empty((queries.shape[0], 0), dtype=torch.long)
 
         queries = self.cross_attn(
             query=queries,
@@ -180,6 +210,7 @@ class CascadeDualAttentionEncoder(nn.Module):
         num_points: int = 4,
         dropout: float = 0.0,
         num_fine_grained_tokens: int = 300,
+        fine_grained_scoring: str = "multi_category",
     ):
         super().__init__()
         if num_layers < 1:
@@ -187,7 +218,8 @@ class CascadeDualAttentionEncoder(nn.Module):
         self.num_layers = num_layers
         self.layers = nn.ModuleList(
             DualAttentionEncoderLayer(
-                embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout, num_fine_grained_tokens
+                embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout, num_fine_grained_tokens,
+                fine_grained_scoring,
             )
             for _ in range(num_layers)
         )

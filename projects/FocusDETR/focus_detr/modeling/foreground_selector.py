@@ -77,6 +77,9 @@ def _validated_keep_ratios(keep_ratio: float, cascade_keep_ratios: Sequence[floa
     return float(keep_ratio), cascade_keep_ratios
 
 
+TOKEN_RANKINGS = ("foreground", "random")
+
+
 class ForegroundTokenSelector(nn.Module):
     """Foreground scoring with top-down modulation, and the cascade of per-layer token counts.
 
@@ -88,6 +91,10 @@ class ForegroundTokenSelector(nn.Module):
             (0, 1] (paper: [1.0, 0.8, 0.6, 0.6, 0.4, 0.2]).
         top_down_modulation: modulate each level's tokens with the upsampled logits of the next coarser level.
         modulation_init_range: the learnable per-level modulation weights start in U(-r, r).
+        token_ranking: what picks the kept tokens: ``"foreground"`` (the foreground scores, the paper) or
+            ``"random"`` (uniformly at random among each image's valid tokens, at the same counts: the floor any
+            scoring must beat, an ablation; drawn from torch's global generator, so evaluation is seed-dependent).
+            The encoder's fine-grained scoring reads the foreground logits either way.
     """
 
     def __init__(
@@ -98,10 +105,17 @@ class ForegroundTokenSelector(nn.Module):
         cascade_keep_ratios: Sequence[float] = (1.0, 0.8, 0.6, 0.6, 0.4, 0.2),
         top_down_modulation: bool = True,
         modulation_init_range: float = 0.3,
+        token_ranking: str = "foreground",
     ):
         super().__init__()
         if num_levels < 1:
             raise ValueError(f"ForegroundTokenSelector: num_levels must be >= 1, got {num_levels}")
+        if token_ranking not in TOKEN_RANKINGS:
+            raise ValueError(
+                f"ForegroundTokenSelector: token_ranking must be one of {', '.join(TOKEN_RANKINGS)}, "
+                f"got {token_ranking!r}"
+            )
+        self.token_ranking = token_ranking
         self.num_levels = num_levels
         self.keep_ratio, self.cascade_keep_ratios = _validated_keep_ratios(keep_ratio, cascade_keep_ratios)
         self.top_down_modulation = top_down_modulation
@@ -163,6 +177,7 @@ class ForegroundTokenSelector(nn.Module):
         foreground_logits = self.score_tokens(memory, spatial_shapes)
         scores = foreground_logits.squeeze(-1)
         selection_scores = scores if padding_mask is None else scores.masked_fill(padding_mask, scores.min())
+        ranking = selection_scores if self.token_ranking == "foreground" else _random_ranking(scores, padding_mask)
 
         if valid_token_nums is None and not torch.jit.is_tracing():
             valid_token_nums = [num_tokens] * batch_size if padding_mask is None else (~padding_mask).sum(-1).tolist()
@@ -171,7 +186,7 @@ class ForegroundTokenSelector(nn.Module):
             # freeze: one top-k per layer.
             focus_token_nums = focus_token_nums_of((~padding_mask).sum(-1), self.keep_ratio, num_tokens)
             foreground_inds = [
-                selection_scores.topk(k, dim=1)[1] for k in self.layer_token_counts(focus_token_nums, num_tokens)
+                ranking.topk(k, dim=1)[1] for k in self.layer_token_counts(focus_token_nums, num_tokens)
             ]
             focus_token_counts = None
         else:
@@ -180,11 +195,17 @@ class ForegroundTokenSelector(nn.Module):
             counts = self.layer_token_counts(focus_token_counts, num_tokens)
             focus_token_nums = _int_tensor(tuple(focus_token_counts), memory.device)
             # Each layer keeps a prefix of one ranking: views of the first layer's indices (the encoder relies on it).
-            first = selection_scores.topk(counts[0], dim=1)[1]
+            first = ranking.topk(counts[0], dim=1)[1]
             foreground_inds = [first[:, :k] for k in counts]
         return ForegroundSelection(
             foreground_logits, selection_scores, focus_token_nums, foreground_inds, focus_token_counts
         )
+
+
+def _random_ranking(scores: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Uniform random ranking scores ``(B, N)`` in [0, 1), padding at -1 (ranked after every valid token)."""
+    ranking = torch.rand(scores.shape, device=scores.device)
+    return ranking if padding_mask is None else ranking.masked_fill(padding_mask, -1.0)
 
 
 def focus_token_nums_of(valid_token_nums, keep_ratio: float, num_tokens):

@@ -1,0 +1,89 @@
+"""Writes an ablation study's results: ``ablation.csv`` (one row per run), ``ablation.md`` (per variant: mean and
+seed range, the difference to ``full`` and whether it exceeds the seed spread, and each variant's overrides) and
+``ablation.png`` (AP against GFLOPs and against latency, seed range as error bars)."""
+import csv
+import math
+from typing import Dict, List
+
+from .ablation import VARIANTS, summarize_variants
+
+__all__ = ["CSV_COLUMNS", "write_csv", "write_markdown", "write_plot"]
+
+CSV_COLUMNS = ["variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "gflops", "latency_ms", "train_minutes"]
+
+
+def write_csv(rows: List[Dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _number(value, digits=2):
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _verdict(entry):
+    if entry["variant"] == "full":
+        return "reference"
+    return {True: "yes", False: "no (within seed spread)", None: "n/a (needs 2 seeds of both)"}[
+        entry["exceeds_seed_spread"]
+    ]
+
+
+def _mean_of(rows, variant, key):
+    values = [float(r[key]) for r in rows if r["variant"] == variant and r.get(key) not in ("", None)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def write_markdown(rows: List[Dict], overrides: Dict[str, List[str]], path: str, title: str) -> None:
+    """``overrides``: variant -> its ``key=value`` overrides, printed so any variant can be trained by hand."""
+    lines = [f"# {title}", "", "| variant | seeds | AP mean | AP min-max | AP50 mean | difference to full (AP) | "
+             "exceeds seed spread | GFLOPs | latency ms | train min |", "|---|---|---|---|---|---|---|---|---|---|"]
+    ap50 = {e["variant"]: e for e in summarize_variants(rows, "AP50")}
+    for entry in summarize_variants(rows, "AP"):
+        variant = entry["variant"]
+        lines.append(
+            f"| {variant} | {entry['seeds']} | {_number(entry['mean'])} | {_number(entry['min'])}-"
+            f"{_number(entry['max'])} | {_number(ap50[variant]['mean'])} | {_number(entry['difference'])} | "
+            f"{_verdict(entry)} | {_number(_mean_of(rows, variant, 'gflops'), 3)} | "
+            f"{_number(_mean_of(rows, variant, 'latency_ms'), 1)} | {_number(_mean_of(rows, variant, 'train_minutes'), 1)} |"
+        )
+    lines += ["", "A difference exceeds the seed spread when the variant's AP range over seeds does not overlap "
+              "`full`'s. Latency: batch 1, median over interleaved rounds (every model once per round).", "",
+              "## Overrides", ""]
+    for variant, variant_overrides in overrides.items():
+        lines.append(f"- `{variant}` ({VARIANTS[variant]}): " + (" ".join(f"`{o}`" for o in variant_overrides) or "none"))
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_plot(rows: List[Dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize_variants(rows, "AP")
+    axes_spec = [("gflops", "GFLOPs per image"), ("latency_ms", "latency (ms, batch 1)")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    colours = plt.get_cmap("tab10")
+    for axis, (key, label) in zip(axes, axes_spec):
+        for number, entry in enumerate(summary):
+            x = _mean_of(rows, entry["variant"], key)
+            if math.isnan(x):
+                continue
+            error = [[entry["mean"] - entry["min"]], [entry["max"] - entry["mean"]]]
+            axis.errorbar([x], [entry["mean"]], yerr=error, fmt="o", capsize=4, color=colours(number % 10),
+                          label=f"{entry['variant']} ({entry['seeds']} seed{'s' if entry['seeds'] > 1 else ''})")
+        axis.set_xlabel(label)
+        axis.set_ylabel("COCO AP (mean; bars: min-max over seeds)")
+        axis.grid(alpha=0.3)
+    axes[0].set_title("AP vs GFLOPs")
+    axes[1].set_title("AP vs latency")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

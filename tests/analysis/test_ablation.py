@@ -1,0 +1,140 @@
+import json
+import os
+
+import pytest
+import torch
+from detectron2.structures import Boxes, Instances
+
+from focus_detr.analysis.ablation import (
+    VARIANTS,
+    AblationRun,
+    planned_runs,
+    read_finished_run,
+    run_pending,
+    summarize_variants,
+    variant_overrides,
+)
+from focus_detr.analysis.ablation_report import write_csv, write_markdown, write_plot
+from focus_detr.engine import build_model, load_config
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TREES_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
+
+
+def _variant_model(variant):
+    base = load_config(TREES_CONFIG)
+    torch.manual_seed(0)
+    return build_model(load_config(TREES_CONFIG, variant_overrides(base, variant)), "cpu")
+
+
+def _image(height=96, width=128):
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+    instances = Instances((height, width))
+    instances.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 50.0, 60.0], [60.0, 20.0, 120.0, 90.0]]))
+    instances.gt_classes = torch.tensor([0, 0])
+    return {"image": image, "height": height, "width": width, "instances": instances}
+
+
+def _selection(model):
+    model.eval()
+    with torch.no_grad():
+        return model.forward_inference([_image()], return_token_selection=True)[0]["token_selection"]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_builds_and_trains(variant):
+    model = _variant_model(variant)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    for _ in range(2):
+        losses = model([_image()])
+        total = sum(losses.values())
+        assert torch.isfinite(total)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+
+
+def test_overrides_do_what_their_names_say():
+    full, full_selection = _variant_model("full"), None
+    full_selection = _selection(full)
+    num_tokens = len(full_selection["foreground_logits"])
+
+    no_top_down = _variant_model("no_top_down")
+    no_top_down.load_state_dict(full.state_dict())  # the same weights: only the modulation switch differs
+    logits, full_logits = _selection(no_top_down)["foreground_logits"], full_selection["foreground_logits"]
+    coarsest = int(full_selection["spatial_shapes"][-1].prod())  # scored first: nothing coarser modulates it
+    assert torch.equal(logits[-coarsest:], full_logits[-coarsest:])
+    assert not torch.equal(logits[:-coarsest], full_logits[:-coarsest])
+
+    no_cascade = _selection(_variant_model("no_cascade"))["foreground_inds"]
+    assert len({len(inds) for inds in no_cascade}) == 1  # every layer keeps the first layer's tokens
+    assert len(no_cascade[0]) == len(full_selection["foreground_inds"][0]) < num_tokens
+
+    assert [len(i) for i in _selection(_variant_model("dense"))["foreground_inds"]] == [num_tokens] * 3
+    assert all(len(i) == 0 for i in _selection(_variant_model("no_fine_grained_attention"))["fine_grained_inds"])
+
+    random_selection = _selection(_variant_model("random_selection"))
+    assert [len(i) for i in random_selection["foreground_inds"]] == [len(i) for i in full_selection["foreground_inds"]]
+    foreground_only = _variant_model("foreground_only_scoring")
+    assert all(layer.fine_grained_scoring == "foreground" for layer in foreground_only.transformer.encoder.layers)
+
+
+def test_unknown_variant_and_non_focus_detr_config_are_one_line_errors():
+    with pytest.raises(ValueError, match="unknown ablation variant.*no_encoder"):
+        planned_runs("out", ["full", "no_encoder"], [1])
+    with pytest.raises(ValueError, match="not a Focus-DETR config"):
+        variant_overrides(load_config(os.path.join(REPO_ROOT, "configs", "common", "optim.py")), "full")
+
+
+def test_runs_go_seed_by_seed_and_finished_runs_are_skipped(tmp_path):
+    runs = planned_runs(str(tmp_path), ["full", "dense"], [1, 2])
+    assert [(r.variant, r.seed) for r in runs] == [("full", 1), ("dense", 1), ("full", 2), ("dense", 2)]
+    trained = []
+
+    def fake_train(run):
+        trained.append((run.variant, run.seed))
+        if len(trained) == 3:
+            raise KeyboardInterrupt  # the study is stopped during its third run
+        return {"AP": float(len(trained))}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pending(runs, fake_train, log=lambda line: None)
+    assert read_finished_run(runs[2]) is None
+    with open(runs[1].record_path, "w") as f:
+        f.write('{"variant": "dense", "se')  # a record cut short: the run counts as unfinished
+    records = run_pending(runs, fake_train, log=lambda line: None)
+    assert trained[3:] == [("dense", 1), ("full", 2), ("dense", 2)]
+    assert [r["AP"] for r in records] == [1.0, 4.0, 5.0, 6.0]
+
+
+def test_summary_compares_the_seed_ranges():
+    rows = [
+        {"variant": "full", "AP": 5.0}, {"variant": "full", "AP": 6.0},
+        {"variant": "dense", "AP": 5.5}, {"variant": "dense", "AP": 7.0},
+        {"variant": "random_selection", "AP": 1.0}, {"variant": "random_selection", "AP": 2.0},
+        {"variant": "no_top_down", "AP": 9.0},
+    ]
+    summary = {entry["variant"]: entry for entry in summarize_variants(rows)}
+    assert summary["full"]["mean"] == 5.5 and summary["full"]["exceeds_seed_spread"] is None
+    assert summary["dense"]["difference"] == pytest.approx(0.75)
+    assert summary["dense"]["exceeds_seed_spread"] is False  # [5.5, 7] overlaps [5, 6]
+    assert summary["random_selection"]["exceeds_seed_spread"] is True
+    assert summary["no_top_down"]["exceeds_seed_spread"] is None  # one seed: no spread to compare
+
+
+def test_reports_are_written(tmp_path):
+    rows = [
+        {"variant": v, "seed": s, "AP": ap, "AP50": 2 * ap, "AP75": 0.0, "APs": 0.0, "APm": ap, "APl": ap,
+         "gflops": g, "latency_ms": 50.0 + g, "train_minutes": 9.0}
+        for v, g in (("full", 3.0), ("dense", 4.5)) for s, ap in ((1, 5.0), (2, 4.0))
+    ]
+    write_csv(rows, str(tmp_path / "a.csv"))
+    write_markdown(rows, {"full": [], "dense": ["x=1"]}, str(tmp_path / "a.md"), "test")
+    write_plot(rows, str(tmp_path / "a.png"), "test")
+    assert (tmp_path / "a.csv").read_text().splitlines()[1].startswith("full,1,5.0,10.0")
+    markdown = (tmp_path / "a.md").read_text()
+    assert "| dense | 2 | 4.50 | 4.00-5.00 | 9.00 | 0.00 | no (within seed spread) | 4.500 |" in markdown
+    assert "`dense` (" in markdown and "`x=1`" in markdown
+    assert (tmp_path / "a.png").stat().st_size > 10_000

@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""The paper's component ablations on your data: trains and evaluates each variant of one config, on the same data
+and schedule, for several seeds, and reports whether each component's effect exceeds the spread across seeds.
+
+Variants (each a set of config overrides, printed at the start so any of them can be trained by hand):
+  full, no_top_down, no_cascade, no_fine_grained_attention, foreground_only_scoring, random_selection, dense
+
+Writes into --output:
+  <variant>/seed<k>/   each run: train_net.py's output (checkpoints, log.txt, metrics.json), eval/ (eval_results.json)
+  ablation.csv         one row per run: AP, AP50, AP75, APs/m/l, GFLOPs, latency (median of interleaved rounds),
+                       training minutes
+  ablation.md          per variant: mean and seed range, difference to full, whether it exceeds the seed spread
+  ablation.png         AP against GFLOPs and against latency, seed range as error bars
+
+Runs go seed by seed (every variant with the first seed, then the second, ...). Run the same command again to
+resume: finished runs are skipped, an interrupted training continues from its last checkpoint. GFLOPs and latency
+are measured afresh over every finished run at the end of each invocation.
+
+Example (the main job's schedule, 2 seeds; ~10 minutes per run on 2 CPU cores):
+    python tools/ablate.py --config-file configs/focus_detr_r18_trees.py --output output/ablation --seeds 2
+    python tools/ablate.py --config-file configs/focus_detr_r18_trees.py --output output/ablation --print-overrides
+"""
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
+# set per run by this tool: a user override of them would make the runs collide or lose their seed
+RESERVED_KEYS = ("train.output_dir", "train.seed", "train.init_checkpoint")
+
+
+def parse_args(argv=None):
+    from focus_detr.analysis.ablation import VARIANTS
+    from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME", help="default: all")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per variant: 1 .. N (default 2)")
+    parser.add_argument("--print-overrides", action="store_true", help="print each variant's overrides and stop")
+    parser.add_argument("--flop-images", type=int, default=5, help="test images GFLOPs are averaged over")
+    parser.add_argument("--latency-rounds", type=int, default=7, help="interleaved timing rounds (>= 5)")
+    parser.add_argument("--device", default="auto", help="device of the latency measurement")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of every training, evaluation and timing (0: torch's default, all cores); "
+                        "1 keeps runs fast on a machine busy with other work")
+    add_overrides_argument(parser)
+    return parse_args_with_overrides(parser, argv)
+
+
+def _run_logged(command, log_path, child_env=None):
+    """Runs ``command`` with its output appended to ``log_path``; returns its exit status. The child has its own
+    process group, so a Ctrl-C reaches it once, forwarded from here: a training child then saves a checkpoint at its
+    current iteration and exits, and this waits for that before stopping."""
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=child_env,
+                                 start_new_session=True)
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
+            child.wait()
+            raise
+
+
+def _last_line(path):
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _check(status, what, run, log_path):
+    if status != 0:
+        if status in (130, 143, -2, -15):
+            raise KeyboardInterrupt(f"ablation stopped during {what} of {run.variant}, seed {run.seed}; run the same "
+                                    "command again to resume")
+        raise ChildProcessError(f"{what} of {run.variant}, seed {run.seed} failed (exit status {status}): "
+                           f"{_last_line(log_path)} (full output: {log_path})")
+
+
+def _train_and_evaluate(args, overrides_of):
+    """The function :func:`run_pending` calls for an unfinished run: trains (resuming an interrupted training),
+    evaluates the final weights, returns the run's record."""
+    import json
+
+    # torch reads OMP_NUM_THREADS when it starts: the children's thread count
+    child_env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads > 0 else None
+
+    def train_and_evaluate(run):
+        log_path = os.path.join(run.folder, "ablation_output.txt")
+        common = overrides_of[run.variant] + list(args.opts) + [f"train.seed={run.seed}"]
+        final_weights = os.path.join(run.folder, "model_final.pth")
+        seconds_path = os.path.join(run.folder, "ablation_train_seconds.txt")
+        if not os.path.isfile(final_weights):
+            resume = ["--resume"] if os.path.isfile(os.path.join(run.folder, "last_checkpoint")) else []
+            start = time.perf_counter()
+            try:
+                status = _run_logged([sys.executable, TRAIN_NET, "--config-file", args.config_file, *resume,
+                                      f"train.output_dir={run.folder}", "train.eval_period=0", *common], log_path,
+                                     child_env)
+            finally:  # an interrupted attempt's time counts too
+                with open(seconds_path, "a") as f:
+                    f.write(f"{time.perf_counter() - start:.1f}\n")
+            _check(status, "training", run, log_path)
+            if not os.path.isfile(final_weights):
+                raise ChildProcessError(f"training of {run.variant}, seed {run.seed} wrote no {final_weights}")
+        status = _run_logged([sys.executable, TRAIN_NET, "--config-file", args.config_file, "--eval-only",
+                              f"train.init_checkpoint={final_weights}", f"train.output_dir={run.eval_folder}", *common],
+                             log_path, child_env)
+        _check(status, "evaluation", run, log_path)
+        with open(os.path.join(run.eval_folder, "eval_results.json")) as f:
+            results = json.load(f)
+        with open(seconds_path) as f:
+            train_seconds = sum(float(line) for line in f if line.strip())
+        bbox = results.get("bbox", {})
+        return {**{k: bbox.get(k, float("nan")) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+                "train_minutes": train_seconds / 60, "overrides": overrides_of[run.variant], "eval_results": results}
+
+    return train_and_evaluate
+
+
+def _measure(args, runs, records, overrides_of):
+    """GFLOPs (mean over --flop-images test images) and batch-1 latency (median over interleaved rounds, every
+    finished run's model once per round) of each finished run; adds them to its record."""
+    from focus_detr.analysis.flops import count_flops
+    from focus_detr.analysis.inputs import dataset_inputs
+    from focus_detr.analysis.timing import inference_call, time_interleaved
+    from focus_detr.engine import AtomicDetectionCheckpointer, build_model, load_config, resolve_device
+
+    device = resolve_device(args.device)
+    inputs, calls = None, {}
+    for run, record in zip(runs, records):
+        cfg = load_config(args.config_file, overrides_of[run.variant] + list(args.opts))
+        inputs = inputs or dataset_inputs(cfg, args.flop_images)
+        model = build_model(cfg, device)
+        AtomicDetectionCheckpointer(model).load(os.path.join(run.folder, "model_final.pth"))
+        model.eval()
+        record["gflops"] = count_flops(model, inputs).total / 1e9
+        calls[run] = inference_call(model, inputs, device)
+    seconds = time_interleaved(calls, device, warmup=1, repeats=args.latency_rounds)
+    for run, record in zip(runs, records):
+        record["latency_ms"] = 1000 * sorted(seconds[run])[len(seconds[run]) // 2]
+
+
+def main(args):
+    from focus_detr.analysis.ablation import planned_runs, run_pending, variant_overrides
+    from focus_detr.analysis.ablation_report import write_csv, write_markdown, write_plot
+    from focus_detr.engine import check_datasets_registered, load_config
+
+    if args.threads < 0:
+        raise ValueError(f"--threads must be 0 (all cores) or more, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.latency_rounds < 5:
+        raise ValueError(f"--latency-rounds must be at least 5 (a median of fewer is noise), got {args.latency_rounds}")
+    reserved = [o for o in args.opts if o.split("=", 1)[0].strip() in RESERVED_KEYS]
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)}: the ablation sets {', '.join(RESERVED_KEYS)} for each run itself")
+    cfg = load_config(args.config_file, args.opts)
+    check_datasets_registered(cfg.dataloader)
+    runs = planned_runs(args.output, args.variants, range(1, args.seeds + 1))
+    overrides_of = {v: variant_overrides(cfg, v) for v in args.variants}
+    for variant, overrides in overrides_of.items():
+        print(f"[ablation] {variant}: {' '.join(overrides) or '(no overrides)'}")
+    if args.print_overrides:
+        return None
+    os.makedirs(args.output, exist_ok=True)
+    records = run_pending(runs, _train_and_evaluate(args, overrides_of))
+    _measure(args, runs, records, overrides_of)
+    rows = [{**record, "variant": run.variant, "seed": run.seed} for run, record in zip(runs, records)]
+    title = f"Ablation of {os.path.basename(args.config_file)} ({len(runs)} runs, seeds 1-{args.seeds})"
+    paths = [os.path.join(args.output, name) for name in ("ablation.csv", "ablation.md", "ablation.png")]
+    write_csv(rows, paths[0])
+    write_markdown(rows, overrides_of, paths[1], title)
+    write_plot(rows, paths[2], title)
+    with open(paths[1]) as f:
+        print(f.read())
+    print("wrote " + ", ".join(paths))
+    return rows
+
+
+if __name__ == "__main__":
+    from focus_detr.engine.cli import run_reporting_errors
+
+    sys.exit(run_reporting_errors(main, parse_args()))

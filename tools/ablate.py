@@ -13,8 +13,10 @@ Writes into --output:
   ablation.png         AP against GFLOPs and against latency, seed range as error bars
 
 Runs go seed by seed (every variant with the first seed, then the second, ...). Run the same command again to
-resume: finished runs are skipped, an interrupted training continues from its last checkpoint. GFLOPs and latency
-are measured afresh over every finished run at the end of each invocation.
+resume: finished runs are skipped, an interrupted training continues from its last checkpoint (Ctrl-C or SIGTERM
+stops the current training after a checkpoint). The same command started twice at once shares the runs between the
+two (each takes the next run nobody is running; e.g. with --threads 1 on a 2-core machine). GFLOPs and latency are
+measured afresh over every finished run at the end of each invocation.
 
 Example (the main job's schedule, 2 seeds; ~10 minutes per run on 2 CPU cores):
     python tools/ablate.py --config-file configs/focus_detr_r18_trees.py --output output/ablation --seeds 2
@@ -70,6 +72,18 @@ def _run_logged(command, log_path, child_env=None):
             child.send_signal(signal.SIGINT)
             child.wait()
             raise
+
+
+def _stop_on_sigterm_too():
+    """SIGTERM (a scheduler's stop) stops the study like Ctrl-C; both work even where the shell started this in the
+    background with SIGINT ignored."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"ablation stopped by {signal.Signals(signum).name}; run the same command again to "
+                                "resume")
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _last_line(path):
@@ -179,7 +193,15 @@ def main(args):
     if args.print_overrides:
         return None
     os.makedirs(args.output, exist_ok=True)
+    _stop_on_sigterm_too()
     records = run_pending(runs, _train_and_evaluate(args, overrides_of))
+    finished = [(run, record) for run, record in zip(runs, records) if record is not None]
+    if len(finished) < len(runs):
+        print(f"[ablation] {len(runs) - len(finished)} runs are still running in another invocation; this report "
+              "covers the finished ones (the last invocation to finish reports them all)")
+    if not finished:
+        return []
+    runs, records = [run for run, _ in finished], [record for _, record in finished]
     _measure(args, runs, records, overrides_of)
     rows = [{**record, "variant": run.variant, "seed": run.seed} for run, record in zip(runs, records)]
     title = f"Ablation of {os.path.basename(args.config_file)} ({len(runs)} runs, seeds 1-{args.seeds})"

@@ -109,6 +109,18 @@ def test_runs_go_seed_by_seed_and_finished_runs_are_skipped(tmp_path):
     assert [r["AP"] for r in records] == [1.0, 4.0, 5.0, 6.0]
 
 
+def test_a_run_another_invocation_holds_is_left_to_it(tmp_path):
+    import fcntl
+
+    runs = planned_runs(str(tmp_path), ["full", "dense"], [1])
+    os.makedirs(runs[0].folder)
+    with open(os.path.join(runs[0].folder, ".ablation_run.lock"), "a") as held:  # as another invocation holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        records = run_pending(runs, lambda run: {"AP": 1.0}, log=lambda line: None)
+    assert records[0] is None and records[1]["AP"] == 1.0
+    assert run_pending(runs, lambda run: {"AP": 2.0}, log=lambda line: None)[0]["AP"] == 2.0  # released: it runs
+
+
 def test_summary_compares_the_seed_ranges():
     rows = [
         {"variant": "full", "AP": 5.0}, {"variant": "full", "AP": 6.0},

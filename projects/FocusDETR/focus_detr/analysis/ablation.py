@@ -2,14 +2,17 @@
 which are finished, and the per-variant summary (mean, seed range, difference to ``full``).
 
 A study folder holds one folder per run, ``<variant>/seed<k>/``: a training run (its checkpoints, log and metrics),
-its evaluation in ``eval/``, and ``ablation_run.json`` once both are done, which marks the run finished.
+its evaluation in ``eval/``, and ``ablation_run.json`` once both are done, which marks the run finished. Several
+invocations of one study share its runs: each takes the next run that is neither finished nor being run.
 """
+import contextlib
+import fcntl
 import json
 import math
 import os
 import statistics
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 __all__ = [
     "VARIANTS",
@@ -141,18 +144,39 @@ def summarize_variants(rows: List[Dict], metric: str = "AP", reference: str = "f
     return summary
 
 
-def run_pending(runs: Sequence[AblationRun], train_and_evaluate, log=print) -> List[Dict]:
+@contextlib.contextmanager
+def _claimed(run: AblationRun):
+    """Yields whether this process holds ``run``'s claim (a kernel lock on ``.ablation_run.lock`` in its folder, gone
+    when the holder dies however it dies): False when another invocation of the same study is working on it."""
+    os.makedirs(run.folder, exist_ok=True)
+    with open(os.path.join(run.folder, ".ablation_run.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def run_pending(runs: Sequence[AblationRun], train_and_evaluate, log=print) -> List[Optional[Dict]]:
     """Calls ``train_and_evaluate(run) -> record`` for each run not finished yet, marking it finished after; runs
-    already finished are skipped (so an interrupted study resumes where it stopped). Returns every run's record."""
+    already finished are skipped (so an interrupted study resumes where it stopped), and so are runs another
+    invocation of the study is working on (so several invocations share the runs between them). Returns each run's
+    record, None for a run left to another invocation."""
     records = []
     for number, run in enumerate(runs, 1):
+        where = f"run {number}/{len(runs)}: {run.variant}, seed {run.seed}"
         record = read_finished_run(run)
-        if record is None:
-            log(f"[ablation] run {number}/{len(runs)}: {run.variant}, seed {run.seed} -> {run.folder}")
-            os.makedirs(run.folder, exist_ok=True)
-            write_finished_run(run, train_and_evaluate(run))
-            record = read_finished_run(run)
+        if record is not None:
+            log(f"[ablation] {where}: finished earlier, skipped")
         else:
-            log(f"[ablation] run {number}/{len(runs)}: {run.variant}, seed {run.seed}: finished earlier, skipped")
+            with _claimed(run) as claimed:
+                record = read_finished_run(run)  # another invocation may have just finished it
+                if claimed and record is None:
+                    log(f"[ablation] {where} -> {run.folder}")
+                    write_finished_run(run, train_and_evaluate(run))
+                    record = read_finished_run(run)
+                elif not claimed:
+                    log(f"[ablation] {where}: another invocation is running it, skipped")
         records.append(record)
     return records

@@ -1,58 +1,63 @@
 #!/usr/bin/env python
-"""Draw Focus-DETR's detections on images, and with ``--show-tokens`` what its encoder looked at.
+"""Draw Focus-DETR's detections on images or a video, and with ``--show-tokens`` what its encoder looked at.
 
-``--input`` takes image files and folders (a folder stands for its files, sorted by name). Every image that can be
-read is drawn; every other file (not an image, empty, truncated, unreadable, a subfolder) is named on stderr with why,
-``skipped <file>: <why>``, and the rest go on. The exit status is 0 when at least one image was drawn, else 2.
+``--input`` takes image files, folders (a folder stands for its files, sorted by name) and glob patterns (quoted,
+``'datasets/trees/images/val/*.png'``: expanded here, sorted; one that matches nothing is an error). Every image
+that can be read is drawn; every other file (not an image, empty, truncated, unreadable, a subfolder) is named on
+stderr with why, ``skipped <file>: <why>``, and the rest go on. The exit status is 0 when at least one image was
+drawn, else 2.
 
-For each input image, writes to ``--output``:
-  <name>_detections.png   boxes with scores (detectron2 Visualizer), above ``--confidence-threshold``
+For each input image, writes to the folder ``--output``:
+  <name>_detections.png   boxes above ``--confidence-threshold``, coloured by score (colour bar in the legend)
   <name>_foreground.png   (--show-tokens) per feature level, the foreground token selector's probabilities
   <name>_tokens.png       (--show-tokens) per encoder layer x level: kept tokens (blue) and fine-grained tokens (red)
 <name> is the file name without its extension, with "-2", "-3", ... added when two inputs share it.
 
-Images are resized like the config's test loader (the network input); pictures are drawn on the original image.
+``--video-input FILE`` writes the annotated video to ``--output`` (a ``.mp4`` / ``.avi`` file, or a folder for
+``<name>_detections.mp4``) with the input's frame count and frame rate, shows a progress bar and prints the frames
+per second measured over the whole loop (decoding, prediction, drawing, encoding).
+
+Images are resized like the config's test loader (the network input); pictures are drawn on the original image,
+small ones scaled up by a whole factor (short edge >= 720 px) so that thin boxes stay visible.
 With ``--onnx DIR/model.onnx`` (written by tools/export_model.py) onnxruntime runs the exported graph instead of
-PyTorch; the config then only gives the resize and the class names (``--show-tokens`` needs the PyTorch model).
+PyTorch, for images and video; the config then only gives the resize and the class names (``--show-tokens`` needs
+the PyTorch model).
 
 Example:
-    python demo/demo.py --config-file configs/focus_detr_r18_trees.py --input datasets/trees/images/val/*.png \
+    python demo/demo.py --config-file configs/focus_detr_r18_trees.py --input 'datasets/trees/images/val/*.png' \
         --output output/demo --show-tokens --opts train.init_checkpoint=output/focus_detr_r18_trees/model_final.pth
-    python demo/demo.py --config-file configs/focus_detr_r18_trees.py --input datasets/trees/images/val/*.png \
-        --output output/demo_onnx --onnx output/onnx_trees/model.onnx
+    python demo/demo.py --config-file configs/focus_detr_r18_trees.py --video-input drone.mp4 \
+        --output output/demo/drone.mp4 --opts train.init_checkpoint=output/focus_detr_r18_trees/model_final.pth
 """
 import argparse
 import os
 import sys
+import time
 
-import numpy as np
-import torch
-from detectron2.config import instantiate
+import cv2
 from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
-from detectron2.utils.visualizer import Visualizer
+from tqdm import tqdm
 
+from focus_detr.analysis.detection_drawing import draw_detections
 from focus_detr.analysis.token_maps import save_foreground_figure, save_token_figure
-from focus_detr.data import image_files, read_image
-from focus_detr.engine import (
-    AtomicDetectionCheckpointer,
-    amp_autocast,
-    build_model,
-    inference_amp_dtype,
-    load_config,
-    resolve_device,
-)
+from focus_detr.data import expand_globs, image_files, read_image
+from focus_detr.data.video_io import VIDEO_CODECS, VideoWriter, open_video, read_frames
+from focus_detr.engine import FocusDETRPredictor, inference_amp_dtype, load_config, resolve_device
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.predictor import inference_resize, input_format, model_input
 from focus_detr.export import OnnxPredictor
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--input", required=True, nargs="+", metavar="PATH", help="image files and folders of images")
-    parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument("--show-tokens", action="store_true", help="also draw the token selection")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", metavar="PATH", help="image files, folders of images, glob patterns")
+    source.add_argument("--video-input", metavar="FILE", help="a video file to annotate")
+    parser.add_argument("--output", required=True, metavar="PATH",
+                        help="folder of the pictures; for --video-input a .mp4 / .avi file or a folder")
+    parser.add_argument("--show-tokens", action="store_true", help="also draw the token selection (images only)")
     parser.add_argument("--confidence-threshold", type=float, default=0.3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--onnx", metavar="MODEL.onnx", help="run this exported graph with onnxruntime (CPU)")
@@ -61,56 +66,31 @@ def parse_args(argv=None):
     return parse_args_with_overrides(parser, argv)
 
 
-def _test_resize(cfg):
-    """The test loader's augmentation (a ResizeShortestEdge for DETR configs), else 800 / 1333."""
-    try:
-        return T.AugmentationList([instantiate(a) for a in cfg.dataloader.test.mapper.augmentation])
-    except (AttributeError, KeyError):
-        return T.AugmentationList([T.ResizeShortestEdge(800, 1333)])
-
-
-def _metadata(cfg):
+def _class_names(cfg):
     try:
         names = cfg.dataloader.test.dataset.names
-        return MetadataCatalog.get(names if isinstance(names, str) else names[0])
+        return MetadataCatalog.get(names if isinstance(names, str) else names[0]).get("thing_classes", [])
     except (AttributeError, KeyError):
-        return MetadataCatalog.get("__unused")
+        return []
 
 
-def _model_input(image_rgb, resize):
-    aug_input = T.AugInput(image_rgb)
-    resize(aug_input)
-    resized = aug_input.image
-    return {"image": torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))),
-            "height": image_rgb.shape[0], "width": image_rgb.shape[1]}, resized
+def _onnx_predictor(cfg, path):
+    """BGR image -> {"instances"} from the exported graph, prepared as the PyTorch predictor prepares it."""
+    if inference_amp_dtype(cfg, "cpu") is not None:
+        raise ValueError("train.inference_amp autocasts the PyTorch model; the --onnx graph runs in float32")
+    onnx, resize, fmt = OnnxPredictor(path), inference_resize(cfg), input_format(cfg)
 
-
-def _pytorch_predictor(cfg, device, show_tokens):
-    amp_dtype = inference_amp_dtype(cfg, device)  # train.inference_amp: bfloat16 autocast when enabled
-    model = build_model(cfg, device)
-    init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
-    if init_checkpoint:
-        AtomicDetectionCheckpointer(model).load(init_checkpoint)
-    else:
-        print("warning: train.init_checkpoint is empty: drawing a randomly initialised model", file=sys.stderr)
-    model.eval()
-
-    @torch.no_grad()
-    def predict(model_input):
-        with amp_autocast(device, amp_dtype):
-            if show_tokens:
-                return model.forward_inference([model_input], return_token_selection=True)[0]
-            return model([model_input])[0]
+    def predict(image_bgr):
+        item = model_input(image_bgr, resize, fmt)
+        return {"instances": onnx(item["image"], item["height"], item["width"])}
 
     return predict
 
 
-def draw_detections(image_rgb, instances, metadata, threshold, path):
+def _draw(image_bgr, instances, class_names, threshold):
     instances = instances.to("cpu")
-    instances = instances[instances.scores >= threshold]
-    visualizer = Visualizer(image_rgb, metadata=metadata)
-    visualizer.draw_instance_predictions(instances).save(path)
-    return len(instances)
+    return draw_detections(image_bgr, instances.pred_boxes.tensor.numpy(), instances.scores.numpy(),
+                           instances.pred_classes.numpy(), class_names, threshold)
 
 
 def _skip(path, why):
@@ -118,9 +98,9 @@ def _skip(path, why):
 
 
 def _read_or_skip(path):
-    """The RGB pixels of ``path``, or None after naming it on stderr when they cannot be read (e.g. truncated)."""
+    """The BGR pixels of ``path``, or None after naming it on stderr when they cannot be read (e.g. truncated)."""
     try:
-        return read_image(path, "RGB")
+        return read_image(path, "BGR")
     except (OSError, ValueError) as error:
         prefix = f"cannot read image {path}: "
         _skip(path, str(error)[len(prefix):] if str(error).startswith(prefix) else str(error))
@@ -139,55 +119,120 @@ def _unique_name(path, taken):
     return name
 
 
+def _save_png(path, picture):
+    if not cv2.imwrite(path, picture):
+        raise OSError(f"cannot write {path}")
+
+
+def _token_pictures(predictor, image_bgr, name, output):
+    """The foreground and token pictures of ``image_bgr`` (drawn on the network input) and its detections."""
+    item = predictor.prepare(image_bgr)
+    result = predictor.run([item], return_token_selection=True)[0]
+    network_image = item["image"].permute(1, 2, 0).numpy()
+    if predictor.input_format == "BGR":
+        network_image = network_image[:, :, ::-1]
+    height, width = result["image_size"]
+    paths = [os.path.join(output, f"{name}_foreground.png"), os.path.join(output, f"{name}_tokens.png")]
+    save_foreground_figure(network_image[:height, :width], result["token_selection"], paths[0])
+    save_token_figure(network_image[:height, :width], result["token_selection"], paths[1])
+    return result, paths
+
+
+def image_paths(inputs):
+    """The image files among ``inputs`` (files, folders, glob patterns), each other file named on stderr with why;
+    ValueError when none is left. Reads headers only, so the model is not built for inputs without an image."""
+    paths, skipped = image_files(expand_globs(inputs))
+    for path, why in skipped:
+        _skip(path, why)
+    if not paths:
+        raise ValueError(f"no image to draw: all {len(skipped)} inputs were skipped (each is named above)")
+    return paths
+
+
+def run_images(predictor, paths, output, threshold, class_names, show_tokens):
+    """Draws every readable image of ``paths`` into the folder ``output``; returns the paths written."""
+    os.makedirs(output, exist_ok=True)
+    written, names = [], set()
+    for path in paths:
+        image = _read_or_skip(path)
+        if image is None:
+            continue
+        name = _unique_name(path, names)
+        token_paths = []
+        if show_tokens:
+            result, token_paths = _token_pictures(predictor, image, name, output)
+        else:
+            result = predictor(image)
+        picture, count = _draw(image, result["instances"], class_names, threshold)
+        detection_png = os.path.join(output, f"{name}_detections.png")
+        _save_png(detection_png, picture)
+        written += [detection_png, *token_paths]
+        print(f"{path}: {count} detections >= {threshold} -> {detection_png}")
+        if token_paths:
+            print(f"  token pictures -> {', '.join(token_paths)}")
+    if not names:
+        raise ValueError(f"no image drawn: none of the {len(paths)} image files could be read (each is named above)")
+    return written
+
+
+def video_output_path(output, video):
+    """``output`` when it names a video file, else ``output/<video name>_detections.mp4``."""
+    if os.path.splitext(output)[1].lower() in VIDEO_CODECS:
+        path = output
+    elif os.path.isdir(output) or not os.path.splitext(output)[1]:
+        path = os.path.join(output, f"{os.path.splitext(os.path.basename(video))[0]}_detections.mp4")
+    else:
+        raise ValueError(f"--output for a video must be a folder or end in {' or '.join(VIDEO_CODECS)}, got {output}")
+    if os.path.abspath(path) == os.path.abspath(video):
+        raise ValueError(f"--output {path} is the input video; name another file")
+    return path
+
+
+def run_video(predictor, video, output, threshold, class_names):
+    """Writes ``video`` with detections drawn to ``output`` (see :func:`video_output_path`); returns its path."""
+    path = video_output_path(output, video)
+    capture, fps, announced = open_video(video)
+    try:
+        with VideoWriter(path, fps) as writer, tqdm(total=announced or None, unit="frame", desc=video) as bar:
+            started = time.perf_counter()
+            for frame in read_frames(capture):
+                writer.write(_draw(frame, predictor(frame)["instances"], class_names, threshold)[0])
+                bar.update()
+            elapsed = time.perf_counter() - started
+            if writer.count == 0:
+                raise ValueError(f"cannot read video {video}: no frame could be decoded")
+    finally:
+        capture.release()
+    if announced and writer.count < announced:
+        print(f"warning: {video} announces {announced} frames but only {writer.count} could be decoded; "
+              f"{path} holds those", file=sys.stderr)
+    print(f"{video}: {writer.count} frames at {fps:g} fps -> {path}; "
+          f"{writer.count / elapsed:.2f} frames per second (decoding, prediction, drawing, encoding)")
+    return path
+
+
 def main(args):
     if not 0.0 <= args.confidence_threshold <= 1.0:
         raise ValueError(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
     if args.onnx and args.show_tokens:
         raise ValueError("--show-tokens draws the PyTorch model's token selection; it cannot be used with --onnx")
-    paths, skipped = image_files(args.input)  # headers only: the model is not built when nothing is an image
-    for path, why in skipped:
-        _skip(path, why)
-    if not paths:
-        raise ValueError(f"no image to draw: all {len(skipped)} inputs were skipped (each is named above)")
+    if args.video_input and args.show_tokens:
+        raise ValueError("--show-tokens draws pictures of images; it cannot be used with --video-input")
+    if args.input:
+        paths = image_paths(args.input)
+    else:  # a video that cannot be read, or a wrong --output, fails before the model is built
+        open_video(args.video_input)[0].release()
+        video_output_path(args.output, args.video_input)
     cfg = load_config(args.config_file, args.opts)
     if args.onnx:
-        if inference_amp_dtype(cfg, "cpu") is not None:
-            raise ValueError("train.inference_amp autocasts the PyTorch model; the --onnx graph runs in float32")
-        device, onnx_predictor = "cpu", OnnxPredictor(args.onnx)
-
-        def predictor(item):
-            return {"instances": onnx_predictor(item["image"], item["height"], item["width"])}
-
+        predictor = _onnx_predictor(cfg, args.onnx)
     else:
-        device = resolve_device(args.device)
-        predictor = _pytorch_predictor(cfg, device, args.show_tokens)
-    os.makedirs(args.output, exist_ok=True)
-    resize, metadata = _test_resize(cfg), _metadata(cfg)
-    written, names = [], set()
-    for path in paths:
-        image_rgb = _read_or_skip(path)
-        if image_rgb is None:
-            continue
-        name = _unique_name(path, names)
-        model_input, resized = _model_input(image_rgb, resize)
-        model_input["image"] = model_input["image"].to(device)
-        output = predictor(model_input)
-        detection_png = os.path.join(args.output, f"{name}_detections.png")
-        count = draw_detections(image_rgb, output["instances"], metadata, args.confidence_threshold, detection_png)
-        written.append(detection_png)
-        print(f"{path}: {count} detections >= {args.confidence_threshold} -> {detection_png}")
-        if args.show_tokens:
-            height, width = output["image_size"]
-            network_image = resized[:height, :width]
-            foreground_png = os.path.join(args.output, f"{name}_foreground.png")
-            tokens_png = os.path.join(args.output, f"{name}_tokens.png")
-            save_foreground_figure(network_image, output["token_selection"], foreground_png)
-            save_token_figure(network_image, output["token_selection"], tokens_png)
-            written += [foreground_png, tokens_png]
-            print(f"  token pictures -> {foreground_png}, {tokens_png}")
-    if not names:
-        raise ValueError(f"no image drawn: none of the {len(paths)} image files could be read (each is named above)")
-    return written
+        amp = inference_amp_dtype(cfg, resolve_device(args.device)) is not None  # train.inference_amp
+        predictor = FocusDETRPredictor(cfg, device=args.device, amp=amp)
+    class_names = _class_names(cfg)
+    if args.video_input:
+        return [run_video(predictor, args.video_input, args.output, args.confidence_threshold, class_names)]
+    return run_images(predictor, paths, args.output, args.confidence_threshold, class_names, args.show_tokens)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from focus_detr.data import image_files, read_image
+from focus_detr.data import expand_globs, image_files, read_image
 
 # a horizontal ramp 0..255 (8 bit) the other modes are made from
 RAMP = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1))
@@ -113,3 +113,15 @@ def test_image_files_expands_folders_sorted_and_names_what_is_not_an_image(tmp_p
         (str(folder / "pipe"), "not a regular file"),
         (str(tmp_path / "empty_dir"), "an empty folder"),
     ]
+
+
+def test_expand_globs_sorts_matches_keeps_existing_names_and_refuses_a_pattern_matching_nothing(tmp_path):
+    for name in ("b.png", "a.png", "[x].png", "sub/c.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert expand_globs([str(tmp_path / "*.png"), str(tmp_path / "**" / "c.png")]) == [
+        str(tmp_path / "[x].png"), str(tmp_path / "a.png"), str(tmp_path / "b.png"), str(tmp_path / "sub" / "c.png")
+    ]
+    assert expand_globs([str(tmp_path / "[x].png")]) == [str(tmp_path / "[x].png")]  # an existing name, as written
+    with pytest.raises(ValueError, match=r"^no file matches '.*\*\.gif'$"):
+        expand_globs([str(tmp_path / "a.png"), str(tmp_path / "*.gif")])

@@ -392,3 +392,30 @@ def test_missing_onnx_packages_give_one_line(export_tool, tiny_export, tmp_path,
     assert export_tool.run_reporting_errors(export_tool.main, export_tool.parse_args(argv)) == 2
     assert capfd.readouterr().err.strip() == f"error: {info.value}"
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_annotates_a_video_from_onnxruntime_as_from_pytorch(tiny_export, fixture_checkpoint, tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    demo = load_script("demo/demo.py", "demo")
+    video = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (400, 30))  # thin: 100x1333 in the model
+    for seed in range(3):
+        writer.write(np.random.default_rng(seed).integers(0, 256, (30, 400, 3), dtype=np.uint8))
+    writer.release()
+    frames = {}
+    for name, threshold, extra in (
+        ("pytorch", "0.02", [f"+train.init_checkpoint={fixture_checkpoint}"]),
+        ("onnx", "0.02", ["--onnx", str(tiny_export / "model.onnx")]),
+        ("onnx_no_boxes", "1.0", ["--onnx", str(tiny_export / "model.onnx")]),
+    ):
+        output = str(tmp_path / f"{name}.avi")
+        demo.main(demo.parse_args(["--config-file", str(TINY_CONFIG), "--video-input", video, "--output", output,
+                                   "--confidence-threshold", threshold, *extra]))
+        capture = cv2.VideoCapture(output)
+        frames[name] = np.stack([capture.read()[1] for _ in range(3)]).astype(int)
+        assert not capture.read()[0]
+    assert capsys.readouterr().out.count(" 3 frames at 5 fps -> ") == 3
+    assert np.abs(frames["onnx"] - frames["pytorch"]).mean() < 0.5  # the same boxes (up to rounding and MJPG)
+    assert np.abs(frames["onnx"] - frames["onnx_no_boxes"]).max() > 100  # and there are boxes

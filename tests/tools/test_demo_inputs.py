@@ -111,3 +111,17 @@ def test_inputs_with_one_name_do_not_overwrite_each_other(demo, toy_dataset, tmp
         "im-2_detections.png", "im-3_detections.png", "im_detections.png"
     ]
     assert [line.split(": ")[0] for line in out.splitlines() if line.endswith(".png")] == inputs
+
+
+def test_a_quoted_glob_is_expanded_and_one_matching_nothing_is_one_line(demo, toy_dataset, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _png(folder / "b.png", 0)
+    _png(folder / "a.png", 1)
+    (folder / "notes.txt").write_text("not an image")
+    code, out, err = _run(demo, [str(folder / "*.png")], tmp_path / "out", capsys)
+    assert (code, err) == (0, [])
+    assert [line.split(": ")[0] for line in out.splitlines()] == [str(folder / "a.png"), str(folder / "b.png")]
+    code, _, err = _run(demo, [str(folder / "a.png"), str(folder / "*.gif")], tmp_path / "out2", capsys)
+    assert (code, err) == (2, [f"error: no file matches {str(folder / '*.gif')!r}"])
+    assert not (tmp_path / "out2").exists()

@@ -87,19 +87,23 @@ def test_benchmark_flop_floor_counts_each_task_against_the_yardstick(tmp_path, c
     assert "GMAC in convolutions, matrix products and attention" in capsys.readouterr().out
 
 
-def test_sweep_writes_csv_and_plot(toy_dataset, tmp_path):
+def test_sweep_writes_csv_and_plot_in_keep_ratio_order(toy_dataset, tmp_path, capfd):
     sweep = load_script("tools/sweep_keep_ratio.py", "sweep_keep_ratio")
     sweep.main(sweep.parse_args(
-        ["--config-file", TINY_TOY_CONFIG, "--output", str(tmp_path), "--keep-ratios", "0.3",
+        ["--config-file", TINY_TOY_CONFIG, "--output", str(tmp_path), "--keep-ratios", "0.5", "0.3", "--no-dense",
          "--flop-images", "1", "--latency-images", "1", "--latency-warmup", "0"]
     ))
     with open(tmp_path / "sweep.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [row["setting"] for row in rows] == ["keep 0.3", "dense"]
-    assert rows[0]["cascade_keep_ratios"] == "1 0.8" and rows[1]["cascade_keep_ratios"] == "1 1"
+    assert [row["setting"] for row in rows] == ["keep 0.3", "keep 0.5"]  # the dense point: tests/analysis
+    assert rows[0]["cascade_keep_ratios"] == rows[1]["cascade_keep_ratios"] == "1 0.8"
     assert float(rows[0]["gflops"]) < float(rows[1]["gflops"])
-    assert all(row["AP"] != "" and float(row["latency_ms"]) > 0 for row in rows)
-    assert (tmp_path / "sweep.png").stat().st_size > 0
+    assert all(row["AP"] != "" and float(row["latency_ms"]) > 0 and row["latency_repeats"] == "5" for row in rows)
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+    capfd.readouterr()
+    argv = ["--config-file", TINY_TOY_CONFIG, "--output", str(tmp_path / "x"), "--latency-repeats", "3"]
+    assert sweep.run_reporting_errors(sweep.main, sweep.parse_args(argv)) == 2
+    assert capfd.readouterr().err.strip() == "error: --latency-repeats must be at least 5 (its median is the latency), got 3"
 
 
 def test_demo_writes_detection_and_token_pictures(toy_dataset, tmp_path):
@@ -118,7 +122,8 @@ def test_demo_writes_detection_and_token_pictures(toy_dataset, tmp_path):
         with Image.open(path) as picture:
             assert picture.format == "PNG"
             sizes[os.path.basename(path)] = picture.size
-    assert sizes["toy_000_detections.png"] == (64, 48)  # drawn on the original image
+    width, height = sizes["toy_000_detections.png"]  # the original 64 x 48 image scaled by 15 (short edge >= 720)
+    assert width == 64 * 15 and 48 * 15 < height < 48 * 15 + 100  # and the legend under it
     assert sizes["toy_000_tokens.png"][0] > 200
 
 

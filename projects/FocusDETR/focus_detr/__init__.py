@@ -9,3 +9,15 @@ if torch.__version__ < MIN_TORCH_VERSION:
     raise ImportError(
         f"focus_detr needs torch >= {MIN_TORCH_VERSION} at run time, this environment has torch {torch.__version__}"
     )
+
+__all__ = ["FocusDETRPredictor"]
+
+
+def __getattr__(name):
+    # Imported on first use: ``import focus_detr.layers`` (the op alone) must not load the engine, detectron2's
+    # training machinery and the data code.
+    if name == "FocusDETRPredictor":
+        from .engine.predictor import FocusDETRPredictor
+
+        return FocusDETRPredictor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 the DETR dataset mapper."""
 from .checks import check_dataset_jsons, check_finite_boxes, check_num_classes, dataset_classes, get_checked_dataset_dicts
 from .dataset_mapper import DetrDatasetMapper
-from .image_io import image_files, read_image
+from .image_io import expand_globs, image_files, read_image
 from .registration import register_coco_dataset
 from .trees import TreesCacheError, ensure_trees_cache, register_trees
 
@@ -13,6 +13,7 @@ __all__ = [
     "check_finite_boxes",
     "check_num_classes",
     "dataset_classes",
+    "expand_globs",
     "ensure_trees_cache",
     "get_checked_dataset_dicts",
     "image_files",

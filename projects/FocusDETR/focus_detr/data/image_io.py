@@ -6,15 +6,17 @@ to the 8-bit range first (16-bit: 0..65535 -> 0..255; float: 0..1 -> 0..255) and
 conversion PIL does correctly (palette, CMYK, YCbCr, HSV, with or without alpha: alpha is dropped, as detectron2
 does); modes PIL cannot convert correctly (LAB, premultiplied "La") are refused.
 
-:func:`image_files` sorts a mix of files and folders into the images to read and the rest, each with why.
+:func:`image_files` sorts a mix of files and folders into the images to read and the rest, each with why;
+:func:`expand_globs` expands quoted glob patterns first.
 """
+import glob
 import os
 
 import numpy as np
 from detectron2.data import detection_utils
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["image_files", "read_image", "to_8bit"]
+__all__ = ["expand_globs", "image_files", "read_image", "to_8bit"]
 
 # PIL modes whose conversion to RGB is right as PIL does it
 _CONVERTIBLE_MODES = {"1", "L", "P", "PA", "LA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"}
@@ -137,3 +139,22 @@ def image_files(inputs):
             else:
                 skipped.append((entry, why))
     return images, skipped
+
+
+def expand_globs(inputs):
+    """``inputs`` with each glob pattern (``*``, ``?``, ``[...]``; ``**`` across folders) replaced by the paths it
+    matches, sorted; a path that exists as written is kept as it is, even with such characters in its name.
+
+    Raises:
+        ValueError naming the first pattern that matches nothing (one line).
+    """
+    expanded = []
+    for path in inputs:
+        if not glob.has_magic(path) or os.path.lexists(path):
+            expanded.append(path)
+            continue
+        matches = sorted(glob.glob(path, recursive=True))
+        if not matches:
+            raise ValueError(f"no file matches {path!r}")
+        expanded += matches
+    return expanded

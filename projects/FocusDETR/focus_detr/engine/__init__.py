@@ -1,7 +1,7 @@
 """Training / evaluation machinery used by ``train_net.py`` and ``tools/``: config loading with checked overrides,
 the training step (AMP on CPU/GPU, gradient clipping), the autocast settings of training and inference, atomic
-checkpoints with exact resume (RNG + data position), EMA, evaluation, one run per output folder, and stopping
-cleanly on Ctrl-C / SIGTERM."""
+checkpoints with exact resume (RNG + data position), EMA, evaluation, the Python predictor, one run per output
+folder, and stopping cleanly on Ctrl-C / SIGTERM."""
 from .checkpoint import AtomicDetectionCheckpointer, atomic_write
 from .config import (
     ConfigError,
@@ -16,6 +16,7 @@ from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restor
 from .interrupt import StopOnRequestHook, StopRequest, TrainingInterrupted
 from .optim import LrFactorByName
 from .output_lock import OutputDirInUseError, OutputDirLock, claim_output_dir
+from .predictor import FocusDETRPredictor
 from .precision import amp_autocast, inference_amp_dtype, resolve_amp_dtype, training_amp_dtype
 from .rng import capture_rng_state, isolated_rng, restore_rng_state
 from .runner import build_model, run_evaluation, run_training, wrap_ddp
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "DetrTrainer",
     "EMAHook",
+    "FocusDETRPredictor",
     "IsolatedRngEvalHook",
     "LrFactorByName",
     "OutputDirInUseError",

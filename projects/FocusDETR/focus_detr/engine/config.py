@@ -13,6 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 __all__ = [
     "ConfigError",
+    "apply_overrides",
     "load_config",
     "check_override_keys",
     "check_override_types",
@@ -252,7 +253,12 @@ def load_config(config_file, overrides=()):
         raise ConfigError("no config file given (--config-file)")
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file not found: {config_file}")
-    cfg = _load_lazy_config(config_file)
+    return apply_overrides(_load_lazy_config(config_file), overrides)
+
+
+def apply_overrides(cfg, overrides=()):
+    """``key=value`` overrides applied to ``cfg`` (in place; returned), each key and value type checked first.
+    Raises ConfigError with a one-line message."""
     overrides = list(overrides or [])
     check_override_keys(cfg, overrides)
     old_values = {o.split("=", 1)[0].strip(): _current_value(cfg, o.split("=", 1)[0].strip()) for o in overrides}

@@ -20,7 +20,7 @@ from .rng import restore_rng_state
 from .precision import inference_amp_dtype, training_amp_dtype
 from .trainer import DetrTrainer
 
-__all__ = ["build_model", "run_training", "run_evaluation", "wrap_ddp"]
+__all__ = ["build_model", "load_inference_weights", "run_training", "run_evaluation", "wrap_ddp"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def wrap_ddp(model, cfg, device):
 
 
 def _ema_settings(cfg):
-    ema = cfg.train.get("model_ema", None) or {}
+    ema = (cfg.get("train", None) or {}).get("model_ema", None) or {}
     return bool(ema.get("enabled", False)), float(ema.get("decay", 0.999)), bool(ema.get("use_for_eval", True))
 
 
@@ -151,6 +151,19 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     return trainer
 
 
+def load_inference_weights(model, cfg, path):
+    """Loads the weights file ``path`` into ``model`` (a DDP wrapper is unwrapped) without running code from it: our
+    checkpoints, weights-only files, official detrex weights. When ``cfg.train.model_ema`` is enabled with
+    ``use_for_eval``, the EMA weights a checkpoint carries replace the trained ones, as in evaluation during training.
+    An empty ``path`` loads nothing."""
+    extra = AtomicDetectionCheckpointer(model).load(path)
+    ema_enabled, _, ema_for_eval = _ema_settings(cfg)
+    ema_state = (extra.get("trainer") or {}).get("hooks", {}).get(EMA_HOOK_KEY) if extra else None
+    if ema_enabled and ema_for_eval and ema_state is not None:
+        logger.info("Using the EMA weights stored in the checkpoint")
+        (model.module if hasattr(model, "module") else model).load_state_dict(ema_state["shadow"])
+
+
 def run_evaluation(cfg):
     """Loads ``cfg.train.init_checkpoint`` (our, official detrex, or EMA weights when enabled) and evaluates.
     Writes ``eval_results.json`` in ``cfg.train.output_dir``; returns the results dict."""
@@ -159,12 +172,7 @@ def run_evaluation(cfg):
     model = wrap_ddp(model, cfg, device)
     if not cfg.train.init_checkpoint:
         logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights")
-    extra = AtomicDetectionCheckpointer(model, cfg.train.output_dir).load(cfg.train.init_checkpoint)
-    ema_enabled, _, ema_for_eval = _ema_settings(cfg)
-    ema_state = (extra.get("trainer") or {}).get("hooks", {}).get(EMA_HOOK_KEY) if extra else None
-    if ema_enabled and ema_for_eval and ema_state is not None:
-        logger.info("Evaluating the EMA weights stored in the checkpoint")
-        (model.module if hasattr(model, "module") else model).load_state_dict(ema_state["shadow"])
+    load_inference_weights(model, cfg, cfg.train.init_checkpoint)
     results = evaluate(cfg, model)
     if comm.is_main_process() and cfg.train.output_dir:
         os.makedirs(cfg.train.output_dir, exist_ok=True)

@@ -1,0 +1,167 @@
+"""FocusDETRPredictor: a BGR image in, the detections the model gives for what the test loader makes of that image
+out; batches equal to single calls whatever the image sizes; one-line errors for images that are not BGR uint8
+(H, W, 3); weights read from a checkpointer's file."""
+import os
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.config import instantiate
+
+from focus_detr.engine import AtomicDetectionCheckpointer, FocusDETRPredictor, load_config
+from focus_detr.export import match_detections
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TREE_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
+
+
+@pytest.fixture(scope="module")
+def small_tree_cfg():
+    """The tree model at a 96-px test size (seconds on a CPU)."""
+    cfg = load_config(TREE_CONFIG)
+    cfg.dataloader.test.mapper.augmentation[0].short_edge_length = 96
+    cfg.dataloader.test.mapper.augmentation[0].max_size = 160
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def predictor(small_tree_cfg):
+    torch.manual_seed(0)
+    return FocusDETRPredictor(small_tree_cfg, device="cpu")
+
+
+def _image(height, width, seed):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _assert_same_detections(reference, candidate, score_tol=1e-5):
+    """Every detection of ``reference`` has one in ``candidate`` (same class, IoU >= 0.999, score within tol);
+    near-equal scores may be ranked either way."""
+    assert len(reference) == len(candidate) > 0
+    assert match_detections(reference, candidate, top=len(reference), min_iou=0.999, score_tol=score_tol) == (
+        len(reference), len(reference)
+    )
+
+
+def test_import_from_the_package():
+    import focus_detr
+
+    assert focus_detr.FocusDETRPredictor is FocusDETRPredictor
+
+
+def test_equals_the_model_on_what_the_test_loader_makes_of_the_file(predictor, small_tree_cfg, tmp_path):
+    image_bgr = _image(45, 70, 0)
+    path = str(tmp_path / "image.png")
+    cv2.imwrite(path, image_bgr)
+    mapper = instantiate(small_tree_cfg.dataloader.test.mapper)  # reads RGB with PIL, resizes to 96 x 149
+    item = mapper({"file_name": path, "height": 45, "width": 70, "image_id": 0})
+    prepared = predictor.prepare(cv2.imread(path))
+    assert torch.equal(prepared["image"], item["image"])  # channel order and resize of the test loader
+    assert (prepared["height"], prepared["width"]) == (45, 70)
+    with torch.no_grad():
+        expected = predictor.model([item])[0]["instances"]
+    result = predictor(image_bgr)["instances"]
+    assert result.image_size == (45, 70)  # original-image coordinates
+    for field in ("scores", "pred_classes"):
+        assert torch.equal(result.get(field), expected.get(field))
+    assert torch.equal(result.pred_boxes.tensor, expected.pred_boxes.tensor)
+
+
+def test_batch_equals_single_calls_also_across_sizes(predictor):
+    # 48x64 -> 96x128 (two images), 50x64 -> 96x123: a padded batch would change the narrower one
+    images = [_image(48, 64, 1), _image(50, 64, 2), _image(48, 64, 3)]
+    single = [predictor(image)["instances"] for image in images]
+    batched = predictor.predict_batch(images, batch_size=2)
+    assert len(batched) == len(images)
+    for reference, result in zip(single, batched):
+        assert result["instances"].image_size == reference.image_size
+        _assert_same_detections(reference, result["instances"])
+    # why the batches group by size: padded next to the wider image, the narrower one's scores move
+    padded = predictor.run([predictor.prepare(images[1]), predictor.prepare(images[0])])[0]["instances"]
+    assert (padded.scores - single[1].scores).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    "image, words",
+    [
+        ([[0, 0, 0]], "got list"),
+        (torch.zeros(8, 8, 3, dtype=torch.uint8), "got Tensor"),
+        (np.zeros((8, 8, 3), np.float32), "got dtype float32"),
+        (np.zeros((8, 8), np.uint8), "gray image"),
+        (np.zeros((8, 8, 4), np.uint8), "BGRA"),
+        (np.zeros((3, 8, 8, 1), np.uint8), "got shape (3, 8, 8, 1)"),
+        (np.zeros((0, 8, 3), np.uint8), "is empty"),
+        (np.zeros((8, 0, 3), np.uint8), "is empty"),
+    ],
+    ids=["list", "tensor", "float32", "gray", "4-channels", "4-d", "no-rows", "no-columns"],
+)
+def test_images_that_are_not_bgr_uint8_hwc_get_one_line(predictor, image, words):
+    with pytest.raises(ValueError) as info:
+        predictor(image)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_batch_checks_every_image_before_running_and_names_it(predictor, monkeypatch):
+    monkeypatch.setattr(predictor, "run", lambda *args: pytest.fail("ran before checking every image"))
+    with pytest.raises(ValueError, match=r"^images\[2\] must be a uint8 numpy array .* got dtype float64$"):
+        predictor.predict_batch([_image(8, 8, 0), _image(8, 8, 1), np.zeros((8, 8, 3))])
+    with pytest.raises(ValueError, match="takes a list of images"):
+        predictor.predict_batch(_image(8, 8, 0))
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        predictor.predict_batch([_image(8, 8, 0)], batch_size=0)
+
+
+def test_weights_from_a_checkpointer_file(predictor, small_tree_cfg, tmp_path, caplog):
+    AtomicDetectionCheckpointer(predictor.model, str(tmp_path)).save("model_final")
+    path = tmp_path / "model_final.pth"
+    image = _image(48, 64, 5)
+    expected = predictor(image)["instances"]
+    torch.manual_seed(1)  # other random weights, replaced by the file's
+    for loaded in (
+        FocusDETRPredictor(small_tree_cfg, weights=path, device="cpu"),
+        # weights=None: the config's train.init_checkpoint (here from the constructor's overrides)
+        FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=[f"train.init_checkpoint={path}"]),
+    ):
+        result = loaded(image)["instances"]
+        assert torch.equal(result.scores, expected.scores)
+        assert torch.equal(result.pred_boxes.tensor, expected.pred_boxes.tensor)
+    assert "randomly initialised" not in caplog.text
+    assert small_tree_cfg.train.init_checkpoint == ""  # a loaded config is copied, not changed
+    with pytest.raises(FileNotFoundError, match="^checkpoint not found: .*missing.pth$"):
+        FocusDETRPredictor(small_tree_cfg, weights=tmp_path / "missing.pth", device="cpu")
+
+
+def test_a_code_running_weights_file_is_refused_without_running_it(small_tree_cfg, tmp_path):
+    sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "checkpoint"))
+    from hostile_files import write_malicious
+
+    marker = tmp_path / "marker"
+    path = write_malicious(tmp_path / "evil_zip.pth", marker)
+    with pytest.raises((OSError, ValueError)) as info:
+        FocusDETRPredictor(small_tree_cfg, weights=path, device="cpu")
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_no_weights_warns_once_and_amp_runs_bfloat16(small_tree_cfg, caplog):
+    predictor = FocusDETRPredictor(small_tree_cfg, device="cpu", amp=True)
+    warnings = [r.getMessage() for r in caplog.records if "randomly initialised" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert predictor.amp_dtype == torch.bfloat16
+    assert predictor(_image(48, 64, 6))["instances"].scores.dtype == torch.float32  # heads run in float32
+    with pytest.raises(ValueError, match="amp must be True or False"):
+        FocusDETRPredictor(small_tree_cfg, device="cpu", amp="bf16")
+
+
+def test_ema_weights_of_a_checkpoint_are_used_when_the_config_says_so(predictor, small_tree_cfg, tmp_path):
+    state = predictor.model.state_dict()
+    shadow = {name: value + 1 if value.is_floating_point() else value for name, value in state.items()}
+    checkpointer = AtomicDetectionCheckpointer(predictor.model, str(tmp_path))
+    checkpointer.save("model", trainer={"hooks": {"EMAHook": {"shadow": shadow}}})  # as EMAHook stores it
+    weight = "class_embed.0.weight"
+    for enabled, expected in (("False", state[weight]), ("True", shadow[weight])):
+        loaded = FocusDETRPredictor(small_tree_cfg, weights=tmp_path / "model.pth", device="cpu",
+                                    overrides=[f"train.model_ema.enabled={enabled}"])
+        assert torch.equal(loaded.model.state_dict()[weight], expected)

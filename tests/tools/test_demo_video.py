@@ -1,0 +1,99 @@
+"""demo/demo.py --video-input: an annotated video with the input's frame count and frame rate, the measured frames
+per second, and one line (exit status 2) for a video that cannot be read or an output it cannot write."""
+import cv2
+import numpy as np
+import pytest
+
+from tools_test_utils import TINY_TOY_CONFIG, load_script, toy_dataset  # noqa: F401 (fixture)
+from cli_output import shows_traceback  # noqa: E402 (tests/engine is on sys.path once tools_test_utils is imported)
+
+FRAMES, FPS, SIZE = 5, 7.0, (40, 30)  # width, height
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_script("demo/demo.py", "demo_video")
+
+
+@pytest.fixture
+def video(tmp_path):
+    path = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), FPS, SIZE)
+    rng = np.random.default_rng(0)
+    for _ in range(FRAMES):
+        writer.write(rng.integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def _run(demo, argv, capsys):
+    from focus_detr.engine.cli import run_reporting_errors
+
+    code = run_reporting_errors(demo.main, demo.parse_args(["--config-file", TINY_TOY_CONFIG, *argv]))
+    captured = capsys.readouterr()
+    assert not shows_traceback(captured.err)
+    return code, captured.out, [line for line in captured.err.splitlines() if line.startswith(("error:", "warning:"))]
+
+
+def _frames_and_fps(path):
+    capture = cv2.VideoCapture(path)
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    return count, fps
+
+
+@pytest.mark.parametrize("output", ["out/annotated.mp4", "out"])
+def test_annotated_video_keeps_frame_count_and_rate(demo, toy_dataset, video, tmp_path, capsys, output):
+    code, out, err = _run(demo, ["--video-input", video, "--output", str(tmp_path / output),
+                                 "--confidence-threshold", "0.0"], capsys)
+    assert code == 0, err
+    written = str(tmp_path / output) if output.endswith(".mp4") else str(tmp_path / "out" / "clip_detections.mp4")
+    assert _frames_and_fps(written) == (FRAMES, FPS)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [written.rsplit("/", 1)[1]]  # no partial file
+    frame = cv2.VideoCapture(written).read()[1]
+    assert frame.shape[1] == SIZE[0] * 24 and frame.shape[0] > SIZE[1] * 24  # scaled up to 720 px, legend under it
+    line = out.strip().splitlines()[-1]
+    assert line.startswith(f"{video}: {FRAMES} frames at 7 fps -> {written}; ") and "frames per second" in line
+
+
+def test_confidence_threshold_applies_to_video_frames(demo, toy_dataset, video, tmp_path, capsys):
+    """The toy model's scores are low: at threshold 1 no box is drawn, at 0 every one; the frames differ."""
+    frames = {}
+    for threshold in ("0.0", "1.0"):
+        output = str(tmp_path / f"t{threshold}.avi")  # MJPG: each frame coded alone
+        assert _run(demo, ["--video-input", video, "--output", output, "--confidence-threshold", threshold],
+                    capsys)[0] == 0
+        frames[threshold] = cv2.VideoCapture(output).read()[1]
+    legend = frames["0.0"].shape[0] - SIZE[1] * 24
+    assert np.abs(frames["0.0"][:-legend].astype(int) - frames["1.0"][:-legend]).max() > 100  # boxes drawn at 0
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"", "an empty file (0 bytes)"),
+    (b"not a video at all" * 10, "OpenCV cannot decode it (not a video, or damaged)"),
+])
+def test_a_broken_video_is_one_line_and_exit_2(demo, toy_dataset, tmp_path, capsys, content, why):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(content)
+    code, _, err = _run(demo, ["--video-input", str(broken), "--output", str(tmp_path / "out.mp4")], capsys)
+    assert code == 2
+    assert err == [f"error: cannot read video {broken}: {why}"]
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_video_argument_errors_are_one_line(demo, toy_dataset, video, tmp_path, capsys):
+    cases = [
+        (["--video-input", str(tmp_path / "missing.mp4"), "--output", str(tmp_path / "o.mp4")],
+         f"error: video file not found: {tmp_path / 'missing.mp4'}"),
+        (["--video-input", video, "--output", str(tmp_path / "o.gif")],
+         f"error: --output for a video must be a folder or end in .mp4 or .avi, got {tmp_path / 'o.gif'}"),
+        (["--video-input", video, "--output", video], f"error: --output {video} is the input video; name another file"),
+        (["--video-input", video, "--output", str(tmp_path / "o.mp4"), "--show-tokens"],
+         "error: --show-tokens draws pictures of images; it cannot be used with --video-input"),
+    ]
+    for argv, expected in cases:
+        code, _, err = _run(demo, argv, capsys)
+        assert (code, err) == (2, [expected])

@@ -151,7 +151,8 @@ def _measure(args, runs, records, overrides_of):
     from focus_detr.analysis.flops import count_flops
     from focus_detr.analysis.inputs import dataset_inputs
     from focus_detr.analysis.timing import inference_call, time_interleaved
-    from focus_detr.engine import AtomicDetectionCheckpointer, build_model, load_config, resolve_device
+    from focus_detr.engine import build_model, load_config, resolve_device
+    from focus_detr.engine.runner import load_inference_weights
 
     device = resolve_device(args.device)
     inputs, calls = None, {}
@@ -159,7 +160,7 @@ def _measure(args, runs, records, overrides_of):
         cfg = load_config(args.config_file, overrides_of[run.variant] + list(args.opts))
         inputs = inputs or dataset_inputs(cfg, args.flop_images)
         model = build_model(cfg, device)
-        AtomicDetectionCheckpointer(model).load(os.path.join(run.folder, "model_final.pth"))
+        load_inference_weights(model, cfg, os.path.join(run.folder, "model_final.pth"))  # the evaluated weights
         model.eval()
         record["gflops"] = count_flops(model, inputs).total / 1e9
         calls[run] = inference_call(model, inputs, device)

@@ -3,27 +3,37 @@ import logging
 
 import torch
 from detectron2.config import instantiate
-from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 
+from ..analysis.selection_quality_evaluator import (
+    RESULTS_KEY,
+    SelectionQualityEvaluator,
+    TokenSelectionOutputs,
+    supports_token_selection,
+)
 from ..data import check_dataset_jsons, check_num_classes
-from .config import _dataset_names_in
+from .config import ConfigError, _dataset_names_in
 from .precision import amp_autocast, inference_amp_dtype
 
-__all__ = ["check_model_classes", "evaluate"]
+__all__ = ["check_model_classes", "evaluate", "selection_quality_enabled"]
 
 logger = logging.getLogger(__name__)
 
 
 def evaluate(cfg, model):
     """Runs ``cfg.dataloader.test`` through ``model`` (under autocast when ``train.inference_amp`` is enabled) and
-    scores it with ``cfg.dataloader.evaluator``.
+    scores it with ``cfg.dataloader.evaluator``; with ``train.selection_quality`` (the default) and a model that
+    reports its token selection (FocusDETR), also scores that selection against the ground truth
+    (:mod:`focus_detr.analysis.selection_quality`; its table goes to the log).
 
     Returns:
-        dict: e.g. ``{"bbox": {"AP": ..., "AP50": ..., ...}}`` (empty dict on non-main ranks of a DDP run).
+        dict: e.g. ``{"bbox": {"AP": ..., ...}, "selection_quality": {"object_recall/layer0": ..., ...}}`` (empty
+        dict on non-main ranks of a DDP run).
     """
     if cfg.dataloader.get("evaluator", None) is None:
         logger.warning("The config has no dataloader.evaluator: skipping evaluation")
         return {}
+    score_selection = selection_quality_enabled(cfg)
     batch_size = cfg.dataloader.test.get("batch_size", 1)
     if batch_size > 1:
         logger.warning(
@@ -34,11 +44,27 @@ def evaluate(cfg, model):
     amp_dtype = inference_amp_dtype(cfg, device)
     loader = instantiate(cfg.dataloader.test)  # loads (and checks) the test data before the evaluator reads it
     check_model_classes(model, cfg.dataloader.test)
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    if score_selection:
+        if supports_token_selection(model):
+            names = _dataset_names_in(cfg.dataloader.test)
+            evaluator = DatasetEvaluators([evaluator, SelectionQualityEvaluator(names)])
+            model = TokenSelectionOutputs(model)  # the same forward, also returning the token selection
+        else:
+            logger.info(f"{type(model).__name__} does not report its token selection: no selection quality metrics")
     with amp_autocast(device, amp_dtype):
-        results = inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))
+        results = inference_on_dataset(model, loader, evaluator)
     if results:
-        print_csv_format(results)
+        print_csv_format({task: value for task, value in results.items() if task != RESULTS_KEY})
     return results or {}
+
+
+def selection_quality_enabled(cfg) -> bool:
+    """``train.selection_quality`` (True when the config has no such entry); raises ConfigError unless a bool."""
+    enabled = (cfg.get("train", None) or {}).get("selection_quality", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"train.selection_quality must be True or False, got {enabled!r}")
+    return enabled
 
 
 def check_model_classes(model, dataloader_node):

@@ -213,7 +213,8 @@ class FocusDETR(nn.Module):
         """Detections per image, rescaled to its ``height`` x ``width`` (default: the input size).
 
         With ``return_token_selection``, each result also holds ``token_selection`` (per-token foreground logits,
-        kept and fine-grained token indices per encoder layer, level layout) and ``image_size``.
+        kept and fine-grained token indices per encoder layer, level layout), ``image_size`` (the network input's
+        ``(h, w)``) and ``padded_size`` (the padded batch's ``(H, W)``, which the token grid divides).
         """
         images = self.preprocess_image(batched_inputs)
         out = self.run_transformer(images)
@@ -228,6 +229,7 @@ class FocusDETR(nn.Module):
             entry = {"instances": instances}
             if return_token_selection:
                 entry["image_size"] = tuple(image_size)
+                entry["padded_size"] = tuple(images.tensor.shape[-2:])
                 entry["token_selection"] = token_selection_of(out, i)
             processed.append(entry)
         return processed

@@ -8,7 +8,7 @@ Variants (each a set of config overrides, printed at the start so any of them ca
 Writes into --output:
   <variant>/seed<k>/   each run: train_net.py's output (checkpoints, log.txt, metrics.json), eval/ (eval_results.json)
   ablation.csv         one row per run: AP, AP50, AP75, APs/m/l, GFLOPs, latency (median of interleaved rounds),
-                       training minutes
+                       training minutes, the last encoder layer's token-selection quality (recall, small, precision)
   ablation.md          per variant: mean and seed range, difference to full, whether it exceeds the seed spread
   ablation.png         AP against GFLOPs and against latency, seed range as error bars
 
@@ -170,7 +170,7 @@ def _measure(args, runs, records, overrides_of):
 
 
 def main(args):
-    from focus_detr.analysis.ablation import planned_runs, run_pending, variant_overrides
+    from focus_detr.analysis.ablation import planned_runs, run_pending, selection_columns, variant_overrides
     from focus_detr.analysis.ablation_report import write_csv, write_markdown, write_plot
     from focus_detr.engine import check_datasets_registered, load_config
 
@@ -204,7 +204,8 @@ def main(args):
         return []
     runs, records = [run for run, _ in finished], [record for _, record in finished]
     _measure(args, runs, records, overrides_of)
-    rows = [{**record, "variant": run.variant, "seed": run.seed} for run, record in zip(runs, records)]
+    rows = [{**record, **selection_columns(record.get("eval_results")), "variant": run.variant, "seed": run.seed}
+            for run, record in zip(runs, records)]
     title = f"Ablation of {os.path.basename(args.config_file)} ({len(runs)} runs, seeds 1-{args.seeds})"
     paths = [os.path.join(args.output, name) for name in ("ablation.csv", "ablation.md", "ablation.png")]
     write_csv(rows, paths[0])

@@ -1,4 +1,4 @@
-import json
+import math
 import os
 
 import pytest
@@ -11,6 +11,7 @@ from focus_detr.analysis.ablation import (
     planned_runs,
     read_finished_run,
     run_pending,
+    selection_columns,
     summarize_variants,
     variant_overrides,
 )
@@ -136,10 +137,20 @@ def test_summary_compares_the_seed_ranges():
     assert summary["no_top_down"]["exceeds_seed_spread"] is None  # one seed: no spread to compare
 
 
+def test_selection_columns_read_the_last_encoder_layer():
+    quality = {"object_recall/layer0": 99.0, "object_recall/layer0/small": 98.0, "foreground_precision/layer0": 40.0,
+               "object_recall/layer2": 90.0, "object_recall/layer2/small": 80.0, "foreground_precision/layer2": 60.0,
+               "object_recall/layer2/level0": 1.0}
+    assert selection_columns({"selection_quality": quality}) == {
+        "recall_last_layer": 90.0, "recall_small_last_layer": 80.0, "precision_last_layer": 60.0}
+    assert all(math.isnan(v) for v in selection_columns({"bbox": {}}).values())
+
+
 def test_reports_are_written(tmp_path):
     rows = [
         {"variant": v, "seed": s, "AP": ap, "AP50": 2 * ap, "AP75": 0.0, "APs": 0.0, "APm": ap, "APl": ap,
-         "gflops": g, "latency_ms": 50.0 + g, "train_minutes": 9.0}
+         "gflops": g, "latency_ms": 50.0 + g, "train_minutes": 9.0, "recall_last_layer": 90.0 + s * 10 / 3,
+         "recall_small_last_layer": float("nan"), "precision_last_layer": 50.0}
         for v, g in (("full", 3.0), ("dense", 4.5)) for s, ap in ((1, 5.0), (2, 4.0))
     ]
     write_csv(rows, str(tmp_path / "a.csv"))
@@ -148,5 +159,6 @@ def test_reports_are_written(tmp_path):
     assert (tmp_path / "a.csv").read_text().splitlines()[1].startswith("full,1,5.0,10.0")
     markdown = (tmp_path / "a.md").read_text()
     assert "| dense | 2 | 4.50 | 4.00-5.00 | 9.00 | 0.00 | no (within seed spread) | 4.500 |" in markdown
+    assert markdown.splitlines()[4].endswith("| 95.0 / n/a / 50.0 |")  # full: no small objects measured
     assert "`dense` (" in markdown and "`x=1`" in markdown
     assert (tmp_path / "a.png").stat().st_size > 10_000

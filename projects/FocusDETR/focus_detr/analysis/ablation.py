@@ -21,6 +21,7 @@ __all__ = [
     "variant_overrides",
     "read_finished_run",
     "write_finished_run",
+    "selection_columns",
     "summarize_variants",
 ]
 
@@ -114,6 +115,23 @@ def read_finished_run(run: AblationRun):
     if not isinstance(record, dict) or record.get("variant") != run.variant or record.get("seed") != run.seed:
         return None
     return record
+
+
+def selection_columns(eval_results: Dict) -> Dict[str, float]:
+    """The last encoder layer's token-selection quality from a run's ``eval_results`` (percent; NaN when the
+    evaluation did not measure it): object recall overall and for small objects, foreground precision."""
+    quality = (eval_results or {}).get("selection_quality") or {}
+    layers = [int(key.rsplit("layer", 1)[1]) for key in quality if key.startswith("object_recall/layer") and
+              key.count("/") == 1]
+    if not layers:
+        return {name: float("nan") for name in ("recall_last_layer", "recall_small_last_layer",
+                                                "precision_last_layer")}
+    last = f"layer{max(layers)}"
+    return {
+        "recall_last_layer": quality.get(f"object_recall/{last}", float("nan")),
+        "recall_small_last_layer": quality.get(f"object_recall/{last}/small", float("nan")),
+        "precision_last_layer": quality.get(f"foreground_precision/{last}", float("nan")),
+    }
 
 
 def _mean_and_range(values: List[float]):

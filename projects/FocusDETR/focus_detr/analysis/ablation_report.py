@@ -7,9 +7,12 @@ from typing import Dict, List
 
 from .ablation import VARIANTS, summarize_variants
 
+SELECTION_KEYS = ("recall_last_layer", "recall_small_last_layer", "precision_last_layer")
+
 __all__ = ["CSV_COLUMNS", "write_csv", "write_markdown", "write_plot"]
 
-CSV_COLUMNS = ["variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "gflops", "latency_ms", "train_minutes"]
+CSV_COLUMNS = ["variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "gflops", "latency_ms", "train_minutes",
+               "recall_last_layer", "recall_small_last_layer", "precision_last_layer"]
 
 
 def write_csv(rows: List[Dict], path: str) -> None:
@@ -33,27 +36,34 @@ def _verdict(entry):
 
 def _mean_of(rows, variant, key):
     values = [float(r[key]) for r in rows if r["variant"] == variant and r.get(key) not in ("", None)]
+    values = [v for v in values if not math.isnan(v)]
     return sum(values) / len(values) if values else float("nan")
 
 
 def write_markdown(rows: List[Dict], overrides: Dict[str, List[str]], path: str, title: str) -> None:
     """``overrides``: variant -> its ``key=value`` overrides, printed so any variant can be trained by hand."""
     lines = [f"# {title}", "", "| variant | seeds | AP mean | AP min-max | AP50 mean | difference to full (AP) | "
-             "exceeds seed spread | GFLOPs | latency ms | train min |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "exceeds seed spread | GFLOPs | latency ms | train min | recall / small / precision, last layer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     ap50 = {e["variant"]: e for e in summarize_variants(rows, "AP50")}
     for entry in summarize_variants(rows, "AP"):
         variant = entry["variant"]
+        means = {key: _mean_of(rows, variant, key) for key in ("gflops", "latency_ms", "train_minutes") + SELECTION_KEYS}
         lines.append(
             f"| {variant} | {entry['seeds']} | {_number(entry['mean'])} | {_number(entry['min'])}-"
             f"{_number(entry['max'])} | {_number(ap50[variant]['mean'])} | {_number(entry['difference'])} | "
-            f"{_verdict(entry)} | {_number(_mean_of(rows, variant, 'gflops'), 3)} | "
-            f"{_number(_mean_of(rows, variant, 'latency_ms'), 1)} | {_number(_mean_of(rows, variant, 'train_minutes'), 1)} |"
+            f"{_verdict(entry)} | {_number(means['gflops'], 3)} | {_number(means['latency_ms'], 1)} | "
+            f"{_number(means['train_minutes'], 1)} | " + " / ".join(_number(means[key], 1) for key in SELECTION_KEYS)
+            + " |"
         )
     lines += ["", "A difference exceeds the seed spread when the variant's AP range over seeds does not overlap "
-              "`full`'s. Latency: batch 1, median over interleaved rounds (every model once per round).", "",
+              "`full`'s. Latency: batch 1, median over interleaved rounds (every model once per round). The last "
+              "columns: the last encoder layer's kept tokens against ground truth (percent; docs/training.md): share "
+              "of objects with a kept token inside, of small objects, and share of kept tokens inside an object.", "",
               "## Overrides", ""]
     for variant, variant_overrides in overrides.items():
-        lines.append(f"- `{variant}` ({VARIANTS[variant]}): " + (" ".join(f"`{o}`" for o in variant_overrides) or "none"))
+        listed = " ".join(f"`{o}`" for o in variant_overrides) or "none"
+        lines.append(f"- `{variant}` ({VARIANTS[variant]}): {listed}")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -3,10 +3,12 @@
 
     python tools/export_model.py --config-file CFG --output DIR [--format onnx] [--export-method tracing]
         [--opset 17] [--msda-form grid_sample|gather] [--sample-size H W] [--verify-sizes HxW ...]
-        [--benchmark HxW ...] [--compare-msda-forms] [--threads 2] [--seed 0] [key=value ...]
+        [--benchmark HxW ...] [--compare-msda-forms] [--evaluate] [--threads 2] [--seed 0] [key=value ...]
+    python tools/export_model.py --config-file CFG --output DIR --onnx DIR0/model.onnx --evaluate [key=value ...]
 
-Builds the model, loads ``train.init_checkpoint`` (ours or an official detrex file; empty = random weights, with a
-warning), traces it on one CPU image of ``--sample-size`` and writes ``DIR/model.onnx`` and ``DIR/model.json``
+Builds the model, loads ``train.init_checkpoint`` (ours or an official detrex file; the EMA weights it carries when
+the config evaluates with them; empty = random weights, with a warning), traces it on one CPU image of
+``--sample-size`` and writes ``DIR/model.onnx`` and ``DIR/model.json``
 (input format, pixel mean/std, class names, keep ratios, opset, versions, export time, file size). The graph takes a
 uint8 ``image`` ``(3, H, W)`` of any size (batch 1) and returns ``boxes`` ``(K, 4)`` xyxy input pixels (clipped to the
 image, as the PyTorch model's are), ``scores``, ``labels`` and the token counts; run it with
@@ -21,12 +23,22 @@ status is 1. ``--benchmark`` times onnxruntime against PyTorch at each size, int
 ``--threads`` threads for both, and writes ``DIR/benchmark.json``; ``--compare-msda-forms`` times the other
 deformable-attention form(s) in the same rounds. Random weights (empty ``train.init_checkpoint``) are seeded by ``--seed``.
 
-Example:
+``--evaluate`` then scores the graph and the PyTorch model with COCO AP on the config's test set
+(``dataloader.test`` + ``dataloader.evaluator``, as ``train_net.py --eval-only``), prints both and their difference
+(AP, AP50, AP75, APs/m/l) and writes ``DIR/evaluation.json`` (the evaluators' files under ``DIR/evaluation/``).
+``--onnx FILE --evaluate`` scores an existing graph instead of exporting one (PyTorch: the config's weights).
+
+Examples:
     python tools/export_model.py --config-file configs/focus_detr_r50_4scale_12ep.py --output output/onnx_r50 \
         --benchmark 800x1333 480x640 train.init_checkpoint=""
+    python tools/export_model.py --config-file configs/focus_detr_r18_trees.py --output output/onnx_trees \
+        --sample-size 352 416 --evaluate train.init_checkpoint=output/main_job/model_final.pth
 """
 import argparse
+import contextlib
+import io
 import json
+import math
 import os
 import statistics
 import sys
@@ -36,14 +48,19 @@ import torch
 from detectron2.data import MetadataCatalog
 
 from focus_detr.analysis.inputs import synthetic_inputs
-from focus_detr.engine import AtomicDetectionCheckpointer, build_model, load_config
+from focus_detr.engine import build_model, check_datasets_registered, load_config
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.runner import load_inference_weights
 from focus_detr.export import (
     DEFAULT_OPSET,
     QUERY_RANKING_OUTPUT,
     ForcedQueryRanking,
     OnnxPredictor,
+    ap_table,
+    compare_ap,
+    config_input_format,
+    evaluate_onnx_and_pytorch,
     export_metadata,
     export_onnx,
     match_detections,
@@ -82,6 +99,10 @@ def parse_args(argv=None):
                         help="time onnxruntime against PyTorch at these sizes (interleaved)")
     parser.add_argument("--compare-msda-forms", action="store_true",
                         help="also export the other MSDA form(s) (DIR/model_<form>.onnx) and time them in the benchmark")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="COCO AP of the graph and of PyTorch on the config's test set (DIR/evaluation.json)")
+    parser.add_argument("--onnx", metavar="FILE", default=None,
+                        help="with --evaluate: score this existing graph instead of exporting one")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and onnxruntime")
@@ -96,13 +117,6 @@ def _class_names(cfg):
         return MetadataCatalog.get(names if isinstance(names, str) else names[0]).get("thing_classes", None)
     except (AttributeError, KeyError):
         return None
-
-
-def _input_format(cfg):
-    try:
-        return cfg.dataloader.test.mapper.img_format
-    except (AttributeError, KeyError):
-        return "RGB"
 
 
 def check_graph(path):
@@ -172,29 +186,40 @@ def benchmark(model, predictors, sizes, warmup, repeats):
     return rows
 
 
-def main(args):
-    require_packages("onnx", "onnxruntime")
+def _check_arguments(args):
     if args.opset < 16:
         raise ValueError(f"--opset must be >= 16 (GridSample), got {args.opset}")
     if args.warmup < 0 or args.repeats < 1 or args.threads < 1:
         raise ValueError("--warmup must be >= 0, --repeats and --threads >= 1")
-    torch.set_num_threads(args.threads)
-    cfg = load_config(args.config_file, args.opts)
+    if args.onnx is not None:
+        if not args.evaluate:
+            raise ValueError("--onnx FILE scores an existing graph: add --evaluate (without --onnx the tool exports one)")
+        export_only = [flag for flag, given in (("--verify-sizes", args.verify_sizes), ("--benchmark", args.benchmark),
+                                                ("--compare-msda-forms", args.compare_msda_forms)) if given]
+        if export_only:
+            raise ValueError(f"{', '.join(export_only)} check a graph as it is exported: drop --onnx to export one")
+        if not os.path.isfile(args.onnx):
+            raise FileNotFoundError(f"ONNX model not found: {args.onnx}")
+
+
+def _load_model(cfg, args, init_checkpoint):
     torch.manual_seed(args.seed)
     model = build_model(cfg, "cpu")
-    init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
     if init_checkpoint:
-        AtomicDetectionCheckpointer(model).load(init_checkpoint)
+        load_inference_weights(model, cfg, init_checkpoint)  # the EMA weights where evaluation uses them
     else:
-        print("warning: train.init_checkpoint is empty: exporting a randomly initialised model", file=sys.stderr)
-    model.eval()
+        doing = "evaluating PyTorch with" if args.onnx else "exporting"
+        print(f"warning: train.init_checkpoint is empty: {doing} a randomly initialised model", file=sys.stderr)
+    return model.eval()
 
-    os.makedirs(args.output, exist_ok=True)
+
+def export(model, cfg, args, init_checkpoint):
+    """Writes DIR/model.onnx and DIR/model.json; returns the graph's path and the traced sample."""
     path = os.path.join(args.output, "model.onnx")
     sample = synthetic_inputs(*args.sample_size)[0]
     seconds = export_onnx(model, path, sample["image"], args.opset, args.msda_form)
     check_graph(path)
-    metadata = export_metadata(model, args.opset, args.msda_form, _input_format(cfg), _class_names(cfg))
+    metadata = export_metadata(model, args.opset, args.msda_form, config_input_format(cfg), _class_names(cfg))
     metadata.update(
         config_file=args.config_file,
         init_checkpoint=init_checkpoint,
@@ -206,7 +231,11 @@ def main(args):
         json.dump(metadata, f, indent=2)
     print(f"wrote {path} ({metadata['file_size_mib']} MiB, exported in {seconds:.1f} s, opset {args.opset}, "
           f"MSDA as {args.msda_form}) and model.json")
+    return path, sample
 
+
+def verify(model, path, args):
+    """Compares the graph with PyTorch at the sample size and each --verify-sizes; returns the sizes that differ."""
     predictor = OnnxPredictor(path, num_threads=args.threads, spin_wait=False, query_ranking=True)
     failures = []
     for height, width in [tuple(args.sample_size)] + list(args.verify_sizes):
@@ -214,27 +243,89 @@ def main(args):
         print(line)
         if not ok:
             failures.append(f"{height}x{width}")
+    return failures
 
-    if args.benchmark:
-        del predictor  # the benchmark times the graph as written, without the ranking output
-        # onnxruntime's waiting threads would slow down the PyTorch runs in between (tiny config: 2x and more)
-        predictors = {"onnxruntime": OnnxPredictor(path, num_threads=args.threads, spin_wait=False)}
-        if args.compare_msda_forms:
-            for form in MSDA_ONNX_FORMS:
-                if form != args.msda_form:
-                    other = os.path.join(args.output, f"model_{form}.onnx")
-                    export_onnx(model, other, sample["image"], args.opset, form)
-                    predictors[f"onnxruntime_{form}"] = OnnxPredictor(other, num_threads=args.threads, spin_wait=False)
-        rows = benchmark(model, predictors, args.benchmark, args.warmup, args.repeats)
-        names = list(predictors)
-        header = "".join(f"{n + ' ms':>{len(n) + 5}}" for n in names)
-        print(f"{'size':<12}{'pytorch ms':>12}{header}{'speed-up':>10}   ({args.threads} threads, median of "
-              f"{args.repeats}, interleaved; onnxruntime: MSDA as {args.msda_form})")
-        for row in rows:
-            cells = "".join(f"{row[n + '_ms']:>{len(n) + 5}.0f}" for n in names)
-            print(f"{row['size']:<12}{row['pytorch_ms']:>12.0f}{cells}{row['speedup']:>9.2f}x")
-        with open(os.path.join(args.output, "benchmark.json"), "w") as f:
-            json.dump({"threads": args.threads, "msda_form": args.msda_form, "rows": rows}, f, indent=2)
+
+def report_benchmark(model, path, sample, args):
+    # onnxruntime's waiting threads would slow down the PyTorch runs in between (tiny config: 2x and more)
+    predictors = {"onnxruntime": OnnxPredictor(path, num_threads=args.threads, spin_wait=False)}
+    if args.compare_msda_forms:
+        for form in MSDA_ONNX_FORMS:
+            if form != args.msda_form:
+                other = os.path.join(args.output, f"model_{form}.onnx")
+                export_onnx(model, other, sample["image"], args.opset, form)
+                predictors[f"onnxruntime_{form}"] = OnnxPredictor(other, num_threads=args.threads, spin_wait=False)
+    rows = benchmark(model, predictors, args.benchmark, args.warmup, args.repeats)
+    names = list(predictors)
+    header = "".join(f"{n + ' ms':>{len(n) + 5}}" for n in names)
+    print(f"{'size':<12}{'pytorch ms':>12}{header}{'speed-up':>10}   ({args.threads} threads, median of "
+          f"{args.repeats}, interleaved; onnxruntime: MSDA as {args.msda_form})")
+    for row in rows:
+        cells = "".join(f"{row[n + '_ms']:>{len(n) + 5}.0f}" for n in names)
+        print(f"{row['size']:<12}{row['pytorch_ms']:>12.0f}{cells}{row['speedup']:>9.2f}x")
+    with open(os.path.join(args.output, "benchmark.json"), "w") as f:
+        json.dump({"threads": args.threads, "msda_form": args.msda_form, "rows": rows}, f, indent=2)
+
+
+def _json_number(value):
+    return None if math.isnan(value) else value
+
+
+def report_evaluation(cfg, model, path, args, init_checkpoint):
+    """COCO AP of the graph and of PyTorch on the config's test set: printed, and written to DIR/evaluation.json."""
+    predictor = OnnxPredictor(path, num_threads=args.threads, spin_wait=False)
+    exported_from = predictor.metadata.get("init_checkpoint")
+    if exported_from is not None and os.path.realpath(exported_from or "") != os.path.realpath(init_checkpoint or ""):
+        print(f"warning: {path} was exported from {exported_from or 'random weights'!r} (its model.json), PyTorch "
+              f"runs {init_checkpoint or 'random weights'!r}: their AP differ for that reason too", file=sys.stderr)
+    folder = os.path.join(args.output, "evaluation")
+    print("evaluating PyTorch, then the graph, on the config's test set ...", flush=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its own tables of each run; ours follows
+        results = evaluate_onnx_and_pytorch(
+            cfg, model, predictor, {runtime: os.path.join(folder, runtime) for runtime in ("pytorch", "onnx")}
+        )
+    dataset = cfg.dataloader.test.dataset.names
+    dataset = dataset if isinstance(dataset, str) else ",".join(dataset)
+    threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
+    print(ap_table(results, f"COCO box AP on {dataset} ({results['num_images']} images, CPU, {threads}):"))
+    report = {
+        "config_file": args.config_file,
+        "init_checkpoint": init_checkpoint,
+        "graph": path,
+        "dataset": dataset,
+        "num_images": results["num_images"],
+        **{runtime: {k: _json_number(v) for k, v in results[runtime].items()} for runtime in ("pytorch", "onnx")},
+        "onnx_minus_pytorch": {k: _json_number(v) for k, v in compare_ap(results).items()},
+    }
+    json_path = os.path.join(args.output, "evaluation.json")
+    with open(json_path, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {json_path}")
+    return report
+
+
+def main(args):
+    """Returns the sizes where the exported graph and PyTorch differ (empty with --onnx: nothing is exported)."""
+    require_packages("onnx", "onnxruntime")
+    _check_arguments(args)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config_file, args.opts)
+    if args.evaluate:  # before the export: a config that cannot be evaluated fails in seconds
+        if cfg.get("dataloader", None) is None or cfg.dataloader.get("test", None) is None:
+            raise ValueError(f"{args.config_file} has no dataloader.test: --evaluate needs a test set")
+        check_datasets_registered(cfg.dataloader.test)
+    init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
+    model = _load_model(cfg, args, init_checkpoint)
+    os.makedirs(args.output, exist_ok=True)
+
+    failures = []
+    if args.onnx is None:
+        path, sample = export(model, cfg, args, init_checkpoint)
+        failures = verify(model, path, args)
+        if args.benchmark:
+            report_benchmark(model, path, sample, args)
+    if args.evaluate:
+        report_evaluation(cfg, model, args.onnx or path, args, init_checkpoint)
     if failures:
         # Query-ranking ties are taken into account above; a near-tie at the edge of a foreground or fine-grained
         # token set (rarer: one edge per set) could still change a few detections. Anything more is a problem.

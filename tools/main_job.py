@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The README's first command (``make demo``): train the small Focus-DETR on the embedded tree-crown data on this
-CPU, evaluate COCO AP on ``trees_val`` next to a trivial baseline, draw detections and token pictures, and print
-where everything is.
+CPU, evaluate COCO AP on ``trees_val`` next to a trivial baseline, draw detections, token pictures and the training
+curves, and print where everything is.
 
     python tools/main_job.py                      # ~10 minutes on 2 CPU cores
     python tools/main_job.py --resume             # continue an interrupted run from its last checkpoint
@@ -75,6 +75,7 @@ def _run_job(args):
     from detectron2.data import DatasetCatalog
 
     from focus_detr.analysis.baseline import evaluate_grid_baseline
+    from focus_detr.analysis.training_curves import plot_training_curves, read_metrics
     from focus_detr.engine import check_datasets_registered, load_config
 
     torch.set_num_threads(args.threads if args.threads > 0 else (os.cpu_count() or 1))
@@ -111,6 +112,9 @@ def _run_job(args):
          "--opts", *overrides, f"train.init_checkpoint={final_checkpoint}"]
     ))
 
+    curves = plot_training_curves(read_metrics(os.path.join(output, "metrics.json")),
+                                  os.path.join(output, "training_curves.png"))
+
     summary = {
         "config_file": args.config_file,
         "train_minutes": train_minutes,
@@ -121,6 +125,7 @@ def _run_job(args):
         "baseline_box_size": box_size,
         "checkpoint": final_checkpoint,
         "pictures": pictures,
+        "training_curves": curves,
     }
     with open(os.path.join(output, "main_job_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -135,6 +140,7 @@ def _run_job(args):
     print(f"checkpoint:          {final_checkpoint}")
     print(f"training log:        {os.path.join(output, 'log.txt')}  (metrics: metrics.json, TensorBoard: tensorboard --logdir {output})")
     print(f"evaluation:          {os.path.join(output, 'eval_results.json')}")
+    print(f"training curves:     {curves}  (losses, learning rate, AP; again: python tools/plot_metrics.py {output})")
     print(f"pictures:            {pictures_dir}/  ({len(pictures)} PNG files: *_detections, *_foreground, *_tokens)")
     print(f"summary:             {os.path.join(output, 'main_job_summary.json')}")
     print("=" * 78)

@@ -3,34 +3,41 @@
 ratios (no retraining: the ratios are read at run time) and writes a CSV plus a PNG with AP vs GFLOPs and AP vs
 latency. A dense point (every keep ratio 1.0, a DINO-like encoder) is added unless ``--no-dense``.
 
-Each row: the foreground keep ratio, the cascade ratios used, COCO AP / AP50 / AP75 on the config's test set, GFLOPs
-(mean over the first ``--flop-images`` test images) and the median batch-1 latency on ``--device``.
+Each row, in keep-ratio order: the foreground keep ratio, the cascade ratios used, COCO AP / AP50 / AP75 on the
+config's test set, GFLOPs (mean over the first ``--flop-images`` test images) and the median batch-1 latency on
+``--device`` over ``--latency-repeats`` (>= 5) rounds; each round runs every setting once in turn on the same test
+image (cycling through the first ``--latency-images``), so a busy spell of the machine slows all settings alike. With
+the dense point, each setting's time is also given as the median of its per-round ratios to the dense time.
 
 Example:
     python tools/sweep_keep_ratio.py --config-file configs/focus_detr_r18_trees.py --output output/sweep \
-        --keep-ratios 0.2 0.3 0.5 0.7 train.init_checkpoint=output/focus_detr_r18_trees/model_final.pth
+        --keep-ratios 0.1 0.2 0.3 0.5 0.7 --latency-repeats 15 --threads 1 \
+        train.init_checkpoint=output/main_job/model_final.pth
 """
 import argparse
-import csv
 import os
 import sys
 
-from focus_detr.analysis.flops import count_flops
+import torch
+
 from focus_detr.analysis.inputs import dataset_inputs
-from focus_detr.analysis.keep_ratios import dense_keep_ratios, foreground_selector_of, keep_ratios_applied
+from focus_detr.analysis.keep_ratio_sweep import (
+    MIN_LATENCY_REPEATS,
+    sweep_keep_ratios,
+    write_sweep_csv,
+    write_sweep_plot,
+)
+from focus_detr.analysis.keep_ratios import keep_ratio_settings
 from focus_detr.engine import (
-    AtomicDetectionCheckpointer,
     build_model,
     check_datasets_registered,
-    evaluate,
     inference_amp_dtype,
     load_config,
     resolve_device,
 )
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
-
-CSV_COLUMNS = ["setting", "keep_ratio", "cascade_keep_ratios", "AP", "AP50", "AP75", "gflops", "latency_ms"]
+from focus_detr.engine.runner import load_inference_weights
 
 
 def parse_args(argv=None):
@@ -42,53 +49,26 @@ def parse_args(argv=None):
                         help="cascade keep ratios for every setting (default: the config's)")
     parser.add_argument("--no-dense", action="store_true", help="do not add the dense (all 1.0) point")
     parser.add_argument("--flop-images", type=int, default=10)
-    parser.add_argument("--latency-images", type=int, default=5, help="0 skips latency")
-    parser.add_argument("--latency-warmup", type=int, default=2)
+    parser.add_argument("--latency-images", type=int, default=5, help="test images the latency rounds cycle "
+                        "through; 0 skips latency")
+    parser.add_argument("--latency-repeats", type=int, default=MIN_LATENCY_REPEATS,
+                        help=f"interleaved rounds per setting (>= {MIN_LATENCY_REPEATS}; the latency is their median)")
+    parser.add_argument("--latency-warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads (0: torch's default); 1 times steadiest on a machine other work shares")
     add_overrides_argument(parser)
     return parse_args_with_overrides(parser, argv)
 
 
-def _settings(model, args):
-    cascade = args.cascade if args.cascade is not None else list(foreground_selector_of(model).cascade_keep_ratios)
-    settings = [(f"keep {r:g}", r, cascade) for r in args.keep_ratios]
-    if not args.no_dense:
-        settings.append(("dense",) + dense_keep_ratios(model))
-    return settings
-
-
-def _latency_ms(model, inputs, device, warmup, amp_dtype):
-    from focus_detr.analysis.timing import inference_latency
-
-    return inference_latency(model, inputs, device, warmup, len(inputs), amp_dtype)["median_ms"]
-
-
-def write_plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with_latency = all(row["latency_ms"] != "" for row in rows)
-    fig, axes = plt.subplots(1, 2 if with_latency else 1, figsize=(11 if with_latency else 5.5, 4.2), squeeze=False)
-    axes = axes[0]
-    for axis, x_key, x_label in [(axes[0], "gflops", "GFLOPs")] + ([(axes[1], "latency_ms", "latency (ms, batch 1)")] if with_latency else []):
-        ordered = sorted(rows, key=lambda row: row[x_key])
-        axis.plot([row[x_key] for row in ordered], [row["AP"] for row in ordered], "o-", color="tab:blue")
-        for row in rows:
-            axis.annotate(row["setting"], (row[x_key], row["AP"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        axis.set_xlabel(x_label)
-        axis.set_ylabel("COCO AP")
-        axis.grid(alpha=0.3)
-    axes[0].set_title("AP vs GFLOPs")
-    if with_latency:
-        axes[1].set_title("AP vs latency")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(args):
+    if args.latency_images > 0 and args.latency_repeats < MIN_LATENCY_REPEATS:
+        raise ValueError(f"--latency-repeats must be at least {MIN_LATENCY_REPEATS} (its median is the latency), "
+                         f"got {args.latency_repeats}")
+    if args.latency_warmup < 0 or args.latency_images < 0 or args.threads < 0:
+        raise ValueError("--latency-warmup, --latency-images and --threads must be >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)
     if "dataloader" not in cfg:
         raise ValueError(f"{args.config_file} has no dataloader to evaluate on")
@@ -101,43 +81,32 @@ def main(args):
     amp_dtype = inference_amp_dtype(cfg, device)  # latency in the precision the evaluation runs in
     model = build_model(cfg, device)
     if cfg.train.init_checkpoint:
-        AtomicDetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+        load_inference_weights(model, cfg, cfg.train.init_checkpoint)  # EMA weights where evaluation uses them
     else:
         print("warning: train.init_checkpoint is empty: sweeping randomly initialised weights", file=sys.stderr)
     model.eval()
+    settings = keep_ratio_settings(model, args.keep_ratios, args.cascade, dense=not args.no_dense)
     flop_inputs = dataset_inputs(cfg, args.flop_images)
-    latency_inputs = flop_inputs[: args.latency_images] if args.latency_images > 0 else []
+    latency_inputs = flop_inputs[: args.latency_images]
 
-    rows = []
-    for name, keep_ratio, cascade in _settings(model, args):
-        with keep_ratios_applied(model, keep_ratio, cascade):
-            metrics = evaluate(cfg, model).get("bbox", {})
-            gflops = count_flops(model, flop_inputs).total / 1e9
-            latency = ""
-            if latency_inputs:
-                latency = _latency_ms(model, latency_inputs, device, args.latency_warmup, amp_dtype)
-        rows.append(
-            {
-                "setting": name,
-                "keep_ratio": keep_ratio,
-                "cascade_keep_ratios": " ".join(f"{r:g}" for r in cascade),
-                "AP": metrics.get("AP", float("nan")),
-                "AP50": metrics.get("AP50", float("nan")),
-                "AP75": metrics.get("AP75", float("nan")),
-                "gflops": gflops,
-                "latency_ms": latency,
-            }
-        )
-        print(f"{name:>10}: AP {rows[-1]['AP']:.2f}  AP50 {rows[-1]['AP50']:.2f}  GFLOPs {gflops:.3f}"
-              + (f"  latency {latency:.1f} ms" if latency != "" else ""))
+    rows = sweep_keep_ratios(cfg, model, settings, flop_inputs, latency_inputs, device, args.latency_warmup,
+                             args.latency_repeats, amp_dtype)
+    latency = (f"latency ms, x dense (medians of {args.latency_repeats} interleaved rounds)" if latency_inputs else "")
+    print(f"{'setting':>10}  {'cascade':<14}{'AP':>7}{'AP50':>7}{'GFLOPs':>9}  {latency}")
+    for row in rows:
+        cells = ""
+        if latency_inputs:
+            ratio = f"{row['latency_vs_dense']:.2f}x" if row["latency_vs_dense"] != "" else ""
+            cells = f"{row['latency_ms']:>8.1f}  {ratio}"
+        print(f"{row['setting']:>10}  {row['cascade_keep_ratios']:<14}{row['AP']:>7.2f}{row['AP50']:>7.2f}"
+              f"{row['gflops']:>9.3f}  {cells}")
 
     csv_path = os.path.join(args.output, "sweep.csv")
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_sweep_csv(rows, csv_path)
     png_path = os.path.join(args.output, "sweep.png")
-    write_plot(rows, png_path)
+    threads = torch.get_num_threads()
+    where = f"{device}, {threads} thread{'s' if threads > 1 else ''}" if torch.device(device).type == "cpu" else device
+    write_sweep_plot(rows, png_path, title=f"{os.path.basename(args.config_file)}: keep-ratio sweep on {where}")
     print(f"wrote {csv_path}\nwrote {png_path}")
     return rows
 

@@ -99,6 +99,7 @@ def test_sweep_writes_csv_and_plot_in_keep_ratio_order(toy_dataset, tmp_path, ca
     assert rows[0]["cascade_keep_ratios"] == rows[1]["cascade_keep_ratios"] == "1 0.8"
     assert float(rows[0]["gflops"]) < float(rows[1]["gflops"])
     assert all(row["AP"] != "" and float(row["latency_ms"]) > 0 and row["latency_repeats"] == "5" for row in rows)
+    assert all(row["latency_vs_dense"] == "" for row in rows)  # no dense point to divide by
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
     capfd.readouterr()
     argv = ["--config-file", TINY_TOY_CONFIG, "--output", str(tmp_path / "x"), "--latency-repeats", "3"]

@@ -58,5 +58,8 @@ def test_main_job_trains_evaluates_and_draws(toy_dataset, tmp_path, capsys):
     assert summary["model"]["AP50"] is not None and summary["grid_baseline"]["AP50"] is not None
     assert len(summary["pictures"]) == 3 and all(os.path.isfile(p) for p in summary["pictures"])
     assert os.path.isfile(summary["checkpoint"])
+    assert summary["training_curves"] == str(tmp_path / "training_curves.png")
+    assert os.path.getsize(summary["training_curves"]) > 20_000
     out = capsys.readouterr().out
     assert "trivial grid baseline" in out and str(tmp_path) in out
+    assert f"training curves:     {tmp_path / 'training_curves.png'}" in out

@@ -1,7 +1,19 @@
-"""Changing the foreground / cascade keep ratios of a built model for evaluation (no retraining needed)."""
+"""Changing the foreground / cascade keep ratios of a built model for evaluation (no retraining needed), the
+settings of a keep-ratio sweep, and their latency timed interleaved."""
 import contextlib
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["foreground_selector_of", "keep_ratios_applied", "dense_keep_ratios"]
+from .timing import inference_call, time_interleaved
+
+__all__ = [
+    "KeepRatioSetting",
+    "dense_keep_ratios",
+    "foreground_selector_of",
+    "interleaved_latencies",
+    "keep_ratio_settings",
+    "keep_ratios_applied",
+]
 
 
 def foreground_selector_of(model):
@@ -28,3 +40,56 @@ def keep_ratios_applied(model, keep_ratio=None, cascade_keep_ratios=None):
         yield selector
     finally:
         selector.keep_ratio, selector.cascade_keep_ratios = saved
+
+
+@dataclass(frozen=True)
+class KeepRatioSetting:
+    """One point of a sweep: a foreground keep ratio and the cascade ratios (one per encoder layer)."""
+
+    name: str
+    keep_ratio: float
+    cascade_keep_ratios: Tuple[float, ...]
+
+    def applied(self, model):
+        return keep_ratios_applied(model, self.keep_ratio, list(self.cascade_keep_ratios))
+
+
+def keep_ratio_settings(
+    model, keep_ratios: Sequence[float], cascade: Optional[Sequence[float]] = None, dense: bool = True
+) -> List[KeepRatioSetting]:
+    """``keep k`` for each of ``keep_ratios`` with ``cascade`` (default: the model's), plus ``dense`` (every ratio
+    1.0), sorted by keep ratio (then cascade ratios: the dense point after ``keep 1``). Each is checked against the
+    model's selector now; a setting given twice is refused."""
+    cascade = tuple(cascade if cascade is not None else foreground_selector_of(model).cascade_keep_ratios)
+    settings = [KeepRatioSetting(f"keep {r:g}", float(r), tuple(float(c) for c in cascade)) for r in keep_ratios]
+    if dense:
+        keep_ratio, dense_cascade = dense_keep_ratios(model)
+        settings.append(KeepRatioSetting("dense", keep_ratio, tuple(dense_cascade)))
+    seen = {}
+    for setting in settings:
+        key = (setting.keep_ratio, setting.cascade_keep_ratios)
+        if key in seen:
+            raise ValueError(f"keep-ratio sweep: {setting.name!r} and {seen[key]!r} are the same setting "
+                             f"(keep {setting.keep_ratio:g}, cascade {list(setting.cascade_keep_ratios)})")
+        seen[key] = setting.name
+        with setting.applied(model):  # a ratio outside (0, 1] or a wrong cascade length: one line now, not later
+            pass
+    return sorted(settings, key=lambda s: (s.keep_ratio, s.cascade_keep_ratios))
+
+
+def interleaved_latencies(
+    model, settings: Sequence[KeepRatioSetting], inputs, device, warmup: int, repeats: int, amp_dtype=None
+) -> Dict[str, List[float]]:
+    """Seconds per batch-1 inference of each setting over ``repeats`` rounds; each round runs every setting once
+    in turn on the same image (round r: ``inputs[r % len(inputs)]``), so a busy or slow spell of the machine hits
+    all settings alike. Returns setting name -> seconds per round."""
+    calls = {}
+    for setting in settings:
+        run = inference_call(model, inputs, device, amp_dtype)
+
+        def timed(setting=setting, run=run):
+            with setting.applied(model):
+                run()
+
+        calls[setting.name] = timed
+    return time_interleaved(calls, device, warmup, repeats)

@@ -1,5 +1,7 @@
-"""Deployment: ONNX export of the inference path (one graph, any input size, batch 1) and an onnxruntime predictor."""
+"""Deployment: ONNX export of the inference path (one graph, any input size, batch 1), an onnxruntime predictor and
+the graph's COCO AP next to PyTorch's."""
 from .compare import match_detections
+from .evaluation import AP_KEYS, OnnxAsModel, ap_table, compare_ap, config_input_format, evaluate_onnx_and_pytorch
 from .onnx_export import (
     DEFAULT_OPSET,
     INPUT_NAME,
@@ -13,6 +15,7 @@ from .predictor import OnnxPredictor
 from .ranking import QUERY_RANKING_OUTPUT, RANK_REL_TOL, ForcedQueryRanking, graph_with_query_ranking
 
 __all__ = [
+    "AP_KEYS",
     "DEFAULT_OPSET",
     "INPUT_NAME",
     "OUTPUT_NAMES",
@@ -20,7 +23,12 @@ __all__ = [
     "RANK_REL_TOL",
     "ExportableFocusDETR",
     "ForcedQueryRanking",
+    "OnnxAsModel",
     "OnnxPredictor",
+    "ap_table",
+    "compare_ap",
+    "config_input_format",
+    "evaluate_onnx_and_pytorch",
     "export_metadata",
     "export_onnx",
     "graph_with_query_ranking",

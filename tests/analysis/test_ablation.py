@@ -14,6 +14,7 @@ from focus_detr.analysis.ablation import (
     selection_columns,
     summarize_variants,
     variant_overrides,
+    write_finished_run,
 )
 from focus_detr.analysis.ablation_report import write_csv, write_markdown, write_plot
 from focus_detr.engine import build_model, load_config
@@ -118,7 +119,16 @@ def test_a_run_another_invocation_holds_is_left_to_it(tmp_path):
     with open(os.path.join(runs[0].folder, ".ablation_run.lock"), "a") as held:  # as another invocation holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         records = run_pending(runs, lambda run: {"AP": 1.0}, log=lambda line: None)
-    assert records[0] is None and records[1]["AP"] == 1.0
+        assert records[0] is None and records[1]["AP"] == 1.0
+
+        def train_while_the_other_finishes(run):
+            write_finished_run(runs[0], {"AP": 3.0})  # the other invocation finishes its run meanwhile
+            return {"AP": 1.0}
+
+        os.remove(runs[1].record_path)
+        records = run_pending(runs, train_while_the_other_finishes, log=lambda line: None)
+    assert [r["AP"] for r in records] == [3.0, 1.0]  # its record is picked up at the end
+    os.remove(runs[0].record_path)
     assert run_pending(runs, lambda run: {"AP": 2.0}, log=lambda line: None)[0]["AP"] == 2.0  # released: it runs
 
 

@@ -180,7 +180,7 @@ def run_pending(runs: Sequence[AblationRun], train_and_evaluate, log=print) -> L
     """Calls ``train_and_evaluate(run) -> record`` for each run not finished yet, marking it finished after; runs
     already finished are skipped (so an interrupted study resumes where it stopped), and so are runs another
     invocation of the study is working on (so several invocations share the runs between them). Returns each run's
-    record, None for a run left to another invocation."""
+    record, None for a run left to another invocation and still unfinished at the end."""
     records = []
     for number, run in enumerate(runs, 1):
         where = f"run {number}/{len(runs)}: {run.variant}, seed {run.seed}"
@@ -197,4 +197,5 @@ def run_pending(runs: Sequence[AblationRun], train_and_evaluate, log=print) -> L
                 elif not claimed:
                     log(f"[ablation] {where}: another invocation is running it, skipped")
         records.append(record)
-    return records
+    # runs left to another invocation may have finished while this one worked through the list
+    return [record or read_finished_run(run) for run, record in zip(runs, records)]

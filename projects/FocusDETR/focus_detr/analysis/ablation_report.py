@@ -79,14 +79,17 @@ def write_plot(rows: List[Dict], path: str, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     colours = plt.get_cmap("tab10")
     for axis, (key, label) in zip(axes, axes_spec):
-        for number, entry in enumerate(summary):
-            x = _mean_of(rows, entry["variant"], key)
+        xs = [_mean_of(rows, entry["variant"], key) for entry in summary]
+        # variants with (nearly) the same cost would hide each other's error bars: spread them sideways a little
+        nudge = 0.006 * (max(xs) - min(xs) if len(xs) > 1 and max(xs) > min(xs) else 1.0)
+        for number, (entry, x) in enumerate(zip(summary, xs)):
             if math.isnan(x):
                 continue
+            x += nudge * (number - (len(summary) - 1) / 2)
             error = [[entry["mean"] - entry["min"]], [entry["max"] - entry["mean"]]]
             axis.errorbar([x], [entry["mean"]], yerr=error, fmt="o", capsize=4, color=colours(number % 10),
                           label=f"{entry['variant']} ({entry['seeds']} seed{'s' if entry['seeds'] > 1 else ''})")
-        axis.set_xlabel(label)
+        axis.set_xlabel(label + " (markers nudged sideways to stay apart)")
         axis.set_ylabel("COCO AP (mean; bars: min-max over seeds)")
         axis.grid(alpha=0.3)
     axes[0].set_title("AP vs GFLOPs")

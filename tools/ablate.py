@@ -101,7 +101,7 @@ def _check(status, what, run, log_path):
             raise KeyboardInterrupt(f"ablation stopped during {what} of {run.variant}, seed {run.seed}; run the same "
                                     "command again to resume")
         raise ChildProcessError(f"{what} of {run.variant}, seed {run.seed} failed (exit status {status}): "
-                           f"{_last_line(log_path)} (full output: {log_path})")
+                                f"{_last_line(log_path)} (full output: {log_path})")
 
 
 def _train_and_evaluate(args, overrides_of):

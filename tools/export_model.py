@@ -51,6 +51,7 @@ from focus_detr.analysis.inputs import synthetic_inputs
 from focus_detr.engine import build_model, check_datasets_registered, load_config
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.predictor import input_format
 from focus_detr.engine.runner import load_inference_weights
 from focus_detr.export import (
     DEFAULT_OPSET,
@@ -59,7 +60,6 @@ from focus_detr.export import (
     OnnxPredictor,
     ap_table,
     compare_ap,
-    config_input_format,
     evaluate_onnx_and_pytorch,
     export_metadata,
     export_onnx,
@@ -219,7 +219,7 @@ def export(model, cfg, args, init_checkpoint):
     sample = synthetic_inputs(*args.sample_size)[0]
     seconds = export_onnx(model, path, sample["image"], args.opset, args.msda_form)
     check_graph(path)
-    metadata = export_metadata(model, args.opset, args.msda_form, config_input_format(cfg), _class_names(cfg))
+    metadata = export_metadata(model, args.opset, args.msda_form, input_format(cfg), _class_names(cfg))
     metadata.update(
         config_file=args.config_file,
         init_checkpoint=init_checkpoint,

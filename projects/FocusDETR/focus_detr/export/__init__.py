@@ -1,7 +1,7 @@
 """Deployment: ONNX export of the inference path (one graph, any input size, batch 1), an onnxruntime predictor and
 the graph's COCO AP next to PyTorch's."""
 from .compare import match_detections
-from .evaluation import AP_KEYS, OnnxAsModel, ap_table, compare_ap, config_input_format, evaluate_onnx_and_pytorch
+from .evaluation import AP_KEYS, OnnxAsModel, ap_table, compare_ap, evaluate_onnx_and_pytorch
 from .onnx_export import (
     DEFAULT_OPSET,
     INPUT_NAME,
@@ -27,7 +27,6 @@ __all__ = [
     "OnnxPredictor",
     "ap_table",
     "compare_ap",
-    "config_input_format",
     "evaluate_onnx_and_pytorch",
     "export_metadata",
     "export_onnx",

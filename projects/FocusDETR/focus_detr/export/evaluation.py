@@ -11,9 +11,10 @@ from typing import Dict, List, Optional
 from torch import nn
 
 from ..engine.evaluation import evaluate
+from ..engine.predictor import input_format
 from .predictor import OnnxPredictor
 
-__all__ = ["AP_KEYS", "OnnxAsModel", "ap_table", "compare_ap", "evaluate_onnx_and_pytorch", "config_input_format"]
+__all__ = ["AP_KEYS", "OnnxAsModel", "ap_table", "compare_ap", "evaluate_onnx_and_pytorch"]
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -42,20 +43,13 @@ class OnnxAsModel(nn.Module):
         return outputs
 
 
-def config_input_format(cfg) -> str:
-    """The channel order the config's test loader gives the model (``RGB`` when the config does not say)."""
-    try:
-        return cfg.dataloader.test.mapper.img_format
-    except (AttributeError, KeyError):
-        return "RGB"
-
-
 def _check_graph_fits_config(cfg, predictor: OnnxPredictor) -> None:
     graph_format = (predictor.metadata.get("input") or {}).get("format")
-    if graph_format is not None and graph_format != config_input_format(cfg):
+    config_format = input_format(cfg)
+    if graph_format is not None and graph_format != config_format:
         raise ValueError(
             f"{predictor.path} takes {graph_format} images (its model.json) but the config's test loader gives "
-            f"{config_input_format(cfg)}: export the graph from this config"
+            f"{config_format}: export the graph from this config"
         )
 
 

@@ -86,22 +86,15 @@ def _stop_on_sigterm_too():
     signal.signal(signal.SIGTERM, stop)
 
 
-def _last_line(path):
-    try:
-        with open(path, errors="replace") as f:
-            lines = [line.strip() for line in f if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
-
-
 def _check(status, what, run, log_path):
+    from focus_detr.engine.training_process import last_error
+
     if status != 0:
         if status in (130, 143, -2, -15):
             raise KeyboardInterrupt(f"ablation stopped during {what} of {run.variant}, seed {run.seed}; run the same "
                                     "command again to resume")
         raise ChildProcessError(f"{what} of {run.variant}, seed {run.seed} failed (exit status {status}): "
-                                f"{_last_line(log_path)} (full output: {log_path})")
+                                f"{last_error(log_path)} (full output: {log_path})")
 
 
 def _train_and_evaluate(args, overrides_of):
@@ -150,7 +143,7 @@ def _measure(args, runs, records, overrides_of):
     finished run's model once per round) of each finished run; adds them to its record."""
     from focus_detr.analysis.flops import count_flops
     from focus_detr.analysis.inputs import dataset_inputs
-    from focus_detr.analysis.timing import inference_call, time_interleaved
+    from focus_detr.analysis.timing import inference_call, summarize, time_interleaved
     from focus_detr.engine import build_model, load_config, resolve_device
     from focus_detr.engine.runner import load_inference_weights
 
@@ -166,7 +159,7 @@ def _measure(args, runs, records, overrides_of):
         calls[run] = inference_call(model, inputs, device)
     seconds = time_interleaved(calls, device, warmup=1, repeats=args.latency_rounds)
     for run, record in zip(runs, records):
-        record["latency_ms"] = 1000 * sorted(seconds[run])[len(seconds[run]) // 2]
+        record["latency_ms"] = summarize(seconds[run])["median_ms"]
 
 
 def main(args):

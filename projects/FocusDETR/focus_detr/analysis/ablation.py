@@ -6,13 +6,14 @@ its evaluation in ``eval/``, and ``ablation_run.json`` once both are done, which
 invocations of one study share its runs: each takes the next run that is neither finished nor being run.
 """
 import contextlib
-import fcntl
 import json
 import math
 import os
 import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
+
+from ..engine.output_lock import OutputDirInUseError, OutputDirLock
 
 __all__ = [
     "VARIANTS",
@@ -164,16 +165,20 @@ def summarize_variants(rows: List[Dict], metric: str = "AP", reference: str = "f
 
 @contextlib.contextmanager
 def _claimed(run: AblationRun):
-    """Yields whether this process holds ``run``'s claim (a kernel lock on ``.ablation_run.lock`` in its folder, gone
-    when the holder dies however it dies): False when another invocation of the same study is working on it."""
+    """Yields whether this process holds ``run``'s claim (the folder lock of :class:`OutputDirLock` on its own
+    ``.ablation_run.lock``, beside the one its training takes): False when another invocation of the same study is
+    working on it."""
     os.makedirs(run.folder, exist_ok=True)
-    with open(os.path.join(run.folder, ".ablation_run.lock"), "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+    claim = OutputDirLock(run.folder, key="ablation run folder", lock_name=".ablation_run.lock")
+    try:
+        claim.acquire()
+    except OutputDirInUseError:
+        yield False
+        return
+    try:
         yield True
+    finally:
+        claim.release()
 
 
 def run_pending(runs: Sequence[AblationRun], train_and_evaluate, log=print) -> List[Optional[Dict]]:

@@ -74,12 +74,13 @@ class OutputDirLock:
     Args:
         folder (str): an existing folder.
         key (str): how the user names the folder (the config key or the option), for messages.
+        lock_name (str): the lock file's name; another name is another lock on the same folder.
     """
 
-    def __init__(self, folder, key="train.output_dir"):
+    def __init__(self, folder, key="train.output_dir", lock_name=LOCK_FILE_NAME):
         self.folder = folder
         self.key = key
-        self.path = os.path.join(folder, LOCK_FILE_NAME)
+        self.path = os.path.join(folder, lock_name)
         self._descriptor = None
 
     def acquire(self):

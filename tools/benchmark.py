@@ -47,7 +47,7 @@ from detectron2.config import LazyConfig, instantiate
 
 from focus_detr.analysis.dispatch_counts import dispatch_counts
 from focus_detr.analysis.flops import executed_multiply_adds
-from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
+from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs, synthetic_training_batch
 from focus_detr.analysis.timing import (
     inference_call,
     median_ratio,
@@ -68,7 +68,6 @@ from focus_detr.engine import (
 )
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
-from detectron2.structures import Boxes, Instances
 
 
 def parse_args(argv=None):
@@ -100,21 +99,6 @@ def parse_args(argv=None):
     parser.add_argument("--json", metavar="PATH")
     add_overrides_argument(parser)
     return parse_args_with_overrides(parser, argv)
-
-
-def _training_batch(height, width, batch_size, num_boxes, num_classes, seed=0):
-    """Synthetic images with ``num_boxes`` random boxes each (classes < num_classes), as a dataset mapper would
-    deliver."""
-    generator = torch.Generator().manual_seed(seed)
-    batch = []
-    for item in synthetic_inputs(height, width, batch_size, seed=seed):
-        xy = torch.rand(num_boxes, 2, generator=generator) * torch.tensor([width * 0.7, height * 0.7])
-        wh = (torch.rand(num_boxes, 2, generator=generator) * 0.25 + 0.05) * torch.tensor([width, height])
-        instances = Instances((height, width))
-        instances.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
-        instances.gt_classes = torch.randint(0, num_classes, (num_boxes,), generator=generator)
-        batch.append({**item, "instances": instances})
-    return batch
 
 
 def _interleaved_with_yardstick(function, yardstick, device, warmup, repeats, fp32_function=None):
@@ -286,7 +270,7 @@ def main(args):
         rows.append((f"inference (batch {args.batch_size})", described, results["inference"]))
     if "train" in args.tasks:
         num_classes = getattr(getattr(model, "module", model), "num_classes", 1)
-        batch = _training_batch(height, width, args.train_batch_size, args.train_boxes, num_classes)
+        batch = synthetic_training_batch(height, width, args.train_batch_size, args.train_boxes, num_classes)
         batch = [{**x, "image": x["image"].to(device)} for x in batch]
         yardstick = resnet50_yardstick(height, width, device)
         optimizer = _optimizer_of(cfg, model)

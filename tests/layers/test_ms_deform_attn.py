@@ -104,6 +104,16 @@ def test_forward_on_borders_and_pixel_centres(backend):
 
 
 @needs_cpu_kernel
+@pytest.mark.parametrize("channels", [8, 16, 5])
+def test_cpu_kernel_matches_oracle_at_compiled_and_other_head_widths(channels):
+    # 8 and 16 channels per head run a kernel compiled for that width; others the general one
+    inputs = make_inputs(LAYOUTS["multi_level_non_square_with_1x1"], queries=300, heads=3, channels=channels, points=3,
+                         low=-0.3, high=1.3)
+    torch.testing.assert_close(multi_scale_deformable_attention(*inputs, backend="cpu"), oracle(*inputs), rtol=0,
+                               atol=1e-10)
+
+
+@needs_cpu_kernel
 def test_cpu_kernel_float32_matches_reference():
     inputs = make_inputs([(10, 13), (5, 7), (3, 4), (2, 2)], batch=2, queries=300, heads=4, channels=32,
                          points=4, dtype=torch.float32)

@@ -11,6 +11,7 @@ from torch import nn
 from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
 from ..layers.frozen_bn_folding import enable_frozen_bn_folding
 from ..layers.mlp import MLP
+from ..layers.group_norm import use_channels_last_group_norm
 from ..layers.position_embedding import PositionEmbeddingSine
 from ..layers.traced_shapes import capped_count
 from .criterion import FocusDETRCriterion
@@ -72,6 +73,10 @@ class FocusDETR(nn.Module):
         if fold_frozen_batchnorm:
             enable_frozen_bn_folding(backbone)
         self.backbone_channels_last = backbone_channels_last
+        if backbone_channels_last:
+            # Weights in the images' layout: oneDNN would otherwise reorder every convolution's weight on every call.
+            backbone.to(memory_format=torch.channels_last)
+            use_channels_last_group_norm(backbone)
         self.neck = neck
         self.position_embedding = position_embedding
         self.transformer = transformer

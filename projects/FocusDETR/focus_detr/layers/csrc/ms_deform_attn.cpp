@@ -2,6 +2,7 @@
 // The Python layer (ms_deform_attn_op.py) wraps these in the torch.library op `focus_detr::ms_deform_attn`.
 #include <torch/extension.h>
 
+#include "group_norm.h"
 #include "ms_deform_attn.h"
 
 namespace focus_detr {
@@ -86,11 +87,14 @@ bool has_cuda() {
 }  // namespace focus_detr
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Focus-DETR multi-scale deformable attention kernels (CPU, and CUDA when built with nvcc)";
+  m.doc() = "Focus-DETR kernels: multi-scale deformable attention (CPU, and CUDA when built with nvcc), channels-last GroupNorm backward (CPU)";
   m.def("ms_deform_attn_forward", &focus_detr::forward,
         "MSDA forward: (value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> "
         "output (B, Q, H*C)");
   m.def("ms_deform_attn_backward", &focus_detr::backward,
         "MSDA backward: (..., grad_output) -> [grad_value, grad_sampling_locations, grad_attention_weights]");
   m.def("has_cuda", &focus_detr::has_cuda, "whether the CUDA kernel was compiled in");
+  m.def("group_norm_channels_last_backward", &focus_detr::group_norm_channels_last_backward_cpu,
+        "GroupNorm backward, channels-last CPU input: (grad_output, input, mean, rstd, gamma or None, groups, "
+        "output_mask) -> [grad_input, grad_gamma, grad_beta]");
 }

@@ -24,7 +24,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from focus_detr.analysis.inputs import dataset_inputs, synthetic_training_batch
+from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs, synthetic_training_batch
 from focus_detr.analysis.timing import time_interleaved
 from focus_detr.engine import load_config
 from focus_detr.engine.cli import run_reporting_errors
@@ -39,6 +39,8 @@ def parse_args(argv=None):
     parser.add_argument("--config-file", default="configs/focus_detr_r18_trees.py", metavar="FILE")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", type=int, default=9, help="test images per inference round (one per call)")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="infer on --images synthetic images of this size instead of the config's test set")
     parser.add_argument("--train-size", type=int, nargs=2, default=[352, 352], metavar=("H", "W"))
     parser.add_argument("--train-batch-size", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per task (median of their ratios)")
@@ -163,14 +165,15 @@ def main(args):
         old_model = build_revision_model(configs, args.config_file, new_model.state_dict())
         print(f"{args.config_file}: the working tree against {args.rev} (imported as {name}), {args.threads} threads")
         if "inference" in args.tasks:
-            inputs = dataset_inputs(cfg, args.images)
+            inputs = (synthetic_inputs(*args.input_size, args.images) if args.input_size
+                      else dataset_inputs(cfg, args.images))
             old_model.eval(), new_model.eval()
 
             def run(model):
                 with torch.no_grad():
                     return [model([item])[0] for item in inputs]
 
-            print(f"inference on {len(inputs)} test images, one per call: largest difference of boxes/scores "
+            print(f"inference on {len(inputs)} images, one per call: largest difference of boxes/scores "
                   f"{_max_output_difference(run(old_model), run(new_model)):.3g}")
             _report("inference", time_interleaved({"old": lambda: run(old_model), "new": lambda: run(new_model)},
                                                   "cpu", 1, args.rounds), args.rounds)

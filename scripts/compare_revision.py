@@ -28,6 +28,7 @@ from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs, synthet
 from focus_detr.analysis.timing import time_interleaved
 from focus_detr.engine import load_config
 from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.runner import load_inference_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "projects/FocusDETR/focus_detr"
@@ -37,6 +38,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rev", required=True, help="the earlier commit (anything git rev-parse takes)")
     parser.add_argument("--config-file", default="configs/focus_detr_r18_trees.py", metavar="FILE")
+    parser.add_argument("--weights", default="", metavar="FILE",
+                        help="weights for both (e.g. the main job's model_final.pth); default: random, seed 0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", type=int, default=9, help="test images per inference round (one per call)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
@@ -159,7 +162,9 @@ def main(args):
     # the earlier commit's data config looks for the datasets next to its own copy otherwise
     os.environ.setdefault("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
     cfg = load_config(args.config_file)
+    torch.manual_seed(0)
     new_model = instantiate(cfg.model)
+    load_inference_weights(new_model, cfg, args.weights)
     with tempfile.TemporaryDirectory() as workdir:
         name, configs = import_revision(args.rev, workdir)
         old_model = build_revision_model(configs, args.config_file, new_model.state_dict())

@@ -40,7 +40,9 @@ class FocusDETR(nn.Module):
         fold_frozen_batchnorm: fold the backbone's FrozenBatchNorm layers into the convolutions before them, at
             inference and in training (same state dict; outputs and gradients equal up to float rounding).
         backbone_channels_last: feed the backbone channels-last (NHWC) images, the layout oneDNN convolutions run
-            fastest in on CPUs (same results up to float rounding); for convolutional backbones.
+            fastest in on CPUs (same results up to float rounding); for convolutional backbones. Its weights are
+            stored channels-last too, and its ``nn.GroupNorm`` layers become :class:`~focus_detr.layers.group_norm.
+            GroupNorm` (same parameters and state dict, a fast backward on that layout).
     """
 
     def __init__(

@@ -165,6 +165,24 @@ void forward_kernel(const scalar_t* __restrict__ value, const std::vector<Level>
   });
 }
 
+// a . b over n values as four interleaved partial sums (one vector register), added pairwise at the end: a single
+// running sum makes every addition wait for the previous one, which was the backward's bottleneck. A fixed order,
+// so the same bits for any thread count.
+template <typename scalar_t>
+inline scalar_t dot_product(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t n) {
+  scalar_t lane[4] = {0, 0, 0, 0};
+  int64_t c = 0;
+  for (; c + 4 <= n; c += 4) {
+    lane[0] += a[c] * b[c];
+    lane[1] += a[c + 1] * b[c + 1];
+    lane[2] += a[c + 2] * b[c + 2];
+    lane[3] += a[c + 3] * b[c + 3];
+  }
+  scalar_t sum = (lane[0] + lane[1]) + (lane[2] + lane[3]);
+  for (; c < n; ++c) sum += a[c] * b[c];
+  return sum;
+}
+
 template <typename scalar_t>
 void backward_kernel(const scalar_t* __restrict__ value, const std::vector<Level>& levels,
                      const scalar_t* __restrict__ locations, const scalar_t* __restrict__ weights,
@@ -202,11 +220,8 @@ void backward_kernel(const scalar_t* __restrict__ value, const std::vector<Level
               const scalar_t* __restrict__ v = value + level_offset + fp.token[k] * token_stride;
               scalar_t* __restrict__ gv = grad_value + level_offset + fp.token[k] * token_stride;
               const scalar_t coef = *w * fp.weight[k];
-              scalar_t dot = 0;
-              for (int64_t c = 0; c < channels; ++c) {
-                dot += go[c] * v[c];
-                gv[c] += coef * go[c];
-              }
+              for (int64_t c = 0; c < channels; ++c) gv[c] += coef * go[c];
+              const scalar_t dot = dot_product(go, v, channels);
               sum_weight += fp.weight[k] * dot;
               sum_dx += fp.dweight_dx[k] * dot;
               sum_dy += fp.dweight_dy[k] * dot;

@@ -117,6 +117,10 @@ def import_revision(rev, workdir):
 def build_revision_model(configs, config_file, state_dict):
     """The earlier commit's model of the same config (its own config files), loaded with ``state_dict``."""
     relative = os.path.relpath(os.path.abspath(config_file), os.path.join(REPO, "configs"))
+    if relative.startswith(os.pardir):
+        raise ValueError(f"--config-file {config_file} is not in {REPO}/configs, so the commit has no copy of it")
+    if not os.path.isfile(os.path.join(configs, relative)):
+        raise ValueError(f"the commit has no configs/{relative}")
     old_cfg = LazyConfig.load(os.path.join(configs, relative))
     model = instantiate(old_cfg.model)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)

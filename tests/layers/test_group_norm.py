@@ -7,7 +7,8 @@ from torch import nn
 from focus_detr.layers import group_norm
 from focus_detr.layers.group_norm import GroupNorm, use_channels_last_group_norm
 
-needs_kernel = pytest.mark.skipif(group_norm._KERNEL is None, reason="focus_detr.layers._C without the GroupNorm kernel")
+needs_kernel = pytest.mark.skipif(group_norm._KERNEL is None,
+                                  reason="focus_detr.layers._C without the GroupNorm kernel")
 
 
 def _pair(groups, channels, dtype=torch.float64, affine=True, seed=0):
@@ -29,7 +30,8 @@ def _outputs_and_grads(module, x, grad):
 
 
 @needs_kernel
-@pytest.mark.parametrize("shape,groups", [((2, 32, 9, 11), 32), ((3, 12, 5, 7), 4), ((1, 8, 1, 6), 2), ((2, 6, 4, 4), 1)])
+@pytest.mark.parametrize("shape,groups",
+                         [((2, 32, 9, 11), 32), ((3, 12, 5, 7), 4), ((1, 8, 1, 6), 2), ((2, 6, 4, 4), 1)])
 @pytest.mark.parametrize("affine", [True, False])
 def test_channels_last_gradients_match_nn_group_norm(shape, groups, affine):
     reference, ours = _pair(groups, shape[1], affine=affine)

@@ -10,8 +10,8 @@ from torch import nn
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
 from ..layers.frozen_bn_folding import enable_frozen_bn_folding
-from ..layers.mlp import MLP
 from ..layers.group_norm import use_channels_last_group_norm
+from ..layers.mlp import MLP
 from ..layers.position_embedding import PositionEmbeddingSine
 from ..layers.traced_shapes import capped_count
 from .criterion import FocusDETRCriterion
@@ -41,8 +41,9 @@ class FocusDETR(nn.Module):
             inference and in training (same state dict; outputs and gradients equal up to float rounding).
         backbone_channels_last: feed the backbone channels-last (NHWC) images, the layout oneDNN convolutions run
             fastest in on CPUs (same results up to float rounding); for convolutional backbones. Its weights are
-            stored channels-last too, and its ``nn.GroupNorm`` layers become :class:`~focus_detr.layers.group_norm.
-            GroupNorm` (same parameters and state dict, a fast backward on that layout).
+            stored channels-last too, and its ``nn.GroupNorm`` layers become
+            :class:`~focus_detr.layers.group_norm.GroupNorm` (same parameters and state dict, a fast backward on
+            that layout).
     """
 
     def __init__(

@@ -195,7 +195,8 @@ void backward_kernel(const scalar_t* __restrict__ value, const std::vector<Level
   // memory, so going through them together reads and writes whole stretches (1.19x faster at 8 heads x 16 channels
   // than one task per head). Sums run per (value token, head) in query order whatever the grouping, so the result
   // does not depend on the thread count.
-  const int64_t head_groups = std::min(d.heads, std::max<int64_t>(1, (at::get_num_threads() + d.batch - 1) / d.batch));
+  const int64_t tasks_per_image = (at::get_num_threads() + d.batch - 1) / d.batch;
+  const int64_t head_groups = std::min(d.heads, std::max<int64_t>(1, tasks_per_image));
   const int64_t heads_per_task = (d.heads + head_groups - 1) / head_groups;
   at::parallel_for(0, d.batch * head_groups, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {

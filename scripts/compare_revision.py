@@ -25,7 +25,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs, synthetic_training_batch
-from focus_detr.analysis.timing import time_interleaved
+from focus_detr.analysis.timing import median_ratio, time_interleaved
 from focus_detr.engine import load_config
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.runner import load_inference_weights
@@ -156,7 +156,7 @@ def _training_step(model, optimizer, batch, seed):
 
 def _report(task, seconds, rounds):
     old, new = seconds["old"], seconds["new"]
-    ratio = statistics.median(o / n for o, n in zip(old, new))
+    ratio = median_ratio(old, new)
     print(f"{task}: earlier {statistics.median(old) * 1000:.1f} ms, now {statistics.median(new) * 1000:.1f} ms "
           f"(medians of {rounds}); now is {ratio:.3f}x faster (median of per-round old/new ratios)")
 

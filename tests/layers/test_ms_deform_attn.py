@@ -6,7 +6,13 @@ import os
 import pytest
 import torch
 
-from focus_detr.layers.ms_deform_attn import MultiScaleDeformableAttention
+from focus_detr.layers.ms_deform_attn import (
+    MultiScaleDeformableAttention,
+    SamplingReference,
+    box_reference,
+    per_point_rows,
+    point_reference,
+)
 from focus_detr.layers.ms_deform_attn_backends import BACKEND_ENV_VAR, available_backends, select_backend
 from focus_detr.layers.ms_deform_attn_op import OP_NAME, multi_scale_deformable_attention
 from focus_detr.layers.ms_deform_attn_reference import multi_scale_deformable_attention_pytorch
@@ -412,6 +418,50 @@ def test_module_cpu_kernel_matches_reference_backend():
     module.backend = "pytorch"
     b = module(query, value, refs, spatial_shapes, level_start_index)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_per_point_rows_repeat_each_level_pair_for_its_points():
+    per_level = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)  # (Nq=2, L=3, 2)
+    rows = per_point_rows(per_level, 4)
+    assert rows.shape == (2, 3 * 4 * 2)
+    for q in range(2):
+        for level in range(3):
+            for point in range(4):
+                start = (level * 4 + point) * 2
+                assert rows[q, start:start + 2].tolist() == per_level[q, level].tolist()
+
+
+@pytest.mark.parametrize("box_refs", [False, True])
+def test_module_sampling_reference_gives_the_same_bits_as_reference_tensors(box_refs):
+    """The encoder and decoder hand over prepared rows (built once per forward); the module must then compute the
+    very same sampling locations as from its (B, Nq, L, k) references."""
+    module, query, value, refs, spatial_shapes, level_start_index = _module_and_inputs(box_refs)
+    query_pos = torch.randn_like(query)
+    if box_refs:
+        # the decoder's form: one box per query, scaled per level (valid ratios)
+        boxes = refs[:, :, 0]
+        valid_ratios = torch.rand(2, 2, 2, dtype=torch.float64) * 0.5 + 0.5
+        refs = boxes[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
+        prepared = box_reference(boxes, per_point_rows(valid_ratios, module.num_points)[:, None])
+    else:
+        prepared = point_reference(refs, spatial_shapes, module.num_points)
+    assert prepared.boxes == box_refs
+    from_tensor = module(query, value, refs, spatial_shapes, level_start_index, query_pos=query_pos)
+    from_rows = module(query, value, prepared, spatial_shapes, level_start_index, query_pos=query_pos)
+    assert torch.equal(from_rows, from_tensor)
+
+
+def test_module_rejects_sampling_reference_of_other_queries():
+    module, query, value, refs, spatial_shapes, level_start_index = _module_and_inputs(False)
+    prepared = point_reference(refs[:, :4], spatial_shapes, module.num_points)
+    with pytest.raises(ValueError, match=r"SamplingReference for \(2, 5\) queries"):
+        module(query, value, prepared, spatial_shapes, level_start_index)
+    wrong_points = point_reference(refs, spatial_shapes, module.num_points + 1)
+    with pytest.raises(ValueError, match="3 points needs rows"):
+        module(query, value, wrong_points, spatial_shapes, level_start_index)
+    as_boxes = SamplingReference(prepared.origin, prepared.extent, boxes=True)
+    with pytest.raises(ValueError, match="needs rows"):
+        module(query, value, as_boxes, spatial_shapes, level_start_index)
 
 
 MODULE_BAD_INPUTS = {

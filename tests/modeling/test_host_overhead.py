@@ -37,6 +37,22 @@ def test_inference_after_the_first_call_at_a_size_reads_only_the_detection_count
         assert dispatch_counts(lambda: model(batch)).syncs == 1
 
 
+# Operators of one tiny-model inference at 96x128 after a warm-up (745 before the sampling rows were built once per
+# forward). Each is host work, and a kernel launch on a GPU: a change that adds some should say so by raising this.
+TINY_INFERENCE_OPERATORS = 706
+
+
+def test_inference_operator_count_does_not_grow():
+    model = _model()
+    items = [_image(96, 128)]
+    with torch.no_grad():
+        model(items)
+        operators = dispatch_counts(lambda: model(items)).operators
+    assert operators <= TINY_INFERENCE_OPERATORS, (
+        f"{operators} operators per tiny inference, up from {TINY_INFERENCE_OPERATORS}: see docs/benchmarks.md"
+    )
+
+
 def test_reused_layouts_give_the_detections_of_freshly_built_ones(monkeypatch):
     model = _model()
     items = [_image(96, 128)]

@@ -1,14 +1,65 @@
 """The multi-scale deformable attention module (Deformable-DETR / detrex semantics) on top of the op in
 :mod:`focus_detr.layers.ms_deform_attn_op`. Shapes in :mod:`focus_detr.layers.ms_deform_attn_reference`."""
+import dataclasses
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from .ms_deform_attn_op import multi_scale_deformable_attention
 
-__all__ = ["MultiScaleDeformableAttention"]
+__all__ = ["MultiScaleDeformableAttention", "SamplingReference", "per_point_rows", "point_reference", "box_reference"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingReference:
+    """Where a deformable attention samples around, as one row of ``L * P * 2`` values per query (each level's
+    ``(x, y)`` pair repeated for its P points): the form its sampling locations are computed in. A caller that
+    samples from the same references in several calls builds this once (:func:`point_reference`,
+    :func:`box_reference`) instead of each call expanding its ``(B, Nq, L, k)`` references again.
+
+    Attributes:
+        origin: ``(B, Nq, L*P*2)`` the reference points, or the boxes' centres.
+        extent: for points, each level's offset normaliser ``(w_l, h_l)`` as ``(1, 1, L*P*2)`` (offsets are in pixels
+            of the level); for boxes, their ``(w, h)`` as ``(B, Nq, L*P*2)`` (offsets are in half box sizes over P).
+        boxes: whether the references are boxes.
+    """
+
+    origin: Tensor
+    extent: Tensor
+    boxes: bool
+
+
+def per_point_rows(per_level: Tensor, num_points: int) -> Tensor:
+    """``(..., L, 2)`` -> ``(..., L*P*2)``: each level's pair repeated for the P points, as contiguous rows.
+
+    The sampling locations are computed on such rows rather than by broadcasting per-(level, point) factors over an
+    innermost dimension of 2, which runs the element loop 2 at a time (about 9x slower); each element still sees the
+    same operations in the same order."""
+    expanded = per_level.unsqueeze(-2).expand(*([-1] * (per_level.dim() - 1)), num_points, -1)
+    return expanded.flatten(-3)
+
+
+def point_reference(reference_points: Tensor, spatial_shapes: Tensor, num_points: int) -> SamplingReference:
+    """reference_points ``(B, Nq, L, 2)`` normalised ``(x, y)``; spatial_shapes ``(L, 2)`` integer ``(h, w)``."""
+    normalizer = spatial_shapes.flip(-1).to(reference_points.device)  # (w_l, h_l), integer as the offsets divide
+    return SamplingReference(
+        per_point_rows(reference_points, num_points), per_point_rows(normalizer, num_points)[None, None], boxes=False
+    )
+
+
+def box_reference(boxes: Tensor, level_scale_rows: Tensor) -> SamplingReference:
+    """boxes ``(B, Nq, 4)`` normalised ``(cx, cy, w, h)``, each level's box being ``boxes`` times that level's scale
+    (the valid ratio of a padded image); level_scale_rows ``(B, 1, L*P*2)`` those scales as :func:`per_point_rows`.
+
+    Repeating the box and scaling it per row gives the same values as scaling it per level and expanding."""
+    repeats = level_scale_rows.shape[-1] // 2
+    return SamplingReference(
+        boxes[..., :2].repeat(1, 1, repeats) * level_scale_rows,
+        boxes[..., 2:].repeat(1, 1, repeats) * level_scale_rows,
+        boxes=True,
+    )
 
 
 class MultiScaleDeformableAttention(nn.Module):
@@ -84,7 +135,7 @@ class MultiScaleDeformableAttention(nn.Module):
         self,
         query: Tensor,
         value: Optional[Tensor],
-        reference_points: Tensor,
+        reference_points: Union[Tensor, SamplingReference],
         spatial_shapes: Tensor,
         level_start_index: Tensor,
         query_pos: Optional[Tensor] = None,
@@ -96,7 +147,8 @@ class MultiScaleDeformableAttention(nn.Module):
             query: ``(B, Nq, E)``.
             value: ``(B, Nv, E)`` flattened pyramid (levels concatenated); None means ``query``.
             reference_points: ``(B, Nq, L, 2)`` normalised ``(x, y)`` points, or ``(B, Nq, L, 4)`` boxes
-                ``(cx, cy, w, h)``; offsets are scaled by the level size resp. by half the box size / P.
+                ``(cx, cy, w, h)``; offsets are scaled by the level size resp. by half the box size / P. Or the
+                same as a :class:`SamplingReference`.
             spatial_shapes: ``(L, 2)`` integer ``(h, w)``; level_start_index: ``(L,)``.
             query_pos: ``(B, Nq, E)`` added to ``query`` for offsets/weights only.
             key_padding_mask: ``(B, Nv)`` bool, True = padding; padded value tokens are zeroed.
@@ -112,6 +164,8 @@ class MultiScaleDeformableAttention(nn.Module):
             query = query + query_pos
         if not torch.jit.is_tracing():
             self._check_forward_inputs(query, value, reference_points, spatial_shapes, key_padding_mask)
+        if not isinstance(reference_points, SamplingReference):
+            reference_points = self.sampling_reference(reference_points, spatial_shapes)
         batch, num_queries, _ = query.shape
         num_values = value.shape[1]
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
@@ -125,20 +179,16 @@ class MultiScaleDeformableAttention(nn.Module):
             value = value.masked_fill_(key_padding_mask.reshape(batch * num_values, 1), 0.0)
         value = value.view(batch, num_values, heads, self.embed_dim // heads)
         query_rows = query.reshape(batch * num_queries, self.embed_dim)  # 2-D: each Linear is one matrix product
-        offsets = self.sampling_offsets(query_rows).view(batch, num_queries, heads, levels, points, 2)
+        # offsets (B*Nq, H, L*P*2) against the per-query rows of the reference (see per_point_rows)
+        offsets = self.sampling_offsets(query_rows).view(batch * num_queries, heads, levels * points * 2)
         weights = self.attention_weights(query_rows).view(batch, num_queries, heads, levels * points)
         weights = weights.softmax(-1).view(batch, num_queries, heads, levels, points)
-        # The per-(level, point) factors are expanded to rows of L * P * 2 before the elementwise ops: broadcasting
-        # them over an innermost dimension of 2 runs the element loop 2 at a time (about 9x slower); each element
-        # still sees the same operations in the same order.
-        offsets = offsets.view(batch * num_queries, heads, levels * points * 2)
-        if reference_points.shape[-1] == 2:
-            # offsets are in pixels of each level: normalise by (w_l, h_l)
-            normalizer = spatial_shapes.flip(-1).to(offsets.device).view(levels, 1, 2)  # (w_l, h_l)
-            locations = self._per_point(reference_points, 0, 2) + offsets / self._per_point(normalizer, 0, 2)
+        origin = reference_points.origin.reshape(batch * num_queries, 1, -1)
+        if reference_points.boxes:
+            extent = reference_points.extent.reshape(batch * num_queries, 1, -1)
+            locations = origin + offsets / points * extent * 0.5
         else:
-            corner = self._per_point(reference_points, 0, 2)
-            locations = corner + offsets / points * self._per_point(reference_points, 2, 4) * 0.5
+            locations = origin + offsets / reference_points.extent
         locations = locations.view(batch, num_queries, heads, levels, points, 2)
         output = multi_scale_deformable_attention(
             value.contiguous(),
@@ -152,28 +202,42 @@ class MultiScaleDeformableAttention(nn.Module):
         output = self.output_proj(output)
         return self.dropout(output) + identity
 
-    def _per_point(self, per_level: Tensor, start: int, stop: int) -> Tensor:
-        """``per_level[..., start:stop]`` (``(L, 1, 2)`` or ``(B, Nq, L, k)``, ``stop - start == 2``) repeated over
-        the P points as contiguous rows: ``(1, 1, L*P*2)`` resp. ``(B*Nq, 1, L*P*2)``."""
-        levels, points = self.num_levels, self.num_points
-        rows = per_level.reshape(-1, levels, 1, per_level.shape[-1])[..., start:stop]
-        return rows.expand(-1, levels, points, 2).reshape(-1, 1, levels * points * 2)
+    def sampling_reference(self, reference_points: Tensor, spatial_shapes: Tensor) -> SamplingReference:
+        """``(B, Nq, L, 2)`` points or ``(B, Nq, L, 4)`` boxes (see :meth:`forward`) as a :class:`SamplingReference`
+        for this module's number of points."""
+        if reference_points.shape[-1] == 2:
+            return point_reference(reference_points, spatial_shapes, self.num_points)
+        return SamplingReference(
+            per_point_rows(reference_points[..., :2], self.num_points),
+            per_point_rows(reference_points[..., 2:], self.num_points),
+            boxes=True,
+        )
 
     def _check_forward_inputs(self, query, value, reference_points, spatial_shapes, key_padding_mask) -> None:
         if query.dim() != 3 or query.shape[-1] != self.embed_dim:
             raise ValueError(f"query must be (B, Nq, {self.embed_dim}), got {tuple(query.shape)}")
         if value.dim() != 3 or value.shape[-1] != self.embed_dim or value.shape[0] != query.shape[0]:
             raise ValueError(f"value must be (B={query.shape[0]}, Nv, {self.embed_dim}), got {tuple(value.shape)}")
-        expected = (query.shape[0], query.shape[1], self.num_levels)
-        if (
-            reference_points.dim() != 4
-            or tuple(reference_points.shape[:3]) != expected
-            or reference_points.shape[-1] not in (2, 4)
-        ):
-            raise ValueError(
-                f"reference_points must be {expected + (2,)} points or {expected + (4,)} boxes, "
-                f"got {tuple(reference_points.shape)}"
-            )
+        if isinstance(reference_points, SamplingReference):
+            rows = (query.shape[0], query.shape[1], self.num_levels * self.num_points * 2)
+            extent = rows if reference_points.boxes else (1, 1, rows[2])
+            if tuple(reference_points.origin.shape) != rows or tuple(reference_points.extent.shape) != extent:
+                raise ValueError(
+                    f"reference_points: a SamplingReference for {rows[:2]} queries, {self.num_levels} levels and "
+                    f"{self.num_points} points needs rows {rows} and {extent}, got "
+                    f"{tuple(reference_points.origin.shape)} and {tuple(reference_points.extent.shape)}"
+                )
+        else:
+            expected = (query.shape[0], query.shape[1], self.num_levels)
+            if (
+                reference_points.dim() != 4
+                or tuple(reference_points.shape[:3]) != expected
+                or reference_points.shape[-1] not in (2, 4)
+            ):
+                raise ValueError(
+                    f"reference_points must be {expected + (2,)} points or {expected + (4,)} boxes, "
+                    f"got {tuple(reference_points.shape)}"
+                )
         if spatial_shapes.dim() != 2 or tuple(spatial_shapes.shape) != (self.num_levels, 2):
             raise ValueError(f"spatial_shapes must be ({self.num_levels}, 2), got {tuple(spatial_shapes.shape)}")
         if key_padding_mask is not None:

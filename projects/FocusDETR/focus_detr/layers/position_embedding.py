@@ -9,16 +9,25 @@ from torch import nn
 
 @functools.lru_cache(maxsize=16)
 def _sine_frequencies(num_feats: int, temperature: float, device: torch.device) -> torch.Tensor:
-    """``temperature ** (2 * floor(i / 2) / num_feats)`` for ``i < num_feats`` -> ``(num_feats,)`` float32, made once
-    per setting and device (shared: never modify it; a plain tensor even if first made under inference mode)."""
+    """The ``num_feats / 2`` distinct ``temperature ** (2 * floor(i / 2) / num_feats)`` of ``i < num_feats`` (features
+    2j and 2j + 1 share one: the sine and the cosine of the same angle) -> ``(num_feats / 2,)`` float32, made once per
+    setting and device (shared: never modify it; a plain tensor even if first made under inference mode)."""
     with torch.inference_mode(False):
         dim_t = torch.arange(num_feats, dtype=torch.float32, device=device)
-        return temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+        return (temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats))[0::2].contiguous()
 
 
-def _interleave_sin_cos(angles: torch.Tensor) -> torch.Tensor:
-    """``(..., F)`` angles -> ``(..., F)`` with sin on even and cos on odd features, interleaved."""
-    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+@functools.lru_cache(maxsize=16)
+def _yx_first(num_coords: int, device: torch.device) -> torch.Tensor:
+    """The coordinate order ``(y, x, w, h)`` of ``(x, y, w, h)`` (``(y, x)`` of ``(x, y)``) as an index, made once
+    per device (shared: never modify it)."""
+    with torch.inference_mode(False):
+        return torch.tensor([1, 0, 2, 3][:num_coords], device=device)
+
+
+def _sin_cos(angles: torch.Tensor) -> torch.Tensor:
+    """``(..., F/2)`` angles -> ``(..., F/2, 2)``: the sine and the cosine of each, interleaved once flattened."""
+    return torch.stack((angles.sin(), angles.cos()), dim=-1)
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -68,8 +77,8 @@ class PositionEmbeddingSine(nn.Module):
             y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + self.eps) * self.scale
             x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + self.eps) * self.scale
         dim_t = _sine_frequencies(self.num_pos_feats, self.temperature, mask.device)
-        pos_x = _interleave_sin_cos(x_embed[..., None] / dim_t)
-        pos_y = _interleave_sin_cos(y_embed[..., None] / dim_t)
+        pos_x = _sin_cos(x_embed[..., None] / dim_t).flatten(-2)
+        pos_y = _sin_cos(y_embed[..., None] / dim_t).flatten(-2)
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
 
 
@@ -81,9 +90,6 @@ def box_sine_embedding(boxes: torch.Tensor, num_feats: int = 128, temperature: f
     if boxes.shape[-1] not in (2, 4):
         raise ValueError(f"boxes must end in 2 or 4 coordinates, got shape {tuple(boxes.shape)}")
     dim_t = _sine_frequencies(num_feats, temperature, boxes.device)
-    # every coordinate at once: (..., D, num_feats)
-    embeds = _interleave_sin_cos(boxes[..., None] * (2 * math.pi) / dim_t)
-    ordered = [embeds[..., 1, :], embeds[..., 0, :]]
-    if boxes.shape[-1] == 4:
-        ordered.append(embeds[..., 2:, :].flatten(-2))
-    return torch.cat(ordered, dim=-1)
+    # every coordinate at once, y first: (..., D, num_feats / 2) angles -> (..., D * num_feats)
+    ordered = boxes.index_select(-1, _yx_first(boxes.shape[-1], boxes.device))
+    return _sin_cos((ordered * (2 * math.pi))[..., None] / dim_t).flatten(-3)

@@ -1,6 +1,6 @@
 """The DINO decoder: self-attention among queries, deformable cross-attention to the encoder memory, and
 iterative box refinement with look-forward-twice."""
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -8,7 +8,7 @@ from torch import nn
 from ..layers.attention import MultiheadAttention
 from ..layers.box_ops import inverse_sigmoid
 from ..layers.mlp import FFN, MLP
-from ..layers.ms_deform_attn import MultiScaleDeformableAttention
+from ..layers.ms_deform_attn import MultiScaleDeformableAttention, SamplingReference, box_reference, per_point_rows
 from ..layers.position_embedding import box_sine_embedding
 
 
@@ -39,13 +39,14 @@ class DINODecoderLayer(nn.Module):
         query_pos: torch.Tensor,
         memory: torch.Tensor,
         memory_padding_mask: Optional[torch.Tensor],
-        reference_boxes: torch.Tensor,
+        reference_boxes: Union[torch.Tensor, SamplingReference],
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
         attn_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """queries, query_pos ``(B, Q, C)``; memory ``(B, N, C)``, memory_padding_mask ``(B, N)``;
-        reference_boxes ``(B, Q, L, 4)`` cxcywh per level; attn_mask ``(Q, Q)`` bool, True = blocked."""
+        reference_boxes ``(B, Q, L, 4)`` cxcywh per level, or their
+        :class:`~focus_detr.layers.ms_deform_attn.SamplingReference`; attn_mask ``(Q, Q)`` bool, True = blocked."""
         with_pos = queries + query_pos
         attended = self.self_attn(with_pos, with_pos, queries, attn_mask)
         queries = self.self_attn_norm(queries + self.self_attn_dropout(attended))
@@ -120,16 +121,20 @@ class DINODecoder(nn.Module):
         if len(box_heads) < self.num_layers:
             raise ValueError(f"DINODecoder: {len(box_heads)} box heads for {self.num_layers} layers")
         hidden_states, refined_boxes = [], []
-        box_scale = torch.cat([valid_ratios, valid_ratios], -1)[:, None]
+        # Each level sees the boxes scaled by its valid ratios (w, h, w, h): as rows for the sampling (one per query,
+        # see SamplingReference), and for the first level, whose boxes give the query positions.
+        first_level_scale = torch.cat([valid_ratios[:, None, 0], valid_ratios[:, None, 0]], -1)
+        level_scale_rows = per_point_rows(valid_ratios, self.layers[0].cross_attn.num_points)[:, None]
         for layer, box_head in zip(self.layers, box_heads):
-            level_boxes = reference_boxes[:, :, None] * box_scale
-            query_pos = self.ref_point_head(box_sine_embedding(level_boxes[:, :, 0, :], self.embed_dim // 2))
+            query_pos = self.ref_point_head(
+                box_sine_embedding(reference_boxes * first_level_scale, self.embed_dim // 2)
+            )
             queries = layer(
                 queries,
                 query_pos,
                 memory,
                 memory_padding_mask,
-                level_boxes,
+                box_reference(reference_boxes, level_scale_rows),
                 spatial_shapes,
                 level_start_index,
                 attn_mask,

@@ -1,20 +1,26 @@
 """The cascade dual-attention encoder: each layer refines only the foreground tokens the selector kept for it."""
-from typing import Callable, List, Optional, Tuple
+import dataclasses
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..layers.attention import MultiheadAttention
 from ..layers.mlp import FFN
-from ..layers.ms_deform_attn import MultiScaleDeformableAttention
+from ..layers.ms_deform_attn import MultiScaleDeformableAttention, SamplingReference, point_reference
 from ..layers.traced_shapes import capped_count
 from .foreground_selector import ForegroundSelection
 
 
+def _token_index(inds: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """inds ``(B, k)`` -> the index ``(B, k, ...)`` that gathers or scatters whole tokens of ``tokens``
+    ``(B, N, ...)`` along dim 1; tensors of one shape share it."""
+    return inds.view(*inds.shape, *([1] * (tokens.dim() - 2))).expand(-1, -1, *tokens.shape[2:])
+
+
 def _gather_tokens(tokens: torch.Tensor, inds: torch.Tensor) -> torch.Tensor:
     """tokens ``(B, N, ...)``, inds ``(B, k)`` -> ``(B, k, ...)``."""
-    expanded = inds.view(*inds.shape, *([1] * (tokens.dim() - 2))).expand(-1, -1, *tokens.shape[2:])
-    return tokens.gather(1, expanded)
+    return tokens.gather(1, _token_index(inds, tokens))
 
 
 def _scatter_tokens(
@@ -22,7 +28,7 @@ def _scatter_tokens(
 ) -> torch.Tensor:
     """``tokens[b, inds[b, i]] = values[b, i]``, into a copy unless ``in_place``; tokens ``(B, N, C)``, inds ``(B, k)``,
     values ``(B, k, C)``."""
-    index = inds[..., None].expand(-1, -1, tokens.shape[-1])
+    index = _token_index(inds, tokens)
     return tokens.scatter_(1, index, values) if in_place else tokens.scatter(1, index, values)
 
 
@@ -159,22 +165,24 @@ class DualAttentionEncoderLayer(nn.Module):
         foreground_scores: torch.Tensor,
         value: torch.Tensor,
         value_padding_mask: Optional[torch.Tensor],
-        reference_points: torch.Tensor,
+        reference_points: Union[torch.Tensor, SamplingReference],
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
         category_head: Callable,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """queries, query_pos ``(B, k, C)``: the layer's foreground tokens; foreground_scores ``(B, k)``;
-        value ``(B, N, C)``, value_padding_mask ``(B, N)`` or None (nothing padded); reference_points ``(B, k, L, 2)``.
+        value ``(B, N, C)``, value_padding_mask ``(B, N)`` or None (nothing padded); reference_points ``(B, k, L, 2)``
+        or their :class:`~focus_detr.layers.ms_deform_attn.SamplingReference`.
         Returns the updated queries ``(B, k, C)`` and the fine-grained indices into them ``(B, m)`` (m = 0 without
         fine-grained attention)."""
         if self.num_fine_grained_tokens:
             fine_inds = self.select_fine_grained(self.fine_grained_ranking(queries, foreground_scores, category_head))
-            fine = _gather_tokens(queries, fine_inds)
-            fine_with_pos = fine + _gather_tokens(query_pos, fine_inds)
+            index = _token_index(fine_inds, queries)  # queries and query_pos alike
+            fine = queries.gather(1, index)
+            fine_with_pos = fine + query_pos.gather(1, index)
             attended = self.fine_grained_attn(fine_with_pos, fine_with_pos, fine)
             fine = self.fine_grained_norm(fine + self.fine_grained_dropout(attended))
-            queries = _scatter_tokens(queries, fine_inds, fine)
+            queries = queries.scatter(1, index, fine)
         else:
             fine_inds = queries.new_empty((queries.shape[0], 0), dtype=torch.long)
 
@@ -259,21 +267,21 @@ class CascadeDualAttentionEncoder(nn.Module):
         if positions is None:
             # A later layer picked a token the first did not (possible only through score ties): full sequences.
             inds_0, positions = None, selection.foreground_inds
-        foreground, foreground_pos, foreground_refs, foreground_scores = (
-            (tokens, pos, reference_points, selection.selection_scores)
-            if inds_0 is None
-            else (
-                _gather_tokens(tokens, inds_0),
-                _gather_tokens(pos, inds_0),
-                _gather_tokens(reference_points, inds_0),
-                selection.selection_scores.gather(1, inds_0),
-            )
-        )
+        if inds_0 is None:
+            foreground, foreground_pos, foreground_refs = tokens, pos, reference_points
+            foreground_scores = selection.selection_scores
+        else:
+            index_0 = _token_index(inds_0, tokens)  # tokens and pos alike, and the final write-back
+            foreground, foreground_pos = tokens.gather(1, index_0), pos.gather(1, index_0)
+            foreground_refs = _gather_tokens(reference_points, inds_0)
+            foreground_scores = selection.selection_scores.gather(1, inds_0)
         # Without autograd, the foreground copy is updated in place by every layer instead of a copy per layer
         # (the gathers from it save it for backward, so training scatters out of place).
         in_place = not torch.is_grad_enabled()
         if in_place and inds_0 is None:
             foreground = foreground.clone()
+        # The tokens' sampling rows, built once: each layer takes its tokens' rows, as it takes their features.
+        sampling = point_reference(foreground_refs, spatial_shapes, self.layers[0].cross_attn.num_points)
         fine_grained_inds = []
         budgets = selection.focus_token_counts
         for layer, inds, where in zip(self.layers, selection.foreground_inds, positions):
@@ -284,7 +292,7 @@ class CascadeDualAttentionEncoder(nn.Module):
                 _take(foreground_scores, where),
                 value,
                 padding_mask,
-                _take(foreground_refs, where),
+                dataclasses.replace(sampling, origin=_take(sampling.origin, where)),
                 spatial_shapes,
                 level_start_index,
                 category_head,
@@ -298,5 +306,5 @@ class CascadeDualAttentionEncoder(nn.Module):
                 updated = torch.where(within_budget[..., None], updated, queries)
             foreground = _put(foreground, where, updated, in_place)
             fine_grained_inds.append(inds.gather(1, fine_inds))
-        memory = foreground if inds_0 is None else _scatter_tokens(tokens, inds_0, foreground)
+        memory = foreground if inds_0 is None else tokens.scatter(1, index_0, foreground)
         return memory, fine_grained_inds

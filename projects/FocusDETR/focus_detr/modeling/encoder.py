@@ -8,28 +8,9 @@ from torch import nn
 from ..layers.attention import MultiheadAttention
 from ..layers.mlp import FFN
 from ..layers.ms_deform_attn import MultiScaleDeformableAttention, SamplingReference, point_reference
+from ..layers.token_rows import gather_tokens, scatter_tokens, token_rows
 from ..layers.traced_shapes import capped_count
 from .foreground_selector import ForegroundSelection
-
-
-def _token_index(inds: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """inds ``(B, k)`` -> the index ``(B, k, ...)`` that gathers or scatters whole tokens of ``tokens``
-    ``(B, N, ...)`` along dim 1; tensors of one shape share it."""
-    return inds.view(*inds.shape, *([1] * (tokens.dim() - 2))).expand(-1, -1, *tokens.shape[2:])
-
-
-def _gather_tokens(tokens: torch.Tensor, inds: torch.Tensor) -> torch.Tensor:
-    """tokens ``(B, N, ...)``, inds ``(B, k)`` -> ``(B, k, ...)``."""
-    return tokens.gather(1, _token_index(inds, tokens))
-
-
-def _scatter_tokens(
-    tokens: torch.Tensor, inds: torch.Tensor, values: torch.Tensor, in_place: bool = False
-) -> torch.Tensor:
-    """``tokens[b, inds[b, i]] = values[b, i]``, into a copy unless ``in_place``; tokens ``(B, N, C)``, inds ``(B, k)``,
-    values ``(B, k, C)``."""
-    index = _token_index(inds, tokens)
-    return tokens.scatter_(1, index, values) if in_place else tokens.scatter(1, index, values)
 
 
 def _leading_columns(inds_0: torch.Tensor, layer_inds: List[torch.Tensor]) -> bool:
@@ -44,10 +25,10 @@ def _leading_columns(inds_0: torch.Tensor, layer_inds: List[torch.Tensor]) -> bo
 
 
 def _take(tokens: torch.Tensor, where) -> torch.Tensor:
-    """A layer's tokens among ``tokens`` ``(B, n, ...)``: the first ``where`` (an int) or those at positions
-    ``where`` ``(B, k)``."""
+    """A layer's tokens among ``tokens`` ``(B, n, ...)``: the first ``where`` (an int) or those at the rows
+    ``where`` ``(B * k,)`` (:func:`~focus_detr.layers.token_rows.token_rows`)."""
     if not isinstance(where, int):
-        return _gather_tokens(tokens, where)
+        return gather_tokens(tokens, where)
     return tokens if where == tokens.shape[1] else tokens.narrow(1, 0, where)  # one view operator at most
 
 
@@ -55,7 +36,7 @@ def _put(tokens: torch.Tensor, where, values: torch.Tensor, in_place: bool) -> t
     """Writes a layer's updated tokens ``values`` back at ``where`` (see :func:`_take`), into a copy unless
     ``in_place``."""
     if not isinstance(where, int):
-        return _scatter_tokens(tokens, where, values, in_place)
+        return scatter_tokens(tokens, where, values, in_place)
     if where == tokens.shape[1]:
         return tokens.copy_(values) if in_place else values
     if in_place:
@@ -66,7 +47,8 @@ def _put(tokens: torch.Tensor, where, values: torch.Tensor, in_place: bool) -> t
 
 def _positions_within(inds_0: torch.Tensor, layer_inds: List[torch.Tensor], num_tokens: int):
     """Where each layer's token indices ``(B, k_j)`` sit in ``inds_0`` ``(B, k_0)`` (indices into ``N`` tokens):
-    ``(B, k_j)`` positions per layer, or None if some index is not in ``inds_0``."""
+    per layer the rows ``(B * k_j,)`` of its tokens among the ``(B, k_0)`` ones (see
+    :func:`~focus_detr.layers.token_rows.token_rows`), or None if some index is not in ``inds_0``."""
     if torch.jit.is_tracing():
         return None  # no data-dependent branch in an exported graph: it keeps the full-sequence form
     rank = inds_0.new_full((inds_0.shape[0], num_tokens), -1)
@@ -74,7 +56,7 @@ def _positions_within(inds_0: torch.Tensor, layer_inds: List[torch.Tensor], num_
     positions = [rank.gather(1, inds) for inds in layer_inds]
     if any(bool((where < 0).any()) for where in positions):
         return None
-    return positions
+    return [token_rows(where, inds_0.shape[1]) for where in positions]
 
 
 FINE_GRAINED_SCORINGS = ("multi_category", "foreground")
@@ -177,12 +159,12 @@ class DualAttentionEncoderLayer(nn.Module):
         fine-grained attention)."""
         if self.num_fine_grained_tokens:
             fine_inds = self.select_fine_grained(self.fine_grained_ranking(queries, foreground_scores, category_head))
-            index = _token_index(fine_inds, queries)  # queries and query_pos alike
-            fine = queries.gather(1, index)
-            fine_with_pos = fine + query_pos.gather(1, index)
+            rows = token_rows(fine_inds, queries.shape[1])  # queries and query_pos alike
+            fine = gather_tokens(queries, rows)
+            fine_with_pos = fine + gather_tokens(query_pos, rows)
             attended = self.fine_grained_attn(fine_with_pos, fine_with_pos, fine)
             fine = self.fine_grained_norm(fine + self.fine_grained_dropout(attended))
-            queries = queries.scatter(1, index, fine)
+            queries = scatter_tokens(queries, rows, fine)
         else:
             fine_inds = queries.new_empty((queries.shape[0], 0), dtype=torch.long)
 
@@ -266,15 +248,16 @@ class CascadeDualAttentionEncoder(nn.Module):
             positions = _positions_within(inds_0, selection.foreground_inds, tokens.shape[1])
         if positions is None:
             # A later layer picked a token the first did not (possible only through score ties): full sequences.
-            inds_0, positions = None, selection.foreground_inds
+            inds_0 = None
+            positions = [token_rows(inds, tokens.shape[1]) for inds in selection.foreground_inds]
         if inds_0 is None:
             foreground, foreground_pos, foreground_refs = tokens, pos, reference_points
             foreground_scores = selection.selection_scores
         else:
-            index_0 = _token_index(inds_0, tokens)  # tokens and pos alike, and the final write-back
-            foreground, foreground_pos = tokens.gather(1, index_0), pos.gather(1, index_0)
-            foreground_refs = _gather_tokens(reference_points, inds_0)
-            foreground_scores = selection.selection_scores.gather(1, inds_0)
+            rows_0 = token_rows(inds_0, tokens.shape[1])
+            foreground, foreground_pos = gather_tokens(tokens, rows_0), gather_tokens(pos, rows_0)
+            foreground_refs = gather_tokens(reference_points, rows_0)
+            foreground_scores = gather_tokens(selection.selection_scores, rows_0)
         # Without autograd, the foreground copy is updated in place by every layer instead of a copy per layer
         # (the gathers from it save it for backward, so training scatters out of place).
         in_place = not torch.is_grad_enabled()
@@ -306,5 +289,5 @@ class CascadeDualAttentionEncoder(nn.Module):
                 updated = torch.where(within_budget[..., None], updated, queries)
             foreground = _put(foreground, where, updated, in_place)
             fine_grained_inds.append(inds.gather(1, fine_inds))
-        memory = foreground if inds_0 is None else tokens.scatter(1, index_0, foreground)
+        memory = foreground if inds_0 is None else scatter_tokens(tokens, rows_0, foreground)
         return memory, fine_grained_inds

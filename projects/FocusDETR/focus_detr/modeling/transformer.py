@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..layers.ms_deform_attn import MultiScaleDeformableAttention
+from ..layers.token_rows import gather_tokens, token_rows
 from ..layers.traced_shapes import capped_count
 from .decoder import DINODecoder
 from .denoising import DenoisingQueries
@@ -160,12 +161,10 @@ class FocusDETRTransformer(nn.Module):
             proposal_scores = class_heads[-1](self.project_memory(memory, ignored)).max(-1)[0]
         topk_inds = self.select_queries(proposal_scores)
         num_queries = topk_inds.shape[1]
-        selected_memory = self.project_memory(
-            memory.gather(1, topk_inds[..., None].expand(-1, -1, memory.shape[-1])),
-            ignored.gather(1, topk_inds[..., None]),
-        )
+        topk_rows = token_rows(topk_inds, memory.shape[1])
+        selected_memory = self.project_memory(gather_tokens(memory, topk_rows), gather_tokens(ignored, topk_rows))
         encoder_logits = class_heads[-1](selected_memory)
-        topk_coords = box_heads[-1](selected_memory) + proposals.gather(1, topk_inds[..., None].expand(-1, -1, 4))
+        topk_coords = box_heads[-1](selected_memory) + gather_tokens(proposals, topk_rows)
 
         reference_boxes = topk_coords.detach().sigmoid()
         queries = self.tgt_embed.weight[None, :num_queries].repeat(tokens.shape[0], 1, 1)

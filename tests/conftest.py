@@ -15,6 +15,20 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one; selected by scripts/gpu_check.sh)")
 
 
+# The process's thread count before any test ran.
+SESSION_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Command-line entry points run in-process set the thread count (``--threads``), also from module fixtures; a
+    later test training in this process would then round differently from a run in a subprocess (a resume that must
+    end bit-identical to an uninterrupted run, say). Every test ends with the session's count back."""
+    yield
+    if torch.get_num_threads() != SESSION_THREADS:
+        torch.set_num_threads(SESSION_THREADS)
+
+
 @pytest.fixture(scope="session")
 def parity_fixture_path():
     """Path of the official tiny fixture; skips the test where the checkout has no shared/ folder beside it."""

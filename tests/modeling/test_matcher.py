@@ -77,6 +77,23 @@ def test_assignment_is_the_minimum_cost_one_to_one_matching():
         )
 
 
+def test_a_batch_is_matched_as_each_image_alone():
+    """The batch's costs are computed in one matrix; every image must still get the assignment it gets alone."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 7, 4, generator=generator)
+    boxes = torch.stack([_random_boxes(7, generator) for _ in range(3)])
+    targets = [
+        {"labels": torch.tensor([2, 0, 3]), "boxes": _random_boxes(3, generator)},
+        {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},
+        {"labels": torch.tensor([1, 1, 0, 2, 3]), "boxes": _random_boxes(5, generator)},
+    ]
+    matcher = HungarianMatcher()
+    batched = matcher(logits, boxes, targets)
+    for b, target in enumerate(targets):
+        ((query_idx, target_idx),) = matcher(logits[b : b + 1], boxes[b : b + 1], [target])
+        assert torch.equal(batched[b][0], query_idx) and torch.equal(batched[b][1], target_idx)
+
+
 def test_images_without_targets_give_empty_indices():
     logits = torch.randn(2, 4, 3)
     boxes = _random_boxes(8, torch.Generator().manual_seed(2)).view(2, 4, 4)
@@ -88,6 +105,8 @@ def test_images_without_targets_give_empty_indices():
     assert indices[0][0].numel() == 0 and indices[0][1].numel() == 0
     assert indices[0][0].dtype == torch.int64
     assert indices[1][1].tolist() == [0] and indices[1][0].numel() == 1
+    none = HungarianMatcher()(logits, boxes, [targets[0], targets[0]])
+    assert [(q.numel(), t.numel(), q.dtype) for q, t in none] == [(0, 0, torch.int64)] * 2
 
 
 @pytest.mark.parametrize(

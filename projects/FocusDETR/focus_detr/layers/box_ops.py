@@ -4,14 +4,14 @@ import torch
 
 def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     """``(cx, cy, w, h)`` -> ``(x1, y1, x2, y2)``."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+    centres, half_sizes = boxes[..., :2], 0.5 * boxes[..., 2:]
+    return torch.cat([centres - half_sizes, centres + half_sizes], dim=-1)
 
 
 def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
     """``(x1, y1, x2, y2)`` -> ``(cx, cy, w, h)``."""
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
+    top_left, bottom_right = boxes[..., :2], boxes[..., 2:]
+    return torch.cat([(top_left + bottom_right) / 2, bottom_right - top_left], dim=-1)
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -21,34 +21,31 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return torch.log(x.clamp(min=eps, max=1) / (1 - x).clamp(min=eps, max=1))
 
 
-def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """Area of ``(N, 4)`` xyxy boxes -> ``(N,)``."""
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-
-
-def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-6):
-    """Pairwise IoU and union of ``(N, 4)`` and ``(M, 4)`` xyxy boxes -> ``(N, M)``, ``(N, M)``."""
-    area1, area2 = box_area(boxes1), box_area(boxes2)
-    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area1[:, None] + area2[None, :] - inter
-    return inter / (union + eps), union
-
-
-def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Pairwise generalised IoU of ``(N, 4)`` and ``(M, 4)`` xyxy boxes -> ``(N, M)``.
+def generalized_box_iou(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-6, paired: bool = False, validate: bool = True
+) -> torch.Tensor:
+    """Generalised IoU of xyxy boxes: of every pair, ``(N, 4)`` and ``(M, 4)`` -> ``(N, M)``; with ``paired``, of
+    the boxes row by row, ``(N, 4)`` and ``(N, 4)`` -> ``(N,)`` (the diagonal of the former, without the rest).
 
     Raises ``ValueError`` for degenerate boxes (x2 < x1 or y2 < y1), which would otherwise give a silently wrong GIoU.
+    That check reads a value from the device; ``validate=False`` skips it for callers whose boxes are ordered by
+    construction (and whose NaNs are caught downstream).
     """
-    ordered = [(boxes[:, 2:] >= boxes[:, :2]).all() for boxes in (boxes1, boxes2)]
-    if not bool(ordered[0] & ordered[1]):  # one device read for both
-        name = "boxes1" if not bool(ordered[0]) else "boxes2"
-        raise ValueError(f"generalized_box_iou: {name} has boxes with x2 < x1 or y2 < y1 (or NaN coordinates)")
-    iou, union = box_iou(boxes1, boxes2, eps)
-    top_left = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    enclosing = wh[..., 0] * wh[..., 1]
+    if not paired:
+        boxes1, boxes2 = boxes1[:, None], boxes2[None]
+    top_left1, bottom_right1 = boxes1[..., :2], boxes1[..., 2:]
+    top_left2, bottom_right2 = boxes2[..., :2], boxes2[..., 2:]
+    size1, size2 = bottom_right1 - top_left1, bottom_right2 - top_left2
+    if validate:
+        ordered = torch.stack([(size1 >= 0).all(), (size2 >= 0).all()])
+        if not bool(ordered.all()):  # one device read for both
+            name = "boxes1" if not bool(ordered[0]) else "boxes2"
+            raise ValueError(f"generalized_box_iou: {name} has boxes with x2 < x1 or y2 < y1 (or NaN coordinates)")
+    area1, area2 = size1[..., 0] * size1[..., 1], size2[..., 0] * size2[..., 1]
+    overlap = (torch.min(bottom_right1, bottom_right2) - torch.max(top_left1, top_left2)).clamp(min=0)
+    inter = overlap[..., 0] * overlap[..., 1]
+    union = area1 + area2 - inter
+    iou = inter / (union + eps)
+    hull = (torch.max(bottom_right1, bottom_right2) - torch.min(top_left1, top_left2)).clamp(min=0)
+    enclosing = hull[..., 0] * hull[..., 1]
     return iou - (enclosing - union) / (enclosing + eps)

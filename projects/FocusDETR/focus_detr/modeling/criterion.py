@@ -110,8 +110,10 @@ class FocusDETRCriterion(nn.Module):
         matched_pred = pred_boxes[batch_idx, query_idx]
         matched_target = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)], dim=0).to(pred_boxes)
         loss_bbox = F.l1_loss(matched_pred, matched_target, reduction="none")
-        loss_giou = 1 - torch.diag(
-            generalized_box_iou(box_cxcywh_to_xyxy(matched_pred), box_cxcywh_to_xyxy(matched_target))
+        # Ordered boxes by construction: predicted sizes are sigmoids, target boxes were checked on the way in
+        # (prepare_targets); a NaN makes the loss NaN, which the trainer reports. No device read per prediction set.
+        loss_giou = 1 - generalized_box_iou(
+            box_cxcywh_to_xyxy(matched_pred), box_cxcywh_to_xyxy(matched_target), paired=True, validate=False
         )
         return loss_bbox.sum() / num_boxes, loss_giou.sum() / num_boxes
 

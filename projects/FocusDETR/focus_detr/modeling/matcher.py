@@ -52,7 +52,8 @@ class HungarianMatcher(nn.Module):
         )
 
     def cost_matrix(self, pred_logits: Tensor, pred_boxes: Tensor, labels: Tensor, boxes: Tensor) -> Tensor:
-        """Matching cost of one image: pred_logits (Q, K), pred_boxes (Q, 4), labels (n,), boxes (n, 4) -> (Q, n)."""
+        """Matching cost of every query to every target: pred_logits (Q, K), pred_boxes (Q, 4), labels (n,),
+        boxes (n, 4) -> (Q, n)."""
         prob = pred_logits.sigmoid()
         neg_cost = (1 - self.alpha) * (prob**self.gamma) * (-(1 - prob + 1e-8).log())
         pos_cost = self.alpha * ((1 - prob) ** self.gamma) * (-(prob + 1e-8).log())
@@ -87,25 +88,38 @@ class HungarianMatcher(nn.Module):
         if len(targets) != pred_logits.shape[0]:
             raise ValueError(f"HungarianMatcher: {len(targets)} targets for a batch of {pred_logits.shape[0]} images")
         num_classes = pred_logits.shape[-1]
-        indices = []
-        for logits, boxes, target in zip(pred_logits, pred_boxes, targets):
+        for target in targets:
             labels, target_boxes = target["labels"], target["boxes"]
             if target_boxes.dim() != 2 or target_boxes.shape[-1] != 4 or labels.shape != target_boxes.shape[:1]:
                 raise ValueError(
                     f"HungarianMatcher: target labels {tuple(labels.shape)} / boxes {tuple(target_boxes.shape)} "
                     "must be (n,) and (n, 4)"
                 )
-            if labels.numel() == 0:
-                empty = torch.empty(0, dtype=torch.int64)
-                indices.append((empty, empty.clone()))
+        sizes = [len(target["labels"]) for target in targets]
+        if sum(sizes) == 0:
+            return [_no_match() for _ in targets]
+        labels = torch.cat([target["labels"] for target in targets])
+        lowest, highest = torch.stack([labels.min(), labels.max()]).tolist()  # one device read
+        if lowest < 0 or highest >= num_classes:
+            raise ValueError(f"HungarianMatcher: target labels must be in [0, {num_classes}), got {labels.tolist()}")
+        # Every image's queries against every image's targets in one matrix, moved to the host in one transfer;
+        # each image is then matched on its own block (the same costs as computed image by image).
+        cost = self.cost_matrix(
+            pred_logits.flatten(0, 1), pred_boxes.flatten(0, 1), labels, torch.cat([t["boxes"] for t in targets])
+        )
+        blocks = cost.view(*pred_logits.shape[:2], -1).float().cpu().numpy()
+        indices, start = [], 0
+        for image_blocks, size in zip(blocks, sizes):
+            if size == 0:
+                indices.append(_no_match())
                 continue
-            if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-                raise ValueError(
-                    f"HungarianMatcher: target labels must be in [0, {num_classes}), got {labels.tolist()}"
-                )
-            cost = self.cost_matrix(logits, boxes, labels, target_boxes)
-            query_idx, target_idx = linear_sum_assignment(cost.float().cpu().numpy())
+            query_idx, target_idx = linear_sum_assignment(image_blocks[:, start : start + size])
+            start += size
             indices.append(
                 (torch.as_tensor(query_idx, dtype=torch.int64), torch.as_tensor(target_idx, dtype=torch.int64))
             )
         return indices
+
+
+def _no_match() -> Tuple[Tensor, Tensor]:
+    return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)

@@ -264,3 +264,18 @@ def test_losses_follow_the_device_of_their_inputs():
     )
     for tensor in (queries.query_label, queries.query_bbox, queries.attn_mask):
         assert tensor.device.type == "cuda"
+
+
+def test_prediction_sets_matched_together_get_each_sets_own_matching():
+    """The criterion matches its sets in one matcher call per shape; each set must get what it gets alone."""
+    generator = torch.Generator().manual_seed(4)
+    targets = _targets([2, 0, 4], generator)
+    sets = [_prediction(3, NUM_QUERIES, generator)[0] for _ in range(3)]
+    sets.append(_prediction(3, NUM_QUERIES + 3, generator)[0])  # another query count: matched on its own
+    criterion = FocusDETRCriterion(num_classes=NUM_CLASSES)
+    together = criterion.match_sets(sets, targets)
+    for prediction, indices in zip(sets, together):
+        alone = criterion.matcher(prediction["pred_logits"], prediction["pred_boxes"], targets)
+        assert len(indices) == len(alone) == 3
+        for (query_idx, target_idx), (alone_query, alone_target) in zip(indices, alone):
+            assert torch.equal(query_idx, alone_query) and torch.equal(target_idx, alone_target)

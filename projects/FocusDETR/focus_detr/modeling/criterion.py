@@ -128,9 +128,23 @@ class FocusDETRCriterion(nn.Module):
             "loss_giou": loss_giou,
         }
 
-    def matched_set_losses(self, prediction: Dict[str, Tensor], targets, num_boxes: float) -> Dict[str, Tensor]:
-        indices = self.matcher(prediction["pred_logits"], prediction["pred_boxes"], targets)
-        return self.set_losses(prediction, targets, indices, num_boxes)
+    def match_sets(self, predictions: List[Dict[str, Tensor]], targets: List[Dict[str, Tensor]]) -> List[Indices]:
+        """The Hungarian matching of each prediction set (each image of each set on its own). Sets of one shape go
+        to the matcher together, as one batch of sets x images: one cost matrix and one transfer to the host for
+        all of them instead of one per set."""
+        by_shape: Dict[tuple, List[int]] = {}
+        for i, prediction in enumerate(predictions):
+            by_shape.setdefault(tuple(prediction["pred_logits"].shape), []).append(i)
+        matched: List[Optional[Indices]] = [None] * len(predictions)
+        batch = len(targets)
+        with torch.no_grad():
+            for members in by_shape.values():
+                logits = torch.cat([predictions[i]["pred_logits"] for i in members])
+                boxes = torch.cat([predictions[i]["pred_boxes"] for i in members])
+                indices = self.matcher(logits, boxes, targets * len(members))
+                for k, i in enumerate(members):
+                    matched[i] = indices[k * batch : (k + 1) * batch]
+        return matched
 
     # ------------------------------------------------------------------ helpers
     def num_boxes(self, targets: List[Dict[str, Tensor]], device) -> float:
@@ -189,12 +203,13 @@ class FocusDETRCriterion(nn.Module):
         num_boxes = self.num_boxes(targets, device)
         aux_outputs = outputs.get("aux_outputs", [])
 
-        losses = {}
-        losses.update(self.weighted(self.matched_set_losses(outputs, targets, num_boxes), ""))
-        for i, aux in enumerate(aux_outputs):
-            losses.update(self.weighted(self.matched_set_losses(aux, targets, num_boxes), f"_{i}"))
+        matched_sets = {"": outputs, **{f"_{i}": aux for i, aux in enumerate(aux_outputs)}}
         if "enc_outputs" in outputs:
-            losses.update(self.weighted(self.matched_set_losses(outputs["enc_outputs"], targets, num_boxes), "_enc"))
+            matched_sets["_enc"] = outputs["enc_outputs"]
+        all_indices = self.match_sets(list(matched_sets.values()), targets)
+        losses = {}
+        for (suffix, prediction), indices in zip(matched_sets.items(), all_indices):
+            losses.update(self.weighted(self.set_losses(prediction, targets, indices, num_boxes), suffix))
 
         losses.update(self.denoising_losses(targets, denoising, dn_outputs, len(aux_outputs), num_boxes, device))
 

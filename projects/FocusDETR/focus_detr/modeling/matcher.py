@@ -5,6 +5,7 @@ from typing import Dict, List, Tuple
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
@@ -52,14 +53,17 @@ class HungarianMatcher(nn.Module):
         )
 
     def cost_matrix(self, pred_logits: Tensor, pred_boxes: Tensor, labels: Tensor, boxes: Tensor) -> Tensor:
-        """Matching cost of every query to every target: pred_logits (Q, K), pred_boxes (Q, 4), labels (n,),
-        boxes (n, 4) -> (Q, n)."""
+        """Matching cost of every query to every target: pred_logits (..., Q, K), pred_boxes (..., Q, 4), labels
+        (..., n), boxes (..., n, 4) -> (..., Q, n); leading dimensions (images) are matched pairwise."""
         prob = pred_logits.sigmoid()
         neg_cost = (1 - self.alpha) * (prob**self.gamma) * (-(1 - prob + 1e-8).log())
         pos_cost = self.alpha * ((1 - prob) ** self.gamma) * (-(prob + 1e-8).log())
-        cost_class = pos_cost[:, labels] - neg_cost[:, labels]
+        columns = labels.unsqueeze(-2).expand(*pred_logits.shape[:-1], labels.shape[-1])
+        cost_class = pos_cost.gather(-1, columns) - neg_cost.gather(-1, columns)
         cost_bbox = torch.cdist(pred_boxes, boxes, p=1)
-        cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(boxes))
+        cost_giou = -generalized_box_iou(
+            box_cxcywh_to_xyxy(pred_boxes).unsqueeze(-2), box_cxcywh_to_xyxy(boxes).unsqueeze(-3), paired=True
+        )
         return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
 
     @torch.no_grad()
@@ -102,19 +106,18 @@ class HungarianMatcher(nn.Module):
         lowest, highest = torch.stack([labels.min(), labels.max()]).tolist()  # one device read
         if lowest < 0 or highest >= num_classes:
             raise ValueError(f"HungarianMatcher: target labels must be in [0, {num_classes}), got {labels.tolist()}")
-        # Every image's queries against every image's targets in one matrix, moved to the host in one transfer;
-        # each image is then matched on its own block (the same costs as computed image by image).
-        cost = self.cost_matrix(
-            pred_logits.flatten(0, 1), pred_boxes.flatten(0, 1), labels, torch.cat([t["boxes"] for t in targets])
-        )
-        blocks = cost.view(*pred_logits.shape[:2], -1).float().cpu().numpy()
-        indices, start = [], 0
-        for image_blocks, size in zip(blocks, sizes):
+        # Every image's queries against its own targets, padded to the largest count (with a valid box), in one
+        # (B, Q, n_max) cost tensor moved to the host in one transfer; each image is matched on its own columns.
+        padded_labels = pad_sequence([target["labels"] for target in targets], batch_first=True)
+        padded_boxes = pad_sequence([target["boxes"] for target in targets], batch_first=True, padding_value=0.5)
+        cost = self.cost_matrix(pred_logits, pred_boxes, padded_labels, padded_boxes.to(pred_boxes.dtype))
+        costs = cost.float().cpu().numpy()
+        indices = []
+        for image_cost, size in zip(costs, sizes):
             if size == 0:
                 indices.append(_no_match())
                 continue
-            query_idx, target_idx = linear_sum_assignment(image_blocks[:, start : start + size])
-            start += size
+            query_idx, target_idx = linear_sum_assignment(image_cost[:, :size])
             indices.append(
                 (torch.as_tensor(query_idx, dtype=torch.int64), torch.as_tensor(target_idx, dtype=torch.int64))
             )

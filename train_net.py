@@ -26,7 +26,14 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException
 
-from focus_detr.engine import check_datasets_registered, load_config, resolve_device, run_evaluation, run_training
+from focus_detr.engine import (
+    check_datasets_registered,
+    end_process_group,
+    load_config,
+    resolve_device,
+    run_evaluation,
+    run_training,
+)
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import report_interruption, run_reporting_errors
 from focus_detr.engine.interrupt import ForwardedStop, StopRequest, resume_command
@@ -63,6 +70,8 @@ def _process_main(args):
         return main(args)
     except KeyboardInterrupt as interrupt:
         sys.exit(report_interruption(interrupt) if comm.is_main_process() else 0)
+    finally:
+        end_process_group()
 
 
 def _hide_gpus_for_cpu_processes(cfg, args):

@@ -35,7 +35,7 @@ def _first_step_gradients(config_file, overrides, dataset_root, output_file):
     """Runs on every process: build (same init), take the first batch of this rank, backward through DDP."""
     from toy_detector import register_toy_dataset
 
-    from focus_detr.engine import load_config, wrap_ddp
+    from focus_detr.engine import end_process_group, load_config, wrap_ddp
 
     register_toy_dataset(TOY_DATASET, dataset_root)
     cfg = load_config(config_file, COMMON_OVERRIDES + overrides)
@@ -48,6 +48,7 @@ def _first_step_gradients(config_file, overrides, dataset_root, output_file):
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
         torch.save(grads, output_file)
     comm.synchronize()
+    end_process_group()
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -19,7 +19,7 @@ from .output_lock import OutputDirInUseError, OutputDirLock, claim_output_dir
 from .predictor import FocusDETRPredictor
 from .precision import amp_autocast, inference_amp_dtype, resolve_amp_dtype, training_amp_dtype
 from .rng import capture_rng_state, isolated_rng, restore_rng_state
-from .runner import build_model, run_evaluation, run_training, wrap_ddp
+from .runner import build_model, end_process_group, run_evaluation, run_training, wrap_ddp
 from .train_loader import ResumableTrainLoader, build_resumable_train_loader
 from .trainer import DetrTrainer
 
@@ -47,6 +47,7 @@ __all__ = [
     "check_output_dir",
     "check_override_keys",
     "claim_output_dir",
+    "end_process_group",
     "evaluate",
     "inference_amp_dtype",
     "isolated_rng",

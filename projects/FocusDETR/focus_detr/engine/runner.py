@@ -20,7 +20,7 @@ from .rng import restore_rng_state
 from .precision import inference_amp_dtype, training_amp_dtype
 from .trainer import DetrTrainer
 
-__all__ = ["build_model", "load_inference_weights", "run_training", "run_evaluation", "wrap_ddp"]
+__all__ = ["build_model", "end_process_group", "load_inference_weights", "run_training", "run_evaluation", "wrap_ddp"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,15 @@ def wrap_ddp(model, cfg, device):
         ddp_kwargs["device_ids"] = None
         ddp_kwargs.pop("fp16_compression", None)
     return create_ddp_model(model, **ddp_kwargs)
+
+
+def end_process_group() -> None:
+    """Tears down this process's process group, if any, before the process ends. Left to interpreter shutdown,
+    gloo's threads are sometimes destroyed while still joinable, and the process aborts (SIGABRT, "terminate
+    called without an active exception") after its work is done: 1 in 8 two-process runs of the DDP test did,
+    0 in 16 with it."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _ema_settings(cfg):

@@ -129,12 +129,13 @@ class FocusDETRCriterion(nn.Module):
         }
 
     def match_sets(self, predictions: List[Dict[str, Tensor]], targets: List[Dict[str, Tensor]]) -> List[Indices]:
-        """The Hungarian matching of each prediction set (each image of each set on its own). Sets of one shape go
-        to the matcher together, as one batch of sets x images: one cost matrix and one transfer to the host for
-        all of them instead of one per set."""
+        """The Hungarian matching of each prediction set (each image of each set on its own). Sets of one shape and
+        dtype (under autocast the encoder's may be bfloat16) go to the matcher together, as one batch of sets x
+        images: one cost tensor and one transfer to the host for all of them instead of one per set."""
         by_shape: Dict[tuple, List[int]] = {}
         for i, prediction in enumerate(predictions):
-            by_shape.setdefault(tuple(prediction["pred_logits"].shape), []).append(i)
+            logits, boxes = prediction["pred_logits"], prediction["pred_boxes"]
+            by_shape.setdefault((tuple(logits.shape), logits.dtype, boxes.dtype), []).append(i)
         matched: List[Optional[Indices]] = [None] * len(predictions)
         batch = len(targets)
         with torch.no_grad():

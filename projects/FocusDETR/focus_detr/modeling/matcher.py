@@ -110,7 +110,7 @@ class HungarianMatcher(nn.Module):
         # (B, Q, n_max) cost tensor moved to the host in one transfer; each image is matched on its own columns.
         padded_labels = pad_sequence([target["labels"] for target in targets], batch_first=True)
         padded_boxes = pad_sequence([target["boxes"] for target in targets], batch_first=True, padding_value=0.5)
-        cost = self.cost_matrix(pred_logits, pred_boxes, padded_labels, padded_boxes.to(pred_boxes.dtype))
+        cost = self.cost_matrix(pred_logits, pred_boxes, padded_labels, padded_boxes)
         costs = cost.float().cpu().numpy()
         indices = []
         for image_cost, size in zip(costs, sizes):

@@ -25,7 +25,8 @@ def generalized_box_iou(
     boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-6, paired: bool = False, validate: bool = True
 ) -> torch.Tensor:
     """Generalised IoU of xyxy boxes: of every pair, ``(N, 4)`` and ``(M, 4)`` -> ``(N, M)``; with ``paired``, of
-    the boxes row by row, ``(N, 4)`` and ``(N, 4)`` -> ``(N,)`` (the diagonal of the former, without the rest).
+    the boxes element by element, shapes ``(..., 4)`` that broadcast -> ``(...)`` (e.g. ``(N, 4)`` and ``(N, 4)`` ->
+    ``(N,)``, the diagonal of the former without the rest; ``(B, Q, 1, 4)`` and ``(B, 1, n, 4)`` -> ``(B, Q, n)``).
 
     Raises ``ValueError`` for degenerate boxes (x2 < x1 or y2 < y1), which would otherwise give a silently wrong GIoU.
     That check reads a value from the device; ``validate=False`` skips it for callers whose boxes are ordered by

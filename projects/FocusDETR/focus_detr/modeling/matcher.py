@@ -99,16 +99,17 @@ class HungarianMatcher(nn.Module):
                     f"HungarianMatcher: target labels {tuple(labels.shape)} / boxes {tuple(target_boxes.shape)} "
                     "must be (n,) and (n, 4)"
                 )
-        sizes = [len(target["labels"]) for target in targets]
+        target_labels = [target["labels"] for target in targets]
+        sizes = [len(labels) for labels in target_labels]
         if sum(sizes) == 0:
             return [_no_match() for _ in targets]
-        labels = torch.cat([target["labels"] for target in targets])
+        labels = torch.cat(target_labels)
         lowest, highest = torch.stack([labels.min(), labels.max()]).tolist()  # one device read
         if lowest < 0 or highest >= num_classes:
             raise ValueError(f"HungarianMatcher: target labels must be in [0, {num_classes}), got {labels.tolist()}")
         # Every image's queries against its own targets, padded to the largest count (with a valid box), in one
         # (B, Q, n_max) cost tensor moved to the host in one transfer; each image is matched on its own columns.
-        padded_labels = pad_sequence([target["labels"] for target in targets], batch_first=True)
+        padded_labels = pad_sequence(target_labels, batch_first=True)
         padded_boxes = pad_sequence([target["boxes"] for target in targets], batch_first=True, padding_value=0.5)
         cost = self.cost_matrix(pred_logits, pred_boxes, padded_labels, padded_boxes)
         costs = cost.float().cpu().numpy()

@@ -60,6 +60,8 @@ def parse_args(argv=None):
     parser.add_argument("--show-tokens", action="store_true", help="also draw the token selection (images only)")
     parser.add_argument("--confidence-threshold", type=float, default=0.3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="on a GPU, replay the network from a CUDA graph per frame size (same detections, faster)")
     parser.add_argument("--onnx", metavar="MODEL.onnx", help="run this exported graph with onnxruntime (CPU)")
     # "--opts" is optional: overrides are recognised anywhere (it must not swallow the options after it)
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides key=value")
@@ -216,6 +218,8 @@ def main(args):
         raise ValueError(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
     if args.onnx and args.show_tokens:
         raise ValueError("--show-tokens draws the PyTorch model's token selection; it cannot be used with --onnx")
+    if args.onnx and args.cuda_graphs:
+        raise ValueError("--cuda-graphs replays the PyTorch model on a GPU; it cannot be used with --onnx")
     if args.video_input and args.show_tokens:
         raise ValueError("--show-tokens draws pictures of images; it cannot be used with --video-input")
     if args.input:
@@ -228,7 +232,7 @@ def main(args):
         predictor = _onnx_predictor(cfg, args.onnx)
     else:
         amp = inference_amp_dtype(cfg, resolve_device(args.device)) is not None  # train.inference_amp
-        predictor = FocusDETRPredictor(cfg, device=args.device, amp=amp)
+        predictor = FocusDETRPredictor(cfg, device=args.device, amp=amp, cuda_graphs=args.cuda_graphs)
     class_names = _class_names(cfg)
     if args.video_input:
         return [run_video(predictor, args.video_input, args.output, args.confidence_threshold, class_names)]

@@ -13,8 +13,11 @@
 #      parity_r50   tools/check_parity.py --device cuda on the full-size fixture made on the CPU
 #   6. e2e_fp32     tools/benchmark.py --device cuda --json: R50 800x1333 inference, training step batch 2, memory
 #      e2e_bf16     the same under bfloat16 autocast (--amp)
-#   7. profile      tools/profile_inference.py --device cuda: R50 800x1333 batch 1, float32 and bfloat16: GPU busy
-#                   fraction, kernels, launches, host<->device copies, synchronisations, operators per image
+#      e2e_graphs   R50 800x1333 inference replayed from CUDA graphs (--cuda-graphs), bfloat16 and float32, against
+#                   eager inference, interleaved
+#   7. profile      tools/profile_inference.py --device cuda: R50 800x1333 batch 1, float32 and bfloat16, eager and
+#                   from CUDA graphs: GPU busy fraction, kernels, launches, host<->device copies, synchronisations,
+#                   operators per image
 #      batch8       tools/benchmark.py --batch-size 8 --amp --compare-fp32: images/s at batch 8, bfloat16 and float32
 #   8. official     (in the background from step 2 on, waited for before step 6) ../shared/official/setup_official.sh
 #                   --build-cuda: the official detrex Focus-DETR with its compiled CUDA attention, for timing only;
@@ -335,12 +338,17 @@ if [[ $DRY_RUN == 1 ]]; then
         --input-size 800 1333 --train-batch-size 2 --json "$WORK/e2e_fp32.json"
     planned e2e_cuda_bf16 "$PYTHON" tools/benchmark.py --config-file "$R50_CONFIG" --device cuda --amp \
         --input-size 800 1333 --train-batch-size 2 --json "$WORK/e2e_bf16.json"
+    planned e2e_cuda_graphs "$PYTHON" tools/benchmark.py --config-file "$R50_CONFIG" --device cuda --amp \
+        --compare-fp32 --cuda-graphs --tasks inference --input-size 800 1333 --json "$WORK/e2e_graphs.json"
 else
     stage e2e_fp32 120 "R50 800x1333, float32" -- "$PYTHON" tools/benchmark.py --config-file "$R50_CONFIG" \
         --device cuda --input-size 800 1333 --train-batch-size 2 --json "$WORK/e2e_fp32.json"
     stage e2e_bf16 120 "R50 800x1333, bfloat16 autocast" -- "$PYTHON" tools/benchmark.py \
         --config-file "$R50_CONFIG" --device cuda --amp --input-size 800 1333 --train-batch-size 2 \
         --json "$WORK/e2e_bf16.json"
+    stage e2e_graphs 90 "R50 800x1333 inference from CUDA graphs, bfloat16 and float32, against eager" -- \
+        "$PYTHON" tools/benchmark.py --config-file "$R50_CONFIG" --device cuda --amp --compare-fp32 --cuda-graphs \
+        --tasks inference --input-size 800 1333 --json "$WORK/e2e_graphs.json"
 fi
 
 # --- 7. where the time goes, batched throughput ---------------------------------------------------------------------
@@ -349,16 +357,17 @@ if [[ $DRY_RUN == 1 ]]; then
         --config-file configs/testing/focus_detr_tiny_fixture.py --device cpu --input-size 128 160 \
         --precision float32 bfloat16 --warmup 1 --repeats 1 --profiled 1 --json "$WORK/profile.json"
     planned profile_cuda "$PYTHON" tools/profile_inference.py --config-file "$R50_CONFIG" --device cuda \
-        --input-size 800 1333 --precision float32 bfloat16 --warmup 5 --repeats 20 --profiled 5 --json "$WORK/profile.json"
+        --input-size 800 1333 --precision float32 bfloat16 --cuda-graphs --warmup 5 --repeats 20 --profiled 5 \
+        --json "$WORK/profile.json"
     stage batch8 90 "dry run: tiny config, batch 2 of 128x128, CPU" -- "$PYTHON" tools/benchmark.py \
         --config-file configs/testing/focus_detr_tiny_fixture.py --device cpu --input-size 128 128 --batch-size 2 \
         --amp --compare-fp32 --tasks inference --warmup 0 --repeats 1 --json "$WORK/batch8.json"
     planned batch8_cuda "$PYTHON" tools/benchmark.py --config-file "$R50_CONFIG" --device cuda --input-size 800 1333 \
         --batch-size 8 --amp --compare-fp32 --tasks inference --warmup 2 --repeats 5 --json "$WORK/batch8.json"
 else
-    stage profile 120 "R50 800x1333 batch 1, float32 and bfloat16 autocast, torch.profiler" -- "$PYTHON" \
-        tools/profile_inference.py --config-file "$R50_CONFIG" --device cuda --input-size 800 1333 \
-        --precision float32 bfloat16 --warmup 5 --repeats 20 --profiled 5 --json "$WORK/profile.json"
+    stage profile 150 "R50 800x1333 batch 1, float32 and bfloat16 autocast, eager and CUDA graphs, torch.profiler" \
+        -- "$PYTHON" tools/profile_inference.py --config-file "$R50_CONFIG" --device cuda --input-size 800 1333 \
+        --precision float32 bfloat16 --cuda-graphs --warmup 5 --repeats 20 --profiled 5 --json "$WORK/profile.json"
     stage batch8 90 "R50 batch 8 of 800x1333, bfloat16 autocast and float32, inference" -- "$PYTHON" tools/benchmark.py \
         --config-file "$R50_CONFIG" --device cuda --input-size 800 1333 --batch-size 8 --amp --compare-fp32 \
         --tasks inference --warmup 2 --repeats 5 --json "$WORK/batch8.json"

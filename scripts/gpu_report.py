@@ -4,8 +4,8 @@
     python scripts/gpu_report.py --work WORK --out OUT --dry-run 0|1 --total-s S --budget-s S
 
 Reads WORK/stages.tsv (one line per stage: name, status, seconds, exit code, note, command), WORK/environment.json,
-each stage's WORK/<name>.log, the JSON the tools wrote (msda.json, e2e_fp32.json, e2e_bf16.json, profile.json,
-batch8.json) and the JSON lines of the side-by-side stages' logs (sbs_fp32, sbs_bf16, sbs_memory). Two tables sum
+each stage's WORK/<name>.log, the JSON the tools wrote (msda.json, e2e_fp32.json, e2e_bf16.json, e2e_graphs.json,
+profile.json, batch8.json) and the JSON lines of the side-by-side stages' logs (sbs_fp32, sbs_bf16, sbs_memory). Two tables sum
 them up: ours on the GPU, float32 and bfloat16, against issue 19's goals; and ours against the official model.
 Standard library only: it runs whatever failed before it.
 """
@@ -158,13 +158,23 @@ def gpu_table(report):
     e2e = {"float32": report.get("e2e_fp32"), "bfloat16": report.get("e2e_bf16")}
     profile = {p: _get(report, "profile", "precisions", p) for p in ("float32", "bfloat16")}
     batch = report.get("batch8") or {}
+    graphs = report.get("e2e_graphs") or {}
+    graphs_bf16 = bool(graphs.get("inference_amp_dtype"))
+    graphs_profile = {p: _get(report, "profile", "precisions", f"{p}+graphs") for p in ("float32", "bfloat16")}
     rows = [
         ("inference latency, batch 1 (ms)", {p: _get(e2e[p], "inference", "median_ms") for p in e2e},
          "<= 20 / <= 12"),
         ("training step, batch 2 (ms)", {p: _get(e2e[p], "train", "median_ms") for p in e2e}, "<= 160 / <= 110"),
         ("inference peak memory (MiB)", {p: _get(e2e[p], "inference", "peak_memory_mib") for p in e2e}, "-"),
         ("training peak memory (MiB)", {p: _get(e2e[p], "train", "peak_memory_mib") for p in e2e}, "must not rise"),
+        ("inference latency from CUDA graphs, batch 1 (ms)",
+         {"float32": _get(graphs, "inference", "fp32_ms" if graphs_bf16 else "median_ms"),
+          "bfloat16": _get(graphs, "inference", "median_ms") if graphs_bf16 else None}, "<= 20 / <= 12"),
+        ("CUDA graphs / eager, interleaved",
+         {"float32" if not graphs_bf16 else "bfloat16": _get(graphs, "inference", "ratio_to_eager")}, "-"),
         ("GPU busy fraction, inference", {p: _get(profile[p], "busy_fraction") for p in profile}, ">= 0.85"),
+        ("GPU busy fraction, inference from CUDA graphs",
+         {p: _get(graphs_profile[p], "busy_fraction") for p in graphs_profile}, ">= 0.85"),
         ("device time per image (ms)", {p: _get(profile[p], "device_active_ms") for p in profile}, "-"),
         ("kernels per image", {p: _get(profile[p], "kernels") for p in profile}, "-"),
         ("kernel launches per image", {p: _get(profile[p], "launches") for p in profile}, "-"),
@@ -306,7 +316,7 @@ def main(argv=None):
         if name in names:
             report[name] = parity_summary(read_log(work, name))
     report["msda"] = msda_summary(read_json(work / "msda.json"))
-    for name in ("e2e_fp32", "e2e_bf16", "profile", "batch8"):
+    for name in ("e2e_fp32", "e2e_bf16", "e2e_graphs", "profile", "batch8"):
         report[name] = read_json(work / f"{name}.json")
     for name in (*SIDE_BY_SIDE_STAGES, "sbs_memory"):
         report[name] = side_by_side_summary(read_log(work, name))

@@ -90,3 +90,37 @@ def fixture_targets(parity_fixture):
         boxes = instances["gt_boxes"] / torch.as_tensor([w, h, w, h], dtype=torch.float)
         targets.append({"labels": instances["gt_classes"], "boxes": box_xyxy_to_cxcywh(boxes), "image_size": (h, w)})
     return targets
+
+
+class _StandInGraphs:
+    """``_capture_graph`` without CUDA: replay reruns ``detect`` and copies into the captured outputs."""
+
+    def __init__(self):
+        self.captures = 0
+        self.fail = None  # an exception the next capture raises
+        self.corrupt = False  # replays write other values than eager
+
+    def __call__(self, wrapper, detect):
+        if self.fail is not None:
+            raise self.fail
+        self.captures += 1
+        expected = detect()
+        outputs = detect()
+
+        def replay():
+            for out, new in zip(outputs, detect()):
+                out.copy_(new + 1 if self.corrupt and out.is_floating_point() else new)
+
+        return replay, outputs, expected, []
+
+
+@pytest.fixture
+def stand_in_cuda_graphs(monkeypatch):
+    """``focus_detr.engine.cuda_graphs`` on the CPU, with :class:`_StandInGraphs` for the graphs (its ``captures``,
+    ``fail`` and ``corrupt`` attributes)."""
+    from focus_detr.engine import cuda_graphs
+
+    graphs = _StandInGraphs()
+    monkeypatch.setattr(cuda_graphs, "graphs_available", lambda device: True)
+    monkeypatch.setattr(cuda_graphs.CUDAGraphInference, "_capture_graph", lambda self, detect: graphs(self, detect))
+    return graphs

@@ -16,6 +16,10 @@ Precision: inference runs under the config's ``train.inference_amp``, the traini
 off by default: float32); ``--amp`` turns both on (``auto``: bfloat16 where supported). ``--compare-fp32`` also runs
 the model in float32 in every round, interleaved, and reports ``fp32_ms`` and ``ratio_to_fp32`` per task.
 
+``--cuda-graphs`` (CUDA only) times inference through ``focus_detr.engine.cuda_graphs.CUDAGraphInference`` (the
+network replayed from a CUDA graph per input size, captured during the warm-up) and also runs eager inference in
+every round, interleaved: ``eager_ms`` and ``ratio_to_eager``.
+
 ``--flop-floor`` also counts, after the timing, the multiply-adds each task executes in convolutions, matrix
 products and attention (a training step's backward included; ``focus_detr.analysis.flops.executed_multiply_adds``)
 and those of the yardstick: ``flop_ratio_to_yardstick`` / ``train_flop_ratio_to_yardstick``. A model that ran its
@@ -67,6 +71,7 @@ from focus_detr.engine import (
     training_amp_dtype,
 )
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+from focus_detr.engine.cuda_graphs import CUDAGraphInference, graphs_available
 from focus_detr.engine.cli import run_reporting_errors
 
 
@@ -79,6 +84,8 @@ def parse_args(argv=None):
                              "train.inference_amp / train.amp say")
     parser.add_argument("--compare-fp32", action="store_true",
                         help="with autocast on: also time float32 runs, interleaved, and report the ratio")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="inference replayed from CUDA graphs (CUDA only), timed against eager inference")
     parser.add_argument("--flop-floor", action="store_true",
                         help="also count each task's multiply-adds against the yardstick's (after the timing)")
     parser.add_argument("--count-dispatch", action="store_true",
@@ -101,21 +108,20 @@ def parse_args(argv=None):
     return parse_args_with_overrides(parser, argv)
 
 
-def _interleaved_with_yardstick(function, yardstick, device, warmup, repeats, fp32_function=None):
-    """:func:`summarize` of ``function``'s times, with ``yardstick_ms`` (median) and ``ratio_to_yardstick``; with
-    ``fp32_function`` (the same work in float32) also ``fp32_ms`` and ``ratio_to_fp32``, from the same rounds."""
+def _interleaved_with_yardstick(function, yardstick, device, warmup, repeats, baselines=None):
+    """:func:`summarize` of ``function``'s times, with ``yardstick_ms`` (median) and ``ratio_to_yardstick``; for each
+    ``name -> function`` of ``baselines`` (the same work done otherwise, e.g. "fp32") also ``{name}_ms`` and
+    ``ratio_to_{name}``, from the same rounds."""
     reset_peak_memory(device)
-    functions = {"model": function, "yardstick": yardstick}
-    if fp32_function is not None:
-        functions["fp32"] = fp32_function
+    functions = {"model": function, "yardstick": yardstick, **(baselines or {})}
     seconds = time_interleaved(functions, device, warmup, repeats)
     stats = summarize(seconds["model"])
     stats["peak_memory_mib"] = peak_memory_mib(device)
     stats["yardstick_ms"] = summarize(seconds["yardstick"])["median_ms"]
     stats["ratio_to_yardstick"] = median_ratio(seconds["model"], seconds["yardstick"])
-    if fp32_function is not None:
-        stats["fp32_ms"] = summarize(seconds["fp32"])["median_ms"]
-        stats["ratio_to_fp32"] = median_ratio(seconds["model"], seconds["fp32"])
+    for name in baselines or {}:
+        stats[f"{name}_ms"] = summarize(seconds[name])["median_ms"]
+        stats[f"ratio_to_{name}"] = median_ratio(seconds["model"], seconds[name])
     return stats
 
 
@@ -132,11 +138,20 @@ def _dispatch_counts(task_run, device, sync_sites):
 
 
 def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats, yardstick, compare_fp32=False,
-                        flop_floor=False, batch_size=1, count_dispatch=False, sync_sites=False):
+                        flop_floor=False, batch_size=1, count_dispatch=False, sync_sites=False, cuda_graphs=False):
     """Times one call of ``batch_size`` images (``median_ms`` etc. per call; ``images_per_s`` counts images)."""
+    eager = model
+    if cuda_graphs:
+        model = CUDAGraphInference(eager)
     one_batch = inference_call(model, inputs, device, amp_dtype, batch_size)
-    fp32_batch = inference_call(model, inputs, device, batch_size=batch_size) if compare_fp32 else None
-    stats = _interleaved_with_yardstick(one_batch, yardstick, device, warmup, repeats, fp32_batch)
+    baselines = {}
+    if compare_fp32:
+        baselines["fp32"] = inference_call(model, inputs, device, batch_size=batch_size)
+    if cuda_graphs:
+        baselines["eager"] = inference_call(eager, inputs, device, amp_dtype, batch_size)
+    stats = _interleaved_with_yardstick(one_batch, yardstick, device, warmup, repeats, baselines)
+    if cuda_graphs:
+        stats["cuda_graphs"] = dict(model.counts)
     stats["batch_size"] = batch_size
     stats["images_per_s"] = batch_size * 1000.0 / stats["median_ms"]
     if compare_fp32:
@@ -167,8 +182,8 @@ def benchmark_training(model, optimizer, batch, device, amp_dtype, warmup, repea
 
         return one_step
 
-    fp32_step = step_in(None) if compare_fp32 else None
-    stats = _interleaved_with_yardstick(step_in(amp_dtype), yardstick, device, warmup, repeats, fp32_step)
+    baselines = {"fp32": step_in(None)} if compare_fp32 else None
+    stats = _interleaved_with_yardstick(step_in(amp_dtype), yardstick, device, warmup, repeats, baselines)
     stats["images_per_s"] = len(batch) * 1000.0 / stats["median_ms"]
     if flop_floor:
         stats.update(_flop_floor(step_in(amp_dtype), yardstick))
@@ -227,6 +242,8 @@ def main(args):
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)
     device = resolve_device(args.device)
+    if args.cuda_graphs and not graphs_available(device):
+        raise ValueError(f"--cuda-graphs needs a CUDA device, got --device {device}")
     inference_dtype, train_dtype = inference_amp_dtype(cfg, device), training_amp_dtype(cfg, device)
     if args.amp:
         inference_dtype = inference_dtype or resolve_amp_dtype("auto", device)
@@ -264,7 +281,7 @@ def main(args):
             "yardstick_input": list(yardstick_size),
             **benchmark_inference(
                 model, inputs, device, inference_dtype, args.warmup, args.repeats, yardstick, compare["inference"],
-                args.flop_floor, args.batch_size, count_dispatch, args.sync_sites,
+                args.flop_floor, args.batch_size, count_dispatch, args.sync_sites, args.cuda_graphs,
             ),
         }
         rows.append((f"inference (batch {args.batch_size})", described, results["inference"]))
@@ -298,6 +315,9 @@ def main(args):
         if "ratio_to_fp32" in stats:
             print(f"{task}: autocast {stats['median_ms']:.1f} ms vs float32 {stats['fp32_ms']:.1f} ms interleaved, "
                   f"median ratio {stats['ratio_to_fp32']:.2f}x")
+        if "ratio_to_eager" in stats:
+            print(f"{task}: CUDA graphs {stats['median_ms']:.1f} ms vs eager {stats['eager_ms']:.1f} ms interleaved, "
+                  f"median ratio {stats['ratio_to_eager']:.2f}x ({stats['cuda_graphs']})")
     for task, described, stats in rows:
         if "flop_ratio" in stats:
             print(f"{task}: {stats['gmac']:.1f} GMAC in convolutions, matrix products and attention, "

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Where one inference's time goes: on a GPU, the fraction of the wall time the device is busy, kernels and kernel
 launches, host<->device copies and host synchronisations per image, the operators dispatched and casts, and the
-longest kernels; per precision (float32, and autocast bfloat16 / float16). Random weights, batch 1, one synthetic
+longest kernels; per precision (float32, and autocast bfloat16 / float16), and with ``--cuda-graphs`` also replayed
+from CUDA graphs (``focus_detr.engine.cuda_graphs``). Random weights, batch 1, one synthetic
 image (``focus_detr.analysis.gpu_profile``). On a CPU only the operator counts and wall times mean anything.
 
     python tools/profile_inference.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cuda \\
@@ -19,6 +20,7 @@ from focus_detr.analysis.timing import inference_call
 from focus_detr.engine import build_model, load_config, resolve_amp_dtype, resolve_device
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.cuda_graphs import CUDAGraphInference, graphs_available
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -30,6 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["float32"],
                         help="float32, or autocast to bfloat16 / float16 (the model's weights stay float32)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=[800, 1333])
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also profile each precision replayed from CUDA graphs (rows '<precision>+graphs')")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10, help="unprofiled timed calls (the wall time)")
     parser.add_argument("--profiled", type=int, default=5, help="calls under the profiler (the counts)")
@@ -41,7 +45,7 @@ def parse_args(argv=None):
 def _row(precision, s):
     busy = "-" if s["busy_fraction"] is None else f"{100 * s['busy_fraction']:.0f}%"
     copies = s["copies"].get("HtoD", 0) + s["copies"].get("DtoH", 0)
-    return (f"{precision:<10}{s['wall_ms']:>9.1f}{s['device_active_ms']:>11.1f}{busy:>7}{s['kernels']:>9.0f}"
+    return (f"{precision:<16}{s['wall_ms']:>9.1f}{s['device_active_ms']:>11.1f}{busy:>7}{s['kernels']:>9.0f}"
             f"{s['launches']:>10.0f}{copies:>8.0f}{s['syncs']:>7.0f}{s['operators']:>8.0f}{s['casts']:>7.0f}")
 
 
@@ -50,7 +54,12 @@ def main(args):
         raise ValueError("--profiled and --repeats must be at least 1, --warmup at least 0")
     cfg = load_config(args.config_file, args.opts)
     device = resolve_device(args.device)
+    if args.cuda_graphs and not graphs_available(device):
+        raise ValueError(f"--cuda-graphs needs a CUDA device, got --device {device}")
     model = build_model(cfg, device)
+    runs = {"": model}
+    if args.cuda_graphs:
+        runs["+graphs"] = CUDAGraphInference(model)
     height, width = args.input_size
     inputs = synthetic_inputs(height, width)
     results = {
@@ -61,11 +70,14 @@ def main(args):
     }
     for precision in args.precision:
         amp_dtype = None if precision == "float32" else resolve_amp_dtype(precision, device, "--precision")
-        call = inference_call(model, inputs, device, amp_dtype)
-        results["precisions"][precision] = profile_summary(call, device, args.warmup, args.repeats, args.profiled)
+        for suffix, run in runs.items():
+            call = inference_call(run, inputs, device, amp_dtype)
+            results["precisions"][precision + suffix] = profile_summary(
+                call, device, args.warmup, args.repeats, args.profiled
+            )
 
     print(f"{args.config_file} on {results['hardware']} ({device}), {height}x{width}, batch 1, per image:")
-    print(f"{'precision':<10}{'wall ms':>9}{'device ms':>11}{'busy':>7}{'kernels':>9}{'launches':>10}"
+    print(f"{'precision':<16}{'wall ms':>9}{'device ms':>11}{'busy':>7}{'kernels':>9}{'launches':>10}"
           f"{'H<->D':>8}{'syncs':>7}{'ops':>8}{'casts':>7}")
     for precision, summary in results["precisions"].items():
         print(_row(precision, summary))

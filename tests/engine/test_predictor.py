@@ -155,6 +155,18 @@ def test_no_weights_warns_once_and_amp_runs_bfloat16(small_tree_cfg, caplog):
         FocusDETRPredictor(small_tree_cfg, device="cpu", amp="bf16")
 
 
+def test_cuda_graphs_off_a_gpu_warn_and_run_eagerly(predictor, small_tree_cfg, caplog):
+    graphed = FocusDETRPredictor(small_tree_cfg, device="cpu", cuda_graphs=True)
+    assert any("cuda_graphs needs a CUDA device" in r.getMessage() for r in caplog.records)
+    graphed.model.load_state_dict(predictor.model.state_dict())
+    image = _image(48, 64, 6)
+    expected, actual = predictor(image)["instances"], graphed(image)["instances"]
+    assert torch.equal(expected.scores, actual.scores) and torch.equal(expected.pred_boxes.tensor,
+                                                                       actual.pred_boxes.tensor)
+    with pytest.raises(ValueError, match="cuda_graphs must be True or False"):
+        FocusDETRPredictor(small_tree_cfg, device="cpu", cuda_graphs="yes")
+
+
 def test_ema_weights_of_a_checkpoint_are_used_when_the_config_says_so(predictor, small_tree_cfg, tmp_path):
     state = predictor.model.state_dict()
     shadow = {name: value + 1 if value.is_floating_point() else value for name, value in state.items()}

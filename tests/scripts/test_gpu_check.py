@@ -10,7 +10,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "focus_detr_tiny.pt"
 OFFICIAL_SRC = REPO_ROOT.parent / "shared" / "official"
-GPU_PLANNED = {"gpu_tests", "msda_cuda", "e2e_cuda_fp32", "e2e_cuda_bf16", "profile_cuda", "batch8_cuda", "sbs_cuda_fp32",
+GPU_PLANNED = {"gpu_tests", "msda_cuda", "e2e_cuda_fp32", "e2e_cuda_bf16", "e2e_cuda_graphs", "profile_cuda", "batch8_cuda", "sbs_cuda_fp32",
                "sbs_cuda_bf16", "sbs_memory_cuda"}
 
 
@@ -98,7 +98,8 @@ def test_report_names_each_tasks_precision(tmp_path):
 
 def _write_issue19_stages(work):
     """Synthetic outputs of the profile, batch-8 and side-by-side stages, as the tools print and write them."""
-    names = ("e2e_fp32", "e2e_bf16", "profile", "batch8", "official_setup", "sbs_fp32", "sbs_bf16", "sbs_memory")
+    names = ("e2e_fp32", "e2e_bf16", "e2e_graphs", "profile", "batch8", "official_setup", "sbs_fp32", "sbs_bf16",
+             "sbs_memory")
     (work / "stages.tsv").write_text("".join(f"{name}\tok\t9\t0\tnote\tcommand\n" for name in names))
     for name, dtype, infer_ms, train_ms in (("e2e_fp32", None, 38.5, 250.0), ("e2e_bf16", "bfloat16", 58.5, 234.0)):
         (work / f"{name}.json").write_text(json.dumps({
@@ -106,13 +107,16 @@ def _write_issue19_stages(work):
             "inference": {"median_ms": infer_ms, "peak_memory_mib": 700.0},
             "train": {"median_ms": train_ms, "peak_memory_mib": 5000.0}}))
 
+    (work / "e2e_graphs.json").write_text(json.dumps({"inference_amp_dtype": "bfloat16", "inference": {
+        "median_ms": 10.5, "fp32_ms": 17.0, "eager_ms": 30.0, "ratio_to_eager": 0.35}}))
+
     def profiled(busy, syncs):
         return {"busy_fraction": busy, "device_active_ms": 15.9, "kernels": 1830, "launches": 1831, "syncs": syncs,
                 "copies": {"HtoD": 40, "DtoH": 6, "DtoD": 3}, "operators": 3104, "casts": 630,
                 "top_kernels": [{"name": "sm90_gemm", "launches": 12, "ms": 2.5}]}
 
-    (work / "profile.json").write_text(json.dumps({"precisions": {"float32": profiled(0.41, 16),
-                                                                  "bfloat16": profiled(0.16, 16)}}))
+    (work / "profile.json").write_text(json.dumps({"precisions": {
+        "float32": profiled(0.41, 16), "bfloat16": profiled(0.16, 16), "float32+graphs": profiled(0.93, 1)}}))
     (work / "batch8.json").write_text(json.dumps({"inference_amp_dtype": "bfloat16", "inference": {
         "batch_size": 8, "images_per_s": 120.0, "fp32_images_per_s": 70.0}}))
     (work / "official_setup.log").write_text("detrex._C built\nPYTHONPATH=/w/official:/w/official/_stubs\n")
@@ -142,6 +146,11 @@ def test_report_tables_ours_on_the_gpu_and_against_the_official_model(tmp_path):
     assert rows["inference latency, batch 1 (ms)"]["float32"] == 38.5
     assert rows["training step, batch 2 (ms)"]["bfloat16"] == 234.0
     assert rows["GPU busy fraction, inference"]["float32"] == 0.41
+    graphs = rows["inference latency from CUDA graphs, batch 1 (ms)"]
+    assert (graphs["float32"], graphs["bfloat16"]) == (17.0, 10.5)
+    assert rows["CUDA graphs / eager, interleaved"]["bfloat16"] == 0.35
+    busy = rows["GPU busy fraction, inference from CUDA graphs"]
+    assert (busy["float32"], busy["bfloat16"]) == (0.93, None)
     assert rows["host<->device copies per image"]["bfloat16"] == 46  # HtoD + DtoH, not DtoD
     assert rows["synchronisations per image"]["float32"] == 16
     assert rows["throughput, batch 8 (images/s)"] == {

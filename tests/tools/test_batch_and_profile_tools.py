@@ -27,10 +27,25 @@ def test_benchmark_batch_size_runs_batches_and_counts_images(tmp_path, monkeypat
     assert inference["images_per_s"] == pytest.approx(3000 / inference["median_ms"])
 
 
-def test_benchmark_refuses_an_empty_batch(capsys):
+def test_benchmark_refuses_an_empty_batch_and_cuda_graphs_off_a_gpu(capsys):
     benchmark = load_script("tools/benchmark.py", "benchmark_batch")
     with pytest.raises(ValueError, match="--batch-size must be at least 1, got 0"):
         benchmark.main(benchmark.parse_args(["--config-file", FIXTURE_CONFIG, "--device", "cpu", "--batch-size", "0"]))
+    with pytest.raises(ValueError, match="--cuda-graphs needs a CUDA device, got --device cpu"):
+        benchmark.main(benchmark.parse_args(["--config-file", FIXTURE_CONFIG, "--device", "cpu", "--cuda-graphs"]))
+
+
+def test_benchmark_cuda_graphs_times_replays_against_eager(tmp_path, monkeypatch, stand_in_cuda_graphs):
+    benchmark = load_script("tools/benchmark.py", "benchmark_graphs")
+    monkeypatch.setattr(benchmark, "graphs_available", lambda device: True)  # the stand-in graphs run on the CPU
+    json_path = tmp_path / "bench.json"
+    benchmark.main(benchmark.parse_args(
+        ["--config-file", FIXTURE_CONFIG, "--device", "cpu", "--input-size", "64", "96", "--tasks", "inference",
+         "--cuda-graphs", "--warmup", "2", "--repeats", "2", "--json", str(json_path)]))
+    inference = json.loads(json_path.read_text())["inference"]
+    assert inference["cuda_graphs"] == {"eager": 1, "captured": 1, "replayed": 2}  # captured in the warm-up
+    assert inference["eager_ms"] > 0 and inference["ratio_to_eager"] > 0
+    assert stand_in_cuda_graphs.captures == 1
 
 
 def test_profile_inference_writes_per_precision_counts(tmp_path, capsys):

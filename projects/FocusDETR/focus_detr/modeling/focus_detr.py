@@ -1,7 +1,7 @@
 """The Focus-DETR meta-architecture: image batching, backbone, neck, transformer, heads, losses and inference."""
 import contextlib
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone
@@ -225,22 +225,36 @@ class FocusDETR(nn.Module):
         ``(h, w)``) and ``padded_size`` (the padded batch's ``(H, W)``, which the token grid divides).
         """
         images = self.preprocess_image(batched_inputs)
+        if not return_token_selection:
+            return self.detection_outputs(self.detect(images), images, batched_inputs)
         out = self.run_transformer(images)
+        processed = self.detection_outputs(self.detections_of(out), images, batched_inputs)
+        for i, (entry, image_size) in enumerate(zip(processed, images.image_sizes)):
+            entry["image_size"] = tuple(image_size)
+            entry["padded_size"] = tuple(images.tensor.shape[-2:])
+            entry["token_selection"] = token_selection_of(out, i)
+        return processed
+
+    def detect(self, images: ImageList) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Padded pixels -> the top detections (:meth:`select_detections`): all of inference that runs on the
+        device. Its shapes follow from the image sizes alone and it reads nothing back from the device, so it can be
+        captured as one CUDA graph per input size (:class:`~focus_detr.engine.cuda_graphs.CUDAGraphInference`)."""
+        return self.detections_of(self.run_transformer(images))
+
+    def detections_of(self, out: TransformerOutput) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`select_detections` of the last decoder layer's predictions."""
         logits, boxes = self.predict(out, last_layer_only=True)
-        results = self.postprocess(logits[-1], boxes[-1], images.image_sizes)
+        return self.select_detections(logits[-1], boxes[-1])
+
+    def detection_outputs(self, detections, images: ImageList, batched_inputs: List[Dict]) -> List[Dict]:
+        """:meth:`select_detections`' ``(scores, labels, boxes)`` -> ``[{"instances": Instances}]``, each in its
+        input's ``height`` x ``width`` (default: the network input's size), without empty boxes."""
         output_sizes = [
             (item.get("height", image_size[0]), item.get("width", image_size[1]))
             for item, image_size in zip(batched_inputs, images.image_sizes)
         ]
-        processed = []
-        for i, (instances, image_size) in enumerate(zip(rescale_detections(results, output_sizes), images.image_sizes)):
-            entry = {"instances": instances}
-            if return_token_selection:
-                entry["image_size"] = tuple(image_size)
-                entry["padded_size"] = tuple(images.tensor.shape[-2:])
-                entry["token_selection"] = token_selection_of(out, i)
-            processed.append(entry)
-        return processed
+        results = self.instances_of(*detections, images.image_sizes)
+        return [{"instances": instances} for instances in rescale_detections(results, output_sizes)]
 
     def select_detections(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor):
         """Top ``num_detections`` over queries x classes (no NMS). pred_logits ``(B, Q, K)``, pred_boxes ``(B, Q, 4)``
@@ -255,7 +269,11 @@ class FocusDETR(nn.Module):
 
     def postprocess(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor, image_sizes) -> List[Instances]:
         """:meth:`select_detections` -> Instances in input-image pixels."""
-        scores, labels, boxes = self.select_detections(pred_logits, pred_boxes)
+        return self.instances_of(*self.select_detections(pred_logits, pred_boxes), image_sizes)
+
+    @staticmethod
+    def instances_of(scores, labels, boxes, image_sizes) -> List[Instances]:
+        """:meth:`select_detections`' outputs -> Instances per image, boxes scaled (in place) to its ``(h, w)``."""
         results = []
         for scores_i, labels_i, boxes_i, (h, w) in zip(scores, labels, boxes, image_sizes):
             result = Instances((h, w))

@@ -93,6 +93,8 @@ def test_video_argument_errors_are_one_line(demo, toy_dataset, video, tmp_path, 
         (["--video-input", video, "--output", video], f"error: --output {video} is the input video; name another file"),
         (["--video-input", video, "--output", str(tmp_path / "o.mp4"), "--show-tokens"],
          "error: --show-tokens draws pictures of images; it cannot be used with --video-input"),
+        (["--video-input", video, "--output", str(tmp_path / "o.mp4"), "--cuda-graphs", "--onnx", "m.onnx"],
+         "error: --cuda-graphs replays the PyTorch model on a GPU; it cannot be used with --onnx"),
     ]
     for argv, expected in cases:
         code, _, err = _run(demo, argv, capsys)

@@ -131,6 +131,18 @@ def test_outside_tensors_are_what_a_region_reads_but_did_not_write():
     assert out.untyped_storage().data_ptr() not in held
 
 
+def test_under_autocast_a_region_after_a_warm_up_reads_the_cached_weight_casts():
+    # what a bfloat16 graph reads instead of casting the weights on every replay
+    linear = nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        linear(x)
+        with OutsideTensors() as outside:
+            linear(x)
+    held = {(t.dtype, tuple(t.shape)) for t in outside.tensors}
+    assert held == {(torch.float32, (2, 4)), (torch.bfloat16, (3, 4)), (torch.bfloat16, (3,))}
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
 

@@ -9,11 +9,11 @@ replayed; preprocessing (normalise, pad) and the conversion of detections to ``I
 
 Safety: a graph is only used after its first replay gave bitwise the detections of an eager run of the same input;
 a signature whose capture fails or differs runs eagerly from then on (one warning). The graph keeps every tensor it
-reads from outside its own memory (weights, cached layouts, folded batch norms) alive, and all graphs are dropped
-when a parameter or buffer of the model changes, since derived caches (folded weights) are read by address.
+reads from outside its own memory (weights, cached layouts, folded batch norms, autocast's casts of the weights)
+alive, and all graphs are dropped when a parameter or buffer of the model changes, since those derived tensors are
+read by address.
 """
 import collections
-import contextlib
 import logging
 import threading
 from typing import Callable, Dict, List, Optional, Tuple
@@ -201,7 +201,9 @@ class CUDAGraphInference(nn.Module):
         stream, caller = self._stream, torch.cuda.current_stream(device)
         graph = torch.cuda.CUDAGraph()
         stream.wait_stream(caller)
-        with torch.cuda.stream(stream), _autocast_without_cache(device.type):
+        with torch.cuda.stream(stream):
+            # Under autocast (its weight-cast cache on, the default), the warm-up casts the weights and the graph
+            # reads those casts (held below) instead of recording ~600 cast kernels to replay on every call.
             expected = detect()
             # thread_local: a data loader's pinning thread may allocate while this thread captures
             with OutsideTensors() as outside, torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
@@ -213,14 +215,6 @@ class CUDAGraphInference(nn.Module):
 def graphs_available(device) -> bool:
     """Whether inference on ``device`` (a torch device or its name) can be replayed from CUDA graphs."""
     return torch.device(device).type == "cuda"
-
-
-def _autocast_without_cache(device_type: str):
-    """The caller's autocast, without its weight-cast cache: a cast cached before the capture would be read by the
-    graph from memory the cache frees when its context ends."""
-    if not torch.is_autocast_enabled(device_type):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type), cache_enabled=False)
 
 
 def _signature(images: ImageList) -> tuple:

@@ -232,7 +232,8 @@ def main(args):
         predictor = _onnx_predictor(cfg, args.onnx)
     else:
         amp = inference_amp_dtype(cfg, resolve_device(args.device)) is not None  # train.inference_amp
-        predictor = FocusDETRPredictor(cfg, device=args.device, amp=amp, cuda_graphs=args.cuda_graphs)
+        # --cuda-graphs on, else the config's train.inference_cuda_graphs
+        predictor = FocusDETRPredictor(cfg, device=args.device, amp=amp, cuda_graphs=args.cuda_graphs or None)
     class_names = _class_names(cfg)
     if args.video_input:
         return [run_video(predictor, args.video_input, args.output, args.confidence_threshold, class_names)]

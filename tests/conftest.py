@@ -108,7 +108,9 @@ class _StandInGraphs:
         outputs = detect()
 
         def replay():
-            for out, new in zip(outputs, detect()):
+            from focus_detr.engine.cuda_graphs import tensors_in
+
+            for out, new in zip(tensors_in(outputs), tensors_in(detect())):
                 out.copy_(new + 1 if self.corrupt and out.is_floating_point() else new)
 
         return replay, outputs, expected, []

@@ -8,13 +8,15 @@ own graph, the cache bound, weight changes, failed or differing captures fall ba
 checked against eager inference on a GPU (skipped here).
 """
 import logging
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from conftest import build_tiny_model
-from focus_detr.engine.cuda_graphs import CUDAGraphInference, OutsideTensors
+from focus_detr.engine.config import ConfigError
+from focus_detr.engine.cuda_graphs import CUDAGraphInference, OutsideTensors, inference_cuda_graphs
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,39 @@ def test_a_signature_that_cannot_be_replayed_runs_eagerly(model, stand_in_cuda_g
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "runs eagerly" in warnings[0] and "\n" not in warnings[0]
     assert ("operation not permitted" in warnings[0]) == (failure == "raises")
+
+
+def test_token_selection_replays_with_the_detections(model, stand_in_cuda_graphs):
+    graphed = CUDAGraphInference(model)
+    frames = [_images((96, 128), (96, 112), seed=seed) for seed in range(3)]
+    outputs = [graphed.forward_inference(frame, return_token_selection=True) for frame in frames]
+    assert graphed.counts == {"eager": 1, "captured": 1, "replayed": 1}
+    for frame, output in zip(frames, outputs):
+        expected = model.forward_inference(frame, return_token_selection=True)
+        _assert_same(expected, output)
+        for want, got in zip(expected, output):
+            assert (want["image_size"], want["padded_size"]) == (got["image_size"], got["padded_size"])
+            want, got = want["token_selection"], got["token_selection"]
+            assert want.keys() == got.keys()
+            for name in want:
+                pairs = zip(want[name], got[name]) if isinstance(want[name], list) else [(want[name], got[name])]
+                assert all(torch.equal(a, b) for a, b in pairs), name
+    graphed(frames[0])  # without the selection: a signature of its own
+    assert graphed.counts["eager"] == 2
+
+
+def test_the_config_switch_is_checked_in_one_line():
+    cfg = {"train": {"inference_cuda_graphs": {"enabled": True, "max_graphs": 2}}}
+    assert inference_cuda_graphs(cfg) == {"max_graphs": 2}
+    assert inference_cuda_graphs({"train": {}}) is None
+    assert inference_cuda_graphs({"train": {"inference_cuda_graphs": {"enabled": False}}}) is None
+    for settings, words in (({"enabled": "yes"}, "enabled must be True or False"),
+                            ({"enabled": True, "max_graphs": 0}, "max_graphs must be an integer >= 1"),
+                            ({"enabled": True, "max_graph": 2}, "unknown keys ['max_graph']")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            inference_cuda_graphs({"train": {"inference_cuda_graphs": settings}})
+    with pytest.raises(TypeError, match="needs a model with preprocess_image, detect"):
+        CUDAGraphInference(nn.Linear(2, 2))
 
 
 def test_training_mode_and_cpu_call_the_model_as_is(model):

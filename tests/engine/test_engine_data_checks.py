@@ -85,6 +85,23 @@ def test_batched_evaluation_warns_that_scores_change(train_net, toy_dataset, cap
     assert bool(batched) == warned
 
 
+def test_cuda_graphs_switched_on_for_a_cpu_evaluation_warn_and_a_bad_value_is_one_line(train_net, toy_dataset,
+                                                                                         capsys, tmp_path):
+    records = _Records()
+    logger = logging.getLogger("focus_detr.engine.evaluation")
+    logger.addHandler(records)
+    try:
+        code, _ = _run(train_net, capsys, "--eval-only", "train.inference_cuda_graphs.enabled=True",
+                       f"train.output_dir={tmp_path}")
+    finally:
+        logger.removeHandler(records)
+    assert code == 0 and (tmp_path / "eval_results.json").exists()
+    assert [m for m in records.messages if "inference_cuda_graphs needs a CUDA device: evaluating eagerly" in m]
+    code, err = _run(train_net, capsys, "--eval-only", "train.inference_cuda_graphs.max_graphs=0",
+                     "train.inference_cuda_graphs.enabled=True", f"train.output_dir={tmp_path / 'bad'}")
+    assert (code, err[-1]) == (2, "error: train.inference_cuda_graphs.max_graphs must be an integer >= 1, got 0")
+
+
 def _crowd_only(coco):
     for annotation in coco["annotations"]:
         annotation["iscrowd"] = 1

@@ -30,6 +30,10 @@ def test_inference_after_the_first_call_at_a_size_reads_only_the_detection_count
     assert counts.syncs == 1, counts.sync_sites
     (site,) = counts.sync_sites
     assert "rescale_detections" in site
+    # so the network itself (what engine.cuda_graphs captures) reads nothing and uploads nothing
+    images = model.preprocess_image(items)
+    with torch.no_grad():
+        assert dispatch_counts(lambda: model.detect(images)).syncs == 0
     # a batch of several images of different sizes (padding) reads no more
     batch = [_image(96, 128), _image(64, 96, seed=1)]
     with torch.no_grad():

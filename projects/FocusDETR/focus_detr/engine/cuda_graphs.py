@@ -23,9 +23,15 @@ from detectron2.structures import ImageList
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["CUDAGraphInference", "OutsideTensors"]
+from .config import ConfigError
+
+__all__ = [
+    "CUDAGraphInference", "OutsideTensors", "graphs_available", "graphs_supported", "inference_cuda_graphs",
+    "tensors_in",
+]
 
 logger = logging.getLogger(__name__)
+
 
 class OutsideTensors(TorchDispatchMode):
     """Collects, inside the ``with`` block, every tensor an operator reads that no operator of the block wrote:
@@ -43,28 +49,41 @@ class OutsideTensors(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        for tensor in _tensors((args, kwargs)):
+        for tensor in tensors_in((args, kwargs)):
             storage = _storage_key(tensor)
             if storage is not None and storage not in self._inside and storage not in self._outside:
                 self._outside.add(storage)
                 self.tensors.append(tensor)
         out = func(*args, **kwargs)
-        for tensor in _tensors(out):
+        for tensor in tensors_in(out):
             storage = _storage_key(tensor)
             if storage is not None and storage not in self._outside:
                 self._inside.add(storage)
         return out
 
 
-def _tensors(tree):
+def tensors_in(tree):
+    """The tensors of nested tuples, lists and dicts, in order."""
     if isinstance(tree, torch.Tensor):
         yield tree
     elif isinstance(tree, (list, tuple)):
         for item in tree:
-            yield from _tensors(item)
+            yield from tensors_in(item)
     elif isinstance(tree, dict):
         for item in tree.values():
-            yield from _tensors(item)
+            yield from tensors_in(item)
+
+
+def _cloned(tree):
+    """``tree`` with each tensor cloned: the next replay overwrites a graph's outputs, and callers scale the boxes in
+    place."""
+    if isinstance(tree, torch.Tensor):
+        return tree.clone()
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_cloned(item) for item in tree)
+    if isinstance(tree, dict):
+        return {name: _cloned(item) for name, item in tree.items()}
+    return tree
 
 
 def _storage_key(tensor: torch.Tensor):
@@ -73,6 +92,10 @@ def _storage_key(tensor: torch.Tensor):
     except (RuntimeError, NotImplementedError):  # tensors without storage (sparse, ...)
         return None
     return (tensor.device, storage.data_ptr())
+
+
+# What CUDAGraphInference calls on the model: the eager ends and the capturable middle of an inference.
+_MODEL_METHODS = ("preprocess_image", "detect", "detection_outputs", "forward_inference")
 
 
 class _Captured:
@@ -89,8 +112,9 @@ class _Captured:
 class CUDAGraphInference(nn.Module):
     """``model`` for inference, with :meth:`FocusDETR.detect` replayed from a CUDA graph per input signature.
 
-    Called like the model (``graphed(batched_inputs) -> [{"instances": Instances}]``) and returns the same
-    detections, bitwise. In training mode, and on a device other than CUDA, it calls the model as is.
+    Called like the model (``graphed(batched_inputs) -> [{"instances": Instances}]``, also ``forward_inference(...,
+    return_token_selection=True)``) and returns the same outputs, bitwise. In training mode, and on a device other
+    than CUDA, it calls the model as is.
 
     The first ``capture_after`` calls at a signature run eagerly (they also fill the model's per-size caches); the
     next one captures it (a warm-up run, the capture, a check replay: about three inferences) and later ones replay.
@@ -98,7 +122,8 @@ class CUDAGraphInference(nn.Module):
     or images resized to one size, run from the graph.
 
     Args:
-        model: a :class:`~focus_detr.modeling.FocusDETR` (``preprocess_image``, ``detect``, ``detection_outputs``).
+        model: a :class:`~focus_detr.modeling.FocusDETR` (``preprocess_image``, ``detect``, ``detection_outputs``,
+            ``forward_inference``).
         max_graphs: signatures kept captured, least recently used first out. Each graph holds its own memory pool,
             about one eager inference's peak at that size.
         capture_after: eager calls at a signature before it is captured (>= 1).
@@ -110,6 +135,9 @@ class CUDAGraphInference(nn.Module):
             raise ValueError(f"max_graphs must be an integer >= 1, got {max_graphs!r}")
         if not isinstance(capture_after, int) or capture_after < 1:
             raise ValueError(f"capture_after must be an integer >= 1, got {capture_after!r}")
+        if not graphs_supported(model):
+            raise TypeError(f"CUDAGraphInference needs a model with {', '.join(_MODEL_METHODS)} (FocusDETR); "
+                            f"{type(model).__name__} has not")
         self.model = model
         self.max_graphs = max_graphs
         self.capture_after = capture_after
@@ -122,14 +150,20 @@ class CUDAGraphInference(nn.Module):
         self.counts = collections.Counter()  # "replayed", "eager", "captured", "not_captured"
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
+        if self.model.training:
+            return self.model(batched_inputs)
+        return self.forward_inference(batched_inputs)
+
+    @torch.no_grad()
+    def forward_inference(self, batched_inputs: List[Dict], return_token_selection: bool = False) -> List[Dict]:
+        """The model's ``forward_inference``, its network replayed from a graph where one is captured."""
         model = self.model
         if model.training or not graphs_available(model.device):
-            return model(batched_inputs)
-        with torch.no_grad():
-            images = model.preprocess_image(batched_inputs)
-            with self._lock:
-                detections = self._detect(images)
-            return model.detection_outputs(detections, images, batched_inputs)
+            return model.forward_inference(batched_inputs, return_token_selection)
+        images = model.preprocess_image(batched_inputs)
+        with self._lock:
+            outputs = self._detect(images, return_token_selection)
+        return model.detection_outputs(outputs, images, batched_inputs)
 
     def reset(self) -> None:
         """Drops every graph (and its memory pool) and the call counts."""
@@ -137,19 +171,19 @@ class CUDAGraphInference(nn.Module):
         self._calls.clear()
 
     # ------------------------------------------------------------------------------------------------ internals
-    def _detect(self, images: ImageList):
+    def _detect(self, images: ImageList, return_token_selection: bool):
         state = self._model_tensors.state()
         if state != self._model_state:
             self.reset()  # a derived cache (folded weights, autocast casts) the graphs read may be stale
             self._model_state = state
-        key = _signature(images)
+        key = (*_signature(images), return_token_selection)
         entry = self._graphs.get(key)
         if entry is not None:
             self._graphs.move_to_end(key)
             entry.static_pixels.copy_(images.tensor)
             entry.replay()
             self.counts["replayed"] += 1
-            return _copies(entry.outputs)
+            return _cloned(entry.outputs)
         calls = self._calls.pop(key, 0)  # None: a signature that failed to capture
         calls = None if calls is None else calls + 1
         self._calls[key] = calls  # last = most recent
@@ -157,29 +191,34 @@ class CUDAGraphInference(nn.Module):
             self._calls.popitem(last=False)
         if calls is None or calls <= self.capture_after:
             self.counts["eager"] += 1
-            return self.model.detect(images)
-        entry = self._capture(key, images)
+            return self.model.detect(images, return_token_selection)
+        entry = self._capture(key, images, return_token_selection)
         if entry is None:
             self._calls[key] = None
             self.counts["not_captured"] += 1
             self.counts["eager"] += 1
-            return self.model.detect(images)
+            return self.model.detect(images, return_token_selection)
         del self._calls[key]
         self._graphs[key] = entry
         if len(self._graphs) > self.max_graphs:
             dropped, _ = self._graphs.popitem(last=False)
             self._calls[dropped] = self.capture_after  # it did repeat: captured again when it comes back
         self.counts["captured"] += 1
-        return _copies(entry.outputs)  # the check replay ran on these images
+        return _cloned(entry.outputs)  # the check replay ran on these images
 
-    def _capture(self, key, images: ImageList):
+    def _capture(self, key, images: ImageList, return_token_selection: bool):
         """A checked :class:`_Captured` for ``images``' signature, or None (with a warning) when it cannot be."""
         static_pixels = images.tensor.clone()
         static_images = ImageList(static_pixels, images.image_sizes)
         try:
-            replay, outputs, expected, held = self._capture_graph(lambda: self.model.detect(static_images))
+            replay, outputs, expected, held = self._capture_graph(
+                lambda: self.model.detect(static_images, return_token_selection)
+            )
             replay()
-            same = all(torch.equal(a, b) for a, b in zip(outputs, expected))
+            outputs_flat, expected_flat = list(tensors_in(outputs)), list(tensors_in(expected))
+            same = len(outputs_flat) == len(expected_flat) and all(
+                torch.equal(a, b) for a, b in zip(outputs_flat, expected_flat)
+            )
         except Exception as error:  # a failed capture leaves eager inference working: fall back to it
             message = str(error).strip().splitlines()
             logger.warning(f"CUDA graph capture failed for input {_describe(key)} ({type(error).__name__}"
@@ -191,10 +230,11 @@ class CUDAGraphInference(nn.Module):
             return None
         return _Captured(replay, static_pixels, outputs, held)
 
-    def _capture_graph(self, detect: Callable[[], Tuple[torch.Tensor, ...]]):
+    def _capture_graph(self, detect: Callable[[], Tuple]):
         """Captures ``detect`` -> ``(replay, outputs, expected, held)``: ``expected`` from an eager warm-up run on
         the capture stream (lazy initialisations such as cuBLAS handles happen per stream, and must not happen
-        during the capture), ``outputs`` the graph's output tensors, ``held`` what it reads from outside."""
+        during the capture), ``outputs`` the graph's outputs (nested as ``detect`` returns them), ``held`` what the
+        graph reads from outside its memory pool."""
         device = self.model.device
         if self._stream is None:
             self._stream = torch.cuda.Stream(device)
@@ -210,6 +250,26 @@ class CUDAGraphInference(nn.Module):
                 outputs = detect()
         caller.wait_stream(stream)
         return graph.replay, outputs, expected, outside.tensors
+
+
+def inference_cuda_graphs(cfg) -> Optional[Dict]:
+    """``train.inference_cuda_graphs`` of ``cfg`` -> :class:`CUDAGraphInference`'s keyword arguments, or None when
+    it is off or absent; ConfigError (one line) on other values."""
+    settings = (cfg.get("train", None) or {}).get("inference_cuda_graphs", None) or {}
+    enabled, max_graphs = settings.get("enabled", False), settings.get("max_graphs", 4)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"train.inference_cuda_graphs.enabled must be True or False, got {enabled!r}")
+    if not isinstance(max_graphs, int) or isinstance(max_graphs, bool) or max_graphs < 1:
+        raise ConfigError(f"train.inference_cuda_graphs.max_graphs must be an integer >= 1, got {max_graphs!r}")
+    unknown = sorted(set(settings) - {"enabled", "max_graphs"})
+    if unknown:
+        raise ConfigError(f"train.inference_cuda_graphs has unknown keys {unknown}; it takes enabled, max_graphs")
+    return {"max_graphs": max_graphs} if enabled else None
+
+
+def graphs_supported(model: nn.Module) -> bool:
+    """Whether ``model`` splits its inference as :class:`CUDAGraphInference` needs (FocusDETR does)."""
+    return all(callable(getattr(model, name, None)) for name in _MODEL_METHODS)
 
 
 def graphs_available(device) -> bool:
@@ -230,10 +290,6 @@ def _signature(images: ImageList) -> tuple:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
         torch.get_float32_matmul_precision(),
     )
-
-
-def _copies(tensors):
-    return tuple(t.clone() for t in tensors)
 
 
 def _describe(key: tuple) -> str:

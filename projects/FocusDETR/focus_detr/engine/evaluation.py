@@ -13,6 +13,7 @@ from ..analysis.selection_quality_evaluator import (
 )
 from ..data import check_dataset_jsons, check_num_classes
 from .config import ConfigError, _dataset_names_in
+from .cuda_graphs import CUDAGraphInference, graphs_available, graphs_supported, inference_cuda_graphs
 from .precision import amp_autocast, inference_amp_dtype
 
 __all__ = ["check_model_classes", "evaluate", "selection_quality_enabled"]
@@ -21,8 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 def evaluate(cfg, model):
-    """Runs ``cfg.dataloader.test`` through ``model`` (under autocast when ``train.inference_amp`` is enabled) and
-    scores it with ``cfg.dataloader.evaluator``; with ``train.selection_quality`` (the default) and a model that
+    """Runs ``cfg.dataloader.test`` through ``model`` (under autocast when ``train.inference_amp`` is enabled, from
+    CUDA graphs when ``train.inference_cuda_graphs`` is) and scores it with ``cfg.dataloader.evaluator``; with ``train.selection_quality`` (the default) and a model that
     reports its token selection (FocusDETR), also scores that selection against the ground truth
     (:mod:`focus_detr.analysis.selection_quality`; its table goes to the log).
 
@@ -45,6 +46,15 @@ def evaluate(cfg, model):
     loader = instantiate(cfg.dataloader.test)  # loads (and checks) the test data before the evaluator reads it
     check_model_classes(model, cfg.dataloader.test)
     evaluator = instantiate(cfg.dataloader.evaluator)
+    graph_settings = inference_cuda_graphs(cfg)
+    if graph_settings is not None:
+        inner = getattr(model, "module", model)  # no DDP at inference
+        if not graphs_available(device):
+            logger.warning(f"train.inference_cuda_graphs needs a CUDA device: evaluating eagerly on {device}")
+        elif not graphs_supported(inner):
+            logger.warning(f"train.inference_cuda_graphs: {type(inner).__name__} has no detect(): evaluating eagerly")
+        else:
+            model = CUDAGraphInference(inner, **graph_settings)
     if score_selection:
         if supports_token_selection(model):
             names = _dataset_names_in(cfg.dataloader.test)

@@ -20,7 +20,7 @@ from detectron2.config import instantiate
 from detectron2.data import transforms as T
 
 from .config import ConfigError, apply_overrides, load_config, resolve_device
-from .cuda_graphs import CUDAGraphInference, graphs_available
+from .cuda_graphs import CUDAGraphInference, graphs_available, inference_cuda_graphs
 from .precision import amp_autocast, amp_dtype_of
 from .runner import build_model, load_inference_weights
 
@@ -100,18 +100,19 @@ class FocusDETRPredictor:
         overrides: ``key=value`` config overrides, checked as on the command line.
         cuda_graphs: on a CUDA device, replay the network from a CUDA graph per input size once a size repeats
             (:class:`~focus_detr.engine.cuda_graphs.CUDAGraphInference`: same detections, bitwise; each captured
-            size holds about one inference's peak memory). Ignored elsewhere, with a warning.
+            size holds about one inference's peak memory); ignored elsewhere, with a warning. None: the config's
+            ``train.inference_cuda_graphs``.
     """
 
-    def __init__(self, config, weights=None, device="auto", amp=False, overrides=(), cuda_graphs=False):
+    def __init__(self, config, weights=None, device="auto", amp=False, overrides=(), cuda_graphs=None):
         if isinstance(config, (str, os.PathLike)):
             cfg = load_config(os.fspath(config), overrides)
         else:
             cfg = apply_overrides(copy.deepcopy(config), overrides)
         if not isinstance(amp, bool):
             raise ValueError(f"amp must be True or False, got {amp!r}")
-        if not isinstance(cuda_graphs, bool):
-            raise ValueError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
+        if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be True, False or None (the config's), got {cuda_graphs!r}")
         train = cfg.get("train", None) or {}
         self.cfg = cfg
         self.device = resolve_device(device)
@@ -128,9 +129,12 @@ class FocusDETRPredictor:
             logger.warning("FocusDETRPredictor: no weights given and train.init_checkpoint is empty: predicting with "
                            "randomly initialised weights")
         self.inference = self.model
-        if cuda_graphs:
+        graph_settings = inference_cuda_graphs(cfg)
+        if cuda_graphs is not None:
+            graph_settings = (graph_settings or {}) if cuda_graphs else None
+        if graph_settings is not None:
             if graphs_available(self.device):
-                self.inference = CUDAGraphInference(self.model)
+                self.inference = CUDAGraphInference(self.model, **graph_settings)
             else:
                 logger.warning(f"FocusDETRPredictor: cuda_graphs needs a CUDA device; inference on {self.device} runs "
                                "eagerly")
@@ -146,7 +150,7 @@ class FocusDETRPredictor:
         model's ``forward_inference`` (e.g. ``return_token_selection=True`` for FocusDETR)."""
         with amp_autocast(self.device, self.amp_dtype):
             if kwargs:
-                return self.model.forward_inference(inputs, **kwargs)
+                return self.inference.forward_inference(inputs, **kwargs)
             return self.inference(inputs)
 
     def __call__(self, image) -> Dict:

@@ -17,6 +17,7 @@ from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, Resumab
 from .interrupt import StopOnRequestHook, TrainingInterrupted
 from .memory import set_mmap_threshold
 from .rng import restore_rng_state
+from .cuda_graphs import inference_cuda_graphs
 from .precision import inference_amp_dtype, training_amp_dtype
 from .trainer import DetrTrainer
 
@@ -83,6 +84,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
 
     amp_dtype = training_amp_dtype(cfg, device)
     inference_amp_dtype(cfg, device)  # checked now, not at the first evaluation
+    inference_cuda_graphs(cfg)
     clip = cfg.train.get("clip_grad", None) or {}
     trainer = DetrTrainer(
         model,

@@ -225,36 +225,36 @@ class FocusDETR(nn.Module):
         ``(h, w)``) and ``padded_size`` (the padded batch's ``(H, W)``, which the token grid divides).
         """
         images = self.preprocess_image(batched_inputs)
-        if not return_token_selection:
-            return self.detection_outputs(self.detect(images), images, batched_inputs)
+        return self.detection_outputs(self.detect(images, return_token_selection), images, batched_inputs)
+
+    def detect(self, images: ImageList, return_token_selection: bool = False) -> Tuple:
+        """Padded pixels -> the top detections ``(scores, labels, boxes)`` (:meth:`select_detections`), with
+        ``return_token_selection`` followed by the batch's :func:`token_selection_tensors`: all of inference that
+        runs on the device. Its shapes follow from the image sizes alone and it reads nothing back from the device,
+        so it can be captured as one CUDA graph per input size (:mod:`focus_detr.engine.cuda_graphs`)."""
         out = self.run_transformer(images)
-        processed = self.detection_outputs(self.detections_of(out), images, batched_inputs)
-        for i, (entry, image_size) in enumerate(zip(processed, images.image_sizes)):
-            entry["image_size"] = tuple(image_size)
-            entry["padded_size"] = tuple(images.tensor.shape[-2:])
-            entry["token_selection"] = token_selection_of(out, i)
-        return processed
-
-    def detect(self, images: ImageList) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Padded pixels -> the top detections (:meth:`select_detections`): all of inference that runs on the
-        device. Its shapes follow from the image sizes alone and it reads nothing back from the device, so it can be
-        captured as one CUDA graph per input size (:class:`~focus_detr.engine.cuda_graphs.CUDAGraphInference`)."""
-        return self.detections_of(self.run_transformer(images))
-
-    def detections_of(self, out: TransformerOutput) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`select_detections` of the last decoder layer's predictions."""
         logits, boxes = self.predict(out, last_layer_only=True)
-        return self.select_detections(logits[-1], boxes[-1])
+        detections = self.select_detections(logits[-1], boxes[-1])
+        return (*detections, token_selection_tensors(out)) if return_token_selection else detections
 
-    def detection_outputs(self, detections, images: ImageList, batched_inputs: List[Dict]) -> List[Dict]:
-        """:meth:`select_detections`' ``(scores, labels, boxes)`` -> ``[{"instances": Instances}]``, each in its
-        input's ``height`` x ``width`` (default: the network input's size), without empty boxes."""
+    def detection_outputs(self, detections: Tuple, images: ImageList, batched_inputs: List[Dict]) -> List[Dict]:
+        """:meth:`detect`'s outputs -> ``[{"instances": Instances}]``, each in its input's ``height`` x ``width``
+        (default: the network input's size), without empty boxes; with a token selection, each also holds
+        ``token_selection`` (:func:`token_selection_of`), ``image_size`` and ``padded_size``."""
         output_sizes = [
             (item.get("height", image_size[0]), item.get("width", image_size[1]))
             for item, image_size in zip(batched_inputs, images.image_sizes)
         ]
-        results = self.instances_of(*detections, images.image_sizes)
-        return [{"instances": instances} for instances in rescale_detections(results, output_sizes)]
+        results = self.instances_of(*detections[:3], images.image_sizes)
+        processed = [{"instances": instances} for instances in rescale_detections(results, output_sizes)]
+        if len(detections) > 3:
+            selection = detections[3]
+            counts = selection["focus_token_nums"].tolist()
+            for i, (entry, image_size) in enumerate(zip(processed, images.image_sizes)):
+                entry["image_size"] = tuple(image_size)
+                entry["padded_size"] = tuple(images.tensor.shape[-2:])
+                entry["token_selection"] = token_selection_of(selection, i, counts[i])
+        return processed
 
     def select_detections(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor):
         """Top ``num_detections`` over queries x classes (no NMS). pred_logits ``(B, Q, K)``, pred_boxes ``(B, Q, 4)``
@@ -292,14 +292,29 @@ def _float32_under_autocast(device_type: str):
     return contextlib.nullcontext()
 
 
-def token_selection_of(out: TransformerOutput, index: int) -> Dict:
-    """The selector's and encoder's token choices for image ``index`` of a batch."""
+def token_selection_tensors(out: TransformerOutput) -> Dict:
+    """The selector's and encoder's token choices for a batch: ``foreground_logits`` ``(B, N)`` float32,
+    ``focus_token_nums`` ``(B,)``, ``foreground_inds`` / ``fine_grained_inds`` per encoder layer ``(B, k_j)`` /
+    ``(B, m_j)``, ``spatial_shapes`` ``(L, 2)`` and ``level_start_index`` ``(L,)``."""
     selection = out.selection
     return {
+        "spatial_shapes": out.spatial_shapes,
+        "level_start_index": out.level_start_index,
+        "foreground_logits": selection.foreground_logits[..., 0].float(),  # bfloat16 under autocast
+        "focus_token_nums": selection.focus_token_nums,
+        "foreground_inds": list(selection.foreground_inds),
+        "fine_grained_inds": list(out.fine_grained_inds),
+    }
+
+
+def token_selection_of(selection: Dict, index: int, focus_token_num: int) -> Dict:
+    """Image ``index``'s part of :func:`token_selection_tensors`, its foreground indices cut to its
+    ``focus_token_num`` kept tokens."""
+    return {
         # copies: the model reuses these per input size
-        "spatial_shapes": out.spatial_shapes.clone(),
-        "level_start_index": out.level_start_index.clone(),
-        "foreground_logits": selection.foreground_logits[index, :, 0].float(),  # bfloat16 under autocast
-        "foreground_inds": [inds[index, : int(selection.focus_token_nums[index])] for inds in selection.foreground_inds],
-        "fine_grained_inds": [inds[index] for inds in out.fine_grained_inds],
+        "spatial_shapes": selection["spatial_shapes"].clone(),
+        "level_start_index": selection["level_start_index"].clone(),
+        "foreground_logits": selection["foreground_logits"][index],
+        "foreground_inds": [inds[index, :focus_token_num] for inds in selection["foreground_inds"]],
+        "fine_grained_inds": [inds[index] for inds in selection["fine_grained_inds"]],
     }

@@ -18,8 +18,9 @@ SET_LOSS_NAMES = ("loss_class", "loss_bbox", "loss_giou")
 
 
 def sigmoid_focal_loss_sum(logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
-    """Element-wise sigmoid focal loss of (B, Q, K) logits vs {0,1} targets, reduced as the official
-    ``.mean(1).sum()`` (mean over queries, sum over batch and classes); multiply by Q for the plain sum."""
+    """Element-wise sigmoid focal loss of ``(..., B, Q, K)`` logits vs {0,1} targets, reduced as the official
+    ``.mean(1).sum()`` per set (mean over queries, sum over batch and classes) -> ``(...)``; multiply by Q for the
+    plain sum."""
     prob = logits.sigmoid()
     ce_loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)
@@ -27,7 +28,7 @@ def sigmoid_focal_loss_sum(logits: Tensor, targets: Tensor, alpha: float, gamma:
     if alpha >= 0:
         alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
         loss = alpha_t * loss
-    return loss.mean(1).sum()
+    return loss.mean(-2).sum((-2, -1))
 
 
 class FocusDETRCriterion(nn.Module):
@@ -83,50 +84,70 @@ class FocusDETRCriterion(nn.Module):
         self.foreground_focal_alpha = foreground_focal_alpha
         self.foreground_focal_gamma = foreground_focal_gamma
 
-    # ------------------------------------------------------------------ set losses (unweighted)
-    def loss_class(
-        self, pred_logits: Tensor, targets: List[Dict[str, Tensor]], indices: Indices, num_boxes: float
-    ) -> Tensor:
-        """Sigmoid focal loss of (B, Q, K) logits against one-hot matched labels (unmatched queries: all zeros)."""
-        batch_idx, query_idx = _flat_query_indices(indices, pred_logits.device)
-        matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(pred_logits.device)
-        target_classes = torch.full(
-            pred_logits.shape[:2], self.num_classes, dtype=torch.int64, device=pred_logits.device
-        )
-        target_classes[batch_idx, query_idx] = matched_labels
-        onehot = torch.zeros(
-            (*pred_logits.shape[:2], self.num_classes + 1), dtype=pred_logits.dtype, device=pred_logits.device
-        )
-        onehot.scatter_(2, target_classes.unsqueeze(-1), 1)
-        onehot = onehot[:, :, :-1]
-        loss = sigmoid_focal_loss_sum(pred_logits, onehot, self.focal_alpha, self.focal_gamma) / num_boxes
-        return loss * pred_logits.shape[1]
+    # ------------------------------------------------------------------ set losses
+    def weighted_set_losses(
+        self,
+        predictions: Dict[str, Dict[str, Tensor]],
+        targets: List[Dict[str, Tensor]],
+        indices: List[Indices],
+        num_boxes: float,
+    ) -> Dict[str, Tensor]:
+        """Weighted ``loss_class`` (sigmoid focal loss against one-hot matched labels, unmatched queries all zeros),
+        ``loss_bbox`` (L1) and ``loss_giou`` (1 - GIoU of the matched boxes) of each prediction set, keyed
+        ``name + suffix`` for ``predictions`` ``{suffix: {"pred_logits" (B, Q, K), "pred_boxes" (B, Q, 4) cxcywh}}``
+        matched by ``indices`` (one list of per-image ``(query_idx, target_idx)`` per set, in order); each summed and
+        divided by ``num_boxes``.
 
-    def loss_boxes(
-        self, pred_boxes: Tensor, targets: List[Dict[str, Tensor]], indices: Indices, num_boxes: float
-    ) -> Tuple[Tensor, Tensor]:
-        """L1 and (1 - GIoU) of matched (B, Q, 4) cxcywh boxes, each summed and divided by num_boxes."""
-        batch_idx, query_idx = _flat_query_indices(indices, pred_boxes.device)
-        matched_pred = pred_boxes[batch_idx, query_idx]
-        matched_target = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)], dim=0).to(pred_boxes)
-        loss_bbox = F.l1_loss(matched_pred, matched_target, reduction="none")
+        Sets of one shape, dtype and match count (the decoder layers with the proposals, the denoising layers) are
+        computed as one batch ``(S, B, Q, ...)``: the operators (and kernel launches) of one set, not S sets' worth,
+        and their matched indices reach the device in one copy.
+        """
+        suffixes, sets = list(predictions), list(predictions.values())
+        device = sets[0]["pred_logits"].device
+        target_labels = torch.cat([t["labels"] for t in targets]).to(device)
+        target_boxes = torch.cat([t["boxes"] for t in targets]).to(device)
+        pairs = matched_pairs(indices, [len(t["labels"]) for t in targets])  # (3, M_s) per set, on the host
+        groups: Dict[tuple, List[int]] = {}
+        for i, (prediction, set_pairs) in enumerate(zip(sets, pairs)):
+            logits, boxes = prediction["pred_logits"], prediction["pred_boxes"]
+            groups.setdefault((tuple(logits.shape), logits.dtype, boxes.dtype, set_pairs.shape[1]), []).append(i)
+        grouped_pairs = [torch.stack([pairs[i] for i in members], 1) for members in groups.values()]  # (3, S, M)
+        grouped_pairs = _to_device(grouped_pairs, device)
+        losses = {}
+        for members, (batch_idx, query_idx, target_idx) in zip(groups.values(), grouped_pairs):
+            logits = torch.stack([sets[i]["pred_logits"] for i in members])
+            boxes = torch.stack([sets[i]["pred_boxes"] for i in members])
+            set_idx = torch.arange(len(members), device=device)[:, None].expand_as(batch_idx)
+            values = {
+                "loss_class": self.class_losses(logits, (set_idx, batch_idx, query_idx), target_labels[target_idx]),
+                **self.box_losses(boxes[set_idx, batch_idx, query_idx], target_boxes[target_idx].to(boxes)),
+            }
+            for name, value in values.items():
+                for i, loss in zip(members, (value * (self.loss_weights[name] / num_boxes)).unbind()):
+                    losses[name + suffixes[i]] = loss
+        return {name + suffix: losses[name + suffix] for suffix in suffixes for name in SET_LOSS_NAMES}
+
+    def class_losses(self, logits: Tensor, matched: Tuple[Tensor, Tensor, Tensor], labels: Tensor) -> Tensor:
+        """Sigmoid focal loss sums (times Q, as the official ``mean(1).sum()``) of ``(S, B, Q, K)`` logits against
+        one-hot labels: ``labels`` ``(S, M)`` at the matched ``(set, image, query)`` positions ``matched`` (each
+        ``(S, M)``), no class elsewhere -> ``(S,)``."""
+        target_classes = torch.full(logits.shape[:3], self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes[matched] = labels
+        onehot = torch.zeros((*logits.shape[:3], self.num_classes + 1), dtype=logits.dtype, device=logits.device)
+        onehot.scatter_(3, target_classes.unsqueeze(-1), 1)
+        onehot = onehot[..., :-1]
+        return sigmoid_focal_loss_sum(logits, onehot, self.focal_alpha, self.focal_gamma) * logits.shape[2]
+
+    @staticmethod
+    def box_losses(matched_pred: Tensor, matched_target: Tensor) -> Dict[str, Tensor]:
+        """L1 and (1 - GIoU) sums of ``(S, M, 4)`` matched cxcywh boxes -> ``(S,)`` each."""
+        loss_bbox = F.l1_loss(matched_pred, matched_target, reduction="none").sum((1, 2))
         # Ordered boxes by construction: predicted sizes are sigmoids, target boxes were checked on the way in
         # (prepare_targets); a NaN makes the loss NaN, which the trainer reports. No device read per prediction set.
-        loss_giou = 1 - generalized_box_iou(
+        giou = generalized_box_iou(
             box_cxcywh_to_xyxy(matched_pred), box_cxcywh_to_xyxy(matched_target), paired=True, validate=False
         )
-        return loss_bbox.sum() / num_boxes, loss_giou.sum() / num_boxes
-
-    def set_losses(
-        self, prediction: Dict[str, Tensor], targets: List[Dict[str, Tensor]], indices: Indices, num_boxes: float
-    ) -> Dict[str, Tensor]:
-        """Unweighted loss_class / loss_bbox / loss_giou of one prediction set."""
-        loss_bbox, loss_giou = self.loss_boxes(prediction["pred_boxes"], targets, indices, num_boxes)
-        return {
-            "loss_class": self.loss_class(prediction["pred_logits"], targets, indices, num_boxes),
-            "loss_bbox": loss_bbox,
-            "loss_giou": loss_giou,
-        }
+        return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum(1)}
 
     def match_sets(self, predictions: List[Dict[str, Tensor]], targets: List[Dict[str, Tensor]]) -> List[Indices]:
         """The Hungarian matching of each prediction set (each image of each set on its own). Sets of one shape and
@@ -167,9 +188,6 @@ class FocusDETRCriterion(nn.Module):
             indices.append((query_idx, target_idx))
         return indices
 
-    def weighted(self, losses: Dict[str, Tensor], suffix: str) -> Dict[str, Tensor]:
-        return {name + suffix: value * self.loss_weights[name] for name, value in losses.items()}
-
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -208,9 +226,7 @@ class FocusDETRCriterion(nn.Module):
         if "enc_outputs" in outputs:
             matched_sets["_enc"] = outputs["enc_outputs"]
         all_indices = self.match_sets(list(matched_sets.values()), targets)
-        losses = {}
-        for (suffix, prediction), indices in zip(matched_sets.items(), all_indices):
-            losses.update(self.weighted(self.set_losses(prediction, targets, indices, num_boxes), suffix))
+        losses = self.weighted_set_losses(matched_sets, targets, all_indices, num_boxes)
 
         losses.update(self.denoising_losses(targets, denoising, dn_outputs, len(aux_outputs), num_boxes, device))
 
@@ -242,15 +258,34 @@ class FocusDETRCriterion(nn.Module):
         if len(dn_aux) != num_aux:
             raise ValueError(f"FocusDETRCriterion: dn_outputs has {len(dn_aux)} aux layers but outputs has {num_aux}")
         indices = self.denoising_indices(targets, denoising)
-        dn_num_boxes = num_boxes * denoising.dn_num
-        losses = {}
-        for suffix, prediction in zip(suffixes, [dn_outputs] + list(dn_aux)):
-            losses.update(self.weighted(self.set_losses(prediction, targets, indices, dn_num_boxes), suffix))
-        return losses
+        predictions = dict(zip(suffixes, [dn_outputs] + list(dn_aux)))
+        return self.weighted_set_losses(predictions, targets, [indices] * len(suffixes), num_boxes * denoising.dn_num)
 
 
-def _flat_query_indices(indices: Indices, device) -> Tuple[Tensor, Tensor]:
-    """(batch_idx, query_idx) of all matched queries, image-major."""
-    batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)]).to(device)
-    query_idx = torch.cat([src for src, _ in indices]).to(device)
-    return batch_idx, query_idx
+def matched_pairs(indices: List[Indices], target_counts: List[int]) -> List[Tensor]:
+    """Per set, its per-image ``(query_idx, target_idx)`` matches -> ``(3, M)`` int64 rows ``(image, query,
+    target)``, image-major, the target indexing the batch's targets concatenated image by image (``target_counts``
+    per image)."""
+    offsets = [0]
+    for count in target_counts[:-1]:
+        offsets.append(offsets[-1] + count)
+    pairs = []
+    for set_indices in indices:
+        rows = [
+            torch.stack([torch.full_like(query_idx, image), query_idx, target_idx + offset])
+            for image, ((query_idx, target_idx), offset) in enumerate(zip(set_indices, offsets))
+        ]
+        pairs.append(torch.cat(rows, 1) if rows else torch.empty((3, 0), dtype=torch.int64))
+    return pairs
+
+
+def _to_device(tensors: List[Tensor], device) -> List[Tensor]:
+    """``tensors`` (host) on ``device`` in one copy (from pinned memory, not blocking the host, on a GPU)."""
+    device = torch.device(device)
+    if device.type == "cpu" or not tensors:
+        return tensors
+    packed = torch.cat([t.flatten() for t in tensors])
+    if device.type == "cuda":
+        packed = packed.pin_memory()
+    packed = packed.to(device, non_blocking=True)
+    return [part.view(t.shape) for part, t in zip(packed.split([t.numel() for t in tensors]), tensors)]

@@ -171,10 +171,12 @@ class FocusDETRCriterion(nn.Module):
     # ------------------------------------------------------------------ helpers
     def num_boxes(self, targets: List[Dict[str, Tensor]], device) -> float:
         """Average number of GT boxes per worker (all-reduced over the process group), at least 1."""
-        num_boxes = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], dtype=torch.float, device=device)
+        num_boxes = float(sum(len(t["labels"]) for t in targets))
         world_size = comm.get_world_size()
-        if world_size > 1:
-            torch.distributed.all_reduce(num_boxes)
+        if world_size == 1:
+            return max(num_boxes, 1.0)  # a single process: from host ints, no device round trip
+        num_boxes = torch.as_tensor([num_boxes], dtype=torch.float, device=device)
+        torch.distributed.all_reduce(num_boxes)
         return torch.clamp(num_boxes / world_size, min=1).item()
 
     @staticmethod

@@ -124,12 +124,14 @@ class FocusDETR(nn.Module):
         return batch_images(images)
 
     def prepare_targets(self, batched_inputs: List[Dict]) -> List[Dict]:
-        """Instances -> ``{"labels" (n,), "boxes" (n, 4) cxcywh normalised by the image size, "image_size"}``."""
+        """Instances -> ``{"labels" (n,), "boxes" (n, 4) cxcywh normalised by the image size, "image_size"}`` on the
+        model's device. Checked and converted where the instances are (the data loader's host memory: no device
+        read), then moved."""
         targets = []
         for i, item in enumerate(batched_inputs):
             if "instances" not in item:
                 raise ValueError(f"FocusDETR: training needs batched_inputs[{i}]['instances']")
-            instances = item["instances"].to(self.device)
+            instances = item["instances"]
             h, w = instances.image_size
             boxes = instances.gt_boxes.tensor
             labels = instances.gt_classes
@@ -142,8 +144,8 @@ class FocusDETR(nn.Module):
                     f"FocusDETR: batched_inputs[{i}] has gt_classes outside [0, {self.num_classes}): "
                     f"{labels.unique().tolist()}"
                 )
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
-            targets.append({"labels": labels, "boxes": box_xyxy_to_cxcywh(boxes / scale), "image_size": (h, w)})
+            boxes = box_xyxy_to_cxcywh(boxes / boxes.new_tensor([w, h, w, h], dtype=torch.float32))
+            targets.append({"labels": labels.to(self.device), "boxes": boxes.to(self.device), "image_size": (h, w)})
         return targets
 
     # ------------------------------------------------------------------------------------------------ forward

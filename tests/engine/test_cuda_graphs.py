@@ -166,6 +166,21 @@ def test_outside_tensors_are_what_a_region_reads_but_did_not_write():
     assert out.untyped_storage().data_ptr() not in held
 
 
+def test_what_a_graph_of_the_model_reads_from_outside_is_found(model):
+    images = model.preprocess_image(_images((96, 128)))
+    with torch.no_grad():
+        expected = model.detect(images)
+        with OutsideTensors() as outside:
+            detections = model.detect(images)
+    assert all(torch.equal(a, b) for a, b in zip(expected, detections))  # the mode changes nothing
+    held = {t.untyped_storage().data_ptr() for t in outside.tensors}
+    assert images.tensor.untyped_storage().data_ptr() in held
+    folded = [m.__dict__["_folded_cache"] for m in model.modules() if "_folded_cache" in m.__dict__]
+    assert folded and all(weight.untyped_storage().data_ptr() in held for _, weight, _ in folded)
+    assert model.class_embed[-1].weight.untyped_storage().data_ptr() in held
+    assert not any(t.untyped_storage().data_ptr() in held for t in detections)
+
+
 def test_under_autocast_a_region_after_a_warm_up_reads_the_cached_weight_casts():
     # what a bfloat16 graph reads instead of casting the weights on every replay
     linear = nn.Linear(4, 3)

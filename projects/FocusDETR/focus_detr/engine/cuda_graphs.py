@@ -241,7 +241,8 @@ class CUDAGraphInference(nn.Module):
         stream, caller = self._stream, torch.cuda.current_stream(device)
         graph = torch.cuda.CUDAGraph()
         stream.wait_stream(caller)
-        with torch.cuda.stream(stream):
+        # the model's GPU current throughout: on a machine with several, work must not land on another
+        with torch.cuda.device(device), torch.cuda.stream(stream):
             # Under autocast (its weight-cast cache on, the default), the warm-up casts the weights and the graph
             # reads those casts (held below) instead of recording ~600 cast kernels to replay on every call.
             expected = detect()

@@ -108,7 +108,7 @@ class _StandInGraphs:
         outputs = detect()
 
         def replay():
-            from focus_detr.engine.cuda_graphs import tensors_in
+            from focus_detr.analysis.dispatch_counts import tensors_in
 
             for out, new in zip(tensors_in(outputs), tensors_in(detect())):
                 out.copy_(new + 1 if self.corrupt and out.is_floating_point() else new)

@@ -21,7 +21,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["DispatchCounts", "count_dispatch", "dispatch_counts", "sync_reason"]
+__all__ = ["DispatchCounts", "count_dispatch", "dispatch_counts", "sync_reason", "tensors_in"]
 
 _aten = torch.ops.aten
 
@@ -53,15 +53,16 @@ _FROM_PYTHON_DATA = (torch.tensor, torch.as_tensor, torch.asarray, torch.Tensor.
 _UPLOAD = "a tensor from Python data (a blocking host-to-device copy on a GPU)"
 
 
-def _tensors(tree) -> Iterator[torch.Tensor]:
+def tensors_in(tree) -> Iterator[torch.Tensor]:
+    """The tensors of nested tuples, lists and dicts, in order."""
     if isinstance(tree, torch.Tensor):
         yield tree
     elif isinstance(tree, (list, tuple)):
         for item in tree:
-            yield from _tensors(item)
+            yield from tensors_in(item)
     elif isinstance(tree, dict):
         for item in tree.values():
-            yield from _tensors(item)
+            yield from tensors_in(item)
 
 
 def sync_reason(func, args, kwargs) -> Optional[str]:
@@ -136,7 +137,7 @@ class _Recorder:
 
     def on_device(self, args, kwargs) -> bool:
         """Whether the operation touches a tensor on the measured device (a CPU tensor in a GPU run is host data)."""
-        tensors = list(_tensors(args)) + list(_tensors(kwargs))
+        tensors = list(tensors_in(args)) + list(tensors_in(kwargs))
         return not tensors or any(t.device.type == self.device.type for t in tensors)
 
     def sync(self, name: str, reason: str) -> None:

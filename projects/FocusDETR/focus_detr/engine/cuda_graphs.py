@@ -23,12 +23,10 @@ from detectron2.structures import ImageList
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..analysis.dispatch_counts import tensors_in
 from .config import ConfigError
 
-__all__ = [
-    "CUDAGraphInference", "OutsideTensors", "graphs_available", "graphs_supported", "inference_cuda_graphs",
-    "tensors_in",
-]
+__all__ = ["CUDAGraphInference", "OutsideTensors", "graphs_available", "graphs_supported", "inference_cuda_graphs"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,18 +58,6 @@ class OutsideTensors(TorchDispatchMode):
             if storage is not None and storage not in self._outside:
                 self._inside.add(storage)
         return out
-
-
-def tensors_in(tree):
-    """The tensors of nested tuples, lists and dicts, in order."""
-    if isinstance(tree, torch.Tensor):
-        yield tree
-    elif isinstance(tree, (list, tuple)):
-        for item in tree:
-            yield from tensors_in(item)
-    elif isinstance(tree, dict):
-        for item in tree.values():
-            yield from tensors_in(item)
 
 
 def _cloned(tree):

@@ -5,8 +5,9 @@
 
 Reads WORK/stages.tsv (one line per stage: name, status, seconds, exit code, note, command), WORK/environment.json,
 each stage's WORK/<name>.log, the JSON the tools wrote (msda.json, e2e_fp32.json, e2e_bf16.json, e2e_graphs.json,
-profile.json, batch8.json) and the JSON lines of the side-by-side stages' logs (sbs_fp32, sbs_bf16, sbs_memory). Two tables sum
-them up: ours on the GPU, float32 and bfloat16, against issue 19's goals; and ours against the official model.
+profile.json, batch8.json) and the JSON lines of the side-by-side stages' logs (sbs_fp32, sbs_bf16, sbs_memory).
+Two tables sum them up: ours on the GPU, float32 and bfloat16 (eager and from CUDA graphs), against issue 19's
+goals; and ours against the official model.
 Standard library only: it runs whatever failed before it.
 """
 import argparse

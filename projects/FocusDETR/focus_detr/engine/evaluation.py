@@ -23,9 +23,10 @@ logger = logging.getLogger(__name__)
 
 def evaluate(cfg, model):
     """Runs ``cfg.dataloader.test`` through ``model`` (under autocast when ``train.inference_amp`` is enabled, from
-    CUDA graphs when ``train.inference_cuda_graphs`` is) and scores it with ``cfg.dataloader.evaluator``; with ``train.selection_quality`` (the default) and a model that
-    reports its token selection (FocusDETR), also scores that selection against the ground truth
-    (:mod:`focus_detr.analysis.selection_quality`; its table goes to the log).
+    CUDA graphs when ``train.inference_cuda_graphs`` is) and scores it with ``cfg.dataloader.evaluator``; with
+    ``train.selection_quality`` (the default) and a model that reports its token selection (FocusDETR), also scores
+    that selection against the ground truth (:mod:`focus_detr.analysis.selection_quality`; its table goes to the
+    log).
 
     Returns:
         dict: e.g. ``{"bbox": {"AP": ..., ...}, "selection_quality": {"object_recall/layer0": ..., ...}}`` (empty

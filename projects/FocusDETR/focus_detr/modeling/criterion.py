@@ -282,12 +282,12 @@ def matched_pairs(indices: List[Indices], target_counts: List[int]) -> List[Tens
 
 
 def _to_device(tensors: List[Tensor], device) -> List[Tensor]:
-    """``tensors`` (host) on ``device`` in one copy (from pinned memory, not blocking the host, on a GPU)."""
+    """``tensors`` on ``device`` in one copy (from the host: from pinned memory, not blocking the host, on a GPU)."""
     device = torch.device(device)
-    if device.type == "cpu" or not tensors:
+    if not tensors or all(t.device == device for t in tensors):
         return tensors
-    packed = torch.cat([t.flatten() for t in tensors])
-    if device.type == "cuda":
+    packed = torch.cat([t.flatten().to(tensors[0].device) for t in tensors])
+    if device.type == "cuda" and packed.device.type == "cpu":
         packed = packed.pin_memory()
     packed = packed.to(device, non_blocking=True)
     return [part.view(t.shape) for part, t in zip(packed.split([t.numel() for t in tensors]), tensors)]

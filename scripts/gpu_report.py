@@ -270,7 +270,7 @@ def markdown(report) -> str:
                       "weights; bfloat16 = autocast):", "", "| figure | float32 | bfloat16 | issue 19 goal |",
                   "| --- | --- | --- | --- |"]
         for row in report["gpu_table"]:
-            spec = ".2f" if "fraction" in row["figure"] else ".1f"
+            spec = ".2f" if "fraction" in row["figure"] or "/ eager" in row["figure"] else ".1f"
             lines.append(f"| {row['figure']} | {fmt(row.get('float32'), spec)} | {fmt(row.get('bfloat16'), spec)} | "
                          f"{row['goal']} |")
     if any(row.get("official") is not None for row in report["official_table"]):

@@ -167,6 +167,7 @@ def test_report_tables_ours_on_the_gpu_and_against_the_official_model(tmp_path):
     assert report["official_variant"] == "detrex._C (compiled CUDA op)"
     markdown = (out / "gpu_report.md").read_text()
     assert "| GPU busy fraction, inference | 0.41 | 0.16 | >= 0.85 |" in markdown
+    assert "| CUDA graphs / eager, interleaved | - | 0.35 | - |" in markdown
     assert "| inference, batch 1 (ms) | 50.0 | 40.0 | 0.80 | 60.0 | 1.20 |" in markdown
     assert "interleaved, R50 800x1333, random weights; official attention: detrex._C (compiled CUDA op)" in markdown
     assert "sm90_gemm 2.50 ms (12x)" in markdown

@@ -14,7 +14,7 @@ train = dict(
     # bfloat16 on CPUs with AVX512-BF16/AMX: R50 inference ~2x faster (docs/benchmarks.md, with its accuracy change)
     inference_amp=dict(enabled=False, precision="auto"),
     # on a GPU, inference (evaluation, demo/demo.py, FocusDETRPredictor) replays the network from a CUDA graph per
-    # input size once that size repeats: same detections, one launch instead of ~1,500 (docs/gpu.md). max_graphs:
+    # input size once that size repeats: same detections, one launch instead of >1,000 (docs/gpu.md). max_graphs:
     # sizes kept captured, each holding about one inference's peak memory. Ignored on a CPU.
     inference_cuda_graphs=dict(enabled=False, max_graphs=4),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),

@@ -1,4 +1,4 @@
-"""Inference replayed from CUDA graphs: one graph per input signature instead of ~1,500 kernel launches per call.
+"""Inference replayed from CUDA graphs: one graph per input signature instead of over a thousand launches a call.
 
 On a GPU, eager inference is bound by the host: launching the network's kernels takes longer than running them
 (docs/gpu.md). Everything :meth:`FocusDETR.detect` does -- padded pixels to the top detections -- has shapes fixed

@@ -271,13 +271,15 @@ def matched_pairs(indices: List[Indices], target_counts: List[int]) -> List[Tens
     offsets = [0]
     for count in target_counts[:-1]:
         offsets.append(offsets[-1] + count)
-    pairs = []
+    pairs, built = [], {}
     for set_indices in indices:
-        rows = [
-            torch.stack([torch.full_like(query_idx, image), query_idx, target_idx + offset])
-            for image, ((query_idx, target_idx), offset) in enumerate(zip(set_indices, offsets))
-        ]
-        pairs.append(torch.cat(rows, 1) if rows else torch.empty((3, 0), dtype=torch.int64))
+        if id(set_indices) not in built:  # the denoising layers share one matching
+            rows = [
+                torch.stack([torch.full_like(query_idx, image), query_idx, target_idx + offset])
+                for image, ((query_idx, target_idx), offset) in enumerate(zip(set_indices, offsets))
+            ]
+            built[id(set_indices)] = torch.cat(rows, 1) if rows else torch.empty((3, 0), dtype=torch.int64)
+        pairs.append(built[id(set_indices)])
     return pairs
 
 

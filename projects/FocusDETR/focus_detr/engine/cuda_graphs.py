@@ -4,8 +4,8 @@ On a GPU, eager inference is bound by the host: launching the network's kernels 
 (docs/gpu.md). Everything :meth:`FocusDETR.detect` does -- padded pixels to the top detections -- has shapes fixed
 by the image sizes (token counts come from host ints, top-k sizes are constants) and reads nothing back from the
 device (``tools/benchmark.py --count-dispatch``: the one read per inference is the count of non-empty boxes, after
-it). So it is captured once per signature (batch and padded size, image sizes, autocast, TF32 settings) and
-replayed; preprocessing (normalise, pad) and the conversion of detections to ``Instances`` stay eager around it.
+it). So it is captured once per signature (batch and padded size, image sizes, autocast, TF32 settings, whether
+the token selection is returned) and replayed; preprocessing (normalise, pad) and the conversion of detections to ``Instances`` stay eager around it.
 
 Safety: a graph is only used after its first replay gave bitwise the detections of an eager run of the same input;
 a signature whose capture fails or differs runs eagerly from then on (one warning). The graph keeps every tensor it

@@ -78,9 +78,13 @@ def test_train_net_with_two_cpu_processes_stops_together_on_ctrl_c_and_checkpoin
     run.signal_group(signal.SIGINT)
     assert run.wait(timeout=300) == 130, run.stderr()[-3000:]
     stderr = run.stderr()
-    assert not shows_traceback(stderr + run.stdout()) and "KeyboardInterrupt" not in stderr
+    assert not shows_traceback(stderr + run.stdout()) and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     stop_lines = [line for line in stderr.splitlines() if line.startswith("training stopped by SIGINT after iteration")]
-    assert len(stop_lines) == 1 and stderr.strip().splitlines()[-1] == stop_lines[0]
+    # the streams with the failure: it failed once in a clean-clone CI run (status 130, no stop line) and not in 40
+    # runs since
+    assert len(stop_lines) == 1 and stderr.strip().splitlines()[-1] == stop_lines[0], (
+        f"stderr:\n{stderr[-3000:]}\nstdout:\n{run.stdout()[-2000:]}"
+    )
     checkpoint = torch.load(tmp_path / (tmp_path / "last_checkpoint").read_text(), weights_only=True)
     assert f"after iteration {checkpoint['iteration']} " in stop_lines[0]
     positions = [state["data_loader"] for state in checkpoint["rank_states"]]

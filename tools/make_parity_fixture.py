@@ -20,7 +20,7 @@ from typing import Dict, List, Tuple
 import torch
 from detectron2.config import LazyConfig, instantiate
 
-from check_parity import run_single, run_train_losses, to_batched_input
+from focus_detr.analysis.parity import run_single, run_train_losses, to_batched_input
 from focus_detr.checkpoint import FocusDETRCheckpointer
 from focus_detr.engine import atomic_write
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides

@@ -1,5 +1,6 @@
 """Measuring models: FLOPs per module (with the project's fvcore handles), keep-ratio overrides and sweeps, benchmark
-timing, token-selection pictures, training curves and a trivial baseline detector."""
+timing, token-selection pictures, training curves, a trivial baseline detector, and the comparison with official
+outputs (``parity``, ``forced_decisions``)."""
 from .flop_handles import MSDA_FLOP_HANDLES, flop_count_analysis
 from .flops import FlopReport, count_flops, executed_multiply_adds
 from .keep_ratios import (

@@ -12,7 +12,7 @@ from .onnx_export import (
     require_packages,
 )
 from .predictor import OnnxPredictor
-from .ranking import QUERY_RANKING_OUTPUT, RANK_REL_TOL, ForcedQueryRanking, graph_with_query_ranking
+from .ranking import QUERY_RANKING_OUTPUT, ForcedQueryRanking, graph_with_query_ranking
 
 __all__ = [
     "AP_KEYS",
@@ -20,7 +20,6 @@ __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAMES",
     "QUERY_RANKING_OUTPUT",
-    "RANK_REL_TOL",
     "ExportableFocusDETR",
     "ForcedQueryRanking",
     "OnnxAsModel",

@@ -7,16 +7,18 @@ change completely while every computation is right (``tools/check_parity.py`` me
 code). Random weights crowd the 900 best proposals into a narrow score band (R50 at 480x640: 18 adjacent gaps under
 1e-5), so such a swap happens at some inputs. To still compare everything else, :func:`graph_with_query_ranking`
 adds the graph's own query ranking as an output, and :class:`ForcedQueryRanking` runs PyTorch with that ranking after
-checking that it is PyTorch's own up to scores within ``RANK_REL_TOL``.
+checking that it is PyTorch's own up to near-ties (``focus_detr.analysis.forced_decisions.ranking_gap``, the rule of
+``tools/check_parity.py``).
 """
 from typing import Optional
 
 import torch
 
-__all__ = ["QUERY_RANKING_OUTPUT", "RANK_REL_TOL", "ForcedQueryRanking", "graph_with_query_ranking"]
+from ..analysis.forced_decisions import ranking_gap
+
+__all__ = ["QUERY_RANKING_OUTPUT", "ForcedQueryRanking", "graph_with_query_ranking"]
 
 QUERY_RANKING_OUTPUT = "query_ranking"
-RANK_REL_TOL = 1e-4  # of the largest |score| (as tools/check_parity.py): closer scores are a tie either order breaks
 # The exporter names nodes by module scope; the query selection is the one TopK of FocusDETRTransformer itself.
 _QUERY_TOPK_SCOPE = "/transformer"
 
@@ -41,8 +43,8 @@ def graph_with_query_ranking(path: str) -> bytes:
 
 class ForcedQueryRanking:
     """While active, ``model.transformer.select_queries`` returns ``ranking`` (``(1, Q)`` proposal indices, best
-    first) instead of its own choice, if ``ranking`` is its choice up to ties: rank by rank, the two chosen proposals'
-    scores differ by at most ``RANK_REL_TOL`` of the largest |score|. Otherwise the model keeps its own choice.
+    first) instead of its own choice, if ``ranking`` is its choice up to ties (:func:`ranking_gap`, rank by rank).
+    Otherwise the model keeps its own choice.
 
     After the model's forward: ``differ`` (how many ranks differ), ``gap`` (the largest score difference of a rank),
     ``tolerance`` and ``forced`` (whether ``ranking`` was taken).
@@ -64,13 +66,7 @@ class ForcedQueryRanking:
             if forced.shape != ours.shape:
                 self.differ, self.forced = ours.numel(), False
                 return ours
-            ours_scores, forced_scores = proposal_scores.gather(1, ours), proposal_scores.gather(1, forced)
-            # equal scores (infinite ones included) are a zero gap
-            gaps = torch.where(ours_scores == forced_scores, 0.0, (ours_scores - forced_scores).abs())
-            finite = proposal_scores[proposal_scores.isfinite()]
-            self.differ = int((ours != forced).sum())
-            self.gap = gaps.max().item() if gaps.numel() else 0.0
-            self.tolerance = RANK_REL_TOL * max(1.0, finite.abs().max().item() if finite.numel() else 0.0)
+            self.differ, self.gap, self.tolerance = ranking_gap(proposal_scores, ours, forced, ordered=True)
             self.forced = self.gap <= self.tolerance
             return forced if self.forced else ours
 

@@ -1,0 +1,200 @@
+"""Comparing our model with official Focus-DETR outputs stored in a parity fixture (the format of
+``../shared/fixtures``, also written by ``tools/make_parity_fixture.py``): running one image or the training losses
+the way the fixture recorded them, and the rows of the comparison with their tolerances. ``tools/check_parity.py``
+is the command line; :mod:`.forced_decisions` makes the model take the official ranking decisions first.
+
+A fixture is a dict: ``state_dict`` (official or our layout), ``inputs`` (images with their sizes and instances),
+``eval_outputs["single"]`` (per image: ``pred_logits``, ``pred_boxes``, ``postprocessed`` detections and the
+ranking decisions under ``debug``) and ``train_losses`` (per name: ``losses``, and for denoising the recorded
+``dn_inputs``).
+"""
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, Instances
+from torch.torch_version import TorchVersion
+
+from ..checkpoint import read_weights_file
+from ..checkpoint.official import convert_official_state_dict, is_official_layout
+from ..modeling import DenoisingQueries
+
+__all__ = [
+    "AMP_BOX_TOL",
+    "BOX_TOL",
+    "LOGIT_TOL",
+    "LOSS_REL_TOL",
+    "SCORE_TOL",
+    "TOP_DETECTIONS",
+    "Report",
+    "compare_losses",
+    "compare_single",
+    "load_fixture",
+    "match_detections",
+    "run_single",
+    "run_train_losses",
+    "to_batched_input",
+    "weight_mismatch",
+]
+
+BOX_TOL = 1e-4  # normalised cxcywh
+LOGIT_TOL = 1e-3
+SCORE_TOL = 1e-4  # detection probabilities
+LOSS_REL_TOL = 1e-4
+TOP_DETECTIONS = 100
+AMP_BOX_TOL = 0.01  # under autocast: a box within 1% of the image size counts as the same detection
+
+
+def load_fixture(path: str) -> Dict:
+    """The parity fixture at ``path``, read without running code from it; ValueError when it is not one."""
+    # The fixture stores a torch version object besides tensors and plain containers.
+    fixture = read_weights_file(path, torch_safe_globals=[TorchVersion]).content
+    if not isinstance(fixture, dict) or "state_dict" not in fixture or "inputs" not in fixture:
+        raise ValueError(f"cannot use fixture {path}: it is not a parity fixture (a dict with 'state_dict' and 'inputs')")
+    return fixture
+
+
+def to_batched_input(item: Dict, with_instances: bool) -> Dict:
+    """A fixture input as a detectron2 input dict (with its ground truth as ``Instances`` when ``with_instances``)."""
+    out = {"image": item["image"], "height": item["height"], "width": item["width"]}
+    if with_instances:
+        inst = item["instances"]
+        out["instances"] = Instances(
+            tuple(inst["image_size"]), gt_boxes=Boxes(inst["gt_boxes"]), gt_classes=inst["gt_classes"]
+        )
+    return out
+
+
+class Report:
+    """The rows of a comparison: (check, value, tolerance, within it)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, name: str, value, tolerance: str, ok: bool):
+        self.rows.append((name, value, tolerance, ok))
+
+    @property
+    def ok(self) -> bool:
+        return all(row[3] for row in self.rows)
+
+    def print(self):
+        width = max(len(r[0]) for r in self.rows) if self.rows else 10
+        print(f"{'check':<{width}}  {'value':>22}  {'tolerance':>14}  result")
+        for name, value, tolerance, ok in self.rows:
+            value_text = f"{value:.3e}" if isinstance(value, float) else str(value)
+            print(f"{name:<{width}}  {value_text:>22}  {tolerance:>14}  {'ok' if ok else 'FAIL'}")
+
+
+
+@torch.no_grad()
+def run_single(model, item: Dict) -> Dict:
+    """Eval outputs of one image alone, in the fixture's ``eval_outputs["single"][i]`` format."""
+    batched = [to_batched_input(item, with_instances=False)]
+    images = model.preprocess_image(batched)
+    out = model.run_transformer(images)
+    logits, boxes = model.predict(out)
+    result = model.postprocess(logits[-1], boxes[-1], images.image_sizes)[0]
+    instances = detector_postprocess(result, item["height"], item["width"])
+    return {
+        "pred_logits": logits[-1].float().cpu(),
+        "pred_boxes": boxes[-1].float().cpu(),
+        "postprocessed": [
+            {
+                "boxes_xyxy": instances.pred_boxes.tensor.float().cpu(),
+                "scores": instances.scores.float().cpu(),
+                "labels": instances.pred_classes.cpu(),
+                "num": len(instances),
+            }
+        ],
+        "num_selected_tokens_per_layer": out.selection.num_selected_tokens_per_layer,
+    }
+
+
+@torch.no_grad()
+def run_train_losses(model, inputs: List[Dict], dn_inputs) -> Dict[str, float]:
+    batched = [to_batched_input(item, with_instances=True) for item in inputs]
+    model.train()
+    try:
+        if dn_inputs is None:
+            dn_number = model.denoising.dn_number
+            model.denoising.dn_number = 0
+            try:
+                losses = model.forward_training(batched)
+            finally:
+                model.denoising.dn_number = dn_number
+        else:
+            denoising = DenoisingQueries(
+                query_label=dn_inputs["input_query_label"].to(model.device),
+                query_bbox=dn_inputs["input_query_bbox"].to(model.device),
+                attn_mask=dn_inputs["attn_mask"].to(model.device),
+                single_padding=int(dn_inputs["dn_meta"]["single_padding"]),
+                dn_num=int(dn_inputs["dn_meta"]["dn_num"]),
+            )
+            losses = model.forward_training(batched, denoising=denoising)
+    finally:
+        model.eval()
+    return {k: float(v) for k, v in losses.items()}
+
+
+def match_detections(ours: Dict, expected: Dict, box_tol_px: float, score_tol: Optional[float] = SCORE_TOL):
+    """How many of the official top detections have a counterpart among ours (same label, score within
+    ``score_tol`` unless None, box within ``box_tol_px``), each of ours used once, as (matched, count). Near-equal
+    scores may come in either order, so counterparts are searched over all our detections."""
+    count = min(TOP_DETECTIONS, len(expected["labels"]))
+    used = torch.zeros(len(ours["labels"]), dtype=torch.bool)
+    matched = 0
+    for i in range(count):
+        candidates = (
+            (ours["labels"] == expected["labels"][i])
+            & ((ours["boxes_xyxy"] - expected["boxes_xyxy"][i]).abs().max(-1)[0] <= box_tol_px)
+            & ~used
+        )
+        if score_tol is not None:
+            candidates &= (ours["scores"] - expected["scores"][i]).abs() <= score_tol
+        candidates = candidates.nonzero()
+        if len(candidates):
+            used[candidates[0, 0]] = True
+            matched += 1
+    return matched, count
+
+
+def compare_single(report: Report, prefix: str, ours: Dict, expected: Dict, item: Dict):
+    delta = (ours["pred_boxes"] - expected["pred_boxes"]).abs().max().item()
+    report.add(f"{prefix}max |d pred_boxes|", delta, f"<= {BOX_TOL:g}", delta <= BOX_TOL)
+    delta = (ours["pred_logits"] - expected["pred_logits"]).abs().max().item()
+    report.add(f"{prefix}max |d pred_logits|", delta, f"<= {LOGIT_TOL:g}", delta <= LOGIT_TOL)
+    ours_det, expected_det = ours["postprocessed"][0], expected["postprocessed"][0]
+    count = min(len(ours_det["scores"]), len(expected_det["scores"]))
+    delta = (ours_det["scores"][:count] - expected_det["scores"][:count]).abs().max().item() if count else 0.0
+    same_count = len(ours_det["scores"]) == len(expected_det["scores"])
+    report.add(f"{prefix}detections: count, max |d sorted score|", f"{len(ours_det['scores'])}, {delta:.1e}",
+               f"same, <= {SCORE_TOL:g}", same_count and delta <= SCORE_TOL)
+    box_tol_px = BOX_TOL * max(item["height"], item["width"])
+    matched, total = match_detections(ours_det, expected_det, box_tol_px)
+    report.add(f"{prefix}top-{TOP_DETECTIONS} detections matched", f"{matched}/{total}", "all", matched == total)
+
+
+def compare_losses(report: Report, name: str, ours: Dict[str, float], expected: Dict[str, float]):
+    for key, value in expected.items():
+        if key not in ours:
+            report.add(f"{name} {key}", "missing", "present", False)
+            continue
+        rel = abs(ours[key] - float(value)) / max(abs(float(value)), 1e-12)
+        if float(value) == 0.0:
+            rel = abs(ours[key])
+        report.add(f"{name} {key} rel. error", rel, f"<= {LOSS_REL_TOL:g}", rel <= LOSS_REL_TOL)
+
+
+def weight_mismatch(model, state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
+    """None when a detector state dict (ours or official layout) has exactly the model's keys and shapes, else what
+    differs."""
+    if is_official_layout(state_dict):
+        state_dict = convert_official_state_dict(state_dict)
+    ours = model.state_dict()
+    missing, unexpected = sorted(ours.keys() - state_dict.keys()), sorted(state_dict.keys() - ours.keys())
+    shapes = [k for k in state_dict if k in ours and ours[k].shape != state_dict[k].shape]
+    problems = [f"{len(v)} {what}, e.g. {v[0]}" for what, v in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if v]
+    return "; ".join(problems) or None
+

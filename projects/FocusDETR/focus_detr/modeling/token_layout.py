@@ -73,9 +73,10 @@ def encoder_reference_points(spatial_shapes: Sequence[Tuple[int, int]], valid_ra
     """Pixel centres of every token, normalised by the valid extent -> ``(B, N, L, 2)`` (x, y) per level."""
     points = []
     for level, (h, w) in enumerate(spatial_shapes):
+        # arange, not linspace: the same values, but ONNX's linspace divides by (steps - 1), NaN for a 1-token side
         ref_y, ref_x = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=valid_ratios.device),
-            torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=valid_ratios.device),
+            torch.arange(h, dtype=torch.float32, device=valid_ratios.device) + 0.5,
+            torch.arange(w, dtype=torch.float32, device=valid_ratios.device) + 0.5,
             indexing="ij",
         )
         ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * h)
@@ -97,8 +98,8 @@ def token_proposals(
     for level, (h, w) in enumerate(spatial_shapes):
         valid_h, valid_w = valid_extent(padding_mask[:, start : start + h * w].view(batch_size, h, w))
         grid_y, grid_x = torch.meshgrid(
-            torch.linspace(0, h - 1, h, dtype=torch.float32, device=padding_mask.device),
-            torch.linspace(0, w - 1, w, dtype=torch.float32, device=padding_mask.device),
+            torch.arange(h, dtype=torch.float32, device=padding_mask.device),
+            torch.arange(w, dtype=torch.float32, device=padding_mask.device),
             indexing="ij",
         )
         grid = torch.cat([grid_x[..., None], grid_y[..., None]], -1)

@@ -15,29 +15,34 @@ Multi-node: add ``--num-machines M --machine-rank R --dist-url tcp://HOST:PORT``
 
 One run at a time per ``train.output_dir`` (a second one is refused, naming the process that holds the folder);
 training from scratch into a folder that holds an earlier run's checkpoints is refused (add ``--resume``).
-Ctrl-C or SIGTERM stops training after the current iteration with a checkpoint saved there, printing one line with
-the command that resumes it (exit status 130 / 143); a second Ctrl-C stops at once.
+Ctrl-C, SIGTERM or SIGHUP stops training after the current iteration with a checkpoint saved there, printing one line
+with the command that resumes it (exit status 130 / 143 / 129); a second Ctrl-C stops at once (a checkpoint being
+written is finished first). See docs/reliability.md.
 """
 import os
 import sys
 
-from detectron2.engine import default_argument_parser, default_setup, launch
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
-from torch.multiprocessing import ProcessExitedException
+try:  # torch and detectron2 take seconds to import: a Ctrl-C meanwhile is one line too
+    from detectron2.engine import default_argument_parser, default_setup, launch
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
+    from torch.multiprocessing import ProcessExitedException
 
-from focus_detr.engine import (
-    check_datasets_registered,
-    end_process_group,
-    load_config,
-    resolve_device,
-    run_evaluation,
-    run_training,
-)
-from focus_detr.engine.arguments import parse_args_with_overrides
-from focus_detr.engine.cli import report_interruption, run_reporting_errors
-from focus_detr.engine.interrupt import ForwardedStop, StopRequest, resume_command
-from focus_detr.engine.output_lock import claim_output_dir
+    from focus_detr.engine import (
+        check_datasets_registered,
+        end_process_group,
+        load_config,
+        resolve_device,
+        run_evaluation,
+        run_training,
+    )
+    from focus_detr.engine.arguments import parse_args_with_overrides
+    from focus_detr.engine.cli import report_interruption, run_reporting_errors
+    from focus_detr.engine.interrupt import ForwardedStop, StopRequest, resume_command, stop_signals_interrupt
+    from focus_detr.engine.output_lock import claim_output_dir
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def parse_args(argv=None):
@@ -116,7 +121,8 @@ def cli(argv=None):
     args = parse_args(argv)
     # this process's command line (started processes have another), or train_net.py with the given arguments
     args.resume_command = resume_command(None if argv is None else [sys.executable, os.path.abspath(__file__), *argv])
-    return run_reporting_errors(_launch, args)
+    with stop_signals_interrupt():  # SIGTERM / SIGHUP outside training (set-up, --eval-only): one line, not silence
+        return run_reporting_errors(_launch, args)
 
 
 if __name__ == "__main__":

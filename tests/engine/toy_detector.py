@@ -3,7 +3,8 @@
 The detector draws from the global torch RNG in training (like Focus-DETR's denoising queries) so that tests of
 exact resume notice a generator that is not restored. Two knobs that leave its numbers unchanged serve the tests of
 stopping a run: ``step_seconds`` (each training forward sleeps, giving a signal sent from outside time to land) and
-``signal_step`` / ``signals`` (the process signals itself during a given training forward).
+``signal_step`` / ``signals`` (the process signals itself during a given training forward; ``inference_signals``:
+during its first inference forward).
 """
 import json
 import os
@@ -24,14 +25,16 @@ class ToyDetector(nn.Module):
     """images -> conv features -> ``num_queries`` boxes + class logits. Training: L1 + BCE against the first GT box."""
 
     def __init__(self, num_classes=1, num_queries=4, input_size=32, feature_noise=0.05, step_seconds=0.0,
-                 signal_step=None, signals=()):
+                 signal_step=None, signals=(), inference_signals=()):
         """``step_seconds``: sleep in every training forward. ``signals``: signal numbers this process sends itself
-        during training forward number ``signal_step`` (0-based, counted from this model's creation)."""
+        during training forward number ``signal_step`` (0-based, counted from this model's creation);
+        ``inference_signals``: during its first inference forward."""
         super().__init__()
         self.feature_noise = feature_noise
         self.step_seconds = step_seconds
         self.signal_step = signal_step
         self.signals = list(signals)
+        self.inference_signals = list(inference_signals)
         self._training_forwards = 0
         self.num_classes = num_classes
         self.num_queries = num_queries
@@ -60,6 +63,9 @@ class ToyDetector(nn.Module):
         if self.training:
             self._after_training_forward()
             return self.losses(batched_inputs, logits, boxes)
+        for number in self.inference_signals:
+            os.kill(os.getpid(), number)
+        self.inference_signals = []
         return self.inference(batched_inputs, logits, boxes)
 
     def _after_training_forward(self):

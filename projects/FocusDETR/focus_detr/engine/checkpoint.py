@@ -10,6 +10,7 @@ import tempfile
 import torch
 
 from ..checkpoint import CheckpointError, FocusDETRCheckpointer, UnreadableCheckpointError, write_safetensors
+from .interrupt import stop_signals_deferred
 
 __all__ = ["AtomicDetectionCheckpointer", "atomic_write", "save_weights", "TEMPORARY_FILE_PATTERN"]
 
@@ -33,17 +34,20 @@ def atomic_write(path, write_fn, mode="wb"):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, tmp_path = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    # A Ctrl-C meanwhile takes effect once the file is in place: cut short, torch.save's clean-up fails on the torn
+    # file (a traceback instead of the interrupt) and its writer can abort the process later.
+    with stop_signals_deferred():
+        try:
+            with os.fdopen(handle, mode) as f:
+                write_fn(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the file the usual mode
+            os.replace(tmp_path, path)
+        except BaseException:
+            if os.path.exists(tmp_path):
+                os.remove(tmp_path)
+            raise
 
 
 def save_weights(path, state_dict):

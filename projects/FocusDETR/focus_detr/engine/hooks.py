@@ -9,6 +9,7 @@ from detectron2.engine import HookBase
 from detectron2.engine.hooks import EvalHook
 from detectron2.utils import comm
 
+from .interrupt import stop_signals_deferred
 from .memory import release_freed_memory
 from .rng import capture_rng_state, isolated_rng
 
@@ -47,12 +48,14 @@ class ResumableCheckpointHook(HookBase):
         return state
 
     def save(self, name):
-        rank_states = comm.all_gather(self._rank_state())
-        if comm.is_main_process():
-            self.checkpointer.save(name, iteration=self.trainer.iter, rank_states=rank_states)
-        comm.synchronize()
-        if self.checkpointer.save_dir:
-            self.last_saved = (self.trainer.iter, os.path.join(self.checkpointer.save_dir, f"{name}.pth"))
+        # a signal during the save takes effect once it is written and recorded as the resume point
+        with stop_signals_deferred():
+            rank_states = comm.all_gather(self._rank_state())
+            if comm.is_main_process():
+                self.checkpointer.save(name, iteration=self.trainer.iter, rank_states=rank_states)
+            comm.synchronize()
+            if self.checkpointer.save_dir:
+                self.last_saved = (self.trainer.iter, os.path.join(self.checkpointer.save_dir, f"{name}.pth"))
 
     def save_current_iteration(self):
         """Saves the state after the current iteration as a numbered checkpoint (what a periodic save at this

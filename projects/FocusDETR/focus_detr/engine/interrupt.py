@@ -3,8 +3,11 @@
 The first signal asks the run to stop at the end of the current iteration: there it saves a checkpoint (the same
 save a periodic checkpoint makes, so ``--resume`` continues bit-exactly) and ends with one line naming the iteration,
 the checkpoint a resume starts from and the command that resumes. A second Ctrl-C stops at once, without saving: the
-last saved checkpoint stays the resume point. All processes of a multi-process run agree on the iteration to stop
-after. The exit status is 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as shells do.
+last saved checkpoint stays the resume point. A file being written (a checkpoint) is finished first: signals that
+arrive meanwhile take effect once it is complete. Once the last iteration is saved, a signal stops the final
+evaluation at once. All processes of a multi-process run agree on the iteration to stop after. SIGHUP (the terminal
+closed) counts as SIGTERM, unless the run was started ignoring it (``nohup``). The exit status is 128 + the signal
+number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP), as shells do.
 """
 import contextlib
 import logging
@@ -20,17 +23,22 @@ from detectron2.utils import comm
 
 __all__ = [
     "STOP_SIGNALS",
+    "FinalEvaluationInterrupted",
     "ForwardedStop",
+    "SignalInterrupt",
     "StopOnRequestHook",
     "StopRequest",
     "TrainingInterrupted",
+    "evaluation_command",
     "ignore_stop_signals",
     "resume_command",
+    "stop_signals_deferred",
+    "stop_signals_interrupt",
 ]
 
 logger = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
 
 def resume_command(argv=None):
@@ -41,6 +49,80 @@ def resume_command(argv=None):
         end = argv.index("--") if "--" in argv else len(argv)
         argv.insert(end, "--resume")
     return shlex.join(argv)
+
+
+def evaluation_command(resume_command, checkpoint):
+    """The shell command that evaluates ``checkpoint`` with the run of ``resume_command``'s config and overrides: the
+    same command without ``--resume``, with ``--eval-only train.init_checkpoint=CHECKPOINT``."""
+    argv = [arg for arg in shlex.split(resume_command) if arg != "--resume"]
+    end = argv.index("--") if "--" in argv else len(argv)
+    return shlex.join(argv[:end] + ["--eval-only", f"train.init_checkpoint={checkpoint}"] + argv[end:])
+
+
+def _install(handler, numbers=STOP_SIGNALS):
+    """``handler`` for each of the signals ``numbers``, except a SIGHUP ignored at start (``nohup``: the run must
+    outlive its terminal); returns the handlers it replaced. Installs nothing outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    replaced = {}
+    for number in numbers:
+        if number != getattr(signal, "SIGHUP", None) or signal.getsignal(number) is not signal.SIG_IGN:
+            replaced[number] = signal.signal(number, handler)
+    return replaced
+
+
+def _restore(replaced):
+    for number, handler in replaced.items():
+        # None: a handler not installed from Python; the default is the closest Python can put back
+        signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def stop_signals_deferred():
+    """Within the block, stop signals are held and then handled when it ends, by the handlers in place then (in the
+    order they came): a file being written is never cut short by a Ctrl-C (a torn write can also abort the process
+    from a destructor later), the signal takes effect once it is complete."""
+    held = []
+
+    def hold(signal_number, frame):
+        if not held:
+            logger.warning(f"{signal.Signals(signal_number).name} received while a file is being written: it takes "
+                           "effect once the file is complete")
+        held.append(signal_number)
+
+    replaced = _install(hold)
+    try:
+        yield
+    finally:
+        _restore(replaced)
+        for number in held:
+            signal.raise_signal(number)  # runs the restored Python handler before returning
+
+
+class SignalInterrupt(KeyboardInterrupt):
+    """A SIGTERM or SIGHUP that interrupts like Ctrl-C: ``str()`` is the line to show, ``exit_status`` 128 + its
+    number."""
+
+    def __init__(self, signal_number):
+        self.signal_number = signal_number
+        self.exit_status = 128 + signal_number
+        super().__init__(f"interrupted by {signal.Signals(signal_number).name}")
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt():
+    """Within the block, SIGTERM and SIGHUP raise :class:`SignalInterrupt` as Ctrl-C raises KeyboardInterrupt (one
+    line and exit status 143 / 129 from the command line, a lock released on the way out) instead of ending the
+    process silently; handlers installed inside (training's :class:`StopRequest`) take over while active."""
+
+    def interrupt(signal_number, frame):
+        raise SignalInterrupt(signal_number)
+
+    replaced = _install(interrupt, [number for number in STOP_SIGNALS if number != signal.SIGINT])
+    try:
+        yield
+    finally:
+        _restore(replaced)
 
 
 def _exit_on_sigterm_from(parent_pid):
@@ -56,6 +138,8 @@ def ignore_stop_signals(worker_id=None):
     SIGKILL and the training process's death. Where the sender of a signal cannot be told (no ``sigwaitinfo``),
     only Ctrl-C is ignored."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if not hasattr(signal, "sigwaitinfo"):
         return
     # Blocked here, before the worker starts any thread, so every thread blocks it and only the waiter receives it.
@@ -93,42 +177,74 @@ class TrainingInterrupted(KeyboardInterrupt):
         )
 
 
+class FinalEvaluationInterrupted(KeyboardInterrupt):
+    """Training finished and was saved; a signal stopped the evaluation after it. ``str()`` is the line to show;
+    ``exit_status`` is 128 + the signal number.
+
+    Args:
+        signal_number (int): the signal that stopped the evaluation.
+        max_iter (int): the run's ``train.max_iter``.
+        checkpoint (str): the final checkpoint.
+        command (str or None): the command that evaluates it.
+    """
+
+    def __init__(self, signal_number, max_iter, checkpoint, command=None):
+        self.signal_number = signal_number
+        self.exit_status = 128 + signal_number
+        evaluate = command or f"--eval-only train.init_checkpoint={checkpoint}"
+        super().__init__(
+            f"training finished (train.max_iter {max_iter}; checkpoint {checkpoint}); its evaluation was stopped by "
+            f"{signal.Signals(signal_number).name}; evaluate it with: {evaluate}"
+        )
+
+
 class StopRequest:
-    """Context manager: while active, SIGINT and SIGTERM do not interrupt this process but record a request to stop
-    (``signal_number``, the first signal received); a second SIGINT raises KeyboardInterrupt (stop at once).
-    Processes forked inside the block (data-loader workers) inherit the handler and ignore these signals: their
-    parent ends them. Installs nothing outside the main thread (Python delivers signals only there)."""
+    """Context manager: while active, the stop signals do not interrupt this process but record a request to stop
+    (``signal_number``, the first signal received); a second SIGINT raises KeyboardInterrupt (stop at once), and
+    after :meth:`stop_at_once` any stop signal does (``last_signal``: the signal that raised). Processes forked
+    inside the block (data-loader workers) inherit the handler and ignore these signals: their parent ends them.
+    Installs nothing outside the main thread (Python delivers signals only there)."""
 
     def __init__(self):
         self.signal_number = None
+        self.last_signal = None
+        self.at_once = False
         self._pid = None
         self._previous = {}
+
+    def stop_at_once(self):
+        """From now on a stop signal interrupts at once: nothing is left to save (training ended and was saved)."""
+        self.at_once = True
 
     def _handle(self, signal_number, frame):
         if os.getpid() != self._pid:  # a forked data-loader worker: the training process decides when it ends
             return
-        if self.signal_number is None:
+        name = signal.Signals(signal_number).name
+        if self.at_once:
+            logger.warning(f"{name} received: training is complete and saved; stopping now")
+        elif self.signal_number is None:
             self.signal_number = signal_number
-            logger.warning(f"{signal.Signals(signal_number).name} received: stopping after this iteration, once its "
-                           "checkpoint is saved (Ctrl-C again stops at once, without saving)")
-        elif signal_number == signal.SIGINT:
-            raise KeyboardInterrupt
+            logger.warning(f"{name} received: stopping after this iteration, once its checkpoint is saved (Ctrl-C "
+                           "again stops at once, without saving)")
+            return
+        elif signal_number != signal.SIGINT:
+            return
+        self.last_signal = signal_number
+        raise KeyboardInterrupt
 
     def __enter__(self):
         self._pid = os.getpid()
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
+        self._previous = _install(self._handle)
         return self
 
     def __exit__(self, *exc_info):
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
+        _restore(self._previous)
         self._previous = {}
 
 
 class ForwardedStop(logging.Filter):
     """Context manager for a process that waits for the training processes it started (detectron2's ``launch``
-    with several processes): SIGINT and SIGTERM do not interrupt it; each is recorded (``signal_number``, the first)
+    with several processes): the stop signals do not interrupt it; each is recorded (``signal_number``, the first)
     and passed on to its child processes as SIGTERM, a stop request for them. A terminal's Ctrl-C reaches the
     children directly as well: a SIGTERM after a SIGINT changes nothing for them, while a second Ctrl-C still stops
     them at once. ``stopped_status(exit_code)`` tells whether a child's exit status is that of a stopped run.
@@ -159,22 +275,21 @@ class ForwardedStop(logging.Filter):
                 os.kill(child.pid, signal.SIGTERM)
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
+        self._previous = _install(self._handle)
         logging.getLogger(self._SPAWN_LOGGER).addFilter(self)
         return self
 
     def __exit__(self, *exc_info):
         logging.getLogger(self._SPAWN_LOGGER).removeFilter(self)
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
+        _restore(self._previous)
         self._previous = {}
 
 
 class StopOnRequestHook(HookBase):
     """Ends training at an iteration boundary once ``stop_request`` holds a signal on any process: saves a checkpoint
     there through ``checkpoint_hook`` (a :class:`ResumableCheckpointHook`; no second save when it has just saved this
-    iteration) and raises :class:`TrainingInterrupted`. A request during the last iteration lets the run finish.
+    iteration) and raises :class:`TrainingInterrupted`. A request during the last iteration lets the run finish;
+    after it, a new signal stops the final evaluation at once.
 
     Register it after the checkpoint hook (and the hooks whose state that one saves), on every process: the
     decision is collective (an all-gather per iteration when there are several processes), so all of them stop after
@@ -204,6 +319,9 @@ class StopOnRequestHook(HookBase):
 
     def after_step(self):
         if self.trainer.iter >= self.trainer.max_iter - 1:
+            # the checkpoint hook (before this one) has saved the final state: what follows (the final evaluation)
+            # loses nothing when stopped
+            self.stop_request.stop_at_once()
             return
         signal_number = self._requested_signal()
         if signal_number is None:

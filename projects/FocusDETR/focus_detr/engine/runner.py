@@ -14,7 +14,7 @@ from .cli import user_errors_without_tracebacks
 from .config import ConfigError, resolve_device
 from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state
-from .interrupt import StopOnRequestHook, TrainingInterrupted
+from .interrupt import FinalEvaluationInterrupted, StopOnRequestHook, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
 from .rng import restore_rng_state
 from .cuda_graphs import inference_cuda_graphs
@@ -67,7 +67,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     With ``stop_request`` (an active :class:`~focus_detr.engine.interrupt.StopRequest`), a SIGINT / SIGTERM ends
     training after the current iteration with a checkpoint saved there. An interrupted run (also by a plain
     KeyboardInterrupt) raises :class:`~focus_detr.engine.interrupt.TrainingInterrupted`, whose message names the
-    iteration, the checkpoint a resume starts from and ``resume_command``.
+    iteration, the checkpoint a resume starts from and ``resume_command``; once training is complete and saved, a
+    stopped final evaluation raises :class:`~focus_detr.engine.interrupt.FinalEvaluationInterrupted`.
     """
     device = resolve_device(cfg.train.device)
     if cfg.train.get("malloc_mmap_threshold_mib", 0):
@@ -154,11 +155,19 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
                 checkpointer.save_weights("model_final.safetensors", ema_hook.shadow if ema_hook and ema_for_eval else None)
     except TrainingInterrupted:
         raise
-    except KeyboardInterrupt as interrupt:  # a second Ctrl-C, or one without a stop request: no checkpoint now
+    except KeyboardInterrupt as interrupt:  # a second Ctrl-C, or a signal once training is complete
         if isinstance(interrupt.__context__, TrainingInterrupted):  # pressed while a stop was being wrapped up
             raise interrupt.__context__ from None
-        raise TrainingInterrupted(signal.SIGINT, f"during iteration {trainer.iter}", cfg.train.max_iter,
-                                  checkpoint_hook.last_saved, command=resume_command) from None
+        number = (stop_request.last_signal if stop_request is not None else None) or signal.SIGINT
+        last_saved = checkpoint_hook.last_saved
+        if last_saved is not None and last_saved[0] >= cfg.train.max_iter - 1:  # in the final evaluation
+            command = evaluation_command(resume_command, last_saved[1]) if resume_command else None
+            raise FinalEvaluationInterrupted(number, cfg.train.max_iter, last_saved[1], command) from None
+        # the iteration was saved when the signal came during (or right after) its save
+        saved_now = last_saved is not None and last_saved[0] == trainer.iter
+        where = f"{'after' if saved_now else 'during'} iteration {trainer.iter}"
+        raise TrainingInterrupted(number, where, cfg.train.max_iter, last_saved, saved_now=saved_now,
+                                  command=resume_command) from None
     return trainer
 
 

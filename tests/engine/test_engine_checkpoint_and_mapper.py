@@ -83,6 +83,21 @@ def test_mapper_uses_both_pipelines_about_half_of_the_time(tmp_path):
     assert crops + shapes.count((40, 60)) == 200 and 70 < crops < 130
 
 
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 7), (7, 1)])
+def test_mapper_flips_images_one_pixel_wide_or_high(tmp_path, height, width):
+    # both flips in a row, as the tree config does: the first left a negative stride the second refused
+    from PIL import Image
+
+    path = tmp_path / "thin.png"
+    Image.fromarray(np.full((height, width, 3), 200, dtype=np.uint8)).save(path)
+    flips = [T.RandomFlip(prob=1.0, horizontal=True, vertical=False),
+             T.RandomFlip(prob=1.0, horizontal=False, vertical=True)]
+    out = DetrDatasetMapper(flips + [T.ResizeShortestEdge(8, 64)], is_train=False)(
+        {"file_name": str(path), "height": height, "width": width}
+    )
+    assert out["image"].float().mean() == 200
+
+
 def test_mapper_names_an_unreadable_image(tmp_path):
     path = tmp_path / "broken.jpg"
     path.write_bytes(b"not an image")

@@ -62,6 +62,17 @@ def test_class_count_that_does_not_fit_the_data_stops_before_training_or_evaluat
     assert not list(out.glob("model_*.pth")) and not (out / "eval_results.json").exists()
 
 
+def test_evaluating_a_checkpoint_with_another_class_count_names_the_class_count(train_net, toy_dataset, capsys,
+                                                                                tmp_path):
+    # the class count, not "the checkpoint does not fit the model" (which the wrong num_classes also causes)
+    trained = tmp_path / "trained"
+    assert _run(train_net, capsys, "train.max_iter=2", f"train.output_dir={trained}")[0] == 0
+    code, err = _run(train_net, capsys, "--eval-only", "model.num_classes=5", f"train.output_dir={tmp_path / 'eval'}",
+                     f"train.init_checkpoint={trained / 'model_final.pth'}")
+    assert code == 2
+    assert err[-1] == "error: model.num_classes is 5 but dataset 'focus_detr_toy' has 1 class (box): set model.num_classes=1"
+
+
 class _Records(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)

@@ -62,7 +62,7 @@ class DetrDatasetMapper:
         detection_utils.check_image_size(dataset_dict, image)
 
         aug_input = T.AugInput(image)
-        transforms = self._choose_pipeline()(aug_input)
+        transforms = _augment(self._choose_pipeline(), aug_input)
         image = aug_input.image
         image_shape = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -79,3 +79,15 @@ class DetrDatasetMapper:
         instances = detection_utils.annotations_to_instances(kept, image_shape)
         dataset_dict["instances"] = detection_utils.filter_empty_instances(instances)
         return dataset_dict
+
+
+def _augment(pipeline: T.AugmentationList, aug_input: T.AugInput) -> T.TransformList:
+    """``pipeline(aug_input)``, one augmentation at a time: fvcore's flip of a one-pixel side leaves a negative
+    stride on that side, which numpy still calls contiguous and the next flip's ``torch.from_numpy`` refuses (a
+    1-pixel-wide image failed training at random)."""
+    transforms = []
+    for augmentation in pipeline.augs:
+        transforms.append(augmentation(aug_input))
+        if min(aug_input.image.strides) < 0:
+            aug_input.image = aug_input.image.copy()
+    return T.TransformList(transforms)

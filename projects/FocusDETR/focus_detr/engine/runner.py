@@ -189,6 +189,9 @@ def run_evaluation(cfg):
     Writes ``eval_results.json`` in ``cfg.train.output_dir``; returns the results dict."""
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, device)
+    if cfg.dataloader.get("evaluator", None) is not None:
+        # before the weights: a class count that does not fit the data says so, not "the checkpoint does not fit"
+        check_model_classes(model, cfg.dataloader.test)
     model = wrap_ddp(model, cfg, device)
     if not cfg.train.init_checkpoint:
         logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights")

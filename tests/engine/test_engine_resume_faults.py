@@ -58,3 +58,43 @@ def test_temporary_files_of_a_killed_save_are_removed_at_start(train_net, toy_da
     assert _train(train_net, tmp_path, "train.max_iter=1") == 0
     assert not list(tmp_path.glob(".*.tmp"))
     assert tmp_path.joinpath("notes.tmp").exists()
+
+
+def test_an_unreadable_image_mid_run_saves_what_was_trained_and_says_how_to_resume(train_net, toy_dataset, tmp_path,
+                                                                                  capsys, monkeypatch):
+    # a corrupt image hours into a run used to end it with the work since the last periodic checkpoint lost
+    import shlex
+
+    from focus_detr.data.dataset_mapper import DetrDatasetMapper
+
+    run = ["train.max_iter=10", "train.checkpointer.period=100", "dataloader.evaluator=null"]
+    full = tmp_path / "full"
+    assert _train(train_net, full, *run) == 0
+
+    mapped = DetrDatasetMapper.__call__
+    calls = []
+
+    def unreadable_seventh(self, dataset_dict):
+        calls.append(1)
+        if len(calls) == 7:
+            raise ValueError(f"cannot read image {dataset_dict['file_name']}: image file is truncated")
+        return mapped(self, dataset_dict)
+
+    monkeypatch.setattr(DetrDatasetMapper, "__call__", unreadable_seventh)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert _train(train_net, out, *run) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: cannot read image ")
+    assert ": image file is truncated; training stopped after iteration " in line
+    iteration = int(line.split("training stopped after iteration ")[1].split(",")[0])
+    assert 0 <= iteration < 9
+    checkpoint = out / f"model_{iteration:07d}.pth"
+    assert f", checkpoint {checkpoint} (a resume continues at iteration {iteration + 1})" in line
+    assert (out / "last_checkpoint").read_text() == f"model_{iteration:07d}.pth"
+
+    monkeypatch.setattr(DetrDatasetMapper, "__call__", mapped)  # the image fixed
+    command = shlex.split(line.split("resume with: ")[1])
+    assert command[-1] == "--resume" and train_net.cli(command[2:]) == 0
+    expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
+    assert all(torch.equal(expected[key], resumed[key]) for key in expected)  # as if nothing had happened

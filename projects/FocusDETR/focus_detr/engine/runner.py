@@ -10,7 +10,7 @@ from detectron2.engine import create_ddp_model, default_writers, hooks
 from detectron2.utils import comm
 
 from .checkpoint import AtomicDetectionCheckpointer
-from .cli import user_errors_without_tracebacks
+from .cli import is_user_error, one_line, user_errors_without_tracebacks
 from .config import ConfigError, resolve_device
 from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state
@@ -155,6 +155,11 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
                 checkpointer.save_weights("model_final.safetensors", ema_hook.shadow if ema_hook and ema_for_eval else None)
     except TrainingInterrupted:
         raise
+    except Exception as error:
+        stopped = _save_before_bad_data(error, trainer, checkpoint_hook, start_iter, resume_command)
+        if stopped is None:
+            raise
+        raise stopped from error
     except KeyboardInterrupt as interrupt:  # a second Ctrl-C, or a signal once training is complete
         if isinstance(interrupt.__context__, TrainingInterrupted):  # pressed while a stop was being wrapped up
             raise interrupt.__context__ from None
@@ -169,6 +174,30 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         raise TrainingInterrupted(number, where, cfg.train.max_iter, last_saved, saved_now=saved_now,
                                   command=resume_command) from None
     return trainer
+
+
+def _save_before_bad_data(error, trainer, checkpoint_hook, start_iter, resume_command):
+    """When ``error`` is a user error in loading a training batch (a corrupt image hours into a run), saves the
+    iterations completed since the last checkpoint and returns the error to raise instead: the original line, the
+    checkpoint and how to resume once the data is fixed. None when there is nothing to add: another kind of error,
+    nothing completed since the last save, or several processes (the others are inside a collective: a save
+    would wait for them forever)."""
+    completed = trainer.iter - 1
+    if (
+        trainer.data_failed_at != trainer.iter
+        or completed < start_iter
+        or not is_user_error(error)
+        or comm.get_world_size() > 1
+        or not checkpoint_hook.checkpointer.save_dir
+    ):
+        return None
+    trainer.iter = completed  # what the checkpoint records (the trainer is done with: training ended)
+    checkpoint_hook.save_current_iteration()
+    resume = f"resume with: {resume_command}" if resume_command else "continue with --resume"
+    return ValueError(
+        f"{one_line(error)}; training stopped after iteration {completed}, checkpoint {checkpoint_hook.last_saved[1]} "
+        f"(a resume continues at iteration {completed + 1}): fix or remove what it names, then {resume}"
+    )
 
 
 def load_inference_weights(model, cfg, path):

@@ -42,11 +42,17 @@ class DetrTrainer(SimpleTrainer):
         self.amp_dtype = amp_dtype
         self.device_type = device_type
         self.grad_scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
+        self.data_failed_at = None  # the iteration whose batch could not be loaded
 
     def run_step(self):
         assert self.model.training, "[DetrTrainer] model was changed to eval mode!"
         start = time.perf_counter()
-        data = next(self._data_loader_iter)
+        try:
+            data = next(self._data_loader_iter)
+        except Exception:
+            # nothing of this iteration ran: the state is still that after the previous one (what a save keeps)
+            self.data_failed_at = self.iter
+            raise
         data_time = time.perf_counter() - start
 
         with amp_autocast(self.device_type, self.amp_dtype):

@@ -21,7 +21,8 @@ Images are resized like the config's test loader (the network input); pictures a
 small ones scaled up by a whole factor (short edge >= 720 px) so that thin boxes stay visible.
 With ``--onnx DIR/model.onnx`` (written by tools/export_model.py) onnxruntime runs the exported graph instead of
 PyTorch, for images and video; the config then only gives the resize and the class names (``--show-tokens`` needs
-the PyTorch model).
+the PyTorch model), and a config whose input format or number of classes differs from the graph's model.json is
+refused (a graph without model.json runs after a warning).
 
 Example:
     python demo/demo.py --config-file configs/focus_detr_r18_trees.py --input 'datasets/trees/images/val/*.png' \
@@ -46,7 +47,7 @@ from focus_detr.engine import FocusDETRPredictor, inference_amp_dtype, load_conf
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.predictor import inference_resize, input_format, model_input
-from focus_detr.export import OnnxPredictor
+from focus_detr.export import OnnxPredictor, check_graph_fits_config
 
 
 def parse_args(argv=None):
@@ -81,6 +82,10 @@ def _onnx_predictor(cfg, path):
     if inference_amp_dtype(cfg, "cpu") is not None:
         raise ValueError("train.inference_amp autocasts the PyTorch model; the --onnx graph runs in float32")
     onnx, resize, fmt = OnnxPredictor(path), inference_resize(cfg), input_format(cfg)
+    if not check_graph_fits_config(cfg, onnx):  # a mismatch is refused there: it would silently find other objects
+        print(f"warning: {path} has no model.json next to it (exported elsewhere?): its input format and classes "
+              f"cannot be checked against the config's; it is fed {fmt} images and its labels are named as in the "
+              "config", file=sys.stderr)
 
     def predict(image_bgr):
         item = model_input(image_bgr, resize, fmt)
@@ -151,8 +156,17 @@ def image_paths(inputs):
     return paths
 
 
+def check_image_output(output):
+    """ValueError when ``output`` is an existing file: the pictures of image inputs go into a folder (makedirs would
+    only say "File exists")."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f"--output {output} is a file; for image inputs it must be a folder (the pictures are "
+                         "written into it)")
+
+
 def run_images(predictor, paths, output, threshold, class_names, show_tokens):
     """Draws every readable image of ``paths`` into the folder ``output``; returns the paths written."""
+    check_image_output(output)
     os.makedirs(output, exist_ok=True)
     written, names = [], set()
     for path in paths:
@@ -222,8 +236,9 @@ def main(args):
         raise ValueError("--cuda-graphs replays the PyTorch model on a GPU; it cannot be used with --onnx")
     if args.video_input and args.show_tokens:
         raise ValueError("--show-tokens draws pictures of images; it cannot be used with --video-input")
-    if args.input:
+    if args.input:  # inputs without an image, or a wrong --output, fail before the model is built
         paths = image_paths(args.input)
+        check_image_output(args.output)
     else:  # a video that cannot be read, or a wrong --output, fails before the model is built
         open_video(args.video_input)[0].release()
         video_output_path(args.output, args.video_input)
@@ -231,9 +246,10 @@ def main(args):
     if args.onnx:
         predictor = _onnx_predictor(cfg, args.onnx)
     else:
-        amp = inference_amp_dtype(cfg, resolve_device(args.device)) is not None  # train.inference_amp
+        device = resolve_device(args.device, "--device", "--device cpu")
+        amp = inference_amp_dtype(cfg, device) is not None  # train.inference_amp
         # --cuda-graphs on, else the config's train.inference_cuda_graphs
-        predictor = FocusDETRPredictor(cfg, device=args.device, amp=amp, cuda_graphs=args.cuda_graphs or None)
+        predictor = FocusDETRPredictor(cfg, device=device, amp=amp, cuda_graphs=args.cuda_graphs or None)
     class_names = _class_names(cfg)
     if args.video_input:
         return [run_video(predictor, args.video_input, args.output, args.confidence_threshold, class_names)]

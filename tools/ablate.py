@@ -147,7 +147,7 @@ def _measure(args, runs, records, overrides_of):
     from focus_detr.engine import build_model, load_config, resolve_device
     from focus_detr.engine.runner import load_inference_weights
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device", "--device cpu")
     inputs, calls = None, {}
     for run, record in zip(runs, records):
         cfg = load_config(args.config_file, overrides_of[run.variant] + list(args.opts))

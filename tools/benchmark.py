@@ -241,7 +241,7 @@ def main(args):
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device", "--device cpu")
     if args.cuda_graphs and not graphs_available(device):
         raise ValueError(f"--cuda-graphs needs a CUDA device, got --device {device}")
     inference_dtype, train_dtype = inference_amp_dtype(cfg, device), training_amp_dtype(cfg, device)

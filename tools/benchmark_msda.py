@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from focus_detr.engine import resolve_device
+from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.layers.ms_deform_attn_backends import available_backends
 from focus_detr.layers.ms_deform_attn_op import multi_scale_deformable_attention
 
@@ -182,7 +184,7 @@ def format_table(rows, has_memory):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device)
+    device = torch.device(resolve_device(args.device, "--device", "--device cpu"))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     dtype_names = args.dtype or (["float32", "float16", "bfloat16"] if device.type == "cuda" else ["float32"])
@@ -236,4 +238,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_errors(main))

@@ -42,7 +42,7 @@ from focus_detr.analysis.parity import (
     weight_mismatch,
 )
 from focus_detr.checkpoint import FocusDETRCheckpointer
-from focus_detr.engine import amp_autocast, atomic_write, resolve_amp_dtype
+from focus_detr.engine import amp_autocast, atomic_write, resolve_amp_dtype, resolve_device
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.layers.ms_deform_attn_backends import select_backend
@@ -95,6 +95,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.device = resolve_device(args.device, "--device", "--device cpu")
 
     torch.set_num_threads(2)
     fixture = load_fixture(args.fixture)

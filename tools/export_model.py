@@ -55,15 +55,18 @@ from focus_detr.engine.predictor import input_format
 from focus_detr.engine.runner import load_inference_weights
 from focus_detr.export import (
     DEFAULT_OPSET,
+    MIN_OPSET,
     QUERY_RANKING_OUTPUT,
     ForcedQueryRanking,
     OnnxPredictor,
     ap_table,
+    check_graph_fits_config,
     compare_ap,
     evaluate_onnx_and_pytorch,
     export_metadata,
     export_onnx,
     match_detections,
+    max_export_opset,
     require_packages,
 )
 from focus_detr.layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
@@ -88,7 +91,8 @@ def parse_args(argv=None):
     parser.add_argument("--format", choices=["onnx"], default="onnx")
     parser.add_argument("--export-method", choices=["tracing"], default="tracing",
                         help="TorchScript tracing (the dynamo exporter cannot express the data-dependent token counts)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 16 for GridSample)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset, {MIN_OPSET} (GridSample) to the highest the installed torch exports")
     parser.add_argument("--msda-form", choices=MSDA_ONNX_FORMS, default="grid_sample",
                         help="ONNX form of the deformable attention (grid_sample: faster on onnxruntime CPU)")
     parser.add_argument("--sample-size", type=int, nargs=2, metavar=("H", "W"), default=[800, 1333],
@@ -186,9 +190,16 @@ def benchmark(model, predictors, sizes, warmup, repeats):
     return rows
 
 
+def _check_opset(opset):
+    """Before the model is built: torch fails on an opset above its exporter's deep in the export, with a traceback."""
+    highest = max_export_opset()
+    if not MIN_OPSET <= opset <= highest:
+        raise ValueError(f"--opset must be between {MIN_OPSET} and {highest}, got {opset} ({MIN_OPSET}: GridSample; "
+                         f"{highest}: the highest torch {torch.__version__} exports)")
+
+
 def _check_arguments(args):
-    if args.opset < 16:
-        raise ValueError(f"--opset must be >= 16 (GridSample), got {args.opset}")
+    _check_opset(args.opset)
     if args.warmup < 0 or args.repeats < 1 or args.threads < 1:
         raise ValueError("--warmup must be >= 0, --repeats and --threads >= 1")
     if args.onnx is not None:
@@ -274,6 +285,9 @@ def _json_number(value):
 def report_evaluation(cfg, model, path, args, init_checkpoint):
     """COCO AP of the graph and of PyTorch on the config's test set: printed, and written to DIR/evaluation.json."""
     predictor = OnnxPredictor(path, num_threads=args.threads, spin_wait=False)
+    if not check_graph_fits_config(cfg, predictor):  # before the evaluations: they take minutes
+        print(f"warning: {path} has no model.json next to it (exported elsewhere?): its input format and classes "
+              "cannot be checked against the config's; it is scored as the config says", file=sys.stderr)
     exported_from = predictor.metadata.get("init_checkpoint")
     if exported_from is not None and os.path.realpath(exported_from or "") != os.path.realpath(init_checkpoint or ""):
         print(f"warning: {path} was exported from {exported_from or 'random weights'!r} (its model.json), PyTorch "

@@ -53,7 +53,7 @@ def main(args):
     if args.profiled < 1 or args.repeats < 1 or args.warmup < 0:
         raise ValueError("--profiled and --repeats must be at least 1, --warmup at least 0")
     cfg = load_config(args.config_file, args.opts)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device", "--device cpu")
     if args.cuda_graphs and not graphs_available(device):
         raise ValueError(f"--cuda-graphs needs a CUDA device, got --device {device}")
     model = build_model(cfg, device)

@@ -77,7 +77,7 @@ def main(args):
     cfg.train.output_dir = args.output
     if "evaluator" in cfg.dataloader:
         cfg.dataloader.evaluator.output_dir = args.output
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device", "--device cpu")
     amp_dtype = inference_amp_dtype(cfg, device)  # latency in the precision the evaluation runs in
     model = build_model(cfg, device)
     if cfg.train.init_checkpoint:

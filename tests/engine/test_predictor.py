@@ -177,3 +177,26 @@ def test_ema_weights_of_a_checkpoint_are_used_when_the_config_says_so(predictor,
         loaded = FocusDETRPredictor(small_tree_cfg, weights=tmp_path / "model.pth", device="cpu",
                                     overrides=[f"train.model_ema.enabled={enabled}"])
         assert torch.equal(loaded.model.state_dict()[weight], expected)
+
+
+def test_a_cuda_device_without_a_gpu_names_the_device_argument(small_tree_cfg, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    with pytest.raises(ValueError) as info:
+        FocusDETRPredictor(small_tree_cfg, device="cuda")
+    # the user passed device=, not the config's train.device
+    assert str(info.value) == "device is 'cuda' but no CUDA GPU is visible; use device='cpu'"
+    with pytest.raises(ValueError, match=r"^device 'gpu' is not a torch device"):
+        FocusDETRPredictor(small_tree_cfg, device="gpu")
+
+
+def test_overrides_must_be_a_list_of_key_value_strings(small_tree_cfg):
+    # iterated, a string was taken character by character: "config override 't' is not of the form key=value"
+    with pytest.raises(ValueError) as info:
+        FocusDETRPredictor(TREE_CONFIG, device="cpu", overrides="train.seed=3")
+    assert str(info.value) == (
+        "overrides must be a list of \"key=value\" strings, got the string 'train.seed=3'; write ['train.seed=3']"
+    )
+    with pytest.raises(ValueError, match=r"got 3 in it"):
+        FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=["train.seed=3", 3])
+    predictor = FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=("train.seed=3",))
+    assert predictor.cfg.train.seed == 3

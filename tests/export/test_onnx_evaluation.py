@@ -119,3 +119,22 @@ def test_evaluation_errors_are_one_line(export_tool, evaluated_export, tmp_path,
         err = [line for line in capfd.readouterr().err.strip().splitlines() if line.startswith("error:")]
         assert code == 2 and len(err) == 1 and message in err[0], (extra, err)
     assert not (tmp_path / "out" / "evaluation.json").exists()
+
+
+def test_onnx_flag_warns_once_for_a_graph_without_model_json(export_tool, evaluated_export, tmp_path, capsys):
+    import shutil
+
+    output, _ = evaluated_export
+    bare = tmp_path / "exported_elsewhere" / "model.onnx"
+    bare.parent.mkdir()
+    shutil.copy(output / "model.onnx", bare)
+    argv = ["--config-file", TREE_CONFIG, "--output", str(tmp_path / "out"), "--onnx", str(bare), "--evaluate",
+            "--threads", "1", *SMALL_TEST_IMAGES]
+    assert export_tool.main(export_tool.parse_args(argv)) == []
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("warning:") and "model.json" in line]  # not the one about random weights
+    # its input format and classes cannot be checked: said once, and the graph is still scored
+    assert warnings == [f"warning: {bare} has no model.json next to it (exported elsewhere?): its input format and "
+                        "classes cannot be checked against the config's; it is scored as the config says"]
+    first = json.loads((output / "evaluation.json").read_text())
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["onnx"] == first["onnx"]

@@ -421,3 +421,109 @@ def test_demo_annotates_a_video_from_onnxruntime_as_from_pytorch(tiny_export, fi
     assert capsys.readouterr().out.count(" 3 frames at 5 fps -> ") == 3
     assert np.abs(frames["onnx"] - frames["pytorch"]).mean() < 0.5  # the same boxes (up to rounding and MJPG)
     assert np.abs(frames["onnx"] - frames["onnx_no_boxes"]).max() > 100  # and there are boxes
+
+
+def test_export_tool_refuses_an_opset_torch_cannot_export_in_one_line(export_tool, tmp_path, capfd):
+    from torch.onnx import _constants
+
+    # the highest opset torch writes (past it the export failed with a traceback)
+    highest = _constants.ONNX_MAX_OPSET
+    for opset in (15, highest + 1, 99):
+        argv = ["--config-file", str(TINY_CONFIG), "--output", str(tmp_path / "out"), "--opset", str(opset)]
+        code = export_tool.run_reporting_errors(export_tool.main, export_tool.parse_args(argv))
+        err = capfd.readouterr().err.strip().splitlines()
+        assert code == 2, opset
+        assert len(err) == 1 and err[0].startswith(f"error: --opset must be between 16 and {highest}, got {opset} ")
+    assert not (tmp_path / "out").exists()  # refused before the model was built
+    from focus_detr.export import max_export_opset
+
+    assert max_export_opset() == highest
+    with pytest.raises(ValueError, match=f"^opset {highest + 1} is above {highest}, the highest torch"):
+        export_onnx(build_tiny_model().eval(), str(tmp_path / "model.onnx"), torch.zeros(3, 64, 64, dtype=torch.uint8),
+                    opset=highest + 1)
+
+
+def test_predictor_refuses_output_sizes_that_are_not_positive_integers(tiny_export):
+    import numpy as np
+
+    predictor = OnnxPredictor(str(tiny_export / "model.onnx"), num_threads=1)
+    image = torch.zeros(3, 64, 96, dtype=torch.uint8)
+    # 0 silently meant "no rescale", -5 gave no detection at all, "64" a bare TypeError
+    for height, width in ((0, 0), (-5, 10), ("64", "80"), (64.5, 80), (True, 80), (64, 0)):
+        name = "width" if height == 64 else "height"
+        with pytest.raises(ValueError, match=f"^OnnxPredictor: {name} must be a positive integer") as info:
+            predictor(image, height, width)
+        assert "\n" not in str(info.value)
+    assert predictor(image).image_size == (64, 96)  # None: the input's own size
+    rescaled = predictor(image, np.int64(128), 192)
+    assert rescaled.image_size == (128, 192) and len(rescaled) > 0
+
+
+def _copy_graph(tiny_export, folder, metadata_changes=None):
+    """The tiny graph copied into ``folder`` with its model.json updated by ``metadata_changes``, or without
+    model.json (a graph exported elsewhere) when that is None. Returns the graph's path."""
+    import shutil
+
+    folder.mkdir()
+    shutil.copy(tiny_export / "model.onnx", folder / "model.onnx")
+    if metadata_changes is not None:
+        metadata = json.loads((tiny_export / "model.json").read_text())
+        (folder / "model.json").write_text(json.dumps({**metadata, **metadata_changes}))
+    return str(folder / "model.onnx")
+
+
+def _noise_png(path):
+    import numpy as np
+    from PIL import Image
+
+    # without a test loader in the tiny config the demo resizes to 800/1333: a thin image stays small (100x1333)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 400, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_demo_refuses_a_config_that_does_not_fit_the_graph_in_one_line(tiny_export, tmp_path, capfd):
+    from cli_output import shows_traceback
+
+    demo = load_script("demo/demo.py", "demo")
+    image = _noise_png(tmp_path / "noise.png")
+    one_class_rgb = _copy_graph(tiny_export, tmp_path / "one_class", {"num_classes": 1})
+    cases = [
+        # the graph takes RGB: fed BGR it found 11 instead of 23 trees, silently
+        ([str(TREE_CONFIG), "dataloader.test.mapper.img_format=BGR"], one_class_rgb,
+         f"error: {one_class_rgb} (its model.json) takes RGB images but the config's test loader gives BGR "
+         "(dataloader.test.mapper.img_format): use the config it was exported from"),
+        # an 80-class graph named and drawn with a one-class config (and the other way round: 0 detections)
+        ([str(TREE_CONFIG)], str(tiny_export / "model.onnx"),
+         f"error: {tiny_export / 'model.onnx'} (its model.json) predicts 80 classes but the config's model has 1 "
+         "(model.num_classes): use the config it was exported from"),
+    ]
+    for (config, *overrides), graph, message in cases:
+        argv = ["--config-file", config, "--input", image, "--output", str(tmp_path / "out"), "--onnx", graph,
+                *overrides]
+        code = demo.run_reporting_errors(demo.main, demo.parse_args(argv))
+        err = capfd.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and errors[0].startswith(message), errors
+        assert not shows_traceback(err)
+    assert not (tmp_path / "out").exists()  # nothing drawn
+
+
+def test_demo_warns_once_and_runs_a_graph_without_model_json(tiny_export, tmp_path, capfd):
+    demo = load_script("demo/demo.py", "demo")
+    image = _noise_png(tmp_path / "noise.png")
+    bare = _copy_graph(tiny_export, tmp_path / "exported_elsewhere")
+    printed = {}
+    for name, graph in (("with_model_json", str(tiny_export / "model.onnx")), ("without", bare)):
+        argv = ["--config-file", str(TINY_CONFIG), "--input", image, "--output", str(tmp_path / name),
+                "--confidence-threshold", "0.02", "--onnx", graph]
+        assert demo.run_reporting_errors(demo.main, demo.parse_args(argv)) == 0
+        captured = capfd.readouterr()
+        printed[name] = captured.out.split(": ", 1)[1].split(" -> ")[0], [
+            line for line in captured.err.splitlines() if line.startswith(("warning:", "error:"))
+        ]
+    assert printed["with_model_json"][1] == []
+    assert printed["without"][1] == [
+        f"warning: {bare} has no model.json next to it (exported elsewhere?): its input format and classes cannot be "
+        "checked against the config's; it is fed RGB images and its labels are named as in the config"
+    ]
+    assert printed["without"][0] == printed["with_model_json"][0]  # the same detections

@@ -121,3 +121,12 @@ def test_bfloat16_autocast_is_reported_as_a_deviation_never_as_parity(check_pari
     assert len(logits) == 2 and all(row.endswith("FAIL") for row in logits)  # bfloat16 is outside the fp32 tolerance
     assert len(_rows(printed, "official decisions: top-100 same label")) == 2
     assert len(_rows(printed, "own decisions: top-100 same label")) == 2
+
+
+def test_a_cuda_device_without_a_gpu_is_one_line(check_parity, parity_fixture_path, capsys, monkeypatch):
+    from focus_detr.engine.cli import run_reporting_errors
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    code = run_reporting_errors(check_parity.main, ["--fixture", str(parity_fixture_path), "--device", "cuda"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "error: --device is 'cuda' but no CUDA GPU is visible; use --device cpu"

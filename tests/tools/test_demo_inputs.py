@@ -125,3 +125,26 @@ def test_a_quoted_glob_is_expanded_and_one_matching_nothing_is_one_line(demo, to
     code, _, err = _run(demo, [str(folder / "a.png"), str(folder / "*.gif")], tmp_path / "out2", capsys)
     assert (code, err) == (2, [f"error: no file matches {str(folder / '*.gif')!r}"])
     assert not (tmp_path / "out2").exists()
+
+
+def test_an_existing_file_as_output_for_images_is_one_line_naming_it(demo, toy_dataset, tmp_path, capsys):
+    output = tmp_path / "model.onnx"
+    output.write_bytes(b"not a folder")
+    code, _, err = _run(demo, [_png(tmp_path / "a.png")], output, capsys)
+    # os.makedirs said only "cannot access <file>: File exists"
+    assert (code, err) == (2, [f"error: --output {output} is a file; for image inputs it must be a folder (the "
+                               "pictures are written into it)"])
+
+
+def test_a_cuda_device_without_a_gpu_names_the_device_flag(demo, toy_dataset, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from focus_detr.engine.cli import run_reporting_errors
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    argv = ["--config-file", TINY_TOY_CONFIG, "--input", _png(tmp_path / "a.png"), "--output", str(tmp_path / "out"),
+            "--device", "cuda"]
+    assert run_reporting_errors(demo.main, demo.parse_args(argv)) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    # not "train.device is 'cuda'": the user gave --device, not the config key
+    assert errors == ["error: --device is 'cuda' but no CUDA GPU is visible; use --device cpu"]

@@ -324,14 +324,16 @@ def check_output_dir(path, key="train.output_dir"):
         raise ConfigError(f"{key} {path} is not writable: {error.strerror or error}") from None
 
 
-def resolve_device(device):
-    """``"auto"``/None -> "cuda" when a GPU is visible else "cpu"; other strings are checked to be usable."""
+def resolve_device(device, name="train.device", cpu="train.device=cpu"):
+    """``"auto"``/None -> "cuda" when a GPU is visible else "cpu"; other strings are checked to be usable. Errors
+    name the setting as the user wrote it: ``name`` (``"train.device"``, ``"--device"``, ``"device"``) and how to
+    ask for the CPU there (``cpu``)."""
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         parsed = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"train.device {device!r} is not a torch device") from None
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{name} {device!r} is not a torch device (auto, cpu, cuda, cuda:N)") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {device!r} but no CUDA GPU is visible; use train.device=cpu")
+        raise ConfigError(f"{name} is {device!r} but no CUDA GPU is visible; use {cpu}")
     return str(parsed)

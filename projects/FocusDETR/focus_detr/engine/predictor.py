@@ -24,7 +24,13 @@ from .cuda_graphs import CUDAGraphInference, graphs_available, inference_cuda_gr
 from .precision import amp_autocast, amp_dtype_of
 from .runner import build_model, load_inference_weights
 
-__all__ = ["FocusDETRPredictor", "check_bgr_image", "inference_resize", "input_format", "model_input"]
+__all__ = [
+    "FocusDETRPredictor",
+    "check_bgr_image",
+    "inference_resize",
+    "input_format",
+    "model_input",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,23 @@ def input_format(cfg) -> str:
     if fmt not in _FORMATS:
         raise ConfigError(f"dataloader.test.mapper.img_format is {fmt!r}; the predictor takes {' or '.join(_FORMATS)}")
     return fmt
+
+
+def _override_list(overrides) -> List[str]:
+    """``overrides`` as a list of ``key=value`` strings. A single string is refused rather than split: iterated, it
+    would be taken character by character (``'t' is not of the form key=value``), and a space inside a value
+    makes splitting it ambiguous."""
+    if isinstance(overrides, (str, bytes)):
+        raise ValueError(f'overrides must be a list of "key=value" strings, got the string {overrides!r}; '
+                         f"write [{overrides!r}]")
+    try:
+        items = list(overrides or ())
+    except TypeError:
+        raise ValueError(f'overrides must be a list of "key=value" strings, got {overrides!r}') from None
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f'overrides must be a list of "key=value" strings, got {item!r} in it')
+    return items
 
 
 def check_bgr_image(image, name="image") -> None:
@@ -97,7 +120,8 @@ class FocusDETRPredictor:
         device: "auto" (a GPU when one is visible), "cpu", "cuda", "cuda:1", ...
         amp: autocast inference (bfloat16 where the device computes it, see ``train.inference_amp.precision``);
             False: float32.
-        overrides: ``key=value`` config overrides, checked as on the command line.
+        overrides: a list of ``key=value`` config overrides (``["train.seed=3"]``), checked as on the command
+            line; a single string is refused with a ValueError (write it as a one-element list).
         cuda_graphs: on a CUDA device, replay the network from a CUDA graph per input size once a size repeats
             (:class:`~focus_detr.engine.cuda_graphs.CUDAGraphInference`: same detections, bitwise; each captured
             size holds about one inference's peak memory); ignored elsewhere, with a warning. None: the config's
@@ -105,6 +129,7 @@ class FocusDETRPredictor:
     """
 
     def __init__(self, config, weights=None, device="auto", amp=False, overrides=(), cuda_graphs=None):
+        overrides = _override_list(overrides)
         if isinstance(config, (str, os.PathLike)):
             cfg = load_config(os.fspath(config), overrides)
         else:
@@ -115,7 +140,7 @@ class FocusDETRPredictor:
             raise ValueError(f"cuda_graphs must be True, False or None (the config's), got {cuda_graphs!r}")
         train = cfg.get("train", None) or {}
         self.cfg = cfg
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "device", "device='cpu'")
         precision = (train.get("inference_amp", None) or {}).get("precision", "auto")
         self.amp_dtype = amp_dtype_of(dict(enabled=amp, precision=precision), self.device, "train.inference_amp")
         self.resize = inference_resize(cfg)

@@ -11,8 +11,7 @@ from typing import Dict, List, Optional
 from torch import nn
 
 from ..engine.evaluation import evaluate
-from ..engine.predictor import input_format
-from .predictor import OnnxPredictor
+from .predictor import OnnxPredictor, check_graph_fits_config
 
 __all__ = ["AP_KEYS", "OnnxAsModel", "ap_table", "compare_ap", "evaluate_onnx_and_pytorch"]
 
@@ -43,16 +42,6 @@ class OnnxAsModel(nn.Module):
         return outputs
 
 
-def _check_graph_fits_config(cfg, predictor: OnnxPredictor) -> None:
-    graph_format = (predictor.metadata.get("input") or {}).get("format")
-    config_format = input_format(cfg)
-    if graph_format is not None and graph_format != config_format:
-        raise ValueError(
-            f"{predictor.path} takes {graph_format} images (its model.json) but the config's test loader gives "
-            f"{config_format}: export the graph from this config"
-        )
-
-
 def _bbox_metrics(results: Dict, runtime: str) -> Dict[str, float]:
     metrics = (results or {}).get("bbox")
     if not metrics:
@@ -71,7 +60,7 @@ def evaluate_onnx_and_pytorch(cfg, model: nn.Module, predictor: OnnxPredictor, o
     """
     if cfg.dataloader.get("evaluator", None) is None:
         raise ValueError("the config has no dataloader.evaluator: nothing to score the graph with")
-    _check_graph_fits_config(cfg, predictor)
+    check_graph_fits_config(cfg, predictor)
     graph = OnnxAsModel(predictor)
     results = {}
     for runtime, runner in (("pytorch", model), ("onnx", graph)):

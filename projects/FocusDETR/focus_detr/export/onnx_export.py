@@ -21,15 +21,18 @@ from ..modeling import FocusDETR
 __all__ = [
     "DEFAULT_OPSET",
     "INPUT_NAME",
+    "MIN_OPSET",
     "OUTPUT_NAMES",
     "ExportableFocusDETR",
     "clip_to_image",
     "export_onnx",
     "export_metadata",
+    "max_export_opset",
     "require_packages",
 ]
 
 DEFAULT_OPSET = 17
+MIN_OPSET = 16  # GridSample, the default form of the deformable attention
 INPUT_NAME = "image"
 # boxes (K, 4) xyxy input pixels clipped to the image, scores (K,), labels (K,) int64; then per encoder layer the
 # foreground tokens it updates (J,) and its fine-grained tokens (J,), and the decoder queries (1,)
@@ -44,6 +47,15 @@ def require_packages(*names: str) -> None:
             f"{' and '.join(missing)} not installed: ONNX export and onnxruntime inference need "
             "requirements/export.txt (scripts/setup_env.sh installs it)"
         )
+
+
+def max_export_opset() -> int:
+    """The highest opset the installed torch writes. Past the TorchScript exporter's own limit (20 in torch 2.14) it
+    warns that the opset is not fully supported and writes the older opsets' conversions, which serve this graph:
+    the export is verified against PyTorch anyway. Past this one it stops deep in the exporter."""
+    from torch.onnx import _constants  # torch exposes this limit nowhere public
+
+    return _constants.ONNX_MAX_OPSET
 
 
 def _length(tensor: torch.Tensor, dim: int) -> torch.Tensor:
@@ -105,6 +117,8 @@ def export_onnx(
     width are dynamic. Returns the export time in seconds."""
     if msda_form not in MSDA_ONNX_FORMS:
         raise ValueError(f"msda_form must be one of {MSDA_ONNX_FORMS}, got {msda_form!r}")
+    if opset > max_export_opset():
+        raise ValueError(f"opset {opset} is above {max_export_opset()}, the highest torch {torch.__version__} exports")
     if sample_image.dtype != torch.uint8 or sample_image.dim() != 3:
         raise ValueError(f"sample_image must be a uint8 (3, H, W) tensor, got {sample_image.dtype} {tuple(sample_image.shape)}")
     wrapper = ExportableFocusDETR(model).eval()

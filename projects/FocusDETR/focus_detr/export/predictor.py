@@ -1,5 +1,6 @@
 """Running an exported Focus-DETR graph with onnxruntime, returning detectron2 ``Instances``."""
 import json
+import numbers
 import os
 from typing import Dict, Optional, Tuple, Union
 
@@ -8,10 +9,24 @@ import torch
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
+from ..engine.predictor import input_format
 from .onnx_export import INPUT_NAME, OUTPUT_NAMES, require_packages
 from .ranking import QUERY_RANKING_OUTPUT, graph_with_query_ranking
 
-__all__ = ["OnnxPredictor"]
+__all__ = ["OnnxPredictor", "check_graph_fits_config"]
+
+
+def _checked_output_size(height, width) -> Tuple[Optional[int], Optional[int]]:
+    """``height`` and ``width`` as ints when each is a positive integer or None (the input's own size); else
+    ValueError. Unchecked, 0 silently meant the input's size, a negative size scaled every box out of the image
+    (no detection left) and a string failed as a bare TypeError inside detector_postprocess."""
+    for name, value in (("height", height), ("width", width)):
+        if value is None:
+            continue
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"OnnxPredictor: {name} must be a positive integer (the original image's, to rescale "
+                             f"the boxes to) or None (the input's own), got {value!r}")
+    return tuple(None if value is None else int(value) for value in (height, width))
 
 
 class OnnxPredictor:
@@ -19,7 +34,8 @@ class OnnxPredictor:
 
     ``predictor(image, height=None, width=None)`` takes what the PyTorch model takes as ``batched_inputs[0]``: a
     uint8 ``(3, H, W)`` image (torch tensor or numpy array) in the model's input format, already resized, and
-    optionally the original ``height`` / ``width`` to rescale to; it returns the same ``Instances`` as
+    optionally the original ``height`` / ``width`` to rescale to (positive integers; None: the input's own size;
+    anything else is a ValueError); it returns the same ``Instances`` as
     ``model([{"image": image, ...}])[0]["instances"]`` (``pred_boxes``, ``scores``, ``pred_classes``).
     :meth:`run` returns the graph's raw outputs, token counts included.
 
@@ -64,10 +80,10 @@ class OnnxPredictor:
                 f"{path} is not a Focus-DETR export: inputs {inputs}, outputs {outputs} "
                 f"(expected [{INPUT_NAME!r}], {self.output_names})"
             )
-        metadata_path = os.path.join(os.path.dirname(path), "model.json")
-        self.metadata: Dict = {}
-        if os.path.isfile(metadata_path):
-            with open(metadata_path) as f:
+        self.metadata_path = os.path.join(os.path.dirname(path), "model.json")
+        self.metadata: Dict = {}  # empty when the graph has no model.json next to it (exported elsewhere)
+        if os.path.isfile(self.metadata_path):
+            with open(self.metadata_path) as f:
                 self.metadata = json.load(f)
 
     @staticmethod
@@ -96,6 +112,7 @@ class OnnxPredictor:
     def __call__(
         self, image: Union[torch.Tensor, np.ndarray], height: Optional[int] = None, width: Optional[int] = None
     ) -> Instances:
+        _checked_output_size(height, width)  # before the graph runs
         return self.instances(self.run(image), tuple(image.shape[1:]), height, width)
 
     @staticmethod
@@ -104,7 +121,8 @@ class OnnxPredictor:
         width: Optional[int] = None
     ) -> Instances:
         """:meth:`run`'s outputs for an image of ``image_size`` (H, W) as ``Instances``, rescaled to ``height`` x
-        ``width`` when given."""
+        ``width`` when given (positive integers; ValueError otherwise)."""
+        height, width = _checked_output_size(height, width)
         boxes = torch.from_numpy(outputs["boxes"])
         # The graph clips to the input size; PyTorch scales to the output size first and clips there, so a clipped
         # coordinate ends on the output border exactly, where the input border times the float32 scale factor can
@@ -115,3 +133,49 @@ class OnnxPredictor:
         result.scores = torch.from_numpy(outputs["scores"])
         result.pred_classes = torch.from_numpy(outputs["labels"])
         return detector_postprocess(result, height or image_size[0], width or image_size[1])
+
+
+def _format_mismatch(cfg, graph_format: Optional[str]) -> Optional[str]:
+    config_format = input_format(cfg)
+    if graph_format is None or graph_format == config_format:
+        return None
+    return (f"takes {graph_format} images but the config's test loader gives {config_format} "
+            "(dataloader.test.mapper.img_format)")
+
+
+def _config_num_classes(cfg) -> Optional[int]:
+    try:
+        return cfg.model.num_classes
+    except (AttributeError, KeyError):  # left at the model's default: nothing to compare
+        return None
+
+
+def _class_count_mismatch(cfg, graph_classes: Optional[int]) -> Optional[str]:
+    config_classes = _config_num_classes(cfg)
+    if graph_classes is None or config_classes is None or graph_classes == config_classes:
+        return None
+    return (f"predicts {graph_classes} class{'es' if graph_classes != 1 else ''} but the config's model has "
+            f"{config_classes} (model.num_classes)")
+
+
+def check_graph_fits_config(cfg, predictor: OnnxPredictor) -> bool:
+    """Whether ``cfg`` may drive ``predictor``'s graph (prepare its images, name its classes, score it).
+
+    Raises ValueError, in one line naming both values, when the graph's ``model.json`` says it takes another channel
+    order than the config's test loader gives (it would see swapped colours and silently find other objects) or
+    predicts another number of classes than the config's model (its labels would be named and scored as other
+    classes). Returns True when model.json agrees (a value it lacks is not compared), False when the graph has no
+    model.json (exported elsewhere): nothing could be checked, which the caller should say.
+    """
+    metadata = predictor.metadata
+    if not metadata:
+        return False
+    problems = [problem for problem in (
+        _format_mismatch(cfg, (metadata.get("input") or {}).get("format")),
+        _class_count_mismatch(cfg, metadata.get("num_classes")),
+    ) if problem]
+    if problems:
+        exported_from = f" ({metadata['config_file']})" if metadata.get("config_file") else ""
+        raise ValueError(f"{predictor.path} (its model.json) {' and '.join(problems)}: use the config it was "
+                         f"exported from{exported_from} or export the graph from this one")
+    return True

@@ -108,7 +108,7 @@ def _no_categories(coco):
 @pytest.mark.parametrize("edit, why", [
     (_unknown_category, ": annotation id 100 of image_id 10 has category_id 7, which is not among the json's "
                         "categories (ids 1); add the category or fix the annotation"),
-    (_no_categories, " has no categories: list its classes in the json's 'categories'"),
+    (_no_categories, ": no categories: list the dataset's classes in the json's 'categories'"),
 ])
 def test_a_category_missing_from_the_json_is_named_by_loader_and_class_check(tmp_path, edit, why):
     name, json_file = _register_coco(tmp_path, "checks_categories", edit)
@@ -178,15 +178,19 @@ def test_a_consistent_json_passes_and_a_rewritten_json_is_checked_again(tmp_path
         check_dataset_jsons(name)
 
 
+_IMAGE = {"id": 1, "file_name": "a", "height": 8, "width": 8}
+_CATEGORIES = [{"id": 1, "name": "a"}]
+
+
 @pytest.mark.parametrize("coco, why", [
     ([], "the top level is a list, not an object with 'images' and 'annotations'"),
     ({"images": {}}, "'images' is a dict, not a list"),
     ({"images": [3]}, "images entry #0 (0-based) is a int, not an object"),
     ({"images": [{"file_name": "a.png"}]}, "image #0 (0-based, file_name 'a.png') has id None, not a number"),
     ({"images": [{"id": 1, "file_name": None}]}, "image id 1 has file_name None, not a file name"),
-    ({"images": [{"id": 1, "file_name": "a"}], "annotations": [{"id": [2], "image_id": 1}]},
+    ({"images": [_IMAGE], "categories": _CATEGORIES, "annotations": [{"id": [2], "image_id": 1}]},
      "annotation #0 (0-based) has id [2], not a number"),
-    ({"images": [{"id": 1, "file_name": "a"}], "annotations": [{"id": 2, "image_id": True}]},
+    ({"images": [_IMAGE], "categories": _CATEGORIES, "annotations": [{"id": 2, "image_id": True}]},
      "annotation id 2 has image_id True, which no image has; fix the image_id or remove the annotation"),
 ])
 def test_a_json_of_the_wrong_shape_is_named_not_a_traceback(coco, why):
@@ -220,8 +224,12 @@ def test_the_check_is_one_linear_pass():
     uses = []
     for size in (200, 2000):
         coco = {
-            "images": [{"id": _CountedId(i), "file_name": f"{i}.png"} for i in range(size)],
-            "annotations": [{"id": _CountedId(i), "image_id": _CountedId(i % size)} for i in range(3 * size)],
+            "images": [{"id": _CountedId(i), "file_name": f"{i}.png", "height": 8, "width": 8} for i in range(size)],
+            "annotations": [
+                {"id": _CountedId(i), "image_id": _CountedId(i % size), "category_id": 1, "bbox": [1, 1, 2, 2]}
+                for i in range(3 * size)
+            ],
+            "categories": _CATEGORIES,
         }
         _CountedId.uses = 0
         assert coco_json_problem(coco) is None

@@ -1,22 +1,27 @@
 """Checks on detectron2 datasets before they are used: annotations the evaluator and the losses can trust, the
-number of classes a model must have for them, and one-line errors (instead of detectron2's bare assertions and
-KeyErrors) for a dataset with no usable image and for a category id the json's ``categories`` lack.
+number of classes a model must have for them, and one-line errors (instead of detectron2's bare assertions) for a
+dataset with no usable image.
 
-A COCO json is checked first (:func:`check_dataset_jsons`): duplicate image or annotation ids, an annotation of
-no image and an image listed twice change what is trained on and scored without a word.
+A COCO json is checked first (:func:`check_dataset_jsons`, see :mod:`focus_detr.data.coco_json`): inconsistent ids,
+missing or mistyped fields and boxes of negative size change what is trained on and scored without a word, or stop
+detectron2 with a traceback deep in loading or training. Boxes that training drops (no area inside their image) or
+clips (reaching outside it) are legal but scored as written by the COCO evaluator: one warning per dataset says how
+many there are.
 
 A NaN or infinite box is refused, never dropped: the COCO evaluator reads the dataset's json file itself, so a box
 dropped from the training dicts would still be scored (a NaN ground-truth box silently raised AP from 0.228 to 0.320).
 The same loader function serves training and test data, so both refuse the same boxes.
 """
 import contextlib
-import json
+import logging
 import math
+import os
 import re
 
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.utils.file_io import PathManager
 
+from .coco_boxes import describe_box
 from .coco_json import check_coco_json
 
 __all__ = [
@@ -27,6 +32,8 @@ __all__ = [
     "get_checked_dataset_dicts",
 ]
 
+logger = logging.getLogger(__name__)
+
 
 def _as_list(names):
     return [names] if isinstance(names, str) else list(names)
@@ -35,34 +42,25 @@ def _as_list(names):
 def _is_finite(bbox):
     try:
         return all(math.isfinite(float(value)) for value in bbox)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
 
 
-def _annotation_ids_in_json(names, image_id, bbox):
-    """The json ``id`` of the annotations of ``image_id`` with ``bbox`` (compared by ``repr``, so NaNs match) in the
-    COCO json files of ``names`` (detectron2's loader drops the ids)."""
-    wanted = [repr(v) for v in bbox]
-    ids = []
-    for name in names:
-        json_file = MetadataCatalog.get(name).get("json_file", None)
-        if not json_file:
-            continue
-        with open(json_file) as f:
-            annotations = json.load(f).get("annotations", [])
-        ids += [
-            a.get("id") for a in annotations
-            if a.get("image_id") == image_id and [repr(v) for v in a.get("bbox", [])] == wanted
-        ]
-    return ids
+def _non_finite_box_message(names, which, file_name, image_id, bbox):
+    """The one line for a NaN / infinite box, the same whether the json check or the loaded dicts found it."""
+    return (
+        f"dataset {', '.join(map(repr, names))}: {which} of image {file_name} (image_id {image_id}) has a bbox that "
+        f"is not finite numbers: {list(bbox)}; fix or remove it"
+    )
 
 
 def check_finite_boxes(dataset_dicts, names):
-    """Raises ValueError naming the dataset, image and annotation of the first box with a NaN / infinite coordinate.
+    """Raises ValueError naming the dataset, image and annotation of the first box with a NaN / infinite coordinate
+    (for COCO-json datasets :func:`check_dataset_jsons` finds it first; this serves datasets of other sources).
 
     Args:
         dataset_dicts (list[dict]): detectron2 dataset dicts.
-        names (str or list[str]): the datasets they come from (for the message and the annotation ids).
+        names (str or list[str]): the datasets they come from (for the message).
     """
     names = _as_list(names)
     for record in dataset_dicts:
@@ -70,13 +68,9 @@ def check_finite_boxes(dataset_dicts, names):
             bbox = annotation.get("bbox", None)
             if bbox is None or _is_finite(bbox):
                 continue
-            image_id = record.get("image_id")
-            ids = [annotation["id"]] if "id" in annotation else _annotation_ids_in_json(names, image_id, bbox)
-            which = f"annotation id {ids[0]}" if len(ids) == 1 else f"annotation #{index} (0-based)"
-            raise ValueError(
-                f"dataset {', '.join(map(repr, names))}: {which} of image {record.get('file_name')} (image_id "
-                f"{image_id}) has a bbox that is not finite numbers: {list(bbox)}; fix or remove it"
-            )
+            which = f"annotation id {annotation['id']}" if "id" in annotation else f"annotation #{index} (0-based)"
+            file_name, image_id = record.get("file_name"), record.get("image_id")
+            raise ValueError(_non_finite_box_message(names, which, file_name, image_id, bbox))
 
 
 def _json_of(name):
@@ -84,42 +78,12 @@ def _json_of(name):
     return f" ({json_file})" if json_file else ""
 
 
-def _category_problem(names):
-    """A message naming the first json of ``names`` without ``categories``, or the first annotation (dataset, json,
-    annotation and image id) whose ``category_id`` is not among its json's ``categories``; None when there is none."""
-    for name in names:
-        json_file = MetadataCatalog.get(name).get("json_file", None)
-        if not json_file:
-            continue
-        with open(json_file) as f:
-            coco = json.load(f)
-        known = sorted(c.get("id") for c in coco.get("categories", []))
-        if not known:
-            return f"dataset {name!r} ({json_file}) has no categories: list its classes in the json's 'categories'"
-        for annotation in coco.get("annotations", []):
-            if annotation.get("category_id") not in known:
-                shown = ", ".join(map(str, known[:10])) + (", ..." if len(known) > 10 else "")
-                return (
-                    f"dataset {name!r} ({json_file}): annotation id {annotation.get('id')} of image_id "
-                    f"{annotation.get('image_id')} has category_id {annotation.get('category_id')}, which is not "
-                    f"among the json's categories (ids {shown}); add the category or fix the annotation"
-                )
-    return None
-
-
 @contextlib.contextmanager
 def _dataset_errors_in_one_line(names):
-    """Turns detectron2's errors for unusable datasets (assertions, a KeyError for an unknown category) into
-    ValueErrors that name the dataset and say what is wrong; other errors pass unchanged."""
+    """Turns detectron2's assertions for unusable datasets into ValueErrors that name the dataset and say what is
+    wrong; other errors pass unchanged."""
     try:
         yield
-    except (KeyError, ValueError) as error:
-        # detectron2: a KeyError for an unknown category id, min() of no category ids for a json without categories
-        known_symptom = "does not exist in 'categories'" in str(error) or "empty sequence" in str(error)
-        message = _category_problem(names) if known_symptom else None
-        if message is None:
-            raise
-        raise ValueError(message) from None
     except AssertionError as error:
         text = str(error)
         empty = re.fullmatch(r"Dataset '(.*)' is empty!", text)
@@ -135,21 +99,67 @@ def _dataset_errors_in_one_line(names):
         raise
 
 
+# (dataset name, report) pairs warned about: a report is one version of a json file, so each warns once per process
+_warned = set()
+
+
+def _boxes(count):
+    return f"{count} box{'es' if count != 1 else ''}"
+
+
+def _example(box):
+    width, height = box.image_size
+    return f"e.g. {describe_box(box)}, bbox {box.bbox} in a {width} x {height} image"
+
+
+def _warn_about_boxes_training_changes(name, json_file, report):
+    """Warns once per dataset and json version about the boxes training drops or clips while the COCO evaluator
+    scores them as written: legal (real datasets have a few), but each one costs recall or IoU."""
+    if (name, report) in _warned:
+        return
+    _warned.add((name, report))
+    where = f"dataset {name!r} ({json_file})"
+    empty, outside = report.empty_boxes, report.outside_boxes
+    if empty.count:
+        logger.warning(
+            f"{where}: {_boxes(empty.count)} with no area inside the image (zero width or height, or outside "
+            f"it), {_example(empty.example)}: training ignores such boxes, but the COCO evaluator counts each as an "
+            "object to find, which lowers recall and AP; fix or remove them"
+        )
+    if outside.count:
+        logger.warning(
+            f"{where}: {_boxes(outside.count)} reaching more than 1 pixel outside the image, "
+            f"{_example(outside.example)}: training clips such boxes to the image, but the COCO evaluator scores "
+            "them as written, so even a perfect detection of the visible part matches them with a lower IoU"
+        )
+
+
 def check_dataset_jsons(names):
-    """Raises ValueError naming the dataset, its json and the id when the COCO json of a dataset of ``names`` has
-    duplicate image or annotation ids, an annotation whose ``image_id`` no image has, or two images naming one file
-    (:func:`focus_detr.data.coco_json.coco_json_problem`). Datasets without a ``json_file`` are not checked."""
+    """Raises ValueError naming the dataset, its json and the entry when the COCO json of a dataset of ``names``
+    cannot be used as written (:func:`focus_detr.data.coco_json.coco_json_report`: inconsistent ids, missing or
+    mistyped fields, boxes of negative size or with NaN / infinite coordinates); warns once per dataset about boxes
+    training drops or clips. Datasets without a ``json_file`` are not checked."""
     for name in _as_list(names):
-        json_file = MetadataCatalog.get(name).get("json_file", None)
-        if json_file:
-            # as detectron2's load_coco_json reads it (a local path stays as it is)
-            check_coco_json(PathManager.get_local_path(json_file), what=f"dataset {name!r}")
+        metadata = MetadataCatalog.get(name)
+        json_file = metadata.get("json_file", None)
+        if not json_file:
+            continue
+        # as detectron2's load_coco_json reads it (a local path stays as it is)
+        report = check_coco_json(PathManager.get_local_path(json_file), what=f"dataset {name!r}")
+        box = report.non_finite_box
+        if box is not None:
+            # named as check_finite_boxes names it in the loaded dicts, where the file name includes the image root
+            file_name = os.path.join(metadata.get("image_root", ""), box.file_name)
+            raise ValueError(
+                _non_finite_box_message([name], f"annotation id {box.annotation_id}", file_name, box.image_id, box.bbox)
+            )
+        _warn_about_boxes_training_changes(name, json_file, report)
 
 
 def get_checked_dataset_dicts(names, filter_empty=True, **kwargs):
     """detectron2's ``get_detection_dataset_dicts`` (same arguments), after :func:`check_dataset_jsons`, refusing
-    non-finite boxes (:func:`check_finite_boxes`), and with one-line ValueErrors for an empty dataset, a dataset left
-    with no image by ``filter_empty`` ("No valid data found") and a category id the json's ``categories`` lack."""
+    non-finite boxes (:func:`check_finite_boxes`), and with one-line ValueErrors for an empty dataset and a dataset
+    left with no image by ``filter_empty`` ("No valid data found")."""
     check_dataset_jsons(names)
     with _dataset_errors_in_one_line(_as_list(names)):
         dataset_dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty, **kwargs)
@@ -159,9 +169,10 @@ def get_checked_dataset_dicts(names, filter_empty=True, **kwargs):
 
 def dataset_classes(name):
     """The ``thing_classes`` of dataset ``name``, or None when its metadata has none. COCO-json datasets set them
-    when first loaded, so the dataset is loaded if needed."""
+    when first loaded, so the dataset is loaded if needed (its json checked first)."""
     metadata = MetadataCatalog.get(name)
     if metadata.get("thing_classes", None) is None:
+        check_dataset_jsons([name])
         with _dataset_errors_in_one_line([name]):
             DatasetCatalog.get(name)
     return metadata.get("thing_classes", None)

@@ -1,22 +1,73 @@
-"""Checks that a COCO json's ids and file names mean one thing each, which detectron2 and pycocotools assume
-without checking.
+"""Checks that a COCO json holds what detectron2's loader, the training mapper and pycocotools read, and that its
+ids and file names mean one thing each, which they all assume without checking.
 
 pycocotools indexes images by id, so two images with one id silently become one (the last), and the annotations of
 both are scored against it: ``--eval-only`` on such a json (issue 20) reported AP 0.130 where the same data with
 distinct ids gives 0.075. An annotation whose ``image_id`` no image has is dropped without a word, and an image
-listed twice is trained on and scored twice. All are refused here, naming the json and the id, in one pass over the
-json.
+listed twice is trained on and scored twice. Two categories with one id are two classes to detectron2 and one to
+pycocotools (training asks for one class too many, the final evaluation fails an assertion). A missing or mistyped
+field (a bbox of 3 values or of strings, an image without ``height``, ids of mixed types) stops detectron2 with a
+traceback deep in loading or training. All are refused here, naming the json and the entry, in one pass over it.
+
+Boxes (tested by :mod:`.coco_boxes`): a negative width or height is refused (detectron2 would train on another box),
+and so are NaN, infinite and out-of-float32-range coordinates; boxes training ignores (no area inside their image)
+or clips (reaching outside it) are counted for a warning, as the COCO evaluator scores them as written.
 """
+import codecs
+import dataclasses
 import functools
 import json
 import os
+from typing import Optional
 
-__all__ = ["check_coco_json", "coco_json_problem"]
+from .coco_boxes import (
+    BoxRef,
+    BoxTally,
+    bbox_shape_problem,
+    bbox_text,
+    bbox_value_problem,
+    box_fit,
+    box_ref,
+    describe_box,
+    is_non_finite,
+    is_ordinary_box,
+    type_name,
+)
+
+__all__ = ["CocoJsonReport", "check_coco_json", "coco_json_problem", "coco_json_report"]
+
+
+# eq=False: a report is identified by the object, so each version of a file (one cached report) warns once.
+@dataclasses.dataclass(eq=False)
+class CocoJsonReport:
+    """What :func:`coco_json_report` found in one COCO json.
+
+    Attributes:
+        problem (str or None): why the json cannot be used (one line, without the file's name).
+        non_finite_box (BoxRef or None): the first box with a NaN or infinite coordinate (refused as well; kept apart
+            so that it is reported like the same box found in loaded dataset dicts).
+        empty_boxes (BoxTally): boxes with no area inside their image (zero width or height, or outside it):
+            training drops them, the COCO evaluator counts them as objects to find. Crowd boxes are not counted.
+        outside_boxes (BoxTally): boxes reaching more than a pixel outside their image: training clips them, the
+            evaluator scores them as written. Crowd boxes are not counted.
+    """
+
+    problem: Optional[str] = None
+    non_finite_box: Optional[BoxRef] = None
+    empty_boxes: BoxTally = dataclasses.field(default_factory=BoxTally)
+    outside_boxes: BoxTally = dataclasses.field(default_factory=BoxTally)
 
 
 def _usable_id(value):
     # bool is an int subclass, and True == 1 would make it collide with image 1
     return isinstance(value, (int, float, str)) and not isinstance(value, bool)
+
+
+def _is_positive_integer(value):
+    # 416.0 is accepted: detectron2 compares the image's size with ==, for which 416.0 and 416 are the same
+    if type(value) is float:
+        return value.is_integer() and value > 0
+    return type(value) is int and value > 0
 
 
 def _list_problem(coco, key):
@@ -30,18 +81,45 @@ def _list_problem(coco, key):
     return None
 
 
-def _image_problem(images):
-    ids, files = {}, {}
+def _image_size_problem(image):
+    for key in ("height", "width"):
+        if key not in image:
+            return (
+                f"image id {image['id']} ({image['file_name']!r}) has no '{key}'; give each image its height and width"
+            )
+        value = image[key]
+        if not _is_positive_integer(value):
+            kind = "" if type(value) in (int, float) else f" ({type_name(value)})"
+            return (
+                f"image id {image['id']} ({image['file_name']!r}) has {key} {value!r}{kind}: height and width must be "
+                "positive integers, the image's size in pixels"
+            )
+    return None
+
+
+def _image_problem(images, images_by_id):
+    """The first problem of the ``images`` entries, or None; fills ``images_by_id`` (id -> entry) on the way."""
+    files = {}
+    first_string_id = None  # whether the ids are strings (True) or numbers (False), from the first image
     for index, image in enumerate(images):
         image_id, file_name = image.get("id"), image.get("file_name")
         if not _usable_id(image_id):
             return f"image #{index} (0-based, file_name {file_name!r}) has id {image_id!r}, not a number"
-        if image_id in ids:
+        if image_id in images_by_id:
             return (
-                f"image id {image_id} is used by two images ({ids[image_id]!r} and {file_name!r}); "
-                "image ids must be unique, or their annotations are scored against one of them"
+                f"image id {image_id} is used by two images ({images_by_id[image_id].get('file_name')!r} and "
+                f"{file_name!r}); image ids must be unique, or their annotations are scored against one of them"
             )
-        ids[image_id] = file_name
+        # detectron2 sorts the image ids: numbers and strings do not compare
+        if first_string_id is None:
+            first_string_id = isinstance(image_id, str)
+        elif isinstance(image_id, str) != first_string_id:
+            first = next(iter(images_by_id))
+            return (
+                f"image ids mix numbers and strings (image id {first!r} and image id {image_id!r}); give all images "
+                "ids of one kind, numbers as in COCO"
+            )
+        images_by_id[image_id] = image
         if not isinstance(file_name, str) or not file_name:
             return f"image id {image_id} has file_name {file_name!r}, not a file name"
         # "a.png" and "./a.png" are one file
@@ -52,10 +130,69 @@ def _image_problem(images):
                 "(twice, it is trained on and scored twice)"
             )
         files[key] = image_id
+        problem = _image_size_problem(image)
+        if problem:
+            return problem
     return None
 
 
-def _annotation_problem(annotations, image_ids):
+def _category_problem(categories, names_by_id):
+    """The first problem of the ``categories`` entries, or None; fills ``names_by_id`` (id -> name) on the way."""
+    if not categories:
+        return "no categories: list the dataset's classes in the json's 'categories'"
+    for index, category in enumerate(categories):
+        category_id, name = category.get("id"), category.get("name")
+        if type(category_id) is not int:
+            return f"category #{index} (0-based, name {name!r}) has id {category_id!r}, not an integer"
+        if category_id in names_by_id:
+            return (
+                f"category id {category_id} is used by two categories ({names_by_id[category_id]!r} and {name!r}); "
+                "category ids must be unique (detectron2 would count two classes, the COCO evaluator one)"
+            )
+        if not isinstance(name, str):
+            return f"category id {category_id} has name {name!r}, not a class name"
+        names_by_id[category_id] = name
+    return None
+
+
+def _unusual_box_problem(annotation, image, report):
+    """Why the annotation's box, one :func:`is_ordinary_box` did not pass, is refused, or None. A NaN / infinite box
+    is put in ``report.non_finite_box`` instead; a usable one is counted if training drops or clips it."""
+    bbox = annotation.get("bbox")
+    why = bbox_shape_problem(bbox)
+    if why is None and is_non_finite(bbox):
+        report.non_finite_box = box_ref(annotation, image)
+        return None
+    why = why or bbox_value_problem(bbox)
+    if why:
+        box = describe_box(box_ref(annotation, image))
+        if "bbox" not in annotation:
+            return f"{box} has no 'bbox'; give each annotation its box [x, y, width, height]"
+        return f"{box} has bbox {bbox_text(bbox)}: {why}; fix or remove it"
+    fit = box_fit(bbox, image)
+    # a crowd box is neither trained on nor an object to find (the evaluator ignores detections in it): not counted
+    if fit is not None and not annotation.get("iscrowd", 0):
+        (report.empty_boxes if fit == "empty" else report.outside_boxes).add(box_ref(annotation, image))
+    return None
+
+
+def _unknown_category_problem(annotation, names_by_id):
+    annotation_id, image_id = annotation.get("id"), annotation.get("image_id")
+    if "category_id" not in annotation:
+        return f"annotation id {annotation_id} of image_id {image_id} has no category_id; give each annotation one"
+    category_id = annotation["category_id"]
+    shown_id = category_id if type(category_id) is int else repr(category_id)  # '1' (a string) is not 1
+    known = sorted(names_by_id)
+    shown = ", ".join(map(str, known[:10])) + (", ..." if len(known) > 10 else "")
+    return (
+        f"annotation id {annotation_id} of image_id {image_id} has category_id {shown_id}, which is not among the "
+        f"json's categories (ids {shown}); add the category or fix the annotation"
+    )
+
+
+def _annotation_problem(annotations, images_by_id, names_by_id, report):
+    """The first problem of the ``annotations`` entries, or None; a NaN / infinite box stops the pass too (in
+    ``report.non_finite_box``), and boxes training drops or clips are counted in ``report``."""
     seen = set()
     for index, annotation in enumerate(annotations):
         annotation_id = annotation.get("id")
@@ -65,52 +202,105 @@ def _annotation_problem(annotations, image_ids):
             return f"annotation id {annotation_id} is used by two annotations; annotation ids must be unique"
         seen.add(annotation_id)
         image_id = annotation.get("image_id")
-        if not _usable_id(image_id) or image_id not in image_ids:
+        image = images_by_id.get(image_id) if _usable_id(image_id) else None
+        if image is None:
             return (
                 f"annotation id {annotation_id} has image_id {image_id!r}, which no image has; fix the image_id or "
                 "remove the annotation"
             )
+        category_id = annotation.get("category_id")
+        if type(category_id) is not int or category_id not in names_by_id:  # type(): unhashable values, bools
+            return _unknown_category_problem(annotation, names_by_id)
+        if not is_ordinary_box(annotation.get("bbox"), image):  # most boxes cost this test only
+            problem = _unusual_box_problem(annotation, image, report)
+            if problem or report.non_finite_box:
+                return problem
     return None
 
 
-def coco_json_problem(coco):
-    """What is wrong with the ids and file names of the parsed COCO json ``coco`` (one line, without the file's
-    name), or None. Linear in the number of images and annotations.
+def coco_json_report(coco):
+    """Checks the parsed COCO json ``coco`` in one pass, linear in its number of images and annotations.
 
-    Refused: a top level that is not an object; ``images`` / ``annotations`` that are not lists of objects; an id
-    that is not a number or string; duplicate image ids; two images naming one file; duplicate annotation ids; an
-    annotation whose ``image_id`` no image has.
+    Refused (``problem``, one line without the file's name): a top level that is not an object; ``images`` /
+    ``annotations`` / ``categories`` that are not lists of objects; no categories; an image or annotation id that is
+    not a number or string, image ids mixing both; duplicate image ids; two images naming one file; an image
+    without positive integer ``height`` and ``width``; a category id that is not an integer, or used twice; a
+    category without a name; duplicate annotation ids; an annotation whose ``image_id`` no image has or whose
+    ``category_id`` no category has; a bbox that is missing, not 4 numbers, beyond float32's range or of negative
+    width or height. Also refused, in ``non_finite_box``: a NaN or infinite bbox coordinate.
+
+    Returns:
+        CocoJsonReport
     """
+    report = CocoJsonReport()
     if not isinstance(coco, dict):
-        return f"the top level is a {type(coco).__name__}, not an object with 'images' and 'annotations'"
-    problem = _list_problem(coco, "images") or _list_problem(coco, "annotations")
-    if problem:
-        return problem
-    images = coco.get("images", [])
-    return _image_problem(images) or _annotation_problem(coco.get("annotations", []), {i["id"] for i in images})
+        report.problem = f"the top level is a {type(coco).__name__}, not an object with 'images' and 'annotations'"
+        return report
+    images_by_id, names_by_id = {}, {}
+    report.problem = (
+        _list_problem(coco, "images") or _list_problem(coco, "annotations") or _list_problem(coco, "categories")
+        or _image_problem(coco.get("images", []), images_by_id)
+        or _category_problem(coco.get("categories", []), names_by_id)
+        or _annotation_problem(coco.get("annotations", []), images_by_id, names_by_id, report)
+    )
+    return report
+
+
+def coco_json_problem(coco):
+    """What is wrong with the parsed COCO json ``coco`` (one line, without the file's name), or None
+    (:func:`coco_json_report`)."""
+    report = coco_json_report(coco)
+    if report.problem is None and report.non_finite_box is not None:
+        box = report.non_finite_box
+        return f"{describe_box(box)} has a bbox that is not finite numbers: {box.bbox}; fix or remove it"
+    return report.problem
+
+
+def _encoding_problem(data):
+    """Why the json text ``data`` (bytes) is in an encoding pycocotools cannot read, or None. pycocotools opens the
+    file as text in the locale's encoding (UTF-8), where a byte order mark is a json syntax error."""
+    if data.startswith(codecs.BOM_UTF8):
+        return (
+            "the file starts with a UTF-8 byte order mark (BOM), which pycocotools cannot read: save it as UTF-8 "
+            "without BOM"
+        )
+    encoding = json.detect_encoding(data[:4])  # the json module's own guess: UTF-8, -16 or -32, from the first bytes
+    if encoding != "utf-8":
+        return f"the file is saved as {encoding.upper()}, which pycocotools cannot read: save it as UTF-8 without BOM"
+    return None
 
 
 @functools.lru_cache(maxsize=16)
-def _problem_of_file(path, size, mtime_ns):
+def _report_of_file(path, size, mtime_ns):
     # size and mtime_ns are part of the cache key: a json rewritten in the same process is read again
+    with open(path, "rb") as f:
+        data = f.read()
+    problem = _encoding_problem(data)
+    if problem:
+        return CocoJsonReport(problem=problem)
     try:
-        with open(path, "rb") as f:
-            coco = json.load(f)
+        coco = json.loads(data)
     except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return f"not a readable json file: {type(error).__name__}: {error}"
-    return coco_json_problem(coco)
+        return CocoJsonReport(problem=f"not a readable json file: {type(error).__name__}: {error}")
+    del data  # the parsed json is large enough on its own
+    return coco_json_report(coco)
 
 
 def check_coco_json(json_file, what=None):
-    """Raises ValueError naming ``json_file`` (after ``what``, e.g. "dataset 'my_val'") when its ids or file names
-    are inconsistent (:func:`coco_json_problem`) or it is not json; OSError when it cannot be read.
+    """Raises ValueError naming ``json_file`` (after ``what``, e.g. "dataset 'my_val'") when it cannot be used
+    (``problem`` of :func:`coco_json_report`), is not json or is not UTF-8; OSError when it cannot be read.
 
-    The verdict is kept per (path, size, modification time), so checking the same file again in one process (train
+    The report is kept per (path, size, modification time), so checking the same file again in one process (train
     and test loaders, every evaluation) costs a ``stat``.
+
+    Returns:
+        CocoJsonReport: the report (the same object while the file is unchanged), for its ``non_finite_box`` and
+        the boxes training drops or clips.
     """
     path = os.path.abspath(json_file)
     stat = os.stat(path)
-    problem = _problem_of_file(path, stat.st_size, stat.st_mtime_ns)
-    if problem:
+    report = _report_of_file(path, stat.st_size, stat.st_mtime_ns)
+    if report.problem:
         where = f"{what} ({json_file})" if what else str(json_file)
-        raise ValueError(f"{where}: {problem}")
+        raise ValueError(f"{where}: {report.problem}")
+    return report

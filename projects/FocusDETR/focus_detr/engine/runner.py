@@ -79,7 +79,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     train_loader = instantiate(cfg.dataloader.train)
     # before the first step: a class count that does not fit the data would crash only at the first evaluation
     check_model_classes(model, cfg.dataloader.train)
-    if cfg.train.eval_period > 0 and cfg.dataloader.get("evaluator", None) is not None:
+    if cfg.dataloader.get("evaluator", None) is not None:  # the final evaluation runs whatever train.eval_period
         check_model_classes(model, cfg.dataloader.test)
     model = wrap_ddp(model, cfg, device)
 

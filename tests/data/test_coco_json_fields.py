@@ -1,0 +1,320 @@
+"""A COCO json's fields must be what detectron2, its training mapper and pycocotools read: a missing or mistyped
+field, a box of negative size or beyond float32, two categories with one id, a json saved with a BOM or as UTF-16
+stop with one line naming the dataset, the json and the entry (not a traceback, not a wrong class count, not a box
+silently turned into another). Boxes that training drops or clips while the COCO evaluator scores them as written
+are legal, and warned about once per dataset."""
+import json
+import logging
+import os
+import sys
+
+import pytest
+
+from focus_detr.data import check_dataset_jsons, get_checked_dataset_dicts, register_coco_dataset
+from focus_detr.data.coco_json import coco_json_problem
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine"))
+from cli_output import error_lines, shows_traceback  # noqa: E402
+from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: E402,F401 (fixtures)
+from toy_detector import register_edited_toy_dataset  # noqa: E402
+
+IMAGE = "image im0.png (image_id 10)"
+
+
+def _coco():
+    """Two 40 x 30 images (ids 10, 11) with one box each (annotation ids 100, 101), one category (id 1)."""
+    return {
+        "images": [{"id": 10 + i, "file_name": f"im{i}.png", "height": 30, "width": 40} for i in range(2)],
+        "annotations": [
+            {"id": 100 + i, "image_id": 10 + i, "category_id": 1, "bbox": [5, 5, 10, 10], "area": 100.0, "iscrowd": 0}
+            for i in range(2)
+        ],
+        "categories": [{"id": 1, "name": "a"}],
+    }
+
+
+def _register(tmp_path, name, edit=None, text=None):
+    """Registers ``name`` for the json of :func:`_coco` changed by ``edit(coco)``, or for the json ``text`` (str or
+    bytes) as written; returns the json's path."""
+    coco = _coco()
+    if edit is not None:
+        edit(coco)
+    json_file = tmp_path / f"{name}.json"
+    if text is None:
+        text = json.dumps(coco)
+    (json_file.write_bytes if isinstance(text, bytes) else json_file.write_text)(text)
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    for catalog in (DatasetCatalog, MetadataCatalog):
+        if name in catalog.list():
+            catalog.remove(name)
+    register_coco_dataset(name, str(json_file), str(tmp_path))
+    return json_file
+
+
+def _first_bbox(bbox):
+    def edit(coco):
+        coco["annotations"][0]["bbox"] = bbox
+
+    return edit
+
+
+def _first_annotation_without(key):
+    def edit(coco):
+        del coco["annotations"][0][key]
+
+    return edit
+
+
+def _first_image(**fields):
+    def edit(coco):
+        coco["images"][0].update(fields)
+
+    return edit
+
+
+def _first_image_without(key):
+    def edit(coco):
+        del coco["images"][0][key]
+
+    return edit
+
+
+def _no_categories(coco):
+    del coco["categories"]
+
+
+def _duplicate_category_id(coco):
+    coco["categories"].append({"id": 1, "name": "b"})
+
+
+def _string_image_id(coco):
+    # a string id next to a number: detectron2 sorts the ids, and they do not compare
+    coco["images"][1]["id"] = coco["annotations"][1]["image_id"] = "b"
+
+
+BOX = "; fix or remove it"
+MALFORMED = {
+    "negative_width": (_first_bbox([10, 10, -20, 15]), f"annotation id 100 of {IMAGE} has bbox [10, 10, -20, 15]: "
+                       f"width and height must be >= 0 (a bbox is [x, y, width, height], not two corners){BOX}"),
+    "negative_height": (_first_bbox([10, 10, 5, -1.5]), f"annotation id 100 of {IMAGE} has bbox [10, 10, 5, -1.5]: "
+                        f"width and height must be >= 0 (a bbox is [x, y, width, height], not two corners){BOX}"),
+    "huge_width": (_first_bbox([10, 10, 1e300, 15]), f"annotation id 100 of {IMAGE} has bbox [10, 10, 1e+300, 15]: "
+                   f"a coordinate is beyond float32's range (3.4e38), so no usable number for training{BOX}"),
+    "huge_integer": (_first_bbox([10, 10, 10**400, 15]), f"annotation id 100 of {IMAGE} has bbox [10, 10, <an integer "
+                     f"of 401 digits>, 15]: a coordinate is beyond float32's range (3.4e38), so no usable number for "
+                     f"training{BOX}"),
+    "no_bbox": (_first_annotation_without("bbox"), f"annotation id 100 of {IMAGE} has no 'bbox'; give each annotation "
+                "its box [x, y, width, height]"),
+    "null_bbox": (_first_bbox(None), f"annotation id 100 of {IMAGE} has bbox None: a bbox is a list of 4 numbers "
+                  f"[x, y, width, height]{BOX}"),
+    "three_numbers": (_first_bbox([10, 10, 20]), f"annotation id 100 of {IMAGE} has bbox [10, 10, 20]: a bbox is a "
+                      f"list of 4 numbers [x, y, width, height]{BOX}"),
+    "string_number": (_first_bbox([10, 10, "20", 15]), f"annotation id 100 of {IMAGE} has bbox [10, 10, '20', 15]: a "
+                      f"bbox is 4 numbers [x, y, width, height], and '20' is a string{BOX}"),
+    "no_category_id": (_first_annotation_without("category_id"), "annotation id 100 of image_id 10 has no "
+                       "category_id; give each annotation one"),
+    "no_categories": (_no_categories, "no categories: list the dataset's classes in the json's 'categories'"),
+    "duplicate_category_id": (_duplicate_category_id, "category id 1 is used by two categories ('a' and 'b'); "
+                              "category ids must be unique (detectron2 would count two classes, the COCO evaluator "
+                              "one)"),
+    "no_height": (_first_image_without("height"), "image id 10 ('im0.png') has no 'height'; give each image its "
+                  "height and width"),
+    "no_width": (_first_image_without("width"), "image id 10 ('im0.png') has no 'width'; give each image its height "
+                 "and width"),
+    "string_height": (_first_image(height="30"), "image id 10 ('im0.png') has height '30' (a string): height and "
+                      "width must be positive integers, the image's size in pixels"),
+    "zero_width": (_first_image(width=0), "image id 10 ('im0.png') has width 0: height and width must be positive "
+                   "integers, the image's size in pixels"),
+    "mixed_image_ids": (_string_image_id, "image ids mix numbers and strings (image id 10 and image id 'b'); give all "
+                        "images ids of one kind, numbers as in COCO"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_field_is_one_line_naming_dataset_json_and_entry(tmp_path, case):
+    edit, why = MALFORMED[case]
+    json_file = _register(tmp_path, "fields", edit)
+    for check in (check_dataset_jsons, get_checked_dataset_dicts):
+        with pytest.raises(ValueError) as error:
+            check("fields")
+        assert str(error.value) == f"dataset 'fields' ({json_file}): {why}"
+
+
+@pytest.mark.parametrize("encoding, why", [
+    ("utf-8-sig", "the file starts with a UTF-8 byte order mark (BOM), which pycocotools cannot read: save it as "
+                  "UTF-8 without BOM"),
+    ("utf-16", "the file is saved as UTF-16, which pycocotools cannot read: save it as UTF-8 without BOM"),
+])
+def test_a_json_saved_with_a_bom_or_as_utf16_is_named_with_the_fix(tmp_path, encoding, why):
+    json_file = _register(tmp_path, "encoded", text=json.dumps(_coco()).encode(encoding))
+    with pytest.raises(ValueError) as error:
+        get_checked_dataset_dicts("encoded")
+    assert str(error.value) == f"dataset 'encoded' ({json_file}): {why}"
+
+
+def test_valid_fields_pass_including_sub_pixel_boxes_and_integral_float_sizes(tmp_path):
+    def edit(coco):
+        coco["images"][0].update(height=30.0, width=40.0)  # as some tools write them: detectron2 compares with ==
+        coco["annotations"][0]["bbox"] = [5.25, 5.5, 0.5, 0.25]  # tiny but inside the image: trained and scored
+
+    records = _Records()
+    with records.attached():
+        _register(tmp_path, "valid_fields", edit)
+        assert len(get_checked_dataset_dicts("valid_fields")) == 2
+    assert records.messages == []
+
+
+class _Records(logging.Handler):
+    """The warnings of ``focus_detr.data.checks`` (attached to it: detectron2's setup_logger may stop propagation)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def attached(self):
+        import contextlib
+
+        logger = logging.getLogger("focus_detr.data.checks")
+
+        @contextlib.contextmanager
+        def scope():
+            logger.addHandler(self)
+            try:
+                yield self
+            finally:
+                logger.removeHandler(self)
+
+        return scope()
+
+
+def _boxes_training_drops_or_clips(coco):
+    image = {"height": 30, "width": 40}
+    coco["images"] = [dict(image, id=10 + i, file_name=f"im{i}.png") for i in range(7)]
+    bboxes = [
+        [5, 5, 0, 10],  # zero width: dropped by training
+        [50, 5, 10, 10],  # right of the 40-pixel-wide image: dropped
+        [-20, -20, 10, 10],  # above and left of it: dropped
+        [30, 20, 20, 20],  # reaches 10 pixels out: clipped
+        [0, 0, 40.5, 30],  # half a pixel out (rounding): fine
+        [5, 5, 10, 10],
+        [50, 5, 10, 10],  # outside too, but a crowd box: neither trained on nor an object to find
+    ]
+    coco["annotations"] = [
+        {"id": 100 + i, "image_id": 10 + i, "category_id": 1, "bbox": bbox, "area": 1.0, "iscrowd": int(i == 6)}
+        for i, bbox in enumerate(bboxes)
+    ]
+
+
+def test_boxes_training_drops_or_clips_are_warned_about_once_per_dataset(tmp_path):
+    json_file = _register(tmp_path, "dropped_boxes", _boxes_training_drops_or_clips)
+    where = f"dataset 'dropped_boxes' ({json_file})"
+    with _Records().attached() as records:
+        dicts = get_checked_dataset_dicts("dropped_boxes", filter_empty=False)
+        check_dataset_jsons("dropped_boxes")  # checked again (train loader, evaluations): no second warning
+        get_checked_dataset_dicts("dropped_boxes")
+    assert sum(len(record["annotations"]) for record in dicts) == 7  # legal: loaded, left to the mapper
+    assert records.messages == [
+        f"{where}: 3 boxes with no area inside the image (zero width or height, or outside it), e.g. annotation id 100 "
+        "of image im0.png (image_id 10), bbox [5, 5, 0, 10] in a 40 x 30 image: training ignores such boxes, but the "
+        "COCO evaluator counts each as an object to find, which lowers recall and AP; fix or remove them",
+        f"{where}: 1 box reaching more than 1 pixel outside the image, e.g. annotation id 103 of image im3.png "
+        "(image_id 13), bbox [30, 20, 20, 20] in a 40 x 30 image: training clips such boxes to the image, but the "
+        "COCO evaluator scores them as written, so even a perfect detection of the visible part matches them with a "
+        "lower IoU",
+    ]
+
+
+def test_a_non_finite_box_is_found_in_the_json_before_loading(tmp_path):
+    """A test json is checked before training starts without being loaded: its NaN box is refused there too, with
+    the line the loaded dicts give."""
+    _register(tmp_path, "nan_box", _first_bbox([1, float("nan"), 3, 4]))
+    with pytest.raises(ValueError) as error:
+        check_dataset_jsons("nan_box")
+    assert str(error.value) == (
+        f"dataset 'nan_box': annotation id 100 of image {tmp_path / 'im0.png'} (image_id 10) has a bbox that is not "
+        "finite numbers: [1, nan, 3, 4]; fix or remove it"
+    )
+    assert coco_json_problem(json.loads((tmp_path / "nan_box.json").read_text())) == (
+        "annotation id 100 of image im0.png (image_id 10) has a bbox that is not finite numbers: [1, nan, 3, 4]; "
+        "fix or remove it"
+    )
+
+
+# train_net.py, end to end, on the toy data (3 images of 64 x 48; annotation i+1 of image i+1, toy_00i.png)
+def _toy_duplicate_category_id(coco):
+    coco["categories"].append({"id": 1, "name": "other"})
+
+
+def _toy_string_height(coco):
+    coco["images"][0]["height"] = "48"
+
+
+TOY_IMAGE = "image toy_000.png (image_id 1)"
+TOY_CASES = {
+    "negative_width": (_first_bbox([10, 10, -20, 15]), f"annotation id 1 of {TOY_IMAGE} has bbox [10, 10, -20, "
+                       f"15]: width and height must be >= 0 (a bbox is [x, y, width, height], not two corners){BOX}"),
+    "string_number": (_first_bbox([10, 10, "20", 15]), f"annotation id 1 of {TOY_IMAGE} has bbox [10, 10, '20', "
+                      f"15]: a bbox is 4 numbers [x, y, width, height], and '20' is a string{BOX}"),
+    "no_bbox": (lambda coco: coco["annotations"][0].pop("bbox"), f"annotation id 1 of {TOY_IMAGE} has no 'bbox'; give "
+                "each annotation its box [x, y, width, height]"),
+    "duplicate_category_id": (_toy_duplicate_category_id, "category id 1 is used by two categories ('box' and "
+                              "'other'); category ids must be unique (detectron2 would count two classes, the COCO "
+                              "evaluator one)"),
+    "string_height": (_toy_string_height, "image id 1 ('toy_000.png') has height '48' (a string): height and width "
+                      "must be positive integers, the image's size in pixels"),
+}
+
+
+def _train_net(train_net, capsys, name, mode, out, *extra):
+    split = "test" if mode in ("eval", "train_with_bad_test_data") else "train"
+    argv = ["--config-file", TOY_CONFIG, *(["--eval-only"] if mode == "eval" else []),
+            f"dataloader.{split}.dataset.names={name}", "train.max_iter=2", "train.checkpointer.period=1",
+            f"train.output_dir={out}", *extra]
+    code = train_net.cli(argv)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", list(TOY_CASES))
+@pytest.mark.parametrize("mode", ["train", "eval", "train_with_bad_test_data"])
+def test_train_net_stops_with_one_line_before_any_step_or_inference(train_net, toy_dataset, capsys, tmp_path, case,
+                                                                    mode):
+    edit, why = TOY_CASES[case]
+    name = f"focus_detr_toy_fields_{case}_{mode}"
+    json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), edit)
+    out = tmp_path / "out"
+    # the toy config's train.eval_period is 0: the test data is checked up front all the same (its final evaluation
+    # runs anyway)
+    code, err = _train_net(train_net, capsys, name, mode, out)
+    assert code == 2
+    assert error_lines(err) == [f"error: dataset '{name}' ({json_file}): {why}"]
+    assert not shows_traceback(err)
+    assert not list(out.glob("model_*.pth")) and not (out / "eval_results.json").exists()
+
+
+def test_a_nan_box_in_the_test_data_stops_training_before_the_first_step(train_net, toy_dataset, capsys, tmp_path):
+    name = "focus_detr_toy_fields_nan_test_box"
+    register_edited_toy_dataset(name, str(tmp_path / "data"), _first_bbox([10, float("nan"), 20, 15]))
+    out = tmp_path / "out"
+    code, err = _train_net(train_net, capsys, name, "train_with_bad_test_data", out)
+    assert code == 2
+    image = tmp_path / "data" / "images" / "toy_000.png"
+    assert error_lines(err) == [
+        f"error: dataset '{name}': annotation id 1 of image {image} (image_id 1) has a bbox that is not finite "
+        "numbers: [10, nan, 20, 15]; fix or remove it"
+    ]
+    assert not list(out.glob("model_*.pth")) and not (out / "metrics.json").exists()
+
+
+def test_eval_only_warns_about_dropped_boxes_and_scores_them(train_net, toy_dataset, capsys, tmp_path):
+    name = "focus_detr_toy_fields_zero_width"
+    json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), _first_bbox([10, 10, 0, 15]))
+    out = tmp_path / "out"
+    with _Records().attached() as records:
+        code, err = _train_net(train_net, capsys, name, "eval", out)
+    assert code == 0 and (out / "eval_results.json").exists()
+    assert [m for m in records.messages if m.startswith(f"dataset '{name}' ({json_file}): 1 box with no area ")]
+    assert len(records.messages) == 1

@@ -103,6 +103,9 @@ def _launch_processes(args):
 
 
 def _launch(args):
+    for flag, value in (("--num-gpus", args.num_gpus), ("--num-machines", args.num_machines)):
+        if value < 1:  # detectron2's launch would quietly run one process
+            raise ValueError(f"{flag} must be at least 1, got {value}")
     cfg = load_config(args.config_file, args.opts)
     check_datasets_registered(cfg.get("dataloader", {}))
     _hide_gpus_for_cpu_processes(cfg, args)

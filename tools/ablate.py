@@ -173,6 +173,8 @@ def main(args):
         torch.set_num_threads(args.threads)
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.flop_images < 1:  # now, not after hours of training runs
+        raise ValueError(f"--flop-images must be at least 1, got {args.flop_images}")
     if args.latency_rounds < 5:
         raise ValueError(f"--latency-rounds must be at least 5 (a median of fewer is noise), got {args.latency_rounds}")
     reserved = [o for o in args.opts if o.split("=", 1)[0].strip() in RESERVED_KEYS]

@@ -236,8 +236,11 @@ def _hardware(device):
 
 
 def main(args):
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--train-batch-size", args.train_batch_size, 1),
+                               ("--train-boxes", args.train_boxes, 0), ("--dataset-images", args.dataset_images, 0),
+                               ("--threads", args.threads, 0)):
+        if value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)

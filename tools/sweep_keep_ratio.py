@@ -67,6 +67,8 @@ def main(args):
                          f"got {args.latency_repeats}")
     if args.latency_warmup < 0 or args.latency_images < 0 or args.threads < 0:
         raise ValueError("--latency-warmup, --latency-images and --threads must be >= 0")
+    if args.flop_images < 1:
+        raise ValueError(f"--flop-images must be at least 1, got {args.flop_images}")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)

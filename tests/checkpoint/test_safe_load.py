@@ -84,3 +84,13 @@ def test_key_mismatch_lists_counts_and_first_keys_not_every_key(tmp_path):
     assert message.startswith(f"checkpoint {path} does not fit the model: 1000 missing keys (transformer.0.bias, ")
     assert "2000 unexpected keys (transformer.0.other.weight, " in message and "(1997 more)" in message
     assert len(message) < 500
+
+
+def test_a_weight_of_another_shape_is_a_mismatch_not_also_a_missing_key(tmp_path):
+    model = nn.ModuleDict({"transformer": nn.Linear(4, 3)})
+    path = tmp_path / "other_classes.pth"
+    torch.save({"model": {"transformer.weight": torch.zeros(5, 4), "transformer.bias": torch.zeros(3)}}, path)
+    with pytest.raises(ValueError) as raised:
+        FocusDETRCheckpointer(model).load(str(path))
+    assert str(raised.value) == (f"checkpoint {path} does not fit the model: 1 shape mismatches (transformer.weight: "
+                                 "(5, 4) in the checkpoint, (3, 4) in the model)")

@@ -80,3 +80,34 @@ def test_unreachable_checkpoint_url_is_named(train_net, toy_dataset, capsys, tmp
     url = "http://127.0.0.1:9/model_final.pth"
     line = _cli_error(train_net, capsys, "--eval-only", f"train.init_checkpoint={url}", f"train.output_dir={tmp_path}")
     assert line.startswith(f"error: cannot fetch checkpoint {url}")
+
+
+@pytest.mark.parametrize("override, message", [
+    # a negative max_iter trained nothing and reported the AP of random weights with exit status 0
+    ("train.max_iter=-5", "train.max_iter must be a positive integer, got -5"),
+    ("train.max_iter=0", "train.max_iter must be a positive integer, got 0"),  # a traceback: division by zero
+    ("train.log_period=0", "train.log_period must be a positive integer, got 0"),  # a traceback: modulo by zero
+    ("train.eval_period=-1", "train.eval_period must be an integer >= 0 (0: evaluate at the end only), got -1"),
+])
+def test_a_schedule_that_cannot_run_is_one_line(train_net, toy_dataset, capsys, tmp_path, override, message):
+    assert _cli_error(train_net, capsys, override, f"train.output_dir={tmp_path}") == f"error: {message}"
+    assert not list(tmp_path.glob("model_*.pth"))
+
+
+@pytest.mark.parametrize("flag", ["--num-gpus", "--num-machines"])
+def test_no_process_at_all_is_one_line(train_net, toy_dataset, capsys, tmp_path, flag):
+    # detectron2's launch quietly ran one process for --num-gpus 0 or -1
+    line = _cli_error(train_net, capsys, flag, "0", f"train.output_dir={tmp_path}")
+    assert line == f"error: {flag} must be at least 1, got 0"
+
+
+def test_a_key_given_twice_is_checked_with_its_last_value(train_net, toy_dataset, capsys, tmp_path):
+    line = _cli_error(train_net, capsys, "train.max_iter=2", "train.max_iter=abc", f"train.output_dir={tmp_path}")
+    assert line.startswith("error: wrong value for config key 'train.max_iter': 'abc' is not an integer")
+
+
+def test_a_folder_given_as_the_checkpoint_is_said_to_be_one(train_net, toy_dataset, capsys, tmp_path):
+    line = _cli_error(train_net, capsys, "--eval-only", f"train.init_checkpoint={tmp_path}",
+                      f"train.output_dir={tmp_path / 'out'}")
+    assert line == (f"error: checkpoint {tmp_path} is a folder, not a weights file: give a file in it, e.g. "
+                    f"{tmp_path / 'model_final.pth'}")

@@ -34,6 +34,7 @@ def test_each_variants_overrides_are_printed(ablate, tmp_path, capsys):
     [
         (["--variants", "full", "no_encoder"], "unknown ablation variant(s) no_encoder"),
         (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--flop-images", "0"], "--flop-images must be at least 1, got 0"),  # was refused after all the training
         (["train.seed=3"], "train.seed=3: the ablation sets train.output_dir, train.seed"),
     ],
 )

@@ -105,6 +105,9 @@ def test_sweep_writes_csv_and_plot_in_keep_ratio_order(toy_dataset, tmp_path, ca
     argv = ["--config-file", TINY_TOY_CONFIG, "--output", str(tmp_path / "x"), "--latency-repeats", "3"]
     assert sweep.run_reporting_errors(sweep.main, sweep.parse_args(argv)) == 2
     assert capfd.readouterr().err.strip() == "error: --latency-repeats must be at least 5 (its median is the latency), got 3"
+    argv = ["--config-file", TINY_TOY_CONFIG, "--output", str(tmp_path / "x"), "--flop-images", "0"]
+    assert sweep.run_reporting_errors(sweep.main, sweep.parse_args(argv)) == 2
+    assert capfd.readouterr().err.strip() == "error: --flop-images must be at least 1, got 0"
 
 
 def test_demo_writes_detection_and_token_pictures(toy_dataset, tmp_path):
@@ -158,3 +161,25 @@ def test_counting_and_benchmarking_read_no_weights(analyze_model, toy_dataset, t
          "--warmup", "0", "--repeats", "1", missing]
     ))
     assert result["inference"]["median_ms"] > 0
+
+
+def test_tool_arguments_that_cannot_work_are_refused_before_any_work(analyze_model, tmp_path, capsys):
+    from focus_detr.engine.cli import run_reporting_errors
+
+    benchmark = load_script("tools/benchmark.py", "benchmark")
+    for argv, message in (
+        (["--train-boxes", "-1"], "--train-boxes must be at least 0, got -1"),
+        (["--train-batch-size", "0"], "--train-batch-size must be at least 1, got 0"),
+        (["--threads", "-2"], "--threads must be at least 0, got -2"),
+    ):
+        args = benchmark.parse_args(["--config-file", str(FIXTURE_CONFIG), "--tasks", "train", *argv])
+        assert run_reporting_errors(benchmark.main, args) == 2
+        assert capsys.readouterr().err.strip() == f"error: {message}"
+    # the folder of --json is checked before the counting (a file stands where the folder should be)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    args = analyze_model.parse_args(["--config-file", str(FIXTURE_CONFIG), "--input-size", "32", "32",
+                                     "--json", str(blocker / "x.json")])
+    assert run_reporting_errors(analyze_model.main, args) == 2
+    err = capsys.readouterr()
+    assert err.err.strip().startswith(f"error: the folder of --json {blocker} cannot be created") and not err.out

@@ -25,8 +25,11 @@ def describe_mismatch(incompatible):
     """The missing / unexpected / wrongly shaped keys of ``incompatible`` as one short clause (counts and the first
     few keys), or "" when everything matched."""
     problems = []
-    if incompatible.missing_keys:
-        problems.append(f"{len(incompatible.missing_keys)} missing keys ({_first_keys(incompatible.missing_keys)})")
+    # fvcore drops a wrongly shaped weight before loading, so it is also "missing": counted once, as a mismatch
+    wrong_shape = {key for key, _, _ in incompatible.incorrect_shapes}
+    missing = [key for key in incompatible.missing_keys if key not in wrong_shape]
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_first_keys(missing)})")
     if incompatible.unexpected_keys:
         problems.append(
             f"{len(incompatible.unexpected_keys)} unexpected keys ({_first_keys(incompatible.unexpected_keys)})"

@@ -25,7 +25,14 @@ import torch
 
 from .safetensors_io import looks_like_safetensors, read_safetensors
 
-__all__ = ["CheckpointError", "UnreadableCheckpointError", "WeightsFile", "read_weights_file", "WeightsUnpickler"]
+__all__ = [
+    "CheckpointError",
+    "UnreadableCheckpointError",
+    "WeightsFile",
+    "WeightsUnpickler",
+    "missing_checkpoint_error",
+    "read_weights_file",
+]
 
 # First object of a legacy (non-zip) torch.save file.
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -124,6 +131,15 @@ def _read_plain_pickle(path, f):
     return content
 
 
+def missing_checkpoint_error(path):
+    """The error for a checkpoint ``path`` that is no file: a folder (a run's output folder, given for the checkpoint
+    in it) is said to be one."""
+    if os.path.isdir(path):
+        return IsADirectoryError(f"checkpoint {path} is a folder, not a weights file: give a file in it, e.g. "
+                                 f"{os.path.join(path, 'model_final.pth')}")
+    return FileNotFoundError(f"checkpoint not found: {path}")
+
+
 def read_weights_file(path: str, *, torch_safe_globals=()) -> WeightsFile:
     """Reads a weights file of any format and extension without running code from it.
 
@@ -138,7 +154,7 @@ def read_weights_file(path: str, *, torch_safe_globals=()) -> WeightsFile:
             is one line: ``cannot read checkpoint <path>: <why>``.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise missing_checkpoint_error(path)
 
     def unreadable(why):
         return UnreadableCheckpointError(f"cannot read checkpoint {path}: {why}")

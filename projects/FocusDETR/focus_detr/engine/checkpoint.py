@@ -10,6 +10,7 @@ import tempfile
 import torch
 
 from ..checkpoint import CheckpointError, FocusDETRCheckpointer, UnreadableCheckpointError, write_safetensors
+from ..checkpoint.safe_load import missing_checkpoint_error
 from .interrupt import stop_signals_deferred
 
 __all__ = ["AtomicDetectionCheckpointer", "atomic_write", "save_weights", "TEMPORARY_FILE_PATTERN"]
@@ -163,7 +164,7 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
 
     def load(self, path, *args, **kwargs):
         if path and "://" not in path and not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
+            raise missing_checkpoint_error(path)
         try:
             return super().load(path, *args, **kwargs)
         except OSError as error:  # includes urllib's URLError: no network, unknown host, HTTP errors

@@ -19,6 +19,7 @@ __all__ = [
     "check_override_types",
     "check_datasets_registered",
     "check_output_dir",
+    "check_schedule",
     "resolve_device",
 ]
 
@@ -152,8 +153,9 @@ def check_override_types(old_values, cfg, overrides):
         old_values (dict): key -> value before the overrides (``_current_value``).
         cfg: the config after the overrides.
     """
-    for override in overrides:
-        key, text = (part.strip() for part in override.split("=", 1))
+    # a key given twice holds its last value: that is the one to check and to quote
+    last_text = dict(tuple(part.strip() for part in override.split("=", 1)) for override in overrides)
+    for key, text in last_text.items():
         if key.startswith(("+", "~")) or old_values.get(key, _UNSET) is _UNSET:
             continue
         expected = _expected_kind(old_values[key])
@@ -301,9 +303,30 @@ def check_datasets_registered(cfg_node):
             close = difflib.get_close_matches(name, registered, n=3)
             hint = f" (did you mean: {', '.join(close)}?)" if close else ""
             raise ConfigError(
-                f"dataset {name!r} is not registered{hint}; the tree data registers on 'import focus_detr.data', "
-                "COCO names need DETECTRON2_DATASETS pointing at the COCO folder"
+                f"dataset {name!r} is not registered{hint}; a config registers its own data (the tree sets: "
+                "configs/common/data/trees.py, i.e. focus_detr.data.register_trees()), COCO names need "
+                "DETECTRON2_DATASETS pointing at the COCO folder"
             )
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_schedule(train):
+    """Raises ConfigError for a ``train`` section whose iteration counts cannot drive a run: ``max_iter`` and
+    ``log_period`` must be positive integers, ``eval_period`` a non-negative one (0: only the final evaluation).
+    Unchecked, a negative max_iter trained nothing and reported the AP of random weights with exit status 0, and a
+    zero max_iter or log_period divided by zero after the set-up."""
+    for key in ("max_iter", "log_period"):
+        value = train.get(key, None)
+        if not _positive_int(value):
+            raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
+    eval_period = train.get("eval_period", 0)
+    if not (_positive_int(eval_period) or eval_period == 0):
+        raise ConfigError(
+            f"train.eval_period must be an integer >= 0 (0: evaluate at the end only), got {eval_period!r}"
+        )
 
 
 def check_output_dir(path, key="train.output_dir"):

@@ -11,7 +11,7 @@ from detectron2.utils import comm
 
 from .checkpoint import AtomicDetectionCheckpointer
 from .cli import is_user_error, one_line, user_errors_without_tracebacks
-from .config import ConfigError, resolve_device
+from .config import ConfigError, check_schedule, resolve_device
 from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state
 from .interrupt import FinalEvaluationInterrupted, StopOnRequestHook, TrainingInterrupted, evaluation_command
@@ -70,6 +70,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     iteration, the checkpoint a resume starts from and ``resume_command``; once training is complete and saved, a
     stopped final evaluation raises :class:`~focus_detr.engine.interrupt.FinalEvaluationInterrupted`.
     """
+    check_schedule(cfg.train)
     device = resolve_device(cfg.train.device)
     if cfg.train.get("malloc_mmap_threshold_mib", 0):
         set_mmap_threshold(cfg.train.malloc_mmap_threshold_mib)

@@ -4,7 +4,6 @@ stop with one line naming the dataset, the json and the entry (not a traceback, 
 silently turned into another). Boxes that training drops or clips while the COCO evaluator scores them as written
 are legal, and warned about once per dataset."""
 import json
-import logging
 import os
 import sys
 
@@ -14,7 +13,7 @@ from focus_detr.data import check_dataset_jsons, get_checked_dataset_dicts, regi
 from focus_detr.data.coco_json import coco_json_problem
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine"))
-from cli_output import error_lines, shows_traceback  # noqa: E402
+from cli_output import error_lines, logged_warnings, shows_traceback  # noqa: E402
 from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: E402,F401 (fixtures)
 from toy_detector import register_edited_toy_dataset  # noqa: E402
 
@@ -158,37 +157,10 @@ def test_valid_fields_pass_including_sub_pixel_boxes_and_integral_float_sizes(tm
         coco["images"][0].update(height=30.0, width=40.0)  # as some tools write them: detectron2 compares with ==
         coco["annotations"][0]["bbox"] = [5.25, 5.5, 0.5, 0.25]  # tiny but inside the image: trained and scored
 
-    records = _Records()
-    with records.attached():
+    with logged_warnings("focus_detr.data.checks") as messages:
         _register(tmp_path, "valid_fields", edit)
         assert len(get_checked_dataset_dicts("valid_fields")) == 2
-    assert records.messages == []
-
-
-class _Records(logging.Handler):
-    """The warnings of ``focus_detr.data.checks`` (attached to it: detectron2's setup_logger may stop propagation)."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-    def attached(self):
-        import contextlib
-
-        logger = logging.getLogger("focus_detr.data.checks")
-
-        @contextlib.contextmanager
-        def scope():
-            logger.addHandler(self)
-            try:
-                yield self
-            finally:
-                logger.removeHandler(self)
-
-        return scope()
+    assert messages == []
 
 
 def _boxes_training_drops_or_clips(coco):
@@ -212,12 +184,12 @@ def _boxes_training_drops_or_clips(coco):
 def test_boxes_training_drops_or_clips_are_warned_about_once_per_dataset(tmp_path):
     json_file = _register(tmp_path, "dropped_boxes", _boxes_training_drops_or_clips)
     where = f"dataset 'dropped_boxes' ({json_file})"
-    with _Records().attached() as records:
+    with logged_warnings("focus_detr.data.checks") as messages:
         dicts = get_checked_dataset_dicts("dropped_boxes", filter_empty=False)
         check_dataset_jsons("dropped_boxes")  # checked again (train loader, evaluations): no second warning
         get_checked_dataset_dicts("dropped_boxes")
     assert sum(len(record["annotations"]) for record in dicts) == 7  # legal: loaded, left to the mapper
-    assert records.messages == [
+    assert messages == [
         f"{where}: 3 boxes with no area inside the image (zero width or height, or outside it), e.g. annotation id 100 "
         "of image im0.png (image_id 10), bbox [5, 5, 0, 10] in a 40 x 30 image: training ignores such boxes, but the "
         "COCO evaluator counts each as an object to find, which lowers recall and AP; fix or remove them",
@@ -313,8 +285,8 @@ def test_eval_only_warns_about_dropped_boxes_and_scores_them(train_net, toy_data
     name = "focus_detr_toy_fields_zero_width"
     json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), _first_bbox([10, 10, 0, 15]))
     out = tmp_path / "out"
-    with _Records().attached() as records:
+    with logged_warnings("focus_detr.data.checks") as messages:
         code, err = _train_net(train_net, capsys, name, "eval", out)
     assert code == 0 and (out / "eval_results.json").exists()
-    assert [m for m in records.messages if m.startswith(f"dataset '{name}' ({json_file}): 1 box with no area ")]
-    assert len(records.messages) == 1
+    assert [m for m in messages if m.startswith(f"dataset '{name}' ({json_file}): 1 box with no area ")]
+    assert len(messages) == 1

@@ -1,4 +1,6 @@
-"""Reading what a command printed: its ``error:`` lines and the tracebacks it showed."""
+"""Reading what a command printed: its ``error:`` lines, the tracebacks it showed and the warnings it logged."""
+import contextlib
+import logging
 import re
 
 # Printed by the logging module when a handler writes to a stream that an earlier test's output capture closed
@@ -12,3 +14,22 @@ def error_lines(text):
 
 def shows_traceback(text):
     return "Traceback (most recent call last)" in _LOGGING_ERROR.sub("", text)
+
+
+@contextlib.contextmanager
+def logged_warnings(logger_name):
+    """The messages (a list, filled as they come) that ``logger_name`` logs at WARNING or above within the block:
+    collected on that logger itself, since detectron2's setup_logger may stop propagation to the root (caplog)."""
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)

@@ -1,12 +1,11 @@
 """Data is checked before it is used, by training and --eval-only alike: non-finite boxes and a class count that
 does not fit the data stop with one line before any step or evaluation; batched evaluation warns."""
 import json
-import logging
 import os
 
 import pytest
 
-from cli_output import shows_traceback
+from cli_output import logged_warnings, shows_traceback
 from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
 from toy_detector import register_edited_toy_dataset
 
@@ -73,41 +72,22 @@ def test_evaluating_a_checkpoint_with_another_class_count_names_the_class_count(
     assert err[-1] == "error: model.num_classes is 5 but dataset 'focus_detr_toy' has 1 class (box): set model.num_classes=1"
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 @pytest.mark.parametrize("batch_size, warned", [(1, False), (2, True)])
 def test_batched_evaluation_warns_that_scores_change(train_net, toy_dataset, capsys, tmp_path, batch_size, warned):
-    records = _Records()
-    logger = logging.getLogger("focus_detr.engine.evaluation")
-    logger.addHandler(records)
-    try:
+    with logged_warnings("focus_detr.engine.evaluation") as messages:
         code, _ = _run(train_net, capsys, "--eval-only", f"dataloader.test.batch_size={batch_size}", f"train.output_dir={tmp_path}")
-    finally:
-        logger.removeHandler(records)
     assert code == 0
-    batched = [m for m in records.messages if "dataloader.test.batch_size is 2" in m and "changes their scores" in m]
+    batched = [m for m in messages if "dataloader.test.batch_size is 2" in m and "changes their scores" in m]
     assert bool(batched) == warned
 
 
 def test_cuda_graphs_switched_on_for_a_cpu_evaluation_warn_and_a_bad_value_is_one_line(train_net, toy_dataset,
                                                                                          capsys, tmp_path):
-    records = _Records()
-    logger = logging.getLogger("focus_detr.engine.evaluation")
-    logger.addHandler(records)
-    try:
+    with logged_warnings("focus_detr.engine.evaluation") as messages:
         code, _ = _run(train_net, capsys, "--eval-only", "train.inference_cuda_graphs.enabled=True",
                        f"train.output_dir={tmp_path}")
-    finally:
-        logger.removeHandler(records)
     assert code == 0 and (tmp_path / "eval_results.json").exists()
-    assert [m for m in records.messages if "inference_cuda_graphs needs a CUDA device: evaluating eagerly" in m]
+    assert [m for m in messages if "inference_cuda_graphs needs a CUDA device: evaluating eagerly" in m]
     code, err = _run(train_net, capsys, "--eval-only", "train.inference_cuda_graphs.max_graphs=0",
                      "train.inference_cuda_graphs.enabled=True", f"train.output_dir={tmp_path / 'bad'}")
     assert (code, err[-1]) == (2, "error: train.inference_cuda_graphs.max_graphs must be an integer >= 1, got 0")

@@ -200,3 +200,14 @@ def test_overrides_must_be_a_list_of_key_value_strings(small_tree_cfg):
         FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=["train.seed=3", 3])
     predictor = FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=("train.seed=3",))
     assert predictor.cfg.train.seed == 3
+
+
+def test_a_gpu_index_past_the_visible_ones_is_one_line(monkeypatch):
+    from focus_detr.engine import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError) as info:
+        resolve_device("cuda:5", "--device", "--device cpu")
+    assert str(info.value) == "--device is 'cuda:5' but only cuda:0 to cuda:1 are visible"
+    assert resolve_device("cuda:1") == "cuda:1"

@@ -383,6 +383,13 @@ def test_predictor_reports_a_graph_that_cannot_run_an_image_in_one_line(tmp_path
     with pytest.raises(ValueError, match=r"onnxruntime cannot run .*fixed.onnx on a 5x4 image: .*Reshape") as info:
         predictor(torch.zeros(3, 5, 4, dtype=torch.uint8))
     assert "\n" not in str(info.value)
+    # a damaged model.json next to the graph is named, not a bare json error
+    (tmp_path / "model.json").write_text('{"input": ')
+    with pytest.raises(ValueError, match=r"model.json \(the graph's metadata\) is not readable json: .*export the "):
+        OnnxPredictor(str(path), num_threads=1)
+    (tmp_path / "model.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"model.json \(the graph's metadata\) is not a json object"):
+        OnnxPredictor(str(path), num_threads=1)
 
 
 def test_missing_onnx_packages_give_one_line(export_tool, tiny_export, tmp_path, monkeypatch, capfd):

@@ -359,4 +359,8 @@ def resolve_device(device, name="train.device", cpu="train.device=cpu"):
         raise ConfigError(f"{name} {device!r} is not a torch device (auto, cpu, cuda, cuda:N)") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{name} is {device!r} but no CUDA GPU is visible; use {cpu}")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        visible = "cuda:0 is" if count == 1 else f"cuda:0 to cuda:{count - 1} are"
+        raise ConfigError(f"{name} is {device!r} but only {visible} visible")
     return str(parsed)

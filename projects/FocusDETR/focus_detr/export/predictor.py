@@ -83,8 +83,15 @@ class OnnxPredictor:
         self.metadata_path = os.path.join(os.path.dirname(path), "model.json")
         self.metadata: Dict = {}  # empty when the graph has no model.json next to it (exported elsewhere)
         if os.path.isfile(self.metadata_path):
-            with open(self.metadata_path) as f:
-                self.metadata = json.load(f)
+            with open(self.metadata_path, "rb") as f:
+                try:
+                    self.metadata = json.load(f)
+                except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+                    raise ValueError(f"{self.metadata_path} (the graph's metadata) is not readable json: {error}; "
+                                     "export the graph again, or remove the file") from None
+            if not isinstance(self.metadata, dict):
+                raise ValueError(f"{self.metadata_path} (the graph's metadata) is not a json object: export the "
+                                 "graph again, or remove the file")
 
     @staticmethod
     def _as_array(image: Union[torch.Tensor, np.ndarray]) -> np.ndarray:

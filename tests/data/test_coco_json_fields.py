@@ -65,6 +65,13 @@ def _first_annotation_without(key):
     return edit
 
 
+def _first_annotation(**fields):
+    def edit(coco):
+        coco["annotations"][0].update(fields)
+
+    return edit
+
+
 def _first_image(**fields):
     def edit(coco):
         coco["images"][0].update(fields)
@@ -125,6 +132,10 @@ MALFORMED = {
                       "width must be positive integers, the image's size in pixels"),
     "zero_width": (_first_image(width=0), "image id 10 ('im0.png') has width 0: height and width must be positive "
                    "integers, the image's size in pixels"),
+    # a crowd to the mapper and to pycocotools alike, so silently never trained on
+    "string_iscrowd": (_first_annotation(iscrowd="0"), "annotation id 100 of image_id 10 has iscrowd '0' (a string): "
+                       "iscrowd is 0 or 1"),
+    "iscrowd_two": (_first_annotation(iscrowd=2), "annotation id 100 of image_id 10 has iscrowd 2: iscrowd is 0 or 1"),
     "mixed_image_ids": (_string_image_id, "image ids mix numbers and strings (image id 10 and image id 'b'); give all "
                         "images ids of one kind, numbers as in COCO"),
 }

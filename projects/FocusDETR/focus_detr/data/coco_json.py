@@ -190,6 +190,9 @@ def _unknown_category_problem(annotation, names_by_id):
     )
 
 
+_CROWD_FLAGS = frozenset((0, 1))
+
+
 def _annotation_problem(annotations, images_by_id, names_by_id, report):
     """The first problem of the ``annotations`` entries, or None; a NaN / infinite box stops the pass too (in
     ``report.non_finite_box``), and boxes training drops or clips are counted in ``report``."""
@@ -211,6 +214,11 @@ def _annotation_problem(annotations, images_by_id, names_by_id, report):
         category_id = annotation.get("category_id")
         if type(category_id) is not int or category_id not in names_by_id:  # type(): unhashable values, bools
             return _unknown_category_problem(annotation, names_by_id)
+        crowd = annotation.get("iscrowd", 0)
+        if type(crowd) not in (int, float, bool) or crowd not in _CROWD_FLAGS:
+            # "0", a string, is a crowd to both the mapper (!= 0) and pycocotools (truthy): silently never trained on
+            return (f"annotation id {annotation_id} of image_id {image_id} has iscrowd {crowd!r}"
+                    f"{' (' + type_name(crowd) + ')' if type(crowd) not in (int, float) else ''}: iscrowd is 0 or 1")
         if not is_ordinary_box(annotation.get("bbox"), image):  # most boxes cost this test only
             problem = _unusual_box_problem(annotation, image, report)
             if problem or report.non_finite_box:
@@ -226,8 +234,9 @@ def coco_json_report(coco):
     not a number or string, image ids mixing both; duplicate image ids; two images naming one file; an image
     without positive integer ``height`` and ``width``; a category id that is not an integer, or used twice; a
     category without a name; duplicate annotation ids; an annotation whose ``image_id`` no image has or whose
-    ``category_id`` no category has; a bbox that is missing, not 4 numbers, beyond float32's range or of negative
-    width or height. Also refused, in ``non_finite_box``: a NaN or infinite bbox coordinate.
+    ``category_id`` no category has; an ``iscrowd`` other than 0 or 1; a bbox that is missing, not 4 numbers,
+    beyond float32's range or of negative width or height. Also refused, in ``non_finite_box``: a NaN or infinite
+    bbox coordinate.
 
     Returns:
         CocoJsonReport

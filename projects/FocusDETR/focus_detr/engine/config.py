@@ -258,10 +258,27 @@ def load_config(config_file, overrides=()):
     return apply_overrides(_load_lazy_config(config_file), overrides)
 
 
+def _override_list(overrides):
+    """``overrides`` as a list of ``key=value`` strings. A single string is refused rather than split: iterated, it
+    would be taken character by character (``'t' is not of the form key=value``), and a space inside a value
+    makes splitting it ambiguous."""
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError(f'overrides must be a list of "key=value" strings, got the string {overrides!r}; '
+                          f"write [{overrides!r}]")
+    try:
+        items = list(overrides or ())
+    except TypeError:
+        raise ConfigError(f'overrides must be a list of "key=value" strings, got {overrides!r}') from None
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f'overrides must be a list of "key=value" strings, got {item!r} in it')
+    return items
+
+
 def apply_overrides(cfg, overrides=()):
-    """``key=value`` overrides applied to ``cfg`` (in place; returned), each key and value type checked first.
-    Raises ConfigError with a one-line message."""
-    overrides = list(overrides or [])
+    """``key=value`` overrides (a list of strings) applied to ``cfg`` (in place; returned), each key and value type
+    checked first. Raises ConfigError with a one-line message."""
+    overrides = _override_list(overrides)
     check_override_keys(cfg, overrides)
     old_values = {o.split("=", 1)[0].strip(): _current_value(cfg, o.split("=", 1)[0].strip()) for o in overrides}
     try:

@@ -59,23 +59,6 @@ def input_format(cfg) -> str:
     return fmt
 
 
-def _override_list(overrides) -> List[str]:
-    """``overrides`` as a list of ``key=value`` strings. A single string is refused rather than split: iterated, it
-    would be taken character by character (``'t' is not of the form key=value``), and a space inside a value
-    makes splitting it ambiguous."""
-    if isinstance(overrides, (str, bytes)):
-        raise ValueError(f'overrides must be a list of "key=value" strings, got the string {overrides!r}; '
-                         f"write [{overrides!r}]")
-    try:
-        items = list(overrides or ())
-    except TypeError:
-        raise ValueError(f'overrides must be a list of "key=value" strings, got {overrides!r}') from None
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f'overrides must be a list of "key=value" strings, got {item!r} in it')
-    return items
-
-
 def check_bgr_image(image, name="image") -> None:
     """ValueError (one line, naming ``name``) unless ``image`` is a non-empty uint8 numpy array ``(H, W, 3)``."""
     expected = "a uint8 numpy array (H, W, 3) in BGR order"
@@ -129,7 +112,6 @@ class FocusDETRPredictor:
     """
 
     def __init__(self, config, weights=None, device="auto", amp=False, overrides=(), cuda_graphs=None):
-        overrides = _override_list(overrides)
         if isinstance(config, (str, os.PathLike)):
             cfg = load_config(os.fspath(config), overrides)
         else:

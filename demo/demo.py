@@ -158,15 +158,15 @@ def image_paths(inputs):
 
 def check_image_output(output):
     """ValueError when ``output`` is an existing file: the pictures of image inputs go into a folder (makedirs would
-    only say "File exists")."""
+    only say "File exists"). Called before the model is built."""
     if os.path.exists(output) and not os.path.isdir(output):
         raise ValueError(f"--output {output} is a file; for image inputs it must be a folder (the pictures are "
                          "written into it)")
 
 
 def run_images(predictor, paths, output, threshold, class_names, show_tokens):
-    """Draws every readable image of ``paths`` into the folder ``output``; returns the paths written."""
-    check_image_output(output)
+    """Draws every readable image of ``paths`` into the folder ``output`` (checked by :func:`check_image_output`);
+    returns the paths written."""
     os.makedirs(output, exist_ok=True)
     written, names = [], set()
     for path in paths:

@@ -99,10 +99,6 @@ def _dataset_errors_in_one_line(names):
         raise
 
 
-# (dataset name, report) pairs warned about: a report is one version of a json file, so each warns once per process
-_warned = set()
-
-
 def _boxes(count):
     return f"{count} box{'es' if count != 1 else ''}"
 
@@ -115,9 +111,9 @@ def _example(box):
 def _warn_about_boxes_training_changes(name, json_file, report):
     """Warns once per dataset and json version about the boxes training drops or clips while the COCO evaluator
     scores them as written: legal (real datasets have a few), but each one costs recall or IoU."""
-    if (name, report) in _warned:
+    if name in report.warned_datasets:
         return
-    _warned.add((name, report))
+    report.warned_datasets.add(name)
     where = f"dataset {name!r} ({json_file})"
     empty, outside = report.empty_boxes, report.outside_boxes
     if empty.count:

@@ -37,8 +37,7 @@ from .coco_boxes import (
 __all__ = ["CocoJsonReport", "check_coco_json", "coco_json_problem", "coco_json_report"]
 
 
-# eq=False: a report is identified by the object, so each version of a file (one cached report) warns once.
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass
 class CocoJsonReport:
     """What :func:`coco_json_report` found in one COCO json.
 
@@ -50,12 +49,15 @@ class CocoJsonReport:
             training drops them, the COCO evaluator counts them as objects to find. Crowd boxes are not counted.
         outside_boxes (BoxTally): boxes reaching more than a pixel outside their image: training clips them, the
             evaluator scores them as written. Crowd boxes are not counted.
+        warned_datasets (set): the datasets whose warnings about these boxes were logged (a report is one version
+            of a file, cached: each dataset using it warns once).
     """
 
     problem: Optional[str] = None
     non_finite_box: Optional[BoxRef] = None
     empty_boxes: BoxTally = dataclasses.field(default_factory=BoxTally)
     outside_boxes: BoxTally = dataclasses.field(default_factory=BoxTally)
+    warned_datasets: set = dataclasses.field(default_factory=set)
 
 
 def _usable_id(value):

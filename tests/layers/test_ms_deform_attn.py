@@ -10,8 +10,10 @@ from focus_detr.layers.ms_deform_attn import (
     MultiScaleDeformableAttention,
     SamplingReference,
     box_reference,
+    box_scale_rows,
     per_point_rows,
     point_reference,
+    sampling_locations,
 )
 from focus_detr.layers.ms_deform_attn_backends import BACKEND_ENV_VAR, available_backends, select_backend
 from focus_detr.layers.ms_deform_attn_op import OP_NAME, multi_scale_deformable_attention
@@ -354,9 +356,9 @@ def test_init_weights_official_pattern():
     torch.testing.assert_close(module.sampling_offsets.bias.detach(), saved)
 
 
-def _module_and_inputs(box_refs, seed=0):
+def _module_and_inputs(box_refs, seed=0, num_points=3):
     torch.manual_seed(seed)
-    module = MultiScaleDeformableAttention(embed_dim=16, num_heads=2, num_levels=2, num_points=3).double()
+    module = MultiScaleDeformableAttention(embed_dim=16, num_heads=2, num_levels=2, num_points=num_points).double()
     for p in module.parameters():  # break the symmetric init so every path matters
         torch.nn.init.normal_(p, std=0.3)
     spatial_shapes, level_start_index, num_values = level_layout([(4, 6), (2, 3)])
@@ -434,21 +436,45 @@ def test_per_point_rows_repeat_each_level_pair_for_its_points():
 @pytest.mark.parametrize("box_refs", [False, True])
 def test_module_sampling_reference_gives_the_same_bits_as_reference_tensors(box_refs):
     """The encoder and decoder hand over prepared rows (built once per forward); the module must then compute the
-    very same sampling locations as from its (B, Nq, L, k) references."""
-    module, query, value, refs, spatial_shapes, level_start_index = _module_and_inputs(box_refs)
+    very same sampling locations as from its (B, Nq, L, k) references (for boxes, with a power-of-two number of
+    points: see box_scale_rows)."""
+    module, query, value, refs, spatial_shapes, level_start_index = _module_and_inputs(box_refs, num_points=4)
     query_pos = torch.randn_like(query)
     if box_refs:
         # the decoder's form: one box per query, scaled per level (valid ratios)
         boxes = refs[:, :, 0]
         valid_ratios = torch.rand(2, 2, 2, dtype=torch.float64) * 0.5 + 0.5
         refs = boxes[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
-        prepared = box_reference(boxes, per_point_rows(valid_ratios, module.num_points)[:, None])
+        prepared = box_reference(boxes, box_scale_rows(valid_ratios, module.num_points))
     else:
         prepared = point_reference(refs, spatial_shapes, module.num_points)
     assert prepared.boxes == box_refs
     from_tensor = module(query, value, refs, spatial_shapes, level_start_index, query_pos=query_pos)
     from_rows = module(query, value, prepared, spatial_shapes, level_start_index, query_pos=query_pos)
     assert torch.equal(from_rows, from_tensor)
+
+
+@pytest.mark.parametrize("num_points", [1, 2, 4, 8, 3])
+def test_box_sampling_locations_round_as_the_official_formula(num_points):
+    """Around boxes the locations are ``centre + offsets / P * size * 0.5`` (the official rounding); the prepared
+    rows fold ``0.5 / P`` into the sizes, which for a power-of-two P gives exactly the same float32 values."""
+    generator = torch.Generator().manual_seed(num_points)
+    batch, queries, heads, levels = 2, 37, 3, 4
+    boxes = torch.rand(batch, queries, 4, generator=generator)
+    valid_ratios = torch.rand(batch, levels, 2, generator=generator) * 0.5 + 0.5
+    offsets = torch.randn(batch * queries, heads, levels * num_points * 2, generator=generator) * 5
+    reference = box_reference(boxes, box_scale_rows(valid_ratios, num_points))
+    locations = sampling_locations(reference, offsets).view(batch, queries, heads, levels, num_points, 2)
+
+    per_level = boxes[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # (B, Nq, L, 4)
+    official = (
+        per_level[:, :, None, :, None, :2]
+        + offsets.view(batch, queries, heads, levels, num_points, 2) / num_points * per_level[:, :, None, :, None, 2:] * 0.5
+    )
+    if num_points & (num_points - 1) == 0:
+        assert torch.equal(locations, official)
+    else:
+        torch.testing.assert_close(locations, official, rtol=1e-6, atol=1e-6)
 
 
 def test_module_rejects_sampling_reference_of_other_queries():

@@ -90,7 +90,7 @@ class ExportableFocusDETR(nn.Module):
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         model = self.model
         images = model.preprocess_image([{"image": image}])
-        out = model.run_transformer(images)
+        out = model.run_transformer(images, last_layer_only=True)
         logits, boxes = model.predict(out)
         scores, labels, boxes = model.select_detections(logits[-1], boxes[-1])
         height, width = _length(image, 1).float(), _length(image, 2).float()

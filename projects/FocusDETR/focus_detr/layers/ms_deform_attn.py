@@ -9,7 +9,10 @@ from torch import Tensor, nn
 
 from .ms_deform_attn_op import multi_scale_deformable_attention
 
-__all__ = ["MultiScaleDeformableAttention", "SamplingReference", "per_point_rows", "point_reference", "box_reference"]
+__all__ = [
+    "MultiScaleDeformableAttention", "SamplingReference", "box_reference", "box_scale_rows", "per_point_rows",
+    "point_reference", "sampling_locations",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +25,8 @@ class SamplingReference:
     Attributes:
         origin: ``(B, Nq, L*P*2)`` the reference points, or the boxes' centres.
         extent: for points, each level's offset normaliser ``(w_l, h_l)`` as ``(1, 1, L*P*2)`` (offsets are in pixels
-            of the level); for boxes, their ``(w, h)`` as ``(B, Nq, L*P*2)`` (offsets are in half box sizes over P).
+            of the level, divided by it); for boxes, their ``(w, h)`` times ``0.5 / P`` as ``(B, Nq, L*P*2)`` (offsets
+            are in half box sizes over P, multiplied by it).
         boxes: whether the references are boxes.
     """
 
@@ -49,17 +53,38 @@ def point_reference(reference_points: Tensor, spatial_shapes: Tensor, num_points
     )
 
 
-def box_reference(boxes: Tensor, level_scale_rows: Tensor) -> SamplingReference:
-    """boxes ``(B, Nq, 4)`` normalised ``(cx, cy, w, h)``, each level's box being ``boxes`` times that level's scale
-    (the valid ratio of a padded image); level_scale_rows ``(B, 1, L*P*2)`` those scales as :func:`per_point_rows`.
+def box_scale_rows(level_scales: Tensor, num_points: int) -> Tensor:
+    """level_scales ``(B, L, 2)`` each level's ``(w, h)`` scale of the normalised boxes (the valid ratios of a padded
+    image) -> ``(B, 1, 2, L*P*2)`` what :func:`box_reference` multiplies the repeated box centres (row 0) and sizes
+    (row 1) by: the sizes also by the offsets' scale ``0.5 / P``, so that a location is one product and one sum.
+
+    For P a power of two the scale is a power of two, and ``offsets * (size * 0.5 / P)`` rounds exactly as the
+    official ``offsets / P * size * 0.5`` does; for other P it may differ in the last bit."""
+    rows = per_point_rows(level_scales, num_points)
+    return torch.stack([rows, rows * (0.5 / num_points)], 1)[:, None]
+
+
+def box_reference(boxes: Tensor, scale_rows: Tensor) -> SamplingReference:
+    """boxes ``(B, Nq, 4)`` normalised ``(cx, cy, w, h)``, each level's box being ``boxes`` times that level's scale;
+    scale_rows ``(B, 1, 2, L*P*2)`` from :func:`box_scale_rows`.
 
     Repeating the box and scaling it per row gives the same values as scaling it per level and expanding."""
-    repeats = level_scale_rows.shape[-1] // 2
-    return SamplingReference(
-        boxes[..., :2].repeat(1, 1, repeats) * level_scale_rows,
-        boxes[..., 2:].repeat(1, 1, repeats) * level_scale_rows,
-        boxes=True,
-    )
+    repeats = scale_rows.shape[-1] // 2
+    pairs = boxes.reshape(*boxes.shape[:-1], 2, 2)  # (B, Nq, [centre, size], 2)
+    origin, extent = (pairs.repeat(1, 1, 1, repeats) * scale_rows).unbind(-2)
+    return SamplingReference(origin, extent, boxes=True)
+
+
+def sampling_locations(reference: SamplingReference, offsets: Tensor) -> Tensor:
+    """offsets ``(B * Nq, H, L*P*2)`` as the sampling-offset projection gives them -> the normalised sampling
+    locations ``(B * Nq, H, L*P*2)``: around the points, offsets in pixels of each level; around the boxes, in half
+    box sizes over P."""
+    rows = offsets.shape[0]
+    origin = reference.origin.reshape(rows, 1, -1)
+    if reference.boxes:
+        # not addcmul: its fused multiply-add rounds once where the official formula rounds twice
+        return origin + offsets * reference.extent.reshape(rows, 1, -1)
+    return origin + offsets / reference.extent
 
 
 class MultiScaleDeformableAttention(nn.Module):
@@ -183,13 +208,7 @@ class MultiScaleDeformableAttention(nn.Module):
         offsets = self.sampling_offsets(query_rows).view(batch * num_queries, heads, levels * points * 2)
         weights = self.attention_weights(query_rows).view(batch, num_queries, heads, levels * points)
         weights = weights.softmax(-1).view(batch, num_queries, heads, levels, points)
-        origin = reference_points.origin.reshape(batch * num_queries, 1, -1)
-        if reference_points.boxes:
-            extent = reference_points.extent.reshape(batch * num_queries, 1, -1)
-            locations = origin + offsets / points * extent * 0.5
-        else:
-            locations = origin + offsets / reference_points.extent
-        locations = locations.view(batch, num_queries, heads, levels, points, 2)
+        locations = sampling_locations(reference_points, offsets).view(batch, num_queries, heads, levels, points, 2)
         output = multi_scale_deformable_attention(
             value.contiguous(),
             spatial_shapes,
@@ -209,7 +228,7 @@ class MultiScaleDeformableAttention(nn.Module):
             return point_reference(reference_points, spatial_shapes, self.num_points)
         return SamplingReference(
             per_point_rows(reference_points[..., :2], self.num_points),
-            per_point_rows(reference_points[..., 2:], self.num_points),
+            per_point_rows(reference_points[..., 2:], self.num_points) * (0.5 / self.num_points),
             boxes=True,
         )
 

@@ -8,7 +8,7 @@ from torch import nn
 from ..layers.attention import MultiheadAttention
 from ..layers.box_ops import inverse_sigmoid
 from ..layers.mlp import FFN, MLP
-from ..layers.ms_deform_attn import MultiScaleDeformableAttention, SamplingReference, box_reference, per_point_rows
+from ..layers.ms_deform_attn import MultiScaleDeformableAttention, SamplingReference, box_reference, box_scale_rows
 from ..layers.position_embedding import box_sine_embedding
 
 
@@ -110,22 +110,28 @@ class DINODecoder(nn.Module):
         valid_ratios: torch.Tensor,
         box_heads: Sequence[nn.Module],
         attn_mask: Optional[torch.Tensor] = None,
+        last_layer_only: bool = False,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """queries ``(B, Q, C)``; reference_boxes ``(B, Q, 4)`` normalised cxcywh; memory ``(B, N, C)``,
         memory_padding_mask ``(B, N)`` True = padding, or None (nothing padded); valid_ratios ``(B, L, 2)``;
-        box_heads: one box-delta head per layer (refinement).
+        box_heads: one box-delta head per layer but the last (refinement: the last layer's boxes are the
+        prediction heads' to make, from its normalised state).
 
-        Returns the normalised hidden states ``(num_layers, B, Q, C)`` and each layer's refined boxes
-        ``(num_layers, B, Q, 4)``.
+        Returns, per layer, the normalised hidden states ``(num_layers, B, Q, C)`` and the boxes the layer started
+        from ``(num_layers, B, Q, 4)`` (sigmoid space; the first layer's are ``reference_boxes``, each later layer's
+        the previous layer's refinement, which with ``look_forward_twice`` keeps its gradient). With
+        ``last_layer_only`` (what inference reads), the last layer's alone: ``(1, B, Q, C)`` and ``(1, B, Q, 4)``.
         """
-        if len(box_heads) < self.num_layers:
+        if len(box_heads) < self.num_layers - 1:
             raise ValueError(f"DINODecoder: {len(box_heads)} box heads for {self.num_layers} layers")
-        hidden_states, refined_boxes = [], []
+        hidden_states, layer_boxes = [], []
         # Each level sees the boxes scaled by its valid ratios (w, h, w, h): as rows for the sampling (one per query,
         # see SamplingReference), and for the first level, whose boxes give the query positions.
-        first_level_scale = torch.cat([valid_ratios[:, None, 0], valid_ratios[:, None, 0]], -1)
-        level_scale_rows = per_point_rows(valid_ratios, self.layers[0].cross_attn.num_points)[:, None]
-        for layer, box_head in zip(self.layers, box_heads):
+        first_level_scale = valid_ratios[:, None, 0].repeat(1, 1, 2)
+        scale_rows = box_scale_rows(valid_ratios, self.layers[0].cross_attn.num_points)
+        input_boxes = reference_boxes
+        for i, layer in enumerate(self.layers):
+            last = i == self.num_layers - 1
             query_pos = self.ref_point_head(
                 box_sine_embedding(reference_boxes * first_level_scale, self.embed_dim // 2)
             )
@@ -134,14 +140,17 @@ class DINODecoder(nn.Module):
                 query_pos,
                 memory,
                 memory_padding_mask,
-                box_reference(reference_boxes, level_scale_rows),
+                box_reference(reference_boxes, scale_rows),
                 spatial_shapes,
                 level_start_index,
                 attn_mask,
             )
-            new_boxes = (box_head(queries) + inverse_sigmoid(reference_boxes)).sigmoid()
-            hidden_states.append(self.norm(queries))
-            refined_boxes.append(new_boxes if self.look_forward_twice else new_boxes.detach())
-            # without autograd there is nothing to detach (one operator less per layer)
-            reference_boxes = new_boxes.detach() if torch.is_grad_enabled() else new_boxes
-        return torch.stack(hidden_states), torch.stack(refined_boxes)
+            if last or not last_layer_only:
+                hidden_states.append(self.norm(queries))
+                layer_boxes.append(input_boxes)
+            if not last:
+                new_boxes = (box_heads[i](queries) + inverse_sigmoid(reference_boxes)).sigmoid()
+                input_boxes = new_boxes if self.look_forward_twice else new_boxes.detach()
+                # without autograd there is nothing to detach (one operator less per layer)
+                reference_boxes = new_boxes.detach() if torch.is_grad_enabled() else new_boxes
+        return torch.stack(hidden_states), torch.stack(layer_boxes)

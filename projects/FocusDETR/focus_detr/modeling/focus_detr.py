@@ -150,11 +150,12 @@ class FocusDETR(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ forward
     def run_transformer(
-        self, images: ImageList, denoising: Optional[DenoisingQueries] = None
+        self, images: ImageList, denoising: Optional[DenoisingQueries] = None, last_layer_only: bool = False
     ) -> TransformerOutput:
         """Backbone -> neck -> token layout (padding masks, position embeddings, ...) -> transformer on a padded
         batch. Padding masks hold for each image's own size also at test time: unlike the official code, a batch of
-        several images is evaluated as each image alone."""
+        several images is evaluated as each image alone. last_layer_only: the decoder's last layer alone reaches the
+        output (inference)."""
         pixels = images.tensor
         if self.backbone_channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
@@ -167,25 +168,24 @@ class FocusDETR(nn.Module):
             self.transformer.proposal_base_size,
             pixels.device,
         )
-        return self.transformer(features, layout, self.class_embed, self.bbox_embed, denoising)
+        return self.transformer(features, layout, self.class_embed, self.bbox_embed, denoising, last_layer_only)
 
-    def predict(self, out: TransformerOutput, last_layer_only: bool = False):
-        """Per decoder layer class logits ``(L, B, P+Q, K)`` and boxes ``(L, B, P+Q, 4)`` (normalised cxcywh); with
-        ``last_layer_only``, the last layer's alone (L = 1: what inference reads).
+    def predict(self, out: TransformerOutput):
+        """Class logits ``(D, B, P+Q, K)`` and boxes ``(D, B, P+Q, 4)`` (normalised cxcywh) of the decoder layers in
+        ``out`` (all of them, or with ``last_layer_only`` the last: D = 1).
 
         In float32 also under autocast: the scores rank the detections and the boxes become pixel coordinates, both
         finer than bfloat16's 8 bits resolve (ties, pixel steps at 1333 px); these heads are small next to the rest.
         """
         num_layers = out.hidden_states.shape[0]
-        layers = range(num_layers - 1, num_layers) if last_layer_only else range(num_layers)
+        first_layer = self.transformer.decoder.num_layers - num_layers  # each layer has its own heads
         logits, boxes = [], []
         with _float32_under_autocast(self.device.type):
-            for i in layers:
+            for i in range(num_layers):
                 hidden = out.hidden_states[i].float()
-                # each layer refines the previous layer's boxes (the first layer, the initial ones)
-                input_boxes = (out.initial_boxes if i == 0 else out.refined_boxes[i - 1]).float()
-                logits.append(self.class_embed[i](hidden))
-                boxes.append((self.bbox_embed[i](hidden) + inverse_sigmoid(input_boxes)).sigmoid())
+                logits.append(self.class_embed[first_layer + i](hidden))
+                box_deltas = self.bbox_embed[first_layer + i](hidden)
+                boxes.append((box_deltas + inverse_sigmoid(out.layer_boxes[i].float())).sigmoid())
         return torch.stack(logits), torch.stack(boxes)
 
     def forward(self, batched_inputs: List[Dict]):
@@ -234,8 +234,8 @@ class FocusDETR(nn.Module):
         ``return_token_selection`` followed by the batch's :func:`token_selection_tensors`: all of inference that
         runs on the device. Its shapes follow from the image sizes alone and it reads nothing back from the device,
         so it can be captured as one CUDA graph per input size (:mod:`focus_detr.engine.cuda_graphs`)."""
-        out = self.run_transformer(images)
-        logits, boxes = self.predict(out, last_layer_only=True)
+        out = self.run_transformer(images, last_layer_only=True)
+        logits, boxes = self.predict(out)
         detections = self.select_detections(logits[-1], boxes[-1])
         return (*detections, token_selection_tensors(out)) if return_token_selection else detections
 

@@ -21,9 +21,10 @@ class TransformerOutput:
     """Everything the heads, the losses and the analysis tools read from one transformer pass.
 
     Attributes:
-        hidden_states: ``(num_decoder_layers, B, P + Q, C)`` normalised decoder outputs (P denoising queries first).
-        initial_boxes: ``(B, P + Q, 4)`` the decoder's input reference boxes (sigmoid space).
-        refined_boxes: ``(num_decoder_layers, B, P + Q, 4)`` each layer's refined boxes.
+        hidden_states: ``(D, B, P + Q, C)`` normalised outputs of the decoder's last D layers (P denoising queries
+            first): every layer's, or with ``last_layer_only`` the last one's (D = 1).
+        layer_boxes: ``(D, B, P + Q, 4)`` the boxes each of those layers started from (sigmoid space), which its
+            prediction refines.
         encoder_logits: ``(B, Q, K)`` class logits of the selected two-stage proposals.
         encoder_boxes: ``(B, Q, 4)`` their boxes, normalised cxcywh.
         selection: the foreground selector's decisions.
@@ -32,8 +33,7 @@ class TransformerOutput:
     """
 
     hidden_states: torch.Tensor
-    initial_boxes: torch.Tensor
-    refined_boxes: torch.Tensor
+    layer_boxes: torch.Tensor
     encoder_logits: torch.Tensor
     encoder_boxes: torch.Tensor
     selection: ForegroundSelection
@@ -123,10 +123,12 @@ class FocusDETRTransformer(nn.Module):
         class_heads: Sequence[nn.Module],
         box_heads: Sequence[nn.Module],
         denoising: Optional[DenoisingQueries] = None,
+        last_layer_only: bool = False,
     ) -> TransformerOutput:
         """features: per level ``(B, C, h_l, w_l)``; layout: their :class:`TokenLayout` (masks, position embeddings,
         proposals, ...). class_heads / box_heads: one per decoder layer plus a last one for the encoder (two-stage)
-        proposals; the last class head also scores the encoder's fine-grained tokens.
+        proposals; the last class head also scores the encoder's fine-grained tokens. last_layer_only: the decoder
+        returns its last layer's state alone (what inference reads).
         """
         if len(features) != self.num_levels:
             raise ValueError(f"FocusDETRTransformer: expected {self.num_levels} feature levels, got {len(features)}")
@@ -156,14 +158,20 @@ class FocusDETRTransformer(nn.Module):
 
         # Every token is ranked, but only the Q chosen ones reach a loss or an output: rank without a graph, then
         # project and score just those (a training step no longer carries the box head over all N tokens, nor the
-        # backward of zeros through the other N - Q rows).
+        # backward of zeros through the other N - Q rows). Without autograd, the chosen rows are taken from the
+        # ranking's own projection and logits instead (row-wise products: the same values, ~10 operators fewer).
         with torch.no_grad():
-            proposal_scores = class_heads[-1](self.project_memory(memory, ignored)).max(-1)[0]
+            projected = self.project_memory(memory, ignored)
+            all_logits = class_heads[-1](projected)
+            proposal_scores = all_logits.max(-1)[0]
         topk_inds = self.select_queries(proposal_scores)
         num_queries = topk_inds.shape[1]
         topk_rows = token_rows(topk_inds, memory.shape[1])
-        selected_memory = self.project_memory(gather_tokens(memory, topk_rows), gather_tokens(ignored, topk_rows))
-        encoder_logits = class_heads[-1](selected_memory)
+        if torch.is_grad_enabled():
+            selected_memory = self.project_memory(gather_tokens(memory, topk_rows), gather_tokens(ignored, topk_rows))
+            encoder_logits = class_heads[-1](selected_memory)
+        else:
+            selected_memory, encoder_logits = gather_tokens(projected, topk_rows), gather_tokens(all_logits, topk_rows)
         topk_coords = box_heads[-1](selected_memory) + gather_tokens(proposals, topk_rows)
 
         reference_boxes = topk_coords.detach().sigmoid()
@@ -175,7 +183,7 @@ class FocusDETRTransformer(nn.Module):
             queries = torch.cat([denoising.query_label, queries], 1)
             attn_mask = denoising.attn_mask[: num_dn + num_queries, : num_dn + num_queries]
 
-        hidden_states, refined_boxes = self.decoder(
+        hidden_states, layer_boxes = self.decoder(
             queries,
             reference_boxes,
             memory,
@@ -183,13 +191,13 @@ class FocusDETRTransformer(nn.Module):
             spatial_shapes,
             level_start_index,
             valid_ratios,
-            box_heads[: self.decoder.num_layers],
+            box_heads[: self.decoder.num_layers - 1],
             attn_mask,
+            last_layer_only,
         )
         return TransformerOutput(
             hidden_states=hidden_states,
-            initial_boxes=reference_boxes,
-            refined_boxes=refined_boxes,
+            layer_boxes=layer_boxes,
             encoder_logits=encoder_logits,
             encoder_boxes=topk_coords.sigmoid(),
             selection=selection,

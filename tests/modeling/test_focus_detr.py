@@ -169,3 +169,23 @@ def test_bfloat16_autocast_computes_in_bfloat16_and_returns_float32_detections(t
     assert low_logits.dtype == torch.float32
     deviation = (low_logits - full_logits).abs().max().item()
     assert 0 < deviation < 0.05 * full_logits.abs().max().item()
+
+
+def test_a_training_step_gives_the_same_gradients_every_time_on_a_multithreaded_cpu():
+    """A resumed run can only repeat the run it resumes if a step's gradients do not depend on thread timing: on
+    several CPU threads, an indexing backward that adds atomically made the level embeddings' gradient differ from
+    run to run by up to ~1e-3."""
+    from focus_detr.analysis.inputs import synthetic_training_batch
+
+    torch.set_num_threads(2)  # restored by conftest
+    torch.manual_seed(0)
+    model = build_tiny_model().train()
+    batch = synthetic_training_batch(256, 320, 2, 3, model.num_classes)
+    gradients = []
+    for _ in range(3):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the denoising queries' draws
+        sum(model(batch).values()).backward()
+        gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    differing = [name for name in gradients[0] if not all(torch.equal(gradients[0][name], g[name]) for g in gradients)]
+    assert not differing, f"gradients differ between identical steps: {differing}"

@@ -5,6 +5,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..layers.ms_deform_attn import MultiScaleDeformableAttention
 from ..layers.token_rows import gather_tokens, token_rows
@@ -133,7 +134,9 @@ class FocusDETRTransformer(nn.Module):
         if len(features) != self.num_levels:
             raise ValueError(f"FocusDETRTransformer: expected {self.num_levels} feature levels, got {len(features)}")
         tokens = torch.cat([f.flatten(2).transpose(1, 2) for f in features], 1)
-        pos = layout.position_embeddings + self.level_embeds[layout.level_ids]
+        # an embedding lookup, not indexing: the same values, but its backward sums each level's gradient in a
+        # fixed order, where indexing's adds them atomically from several CPU threads (runs would differ)
+        pos = layout.position_embeddings + F.embedding(layout.level_ids, self.level_embeds)
         spatial_shapes, level_start_index = layout.spatial_shapes, layout.level_start_index
         valid_ratios = layout.valid_ratios
         # Nothing padded (e.g. a batch of one image): no padding mask anywhere, so the deformable attention skips the

@@ -211,6 +211,21 @@ def test_boxes_training_drops_or_clips_are_warned_about_once_per_dataset(tmp_pat
     ]
 
 
+def test_categories_sharing_a_name_are_warned_about_once_per_dataset(tmp_path):
+    def edit(coco):
+        coco["categories"] = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "a"}]
+
+    json_file = _register(tmp_path, "shared_names", edit)
+    with logged_warnings("focus_detr.data.checks") as messages:
+        assert len(get_checked_dataset_dicts("shared_names")) == 2  # legal: loaded as three classes
+        check_dataset_jsons("shared_names")
+    assert messages == [
+        f"dataset 'shared_names' ({json_file}): categories 1 and 3 are both named 'a': the model learns them as 2 "
+        "classes, which evaluation tables and drawn detections show under one name; merge them into one category or "
+        "rename them"
+    ]
+
+
 def test_a_non_finite_box_is_found_in_the_json_before_loading(tmp_path):
     """A test json is checked before training starts without being loaded: its NaN box is refused there too, with
     the line the loaded dicts give."""

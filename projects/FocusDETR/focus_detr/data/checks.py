@@ -108,9 +108,10 @@ def _example(box):
     return f"e.g. {describe_box(box)}, bbox {box.bbox} in a {width} x {height} image"
 
 
-def _warn_about_boxes_training_changes(name, json_file, report):
-    """Warns once per dataset and json version about the boxes training drops or clips while the COCO evaluator
-    scores them as written: legal (real datasets have a few), but each one costs recall or IoU."""
+def _warn_about_legal_surprises(name, json_file, report):
+    """Warns once per dataset and json version about what is legal but rarely meant: boxes training drops or clips
+    while the COCO evaluator scores them as written (real datasets have a few, each costs recall or IoU), and
+    categories sharing a name."""
     if name in report.warned_datasets:
         return
     report.warned_datasets.add(name)
@@ -127,6 +128,12 @@ def _warn_about_boxes_training_changes(name, json_file, report):
             f"{where}: {_boxes(outside.count)} reaching more than 1 pixel outside the image, "
             f"{_example(outside.example)}: training clips such boxes to the image, but the COCO evaluator scores "
             "them as written, so even a perfect detection of the visible part matches them with a lower IoU"
+        )
+    for class_name, ids in report.shared_names.items():
+        listed = f"{', '.join(map(str, ids[:-1]))} and {ids[-1]} are {'both' if len(ids) == 2 else 'all'}"
+        logger.warning(
+            f"{where}: categories {listed} named {class_name!r}: the model learns them as {len(ids)} classes, which "
+            "evaluation tables and drawn detections show under one name; merge them into one category or rename them"
         )
 
 
@@ -149,7 +156,7 @@ def check_dataset_jsons(names):
             raise ValueError(
                 _non_finite_box_message([name], f"annotation id {box.annotation_id}", file_name, box.image_id, box.bbox)
             )
-        _warn_about_boxes_training_changes(name, json_file, report)
+        _warn_about_legal_surprises(name, json_file, report)
 
 
 def get_checked_dataset_dicts(names, filter_empty=True, **kwargs):

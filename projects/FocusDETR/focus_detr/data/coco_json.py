@@ -49,14 +49,17 @@ class CocoJsonReport:
             training drops them, the COCO evaluator counts them as objects to find. Crowd boxes are not counted.
         outside_boxes (BoxTally): boxes reaching more than a pixel outside their image: training clips them, the
             evaluator scores them as written. Crowd boxes are not counted.
-        warned_datasets (set): the datasets whose warnings about these boxes were logged (a report is one version
-            of a file, cached: each dataset using it warns once).
+        shared_names (dict): category name -> its ids, for names that several categories have: legal, but they
+            are separate classes to the model that evaluation tables and drawings cannot tell apart.
+        warned_datasets (set): the datasets whose warnings about these boxes and names were logged (a report is one
+            version of a file, cached: each dataset using it warns once).
     """
 
     problem: Optional[str] = None
     non_finite_box: Optional[BoxRef] = None
     empty_boxes: BoxTally = dataclasses.field(default_factory=BoxTally)
     outside_boxes: BoxTally = dataclasses.field(default_factory=BoxTally)
+    shared_names: dict = dataclasses.field(default_factory=dict)
     warned_datasets: set = dataclasses.field(default_factory=set)
 
 
@@ -138,8 +141,9 @@ def _image_problem(images, images_by_id):
     return None
 
 
-def _category_problem(categories, names_by_id):
-    """The first problem of the ``categories`` entries, or None; fills ``names_by_id`` (id -> name) on the way."""
+def _category_problem(categories, names_by_id, report):
+    """The first problem of the ``categories`` entries, or None; fills ``names_by_id`` (id -> name) and the report's
+    ``shared_names`` on the way."""
     if not categories:
         return "no categories: list the dataset's classes in the json's 'categories'"
     for index, category in enumerate(categories):
@@ -154,6 +158,10 @@ def _category_problem(categories, names_by_id):
         if not isinstance(name, str):
             return f"category id {category_id} has name {name!r}, not a class name"
         names_by_id[category_id] = name
+    ids_by_name = {}
+    for category_id, name in names_by_id.items():
+        ids_by_name.setdefault(name, []).append(category_id)
+    report.shared_names = {name: ids for name, ids in ids_by_name.items() if len(ids) > 1}
     return None
 
 
@@ -251,7 +259,7 @@ def coco_json_report(coco):
     report.problem = (
         _list_problem(coco, "images") or _list_problem(coco, "annotations") or _list_problem(coco, "categories")
         or _image_problem(coco.get("images", []), images_by_id)
-        or _category_problem(coco.get("categories", []), names_by_id)
+        or _category_problem(coco.get("categories", []), names_by_id, report)
         or _annotation_problem(coco.get("annotations", []), images_by_id, names_by_id, report)
     )
     return report

@@ -137,6 +137,25 @@ def test_no_queries_gives_an_empty_output(emulated):
     assert out.shape == (2, 0, 64)
 
 
+@pytest.mark.parametrize(
+    "dtype,channels,widths",
+    [
+        (torch.float32, 32, [4, 4]),
+        (torch.float64, 32, [2, 2]),
+        # 16-byte reads forward; backward, one 16-byte float32 vector per thread: float32's 8 threads per row
+        (torch.bfloat16, 32, [8, 4]),
+        (torch.float16, 32, [8, 4]),
+        (torch.float16, 20, [1, 4]),  # 20 channels: no 8-wide vectors, 4-wide ones still fit
+        (torch.float32, 30, [1, 1]),
+    ],
+)
+def test_vector_widths(emulated, dtype, channels, widths):
+    value = torch.zeros(1, 5, 2, channels, dtype=dtype)
+    assert emulated.planned_vector_widths(value) == widths
+    shifted = torch.zeros(value.numel() + 1, dtype=dtype)[1:].view(value.shape)  # rows not vector-aligned
+    assert emulated.planned_vector_widths(shifted) == [1, 1]
+
+
 @pytest.mark.parametrize("group,segment", [(8, 8), (4, 4), (30, 2), (64, 32), (3, 1)])
 def test_shuffle_segments(emulated, group, segment):
     assert emulated.shuffle_segment(group) == segment

@@ -32,4 +32,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "MSDA forward, CUDA kernels emulated on the CPU");
   m.def("backward", &backward, "MSDA backward, CUDA kernels emulated on the CPU");
   m.def("shuffle_segment", &focus_detr::msda_cuda::shuffle_segment);
+  m.def("planned_vector_widths", &focus_detr::msda_cuda::planned_vector_widths);
 }

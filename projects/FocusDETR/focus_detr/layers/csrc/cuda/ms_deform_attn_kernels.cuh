@@ -5,8 +5,11 @@
 // emulated __syncthreads, warp shuffles and atomics), so their indexing and reductions are tested without a GPU.
 //
 // Work split: one "group" of G consecutive threads per output row (batch, query, head); each thread owns V
-// consecutive channels (V * sizeof(scalar_t) <= 16 bytes, one vector load per bilinear corner), so G = C / V
-// (C = 32: 8 threads in float32, 4 in float16/bfloat16). Level geometry is staged in shared memory once per block.
+// consecutive channels (one vector load per bilinear corner), so G = C / V. Forward: V * sizeof(scalar_t) = 16 bytes
+// (C = 32: 8 threads in float32, 4 in float16/bfloat16). Backward: V * sizeof(accumulation type) = 16 bytes, so each
+// thread adds one 16-byte vector to grad_value per corner and float16/bfloat16 rows get float32's 8 threads (with
+// 16-byte value loads they got 4, each issuing two vector atomics per corner: 1.30 ms against float32's 0.98 ms at
+// the encoder shape on an H200). Level geometry is staged in shared memory once per block.
 // Accumulation is in float32 (float64 for float64 inputs); locations and weights are read in that precision.
 //
 // Forward: every thread writes its own V outputs -- no atomics, deterministic.
@@ -265,18 +268,23 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   }
 }
 
-// Largest vector width V <= 16 bytes dividing C with 16-byte aligned rows; 1 otherwise.
+// Vector widths (elements per thread): the forward reads 16 bytes of values, the backward accumulates 16 bytes.
 template <typename scalar_t>
+constexpr int kForwardWidth = static_cast<int>(16 / sizeof(scalar_t));
+template <typename scalar_t>
+constexpr int kBackwardWidth = static_cast<int>(16 / sizeof(at::opmath_type<scalar_t>));
+
+// kMax when it divides C and both rows start kMax-element aligned; 1 otherwise.
+template <typename scalar_t, int kMax>
 int vector_width(int64_t channels, const void* value_ptr, const void* out_ptr) {
-  const int max_width = static_cast<int>(16 / sizeof(scalar_t));
-  const bool aligned = reinterpret_cast<uintptr_t>(value_ptr) % 16 == 0 &&
-                       reinterpret_cast<uintptr_t>(out_ptr) % 16 == 0;
-  return (aligned && channels % max_width == 0) ? max_width : 1;
+  constexpr uintptr_t bytes = kMax * sizeof(scalar_t);
+  const bool aligned = reinterpret_cast<uintptr_t>(value_ptr) % bytes == 0 &&
+                       reinterpret_cast<uintptr_t>(out_ptr) % bytes == 0;
+  return (aligned && channels % kMax == 0) ? kMax : 1;
 }
 
-template <typename scalar_t, typename Launch>
+template <int kMax, typename Launch>
 void with_vector_width(int width, Launch&& launch) {
-  constexpr int kMax = static_cast<int>(16 / sizeof(scalar_t));
   if (width == kMax) {
     launch(std::integral_constant<int, kMax>{});
   } else {
@@ -314,8 +322,9 @@ at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes, co
                           value.options());
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
-    const int width = vector_width<scalar_t>(value.size(3), value.data_ptr(), output.data_ptr());
-    with_vector_width<scalar_t>(width, [&](auto vector) {
+    constexpr int kMax = kForwardWidth<scalar_t>;
+    const int width = vector_width<scalar_t, kMax>(value.size(3), value.data_ptr(), output.data_ptr());
+    with_vector_width<kMax>(width, [&](auto vector) {
       constexpr int V = decltype(vector)::value;
       const Geometry g = geometry_of(value, sampling_locations, V);
       const int64_t threads = g.batch * g.queries * g.heads * g.group;
@@ -327,6 +336,16 @@ at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes, co
     });
   });
   return output;
+}
+
+// The vector widths {forward, backward} the kernels would use for `value` (and an output / gradient row like it).
+inline std::vector<int64_t> planned_vector_widths(const at::Tensor& value) {
+  std::vector<int64_t> widths;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_widths", [&] {
+    widths = {vector_width<scalar_t, kForwardWidth<scalar_t>>(value.size(3), value.data_ptr(), value.data_ptr()),
+              vector_width<scalar_t, kBackwardWidth<scalar_t>>(value.size(3), value.data_ptr(), value.data_ptr())};
+  });
+  return widths;
 }
 
 // Shuffle segment of the backward: the largest power of two dividing the group, at most a warp.
@@ -350,8 +369,9 @@ std::vector<at::Tensor> backward(const at::Tensor& value, const at::Tensor& spat
   if (grad_output.numel() > 0 && sampling_locations.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
-          const int width = vector_width<scalar_t>(value.size(3), value.data_ptr(), grad_output.data_ptr());
-          with_vector_width<scalar_t>(width, [&](auto vector) {
+          constexpr int kMax = kBackwardWidth<scalar_t>;
+          const int width = vector_width<scalar_t, kMax>(value.size(3), value.data_ptr(), grad_output.data_ptr());
+          with_vector_width<kMax>(width, [&](auto vector) {
             constexpr int V = decltype(vector)::value;
             const Geometry g = geometry_of(value, sampling_locations, V);
             const int segment = shuffle_segment(g.group);

@@ -196,6 +196,33 @@ def test_a_signal_in_the_final_evaluation_stops_it_at_once_and_says_how_to_evalu
     assert (out / "eval_results.json").exists()
 
 
+@pytest.mark.parametrize("evaluator", ["null", "default"])
+def test_a_signal_after_the_final_evaluation_says_nothing_needs_redoing(train_net, toy_dataset, tmp_path, capsys,
+                                                                       monkeypatch, evaluator):
+    """A signal while the run wraps up (its writers' last metrics), after the final evaluation or without one, must
+    not send the user to evaluate again."""
+    from detectron2.engine import hooks
+
+    write_last_metrics = hooks.PeriodicWriter.after_train
+
+    def pressing_ctrl_c(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return write_last_metrics(self)
+
+    monkeypatch.setattr(hooks.PeriodicWriter, "after_train", pressing_ctrl_c)
+    out = tmp_path / "out"
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN[:-1]]
+    if evaluator == "null":
+        argv.append("dataloader.evaluator=null")
+    assert train_net.cli(argv) == 130
+    err = capsys.readouterr().err
+    assert not shows_traceback(err) and not _stop_lines(err)
+    assert err.strip().splitlines()[-1] == (
+        f"training finished (train.max_iter 10; checkpoint {out / 'model_final.pth'}); SIGINT stopped the run as it "
+        "was wrapping up: nothing needs to be redone"
+    )
+
+
 def test_sigterm_outside_training_is_one_line_and_releases_the_folder(train_net, toy_dataset, tmp_path, capsys):
     out = tmp_path / "out"
     assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN]) == 0

@@ -147,11 +147,18 @@ class EMAHook(HookBase):
 
 class IsolatedRngEvalHook(EvalHook):
     """detectron2's ``EvalHook`` whose evaluation leaves the training run's RNG states untouched, so a run with
-    periodic evaluation draws the same random numbers as one without."""
+    periodic evaluation draws the same random numbers as one without. ``final_evaluation_done``: whether the
+    evaluation at the end of training has completed."""
+
+    final_evaluation_done = False
 
     def _do_eval(self):
         with isolated_rng():
             super()._do_eval()
+
+    def after_train(self):
+        super().after_train()
+        self.final_evaluation_done = True
 
 
 class ReleaseFreedMemoryHook(HookBase):

@@ -23,11 +23,11 @@ from detectron2.utils import comm
 
 __all__ = [
     "STOP_SIGNALS",
-    "FinalEvaluationInterrupted",
     "ForwardedStop",
     "SignalInterrupt",
     "StopOnRequestHook",
     "StopRequest",
+    "TrainingFinishedInterrupted",
     "TrainingInterrupted",
     "evaluation_command",
     "ignore_stop_signals",
@@ -177,25 +177,29 @@ class TrainingInterrupted(KeyboardInterrupt):
         )
 
 
-class FinalEvaluationInterrupted(KeyboardInterrupt):
-    """Training finished and was saved; a signal stopped the evaluation after it. ``str()`` is the line to show;
-    ``exit_status`` is 128 + the signal number.
+class TrainingFinishedInterrupted(KeyboardInterrupt):
+    """Training finished and was saved; a signal stopped what followed: the final evaluation, or the run's wrapping
+    up (writing the last metrics). ``str()`` is the line to show; ``exit_status`` is 128 + the signal number.
 
     Args:
-        signal_number (int): the signal that stopped the evaluation.
+        signal_number (int): the signal.
         max_iter (int): the run's ``train.max_iter``.
         checkpoint (str): the final checkpoint.
-        command (str or None): the command that evaluates it.
+        evaluation_pending (bool): whether the final evaluation was stopped (else nothing is left to redo).
+        command (str or None): the command that evaluates the checkpoint.
     """
 
-    def __init__(self, signal_number, max_iter, checkpoint, command=None):
+    def __init__(self, signal_number, max_iter, checkpoint, evaluation_pending, command=None):
         self.signal_number = signal_number
         self.exit_status = 128 + signal_number
-        evaluate = command or f"--eval-only train.init_checkpoint={checkpoint}"
-        super().__init__(
-            f"training finished (train.max_iter {max_iter}; checkpoint {checkpoint}); its evaluation was stopped by "
-            f"{signal.Signals(signal_number).name}; evaluate it with: {evaluate}"
-        )
+        name = signal.Signals(signal_number).name
+        finished = f"training finished (train.max_iter {max_iter}; checkpoint {checkpoint})"
+        if evaluation_pending:
+            evaluate = command or f"--eval-only train.init_checkpoint={checkpoint}"
+            message = f"{finished}; its evaluation was stopped by {name}; evaluate it with: {evaluate}"
+        else:
+            message = f"{finished}; {name} stopped the run as it was wrapping up: nothing needs to be redone"
+        super().__init__(message)
 
 
 class StopRequest:

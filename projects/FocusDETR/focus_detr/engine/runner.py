@@ -14,7 +14,7 @@ from .cli import is_user_error, one_line, user_errors_without_tracebacks
 from .config import ConfigError, check_schedule, resolve_device
 from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state
-from .interrupt import FinalEvaluationInterrupted, StopOnRequestHook, TrainingInterrupted, evaluation_command
+from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
 from .rng import restore_rng_state
 from .cuda_graphs import inference_cuda_graphs
@@ -68,7 +68,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     training after the current iteration with a checkpoint saved there. An interrupted run (also by a plain
     KeyboardInterrupt) raises :class:`~focus_detr.engine.interrupt.TrainingInterrupted`, whose message names the
     iteration, the checkpoint a resume starts from and ``resume_command``; once training is complete and saved, a
-    stopped final evaluation raises :class:`~focus_detr.engine.interrupt.FinalEvaluationInterrupted`.
+    stop (of the final evaluation, or after it) raises :class:`~focus_detr.engine.interrupt.TrainingFinishedInterrupted`.
     """
     check_schedule(cfg.train)
     device = resolve_device(cfg.train.device)
@@ -110,6 +110,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
                 return evaluate(cfg, model)
         return evaluate(cfg, model)
 
+    eval_hook = IsolatedRngEvalHook(cfg.train.eval_period, evaluate_current_model)
     # after the hooks before it, so a checkpoint holds the state they leave behind
     checkpoint_hook = ResumableCheckpointHook(
         checkpointer,
@@ -122,7 +123,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             ema_hook,
-            IsolatedRngEvalHook(cfg.train.eval_period, evaluate_current_model),
+            eval_hook,
             ReleaseFreedMemoryHook(cfg.train.get("release_freed_memory_period", 0)),
             checkpoint_hook,
             # after the checkpoint hook, so the checkpoint at a stop holds every hook's state; before the writer,
@@ -166,9 +167,11 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
             raise interrupt.__context__ from None
         number = (stop_request.last_signal if stop_request is not None else None) or signal.SIGINT
         last_saved = checkpoint_hook.last_saved
-        if last_saved is not None and last_saved[0] >= cfg.train.max_iter - 1:  # in the final evaluation
-            command = evaluation_command(resume_command, last_saved[1]) if resume_command else None
-            raise FinalEvaluationInterrupted(number, cfg.train.max_iter, last_saved[1], command) from None
+        if last_saved is not None and last_saved[0] >= cfg.train.max_iter - 1:  # training is complete
+            # without an evaluator, the final "evaluation" evaluates nothing: there is nothing to redo either way
+            pending = cfg.dataloader.get("evaluator", None) is not None and not eval_hook.final_evaluation_done
+            command = evaluation_command(resume_command, last_saved[1]) if resume_command and pending else None
+            raise TrainingFinishedInterrupted(number, cfg.train.max_iter, last_saved[1], pending, command) from None
         # the iteration was saved when the signal came during (or right after) its save
         saved_now = last_saved is not None and last_saved[0] == trainer.iter
         where = f"{'after' if saved_now else 'during'} iteration {trainer.iter}"

@@ -82,10 +82,9 @@ def _onnx_predictor(cfg, path):
     if inference_amp_dtype(cfg, "cpu") is not None:
         raise ValueError("train.inference_amp autocasts the PyTorch model; the --onnx graph runs in float32")
     onnx, resize, fmt = OnnxPredictor(path), inference_resize(cfg), input_format(cfg)
-    if not check_graph_fits_config(cfg, onnx):  # a mismatch is refused there: it would silently find other objects
-        print(f"warning: {path} has no model.json next to it (exported elsewhere?): its input format and classes "
-              f"cannot be checked against the config's; it is fed {fmt} images and its labels are named as in the "
-              "config", file=sys.stderr)
+    unchecked = check_graph_fits_config(cfg, onnx)  # a mismatch is refused there: it would find other objects
+    if unchecked:
+        print(f"warning: {unchecked}; it is fed {fmt} images and its labels are named as in the config", file=sys.stderr)
 
     def predict(image_bgr):
         item = model_input(image_bgr, resize, fmt)

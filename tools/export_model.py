@@ -285,9 +285,9 @@ def _json_number(value):
 def report_evaluation(cfg, model, path, args, init_checkpoint):
     """COCO AP of the graph and of PyTorch on the config's test set: printed, and written to DIR/evaluation.json."""
     predictor = OnnxPredictor(path, num_threads=args.threads, spin_wait=False)
-    if not check_graph_fits_config(cfg, predictor):  # before the evaluations: they take minutes
-        print(f"warning: {path} has no model.json next to it (exported elsewhere?): its input format and classes "
-              "cannot be checked against the config's; it is scored as the config says", file=sys.stderr)
+    unchecked = check_graph_fits_config(cfg, predictor)  # before the evaluations: they take minutes
+    if unchecked:
+        print(f"warning: {unchecked}; it is scored as the config says", file=sys.stderr)
     exported_from = predictor.metadata.get("init_checkpoint")
     if exported_from is not None and os.path.realpath(exported_from or "") != os.path.realpath(init_checkpoint or ""):
         print(f"warning: {path} was exported from {exported_from or 'random weights'!r} (its model.json), PyTorch "

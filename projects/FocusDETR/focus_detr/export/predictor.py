@@ -165,18 +165,21 @@ def _class_count_mismatch(cfg, graph_classes: Optional[int]) -> Optional[str]:
             f"{config_classes} (model.num_classes)")
 
 
-def check_graph_fits_config(cfg, predictor: OnnxPredictor) -> bool:
+def check_graph_fits_config(cfg, predictor: OnnxPredictor) -> Optional[str]:
     """Whether ``cfg`` may drive ``predictor``'s graph (prepare its images, name its classes, score it).
 
     Raises ValueError, in one line naming both values, when the graph's ``model.json`` says it takes another channel
     order than the config's test loader gives (it would see swapped colours and silently find other objects) or
     predicts another number of classes than the config's model (its labels would be named and scored as other
-    classes). Returns True when model.json agrees (a value it lacks is not compared), False when the graph has no
-    model.json (exported elsewhere): nothing could be checked, which the caller should say.
+    classes). Returns None when model.json agrees (a value it lacks is not compared), and the warning for the user
+    when the graph has no model.json (exported elsewhere): nothing could be checked.
     """
     metadata = predictor.metadata
     if not metadata:
-        return False
+        return (
+            f"{predictor.path} has no model.json next to it (exported elsewhere?): its input format and classes "
+            "cannot be checked against the config's"
+        )
     problems = [problem for problem in (
         _format_mismatch(cfg, (metadata.get("input") or {}).get("format")),
         _class_count_mismatch(cfg, metadata.get("num_classes")),
@@ -185,4 +188,4 @@ def check_graph_fits_config(cfg, predictor: OnnxPredictor) -> bool:
         exported_from = f" ({metadata['config_file']})" if metadata.get("config_file") else ""
         raise ValueError(f"{predictor.path} (its model.json) {' and '.join(problems)}: use the config it was "
                          f"exported from{exported_from} or export the graph from this one")
-    return True
+    return None

@@ -1,4 +1,5 @@
 """Shared test helpers: the official parity fixture and small Focus-DETR models."""
+import signal
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,24 @@ def _restore_torch_threads():
     yield
     if torch.get_num_threads() != SESSION_THREADS:
         torch.set_num_threads(SESSION_THREADS)
+
+
+# A foreground process's dispositions of the signals that stop training. Started under nohup, or in the background
+# of a non-interactive shell, a process begins with SIGHUP, resp. SIGINT, ignored, which the code honours as a user
+# would mean it (nohup); the tests of signal handling check what a terminal session gets.
+FOREGROUND_SIGNAL_HANDLERS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+if hasattr(signal, "SIGHUP"):
+    FOREGROUND_SIGNAL_HANDLERS[signal.SIGHUP] = signal.SIG_DFL
+
+
+@pytest.fixture(autouse=True)
+def _foreground_signal_handlers():
+    """Every test starts with :data:`FOREGROUND_SIGNAL_HANDLERS`, whatever the suite was started with, and ends with
+    the suite's own dispositions back."""
+    started_with = {number: signal.signal(number, handler) for number, handler in FOREGROUND_SIGNAL_HANDLERS.items()}
+    yield
+    for number, handler in started_with.items():
+        signal.signal(number, handler)
 
 
 @pytest.fixture(scope="session")

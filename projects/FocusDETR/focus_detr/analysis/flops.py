@@ -47,8 +47,8 @@ NOT_COUNTED_OPS = [
     "aten::" + name
     for name in (
         "abs add add_ addcmul all any arange argmax argsort bitwise_not cat ceil chunk clamp clamp_ clamp_min clone "
-        "contiguous copy_ cos cumsum detach div div_ dropout empty eq exp expand expand_as fill_ flatten flip floor "
-        "floor_divide full full_like gather ge gelu gt index index_copy index_copy_ index_put_ index_select "
+        "contiguous copy_ cos cumsum detach div div_ dropout embedding empty eq exp expand expand_as fill_ flatten "
+        "flip floor floor_divide full full_like gather ge gelu gt index index_copy index_copy_ index_put_ index_select "
         "inverse_sigmoid le linspace log log_sigmoid lt masked_fill masked_fill_ max maximum mean min minimum mul mul_ "
         "ne neg new_full new_ones "
         "new_zeros nonzero numel ones ones_like pad permute pow prod reciprocal relu relu_ remainder repeat "

@@ -134,6 +134,23 @@ def write_toy_coco(root, num_images=8, height=48, width=64, seed=0, bad_image=Fa
     return json_file, image_root
 
 
+class UnreadableOnCall:
+    """A training mapper that fails as an unreadable image does on its ``call``-th call (1-based) in the process of
+    rank ``rank``, and maps with ``mapper`` otherwise: a corrupt file met mid-run by one process of several."""
+
+    def __init__(self, mapper, rank, call):
+        self.mapper, self.rank, self.call = mapper, rank, call
+        self.calls = 0
+
+    def __call__(self, dataset_dict):
+        from detectron2.utils import comm
+
+        self.calls += 1
+        if comm.get_rank() == self.rank and self.calls == self.call:
+            raise ValueError(f"cannot read image {dataset_dict['file_name']}: image file is truncated")
+        return self.mapper(dataset_dict)
+
+
 def register_toy_dataset(name, root, **kwargs):
     """Writes the toy data under ``root`` and registers it as ``name`` (re-registering replaces it)."""
     json_file, image_root = write_toy_coco(root, **kwargs)

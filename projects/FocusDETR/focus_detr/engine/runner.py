@@ -19,7 +19,7 @@ from .memory import set_mmap_threshold
 from .rng import restore_rng_state
 from .cuda_graphs import inference_cuda_graphs
 from .precision import inference_amp_dtype, training_amp_dtype
-from .trainer import DetrTrainer
+from .trainer import DataLoadingFailed, DetrTrainer
 
 __all__ = ["build_model", "end_process_group", "load_inference_weights", "run_training", "run_evaluation", "wrap_ddp"]
 
@@ -184,14 +184,14 @@ def _save_before_bad_data(error, trainer, checkpoint_hook, start_iter, resume_co
     """When ``error`` is a user error in loading a training batch (a corrupt image hours into a run), saves the
     iterations completed since the last checkpoint and returns the error to raise instead: the original line, the
     checkpoint and how to resume once the data is fixed. None when there is nothing to add: another kind of error,
-    nothing completed since the last save, or several processes (the others are inside a collective: a save
-    would wait for them forever)."""
+    or nothing completed since the last save. With several processes, only for the :class:`DataLoadingFailed` they
+    all raise together (the save is collective)."""
     completed = trainer.iter - 1
     if (
         trainer.data_failed_at != trainer.iter
         or completed < start_iter
         or not is_user_error(error)
-        or comm.get_world_size() > 1
+        or (comm.get_world_size() > 1 and not isinstance(error, DataLoadingFailed))
         or not checkpoint_hook.checkpointer.save_dir
     ):
         return None

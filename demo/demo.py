@@ -84,7 +84,8 @@ def _onnx_predictor(cfg, path):
     onnx, resize, fmt = OnnxPredictor(path), inference_resize(cfg), input_format(cfg)
     unchecked = check_graph_fits_config(cfg, onnx)  # a mismatch is refused there: it would find other objects
     if unchecked:
-        print(f"warning: {unchecked}; it is fed {fmt} images and its labels are named as in the config", file=sys.stderr)
+        print(f"warning: {unchecked}; it is fed {fmt} images and its labels are named as in the config",
+              file=sys.stderr)
 
     def predict(image_bgr):
         item = model_input(image_bgr, resize, fmt)

@@ -467,10 +467,8 @@ def test_box_sampling_locations_round_as_the_official_formula(num_points):
     locations = sampling_locations(reference, offsets).view(batch, queries, heads, levels, num_points, 2)
 
     per_level = boxes[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # (B, Nq, L, 4)
-    official = (
-        per_level[:, :, None, :, None, :2]
-        + offsets.view(batch, queries, heads, levels, num_points, 2) / num_points * per_level[:, :, None, :, None, 2:] * 0.5
-    )
+    centres, sizes = per_level[:, :, None, :, None, :2], per_level[:, :, None, :, None, 2:]
+    official = centres + offsets.view(batch, queries, heads, levels, num_points, 2) / num_points * sizes * 0.5
     if num_points & (num_points - 1) == 0:
         assert torch.equal(locations, official)
     else:

@@ -68,7 +68,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     training after the current iteration with a checkpoint saved there. An interrupted run (also by a plain
     KeyboardInterrupt) raises :class:`~focus_detr.engine.interrupt.TrainingInterrupted`, whose message names the
     iteration, the checkpoint a resume starts from and ``resume_command``; once training is complete and saved, a
-    stop (of the final evaluation, or after it) raises :class:`~focus_detr.engine.interrupt.TrainingFinishedInterrupted`.
+    stop (of the final evaluation, or after it) raises
+    :class:`~focus_detr.engine.interrupt.TrainingFinishedInterrupted`.
     """
     check_schedule(cfg.train)
     device = resolve_device(cfg.train.device)
@@ -80,7 +81,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     train_loader = instantiate(cfg.dataloader.train)
     # before the first step: a class count that does not fit the data would crash only at the first evaluation
     check_model_classes(model, cfg.dataloader.train)
-    if cfg.dataloader.get("evaluator", None) is not None:  # the final evaluation runs whatever train.eval_period
+    evaluates = cfg.dataloader.get("evaluator", None) is not None
+    if evaluates:  # the final evaluation runs whatever train.eval_period
         check_model_classes(model, cfg.dataloader.test)
     model = wrap_ddp(model, cfg, device)
 
@@ -169,7 +171,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         last_saved = checkpoint_hook.last_saved
         if last_saved is not None and last_saved[0] >= cfg.train.max_iter - 1:  # training is complete
             # without an evaluator, the final "evaluation" evaluates nothing: there is nothing to redo either way
-            pending = cfg.dataloader.get("evaluator", None) is not None and not eval_hook.final_evaluation_done
+            pending = evaluates and not eval_hook.final_evaluation_done
             command = evaluation_command(resume_command, last_saved[1]) if resume_command and pending else None
             raise TrainingFinishedInterrupted(number, cfg.train.max_iter, last_saved[1], pending, command) from None
         # the iteration was saved when the signal came during (or right after) its save

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from .ms_deform_attn_op import multi_scale_deformable_attention
 
 __all__ = [
-    "MultiScaleDeformableAttention", "SamplingReference", "box_reference", "box_scale_rows", "per_point_rows",
-    "point_reference", "sampling_locations",
+    "MultiScaleDeformableAttention", "SamplingReference", "box_offset_scale", "box_reference", "box_scale_rows",
+    "per_point_rows", "point_reference", "sampling_locations",
 ]
 
 
@@ -25,8 +25,8 @@ class SamplingReference:
     Attributes:
         origin: ``(B, Nq, L*P*2)`` the reference points, or the boxes' centres.
         extent: for points, each level's offset normaliser ``(w_l, h_l)`` as ``(1, 1, L*P*2)`` (offsets are in pixels
-            of the level, divided by it); for boxes, their ``(w, h)`` times ``0.5 / P`` as ``(B, Nq, L*P*2)`` (offsets
-            are in half box sizes over P, multiplied by it).
+            of the level, divided by it); for boxes, their ``(w, h)`` times :func:`box_offset_scale` as
+            ``(B, Nq, L*P*2)`` (offsets are in half box sizes over P, multiplied by it).
         boxes: whether the references are boxes.
     """
 
@@ -53,15 +53,19 @@ def point_reference(reference_points: Tensor, spatial_shapes: Tensor, num_points
     )
 
 
+def box_offset_scale(num_points: int) -> float:
+    """What a box's size is multiplied by for the offsets around it: they are in half box sizes over P. For P a
+    power of two the scale is a power of two, and ``offsets * (size * 0.5 / P)`` rounds exactly as the official
+    ``offsets / P * size * 0.5`` does; for other P it may differ in the last bit."""
+    return 0.5 / num_points
+
+
 def box_scale_rows(level_scales: Tensor, num_points: int) -> Tensor:
     """level_scales ``(B, L, 2)`` each level's ``(w, h)`` scale of the normalised boxes (the valid ratios of a padded
     image) -> ``(B, 1, 2, L*P*2)`` what :func:`box_reference` multiplies the repeated box centres (row 0) and sizes
-    (row 1) by: the sizes also by the offsets' scale ``0.5 / P``, so that a location is one product and one sum.
-
-    For P a power of two the scale is a power of two, and ``offsets * (size * 0.5 / P)`` rounds exactly as the
-    official ``offsets / P * size * 0.5`` does; for other P it may differ in the last bit."""
+    (row 1) by: the sizes also by :func:`box_offset_scale`, so that a location is one product and one sum."""
     rows = per_point_rows(level_scales, num_points)
-    return torch.stack([rows, rows * (0.5 / num_points)], 1)[:, None]
+    return torch.stack([rows, rows * box_offset_scale(num_points)], 1)[:, None]
 
 
 def box_reference(boxes: Tensor, scale_rows: Tensor) -> SamplingReference:
@@ -228,7 +232,7 @@ class MultiScaleDeformableAttention(nn.Module):
             return point_reference(reference_points, spatial_shapes, self.num_points)
         return SamplingReference(
             per_point_rows(reference_points[..., :2], self.num_points),
-            per_point_rows(reference_points[..., 2:], self.num_points) * (0.5 / self.num_points),
+            per_point_rows(reference_points[..., 2:], self.num_points) * box_offset_scale(self.num_points),
             boxes=True,
         )
 

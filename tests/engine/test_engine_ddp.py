@@ -92,34 +92,51 @@ def test_train_net_with_two_cpu_processes_stops_together_on_ctrl_c_and_checkpoin
     assert not torch.equal(checkpoint["rank_states"][0]["rng"]["torch"], checkpoint["rank_states"][1]["rng"]["torch"])
 
 
-def test_an_unreadable_image_in_one_of_two_processes_saves_both_and_the_resume_repeats_the_run(tmp_path, monkeypatch):
-    """One process meets an unreadable image mid-run: both stop at that iteration (the other would otherwise wait in
-    the forward's collectives), the iterations done are saved with each rank's state, one line says how to resume,
-    and the resumed run ends with the weights of a run that never failed (the other rank's batch is loaded again)."""
-    common = ["--config-file", TOY_CONFIG, "--num-gpus", "2", "--dist-url", "auto", "train.max_iter=10",
-              "train.checkpointer.period=100", "train.log_period=1", "dataloader.evaluator=null"]
-    full = tmp_path / "full"
-    run = TrainNetProcess(common + [f"train.output_dir={full}"], str(tmp_path), tmp_path / "data")
-    assert run.wait(timeout=300) == 0, run.stderr()[-3000:]
+TWO_PROCESS_RUN = ["--config-file", TOY_CONFIG, "--num-gpus", "2", "--dist-url", "auto", "train.max_iter=10",
+                   "train.checkpointer.period=100", "train.log_period=1", "dataloader.evaluator=null"]
+# the environment that breaks process 1 at its 4th batch (of 1 image each), and the line that both processes print
+FAILURES = {
+    "an unreadable image": ("FOCUS_DETR_TOY_UNREADABLE", "1:7", "error: cannot read image ",
+                            ": image file is truncated (process 1 of 2); training stopped after iteration 5, "),
+    "a diverging loss": ("FOCUS_DETR_TOY_NAN", "1:6", "error: training diverged at iteration 6: loss_bbox is nan "
+                         "(process 1 of 2), so its step was not applied; ", "; training stopped after iteration 5, "),
+}
 
+
+@pytest.fixture(scope="module")
+def two_process_final_weights(tmp_path_factory):
+    """The final weights of the two-process run that nothing stopped."""
+    root = tmp_path_factory.mktemp("full_two_process_run")
+    run = TrainNetProcess(TWO_PROCESS_RUN + [f"train.output_dir={root / 'out'}"], str(root), root / "data")
+    assert run.wait(timeout=300) == 0, run.stderr()[-3000:]
+    return torch.load(root / "out" / "model_final.pth", weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("failure", list(FAILURES))
+def test_a_failure_in_one_of_two_processes_saves_both_and_the_resume_repeats_the_run(
+    failure, two_process_final_weights, tmp_path, monkeypatch
+):
+    """One process meets an unreadable image or a NaN loss mid-run: both stop at that iteration (the other would
+    otherwise wait in the forward's or backward's collectives), the iterations done are saved with each rank's state
+    as it was when the failed iteration began, one line says how to resume, and the resumed run ends with the
+    weights of a run that never failed (the failed iteration repeated: both ranks' batches and random draws)."""
+    variable, value, line_start, line_part = FAILURES[failure]
     out = tmp_path / "out"
-    monkeypatch.setenv("FOCUS_DETR_TOY_UNREADABLE", "1:7")  # rank 1's 7th image: its 4th batch (of 1 image each)
-    run = TrainNetProcess(common + [f"train.output_dir={out}"], str(tmp_path), tmp_path / "data")
+    monkeypatch.setenv(variable, value)
+    run = TrainNetProcess(TWO_PROCESS_RUN + [f"train.output_dir={out}"], str(tmp_path), tmp_path / "data")
     assert run.wait(timeout=300) == 2, run.stderr()[-3000:]
     stderr = run.stderr()
     assert not shows_traceback(stderr), stderr[-3000:]
     line = stderr.strip().splitlines()[-1]
     checkpoint = out / "model_0000005.pth"
-    assert line.startswith("error: cannot read image ") and (
-        f": image file is truncated (process 1 of 2); training stopped after iteration 5, checkpoint {checkpoint} "
-        "(a resume continues at iteration 6): fix or remove what it names, then resume with: "
-    ) in line, line
+    assert line.startswith(line_start) and (
+        f"{line_part}checkpoint {checkpoint} (a resume continues at iteration 6): "
+    ) in line and " then resume with: " in line, line
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["iteration"] == 5 and [state["data_loader"]["rank"] for state in saved["rank_states"]] == [0, 1]
 
-    monkeypatch.delenv("FOCUS_DETR_TOY_UNREADABLE")  # the image fixed
-    run = TrainNetProcess(common + [f"train.output_dir={out}", "--resume"], str(tmp_path), tmp_path / "data")
+    monkeypatch.delenv(variable)  # the image fixed, the learning rate lowered
+    run = TrainNetProcess(TWO_PROCESS_RUN + [f"train.output_dir={out}", "--resume"], str(tmp_path), tmp_path / "data")
     assert run.wait(timeout=300) == 0, run.stderr()[-3000:]
-    expected = torch.load(full / "model_final.pth", weights_only=True)["model"]
     resumed = torch.load(out / "model_final.pth", weights_only=True)["model"]
-    assert all(torch.equal(expected[key], resumed[key]) for key in expected)
+    assert all(torch.equal(two_process_final_weights[key], resumed[key]) for key in two_process_final_weights)

@@ -4,7 +4,7 @@ import shutil
 
 import torch
 
-from cli_output import error_lines
+from cli_output import error_lines, shows_traceback
 from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
 
 
@@ -98,3 +98,46 @@ def test_an_unreadable_image_mid_run_saves_what_was_trained_and_says_how_to_resu
     assert command[-1] == "--resume" and train_net.cli(command[2:]) == 0
     expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)  # as if nothing had happened
+
+
+def test_a_diverging_loss_stops_with_one_line_saves_the_iterations_before_it_and_a_resume_repeats_it(
+    train_net, toy_dataset, tmp_path, capsys
+):
+    # a NaN loss used to end the run with detectron2's FloatingPointError traceback and the work since the last
+    # periodic checkpoint lost
+    import shlex
+
+    run = ["train.max_iter=10", "train.checkpointer.period=100", "dataloader.evaluator=null"]
+    full = tmp_path / "full"
+    assert _train(train_net, full, *run) == 0
+
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert _train(train_net, out, *run, "model.nan_step=7") == 2
+    err = capsys.readouterr().err
+    assert not shows_traceback(err), err[-3000:]
+    line = err.strip().splitlines()[-1]
+    checkpoint = out / "model_0000006.pth"
+    assert line.startswith(
+        "error: training diverged at iteration 7: loss_bbox is nan, so its step was not applied; lower optimizer.lr "
+    ), line
+    assert f"; training stopped after iteration 6, checkpoint {checkpoint} (a resume continues at iteration 7): " in line
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert saved["iteration"] == 6 and all(torch.isfinite(value).all() for value in saved["model"].values())
+
+    # the checkpoint is the run just before iteration 7 (its batch and random draws to come): resumed without the
+    # NaN, it ends where the run that never diverged ended
+    command = shlex.split(line.split("resume with: ")[1])
+    assert command[-1] == "--resume"
+    assert train_net.cli([arg for arg in command[2:] if arg != "model.nan_step=7"]) == 0
+    expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
+    assert all(torch.equal(expected[key], resumed[key]) for key in expected)
+
+
+def test_a_loss_diverging_at_the_first_iteration_is_one_line_without_a_checkpoint(train_net, toy_dataset, tmp_path,
+                                                                                   capsys):
+    assert _train(train_net, tmp_path, "train.max_iter=3", "dataloader.evaluator=null", "model.nan_step=0") == 2
+    err = capsys.readouterr().err
+    assert not shows_traceback(err), err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("error: training diverged at iteration 0: loss_bbox is nan, so ")
+    assert not list(tmp_path.glob("model_*.pth"))

@@ -31,6 +31,9 @@ dataloader.train.mapper.augmentation_with_crop = [
 if os.environ.get("FOCUS_DETR_TOY_UNREADABLE"):
     _rank, _call = (int(value) for value in os.environ["FOCUS_DETR_TOY_UNREADABLE"].split(":"))
     dataloader.train.mapper = L(UnreadableOnCall)(mapper=dataloader.train.mapper, rank=_rank, call=_call)
+# "RANK:STEP": the box loss of process RANK's training forward number STEP is NaN
+if os.environ.get("FOCUS_DETR_TOY_NAN"):
+    model.nan_rank, model.nan_step = (int(value) for value in os.environ["FOCUS_DETR_TOY_NAN"].split(":"))
 dataloader.test.dataset.names = "focus_detr_toy"
 dataloader.test.mapper.augmentation = [L(T.ResizeShortestEdge)(short_edge_length=48, max_size=96)]
 dataloader.test.num_workers = 0

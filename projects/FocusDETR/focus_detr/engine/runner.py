@@ -19,7 +19,7 @@ from .memory import set_mmap_threshold
 from .rng import restore_rng_state
 from .cuda_graphs import inference_cuda_graphs
 from .precision import inference_amp_dtype, training_amp_dtype
-from .trainer import DataLoadingFailed, DetrTrainer
+from .trainer import DataLoadingFailed, DetrTrainer, TrainingDiverged
 
 __all__ = ["build_model", "end_process_group", "load_inference_weights", "run_training", "run_evaluation", "wrap_ddp"]
 
@@ -60,6 +60,21 @@ def _ema_settings(cfg):
     return bool(ema.get("enabled", False)), float(ema.get("decay", 0.999)), bool(ema.get("use_for_eval", True))
 
 
+def build_trainer(cfg, model, data_loader, optimizer, device, amp_dtype):
+    """The :class:`DetrTrainer` that ``train_net.py`` trains with: ``cfg.train.clip_grad`` and the autocast
+    ``amp_dtype`` (None: float32) on ``device``; no clipping for a config without ``train``."""
+    clip = (cfg.get("train", None) or {}).get("clip_grad", None) or {}
+    return DetrTrainer(
+        model,
+        data_loader,
+        optimizer,
+        clip_grad_max_norm=clip["params"]["max_norm"] if clip.get("enabled", False) else None,
+        clip_grad_norm_type=clip.get("params", {}).get("norm_type", 2.0),
+        amp_dtype=amp_dtype,
+        device_type=torch.device(device).type,
+    )
+
+
 def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     """Trains ``cfg.model`` for ``cfg.train.max_iter`` iterations (continuing from the last checkpoint in
     ``cfg.train.output_dir`` when ``resume``). Returns the trainer.
@@ -89,16 +104,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     amp_dtype = training_amp_dtype(cfg, device)
     inference_amp_dtype(cfg, device)  # checked now, not at the first evaluation
     inference_cuda_graphs(cfg)
-    clip = cfg.train.get("clip_grad", None) or {}
-    trainer = DetrTrainer(
-        model,
-        train_loader,
-        optimizer,
-        clip_grad_max_norm=clip["params"]["max_norm"] if clip.get("enabled", False) else None,
-        clip_grad_norm_type=clip.get("params", {}).get("norm_type", 2.0),
-        amp_dtype=amp_dtype,
-        device_type=torch.device(device).type,
-    )
+    trainer = build_trainer(cfg, model, train_loader, optimizer, device, amp_dtype)
     checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     if comm.is_main_process():
         checkpointer.remove_stale_temporary_files()  # left by a save that was killed midway
@@ -160,7 +166,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     except TrainingInterrupted:
         raise
     except Exception as error:
-        stopped = _save_before_bad_data(error, trainer, checkpoint_hook, start_iter, resume_command)
+        stopped = _save_before_failed_iteration(error, trainer, checkpoint_hook, start_iter, resume_command)
         if stopped is None:
             raise
         raise stopped from error
@@ -182,27 +188,31 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     return trainer
 
 
-def _save_before_bad_data(error, trainer, checkpoint_hook, start_iter, resume_command):
-    """When ``error`` is a user error in loading a training batch (a corrupt image hours into a run), saves the
-    iterations completed since the last checkpoint and returns the error to raise instead: the original line, the
-    checkpoint and how to resume once the data is fixed. None when there is nothing to add: another kind of error,
-    or nothing completed since the last save. With several processes, only for the :class:`DataLoadingFailed` they
-    all raise together (the save is collective)."""
+def _save_before_failed_iteration(error, trainer, checkpoint_hook, start_iter, resume_command):
+    """When ``error`` stopped an iteration in a way a resume can mend (a user error in loading its batch, such as a
+    corrupt image hours into a run, or a diverging loss, whose step was not applied), saves the iterations completed
+    before it, with the RNG state and data position this iteration began with, and returns the error to raise
+    instead: the original line, the checkpoint and how to resume. None when there is nothing to add: another kind
+    of error, or nothing completed since the last save. With several processes, only for the errors they all raise
+    together (the save is collective)."""
+    diverged = isinstance(error, TrainingDiverged)
     completed = trainer.iter - 1
     if (
-        trainer.data_failed_at != trainer.iter
+        not (diverged or trainer.data_failed_at == trainer.iter)
         or completed < start_iter
         or not is_user_error(error)
-        or (comm.get_world_size() > 1 and not isinstance(error, DataLoadingFailed))
+        or (comm.get_world_size() > 1 and not isinstance(error, (DataLoadingFailed, TrainingDiverged)))
         or not checkpoint_hook.checkpointer.save_dir
     ):
         return None
+    trainer.rewind_to_step_start()  # a resume repeats this iteration: its batch, its random draws
     trainer.iter = completed  # what the checkpoint records (the trainer is done with: training ended)
     checkpoint_hook.save_current_iteration()
     resume = f"resume with: {resume_command}" if resume_command else "continue with --resume"
-    return ValueError(
+    fix = "change what it names" if diverged else "fix or remove what it names"
+    return (TrainingDiverged if diverged else ValueError)(
         f"{one_line(error)}; training stopped after iteration {completed}, checkpoint {checkpoint_hook.last_saved[1]} "
-        f"(a resume continues at iteration {completed + 1}): fix or remove what it names, then {resume}"
+        f"(a resume continues at iteration {completed + 1}): {fix}, then {resume}"
     )
 
 

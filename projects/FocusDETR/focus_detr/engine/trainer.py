@@ -1,4 +1,5 @@
 """The training step: forward, backward, optional gradient clipping, optimiser step, with AMP on CPU or GPU."""
+import math
 import time
 
 import torch
@@ -9,13 +10,19 @@ from detectron2.utils.events import get_event_storage
 
 from .cli import is_user_error, one_line
 from .precision import amp_autocast
+from .rng import capture_rng_state, restore_rng_state
 
-__all__ = ["DataLoadingFailed", "DetrTrainer"]
+__all__ = ["DataLoadingFailed", "DetrTrainer", "TrainingDiverged"]
 
 
 class DataLoadingFailed(ValueError):
     """A process of a multi-process run could not load its training batch (a user error: an unreadable image, ...).
     Every process raises it at the same iteration with the same message, so that they can save together."""
+
+
+class TrainingDiverged(ValueError, FloatingPointError):
+    """A loss became infinite or NaN; the step that computed it was not applied. A user error (the learning rate,
+    clipping or precision need changing), raised by every process at the same iteration with the same message."""
 
 
 class DetrTrainer(SimpleTrainer):
@@ -51,10 +58,13 @@ class DetrTrainer(SimpleTrainer):
         self.device_type = device_type
         self.grad_scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
         self.data_failed_at = None  # the iteration whose batch could not be loaded
+        self._step_start = None  # (RNG state, data-loader position) when the current iteration began
 
     def run_step(self):
         assert self.model.training, "[DetrTrainer] model was changed to eval mode!"
         start = time.perf_counter()
+        loader = self.data_loader
+        self._step_start = (capture_rng_state(), loader.state_dict() if hasattr(loader, "state_dict") else None)
         data = self._next_batch()
         data_time = time.perf_counter() - start
 
@@ -67,27 +77,65 @@ class DetrTrainer(SimpleTrainer):
         self.optimizer.zero_grad()
         self.grad_scaler.scale(losses).backward()
         self.after_backward()
+        total_norm = None
         if self.clip_grad_max_norm is not None:
             self.grad_scaler.unscale_(self.optimizer)
             parameters = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
             total_norm = torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad_max_norm, self.clip_grad_norm_type)
-            get_event_storage().put_scalar("grad_norm", float(total_norm), smoothing_hint=True)
-        self._write_metrics(loss_dict, data_time)
+        self._write_metrics(loss_dict, data_time, grad_norm=total_norm)  # raises TrainingDiverged before the step
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
 
+    def _write_metrics(self, loss_dict, data_time, prefix="", iter=None, grad_norm=None):
+        """detectron2's metrics (each loss averaged over the processes, ``total_loss``, ``data_time`` of the slowest
+        process, ``rank_data_time``) plus ``grad_norm`` (the total norm before clipping), read from the device in one
+        transfer where detectron2 reads each loss on its own. Every process sees every process's losses (an
+        all-gather where detectron2 gathers to the main one) and raises :class:`TrainingDiverged` when one is not
+        finite: all of them at the same iteration, before the optimiser step."""
+        iter = self.iter if iter is None else iter
+        names = list(loss_dict)
+        values = [loss.detach().float().reshape(()) for loss in loss_dict.values()]
+        if grad_norm is not None:
+            values.append(grad_norm.detach().float().reshape(()))
+        read = torch.stack(values).tolist()
+        losses, grad_norm = dict(zip(names, read)), read[len(names)] if grad_norm is not None else None
+        storage = get_event_storage()
+        storage.put_scalar("rank_data_time", data_time, cur_iter=iter)
+        reports = comm.all_gather((losses, data_time)) if comm.get_world_size() > 1 else [(losses, data_time)]
+        bad = [(rank, name, value) for rank, (rank_losses, _) in enumerate(reports)
+               for name, value in rank_losses.items() if not math.isfinite(value)]
+        if bad:
+            raise TrainingDiverged(_divergence_message(iter, bad, len(reports)))
+        if not comm.is_main_process():
+            return
+        means = {name: sum(rank_losses[name] for rank_losses, _ in reports) / len(reports) for name in names}
+        storage.put_scalar("data_time", max(rank_data_time for _, rank_data_time in reports), cur_iter=iter)
+        storage.put_scalar(f"{prefix}total_loss", sum(means.values()), cur_iter=iter)
+        if len(means) > 1:
+            storage.put_scalars(cur_iter=iter, **{f"{prefix}{name}": value for name, value in means.items()})
+        if grad_norm is not None:
+            storage.put_scalar("grad_norm", grad_norm, smoothing_hint=True, cur_iter=iter)
+
+    def rewind_to_step_start(self):
+        """Puts the RNG state and the data loader's position back to where the current iteration began: what a
+        checkpoint after the previous iteration holds, so that a save now lets a resume repeat this iteration."""
+        if self._step_start is None:
+            return
+        rng_state, position = self._step_start
+        restore_rng_state(rng_state)
+        if position is not None:
+            self.data_loader.load_state_dict(position)
+
     def _next_batch(self):
-        """The next training batch. When it cannot be loaded, nothing of this iteration has run and the state is
-        still that after the previous one, which a save keeps (``data_failed_at``).
+        """The next training batch. When it cannot be loaded, nothing of this iteration has run: after
+        :meth:`rewind_to_step_start` (the data position before this batch) a save keeps the state after the previous
+        one (``data_failed_at``).
 
         With several processes, they first agree whether each got its batch (an all-reduce): a process that raised
         alone would leave the others waiting in the forward's collectives for good. When one failed with a user
-        error, every process raises :class:`DataLoadingFailed` here, with the data loader's position put back to
-        before this batch (a resume loads it again); when one failed otherwise (a bug), that one raises its error
-        and the others a RuntimeError naming it."""
-        loader = self.data_loader
+        error, every process raises :class:`DataLoadingFailed` here; when one failed otherwise (a bug), that one
+        raises its error and the others a RuntimeError naming it."""
         several = comm.get_world_size() > 1
-        position = loader.state_dict() if several and hasattr(loader, "state_dict") else None
         try:
             batch, failure = next(self._data_loader_iter), None
         except Exception as error:
@@ -106,8 +154,6 @@ class DetrTrainer(SimpleTrainer):
         reports = comm.all_gather(None if failure is None else (one_line(failure), is_user_error(failure)))
         failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
         self.data_failed_at = self.iter
-        if failure is None and position is not None:
-            loader.load_state_dict(position)  # what a save records: this batch is still to come
         rank, (text, _) = failed[0]
         if all(report[1] for _, report in failed):
             raise DataLoadingFailed(f"{text} (process {rank} of {len(reports)})") from failure
@@ -125,3 +171,21 @@ class DetrTrainer(SimpleTrainer):
         super().load_state_dict(state_dict)
         if "grad_scaler" in state_dict and self.grad_scaler.is_enabled():
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
+def _divergence_message(iteration, bad, world_size):
+    """``bad``: (rank, loss name, value) of every non-finite loss."""
+    names = []
+    for _, name, value in bad:
+        text = f"{name} is {value}"
+        if text not in names:
+            names.append(text)
+    ranks = sorted({rank for rank, _, _ in bad})
+    where = ""
+    if world_size > 1:
+        where = f" (process{'es' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {world_size})"
+    return (
+        f"training diverged at iteration {iteration}: {', '.join(names)}{where}, so its step was not applied; "
+        "lower optimizer.lr (from the start: a resume keeps the checkpoint's learning rate), clip gradients harder "
+        "(train.clip_grad.params.max_norm) or train in float32 (train.amp.enabled=False)"
+    )

@@ -134,7 +134,20 @@ def test_bad_inputs_raise_clear_errors():
         matcher(logits, boxes, [{"labels": torch.tensor([3]), "boxes": good["boxes"]}])
     with pytest.raises(ValueError, match="disagree"):
         matcher(logits, boxes[:, :3], [good])
-    nan_boxes = boxes.clone()
-    nan_boxes[0, 0, 2] = float("nan")
-    with pytest.raises(ValueError):
-        matcher(logits, nan_boxes, [good])
+    for bad_box in ([0.5, 0.5, -0.1, 0.2], [float("nan"), 0.5, 0.1, 0.2]):
+        with pytest.raises(ValueError, match="target boxes must be finite cxcywh with sizes >= 0"):
+            matcher(logits, boxes, [{"labels": good["labels"], "boxes": torch.tensor([bad_box])}])
+
+
+def test_non_finite_predictions_are_matched_and_leave_the_other_images_alone():
+    # a diverging run: its loss is not finite, which the trainer reports in every process; an error raised here
+    # would stop one process of a multi-process run alone
+    matcher = HungarianMatcher()
+    logits, boxes = torch.randn(2, 4, 3), torch.rand(2, 4, 4) * 0.5 + 0.1
+    targets = [{"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.1]])}] * 2
+    expected = matcher(logits, boxes, targets)
+    broken_logits, broken_boxes = logits.clone(), boxes.clone()
+    broken_boxes[0, 1, 2], broken_logits[0, 2, 0] = float("nan"), float("inf")
+    indices = matcher(broken_logits, broken_boxes, targets)
+    assert [len(q) for q, _ in indices] == [2, 2] and sorted(indices[0][1].tolist()) == [0, 1]
+    assert all(torch.equal(a, b) for a, b in zip(indices[1], expected[1]))

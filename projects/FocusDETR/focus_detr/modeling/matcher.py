@@ -2,6 +2,7 @@
 
 from typing import Dict, List, Tuple
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
@@ -62,7 +63,8 @@ class HungarianMatcher(nn.Module):
         cost_class = pos_cost.gather(-1, columns) - neg_cost.gather(-1, columns)
         cost_bbox = torch.cdist(pred_boxes, boxes, p=1)
         cost_giou = -generalized_box_iou(
-            box_cxcywh_to_xyxy(pred_boxes).unsqueeze(-2), box_cxcywh_to_xyxy(boxes).unsqueeze(-3), paired=True
+            box_cxcywh_to_xyxy(pred_boxes).unsqueeze(-2), box_cxcywh_to_xyxy(boxes).unsqueeze(-3), paired=True,
+            validate=False,  # predicted sizes are sigmoids; the targets are checked in forward
         )
         return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
 
@@ -103,16 +105,29 @@ class HungarianMatcher(nn.Module):
         sizes = [len(labels) for labels in target_labels]
         if sum(sizes) == 0:
             return [_no_match() for _ in targets]
-        labels = torch.cat(target_labels)
-        lowest, highest = torch.stack([labels.min(), labels.max()]).tolist()  # one device read
-        if lowest < 0 or highest >= num_classes:
-            raise ValueError(f"HungarianMatcher: target labels must be in [0, {num_classes}), got {labels.tolist()}")
         # Every image's queries against its own targets, padded to the largest count (with a valid box), in one
-        # (B, Q, n_max) cost tensor moved to the host in one transfer; each image is matched on its own columns.
-        padded_labels = pad_sequence(target_labels, batch_first=True)
+        # (B, Q, n_max) cost tensor moved to the host in one transfer, which also brings the target checks (one
+        # device read per call); each image is matched on its own columns. Until checked, labels are clamped so
+        # that none indexes outside the logits.
+        padded_labels = pad_sequence(target_labels, batch_first=True).clamp(0, num_classes - 1)
         padded_boxes = pad_sequence([target["boxes"] for target in targets], batch_first=True, padding_value=0.5)
         cost = self.cost_matrix(pred_logits, pred_boxes, padded_labels, padded_boxes)
-        costs = cost.float().cpu().numpy()
+        labels, boxes = torch.cat(target_labels), torch.cat([target["boxes"] for target in targets])
+        invalid = torch.stack([
+            ((labels < 0) | (labels >= num_classes)).any(), ~((boxes[:, 2:] >= 0).all() & boxes.isfinite().all())
+        ])
+        read = torch.cat([cost.flatten().float(), invalid.to(torch.float32)]).cpu().numpy()
+        if read[-2]:
+            raise ValueError(f"HungarianMatcher: target labels must be in [0, {num_classes}), got {labels.tolist()}")
+        if read[-1]:
+            raise ValueError(
+                f"HungarianMatcher: target boxes must be finite cxcywh with sizes >= 0, got {boxes.tolist()}"
+            )
+        costs = read[:-2].reshape(cost.shape)
+        if not np.isfinite(costs).all():
+            # non-finite predictions (a diverging run): matched anyway; their loss is not finite either, which the
+            # trainer reports in every process at once, where an error here would stop this process alone
+            costs = np.nan_to_num(costs, nan=_UNMATCHABLE, posinf=_UNMATCHABLE, neginf=-_UNMATCHABLE)
         indices = []
         for image_cost, size in zip(costs, sizes):
             if size == 0:
@@ -123,6 +138,10 @@ class HungarianMatcher(nn.Module):
                 (torch.as_tensor(query_idx, dtype=torch.int64), torch.as_tensor(target_idx, dtype=torch.int64))
             )
         return indices
+
+
+# What a non-finite matching cost counts as: far above any real cost (focal + L1 + GIoU terms stay below ~100).
+_UNMATCHABLE = 1e9
 
 
 def _no_match() -> Tuple[Tensor, Tensor]:

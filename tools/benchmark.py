@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed and memory of a config's model: inference latency (median after warm-up) and images/s at batch 1 (or
 ``--batch-size N``: N images per call, padded into one batch; then times are per call), training
-iteration time, peak memory. Prints a table and, with ``--json``, writes the numbers. Nothing here is a test.
+iteration time (the step ``train_net.py`` takes: gradient clipping and the loss read included), peak memory. Prints a table and, with ``--json``, writes the numbers. Nothing here is a test.
 Random weights (``train.init_checkpoint`` is not loaded): the work done does not depend on their values.
 
 Every model run is interleaved with a yardstick run (torchvision ``resnet50()``, random weights, eval, float32,
@@ -41,6 +41,7 @@ Examples:
     python tools/benchmark.py --config-file configs/focus_detr_r18_trees.py --input-size 512 512 --count-dispatch
 """
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -48,6 +49,7 @@ import sys
 
 import torch
 from detectron2.config import LazyConfig, instantiate
+from detectron2.utils.events import EventStorage
 
 from focus_detr.analysis.dispatch_counts import dispatch_counts
 from focus_detr.analysis.flops import executed_multiply_adds
@@ -62,7 +64,6 @@ from focus_detr.analysis.timing import (
     time_interleaved,
 )
 from focus_detr.engine import (
-    amp_autocast,
     build_model,
     inference_amp_dtype,
     load_config,
@@ -72,6 +73,7 @@ from focus_detr.engine import (
 )
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cuda_graphs import CUDAGraphInference, graphs_available
+from focus_detr.engine.runner import build_trainer
 from focus_detr.engine.cli import run_reporting_errors
 
 
@@ -164,21 +166,20 @@ def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats, yards
     return stats
 
 
-def benchmark_training(model, optimizer, batch, device, amp_dtype, warmup, repeats, yardstick, compare_fp32=False,
+def benchmark_training(cfg, model, optimizer, batch, device, amp_dtype, warmup, repeats, yardstick, compare_fp32=False,
                        flop_floor=False, count_dispatch=False, sync_sites=False):
-    """One step: forward, backward and the config's optimizer (its own implementation choices, e.g. fused, count)."""
+    """One step as ``train_net.py`` takes it (:class:`DetrTrainer`): forward, backward, the config's gradient
+    clipping, the loss read and the config's optimizer (its own implementation choices, e.g. fused, count)."""
     model.train()
 
     def step_in(dtype):
-        scaler = torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)
+        trainer = build_trainer(cfg, model, itertools.repeat(batch), optimizer, device, dtype)
+        trainer.iter = 0
+        storage = EventStorage()
 
         def one_step():
-            with amp_autocast(device, dtype):
-                losses = sum(model(batch).values())
-            optimizer.zero_grad()
-            scaler.scale(losses).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            with storage:
+                trainer.run_step()
 
         return one_step
 
@@ -297,7 +298,7 @@ def main(args):
         results["train"] = {
             "inputs": f"synthetic {args.train_batch_size} x {height}x{width}, {args.train_boxes} boxes each",
             **benchmark_training(
-                model, optimizer, batch, device, train_dtype, args.warmup, args.repeats, yardstick, compare["train"],
+                cfg, model, optimizer, batch, device, train_dtype, args.warmup, args.repeats, yardstick, compare["train"],
                 args.flop_floor, count_dispatch=count_dispatch, sync_sites=args.sync_sites,
             ),
         }

@@ -156,3 +156,16 @@ def test_select_loss_reproduces_the_official_fixture(parity_fixture, run):
     select_loss = foreground_focal_loss(debug["temp_backbone_mask_prediction"], foreground) * 1.5
     expected = record["losses_tensors"]["select_loss"]
     torch.testing.assert_close(select_loss, expected, rtol=1e-6, atol=0)
+
+
+def test_python_shapes_give_the_targets_of_a_shape_tensor_on_the_requested_device():
+    # the model passes its level shapes as Python ints: nothing is read back from a GPU
+    shapes = _shapes(96, 128)
+    targets = [_target([10, 10, 60, 50], (96, 128)), _target([0, 0, 90, 120], (96, 128))]
+    expected = ForegroundTargetAssigner()(shapes, targets)
+    from_ints = ForegroundTargetAssigner()(shapes.tolist(), targets, device="cpu")
+    assert torch.equal(from_ints, expected) and expected.sum() > 0
+    # again (the token grid comes from the cache now), and without boxes
+    assert torch.equal(ForegroundTargetAssigner()(shapes.tolist(), targets), expected)
+    empty = {"boxes": torch.zeros(0, 4), "image_size": (96, 128)}
+    assert not ForegroundTargetAssigner()(shapes.tolist(), [empty], device="cpu").any()

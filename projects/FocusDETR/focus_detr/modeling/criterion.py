@@ -203,7 +203,8 @@ class FocusDETRCriterion(nn.Module):
             outputs: {"pred_logits" (B, Q, K), "pred_boxes" (B, Q, 4) of the last decoder layer,
                 "aux_outputs": [{"pred_logits", "pred_boxes"}] of decoder layers 0 .. L-2,
                 "enc_outputs": {"pred_logits", "pred_boxes"} two-stage proposals,
-                "foreground_logits" (B, N, 1) raw FTS scores, "spatial_shapes" (num_levels, 2)}.
+                "foreground_logits" (B, N, 1) raw FTS scores, "spatial_shapes" (h, w) per level: Python ints,
+                or a (num_levels, 2) tensor}.
             targets: B dicts {"labels" (n,) int64, "boxes" (n, 4) normalised cxcywh, "image_size" (h, w)}.
             denoising: the denoising queries fed to the decoder (None: no denoising this step).
             dn_outputs: their predictions from ``split_denoising_outputs`` (required iff denoising is given).
@@ -232,10 +233,11 @@ class FocusDETRCriterion(nn.Module):
 
         losses.update(self.denoising_losses(targets, denoising, dn_outputs, len(aux_outputs), num_boxes, device))
 
-        foreground_targets = self.foreground_assigner(outputs["spatial_shapes"], targets)
+        foreground_logits = outputs["foreground_logits"]
+        foreground_targets = self.foreground_assigner(outputs["spatial_shapes"], targets, foreground_logits.device)
         select_loss = foreground_focal_loss(
-            outputs["foreground_logits"],
-            foreground_targets.to(outputs["foreground_logits"].device),
+            foreground_logits,
+            foreground_targets,
             alpha=self.foreground_focal_alpha,
             gamma=self.foreground_focal_gamma,
         )

@@ -214,7 +214,7 @@ class FocusDETR(nn.Module):
             "aux_outputs": [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])],
             "enc_outputs": {"pred_logits": out.encoder_logits, "pred_boxes": out.encoder_boxes},
             "foreground_logits": out.selection.foreground_logits,
-            "spatial_shapes": out.spatial_shapes,
+            "spatial_shapes": out.spatial_shapes_list,  # host ints: the foreground targets read nothing back
         }
         return self.criterion(outputs, targets, denoising, dn_outputs)
 

@@ -1,12 +1,14 @@
 """Foreground supervision of the Foreground Token Selector: per-token binary targets and their focal loss (spec 5)."""
 
-from typing import Dict, List, Sequence, Tuple
+import functools
+from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.box_ops import box_cxcywh_to_xyxy
+from .token_layout import LAYOUT_CACHE_SIZE
 
 
 class ForegroundTargetAssigner(nn.Module):
@@ -47,46 +49,46 @@ class ForegroundTargetAssigner(nn.Module):
         return f"strides={self.strides}, scale_ranges={self.scale_ranges}"
 
     def token_centres(
-        self, spatial_shapes: Tensor, dtype: torch.dtype = torch.float32
+        self, spatial_shapes: Union[Tensor, Sequence[Tuple[int, int]]], dtype: torch.dtype = torch.float32,
+        device=None,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Centres of all tokens in flattened order (level-major, row-major inside a level).
 
-        Returns x (N,), y (N,) in input pixels and level (N,) int64, on spatial_shapes' device.
+        Returns x (N,), y (N,) in input pixels and level (N,) int64, on ``device`` (default: spatial_shapes', the
+        CPU for Python ints). Shared with later calls: read, never modify.
         """
-        device = spatial_shapes.device
-        xs, ys, levels = [], [], []
-        for level, ((h, w), stride) in enumerate(zip(spatial_shapes.tolist(), self.strides)):
-            # same construction as the official code: arange(0, w*s, s) + s//2 in float32
-            shift_x = torch.arange(0, w * stride, stride, dtype=dtype, device=device)
-            shift_y = torch.arange(0, h * stride, stride, dtype=dtype, device=device)
-            grid_y, grid_x = torch.meshgrid(shift_y, shift_x, indexing="ij")
-            xs.append(grid_x.reshape(-1) + stride // 2)
-            ys.append(grid_y.reshape(-1) + stride // 2)
-            levels.append(torch.full((h * w,), level, dtype=torch.int64, device=device))
-        return torch.cat(xs), torch.cat(ys), torch.cat(levels)
+        level_shapes, device = _level_shapes(spatial_shapes, device)
+        x, y, level, _, _ = _token_grid(level_shapes, self.strides, self.scale_ranges, dtype, device)
+        return x, y, level
 
     @torch.no_grad()
-    def forward(self, spatial_shapes: Tensor, targets: List[Dict[str, Tensor]]) -> Tensor:
+    def forward(
+        self, spatial_shapes: Union[Tensor, Sequence[Tuple[int, int]]], targets: List[Dict[str, Tensor]], device=None
+    ) -> Tensor:
         """
         Args:
-            spatial_shapes: (L, 2) int64 (h, w) of each level, L == len(strides).
+            spatial_shapes: (h, w) of each level, L == len(strides): Python ints (the model's, read from nothing),
+                or an (L, 2) integer tensor.
             targets: B dicts with "boxes" (n, 4) cxcywh normalised by "image_size" (h, w) of the unpadded input.
+            device: where the targets are built (default: spatial_shapes' device, the CPU for Python ints).
         Returns:
             (B, N) float32 targets in {0, 1}, N = sum(h*w), same token order as the flattened features.
+
+        With Python shapes nothing is read from or copied to the device: the token grid is built once per layout
+        (:data:`~focus_detr.modeling.token_layout.LAYOUT_CACHE_SIZE` kept) and the boxes are scaled on the device.
         """
-        if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+        if isinstance(spatial_shapes, Tensor) and (spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2):
             raise ValueError(
                 f"ForegroundTargetAssigner: spatial_shapes must be (L, 2), got {tuple(spatial_shapes.shape)}"
             )
-        if spatial_shapes.shape[0] != len(self.strides):
+        level_shapes, device = _level_shapes(spatial_shapes, device)
+        if len(level_shapes) != len(self.strides):
             raise ValueError(
-                f"ForegroundTargetAssigner: spatial_shapes has {spatial_shapes.shape[0]} levels but "
+                f"ForegroundTargetAssigner: spatial_shapes has {len(level_shapes)} levels but "
                 f"{len(self.strides)} strides are configured"
             )
-        x, y, level = self.token_centres(spatial_shapes)
-        low = torch.tensor([r[0] for r in self.scale_ranges], dtype=x.dtype, device=x.device)[level]
-        high = torch.tensor([r[1] for r in self.scale_ranges], dtype=x.dtype, device=x.device)[level]
-        foreground = torch.zeros(len(targets), x.numel(), dtype=torch.float32, device=x.device)
+        x, y, _, low, high = _token_grid(level_shapes, self.strides, self.scale_ranges, torch.float32, device)
+        foreground = torch.zeros(len(targets), x.numel(), dtype=torch.float32, device=device)
         for b, target in enumerate(targets):
             boxes = target["boxes"]
             if boxes.dim() != 2 or boxes.shape[-1] != 4:
@@ -96,8 +98,9 @@ class ForegroundTargetAssigner(nn.Module):
             if "image_size" not in target:
                 raise ValueError(f"ForegroundTargetAssigner: target {b} has no 'image_size' (h, w)")
             h, w = (int(v) for v in target["image_size"])
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=x.device)
-            boxes_abs = box_cxcywh_to_xyxy(boxes.to(device=x.device, dtype=torch.float32) * scale)  # (n, 4)
+            scale = torch.full((4,), w, dtype=torch.float32, device=device)  # (w, h, w, h) without a host copy
+            scale[1::2].fill_(h)
+            boxes_abs = box_cxcywh_to_xyxy(boxes.to(device=device, dtype=torch.float32) * scale)  # (n, 4)
             left = x[:, None] - boxes_abs[None, :, 0]  # (N, n)
             top = y[:, None] - boxes_abs[None, :, 1]
             right = boxes_abs[None, :, 2] - x[:, None]
@@ -108,6 +111,35 @@ class ForegroundTargetAssigner(nn.Module):
             in_level = (largest > low[:, None]) & (largest <= high[:, None])
             foreground[b] = (inside & in_level).any(dim=1).float()
         return foreground
+
+
+def _level_shapes(spatial_shapes, device) -> Tuple[Tuple[Tuple[int, int], ...], torch.device]:
+    """(h, w) per level as Python ints and the device to build on (``device``, else the tensor's, else the CPU).
+    Reads a tensor's values: one device read when it lives on a GPU."""
+    if isinstance(spatial_shapes, Tensor):
+        device = spatial_shapes.device if device is None else device
+        spatial_shapes = spatial_shapes.tolist()
+    shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
+    return shapes, torch.device("cpu" if device is None else device)
+
+
+@functools.lru_cache(maxsize=LAYOUT_CACHE_SIZE)
+def _token_grid(level_shapes, strides, scale_ranges, dtype, device) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """x, y (N,) token centres in input pixels, level (N,) int64 and each token's level range low, high (N,)."""
+    # Plain tensors even when first built under torch.inference_mode, outside any autograd graph.
+    with torch.inference_mode(False), torch.no_grad():
+        xs, ys, levels, lows, highs = [], [], [], [], []
+        for level, ((h, w), stride, (low, high)) in enumerate(zip(level_shapes, strides, scale_ranges)):
+            # same construction as the official code: arange(0, w*s, s) + s//2 in float32
+            shift_x = torch.arange(0, w * stride, stride, dtype=dtype, device=device)
+            shift_y = torch.arange(0, h * stride, stride, dtype=dtype, device=device)
+            grid_y, grid_x = torch.meshgrid(shift_y, shift_x, indexing="ij")
+            xs.append(grid_x.reshape(-1) + stride // 2)
+            ys.append(grid_y.reshape(-1) + stride // 2)
+            levels.append(torch.full((h * w,), level, dtype=torch.int64, device=device))
+            lows.append(torch.full((h * w,), low, dtype=dtype, device=device))
+            highs.append(torch.full((h * w,), high, dtype=dtype, device=device))
+        return tuple(torch.cat(parts) for parts in (xs, ys, levels, lows, highs))
 
 
 def foreground_focal_loss(

@@ -31,6 +31,7 @@ class TransformerOutput:
         selection: the foreground selector's decisions.
         fine_grained_inds: per encoder layer ``(B, m_j)`` indices of the fine-grained tokens.
         spatial_shapes: ``(L, 2)`` int64 ``(h, w)``; level_start_index ``(L,)``.
+        spatial_shapes_list: the same ``(h, w)`` as Python ints (graph values under tracing).
     """
 
     hidden_states: torch.Tensor
@@ -41,6 +42,7 @@ class TransformerOutput:
     fine_grained_inds: List[torch.Tensor]
     spatial_shapes: torch.Tensor
     level_start_index: torch.Tensor
+    spatial_shapes_list: List[Tuple[int, int]]
 
 
 class FocusDETRTransformer(nn.Module):
@@ -207,4 +209,5 @@ class FocusDETRTransformer(nn.Module):
             fine_grained_inds=fine_grained_inds,
             spatial_shapes=spatial_shapes,
             level_start_index=level_start_index,
+            spatial_shapes_list=layout.spatial_shapes_list,
         )

@@ -120,6 +120,7 @@ def test_a_diverging_loss_stops_with_one_line_saves_the_iterations_before_it_and
     checkpoint = out / "model_0000006.pth"
     assert line.startswith(
         "error: training diverged at iteration 7: loss_bbox is nan, so its step was not applied; lower optimizer.lr "
+        "or clip gradients harder (train.clip_grad.params.max_norm, now 0.1); training stopped after iteration 6, "
     ), line
     assert f"; training stopped after iteration 6, checkpoint {checkpoint} (a resume continues at iteration 7): " in line
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)

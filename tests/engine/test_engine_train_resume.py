@@ -2,6 +2,7 @@
 import os
 import shutil
 
+import pytest
 import torch
 
 from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
@@ -49,12 +50,42 @@ def test_resume_from_iteration_5_matches_uninterrupted_run(train_net, toy_datase
 
     log = (interrupted / "log.txt").read_text()
     assert "Resuming at iteration 5 (RNG and data position restored)" in log
+    assert "optimizer settings" not in log  # the same config: nothing overrides the checkpoint's
     expected, resumed = _load(uninterrupted / "model_final.pth"), _load(interrupted / "model_final.pth")
     assert resumed["iteration"] == expected["iteration"] == 9
     # weights, optimizer moments, hook states, every RNG and the data-loader position: all bit-identical
     _assert_same_tree(expected["model"], resumed["model"], "model")
     _assert_same_tree(expected["trainer"], resumed["trainer"], "trainer")
     _assert_same_tree(expected["rank_states"], resumed["rank_states"], "rank_states")
+
+
+def test_resume_takes_the_learning_rate_and_weight_decay_of_its_config_and_says_so(train_net, toy_dataset, tmp_path):
+    # the checkpoint's optimizer state used to replace them without a word (detectron2 loads every param group's
+    # hyperparameters, and the LR schedule multiplies the saved base rate), so lowering the rate of a diverging run
+    # at resume changed nothing
+    import json
+
+    def logged_rates(output_dir):
+        records = [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines()]
+        return {record["iteration"]: record["lr"] for record in records if "lr" in record}
+
+    run = ["train.max_iter=8", "train.checkpointer.period=4"]
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    _train(train_net, first, *run, "optimizer.lr=1e-3")
+    resumed.mkdir()
+    shutil.copy(first / "model_0000003.pth", resumed)
+    (resumed / "last_checkpoint").write_text("model_0000003.pth")
+    _train(train_net, resumed, *run, "optimizer.lr=1e-4", "optimizer.weight_decay=0.5", resume=True)
+    log = (resumed / "log.txt").read_text()
+    # the backbone's group trains at a tenth of the rate
+    assert ("Resuming with the config's optimizer settings, not the checkpoint's: lr 0.0001 -> 1e-05, 0.001 -> 0.0001, "
+            "weight_decay 0.0001 -> 0.5") in log
+    before, after = logged_rates(first), logged_rates(resumed)
+    assert sorted(after) == [4, 5, 6, 7]
+    assert all(after[i] == pytest.approx(before[i] / 10) for i in after)  # the same schedule on the new base rate
+    groups = _load(resumed / "model_final.pth")["trainer"]["optimizer"]["param_groups"]
+    assert {group["initial_lr"] for group in groups} == {1e-5, 1e-4}
+    assert 0.5 in {group["weight_decay"] for group in groups} and 1e-4 not in {group["weight_decay"] for group in groups}
 
 
 def test_resume_without_restoring_rng_would_differ(train_net, toy_dataset, tmp_path):

@@ -1,6 +1,6 @@
 """Optimiser helpers that configs refer to (kept as classes so a config stays serialisable)."""
 
-__all__ = ["LrFactorByName"]
+__all__ = ["LrFactorByName", "optimizer_settings", "restore_optimizer_settings"]
 
 
 class LrFactorByName:
@@ -18,3 +18,34 @@ class LrFactorByName:
 
     def __repr__(self):
         return f"LrFactorByName(substring={self.substring!r}, factor={self.factor})"
+
+
+def optimizer_settings(optimizer):
+    """Per parameter group, its hyperparameters as configured (``lr`` the base learning rate), without the
+    parameters: take it before a checkpoint is loaded, for :func:`restore_optimizer_settings`."""
+    return [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+
+
+def restore_optimizer_settings(optimizer, settings):
+    """Puts the configured hyperparameters ``settings`` (from :func:`optimizer_settings`) back into ``optimizer``
+    after a checkpoint loaded its state, which replaces every group's hyperparameters with the saved ones:
+    resuming with ``optimizer.lr=...`` or ``optimizer.weight_decay=...`` would otherwise keep the old values without
+    a word. The base learning rate goes to ``initial_lr``, which the LR schedule multiplies. Returns the changes,
+    ``"name old -> new"`` (groups whose values differ, e.g. a backbone's lower rate, add ``, old -> new``); an
+    unchanged config changes nothing."""
+    changes = {}
+    for group, configured in zip(optimizer.param_groups, settings):
+        for key, value in configured.items():
+            target = "initial_lr" if key == "lr" else key
+            saved = group.get(target, group.get("lr") if key == "lr" else None)
+            if _comparable(saved) == _comparable(value):
+                continue
+            group[target] = value
+            change = f"{saved} -> {value}"
+            if change not in changes.setdefault(key, []):
+                changes[key].append(change)
+    return [f"{key} {', '.join(pairs)}" for key, pairs in changes.items()]
+
+
+def _comparable(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value

@@ -16,6 +16,7 @@ from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
+from .optim import optimizer_settings, restore_optimizer_settings
 from .rng import restore_rng_state
 from .cuda_graphs import inference_cuda_graphs
 from .precision import inference_amp_dtype, training_amp_dtype
@@ -144,10 +145,14 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         ]
     )
 
+    configured = optimizer_settings(optimizer)
     extra = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter, rng_state = 0, None
     if resume and checkpointer.has_checkpoint():
         start_iter = trainer.iter + 1
+        changes = restore_optimizer_settings(optimizer, configured)
+        if changes:
+            logger.warning(f"Resuming with the config's optimizer settings, not the checkpoint's: {', '.join(changes)}")
         if start_iter >= cfg.train.max_iter:
             raise ConfigError(
                 f"nothing to resume in {cfg.train.output_dir}: its last checkpoint is at iteration {start_iter} and "

@@ -105,7 +105,7 @@ class DetrTrainer(SimpleTrainer):
         bad = [(rank, name, value) for rank, (rank_losses, _) in enumerate(reports)
                for name, value in rank_losses.items() if not math.isfinite(value)]
         if bad:
-            raise TrainingDiverged(_divergence_message(iter, bad, len(reports)))
+            raise TrainingDiverged(self._divergence_message(iter, bad, len(reports)))
         if not comm.is_main_process():
             return
         means = {name: sum(rank_losses[name] for rank_losses, _ in reports) / len(reports) for name in names}
@@ -115,6 +115,28 @@ class DetrTrainer(SimpleTrainer):
             storage.put_scalars(cur_iter=iter, **{f"{prefix}{name}": value for name, value in means.items()})
         if grad_norm is not None:
             storage.put_scalar("grad_norm", grad_norm, smoothing_hint=True, cur_iter=iter)
+
+    def _divergence_message(self, iteration, bad, world_size):
+        """``bad``: (rank, loss name, value) of every non-finite loss. The remedies are those this run can take."""
+        names = []
+        for _, name, value in bad:
+            if f"{name} is {value}" not in names:
+                names.append(f"{name} is {value}")
+        ranks = sorted({rank for rank, _, _ in bad})
+        where = ""
+        if world_size > 1:
+            where = f" (process{'es' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {world_size})"
+        remedies = ["lower optimizer.lr"]
+        if self.clip_grad_max_norm is None:
+            remedies.append("clip gradients (train.clip_grad.enabled=True)")
+        else:
+            remedies.append(f"clip gradients harder (train.clip_grad.params.max_norm, now {self.clip_grad_max_norm})")
+        if self.amp_dtype is not None:
+            remedies.append("train in float32 (train.amp.enabled=False)")
+        return (
+            f"training diverged at iteration {iteration}: {', '.join(names)}{where}, so its step was not applied; "
+            f"{', '.join(remedies[:-1])} or {remedies[-1]}"
+        )
 
     def rewind_to_step_start(self):
         """Puts the RNG state and the data loader's position back to where the current iteration began: what a
@@ -171,21 +193,3 @@ class DetrTrainer(SimpleTrainer):
         super().load_state_dict(state_dict)
         if "grad_scaler" in state_dict and self.grad_scaler.is_enabled():
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
-
-
-def _divergence_message(iteration, bad, world_size):
-    """``bad``: (rank, loss name, value) of every non-finite loss."""
-    names = []
-    for _, name, value in bad:
-        text = f"{name} is {value}"
-        if text not in names:
-            names.append(text)
-    ranks = sorted({rank for rank, _, _ in bad})
-    where = ""
-    if world_size > 1:
-        where = f" (process{'es' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {world_size})"
-    return (
-        f"training diverged at iteration {iteration}: {', '.join(names)}{where}, so its step was not applied; "
-        "lower optimizer.lr (from the start: a resume keeps the checkpoint's learning rate), clip gradients harder "
-        "(train.clip_grad.params.max_norm) or train in float32 (train.amp.enabled=False)"
-    )

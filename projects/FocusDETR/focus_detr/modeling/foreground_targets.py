@@ -48,19 +48,6 @@ class ForegroundTargetAssigner(nn.Module):
     def extra_repr(self) -> str:
         return f"strides={self.strides}, scale_ranges={self.scale_ranges}"
 
-    def token_centres(
-        self, spatial_shapes: Union[Tensor, Sequence[Tuple[int, int]]], dtype: torch.dtype = torch.float32,
-        device=None,
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Centres of all tokens in flattened order (level-major, row-major inside a level).
-
-        Returns x (N,), y (N,) in input pixels and level (N,) int64, on ``device`` (default: spatial_shapes', the
-        CPU for Python ints). Shared with later calls: read, never modify.
-        """
-        level_shapes, device = _level_shapes(spatial_shapes, device)
-        x, y, level, _, _ = _token_grid(level_shapes, self.strides, self.scale_ranges, dtype, device)
-        return x, y, level
-
     @torch.no_grad()
     def forward(
         self, spatial_shapes: Union[Tensor, Sequence[Tuple[int, int]]], targets: List[Dict[str, Tensor]], device=None
@@ -87,7 +74,7 @@ class ForegroundTargetAssigner(nn.Module):
                 f"ForegroundTargetAssigner: spatial_shapes has {len(level_shapes)} levels but "
                 f"{len(self.strides)} strides are configured"
             )
-        x, y, _, low, high = _token_grid(level_shapes, self.strides, self.scale_ranges, torch.float32, device)
+        x, y, low, high = _token_grid(level_shapes, self.strides, self.scale_ranges, device)
         foreground = torch.zeros(len(targets), x.numel(), dtype=torch.float32, device=device)
         for b, target in enumerate(targets):
             boxes = target["boxes"]
@@ -124,22 +111,22 @@ def _level_shapes(spatial_shapes, device) -> Tuple[Tuple[Tuple[int, int], ...], 
 
 
 @functools.lru_cache(maxsize=LAYOUT_CACHE_SIZE)
-def _token_grid(level_shapes, strides, scale_ranges, dtype, device) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """x, y (N,) token centres in input pixels, level (N,) int64 and each token's level range low, high (N,)."""
+def _token_grid(level_shapes, strides, scale_ranges, device) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """x, y (N,) float32 token centres in input pixels (flattened order: level-major, row-major inside a level) and
+    each token's level range low, high (N,). Shared between calls: read, never modify."""
     # Plain tensors even when first built under torch.inference_mode, outside any autograd graph.
     with torch.inference_mode(False), torch.no_grad():
-        xs, ys, levels, lows, highs = [], [], [], [], []
-        for level, ((h, w), stride, (low, high)) in enumerate(zip(level_shapes, strides, scale_ranges)):
+        xs, ys, lows, highs = [], [], [], []
+        for (h, w), stride, (low, high) in zip(level_shapes, strides, scale_ranges):
             # same construction as the official code: arange(0, w*s, s) + s//2 in float32
-            shift_x = torch.arange(0, w * stride, stride, dtype=dtype, device=device)
-            shift_y = torch.arange(0, h * stride, stride, dtype=dtype, device=device)
+            shift_x = torch.arange(0, w * stride, stride, dtype=torch.float32, device=device)
+            shift_y = torch.arange(0, h * stride, stride, dtype=torch.float32, device=device)
             grid_y, grid_x = torch.meshgrid(shift_y, shift_x, indexing="ij")
             xs.append(grid_x.reshape(-1) + stride // 2)
             ys.append(grid_y.reshape(-1) + stride // 2)
-            levels.append(torch.full((h * w,), level, dtype=torch.int64, device=device))
-            lows.append(torch.full((h * w,), low, dtype=dtype, device=device))
-            highs.append(torch.full((h * w,), high, dtype=dtype, device=device))
-        return tuple(torch.cat(parts) for parts in (xs, ys, levels, lows, highs))
+            lows.append(torch.full((h * w,), low, dtype=torch.float32, device=device))
+            highs.append(torch.full((h * w,), high, dtype=torch.float32, device=device))
+        return tuple(torch.cat(parts) for parts in (xs, ys, lows, highs))
 
 
 def foreground_focal_loss(

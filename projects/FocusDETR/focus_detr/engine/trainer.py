@@ -99,13 +99,13 @@ class DetrTrainer(SimpleTrainer):
             values.append(grad_norm.detach().float().reshape(()))
         read = torch.stack(values).tolist()
         losses, grad_norm = dict(zip(names, read)), read[len(names)] if grad_norm is not None else None
-        storage = get_event_storage()
-        storage.put_scalar("rank_data_time", data_time, cur_iter=iter)
         reports = comm.all_gather((losses, data_time)) if comm.get_world_size() > 1 else [(losses, data_time)]
         bad = [(rank, name, value) for rank, (rank_losses, _) in enumerate(reports)
                for name, value in rank_losses.items() if not math.isfinite(value)]
-        if bad:
+        if bad:  # nothing of this iteration is logged: a resume repeats it
             raise TrainingDiverged(self._divergence_message(iter, bad, len(reports)))
+        storage = get_event_storage()
+        storage.put_scalar("rank_data_time", data_time, cur_iter=iter)
         if not comm.is_main_process():
             return
         means = {name: sum(rank_losses[name] for rank_losses, _ in reports) / len(reports) for name in names}

@@ -142,3 +142,58 @@ def test_a_loss_diverging_at_the_first_iteration_is_one_line_without_a_checkpoin
     assert not shows_traceback(err), err[-3000:]
     assert err.strip().splitlines()[-1].startswith("error: training diverged at iteration 0: loss_bbox is nan, so ")
     assert not list(tmp_path.glob("model_*.pth"))
+
+
+def _children(pid):
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    import os
+
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry))
+    return children
+
+
+def test_a_data_loading_worker_killed_mid_run_saves_what_was_trained_and_the_resume_repeats_the_run(tmp_path):
+    # the out-of-memory killer taking a worker used to end the run with torch's traceback, raised wherever the main
+    # process was (a forward, an optimiser step), and the work since the last periodic checkpoint lost
+    import os
+    import signal
+
+    from engine_test_utils import TrainNetProcess
+
+    common = ["--config-file", TOY_CONFIG, "train.max_iter=12", "train.checkpointer.period=100", "train.log_period=1",
+              "dataloader.evaluator=null", "dataloader.train.num_workers=2"]
+    full = tmp_path / "full"
+    run = TrainNetProcess(common + [f"train.output_dir={full}"], str(tmp_path), tmp_path / "data")
+    assert run.wait(timeout=300) == 0, run.stderr()[-3000:]
+
+    out = tmp_path / "out"
+    run = TrainNetProcess(common + [f"train.output_dir={out}", "model.step_seconds=0.2"], str(tmp_path),
+                          tmp_path / "data")
+    run.wait_for(r"iter: 3 ")
+    workers = _children(run.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    assert run.wait(timeout=300) == 2, run.stderr()[-3000:]
+    stderr = run.stderr()
+    assert not shows_traceback(stderr), stderr[-3000:]
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: a data-loading worker process died (process {workers[0]} killed by SIGKILL: out of "
+                           "memory?); training stopped after iteration "), line
+    iteration = int(line.split("training stopped after iteration ")[1].split(",")[0])
+    assert 3 <= iteration < 11
+    assert (f", checkpoint {out / f'model_{iteration:07d}.pth'} (a resume continues at iteration {iteration + 1}): "
+            "free memory or lower dataloader.train.num_workers, then resume with: ") in line
+
+    run = TrainNetProcess(common + [f"train.output_dir={out}", "--resume"], str(tmp_path), tmp_path / "data")
+    assert run.wait(timeout=300) == 0, run.stderr()[-3000:]
+    expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
+    assert all(torch.equal(expected[key], resumed[key]) for key in expected)  # as if nothing had happened

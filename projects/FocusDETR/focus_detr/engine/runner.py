@@ -214,7 +214,7 @@ def _save_before_failed_iteration(error, trainer, checkpoint_hook, start_iter, r
     trainer.iter = completed  # what the checkpoint records (the trainer is done with: training ended)
     checkpoint_hook.save_current_iteration()
     resume = f"resume with: {resume_command}" if resume_command else "continue with --resume"
-    fix = "change what it names" if diverged else "fix or remove what it names"
+    fix = "change what it names" if diverged else getattr(error, "remedy", None) or "fix or remove what it names"
     return (TrainingDiverged if diverged else ValueError)(
         f"{one_line(error)}; training stopped after iteration {completed}, checkpoint {checkpoint_hook.last_saved[1]} "
         f"(a resume continues at iteration {completed + 1}): {fix}, then {resume}"

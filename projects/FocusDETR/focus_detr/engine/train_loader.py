@@ -9,6 +9,9 @@ detectron2's ``AspectRatioGroupedDataset``; the loader's state (next position, t
 aspect-ratio buckets) is recorded after every batch, and restoring it regenerates exactly the same future batches.
 """
 import logging
+import re
+import signal
+import threading
 
 import torch
 from detectron2.data import DatasetFromList
@@ -18,12 +21,46 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .interrupt import ignore_stop_signals
 from .rng import isolated_rng, seed_for_position
 
-__all__ = ["ResumableTrainLoader", "build_resumable_train_loader"]
+__all__ = ["DataWorkerDied", "ResumableTrainLoader", "build_resumable_train_loader"]
 
 logger = logging.getLogger(__name__)
 
 
 _PERMUTATION_STREAM, _AUGMENTATION_STREAM = 0, 1
+
+# torch's messages for a worker process that died: found when the main process waits for its data, or (torch's
+# SIGCHLD handler, which this loader turns off) at any point of the training step
+_WORKER_DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? [^)]*\) (exited unexpectedly|is killed by signal)")
+
+
+class DataWorkerDied(OSError):
+    """A data-loading worker process died. Raised where the next batch is fetched, so the iterations before it are
+    intact and can be saved; ``remedy`` says what to do before resuming."""
+
+    def __init__(self, message, remedy=None):
+        super().__init__(message)
+        self.remedy = remedy
+
+
+def _worker_died(torch_message, workers):
+    """The :class:`DataWorkerDied` for torch's message about a dead worker; ``workers``: the iterator's worker
+    processes, whose exit codes say how they ended (torch's message may not)."""
+    endings = []
+    for worker in workers:
+        code = worker.exitcode
+        if code is None or code == 0:
+            continue
+        if code < 0:
+            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+            endings.append(f"process {worker.pid} killed by {name}")
+        else:
+            endings.append(f"process {worker.pid} exited with status {code}")
+    what = "; ".join(endings) or torch_message.strip().split(". ")[0]
+    if "SIGKILL" in what or "killed by signal: Killed" in what:  # on Linux usually the out-of-memory killer
+        return DataWorkerDied(f"a data-loading worker process died ({what}: out of memory?)",
+                              "free memory or lower dataloader.train.num_workers")
+    return DataWorkerDied(f"a data-loading worker process died ({what})",
+                          "add dataloader.train.num_workers=0 to see its error in the main process")
 
 
 def _identity(x):
@@ -168,7 +205,7 @@ class ResumableTrainLoader:
         replay_set = set(replay)
         buckets = [[], []]
         self._waiting_positions = [[], []]
-        for position, sample in loader:
+        for position, sample in _reporting_dead_workers(loader):
             if position in replay_set:
                 replay_set.discard(position)
             else:
@@ -181,6 +218,31 @@ class ResumableTrainLoader:
                 buckets[bucket] = []
                 self._waiting_positions[bucket] = []
                 yield batch
+
+
+def _reporting_dead_workers(loader):
+    """Iterates ``loader``, turning torch's error for a worker process that died into :class:`DataWorkerDied`.
+
+    torch also installs a SIGCHLD handler that raises that error in the main thread wherever it is when a worker
+    dies: in the middle of a forward, a backward or an optimiser step, where no consistent state is left to save.
+    With that handler off, the death is found where the next batch is fetched (torch checks its workers when one is
+    late, within 5 s); the handler goes only where it is torch's own and this is the main thread."""
+    iterator = iter(loader)
+    handler = signal.getsignal(signal.SIGCHLD) if hasattr(signal, "SIGCHLD") else None
+    if getattr(handler, "__module__", "") == "torch.utils.data._utils.signal_handling" and (
+        threading.current_thread() is threading.main_thread()
+    ):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError as error:
+            if not _WORKER_DIED.search(str(error)):
+                raise
+            raise _worker_died(str(error), getattr(iterator, "_workers", ())) from error
+        yield item
 
 
 def build_resumable_train_loader(

@@ -17,7 +17,12 @@ __all__ = ["DataLoadingFailed", "DetrTrainer", "TrainingDiverged"]
 
 class DataLoadingFailed(ValueError):
     """A process of a multi-process run could not load its training batch (a user error: an unreadable image, ...).
-    Every process raises it at the same iteration with the same message, so that they can save together."""
+    Every process raises it at the same iteration with the same message, so that they can save together; ``remedy``
+    is that of the failing process's error (None: the default)."""
+
+    def __init__(self, message, remedy=None):
+        super().__init__(message)
+        self.remedy = remedy
 
 
 class TrainingDiverged(ValueError, FloatingPointError):
@@ -173,12 +178,13 @@ class DetrTrainer(SimpleTrainer):
         dist.all_reduce(any_failed, op=dist.ReduceOp.MAX, group=comm._get_global_gloo_group())
         if not any_failed.item():
             return batch
-        reports = comm.all_gather(None if failure is None else (one_line(failure), is_user_error(failure)))
+        report = None if failure is None else (one_line(failure), is_user_error(failure), getattr(failure, "remedy", None))
+        reports = comm.all_gather(report)
         failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
         self.data_failed_at = self.iter
-        rank, (text, _) = failed[0]
+        rank, (text, _, remedy) = failed[0]
         if all(report[1] for _, report in failed):
-            raise DataLoadingFailed(f"{text} (process {rank} of {len(reports)})") from failure
+            raise DataLoadingFailed(f"{text} (process {rank} of {len(reports)})", remedy) from failure
         if failure is not None:
             raise failure
         raise RuntimeError(f"process {rank} of {len(reports)} failed to load its training batch: {text}")

@@ -61,6 +61,17 @@ def test_an_error_from_a_data_loader_worker_is_its_original_message():
     assert one_line(error) == "cannot read image /d/a.png: image file is truncated"
 
 
+@pytest.mark.parametrize("message", ["DataLoader worker (pid 31215) is killed by signal: Killed. ",
+                                     "DataLoader worker (pid(s) 31215, 31216) exited unexpectedly"])
+def test_a_dead_data_loader_worker_is_one_line_wherever_torch_raises_it(message):
+    # e.g. --eval-only, where torch's SIGCHLD handler may raise it in the middle of a forward: the machine's problem
+    def evaluate():
+        raise RuntimeError(message)
+
+    assert is_user_error(RuntimeError(message)) and not is_user_error(RuntimeError("CUDA error: an illegal access"))
+    assert run_reporting_errors(evaluate) == 2
+
+
 @pytest.mark.parametrize("override, expected", [
     ("model.transformer.foreground_selector.keep_ratio=abc",
      "error: wrong value for config key 'model.transformer.foreground_selector.keep_ratio': 'abc' is not a number "

@@ -10,6 +10,7 @@ import sys
 from ..data import TreesCacheError
 
 __all__ = [
+    "DATA_WORKER_DIED",
     "INTERRUPTED_EXIT_STATUS",
     "USER_ERRORS",
     "is_user_error",
@@ -21,6 +22,10 @@ __all__ = [
 
 # Errors about the user's input or machine (config, files, datasets, permissions, full disks). Anything else is a bug.
 USER_ERRORS = (ValueError, OSError, TreesCacheError)
+
+# torch's error for a data-loading worker process that died (the out-of-memory killer, a crash): the machine's
+# problem, not a bug of ours; torch raises it where a batch is late or, from its SIGCHLD handler, anywhere
+DATA_WORKER_DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? [^)]*\) (exited unexpectedly|is killed by signal)")
 
 # Errors re-raised from data-loader workers or spawned processes carry the original traceback in their message.
 _TRACEBACK = "Traceback (most recent call last):"
@@ -55,7 +60,9 @@ def _origin(error):
 
 def is_user_error(error):
     """Whether ``error`` (or, for one re-raised from another process, its original) is a user error."""
-    origin_type, _ = _origin(error)
+    origin_type, message = _origin(error)
+    if origin_type is not None and issubclass(origin_type, RuntimeError) and DATA_WORKER_DIED.search(message):
+        return True
     return origin_type is not None and issubclass(origin_type, USER_ERRORS)
 
 

@@ -9,7 +9,6 @@ detectron2's ``AspectRatioGroupedDataset``; the loader's state (next position, t
 aspect-ratio buckets) is recorded after every batch, and restoring it regenerates exactly the same future batches.
 """
 import logging
-import re
 import signal
 import threading
 
@@ -18,6 +17,7 @@ from detectron2.data import DatasetFromList
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .cli import DATA_WORKER_DIED
 from .interrupt import ignore_stop_signals
 from .rng import isolated_rng, seed_for_position
 
@@ -27,10 +27,6 @@ logger = logging.getLogger(__name__)
 
 
 _PERMUTATION_STREAM, _AUGMENTATION_STREAM = 0, 1
-
-# torch's messages for a worker process that died: found when the main process waits for its data, or (torch's
-# SIGCHLD handler, which this loader turns off) at any point of the training step
-_WORKER_DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? [^)]*\) (exited unexpectedly|is killed by signal)")
 
 
 class DataWorkerDied(OSError):
@@ -239,7 +235,7 @@ def _reporting_dead_workers(loader):
         except StopIteration:
             return
         except RuntimeError as error:
-            if not _WORKER_DIED.search(str(error)):
+            if not DATA_WORKER_DIED.search(str(error)):
                 raise
             raise _worker_died(str(error), getattr(iterator, "_workers", ())) from error
         yield item

@@ -197,3 +197,37 @@ def test_a_data_loading_worker_killed_mid_run_saves_what_was_trained_and_the_res
     assert run.wait(timeout=300) == 0, run.stderr()[-3000:]
     expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)  # as if nothing had happened
+
+
+def test_an_unreadable_test_image_in_an_evaluation_during_training_saves_that_iteration(train_net, toy_dataset, tmp_path,
+                                                                                         capsys):
+    # the periodic evaluation runs before that iteration's checkpoint: it used to end the run with every iteration
+    # since the last checkpoint lost
+    import shlex
+
+    from toy_detector import register_toy_dataset
+
+    register_toy_dataset("focus_detr_toy_bad_test", str(tmp_path / "bad"), bad_image=True)
+    run = ["train.max_iter=10", "train.eval_period=7", "train.checkpointer.period=100"]
+    full = tmp_path / "full"
+    assert _train(train_net, full, *run) == 0
+
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert _train(train_net, out, *run, "dataloader.test.dataset.names=focus_detr_toy_bad_test") == 2
+    err = capsys.readouterr().err
+    assert not shows_traceback(err), err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: cannot read image ") and (
+        f" (in the evaluation after iteration 6); training stopped after iteration 6, checkpoint "
+        f"{out / 'model_0000006.pth'} (a resume continues at iteration 7): fix or remove what it names, then resume "
+        "with: "
+    ) in line, line
+
+    # a long line (pytest's paths, twice) keeps its whole resume command
+    assert len(line) > 800 and line.endswith(" --resume")
+    command = shlex.split(line.split("resume with: ")[1])
+    fixed = [arg for arg in command[2:] if not arg.startswith("dataloader.test.dataset.names=")]  # the data fixed
+    assert train_net.cli(fixed) == 0
+    expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
+    assert all(torch.equal(expected[key], resumed[key]) for key in expected)

@@ -12,6 +12,8 @@ from ..data import TreesCacheError
 __all__ = [
     "DATA_WORKER_DIED",
     "INTERRUPTED_EXIT_STATUS",
+    "MAX_LINE_CHARS",
+    "MAX_MESSAGE_CHARS",
     "USER_ERRORS",
     "is_user_error",
     "one_line",
@@ -30,8 +32,11 @@ DATA_WORKER_DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? [^)]*\) (exited 
 # Errors re-raised from data-loader workers or spawned processes carry the original traceback in their message.
 _TRACEBACK = "Traceback (most recent call last):"
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?:: (.*))?$")
-# Longer messages are cut: a line is for reading (the full text stays in the log).
-MAX_LINE_CHARS = 800
+# Longer messages are cut: a line is for reading (the full text stays in the log). The limit leaves room for the
+# resume command that a stopped training run's line ends with, after an original message cut to
+# MAX_MESSAGE_CHARS.
+MAX_LINE_CHARS = 2000
+MAX_MESSAGE_CHARS = 800
 
 
 def _resolve_type(qualified_name):
@@ -66,16 +71,17 @@ def is_user_error(error):
     return origin_type is not None and issubclass(origin_type, USER_ERRORS)
 
 
-def one_line(error):
-    """The whole message of ``error`` (of its original, for one re-raised from another process) on one line."""
+def one_line(error, limit=MAX_LINE_CHARS):
+    """The whole message of ``error`` (of its original, for one re-raised from another process) on one line, cut to
+    ``limit`` characters."""
     origin_type, message = _origin(error)
     if isinstance(error, OSError) and error.strerror and error.filename and _TRACEBACK not in str(error):
         message = f"cannot access {error.filename}: {error.strerror}"
     text = " ".join(line.strip() for line in message.splitlines() if line.strip())
     if not text:
         text = origin_type.__name__ if origin_type is not None else type(error).__name__
-    if len(text) > MAX_LINE_CHARS:
-        text = text[: MAX_LINE_CHARS - 40] + f" ... ({len(text) - MAX_LINE_CHARS + 40} more characters)"
+    if len(text) > limit:
+        text = text[: limit - 40] + f" ... ({len(text) - limit + 40} more characters)"
     return text
 
 

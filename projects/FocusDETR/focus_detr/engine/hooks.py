@@ -148,9 +148,18 @@ class EMAHook(HookBase):
 class IsolatedRngEvalHook(EvalHook):
     """detectron2's ``EvalHook`` whose evaluation leaves the training run's RNG states untouched, so a run with
     periodic evaluation draws the same random numbers as one without. ``final_evaluation_done``: whether the
-    evaluation at the end of training has completed."""
+    evaluation at the end of training has completed; ``failed_at``: the iteration after which an evaluation during
+    training raised (None: none did)."""
 
     final_evaluation_done = False
+    failed_at = None
+
+    def after_step(self):
+        try:
+            super().after_step()
+        except Exception:
+            self.failed_at = self.trainer.iter
+            raise
 
     def _do_eval(self):
         with isolated_rng():

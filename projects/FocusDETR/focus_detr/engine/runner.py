@@ -10,7 +10,7 @@ from detectron2.engine import create_ddp_model, default_writers, hooks
 from detectron2.utils import comm
 
 from .checkpoint import AtomicDetectionCheckpointer
-from .cli import is_user_error, one_line, user_errors_without_tracebacks
+from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line, user_errors_without_tracebacks
 from .config import ConfigError, check_schedule, resolve_device
 from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state
@@ -171,7 +171,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     except TrainingInterrupted:
         raise
     except Exception as error:
-        stopped = _save_before_failed_iteration(error, trainer, checkpoint_hook, start_iter, resume_command)
+        stopped = _save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, start_iter,
+                                                   resume_command)
         if stopped is None:
             raise
         raise stopped from error
@@ -193,31 +194,37 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     return trainer
 
 
-def _save_before_failed_iteration(error, trainer, checkpoint_hook, start_iter, resume_command):
-    """When ``error`` stopped an iteration in a way a resume can mend (a user error in loading its batch, such as a
-    corrupt image hours into a run, or a diverging loss, whose step was not applied), saves the iterations completed
-    before it, with the RNG state and data position this iteration began with, and returns the error to raise
-    instead: the original line, the checkpoint and how to resume. None when there is nothing to add: another kind
-    of error, or nothing completed since the last save. With several processes, only for the errors they all raise
-    together (the save is collective)."""
+def _save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, start_iter, resume_command):
+    """When ``error`` stopped training in a way a resume can mend, saves the iterations completed and returns the
+    error to raise instead: the original line, the checkpoint and how to resume. That is a user error in loading an
+    iteration's batch (a corrupt image hours into a run) or a diverging loss (its step was not applied): saved are the
+    iterations before it, with the RNG state and data position it began with, so a resume repeats it; or a user error
+    in an evaluation during training (an unreadable test image), which ran after its iteration and before that
+    iteration's checkpoint: saved is that iteration, whose evaluation is lost. None when there is nothing to add:
+    another kind of error, or nothing completed since the last save. With several processes, only for the errors
+    they all raise together (the save is collective)."""
     diverged = isinstance(error, TrainingDiverged)
-    completed = trainer.iter - 1
+    evaluation = eval_hook.failed_at is not None and eval_hook.failed_at == trainer.iter
+    several = comm.get_world_size() > 1
+    completed = trainer.iter if evaluation else trainer.iter - 1
     if (
-        not (diverged or trainer.data_failed_at == trainer.iter)
+        not (diverged or evaluation or trainer.data_failed_at == trainer.iter)
         or completed < start_iter
         or not is_user_error(error)
-        or (comm.get_world_size() > 1 and not isinstance(error, (DataLoadingFailed, TrainingDiverged)))
+        or (several and (evaluation or not isinstance(error, (DataLoadingFailed, TrainingDiverged))))
         or not checkpoint_hook.checkpointer.save_dir
     ):
         return None
-    trainer.rewind_to_step_start()  # a resume repeats this iteration: its batch, its random draws
+    if not evaluation:
+        trainer.rewind_to_step_start()  # a resume repeats this iteration: its batch, its random draws
     trainer.iter = completed  # what the checkpoint records (the trainer is done with: training ended)
     checkpoint_hook.save_current_iteration()
     resume = f"resume with: {resume_command}" if resume_command else "continue with --resume"
     fix = "change what it names" if diverged else getattr(error, "remedy", None) or "fix or remove what it names"
+    where = f" (in the evaluation after iteration {completed})" if evaluation else ""
     return (TrainingDiverged if diverged else ValueError)(
-        f"{one_line(error)}; training stopped after iteration {completed}, checkpoint {checkpoint_hook.last_saved[1]} "
-        f"(a resume continues at iteration {completed + 1}): {fix}, then {resume}"
+        f"{one_line(error, MAX_MESSAGE_CHARS)}{where}; training stopped after iteration {completed}, checkpoint "
+        f"{checkpoint_hook.last_saved[1]} (a resume continues at iteration {completed + 1}): {fix}, then {resume}"
     )
 
 

@@ -9,7 +9,7 @@ from torch.multiprocessing.spawn import ProcessRaisedException
 
 from cli_output import error_lines, shows_traceback
 from engine_test_utils import REPO_ROOT, TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
-from focus_detr.engine.cli import is_user_error, one_line, run_reporting_errors
+from focus_detr.engine.cli import is_out_of_memory, is_user_error, one_line, run_reporting_errors
 
 TREES_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
 
@@ -70,6 +70,14 @@ def test_a_dead_data_loader_worker_is_one_line_wherever_torch_raises_it(message)
 
     assert is_user_error(RuntimeError(message)) and not is_user_error(RuntimeError("CUDA error: an illegal access"))
     assert run_reporting_errors(evaluate) == 2
+
+
+def test_running_out_of_memory_is_one_line_on_the_gpu_and_on_the_cpu():
+    with pytest.raises(RuntimeError) as cpu:
+        torch.empty(2**58)  # 1 EiB: the CPU allocator refuses it at once
+    for error in (cpu.value, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")):
+        assert is_out_of_memory(error) and is_user_error(error)
+    assert not is_out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))
 
 
 @pytest.mark.parametrize("override, expected", [

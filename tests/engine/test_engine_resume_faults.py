@@ -231,3 +231,31 @@ def test_an_unreadable_test_image_in_an_evaluation_during_training_saves_that_it
     assert train_net.cli(fixed) == 0
     expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
+
+
+def test_a_step_out_of_memory_stops_with_one_line_saves_the_iterations_before_it_and_a_resume_repeats_it(
+    train_net, toy_dataset, tmp_path, capsys
+):
+    # torch's out-of-memory error used to end the run with its traceback and the work since the last checkpoint lost
+    import shlex
+
+    run = ["train.max_iter=10", "train.checkpointer.period=100", "dataloader.evaluator=null"]
+    full = tmp_path / "full"
+    assert _train(train_net, full, *run) == 0
+
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert _train(train_net, out, *run, "model.oom_step=7") == 2
+    err = capsys.readouterr().err
+    assert not shows_traceback(err), err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line == (
+        "error: out of memory in iteration 7 (CUDA out of memory), so its step was not applied; training stopped after "
+        f"iteration 6, checkpoint {out / 'model_0000006.pth'} (a resume continues at iteration 7): lower "
+        "dataloader.train.total_batch_size or the training image size, or train with train.amp.enabled=True, then "
+        f"resume with: {line.split('resume with: ')[1]}"
+    ), line
+    command = shlex.split(line.split("resume with: ")[1])
+    assert train_net.cli([arg for arg in command[2:] if arg != "model.oom_step=7"]) == 0
+    expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
+    assert all(torch.equal(expected[key], resumed[key]) for key in expected)

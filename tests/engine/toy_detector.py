@@ -4,7 +4,8 @@ The detector draws from the global torch RNG in training (like Focus-DETR's deno
 exact resume notice a generator that is not restored. Two knobs that leave its numbers unchanged serve the tests of
 stopping a run: ``step_seconds`` (each training forward sleeps, giving a signal sent from outside time to land) and
 ``signal_step`` / ``signals`` (the process signals itself during a given training forward; ``inference_signals``:
-during its first inference forward). ``nan_step`` makes one training forward's box loss NaN, as a diverging run's.
+during its first inference forward). ``nan_step`` makes one training forward's box loss NaN, as a diverging run's;
+``oom_step`` makes one raise torch's error for a GPU out of memory.
 """
 import json
 import os
@@ -26,11 +27,12 @@ class ToyDetector(nn.Module):
     """images -> conv features -> ``num_queries`` boxes + class logits. Training: L1 + BCE against the first GT box."""
 
     def __init__(self, num_classes=1, num_queries=4, input_size=32, feature_noise=0.05, step_seconds=0.0,
-                 signal_step=None, signals=(), inference_signals=(), nan_step=None, nan_rank=None):
+                 signal_step=None, signals=(), inference_signals=(), nan_step=None, nan_rank=None, oom_step=None):
         """``step_seconds``: sleep in every training forward. ``signals``: signal numbers this process sends itself
         during training forward number ``signal_step`` (0-based, counted from this model's creation);
         ``inference_signals``: during its first inference forward. ``nan_step``: the training forward (same count)
-        whose box loss is NaN, in process ``nan_rank`` (None: in every process)."""
+        whose box loss is NaN, in process ``nan_rank`` (None: in every process); ``oom_step``: the training forward
+        that runs out of GPU memory."""
         super().__init__()
         self.feature_noise = feature_noise
         self.step_seconds = step_seconds
@@ -39,6 +41,7 @@ class ToyDetector(nn.Module):
         self.inference_signals = list(inference_signals)
         self.nan_step = nan_step
         self.nan_rank = nan_rank
+        self.oom_step = oom_step
         self._training_forwards = 0
         self.num_classes = num_classes
         self.num_queries = num_queries
@@ -65,6 +68,12 @@ class ToyDetector(nn.Module):
         logits = self.class_embed(features).view(-1, self.num_queries, self.num_classes)
         boxes = self.bbox_embed(features).view(-1, self.num_queries, 4).sigmoid()  # normalised x0, y0, x1-x0, y1-y0
         if self.training:
+            if self._training_forwards == self.oom_step:
+                self._training_forwards += 1
+                raise torch.OutOfMemoryError(
+                    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+                    "1.06 GiB is free. Of the allocated memory 75.10 GiB is allocated by PyTorch"
+                )
             diverged = self._training_forwards == self.nan_step and self.nan_rank in (None, comm.get_rank())
             self._after_training_forward()
             losses = self.losses(batched_inputs, logits, boxes)

@@ -1,11 +1,13 @@
 """Command-line conventions shared by ``train_net.py``, ``tools/`` and ``demo/``: a user error (config, files,
-datasets, disk) becomes one line ``error: <what> <where>: <why>`` on stderr and exit status 2; a bug keeps its
+datasets, disk, memory) becomes one line ``error: <what> <where>: <why>`` on stderr and exit status 2; a bug keeps its
 traceback; Ctrl-C is one line (an interrupted training run's says where it stopped and how to resume) and exit
 status 130."""
 import contextlib
 import logging
 import re
 import sys
+
+import torch
 
 from ..data import TreesCacheError
 
@@ -15,6 +17,7 @@ __all__ = [
     "MAX_LINE_CHARS",
     "MAX_MESSAGE_CHARS",
     "USER_ERRORS",
+    "is_out_of_memory",
     "is_user_error",
     "one_line",
     "report_interruption",
@@ -28,6 +31,17 @@ USER_ERRORS = (ValueError, OSError, TreesCacheError)
 # torch's error for a data-loading worker process that died (the out-of-memory killer, a crash): the machine's
 # problem, not a bug of ours; torch raises it where a batch is late or, from its SIGCHLD handler, anywhere
 DATA_WORKER_DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? [^)]*\) (exited unexpectedly|is killed by signal)")
+
+# The CPU allocator's error when memory runs out (torch.OutOfMemoryError is the GPU's)
+_CPU_OUT_OF_MEMORY = re.compile(r"DefaultCPUAllocator: can't allocate memory")
+
+
+def is_out_of_memory(error):
+    """Whether ``error`` is torch's report that the device (GPU or CPU) ran out of memory."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and _CPU_OUT_OF_MEMORY.search(str(error)) is not None
+    )
+
 
 # Errors re-raised from data-loader workers or spawned processes carry the original traceback in their message.
 _TRACEBACK = "Traceback (most recent call last):"
@@ -66,8 +80,11 @@ def _origin(error):
 def is_user_error(error):
     """Whether ``error`` (or, for one re-raised from another process, its original) is a user error."""
     origin_type, message = _origin(error)
-    if origin_type is not None and issubclass(origin_type, RuntimeError) and DATA_WORKER_DIED.search(message):
-        return True
+    if origin_type is not None and issubclass(origin_type, RuntimeError) and (
+        DATA_WORKER_DIED.search(message) or issubclass(origin_type, torch.OutOfMemoryError)
+        or _CPU_OUT_OF_MEMORY.search(message)
+    ):
+        return True  # the machine's limits, not a bug
     return origin_type is not None and issubclass(origin_type, USER_ERRORS)
 
 

@@ -11,6 +11,7 @@ aspect-ratio buckets) is recorded after every batch, and restoring it regenerate
 import logging
 import signal
 import threading
+import time
 
 import torch
 from detectron2.data import DatasetFromList
@@ -217,7 +218,8 @@ class ResumableTrainLoader:
 
 
 def _reporting_dead_workers(loader):
-    """Iterates ``loader``, turning torch's error for a worker process that died into :class:`DataWorkerDied`.
+    """Iterates ``loader``, turning the error of a worker process that died (torch's, or the broken pipe it was
+    sending a batch through) into :class:`DataWorkerDied`.
 
     torch also installs a SIGCHLD handler that raises that error in the main thread wherever it is when a worker
     dies: in the middle of a forward, a backward or an optimiser step, where no consistent state is left to save.
@@ -234,11 +236,26 @@ def _reporting_dead_workers(loader):
             item = next(iterator)
         except StopIteration:
             return
-        except RuntimeError as error:
-            if not DATA_WORKER_DIED.search(str(error)):
+        except Exception as error:
+            # torch's own error, or what the pipe to a worker killed mid-transfer raised (a connection reset, an end
+            # of file), which can come before the worker's exit is visible: hence the wait
+            workers = getattr(iterator, "_workers", ())
+            pipe_error = isinstance(error, (OSError, EOFError))
+            if not (DATA_WORKER_DIED.search(str(error)) or _a_worker_died(workers, wait=pipe_error)):
                 raise
-            raise _worker_died(str(error), getattr(iterator, "_workers", ())) from error
+            raise _worker_died(str(error), workers) from error
         yield item
+
+
+def _a_worker_died(workers, wait):
+    """Whether one of ``workers`` (processes) has ended with an error; with ``wait``, gives them a second to."""
+    deadline = time.monotonic() + (1.0 if wait else 0.0)
+    while True:
+        if any(worker.exitcode not in (None, 0) for worker in workers):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
 
 
 def build_resumable_train_loader(

@@ -8,11 +8,11 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from .cli import is_user_error, one_line
+from .cli import is_out_of_memory, is_user_error, one_line
 from .precision import amp_autocast
 from .rng import capture_rng_state, restore_rng_state
 
-__all__ = ["DataLoadingFailed", "DetrTrainer", "TrainingDiverged"]
+__all__ = ["DataLoadingFailed", "DetrTrainer", "StepOutOfMemory", "TrainingDiverged"]
 
 
 class DataLoadingFailed(ValueError):
@@ -28,6 +28,14 @@ class DataLoadingFailed(ValueError):
 class TrainingDiverged(ValueError, FloatingPointError):
     """A loss became infinite or NaN; the step that computed it was not applied. A user error (the learning rate,
     clipping or precision need changing), raised by every process at the same iteration with the same message."""
+
+
+class StepOutOfMemory(ValueError):
+    """The device ran out of memory in a training step's forward or backward, so the step was not applied: a user
+    error (the batch, the image size or the precision need changing). ``remedy`` says what to change."""
+
+    remedy = ("lower dataloader.train.total_batch_size or the training image size, or train with "
+              "train.amp.enabled=True")
 
 
 class DetrTrainer(SimpleTrainer):
@@ -73,6 +81,25 @@ class DetrTrainer(SimpleTrainer):
         data = self._next_batch()
         data_time = time.perf_counter() - start
 
+        out_of_memory = None
+        try:
+            loss_dict, total_norm = self._forward_backward(data)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            out_of_memory = one_line(error).split(". ")[0]
+        if out_of_memory is not None:
+            # raised here, outside the handler: the failed step's tensors, which its traceback holds, are freed
+            self.optimizer.zero_grad(set_to_none=True)
+            raise StepOutOfMemory(f"out of memory in iteration {self.iter} ({out_of_memory}), so its step was not "
+                                  "applied")
+        self._write_metrics(loss_dict, data_time, grad_norm=total_norm)  # raises TrainingDiverged before the step
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+    def _forward_backward(self, data):
+        """Losses of ``data`` and their gradients (unscaled and clipped when clipping is on); returns the loss dict
+        and the total gradient norm before clipping (None without clipping)."""
         with amp_autocast(self.device_type, self.amp_dtype):
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
@@ -87,9 +114,7 @@ class DetrTrainer(SimpleTrainer):
             self.grad_scaler.unscale_(self.optimizer)
             parameters = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
             total_norm = torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad_max_norm, self.clip_grad_norm_type)
-        self._write_metrics(loss_dict, data_time, grad_norm=total_norm)  # raises TrainingDiverged before the step
-        self.grad_scaler.step(self.optimizer)
-        self.grad_scaler.update()
+        return loss_dict, total_norm
 
     def _write_metrics(self, loss_dict, data_time, prefix="", iter=None, grad_norm=None):
         """detectron2's metrics (each loss averaged over the processes, ``total_loss``, ``data_time`` of the slowest

@@ -259,3 +259,20 @@ def test_a_step_out_of_memory_stops_with_one_line_saves_the_iterations_before_it
     assert train_net.cli([arg for arg in command[2:] if arg != "model.oom_step=7"]) == 0
     expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
+
+
+def test_an_evaluation_out_of_memory_during_training_saves_that_iteration_and_names_the_evaluation_settings(
+    train_net, toy_dataset, tmp_path, capsys, monkeypatch
+):
+    from toy_detector import ToyDetector
+
+    def out_of_memory(self, batched_inputs, logits, boxes):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB.")
+
+    monkeypatch.setattr(ToyDetector, "inference", out_of_memory)
+    assert _train(train_net, tmp_path, "train.max_iter=10", "train.eval_period=7", "train.checkpointer.period=100") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: CUDA out of memory. Tried to allocate 8.00 GiB. (in the evaluation after iteration 6); "
+                           f"training stopped after iteration 6, checkpoint {tmp_path / 'model_0000006.pth'} "), line
+    assert (": lower dataloader.test.batch_size or the test image size, or evaluate with "
+            "train.inference_amp.enabled=True, then resume with: ") in line

@@ -10,7 +10,7 @@ from detectron2.engine import create_ddp_model, default_writers, hooks
 from detectron2.utils import comm
 
 from .checkpoint import AtomicDetectionCheckpointer
-from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line, user_errors_without_tracebacks
+from .cli import MAX_MESSAGE_CHARS, is_out_of_memory, is_user_error, one_line, user_errors_without_tracebacks
 from .config import ConfigError, check_schedule, resolve_device
 from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state
@@ -221,7 +221,13 @@ def _save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, st
     trainer.iter = completed  # what the checkpoint records (the trainer is done with: training ended)
     checkpoint_hook.save_current_iteration()
     resume = f"resume with: {resume_command}" if resume_command else "continue with --resume"
-    fix = "change what it names" if diverged else getattr(error, "remedy", None) or "fix or remove what it names"
+    if diverged:
+        fix = "change what it names"
+    elif evaluation and is_out_of_memory(error):
+        fix = ("lower dataloader.test.batch_size or the test image size, or evaluate with "
+               "train.inference_amp.enabled=True")
+    else:
+        fix = getattr(error, "remedy", None) or "fix or remove what it names"
     where = f" (in the evaluation after iteration {completed})" if evaluation else ""
     return (TrainingDiverged if diverged else ValueError)(
         f"{one_line(error, MAX_MESSAGE_CHARS)}{where}; training stopped after iteration {completed}, checkpoint "

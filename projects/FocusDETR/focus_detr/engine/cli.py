@@ -36,13 +36,6 @@ DATA_WORKER_DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? [^)]*\) (exited 
 _CPU_OUT_OF_MEMORY = re.compile(r"DefaultCPUAllocator: can't allocate memory")
 
 
-def is_out_of_memory(error):
-    """Whether ``error`` is torch's report that the device (GPU or CPU) ran out of memory."""
-    return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and _CPU_OUT_OF_MEMORY.search(str(error)) is not None
-    )
-
-
 # Errors re-raised from data-loader workers or spawned processes carry the original traceback in their message.
 _TRACEBACK = "Traceback (most recent call last):"
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?:: (.*))?$")
@@ -77,15 +70,24 @@ def _origin(error):
     return None, message
 
 
-def is_user_error(error):
-    """Whether ``error`` (or, for one re-raised from another process, its original) is a user error."""
+def is_out_of_memory(error):
+    """Whether ``error`` (or its original) is torch's report that the device (GPU or CPU) ran out of memory."""
     origin_type, message = _origin(error)
-    if origin_type is not None and issubclass(origin_type, RuntimeError) and (
-        DATA_WORKER_DIED.search(message) or issubclass(origin_type, torch.OutOfMemoryError)
-        or _CPU_OUT_OF_MEMORY.search(message)
-    ):
-        return True  # the machine's limits, not a bug
-    return origin_type is not None and issubclass(origin_type, USER_ERRORS)
+    return origin_type is not None and (
+        issubclass(origin_type, torch.OutOfMemoryError)
+        or (issubclass(origin_type, RuntimeError) and _CPU_OUT_OF_MEMORY.search(message) is not None)
+    )
+
+
+def is_user_error(error):
+    """Whether ``error`` (or, for one re-raised from another process, its original) is a user error: one of
+    :data:`USER_ERRORS`, or the machine's limits (out of memory, a data-loading worker that died)."""
+    origin_type, message = _origin(error)
+    if origin_type is None:
+        return False
+    if issubclass(origin_type, RuntimeError) and DATA_WORKER_DIED.search(message) or is_out_of_memory(error):
+        return True
+    return issubclass(origin_type, USER_ERRORS)
 
 
 def one_line(error, limit=MAX_LINE_CHARS):

@@ -41,7 +41,9 @@ class StepOutOfMemory(ValueError):
 class DetrTrainer(SimpleTrainer):
     """detectron2's ``SimpleTrainer`` step plus what DETR training needs and ``AMPTrainer`` lacks on CPU:
     autocast on any device type, a gradient scaler only for float16, and gradient-norm clipping of the unscaled
-    gradients before the step (the total norm before clipping is logged as ``grad_norm``).
+    gradients before the step (the total norm before clipping is logged as ``grad_norm``). A step whose loss is not
+    finite (:class:`TrainingDiverged`) or that runs out of memory (:class:`StepOutOfMemory`) raises before the
+    optimiser step; :meth:`rewind_to_step_start` then gives back the RNG state and data position it began with.
 
     Args:
         model, data_loader, optimizer: as in ``SimpleTrainer`` (the model returns a dict of weighted losses).

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Speed and memory of a config's model: inference latency (median after warm-up) and images/s at batch 1 (or
-``--batch-size N``: N images per call, padded into one batch; then times are per call), training
-iteration time (the step ``train_net.py`` takes: gradient clipping and the loss read included), peak memory. Prints a table and, with ``--json``, writes the numbers. Nothing here is a test.
+``--batch-size N``: N images per call, padded into one batch; then times are per call), training iteration time
+(the step ``train_net.py`` takes: gradient clipping and the loss read included), peak memory. Prints a table and,
+with ``--json``, writes the numbers. Nothing here is a test.
 Random weights (``train.init_checkpoint`` is not loaded): the work done does not depend on their values.
 
 Every model run is interleaved with a yardstick run (torchvision ``resnet50()``, random weights, eval, float32,

@@ -122,7 +122,8 @@ def test_a_diverging_loss_stops_with_one_line_saves_the_iterations_before_it_and
         "error: training diverged at iteration 7: loss_bbox is nan, so its step was not applied; lower optimizer.lr "
         "or clip gradients harder (train.clip_grad.params.max_norm, now 0.1); training stopped after iteration 6, "
     ), line
-    assert f"; training stopped after iteration 6, checkpoint {checkpoint} (a resume continues at iteration 7): " in line
+    assert f"; training stopped after iteration 6, checkpoint {checkpoint} (a resume continues at iteration 7): " \
+        in line
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert saved["iteration"] == 6 and all(torch.isfinite(value).all() for value in saved["model"].values())
 
@@ -199,8 +200,9 @@ def test_a_data_loading_worker_killed_mid_run_saves_what_was_trained_and_the_res
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)  # as if nothing had happened
 
 
-def test_an_unreadable_test_image_in_an_evaluation_during_training_saves_that_iteration(train_net, toy_dataset, tmp_path,
-                                                                                         capsys):
+def test_an_unreadable_test_image_in_an_evaluation_during_training_saves_that_iteration(
+    train_net, toy_dataset, tmp_path, capsys
+):
     # the periodic evaluation runs before that iteration's checkpoint: it used to end the run with every iteration
     # since the last checkpoint lost
     import shlex
@@ -272,7 +274,9 @@ def test_an_evaluation_out_of_memory_during_training_saves_that_iteration_and_na
     monkeypatch.setattr(ToyDetector, "inference", out_of_memory)
     assert _train(train_net, tmp_path, "train.max_iter=10", "train.eval_period=7", "train.checkpointer.period=100") == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("error: CUDA out of memory. Tried to allocate 8.00 GiB. (in the evaluation after iteration 6); "
-                           f"training stopped after iteration 6, checkpoint {tmp_path / 'model_0000006.pth'} "), line
+    assert line.startswith(
+        "error: CUDA out of memory. Tried to allocate 8.00 GiB. (in the evaluation after iteration 6); training stopped "
+        f"after iteration 6, checkpoint {tmp_path / 'model_0000006.pth'} "
+    ), line
     assert (": lower dataloader.test.batch_size or the test image size, or evaluate with "
             "train.inference_amp.enabled=True, then resume with: ") in line

@@ -196,13 +196,14 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
 
 def _save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, start_iter, resume_command):
     """When ``error`` stopped training in a way a resume can mend, saves the iterations completed and returns the
-    error to raise instead: the original line, the checkpoint and how to resume. That is a user error in loading an
-    iteration's batch (a corrupt image hours into a run), a diverging loss or a step out of memory (neither step was
-    applied): saved are the iterations before it, with the RNG state and data position it began with, so a resume repeats it; or a user error
-    in an evaluation during training (an unreadable test image), which ran after its iteration and before that
-    iteration's checkpoint: saved is that iteration, whose evaluation is lost. None when there is nothing to add:
-    another kind of error, or nothing completed since the last save. With several processes, only for the errors
-    they all raise together (the save is collective)."""
+    error to raise instead: the original line, the checkpoint and how to resume.
+
+    That is a user error in loading an iteration's batch (a corrupt image hours into a run), a diverging loss or a
+    step out of memory (neither step was applied): saved are the iterations before it, with the RNG state and data
+    position it began with, so a resume repeats it; or a user error in an evaluation during training (an unreadable
+    test image), which ran after its iteration and before that iteration's checkpoint: saved is that iteration,
+    whose evaluation is lost. None when there is nothing to add: another kind of error, or nothing completed since
+    the last save. With several processes, only for the errors they all raise together (the save is collective)."""
     diverged = isinstance(error, TrainingDiverged)
     step_failed = diverged or isinstance(error, StepOutOfMemory)  # before the optimiser step: nothing applied
     evaluation = eval_hook.failed_at is not None and eval_hook.failed_at == trainer.iter

@@ -205,7 +205,9 @@ class DetrTrainer(SimpleTrainer):
         dist.all_reduce(any_failed, op=dist.ReduceOp.MAX, group=comm._get_global_gloo_group())
         if not any_failed.item():
             return batch
-        report = None if failure is None else (one_line(failure), is_user_error(failure), getattr(failure, "remedy", None))
+        report = None
+        if failure is not None:
+            report = (one_line(failure), is_user_error(failure), getattr(failure, "remedy", None))
         reports = comm.all_gather(report)
         failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
         self.data_failed_at = self.iter

@@ -1,7 +1,10 @@
-"""Resume survives what a crash leaves behind: a torn or corrupt checkpoint, stale temporary files."""
+"""Resume survives what a crash leaves behind (a torn or corrupt checkpoint, stale temporary files), and a run that a
+failure stops mid-way (an unreadable image, a diverging loss, a step out of memory, a data-loading worker killed, a
+failed evaluation) saves what it trained, says so in one line and resumes exactly."""
 import logging
 import shutil
 
+import pytest
 import torch
 
 from cli_output import error_lines, shows_traceback
@@ -100,38 +103,48 @@ def test_an_unreadable_image_mid_run_saves_what_was_trained_and_says_how_to_resu
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)  # as if nothing had happened
 
 
-def test_a_diverging_loss_stops_with_one_line_saves_the_iterations_before_it_and_a_resume_repeats_it(
-    train_net, toy_dataset, tmp_path, capsys
+STEP_FAILURES = {
+    # a NaN loss used to end the run with detectron2's FloatingPointError traceback, and torch's out-of-memory error
+    # with its own; the work since the last periodic checkpoint was lost either way
+    "a diverging loss": ("model.nan_step=7", "error: training diverged at iteration 7: loss_bbox is nan, so its step was "
+                         "not applied; lower optimizer.lr or clip gradients harder (train.clip_grad.params.max_norm, now "
+                         "0.1)", "change what it names"),
+    "a step out of memory": ("model.oom_step=7", "error: out of memory in iteration 7 (CUDA out of memory), so its step "
+                             "was not applied", "lower dataloader.train.total_batch_size or the training image size, or "
+                             "train with train.amp.enabled=True"),
+}
+
+
+@pytest.mark.parametrize("failure", list(STEP_FAILURES))
+def test_a_step_that_fails_before_the_optimiser_saves_the_iterations_before_it_and_a_resume_repeats_it(
+    failure, train_net, toy_dataset, tmp_path, capsys
 ):
-    # a NaN loss used to end the run with detectron2's FloatingPointError traceback and the work since the last
-    # periodic checkpoint lost
     import shlex
 
+    knob, cause, remedy = STEP_FAILURES[failure]
     run = ["train.max_iter=10", "train.checkpointer.period=100", "dataloader.evaluator=null"]
     full = tmp_path / "full"
     assert _train(train_net, full, *run) == 0
 
     out = tmp_path / "out"
     capsys.readouterr()
-    assert _train(train_net, out, *run, "model.nan_step=7") == 2
+    assert _train(train_net, out, *run, knob) == 2
     err = capsys.readouterr().err
     assert not shows_traceback(err), err[-3000:]
     line = err.strip().splitlines()[-1]
     checkpoint = out / "model_0000006.pth"
     assert line.startswith(
-        "error: training diverged at iteration 7: loss_bbox is nan, so its step was not applied; lower optimizer.lr "
-        "or clip gradients harder (train.clip_grad.params.max_norm, now 0.1); training stopped after iteration 6, "
+        f"{cause}; training stopped after iteration 6, checkpoint {checkpoint} (a resume continues at iteration 7): "
+        f"{remedy}, then resume with: "
     ), line
-    assert f"; training stopped after iteration 6, checkpoint {checkpoint} (a resume continues at iteration 7): " \
-        in line
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert saved["iteration"] == 6 and all(torch.isfinite(value).all() for value in saved["model"].values())
 
     # the checkpoint is the run just before iteration 7 (its batch and random draws to come): resumed without the
-    # NaN, it ends where the run that never diverged ended
+    # failure, it ends where the run that never failed ended
     command = shlex.split(line.split("resume with: ")[1])
     assert command[-1] == "--resume"
-    assert train_net.cli([arg for arg in command[2:] if arg != "model.nan_step=7"]) == 0
+    assert train_net.cli([arg for arg in command[2:] if arg != knob]) == 0
     expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
 
@@ -231,34 +244,6 @@ def test_an_unreadable_test_image_in_an_evaluation_during_training_saves_that_it
     command = shlex.split(line.split("resume with: ")[1])
     fixed = [arg for arg in command[2:] if not arg.startswith("dataloader.test.dataset.names=")]  # the data fixed
     assert train_net.cli(fixed) == 0
-    expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
-    assert all(torch.equal(expected[key], resumed[key]) for key in expected)
-
-
-def test_a_step_out_of_memory_stops_with_one_line_saves_the_iterations_before_it_and_a_resume_repeats_it(
-    train_net, toy_dataset, tmp_path, capsys
-):
-    # torch's out-of-memory error used to end the run with its traceback and the work since the last checkpoint lost
-    import shlex
-
-    run = ["train.max_iter=10", "train.checkpointer.period=100", "dataloader.evaluator=null"]
-    full = tmp_path / "full"
-    assert _train(train_net, full, *run) == 0
-
-    out = tmp_path / "out"
-    capsys.readouterr()
-    assert _train(train_net, out, *run, "model.oom_step=7") == 2
-    err = capsys.readouterr().err
-    assert not shows_traceback(err), err[-3000:]
-    line = err.strip().splitlines()[-1]
-    assert line == (
-        "error: out of memory in iteration 7 (CUDA out of memory), so its step was not applied; training stopped after "
-        f"iteration 6, checkpoint {out / 'model_0000006.pth'} (a resume continues at iteration 7): lower "
-        "dataloader.train.total_batch_size or the training image size, or train with train.amp.enabled=True, then "
-        f"resume with: {line.split('resume with: ')[1]}"
-    ), line
-    command = shlex.split(line.split("resume with: ")[1])
-    assert train_net.cli([arg for arg in command[2:] if arg != "model.oom_step=7"]) == 0
     expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
 

@@ -36,7 +36,7 @@ def test_data_dependent_shapes_are_synchronisations():
     assert dispatch_counts(lambda: torch.repeat_interleave(repeats)).syncs == 1
     assert dispatch_counts(lambda: torch.repeat_interleave(repeats, output_size=3)).syncs == 0
     # integer indices and a slice assignment of a Python scalar know their sizes
-    assert dispatch_counts(lambda: x[torch.tensor([0, 2]).clone()]).syncs == 1  # the torch.tensor upload only
+    assert dispatch_counts(lambda: x[torch.tensor([0, 2], device=x.device)]).syncs == 1  # the upload only
     y = torch.zeros(3, 4, dtype=torch.bool)
 
     def fill():
@@ -47,10 +47,21 @@ def test_data_dependent_shapes_are_synchronisations():
 
 def test_tensors_from_python_data_and_host_copies_are_synchronisations():
     x = torch.arange(3.0)
-    counts = dispatch_counts(lambda: (torch.tensor([1.0, 2.0]), torch.as_tensor([3]), x.new_tensor([1]), x.cpu()))
+    counts = dispatch_counts(
+        lambda: (torch.tensor([1.0, 2.0], device=x.device), torch.as_tensor([3], device="cpu"), x.new_tensor([1]),
+                 x.cpu())
+    )
     assert counts.syncs == 4
     # a tensor that already is one is not uploaded again
     assert dispatch_counts(lambda: torch.as_tensor(x)).syncs == 0
+
+
+def test_host_data_is_not_counted_wherever_the_model_runs():
+    # built without a device, a tensor stays on the host on a GPU too; numpy() takes only a host tensor (the cpu()
+    # before it is the wait)
+    x = torch.arange(3.0)
+    assert dispatch_counts(lambda: (torch.tensor([1.0, 2.0]), torch.as_tensor([3]), x.numpy())).syncs == 0
+    assert dispatch_counts(lambda: x.cpu().numpy()).syncs == 1
 
 
 def test_a_gpu_run_does_not_count_host_work():

@@ -41,14 +41,14 @@ _ALWAYS_SYNC = {
 _BOOLEAN_INDEXED = (_aten.index.Tensor, _aten.index_put.default, _aten.index_put_.default, _aten._index_put_impl_.default)
 
 # Tensor methods that hand data to Python or to the host without an operator the dispatcher sees on a CPU tensor
-# (``tolist`` reads the memory directly, ``cpu`` of a CPU tensor returns it as is).
+# (``tolist`` reads the memory directly, ``cpu`` of a CPU tensor returns it as is). ``numpy()`` is not one of them:
+# it only takes a CPU tensor, so on a GPU the ``cpu()`` before it is the wait.
 _HOST_CONVERSIONS = {
     torch.Tensor.tolist: "tensor -> Python list",
-    torch.Tensor.numpy: "tensor -> NumPy array",
-    torch.Tensor.__array__: "tensor -> NumPy array",
     torch.Tensor.cpu: "copy to the host",
 }
-# Tensors built from Python data: on a GPU, a blocking host-to-device copy.
+# Tensors built from Python data: on a GPU, a blocking host-to-device copy. One built without a device (and no
+# default device set) is a CPU tensor wherever the model runs: host data, not counted.
 _FROM_PYTHON_DATA = (torch.tensor, torch.as_tensor, torch.asarray, torch.Tensor.new_tensor)
 _UPLOAD = "a tensor from Python data (a blocking host-to-device copy on a GPU)"
 
@@ -176,7 +176,8 @@ class _ConversionMode(TorchFunctionMode):
             data = args[1] if func is torch.Tensor.new_tensor else (args[0] if args else kwargs.get("data"))
             default = args[0].device if func is torch.Tensor.new_tensor else torch.get_default_device()
             target = torch.device(kwargs.get("device") or default)
-            if not isinstance(data, torch.Tensor) and target.type == recorder.device.type:
+            host_data = kwargs.get("device") is None and func is not torch.Tensor.new_tensor and default.type == "cpu"
+            if not isinstance(data, torch.Tensor) and not host_data and target.type == recorder.device.type:
                 owner = "Tensor" if func is torch.Tensor.new_tensor else "torch"
                 recorder.sync(f"{owner}.{func.__name__}", _UPLOAD)
             return func(*args, **kwargs)

@@ -4,7 +4,8 @@ Every operator a model dispatches costs host time (Python, the dispatcher, on a 
 the host to wait for the device: reading a value (``.item()``, ``bool()``, ``int()``, ``.tolist()``), operators whose
 output shape depends on the data (``nonzero``, ``masked_select``, boolean-mask indexing, ``unique``,
 ``repeat_interleave`` without ``output_size``), copies between the host and the device, and tensors built from
-Python data (``torch.tensor(...)`` on a GPU is a blocking host-to-device copy). Both are properties of the code, not
+Python data for the device (``torch.tensor(..., device=...)`` on a GPU is a blocking host-to-device copy; one built
+without a device stays on the host and is not counted). Both are properties of the code, not
 of the device, so they are counted on the CPU as well: :func:`count_dispatch` / :func:`dispatch_counts`.
 
 The operators are the ATen operators that reach the dispatcher's Python key (what a ``TorchDispatchMode`` sees:

@@ -94,12 +94,18 @@ def test_train_net_with_two_cpu_processes_stops_together_on_ctrl_c_and_checkpoin
 
 TWO_PROCESS_RUN = ["--config-file", TOY_CONFIG, "--num-gpus", "2", "--dist-url", "auto", "train.max_iter=10",
                    "train.checkpointer.period=100", "train.log_period=1", "dataloader.evaluator=null"]
-# the environment that breaks process 1 at its 4th batch (of 1 image each), and the line that both processes print
+# the environment that breaks process 1 at iteration 6 (its 7th image: batches of 1), extra arguments, the line both
+# processes print (its start, and what comes before "training stopped after iteration N"), and N. A killed worker
+# is found when the main process waits for a batch it never sent: batches it had queued but not yet sent die with it,
+# so N can be earlier.
 FAILURES = {
-    "an unreadable image": ("FOCUS_DETR_TOY_UNREADABLE", "1:7", "error: cannot read image ",
-                            ": image file is truncated (process 1 of 2); training stopped after iteration 5, "),
-    "a diverging loss": ("FOCUS_DETR_TOY_NAN", "1:6", "error: training diverged at iteration 6: loss_bbox is nan "
-                         "(process 1 of 2), so its step was not applied; ", "; training stopped after iteration 5, "),
+    "an unreadable image": ("FOCUS_DETR_TOY_UNREADABLE", "1:7", [], "error: cannot read image ",
+                            ": image file is truncated (process 1 of 2)", 5),
+    "a diverging loss": ("FOCUS_DETR_TOY_NAN", "1:6", [], "error: training diverged at iteration 6: loss_bbox is nan "
+                         "(process 1 of 2), so its step was not applied; ", "", 5),
+    "a killed data-loading worker": ("FOCUS_DETR_TOY_WORKER_KILLED", "1:7", ["dataloader.train.num_workers=1"],
+                                     "error: a data-loading worker process died (process ",
+                                     " killed by SIGKILL: out of memory?) (process 1 of 2)", None),
 }
 
 
@@ -116,27 +122,32 @@ def two_process_final_weights(tmp_path_factory):
 def test_a_failure_in_one_of_two_processes_saves_both_and_the_resume_repeats_the_run(
     failure, two_process_final_weights, tmp_path, monkeypatch
 ):
-    """One process meets an unreadable image or a NaN loss mid-run: both stop at that iteration (the other would
-    otherwise wait in the forward's or backward's collectives), the iterations done are saved with each rank's state
-    as it was when the failed iteration began, one line says how to resume, and the resumed run ends with the
-    weights of a run that never failed (the failed iteration repeated: both ranks' batches and random draws)."""
-    variable, value, line_start, line_part = FAILURES[failure]
+    """One process meets an unreadable image, a NaN loss or the death of its data-loading worker mid-run: both stop
+    at that iteration (the other would otherwise wait in the forward's or backward's collectives), the iterations
+    done are saved with each rank's state as it was when the failed iteration began, one line says how to resume,
+    and the resumed run ends with the weights of a run that never failed (the failed iteration repeated: both ranks'
+    batches and random draws)."""
+    variable, value, extra, line_start, line_part, iteration = FAILURES[failure]
     out = tmp_path / "out"
     monkeypatch.setenv(variable, value)
-    run = TrainNetProcess(TWO_PROCESS_RUN + [f"train.output_dir={out}"], str(tmp_path), tmp_path / "data")
+    run = TrainNetProcess(TWO_PROCESS_RUN + extra + [f"train.output_dir={out}"], str(tmp_path), tmp_path / "data")
     assert run.wait(timeout=300) == 2, run.stderr()[-3000:]
     stderr = run.stderr()
     assert not shows_traceback(stderr), stderr[-3000:]
     line = stderr.strip().splitlines()[-1]
-    checkpoint = out / "model_0000005.pth"
+    stopped = int(line.split("training stopped after iteration ")[1].split(",")[0])
+    assert stopped == iteration if iteration is not None else 0 <= stopped <= 5
+    checkpoint = out / f"model_{stopped:07d}.pth"
     assert line.startswith(line_start) and (
-        f"{line_part}checkpoint {checkpoint} (a resume continues at iteration 6): "
+        f"{line_part}; training stopped after iteration {stopped}, checkpoint {checkpoint} (a resume continues at "
+        f"iteration {stopped + 1}): "
     ) in line and " then resume with: " in line, line
     saved = torch.load(checkpoint, weights_only=True)
-    assert saved["iteration"] == 5 and [state["data_loader"]["rank"] for state in saved["rank_states"]] == [0, 1]
+    assert saved["iteration"] == stopped and [state["data_loader"]["rank"] for state in saved["rank_states"]] == [0, 1]
 
-    monkeypatch.delenv(variable)  # the image fixed, the learning rate lowered
-    run = TrainNetProcess(TWO_PROCESS_RUN + [f"train.output_dir={out}", "--resume"], str(tmp_path), tmp_path / "data")
+    monkeypatch.delenv(variable)  # the image fixed, the learning rate lowered, memory freed
+    run = TrainNetProcess(TWO_PROCESS_RUN + extra + [f"train.output_dir={out}", "--resume"], str(tmp_path),
+                          tmp_path / "data")
     assert run.wait(timeout=300) == 0, run.stderr()[-3000:]
     resumed = torch.load(out / "model_final.pth", weights_only=True)["model"]
     assert all(torch.equal(two_process_final_weights[key], resumed[key]) for key in two_process_final_weights)

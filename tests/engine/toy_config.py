@@ -4,7 +4,7 @@ import os
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig
 from detectron2.data import transforms as T
-from toy_detector import ToyDetector, UnreadableOnCall, register_toy_dataset  # tests/engine is on sys.path
+from toy_detector import FailingOnCall, ToyDetector, register_toy_dataset  # tests/engine is on sys.path
 
 # Processes started by train_net.py --num-gpus N load this file afresh: they register the data themselves.
 if os.environ.get("FOCUS_DETR_TOY_DATA_ROOT"):
@@ -27,10 +27,12 @@ dataloader.train.mapper.augmentation_with_crop = [
     L(T.RandomCrop)(crop_type="absolute_range", crop_size=(32, 48)),
     L(T.ResizeShortestEdge)(short_edge_length=(40, 48), max_size=96, sample_style="choice"),
 ]
-# "RANK:CALL": the training mapper of process RANK fails on its CALL-th image as an unreadable file would
-if os.environ.get("FOCUS_DETR_TOY_UNREADABLE"):
-    _rank, _call = (int(value) for value in os.environ["FOCUS_DETR_TOY_UNREADABLE"].split(":"))
-    dataloader.train.mapper = L(UnreadableOnCall)(mapper=dataloader.train.mapper, rank=_rank, call=_call)
+# "RANK:CALL": the training mapper of process RANK fails on its CALL-th image as an unreadable file would, or (a
+# worker's mapper) is killed there as by the out-of-memory killer
+for _variable, _how in (("FOCUS_DETR_TOY_UNREADABLE", "unreadable"), ("FOCUS_DETR_TOY_WORKER_KILLED", "killed")):
+    if os.environ.get(_variable):
+        _rank, _call = (int(value) for value in os.environ[_variable].split(":"))
+        dataloader.train.mapper = L(FailingOnCall)(mapper=dataloader.train.mapper, rank=_rank, call=_call, how=_how)
 # "RANK:STEP": the box loss of process RANK's training forward number STEP is NaN
 if os.environ.get("FOCUS_DETR_TOY_NAN"):
     model.nan_rank, model.nan_step = (int(value) for value in os.environ["FOCUS_DETR_TOY_NAN"].split(":"))

@@ -151,19 +151,24 @@ def write_toy_coco(root, num_images=8, height=48, width=64, seed=0, bad_image=Fa
     return json_file, image_root
 
 
-class UnreadableOnCall:
-    """A training mapper that fails as an unreadable image does on its ``call``-th call (1-based) in the process of
-    rank ``rank``, and maps with ``mapper`` otherwise: a corrupt file met mid-run by one process of several."""
+class FailingOnCall:
+    """A training mapper that fails on its ``call``-th call (1-based) in the process of rank ``rank`` and maps with
+    ``mapper`` otherwise: ``how="unreadable"`` raises as an unreadable image does (a corrupt file met mid-run by one
+    process of several); ``how="killed"`` kills the process it runs in with SIGKILL, as the out-of-memory killer does
+    (use it with data-loading workers: in the training process itself it ends the run)."""
 
-    def __init__(self, mapper, rank, call):
-        self.mapper, self.rank, self.call = mapper, rank, call
+    def __init__(self, mapper, rank, call, how="unreadable"):
+        if how not in ("unreadable", "killed"):
+            raise ValueError(f"how must be 'unreadable' or 'killed', got {how!r}")
+        self.mapper, self.rank, self.call, self.how = mapper, rank, call, how
         self.calls = 0
+        self.process_rank = comm.get_rank()  # built in each training process; a worker may not know its rank
 
     def __call__(self, dataset_dict):
-        from detectron2.utils import comm
-
         self.calls += 1
-        if comm.get_rank() == self.rank and self.calls == self.call:
+        if self.process_rank == self.rank and self.calls == self.call:
+            if self.how == "killed":
+                os.kill(os.getpid(), signal.SIGKILL)
             raise ValueError(f"cannot read image {dataset_dict['file_name']}: image file is truncated")
         return self.mapper(dataset_dict)
 

@@ -222,9 +222,7 @@ def _save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, st
     trainer.iter = completed  # what the checkpoint records (the trainer is done with: training ended)
     checkpoint_hook.save_current_iteration()
     resume = f"resume with: {resume_command}" if resume_command else "continue with --resume"
-    if diverged:
-        fix = "change what it names"
-    elif evaluation and is_out_of_memory(error):
+    if evaluation and is_out_of_memory(error):  # torch's error: the remedy depends on where it was raised
         fix = ("lower dataloader.test.batch_size or the test image size, or evaluate with "
                "train.inference_amp.enabled=True")
     else:

@@ -27,7 +27,10 @@ class DataLoadingFailed(ValueError):
 
 class TrainingDiverged(ValueError, FloatingPointError):
     """A loss became infinite or NaN; the step that computed it was not applied. A user error (the learning rate,
-    clipping or precision need changing), raised by every process at the same iteration with the same message."""
+    clipping or precision need changing: the message names the remedies this run can take), raised by every process
+    at the same iteration with the same message."""
+
+    remedy = "change what it names"
 
 
 class StepOutOfMemory(ValueError):

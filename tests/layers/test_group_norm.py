@@ -73,11 +73,35 @@ def test_kernel_gradients_are_the_same_for_any_thread_count():
     assert all(torch.equal(a, b) for a, b in zip(single, multi))
 
 
-@pytest.mark.parametrize("case", ["contiguous", "no_grad", "bfloat16"])
+@needs_kernel
+def test_bfloat16_input_with_float32_parameters_as_under_autocast(monkeypatch):
+    # autocast hands GroupNorm a bfloat16 convolution output and leaves its parameters float32: the kernel runs,
+    # the forward is nn.GroupNorm's, and the gradients are as accurate as PyTorch's own (float32 accumulation)
+    calls = []
+    kernel = group_norm._KERNEL
+    monkeypatch.setattr(group_norm, "_KERNEL", lambda *args: calls.append(1) or kernel(*args))
+    reference, ours = _pair(8, 32, dtype=torch.float32)
+    x = (torch.randn(2, 32, 20, 24) * 3 + 1).to(memory_format=torch.channels_last).bfloat16()
+    grad = torch.randn(2, 32, 20, 24).to(memory_format=torch.channels_last).bfloat16()
+    got, native = _outputs_and_grads(ours, x, grad), _outputs_and_grads(reference, x, grad)
+    assert calls == [1]
+    assert torch.equal(got[0], native[0])
+    assert [t.dtype for t in got] == [torch.bfloat16, torch.bfloat16, torch.float32, torch.float32]
+    assert got[1].is_contiguous(memory_format=torch.channels_last)
+    reference64 = nn.GroupNorm(8, 32).double()
+    reference64.load_state_dict(reference.state_dict())
+    exact = _outputs_and_grads(reference64, x.double(), grad.double())
+    for ours_grad, native_grad, exact_grad in zip(got[1:], native[1:], exact[1:]):
+        ours_error = (ours_grad.double() - exact_grad).abs().max()
+        native_error = (native_grad.double() - exact_grad).abs().max()
+        assert ours_error <= 1.5 * native_error + 1e-6
+
+
+@pytest.mark.parametrize("case", ["contiguous", "no_grad", "bfloat16 parameters", "float16"])
 def test_nn_group_norm_runs_where_the_kernel_does_not_apply(monkeypatch, case):
     monkeypatch.setattr(group_norm, "_KERNEL", lambda *args: pytest.fail("the kernel ran"))
-    dtype = torch.bfloat16 if case == "bfloat16" else torch.float32
-    reference, ours = _pair(4, 8, dtype=dtype)
+    dtype = {"bfloat16 parameters": torch.bfloat16, "float16": torch.float16}.get(case, torch.float32)
+    reference, ours = _pair(4, 8, dtype=torch.float32 if case == "float16" else dtype)
     x = torch.randn(2, 8, 5, 6, dtype=dtype)
     if case != "contiguous":
         x = x.to(memory_format=torch.channels_last)

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from focus_detr.layers import ms_deform_attn as ms_deform_attn_module
 from focus_detr.layers.ms_deform_attn import (
     MultiScaleDeformableAttention,
     SamplingReference,
@@ -421,6 +422,25 @@ def test_module_cpu_kernel_matches_reference_backend():
     b = module(query, value, refs, spatial_shapes, level_start_index)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
+
+
+def test_module_under_bfloat16_autocast_hands_the_op_float32_weights(monkeypatch):
+    # the attention weights' softmax runs in float32 on bfloat16 logits (the kernels read float32 weights, and
+    # the reduced-precision CPU softmax is slower): each query's weights sum to 1 to float32 precision
+    module, query, value, refs, spatial_shapes, level_start_index = _module_and_inputs(False)
+    module.float()
+    seen = []
+    original = ms_deform_attn_module.multi_scale_deformable_attention
+    monkeypatch.setattr(ms_deform_attn_module, "multi_scale_deformable_attention",
+                        lambda *args: seen.append(args[4]) or original(*args))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = module(query.float(), value.float(), refs.float(), spatial_shapes, level_start_index)
+    weights = seen[0]
+    assert weights.dtype == torch.float32
+    sums = weights.flatten(-2).sum(-1)
+    torch.testing.assert_close(sums, torch.ones_like(sums), rtol=0, atol=1e-6)
+    expected = module(query.float(), value.float(), refs.float(), spatial_shapes, level_start_index)
+    torch.testing.assert_close(output.float(), expected, rtol=0.05, atol=0.05)
 
 def test_per_point_rows_repeat_each_level_pair_for_its_points():
     per_level = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)  # (Nq=2, L=3, 2)

@@ -5,6 +5,7 @@ uses it, with the same parameters (names, shapes, initialisation), so every chec
 projections on 3-D inputs, layout shuffles); this module dispatches 19 (queries and keys projected together, 2-D
 products, views into the heads), which matters on a GPU, where each operator costs host time.
 """
+import contextlib
 from typing import Optional
 
 import torch
@@ -73,8 +74,21 @@ class MultiheadAttention(nn.Module):
             q = self._heads(F.linear(query.reshape(-1, embed_dim), q_weight, q_bias), batch)
             k = self._heads(F.linear(key.reshape(-1, embed_dim), k_weight, k_bias), batch)
         v = self._heads(F.linear(value.reshape(-1, embed_dim), v_weight, v_bias), batch)
+        if _float32_attention_pays(q):
+            q, k, v = q.float(), k.float(), v.float()
+            autocast = torch.autocast("cpu", enabled=False)
+        else:
+            autocast = contextlib.nullcontext()
         if attn_mask is not None:  # nn.MultiheadAttention's conversion: an additive mask, -inf where blocked
             attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill_(attn_mask, float("-inf"))
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask, self.dropout if self.training else 0.0)
+        with autocast:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask, self.dropout if self.training else 0.0)
         rows = attended.transpose(1, 2).reshape(-1, embed_dim)
         return F.linear(rows, self.out_proj.weight, self.out_proj.bias).view(batch, -1, embed_dim)
+
+
+def _float32_attention_pays(q: torch.Tensor) -> bool:
+    """Whether to attend in float32 a bfloat16 ``q`` (autocast) that needs gradients on the CPU: there PyTorch's
+    bfloat16 attention backward takes 3-4x the float32 one at 100-140 tokens (the tree model), and is level with
+    it at R50's lengths."""
+    return q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad

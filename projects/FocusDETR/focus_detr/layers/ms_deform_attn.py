@@ -211,7 +211,10 @@ class MultiScaleDeformableAttention(nn.Module):
         # offsets (B*Nq, H, L*P*2) against the per-query rows of the reference (see per_point_rows)
         offsets = self.sampling_offsets(query_rows).view(batch * num_queries, heads, levels * points * 2)
         weights = self.attention_weights(query_rows).view(batch, num_queries, heads, levels * points)
-        weights = weights.softmax(-1).view(batch, num_queries, heads, levels, points)
+        # bfloat16 / float16 logits (autocast) get a float32 softmax: the kernels read the weights in float32 anyway,
+        # and PyTorch's reduced-precision CPU softmax over these short rows is 4x slower (CUDA autocast does this too)
+        weights_dtype = torch.float32 if weights.dtype in (torch.bfloat16, torch.float16) else None
+        weights = weights.softmax(-1, dtype=weights_dtype).view(batch, num_queries, heads, levels, points)
         locations = sampling_locations(reference_points, offsets).view(batch, num_queries, heads, levels, points, 2)
         output = multi_scale_deformable_attention(
             value.contiguous(),

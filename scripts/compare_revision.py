@@ -26,7 +26,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs, synthetic_training_batch
 from focus_detr.analysis.timing import median_ratio, time_interleaved
-from focus_detr.engine import load_config
+from focus_detr.engine import amp_autocast, load_config
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.runner import load_inference_weights
 
@@ -48,6 +48,8 @@ def parse_args(argv=None):
     parser.add_argument("--train-batch-size", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per task (median of their ratios)")
     parser.add_argument("--tasks", nargs="+", choices=("inference", "train"), default=["inference", "train"])
+    parser.add_argument("--amp", action="store_true",
+                        help="both revisions under bfloat16 autocast (inference and the training step's forward)")
     return parser.parse_args(argv)
 
 
@@ -143,10 +145,11 @@ def _max_output_difference(old_outputs, new_outputs):
     return worst
 
 
-def _training_step(model, optimizer, batch, seed):
+def _training_step(model, optimizer, batch, seed, amp_dtype):
     def step():
         torch.manual_seed(seed)
-        losses = model(batch)
+        with amp_autocast("cpu", amp_dtype):
+            losses = model(batch)
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
@@ -166,20 +169,22 @@ def main(args):
     # the earlier commit's data config looks for the datasets next to its own copy otherwise
     os.environ.setdefault("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
     cfg = load_config(args.config_file)
+    amp_dtype = torch.bfloat16 if args.amp else None
     torch.manual_seed(0)
     new_model = instantiate(cfg.model)
     load_inference_weights(new_model, cfg, args.weights)
     with tempfile.TemporaryDirectory() as workdir:
         name, configs = import_revision(args.rev, workdir)
         old_model = build_revision_model(configs, args.config_file, new_model.state_dict())
-        print(f"{args.config_file}: the working tree against {args.rev} (imported as {name}), {args.threads} threads")
+        print(f"{args.config_file}: the working tree against {args.rev} (imported as {name}), {args.threads} threads, "
+              f"{'bfloat16 autocast' if args.amp else 'float32'}")
         if "inference" in args.tasks:
             inputs = (synthetic_inputs(*args.input_size, args.images) if args.input_size
                       else dataset_inputs(cfg, args.images))
             old_model.eval(), new_model.eval()
 
             def run(model):
-                with torch.no_grad():
+                with torch.no_grad(), amp_autocast("cpu", amp_dtype):
                     return [model([item])[0] for item in inputs]
 
             print(f"inference on {len(inputs)} images, one per call: largest difference of boxes/scores "
@@ -195,13 +200,13 @@ def main(args):
                 optimizer_cfg = copy.deepcopy(cfg.optimizer)
                 optimizer_cfg.params.model = model
                 optimizers[key] = instantiate(optimizer_cfg)
-            old_losses = _training_step(old_model, optimizers["old"], batch, 0)()
-            new_losses = _training_step(new_model, optimizers["new"], batch, 0)()
+            old_losses = _training_step(old_model, optimizers["old"], batch, 0, amp_dtype)()
+            new_losses = _training_step(new_model, optimizers["new"], batch, 0, amp_dtype)()
             worst = max(abs(old_losses[k].item() - new_losses[k].item()) for k in new_losses)
             print(f"training step, {args.train_batch_size} x {height}x{width}: largest loss difference in the first "
                   f"step {worst:.3g} ({len(new_losses)} terms)")
-            steps = {"old": _training_step(old_model, optimizers["old"], batch, 1),
-                     "new": _training_step(new_model, optimizers["new"], batch, 1)}
+            steps = {"old": _training_step(old_model, optimizers["old"], batch, 1, amp_dtype),
+                     "new": _training_step(new_model, optimizers["new"], batch, 1, amp_dtype)}
             _report("training step", time_interleaved(steps, "cpu", 1, args.rounds), args.rounds)
 
 

@@ -92,20 +92,25 @@ def test_train_net_with_two_cpu_processes_stops_together_on_ctrl_c_and_checkpoin
     assert not torch.equal(checkpoint["rank_states"][0]["rng"]["torch"], checkpoint["rank_states"][1]["rng"]["torch"])
 
 
-TWO_PROCESS_RUN = ["--config-file", TOY_CONFIG, "--num-gpus", "2", "--dist-url", "auto", "train.max_iter=10",
-                   "train.checkpointer.period=100", "train.log_period=1", "dataloader.evaluator=null"]
-# the environment that breaks process 1 at iteration 6 (its 7th image: batches of 1), extra arguments, the line both
-# processes print (its start, and what comes before "training stopped after iteration N"), and N. A killed worker
-# is found when the main process waits for a batch it never sent: batches it had queued but not yet sent die with it,
-# so N can be earlier.
+EVALUATING_RUN = ["--config-file", TOY_CONFIG, "--num-gpus", "2", "--dist-url", "auto", "train.max_iter=10",
+                  "train.checkpointer.period=100", "train.log_period=1"]
+TWO_PROCESS_RUN = EVALUATING_RUN + ["dataloader.evaluator=null"]
+# the environment that breaks process 1 at iteration 6 (its 7th image: batches of 1; or the evaluation after it),
+# the run's arguments, the line both processes print (its start, and what comes before "training stopped after
+# iteration N"), and N. A killed worker is found when the main process waits for a batch it never sent: batches it
+# had queued but not yet sent die with it, so N can be earlier.
 FAILURES = {
-    "an unreadable image": ("FOCUS_DETR_TOY_UNREADABLE", "1:7", [], "error: cannot read image ",
+    "an unreadable image": ("FOCUS_DETR_TOY_UNREADABLE", "1:7", TWO_PROCESS_RUN, "error: cannot read image ",
                             ": image file is truncated (process 1 of 2)", 5),
-    "a diverging loss": ("FOCUS_DETR_TOY_NAN", "1:6", [], "error: training diverged at iteration 6: loss_bbox is nan "
-                         "(process 1 of 2), so its step was not applied; ", "", 5),
-    "a killed data-loading worker": ("FOCUS_DETR_TOY_WORKER_KILLED", "1:7", ["dataloader.train.num_workers=1"],
+    "a diverging loss": ("FOCUS_DETR_TOY_NAN", "1:6", TWO_PROCESS_RUN, "error: training diverged at iteration 6: "
+                         "loss_bbox is nan (process 1 of 2), so its step was not applied; ", "", 5),
+    "a killed data-loading worker": ("FOCUS_DETR_TOY_WORKER_KILLED", "1:7",
+                                     TWO_PROCESS_RUN + ["dataloader.train.num_workers=1"],
                                      "error: a data-loading worker process died (process ",
                                      " killed by SIGKILL: out of memory?) (process 1 of 2)", None),
+    "an unreadable test image in its share of an evaluation": (
+        "FOCUS_DETR_TOY_TEST_UNREADABLE", "1:1", EVALUATING_RUN + ["train.eval_period=7"], "error: cannot read image ",
+        ": image file is truncated (process 1 of 2) (in the evaluation after iteration 6)", 6),
 }
 
 
@@ -126,11 +131,12 @@ def test_a_failure_in_one_of_two_processes_saves_both_and_the_resume_repeats_the
     at that iteration (the other would otherwise wait in the forward's or backward's collectives), the iterations
     done are saved with each rank's state as it was when the failed iteration began, one line says how to resume,
     and the resumed run ends with the weights of a run that never failed (the failed iteration repeated: both ranks'
-    batches and random draws)."""
-    variable, value, extra, line_start, line_part, iteration = FAILURES[failure]
+    batches and random draws). An unreadable test image in one process's share of an evaluation during training
+    (the other would wait in the evaluator's gather): both stop there, that iteration saved."""
+    variable, value, arguments, line_start, line_part, iteration = FAILURES[failure]
     out = tmp_path / "out"
     monkeypatch.setenv(variable, value)
-    run = TrainNetProcess(TWO_PROCESS_RUN + extra + [f"train.output_dir={out}"], str(tmp_path), tmp_path / "data")
+    run = TrainNetProcess(arguments + [f"train.output_dir={out}"], str(tmp_path), tmp_path / "data")
     assert run.wait(timeout=300) == 2, run.stderr()[-3000:]
     stderr = run.stderr()
     assert not shows_traceback(stderr), stderr[-3000:]
@@ -146,8 +152,7 @@ def test_a_failure_in_one_of_two_processes_saves_both_and_the_resume_repeats_the
     assert saved["iteration"] == stopped and [state["data_loader"]["rank"] for state in saved["rank_states"]] == [0, 1]
 
     monkeypatch.delenv(variable)  # the image fixed, the learning rate lowered, memory freed
-    run = TrainNetProcess(TWO_PROCESS_RUN + extra + [f"train.output_dir={out}", "--resume"], str(tmp_path),
-                          tmp_path / "data")
+    run = TrainNetProcess(arguments + [f"train.output_dir={out}", "--resume"], str(tmp_path), tmp_path / "data")
     assert run.wait(timeout=300) == 0, run.stderr()[-3000:]
     resumed = torch.load(out / "model_final.pth", weights_only=True)["model"]
     assert all(torch.equal(two_process_final_weights[key], resumed[key]) for key in two_process_final_weights)

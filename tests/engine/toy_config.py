@@ -39,6 +39,10 @@ if os.environ.get("FOCUS_DETR_TOY_NAN"):
 dataloader.test.dataset.names = "focus_detr_toy"
 dataloader.test.mapper.augmentation = [L(T.ResizeShortestEdge)(short_edge_length=48, max_size=96)]
 dataloader.test.num_workers = 0
+# "RANK:CALL": in every evaluation, the test mapper of process RANK fails on its CALL-th image as an unreadable file
+if os.environ.get("FOCUS_DETR_TOY_TEST_UNREADABLE"):
+    _rank, _call = (int(value) for value in os.environ["FOCUS_DETR_TOY_TEST_UNREADABLE"].split(":"))
+    dataloader.test.mapper = L(FailingOnCall)(mapper=dataloader.test.mapper, rank=_rank, call=_call)
 
 optimizer.lr = 1e-3
 lr_multiplier = default_multistep(epochs=10, decay_epochs=8, iters_per_epoch=1)

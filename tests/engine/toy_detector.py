@@ -152,7 +152,7 @@ def write_toy_coco(root, num_images=8, height=48, width=64, seed=0, bad_image=Fa
 
 
 class FailingOnCall:
-    """A training mapper that fails on its ``call``-th call (1-based) in the process of rank ``rank`` and maps with
+    """A mapper that fails on its ``call``-th call (1-based) in the process of rank ``rank`` and maps with
     ``mapper`` otherwise: ``how="unreadable"`` raises as an unreadable image does (a corrupt file met mid-run by one
     process of several); ``how="killed"`` kills the process it runs in with SIGKILL, as the out-of-memory killer does
     (use it with data-loading workers: in the training process itself it ends the run)."""

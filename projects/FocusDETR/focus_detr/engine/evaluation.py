@@ -3,7 +3,9 @@ import logging
 
 import torch
 from detectron2.config import instantiate
-from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
 
 from ..analysis.selection_quality_evaluator import (
     RESULTS_KEY,
@@ -12,13 +14,25 @@ from ..analysis.selection_quality_evaluator import (
     supports_token_selection,
 )
 from ..data import check_dataset_jsons, check_num_classes
+from .agreement import ProcessFailed, failure_report, raise_agreed_failure
+from .cli import is_out_of_memory
 from .config import ConfigError, _dataset_names_in
 from .cuda_graphs import CUDAGraphInference, graphs_available, graphs_supported, inference_cuda_graphs
 from .precision import amp_autocast, inference_amp_dtype
 
-__all__ = ["check_model_classes", "evaluate", "selection_quality_enabled"]
+__all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "check_model_classes", "evaluate",
+           "selection_quality_enabled"]
 
 logger = logging.getLogger(__name__)
+
+EVALUATION_OUT_OF_MEMORY_REMEDY = ("lower dataloader.test.batch_size or the test image size, or evaluate with "
+                                   "train.inference_amp.enabled=True")
+
+
+class EvaluationFailed(ProcessFailed):
+    """A process of a multi-process evaluation could not evaluate its share of the test set (a user error: an
+    unreadable test image, out of memory, ...). Every process raises it with the same message before any metric is
+    computed, so none waits for the others for good and a training run can save; ``remedy`` says what to change."""
 
 
 def evaluate(cfg, model):
@@ -27,6 +41,9 @@ def evaluate(cfg, model):
     ``train.selection_quality`` (the default) and a model that reports its token selection (FocusDETR), also scores
     that selection against the ground truth (:mod:`focus_detr.analysis.selection_quality`; its table goes to the
     log).
+
+    With several processes, each evaluates its share with the model itself (not its DDP wrapper, whose forward may
+    broadcast buffers: a collective); when one fails, all raise :class:`EvaluationFailed` together.
 
     Returns:
         dict: e.g. ``{"bbox": {"AP": ..., ...}, "selection_quality": {"object_recall/layer0": ..., ...}}`` (empty
@@ -42,6 +59,8 @@ def evaluate(cfg, model):
             f"dataloader.test.batch_size is {batch_size}: images of different sizes share a padded batch, which "
             "changes their scores (AP 0.595 at batch 1 vs 0.511 at batch 4 on trees_val); report numbers at batch 1"
         )
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
     device = _model_device(model)
     amp_dtype = inference_amp_dtype(cfg, device)
     loader = instantiate(cfg.dataloader.test)  # loads (and checks) the test data before the evaluator reads it
@@ -49,13 +68,12 @@ def evaluate(cfg, model):
     evaluator = instantiate(cfg.dataloader.evaluator)
     graph_settings = inference_cuda_graphs(cfg)
     if graph_settings is not None:
-        inner = getattr(model, "module", model)  # no DDP at inference
         if not graphs_available(device):
             logger.warning(f"train.inference_cuda_graphs needs a CUDA device: evaluating eagerly on {device}")
-        elif not graphs_supported(inner):
-            logger.warning(f"train.inference_cuda_graphs: {type(inner).__name__} has no detect(): evaluating eagerly")
+        elif not graphs_supported(model):
+            logger.warning(f"train.inference_cuda_graphs: {type(model).__name__} has no detect(): evaluating eagerly")
         else:
-            model = CUDAGraphInference(inner, **graph_settings)
+            model = CUDAGraphInference(model, **graph_settings)
     if score_selection:
         if supports_token_selection(model):
             names = _dataset_names_in(cfg.dataloader.test)
@@ -64,10 +82,51 @@ def evaluate(cfg, model):
         else:
             logger.info(f"{type(model).__name__} does not report its token selection: no selection quality metrics")
     with amp_autocast(device, amp_dtype):
-        results = inference_on_dataset(model, loader, evaluator)
+        results = _inference_on_every_process(model, loader, evaluator)
     if results:
         print_csv_format({task: value for task, value in results.items() if task != RESULTS_KEY})
     return results or {}
+
+
+class _AgreeingEvaluator(DatasetEvaluator):
+    """``evaluator`` whose ``evaluate`` first has every process say whether its share ran (``failure``: this
+    process's error, None: it ran), so that all raise together before the evaluator's own collectives."""
+
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
+        self.failure = None
+        self.evaluating = False  # reached evaluate(): every process is past its share
+
+    def reset(self):
+        self.evaluator.reset()
+
+    def process(self, inputs, outputs):
+        self.evaluator.process(inputs, outputs)
+
+    def evaluate(self):
+        self.evaluating = True
+        out_of_memory = self.failure is not None and is_out_of_memory(self.failure)
+        report = failure_report(self.failure, EVALUATION_OUT_OF_MEMORY_REMEDY if out_of_memory else None)
+        raise_agreed_failure(self.failure, comm.all_gather(report), "in its share of the evaluation",
+                             EvaluationFailed)
+        return self.evaluator.evaluate()
+
+
+def _inference_on_every_process(model, loader, evaluator):
+    """detectron2's ``inference_on_dataset``. With several processes, one whose share fails (its test data, its
+    model calls) does not raise alone, which would leave the others waiting in the evaluator's gather for good: it
+    joins them where they agree (:class:`_AgreeingEvaluator`), and all raise there."""
+    if comm.get_world_size() == 1:
+        return inference_on_dataset(model, loader, evaluator)
+    agreeing = _AgreeingEvaluator(evaluator)
+    try:
+        return inference_on_dataset(model, loader, agreeing)
+    except Exception as error:
+        if agreeing.evaluating:  # raised in the agreement or in the metrics, where every process already is
+            raise
+        agreeing.failure = error
+        agreeing.evaluate()  # meets the others' agreement and raises there with them
+        raise  # not reached: this process's own report is a failure
 
 
 def selection_quality_enabled(cfg) -> bool:

@@ -8,21 +8,18 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from .cli import is_out_of_memory, is_user_error, one_line
+from .agreement import ProcessFailed, failure_report, raise_agreed_failure
+from .cli import is_out_of_memory, one_line
 from .precision import amp_autocast
 from .rng import capture_rng_state, restore_rng_state
 
 __all__ = ["DataLoadingFailed", "DetrTrainer", "StepOutOfMemory", "TrainingDiverged"]
 
 
-class DataLoadingFailed(ValueError):
+class DataLoadingFailed(ProcessFailed):
     """A process of a multi-process run could not load its training batch (a user error: an unreadable image, ...).
     Every process raises it at the same iteration with the same message, so that they can save together; ``remedy``
     is that of the failing process's error (None: the default)."""
-
-    def __init__(self, message, remedy=None):
-        super().__init__(message)
-        self.remedy = remedy
 
 
 class TrainingDiverged(ValueError, FloatingPointError):
@@ -208,18 +205,9 @@ class DetrTrainer(SimpleTrainer):
         dist.all_reduce(any_failed, op=dist.ReduceOp.MAX, group=comm._get_global_gloo_group())
         if not any_failed.item():
             return batch
-        report = None
-        if failure is not None:
-            report = (one_line(failure), is_user_error(failure), getattr(failure, "remedy", None))
-        reports = comm.all_gather(report)
-        failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
+        reports = comm.all_gather(failure_report(failure))
         self.data_failed_at = self.iter
-        rank, (text, _, remedy) = failed[0]
-        if all(report[1] for _, report in failed):
-            raise DataLoadingFailed(f"{text} (process {rank} of {len(reports)})", remedy) from failure
-        if failure is not None:
-            raise failure
-        raise RuntimeError(f"process {rank} of {len(reports)} failed to load its training batch: {text}")
+        raise_agreed_failure(failure, reports, "to load its training batch", DataLoadingFailed)
 
     def state_dict(self):
         state = super().state_dict()

@@ -44,17 +44,23 @@ def test_channels_last_gradients_match_nn_group_norm(shape, groups, affine):
     assert got[1].is_contiguous(memory_format=torch.channels_last)
 
 
-@needs_kernel
-def test_kernel_runs_on_channels_last_input_and_float32_is_close(monkeypatch):
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """A list that gets one entry per call of the extension's kernel."""
     calls = []
     kernel = group_norm._KERNEL
     monkeypatch.setattr(group_norm, "_KERNEL", lambda *args: calls.append(1) or kernel(*args))
+    return calls
+
+
+@needs_kernel
+def test_kernel_runs_on_channels_last_input_and_float32_is_close(kernel_calls):
     reference, ours = _pair(8, 32, dtype=torch.float32)
     x = torch.randn(2, 32, 20, 24).to(memory_format=torch.channels_last)
     grad = torch.randn(2, 32, 20, 24).to(memory_format=torch.channels_last)
     for a, b in zip(_outputs_and_grads(ours, x, grad), _outputs_and_grads(reference, x, grad)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    assert calls == [1]
+    assert kernel_calls == [1]
 
 
 @needs_kernel
@@ -74,17 +80,14 @@ def test_kernel_gradients_are_the_same_for_any_thread_count():
 
 
 @needs_kernel
-def test_bfloat16_input_with_float32_parameters_as_under_autocast(monkeypatch):
+def test_bfloat16_input_with_float32_parameters_as_under_autocast(kernel_calls):
     # autocast hands GroupNorm a bfloat16 convolution output and leaves its parameters float32: the kernel runs,
     # the forward is nn.GroupNorm's, and the gradients are as accurate as PyTorch's own (float32 accumulation)
-    calls = []
-    kernel = group_norm._KERNEL
-    monkeypatch.setattr(group_norm, "_KERNEL", lambda *args: calls.append(1) or kernel(*args))
     reference, ours = _pair(8, 32, dtype=torch.float32)
     x = (torch.randn(2, 32, 20, 24) * 3 + 1).to(memory_format=torch.channels_last).bfloat16()
     grad = torch.randn(2, 32, 20, 24).to(memory_format=torch.channels_last).bfloat16()
     got, native = _outputs_and_grads(ours, x, grad), _outputs_and_grads(reference, x, grad)
-    assert calls == [1]
+    assert kernel_calls == [1]
     assert torch.equal(got[0], native[0])
     assert [t.dtype for t in got] == [torch.bfloat16, torch.bfloat16, torch.float32, torch.float32]
     assert got[1].is_contiguous(memory_format=torch.channels_last)

@@ -54,8 +54,8 @@ def end_process_group() -> None:
     gloo's threads are sometimes destroyed while still joinable, and the process aborts (SIGABRT, "terminate
     called without an active exception") after its work is done: 1 in 8 two-process runs of the DDP test did,
     0 in 16 with it. The training's DDP wrapper holds the group too and is still alive here, in a reference cycle
-    with the trainer: without collecting it first, the group was destroyed whenever the cycle was, at worst during
-    interpreter shutdown (one such abort in about 40 resumed two-process runs)."""
+    with the trainer, so the group went only when that cycle was collected, possibly during interpreter shutdown:
+    the likely cause of the abort still seen in about 1 of 40 two-process runs. It is collected first."""
     gc.collect()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

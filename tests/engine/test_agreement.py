@@ -14,27 +14,36 @@ class Failed(ProcessFailed):
 
 
 def test_nothing_is_raised_when_no_process_failed():
-    raise_agreed_failure(None, [None, None, None], "to do it", Failed)
+    raise_agreed_failure(None, [None, None, None], "to do it")
 
 
 def test_a_user_error_in_one_process_is_raised_by_every_process_with_its_line_and_remedy():
     error = ValueError("cannot read image a.png: image file is truncated")
     error.remedy = "replace a.png"
-    reports = [None, failure_report(error)]
+    reports = [None, failure_report(error, Failed)]
     for own in (None, error):  # the process that did not fail, the one that did
         with pytest.raises(Failed) as raised:
-            raise_agreed_failure(own, reports, "to do it", Failed)
+            raise_agreed_failure(own, reports, "to do it")
         assert str(raised.value) == "cannot read image a.png: image file is truncated (process 1 of 2)"
         assert raised.value.remedy == "replace a.png"
 
 
 def test_a_bug_in_one_process_is_its_own_error_there_and_a_runtime_error_naming_it_elsewhere():
     bug = KeyError("boxes")
-    reports = [None, failure_report(bug), failure_report(ValueError("bad image"))]
+    reports = [None, failure_report(bug, Failed), failure_report(ValueError("bad image"), Failed)]
     with pytest.raises(KeyError):
-        raise_agreed_failure(bug, reports, "to do it", Failed)
+        raise_agreed_failure(bug, reports, "to do it")
     with pytest.raises(RuntimeError, match=r"^process 1 of 3 failed to do it: KeyError: 'boxes'$"):
-        raise_agreed_failure(None, reports, "to do it", Failed)
+        raise_agreed_failure(None, reports, "to do it")
+
+
+def test_the_first_failing_process_decides_what_every_process_raises():
+    class Other(ProcessFailed):
+        pass
+
+    reports = [None, failure_report(ValueError("a"), Other), failure_report(ValueError("b"), Failed)]
+    with pytest.raises(Other, match=r"^a \(process 1 of 3\)$"):
+        raise_agreed_failure(None, reports, "to do it")
 
 
 class _Counting(evaluation.DatasetEvaluator):
@@ -58,7 +67,8 @@ def test_an_evaluation_share_out_of_memory_stops_every_process_before_any_metric
 
     def all_gather(report):
         gathered.append(report)
-        other = None if fails_here else ("CUDA out of memory. (process 0)", True, EVALUATION_OUT_OF_MEMORY_REMEDY)
+        other = None if fails_here else ("CUDA out of memory.", True, EVALUATION_OUT_OF_MEMORY_REMEDY,
+                                         EvaluationFailed)
         return [report, other]
 
     monkeypatch.setattr(evaluation.comm, "get_world_size", lambda: 2)

@@ -104,6 +104,8 @@ FAILURES = {
                             ": image file is truncated (process 1 of 2)", 5),
     "a diverging loss": ("FOCUS_DETR_TOY_NAN", "1:6", TWO_PROCESS_RUN, "error: training diverged at iteration 6: "
                          "loss_bbox is nan (process 1 of 2), so its step was not applied; ", "", 5),
+    "a forward out of memory": ("FOCUS_DETR_TOY_OOM", "1:6", TWO_PROCESS_RUN, "error: out of memory in iteration 6 "
+                                "(CUDA out of memory), so its step was not applied", " (process 1 of 2)", 5),
     "a killed data-loading worker": ("FOCUS_DETR_TOY_WORKER_KILLED", "1:7",
                                      TWO_PROCESS_RUN + ["dataloader.train.num_workers=1"],
                                      "error: a data-loading worker process died (process ",
@@ -127,12 +129,13 @@ def two_process_final_weights(tmp_path_factory):
 def test_a_failure_in_one_of_two_processes_saves_both_and_the_resume_repeats_the_run(
     failure, two_process_final_weights, tmp_path, monkeypatch
 ):
-    """One process meets an unreadable image, a NaN loss or the death of its data-loading worker mid-run: both stop
-    at that iteration (the other would otherwise wait in the forward's or backward's collectives), the iterations
-    done are saved with each rank's state as it was when the failed iteration began, one line says how to resume,
-    and the resumed run ends with the weights of a run that never failed (the failed iteration repeated: both ranks'
-    batches and random draws). An unreadable test image in one process's share of an evaluation during training
-    (the other would wait in the evaluator's gather): both stop there, that iteration saved."""
+    """One process meets an unreadable image, a NaN loss, a forward out of memory or the death of its data-loading
+    worker mid-run: both stop at that iteration (the other would otherwise wait in the forward's or backward's
+    collectives), the iterations done are saved with each rank's state as it was when the failed iteration began,
+    one line says how to resume, and the resumed run ends with the weights of a run that never failed (the failed
+    iteration repeated: both ranks' batches and random draws). An unreadable test image in one process's share of
+    an evaluation during training (the other would wait in the evaluator's gather): both stop there, that
+    iteration saved."""
     variable, value, arguments, line_start, line_part, iteration = FAILURES[failure]
     out = tmp_path / "out"
     monkeypatch.setenv(variable, value)

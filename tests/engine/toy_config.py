@@ -33,9 +33,11 @@ for _variable, _how in (("FOCUS_DETR_TOY_UNREADABLE", "unreadable"), ("FOCUS_DET
     if os.environ.get(_variable):
         _rank, _call = (int(value) for value in os.environ[_variable].split(":"))
         dataloader.train.mapper = L(FailingOnCall)(mapper=dataloader.train.mapper, rank=_rank, call=_call, how=_how)
-# "RANK:STEP": the box loss of process RANK's training forward number STEP is NaN
+# "RANK:STEP": the box loss of process RANK's training forward number STEP is NaN, or that forward runs out of memory
 if os.environ.get("FOCUS_DETR_TOY_NAN"):
     model.nan_rank, model.nan_step = (int(value) for value in os.environ["FOCUS_DETR_TOY_NAN"].split(":"))
+if os.environ.get("FOCUS_DETR_TOY_OOM"):
+    model.oom_rank, model.oom_step = (int(value) for value in os.environ["FOCUS_DETR_TOY_OOM"].split(":"))
 dataloader.test.dataset.names = "focus_detr_toy"
 dataloader.test.mapper.augmentation = [L(T.ResizeShortestEdge)(short_edge_length=48, max_size=96)]
 dataloader.test.num_workers = 0

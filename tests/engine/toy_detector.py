@@ -27,12 +27,13 @@ class ToyDetector(nn.Module):
     """images -> conv features -> ``num_queries`` boxes + class logits. Training: L1 + BCE against the first GT box."""
 
     def __init__(self, num_classes=1, num_queries=4, input_size=32, feature_noise=0.05, step_seconds=0.0,
-                 signal_step=None, signals=(), inference_signals=(), nan_step=None, nan_rank=None, oom_step=None):
+                 signal_step=None, signals=(), inference_signals=(), nan_step=None, nan_rank=None, oom_step=None,
+                 oom_rank=None):
         """``step_seconds``: sleep in every training forward. ``signals``: signal numbers this process sends itself
         during training forward number ``signal_step`` (0-based, counted from this model's creation);
         ``inference_signals``: during its first inference forward. ``nan_step``: the training forward (same count)
         whose box loss is NaN, in process ``nan_rank`` (None: in every process); ``oom_step``: the training forward
-        that runs out of GPU memory."""
+        that runs out of GPU memory, in process ``oom_rank`` (None: in every process)."""
         super().__init__()
         self.feature_noise = feature_noise
         self.step_seconds = step_seconds
@@ -42,6 +43,7 @@ class ToyDetector(nn.Module):
         self.nan_step = nan_step
         self.nan_rank = nan_rank
         self.oom_step = oom_step
+        self.oom_rank = oom_rank
         self._training_forwards = 0
         self.num_classes = num_classes
         self.num_queries = num_queries
@@ -68,7 +70,7 @@ class ToyDetector(nn.Module):
         logits = self.class_embed(features).view(-1, self.num_queries, self.num_classes)
         boxes = self.bbox_embed(features).view(-1, self.num_queries, 4).sigmoid()  # normalised x0, y0, x1-x0, y1-y0
         if self.training:
-            if self._training_forwards == self.oom_step:
+            if self._training_forwards == self.oom_step and self.oom_rank in (None, comm.get_rank()):
                 self._training_forwards += 1
                 raise torch.OutOfMemoryError(
                     "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "

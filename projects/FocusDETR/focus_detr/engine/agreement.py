@@ -3,17 +3,15 @@
 A process that raised alone would leave the others waiting in their next collective for good (a training step's
 all-reduce, an evaluator's gather). So at a point every process reaches, each reports whether it failed
 (:func:`failure_report`, gathered with ``comm.all_gather``), and :func:`raise_agreed_failure` makes all of them
-raise together: when every failure is a user error (an unreadable image, out of memory), the same
-:class:`ProcessFailed` subclass with the same message on every process, so that they can also save together; when
-one is a bug, the failing process raises its own error and the others a RuntimeError naming it.
+raise together: when every failure is a user error (an unreadable image, out of memory), the first failing
+process's :class:`ProcessFailed` subclass with the same message on every process, so that they can also save
+together; when one is a bug, the failing process raises its own error and the others a RuntimeError naming it.
 """
 from typing import List, Optional, Tuple, Type
 
 from .cli import is_user_error, one_line
 
 __all__ = ["ProcessFailed", "failure_report", "raise_agreed_failure"]
-
-Report = Optional[Tuple[str, bool, Optional[str]]]
 
 
 class ProcessFailed(ValueError):
@@ -25,26 +23,30 @@ class ProcessFailed(ValueError):
         self.remedy = remedy
 
 
-def failure_report(failure: Optional[BaseException], remedy: Optional[str] = None) -> Report:
-    """What this process tells the others: None when it did not fail, else ``(one line, user error?, remedy)``;
-    ``remedy`` when given, else the error's own ``remedy`` attribute. A bug's line starts with its type."""
+Report = Optional[Tuple[str, bool, Optional[str], Type[ProcessFailed]]]
+
+
+def failure_report(failure: Optional[BaseException], agreed_type: Type[ProcessFailed],
+                   remedy: Optional[str] = None) -> Report:
+    """What this process tells the others: None when it did not fail, else ``(one line, user error?, remedy,
+    agreed_type)``, ``agreed_type`` being what every process raises for it; ``remedy`` when given, else the error's
+    own ``remedy`` attribute. A bug's line starts with its type."""
     if failure is None:
         return None
     user_error = is_user_error(failure)
     text = one_line(failure) if user_error else f"{type(failure).__name__}: {one_line(failure)}"
-    return text, user_error, remedy or getattr(failure, "remedy", None)
+    return text, user_error, remedy or getattr(failure, "remedy", None), agreed_type
 
 
-def raise_agreed_failure(failure: Optional[BaseException], reports: List[Report], what: str,
-                         error_type: Type[ProcessFailed]) -> None:
+def raise_agreed_failure(failure: Optional[BaseException], reports: List[Report], what: str) -> None:
     """Returns when no process failed. ``failure``: this process's error (None: it did not fail); ``reports``: every
     process's :func:`failure_report`, in rank order; ``what`` completes "process 1 of 2 failed ..." for a bug."""
     failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
     if not failed:
         return
-    rank, (text, _, remedy) = failed[0]
+    rank, (text, _, remedy, agreed_type) = failed[0]
     if all(report[1] for _, report in failed):
-        raise error_type(f"{text} (process {rank} of {len(reports)})", remedy) from failure
+        raise agreed_type(f"{text} (process {rank} of {len(reports)})", remedy) from failure
     if failure is not None:
         raise failure
     raise RuntimeError(f"process {rank} of {len(reports)} failed {what}: {text}")

@@ -106,9 +106,9 @@ class _AgreeingEvaluator(DatasetEvaluator):
     def evaluate(self):
         self.evaluating = True
         out_of_memory = self.failure is not None and is_out_of_memory(self.failure)
-        report = failure_report(self.failure, EVALUATION_OUT_OF_MEMORY_REMEDY if out_of_memory else None)
-        raise_agreed_failure(self.failure, comm.all_gather(report), "in its share of the evaluation",
-                             EvaluationFailed)
+        remedy = EVALUATION_OUT_OF_MEMORY_REMEDY if out_of_memory else None
+        report = failure_report(self.failure, EvaluationFailed, remedy)
+        raise_agreed_failure(self.failure, comm.all_gather(report), "in its share of the evaluation")
         return self.evaluator.evaluate()
 
 

@@ -22,7 +22,7 @@ from .optim import optimizer_settings, restore_optimizer_settings
 from .rng import restore_rng_state
 from .cuda_graphs import inference_cuda_graphs
 from .precision import inference_amp_dtype, training_amp_dtype
-from .trainer import DetrTrainer, StepOutOfMemory, TrainingDiverged
+from .trainer import DataLoadingFailed, DetrTrainer, StepOutOfMemory, TrainingDiverged
 
 __all__ = ["build_model", "end_process_group", "load_inference_weights", "run_training", "run_evaluation", "wrap_ddp"]
 
@@ -211,11 +211,12 @@ def _save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, st
     the last save. With several processes, only for the errors they all raise together (the save is collective)."""
     diverged = isinstance(error, TrainingDiverged)
     step_failed = diverged or isinstance(error, StepOutOfMemory)  # before the optimiser step: nothing applied
+    data_failed = trainer.data_failed_at == trainer.iter or isinstance(error, DataLoadingFailed)
     evaluation = eval_hook.failed_at is not None and eval_hook.failed_at == trainer.iter
     several = comm.get_world_size() > 1
     completed = trainer.iter if evaluation else trainer.iter - 1
     if (
-        not (step_failed or evaluation or trainer.data_failed_at == trainer.iter)
+        not (step_failed or evaluation or data_failed)
         or completed < start_iter
         or not is_user_error(error)
         or (several and not isinstance(error, (ProcessFailed, TrainingDiverged)))  # those all raise together

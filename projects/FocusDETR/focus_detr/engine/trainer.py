@@ -13,7 +13,7 @@ from .cli import is_out_of_memory, one_line
 from .precision import amp_autocast
 from .rng import capture_rng_state, restore_rng_state
 
-__all__ = ["DataLoadingFailed", "DetrTrainer", "StepOutOfMemory", "TrainingDiverged"]
+__all__ = ["DataLoadingFailed", "DetrTrainer", "ProcessOutOfMemory", "StepOutOfMemory", "TrainingDiverged"]
 
 
 class DataLoadingFailed(ProcessFailed):
@@ -36,6 +36,11 @@ class StepOutOfMemory(ValueError):
 
     remedy = ("lower dataloader.train.total_batch_size or the training image size, or train with "
               "train.amp.enabled=True")
+
+
+class ProcessOutOfMemory(ProcessFailed, StepOutOfMemory):
+    """:class:`StepOutOfMemory` in the forward of one process of several: every process raises it at the same
+    iteration with the same message, so that they can save together."""
 
 
 class DetrTrainer(SimpleTrainer):
@@ -72,7 +77,7 @@ class DetrTrainer(SimpleTrainer):
         self.amp_dtype = amp_dtype
         self.device_type = device_type
         self.grad_scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
-        self.data_failed_at = None  # the iteration whose batch could not be loaded
+        self.data_failed_at = None  # the iteration whose batch could not be loaded (one process)
         self._step_start = None  # (RNG state, data-loader position) when the current iteration began
 
     def run_step(self):
@@ -80,43 +85,63 @@ class DetrTrainer(SimpleTrainer):
         start = time.perf_counter()
         loader = self.data_loader
         self._step_start = (capture_rng_state(), loader.state_dict() if hasattr(loader, "state_dict") else None)
-        data = self._next_batch()
+        several = comm.get_world_size() > 1
+        batch, failure = self._next_batch()
+        if several:  # before the forward, whose DDP wrapper may broadcast buffers (a collective)
+            self._agree(failure, DataLoadingFailed, "to load its training batch")
         data_time = time.perf_counter() - start
-
-        out_of_memory = None
-        try:
-            loss_dict, total_norm = self._forward_backward(data)
-        except Exception as error:
-            if not is_out_of_memory(error):
-                raise
-            out_of_memory = one_line(error).split(". ")[0]
-        if out_of_memory is not None:
-            # raised here, outside the handler: the failed step's tensors, which its traceback holds, are freed
-            self.optimizer.zero_grad(set_to_none=True)
-            raise StepOutOfMemory(f"out of memory in iteration {self.iter} ({out_of_memory}), so its step was not "
-                                  "applied")
+        loss_dict, failure = self._forward(batch)
+        if several:  # before the backward's all-reduce
+            self._agree(failure, ProcessOutOfMemory, "in its forward")
+        elif failure is not None:
+            raise failure
+        total_norm = self._backward(loss_dict)
         self._write_metrics(loss_dict, data_time, grad_norm=total_norm)  # raises TrainingDiverged before the step
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
 
-    def _forward_backward(self, data):
-        """Losses of ``data`` and their gradients (unscaled and clipped when clipping is on); returns the loss dict
-        and the total gradient norm before clipping (None without clipping)."""
-        with amp_autocast(self.device_type, self.amp_dtype):
-            loss_dict = self.model(data)
+    def _forward(self, batch):
+        """``(loss dict, None)``; or ``(None, StepOutOfMemory)`` when the forward ran out of memory."""
+        out_of_memory = None
+        try:
+            with amp_autocast(self.device_type, self.amp_dtype):
+                loss_dict = self.model(batch)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            out_of_memory = one_line(error).split(". ")[0]
+        if out_of_memory is not None:  # outside the handler: the tensors its traceback holds are freed
+            return None, self._out_of_memory(out_of_memory)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
-        losses = sum(loss.float() for loss in loss_dict.values())
+        return loss_dict, None
 
+    def _backward(self, loss_dict):
+        """The gradients of the losses (unscaled and clipped when clipping is on); returns the total gradient norm
+        before clipping (None without clipping). Raises :class:`StepOutOfMemory` when the backward runs out of
+        memory (with several processes, each alone: the others wait in the backward's all-reduce)."""
+        losses = sum(loss.float() for loss in loss_dict.values())
         self.optimizer.zero_grad()
-        self.grad_scaler.scale(losses).backward()
+        out_of_memory = None
+        try:
+            self.grad_scaler.scale(losses).backward()
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            out_of_memory = one_line(error).split(". ")[0]
+        if out_of_memory is not None:  # outside the handler, as in _forward
+            raise self._out_of_memory(out_of_memory)
         self.after_backward()
-        total_norm = None
-        if self.clip_grad_max_norm is not None:
-            self.grad_scaler.unscale_(self.optimizer)
-            parameters = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-            total_norm = torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad_max_norm, self.clip_grad_norm_type)
-        return loss_dict, total_norm
+        if self.clip_grad_max_norm is None:
+            return None
+        self.grad_scaler.unscale_(self.optimizer)
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        return torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad_max_norm, self.clip_grad_norm_type)
+
+    def _out_of_memory(self, torch_message):
+        """The :class:`StepOutOfMemory` of this iteration; frees the gradients first."""
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepOutOfMemory(f"out of memory in iteration {self.iter} ({torch_message}), so its step was not applied")
 
     def _write_metrics(self, loss_dict, data_time, prefix="", iter=None, grad_norm=None):
         """detectron2's metrics (each loss averaged over the processes, ``total_loss``, ``data_time`` of the slowest
@@ -181,33 +206,30 @@ class DetrTrainer(SimpleTrainer):
             self.data_loader.load_state_dict(position)
 
     def _next_batch(self):
-        """The next training batch. When it cannot be loaded, nothing of this iteration has run: after
+        """``(the next training batch, None)``. When it cannot be loaded, nothing of this iteration has run: after
         :meth:`rewind_to_step_start` (the data position before this batch) a save keeps the state after the previous
-        one (``data_failed_at``).
-
-        With several processes, they first agree whether each got its batch (an all-reduce): a process that raised
-        alone would leave the others waiting in the forward's collectives for good. When one failed with a user
-        error, every process raises :class:`DataLoadingFailed` here; when one failed otherwise (a bug), that one
-        raises its error and the others a RuntimeError naming it."""
-        several = comm.get_world_size() > 1
+        one. In one process the error is raised here (``data_failed_at``); with several, ``(None, the error)``, for
+        the processes to agree on (:meth:`_agree`)."""
         try:
-            batch, failure = next(self._data_loader_iter), None
+            return next(self._data_loader_iter), None
         except Exception as error:
-            if not several:
-                self.data_failed_at = self.iter
-                raise
-            batch, failure = None, error
-        if not several:
-            return batch
-        # one small all-reduce per step (~0.3 ms between two CPU processes here, a third of an all-gather); the
-        # messages are gathered only when a process failed
+            if comm.get_world_size() > 1:
+                return None, error
+            self.data_failed_at = self.iter
+            raise
+
+    def _agree(self, failure, agreed_type, what):
+        """With several processes: did every process get past this point (``failure``: this process's error, None:
+        it did)? A process that raised alone would leave the others waiting in their next collective for good. When
+        one failed with a user error, every process raises ``agreed_type`` here, with the same message, and they can
+        save together; when one failed otherwise (a bug), that one raises its error and the others a RuntimeError
+        naming it (``what`` completes "process 1 of 2 failed ...")."""
+        # one small all-reduce (~0.3 ms between two CPU processes here, a third of an all-gather); the messages are
+        # gathered only when a process failed
         any_failed = torch.tensor([failure is not None], dtype=torch.int32)
         dist.all_reduce(any_failed, op=dist.ReduceOp.MAX, group=comm._get_global_gloo_group())
-        if not any_failed.item():
-            return batch
-        reports = comm.all_gather(failure_report(failure))
-        self.data_failed_at = self.iter
-        raise_agreed_failure(failure, reports, "to load its training batch", DataLoadingFailed)
+        if any_failed.item():
+            raise_agreed_failure(failure, comm.all_gather(failure_report(failure, agreed_type)), what)
 
     def state_dict(self):
         state = super().state_dict()

@@ -143,6 +143,7 @@ def test_a_failure_in_one_of_two_processes_saves_both_and_the_resume_repeats_the
     assert run.wait(timeout=300) == 2, run.stderr()[-3000:]
     stderr = run.stderr()
     assert not shows_traceback(stderr), stderr[-3000:]
+    assert "`broadcast_buffers` is deprecated" not in stderr  # the config's detrex name is passed as torch's new one
     line = stderr.strip().splitlines()[-1]
     stopped = int(line.split("training stopped after iteration ")[1].split(",")[0])
     assert stopped == iteration if iteration is not None else 0 <= stopped <= 5

@@ -1,5 +1,6 @@
 """Building and running training / evaluation from a LazyConfig (what ``train_net.py`` calls on every process)."""
 import gc
+import inspect
 import json
 import logging
 import os
@@ -41,12 +42,23 @@ def build_model(cfg, device=None):
 
 
 def wrap_ddp(model, cfg, device):
-    """DistributedDataParallel when running several processes (CPU processes use gloo, ``device_ids=None``)."""
+    """DistributedDataParallel when running several processes (CPU processes use gloo, ``device_ids=None``) with
+    ``cfg.train.ddp``'s arguments. detrex's ``broadcast_buffers`` is passed as ``forward_sync_buffers`` where torch
+    has it (it deprecates the former with a warning from every process); the buffers are then also copied from
+    rank 0 when the wrapper is built, as the parameters always are."""
     ddp_kwargs = dict(cfg.train.get("ddp", {}))
     if torch.device(device).type == "cpu":
         ddp_kwargs["device_ids"] = None
         ddp_kwargs.pop("fp16_compression", None)
+    if "broadcast_buffers" in ddp_kwargs and "forward_sync_buffers" not in ddp_kwargs and _ddp_accepts(
+        "forward_sync_buffers"
+    ):
+        ddp_kwargs["forward_sync_buffers"] = ddp_kwargs.pop("broadcast_buffers")
     return create_ddp_model(model, **ddp_kwargs)
+
+
+def _ddp_accepts(argument):
+    return argument in inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
 
 
 def end_process_group() -> None:
@@ -260,7 +272,7 @@ def run_evaluation(cfg):
     if cfg.dataloader.get("evaluator", None) is not None:
         # before the weights: a class count that does not fit the data says so, not "the checkpoint does not fit"
         check_model_classes(model, cfg.dataloader.test)
-    model = wrap_ddp(model, cfg, device)
+    model = wrap_ddp(model, cfg, device)  # its set-up gives every process rank 0's weights (random ones differ)
     if not cfg.train.init_checkpoint:
         logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights")
     load_inference_weights(model, cfg, cfg.train.init_checkpoint)

@@ -26,16 +26,15 @@ class ProcessFailed(ValueError):
 Report = Optional[Tuple[str, bool, Optional[str], Type[ProcessFailed]]]
 
 
-def failure_report(failure: Optional[BaseException], agreed_type: Type[ProcessFailed],
-                   remedy: Optional[str] = None) -> Report:
-    """What this process tells the others: None when it did not fail, else ``(one line, user error?, remedy,
-    agreed_type)``, ``agreed_type`` being what every process raises for it; ``remedy`` when given, else the error's
-    own ``remedy`` attribute. A bug's line starts with its type."""
+def failure_report(failure: Optional[BaseException], agreed_type: Type[ProcessFailed]) -> Report:
+    """What this process tells the others: None when it did not fail, else ``(one line, user error?, the error's
+    remedy attribute or None, agreed_type)``, ``agreed_type`` being what every process raises for it. A bug's line
+    starts with its type."""
     if failure is None:
         return None
     user_error = is_user_error(failure)
     text = one_line(failure) if user_error else f"{type(failure).__name__}: {one_line(failure)}"
-    return text, user_error, remedy or getattr(failure, "remedy", None), agreed_type
+    return text, user_error, getattr(failure, "remedy", None), agreed_type
 
 
 def raise_agreed_failure(failure: Optional[BaseException], reports: List[Report], what: str) -> None:

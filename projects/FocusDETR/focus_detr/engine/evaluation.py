@@ -105,24 +105,23 @@ class _AgreeingEvaluator(DatasetEvaluator):
 
     def evaluate(self):
         self.evaluating = True
-        out_of_memory = self.failure is not None and is_out_of_memory(self.failure)
-        remedy = EVALUATION_OUT_OF_MEMORY_REMEDY if out_of_memory else None
-        report = failure_report(self.failure, EvaluationFailed, remedy)
+        report = failure_report(self.failure, EvaluationFailed)
         raise_agreed_failure(self.failure, comm.all_gather(report), "in its share of the evaluation")
         return self.evaluator.evaluate()
 
 
 def _inference_on_every_process(model, loader, evaluator):
-    """detectron2's ``inference_on_dataset``. With several processes, one whose share fails (its test data, its
-    model calls) does not raise alone, which would leave the others waiting in the evaluator's gather for good: it
-    joins them where they agree (:class:`_AgreeingEvaluator`), and all raise there."""
-    if comm.get_world_size() == 1:
-        return inference_on_dataset(model, loader, evaluator)
-    agreeing = _AgreeingEvaluator(evaluator)
+    """detectron2's ``inference_on_dataset``; torch's out-of-memory error gets the evaluation's ``remedy``. With
+    several processes, one whose share fails (its test data, its model calls) does not raise alone, which would
+    leave the others waiting in the evaluator's gather for good: it joins them where they agree
+    (:class:`_AgreeingEvaluator`), and all raise there."""
+    agreeing = _AgreeingEvaluator(evaluator) if comm.get_world_size() > 1 else None
     try:
-        return inference_on_dataset(model, loader, agreeing)
+        return inference_on_dataset(model, loader, agreeing or evaluator)
     except Exception as error:
-        if agreeing.evaluating:  # raised in the agreement or in the metrics, where every process already is
+        if is_out_of_memory(error):  # what to change differs from a training step's
+            error.remedy = EVALUATION_OUT_OF_MEMORY_REMEDY
+        if agreeing is None or agreeing.evaluating:  # one process, or raised where every process already is
             raise
         agreeing.failure = error
         agreeing.evaluate()  # meets the others' agreement and raises there with them

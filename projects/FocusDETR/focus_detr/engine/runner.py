@@ -13,9 +13,9 @@ from detectron2.utils import comm
 
 from .agreement import ProcessFailed
 from .checkpoint import AtomicDetectionCheckpointer
-from .cli import MAX_MESSAGE_CHARS, is_out_of_memory, is_user_error, one_line, user_errors_without_tracebacks
+from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line, user_errors_without_tracebacks
 from .config import ConfigError, check_schedule, resolve_device
-from .evaluation import EVALUATION_OUT_OF_MEMORY_REMEDY, check_model_classes, evaluate
+from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
@@ -240,10 +240,7 @@ def _save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, st
     trainer.iter = completed  # what the checkpoint records (the trainer is done with: training ended)
     checkpoint_hook.save_current_iteration()
     resume = f"resume with: {resume_command}" if resume_command else "continue with --resume"
-    if evaluation and is_out_of_memory(error):  # torch's error: the remedy depends on where it was raised
-        fix = EVALUATION_OUT_OF_MEMORY_REMEDY
-    else:
-        fix = getattr(error, "remedy", None) or "fix or remove what it names"
+    fix = getattr(error, "remedy", None) or "fix or remove what it names"
     where = f" (in the evaluation after iteration {completed})" if evaluation else ""
     return (TrainingDiverged if diverged else ValueError)(
         f"{one_line(error, MAX_MESSAGE_CHARS)}{where}; training stopped after iteration {completed}, checkpoint "

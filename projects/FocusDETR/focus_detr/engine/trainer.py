@@ -86,7 +86,7 @@ class DetrTrainer(SimpleTrainer):
         loader = self.data_loader
         self._step_start = (capture_rng_state(), loader.state_dict() if hasattr(loader, "state_dict") else None)
         several = comm.get_world_size() > 1
-        batch, failure = self._next_batch()
+        batch, failure = self._next_batch(several)
         if several:  # before the forward, whose DDP wrapper may broadcast buffers (a collective)
             self._agree(failure, DataLoadingFailed, "to load its training batch")
         data_time = time.perf_counter() - start
@@ -102,19 +102,11 @@ class DetrTrainer(SimpleTrainer):
 
     def _forward(self, batch):
         """``(loss dict, None)``; or ``(None, StepOutOfMemory)`` when the forward ran out of memory."""
-        out_of_memory = None
-        try:
-            with amp_autocast(self.device_type, self.amp_dtype):
-                loss_dict = self.model(batch)
-        except Exception as error:
-            if not is_out_of_memory(error):
-                raise
-            out_of_memory = one_line(error).split(". ")[0]
-        if out_of_memory is not None:  # outside the handler: the tensors its traceback holds are freed
-            return None, self._out_of_memory(out_of_memory)
+        with amp_autocast(self.device_type, self.amp_dtype):
+            loss_dict, failure = self._unless_out_of_memory(self.model, batch)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
-        return loss_dict, None
+        return loss_dict, failure
 
     def _backward(self, loss_dict):
         """The gradients of the losses (unscaled and clipped when clipping is on); returns the total gradient norm
@@ -122,15 +114,9 @@ class DetrTrainer(SimpleTrainer):
         memory (with several processes, each alone: the others wait in the backward's all-reduce)."""
         losses = sum(loss.float() for loss in loss_dict.values())
         self.optimizer.zero_grad()
-        out_of_memory = None
-        try:
-            self.grad_scaler.scale(losses).backward()
-        except Exception as error:
-            if not is_out_of_memory(error):
-                raise
-            out_of_memory = one_line(error).split(". ")[0]
-        if out_of_memory is not None:  # outside the handler, as in _forward
-            raise self._out_of_memory(out_of_memory)
+        _, failure = self._unless_out_of_memory(self.grad_scaler.scale(losses).backward)
+        if failure is not None:
+            raise failure
         self.after_backward()
         if self.clip_grad_max_norm is None:
             return None
@@ -138,10 +124,20 @@ class DetrTrainer(SimpleTrainer):
         parameters = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         return torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad_max_norm, self.clip_grad_norm_type)
 
-    def _out_of_memory(self, torch_message):
-        """The :class:`StepOutOfMemory` of this iteration; frees the gradients first."""
+    def _unless_out_of_memory(self, function, *args):
+        """``(function(*args), None)``; or, when it runs out of memory, ``(None, StepOutOfMemory)`` for this
+        iteration, with the gradients freed (other errors are raised)."""
+        out_of_memory = None
+        try:
+            return function(*args), None
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            out_of_memory = one_line(error).split(". ")[0]
+        # outside the handler: the failed call's tensors, which the error's traceback holds, are freed by now
         self.optimizer.zero_grad(set_to_none=True)
-        return StepOutOfMemory(f"out of memory in iteration {self.iter} ({torch_message}), so its step was not applied")
+        return None, StepOutOfMemory(f"out of memory in iteration {self.iter} ({out_of_memory}), so its step was not "
+                                     "applied")
 
     def _write_metrics(self, loss_dict, data_time, prefix="", iter=None, grad_norm=None):
         """detectron2's metrics (each loss averaged over the processes, ``total_loss``, ``data_time`` of the slowest
@@ -205,7 +201,7 @@ class DetrTrainer(SimpleTrainer):
         if position is not None:
             self.data_loader.load_state_dict(position)
 
-    def _next_batch(self):
+    def _next_batch(self, several):
         """``(the next training batch, None)``. When it cannot be loaded, nothing of this iteration has run: after
         :meth:`rewind_to_step_start` (the data position before this batch) a save keeps the state after the previous
         one. In one process the error is raised here (``data_failed_at``); with several, ``(None, the error)``, for
@@ -213,7 +209,7 @@ class DetrTrainer(SimpleTrainer):
         try:
             return next(self._data_loader_iter), None
         except Exception as error:
-            if comm.get_world_size() > 1:
+            if several:
                 return None, error
             self.data_failed_at = self.iter
             raise

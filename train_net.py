@@ -19,30 +19,27 @@ Ctrl-C, SIGTERM or SIGHUP stops training after the current iteration with a chec
 with the command that resumes it (exit status 130 / 143 / 129); a second Ctrl-C stops at once (a checkpoint being
 written is finished first). See docs/reliability.md.
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import os
 import sys
 
-try:  # torch and detectron2 take seconds to import: a Ctrl-C meanwhile is one line too
-    from detectron2.engine import default_argument_parser, default_setup, launch
-    from detectron2.utils import comm
-    from detectron2.utils.logger import setup_logger
-    from torch.multiprocessing import ProcessExitedException
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch.multiprocessing import ProcessExitedException
 
-    from focus_detr.engine import (
-        check_datasets_registered,
-        end_process_group,
-        load_config,
-        resolve_device,
-        run_evaluation,
-        run_training,
-    )
-    from focus_detr.engine.arguments import parse_args_with_overrides
-    from focus_detr.engine.cli import report_interruption, run_reporting_errors
-    from focus_detr.engine.interrupt import ForwardedStop, StopRequest, resume_command, stop_signals_interrupt
-    from focus_detr.engine.output_lock import claim_output_dir
-except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
+from focus_detr.engine import (
+    check_datasets_registered,
+    end_process_group,
+    load_config,
+    resolve_device,
+    run_evaluation,
+    run_training,
+)
+from focus_detr.engine.arguments import parse_args_with_overrides
+from focus_detr.engine.cli import report_interruption, run_reporting_errors
+from focus_detr.engine.interrupt import ForwardedStop, StopRequest, resume_command, stop_signals_interrupt
+from focus_detr.engine.output_lock import claim_output_dir
 
 
 def parse_args(argv=None):

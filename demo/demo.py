@@ -30,6 +30,7 @@ Example:
     python demo/demo.py --config-file configs/focus_detr_r18_trees.py --video-input drone.mp4 \
         --output output/demo/drone.mp4 --opts train.init_checkpoint=output/focus_detr_r18_trees/model_final.pth
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import os
 import sys

@@ -12,6 +12,7 @@ rounds vary several-fold, CPU time little (with ``--threads 1``: no thread waits
     .venv/bin/python scripts/selection_quality_cost.py configs/focus_detr_r18_trees.py \\
         output/main_job/model_final.pth [--rounds 7] [--threads 1 --clock cpu]
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import contextlib
 import io

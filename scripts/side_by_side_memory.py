@@ -12,6 +12,7 @@ model, precision and task: ``peak_mib``, the most memory allocated during one ca
 float32 and under bfloat16 autocast, the official model in float32 (its CUDA op has no bfloat16 kernel). Training is
 one forward and backward at batch 1 (no optimizer), as side_by_side.py times it. On a CPU ``peak_mib`` is None.
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import json
 import os
 import sys

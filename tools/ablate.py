@@ -22,6 +22,7 @@ Example (the main job's schedule, 2 seeds; ~10 minutes per run on 2 CPU cores):
     python tools/ablate.py --config-file configs/focus_detr_r18_trees.py --output output/ablation --seeds 2
     python tools/ablate.py --config-file configs/focus_detr_r18_trees.py --output output/ablation --print-overrides
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import os
 import signal

@@ -11,6 +11,7 @@ Examples:
     python tools/analyze_model.py --config-file configs/focus_detr_r50_4scale_12ep.py --tasks flop --input-size 800 1333
     python tools/analyze_model.py --config-file configs/focus_detr_r18_trees.py --tasks flop parameter -n 9 --json flops.json
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import json
 import logging

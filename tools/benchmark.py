@@ -41,6 +41,7 @@ Examples:
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --flop-floor
     python tools/benchmark.py --config-file configs/focus_detr_r18_trees.py --input-size 512 512 --count-dispatch
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import itertools
 import json

@@ -11,6 +11,7 @@ Prints one table per dtype with the pytorch reference as 1.0x; --json writes the
     python tools/benchmark_msda.py --threads 2
     python tools/benchmark_msda.py --device cuda --dtype float32 float16 bfloat16 --json msda.json
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import json
 import statistics

@@ -20,6 +20,7 @@ arithmetic is compared query by query), and each image also runs on its own deci
 official top detections have a same-label detection of ours within ``AMP_BOX_TOL`` of the image size. It never
 prints PARITY OK: the float32 tolerances do not apply.
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import sys
 from pathlib import Path

@@ -11,6 +11,7 @@ Only the model weights are kept (no optimizer or trainer state). The output's ex
 fit fails here rather than at training time. ``train.init_checkpoint`` accepts official checkpoints directly;
 converting once saves the renaming at every load.
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import sys
 

@@ -34,6 +34,7 @@ Examples:
     python tools/export_model.py --config-file configs/focus_detr_r18_trees.py --output output/onnx_trees \
         --sample-size 352 416 --evaluate train.init_checkpoint=output/main_job/model_final.pth
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import contextlib
 import io

@@ -17,6 +17,7 @@ Examples:
     python tools/fault_drill.py --trials 10
     python tools/fault_drill.py --trials 2 --max-kills 1 --output /tmp/drill --json /tmp/drill.json train.max_iter=4
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import json
 import os

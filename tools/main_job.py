@@ -8,6 +8,7 @@ curves, and print where everything is.
     python tools/main_job.py --output output/mine # a folder of your choice (an earlier run there is refused)
     python tools/main_job.py train.max_iter=1200  # any config override
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import importlib.util
 import json

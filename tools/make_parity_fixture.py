@@ -13,6 +13,7 @@ Inputs: synthetic images (noise, a gradient and coloured rectangles, which are a
 given sizes; each is postprocessed to 1.5x its size. Recorded: single-image eval outputs with the ranking decisions
 (foreground tokens, fine-grained tokens, query proposals), and training losses without and with (seeded) denoising.
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import sys
 from typing import Dict, List, Tuple

@@ -10,6 +10,7 @@ from the run's ``metrics.json`` (detectron2's JSONWriter format) and drawn to on
 Example:
     python tools/plot_metrics.py output/main_job
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import os
 import sys

@@ -5,6 +5,7 @@ Downloads the hash-pinned ``deepforest`` data wheel (requirements/demo-data.txt)
 ``<data root>/trees`` (data root: ``--data-root``, else ``$DETECTRON2_DATASETS``, else ``<repo>/datasets``) unless a
 verified cache is already there. Prints the dataset statistics. Takes well under a second when nothing is to do.
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import sys
 import time

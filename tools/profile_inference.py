@@ -8,6 +8,7 @@ image (``focus_detr.analysis.gpu_profile``). On a CPU only the operator counts a
     python tools/profile_inference.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cuda \\
         --precision float32 bfloat16 --json profile.json
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import json
 import sys

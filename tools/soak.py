@@ -15,6 +15,7 @@ Examples:
     python tools/soak.py --json soak.json
     python tools/soak.py --output /tmp/soak --sample-every 0.5 train.max_iter=200 train.eval_period=50
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import json
 import os

@@ -14,6 +14,7 @@ Example:
         --keep-ratios 0.1 0.2 0.3 0.5 0.7 --latency-repeats 15 --threads 1 \
         train.init_checkpoint=output/main_job/model_final.pth
 """
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import os
 import sys

@@ -1,0 +1,25 @@
+"""What a command of this project sets up before its slow imports: ``train_net.py``, ``demo/demo.py``, ``tools/``
+and the Python scripts of ``scripts/`` import this module first, before torch and detectron2.
+
+- fvcore and detectron2 call ``torch.jit.script`` while they are imported, and recent torch answers each call with a
+  FutureWarning that the user can do nothing about: a command does not print it.
+- A Ctrl-C that nothing handles, e.g. during the seconds of those imports, ends the command with one line
+  ("interrupted", or the interruption's own message) and exit status 130 (Python's, for an unhandled
+  KeyboardInterrupt), not a traceback. Any other uncaught exception keeps its traceback.
+
+Only commands import this module: ``import focus_detr`` in a user's own program leaves the process's warning filters
+and ``sys.excepthook`` alone."""
+import sys
+import warnings
+
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+
+def _interrupt_in_one_line(exc_type, exc, traceback, previous_hook=sys.excepthook):
+    if issubclass(exc_type, KeyboardInterrupt):
+        print(str(exc) or "interrupted", file=sys.stderr, flush=True)
+        return
+    previous_hook(exc_type, exc, traceback)
+
+
+sys.excepthook = _interrupt_in_one_line

@@ -1,0 +1,60 @@
+"""Every command imports ``focus_detr.entry_point`` first: no FutureWarning from fvcore's and detectron2's imports,
+and a Ctrl-C that nothing handles (e.g. during the seconds of imports) is one line and exit status 130."""
+import ast
+import glob
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# compare_revision.py imports another revision's package; gpu_report.py imports neither torch nor detectron2
+COMMANDS = ["train_net.py", "demo/demo.py", *sorted(glob.glob("tools/*.py", root_dir=REPO_ROOT)),
+            "scripts/selection_quality_cost.py", "scripts/side_by_side_memory.py"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_imports_the_entry_point_before_anything_else(command):
+    with open(os.path.join(REPO_ROOT, command)) as source:
+        tree = ast.parse(source.read())
+    first_import = next(node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)))
+    assert isinstance(first_import, ast.Import) and first_import.names[0].name == "focus_detr.entry_point"
+
+
+def _python(*args, **kwargs):
+    return subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def test_a_command_prints_no_import_time_future_warning():
+    process = _python("train_net.py", "--help")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and "usage:" in out
+    assert "FutureWarning" not in err and err.strip() == ""
+
+
+def test_an_unhandled_ctrl_c_is_one_line_and_status_130():
+    process = _python("-c", "import focus_detr.entry_point, time; print('ready', flush=True); time.sleep(60)")
+    assert process.stdout.readline() == "ready\n"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert err == "interrupted\n"
+    assert process.returncode == -signal.SIGINT  # as Python ends on an unhandled KeyboardInterrupt: 130 in a shell
+
+
+def test_other_uncaught_errors_keep_their_traceback():
+    process = _python("-c", "import focus_detr.entry_point\nraise RuntimeError('a bug')")
+    _, err = process.communicate(timeout=60)
+    assert "Traceback (most recent call last)" in err and "RuntimeError: a bug" in err and process.returncode == 1
+
+
+def test_importing_the_package_leaves_the_process_settings_alone():
+    process = _python("-c", "import sys, warnings; hook = sys.excepthook; "
+                            "import focus_detr, focus_detr.layers, focus_detr.engine; "
+                            "assert sys.excepthook is hook; "
+                            "assert not [f for f in warnings.filters if f[1] and f[1].search('`torch.jit.script`')]")
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "FutureWarning: `torch.jit.script` is deprecated" in err  # still the user's to see

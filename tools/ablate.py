@@ -14,9 +14,11 @@ Writes into --output:
 
 Runs go seed by seed (every variant with the first seed, then the second, ...). Run the same command again to
 resume: finished runs are skipped, an interrupted training continues from its last checkpoint (Ctrl-C or SIGTERM
-stops the current training after a checkpoint). The same command started twice at once shares the runs between the
-two (each takes the next run nobody is running; e.g. with --threads 1 on a 2-core machine). GFLOPs and latency are
-measured afresh over every finished run at the end of each invocation.
+stops the current training after a checkpoint). A run folder holding a run started with other settings (config file,
+overrides, seed) is refused before anything runs: give a new --output, or delete that run folder. The same command
+started twice at once shares the runs between the two (each takes the next run nobody is running; e.g. with
+--threads 1 on a 2-core machine). GFLOPs and latency are measured afresh over every finished run at the end of each
+invocation.
 
 Example (the main job's schedule, 2 seeds; ~10 minutes per run on 2 CPU cores):
     python tools/ablate.py --config-file configs/focus_detr_r18_trees.py --output output/ablation --seeds 2
@@ -98,35 +100,36 @@ def _check(status, what, run, log_path):
                                 f"{last_error(log_path)} (full output: {log_path})")
 
 
-def _train_and_evaluate(args, overrides_of):
-    """The function :func:`run_pending` calls for an unfinished run: trains (resuming an interrupted training),
-    evaluates the final weights, returns the run's record."""
+def _train_and_evaluate(args, settings, overrides_of):
+    """The function :func:`run_pending` calls for an unfinished run: trains (resuming an interrupted training) and
+    evaluates the final weights with the run's ``settings``, returns the run's record."""
     import json
+
+    from focus_detr.analysis.ablation import training_overrides
 
     # torch reads OMP_NUM_THREADS when it starts: the children's thread count
     child_env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads > 0 else None
 
     def train_and_evaluate(run):
         log_path = os.path.join(run.folder, "ablation_output.txt")
-        common = overrides_of[run.variant] + list(args.opts) + [f"train.seed={run.seed}"]
+        config_file, overrides = settings[run]["config_file"], settings[run]["overrides"]
         final_weights = os.path.join(run.folder, "model_final.pth")
         seconds_path = os.path.join(run.folder, "ablation_train_seconds.txt")
         if not os.path.isfile(final_weights):
             resume = ["--resume"] if os.path.isfile(os.path.join(run.folder, "last_checkpoint")) else []
             start = time.perf_counter()
             try:
-                status = _run_logged([sys.executable, TRAIN_NET, "--config-file", args.config_file, *resume,
-                                      f"train.output_dir={run.folder}", "train.eval_period=0", *common], log_path,
-                                     child_env)
+                status = _run_logged([sys.executable, TRAIN_NET, "--config-file", config_file, *resume,
+                                      *training_overrides(run, settings[run])], log_path, child_env)
             finally:  # an interrupted attempt's time counts too
                 with open(seconds_path, "a") as f:
                     f.write(f"{time.perf_counter() - start:.1f}\n")
             _check(status, "training", run, log_path)
             if not os.path.isfile(final_weights):
                 raise ChildProcessError(f"training of {run.variant}, seed {run.seed} wrote no {final_weights}")
-        status = _run_logged([sys.executable, TRAIN_NET, "--config-file", args.config_file, "--eval-only",
-                              f"train.init_checkpoint={final_weights}", f"train.output_dir={run.eval_folder}", *common],
-                             log_path, child_env)
+        status = _run_logged([sys.executable, TRAIN_NET, "--config-file", config_file, "--eval-only",
+                              f"train.init_checkpoint={final_weights}", f"train.output_dir={run.eval_folder}",
+                              *overrides], log_path, child_env)
         _check(status, "evaluation", run, log_path)
         with open(os.path.join(run.eval_folder, "eval_results.json")) as f:
             results = json.load(f)
@@ -164,7 +167,13 @@ def _measure(args, runs, records, overrides_of):
 
 
 def main(args):
-    from focus_detr.analysis.ablation import planned_runs, run_pending, selection_columns, variant_overrides
+    from focus_detr.analysis.ablation import (
+        planned_runs,
+        run_pending,
+        run_settings,
+        selection_columns,
+        variant_overrides,
+    )
     from focus_detr.analysis.ablation_report import write_csv, write_markdown, write_plot
     from focus_detr.engine import check_datasets_registered, load_config
 
@@ -181,17 +190,20 @@ def main(args):
     reserved = [o for o in args.opts if o.split("=", 1)[0].strip() in RESERVED_KEYS]
     if reserved:
         raise ValueError(f"{', '.join(reserved)}: the ablation sets {', '.join(RESERVED_KEYS)} for each run itself")
+    # the children run in the repository: paths relative to where this was started would point elsewhere there
+    args.config_file, args.output = os.path.abspath(args.config_file), os.path.abspath(args.output)
     cfg = load_config(args.config_file, args.opts)
     check_datasets_registered(cfg.dataloader)
     runs = planned_runs(args.output, args.variants, range(1, args.seeds + 1))
     overrides_of = {v: variant_overrides(cfg, v) for v in args.variants}
+    settings = {run: run_settings(args.config_file, overrides_of[run.variant] + list(args.opts), run) for run in runs}
     for variant, overrides in overrides_of.items():
         print(f"[ablation] {variant}: {' '.join(overrides) or '(no overrides)'}")
     if args.print_overrides:
         return None
     os.makedirs(args.output, exist_ok=True)
     _stop_on_sigterm_too()
-    records = run_pending(runs, _train_and_evaluate(args, overrides_of))
+    records = run_pending(runs, _train_and_evaluate(args, settings, overrides_of), settings=settings)
     finished = [(run, record) for run, record in zip(runs, records) if record is not None]
     if len(finished) < len(runs):
         print(f"[ablation] {len(runs) - len(finished)} runs are still running in another invocation; this report "
@@ -205,7 +217,7 @@ def main(args):
     title = f"Ablation of {os.path.basename(args.config_file)} ({len(runs)} runs, seeds 1-{args.seeds})"
     paths = [os.path.join(args.output, name) for name in ("ablation.csv", "ablation.md", "ablation.png")]
     write_csv(rows, paths[0])
-    write_markdown(rows, overrides_of, paths[1], title)
+    write_markdown(rows, overrides_of, paths[1], title, shared_overrides=args.opts)
     write_plot(rows, paths[2], title)
     with open(paths[1]) as f:
         print(f.read())

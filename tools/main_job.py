@@ -30,6 +30,21 @@ def _load_script(relative_path, name):
     return module
 
 
+def _count(least):
+    """An argparse type: a whole number of at least ``least``, else argparse's one-line error naming the option."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    return parse
+
+
 def parse_args(argv=None):
     from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 
@@ -41,8 +56,9 @@ def parse_args(argv=None):
         "the newest of them)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
-    parser.add_argument("--demo-images", type=int, default=2, help="validation images to draw")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    parser.add_argument("--demo-images", type=_count(1), default=2,
+                        help="validation images to draw (at least 1; the first ones of the set)")
+    parser.add_argument("--threads", type=_count(0), default=0, help="CPU threads (0: all cores)")
     add_overrides_argument(parser)
     return parse_args_with_overrides(parser, argv)
 

@@ -1,3 +1,4 @@
+import json
 import math
 import os
 
@@ -8,11 +9,14 @@ from detectron2.structures import Boxes, Instances
 from focus_detr.analysis.ablation import (
     VARIANTS,
     AblationRun,
+    check_run_settings,
     planned_runs,
     read_finished_run,
     run_pending,
+    run_settings,
     selection_columns,
     summarize_variants,
+    training_overrides,
     variant_overrides,
     write_finished_run,
 )
@@ -21,6 +25,7 @@ from focus_detr.engine import build_model, load_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TREES_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
+KEEP_RATIO = "model.transformer.foreground_selector.keep_ratio"
 
 
 def _variant_model(variant):
@@ -86,8 +91,11 @@ def test_overrides_do_what_their_names_say():
 def test_unknown_variant_and_non_focus_detr_config_are_one_line_errors():
     with pytest.raises(ValueError, match="unknown ablation variant.*no_encoder"):
         planned_runs("out", ["full", "no_encoder"], [1])
+    with pytest.raises(ValueError, match="defines no 'model'"):
+        load_config(os.path.join(REPO_ROOT, "configs", "common", "optim.py"))
     with pytest.raises(ValueError, match="not a Focus-DETR config"):
-        variant_overrides(load_config(os.path.join(REPO_ROOT, "configs", "common", "optim.py")), "full")
+        variant_overrides(load_config(os.path.join(REPO_ROOT, "configs", "testing", "focus_detr_tiny_fixture.py"),
+                                      ["model.transformer=null"]), "full")
 
 
 def test_runs_go_seed_by_seed_and_finished_runs_are_skipped(tmp_path):
@@ -132,6 +140,77 @@ def test_a_run_another_invocation_holds_is_left_to_it(tmp_path):
     assert run_pending(runs, lambda run: {"AP": 2.0}, log=lambda line: None)[0]["AP"] == 2.0  # released: it runs
 
 
+def test_a_run_folder_is_reused_only_with_the_settings_it_was_started_with(tmp_path):
+    run = planned_runs(str(tmp_path), ["full"], [1])[0]
+    trained = []
+
+    def fake_train(run):
+        trained.append(run)
+        return {"AP": 1.0}
+
+    def study(*overrides, config_file=TREES_CONFIG):
+        return run_pending([run], fake_train, log=lambda line: None,
+                           settings={run: run_settings(config_file, overrides, run)})
+
+    study("train.max_iter=2", "train.eval_period=0")
+    with open(run.settings_path) as f:  # recorded when the run started
+        assert json.load(f)["overrides"] == ["train.max_iter=2", "train.eval_period=0", "train.seed=1"]
+    assert study("train.eval_period=0", "train.max_iter=2")[0]["AP"] == 1.0 and len(trained) == 1  # same, reordered
+    with pytest.raises(ValueError) as error:  # was: skipped as finished, its results reported as these settings'
+        study("train.max_iter=4", f"{KEEP_RATIO}=0.2")
+    message = str(error.value)
+    assert message.startswith(f"{run.folder} holds a run started with other settings (") and "\n" not in message
+    assert (f"{KEEP_RATIO}: (not set), now 0.2; train.eval_period: 0, now (not set); train.max_iter: 2, now 4)"
+            in message)
+    assert "give a new --output for these settings, or delete" in message and len(trained) == 1
+    other_config = os.path.join(REPO_ROOT, "configs", "focus_detr_r50_4scale_12ep.py")
+    with pytest.raises(ValueError, match=f"config file: {TREES_CONFIG}, now {other_config}"):
+        study("train.max_iter=2", "train.eval_period=0", config_file=other_config)
+    os.remove(run.record_path)  # nothing left to reuse (no record, weights or checkpoint): it starts afresh
+    study("train.max_iter=4")
+    with open(run.settings_path) as f:
+        assert json.load(f)["overrides"] == ["train.max_iter=4", "train.seed=1"] and len(trained) == 2
+
+
+def test_a_run_another_invocation_finished_with_other_settings_is_refused_at_the_end(tmp_path):
+    import fcntl
+
+    runs = planned_runs(str(tmp_path), ["full", "dense"], [1])
+    settings = {run: run_settings(TREES_CONFIG, ["train.max_iter=2"], run) for run in runs}
+    os.makedirs(runs[0].folder)
+    with open(os.path.join(runs[0].folder, ".ablation_run.lock"), "a") as held:  # another invocation runs it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+        def train_while_the_other_finishes(run):  # the other invocation was started with train.max_iter=3
+            with open(runs[0].settings_path, "w") as f:
+                json.dump(run_settings(TREES_CONFIG, ["train.max_iter=3"], runs[0]), f)
+            write_finished_run(runs[0], {"AP": 3.0})
+            return {"AP": 1.0}
+
+        with pytest.raises(ValueError, match=f"{runs[0].folder} holds a run .*train.max_iter: 3, now 2"):
+            run_pending(runs, train_while_the_other_finishes, log=lambda line: None, settings=settings)
+    assert read_finished_run(runs[1])["AP"] == 1.0  # this invocation's run is kept
+
+
+def test_a_run_folder_from_before_the_settings_record_is_checked_against_its_config_yaml(tmp_path):
+    from detectron2.config import LazyConfig
+
+    run = planned_runs(str(tmp_path), ["full"], [1])[0]
+    started = run_settings(TREES_CONFIG, ["train.max_iter=2"], run)
+    os.makedirs(run.folder)
+    spelled_otherwise = AblationRun(run.variant, run.seed, os.path.join(tmp_path, ".", "full", "seed1"))
+    LazyConfig.save(load_config(TREES_CONFIG, training_overrides(spelled_otherwise, started)),
+                    os.path.join(run.folder, "config.yaml"))
+    with open(os.path.join(run.folder, "last_checkpoint"), "w") as f:  # an interrupted training, resumable
+        f.write("model_0000000.pth")
+    check_run_settings(run, started)
+    with pytest.raises(ValueError, match=rf"other settings \({KEEP_RATIO}: 0.5, now 0.2; train.max_iter: 2, now 4\)"):
+        check_run_settings(run, run_settings(TREES_CONFIG, ["train.max_iter=4", f"{KEEP_RATIO}=0.2"], run))
+    os.remove(os.path.join(run.folder, "config.yaml"))
+    with pytest.raises(ValueError, match="holds a run without a readable record of its settings"):
+        check_run_settings(run, started)
+
+
 def test_summary_compares_the_seed_ranges():
     rows = [
         {"variant": "full", "AP": 5.0}, {"variant": "full", "AP": 6.0},
@@ -164,11 +243,13 @@ def test_reports_are_written(tmp_path):
         for v, g in (("full", 3.0), ("dense", 4.5)) for s, ap in ((1, 5.0), (2, 4.0))
     ]
     write_csv(rows, str(tmp_path / "a.csv"))
-    write_markdown(rows, {"full": [], "dense": ["x=1"]}, str(tmp_path / "a.md"), "test")
+    write_markdown(rows, {"full": [], "dense": ["x=1"]}, str(tmp_path / "a.md"), "test",
+                   shared_overrides=["y=2", "z=3"])
     write_plot(rows, str(tmp_path / "a.png"), "test")
     assert (tmp_path / "a.csv").read_text().splitlines()[1].startswith("full,1,5.0,10.0")
     markdown = (tmp_path / "a.md").read_text()
     assert "| dense | 2 | 4.50 | 4.00-5.00 | 9.00 | 0.00 | no (within seed spread) | 4.500 |" in markdown
     assert markdown.splitlines()[4].endswith("| 95.0 / n/a / 50.0 |")  # full: no small objects measured
     assert "`dense` (" in markdown and "`x=1`" in markdown
+    assert "- every variant (given after the variant's own): `y=2` `z=3`" in markdown  # the user's overrides
     assert (tmp_path / "a.png").stat().st_size > 10_000

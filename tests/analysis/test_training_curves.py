@@ -1,5 +1,6 @@
 """Training curves from metrics.json: records merged per iteration, a resumed run's later records kept, an
-incomplete last line skipped with a warning, bad files refused in one line, and a readable PNG written."""
+incomplete last line and lines cut short before a resume skipped with a warning, bad files refused in one line, and a
+readable PNG written."""
 import json
 import math
 
@@ -48,12 +49,25 @@ def test_incomplete_last_line_is_skipped_with_a_warning(tmp_path):
     assert "incomplete last line (3)" in metrics.warning and "\n" not in metrics.warning
 
 
+def test_lines_cut_short_before_a_resume_are_skipped_with_one_warning(tmp_path):
+    # a crash left line 2 cut short, and the resumed run appended its first record to it (before the fix in
+    # focus_detr.engine.metrics_log); the whole file used to be refused
+    merged = '{"data_time": 0.01, "iterati' + json.dumps(_training_record(59))
+    path = _write(tmp_path / "metrics.json", [_training_record(19)], merged + "\n" + json.dumps(_training_record(79))
+                  + "\nnot json either\n" + json.dumps(_training_record(99)) + "\n" + '{"iteration": 119, "tot')
+    metrics = read_metrics(str(path))
+    assert [r["iteration"] for r in metrics.records] == [19, 79, 99]
+    assert "\n" not in metrics.warning and str(path) in metrics.warning
+    assert "incomplete last line (6)" in metrics.warning and "skipped 2 of 6 lines" in metrics.warning
+    assert "(line 2, 4;" in metrics.warning
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"),
     ("", "is empty: no iteration logged yet"),
     ("\n  \n", "is empty"),
     ('{"iteration": 1, "total_lo', "holds no complete record yet"),
-    ('{"iteration": 1}\nnot json\n{"iteration": 2}\n', "line 2 is not JSON"),
+    ("not json\nnor this\n", "line 1 is not JSON"),  # no record at all: not a metrics.json
     ('{"iteration": 1}\n[1, 2]\n', "line 2 is not a metrics record"),
     ('{"total_loss": 1.0}\n', "line 1 is not a metrics record"),
     (b"\x89PNG\r\n\x1a\n\xff\xfe", "is not a text file"),

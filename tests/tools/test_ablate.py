@@ -1,5 +1,5 @@
-"""tools/ablate.py: the command line (overrides printed, bad arguments one line) and a whole tiny study that a second
-invocation resumes without training again."""
+"""tools/ablate.py: the command line (overrides printed, bad arguments one line), a whole tiny study that a second
+invocation resumes without training again, and one whose runs a command with other overrides may not reuse."""
 import csv
 import os
 import subprocess
@@ -16,9 +16,9 @@ def ablate():
     return load_script("tools/ablate.py", "ablate_tool")
 
 
-def _run(*arguments):
+def _run(*arguments, cwd=REPO_ROOT):
     return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "ablate.py"), *arguments],
-                          capture_output=True, text=True, cwd=REPO_ROOT)
+                          capture_output=True, text=True, cwd=cwd)
 
 
 def test_each_variants_overrides_are_printed(ablate, tmp_path, capsys):
@@ -61,3 +61,25 @@ def test_a_study_runs_and_a_second_invocation_skips_finished_runs(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert "run 1/1: no_top_down, seed 1: finished earlier, skipped" in second.stdout
     assert weights.stat().st_mtime_ns == modified
+
+
+def test_runs_of_other_overrides_are_refused_not_mixed_into_the_study(tmp_path):
+    # started elsewhere with relative paths: the runs must be where this invocation looks for them (the children run
+    # in the repository)
+    arguments = ["--config-file", os.path.relpath(TREES_CONFIG, tmp_path), "--output", "study", "--variants", "full",
+                 "--seeds", "1", "--flop-images", "1", "--latency-rounds", "5", "--threads", "1"]
+    first = _run(*arguments, "train.max_iter=1", "dataloader.train.total_batch_size=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    report = (tmp_path / "study" / "ablation.md").read_text()
+    assert "- every variant (given after the variant's own): `train.max_iter=1` `dataloader.train.total_batch_size=1`" \
+        in report
+    weights = tmp_path / "study" / "full" / "seed1" / "model_final.pth"
+    modified = weights.stat().st_mtime_ns
+    second = _run(*arguments, "train.max_iter=2", "dataloader.train.total_batch_size=1",
+                  "model.transformer.foreground_selector.keep_ratio=0.2", cwd=tmp_path)
+    errors = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(errors) == 1, second.stderr[-2000:]
+    assert errors[0].startswith(f"error: {tmp_path / 'study' / 'full' / 'seed1'} holds a run started with other "
+                                "settings (model.transformer.foreground_selector.keep_ratio: (not set), now 0.2; "
+                                "train.max_iter: 1, now 2)")
+    assert weights.stat().st_mtime_ns == modified and (tmp_path / "study" / "ablation.md").read_text() == report

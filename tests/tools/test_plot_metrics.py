@@ -34,3 +34,22 @@ def test_missing_and_empty_logs_are_one_line(tmp_path, capfd):
         assert code == 2 and out == [] and len(err) == 1, err
         assert err[0].startswith("error: ") and message in err[0]
     assert not list(tmp_path.rglob("*.png"))
+
+
+def test_a_log_with_a_line_cut_short_before_a_resume_is_drawn_with_one_warning(tmp_path, capfd):
+    lines = [json.dumps({"iteration": i, "total_loss": 2.0, "lr": 1e-4}) for i in (0, 1, 2, 3)]
+    lines[2] = '{"data_time": 0.01, "iterati' + lines[2]  # torn by a crash, then appended to by the resumed run
+    (tmp_path / "metrics.json").write_text("\n".join(lines) + "\n")
+    code, out, err = _run([str(tmp_path)], capfd)
+    assert code == 0 and out == [f"wrote {tmp_path / 'training_curves.png'} (3 logged iterations, the last 3)"]
+    assert len(err) == 1 and err[0].startswith("warning: skipped 1 of 4 lines of ") and "(line 3;" in err[0]
+
+
+def test_the_file_written_is_the_one_reported(tmp_path, capfd):
+    (tmp_path / "metrics.json").write_text(json.dumps({"iteration": 0, "total_loss": 2.0}) + "\n")
+    code, out, _ = _run([str(tmp_path), "--output", str(tmp_path / "curves" / "mixed")], capfd)
+    assert code == 0 and out[0].startswith(f"wrote {tmp_path / 'curves' / 'mixed.png'} ")  # was: ".../mixed"
+    assert [p.name for p in (tmp_path / "curves").iterdir()] == ["mixed.png"]
+    code, out, _ = _run([str(tmp_path), "--output", str(tmp_path / "curves" / "mixed.svg")], capfd)
+    assert code == 0 and out[0].startswith(f"wrote {tmp_path / 'curves' / 'mixed.svg'} ")
+    assert (tmp_path / "curves" / "mixed.svg").read_text().lstrip().startswith("<?xml")

@@ -1,17 +1,22 @@
 """The paper's component ablations as config overrides, and the bookkeeping of an ablation study: which runs it holds,
 which are finished, and the per-variant summary (mean, seed range, difference to ``full``).
 
-A study folder holds one folder per run, ``<variant>/seed<k>/``: a training run (its checkpoints, log and metrics),
-its evaluation in ``eval/``, and ``ablation_run.json`` once both are done, which marks the run finished. Several
-invocations of one study share its runs: each takes the next run that is neither finished nor being run.
+A study folder holds one folder per run, ``<variant>/seed<k>/``: ``ablation_settings.json`` (what the run was started
+with: config file and overrides), a training run (its checkpoints, log and metrics), its evaluation in ``eval/``, and
+``ablation_run.json`` once both are done, which marks the run finished. Several invocations of one study share its
+runs: each takes the next run that is neither finished nor being run. A run folder is only reused with the settings it
+was started with.
 """
 import contextlib
 import json
 import math
 import os
 import statistics
+import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
+
+import yaml
 
 from ..engine.output_lock import OutputDirInUseError, OutputDirLock
 
@@ -22,6 +27,9 @@ __all__ = [
     "variant_overrides",
     "read_finished_run",
     "write_finished_run",
+    "run_settings",
+    "training_overrides",
+    "check_run_settings",
     "selection_columns",
     "summarize_variants",
 ]
@@ -52,6 +60,10 @@ class AblationRun:
     @property
     def record_path(self) -> str:
         return os.path.join(self.folder, "ablation_run.json")
+
+    @property
+    def settings_path(self) -> str:
+        return os.path.join(self.folder, "ablation_settings.json")
 
     @property
     def eval_folder(self) -> str:
@@ -118,6 +130,133 @@ def read_finished_run(run: AblationRun):
     return record
 
 
+def run_settings(config_file: str, overrides: Sequence[str], run: AblationRun) -> Dict:
+    """What ``run`` is trained and evaluated with: the config file and the overrides (the variant's and the user's),
+    its seed last."""
+    return {"config_file": os.path.abspath(config_file), "overrides": [*overrides, f"train.seed={run.seed}"]}
+
+
+def training_overrides(run: AblationRun, settings: Dict) -> List[str]:
+    """The overrides of ``run``'s training: its folder, no periodic evaluation (the run is evaluated once, at the
+    end), then its ``settings``."""
+    return [f"train.output_dir={run.folder}", "train.eval_period=0", *settings["overrides"]]
+
+
+# a run folder holding any of these has results a later invocation reuses (skips, evaluates or resumes)
+_RESULT_FILES = ("ablation_run.json", "model_final.pth", "last_checkpoint")
+_MAX_LISTED_DIFFERENCES = 4  # the rest counted: the refusal stays one readable line
+
+
+def _listed(differences: List[str]) -> str:
+    more = len(differences) - _MAX_LISTED_DIFFERENCES
+    return "; ".join(differences[:_MAX_LISTED_DIFFERENCES]) + (f"; and {more} more" if more > 0 else "")
+
+
+def _differences(recorded: Dict, current: Dict) -> List[str]:
+    return [f"{key}: {recorded.get(key, '(not set)')}, now {current.get(key, '(not set)')}"
+            for key in sorted(recorded.keys() | current.keys()) if recorded.get(key) != current.get(key)]
+
+
+def _by_key(overrides: Sequence[str]) -> Dict[str, str]:
+    # applied in order, so the last value of a key is the one that counts; the order of different keys does not
+    return {key.strip(): value.strip() for key, _, value in (o.partition("=") for o in overrides)}
+
+
+class _SavedConfigLoader(yaml.SafeLoader):
+    """Reads a saved LazyConfig (``config.yaml``) as plain data: a Python object in it (``!!python/object:...``, e.g.
+    a ShapeSpec) becomes ``{"!<its tag>": <its fields>}`` instead of being built."""
+
+
+def _python_object_as_data(loader, tag_suffix, node):
+    if isinstance(node, yaml.MappingNode):
+        value = loader.construct_mapping(node, deep=True)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_scalar(node)
+    return {"!" + tag_suffix: value}
+
+
+_SavedConfigLoader.add_multi_constructor("tag:yaml.org,2002:python/", _python_object_as_data)
+
+
+def _flattened(node, prefix: str = "") -> Dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat = {}
+    for key, child in node.items():
+        flat.update(_flattened(child, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _saved_config(path: str) -> Dict:
+    with open(path) as f:
+        return _flattened(yaml.load(f, _SavedConfigLoader))
+
+
+def _config_differences(run: AblationRun, settings: Dict) -> List[str]:
+    """``run``'s ``config.yaml`` (what its last training started with; runs from before ``ablation_settings.json``)
+    against the config ``settings`` give, both as LazyConfig.save writes them."""
+    from detectron2.config import LazyConfig
+
+    from ..engine import load_config
+
+    try:
+        saved = _saved_config(os.path.join(run.folder, "config.yaml"))
+    except (OSError, yaml.YAMLError):
+        raise ValueError(f"{run.folder} holds a run without a readable record of its settings "
+                         f"({os.path.basename(run.settings_path)} or config.yaml), so it cannot be checked against "
+                         f"this command's: give a new --output, or delete {run.folder} to train that run "
+                         "again") from None
+    with tempfile.TemporaryDirectory() as folder:
+        current_path = os.path.join(folder, "config.yaml")
+        LazyConfig.save(load_config(settings["config_file"], training_overrides(run, settings)), current_path)
+        current = _saved_config(current_path)
+    for config in (saved, current):  # where the run is, not how: the same folder may be named another way
+        config.pop("train.output_dir", None)
+    return _differences(saved, current)
+
+
+def _settings_differences(run: AblationRun, settings: Dict) -> List[str]:
+    try:
+        with open(run.settings_path) as f:
+            recorded = json.load(f)
+        if not isinstance(recorded, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        return _config_differences(run, settings)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {run.settings_path} ({error}): give a new --output, or delete {run.folder} to "
+                         "train that run again") from None
+    differences = []
+    if recorded.get("config_file") != settings["config_file"]:
+        differences.append(f"config file: {recorded.get('config_file')}, now {settings['config_file']}")
+    return differences + _differences(_by_key(recorded.get("overrides", [])), _by_key(settings["overrides"]))
+
+
+def check_run_settings(run: AblationRun, settings: Dict) -> None:
+    """Refuses (ValueError naming ``run.folder`` and the differences) a run folder holding results (a finished run,
+    final weights, a checkpoint to resume) of other settings than ``settings`` (:func:`run_settings`): reusing them
+    would mix the two settings in one study."""
+    if not any(os.path.exists(os.path.join(run.folder, name)) for name in _RESULT_FILES):
+        return
+    differences = _settings_differences(run, settings)
+    if differences:
+        raise ValueError(f"{run.folder} holds a run started with other settings ({_listed(differences)}): give a new "
+                         f"--output for these settings, or delete {run.folder} to train that run again with them")
+
+
+def _start(run: AblationRun, settings: Dict) -> None:
+    """Checks ``run``'s folder against ``settings`` once more (another invocation may have started it meanwhile) and
+    records them in it."""
+    check_run_settings(run, settings)
+    temporary = run.settings_path + ".tmp"
+    with open(temporary, "w") as f:
+        json.dump(settings, f, indent=1)
+    os.replace(temporary, run.settings_path)
+
+
 def selection_columns(eval_results: Dict) -> Dict[str, float]:
     """The last encoder layer's token-selection quality from a run's ``eval_results`` (percent; NaN when the
     evaluation did not measure it): object recall overall and for small objects, foreground precision."""
@@ -181,12 +320,20 @@ def _claimed(run: AblationRun):
         claim.release()
 
 
-def run_pending(runs: Sequence[AblationRun], train_and_evaluate, log=print) -> List[Optional[Dict]]:
+def run_pending(runs: Sequence[AblationRun], train_and_evaluate, log=print,
+                settings: Optional[Dict[AblationRun, Dict]] = None) -> List[Optional[Dict]]:
     """Calls ``train_and_evaluate(run) -> record`` for each run not finished yet, marking it finished after; runs
     already finished are skipped (so an interrupted study resumes where it stopped), and so are runs another
     invocation of the study is working on (so several invocations share the runs between them). Returns each run's
-    record, None for a run left to another invocation and still unfinished at the end."""
-    records = []
+    record, None for a run left to another invocation and still unfinished at the end.
+
+    ``settings``: run -> what it is trained with (:func:`run_settings`), recorded in its folder when it starts. A run
+    folder holding results of other settings is refused (:func:`check_run_settings`): every run before anything runs,
+    and the runs another invocation ran at the end (it may have been started with other settings)."""
+    if settings:  # every run now, not after hours of training the runs before a refused one
+        for run in runs:
+            check_run_settings(run, settings[run])
+    records, trained_here = [], set()
     for number, run in enumerate(runs, 1):
         where = f"run {number}/{len(runs)}: {run.variant}, seed {run.seed}"
         record = read_finished_run(run)
@@ -196,11 +343,19 @@ def run_pending(runs: Sequence[AblationRun], train_and_evaluate, log=print) -> L
             with _claimed(run) as claimed:
                 record = read_finished_run(run)  # another invocation may have just finished it
                 if claimed and record is None:
+                    if settings:
+                        _start(run, settings[run])
                     log(f"[ablation] {where} -> {run.folder}")
                     write_finished_run(run, train_and_evaluate(run))
                     record = read_finished_run(run)
+                    trained_here.add(run)
                 elif not claimed:
                     log(f"[ablation] {where}: another invocation is running it, skipped")
         records.append(record)
     # runs left to another invocation may have finished while this one worked through the list
-    return [record or read_finished_run(run) for run, record in zip(runs, records)]
+    records = [record or read_finished_run(run) for run, record in zip(runs, records)]
+    if settings:
+        for run in runs:
+            if run not in trained_here:  # another invocation ran it, and may have been started with other settings
+                check_run_settings(run, settings[run])
+    return records

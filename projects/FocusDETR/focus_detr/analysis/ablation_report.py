@@ -1,9 +1,9 @@
 """Writes an ablation study's results: ``ablation.csv`` (one row per run), ``ablation.md`` (per variant: mean and
-seed range, the difference to ``full`` and whether it exceeds the seed spread, and each variant's overrides) and
-``ablation.png`` (AP against GFLOPs and against latency, seed range as error bars)."""
+seed range, the difference to ``full`` and whether it exceeds the seed spread; the overrides of every variant and of
+each) and ``ablation.png`` (AP against GFLOPs and against latency, seed range as error bars)."""
 import csv
 import math
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from .ablation import VARIANTS, summarize_variants
 
@@ -40,8 +40,14 @@ def _mean_of(rows, variant, key):
     return sum(values) / len(values) if values else float("nan")
 
 
-def write_markdown(rows: List[Dict], overrides: Dict[str, List[str]], path: str, title: str) -> None:
-    """``overrides``: variant -> its ``key=value`` overrides, printed so any variant can be trained by hand."""
+def _listed(overrides: Sequence[str]) -> str:
+    return " ".join(f"`{o}`" for o in overrides) or "none"
+
+
+def write_markdown(rows: List[Dict], overrides: Dict[str, List[str]], path: str, title: str,
+                   shared_overrides: Sequence[str] = ()) -> None:
+    """``overrides``: variant -> its ``key=value`` overrides, printed with ``shared_overrides`` (the user's, given to
+    every variant after the variant's own) so any variant can be trained by hand."""
     lines = [f"# {title}", "", "| variant | seeds | AP mean | AP min-max | AP50 mean | difference to full (AP) | "
              "exceeds seed spread | GFLOPs | latency ms | train min | recall / small / precision, last layer |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -60,10 +66,9 @@ def write_markdown(rows: List[Dict], overrides: Dict[str, List[str]], path: str,
               "`full`'s. Latency: batch 1, median over interleaved rounds (every model once per round). The last "
               "columns: the last encoder layer's kept tokens against ground truth (percent; docs/training.md): share "
               "of objects with a kept token inside, of small objects, and share of kept tokens inside an object.", "",
-              "## Overrides", ""]
+              "## Overrides", "", f"- every variant (given after the variant's own): {_listed(shared_overrides)}"]
     for variant, variant_overrides in overrides.items():
-        listed = " ".join(f"`{o}`" for o in variant_overrides) or "none"
-        lines.append(f"- `{variant}` ({VARIANTS[variant]}): {listed}")
+        lines.append(f"- `{variant}` ({VARIANTS[variant]}): {_listed(variant_overrides)}")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -7,10 +7,11 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from ..engine.metrics_log import METRICS_FILE
+
 __all__ = ["MetricsFileError", "TrainingMetrics", "loss_components", "metrics_path", "plot_training_curves",
            "read_metrics"]
 
-METRICS_FILE = "metrics.json"
 # per decoder layer (loss_bbox_0), denoising (loss_class_dn), encoder proposals (loss_giou_enc): auxiliary copies of
 # the main components, which would crowd the plot
 _AUXILIARY = re.compile(r"_(\d+|dn|dn_\d+|enc|enc_\d+)$")
@@ -23,8 +24,8 @@ class MetricsFileError(ValueError):
 
 @dataclass
 class TrainingMetrics:
-    """``records``: one dict per logged iteration, in iteration order. ``warning``: one line about a skipped
-    incomplete last line (a run still writing), else None."""
+    """``records``: one dict per logged iteration, in iteration order. ``warning``: one line about skipped lines (an
+    incomplete last line: a run still writing; other lines that are not JSON: records cut short), else None."""
 
     path: str
     records: List[Dict]
@@ -49,11 +50,24 @@ def _parse_line(line: str, number: int, path: str) -> Dict:
     return record
 
 
+def _skipped_lines_warning(path: str, line_count: int, not_json: List[int], incomplete_last: Optional[int]):
+    warnings = []
+    if incomplete_last is not None:
+        warnings.append(f"skipped the incomplete last line ({incomplete_last}) of {path}: still being written?")
+    if not_json:
+        numbers = ", ".join(str(n) for n in not_json[:5]) + (", ..." if len(not_json) > 5 else "")
+        warnings.append(f"skipped {len(not_json)} of {line_count} lines of {path}: not JSON (line {numbers}; records "
+                        "cut short by a crash or a full disk?)")
+    return "; ".join(warnings) or None
+
+
 def read_metrics(path: str) -> TrainingMetrics:
     """The records of a detectron2 ``metrics.json``. Records of one iteration are merged (the periodic evaluation
     may be written apart from the losses); when the iterations go back (a resumed run logs again from its
-    checkpoint), the later records replace the earlier ones from that iteration on. An incomplete last line is
-    skipped with a warning; any other line that is not a record raises :class:`MetricsFileError`."""
+    checkpoint), the later records replace the earlier ones from that iteration on. Lines that are not JSON are
+    skipped with a warning: an incomplete last line (a run still writing; the line a resume cuts off, see
+    :mod:`focus_detr.engine.metrics_log`), other lines (records cut short before a resume that appended to them).
+    A file without any record, or with a line that is JSON but not a record, raises :class:`MetricsFileError`."""
     if not os.path.isfile(path):
         raise MetricsFileError(f"{path}: no such file (training writes {METRICS_FILE} into train.output_dir)")
     try:
@@ -64,7 +78,7 @@ def read_metrics(path: str) -> TrainingMetrics:
     if not lines:
         raise MetricsFileError(f"{path} is empty: no iteration logged yet (the first line comes after "
                                "train.log_period iterations)")
-    records, warning = [], None
+    records, not_json, first_error, incomplete_last = [], [], None, None
     for index, (number, line) in enumerate(lines):
         try:
             record = _parse_line(line, number, path)
@@ -72,11 +86,11 @@ def read_metrics(path: str) -> TrainingMetrics:
             raise MetricsFileError(f"{path} line {number} is nested too deeply: not a detectron2 metrics.json") from None
         except json.JSONDecodeError as error:
             if index == len(lines) - 1 and not line.endswith("\n"):
-                warning = f"skipped the incomplete last line ({number}) of {path}: still being written?"
-                break
-            raise MetricsFileError(
-                f"{path} line {number} is not JSON ({error.msg}): not a detectron2 metrics.json"
-            ) from None
+                incomplete_last = number
+            else:
+                not_json.append(number)
+                first_error = first_error or f"{path} line {number} is not JSON ({error.msg})"
+            continue
         if records and records[-1]["iteration"] > record["iteration"]:  # resumed: logged again from its checkpoint
             while records and records[-1]["iteration"] >= record["iteration"]:
                 records.pop()
@@ -84,9 +98,11 @@ def read_metrics(path: str) -> TrainingMetrics:
             records[-1].update(record)
         else:
             records.append(record)
+    if not records and first_error:
+        raise MetricsFileError(f"{first_error}: not a detectron2 metrics.json")
     if not records:
         raise MetricsFileError(f"{path} holds no complete record yet (its only line is incomplete)")
-    return TrainingMetrics(path, records, warning)
+    return TrainingMetrics(path, records, _skipped_lines_warning(path, len(lines), not_json, incomplete_last))
 
 
 def loss_components(metrics: TrainingMetrics) -> List[str]:

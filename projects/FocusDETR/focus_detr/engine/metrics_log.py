@@ -1,0 +1,59 @@
+"""detectron2's ``metrics.json`` across a resume. Its JSONWriter appends one JSON line per logged iteration; a crash or
+a full disk can leave the last line cut short, without its newline, and the resumed run's writer would append its
+first record onto it, merging the two into one line that is not JSON. :func:`cut_incomplete_last_line` removes such a
+line before the writer opens the file. ``focus_detr.analysis.training_curves`` treats the same line the same way: the
+text after the last newline, when it is not whole JSON, is an incomplete line and is skipped with a warning."""
+import json
+import logging
+import os
+
+__all__ = ["METRICS_FILE", "cut_incomplete_last_line", "is_whole_json"]
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+_CHUNK_BYTES = 1 << 16
+
+
+def is_whole_json(text) -> bool:
+    """Whether ``text`` (str or bytes, a line without its newline) is one complete JSON value."""
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):  # ValueError: also bytes that are not UTF-8, cut inside a character
+        return False
+    return True
+
+
+def _start_of_last_line(f) -> int:
+    """The offset after the last newline of the binary file ``f`` (0 when it has none), read backwards in chunks: a
+    long run's log need not be read whole."""
+    position = f.seek(0, os.SEEK_END)
+    while position > 0:
+        start = max(0, position - _CHUNK_BYTES)
+        f.seek(start)
+        newline = f.read(position - start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        position = start
+    return 0
+
+
+def cut_incomplete_last_line(output_dir: str) -> None:
+    """Before a writer appends to ``output_dir``'s metrics.json (a resumed run's): a last line without its newline is
+    cut off when it is not whole JSON (a write cut short; one warning says so), and given its newline when it is, so
+    the appended records start on a line of their own. Nothing happens without the file."""
+    path = os.path.join(output_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path, "r+b") as f:
+        start = _start_of_last_line(f)
+        f.seek(start)
+        last_line = f.read()
+        if not last_line:
+            return
+        if is_whole_json(last_line):
+            f.write(b"\n")
+            return
+        f.truncate(start)
+    logger.warning(f"Cut the incomplete last line ({len(last_line)} bytes, left by an interrupted write) off {path}, "
+                   "so the resumed run's records start on a line of their own")

@@ -29,9 +29,11 @@ from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException
 
 from focus_detr.engine import (
+    ConfigError,
     check_datasets_registered,
     end_process_group,
     load_config,
+    require_sections,
     resolve_device,
     run_evaluation,
     run_training,
@@ -104,6 +106,9 @@ def _launch(args):
         if value < 1:  # detectron2's launch would quietly run one process
             raise ValueError(f"{flag} must be at least 1, got {value}")
     cfg = load_config(args.config_file, args.opts)
+    require_sections(cfg, ("train",), "train_net.py")
+    if not cfg.train.get("output_dir", ""):  # detectron2's set-up writes its log and the config there
+        raise ConfigError("train.output_dir is empty: name the folder for the log, the config and the results")
     check_datasets_registered(cfg.get("dataloader", {}))
     _hide_gpus_for_cpu_processes(cfg, args)
     # The lock is held here, by the process that runs main or waits for the processes running it, from before

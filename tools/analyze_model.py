@@ -23,8 +23,7 @@ import numpy as np
 from focus_detr.analysis.flops import count_flops
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
 from focus_detr.analysis.keep_ratios import dense_keep_ratios, foreground_selector_of, keep_ratios_applied
-from focus_detr.engine import build_model, check_datasets_registered, load_config
-from focus_detr.engine.config import check_output_dir
+from focus_detr.engine import build_model, check_datasets_registered, check_output_dir, load_config
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 

@@ -13,11 +13,13 @@ converting once saves the renaming at every load.
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
+import os
 import sys
 
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 
 from focus_detr.checkpoint import FocusDETRCheckpointer, convert_official_state_dict, is_official_layout, read_weights_file
+from focus_detr.engine import load_config
 from focus_detr.engine.checkpoint import save_weights
 from focus_detr.engine.cli import run_reporting_errors
 
@@ -38,6 +40,9 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
 
+    if os.path.exists(args.output) and os.path.exists(args.input) and os.path.samefile(args.input, args.output):
+        parser.error(f"the output {args.output} is the input file: write the converted weights to another file (the "
+                     "official checkpoint stays as it is)")
     loaded = read_weights_file(args.input)  # runs no code from the file, whatever its format
     checkpoint = loaded.content
     flat = loaded.format == "safetensors" or not isinstance(checkpoint, dict)
@@ -48,7 +53,7 @@ def main(argv=None) -> int:
         parser.error(f"{args.input} is not in the official detrex Focus-DETR layout (already converted?)")
     converted = convert_official_state_dict(state_dict)
     if args.config_file:
-        model = instantiate(LazyConfig.load(args.config_file).model)
+        model = instantiate(load_config(args.config_file).model)
         FocusDETRCheckpointer(model).load_model_state(converted, source=args.input)
     save_weights(args.output, converted)
     print(f"wrote {args.output}: {len(converted)} tensors (from {len(state_dict)} official keys incl. aliases)")

@@ -49,7 +49,7 @@ import torch
 from detectron2.data import MetadataCatalog
 
 from focus_detr.analysis.inputs import synthetic_inputs
-from focus_detr.engine import build_model, check_datasets_registered, load_config
+from focus_detr.engine import build_model, check_datasets_registered, check_output_dir, load_config
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.predictor import input_format
@@ -62,6 +62,7 @@ from focus_detr.export import (
     OnnxPredictor,
     ap_table,
     check_graph_fits_config,
+    check_onnx_file,
     compare_ap,
     evaluate_onnx_and_pytorch,
     export_metadata,
@@ -210,8 +211,7 @@ def _check_arguments(args):
                                                 ("--compare-msda-forms", args.compare_msda_forms)) if given]
         if export_only:
             raise ValueError(f"{', '.join(export_only)} check a graph as it is exported: drop --onnx to export one")
-        if not os.path.isfile(args.onnx):
-            raise FileNotFoundError(f"ONNX model not found: {args.onnx}")
+        check_onnx_file(args.onnx)
 
 
 def _load_model(cfg, args, init_checkpoint):
@@ -325,13 +325,13 @@ def main(args):
     _check_arguments(args)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)
+    check_output_dir(args.output, "--output")
     if args.evaluate:  # before the export: a config that cannot be evaluated fails in seconds
         if cfg.get("dataloader", None) is None or cfg.dataloader.get("test", None) is None:
             raise ValueError(f"{args.config_file} has no dataloader.test: --evaluate needs a test set")
         check_datasets_registered(cfg.dataloader.test)
     init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
     model = _load_model(cfg, args, init_checkpoint)
-    os.makedirs(args.output, exist_ok=True)
 
     failures = []
     if args.onnx is None:

@@ -32,6 +32,7 @@ from focus_detr.analysis.keep_ratios import keep_ratio_settings
 from focus_detr.engine import (
     build_model,
     check_datasets_registered,
+    check_output_dir,
     inference_amp_dtype,
     load_config,
     resolve_device,
@@ -76,7 +77,7 @@ def main(args):
     if "dataloader" not in cfg:
         raise ValueError(f"{args.config_file} has no dataloader to evaluate on")
     check_datasets_registered(cfg.dataloader)
-    os.makedirs(args.output, exist_ok=True)
+    check_output_dir(args.output, "--output")
     cfg.train.output_dir = args.output
     if "evaluator" in cfg.dataloader:
         cfg.dataloader.evaluator.output_dir = args.output

@@ -89,3 +89,53 @@ def test_a_syntax_error_from_the_shell_is_one_line(tmp_path):
         f"error: config file {config}: invalid syntax at line 1 ('(' was never closed): train = dict("
     ]
     assert not shows_traceback(result.stderr)
+
+
+# A file that loads but is not a Focus-DETR config; {out}: the test's output folder
+NOT_A_FOCUS_DETR_CONFIG = {
+    "empty .py": ({"cfg.py": ""}, [], "error: config file {cfg.py} defines no 'model': a Focus-DETR LazyConfig "
+                  "defines model, train, dataloader, optimizer and lr_multiplier (e.g. configs/focus_detr_r18_trees.py)"),
+    "empty .yaml": ({"cfg.yaml": ""}, [], "error: config file {cfg.yaml} is empty (e.g. configs/focus_detr_r18_trees.py)"),
+    "a YAML list": ({"cfg.yaml": "- 1\n- 2\n"}, [], "error: config file {cfg.yaml} holds a ListConfig, not a "
+                    "LazyConfig (a mapping of sections: model, train, ...; e.g. configs/focus_detr_r18_trees.py)"),
+    "train is not a mapping": ({"cfg.yaml": "model: {}\ntrain: 3\n"}, [], "error: config file {cfg.yaml} has no "
+                               "mapping for 'train': a Focus-DETR LazyConfig defines model, train, dataloader, "
+                               "optimizer and lr_multiplier (e.g. configs/focus_detr_r18_trees.py)"),
+    "no train section": ({"cfg.py": "model = dict()\n"}, [], "error: the config defines no 'train', which train_net.py "
+                         "needs"),
+    "an empty output folder": ({"cfg.py": "model = dict()\ntrain = dict(output_dir='')\n"}, ["--eval-only"],
+                               "error: train.output_dir is empty: name the folder for the log, the config and the "
+                               "results"),
+    "training without an optimizer": ({"cfg.py": "model = dict()\ntrain = dict(output_dir='{out}')\n"}, [],
+                                      "error: the config defines no 'optimizer', which training needs"),
+    "evaluation without test data": ({"cfg.py": "model = dict()\ntrain = dict(output_dir='{out}', device='cpu')\n"},
+                                     ["--eval-only"], "error: the config defines no 'dataloader.test', which "
+                                     "evaluation needs"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_A_FOCUS_DETR_CONFIG))
+def test_a_config_without_the_needed_sections_is_one_line(train_net, tmp_path, capsys, case):
+    files, arguments, expected = NOT_A_FOCUS_DETR_CONFIG[case]
+    out = str(tmp_path / "out")
+    paths = {name: str(_write(tmp_path / name, text.replace("{out}", out))) for name, text in files.items()}
+    config = next(iter(paths.values()))
+    assert train_net.cli(["--config-file", config, *arguments]) == 2
+    captured = capsys.readouterr()
+    assert error_lines(captured.err) == [expected.replace("{" + next(iter(paths)) + "}", config)]
+    assert not shows_traceback(captured.out + captured.err)
+
+
+def test_a_folder_given_as_config_file_is_named(train_net, tmp_path, capsys):
+    assert train_net.cli(["--config-file", str(tmp_path)]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: config file {tmp_path} is a folder; name one of its files (e.g. configs/focus_detr_r18_trees.py)"
+    ]
+
+
+def test_an_optimizer_setting_torch_refuses_names_the_section(train_net, tmp_path, capsys):
+    config = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
+    assert train_net.cli(["--config-file", config, "optimizer.lr=nan", f"train.output_dir={tmp_path}"]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        "error: the config's optimizer settings (optimizer.*) are invalid: Invalid learning rate: nan"
+    ]

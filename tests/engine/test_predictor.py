@@ -111,6 +111,14 @@ def test_batch_checks_every_image_before_running_and_names_it(predictor, monkeyp
         predictor.predict_batch(_image(8, 8, 0))
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         predictor.predict_batch([_image(8, 8, 0)], batch_size=0)
+    with pytest.raises(ValueError, match="^predict_batch takes a list of images, got NoneType$"):
+        predictor.predict_batch(None)
+
+
+def test_batch_size_may_be_any_integer_type(predictor):
+    images = [_image(8, 8, 0), _image(8, 8, 1), _image(8, 8, 2)]
+    batched = predictor.predict_batch(images, batch_size=np.int64(2))
+    assert [len(result["instances"]) for result in batched] == [len(predictor(image)["instances"]) for image in images]
 
 
 def test_weights_from_a_checkpointer_file(predictor, small_tree_cfg, tmp_path, caplog):
@@ -200,14 +208,3 @@ def test_overrides_must_be_a_list_of_key_value_strings(small_tree_cfg):
         FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=["train.seed=3", 3])
     predictor = FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=("train.seed=3",))
     assert predictor.cfg.train.seed == 3
-
-
-def test_a_gpu_index_past_the_visible_ones_is_one_line(monkeypatch):
-    from focus_detr.engine import resolve_device
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    with pytest.raises(ValueError) as info:
-        resolve_device("cuda:5", "--device", "--device cpu")
-    assert str(info.value) == "--device is 'cuda:5' but only cuda:0 to cuda:1 are visible"
-    assert resolve_device("cuda:1") == "cuda:1"

@@ -128,3 +128,11 @@ def test_swap_keeps_parameters_names_and_state_dict():
     assert (model[2][0].num_groups, model[2][0].affine) == (2, False)
     assert list(model.state_dict()) == list(state)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_an_image_too_small_for_the_model_is_named_as_such():
+    norm = GroupNorm(4, 4).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match=r"^the image is too small for this model: a GroupNorm layer "
+                                                          r"gets a single value per group"):
+        norm(torch.zeros(1, 4, 1, 1))
+    assert norm(torch.zeros(1, 4, 1, 2)).shape == (1, 4, 1, 2)

@@ -31,3 +31,13 @@ def test_converted_checkpoint_loads_strictly_and_gives_the_same_model(parity_fix
 
     with pytest.raises(SystemExit):  # already in our layout
         convert.main([str(converted), str(tmp_path / "again.pth")])
+
+
+def test_the_official_file_is_never_overwritten(parity_fixture, tmp_path, capsys):
+    official = tmp_path / "official.pth"
+    torch.save({"model": parity_fixture["state_dict"]}, official)
+    before = official.read_bytes()
+    with pytest.raises(SystemExit):
+        _convert_module().main([str(official), str(tmp_path / "." / "official.pth")])
+    assert "is the input file: write the converted weights to another file" in capsys.readouterr().err
+    assert official.read_bytes() == before

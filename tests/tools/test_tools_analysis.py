@@ -108,6 +108,10 @@ def test_sweep_writes_csv_and_plot_in_keep_ratio_order(toy_dataset, tmp_path, ca
     argv = ["--config-file", TINY_TOY_CONFIG, "--output", str(tmp_path / "x"), "--flop-images", "0"]
     assert sweep.run_reporting_errors(sweep.main, sweep.parse_args(argv)) == 2
     assert capfd.readouterr().err.strip() == "error: --flop-images must be at least 1, got 0"
+    blocker = tmp_path / "sweep.csv"  # a file where the output folder should be
+    argv = ["--config-file", TINY_TOY_CONFIG, "--output", str(blocker)]
+    assert sweep.run_reporting_errors(sweep.main, sweep.parse_args(argv)) == 2
+    assert capfd.readouterr().err.strip() == f"error: --output {blocker} cannot be created: {blocker} is a file, not a folder"
 
 
 def test_demo_writes_detection_and_token_pictures(toy_dataset, tmp_path):

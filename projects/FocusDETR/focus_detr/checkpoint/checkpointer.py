@@ -1,5 +1,6 @@
 """A DetectionCheckpointer that reads weights without running code from them, also reads official detrex
 Focus-DETR checkpoints, and refuses partial loads of detector weights."""
+import re
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -11,6 +12,8 @@ from .safe_load import CheckpointError, read_weights_file
 
 # Prefixes of a complete detector: a checkpoint with any of them must fill the whole model.
 _DETECTOR_PREFIXES = ("transformer.", "class_embed.", "bbox_embed.")
+# also under DDP's "module." (fvcore removes it while loading)
+_DETECTOR_KEY = re.compile(r"(module\.)?(" + "|".join(re.escape(prefix) for prefix in _DETECTOR_PREFIXES) + ")")
 # Keys listed per kind of mismatch in an error message (a full list can be tens of thousands of characters).
 _KEYS_SHOWN = 3
 
@@ -43,6 +46,15 @@ def describe_mismatch(incompatible):
     return ", ".join(problems)
 
 
+def _prefix_hint(keys, model_keys):
+    """" (every key starts with 'P', which the model's keys do not have)" when removing a prefix common to all
+    ``keys`` (a training framework's wrapper name, e.g. ``model.``) makes some of them the model's; else ""."""
+    prefix = next(iter(keys)).split(".", 1)[0] + "."
+    if not all(key.startswith(prefix) for key in keys) or not {key[len(prefix):] for key in keys} & set(model_keys):
+        return ""
+    return f" (every key starts with '{prefix}', which the model's keys do not have)"
+
+
 def _check_state_dict(state_dict, source):
     """Raises CheckpointError unless ``state_dict`` maps names to tensors / numeric numpy arrays."""
     if not isinstance(state_dict, dict):
@@ -61,12 +73,16 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
 
     A checkpoint holding detector weights must match the model exactly: missing or unexpected keys raise a
     :class:`CheckpointError` naming the file, the counts and the first few keys, unless ``allow_partial=True``.
-    Backbone-only checkpoints (ImageNet initialisation) load partially, as in detectron2.
+    Backbone-only checkpoints (ImageNet initialisation) load partially, as in detectron2, unless
+    ``require_detector=True`` (inference: a model whose detector parts stay random gives random detections). A file
+    that fills none of the model's weights (unrelated or wrongly prefixed keys, an empty dict) is always refused:
+    detectron2 would only log the key lists and go on with random weights.
     """
 
-    def __init__(self, model, save_dir="", *, allow_partial: bool = False, **kwargs):
+    def __init__(self, model, save_dir="", *, allow_partial: bool = False, require_detector: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.allow_partial = allow_partial
+        self.require_detector = require_detector
         self._source = None  # the file being loaded, for error messages
 
     def load(self, path, *args, **kwargs):
@@ -125,10 +141,31 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         if is_official_layout(state_dict):
             self.logger.info("Checkpoint is in the official detrex Focus-DETR layout; converting its keys.")
             checkpoint["model"] = state_dict = convert_official_state_dict(state_dict)
-        is_detector = any(k.startswith(_DETECTOR_PREFIXES) for k in state_dict)
+        if not state_dict:
+            raise CheckpointError(f"checkpoint {self._source} holds no weights")
+        is_detector = any(_DETECTOR_KEY.match(key) for key in state_dict)
+        model_keys = list(self.model.state_dict())
+        if not is_detector and self.require_detector:
+            raise CheckpointError(
+                f"checkpoint {self._source} holds no Focus-DETR detector weights: none of its {len(state_dict)} keys "
+                f"({_first_keys(state_dict)}) starts with {', '.join(_DETECTOR_PREFIXES)}"
+                f"{_prefix_hint(state_dict, model_keys)}; inference needs a trained detector's checkpoint (a backbone "
+                "initialisation is for training)"
+            )
+        # the names as the model sees them (fvcore drops a "module." every key has); detectron2's matching
+        # heuristics (model-zoo files) rename keys its own way and are left to it
+        names = {key[len("module."):] if key.startswith("module.") else key for key in state_dict}
+        matched_by_heuristics = checkpoint.get("matching_heuristics", False)
         incompatible = super()._load_model(checkpoint)
         if is_detector and not self.allow_partial:
             mismatch = describe_mismatch(incompatible)
             if mismatch:
                 raise CheckpointError(f"checkpoint {self._source} does not fit the model: {mismatch}")
+        wrong_shape = {key for key, _, _ in incompatible.incorrect_shapes}
+        if not matched_by_heuristics and not (names & set(model_keys)) - wrong_shape:
+            raise CheckpointError(
+                f"checkpoint {self._source} fills none of the model's weights: its {len(state_dict)} keys "
+                f"({_first_keys(state_dict)}) name none of the model's ({_first_keys(model_keys)})"
+                f"{_prefix_hint(state_dict, model_keys)}"
+            )
         return incompatible

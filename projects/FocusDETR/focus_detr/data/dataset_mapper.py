@@ -14,7 +14,23 @@ from detectron2.data import transforms as T
 
 from .image_io import read_image
 
-__all__ = ["DetrDatasetMapper"]
+__all__ = ["DetrDatasetMapper", "check_image_size"]
+
+
+def check_image_size(dataset_dict, image):
+    """detectron2's ``check_image_size``: the image read ``(H, W, C)`` must have the dataset's ``height`` and
+    ``width`` (boxes are in those pixels), which it fills in where the dataset gives none; its message names the
+    file, says which number is which, and names EXIF orientation where the sizes are swapped (the reader applies it,
+    as detectron2's does, so a photo stored sideways with an orientation tag has its sides swapped)."""
+    height, width = image.shape[:2]
+    expected = (dataset_dict.get("height", height), dataset_dict.get("width", width))
+    if expected != (height, width):
+        swapped = " (swapped: the image file probably has an EXIF orientation tag, which is applied when it is read; "\
+                  "give the size of the upright image)" if expected == (width, height) else ""
+        raise ValueError(f"image {dataset_dict.get('file_name')} is {width}x{height} pixels (width x height) but the "
+                         f"dataset gives width {expected[1]} and height {expected[0]}{swapped}: fix the dataset's "
+                         "width/height of this image")
+    dataset_dict["height"], dataset_dict["width"] = height, width
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +75,7 @@ class DetrDatasetMapper:
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
         image = read_image(dataset_dict["file_name"], self.img_format)
-        detection_utils.check_image_size(dataset_dict, image)
+        check_image_size(dataset_dict, image)
 
         aug_input = T.AugInput(image)
         transforms = _augment(self._choose_pipeline(), aug_input)

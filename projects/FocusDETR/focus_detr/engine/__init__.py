@@ -3,14 +3,7 @@ the training step (AMP on CPU/GPU, gradient clipping), the autocast settings of 
 checkpoints with exact resume (RNG + data position), EMA, evaluation, the Python predictor, one run per output
 folder, and stopping cleanly on Ctrl-C / SIGTERM."""
 from .checkpoint import AtomicDetectionCheckpointer, atomic_write
-from .config import (
-    ConfigError,
-    check_datasets_registered,
-    check_output_dir,
-    check_override_keys,
-    load_config,
-    resolve_device,
-)
+from .config import ConfigError, check_datasets_registered, check_override_keys, load_config
 from .evaluation import evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restore_rank_state
 from .interrupt import StopOnRequestHook, StopRequest, TrainingInterrupted
@@ -20,6 +13,7 @@ from .predictor import FocusDETRPredictor
 from .precision import amp_autocast, inference_amp_dtype, resolve_amp_dtype, training_amp_dtype
 from .rng import capture_rng_state, isolated_rng, restore_rng_state
 from .runner import build_model, end_process_group, run_evaluation, run_training, wrap_ddp
+from .settings import check_output_dir, require_sections, resolve_device
 from .train_loader import ResumableTrainLoader, build_resumable_train_loader
 from .trainer import DetrTrainer
 
@@ -53,6 +47,7 @@ __all__ = [
     "isolated_rng",
     "load_config",
     "resolve_amp_dtype",
+    "require_sections",
     "resolve_device",
     "restore_rank_state",
     "restore_rng_state",

@@ -81,7 +81,7 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
     Args:
         model (nn.Module): the model (a DDP wrapper is unwrapped).
         save_dir (str): folder of the checkpoints and of the ``last_checkpoint`` tag.
-        allow_partial (bool): see ``FocusDETRCheckpointer``.
+        allow_partial, require_detector (bool): see ``FocusDETRCheckpointer``.
         **checkpointables: objects with ``state_dict``/``load_state_dict`` saved alongside (e.g. ``trainer``).
     """
 

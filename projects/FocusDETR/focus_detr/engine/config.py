@@ -4,9 +4,7 @@ import difflib
 import inspect
 import os
 import re
-import tempfile
 
-import torch
 import yaml
 from detectron2.config import LazyConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -18,9 +16,6 @@ __all__ = [
     "check_override_keys",
     "check_override_types",
     "check_datasets_registered",
-    "check_output_dir",
-    "check_schedule",
-    "resolve_device",
 ]
 
 
@@ -249,13 +244,32 @@ def _load_lazy_config(config_file):
         raise  # e.g. an OSError reading it: its own one-line message
 
 
+_EXAMPLE_CONFIG = "configs/focus_detr_r18_trees.py"
+
+
 def load_config(config_file, overrides=()):
-    """LazyConfig.load + checked overrides. Raises FileNotFoundError / ConfigError with one-line messages."""
+    """LazyConfig.load + checked overrides. Raises FileNotFoundError / ConfigError with one-line messages, also for a
+    file that is not a mapping with a ``model`` (what every command builds; the sections a task needs beyond it are
+    checked where it starts: ``settings.require_sections``)."""
     if not config_file:
         raise ConfigError("no config file given (--config-file)")
+    if os.path.isdir(config_file):
+        raise ConfigError(f"config file {config_file} is a folder; name one of its files (e.g. {_EXAMPLE_CONFIG})")
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file not found: {config_file}")
-    return apply_overrides(_load_lazy_config(config_file), overrides)
+    cfg = _load_lazy_config(config_file)
+    if OmegaConf.to_container(cfg) is None:  # an empty YAML file
+        raise ConfigError(f"config file {config_file} is empty (e.g. {_EXAMPLE_CONFIG})")
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config file {config_file} holds a {type(cfg).__name__}, not a LazyConfig (a mapping of "
+                          f"sections: model, train, ...; e.g. {_EXAMPLE_CONFIG})")
+    for section in ("model", "train"):
+        present = section in cfg
+        if (section == "model" or present) and not (present and isinstance(cfg._get_node(section), DictConfig)):
+            what = "has no mapping for" if present else "defines no"
+            raise ConfigError(f"config file {config_file} {what} '{section}': a Focus-DETR LazyConfig defines model, "
+                              f"train, dataloader, optimizer and lr_multiplier (e.g. {_EXAMPLE_CONFIG})")
+    return apply_overrides(cfg, overrides)
 
 
 def _override_list(overrides):
@@ -324,60 +338,3 @@ def check_datasets_registered(cfg_node):
                 "configs/common/data/trees.py, i.e. focus_detr.data.register_trees()), COCO names need "
                 "DETECTRON2_DATASETS pointing at the COCO folder"
             )
-
-
-def _positive_int(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def check_schedule(train):
-    """Raises ConfigError for a ``train`` section whose iteration counts cannot drive a run: ``max_iter`` and
-    ``log_period`` must be positive integers, ``eval_period`` a non-negative one (0: only the final evaluation).
-    Unchecked, a negative max_iter trained nothing and reported the AP of random weights with exit status 0, and a
-    zero max_iter or log_period divided by zero after the set-up."""
-    for key in ("max_iter", "log_period"):
-        value = train.get(key, None)
-        if not _positive_int(value):
-            raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
-    eval_period = train.get("eval_period", 0)
-    if not (_positive_int(eval_period) or eval_period == 0):
-        raise ConfigError(
-            f"train.eval_period must be an integer >= 0 (0: evaluate at the end only), got {eval_period!r}"
-        )
-
-
-def check_output_dir(path, key="train.output_dir"):
-    """Creates the output folder ``path`` (config entry ``key``) and checks that a file can be written in it; raises
-    ConfigError naming the folder and the reason (a file in the way, read-only, no permission)."""
-    if not path:
-        return
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ConfigError(f"{key} {path} cannot be created: {existing} is a file, not a folder")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as error:
-        raise ConfigError(f"{key} {path} is not writable: {error.strerror or error}") from None
-
-
-def resolve_device(device, name="train.device", cpu="train.device=cpu"):
-    """``"auto"``/None -> "cuda" when a GPU is visible else "cpu"; other strings are checked to be usable. Errors
-    name the setting as the user wrote it: ``name`` (``"train.device"``, ``"--device"``, ``"device"``) and how to
-    ask for the CPU there (``cpu``)."""
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"{name} {device!r} is not a torch device (auto, cpu, cuda, cuda:N)") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{name} is {device!r} but no CUDA GPU is visible; use {cpu}")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        visible = "cuda:0 is" if count == 1 else f"cuda:0 to cuda:{count - 1} are"
-        raise ConfigError(f"{name} is {device!r} but only {visible} visible")
-    return str(parsed)

@@ -14,7 +14,8 @@ import logging
 import os
 import socket
 
-from .config import ConfigError, check_output_dir
+from .config import ConfigError
+from .settings import check_output_dir
 
 try:
     import fcntl

@@ -11,6 +11,7 @@ the predictions are the ones evaluation scores. :func:`inference_resize`, :func:
 """
 import copy
 import logging
+import numbers
 import os
 from typing import Dict, List, Sequence
 
@@ -19,10 +20,11 @@ import torch
 from detectron2.config import instantiate
 from detectron2.data import transforms as T
 
-from .config import ConfigError, apply_overrides, load_config, resolve_device
+from .config import ConfigError, apply_overrides, load_config
 from .cuda_graphs import CUDAGraphInference, graphs_available, inference_cuda_graphs
 from .precision import amp_autocast, amp_dtype_of
 from .runner import build_model, load_inference_weights
+from .settings import resolve_device
 
 __all__ = [
     "FocusDETRPredictor",
@@ -176,8 +178,12 @@ class FocusDETRPredictor:
         frames of a video share one size."""
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise ValueError("predict_batch takes a list of images; call predictor(image) for a single image")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        try:
+            images = list(images)
+        except TypeError:
+            raise ValueError(f"predict_batch takes a list of images, got {type(images).__name__}") from None
         inputs = [self.prepare(image, f"images[{i}]") for i, image in enumerate(images)]
         by_size: Dict[tuple, List[int]] = {}
         for i, item in enumerate(inputs):

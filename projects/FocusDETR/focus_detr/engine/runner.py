@@ -14,13 +14,15 @@ from detectron2.utils import comm
 from .agreement import ProcessFailed
 from .checkpoint import AtomicDetectionCheckpointer
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line, user_errors_without_tracebacks
-from .config import ConfigError, check_schedule, resolve_device
+from .config import ConfigError
 from .evaluation import check_model_classes, evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
+from .metrics_log import cut_incomplete_last_line
 from .optim import optimizer_settings, restore_optimizer_settings
 from .rng import restore_rng_state
+from .settings import check_schedule, require_sections, resolve_device
 from .cuda_graphs import inference_cuda_graphs
 from .precision import inference_amp_dtype, training_amp_dtype
 from .trainer import DataLoadingFailed, DetrTrainer, StepOutOfMemory, TrainingDiverged
@@ -104,13 +106,19 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     stop (of the final evaluation, or after it) raises
     :class:`~focus_detr.engine.interrupt.TrainingFinishedInterrupted`.
     """
+    require_sections(cfg, ("optimizer", "lr_multiplier", "dataloader.train"), "training")
+    if cfg.dataloader.get("evaluator", None) is not None:
+        require_sections(cfg, ("dataloader.test",), "the evaluation during training")
     check_schedule(cfg.train)
     device = resolve_device(cfg.train.device)
     if cfg.train.get("malloc_mmap_threshold_mib", 0):
         set_mmap_threshold(cfg.train.malloc_mmap_threshold_mib)
     model = build_model(cfg, device)
     cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
+    try:
+        optimizer = instantiate(cfg.optimizer)
+    except ValueError as error:  # torch's checks of its settings ("Invalid learning rate: nan") name no config key
+        raise ConfigError(f"the config's optimizer settings (optimizer.*) are invalid: {error}") from None
     train_loader = instantiate(cfg.dataloader.train)
     # before the first step: a class count that does not fit the data would crash only at the first evaluation
     check_model_classes(model, cfg.dataloader.train)
@@ -144,6 +152,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         data_loader=train_loader,
         max_to_keep=cfg.train.checkpointer.get("max_to_keep", None),
     )
+    if comm.is_main_process() and cfg.train.output_dir:  # a resumed run's records must not go onto a line cut short
+        cut_incomplete_last_line(cfg.train.output_dir)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -252,8 +262,8 @@ def load_inference_weights(model, cfg, path):
     """Loads the weights file ``path`` into ``model`` (a DDP wrapper is unwrapped) without running code from it: our
     checkpoints, weights-only files, official detrex weights. When ``cfg.train.model_ema`` is enabled with
     ``use_for_eval``, the EMA weights a checkpoint carries replace the trained ones, as in evaluation during training.
-    An empty ``path`` loads nothing."""
-    extra = AtomicDetectionCheckpointer(model).load(path)
+    A file without detector weights (a backbone initialisation) is refused. An empty ``path`` loads nothing."""
+    extra = AtomicDetectionCheckpointer(model, require_detector=True).load(path)
     ema_enabled, _, ema_for_eval = _ema_settings(cfg)
     ema_state = (extra.get("trainer") or {}).get("hooks", {}).get(EMA_HOOK_KEY) if extra else None
     if ema_enabled and ema_for_eval and ema_state is not None:
@@ -264,6 +274,7 @@ def load_inference_weights(model, cfg, path):
 def run_evaluation(cfg):
     """Loads ``cfg.train.init_checkpoint`` (our, official detrex, or EMA weights when enabled) and evaluates.
     Writes ``eval_results.json`` in ``cfg.train.output_dir``; returns the results dict."""
+    require_sections(cfg, ("dataloader.test",), "evaluation")
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, device)
     if cfg.dataloader.get("evaluator", None) is not None:

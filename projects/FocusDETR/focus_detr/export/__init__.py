@@ -13,7 +13,7 @@ from .onnx_export import (
     max_export_opset,
     require_packages,
 )
-from .predictor import OnnxPredictor, check_graph_fits_config
+from .predictor import OnnxPredictor, check_graph_fits_config, check_onnx_file
 from .ranking import QUERY_RANKING_OUTPUT, ForcedQueryRanking, graph_with_query_ranking
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "OnnxPredictor",
     "ap_table",
     "check_graph_fits_config",
+    "check_onnx_file",
     "compare_ap",
     "evaluate_onnx_and_pytorch",
     "export_metadata",

@@ -13,7 +13,18 @@ from ..engine.predictor import input_format
 from .onnx_export import INPUT_NAME, OUTPUT_NAMES, require_packages
 from .ranking import QUERY_RANKING_OUTPUT, graph_with_query_ranking
 
-__all__ = ["OnnxPredictor", "check_graph_fits_config"]
+__all__ = ["OnnxPredictor", "check_graph_fits_config", "check_onnx_file"]
+
+
+def check_onnx_file(path: str) -> None:
+    """Raises FileNotFoundError / ValueError (one line) unless ``path`` is a file; a folder is named as such, with the
+    graph inside it that ``tools/export_model.py`` writes."""
+    if os.path.isdir(path):
+        inside = os.path.join(path, "model.onnx")
+        hint = f" (e.g. {inside})" if os.path.isfile(inside) else ""
+        raise ValueError(f"ONNX model {path} is a folder; name the .onnx file{hint}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ONNX model not found: {path}")
 
 
 def _checked_output_size(height, width) -> Tuple[Optional[int], Optional[int]]:
@@ -55,8 +66,7 @@ class OnnxPredictor:
         require_packages("onnxruntime", *(["onnx"] if query_ranking else []))
         import onnxruntime
 
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"ONNX model not found: {path}")
+        check_onnx_file(path)
         self.path = path
         options = onnxruntime.SessionOptions()
         if num_threads is not None:

@@ -73,7 +73,15 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         if self._kernel_applies(x):
             return _ChannelsLastGroupNormFunction.apply(x, self.weight, self.bias, self.num_groups, self.eps)
-        return super().forward(x)
+        try:
+            return super().forward(x)
+        except ValueError as error:
+            # torch's message ("Expected more than 1 value per channel when training", also in inference) names
+            # neither the cause nor the fix
+            if "more than 1 value per channel" not in str(error):
+                raise
+            raise ValueError("the image is too small for this model: a GroupNorm layer gets a single value per group "
+                             "(a feature map of 1x1 pixels); use a larger image") from None
 
 
 def use_channels_last_group_norm(module: nn.Module) -> nn.Module:

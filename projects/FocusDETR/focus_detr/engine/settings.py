@@ -1,0 +1,83 @@
+"""Checks of what a loaded config asks for, made before the work starts, each a one-line ConfigError naming the
+entry: the sections a task needs, the training schedule, the output folder, the device."""
+import os
+import tempfile
+
+import torch
+
+from .config import ConfigError
+
+__all__ = ["check_output_dir", "check_schedule", "require_sections", "resolve_device"]
+
+
+def require_sections(cfg, sections, task):
+    """Raises ConfigError naming the first of ``sections`` (dotted: ``"dataloader.train"``) that ``cfg`` lacks,
+    and ``task`` (e.g. "training") that needs it."""
+    for dotted in sections:
+        node = cfg
+        for name in dotted.split("."):
+            node = node.get(name, None) if hasattr(node, "get") else None
+        if node is None:
+            raise ConfigError(f"the config defines no '{dotted}', which {task} needs")
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_schedule(train):
+    """Raises ConfigError for a ``train`` section whose iteration counts cannot drive a run: ``max_iter`` and
+    ``log_period`` must be positive integers, ``eval_period`` a non-negative one (0: only the final evaluation).
+    Unchecked, a negative max_iter trained nothing and reported the AP of random weights with exit status 0, and a
+    zero max_iter or log_period divided by zero after the set-up."""
+    for key in ("max_iter", "log_period"):
+        value = train.get(key, None)
+        if not _positive_int(value):
+            raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
+    eval_period = train.get("eval_period", 0)
+    if not (_positive_int(eval_period) or eval_period == 0):
+        raise ConfigError(
+            f"train.eval_period must be an integer >= 0 (0: evaluate at the end only), got {eval_period!r}"
+        )
+
+
+def check_output_dir(path, key="train.output_dir"):
+    """Creates the output folder ``path`` (config entry ``key``) and checks that a file can be written in it; raises
+    ConfigError naming the folder and the reason (a file in the way, read-only, no permission)."""
+    if not path:
+        return
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{key} {path} cannot be created: {existing} is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{key} {path} is not writable: {error.strerror or error}") from None
+
+
+def resolve_device(device, name="train.device", cpu="train.device=cpu"):
+    """``"auto"``/None -> "cuda" when a GPU is visible else "cpu"; other strings are checked to be usable. Errors
+    name the setting as the user wrote it: ``name`` (``"train.device"``, ``"--device"``, ``"device"``) and how to
+    ask for the CPU there (``cpu``)."""
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{name} {device!r} is not a torch device (auto, cpu, cuda, cuda:N)") from None
+    if parsed.type == "cpu":
+        return "cpu"  # one CPU device, whatever index was written
+    if parsed.type != "cuda":  # mps, xpu, meta, ...: the deformable attention has CPU and CUDA kernels only
+        raise ConfigError(f"{name} is {device!r}, which this project does not run on: use cpu or cuda (auto, cpu, "
+                          "cuda, cuda:N)")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{name} is {device!r} but no CUDA GPU is visible; use {cpu}")
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        visible = "cuda:0 is" if count == 1 else f"cuda:0 to cuda:{count - 1} are"
+        raise ConfigError(f"{name} is {device!r} but only {visible} visible")
+    return str(parsed)

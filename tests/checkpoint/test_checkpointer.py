@@ -1,0 +1,67 @@
+"""Weights files that would leave the model random are refused with one line: a file that fills none of the model's
+weights (any use), and one without detector weights where a trained detector is needed (inference)."""
+import pytest
+import torch
+
+from conftest import build_tiny_model
+from focus_detr.checkpoint import FocusDETRCheckpointer
+from focus_detr.engine.runner import load_inference_weights
+
+
+@pytest.fixture(scope="module")
+def trained_state():
+    return {key: value.clone() for key, value in build_tiny_model().state_dict().items()}
+
+
+def _save(tmp_path, name, state):
+    path = tmp_path / name
+    torch.save({"model": state}, path)
+    return str(path)
+
+
+def _backbone_only(state):
+    return {key: value for key, value in state.items() if key.startswith("backbone.")}
+
+
+def test_backbone_only_weights_initialise_training_but_are_refused_for_inference(tmp_path, trained_state):
+    path = _save(tmp_path, "backbone.pth", _backbone_only(trained_state))
+    model = build_tiny_model()
+    FocusDETRCheckpointer(model).load(path)  # training's train.init_checkpoint: the backbone, the rest stays random
+    assert all(torch.equal(value, trained_state[key]) for key, value in model.state_dict().items()
+               if key.startswith("backbone."))
+    with pytest.raises(ValueError, match=rf"checkpoint {path} holds no Focus-DETR detector weights: none of its \d+ "
+                                         r"keys \(backbone\..*\) starts with transformer\., class_embed\., bbox_embed\.; "
+                                         r"inference needs a trained detector's checkpoint"):
+        load_inference_weights(build_tiny_model(), None, path)
+
+
+@pytest.mark.parametrize("require_detector", [False, True])
+def test_a_file_that_fills_none_of_the_weights_is_refused(tmp_path, trained_state, require_detector):
+    unrelated = _save(tmp_path, "unrelated.pth", {"encoder.layer.0.weight": torch.zeros(3)})
+    with pytest.raises(ValueError, match=rf"checkpoint {unrelated} (fills none of the model's weights: its 1 keys "
+                                         r"\(encoder.layer.0.weight\) name none of the model's \(backbone\.|holds no "
+                                         r"Focus-DETR detector weights)"):
+        FocusDETRCheckpointer(build_tiny_model(), require_detector=require_detector).load(unrelated)
+    empty = _save(tmp_path, "empty.pth", {})
+    with pytest.raises(ValueError, match=rf"^checkpoint {empty} holds no weights$"):
+        FocusDETRCheckpointer(build_tiny_model(), require_detector=require_detector).load(empty)
+
+
+def test_a_prefix_on_every_key_is_named(tmp_path, trained_state):
+    path = _save(tmp_path, "wrapped.pth", {f"model.{key}": value for key, value in trained_state.items()})
+    with pytest.raises(ValueError, match=r"holds no Focus-DETR detector weights: .* \(every key starts with 'model\.', "
+                                         r"which the model's keys do not have\)"):
+        FocusDETRCheckpointer(build_tiny_model(), require_detector=True).load(path)
+    with pytest.raises(ValueError, match=r"fills none of the model's weights: .* \(every key starts with 'model\.'"):
+        FocusDETRCheckpointer(build_tiny_model()).load(path)
+
+
+def test_a_ddp_prefixed_detector_loads_and_must_fit(tmp_path, trained_state):
+    prefixed = {f"module.{key}": value for key, value in trained_state.items()}
+    model = build_tiny_model()
+    FocusDETRCheckpointer(model, require_detector=True).load(_save(tmp_path, "ddp.pth", prefixed))
+    assert all(torch.equal(value, trained_state[key]) for key, value in model.state_dict().items())
+    del prefixed["module.transformer.level_embeds"]
+    path = _save(tmp_path, "ddp_partial.pth", prefixed)
+    with pytest.raises(ValueError, match=r"does not fit the model: 1 missing keys \(transformer.level_embeds\)"):
+        FocusDETRCheckpointer(build_tiny_model()).load(path)

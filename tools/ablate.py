@@ -103,9 +103,8 @@ def _check(status, what, run, log_path):
 def _train_and_evaluate(args, settings, overrides_of):
     """The function :func:`run_pending` calls for an unfinished run: trains (resuming an interrupted training) and
     evaluates the final weights with the run's ``settings``, returns the run's record."""
-    import json
-
     from focus_detr.analysis.ablation import training_overrides
+    from focus_detr.engine.evaluation import read_eval_results
 
     # torch reads OMP_NUM_THREADS when it starts: the children's thread count
     child_env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads > 0 else None
@@ -131,8 +130,7 @@ def _train_and_evaluate(args, settings, overrides_of):
                               f"train.init_checkpoint={final_weights}", f"train.output_dir={run.eval_folder}",
                               *overrides], log_path, child_env)
         _check(status, "evaluation", run, log_path)
-        with open(os.path.join(run.eval_folder, "eval_results.json")) as f:
-            results = json.load(f)
+        results = read_eval_results(os.path.join(run.eval_folder, "eval_results.json"))
         with open(seconds_path) as f:
             train_seconds = sum(float(line) for line in f if line.strip())
         bbox = results.get("bbox", {})

@@ -1,7 +1,6 @@
 """Token-selection quality against the ground truth: exact values on hand-made cases (two levels, padding, crowd),
 COCO size buckets, totals over images, the model's padding mask, and the metrics in an evaluation (on by default,
 off with train.selection_quality=False)."""
-import json
 import math
 import os
 
@@ -16,6 +15,7 @@ from focus_detr.analysis.selection_quality import (
     token_grid,
 )
 from focus_detr.analysis.selection_quality_evaluator import RESULTS_KEY, SelectionQualityEvaluator
+from focus_detr.engine.evaluation import read_eval_results
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TREE_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
@@ -185,8 +185,7 @@ def _train_net_eval_only(tmp_path, *overrides):
 
 def _eval_only(tmp_path, *overrides):
     assert _train_net_eval_only(tmp_path, *overrides) in (0, None)
-    with open(tmp_path / "eval_results.json") as f:
-        return json.load(f)
+    return read_eval_results(tmp_path / "eval_results.json")
 
 
 def test_eval_only_reports_selection_quality_next_to_ap_by_default(tmp_path):

@@ -1,5 +1,7 @@
-"""COCO-style evaluation of a model on the config's test loader."""
+"""COCO-style evaluation of a model on the config's test loader, and its results file."""
+import json
 import logging
+import math
 
 import torch
 from detectron2.config import instantiate
@@ -21,7 +23,7 @@ from .cuda_graphs import CUDAGraphInference, graphs_available, graphs_supported,
 from .precision import amp_autocast, inference_amp_dtype
 
 __all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "check_model_classes", "evaluate",
-           "selection_quality_enabled"]
+           "read_eval_results", "selection_quality_enabled", "write_eval_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +150,24 @@ def check_model_classes(model, dataloader_node):
 def _model_device(model):
     parameter = next(iter(model.parameters()), None)
     return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _nan_as_null(value):
+    if isinstance(value, dict):
+        return {key: _nan_as_null(child) for key, child in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_eval_results(path, results):
+    """Writes the results dict of :func:`evaluate` to ``path`` as standard JSON: a metric COCO leaves undefined (NaN,
+    e.g. APl without large objects) is ``null``, which every JSON reader parses (a bare ``NaN`` is Python's
+    extension)."""
+    with open(path, "w") as f:
+        json.dump(_nan_as_null(results), f, indent=2, allow_nan=False)
+
+
+def read_eval_results(path):
+    """The results dict :func:`write_eval_results` wrote, its ``null`` metrics NaN again."""
+    with open(path) as f:
+        return json.load(f, object_hook=lambda record: {k: math.nan if v is None else v for k, v in record.items()})
+

@@ -1,7 +1,6 @@
 """Building and running training / evaluation from a LazyConfig (what ``train_net.py`` calls on every process)."""
 import gc
 import inspect
-import json
 import logging
 import os
 import signal
@@ -15,7 +14,7 @@ from .agreement import ProcessFailed
 from .checkpoint import AtomicDetectionCheckpointer
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line, user_errors_without_tracebacks
 from .config import ConfigError
-from .evaluation import check_model_classes, evaluate
+from .evaluation import check_model_classes, evaluate, write_eval_results
 from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
@@ -287,6 +286,5 @@ def run_evaluation(cfg):
     results = evaluate(cfg, model)
     if comm.is_main_process() and cfg.train.output_dir:
         os.makedirs(cfg.train.output_dir, exist_ok=True)
-        with open(os.path.join(cfg.train.output_dir, "eval_results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        write_eval_results(os.path.join(cfg.train.output_dir, "eval_results.json"), results)
     return results

@@ -71,3 +71,17 @@ def test_an_inconsistent_test_json_stops_training_before_the_first_step(train_ne
     assert code == 2
     assert error_lines(err) == [f"error: dataset '{name}' ({json_file}): {WHY[_duplicate_image_id]}"]
     assert not list(out.glob("model_*.pth")) and not (out / "metrics.json").exists()
+
+
+def _no_annotations(coco):
+    coco["annotations"] = []
+
+
+def test_a_test_set_without_ground_truth_is_evaluated_with_a_warning(train_net, toy_dataset, capsys, tmp_path):
+    name = "focus_detr_toy_no_annotations"
+    register_edited_toy_dataset(name, str(tmp_path / "data"), _no_annotations)
+    code, err = _run(train_net, capsys, "--eval-only", f"dataloader.test.dataset.names={name}",
+                   f"train.output_dir={tmp_path / 'out'}")
+    assert code in (0, None), err
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert f"Every COCO metric is NaN: the test set ['{name}'] has no ground-truth boxes" in log

@@ -87,6 +87,10 @@ def evaluate(cfg, model):
         results = _inference_on_every_process(model, loader, evaluator)
     if results:
         print_csv_format({task: value for task, value in results.items() if task != RESULTS_KEY})
+        box_metrics = list(results.get("bbox", {}).values())
+        if box_metrics and all(math.isnan(value) for value in box_metrics):  # COCO's -1: no ground truth at all
+            logger.warning(f"Every COCO metric is NaN: the test set {_dataset_names_in(cfg.dataloader.test)} has no "
+                           "ground-truth boxes to score the detections against")
     return results or {}
 
 

@@ -59,7 +59,7 @@ def main(args, cfg=None):
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="focus_detr")
     if args.eval_only:
-        return run_evaluation(cfg)
+        return run_evaluation(cfg, resume=args.resume)
     with StopRequest() as stop_request:
         command = getattr(args, "resume_command", None) or resume_command()
         run_training(cfg, resume=args.resume, stop_request=stop_request, resume_command=command)
@@ -101,10 +101,26 @@ def _launch_processes(args):
     return 0
 
 
-def _launch(args):
+def _check_process_arguments(args):
+    """Refuses process arguments that would hang or fail with a traceback inside ``launch``, and gives one machine a
+    free port: the default ``--dist-url`` is the same for every run of this user, so a second multi-process run on
+    the machine would find it taken."""
     for flag, value in (("--num-gpus", args.num_gpus), ("--num-machines", args.num_machines)):
         if value < 1:  # detectron2's launch would quietly run one process
             raise ValueError(f"{flag} must be at least 1, got {value}")
+    if not 0 <= args.machine_rank < args.num_machines:  # the others would wait for it for good
+        raise ValueError(f"--machine-rank must be between 0 and --num-machines - 1 = {args.num_machines - 1}, got "
+                         f"{args.machine_rank}")
+    if args.num_machines == 1 and args.dist_url == default_argument_parser().get_default("dist_url"):
+        args.dist_url = "auto"
+    scheme = args.dist_url.split("://", 1)[0] if "://" in args.dist_url else args.dist_url
+    if scheme not in ("auto", "tcp", "env", "file") or (scheme == "auto" and args.num_machines > 1):
+        raise ValueError(f"--dist-url must be tcp://HOST:PORT of the first machine (or auto on one machine), got "
+                         f"{args.dist_url!r}")
+
+
+def _launch(args):
+    _check_process_arguments(args)
     cfg = load_config(args.config_file, args.opts)
     require_sections(cfg, ("train",), "train_net.py")
     if not cfg.train.get("output_dir", ""):  # detectron2's set-up writes its log and the config there
@@ -115,6 +131,10 @@ def _launch(args):
     # anything is written into the folder until every process has ended; on a multi-machine run, by the first machine.
     with claim_output_dir(cfg.train.get("output_dir", ""), fresh_training=not (args.resume or args.eval_only),
                           lock=args.machine_rank == 0):
+        if args.num_machines > 1:  # launch waits without a word until every machine has joined
+            print(f"machine {args.machine_rank} of {args.num_machines}: waiting for the other machines at "
+                  f"{args.dist_url} (the same command with --machine-rank 0 to {args.num_machines - 1})",
+                  file=sys.stderr, flush=True)
         if args.num_gpus * args.num_machines > 1:
             return _launch_processes(args)
         return main(args, cfg)  # one process: here, reusing this config

@@ -67,6 +67,7 @@ from focus_detr.analysis.timing import (
 )
 from focus_detr.engine import (
     build_model,
+    check_output_dir,
     inference_amp_dtype,
     load_config,
     resolve_amp_dtype,
@@ -247,6 +248,8 @@ def main(args):
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)
+    if args.json:  # before the timing, not after it
+        check_output_dir(os.path.dirname(os.path.abspath(args.json)), key="the folder of --json")
     device = resolve_device(args.device, "--device", "--device cpu")
     if args.cuda_graphs and not graphs_available(device):
         raise ValueError(f"--cuda-graphs needs a CUDA device, got --device {device}")

@@ -88,6 +88,12 @@ def test_unreachable_checkpoint_url_is_named(train_net, toy_dataset, capsys, tmp
     ("train.max_iter=0", "train.max_iter must be a positive integer, got 0"),  # a traceback: division by zero
     ("train.log_period=0", "train.log_period must be a positive integer, got 0"),  # a traceback: modulo by zero
     ("train.eval_period=-1", "train.eval_period must be an integer >= 0 (0: evaluate at the end only), got -1"),
+    # an IndexError at the first checkpoint, after the training before it
+    ("train.checkpointer.max_to_keep=-1", "train.checkpointer.max_to_keep must be a whole number >= 1, or 0 / None "
+                                          "to keep every checkpoint, got -1"),
+    # a section replaced by a number: an AttributeError or TypeError once it was used
+    ("optimizer=3", "wrong value for config key 'optimizer': '3' is not a section (set its entries, KEY.name=value, "
+                    "or drop it: KEY=null) (it is a section now)"),
 ])
 def test_a_schedule_that_cannot_run_is_one_line(train_net, toy_dataset, capsys, tmp_path, override, message):
     assert _cli_error(train_net, capsys, override, f"train.output_dir={tmp_path}") == f"error: {message}"
@@ -99,6 +105,31 @@ def test_no_process_at_all_is_one_line(train_net, toy_dataset, capsys, tmp_path,
     # detectron2's launch quietly ran one process for --num-gpus 0 or -1
     line = _cli_error(train_net, capsys, flag, "0", f"train.output_dir={tmp_path}")
     assert line == f"error: {flag} must be at least 1, got 0"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    # the other machines would wait for a rank that never comes
+    (["--num-machines", "2", "--machine-rank", "5"], "--machine-rank must be between 0 and --num-machines - 1 = 1, "
+                                                    "got 5"),
+    # tracebacks inside torch's rendezvous
+    (["--num-gpus", "2", "--dist-url", "foo"], "--dist-url must be tcp://HOST:PORT of the first machine (or auto on one "
+                                               "machine), got 'foo'"),
+    (["--num-machines", "2", "--dist-url", "auto"], "--dist-url must be tcp://HOST:PORT of the first machine (or auto "
+                                                    "on one machine), got 'auto'"),
+])
+def test_process_arguments_that_would_hang_or_fail_in_launch_are_one_line(train_net, toy_dataset, capsys, tmp_path,
+                                                                         arguments, message):
+    assert _cli_error(train_net, capsys, *arguments, f"train.output_dir={tmp_path}") == f"error: {message}"
+
+
+def test_one_machine_takes_a_free_port_not_the_fixed_default(train_net):
+    # the default --dist-url is the same for every run of a user: a second multi-process run found it in use
+    args = train_net.parse_args(["--config-file", "cfg.py", "--num-gpus", "2"])
+    train_net._check_process_arguments(args)
+    assert args.dist_url == "auto"
+    args = train_net.parse_args(["--config-file", "cfg.py", "--num-gpus", "2", "--dist-url", "tcp://127.0.0.1:4000"])
+    train_net._check_process_arguments(args)
+    assert args.dist_url == "tcp://127.0.0.1:4000"
 
 
 def test_a_key_given_twice_is_checked_with_its_last_value(train_net, toy_dataset, capsys, tmp_path):

@@ -108,6 +108,23 @@ def test_eval_only_reports_coco_metrics(train_net, toy_dataset, tmp_path):
     assert (tmp_path / "eval" / "eval_results.json").is_file()
     assert (tmp_path / "eval" / "coco_instances_results.json").is_file()
 
+    # detectron2's --eval-only --resume: the last checkpoint of train.output_dir, not random weights
+    resumed = train_net.main(train_net.default_argument_parser().parse_args(
+        ["--config-file", TOY_CONFIG, "--eval-only", "--resume", f"train.output_dir={tmp_path / 'train'}"]
+    ))
+    assert [resumed["bbox"][k] for k in ("AP", "AP50", "AP75")] == [results["bbox"][k] for k in ("AP", "AP50", "AP75")]
+    last = tmp_path / "train" / "model_final.pth"
+    assert f"Evaluating the last checkpoint of {tmp_path / 'train'}: {last}" in (tmp_path / "train" / "log.txt").read_text()
+
+
+def test_eval_only_resume_without_a_checkpoint_is_one_line(train_net, toy_dataset, tmp_path, capsys):
+    code = train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", "--resume", f"train.output_dir={tmp_path}"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --eval-only --resume evaluates the last checkpoint in train.output_dir {tmp_path}, which holds none; "
+        "or evaluate a file: train.init_checkpoint=FILE"
+    )
+
 
 def test_ema_and_bf16_amp_train_on_cpu(train_net, toy_dataset, tmp_path):
     _train(

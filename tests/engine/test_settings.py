@@ -1,7 +1,11 @@
-"""What a config asks for is checked before the work starts: the device it names must be one the project runs on."""
+"""What a config asks for is checked before the work starts: the device it names must be one the project runs on, the
+output folder must have room."""
+import shutil
+
 import pytest
 import torch
 
+from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
 from focus_detr.engine import resolve_device
 
 
@@ -29,3 +33,26 @@ def test_a_gpu_index_past_the_visible_ones_is_one_line(monkeypatch):
         resolve_device("cuda:5", "--device", "--device cpu")
     assert str(info.value) == "--device is 'cuda:5' but only cuda:0 to cuda:1 are visible"
     assert resolve_device("cuda:1") == "cuda:1"
+
+
+def test_a_full_disk_is_named_before_anything_is_written(tmp_path, monkeypatch):
+    from focus_detr.engine import check_output_dir
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=24 * 1024))
+    with pytest.raises(ValueError) as info:
+        check_output_dir(str(tmp_path / "run"))
+    assert str(info.value) == (f"train.output_dir {tmp_path / 'run'} has 0.0 MiB free, less than the log and the "
+                               "results take (1.0 MiB): free some space or choose another train.output_dir")
+
+
+def test_training_refuses_a_disk_without_room_for_one_checkpoint(train_net, toy_dataset, tmp_path, capsys,
+                                                                monkeypatch):
+    import focus_detr.engine.runner as runner
+
+    monkeypatch.setattr(runner, "_checkpoint_bytes", lambda model, optimizer: 1 << 50)  # a petabyte
+    assert train_net.cli(["--config-file", TOY_CONFIG, "train.max_iter=2", f"train.output_dir={tmp_path}"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: train.output_dir {tmp_path} has ") and "less than one checkpoint of this model " \
+        "(weights and optimizer state) take (1073741824.0 MiB)" in line
+    assert not list(tmp_path.glob("model_*.pth"))

@@ -91,6 +91,9 @@ def test_top_down_modulation_changes_fine_scores():
         ({"cascade_keep_ratios": []}, "cascade_keep_ratios"),
         ({"cascade_keep_ratios": [1.0, 0.0]}, "cascade_keep_ratios"),
         ({"cascade_keep_ratios": [1.2]}, "cascade_keep_ratios"),
+        ({"keep_ratio": None}, r"keep_ratio must be in \(0, 1\], got None"),  # a config's null: was a TypeError
+        ({"cascade_keep_ratios": None}, "cascade_keep_ratios must be a non-empty list .* got None"),
+        ({"cascade_keep_ratios": [1.0, None]}, r"got \[1.0, None\]"),
     ],
 )
 def test_bad_ratios_are_rejected(kwargs, message):

@@ -137,12 +137,15 @@ def _expected_kind(value):
         return "a number", _is_number
     if isinstance(value, (list, tuple, ListConfig)) and len(value) and all(_is_number(v) for v in value):
         return "a list of numbers", lambda new: isinstance(new, (list, tuple, ListConfig)) and all(_is_number(v) for v in new)
+    if isinstance(value, (dict, DictConfig)):  # a section (model, optimizer, ...): its entries are set one by one
+        return "a section (set its entries, KEY.name=value, or drop it: KEY=null)", \
+            lambda new: isinstance(new, (dict, DictConfig))
     return None
 
 
 def check_override_types(old_values, cfg, overrides):
     """Raises ConfigError naming key and value of the first override whose value is not of the kind the entry holds
-    (a number, an integer, True/False, a list of numbers); ``None`` is always accepted.
+    (a number, an integer, True/False, a list of numbers, a section); ``None`` is always accepted.
 
     Args:
         old_values (dict): key -> value before the overrides (``_current_value``).
@@ -156,9 +159,8 @@ def check_override_types(old_values, cfg, overrides):
         expected = _expected_kind(old_values[key])
         new = OmegaConf.select(cfg, key, default=None)
         if expected is not None and new is not None and not expected[1](new):
-            raise ConfigError(
-                f"wrong value for config key {key!r}: {text!r} is not {expected[0]} (it is {old_values[key]!r} now)"
-            )
+            now = "a section" if isinstance(old_values[key], dict) else repr(old_values[key])
+            raise ConfigError(f"wrong value for config key {key!r}: {text!r} is not {expected[0]} (it is {now} now)")
 
 
 # detectron2 runs every config file (the one named and those it imports) in a package named like this, and re-raises
@@ -256,6 +258,8 @@ def load_config(config_file, overrides=()):
     if os.path.isdir(config_file):
         raise ConfigError(f"config file {config_file} is a folder; name one of its files (e.g. {_EXAMPLE_CONFIG})")
     if not os.path.isfile(config_file):
+        if os.path.exists(config_file):  # a device or a pipe
+            raise ConfigError(f"config file {config_file} is not a regular file")
         raise FileNotFoundError(f"config file not found: {config_file}")
     cfg = _load_lazy_config(config_file)
     if OmegaConf.to_container(cfg) is None:  # an empty YAML file

@@ -33,6 +33,10 @@ class ResumableCheckpointHook(HookBase):
     def __init__(self, checkpointer, period, data_loader=None, max_to_keep=None, file_prefix="model"):
         if period <= 0:
             raise ValueError(f"checkpointer period must be positive, got {period}")
+        if max_to_keep is not None and (not isinstance(max_to_keep, int) or isinstance(max_to_keep, bool)
+                                        or max_to_keep < 0):
+            raise ValueError(f"train.checkpointer.max_to_keep must be a whole number >= 1, or 0 / None to keep every "
+                             f"checkpoint, got {max_to_keep!r}")
         self.checkpointer = checkpointer
         self.period = period
         self.data_loader = data_loader

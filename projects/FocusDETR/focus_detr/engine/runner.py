@@ -4,6 +4,7 @@ import inspect
 import logging
 import os
 import signal
+import sys
 
 import torch
 from detectron2.config import instantiate
@@ -21,7 +22,7 @@ from .memory import set_mmap_threshold
 from .metrics_log import cut_incomplete_last_line
 from .optim import optimizer_settings, restore_optimizer_settings
 from .rng import restore_rng_state
-from .settings import check_schedule, require_sections, resolve_device
+from .settings import check_output_dir, check_schedule, require_sections, resolve_device
 from .cuda_graphs import inference_cuda_graphs
 from .precision import inference_amp_dtype, training_amp_dtype
 from .trainer import DataLoadingFailed, DetrTrainer, StepOutOfMemory, TrainingDiverged
@@ -72,6 +73,14 @@ def end_process_group() -> None:
     gc.collect()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def _checkpoint_bytes(model, optimizer):
+    """About the size of one training checkpoint: the weights and, per weight, what the optimizer keeps (AdamW: two
+    moments)."""
+    weights = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
+    states_per_weight = 2 if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) else 1
+    return weights * (1 + states_per_weight)
 
 
 def _ema_settings(cfg):
@@ -151,8 +160,11 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         data_loader=train_loader,
         max_to_keep=cfg.train.checkpointer.get("max_to_keep", None),
     )
-    if comm.is_main_process() and cfg.train.output_dir:  # a resumed run's records must not go onto a line cut short
-        cut_incomplete_last_line(cfg.train.output_dir)
+    if comm.is_main_process() and cfg.train.output_dir:
+        # a full disk is found now, not at the first save after hours of training
+        check_output_dir(cfg.train.output_dir, needed_bytes=_checkpoint_bytes(model, optimizer),
+                         needed_for="one checkpoint of this model (weights and optimizer state)")
+        cut_incomplete_last_line(cfg.train.output_dir)  # a resumed run's records must not go onto a line cut short
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -270,9 +282,10 @@ def load_inference_weights(model, cfg, path):
         (model.module if hasattr(model, "module") else model).load_state_dict(ema_state["shadow"])
 
 
-def run_evaluation(cfg):
-    """Loads ``cfg.train.init_checkpoint`` (our, official detrex, or EMA weights when enabled) and evaluates.
-    Writes ``eval_results.json`` in ``cfg.train.output_dir``; returns the results dict."""
+def run_evaluation(cfg, resume=False):
+    """Loads ``cfg.train.init_checkpoint`` (our, official detrex, or EMA weights when enabled), or with ``resume``
+    the last checkpoint in ``cfg.train.output_dir`` (detectron2's ``--eval-only --resume``), and evaluates. Writes
+    ``eval_results.json`` in ``cfg.train.output_dir``; returns the results dict."""
     require_sections(cfg, ("dataloader.test",), "evaluation")
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, device)
@@ -280,9 +293,21 @@ def run_evaluation(cfg):
         # before the weights: a class count that does not fit the data says so, not "the checkpoint does not fit"
         check_model_classes(model, cfg.dataloader.test)
     model = wrap_ddp(model, cfg, device)  # its set-up gives every process rank 0's weights (random ones differ)
-    if not cfg.train.init_checkpoint:
-        logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights")
-    load_inference_weights(model, cfg, cfg.train.init_checkpoint)
+    weights = cfg.train.init_checkpoint
+    if resume:
+        last = AtomicDetectionCheckpointer(model, cfg.train.output_dir)
+        if not last.has_checkpoint():
+            raise ConfigError(f"--eval-only --resume evaluates the last checkpoint in train.output_dir "
+                              f"{cfg.train.output_dir}, which holds none; or evaluate a file: train.init_checkpoint=FILE")
+        weights = last.get_checkpoint_file()
+        logger.info(f"Evaluating the last checkpoint of {cfg.train.output_dir}: {weights}")
+    elif not weights:
+        message = ("train.init_checkpoint is empty: evaluating randomly initialised weights (set "
+                   "train.init_checkpoint=FILE, or add --resume for the last checkpoint in train.output_dir)")
+        logger.warning(message)
+        if comm.is_main_process():  # the log scrolls by; this is what the numbers mean
+            print(f"warning: {message}", file=sys.stderr)
+    load_inference_weights(model, cfg, weights)
     results = evaluate(cfg, model)
     if comm.is_main_process() and cfg.train.output_dir:
         os.makedirs(cfg.train.output_dir, exist_ok=True)

@@ -1,6 +1,7 @@
 """Checks of what a loaded config asks for, made before the work starts, each a one-line ConfigError naming the
 entry: the sections a task needs, the training schedule, the output folder, the device."""
 import os
+import shutil
 import tempfile
 
 import torch
@@ -41,9 +42,14 @@ def check_schedule(train):
         )
 
 
-def check_output_dir(path, key="train.output_dir"):
-    """Creates the output folder ``path`` (config entry ``key``) and checks that a file can be written in it; raises
-    ConfigError naming the folder and the reason (a file in the way, read-only, no permission)."""
+# Below this, even a log and a config cannot be written: detectron2's logging then prints a traceback per line
+MIN_FREE_BYTES = 1 << 20
+
+
+def check_output_dir(path, key="train.output_dir", needed_bytes=MIN_FREE_BYTES, needed_for="the log and the results"):
+    """Creates the output folder ``path`` (config entry ``key``) and checks that a file can be written in it and that
+    its disk has ``needed_bytes`` free (for ``needed_for``); raises ConfigError naming the folder and the reason (a
+    file in the way, read-only, no permission, a full disk)."""
     if not path:
         return
     existing = os.path.abspath(path)
@@ -57,6 +63,10 @@ def check_output_dir(path, key="train.output_dir"):
             pass
     except OSError as error:
         raise ConfigError(f"{key} {path} is not writable: {error.strerror or error}") from None
+    free = shutil.disk_usage(path).free
+    if free < needed_bytes:
+        raise ConfigError(f"{key} {path} has {free / 2**20:.1f} MiB free, less than {needed_for} take "
+                          f"({needed_bytes / 2**20:.1f} MiB): free some space or choose another {key}")
 
 
 def resolve_device(device, name="train.device", cpu="train.device=cpu"):

@@ -1,6 +1,7 @@
 """The Foreground Token Selector (FTS): scores every token as foreground, modulating fine levels with the scores of
 coarser ones (top-down), and picks how many and which tokens each encoder layer updates."""
 import functools
+import numbers
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -66,15 +67,15 @@ class ForegroundSelection:
 
 
 def _validated_keep_ratios(keep_ratio: float, cascade_keep_ratios: Sequence[float]) -> Tuple[float, List[float]]:
-    if not 0.0 < keep_ratio <= 1.0:
+    if not isinstance(keep_ratio, numbers.Real) or not 0.0 < keep_ratio <= 1.0:
         raise ValueError(f"ForegroundTokenSelector: keep_ratio must be in (0, 1], got {keep_ratio}")
-    cascade_keep_ratios = [float(r) for r in cascade_keep_ratios]
-    if not cascade_keep_ratios or any(not 0.0 < r <= 1.0 for r in cascade_keep_ratios):
+    if not cascade_keep_ratios or any(not isinstance(r, numbers.Real) or not 0.0 < r <= 1.0
+                                      for r in cascade_keep_ratios):
         raise ValueError(
             f"ForegroundTokenSelector: cascade_keep_ratios must be a non-empty list of values in (0, 1], "
-            f"got {cascade_keep_ratios}"
+            f"got {cascade_keep_ratios if cascade_keep_ratios is None else list(cascade_keep_ratios)}"
         )
-    return float(keep_ratio), cascade_keep_ratios
+    return float(keep_ratio), [float(r) for r in cascade_keep_ratios]
 
 
 TOKEN_RANKINGS = ("foreground", "random")

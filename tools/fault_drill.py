@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict
 
 from focus_detr.checkpoint import read_weights_file
-from focus_detr.engine import load_config
+from focus_detr.engine.config import load_config_for_tool
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.fault_drill import (
@@ -64,7 +64,8 @@ def main(args) -> int:
     if args.trials < 1 or args.max_kills < 1:
         raise ValueError(f"--trials and --max-kills must be >= 1 (got {args.trials}, {args.max_kills})")
     overrides = [*DRILL_OVERRIDES, *args.opts]
-    cfg = load_config(os.path.join(REPO_ROOT, args.config_file), overrides)
+    cfg = load_config_for_tool(os.path.join(REPO_ROOT, args.config_file), DRILL_OVERRIDES, args.opts,
+                               "tools/fault_drill.py")
     if cfg.train.seed < 0:
         raise ValueError("the drill compares runs bit for bit: set a fixed train.seed (>= 0)")
     max_iter, period = int(cfg.train.max_iter), int(cfg.train.checkpointer.period)

@@ -23,7 +23,7 @@ import shutil
 import sys
 from dataclasses import asdict
 
-from focus_detr.engine import load_config
+from focus_detr.engine.config import load_config_for_tool
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.soak import SOAK_OVERRIDES, Limits, SampleTable, run_soak, soak_verdict, warmup_iterations
@@ -59,7 +59,7 @@ def main(args) -> int:
     if args.sample_every <= 0 or min(args.max_rss_growth, args.max_fd_growth, args.max_thread_growth) < 0:
         raise ValueError("--sample-every must be > 0 and the --max-*-growth limits >= 0")
     overrides = [*SOAK_OVERRIDES, *args.opts]
-    cfg = load_config(os.path.join(REPO_ROOT, args.config_file), overrides)
+    cfg = load_config_for_tool(os.path.join(REPO_ROOT, args.config_file), SOAK_OVERRIDES, args.opts, "tools/soak.py")
     max_iter = int(cfg.train.max_iter)
     eval_period = int(cfg.train.eval_period) if cfg.dataloader.get("evaluator", None) is not None else 0
     warmup = warmup_iterations(max_iter, eval_period)

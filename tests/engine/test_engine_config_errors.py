@@ -139,3 +139,17 @@ def test_an_optimizer_setting_torch_refuses_names_the_section(train_net, tmp_pat
     assert error_lines(capsys.readouterr().err) == [
         "error: the config's optimizer settings (optimizer.*) are invalid: Invalid learning rate: nan"
     ]
+
+
+def test_a_tool_override_that_does_not_fit_is_named_as_the_tools():
+    from focus_detr.engine.config import load_config_for_tool
+
+    config = os.path.join(REPO_ROOT, "configs", "testing", "focus_detr_tiny_fixture.py")
+    with pytest.raises(ValueError) as info:
+        load_config_for_tool(config, ["dataloader.train.mapper.augmentation.2.short_edge_length=[128]"],
+                             ["model.transformer.num_queries=10"], "tools/soak.py")
+    assert str(info.value).startswith("unknown config key 'dataloader'") and str(info.value).endswith(
+        "(an override that tools/soak.py itself applies, written for the tree model's config: use "
+        "configs/focus_detr_r18_trees.py or a config that keeps its data pipeline)")
+    cfg = load_config_for_tool(config, [], ["model.transformer.num_queries=10"], "tools/soak.py")
+    assert cfg.model.transformer.num_queries == 10

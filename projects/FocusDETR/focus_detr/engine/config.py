@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "apply_overrides",
     "load_config",
+    "load_config_for_tool",
     "check_override_keys",
     "check_override_types",
     "check_datasets_registered",
@@ -274,6 +275,18 @@ def load_config(config_file, overrides=()):
             raise ConfigError(f"config file {config_file} {what} '{section}': a Focus-DETR LazyConfig defines model, "
                               f"train, dataloader, optimizer and lr_multiplier (e.g. {_EXAMPLE_CONFIG})")
     return apply_overrides(cfg, overrides)
+
+
+def load_config_for_tool(config_file, tool_overrides, user_overrides, tool):
+    """:func:`load_config` with a tool's own overrides (``tool`` names it), then the user's: a tool override that does
+    not fit the config is named as the tool's, not left for the user to look for on their command line."""
+    cfg = load_config(config_file)
+    try:
+        apply_overrides(cfg, tool_overrides)
+    except ConfigError as error:
+        raise ConfigError(f"{error} (an override that {tool} itself applies, written for the tree model's config: "
+                          "use configs/focus_detr_r18_trees.py or a config that keeps its data pipeline)") from None
+    return apply_overrides(cfg, user_overrides)
 
 
 def _override_list(overrides):

@@ -129,7 +129,7 @@ def _launch(args):
     _hide_gpus_for_cpu_processes(cfg, args)
     # The lock is held here, by the process that runs main or waits for the processes running it, from before
     # anything is written into the folder until every process has ended; on a multi-machine run, by the first machine.
-    with claim_output_dir(cfg.train.get("output_dir", ""), fresh_training=not (args.resume or args.eval_only),
+    with claim_output_dir(cfg.train.output_dir, fresh_training=not (args.resume or args.eval_only),
                           lock=args.machine_rank == 0):
         if args.num_machines > 1:  # launch waits without a word until every machine has joined
             print(f"machine {args.machine_rank} of {args.num_machines}: waiting for the other machines at "

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
+from ..engine.checkpoint import atomic_write
 from ..engine.output_lock import OutputDirInUseError, OutputDirLock
 
 __all__ = [
@@ -112,10 +113,11 @@ def planned_runs(output: str, variants: Sequence[str], seeds: Sequence[int]) -> 
 
 def write_finished_run(run: AblationRun, record: Dict) -> None:
     """Marks ``run`` finished with its ``record`` (metrics, training time), written atomically."""
-    temporary = run.record_path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump({"variant": run.variant, "seed": run.seed, **record}, f, indent=1)
-    os.replace(temporary, run.record_path)
+    _write_json(run.record_path, {"variant": run.variant, "seed": run.seed, **record})
+
+
+def _write_json(path: str, content: Dict) -> None:
+    atomic_write(path, lambda f: json.dump(content, f, indent=1), mode="w")
 
 
 def read_finished_run(run: AblationRun):
@@ -251,10 +253,7 @@ def _start(run: AblationRun, settings: Dict) -> None:
     """Checks ``run``'s folder against ``settings`` once more (another invocation may have started it meanwhile) and
     records them in it."""
     check_run_settings(run, settings)
-    temporary = run.settings_path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(settings, f, indent=1)
-    os.replace(temporary, run.settings_path)
+    _write_json(run.settings_path, settings)
 
 
 def selection_columns(eval_results: Dict) -> Dict[str, float]:

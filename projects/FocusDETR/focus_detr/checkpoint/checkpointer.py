@@ -1,6 +1,5 @@
 """A DetectionCheckpointer that reads weights without running code from them, also reads official detrex
 Focus-DETR checkpoints, and refuses partial loads of detector weights."""
-import re
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -12,8 +11,6 @@ from .safe_load import CheckpointError, read_weights_file
 
 # Prefixes of a complete detector: a checkpoint with any of them must fill the whole model.
 _DETECTOR_PREFIXES = ("transformer.", "class_embed.", "bbox_embed.")
-# also under DDP's "module." (fvcore removes it while loading)
-_DETECTOR_KEY = re.compile(r"(module\.)?(" + "|".join(re.escape(prefix) for prefix in _DETECTOR_PREFIXES) + ")")
 # Keys listed per kind of mismatch in an error message (a full list can be tens of thousands of characters).
 _KEYS_SHOWN = 3
 
@@ -143,7 +140,10 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
             checkpoint["model"] = state_dict = convert_official_state_dict(state_dict)
         if not state_dict:
             raise CheckpointError(f"checkpoint {self._source} holds no weights")
-        is_detector = any(_DETECTOR_KEY.match(key) for key in state_dict)
+        # the names as the model sees them (fvcore drops a "module." every key has, e.g. a DDP model's); detectron2's
+        # matching heuristics (model-zoo files) rename keys their own way and are left to it
+        names = {key[len("module."):] if key.startswith("module.") else key for key in state_dict}
+        is_detector = any(name.startswith(_DETECTOR_PREFIXES) for name in names)
         model_keys = list(self.model.state_dict())
         if not is_detector and self.require_detector:
             raise CheckpointError(
@@ -152,9 +152,6 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
                 f"{_prefix_hint(state_dict, model_keys)}; inference needs a trained detector's checkpoint (a backbone "
                 "initialisation is for training)"
             )
-        # the names as the model sees them (fvcore drops a "module." every key has); detectron2's matching
-        # heuristics (model-zoo files) rename keys its own way and are left to it
-        names = {key[len("module."):] if key.startswith("module.") else key for key in state_dict}
         matched_by_heuristics = checkpoint.get("matching_heuristics", False)
         incompatible = super()._load_model(checkpoint)
         if is_detector and not self.allow_partial:

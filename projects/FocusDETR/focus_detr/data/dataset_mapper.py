@@ -16,6 +16,8 @@ from .image_io import read_image
 
 __all__ = ["DetrDatasetMapper", "check_image_size"]
 
+logger = logging.getLogger(__name__)
+
 
 def check_image_size(dataset_dict, image):
     """detectron2's ``check_image_size``: the image read ``(H, W, C)`` must have the dataset's ``height`` and
@@ -31,8 +33,6 @@ def check_image_size(dataset_dict, image):
                          f"dataset gives width {expected[1]} and height {expected[0]}{swapped}: fix the dataset's "
                          "width/height of this image")
     dataset_dict["height"], dataset_dict["width"] = height, width
-
-logger = logging.getLogger(__name__)
 
 
 class DetrDatasetMapper:

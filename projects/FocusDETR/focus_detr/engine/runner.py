@@ -22,7 +22,7 @@ from .memory import set_mmap_threshold
 from .metrics_log import cut_incomplete_last_line
 from .optim import optimizer_settings, restore_optimizer_settings
 from .rng import restore_rng_state
-from .settings import check_output_dir, check_schedule, require_sections, resolve_device
+from .settings import check_free_space, check_schedule, require_sections, resolve_device
 from .cuda_graphs import inference_cuda_graphs
 from .precision import inference_amp_dtype, training_amp_dtype
 from .trainer import DataLoadingFailed, DetrTrainer, StepOutOfMemory, TrainingDiverged
@@ -162,7 +162,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     )
     if comm.is_main_process() and cfg.train.output_dir:
         # a full disk is found now, not at the first save after hours of training
-        check_output_dir(cfg.train.output_dir, needed_bytes=_checkpoint_bytes(model, optimizer),
+        check_free_space(cfg.train.output_dir, needed_bytes=_checkpoint_bytes(model, optimizer),
                          needed_for="one checkpoint of this model (weights and optimizer state)")
         cut_incomplete_last_line(cfg.train.output_dir)  # a resumed run's records must not go onto a line cut short
     trainer.register_hooks(

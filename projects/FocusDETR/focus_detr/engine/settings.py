@@ -8,7 +8,7 @@ import torch
 
 from .config import ConfigError
 
-__all__ = ["check_output_dir", "check_schedule", "require_sections", "resolve_device"]
+__all__ = ["check_free_space", "check_output_dir", "check_schedule", "require_sections", "resolve_device"]
 
 
 def require_sections(cfg, sections, task):
@@ -42,19 +42,25 @@ def check_schedule(train):
         )
 
 
+def _nearest_existing(path):
+    """``path``, or the nearest of its parent folders that exists."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return existing
+
+
 # Below this, even a log and a config cannot be written: detectron2's logging then prints a traceback per line
 MIN_FREE_BYTES = 1 << 20
 
 
-def check_output_dir(path, key="train.output_dir", needed_bytes=MIN_FREE_BYTES, needed_for="the log and the results"):
+def check_output_dir(path, key="train.output_dir"):
     """Creates the output folder ``path`` (config entry ``key``) and checks that a file can be written in it and that
-    its disk has ``needed_bytes`` free (for ``needed_for``); raises ConfigError naming the folder and the reason (a
+    its disk has room for a log (:func:`check_free_space`); raises ConfigError naming the folder and the reason (a
     file in the way, read-only, no permission, a full disk)."""
     if not path:
         return
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = _nearest_existing(path)
     if not os.path.isdir(existing):
         raise ConfigError(f"{key} {path} cannot be created: {existing} is a file, not a folder")
     try:
@@ -63,7 +69,13 @@ def check_output_dir(path, key="train.output_dir", needed_bytes=MIN_FREE_BYTES, 
             pass
     except OSError as error:
         raise ConfigError(f"{key} {path} is not writable: {error.strerror or error}") from None
-    free = shutil.disk_usage(path).free
+    check_free_space(path, key)
+
+
+def check_free_space(path, key="train.output_dir", needed_bytes=MIN_FREE_BYTES, needed_for="the log and the results"):
+    """Raises ConfigError unless the disk of the folder ``path`` (config entry ``key``; or of the folder it will be
+    created in) has ``needed_bytes`` free, for ``needed_for``."""
+    free = shutil.disk_usage(_nearest_existing(path)).free
     if free < needed_bytes:
         raise ConfigError(f"{key} {path} has {free / 2**20:.1f} MiB free, less than {needed_for} take "
                           f"({needed_bytes / 2**20:.1f} MiB): free some space or choose another {key}")

@@ -142,6 +142,8 @@ def test_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoint(train
     assert (out / "last_checkpoint").read_text() == "model_0000004.pth"
     assert torch.load(out / "model_0000004.pth", weights_only=True)["iteration"] == 4
     assert not (out / "model_final.pth").exists() and not list(out.glob(".*.tmp"))
+    # the error came at once: no final evaluation of the unsaved model ran first
+    assert "Evaluation results" not in (out / "log.txt").read_text() and not (out / "eval_results.json").exists()
 
 
 def test_resume_of_a_finished_run_says_there_is_nothing_to_do(train_net, toy_dataset, capsys, tmp_path):
@@ -151,5 +153,6 @@ def test_resume_of_a_finished_run_says_there_is_nothing_to_do(train_net, toy_dat
     assert train_net.cli(common + ["--resume"]) == 2
     assert error_lines(capsys.readouterr().err) == [
         f"error: nothing to resume in {tmp_path}: its last checkpoint is at iteration 10 and train.max_iter is 10; "
-        "raise train.max_iter to train longer"
+        "raise train.max_iter to train longer (the learning-rate schedule's milestones, fractions of train.max_iter, "
+        "move with it)"
     ]

@@ -88,6 +88,37 @@ def test_resume_takes_the_learning_rate_and_weight_decay_of_its_config_and_says_
     assert 0.5 in {group["weight_decay"] for group in groups} and 1e-4 not in {group["weight_decay"] for group in groups}
 
 
+def test_resume_with_a_longer_max_iter_says_the_schedule_stretches(train_net, toy_dataset, tmp_path):
+    # the toy schedule decays at 8 of 10 iterations; detectron2 evaluates it at iteration / max_iter, so continuing
+    # the finished run to 20 put the rate back up to x1 without a word
+    import json
+
+    _train(train_net, tmp_path, "train.max_iter=10")
+    assert _load(tmp_path / "model_final.pth")["max_iter"] == 10
+    _train(train_net, tmp_path, "train.max_iter=20", resume=True)
+    log = (tmp_path / "log.txt").read_text()
+    assert ("Resuming a run trained with train.max_iter=10 at train.max_iter=20: the learning-rate schedule is a "
+            "function of iteration / train.max_iter, so its milestones move with it; at iteration 10 the lr "
+            "multiplier is 1 instead of 0.1") in log
+    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    rates = {record["iteration"]: record["lr"] for record in records if "lr" in record}
+    assert rates[10] == pytest.approx(rates[9] * 10)  # what the line announces
+
+    # the documented way to keep the decayed rate: the schedule's own length moves too; the line stays, without a jump
+    (tmp_path / "last_checkpoint").write_text("model_0000004.pth")
+    _train(train_net, tmp_path, "train.max_iter=20", "lr_multiplier.scheduler.milestones=[8,20]", resume=True)
+    log = (tmp_path / "log.txt").read_text().split("Resuming at iteration 10 ")[-1]  # the third run's lines
+    assert "Resuming a run trained with train.max_iter=10 at train.max_iter=20" in log
+    assert "lr multiplier" not in log
+
+
+def test_resume_with_the_same_max_iter_does_not_warn(train_net, toy_dataset, tmp_path):
+    _train(train_net, tmp_path, "train.max_iter=10", "train.checkpointer.period=5")
+    (tmp_path / "last_checkpoint").write_text("model_0000004.pth")
+    _train(train_net, tmp_path, "train.max_iter=10", "train.checkpointer.period=5", resume=True)
+    assert "Resuming a run trained with" not in (tmp_path / "log.txt").read_text()
+
+
 def test_resume_without_restoring_rng_would_differ(train_net, toy_dataset, tmp_path):
     """Guards the test above: the toy model draws random numbers, so an unrestored generator shows up."""
     first, second = tmp_path / "a", tmp_path / "b"

@@ -2,12 +2,14 @@
 evaluation hook that consumes no randomness of the training run, and the periodic return of freed memory."""
 import contextlib
 import logging
+import math
 import os
 
 import torch
 from detectron2.engine import HookBase
 from detectron2.engine.hooks import EvalHook
 from detectron2.utils import comm
+from fvcore.common.param_scheduler import ParamScheduler
 
 from .interrupt import stop_signals_deferred
 from .memory import release_freed_memory
@@ -56,7 +58,9 @@ class ResumableCheckpointHook(HookBase):
         with stop_signals_deferred():
             rank_states = comm.all_gather(self._rank_state())
             if comm.is_main_process():
-                self.checkpointer.save(name, iteration=self.trainer.iter, rank_states=rank_states)
+                # max_iter: the schedule is a function of iteration / max_iter, so a resume must know the length
+                self.checkpointer.save(name, iteration=self.trainer.iter, max_iter=self.trainer.max_iter,
+                                       rank_states=rank_states)
             comm.synchronize()
             if self.checkpointer.save_dir:
                 self.last_saved = (self.trainer.iter, os.path.join(self.checkpointer.save_dir, f"{name}.pth"))
@@ -108,6 +112,25 @@ def restore_rank_state(extra_checkpoint_data, data_loader):
     if data_loader is not None and "data_loader" in state and hasattr(data_loader, "load_state_dict"):
         data_loader.load_state_dict(state["data_loader"])
     return state["rng"]
+
+
+def schedule_change_warning(lr_multiplier, trained_max_iter, max_iter, start_iter, resumed_multiplier=None):
+    """The line to warn with when a run trained with ``train.max_iter = trained_max_iter`` resumes at ``start_iter``
+    with ``max_iter``, or None when the length is unchanged (or unknown: checkpoints from before it was saved).
+    ``resumed_multiplier``: the lr multiplier the checkpoint's optimizer holds for ``start_iter``.
+
+    detectron2 evaluates a ParamScheduler at ``iteration / max_iter``, so the config's milestones stretch with
+    ``max_iter``: continuing a finished run for longer usually puts the learning rate back up to its pre-decay value.
+    """
+    if trained_max_iter is None or trained_max_iter == max_iter:
+        return None
+    line = (f"Resuming a run trained with train.max_iter={trained_max_iter} at train.max_iter={max_iter}: the "
+            "learning-rate schedule is a function of iteration / train.max_iter, so its milestones move with it")
+    if resumed_multiplier is not None and isinstance(lr_multiplier, ParamScheduler) and start_iter < max_iter:
+        now = lr_multiplier(start_iter / max_iter)
+        if not math.isclose(now, resumed_multiplier, rel_tol=1e-6):
+            line += f"; at iteration {start_iter} the lr multiplier is {now:g} instead of {resumed_multiplier:g}"
+    return line
 
 
 class EMAHook(HookBase):
@@ -170,6 +193,12 @@ class IsolatedRngEvalHook(EvalHook):
             super()._do_eval()
 
     def after_train(self):
+        # detectron2 runs after_train also when training failed; it evaluates whenever the last iteration has begun,
+        # so an error in it (a final checkpoint that could not be saved) waited for a whole evaluation of the
+        # unsaved model. trainer.iter reaches max_iter only when every iteration completed.
+        if self.trainer.iter < self.trainer.max_iter:
+            del self._func  # what detectron2's after_train does last: the closure holds the trainer
+            return
         super().after_train()
         self.final_evaluation_done = True
 

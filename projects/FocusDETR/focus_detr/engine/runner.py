@@ -16,7 +16,8 @@ from .checkpoint import AtomicDetectionCheckpointer
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line, user_errors_without_tracebacks
 from .config import ConfigError
 from .evaluation import check_model_classes, evaluate, write_eval_results
-from .hooks import EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state
+from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state,
+                    schedule_change_warning)
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
 from .metrics_log import cut_incomplete_last_line
@@ -165,10 +166,11 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         check_free_space(cfg.train.output_dir, needed_bytes=_checkpoint_bytes(model, optimizer),
                          needed_for="one checkpoint of this model (weights and optimizer state)")
         cut_incomplete_last_line(cfg.train.output_dir)  # a resumed run's records must not go onto a line cut short
+    lr_multiplier = instantiate(cfg.lr_multiplier)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.LRScheduler(scheduler=lr_multiplier),
             ema_hook,
             eval_hook,
             ReleaseFreedMemoryHook(cfg.train.get("release_freed_memory_period", 0)),
@@ -188,14 +190,20 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     start_iter, rng_state = 0, None
     if resume and checkpointer.has_checkpoint():
         start_iter = trainer.iter + 1
+        resumed_multiplier = _lr_multiplier_of(optimizer)  # the checkpoint's, before the config's settings return
         changes = restore_optimizer_settings(optimizer, configured)
         if changes:
             logger.warning(f"Resuming with the config's optimizer settings, not the checkpoint's: {', '.join(changes)}")
         if start_iter >= cfg.train.max_iter:
             raise ConfigError(
                 f"nothing to resume in {cfg.train.output_dir}: its last checkpoint is at iteration {start_iter} and "
-                f"train.max_iter is {cfg.train.max_iter}; raise train.max_iter to train longer"
+                f"train.max_iter is {cfg.train.max_iter}; raise train.max_iter to train longer (the learning-rate "
+                "schedule's milestones, fractions of train.max_iter, move with it)"
             )
+        schedule_change = schedule_change_warning(lr_multiplier, extra.get("max_iter"), cfg.train.max_iter, start_iter,
+                                                  resumed_multiplier)
+        if schedule_change:
+            logger.warning(schedule_change)
         rng_state = restore_rank_state(extra, train_loader)
         checkpoint_hook.last_saved = (start_iter - 1, checkpointer.get_checkpoint_file())
         logger.info(f"Resuming at iteration {start_iter} (RNG and data position {'restored' if rng_state else 'NOT restored'})")
@@ -230,6 +238,13 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         raise TrainingInterrupted(number, where, cfg.train.max_iter, last_saved, saved_now=saved_now,
                                   command=resume_command) from None
     return trainer
+
+
+def _lr_multiplier_of(optimizer):
+    """The learning-rate multiplier the schedule last set: rate / base rate of the first parameter group (None before
+    detectron2's scheduler has run on it)."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group["initial_lr"] if group.get("initial_lr") else None
 
 
 def _save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, start_iter, resume_command):

@@ -3,9 +3,10 @@
 
 ``--input`` takes image files, folders (a folder stands for its files, sorted by name) and glob patterns (quoted,
 ``'datasets/trees/images/val/*.png'``: expanded here, sorted; one that matches nothing is an error). Every image
-that can be read is drawn; every other file (not an image, empty, truncated, unreadable, a subfolder) is named on
-stderr with why, ``skipped <file>: <why>``, and the rest go on. The exit status is 0 when at least one image was
-drawn, else 2.
+that can be read is drawn; every other file (not an image, empty, truncated, unreadable, a subfolder, an image the
+model cannot take such as 1x1100 pixels) is named on stderr with why, ``skipped <file>: <why>``, and the rest go on.
+The exit status is 0 when at least one image was drawn, else 2. An ``--output`` where a picture would overwrite an
+input image is refused before anything runs.
 
 For each input image, writes to the folder ``--output``:
   <name>_detections.png   boxes above ``--confidence-threshold``, coloured by score (colour bar in the legend)
@@ -22,7 +23,8 @@ small ones scaled up by a whole factor (short edge >= 720 px) so that thin boxes
 With ``--onnx DIR/model.onnx`` (written by tools/export_model.py) onnxruntime runs the exported graph instead of
 PyTorch, for images and video; the config then only gives the resize and the class names (``--show-tokens`` needs
 the PyTorch model), and a config whose input format or number of classes differs from the graph's model.json is
-refused (a graph without model.json runs after a warning).
+refused (a graph without model.json runs after a warning). The graph carries its weights: when model.json says it was
+exported from random weights, or from another file than a ``train.init_checkpoint`` given here, a warning says so.
 
 Example:
     python demo/demo.py --config-file configs/focus_detr_r18_trees.py --input 'datasets/trees/images/val/*.png' \
@@ -48,7 +50,7 @@ from focus_detr.engine import FocusDETRPredictor, inference_amp_dtype, load_conf
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.predictor import inference_resize, input_format, model_input
-from focus_detr.export import OnnxPredictor, check_graph_fits_config
+from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights
 
 
 def parse_args(argv=None):
@@ -87,6 +89,14 @@ def _onnx_predictor(cfg, path):
     if unchecked:
         print(f"warning: {unchecked}; it is fed {fmt} images and its labels are named as in the config",
               file=sys.stderr)
+    # the graph carries its weights: a train.init_checkpoint given with --onnx is not what runs
+    init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
+    random_weights = onnx.metadata.get("init_checkpoint") == ""
+    exported_from = graph_weights(onnx, init_checkpoint) or ("random weights" if random_weights else None)
+    if random_weights or (exported_from and init_checkpoint):
+        named = f", not from train.init_checkpoint {init_checkpoint!r}" if init_checkpoint else ""
+        print(f"warning: {path} was exported from {exported_from} (its model.json){named}: its detections are that "
+              "model's", file=sys.stderr)
 
     def predict(image_bgr):
         item = model_input(image_bgr, resize, fmt)
@@ -157,49 +167,72 @@ def image_paths(inputs):
     return paths
 
 
-def check_image_output(output):
-    """ValueError when ``output`` is an existing file: the pictures of image inputs go into a folder (makedirs would
-    only say "File exists"). Called before the model is built."""
+def picture_names(paths):
+    """The name of each input's pictures (``<name>_detections.png``, ...): its file name without extension, made
+    unique so that two inputs never overwrite each other's pictures."""
+    taken = set()
+    return [_unique_name(path, taken) for path in paths]
+
+
+def check_image_output(output, paths, show_tokens):
+    """ValueError when ``output`` is an existing file (the pictures of image inputs go into a folder; makedirs would
+    only say "File exists"), or when a picture would be written over one of the input images ``paths`` (e.g.
+    ``--output`` is their folder and it holds an image named like a picture). Called before the model is built."""
     if os.path.exists(output) and not os.path.isdir(output):
         raise ValueError(f"--output {output} is a file; for image inputs it must be a folder (the pictures are "
                          "written into it)")
+    inputs = {os.path.realpath(path): path for path in paths}
+    kinds = ("detections", "foreground", "tokens") if show_tokens else ("detections",)
+    for path, name in zip(paths, picture_names(paths)):
+        for kind in kinds:
+            picture = os.path.join(output, f"{name}_{kind}.png")
+            if os.path.realpath(picture) in inputs:
+                raise ValueError(f"--output {output}: the picture of {path} would overwrite the input image "
+                                 f"{inputs[os.path.realpath(picture)]}; choose another --output folder")
 
 
 def run_images(predictor, paths, output, threshold, class_names, show_tokens):
     """Draws every readable image of ``paths`` into the folder ``output`` (checked by :func:`check_image_output`);
     returns the paths written."""
     os.makedirs(output, exist_ok=True)
-    written, names = [], set()
-    for path in paths:
+    written, drawn = [], 0
+    for path, name in zip(paths, picture_names(paths)):
         image = _read_or_skip(path)
         if image is None:
             continue
-        name = _unique_name(path, names)
         token_paths = []
-        if show_tokens:
-            result, token_paths = _token_pictures(predictor, image, name, output)
-        else:
-            result = predictor(image)
+        try:
+            if show_tokens:
+                result, token_paths = _token_pictures(predictor, image, name, output)
+            else:
+                result = predictor(image)
+        except ValueError as error:  # an image this model cannot take (e.g. a side that resizes to 0 pixels)
+            _skip(path, str(error))
+            continue
         picture, count = _draw(image, result["instances"], class_names, threshold)
         detection_png = os.path.join(output, f"{name}_detections.png")
         _save_png(detection_png, picture)
         written += [detection_png, *token_paths]
+        drawn += 1
         print(f"{path}: {count} detections >= {threshold} -> {detection_png}")
         if token_paths:
             print(f"  token pictures -> {', '.join(token_paths)}")
-    if not names:
-        raise ValueError(f"no image drawn: none of the {len(paths)} image files could be read (each is named above)")
+    if not drawn:
+        raise ValueError(f"no image drawn: none of the {len(paths)} image files could be used (each is named above)")
     return written
 
 
 def video_output_path(output, video):
-    """``output`` when it names a video file, else ``output/<video name>_detections.mp4``."""
-    if os.path.splitext(output)[1].lower() in VIDEO_CODECS:
-        path = output
-    elif os.path.isdir(output) or not os.path.splitext(output)[1]:
+    """``output/<video name>_detections.mp4`` when ``output`` is a folder or has no extension, else ``output`` when it
+    names a video file."""
+    if os.path.isdir(output) or not os.path.splitext(output)[1]:
         path = os.path.join(output, f"{os.path.splitext(os.path.basename(video))[0]}_detections.mp4")
+    elif os.path.splitext(output)[1].lower() in VIDEO_CODECS:
+        path = output
     else:
         raise ValueError(f"--output for a video must be a folder or end in {' or '.join(VIDEO_CODECS)}, got {output}")
+    if os.path.isdir(path):  # found now, not when the finished file is renamed into place
+        raise ValueError(f"--output {path} is a folder: the video cannot be written under that name")
     if os.path.abspath(path) == os.path.abspath(video):
         raise ValueError(f"--output {path} is the input video; name another file")
     return path
@@ -239,7 +272,7 @@ def main(args):
         raise ValueError("--show-tokens draws pictures of images; it cannot be used with --video-input")
     if args.input:  # inputs without an image, or a wrong --output, fail before the model is built
         paths = image_paths(args.input)
-        check_image_output(args.output)
+        check_image_output(args.output, paths, args.show_tokens)
     else:  # a video that cannot be read, or a wrong --output, fails before the model is built
         open_video(args.video_input)[0].release()
         video_output_path(args.output, args.video_input)

@@ -41,6 +41,7 @@ import io
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -67,6 +68,7 @@ from focus_detr.export import (
     evaluate_onnx_and_pytorch,
     export_metadata,
     export_onnx,
+    graph_weights,
     match_detections,
     max_export_opset,
     require_packages,
@@ -86,6 +88,16 @@ def parse_size(text):
     return height, width
 
 
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
@@ -97,7 +109,7 @@ def parse_args(argv=None):
                         help=f"ONNX opset, {MIN_OPSET} (GridSample) to the highest the installed torch exports")
     parser.add_argument("--msda-form", choices=MSDA_ONNX_FORMS, default="grid_sample",
                         help="ONNX form of the deformable attention (grid_sample: faster on onnxruntime CPU)")
-    parser.add_argument("--sample-size", type=int, nargs=2, metavar=("H", "W"), default=[800, 1333],
+    parser.add_argument("--sample-size", type=positive_int, nargs=2, metavar=("H", "W"), default=[800, 1333],
                         help="size of the random image the graph is traced on (the graph accepts any size)")
     parser.add_argument("--verify-sizes", type=parse_size, nargs="*", default=[], metavar="HxW",
                         help="also compare onnxruntime with PyTorch at these sizes")
@@ -225,8 +237,29 @@ def _load_model(cfg, args, init_checkpoint):
     return model.eval()
 
 
+# What an export writes besides model.onnx / model.json: results about one graph, which a new graph in the folder
+# would otherwise appear to have.
+_RESULTS_OF_A_GRAPH = ("evaluation.json", "evaluation", "benchmark.json",
+                       *(f"model_{form}.onnx" for form in MSDA_ONNX_FORMS))
+
+
+def clear_earlier_export(folder):
+    """Removes the files an earlier export into ``folder`` wrote about its graph (evaluation, benchmark, the other
+    MSDA forms) and says so, before a new graph replaces it."""
+    earlier = [name for name in _RESULTS_OF_A_GRAPH if os.path.lexists(os.path.join(folder, name))]
+    if not os.path.isfile(os.path.join(folder, "model.onnx")) and not earlier:
+        return
+    for name in earlier:
+        path = os.path.join(folder, name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    removed = f"; removed its {', '.join(earlier)}" if earlier else ""
+    print(f"replacing the earlier export in {folder}{removed}", file=sys.stderr)
+
+
 def export(model, cfg, args, init_checkpoint):
-    """Writes DIR/model.onnx and DIR/model.json; returns the graph's path and the traced sample."""
+    """Writes DIR/model.onnx and DIR/model.json (after :func:`clear_earlier_export`); returns the graph's path and the
+    traced sample."""
+    clear_earlier_export(args.output)
     path = os.path.join(args.output, "model.onnx")
     sample = synthetic_inputs(*args.sample_size)[0]
     seconds = export_onnx(model, path, sample["image"], args.opset, args.msda_form)
@@ -234,6 +267,7 @@ def export(model, cfg, args, init_checkpoint):
     metadata = export_metadata(model, args.opset, args.msda_form, input_format(cfg), _class_names(cfg))
     metadata.update(
         config_file=args.config_file,
+        overrides=list(args.opts),
         init_checkpoint=init_checkpoint,
         sample_size=list(args.sample_size),
         export_seconds=round(seconds, 1),
@@ -289,10 +323,10 @@ def report_evaluation(cfg, model, path, args, init_checkpoint):
     unchecked = check_graph_fits_config(cfg, predictor)  # before the evaluations: they take minutes
     if unchecked:
         print(f"warning: {unchecked}; it is scored as the config says", file=sys.stderr)
-    exported_from = predictor.metadata.get("init_checkpoint")
-    if exported_from is not None and os.path.realpath(exported_from or "") != os.path.realpath(init_checkpoint or ""):
-        print(f"warning: {path} was exported from {exported_from or 'random weights'!r} (its model.json), PyTorch "
-              f"runs {init_checkpoint or 'random weights'!r}: their AP differ for that reason too", file=sys.stderr)
+    exported_from = graph_weights(predictor, init_checkpoint)
+    if exported_from:
+        print(f"warning: {path} was exported from {exported_from} (its model.json), PyTorch runs "
+              f"{init_checkpoint or 'random weights'!r}: their AP differ for that reason too", file=sys.stderr)
     folder = os.path.join(args.output, "evaluation")
     print("evaluating PyTorch, then the graph, on the config's test set ...", flush=True)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its own tables of each run; ours follows

@@ -15,6 +15,7 @@ pytest.importorskip("onnxruntime")
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "tools"))
 from tools_test_utils import load_script  # noqa: E402
+from export_test_utils import copy_graph, export_tool, fixture_checkpoint, noise_png, tiny_export  # noqa: E402,F401
 
 from focus_detr.analysis.inputs import synthetic_inputs  # noqa: E402
 from focus_detr.export import ForcedQueryRanking, OnnxPredictor, export_onnx, match_detections  # noqa: E402
@@ -23,30 +24,6 @@ TREE_CONFIG = REPO_ROOT / "configs" / "focus_detr_r18_trees.py"
 # parity tolerances of tools/check_parity.py
 SCORE_TOL = 1e-4
 BOX_TOL = 1e-4  # of the image's longer side, in pixels
-
-
-@pytest.fixture(scope="module")
-def export_tool():
-    return load_script("tools/export_model.py", "export_model")
-
-
-@pytest.fixture(scope="module")
-def fixture_checkpoint(parity_fixture, tmp_path_factory):
-    path = tmp_path_factory.mktemp("checkpoint") / "official_tiny.pth"
-    torch.save({"model": parity_fixture["state_dict"]}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_export(export_tool, fixture_checkpoint, tmp_path_factory):
-    """The tiny configuration with the fixture's official weights, exported by the tool at 224x288."""
-    output = tmp_path_factory.mktemp("tiny_onnx")
-    failures = export_tool.main(export_tool.parse_args([
-        "--config-file", str(TINY_CONFIG), "--output", str(output), "--sample-size", "224", "288", "--threads", "1",
-        f"+train.init_checkpoint={fixture_checkpoint}",
-    ]))
-    assert failures == []
-    return output
 
 
 def _tiny_model(parity_fixture):
@@ -466,34 +443,12 @@ def test_predictor_refuses_output_sizes_that_are_not_positive_integers(tiny_expo
     assert rescaled.image_size == (128, 192) and len(rescaled) > 0
 
 
-def _copy_graph(tiny_export, folder, metadata_changes=None):
-    """The tiny graph copied into ``folder`` with its model.json updated by ``metadata_changes``, or without
-    model.json (a graph exported elsewhere) when that is None. Returns the graph's path."""
-    import shutil
-
-    folder.mkdir()
-    shutil.copy(tiny_export / "model.onnx", folder / "model.onnx")
-    if metadata_changes is not None:
-        metadata = json.loads((tiny_export / "model.json").read_text())
-        (folder / "model.json").write_text(json.dumps({**metadata, **metadata_changes}))
-    return str(folder / "model.onnx")
-
-
-def _noise_png(path):
-    import numpy as np
-    from PIL import Image
-
-    # without a test loader in the tiny config the demo resizes to 800/1333: a thin image stays small (100x1333)
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 400, 3), dtype=np.uint8)).save(path)
-    return str(path)
-
-
 def test_demo_refuses_a_config_that_does_not_fit_the_graph_in_one_line(tiny_export, tmp_path, capfd):
     from cli_output import shows_traceback
 
     demo = load_script("demo/demo.py", "demo")
-    image = _noise_png(tmp_path / "noise.png")
-    one_class_rgb = _copy_graph(tiny_export, tmp_path / "one_class", {"num_classes": 1})
+    image = noise_png(tmp_path / "noise.png")
+    one_class_rgb = copy_graph(tiny_export, tmp_path / "one_class", {"num_classes": 1})
     cases = [
         # the graph takes RGB: fed BGR it found 11 instead of 23 trees, silently
         ([str(TREE_CONFIG), "dataloader.test.mapper.img_format=BGR"], one_class_rgb,
@@ -517,8 +472,8 @@ def test_demo_refuses_a_config_that_does_not_fit_the_graph_in_one_line(tiny_expo
 
 def test_demo_warns_once_and_runs_a_graph_without_model_json(tiny_export, tmp_path, capfd):
     demo = load_script("demo/demo.py", "demo")
-    image = _noise_png(tmp_path / "noise.png")
-    bare = _copy_graph(tiny_export, tmp_path / "exported_elsewhere")
+    image = noise_png(tmp_path / "noise.png")
+    bare = copy_graph(tiny_export, tmp_path / "exported_elsewhere")
     printed = {}
     for name, graph in (("with_model_json", str(tiny_export / "model.onnx")), ("without", bare)):
         argv = ["--config-file", str(TINY_CONFIG), "--input", image, "--output", str(tmp_path / name),

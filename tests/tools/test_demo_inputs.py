@@ -98,7 +98,39 @@ def test_only_damaged_images_exit_2_naming_each(demo, toy_dataset, tmp_path, cap
     code, _, err = _run(demo, [str(truncated)], tmp_path / "out", capsys)
     assert code == 2
     assert len(err) == 2 and err[0].startswith(f"skipped {truncated}: OSError: ")
-    assert err[1] == "error: no image drawn: none of the 1 image files could be read (each is named above)"
+    assert err[1] == "error: no image drawn: none of the 1 image files could be used (each is named above)"
+
+
+def test_an_image_the_resize_cannot_take_is_skipped_and_the_others_drawn(demo, toy_dataset, tmp_path, capsys):
+    # resized to 800 / 1333, a 1x3000 image has a side of 0 pixels: PIL's "height and width must be > 0" ended the
+    # whole run, naming no file
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((1, 3000, 3), dtype=np.uint8)).save(thin)
+    good = _png(tmp_path / "good.png")
+    code, out, err = _run(demo, [str(thin), good], tmp_path / "out", capsys)
+    assert code == 0
+    assert err == [f"skipped {thin}: image (1x3000 pixels) cannot be resized by the config's test-time resize: "
+                   "height and width must be > 0 (one side is too short for the other)"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_detections.png"]
+
+
+def test_an_output_where_a_picture_would_overwrite_an_input_is_refused_before_anything_runs(demo, toy_dataset,
+                                                                                          tmp_path, capsys):
+    # the user's own a_detections.png was overwritten by the picture of a.png
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _png(folder / "a.png", 0)
+    theirs = _png(folder / "a_detections.png", 1)
+    before = open(theirs, "rb").read()
+    code, _, err = _run(demo, [str(folder)], folder, capsys)
+    assert (code, err) == (2, [f"error: --output {folder}: the picture of {folder / 'a.png'} would overwrite the input "
+                               f"image {theirs}; choose another --output folder"])
+    assert open(theirs, "rb").read() == before and sorted(p.name for p in folder.iterdir()) == [
+        "a.png", "a_detections.png"]
+    # the same folder without such a name is fine: the pictures go next to the images
+    (folder / "a_detections.png").unlink()
+    code, _, err = _run(demo, [str(folder / "a.png")], folder, capsys)
+    assert (code, err) == (0, [])
 
 
 def test_inputs_with_one_name_do_not_overwrite_each_other(demo, toy_dataset, tmp_path, capsys):

@@ -99,3 +99,33 @@ def test_video_argument_errors_are_one_line(demo, toy_dataset, video, tmp_path, 
     for argv, expected in cases:
         code, _, err = _run(demo, argv, capsys)
         assert (code, err) == (2, [expected])
+
+
+def test_a_folder_named_like_a_video_is_a_folder_and_a_folder_in_the_way_is_named_first(demo, toy_dataset, video,
+                                                                                         tmp_path, capsys):
+    # a folder "dir.mp4" was taken for the file name: every frame was processed, then "cannot access
+    # .../.dir.partial.mp4: Is a directory", the partial file left behind
+    folder = tmp_path / "dir.mp4"
+    folder.mkdir()
+    code, out, err = _run(demo, ["--video-input", video, "--output", str(folder)], capsys)
+    assert (code, err) == (0, [])
+    assert sorted(p.name for p in folder.iterdir()) == ["clip_detections.mp4"]
+    # the file the folder stands for is itself a folder: one line before the model is built
+    (folder / "clip_detections.mp4").unlink()
+    (folder / "clip_detections.mp4").mkdir()
+    code, out, err = _run(demo, ["--video-input", video, "--output", str(folder)], capsys)
+    assert (code, err) == (2, [f"error: --output {folder / 'clip_detections.mp4'} is a folder: the video cannot be "
+                               "written under that name"])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_video_that_cannot_be_renamed_into_place_leaves_no_partial_file(tmp_path):
+    from focus_detr.data.video_io import VideoWriter
+
+    target = tmp_path / "out.mp4"
+    writer = VideoWriter(str(target), FPS)
+    writer.write(np.zeros((SIZE[1], SIZE[0], 3), dtype=np.uint8))
+    target.mkdir()  # made after the checks: e.g. by another program while the frames were written
+    with pytest.raises(OSError, match=rf"^cannot write video {target}: Is a directory$"):
+        writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]

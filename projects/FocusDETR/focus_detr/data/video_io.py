@@ -98,7 +98,11 @@ class VideoWriter:
             self.discard()
             raise OSError(f"cannot write video {self.path}: the file holds {written} of the {self.count} frames "
                           "(disk full?)")
-        os.replace(self._partial, self.path)
+        try:
+            os.replace(self._partial, self.path)
+        except OSError as error:  # e.g. a folder of that name: the frames are lost either way, the file must go
+            self.discard()
+            raise OSError(f"cannot write video {self.path}: {error.strerror}") from None
 
     def discard(self):
         """Stops writing and removes the temporary file."""

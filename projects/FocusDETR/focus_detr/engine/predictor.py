@@ -85,7 +85,12 @@ def model_input(image_bgr: np.ndarray, resize: T.AugmentationList, fmt: str = "R
     check_bgr_image(image_bgr, name)
     image = image_bgr[:, :, ::-1] if fmt == "RGB" else image_bgr
     aug_input = T.AugInput(np.ascontiguousarray(image))
-    resize(aug_input)
+    try:
+        resize(aug_input)
+    except ValueError as error:  # PIL's "height and width must be > 0": the short side rounds to 0 pixels
+        height, width = image_bgr.shape[:2]
+        raise ValueError(f"{name} ({height}x{width} pixels) cannot be resized by the config's test-time resize: "
+                         f"{error} (one side is too short for the other)") from None
     resized = np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))
     return {"image": torch.from_numpy(resized), "height": image_bgr.shape[0], "width": image_bgr.shape[1]}
 

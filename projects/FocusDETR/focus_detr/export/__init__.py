@@ -13,7 +13,7 @@ from .onnx_export import (
     max_export_opset,
     require_packages,
 )
-from .predictor import OnnxPredictor, check_graph_fits_config, check_onnx_file
+from .predictor import OnnxPredictor, check_graph_fits_config, check_onnx_file, graph_weights
 from .ranking import QUERY_RANKING_OUTPUT, ForcedQueryRanking, graph_with_query_ranking
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "ap_table",
     "check_graph_fits_config",
     "check_onnx_file",
+    "graph_weights",
     "compare_ap",
     "evaluate_onnx_and_pytorch",
     "export_metadata",

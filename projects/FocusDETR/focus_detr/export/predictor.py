@@ -13,7 +13,7 @@ from ..engine.predictor import input_format
 from .onnx_export import INPUT_NAME, OUTPUT_NAMES, require_packages
 from .ranking import QUERY_RANKING_OUTPUT, graph_with_query_ranking
 
-__all__ = ["OnnxPredictor", "check_graph_fits_config", "check_onnx_file"]
+__all__ = ["OnnxPredictor", "check_graph_fits_config", "check_onnx_file", "graph_weights"]
 
 
 def check_onnx_file(path: str) -> None:
@@ -38,6 +38,41 @@ def _checked_output_size(height, width) -> Tuple[Optional[int], Optional[int]]:
             raise ValueError(f"OnnxPredictor: {name} must be a positive integer (the original image's, to rescale "
                              f"the boxes to) or None (the input's own), got {value!r}")
     return tuple(None if value is None else int(value) for value in (height, width))
+
+
+# What model.json's readers rely on, by key ("input.format": the "format" of "input"); the tool writes more.
+_METADATA_TYPES = {"input": dict, "input.format": str, "num_classes": int, "config_file": str, "init_checkpoint": str,
+                   "overrides": list}
+
+
+def _check_metadata(metadata, path: str) -> None:
+    """ValueError (one line) when the json object ``metadata`` read from ``path`` does not have the types
+    ``tools/export_model.py`` writes, for the keys it has."""
+    fix = "export the graph again, or remove the file"
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path} (the graph's metadata) is not a json object: {fix}")
+    entries = dict(metadata)
+    if isinstance(metadata.get("input"), dict):
+        entries["input.format"] = metadata["input"].get("format")
+    for key, kind in _METADATA_TYPES.items():
+        value = entries.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ValueError(f"{path} (the graph's metadata) has {key} = {json.dumps(value)[:60]}, not a "
+                             f"{'json object' if kind is dict else kind.__name__}: {fix}")
+
+
+def _same_weights_file(a: str, b: str) -> bool:
+    return (os.path.realpath(a) if a else "") == (os.path.realpath(b) if b else "")
+
+
+def graph_weights(predictor: "OnnxPredictor", init_checkpoint: str) -> Optional[str]:
+    """What the graph was exported from (model.json's ``init_checkpoint``, quoted; "random weights" when it is
+    empty) when that is not ``init_checkpoint`` (the same file, or both empty, match); None when they match or the
+    graph does not say."""
+    exported_from = predictor.metadata.get("init_checkpoint")
+    if exported_from is None or _same_weights_file(exported_from, init_checkpoint):
+        return None
+    return repr(exported_from) if exported_from else "random weights"
 
 
 class OnnxPredictor:
@@ -99,9 +134,7 @@ class OnnxPredictor:
                 except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
                     raise ValueError(f"{self.metadata_path} (the graph's metadata) is not readable json: {error}; "
                                      "export the graph again, or remove the file") from None
-            if not isinstance(self.metadata, dict):
-                raise ValueError(f"{self.metadata_path} (the graph's metadata) is not a json object: export the "
-                                 "graph again, or remove the file")
+            _check_metadata(self.metadata, self.metadata_path)
 
     @staticmethod
     def _as_array(image: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
@@ -195,7 +228,9 @@ def check_graph_fits_config(cfg, predictor: OnnxPredictor) -> Optional[str]:
         _class_count_mismatch(cfg, metadata.get("num_classes")),
     ) if problem]
     if problems:
-        exported_from = f" ({metadata['config_file']})" if metadata.get("config_file") else ""
+        overrides = " ".join(metadata.get("overrides") or [])
+        exported_from = metadata.get("config_file") or ""
+        exported_from = f" ({exported_from}{' with ' + overrides if overrides else ''})" if exported_from else ""
         raise ValueError(f"{predictor.path} (its model.json) {' and '.join(problems)}: use the config it was "
                          f"exported from{exported_from} or export the graph from this one")
     return None

@@ -1,0 +1,62 @@
+"""Fixtures and helpers shared by the export tests: the export tool, the official tiny weights as a checkpoint, the
+tiny configuration exported once, and copies of that graph with other metadata.
+
+A uniquely named module rather than a ``conftest.py`` (``tests/conftest.py`` is imported as ``conftest``); test
+modules import the fixtures they use from here.
+"""
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, TINY_CONFIG
+
+sys.path.insert(0, str(REPO_ROOT / "tests" / "tools"))
+from tools_test_utils import load_script  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def export_tool():
+    return load_script("tools/export_model.py", "export_model")
+
+
+@pytest.fixture(scope="module")
+def fixture_checkpoint(parity_fixture, tmp_path_factory):
+    path = tmp_path_factory.mktemp("checkpoint") / "official_tiny.pth"
+    torch.save({"model": parity_fixture["state_dict"]}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_export(export_tool, fixture_checkpoint, tmp_path_factory):
+    """The tiny configuration with the fixture's official weights, exported by the tool at 224x288."""
+    output = tmp_path_factory.mktemp("tiny_onnx")
+    failures = export_tool.main(export_tool.parse_args([
+        "--config-file", str(TINY_CONFIG), "--output", str(output), "--sample-size", "224", "288", "--threads", "1",
+        f"+train.init_checkpoint={fixture_checkpoint}",
+    ]))
+    assert failures == []
+    return output
+
+
+def copy_graph(tiny_export, folder, metadata_changes=None):
+    """The tiny graph copied into ``folder`` with its model.json updated by ``metadata_changes``, or without
+    model.json (a graph exported elsewhere) when that is None. Returns the graph's path."""
+    folder.mkdir()
+    shutil.copy(tiny_export / "model.onnx", folder / "model.onnx")
+    if metadata_changes is not None:
+        metadata = json.loads((tiny_export / "model.json").read_text())
+        (folder / "model.json").write_text(json.dumps({**metadata, **metadata_changes}))
+    return str(folder / "model.onnx")
+
+
+def noise_png(path, shape=(30, 400, 3)):
+    """A random-noise PNG (without a test loader in the tiny config the demo resizes to 800/1333: a thin image stays
+    small, 100x1333)."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)).save(path)
+    return str(path)

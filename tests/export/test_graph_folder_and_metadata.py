@@ -1,0 +1,102 @@
+"""What an export folder and its model.json promise: a new export replaces the earlier one's results, model.json is
+checked before it is trusted, and the demo says when the graph it runs carries other weights than asked for."""
+import json
+import re
+
+import pytest
+
+from conftest import TINY_CONFIG
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from export_test_utils import copy_graph, export_tool, fixture_checkpoint, noise_png, tiny_export  # noqa: E402,F401
+from tools_test_utils import load_script  # noqa: E402
+
+from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights  # noqa: E402
+
+
+def _stderr_lines(err, *prefixes):
+    return [line for line in err.splitlines() if line.startswith(prefixes)]
+
+
+def test_a_new_export_removes_what_was_written_about_the_earlier_graph(export_tool, tmp_path, capfd):
+    # a re-export left evaluation.json claiming the earlier graph's AP for the new graph
+    output = tmp_path / "onnx"
+    output.mkdir()
+    (output / "model.onnx").write_bytes(b"the earlier graph")
+    (output / "evaluation.json").write_text("{}")
+    (output / "evaluation" / "onnx").mkdir(parents=True)
+    (output / "model_gather.onnx").write_bytes(b"")
+    (output / "notes.txt").write_text("the user's")
+    export_tool.main(export_tool.parse_args([
+        "--config-file", str(TINY_CONFIG), "--output", str(output), "--sample-size", "160", "192", "--threads", "1",
+        "model.num_classes=3",
+    ]))
+    err = capfd.readouterr().err
+    assert (f"replacing the earlier export in {output}; removed its evaluation.json, evaluation, model_gather.onnx"
+            in err)
+    assert sorted(p.name for p in output.iterdir()) == ["model.json", "model.onnx", "notes.txt"]
+    metadata = json.loads((output / "model.json").read_text())
+    assert metadata["overrides"] == ["model.num_classes=3"] and metadata["init_checkpoint"] == ""
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"input": "RGB"}, 'has input = "RGB", not a json object'),
+    ({"input": {"format": 3}}, "has input.format = 3, not a str"),
+    ({"num_classes": "80"}, 'has num_classes = "80", not a int'),
+    ({"num_classes": True}, "has num_classes = true, not a int"),
+    ({"init_checkpoint": ["a.pth"]}, 'has init_checkpoint = ["a.pth"], not a str'),
+])
+def test_model_json_of_other_types_is_one_line(tiny_export, tmp_path, changes, message):
+    # {"input": "RGB"} was an AttributeError traceback in the demo
+    graph = copy_graph(tiny_export, tmp_path / "graph", changes)
+    expected = f"model.json (the graph's metadata) {message}: export the graph again"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        OnnxPredictor(graph)
+
+
+def test_the_class_count_refusal_names_the_overrides_the_graph_was_exported_with(tiny_export, tmp_path):
+    # it said "use the config it was exported from (configs/x.py)" when that was the config given
+    from focus_detr.engine import load_config
+
+    graph = copy_graph(tiny_export, tmp_path / "graph", {"num_classes": 3, "config_file": str(TINY_CONFIG),
+                                                         "overrides": ["model.num_classes=3"]})
+    with pytest.raises(ValueError, match=rf"use the config it was exported from \({TINY_CONFIG} with "
+                                         r"model.num_classes=3\)"):
+        check_graph_fits_config(load_config(str(TINY_CONFIG)), OnnxPredictor(graph))
+
+
+def test_graph_weights_names_what_the_graph_was_exported_from_when_it_differs(tiny_export, tmp_path):
+    trained = OnnxPredictor(copy_graph(tiny_export, tmp_path / "trained", {"init_checkpoint": "out/model_final.pth"}))
+    random = OnnxPredictor(copy_graph(tiny_export, tmp_path / "random", {"init_checkpoint": ""}))
+    unknown = OnnxPredictor(copy_graph(tiny_export, tmp_path / "unknown"))
+    assert graph_weights(trained, "out/model_final.pth") is None
+    assert graph_weights(trained, "out/../out/model_final.pth") is None  # the same file
+    assert graph_weights(trained, "other.pth") == "'out/model_final.pth'"
+    assert graph_weights(trained, "") == "'out/model_final.pth'"
+    assert graph_weights(random, "") is None
+    assert graph_weights(random, "out/model_final.pth") == "random weights"
+    assert graph_weights(unknown, "other.pth") is None
+
+
+def test_demo_says_when_the_graph_carries_other_weights_than_asked_for(tiny_export, fixture_checkpoint, tmp_path,
+                                                                        capfd):
+    # a random-weights graph drew 0 trees where the trained one draws 29, with status 0 and no word
+    demo = load_script("demo/demo.py", "demo")
+    image = noise_png(tmp_path / "noise.png")
+    random = copy_graph(tiny_export, tmp_path / "random", {"init_checkpoint": ""})
+    cases = [
+        (random, [], f"warning: {random} was exported from random weights (its model.json): its detections are that "
+                     "model's"),
+        (random, [f"+train.init_checkpoint={fixture_checkpoint}"],
+         f"warning: {random} was exported from random weights (its model.json), not from train.init_checkpoint "
+         f"'{fixture_checkpoint}': its detections are that model's"),
+        (str(tiny_export / "model.onnx"), [f"+train.init_checkpoint={fixture_checkpoint}"], None),
+        (str(tiny_export / "model.onnx"), [], None),  # the graph's own weights, not named: nothing to say
+    ]
+    for index, (graph, overrides, expected) in enumerate(cases):
+        argv = ["--config-file", str(TINY_CONFIG), "--input", image, "--output", str(tmp_path / f"out{index}"),
+                "--onnx", graph, *overrides]
+        assert demo.run_reporting_errors(demo.main, demo.parse_args(argv)) == 0
+        assert _stderr_lines(capfd.readouterr().err, "warning:", "error:") == ([expected] if expected else [])

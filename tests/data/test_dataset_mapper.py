@@ -37,3 +37,18 @@ def test_another_size_is_named_and_a_missing_size_is_filled_in():
     record = {"file_name": "a.png", "width": 50}
     check_image_size(record, image)
     assert (record["height"], record["width"]) == (30, 50)
+
+
+def test_an_image_the_resize_makes_0_pixels_wide_is_named(tmp_path):
+    # PIL's bare "height and width must be > 0" stopped training, naming no file
+    from detectron2.data import transforms as T
+
+    path = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((1, 3000, 3), dtype=np.uint8)).save(path)
+    mapper = DetrDatasetMapper(augmentation=[T.ResizeShortestEdge(800, 1333)], is_train=False)
+    with pytest.raises(ValueError) as info:
+        mapper({"file_name": str(path), "width": 3000, "height": 1, "image_id": 0})
+    assert str(info.value) == (
+        f"image {path} (1x3000 pixels) cannot be resized by the mapper's augmentation: height and width must be > 0 "
+        "(one side is too short for the other); remove it from the dataset"
+    )

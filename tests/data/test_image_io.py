@@ -75,6 +75,10 @@ def test_unreadable_and_missing_files_are_named(tmp_path):
         read_image(str(tmp_path / "not_an_image.png"))
     with pytest.raises(FileNotFoundError, match=r"image file not found: .*missing\.png"):
         read_image(str(tmp_path / "missing.png"))
+    # a named pipe in place of an image blocked the data loader for good
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ValueError, match=r"^cannot read image .*pipe\.png: not a regular file$"):
+        read_image(str(tmp_path / "pipe.png"))
 
 
 def test_the_dataset_mapper_reads_16_bit_images_with_their_content(tmp_path):

@@ -129,3 +129,22 @@ def test_a_video_that_cannot_be_renamed_into_place_leaves_no_partial_file(tmp_pa
     with pytest.raises(OSError, match=rf"^cannot write video {target}: Is a directory$"):
         writer.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_two_writers_of_one_video_each_write_a_whole_file(tmp_path):
+    # one shared temporary name: the second writer wrote into the file the first had renamed into place, leaving a
+    # damaged video (23 of 36 frames decodable) reported as written
+    from focus_detr.data.video_io import VideoWriter
+
+    target = tmp_path / "out.mp4"
+    first, second = VideoWriter(str(target), FPS), VideoWriter(str(target), FPS)
+    for index in range(5):
+        first.write(np.full((SIZE[1], SIZE[0], 3), 10 * index, dtype=np.uint8))
+        if index < 3:
+            second.write(np.full((SIZE[1], SIZE[0], 3), 200, dtype=np.uint8))
+    second.close()
+    assert _frames_and_fps(str(target))[0] == 3
+    first.close()  # the last to finish wins, whole
+    assert _frames_and_fps(str(target))[0] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+    assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # not the temporary file's private mode

@@ -78,7 +78,13 @@ class DetrDatasetMapper:
         check_image_size(dataset_dict, image)
 
         aug_input = T.AugInput(image)
-        transforms = _augment(self._choose_pipeline(), aug_input)
+        try:
+            transforms = _augment(self._choose_pipeline(), aug_input)
+        except ValueError as error:  # PIL's "height and width must be > 0": a resize made a side 0 pixels
+            height, width = image.shape[:2]
+            raise ValueError(f"image {dataset_dict['file_name']} ({height}x{width} pixels) cannot be resized by the "
+                             f"mapper's augmentation: {error} (one side is too short for the other); remove it from "
+                             "the dataset") from None
         image = aug_input.image
         image_shape = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))

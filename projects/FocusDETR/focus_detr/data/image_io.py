@@ -75,6 +75,8 @@ def read_image(file_name, img_format="RGB"):
     Raises:
         FileNotFoundError / ValueError, with one line naming the file and the problem.
     """
+    if os.path.exists(file_name) and not os.path.isfile(file_name):  # a pipe would block forever, a folder fail
+        raise ValueError(f"cannot read image {file_name}: not a regular file")
     try:
         with Image.open(file_name) as image:
             image = ImageOps.exif_transpose(image)

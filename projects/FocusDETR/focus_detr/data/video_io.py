@@ -2,6 +2,7 @@
 (a complete file appears under its name, or nothing does)."""
 import math
 import os
+import tempfile
 
 import cv2
 import numpy as np
@@ -64,8 +65,7 @@ class VideoWriter:
         if extension not in VIDEO_CODECS:
             raise ValueError(f"cannot write video {path}: the name must end in {' or '.join(VIDEO_CODECS)}")
         self.path, self.fps, self.count = path, fps, 0
-        folder, name = os.path.split(os.path.abspath(path))
-        self._partial = os.path.join(folder, f".{os.path.splitext(name)[0]}.partial{extension}")
+        self._partial = None  # made at the first frame
         self._codec = cv2.VideoWriter_fourcc(*VIDEO_CODECS[extension])
         self._writer = None
         self._size = None
@@ -73,7 +73,12 @@ class VideoWriter:
     def write(self, frame: np.ndarray):
         size = (frame.shape[1], frame.shape[0])
         if self._writer is None:
-            os.makedirs(os.path.dirname(self._partial), exist_ok=True)
+            folder, name = os.path.split(os.path.abspath(self.path))
+            os.makedirs(folder, exist_ok=True)
+            stem, extension = os.path.splitext(name)
+            # a name of its own (not one per output): two runs writing one output must not write into one file
+            handle, self._partial = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".partial{extension}", dir=folder)
+            os.close(handle)
             self._writer = cv2.VideoWriter(self._partial, self._codec, self.fps, size)
             if not self._writer.isOpened():
                 raise OSError(f"cannot write video {self.path}: OpenCV cannot open a {size[0]}x{size[1]} "
@@ -99,6 +104,9 @@ class VideoWriter:
             raise OSError(f"cannot write video {self.path}: the file holds {written} of the {self.count} frames "
                           "(disk full?)")
         try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self._partial, 0o666 & ~umask)  # mkstemp made it private; the video gets the usual mode
             os.replace(self._partial, self.path)
         except OSError as error:  # e.g. a folder of that name: the frames are lost either way, the file must go
             self.discard()
@@ -109,7 +117,7 @@ class VideoWriter:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        if os.path.exists(self._partial):
+        if self._partial is not None and os.path.exists(self._partial):
             os.remove(self._partial)
 
     def __enter__(self):

@@ -5,8 +5,11 @@ import math
 
 import torch
 from detectron2.config import instantiate
-from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset, print_csv_format
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import (COCOEvaluator, DatasetEvaluator, DatasetEvaluators, inference_on_dataset,
+                                   print_csv_format)
 from detectron2.utils import comm
+from omegaconf import DictConfig, ListConfig
 from torch.nn.parallel import DistributedDataParallel
 
 from ..analysis.selection_quality_evaluator import (
@@ -17,12 +20,14 @@ from ..analysis.selection_quality_evaluator import (
 )
 from ..data import check_dataset_jsons, check_num_classes
 from .agreement import ProcessFailed, failure_report, raise_agreed_failure
+from .checkpoint import atomic_write
 from .cli import is_out_of_memory
 from .config import ConfigError, _dataset_names_in
 from .cuda_graphs import CUDAGraphInference, graphs_available, graphs_supported, inference_cuda_graphs
 from .precision import amp_autocast, inference_amp_dtype
 
-__all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "check_model_classes", "evaluate",
+__all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "check_evaluation_datasets", "check_model_classes",
+           "check_same_classes", "evaluate",
            "read_eval_results", "selection_quality_enabled", "write_eval_results"]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +59,7 @@ def evaluate(cfg, model):
     if cfg.dataloader.get("evaluator", None) is None:
         logger.warning("The config has no dataloader.evaluator: skipping evaluation")
         return {}
+    check_evaluation_datasets(cfg)
     score_selection = selection_quality_enabled(cfg)
     batch_size = cfg.dataloader.test.get("batch_size", 1)
     if batch_size > 1:
@@ -68,6 +74,7 @@ def evaluate(cfg, model):
     loader = instantiate(cfg.dataloader.test)  # loads (and checks) the test data before the evaluator reads it
     check_model_classes(model, cfg.dataloader.test)
     evaluator = instantiate(cfg.dataloader.evaluator)
+    scores_boxes = isinstance(evaluator, COCOEvaluator)
     graph_settings = inference_cuda_graphs(cfg)
     if graph_settings is not None:
         if not graphs_available(device):
@@ -91,6 +98,10 @@ def evaluate(cfg, model):
         if box_metrics and all(math.isnan(value) for value in box_metrics):  # COCO's -1: no ground truth at all
             logger.warning(f"Every COCO metric is NaN: the test set {_dataset_names_in(cfg.dataloader.test)} has no "
                            "ground-truth boxes to score the detections against")
+    if scores_boxes and "bbox" not in (results or {}) and comm.is_main_process():
+        # COCOEvaluator only logs "Annotations are not available for evaluation." and returns nothing
+        logger.warning(f"No COCO metric: the test set {_dataset_names_in(cfg.dataloader.test)} has no "
+                       "annotations (its json has no \"annotations\" list) to score the detections against")
     return results or {}
 
 
@@ -142,6 +153,64 @@ def selection_quality_enabled(cfg) -> bool:
     return enabled
 
 
+def check_evaluation_datasets(cfg):
+    """Raises ConfigError (one line) unless the test loader and the evaluator name one and the same dataset: a test
+    set of no name, or a list of several (detectron2's COCOEvaluator scores one dataset, and one given as a list is
+    looked up as a name), or an evaluator scoring another dataset than the one run through the model (its
+    detections were silently scored against the other set's annotations: AP 0.0 for trees_val against
+    trees_train's)."""
+    dataset = cfg.dataloader.test.get("dataset", None)
+    names = dataset.get("names", None) if isinstance(dataset, DictConfig) else None
+    if isinstance(names, (list, ListConfig)) and len(names) == 0:
+        raise ConfigError("dataloader.test.dataset.names is empty: name the test set, e.g. "
+                          "dataloader.test.dataset.names=trees_val")
+    evaluator = cfg.dataloader.get("evaluator", None)
+    scored = evaluator.get("dataset_name", None) if isinstance(evaluator, DictConfig) else None
+    if scored is None:
+        return
+    if not isinstance(scored, str):
+        scored = list(scored)
+        several = f"lists {len(scored)} datasets" if len(scored) != 1 else "is a list"
+        raise ConfigError(f"dataloader.evaluator.dataset_name {several} ({', '.join(map(str, scored))}): COCO "
+                          "evaluation scores one dataset, named as a string (e.g. dataloader.test.dataset.names="
+                          f"{scored[0] if scored else 'NAME'}); evaluate each test set with its own command")
+    tested = _dataset_names_in(dataset) if dataset is not None else []
+    if tested and tested != [scored]:
+        raise ConfigError(f"dataloader.evaluator.dataset_name is {scored} but the test loader reads "
+                          f"{', '.join(tested)}: the detections would be scored against {scored}'s annotations; "
+                          "name one dataset in both (the configs' evaluator follows dataloader.test.dataset.names)")
+
+
+def check_same_classes(train_node, test_node):
+    """Raises ConfigError (one line) when the datasets of a training loader and of a test loader name their classes
+    differently (other names, or another order): the model's class i, learnt as the training set's i-th class,
+    would be scored as the test set's i-th. Datasets without class names are not compared."""
+    def classes(names):
+        found = {}
+        for name in names:
+            thing_classes = MetadataCatalog.get(name).get("thing_classes", None)
+            if thing_classes is not None:
+                found[name] = list(thing_classes)
+        return found
+
+    trained, tested = classes(_dataset_names_in(train_node)), classes(_dataset_names_in(test_node))
+    for train_name, train_classes in trained.items():
+        for test_name, test_classes in tested.items():
+            if test_classes != train_classes:
+                index = next((i for i, (a, b) in enumerate(zip(train_classes, test_classes)) if a != b),
+                             min(len(train_classes), len(test_classes)))
+                raise ConfigError(
+                    f"the training set {train_name} and the test set {test_name} name their classes differently: "
+                    f"class {index} is {_class_at(train_classes, index)} in {train_name} and "
+                    f"{_class_at(test_classes, index)} in {test_name}; the model's classes would be scored as the "
+                    "test set's classes of the same index (give both jsons the same categories, in the same order)"
+                )
+
+
+def _class_at(classes, index):
+    return repr(classes[index]) if index < len(classes) else "missing"
+
+
 def check_model_classes(model, dataloader_node):
     """Raises ValueError when the datasets a loader config names have another number of classes than ``model``
     (models without a ``num_classes`` attribute are not checked) or an inconsistent COCO json (duplicate ids, ...)."""
@@ -165,9 +234,9 @@ def _nan_as_null(value):
 def write_eval_results(path, results):
     """Writes the results dict of :func:`evaluate` to ``path`` as standard JSON: a metric COCO leaves undefined (NaN,
     e.g. APl without large objects) is ``null``, which every JSON reader parses (a bare ``NaN`` is Python's
-    extension)."""
-    with open(path, "w") as f:
-        json.dump(_nan_as_null(results), f, indent=2, allow_nan=False)
+    extension), atomically."""
+    text = json.dumps(_nan_as_null(results), indent=2, allow_nan=False)
+    atomic_write(path, lambda f: f.write(text), mode="w")  # never a torn file, whenever the process dies
 
 
 def read_eval_results(path):

@@ -15,7 +15,8 @@ from .agreement import ProcessFailed
 from .checkpoint import AtomicDetectionCheckpointer
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line, user_errors_without_tracebacks
 from .config import ConfigError
-from .evaluation import check_model_classes, evaluate, write_eval_results
+from .evaluation import (check_evaluation_datasets, check_model_classes, check_same_classes, evaluate,
+                         write_eval_results)
 from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state,
                     schedule_change_warning)
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
@@ -133,7 +134,9 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     check_model_classes(model, cfg.dataloader.train)
     evaluates = cfg.dataloader.get("evaluator", None) is not None
     if evaluates:  # the final evaluation runs whatever train.eval_period
+        check_evaluation_datasets(cfg)
         check_model_classes(model, cfg.dataloader.test)
+        check_same_classes(cfg.dataloader.train, cfg.dataloader.test)
     model = wrap_ddp(model, cfg, device)
 
     amp_dtype = training_amp_dtype(cfg, device)
@@ -306,6 +309,7 @@ def run_evaluation(cfg, resume=False):
     model = build_model(cfg, device)
     if cfg.dataloader.get("evaluator", None) is not None:
         # before the weights: a class count that does not fit the data says so, not "the checkpoint does not fit"
+        check_evaluation_datasets(cfg)
         check_model_classes(model, cfg.dataloader.test)
     model = wrap_ddp(model, cfg, device)  # its set-up gives every process rank 0's weights (random ones differ)
     weights = cfg.train.init_checkpoint
@@ -323,8 +327,13 @@ def run_evaluation(cfg, resume=False):
         if comm.is_main_process():  # the log scrolls by; this is what the numbers mean
             print(f"warning: {message}", file=sys.stderr)
     load_inference_weights(model, cfg, weights)
+    results_path = os.path.join(cfg.train.output_dir, "eval_results.json") if cfg.train.output_dir else None
+    if comm.is_main_process() and results_path and os.path.isfile(results_path):
+        # an earlier evaluation's results must not outlive an interrupted or failed one next to this config.yaml
+        os.remove(results_path)
+        logger.info(f"Removed the earlier {results_path}: this evaluation replaces it")
     results = evaluate(cfg, model)
     if comm.is_main_process() and cfg.train.output_dir:
         os.makedirs(cfg.train.output_dir, exist_ok=True)
-        write_eval_results(os.path.join(cfg.train.output_dir, "eval_results.json"), results)
+        write_eval_results(results_path, results)
     return results

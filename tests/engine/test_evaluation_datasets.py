@@ -1,0 +1,88 @@
+"""What is evaluated is what was run through the model: the test loader and the evaluator name one and the same
+dataset, the training and test sets name their classes alike, a test set without annotations says that it gives no
+AP, and an earlier eval_results.json does not outlive a new evaluation that stopped."""
+import json
+
+import pytest
+
+from cli_output import error_lines, logged_warnings
+from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
+
+
+@pytest.fixture(scope="module")
+def other_toy_datasets(tmp_path_factory):
+    """A second toy set with the same class, one whose class has another name, and one without "annotations"."""
+    from toy_detector import register_edited_toy_dataset, register_toy_dataset
+
+    def rename_class(coco):
+        coco["categories"] = [{"id": 1, "name": "crate"}]
+
+    root = tmp_path_factory.mktemp("other_toys")
+    register_toy_dataset("focus_detr_toy_other", str(root / "other"))
+    register_edited_toy_dataset("focus_detr_toy_crates", str(root / "crates"), rename_class)
+    register_edited_toy_dataset("focus_detr_toy_unlabelled", str(root / "unlabelled"), lambda coco: coco.pop("annotations"))
+    return root
+
+
+def _eval_only(train_net, output, *overrides):
+    return train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={output}", *overrides])
+
+
+@pytest.mark.parametrize("override, message", [
+    # scored against the other set's annotations: AP 0.0, status 0
+    ("dataloader.evaluator.dataset_name=focus_detr_toy_other",
+     "dataloader.evaluator.dataset_name is focus_detr_toy_other but the test loader reads focus_detr_toy: the "
+     "detections would be scored against focus_detr_toy_other's annotations"),
+    # KeyError tracebacks from the catalogs
+    ("dataloader.test.dataset.names=[focus_detr_toy,focus_detr_toy_other]",
+     "dataloader.evaluator.dataset_name lists 2 datasets (focus_detr_toy, focus_detr_toy_other): COCO evaluation "
+     "scores one dataset"),
+    ("dataloader.test.dataset.names=[focus_detr_toy]", "dataloader.evaluator.dataset_name is a list (focus_detr_toy)"),
+    ("dataloader.test.dataset.names=[]", "dataloader.test.dataset.names is empty: name the test set"),
+])
+def test_the_evaluator_scores_the_dataset_the_model_ran_on(train_net, toy_dataset, other_toy_datasets, tmp_path,
+                                                           capsys, override, message):
+    assert _eval_only(train_net, tmp_path, override) == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and errors[0].startswith(f"error: {message}"), errors
+
+
+def test_training_refuses_a_test_set_whose_classes_are_named_otherwise(train_net, toy_dataset, other_toy_datasets,
+                                                                       tmp_path, capsys):
+    # the model's class 0, learnt as "box", was scored as the test set's "crate" without a word
+    code = train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}",
+                          "dataloader.test.dataset.names=focus_detr_toy_crates"])
+    assert code == 2
+    assert error_lines(capsys.readouterr().err) == [
+        "error: the training set focus_detr_toy and the test set focus_detr_toy_crates name their classes "
+        "differently: class 0 is 'box' in focus_detr_toy and 'crate' in focus_detr_toy_crates; the model's classes "
+        "would be scored as the test set's classes of the same index (give both jsons the same categories, in the "
+        "same order)"
+    ]
+    assert not list(tmp_path.glob("model_*.pth"))  # refused before the first step
+
+
+def test_a_test_set_without_annotations_says_it_gives_no_ap(train_net, toy_dataset, other_toy_datasets, tmp_path):
+    # only detectron2's INFO line "Annotations are not available for evaluation." said so; status 0
+    with logged_warnings("focus_detr.engine.evaluation") as warnings:
+        assert _eval_only(train_net, tmp_path, "dataloader.test.dataset.names=focus_detr_toy_unlabelled") == 0
+    assert warnings == ["No COCO metric: the test set ['focus_detr_toy_unlabelled'] has no annotations (its json has "
+                        "no \"annotations\" list) to score the detections against"]
+
+
+def test_an_evaluation_that_stops_leaves_no_earlier_results_behind(train_net, toy_dataset, tmp_path, monkeypatch):
+    # an interrupted --eval-only left the previous model's AP next to a config.yaml naming the new weights
+    import focus_detr.engine.runner as runner
+
+    assert _eval_only(train_net, tmp_path) == 0
+    results = tmp_path / "eval_results.json"
+    assert "bbox" in json.loads(results.read_text())
+
+    def interrupted(cfg, model):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_net.main(train_net.parse_args(["--config-file", TOY_CONFIG, "--eval-only",
+                                             f"train.output_dir={tmp_path}"]))
+    assert not results.exists() and not list(tmp_path.glob(".eval_results.json.*"))

@@ -30,6 +30,7 @@ from torch.multiprocessing import ProcessExitedException
 
 from focus_detr.engine import (
     ConfigError,
+    check_before_setup,
     check_datasets_registered,
     end_process_group,
     load_config,
@@ -56,6 +57,7 @@ def main(args, cfg=None):
     names the checkpoint and ``args.resume_command``, by default this process's command line with ``--resume``)."""
     if cfg is None:
         cfg = load_config(args.config_file, args.opts)
+    check_before_setup(cfg, resume=args.resume, eval_only=args.eval_only)  # before config.yaml is overwritten
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="focus_detr")
     if args.eval_only:

@@ -44,6 +44,7 @@ import os
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -52,6 +53,7 @@ from detectron2.data import MetadataCatalog
 from focus_detr.analysis.inputs import synthetic_inputs
 from focus_detr.engine import build_model, check_datasets_registered, check_output_dir, load_config
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+from focus_detr.engine.checkpoint import atomic_write
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.predictor import input_format
 from focus_detr.engine.runner import load_inference_weights
@@ -257,24 +259,34 @@ def clear_earlier_export(folder):
 
 
 def export(model, cfg, args, init_checkpoint):
-    """Writes DIR/model.onnx and DIR/model.json (after :func:`clear_earlier_export`); returns the graph's path and the
-    traced sample."""
-    clear_earlier_export(args.output)
+    """Writes DIR/model.onnx and DIR/model.json, replacing an earlier export only once both are complete (see
+    :func:`clear_earlier_export`); returns the graph's path and the traced sample."""
     path = os.path.join(args.output, "model.onnx")
     sample = synthetic_inputs(*args.sample_size)[0]
-    seconds = export_onnx(model, path, sample["image"], args.opset, args.msda_form)
-    check_graph(path)
-    metadata = export_metadata(model, args.opset, args.msda_form, input_format(cfg), _class_names(cfg))
-    metadata.update(
-        config_file=args.config_file,
-        overrides=list(args.opts),
-        init_checkpoint=init_checkpoint,
-        sample_size=list(args.sample_size),
-        export_seconds=round(seconds, 1),
-        file_size_mib=round(os.path.getsize(path) / 2**20, 1),
-    )
-    with open(os.path.join(args.output, "model.json"), "w") as f:
-        json.dump(metadata, f, indent=2)
+    # traced into a name of its own: an interrupted or failed export leaves the earlier graph (and what was written
+    # about it) as it was, and two exports into one folder do not write into one file
+    handle, partial = tempfile.mkstemp(prefix=".model.", suffix=".onnx.partial", dir=args.output)
+    os.close(handle)
+    try:
+        seconds = export_onnx(model, partial, sample["image"], args.opset, args.msda_form)
+        check_graph(partial)
+        metadata = export_metadata(model, args.opset, args.msda_form, input_format(cfg), _class_names(cfg))
+        metadata.update(
+            config_file=args.config_file,
+            overrides=list(args.opts),
+            init_checkpoint=init_checkpoint,
+            sample_size=list(args.sample_size),
+            export_seconds=round(seconds, 1),
+            file_size_mib=round(os.path.getsize(partial) / 2**20, 1),
+        )
+        clear_earlier_export(args.output)
+        os.chmod(partial, 0o644)  # mkstemp made it private
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    text = json.dumps(metadata, indent=2)
+    atomic_write(os.path.join(args.output, "model.json"), lambda f: f.write(text), mode="w")
     print(f"wrote {path} ({metadata['file_size_mib']} MiB, exported in {seconds:.1f} s, opset {args.opset}, "
           f"MSDA as {args.msda_form}) and model.json")
     return path, sample

@@ -146,11 +146,26 @@ def test_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoint(train
     assert "Evaluation results" not in (out / "log.txt").read_text() and not (out / "eval_results.json").exists()
 
 
+def test_evaluating_a_missing_weights_file_leaves_the_folder_s_config_as_it_was(train_net, toy_dataset, capsys,
+                                                                                tmp_path):
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}"]) == 0
+    capsys.readouterr()
+    config = (tmp_path / "config.yaml").read_bytes()
+    missing = tmp_path / "nowhere.pth"
+    assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path}",
+                          f"train.init_checkpoint={missing}"]) == 2
+    assert error_lines(capsys.readouterr().err) == [f"error: checkpoint not found: {missing}"]
+    assert (tmp_path / "config.yaml").read_bytes() == config  # it named the missing file
+
+
 def test_resume_of_a_finished_run_says_there_is_nothing_to_do(train_net, toy_dataset, capsys, tmp_path):
     common = ["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}"]
     assert train_net.cli(common) == 0
     capsys.readouterr()
-    assert train_net.cli(common + ["--resume"]) == 2
+    record = {name: (tmp_path / name).read_bytes() for name in ("config.yaml", "log.txt")}
+    assert train_net.cli(common + ["--resume", "optimizer.lr=0.5"]) == 2
+    # refused before detectron2's set-up: the finished run's config and log are as they were (the config said lr 0.5)
+    assert {name: (tmp_path / name).read_bytes() for name in record} == record
     assert error_lines(capsys.readouterr().err) == [
         f"error: nothing to resume in {tmp_path}: its last checkpoint is at iteration 10 and train.max_iter is 10; "
         "raise train.max_iter to train longer (the learning-rate schedule's milestones, fractions of train.max_iter, "

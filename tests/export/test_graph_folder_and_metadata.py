@@ -41,6 +41,28 @@ def test_a_new_export_removes_what_was_written_about_the_earlier_graph(export_to
     assert metadata["overrides"] == ["model.num_classes=3"] and metadata["init_checkpoint"] == ""
 
 
+def test_an_export_that_stops_leaves_the_earlier_export_whole(export_tool, tmp_path, monkeypatch):
+    # an interrupted re-export had removed the earlier graph's evaluation and kept its graph; traced in place, a
+    # torn model.onnx could sit next to the earlier model.json
+    output = tmp_path / "onnx"
+    output.mkdir()
+    earlier = {"model.onnx": "the earlier graph", "model.json": "{}", "evaluation.json": "{}"}
+    for name, text in earlier.items():
+        (output / name).write_text(text)
+
+    def interrupted_trace(model, path, *args):
+        with open(path, "wb") as f:
+            f.write(b"half a graph")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_tool, "export_onnx", interrupted_trace)
+    with pytest.raises(KeyboardInterrupt):
+        export_tool.main(export_tool.parse_args([
+            "--config-file", str(TINY_CONFIG), "--output", str(output), "--sample-size", "160", "192",
+            "--threads", "1"]))
+    assert {p.name: p.read_text() for p in output.iterdir()} == earlier
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"input": "RGB"}, 'has input = "RGB", not a json object'),
     ({"input": {"format": 3}}, "has input.format = 3, not a str"),

@@ -12,7 +12,7 @@ from .output_lock import OutputDirInUseError, OutputDirLock, claim_output_dir
 from .predictor import FocusDETRPredictor
 from .precision import amp_autocast, inference_amp_dtype, resolve_amp_dtype, training_amp_dtype
 from .rng import capture_rng_state, isolated_rng, restore_rng_state
-from .runner import build_model, end_process_group, run_evaluation, run_training, wrap_ddp
+from .runner import build_model, check_before_setup, end_process_group, run_evaluation, run_training, wrap_ddp
 from .settings import check_output_dir, require_sections, resolve_device
 from .train_loader import ResumableTrainLoader, build_resumable_train_loader
 from .trainer import DetrTrainer
@@ -37,6 +37,7 @@ __all__ = [
     "build_model",
     "build_resumable_train_loader",
     "capture_rng_state",
+    "check_before_setup",
     "check_datasets_registered",
     "check_output_dir",
     "check_override_keys",

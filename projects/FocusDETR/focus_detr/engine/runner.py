@@ -12,6 +12,7 @@ from detectron2.engine import create_ddp_model, default_writers, hooks
 from detectron2.utils import comm
 
 from .agreement import ProcessFailed
+from ..checkpoint.safe_load import missing_checkpoint_error
 from .checkpoint import AtomicDetectionCheckpointer
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line, user_errors_without_tracebacks
 from .config import ConfigError
@@ -29,7 +30,7 @@ from .cuda_graphs import inference_cuda_graphs
 from .precision import inference_amp_dtype, training_amp_dtype
 from .trainer import DataLoadingFailed, DetrTrainer, StepOutOfMemory, TrainingDiverged
 
-__all__ = ["build_model", "end_process_group", "load_inference_weights", "run_training", "run_evaluation", "wrap_ddp"]
+__all__ = ["build_model", "check_before_setup", "end_process_group", "load_inference_weights", "run_training", "run_evaluation", "wrap_ddp"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,11 +199,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         if changes:
             logger.warning(f"Resuming with the config's optimizer settings, not the checkpoint's: {', '.join(changes)}")
         if start_iter >= cfg.train.max_iter:
-            raise ConfigError(
-                f"nothing to resume in {cfg.train.output_dir}: its last checkpoint is at iteration {start_iter} and "
-                f"train.max_iter is {cfg.train.max_iter}; raise train.max_iter to train longer (the learning-rate "
-                "schedule's milestones, fractions of train.max_iter, move with it)"
-            )
+            raise _nothing_to_resume(cfg, start_iter)
         schedule_change = schedule_change_warning(lr_multiplier, extra.get("max_iter"), cfg.train.max_iter, start_iter,
                                                   resumed_multiplier)
         if schedule_change:
@@ -241,6 +238,43 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         raise TrainingInterrupted(number, where, cfg.train.max_iter, last_saved, saved_now=saved_now,
                                   command=resume_command) from None
     return trainer
+
+
+def _nothing_to_resume(cfg, start_iter):
+    return ConfigError(
+        f"nothing to resume in {cfg.train.output_dir}: its last checkpoint is at iteration {start_iter} and "
+        f"train.max_iter is {cfg.train.max_iter}; raise train.max_iter to train longer (the learning-rate "
+        "schedule's milestones, fractions of train.max_iter, move with it)"
+    )
+
+
+def check_before_setup(cfg, resume=False, eval_only=False):
+    """The refusals that need no model, made before detectron2's set-up writes ``config.yaml`` and ``log.txt`` into
+    ``train.output_dir``, so that a refused command leaves a finished run's record as it was: a resume of a run that
+    is complete, an evaluation of a weights file that does not exist. (The same checks run again later, with the
+    model, for callers that skip this one.)"""
+    if eval_only:
+        weights = cfg.train.get("init_checkpoint", "")
+        if not resume and weights and "://" not in weights and not os.path.isfile(weights):
+            raise missing_checkpoint_error(weights)
+        return
+    if resume:
+        start_iter = _resume_iteration(cfg.train.output_dir)
+        if start_iter is not None and start_iter >= cfg.train.max_iter:
+            raise _nothing_to_resume(cfg, start_iter)
+
+
+def _resume_iteration(output_dir):
+    """The iteration a resume from ``output_dir`` starts at (its tagged checkpoint's iteration + 1), or None when
+    that cannot be told cheaply (no checkpoint, an unreadable or foreign one: the resume itself reports those)."""
+    try:
+        with open(os.path.join(output_dir, "last_checkpoint")) as f:
+            path = os.path.join(output_dir, f.read().strip())
+        # memory-mapped: the weights are not read, only the small records
+        iteration = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("iteration")
+    except Exception:  # noqa: BLE001 (anything unreadable is left to the resume, which names it)
+        return None
+    return iteration + 1 if isinstance(iteration, int) and not isinstance(iteration, bool) else None
 
 
 def _lr_multiplier_of(optimizer):

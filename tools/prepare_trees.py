@@ -11,6 +11,7 @@ import sys
 import time
 
 from focus_detr.data.trees import build_trees_cache, default_cache_dir, download_source_wheel, ensure_trees_cache
+from focus_detr.engine.cli import run_reporting_errors
 
 
 def format_stats(manifest: dict) -> str:
@@ -41,4 +42,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # errors in one line; SIGTERM / SIGHUP interrupt like Ctrl-C, so a build's temporary folder is removed
+    sys.exit(run_reporting_errors(main))

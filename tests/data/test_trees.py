@@ -243,3 +243,21 @@ def test_cache_folder_has_the_usual_permissions(tmp_path, wheel_path):
     os.umask(umask)
     build_trees_cache(tmp_path / "trees", wheel_path)
     assert stat.S_IMODE((tmp_path / "trees").stat().st_mode) == 0o777 & ~umask  # not private to its creator
+
+
+def test_a_build_stopped_by_sigterm_leaves_no_temporary_folder(wheel_path, tmp_path, monkeypatch, capsys):
+    # tools/prepare_trees.py ended silently on SIGTERM / SIGHUP and left a .trees.tmp-* folder (up to 16 MB) each time
+    import signal
+    import time
+
+    import focus_detr.data.trees as trees
+    from focus_detr.engine.cli import run_reporting_errors
+
+    def stopped_midway(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the signal interrupts this
+
+    monkeypatch.setattr(trees, "_write_split", stopped_midway)
+    assert run_reporting_errors(trees.build_trees_cache, tmp_path / "trees", wheel_path) == 143
+    assert capsys.readouterr().err == "interrupted by SIGTERM\n"
+    assert list(tmp_path.iterdir()) == []

@@ -171,3 +171,25 @@ def test_resume_of_a_finished_run_says_there_is_nothing_to_do(train_net, toy_dat
         "raise train.max_iter to train longer (the learning-rate schedule's milestones, fractions of train.max_iter, "
         "move with it)"
     ]
+
+
+@pytest.mark.parametrize("signal_name, status", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_a_tool_stopped_by_sigterm_or_sighup_says_so_and_cleans_up(capsys, signal_name, status):
+    # every tool but train_net ended silently on these (status -15 / -1), skipping its clean-up: a data build left
+    # its temporary folder behind
+    import signal
+
+    cleaned = []
+
+    def tool():
+        try:
+            os.kill(os.getpid(), getattr(signal, signal_name))
+            signal.pause() if hasattr(signal, "pause") else None
+        finally:
+            cleaned.append(True)
+
+    previous = signal.getsignal(getattr(signal, signal_name))
+    assert run_reporting_errors(tool) == status
+    assert capsys.readouterr().err == f"interrupted by {signal_name}\n"
+    assert cleaned == [True]
+    assert signal.getsignal(getattr(signal, signal_name)) == previous  # restored for whatever runs next

@@ -10,6 +10,7 @@ import sys
 import torch
 
 from ..data import TreesCacheError
+from .interrupt import stop_signals_interrupt
 
 __all__ = [
     "DATA_WORKER_DIED",
@@ -141,9 +142,11 @@ def report_interruption(interrupt):
 def run_reporting_errors(function, *args, **kwargs):
     """Calls ``function``; returns its exit status (its result when an int, else 0), or prints
     ``error: <one line>`` to stderr and returns 2 for user errors, or prints one line and returns 130 (or the
-    interruption's own status) for Ctrl-C. Other exceptions (bugs) propagate with their traceback."""
+    interruption's own status) for Ctrl-C, and likewise 143 / 129 for SIGTERM / SIGHUP, which would otherwise end the
+    process silently, skipping its clean-up (a data build's temporary folder stayed). Other exceptions (bugs)
+    propagate with their traceback."""
     try:
-        with user_errors_without_tracebacks():
+        with stop_signals_interrupt(), user_errors_without_tracebacks():
             result = function(*args, **kwargs)
     except KeyboardInterrupt as interrupt:
         return report_interruption(interrupt)

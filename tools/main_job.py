@@ -4,15 +4,28 @@ CPU, evaluate COCO AP on ``trees_val`` next to a trivial baseline, draw detectio
 curves, and print where everything is.
 
     python tools/main_job.py                      # ~10 minutes on 2 CPU cores
-    python tools/main_job.py --resume             # continue an interrupted run from its last checkpoint
     python tools/main_job.py --output output/mine # a folder of your choice (an earlier run there is refused)
+    python tools/main_job.py --output output/mine --resume  # finish an interrupted job there
     python tools/main_job.py train.max_iter=1200  # any config override
+
+Stopped by Ctrl-C (or SIGTERM), the job ends with one line naming the command that finishes it: the same command with
+``--output FOLDER --resume``. ``--resume`` continues training from the folder's last checkpoint; when training there
+is already complete (its last checkpoint is at ``train.max_iter``), it goes on with what is left: the evaluation, the
+pictures, the curves and the summary. A job whose training is complete and whose summary is written is finished:
+``--resume`` refuses it (raise ``train.max_iter`` to train it longer).
+
+Without ``--output``, a new job goes to ``output/main_job``, or ``output/main_job-2``, ``-3``, ... when that one
+holds a run; ``--resume`` picks the one of those folders whose job is unfinished (no ``main_job_summary.json``), and
+refuses, naming them, when there are none or several (then give ``--output``).
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import importlib.util
 import json
 import os
+import re
+import shlex
+import signal
 import sys
 import time
 
@@ -21,6 +34,7 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
 DEFAULT_OUTPUT = os.path.join("output", "main_job")
+SUMMARY = "main_job_summary.json"
 
 
 def _load_script(relative_path, name):
@@ -45,34 +59,118 @@ def _count(least):
     return parse
 
 
-def parse_args(argv=None):
-    from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+def _parser():
+    from focus_detr.engine.arguments import add_overrides_argument
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE")
     parser.add_argument(
         "--output", default=None, metavar="DIR",
         help=f"default: {DEFAULT_OUTPUT}, or {DEFAULT_OUTPUT}-2, -3, ... when it holds an earlier run (with --resume: "
-        "the newest of them)",
+        "the one of them whose job is unfinished)",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
+    parser.add_argument("--resume", action="store_true",
+                        help="finish the job in --output: continue its training from the last checkpoint, then "
+                        "evaluate, draw and summarise (training already complete: only those)")
     parser.add_argument("--demo-images", type=_count(1), default=2,
                         help="validation images to draw (at least 1; the first ones of the set)")
     parser.add_argument("--threads", type=_count(0), default=0, help="CPU threads (0: all cores)")
     add_overrides_argument(parser)
-    return parse_args_with_overrides(parser, argv)
+    return parser
+
+
+def parse_args(argv=None):
+    from focus_detr.engine.arguments import parse_args_with_overrides
+
+    return parse_args_with_overrides(_parser(), argv)
+
+
+def _invocation():
+    """How this script was started: the interpreter with its options and the script (``sys.orig_argv`` up to the
+    script), or this interpreter and this file when the job runs inside another program (tests)."""
+    argv = list(getattr(sys, "orig_argv", []))
+    script_at = len(argv) - len(sys.argv)
+    if sys.argv and script_at >= 0 and os.path.abspath(sys.argv[0]) == os.path.abspath(__file__):
+        return argv[: script_at + 1]
+    return [sys.executable, os.path.abspath(__file__)]
+
+
+def resume_command(args):
+    """The shell command that finishes the job of ``args`` (its folder named, whatever picked it): the way this
+    script was started, with ``--output FOLDER --resume``, the options given and the config overrides."""
+    defaults = _parser()
+    argv = _invocation()
+    if args.config_file != defaults.get_default("config_file"):
+        argv += ["--config-file", args.config_file]
+    argv += ["--output", args.output, "--resume"]
+    for option, key in (("--demo-images", "demo_images"), ("--threads", "threads")):
+        if getattr(args, key) != defaults.get_default(key):
+            argv += [option, str(getattr(args, key))]
+    return shlex.join(argv + list(args.opts))
 
 
 def _dataset_name(names):
     return names if isinstance(names, str) else names[0]
 
 
+def _job_folders(base):
+    """The folders ``base``, ``base-2``, ``base-3``, ... that exist, in that order."""
+    parent, name = os.path.split(base)
+    try:
+        entries = os.listdir(parent or ".")
+    except OSError:
+        return []
+    pattern = re.compile(re.escape(name) + r"(?:-([2-9]|[1-9]\d+))?")
+    numbered = [(int(match.group(1) or 1), entry) for entry in entries if (match := pattern.fullmatch(entry))]
+    return [os.path.join(parent, entry) for _, entry in sorted(numbered) if os.path.isdir(os.path.join(parent, entry))]
+
+
 def default_output(resume, base=DEFAULT_OUTPUT):
-    """``base``, or ``base-2``, ``base-3``, ... : without ``resume`` the first that holds no run (so running the job
-    again never touches an earlier run's results), with ``resume`` the one before it (the newest run)."""
-    candidates = [base] + [f"{base}-{n}" for n in range(2, 10_000)]
-    first_free = next(i for i, folder in enumerate(candidates) if not os.path.exists(os.path.join(folder, "last_checkpoint")))
-    return candidates[max(first_free - 1, 0)] if resume else candidates[first_free]
+    """Without ``resume``: ``base``, or ``base-2``, ``base-3``, ... , the first that holds no run (no checkpoint), so
+    running the job again never touches an earlier run's results. With ``resume``: the one of the existing folders
+    ``base``, ``base-N`` whose job is unfinished (no summary written: interrupted in training or after it, or before
+    its first checkpoint); none or several is a ConfigError naming them (the job to finish is then given with
+    ``--output``): continuing the wrong run, or a finished one, is never guessed."""
+    from focus_detr.engine.config import ConfigError
+
+    if not resume:
+        candidates = [base] + [f"{base}-{n}" for n in range(2, 10_000)]
+        return next(folder for folder in candidates if not os.path.exists(os.path.join(folder, "last_checkpoint")))
+    folders = _job_folders(base)
+    unfinished = [folder for folder in folders if not os.path.isfile(os.path.join(folder, SUMMARY))]
+    if len(unfinished) == 1:
+        return unfinished[0]
+    if unfinished:
+        raise ConfigError(f"--resume: several main jobs are unfinished ({', '.join(unfinished)}): name the one to "
+                          "finish with --output")
+    if folders:
+        raise ConfigError(f"--resume: nothing to resume, every main job is finished ({', '.join(folders)}); to train "
+                          "one longer: --output FOLDER --resume train.max_iter=N (more than before)")
+    raise ConfigError(f"--resume: nothing to resume, no main job folder {base} (or {base}-2, ...) exists; run "
+                      "without --resume to start one")
+
+
+def _complete_training(output, max_iter):
+    """The checkpoint that ``output``'s ``last_checkpoint`` names when it holds a run trained to ``max_iter``, else
+    None (no checkpoint, an unreadable one: training resumes and sorts that out)."""
+    from focus_detr.engine.runner import resume_point
+
+    point = resume_point(output)
+    return point[0] if point is not None and point[1] >= max_iter else None
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """The job stopped on a signal outside training's own stop (which says how to resume itself): ``str()`` is the
+    line to show, ``exit_status`` 128 + the signal number."""
+
+    def __init__(self, message, signal_number):
+        self.signal_number = signal_number
+        self.exit_status = 128 + signal_number
+        super().__init__(message)
+
+
+def _signal_name(interrupt):
+    return signal.Signals(getattr(interrupt, "signal_number", None) or signal.SIGINT).name
 
 
 def main(args):
@@ -82,21 +180,54 @@ def main(args):
 
     if args.output is None:
         args.output = default_output(args.resume)
-        if args.output != DEFAULT_OUTPUT and not args.resume:
+        if args.resume:
+            print(f"[main job] resuming the unfinished job in {args.output}", flush=True)
+        elif args.output != DEFAULT_OUTPUT:
             print(f"[main job] {DEFAULT_OUTPUT} holds an earlier run: this one goes to {args.output}", flush=True)
     with claim_output_dir(os.path.abspath(args.output), key="--output", fresh_training=not args.resume):
         return _run_job(args)
 
 
 def _run_job(args):
+    """The job's steps; a Ctrl-C / SIGTERM in any of them ends with one line naming :func:`resume_command`."""
+    from focus_detr.engine.interrupt import TrainingFinishedInterrupted, TrainingInterrupted
+
+    command = resume_command(args)
+    progress = {"stage": "after its training", "trained": False}
+    try:
+        return _steps(args, command, progress)
+    except TrainingInterrupted:  # stopped in training: its line names the checkpoint and ``command``
+        raise
+    except TrainingFinishedInterrupted as interrupt:  # its line would name train_net's --eval-only, not this job
+        raise JobInterrupted(_finish_line(args, interrupt, "at the end of its training", command),
+                             interrupt.signal_number) from None
+    except KeyboardInterrupt as interrupt:  # a plain Ctrl-C, or SIGTERM / SIGHUP (SignalInterrupt)
+        number = getattr(interrupt, "signal_number", None) or signal.SIGINT
+        if progress["trained"]:
+            message = _finish_line(args, interrupt, progress["stage"], command)
+        else:
+            message = (f"main job stopped by {_signal_name(interrupt)} while setting up its training in "
+                       f"{os.path.abspath(args.output)}; continue it with: {command}")
+        raise JobInterrupted(message, number) from None
+
+
+def _finish_line(args, interrupt, stage, command):
+    return (f"training finished (checkpoint in {os.path.abspath(args.output)}); {_signal_name(interrupt)} stopped the "
+            f"main job {stage}; finish the job (evaluation, pictures, summary) without retraining with: "
+            f"{command}")
+
+
+def _steps(args, command, progress):
     from detectron2.data import DatasetCatalog
 
     from focus_detr.analysis.baseline import evaluate_grid_baseline
     from focus_detr.analysis.training_curves import plot_training_curves, read_metrics
-    from focus_detr.engine import check_datasets_registered, load_config
+    from focus_detr.engine import atomic_write, check_datasets_registered, load_config
+    from focus_detr.engine.config import ConfigError
 
     torch.set_num_threads(args.threads if args.threads > 0 else (os.cpu_count() or 1))
     output = os.path.abspath(args.output)
+    summary_path = os.path.join(output, SUMMARY)
     overrides = [f"train.output_dir={output}", *args.opts]
     cfg = load_config(args.config_file, overrides)  # registers the tree data (or names the command that builds it)
     check_datasets_registered(cfg.dataloader)
@@ -104,23 +235,42 @@ def _run_job(args):
     val_set = _dataset_name(cfg.dataloader.test.dataset.names)
 
     train_net = _load_script("train_net.py", "train_net")
-    started = time.time()
-    train_args = train_net.parse_args(
-        ["--config-file", args.config_file] + (["--resume"] if args.resume else []) + overrides
-    )
-    print(f"[main job] training {args.config_file} for {cfg.train.max_iter} iterations on "
-          f"{torch.get_num_threads()} CPU threads -> {output}", flush=True)
-    train_net.main(train_args)
-    train_minutes = (time.time() - started) / 60
+    complete = _complete_training(output, cfg.train.max_iter) if args.resume else None
+    if complete is not None and os.path.isfile(summary_path):
+        raise ConfigError(
+            f"nothing to resume in {output}: its job is finished (training at train.max_iter {cfg.train.max_iter}, "
+            f"summary {summary_path}); raise train.max_iter to train it longer, or start a new job without --resume"
+        )
+    train_minutes = None
+    if complete is not None:
+        print(f"[main job] training in {output} is complete ({complete}, train.max_iter {cfg.train.max_iter}): going "
+              "on with the evaluation, pictures and summary", flush=True)
+        final_checkpoint = complete
+    else:
+        if os.path.isfile(summary_path):  # a finished job trained longer: its summary no longer describes the model
+            os.remove(summary_path)
+        started = time.time()
+        train_args = train_net.parse_args(
+            ["--config-file", args.config_file] + (["--resume"] if args.resume else []) + overrides
+        )
+        train_args.resume_command = command  # names the folder, whatever picked it
+        print(f"[main job] training {args.config_file} for {cfg.train.max_iter} iterations on "
+              f"{torch.get_num_threads()} CPU threads -> {output}", flush=True)
+        train_net.main(train_args)
+        train_minutes = (time.time() - started) / 60
+        final_checkpoint = os.path.join(output, "model_final.pth")
+    progress["trained"] = True
 
-    final_checkpoint = os.path.join(output, "model_final.pth")
+    progress["stage"] = "during its evaluation"
     eval_args = train_net.parse_args(
         ["--config-file", args.config_file, "--eval-only", *overrides, f"train.init_checkpoint={final_checkpoint}"]
     )
     model_metrics = train_net.main(eval_args).get("bbox", {})
+    progress["stage"] = "during the baseline's evaluation"
     baseline_metrics, box_size = evaluate_grid_baseline(train_set, val_set, os.path.join(output, "baseline"))
     baseline_metrics = baseline_metrics.get("bbox", {})
 
+    progress["stage"] = "while drawing the pictures"
     demo = _load_script(os.path.join("demo", "demo.py"), "focus_detr_demo")
     images = [record["file_name"] for record in DatasetCatalog.get(val_set)[: args.demo_images]]
     pictures_dir = os.path.join(output, "pictures")
@@ -129,12 +279,14 @@ def _run_job(args):
          "--opts", *overrides, f"train.init_checkpoint={final_checkpoint}"]
     ))
 
+    progress["stage"] = "while drawing the training curves"
     curves = plot_training_curves(read_metrics(os.path.join(output, "metrics.json")),
                                   os.path.join(output, "training_curves.png"))
 
     summary = {
         "config_file": args.config_file,
-        "train_minutes": train_minutes,
+        "train_minutes": train_minutes,  # None: training was complete before this run (--resume)
+        "resumed": bool(args.resume),
         "threads": torch.get_num_threads(),
         "val_dataset": val_set,
         "model": {k: model_metrics.get(k) for k in ("AP", "AP50", "AP75")},
@@ -144,14 +296,19 @@ def _run_job(args):
         "pictures": pictures,
         "training_curves": curves,
     }
-    with open(os.path.join(output, "main_job_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    progress["stage"] = "while writing the summary"
+    # whole or not at all: a summary marks the job finished (--resume refuses it)
+    atomic_write(summary_path, lambda f: json.dump(summary, f, indent=2), mode="w")
 
     def fmt(value):
         return "n/a" if value is None else f"{value:.1f}"
 
+    if train_minutes is None:
+        trained = "training completed by an earlier run"
+    else:
+        trained = f"{train_minutes:.1f} min of training{' in this run (resumed)' if args.resume else ''}"
     print("\n" + "=" * 78)
-    print(f"Focus-DETR main job: {train_minutes:.1f} min of training on {summary['threads']} CPU threads")
+    print(f"Focus-DETR main job: {trained} on {summary['threads']} CPU threads")
     print(f"COCO AP on {val_set}:  model AP {fmt(model_metrics.get('AP'))}  AP50 {fmt(model_metrics.get('AP50'))}   |   "
           f"trivial grid baseline AP {fmt(baseline_metrics.get('AP'))}  AP50 {fmt(baseline_metrics.get('AP50'))}")
     print(f"checkpoint:          {final_checkpoint}")
@@ -159,7 +316,7 @@ def _run_job(args):
     print(f"evaluation:          {os.path.join(output, 'eval_results.json')}")
     print(f"training curves:     {curves}  (losses, learning rate, AP; again: python tools/plot_metrics.py {output})")
     print(f"pictures:            {pictures_dir}/  ({len(pictures)} PNG files: *_detections, *_foreground, *_tokens)")
-    print(f"summary:             {os.path.join(output, 'main_job_summary.json')}")
+    print(f"summary:             {summary_path}")
     print("=" * 78)
     return summary
 

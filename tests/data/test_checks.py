@@ -1,6 +1,9 @@
 """Dataset checks: non-finite boxes are refused naming dataset, image and annotation id; a model's class count must
 match the dataset's; a COCO json's image and annotation ids and file names must each mean one thing."""
 import json
+import os
+import threading
+import time
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -167,6 +170,26 @@ def test_inconsistent_ids_in_the_json_are_one_line_naming_file_and_id(tmp_path, 
         check_dataset_jsons([name])
 
 
+@pytest.mark.parametrize("spelling", ["absolute", "linked_folder"])
+def test_one_image_file_listed_under_two_spellings_is_named(tmp_path, spelling):
+    """detectron2 joins the image root and the file name: "im0.png" and its absolute path, or the same file through a
+    linked folder, are one image trained on and scored twice."""
+    (tmp_path / "linked").symlink_to(tmp_path, target_is_directory=True)
+    other = {"absolute": str(tmp_path / "im0.png"), "linked_folder": "linked/im0.png"}[spelling]
+
+    def edit(coco):
+        _two_images(coco)
+        coco["images"][1]["file_name"] = other
+
+    name, json_file = _register_coco(tmp_path, "checks_spelling", edit)
+    with pytest.raises(ValueError) as error:
+        get_checked_dataset_dicts(name, filter_empty=False)
+    assert str(error.value) == (
+        f"dataset 'checks_spelling' ({json_file}): images 10 and 11 name one file, 'im0.png' and {other!r} (both "
+        f"{os.path.realpath(tmp_path / 'im0.png')}); list each image once (twice, it is trained on and scored twice)"
+    )
+
+
 def test_a_consistent_json_passes_and_a_rewritten_json_is_checked_again(tmp_path):
     name, json_file = _register_coco(tmp_path, "checks_ids_fixed", _two_images)
     check_dataset_jsons(name)
@@ -205,6 +228,39 @@ def test_a_json_file_that_is_not_json_is_named(tmp_path):
     assert str(error.value).startswith(f"dataset 'x' ({json_file}): not a readable json file: JSONDecodeError: ")
 
 
+def _unblock_a_reader(pipe, after_s, done):
+    """Opens ``pipe`` for writing and closes it once a reader waits on it after ``after_s`` seconds (the reader then
+    reads an empty file), unless ``done`` is set first: a check that reads a named pipe fails instead of hanging."""
+    deadline = time.monotonic() + after_s
+    while not done.wait(0.05):
+        if time.monotonic() < deadline:
+            continue
+        try:
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))  # fails while no reader has it open
+            return
+        except OSError:
+            pass
+
+
+def test_a_named_pipe_as_json_file_is_named_not_read(tmp_path):
+    """Reading a named pipe waits for a writer forever: a json path that is not a regular file is refused."""
+    pipe = tmp_path / "train.json"
+    os.mkfifo(pipe)
+    done = threading.Event()
+    unblocker = threading.Thread(target=_unblock_a_reader, args=(str(pipe), 5.0, done), daemon=True)
+    unblocker.start()
+    try:
+        with pytest.raises(ValueError) as error:
+            check_coco_json(str(pipe), what="dataset 'x'")
+    finally:
+        done.set()
+        unblocker.join()
+    assert str(error.value) == (
+        f"dataset 'x' ({pipe}): the json file is a named pipe (FIFO), not a regular file; name the COCO json file "
+        "itself"
+    )
+
+
 class _CountedId(int):
     """An id that counts the comparisons and hashes made with it."""
     uses = 0
@@ -226,7 +282,8 @@ def test_the_check_is_one_linear_pass():
         coco = {
             "images": [{"id": _CountedId(i), "file_name": f"{i}.png", "height": 8, "width": 8} for i in range(size)],
             "annotations": [
-                {"id": _CountedId(i), "image_id": _CountedId(i % size), "category_id": 1, "bbox": [1, 1, 2, 2]}
+                {"id": _CountedId(i), "image_id": _CountedId(i % size), "category_id": 1, "bbox": [1, 1, 2, 2],
+                 "area": 4}
                 for i in range(3 * size)
             ],
             "categories": _CATEGORIES,

@@ -5,11 +5,12 @@ silently turned into another). Boxes that training drops or clips while the COCO
 are legal, and warned about once per dataset."""
 import json
 import os
+import re
 import sys
 
 import pytest
 
-from focus_detr.data import check_dataset_jsons, get_checked_dataset_dicts, register_coco_dataset
+from focus_detr.data import check_dataset_jsons, check_evaluable, get_checked_dataset_dicts, register_coco_dataset
 from focus_detr.data.coco_json import coco_json_problem
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine"))
@@ -138,7 +139,55 @@ MALFORMED = {
     "iscrowd_two": (_first_annotation(iscrowd=2), "annotation id 100 of image_id 10 has iscrowd 2: iscrowd is 0 or 1"),
     "mixed_image_ids": (_string_image_id, "image ids mix numbers and strings (image id 10 and image id 'b'); give all "
                         "images ids of one kind, numbers as in COCO"),
+    # 1.0 is no category id to detectron2's id map; "not among the json's categories (ids 1)" only puzzled
+    "float_category_id": (_first_annotation(category_id=1.0), "annotation id 100 of image_id 10 has category_id 1.0, "
+                          "not an integer; give it the integer id of one of the json's categories (ids 1)"),
 }
+
+# pycocotools counts an object by its area, not its box: these lowered AP, made every metric NaN or failed the
+# evaluation after the whole inference
+AREA = "; give the object's area in pixels (its mask's, or width * height of its bbox for box-only data)"
+OUTSIDE_RANGE = ": COCO evaluation ignores objects whose area is outside 0 to 1e10, so this one would not count"
+BAD_AREA = {
+    "string_area": (_first_annotation(area="100"), f"annotation id 100 of {IMAGE} has area '100' (a string): an area "
+                    f"is a number{AREA}"),
+    "nan_area": (_first_annotation(area=float("nan")), f"annotation id 100 of {IMAGE} has area nan: an area is a "
+                 f"finite number{AREA}"),
+    "negative_area": (_first_annotation(area=-1), f"annotation id 100 of {IMAGE} has area -1{OUTSIDE_RANGE}{AREA}"),
+    "huge_area": (_first_annotation(area=1e11), f"annotation id 100 of {IMAGE} has area 100000000000.0"
+                  f"{OUTSIDE_RANGE}{AREA}"),
+}
+MALFORMED.update(BAD_AREA)
+
+# detectron2's loader stops with a traceback on these (an assertion, TypeErrors), though Focus-DETR reads none of them
+SEGMENTATION = "; fix the segmentation, or remove it for box-only data"
+DROPPED = (", where a polygon is a list of at least 6 numbers [x1, y1, x2, y2, x3, y3, ...]; detectron2 drops an "
+           "annotation without a valid polygon, box included, which the COCO evaluator still scores" + SEGMENTATION)
+MALFORMED.update({
+    "ignore": (_first_annotation(ignore=1), f"annotation id 100 of {IMAGE} has ignore 1, which detectron2's loader "
+               "does not support (an assertion); remove the field, or mark a region to ignore with iscrowd 1"),
+    "string_keypoint": (_first_annotation(keypoints=[3, "a", 2]), f"annotation id 100 of {IMAGE} has keypoints "
+                        "holding 'a' (a string) at #1: keypoints are a list of numbers [x1, y1, v1, x2, y2, v2, ...], "
+                        "and detectron2's loader fails on anything else; fix them, or remove them (Focus-DETR does not "
+                        "use them)"),
+    "rle_size": (_first_annotation(segmentation={"counts": [1, 2, 3], "size": [5]}), f"annotation id 100 of {IMAGE} "
+                 "has an RLE segmentation that detectron2's loader cannot read: its 'size' is [5], not [height, width] "
+                 f"(2 integers >= 0){SEGMENTATION}"),
+    "rle_counts": (_first_annotation(segmentation={"counts": [1, -2], "size": [30, 40]}), f"annotation id 100 of "
+                   f"{IMAGE} has an RLE segmentation that detectron2's loader cannot read: its 'counts' is [1, -2], "
+                   f"not a string or a list of integers from 0 to 2**32 - 1{SEGMENTATION}"),
+    # detectron2 silently drops these annotations, box included, which the evaluator still scores
+    "short_polygon": (_first_annotation(segmentation=[[5, 5, 15, 5]]), f"annotation id 100 of {IMAGE} has an invalid "
+                      f"segmentation: polygon #0 has 4 values{DROPPED}"),
+    "empty_polygon": (_first_annotation(segmentation=[[]]), f"annotation id 100 of {IMAGE} has an invalid "
+                      f"segmentation: polygon #0 has 0 values{DROPPED}"),
+    "odd_polygon": (_first_annotation(segmentation=[[5, 5, 15, 5, 15, 15, 5]]), f"annotation id 100 of {IMAGE} has an "
+                    f"invalid segmentation: polygon #0 has 7 values{DROPPED}"),
+    "string_in_polygon": (_first_annotation(segmentation=[[5, 5, 15, 5, 15, "15"]]), f"annotation id 100 of {IMAGE} "
+                          f"has an invalid segmentation: polygon #0 holds '15' (a string) at #5{DROPPED}"),
+    "string_segmentation": (_first_annotation(segmentation="5 5 15 5 15 15"), f"annotation id 100 of {IMAGE} has an "
+                            f"invalid segmentation: it is a string ('5 5 15 5 15 15'){DROPPED}"),
+})
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
@@ -166,12 +215,53 @@ def test_a_json_saved_with_a_bom_or_as_utf16_is_named_with_the_fix(tmp_path, enc
 def test_valid_fields_pass_including_sub_pixel_boxes_and_integral_float_sizes(tmp_path):
     def edit(coco):
         coco["images"][0].update(height=30.0, width=40.0)  # as some tools write them: detectron2 compares with ==
-        coco["annotations"][0]["bbox"] = [5.25, 5.5, 0.5, 0.25]  # tiny but inside the image: trained and scored
+        coco["annotations"][0].update(bbox=[5.25, 5.5, 0.5, 0.25], area=0.125)  # tiny but inside: trained and scored
+        # fields as COCO and its tools write them: a pixel-count area a little above a float box (rounding), polygons,
+        # an empty segmentation, keypoints, ignore 0, a crowd RLE
+        coco["annotations"][0].update(segmentation=[], keypoints=[6, 7, 2, 0, 0, 0], ignore=0)
+        coco["annotations"][1].update(area=110, segmentation=[[5, 5, 15, 5, 15, 15.5], [5, 5, 6, 5, 6, 6]])
+        coco["annotations"].append(dict(coco["annotations"][1], id=102, iscrowd=1, area=100,
+                                        segmentation={"counts": [205, 10, 985], "size": [30, 40]}))
 
     with logged_warnings("focus_detr.data.checks") as messages:
         _register(tmp_path, "valid_fields", edit)
         assert len(get_checked_dataset_dicts("valid_fields")) == 2
     assert messages == []
+
+
+def test_an_area_that_does_not_fit_its_box_is_warned_about(tmp_path):
+    # only the size breakdown (APs / APm / APl) counts it elsewhere; 0 for a box of positive size, or larger than the
+    # box beyond a pixel of rounding (a mask's pixel count exceeds a polygon's float box by up to that)
+    for area in (0, 400.0):
+        name = f"misfit_area_{int(area)}"
+        (tmp_path / name).mkdir()
+        json_file = _register(tmp_path / name, name, _first_annotation(area=area))
+        with logged_warnings("focus_detr.data.checks") as messages:
+            check_dataset_jsons(name)
+        assert messages == [
+            f"dataset '{name}' ({json_file}): 1 annotation whose area does not fit the box (0 for a box of positive "
+            "size, or larger than the box), e.g. annotation id 100 of image im0.png (image_id 10), bbox [5, 5, 10, "
+            "10] in a 40 x 30 image: COCO evaluation sorts objects into small / medium / large by their area, so "
+            f"APs / APm / APl count them as another size{AREA}"
+        ]
+    (tmp_path / "rounding").mkdir()
+    _register(tmp_path / "rounding", "area_within_rounding", _first_annotation(area=121.0))
+    with logged_warnings("focus_detr.data.checks") as messages:
+        check_dataset_jsons("area_within_rounding")
+    assert messages == []
+
+
+def test_a_missing_area_is_refused_only_where_coco_evaluation_reads_it(tmp_path):
+    # pycocotools failed with KeyError: 'area' after the whole inference; training does not read it
+    json_file = _register(tmp_path, "no_area", _first_annotation_without("area"))
+    check_dataset_jsons("no_area")
+    with pytest.raises(ValueError) as error:
+        check_evaluable("no_area")
+    assert str(error.value) == (
+        f"dataset 'no_area' ({json_file}): 1 annotation without an 'area', e.g. annotation id 100 of image im0.png "
+        "(image_id 10), bbox [5, 5, 10, 10] in a 40 x 30 image, which COCO evaluation needs to score this test set"
+        f"{AREA}"
+    )
 
 
 def _boxes_training_drops_or_clips(coco):
@@ -208,6 +298,41 @@ def test_boxes_training_drops_or_clips_are_warned_about_once_per_dataset(tmp_pat
         "(image_id 13), bbox [30, 20, 20, 20] in a 40 x 30 image: training clips such boxes to the image, but the "
         "COCO evaluator scores them as written, so even a perfect detection of the visible part matches them with a "
         "lower IoU",
+    ]
+
+
+def _every_polygon_short(coco):
+    for annotation in coco["annotations"]:
+        annotation["segmentation"] = [[5, 5, 15, 5]]
+
+
+def test_annotations_detectron2_would_all_drop_are_named_not_called_crowd(tmp_path):
+    """detectron2 drops annotations whose polygons are all invalid, boxes included: with every one dropped, training
+    used to stop with "no image has a box that is not crowd", which was not the problem."""
+    json_file = _register(tmp_path, "dropped_polygons", _every_polygon_short)
+    with pytest.raises(ValueError) as error:
+        get_checked_dataset_dicts("dropped_polygons", filter_empty=True)
+    assert str(error.value) == (
+        f"dataset 'dropped_polygons' ({json_file}): annotation id 100 of {IMAGE} has an invalid segmentation: polygon "
+        f"#0 has 4 values{DROPPED}"
+    )
+
+
+def _boxes_in_fractions_of_the_image(coco):
+    for annotation in coco["annotations"]:
+        annotation.update(bbox=[0.125, 0.25, 0.25, 0.5], area=0.125)  # as YOLO-style tools write them
+
+
+def test_boxes_all_under_a_pixel_and_a_half_are_warned_about_as_fractions(tmp_path):
+    json_file = _register(tmp_path, "fraction_boxes", _boxes_in_fractions_of_the_image)
+    with logged_warnings("focus_detr.data.checks") as messages:
+        assert len(get_checked_dataset_dicts("fraction_boxes")) == 2  # legal: tiny objects exist
+        check_dataset_jsons("fraction_boxes")
+    assert messages == [
+        f"dataset 'fraction_boxes' ({json_file}): every box is smaller than 1.5 pixels on both sides (2 boxes, e.g. "
+        f"annotation id 100 of {IMAGE}, bbox [0.125, 0.25, 0.25, 0.5] in a 40 x 30 image): a COCO bbox is [x, y, "
+        "width, height] in pixels, not in fractions of the image (0..1); multiply x and width by the image's width, "
+        "y and height by its height"
     ]
 
 
@@ -293,6 +418,26 @@ def test_train_net_stops_with_one_line_before_any_step_or_inference(train_net, t
     assert not list(out.glob("model_*.pth")) and not (out / "eval_results.json").exists()
 
 
+@pytest.mark.parametrize("mode", ["train", "eval", "train_with_bad_test_data"])
+def test_a_test_set_without_areas_stops_before_any_step_or_inference(train_net, toy_dataset, capsys, tmp_path, mode):
+    # COCO evaluation needs them: a KeyError after the whole inference, or at the end of a training run; a training
+    # set does without
+    name = f"focus_detr_toy_fields_no_area_{mode}"
+    json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), lambda coco: coco["annotations"][0].pop("area"))
+    out = tmp_path / "out"
+    code, err = _train_net(train_net, capsys, name, mode, out)
+    if mode == "train":
+        assert code == 0 and error_lines(err) == []
+        return
+    assert code == 2
+    errors = error_lines(err)
+    assert len(errors) == 1 and re.fullmatch(
+        re.escape(f"error: dataset '{name}' ({json_file}): 1 annotation without an 'area', e.g. annotation id 1 of "
+                  f"{TOY_IMAGE}, bbox ") + r"\[[^]]*\]" + re.escape(" in a 64 x 48 image, which COCO evaluation needs "
+                                                                  f"to score this test set{AREA}"), errors[0]), errors
+    assert not list(out.glob("model_*.pth")) and not (out / "eval_results.json").exists()
+
+
 def test_a_nan_box_in_the_test_data_stops_training_before_the_first_step(train_net, toy_dataset, capsys, tmp_path):
     name = "focus_detr_toy_fields_nan_test_box"
     register_edited_toy_dataset(name, str(tmp_path / "data"), _first_bbox([10, float("nan"), 20, 15]))
@@ -309,7 +454,8 @@ def test_a_nan_box_in_the_test_data_stops_training_before_the_first_step(train_n
 
 def test_eval_only_warns_about_dropped_boxes_and_scores_them(train_net, toy_dataset, capsys, tmp_path):
     name = "focus_detr_toy_fields_zero_width"
-    json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), _first_bbox([10, 10, 0, 15]))
+    zero_width = _first_annotation(bbox=[10, 10, 0, 15], area=0)
+    json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), zero_width)
     out = tmp_path / "out"
     with logged_warnings("focus_detr.data.checks") as messages:
         code, err = _train_net(train_net, capsys, name, "eval", out)

@@ -31,7 +31,8 @@ def test_focus_detr_resume_from_iteration_5_is_bit_exact(toy_dataset, tmp_path):
     assert torch.equal(expected["rank_states"][0]["rng"]["torch"], resumed["rank_states"][0]["rng"]["torch"])
 
 
-def test_main_job_never_reuses_a_folder_holding_a_run_unless_resuming(tmp_path):
+def test_main_job_never_reuses_a_folder_holding_a_run(tmp_path):
+    """(Which folder ``--resume`` picks: tests/tools/test_main_job_resume.py.)"""
     main_job = load_script("tools/main_job.py", "main_job")
     base = str(tmp_path / "main_job")
 
@@ -40,13 +41,10 @@ def test_main_job_never_reuses_a_folder_holding_a_run_unless_resuming(tmp_path):
         open(os.path.join(folder, "last_checkpoint"), "w").close()
 
     assert main_job.default_output(resume=False, base=base) == base
-    assert main_job.default_output(resume=True, base=base) == base  # nothing to resume: train_net says so
     finish_run(base)
     assert main_job.default_output(resume=False, base=base) == base + "-2"
-    assert main_job.default_output(resume=True, base=base) == base
     finish_run(base + "-2")
     assert main_job.default_output(resume=False, base=base) == base + "-3"
-    assert main_job.default_output(resume=True, base=base) == base + "-2"
 
 
 def test_main_job_trains_evaluates_and_draws(toy_dataset, tmp_path, capsys):

@@ -1,6 +1,13 @@
 """Data: the embedded tree-crown demo dataset (build, verify, register), checked dataset loading, image reading and
 the DETR dataset mapper."""
-from .checks import check_dataset_jsons, check_finite_boxes, check_num_classes, dataset_classes, get_checked_dataset_dicts
+from .checks import (
+    check_dataset_jsons,
+    check_evaluable,
+    check_finite_boxes,
+    check_num_classes,
+    dataset_classes,
+    get_checked_dataset_dicts,
+)
 from .dataset_mapper import DetrDatasetMapper
 from .image_io import expand_globs, image_files, read_image
 from .registration import register_coco_dataset
@@ -10,6 +17,7 @@ __all__ = [
     "DetrDatasetMapper",
     "TreesCacheError",
     "check_dataset_jsons",
+    "check_evaluable",
     "check_finite_boxes",
     "check_num_classes",
     "dataset_classes",

@@ -22,10 +22,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_datas
 from detectron2.utils.file_io import PathManager
 
 from .coco_boxes import describe_box
-from .coco_json import check_coco_json
+from .coco_fields import AREA_FIX
+from .coco_json import SUB_PIXEL_SIDE, check_coco_json
 
 __all__ = [
     "check_dataset_jsons",
+    "check_evaluable",
     "check_finite_boxes",
     "check_num_classes",
     "dataset_classes",
@@ -91,6 +93,8 @@ def _dataset_errors_in_one_line(names):
             name = empty.group(1)
             raise ValueError(f"dataset {name!r}{_json_of(name)} is empty: it lists no images") from None
         if text.startswith("No valid data found in "):
+            # detectron2 also drops annotations whose polygons are all invalid, but the json check refuses those
+            # before loading: crowd boxes (or none) are what is left to say
             shown = ", ".join(f"{name!r}{_json_of(name)}" for name in names)
             raise ValueError(
                 f"No valid data found in dataset {shown}: no image has a box that is not crowd (iscrowd 0), and "
@@ -108,10 +112,19 @@ def _example(box):
     return f"e.g. {describe_box(box)}, bbox {box.bbox} in a {width} x {height} image"
 
 
+def _warn_about_sub_pixel_boxes(where, boxes):
+    if boxes.count:
+        logger.warning(
+            f"{where}: every box is smaller than {SUB_PIXEL_SIDE} pixels on both sides ({_boxes(boxes.count)}, "
+            f"{_example(boxes.example)}): a COCO bbox is [x, y, width, height] in pixels, not in fractions of the "
+            "image (0..1); multiply x and width by the image's width, y and height by its height"
+        )
+
+
 def _warn_about_legal_surprises(name, json_file, report):
     """Warns once per dataset and json version about what is legal but rarely meant: boxes training drops or clips
-    while the COCO evaluator scores them as written (real datasets have a few, each costs recall or IoU), and
-    categories sharing a name."""
+    while the COCO evaluator scores them as written (real datasets have a few, each costs recall or IoU),
+    categories sharing a name, and boxes that are all under a pixel and a half (coordinates in 0..1)."""
     if name in report.warned_datasets:
         return
     report.warned_datasets.add(name)
@@ -135,6 +148,42 @@ def _warn_about_legal_surprises(name, json_file, report):
             f"{where}: categories {listed} named {class_name!r}: the model learns them as {len(ids)} classes, which "
             "evaluation tables and drawn detections show under one name; merge them into one category or rename them"
         )
+    _warn_about_sub_pixel_boxes(where, report.sub_pixel_boxes)
+    misfit = report.misfit_area
+    if misfit.count:
+        logger.warning(
+            f"{where}: {_annotations(misfit.count)} whose area does not fit the box (0 for a box of positive size, "
+            f"or larger than the box), {_example(misfit.example)}: COCO evaluation sorts objects into small / medium "
+            f"/ large by their area, so APs / APm / APl count them as another size; {AREA_FIX}"
+        )
+
+
+def _annotations(count):
+    return f"{count} annotation{'s' if count != 1 else ''}"
+
+
+def _reports(names):
+    """(name, json file, report) of each dataset of ``names`` that has a COCO json (checked, cached)."""
+    for name in _as_list(names):
+        metadata = MetadataCatalog.get(name)
+        json_file = metadata.get("json_file", None)
+        if json_file:
+            # as detectron2's load_coco_json reads it (a local path stays as it is)
+            yield name, json_file, check_coco_json(PathManager.get_local_path(json_file), what=f"dataset {name!r}",
+                                                   image_root=metadata.get("image_root", None))
+
+
+def check_evaluable(names):
+    """Raises ValueError when a dataset of ``names``, scored by COCO evaluation, lacks what only that reads: an
+    ``area`` for every annotation (training does without; pycocotools fails with a KeyError after the whole
+    inference, and during training that lost the run)."""
+    for name, json_file, report in _reports(names):
+        missing = report.missing_area
+        if missing.count:
+            raise ValueError(
+                f"dataset {name!r} ({json_file}): {_annotations(missing.count)} without an 'area', "
+                f"{_example(missing.example)}, which COCO evaluation needs to score this test set; {AREA_FIX}"
+            )
 
 
 def check_dataset_jsons(names):
@@ -142,17 +191,11 @@ def check_dataset_jsons(names):
     cannot be used as written (:func:`focus_detr.data.coco_json.coco_json_report`: inconsistent ids, missing or
     mistyped fields, boxes of negative size or with NaN / infinite coordinates); warns once per dataset about boxes
     training drops or clips. Datasets without a ``json_file`` are not checked."""
-    for name in _as_list(names):
-        metadata = MetadataCatalog.get(name)
-        json_file = metadata.get("json_file", None)
-        if not json_file:
-            continue
-        # as detectron2's load_coco_json reads it (a local path stays as it is)
-        report = check_coco_json(PathManager.get_local_path(json_file), what=f"dataset {name!r}")
+    for name, json_file, report in _reports(names):
         box = report.non_finite_box
         if box is not None:
             # named as check_finite_boxes names it in the loaded dicts, where the file name includes the image root
-            file_name = os.path.join(metadata.get("image_root", ""), box.file_name)
+            file_name = os.path.join(MetadataCatalog.get(name).get("image_root", ""), box.file_name)
             raise ValueError(
                 _non_finite_box_message([name], f"annotation id {box.annotation_id}", file_name, box.image_id, box.bbox)
             )

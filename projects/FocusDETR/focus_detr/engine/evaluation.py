@@ -5,7 +5,7 @@ import math
 
 import torch
 from detectron2.config import instantiate
-from detectron2.data import MetadataCatalog
+from detectron2.utils.registry import locate
 from detectron2.evaluation import (COCOEvaluator, DatasetEvaluator, DatasetEvaluators, inference_on_dataset,
                                    print_csv_format)
 from detectron2.utils import comm
@@ -18,7 +18,7 @@ from ..analysis.selection_quality_evaluator import (
     TokenSelectionOutputs,
     supports_token_selection,
 )
-from ..data import check_dataset_jsons, check_num_classes
+from ..data import check_dataset_jsons, check_evaluable, check_num_classes, dataset_classes
 from .agreement import ProcessFailed, failure_report, raise_agreed_failure
 from .checkpoint import atomic_write
 from .cli import is_out_of_memory
@@ -179,6 +179,19 @@ def check_evaluation_datasets(cfg):
         raise ConfigError(f"dataloader.evaluator.dataset_name is {scored} but the test loader reads "
                           f"{', '.join(tested)}: the detections would be scored against {scored}'s annotations; "
                           "name one dataset in both (the configs' evaluator follows dataloader.test.dataset.names)")
+    if _is_coco_evaluator(evaluator):
+        check_evaluable([scored])  # what only pycocotools reads, found before inference (or training) starts
+
+
+def _is_coco_evaluator(node):
+    """Whether the LazyCall ``node`` builds a detectron2 COCOEvaluator (its class, or its name from a YAML config)."""
+    target = node.get("_target_", None) if isinstance(node, DictConfig) else None
+    if isinstance(target, str):
+        try:
+            target = locate(target)
+        except ImportError:
+            return False
+    return isinstance(target, type) and issubclass(target, COCOEvaluator)
 
 
 def check_same_classes(train_node, test_node):
@@ -188,7 +201,7 @@ def check_same_classes(train_node, test_node):
     def classes(names):
         found = {}
         for name in names:
-            thing_classes = MetadataCatalog.get(name).get("thing_classes", None)
+            thing_classes = dataset_classes(name)
             if thing_classes is not None:
                 found[name] = list(thing_classes)
         return found

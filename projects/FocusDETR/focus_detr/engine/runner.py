@@ -30,7 +30,8 @@ from .cuda_graphs import inference_cuda_graphs
 from .precision import inference_amp_dtype, training_amp_dtype
 from .trainer import DataLoadingFailed, DetrTrainer, StepOutOfMemory, TrainingDiverged
 
-__all__ = ["build_model", "check_before_setup", "end_process_group", "load_inference_weights", "run_training", "run_evaluation", "wrap_ddp"]
+__all__ = ["build_model", "check_before_setup", "end_process_group", "load_inference_weights", "resume_point",
+           "run_evaluation", "run_training", "wrap_ddp"]
 
 logger = logging.getLogger(__name__)
 
@@ -259,14 +260,15 @@ def check_before_setup(cfg, resume=False, eval_only=False):
             raise missing_checkpoint_error(weights)
         return
     if resume:
-        start_iter = _resume_iteration(cfg.train.output_dir)
-        if start_iter is not None and start_iter >= cfg.train.max_iter:
-            raise _nothing_to_resume(cfg, start_iter)
+        point = resume_point(cfg.train.output_dir)
+        if point is not None and point[1] >= cfg.train.max_iter:
+            raise _nothing_to_resume(cfg, point[1])
 
 
-def _resume_iteration(output_dir):
-    """The iteration a resume from ``output_dir`` starts at (its tagged checkpoint's iteration + 1), or None when
-    that cannot be told cheaply (no checkpoint, an unreadable or foreign one: the resume itself reports those)."""
+def resume_point(output_dir):
+    """``(checkpoint, iteration)``: the checkpoint a resume from ``output_dir`` starts from (the one its
+    ``last_checkpoint`` names) and the iteration it continues at (that checkpoint's + 1); None when that cannot be
+    told cheaply (no checkpoint, an unreadable or foreign one: the resume itself reports those)."""
     try:
         with open(os.path.join(output_dir, "last_checkpoint")) as f:
             path = os.path.join(output_dir, f.read().strip())
@@ -274,7 +276,7 @@ def _resume_iteration(output_dir):
         iteration = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("iteration")
     except Exception:  # noqa: BLE001 (anything unreadable is left to the resume, which names it)
         return None
-    return iteration + 1 if isinstance(iteration, int) and not isinstance(iteration, bool) else None
+    return (path, iteration + 1) if isinstance(iteration, int) and not isinstance(iteration, bool) else None
 
 
 def _lr_multiplier_of(optimizer):

@@ -208,3 +208,67 @@ def test_overrides_must_be_a_list_of_key_value_strings(small_tree_cfg):
         FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=["train.seed=3", 3])
     predictor = FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=("train.seed=3",))
     assert predictor.cfg.train.seed == 3
+
+
+def test_a_test_mapper_written_as_detectron2_s_dataset_mapper_is_followed(predictor, small_tree_cfg):
+    # augmentations / image_format (detectron2's DatasetMapper) were not read: the predictor resized to 800 / 1333 in
+    # RGB while the test loader gave 352-px BGR images, and found other objects
+    import copy
+
+    from detectron2.config import LazyCall as L
+    from detectron2.data import DatasetMapper
+    from detectron2.data import transforms as T
+
+    from focus_detr.engine.predictor import inference_resize, input_format, model_input
+
+    cfg = copy.deepcopy(small_tree_cfg)
+    cfg.dataloader.test.mapper = L(DatasetMapper)(
+        is_train=False, image_format="BGR", augmentations=[L(T.ResizeShortestEdge)(short_edge_length=96, max_size=160)])
+    assert input_format(cfg) == "BGR"
+    image = np.empty((120, 200, 3), dtype=np.uint8)
+    image[:] = (10, 20, 30)  # B, G, R
+    item = model_input(image, inference_resize(cfg), input_format(cfg))
+    assert tuple(item["image"].shape) == (3, 96, 160)  # 96 / 160, not 800 / 1333
+    assert item["image"][:, 0, 0].tolist() == [10, 20, 30]  # BGR, as the test loader gives it
+    del cfg.dataloader.test.mapper.augmentations
+    with pytest.raises(ValueError, match="dataloader.test.mapper has no augmentation or augmentations: the predictor "
+                                         "cannot resize images as the test loader does"):
+        inference_resize(cfg)
+
+
+@pytest.mark.parametrize("config, words", [
+    (None, "got NoneType"), ({"model": {}}, "got dict"), (b"configs/x.py", "got bytes"),
+])
+def test_a_config_that_is_no_lazyconfig_is_one_line(config, words):
+    with pytest.raises(ValueError, match=f"config must be a LazyConfig file path or a config loaded by .* {words}"):
+        FocusDETRPredictor(config, device="cpu")
+
+
+def test_a_loaded_config_without_model_and_weights_of_another_type_are_one_line(small_tree_cfg):
+    import copy
+
+    cfg = copy.deepcopy(small_tree_cfg)
+    del cfg.model
+    with pytest.raises(ValueError, match="the config defines no 'model', which the predictor needs"):
+        FocusDETRPredictor(cfg, device="cpu")
+    with pytest.raises(ValueError, match=r"weights must be a weights file path or None .* got dict"):
+        FocusDETRPredictor(small_tree_cfg, weights={"model": {}}, device="cpu")
+
+
+def test_model_input_takes_rgb_or_bgr_only():
+    from detectron2.data import transforms as T
+
+    from focus_detr.engine.predictor import model_input
+
+    # "rgb", "L" or None silently meant BGR
+    with pytest.raises(ValueError, match=r"model_input: fmt must be 'RGB' or 'BGR', got 'rgb'"):
+        model_input(_image(20, 30, seed=0), T.AugmentationList([]), "rgb")
+
+
+def test_build_model_checks_the_device_it_is_given(small_tree_cfg, monkeypatch):
+    from focus_detr.engine import build_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # torch said "Found no NVIDIA driver on your system" from deep inside .to()
+    with pytest.raises(ValueError, match="device is 'cuda' but no CUDA GPU is visible; use device='cpu'"):
+        build_model(small_tree_cfg, "cuda")

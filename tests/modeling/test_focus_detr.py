@@ -144,6 +144,34 @@ def test_bad_inputs_are_rejected_with_a_clear_error(parity_fixture):
         model(_fixture_inputs(parity_fixture))
 
 
+@pytest.mark.parametrize("batched_inputs, message", [
+    # each failed deep inside (max() of an empty sequence, 'str' object has no attribute 'get', ...)
+    ([], r"batched_inputs must be a non-empty list of dicts, each with an 'image' \(3, H, W\) tensor \(detectron2's "
+         r"model input\), got an empty list"),
+    ({"image": torch.zeros(3, 32, 32, dtype=torch.uint8)}, "batched_inputs must be a non-empty list .* got dict"),
+    (torch.zeros(3, 32, 32, dtype=torch.uint8), "batched_inputs must be a non-empty list .* got Tensor"),
+    ((item for item in [{"image": torch.zeros(3, 32, 32)}]), "got generator"),
+    ([torch.zeros(3, 32, 32, dtype=torch.uint8)], r"batched_inputs\[0\] must be a dict with an 'image', got Tensor"),
+    # 0..65535 pixels were normalised as 0..255 ones: other detections, no word
+    ([{"image": torch.zeros(3, 32, 32, dtype=torch.int16)}], r"\['image'\] has dtype torch.int16; pixels are uint8"),
+    ([{"image": torch.zeros(3, 32, 32, dtype=torch.bool)}], "has dtype torch.bool"),
+    # rescaled to 0 x 0 (or a negative size): no detection left, silently
+    ([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8), "height": 0, "width": 40}],
+     r"batched_inputs\[0\]\['height'\] must be a positive integer .* got 0"),
+    ([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8), "height": 30, "width": 40.5}], r"\['width'\] .* got 40.5"),
+])
+def test_model_inputs_that_are_not_detectron2_s_are_one_line(tiny_model, batched_inputs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(batched_inputs)
+
+
+def test_float_images_in_0_to_255_are_accepted_as_detectron2_allows(tiny_model, parity_fixture):
+    item = _fixture_inputs(parity_fixture)[0]
+    as_uint8 = tiny_model([item])[0]["instances"]
+    as_float = tiny_model([dict(item, image=item["image"].float())])[0]["instances"]
+    assert torch.equal(as_uint8.scores, as_float.scores)
+
+
 def test_bfloat16_autocast_computes_in_bfloat16_and_returns_float32_detections(tiny_model, parity_fixture):
     item = _fixture_inputs(parity_fixture)[:1]
     linear_dtypes = set()

@@ -94,6 +94,10 @@ def test_top_down_modulation_changes_fine_scores():
         ({"keep_ratio": None}, r"keep_ratio must be in \(0, 1\], got None"),  # a config's null: was a TypeError
         ({"cascade_keep_ratios": None}, "cascade_keep_ratios must be a non-empty list .* got None"),
         ({"cascade_keep_ratios": [1.0, None]}, r"got \[1.0, None\]"),
+        # eager inference silently kept the first layer's count in every later layer, the ONNX graph the counts
+        # asked for: their detections differed without a word
+        ({"cascade_keep_ratios": [0.2, 0.4, 0.6]}, r"must not grow from one encoder layer to the next .* got "
+                                                   r"\[0.2, 0.4, 0.6\]"),
     ],
 )
 def test_bad_ratios_are_rejected(kwargs, message):

@@ -5,10 +5,10 @@ import math
 
 import torch
 from detectron2.config import instantiate
-from detectron2.utils.registry import locate
 from detectron2.evaluation import (COCOEvaluator, DatasetEvaluator, DatasetEvaluators, inference_on_dataset,
                                    print_csv_format)
 from detectron2.utils import comm
+from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig
 from torch.nn.parallel import DistributedDataParallel
 

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from detectron2.config import instantiate
 from detectron2.data import transforms as T
+from omegaconf import DictConfig
 
 from .config import ConfigError, apply_overrides, load_config
 from .cuda_graphs import CUDAGraphInference, graphs_available, inference_cuda_graphs
 from .precision import amp_autocast, amp_dtype_of
 from .runner import build_model, load_inference_weights
-from .settings import resolve_device
+from .settings import require_sections, resolve_device
 
 __all__ = [
     "FocusDETRPredictor",
@@ -38,26 +39,51 @@ logger = logging.getLogger(__name__)
 
 _DEFAULT_RESIZE = (800, 1333)  # detectron2's test-time default, for configs without a test loader
 _FORMATS = ("RGB", "BGR")
+# the test mapper's entries: ours (DetrDatasetMapper), then detectron2's DatasetMapper's
+_RESIZE_KEYS = ("augmentation", "augmentations")
+_FORMAT_KEYS = ("img_format", "image_format")
+
+
+def _test_mapper(cfg):
+    try:
+        return cfg.dataloader.test.mapper
+    except (AttributeError, KeyError):
+        return None
+
+
+def _mapper_entry(mapper, keys):
+    """The first of ``keys`` the mapper config has (ours, then detectron2's ``DatasetMapper`` name), with its value;
+    ``(None, None)`` when it has none."""
+    for key in keys:
+        if key in mapper:
+            return key, mapper[key]
+    return None, None
 
 
 def inference_resize(cfg) -> T.AugmentationList:
-    """The config's test-time augmentation (``dataloader.test.mapper.augmentation``, a ResizeShortestEdge for the
-    DETR configs), else detectron2's default ResizeShortestEdge(800, 1333)."""
-    try:
-        augmentation = cfg.dataloader.test.mapper.augmentation
-    except (AttributeError, KeyError):
+    """The config's test-time augmentation (``dataloader.test.mapper.augmentation``, or ``augmentations`` for
+    detectron2's ``DatasetMapper``; a ResizeShortestEdge for the DETR configs), else, for a config without a test
+    loader, detectron2's default ResizeShortestEdge(800, 1333). A test mapper with neither entry is a ConfigError:
+    the predictor would resize otherwise than the test loader, and find other objects."""
+    mapper = _test_mapper(cfg)
+    if mapper is None:
         return T.AugmentationList([T.ResizeShortestEdge(*_DEFAULT_RESIZE)])
+    key, augmentation = _mapper_entry(mapper, _RESIZE_KEYS)
+    if key is None:
+        raise ConfigError(f"dataloader.test.mapper has no {' or '.join(_RESIZE_KEYS)}: the predictor cannot resize "
+                          "images as the test loader does")
     return T.AugmentationList([instantiate(a) for a in augmentation])
 
 
 def input_format(cfg) -> str:
-    """The channel order the model was trained on: the test mapper's ``img_format`` ("RGB" when absent)."""
-    try:
-        fmt = cfg.dataloader.test.mapper.img_format
-    except (AttributeError, KeyError):
+    """The channel order the model was trained on: the test mapper's ``img_format`` (``image_format`` for
+    detectron2's ``DatasetMapper``; "RGB", our mapper's default, when absent)."""
+    mapper = _test_mapper(cfg)
+    key, fmt = _mapper_entry(mapper, _FORMAT_KEYS) if mapper is not None else (None, None)
+    if key is None:
         return "RGB"
     if fmt not in _FORMATS:
-        raise ConfigError(f"dataloader.test.mapper.img_format is {fmt!r}; the predictor takes {' or '.join(_FORMATS)}")
+        raise ConfigError(f"dataloader.test.mapper.{key} is {fmt!r}; the predictor takes {' or '.join(_FORMATS)}")
     return fmt
 
 
@@ -82,6 +108,8 @@ def model_input(image_bgr: np.ndarray, resize: T.AugmentationList, fmt: str = "R
     """A BGR image ``(H, W, 3)`` -> the model's input dict: ``image`` a uint8 ``(3, h, w)`` CPU tensor in ``fmt``,
     resized by ``resize``; ``height`` / ``width`` of the original image (the predictions' coordinates). The image is
     checked first (:func:`check_bgr_image`, errors naming ``name``)."""
+    if fmt not in _FORMATS:  # anything but "RGB" would silently have meant BGR
+        raise ValueError(f"model_input: fmt must be {' or '.join(map(repr, _FORMATS))}, got {fmt!r}")
     check_bgr_image(image_bgr, name)
     image = image_bgr[:, :, ::-1] if fmt == "RGB" else image_bgr
     aug_input = T.AugInput(np.ascontiguousarray(image))
@@ -121,8 +149,15 @@ class FocusDETRPredictor:
     def __init__(self, config, weights=None, device="auto", amp=False, overrides=(), cuda_graphs=None):
         if isinstance(config, (str, os.PathLike)):
             cfg = load_config(os.fspath(config), overrides)
-        else:
+        elif isinstance(config, DictConfig):
             cfg = apply_overrides(copy.deepcopy(config), overrides)
+            require_sections(cfg, ("model",), "the predictor")
+        else:  # a dict, a yacs CfgNode, None: deep attribute errors later
+            raise ValueError(f"config must be a LazyConfig file path or a config loaded by LazyConfig.load / "
+                             f"focus_detr.engine.load_config, got {type(config).__name__}")
+        if weights is not None and not isinstance(weights, (str, os.PathLike)):
+            raise ValueError(f"weights must be a weights file path or None (the config's train.init_checkpoint), got "
+                             f"{type(weights).__name__}")
         if not isinstance(amp, bool):
             raise ValueError(f"amp must be True or False, got {amp!r}")
         if cuda_graphs is not None and not isinstance(cuda_graphs, bool):

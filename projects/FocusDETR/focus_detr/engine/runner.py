@@ -11,8 +11,8 @@ from detectron2.config import instantiate
 from detectron2.engine import create_ddp_model, default_writers, hooks
 from detectron2.utils import comm
 
-from .agreement import ProcessFailed
 from ..checkpoint.safe_load import missing_checkpoint_error
+from .agreement import ProcessFailed
 from .checkpoint import AtomicDetectionCheckpointer
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line, user_errors_without_tracebacks
 from .config import ConfigError
@@ -39,8 +39,12 @@ EMA_HOOK_KEY = EMAHook.__qualname__
 
 
 def build_model(cfg, device=None):
-    """Instantiates ``cfg.model`` on ``device`` (default: ``cfg.train.device`` resolved; "auto" when absent)."""
-    device = device or resolve_device((cfg.get("train", None) or {}).get("device", "auto"))
+    """Instantiates ``cfg.model`` on ``device`` (checked: "cuda" without a GPU is one line, not torch's driver
+    error; default: ``cfg.train.device``, "auto" when absent)."""
+    if device is None:
+        device = resolve_device((cfg.get("train", None) or {}).get("device", "auto"))
+    else:
+        device = resolve_device(device, "device", "device='cpu'")
     model = instantiate(cfg.model)
     model.to(device)
     logger.info(f"Model on {device}:\n{model}")
@@ -256,7 +260,7 @@ def check_before_setup(cfg, resume=False, eval_only=False):
     model, for callers that skip this one.)"""
     if eval_only:
         weights = cfg.train.get("init_checkpoint", "")
-        if not resume and weights and "://" not in weights and not os.path.isfile(weights):
+        if not resume and isinstance(weights, str) and weights and "://" not in weights and not os.path.isfile(weights):
             raise missing_checkpoint_error(weights)
         return
     if resume:

@@ -1,6 +1,7 @@
 """The Focus-DETR meta-architecture: image batching, backbone, neck, transformer, heads, losses and inference."""
 import contextlib
 import math
+import numbers
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -19,6 +20,31 @@ from .denoising import ContrastiveDenoising, DenoisingQueries, split_denoising_o
 from .detections import batch_images, rescale_detections
 from .token_layout import token_layout
 from .transformer import FocusDETRTransformer, TransformerOutput
+
+
+def _check_batched_inputs(batched_inputs):
+    """ValueError (one line) unless ``batched_inputs`` is detectron2's model input: a non-empty list of dicts (a
+    dict, a tensor or an empty list failed deep inside with an AttributeError or ``max() arg is an empty sequence``;
+    a generator would be used up by the first pass over it)."""
+    expected = "a non-empty list of dicts, each with an 'image' (3, H, W) tensor (detectron2's model input)"
+    if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
+        got = "an empty list" if isinstance(batched_inputs, (list, tuple)) else type(batched_inputs).__name__
+        raise ValueError(f"FocusDETR: batched_inputs must be {expected}, got {got}")
+    for i, item in enumerate(batched_inputs):
+        if not isinstance(item, dict):
+            raise ValueError(f"FocusDETR: batched_inputs[{i}] must be a dict with an 'image', got {type(item).__name__}")
+
+
+def _output_side(item, key, index, default):
+    """The ``height`` / ``width`` to rescale an input's detections to: its own when given (a positive integer; 0 or
+    a negative size silently gave no detection), else ``default``."""
+    value = item.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"FocusDETR: batched_inputs[{index}]['{key}'] must be a positive integer (the original "
+                         f"image's size, which the boxes are rescaled to) or absent, got {value!r}")
+    return int(value)
 
 
 @META_ARCH_REGISTRY.register()
@@ -109,6 +135,7 @@ class FocusDETR(nn.Module):
     # ------------------------------------------------------------------------------------------------- inputs
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and pad (bottom/right, with 0 after normalisation) -> ImageList ``(B, 3, H, W)``."""
+        _check_batched_inputs(batched_inputs)
         images = []
         for i, item in enumerate(batched_inputs):
             image = item.get("image")
@@ -120,6 +147,10 @@ class FocusDETR(nn.Module):
                 )
             if image.shape[1] < 1 or image.shape[2] < 1:
                 raise ValueError(f"FocusDETR: batched_inputs[{i}]['image'] is empty: {tuple(image.shape)}")
+            if image.dtype != torch.uint8 and not image.is_floating_point():  # 0..65535 would pass as bright pixels
+                raise ValueError(f"FocusDETR: batched_inputs[{i}]['image'] has dtype {image.dtype}; pixels are uint8 "
+                                 "(or floats in 0..255): scale other images to 0..255 first, as "
+                                 "focus_detr.data.read_image does")
             images.append((image.to(self.device).float() - self.pixel_mean) / self.pixel_std)
         return batch_images(images)
 
@@ -244,8 +275,8 @@ class FocusDETR(nn.Module):
         (default: the network input's size), without empty boxes; with a token selection, each also holds
         ``token_selection`` (:func:`token_selection_of`), ``image_size`` and ``padded_size``."""
         output_sizes = [
-            (item.get("height", image_size[0]), item.get("width", image_size[1]))
-            for item, image_size in zip(batched_inputs, images.image_sizes)
+            (_output_side(item, "height", i, image_size[0]), _output_side(item, "width", i, image_size[1]))
+            for i, (item, image_size) in enumerate(zip(batched_inputs, images.image_sizes))
         ]
         results = self.instances_of(*detections[:3], images.image_sizes)
         processed = [{"instances": instances} for instances in rescale_detections(results, output_sizes)]

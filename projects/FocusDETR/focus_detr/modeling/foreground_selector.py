@@ -75,7 +75,13 @@ def _validated_keep_ratios(keep_ratio: float, cascade_keep_ratios: Sequence[floa
             f"ForegroundTokenSelector: cascade_keep_ratios must be a non-empty list of values in (0, 1], "
             f"got {cascade_keep_ratios if cascade_keep_ratios is None else list(cascade_keep_ratios)}"
         )
-    return float(keep_ratio), [float(r) for r in cascade_keep_ratios]
+    ratios = [float(r) for r in cascade_keep_ratios]
+    if any(later > earlier for earlier, later in zip(ratios, ratios[1:])):
+        # each layer updates a subset of the tokens of the layer before (the paper's cascade): with a growing ratio
+        # a layer would need tokens its predecessor dropped
+        raise ValueError(f"ForegroundTokenSelector: cascade_keep_ratios must not grow from one encoder layer to the "
+                         f"next (e.g. [1.0, 0.8, 0.6]), got {ratios}")
+    return float(keep_ratio), ratios
 
 
 TOKEN_RANKINGS = ("foreground", "random")
@@ -89,7 +95,7 @@ class ForegroundTokenSelector(nn.Module):
         num_levels: feature levels (finest first in the token sequence).
         keep_ratio: fraction of each image's valid tokens kept as foreground, in (0, 1] (paper: rho = 0.5).
         cascade_keep_ratios: per encoder layer, the fraction of the foreground budget that layer updates, each in
-            (0, 1] (paper: [1.0, 0.8, 0.6, 0.6, 0.4, 0.2]).
+            (0, 1] and none larger than the one before (paper: [1.0, 0.8, 0.6, 0.6, 0.4, 0.2]).
         top_down_modulation: modulate each level's tokens with the upsampled logits of the next coarser level.
         modulation_init_range: the learnable per-level modulation weights start in U(-r, r).
         token_ranking: what picks the kept tokens: ``"foreground"`` (the foreground scores, the paper) or

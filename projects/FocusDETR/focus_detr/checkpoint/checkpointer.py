@@ -1,13 +1,14 @@
 """A DetectionCheckpointer that reads weights without running code from them, also reads official detrex
 Focus-DETR checkpoints, and refuses partial loads of detector weights."""
-from urllib.parse import parse_qs
+import os
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .official import convert_official_state_dict, is_official_layout
-from .safe_load import CheckpointError, read_weights_file
+from .safe_load import CheckpointError, checked_checkpoint_path, missing_checkpoint_error, read_weights_file
 
 # Prefixes of a complete detector: a checkpoint with any of them must fill the whole model.
 _DETECTOR_PREFIXES = ("transformer.", "class_embed.", "bbox_embed.")
@@ -83,6 +84,14 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         self._source = None  # the file being loaded, for error messages
 
     def load(self, path, *args, **kwargs):
+        """detectron2's ``load``: ``path`` a weights file (str or os.PathLike) or URL; None or "" loads nothing. A
+        local file that is missing or no regular file is a one-line error (:func:`missing_checkpoint_error`), not
+        detectron2's assertion; a path of another type a one-line TypeError."""
+        path = checked_checkpoint_path(path, allow_empty=True)
+        if path and "://" not in path:
+            local = urlparse(path)._replace(query="").geturl()  # as detectron2 reads it: "?matching_heuristics=True"
+            if not os.path.isfile(local):
+                raise missing_checkpoint_error(local)
         self._source = path
         try:
             return super().load(path, *args, **kwargs)

@@ -17,8 +17,9 @@ import collections
 import os
 import pickle
 import re
+import stat
 import zipfile
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "UnreadableCheckpointError",
     "WeightsFile",
     "WeightsUnpickler",
+    "checked_checkpoint_path",
     "missing_checkpoint_error",
     "read_weights_file",
 ]
@@ -131,28 +133,69 @@ def _read_plain_pickle(path, f):
     return content
 
 
+# What a path that exists but is neither a regular file nor a folder is (reading a named pipe waits for a writer
+# forever, a device such as /dev/zero never ends).
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _special_file_kind(path):
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing, a broken link, no permission on a folder above: not found
+        return None
+    return next((kind for test, kind in _SPECIAL_FILES if test(mode)), None)
+
+
 def missing_checkpoint_error(path):
-    """The error for a checkpoint ``path`` that is no file: a folder (a run's output folder, given for the checkpoint
-    in it) is said to be one."""
+    """The error for a checkpoint ``path`` (str) that is no regular file: a folder (a run's output folder, given for
+    the checkpoint in it) is said to be one, a named pipe or device too (UnreadableCheckpointError: it exists), and
+    a path starting with ``~`` is said not to be expanded (neither Python nor a config file does)."""
     if os.path.isdir(path):
         return IsADirectoryError(f"checkpoint {path} is a folder, not a weights file: give a file in it, e.g. "
                                  f"{os.path.join(path, 'model_final.pth')}")
-    return FileNotFoundError(f"checkpoint not found: {path}")
+    special = _special_file_kind(path)
+    if special:
+        return UnreadableCheckpointError(f"checkpoint {path} is {special}, not a regular file: give a weights file")
+    home = " (~ is not expanded here: give the full path)" if path.startswith("~") else ""
+    return FileNotFoundError(f"checkpoint not found: {path}{home}")
 
 
-def read_weights_file(path: str, *, torch_safe_globals=()) -> WeightsFile:
+def checked_checkpoint_path(path, allow_empty=False):
+    """``path`` (str or os.PathLike) as a str; TypeError (one line) for anything else (a state dict, an open file),
+    which failed deep in urllib or as "argument of type ... is not iterable". With ``allow_empty``, None and "" are
+    returned as they are (detectron2's "load nothing"); without, they are refused."""
+    empty = isinstance(path, str) and not path  # not `path == ""`: an array or tensor given would compare elementwise
+    if allow_empty and (path is None or empty):
+        return path
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if isinstance(path, str) and path:
+        return path
+    if empty:
+        raise ValueError("checkpoint path is empty: give a weights file")
+    hint = ""
+    if isinstance(path, dict):
+        hint = " (an in-memory state dict loads with FocusDETRCheckpointer.load_model_state)"
+    kind = "None" if path is None else type(path).__name__
+    raise TypeError(f"checkpoint path must be a str or os.PathLike (a weights file), got {kind}{hint}")
+
+
+def read_weights_file(path: Union[str, os.PathLike], *, torch_safe_globals=()) -> WeightsFile:
     """Reads a weights file of any format and extension without running code from it.
 
     Args:
-        path: a local file.
+        path: a local file (str or os.PathLike; anything else is a TypeError).
         torch_safe_globals: extra classes a torch file may hold (``torch.serialization.safe_globals``), e.g. the
             ``TorchVersion`` a parity fixture records.
 
     Raises:
         FileNotFoundError: no such file.
+        IsADirectoryError: a folder.
         UnreadableCheckpointError: the file is empty, truncated, corrupt, not weights, or would run code; the message
-            is one line: ``cannot read checkpoint <path>: <why>``.
+            is one line: ``cannot read checkpoint <path>: <why>``; or it is no regular file (a named pipe, a device).
     """
+    path = checked_checkpoint_path(path)
     if not os.path.isfile(path):
         raise missing_checkpoint_error(path)
 

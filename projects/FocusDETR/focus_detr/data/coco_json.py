@@ -409,7 +409,10 @@ def check_coco_json(json_file, what=None, image_root=None):
     """
     path = os.path.abspath(json_file)
     where = f"{what} ({json_file})" if what else str(json_file)
-    file_stat = os.stat(path)
+    try:
+        file_stat = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where}: json file not found") from None
     special = _special_file_problem(file_stat.st_mode)
     if special:
         raise ValueError(f"{where}: the json file is {special}; name the COCO json file itself")

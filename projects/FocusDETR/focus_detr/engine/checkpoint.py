@@ -10,7 +10,7 @@ import tempfile
 import torch
 
 from ..checkpoint import CheckpointError, FocusDETRCheckpointer, UnreadableCheckpointError, write_safetensors
-from ..checkpoint.safe_load import missing_checkpoint_error
+from ..checkpoint.safe_load import checked_checkpoint_path
 from .interrupt import stop_signals_deferred
 
 __all__ = ["AtomicDetectionCheckpointer", "atomic_write", "save_weights", "TEMPORARY_FILE_PATTERN"]
@@ -163,12 +163,13 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
         )
 
     def load(self, path, *args, **kwargs):
-        if path and "://" not in path and not os.path.isfile(path):
-            raise missing_checkpoint_error(path)
+        """``FocusDETRCheckpointer.load`` (a missing local file is a one-line error); a URL that cannot be fetched is a
+        one-line FileNotFoundError saying to download it."""
+        path = checked_checkpoint_path(path, allow_empty=True)  # a pathlib.Path, before the "://" test below
         try:
             return super().load(path, *args, **kwargs)
         except OSError as error:  # includes urllib's URLError: no network, unknown host, HTTP errors
-            if "://" not in path:
+            if not path or "://" not in path:
                 raise
             raise FileNotFoundError(
                 f"cannot fetch checkpoint {path} ({error}); download it and set train.init_checkpoint to the local file"

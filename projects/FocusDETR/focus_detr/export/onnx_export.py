@@ -7,11 +7,14 @@ tensor values during tracing and become graph computations feeding ``TopK``'s k.
 (``GuardOnDataDependentSymNode``). Deformable attention is written in standard operators by
 :func:`focus_detr.layers.ms_deform_attn_onnx.onnx_msda_symbolic`.
 """
+import contextlib
 import importlib.util
+import numbers
 import time
 import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -106,6 +109,42 @@ class ExportableFocusDETR(nn.Module):
         )
 
 
+def _checked_opset(opset) -> int:
+    """``opset`` as an int; TypeError / ValueError (one line) unless it is an integer the installed torch exports.
+    Unchecked, "17" failed comparing str and int, and 17.0 deep in the exporter."""
+    if not isinstance(opset, numbers.Integral) or isinstance(opset, bool):
+        raise TypeError(f"opset must be an int (the ONNX opset version, e.g. {DEFAULT_OPSET}), got "
+                        f"{type(opset).__name__} {opset!r}")
+    if opset > max_export_opset():
+        raise ValueError(f"opset {opset} is above {max_export_opset()}, the highest torch {torch.__version__} exports")
+    return int(opset)
+
+
+def _check_sample_image(sample_image) -> None:
+    """TypeError / ValueError (one line) unless ``sample_image`` is a uint8 ``(3, H, W)`` torch tensor; another type
+    is named (a numpy array of the right dtype and shape read as a contradiction)."""
+    if not isinstance(sample_image, torch.Tensor):
+        kind = "a numpy array" if isinstance(sample_image, np.ndarray) else type(sample_image).__name__
+        hint = " (torch.from_numpy converts it)" if isinstance(sample_image, np.ndarray) else ""
+        raise TypeError(f"sample_image must be a uint8 (3, H, W) torch tensor, got {kind}{hint}")
+    if sample_image.dtype != torch.uint8 or sample_image.dim() != 3 or sample_image.shape[0] != 3:
+        raise ValueError(f"sample_image must be a uint8 (3, H, W) tensor, got {sample_image.dtype} "
+                         f"{tuple(sample_image.shape)}")
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    """``module`` in eval mode inside; afterwards every submodule has its own mode again (a training model with
+    frozen, eval-mode parts stays so), also when the export fails: the caller's model may go on training."""
+    modes = [(submodule, submodule.training) for submodule in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for submodule, training in modes:
+            submodule.training = training
+
+
 def export_onnx(
     model: FocusDETR,
     path: str,
@@ -113,20 +152,19 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     msda_form: str = "grid_sample",
 ) -> float:
-    """Traces ``model`` (eval mode, CPU) on ``sample_image`` (uint8 ``(3, H, W)``) and writes ``path``; height and
-    width are dynamic. Returns the export time in seconds."""
+    """Traces ``model`` (in eval mode, on the CPU) on ``sample_image`` (uint8 ``(3, H, W)`` torch tensor) and writes
+    ``path``; height and width are dynamic. ``opset``: an int from ``MIN_OPSET`` to :func:`max_export_opset`.
+    ``model`` is left in the train / eval mode it had. Returns the export time in seconds."""
     if msda_form not in MSDA_ONNX_FORMS:
         raise ValueError(f"msda_form must be one of {MSDA_ONNX_FORMS}, got {msda_form!r}")
-    if opset > max_export_opset():
-        raise ValueError(f"opset {opset} is above {max_export_opset()}, the highest torch {torch.__version__} exports")
-    if sample_image.dtype != torch.uint8 or sample_image.dim() != 3:
-        raise ValueError(f"sample_image must be a uint8 (3, H, W) tensor, got {sample_image.dtype} {tuple(sample_image.shape)}")
-    wrapper = ExportableFocusDETR(model).eval()
+    opset = _checked_opset(opset)
+    _check_sample_image(sample_image)
+    wrapper = ExportableFocusDETR(model)
     dynamic_axes = {INPUT_NAME: {1: "height", 2: "width"}}
     for name in OUTPUT_NAMES[:3]:
         dynamic_axes[name] = {0: "num_detections"}
     start = time.perf_counter()
-    with torch.no_grad(), onnx_msda_symbolic(opset, msda_form), warnings.catch_warnings():
+    with _eval_mode(wrapper), torch.no_grad(), onnx_msda_symbolic(opset, msda_form), warnings.catch_warnings():
         # The tracer warns about every Python-side shape check it records as a constant; they are the model's fixed
         # structure (levels, heads, batch 1), and the tests compare the graph with PyTorch at other sizes.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)

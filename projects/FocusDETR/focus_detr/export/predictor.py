@@ -16,6 +16,32 @@ from .ranking import QUERY_RANKING_OUTPUT, graph_with_query_ranking
 __all__ = ["OnnxPredictor", "check_graph_fits_config", "check_onnx_file", "graph_weights"]
 
 
+def _checked_graph_path(path) -> str:
+    """``path`` (str or os.PathLike) as a str; else TypeError (one line). Unchecked, None failed in ``os.stat`` and
+    an int was taken for a file descriptor."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str):
+        raise TypeError(f"OnnxPredictor: path must be the model.onnx file (str or os.PathLike), got "
+                        f"{type(path).__name__} {path!r}")
+    return path
+
+
+def _checked_num_threads(num_threads) -> Optional[int]:
+    """``num_threads`` as an int when a positive integer, or None; else TypeError / ValueError (one line).
+    Unchecked, a str or float failed as onnxruntime's several-line pybind TypeError, and 0 or -1 were taken silently
+    (onnxruntime's default, not what was asked)."""
+    if num_threads is None:
+        return None
+    if not isinstance(num_threads, numbers.Integral) or isinstance(num_threads, bool):
+        raise TypeError(f"OnnxPredictor: num_threads must be a positive int or None (onnxruntime's default), got "
+                        f"{type(num_threads).__name__} {num_threads!r}")
+    if num_threads < 1:
+        raise ValueError(f"OnnxPredictor: num_threads must be a positive int or None (onnxruntime's default), got "
+                         f"{num_threads}")
+    return int(num_threads)
+
+
 def check_onnx_file(path: str) -> None:
     """Raises FileNotFoundError / ValueError (one line) unless ``path`` is a file; a folder is named as such, with the
     graph inside it that ``tools/export_model.py`` writes."""
@@ -86,8 +112,8 @@ class OnnxPredictor:
     :meth:`run` returns the graph's raw outputs, token counts included.
 
     Args:
-        path: the ``model.onnx`` written by ``tools/export_model.py``.
-        num_threads: onnxruntime intra-op threads (None: onnxruntime's default).
+        path: the ``model.onnx`` written by ``tools/export_model.py`` (str or os.PathLike).
+        num_threads: onnxruntime intra-op threads, a positive int (None: onnxruntime's default).
         spin_wait: let onnxruntime's threads busy-wait for the next run (its default, lowest latency when nothing
             else runs); False when other CPU work runs between calls, which the waiting threads would slow down (the
             export tool's benchmark interleaves PyTorch).
@@ -96,8 +122,10 @@ class OnnxPredictor:
     """
 
     def __init__(
-        self, path: str, num_threads: Optional[int] = None, spin_wait: bool = True, query_ranking: bool = False
+        self, path: Union[str, os.PathLike], num_threads: Optional[int] = None, spin_wait: bool = True,
+        query_ranking: bool = False
     ):
+        path, num_threads = _checked_graph_path(path), _checked_num_threads(num_threads)
         require_packages("onnxruntime", *(["onnx"] if query_ranking else []))
         import onnxruntime
 

@@ -68,6 +68,18 @@ def test_without_modulation_levels_are_scored_independently():
     assert torch.equal(selector.score_tokens(memory, SHAPES)[:, finest], selector.score_tokens(changed, SHAPES)[:, finest])
 
 
+def test_top_down_modulation_with_a_positive_factor_changes_no_score_beyond_rounding():
+    # what docs/ablation.md reports: 1 + weight * coarse logit > 0 everywhere (small weights, as trained) -> the
+    # LayerNorm that starts the predictor removes the scale
+    selector = _selector(top_down_modulation=True)
+    with torch.no_grad():
+        selector.modulation_weights.fill_(0.01)
+    memory = torch.randn(1, NUM_TOKENS, 32)
+    modulated = selector.score_tokens(memory, SHAPES)
+    selector.top_down_modulation = False
+    torch.testing.assert_close(modulated, selector.score_tokens(memory, SHAPES), rtol=1e-5, atol=1e-5)
+
+
 def test_top_down_modulation_changes_fine_scores():
     # The modulation scales each token by (1 + weight * coarse logit); the predictor's LayerNorm cancels a positive
     # scale, so the coarse level acts where the factor turns negative: large weights make that visible.

@@ -50,5 +50,6 @@ def test_an_image_the_resize_makes_0_pixels_wide_is_named(tmp_path):
         mapper({"file_name": str(path), "width": 3000, "height": 1, "image_id": 0})
     assert str(info.value) == (
         f"image {path} (1x3000 pixels) cannot be resized by the mapper's augmentation: height and width must be > 0 "
-        "(one side is too short for the other); remove it from the dataset"
+        "(a side resized to 0 pixels: the image is too elongated, or a size of the mapper's augmentation is 0); remove "
+        "it from the dataset, or fix the size"
     )

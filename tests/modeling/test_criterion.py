@@ -213,6 +213,9 @@ def test_gradients_reach_every_prediction_set():
         ({"focal_alpha": 2.0}, "focal_alpha"),
         ({"foreground_loss_weight": -0.1}, "foreground_loss_weight"),
         ({"foreground_focal_alpha": -0.5}, "foreground_focal_alpha"),
+        # a total loss of 0 every step, status 0: nothing learnt
+        ({"num_classes": 5, "class_weight": 0.0, "bbox_weight": 0.0, "giou_weight": 0.0, "foreground_loss_weight": 0.0},
+         "are all 0: the loss would be 0"),
     ],
 )
 def test_invalid_arguments_are_rejected(kwargs, match):

@@ -117,6 +117,7 @@ def test_group_count_and_none_cases():
         ({"dn_number": -1}, "dn_number"),
         ({"label_noise_ratio": 1.5}, "label_noise_ratio"),
         ({"box_noise_scale": -0.1}, "box_noise_scale"),
+        ({"box_noise_scale": float("inf")}, "box_noise_scale must be a finite number"),  # trained on, loss doubled
     ],
 )
 def test_invalid_arguments_are_rejected(kwargs, match):

@@ -110,7 +110,8 @@ def test_an_image_the_resize_cannot_take_is_skipped_and_the_others_drawn(demo, t
     code, out, err = _run(demo, [str(thin), good], tmp_path / "out", capsys)
     assert code == 0
     assert err == [f"skipped {thin}: image (1x3000 pixels) cannot be resized by the config's test-time resize: "
-                   "height and width must be > 0 (one side is too short for the other)"]
+                   "height and width must be > 0 (a side resized to 0 pixels: the image is too elongated, or a size of "
+                   "dataloader.test.mapper's augmentation is 0)"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_detections.png"]
 
 

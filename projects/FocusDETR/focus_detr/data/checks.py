@@ -206,6 +206,9 @@ def get_checked_dataset_dicts(names, filter_empty=True, **kwargs):
     """detectron2's ``get_detection_dataset_dicts`` (same arguments), after :func:`check_dataset_jsons`, refusing
     non-finite boxes (:func:`check_finite_boxes`), and with one-line ValueErrors for an empty dataset and a dataset
     left with no image by ``filter_empty`` ("No valid data found")."""
+    if not _as_list(names):  # detectron2 asserts: "AssertionError: []"
+        raise ValueError("a dataset loader's names is empty: name at least one registered dataset, e.g. "
+                         "dataloader.train.dataset.names=trees_train")
     check_dataset_jsons(names)
     with _dataset_errors_in_one_line(_as_list(names)):
         dataset_dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty, **kwargs)

@@ -49,11 +49,14 @@ class DetrDatasetMapper:
             augmentation (list[Augmentation]): the plain pipeline (the only one at test time).
             augmentation_with_crop (list[Augmentation] or None): the pipeline with a random crop, training only.
             is_train (bool): keep annotations as ``instances`` (True) or drop them (False).
-            img_format (str): "RGB" or "BGR" (any format :func:`read_image` accepts).
+            img_format (str): "RGB" or "BGR".
             crop_probability (float): probability to use ``augmentation_with_crop`` for an image.
         """
         if not 0.0 <= crop_probability <= 1.0:
             raise ValueError(f"crop_probability must be in [0, 1], got {crop_probability}")
+        if img_format not in ("RGB", "BGR"):  # "L" failed at the first step as a (1, H, W) image, "XYZ" in PIL
+            raise ValueError(f"DetrDatasetMapper: img_format must be 'RGB' or 'BGR' (the model takes 3 channels), got "
+                             f"{img_format!r}")
         self.augmentation = T.AugmentationList(list(augmentation))
         self.augmentation_with_crop = (
             None if augmentation_with_crop is None else T.AugmentationList(list(augmentation_with_crop))
@@ -83,8 +86,9 @@ class DetrDatasetMapper:
         except ValueError as error:  # PIL's "height and width must be > 0": a resize made a side 0 pixels
             height, width = image.shape[:2]
             raise ValueError(f"image {dataset_dict['file_name']} ({height}x{width} pixels) cannot be resized by the "
-                             f"mapper's augmentation: {error} (one side is too short for the other); remove it from "
-                             "the dataset") from None
+                             f"mapper's augmentation: {error} (a side resized to 0 pixels: the image is too elongated, "
+                             "or a size of the mapper's augmentation is 0); remove it from the dataset, or fix the "
+                             "size") from None
         image = aug_input.image
         image_shape = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))

@@ -25,9 +25,10 @@ from .cli import is_out_of_memory
 from .config import ConfigError, _dataset_names_in
 from .cuda_graphs import CUDAGraphInference, graphs_available, graphs_supported, inference_cuda_graphs
 from .precision import amp_autocast, inference_amp_dtype
+from .settings import FORMAT_KEYS, mapper_entry
 
 __all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "check_evaluation_datasets", "check_model_classes",
-           "check_same_classes", "evaluate",
+           "check_same_classes", "check_same_input_format", "evaluate",
            "read_eval_results", "selection_quality_enabled", "write_eval_results"]
 
 logger = logging.getLogger(__name__)
@@ -218,6 +219,18 @@ def check_same_classes(train_node, test_node):
                     f"{_class_at(test_classes, index)} in {test_name}; the model's classes would be scored as the "
                     "test set's classes of the same index (give both jsons the same categories, in the same order)"
                 )
+
+
+def check_same_input_format(train_node, test_node):
+    """Raises ConfigError when the training and the test mapper give the model images in other channel orders
+    (``img_format`` RGB against BGR: the tree model's AP fell from 5.58 to 0.32, silently). Mappers that do not say
+    are not compared."""
+    formats = [mapper_entry((node or {}).get("mapper", None), FORMAT_KEYS) for node in (train_node, test_node)]
+    (train_key, train_format), (test_key, test_format) = formats
+    if train_key and test_key and train_format != test_format:
+        raise ConfigError(f"dataloader.train.mapper.{train_key} is {train_format} but dataloader.test.mapper."
+                          f"{test_key} is {test_format}: the model would be scored on images in another channel order "
+                          "than it learnt; give both the same")
 
 
 def _class_at(classes, index):

@@ -114,6 +114,25 @@ def restore_rank_state(extra_checkpoint_data, data_loader):
     return state["rng"]
 
 
+def check_lr_multiplier(lr_multiplier, points=200):
+    """Raises ValueError (one line, naming ``lr_multiplier``) when the schedule, evaluated as detectron2 does at
+    ``iteration / max_iter`` over the run, fails (a warm-up longer than the run) or gives a multiplier that is
+    negative or not finite: a negative one trained by gradient ascent without a word. Other schedulers (torch's
+    own) are not checked."""
+    if not isinstance(lr_multiplier, ParamScheduler):
+        return
+    for step in range(points):
+        where = step / points
+        try:
+            value = lr_multiplier(where)
+        except (RuntimeError, ValueError, AssertionError) as error:
+            raise ValueError(f"lr_multiplier cannot be evaluated over the run: {error}") from None
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"lr_multiplier gives the learning rate a multiplier of {value:g} at {where:.0%} of "
+                             "train.max_iter: it must be a finite number >= 0 throughout (check its values and "
+                             "warmup_factor)")
+
+
 def schedule_change_warning(lr_multiplier, trained_max_iter, max_iter, start_iter, resumed_multiplier=None):
     """The line to warn with when a run trained with ``train.max_iter = trained_max_iter`` resumes at ``start_iter``
     with ``max_iter``, or None when the length is unchanged (or unknown: checkpoints from before it was saved).

@@ -25,7 +25,7 @@ from .config import ConfigError, apply_overrides, load_config
 from .cuda_graphs import CUDAGraphInference, graphs_available, inference_cuda_graphs
 from .precision import amp_autocast, amp_dtype_of
 from .runner import build_model, load_inference_weights
-from .settings import require_sections, resolve_device
+from .settings import FORMAT_KEYS, RESIZE_KEYS, mapper_entry, require_sections, resolve_device
 
 __all__ = [
     "FocusDETRPredictor",
@@ -39,9 +39,6 @@ logger = logging.getLogger(__name__)
 
 _DEFAULT_RESIZE = (800, 1333)  # detectron2's test-time default, for configs without a test loader
 _FORMATS = ("RGB", "BGR")
-# the test mapper's entries: ours (DetrDatasetMapper), then detectron2's DatasetMapper's
-_RESIZE_KEYS = ("augmentation", "augmentations")
-_FORMAT_KEYS = ("img_format", "image_format")
 
 
 def _test_mapper(cfg):
@@ -49,15 +46,6 @@ def _test_mapper(cfg):
         return cfg.dataloader.test.mapper
     except (AttributeError, KeyError):
         return None
-
-
-def _mapper_entry(mapper, keys):
-    """The first of ``keys`` the mapper config has (ours, then detectron2's ``DatasetMapper`` name), with its value;
-    ``(None, None)`` when it has none."""
-    for key in keys:
-        if key in mapper:
-            return key, mapper[key]
-    return None, None
 
 
 def inference_resize(cfg) -> T.AugmentationList:
@@ -68,9 +56,9 @@ def inference_resize(cfg) -> T.AugmentationList:
     mapper = _test_mapper(cfg)
     if mapper is None:
         return T.AugmentationList([T.ResizeShortestEdge(*_DEFAULT_RESIZE)])
-    key, augmentation = _mapper_entry(mapper, _RESIZE_KEYS)
+    key, augmentation = mapper_entry(mapper, RESIZE_KEYS)
     if key is None:
-        raise ConfigError(f"dataloader.test.mapper has no {' or '.join(_RESIZE_KEYS)}: the predictor cannot resize "
+        raise ConfigError(f"dataloader.test.mapper has no {' or '.join(RESIZE_KEYS)}: the predictor cannot resize "
                           "images as the test loader does")
     return T.AugmentationList([instantiate(a) for a in augmentation])
 
@@ -79,7 +67,7 @@ def input_format(cfg) -> str:
     """The channel order the model was trained on: the test mapper's ``img_format`` (``image_format`` for
     detectron2's ``DatasetMapper``; "RGB", our mapper's default, when absent)."""
     mapper = _test_mapper(cfg)
-    key, fmt = _mapper_entry(mapper, _FORMAT_KEYS) if mapper is not None else (None, None)
+    key, fmt = mapper_entry(mapper, FORMAT_KEYS)
     if key is None:
         return "RGB"
     if fmt not in _FORMATS:
@@ -118,7 +106,8 @@ def model_input(image_bgr: np.ndarray, resize: T.AugmentationList, fmt: str = "R
     except ValueError as error:  # PIL's "height and width must be > 0": the short side rounds to 0 pixels
         height, width = image_bgr.shape[:2]
         raise ValueError(f"{name} ({height}x{width} pixels) cannot be resized by the config's test-time resize: "
-                         f"{error} (one side is too short for the other)") from None
+                         f"{error} (a side resized to 0 pixels: the image is too elongated, or a size of "
+                         "dataloader.test.mapper's augmentation is 0)") from None
     resized = np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))
     return {"image": torch.from_numpy(resized), "height": image_bgr.shape[0], "width": image_bgr.shape[1]}
 

@@ -16,16 +16,16 @@ from .agreement import ProcessFailed
 from .checkpoint import AtomicDetectionCheckpointer
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line, user_errors_without_tracebacks
 from .config import ConfigError
-from .evaluation import (check_evaluation_datasets, check_model_classes, check_same_classes, evaluate,
-                         write_eval_results)
-from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, restore_rank_state,
-                    schedule_change_warning)
+from .evaluation import (check_evaluation_datasets, check_model_classes, check_same_classes, check_same_input_format,
+                         evaluate, write_eval_results)
+from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, check_lr_multiplier,
+                    restore_rank_state, schedule_change_warning)
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
 from .metrics_log import cut_incomplete_last_line
 from .optim import optimizer_settings, restore_optimizer_settings
 from .rng import restore_rng_state
-from .settings import check_free_space, check_schedule, require_sections, resolve_device
+from .settings import check_free_space, check_schedule, check_seed, require_sections, resolve_device
 from .cuda_graphs import inference_cuda_graphs
 from .precision import inference_amp_dtype, training_amp_dtype
 from .trainer import DataLoadingFailed, DetrTrainer, StepOutOfMemory, TrainingDiverged
@@ -143,6 +143,11 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         check_evaluation_datasets(cfg)
         check_model_classes(model, cfg.dataloader.test)
         check_same_classes(cfg.dataloader.train, cfg.dataloader.test)
+        check_same_input_format(cfg.dataloader.train, cfg.dataloader.test)
+        try:  # its batch size, workers and mapper checked now, not at the final evaluation after all of training
+            instantiate(cfg.dataloader.test)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"the config's test loader (dataloader.test) cannot be built: {error}") from None
     model = wrap_ddp(model, cfg, device)
 
     amp_dtype = training_amp_dtype(cfg, device)
@@ -175,7 +180,11 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         check_free_space(cfg.train.output_dir, needed_bytes=_checkpoint_bytes(model, optimizer),
                          needed_for="one checkpoint of this model (weights and optimizer state)")
         cut_incomplete_last_line(cfg.train.output_dir)  # a resumed run's records must not go onto a line cut short
-    lr_multiplier = instantiate(cfg.lr_multiplier)
+    try:
+        lr_multiplier = instantiate(cfg.lr_multiplier)
+    except (ValueError, TypeError, AssertionError, RuntimeError) as error:  # fvcore's checks name no config key
+        raise ConfigError(f"the config's lr_multiplier cannot be built: {error}") from None
+    check_lr_multiplier(lr_multiplier)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -257,7 +266,8 @@ def check_before_setup(cfg, resume=False, eval_only=False):
     """The refusals that need no model, made before detectron2's set-up writes ``config.yaml`` and ``log.txt`` into
     ``train.output_dir``, so that a refused command leaves a finished run's record as it was: a resume of a run that
     is complete, an evaluation of a weights file that does not exist. (The same checks run again later, with the
-    model, for callers that skip this one.)"""
+    model, for callers that skip this one.) Also checks ``train.seed``, which the set-up uses."""
+    check_seed(cfg.train)
     if eval_only:
         weights = cfg.train.get("init_checkpoint", "")
         if not resume and isinstance(weights, str) and weights and "://" not in weights and not os.path.isfile(weights):
@@ -338,6 +348,8 @@ def load_inference_weights(model, cfg, path):
     if ema_enabled and ema_for_eval and ema_state is not None:
         logger.info("Using the EMA weights stored in the checkpoint")
         (model.module if hasattr(model, "module") else model).load_state_dict(ema_state["shadow"])
+    elif ema_enabled and ema_for_eval and path:  # asked for, absent: say which weights the numbers are of
+        logger.warning(f"train.model_ema asks for the EMA weights, but {path} holds none: using its trained weights")
 
 
 def run_evaluation(cfg, resume=False):

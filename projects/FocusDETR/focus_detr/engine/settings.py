@@ -42,6 +42,28 @@ def check_schedule(train):
         )
 
 
+# A mapper config's entries: ours (DetrDatasetMapper), then detectron2's DatasetMapper's
+RESIZE_KEYS = ("augmentation", "augmentations")
+FORMAT_KEYS = ("img_format", "image_format")
+
+
+def mapper_entry(mapper, keys):
+    """The first of ``keys`` the mapper config ``mapper`` has, with its value; ``(None, None)`` when it has none (or
+    is no config node)."""
+    for key in keys:
+        if hasattr(mapper, "keys") and key in mapper:
+            return key, mapper[key]
+    return None, None
+
+
+def check_seed(train):
+    """Raises ConfigError unless ``train.seed`` is -1 (a random seed) or one numpy takes (0 to 2**32 - 1): detectron2
+    said "Seed must be between 0 and 2**32 - 1" without the key, and turned other negative seeds into random ones."""
+    seed = train.get("seed", -1)
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and (seed == -1 or 0 <= seed < 2**32)):
+        raise ConfigError(f"train.seed must be an integer from 0 to 2**32 - 1, or -1 for a random seed, got {seed!r}")
+
+
 def _nearest_existing(path):
     """``path``, or the nearest of its parent folders that exists."""
     existing = os.path.abspath(path)

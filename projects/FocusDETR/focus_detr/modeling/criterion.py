@@ -69,6 +69,9 @@ class FocusDETRCriterion(nn.Module):
         ):
             if not value >= 0:
                 raise ValueError(f"FocusDETRCriterion: {name} must be >= 0, got {value}")
+        if class_weight == bbox_weight == giou_weight == foreground_loss_weight == 0:  # a loss of 0: nothing learnt
+            raise ValueError("FocusDETRCriterion: class_weight, bbox_weight, giou_weight and foreground_loss_weight are "
+                             "all 0: the loss would be 0 and training would change nothing")
         for name, value in (("focal_alpha", focal_alpha), ("foreground_focal_alpha", foreground_focal_alpha)):
             if not 0 <= value <= 1:
                 raise ValueError(f"FocusDETRCriterion: {name} must be in [0, 1], got {value}")

@@ -74,8 +74,8 @@ class ContrastiveDenoising(nn.Module):
             raise ValueError(f"ContrastiveDenoising: dn_number must be an int >= 0, got {dn_number}")
         if not 0 <= label_noise_ratio <= 1:
             raise ValueError(f"ContrastiveDenoising: label_noise_ratio must be in [0, 1], got {label_noise_ratio}")
-        if not box_noise_scale >= 0:
-            raise ValueError(f"ContrastiveDenoising: box_noise_scale must be >= 0, got {box_noise_scale}")
+        if not 0 <= box_noise_scale < float("inf"):
+            raise ValueError(f"ContrastiveDenoising: box_noise_scale must be a finite number >= 0, got {box_noise_scale}")
         self.num_classes = num_classes
         self.dn_number = dn_number
         self.label_noise_ratio = label_noise_ratio

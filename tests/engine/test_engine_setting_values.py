@@ -1,0 +1,61 @@
+"""Setting values that trained or evaluated the wrong thing without a word, or failed with a traceback or only after
+training: each is one line, before the first step (and before the folder's config.yaml is rewritten)."""
+import pytest
+
+from cli_output import error_lines, logged_warnings, shows_traceback
+from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
+
+CASES = {
+    # gradient ascent: lr -4e-07, then -0.0004, status 0
+    "negative lr multiplier": (["lr_multiplier.scheduler.values=[-1.0,0.1]"],
+                               "error: lr_multiplier gives the learning rate a multiplier of -1 at 0% of train.max_iter"),
+    "negative warm-up factor": (["lr_multiplier.warmup_length=0.2", "lr_multiplier.warmup_factor=-1.0"],
+                                "error: lr_multiplier gives the learning rate a multiplier of -1 at 0% of "
+                                "train.max_iter"),
+    # fvcore's RuntimeError traceback
+    "warm-up longer than the run": (["lr_multiplier.warmup_length=2.0"],
+                                    "error: the config's lr_multiplier cannot be built: where in ParamScheduler must "
+                                    "be in [0, 1]: got 2.0"),
+    "schedule values of the wrong count": (["lr_multiplier.scheduler.values=[1.0]"],
+                                           "error: the config's lr_multiplier cannot be built: "),
+    # a negative type made the norm 0 (clipping off), 0 counted entries
+    "clip norm type 0": (["train.clip_grad.enabled=True", "train.clip_grad.params.norm_type=0"],
+                         "error: train.clip_grad.params.norm_type must be positive"),
+    "seed beyond numpy's": (["train.seed=99999999999999"], "error: train.seed must be an integer from 0 to 2**32 - 1, "
+                            "or -1 for a random seed, got 99999999999999"),
+    "seed negative": (["train.seed=-5"], "error: train.seed must be an integer from 0 to 2**32 - 1"),
+    # AP 5.58 -> 0.32 on the tree model
+    "train and test channel orders differ": (["dataloader.test.mapper.img_format=BGR"],
+                                             "error: dataloader.train.mapper.img_format is RGB but "
+                                             "dataloader.test.mapper.img_format is BGR"),
+    "a format with one channel": (["dataloader.train.mapper.img_format=L"],
+                                  "error: DetrDatasetMapper: img_format must be 'RGB' or 'BGR'"),
+    # found only at the final evaluation, after all of training
+    "test batch size 0": (["dataloader.test.batch_size=0"],
+                          "error: the config's test loader (dataloader.test) cannot be built: "),
+    # detectron2's "AssertionError: []"
+    "no training set": (["dataloader.train.dataset.names=[]"], "error: a dataset loader's names is empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_setting_value_that_cannot_be_meant_is_one_line_before_training(train_net, toy_dataset, tmp_path, capsys,
+                                                                          case):
+    overrides, expected = CASES[case]
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}", *overrides]) == 2
+    err = capsys.readouterr().err
+    errors = error_lines(err)
+    assert len(errors) == 1 and errors[0].startswith(expected), errors
+    assert not shows_traceback(err)
+    assert not list(tmp_path.glob("model_*.pth"))
+
+
+def test_ema_weights_asked_for_but_absent_are_named(train_net, toy_dataset, tmp_path, capsys):
+    # the trained weights were evaluated as if they were the EMA ones, without a word
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}", "train.max_iter=2"]) == 0
+    with logged_warnings("focus_detr.engine.runner") as warnings:
+        assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path / 'eval'}",
+                              f"train.init_checkpoint={tmp_path / 'model_final.pth'}",
+                              "train.model_ema.enabled=True"]) == 0
+    assert warnings == [f"train.model_ema asks for the EMA weights, but {tmp_path / 'model_final.pth'} holds none: "
+                        "using its trained weights"]

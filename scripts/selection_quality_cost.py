@@ -17,7 +17,9 @@ import argparse
 import contextlib
 import io
 import logging
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -25,8 +27,10 @@ from detectron2.config import instantiate
 
 from focus_detr.analysis.selection_quality_evaluator import SelectionQualityEvaluator, TokenSelectionOutputs
 from focus_detr.analysis.timing import median_ratio
+from focus_detr.checkpoint.safe_load import missing_checkpoint_error
 from focus_detr.engine import load_config
 from focus_detr.engine.checkpoint import AtomicDetectionCheckpointer
+from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.config import _dataset_names_in
 from focus_detr.engine.runner import build_model
 
@@ -68,21 +72,38 @@ def one_round(model, batches, cfg, swap):
     return seconds
 
 
-def main(argv=None):
-    global clock
+def positive_int(text):
+    """An argparse type: an int >= 1 (a median of no rounds does not exist; 0 threads is no setting)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config_file")
     parser.add_argument("checkpoint")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--rounds", type=positive_int, default=7)
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    global clock
+    args = parse_args(argv)
     clock = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds, config_file, checkpoint = args.rounds, args.config_file, args.checkpoint
     logging.disable(logging.INFO)  # the evaluators' own tables: only the timing here
     cfg = load_config(config_file, ["train.output_dir="])
+    if "://" not in checkpoint and not os.path.isfile(checkpoint):  # before the model and the test set are loaded
+        raise missing_checkpoint_error(checkpoint)
     model = build_model(cfg, "cpu").eval()
     AtomicDetectionCheckpointer(model).load(checkpoint)
     batches = list(instantiate(cfg.dataloader.test))
@@ -102,4 +123,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_errors(main))

@@ -5,8 +5,9 @@
         [--config-file CONFIG] [--output ours.pt] [key=value ...]
 
 Loads ``fixture["state_dict"]`` (official layout) through the checkpoint loader, runs eval-mode inference on each
-fixture input alone, and the training losses when the fixture has them (``no_dn`` as is; ``dn`` with the fixture's
-recorded denoising queries injected). Prints a comparison table and exits non-zero when out of tolerance. Without
+fixture input alone, and the training losses (``no_dn`` as is; ``dn`` with the fixture's recorded denoising queries
+injected). Prints a comparison table and exits non-zero when out of tolerance. A fixture without the official outputs
+of each input or without both training runs is refused: a check of part of it is no parity check. Without
 ``--config-file``, or when the weights do not fit it (reported), the configuration is the first of
 ``CANDIDATE_CONFIGS`` whose model the weights fit exactly.
 
@@ -27,13 +28,14 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 
 from focus_detr.analysis.forced_decisions import ForcedDecisions, single_decisions
 from focus_detr.analysis.parity import (
     AMP_BOX_TOL,
     TOP_DETECTIONS,
     Report,
+    check_output_file,
     compare_losses,
     compare_single,
     load_fixture,
@@ -43,7 +45,14 @@ from focus_detr.analysis.parity import (
     weight_mismatch,
 )
 from focus_detr.checkpoint import FocusDETRCheckpointer
-from focus_detr.engine import amp_autocast, atomic_write, resolve_amp_dtype, resolve_device
+from focus_detr.engine import (
+    ConfigError,
+    amp_autocast,
+    atomic_write,
+    load_config,
+    resolve_amp_dtype,
+    resolve_device,
+)
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.layers.ms_deform_attn_backends import select_backend
@@ -64,22 +73,32 @@ CANDIDATE_CONFIGS = [
 def build_model(config_file: Optional[str], opts: List[str], state_dict: Dict[str, torch.Tensor]):
     """The model of ``config_file`` if the weights fit it, else of the first candidate configuration they fit (the
     weights fix the architecture; a config that cannot hold them is reported, not fatal). Returns the model and the
-    config used."""
+    config used. The overrides are checked against the first config tried (one line for an unknown key); a later
+    candidate they do not apply to is skipped."""
     requested = Path(config_file).resolve() if config_file else None
     candidates = [config_file] if config_file else []
     candidates += [str(REPO_ROOT / c) for c in CANDIDATE_CONFIGS if REPO_ROOT / c != requested]
-    for candidate in candidates:
-        model = instantiate(LazyConfig.apply_overrides(LazyConfig.load(candidate), opts).model)
+    with_overrides = f" with the overrides {' '.join(opts)}" if opts else ""
+    for index, candidate in enumerate(candidates):
+        try:
+            cfg = load_config(candidate, opts)
+        except ConfigError:
+            if index == 0:
+                raise
+            continue  # e.g. an override of a ResNet setting, for a Swin candidate: not the config of these weights
+        model = instantiate(cfg.model)
         mismatch = weight_mismatch(model, state_dict)
         if mismatch is None:
             print(f"config: {candidate}")
             return model, candidate
         if candidate == config_file:
-            print(f"WARNING: the fixture's weights do not fit {config_file} ({mismatch}); trying the candidate configs")
-    raise ValueError(
-        "the fixture's weights fit none of the candidate configurations (" + ", ".join(CANDIDATE_CONFIGS) + "); "
-        "pass the --config-file they were made with"
-    )
+            print(f"WARNING: the fixture's weights do not fit {config_file}{with_overrides} ({mismatch}); trying the "
+                  "candidate configs")
+    # The overrides apply to every candidate: one that changes a shape makes the weights fit none of them.
+    cause = (": an override may change the model's shapes (try without them), or pass the --config-file the "
+             "weights were made with") if opts else "; pass the --config-file they were made with"
+    raise ValueError("the fixture's weights fit none of the candidate configurations (" + ", ".join(CANDIDATE_CONFIGS)
+                     + ")" + with_overrides + cause)
 
 
 def parse_args(argv=None):
@@ -98,6 +117,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.device = resolve_device(args.device, "--device", "--device cpu")
 
+    if args.output:  # before the runs, not after them
+        check_output_file(args.output, "--output")
+
     torch.set_num_threads(2)
     fixture = load_fixture(args.fixture)
     model, config_file = build_model(args.config_file, args.opts, fixture["state_dict"])
@@ -114,19 +136,17 @@ def main(argv=None) -> int:
     print(f"deformable attention backend: {backend} (set FOCUS_DETR_MSDA_BACKEND=pytorch|cpu to choose)")
     report = Report()
     saved = {"single": [], "train_losses": {}}
-    expected_single = fixture.get("eval_outputs", {}).get("single", [])
     unchecked = amp_dtype is not None
-    for i, item in enumerate(fixture["inputs"]):
+    # load_fixture made sure that every input has its official outputs and that both training runs are there.
+    for i, (item, expected) in enumerate(zip(fixture["inputs"], fixture["eval_outputs"]["single"])):
         prefix = f"image{i} "
-        expected = expected_single[i] if i < len(expected_single) else {}
         with amp_autocast(args.device, amp_dtype):
             with ForcedDecisions(model, report, prefix, **single_decisions(expected), take_unchecked=unchecked):
                 ours = run_single(model, item)
             own_decisions = run_single(model, item) if unchecked else None
         saved["single"].append(ours)
-        if expected:
-            compare_single(report, prefix, ours, expected, item)
-        if expected and own_decisions is not None:
+        compare_single(report, prefix, ours, expected, item)
+        if own_decisions is not None:
             box_tol_px = AMP_BOX_TOL * max(item["height"], item["width"])
             for decisions, outputs in (("official", ours), ("own", own_decisions)):
                 matched, total = match_detections(
@@ -134,7 +154,7 @@ def main(argv=None) -> int:
                 )
                 report.add(f"{prefix}{decisions} decisions: top-{TOP_DETECTIONS} same label, box within "
                            f"{AMP_BOX_TOL:g}", f"{matched}/{total}", "(reported)", matched == total)
-    for name, entry in fixture.get("train_losses", {}).items():
+    for name, entry in fixture["train_losses"].items():
         debug = entry.get("debug", {})
         decisions = {"foreground_inds": debug.get("foreground_inds"), "query_boxes": debug.get("enc_reference")}
         with amp_autocast(args.device, amp_dtype):
@@ -152,9 +172,11 @@ def main(argv=None) -> int:
         print(f"DEVIATION REPORT under {str(amp_dtype).replace('torch.', '')} autocast (official decisions taken "
               "unchecked; the float32 tolerances do not apply): parity is not checked")
         return 0
-    verdict = "PARITY OK" if report.ok else "PARITY FAILED"
+    verdict = "PARITY OK" if report.ok else "PARITY FAILED" + ("" if report.rows else ": nothing was compared")
     if args.config_file not in (None, config_file):
         verdict += f" (with {config_file}: the weights do not fit {args.config_file})"
+    if report.ok and not fixture["train_losses"]:
+        verdict += " (inference only: the fixture holds no training losses)"
     print(verdict)
     return 0 if report.ok else 1
 

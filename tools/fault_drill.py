@@ -38,39 +38,64 @@ from focus_detr.engine.fault_drill import (
     save_names,
     summarize,
 )
-from focus_detr.engine.training_process import TrainingCommand, prepare_runs_folder
+from focus_detr.engine.training_process import (
+    TrainingCommand,
+    check_report_file,
+    prepare_runs_folder,
+    removed_on_error,
+    user_path,
+)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TREES_CONFIG = os.path.join("configs", "focus_detr_r18_trees.py")
+TREES_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=TREES_CONFIG, metavar="FILE",
+    parser.add_argument("--config-file", default=TREES_CONFIG, type=user_path, metavar="FILE",
                         help="default: the tree config (DRILL_OVERRIDES name its data pipeline)")
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--max-kills", type=int, default=2, help="kills per trial: 1..N, drawn per trial")
     parser.add_argument("--seed", type=int, default=0, help="draws the kill moments")
-    parser.add_argument("--output", metavar="DIR", help="new or empty folder for the runs (default: a temporary "
-                        "folder, removed when every trial passed)")
+    parser.add_argument("--output", type=user_path, metavar="DIR",
+                        help="new or empty folder for the runs (default: a temporary folder, removed when "
+                        "every trial passed)")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the training processes")
     parser.add_argument("--run-timeout", type=float, default=300.0, metavar="S", help="per training process")
-    parser.add_argument("--json", metavar="PATH", help="write the trials and the summary here")
+    parser.add_argument("--json", type=user_path, metavar="PATH", help="write the trials and the summary here")
     add_overrides_argument(parser)
     return parse_args_with_overrides(parser, argv)
 
 
 def main(args) -> int:
+    # The paths are absolute (user_path, at parsing): the runs work in the repository, not where the user is.
     if args.trials < 1 or args.max_kills < 1:
         raise ValueError(f"--trials and --max-kills must be >= 1 (got {args.trials}, {args.max_kills})")
+    if args.json:
+        check_report_file(args.json)  # now, not after the drill's minutes
     overrides = [*DRILL_OVERRIDES, *args.opts]
-    cfg = load_config_for_tool(os.path.join(REPO_ROOT, args.config_file), DRILL_OVERRIDES, args.opts,
-                               "tools/fault_drill.py")
+    cfg = load_config_for_tool(args.config_file, DRILL_OVERRIDES, args.opts, "tools/fault_drill.py")
     if cfg.train.seed < 0:
         raise ValueError("the drill compares runs bit for bit: set a fixed train.seed (>= 0)")
     max_iter, period = int(cfg.train.max_iter), int(cfg.train.checkpointer.period)
     command = TrainingCommand(args.config_file, overrides, REPO_ROOT, args.threads, args.run_timeout)
     folder, temporary = prepare_runs_folder(args.output, "fault_drill_")
+    with removed_on_error(folder, temporary):
+        reference, trials, summary = _drill(args, command, folder, max_iter, period)
+    if temporary and not summary["failures"]:  # a failed drill's folder is kept to look into
+        shutil.rmtree(folder)
+    if args.json:
+        report = {"config": args.config_file, "overrides": overrides, "seed": args.seed,
+                  "reference": asdict(reference), "summary": summary,
+                  "trials": [dict(asdict(t), ok=t.ok) for t in trials]}
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 1 if summary["failures"] else 0
+
+
+def _drill(args, command, folder, max_iter, period):
+    """The uninterrupted run and the trials in ``folder``, each printed; returns the reference timings, the trials
+    and their summary."""
     started = time.monotonic()
     print(f"fault drill in {folder}: {args.config_file}, {max_iter} iterations, checkpoint every {period}", flush=True)
     final, reference = run_reference(command, folder)
@@ -87,15 +112,7 @@ def main(args) -> int:
     print(f"fault drill: {summary['trials']} trials, {summary['failures']} failures; {summary['kills']} kills "
           f"({summary['kills_mid_checkpoint_write']} during a checkpoint write), {summary['missed']} planned kills "
           f"came after the run finished; {summary['seconds']:.0f}s")
-    if args.json:
-        report = {"config": args.config_file, "overrides": overrides, "seed": args.seed,
-                  "reference": asdict(reference), "summary": summary,
-                  "trials": [dict(asdict(t), ok=t.ok) for t in trials]}
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    if temporary and not summary["failures"]:
-        shutil.rmtree(folder)
-    return 1 if summary["failures"] else 0
+    return reference, trials, summary
 
 
 if __name__ == "__main__":

@@ -15,15 +15,17 @@ given sizes; each is postprocessed to 1.5x its size. Recorded: single-image eval
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
+import os
 import sys
 from typing import Dict, List, Tuple
 
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 
-from focus_detr.analysis.parity import run_single, run_train_losses, to_batched_input
+from focus_detr.analysis.parity import check_output_file, run_single, run_train_losses, to_batched_input
 from focus_detr.checkpoint import FocusDETRCheckpointer
-from focus_detr.engine import atomic_write
+from focus_detr.checkpoint.safe_load import missing_checkpoint_error
+from focus_detr.engine import atomic_write, load_config
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 
@@ -165,8 +167,13 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
 
+    # Refusals first: building the model and recording take minutes at full size.
+    if args.weights and "://" not in args.weights and not os.path.isfile(args.weights):
+        raise missing_checkpoint_error(args.weights)
+    check_output_file(args.output, "--output", example="fixture.pt")
+    cfg = load_config(args.config_file, args.opts)  # one line for a missing file or an unknown override key
+
     torch.set_num_threads(2)
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
     torch.manual_seed(args.seed)
     model = instantiate(cfg.model).eval()
     generator = torch.Generator().manual_seed(args.seed + 1234)

@@ -27,25 +27,33 @@ from focus_detr.engine.config import load_config_for_tool
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.soak import SOAK_OVERRIDES, Limits, SampleTable, run_soak, soak_verdict, warmup_iterations
-from focus_detr.engine.training_process import TrainingCommand, last_error, prepare_runs_folder
+from focus_detr.engine.training_process import (
+    TrainingCommand,
+    check_report_file,
+    last_error,
+    prepare_runs_folder,
+    removed_on_error,
+    user_path,
+)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TREES_CONFIG = os.path.join("configs", "focus_detr_r18_trees.py")
+TREES_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=TREES_CONFIG, metavar="FILE",
+    parser.add_argument("--config-file", default=TREES_CONFIG, type=user_path, metavar="FILE",
                         help="default: the tree config (SOAK_OVERRIDES name its data pipeline)")
-    parser.add_argument("--output", metavar="DIR", help="new or empty folder for the run (default: a temporary "
-                        "folder, removed when the soak passes)")
+    parser.add_argument("--output", type=user_path, metavar="DIR",
+                        help="new or empty folder for the run (default: a temporary folder, removed when "
+                        "the soak passes)")
     parser.add_argument("--sample-every", type=float, default=2.0, metavar="S", help="seconds between samples")
     parser.add_argument("--max-rss-growth", type=float, default=5.0, metavar="PERCENT")
     parser.add_argument("--max-fd-growth", type=int, default=0, metavar="N")
     parser.add_argument("--max-thread-growth", type=int, default=0, metavar="N")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the training process")
     parser.add_argument("--run-timeout", type=float, default=3600.0, metavar="S")
-    parser.add_argument("--json", metavar="PATH", help="write the samples and the verdict here")
+    parser.add_argument("--json", type=user_path, metavar="PATH", help="write the samples and the verdict here")
     add_overrides_argument(parser)
     return parse_args_with_overrides(parser, argv)
 
@@ -56,20 +64,40 @@ def _print_lines(lines):
 
 
 def main(args) -> int:
+    # The paths are absolute (user_path, at parsing): the run works in the repository, not where the user is.
     if args.sample_every <= 0 or min(args.max_rss_growth, args.max_fd_growth, args.max_thread_growth) < 0:
         raise ValueError("--sample-every must be > 0 and the --max-*-growth limits >= 0")
+    if args.json:
+        check_report_file(args.json)  # now, not after the soak's minutes
     overrides = [*SOAK_OVERRIDES, *args.opts]
-    cfg = load_config_for_tool(os.path.join(REPO_ROOT, args.config_file), SOAK_OVERRIDES, args.opts, "tools/soak.py")
+    cfg = load_config_for_tool(args.config_file, SOAK_OVERRIDES, args.opts, "tools/soak.py")
     max_iter = int(cfg.train.max_iter)
     eval_period = int(cfg.train.eval_period) if cfg.dataloader.get("evaluator", None) is not None else 0
     warmup = warmup_iterations(max_iter, eval_period)
     limits = Limits(args.max_rss_growth / 100, args.max_fd_growth, args.max_thread_growth)
     folder, temporary = prepare_runs_folder(args.output, "soak_")
-    log_path = os.path.join(folder, "train.log")
     print(f"soak in {folder}: {args.config_file}, {max_iter} iterations, evaluation every {eval_period or '-'}, "
           f"checkpoint every {cfg.train.checkpointer.period}; warm-up {warmup} iterations; a sample every "
           f"{args.sample_every:g} s", flush=True)
     command = TrainingCommand(args.config_file, overrides, REPO_ROOT, args.threads, args.run_timeout)
+    with removed_on_error(folder, temporary):
+        run, verdict = _soak(args, command, folder, max_iter, warmup, limits)
+    if temporary and verdict.ok:  # a failed soak's folder is kept to look into
+        shutil.rmtree(folder)
+    if args.json:
+        report = {"config": args.config_file, "overrides": overrides, "limits": asdict(limits),
+                  "sample_every_s": args.sample_every, "max_iter": max_iter, "eval_period": eval_period,
+                  "run": {"exit_status": run.exit_status, "iterations": run.iterations,
+                          "seconds": round(run.seconds, 1)},
+                  "verdict": dict(asdict(verdict), ok=verdict.ok), "samples": [asdict(s) for s in run.samples]}
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0 if verdict.ok else 1
+
+
+def _soak(args, command, folder, max_iter, warmup, limits):
+    """Runs the soak in ``folder``, printing the table and the verdict; returns the run and the verdict."""
+    log_path = os.path.join(folder, "train.log")
     table = SampleTable(max_iter, warmup)
     print(SampleTable.HEADER, flush=True)
     run = run_soak(command, os.path.join(folder, "run"), log_path, args.sample_every,
@@ -89,17 +117,7 @@ def main(args) -> int:
                   f"({measure['growth']:+g}, limit {measure['limit']:+d})")
     print(f"soak: {'PASS' if verdict.ok else 'FAIL: ' + '; '.join(verdict.problems)}; {run.iterations} iterations "
           f"in {run.seconds:.0f} s, {len(run.samples)} samples (windows of {verdict.window})")
-    if args.json:
-        report = {"config": args.config_file, "overrides": overrides, "limits": asdict(limits),
-                  "sample_every_s": args.sample_every, "max_iter": max_iter, "eval_period": eval_period,
-                  "run": {"exit_status": run.exit_status, "iterations": run.iterations,
-                          "seconds": round(run.seconds, 1)},
-                  "verdict": dict(asdict(verdict), ok=verdict.ok), "samples": [asdict(s) for s in run.samples]}
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    if temporary and verdict.ok:
-        shutil.rmtree(folder)
-    return 0 if verdict.ok else 1
+    return run, verdict
 
 
 if __name__ == "__main__":

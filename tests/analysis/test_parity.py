@@ -1,6 +1,14 @@
+import pytest
 import torch
 
-from focus_detr.analysis.parity import Report, compare_losses, match_detections, weight_mismatch
+from focus_detr.analysis.parity import (
+    Report,
+    compare_losses,
+    load_fixture,
+    match_detections,
+    missing_sections,
+    weight_mismatch,
+)
 
 
 def _detections(labels, scores, boxes):
@@ -35,3 +43,50 @@ def test_weights_that_do_not_fit_the_model_say_what_differs():
     assert weight_mismatch(model, wrong) == (
         "1 missing keys, e.g. 0.bias; 1 unexpected keys, e.g. 1.bias; 1 shape mismatches, e.g. 0.weight"
     )
+
+
+def test_a_report_that_compared_nothing_is_not_parity():
+    assert not Report().ok
+
+
+def _fixture_parts(images=2):
+    single = {"pred_logits": torch.zeros(1), "pred_boxes": torch.zeros(1), "postprocessed": [{}]}
+    return {
+        "state_dict": {},
+        "inputs": [{}] * images,
+        "eval_outputs": {"single": [dict(single) for _ in range(images)]},
+        "train_losses": {"no_dn": {"losses": {"loss_class": 1.0}}, "dn": {"losses": {"loss_class": 1.0}}},
+    }
+
+
+def test_a_fixture_without_what_the_check_compares_is_named_for_each_missing_part():
+    assert missing_sections(_fixture_parts()) == []
+    bare = {"state_dict": {}, "inputs": [{}]}
+    assert missing_sections(bare) == [
+        "eval_outputs['single'] (the official outputs of each image)",
+        "train_losses (the official training losses per run; {} for inference only)",
+    ]
+    assert missing_sections(dict(_fixture_parts(), train_losses={})) == []  # inference only: allowed, and said
+    no_inputs = dict(_fixture_parts(), inputs=[])
+    assert missing_sections(no_inputs) == ["inputs (no images)"]
+    short = _fixture_parts()
+    short["eval_outputs"]["single"].pop()
+    assert missing_sections(short) == ["eval_outputs['single'] has 1 entries for 2 inputs"]
+    partial = _fixture_parts()
+    del partial["eval_outputs"]["single"][1]["pred_logits"]
+    partial["train_losses"]["dn"]["losses"] = {}
+    assert missing_sections(partial) == [
+        "eval_outputs['single'][1] has no pred_logits",
+        "the losses of train_losses 'dn'",
+    ]
+
+
+def test_a_fixture_file_missing_a_section_is_refused_on_loading(tmp_path):
+    fixture = _fixture_parts()
+    del fixture["train_losses"]
+    path = tmp_path / "partial.pt"
+    torch.save(fixture, path)
+    with pytest.raises(ValueError, match=r"^cannot use fixture .*partial\.pt: it lacks what the parity check compares: "
+                                         r"train_losses \(the official training losses per run; \{\} for inference "
+                                         r"only\)$"):
+        load_fixture(str(path))

@@ -2,6 +2,7 @@
 import torch
 
 from focus_detr.engine.fault_drill import check_output, checkpoint_differences, save_names
+from focus_detr.engine.training_process import TrainingCommand
 
 
 def test_the_check_finds_temporary_torn_and_differing_files(tmp_path):
@@ -50,3 +51,11 @@ def test_the_saves_a_run_makes_are_every_period_and_the_final_one():
     assert save_names(8, 2) == [(1, "model_0000001.pth"), (3, "model_0000003.pth"), (5, "model_0000005.pth"),
                                 (7, "model_final.pth")]
     assert save_names(4, 10) == [(3, "model_final.pth")]
+
+
+def test_a_training_command_hands_its_runs_absolute_paths_of_the_callers_directory(tmp_path, monkeypatch):
+    # The runs work in the repository (cwd), the caller watches their folder from its own working directory.
+    monkeypatch.chdir(tmp_path)
+    argv = TrainingCommand("my_config.py", ["train.max_iter=2"], cwd="/elsewhere").argv("runs/a", resume=True)
+    assert argv[1:] == ["train_net.py", "--config-file", str(tmp_path / "my_config.py"), "--resume", "train.max_iter=2",
+                        f"train.output_dir={tmp_path / 'runs' / 'a'}"]

@@ -43,3 +43,24 @@ def test_bad_image_sizes_are_refused(text, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         tool.main(["--config-file", str(TINY_CONFIG), "--output", "unused.pt", "--sizes", text])
     assert "image size must" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--weights", "{tmp}/missing.pth"], "error: checkpoint not found: {tmp}/missing.pth"),
+    (["model.nonexistent_key=3"],
+     "error: unknown config key 'model.nonexistent_key' in override 'model.nonexistent_key=3'"),
+    (["--output", "{tmp}"], "error: --output {tmp} is a folder: give a file name (e.g. {tmp}/fixture.pt)"),
+])
+def test_bad_input_is_one_line_before_any_model_is_built(bad, message, tmp_path, monkeypatch, capsys):
+    from focus_detr.engine.cli import run_reporting_errors
+
+    tool = _tool("make_parity_fixture", monkeypatch)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built before the input was checked")
+
+    monkeypatch.setattr(tool, "instantiate", no_model)
+    argv = ["--config-file", str(TINY_CONFIG), "--output", str(tmp_path / "fixture.pt")]
+    argv += [arg.format(tmp=tmp_path) for arg in bad]
+    assert run_reporting_errors(tool.main, argv) == 2
+    assert capsys.readouterr().err.strip() == message.format(tmp=tmp_path)

@@ -1,6 +1,8 @@
 """tools/soak.py: a training run sampled for memory, file handles and threads, with a table and a verdict."""
 import json
+import tempfile
 
+from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.soak import Limits, Sample, soak_verdict
 from tools_test_utils import load_script
 
@@ -30,3 +32,44 @@ def test_a_short_soak_on_the_tree_config_reports_samples_a_table_and_a_verdict(t
     assert "iter  time s  RSS MiB workers wRSS MiB   fds threads" in out and "<- warm-up over" in out
     assert "soak: PASS; 8 iterations in" in out
     assert (tmp_path / "run" / "run" / "model_final.pth").is_file()  # --output is kept
+
+
+def _failing_soak(soak, monkeypatch, seen):
+    """Replaces the soak's training run by a failure, keeping what it was given."""
+    def failing_run(command, output_dir, log_path, sample_every_s, echo=None):
+        seen.update(command=command, output_dir=output_dir, log_path=log_path)
+        raise OSError("/proc is not readable: stopped by the test")
+
+    monkeypatch.setattr(soak, "run_soak", failing_run)
+
+
+def test_a_relative_output_means_the_users_working_directory_also_for_the_run(tmp_path, monkeypatch, capsys):
+    soak = load_script("tools/soak.py", "soak")
+    seen = {}
+    _failing_soak(soak, monkeypatch, seen)
+    monkeypatch.chdir(tmp_path)
+    assert run_reporting_errors(soak.main, soak.parse_args(["--output", "soak_run"])) == 2
+    assert capsys.readouterr().err.strip() == "error: /proc is not readable: stopped by the test"
+    argv = seen["command"].argv(seen["output_dir"], resume=False)
+    assert argv[-1] == f"train.output_dir={tmp_path / 'soak_run' / 'run'}"
+    assert seen["log_path"] == str(tmp_path / "soak_run" / "train.log")
+
+
+def test_a_json_that_is_a_folder_is_refused_before_the_run(tmp_path, monkeypatch, capsys):
+    soak = load_script("tools/soak.py", "soak")
+    seen = {}
+    _failing_soak(soak, monkeypatch, seen)
+    args = soak.parse_args(["--json", str(tmp_path), "--output", str(tmp_path / "run")])
+    assert run_reporting_errors(soak.main, args) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --json {tmp_path} is a folder: give a file name, e.g. "
+                                               f"{tmp_path / 'report.json'}")
+    assert not seen and not (tmp_path / "run").exists()
+
+
+def test_a_soak_that_fails_removes_its_temporary_folder(tmp_path, monkeypatch, capsys):
+    soak = load_script("tools/soak.py", "soak")
+    _failing_soak(soak, monkeypatch, {})
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where prepare_runs_folder makes it
+    assert run_reporting_errors(soak.main, soak.parse_args([])) == 2
+    assert "stopped by the test" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -6,8 +6,11 @@ is the command line; :mod:`.forced_decisions` makes the model take the official 
 A fixture is a dict: ``state_dict`` (official or our layout), ``inputs`` (images with their sizes and instances),
 ``eval_outputs["single"]`` (per image: ``pred_logits``, ``pred_boxes``, ``postprocessed`` detections and the
 ranking decisions under ``debug``) and ``train_losses`` (per name: ``losses``, and for denoising the recorded
-``dn_inputs``).
+``dn_inputs``). A fixture without images, without an official output per image, or whose ``train_losses`` is not
+a dict of such entries is refused (:func:`missing_sections`): a check of part of it would pass on what it never
+compared. An empty ``train_losses`` is allowed (inference only), and said in the verdict.
 """
+import os
 from typing import Dict, List, Optional
 
 import torch
@@ -17,6 +20,7 @@ from torch.torch_version import TorchVersion
 
 from ..checkpoint import read_weights_file
 from ..checkpoint.official import convert_official_state_dict, is_official_layout
+from ..engine.settings import check_output_dir
 from ..modeling import DenoisingQueries
 
 __all__ = [
@@ -27,10 +31,12 @@ __all__ = [
     "SCORE_TOL",
     "TOP_DETECTIONS",
     "Report",
+    "check_output_file",
     "compare_losses",
     "compare_single",
     "load_fixture",
     "match_detections",
+    "missing_sections",
     "run_single",
     "run_train_losses",
     "to_batched_input",
@@ -43,6 +49,8 @@ SCORE_TOL = 1e-4  # detection probabilities
 LOSS_REL_TOL = 1e-4
 TOP_DETECTIONS = 100
 AMP_BOX_TOL = 0.01  # under autocast: a box within 1% of the image size counts as the same detection
+# What check_parity compares per image, as the official fixture and make_parity_fixture.py record it.
+SINGLE_KEYS = ("pred_logits", "pred_boxes", "postprocessed")
 
 
 def load_fixture(path: str) -> Dict:
@@ -50,8 +58,52 @@ def load_fixture(path: str) -> Dict:
     # The fixture stores a torch version object besides tensors and plain containers.
     fixture = read_weights_file(path, torch_safe_globals=[TorchVersion]).content
     if not isinstance(fixture, dict) or "state_dict" not in fixture or "inputs" not in fixture:
-        raise ValueError(f"cannot use fixture {path}: it is not a parity fixture (a dict with 'state_dict' and 'inputs')")
+        raise ValueError(f"cannot use fixture {path}: it is not a parity fixture (a dict with 'state_dict' and "
+                         "'inputs')")
+    missing = missing_sections(fixture)
+    if missing:
+        # Checking only part of a fixture would print PARITY OK for what was never compared.
+        raise ValueError(f"cannot use fixture {path}: it lacks what the parity check compares: {'; '.join(missing)}")
     return fixture
+
+
+def _section(container, key):
+    return container.get(key) if isinstance(container, dict) else None
+
+
+def missing_sections(fixture: Dict) -> List[str]:
+    """What a fixture lacks of the sections a parity check compares (the official fixture's ``inputs``,
+    ``eval_outputs["single"]`` with one entry per input, ``train_losses`` a dict whose entries hold ``losses``; the
+    tiny official fixture's are ``no_dn`` and ``dn``, an empty one means inference only), each said in a few words;
+    empty when it has them all."""
+    inputs = fixture.get("inputs")
+    missing = [] if isinstance(inputs, list) and inputs else ["inputs (no images)"]
+    single = _section(fixture.get("eval_outputs"), "single")
+    if not isinstance(single, list) or not single:
+        missing.append("eval_outputs['single'] (the official outputs of each image)")
+    elif not missing and len(single) != len(inputs):
+        missing.append(f"eval_outputs['single'] has {len(single)} entries for {len(inputs)} inputs")
+    else:
+        for i, entry in enumerate(single):
+            absent = [key for key in SINGLE_KEYS if _section(entry, key) is None]
+            if absent:
+                missing.append(f"eval_outputs['single'][{i}] has no {', '.join(absent)}")
+    runs = fixture.get("train_losses")
+    if not isinstance(runs, dict):
+        missing.append("train_losses (the official training losses per run; {} for inference only)")
+    else:
+        absent = [name for name, entry in runs.items() if not _section(entry, "losses")]
+        if absent:
+            missing.append(f"the losses of train_losses {', '.join(repr(n) for n in absent)}")
+    return missing
+
+
+def check_output_file(path: str, option: str, example: str = "ours.pt") -> None:
+    """Raises a one-line error when the file ``path`` (command-line ``option``) cannot be written, so that the runs
+    made before writing it are not lost to that; ``example`` is a file name to suggest for a folder."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{option} {path} is a folder: give a file name (e.g. {os.path.join(path, example)})")
+    check_output_dir(os.path.dirname(os.path.abspath(path)), key=f"the folder of {option}")
 
 
 def to_batched_input(item: Dict, with_instances: bool) -> Dict:
@@ -76,7 +128,8 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return all(row[3] for row in self.rows)
+        # A comparison that compared nothing has not shown parity.
+        return bool(self.rows) and all(row[3] for row in self.rows)
 
     def print(self):
         width = max(len(r[0]) for r in self.rows) if self.rows else 10
@@ -84,7 +137,6 @@ class Report:
         for name, value, tolerance, ok in self.rows:
             value_text = f"{value:.3e}" if isinstance(value, float) else str(value)
             print(f"{name:<{width}}  {value_text:>22}  {tolerance:>14}  {'ok' if ok else 'FAIL'}")
-
 
 
 @torch.no_grad()

@@ -1,9 +1,13 @@
 """``train_net.py`` runs started and watched from outside (by the fault drill and the soak): each run is a process
 in its own session, so its data-loader workers die with it when it is killed, as in a crash. The watcher follows
-the run's log (the iterations it reports) and its output folder (the temporary files of checkpoint writes)."""
+the run's log (the iterations it reports) and its output folder (the temporary files of checkpoint writes).
+
+The runs work in the repository, not in the user's working directory: the paths handed to them are made absolute
+first (:func:`user_path`), so that a relative ``--output`` means the same folder to the tool and to its runs."""
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,8 +17,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .process_monitor import live_group_members
+from .settings import check_output_dir
 
-__all__ = ["TEMPORARY_FILE", "TrainingCommand", "TrainingProcess", "last_error", "prepare_runs_folder"]
+__all__ = ["TEMPORARY_FILE", "TrainingCommand", "TrainingProcess", "check_report_file", "last_error",
+           "prepare_runs_folder", "removed_on_error", "user_path"]
 
 POLL_S = 0.002
 _ITERATION_LINE = re.compile(rb"\biter: (\d+) ")
@@ -30,7 +36,8 @@ _GROUP_POLL_S = 0.01
 class TrainingCommand:
     """How to start ``train_net.py``: the config and its ``key=value`` overrides, the folder holding
     ``train_net.py`` (the runs' working directory), ``OMP_NUM_THREADS`` of the runs, and the seconds a run may take
-    before it is killed."""
+    before it is killed. The config file and the output folders are paths relative to this process's working
+    directory (or absolute), not to ``cwd``."""
 
     config_file: str
     overrides: Sequence[str]
@@ -39,8 +46,10 @@ class TrainingCommand:
     timeout_s: float = 300.0
 
     def argv(self, output_dir, resume):
-        argv = [sys.executable, "train_net.py", "--config-file", self.config_file]
-        return argv + (["--resume"] if resume else []) + [*self.overrides, f"train.output_dir={output_dir}"]
+        # absolute: the run works in ``cwd``, while this process watches output_dir from its own working directory
+        argv = [sys.executable, "train_net.py", "--config-file", user_path(self.config_file)]
+        output = f"train.output_dir={user_path(output_dir)}"
+        return argv + (["--resume"] if resume else []) + [*self.overrides, output]
 
     def start(self, output_dir, log_path, resume=False, poll_s=POLL_S):
         """Launches a run writing into ``output_dir``; its output is appended to ``log_path``."""
@@ -160,3 +169,30 @@ def prepare_runs_folder(path, prefix):
         raise ValueError(f"--output {path} must be a new or empty folder (the runs are written there)")
     os.makedirs(path, exist_ok=True)
     return path, False
+
+
+def user_path(path):
+    """``path`` (None passes) as an absolute path, relative paths taken from this process's working directory (the
+    user's): the runs work in the repository, where a relative path would name another place."""
+    return None if path is None else os.path.abspath(path)
+
+
+def check_report_file(path, option="--json"):
+    """Raises a one-line error unless the report file ``path`` (command-line ``option``) can be written: checked
+    before the runs, which take minutes, rather than after them."""
+    if os.path.isdir(path):
+        example = os.path.join(path, "report.json")
+        raise IsADirectoryError(f"{option} {path} is a folder: give a file name, e.g. {example}")
+    check_output_dir(os.path.dirname(os.path.abspath(path)), key=f"the folder of {option}")
+
+
+@contextlib.contextmanager
+def removed_on_error(folder, temporary):
+    """Removes ``folder`` when the block raises (an error, Ctrl-C) and the folder is ``temporary``: nobody is told
+    where it is, so it would be left behind. A folder the user named is kept."""
+    try:
+        yield
+    except BaseException:
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise

@@ -15,10 +15,11 @@ Writes into --output:
 Runs go seed by seed (every variant with the first seed, then the second, ...). Run the same command again to
 resume: finished runs are skipped, an interrupted training continues from its last checkpoint (Ctrl-C or SIGTERM
 stops the current training after a checkpoint). A run folder holding a run started with other settings (config file,
-overrides, seed) is refused before anything runs: give a new --output, or delete that run folder. The same command
-started twice at once shares the runs between the two (each takes the next run nobody is running; e.g. with
---threads 1 on a 2-core machine). GFLOPs and latency are measured afresh over every finished run at the end of each
-invocation.
+the contents of it or of a file it imports, overrides, seed) is refused before anything runs: give a new --output, or
+delete that run folder. The same command started twice at once shares the runs between the two (each takes the next
+run nobody is running; e.g. with --threads 1 on a 2-core machine). GFLOPs and latency (in the evaluation's precision,
+train.inference_amp) are measured afresh over every finished run at the end of each invocation. Overrides given after
+the options apply to every variant; one that sets a key a variant sets itself is refused (it would undo that variant).
 
 Example (the main job's schedule, 2 seeds; ~10 minutes per run on 2 CPU cores):
     python tools/ablate.py --config-file configs/focus_detr_r18_trees.py --output output/ablation --seeds 2
@@ -142,11 +143,12 @@ def _train_and_evaluate(args, settings, overrides_of):
 
 def _measure(args, runs, records, overrides_of):
     """GFLOPs (mean over --flop-images test images) and batch-1 latency (median over interleaved rounds, every
-    finished run's model once per round) of each finished run; adds them to its record."""
+    finished run's model once per round, under the evaluation's autocast) of each finished run; adds them to its
+    record."""
     from focus_detr.analysis.flops import count_flops
     from focus_detr.analysis.inputs import dataset_inputs
     from focus_detr.analysis.timing import inference_call, summarize, time_interleaved
-    from focus_detr.engine import build_model, load_config, resolve_device
+    from focus_detr.engine import build_model, inference_amp_dtype, load_config, resolve_device
     from focus_detr.engine.runner import load_inference_weights
 
     device = resolve_device(args.device, "--device", "--device cpu")
@@ -158,7 +160,8 @@ def _measure(args, runs, records, overrides_of):
         load_inference_weights(model, cfg, os.path.join(run.folder, "model_final.pth"))  # the evaluated weights
         model.eval()
         record["gflops"] = count_flops(model, inputs).total / 1e9
-        calls[run] = inference_call(model, inputs, device)
+        # timed in the precision the run's evaluation ran in (train.inference_amp), as the sweep does
+        calls[run] = inference_call(model, inputs, device, inference_amp_dtype(cfg, device))
     seconds = time_interleaved(calls, device, warmup=1, repeats=args.latency_rounds)
     for run, record in zip(runs, records):
         record["latency_ms"] = summarize(seconds[run])["median_ms"]
@@ -166,6 +169,7 @@ def _measure(args, runs, records, overrides_of):
 
 def main(args):
     from focus_detr.analysis.ablation import (
+        check_shared_overrides,
         planned_runs,
         run_pending,
         run_settings,
@@ -194,6 +198,7 @@ def main(args):
     check_datasets_registered(cfg.dataloader)
     runs = planned_runs(args.output, args.variants, range(1, args.seeds + 1))
     overrides_of = {v: variant_overrides(cfg, v) for v in args.variants}
+    check_shared_overrides(args.opts, overrides_of)  # also before printing: the printed variants would be wrong too
     settings = {run: run_settings(args.config_file, overrides_of[run.variant] + list(args.opts), run) for run in runs}
     for variant, overrides in overrides_of.items():
         print(f"[ablation] {variant}: {' '.join(overrides) or '(no overrides)'}")

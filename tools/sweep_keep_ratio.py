@@ -9,6 +9,10 @@ config's test set, GFLOPs (mean over the first ``--flop-images`` test images) an
 image (cycling through the first ``--latency-images``), so a busy spell of the machine slows all settings alike. With
 the dense point, each setting's time is also given as the median of its per-round ratios to the dense time.
 
+Writes into --output: sweep.csv, sweep.png, and each setting's detections (the evaluator's files) in a folder of its
+own (keep_0.3/, dense/, ...). The folder is locked while the sweep runs (a second sweep or a training into it is
+refused), and an --output holding a training run (last_checkpoint) or an earlier sweep (sweep.csv) is refused.
+
 Example:
     python tools/sweep_keep_ratio.py --config-file configs/focus_detr_r18_trees.py --output output/sweep \
         --keep-ratios 0.1 0.2 0.3 0.5 0.7 --latency-repeats 15 --threads 1 \
@@ -32,7 +36,7 @@ from focus_detr.analysis.keep_ratios import keep_ratio_settings
 from focus_detr.engine import (
     build_model,
     check_datasets_registered,
-    check_output_dir,
+    claim_output_dir,
     inference_amp_dtype,
     load_config,
     resolve_device,
@@ -77,10 +81,26 @@ def main(args):
     if "dataloader" not in cfg:
         raise ValueError(f"{args.config_file} has no dataloader to evaluate on")
     check_datasets_registered(cfg.dataloader)
-    check_output_dir(args.output, "--output")
+    # the lock train_net.py takes on its output folder: a second sweep, or a training, into --output is refused
+    with claim_output_dir(args.output, key="--output"):
+        _check_output_holds_no_results(args.output)
+        return _sweep(args, cfg)
+
+
+def _check_output_holds_no_results(folder):
+    """Refuses a folder whose results the sweep would overwrite or mix its own with: a training run's (its evaluation
+    files, its checkpoints) or an earlier sweep's (rows of another checkpoint or other settings)."""
+    if os.path.isfile(os.path.join(folder, "last_checkpoint")):
+        raise ValueError(f"--output {folder} holds a training run (last_checkpoint): the sweep would write its files "
+                         "among that run's; choose another --output")
+    if os.path.exists(os.path.join(folder, "sweep.csv")):
+        raise ValueError(f"--output {folder} already holds a sweep (sweep.csv): choose another --output, or delete "
+                         "that folder to sweep into it again")
+
+
+def _sweep(args, cfg):
+    """The sweep itself, in the claimed --output; returns its rows."""
     cfg.train.output_dir = args.output
-    if "evaluator" in cfg.dataloader:
-        cfg.dataloader.evaluator.output_dir = args.output
     device = resolve_device(args.device, "--device", "--device cpu")
     amp_dtype = inference_amp_dtype(cfg, device)  # latency in the precision the evaluation runs in
     model = build_model(cfg, device)
@@ -90,11 +110,12 @@ def main(args):
         print("warning: train.init_checkpoint is empty: sweeping randomly initialised weights", file=sys.stderr)
     model.eval()
     settings = keep_ratio_settings(model, args.keep_ratios, args.cascade, dense=not args.no_dense)
-    flop_inputs = dataset_inputs(cfg, args.flop_images)
-    latency_inputs = flop_inputs[: args.latency_images]
+    # loaded once for both; each option counts its own images (latency is not capped at --flop-images)
+    images = dataset_inputs(cfg, max(args.flop_images, args.latency_images))
+    flop_inputs, latency_inputs = images[: args.flop_images], images[: args.latency_images]
 
     rows = sweep_keep_ratios(cfg, model, settings, flop_inputs, latency_inputs, device, args.latency_warmup,
-                             args.latency_repeats, amp_dtype)
+                             args.latency_repeats, amp_dtype, output_dir=args.output)
     latency = (f"latency ms, x dense (medians of {args.latency_repeats} interleaved rounds)" if latency_inputs else "")
     print(f"{'setting':>10}  {'cascade':<14}{'AP':>7}{'AP50':>7}{'GFLOPs':>9}  {latency}")
     for row in rows:

@@ -172,6 +172,32 @@ def test_a_run_folder_is_reused_only_with_the_settings_it_was_started_with(tmp_p
         assert json.load(f)["overrides"] == ["train.max_iter=4", "train.seed=1"] and len(trained) == 2
 
 
+def test_a_run_folder_is_refused_after_a_file_of_its_config_changed(tmp_path):
+    # the study's config imports a base config: the same path and overrides, another content
+    base = tmp_path / "base.py"
+    base.write_text(f"from detectron2.config import LazyConfig\n_trees = LazyConfig.load({TREES_CONFIG!r})\n"
+                    "model, train, dataloader = _trees.model, _trees.train, _trees.dataloader\n"
+                    "optimizer, lr_multiplier = _trees.optimizer, _trees.lr_multiplier\n")
+    config = tmp_path / "study_config.py"
+    config.write_text("from .base import dataloader, lr_multiplier, model, optimizer, train\n")
+    run = planned_runs(str(tmp_path / "study"), ["full"], [1])[0]
+    trained = []
+
+    def study():
+        return run_pending([run], lambda run: trained.append(run) or {"AP": 1.0}, log=lambda line: None,
+                           settings={run: run_settings(str(config), ["train.max_iter=2"], run)})
+
+    study()
+    assert study()[0]["AP"] == 1.0 and len(trained) == 1  # unchanged: reused
+    with open(base, "a") as f:
+        f.write("model.transformer.foreground_selector.keep_ratio = 0.2\n")
+    with pytest.raises(ValueError) as error:  # was: skipped as finished, the old model's AP reported as the new one's
+        study()
+    assert str(error.value).startswith(f"{run.folder} holds a run started with other settings ({KEEP_RATIO}: 0.5, "
+                                       "now 0.2): give a new --output for these settings, or delete")
+    assert len(trained) == 1
+
+
 def test_a_run_another_invocation_finished_with_other_settings_is_refused_at_the_end(tmp_path):
     import fcntl
 
@@ -206,6 +232,10 @@ def test_a_run_folder_from_before_the_settings_record_is_checked_against_its_con
     check_run_settings(run, started)
     with pytest.raises(ValueError, match=rf"other settings \({KEEP_RATIO}: 0.5, now 0.2; train.max_iter: 2, now 4\)"):
         check_run_settings(run, run_settings(TREES_CONFIG, ["train.max_iter=4", f"{KEEP_RATIO}=0.2"], run))
+    with open(run.settings_path, "w") as f:  # a record from before it held the resolved config: config.yaml has it
+        json.dump(started, f)
+    check_run_settings(run, started)
+    os.remove(run.settings_path)
     os.remove(os.path.join(run.folder, "config.yaml"))
     with pytest.raises(ValueError, match="holds a run without a readable record of its settings"):
         check_run_settings(run, started)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from tools_test_utils import REPO_ROOT, load_script
+from tools_test_utils import REPO_ROOT, TINY_TOY_CONFIG, load_script, toy_dataset  # noqa: F401 (fixture)
 
 TREES_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
 
@@ -42,6 +42,71 @@ def test_bad_arguments_are_one_line(ablate, tmp_path, arguments, message):
     with pytest.raises(ValueError) as error:
         ablate.main(ablate.parse_args(["--config-file", TREES_CONFIG, "--output", str(tmp_path), *arguments]))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("print_only", [[], ["--print-overrides"]])
+def test_an_override_that_would_undo_a_variant_is_refused(ablate, tmp_path, capsys, monkeypatch, print_only):
+    # was: applied after the variant's own, so the rows labelled dense / no_top_down were the full model's
+    from focus_detr.analysis import ablation
+
+    def no_training(*args, **kwargs):  # a refusal that does not come would otherwise train every variant
+        raise AssertionError("the runs started")
+
+    monkeypatch.setattr(ablation, "run_pending", no_training)
+    for override, message in (
+        ("model.transformer.foreground_selector.keep_ratio=0.3",
+         "model.transformer.foreground_selector.keep_ratio=0.3 would undo the dense variant's own setting of "
+         "model.transformer.foreground_selector.keep_ratio (your overrides are applied after the variant's): leave it "
+         "out, or leave dense out of --variants"),
+        ("model.transformer.foreground_selector.top_down_modulation=True",
+         "would undo the no_top_down variant's own setting of "
+         "model.transformer.foreground_selector.top_down_modulation"),
+        ("model.transformer.foreground_selector.cascade_keep_ratios=[1,0.5,0.5]",
+         "would undo the no_cascade, dense variants' own setting of"),
+    ):
+        with pytest.raises(ValueError) as error:
+            ablate.main(ablate.parse_args(["--config-file", TREES_CONFIG, "--output", str(tmp_path), *print_only,
+                                           override]))
+        assert message in str(error.value) and "\n" not in str(error.value)
+    assert not capsys.readouterr().out and not os.listdir(tmp_path)  # refused before printing or running anything
+    # a key no variant sets still reaches every run
+    ablate.main(ablate.parse_args(["--config-file", TREES_CONFIG, "--output", str(tmp_path), "--print-overrides",
+                                   "--variants", "full", "no_cascade",
+                                   "model.transformer.foreground_selector.keep_ratio=0.3"]))
+
+
+def test_latency_is_timed_in_the_precision_the_runs_are_evaluated_in(ablate, toy_dataset, tmp_path, monkeypatch):
+    import torch
+    from focus_detr.analysis import timing
+    from focus_detr.analysis.ablation import planned_runs
+    from focus_detr.engine import build_model, load_config
+
+    run = planned_runs(str(tmp_path), ["full"], [1])[0]
+    os.makedirs(run.folder)
+    torch.save({"model": build_model(load_config(TINY_TOY_CONFIG), "cpu").state_dict()},
+               os.path.join(run.folder, "model_final.pth"))
+    precisions = []
+
+    def record_precision(module, inputs):  # of the model's forward, the first module called (parts may opt out)
+        if len(precisions) < calls_made[0]:
+            precisions.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+
+    calls_made = [0]
+
+    def timed_once(calls, device, warmup, repeats):  # what the timed calls run in, not how long they take
+        with torch.nn.modules.module.register_module_forward_pre_hook(record_precision):
+            for call in calls.values():
+                calls_made[0] += 1
+                call()
+        return {name: [0.001] * repeats for name in calls}
+
+    monkeypatch.setattr(timing, "time_interleaved", timed_once)
+    args = ablate.parse_args(["--config-file", TINY_TOY_CONFIG, "--output", str(tmp_path), "--flop-images", "1",
+                              "--latency-rounds", "5", "--device", "cpu", "train.inference_amp.enabled=True"])
+    records = [{}]
+    ablate._measure(args, [run], records, {"full": []})
+    assert records[0]["latency_ms"] == 1.0 and records[0]["gflops"] > 0
+    assert precisions == [torch.bfloat16]  # was float32: not what the evaluation ran in
 
 
 def test_a_study_runs_and_a_second_invocation_skips_finished_runs(tmp_path):

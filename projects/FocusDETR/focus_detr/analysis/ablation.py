@@ -2,10 +2,10 @@
 which are finished, and the per-variant summary (mean, seed range, difference to ``full``).
 
 A study folder holds one folder per run, ``<variant>/seed<k>/``: ``ablation_settings.json`` (what the run was started
-with: config file and overrides), a training run (its checkpoints, log and metrics), its evaluation in ``eval/``, and
-``ablation_run.json`` once both are done, which marks the run finished. Several invocations of one study share its
-runs: each takes the next run that is neither finished nor being run. A run folder is only reused with the settings it
-was started with.
+with: config file, overrides and the config they resolve to), a training run (its checkpoints, log and metrics), its
+evaluation in ``eval/``, and ``ablation_run.json`` once both are done, which marks the run finished. Several
+invocations of one study share its runs: each takes the next run that is neither finished nor being run. A run folder
+is only reused with the settings it was started with, the contents of the config's files included.
 """
 import contextlib
 import json
@@ -31,6 +31,7 @@ __all__ = [
     "run_settings",
     "training_overrides",
     "check_run_settings",
+    "check_shared_overrides",
     "selection_columns",
     "summarize_variants",
 ]
@@ -100,6 +101,24 @@ def variant_overrides(cfg, variant: str) -> List[str]:
         "random_selection": [f"{SELECTOR}.token_ranking=random"],
         "dense": [f"{SELECTOR}.keep_ratio=1.0", f"{SELECTOR}.cascade_keep_ratios={ratios([1.0] * len(cascade))}"],
     }[variant]
+
+
+def _overlap(key: str, other: str) -> bool:
+    # setting a parent replaces its children, and a child changes its parent
+    return key == other or key.startswith(other + ".") or other.startswith(key + ".")
+
+
+def check_shared_overrides(overrides: Sequence[str], overrides_of: Dict[str, List[str]]) -> None:
+    """Refuses (one-line ValueError) an override given to every variant that sets a key a variant of
+    ``overrides_of`` (variant -> its overrides) sets itself: applied after the variant's own, it would undo that
+    variant, and rows labelled with it would be another variant's."""
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        undone = [variant for variant, own in overrides_of.items() if any(_overlap(key, k) for k in _by_key(own))]
+        if undone:
+            names, whose = ", ".join(undone), "variants'" if len(undone) > 1 else "variant's"
+            raise ValueError(f"{override} would undo the {names} {whose} own setting of {key} (your overrides are "
+                             f"applied after the variant's): leave it out, or leave {names} out of --variants")
 
 
 def planned_runs(output: str, variants: Sequence[str], seeds: Sequence[int]) -> List[AblationRun]:
@@ -193,48 +212,69 @@ def _flattened(node, prefix: str = "") -> Dict:
 
 
 def _saved_config(path: str) -> Dict:
+    """A saved ``config.yaml``, flattened, as it reads back from JSON (how ``ablation_settings.json`` keeps it),
+    without ``train.output_dir``: where the run is, not how (the same folder may be named another way)."""
     with open(path) as f:
-        return _flattened(yaml.load(f, _SavedConfigLoader))
+        config = _flattened(yaml.load(f, _SavedConfigLoader))
+    config.pop("train.output_dir", None)
+    return json.loads(json.dumps(config))
 
 
-def _config_differences(run: AblationRun, settings: Dict) -> List[str]:
-    """``run``'s ``config.yaml`` (what its last training started with; runs from before ``ablation_settings.json``)
-    against the config ``settings`` give, both as LazyConfig.save writes them."""
+def resolved_config(run: AblationRun, settings: Dict) -> Dict:
+    """The config ``run``'s training gets from ``settings`` (:func:`run_settings`), flattened as LazyConfig.save
+    writes it: the config file's contents and those of the files it imports, not just its path, so an edit of any
+    of them shows as changed keys."""
     from detectron2.config import LazyConfig
 
     from ..engine import load_config
 
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "config.yaml")
+        LazyConfig.save(load_config(settings["config_file"], training_overrides(run, settings)), path)
+        return _saved_config(path)
+
+
+def _recorded_config(run: AblationRun, recorded: Optional[Dict]) -> Dict:
+    """The resolved config ``run`` was started with: recorded in ``ablation_settings.json``, or for runs from before
+    that record, its ``config.yaml`` (what its last training started with)."""
+    if isinstance((recorded or {}).get("config"), dict):
+        return recorded["config"]
     try:
-        saved = _saved_config(os.path.join(run.folder, "config.yaml"))
+        return _saved_config(os.path.join(run.folder, "config.yaml"))
     except (OSError, yaml.YAMLError):
         raise ValueError(f"{run.folder} holds a run without a readable record of its settings "
                          f"({os.path.basename(run.settings_path)} or config.yaml), so it cannot be checked against "
                          f"this command's: give a new --output, or delete {run.folder} to train that run "
                          "again") from None
-    with tempfile.TemporaryDirectory() as folder:
-        current_path = os.path.join(folder, "config.yaml")
-        LazyConfig.save(load_config(settings["config_file"], training_overrides(run, settings)), current_path)
-        current = _saved_config(current_path)
-    for config in (saved, current):  # where the run is, not how: the same folder may be named another way
-        config.pop("train.output_dir", None)
-    return _differences(saved, current)
 
 
-def _settings_differences(run: AblationRun, settings: Dict) -> List[str]:
+def _read_settings(run: AblationRun) -> Optional[Dict]:
+    """``run``'s ``ablation_settings.json``, or None for a run from before that record."""
     try:
         with open(run.settings_path) as f:
             recorded = json.load(f)
         if not isinstance(recorded, dict):
             raise ValueError("not a JSON object")
     except FileNotFoundError:
-        return _config_differences(run, settings)
+        return None
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read {run.settings_path} ({error}): give a new --output, or delete {run.folder} to "
                          "train that run again") from None
-    differences = []
-    if recorded.get("config_file") != settings["config_file"]:
-        differences.append(f"config file: {recorded.get('config_file')}, now {settings['config_file']}")
-    return differences + _differences(_by_key(recorded.get("overrides", [])), _by_key(settings["overrides"]))
+    return recorded
+
+
+def _settings_differences(run: AblationRun, settings: Dict) -> List[str]:
+    """The config file and overrides first (the shortest way to say what changed); when they are the same, the
+    resolved configs, which differ when the contents of the config file or of a file it imports changed."""
+    recorded = _read_settings(run)
+    if recorded is not None:
+        differences = []
+        if recorded.get("config_file") != settings["config_file"]:
+            differences.append(f"config file: {recorded.get('config_file')}, now {settings['config_file']}")
+        differences += _differences(_by_key(recorded.get("overrides", [])), _by_key(settings["overrides"]))
+        if differences:
+            return differences
+    return _differences(_recorded_config(run, recorded), resolved_config(run, settings))
 
 
 def check_run_settings(run: AblationRun, settings: Dict) -> None:
@@ -251,9 +291,9 @@ def check_run_settings(run: AblationRun, settings: Dict) -> None:
 
 def _start(run: AblationRun, settings: Dict) -> None:
     """Checks ``run``'s folder against ``settings`` once more (another invocation may have started it meanwhile) and
-    records them in it."""
+    records them in it, with the config they resolve to now (what the training about to start reads)."""
     check_run_settings(run, settings)
-    _write_json(run.settings_path, settings)
+    _write_json(run.settings_path, {**settings, "config": resolved_config(run, settings)})
 
 
 def selection_columns(eval_results: Dict) -> Dict[str, float]:

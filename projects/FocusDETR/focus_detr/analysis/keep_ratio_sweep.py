@@ -1,20 +1,45 @@
 """The accuracy / efficiency trade-off of one trained model over keep-ratio settings: COCO AP, GFLOPs and latency
 per setting (latency timed interleaved across settings), as rows, a CSV and a plot, in keep-ratio order."""
+import contextlib
 import csv
+import os
 import statistics
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..engine.evaluation import evaluate
 from .flops import count_flops
 from .keep_ratios import KeepRatioSetting, interleaved_latencies
 from .timing import median_ratio
 
-__all__ = ["CSV_COLUMNS", "MIN_LATENCY_REPEATS", "sweep_keep_ratios", "write_sweep_csv", "write_sweep_plot"]
+__all__ = ["CSV_COLUMNS", "MIN_LATENCY_REPEATS", "setting_folder", "sweep_keep_ratios", "write_sweep_csv",
+           "write_sweep_plot"]
 
 CSV_COLUMNS = ["setting", "keep_ratio", "cascade_keep_ratios", "AP", "AP50", "AP75", "gflops", "latency_ms",
                "latency_vs_dense", "latency_repeats"]
 # A median over fewer interleaved rounds is too noisy to order settings whose latencies differ by a few percent.
 MIN_LATENCY_REPEATS = 5
+
+
+def setting_folder(setting: KeepRatioSetting) -> str:
+    """The name of the folder a setting's evaluation files go to: ``keep 0.3`` -> ``keep_0.3``, ``dense``."""
+    return setting.name.replace(" ", "_")
+
+
+@contextlib.contextmanager
+def _evaluator_output(cfg, output_dir: Optional[str], setting: KeepRatioSetting):
+    """Points ``cfg``'s evaluator at ``<output_dir>/<setting folder>`` for the block: each setting's detections
+    (``coco_instances_results.json``, ``instances_predictions.pth``) in a folder of its own, none overwritten by the
+    next setting's. None, or no evaluator: the config's folder."""
+    evaluator = cfg.dataloader.get("evaluator", None)
+    if output_dir is None or evaluator is None:
+        yield
+        return
+    configured = evaluator.get("output_dir", None)
+    evaluator.output_dir = os.path.join(output_dir, setting_folder(setting))
+    try:
+        yield
+    finally:
+        evaluator.output_dir = configured
 
 
 def sweep_keep_ratios(
@@ -27,17 +52,19 @@ def sweep_keep_ratios(
     warmup: int = 2,
     repeats: int = MIN_LATENCY_REPEATS,
     amp_dtype=None,
+    output_dir: Optional[str] = None,
 ) -> List[Dict]:
     """One row per setting (in the order given): AP / AP50 / AP75 of ``cfg``'s evaluation, GFLOPs (mean over
     ``flop_inputs``), the median batch-1 latency over ``repeats`` interleaved rounds cycling through
     ``latency_inputs`` (empty: no latency, ``""`` in the row) and, with a ``dense`` setting, the median of the
-    per-round ratios to its time (steadier than the milliseconds on a machine whose load drifts)."""
+    per-round ratios to its time (steadier than the milliseconds on a machine whose load drifts). With
+    ``output_dir``, each setting's evaluator files go to ``<output_dir>/<setting_folder(setting)>``."""
     if latency_inputs and repeats < MIN_LATENCY_REPEATS:
         raise ValueError(f"latency needs at least {MIN_LATENCY_REPEATS} interleaved rounds per setting (a median), "
                          f"got {repeats}")
     rows = []
     for setting in settings:
-        with setting.applied(model):
+        with setting.applied(model), _evaluator_output(cfg, output_dir, setting):
             metrics = evaluate(cfg, model).get("bbox", {})
             gflops = count_flops(model, flop_inputs).total / 1e9
         rows.append({

@@ -29,6 +29,7 @@ from focus_detr.analysis.selection_quality_evaluator import SelectionQualityEval
 from focus_detr.analysis.timing import median_ratio
 from focus_detr.checkpoint.safe_load import missing_checkpoint_error
 from focus_detr.engine import load_config
+from focus_detr.engine.arguments import positive_int
 from focus_detr.engine.checkpoint import AtomicDetectionCheckpointer
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.config import _dataset_names_in
@@ -70,17 +71,6 @@ def one_round(model, batches, cfg, swap):
         seconds["without"] += _timed(plain.evaluate)
         seconds["with"] += sum(_timed(evaluator.evaluate) for evaluator in scored)
     return seconds
-
-
-def positive_int(text):
-    """An argparse type: an int >= 1 (a median of no rounds does not exist; 0 threads is no setting)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def parse_args(argv=None):

@@ -52,7 +52,7 @@ from detectron2.data import MetadataCatalog
 
 from focus_detr.analysis.inputs import synthetic_inputs
 from focus_detr.engine import build_model, check_datasets_registered, check_output_dir, load_config
-from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides, positive_int
 from focus_detr.engine.checkpoint import atomic_write
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.predictor import input_format
@@ -88,16 +88,6 @@ def parse_size(text):
     if height < 1 or width < 1:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     return height, width
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return value
 
 
 def parse_args(argv=None):

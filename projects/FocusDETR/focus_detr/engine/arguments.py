@@ -5,12 +5,23 @@ import argparse
 import re
 import sys
 
-__all__ = ["add_overrides_argument", "parse_args_with_overrides", "split_overrides"]
+__all__ = ["add_overrides_argument", "parse_args_with_overrides", "positive_int", "split_overrides"]
 
 # A config override: a dotted config key (optionally "+key" to add or "~key" to delete) followed by "=". Paths and URLs
 # with "=" do not match ("/" or ":" before the "="); a bare file name like "a=1.png" does, except as the value an option
 # requires (the first value of "--input a=1.png"): write it as "./a=1.png" elsewhere.
 _OVERRIDE = re.compile(r"^[+~]?[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_\-]+)*=")
+
+
+def positive_int(text):
+    """An argparse type: a whole number >= 1 (a count of rounds, threads or pixels, where 0 means nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def add_overrides_argument(parser):

@@ -217,3 +217,13 @@ def test_a_training_step_gives_the_same_gradients_every_time_on_a_multithreaded_
         gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
     differing = [name for name in gradients[0] if not all(torch.equal(gradients[0][name], g[name]) for g in gradients)]
     assert not differing, f"gradients differ between identical steps: {differing}"
+
+
+@pytest.mark.parametrize("override, width", [
+    ("model.position_embedding.num_pos_feats", 64),  # 128 channels in a 256-wide model: a shape error at the forward
+    ("model.transformer.encoder.embed_dim", 128),
+])
+def test_parts_built_for_other_token_widths_are_named_at_build(override, width):
+    with pytest.raises(ValueError, match=r"FocusDETR: the parts are built for tokens of other widths \(.*"
+                                         r"\); give them all one width"):
+        build_tiny_model(**{override: width})

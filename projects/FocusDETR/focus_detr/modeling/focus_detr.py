@@ -22,6 +22,30 @@ from .token_layout import token_layout
 from .transformer import FocusDETRTransformer, TransformerOutput
 
 
+def _token_width(module):
+    """The token width ``module`` was built for: its first LayerNorm's (None without one)."""
+    return next((m.normalized_shape[-1] for m in module.modules() if isinstance(m, nn.LayerNorm)), None)
+
+
+def _check_token_widths(embed_dim, position_embedding, transformer):
+    """ValueError naming every width when the parts were built for tokens of other widths (one override of
+    ``model.embed_dim`` alone): a shape error at the first forward otherwise, naming no setting."""
+    num_pos_feats = getattr(position_embedding, "num_pos_feats", None)
+    widths = {
+        "model.embed_dim": embed_dim,
+        "model.position_embedding.num_pos_feats x 2": None if num_pos_feats is None else 2 * num_pos_feats,
+        "model.transformer.embed_dim": getattr(transformer, "embed_dim", None),
+        "model.transformer.foreground_selector": _token_width(transformer.foreground_selector),
+        "model.transformer.encoder": _token_width(transformer.encoder),
+        "model.transformer.decoder.embed_dim": getattr(transformer.decoder, "embed_dim", None),
+    }
+    known = {key: width for key, width in widths.items() if width is not None}
+    if len(set(known.values())) > 1:
+        listed = ", ".join(f"{key} {width}" for key, width in known.items())
+        raise ValueError(f"FocusDETR: the parts are built for tokens of other widths ({listed}); give them all one "
+                         "width (the embed_dim of each part)")
+
+
 def _check_batched_inputs(batched_inputs):
     """ValueError (one line) unless ``batched_inputs`` is detectron2's model input: a non-empty list of dicts (a
     dict, a tensor or an empty list failed deep inside with an AttributeError or ``max() arg is an empty sequence``;
@@ -98,6 +122,7 @@ class FocusDETR(nn.Module):
             raise ValueError(f"FocusDETR: pixel_mean {pixel_mean} / pixel_std {pixel_std} must match and std be > 0")
         if not 0.0 < class_prior_prob < 1.0:
             raise ValueError(f"FocusDETR: class_prior_prob must be in (0, 1), got {class_prior_prob}")
+        _check_token_widths(embed_dim, position_embedding, transformer)
         self.backbone = backbone
         if fold_frozen_batchnorm:
             enable_frozen_bn_folding(backbone)

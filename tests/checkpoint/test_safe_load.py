@@ -93,4 +93,6 @@ def test_a_weight_of_another_shape_is_a_mismatch_not_also_a_missing_key(tmp_path
     with pytest.raises(ValueError) as raised:
         FocusDETRCheckpointer(model).load(str(path))
     assert str(raised.value) == (f"checkpoint {path} does not fit the model: 1 shape mismatches (transformer.weight: "
-                                 "(5, 4) in the checkpoint, (3, 4) in the model)")
+                                 "(5, 4) in the checkpoint, (3, 4) in the model); the config builds the model with "
+                                 "other sizes than the checkpoint's (compare its num_queries, num_classes, widths and "
+                                 "layer counts with the training run's config.yaml)")

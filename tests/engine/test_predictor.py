@@ -272,3 +272,13 @@ def test_build_model_checks_the_device_it_is_given(small_tree_cfg, monkeypatch):
     # torch said "Found no NVIDIA driver on your system" from deep inside .to()
     with pytest.raises(ValueError, match="device is 'cuda' but no CUDA GPU is visible; use device='cpu'"):
         build_model(small_tree_cfg, "cuda")
+
+
+def test_a_predictor_whose_model_was_put_in_training_mode_says_so(predictor):
+    # the model asked for "batched_inputs[0]['instances']", no hint of why
+    predictor.model.train()
+    try:
+        with pytest.raises(ValueError, match=r"its model is in training mode .* call predictor.model.eval\(\)"):
+            predictor(_image(40, 60, seed=1))
+    finally:
+        predictor.model.eval()

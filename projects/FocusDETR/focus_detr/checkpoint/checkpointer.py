@@ -166,7 +166,12 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         if is_detector and not self.allow_partial:
             mismatch = describe_mismatch(incompatible)
             if mismatch:
-                raise CheckpointError(f"checkpoint {self._source} does not fit the model: {mismatch}")
+                # a size the config sets (num_queries, num_classes, a width, a layer count) other than in training:
+                # the tensor names alone did not say which setting to look at
+                hint = ("; the config builds the model with other sizes than the checkpoint's (compare its "
+                        "num_queries, num_classes, widths and layer counts with the training run's config.yaml)"
+                        if incompatible.incorrect_shapes else "")
+                raise CheckpointError(f"checkpoint {self._source} does not fit the model: {mismatch}{hint}")
         wrong_shape = {key for key, _, _ in incompatible.incorrect_shapes}
         if not matched_by_heuristics and not (names & set(model_keys)) - wrong_shape:
             raise CheckpointError(

@@ -186,6 +186,9 @@ class FocusDETRPredictor:
     def run(self, inputs: List[Dict], **kwargs) -> List[Dict]:
         """The model on prepared inputs (one batch), under this predictor's autocast setting. ``kwargs`` go to the
         model's ``forward_inference`` (e.g. ``return_token_selection=True`` for FocusDETR)."""
+        if self.model.training:  # the model then asks for ground truth: "training needs batched_inputs[0]['instances']"
+            raise ValueError("FocusDETRPredictor: its model is in training mode (model.train() was called on it); "
+                             "call predictor.model.eval() to predict")
         with amp_autocast(self.device, self.amp_dtype):
             if kwargs:
                 return self.inference.forward_inference(inputs, **kwargs)

@@ -158,6 +158,14 @@ def test_evaluating_a_missing_weights_file_leaves_the_folder_s_config_as_it_was(
     assert (tmp_path / "config.yaml").read_bytes() == config  # it named the missing file
 
 
+def test_a_weights_file_with_detectron2_s_query_is_not_refused_before_set_up(train_net, toy_dataset, tmp_path):
+    # the check before detectron2's set-up is the checkpointer's own: "?matching_heuristics=True" is not part of the file
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}", "train.max_iter=2"]) == 0
+    weights = f"{tmp_path / 'model_final.pth'}?matching_heuristics=True"
+    assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path / 'eval'}",
+                          f"train.init_checkpoint='{weights}'"]) == 0
+
+
 def test_resume_of_a_finished_run_says_there_is_nothing_to_do(train_net, toy_dataset, capsys, tmp_path):
     common = ["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}"]
     assert train_net.cli(common) == 0

@@ -44,6 +44,19 @@ def describe_mismatch(incompatible):
     return ", ".join(problems)
 
 
+def check_weights_path(path):
+    """``path`` as :meth:`FocusDETRCheckpointer.load` takes it (str or os.PathLike, a URL, None or "" for nothing),
+    as a str; a local file that is missing or no regular file is a one-line error
+    (:func:`~focus_detr.checkpoint.safe_load.missing_checkpoint_error`), a path of another type a one-line
+    TypeError. For callers that must know before they start (``train_net.py`` before its set-up writes)."""
+    path = checked_checkpoint_path(path, allow_empty=True)
+    if path and "://" not in path:
+        local = urlparse(path)._replace(query="").geturl()  # as detectron2 reads it: "?matching_heuristics=True"
+        if not os.path.isfile(local):
+            raise missing_checkpoint_error(local)
+    return path
+
+
 def _prefix_hint(keys, model_keys):
     """" (every key starts with 'P', which the model's keys do not have)" when removing a prefix common to all
     ``keys`` (a training framework's wrapper name, e.g. ``model.``) makes some of them the model's; else ""."""
@@ -87,11 +100,7 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         """detectron2's ``load``: ``path`` a weights file (str or os.PathLike) or URL; None or "" loads nothing. A
         local file that is missing or no regular file is a one-line error (:func:`missing_checkpoint_error`), not
         detectron2's assertion; a path of another type a one-line TypeError."""
-        path = checked_checkpoint_path(path, allow_empty=True)
-        if path and "://" not in path:
-            local = urlparse(path)._replace(query="").geturl()  # as detectron2 reads it: "?matching_heuristics=True"
-            if not os.path.isfile(local):
-                raise missing_checkpoint_error(local)
+        path = check_weights_path(path)
         self._source = path
         try:
             return super().load(path, *args, **kwargs)

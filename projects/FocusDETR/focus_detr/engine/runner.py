@@ -11,7 +11,7 @@ from detectron2.config import instantiate
 from detectron2.engine import create_ddp_model, default_writers, hooks
 from detectron2.utils import comm
 
-from ..checkpoint.safe_load import missing_checkpoint_error
+from ..checkpoint.checkpointer import check_weights_path
 from .agreement import ProcessFailed
 from .checkpoint import AtomicDetectionCheckpointer
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line, user_errors_without_tracebacks
@@ -269,9 +269,8 @@ def check_before_setup(cfg, resume=False, eval_only=False):
     model, for callers that skip this one.) Also checks ``train.seed``, which the set-up uses."""
     check_seed(cfg.train)
     if eval_only:
-        weights = cfg.train.get("init_checkpoint", "")
-        if not resume and isinstance(weights, str) and weights and "://" not in weights and not os.path.isfile(weights):
-            raise missing_checkpoint_error(weights)
+        if not resume:
+            check_weights_path(cfg.train.get("init_checkpoint", ""))
         return
     if resume:
         point = resume_point(cfg.train.output_dir)

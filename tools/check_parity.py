@@ -35,7 +35,6 @@ from focus_detr.analysis.parity import (
     AMP_BOX_TOL,
     TOP_DETECTIONS,
     Report,
-    check_output_file,
     compare_losses,
     compare_single,
     load_fixture,
@@ -55,6 +54,7 @@ from focus_detr.engine import (
 )
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.settings import check_output_file
 from focus_detr.layers.ms_deform_attn_backends import select_backend
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     args.device = resolve_device(args.device, "--device", "--device cpu")
 
     if args.output:  # before the runs, not after them
-        check_output_file(args.output, "--output")
+        check_output_file(args.output, "--output", "ours.pt")
 
     torch.set_num_threads(2)
     fixture = load_fixture(args.fixture)

@@ -30,6 +30,7 @@ from focus_detr.checkpoint import read_weights_file
 from focus_detr.engine.config import load_config_for_tool
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.settings import check_output_file
 from focus_detr.engine.fault_drill import (
     DRILL_OVERRIDES,
     describe_trial,
@@ -40,7 +41,6 @@ from focus_detr.engine.fault_drill import (
 )
 from focus_detr.engine.training_process import (
     TrainingCommand,
-    check_report_file,
     prepare_runs_folder,
     removed_on_error,
     user_path,
@@ -72,7 +72,7 @@ def main(args) -> int:
     if args.trials < 1 or args.max_kills < 1:
         raise ValueError(f"--trials and --max-kills must be >= 1 (got {args.trials}, {args.max_kills})")
     if args.json:
-        check_report_file(args.json)  # now, not after the drill's minutes
+        check_output_file(args.json, "--json", "report.json")  # now, not after the drill's minutes
     overrides = [*DRILL_OVERRIDES, *args.opts]
     cfg = load_config_for_tool(args.config_file, DRILL_OVERRIDES, args.opts, "tools/fault_drill.py")
     if cfg.train.seed < 0:

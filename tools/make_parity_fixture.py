@@ -22,7 +22,8 @@ from typing import Dict, List, Tuple
 import torch
 from detectron2.config import instantiate
 
-from focus_detr.analysis.parity import check_output_file, run_single, run_train_losses, to_batched_input
+from focus_detr.analysis.parity import run_single, run_train_losses, to_batched_input
+from focus_detr.engine.settings import check_output_file
 from focus_detr.checkpoint import FocusDETRCheckpointer
 from focus_detr.checkpoint.safe_load import missing_checkpoint_error
 from focus_detr.engine import atomic_write, load_config
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
     # Refusals first: building the model and recording take minutes at full size.
     if args.weights and "://" not in args.weights and not os.path.isfile(args.weights):
         raise missing_checkpoint_error(args.weights)
-    check_output_file(args.output, "--output", example="fixture.pt")
+    check_output_file(args.output, "--output", "fixture.pt")
     cfg = load_config(args.config_file, args.opts)  # one line for a missing file or an unknown override key
 
     torch.set_num_threads(2)

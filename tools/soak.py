@@ -26,10 +26,10 @@ from dataclasses import asdict
 from focus_detr.engine.config import load_config_for_tool
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.settings import check_output_file
 from focus_detr.engine.soak import SOAK_OVERRIDES, Limits, SampleTable, run_soak, soak_verdict, warmup_iterations
 from focus_detr.engine.training_process import (
     TrainingCommand,
-    check_report_file,
     last_error,
     prepare_runs_folder,
     removed_on_error,
@@ -68,7 +68,7 @@ def main(args) -> int:
     if args.sample_every <= 0 or min(args.max_rss_growth, args.max_fd_growth, args.max_thread_growth) < 0:
         raise ValueError("--sample-every must be > 0 and the --max-*-growth limits >= 0")
     if args.json:
-        check_report_file(args.json)  # now, not after the soak's minutes
+        check_output_file(args.json, "--json", "report.json")  # now, not after the soak's minutes
     overrides = [*SOAK_OVERRIDES, *args.opts]
     cfg = load_config_for_tool(args.config_file, SOAK_OVERRIDES, args.opts, "tools/soak.py")
     max_iter = int(cfg.train.max_iter)

@@ -181,7 +181,7 @@ def test_overrides_that_make_the_weights_fit_nothing_are_named_as_a_cause(check_
 def test_an_output_that_cannot_be_written_is_refused_before_the_check(check_parity, parity_fixture_path, tmp_path,
                                                                      capsys):
     error = _one_line_error(check_parity, ["--fixture", str(parity_fixture_path), "--output", str(tmp_path)], capsys)
-    assert error == f"error: --output {tmp_path} is a folder: give a file name (e.g. {tmp_path / 'ours.pt'})"
+    assert error == f"error: --output {tmp_path} is a folder: give a file name, e.g. {tmp_path / 'ours.pt'}"
 
 
 def test_a_fixture_without_training_losses_is_checked_on_inference_and_says_so(check_parity, parity_fixture, tmp_path,

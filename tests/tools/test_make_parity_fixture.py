@@ -49,7 +49,7 @@ def test_bad_image_sizes_are_refused(text, monkeypatch, capsys):
     (["--weights", "{tmp}/missing.pth"], "error: checkpoint not found: {tmp}/missing.pth"),
     (["model.nonexistent_key=3"],
      "error: unknown config key 'model.nonexistent_key' in override 'model.nonexistent_key=3'"),
-    (["--output", "{tmp}"], "error: --output {tmp} is a folder: give a file name (e.g. {tmp}/fixture.pt)"),
+    (["--output", "{tmp}"], "error: --output {tmp} is a folder: give a file name, e.g. {tmp}/fixture.pt"),
 ])
 def test_bad_input_is_one_line_before_any_model_is_built(bad, message, tmp_path, monkeypatch, capsys):
     from focus_detr.engine.cli import run_reporting_errors

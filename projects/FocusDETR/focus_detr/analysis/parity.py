@@ -10,7 +10,6 @@ ranking decisions under ``debug``) and ``train_losses`` (per name: ``losses``, a
 a dict of such entries is refused (:func:`missing_sections`): a check of part of it would pass on what it never
 compared. An empty ``train_losses`` is allowed (inference only), and said in the verdict.
 """
-import os
 from typing import Dict, List, Optional
 
 import torch
@@ -20,7 +19,6 @@ from torch.torch_version import TorchVersion
 
 from ..checkpoint import read_weights_file
 from ..checkpoint.official import convert_official_state_dict, is_official_layout
-from ..engine.settings import check_output_dir
 from ..modeling import DenoisingQueries
 
 __all__ = [
@@ -31,7 +29,6 @@ __all__ = [
     "SCORE_TOL",
     "TOP_DETECTIONS",
     "Report",
-    "check_output_file",
     "compare_losses",
     "compare_single",
     "load_fixture",
@@ -96,14 +93,6 @@ def missing_sections(fixture: Dict) -> List[str]:
         if absent:
             missing.append(f"the losses of train_losses {', '.join(repr(n) for n in absent)}")
     return missing
-
-
-def check_output_file(path: str, option: str, example: str = "ours.pt") -> None:
-    """Raises a one-line error when the file ``path`` (command-line ``option``) cannot be written, so that the runs
-    made before writing it are not lost to that; ``example`` is a file name to suggest for a folder."""
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{option} {path} is a folder: give a file name (e.g. {os.path.join(path, example)})")
-    check_output_dir(os.path.dirname(os.path.abspath(path)), key=f"the folder of {option}")
 
 
 def to_batched_input(item: Dict, with_instances: bool) -> Dict:

@@ -8,7 +8,8 @@ import torch
 
 from .config import ConfigError
 
-__all__ = ["check_free_space", "check_output_dir", "check_schedule", "require_sections", "resolve_device"]
+__all__ = ["FORMAT_KEYS", "RESIZE_KEYS", "check_free_space", "check_output_dir", "check_output_file", "check_schedule",
+           "check_seed", "mapper_entry", "require_sections", "resolve_device"]
 
 
 def require_sections(cfg, sections, task):
@@ -92,6 +93,15 @@ def check_output_dir(path, key="train.output_dir"):
     except OSError as error:
         raise ConfigError(f"{key} {path} is not writable: {error.strerror or error}") from None
     check_free_space(path, key)
+
+
+def check_output_file(path, option, example):
+    """Raises a one-line error unless the file ``path`` (command-line ``option``) can be written: a folder is named
+    as such with the file name ``example`` suggested in it, and the file's folder is checked as
+    :func:`check_output_dir` checks one. Tools call it before their runs, which take minutes, not after them."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{option} {path} is a folder: give a file name, e.g. {os.path.join(path, example)}")
+    check_output_dir(os.path.dirname(os.path.abspath(path)), key=f"the folder of {option}")
 
 
 def check_free_space(path, key="train.output_dir", needed_bytes=MIN_FREE_BYTES, needed_for="the log and the results"):

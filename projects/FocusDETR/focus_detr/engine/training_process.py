@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .process_monitor import live_group_members
-from .settings import check_output_dir
 
-__all__ = ["TEMPORARY_FILE", "TrainingCommand", "TrainingProcess", "check_report_file", "last_error",
+__all__ = ["TEMPORARY_FILE", "TrainingCommand", "TrainingProcess", "last_error",
            "prepare_runs_folder", "removed_on_error", "user_path"]
 
 POLL_S = 0.002
@@ -175,15 +174,6 @@ def user_path(path):
     """``path`` (None passes) as an absolute path, relative paths taken from this process's working directory (the
     user's): the runs work in the repository, where a relative path would name another place."""
     return None if path is None else os.path.abspath(path)
-
-
-def check_report_file(path, option="--json"):
-    """Raises a one-line error unless the report file ``path`` (command-line ``option``) can be written: checked
-    before the runs, which take minutes, rather than after them."""
-    if os.path.isdir(path):
-        example = os.path.join(path, "report.json")
-        raise IsADirectoryError(f"{option} {path} is a folder: give a file name, e.g. {example}")
-    check_output_dir(os.path.dirname(os.path.abspath(path)), key=f"the folder of {option}")
 
 
 @contextlib.contextmanager

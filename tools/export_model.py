@@ -44,7 +44,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
@@ -76,6 +75,7 @@ from focus_detr.export import (
     require_packages,
 )
 from focus_detr.layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
+from focus_detr.partial_files import PartialPath, remove_abandoned
 
 TOP_DETECTIONS = 100
 
@@ -255,11 +255,14 @@ def export(model, cfg, args, init_checkpoint):
     sample = synthetic_inputs(*args.sample_size)[0]
     # traced into a name of its own: an interrupted or failed export leaves the earlier graph (and what was written
     # about it) as it was, and two exports into one folder do not write into one file
-    handle, partial = tempfile.mkstemp(prefix=".model.", suffix=".onnx.partial", dir=args.output)
-    os.close(handle)
-    try:
-        seconds = export_onnx(model, partial, sample["image"], args.opset, args.msda_form)
-        check_graph(partial)
+    abandoned = (remove_abandoned(args.output, ".model.", ".onnx.partial")
+                 + remove_abandoned(args.output, ".model.json.", ".tmp"))
+    if abandoned:
+        print(f"removed {len(abandoned)} temporary file(s) left by an interrupted export: "
+              f"{', '.join(os.path.basename(path) for path in abandoned)}", file=sys.stderr)
+    with PartialPath(args.output, prefix=".model.", suffix=".onnx.partial") as partial:
+        seconds = export_onnx(model, partial.path, sample["image"], args.opset, args.msda_form)
+        check_graph(partial.path)
         metadata = export_metadata(model, args.opset, args.msda_form, input_format(cfg), _class_names(cfg))
         metadata.update(
             config_file=args.config_file,
@@ -267,14 +270,10 @@ def export(model, cfg, args, init_checkpoint):
             init_checkpoint=init_checkpoint,
             sample_size=list(args.sample_size),
             export_seconds=round(seconds, 1),
-            file_size_mib=round(os.path.getsize(partial) / 2**20, 1),
+            file_size_mib=round(os.path.getsize(partial.path) / 2**20, 1),
         )
         clear_earlier_export(args.output)
-        os.chmod(partial, 0o644)  # mkstemp made it private
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+        os.replace(partial.path, path)
     text = json.dumps(metadata, indent=2)
     atomic_write(os.path.join(args.output, "model.json"), lambda f: f.write(text), mode="w")
     print(f"wrote {path} ({metadata['file_size_mib']} MiB, exported in {seconds:.1f} s, opset {args.opset}, "

@@ -261,3 +261,15 @@ def test_a_build_stopped_by_sigterm_leaves_no_temporary_folder(wheel_path, tmp_p
     assert run_reporting_errors(trees.build_trees_cache, tmp_path / "trees", wheel_path) == 143
     assert capsys.readouterr().err == "interrupted by SIGTERM\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_build_removes_the_folders_killed_builds_left_and_keeps_a_running_builds(tmp_path, wheel_path):
+    # a build killed midway (kill -9, power loss) left a .trees.tmp-* folder that no later build removed
+    from focus_detr.partial_files import PartialPath
+
+    (tmp_path / ".trees.tmp-killed" / "train").mkdir(parents=True)
+    with PartialPath(tmp_path, prefix=".trees.tmp-", folder=True) as running:  # another build, still going
+        build_trees_cache(tmp_path / "trees", wheel_path)
+        build_trees_cache(tmp_path / "trees", wheel_path)  # over the first one, which goes too
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([os.path.basename(running.path), "trees"])
+    verify_trees_cache(tmp_path / "trees")

@@ -1,7 +1,6 @@
 """A user error is one line ``error: <what> <where>: <why>`` with exit status 2 and no traceback, with the
 project's message intact; a bug keeps its traceback."""
 import os
-import tempfile
 
 import pytest
 import torch
@@ -121,16 +120,15 @@ def test_output_folder_under_a_file_is_named(train_net, toy_dataset, capsys, tmp
 
 def test_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoint(train_net, toy_dataset, capsys, tmp_path,
                                                                             monkeypatch):
-    real_mkstemp = tempfile.mkstemp
+    import focus_detr.engine.checkpoint as checkpoint
 
-    def full_disk_for_the_final_checkpoint(prefix="", suffix="", dir=None, **kwargs):
-        if prefix.startswith(".model_final.pth."):  # a real full device: writes fail with ENOSPC
-            handle, path = real_mkstemp(prefix=prefix, suffix=suffix, dir=dir, **kwargs)
-            os.close(handle)
-            return os.open("/dev/full", os.O_WRONLY), path
-        return real_mkstemp(prefix=prefix, suffix=suffix, dir=dir, **kwargs)
+    def full_disk_for_the_final_checkpoint(path, mode="r", *args, **kwargs):
+        if os.path.basename(path).startswith(".model_final.pth."):  # a real full device: writes fail with ENOSPC
+            return open("/dev/full", mode, *args, **kwargs)
+        return open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(tempfile, "mkstemp", full_disk_for_the_final_checkpoint)
+    # atomic_write's temporary file is opened by name
+    monkeypatch.setattr(checkpoint, "open", full_disk_for_the_final_checkpoint, raising=False)
     out = tmp_path / "out"
     assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}"]) == 2
     captured = capsys.readouterr()

@@ -1,6 +1,7 @@
 """What an export folder and its model.json promise: a new export replaces the earlier one's results, model.json is
 checked before it is trusted, and the demo says when the graph it runs carries other weights than asked for."""
 import json
+import os
 import re
 
 import pytest
@@ -61,6 +62,34 @@ def test_an_export_that_stops_leaves_the_earlier_export_whole(export_tool, tmp_p
             "--config-file", str(TINY_CONFIG), "--output", str(output), "--sample-size", "160", "192",
             "--threads", "1"]))
     assert {p.name: p.read_text() for p in output.iterdir()} == earlier
+
+
+def test_an_export_removes_the_files_killed_exports_left_and_keeps_those_being_written(export_tool, tmp_path,
+                                                                                         monkeypatch, capfd):
+    # an export killed midway (kill -9) left its hidden .model.*.onnx.partial (185 MiB for R50) for good
+    from focus_detr.partial_files import PartialPath, remove_abandoned
+
+    output = tmp_path / "onnx"
+    output.mkdir()
+    (output / ".model.killed.onnx.partial").write_bytes(b"half a graph")
+    (output / ".model.json.killed.tmp").write_text("{")
+    real_export = export_tool.export_onnx
+
+    def export_checking_the_lock(model, path, *args):
+        seconds = real_export(model, path, *args)
+        # what torch wrote is the file locked as being written, not another file of the same name
+        assert remove_abandoned(output, ".model.", ".onnx.partial") == []
+        return seconds
+
+    monkeypatch.setattr(export_tool, "export_onnx", export_checking_the_lock)
+    with PartialPath(output, prefix=".model.", suffix=".onnx.partial") as running:  # another export, still going
+        export_tool.main(export_tool.parse_args([
+            "--config-file", str(TINY_CONFIG), "--output", str(output), "--sample-size", "160", "192",
+            "--threads", "1"]))
+        assert sorted(p.name for p in output.iterdir()) == sorted(
+            ["model.json", "model.onnx", os.path.basename(running.path)])
+    assert ("removed 2 temporary file(s) left by an interrupted export: .model.killed.onnx.partial, "
+            ".model.json.killed.tmp") in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -148,3 +148,21 @@ def test_two_writers_of_one_video_each_write_a_whole_file(tmp_path):
     assert _frames_and_fps(str(target))[0] == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
     assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # not the temporary file's private mode
+
+
+def test_a_writer_removes_the_partial_files_of_killed_runs_and_keeps_those_being_written(tmp_path):
+    # a demo killed midway (kill -9) left its hidden .out.*.partial.mp4 for good
+    from focus_detr.data.video_io import VideoWriter
+    from focus_detr.partial_files import remove_abandoned
+
+    frame = np.zeros((SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    (tmp_path / ".out.killed.partial.mp4").write_bytes(b"frames of a killed run")
+    running = VideoWriter(str(tmp_path / "out.mp4"), FPS)
+    running.write(frame)
+    with VideoWriter(str(tmp_path / "out.mp4"), FPS) as writer:
+        writer.write(frame)
+        assert len([p for p in tmp_path.iterdir() if p.name.endswith(".partial.mp4")]) == 2
+        # what OpenCV writes is the file locked as being written, not another file of the same name
+        assert remove_abandoned(tmp_path, ".out.", ".partial.mp4") == []
+    running.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]

@@ -28,10 +28,8 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import asdict, dataclass
@@ -39,6 +37,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
+
+from ..partial_files import PartialPath, remove_abandoned
 
 __all__ = [
     "CLASS_NAME",
@@ -309,11 +309,11 @@ def build_trees_cache(
     if not wheel_path.is_file():
         raise TreesCacheError(f"demo-data wheel not found at {wheel_path}; run tools/prepare_trees.py to download it")
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp_dir.chmod(0o777 & ~umask)  # mkdtemp makes a private (0700) folder; the cache is shared like any folder
-    try:
+    # the folders of builds that were killed (kill -9, power loss); those of a build still running are kept
+    remove_abandoned(cache_dir.parent, f".{cache_dir.name}.tmp-", folders=True)
+    with PartialPath(cache_dir.parent, prefix=f".{cache_dir.name}.tmp-", folder=True) as building, \
+            PartialPath(cache_dir.parent, prefix=f".{cache_dir.name}.tmp-", folder=True) as replaced:
+        tmp_dir = Path(building.path)
         with zipfile.ZipFile(wheel_path) as wheel:
             stats = {
                 split: _write_split(wheel, [s for s in sources if s.split == split], split, tmp_dir, params)
@@ -326,13 +326,10 @@ def build_trees_cache(
         manifest = {**_expected_build_record(params, sources, _sha256_file(wheel_path)), "stats": stats, "files": files}
         # written last: a folder without a manifest is never accepted as a cache
         (tmp_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
-        old_dir = cache_dir.with_name(f".{cache_dir.name}.old-{os.getpid()}")
         if cache_dir.exists():
-            cache_dir.rename(old_dir)
+            # moved into a locked folder of its own, which closing removes: a kill now leaves an abandoned one
+            cache_dir.rename(Path(replaced.path) / cache_dir.name)
         tmp_dir.rename(cache_dir)
-        shutil.rmtree(old_dir, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     return manifest
 
 

@@ -2,10 +2,11 @@
 (a complete file appears under its name, or nothing does)."""
 import math
 import os
-import tempfile
 
 import cv2
 import numpy as np
+
+from ..partial_files import PartialPath, remove_abandoned
 
 __all__ = ["VIDEO_CODECS", "VideoWriter", "open_video", "read_frames"]
 
@@ -77,9 +78,9 @@ class VideoWriter:
             os.makedirs(folder, exist_ok=True)
             stem, extension = os.path.splitext(name)
             # a name of its own (not one per output): two runs writing one output must not write into one file
-            handle, self._partial = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".partial{extension}", dir=folder)
-            os.close(handle)
-            self._writer = cv2.VideoWriter(self._partial, self._codec, self.fps, size)
+            remove_abandoned(folder, f".{stem}.", f".partial{extension}")  # killed runs' partial files
+            self._partial = PartialPath(folder, prefix=f".{stem}.", suffix=f".partial{extension}")
+            self._writer = cv2.VideoWriter(self._partial.path, self._codec, self.fps, size)
             if not self._writer.isOpened():
                 raise OSError(f"cannot write video {self.path}: OpenCV cannot open a {size[0]}x{size[1]} "
                               f"{VIDEO_CODECS[os.path.splitext(self.path)[1].lower()]} writer there")
@@ -96,7 +97,7 @@ class VideoWriter:
             raise ValueError(f"cannot write video {self.path}: no frame was written")
         self._writer.release()
         self._writer = None
-        check = cv2.VideoCapture(self._partial)
+        check = cv2.VideoCapture(self._partial.path)
         written = int(check.get(cv2.CAP_PROP_FRAME_COUNT)) if check.isOpened() else 0
         check.release()
         if written != self.count:
@@ -104,10 +105,8 @@ class VideoWriter:
             raise OSError(f"cannot write video {self.path}: the file holds {written} of the {self.count} frames "
                           "(disk full?)")
         try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self._partial, 0o666 & ~umask)  # mkstemp made it private; the video gets the usual mode
-            os.replace(self._partial, self.path)
+            os.replace(self._partial.path, self.path)
+            self._partial.close()
         except OSError as error:  # e.g. a folder of that name: the frames are lost either way, the file must go
             self.discard()
             raise OSError(f"cannot write video {self.path}: {error.strerror}") from None
@@ -117,8 +116,8 @@ class VideoWriter:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        if self._partial is not None and os.path.exists(self._partial):
-            os.remove(self._partial)
+        if self._partial is not None:
+            self._partial.close()
 
     def __enter__(self):
         return self

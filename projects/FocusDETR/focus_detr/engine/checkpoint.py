@@ -5,50 +5,37 @@ import glob
 import logging
 import os
 import re
-import tempfile
 
 import torch
 
 from ..checkpoint import CheckpointError, FocusDETRCheckpointer, UnreadableCheckpointError, write_safetensors
 from ..checkpoint.safe_load import checked_checkpoint_path
+from ..partial_files import PartialPath, remove_abandoned
 from .interrupt import stop_signals_deferred
 
-__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "save_weights", "TEMPORARY_FILE_PATTERN"]
+__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "save_weights"]
 
 logger = logging.getLogger(__name__)
 
-# Names of atomic_write's temporary files: ".<final name>.<random>.tmp" next to the final file.
-TEMPORARY_FILE_PATTERN = ".*.tmp"
 # Names of the checkpoints ResumableCheckpointHook writes: <prefix>_<7-digit iteration>.pth, <prefix>_final.pth.
 _CHECKPOINT_NAME = re.compile(r"^(.+)_(?:\d{7}|final)\.pth$")
 
 
-def _current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path, write_fn, mode="wb"):
     """Writes through a temporary file in the same folder and renames it over ``path`` (``os.replace`` is atomic on
-    POSIX and Windows), so a crash or a full disk leaves either the old file or the new one, never a torn one."""
+    POSIX and Windows), so a crash or a full disk leaves either the old file or the new one, never a torn one. The
+    temporary file (``.<name>.<random>.tmp``) is locked while written: what a killed writer leaves is told apart by
+    :func:`focus_detr.partial_files.remove_abandoned`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     # A Ctrl-C meanwhile takes effect once the file is in place: cut short, torch.save's clean-up fails on the torn
     # file (a traceback instead of the interrupt) and its writer can abort the process later.
-    with stop_signals_deferred():
-        try:
-            with os.fdopen(handle, mode) as f:
-                write_fn(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the file the usual mode
-            os.replace(tmp_path, path)
-        except BaseException:
-            if os.path.exists(tmp_path):
-                os.remove(tmp_path)
-            raise
+    with stop_signals_deferred(), PartialPath(folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp") as tmp:
+        with open(tmp.path, mode) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp.path, path)
 
 
 def save_weights(path, state_dict):
@@ -122,9 +109,7 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
         place, so these are never needed). Call it before this run saves anything; returns the removed paths."""
         if not self.save_dir or not os.path.isdir(self.save_dir):
             return []
-        stale = sorted(glob.glob(os.path.join(self.save_dir, TEMPORARY_FILE_PATTERN)))
-        for path in stale:
-            os.remove(path)
+        stale = remove_abandoned(self.save_dir, ".", ".tmp")
         if stale:
             logger.warning(f"Removed {len(stale)} temporary file(s) left by an interrupted save: {stale}")
         return stale

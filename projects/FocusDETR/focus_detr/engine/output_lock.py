@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 
+from ..partial_files import hold_descriptor, release_descriptor
 from .config import ConfigError
 from .settings import check_output_dir
 
@@ -27,22 +28,6 @@ __all__ = ["LOCK_FILE_NAME", "OutputDirInUseError", "OutputDirLock", "claim_outp
 logger = logging.getLogger(__name__)
 
 LOCK_FILE_NAME = ".focus_detr.lock"
-
-# Lock descriptors this process holds. A forked child (a data-loader worker) shares them, and a shared descriptor
-# keeps an flock held until its last copy closes: each child closes its copies at once, so only this process's life
-# decides how long the lock lives. Process-wide state by nature (it follows fork), hence module level.
-_HELD_DESCRIPTORS = set()
-
-
-def _close_inherited_locks():
-    for descriptor in _HELD_DESCRIPTORS:
-        with contextlib.suppress(OSError):
-            os.close(descriptor)
-    _HELD_DESCRIPTORS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class OutputDirInUseError(ConfigError):
@@ -114,7 +99,7 @@ class OutputDirLock:
                     break
             os.close(descriptor)
         self._descriptor = descriptor
-        _HELD_DESCRIPTORS.add(descriptor)
+        hold_descriptor(descriptor)  # a forked data-loader worker must not keep the folder locked
         record = {"pid": os.getpid(), "host": socket.gethostname(),
                   "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
         os.ftruncate(descriptor, 0)
@@ -127,8 +112,7 @@ class OutputDirLock:
         # removed while still locked, so a run that opened this file meanwhile notices and opens the new one
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.path)
-        _HELD_DESCRIPTORS.discard(self._descriptor)
-        os.close(self._descriptor)
+        release_descriptor(self._descriptor)
         self._descriptor = None
 
     def __enter__(self):

@@ -62,13 +62,14 @@ def parse_args(argv=None):
 
 
 def _run_logged(command, log_path, child_env=None):
-    """Runs ``command`` with its output appended to ``log_path``; returns its exit status. The child has its own
-    process group, so a Ctrl-C reaches it once, forwarded from here: a training child then saves a checkpoint at its
-    current iteration and exits, and this waits for that before stopping."""
+    """Runs ``command`` with its output appended to ``log_path``; returns its exit status. The child works in this
+    process's working directory (a relative path in an override means what it means here) and has its own process
+    group, so a Ctrl-C reaches it once, forwarded from here: a training child then saves a checkpoint at its current
+    iteration and exits, and this waits for that before stopping."""
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=child_env,
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env,
                                  start_new_session=True)
         try:
             return child.wait()
@@ -107,8 +108,10 @@ def _train_and_evaluate(args, settings, overrides_of):
     from focus_detr.analysis.ablation import training_overrides
     from focus_detr.engine.evaluation import read_eval_results
 
+    from focus_detr.child_processes import child_environment
+
     # torch reads OMP_NUM_THREADS when it starts: the children's thread count
-    child_env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads > 0 else None
+    child_env = child_environment({**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads > 0 else None)
 
     def train_and_evaluate(run):
         log_path = os.path.join(run.folder, "ablation_output.txt")

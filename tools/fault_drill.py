@@ -48,6 +48,7 @@ from focus_detr.engine.training_process import (
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TREES_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
+TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
 
 
 def parse_args(argv=None):
@@ -68,7 +69,6 @@ def parse_args(argv=None):
 
 
 def main(args) -> int:
-    # The paths are absolute (user_path, at parsing): the runs work in the repository, not where the user is.
     if args.trials < 1 or args.max_kills < 1:
         raise ValueError(f"--trials and --max-kills must be >= 1 (got {args.trials}, {args.max_kills})")
     if args.json:
@@ -78,7 +78,7 @@ def main(args) -> int:
     if cfg.train.seed < 0:
         raise ValueError("the drill compares runs bit for bit: set a fixed train.seed (>= 0)")
     max_iter, period = int(cfg.train.max_iter), int(cfg.train.checkpointer.period)
-    command = TrainingCommand(args.config_file, overrides, REPO_ROOT, args.threads, args.run_timeout)
+    command = TrainingCommand(args.config_file, overrides, TRAIN_NET, args.threads, args.run_timeout)
     folder, temporary = prepare_runs_folder(args.output, "fault_drill_")
     with removed_on_error(folder, temporary):
         reference, trials, summary = _drill(args, command, folder, max_iter, period)

@@ -38,6 +38,7 @@ from focus_detr.engine.training_process import (
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TREES_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
+TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
 
 
 def parse_args(argv=None):
@@ -64,7 +65,6 @@ def _print_lines(lines):
 
 
 def main(args) -> int:
-    # The paths are absolute (user_path, at parsing): the run works in the repository, not where the user is.
     if args.sample_every <= 0 or min(args.max_rss_growth, args.max_fd_growth, args.max_thread_growth) < 0:
         raise ValueError("--sample-every must be > 0 and the --max-*-growth limits >= 0")
     if args.json:
@@ -79,7 +79,7 @@ def main(args) -> int:
     print(f"soak in {folder}: {args.config_file}, {max_iter} iterations, evaluation every {eval_period or '-'}, "
           f"checkpoint every {cfg.train.checkpointer.period}; warm-up {warmup} iterations; a sample every "
           f"{args.sample_every:g} s", flush=True)
-    command = TrainingCommand(args.config_file, overrides, REPO_ROOT, args.threads, args.run_timeout)
+    command = TrainingCommand(args.config_file, overrides, TRAIN_NET, args.threads, args.run_timeout)
     with removed_on_error(folder, temporary):
         run, verdict = _soak(args, command, folder, max_iter, warmup, limits)
     if temporary and verdict.ok:  # a failed soak's folder is kept to look into

@@ -1,4 +1,6 @@
 """focus_detr.engine.fault_drill: the checks a drill applies to a resumed run's folder and final checkpoint."""
+import os
+
 import torch
 
 from focus_detr.engine.fault_drill import check_output, checkpoint_differences, save_names
@@ -53,9 +55,19 @@ def test_the_saves_a_run_makes_are_every_period_and_the_final_one():
     assert save_names(4, 10) == [(3, "model_final.pth")]
 
 
-def test_a_training_command_hands_its_runs_absolute_paths_of_the_callers_directory(tmp_path, monkeypatch):
-    # The runs work in the repository (cwd), the caller watches their folder from its own working directory.
+def test_training_runs_work_where_the_caller_is_and_are_handed_absolute_paths(tmp_path, monkeypatch):
+    # the runs worked in the repository: a relative path inside an override (train.init_checkpoint=w.pth) named a
+    # file there, not the one the tool itself had read
+    script = tmp_path / "print_where.py"
+    script.write_text("import os, sys\nprint(os.getcwd())\nprint(sys.argv[1:])\n"
+                      "print(os.environ['FOCUS_DETR_STOP_WITH_PARENT'])\n")
     monkeypatch.chdir(tmp_path)
-    argv = TrainingCommand("my_config.py", ["train.max_iter=2"], cwd="/elsewhere").argv("runs/a", resume=True)
-    assert argv[1:] == ["train_net.py", "--config-file", str(tmp_path / "my_config.py"), "--resume", "train.max_iter=2",
-                        f"train.output_dir={tmp_path / 'runs' / 'a'}"]
+    command = TrainingCommand("my_config.py", ["train.init_checkpoint=w.pth"], train_net=str(script))
+    run = command.start("runs/a", str(tmp_path / "log.txt"), resume=True)
+    assert run.process.wait() == 0
+    assert (tmp_path / "log.txt").read_text().splitlines() == [
+        str(tmp_path),
+        str(["--config-file", str(tmp_path / "my_config.py"), "--resume", "train.init_checkpoint=w.pth",
+             f"train.output_dir={tmp_path / 'runs' / 'a'}"]),
+        str(os.getpid()),  # it stops when this process dies (focus_detr.child_processes)
+    ]

@@ -63,7 +63,7 @@ def test_gone_processes_read_as_none(start_tree):
 
 def _watched(tmp_path, script, timeout_s=60.0):
     return TrainingProcess([sys.executable, "-c", script], None, str(tmp_path / "log"), str(tmp_path / "out"),
-                           timeout_s, str(tmp_path), poll_s=0.01)
+                           timeout_s, poll_s=0.01)
 
 
 # a "training run" with one worker that logs an iteration, then hangs

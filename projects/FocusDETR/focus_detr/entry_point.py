@@ -6,12 +6,16 @@ and the Python scripts of ``scripts/`` import this module first, before torch an
 - A Ctrl-C that nothing handles, e.g. during the seconds of those imports, ends the command with one line
   ("interrupted", or the interruption's own message) and exit status 130 (Python's, for an unhandled
   KeyboardInterrupt), not a traceback. Any other uncaught exception keeps its traceback.
+- A command a tool started as its child (:mod:`focus_detr.child_processes`) stops when that tool dies.
 
 Only commands import this module: ``import focus_detr`` in a user's own program leaves the process's warning filters
 and ``sys.excepthook`` alone."""
 import sys
 import warnings
 
+from .child_processes import stop_with_parent
+
+stop_with_parent()
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 

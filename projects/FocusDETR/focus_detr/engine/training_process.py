@@ -2,8 +2,8 @@
 in its own session, so its data-loader workers die with it when it is killed, as in a crash. The watcher follows
 the run's log (the iterations it reports) and its output folder (the temporary files of checkpoint writes).
 
-The runs work in the repository, not in the user's working directory: the paths handed to them are made absolute
-first (:func:`user_path`), so that a relative ``--output`` means the same folder to the tool and to its runs."""
+The runs work in the caller's working directory, as a ``train_net.py`` the user started there would: a relative path
+in a ``key=value`` override names the same file to the tool and to its runs."""
 import contextlib
 import os
 import re
@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..child_processes import child_environment
 from .process_monitor import live_group_members
 
 __all__ = ["TEMPORARY_FILE", "TrainingCommand", "TrainingProcess", "last_error",
@@ -33,35 +34,32 @@ _GROUP_POLL_S = 0.01
 
 @dataclass(frozen=True)
 class TrainingCommand:
-    """How to start ``train_net.py``: the config and its ``key=value`` overrides, the folder holding
-    ``train_net.py`` (the runs' working directory), ``OMP_NUM_THREADS`` of the runs, and the seconds a run may take
-    before it is killed. The config file and the output folders are paths relative to this process's working
-    directory (or absolute), not to ``cwd``."""
+    """How to start ``train_net.py`` (its path): the config and its ``key=value`` overrides, ``OMP_NUM_THREADS`` of
+    the runs, and the seconds a run may take before it is killed. Relative paths (the config file, the output folders,
+    paths in overrides) are taken from this process's working directory, where the runs work too."""
 
     config_file: str
     overrides: Sequence[str]
-    cwd: str
+    train_net: str
     threads: int = 1
     timeout_s: float = 300.0
 
     def argv(self, output_dir, resume):
-        # absolute: the run works in ``cwd``, while this process watches output_dir from its own working directory
-        argv = [sys.executable, "train_net.py", "--config-file", user_path(self.config_file)]
+        argv = [sys.executable, self.train_net, "--config-file", user_path(self.config_file)]
         output = f"train.output_dir={user_path(output_dir)}"
         return argv + (["--resume"] if resume else []) + [*self.overrides, output]
 
     def start(self, output_dir, log_path, resume=False, poll_s=POLL_S):
         """Launches a run writing into ``output_dir``; its output is appended to ``log_path``."""
-        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), PYTHONUNBUFFERED="1")
-        return TrainingProcess(self.argv(output_dir, resume), env, log_path, output_dir, self.timeout_s, self.cwd,
-                               poll_s)
+        env = child_environment(dict(os.environ, OMP_NUM_THREADS=str(self.threads), PYTHONUNBUFFERED="1"))
+        return TrainingProcess(self.argv(output_dir, resume), env, log_path, output_dir, self.timeout_s, poll_s)
 
 
 class TrainingProcess:
     """A running ``train_net.py`` whose log and output folder are watched: the iterations it logged with the time
     each was first seen, the temporary files of checkpoint writes with the times they were present."""
 
-    def __init__(self, argv, env, log_path, output_dir, timeout_s, cwd, poll_s=POLL_S):
+    def __init__(self, argv, env, log_path, output_dir, timeout_s, poll_s=POLL_S):
         self.output_dir = output_dir
         self.timeout_s = timeout_s
         self.poll_s = poll_s
@@ -71,7 +69,7 @@ class TrainingProcess:
         self._text = b""
         self.left_before = set(self.temporary_files())  # by an earlier killed run; not this run's writes
         self.start = time.monotonic()
-        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         self.start_iteration = self.started_at = None  # from the "Starting training" line, when it was seen
         self.iterations = {}  # iteration -> monotonic time its log line was seen
@@ -172,7 +170,7 @@ def prepare_runs_folder(path, prefix):
 
 def user_path(path):
     """``path`` (None passes) as an absolute path, relative paths taken from this process's working directory (the
-    user's): the runs work in the repository, where a relative path would name another place."""
+    user's), which the printed commands and reports can then be read from anywhere."""
     return None if path is None else os.path.abspath(path)
 
 

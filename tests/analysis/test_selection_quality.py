@@ -14,7 +14,7 @@ from focus_detr.analysis.selection_quality import (
     selection_quality_metrics,
     token_grid,
 )
-from focus_detr.analysis.selection_quality_evaluator import RESULTS_KEY, SelectionQualityEvaluator
+from focus_detr.analysis.selection_quality_evaluator import RESULTS_KEY, SelectionQualityEvaluator, TokenSelectionOutputs
 from focus_detr.engine.evaluation import read_eval_results
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -76,6 +76,9 @@ def test_exact_values_on_a_hand_made_image():
             "fine_grained_hit_rate/layer1/level1": 100,
             # valid tokens outside the crowd-only cells: 8 at level 0 (7 in a box), 3 at level 1 (2 in a box)
             "foreground_share": 900 / 11, "foreground_share/level0": 87.5, "foreground_share/level1": 200 / 3,
+            # of all 12 + 4 valid tokens, crowd-only ones included (they are budget spent): where the budget goes
+            "kept_share/layer0/level0": 25, "kept_share/layer0/level1": 50,
+            "kept_share/layer1/level0": 100 / 12, "kept_share/layer1/level1": 25,
         },
     )  # fmt: skip
 
@@ -91,6 +94,7 @@ def test_crowd_boxes_are_neither_objects_nor_misses():
         assert metrics["object_recall/layer0"] == 100.0
         assert metrics["foreground_precision/layer0"] == pytest.approx(precision)
         assert metrics["fine_grained_hit_rate/layer0"] == pytest.approx(precision)
+        assert metrics["kept_share/layer0/level0"] == 100 * 3 / 16  # a crowd box does not change where the budget goes
 
 
 def test_objects_fall_into_coco_size_buckets_by_box_area():
@@ -211,3 +215,17 @@ def test_selection_quality_can_be_switched_off(tmp_path):
 def test_a_switch_that_is_not_true_or_false_is_one_line(tmp_path, capsys):
     assert _train_net_eval_only(tmp_path, "train.selection_quality=yes") == 2
     assert "train.selection_quality" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_an_evaluation_leaves_the_model_in_the_mode_it_was_in(training):
+    # detectron2's inference_on_dataset gives the wrapper back its own mode when done, and a new module's is
+    # training: an evaluated eval-mode model came back in training mode (its next call asked for ground truth)
+    from detectron2.evaluation.evaluator import inference_context
+
+    from conftest import build_tiny_model
+
+    model = build_tiny_model().train(training)
+    with inference_context(TokenSelectionOutputs(model)):
+        assert not model.training
+    assert model.training == training

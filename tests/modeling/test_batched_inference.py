@@ -77,3 +77,14 @@ def test_a_padded_image_depends_on_the_rest_of_the_batch_only_through_the_token_
     batch_budget = budgets[0]
     monkeypatch.setattr(ForegroundTokenSelector, "layer_token_counts", lambda self, nums, n: batch_budget)
     _assert_same_detections(_detections(model, padded_alone)[0], batched)
+
+
+def test_each_images_reported_fine_grained_tokens_are_among_its_own_kept_tokens(model):
+    # the fine-grained tokens are picked among the batch-wide k_j kept tokens: a smaller image's held tokens beyond
+    # its own budget (not updated for it), which the selection-quality figures and token maps counted as its choices
+    with torch.no_grad():
+        results = model.forward_inference(_images((96, 128), (64, 96), (48, 64)), return_token_selection=True)
+    for result in results:
+        selection = result["token_selection"]
+        for kept, fine in zip(selection["foreground_inds"], selection["fine_grained_inds"]):
+            assert torch.isin(fine, kept).all() and len(fine) > 0

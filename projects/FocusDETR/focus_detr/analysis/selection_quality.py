@@ -17,7 +17,8 @@ Conventions (as COCO's evaluation treats its ground truth):
 
 * padded tokens (outside the image in a padded batch, by the model's own padding mask) are never counted;
 * crowd annotations (``iscrowd=1``) are not objects to recall, and a token whose centre lies in a crowd box but in
-  no other box is ignored (neither a hit nor a miss), as COCO ignores detections matched to crowd regions;
+  no other box is ignored (neither a hit nor a miss), as COCO ignores detections matched to crowd regions; the
+  kept share counts it (it is budget spent);
 * object size is the box area ``w * h`` in original-image pixels. detectron2's COCO loader drops the json's
   ``area`` field, so it is not available here; on COCO itself ``area`` is the mask area, which can move an object
   near a bucket edge into another bucket than APs/APm/APl's. On the tree data ``area`` is the box area.
@@ -178,6 +179,8 @@ class SelectionCounts:
         fine, fine_hits: ``(E, L)`` the same for fine-grained tokens.
         tokens, tokens_inside: ``(L,)`` all valid tokens (not crowd-ignored), and those inside a box: the precision
             a selection drawn at random would have.
+        kept_valid, valid: ``(E, L)`` kept valid tokens and ``(L,)`` valid tokens, crowd-ignored ones included: where
+            the budget goes.
     """
 
     objects: np.ndarray
@@ -188,6 +191,8 @@ class SelectionCounts:
     fine_hits: np.ndarray
     tokens: np.ndarray
     tokens_inside: np.ndarray
+    kept_valid: np.ndarray
+    valid: np.ndarray
 
     def __add__(self, other: "SelectionCounts") -> "SelectionCounts":
         fields = (f.name for f in dataclasses.fields(self))
@@ -244,6 +249,8 @@ def image_selection_counts(
         fine_hits=_per_level(fine & inside, grid.starts),
         tokens=_per_level((grid.valid & counted)[None], grid.starts)[0],
         tokens_inside=_per_level((grid.valid & inside)[None], grid.starts)[0],
+        kept_valid=_per_level(kept, grid.starts),
+        valid=_per_level(grid.valid[None], grid.starts)[0],
     )
 
 
@@ -285,7 +292,7 @@ def selection_quality_metrics(counts: SelectionCounts, size_names: Sequence[str]
         metrics.update({f"object_recall/layer{e}/level{l}": float(recall[e, l]) for l in range(num_levels)})
         _add_levels(metrics, f"foreground_precision/layer{e}", counts.kept_hits[e], counts.kept[e])
         _add_levels(metrics, f"fine_grained_hit_rate/layer{e}", counts.fine_hits[e], counts.fine[e])
-        _add_levels(metrics, f"kept_share/layer{e}", counts.kept[e], counts.tokens, overall=False)
+        _add_levels(metrics, f"kept_share/layer{e}", counts.kept_valid[e], counts.valid, overall=False)
     return metrics
 
 

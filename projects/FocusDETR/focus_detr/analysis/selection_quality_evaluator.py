@@ -51,6 +51,9 @@ class TokenSelectionOutputs(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        # the model's mode, which inference_on_dataset gives back to the wrapper (and so to the model) when done: a
+        # new module's own (training) left an evaluated eval-mode model in training mode
+        self.training = model.training
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
         return _unwrapped(self.model).forward_inference(batched_inputs, return_token_selection=True)

@@ -125,6 +125,7 @@ class CUDAGraphInference(nn.Module):
             raise TypeError(f"CUDAGraphInference needs a model with {', '.join(_MODEL_METHODS)} (FocusDETR); "
                             f"{type(model).__name__} has not")
         self.model = model
+        self.training = model.training  # restored onto the model by inference_on_dataset: it must be the model's
         self.max_graphs = max_graphs
         self.capture_after = capture_after
         self._graphs: "collections.OrderedDict[tuple, _Captured]" = collections.OrderedDict()

@@ -209,9 +209,10 @@ class FocusDETR(nn.Module):
         self, images: ImageList, denoising: Optional[DenoisingQueries] = None, last_layer_only: bool = False
     ) -> TransformerOutput:
         """Backbone -> neck -> token layout (padding masks, position embeddings, ...) -> transformer on a padded
-        batch. Padding masks hold for each image's own size also at test time: unlike the official code, a batch of
-        several images is evaluated as each image alone. last_layer_only: the decoder's last layer alone reaches the
-        output (inference)."""
+        batch. Padding masks hold for each image's own size also at test time (unlike the official code). A smaller
+        image of a padded batch still differs from itself alone: the backbone sees the padding, and every encoder
+        layer keeps a share of the batch's largest foreground budget (tests/modeling/test_batched_inference.py).
+        last_layer_only: the decoder's last layer alone reaches the output (inference)."""
         pixels = images.tensor
         if self.backbone_channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
@@ -367,12 +368,16 @@ def token_selection_tensors(out: TransformerOutput) -> Dict:
 
 def token_selection_of(selection: Dict, index: int, focus_token_num: int) -> Dict:
     """Image ``index``'s part of :func:`token_selection_tensors`, its foreground indices cut to its
-    ``focus_token_num`` kept tokens."""
+    ``focus_token_num`` kept tokens, and its fine-grained indices to those among them. In a batch, the fine-grained
+    tokens are picked among the batch-wide ``k_j`` kept tokens; those beyond an image's own budget are not updated
+    for it (see the encoder), so they are not its choices."""
+    kept = [inds[index, :focus_token_num] for inds in selection["foreground_inds"]]
     return {
         # copies: the model reuses these per input size
         "spatial_shapes": selection["spatial_shapes"].clone(),
         "level_start_index": selection["level_start_index"].clone(),
         "foreground_logits": selection["foreground_logits"][index],
-        "foreground_inds": [inds[index, :focus_token_num] for inds in selection["foreground_inds"]],
-        "fine_grained_inds": [inds[index] for inds in selection["fine_grained_inds"]],
+        "foreground_inds": kept,
+        "fine_grained_inds": [fine[index][torch.isin(fine[index], own)]
+                              for fine, own in zip(selection["fine_grained_inds"], kept)],
     }

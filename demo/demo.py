@@ -39,7 +39,6 @@ import sys
 import time
 
 import cv2
-from detectron2.data import MetadataCatalog
 from tqdm import tqdm
 
 from focus_detr.analysis.detection_drawing import draw_detections
@@ -49,6 +48,7 @@ from focus_detr.data.video_io import VIDEO_CODECS, VideoWriter, open_video, read
 from focus_detr.engine import FocusDETRPredictor, inference_amp_dtype, load_config, resolve_device
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.evaluation import class_names_of_test_set
 from focus_detr.engine.predictor import inference_resize, input_format, model_input
 from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights
 
@@ -73,10 +73,12 @@ def parse_args(argv=None):
 
 
 def _class_names(cfg):
+    """The test set's class names for the labels; [] (boxes labelled with class numbers) when unknown, with a
+    warning when its dataset cannot be read."""
     try:
-        names = cfg.dataloader.test.dataset.names
-        return MetadataCatalog.get(names if isinstance(names, str) else names[0]).get("thing_classes", [])
-    except (AttributeError, KeyError):
+        return class_names_of_test_set(cfg) or []
+    except (ValueError, OSError, KeyError) as error:
+        print(f"warning: no class names for the labels, boxes are numbered by class instead: {error}", file=sys.stderr)
         return []
 
 

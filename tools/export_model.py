@@ -47,13 +47,13 @@ import sys
 import time
 
 import torch
-from detectron2.data import MetadataCatalog
 
 from focus_detr.analysis.inputs import synthetic_inputs
 from focus_detr.engine import build_model, check_datasets_registered, check_output_dir, load_config
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides, positive_int
 from focus_detr.engine.checkpoint import atomic_write
 from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.evaluation import class_names_of_test_set
 from focus_detr.engine.predictor import input_format
 from focus_detr.engine.runner import load_inference_weights
 from focus_detr.export import (
@@ -122,10 +122,12 @@ def parse_args(argv=None):
 
 
 def _class_names(cfg):
+    """The test set's class names for model.json; None when unknown, with a warning when its dataset cannot be
+    read."""
     try:
-        names = cfg.dataloader.test.dataset.names
-        return MetadataCatalog.get(names if isinstance(names, str) else names[0]).get("thing_classes", None)
-    except (AttributeError, KeyError):
+        return class_names_of_test_set(cfg)
+    except (ValueError, OSError, KeyError) as error:
+        print(f"warning: model.json gets no class names: {error}", file=sys.stderr)
         return None
 
 

@@ -77,7 +77,7 @@ def test_batched_evaluation_warns_that_scores_change(train_net, toy_dataset, cap
     with logged_warnings("focus_detr.engine.evaluation") as messages:
         code, _ = _run(train_net, capsys, "--eval-only", f"dataloader.test.batch_size={batch_size}", f"train.output_dir={tmp_path}")
     assert code == 0
-    batched = [m for m in messages if "dataloader.test.batch_size is 2" in m and "changes their scores" in m]
+    batched = [m for m in messages if "dataloader.test.batch_size is 2" in m and "changes their detections" in m]
     assert bool(batched) == warned
 
 

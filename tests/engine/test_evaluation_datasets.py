@@ -86,3 +86,30 @@ def test_an_evaluation_that_stops_leaves_no_earlier_results_behind(train_net, to
         train_net.main(train_net.parse_args(["--config-file", TOY_CONFIG, "--eval-only",
                                              f"train.output_dir={tmp_path}"]))
     assert not results.exists() and not list(tmp_path.glob(".eval_results.json.*"))
+
+
+def test_the_test_sets_class_names_come_from_its_json_when_registered_without_them(tmp_path):
+    # the demo labelled every box with its class number ("1", another class's id in the json) for data registered
+    # as docs/training.md shows, register_coco_dataset(name, json, images): detectron2 names the classes only once
+    # the dataset is loaded; model.json got no class names
+    from detectron2.data.datasets import register_coco_instances
+    from omegaconf import OmegaConf
+    from toy_detector import register_edited_toy_dataset
+
+    from focus_detr.engine.evaluation import class_names_of_test_set
+
+    def two_classes(coco):
+        coco["categories"] = [{"id": 9, "name": "crate"}, {"id": 2, "name": "box"}]
+        for annotation in coco["annotations"]:
+            annotation["category_id"] = 9
+
+    register_edited_toy_dataset("focus_detr_toy_two_classes", str(tmp_path / "two"), two_classes)
+
+    def test_set(name):
+        return OmegaConf.create({"dataloader": {"test": {"dataset": {"names": name}}}})
+
+    assert class_names_of_test_set(test_set("focus_detr_toy_two_classes")) == ["box", "crate"]  # by category id
+    assert class_names_of_test_set(OmegaConf.create({"dataloader": {}})) is None
+    register_coco_instances("focus_detr_toy_no_json", {}, str(tmp_path / "missing.json"), str(tmp_path))
+    with pytest.raises((ValueError, OSError), match="missing.json"):
+        class_names_of_test_set(test_set("focus_detr_toy_no_json"))

@@ -201,10 +201,11 @@ class FocusDETRPredictor:
         """``predictor(image)`` for each of ``images`` (BGR uint8 ``(H, W, 3)`` arrays, all checked before the first
         runs), in batches of up to ``batch_size`` images of one network-input size, in the order given.
 
-        Batches hold images of one network-input size only. In a padded batch the backbone's convolutions see the
-        padding next to a smaller image where alone they see its border, and its detections change: on trees_val with
-        the main job's model, a 424-px-wide image batched with a 425-px-wide one had its scores moved by up to 0.039
-        at equal rank and 35 instead of 21 detections >= 0.3 (see also ``engine/evaluation.py``). Grouped by size,
+        Batches hold images of one network-input size only. In a padded batch a smaller image's detections change:
+        the backbone sees the padding (its convolutions at the border, its GroupNorm statistics everywhere) and every
+        encoder layer keeps a share of the batch's largest token budget. On trees_val with the main job's model, each
+        424-px-wide tile batched with a 425-px-wide one had its scores moved by 0.020-0.039 at equal rank and 2-10
+        more detections >= 0.3 (13 -> 23 for one). Grouped by size,
         each image gets the detections it gets alone, up to the float rounding of batched kernels (measured there:
         scores within 5e-7, boxes within 1e-4 px). Images of many sizes therefore run in more, smaller batches; the
         frames of a video share one size."""

@@ -14,7 +14,7 @@ from focus_detr.analysis.selection_quality import (
     selection_quality_metrics,
     token_grid,
 )
-from focus_detr.analysis.selection_quality_evaluator import RESULTS_KEY, SelectionQualityEvaluator, TokenSelectionOutputs
+from focus_detr.analysis.selection_quality_evaluator import RESULTS_KEY, SelectionQualityEvaluator
 from focus_detr.engine.evaluation import read_eval_results
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -215,17 +215,3 @@ def test_selection_quality_can_be_switched_off(tmp_path):
 def test_a_switch_that_is_not_true_or_false_is_one_line(tmp_path, capsys):
     assert _train_net_eval_only(tmp_path, "train.selection_quality=yes") == 2
     assert "train.selection_quality" in capsys.readouterr().err.strip().splitlines()[-1]
-
-
-@pytest.mark.parametrize("training", [False, True])
-def test_an_evaluation_leaves_the_model_in_the_mode_it_was_in(training):
-    # detectron2's inference_on_dataset gives the wrapper back its own mode when done, and a new module's is
-    # training: an evaluated eval-mode model came back in training mode (its next call asked for ground truth)
-    from detectron2.evaluation.evaluator import inference_context
-
-    from conftest import build_tiny_model
-
-    model = build_tiny_model().train(training)
-    with inference_context(TokenSelectionOutputs(model)):
-        assert not model.training
-    assert model.training == training

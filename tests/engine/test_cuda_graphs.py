@@ -211,15 +211,3 @@ def test_graph_replays_equal_eager_inference_on_a_gpu(precision):
                 _assert_same(model(frame), output)
     assert graphed.counts["captured"] == 2 and graphed.counts["replayed"] >= 4
     assert "not_captured" not in graphed.counts
-
-
-@pytest.mark.parametrize("training", [False, True])
-def test_an_evaluation_leaves_the_model_in_the_mode_it_was_in(training):
-    # inference_on_dataset gives the wrapper back its own mode when done: a new module's (training) was put on an
-    # eval-mode model
-    from detectron2.evaluation.evaluator import inference_context
-
-    model = build_tiny_model().train(training)
-    with inference_context(CUDAGraphInference(model)):
-        assert not model.training
-    assert model.training == training

@@ -1,6 +1,7 @@
 """What is evaluated is what was run through the model: the test loader and the evaluator name one and the same
 dataset, the training and test sets name their classes alike, a test set without annotations says that it gives no
-AP, and an earlier eval_results.json does not outlive a new evaluation that stopped."""
+AP, an earlier eval_results.json does not outlive a new evaluation that stopped, and the model comes back from an
+evaluation in the mode it was in."""
 import json
 
 import pytest
@@ -113,3 +114,22 @@ def test_the_test_sets_class_names_come_from_its_json_when_registered_without_th
     register_coco_instances("focus_detr_toy_no_json", {}, str(tmp_path / "missing.json"), str(tmp_path))
     with pytest.raises((ValueError, OSError), match="missing.json"):
         class_names_of_test_set(test_set("focus_detr_toy_no_json"))
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("wrapper", ["TokenSelectionOutputs", "CUDAGraphInference"])
+def test_an_evaluation_leaves_the_model_in_the_mode_it_was_in(wrapper, training):
+    # detectron2's inference_on_dataset gives the module it runs back its own mode when done; the wrappers evaluate()
+    # runs (for the token selection, for CUDA graphs) had a new module's (training) and put an evaluated eval-mode
+    # model in training mode: its next call asked for ground truth
+    from detectron2.evaluation.evaluator import inference_context
+
+    from conftest import build_tiny_model
+    from focus_detr.analysis.selection_quality_evaluator import TokenSelectionOutputs
+    from focus_detr.engine.cuda_graphs import CUDAGraphInference
+
+    model = build_tiny_model().train(training)
+    wrapped = {"TokenSelectionOutputs": TokenSelectionOutputs, "CUDAGraphInference": CUDAGraphInference}[wrapper]
+    with inference_context(wrapped(model)):
+        assert not model.training
+    assert model.training == training

@@ -146,10 +146,10 @@ def record(model, inputs: List[Dict], seed: int) -> Dict:
                 "dn_meta": {"single_padding": denoising.single_padding, "dn_num": denoising.dn_num},
             }
         for name, dn in (("no_dn", None), ("dn", dn_inputs)):
-            losses = run_train_losses(model, inputs, dn)
+            losses = run_train_losses(model, inputs, dn, seed)  # the seed a model with stochastic depth draws from
             out = recorder.output
             debug = {"foreground_inds": out.selection.foreground_inds, "enc_reference": out.encoder_boxes}
-            train_losses[name] = {"losses": losses, "dn_inputs": dn, "debug": debug}
+            train_losses[name] = {"losses": losses, "dn_inputs": dn, "debug": debug, "seed": seed}
     return {"eval_outputs": {"single": single}, "train_losses": train_losses}
 
 

@@ -9,6 +9,12 @@ ranking decisions under ``debug``) and ``train_losses`` (per name: ``losses``, a
 ``dn_inputs``). A fixture without images, without an official output per image, or whose ``train_losses`` is not
 a dict of such entries is refused (:func:`missing_sections`): a check of part of it would pass on what it never
 compared. An empty ``train_losses`` is allowed (inference only), and said in the verdict.
+
+Each training run starts right after ``torch.manual_seed(seed)``: the entry's ``seed``, else
+:data:`TRAIN_SEED` (42, the official fixture recipe's seed of its ``dn`` run). A deterministic model does not
+care; one with stochastic depth (the Swin backbones' ``drop_path_rate``) draws from it in training, in the same
+order as the official code, so its losses compare only when both runs start from the same seed
+(:func:`random_in_training` names what draws).
 """
 from typing import Dict, List, Optional
 
@@ -28,12 +34,14 @@ __all__ = [
     "LOSS_REL_TOL",
     "SCORE_TOL",
     "TOP_DETECTIONS",
+    "TRAIN_SEED",
     "Report",
     "compare_losses",
     "compare_single",
     "load_fixture",
     "match_detections",
     "missing_sections",
+    "random_in_training",
     "run_single",
     "run_train_losses",
     "to_batched_input",
@@ -45,6 +53,7 @@ LOGIT_TOL = 1e-3
 SCORE_TOL = 1e-4  # detection probabilities
 LOSS_REL_TOL = 1e-4
 TOP_DETECTIONS = 100
+TRAIN_SEED = 42
 AMP_BOX_TOL = 0.01  # under autocast: a box within 1% of the image size counts as the same detection
 # What check_parity compares per image, as the official fixture and make_parity_fixture.py record it.
 SINGLE_KEYS = ("pred_logits", "pred_boxes", "postprocessed")
@@ -152,10 +161,27 @@ def run_single(model, item: Dict) -> Dict:
     }
 
 
+def random_in_training(model) -> List[str]:
+    """What in ``model`` draws random numbers in training mode: stochastic depth (modules with a ``drop_prob``, as
+    timm's DropPath in detectron2's Swin) and dropout with a probability above 0, as ``"<kind> <p> (<n> modules)"``."""
+    found = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            kind, probability = "dropout", module.p
+        else:
+            kind, probability = "stochastic depth", getattr(module, "drop_prob", 0.0)
+        if isinstance(probability, (int, float)) and probability > 0:
+            found.setdefault(kind, []).append(float(probability))
+    return [f"{kind} up to {max(values):g} ({len(values)} modules)" for kind, values in found.items()]
+
+
 @torch.no_grad()
-def run_train_losses(model, inputs: List[Dict], dn_inputs) -> Dict[str, float]:
+def run_train_losses(model, inputs: List[Dict], dn_inputs, seed: int = TRAIN_SEED) -> Dict[str, float]:
+    """The weighted training losses of ``inputs`` as one batch, started right after ``torch.manual_seed(seed)``; with
+    ``dn_inputs`` (the fixture's recorded denoising queries) or without denoising (None)."""
     batched = [to_batched_input(item, with_instances=True) for item in inputs]
     model.train()
+    torch.manual_seed(seed)
     try:
         if dn_inputs is None:
             dn_number = model.denoising.dn_number

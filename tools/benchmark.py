@@ -162,8 +162,8 @@ def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats, yards
     if compare_fp32:
         stats["fp32_images_per_s"] = batch_size * 1000.0 / stats["fp32_ms"]
     if flop_floor:
-        # the first image, whose size the yardstick runs at
-        stats.update(_flop_floor(inference_call(model, inputs[:1], device, amp_dtype), yardstick))
+        # the call that is timed (all batch_size images), eager: a CUDA graph's replay dispatches no operator
+        stats.update(_flop_floor(inference_call(eager, inputs, device, amp_dtype, batch_size), yardstick))
     if count_dispatch:
         stats.update(_dispatch_counts(inference_call(model, inputs[:1], device, amp_dtype), device, sync_sites))
     return stats

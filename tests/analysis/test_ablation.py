@@ -256,6 +256,17 @@ def test_summary_compares_the_seed_ranges():
     assert summary["no_top_down"]["exceeds_seed_spread"] is None  # one seed: no spread to compare
 
 
+def test_a_seed_without_ap_is_not_counted_as_one():
+    # a run that detects nothing scores AP NaN: it was counted as a seed, and one run's AP made the verdict "exceeds
+    # the seed spread: yes" against full's two
+    nan = float("nan")
+    rows = [{"variant": "full", "AP": 6.1}, {"variant": "full", "AP": 3.3},
+            {"variant": "random_selection", "AP": nan}, {"variant": "random_selection", "AP": 9.0}]
+    entry = {e["variant"]: e for e in summarize_variants(rows)}["random_selection"]
+    assert (entry["seeds"], entry["runs"], entry["mean"]) == (1, 2, 9.0)
+    assert entry["exceeds_seed_spread"] is None
+
+
 def test_selection_columns_read_the_last_encoder_layer():
     quality = {"object_recall/layer0": 99.0, "object_recall/layer0/small": 98.0, "foreground_precision/layer0": 40.0,
                "object_recall/layer2": 90.0, "object_recall/layer2/small": 80.0, "foreground_precision/layer2": 60.0,
@@ -279,6 +290,9 @@ def test_reports_are_written(tmp_path):
     assert (tmp_path / "a.csv").read_text().splitlines()[1].startswith("full,1,5.0,10.0")
     markdown = (tmp_path / "a.md").read_text()
     assert "| dense | 2 | 4.50 | 4.00-5.00 | 9.00 | 0.00 | no (within seed spread) | 4.500 |" in markdown
+    rows[-1]["AP"] = float("nan")  # dense, seed 2: no detections
+    write_markdown(rows, {"full": [], "dense": ["x=1"]}, str(tmp_path / "b.md"), "test")
+    assert "| dense | 1 of 2 | 5.00 | 5.00-5.00 |" in (tmp_path / "b.md").read_text()
     assert markdown.splitlines()[4].endswith("| 95.0 / n/a / 50.0 |")  # full: no small objects measured
     assert "`dense` (" in markdown and "`x=1`" in markdown
     assert "- every variant (given after the variant's own): `y=2` `z=3`" in markdown  # the user's overrides

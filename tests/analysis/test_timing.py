@@ -15,9 +15,11 @@ from focus_detr.analysis.timing import (
 
 def test_interleaved_calls_alternate_and_are_all_timed():
     calls = []
-    seconds = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "cpu", 1, 3)
-    assert calls == ["a", "b"] * 4  # one warm-up round, three timed rounds, each round a then b
-    assert {name: len(times) for name, times in seconds.items()} == {"a": 3, "b": 3}
+    functions = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    seconds = time_interleaved(functions, "cpu", 1, 4)
+    # one warm-up round, then four timed rounds, each starting one function later: none always follows the same one
+    assert "".join(calls) == "abc" + "abc" + "bca" + "cab" + "abc"
+    assert {name: len(times) for name, times in seconds.items()} == {"a": 4, "b": 4, "c": 4}
     with pytest.raises(ValueError, match="repeats"):
         time_interleaved({"a": lambda: None}, "cpu", 0, 0)
 

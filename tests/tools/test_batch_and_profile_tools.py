@@ -17,14 +17,22 @@ def test_benchmark_batch_size_runs_batches_and_counts_images(tmp_path, monkeypat
         return model
 
     monkeypatch.setattr(benchmark, "build_model", spied_build_model)
-    json_path = tmp_path / "bench.json"
-    benchmark.main(benchmark.parse_args(
-        ["--config-file", FIXTURE_CONFIG, "--device", "cpu", "--input-size", "64", "96", "--batch-size", "3",
-         "--tasks", "inference", "--warmup", "0", "--repeats", "2", "--json", str(json_path)]))
-    inference = json.loads(json_path.read_text())["inference"]
-    assert calls == [[(3, 64, 96)] * 3] * 2
+    results = {}
+    for batch_size in (3, 1):
+        json_path = tmp_path / f"bench{batch_size}.json"
+        benchmark.main(benchmark.parse_args(
+            ["--config-file", FIXTURE_CONFIG, "--device", "cpu", "--input-size", "64", "96", "--batch-size",
+             str(batch_size), "--tasks", "inference", "--warmup", "0", "--repeats", "2", "--flop-floor",
+             "--json", str(json_path)]))
+        results[batch_size] = json.loads(json_path.read_text())["inference"]
+        if batch_size == 3:
+            assert calls[:2] == [[(3, 64, 96)] * 3] * 2  # the two timed calls
+    inference = results[3]
     assert inference["batch_size"] == 3
     assert inference["images_per_s"] == pytest.approx(3000 / inference["median_ms"])
+    # the multiply-adds of the timed call, all three images: its time ratio to the yardstick compares with this
+    # (it counted one image, so the model looked three times slower per multiply-add)
+    assert inference["gmac"] == pytest.approx(3 * results[1]["gmac"], rel=1e-9)
 
 
 def test_benchmark_refuses_an_empty_batch_and_cuda_graphs_off_a_gpu(capsys):

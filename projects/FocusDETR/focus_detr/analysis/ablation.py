@@ -321,19 +321,22 @@ def _mean_and_range(values: List[float]):
 
 
 def summarize_variants(rows: List[Dict], metric: str = "AP", reference: str = "full") -> List[Dict]:
-    """Per variant (in the order first seen in ``rows``): seeds, mean, min and max of ``metric``, the difference of
-    the means to ``reference``, and whether it exceeds the seed spread: True when the two variants' ranges over
-    seeds do not overlap, False when they do, None when either has fewer than two seeds (no spread to compare)."""
+    """Per variant (in the order first seen in ``rows``): ``seeds`` (the runs with a value of ``metric``: NaN, e.g.
+    the AP of a model that detected nothing, is no value) of ``runs``, mean, min and max of ``metric``, the
+    difference of the means to ``reference``, and whether it exceeds the seed spread: True when the two variants'
+    ranges over seeds do not overlap, False when they do, None when either has fewer than two values (no spread to
+    compare)."""
     by_variant: Dict[str, List[float]] = {}
     for row in rows:
         by_variant.setdefault(row["variant"], []).append(float(row[metric]))
-    stats = {v: (len(values),) + _mean_and_range(values) for v, values in by_variant.items()}
+    stats = {v: (sum(not math.isnan(x) for x in values), len(values)) + _mean_and_range(values)
+             for v, values in by_variant.items()}
     summary = []
-    for variant, (seeds, mean, low, high) in stats.items():
-        entry = {"variant": variant, "seeds": seeds, "mean": mean, "min": low, "max": high,
+    for variant, (seeds, runs, mean, low, high) in stats.items():
+        entry = {"variant": variant, "seeds": seeds, "runs": runs, "mean": mean, "min": low, "max": high,
                  "difference": float("nan"), "exceeds_seed_spread": None}
         if reference in stats and variant != reference:
-            ref_seeds, ref_mean, ref_low, ref_high = stats[reference]
+            ref_seeds, _, ref_mean, ref_low, ref_high = stats[reference]
             entry["difference"] = mean - ref_mean
             if seeds >= 2 and ref_seeds >= 2:
                 entry["exceeds_seed_spread"] = high < ref_low or low > ref_high

@@ -44,6 +44,11 @@ def _listed(overrides: Sequence[str]) -> str:
     return " ".join(f"`{o}`" for o in overrides) or "none"
 
 
+def _seeds(entry: Dict) -> str:
+    """The seeds a summary stands on: "2", or "1 of 2" when a run's metric is NaN (no detections)."""
+    return str(entry["seeds"]) if entry["seeds"] == entry["runs"] else f"{entry['seeds']} of {entry['runs']}"
+
+
 def write_markdown(rows: List[Dict], overrides: Dict[str, List[str]], path: str, title: str,
                    shared_overrides: Sequence[str] = ()) -> None:
     """``overrides``: variant -> its ``key=value`` overrides, printed with ``shared_overrides`` (the user's, given to
@@ -56,7 +61,7 @@ def write_markdown(rows: List[Dict], overrides: Dict[str, List[str]], path: str,
         variant = entry["variant"]
         means = {key: _mean_of(rows, variant, key) for key in ("gflops", "latency_ms", "train_minutes") + SELECTION_KEYS}
         lines.append(
-            f"| {variant} | {entry['seeds']} | {_number(entry['mean'])} | {_number(entry['min'])}-"
+            f"| {variant} | {_seeds(entry)} | {_number(entry['mean'])} | {_number(entry['min'])}-"
             f"{_number(entry['max'])} | {_number(ap50[variant]['mean'])} | {_number(entry['difference'])} | "
             f"{_verdict(entry)} | {_number(means['gflops'], 3)} | {_number(means['latency_ms'], 1)} | "
             f"{_number(means['train_minutes'], 1)} | " + " / ".join(_number(means[key], 1) for key in SELECTION_KEYS)
@@ -93,7 +98,7 @@ def write_plot(rows: List[Dict], path: str, title: str) -> None:
             x += nudge * (number - (len(summary) - 1) / 2)
             error = [[entry["mean"] - entry["min"]], [entry["max"] - entry["mean"]]]
             axis.errorbar([x], [entry["mean"]], yerr=error, fmt="o", capsize=4, color=colours(number % 10),
-                          label=f"{entry['variant']} ({entry['seeds']} seed{'s' if entry['seeds'] > 1 else ''})")
+                          label=f"{entry['variant']} ({_seeds(entry)} seed{'s' if entry['runs'] > 1 else ''})")
         axis.set_xlabel(label + " (markers nudged sideways to stay apart)")
         axis.set_ylabel("COCO AP (mean; bars: min-max over seeds)")
         axis.grid(alpha=0.3)

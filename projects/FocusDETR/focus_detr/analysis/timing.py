@@ -48,7 +48,9 @@ def time_calls(function, device, warmup, repeats):
 
 def time_interleaved(functions: Dict[str, Callable], device, warmup, repeats) -> Dict[str, List[float]]:
     """Like :func:`time_calls` for several functions called in turn (one round = each function once), so that a
-    slow or busy spell of the machine hits all of them alike. Returns name -> seconds per call."""
+    slow or busy spell of the machine hits all of them alike; round r starts at the r-th function (in turn), so none
+    always runs after the same neighbour (its caches, its frequency boost). Returns name -> seconds per call, in
+    round order."""
     if repeats <= 0 or warmup < 0:
         raise ValueError(f"need repeats > 0 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     for _ in range(warmup):
@@ -56,8 +58,10 @@ def time_interleaved(functions: Dict[str, Callable], device, warmup, repeats) ->
             function()
     synchronize(device)
     seconds = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
+    order = list(functions.items())
+    for round_index in range(repeats):
+        start_at = round_index % len(order)
+        for name, function in order[start_at:] + order[:start_at]:
             start = time.perf_counter()
             function()
             synchronize(device)

@@ -176,10 +176,9 @@ def main(args):
         planned_runs,
         run_pending,
         run_settings,
-        selection_columns,
         variant_overrides,
     )
-    from focus_detr.analysis.ablation_report import write_csv, write_markdown, write_plot
+    from focus_detr.analysis.ablation_report import selection_columns, write_csv, write_markdown, write_plot
     from focus_detr.engine import check_datasets_registered, load_config
 
     if args.threads < 0:

@@ -14,13 +14,17 @@ from focus_detr.analysis.ablation import (
     read_finished_run,
     run_pending,
     run_settings,
-    selection_columns,
-    summarize_variants,
     training_overrides,
     variant_overrides,
     write_finished_run,
 )
-from focus_detr.analysis.ablation_report import write_csv, write_markdown, write_plot
+from focus_detr.analysis.ablation_report import (
+    selection_columns,
+    summarize_variants,
+    write_csv,
+    write_markdown,
+    write_plot,
+)
 from focus_detr.engine import build_model, load_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,5 +1,5 @@
 """The paper's component ablations as config overrides, and the bookkeeping of an ablation study: which runs it holds,
-which are finished, and the per-variant summary (mean, seed range, difference to ``full``).
+which are finished (the per-variant summary is :mod:`.ablation_report`'s).
 
 A study folder holds one folder per run, ``<variant>/seed<k>/``: ``ablation_settings.json`` (what the run was started
 with: config file, overrides and the config they resolve to), a training run (its checkpoints, log and metrics), its
@@ -9,9 +9,7 @@ is only reused with the settings it was started with, the contents of the config
 """
 import contextlib
 import json
-import math
 import os
-import statistics
 import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -32,8 +30,6 @@ __all__ = [
     "training_overrides",
     "check_run_settings",
     "check_shared_overrides",
-    "selection_columns",
-    "summarize_variants",
 ]
 
 SELECTOR = "model.transformer.foreground_selector"
@@ -294,54 +290,6 @@ def _start(run: AblationRun, settings: Dict) -> None:
     records them in it, with the config they resolve to now (what the training about to start reads)."""
     check_run_settings(run, settings)
     _write_json(run.settings_path, {**settings, "config": resolved_config(run, settings)})
-
-
-def selection_columns(eval_results: Dict) -> Dict[str, float]:
-    """The last encoder layer's token-selection quality from a run's ``eval_results`` (percent; NaN when the
-    evaluation did not measure it): object recall overall and for small objects, foreground precision."""
-    quality = (eval_results or {}).get("selection_quality") or {}
-    layers = [int(key.rsplit("layer", 1)[1]) for key in quality if key.startswith("object_recall/layer") and
-              key.count("/") == 1]
-    if not layers:
-        return {name: float("nan") for name in ("recall_last_layer", "recall_small_last_layer",
-                                                "precision_last_layer")}
-    last = f"layer{max(layers)}"
-    return {
-        "recall_last_layer": quality.get(f"object_recall/{last}", float("nan")),
-        "recall_small_last_layer": quality.get(f"object_recall/{last}/small", float("nan")),
-        "precision_last_layer": quality.get(f"foreground_precision/{last}", float("nan")),
-    }
-
-
-def _mean_and_range(values: List[float]):
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return float("nan"), float("nan"), float("nan")
-    return statistics.fmean(values), min(values), max(values)
-
-
-def summarize_variants(rows: List[Dict], metric: str = "AP", reference: str = "full") -> List[Dict]:
-    """Per variant (in the order first seen in ``rows``): ``seeds`` (the runs with a value of ``metric``: NaN, e.g.
-    the AP of a model that detected nothing, is no value) of ``runs``, mean, min and max of ``metric``, the
-    difference of the means to ``reference``, and whether it exceeds the seed spread: True when the two variants'
-    ranges over seeds do not overlap, False when they do, None when either has fewer than two values (no spread to
-    compare)."""
-    by_variant: Dict[str, List[float]] = {}
-    for row in rows:
-        by_variant.setdefault(row["variant"], []).append(float(row[metric]))
-    stats = {v: (sum(not math.isnan(x) for x in values), len(values)) + _mean_and_range(values)
-             for v, values in by_variant.items()}
-    summary = []
-    for variant, (seeds, runs, mean, low, high) in stats.items():
-        entry = {"variant": variant, "seeds": seeds, "runs": runs, "mean": mean, "min": low, "max": high,
-                 "difference": float("nan"), "exceeds_seed_spread": None}
-        if reference in stats and variant != reference:
-            ref_seeds, _, ref_mean, ref_low, ref_high = stats[reference]
-            entry["difference"] = mean - ref_mean
-            if seeds >= 2 and ref_seeds >= 2:
-                entry["exceeds_seed_spread"] = high < ref_low or low > ref_high
-        summary.append(entry)
-    return summary
 
 
 @contextlib.contextmanager

@@ -1,18 +1,68 @@
-"""Writes an ablation study's results: ``ablation.csv`` (one row per run), ``ablation.md`` (per variant: mean and
-seed range, the difference to ``full`` and whether it exceeds the seed spread; the overrides of every variant and of
-each) and ``ablation.png`` (AP against GFLOPs and against latency, seed range as error bars)."""
+"""An ablation study's results: the per-variant summary (mean and seed range, the difference to ``full`` and whether
+it exceeds the seed spread), written as ``ablation.csv`` (one row per run), ``ablation.md`` (the summary; the
+overrides of every variant and of each) and ``ablation.png`` (AP against GFLOPs and against latency, seed range as
+error bars)."""
 import csv
 import math
+import statistics
 from typing import Dict, List, Sequence
 
-from .ablation import VARIANTS, summarize_variants
+from .ablation import VARIANTS
 
 SELECTION_KEYS = ("recall_last_layer", "recall_small_last_layer", "precision_last_layer")
 
-__all__ = ["CSV_COLUMNS", "write_csv", "write_markdown", "write_plot"]
+__all__ = ["CSV_COLUMNS", "selection_columns", "summarize_variants", "write_csv", "write_markdown", "write_plot"]
 
 CSV_COLUMNS = ["variant", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl", "gflops", "latency_ms", "train_minutes",
                "recall_last_layer", "recall_small_last_layer", "precision_last_layer"]
+
+
+def selection_columns(eval_results: Dict) -> Dict[str, float]:
+    """The last encoder layer's token-selection quality from a run's ``eval_results`` (percent; NaN when the
+    evaluation did not measure it): object recall overall and for small objects, foreground precision."""
+    quality = (eval_results or {}).get("selection_quality") or {}
+    layers = [int(key.rsplit("layer", 1)[1]) for key in quality if key.startswith("object_recall/layer") and
+              key.count("/") == 1]
+    if not layers:
+        return {name: float("nan") for name in ("recall_last_layer", "recall_small_last_layer",
+                                                "precision_last_layer")}
+    last = f"layer{max(layers)}"
+    return {
+        "recall_last_layer": quality.get(f"object_recall/{last}", float("nan")),
+        "recall_small_last_layer": quality.get(f"object_recall/{last}/small", float("nan")),
+        "precision_last_layer": quality.get(f"foreground_precision/{last}", float("nan")),
+    }
+
+
+def _mean_and_range(values: List[float]):
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan"), float("nan")
+    return statistics.fmean(values), min(values), max(values)
+
+
+def summarize_variants(rows: List[Dict], metric: str = "AP", reference: str = "full") -> List[Dict]:
+    """Per variant (in the order first seen in ``rows``): ``seeds`` (the runs with a value of ``metric``: NaN, e.g.
+    the AP of a model that detected nothing, is no value) of ``runs``, mean, min and max of ``metric``, the
+    difference of the means to ``reference``, and whether it exceeds the seed spread: True when the two variants'
+    ranges over seeds do not overlap, False when they do, None when either has fewer than two values (no spread to
+    compare)."""
+    by_variant: Dict[str, List[float]] = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(float(row[metric]))
+    stats = {v: (sum(not math.isnan(x) for x in values), len(values)) + _mean_and_range(values)
+             for v, values in by_variant.items()}
+    summary = []
+    for variant, (seeds, runs, mean, low, high) in stats.items():
+        entry = {"variant": variant, "seeds": seeds, "runs": runs, "mean": mean, "min": low, "max": high,
+                 "difference": float("nan"), "exceeds_seed_spread": None}
+        if reference in stats and variant != reference:
+            ref_seeds, _, ref_mean, ref_low, ref_high = stats[reference]
+            entry["difference"] = mean - ref_mean
+            if seeds >= 2 and ref_seeds >= 2:
+                entry["exceeds_seed_spread"] = high < ref_low or low > ref_high
+        summary.append(entry)
+    return summary
 
 
 def write_csv(rows: List[Dict], path: str) -> None:

@@ -69,9 +69,11 @@ def test_latency_rounds_run_every_setting_in_turn_on_the_same_image():
     seconds = interleaved_latencies(model, settings, inputs, "cpu", warmup=1, repeats=5)
     assert list(seconds) == ["keep 0.1", "keep 0.3", "dense"] and all(len(s) == 5 for s in seconds.values())
     rounds = [model.calls[i:i + 3] for i in range(0, len(model.calls), 3)]
-    assert len(rounds) == 6  # one warm-up round, then five timed
+    assert len(rounds) == 6  # one warm-up round, then five timed, each starting one setting later
+    in_turn = [0.1, 0.3, 1.0]
     for number, round_calls in enumerate(rounds):
-        assert round_calls == [(0.1, number % 3), (0.3, number % 3), (1.0, number % 3)]
+        first = max(number - 1, 0) % 3
+        assert round_calls == [(ratio, number % 3) for ratio in in_turn[first:] + in_turn[:first]]
     assert model.transformer.foreground_selector.keep_ratio == 0.5
 
 
@@ -85,8 +87,11 @@ def test_each_setting_is_timed_over_its_own_calls_under_a_drifting_load(monkeypa
     monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["now"])
     original = settings[-1].applied
 
-    def load_rises_each_round(self, model):  # a round starts with the first setting
-        clock["round"] += self is settings[0]
+    calls = {"count": 0}
+
+    def load_rises_each_round(self, model):  # every len(settings) calls make a round
+        clock["round"] = calls["count"] // len(settings)
+        calls["count"] += 1
         return original.__func__(self, model)
 
     monkeypatch.setattr(type(settings[0]), "applied", load_rises_each_round)

@@ -8,8 +8,8 @@ Loads ``fixture["state_dict"]`` (official layout) through the checkpoint loader,
 fixture input alone, and the training losses (``no_dn`` as is; ``dn`` with the fixture's recorded denoising queries
 injected). Prints a comparison table and exits non-zero when out of tolerance. A fixture without the official outputs
 of each input or without both training runs is refused: a check of part of it is no parity check. Without
-``--config-file``, or when the weights do not fit it (reported), the configuration is the first of
-``CANDIDATE_CONFIGS`` whose model the weights fit exactly.
+``--config-file``, the configuration is the first of ``CANDIDATE_CONFIGS`` whose model the weights fit exactly; when
+the weights do not fit the given one (reported), the repository's config closest to it that they fit.
 
 Ranking decisions are teacher-forced (``focus_detr.analysis.forced_decisions``): at each ranking step the
 official choice recorded in the fixture is first checked against our scores (it must be our choice up to near-ties)
@@ -40,6 +40,7 @@ from focus_detr.analysis.parity import (
     compare_single,
     load_fixture,
     match_detections,
+    model_setting_differences,
     random_in_training,
     run_single,
     run_train_losses,
@@ -72,22 +73,42 @@ CANDIDATE_CONFIGS = [
 ]
 
 
+def _candidates(config_file: Optional[str], opts: List[str]) -> List[str]:
+    """The configs to try: without ``config_file``, ``CANDIDATE_CONFIGS`` in order; with it, it first, then every
+    config of the repository, those whose model settings differ least from its first (weights of another shape than
+    the given config's, e.g. an R50 made with an "R101" config that keeps R50's depth: the closest config that fits
+    them keeps its other settings, such as the 36-epoch position embedding)."""
+    if not config_file:
+        return [str(REPO_ROOT / c) for c in CANDIDATE_CONFIGS]
+    requested = Path(config_file).resolve()
+    others = sorted({str(p) for p in (REPO_ROOT / "configs").glob("*.py")} | {str(REPO_ROOT / CANDIDATE_CONFIGS[0])})
+    others = [c for c in others if Path(c).resolve() != requested]
+    try:
+        wanted = load_config(config_file, opts)
+    except ConfigError:
+        return [config_file] + others  # build_model reports it
+    distance = {}
+    for candidate in others:
+        try:
+            distance[candidate] = model_setting_differences(wanted, load_config(candidate, opts))
+        except ConfigError:
+            continue  # e.g. an override of a ResNet setting, for a Swin candidate: not the config of these weights
+    return [config_file] + sorted(distance, key=lambda c: (distance[c], c))
+
+
 def build_model(config_file: Optional[str], opts: List[str], state_dict: Dict[str, torch.Tensor]):
-    """The model of ``config_file`` if the weights fit it, else of the first candidate configuration they fit (the
-    weights fix the architecture; a config that cannot hold them is reported, not fatal). Returns the model and the
-    config used. The overrides are checked against the first config tried (one line for an unknown key); a later
-    candidate they do not apply to is skipped."""
-    requested = Path(config_file).resolve() if config_file else None
-    candidates = [config_file] if config_file else []
-    candidates += [str(REPO_ROOT / c) for c in CANDIDATE_CONFIGS if REPO_ROOT / c != requested]
+    """The model of ``config_file`` if the weights fit it, else of the closest candidate configuration they fit
+    (:func:`_candidates`; the weights fix the architecture, and a config that cannot hold them is reported, not
+    fatal). Returns the model and the config used. The overrides are checked against the first config tried (one
+    line for an unknown key); a later candidate they do not apply to is skipped."""
     with_overrides = f" with the overrides {' '.join(opts)}" if opts else ""
-    for index, candidate in enumerate(candidates):
+    for index, candidate in enumerate(_candidates(config_file, opts)):
         try:
             cfg = load_config(candidate, opts)
         except ConfigError:
             if index == 0:
                 raise
-            continue  # e.g. an override of a ResNet setting, for a Swin candidate: not the config of these weights
+            continue
         model = instantiate(cfg.model)
         mismatch = weight_mismatch(model, state_dict)
         if mismatch is None:
@@ -95,12 +116,13 @@ def build_model(config_file: Optional[str], opts: List[str], state_dict: Dict[st
             return model, candidate
         if candidate == config_file:
             print(f"WARNING: the fixture's weights do not fit {config_file}{with_overrides} ({mismatch}); trying the "
-                  "candidate configs")
+                  "configs closest to it")
     # The overrides apply to every candidate: one that changes a shape makes the weights fit none of them.
     cause = (": an override may change the model's shapes (try without them), or pass the --config-file the "
              "weights were made with") if opts else "; pass the --config-file they were made with"
-    raise ValueError("the fixture's weights fit none of the candidate configurations (" + ", ".join(CANDIDATE_CONFIGS)
-                     + ")" + with_overrides + cause)
+    tried = "the configs of the repository" if config_file else ", ".join(CANDIDATE_CONFIGS)
+    raise ValueError(f"the fixture's weights fit none of the candidate configurations ({tried}){with_overrides}"
+                     + cause)
 
 
 def parse_args(argv=None):

@@ -57,6 +57,18 @@ def test_a_configuration_the_weights_do_not_fit_is_reported_and_replaced(check_p
     assert printed.strip().endswith(f"PARITY OK (with {TINY_CONFIG}: the weights do not fit {r50})")
 
 
+def test_weights_that_do_not_fit_the_given_config_try_the_configs_closest_to_it_first(check_parity):
+    # the official "R101 36ep" config builds an R50 with the 36-epoch position embedding (temperature 20, offset 0):
+    # its weights fell back to the first candidate they fit, R50 12ep (temperature 10000), and every row failed
+    order = [c.rsplit("/", 1)[-1] for c in
+             check_parity._candidates(str(REPO_ROOT / "configs" / "focus_detr_r101_4scale_36ep.py"), [])]
+    assert order[0] == "focus_detr_r101_4scale_36ep.py" and len(order) == len(set(order)) > 10
+    assert max(order.index("focus_detr_r50_4scale_24ep.py"), order.index("focus_detr_r50_4scale_36ep.py")) < order.index(
+        "focus_detr_r50_4scale_12ep.py")
+    # without a config: the documented order
+    assert check_parity._candidates(None, []) == [str(REPO_ROOT / c) for c in check_parity.CANDIDATE_CONFIGS]
+
+
 def test_a_different_configuration_fails_the_check(check_parity, parity_fixture_path, capsys):
     code = check_parity.main(
         [

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 import torch
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
+from omegaconf import OmegaConf
 from torch.torch_version import TorchVersion
 
 from ..checkpoint import read_weights_file
@@ -41,6 +42,7 @@ __all__ = [
     "load_fixture",
     "match_detections",
     "missing_sections",
+    "model_setting_differences",
     "random_in_training",
     "run_single",
     "run_train_losses",
@@ -159,6 +161,25 @@ def run_single(model, item: Dict) -> Dict:
         ],
         "num_selected_tokens_per_layer": out.selection.num_selected_tokens_per_layer,
     }
+
+
+def _flat_settings(node, prefix: str = "") -> Dict[str, str]:
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, (list, tuple)):
+        items = enumerate(node)
+    else:
+        return {prefix: repr(node)}
+    flat = {}
+    for key, value in items:
+        flat.update(_flat_settings(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def model_setting_differences(cfg_a, cfg_b) -> int:
+    """How many settings of ``model`` (leaves of the config tree, the classes included) two configs do not share."""
+    a, b = (_flat_settings(OmegaConf.to_container(cfg.model, resolve=True)) for cfg in (cfg_a, cfg_b))
+    return sum(a.get(key) != b.get(key) for key in a.keys() | b.keys())
 
 
 def random_in_training(model) -> List[str]:

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import instantiate
+from omegaconf.errors import OmegaConfBaseException
 
 from focus_detr.analysis.forced_decisions import ForcedDecisions, single_decisions
 from focus_detr.analysis.parity import (
@@ -74,10 +75,10 @@ CANDIDATE_CONFIGS = [
 
 
 def _candidates(config_file: Optional[str], opts: List[str]) -> List[str]:
-    """The configs to try: without ``config_file``, ``CANDIDATE_CONFIGS`` in order; with it, it first, then every
-    config of the repository, those whose model settings differ least from its first (weights of another shape than
-    the given config's, e.g. an R50 made with an "R101" config that keeps R50's depth: the closest config that fits
-    them keeps its other settings, such as the 36-epoch position embedding)."""
+    """The configs to try: without ``config_file``, ``CANDIDATE_CONFIGS`` in order; with it, that config, then every
+    config of the repository, closest first (fewest differing model settings). Weights of another shape than the
+    given config's (e.g. an R50 made with an "R101" config that keeps R50's depth) are then checked with a config that
+    keeps the given one's other settings, such as the 36-epoch position embedding."""
     if not config_file:
         return [str(REPO_ROOT / c) for c in CANDIDATE_CONFIGS]
     requested = Path(config_file).resolve()
@@ -91,7 +92,7 @@ def _candidates(config_file: Optional[str], opts: List[str]) -> List[str]:
     for candidate in others:
         try:
             distance[candidate] = model_setting_differences(wanted, load_config(candidate, opts))
-        except ConfigError:
+        except (ConfigError, OmegaConfBaseException):
             continue  # e.g. an override of a ResNet setting, for a Swin candidate: not the config of these weights
     return [config_file] + sorted(distance, key=lambda c: (distance[c], c))
 
@@ -207,8 +208,9 @@ def main(argv=None) -> int:
         # e.g. Swin's drop_path_rate: inference agrees, and the training rows differ by the random draws alone
         seeds = sorted({entry.get("seed", TRAIN_SEED) for entry in fixture["train_losses"].values()})
         verdict += (f" (the model draws random numbers in training: {', '.join(random_parts)}; its training losses "
-                    f"match only runs made right after torch.manual_seed({', '.join(map(str, seeds))}), as these "
-                    "were, or with that randomness off in both, e.g. model.backbone.drop_path_rate=0.0)")
+                    "compare only when the fixture's runs were made right after torch.manual_seed("
+                    f"{', '.join(map(str, seeds))}), the seed this check used, or with that randomness off on both "
+                    "sides, e.g. model.backbone.drop_path_rate=0.0)")
     print(verdict)
     return 0 if report.ok else 1
 

@@ -489,3 +489,21 @@ def test_demo_warns_once_and_runs_a_graph_without_model_json(tiny_export, tmp_pa
         "checked against the config's; it is fed RGB images and its labels are named as in the config"
     ]
     assert printed["without"][0] == printed["with_model_json"][0]  # the same detections
+
+
+def test_a_graph_that_fails_at_another_size_than_it_was_traced_at_says_which(tiny_export):
+    # a Swin graph runs only at its --sample-size (detectron2's Swin freezes its window counts while traced): the
+    # error was onnxruntime's Reshape message alone
+    predictor = OnnxPredictor(str(tiny_export / "model.onnx"), num_threads=1)
+
+    class FailingSession:
+        def run(self, *args):
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Reshape")
+
+    predictor.session = FailingSession()
+    predictor.metadata["sample_size"] = [320, 416]
+    with pytest.raises(ValueError) as info:
+        predictor(torch.zeros(3, 352, 448, dtype=torch.uint8))
+    assert str(info.value).endswith("running Reshape (the graph was traced at 320x416, its model.json says: a backbone "
+                                    "that freezes its shapes while traced, such as Swin, runs only at that size; "
+                                    "export again with --sample-size 352 448, the network-input size of your images)")

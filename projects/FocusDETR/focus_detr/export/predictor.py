@@ -184,8 +184,19 @@ class OnnxPredictor:
         except Exception as error:  # onnxruntime's own exception types; e.g. a graph traced at one size only
             message = " ".join(str(error).split())
             raise ValueError(f"onnxruntime cannot run {self.path} on a {image.shape[1]}x{image.shape[2]} image: "
-                             f"{message}") from None
+                             f"{message}{self._traced_size_hint(image.shape[1:])}") from None
         return dict(zip(self.output_names, outputs))
+
+    def _traced_size_hint(self, size) -> str:
+        """What to do when the graph failed at ``size`` (H, W) and model.json says it was traced at another one."""
+        traced = self.metadata.get("sample_size")
+        if not (isinstance(traced, list) and len(traced) == 2 and all(isinstance(v, int) for v in traced)):
+            return ""
+        if tuple(traced) == tuple(size):
+            return ""
+        return (f" (the graph was traced at {traced[0]}x{traced[1]}, its model.json says: a backbone that freezes its "
+                "shapes while traced, such as Swin, runs only at that size; export again with --sample-size "
+                f"{size[0]} {size[1]}, the network-input size of your images)")
 
     def __call__(
         self, image: Union[torch.Tensor, np.ndarray], height: Optional[int] = None, width: Optional[int] = None

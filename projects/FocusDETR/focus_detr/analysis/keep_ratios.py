@@ -81,8 +81,8 @@ def interleaved_latencies(
     model, settings: Sequence[KeepRatioSetting], inputs, device, warmup: int, repeats: int, amp_dtype=None
 ) -> Dict[str, List[float]]:
     """Seconds per batch-1 inference of each setting over ``repeats`` rounds; each round runs every setting once
-    in turn on the same image (round r: ``inputs[r % len(inputs)]``), so a busy or slow spell of the machine hits
-    all settings alike. Returns setting name -> seconds per round."""
+    in turn on the same image (timed round r: ``inputs[(warmup + r) % len(inputs)]``), so a busy or slow spell of the
+    machine hits all settings alike. Returns setting name -> seconds per round."""
     calls = {}
     for setting in settings:
         run = inference_call(model, inputs, device, amp_dtype)

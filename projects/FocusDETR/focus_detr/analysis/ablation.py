@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import yaml
 
 from ..engine.checkpoint import atomic_write
+from ..engine.config import flattened
 from ..engine.output_lock import OutputDirInUseError, OutputDirLock
 
 __all__ = [
@@ -197,21 +198,11 @@ def _python_object_as_data(loader, tag_suffix, node):
 _SavedConfigLoader.add_multi_constructor("tag:yaml.org,2002:python/", _python_object_as_data)
 
 
-def _flattened(node, prefix: str = "") -> Dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    if not isinstance(node, dict):
-        return {prefix: node}
-    flat = {}
-    for key, child in node.items():
-        flat.update(_flattened(child, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def _saved_config(path: str) -> Dict:
     """A saved ``config.yaml``, flattened, as it reads back from JSON (how ``ablation_settings.json`` keeps it),
     without ``train.output_dir``: where the run is, not how (the same folder may be named another way)."""
     with open(path) as f:
-        config = _flattened(yaml.load(f, _SavedConfigLoader))
+        config = flattened(yaml.load(f, _SavedConfigLoader))
     config.pop("train.output_dir", None)
     return json.loads(json.dumps(config))
 

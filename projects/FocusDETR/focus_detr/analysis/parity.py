@@ -26,6 +26,7 @@ from torch.torch_version import TorchVersion
 
 from ..checkpoint import read_weights_file
 from ..checkpoint.official import convert_official_state_dict, is_official_layout
+from ..engine.config import flattened
 from ..modeling import DenoisingQueries
 
 __all__ = [
@@ -163,23 +164,12 @@ def run_single(model, item: Dict) -> Dict:
     }
 
 
-def _flat_settings(node, prefix: str = "") -> Dict[str, str]:
-    if isinstance(node, dict):
-        items = node.items()
-    elif isinstance(node, (list, tuple)):
-        items = enumerate(node)
-    else:
-        return {prefix: repr(node)}
-    flat = {}
-    for key, value in items:
-        flat.update(_flat_settings(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def model_setting_differences(cfg_a, cfg_b) -> int:
-    """How many settings of ``model`` (leaves of the config tree, the classes included) two configs do not share."""
-    a, b = (_flat_settings(OmegaConf.to_container(cfg.model, resolve=True)) for cfg in (cfg_a, cfg_b))
-    return sum(a.get(key) != b.get(key) for key in a.keys() | b.keys())
+    """How many settings of ``model`` (dotted keys of the config tree, the classes included; a list is one setting)
+    two configs do not share."""
+    a, b = (flattened(OmegaConf.to_container(cfg.model, resolve=True)) for cfg in (cfg_a, cfg_b))
+    # compared as text: a value may be anything a config holds, also what == does not answer with one bool
+    return sum(key not in a or key not in b or repr(a[key]) != repr(b[key]) for key in a.keys() | b.keys())
 
 
 def random_in_training(model) -> List[str]:

@@ -4,6 +4,7 @@ import difflib
 import inspect
 import os
 import re
+from typing import Dict
 
 import yaml
 from detectron2.config import LazyConfig
@@ -17,6 +18,7 @@ __all__ = [
     "check_override_keys",
     "check_override_types",
     "check_datasets_registered",
+    "flattened",
 ]
 
 
@@ -318,6 +320,17 @@ def apply_overrides(cfg, overrides=()):
         raise ConfigError(f"cannot apply overrides {overrides}: {error}") from None
     check_override_types(old_values, cfg, overrides)
     return cfg
+
+
+def flattened(node, prefix: str = "") -> Dict:
+    """A config as plain nested dicts (a saved ``config.yaml``, ``OmegaConf.to_container``) -> one level of dotted
+    keys, lists kept as values: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat = {}
+    for key, child in node.items():
+        flat.update(flattened(child, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 def _dataset_names_in(node):

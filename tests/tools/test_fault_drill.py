@@ -43,7 +43,7 @@ def test_relative_paths_mean_the_users_working_directory_also_for_the_runs(tmp_p
     args = drill.parse_args(["--config-file", config, "--output", "runs", "--trials", "1"])
     assert run_reporting_errors(drill.main, args) == 2
     assert capsys.readouterr().err.strip() == "error: the uninterrupted run failed (exit 1): error: stopped by the test"
-    # the training runs work in the repository: they are handed absolute paths of the user's folder
+    # the training runs work in the user's folder too, and are handed absolute paths of it
     argv = seen["command"].argv(os.path.join(seen["folder"], "reference"), resume=False)
     assert argv[argv.index("--config-file") + 1] == os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
     assert argv[-1] == f"train.output_dir={tmp_path / 'runs' / 'reference'}"

@@ -106,9 +106,8 @@ def _train_and_evaluate(args, settings, overrides_of):
     """The function :func:`run_pending` calls for an unfinished run: trains (resuming an interrupted training) and
     evaluates the final weights with the run's ``settings``, returns the run's record."""
     from focus_detr.analysis.ablation import training_overrides
-    from focus_detr.engine.evaluation import read_eval_results
-
     from focus_detr.child_processes import child_environment
+    from focus_detr.engine.evaluation import read_eval_results
 
     # torch reads OMP_NUM_THREADS when it starts: the children's thread count
     child_env = child_environment({**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads > 0 else None)

@@ -10,6 +10,8 @@ import yaml
 from detectron2.config import LazyConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .config_types import check_argument_types
+
 __all__ = [
     "ConfigError",
     "apply_overrides",
@@ -319,6 +321,7 @@ def apply_overrides(cfg, overrides=()):
     except Exception as error:
         raise ConfigError(f"cannot apply overrides {overrides}: {error}") from None
     check_override_types(old_values, cfg, overrides)
+    check_argument_types(cfg)
     return cfg
 
 

@@ -1,0 +1,108 @@
+"""The values a config gives its constructors' typed arguments, checked before anything is built.
+
+Every ``LazyCall`` node of a config (``model.transformer``, ``dataloader.test``, ...) names a callable; where that
+callable annotates an argument as ``int``, ``float`` or ``bool`` (or Optional of one), the value the config gives it
+must be one. Without this check a float where an integer is needed (``num_queries = 300 / 3`` in a config file) or
+``key=null`` on the command line reached the constructor and ended in a TypeError traceback deep inside torch
+(``empty(): argument 'size' ... must be tuple of ints``, ``'<' not supported between 'NoneType' and 'int'``).
+"""
+import functools
+import inspect
+import typing
+from typing import Iterator, Optional, Tuple
+
+from omegaconf import DictConfig, ListConfig
+
+__all__ = ["check_argument_types"]
+
+_KINDS = {
+    int: ("an integer", lambda value: isinstance(value, int) and not isinstance(value, bool)),
+    float: ("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)),
+    bool: ("True or False", lambda value: isinstance(value, bool)),
+}
+
+
+def _located(target):
+    if isinstance(target, str):
+        from hydra.utils import get_method
+
+        try:
+            return get_method(target)
+        except Exception:  # an unknown target fails with its own message when the config is instantiated
+            return None
+    return target
+
+
+@functools.lru_cache(maxsize=None)
+def _typed_arguments(target) -> dict:
+    """name -> (annotated type among int / float / bool, whether None is allowed) for ``target``'s arguments."""
+    function = target.__init__ if inspect.isclass(target) else target
+    try:
+        hints = typing.get_type_hints(function)
+        parameters = inspect.signature(function).parameters
+    except Exception:  # no signature or unresolvable annotations: nothing to check
+        return {}
+    typed = {}
+    for name, hint in hints.items():
+        if name not in parameters:
+            continue
+        optional = parameters[name].default is None
+        if typing.get_origin(hint) is typing.Union:
+            members = [member for member in typing.get_args(hint) if member is not type(None)]
+            if len(members) != 1 or len(members) == len(typing.get_args(hint)):
+                continue  # Union[int, str] and the like: more than one kind is meant
+            hint, optional = members[0], True
+        if hint in _KINDS:
+            typed[name] = (hint, optional)
+    return typed
+
+
+def _lazy_calls(node, path: str) -> Iterator[Tuple[str, DictConfig]]:
+    """(dotted path, node) of every LazyCall node below ``node``, outermost first."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for key in node.keys():
+            child = node._get_node(key)
+            if isinstance(child, (DictConfig, ListConfig)):
+                yield from _lazy_calls(child, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for index in range(len(node)):
+            child = node._get_node(index)
+            if isinstance(child, (DictConfig, ListConfig)):
+                yield from _lazy_calls(child, f"{path}.{index}")
+
+
+def _argument_error(path: str, name: str, value, kind: type, optional: bool) -> Optional[str]:
+    description, accepts = _KINDS[kind]
+    if value is None and optional:
+        return None
+    if isinstance(value, (DictConfig, ListConfig)) or accepts(value):
+        return None  # a nested LazyCall builds the value; lists are not typed here
+    hint = ""
+    if kind is int and isinstance(value, float):
+        hint = " (a division in a config file gives a float: use //, or int(...))"
+    elif value is None:
+        hint = " (it has no 'none' setting)"
+    return f"config key {path}.{name} must be {description}, got {value!r}{hint}"
+
+
+def check_argument_types(cfg) -> None:
+    """Raises ``ConfigError`` naming the first config key whose value does not fit the type its constructor
+    annotates (``int``, ``float``, ``bool``; None only where the argument is Optional or defaults to None)."""
+    from .config import ConfigError
+
+    for path, node in _lazy_calls(cfg, ""):
+        target = _located(node.get("_target_"))
+        if target is None:
+            continue
+        for name, (kind, optional) in _typed_arguments(target).items():
+            if name not in node:
+                continue
+            try:
+                value = node[name]
+            except Exception:  # an interpolation that does not resolve fails with its own message later
+                continue
+            error = _argument_error(path, name, value, kind, optional)
+            if error is not None:
+                raise ConfigError(error)

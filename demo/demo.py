@@ -153,8 +153,9 @@ def _token_pictures(predictor, image_bgr, name, output):
         network_image = network_image[:, :, ::-1]
     height, width = result["image_size"]
     paths = [os.path.join(output, f"{name}_foreground.png"), os.path.join(output, f"{name}_tokens.png")]
-    save_foreground_figure(network_image[:height, :width], result["token_selection"], paths[0])
-    save_token_figure(network_image[:height, :width], result["token_selection"], paths[1])
+    strides = result["level_strides"]  # the model's (a neck reading other backbone levels has other ones)
+    save_foreground_figure(network_image[:height, :width], result["token_selection"], paths[0], strides)
+    save_token_figure(network_image[:height, :width], result["token_selection"], paths[1], strides)
     return result, paths
 
 

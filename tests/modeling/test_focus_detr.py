@@ -68,6 +68,7 @@ def test_token_selection_is_reported_per_image(tiny_model, parity_fixture):
     assert selection["foreground_logits"].shape == (1192,)
     assert [len(i) for i in selection["foreground_inds"]] == [597, 477]
     assert [len(i) for i in selection["fine_grained_inds"]] == [300, 300]
+    assert result["level_strides"] == (8, 16, 32, 64)  # where the token pictures place each level
 
 
 @pytest.mark.parametrize("size", [(32, 32), (40, 300), (300, 24)])
@@ -227,3 +228,66 @@ def test_parts_built_for_other_token_widths_are_named_at_build(override, width):
     with pytest.raises(ValueError, match=r"FocusDETR: the parts are built for tokens of other widths \(.*"
                                          r"\); give them all one width"):
         build_tiny_model(**{override: width})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # the backbone's res4 / res5 and two extra levels: strides 16..128, while the foreground targets assume 8..64
+    ({"model.neck.in_features": ["res4", "res5"]},
+     r"model.criterion.foreground_assigner.strides \[8, 16, 32, 64\] are not the strides of the feature levels, "
+     r"\[16, 32, 64, 128\]"),
+    ({"model.backbone.out_features": ["res4", "res5"]},
+     r"model.neck.in_features reads 'res3', which the backbone does not output"),
+    ({"model.neck.out_channels": 64}, r"model.neck.out_channels 64"),
+    ({"model.transformer.encoder.num_levels": 3},
+     r"other numbers of feature levels \(.*model.transformer.encoder.num_levels 3"),
+    ({"model.neck.num_outs": 3}, r"other numbers of feature levels \(model.neck.num_outs 3"),
+])
+def test_parts_built_for_other_feature_levels_are_named_at_build(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_tiny_model(**overrides)
+
+
+def test_a_position_embedding_the_token_layout_would_not_call_is_refused():
+    from focus_detr.layers.position_embedding import PositionEmbeddingSine
+
+    class ZeroEmbedding(PositionEmbeddingSine):
+        def forward(self, mask):
+            return super().forward(mask) * 0
+
+    from detectron2.config import LazyConfig, instantiate
+    from conftest import TINY_CONFIG
+
+    cfg = LazyConfig.load(str(TINY_CONFIG))
+    cfg.model.position_embedding._target_ = ZeroEmbedding  # the configured module would never be called
+    with pytest.raises(ValueError, match="model.position_embedding must be a .*PositionEmbeddingSine .*got "
+                                         "ZeroEmbedding"):
+        instantiate(cfg.model)
+
+
+def test_more_detections_than_candidates_are_announced(caplog):
+    build_tiny_model(**{"model.num_detections": 100000})
+    assert any("model.num_detections is 100000, but the model has only" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("size", [0.0, -1.0])
+def test_an_empty_proposal_size_is_refused(size):
+    # every two-stage proposal was an empty box: AP 0.000 without a word
+    with pytest.raises(ValueError, match=f"proposal_base_size must be > 0 .*got {size}"):
+        build_tiny_model(**{"model.transformer.proposal_base_size": size})
+
+
+@pytest.mark.parametrize("override, value, message", [
+    ("model.neck.kernel_size", 0, "ChannelMapper: kernel_size must be a positive odd number"),  # ZeroDivisionError
+    ("model.neck.kernel_size", 2, "ChannelMapper: kernel_size must be a positive odd number"),
+    ("model.transformer.encoder.feedforward_dim", 0, "FFN: feedforward_dim must be >= 1"),  # a constant block
+    ("model.transformer.decoder.feedforward_dim", -1, "FFN: feedforward_dim must be >= 1"),
+    ("model.transformer.foreground_selector.modulation_init_range", -1.0,
+     "ForegroundTokenSelector: modulation_init_range must be >= 0"),  # torch's "uniform_ expects from <= to"
+    ("model.pixel_mean", [1.0, 2.0], "must have one value per channel of the 3-channel images"),
+])
+def test_part_settings_that_cannot_build_a_working_model_are_refused(override, value, message):
+    overrides = {override: value}
+    if override == "model.pixel_mean":
+        overrides["model.pixel_std"] = [1.0, 1.0]  # a 2-channel normalisation: failed at the first image
+    with pytest.raises(ValueError, match=message):
+        build_tiny_model(**overrides)

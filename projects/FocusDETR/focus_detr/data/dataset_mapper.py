@@ -54,6 +54,9 @@ class DetrDatasetMapper:
         """
         if not 0.0 <= crop_probability <= 1.0:
             raise ValueError(f"crop_probability must be in [0, 1], got {crop_probability}")
+        if augmentation_with_crop is not None and not is_train:  # it would crop test images at random
+            raise ValueError("DetrDatasetMapper: augmentation_with_crop is for training only; a test mapper "
+                             "(is_train=False) takes augmentation_with_crop=None")
         if img_format not in ("RGB", "BGR"):  # "L" failed at the first step as a (1, H, W) image, "XYZ" in PIL
             raise ValueError(f"DetrDatasetMapper: img_format must be 'RGB' or 'BGR' (the model takes 3 channels), got "
                              f"{img_format!r}")

@@ -1,6 +1,7 @@
 """Optimiser helpers that configs refer to (kept as classes so a config stays serialisable)."""
+from .config import ConfigError
 
-__all__ = ["LrFactorByName", "optimizer_settings", "restore_optimizer_settings"]
+__all__ = ["LrFactorByName", "check_lr_factor", "optimizer_settings", "restore_optimizer_settings"]
 
 
 class LrFactorByName:
@@ -18,6 +19,20 @@ class LrFactorByName:
 
     def __repr__(self):
         return f"LrFactorByName(substring={self.substring!r}, factor={self.factor})"
+
+
+def check_lr_factor(lr_factor_func, model, key="optimizer.params.lr_factor_func"):
+    """Raises ConfigError when ``lr_factor_func`` (an :class:`LrFactorByName`) changes the rate of parameters whose
+    name holds its substring and no parameter of ``model`` has such a name: a typo ("Backbone") trained the
+    backbone at the full rate without a word."""
+    if not isinstance(lr_factor_func, LrFactorByName) or lr_factor_func.factor == 1.0:
+        return
+    names = [name for name, _ in model.named_parameters()]
+    if names and not any(lr_factor_func.substring in name for name in names):
+        raise ConfigError(
+            f"{key}.substring {lr_factor_func.substring!r} is in no parameter's name (e.g. {names[0]!r}), so its "
+            f"factor {lr_factor_func.factor} applies to nothing"
+        )
 
 
 def optimizer_settings(optimizer):

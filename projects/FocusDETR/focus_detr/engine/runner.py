@@ -10,6 +10,7 @@ import torch
 from detectron2.config import instantiate
 from detectron2.engine import create_ddp_model, default_writers, hooks
 from detectron2.utils import comm
+from omegaconf import OmegaConf
 
 from ..checkpoint.checkpointer import check_weights_path
 from .agreement import ProcessFailed
@@ -23,7 +24,7 @@ from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, Resuma
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
 from .metrics_log import cut_incomplete_last_line
-from .optim import optimizer_settings, restore_optimizer_settings
+from .optim import check_lr_factor, optimizer_settings, restore_optimizer_settings
 from .rng import restore_rng_state
 from .settings import check_free_space, check_schedule, check_seed, require_sections, resolve_device
 from .cuda_graphs import inference_cuda_graphs
@@ -135,6 +136,9 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         optimizer = instantiate(cfg.optimizer)
     except ValueError as error:  # torch's checks of its settings ("Invalid learning rate: nan") name no config key
         raise ConfigError(f"the config's optimizer settings (optimizer.*) are invalid: {error}") from None
+    lr_factor_func = OmegaConf.select(cfg, "optimizer.params.lr_factor_func", default=None)
+    if lr_factor_func is not None:
+        check_lr_factor(instantiate(lr_factor_func), model)
     train_loader = instantiate(cfg.dataloader.train)
     # before the first step: a class count that does not fit the data would crash only at the first evaluation
     check_model_classes(model, cfg.dataloader.train)

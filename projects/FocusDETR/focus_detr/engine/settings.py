@@ -31,7 +31,8 @@ def check_schedule(train):
     """Raises ConfigError for a ``train`` section whose iteration counts cannot drive a run: ``max_iter`` and
     ``log_period`` must be positive integers, ``eval_period`` a non-negative one (0: only the final evaluation).
     Unchecked, a negative max_iter trained nothing and reported the AP of random weights with exit status 0, and a
-    zero max_iter or log_period divided by zero after the set-up."""
+    zero max_iter or log_period divided by zero after the set-up. Also the switches of gradient clipping, the weight
+    average and the checkpoint period (:func:`_check_training_switches`)."""
     for key in ("max_iter", "log_period"):
         value = train.get(key, None)
         if not _positive_int(value):
@@ -41,6 +42,44 @@ def check_schedule(train):
         raise ConfigError(
             f"train.eval_period must be an integer >= 0 (0: evaluate at the end only), got {eval_period!r}"
         )
+    _check_training_switches(train)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _section(train, name):
+    section = train.get(name, None)
+    if section is not None and not hasattr(section, "get"):
+        raise ConfigError(f"train.{name} must be a section (train.{name}.enabled=...), got {section!r}")
+    return section or {}
+
+
+def _check_training_switches(train):
+    """``train.clip_grad``, ``train.model_ema`` and ``train.checkpointer``: ``enabled`` must be True or False (None
+    switched clipping and the average off without a word), and what an enabled one needs must be a number (``null``
+    ended in a TypeError traceback); their ranges are checked where they are used (trainer, hooks)."""
+    for name in ("clip_grad", "model_ema"):
+        enabled = _section(train, name).get("enabled", False)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"train.{name}.enabled must be True or False, got {enabled!r}")
+    clip = _section(train, "clip_grad")
+    numbers = {}
+    if clip.get("enabled", False):
+        params = clip.get("params", None) or {}
+        numbers["train.clip_grad.params.max_norm"] = params.get("max_norm", None)
+        numbers["train.clip_grad.params.norm_type"] = params.get("norm_type", 2.0)
+    numbers["train.model_ema.decay"] = _section(train, "model_ema").get("decay", 0.999)
+    for key, value in numbers.items():
+        if not _is_number(value):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+    period = _section(train, "checkpointer").get("period", None)
+    if not _positive_int(period):
+        raise ConfigError(f"train.checkpointer.period must be a positive integer, got {period!r}")
+    use_for_eval = _section(train, "model_ema").get("use_for_eval", True)
+    if not isinstance(use_for_eval, bool):
+        raise ConfigError(f"train.model_ema.use_for_eval must be True or False, got {use_for_eval!r}")
 
 
 # A mapper config's entries: ours (DetrDatasetMapper), then detectron2's DatasetMapper's

@@ -86,6 +86,9 @@ class FFN(nn.Module):
 
     def __init__(self, embed_dim: int = 256, feedforward_dim: int = 2048, dropout: float = 0.0):
         super().__init__()
+        if feedforward_dim < 1:  # 0 made the block a constant, a negative width a tensor-size error
+            raise ValueError(f"FFN: feedforward_dim must be >= 1 (the feed-forward block's hidden width), got "
+                             f"{feedforward_dim}")
         self.linear1 = nn.Linear(embed_dim, feedforward_dim)
         self.linear2 = nn.Linear(feedforward_dim, embed_dim)
         self.dropout = nn.Dropout(dropout)

@@ -1,5 +1,6 @@
 """The Focus-DETR meta-architecture: image batching, backbone, neck, transformer, heads, losses and inference."""
 import contextlib
+import logging
 import math
 import numbers
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -15,35 +16,14 @@ from ..layers.group_norm import use_channels_last_group_norm
 from ..layers.mlp import MLP
 from ..layers.position_embedding import PositionEmbeddingSine
 from ..layers.traced_shapes import capped_count
+from .assembly_checks import check_position_embedding, check_token_widths, level_strides
 from .criterion import FocusDETRCriterion
 from .denoising import ContrastiveDenoising, DenoisingQueries, split_denoising_outputs
 from .detections import batch_images, rescale_detections
 from .token_layout import token_layout
 from .transformer import FocusDETRTransformer, TransformerOutput
 
-
-def _token_width(module):
-    """The token width ``module`` was built for: its first LayerNorm's (None without one)."""
-    return next((m.normalized_shape[-1] for m in module.modules() if isinstance(m, nn.LayerNorm)), None)
-
-
-def _check_token_widths(embed_dim, position_embedding, transformer):
-    """ValueError naming every width when the parts were built for tokens of other widths (one override of
-    ``model.embed_dim`` alone): a shape error at the first forward otherwise, naming no setting."""
-    num_pos_feats = getattr(position_embedding, "num_pos_feats", None)
-    widths = {
-        "model.embed_dim": embed_dim,
-        "model.position_embedding.num_pos_feats x 2": None if num_pos_feats is None else 2 * num_pos_feats,
-        "model.transformer.embed_dim": getattr(transformer, "embed_dim", None),
-        "model.transformer.foreground_selector": _token_width(transformer.foreground_selector),
-        "model.transformer.encoder": _token_width(transformer.encoder),
-        "model.transformer.decoder.embed_dim": getattr(transformer.decoder, "embed_dim", None),
-    }
-    known = {key: width for key, width in widths.items() if width is not None}
-    if len(set(known.values())) > 1:
-        listed = ", ".join(f"{key} {width}" for key, width in known.items())
-        raise ValueError(f"FocusDETR: the parts are built for tokens of other widths ({listed}); give them all one "
-                         "width (the embed_dim of each part)")
+logger = logging.getLogger(__name__)
 
 
 def _check_batched_inputs(batched_inputs):
@@ -118,11 +98,19 @@ class FocusDETR(nn.Module):
             raise ValueError(f"FocusDETR: num_classes must be >= 1, got {num_classes}")
         if num_detections < 1:
             raise ValueError(f"FocusDETR: num_detections must be >= 1, got {num_detections}")
-        if len(pixel_mean) != len(pixel_std) or any(s <= 0 for s in pixel_std):
-            raise ValueError(f"FocusDETR: pixel_mean {pixel_mean} / pixel_std {pixel_std} must match and std be > 0")
+        if len(pixel_mean) != 3 or len(pixel_std) != 3 or any(s <= 0 for s in pixel_std):
+            raise ValueError(f"FocusDETR: pixel_mean {pixel_mean} / pixel_std {pixel_std} must have one value per "
+                             "channel of the 3-channel images, and std be > 0")
         if not 0.0 < class_prior_prob < 1.0:
             raise ValueError(f"FocusDETR: class_prior_prob must be in (0, 1), got {class_prior_prob}")
-        _check_token_widths(embed_dim, position_embedding, transformer)
+        candidates = getattr(transformer, "num_queries", num_detections) * num_classes
+        if num_detections > candidates:
+            logger.warning(f"model.num_detections is {num_detections}, but the model has only {candidates} "
+                           "candidates (queries x classes): it returns at most that many detections per image")
+        check_position_embedding(position_embedding)
+        check_token_widths(embed_dim, position_embedding, neck, transformer)
+        # the stride of each level (None for another neck): the token pictures place the levels with them
+        self.level_strides = level_strides(backbone, neck, transformer, criterion)
         self.backbone = backbone
         if fold_frozen_batchnorm:
             enable_frozen_bn_folding(backbone)
@@ -299,7 +287,8 @@ class FocusDETR(nn.Module):
     def detection_outputs(self, detections: Tuple, images: ImageList, batched_inputs: List[Dict]) -> List[Dict]:
         """:meth:`detect`'s outputs -> ``[{"instances": Instances}]``, each in its input's ``height`` x ``width``
         (default: the network input's size), without empty boxes; with a token selection, each also holds
-        ``token_selection`` (:func:`token_selection_of`), ``image_size`` and ``padded_size``."""
+        ``token_selection`` (:func:`token_selection_of`), ``image_size``, ``padded_size`` and ``level_strides`` (the
+        stride of each level, None when the neck does not say)."""
         output_sizes = [
             (_output_side(item, "height", i, image_size[0]), _output_side(item, "width", i, image_size[1]))
             for i, (item, image_size) in enumerate(zip(batched_inputs, images.image_sizes))
@@ -312,6 +301,7 @@ class FocusDETR(nn.Module):
             for i, (entry, image_size) in enumerate(zip(processed, images.image_sizes)):
                 entry["image_size"] = tuple(image_size)
                 entry["padded_size"] = tuple(images.tensor.shape[-2:])
+                entry["level_strides"] = self.level_strides
                 entry["token_selection"] = token_selection_of(selection, i, counts[i])
         return processed
 

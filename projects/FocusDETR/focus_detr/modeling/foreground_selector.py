@@ -117,6 +117,8 @@ class ForegroundTokenSelector(nn.Module):
         super().__init__()
         if num_levels < 1:
             raise ValueError(f"ForegroundTokenSelector: num_levels must be >= 1, got {num_levels}")
+        if not modulation_init_range >= 0:  # the bounds of a uniform draw, U(-r, r)
+            raise ValueError(f"ForegroundTokenSelector: modulation_init_range must be >= 0, got {modulation_init_range}")
         if token_ranking not in TOKEN_RANKINGS:
             raise ValueError(
                 f"ForegroundTokenSelector: token_ranking must be one of {', '.join(TOKEN_RANKINGS)}, "

@@ -48,7 +48,11 @@ class ChannelMapper(nn.Module):
             raise ValueError(f"ChannelMapper: in_features {missing} have no entry in input_shapes {list(input_shapes)}")
         if num_outs < len(in_features):
             raise ValueError(f"ChannelMapper: num_outs ({num_outs}) < number of in_features ({len(in_features)})")
+        if kernel_size < 1 or kernel_size % 2 == 0:  # an even kernel shifts and shrinks the maps; 0 divided by zero
+            raise ValueError(f"ChannelMapper: kernel_size must be a positive odd number (the maps keep their size), got "
+                             f"{kernel_size}")
         self.in_features = list(in_features)
+        self.out_channels = out_channels
 
         def norm():
             return None if norm_layer is None else copy.deepcopy(norm_layer)

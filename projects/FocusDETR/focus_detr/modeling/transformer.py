@@ -80,6 +80,9 @@ class FocusDETRTransformer(nn.Module):
             )
         if num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+        if not proposal_base_size > 0:  # 0 or less: every two-stage proposal is an empty box
+            raise ValueError(f"proposal_base_size must be > 0 (the proposals' side, as a share of the image), got "
+                             f"{proposal_base_size}")
         self.foreground_selector = foreground_selector
         self.encoder = encoder
         self.decoder = decoder

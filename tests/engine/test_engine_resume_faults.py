@@ -111,7 +111,8 @@ STEP_FAILURES = {
                          "0.1)", "change what it names"),
     "a step out of memory": ("model.oom_step=7", "error: out of memory in iteration 7 (CUDA out of memory), so its step "
                              "was not applied", "lower dataloader.train.total_batch_size or the training image size (or "
-                             "model.num_queries / model.dn_number where raised), or train with train.amp.enabled=True"),
+                             "model.transformer.num_queries / model.denoising.dn_number where raised), or train with "
+                             "train.amp.enabled=True"),
 }
 
 
@@ -263,5 +264,5 @@ def test_an_evaluation_out_of_memory_during_training_saves_that_iteration_and_na
         "error: CUDA out of memory. Tried to allocate 8.00 GiB. (in the evaluation after iteration 6); training stopped "
         f"after iteration 6, checkpoint {tmp_path / 'model_0000006.pth'} "
     ), line
-    assert (": lower dataloader.test.batch_size or the test image size (or model.num_queries where raised), or "
-            "evaluate with train.inference_amp.enabled=True, then resume with: ") in line
+    assert (": lower dataloader.test.batch_size or the test image size (or model.transformer.num_queries where "
+            "raised), or evaluate with train.inference_amp.enabled=True, then resume with: ") in line

@@ -1,13 +1,18 @@
 """DetrTrainer's step on its own: a loss that is not finite stops it before the optimiser step, with remedies this
 run can take."""
 import itertools
+import os
+import re
 
 import pytest
 import torch
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from focus_detr.engine.trainer import DetrTrainer, TrainingDiverged
+from engine_test_utils import REPO_ROOT
+from focus_detr.engine.config import check_override_keys, load_config
+from focus_detr.engine.evaluation import EVALUATION_OUT_OF_MEMORY_REMEDY
+from focus_detr.engine.trainer import DetrTrainer, StepOutOfMemory, TrainingDiverged
 
 
 class _Regressor(nn.Module):
@@ -63,3 +68,13 @@ def test_rewinding_puts_back_the_random_state_the_step_began_with():
     assert not torch.equal(torch.get_rng_state(), began_with)
     trainer.rewind_to_step_start()
     assert torch.equal(torch.get_rng_state(), began_with)
+
+
+@pytest.mark.parametrize("config", ["focus_detr_r50_4scale_12ep.py", "focus_detr_r18_trees.py"])
+def test_the_settings_an_out_of_memory_error_names_exist(config):
+    # it named model.num_queries / model.dn_number, which a user following it got "unknown config key" for
+    cfg = load_config(os.path.join(REPO_ROOT, "configs", config), [])
+    remedies = f"{StepOutOfMemory.remedy} {EVALUATION_OUT_OF_MEMORY_REMEDY}"
+    named = re.findall(r"\b(?:model|dataloader|train)\.[\w.]*\w", remedies)
+    assert "model.transformer.num_queries" in named
+    check_override_keys(cfg, [f"{key}=0" for key in named])

@@ -33,8 +33,9 @@ __all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "check_evaluat
 
 logger = logging.getLogger(__name__)
 
-EVALUATION_OUT_OF_MEMORY_REMEDY = ("lower dataloader.test.batch_size or the test image size (or model.num_queries "
-                                   "where raised), or evaluate with train.inference_amp.enabled=True")
+EVALUATION_OUT_OF_MEMORY_REMEDY = ("lower dataloader.test.batch_size or the test image size (or "
+                                   "model.transformer.num_queries where raised), or evaluate with "
+                                   "train.inference_amp.enabled=True")
 
 
 class EvaluationFailed(ProcessFailed):

@@ -34,8 +34,9 @@ class StepOutOfMemory(ValueError):
     """The device ran out of memory in a training step's forward or backward, so the step was not applied: a user
     error (the batch, the image size or the precision need changing). ``remedy`` says what to change."""
 
-    remedy = ("lower dataloader.train.total_batch_size or the training image size (or model.num_queries / "
-              "model.dn_number where raised), or train with train.amp.enabled=True")
+    remedy = ("lower dataloader.train.total_batch_size or the training image size (or "
+              "model.transformer.num_queries / model.denoising.dn_number where raised), or train with "
+              "train.amp.enabled=True")
 
 
 class ProcessOutOfMemory(ProcessFailed, StepOutOfMemory):

@@ -116,7 +116,8 @@ mapfile -t cuda_sources < <(find "$CSRC/cuda" -name '*.cu' 2>/dev/null)
 torch_version="$("$PY" -c 'import importlib.metadata as m; print(m.version("torch"))')"
 install_hash="$( { echo "torch=$torch_version"; hash_files setup.py; } | sha256sum)"
 build_hash="$( { echo "$install_hash"; hash_files "${csrc_files[@]}";
-                 echo "CUDA_HOME=${CUDA_HOME:-} ARCH=$TORCH_CUDA_ARCH_LIST FORCE_CUDA=${FORCE_CUDA:-0}"; } | sha256sum)"
+                 echo "CUDA_HOME=${CUDA_HOME:-} ARCH=$TORCH_CUDA_ARCH_LIST FORCE_CUDA=${FORCE_CUDA:-0}" \
+                      "NO_CUDA=${NO_CUDA:-0}"; } | sha256sum)"
 built_extension() { find "$EXT_DIR" -maxdepth 1 -name '_C*.so' | head -n 1; }
 editable_installed() { compgen -G "$VENV/lib/python3.11/site-packages/__editable__.focus_detr-*.pth" >/dev/null; }
 
@@ -128,12 +129,17 @@ else
     build_start=$SECONDS
     if [[ ${#csrc_files[@]} -eq 0 ]]; then
         log "no extension sources under $CSRC yet: installing focus_detr without a compiled op"
-    elif [[ -n "${CUDA_HOME:-}" && -x "$CUDA_HOME/bin/nvcc" && ${#cuda_sources[@]} -gt 0 ]]; then
+    elif [[ "${NO_CUDA:-0}" != "1" && -n "${CUDA_HOME:-}" && -x "$CUDA_HOME/bin/nvcc" && ${#cuda_sources[@]} -gt 0 ]]; then
         log "compiling the extension: CPU + CUDA kernels (CUDA_HOME=$CUDA_HOME," \
             "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS); this takes minutes on 2 cores"
     else
-        [[ "${FORCE_CUDA:-0}" == "1" ]] && die "FORCE_CUDA=1 but no CUDA toolkit (nvcc) or no CUDA sources under $CSRC/cuda"
-        log "compiling the extension: CPU kernel only (no nvcc/CUDA toolkit found or no CUDA sources)"
+        if [[ "${NO_CUDA:-0}" == "1" ]]; then
+            [[ "${FORCE_CUDA:-0}" == "1" ]] && die "FORCE_CUDA=1 and NO_CUDA=1 contradict each other: set one of them"
+            log "compiling the extension: CPU kernel only (NO_CUDA=1)"
+        else
+            [[ "${FORCE_CUDA:-0}" == "1" ]] && die "FORCE_CUDA=1 but no CUDA toolkit (nvcc) or no CUDA sources under $CSRC/cuda"
+            log "compiling the extension: CPU kernel only (no nvcc/CUDA toolkit found or no CUDA sources)"
+        fi
     fi
     if stamp_matches "$INSTALL_STAMP" "$install_hash" && editable_installed; then
         # Only the kernel sources (or build settings) changed: rebuild in place. build/ keeps ninja's objects,

@@ -279,8 +279,13 @@ def test_an_empty_proposal_size_is_refused(size):
 @pytest.mark.parametrize("override, value, message", [
     ("model.neck.kernel_size", 0, "ChannelMapper: kernel_size must be a positive odd number"),  # ZeroDivisionError
     ("model.neck.kernel_size", 2, "ChannelMapper: kernel_size must be a positive odd number"),
-    ("model.transformer.encoder.feedforward_dim", 0, "FFN: feedforward_dim must be >= 1"),  # a constant block
-    ("model.transformer.decoder.feedforward_dim", -1, "FFN: feedforward_dim must be >= 1"),
+    ("model.transformer.encoder.feedforward_dim", 0,  # a constant block
+     r"CascadeDualAttentionEncoder \(model.transformer.encoder\): FFN: feedforward_dim must be >= 1"),
+    ("model.transformer.decoder.feedforward_dim", -1,
+     r"DINODecoder \(model.transformer.decoder\): FFN: feedforward_dim must be >= 1"),
+    ("model.transformer.encoder.num_heads", 3,  # said which attention, not which part
+     r"CascadeDualAttentionEncoder \(model.transformer.encoder\): MultiheadAttention: embed_dim"),
+    ("model.transformer.decoder.num_points", 0, r"DINODecoder \(model.transformer.decoder\): num_heads, num_levels"),
     ("model.transformer.foreground_selector.modulation_init_range", -1.0,
      "ForegroundTokenSelector: modulation_init_range must be >= 0"),  # torch's "uniform_ expects from <= to"
     ("model.pixel_mean", [1.0, 2.0], "must have one value per channel of the 3-channel images"),

@@ -92,10 +92,14 @@ class DINODecoder(nn.Module):
         self.num_layers = num_layers
         self.embed_dim = embed_dim
         self.look_forward_twice = look_forward_twice
-        self.layers = nn.ModuleList(
-            DINODecoderLayer(embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout)
-            for _ in range(num_layers)
-        )
+        try:
+            layers = [
+                DINODecoderLayer(embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout)
+                for _ in range(num_layers)
+            ]
+        except ValueError as error:  # a layer's part names itself ("MultiheadAttention: ..."), not the decoder
+            raise ValueError(f"DINODecoder (model.transformer.decoder): {error}") from None
+        self.layers = nn.ModuleList(layers)
         self.ref_point_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
         self.norm = nn.LayerNorm(embed_dim)
 

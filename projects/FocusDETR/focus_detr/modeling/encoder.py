@@ -206,13 +206,17 @@ class CascadeDualAttentionEncoder(nn.Module):
         if num_layers < 1:
             raise ValueError(f"CascadeDualAttentionEncoder: num_layers must be >= 1, got {num_layers}")
         self.num_layers = num_layers
-        self.layers = nn.ModuleList(
-            DualAttentionEncoderLayer(
-                embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout, num_fine_grained_tokens,
-                fine_grained_scoring,
-            )
-            for _ in range(num_layers)
-        )
+        try:
+            layers = [
+                DualAttentionEncoderLayer(
+                    embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout, num_fine_grained_tokens,
+                    fine_grained_scoring,
+                )
+                for _ in range(num_layers)
+            ]
+        except ValueError as error:  # a layer's part names itself ("MultiheadAttention: ..."), not the encoder
+            raise ValueError(f"CascadeDualAttentionEncoder (model.transformer.encoder): {error}") from None
+        self.layers = nn.ModuleList(layers)
 
     def forward(
         self,

@@ -14,7 +14,7 @@ from engine_test_utils import REPO_ROOT
 
 class Part:
     def __init__(self, count: int = 3, share: float = 0.5, enabled: bool = True, limit: Optional[int] = None,
-                 name: str = "x", inner=None):
+                 name: str = "x", inner=None, size: "int | None" = 1):
         pass
 
 
@@ -25,6 +25,7 @@ def _config(**part):
 @pytest.mark.parametrize("part", [
     dict(count=3, share=1, enabled=False, limit=None, name="y"),  # an integer is a number too
     dict(limit=7),
+    dict(size=None),  # int | None takes None, whatever the default
     dict(inner=L(Part)(count=2)),  # a nested part is checked in its own right
     dict(count="${..other}"),  # an interpolation is checked as it resolves
 ])
@@ -42,6 +43,7 @@ def test_values_of_the_annotated_kinds_pass(part):
     (dict(share="half"), r"config key model.share must be a number, got 'half'"),
     (dict(enabled=1), r"config key model.enabled must be True or False, got 1"),
     (dict(inner=L(Part)(limit=2.5)), r"config key model.inner.limit must be an integer, got 2.5"),
+    (dict(size=1.5), r"config key model.size must be an integer, got 1.5"),
 ])
 def test_values_of_other_kinds_are_named(part, message):
     with pytest.raises(ConfigError, match=message):

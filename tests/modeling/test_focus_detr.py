@@ -238,6 +238,8 @@ def test_parts_built_for_other_token_widths_are_named_at_build(override, width):
     ({"model.backbone.out_features": ["res4", "res5"]},
      r"model.neck.in_features reads 'res3', which the backbone does not output"),
     ({"model.neck.out_channels": 64}, r"model.neck.out_channels 64"),
+    ({"model.neck.input_shapes.res3.channels": 7},
+     r"model.neck.input_shapes\['res3'\] has 7 channels, the backbone's 'res3' output has 48"),
     ({"model.transformer.encoder.num_levels": 3},
      r"other numbers of feature levels \(.*model.transformer.encoder.num_levels 3"),
     ({"model.neck.num_outs": 3}, r"other numbers of feature levels \(model.neck.num_outs 3"),

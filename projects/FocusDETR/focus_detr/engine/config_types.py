@@ -8,6 +8,7 @@ must be one. Without this check a float where an integer is needed (``num_querie
 """
 import functools
 import inspect
+import types
 import typing
 from typing import Iterator, Optional, Tuple
 
@@ -47,7 +48,7 @@ def _typed_arguments(target) -> dict:
         if name not in parameters:
             continue
         optional = parameters[name].default is None
-        if typing.get_origin(hint) is typing.Union:
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[int], int | None
             members = [member for member in typing.get_args(hint) if member is not type(None)]
             if len(members) != 1 or len(members) == len(typing.get_args(hint)):
                 continue  # Union[int, str] and the like: more than one kind is meant

@@ -1,7 +1,7 @@
 """The values a config gives typed constructor arguments: an integer, a number, True/False, None only where the
 argument takes it; from config files as from overrides, one line naming the key."""
 import os
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import pytest
 from detectron2.config import LazyCall as L
@@ -14,7 +14,8 @@ from engine_test_utils import REPO_ROOT
 
 class Part:
     def __init__(self, count: int = 3, share: float = 0.5, enabled: bool = True, limit: Optional[int] = None,
-                 name: str = "x", inner=None, size: "int | None" = 1):
+                 name: str = "x", inner=None, size: "int | None" = 1, strides: Sequence[int] = (8, 16),
+                 means: Tuple[float, ...] = (1.0,), ranges: Sequence[Sequence[float]] = ((0.0, 1.0),)):
         pass
 
 
@@ -26,6 +27,7 @@ def _config(**part):
     dict(count=3, share=1, enabled=False, limit=None, name="y"),  # an integer is a number too
     dict(limit=7),
     dict(size=None),  # int | None takes None, whatever the default
+    dict(strides=[4, 8], means=[1, 2.5], ranges=[[0, 1]]),  # lists of lists are left to the constructor
     dict(inner=L(Part)(count=2)),  # a nested part is checked in its own right
     dict(count="${..other}"),  # an interpolation is checked as it resolves
 ])
@@ -44,6 +46,9 @@ def test_values_of_the_annotated_kinds_pass(part):
     (dict(enabled=1), r"config key model.enabled must be True or False, got 1"),
     (dict(inner=L(Part)(limit=2.5)), r"config key model.inner.limit must be an integer, got 2.5"),
     (dict(size=1.5), r"config key model.size must be an integer, got 1.5"),
+    (dict(strides=None), r"config key model.strides must be a list of integers, got None \(it has no 'none'"),
+    (dict(strides=[8.5, 16]), r"config key model.strides must be a list of integers, got \[8.5, 16\]"),
+    (dict(means=4.0), r"config key model.means must be a list of numbers, got 4.0"),
 ])
 def test_values_of_other_kinds_are_named(part, message):
     with pytest.raises(ConfigError, match=message):

@@ -53,6 +53,10 @@ CASES = {
     # an integer argument given None: a TypeError traceback where it is used
     "integer setting null": (["dataloader.test.batch_size=null"],
                              "error: config key dataloader.test.batch_size must be an integer, got None"),
+    "training batch size null": (["dataloader.train.total_batch_size=null"],
+                                 "error: config key dataloader.train.total_batch_size must be an integer, got None"),
+    "crop probability null": (["dataloader.train.mapper.crop_probability=null"],
+                              "error: config key dataloader.train.mapper.crop_probability must be a number, got None"),
     # detectron2's "AssertionError: []"
     "no training set": (["dataloader.train.dataset.names=[]"], "error: a dataset loader's names is empty"),
 }

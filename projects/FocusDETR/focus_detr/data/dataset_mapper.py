@@ -43,7 +43,8 @@ class DetrDatasetMapper:
     (``gt_boxes`` absolute XYXY in the augmented image, ``gt_classes``).
     """
 
-    def __init__(self, augmentation, augmentation_with_crop=None, is_train=True, img_format="RGB", crop_probability=0.5):
+    def __init__(self, augmentation, augmentation_with_crop=None, is_train: bool = True, img_format: str = "RGB",
+                 crop_probability: float = 0.5):
         """
         Args:
             augmentation (list[Augmentation]): the plain pipeline (the only one at test time).

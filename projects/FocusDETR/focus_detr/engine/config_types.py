@@ -1,11 +1,12 @@
 """The values a config gives its constructors' typed arguments, checked before anything is built.
 
 Every ``LazyCall`` node of a config (``model.transformer``, ``dataloader.test``, ...) names a callable; where that
-callable annotates an argument as ``int``, ``float`` or ``bool`` (or Optional of one), the value the config gives it
-must be one. Without this check a float where an integer is needed (``num_queries = 300 / 3`` in a config file) or
+callable annotates an argument as ``int``, ``float`` or ``bool``, or a sequence of one (``Sequence[int]``, ...), or
+Optional of these, the value the config gives it must be one. Without this check a float where an integer is needed (``num_queries = 300 / 3`` in a config file) or
 ``key=null`` on the command line reached the constructor and ended in a TypeError traceback deep inside torch
 (``empty(): argument 'size' ... must be tuple of ints``, ``'<' not supported between 'NoneType' and 'int'``).
 """
+import collections.abc
 import functools
 import inspect
 import types
@@ -21,6 +22,16 @@ _KINDS = {
     float: ("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)),
     bool: ("True or False", lambda value: isinstance(value, bool)),
 }
+_SEQUENCES = (list, tuple, collections.abc.Sequence)
+_PLURAL = {int: "integers", float: "numbers", bool: "True / False values"}
+
+
+def _sequence_of(hint):
+    """int for ``Sequence[int]`` / ``List[int]`` / ``Tuple[int, ...]`` (the same for float, bool), else None."""
+    arguments = [argument for argument in typing.get_args(hint) if argument is not Ellipsis]
+    if typing.get_origin(hint) in _SEQUENCES and len(set(arguments)) == 1 and arguments[0] in _KINDS:
+        return arguments[0]
+    return None
 
 
 def _located(target):
@@ -36,7 +47,8 @@ def _located(target):
 
 @functools.lru_cache(maxsize=None)
 def _typed_arguments(target) -> dict:
-    """name -> (annotated type among int / float / bool, whether None is allowed) for ``target``'s arguments."""
+    """name -> (int / float / bool, whether a sequence of them, whether None is allowed) for ``target``'s
+    arguments annotated so."""
     function = target.__init__ if inspect.isclass(target) else target
     try:
         hints = typing.get_type_hints(function)
@@ -54,7 +66,9 @@ def _typed_arguments(target) -> dict:
                 continue  # Union[int, str] and the like: more than one kind is meant
             hint, optional = members[0], True
         if hint in _KINDS:
-            typed[name] = (hint, optional)
+            typed[name] = (hint, False, optional)
+        elif _sequence_of(hint) is not None:
+            typed[name] = (_sequence_of(hint), True, optional)
     return typed
 
 
@@ -74,14 +88,20 @@ def _lazy_calls(node, path: str) -> Iterator[Tuple[str, DictConfig]]:
                 yield from _lazy_calls(child, f"{path}.{index}")
 
 
-def _argument_error(path: str, name: str, value, kind: type, optional: bool) -> Optional[str]:
+def _argument_error(path: str, name: str, value, kind: type, sequence: bool, optional: bool) -> Optional[str]:
     description, accepts = _KINDS[kind]
     if value is None and optional:
         return None
-    if isinstance(value, (DictConfig, ListConfig)) or accepts(value):
-        return None  # a nested LazyCall builds the value; lists are not typed here
+    if isinstance(value, DictConfig) and "_target_" in value:
+        return None  # a nested LazyCall builds the value
+    if sequence:
+        if isinstance(value, (ListConfig, list, tuple)) and all(accepts(item) for item in value):
+            return None
+        description = f"a list of {_PLURAL[kind]}"
+    elif accepts(value):
+        return None
     hint = ""
-    if kind is int and isinstance(value, float):
+    if kind is int and not sequence and isinstance(value, float):
         hint = " (a division in a config file gives a float: use //, or int(...))"
     elif value is None:
         hint = " (it has no 'none' setting)"
@@ -97,13 +117,13 @@ def check_argument_types(cfg) -> None:
         target = _located(node.get("_target_"))
         if target is None:
             continue
-        for name, (kind, optional) in _typed_arguments(target).items():
+        for name, (kind, sequence, optional) in _typed_arguments(target).items():
             if name not in node:
                 continue
             try:
                 value = node[name]
             except Exception:  # an interpolation that does not resolve fails with its own message later
                 continue
-            error = _argument_error(path, name, value, kind, optional)
+            error = _argument_error(path, name, value, kind, sequence, optional)
             if error is not None:
                 raise ConfigError(error)

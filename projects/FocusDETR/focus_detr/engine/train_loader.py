@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from typing import Optional
 
 import torch
 from detectron2.data import DatasetFromList
@@ -259,7 +260,13 @@ def _a_worker_died(workers, wait):
 
 
 def build_resumable_train_loader(
-    dataset, mapper, total_batch_size, num_workers=0, seed=None, aspect_ratio_grouping=True, shuffle=True
+    dataset,
+    mapper,
+    total_batch_size: int,
+    num_workers: int = 0,
+    seed: Optional[int] = None,
+    aspect_ratio_grouping: bool = True,
+    shuffle: bool = True,
 ):
     """LazyConfig entry point: same arguments as :class:`ResumableTrainLoader`."""
     return ResumableTrainLoader(

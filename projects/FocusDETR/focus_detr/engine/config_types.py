@@ -2,9 +2,10 @@
 
 Every ``LazyCall`` node of a config (``model.transformer``, ``dataloader.test``, ...) names a callable; where that
 callable annotates an argument as ``int``, ``float`` or ``bool``, or a sequence of one (``Sequence[int]``, ...), or
-Optional of these, the value the config gives it must be one. Without this check a float where an integer is needed (``num_queries = 300 / 3`` in a config file) or
-``key=null`` on the command line reached the constructor and ended in a TypeError traceback deep inside torch
-(``empty(): argument 'size' ... must be tuple of ints``, ``'<' not supported between 'NoneType' and 'int'``).
+Optional of these, the value the config gives it must be one. Without this check a float where an integer is needed
+(``num_queries = 300 / 3`` in a config file) or ``key=null`` on the command line reached the constructor and ended in
+a TypeError traceback deep inside torch (``empty(): argument 'size' ... must be tuple of ints``, ``'<' not supported
+between 'NoneType' and 'int'``).
 """
 import collections.abc
 import functools

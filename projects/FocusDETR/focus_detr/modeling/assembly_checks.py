@@ -31,8 +31,8 @@ def check_position_embedding(position_embedding) -> None:
     module (a learnt embedding, a subclass with its own forward) would be accepted and never called."""
     if type(position_embedding) is not PositionEmbeddingSine:
         raise ValueError(
-            f"FocusDETR: model.position_embedding must be a focus_detr.layers.position_embedding.PositionEmbeddingSine (its embeddings "
-            f"are built from its settings once per input size), got {type(position_embedding).__name__}"
+            "FocusDETR: model.position_embedding must be a focus_detr.layers.position_embedding.PositionEmbeddingSine "
+            f"(its embeddings are built from its settings once per input size), got {type(position_embedding).__name__}"
         )
 
 

@@ -10,7 +10,7 @@ import yaml
 from detectron2.config import LazyConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .config_types import check_argument_types
+from .config_types import check_argument_types, is_number, located_target
 
 __all__ = [
     "ConfigError",
@@ -29,13 +29,9 @@ class ConfigError(ValueError):
 
 
 def _accepts_keyword(target, name):
-    if isinstance(target, str):
-        from hydra.utils import get_method
-
-        try:
-            target = get_method(target)
-        except Exception:
-            return True  # cannot tell: let instantiation decide
+    target = located_target(target)
+    if target is None:
+        return True  # cannot tell: let instantiation decide
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError):
@@ -112,13 +108,9 @@ def _current_value(cfg, dotted_key):
 
 
 def _signature_default(target, name):
-    if isinstance(target, str):
-        from hydra.utils import get_method
-
-        try:
-            target = get_method(target)
-        except Exception:
-            return _UNSET
+    target = located_target(target)
+    if target is None:
+        return _UNSET
     try:
         parameter = inspect.signature(target).parameters.get(name)
     except (TypeError, ValueError):
@@ -128,10 +120,6 @@ def _signature_default(target, name):
     return parameter.default
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _expected_kind(value):
     """What a replacement of ``value`` must be, as (description, check), or None when anything may replace it."""
     if isinstance(value, bool):
@@ -139,9 +127,9 @@ def _expected_kind(value):
     if isinstance(value, int):
         return "an integer", lambda new: isinstance(new, int) and not isinstance(new, bool)
     if isinstance(value, float):
-        return "a number", _is_number
-    if isinstance(value, (list, tuple, ListConfig)) and len(value) and all(_is_number(v) for v in value):
-        return "a list of numbers", lambda new: isinstance(new, (list, tuple, ListConfig)) and all(_is_number(v) for v in new)
+        return "a number", is_number
+    if isinstance(value, (list, tuple, ListConfig)) and len(value) and all(is_number(v) for v in value):
+        return "a list of numbers", lambda new: isinstance(new, (list, tuple, ListConfig)) and all(is_number(v) for v in new)
     if isinstance(value, (dict, DictConfig)):  # a section (model, optimizer, ...): its entries are set one by one
         return "a section (set its entries, KEY.name=value, or drop it: KEY=null)", \
             lambda new: isinstance(new, (dict, DictConfig))

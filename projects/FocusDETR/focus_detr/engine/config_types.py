@@ -16,11 +16,17 @@ from typing import Iterator, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig
 
-__all__ = ["check_argument_types"]
+__all__ = ["check_argument_types", "is_number", "located_target"]
+
+
+def is_number(value) -> bool:
+    """An int or a float, not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
 
 _KINDS = {
     int: ("an integer", lambda value: isinstance(value, int) and not isinstance(value, bool)),
-    float: ("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)),
+    float: ("a number", is_number),
     bool: ("True or False", lambda value: isinstance(value, bool)),
 }
 _SEQUENCES = (list, tuple, collections.abc.Sequence)
@@ -35,13 +41,15 @@ def _sequence_of(hint):
     return None
 
 
-def _located(target):
+def located_target(target):
+    """A LazyCall node's ``_target_``: the callable itself, found from its dotted name when a string; None when it
+    cannot be found (instantiating the config then fails with its own message)."""
     if isinstance(target, str):
         from hydra.utils import get_method
 
         try:
             return get_method(target)
-        except Exception:  # an unknown target fails with its own message when the config is instantiated
+        except Exception:
             return None
     return target
 
@@ -115,7 +123,7 @@ def check_argument_types(cfg) -> None:
     from .config import ConfigError
 
     for path, node in _lazy_calls(cfg, ""):
-        target = _located(node.get("_target_"))
+        target = located_target(node.get("_target_"))
         if target is None:
             continue
         for name, (kind, sequence, optional) in _typed_arguments(target).items():

@@ -7,6 +7,7 @@ import tempfile
 import torch
 
 from .config import ConfigError
+from .config_types import is_number
 
 __all__ = ["FORMAT_KEYS", "RESIZE_KEYS", "check_free_space", "check_output_dir", "check_output_file", "check_schedule",
            "check_seed", "mapper_entry", "require_sections", "resolve_device"]
@@ -45,10 +46,6 @@ def check_schedule(train):
     _check_training_switches(train)
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _section(train, name):
     section = train.get(name, None)
     if section is not None and not hasattr(section, "get"):
@@ -72,7 +69,7 @@ def _check_training_switches(train):
         numbers["train.clip_grad.params.norm_type"] = params.get("norm_type", 2.0)
     numbers["train.model_ema.decay"] = _section(train, "model_ema").get("decay", 0.999)
     for key, value in numbers.items():
-        if not _is_number(value):
+        if not is_number(value):
             raise ConfigError(f"{key} must be a number, got {value!r}")
     period = _section(train, "checkpointer").get("period", None)
     if not _positive_int(period):

@@ -5,7 +5,7 @@ so one override can leave them disagreeing: a neck reading a backbone output tha
 widths or counts, or a foreground assigner whose strides are not those of the levels (which trains silently on
 wrong foreground targets). Each check raises a ValueError naming the settings that disagree, at build time.
 """
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from torch import nn
 
@@ -24,6 +24,15 @@ def _token_width(module):
 def _deformable_levels(module) -> Optional[int]:
     """The number of levels the deformable attention of ``module`` samples (None without one)."""
     return next((m.num_levels for m in module.modules() if isinstance(m, MultiScaleDeformableAttention)), None)
+
+
+def _require_one_value(values: Dict[str, Optional[int]], what: str, remedy: str) -> None:
+    """ValueError listing every setting of ``values`` (setting -> value, None: the part does not say) unless the
+    known ones agree."""
+    known = {key: value for key, value in values.items() if value is not None}
+    if len(set(known.values())) > 1:
+        listed = ", ".join(f"{key} {value}" for key, value in known.items())
+        raise ValueError(f"FocusDETR: the parts are built for {what} ({listed}); {remedy}")
 
 
 def check_position_embedding(position_embedding) -> None:
@@ -49,11 +58,7 @@ def check_token_widths(embed_dim, position_embedding, neck, transformer) -> None
         "model.transformer.encoder": _token_width(transformer.encoder),
         "model.transformer.decoder.embed_dim": getattr(transformer.decoder, "embed_dim", None),
     }
-    known = {key: width for key, width in widths.items() if width is not None}
-    if len(set(known.values())) > 1:
-        listed = ", ".join(f"{key} {width}" for key, width in known.items())
-        raise ValueError(f"FocusDETR: the parts are built for tokens of other widths ({listed}); give them all one "
-                         "width (the embed_dim of each part)")
+    _require_one_value(widths, "tokens of other widths", "give them all one width (the embed_dim of each part)")
 
 
 def _norm_width(neck: ChannelMapper) -> Optional[int]:
@@ -71,11 +76,7 @@ def _check_levels(neck_levels: Optional[int], transformer) -> None:
         "model.transformer.encoder.num_levels": _deformable_levels(transformer.encoder),
         "model.transformer.decoder.num_levels": _deformable_levels(transformer.decoder),
     }
-    known = {key: count for key, count in levels.items() if count is not None}
-    if len(set(known.values())) > 1:
-        listed = ", ".join(f"{key} {count}" for key, count in known.items())
-        raise ValueError(f"FocusDETR: the parts are built for other numbers of feature levels ({listed}); give them "
-                         "all one")
+    _require_one_value(levels, "other numbers of feature levels", "give them all one")
 
 
 def level_strides(backbone, neck, transformer, criterion) -> Optional[Tuple[int, ...]]:

@@ -148,7 +148,7 @@ def compare(model, predictor, item):
     height, width = item["height"], item["width"]
     try:
         outputs = predictor.run(item["image"])
-    except ValueError as error:  # the graph does not run at this size (e.g. detectron2's Swin, traced at one size)
+    except ValueError as error:  # the graph does not run at this size (a backbone that froze its sizes when traced)
         return f"{height}x{width}: {error} MISMATCH", False
     ours = predictor.instances(outputs, tuple(item["image"].shape[1:]), height, width)
     with torch.no_grad():

@@ -60,3 +60,24 @@ def noise_png(path, shape=(30, 400, 3)):
 
     Image.fromarray(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)).save(path)
     return str(path)
+
+
+def check_against_pytorch(model, predictor, sizes, seed=1):
+    """``predictor`` (an OnnxPredictor) against ``model`` on a synthetic image of each size: top-100 detections
+    matched (class, IoU >= 0.99, |d score| <= 1e-3), the same token counts."""
+    from focus_detr.analysis.inputs import synthetic_inputs
+    from focus_detr.export import match_detections
+
+    for height, width in sizes:
+        item = synthetic_inputs(height, width, seed=seed)[0]
+        with torch.no_grad():
+            reference = model.forward_inference([item], return_token_selection=True)[0]
+        outputs = predictor.run(item["image"])
+        instances = predictor(item["image"], height, width)
+        assert len(instances) == len(reference["instances"]) == model.num_detections
+        assert match_detections(reference["instances"], instances, top=100) == (100, 100), (height, width)
+        selection = reference["token_selection"]
+        assert outputs["encoder_token_counts"].tolist() == [len(i) for i in selection["foreground_inds"]]
+        assert outputs["fine_grained_token_counts"].tolist() == [len(i) for i in selection["fine_grained_inds"]]
+        num_tokens = int(selection["spatial_shapes"].prod(1).sum())
+        assert outputs["num_queries"].tolist() == [min(model.transformer.num_queries, num_tokens)]

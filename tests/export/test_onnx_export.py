@@ -15,7 +15,14 @@ pytest.importorskip("onnxruntime")
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "tools"))
 from tools_test_utils import load_script  # noqa: E402
-from export_test_utils import copy_graph, export_tool, fixture_checkpoint, noise_png, tiny_export  # noqa: E402,F401
+from export_test_utils import (  # noqa: E402,F401
+    check_against_pytorch,
+    copy_graph,
+    export_tool,
+    fixture_checkpoint,
+    noise_png,
+    tiny_export,
+)
 
 from focus_detr.analysis.inputs import synthetic_inputs  # noqa: E402
 from focus_detr.export import ForcedQueryRanking, OnnxPredictor, export_onnx, match_detections  # noqa: E402
@@ -34,27 +41,10 @@ def _tiny_model(parity_fixture):
     return model.eval()
 
 
-def _check_against_pytorch(model, predictor, sizes, seed=1):
-    """At each size: top-100 detections matched (class, IoU >= 0.99, |d score| <= 1e-3), same token counts."""
-    for height, width in sizes:
-        item = synthetic_inputs(height, width, seed=seed)[0]
-        with torch.no_grad():
-            reference = model.forward_inference([item], return_token_selection=True)[0]
-        outputs = predictor.run(item["image"])
-        instances = predictor(item["image"], height, width)
-        assert len(instances) == len(reference["instances"]) == model.num_detections
-        assert match_detections(reference["instances"], instances, top=100) == (100, 100), (height, width)
-        selection = reference["token_selection"]
-        assert outputs["encoder_token_counts"].tolist() == [len(i) for i in selection["foreground_inds"]]
-        assert outputs["fine_grained_token_counts"].tolist() == [len(i) for i in selection["fine_grained_inds"]]
-        num_tokens = int(selection["spatial_shapes"].prod(1).sum())
-        assert outputs["num_queries"].tolist() == [min(model.transformer.num_queries, num_tokens)]
-
-
 def test_tiny_graph_matches_pytorch_at_other_sizes(tiny_export, parity_fixture):
     predictor = OnnxPredictor(str(tiny_export / "model.onnx"), num_threads=1)
     # 160x192 keeps fewer than 300 tokens in the second layer: the fine-grained count follows the layer's count
-    _check_against_pytorch(_tiny_model(parity_fixture), predictor, [(256, 320), (320, 224), (160, 192)])
+    check_against_pytorch(_tiny_model(parity_fixture), predictor, [(256, 320), (320, 224), (160, 192)])
 
 
 def test_tiny_graph_matches_the_official_fixture(tiny_export, parity_fixture):
@@ -100,7 +90,7 @@ def test_tree_config_graph_matches_pytorch_at_other_sizes(tmp_path):
     export_onnx(model, path, synthetic_inputs(352, 352)[0]["image"])
     # 320x64 and 64x448: the coarsest level is one token wide / high (a traced linspace divided by zero there)
     sizes = [(256, 320), (320, 384), (384, 480), (320, 64), (64, 448)]
-    _check_against_pytorch(model, OnnxPredictor(path, num_threads=1), sizes)
+    check_against_pytorch(model, OnnxPredictor(path, num_threads=1), sizes)
 
 
 def test_clip_to_image_is_detectron2s_clip_and_empty_box_filter():
@@ -492,8 +482,8 @@ def test_demo_warns_once_and_runs_a_graph_without_model_json(tiny_export, tmp_pa
 
 
 def test_a_graph_that_fails_at_another_size_than_it_was_traced_at_says_which(tiny_export):
-    # a Swin graph runs only at its --sample-size (detectron2's Swin freezes its window counts while traced): the
-    # error was onnxruntime's Reshape message alone
+    # a graph whose backbone froze its sizes while traced (detectron2's Swin did, before TraceableSwin) runs only at
+    # its --sample-size: the error was onnxruntime's Reshape message alone
     predictor = OnnxPredictor(str(tiny_export / "model.onnx"), num_threads=1)
 
     class FailingSession:
@@ -505,5 +495,5 @@ def test_a_graph_that_fails_at_another_size_than_it_was_traced_at_says_which(tin
     with pytest.raises(ValueError) as info:
         predictor(torch.zeros(3, 352, 448, dtype=torch.uint8))
     assert str(info.value).endswith("running Reshape (the graph was traced at 320x416, its model.json says: a backbone "
-                                    "that freezes its shapes while traced, such as Swin, runs only at that size; "
+                                    "that freezes its shapes while traced runs only at that size; "
                                     "export again with --sample-size 352 448, the network-input size of your images)")

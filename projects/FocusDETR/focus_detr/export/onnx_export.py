@@ -4,7 +4,8 @@ The graph is traced with the TorchScript-based exporter (``torch.onnx.export(dyn
 that depend on the image size (foreground budget, per-layer cascade counts, fine-grained count, query count) are
 tensor values during tracing and become graph computations feeding ``TopK``'s k. The dynamo exporter
 (``torch.export``) turns them into data-dependent symbolic ints and stops at the first one
-(``GuardOnDataDependentSymNode``). Deformable attention is written in standard operators by
+(``GuardOnDataDependentSymNode``). A Swin backbone is traced as :class:`~focus_detr.export.swin_tracing.TraceableSwin`
+(detectron2's turns its window sizes into Python numbers). Deformable attention is written in standard operators by
 :func:`focus_detr.layers.ms_deform_attn_onnx.onnx_msda_symbolic`.
 """
 import contextlib
@@ -20,6 +21,7 @@ from torch import nn
 
 from ..layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS, onnx_msda_symbolic
 from ..modeling import FocusDETR
+from .swin_tracing import traceable_backbone
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -164,7 +166,8 @@ def export_onnx(
     for name in OUTPUT_NAMES[:3]:
         dynamic_axes[name] = {0: "num_detections"}
     start = time.perf_counter()
-    with _eval_mode(wrapper), torch.no_grad(), onnx_msda_symbolic(opset, msda_form), warnings.catch_warnings():
+    with traceable_backbone(model), _eval_mode(wrapper), torch.no_grad(), onnx_msda_symbolic(opset, msda_form), \
+            warnings.catch_warnings():
         # The tracer warns about every Python-side shape check it records as a constant; they are the model's fixed
         # structure (levels, heads, batch 1), and the tests compare the graph with PyTorch at other sizes.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)

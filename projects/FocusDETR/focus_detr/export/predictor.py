@@ -195,7 +195,7 @@ class OnnxPredictor:
         if tuple(traced) == tuple(size):
             return ""
         return (f" (the graph was traced at {traced[0]}x{traced[1]}, its model.json says: a backbone that freezes its "
-                "shapes while traced, such as Swin, runs only at that size; export again with --sample-size "
+                "shapes while traced runs only at that size; export again with --sample-size "
                 f"{size[0]} {size[1]}, the network-input size of your images)")
 
     def __call__(

@@ -30,12 +30,13 @@ SIZES = [(64, 96), (61, 101), (224, 160), (33, 250)]
 
 def _small_swin(**settings):
     torch.manual_seed(0)
-    return SwinTransformer(**SMALL_SWIN, **settings).eval()
+    return SwinTransformer(**{**SMALL_SWIN, **settings}).eval()
 
 
-@pytest.mark.parametrize("ape", [False, True])
-def test_traceable_swin_returns_exactly_swins_features(ape):
-    swin = _small_swin(ape=ape, pretrain_img_size=64)
+@pytest.mark.parametrize("settings", [{}, {"ape": True, "pretrain_img_size": 64}, {"window_size": 12}])
+def test_traceable_swin_returns_exactly_swins_features(settings):
+    # window 12: Swin-B / Swin-L (384 pre-training); ape: the absolute position embedding, interpolated per size
+    swin = _small_swin(**settings)
     traceable = TraceableSwin(swin)
     with torch.no_grad():
         for size in SIZES:

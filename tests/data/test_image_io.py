@@ -69,6 +69,17 @@ def test_unusable_modes_are_refused_with_one_line(tmp_path, name, image, problem
     assert "\n" not in message and message.startswith(f"cannot read image {path}: ") and problem in message
 
 
+@pytest.mark.parametrize("image_format", ["RGB", "BGR", "L"])
+def test_images_are_read_writable(tmp_path, image_format):
+    # PIL's buffer is read-only: the training flips' torch.from_numpy warned "The given NumPy array is not writable
+    # ... undefined behavior" in every training run (the main job printed it once per data worker)
+    path = str(tmp_path / "im.png")
+    Image.fromarray(np.arange(60, dtype=np.uint8).reshape(5, 4, 3)).save(path)
+    image = read_image(path, image_format)
+    assert image.flags.writeable
+    image[0, 0, 0] = 7  # the caller's own copy
+
+
 def test_unreadable_and_missing_files_are_named(tmp_path):
     (tmp_path / "not_an_image.png").write_bytes(b"hello")
     with pytest.raises(ValueError, match=r"cannot read image .*not_an_image\.png: UnidentifiedImageError"):

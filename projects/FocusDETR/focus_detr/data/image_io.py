@@ -70,7 +70,7 @@ def read_image(file_name, img_format="RGB"):
         img_format (str): "RGB", "BGR", "L" or another format ``detection_utils.convert_PIL_to_numpy`` accepts.
 
     Returns:
-        np.ndarray (H, W, C) uint8 (C = 3, or 1 for "L").
+        np.ndarray (H, W, C) uint8 (C = 3, or 1 for "L"), writable.
 
     Raises:
         FileNotFoundError / ValueError, with one line naming the file and the problem.
@@ -86,7 +86,9 @@ def read_image(file_name, img_format="RGB"):
     # what PIL raises for corrupt, truncated, oversized or unreadable files
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot read image {file_name}: {type(error).__name__}: {error}") from None
-    return detection_utils.convert_PIL_to_numpy(to_8bit(image, file_name), img_format)
+    # writable: detectron2 returns PIL's read-only buffer, and the flips' torch.from_numpy warned about it in every
+    # training run ("The given NumPy array is not writable ... undefined behavior")
+    return np.require(detection_utils.convert_PIL_to_numpy(to_8bit(image, file_name), img_format), requirements="W")
 
 
 def _why_not_an_image(path):

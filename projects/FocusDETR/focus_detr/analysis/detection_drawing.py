@@ -1,4 +1,5 @@
-"""Detections drawn so that many small objects stay readable: the demo's pictures and video frames.
+"""Detections drawn so that many small objects stay readable: the demo's pictures and video frames, and the
+ground-truth pictures of ``tools/visualize_data.py``.
 
 A small image is first scaled up by a whole factor (its short edge to at least ``min_short_edge`` pixels), boxes are
 thin lines coloured by score, and a legend strip under the image holds the count, the class and a colour bar of the
@@ -12,7 +13,7 @@ from typing import Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-__all__ = ["SCORE_COLORS", "draw_detections", "score_colors", "upscale_factor"]
+__all__ = ["SCORE_COLORS", "draw_detections", "draw_ground_truth", "score_colors", "upscale_factor"]
 
 # Anchors of the score colour scale (BGR) from the threshold to 1: cyan, violet, magenta, orange, yellow. Bright at
 # every score, and unlike green, brown or grey, none of them is the colour of vegetation, roads or shadows.
@@ -21,6 +22,8 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _LEGEND_BACKGROUND = (40, 40, 40)
 _TEXT_COLOR = (235, 235, 235)
 _MIN_LEGEND_WIDTH = 420  # below this width the legend's text would not fit: the strip is wider than the image
+_GROUND_TRUTH_COLOR = (40, 40, 255)  # red: unlike green, not the colour of vegetation, and none of the score colours
+_CROWD_COLOR = (160, 160, 160)  # crowd boxes: neither matched nor counted as missed by COCO evaluation
 
 
 def upscale_factor(height: int, width: int, min_short_edge: int = 720, max_long_edge: int = 2000) -> int:
@@ -98,27 +101,82 @@ def draw_detections(
     """
     keep = np.asarray(scores) >= threshold
     boxes, scores, classes = np.asarray(boxes, np.float64)[keep], np.asarray(scores)[keep], np.asarray(classes)[keep]
+    picture, factor, thickness = _canvas(image_bgr, min_short_edge, max_long_edge)
+    order = np.argsort(scores, kind="stable")  # the highest scores drawn last, on top
+    colors = [tuple(int(c) for c in color) for color in score_colors(scores[order], threshold)]
+    _draw_boxes(picture, boxes[order] * factor, classes[order], colors, class_names, thickness)
+    class_name = class_names[0] if len(class_names) == 1 else None
+    return _with_legend(picture, lambda width: _legend(width, scores, threshold, class_name)), len(scores)
+
+
+def draw_ground_truth(
+    image_bgr: np.ndarray,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    class_names: Sequence[str],
+    crowd: Optional[np.ndarray] = None,
+    min_short_edge: int = 720,
+    max_long_edge: int = 2000,
+) -> np.ndarray:
+    """Ground-truth boxes drawn on a copy of ``image_bgr`` as :func:`draw_detections` draws detections (scaled up,
+    thin lines, class names only for several classes), in red, crowd boxes in grey; the legend counts them.
+
+    Args:
+        image_bgr: uint8 ``(H, W, 3)``.
+        boxes: ``(N, 4)`` XYXY in the pixels of ``image_bgr``; classes ``(N,)`` int; crowd ``(N,)`` bool or None.
+
+    Returns:
+        the BGR picture ``(k H + legend, max(k W, 420), 3)`` for the factor ``k`` of :func:`upscale_factor`.
+    """
+    boxes, classes = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(classes).reshape(-1)
+    crowd = np.zeros(len(boxes), bool) if crowd is None else np.asarray(crowd, bool).reshape(-1)
+    picture, factor, thickness = _canvas(image_bgr, min_short_edge, max_long_edge)
+    colors = [_CROWD_COLOR if is_crowd else _GROUND_TRUTH_COLOR for is_crowd in crowd]
+    _draw_boxes(picture, boxes * factor, classes, colors, class_names, thickness)
+    what = f"{int((~crowd).sum())} {class_names[0] + ' ' if len(class_names) == 1 else ''}ground-truth boxes"
+    what += f" (red), {int(crowd.sum())} crowd (grey)" if crowd.any() else ""
+    what += f"; image {image_bgr.shape[1]}x{image_bgr.shape[0]}"
+    return _with_legend(picture, lambda width: _text_strip(width, what))
+
+
+def _canvas(image_bgr, min_short_edge, max_long_edge):
+    """A copy of ``image_bgr`` scaled up by :func:`upscale_factor`, the factor and the line thickness for it."""
     factor = upscale_factor(*image_bgr.shape[:2], min_short_edge, max_long_edge)
     if factor == 1:
         picture = np.array(image_bgr, np.uint8, order="C")  # a copy: the caller's image stays as it is
     else:
         picture = cv2.resize(image_bgr, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
     thickness = 1 if factor == 1 and max(picture.shape[:2]) < 1000 else 2
+    return picture, factor, thickness
+
+
+def _draw_boxes(picture, boxes, classes, colors, class_names, thickness):
+    """Each box ``(N, 4)`` XYXY in ``picture``'s pixels in its colour, in order; its class name at it when there are
+    several classes."""
     several_classes = len(class_names) != 1
     label_scale = 0.45 * max(1.0, picture.shape[1] / 1100)
-    order = np.argsort(scores, kind="stable")  # the highest scores drawn last, on top
-    for i, color in zip(order, score_colors(scores[order], threshold)):
-        x1, y1, x2, y2 = (int(round(v * factor)) for v in boxes[i])
-        color = tuple(int(c) for c in color)
+    for box, label_index, color in zip(boxes, classes, colors):
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(picture, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
         if several_classes:
-            label = class_names[classes[i]] if 0 <= classes[i] < len(class_names) else str(int(classes[i]))
+            label = class_names[label_index] if 0 <= label_index < len(class_names) else str(int(label_index))
             origin = (x1 + 2, max(y1 - 4, 12))
             _text(picture, label, origin, label_scale, (0, 0, 0), 3)
             _text(picture, label, origin, label_scale, color, 1)
+
+
+def _with_legend(picture, legend_of_width):
+    """``picture`` widened to the legend's minimum width, with ``legend_of_width(width)`` under it."""
     width = max(picture.shape[1], _MIN_LEGEND_WIDTH)
     if width > picture.shape[1]:
         picture = cv2.copyMakeBorder(picture, 0, 0, 0, width - picture.shape[1], cv2.BORDER_CONSTANT,
                                      value=_LEGEND_BACKGROUND)
-    class_name = class_names[0] if not several_classes else None
-    return np.concatenate([picture, _legend(width, scores, threshold, class_name)]), len(scores)
+    return np.concatenate([picture, legend_of_width(width)])
+
+
+def _text_strip(width: int, text: str) -> np.ndarray:
+    """A legend strip holding one line of text."""
+    height = int(np.clip(round(width * 0.06), 44, 72))
+    strip = np.full((height, width, 3), _LEGEND_BACKGROUND, np.uint8)
+    _text(strip, text, (max(8, height // 5), int(height * 0.62)), height / 80.0, _TEXT_COLOR)
+    return strip

@@ -1,0 +1,101 @@
+"""What a config's model learns from, as pictures (``tools/visualize_data.py``): the ground-truth boxes of a loader's
+dataset on its images (``annotation``), or the training loader's images after augmentation with the boxes the loss is
+given (``dataloader``: flips, resizes and crops applied, crowd boxes and boxes cropped away removed)."""
+import copy
+from dataclasses import dataclass
+from typing import Callable, Iterator, List
+
+import numpy as np
+from detectron2.config import instantiate
+from detectron2.data import detection_utils
+from detectron2.structures import BoxMode
+
+from ..data import dataset_classes
+from ..data.image_io import read_image
+from ..engine.config import ConfigError, _dataset_names_in
+from ..engine.settings import FORMAT_KEYS, mapper_entry
+
+__all__ = ["SOURCES", "GroundTruth", "annotation_samples", "loader_class_names", "loader_node", "loader_samples"]
+
+SOURCES = ("annotation", "dataloader")
+
+
+@dataclass
+class GroundTruth:
+    """One picture's content: the image file it comes from, its pixels (uint8 BGR ``(H, W, 3)``: the original image
+    or the augmented network input), boxes ``(N, 4)`` XYXY in those pixels, classes ``(N,)`` (contiguous ids) and
+    crowd flags ``(N,)``."""
+
+    file_name: str
+    image_bgr: np.ndarray
+    boxes: np.ndarray
+    classes: np.ndarray
+    crowd: np.ndarray
+
+
+def loader_node(cfg, split: str):
+    """``cfg.dataloader.<split>`` (``split``: "train" or "test"); ConfigError when the config has none."""
+    node = (cfg.get("dataloader", None) or {}).get(split, None)
+    if node is None:
+        raise ConfigError(f"the config has no dataloader.{split} to draw")
+    return node
+
+
+def loader_class_names(cfg, split: str) -> List[str]:
+    """The class names of ``dataloader.<split>``'s (first) dataset; [] when its metadata has none (the boxes are then
+    labelled with class numbers)."""
+    names = _dataset_names_in(loader_node(cfg, split))
+    return list((dataset_classes(names[0]) if names else None) or [])
+
+
+def annotation_samples(cfg, split: str, skip: Callable[[str, str], None]) -> Iterator[GroundTruth]:
+    """The images of ``dataloader.<split>``'s dataset as that loader reads them (its ``filter_empty`` and the
+    dataset checks applied), with their annotations. An image that cannot be read is passed to ``skip(file_name,
+    why)`` and left out."""
+    dataset_node = loader_node(cfg, split).get("dataset", None)
+    if dataset_node is None:
+        raise ConfigError(f"dataloader.{split} has no dataset to draw")
+    records = instantiate(dataset_node)
+    if not isinstance(records, (list, tuple)) or not all(isinstance(r, dict) for r in records):
+        raise ConfigError(f"dataloader.{split}.dataset gives {type(records).__name__}, not a list of detectron2 "
+                          "dataset dicts: its annotations cannot be drawn")
+    for record in records:
+        try:
+            image = read_image(record["file_name"], "BGR")
+        except (OSError, ValueError) as error:
+            skip(record["file_name"], str(error))
+            continue
+        annotations = record.get("annotations", [])
+        boxes = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
+        yield GroundTruth(
+            record["file_name"],
+            image,
+            np.asarray(boxes, np.float64).reshape(-1, 4),
+            np.asarray([a["category_id"] for a in annotations], np.int64),
+            np.asarray([bool(a.get("iscrowd", 0)) for a in annotations], bool),
+        )
+
+
+def loader_samples(cfg, limit: int) -> Iterator[GroundTruth]:
+    """The first ``limit`` images the training loader (``dataloader.train``, in this process: no workers) gives the
+    model, drawn in network-input pixels with the ground truth it gives the loss."""
+    node = copy.deepcopy(loader_node(cfg, "train"))
+    if "num_workers" in node:
+        node.num_workers = 0  # nothing to gain from workers for a few pictures, and no processes to leave behind
+    _, image_format = mapper_entry(node.get("mapper", None), FORMAT_KEYS)
+    loader = instantiate(node)
+    count = 0
+    for batch in loader:
+        for item in batch:
+            pixels = item["image"].permute(1, 2, 0).numpy()
+            rgb = detection_utils.convert_image_to_rgb(pixels, image_format or "RGB")
+            instances = item.get("instances", None)
+            if instances is None:
+                raise ConfigError("dataloader.train's mapper gives no \"instances\" (is_train=False?): there is no "
+                                  "ground truth to draw")
+            boxes = instances.gt_boxes.tensor.numpy().astype(np.float64)
+            yield GroundTruth(item.get("file_name", f"image{count}"), np.ascontiguousarray(rgb[:, :, ::-1]), boxes,
+                              instances.gt_classes.numpy(), np.zeros(len(boxes), bool))
+            count += 1
+            if count >= limit:
+                return

@@ -1,0 +1,127 @@
+"""tools/visualize_data.py: the ground truth of a config's data drawn on its images, as the dataset holds it and as the
+training loader gives it to the model; unreadable images are named and skipped, bad arguments are one line."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from tools_test_utils import REPO_ROOT, load_script
+
+from focus_detr.analysis.data_pictures import loader_samples
+from focus_detr.analysis.detection_drawing import upscale_factor
+from focus_detr.data import register_coco_dataset
+from focus_detr.engine import load_config
+
+TREE_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
+RED = (40, 40, 255)  # BGR: ground truth
+GREY = (160, 160, 160)  # crowd
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return load_script("tools/visualize_data.py", "visualize_data")
+
+
+def _run(tool, argv):
+    return tool.run_reporting_errors(tool.main, tool.parse_args(argv))
+
+
+def _pictures(tool, argv, output):
+    """Runs the tool into ``output``; the pictures written there, sorted."""
+    assert _run(tool, [*argv, "--output-dir", str(output)]) == 0
+    return sorted(str(output / name) for name in os.listdir(output))
+
+
+def _register_two_class_dataset(folder, name, broken_image=False):
+    """Two 60 x 80 grey images (one truncated when ``broken_image``), classes "cat" and "dog", and a crowd box."""
+    os.makedirs(folder, exist_ok=True)
+    images = []
+    for index in range(2):
+        path = os.path.join(folder, f"im{index}.png")
+        Image.fromarray(np.full((60, 80, 3), 90, np.uint8)).save(path)
+        images.append({"id": index + 1, "file_name": f"im{index}.png", "height": 60, "width": 80})
+    if broken_image:
+        with open(os.path.join(folder, "im1.png"), "r+b") as f:
+            f.truncate(40)
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 20, 15], "area": 300.0, "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 7, "bbox": [40, 20, 30, 30], "area": 900.0, "iscrowd": 1},
+        {"id": 3, "image_id": 2, "category_id": 7, "bbox": [5, 5, 30, 30], "area": 900.0, "iscrowd": 0},
+    ]
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}
+    json_file = os.path.join(folder, "ann.json")
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    for catalog in (DatasetCatalog, MetadataCatalog):
+        if name in catalog.list():
+            catalog.remove(name)
+    register_coco_dataset(name, json_file, folder)
+    return [f"dataloader.train.dataset.names={name}", f"dataloader.test.dataset.names={name}"]
+
+
+def test_annotation_pictures_show_every_test_image_with_its_boxes(tool, tmp_path, capsys):
+    output = tmp_path / "pictures"
+    written = _pictures(tool, ["--config-file", TREE_CONFIG, "--source", "annotation", "--split", "test"], output)
+    val_images = sorted(os.listdir(os.path.join(REPO_ROOT, "datasets", "trees", "images", "val")))
+    assert [os.path.basename(p) for p in written] == [
+        os.path.splitext(name)[0] + "_annotations.png" for name in val_images]
+    assert capsys.readouterr().out.strip().endswith(f"wrote {len(val_images)} pictures to {output}")
+    image = cv2.imread(os.path.join(REPO_ROOT, "datasets", "trees", "images", "val", val_images[0]))
+    picture = cv2.imread(written[0])
+    factor = upscale_factor(*image.shape[:2])
+    assert picture.shape[1] == max(factor * image.shape[1], 420) and picture.shape[0] > factor * image.shape[0]
+    assert (picture[: factor * image.shape[0]] == RED).all(axis=2).sum() > 100  # boxes were drawn
+
+
+def test_annotation_pictures_name_classes_draw_crowd_grey_and_skip_unreadable_images(tool, tmp_path, capfd):
+    overrides = _register_two_class_dataset(str(tmp_path / "data"), "visualize_two_classes", broken_image=True)
+    written = _pictures(tool, ["--config-file", TREE_CONFIG, "--source", "annotation", *overrides], tmp_path / "out")
+    assert [os.path.basename(p) for p in written] == ["im0_annotations.png"]
+    assert f"skipped {tmp_path / 'data' / 'im1.png'}: cannot read image" in capfd.readouterr().err
+    picture = cv2.imread(written[0])
+    factor = upscale_factor(60, 80)
+    # the "cat" box (10, 10)-(30, 25) in red, the crowd "dog" box (40, 20)-(70, 50) in grey
+    assert tuple(picture[round(17 * factor), 10 * factor]) == RED
+    assert tuple(picture[round(35 * factor), 70 * factor]) == GREY
+
+
+def test_loader_pictures_are_the_augmented_network_inputs_with_their_boxes(tool, tmp_path):
+    cfg = load_config(TREE_CONFIG, ["dataloader.train.seed=3"])
+    samples = list(loader_samples(cfg, 5))
+    assert len(samples) == 5
+    for sample in samples:
+        height, width = sample.image_bgr.shape[:2]
+        assert min(height, width) in (288, 320, 352, 384) or max(height, width) == 512  # the training resize
+        assert len(sample.boxes) > 0 and (sample.boxes[:, :2] >= 0).all()
+        assert (sample.boxes[:, 2] <= width).all() and (sample.boxes[:, 3] <= height).all()
+    written = _pictures(tool, ["--config-file", TREE_CONFIG, "--source", "dataloader", "--num", "3"], tmp_path / "out")
+    assert len(written) == 3 and all(p.endswith(("_loader1.png", "_loader2.png")) for p in written)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--source", "dataloader", "--split", "test"], "--source dataloader draws the training loader's output"),
+    (["--source", "annotation", "dataloader.test.dataset.names=nope"], "dataset 'nope' is not registered"),
+])
+def test_bad_arguments_are_one_line(tool, tmp_path, capfd, argv, message):
+    status = _run(tool, ["--config-file", TREE_CONFIG, "--output-dir", str(tmp_path / "out"), "--split", "test",
+                         *argv])
+    err = capfd.readouterr().err
+    assert status != 0 and message in err and "Traceback" not in err
+
+
+def test_output_into_the_dataset_folder_or_onto_a_file_is_refused(tool, tmp_path, capfd):
+    overrides = _register_two_class_dataset(str(tmp_path / "data"), "visualize_into_data")
+    assert _run(tool, ["--config-file", TREE_CONFIG, "--source", "annotation", "--output-dir",
+                       str(tmp_path / "data"), *overrides]) != 0
+    assert "holds the dataset's images" in capfd.readouterr().err
+    assert sorted(os.listdir(tmp_path / "data")) == ["ann.json", "im0.png", "im1.png"]  # nothing written there
+    (tmp_path / "file").write_text("")
+    assert _run(tool, ["--config-file", TREE_CONFIG, "--source", "annotation", "--output-dir",
+                       str(tmp_path / "file"), *overrides]) != 0
+    assert "is a file" in capfd.readouterr().err

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Draws what a config's model learns from (named after detectron2's and detrex's tools/visualize_data.py), to check
+a dataset and its augmentation before training on it.
+
+    python tools/visualize_data.py --config-file CFG --source annotation --output-dir DIR [--split test] [--num 8]
+        [key=value ...]
+    python tools/visualize_data.py --config-file CFG --source dataloader --output-dir DIR [--num 8] [key=value ...]
+
+``--source annotation``: each image of the loader's dataset (``dataloader.train``, or ``dataloader.test`` with
+``--split test``) as that loader reads it (the dataset checks and its ``filter_empty`` applied), with its
+ground-truth boxes in red and crowd boxes in grey; writes ``DIR/<image name>_annotations.png``.
+``--source dataloader``: the first ``--num`` images (default 20) the training loader gives the model, after its
+augmentation (flips, resizes, crops), with the boxes the loss is given (crowd boxes and boxes cropped away removed);
+writes ``DIR/<image name>_loader<k>.png`` (k counts the times an image came up). Small images are scaled up by a whole
+factor, as the demo's pictures are; the legend under each counts its boxes and gives the image's size. Class names
+are written at the boxes when there are several classes.
+
+An image that cannot be read is named on stderr (``skipped <file>: <why>``) and the rest go on; the exit status is 0
+when at least one picture was written.
+
+Example:
+    python tools/visualize_data.py --config-file configs/focus_detr_r18_trees.py --source dataloader \\
+        --output-dir output/data_pictures --num 8
+"""
+import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
+import argparse
+import os
+import sys
+
+import cv2
+
+from focus_detr.analysis.data_pictures import (
+    SOURCES,
+    annotation_samples,
+    loader_class_names,
+    loader_node,
+    loader_samples,
+)
+from focus_detr.analysis.detection_drawing import draw_ground_truth
+from focus_detr.engine import check_datasets_registered, load_config
+from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides, positive_int
+from focus_detr.engine.cli import run_reporting_errors
+
+DEFAULT_LOADER_IMAGES = 20
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--source", required=True, choices=SOURCES,
+                        help="annotation: the dataset's images and boxes; dataloader: the training loader's output")
+    parser.add_argument("--output-dir", required=True, metavar="DIR", help="folder of the pictures")
+    parser.add_argument("--split", choices=("train", "test"), default="train",
+                        help="which loader's dataset --source annotation draws (default: train)")
+    parser.add_argument("--num", type=positive_int, default=None,
+                        help=f"draw at most this many images (default: all for annotation, {DEFAULT_LOADER_IMAGES} "
+                             "for dataloader)")
+    add_overrides_argument(parser)
+    return parse_args_with_overrides(parser, argv)
+
+
+def _skip(file_name, why):
+    print(f"skipped {file_name}: {why}", file=sys.stderr)
+
+
+def _unique_stem(file_name, stems):
+    """The file name of ``file_name`` without extension, numbered from 2 when another file of that name came first
+    (``stems``: file name -> stem, updated)."""
+    if file_name not in stems:
+        stem = os.path.splitext(os.path.basename(file_name))[0]
+        name, number = stem, 1
+        while name in stems.values():
+            number += 1
+            name = f"{stem}-{number}"
+        stems[file_name] = name
+    return stems[file_name]
+
+
+def main(args):
+    if args.source == "dataloader" and args.split != "train":
+        raise ValueError("--source dataloader draws the training loader's output (the test loader gives no ground "
+                         "truth to the model); for the test set use --source annotation --split test")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise ValueError(f"--output-dir {args.output_dir} is a file; the pictures are written into a folder")
+    cfg = load_config(args.config_file, args.opts)
+    check_datasets_registered(loader_node(cfg, args.split))
+    class_names = loader_class_names(cfg, args.split)
+    if args.source == "annotation":
+        samples = annotation_samples(cfg, args.split, _skip)
+    else:
+        samples = loader_samples(cfg, args.num or DEFAULT_LOADER_IMAGES)
+    os.makedirs(args.output_dir, exist_ok=True)
+    stems, occurrences, written = {}, {}, []
+    for sample in samples:
+        if os.path.realpath(os.path.dirname(sample.file_name)) == os.path.realpath(args.output_dir):
+            raise ValueError(f"--output-dir {args.output_dir} holds the dataset's images ({sample.file_name}): the "
+                             "pictures would be written among them; choose another folder")
+        if args.source == "annotation":
+            suffix = "_annotations.png"
+        else:
+            occurrences[sample.file_name] = occurrences.get(sample.file_name, 0) + 1
+            suffix = f"_loader{occurrences[sample.file_name]}.png"
+        path = os.path.join(args.output_dir, _unique_stem(sample.file_name, stems) + suffix)
+        picture = draw_ground_truth(sample.image_bgr, sample.boxes, sample.classes, class_names, sample.crowd)
+        if not cv2.imwrite(path, picture):
+            raise OSError(f"cannot write {path}")
+        written.append(path)
+        if args.num is not None and len(written) >= args.num:
+            break
+    if not written:
+        raise ValueError(f"no picture written: no image of the {args.split} data could be read (each is named above)")
+    print(f"wrote {len(written)} pictures to {args.output_dir}")
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(run_reporting_errors(main, parse_args()))

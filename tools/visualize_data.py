@@ -34,7 +34,9 @@ from focus_detr.analysis.data_pictures import (
     annotation_samples,
     loader_class_names,
     loader_node,
+    loader_records,
     loader_samples,
+    picture_path,
 )
 from focus_detr.analysis.detection_drawing import draw_ground_truth
 from focus_detr.engine import check_datasets_registered, load_config
@@ -63,19 +65,6 @@ def _skip(file_name, why):
     print(f"skipped {file_name}: {why}", file=sys.stderr)
 
 
-def _unique_stem(file_name, stems):
-    """The file name of ``file_name`` without extension, numbered from 2 when another file of that name came first
-    (``stems``: file name -> stem, updated)."""
-    if file_name not in stems:
-        stem = os.path.splitext(os.path.basename(file_name))[0]
-        name, number = stem, 1
-        while name in stems.values():
-            number += 1
-            name = f"{stem}-{number}"
-        stems[file_name] = name
-    return stems[file_name]
-
-
 def main(args):
     if args.source == "dataloader" and args.split != "train":
         raise ValueError("--source dataloader draws the training loader's output (the test loader gives no ground "
@@ -86,21 +75,18 @@ def main(args):
     check_datasets_registered(loader_node(cfg, args.split))
     class_names = loader_class_names(cfg, args.split)
     if args.source == "annotation":
-        samples = annotation_samples(cfg, args.split, _skip)
+        samples = annotation_samples(loader_records(cfg, args.split), _skip)
     else:
         samples = loader_samples(cfg, args.num or DEFAULT_LOADER_IMAGES)
     os.makedirs(args.output_dir, exist_ok=True)
     stems, occurrences, written = {}, {}, []
     for sample in samples:
-        if os.path.realpath(os.path.dirname(sample.file_name)) == os.path.realpath(args.output_dir):
-            raise ValueError(f"--output-dir {args.output_dir} holds the dataset's images ({sample.file_name}): the "
-                             "pictures would be written among them; choose another folder")
         if args.source == "annotation":
             suffix = "_annotations.png"
         else:
             occurrences[sample.file_name] = occurrences.get(sample.file_name, 0) + 1
             suffix = f"_loader{occurrences[sample.file_name]}.png"
-        path = os.path.join(args.output_dir, _unique_stem(sample.file_name, stems) + suffix)
+        path = picture_path(args.output_dir, sample.file_name, suffix, stems)
         picture = draw_ground_truth(sample.image_bgr, sample.boxes, sample.classes, class_names, sample.crowd)
         if not cv2.imwrite(path, picture):
             raise OSError(f"cannot write {path}")

@@ -1,18 +1,15 @@
 """tools/visualize_data.py: the ground truth of a config's data drawn on its images, as the dataset holds it and as the
 training loader gives it to the model; unreadable images are named and skipped, bad arguments are one line."""
-import json
 import os
 
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
 
-from tools_test_utils import REPO_ROOT, load_script
+from tools_test_utils import REPO_ROOT, load_script, register_two_class_dataset
 
 from focus_detr.analysis.data_pictures import loader_samples
 from focus_detr.analysis.detection_drawing import upscale_factor
-from focus_detr.data import register_coco_dataset
 from focus_detr.engine import load_config
 
 TREE_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
@@ -35,36 +32,6 @@ def _pictures(tool, argv, output):
     return sorted(str(output / name) for name in os.listdir(output))
 
 
-def _register_two_class_dataset(folder, name, broken_image=False):
-    """Two 60 x 80 grey images (one truncated when ``broken_image``), classes "cat" and "dog", and a crowd box."""
-    os.makedirs(folder, exist_ok=True)
-    images = []
-    for index in range(2):
-        path = os.path.join(folder, f"im{index}.png")
-        Image.fromarray(np.full((60, 80, 3), 90, np.uint8)).save(path)
-        images.append({"id": index + 1, "file_name": f"im{index}.png", "height": 60, "width": 80})
-    if broken_image:
-        with open(os.path.join(folder, "im1.png"), "r+b") as f:
-            f.truncate(40)
-    annotations = [
-        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 20, 15], "area": 300.0, "iscrowd": 0},
-        {"id": 2, "image_id": 1, "category_id": 7, "bbox": [40, 20, 30, 30], "area": 900.0, "iscrowd": 1},
-        {"id": 3, "image_id": 2, "category_id": 7, "bbox": [5, 5, 30, 30], "area": 900.0, "iscrowd": 0},
-    ]
-    coco = {"images": images, "annotations": annotations,
-            "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}
-    json_file = os.path.join(folder, "ann.json")
-    with open(json_file, "w") as f:
-        json.dump(coco, f)
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    for catalog in (DatasetCatalog, MetadataCatalog):
-        if name in catalog.list():
-            catalog.remove(name)
-    register_coco_dataset(name, json_file, folder)
-    return [f"dataloader.train.dataset.names={name}", f"dataloader.test.dataset.names={name}"]
-
-
 def test_annotation_pictures_show_every_test_image_with_its_boxes(tool, tmp_path, capsys):
     output = tmp_path / "pictures"
     written = _pictures(tool, ["--config-file", TREE_CONFIG, "--source", "annotation", "--split", "test"], output)
@@ -80,7 +47,7 @@ def test_annotation_pictures_show_every_test_image_with_its_boxes(tool, tmp_path
 
 
 def test_annotation_pictures_name_classes_draw_crowd_grey_and_skip_unreadable_images(tool, tmp_path, capfd):
-    overrides = _register_two_class_dataset(str(tmp_path / "data"), "visualize_two_classes", broken_image=True)
+    overrides = register_two_class_dataset(str(tmp_path / "data"), "visualize_two_classes", broken_image=True)
     written = _pictures(tool, ["--config-file", TREE_CONFIG, "--source", "annotation", *overrides], tmp_path / "out")
     assert [os.path.basename(p) for p in written] == ["im0_annotations.png"]
     assert f"skipped {tmp_path / 'data' / 'im1.png'}: cannot read image" in capfd.readouterr().err
@@ -116,7 +83,7 @@ def test_bad_arguments_are_one_line(tool, tmp_path, capfd, argv, message):
 
 
 def test_output_into_the_dataset_folder_or_onto_a_file_is_refused(tool, tmp_path, capfd):
-    overrides = _register_two_class_dataset(str(tmp_path / "data"), "visualize_into_data")
+    overrides = register_two_class_dataset(str(tmp_path / "data"), "visualize_into_data")
     assert _run(tool, ["--config-file", TREE_CONFIG, "--source", "annotation", "--output-dir",
                        str(tmp_path / "data"), *overrides]) != 0
     assert "holds the dataset's images" in capfd.readouterr().err

@@ -2,8 +2,9 @@
 dataset on its images (``annotation``), or the training loader's images after augmentation with the boxes the loss is
 given (``dataloader``: flips, resizes and crops applied, crowd boxes and boxes cropped away removed)."""
 import copy
+import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, List
+from typing import Callable, Dict, Iterator, List
 
 import numpy as np
 from detectron2.config import instantiate
@@ -15,18 +16,20 @@ from ..data.image_io import read_image
 from ..engine.config import ConfigError, _dataset_names_in
 from ..engine.settings import FORMAT_KEYS, mapper_entry
 
-__all__ = ["SOURCES", "GroundTruth", "annotation_samples", "loader_class_names", "loader_node", "loader_samples"]
+__all__ = ["SOURCES", "GroundTruth", "annotation_samples", "loader_class_names", "loader_node", "loader_records",
+           "loader_samples", "picture_path"]
 
 SOURCES = ("annotation", "dataloader")
 
 
 @dataclass
 class GroundTruth:
-    """One picture's content: the image file it comes from, its pixels (uint8 BGR ``(H, W, 3)``: the original image
-    or the augmented network input), boxes ``(N, 4)`` XYXY in those pixels, classes ``(N,)`` (contiguous ids) and
-    crowd flags ``(N,)``."""
+    """One picture's content: the image file it comes from and its dataset id, its pixels (uint8 BGR ``(H, W, 3)``:
+    the original image or the augmented network input), boxes ``(N, 4)`` XYXY in those pixels, classes ``(N,)``
+    (contiguous ids) and crowd flags ``(N,)``."""
 
     file_name: str
+    image_id: object
     image_bgr: np.ndarray
     boxes: np.ndarray
     classes: np.ndarray
@@ -48,10 +51,9 @@ def loader_class_names(cfg, split: str) -> List[str]:
     return list((dataset_classes(names[0]) if names else None) or [])
 
 
-def annotation_samples(cfg, split: str, skip: Callable[[str, str], None]) -> Iterator[GroundTruth]:
-    """The images of ``dataloader.<split>``'s dataset as that loader reads them (its ``filter_empty`` and the
-    dataset checks applied), with their annotations. An image that cannot be read is passed to ``skip(file_name,
-    why)`` and left out."""
+def loader_records(cfg, split: str) -> List[dict]:
+    """The dataset dicts of ``dataloader.<split>`` as that loader reads them (its ``filter_empty`` and the dataset
+    checks applied)."""
     dataset_node = loader_node(cfg, split).get("dataset", None)
     if dataset_node is None:
         raise ConfigError(f"dataloader.{split} has no dataset to draw")
@@ -59,6 +61,12 @@ def annotation_samples(cfg, split: str, skip: Callable[[str, str], None]) -> Ite
     if not isinstance(records, (list, tuple)) or not all(isinstance(r, dict) for r in records):
         raise ConfigError(f"dataloader.{split}.dataset gives {type(records).__name__}, not a list of detectron2 "
                           "dataset dicts: its annotations cannot be drawn")
+    return list(records)
+
+
+def annotation_samples(records: List[dict], skip: Callable[[str, str], None]) -> Iterator[GroundTruth]:
+    """The images of the dataset dicts ``records`` with their annotations, read one at a time. An image that cannot
+    be read is passed to ``skip(file_name, why)`` and left out."""
     for record in records:
         try:
             image = read_image(record["file_name"], "BGR")
@@ -69,6 +77,7 @@ def annotation_samples(cfg, split: str, skip: Callable[[str, str], None]) -> Ite
         boxes = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
         yield GroundTruth(
             record["file_name"],
+            record.get("image_id", None),
             image,
             np.asarray(boxes, np.float64).reshape(-1, 4),
             np.asarray([a["category_id"] for a in annotations], np.int64),
@@ -94,8 +103,26 @@ def loader_samples(cfg, limit: int) -> Iterator[GroundTruth]:
                 raise ConfigError("dataloader.train's mapper gives no \"instances\" (is_train=False?): there is no "
                                   "ground truth to draw")
             boxes = instances.gt_boxes.tensor.numpy().astype(np.float64)
-            yield GroundTruth(item.get("file_name", f"image{count}"), np.ascontiguousarray(rgb[:, :, ::-1]), boxes,
-                              instances.gt_classes.numpy(), np.zeros(len(boxes), bool))
+            yield GroundTruth(item.get("file_name", f"image{count}"), item.get("image_id", None),
+                              np.ascontiguousarray(rgb[:, :, ::-1]), boxes, instances.gt_classes.numpy(),
+                              np.zeros(len(boxes), bool))
             count += 1
             if count >= limit:
                 return
+
+
+def picture_path(output_dir: str, file_name: str, suffix: str, stems: Dict[str, str]) -> str:
+    """``output_dir/<stem><suffix>`` for the picture of the image ``file_name``: its name without extension, numbered
+    from 2 when an image of another folder with that name came first (``stems``: file name -> stem, updated).
+    ValueError when ``output_dir`` is the image's own folder (the pictures would be written among the data)."""
+    if os.path.realpath(os.path.dirname(file_name)) == os.path.realpath(output_dir):
+        raise ValueError(f"--output-dir {output_dir} holds the dataset's images ({file_name}): the pictures would be "
+                         "written among them; choose another folder")
+    if file_name not in stems:
+        stem = os.path.splitext(os.path.basename(file_name))[0]
+        name, number = stem, 1
+        while name in stems.values():
+            number += 1
+            name = f"{stem}-{number}"
+        stems[file_name] = name
+    return os.path.join(output_dir, stems[file_name] + suffix)

@@ -15,8 +15,9 @@ writes ``DIR/<image name>_loader<k>.png`` (k counts the times an image came up).
 factor, as the demo's pictures are; the legend under each counts its boxes and gives the image's size. Class names
 are written at the boxes when there are several classes.
 
-An image that cannot be read is named on stderr (``skipped <file>: <why>``) and the rest go on; the exit status is 0
-when at least one picture was written.
+With ``--source annotation`` an image that cannot be read is named on stderr (``skipped <file>: <why>``) and the rest
+go on; the training loader stops at one with a one-line error, as training would. The exit status is 0 when at least
+one picture was written.
 
 Example:
     python tools/visualize_data.py --config-file configs/focus_detr_r18_trees.py --source dataloader \\

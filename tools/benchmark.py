@@ -33,6 +33,10 @@ as ``.item()``, data-dependent shapes, host-device copies; ``focus_detr.analysis
 ``operators_per_inference``, ``syncs_per_inference``, ``operators_per_train_step``, ``syncs_per_train_step``.
 ``--sync-sites`` also lists where in the code each synchronisation comes from.
 
+``--tasks data`` times the config's training loader as training builds it (``dataloader.train``: its workers,
+mapper, augmentation and batch size; ``--warmup`` batches untimed, then ``--repeats``): ``data`` in the JSON, with
+``images_per_s``. Beside a measured training step it says whether the loader keeps up (detectron2's ``--task data``).
+
 Examples:
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --input-size 800 1333
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cuda --amp --json bench.json
@@ -40,6 +44,7 @@ Examples:
     python tools/benchmark.py --config-file configs/focus_detr_r18_trees.py --dataset-images 9 --tasks inference
     python tools/benchmark.py --config-file configs/focus_detr_r50_4scale_12ep.py --device cpu --flop-floor
     python tools/benchmark.py --config-file configs/focus_detr_r18_trees.py --input-size 512 512 --count-dispatch
+    python tools/benchmark.py --config-file configs/focus_detr_r18_trees.py --tasks train data --train-batch-size 2
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
@@ -63,6 +68,7 @@ from focus_detr.analysis.timing import (
     reset_peak_memory,
     resnet50_yardstick,
     summarize,
+    time_data_loader,
     time_interleaved,
 )
 from focus_detr.engine import (
@@ -77,6 +83,7 @@ from focus_detr.engine import (
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cuda_graphs import CUDAGraphInference, graphs_available
 from focus_detr.engine.runner import build_trainer
+from focus_detr.engine.settings import require_sections
 from focus_detr.engine.cli import run_reporting_errors
 
 
@@ -97,7 +104,8 @@ def parse_args(argv=None):
                         help="also count each task's operators and host-device synchronisations (after the timing)")
     parser.add_argument("--sync-sites", action="store_true",
                         help="with --count-dispatch: also list the code locations of the synchronisations")
-    parser.add_argument("--tasks", nargs="+", choices=("inference", "train"), default=["inference", "train"])
+    parser.add_argument("--tasks", nargs="+", choices=("inference", "train", "data"), default=["inference", "train"],
+                        help="data: how fast the config's training loader delivers batches (its workers, mapper, batch)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=[800, 1333])
     parser.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="images per inference call (one padded batch; synthetic: N different images of one size)")
@@ -200,6 +208,17 @@ def benchmark_training(cfg, model, optimizer, batch, device, amp_dtype, warmup, 
 COMMON_OPTIMIZER_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "common", "optim.py"
 )
+
+
+def benchmark_data_loading(cfg, warmup, repeats):
+    """Batches per second of ``cfg.dataloader.train`` as training builds it (its workers, mapper, batch size)."""
+    require_sections(cfg, ("dataloader.train",), "--tasks data")
+    node = cfg.dataloader.train
+    seconds, images = time_data_loader(instantiate(node), warmup, repeats)
+    stats = summarize(seconds)
+    return {"inputs": f"dataloader.train, {node.get('num_workers', 0)} workers", "batch_size": images[0],
+            "median_ms": stats["median_ms"], "mean_ms": stats["mean_ms"],
+            "images_per_s": sum(images) / sum(seconds)}
 
 
 def _optimizer_of(cfg, model):
@@ -308,6 +327,8 @@ def main(args):
             ),
         }
         rows.append((f"train step (batch {args.train_batch_size})", results["train"]["inputs"], results["train"]))
+    if "data" in args.tasks:
+        results["data"] = benchmark_data_loading(cfg, args.warmup, args.repeats)
     results.update(_headline(results))
 
     print(f"{args.config_file} on {results['hardware']} ({device}, autocast: inference "
@@ -341,6 +362,16 @@ def main(args):
                 print(f"  {count:>4} x {reason}")
             for site, count in counts["sync_sites"].items():
                 print(f"  {count:>4} x at {site}")
+    if "data" in results:
+        data = results["data"]
+        print(f"data loading ({data['inputs']}): median {data['median_ms']:.1f} ms per batch of "
+              f"{data['batch_size']}, {data['images_per_s']:.2f} images/s")
+        if "train" in results:
+            step_rate = results["train"]["images_per_s"]
+            verdict = ("keeps up with" if data["images_per_s"] >= step_rate else
+                       "is slower than (training waits for data: raise dataloader.train.num_workers)")
+            print(f"  the loader {verdict} the training step above ({step_rate:.2f} images/s; measured apart: on a "
+                  "CPU the two also share its cores)")
     if torch.device(device).type == "cpu":
         print("peak MiB on CPU = peak resident set size of the whole process during that task")
     if args.json:

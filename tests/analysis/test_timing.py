@@ -1,4 +1,6 @@
-"""Benchmark timing helpers: interleaved rounds, per-round ratios, the yardstick, resettable CPU peak memory."""
+"""Benchmark timing helpers: interleaved rounds, per-round ratios, the yardstick, resettable CPU peak memory, the
+data loader's delivery."""
+import itertools
 import os
 
 import pytest
@@ -9,6 +11,7 @@ from focus_detr.analysis.timing import (
     peak_memory_mib,
     reset_peak_memory,
     resnet50_yardstick,
+    time_data_loader,
     time_interleaved,
 )
 
@@ -48,3 +51,16 @@ def test_cpu_peak_memory_resets_to_the_current_size():
     before = peak_memory_mib("cpu")
     reset_peak_memory("cpu")
     assert peak_memory_mib("cpu") < before - 32
+
+
+def test_time_data_loader_skips_the_warmup_batches_and_counts_each_batchs_images():
+    delivered = []
+
+    def loader():
+        for size in itertools.count(1):
+            delivered.append(size)
+            yield [{}] * size
+
+    seconds, images = time_data_loader(loader(), warmup=2, repeats=3)
+    assert images == [3, 4, 5] and len(seconds) == 3 and all(s >= 0 for s in seconds)
+    assert delivered == [1, 2, 3, 4, 5]  # nothing read beyond what was timed

@@ -187,3 +187,17 @@ def test_tool_arguments_that_cannot_work_are_refused_before_any_work(analyze_mod
     assert run_reporting_errors(analyze_model.main, args) == 2
     err = capsys.readouterr()
     assert err.err.strip().startswith(f"error: the folder of --json {blocker} cannot be created") and not err.out
+
+
+def test_benchmark_times_the_training_loader_beside_the_training_step(tmp_path, capsys):
+    benchmark = load_script("tools/benchmark.py", "benchmark")
+    tree_config = os.path.join(os.path.dirname(FIXTURE_CONFIG), "..", "focus_detr_r18_trees.py")
+    result = benchmark.main(benchmark.parse_args(
+        ["--config-file", tree_config, "--device", "cpu", "--tasks", "train", "data", "--input-size", "64", "64",
+         "--warmup", "0", "--repeats", "2", "dataloader.train.num_workers=0"]
+    ))
+    data = result["data"]
+    assert data["batch_size"] == 2 and data["images_per_s"] > 0 and data["inputs"] == "dataloader.train, 0 workers"
+    out = capsys.readouterr().out
+    assert "data loading (dataloader.train, 0 workers): median" in out
+    assert "the loader keeps up with the training step" in out or "the loader is slower than" in out

@@ -14,6 +14,7 @@ from ..engine.precision import amp_autocast
 __all__ = [
     "synchronize",
     "time_calls",
+    "time_data_loader",
     "time_interleaved",
     "median_ratio",
     "resnet50_yardstick",
@@ -44,6 +45,26 @@ def time_calls(function, device, warmup, repeats):
         synchronize(device)
         seconds.append(time.perf_counter() - start)
     return seconds
+
+
+def time_data_loader(loader, warmup: int, repeats: int):
+    """How fast ``loader`` (an endless iterable of batches, such as the training loader) delivers: ``warmup``
+    batches untimed (workers starting), then ``repeats`` batches, each timed from the arrival of the one before.
+    Returns (seconds per batch, images per batch)."""
+    if repeats <= 0 or warmup < 0:
+        raise ValueError(f"need repeats > 0 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    batches = iter(loader)
+    for _ in range(warmup):
+        next(batches)
+    seconds, images = [], []
+    last = time.perf_counter()
+    for _ in range(repeats):
+        images.append(len(next(batches)))
+        now = time.perf_counter()
+        seconds.append(now - last)
+        last = now
+    del batches  # its data workers stop now, not at exit
+    return seconds, images
 
 
 def time_interleaved(functions: Dict[str, Callable], device, warmup, repeats) -> Dict[str, List[float]]:

@@ -52,6 +52,7 @@ import itertools
 import json
 import os
 import platform
+import statistics
 import sys
 
 import torch
@@ -216,9 +217,10 @@ def benchmark_data_loading(cfg, warmup, repeats):
     node = cfg.dataloader.train
     seconds, images = time_data_loader(instantiate(node), warmup, repeats)
     stats = summarize(seconds)
+    # from the median, as the training step's images/s, which it is compared with
     return {"inputs": f"dataloader.train, {node.get('num_workers', 0)} workers", "batch_size": images[0],
             "median_ms": stats["median_ms"], "mean_ms": stats["mean_ms"],
-            "images_per_s": sum(images) / sum(seconds)}
+            "images_per_s": statistics.median(images) / max(stats["median_ms"] / 1000, 1e-9)}
 
 
 def _optimizer_of(cfg, model):

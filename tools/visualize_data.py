@@ -15,8 +15,8 @@ writes ``DIR/<image name>_loader<k>.png`` (k counts the times an image came up).
 factor, as the demo's pictures are; the legend under each counts its boxes and gives the image's size. Class names
 are written at the boxes when there are several classes.
 
-With ``--source annotation`` an image that cannot be read is named on stderr (``skipped <file>: <why>``) and the rest
-go on; the training loader stops at one with a one-line error, as training would. The exit status is 0 when at least
+With ``--source annotation`` an image that cannot be read, or whose size is not the dataset's, is named on stderr
+(``skipped <file>: <why>``) and the rest go on; the training loader stops at one with a one-line error, as training would. The exit status is 0 when at least
 one picture was written.
 
 Example:
@@ -33,6 +33,7 @@ import cv2
 from focus_detr.analysis.data_pictures import (
     SOURCES,
     annotation_samples,
+    check_output_outside_data,
     loader_class_names,
     loader_node,
     loader_records,
@@ -75,8 +76,10 @@ def main(args):
     cfg = load_config(args.config_file, args.opts)
     check_datasets_registered(loader_node(cfg, args.split))
     class_names = loader_class_names(cfg, args.split)
+    records = loader_records(cfg, args.split)  # the data the pictures show (the training loader reads it again)
+    check_output_outside_data(args.output_dir, records)
     if args.source == "annotation":
-        samples = annotation_samples(loader_records(cfg, args.split), _skip)
+        samples = annotation_samples(records, _skip)
     else:
         samples = loader_samples(cfg, args.num or DEFAULT_LOADER_IMAGES)
     os.makedirs(args.output_dir, exist_ok=True)

@@ -11,8 +11,8 @@ json ids its ``category_id``\\ s are). For each test image, writes ``DIR/<image 
 detections with score >= ``--conf-threshold``, coloured by score as the demo draws them, on the right its ground
 truth (red; crowd boxes grey). A results entry that is not a detection, or names a category the test set does not
 have, is refused with one line naming it; results for images the test set does not have are counted in a warning
-(none at all is an error: the file was written for another dataset). An image that cannot be read is named on stderr
-(``skipped <file>: <why>``) and the rest go on.
+(none at all is an error: the file was written for another dataset). An image that cannot be read, or whose size is
+not the dataset's, is named on stderr (``skipped <file>: <why>``) and the rest go on.
 
 Example:
     python tools/visualize_json_results.py --config-file configs/focus_detr_r18_trees.py \\
@@ -29,7 +29,9 @@ import numpy as np
 from focus_detr.analysis.coco_results import ImageDetections, read_coco_results
 from focus_detr.analysis.data_pictures import (
     annotation_samples,
+    check_output_outside_data,
     loader_class_names,
+    loader_dataset_names,
     loader_node,
     loader_records,
     picture_path,
@@ -38,7 +40,6 @@ from focus_detr.analysis.detection_drawing import draw_detections, draw_ground_t
 from focus_detr.engine import check_datasets_registered, load_config
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides, positive_int
 from focus_detr.engine.cli import run_reporting_errors
-from focus_detr.engine.config import _dataset_names_in
 
 NO_DETECTIONS = ImageDetections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
 _GAP = 8  # pixels between the two pictures
@@ -73,13 +74,17 @@ def main(args):
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise ValueError(f"--output-dir {args.output_dir} is a file; the pictures are written into a folder")
     cfg = load_config(args.config_file, args.opts)
-    test = loader_node(cfg, "test")
-    check_datasets_registered(test)
-    names = _dataset_names_in(test)
+    check_datasets_registered(loader_node(cfg, "test"))
+    names = loader_dataset_names(cfg, "test")
+    if len(names) != 1:  # image ids are per json: two sets' ids would match the wrong images
+        raise ValueError(f"dataloader.test reads {len(names)} datasets {names}: a results file belongs to one test set; "
+                         "name it with dataloader.test.dataset.names=NAME")
     records = loader_records(cfg, "test")  # loads the test set: its category-id mapping is then known
+    check_output_outside_data(args.output_dir, records)
     class_names = loader_class_names(cfg, "test")
     detections = read_coco_results(args.input, names[0])
-    unknown = sorted(set(detections) - {record.get("image_id", None) for record in records})
+    # ids may be integers or strings (as the dataset's json has them): sorted as text
+    unknown = sorted(set(detections) - {record.get("image_id", None) for record in records}, key=str)
     if detections and len(unknown) == len(detections):
         raise ValueError(f"no result of {args.input} is for an image of the test set {names} (image ids such as "
                          f"{unknown[:3]}): were these results written for another dataset?")

@@ -2,7 +2,13 @@
 below the threshold, a legend strip under the image, and the caller's image left as it was."""
 import numpy as np
 
-from focus_detr.analysis.detection_drawing import SCORE_COLORS, draw_detections, score_colors, upscale_factor
+from focus_detr.analysis.detection_drawing import (
+    SCORE_COLORS,
+    draw_detections,
+    draw_ground_truth,
+    score_colors,
+    upscale_factor,
+)
 
 
 def test_upscale_factor_reaches_the_short_edge_within_the_long_edge():
@@ -31,3 +37,15 @@ def test_boxes_above_the_threshold_are_drawn_in_their_score_colour():
         assert np.abs(edge.astype(int) - score_colors(np.array([score]), 0.3)[0]).max() <= 2
     below = picture[int(5 * factor) - 10 : int(5 * factor) + 10, int(2 * factor) - 1 : int(2 * factor) + 2]
     assert (below == 100).all()  # the box under the threshold is not drawn
+
+
+def test_ground_truth_is_red_crowd_grey_and_boxes_far_outside_are_drawn_at_the_edge():
+    image = np.zeros((100, 120, 3), np.uint8)  # factor 8: 800 x 960
+    boxes = np.array([[10, 10, 30, 40], [50, 50, 70, 90], [5, 5, 3e9, 20], [1, 1, np.nan, 4]], np.float64)
+    picture = draw_ground_truth(image, boxes, np.array([0, 0, 0, 0]), ["tree"], np.array([0, 1, 0, 0], bool))
+    factor = upscale_factor(100, 120)
+    assert picture.shape[:2][1] == 120 * factor and picture.shape[0] > 100 * factor  # a legend strip under it
+    assert tuple(picture[20 * factor, 10 * factor]) == (40, 40, 255)  # red
+    assert tuple(picture[70 * factor, 50 * factor]) == (160, 160, 160)  # the crowd box, grey
+    # 3e9 pixels wide (cv2 takes 32-bit coordinates: a traceback before): its top side runs to the right edge
+    assert tuple(picture[5 * factor, 120 * factor - 1]) == (40, 40, 255)

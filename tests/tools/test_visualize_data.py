@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tools_test_utils import REPO_ROOT, load_script, register_two_class_dataset
+from cli_output import shows_traceback
 
 from focus_detr.analysis.data_pictures import loader_samples
 from focus_detr.analysis.detection_drawing import upscale_factor
@@ -79,7 +80,7 @@ def test_bad_arguments_are_one_line(tool, tmp_path, capfd, argv, message):
     status = _run(tool, ["--config-file", TREE_CONFIG, "--output-dir", str(tmp_path / "out"), "--split", "test",
                          *argv])
     err = capfd.readouterr().err
-    assert status != 0 and message in err and "Traceback" not in err
+    assert status != 0 and message in err and not shows_traceback(err)
 
 
 def test_output_into_the_dataset_folder_or_onto_a_file_is_refused(tool, tmp_path, capfd):
@@ -92,3 +93,42 @@ def test_output_into_the_dataset_folder_or_onto_a_file_is_refused(tool, tmp_path
     assert _run(tool, ["--config-file", TREE_CONFIG, "--source", "annotation", "--output-dir",
                        str(tmp_path / "file"), *overrides]) != 0
     assert "is a file" in capfd.readouterr().err
+
+
+def test_no_picture_is_written_into_a_dataset_folder_even_where_other_images_come_first(tool, tmp_path, capfd):
+    # the check ran per image: a/pic.png's picture b/pic_annotations.png replaced the dataset's image of that name
+    import json
+
+    from PIL import Image
+
+    from focus_detr.data import register_coco_dataset
+
+    images = []
+    for index, file_name in enumerate(["a/pic.png", "b/pic_annotations.png"]):
+        (tmp_path / file_name).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((50, 60, 3), 30 * index, np.uint8)).save(tmp_path / file_name)
+        images.append({"id": index + 1, "file_name": file_name, "height": 50, "width": 60})
+    coco = {"images": images, "categories": [{"id": 1, "name": "tree"}], "annotations": [
+        {"id": i, "image_id": i, "category_id": 1, "bbox": [5, 5, 10, 10], "area": 100.0, "iscrowd": 0}
+        for i in (1, 2)]}
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    register_coco_dataset("visualize_two_folders", str(tmp_path / "ann.json"), str(tmp_path))
+    before = (tmp_path / "b" / "pic_annotations.png").read_bytes()
+    for source in ("annotation", "dataloader"):
+        assert _run(tool, ["--config-file", TREE_CONFIG, "--source", source, "--output-dir", str(tmp_path / "b"),
+                           "dataloader.train.dataset.names=visualize_two_folders",
+                           "dataloader.test.dataset.names=visualize_two_folders"]) == 2
+        assert "holds the dataset's images" in capfd.readouterr().err
+    assert (tmp_path / "b" / "pic_annotations.png").read_bytes() == before
+    assert sorted(os.listdir(tmp_path / "b")) == ["pic_annotations.png"]
+
+
+def test_an_image_of_another_size_than_the_dataset_says_is_skipped_not_drawn_wrong(tool, tmp_path, capfd):
+    # its boxes are in the dataset's pixels: drawn on this image they were in the wrong place (training refuses it)
+    from PIL import Image
+
+    overrides = register_two_class_dataset(str(tmp_path / "data"), "visualize_wrong_size")
+    Image.fromarray(np.full((100, 120, 3), 90, np.uint8)).save(tmp_path / "data" / "im1.png")
+    written = _pictures(tool, ["--config-file", TREE_CONFIG, "--source", "annotation", *overrides], tmp_path / "out")
+    assert [os.path.basename(p) for p in written] == ["im0_annotations.png"]
+    assert "is 120x100 pixels (width x height) but the dataset gives width 80 and height 60" in capfd.readouterr().err

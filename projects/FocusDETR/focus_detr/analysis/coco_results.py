@@ -11,7 +11,6 @@ from typing import Dict
 
 import numpy as np
 from detectron2.data import MetadataCatalog
-from detectron2.structures import BoxMode
 
 __all__ = ["ImageDetections", "read_coco_results"]
 
@@ -30,7 +29,12 @@ def _is_integer(value) -> bool:
 
 
 def _is_finite_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float's range (JSON integers have no limit)
+        return False
 
 
 def _entry_problem(entry) -> str:
@@ -41,9 +45,10 @@ def _entry_problem(entry) -> str:
     missing = [key for key in ("image_id", "category_id", "bbox", "score") if key not in entry]
     if missing:
         return f"has no {', '.join(missing)}"
-    for key in ("image_id", "category_id"):
-        if not _is_integer(entry[key]):
-            return f"{key} {entry[key]!r} is not an integer"
+    if not (_is_integer(entry["image_id"]) or isinstance(entry["image_id"], str)):
+        return f"image_id {entry['image_id']!r} is not an integer or a string"
+    if not _is_integer(entry["category_id"]):
+        return f"category_id {entry['category_id']!r} is not an integer"
     if not _is_finite_number(entry["score"]):
         return f"score {entry['score']!r} is not a finite number"
     bbox = entry["bbox"]
@@ -51,6 +56,8 @@ def _entry_problem(entry) -> str:
         return f"bbox {bbox!r} is not 4 finite numbers [x, y, width, height]"
     if bbox[2] < 0 or bbox[3] < 0:
         return f"bbox {bbox!r} has a negative width or height"
+    if not all(math.isfinite(float(bbox[i]) + float(bbox[i + 2])) for i in (0, 1)):
+        return f"bbox {bbox!r} reaches beyond the range of floating-point numbers"
     return ""
 
 
@@ -71,7 +78,7 @@ def _load_list(path: str) -> list:
     return results
 
 
-def read_coco_results(path: str, dataset_name: str) -> Dict[int, ImageDetections]:
+def read_coco_results(path: str, dataset_name: str) -> Dict[object, ImageDetections]:
     """``image_id -> ImageDetections`` of the COCO results json ``path``, whose ``category_id``\\ s are
     ``dataset_name``'s json ids (mapped to its contiguous class ids; the dataset must have been loaded, which records
     that mapping). ValueError (one line, naming the entry) for an entry that is not a detection or names a category the
@@ -88,7 +95,8 @@ def read_coco_results(path: str, dataset_name: str) -> Dict[int, ImageDetections
                 raise ValueError(f"{path}: entry {index} has category_id {category}, which {dataset_name} does not have "
                                  f"(its ids: {sorted(to_contiguous)}); were these results written for another dataset?")
             category = to_contiguous[category]
-        box = BoxMode.convert(list(entry["bbox"]), BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
+        x, y, width, height = (float(v) for v in entry["bbox"])
+        box = [x, y, x + width, y + height]  # in float64: detectron2's BoxMode goes through float32
         grouped[entry["image_id"]].append((box, float(entry["score"]), category))
     return {
         image_id: ImageDetections(

@@ -12,12 +12,13 @@ from detectron2.data import detection_utils
 from detectron2.structures import BoxMode
 
 from ..data import dataset_classes
+from ..data.dataset_mapper import check_image_size
 from ..data.image_io import read_image
 from ..engine.config import ConfigError, _dataset_names_in
 from ..engine.settings import FORMAT_KEYS, mapper_entry
 
-__all__ = ["SOURCES", "GroundTruth", "annotation_samples", "loader_class_names", "loader_node", "loader_records",
-           "loader_samples", "picture_path"]
+__all__ = ["SOURCES", "GroundTruth", "annotation_samples", "check_output_outside_data", "loader_class_names",
+           "loader_dataset_names", "loader_node", "loader_records", "loader_samples", "picture_path"]
 
 SOURCES = ("annotation", "dataloader")
 
@@ -44,10 +45,15 @@ def loader_node(cfg, split: str):
     return node
 
 
+def loader_dataset_names(cfg, split: str) -> List[str]:
+    """The names of the datasets ``dataloader.<split>`` reads."""
+    return _dataset_names_in(loader_node(cfg, split))
+
+
 def loader_class_names(cfg, split: str) -> List[str]:
     """The class names of ``dataloader.<split>``'s (first) dataset; [] when its metadata has none (the boxes are then
     labelled with class numbers)."""
-    names = _dataset_names_in(loader_node(cfg, split))
+    names = loader_dataset_names(cfg, split)
     return list((dataset_classes(names[0]) if names else None) or [])
 
 
@@ -66,10 +72,12 @@ def loader_records(cfg, split: str) -> List[dict]:
 
 def annotation_samples(records: List[dict], skip: Callable[[str, str], None]) -> Iterator[GroundTruth]:
     """The images of the dataset dicts ``records`` with their annotations, read one at a time. An image that cannot
-    be read is passed to ``skip(file_name, why)`` and left out."""
+    be read, or whose size is not the dataset's (its boxes would be drawn elsewhere; the training loader refuses it),
+    is passed to ``skip(file_name, why)`` and left out."""
     for record in records:
         try:
             image = read_image(record["file_name"], "BGR")
+            check_image_size(dict(record), image)
         except (OSError, ValueError) as error:
             skip(record["file_name"], str(error))
             continue
@@ -111,13 +119,20 @@ def loader_samples(cfg, limit: int) -> Iterator[GroundTruth]:
                 return
 
 
+def check_output_outside_data(output_dir: str, records: List[dict]) -> None:
+    """ValueError when ``output_dir`` is the folder of an image of ``records``: the pictures would be written among
+    the data, and one named like an image (``x_annotations.png``) would replace it. Called before anything is
+    written."""
+    output = os.path.realpath(output_dir)
+    for record in records:
+        if os.path.realpath(os.path.dirname(record["file_name"])) == output:
+            raise ValueError(f"--output-dir {output_dir} holds the dataset's images ({record['file_name']}): the "
+                             "pictures would be written among them; choose another folder")
+
+
 def picture_path(output_dir: str, file_name: str, suffix: str, stems: Dict[str, str]) -> str:
     """``output_dir/<stem><suffix>`` for the picture of the image ``file_name``: its name without extension, numbered
-    from 2 when an image of another folder with that name came first (``stems``: file name -> stem, updated).
-    ValueError when ``output_dir`` is the image's own folder (the pictures would be written among the data)."""
-    if os.path.realpath(os.path.dirname(file_name)) == os.path.realpath(output_dir):
-        raise ValueError(f"--output-dir {output_dir} holds the dataset's images ({file_name}): the pictures would be "
-                         "written among them; choose another folder")
+    from 2 when an image of another folder with that name came first (``stems``: file name -> stem, updated)."""
     if file_name not in stems:
         stem = os.path.splitext(os.path.basename(file_name))[0]
         name, number = stem, 1

@@ -155,8 +155,13 @@ def _draw_boxes(picture, boxes, classes, colors, class_names, thickness):
     several classes."""
     several_classes = len(class_names) != 1
     label_scale = 0.45 * max(1.0, picture.shape[1] / 1100)
+    # a side far outside the picture is drawn at its edge, just out of sight: OpenCV takes 32-bit coordinates only
+    margin = thickness + 2
+    high = np.array([picture.shape[1], picture.shape[0]] * 2, np.float64) + margin
     for box, label_index, color in zip(boxes, classes, colors):
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        if not np.isfinite(box).all():
+            continue
+        x1, y1, x2, y2 = (int(round(v)) for v in np.clip(box, -margin, high))
         cv2.rectangle(picture, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
         if several_classes:
             label = class_names[label_index] if 0 <= label_index < len(class_names) else str(int(label_index))

@@ -23,6 +23,7 @@ _LEGEND_BACKGROUND = (40, 40, 40)
 _TEXT_COLOR = (235, 235, 235)
 _MIN_LEGEND_WIDTH = 420  # below this width the legend's text would not fit: the strip is wider than the image
 _GROUND_TRUTH_COLOR = (40, 40, 255)  # red: unlike green, not the colour of vegetation, and none of the score colours
+_FAR = 2**20  # pixels: box coordinates beyond this are drawn here, out of sight
 _CROWD_COLOR = (160, 160, 160)  # crowd boxes: neither matched nor counted as missed by COCO evaluation
 
 
@@ -155,13 +156,11 @@ def _draw_boxes(picture, boxes, classes, colors, class_names, thickness):
     several classes."""
     several_classes = len(class_names) != 1
     label_scale = 0.45 * max(1.0, picture.shape[1] / 1100)
-    # a side far outside the picture is drawn at its edge, just out of sight: OpenCV takes 32-bit coordinates only
-    margin = thickness + 2
-    high = np.array([picture.shape[1], picture.shape[0]] * 2, np.float64) + margin
     for box, label_index, color in zip(boxes, classes, colors):
         if not np.isfinite(box).all():
             continue
-        x1, y1, x2, y2 = (int(round(v)) for v in np.clip(box, -margin, high))
+        # OpenCV takes 32-bit coordinates (a 3e9-pixel box was a traceback); that far out a side is out of sight
+        x1, y1, x2, y2 = (int(round(v)) for v in np.clip(box, -_FAR, _FAR))
         cv2.rectangle(picture, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
         if several_classes:
             label = class_names[label_index] if 0 <= label_index < len(class_names) else str(int(label_index))

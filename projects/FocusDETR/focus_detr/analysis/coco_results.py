@@ -37,6 +37,12 @@ def _is_finite_number(value) -> bool:
         return False
 
 
+def _shown(value) -> str:
+    """``repr(value)``, cut to a readable length (a JSON integer may have thousands of digits)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _entry_problem(entry) -> str:
     """Why ``entry`` is not a COCO detection result ({"image_id", "category_id", "bbox": [x, y, w, h], "score"}), or
     "" when it is one."""
@@ -46,18 +52,18 @@ def _entry_problem(entry) -> str:
     if missing:
         return f"has no {', '.join(missing)}"
     if not (_is_integer(entry["image_id"]) or isinstance(entry["image_id"], str)):
-        return f"image_id {entry['image_id']!r} is not an integer or a string"
+        return f"image_id {_shown(entry['image_id'])} is not an integer or a string"
     if not _is_integer(entry["category_id"]):
-        return f"category_id {entry['category_id']!r} is not an integer"
+        return f"category_id {_shown(entry['category_id'])} is not an integer"
     if not _is_finite_number(entry["score"]):
-        return f"score {entry['score']!r} is not a finite number"
+        return f"score {_shown(entry['score'])} is not a finite number"
     bbox = entry["bbox"]
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_finite_number(v) for v in bbox)):
-        return f"bbox {bbox!r} is not 4 finite numbers [x, y, width, height]"
+        return f"bbox {_shown(bbox)} is not 4 finite numbers [x, y, width, height]"
     if bbox[2] < 0 or bbox[3] < 0:
-        return f"bbox {bbox!r} has a negative width or height"
+        return f"bbox {_shown(bbox)} has a negative width or height"
     if not all(math.isfinite(float(bbox[i]) + float(bbox[i + 2])) for i in (0, 1)):
-        return f"bbox {bbox!r} reaches beyond the range of floating-point numbers"
+        return f"bbox {_shown(bbox)} reaches beyond the range of floating-point numbers"
     return ""
 
 

@@ -47,7 +47,7 @@ from focus_detr.data import expand_globs, image_files, read_image
 from focus_detr.data.video_io import VIDEO_CODECS, VideoWriter, open_video, read_frames
 from focus_detr.engine import FocusDETRPredictor, inference_amp_dtype, load_config, resolve_device
 from focus_detr.engine.arguments import parse_args_with_overrides
-from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.cli import print_skipped, run_reporting_errors
 from focus_detr.engine.evaluation import class_names_of_test_set
 from focus_detr.engine.predictor import inference_resize, input_format, model_input
 from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights
@@ -113,17 +113,13 @@ def _draw(image_bgr, instances, class_names, threshold):
                            instances.pred_classes.numpy(), class_names, threshold)
 
 
-def _skip(path, why):
-    print(f"skipped {path}: {why}", file=sys.stderr)
-
-
 def _read_or_skip(path):
     """The BGR pixels of ``path``, or None after naming it on stderr when they cannot be read (e.g. truncated)."""
     try:
         return read_image(path, "BGR")
     except (OSError, ValueError) as error:
         prefix = f"cannot read image {path}: "
-        _skip(path, str(error)[len(prefix):] if str(error).startswith(prefix) else str(error))
+        print_skipped(path, str(error)[len(prefix):] if str(error).startswith(prefix) else str(error))
         return None
 
 
@@ -164,7 +160,7 @@ def image_paths(inputs):
     ValueError when none is left. Reads headers only, so the model is not built for inputs without an image."""
     paths, skipped = image_files(expand_globs(inputs))
     for path, why in skipped:
-        _skip(path, why)
+        print_skipped(path, why)
     if not paths:
         raise ValueError(f"no image to draw: all {len(skipped)} inputs were skipped (each is named above)")
     return paths
@@ -210,7 +206,7 @@ def run_images(predictor, paths, output, threshold, class_names, show_tokens):
             else:
                 result = predictor(image)
         except ValueError as error:  # an image this model cannot take (e.g. a side that resizes to 0 pixels)
-            _skip(path, str(error))
+            print_skipped(path, str(error))
             continue
         picture, count = _draw(image, result["instances"], class_names, threshold)
         detection_png = os.path.join(output, f"{name}_detections.png")

@@ -106,7 +106,8 @@ def parse_args(argv=None):
     parser.add_argument("--sync-sites", action="store_true",
                         help="with --count-dispatch: also list the code locations of the synchronisations")
     parser.add_argument("--tasks", nargs="+", choices=("inference", "train", "data"), default=["inference", "train"],
-                        help="data: how fast the config's training loader delivers batches (its workers, mapper, batch)")
+                        help="data: how fast the config's training loader delivers batches (its workers, mapper, "
+                             "batch)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=[800, 1333])
     parser.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="images per inference call (one padded batch; synthetic: N different images of one size)")

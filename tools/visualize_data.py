@@ -16,8 +16,8 @@ factor, as the demo's pictures are; the legend under each counts its boxes and g
 are written at the boxes when there are several classes.
 
 With ``--source annotation`` an image that cannot be read, or whose size is not the dataset's, is named on stderr
-(``skipped <file>: <why>``) and the rest go on; the training loader stops at one with a one-line error, as training would. The exit status is 0 when at least
-one picture was written.
+(``skipped <file>: <why>``) and the rest go on; the training loader stops at one with a one-line error, as training
+would. The exit status is 0 when at least one picture was written.
 
 Example:
     python tools/visualize_data.py --config-file configs/focus_detr_r18_trees.py --source dataloader \\
@@ -25,7 +25,6 @@ Example:
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
-import os
 import sys
 
 import cv2
@@ -41,9 +40,9 @@ from focus_detr.analysis.data_pictures import (
     picture_path,
 )
 from focus_detr.analysis.detection_drawing import draw_ground_truth
-from focus_detr.engine import check_datasets_registered, load_config
+from focus_detr.engine import check_datasets_registered, check_output_dir, load_config
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides, positive_int
-from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.cli import print_skipped, run_reporting_errors
 
 DEFAULT_LOADER_IMAGES = 20
 
@@ -63,26 +62,20 @@ def parse_args(argv=None):
     return parse_args_with_overrides(parser, argv)
 
 
-def _skip(file_name, why):
-    print(f"skipped {file_name}: {why}", file=sys.stderr)
-
-
 def main(args):
     if args.source == "dataloader" and args.split != "train":
         raise ValueError("--source dataloader draws the training loader's output (the test loader gives no ground "
                          "truth to the model); for the test set use --source annotation --split test")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise ValueError(f"--output-dir {args.output_dir} is a file; the pictures are written into a folder")
     cfg = load_config(args.config_file, args.opts)
     check_datasets_registered(loader_node(cfg, args.split))
     class_names = loader_class_names(cfg, args.split)
     records = loader_records(cfg, args.split)  # the data the pictures show (the training loader reads it again)
     check_output_outside_data(args.output_dir, records)
     if args.source == "annotation":
-        samples = annotation_samples(records, _skip)
+        samples = annotation_samples(records, print_skipped)
     else:
         samples = loader_samples(cfg, args.num or DEFAULT_LOADER_IMAGES)
-    os.makedirs(args.output_dir, exist_ok=True)
+    check_output_dir(args.output_dir, key="--output-dir")  # made now, after the checks of the data
     stems, occurrences, written = {}, {}, []
     for sample in samples:
         if args.source == "annotation":

@@ -20,7 +20,6 @@ Example:
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
-import os
 import sys
 
 import cv2
@@ -37,9 +36,9 @@ from focus_detr.analysis.data_pictures import (
     picture_path,
 )
 from focus_detr.analysis.detection_drawing import draw_detections, draw_ground_truth
-from focus_detr.engine import check_datasets_registered, load_config
+from focus_detr.engine import check_datasets_registered, check_output_dir, load_config
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides, positive_int
-from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.cli import print_skipped, run_reporting_errors
 
 NO_DETECTIONS = ImageDetections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
 _GAP = 8  # pixels between the two pictures
@@ -56,10 +55,6 @@ def parse_args(argv=None):
     return parse_args_with_overrides(parser, argv)
 
 
-def _skip(file_name, why):
-    print(f"skipped {file_name}: {why}", file=sys.stderr)
-
-
 def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Two BGR pictures next to each other, the shorter one padded at the bottom."""
     height = max(left.shape[0], right.shape[0])
@@ -71,14 +66,12 @@ def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 def main(args):
     if not 0.0 <= args.conf_threshold <= 1.0:
         raise ValueError(f"--conf-threshold must be in [0, 1], got {args.conf_threshold}")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise ValueError(f"--output-dir {args.output_dir} is a file; the pictures are written into a folder")
     cfg = load_config(args.config_file, args.opts)
     check_datasets_registered(loader_node(cfg, "test"))
     names = loader_dataset_names(cfg, "test")
     if len(names) != 1:  # image ids are per json: two sets' ids would match the wrong images
-        raise ValueError(f"dataloader.test reads {len(names)} datasets {names}: a results file belongs to one test set; "
-                         "name it with dataloader.test.dataset.names=NAME")
+        raise ValueError(f"dataloader.test reads {len(names)} datasets {names}: a results file belongs to one test "
+                         "set; name it with dataloader.test.dataset.names=NAME")
     records = loader_records(cfg, "test")  # loads the test set: its category-id mapping is then known
     check_output_outside_data(args.output_dir, records)
     class_names = loader_class_names(cfg, "test")
@@ -91,9 +84,9 @@ def main(args):
     if unknown:
         print(f"warning: {len(unknown)} of the {len(detections)} images in {args.input} are not in the test set "
               f"{names} (image ids such as {unknown[:3]}); their detections are not drawn", file=sys.stderr)
-    os.makedirs(args.output_dir, exist_ok=True)
+    check_output_dir(args.output_dir, key="--output-dir")  # made now, after the checks of the data
     stems, written = {}, []
-    for sample in annotation_samples(records, _skip):
+    for sample in annotation_samples(records, print_skipped):
         if args.num is not None and len(written) >= args.num:
             break
         found = detections.get(sample.image_id, NO_DETECTIONS)

@@ -98,8 +98,9 @@ def read_coco_results(path: str, dataset_name: str) -> Dict[object, ImageDetecti
         category = entry["category_id"]
         if to_contiguous is not None:
             if category not in to_contiguous:
-                raise ValueError(f"{path}: entry {index} has category_id {category}, which {dataset_name} does not have "
-                                 f"(its ids: {sorted(to_contiguous)}); were these results written for another dataset?")
+                raise ValueError(f"{path}: entry {index} has category_id {category}, which {dataset_name} does not "
+                                 f"have (its ids: {sorted(to_contiguous)}); were these results written for another "
+                                 "dataset?")
             category = to_contiguous[category]
         x, y, width, height = (float(v) for v in entry["bbox"])
         box = [x, y, x + width, y + height]  # in float64: detectron2's BoxMode goes through float32

@@ -11,10 +11,10 @@ from detectron2.config import instantiate
 from detectron2.data import detection_utils
 from detectron2.structures import BoxMode
 
-from ..data import dataset_classes
 from ..data.dataset_mapper import check_image_size
 from ..data.image_io import read_image
 from ..engine.config import ConfigError, _dataset_names_in
+from ..engine.evaluation import class_names_of_loader
 from ..engine.settings import FORMAT_KEYS, mapper_entry
 
 __all__ = ["SOURCES", "GroundTruth", "annotation_samples", "check_output_outside_data", "loader_class_names",
@@ -53,8 +53,7 @@ def loader_dataset_names(cfg, split: str) -> List[str]:
 def loader_class_names(cfg, split: str) -> List[str]:
     """The class names of ``dataloader.<split>``'s (first) dataset; [] when its metadata has none (the boxes are then
     labelled with class numbers)."""
-    names = loader_dataset_names(cfg, split)
-    return list((dataset_classes(names[0]) if names else None) or [])
+    return class_names_of_loader(loader_node(cfg, split)) or []
 
 
 def loader_records(cfg, split: str) -> List[dict]:

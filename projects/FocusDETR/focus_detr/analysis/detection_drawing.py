@@ -53,12 +53,10 @@ def _text(canvas, text, origin, scale, color, thickness=1):
 def _legend(width: int, scores: np.ndarray, threshold: float, class_name: Optional[str]) -> np.ndarray:
     """The strip under the picture: "N <class> detections >= threshold" and the colour bar of the score scale with
     a dark mark at each drawn score (where the scores lie, at a glance)."""
-    height = int(np.clip(round(width * 0.06), 44, 72))
-    strip = np.full((height, width, 3), _LEGEND_BACKGROUND, np.uint8)
-    scale = height / 80.0
-    margin = max(8, height // 5)
-    what = f"{len(scores)} {class_name + ' ' if class_name else ''}detections with score >= {threshold:.2f}"
-    _text(strip, what, (margin, int(height * 0.62)), scale, _TEXT_COLOR)
+    strip = _text_strip(width, f"{len(scores)} {class_name + ' ' if class_name else ''}detections with score >= "
+                               f"{threshold:.2f}")
+    height = strip.shape[0]
+    scale, margin = height / 80.0, max(8, height // 5)
     # the colour bar on the right: its ends and middle labelled with their scores
     bar_left, bar_right = int(width * 0.62), width - 2 * margin
     bar_top, bar_bottom = margin // 2 + 2, margin // 2 + 2 + max(6, height // 6)

@@ -21,6 +21,7 @@ __all__ = [
     "is_out_of_memory",
     "is_user_error",
     "one_line",
+    "print_skipped",
     "report_interruption",
     "run_reporting_errors",
     "user_errors_without_tracebacks",
@@ -103,6 +104,11 @@ def one_line(error, limit=MAX_LINE_CHARS):
     if len(text) > limit:
         text = text[: limit - 40] + f" ... ({len(text) - limit + 40} more characters)"
     return text
+
+
+def print_skipped(path, why):
+    """The line on stderr of a tool that goes on without an input it cannot use: ``skipped <path>: <why>``."""
+    print(f"skipped {path}: {why}", file=sys.stderr)
 
 
 class _UserErrorTracebackFilter(logging.Filter):

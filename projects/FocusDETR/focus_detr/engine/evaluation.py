@@ -28,8 +28,8 @@ from .precision import amp_autocast, inference_amp_dtype
 from .settings import FORMAT_KEYS, mapper_entry
 
 __all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "check_evaluation_datasets", "check_model_classes",
-           "check_same_classes", "check_same_input_format", "class_names_of_test_set", "evaluate",
-           "read_eval_results", "selection_quality_enabled", "write_eval_results"]
+           "check_same_classes", "check_same_input_format", "class_names_of_loader", "class_names_of_test_set",
+           "evaluate", "read_eval_results", "selection_quality_enabled", "write_eval_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -248,15 +248,19 @@ def check_model_classes(model, dataloader_node):
         check_num_classes(num_classes, _dataset_names_in(dataloader_node))
 
 
-def class_names_of_test_set(cfg):
-    """The class names of the config's test set (``dataloader.test``, its first dataset), or None when it names no
-    dataset or its metadata no classes. The dataset is loaded when its metadata holds none yet: a COCO json
+def class_names_of_loader(loader_node):
+    """The class names of the first dataset a loader config (``dataloader.train`` / ``.test``) names, or None when it
+    names no dataset or its metadata no classes. The dataset is loaded when its metadata holds none yet: a COCO json
     registered without ``thing_classes`` (``register_coco_dataset(name, json, images)``) gets them then. Raises
     ValueError / OSError (one line) when the dataset cannot be read."""
-    test = (cfg.get("dataloader", None) or {}).get("test", None)
-    names = _dataset_names_in(test) if test is not None else []
+    names = _dataset_names_in(loader_node) if loader_node is not None else []
     classes = dataset_classes(names[0]) if names else None
     return None if classes is None else list(classes)
+
+
+def class_names_of_test_set(cfg):
+    """:func:`class_names_of_loader` of the config's test set (``dataloader.test``); None without one."""
+    return class_names_of_loader((cfg.get("dataloader", None) or {}).get("test", None))
 
 
 def _model_device(model):

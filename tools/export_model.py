@@ -2,8 +2,9 @@
 """Export a Focus-DETR config's model to ONNX (named after detectron2's tools/deploy/export_model.py).
 
     python tools/export_model.py --config-file CFG --output DIR [--format onnx] [--export-method tracing]
-        [--opset 17] [--msda-form grid_sample|gather] [--sample-size H W] [--verify-sizes HxW ...]
-        [--benchmark HxW ...] [--compare-msda-forms] [--evaluate] [--threads 2] [--seed 0] [key=value ...]
+        [--opset 17] [--msda-form grid_sample|gather] [--sample-size H W] [--batched] [--verify-sizes HxW ...]
+        [--benchmark HxW ...] [--batch-size 4] [--compare-msda-forms] [--evaluate] [--threads 2] [--seed 0]
+        [key=value ...]
     python tools/export_model.py --config-file CFG --output DIR --onnx DIR0/model.onnx --evaluate [key=value ...]
 
 Builds the model, loads ``train.init_checkpoint`` (ours or an official detrex file; the EMA weights it carries when
@@ -12,16 +13,20 @@ the config evaluates with them; empty = random weights, with a warning), traces 
 (input format, pixel mean/std, class names, keep ratios, opset, versions, export time, file size). The graph takes a
 uint8 ``image`` ``(3, H, W)`` of any size (batch 1) and returns ``boxes`` ``(K, 4)`` xyxy input pixels (clipped to the
 image, as the PyTorch model's are), ``scores``, ``labels`` and the token counts; run it with
-``focus_detr.export.OnnxPredictor`` or ``demo/demo.py --onnx``.
+``focus_detr.export.OnnxPredictor`` or ``demo/demo.py --onnx``. With ``--batched`` it takes a padded batch of any
+size, ``images`` ``(B, 3, H, W)`` and ``image_sizes`` ``(B, 2)``, and returns ``(B, K, ...)`` detections with a
+``nonempty`` mask (docs/export.md).
 
 After writing, the graph is checked (``onnx.checker``, no custom-domain node) and compared with the PyTorch model
 at the sample size and each ``--verify-sizes`` (top-100 detections matched by class, IoU >= 0.99, |d score| <= 1e-3;
-same token counts). Where detections differ, PyTorch is run again with the graph's query ranking, if that ranking is
-PyTorch's own up to near-tied scores (see ``focus_detr.export.ranking``: a swapped pair of near-equal proposals swaps
-two queries' learnt content, common with random weights); a difference beyond that is reported, and the exit
-status is 1. ``--benchmark`` times onnxruntime against PyTorch at each size, interleaved in one run, with
-``--threads`` threads for both, and writes ``DIR/benchmark.json``; ``--compare-msda-forms`` times the other
-deformable-attention form(s) in the same rounds. Random weights (empty ``train.init_checkpoint``) are seeded by ``--seed``.
+same token counts), a batched graph also on a padded batch of two. Where detections differ, PyTorch is run again
+with the graph's ranking decisions (foreground and fine-grained tokens of each encoder layer, query ranking), if each
+is PyTorch's own up to near-tied scores (see ``focus_detr.export.ranking``: a swapped pair of near-equal scores
+changes detections, common with random weights); a difference beyond that is reported, and the exit status is 1.
+``--benchmark`` times onnxruntime against PyTorch at each size, interleaved in one run, with ``--threads`` threads
+for both, and writes ``DIR/benchmark.json``; ``--compare-msda-forms`` times the other deformable-attention form(s)
+in the same rounds; for a ``--batched`` graph it also times ``--batch-size`` images run one by one and as one batch,
+by PyTorch and onnxruntime. Random weights (empty ``train.init_checkpoint``) are seeded by ``--seed``.
 
 ``--evaluate`` then scores the graph and the PyTorch model with COCO AP on the config's test set
 (``dataloader.test`` + ``dataloader.evaluator``, as ``train_net.py --eval-only``), prints both and their difference
@@ -59,8 +64,6 @@ from focus_detr.engine.runner import load_inference_weights
 from focus_detr.export import (
     DEFAULT_OPSET,
     MIN_OPSET,
-    QUERY_RANKING_OUTPUT,
-    ForcedQueryRanking,
     OnnxPredictor,
     ap_table,
     check_graph_fits_config,
@@ -70,14 +73,13 @@ from focus_detr.export import (
     export_metadata,
     export_onnx,
     graph_weights,
-    match_detections,
     max_export_opset,
     require_packages,
 )
+from focus_detr.export.verification import check_batch_sizes, compare_with_pytorch, inputs_label
 from focus_detr.layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
 from focus_detr.partial_files import PartialPath, remove_abandoned
 
-TOP_DETECTIONS = 100
 
 
 def parse_size(text):
@@ -103,10 +105,15 @@ def parse_args(argv=None):
                         help="ONNX form of the deformable attention (grid_sample: faster on onnxruntime CPU)")
     parser.add_argument("--sample-size", type=positive_int, nargs=2, metavar=("H", "W"), default=[800, 1333],
                         help="size of the random image the graph is traced on (the graph accepts any size)")
+    parser.add_argument("--batched", action="store_true",
+                        help="a graph that takes a padded batch of any size: images (B, 3, H, W) and image_sizes "
+                             "(B, 2) (default: one image (3, H, W) at a time)")
     parser.add_argument("--verify-sizes", type=parse_size, nargs="*", default=[], metavar="HxW",
                         help="also compare onnxruntime with PyTorch at these sizes")
     parser.add_argument("--benchmark", type=parse_size, nargs="*", default=[], metavar="HxW",
                         help="time onnxruntime against PyTorch at these sizes (interleaved)")
+    parser.add_argument("--batch-size", type=positive_int, default=4,
+                        help="with --batched, --benchmark also times this many images run one by one and as a batch")
     parser.add_argument("--compare-msda-forms", action="store_true",
                         help="also export the other MSDA form(s) (DIR/model_<form>.onnx) and time them in the benchmark")
     parser.add_argument("--evaluate", action="store_true",
@@ -141,40 +148,6 @@ def check_graph(path):
         raise RuntimeError(f"{path} has nodes in custom domains {custom}")
 
 
-def compare(model, predictor, item):
-    """PyTorch vs onnxruntime (``predictor`` with ``query_ranking``) on one input dict. Returns a line for the log
-    and whether they agree: the top detections matched and the same token counts; or, when some detections differ,
-    the graph's query ranking is PyTorch's up to ties and PyTorch run with it gives the graph's detections."""
-    height, width = item["height"], item["width"]
-    try:
-        outputs = predictor.run(item["image"])
-    except ValueError as error:  # the graph does not run at this size (a backbone that froze its sizes when traced)
-        return f"{height}x{width}: {error} MISMATCH", False
-    ours = predictor.instances(outputs, tuple(item["image"].shape[1:]), height, width)
-    with torch.no_grad():
-        reference = model.forward_inference([item], return_token_selection=True)[0]
-    matched, compared = match_detections(reference["instances"], ours, TOP_DETECTIONS)
-    selection = reference["token_selection"]
-    counts = [len(i) for i in selection["foreground_inds"]], [len(i) for i in selection["fine_grained_inds"]]
-    onnx_counts = outputs["encoder_token_counts"].tolist(), outputs["fine_grained_token_counts"].tolist()
-    same_counts = counts == onnx_counts
-    line = f"{height}x{width}: top-{compared} detections matched {matched}/{compared}"
-    ok = matched == compared
-    if not ok:
-        ranking = torch.from_numpy(outputs[QUERY_RANKING_OUTPUT])
-        with torch.no_grad(), ForcedQueryRanking(model, ranking) as forced:
-            reference = model.forward_inference([item])[0]
-        matched, _ = match_detections(reference["instances"], ours, TOP_DETECTIONS)
-        ok = forced.forced and matched == compared
-        line += (f"; with the graph's query ranking ({forced.differ} of {ranking.shape[1]} ranks differ, score gap "
-                 f"{forced.gap:.1e}, ties up to {forced.tolerance:.1e}: {'taken' if forced.forced else 'NOT A TIE'}) "
-                 f"{matched}/{compared}")
-    ok = ok and same_counts
-    line += (f", token counts per encoder layer {onnx_counts[0]}, fine-grained {onnx_counts[1]} "
-             f"({'same' if same_counts else 'DIFFERENT'}) {'ok' if ok else 'MISMATCH'}")
-    return line, ok
-
-
 def benchmark(model, predictors, sizes, warmup, repeats):
     """Median latency (ms) of PyTorch and each onnxruntime predictor (name -> OnnxPredictor; the first is the
     exported graph) per size, all timed in turn on the same image."""
@@ -198,6 +171,37 @@ def benchmark(model, predictors, sizes, warmup, repeats):
     return rows
 
 
+def benchmark_batches(model, predictor, sizes, batch_size, warmup, repeats):
+    """Per size, the median time per image (ms) of ``batch_size`` images run one by one and as one batch, by PyTorch
+    and by a batched graph, the four timed in turn; and each runtime's batch time over its one-by-one time (median of
+    the rounds' ratios)."""
+    rows = []
+    for height, width in sizes:
+        items = synthetic_inputs(height, width, count=batch_size)
+        images = [item["image"] for item in items]
+        runs = {
+            "pytorch_one_by_one": lambda: [model([item]) for item in items],
+            "pytorch_batched": lambda: model(items),
+            "onnxruntime_one_by_one": lambda: [predictor(image) for image in images],
+            "onnxruntime_batched": lambda: predictor.predict_batch(images),
+        }
+        seconds = {name: [] for name in runs}
+        with torch.no_grad():
+            for step in range(warmup + repeats):
+                for name, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    if step >= warmup:
+                        seconds[name].append(time.perf_counter() - start)
+        row = {"size": f"{height}x{width}", "batch_size": batch_size, "repeats": repeats}
+        row.update({f"{name}_ms_per_image": 1000 * statistics.median(s) / batch_size for name, s in seconds.items()})
+        for runtime in ("pytorch", "onnxruntime"):
+            ratios = [b / o for b, o in zip(seconds[f"{runtime}_batched"], seconds[f"{runtime}_one_by_one"])]
+            row[f"{runtime}_batched_over_one_by_one"] = statistics.median(ratios)
+        rows.append(row)
+    return rows
+
+
 def _check_opset(opset):
     """Before the model is built: torch fails on an opset above its exporter's deep in the export, with a traceback."""
     highest = max_export_opset()
@@ -217,6 +221,9 @@ def _check_arguments(args):
                                                 ("--compare-msda-forms", args.compare_msda_forms)) if given]
         if export_only:
             raise ValueError(f"{', '.join(export_only)} check a graph as it is exported: drop --onnx to export one")
+        if args.batched:
+            raise ValueError("--batched is how a graph is exported: drop --onnx to export one (--onnx scores a graph "
+                             "as it is, batched or not)")
         check_onnx_file(args.onnx)
 
 
@@ -263,9 +270,11 @@ def export(model, cfg, args, init_checkpoint):
         print(f"removed {len(abandoned)} temporary file(s) left by an interrupted export: "
               f"{', '.join(os.path.basename(path) for path in abandoned)}", file=sys.stderr)
     with PartialPath(args.output, prefix=".model.", suffix=".onnx.partial") as partial:
-        seconds = export_onnx(model, partial.path, sample["image"], args.opset, args.msda_form)
+        seconds = export_onnx(model, partial.path, sample["image"], args.opset, args.msda_form, args.batched)
         check_graph(partial.path)
-        metadata = export_metadata(model, args.opset, args.msda_form, input_format(cfg), _class_names(cfg))
+        metadata = export_metadata(
+            model, args.opset, args.msda_form, input_format(cfg), _class_names(cfg), batched=args.batched
+        )
         metadata.update(
             config_file=args.config_file,
             overrides=list(args.opts),
@@ -278,20 +287,28 @@ def export(model, cfg, args, init_checkpoint):
         os.replace(partial.path, path)
     text = json.dumps(metadata, indent=2)
     atomic_write(os.path.join(args.output, "model.json"), lambda f: f.write(text), mode="w")
+    batch = "any batch size" if args.batched else "one image at a time"
     print(f"wrote {path} ({metadata['file_size_mib']} MiB, exported in {seconds:.1f} s, opset {args.opset}, "
-          f"MSDA as {args.msda_form}) and model.json")
+          f"MSDA as {args.msda_form}, {batch}) and model.json")
     return path, sample
 
 
 def verify(model, path, args):
-    """Compares the graph with PyTorch at the sample size and each --verify-sizes; returns the sizes that differ."""
-    predictor = OnnxPredictor(path, num_threads=args.threads, spin_wait=False, query_ranking=True)
+    """Compares the graph with PyTorch at the sample size and each --verify-sizes, and a batched graph also on a
+    padded batch (``check_batch_sizes``); returns the checks that differ."""
+    predictor = OnnxPredictor(path, num_threads=args.threads, spin_wait=False, decisions=True)
+    sizes = [tuple(args.sample_size)] + list(args.verify_sizes)
+    checks = [[synthetic_inputs(height, width, seed=1)[0]] for height, width in sizes]
+    if predictor.batched:
+        keep_ratio = model.transformer.foreground_selector.keep_ratio
+        checks.append([synthetic_inputs(height, width, seed=2 + i)[0]
+                       for i, (height, width) in enumerate(check_batch_sizes(args.sample_size, keep_ratio))])
     failures = []
-    for height, width in [tuple(args.sample_size)] + list(args.verify_sizes):
-        line, ok = compare(model, predictor, synthetic_inputs(height, width, seed=1)[0])
+    for items in checks:
+        line, ok = compare_with_pytorch(model, predictor, items)
         print(line)
         if not ok:
-            failures.append(f"{height}x{width}")
+            failures.append(inputs_label(items))
     return failures
 
 
@@ -302,7 +319,7 @@ def report_benchmark(model, path, sample, args):
         for form in MSDA_ONNX_FORMS:
             if form != args.msda_form:
                 other = os.path.join(args.output, f"model_{form}.onnx")
-                export_onnx(model, other, sample["image"], args.opset, form)
+                export_onnx(model, other, sample["image"], args.opset, form, args.batched)
                 predictors[f"onnxruntime_{form}"] = OnnxPredictor(other, num_threads=args.threads, spin_wait=False)
     rows = benchmark(model, predictors, args.benchmark, args.warmup, args.repeats)
     names = list(predictors)
@@ -312,8 +329,18 @@ def report_benchmark(model, path, sample, args):
     for row in rows:
         cells = "".join(f"{row[n + '_ms']:>{len(n) + 5}.0f}" for n in names)
         print(f"{row['size']:<12}{row['pytorch_ms']:>12.0f}{cells}{row['speedup']:>9.2f}x")
+    report = {"threads": args.threads, "msda_form": args.msda_form, "rows": rows}
+    if predictors["onnxruntime"].batched:
+        report["batches"] = benchmark_batches(model, predictors["onnxruntime"], args.benchmark, args.batch_size,
+                                              args.warmup, args.repeats)
+        for row in report["batches"]:
+            print(f"{row['size']}, {row['batch_size']} images one by one and as a batch, ms per image (median of "
+                  f"{args.repeats}, interleaved): " + "; ".join(
+                      f"{runtime} {row[runtime + '_one_by_one_ms_per_image']:.0f} and "
+                      f"{row[runtime + '_batched_ms_per_image']:.0f} ({row[runtime + '_batched_over_one_by_one']:.2f}x)"
+                      for runtime in ("pytorch", "onnxruntime")))
     with open(os.path.join(args.output, "benchmark.json"), "w") as f:
-        json.dump({"threads": args.threads, "msda_form": args.msda_form, "rows": rows}, f, indent=2)
+        json.dump(report, f, indent=2)
 
 
 def _json_number(value):

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT, TINY_CONFIG
+from conftest import REPO_ROOT, TINY_CONFIG, build_tiny_model
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "tools"))
 from tools_test_utils import load_script  # noqa: E402
@@ -39,6 +39,15 @@ def tiny_export(export_tool, fixture_checkpoint, tmp_path_factory):
     ]))
     assert failures == []
     return output
+
+
+def tiny_model(parity_fixture):
+    """The tiny configuration with the fixture's official weights, in eval mode."""
+    from focus_detr.checkpoint import FocusDETRCheckpointer
+
+    model = build_tiny_model()
+    FocusDETRCheckpointer(model).load_model_state(parity_fixture["state_dict"])
+    return model.eval()
 
 
 def copy_graph(tiny_export, folder, metadata_changes=None):

@@ -22,10 +22,11 @@ from export_test_utils import (  # noqa: E402,F401
     fixture_checkpoint,
     noise_png,
     tiny_export,
+    tiny_model,
 )
 
 from focus_detr.analysis.inputs import synthetic_inputs  # noqa: E402
-from focus_detr.export import ForcedQueryRanking, OnnxPredictor, export_onnx, match_detections  # noqa: E402
+from focus_detr.export import OnnxPredictor, export_onnx, match_detections  # noqa: E402
 
 TREE_CONFIG = REPO_ROOT / "configs" / "focus_detr_r18_trees.py"
 # parity tolerances of tools/check_parity.py
@@ -33,18 +34,10 @@ SCORE_TOL = 1e-4
 BOX_TOL = 1e-4  # of the image's longer side, in pixels
 
 
-def _tiny_model(parity_fixture):
-    from focus_detr.checkpoint import FocusDETRCheckpointer
-
-    model = build_tiny_model()
-    FocusDETRCheckpointer(model).load_model_state(parity_fixture["state_dict"])
-    return model.eval()
-
-
 def test_tiny_graph_matches_pytorch_at_other_sizes(tiny_export, parity_fixture):
     predictor = OnnxPredictor(str(tiny_export / "model.onnx"), num_threads=1)
     # 160x192 keeps fewer than 300 tokens in the second layer: the fine-grained count follows the layer's count
-    check_against_pytorch(_tiny_model(parity_fixture), predictor, [(256, 320), (320, 224), (160, 192)])
+    check_against_pytorch(tiny_model(parity_fixture), predictor, [(256, 320), (320, 224), (160, 192)])
 
 
 def test_tiny_graph_matches_the_official_fixture(tiny_export, parity_fixture):
@@ -183,65 +176,6 @@ def test_graph_clips_boxes_like_pytorch_on_a_tree_picture(border_reaching_export
     ours_top = ours.pred_boxes.tensor[ours.scores.argsort(descending=True)[:100]]
     assert torch.equal(top[:, 0::2] == original[1], ours_top[:, 0::2] == original[1])
     assert torch.equal(top[:, 1::2] == original[0], ours_top[:, 1::2] == original[0])
-
-
-class _StubTransformer:
-    def select_queries(self, scores):
-        return scores.topk(3, dim=1)[1]
-
-
-class _StubModel:
-    transformer = _StubTransformer()
-
-
-def test_forced_query_ranking_takes_ties_only():
-    model = _StubModel()
-    scores = torch.tensor([[3.0, 2.0, 2.0 + 1e-6, 1.0]])  # ours: [0, 2, 1]
-    with ForcedQueryRanking(model, torch.tensor([[0, 1, 2]])) as tie:
-        assert model.transformer.select_queries(scores).tolist() == [[0, 1, 2]]
-    assert tie.forced and tie.differ == 2 and tie.gap <= tie.tolerance
-    with ForcedQueryRanking(model, torch.tensor([[0, 1, 3]])) as worse:
-        assert model.transformer.select_queries(scores).tolist() == [[0, 2, 1]]
-    assert not worse.forced and worse.gap == pytest.approx(1.0)
-    with ForcedQueryRanking(model, torch.tensor([[0, 1]])) as short:
-        assert model.transformer.select_queries(scores).tolist() == [[0, 2, 1]]
-    assert not short.forced
-    assert "select_queries" not in vars(model.transformer)  # the model's own method again
-
-
-def test_graph_query_ranking_output_is_pytorchs_ranking(tiny_export, parity_fixture):
-    model = _tiny_model(parity_fixture)
-    predictor = OnnxPredictor(str(tiny_export / "model.onnx"), num_threads=1, query_ranking=True)
-    item = synthetic_inputs(256, 320, seed=1)[0]
-    captured = {}
-    with torch.no_grad(), ForcedQueryRanking(model, torch.from_numpy(predictor.run(item["image"])["query_ranking"])) as forced:
-        choose = model.transformer.select_queries
-        model.transformer.select_queries = lambda scores: captured.setdefault("inds", choose(scores))
-        model.forward_inference([item])
-    assert forced.forced and forced.differ == 0
-    assert captured["inds"].shape == (1, model.transformer.num_queries)
-
-
-def test_export_tool_compare_refuses_a_ranking_that_is_not_a_tie(export_tool, tiny_export, parity_fixture):
-    model = _tiny_model(parity_fixture)
-    predictor = OnnxPredictor(str(tiny_export / "model.onnx"), num_threads=1, query_ranking=True)
-    item = synthetic_inputs(256, 320, seed=1)[0]
-    line, ok = export_tool.compare(model, predictor, item)
-    assert ok and "matched 100/100," in line, line
-
-    class Tampered:
-        """The graph's outputs with a changed best score and the query ranking reversed."""
-
-        instances = staticmethod(OnnxPredictor.instances)
-
-        def run(self, image):
-            outputs = predictor.run(image)
-            outputs["scores"][outputs["scores"].argmax()] += 0.01
-            outputs["query_ranking"] = outputs["query_ranking"][:, ::-1].copy()
-            return outputs
-
-    line, ok = export_tool.compare(model, Tampered(), item)
-    assert not ok and "NOT A TIE" in line and line.endswith("MISMATCH"), line
 
 
 def test_predictor_rejects_bad_images_with_one_line(tiny_export):

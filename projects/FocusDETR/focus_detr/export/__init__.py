@@ -1,28 +1,35 @@
-"""Deployment: ONNX export of the inference path (one graph, any input size, batch 1), an onnxruntime predictor and
-the graph's COCO AP next to PyTorch's."""
+"""Deployment: ONNX export of the inference path (one graph, any input size; one image at a time, or batched), an
+onnxruntime predictor and the graph's COCO AP next to PyTorch's."""
 from .compare import match_detections
 from .evaluation import AP_KEYS, OnnxAsModel, ap_table, compare_ap, evaluate_onnx_and_pytorch
 from .onnx_export import (
+    BATCHED_INPUT_NAMES,
+    BATCHED_OUTPUT_NAMES,
     DEFAULT_OPSET,
     INPUT_NAME,
     MIN_OPSET,
     OUTPUT_NAMES,
+    BatchedExportableFocusDETR,
     ExportableFocusDETR,
     export_metadata,
     export_onnx,
     max_export_opset,
+    pad_batch,
     require_packages,
 )
 from .predictor import OnnxPredictor, check_graph_fits_config, check_onnx_file, graph_weights
-from .ranking import QUERY_RANKING_OUTPUT, ForcedQueryRanking, graph_with_query_ranking
+from .ranking import QUERY_RANKING_OUTPUT, ForcedQueryRanking, graph_decisions, graph_with_decisions
 
 __all__ = [
     "AP_KEYS",
+    "BATCHED_INPUT_NAMES",
+    "BATCHED_OUTPUT_NAMES",
     "DEFAULT_OPSET",
     "INPUT_NAME",
     "MIN_OPSET",
     "OUTPUT_NAMES",
     "QUERY_RANKING_OUTPUT",
+    "BatchedExportableFocusDETR",
     "ExportableFocusDETR",
     "ForcedQueryRanking",
     "OnnxAsModel",
@@ -35,8 +42,10 @@ __all__ = [
     "evaluate_onnx_and_pytorch",
     "export_metadata",
     "export_onnx",
-    "graph_with_query_ranking",
+    "graph_decisions",
+    "graph_with_decisions",
     "match_detections",
     "max_export_opset",
+    "pad_batch",
     "require_packages",
 ]

@@ -1,4 +1,5 @@
-"""ONNX export of a Focus-DETR model's inference path: one graph for every input size, batch 1.
+"""ONNX export of a Focus-DETR model's inference path: one graph for every input size, for one image at a time or
+(``batched=True``) for a padded batch of any size.
 
 The graph is traced with the TorchScript-based exporter (``torch.onnx.export(dynamo=False)``): the token counts
 that depend on the image size (foreground budget, per-layer cascade counts, fine-grained count, query count) are
@@ -17,13 +18,18 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from detectron2.structures import ImageList
 from torch import nn
 
 from ..layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS, onnx_msda_symbolic
 from ..modeling import FocusDETR
+from ..modeling.token_layout import image_padding_masks
 from .swin_tracing import traceable_backbone
 
 __all__ = [
+    "BATCHED_INPUT_NAMES",
+    "BATCHED_OUTPUT_NAMES",
+    "BatchedExportableFocusDETR",
     "DEFAULT_OPSET",
     "INPUT_NAME",
     "MIN_OPSET",
@@ -42,6 +48,11 @@ INPUT_NAME = "image"
 # boxes (K, 4) xyxy input pixels clipped to the image, scores (K,), labels (K,) int64; then per encoder layer the
 # foreground tokens it updates (J,) and its fine-grained tokens (J,), and the decoder queries (1,)
 OUTPUT_NAMES = ("boxes", "scores", "labels", "encoder_token_counts", "fine_grained_token_counts", "num_queries")
+# A batched graph: uint8 images (B, 3, H, W) padded bottom / right, and each one's own (height, width) (B, 2) int64.
+BATCHED_INPUT_NAMES = ("images", "image_sizes")
+# boxes (B, K, 4), scores (B, K), labels (B, K), nonempty (B, K) bool (the boxes clipping left a positive area: the
+# image's detections), each image's foreground budget (B,); then the batch's token counts as in OUTPUT_NAMES
+BATCHED_OUTPUT_NAMES = ("boxes", "scores", "labels", "nonempty", "focus_token_nums", *OUTPUT_NAMES[3:])
 
 
 def require_packages(*names: str) -> None:
@@ -70,11 +81,11 @@ def _length(tensor: torch.Tensor, dim: int) -> torch.Tensor:
 
 def clip_to_image(boxes: torch.Tensor, size: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """What ``detector_postprocess`` does to the PyTorch model's detections when the output size is the input size
-    (its scale factor is then 1): ``Boxes.clip`` then ``Boxes.nonempty``. ``boxes`` ``(K, 4)`` xyxy input pixels,
-    ``size`` ``(4,)`` float ``[W, H, W, H]`` -> the boxes clipped to ``[0, W] x [0, H]``, and ``(K,)`` bool: which of
-    them keep a positive width and height (detectron2 drops the others)."""
+    (its scale factor is then 1): ``Boxes.clip`` then ``Boxes.nonempty``. ``boxes`` ``(..., K, 4)`` xyxy input
+    pixels, ``size`` float ``[W, H, W, H]`` broadcast to them -> the boxes clipped to ``[0, W] x [0, H]``, and
+    ``(..., K)`` bool: which of them keep a positive width and height (detectron2 drops the others)."""
     boxes = torch.minimum(boxes.clamp(min=0), size)
-    return boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes, (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
 
 
 class ExportableFocusDETR(nn.Module):
@@ -109,6 +120,53 @@ class ExportableFocusDETR(nn.Module):
             torch.cat([_length(inds, 1) for inds in out.fine_grained_inds]),
             _length(out.hidden_states, 2),
         )
+
+
+class BatchedExportableFocusDETR(nn.Module):
+    """A FocusDETR's inference on a padded batch, with tensor inputs and outputs only.
+
+    ``forward(images, image_sizes)``: uint8 ``(B, 3, H, W)`` images in the model's input format, already resized,
+    each top-left in the batch (the rest is ignored), and their own ``(height, width)`` ``(B, 2)`` int64 -> the
+    tensors of :data:`BATCHED_OUTPUT_NAMES`. Padded to the largest image, these are ``model(batched_inputs)``'s
+    detections: boxes in each image's pixels, clipped to it, with ``nonempty`` False where detectron2 drops a box.
+    """
+
+    def __init__(self, model: FocusDETR):
+        super().__init__()
+        if not isinstance(model, FocusDETR):
+            raise ValueError(f"ONNX export supports FocusDETR models, got {type(model).__name__}")
+        self.model = model
+
+    def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        model = self.model
+        padding = image_padding_masks(images.shape[-2:], image_sizes, images.device)
+        # what FocusDETR.preprocess_image does: normalised, then 0 where padded
+        pixels = ((images.float() - model.pixel_mean) / model.pixel_std).masked_fill(padding[:, None], 0.0)
+        out = model.run_transformer(ImageList(pixels, image_sizes), last_layer_only=True)
+        logits, boxes = model.predict(out)
+        scores, labels, boxes = model.select_detections(logits[-1], boxes[-1])
+        size = image_sizes.flip(1).repeat(1, 2).float()[:, None]  # (B, 1, 4): [w, h, w, h]
+        boxes, nonempty = clip_to_image(boxes * size, size)
+        return (
+            boxes,
+            scores,
+            labels,
+            nonempty,
+            out.selection.focus_token_nums.long(),
+            torch.cat([_length(inds, 1) for inds in out.selection.foreground_inds]),
+            torch.cat([_length(inds, 1) for inds in out.fine_grained_inds]),
+            _length(out.hidden_states, 2),
+        )
+
+
+def pad_batch(images: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``(3, h_i, w_i)`` images -> a batched graph's inputs: ``(B, 3, H, W)`` padded bottom / right with 0 to
+    the largest height and width (as the PyTorch model pads a batch), and their sizes ``(B, 2)`` int64."""
+    height, width = max(image.shape[1] for image in images), max(image.shape[2] for image in images)
+    batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+    for i, image in enumerate(images):
+        batch[i, :, : image.shape[1], : image.shape[2]] = image
+    return batch, torch.tensor([list(image.shape[1:]) for image in images], dtype=torch.int64)
 
 
 def _checked_opset(opset) -> int:
@@ -147,38 +205,55 @@ def _eval_mode(module: nn.Module):
             submodule.training = training
 
 
+def _trace_inputs(sample_image: torch.Tensor, batched: bool) -> Tuple[torch.Tensor, ...]:
+    """What the graph is traced on: the sample image, or for a batched graph a batch of two, the sample and a smaller
+    crop of it: a batch of one would record the one-image branches (``if tokens.shape[0] == 1``) and no padding."""
+    if not batched:
+        return (sample_image,)
+    height, width = sample_image.shape[1:]
+    return pad_batch([sample_image, sample_image[:, : max(1, height * 3 // 4), : max(1, width * 3 // 4)]])
+
+
 def export_onnx(
     model: FocusDETR,
     path: str,
     sample_image: torch.Tensor,
     opset: int = DEFAULT_OPSET,
     msda_form: str = "grid_sample",
+    batched: bool = False,
 ) -> float:
     """Traces ``model`` (in eval mode, on the CPU) on ``sample_image`` (uint8 ``(3, H, W)`` torch tensor) and writes
-    ``path``; height and width are dynamic. ``opset``: an int from ``MIN_OPSET`` to :func:`max_export_opset`.
-    ``model`` is left in the train / eval mode it had. Returns the export time in seconds."""
+    ``path``; height and width are dynamic. ``batched``: the graph of :class:`BatchedExportableFocusDETR` (the batch
+    size is dynamic too), else :class:`ExportableFocusDETR`'s. ``opset``: an int from ``MIN_OPSET`` to
+    :func:`max_export_opset`. ``model`` is left in the train / eval mode it had. Returns the export time in seconds."""
     if msda_form not in MSDA_ONNX_FORMS:
         raise ValueError(f"msda_form must be one of {MSDA_ONNX_FORMS}, got {msda_form!r}")
     opset = _checked_opset(opset)
     _check_sample_image(sample_image)
-    wrapper = ExportableFocusDETR(model)
-    dynamic_axes = {INPUT_NAME: {1: "height", 2: "width"}}
-    for name in OUTPUT_NAMES[:3]:
-        dynamic_axes[name] = {0: "num_detections"}
+    if batched:
+        wrapper = BatchedExportableFocusDETR(model)
+        input_names, output_names = BATCHED_INPUT_NAMES, BATCHED_OUTPUT_NAMES
+        dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}, "image_sizes": {0: "batch"},
+                        "focus_token_nums": {0: "batch"}}
+        dynamic_axes.update({name: {0: "batch", 1: "num_detections"} for name in BATCHED_OUTPUT_NAMES[:4]})
+    else:
+        wrapper, input_names, output_names = ExportableFocusDETR(model), (INPUT_NAME,), OUTPUT_NAMES
+        dynamic_axes = {INPUT_NAME: {1: "height", 2: "width"}}
+        dynamic_axes.update({name: {0: "num_detections"} for name in OUTPUT_NAMES[:3]})
     start = time.perf_counter()
     with traceable_backbone(model), _eval_mode(wrapper), torch.no_grad(), onnx_msda_symbolic(opset, msda_form), \
             warnings.catch_warnings():
         # The tracer warns about every Python-side shape check it records as a constant; they are the model's fixed
-        # structure (levels, heads, batch 1), and the tests compare the graph with PyTorch at other sizes.
+        # structure (levels, heads), and the tests compare the graph with PyTorch at other sizes and batch sizes.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             wrapper,
-            (sample_image.cpu(),),
+            _trace_inputs(sample_image.cpu(), batched),
             path,
             dynamo=False,
             opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            input_names=list(input_names),
+            output_names=list(output_names),
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
@@ -191,21 +266,22 @@ def export_metadata(
     msda_form: str,
     input_format: str = "RGB",
     class_names: Optional[Sequence[str]] = None,
+    batched: bool = False,
 ) -> Dict:
     """What a runtime needs besides the graph (written as ``model.json`` next to ``model.onnx``)."""
     import onnx
 
     selector = model.transformer.foreground_selector
+    image_input = {"name": INPUT_NAME, "dtype": "uint8", "shape": ["3", "height", "width"], "format": input_format,
+                   "note": "already resized like the test loader; the graph normalises it"}
+    if batched:
+        image_input.update(name=BATCHED_INPUT_NAMES[0], shape=["batch", "3", "height", "width"])
+        image_input["note"] += (f"; padded bottom / right, each image's own (height, width) in "
+                                f"{BATCHED_INPUT_NAMES[1]} (batch, 2) int64")
     return {
-        "input": {
-            "name": INPUT_NAME,
-            "dtype": "uint8",
-            "shape": ["3", "height", "width"],
-            "format": input_format,
-            "note": "already resized like the test loader; the graph normalises it",
-        },
-        "outputs": list(OUTPUT_NAMES),
-        "batch_size": 1,
+        "input": image_input,
+        "outputs": list(BATCHED_OUTPUT_NAMES if batched else OUTPUT_NAMES),
+        "batch_size": "dynamic" if batched else 1,
         "pixel_mean": model.pixel_mean.flatten().tolist(),
         "pixel_std": model.pixel_std.flatten().tolist(),
         "num_classes": model.num_classes,

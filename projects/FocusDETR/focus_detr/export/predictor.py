@@ -2,7 +2,7 @@
 import json
 import numbers
 import os
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -10,8 +10,15 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 from ..engine.predictor import input_format
-from .onnx_export import INPUT_NAME, OUTPUT_NAMES, require_packages
-from .ranking import QUERY_RANKING_OUTPUT, graph_with_query_ranking
+from .onnx_export import (
+    BATCHED_INPUT_NAMES,
+    BATCHED_OUTPUT_NAMES,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    pad_batch,
+    require_packages,
+)
+from .ranking import graph_with_decisions
 
 __all__ = ["OnnxPredictor", "check_graph_fits_config", "check_onnx_file", "graph_weights"]
 
@@ -66,6 +73,26 @@ def _checked_output_size(height, width) -> Tuple[Optional[int], Optional[int]]:
     return tuple(None if value is None else int(value) for value in (height, width))
 
 
+def _check_image_list(images) -> None:
+    if not isinstance(images, (list, tuple)) or not images:
+        raise ValueError(f"OnnxPredictor: images must be a non-empty list of uint8 (3, H, W) images, got "
+                         f"{type(images).__name__}{' (empty)' if isinstance(images, (list, tuple)) else ''}")
+
+
+def _checked_output_sizes(output_sizes, num_images: int):
+    """``output_sizes`` (one ``(height, width)`` per image, see :func:`_checked_output_size`) as a list, or
+    ``num_images`` times ``(None, None)`` for None; else ValueError (one line)."""
+    if output_sizes is None:
+        return [(None, None)] * num_images
+    if not isinstance(output_sizes, (list, tuple)) or len(output_sizes) != num_images:
+        raise ValueError(f"OnnxPredictor: output_sizes must be one (height, width) per image ({num_images}), got "
+                         f"{output_sizes!r}"[:200])
+    for size in output_sizes:
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise ValueError(f"OnnxPredictor: output_sizes must be (height, width) pairs, got {size!r}")
+    return [_checked_output_size(*size) for size in output_sizes]
+
+
 # What model.json's readers rely on, by key ("input.format": the "format" of "input"); the tool writes more.
 _METADATA_TYPES = {"input": dict, "input.format": str, "num_classes": int, "config_file": str, "init_checkpoint": str,
                    "overrides": list}
@@ -101,6 +128,13 @@ def graph_weights(predictor: "OnnxPredictor", init_checkpoint: str) -> Optional[
     return repr(exported_from) if exported_from else "random weights"
 
 
+def _image_detections(outputs: Dict[str, np.ndarray], index: int) -> Dict[str, np.ndarray]:
+    """Image ``index``'s ``boxes``, ``scores`` and ``labels`` from a batched graph's outputs, without the boxes that
+    clipping left empty: what a one-image graph outputs."""
+    nonempty = outputs["nonempty"][index]
+    return {name: outputs[name][index][nonempty] for name in OUTPUT_NAMES[:3]}
+
+
 class OnnxPredictor:
     """An exported ``model.onnx`` on onnxruntime's CPU provider.
 
@@ -109,7 +143,9 @@ class OnnxPredictor:
     optionally the original ``height`` / ``width`` to rescale to (positive integers; None: the input's own size;
     anything else is a ValueError); it returns the same ``Instances`` as
     ``model([{"image": image, ...}])[0]["instances"]`` (``pred_boxes``, ``scores``, ``pred_classes``).
-    :meth:`run` returns the graph's raw outputs, token counts included.
+    :meth:`run` returns the graph's raw outputs, token counts included. A graph exported with ``batched=True``
+    (``batched`` is then True) does the same, and :meth:`predict_batch` / :meth:`run_batch` run several images in
+    one call, as ``model(batched_inputs)`` does.
 
     Args:
         path: the ``model.onnx`` written by ``tools/export_model.py`` (str or os.PathLike).
@@ -117,16 +153,16 @@ class OnnxPredictor:
         spin_wait: let onnxruntime's threads busy-wait for the next run (its default, lowest latency when nothing
             else runs); False when other CPU work runs between calls, which the waiting threads would slow down (the
             export tool's benchmark interleaves PyTorch).
-        query_ranking: also output the graph's query ranking (``query_ranking`` ``(1, Q)``, to compare with PyTorch
-            through near-ties, see :mod:`focus_detr.export.ranking`).
+        decisions: also output the graph's ranking decisions (``query_ranking`` and the token sets of every encoder
+            layer, to compare with PyTorch through near-ties, see :mod:`focus_detr.export.ranking`).
     """
 
     def __init__(
         self, path: Union[str, os.PathLike], num_threads: Optional[int] = None, spin_wait: bool = True,
-        query_ranking: bool = False
+        decisions: bool = False
     ):
         path, num_threads = _checked_graph_path(path), _checked_num_threads(num_threads)
-        require_packages("onnxruntime", *(["onnx"] if query_ranking else []))
+        require_packages("onnxruntime", *(["onnx"] if decisions else []))
         import onnxruntime
 
         check_onnx_file(path)
@@ -140,18 +176,20 @@ class OnnxPredictor:
         # A failed run is raised below as one line; onnxruntime's own log line of it would repeat it.
         self._run_options = onnxruntime.RunOptions()
         self._run_options.log_severity_level = 4
-        self.output_names = list(OUTPUT_NAMES) + ([QUERY_RANKING_OUTPUT] if query_ranking else [])
         try:
-            graph = graph_with_query_ranking(path) if query_ranking else path
+            graph, decision_outputs = graph_with_decisions(path) if decisions else (path, [])
             self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own exception types for unreadable / invalid files
             raise ValueError(f"cannot load {path} with onnxruntime: {str(error).strip().splitlines()[-1]}") from None
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        if inputs != [INPUT_NAME] or outputs != self.output_names:
+        self.batched = inputs == list(BATCHED_INPUT_NAMES)
+        self.output_names = list(BATCHED_OUTPUT_NAMES if self.batched else OUTPUT_NAMES) + decision_outputs
+        if inputs not in ([INPUT_NAME], list(BATCHED_INPUT_NAMES)) or outputs != self.output_names:
             raise ValueError(
-                f"{path} is not a Focus-DETR export: inputs {inputs}, outputs {outputs} "
-                f"(expected [{INPUT_NAME!r}], {self.output_names})"
+                f"{path} is not a Focus-DETR export: inputs {inputs}, outputs {outputs} (expected [{INPUT_NAME!r}] "
+                f"and {list(OUTPUT_NAMES) + decision_outputs}, or {list(BATCHED_INPUT_NAMES)} and "
+                f"{list(BATCHED_OUTPUT_NAMES) + decision_outputs})"
             )
         self.metadata_path = os.path.join(os.path.dirname(path), "model.json")
         self.metadata: Dict = {}  # empty when the graph has no model.json next to it (exported elsewhere)
@@ -165,27 +203,70 @@ class OnnxPredictor:
             _check_metadata(self.metadata, self.metadata_path)
 
     @staticmethod
-    def _as_array(image: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+    def _as_array(image: Union[torch.Tensor, np.ndarray], name: str = "image") -> np.ndarray:
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu().numpy()
         if not isinstance(image, np.ndarray):
-            raise ValueError(f"OnnxPredictor: image must be a torch tensor or numpy array, got {type(image).__name__}")
+            raise ValueError(f"OnnxPredictor: {name} must be a torch tensor or numpy array, got {type(image).__name__}")
         if image.dtype != np.uint8:
-            raise ValueError(f"OnnxPredictor: image must be uint8 (3, H, W), got dtype {image.dtype}")
+            raise ValueError(f"OnnxPredictor: {name} must be uint8 (3, H, W), got dtype {image.dtype}")
         if image.ndim != 3 or image.shape[0] != 3 or image.shape[1] < 1 or image.shape[2] < 1:
-            raise ValueError(f"OnnxPredictor: image must be uint8 (3, H, W), got shape {tuple(image.shape)}")
+            raise ValueError(f"OnnxPredictor: {name} must be uint8 (3, H, W), got shape {tuple(image.shape)}")
         return np.ascontiguousarray(image)
 
-    def run(self, image: Union[torch.Tensor, np.ndarray]) -> Dict[str, np.ndarray]:
-        """The graph's outputs by name (see ``focus_detr.export.OUTPUT_NAMES``)."""
-        image = self._as_array(image)
+    def _session_run(self, feed: Dict[str, np.ndarray], what: str, size) -> Dict[str, np.ndarray]:
         try:
-            outputs = self.session.run(None, {INPUT_NAME: image}, self._run_options)
+            outputs = self.session.run(None, feed, self._run_options)
         except Exception as error:  # onnxruntime's own exception types; e.g. a graph traced at one size only
             message = " ".join(str(error).split())
-            raise ValueError(f"onnxruntime cannot run {self.path} on a {image.shape[1]}x{image.shape[2]} image: "
-                             f"{message}{self._traced_size_hint(image.shape[1:])}") from None
+            raise ValueError(f"onnxruntime cannot run {self.path} on {what}: {message}"
+                             f"{self._traced_size_hint(size)}") from None
         return dict(zip(self.output_names, outputs))
+
+    def run(self, image: Union[torch.Tensor, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The graph's outputs by name (see ``focus_detr.export.OUTPUT_NAMES``), for a batched graph too."""
+        image = self._as_array(image)
+        if not self.batched:
+            size = image.shape[1:]
+            return self._session_run({INPUT_NAME: image}, f"a {size[0]}x{size[1]} image", size)
+        outputs = self.run_batch([image])
+        batch_wide = {name: outputs[name] for name in self.output_names if name not in BATCHED_OUTPUT_NAMES[:5]}
+        return {**_image_detections(outputs, 0), **batch_wide}
+
+    def run_batch(self, images: Sequence[Union[torch.Tensor, np.ndarray]]) -> Dict[str, np.ndarray]:
+        """A batched graph's outputs by name (``focus_detr.export.BATCHED_OUTPUT_NAMES``) for ``images``, uint8
+        ``(3, h_i, w_i)`` each, padded to the largest as the PyTorch model pads a batch."""
+        if not self.batched:
+            raise ValueError(f"{self.path} takes one image at a time: export it with --batched (tools/export_model.py) "
+                             "to run several in one call")
+        _check_image_list(images)
+        arrays = [torch.from_numpy(self._as_array(image, f"images[{i}]")) for i, image in enumerate(images)]
+        batch, sizes = pad_batch(arrays)
+        what = f"{len(arrays)} image(s) padded to {batch.shape[2]}x{batch.shape[3]}"
+        feed = {BATCHED_INPUT_NAMES[0]: batch.numpy(), BATCHED_INPUT_NAMES[1]: sizes.numpy()}
+        return self._session_run(feed, what, batch.shape[2:])
+
+    def predict_batch(
+        self, images: Sequence[Union[torch.Tensor, np.ndarray]],
+        output_sizes: Optional[Sequence[Tuple[Optional[int], Optional[int]]]] = None,
+    ) -> List[Instances]:
+        """``model([{"image": image, "height": h, "width": w}, ...])``'s ``Instances`` per image, from one run of a
+        batched graph. output_sizes: ``(height, width)`` per image to rescale to (None: the inputs' own sizes)."""
+        _check_image_list(images)
+        output_sizes = _checked_output_sizes(output_sizes, len(images))  # before the graph runs
+        return self.batch_instances(self.run_batch(images), [tuple(image.shape[1:]) for image in images], output_sizes)
+
+    @classmethod
+    def batch_instances(
+        cls, outputs: Dict[str, np.ndarray], image_sizes: Sequence[Tuple[int, int]],
+        output_sizes: Optional[Sequence[Tuple[Optional[int], Optional[int]]]] = None,
+    ) -> List[Instances]:
+        """:meth:`run_batch`'s outputs for images of ``image_sizes`` as ``Instances`` per image (:meth:`instances`)."""
+        output_sizes = _checked_output_sizes(output_sizes, len(image_sizes))
+        return [
+            cls.instances(_image_detections(outputs, i), tuple(size), height, width)
+            for i, (size, (height, width)) in enumerate(zip(image_sizes, output_sizes))
+        ]
 
     def _traced_size_hint(self, size) -> str:
         """What to do when the graph failed at ``size`` (H, W) and model.json says it was traced at another one."""

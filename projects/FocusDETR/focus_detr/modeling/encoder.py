@@ -263,8 +263,9 @@ class CascadeDualAttentionEncoder(nn.Module):
             foreground_refs = gather_tokens(reference_points, rows_0)
             foreground_scores = gather_tokens(selection.selection_scores, rows_0)
         # Without autograd, the foreground copy is updated in place by every layer instead of a copy per layer
-        # (the gathers from it save it for backward, so training scatters out of place).
-        in_place = not torch.is_grad_enabled()
+        # (the gathers from it save it for backward, so training scatters out of place). Not when traced: the ONNX
+        # exporter drops writes made through a view, as the scatter of a batch of several images is.
+        in_place = not torch.is_grad_enabled() and not torch.jit.is_tracing()
         if in_place and inds_0 is None:
             foreground = foreground.clone()
         # The tokens' sampling rows, built once: each layer takes its tokens' rows, as it takes their features.

@@ -115,10 +115,15 @@ def token_proposals(
     return proposals, valid
 
 
-def image_padding_masks(batch_size: int, padded_size, image_sizes, device) -> Tensor:
-    """``(B, H, W)`` bool, True outside each image's own size (images top-left aligned in the padded batch)."""
+def image_padding_masks(padded_size, image_sizes, device) -> Tensor:
+    """``(B, H, W)`` bool, True outside each image's own size (images top-left aligned in the padded batch).
+    image_sizes: ``(h, w)`` per image, or a ``(B, 2)`` int64 tensor (the input of a batched exported graph, where the
+    batch size is a graph value too)."""
     height, width = padded_size
-    masks = torch.ones((batch_size, height, width), dtype=torch.bool, device=device)
+    if isinstance(image_sizes, Tensor):
+        rows = torch.arange(height, device=device)[None, :, None] >= image_sizes[:, 0, None, None]
+        return rows | (torch.arange(width, device=device)[None, None, :] >= image_sizes[:, 1, None, None])
+    masks = torch.ones((len(image_sizes), height, width), dtype=torch.bool, device=device)
     for i, (h, w) in enumerate(image_sizes):
         masks[i, :h, :w] = False
     return masks
@@ -133,8 +138,9 @@ def build_token_layout(
     device,
 ) -> TokenLayout:
     """The :class:`TokenLayout` of a batch of images of ``image_sizes`` padded to ``padded_size``, whose feature
-    levels have ``level_shapes``. Sizes are Python ints, or graph values under ``torch.jit.trace``."""
-    image_masks = image_padding_masks(len(image_sizes), padded_size, image_sizes, device)
+    levels have ``level_shapes``. Sizes are Python ints, or graph values under ``torch.jit.trace`` (``image_sizes``
+    then also a ``(B, 2)`` tensor, see :func:`image_padding_masks`)."""
+    image_masks = image_padding_masks(padded_size, image_sizes, device)
     masks = [F.interpolate(image_masks[None].float(), size=shape).to(torch.bool)[0] for shape in level_shapes]
     position_embeddings = torch.cat([position_embedding(m).flatten(2).transpose(1, 2) for m in masks], 1)
     padding_mask = torch.cat([m.flatten(1) for m in masks], 1)

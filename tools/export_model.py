@@ -9,7 +9,8 @@
 
 Builds the model, loads ``train.init_checkpoint`` (ours or an official detrex file; the EMA weights it carries when
 the config evaluates with them; empty = random weights, with a warning), traces it on one CPU image of
-``--sample-size`` and writes ``DIR/model.onnx`` and ``DIR/model.json``
+``--sample-size`` (with ``--batched``, on a padded batch of it and a 3/4 crop of it) and writes ``DIR/model.onnx``
+and ``DIR/model.json``
 (input format, pixel mean/std, class names, keep ratios, opset, versions, export time, file size). The graph takes a
 uint8 ``image`` ``(3, H, W)`` of any size (batch 1) and returns ``boxes`` ``(K, 4)`` xyxy input pixels (clipped to the
 image, as the PyTorch model's are), ``scores``, ``labels`` and the token counts; run it with
@@ -19,7 +20,7 @@ size, ``images`` ``(B, 3, H, W)`` and ``image_sizes`` ``(B, 2)``, and returns ``
 
 After writing, the graph is checked (``onnx.checker``, no custom-domain node) and compared with the PyTorch model
 at the sample size and each ``--verify-sizes`` (top-100 detections matched by class, IoU >= 0.99, |d score| <= 1e-3;
-same token counts), a batched graph also on a padded batch of two. Where detections differ, PyTorch is run again
+same token counts), a batched graph also on a padded batch of three. Where detections differ, PyTorch is run again
 with the graph's ranking decisions (foreground and fine-grained tokens of each encoder layer, query ranking), if each
 is PyTorch's own up to near-tied scores (see ``focus_detr.export.ranking``: a swapped pair of near-equal scores
 changes detections, common with random weights); a difference beyond that is reported, and the exit status is 1.
@@ -104,7 +105,8 @@ def parse_args(argv=None):
     parser.add_argument("--msda-form", choices=MSDA_ONNX_FORMS, default="grid_sample",
                         help="ONNX form of the deformable attention (grid_sample: faster on onnxruntime CPU)")
     parser.add_argument("--sample-size", type=positive_int, nargs=2, metavar=("H", "W"), default=[800, 1333],
-                        help="size of the random image the graph is traced on (the graph accepts any size)")
+                        help="size of the random image the graph is traced on (the graph accepts any size; "
+                             "--batched traces a batch of it and a 3/4 crop of it)")
     parser.add_argument("--batched", action="store_true",
                         help="a graph that takes a padded batch of any size: images (B, 3, H, W) and image_sizes "
                              "(B, 2) (default: one image (3, H, W) at a time)")
@@ -112,8 +114,9 @@ def parse_args(argv=None):
                         help="also compare onnxruntime with PyTorch at these sizes")
     parser.add_argument("--benchmark", type=parse_size, nargs="*", default=[], metavar="HxW",
                         help="time onnxruntime against PyTorch at these sizes (interleaved)")
-    parser.add_argument("--batch-size", type=positive_int, default=4,
-                        help="with --batched, --benchmark also times this many images run one by one and as a batch")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="with --batched, --benchmark also times this many images (default 4) run one by one and "
+                             "as a batch")
     parser.add_argument("--compare-msda-forms", action="store_true",
                         help="also export the other MSDA form(s) (DIR/model_<form>.onnx) and time them in the benchmark")
     parser.add_argument("--evaluate", action="store_true",
@@ -212,6 +215,9 @@ def _check_opset(opset):
 
 def _check_arguments(args):
     _check_opset(args.opset)
+    if args.batch_size is not None and not (args.batched and args.benchmark):
+        raise ValueError("--batch-size sets how many images --benchmark times as a batch: it needs --batched and "
+                         "--benchmark")
     if args.warmup < 0 or args.repeats < 1 or args.threads < 1:
         raise ValueError("--warmup must be >= 0, --repeats and --threads >= 1")
     if args.onnx is not None:
@@ -331,7 +337,7 @@ def report_benchmark(model, path, sample, args):
         print(f"{row['size']:<12}{row['pytorch_ms']:>12.0f}{cells}{row['speedup']:>9.2f}x")
     report = {"threads": args.threads, "msda_form": args.msda_form, "rows": rows}
     if predictors["onnxruntime"].batched:
-        report["batches"] = benchmark_batches(model, predictors["onnxruntime"], args.benchmark, args.batch_size,
+        report["batches"] = benchmark_batches(model, predictors["onnxruntime"], args.benchmark, args.batch_size or 4,
                                               args.warmup, args.repeats)
         for row in report["batches"]:
             print(f"{row['size']}, {row['batch_size']} images one by one and as a batch, ms per image (median of "

@@ -72,6 +72,8 @@ def test_predict_batch_rescales_each_image_and_reports_per_image_budgets(batched
     results = predictor.predict_batch(images, [(448, 576), (None, None)])
     assert [r.image_size for r in results] == [(448, 576), (200, 256)]
     alone = predictor.predict_batch(images)
+    as_array = predictor.predict_batch(images, np.array([[448, 576], [200, 256]]))  # an (N, 2) array of sizes
+    torch.testing.assert_close(as_array[0].pred_boxes.tensor, results[0].pred_boxes.tensor)
     torch.testing.assert_close(results[0].pred_boxes.tensor, alone[0].pred_boxes.tensor * 2)
     outputs = predictor.run_batch([image.numpy() for image in images])
     assert outputs["boxes"].shape[:2] == outputs["nonempty"].shape == (2, 300)
@@ -84,6 +86,7 @@ def test_predict_batch_rescales_each_image_and_reports_per_image_budgets(batched
 def test_bad_batches_are_refused_in_one_line(batched_export, tiny_export):
     predictor = OnnxPredictor(str(batched_export / "model.onnx"), num_threads=1)
     image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    outputs = predictor.run_batch([image, image])
     for call, message in (
         (lambda: predictor.run_batch([]), "non-empty list"),
         (lambda: predictor.run_batch(image), "non-empty list of uint8"),
@@ -93,6 +96,11 @@ def test_bad_batches_are_refused_in_one_line(batched_export, tiny_export):
         (lambda: predictor.predict_batch([image], [(0, 10)]), "height must be a positive integer"),
         (lambda: predictor.predict_batch([image], [10]), "\\(height, width\\) pairs"),
         (lambda: OnnxPredictor(str(tiny_export / "model.onnx")).run_batch([image]), "export it with --batched"),
+        (lambda: predictor.predict_batch([image, image], np.ones((3, 2), int)), r"per image \(2\), got \[\[1, 1\], "),
+        (lambda: predictor.batch_instances(outputs, [(64, 64)]), r"one \(height, width\) per image \(2\)"),
+        (lambda: predictor.batch_instances(outputs, None), r"one \(height, width\) per image \(2\), got None"),
+        (lambda: predictor.batch_instances(outputs, [(64, 64), (0, 64)]), "positive integers, got \\(0, 64\\)"),
+        (lambda: predictor.batch_instances(predictor.run(image), [(64, 64)]), "a batched graph's outputs"),
     ):
         with pytest.raises(ValueError, match=message) as info:
             call()
@@ -107,10 +115,15 @@ def test_export_tool_checks_and_times_a_padded_batch_and_refuses_batched_with_on
         "--threads", "1", "--benchmark", "96x128", "--warmup", "0", "--repeats", "1", "--batch-size", "3",
     ])) == []
     out = capsys.readouterr().out
-    assert "any batch size" in out and "batch of 2 (160x192, " in out, out
+    assert "any batch size" in out and "batch of 3 (160x192, 128x154, 160x192)" in out, out
     assert "96x128, 3 images one by one and as a batch" in out, out
     (batches,) = json.loads((output / "benchmark.json").read_text())["batches"]
     assert batches["batch_size"] == 3 and batches["onnxruntime_batched_ms_per_image"] > 0
+    with pytest.raises(ValueError, match="--batch-size sets how many images --benchmark times as a batch"):
+        export_tool.main(export_tool.parse_args([
+            "--config-file", str(TINY_CONFIG), "--output", str(tmp_path / "x"), "--benchmark", "96x128",
+            "--batch-size", "2",
+        ]))
     with pytest.raises(ValueError, match="--batched is how a graph is exported: drop --onnx"):
         export_tool.main(export_tool.parse_args([
             "--config-file", str(TINY_CONFIG), "--output", str(tmp_path / "x"), "--onnx",

@@ -79,18 +79,44 @@ def _check_image_list(images) -> None:
                          f"{type(images).__name__}{' (empty)' if isinstance(images, (list, tuple)) else ''}")
 
 
+def _shown(value) -> str:
+    """``repr(value)`` on one line, cut to a readable length (an array's repr spans lines)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _size_pairs(sizes, name: str, count: int) -> list:
+    """``sizes`` (a list or tuple of ``count`` pairs, or an ``(count, 2)`` array) as a list of pairs; else ValueError
+    (one line)."""
+    if isinstance(sizes, (np.ndarray, torch.Tensor)):
+        sizes = sizes.tolist()
+    if not isinstance(sizes, (list, tuple)) or len(sizes) != count:
+        raise ValueError(f"OnnxPredictor: {name} must be one (height, width) per image ({count}), got {_shown(sizes)}")
+    for size in sizes:
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise ValueError(f"OnnxPredictor: {name} must be (height, width) pairs, got {_shown(size)}")
+    return list(sizes)
+
+
 def _checked_output_sizes(output_sizes, num_images: int):
-    """``output_sizes`` (one ``(height, width)`` per image, see :func:`_checked_output_size`) as a list, or
-    ``num_images`` times ``(None, None)`` for None; else ValueError (one line)."""
+    """``output_sizes`` (one ``(height, width)`` per image, each side as :func:`_checked_output_size` takes it) as a
+    list, or ``num_images`` times ``(None, None)`` for None; else ValueError (one line)."""
     if output_sizes is None:
         return [(None, None)] * num_images
-    if not isinstance(output_sizes, (list, tuple)) or len(output_sizes) != num_images:
-        raise ValueError(f"OnnxPredictor: output_sizes must be one (height, width) per image ({num_images}), got "
-                         f"{output_sizes!r}"[:200])
-    for size in output_sizes:
-        if not isinstance(size, (list, tuple)) or len(size) != 2:
-            raise ValueError(f"OnnxPredictor: output_sizes must be (height, width) pairs, got {size!r}")
-    return [_checked_output_size(*size) for size in output_sizes]
+    return [_checked_output_size(*size) for size in _size_pairs(output_sizes, "output_sizes", num_images)]
+
+
+def _checked_batch_outputs(outputs, image_sizes) -> list:
+    """``image_sizes`` as ``(height, width)`` int pairs, one per image of the batched graph's ``outputs``; else
+    ValueError (one line)."""
+    if not isinstance(outputs, dict) or "nonempty" not in outputs:
+        raise ValueError("OnnxPredictor: outputs must be a batched graph's outputs by name (run_batch's)")
+    sizes = _size_pairs(image_sizes, "image_sizes", len(outputs["nonempty"]))
+    for size in sizes:
+        if not all(isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1 for side in size):
+            raise ValueError(f"OnnxPredictor: image_sizes must be the network inputs' (height, width), positive "
+                             f"integers, got {_shown(size)}")
+    return [(int(height), int(width)) for height, width in sizes]
 
 
 # What model.json's readers rely on, by key ("input.format": the "format" of "input"); the tool writes more.
@@ -251,7 +277,8 @@ class OnnxPredictor:
         output_sizes: Optional[Sequence[Tuple[Optional[int], Optional[int]]]] = None,
     ) -> List[Instances]:
         """``model([{"image": image, "height": h, "width": w}, ...])``'s ``Instances`` per image, from one run of a
-        batched graph. output_sizes: ``(height, width)`` per image to rescale to (None: the inputs' own sizes)."""
+        batched graph. output_sizes: one ``(height, width)`` per image to rescale to, each side a positive integer or
+        None (that image's own); None: every image's own size."""
         _check_image_list(images)
         output_sizes = _checked_output_sizes(output_sizes, len(images))  # before the graph runs
         return self.batch_instances(self.run_batch(images), [tuple(image.shape[1:]) for image in images], output_sizes)
@@ -261,10 +288,12 @@ class OnnxPredictor:
         cls, outputs: Dict[str, np.ndarray], image_sizes: Sequence[Tuple[int, int]],
         output_sizes: Optional[Sequence[Tuple[Optional[int], Optional[int]]]] = None,
     ) -> List[Instances]:
-        """:meth:`run_batch`'s outputs for images of ``image_sizes`` as ``Instances`` per image (:meth:`instances`)."""
+        """:meth:`run_batch`'s outputs for images of ``image_sizes`` (the network inputs' ``(height, width)``, one per
+        image of the batch) as ``Instances`` per image (:meth:`instances`)."""
+        image_sizes = _checked_batch_outputs(outputs, image_sizes)
         output_sizes = _checked_output_sizes(output_sizes, len(image_sizes))
         return [
-            cls.instances(_image_detections(outputs, i), tuple(size), height, width)
+            cls.instances(_image_detections(outputs, i), size, height, width)
             for i, (size, (height, width)) in enumerate(zip(image_sizes, output_sizes))
         ]
 

@@ -79,7 +79,7 @@ def graph_decisions(outputs: Dict[str, np.ndarray]) -> Dict[str, Optional[List[t
 
 
 class ForcedQueryRanking:
-    """While active, ``model.transformer.select_queries`` returns ``ranking`` (``(1, Q)`` proposal indices, best
+    """While active, ``model.transformer.select_queries`` returns ``ranking`` (``(B, Q)`` proposal indices, best
     first) instead of its own choice, if ``ranking`` is its choice up to ties (:func:`ranking_gap`, rank by rank).
     Otherwise the model keeps its own choice.
 

@@ -1,17 +1,18 @@
 """detectron2's Swin Transformer with its sizes kept as graph values while traced, so that an ONNX graph of a Swin
-model runs at any input size.
+model runs at any input size and batch size.
 
 detectron2's ``SwinTransformer`` turns sizes into Python numbers in a few places: the padded size and the regions
-of the shifted-window attention mask (``np.ceil`` and slice loops), and three ``if``\\ s on whether a size needs
-padding (patch embedding, window attention, patch merging). Tracing records each as a constant, so its graph ran
-only at the size it was traced at. :class:`TraceableSwin` runs the same submodules (the same weights and the same
-operations, hence the same numbers) with those computations written as tensor operations on the traced sizes.
+of the shifted-window attention mask (``np.ceil`` and slice loops), three ``if``\\ s on whether a size needs
+padding (patch embedding, window attention, patch merging), and the batch size in ``window_reverse`` (``int()``).
+Tracing records each as a constant, so its graph ran only at the size it was traced at. :class:`TraceableSwin` runs
+the same submodules (the same weights and the same operations, hence the same numbers) with those computations
+written as tensor operations on the traced sizes.
 """
 import contextlib
 
 import torch
 import torch.nn.functional as F
-from detectron2.modeling.backbone.swin import SwinTransformer, window_partition, window_reverse
+from detectron2.modeling.backbone.swin import SwinTransformer, window_partition
 from torch import nn
 
 __all__ = ["TraceableSwin", "traceable_backbone"]
@@ -47,6 +48,14 @@ def _shifted_window_mask(height, width, window_size: int, shift_size: int, devic
     return differences.masked_fill(differences != 0, -100.0).masked_fill(differences == 0, 0.0)
 
 
+def _window_reverse(windows: torch.Tensor, window_size: int, height, width) -> torch.Tensor:
+    """detectron2's ``window_reverse``: windows ``(B * num_windows, window_size, window_size, C)`` -> ``(B, height,
+    width, C)``, with the batch size left to the reshape (detectron2 computes it with ``int()``, which tracing froze:
+    a graph traced on a batch of two scrambled the features of every other batch size)."""
+    x = windows.view(-1, height // window_size, width // window_size, window_size, window_size, windows.shape[-1])
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, height, width, windows.shape[-1])
+
+
 def _run_block(block: nn.Module, x: torch.Tensor, height, width, mask: torch.Tensor) -> torch.Tensor:
     """detectron2's ``SwinTransformerBlock.forward`` on ``x`` ``(B, height * width, C)``, cropping the window padding
     off whatever its size (the original crops only where the traced size was padded)."""
@@ -59,7 +68,7 @@ def _run_block(block: nn.Module, x: torch.Tensor, height, width, mask: torch.Ten
         x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
     windows = window_partition(x, window).view(-1, window * window, channels)
     windows = block.attn(windows, mask=mask if shift > 0 else None)
-    x = window_reverse(windows.view(-1, window, window, channels), window, padded_height, padded_width)
+    x = _window_reverse(windows.view(-1, window, window, channels), window, padded_height, padded_width)
     if shift > 0:
         x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
     x = x[:, :height, :width, :].contiguous().view(batch, height * width, channels)

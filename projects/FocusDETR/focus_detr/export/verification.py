@@ -12,12 +12,13 @@ TOP_DETECTIONS = 100
 
 
 def check_batch_sizes(size, keep_ratio):
-    """The sizes of the batch a batched graph is checked on: ``size`` (H, W) and a smaller one, which gets padded.
-    Its area is ``keep_ratio`` + 0.15 of the larger one's (at most all of it): an image with fewer valid tokens than
-    the batch's largest foreground budget also keeps padding tokens, picked among equal scores in an order each
-    runtime chooses for itself (docs/export.md), and this check compares what the model determines."""
+    """The sizes of the batch a batched graph is checked on: ``size`` (H, W), a smaller one, which gets padded, and
+    ``size`` again: three images, since the graph is traced on two, and a size it froze would still fit two. The
+    smaller one's area is ``keep_ratio`` + 0.15 of the larger one's (at most all of it): an image with fewer valid
+    tokens than the batch's largest foreground budget also keeps padding tokens, picked among equal scores in an order
+    each runtime chooses for itself (docs/export.md), and this check compares what the model determines."""
     side = min(1.0, keep_ratio + 0.15) ** 0.5
-    return [tuple(size), tuple(max(1, int(length * side)) for length in size)]
+    return [tuple(size), tuple(max(1, int(length * side)) for length in size), tuple(size)]
 
 
 def _run_graph(predictor, items):

@@ -50,11 +50,11 @@ import os
 import shutil
 import statistics
 import sys
-import time
 
 import torch
 
 from focus_detr.analysis.inputs import synthetic_inputs
+from focus_detr.analysis.timing import median_ratio, time_interleaved
 from focus_detr.engine import build_model, check_datasets_registered, check_output_dir, load_config
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides, positive_int
 from focus_detr.engine.checkpoint import atomic_write
@@ -159,14 +159,8 @@ def benchmark(model, predictors, sizes, warmup, repeats):
         item = synthetic_inputs(height, width)[0]
         runs = {"pytorch": lambda: model([item])}
         runs.update({name: (lambda p=p: p(item["image"])) for name, p in predictors.items()})
-        seconds = {name: [] for name in runs}
         with torch.no_grad():
-            for step in range(warmup + repeats):
-                for name, run in runs.items():
-                    start = time.perf_counter()
-                    run()
-                    if step >= warmup:
-                        seconds[name].append(time.perf_counter() - start)
+            seconds = time_interleaved(runs, "cpu", warmup, repeats)
         medians = {name: 1000 * statistics.median(s) for name, s in seconds.items()}
         rows.append({"size": f"{height}x{width}", "repeats": repeats, **{f"{k}_ms": v for k, v in medians.items()},
                      "speedup": medians["pytorch"] / medians["onnxruntime"],
@@ -188,19 +182,14 @@ def benchmark_batches(model, predictor, sizes, batch_size, warmup, repeats):
             "onnxruntime_one_by_one": lambda: [predictor(image) for image in images],
             "onnxruntime_batched": lambda: predictor.predict_batch(images),
         }
-        seconds = {name: [] for name in runs}
         with torch.no_grad():
-            for step in range(warmup + repeats):
-                for name, run in runs.items():
-                    start = time.perf_counter()
-                    run()
-                    if step >= warmup:
-                        seconds[name].append(time.perf_counter() - start)
+            seconds = time_interleaved(runs, "cpu", warmup, repeats)
         row = {"size": f"{height}x{width}", "batch_size": batch_size, "repeats": repeats}
         row.update({f"{name}_ms_per_image": 1000 * statistics.median(s) / batch_size for name, s in seconds.items()})
         for runtime in ("pytorch", "onnxruntime"):
-            ratios = [b / o for b, o in zip(seconds[f"{runtime}_batched"], seconds[f"{runtime}_one_by_one"])]
-            row[f"{runtime}_batched_over_one_by_one"] = statistics.median(ratios)
+            row[f"{runtime}_batched_over_one_by_one"] = median_ratio(
+                seconds[f"{runtime}_batched"], seconds[f"{runtime}_one_by_one"]
+            )
         rows.append(row)
     return rows
 

@@ -138,3 +138,23 @@ def test_padding_masks_from_a_sizes_tensor_are_those_from_python_ints():
     batch, tensor_sizes = pad_batch([torch.ones(3, h, w, dtype=torch.uint8) for h, w in sizes])
     assert batch.shape == (4, 3, 5, 7) and tensor_sizes.tolist() == [list(size) for size in sizes]
     assert torch.equal(batch[:, 0] == 0, expected)
+
+
+def test_graph_takes_image_sizes_within_the_batchs_pixels(batched_export):
+    # onnxruntime called directly: a size past the pixels scaled boxes beyond them (a box to x = 320 in a 160-wide
+    # batch); 0 or negative gave an image without detections, silently
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(batched_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    images, _ = pad_batch([item["image"] for item in _items([(128, 160), (128, 160)])])
+
+    def run(sizes):
+        return dict(zip([o.name for o in session.get_outputs()],
+                        session.run(None, {"images": images.numpy(), "image_sizes": np.array(sizes, np.int64)})))
+
+    expected = run([[128, 160], [1, 1]])
+    for sizes in ([[256, 320], [0, 0]], [[129, 999], [-5, 1]]):
+        outputs = run(sizes)
+        for name in ("boxes", "scores", "nonempty", "focus_token_nums"):
+            np.testing.assert_array_equal(outputs[name], expected[name], err_msg=f"{sizes} {name}")
+    assert expected["boxes"][0].max() <= 160

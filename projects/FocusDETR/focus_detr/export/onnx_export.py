@@ -126,8 +126,8 @@ class BatchedExportableFocusDETR(nn.Module):
     """A FocusDETR's inference on a padded batch, with tensor inputs and outputs only.
 
     ``forward(images, image_sizes)``: uint8 ``(B, 3, H, W)`` images in the model's input format, already resized,
-    each top-left in the batch (the rest is ignored), and their own ``(height, width)`` ``(B, 2)`` int64 -> the
-    tensors of :data:`BATCHED_OUTPUT_NAMES`. Padded to the largest image, these are ``model(batched_inputs)``'s
+    each top-left in the batch (the rest is ignored), and their own ``(height, width)`` ``(B, 2)`` int64 (taken
+    within 1 and the batch's ``H`` / ``W``) -> the tensors of :data:`BATCHED_OUTPUT_NAMES`. Padded to the largest image, these are ``model(batched_inputs)``'s
     detections: boxes in each image's pixels, clipped to it, with ``nonempty`` False where detectron2 drops a box.
     """
 
@@ -139,6 +139,9 @@ class BatchedExportableFocusDETR(nn.Module):
 
     def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         model = self.model
+        # A size past the batch's pixels (or below 1) would scale the boxes beyond the image: each side is taken
+        # within [1, the batch's side].
+        image_sizes = torch.minimum(image_sizes.clamp(min=1), torch._shape_as_tensor(images)[2:])
         padding = image_padding_masks(images.shape[-2:], image_sizes, images.device)
         # what FocusDETR.preprocess_image does: normalised, then 0 where padded
         pixels = ((images.float() - model.pixel_mean) / model.pixel_std).masked_fill(padding[:, None], 0.0)

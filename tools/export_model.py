@@ -295,9 +295,8 @@ def verify(model, path, args):
     sizes = [tuple(args.sample_size)] + list(args.verify_sizes)
     checks = [[synthetic_inputs(height, width, seed=1)[0]] for height, width in sizes]
     if predictor.batched:
-        keep_ratio = model.transformer.foreground_selector.keep_ratio
         checks.append([synthetic_inputs(height, width, seed=2 + i)[0]
-                       for i, (height, width) in enumerate(check_batch_sizes(args.sample_size, keep_ratio))])
+                       for i, (height, width) in enumerate(check_batch_sizes(args.sample_size))])
     failures = []
     for items in checks:
         line, ok = compare_with_pytorch(model, predictor, items)

@@ -11,14 +11,13 @@ __all__ = ["TOP_DETECTIONS", "check_batch_sizes", "compare_with_pytorch", "input
 TOP_DETECTIONS = 100
 
 
-def check_batch_sizes(size, keep_ratio):
-    """The sizes of the batch a batched graph is checked on: ``size`` (H, W), a smaller one, which gets padded, and
-    ``size`` again: three images, since the graph is traced on two, and a size it froze would still fit two. The
-    smaller one's area is ``keep_ratio`` + 0.15 of the larger one's (at most all of it): an image with fewer valid
-    tokens than the batch's largest foreground budget also keeps padding tokens, picked among equal scores in an order
-    each runtime chooses for itself (docs/export.md), and this check compares what the model determines."""
-    side = min(1.0, keep_ratio + 0.15) ** 0.5
-    return [tuple(size), tuple(max(1, int(length * side)) for length in size), tuple(size)]
+def check_batch_sizes(size):
+    """The sizes of the batch a batched graph is checked on: ``size`` (H, W), one of half its sides, and ``size``
+    again: three images, since the graph is traced on two, and a batch size it froze would still fit two. The small
+    one is padded, and with a quarter of the area it has fewer valid tokens than the batch's largest foreground
+    budget, so it keeps padding tokens too, all of one score (the check takes the graph's choice among them, an exact
+    tie, by the tie rule)."""
+    return [tuple(size), tuple(max(1, length // 2) for length in size), tuple(size)]
 
 
 def _run_graph(predictor, items):
@@ -55,13 +54,19 @@ def inputs_label(items):
 
 
 def _decisions_text(report: Report, forced: ForcedQueryRanking, num_ranks: int) -> str:
-    """The graph's decisions that are not PyTorch's, as the log line shows them (all of them: "none differ")."""
-    differing = []
+    """The graph's decisions that are not PyTorch's, as the log line shows them: token sets that differ only among
+    exactly equal scores (padding tokens, flat areas) counted, the others named with their score gaps."""
+    differing, exact_ties = [], 0
     for name, value, tolerance, ok in report.rows:
-        if tolerance.startswith("gap <= ") and not str(value).startswith("0 differ"):
+        if not tolerance.startswith("gap <= "):
+            if not ok:
+                differing.append(f"{name} {value}, not {tolerance}")
+        elif str(value).endswith("gap 0.0e+00"):
+            exact_ties += not str(value).startswith("0 differ")
+        elif not str(value).startswith("0 differ"):
             differing.append(f"{name} {value} (ties up to {tolerance.split()[-1]})")
-        elif not ok and not tolerance.startswith("gap <= "):
-            differing.append(f"{name} {value}, not {tolerance}")
+    if exact_ties:
+        differing.insert(0, f"{exact_ties} token sets differ among equal scores only")
     if forced.differ:
         differing.append(f"query ranks {forced.differ} of {num_ranks} differ, gap {forced.gap:.1e} (ties up to "
                          f"{forced.tolerance:.1e})")

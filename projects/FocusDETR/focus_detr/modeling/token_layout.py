@@ -13,7 +13,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from ..layers.position_embedding import PositionEmbeddingSine
 from ..layers.traced_shapes import spatial_shapes_of
@@ -129,6 +128,26 @@ def image_padding_masks(padded_size, image_sizes, device) -> Tensor:
     return masks
 
 
+def level_padding_masks(image_masks: Tensor, level_shapes: Sequence[Tuple[int, int]]) -> List[Tensor]:
+    """image_masks ``(B, H, W)`` -> per level ``(B, h_l, w_l)``: the mask resized as ``F.interpolate(mode="nearest")``
+    resizes it (source index ``floor(i * float32(H / h_l))``), written out so that an exported graph computes the
+    same: ONNX's ``Resize`` divides by the inverse scale instead, which put ``floor(4 / float32(8 / 480)) = 239``
+    inside a 240-row image where PyTorch's ``4 * 60 = 240`` is outside. The source indices are computed on the CPU
+    (no device value is read) from the sizes, graph values when traced."""
+    sizes = torch._shape_as_tensor(image_masks)[1:]  # (H, W) on the CPU
+    shapes = spatial_shapes_of(level_shapes, "cpu")
+    scales = sizes.float() / shapes.float()  # (L, 2) float32, as interpolate's input / output size
+
+    def source_indices(level, dim):
+        positions = torch.arange(shapes[level, dim]).float()
+        indices = torch.minimum((positions * scales[level, dim]).floor().long(), sizes[dim] - 1)
+        return indices.to(image_masks.device)
+
+    return [
+        image_masks[:, source_indices(level, 0)][:, :, source_indices(level, 1)] for level in range(len(level_shapes))
+    ]
+
+
 def build_token_layout(
     image_sizes: Sequence[Tuple[int, int]],
     padded_size: Tuple[int, int],
@@ -141,7 +160,7 @@ def build_token_layout(
     levels have ``level_shapes``. Sizes are Python ints, or graph values under ``torch.jit.trace`` (``image_sizes``
     then also a ``(B, 2)`` tensor, see :func:`image_padding_masks`)."""
     image_masks = image_padding_masks(padded_size, image_sizes, device)
-    masks = [F.interpolate(image_masks[None].float(), size=shape).to(torch.bool)[0] for shape in level_shapes]
+    masks = level_padding_masks(image_masks, level_shapes)
     position_embeddings = torch.cat([position_embedding(m).flatten(2).transpose(1, 2) for m in masks], 1)
     padding_mask = torch.cat([m.flatten(1) for m in masks], 1)
     level_ids = torch.cat([torch.full_like(m[0].flatten(), level, dtype=torch.int64) for level, m in enumerate(masks)])

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS, onnx_msda_symbolic
 from ..modeling import FocusDETR
+from ..modeling.detections import batch_images
 from ..modeling.token_layout import image_padding_masks
 from .swin_tracing import traceable_backbone
 
@@ -112,30 +113,28 @@ class ExportableFocusDETR(nn.Module):
         height, width = _length(image, 1).float(), _length(image, 2).float()
         size = torch.cat([width, height, width, height])
         boxes, keep = clip_to_image(boxes[0] * size, size)
-        return (
-            boxes[keep],
-            scores[0][keep],
-            labels[0][keep],
-            torch.cat([_length(inds, 1) for inds in out.selection.foreground_inds]),
-            torch.cat([_length(inds, 1) for inds in out.fine_grained_inds]),
-            _length(out.hidden_states, 2),
-        )
+        return (boxes[keep], scores[0][keep], labels[0][keep], *_token_counts(out))
 
 
-class BatchedExportableFocusDETR(nn.Module):
+def _token_counts(out) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch's foreground tokens per encoder layer ``(J,)``, fine-grained tokens per layer ``(J,)`` and decoder
+    queries ``(1,)`` of a transformer output, as graph values."""
+    return (
+        torch.cat([_length(inds, 1) for inds in out.selection.foreground_inds]),
+        torch.cat([_length(inds, 1) for inds in out.fine_grained_inds]),
+        _length(out.hidden_states, 2),
+    )
+
+
+class BatchedExportableFocusDETR(ExportableFocusDETR):
     """A FocusDETR's inference on a padded batch, with tensor inputs and outputs only.
 
     ``forward(images, image_sizes)``: uint8 ``(B, 3, H, W)`` images in the model's input format, already resized,
     each top-left in the batch (the rest is ignored), and their own ``(height, width)`` ``(B, 2)`` int64 (taken
-    within 1 and the batch's ``H`` / ``W``) -> the tensors of :data:`BATCHED_OUTPUT_NAMES`. Padded to the largest image, these are ``model(batched_inputs)``'s
-    detections: boxes in each image's pixels, clipped to it, with ``nonempty`` False where detectron2 drops a box.
+    within 1 and the batch's ``H`` / ``W``) -> the tensors of :data:`BATCHED_OUTPUT_NAMES`. Padded to the largest
+    image, these are ``model(batched_inputs)``'s detections: boxes in each image's pixels, clipped to it, with
+    ``nonempty`` False where detectron2 drops a box.
     """
-
-    def __init__(self, model: FocusDETR):
-        super().__init__()
-        if not isinstance(model, FocusDETR):
-            raise ValueError(f"ONNX export supports FocusDETR models, got {type(model).__name__}")
-        self.model = model
 
     def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         model = self.model
@@ -150,26 +149,14 @@ class BatchedExportableFocusDETR(nn.Module):
         scores, labels, boxes = model.select_detections(logits[-1], boxes[-1])
         size = image_sizes.flip(1).repeat(1, 2).float()[:, None]  # (B, 1, 4): [w, h, w, h]
         boxes, nonempty = clip_to_image(boxes * size, size)
-        return (
-            boxes,
-            scores,
-            labels,
-            nonempty,
-            out.selection.focus_token_nums.long(),
-            torch.cat([_length(inds, 1) for inds in out.selection.foreground_inds]),
-            torch.cat([_length(inds, 1) for inds in out.fine_grained_inds]),
-            _length(out.hidden_states, 2),
-        )
+        return (boxes, scores, labels, nonempty, out.selection.focus_token_nums.long(), *_token_counts(out))
 
 
 def pad_batch(images: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     """uint8 ``(3, h_i, w_i)`` images -> a batched graph's inputs: ``(B, 3, H, W)`` padded bottom / right with 0 to
     the largest height and width (as the PyTorch model pads a batch), and their sizes ``(B, 2)`` int64."""
-    height, width = max(image.shape[1] for image in images), max(image.shape[2] for image in images)
-    batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
-    for i, image in enumerate(images):
-        batch[i, :, : image.shape[1], : image.shape[2]] = image
-    return batch, torch.tensor([list(image.shape[1:]) for image in images], dtype=torch.int64)
+    batch = batch_images(list(images))
+    return batch.tensor, torch.tensor(batch.image_sizes, dtype=torch.int64)
 
 
 def _checked_opset(opset) -> int:
@@ -236,8 +223,8 @@ def export_onnx(
     if batched:
         wrapper = BatchedExportableFocusDETR(model)
         input_names, output_names = BATCHED_INPUT_NAMES, BATCHED_OUTPUT_NAMES
-        dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}, "image_sizes": {0: "batch"},
-                        "focus_token_nums": {0: "batch"}}
+        dynamic_axes = {BATCHED_INPUT_NAMES[0]: {0: "batch", 2: "height", 3: "width"},
+                        BATCHED_INPUT_NAMES[1]: {0: "batch"}, "focus_token_nums": {0: "batch"}}
         dynamic_axes.update({name: {0: "batch", 1: "num_detections"} for name in BATCHED_OUTPUT_NAMES[:4]})
     else:
         wrapper, input_names, output_names = ExportableFocusDETR(model), (INPUT_NAME,), OUTPUT_NAMES

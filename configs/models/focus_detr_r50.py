@@ -53,7 +53,8 @@ model = L(FocusDETR)(
             feedforward_dim=2048,
             num_levels=4,
             num_points=4,
-            dropout=0.0,
+            attn_dropout=0.0,
+            ffn_dropout=0.0,
             num_fine_grained_tokens=300,
         ),
         decoder=L(DINODecoder)(
@@ -63,7 +64,8 @@ model = L(FocusDETR)(
             feedforward_dim=2048,
             num_levels=4,
             num_points=4,
-            dropout=0.0,
+            attn_dropout=0.0,
+            ffn_dropout=0.0,
             look_forward_twice=True,
         ),
         embed_dim=256,
@@ -83,6 +85,7 @@ model = L(FocusDETR)(
             scale_ranges=[[-1, 64], [64, 128], [128, 256], [256, 999999]],
         ),
         foreground_loss_weight=1.5,
+        weight_dict={},  # detrex's name: the weight of single loss keys, e.g. {"loss_bbox_dn": 2.0}
     ),
     denoising=L(ContrastiveDenoising)(
         num_classes="${..num_classes}", dn_number=100, label_noise_ratio=0.5, box_noise_scale=1.0
@@ -93,5 +96,6 @@ model = L(FocusDETR)(
     pixel_mean=[123.675, 116.280, 103.530],
     pixel_std=[58.395, 57.120, 57.375],
     fold_frozen_batchnorm=True,
+    aux_loss=True,  # every decoder layer's losses (False: the last layer's only)
     backbone_channels_last=True,  # faster oneDNN convolutions on CPU; same results up to float rounding
 )

@@ -26,6 +26,19 @@ def test_unknown_nested_key_under_lazy_call_is_rejected(train_net, toy_dataset, 
     assert "unknown config key 'model.num_querys'" in line
 
 
+def test_a_new_entry_of_a_plain_dict_is_shown_the_plus_form():
+    from focus_detr.engine import load_config
+    from focus_detr.engine.config import ConfigError
+
+    config = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
+    with pytest.raises(ConfigError) as info:
+        load_config(config, ["model.criterion.weight_dict.loss_bbox_dn=2.0"])
+    assert str(info.value).endswith("(a new entry of a plain dict is added with "
+                                    "+model.criterion.weight_dict.loss_bbox_dn=2.0)")
+    cfg = load_config(config, ["+model.criterion.weight_dict.loss_bbox_dn=2.0"])
+    assert dict(cfg.model.criterion.weight_dict) == {"loss_bbox_dn": 2.0}
+
+
 def test_constructor_argument_left_at_its_default_is_accepted(toy_dataset, tmp_path):
     from focus_detr.engine import load_config
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from focus_detr.layers.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
-from focus_detr.modeling.criterion import FocusDETRCriterion
+from focus_detr.modeling.criterion import FocusDETRCriterion, loss_keys
 from focus_detr.modeling.denoising import ContrastiveDenoising, split_denoising_outputs
 from focus_detr.modeling.foreground_targets import ForegroundTargetAssigner, foreground_focal_loss
 
@@ -161,6 +161,47 @@ def test_constructor_weights_scale_their_terms():
     for key, value in base.items():
         name = next(n for n in factor if key.startswith(n))
         assert weighted[key].item() == pytest.approx(value.item() * factor[name], rel=1e-6)
+
+
+def test_weight_dict_sets_the_weight_of_single_keys_only():
+    generator = torch.Generator().manual_seed(2)
+    targets = _targets([2, 1], generator)
+    outputs, _ = _outputs(2, generator)
+    queries, dn_outputs = _denoising(targets, generator, 2)
+    base = FocusDETRCriterion(num_classes=NUM_CLASSES)(outputs, targets, queries, dn_outputs)
+    weight_dict = {"loss_bbox_dn": 2.0, "loss_class_enc": 0.0, "loss_giou_1": 7.0, "select_loss": 0.5}
+    weighted = FocusDETRCriterion(num_classes=NUM_CLASSES, weight_dict=weight_dict)(
+        outputs, targets, queries, dn_outputs
+    )
+    default_weights = {"loss_bbox_dn": 5.0, "loss_class_enc": 1.0, "loss_giou_1": 2.0, "select_loss": 1.5}
+    assert set(weighted) == set(base)
+    for key, value in base.items():
+        factor = weight_dict[key] / default_weights[key] if key in weight_dict else 1.0
+        assert weighted[key].item() == pytest.approx(value.item() * factor, rel=1e-6), key
+    assert weighted["loss_class_enc"].item() == 0.0
+
+
+def test_weight_dict_keys_are_checked_against_the_losses_the_model_produces():
+    assert len(loss_keys(6)) == 3 * 13 + 1 and len(loss_keys(6, aux_loss=False)) == 3 * 3 + 1
+    FocusDETRCriterion(weight_dict={"loss_giou_dn_4": 1.0}).check_weight_dict(6, aux_loss=True)
+    with pytest.raises(ValueError, match="keys the model does not produce: 'loss_bbox_dnn'"):
+        FocusDETRCriterion(weight_dict={"loss_bbox_dnn": 1.0}).check_weight_dict(6, aux_loss=True)
+    with pytest.raises(ValueError, match="'loss_giou_dn_5'.*_dn_0 .. _dn_4"):
+        FocusDETRCriterion(weight_dict={"loss_giou_dn_5": 1.0}).check_weight_dict(6, aux_loss=True)
+    with pytest.raises(ValueError, match="model.aux_loss is False"):
+        FocusDETRCriterion(weight_dict={"loss_bbox_0": 1.0}).check_weight_dict(6, aux_loss=False)
+    with pytest.raises(ValueError, match="no such loss is computed: drop them"):  # detrex's config lists them
+        FocusDETRCriterion(weight_dict={"loss_class_dn_enc": 1.0}).check_weight_dict(6, aux_loss=True)
+    everything_zero = dict.fromkeys(loss_keys(2), 0.0)
+    with pytest.raises(ValueError, match="every loss has weight 0"):
+        FocusDETRCriterion(weight_dict=everything_zero).check_weight_dict(2, aux_loss=True)
+    # the base weights all 0, one key weighted: that key trains
+    FocusDETRCriterion(class_weight=0, bbox_weight=0, giou_weight=0, foreground_loss_weight=0,
+                       weight_dict={"loss_bbox": 1.0}).check_weight_dict(2, aux_loss=True)
+    for bad in ({"loss_bbox": -1.0}, {"loss_bbox": float("nan")}, {"loss_bbox": float("inf")}, {"loss_bbox": "2"},
+                {"loss_bbox": True}, {3: 1.0}):
+        with pytest.raises(ValueError, match="weight_dict maps loss keys to finite weights >= 0"):
+            FocusDETRCriterion(weight_dict=bad)
 
 
 def test_perfect_boxes_give_zero_box_losses():

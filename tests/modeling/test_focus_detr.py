@@ -128,6 +128,38 @@ def test_a_few_training_steps_reduce_the_loss_on_cpu(parity_fixture):
     assert totals[-1] < 0.9 * totals[0], totals
 
 
+def test_without_aux_loss_only_the_last_layer_trains_and_every_parameter_still_gets_a_gradient(parity_fixture):
+    from focus_detr.modeling.criterion import loss_keys
+
+    items = _fixture_inputs(parity_fixture, with_instances=True)
+    losses = {}
+    for aux_loss in (True, False):
+        torch.manual_seed(0)
+        model = build_tiny_model(**{"model.aux_loss": aux_loss}).train()
+        torch.manual_seed(1)
+        losses[aux_loss] = model(items)
+    assert set(losses[False]) == set(loss_keys(2, aux_loss=False))
+    for key, value in losses[False].items():  # the same weights, noise and matching: the same last-layer losses
+        assert torch.equal(value, losses[True][key]), key
+    sum(losses[False].values()).backward()
+    # DDP (find_unused_parameters=False) needs a gradient for every parameter; the earlier layers' heads get zeros
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert model.class_embed[0].weight.grad.abs().sum() == 0
+    assert model.class_embed[1].weight.grad.abs().sum() > 0
+
+
+def test_attention_and_feed_forward_dropout_are_set_apart():
+    model = build_tiny_model(**{"model.transformer.encoder.attn_dropout": 0.1,
+                                "model.transformer.encoder.ffn_dropout": 0.2,
+                                "model.transformer.decoder.attn_dropout": 0.3,
+                                "model.transformer.decoder.ffn_dropout": 0.4})
+    encoder, decoder = model.transformer.encoder.layers[0], model.transformer.decoder.layers[0]
+    assert (encoder.fine_grained_attn.dropout, encoder.fine_grained_dropout.p, encoder.cross_attn.dropout.p,
+            encoder.ffn.dropout.p) == (0.1, 0.1, 0.1, 0.2)
+    assert (decoder.self_attn.dropout, decoder.self_attn_dropout.p, decoder.cross_attn.dropout.p,
+            decoder.ffn.dropout.p) == (0.3, 0.3, 0.3, 0.4)
+
+
 def test_bad_inputs_are_rejected_with_a_clear_error(parity_fixture):
     model = build_tiny_model()
     with pytest.raises(ValueError, match="image"):

@@ -71,7 +71,7 @@ def test_a_model_that_draws_random_numbers_in_training_is_checked_from_the_fixtu
     # Swin's stochastic depth (drop_path_rate) draws random numbers in training: the training runs started from
     # whatever state the generator was in, so a full-size Swin fixture failed every training row (up to 13% relative)
     # while inference agreed; here dropout stands in for it
-    dropout = "model.transformer.decoder.dropout=0.3"
+    dropout = "model.transformer.decoder.attn_dropout=0.3"
     fixture, unseeded = tmp_path / "dropout.pt", tmp_path / "unseeded.pt"
     assert _tool("make_parity_fixture", monkeypatch).main(
         ["--config-file", str(TINY_CONFIG), "--output", str(fixture), "--sizes", "200x276", "270x196", "--seed", "3",

@@ -85,6 +85,9 @@ def check_override_keys(cfg, overrides):
         if missing is not None:
             missing_key, suggestions = missing
             hint = f" (did you mean: {', '.join(suggestions)}?)" if suggestions else ""
+            parent = OmegaConf.select(cfg, missing_key.rpartition(".")[0], default=None)
+            if not suggestions and isinstance(parent, DictConfig) and "_target_" not in parent:
+                hint = f" (a new entry of a plain dict is added with +{key}={override.split('=', 1)[1].strip()})"
             raise ConfigError(f"unknown config key {missing_key!r} in override {override!r}{hint}")
 
 

@@ -1,5 +1,6 @@
 """Training losses of Focus-DETR (spec 5.2, 7): set losses for every prediction set plus the foreground loss."""
 
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -15,6 +16,16 @@ from .matcher import HungarianMatcher
 Indices = List[Tuple[Tensor, Tensor]]
 
 SET_LOSS_NAMES = ("loss_class", "loss_bbox", "loss_giou")
+
+
+def loss_keys(num_decoder_layers: int, aux_loss: bool = True) -> List[str]:
+    """Every key :class:`FocusDETRCriterion` produces for a decoder of ``num_decoder_layers`` layers, with or without
+    the auxiliary losses of layers 0 .. L-2 (``_{i}``, ``_dn_{i}``)."""
+    suffixes = ["", "_enc", "_dn"]
+    if aux_loss:
+        aux_layers = range(num_decoder_layers - 1)
+        suffixes += [f"_{i}" for i in aux_layers] + [f"_dn_{i}" for i in aux_layers]
+    return [name + suffix for suffix in suffixes for name in SET_LOSS_NAMES] + ["select_loss"]
 
 
 def sigmoid_focal_loss_sum(logits: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
@@ -54,8 +65,15 @@ class FocusDETRCriterion(nn.Module):
         foreground_loss_weight: float = 1.5,
         foreground_focal_alpha: float = 0.25,
         foreground_focal_gamma: float = 2.0,
+        weight_dict: Optional[Dict[str, float]] = None,
     ):
-        """``matcher`` / ``foreground_assigner`` default to ``HungarianMatcher()`` / ``ForegroundTargetAssigner()``."""
+        """``matcher`` / ``foreground_assigner`` default to ``HungarianMatcher()`` / ``ForegroundTargetAssigner()``.
+
+        ``class_weight`` / ``bbox_weight`` / ``giou_weight`` weigh every prediction set's losses of that kind, and
+        ``foreground_loss_weight`` the ``select_loss``. ``weight_dict`` (detrex's name) sets the weight of single
+        keys instead, e.g. ``{"loss_bbox_dn": 2.0, "loss_class_enc": 0.0}``; keys the model does not produce are
+        refused when the model is built (:meth:`check_weight_dict`).
+        """
         super().__init__()
         if not isinstance(num_classes, int) or num_classes <= 0:
             raise ValueError(f"FocusDETRCriterion: num_classes must be a positive int, got {num_classes}")
@@ -69,7 +87,16 @@ class FocusDETRCriterion(nn.Module):
         ):
             if not value >= 0:
                 raise ValueError(f"FocusDETRCriterion: {name} must be >= 0, got {value}")
-        if class_weight == bbox_weight == giou_weight == foreground_loss_weight == 0:  # a loss of 0: nothing learnt
+        weight_dict = dict(weight_dict or {})
+        for key, value in weight_dict.items():
+            if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0 <= value < math.inf
+            ):
+                raise ValueError(f"FocusDETRCriterion: weight_dict maps loss keys to finite weights >= 0, got "
+                                 f"{key!r}: {value!r}")
+        if class_weight == bbox_weight == giou_weight == foreground_loss_weight == 0 and not any(
+            weight_dict.values()
+        ):  # a loss of 0: nothing learnt
             raise ValueError("FocusDETRCriterion: class_weight, bbox_weight, giou_weight and foreground_loss_weight are "
                              "all 0: the loss would be 0 and training would change nothing")
         for name, value in (("focal_alpha", focal_alpha), ("foreground_focal_alpha", foreground_focal_alpha)):
@@ -84,8 +111,39 @@ class FocusDETRCriterion(nn.Module):
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.foreground_loss_weight = foreground_loss_weight
+        self.weight_dict = {key: float(value) for key, value in weight_dict.items()}
         self.foreground_focal_alpha = foreground_focal_alpha
         self.foreground_focal_gamma = foreground_focal_gamma
+
+    def check_weight_dict(self, num_decoder_layers: int, aux_loss: bool) -> None:
+        """ValueError unless every ``weight_dict`` key is one that the model produces (:func:`loss_keys`) and some
+        loss keeps a weight above 0."""
+        produced = loss_keys(num_decoder_layers, aux_loss)
+        unknown = [key for key in self.weight_dict if key not in produced]
+        if unknown:
+            last = num_decoder_layers - 2
+            suffixes = "'', _enc, _dn" + (f", _0 .. _{last}, _dn_0 .. _dn_{last}" if aux_loss and last >= 0 else "")
+            hint = ""
+            if any(key.endswith("_dn_enc") for key in unknown):
+                hint = "; detrex's weight_dict lists *_dn_enc keys, but no such loss is computed: drop them"
+            elif not aux_loss and any(key in loss_keys(num_decoder_layers) for key in unknown):
+                hint = "; model.aux_loss is False, so the layers before the last have no losses"
+            raise ValueError(
+                f"FocusDETRCriterion: model.criterion.weight_dict has keys the model does not produce: "
+                f"{', '.join(map(repr, unknown))} (it produces loss_class, loss_bbox and loss_giou with the suffixes "
+                f"{suffixes}, and select_loss){hint}"
+            )
+        if not any(self.weight_of(key) > 0 for key in produced):
+            raise ValueError("FocusDETRCriterion: every loss has weight 0 (model.criterion.weight_dict and the "
+                             "*_weight settings): the loss would be 0 and training would change nothing")
+
+    def weight_of(self, key: str) -> float:
+        """The weight of loss ``key`` (``loss_bbox_dn_2``, ``select_loss``, ...)."""
+        if key in self.weight_dict:
+            return self.weight_dict[key]
+        if key == "select_loss":
+            return self.foreground_loss_weight
+        return self.loss_weights[next(name for name in SET_LOSS_NAMES if key.startswith(name))]
 
     # ------------------------------------------------------------------ set losses
     def weighted_set_losses(
@@ -128,6 +186,9 @@ class FocusDETRCriterion(nn.Module):
             for name, value in values.items():
                 for i, loss in zip(members, (value * (self.loss_weights[name] / num_boxes)).unbind()):
                     losses[name + suffixes[i]] = loss
+                for i, loss in zip(members, value.unbind()):
+                    if name + suffixes[i] in self.weight_dict:  # the weight of this key alone
+                        losses[name + suffixes[i]] = loss * (self.weight_dict[name + suffixes[i]] / num_boxes)
         return {name + suffix: losses[name + suffix] for suffix in suffixes for name in SET_LOSS_NAMES}
 
     def class_losses(self, logits: Tensor, matched: Tuple[Tensor, Tensor, Tensor], labels: Tensor) -> Tensor:
@@ -244,7 +305,7 @@ class FocusDETRCriterion(nn.Module):
             alpha=self.foreground_focal_alpha,
             gamma=self.foreground_focal_gamma,
         )
-        losses["select_loss"] = select_loss * self.foreground_loss_weight
+        losses["select_loss"] = select_loss * self.weight_of("select_loss")
         return losses
 
     def denoising_losses(

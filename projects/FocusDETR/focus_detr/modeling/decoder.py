@@ -13,7 +13,10 @@ from ..layers.position_embedding import box_sine_embedding
 
 
 class DINODecoderLayer(nn.Module):
-    """Post-norm decoder layer: self-attention -> LN -> deformable cross-attention -> LN -> FFN -> LN."""
+    """Post-norm decoder layer: self-attention -> LN -> deformable cross-attention -> LN -> FFN -> LN.
+
+    ``attn_dropout`` drops in the attention blocks (the self-attention's weights and output, the deformable
+    attention's output), ``ffn_dropout`` in the feed-forward block: detrex's two settings."""
 
     def __init__(
         self,
@@ -22,15 +25,16 @@ class DINODecoderLayer(nn.Module):
         feedforward_dim: int = 2048,
         num_levels: int = 4,
         num_points: int = 4,
-        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        ffn_dropout: float = 0.0,
     ):
         super().__init__()
-        self.self_attn = MultiheadAttention(embed_dim, num_heads, dropout)
-        self.self_attn_dropout = nn.Dropout(dropout)
+        self.self_attn = MultiheadAttention(embed_dim, num_heads, attn_dropout)
+        self.self_attn_dropout = nn.Dropout(attn_dropout)
         self.self_attn_norm = nn.LayerNorm(embed_dim)
-        self.cross_attn = MultiScaleDeformableAttention(embed_dim, num_heads, num_levels, num_points, dropout)
+        self.cross_attn = MultiScaleDeformableAttention(embed_dim, num_heads, num_levels, num_points, attn_dropout)
         self.cross_attn_norm = nn.LayerNorm(embed_dim)
-        self.ffn = FFN(embed_dim, feedforward_dim, dropout)
+        self.ffn = FFN(embed_dim, feedforward_dim, ffn_dropout)
         self.ffn_norm = nn.LayerNorm(embed_dim)
 
     def forward(
@@ -68,7 +72,7 @@ class DINODecoder(nn.Module):
 
     Args:
         num_layers: decoder depth.
-        embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout: layer settings.
+        embed_dim, num_heads, feedforward_dim, num_levels, num_points, attn_dropout, ffn_dropout: layer settings.
         look_forward_twice: return each layer's refined boxes with their gradient (the next layer still gets them
             detached), so a layer's box loss also trains the previous layer.
     """
@@ -81,7 +85,8 @@ class DINODecoder(nn.Module):
         feedforward_dim: int = 2048,
         num_levels: int = 4,
         num_points: int = 4,
-        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        ffn_dropout: float = 0.0,
         look_forward_twice: bool = True,
     ):
         super().__init__()
@@ -94,7 +99,9 @@ class DINODecoder(nn.Module):
         self.look_forward_twice = look_forward_twice
         try:
             layers = [
-                DINODecoderLayer(embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout)
+                DINODecoderLayer(
+                    embed_dim, num_heads, feedforward_dim, num_levels, num_points, attn_dropout, ffn_dropout
+                )
                 for _ in range(num_layers)
             ]
         except ValueError as error:  # a layer's part names itself ("MultiheadAttention: ..."), not the decoder

@@ -74,7 +74,9 @@ class DualAttentionEncoderLayer(nn.Module):
     Args:
         embed_dim, num_heads, feedforward_dim: transformer widths.
         num_levels, num_points: deformable-attention sampling layout.
-        dropout: dropout of every sub-block.
+        attn_dropout: dropout of the attention blocks (detrex's ``attn_dropout``: the fine-grained self-attention's
+            weights and output, the deformable attention's output).
+        ffn_dropout: dropout of the feed-forward block (detrex's ``ffn_dropout``).
         num_fine_grained_tokens: tokens that get self-attention (the paper's 300); fewer when the layer keeps fewer;
             0 skips the self-attention.
         fine_grained_scoring: what ranks the fine-grained tokens: ``"multi_category"`` (the paper) or
@@ -88,7 +90,8 @@ class DualAttentionEncoderLayer(nn.Module):
         feedforward_dim: int = 2048,
         num_levels: int = 4,
         num_points: int = 4,
-        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        ffn_dropout: float = 0.0,
         num_fine_grained_tokens: int = 300,
         fine_grained_scoring: str = "multi_category",
     ):
@@ -105,12 +108,12 @@ class DualAttentionEncoderLayer(nn.Module):
         self.fine_grained_scoring = fine_grained_scoring
         if num_fine_grained_tokens:
             # Not built when unused: parameters without gradients would stall DDP and load as unexpected keys.
-            self.fine_grained_attn = MultiheadAttention(embed_dim, num_heads, dropout)
-            self.fine_grained_dropout = nn.Dropout(dropout)
+            self.fine_grained_attn = MultiheadAttention(embed_dim, num_heads, attn_dropout)
+            self.fine_grained_dropout = nn.Dropout(attn_dropout)
             self.fine_grained_norm = nn.LayerNorm(embed_dim)
-        self.cross_attn = MultiScaleDeformableAttention(embed_dim, num_heads, num_levels, num_points, dropout)
+        self.cross_attn = MultiScaleDeformableAttention(embed_dim, num_heads, num_levels, num_points, attn_dropout)
         self.cross_attn_norm = nn.LayerNorm(embed_dim)
-        self.ffn = FFN(embed_dim, feedforward_dim, dropout)
+        self.ffn = FFN(embed_dim, feedforward_dim, ffn_dropout)
         self.ffn_norm = nn.LayerNorm(embed_dim)
 
     def multi_category_scores(
@@ -198,7 +201,8 @@ class CascadeDualAttentionEncoder(nn.Module):
         feedforward_dim: int = 2048,
         num_levels: int = 4,
         num_points: int = 4,
-        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        ffn_dropout: float = 0.0,
         num_fine_grained_tokens: int = 300,
         fine_grained_scoring: str = "multi_category",
     ):
@@ -209,8 +213,8 @@ class CascadeDualAttentionEncoder(nn.Module):
         try:
             layers = [
                 DualAttentionEncoderLayer(
-                    embed_dim, num_heads, feedforward_dim, num_levels, num_points, dropout, num_fine_grained_tokens,
-                    fine_grained_scoring,
+                    embed_dim, num_heads, feedforward_dim, num_levels, num_points, attn_dropout, ffn_dropout,
+                    num_fine_grained_tokens, fine_grained_scoring,
                 )
                 for _ in range(num_layers)
             ]

@@ -69,6 +69,8 @@ class FocusDETR(nn.Module):
         class_prior_prob: initial foreground probability of the class heads' bias.
         fold_frozen_batchnorm: fold the backbone's FrozenBatchNorm layers into the convolutions before them, at
             inference and in training (same state dict; outputs and gradients equal up to float rounding).
+        aux_loss: train every decoder layer on its own predictions (detrex's ``aux_loss``; the losses ``_{i}`` and
+            ``_dn_{i}`` of layers 0 .. L-2). False: only the last layer's, the proposals' and the foreground losses.
         backbone_channels_last: feed the backbone channels-last (NHWC) images, the layout oneDNN convolutions run
             fastest in on CPUs (same results up to float rounding); for convolutional backbones. Its weights are
             stored channels-last too, and its ``nn.GroupNorm`` layers become
@@ -91,6 +93,7 @@ class FocusDETR(nn.Module):
         pixel_std: Sequence[float] = (58.395, 57.120, 57.375),
         class_prior_prob: float = 0.01,
         fold_frozen_batchnorm: bool = True,
+        aux_loss: bool = True,
         backbone_channels_last: bool = False,
     ):
         super().__init__()
@@ -107,10 +110,15 @@ class FocusDETR(nn.Module):
         if num_detections > candidates:
             logger.warning(f"model.num_detections is {num_detections}, but the model has only {candidates} "
                            "candidates (queries x classes): it returns at most that many detections per image")
+        if not isinstance(aux_loss, bool):
+            raise ValueError(f"FocusDETR: aux_loss must be True or False, got {aux_loss!r}")
         check_position_embedding(position_embedding)
         check_token_widths(embed_dim, position_embedding, neck, transformer)
         # the stride of each level (None for another neck): the token pictures place the levels with them
         self.level_strides = level_strides(backbone, neck, transformer, criterion)
+        if isinstance(criterion, FocusDETRCriterion):
+            criterion.check_weight_dict(transformer.decoder.num_layers, aux_loss)
+        self.aux_loss = aux_loss
         self.backbone = backbone
         if fold_frozen_batchnorm:
             enable_frozen_bn_folding(backbone)
@@ -252,6 +260,10 @@ class FocusDETR(nn.Module):
         if denoising is None:
             # Keeps label_enc in the graph when a batch has no boxes, so DDP sees every parameter used.
             logits = logits + 0.0 * self.label_enc.weight[0, 0]
+        if not self.aux_loss:
+            # Cut from the layers' stacked predictions: the earlier layers' heads still get (zero) gradients, so DDP
+            # sees every parameter used.
+            logits, boxes = logits[-1:], boxes[-1:]
         logits, boxes, dn_outputs = split_denoising_outputs(logits, boxes, denoising)
         outputs = {
             "pred_logits": logits[-1],

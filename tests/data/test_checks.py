@@ -212,7 +212,20 @@ _CATEGORIES = [{"id": 1, "name": "a"}]
     ({"images": [{"file_name": "a.png"}]}, "image #0 (0-based, file_name 'a.png') has id None, not a number"),
     ({"images": [{"id": 1, "file_name": None}]}, "image id 1 has file_name None, not a file name"),
     ({"images": [_IMAGE], "categories": _CATEGORIES, "annotations": [{"id": [2], "image_id": 1}]},
-     "annotation #0 (0-based) has id [2], not a number"),
+     "annotation #0 (0-based) has id [2], not a number; COCO evaluation needs numbers"),
+    # each of these passed, then cost the evaluation: id 0 silently (its detection counted as a miss), the others
+    # with an error after the whole inference
+    ({"images": [_IMAGE], "categories": _CATEGORIES, "annotations": [{"id": 0, "image_id": 1}]},
+     "annotation #0 (0-based) has id 0, which COCO evaluation reads as 'matched nothing': a correct detection of it "
+     "would count as a miss; number the annotations from 1"),
+    ({"images": [_IMAGE], "categories": _CATEGORIES, "annotations": [{"id": "a13", "image_id": 1}]},
+     "annotation #0 (0-based) has id 'a13', not a number; COCO evaluation needs numbers"),
+    ({"images": [_IMAGE], "categories": _CATEGORIES, "annotations": [{"id": float("nan"), "image_id": 1}]},
+     "annotation #0 (0-based) has id nan, not a number; COCO evaluation needs numbers"),
+    ({"images": [_IMAGE], "categories": _CATEGORIES, "annotations": [{"id": 10**400, "image_id": 1}]},
+     "annotation #0 (0-based) has an id of 401 digits (10000000...), too large for COCO evaluation, which keeps ids "
+     "as float64; number the annotations from 1"),
+    ({"images": [dict(_IMAGE, id=float("nan"))]}, "image #0 (0-based, file_name 'a') has id nan, not a number"),
     ({"images": [_IMAGE], "categories": _CATEGORIES, "annotations": [{"id": 2, "image_id": True}]},
      "annotation id 2 has image_id True, which no image has; fix the image_id or remove the annotation"),
 ])
@@ -282,7 +295,7 @@ def test_the_check_is_one_linear_pass():
         coco = {
             "images": [{"id": _CountedId(i), "file_name": f"{i}.png", "height": 8, "width": 8} for i in range(size)],
             "annotations": [
-                {"id": _CountedId(i), "image_id": _CountedId(i % size), "category_id": 1, "bbox": [1, 1, 2, 2],
+                {"id": _CountedId(i + 1), "image_id": _CountedId(i % size), "category_id": 1, "bbox": [1, 1, 2, 2],
                  "area": 4}
                 for i in range(3 * size)
             ],

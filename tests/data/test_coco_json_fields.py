@@ -301,6 +301,28 @@ def test_boxes_training_drops_or_clips_are_warned_about_once_per_dataset(tmp_pat
     ]
 
 
+def _corner_boxes(coco):
+    image = {"height": 30, "width": 40}
+    coco["images"] = [dict(image, id=10 + i, file_name=f"im{i}.png") for i in range(3)]
+    corners = [[2, 3, 12, 9], [20, 10, 38, 29], [5, 5, 30, 28]]  # [x1, y1, x2, y2]: the last two reach out as xywh
+    coco["annotations"] = [
+        {"id": 100 + i, "image_id": 10 + i, "category_id": 1, "bbox": bbox, "area": 1.0, "iscrowd": 0}
+        for i, bbox in enumerate(corners)
+    ]
+
+
+def test_boxes_written_as_corners_are_named_as_such(tmp_path):
+    # converted from Pascal VOC without turning corners into sizes: only "clipped to the image" was said
+    json_file = _register(tmp_path, "corner_boxes", _corner_boxes)
+    with logged_warnings("focus_detr.data.checks") as messages:
+        check_dataset_jsons("corner_boxes")
+    assert len(messages) == 1 and messages[0].startswith(
+        f"dataset 'corner_boxes' ({json_file}): 2 boxes reaching more than 1 pixel outside the image")
+    assert messages[0].endswith(
+        "; every box of the json, read as corners [x1, y1, x2, y2], lies inside its image: if they are corners (as "
+        "in Pascal VOC), write them as COCO's [x, y, width, height], width = x2 - x1 and height = y2 - y1")
+
+
 def _every_polygon_short(coco):
     for annotation in coco["annotations"]:
         annotation["segmentation"] = [[5, 5, 15, 5]]

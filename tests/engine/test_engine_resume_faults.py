@@ -249,6 +249,49 @@ def test_an_unreadable_test_image_in_an_evaluation_during_training_saves_that_it
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
 
 
+def test_an_unreadable_test_image_in_the_final_evaluation_says_training_is_saved_and_how_to_evaluate(
+    train_net, toy_dataset, tmp_path, capsys
+):
+    import shlex
+
+    from toy_detector import register_toy_dataset
+
+    register_toy_dataset("focus_detr_toy_bad_final_test", str(tmp_path / "bad"), bad_image=True)
+    out = tmp_path / "out"
+    assert _train(train_net, out, "train.max_iter=3", "train.eval_period=0",
+                  "dataloader.test.dataset.names=focus_detr_toy_bad_final_test") == 2
+    err = capsys.readouterr().err
+    assert not shows_traceback(err), err[-3000:]
+    line = err.strip().splitlines()[-1]
+    final = out / "model_final.pth"
+    assert line.startswith("error: cannot read image ") and (
+        f" (in the evaluation at the end of training); training is complete and saved in {final}: "
+    ) in line and ", then evaluate with: " in line, line
+    command = shlex.split(line.split("evaluate with: ")[1])
+    assert command[-2:] == ["--eval-only", f"train.init_checkpoint={final}"] and "--resume" not in command
+    fixed = [arg for arg in command[2:] if not arg.startswith("dataloader.test.dataset.names=")]  # the data fixed
+    assert train_net.cli(fixed) == 0
+
+
+def test_a_missing_test_image_is_found_before_training(train_net, toy_dataset, tmp_path, capsys):
+    import json
+
+    from toy_detector import register_toy_dataset
+
+    register_toy_dataset("focus_detr_toy_missing_test", str(tmp_path / "data"))
+    with open(tmp_path / "data" / "toy.json") as f:
+        first = json.load(f)["images"][0]["file_name"]
+    missing = tmp_path / "data" / "images" / first
+    missing.unlink()
+    out = tmp_path / "out"
+    assert _train(train_net, out, "train.max_iter=3", "dataloader.test.dataset.names=focus_detr_toy_missing_test") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: dataset 'focus_detr_toy_missing_test' (") and (
+        f": image file not found: {missing}; the evaluation at the end of training would stop there: fix the "
+        "dataset's image folder (image_root) or its file names") in line, line
+    assert not list(out.glob("model_*.pth"))  # refused before the first step
+
+
 def test_an_evaluation_out_of_memory_during_training_saves_that_iteration_and_names_the_evaluation_settings(
     train_net, toy_dataset, tmp_path, capsys, monkeypatch
 ):

@@ -29,6 +29,7 @@ __all__ = [
     "check_dataset_jsons",
     "check_evaluable",
     "check_finite_boxes",
+    "check_image_files",
     "check_num_classes",
     "dataset_classes",
     "get_checked_dataset_dicts",
@@ -141,6 +142,9 @@ def _warn_about_legal_surprises(name, json_file, report):
             f"{where}: {_boxes(outside.count)} reaching more than 1 pixel outside the image, "
             f"{_example(outside.example)}: training clips such boxes to the image, but the COCO evaluator scores "
             "them as written, so even a perfect detection of the visible part matches them with a lower IoU"
+            + (report.boxes_read_as_corners and "; every box of the json, read as corners [x1, y1, x2, y2], lies "
+               "inside its image: if they are corners (as in Pascal VOC), write them as COCO's [x, y, width, "
+               "height], width = x2 - x1 and height = y2 - y1" or "")
         )
     for class_name, ids in report.shared_names.items():
         listed = f"{', '.join(map(str, ids[:-1]))} and {ids[-1]} are {'both' if len(ids) == 2 else 'all'}"
@@ -183,6 +187,23 @@ def check_evaluable(names):
             raise ValueError(
                 f"dataset {name!r} ({json_file}): {_annotations(missing.count)} without an 'area', "
                 f"{_example(missing.example)}, which COCO evaluation needs to score this test set; {AREA_FIX}"
+            )
+
+
+def check_image_files(names, purpose):
+    """Raises ValueError naming the first image of the datasets ``names`` whose file is not there (a ``stat`` per
+    image, nothing read), and how many are missing; ``purpose`` says what would have failed ("the final
+    evaluation, after all of training"). Images behind a URL are not checked."""
+    for name in _as_list(names):
+        with _dataset_errors_in_one_line([name]):
+            records = DatasetCatalog.get(name)
+        files = [str(r["file_name"]) for r in records if r.get("file_name") is not None]
+        missing = [f for f in files if "://" not in f and not os.path.isfile(f)]
+        if missing:
+            others = f" (and {len(missing) - 1} more of its {len(records)} images)" if len(missing) > 1 else ""
+            raise ValueError(
+                f"dataset {name!r}{_json_of(name)}: image file not found: {missing[0]}{others}; {purpose} would "
+                "stop there: fix the dataset's image folder (image_root) or its file names"
             )
 
 

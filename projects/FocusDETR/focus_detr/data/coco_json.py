@@ -20,6 +20,7 @@ import codecs
 import dataclasses
 import functools
 import json
+import math
 import os
 import stat
 from typing import Optional
@@ -67,6 +68,9 @@ class CocoJsonReport:
         sub_pixel_boxes (BoxTally): all boxes (count, the first as example) when every one is under
             ``SUB_PIXEL_SIDE`` pixels on both sides while every image is at least ``PIXEL_IMAGE_SIDE`` pixels on both:
             coordinates given as fractions of the image (0..1), most likely; empty otherwise.
+        boxes_read_as_corners (bool): some boxes reach outside their image, and every box, read as corners
+            [x1, y1, x2, y2] instead of [x, y, width, height], lies inside it: corners, most likely (Pascal VOC's
+            form).
         warned_datasets (set): the datasets whose warnings about these boxes and names were logged (a report is one
             version of a file, cached: each dataset using it warns once).
     """
@@ -79,12 +83,34 @@ class CocoJsonReport:
     missing_area: BoxTally = dataclasses.field(default_factory=BoxTally)
     misfit_area: BoxTally = dataclasses.field(default_factory=BoxTally)
     sub_pixel_boxes: BoxTally = dataclasses.field(default_factory=BoxTally)
+    boxes_read_as_corners: bool = False
     warned_datasets: set = dataclasses.field(default_factory=set)
 
 
 def _usable_id(value):
-    # bool is an int subclass, and True == 1 would make it collide with image 1
-    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
+    # bool is an int subclass, and True == 1 would make it collide with image 1; NaN equals nothing, itself
+    # included, so no lookup finds its image
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _annotation_id_problem(index, annotation_id):
+    """Why ``annotation_id`` cannot score in COCO evaluation, or None. pycocotools keeps, per detection, the id of
+    the object it matched in a float64 array, where 0 means "no match": an object of id 0 is never found, a string
+    or an integer beyond float64 stops the evaluation after the whole inference."""
+    if not _usable_id(annotation_id) or isinstance(annotation_id, str):
+        return f"annotation #{index} (0-based) has id {annotation_id!r}, not a number; COCO evaluation needs numbers"
+    if annotation_id == 0:
+        return (f"annotation #{index} (0-based) has id 0, which COCO evaluation reads as 'matched nothing': a correct "
+                "detection of it would count as a miss; number the annotations from 1")
+    try:
+        float(annotation_id)
+    except OverflowError:
+        digits = str(abs(annotation_id))
+        return (f"annotation #{index} (0-based) has an id of {len(digits)} digits ({digits[:8]}...), too large for "
+                "COCO evaluation, which keeps ids as float64; number the annotations from 1")
+    return None
 
 
 def _is_positive_integer(value):
@@ -268,10 +294,12 @@ def _annotation_problem(annotations, images_by_id, names_by_id, report):
     ``report.non_finite_box``), and boxes training drops or clips are counted in ``report``."""
     seen = set()
     sub_pixel = True  # every box so far is under SUB_PIXEL_SIDE on both sides
+    corners = True  # every box so far, read as corners [x1, y1, x2, y2], lies in its image
     for index, annotation in enumerate(annotations):
         annotation_id = annotation.get("id")
-        if not _usable_id(annotation_id):
-            return f"annotation #{index} (0-based) has id {annotation_id!r}, not a number"
+        problem = _annotation_id_problem(index, annotation_id)
+        if problem:
+            return problem
         if annotation_id in seen:
             return f"annotation id {annotation_id} is used by two annotations; annotation ids must be unique"
         seen.add(annotation_id)
@@ -300,8 +328,11 @@ def _annotation_problem(annotations, images_by_id, names_by_id, report):
             return problem
         if sub_pixel:
             sub_pixel = bbox[2] < SUB_PIXEL_SIDE and bbox[3] < SUB_PIXEL_SIDE
+        if corners:
+            corners = bbox[0] < bbox[2] <= image["width"] + 1 and bbox[1] < bbox[3] <= image["height"] + 1
     if sub_pixel and annotations:
         report.sub_pixel_boxes = _sub_pixel_boxes(annotations, images_by_id)
+    report.boxes_read_as_corners = corners and report.outside_boxes.count > 0
     return None
 
 

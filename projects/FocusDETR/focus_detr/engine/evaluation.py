@@ -18,7 +18,7 @@ from ..analysis.selection_quality_evaluator import (
     TokenSelectionOutputs,
     supports_token_selection,
 )
-from ..data import check_dataset_jsons, check_evaluable, check_num_classes, dataset_classes
+from ..data import check_dataset_jsons, check_evaluable, check_image_files, check_num_classes, dataset_classes
 from .agreement import ProcessFailed, failure_report, raise_agreed_failure
 from .checkpoint import atomic_write
 from .cli import is_out_of_memory
@@ -184,6 +184,14 @@ def check_evaluation_datasets(cfg):
                           "name one dataset in both (the configs' evaluator follows dataloader.test.dataset.names)")
     if _is_coco_evaluator(evaluator):
         check_evaluable([scored])  # what only pycocotools reads, found before inference (or training) starts
+
+
+def check_test_images(cfg):
+    """ValueError naming the first test image whose file is missing, checked before training: the evaluation at its
+    end would stop there, after all of it (a stat per image)."""
+    dataset = cfg.dataloader.test.get("dataset", None)
+    if dataset is not None:
+        check_image_files(_dataset_names_in(dataset), "the evaluation at the end of training")
 
 
 def _is_coco_evaluator(node):

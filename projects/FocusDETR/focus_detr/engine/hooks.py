@@ -207,10 +207,11 @@ class EMAHook(HookBase):
 class IsolatedRngEvalHook(EvalHook):
     """detectron2's ``EvalHook`` whose evaluation leaves the training run's RNG states untouched, so a run with
     periodic evaluation draws the same random numbers as one without. ``final_evaluation_done``: whether the
-    evaluation at the end of training has completed; ``failed_at``: the iteration after which an evaluation during
-    training raised (None: none did)."""
+    evaluation at the end of training has completed, ``final_evaluation_failed`` whether it raised; ``failed_at``: the
+    iteration after which an evaluation during training raised (None: none did)."""
 
     final_evaluation_done = False
+    final_evaluation_failed = False
     failed_at = None
 
     def after_step(self):
@@ -231,7 +232,11 @@ class IsolatedRngEvalHook(EvalHook):
         if self.trainer.iter < self.trainer.max_iter:
             del self._func  # what detectron2's after_train does last: the closure holds the trainer
             return
-        super().after_train()
+        try:
+            super().after_train()
+        except Exception:
+            self.final_evaluation_failed = True
+            raise
         self.final_evaluation_done = True
 
 

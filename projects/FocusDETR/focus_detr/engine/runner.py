@@ -18,7 +18,7 @@ from .checkpoint import AtomicDetectionCheckpointer
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line, user_errors_without_tracebacks
 from .config import ConfigError
 from .evaluation import (check_evaluation_datasets, check_model_classes, check_same_classes, check_same_input_format,
-                         evaluate, write_eval_results)
+                         check_test_images, evaluate, write_eval_results)
 from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, check_lr_multiplier,
                     restore_rank_state, schedule_change_warning)
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
@@ -152,6 +152,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
             instantiate(cfg.dataloader.test)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"the config's test loader (dataloader.test) cannot be built: {error}") from None
+        check_test_images(cfg)
     model = wrap_ddp(model, cfg, device)
 
     amp_dtype = training_amp_dtype(cfg, device)
@@ -235,6 +236,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     except TrainingInterrupted:
         raise
     except Exception as error:
+        if eval_hook.final_evaluation_failed and is_user_error(error) and checkpoint_hook.last_saved is not None:
+            raise _final_evaluation_failed(error, checkpoint_hook.last_saved[1], resume_command) from error
         stopped = _save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, start_iter,
                                                    resume_command)
         if stopped is None:
@@ -301,6 +304,16 @@ def _lr_multiplier_of(optimizer):
     detectron2's scheduler has run on it)."""
     group = optimizer.param_groups[0]
     return group["lr"] / group["initial_lr"] if group.get("initial_lr") else None
+
+
+def _final_evaluation_failed(error, checkpoint, resume_command):
+    """The error to raise for a user error in the evaluation after the last iteration: the original line, and that
+    training is complete, where it is saved and how to evaluate it once the error is mended."""
+    redo = f"evaluate with: {evaluation_command(resume_command, checkpoint)}" if resume_command else (
+        f"evaluate it with --eval-only train.init_checkpoint={checkpoint}")
+    fix = getattr(error, "remedy", None) or "fix what it names"
+    return ValueError(f"{one_line(error, MAX_MESSAGE_CHARS)} (in the evaluation at the end of training); training is "
+                      f"complete and saved in {checkpoint}: {fix}, then {redo}")
 
 
 def _save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, start_iter, resume_command):

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from focus_detr.analysis.detection_drawing import draw_detections
 from focus_detr.analysis.token_maps import save_foreground_figure, save_token_figure
 from focus_detr.data import expand_globs, image_files, read_image
-from focus_detr.data.video_io import VIDEO_CODECS, VideoWriter, open_video, read_frames
+from focus_detr.data.video_io import VIDEO_CODECS, VideoWriter, check_frame_rate, open_video, read_frames
 from focus_detr.engine import FocusDETRPredictor, inference_amp_dtype, load_config, resolve_device
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import print_skipped, run_reporting_errors
@@ -136,8 +136,15 @@ def _unique_name(path, taken):
 
 
 def _save_png(path, picture):
-    if not cv2.imwrite(path, picture):
-        raise OSError(f"cannot write {path}")
+    """Writes ``picture`` as PNG to ``path``; OSError with the reason (cv2.imwrite only says that it failed)."""
+    ok, encoded = cv2.imencode(".png", picture)
+    if not ok:
+        raise OSError(f"cannot write {path}: OpenCV cannot encode a {picture.shape} picture as PNG")
+    try:
+        with open(path, "wb") as f:
+            f.write(encoded.tobytes())
+    except OSError as error:
+        raise OSError(f"cannot write {path}: {error.strerror}") from None
 
 
 def _token_pictures(predictor, image_bgr, name, output):
@@ -156,14 +163,15 @@ def _token_pictures(predictor, image_bgr, name, output):
 
 
 def image_paths(inputs):
-    """The image files among ``inputs`` (files, folders, glob patterns), each other file named on stderr with why;
-    ValueError when none is left. Reads headers only, so the model is not built for inputs without an image."""
+    """The image files among ``inputs`` (files, folders, glob patterns), each other file named on stderr with why,
+    and those others; ValueError when no image is left. Reads headers only, so the model is not built for inputs
+    without an image."""
     paths, skipped = image_files(expand_globs(inputs))
     for path, why in skipped:
         print_skipped(path, why)
     if not paths:
         raise ValueError(f"no image to draw: all {len(skipped)} inputs were skipped (each is named above)")
-    return paths
+    return paths, [path for path, _ in skipped]
 
 
 def picture_names(paths):
@@ -173,20 +181,21 @@ def picture_names(paths):
     return [_unique_name(path, taken) for path in paths]
 
 
-def check_image_output(output, paths, show_tokens):
+def check_image_output(output, paths, show_tokens, skipped=()):
     """ValueError when ``output`` is an existing file (the pictures of image inputs go into a folder; makedirs would
-    only say "File exists"), or when a picture would be written over one of the input images ``paths`` (e.g.
-    ``--output`` is their folder and it holds an image named like a picture). Called before the model is built."""
+    only say "File exists"), or when a picture would be written over one of the input images ``paths`` or of the
+    inputs ``skipped`` as no image (e.g. ``--output`` is their folder and it holds a file named like a picture: a
+    damaged image is still the user's). Called before the model is built."""
     if os.path.exists(output) and not os.path.isdir(output):
         raise ValueError(f"--output {output} is a file; for image inputs it must be a folder (the pictures are "
                          "written into it)")
-    inputs = {os.path.realpath(path): path for path in paths}
+    inputs = {os.path.realpath(path): path for path in [*skipped, *paths]}
     kinds = ("detections", "foreground", "tokens") if show_tokens else ("detections",)
     for path, name in zip(paths, picture_names(paths)):
         for kind in kinds:
             picture = os.path.join(output, f"{name}_{kind}.png")
             if os.path.realpath(picture) in inputs:
-                raise ValueError(f"--output {output}: the picture of {path} would overwrite the input image "
+                raise ValueError(f"--output {output}: the picture of {path} would overwrite the input "
                                  f"{inputs[os.path.realpath(picture)]}; choose another --output folder")
 
 
@@ -210,7 +219,11 @@ def run_images(predictor, paths, output, threshold, class_names, show_tokens):
             continue
         picture, count = _draw(image, result["instances"], class_names, threshold)
         detection_png = os.path.join(output, f"{name}_detections.png")
-        _save_png(detection_png, picture)
+        try:
+            _save_png(detection_png, picture)
+        except OSError as error:  # e.g. a name too long once "_detections.png" is added: the others still go on
+            print_skipped(path, str(error))
+            continue
         written += [detection_png, *token_paths]
         drawn += 1
         print(f"{path}: {count} detections >= {threshold} -> {detection_png}")
@@ -225,6 +238,9 @@ def video_output_path(output, video):
     """``output/<video name>_detections.mp4`` when ``output`` is a folder or has no extension, else ``output`` when it
     names a video file."""
     if os.path.isdir(output) or not os.path.splitext(output)[1]:
+        if os.path.exists(output) and not os.path.isdir(output):
+            raise ValueError(f"--output {output} is a file; for a video name a {' or '.join(VIDEO_CODECS)} file, or a "
+                             "folder")
         path = os.path.join(output, f"{os.path.splitext(os.path.basename(video))[0]}_detections.mp4")
     elif os.path.splitext(output)[1].lower() in VIDEO_CODECS:
         path = output
@@ -232,7 +248,12 @@ def video_output_path(output, video):
         raise ValueError(f"--output for a video must be a folder or end in {' or '.join(VIDEO_CODECS)}, got {output}")
     if os.path.isdir(path):  # found now, not when the finished file is renamed into place
         raise ValueError(f"--output {path} is a folder: the video cannot be written under that name")
-    if os.path.abspath(path) == os.path.abspath(video):
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"--output {path}: {folder} is a file, not a folder")
+    if os.path.realpath(path) == os.path.realpath(video):  # through a link too: the input would be replaced
         raise ValueError(f"--output {path} is the input video; name another file")
     return path
 
@@ -270,11 +291,12 @@ def main(args):
     if args.video_input and args.show_tokens:
         raise ValueError("--show-tokens draws pictures of images; it cannot be used with --video-input")
     if args.input:  # inputs without an image, or a wrong --output, fail before the model is built
-        paths = image_paths(args.input)
-        check_image_output(args.output, paths, args.show_tokens)
+        paths, skipped = image_paths(args.input)
+        check_image_output(args.output, paths, args.show_tokens, skipped)
     else:  # a video that cannot be read, or a wrong --output, fails before the model is built
-        open_video(args.video_input)[0].release()
-        video_output_path(args.output, args.video_input)
+        capture, fps, _ = open_video(args.video_input)
+        capture.release()
+        check_frame_rate(video_output_path(args.output, args.video_input), fps)
     cfg = load_config(args.config_file, args.opts)
     if args.onnx:
         predictor = _onnx_predictor(cfg, args.onnx)

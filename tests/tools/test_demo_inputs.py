@@ -125,13 +125,40 @@ def test_an_output_where_a_picture_would_overwrite_an_input_is_refused_before_an
     before = open(theirs, "rb").read()
     code, _, err = _run(demo, [str(folder)], folder, capsys)
     assert (code, err) == (2, [f"error: --output {folder}: the picture of {folder / 'a.png'} would overwrite the input "
-                               f"image {theirs}; choose another --output folder"])
+                               f"{theirs}; choose another --output folder"])
     assert open(theirs, "rb").read() == before and sorted(p.name for p in folder.iterdir()) == [
         "a.png", "a_detections.png"]
     # the same folder without such a name is fine: the pictures go next to the images
     (folder / "a_detections.png").unlink()
     code, _, err = _run(demo, [str(folder / "a.png")], folder, capsys)
     assert (code, err) == (0, [])
+
+
+def test_an_input_that_is_no_image_is_not_overwritten_by_a_picture_either(demo, toy_dataset, tmp_path, capsys):
+    # it was skipped as no image, then replaced by the picture of a.png
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _png(folder / "a.png", 0)
+    (folder / "a_detections.png").write_text("my notes")
+    code, _, err = _run(demo, [str(folder)], folder, capsys)
+    assert code == 2 and err[-1] == (
+        f"error: --output {folder}: the picture of {folder / 'a.png'} would overwrite the input "
+        f"{folder / 'a_detections.png'}; choose another --output folder")
+    assert (folder / "a_detections.png").read_text() == "my notes"
+
+
+def test_a_picture_that_cannot_be_written_is_named_with_why_and_the_others_are_drawn(demo, toy_dataset, tmp_path,
+                                                                                  capsys):
+    # one name too long once "_detections.png" is added ended the run, "cannot write <path>" without why
+    folder = tmp_path / "in"
+    folder.mkdir()
+    long_name = _png(folder / ("a" * 245 + ".png"), 0)
+    _png(folder / "b.png", 1)
+    code, out, err = _run(demo, [str(folder)], tmp_path / "out", capsys)
+    assert code == 0
+    assert err == [f"skipped {long_name}: cannot write {tmp_path / 'out' / ('a' * 245 + '_detections.png')}: File name "
+                   "too long"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b_detections.png"]
 
 
 def test_inputs_with_one_name_do_not_overwrite_each_other(demo, toy_dataset, tmp_path, capsys):

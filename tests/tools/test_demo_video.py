@@ -84,6 +84,22 @@ def test_a_broken_video_is_one_line_and_exit_2(demo, toy_dataset, tmp_path, caps
     assert not (tmp_path / "out.mp4").exists()
 
 
+def test_a_cut_avi_is_one_line_without_opencv_s_own_complaint(tmp_path, capfd):
+    # OpenCV's AVI reader printed "Unexpected element. Expected: LIST. Got: ..." to the process's stderr first
+    from focus_detr.data.video_io import open_video
+
+    whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), FPS, SIZE)
+    for index in range(FRAMES):
+        writer.write(np.random.default_rng(index).integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8))
+    writer.release()
+    cut.write_bytes(whole.read_bytes()[:4000])
+    capfd.readouterr()
+    with pytest.raises(ValueError, match="OpenCV cannot decode it"):
+        open_video(str(cut))
+    assert capfd.readouterr().err == ""
+
+
 def test_video_argument_errors_are_one_line(demo, toy_dataset, video, tmp_path, capsys):
     cases = [
         (["--video-input", str(tmp_path / "missing.mp4"), "--output", str(tmp_path / "o.mp4")],
@@ -91,14 +107,40 @@ def test_video_argument_errors_are_one_line(demo, toy_dataset, video, tmp_path, 
         (["--video-input", video, "--output", str(tmp_path / "o.gif")],
          f"error: --output for a video must be a folder or end in .mp4 or .avi, got {tmp_path / 'o.gif'}"),
         (["--video-input", video, "--output", video], f"error: --output {video} is the input video; name another file"),
+        # through a link to its folder: the input was replaced by the annotated video
+        (["--video-input", video, "--output", str(tmp_path / "link" / "clip.mp4")],
+         f"error: --output {tmp_path / 'link' / 'clip.mp4'} is the input video; name another file"),
+        (["--video-input", video, "--output", str(tmp_path / "afile")],
+         f"error: --output {tmp_path / 'afile'} is a file; for a video name a .mp4 or .avi file, or a folder"),
+        (["--video-input", video, "--output", str(tmp_path / "afile" / "o.mp4")],
+         f"error: --output {tmp_path / 'afile' / 'o.mp4'}: {tmp_path / 'afile'} is a file, not a folder"),
         (["--video-input", video, "--output", str(tmp_path / "o.mp4"), "--show-tokens"],
          "error: --show-tokens draws pictures of images; it cannot be used with --video-input"),
         (["--video-input", video, "--output", str(tmp_path / "o.mp4"), "--cuda-graphs", "--onnx", "m.onnx"],
          "error: --cuda-graphs replays the PyTorch model on a GPU; it cannot be used with --onnx"),
     ]
+    (tmp_path / "link").symlink_to(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    before = open(video, "rb").read()
     for argv, expected in cases:
         code, _, err = _run(demo, argv, capsys)
         assert (code, err) == (2, [expected])
+    assert open(video, "rb").read() == before
+
+
+def test_a_frame_rate_the_output_cannot_keep_is_one_line_before_any_frame(demo, toy_dataset, tmp_path, capsys):
+    # OpenCV's MJPG writer stores 2000 fps as 600: the .avi silently held another rate than announced
+    fast = str(tmp_path / "fast.mp4")
+    writer = cv2.VideoWriter(fast, cv2.VideoWriter_fourcc(*"mp4v"), 2000, SIZE)
+    writer.write(np.zeros((SIZE[1], SIZE[0], 3), np.uint8))
+    writer.release()
+    code, out, err = _run(demo, ["--video-input", fast, "--output", str(tmp_path / "o.avi")], capsys)
+    assert (code, err) == (2, [f"error: cannot write video {tmp_path / 'o.avi'} at the input's 2000 frames per second: "
+                               "OpenCV's MJPG writer would store 600 fps instead; a .mp4 file keeps it"])
+    assert not (tmp_path / "o.avi").exists() and out == ""
+    code, _, err = _run(demo, ["--video-input", fast, "--output", str(tmp_path / "o.mp4")], capsys)
+    assert (code, err) == (0, [])
+    assert _frames_and_fps(str(tmp_path / "o.mp4")) == (1, 2000.0)
 
 
 def test_a_folder_named_like_a_video_is_a_folder_and_a_folder_in_the_way_is_named_first(demo, toy_dataset, video,

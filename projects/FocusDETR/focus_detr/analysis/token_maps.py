@@ -66,13 +66,20 @@ def _strides(num_levels, strides):
     return strides
 
 
+# A panel at most this many times wider than high (or higher than wide): a 2 x 2000 pixel image made a figure
+# 585,772 pixels wide (80 s, 5 GB) that image viewers refuse. Such an image is drawn narrow inside its panel.
+MAX_PANEL_ASPECT = 4.0
+
+
 def _figure(rows, cols, panel_height=2.6, aspect=1.0):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * panel_height * aspect + 0.4, rows * panel_height + 0.6), squeeze=False)
+    aspect = min(max(aspect, 1 / MAX_PANEL_ASPECT), MAX_PANEL_ASPECT)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * panel_height * aspect + 0.4, rows * panel_height + 0.6),
+                             squeeze=False)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])

@@ -1,14 +1,17 @@
 """Reading and writing video files with OpenCV, refusing what cannot be read with one line, and writing atomically
 (a complete file appears under its name, or nothing does)."""
+import contextlib
 import math
 import os
+import sys
+import tempfile
 
 import cv2
 import numpy as np
 
 from ..partial_files import PartialPath, remove_abandoned
 
-__all__ = ["VIDEO_CODECS", "VideoWriter", "open_video", "read_frames"]
+__all__ = ["VIDEO_CODECS", "VideoWriter", "check_frame_rate", "open_video", "read_frames"]
 
 # Output container (by file extension) -> the codec OpenCV's bundled FFmpeg writes it with.
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
@@ -18,6 +21,54 @@ def _quiet_ffmpeg():
     # FFmpeg's own log lines ("moov atom not found") would come next to the one line that reports the problem; it
     # reads this setting when OpenCV first uses it, so a process that read a video before keeps its logging.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
+@contextlib.contextmanager
+def _native_messages_silenced():
+    """OpenCV's own readers and FFmpeg's encoders print some complaints straight to the process's stderr ("Unexpected
+    element. Expected: LIST", "timebase ... not supported"), past any log setting: they would come next to the one
+    line that reports the problem. Silenced around the calls that open a file; what Python writes meanwhile too."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _stored_frame_rate(extension, fps):
+    """The frame rate a one-frame file of ``extension`` written at ``fps`` reads back with (None: no writer opens)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "probe" + extension)
+        with _native_messages_silenced():
+            writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*VIDEO_CODECS[extension]), fps, (16, 16))
+        if not writer.isOpened():
+            return None
+        writer.write(np.zeros((16, 16, 3), np.uint8))
+        writer.release()
+        capture = cv2.VideoCapture(path)
+        stored = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else None
+        capture.release()
+        return stored
+
+
+def check_frame_rate(path, fps):
+    """ValueError (one line) unless a video written to ``path`` (by its extension) keeps the frame rate ``fps``:
+    OpenCV's MJPG writer (.avi) stores a rate above 1,000 fps as 600 without a word, and its mp4v writer (.mp4) no
+    rate beyond 65,535 or finer than a 65,535th. Tried on a one-frame file, before any frame is predicted."""
+    extension = os.path.splitext(path)[1].lower()
+    stored = _stored_frame_rate(extension, fps)
+    if stored is not None and abs(stored - fps) <= 1e-3 * fps:
+        return
+    others = [other for other in VIDEO_CODECS if other != extension
+              and abs((_stored_frame_rate(other, fps) or -1.0) - fps) <= 1e-3 * fps]
+    what = f"would store {stored:g} fps instead" if stored is not None else "cannot store it"
+    hint = f"; a {others[0]} file keeps it" if others else ""
+    raise ValueError(f"cannot write video {path} at the input's {fps:g} frames per second: OpenCV's "
+                     f"{VIDEO_CODECS[extension]} writer {what}{hint}")
 
 
 def open_video(path):
@@ -35,7 +86,8 @@ def open_video(path):
     if os.path.getsize(path) == 0:
         raise ValueError(f"cannot read video {path}: an empty file (0 bytes)")
     _quiet_ffmpeg()
-    capture = cv2.VideoCapture(path)
+    with _native_messages_silenced():
+        capture = cv2.VideoCapture(path)
     if not capture.isOpened():
         capture.release()
         raise ValueError(f"cannot read video {path}: OpenCV cannot decode it (not a video, or damaged)")
@@ -80,7 +132,8 @@ class VideoWriter:
             # a name of its own (not one per output): two runs writing one output must not write into one file
             remove_abandoned(folder, f".{stem}.", f".partial{extension}")  # killed runs' partial files
             self._partial = PartialPath(folder, prefix=f".{stem}.", suffix=f".partial{extension}")
-            self._writer = cv2.VideoWriter(self._partial.path, self._codec, self.fps, size)
+            with _native_messages_silenced():
+                self._writer = cv2.VideoWriter(self._partial.path, self._codec, self.fps, size)
             if not self._writer.isOpened():
                 raise OSError(f"cannot write video {self.path}: OpenCV cannot open a {size[0]}x{size[1]} "
                               f"{VIDEO_CODECS[os.path.splitext(self.path)[1].lower()]} writer there")

@@ -68,13 +68,13 @@ def main(args):
                          "truth to the model); for the test set use --source annotation --split test")
     cfg = load_config(args.config_file, args.opts)
     check_datasets_registered(loader_node(cfg, args.split))
+    records = loader_records(cfg, args.split)  # loaded once: this sets the classes' names, the loader takes it
     class_names = loader_class_names(cfg, args.split)
-    records = loader_records(cfg, args.split)  # the data the pictures show (the training loader reads it again)
     check_output_outside_data(args.output_dir, records)
     if args.source == "annotation":
         samples = annotation_samples(records, print_skipped)
     else:
-        samples = loader_samples(cfg, args.num or DEFAULT_LOADER_IMAGES)
+        samples = loader_samples(cfg, args.num or DEFAULT_LOADER_IMAGES, records)
     check_output_dir(args.output_dir, key="--output-dir")  # made now, after the checks of the data
     stems, occurrences, written = {}, {}, []
     for sample in samples:

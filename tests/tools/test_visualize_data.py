@@ -72,6 +72,21 @@ def test_loader_pictures_are_the_augmented_network_inputs_with_their_boxes(tool,
     assert len(written) == 3 and all(p.endswith(("_loader1.png", "_loader2.png")) for p in written)
 
 
+@pytest.mark.parametrize("source", ["annotation", "dataloader"])
+def test_the_dataset_json_is_loaded_once(tool, tmp_path, monkeypatch, source):
+    # a 30 MB json took 4 s per load, and was loaded three times for --source dataloader
+    import detectron2.data.datasets as datasets
+    from detectron2.data import MetadataCatalog
+
+    overrides = register_two_class_dataset(str(tmp_path / "data"), f"visualize_loads_{source}")
+    loads = []
+    real = datasets.load_coco_json
+    monkeypatch.setattr(datasets, "load_coco_json", lambda *args, **kwargs: loads.append(args) or real(*args, **kwargs))
+    assert MetadataCatalog.get(f"visualize_loads_{source}").get("thing_classes", None) is None  # not loaded yet
+    _pictures(tool, ["--config-file", TREE_CONFIG, "--source", source, "--num", "1", *overrides], tmp_path / "out")
+    assert len(loads) == 1
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--source", "dataloader", "--split", "test"], "--source dataloader draws the training loader's output"),
     (["--source", "annotation", "dataloader.test.dataset.names=nope"], "dataset 'nope' is not registered"),

@@ -4,12 +4,13 @@ given (``dataloader``: flips, resizes and crops applied, crowd boxes and boxes c
 import copy
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 from detectron2.config import instantiate
 from detectron2.data import detection_utils
 from detectron2.structures import BoxMode
+from detectron2.utils.registry import locate
 
 from ..data.dataset_mapper import check_image_size
 from ..data.image_io import read_image
@@ -92,14 +93,21 @@ def annotation_samples(records: List[dict], skip: Callable[[str, str], None]) ->
         )
 
 
-def loader_samples(cfg, limit: int) -> Iterator[GroundTruth]:
+def loader_samples(cfg, limit: int, records: Optional[List[dict]] = None) -> Iterator[GroundTruth]:
     """The first ``limit`` images the training loader (``dataloader.train``, in this process: no workers) gives the
-    model, drawn in network-input pixels with the ground truth it gives the loss."""
+    model, drawn in network-input pixels with the ground truth it gives the loss. ``records``: its dataset's dicts
+    when loaded already (:func:`loader_records`), so that a large json is not loaded twice."""
     node = copy.deepcopy(loader_node(cfg, "train"))
     if "num_workers" in node:
         node.num_workers = 0  # nothing to gain from workers for a few pictures, and no processes to leave behind
     _, image_format = mapper_entry(node.get("mapper", None), FORMAT_KEYS)
-    loader = instantiate(node)
+    if records is None or "dataset" not in node:
+        loader = instantiate(node)
+    else:
+        target = node._target_
+        build = locate(target) if isinstance(target, str) else target
+        loader = build(dataset=records, **{key: instantiate(node[key]) for key in node
+                                           if key not in ("_target_", "dataset")})
     count = 0
     for batch in loader:
         for item in batch:

@@ -130,6 +130,16 @@ def test_image_files_expands_folders_sorted_and_names_what_is_not_an_image(tmp_p
     ]
 
 
+def test_a_glob_through_a_link_to_a_folder_above_gives_each_file_once(tmp_path):
+    # "in/loop/**/*.png" with in/loop/up -> .. drew every image about 25 times, under ever longer paths
+    folder = tmp_path / "in"
+    (folder / "loop").mkdir(parents=True)
+    (folder / "loop" / "up").symlink_to("..")
+    for name in ("a.png", "loop/b.png"):
+        (folder / name).write_bytes(b"x")
+    assert expand_globs([str(folder / "**" / "*.png")]) == [str(folder / "a.png"), str(folder / "loop" / "b.png")]
+
+
 def test_expand_globs_sorts_matches_keeps_existing_names_and_refuses_a_pattern_matching_nothing(tmp_path):
     for name in ("b.png", "a.png", "[x].png", "sub/c.png"):
         (tmp_path / name).parent.mkdir(exist_ok=True)

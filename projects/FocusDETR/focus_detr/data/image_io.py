@@ -147,7 +147,8 @@ def image_files(inputs):
 
 def expand_globs(inputs):
     """``inputs`` with each glob pattern (``*``, ``?``, ``[...]``; ``**`` across folders) replaced by the paths it
-    matches, sorted; a path that exists as written is kept as it is, even with such characters in its name.
+    matches, sorted, each file once (the shortest of its paths); a path that exists as written is kept as it is,
+    even with such characters in its name.
 
     Raises:
         ValueError naming the first pattern that matches nothing (one line).
@@ -160,5 +161,11 @@ def expand_globs(inputs):
         matches = sorted(glob.glob(path, recursive=True))
         if not matches:
             raise ValueError(f"no file matches {path!r}")
-        expanded += matches
+        # ``**`` follows linked folders, so a link to a folder above repeats its files under ever longer paths
+        shortest = {}
+        for match in matches:
+            real = os.path.realpath(match)
+            if real not in shortest or len(match) < len(shortest[real]):
+                shortest[real] = match
+        expanded += sorted(shortest.values())
     return expanded

@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     args.device = resolve_device(args.device, "--device", "--device cpu")
 
     if args.output:  # before the runs, not after them
-        check_output_file(args.output, "--output", "ours.pt")
+        check_output_file(args.output, "--output", "ours.pt", inputs={"--fixture": args.fixture})
 
     torch.set_num_threads(2)
     fixture = load_fixture(args.fixture)

@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     # Refusals first: building the model and recording take minutes at full size.
     if args.weights and "://" not in args.weights and not os.path.isfile(args.weights):
         raise missing_checkpoint_error(args.weights)
-    check_output_file(args.output, "--output", "fixture.pt")
+    check_output_file(args.output, "--output", "fixture.pt", inputs={"--weights": args.weights})
     cfg = load_config(args.config_file, args.opts)  # one line for a missing file or an unknown override key
 
     torch.set_num_threads(2)

@@ -147,6 +147,21 @@ def test_a_cuda_device_without_a_gpu_is_one_line(check_parity, parity_fixture_pa
     assert capsys.readouterr().err.strip() == "error: --device is 'cuda' but no CUDA GPU is visible; use --device cpu"
 
 
+def test_an_output_that_is_the_fixture_is_refused_before_the_runs(check_parity, parity_fixture_path, tmp_path,
+                                                                  capsys):
+    # PARITY OK, and the fixture was replaced by the 88 KB of our outputs
+    import shutil
+
+    fixture = tmp_path / "fixture.pt"
+    shutil.copy(parity_fixture_path, fixture)
+    before = fixture.read_bytes()
+    line = _one_line_error(check_parity, ["--fixture", str(fixture), "--output", str(tmp_path / "." / "fixture.pt")],
+                           capsys)
+    assert line == (f"error: --output {tmp_path / '.' / 'fixture.pt'} is the --fixture file: the output would replace "
+                    "it; name another file")
+    assert fixture.read_bytes() == before
+
+
 def _one_line_error(check_parity, argv, capsys):
     from focus_detr.engine.cli import run_reporting_errors
 

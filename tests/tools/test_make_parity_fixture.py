@@ -50,6 +50,9 @@ def test_bad_image_sizes_are_refused(text, monkeypatch, capsys):
     (["model.nonexistent_key=3"],
      "error: unknown config key 'model.nonexistent_key' in override 'model.nonexistent_key=3'"),
     (["--output", "{tmp}"], "error: --output {tmp} is a folder: give a file name, e.g. {tmp}/fixture.pt"),
+    # the trained checkpoint was replaced by the fixture
+    (["--weights", "{tmp}/model.pth", "--output", "{tmp}/model.pth"],
+     "error: --output {tmp}/model.pth is the --weights file: the output would replace it; name another file"),
 ])
 def test_bad_input_is_one_line_before_any_model_is_built(bad, message, tmp_path, monkeypatch, capsys):
     from focus_detr.engine.cli import run_reporting_errors
@@ -60,6 +63,7 @@ def test_bad_input_is_one_line_before_any_model_is_built(bad, message, tmp_path,
         raise AssertionError("a model was built before the input was checked")
 
     monkeypatch.setattr(tool, "instantiate", no_model)
+    (tmp_path / "model.pth").write_bytes(b"weights")
     argv = ["--config-file", str(TINY_CONFIG), "--output", str(tmp_path / "fixture.pt")]
     argv += [arg.format(tmp=tmp_path) for arg in bad]
     assert run_reporting_errors(tool.main, argv) == 2

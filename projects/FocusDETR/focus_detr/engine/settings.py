@@ -131,12 +131,18 @@ def check_output_dir(path, key="train.output_dir"):
     check_free_space(path, key)
 
 
-def check_output_file(path, option, example):
+def check_output_file(path, option, example, inputs=None):
     """Raises a one-line error unless the file ``path`` (command-line ``option``) can be written: a folder is named
-    as such with the file name ``example`` suggested in it, and the file's folder is checked as
-    :func:`check_output_dir` checks one. Tools call it before their runs, which take minutes, not after them."""
+    as such with the file name ``example`` suggested in it, the file's folder is checked as :func:`check_output_dir`
+    checks one, and ``path`` must not be one of the tool's input files, ``inputs`` (option -> path; a fixture or a
+    checkpoint was replaced by the tool's output). Tools call it before their runs, which take minutes, not after
+    them."""
     if os.path.isdir(path):
         raise IsADirectoryError(f"{option} {path} is a folder: give a file name, e.g. {os.path.join(path, example)}")
+    for input_option, input_path in (inputs or {}).items():
+        if input_path and os.path.exists(path) and os.path.exists(input_path) and os.path.samefile(path, input_path):
+            raise ValueError(f"{option} {path} is the {input_option} file: the output would replace it; name another "
+                             "file")
     check_output_dir(os.path.dirname(os.path.abspath(path)), key=f"the folder of {option}")
 
 

@@ -73,5 +73,45 @@ def test_null_overrides_of_typed_settings_are_refused():
         apply_overrides(cfg, ["model.transformer.encoder.ffn_dropout=null"])
 
 
+@pytest.mark.parametrize("override, message", [
+    # each reached its constructor as None: 'NoneType' object is not callable (or has no attribute), a traceback
+    ("model.neck=null", "config key model.neck cannot be null: FocusDETR needs it"),
+    ("model.transformer.foreground_selector=null",
+     "config key model.transformer.foreground_selector cannot be null: FocusDETRTransformer needs it"),
+    ("dataloader.train.mapper=null", "config key dataloader.train.mapper cannot be null: build_resumable_train_loader "
+                                     "needs it"),
+    ("optimizer.params=null", "config key optimizer.params cannot be null: AdamW needs it"),
+])
+def test_null_for_a_part_that_has_no_default_is_refused(override, message):
+    cfg = load_config(_trees_config(), [])
+    with pytest.raises(ConfigError) as error:
+        apply_overrides(cfg, [override])
+    assert str(error.value) == message + " (it has no default to fall back on)"
+
+
+def test_null_for_a_part_with_a_default_is_that_default():
+    cfg = load_config(_trees_config(), ["model.criterion.matcher=null", "dataloader.evaluator=null"])
+    assert cfg.model.criterion.matcher is None and cfg.dataloader.evaluator is None
+
+
+@pytest.mark.parametrize("override, message", [
+    # a constructor's TypeError traceback, a key set although "+" adds, a deletion detectron2 cannot apply
+    ("+model.foo=1", "unknown config key 'model.foo' in override '+model.foo=...': the part it sets takes no such "
+                     "argument"),
+    ("+model.transformer.foreground_selector.keep_ratoi=0.3",
+     "unknown config key 'model.transformer.foreground_selector.keep_ratoi' in override "
+     "'+model.transformer.foreground_selector.keep_ratoi=...': the part it sets takes no such argument (did you mean: "
+     "model.transformer.foreground_selector.keep_ratio, model.transformer.foreground_selector.cascade_keep_ratios?)"),
+    ("+train.max_iter=7", "config override '+train.max_iter=...' adds a key that exists already: set it with "
+                          "train.max_iter=..."),
+    ("~train.max_iter=", "config override '~train.max_iter=' deletes a key, which detectron2's configs do not "
+                         "support; set it to another value, or to null where null is a setting"),
+])
+def test_added_and_deleted_keys_are_checked(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(_trees_config(), [override])
+    assert str(error.value) == message
+
+
 def _trees_config():
     return os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")

@@ -7,9 +7,9 @@ import sys
 
 __all__ = ["add_overrides_argument", "parse_args_with_overrides", "positive_int", "split_overrides"]
 
-# A config override: a dotted config key (optionally "+key" to add or "~key" to delete) followed by "=". Paths and URLs
-# with "=" do not match ("/" or ":" before the "="); a bare file name like "a=1.png" does, except as the value an option
-# requires (the first value of "--input a=1.png"): write it as "./a=1.png" elsewhere.
+# A config override: a dotted config key (optionally "+key" to add, or "~key", a deletion refused later) followed by
+# "=". Paths and URLs with "=" do not match ("/" or ":" before the "="); a bare file name like "a=1.png" does, except
+# as the value an option requires (the first value of "--input a=1.png"): write it as "./a=1.png" elsewhere.
 _OVERRIDE = re.compile(r"^[+~]?[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_\-]+)*=")
 
 

@@ -72,14 +72,45 @@ def _missing_part(cfg, dotted_key):
     return None
 
 
+def _is_entry(cfg, dotted_key):
+    """Whether ``dotted_key`` is an entry written in ``cfg`` (not a constructor argument left at its default)."""
+    parent_key, _, name = dotted_key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+    return isinstance(parent, DictConfig) and name in parent
+
+
+def _added_key_problem(cfg, key):
+    """Why ``+key=value`` cannot add ``key``, or None. ``+`` adds an entry to a plain dict (a loss weight_dict, DDP
+    arguments); an argument of a LazyCall node must be one its callable takes (``+model.foo=1`` reached the
+    constructor: "unexpected keyword argument"), and an existing entry is set without ``+`` (as in Hydra)."""
+    if _is_entry(cfg, key):
+        return f"config override '+{key}=...' adds a key that exists already: set it with {key}=..."
+    parent_key, _, name = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+    if isinstance(parent, DictConfig) and "_target_" in parent:
+        missing = _missing_part(cfg, key)
+        if missing is not None:
+            close = f" (did you mean: {', '.join(missing[1])}?)" if missing[1] else ""
+            return (f"unknown config key {missing[0]!r} in override '+{key}=...': the part it sets takes no such "
+                    f"argument{close}")
+    return None
+
+
 def check_override_keys(cfg, overrides):
-    """Raises ConfigError naming the first ``key=value`` override whose key is not in ``cfg`` (a ``+key=value``
-    override adds a new key on purpose and is not checked)."""
+    """Raises ConfigError naming the first ``key=value`` override whose key is not in ``cfg``; a ``+key=value``
+    override adds a new key on purpose (:func:`_added_key_problem`), a ``~key`` deletion is refused (detectron2 does
+    not apply them)."""
     for override in overrides:
+        if override.strip().startswith("~"):
+            raise ConfigError(f"config override {override!r} deletes a key, which detectron2's configs do not "
+                              "support; set it to another value, or to null where null is a setting")
         if "=" not in override:
             raise ConfigError(f"config override {override!r} is not of the form key=value")
         key = override.split("=", 1)[0].strip()
-        if key.startswith("+") or key.startswith("~"):
+        if key.startswith("+"):
+            problem = _added_key_problem(cfg, key[1:])
+            if problem:
+                raise ConfigError(problem)
             continue
         missing = _missing_part(cfg, key)
         if missing is not None:

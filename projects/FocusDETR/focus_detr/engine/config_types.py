@@ -81,6 +81,27 @@ def _typed_arguments(target) -> dict:
     return typed
 
 
+@functools.lru_cache(maxsize=None)
+def _required_arguments(target) -> Tuple[str, ...]:
+    """The names of ``target``'s arguments without a default that are not annotated Optional: a config's None for
+    one of them is no setting."""
+    function = target.__init__ if inspect.isclass(target) else target
+    try:
+        parameters = inspect.signature(function).parameters
+        hints = typing.get_type_hints(function)
+    except Exception:
+        return ()
+    required = []
+    for name, parameter in parameters.items():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or name == "self":
+            continue
+        hint = hints.get(name)
+        takes_none = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+        if parameter.default is inspect.Parameter.empty and not takes_none:
+            required.append(name)
+    return tuple(required)
+
+
 def _lazy_calls(node, path: str) -> Iterator[Tuple[str, DictConfig]]:
     """(dotted path, node) of every LazyCall node below ``node``, outermost first."""
     if isinstance(node, DictConfig):
@@ -126,6 +147,11 @@ def check_argument_types(cfg) -> None:
         target = located_target(node.get("_target_"))
         if target is None:
             continue
+        for name in _required_arguments(target):
+            if name in node and node._get_node(name)._is_none():
+                # model.neck=null reached the constructor: 'NoneType' object is not callable, deep in the build
+                raise ConfigError(f"config key {path}.{name} cannot be null: {getattr(target, '__name__', target)} "
+                                  "needs it (it has no default to fall back on)")
         for name, (kind, sequence, optional) in _typed_arguments(target).items():
             if name not in node:
                 continue

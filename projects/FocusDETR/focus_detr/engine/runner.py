@@ -42,6 +42,7 @@ EMA_HOOK_KEY = EMAHook.__qualname__
 def build_model(cfg, device=None):
     """Instantiates ``cfg.model`` on ``device`` (checked: "cuda" without a GPU is one line, not torch's driver
     error; default: ``cfg.train.device``, "auto" when absent)."""
+    require_sections(cfg, ("model",), "building the model")  # model=null on the command line
     if device is None:
         device = resolve_device((cfg.get("train", None) or {}).get("device", "auto"))
     else:

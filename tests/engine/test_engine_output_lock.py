@@ -57,6 +57,15 @@ def test_training_from_scratch_into_a_folder_with_checkpoints_is_refused(train_n
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint"]  # nothing written, the lock released
 
 
+def test_checkpoints_without_the_last_checkpoint_tag_are_not_written_over(train_net, toy_dataset, tmp_path, capsys):
+    # a folder with a copied-in model_final.pth: a new run replaced it without a word
+    (tmp_path / "model_final.pth").write_bytes(b"someone's weights")
+    code, errors = _cli(train_net, capsys, tmp_path, "train.max_iter=2")
+    assert (code, errors) == (2, [f"error: train.output_dir {tmp_path} holds checkpoints (model_final.pth) that a new "
+                                  "run would write over: choose another train.output_dir, or move them away"])
+    assert (tmp_path / "model_final.pth").read_bytes() == b"someone's weights"
+
+
 def test_the_lock_is_exclusive_and_released(tmp_path):
     with OutputDirLock(str(tmp_path)):
         try:

@@ -124,9 +124,17 @@ class OutputDirLock:
 
 def check_no_earlier_run(folder, key="train.output_dir"):
     """Raises ConfigError when ``folder`` holds the checkpoints of an earlier run (a ``last_checkpoint`` tag), which
-    a new run from scratch would overwrite and mix its metrics with: the message says how to resume it instead."""
+    a new run from scratch would overwrite and mix its metrics with: the message says how to resume it instead; or
+    checkpoint files (``model_*.pth`` / ``.safetensors``) without that tag, which it would write over."""
     tag = os.path.join(folder, "last_checkpoint")
     if not os.path.isfile(tag):
+        # checkpoints without the tag (copied in, or the tag deleted): a new run would still write over them
+        names = sorted(name for name in os.listdir(folder) if name.startswith("model_")
+                       and name.endswith((".pth", ".safetensors"))) if os.path.isdir(folder) else []
+        if names:
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise ConfigError(f"{key} {folder} holds checkpoints ({shown}) that a new run would write over: choose "
+                              f"another {key}, or move them away")
         return
     try:
         with open(tag) as f:

@@ -178,7 +178,7 @@ def main(args):
         variant_overrides,
     )
     from focus_detr.analysis.ablation_report import selection_columns, write_csv, write_markdown, write_plot
-    from focus_detr.engine import check_datasets_registered, load_config
+    from focus_detr.engine import check_datasets_registered, load_config, resolve_device
 
     if args.threads < 0:
         raise ValueError(f"--threads must be 0 (all cores) or more, got {args.threads}")
@@ -197,6 +197,7 @@ def main(args):
     args.config_file, args.output = os.path.abspath(args.config_file), os.path.abspath(args.output)
     cfg = load_config(args.config_file, args.opts)
     check_datasets_registered(cfg.dataloader)
+    resolve_device(args.device, "--device", "--device cpu")  # now: it times the variants after all their trainings
     runs = planned_runs(args.output, args.variants, range(1, args.seeds + 1))
     overrides_of = {v: variant_overrides(cfg, v) for v in args.variants}
     check_shared_overrides(args.opts, overrides_of)  # also before printing: the printed variants would be wrong too

@@ -23,9 +23,10 @@ import numpy as np
 from focus_detr.analysis.flops import count_flops
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
 from focus_detr.analysis.keep_ratios import dense_keep_ratios, foreground_selector_of, keep_ratios_applied
-from focus_detr.engine import build_model, check_datasets_registered, check_output_dir, load_config
+from focus_detr.engine import build_model, check_datasets_registered, load_config
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
+from focus_detr.engine.settings import check_output_file
 
 TASKS = ("flop", "parameter", "activation", "structure")
 
@@ -126,7 +127,7 @@ def activation_task(model, inputs):
 def main(args):
     logging.basicConfig(level=logging.WARNING)
     if args.json:  # before the counting, which takes minutes on a real test set
-        check_output_dir(os.path.dirname(os.path.abspath(args.json)), key="the folder of --json")
+        check_output_file(args.json, "--json", "report.json")
     cfg = load_config(args.config_file, args.opts)
     # no train.init_checkpoint: FLOPs, parameter and activation counts and the structure do not depend on the
     # weights' values (the kept token counts are set by the keep ratios), so nothing is read or downloaded

@@ -74,7 +74,6 @@ from focus_detr.analysis.timing import (
 )
 from focus_detr.engine import (
     build_model,
-    check_output_dir,
     inference_amp_dtype,
     load_config,
     resolve_amp_dtype,
@@ -84,7 +83,7 @@ from focus_detr.engine import (
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cuda_graphs import CUDAGraphInference, graphs_available
 from focus_detr.engine.runner import build_trainer
-from focus_detr.engine.settings import require_sections
+from focus_detr.engine.settings import check_output_file, require_sections
 from focus_detr.engine.cli import run_reporting_errors
 
 
@@ -271,7 +270,7 @@ def main(args):
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)
     if args.json:  # before the timing, not after it
-        check_output_dir(os.path.dirname(os.path.abspath(args.json)), key="the folder of --json")
+        check_output_file(args.json, "--json", "report.json")
     device = resolve_device(args.device, "--device", "--device cpu")
     if args.cuda_graphs and not graphs_available(device):
         raise ValueError(f"--cuda-graphs needs a CUDA device, got --device {device}")

@@ -28,7 +28,7 @@ from dataclasses import asdict
 
 from focus_detr.checkpoint import read_weights_file
 from focus_detr.engine.config import load_config_for_tool
-from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides, positive_float, positive_int
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.settings import check_output_file
 from focus_detr.engine.fault_drill import (
@@ -61,8 +61,8 @@ def parse_args(argv=None):
     parser.add_argument("--output", type=user_path, metavar="DIR",
                         help="new or empty folder for the runs (default: a temporary folder, removed when "
                         "every trial passed)")
-    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the training processes")
-    parser.add_argument("--run-timeout", type=float, default=300.0, metavar="S", help="per training process")
+    parser.add_argument("--threads", type=positive_int, default=1, help="OMP_NUM_THREADS of the training processes")
+    parser.add_argument("--run-timeout", type=positive_float, default=300.0, metavar="S", help="per training process")
     parser.add_argument("--json", type=user_path, metavar="PATH", help="write the trials and the summary here")
     add_overrides_argument(parser)
     return parse_args_with_overrides(parser, argv)

@@ -24,7 +24,8 @@ import sys
 from dataclasses import asdict
 
 from focus_detr.engine.config import load_config_for_tool
-from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+from focus_detr.engine.arguments import (add_overrides_argument, non_negative_float, parse_args_with_overrides,
+                                         positive_float, positive_int)
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.settings import check_output_file
 from focus_detr.engine.soak import SOAK_OVERRIDES, Limits, SampleTable, run_soak, soak_verdict, warmup_iterations
@@ -48,12 +49,13 @@ def parse_args(argv=None):
     parser.add_argument("--output", type=user_path, metavar="DIR",
                         help="new or empty folder for the run (default: a temporary folder, removed when "
                         "the soak passes)")
-    parser.add_argument("--sample-every", type=float, default=2.0, metavar="S", help="seconds between samples")
-    parser.add_argument("--max-rss-growth", type=float, default=5.0, metavar="PERCENT")
+    parser.add_argument("--sample-every", type=positive_float, default=2.0, metavar="S",
+                        help="seconds between samples")
+    parser.add_argument("--max-rss-growth", type=non_negative_float, default=5.0, metavar="PERCENT")
     parser.add_argument("--max-fd-growth", type=int, default=0, metavar="N")
     parser.add_argument("--max-thread-growth", type=int, default=0, metavar="N")
-    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the training process")
-    parser.add_argument("--run-timeout", type=float, default=3600.0, metavar="S")
+    parser.add_argument("--threads", type=positive_int, default=1, help="OMP_NUM_THREADS of the training process")
+    parser.add_argument("--run-timeout", type=positive_float, default=3600.0, metavar="S")
     parser.add_argument("--json", type=user_path, metavar="PATH", help="write the samples and the verdict here")
     add_overrides_argument(parser)
     return parse_args_with_overrides(parser, argv)
@@ -65,8 +67,8 @@ def _print_lines(lines):
 
 
 def main(args) -> int:
-    if args.sample_every <= 0 or min(args.max_rss_growth, args.max_fd_growth, args.max_thread_growth) < 0:
-        raise ValueError("--sample-every must be > 0 and the --max-*-growth limits >= 0")
+    if min(args.max_fd_growth, args.max_thread_growth) < 0:
+        raise ValueError("the --max-*-growth limits must be >= 0")
     if args.json:
         check_output_file(args.json, "--json", "report.json")  # now, not after the soak's minutes
     overrides = [*SOAK_OVERRIDES, *args.opts]

@@ -69,7 +69,8 @@ def test_a_tree_config_with_a_float_query_count_is_refused_at_load(tmp_path):
 
 def test_null_overrides_of_typed_settings_are_refused():
     cfg = load_config(_trees_config(), [])
-    with pytest.raises(ConfigError, match="config key model.transformer.encoder.ffn_dropout must be a number, got None"):
+    with pytest.raises(ConfigError,
+                       match="config key model.transformer.encoder.ffn_dropout must be a number, got None"):
         apply_overrides(cfg, ["model.transformer.encoder.ffn_dropout=null"])
 
 

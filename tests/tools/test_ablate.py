@@ -36,6 +36,7 @@ def test_each_variants_overrides_are_printed(ablate, tmp_path, capsys):
         (["--seeds", "0"], "--seeds must be at least 1"),
         (["--flop-images", "0"], "--flop-images must be at least 1, got 0"),  # was refused after all the training
         (["train.seed=3"], "train.seed=3: the ablation sets train.output_dir, train.seed"),
+        (["--device", "foo"], "--device 'foo' is not a torch device"),  # was found after every training run
     ],
 )
 def test_bad_arguments_are_one_line(ablate, tmp_path, arguments, message):

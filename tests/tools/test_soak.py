@@ -2,6 +2,8 @@
 import json
 import tempfile
 
+import pytest
+
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.soak import Limits, Sample, soak_verdict
 from tools_test_utils import load_script
@@ -73,3 +75,17 @@ def test_a_soak_that_fails_removes_its_temporary_folder(tmp_path, monkeypatch, c
     assert run_reporting_errors(soak.main, soak.parse_args([])) == 2
     assert "stopped by the test" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_limits_and_times_that_cannot_work_are_refused_by_the_parser(capsys):
+    # a limit of nan was never exceeded, --sample-every nan sampled in a busy loop, --threads 0 ran 7x slower
+    soak = load_script("tools/soak.py", "soak")
+    for argv, message in (
+        (["--max-rss-growth", "nan"], "argument --max-rss-growth: must be a finite number, got 'nan'"),
+        (["--sample-every", "0"], "argument --sample-every: must be > 0, got '0'"),
+        (["--run-timeout", "inf"], "argument --run-timeout: must be a finite number, got 'inf'"),
+        (["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+    ):
+        with pytest.raises(SystemExit):
+            soak.parse_args(argv)
+        assert capsys.readouterr().err.strip().endswith(f"error: {message}")

@@ -187,6 +187,13 @@ def test_tool_arguments_that_cannot_work_are_refused_before_any_work(analyze_mod
     assert run_reporting_errors(analyze_model.main, args) == 2
     err = capsys.readouterr()
     assert err.err.strip().startswith(f"error: the folder of --json {blocker} cannot be created") and not err.out
+    # a folder as --json was refused only after the whole table was printed
+    for tool, argv in ((analyze_model, ["--input-size", "32", "32"]), (benchmark, ["--tasks", "inference"])):
+        args = tool.parse_args(["--config-file", str(FIXTURE_CONFIG), *argv, "--json", str(tmp_path)])
+        assert run_reporting_errors(tool.main, args) == 2
+        err = capsys.readouterr()
+        assert err.err.strip() == f"error: --json {tmp_path} is a folder: give a file name, e.g. {tmp_path}/report.json"
+        assert not err.out
 
 
 def test_benchmark_times_the_training_loader_beside_the_training_step(tmp_path, capsys):

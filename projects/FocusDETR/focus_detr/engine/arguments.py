@@ -2,10 +2,12 @@
 accepted anywhere on the line, also between the values of a multi-value option (``--keep-ratios 0.3 0.5
 train.init_checkpoint=W.pth --no-dense``), which a plain argparse ``nargs="+"`` option would swallow."""
 import argparse
+import math
 import re
 import sys
 
-__all__ = ["add_overrides_argument", "parse_args_with_overrides", "positive_int", "split_overrides"]
+__all__ = ["add_overrides_argument", "non_negative_float", "parse_args_with_overrides", "positive_float",
+           "positive_int", "split_overrides"]
 
 # A config override: a dotted config key (optionally "+key" to add, or "~key", a deletion refused later) followed by
 # "=". Paths and URLs with "=" do not match ("/" or ":" before the "="); a bare file name like "a=1.png" does, except
@@ -21,6 +23,32 @@ def positive_int(text):
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):  # a limit of nan is never exceeded, a timeout of inf never reached
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    """An argparse type: a finite number > 0 (seconds between samples, a time limit)."""
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text):
+    """An argparse type: a finite number >= 0 (a limit, where 0 allows nothing)."""
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
     return value
 
 

@@ -61,6 +61,10 @@ def damaged_files(folder):
         "not a pickle": b"weights: [1, 2, 3]\n",
         "not a zip": b"PK\x03\x04" + np.random.default_rng(1).bytes(200),
     }
+    large = os.path.join(folder, "large.pth")
+    torch.save({"model": {"w": torch.zeros(100000)}}, large)
+    files["cut inside a record"] = open(large, "rb").read()[:5000]  # torch's reader: OSError "Invalid argument"
+    os.remove(large)
     safetensors = os.path.join(folder, "good.safetensors")
     save_weights(safetensors, {"w": torch.zeros(1000)})
     files["truncated safetensors"] = open(safetensors, "rb").read()[:-100]

@@ -57,6 +57,7 @@ EXPECTED_WHY = {
     "random bytes": "it is neither a torch file (zip archive), a safetensors file nor a valid pickle",
     "not a pickle": "it is neither a torch file (zip archive), a safetensors file nor a valid pickle",
     "not a zip": "the file is truncated or corrupt",
+    "cut inside a record": "the file is truncated or corrupt",
     "truncated safetensors": "(the file is truncated or its header is wrong)",
     "wrong layout (a list)": "it holds a list, not a dict of weights",
     "wrong layout (strings as weights)": "weight 'w' is a str, not a tensor or array",

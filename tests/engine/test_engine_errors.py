@@ -39,6 +39,21 @@ def test_a_new_entry_of_a_plain_dict_is_shown_the_plus_form():
     assert dict(cfg.model.criterion.weight_dict) == {"loss_bbox_dn": 2.0}
 
 
+@pytest.mark.parametrize("override, message", [
+    # hydra's message quoted every override given and pointed at a column on a second line
+    ("train.max_iter = 3", "cannot read config override 'train.max_iter = 3': LexerNoViableAltException: "
+                           "train.max_iter = 3; write key=value without spaces around it"),
+    ("train.max_iter=[1,", "cannot read config override 'train.max_iter=[1,': no viable alternative at input '[1,'"),
+])
+def test_an_override_that_cannot_be_read_is_named_alone(override, message):
+    from focus_detr.engine import load_config
+    from focus_detr.engine.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py"), ["train.seed=1", override])
+    assert str(info.value) == message
+
+
 def test_constructor_argument_left_at_its_default_is_accepted(toy_dataset, tmp_path):
     from focus_detr.engine import load_config
 

@@ -249,3 +249,6 @@ def _torch_load(path, safe_globals, unreadable):
         if isinstance(error, EOFError) or "failed finding central directory" in why or "truncated" in why.lower():
             why = "the file is truncated or corrupt (its zip archive has no central directory)"
         raise unreadable(why) from None
+    except OSError as error:  # torch's zip reader cut short mid-record: "Invalid argument" alone said nothing
+        raise unreadable(f"the file is truncated or corrupt (reading its zip archive failed: "
+                         f"{error.strerror or error})") from None

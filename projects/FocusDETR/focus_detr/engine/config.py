@@ -332,6 +332,22 @@ def _override_list(overrides):
     return items
 
 
+def _override_error(overrides, error):
+    """The one line for ``error`` from applying ``overrides``: it names the override that cannot be parsed, where
+    hydra's message quoted the whole list and pointed at a column on a second line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except Exception as parse_error:
+            spaced = override != override.strip() or " =" in override or "= " in override
+            hint = "; write key=value without spaces around it" if spaced else ""
+            return f"cannot read config override {override!r}: {_flat(str(parse_error).splitlines()[0])}{hint}"
+    return f"cannot apply overrides {overrides}: {_flat(error)}"
+
+
 def apply_overrides(cfg, overrides=()):
     """``key=value`` overrides (a list of strings) applied to ``cfg`` (in place; returned), each key and value type
     checked first. Raises ConfigError with a one-line message."""
@@ -341,7 +357,7 @@ def apply_overrides(cfg, overrides=()):
     try:
         cfg = LazyConfig.apply_overrides(cfg, overrides)
     except Exception as error:
-        raise ConfigError(f"cannot apply overrides {overrides}: {error}") from None
+        raise ConfigError(_override_error(overrides, error)) from None
     check_override_types(old_values, cfg, overrides)
     check_argument_types(cfg)
     return cfg

@@ -116,9 +116,21 @@ def _check_process_arguments(args):
     if args.num_machines == 1 and args.dist_url == default_argument_parser().get_default("dist_url"):
         args.dist_url = "auto"
     scheme = args.dist_url.split("://", 1)[0] if "://" in args.dist_url else args.dist_url
-    if scheme not in ("auto", "tcp", "env", "file") or (scheme == "auto" and args.num_machines > 1):
+    port = args.dist_url.rsplit(":", 1)[-1] if scheme == "tcp" else "1"
+    if (scheme not in ("auto", "tcp", "env", "file") or (scheme == "auto" and args.num_machines > 1)
+            or not (port.isdigit() and 0 < int(port) < 65536)):  # torch: "Port could not be cast to integer value"
         raise ValueError(f"--dist-url must be tcp://HOST:PORT of the first machine (or auto on one machine), got "
                          f"{args.dist_url!r}")
+
+
+def _check_batch_splits(cfg, args):
+    """Refuses, before any process starts, a training batch the processes cannot share equally: each process found
+    it only after starting, among the warnings of the launch."""
+    processes = args.num_gpus * args.num_machines
+    batch = ((cfg.get("dataloader", None) or {}).get("train", None) or {}).get("total_batch_size", None)
+    if not args.eval_only and processes > 1 and isinstance(batch, int) and batch % processes:
+        raise ConfigError(f"dataloader.train.total_batch_size {batch} cannot be split among {processes} processes "
+                          "(--num-gpus x --num-machines): make it a multiple of the number of processes")
 
 
 def _launch(args):
@@ -128,6 +140,7 @@ def _launch(args):
     if not cfg.train.get("output_dir", ""):  # detectron2's set-up writes its log and the config there
         raise ConfigError("train.output_dir is empty: name the folder for the log, the config and the results")
     check_datasets_registered(cfg.get("dataloader", {}))
+    _check_batch_splits(cfg, args)
     _hide_gpus_for_cpu_processes(cfg, args)
     # The lock is held here, by the process that runs main or waits for the processes running it, from before
     # anything is written into the folder until every process has ended; on a multi-machine run, by the first machine.

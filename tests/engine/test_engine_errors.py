@@ -144,6 +144,13 @@ def test_no_process_at_all_is_one_line(train_net, toy_dataset, capsys, tmp_path,
                                                "machine), got 'foo'"),
     (["--num-machines", "2", "--dist-url", "auto"], "--dist-url must be tcp://HOST:PORT of the first machine (or auto "
                                                     "on one machine), got 'auto'"),
+    (["--num-gpus", "2", "--dist-url", "tcp://127.0.0.1:abc"], "--dist-url must be tcp://HOST:PORT of the first "
+                                                               "machine (or auto on one machine), got "
+                                                               "'tcp://127.0.0.1:abc'"),
+    # found by each process after the launch, among its warnings
+    (["--num-gpus", "3", "dataloader.train.total_batch_size=2"], "dataloader.train.total_batch_size 2 cannot be split "
+                                                                 "among 3 processes (--num-gpus x --num-machines): "
+                                                                 "make it a multiple of the number of processes"),
 ])
 def test_process_arguments_that_would_hang_or_fail_in_launch_are_one_line(train_net, toy_dataset, capsys, tmp_path,
                                                                          arguments, message):

@@ -51,6 +51,7 @@ def set_mmap_threshold(mib: float) -> bool:
     and returned to the operating system when freed, instead of glibc raising the threshold after large frees and
     placing them in the heap, where freed space fragments. True when set; False where the C library cannot."""
     if not 0 < mib <= MAX_MMAP_THRESHOLD_MIB:
-        raise ValueError(f"train.malloc_mmap_threshold_mib must be in (0, {MAX_MMAP_THRESHOLD_MIB}], got {mib}")
+        raise ValueError(f"train.malloc_mmap_threshold_mib must be in (0, {MAX_MMAP_THRESHOLD_MIB}] MiB, or 0 to leave "
+                         f"glibc's own threshold, got {mib}")
     mallopt = _glibc_function("mallopt", (ctypes.c_int, ctypes.c_int))
     return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, int(mib * 2**20)))

@@ -70,6 +70,7 @@ def test_lines_cut_short_before_a_resume_are_skipped_with_one_warning(tmp_path):
     ("not json\nnor this\n", "line 1 is not JSON"),  # no record at all: not a metrics.json
     ('{"iteration": 1}\n[1, 2]\n', "line 2 is not a metrics record"),
     ('{"total_loss": 1.0}\n', "line 1 is not a metrics record"),
+    ('{"iteration": true, "total_loss": 1.0}\n', "line 1 is not a metrics record"),  # was "the last True"
     (b"\x89PNG\r\n\x1a\n\xff\xfe", "is not a text file"),
     ("[" * 100_000 + "\n", "line 1 is nested too deeply"),
 ])
@@ -82,6 +83,15 @@ def test_bad_metrics_files_are_refused_in_one_line(tmp_path, content, message):
     with pytest.raises(MetricsFileError, match=message) as info:
         read_metrics(str(path))
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_values_that_are_no_logged_numbers_are_not_plotted(tmp_path):
+    # 1e308 stopped matplotlib ("arange: cannot compute length"); a bool counted as 1
+    records = [_training_record(19), dict(_training_record(39), total_loss=1e308), dict(_training_record(59), lr=True),
+               dict(_training_record(79), total_loss=math.nan)]
+    metrics = read_metrics(str(_write(tmp_path / "metrics.json", records)))
+    assert metrics.series("total_loss")[0] == [19, 59, 79] and metrics.series("lr")[0] == [19, 39, 79]
+    plot_training_curves(metrics, str(tmp_path / "curves.png"))
 
 
 def test_curves_png_is_written_with_and_without_evaluations(tmp_path):

@@ -16,6 +16,7 @@ __all__ = ["MetricsFileError", "TrainingMetrics", "loss_components", "metrics_pa
 # the main components, which would crowd the plot
 _AUXILIARY = re.compile(r"_(\d+|dn|dn_\d+|enc|enc_\d+)$")
 AP_KEYS = ("bbox/AP", "bbox/AP50")
+_FLOAT32_MAX = 3.4028234663852886e38  # training logs float32 values: none is larger
 
 
 class MetricsFileError(ValueError):
@@ -32,9 +33,15 @@ class TrainingMetrics:
     warning: Optional[str] = None
 
     def series(self, key: str):
-        """(iterations, values) of the records that hold ``key``."""
-        rows = [(r["iteration"], r[key]) for r in self.records if isinstance(r.get(key), (int, float))]
+        """(iterations, values) of the records that hold a number for ``key``: not a bool, and within float32's
+        range (no training logs more; 1e308 stopped matplotlib with "arange: cannot compute length"), NaN kept."""
+        rows = [(r["iteration"], r[key]) for r in self.records if _plottable(r.get(key))]
         return [i for i, _ in rows], [v for _, v in rows]
+
+
+def _plottable(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (math.isnan(value) or abs(value) <= _FLOAT32_MAX))
 
 
 def metrics_path(output: str) -> str:
@@ -44,7 +51,7 @@ def metrics_path(output: str) -> str:
 
 def _parse_line(line: str, number: int, path: str) -> Dict:
     record = json.loads(line)  # JSONDecodeError is handled by the caller
-    if not isinstance(record, dict) or not isinstance(record.get("iteration"), int):
+    if not isinstance(record, dict) or type(record.get("iteration")) is not int:  # true is no iteration
         raise MetricsFileError(f"{path} line {number} is not a metrics record (a JSON object with an integer "
                                "'iteration'): not a detectron2 metrics.json")
     return record

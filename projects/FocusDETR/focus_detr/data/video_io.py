@@ -29,7 +29,11 @@ def _native_messages_silenced():
     element. Expected: LIST", "timebase ... not supported"), past any log setting: they would come next to the one
     line that reports the problem. Silenced around the calls that open a file; what Python writes meanwhile too."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to silence
+        yield
+        return
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
@@ -60,7 +64,10 @@ def check_frame_rate(path, fps):
     OpenCV's MJPG writer (.avi) stores a rate above 1,000 fps as 600 without a word, and its mp4v writer (.mp4) no
     rate beyond 65,535 or finer than a 65,535th. Tried on a one-frame file, before any frame is predicted."""
     extension = os.path.splitext(path)[1].lower()
-    stored = _stored_frame_rate(extension, fps)
+    try:
+        stored = _stored_frame_rate(extension, fps)
+    except OSError:  # no temporary folder to try it in: the video is written as before
+        return
     if stored is not None and abs(stored - fps) <= 1e-3 * fps:
         return
     others = [other for other in VIDEO_CODECS if other != extension

@@ -45,7 +45,8 @@ def test_a_child_command_gets_sigterm_when_the_tool_that_started_it_is_killed(tm
         tool.kill()  # kill -9: the tool forwards nothing
         tool.wait()
         deadline = time.monotonic() + 20
-        while not marker.exists() and time.monotonic() < deadline:
+        # written, not only created: the child opens the file before it writes its line
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert marker.read_text() == "SIGTERM, variable passed on: False"
     finally:

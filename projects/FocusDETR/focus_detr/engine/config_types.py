@@ -147,12 +147,13 @@ def check_argument_types(cfg) -> None:
         target = located_target(node.get("_target_"))
         if target is None:
             continue
+        typed = _typed_arguments(target)
         for name in _required_arguments(target):
-            if name in node and node._get_node(name)._is_none():
+            if name in node and name not in typed and node._get_node(name)._is_none():  # typed: named below
                 # model.neck=null reached the constructor: 'NoneType' object is not callable, deep in the build
                 raise ConfigError(f"config key {path}.{name} cannot be null: {getattr(target, '__name__', target)} "
                                   "needs it (it has no default to fall back on)")
-        for name, (kind, sequence, optional) in _typed_arguments(target).items():
+        for name, (kind, sequence, optional) in typed.items():
             if name not in node:
                 continue
             try:

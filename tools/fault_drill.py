@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict
 
 from focus_detr.checkpoint import read_weights_file
-from focus_detr.engine.config import load_config_for_tool
+from focus_detr.engine.config_files import load_config_for_tool
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides, positive_float, positive_int
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.settings import check_output_file

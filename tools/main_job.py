@@ -153,7 +153,7 @@ def default_output(resume, base=DEFAULT_OUTPUT):
 def _complete_training(output, max_iter):
     """The checkpoint that ``output``'s ``last_checkpoint`` names when it holds a run trained to ``max_iter``, else
     None (no checkpoint, an unreadable one: training resumes and sorts that out)."""
-    from focus_detr.engine.runner import resume_point
+    from focus_detr.engine.resume import resume_point
 
     point = resume_point(output)
     return point[0] if point is not None and point[1] >= max_iter else None

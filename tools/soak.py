@@ -23,7 +23,7 @@ import shutil
 import sys
 from dataclasses import asdict
 
-from focus_detr.engine.config import load_config_for_tool
+from focus_detr.engine.config_files import load_config_for_tool
 from focus_detr.engine.arguments import (add_overrides_argument, non_negative_float, parse_args_with_overrides,
                                          positive_float, positive_int)
 from focus_detr.engine.cli import run_reporting_errors

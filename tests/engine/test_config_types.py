@@ -7,7 +7,8 @@ import pytest
 from detectron2.config import LazyCall as L
 from omegaconf import OmegaConf
 
-from focus_detr.engine.config import ConfigError, apply_overrides, load_config
+from focus_detr.engine.config import ConfigError, apply_overrides
+from focus_detr.engine.config_files import load_config
 from focus_detr.engine.config_types import check_argument_types
 from engine_test_utils import REPO_ROOT
 

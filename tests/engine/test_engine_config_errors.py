@@ -142,7 +142,7 @@ def test_an_optimizer_setting_torch_refuses_names_the_section(train_net, tmp_pat
 
 
 def test_a_tool_override_that_does_not_fit_is_named_as_the_tools():
-    from focus_detr.engine.config import load_config_for_tool
+    from focus_detr.engine.config_files import load_config_for_tool
 
     config = os.path.join(REPO_ROOT, "configs", "testing", "focus_detr_tiny_fixture.py")
     with pytest.raises(ValueError) as info:

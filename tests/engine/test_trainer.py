@@ -10,7 +10,8 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from engine_test_utils import REPO_ROOT
-from focus_detr.engine.config import check_override_keys, load_config
+from focus_detr.engine.config import check_override_keys
+from focus_detr.engine.config_files import load_config
 from focus_detr.engine.evaluation import EVALUATION_OUT_OF_MEMORY_REMEDY
 from focus_detr.engine.trainer import DetrTrainer, StepOutOfMemory, TrainingDiverged
 

@@ -3,7 +3,8 @@ the training step (AMP on CPU/GPU, gradient clipping), the autocast settings of 
 checkpoints with exact resume (RNG + data position), EMA, evaluation, the Python predictor, one run per output
 folder, and stopping cleanly on Ctrl-C / SIGTERM."""
 from .checkpoint import AtomicDetectionCheckpointer, atomic_write
-from .config import ConfigError, check_datasets_registered, check_override_keys, load_config
+from .config import ConfigError, check_datasets_registered, check_override_keys
+from .config_files import load_config
 from .evaluation import evaluate
 from .hooks import EMAHook, IsolatedRngEvalHook, ResumableCheckpointHook, restore_rank_state
 from .interrupt import StopOnRequestHook, StopRequest, TrainingInterrupted
@@ -12,7 +13,8 @@ from .output_lock import OutputDirInUseError, OutputDirLock, claim_output_dir
 from .predictor import FocusDETRPredictor
 from .precision import amp_autocast, inference_amp_dtype, resolve_amp_dtype, training_amp_dtype
 from .rng import capture_rng_state, isolated_rng, restore_rng_state
-from .runner import build_model, check_before_setup, end_process_group, run_evaluation, run_training, wrap_ddp
+from .resume import check_before_setup
+from .runner import build_model, end_process_group, run_evaluation, run_training, wrap_ddp
 from .settings import check_output_dir, require_sections, resolve_device
 from .train_loader import ResumableTrainLoader, build_resumable_train_loader
 from .trainer import DetrTrainer

@@ -1,12 +1,9 @@
-"""Loading LazyConfig files with command-line overrides, failing with one clear line for unknown keys, missing files,
-config files that do not parse or that raise while they run, and unregistered datasets."""
+"""Command-line overrides of a LazyConfig, failing with one clear line for unknown keys, values of the wrong kind,
+nulls and lines that do not parse; unregistered datasets. Loading config files: :mod:`.config_files`."""
 import difflib
 import inspect
-import os
-import re
 from typing import Dict
 
-import yaml
 from detectron2.config import LazyConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -15,8 +12,6 @@ from .config_types import check_argument_types, is_number, located_target
 __all__ = [
     "ConfigError",
     "apply_overrides",
-    "load_config",
-    "load_config_for_tool",
     "check_override_keys",
     "check_override_types",
     "check_datasets_registered",
@@ -190,129 +185,8 @@ def check_override_types(old_values, cfg, overrides):
             raise ConfigError(f"wrong value for config key {key!r}: {text!r} is not {expected[0]} (it is {now} now)")
 
 
-# detectron2 runs every config file (the one named and those it imports) in a package named like this, and re-raises
-# a syntax error of any of them as "Config file <path> has syntax error!" from the parser's error.
-_CONFIG_PACKAGE_PREFIX = "detectron2._cfg_loader"
-_DETECTRON2_SYNTAX_ERROR = re.compile(r"^Config file (.+) has syntax error!$")
-_CONFIG_EXTENSIONS = (".py", ".yaml", ".yml")
-
-
 def _flat(text):
     return " ".join(str(text).split())
-
-
-def _syntax_error_message(config_file, error):
-    """``config file F: invalid syntax at line N (why): <the line>`` for a SyntaxError from loading ``config_file``
-    (F: the file that does not parse, which may be one the config imports)."""
-    failing_file, parse_error = config_file, error
-    cause = error
-    while cause is not None:  # detectron2's "has syntax error!" wrapper, then the parser's error
-        if isinstance(cause, SyntaxError):
-            named = _DETECTRON2_SYNTAX_ERROR.match(str(cause.msg or ""))
-            if not named:
-                parse_error = cause
-                if cause.filename and not cause.filename.startswith("<"):  # "<unknown>": parsed from a string
-                    failing_file = cause.filename
-                break
-            failing_file = named.group(1)
-        cause = cause.__cause__ or cause.__context__
-    where = f" at line {parse_error.lineno}" if parse_error.lineno else ""
-    why = "" if _DETECTRON2_SYNTAX_ERROR.match(str(parse_error.msg or "")) else f" ({_flat(parse_error.msg)})"
-    text = f": {parse_error.text.strip()}" if parse_error.text and parse_error.text.strip() else ""
-    return f"config file {failing_file}: invalid syntax{where}{why}{text}"
-
-
-def _yaml_error_message(config_file, error):
-    mark = getattr(error, "problem_mark", None)
-    if mark is None:
-        return f"config file {config_file}: invalid YAML ({_flat(error)})"
-    try:
-        with open(config_file, errors="replace") as f:
-            text = f.read().splitlines()[mark.line].strip()
-    except (OSError, IndexError):
-        text = ""
-    problem = _flat(getattr(error, "problem", None) or error)
-    text = f": {text}" if text else ""
-    return f"config file {config_file}: invalid YAML at line {mark.line + 1} ({problem}){text}"
-
-
-def _config_frame(traceback):
-    """(file, line) of the innermost frame of ``traceback`` that runs a config file's code (the file named on the
-    command line or one it imports / loads), or None."""
-    found = None
-    while traceback is not None:
-        frame = traceback.tb_frame
-        if str(frame.f_globals.get("__package__") or "").startswith(_CONFIG_PACKAGE_PREFIX):
-            found = frame.f_code.co_filename, traceback.tb_lineno
-        traceback = traceback.tb_next
-    return found
-
-
-def _load_lazy_config(config_file):
-    """``LazyConfig.load`` with one-line ConfigErrors naming the file and line for a config that does not parse or
-    that raises while it runs (a NameError, a failed import, anything): the innermost config file in the traceback,
-    which may be one the named config imports."""
-    if not config_file.endswith(_CONFIG_EXTENSIONS):
-        raise ConfigError(f"config file {config_file} is neither a LazyConfig .py file nor a .yaml file")
-    try:
-        return LazyConfig.load(config_file)
-    except SyntaxError as error:
-        raise ConfigError(_syntax_error_message(config_file, error)) from error
-    except Exception as error:
-        frame = _config_frame(error.__traceback__)
-        if frame is not None:
-            failing_file, line = frame
-            raise ConfigError(f"config file {failing_file}: {type(error).__name__} at line {line}: {_flat(error)}"
-                              ) from error
-        # raised before any config code ran: reading or parsing the file
-        if isinstance(error, yaml.YAMLError):
-            raise ConfigError(_yaml_error_message(config_file, error)) from error
-        if isinstance(error, UnicodeDecodeError):
-            raise ConfigError(f"config file {config_file} is not a text file ({error.reason} at byte {error.start})"
-                              ) from error
-        raise  # e.g. an OSError reading it: its own one-line message
-
-
-_EXAMPLE_CONFIG = "configs/focus_detr_r18_trees.py"
-
-
-def load_config(config_file, overrides=()):
-    """LazyConfig.load + checked overrides. Raises FileNotFoundError / ConfigError with one-line messages, also for a
-    file that is not a mapping with a ``model`` (what every command builds; the sections a task needs beyond it are
-    checked where it starts: ``settings.require_sections``)."""
-    if not config_file:
-        raise ConfigError("no config file given (--config-file)")
-    if os.path.isdir(config_file):
-        raise ConfigError(f"config file {config_file} is a folder; name one of its files (e.g. {_EXAMPLE_CONFIG})")
-    if not os.path.isfile(config_file):
-        if os.path.exists(config_file):  # a device or a pipe
-            raise ConfigError(f"config file {config_file} is not a regular file")
-        raise FileNotFoundError(f"config file not found: {config_file}")
-    cfg = _load_lazy_config(config_file)
-    if OmegaConf.to_container(cfg) is None:  # an empty YAML file
-        raise ConfigError(f"config file {config_file} is empty (e.g. {_EXAMPLE_CONFIG})")
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"config file {config_file} holds a {type(cfg).__name__}, not a LazyConfig (a mapping of "
-                          f"sections: model, train, ...; e.g. {_EXAMPLE_CONFIG})")
-    for section in ("model", "train"):
-        present = section in cfg
-        if (section == "model" or present) and not (present and isinstance(cfg._get_node(section), DictConfig)):
-            what = "has no mapping for" if present else "defines no"
-            raise ConfigError(f"config file {config_file} {what} '{section}': a Focus-DETR LazyConfig defines model, "
-                              f"train, dataloader, optimizer and lr_multiplier (e.g. {_EXAMPLE_CONFIG})")
-    return apply_overrides(cfg, overrides)
-
-
-def load_config_for_tool(config_file, tool_overrides, user_overrides, tool):
-    """:func:`load_config` with a tool's own overrides (``tool`` names it), then the user's: a tool override that does
-    not fit the config is named as the tool's, not left for the user to look for on their command line."""
-    cfg = load_config(config_file)
-    try:
-        apply_overrides(cfg, tool_overrides)
-    except ConfigError as error:
-        raise ConfigError(f"{error} (an override that {tool} itself applies, written for the tree model's config: "
-                          "use configs/focus_detr_r18_trees.py or a config that keeps its data pipeline)") from None
-    return apply_overrides(cfg, user_overrides)
 
 
 def _override_list(overrides):

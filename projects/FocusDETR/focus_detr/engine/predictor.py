@@ -21,7 +21,8 @@ from detectron2.config import instantiate
 from detectron2.data import transforms as T
 from omegaconf import DictConfig
 
-from .config import ConfigError, apply_overrides, load_config
+from .config import ConfigError, apply_overrides
+from .config_files import load_config
 from .cuda_graphs import CUDAGraphInference, graphs_available, inference_cuda_graphs
 from .precision import amp_autocast, amp_dtype_of
 from .runner import build_model, load_inference_weights

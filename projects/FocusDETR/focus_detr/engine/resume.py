@@ -1,0 +1,103 @@
+"""Where a training run resumes from, what is refused before the set-up writes into its folder, and what a run that
+stops before its end (a user error in a batch, a diverging loss, a step out of memory, a failed evaluation) saves
+and says: the checkpoint, and the command that continues or evaluates it."""
+import os
+
+import torch
+from detectron2.utils import comm
+
+from ..checkpoint.checkpointer import check_weights_path
+from .agreement import ProcessFailed
+from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line
+from .config import ConfigError
+from .interrupt import evaluation_command
+from .settings import check_seed
+from .trainer import DataLoadingFailed, StepOutOfMemory, TrainingDiverged
+
+__all__ = ["check_before_setup", "final_evaluation_error", "nothing_to_resume", "resume_point",
+           "save_before_failed_iteration"]
+
+
+def nothing_to_resume(cfg, start_iter):
+    return ConfigError(
+        f"nothing to resume in {cfg.train.output_dir}: its last checkpoint is at iteration {start_iter} and "
+        f"train.max_iter is {cfg.train.max_iter}; raise train.max_iter to train longer (the learning-rate "
+        "schedule's milestones, fractions of train.max_iter, move with it)"
+    )
+
+
+def check_before_setup(cfg, resume=False, eval_only=False):
+    """The refusals that need no model, made before detectron2's set-up writes ``config.yaml`` and ``log.txt`` into
+    ``train.output_dir``, so that a refused command leaves a finished run's record as it was: a resume of a run that
+    is complete, an evaluation of a weights file that does not exist. (The same checks run again later, with the
+    model, for callers that skip this one.) Also checks ``train.seed``, which the set-up uses."""
+    check_seed(cfg.train)
+    if eval_only:
+        if not resume:
+            check_weights_path(cfg.train.get("init_checkpoint", ""))
+        return
+    if resume:
+        point = resume_point(cfg.train.output_dir)
+        if point is not None and point[1] >= cfg.train.max_iter:
+            raise nothing_to_resume(cfg, point[1])
+
+
+def resume_point(output_dir):
+    """``(checkpoint, iteration)``: the checkpoint a resume from ``output_dir`` starts from (the one its
+    ``last_checkpoint`` names) and the iteration it continues at (that checkpoint's + 1); None when that cannot be
+    told cheaply (no checkpoint, an unreadable or foreign one: the resume itself reports those)."""
+    try:
+        with open(os.path.join(output_dir, "last_checkpoint")) as f:
+            path = os.path.join(output_dir, f.read().strip())
+        # memory-mapped: the weights are not read, only the small records
+        iteration = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("iteration")
+    except Exception:  # noqa: BLE001 (anything unreadable is left to the resume, which names it)
+        return None
+    return (path, iteration + 1) if isinstance(iteration, int) and not isinstance(iteration, bool) else None
+
+
+def final_evaluation_error(error, checkpoint, resume_command):
+    """The error to raise for a user error in the evaluation after the last iteration: the original line, and that
+    training is complete, where it is saved and how to evaluate it once the error is mended."""
+    redo = f"evaluate with: {evaluation_command(resume_command, checkpoint)}" if resume_command else (
+        f"evaluate it with --eval-only train.init_checkpoint={checkpoint}")
+    fix = getattr(error, "remedy", None) or "fix what it names"
+    return ValueError(f"{one_line(error, MAX_MESSAGE_CHARS)} (in the evaluation at the end of training); training is "
+                      f"complete and saved in {checkpoint}: {fix}, then {redo}")
+
+
+def save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, start_iter, resume_command):
+    """When ``error`` stopped training in a way a resume can mend, saves the iterations completed and returns the
+    error to raise instead: the original line, the checkpoint and how to resume.
+
+    That is a user error in loading an iteration's batch (a corrupt image hours into a run), a diverging loss or a
+    step out of memory (neither step was applied): saved are the iterations before it, with the RNG state and data
+    position it began with, so a resume repeats it; or a user error in an evaluation during training (an unreadable
+    test image), which ran after its iteration and before that iteration's checkpoint: saved is that iteration,
+    whose evaluation is lost. None when there is nothing to add: another kind of error, or nothing completed since
+    the last save. With several processes, only for the errors they all raise together (the save is collective)."""
+    diverged = isinstance(error, TrainingDiverged)
+    step_failed = diverged or isinstance(error, StepOutOfMemory)  # before the optimiser step: nothing applied
+    data_failed = trainer.data_failed_at == trainer.iter or isinstance(error, DataLoadingFailed)
+    evaluation = eval_hook.failed_at is not None and eval_hook.failed_at == trainer.iter
+    several = comm.get_world_size() > 1
+    completed = trainer.iter if evaluation else trainer.iter - 1
+    if (
+        not (step_failed or evaluation or data_failed)
+        or completed < start_iter
+        or not is_user_error(error)
+        or (several and not isinstance(error, (ProcessFailed, TrainingDiverged)))  # those all raise together
+        or not checkpoint_hook.checkpointer.save_dir
+    ):
+        return None
+    if not evaluation:
+        trainer.rewind_to_step_start()  # a resume repeats this iteration: its batch, its random draws
+    trainer.iter = completed  # what the checkpoint records (the trainer is done with: training ended)
+    checkpoint_hook.save_current_iteration()
+    resume = f"resume with: {resume_command}" if resume_command else "continue with --resume"
+    fix = getattr(error, "remedy", None) or "fix or remove what it names"
+    where = f" (in the evaluation after iteration {completed})" if evaluation else ""
+    return (TrainingDiverged if diverged else ValueError)(
+        f"{one_line(error, MAX_MESSAGE_CHARS)}{where}; training stopped after iteration {completed}, checkpoint "
+        f"{checkpoint_hook.last_saved[1]} (a resume continues at iteration {completed + 1}): {fix}, then {resume}"
+    )

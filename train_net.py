@@ -43,6 +43,7 @@ from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import report_interruption, run_reporting_errors
 from focus_detr.engine.interrupt import ForwardedStop, StopRequest, resume_command, stop_signals_interrupt
 from focus_detr.engine.output_lock import claim_output_dir
+from focus_detr.engine.resume import run_record_kept
 
 
 def parse_args(argv=None):
@@ -58,13 +59,14 @@ def main(args, cfg=None):
     if cfg is None:
         cfg = load_config(args.config_file, args.opts)
     check_before_setup(cfg, resume=args.resume, eval_only=args.eval_only)  # before config.yaml is overwritten
-    default_setup(cfg, args)
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="focus_detr")
-    if args.eval_only:
-        return run_evaluation(cfg, resume=args.resume)
-    with StopRequest() as stop_request:
-        command = getattr(args, "resume_command", None) or resume_command()
-        run_training(cfg, resume=args.resume, stop_request=stop_request, resume_command=command)
+    with run_record_kept(cfg.train.output_dir):  # and put back if refused after that
+        default_setup(cfg, args)
+        setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="focus_detr")
+        if args.eval_only:
+            return run_evaluation(cfg, resume=args.resume)
+        with StopRequest() as stop_request:
+            command = getattr(args, "resume_command", None) or resume_command()
+            run_training(cfg, resume=args.resume, stop_request=stop_request, resume_command=command)
     return None
 
 

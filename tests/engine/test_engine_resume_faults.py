@@ -54,6 +54,20 @@ def test_no_readable_checkpoint_is_an_error_not_a_restart_from_zero(train_net, t
     ]
 
 
+def test_a_refused_resume_leaves_the_run_s_config_as_it_was(train_net, toy_dataset, tmp_path, capsys):
+    # detectron2's set-up wrote the refused command's config.yaml (max_iter 4) beside weights trained with max_iter 2
+    assert _train(train_net, tmp_path, "train.max_iter=2", "train.checkpointer.period=100") == 0
+    before = (tmp_path / "config.yaml").read_bytes()
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    assert _train(train_net, tmp_path, "--resume", "train.max_iter=4") == 2
+    assert (tmp_path / "config.yaml").read_bytes() == before
+    # a resume that trains writes its own
+    (tmp_path / "model_final.pth").unlink()
+    (tmp_path / "last_checkpoint").unlink()
+    assert _train(train_net, tmp_path, "--resume", "train.max_iter=3") == 0
+    assert "max_iter: 3" in (tmp_path / "config.yaml").read_text()
+
+
 def test_temporary_files_of_a_killed_save_are_removed_at_start(train_net, toy_dataset, tmp_path):
     tmp_path.joinpath(".model_0000004.pth.k3j2_x.tmp").write_bytes(b"half a checkpoint")
     tmp_path.joinpath(".last_checkpoint.abc123.tmp").write_bytes(b"model_00")

@@ -1,6 +1,7 @@
 """Where a training run resumes from, what is refused before the set-up writes into its folder, and what a run that
 stops before its end (a user error in a batch, a diverging loss, a step out of memory, a failed evaluation) saves
 and says: the checkpoint, and the command that continues or evaluates it."""
+import contextlib
 import os
 
 import torch
@@ -8,14 +9,18 @@ from detectron2.utils import comm
 
 from ..checkpoint.checkpointer import check_weights_path
 from .agreement import ProcessFailed
+from .checkpoint import atomic_write
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line
 from .config import ConfigError
 from .interrupt import evaluation_command
 from .settings import check_seed
 from .trainer import DataLoadingFailed, StepOutOfMemory, TrainingDiverged
 
-__all__ = ["check_before_setup", "final_evaluation_error", "nothing_to_resume", "resume_point",
+__all__ = ["check_before_setup", "final_evaluation_error", "nothing_to_resume", "resume_point", "run_record_kept",
            "save_before_failed_iteration"]
+
+# What a run writes as it makes progress: while none of these changed, it has added nothing to the folder's record.
+_PROGRESS_FILES = ("last_checkpoint", "metrics.json", "eval_results.json")
 
 
 def nothing_to_resume(cfg, start_iter):
@@ -40,6 +45,39 @@ def check_before_setup(cfg, resume=False, eval_only=False):
         point = resume_point(cfg.train.output_dir)
         if point is not None and point[1] >= cfg.train.max_iter:
             raise nothing_to_resume(cfg, point[1])
+
+
+def _progress_marks(output_dir):
+    marks = []
+    for name in _PROGRESS_FILES:
+        try:
+            status = os.stat(os.path.join(output_dir, name))
+            marks.append((status.st_size, status.st_mtime_ns))
+        except OSError:
+            marks.append(None)
+    return marks
+
+
+@contextlib.contextmanager
+def run_record_kept(output_dir):
+    """Puts an earlier run's ``config.yaml`` in ``output_dir`` back when the command in the block fails before it
+    wrote a checkpoint, a metrics record or results. detectron2's set-up replaces that file before the model is
+    built, so a command refused after it (a model setting out of range, a resume whose checkpoints cannot be read)
+    left the earlier run's weights described by the refused command's config. On the main process only (the one
+    the set-up writes from)."""
+    path = os.path.join(output_dir, "config.yaml") if output_dir and comm.is_main_process() else None
+    try:
+        with open(path, "rb") as f:
+            earlier = f.read()
+    except (OSError, TypeError):  # none yet (or no folder): nothing to keep
+        earlier = None
+    marks = _progress_marks(output_dir) if earlier is not None else None
+    try:
+        yield
+    except BaseException:
+        if earlier is not None and _progress_marks(output_dir) == marks:
+            atomic_write(path, lambda f: f.write(earlier))
+        raise
 
 
 def resume_point(output_dir):

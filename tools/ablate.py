@@ -195,6 +195,8 @@ def main(args):
         raise ValueError(f"{', '.join(reserved)}: the ablation sets {', '.join(RESERVED_KEYS)} for each run itself")
     # the children run in the repository: paths relative to where this was started would point elsewhere there
     args.config_file, args.output = os.path.abspath(args.config_file), os.path.abspath(args.output)
+    if os.path.exists(args.output) and not os.path.isdir(args.output):  # makedirs said only "File exists"
+        raise ValueError(f"--output {args.output} is a file; name a folder for the runs and the report")
     cfg = load_config(args.config_file, args.opts)
     check_datasets_registered(cfg.dataloader)
     resolve_device(args.device, "--device", "--device cpu")  # now: it times the variants after all their trainings

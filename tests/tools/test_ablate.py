@@ -37,12 +37,15 @@ def test_each_variants_overrides_are_printed(ablate, tmp_path, capsys):
         (["--flop-images", "0"], "--flop-images must be at least 1, got 0"),  # was refused after all the training
         (["train.seed=3"], "train.seed=3: the ablation sets train.output_dir, train.seed"),
         (["--device", "foo"], "--device 'foo' is not a torch device"),  # was found after every training run
+        (["--output", "{tmp}/afile"], "--output {tmp}/afile is a file; name a folder"),  # said "File exists"
     ],
 )
 def test_bad_arguments_are_one_line(ablate, tmp_path, arguments, message):
+    (tmp_path / "afile").write_text("")
+    arguments = [argument.format(tmp=tmp_path) for argument in arguments]
     with pytest.raises(ValueError) as error:
         ablate.main(ablate.parse_args(["--config-file", TREES_CONFIG, "--output", str(tmp_path), *arguments]))
-    assert message in str(error.value) and "\n" not in str(error.value)
+    assert message.format(tmp=tmp_path) in str(error.value) and "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("print_only", [[], ["--print-overrides"]])

@@ -115,5 +115,32 @@ def test_added_and_deleted_keys_are_checked(override, message):
     assert str(error.value) == message
 
 
+@pytest.mark.parametrize("line, message", [
+    # a config file's argument that the part does not take ended in "unexpected keyword argument", a traceback
+    ("model.num_queries = 300", "config key model.num_queries is not a setting of FocusDETR (detrex's "
+                                "model.num_queries is model.transformer.num_queries here)"),
+    ("model.transformer.foreground_selector.keep_ratoi = 0.3",
+     "config key model.transformer.foreground_selector.keep_ratoi is not a setting of ForegroundTokenSelector (did "
+     "you mean: keep_ratio, cascade_keep_ratios?)"),
+    ("model.criterion.loss_class_type = 'focal_loss'",
+     "config key model.criterion.loss_class_type is not a setting of FocusDETRCriterion (detrex's "
+     "model.criterion.loss_class_type has no setting here: the class loss is the official sigmoid focal loss)"),
+])
+def test_an_argument_a_config_file_gives_that_its_part_does_not_take_is_one_line(tmp_path, line, message):
+    config = tmp_path / "mine.py"
+    config.write_text("from detectron2.config import LazyConfig\n"
+                      f"globals().update(LazyConfig.load({_trees_config()!r}))\n{line}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(str(config), [])
+    assert str(error.value) == message
+
+
+def test_detrex_names_on_the_command_line_are_pointed_to_ours():
+    with pytest.raises(ConfigError) as error:
+        load_config(_trees_config(), ["model.dn_number=50"])
+    assert str(error.value) == ("unknown config key 'model.dn_number' in override 'model.dn_number=50' (detrex's "
+                                "model.dn_number is model.denoising.dn_number here)")
+
+
 def _trees_config():
     return os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")

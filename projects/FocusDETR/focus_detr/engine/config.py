@@ -7,7 +7,8 @@ from typing import Dict
 from detectron2.config import LazyConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .config_types import check_argument_types, is_number, located_target
+from .config_types import accepts_keyword, check_argument_types, is_number, located_target
+from .detrex_names import detrex_hint
 
 __all__ = [
     "ConfigError",
@@ -21,20 +22,6 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A config file, key or value that cannot be used (message names it)."""
-
-
-def _accepts_keyword(target, name):
-    target = located_target(target)
-    if target is None:
-        return True  # cannot tell: let instantiation decide
-    try:
-        signature = inspect.signature(target)
-    except (TypeError, ValueError):
-        return True
-    for parameter in signature.parameters.values():
-        if parameter.kind == inspect.Parameter.VAR_KEYWORD or parameter.name == name:
-            return True
-    return False
 
 
 def _missing_part(cfg, dotted_key):
@@ -52,7 +39,7 @@ def _missing_part(cfg, dotted_key):
                     return prefix + "." + parts[index + 1], []
                 continue
             target = node.get("_target_", None) if "_target_" in node else None
-            if target is not None and _accepts_keyword(target, part):
+            if target is not None and accepts_keyword(target, part):
                 return None  # a constructor argument left at its default
             parent = ".".join(parts[:index])
             close = difflib.get_close_matches(part, [str(k) for k in node.keys()], n=3)
@@ -110,9 +97,9 @@ def check_override_keys(cfg, overrides):
         missing = _missing_part(cfg, key)
         if missing is not None:
             missing_key, suggestions = missing
-            hint = f" (did you mean: {', '.join(suggestions)}?)" if suggestions else ""
+            hint = detrex_hint(key) or (f" (did you mean: {', '.join(suggestions)}?)" if suggestions else "")
             parent = OmegaConf.select(cfg, missing_key.rpartition(".")[0], default=None)
-            if not suggestions and isinstance(parent, DictConfig) and "_target_" not in parent:
+            if not hint and isinstance(parent, DictConfig) and "_target_" not in parent:
                 hint = f" (a new entry of a plain dict is added with +{key}={override.split('=', 1)[1].strip()})"
             raise ConfigError(f"unknown config key {missing_key!r} in override {override!r}{hint}")
 

@@ -8,6 +8,7 @@ a TypeError traceback deep inside torch (``empty(): argument 'size' ... must be 
 between 'NoneType' and 'int'``).
 """
 import collections.abc
+import difflib
 import functools
 import inspect
 import types
@@ -16,7 +17,9 @@ from typing import Iterator, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig
 
-__all__ = ["check_argument_types", "is_number", "located_target"]
+from .detrex_names import detrex_hint
+
+__all__ = ["accepts_keyword", "check_argument_types", "is_number", "located_target"]
 
 
 def is_number(value) -> bool:
@@ -52,6 +55,27 @@ def located_target(target):
         except Exception:
             return None
     return target
+
+
+def accepts_keyword(target, name) -> bool:
+    """Whether the LazyCall target ``target`` takes an argument ``name`` (True when that cannot be told: the
+    instantiation decides)."""
+    target = located_target(target)
+    if target is None:
+        return True
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return True
+    return any(parameter.kind == inspect.Parameter.VAR_KEYWORD or parameter.name == name
+               for parameter in signature.parameters.values())
+
+
+def _argument_names(target):
+    try:
+        return [name for name in inspect.signature(target).parameters if name != "self"]
+    except (TypeError, ValueError):
+        return []
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,6 +171,14 @@ def check_argument_types(cfg) -> None:
         target = located_target(node.get("_target_"))
         if target is None:
             continue
+        for name in node.keys():
+            if name != "_target_" and not accepts_keyword(target, name):
+                # set in a config file (the command line checks its keys first): "unexpected keyword argument", a
+                # traceback from the instantiation
+                close = difflib.get_close_matches(str(name), _argument_names(target), n=3)
+                hint = detrex_hint(f"{path}.{name}") or (f" (did you mean: {', '.join(close)}?)" if close else "")
+                raise ConfigError(f"config key {path}.{name} is not a setting of "
+                                  f"{getattr(target, '__name__', target)}{hint}")
         typed = _typed_arguments(target)
         for name in _required_arguments(target):
             if name in node and name not in typed and node._get_node(name)._is_none():  # typed: named below

@@ -1,4 +1,6 @@
-"""The values a config gives its constructors' typed arguments, checked before anything is built.
+"""The arguments a config gives its constructors, checked before anything is built: each one a setting the
+constructor takes (a config file's typo or detrex name ended in "unexpected keyword argument"), no null where the
+constructor has no default, and typed values of their type.
 
 Every ``LazyCall`` node of a config (``model.transformer``, ``dataloader.test``, ...) names a callable; where that
 callable annotates an argument as ``int``, ``float`` or ``bool``, or a sequence of one (``Sequence[int]``, ...), or

@@ -50,6 +50,7 @@ from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import print_skipped, run_reporting_errors
 from focus_detr.engine.evaluation import class_names_of_test_set
 from focus_detr.engine.predictor import inference_resize, input_format, model_input
+from focus_detr.engine.settings import nearest_existing
 from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights
 
 
@@ -248,9 +249,7 @@ def video_output_path(output, video):
         raise ValueError(f"--output for a video must be a folder or end in {' or '.join(VIDEO_CODECS)}, got {output}")
     if os.path.isdir(path):  # found now, not when the finished file is renamed into place
         raise ValueError(f"--output {path} is a folder: the video cannot be written under that name")
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):
-        folder = os.path.dirname(folder)
+    folder = nearest_existing(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(folder):
         raise ValueError(f"--output {path}: {folder} is a file, not a folder")
     if os.path.realpath(path) == os.path.realpath(video):  # through a link too: the input would be replaced

@@ -10,7 +10,7 @@ from .config import ConfigError
 from .config_types import is_number
 
 __all__ = ["FORMAT_KEYS", "RESIZE_KEYS", "check_free_space", "check_output_dir", "check_output_file", "check_schedule",
-           "check_seed", "mapper_entry", "require_sections", "resolve_device"]
+           "check_seed", "mapper_entry", "nearest_existing", "require_sections", "resolve_device"]
 
 
 def require_sections(cfg, sections, task):
@@ -101,7 +101,7 @@ def check_seed(train):
         raise ConfigError(f"train.seed must be an integer from 0 to 2**32 - 1, or -1 for a random seed, got {seed!r}")
 
 
-def _nearest_existing(path):
+def nearest_existing(path):
     """``path``, or the nearest of its parent folders that exists."""
     existing = os.path.abspath(path)
     while not os.path.exists(existing):
@@ -119,7 +119,7 @@ def check_output_dir(path, key="train.output_dir"):
     file in the way, read-only, no permission, a full disk)."""
     if not path:
         return
-    existing = _nearest_existing(path)
+    existing = nearest_existing(path)
     if not os.path.isdir(existing):
         raise ConfigError(f"{key} {path} cannot be created: {existing} is a file, not a folder")
     try:
@@ -149,7 +149,7 @@ def check_output_file(path, option, example, inputs=None):
 def check_free_space(path, key="train.output_dir", needed_bytes=MIN_FREE_BYTES, needed_for="the log and the results"):
     """Raises ConfigError unless the disk of the folder ``path`` (config entry ``key``; or of the folder it will be
     created in) has ``needed_bytes`` free, for ``needed_for``."""
-    free = shutil.disk_usage(_nearest_existing(path)).free
+    free = shutil.disk_usage(nearest_existing(path)).free
     if free < needed_bytes:
         raise ConfigError(f"{key} {path} has {free / 2**20:.1f} MiB free, less than {needed_for} take "
                           f"({needed_bytes / 2**20:.1f} MiB): free some space or choose another {key}")

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from focus_detr.analysis.detection_drawing import draw_detections
 from focus_detr.analysis.token_maps import save_foreground_figure, save_token_figure
-from focus_detr.data import expand_globs, image_files, read_image
+from focus_detr.data import expand_globs, image_files, open_image
 from focus_detr.data.video_io import VIDEO_CODECS, VideoWriter, check_frame_rate, open_video, read_frames
 from focus_detr.engine import FocusDETRPredictor, inference_amp_dtype, load_config, resolve_device
 from focus_detr.engine.arguments import parse_args_with_overrides
@@ -115,13 +115,18 @@ def _draw(image_bgr, instances, class_names, threshold):
 
 
 def _read_or_skip(path):
-    """The BGR pixels of ``path``, or None after naming it on stderr when they cannot be read (e.g. truncated)."""
+    """The BGR pixels of ``path``, or None after naming it on stderr when they cannot be read (e.g. truncated); an
+    animated image is drawn from its first frame, which is said."""
     try:
-        return read_image(path, "BGR")
+        image = open_image(path, "BGR")
     except (OSError, ValueError) as error:
         prefix = f"cannot read image {path}: "
         print_skipped(path, str(error)[len(prefix):] if str(error).startswith(prefix) else str(error))
         return None
+    if image.frames > 1:
+        print(f"note: {path} is animated ({image.frames} frames): its first frame is drawn (--video-input draws "
+              "every frame)", file=sys.stderr)
+    return image.pixels
 
 
 def _unique_name(path, taken):

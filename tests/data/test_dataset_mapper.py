@@ -1,5 +1,8 @@
 """The mapper refuses an image whose size is not the dataset's (its boxes would land elsewhere) with one line that
-says which number is which, and names EXIF orientation when the sides are swapped."""
+says which number is which, and names EXIF orientation when the sides are swapped; an orientation tag the dataset's
+size cannot vouch for is named once in a warning."""
+import logging
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -27,6 +30,36 @@ def test_a_photo_stored_sideways_names_its_exif_orientation(tmp_path):
         "upright image): fix the dataset's width/height of this image"
     )
     assert mapper({"file_name": path, "width": 20, "height": 40, "image_id": 0})["image"].shape == (3, 40, 20)
+
+
+@pytest.mark.parametrize("orientation, width, height, size_given, named", [
+    (3, 40, 20, True, True),  # 180 degrees keeps the size: nothing can tell
+    (2, 40, 20, True, True),
+    (6, 20, 40, True, False),  # the dataset gives the upright size: its boxes are on the upright image
+    (6, 30, 30, True, True),  # square: the size tells nothing
+    (6, 20, 40, False, True),  # no size in the dataset
+    (1, 40, 20, True, False),
+    (None, 40, 20, True, False),
+])
+def test_an_orientation_tag_the_dataset_cannot_vouch_for_is_named_once(tmp_path, caplog, orientation, width, height,
+                                                                          size_given, named):
+    stored = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    path = _jpeg(tmp_path / "photo.jpg", *stored, orientation=orientation)
+    mapper = DetrDatasetMapper(augmentation=[], is_train=False)
+    record = {"file_name": path, "image_id": 1, **({"width": width, "height": height} if size_given else {})}
+    with caplog.at_level(logging.WARNING, logger="focus_detr.data.dataset_mapper"):
+        for _ in range(3):
+            assert mapper(dict(record))["image"].shape == (3, height, width)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if not named:
+        assert warnings == []
+        return
+    turned = {2: "mirrored", 3: "rotated 180 degrees", 6: "rotated 90 degrees clockwise"}[orientation]
+    assert warnings == [
+        f"image {path} has EXIF orientation {orientation}: it is read {turned} from its stored pixels, as detectron2 "
+        "reads it, so its boxes must have been drawn on the upright image (tools/visualize_data.py shows them); other "
+        "images with an orientation tag are not named"
+    ]
 
 
 def test_another_size_is_named_and_a_missing_size_is_filled_in():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from focus_detr.data import expand_globs, image_files, read_image
+from focus_detr.data import expand_globs, image_files, open_image, read_image
 
 # a horizontal ramp 0..255 (8 bit) the other modes are made from
 RAMP = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1))
@@ -150,3 +150,19 @@ def test_expand_globs_sorts_matches_keeps_existing_names_and_refuses_a_pattern_m
     assert expand_globs([str(tmp_path / "[x].png")]) == [str(tmp_path / "[x].png")]  # an existing name, as written
     with pytest.raises(ValueError, match=r"^no file matches '.*\*\.gif'$"):
         expand_globs([str(tmp_path / "a.png"), str(tmp_path / "*.gif")])
+
+
+def test_open_image_reports_the_orientation_tag_and_the_frame_count(tmp_path):
+    stored = np.zeros((10, 30, 3), dtype=np.uint8)
+    stored[0, 0] = 255  # a white top-left pixel, to see where the turn puts it
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored turned: read rotated 90 degrees counter-clockwise
+    path = tmp_path / "turned.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    image = open_image(str(path), "RGB")
+    assert (image.orientation, image.frames) == (8, 1)
+    np.testing.assert_array_equal(image.pixels, np.rot90(stored))  # upright, as detectron2 reads it
+    frames = [Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)) for value in (0, 200)]
+    frames[0].save(tmp_path / "two.gif", save_all=True, append_images=frames[1:])
+    image = open_image(str(tmp_path / "two.gif"), "RGB")
+    assert (image.orientation, image.frames, int(image.pixels.max())) == (1, 2, 0)  # the first frame

@@ -208,3 +208,21 @@ def test_a_cuda_device_without_a_gpu_names_the_device_flag(demo, toy_dataset, tm
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     # not "train.device is 'cuda'": the user gave --device, not the config key
     assert errors == ["error: --device is 'cuda' but no CUDA GPU is visible; use --device cpu"]
+
+
+def test_an_animated_image_is_drawn_from_its_first_frame_which_is_said(demo, toy_dataset, tmp_path, capsys):
+    frames = [Image.fromarray(np.full((24, 32, 3), 60 * i, dtype=np.uint8)) for i in range(3)]
+    animated = tmp_path / "clip.gif"
+    frames[0].save(animated, save_all=True, append_images=frames[1:], duration=100)
+    still = _png(tmp_path / "still.png")
+    from focus_detr.engine.cli import run_reporting_errors
+
+    code = run_reporting_errors(demo.main, demo.parse_args(
+        ["--config-file", TINY_TOY_CONFIG, "--input", str(animated), still, "--output", str(tmp_path / "out")]
+    ))
+    err = capsys.readouterr().err
+    assert code == 0 and not shows_traceback(err)
+    assert [line for line in err.splitlines() if line.startswith("note:")] == [
+        f"note: {animated} is animated (3 frames): its first frame is drawn (--video-input draws every frame)"
+    ]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip_detections.png", "still_detections.png"]

@@ -10,7 +10,7 @@ from .checks import (
     get_checked_dataset_dicts,
 )
 from .dataset_mapper import DetrDatasetMapper
-from .image_io import expand_globs, image_files, read_image
+from .image_io import expand_globs, image_files, open_image, read_image
 from .registration import register_coco_dataset
 from .trees import TreesCacheError, ensure_trees_cache, register_trees
 
@@ -27,6 +27,7 @@ __all__ = [
     "ensure_trees_cache",
     "get_checked_dataset_dicts",
     "image_files",
+    "open_image",
     "read_image",
     "register_coco_dataset",
     "register_trees",

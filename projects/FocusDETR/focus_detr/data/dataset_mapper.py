@@ -12,11 +12,15 @@ import torch
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 
-from .image_io import read_image
+from .image_io import open_image
 
 __all__ = ["DetrDatasetMapper", "check_image_size"]
 
 logger = logging.getLogger(__name__)
+
+# what each EXIF orientation tag does to the stored pixels when the file is read upright; 5-8 swap the sides
+_ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down", 5: "transposed",
+                 6: "rotated 90 degrees clockwise", 7: "transversed", 8: "rotated 90 degrees counter-clockwise"}
 
 
 def check_image_size(dataset_dict, image):
@@ -33,6 +37,27 @@ def check_image_size(dataset_dict, image):
                          f"dataset gives width {expected[1]} and height {expected[0]}{swapped}: fix the dataset's "
                          "width/height of this image")
     dataset_dict["height"], dataset_dict["width"] = height, width
+
+
+def orientation_warning(file_name, orientation, upright_size, size_given):
+    """A warning for an image turned from its stored pixels by its EXIF ``orientation`` tag when read, where the
+    dataset cannot tell which pixels its boxes were drawn on; None otherwise.
+
+    The tag is applied when the image is read, as detectron2 does. Boxes drawn on the stored pixels by a tool that
+    ignores it then lie on the wrong objects without any error. Where the tag swaps unequal sides and the dataset
+    gives the size (``size_given``), that size is the upright one (:func:`check_image_size` refuses the other), so the
+    dataset is upright; every other tagged image is ambiguous.
+
+    Args:
+        upright_size (tuple[int, int]): (H, W) of the image as read.
+    """
+    if orientation not in _ORIENTATIONS:
+        return None
+    if orientation >= 5 and upright_size[0] != upright_size[1] and size_given:
+        return None
+    return (f"image {file_name} has EXIF orientation {orientation}: it is read {_ORIENTATIONS[orientation]} from its "
+            "stored pixels, as detectron2 reads it, so its boxes must have been drawn on the upright image "
+            "(tools/visualize_data.py shows them); other images with an orientation tag are not named")
 
 
 class DetrDatasetMapper:
@@ -68,6 +93,7 @@ class DetrDatasetMapper:
         self.is_train = is_train
         self.img_format = img_format
         self.crop_probability = crop_probability
+        self._orientation_named = False  # one warning per mapper (and data-loader worker) is enough
         logger.info(
             f"DetrDatasetMapper (train={is_train}): augmentation {augmentation}; with crop (p={crop_probability}) "
             f"{augmentation_with_crop}"
@@ -81,8 +107,14 @@ class DetrDatasetMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image(dataset_dict["file_name"], self.img_format)
+        image, orientation, _ = open_image(dataset_dict["file_name"], self.img_format)
+        size_given = "height" in dataset_dict and "width" in dataset_dict
         check_image_size(dataset_dict, image)
+        if not self._orientation_named:
+            warning = orientation_warning(dataset_dict["file_name"], orientation, image.shape[:2], size_given)
+            if warning is not None:
+                logger.warning(warning)
+                self._orientation_named = True
 
         aug_input = T.AugInput(image)
         try:

@@ -6,17 +6,20 @@ to the 8-bit range first (16-bit: 0..65535 -> 0..255; float: 0..1 -> 0..255) and
 conversion PIL does correctly (palette, CMYK, YCbCr, HSV, with or without alpha: alpha is dropped, as detectron2
 does); modes PIL cannot convert correctly (LAB, premultiplied "La") are refused.
 
+:func:`open_image` also returns the file's EXIF orientation and frame count, which callers name to the user (an
+annotation made on the stored pixels of a rotated photo, an animated image drawn from its first frame).
 :func:`image_files` sorts a mix of files and folders into the images to read and the rest, each with why;
 :func:`expand_globs` expands quoted glob patterns first.
 """
 import glob
 import os
+from typing import NamedTuple
 
 import numpy as np
 from detectron2.data import detection_utils
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["expand_globs", "image_files", "read_image", "to_8bit"]
+__all__ = ["ImageRead", "expand_globs", "image_files", "open_image", "read_image", "to_8bit"]
 
 # PIL modes whose conversion to RGB is right as PIL does it
 _CONVERTIBLE_MODES = {"1", "L", "P", "PA", "LA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"}
@@ -62,15 +65,23 @@ def to_8bit(image, file_name="<image>"):
     )
 
 
-def read_image(file_name, img_format="RGB"):
-    """Reads ``file_name`` (EXIF orientation applied) as an 8-bit array in ``img_format``.
+class ImageRead(NamedTuple):
+    """What :func:`open_image` read: the pixels and what the file says beyond them."""
+
+    pixels: np.ndarray  # (H, W, C) uint8, upright (EXIF orientation applied), writable
+    orientation: int  # the EXIF orientation tag, 1 (as stored) when the file has none
+    frames: int  # frames in the file (an animated GIF/PNG/WebP has several; the pixels are the first one's)
+
+
+def open_image(file_name, img_format="RGB"):
+    """Reads ``file_name`` as an 8-bit array in ``img_format``, with its EXIF orientation applied (as detectron2 does).
 
     Args:
         file_name (str): image path.
         img_format (str): "RGB", "BGR", "L" or another format ``detection_utils.convert_PIL_to_numpy`` accepts.
 
     Returns:
-        np.ndarray (H, W, C) uint8 (C = 3, or 1 for "L"), writable.
+        ImageRead: the pixels ``(H, W, C)`` uint8 (C = 3, or 1 for "L"), the orientation tag and the frame count.
 
     Raises:
         FileNotFoundError / ValueError, with one line naming the file and the problem.
@@ -79,6 +90,8 @@ def read_image(file_name, img_format="RGB"):
         raise ValueError(f"cannot read image {file_name}: not a regular file")
     try:
         with Image.open(file_name) as image:
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+            frames = getattr(image, "n_frames", 1)
             image = ImageOps.exif_transpose(image)
             image.load()
     except FileNotFoundError:
@@ -88,7 +101,14 @@ def read_image(file_name, img_format="RGB"):
         raise ValueError(f"cannot read image {file_name}: {type(error).__name__}: {error}") from None
     # writable: detectron2 returns PIL's read-only buffer, and the flips' torch.from_numpy warned about it in every
     # training run ("The given NumPy array is not writable ... undefined behavior")
-    return np.require(detection_utils.convert_PIL_to_numpy(to_8bit(image, file_name), img_format), requirements="W")
+    pixels = np.require(detection_utils.convert_PIL_to_numpy(to_8bit(image, file_name), img_format),
+                        requirements="W")
+    return ImageRead(pixels, orientation if orientation in range(1, 9) else 1, frames)
+
+
+def read_image(file_name, img_format="RGB"):
+    """The pixels of :func:`open_image` alone: ``(H, W, C)`` uint8, upright, writable."""
+    return open_image(file_name, img_format).pixels
 
 
 def _why_not_an_image(path):

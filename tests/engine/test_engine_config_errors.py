@@ -95,6 +95,11 @@ def test_a_syntax_error_from_the_shell_is_one_line(tmp_path):
 NOT_A_FOCUS_DETR_CONFIG = {
     "empty .py": ({"cfg.py": ""}, [], "error: config file {cfg.py} defines no 'model': a Focus-DETR LazyConfig "
                   "defines model, train, dataloader, optimizer and lr_multiplier (e.g. configs/focus_detr_r18_trees.py)"),
+    # detectron2's loader drops values that are neither mappings nor lists before we see the config
+    "model is a number": ({"cfg.py": "model = 5\n"}, [], "error: config file {cfg.py} sets 'model' to something that "
+                          "is neither a LazyCall(...) nor a dict, which detectron2's loader drops: a Focus-DETR "
+                          "LazyConfig defines model, train, dataloader, optimizer and lr_multiplier (e.g. "
+                          "configs/focus_detr_r18_trees.py)"),
     "empty .yaml": ({"cfg.yaml": ""}, [], "error: config file {cfg.yaml} is empty (e.g. configs/focus_detr_r18_trees.py)"),
     "a YAML list": ({"cfg.yaml": "- 1\n- 2\n"}, [], "error: config file {cfg.yaml} holds a ListConfig, not a "
                     "LazyConfig (a mapping of sections: model, train, ...; e.g. configs/focus_detr_r18_trees.py)"),

@@ -1,5 +1,6 @@
 """Loading LazyConfig files (then their overrides, :func:`.config.apply_overrides`), failing with one clear line for
 missing files, files that are not a config, and config files that do not parse or that raise while they run."""
+import ast
 import os
 import re
 
@@ -93,6 +94,25 @@ def _load_lazy_config(config_file):
 _EXAMPLE_CONFIG = "configs/focus_detr_r18_trees.py"
 
 
+def _assigns_at_top_level(config_file, name):
+    """Whether the .py ``config_file`` assigns ``name`` at its top level (read, not run). detectron2's loader keeps
+    only mappings and lists, so ``model = 5`` reaches us as a config without ``model``."""
+    if not config_file.endswith(".py"):
+        return False
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):  # it loaded, so this is not expected; the plain message then holds
+        return False
+    targets = []
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign):
+            targets += statement.targets
+        elif isinstance(statement, (ast.AnnAssign, ast.AugAssign)):
+            targets.append(statement.target)
+    return any(isinstance(target, ast.Name) and target.id == name for target in targets)
+
+
 def load_config(config_file, overrides=()):
     """LazyConfig.load + checked overrides. Raises FileNotFoundError / ConfigError with one-line messages, also for a
     file that is not a mapping with a ``model`` (what every command builds; the sections a task needs beyond it are
@@ -114,8 +134,11 @@ def load_config(config_file, overrides=()):
     for section in ("model", "train"):
         present = section in cfg
         if (section == "model" or present) and not (present and isinstance(cfg._get_node(section), DictConfig)):
-            what = "has no mapping for" if present else "defines no"
-            raise ConfigError(f"config file {config_file} {what} '{section}': a Focus-DETR LazyConfig defines model, "
+            what = f"has no mapping for '{section}'" if present else f"defines no '{section}'"
+            if not present and _assigns_at_top_level(config_file, section):
+                what = (f"sets '{section}' to something that is neither a LazyCall(...) nor a dict, which detectron2's "
+                        "loader drops")
+            raise ConfigError(f"config file {config_file} {what}: a Focus-DETR LazyConfig defines model, "
                               f"train, dataloader, optimizer and lr_multiplier (e.g. {_EXAMPLE_CONFIG})")
     return apply_overrides(cfg, overrides)
 

@@ -135,6 +135,48 @@ def test_an_argument_a_config_file_gives_that_its_part_does_not_take_is_one_line
     assert str(error.value) == message
 
 
+@pytest.mark.parametrize("lines, message", [
+    # each was read by nothing: detrex's fast_dev_run ran all iterations, wandb logged nowhere
+    ("train.fast_dev_run = dict(enabled=True)", "config key train.fast_dev_run is not a setting of the train section: "
+     "nothing would read it (detrex's train.fast_dev_run has no setting here: a quick trial run is train.max_iter=20 "
+     "train.eval_period=10 train.log_period=1)"),
+    ("train.model_ema.use_ema_weights_for_eval_only = True", "config key train.model_ema.use_ema_weights_for_eval_only "
+     "is not a setting of the train section: nothing would read it (detrex's "
+     "train.model_ema.use_ema_weights_for_eval_only is train.model_ema.use_for_eval here)"),
+    ("train.checkpointer.max_to_kep = 3", "config key train.checkpointer.max_to_kep is not a setting of the train "
+     "section: nothing would read it (did you mean: train.checkpointer.max_to_keep?)"),
+    # detrex's common train config, switched off as it writes them, asks for nothing: a ported config keeps them
+    ("train.fast_dev_run = dict(enabled=False)\ntrain.wandb = dict(enabled=False, params=dict(project='detrex'))\n"
+     "train.model_ema.device = ''\ntrain.ddp.static_graph = True", None),
+])
+def test_a_train_entry_that_nothing_reads_is_refused(tmp_path, lines, message):
+    config = tmp_path / "mine.py"
+    config.write_text("from detectron2.config import LazyConfig\n"
+                      f"globals().update(LazyConfig.load({_trees_config()!r}))\n{lines}\n")
+    if message is None:
+        assert load_config(str(config), []).train.ddp.static_graph is True
+        return
+    with pytest.raises(ConfigError) as error:
+        load_config(str(config), [])
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+train.wandb.enabled=True", "unknown config key 'train.wandb' in override '+train.wandb.enabled=...': the "
+     "train section has no such setting: nothing would read it (detrex's train.wandb has no setting here: metrics go "
+     "to metrics.json and TensorBoard events in train.output_dir (tools/plot_metrics.py draws them))"),
+    ("train.fast_dev_run.enabled=True", "unknown config key 'train.fast_dev_run' in override "
+     "'train.fast_dev_run.enabled=True' (detrex's train.fast_dev_run has no setting here: a quick trial run is "
+     "train.max_iter=20 train.eval_period=10 train.log_period=1)"),
+    ("+train.foo=1", "unknown config key 'train.foo' in override '+train.foo=...': the train section has no such "
+                     "setting: nothing would read it"),
+])
+def test_a_train_key_that_nothing_reads_is_refused_on_the_command_line(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(_trees_config(), [override])
+    assert str(error.value) == message
+
+
 def test_detrex_names_on_the_command_line_are_pointed_to_ours():
     with pytest.raises(ConfigError) as error:
         load_config(_trees_config(), ["model.dn_number=50"])

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .config_types import accepts_keyword, check_argument_types, is_number, located_target
 from .detrex_names import detrex_hint
+from .train_section import train_entry_problem
 
 __all__ = [
     "ConfigError",
@@ -67,6 +68,10 @@ def _added_key_problem(cfg, key):
     constructor: "unexpected keyword argument"), and an existing entry is set without ``+`` (as in Hydra)."""
     if _is_entry(cfg, key):
         return f"config override '+{key}=...' adds a key that exists already: set it with {key}=..."
+    unread = train_entry_problem(key) if key.startswith("train.") else None
+    if unread is not None:
+        return (f"unknown config key {unread[0]!r} in override '+{key}=...': the train section has no such setting: "
+                f"nothing would read it{unread[1]}")
     parent_key, _, name = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
     if isinstance(parent, DictConfig) and "_target_" in parent:
@@ -99,7 +104,10 @@ def check_override_keys(cfg, overrides):
             missing_key, suggestions = missing
             hint = detrex_hint(key) or (f" (did you mean: {', '.join(suggestions)}?)" if suggestions else "")
             parent = OmegaConf.select(cfg, missing_key.rpartition(".")[0], default=None)
-            if not hint and isinstance(parent, DictConfig) and "_target_" not in parent:
+            unread = train_entry_problem(key) if key.startswith("train.") else None
+            if unread is not None:  # adding it with + would be ignored
+                missing_key, hint = unread[0], unread[1] or hint
+            elif not hint and isinstance(parent, DictConfig) and "_target_" not in parent:
                 hint = f" (a new entry of a plain dict is added with +{key}={override.split('=', 1)[1].strip()})"
             raise ConfigError(f"unknown config key {missing_key!r} in override {override!r}{hint}")
 

@@ -9,8 +9,9 @@ from detectron2.config import LazyConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, _flat, apply_overrides
+from .train_section import unknown_train_entry
 
-__all__ = ["load_config", "load_config_for_tool"]
+__all__ = ["check_train_entries", "load_config", "load_config_for_tool"]
 
 # detectron2 runs every config file (the one named and those it imports) in a package named like this, and re-raises
 # a syntax error of any of them as "Config file <path> has syntax error!" from the parser's error.
@@ -140,7 +141,17 @@ def load_config(config_file, overrides=()):
                         "loader drops")
             raise ConfigError(f"config file {config_file} {what}: a Focus-DETR LazyConfig defines model, "
                               f"train, dataloader, optimizer and lr_multiplier (e.g. {_EXAMPLE_CONFIG})")
-    return apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides)
+    check_train_entries(cfg)
+    return cfg
+
+
+def check_train_entries(cfg):
+    """Raises ConfigError naming the first entry of ``cfg.train`` that nothing reads (:mod:`.train_section`)."""
+    unknown = unknown_train_entry(cfg.get("train", None))
+    if unknown is not None:
+        key, hint = unknown
+        raise ConfigError(f"config key {key} is not a setting of the train section: nothing would read it{hint}")
 
 
 def load_config_for_tool(config_file, tool_overrides, user_overrides, tool):
@@ -152,4 +163,6 @@ def load_config_for_tool(config_file, tool_overrides, user_overrides, tool):
     except ConfigError as error:
         raise ConfigError(f"{error} (an override that {tool} itself applies, written for the tree model's config: "
                           "use configs/focus_detr_r18_trees.py or a config that keeps its data pipeline)") from None
-    return apply_overrides(cfg, user_overrides)
+    cfg = apply_overrides(cfg, user_overrides)
+    check_train_entries(cfg)
+    return cfg

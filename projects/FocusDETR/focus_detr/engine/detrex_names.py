@@ -17,6 +17,7 @@ _RENAMED = {
     "model.transformer.decoder.num_feature_levels": "model.transformer.decoder.num_levels",
     "model.criterion.alpha": "model.criterion.focal_alpha",
     "model.criterion.gamma": "model.criterion.focal_gamma",
+    "train.model_ema.use_ema_weights_for_eval_only": "train.model_ema.use_for_eval",
 }
 
 # detrex key -> why it has no counterpart
@@ -27,14 +28,21 @@ _FIXED = {
     "model.transformer.learnt_init_query": "the queries' content is learnt, as in the official configs",
     "model.transformer.encoder.post_norm": "the layers normalise after each block, as in the official model",
     "model.transformer.decoder.return_intermediate": "every layer's output is used in training, as in detrex",
+    "train.fast_dev_run": "a quick trial run is train.max_iter=20 train.eval_period=10 train.log_period=1",
+    "train.wandb": "metrics go to metrics.json and TensorBoard events in train.output_dir (tools/plot_metrics.py "
+                   "draws them)",
+    "train.model_ema.device": "the average is kept on the model's device",
 }
 
 
 def detrex_hint(key: str) -> str:
     """`` (detrex's KEY is OURS here)`` when ``key`` is a detrex config key with another name or no counterpart
-    here; else ''."""
+    here; else ''. An entry inside such a key (``train.fast_dev_run.enabled``) gets that key's hint."""
     if key in _RENAMED:
         return f" (detrex's {key} is {_RENAMED[key]} here)"
-    if key in _FIXED:
-        return f" (detrex's {key} has no setting here: {_FIXED[key]})"
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:end])
+        if prefix in _FIXED:
+            return f" (detrex's {prefix} has no setting here: {_FIXED[prefix]})"
     return ""

@@ -105,7 +105,7 @@ def _check(status, what, run, log_path):
 def _train_and_evaluate(args, settings, overrides_of):
     """The function :func:`run_pending` calls for an unfinished run: trains (resuming an interrupted training) and
     evaluates the final weights with the run's ``settings``, returns the run's record."""
-    from focus_detr.analysis.ablation import training_overrides
+    from focus_detr.analysis.ablation import training_command_overrides
     from focus_detr.child_processes import child_environment
     from focus_detr.engine.evaluation import read_eval_results
 
@@ -122,7 +122,7 @@ def _train_and_evaluate(args, settings, overrides_of):
             start = time.perf_counter()
             try:
                 status = _run_logged([sys.executable, TRAIN_NET, "--config-file", config_file, *resume,
-                                      *training_overrides(run, settings[run])], log_path, child_env)
+                                      *training_command_overrides(run, settings[run])], log_path, child_env)
             finally:  # an interrupted attempt's time counts too
                 with open(seconds_path, "a") as f:
                     f.write(f"{time.perf_counter() - start:.1f}\n")

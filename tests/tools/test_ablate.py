@@ -124,6 +124,9 @@ def test_a_study_runs_and_a_second_invocation_skips_finished_runs(tmp_path):
     assert all(float(r["gflops"]) > 0 and float(r["latency_ms"]) > 0 and r["AP"] != "" for r in rows)
     assert (tmp_path / "ablation.png").stat().st_size > 10_000
     assert "| no_top_down | 1 |" in (tmp_path / "ablation.md").read_text()
+    # evaluated once, by its --eval-only command: the training's own final evaluation doubled the test-set inference
+    # and was timed as training
+    assert (tmp_path / "no_top_down" / "seed1" / "ablation_output.txt").read_text().count("Start inference on") == 1
     weights = tmp_path / "no_top_down" / "seed1" / "model_final.pth"
     modified = weights.stat().st_mtime_ns
     second = _run(*arguments)

@@ -28,6 +28,7 @@ __all__ = [
     "read_finished_run",
     "write_finished_run",
     "run_settings",
+    "training_command_overrides",
     "training_overrides",
     "check_run_settings",
     "check_shared_overrides",
@@ -155,9 +156,17 @@ def run_settings(config_file: str, overrides: Sequence[str], run: AblationRun) -
 
 
 def training_overrides(run: AblationRun, settings: Dict) -> List[str]:
-    """The overrides of ``run``'s training: its folder, no periodic evaluation (the run is evaluated once, at the
-    end), then its ``settings``."""
+    """The overrides of ``run``'s training: its folder, no periodic evaluation (the run is evaluated by its own
+    ``--eval-only`` command), then its ``settings``."""
     return [f"train.output_dir={run.folder}", "train.eval_period=0", *settings["overrides"]]
+
+
+def training_command_overrides(run: AblationRun, settings: Dict) -> List[str]:
+    """The overrides of ``run``'s training command: :func:`training_overrides`, then no evaluator. The run is scored
+    by its own ``--eval-only`` command, so the training's final evaluation was a second pass over the test set, timed
+    as training (more for the dense variant). Not among the settings compared across invocations: it changes what
+    the command does after training, not the trained run."""
+    return [*training_overrides(run, settings), "dataloader.evaluator=null"]
 
 
 # a run folder holding any of these has results a later invocation reuses (skips, evaluates or resumes)

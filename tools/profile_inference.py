@@ -22,6 +22,7 @@ from focus_detr.engine import build_model, load_config, resolve_amp_dtype, resol
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.cuda_graphs import CUDAGraphInference, graphs_available
+from focus_detr.engine.settings import check_output_file
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -38,6 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10, help="unprofiled timed calls (the wall time)")
     parser.add_argument("--profiled", type=int, default=5, help="calls under the profiler (the counts)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default, all cores)")
     parser.add_argument("--json", metavar="PATH")
     add_overrides_argument(parser)
     return parse_args_with_overrides(parser, argv)
@@ -51,9 +53,13 @@ def _row(precision, s):
 
 
 def main(args):
-    if args.profiled < 1 or args.repeats < 1 or args.warmup < 0:
-        raise ValueError("--profiled and --repeats must be at least 1, --warmup at least 0")
+    if args.profiled < 1 or args.repeats < 1 or args.warmup < 0 or args.threads < 0:
+        raise ValueError("--profiled and --repeats must be at least 1, --warmup and --threads at least 0")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)
+    if args.json:  # before the profiling, not after it
+        check_output_file(args.json, "--json", "profile.json")
     device = resolve_device(args.device, "--device", "--device cpu")
     if args.cuda_graphs and not graphs_available(device):
         raise ValueError(f"--cuda-graphs needs a CUDA device, got --device {device}")
@@ -65,7 +71,8 @@ def main(args):
     inputs = synthetic_inputs(height, width)
     results = {
         "config_file": args.config_file, "device": device, "input_size": [height, width], "torch": torch.__version__,
-        "hardware": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "CPU",
+        "hardware": (torch.cuda.get_device_name(device) if torch.device(device).type == "cuda"
+                     else f"CPU, {torch.get_num_threads()} threads"),
         "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
         "precisions": {},
     }

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from tools_test_utils import FIXTURE_CONFIG, load_script
 
@@ -70,3 +71,16 @@ def test_profile_inference_writes_per_precision_counts(tmp_path, capsys):
     # no device on a CPU: no kernels, no busy fraction
     assert float32["kernels"] == 0 and float32["busy_fraction"] is None
     assert "busy" in capsys.readouterr().out
+
+
+def test_profile_inference_takes_threads_and_checks_its_json_before_profiling(tmp_path, monkeypatch):
+    profile = load_script("tools/profile_inference.py", "profile_inference_checks")
+    monkeypatch.setattr(profile, "profile_summary", lambda *a, **k: pytest.fail("profiled before --json was checked"))
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(IsADirectoryError, match=r"^--json .* is a folder"):
+            profile.main(profile.parse_args(["--config-file", FIXTURE_CONFIG, "--device", "cpu", "--threads", "1",
+                                             "--json", str(tmp_path)]))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

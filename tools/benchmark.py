@@ -68,6 +68,7 @@ from focus_detr.analysis.timing import (
     peak_memory_mib,
     reset_peak_memory,
     resnet50_yardstick,
+    batch_sizes_cycle,
     summarize,
     time_data_loader,
     time_interleaved,
@@ -140,7 +141,9 @@ def _interleaved_with_yardstick(function, yardstick, device, warmup, repeats, ba
 
 
 def _flop_floor(task_run, yardstick):
-    """``gmac`` (multiply-adds of one ``task_run``, in G), ``yardstick_gmac`` and their ratio ``flop_ratio``."""
+    """``gmac`` (multiply-adds of one ``task_run``, in G), ``yardstick_gmac`` and their ratio ``flop_ratio``; both
+    the first call of their cycle of inputs."""
+    yardstick.restart()
     task, unit = executed_multiply_adds(task_run), executed_multiply_adds(yardstick)
     return {"gmac": task / 1e9, "yardstick_gmac": unit / 1e9, "flop_ratio": task / unit}
 
@@ -303,12 +306,13 @@ def main(args):
             described = f"first {len(inputs)} test images of {cfg.dataloader.test.dataset.names}"
         else:
             inputs, described = synthetic_inputs(height, width, args.batch_size), f"synthetic {height}x{width}"
-        # dataset images vary in size: the yardstick runs at the first one's
-        yardstick_size = tuple(inputs[0]["image"].shape[-2:])
-        yardstick = resnet50_yardstick(*yardstick_size, device)
+        # dataset images vary in size: the yardstick cycles through the sizes of each call's first image with it
+        # (the flop floor counts the first call of each)
+        yardstick_sizes = batch_sizes_cycle(inputs, args.batch_size)
+        yardstick = resnet50_yardstick(yardstick_sizes, device)
         results["inference"] = {
             "inputs": described,
-            "yardstick_input": list(yardstick_size),
+            "yardstick_inputs": [list(size) for size in yardstick_sizes],
             **benchmark_inference(
                 model, inputs, device, inference_dtype, args.warmup, args.repeats, yardstick, compare["inference"],
                 args.flop_floor, args.batch_size, count_dispatch, args.sync_sites, args.cuda_graphs,
@@ -319,7 +323,7 @@ def main(args):
         num_classes = getattr(getattr(model, "module", model), "num_classes", 1)
         batch = synthetic_training_batch(height, width, args.train_batch_size, args.train_boxes, num_classes)
         batch = [{**x, "image": x["image"].to(device)} for x in batch]
-        yardstick = resnet50_yardstick(height, width, device)
+        yardstick = resnet50_yardstick([(height, width)], device)
         optimizer = _optimizer_of(cfg, model)
         results["train"] = {
             "inputs": f"synthetic {args.train_batch_size} x {height}x{width}, {args.train_boxes} boxes each",

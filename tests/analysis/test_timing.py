@@ -11,6 +11,7 @@ from focus_detr.analysis.timing import (
     peak_memory_mib,
     reset_peak_memory,
     resnet50_yardstick,
+    batch_sizes_cycle,
     time_data_loader,
     time_interleaved,
 )
@@ -33,15 +34,27 @@ def test_median_ratio_is_taken_per_round():
     assert median_ratio([1.0, 3.0, 100.0], [1.0, 1.0, 1.0]) == 3.0
 
 
-def test_yardstick_runs_resnet50_at_the_requested_size(monkeypatch):
+def test_yardstick_runs_resnet50_cycling_through_the_requested_sizes(monkeypatch):
+    # in step with a model cycling through dataset images of several sizes; it ran the first size every round
     import torchvision
 
     seen = []
     network = torchvision.models.resnet50(weights=None)
-    network.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0].shape, module.training)))
+    network.register_forward_hook(lambda module, inputs, output: seen.append((tuple(inputs[0].shape), module.training)))
     monkeypatch.setattr(torchvision.models, "resnet50", lambda weights=None: network)
-    resnet50_yardstick(64, 96, "cpu")()
-    assert seen == [(torch.Size([1, 3, 64, 96]), False)]
+    yardstick = resnet50_yardstick([(64, 96), (32, 48)], "cpu")
+    for _ in range(3):
+        yardstick()
+    yardstick.restart()
+    yardstick()
+    assert seen == [((1, 3, 64, 96), False), ((1, 3, 32, 48), False), ((1, 3, 64, 96), False), ((1, 3, 64, 96), False)]
+
+
+def test_the_yardstick_sizes_follow_the_first_image_of_each_batch_over_a_whole_cycle():
+    inputs = [{"image": torch.zeros(3, height, 10)} for height in (1, 2, 3, 4)]
+    assert batch_sizes_cycle(inputs) == [(1, 10), (2, 10), (3, 10), (4, 10)]
+    assert batch_sizes_cycle(inputs, batch_size=3) == [(1, 10), (4, 10), (3, 10), (2, 10)]  # calls 123, 412, 341, 234
+    assert batch_sizes_cycle(inputs, batch_size=2) == [(1, 10), (3, 10)]
 
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")

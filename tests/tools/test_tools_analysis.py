@@ -57,7 +57,7 @@ def test_benchmark_reports_latency_training_and_memory(tmp_path, capsys):
         assert {"median_ms", "images_per_s", "peak_memory_mib", "yardstick_ms", "ratio_to_yardstick"} <= result[task].keys()
     assert result["inference_s"] == result["inference"]["median_ms"] / 1000
     assert result["train_step_s"] == result["train"]["median_ms"] / 1000
-    assert result["yardstick_s"] > 0 and result["inference"]["yardstick_input"] == [64, 96]
+    assert result["yardstick_s"] > 0 and result["inference"]["yardstick_inputs"] == [[64, 96]]
     # one round: the ratio is exactly model / yardstick of that round
     assert result["ratio_to_yardstick"] == pytest.approx(result["inference"]["median_ms"] / result["inference"]["yardstick_ms"])
     assert result["train_ratio_to_yardstick"] == result["train"]["ratio_to_yardstick"] > 0

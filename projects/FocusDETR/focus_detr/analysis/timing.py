@@ -1,11 +1,12 @@
 """Timing helpers for benchmarks: synchronised wall-clock, medians after warm-up, interleaved runs against a
 yardstick, peak memory."""
+import math
 import os
 import resource
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -18,6 +19,7 @@ __all__ = [
     "time_interleaved",
     "median_ratio",
     "resnet50_yardstick",
+    "batch_sizes_cycle",
     "summarize",
     "inference_call",
     "inference_latency",
@@ -95,19 +97,27 @@ def median_ratio(numerators: List[float], denominators: List[float]) -> float:
     return statistics.median(n / d for n, d in zip(numerators, denominators))
 
 
-def resnet50_yardstick(height: int, width: int, device) -> Callable[[], None]:
+def resnet50_yardstick(sizes: Sequence[Tuple[int, int]], device) -> Callable[[], None]:
     """A machine-speed unit: one forward of torchvision's ``resnet50()`` (random weights, eval, float32, batch 1,
-    no autocast) on a ``(1, 3, height, width)`` input. Benchmarks report times also as multiples of it, measured in
-    the same run, so numbers compare across machines and loads."""
+    no autocast) per call, on a ``(1, 3, height, width)`` input, cycling through ``sizes`` ((height, width) each) in
+    step with a model that cycles through images of those sizes (:func:`inference_call`), so each round compares
+    the same pixels (``restart()`` starts the cycle again, as a new ``inference_call`` does). Benchmarks report times
+    also as multiples of it, measured in the same run, so numbers compare across machines and loads."""
     import torchvision
 
+    if not sizes:
+        raise ValueError("the yardstick needs at least one input size")
     network = torchvision.models.resnet50(weights=None).eval().to(device)
-    image = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(device)
+    generator = torch.Generator().manual_seed(0)
+    images = {size: torch.randn(1, 3, *size, generator=generator).to(device) for size in dict.fromkeys(sizes)}
+    position = {"next": 0}
 
     @torch.no_grad()
     def forward():
-        network(image)
+        network(images[sizes[position["next"] % len(sizes)]])
+        position["next"] += 1
 
+    forward.restart = lambda: position.update(next=0)
     return forward
 
 
@@ -178,6 +188,13 @@ def inference_call(model, inputs, device, amp_dtype=None, batch_size=1) -> Calla
             model(batch)
 
     return one_batch
+
+
+def batch_sizes_cycle(inputs, batch_size=1) -> List[Tuple[int, int]]:
+    """(height, width) of the first image of each call of :func:`inference_call` (``batch_size`` images per call,
+    cycling through ``inputs``) over one whole cycle of calls: the sizes a yardstick runs in step with it."""
+    calls = len(inputs) // math.gcd(len(inputs), batch_size)
+    return [tuple(inputs[(call * batch_size) % len(inputs)]["image"].shape[-2:]) for call in range(calls)]
 
 
 def inference_latency(model, inputs, device, warmup, repeats, amp_dtype=None):

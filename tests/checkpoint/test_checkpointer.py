@@ -65,3 +65,44 @@ def test_a_ddp_prefixed_detector_loads_and_must_fit(tmp_path, trained_state):
     path = _save(tmp_path, "ddp_partial.pth", prefixed)
     with pytest.raises(ValueError, match=r"does not fit the model: 1 missing keys \(transformer.level_embeds\)"):
         FocusDETRCheckpointer(build_tiny_model()).load(path)
+
+
+def test_initial_weights_for_another_class_count_load_all_but_the_class_tensors(tmp_path, trained_state, caplog):
+    # fine-tuning a detector on another set of classes was refused with no way around it ("9 shape mismatches")
+    path = _save(tmp_path, "coco.pth", trained_state)
+    torch.manual_seed(1)
+    model = build_tiny_model(**{"model.num_classes": 3})
+    initial = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"does not fit the model: \d+ shape mismatches \(class_embed"):
+        FocusDETRCheckpointer(model).load(path)  # not asked for: refused as before
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        FocusDETRCheckpointer(model, other_class_count=True).load(path)
+    class_keys = {key for key, value in initial.items() if value.shape != trained_state[key].shape}
+    assert class_keys and all(key.startswith(("class_embed.", "label_enc.")) for key in class_keys)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, initial[key] if key in class_keys else trained_state[key]), key
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings  # one line; not detectron2's line per tensor as well
+    assert warnings[0].startswith(f"checkpoint {path} was trained for 80 classes and the model has 3: its "
+                                  f"{len(class_keys)} class-dependent tensors (class_embed.0.bias, ")
+    assert warnings[0].endswith("keep the model's initialisation, all its other weights are loaded (fine-tuning on "
+                                "another set of classes)")
+
+
+def test_another_class_count_does_not_excuse_other_mismatches(tmp_path, trained_state):
+    path = _save(tmp_path, "coco.pth", trained_state)
+    model = build_tiny_model(**{"model.num_classes": 3, "model.transformer.num_queries": 7})
+    with pytest.raises(ValueError, match=r"does not fit the model: .*shape mismatches"):
+        FocusDETRCheckpointer(model, other_class_count=True).load(path)
+
+
+def test_a_resumed_checkpoint_must_fit_whatever_the_initial_weights_may(tmp_path, trained_state):
+    from focus_detr.engine.checkpoint import AtomicDetectionCheckpointer
+
+    _save(tmp_path, "model_0000009.pth", trained_state)  # the run's own checkpoint, for 80 classes
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
+    checkpointer = AtomicDetectionCheckpointer(build_tiny_model(**{"model.num_classes": 3}), str(tmp_path),
+                                               other_class_count=True)
+    with pytest.raises(ValueError, match=r"does not fit the model: \d+ shape mismatches \(class_embed"):
+        checkpointer.resume_or_load("", resume=True)

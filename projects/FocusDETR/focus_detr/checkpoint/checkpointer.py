@@ -88,13 +88,20 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
     ``require_detector=True`` (inference: a model whose detector parts stay random gives random detections). A file
     that fills none of the model's weights (unrelated or wrongly prefixed keys, an empty dict) is always refused:
     detectron2 would only log the key lists and go on with random weights.
+
+    With ``other_class_count=True`` (the initial weights of a training, fine-tuned on another set of classes), a
+    detector checkpoint trained for another number of classes loads all but its class-dependent tensors, which keep
+    the model's initialisation, with one warning; any other mismatch is still refused.
     """
 
-    def __init__(self, model, save_dir="", *, allow_partial: bool = False, require_detector: bool = False, **kwargs):
+    def __init__(self, model, save_dir="", *, allow_partial: bool = False, require_detector: bool = False,
+                 other_class_count: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.allow_partial = allow_partial
         self.require_detector = require_detector
+        self.other_class_count = other_class_count
         self._source = None  # the file being loaded, for error messages
+        self._class_keys_named = set()  # class-dependent keys left out, named in one warning already
 
     def load(self, path, *args, **kwargs):
         """detectron2's ``load``: ``path`` a weights file (str or os.PathLike) or URL; None or "" loads nothing. A
@@ -119,6 +126,35 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
             self._source = None
         self._log_incompatible_keys(incompatible)
         return incompatible
+
+    def _log_incompatible_keys(self, incompatible):
+        """detectron2's per-key warnings, less those of the class-dependent tensors already named in one line."""
+        named, self._class_keys_named = self._class_keys_named, set()
+        if named:
+            incompatible = incompatible._replace(
+                missing_keys=[key for key in incompatible.missing_keys if key not in named],
+                incorrect_shapes=[entry for entry in incompatible.incorrect_shapes if entry[0] not in named])
+        super()._log_incompatible_keys(incompatible)
+
+    def _model_classes(self):
+        return getattr(getattr(self.model, "module", self.model), "num_classes", None)
+
+    def _other_class_count(self, incompatible):
+        """The checkpoint's class count when the only mismatch of ``incompatible`` is that count: every wrongly shaped
+        tensor differs from the model's in its first dimension alone, which is the model's ``num_classes`` there and
+        one and the same other count in the checkpoint; else None."""
+        wrong_shape = {key for key, _, _ in incompatible.incorrect_shapes}
+        model_classes = self._model_classes()
+        if (not wrong_shape or incompatible.unexpected_keys or not isinstance(model_classes, int)
+                or any(key not in wrong_shape for key in incompatible.missing_keys)):
+            return None
+        counts = set()
+        for _, in_checkpoint, in_model in incompatible.incorrect_shapes:
+            if (len(in_checkpoint) != len(in_model) or tuple(in_checkpoint[1:]) != tuple(in_model[1:])
+                    or in_model[0] != model_classes):
+                return None
+            counts.add(in_checkpoint[0])
+        return counts.pop() if len(counts) == 1 else None
 
     def _load_file(self, filename):
         """detectron2's layouts (model-zoo / Caffe2 pickles, pycls ``.pyth``, torch files), read safely."""
@@ -174,7 +210,15 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         incompatible = super()._load_model(checkpoint)
         if is_detector and not self.allow_partial:
             mismatch = describe_mismatch(incompatible)
-            if mismatch:
+            checkpoint_classes = self._other_class_count(incompatible) if self.other_class_count else None
+            if checkpoint_classes is not None:
+                keys = sorted(key for key, _, _ in incompatible.incorrect_shapes)
+                self._class_keys_named = set(keys)
+                self.logger.warning(
+                    f"checkpoint {self._source} was trained for {checkpoint_classes} classes and the model has "
+                    f"{self._model_classes()}: its {len(keys)} class-dependent tensors ({_first_keys(keys)}) keep the "
+                    "model's initialisation, all its other weights are loaded (fine-tuning on another set of classes)")
+            elif mismatch:
                 # a size the config sets (num_queries, num_classes, a width, a layer count) other than in training:
                 # the tensor names alone did not say which setting to look at
                 hint = ("; the config builds the model with other sizes than the checkpoint's (compare its "

@@ -68,7 +68,8 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
     Args:
         model (nn.Module): the model (a DDP wrapper is unwrapped).
         save_dir (str): folder of the checkpoints and of the ``last_checkpoint`` tag.
-        allow_partial, require_detector (bool): see ``FocusDETRCheckpointer``.
+        allow_partial, require_detector, other_class_count (bool): see ``FocusDETRCheckpointer``;
+            ``other_class_count`` applies to the initial weights of :meth:`resume_or_load`, never to a resume.
         **checkpointables: objects with ``state_dict``/``load_state_dict`` saved alongside (e.g. ``trainer``).
     """
 
@@ -132,6 +133,8 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
         to the newest readable checkpoint of ``save_dir`` with a warning, and none readable is an error."""
         if not (resume and self.has_checkpoint()):
             return self.load(path, checkpointables=[])
+        # a run's own checkpoint fits its model; another class count is for initial weights only
+        self.other_class_count = False
         problems = []
         for candidate in self._resume_candidates():
             try:

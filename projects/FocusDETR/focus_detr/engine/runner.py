@@ -158,7 +158,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     inference_amp_dtype(cfg, device)  # checked now, not at the first evaluation
     inference_cuda_graphs(cfg)
     trainer = build_trainer(cfg, model, train_loader, optimizer, device, amp_dtype)
-    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    # train.init_checkpoint may be a detector trained on other classes: fine-tuning keeps all but its class heads
+    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer, other_class_count=True)
     if comm.is_main_process():
         checkpointer.remove_stale_temporary_files()  # left by a save that was killed midway
 

@@ -59,7 +59,7 @@ from focus_detr.engine import build_model, check_datasets_registered, check_outp
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides, positive_int
 from focus_detr.engine.checkpoint import atomic_write
 from focus_detr.engine.cli import run_reporting_errors
-from focus_detr.engine.evaluation import class_names_of_test_set
+from focus_detr.engine.evaluation import check_trained_classes, class_names_of_test_set
 from focus_detr.engine.predictor import input_format
 from focus_detr.engine.runner import load_inference_weights
 from focus_detr.export import (
@@ -135,6 +135,7 @@ def _class_names(cfg):
     """The test set's class names for model.json; None when unknown, with a warning when its dataset cannot be
     read."""
     try:
+        check_trained_classes(cfg)  # the model's classes are the training set's
         return class_names_of_test_set(cfg)
     except (ValueError, OSError, KeyError) as error:
         print(f"warning: model.json gets no class names: {error}", file=sys.stderr)

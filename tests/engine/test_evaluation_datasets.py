@@ -57,10 +57,34 @@ def test_training_refuses_a_test_set_whose_classes_are_named_otherwise(train_net
     assert error_lines(capsys.readouterr().err) == [
         "error: the training set focus_detr_toy and the test set focus_detr_toy_crates name their classes "
         "differently: class 0 is 'box' in focus_detr_toy and 'crate' in focus_detr_toy_crates; the model's classes "
-        "would be scored as the test set's classes of the same index (give both jsons the same categories, in the "
-        "same order)"
+        "would be scored as the test set's classes of the same index (give both jsons the same categories with the "
+        "same ids: classes are numbered in the order of their ids)"
     ]
     assert not list(tmp_path.glob("model_*.pth"))  # refused before the first step
+
+
+def test_an_evaluation_refuses_a_test_set_whose_classes_are_named_otherwise_too(train_net, toy_dataset,
+                                                                                other_toy_datasets, tmp_path, capsys):
+    # --eval-only scored the model's "box" as the test set's "crate" without a word (only training compared them)
+    assert _eval_only(train_net, tmp_path, "dataloader.test.dataset.names=focus_detr_toy_crates") == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: the training set focus_detr_toy and the test set focus_detr_toy_crates name their classes differently"
+    ), errors
+    assert not (tmp_path / "eval_results.json").exists()
+
+
+def test_a_training_set_that_cannot_be_read_here_is_not_compared(toy_dataset, other_toy_datasets, tmp_path):
+    # evaluated on another machine than it was trained on: the training json is not there
+    from detectron2.data.datasets import register_coco_instances
+    from omegaconf import OmegaConf
+
+    from focus_detr.engine.evaluation import check_trained_classes
+
+    register_coco_instances("focus_detr_toy_elsewhere", {}, str(tmp_path / "missing.json"), str(tmp_path))
+    cfg = OmegaConf.create({"dataloader": {"train": {"dataset": {"names": "focus_detr_toy_elsewhere"}},
+                                           "test": {"dataset": {"names": "focus_detr_toy_crates"}}}})
+    check_trained_classes(cfg)
 
 
 def test_a_test_set_without_annotations_says_it_gives_no_ap(train_net, toy_dataset, other_toy_datasets, tmp_path):

@@ -226,3 +226,27 @@ def test_an_animated_image_is_drawn_from_its_first_frame_which_is_said(demo, toy
         f"note: {animated} is animated (3 frames): its first frame is drawn (--video-input draws every frame)"
     ]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip_detections.png", "still_detections.png"]
+
+
+def test_labels_of_a_test_set_that_names_the_classes_otherwise_are_not_drawn(demo, toy_dataset, tmp_path, capsys):
+    # the model's "box" was labelled as the test set's class of the same index without a word
+    from toy_detector import register_edited_toy_dataset
+    from focus_detr.engine.cli import run_reporting_errors
+
+    def rename_class(coco):
+        coco["categories"] = [{"id": 1, "name": "crate"}]
+
+    register_edited_toy_dataset("focus_detr_toy_demo_crates", str(tmp_path / "crates"), rename_class)
+    code = run_reporting_errors(demo.main, demo.parse_args(
+        ["--config-file", TINY_TOY_CONFIG, "--input", _png(tmp_path / "a.png"), "--output", str(tmp_path / "out"),
+         "dataloader.test.dataset.names=focus_detr_toy_demo_crates"]
+    ))
+    err = capsys.readouterr().err
+    assert code == 0 and not shows_traceback(err)
+    assert [line for line in err.splitlines() if line.startswith("warning:")] == [
+        "warning: no class names for the labels, boxes are numbered by class instead: the training set focus_detr_toy "
+        "and the test set focus_detr_toy_demo_crates name their classes differently: class 0 is 'box' in "
+        "focus_detr_toy and 'crate' in focus_detr_toy_demo_crates; the model's classes would be scored as the test "
+        "set's classes of the same index (give both jsons the same categories with the same ids: classes are "
+        "numbered in the order of their ids)"
+    ]

@@ -28,8 +28,8 @@ from .precision import amp_autocast, inference_amp_dtype
 from .settings import FORMAT_KEYS, mapper_entry
 
 __all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "check_evaluation_datasets", "check_model_classes",
-           "check_same_classes", "check_same_input_format", "class_names_of_loader", "class_names_of_test_set",
-           "evaluate", "read_eval_results", "selection_quality_enabled", "write_eval_results"]
+           "check_same_classes", "check_same_input_format", "check_trained_classes", "class_names_of_loader",
+           "class_names_of_test_set", "evaluate", "read_eval_results", "selection_quality_enabled", "write_eval_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -227,8 +227,28 @@ def check_same_classes(train_node, test_node):
                     f"the training set {train_name} and the test set {test_name} name their classes differently: "
                     f"class {index} is {_class_at(train_classes, index)} in {train_name} and "
                     f"{_class_at(test_classes, index)} in {test_name}; the model's classes would be scored as the "
-                    "test set's classes of the same index (give both jsons the same categories, in the same order)"
+                    "test set's classes of the same index (give both jsons the same categories with the same ids: "
+                    "classes are numbered in the order of their ids)"
                 )
+
+
+def check_trained_classes(cfg):
+    """:func:`check_same_classes` for a command that does not train (``--eval-only``, the demo, the export): the
+    model's classes are the config's training set's, so a test set that names them otherwise would be scored, or
+    its labels drawn, as other classes. A training set that cannot be read here (its json on another machine) is
+    not compared."""
+    dataloader = cfg.get("dataloader", None) or {}
+    train, test = dataloader.get("train", None), dataloader.get("test", None)
+    if train is None or test is None:
+        return
+    try:
+        for name in _dataset_names_in(train):
+            dataset_classes(name)
+    except (ValueError, OSError, KeyError) as error:
+        logger.info(f"The training set's class names are not compared with the test set's (it cannot be read "
+                    f"here: {error})")
+        return
+    check_same_classes(train, test)
 
 
 def check_same_input_format(train_node, test_node):

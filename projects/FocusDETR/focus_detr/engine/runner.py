@@ -16,7 +16,7 @@ from .checkpoint import AtomicDetectionCheckpointer
 from .cli import is_user_error, user_errors_without_tracebacks
 from .config import ConfigError
 from .evaluation import (check_evaluation_datasets, check_model_classes, check_same_classes, check_same_input_format,
-                         check_test_images, evaluate, write_eval_results)
+                         check_test_images, check_trained_classes, evaluate, write_eval_results)
 from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, check_lr_multiplier,
                     restore_rank_state, schedule_change_warning)
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
@@ -294,6 +294,7 @@ def run_evaluation(cfg, resume=False):
         # before the weights: a class count that does not fit the data says so, not "the checkpoint does not fit"
         check_evaluation_datasets(cfg)
         check_model_classes(model, cfg.dataloader.test)
+        check_trained_classes(cfg)
     model = wrap_ddp(model, cfg, device)  # its set-up gives every process rank 0's weights (random ones differ)
     weights = cfg.train.init_checkpoint
     if resume:

@@ -83,3 +83,14 @@ def test_ema_weights_asked_for_but_absent_are_named(train_net, toy_dataset, tmp_
                               "train.model_ema.enabled=True"]) == 0
     assert warnings == [f"train.model_ema asks for the EMA weights, but {tmp_path / 'model_final.pth'} holds none: "
                         "using its trained weights"]
+
+
+def test_ema_weights_present_but_not_asked_for_are_named(train_net, toy_dataset, tmp_path):
+    # a checkpoint trained with the average (and evaluated with it) was evaluated with its trained weights, silently
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}", "train.max_iter=2",
+                          "train.model_ema.enabled=True"]) == 0
+    with logged_warnings("focus_detr.engine.runner") as warnings:
+        assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path / 'eval'}",
+                              f"train.init_checkpoint={tmp_path / 'model_final.pth'}"]) == 0
+    assert warnings == [f"{tmp_path / 'model_final.pth'} also holds the EMA weights (their average over its "
+                        "training): using its trained weights; train.model_ema.enabled=True uses the average"]

@@ -281,6 +281,9 @@ def load_inference_weights(model, cfg, path):
         (model.module if hasattr(model, "module") else model).load_state_dict(ema_state["shadow"])
     elif ema_enabled and ema_for_eval and path:  # asked for, absent: say which weights the numbers are of
         logger.warning(f"train.model_ema asks for the EMA weights, but {path} holds none: using its trained weights")
+    elif ema_state is not None:  # its training evaluated the average: these numbers are of other weights
+        logger.warning(f"{path} also holds the EMA weights (their average over its training): using its trained "
+                       "weights; train.model_ema.enabled=True uses the average")
 
 
 def run_evaluation(cfg, resume=False):

@@ -119,6 +119,16 @@ def test_resume_with_the_same_max_iter_does_not_warn(train_net, toy_dataset, tmp
     assert "Resuming a run trained with" not in (tmp_path / "log.txt").read_text()
 
 
+def test_resume_says_that_it_does_not_load_train_init_checkpoint(train_net, toy_dataset, tmp_path):
+    # a resume given other initial weights continued the run without a word about them
+    _train(train_net, tmp_path, "train.max_iter=4", "train.checkpointer.period=2")
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
+    _train(train_net, tmp_path, "train.max_iter=4", "train.checkpointer.period=2",
+           f"train.init_checkpoint={tmp_path / 'model_final.pth'}", resume=True)
+    assert (f"train.init_checkpoint {tmp_path / 'model_final.pth'} is not loaded: the run continues from "
+            f"{tmp_path / 'model_0000001.pth'}") in (tmp_path / "log.txt").read_text()
+
+
 def test_resume_without_restoring_rng_would_differ(train_net, toy_dataset, tmp_path):
     """Guards the test above: the toy model draws random numbers, so an unrestored generator shows up."""
     first, second = tmp_path / "a", tmp_path / "b"

@@ -129,6 +129,15 @@ def test_resume_says_that_it_does_not_load_train_init_checkpoint(train_net, toy_
             f"{tmp_path / 'model_0000001.pth'}") in (tmp_path / "log.txt").read_text()
 
 
+def test_max_to_keep_counts_the_checkpoints_from_before_a_resume(train_net, toy_dataset, tmp_path):
+    # the checkpoints saved before the resume were never pruned: 4 numbered ones where max_to_keep says 2
+    keep = ["train.checkpointer.period=1", "train.checkpointer.max_to_keep=2"]
+    _train(train_net, tmp_path, "train.max_iter=6", *keep)
+    _train(train_net, tmp_path, "train.max_iter=11", *keep, resume=True)
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
+        "model_0000008.pth", "model_0000009.pth", "model_final.pth"]
+
+
 def test_resume_without_restoring_rng_would_differ(train_net, toy_dataset, tmp_path):
     """Guards the test above: the toy model draws random numbers, so an unrestored generator shows up."""
     first, second = tmp_path / "a", tmp_path / "b"

@@ -4,6 +4,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 
 import torch
 from detectron2.engine import HookBase
@@ -81,6 +82,18 @@ class ResumableCheckpointHook(HookBase):
             self.save(f"{self.file_prefix}_final")
         elif (iteration + 1) % self.period == 0:
             self.save_current_iteration()
+
+    def resume_at(self, iteration, path):
+        """A ``--resume`` continues after ``iteration`` from the checkpoint ``path``: that is the last save, and the
+        numbered checkpoints of the folder up to it count toward ``max_to_keep`` as if this run had saved them (they
+        were never pruned once the run that saved them stopped, so a resumed run kept more than ``max_to_keep``)."""
+        self.last_saved = (iteration, path)
+        folder = self.checkpointer.save_dir
+        numbered = re.compile(rf"^{re.escape(self.file_prefix)}_(\d{{7}})\.pth$")
+        names = os.listdir(folder) if comm.is_main_process() and folder and os.path.isdir(folder) else []
+        earlier = sorted((int(match.group(1)), name) for name in names
+                         if (match := numbered.match(name)) and int(match.group(1)) <= iteration)
+        self._saved_numbered = [os.path.join(folder, name) for _, name in earlier]
 
     def _prune(self, name):
         if not comm.is_main_process() or not self.max_to_keep:

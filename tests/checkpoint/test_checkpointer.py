@@ -106,3 +106,15 @@ def test_a_resumed_checkpoint_must_fit_whatever_the_initial_weights_may(tmp_path
                                                other_class_count=True)
     with pytest.raises(ValueError, match=r"does not fit the model: \d+ shape mismatches \(class_embed"):
         checkpointer.resume_or_load("", resume=True)
+
+
+def test_a_backbone_file_without_the_models_prefix_names_the_option_that_matches_it(tmp_path, trained_state):
+    plain = {key[len("backbone."):]: value for key, value in _backbone_only(trained_state).items()}
+    path = _save(tmp_path, "plain_backbone.pth", plain)
+    with pytest.raises(ValueError, match=r"name none of the model's \(.*\) \(the model has them under 'backbone\.': "
+                                         r"detectron2's matching heuristics load such a file, on the command line "
+                                         rf"'train\.init_checkpoint=\"{path}\?matching_heuristics=True\"'\)$"):
+        FocusDETRCheckpointer(build_tiny_model()).load(path)
+    model = build_tiny_model()
+    FocusDETRCheckpointer(model).load(f"{path}?matching_heuristics=True")  # what it says works
+    assert all(torch.equal(model.state_dict()["backbone." + key], value) for key, value in plain.items())

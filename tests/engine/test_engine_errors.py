@@ -44,6 +44,10 @@ def test_a_new_entry_of_a_plain_dict_is_shown_the_plus_form():
     ("train.max_iter = 3", "cannot read config override 'train.max_iter = 3': LexerNoViableAltException: "
                            "train.max_iter = 3; write key=value without spaces around it"),
     ("train.max_iter=[1,", "cannot read config override 'train.max_iter=[1,': no viable alternative at input '[1,'"),
+    # detectron2's own way to load a backbone without the model's prefix, refused without saying how to write it
+    ("train.init_checkpoint=R-50.pkl?matching_heuristics=True", "cannot read config override "
+     "'train.init_checkpoint=R-50.pkl?matching_heuristics=True': mismatched input '=' expecting <EOF>; a value "
+     "holding '=' goes in quotes, inside the shell's: 'train.init_checkpoint=\"R-50.pkl?matching_heuristics=True\"'"),
 ])
 def test_an_override_that_cannot_be_read_is_named_alone(override, message):
     from focus_detr.engine import load_config

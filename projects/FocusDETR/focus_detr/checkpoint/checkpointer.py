@@ -66,6 +66,17 @@ def _prefix_hint(keys, model_keys):
     return f" (every key starts with '{prefix}', which the model's keys do not have)"
 
 
+def _missing_prefix_hint(keys, model_keys, source):
+    """" (the model's keys are these under 'P': ...)" when putting a prefix of the model's keys (``backbone.``) before
+    ``keys`` makes some of them the model's, with detectron2's option that matches them; else ""."""
+    model_keys = set(model_keys)
+    for prefix in sorted({key.split(".", 1)[0] + "." for key in model_keys}):
+        if any(prefix + key in model_keys for key in keys):
+            return (f" (the model has them under '{prefix}': detectron2's matching heuristics load such a file, "
+                    f"on the command line 'train.init_checkpoint=\"{source}?matching_heuristics=True\"')")
+    return ""
+
+
 def _check_state_dict(state_dict, source):
     """Raises CheckpointError unless ``state_dict`` maps names to tensors / numeric numpy arrays."""
     if not isinstance(state_dict, dict):
@@ -230,6 +241,6 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
             raise CheckpointError(
                 f"checkpoint {self._source} fills none of the model's weights: its {len(state_dict)} keys "
                 f"({_first_keys(state_dict)}) name none of the model's ({_first_keys(model_keys)})"
-                f"{_prefix_hint(state_dict, model_keys)}"
+                f"{_prefix_hint(state_dict, model_keys) or _missing_prefix_hint(names, model_keys, self._source)}"
             )
         return incompatible

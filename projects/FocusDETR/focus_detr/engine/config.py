@@ -212,7 +212,10 @@ def _override_error(overrides, error):
             parser.parse_overrides([override])
         except Exception as parse_error:
             spaced = override != override.strip() or " =" in override or "= " in override
+            key, _, value = override.partition("=")
             hint = "; write key=value without spaces around it" if spaced else ""
+            if not hint and "=" in value and not value.strip().startswith(("'", '"')):
+                hint = f"; a value holding '=' goes in quotes, inside the shell's: '{key.strip()}=\"{value.strip()}\"'"
             return f"cannot read config override {override!r}: {_flat(str(parse_error).splitlines()[0])}{hint}"
     return f"cannot apply overrides {overrides}: {_flat(error)}"
 

@@ -118,3 +118,24 @@ def test_a_backbone_file_without_the_models_prefix_names_the_option_that_matches
     model = build_tiny_model()
     FocusDETRCheckpointer(model).load(f"{path}?matching_heuristics=True")  # what it says works
     assert all(torch.equal(model.state_dict()["backbone." + key], value) for key, value in plain.items())
+
+
+@pytest.mark.parametrize("pixel_std, warned", [(None, True), ([1.0, 1.0, 1.0], False)])
+def test_caffe2_imagenet_weights_for_a_model_normalised_as_torchvision_is_named(tmp_path, caplog, pixel_std, warned):
+    # detectron2's MSRA R-50.pkl (BGR, pixel_std 1) loaded into a torchvision-normalised model without a word
+    import pickle
+
+    model = build_tiny_model(**({} if pixel_std is None else {"model.pixel_std": pixel_std}))
+    stem = model.state_dict()["backbone.stem.conv1.weight"]
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(pickle.dumps({"blobs": {"conv1_w": torch.ones_like(stem).numpy()}}))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        FocusDETRCheckpointer(model).load(str(path))
+    assert torch.equal(model.state_dict()["backbone.stem.conv1.weight"], torch.ones_like(stem))  # loaded all the same
+    named = [r.getMessage() for r in caplog.records if "Caffe2's layout" in r.getMessage()]
+    assert len(named) == int(warned)
+    if warned:
+        assert named[0].startswith(f"checkpoint {path} is in Caffe2's layout (detectron2's MSRA ImageNet weights), "
+                                   "trained on BGR images with pixel_std 1, but the model normalises with pixel_std "
+                                   "(58.395, 57.12, 57.375)")

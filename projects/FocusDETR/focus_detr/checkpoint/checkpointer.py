@@ -147,6 +147,20 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
                 incorrect_shapes=[entry for entry in incompatible.incorrect_shapes if entry[0] not in named])
         super()._log_incompatible_keys(incompatible)
 
+    def _warn_of_caffe2_inputs(self, filename):
+        """Caffe2's (detectron2's MSRA) ImageNet weights were trained on BGR images with pixel_std 1; a model that
+        normalises its inputs as torchvision does (this project's default) starts fine-tuning from features that do
+        not fit them, which nothing else would say."""
+        pixel_std = getattr(getattr(self.model, "module", self.model), "pixel_std", None)
+        if pixel_std is None or bool((pixel_std.flatten() < 2).all()):
+            return
+        shown = ", ".join(f"{value:g}" for value in pixel_std.flatten().tolist())
+        self.logger.warning(
+            f"checkpoint {filename} is in Caffe2's layout (detectron2's MSRA ImageNet weights), trained on BGR images "
+            f"with pixel_std 1, but the model normalises with pixel_std ({shown}) as torchvision's weights expect: use "
+            "torchvision's weights (detectron2's ImageNetPretrained/torchvision/R-50.pkl), or set model.pixel_mean, "
+            "model.pixel_std and the mappers' img_format as detectron2's MSRA configs do")
+
     def _model_classes(self):
         return getattr(getattr(self.model, "module", self.model), "num_classes", None)
 
@@ -182,6 +196,7 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
                 _check_state_dict(blobs, filename)
                 weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
                 data = {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
+                self._warn_of_caffe2_inputs(filename)
         elif filename.endswith(".pyth"):  # pycls
             if "model_state" not in data:
                 raise CheckpointError(f"cannot use checkpoint {filename}: a pycls .pyth file must hold 'model_state'")

@@ -75,7 +75,10 @@ def _process_main(args):
     main process, which the launching process passes on; the others end quietly with status 0 (a non-zero status
     from them would make the launcher terminate the main process before it has reported)."""
     try:
-        return main(args)
+        cfg = load_config(args.config_file, args.opts)
+        # checked in the launching process too, where a script may have registered more than the config file does
+        check_datasets_registered(cfg.get("dataloader", {}), started_process=True)
+        return main(args, cfg)
     except KeyboardInterrupt as interrupt:
         sys.exit(report_interruption(interrupt) if comm.is_main_process() else 0)
     finally:

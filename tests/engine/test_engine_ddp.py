@@ -10,7 +10,8 @@ from detectron2.engine import launch
 from detectron2.utils import comm
 
 from cli_output import shows_traceback
-from engine_test_utils import REPO_ROOT, TOY_CONFIG, TOY_DATASET, TrainNetProcess
+from engine_test_utils import (REPO_ROOT, TOY_CONFIG, TOY_DATASET, TrainNetProcess,  # noqa: F401 (fixtures)
+                               toy_dataset, train_net)
 
 COMMON_OVERRIDES = [
     "dataloader.train.total_batch_size=2",
@@ -160,3 +161,18 @@ def test_a_failure_in_one_of_two_processes_saves_both_and_the_resume_repeats_the
     assert run.wait(timeout=300) == 0, run.stderr()[-3000:]
     resumed = torch.load(out / "model_final.pth", weights_only=True)["model"]
     assert all(torch.equal(two_process_final_weights[key], resumed[key]) for key in two_process_final_weights)
+
+
+def test_a_dataset_the_started_processes_do_not_have_is_one_line_saying_where_to_register_it(train_net, toy_dataset):
+    # a script registering its datasets in its `if __name__ == "__main__":` block passed the launching process's check,
+    # then each started process ended in detectron2's KeyError traceback ("Dataset 'x' is not registered!")
+    from focus_detr.engine.config import ConfigError
+
+    args = train_net.default_argument_parser().parse_args(
+        ["--config-file", TOY_CONFIG, "dataloader.train.dataset.names=focus_detr_registered_by_a_script"])
+    with pytest.raises(ConfigError) as error:
+        train_net._process_main(args)
+    assert str(error.value) == (
+        "dataset 'focus_detr_registered_by_a_script' is not registered in the processes that --num-gpus / "
+        "--num-machines start: they run the config file but not a script's `if __name__ == \"__main__\":` block; "
+        "register it in the config file (docs/data.md)")

@@ -267,12 +267,18 @@ def _dataset_names_in(node):
     return names
 
 
-def check_datasets_registered(cfg_node):
-    """Raises ConfigError naming the first dataset the config uses that is not in detectron2's DatasetCatalog."""
+def check_datasets_registered(cfg_node, started_process=False):
+    """Raises ConfigError naming the first dataset the config uses that is not in detectron2's DatasetCatalog; in a
+    ``started_process`` of a multi-process run, saying where such processes register datasets."""
     from detectron2.data import DatasetCatalog
 
     registered = DatasetCatalog.list()
     for name in _dataset_names_in(cfg_node):
+        if name not in registered and started_process:  # the launching process had it: its script registered it
+            raise ConfigError(
+                f"dataset {name!r} is not registered in the processes that --num-gpus / --num-machines start: they "
+                "run the config file but not a script's `if __name__ == \"__main__\":` block; register it in the "
+                "config file (docs/data.md)")
         if name not in registered:
             close = difflib.get_close_matches(name, registered, n=3)
             hint = f" (did you mean: {', '.join(close)}?)" if close else ""

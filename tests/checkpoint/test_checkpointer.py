@@ -139,3 +139,18 @@ def test_caffe2_imagenet_weights_for_a_model_normalised_as_torchvision_is_named(
         assert named[0].startswith(f"checkpoint {path} is in Caffe2's layout (detectron2's MSRA ImageNet weights), "
                                    "trained on BGR images with pixel_std 1, but the model normalises with pixel_std "
                                    "(58.395, 57.12, 57.375)")
+
+
+def test_backbone_weights_that_leave_part_of_the_backbone_random_say_how_much(tmp_path, trained_state, caplog):
+    # only detectron2's key lists, among the rest of the model's (random by design), showed a file cut short
+    backbone = _backbone_only(trained_state)
+    parameters = [name for name, _ in build_tiny_model().named_parameters() if name.startswith("backbone.")]
+    cut = {key: value for key, value in backbone.items() if key != parameters[-1]}
+    for state, named in ((backbone, False), (cut, True)):
+        path = _save(tmp_path, f"backbone_{named}.pth", state)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            FocusDETRCheckpointer(build_tiny_model()).load(path)
+        lines = [r.getMessage() for r in caplog.records if "of the backbone's" in r.getMessage()]
+        assert lines == ([f"checkpoint {path} fills {len(parameters) - 1} of the backbone's {len(parameters)} "
+                          f"parameters: the other 1 ({parameters[-1]}) keep their random initialisation"] if named else [])

@@ -258,4 +258,19 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
                 f"({_first_keys(state_dict)}) name none of the model's ({_first_keys(model_keys)})"
                 f"{_prefix_hint(state_dict, model_keys) or _missing_prefix_hint(names, model_keys, self._source)}"
             )
+        if not is_detector:
+            self._name_unfilled_backbone(incompatible)
         return incompatible
+
+    def _name_unfilled_backbone(self, incompatible):
+        """One warning when backbone initial weights leave some of the backbone's parameters at their random
+        initialisation (a file for another depth, or cut short): detectron2 lists every missing key among those of
+        the rest of the model, which stays random by design. Buffers (frozen norm statistics, index tables) are not
+        counted: they are not random."""
+        model = getattr(self.model, "module", self.model)
+        backbone = [name for name, _ in model.named_parameters() if name.startswith("backbone.")]
+        unfilled = sorted(set(incompatible.missing_keys) & set(backbone))
+        if backbone and unfilled:
+            self.logger.warning(
+                f"checkpoint {self._source} fills {len(backbone) - len(unfilled)} of the backbone's {len(backbone)} "
+                f"parameters: the other {len(unfilled)} ({_first_keys(unfilled)}) keep their random initialisation")

@@ -163,13 +163,15 @@ def test_a_failure_in_one_of_two_processes_saves_both_and_the_resume_repeats_the
     assert all(torch.equal(two_process_final_weights[key], resumed[key]) for key in two_process_final_weights)
 
 
-def test_a_dataset_the_started_processes_do_not_have_is_one_line_saying_where_to_register_it(train_net, toy_dataset):
+def test_a_dataset_the_started_processes_do_not_have_is_one_line_saying_where_to_register_it(train_net, toy_dataset,
+                                                                                             tmp_path):
     # a script registering its datasets in its `if __name__ == "__main__":` block passed the launching process's check,
     # then each started process ended in detectron2's KeyError traceback ("Dataset 'x' is not registered!")
     from focus_detr.engine.config import ConfigError
 
     args = train_net.default_argument_parser().parse_args(
-        ["--config-file", TOY_CONFIG, "dataloader.train.dataset.names=focus_detr_registered_by_a_script"])
+        ["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}",
+         "dataloader.train.dataset.names=focus_detr_registered_by_a_script"])
     with pytest.raises(ConfigError) as error:
         train_net._process_main(args)
     assert str(error.value) == (

@@ -116,6 +116,10 @@ def main(checkout):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: side_by_side_memory.py CHECKOUT (run from the official folder)")
+    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
+        sys.exit(__doc__ if len(sys.argv) == 2 else "usage: side_by_side_memory.py CHECKOUT (run from the official "
+                 "folder)")
+    if not os.path.isfile(OFFICIAL_CONFIG):
+        sys.exit(f"error: {OFFICIAL_CONFIG} not found here: run this from the official code's folder "
+                 "(../shared/official/setup_official.sh unpacks it)")
     sys.exit(main(os.path.abspath(sys.argv[1])))

@@ -103,6 +103,14 @@ def test_images_that_are_not_bgr_uint8_hwc_get_one_line(predictor, image, words)
     assert words in str(info.value) and "\n" not in str(info.value)
 
 
+def test_an_image_cv2_could_not_read_says_so(predictor, tmp_path):
+    import cv2
+
+    with pytest.raises(ValueError, match=r"^image must be .* got None \(cv2.imread returns None for a file it cannot "
+                                         r"read\)$"):
+        predictor(cv2.imread(str(tmp_path / "missing.png")))
+
+
 def test_batch_checks_every_image_before_running_and_names_it(predictor, monkeypatch):
     monkeypatch.setattr(predictor, "run", lambda *args: pytest.fail("ran before checking every image"))
     with pytest.raises(ValueError, match=r"^images\[2\] must be a uint8 numpy array .* got dtype float64$"):

@@ -342,7 +342,7 @@ def verify_trees_cache(
     """The cache's manifest if the cache is complete, intact and built from the pinned wheel with these parameters;
     raises ``TreesCacheError`` saying what is wrong otherwise."""
     cache_dir = Path(cache_dir)
-    fix = "run `python tools/prepare_trees.py` to (re)build it"
+    fix = "run `make data` (`.venv/bin/python tools/prepare_trees.py`) to (re)build it"
     manifest_path = cache_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         raise TreesCacheError(f"tree dataset cache {cache_dir} is missing or incomplete (no {MANIFEST_NAME}); {fix}")

@@ -79,6 +79,8 @@ def input_format(cfg) -> str:
 def check_bgr_image(image, name="image") -> None:
     """ValueError (one line, naming ``name``) unless ``image`` is a non-empty uint8 numpy array ``(H, W, 3)``."""
     expected = "a uint8 numpy array (H, W, 3) in BGR order"
+    if image is None:  # what cv2.imread gives for a file it cannot read, without an error of its own
+        raise ValueError(f"{name} must be {expected}, got None (cv2.imread returns None for a file it cannot read)")
     if not isinstance(image, np.ndarray):
         raise ValueError(f"{name} must be {expected}, got {type(image).__name__}")
     if image.dtype != np.uint8:

@@ -215,3 +215,23 @@ def test_selection_quality_can_be_switched_off(tmp_path):
 def test_a_switch_that_is_not_true_or_false_is_one_line(tmp_path, capsys):
     assert _train_net_eval_only(tmp_path, "train.selection_quality=yes") == 2
     assert "train.selection_quality" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_an_object_between_every_token_centre_lowers_the_reported_recall_ceiling():
+    # no selection can recall it, not even a dense encoder's: "recall small" stayed below 100% with nothing saying why
+    from focus_detr.analysis.selection_quality import format_selection_quality
+
+    grid = token_grid(SHAPES, IMAGE_SIZE, PADDED_SIZE, ORIGINAL_SIZE)
+    boxes = np.array([BOXES["A"], [7, 7, 9, 9], [10.5, 10.5, 11.5, 11.5]], dtype=float)  # the last two: no centre
+    truth = GroundTruth(boxes, np.zeros(3, dtype=bool), 16, 12)
+    everything = np.flatnonzero(grid.valid)
+    metrics = selection_quality_metrics(image_selection_counts([everything], [everything], grid, truth))
+    assert metrics["object_recall/layer0"] == pytest.approx(100 / 3)  # keeping every token
+    assert metrics["object_recall_ceiling"] == pytest.approx(100 / 3)
+    assert metrics["object_recall_ceiling/small"] == pytest.approx(100 / 3)
+    assert math.isnan(metrics["object_recall_ceiling/large"])
+    assert "; recall can reach at most 33.3 (small 33.3, medium nan, large nan): the others hold no token centre at " \
+           "any level" in format_selection_quality(metrics).splitlines()[0]
+    reachable = selection_quality_metrics(_hand_made_counts(kept=[[0]], fine=[[0]]))
+    assert reachable["object_recall_ceiling"] == 100.0
+    assert "recall can reach" not in format_selection_quality(reachable)

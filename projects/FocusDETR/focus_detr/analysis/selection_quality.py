@@ -6,8 +6,10 @@ For every evaluated image, per encoder layer and per feature level:
   box (also by object size: COCO's small < 32², medium < 96², large);
 * **foreground precision**: the share of kept tokens whose centre lies inside some ground-truth box;
 * **fine-grained hit rate**: the share of fine-grained tokens whose centre lies inside some ground-truth box;
-* for reference, the **foreground share** (all valid tokens inside a box: a random selection's precision) and the
-  **kept share** (the share of a level's tokens a layer keeps).
+* for reference, the **foreground share** (all valid tokens inside a box: a random selection's precision), the
+  **kept share** (the share of a level's tokens a layer keeps) and the **recall ceiling** (the share of objects with
+  any valid token centre inside, at any level: an object smaller than a token cell at every level can never be
+  recalled, whatever is kept, so on data with tiny objects recall stays below 100% even for a dense encoder).
 
 Token (i, j) of level l with spatial shape ``(h_l, w_l)`` covers a ``H / h_l`` x ``W / w_l`` cell of the padded
 network input ``(H, W)``; its centre, in network-input pixels, is scaled to the original image by
@@ -174,6 +176,7 @@ class SelectionCounts:
 
     Attributes (E encoder layers, L levels, S size buckets):
         objects: ``(S,)`` non-crowd objects per size.
+        reachable: ``(S,)`` those with any valid token centre inside, at any level (the most recall can reach).
         recalled: ``(E, L + 1, S)`` objects with a kept token inside, per layer, per level (last: any level), size.
         kept, kept_hits: ``(E, L)`` kept valid tokens (not crowd-ignored), and those inside a box.
         fine, fine_hits: ``(E, L)`` the same for fine-grained tokens.
@@ -184,6 +187,7 @@ class SelectionCounts:
     """
 
     objects: np.ndarray
+    reachable: np.ndarray
     recalled: np.ndarray
     kept: np.ndarray
     kept_hits: np.ndarray
@@ -231,17 +235,20 @@ def image_selection_counts(
     inside = np.zeros(grid.num_tokens, dtype=bool)  # centre in a non-crowd box
     ignored = np.zeros(grid.num_tokens, dtype=bool)  # centre in a crowd box only
     found = np.zeros((num_layers, num_levels + 1, int(objects.sum())), dtype=bool)
+    reachable = np.zeros(int(objects.sum()), dtype=bool)
     for level, ((h, w), start) in enumerate(zip(grid.shapes, grid.starts)):
         ranges = _cell_ranges(truth.boxes, grid.centres_y[level], grid.centres_x[level])
         span = slice(start, start + h * w)
         inside[span] = _covered(ranges[objects], (h, w)).reshape(-1)
         ignored[span] = _covered(ranges[~objects], (h, w)).reshape(-1) & ~inside[span]
         found[:, level] = _any_in_ranges(kept[:, span].reshape(num_layers, h, w), ranges[objects])
+        reachable |= _any_in_ranges(grid.valid[span].reshape(1, h, w), ranges[objects])[0]
     found[:, num_levels] = found[:, :num_levels].any(1)
     counted = ~ignored
     one_hot = np.eye(num_sizes, dtype=np.int64)[sizes[objects]]  # (G_objects, S)
     return SelectionCounts(
         objects=one_hot.sum(0),
+        reachable=reachable.astype(np.int64) @ one_hot,
         recalled=found.astype(np.int64) @ one_hot,
         kept=_per_level(kept & counted, grid.starts),
         kept_hits=_per_level(kept & inside, grid.starts),
@@ -278,6 +285,8 @@ def selection_quality_metrics(counts: SelectionCounts, size_names: Sequence[str]
     - ``foreground_precision/layerE[/levelL]``, ``fine_grained_hit_rate/layerE[/levelL]``;
     - ``kept_share/layerE/levelL``: the share of the level's valid tokens the layer keeps (where the budget goes);
     - ``foreground_share[/levelL]``: the share of all valid tokens inside a box, a random selection's precision;
+    - ``object_recall_ceiling[/small|medium|large]``: the share of objects with any valid token centre inside, the
+      most recall can reach (keeping every token);
     - ``num_objects[/small|medium|large]``.
     """
     num_layers, num_levels = counts.kept.shape
@@ -285,6 +294,9 @@ def selection_quality_metrics(counts: SelectionCounts, size_names: Sequence[str]
     recall = _percent(counts.recalled.sum(2), counts.objects.sum())  # (E, L + 1), last: any level
     metrics = {"num_objects": float(counts.objects.sum())}
     metrics.update({f"num_objects/{name}": float(n) for name, n in zip(size_names, counts.objects)})
+    metrics["object_recall_ceiling"] = float(_percent(counts.reachable.sum(), counts.objects.sum()))
+    metrics.update({f"object_recall_ceiling/{name}": float(value)
+                    for name, value in zip(size_names, _percent(counts.reachable, counts.objects))})
     _add_levels(metrics, "foreground_share", counts.tokens_inside, counts.tokens)
     for e in range(num_layers):
         metrics[f"object_recall/layer{e}"] = float(recall[e, num_levels])
@@ -323,6 +335,11 @@ def format_selection_quality(metrics: Dict[str, float], size_names: Sequence[str
         for level in range(num_levels)
     ]
     objects = ", ".join(f"{n} {int(metrics[f'num_objects/{n}'])}" for n in size_names)
+    ceiling = metrics.get("object_recall_ceiling", np.nan)
+    if ceiling < 100.0:  # some objects hold no token centre at any level: no selection can recall them
+        objects += ("; recall can reach at most " + shown(ceiling) + " ("
+                    + ", ".join(f"{n} {shown(metrics[f'object_recall_ceiling/{n}'])}" for n in size_names)
+                    + "): the others hold no token centre at any level")
     shares = ", ".join(shown(metrics[f"foreground_share/level{level}"]) for level in range(num_levels))
     headers = ["layer", "recall", *(f"recall {n}" for n in size_names), "fg precision", "fine hit rate"]
     return (

@@ -158,3 +158,22 @@ def test_a_tool_override_that_does_not_fit_is_named_as_the_tools():
         "configs/focus_detr_r18_trees.py or a config that keeps its data pipeline)")
     cfg = load_config_for_tool(config, [], ["model.transformer.num_queries=10"], "tools/soak.py")
     assert cfg.model.transformer.num_queries == 10
+
+
+def test_a_runs_saved_config_yaml_loads_with_the_tree_datasets_it_names(tmp_path, monkeypatch):
+    # `--config-file output/run/config.yaml` (detectron2's saved config) said trees_val "is not registered": the .py
+    # config it was saved from registers them, and a YAML file runs no code
+    from detectron2.config import LazyConfig
+    from detectron2.data import DatasetCatalog
+
+    from focus_detr.engine import load_config
+
+    saved = tmp_path / "config.yaml"
+    LazyConfig.save(load_config(os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")), str(saved))
+    # the catalog (a UserDict) without the tree sets; monkeypatch puts the whole catalog back at the end
+    others = {name: loader for name, loader in DatasetCatalog.data.items() if not name.startswith("trees_")}
+    monkeypatch.setattr(DatasetCatalog, "data", others)
+    assert "trees_val" not in DatasetCatalog.list()
+    cfg = load_config(str(saved))
+    assert {"trees_train", "trees_val"} <= set(DatasetCatalog.list())
+    assert cfg.dataloader.test.dataset.names == "trees_val"

@@ -179,6 +179,7 @@ def main(args):
     )
     from focus_detr.analysis.ablation_report import selection_columns, write_csv, write_markdown, write_plot
     from focus_detr.engine import check_datasets_registered, load_config, resolve_device
+    from focus_detr.engine.evaluation import check_test_set
 
     if args.threads < 0:
         raise ValueError(f"--threads must be 0 (all cores) or more, got {args.threads}")
@@ -199,6 +200,8 @@ def main(args):
         raise ValueError(f"--output {args.output} is a file; name a folder for the runs and the report")
     cfg = load_config(args.config_file, args.opts)
     check_datasets_registered(cfg.dataloader)
+    if cfg.dataloader.get("evaluator", None) is not None:  # each run's training no longer evaluates: checked here
+        check_test_set(cfg)
     resolve_device(args.device, "--device", "--device cpu")  # now: it times the variants after all their trainings
     runs = planned_runs(args.output, args.variants, range(1, args.seeds + 1))
     overrides_of = {v: variant_overrides(cfg, v) for v in args.variants}

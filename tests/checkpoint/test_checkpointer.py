@@ -84,15 +84,17 @@ def test_initial_weights_for_another_class_count_load_all_but_the_class_tensors(
         assert torch.equal(value, initial[key] if key in class_keys else trained_state[key]), key
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1, warnings  # one line; not detectron2's line per tensor as well
-    assert warnings[0].startswith(f"checkpoint {path} was trained for 80 classes and the model has 3: its "
+    assert warnings[0].startswith(f"checkpoint {path} was trained for 80 classes and the model has 3 classes: its "
                                   f"{len(class_keys)} class-dependent tensors (class_embed.0.bias, ")
     assert warnings[0].endswith("keep the model's initialisation, all its other weights are loaded (fine-tuning on "
                                 "another set of classes)")
 
 
-def test_another_class_count_does_not_excuse_other_mismatches(tmp_path, trained_state):
+@pytest.mark.parametrize("num_classes, num_queries", [(3, 7), (7, 7)])
+def test_another_class_count_does_not_excuse_other_mismatches(tmp_path, trained_state, num_classes, num_queries):
+    # (7, 7): only the query embedding differs, in its first dimension, which equals the model's class count
     path = _save(tmp_path, "coco.pth", trained_state)
-    model = build_tiny_model(**{"model.num_classes": 3, "model.transformer.num_queries": 7})
+    model = build_tiny_model(**{"model.num_classes": num_classes, "model.transformer.num_queries": num_queries})
     with pytest.raises(ValueError, match=r"does not fit the model: .*shape mismatches"):
         FocusDETRCheckpointer(model, other_class_count=True).load(path)
 
@@ -152,5 +154,6 @@ def test_backbone_weights_that_leave_part_of_the_backbone_random_say_how_much(tm
         with caplog.at_level("WARNING"):
             FocusDETRCheckpointer(build_tiny_model()).load(path)
         lines = [r.getMessage() for r in caplog.records if "of the backbone's" in r.getMessage()]
-        assert lines == ([f"checkpoint {path} fills {len(parameters) - 1} of the backbone's {len(parameters)} "
-                          f"parameters: the other 1 ({parameters[-1]}) keep their random initialisation"] if named else [])
+        expected = (f"checkpoint {path} fills {len(parameters) - 1} of the backbone's {len(parameters)} parameters: "
+                    f"the other 1 ({parameters[-1]}) keep their random initialisation")
+        assert lines == ([expected] if named else [])

@@ -161,6 +161,33 @@ def test_a_train_entry_that_nothing_reads_is_refused(tmp_path, lines, message):
     assert str(error.value) == message
 
 
+def test_every_train_entry_of_the_configs_and_of_detectron2_is_accepted():
+    # detectron2's default_setup reads train.cudnn_benchmark, which a first schema refused
+    from focus_detr.engine.config import flattened
+    from focus_detr.engine.train_section import train_entry_problem
+
+    cfg = load_config(_trees_config(), ["+train.cudnn_benchmark=True"])
+    keys = [f"train.{key}" for key in flattened(OmegaConf.to_container(cfg.train))]
+    assert "train.checkpointer.max_to_keep" in keys and "train.cudnn_benchmark" in keys
+    assert [key for key in keys if train_entry_problem(key)] == []
+
+
+def test_detrex_common_train_section_as_detrex_writes_it_is_accepted(tmp_path):
+    # detrex's configs/common/train.py defaults, merged into ours: switched off, they ask for nothing here
+    config = tmp_path / "ported.py"
+    config.write_text(
+        "from detectron2.config import LazyConfig\n"
+        f"globals().update(LazyConfig.load({_trees_config()!r}))\n"
+        "train.fast_dev_run = dict(enabled=False)\n"
+        "train.wandb = dict(enabled=False, params=dict(dir='./wandb_output', project='detrex', name='x'))\n"
+        "train.model_ema.update(dict(enabled=False, decay=0.999, device='', use_ema_weights_for_eval_only=False))\n")
+    load_config(str(config), [])
+    config.write_text(config.read_text().replace("enabled=False, decay", "enabled=True, decay"))
+    with pytest.raises(ConfigError, match=r"train.model_ema.use_ema_weights_for_eval_only is not a setting .* is "
+                                          r"train.model_ema.use_for_eval here"):
+        load_config(str(config), [])  # with an average, detrex's False means other weights than ours
+
+
 @pytest.mark.parametrize("override, message", [
     ("+train.wandb.enabled=True", "unknown config key 'train.wandb' in override '+train.wandb.enabled=...': the "
      "train section has no such setting: nothing would read it (detrex's train.wandb has no setting here: metrics go "

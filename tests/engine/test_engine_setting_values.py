@@ -94,3 +94,8 @@ def test_ema_weights_present_but_not_asked_for_are_named(train_net, toy_dataset,
                               f"train.init_checkpoint={tmp_path / 'model_final.pth'}"]) == 0
     assert warnings == [f"{tmp_path / 'model_final.pth'} also holds the EMA weights (their average over its "
                         "training): using its trained weights; train.model_ema.enabled=True uses the average"]
+    with logged_warnings("focus_detr.engine.runner") as warnings:  # the trained weights asked for by name
+        assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path / 'eval2'}",
+                              f"train.init_checkpoint={tmp_path / 'model_final.pth'}", "train.model_ema.enabled=True",
+                              "train.model_ema.use_for_eval=False"]) == 0
+    assert warnings == []

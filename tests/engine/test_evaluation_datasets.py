@@ -57,7 +57,7 @@ def test_training_refuses_a_test_set_whose_classes_are_named_otherwise(train_net
     assert error_lines(capsys.readouterr().err) == [
         "error: the training set focus_detr_toy and the test set focus_detr_toy_crates name their classes "
         "differently: class 0 is 'box' in focus_detr_toy and 'crate' in focus_detr_toy_crates; the model's classes "
-        "would be scored as the test set's classes of the same index (give both jsons the same categories with the "
+        "would be taken for the test set's classes of the same index (give both jsons the same categories with the "
         "same ids: classes are numbered in the order of their ids)"
     ]
     assert not list(tmp_path.glob("model_*.pth"))  # refused before the first step
@@ -85,6 +85,36 @@ def test_a_training_set_that_cannot_be_read_here_is_not_compared(toy_dataset, ot
     cfg = OmegaConf.create({"dataloader": {"train": {"dataset": {"names": "focus_detr_toy_elsewhere"}},
                                            "test": {"dataset": {"names": "focus_detr_toy_crates"}}}})
     check_trained_classes(cfg)
+
+
+def test_the_training_sets_class_names_are_read_without_loading_its_records(tmp_path, monkeypatch):
+    # the demo and --eval-only built and checked the whole training set (tens of seconds at COCO's size) for its names
+    from detectron2.data import DatasetCatalog
+    from omegaconf import OmegaConf
+    from toy_detector import register_edited_toy_dataset
+
+    from focus_detr.engine.config import ConfigError
+    from focus_detr.engine.evaluation import check_trained_classes
+
+    def renumbered(coco):  # the same two names, their ids in the other order
+        coco["categories"] = [{"id": 2, "name": "box"}, {"id": 1, "name": "crate"}]
+
+    def in_order(coco):
+        coco["categories"] = [{"id": 1, "name": "box"}, {"id": 2, "name": "crate"}]
+
+    register_edited_toy_dataset("focus_detr_toy_train_big", str(tmp_path / "train"), in_order)
+    register_edited_toy_dataset("focus_detr_toy_test_renumbered", str(tmp_path / "test"), renumbered)
+    get = DatasetCatalog.get
+
+    def get_unless_big(name):
+        return pytest.fail("the training set's records were loaded") if name.endswith("big") else get(name)
+
+    monkeypatch.setattr(DatasetCatalog, "get", get_unless_big)
+    cfg = OmegaConf.create({"dataloader": {"train": {"dataset": {"names": "focus_detr_toy_train_big"}},
+                                           "test": {"dataset": {"names": "focus_detr_toy_test_renumbered"}}}})
+    with pytest.raises(ConfigError, match=r"class 0 is 'box' in focus_detr_toy_train_big and 'crate' in "
+                                          r"focus_detr_toy_test_renumbered"):
+        check_trained_classes(cfg)
 
 
 def test_a_test_set_without_annotations_says_it_gives_no_ap(train_net, toy_dataset, other_toy_datasets, tmp_path):

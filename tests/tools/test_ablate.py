@@ -38,6 +38,9 @@ def test_each_variants_overrides_are_printed(ablate, tmp_path, capsys):
         (["train.seed=3"], "train.seed=3: the ablation sets train.output_dir, train.seed"),
         (["--device", "foo"], "--device 'foo' is not a torch device"),  # was found after every training run
         (["--output", "{tmp}/afile"], "--output {tmp}/afile is a file; name a folder"),  # said "File exists"
+        # the runs' trainings do not evaluate: a test set they would have refused is refused before the first one
+        (["dataloader.test.mapper.img_format=BGR"], "dataloader.train.mapper.img_format is RGB but "
+                                                    "dataloader.test.mapper.img_format is BGR"),
     ],
 )
 def test_bad_arguments_are_one_line(ablate, tmp_path, arguments, message):

@@ -246,7 +246,7 @@ def test_labels_of_a_test_set_that_names_the_classes_otherwise_are_not_drawn(dem
     assert [line for line in err.splitlines() if line.startswith("warning:")] == [
         "warning: no class names for the labels, boxes are numbered by class instead: the training set focus_detr_toy "
         "and the test set focus_detr_toy_demo_crates name their classes differently: class 0 is 'box' in "
-        "focus_detr_toy and 'crate' in focus_detr_toy_demo_crates; the model's classes would be scored as the test "
+        "focus_detr_toy and 'crate' in focus_detr_toy_demo_crates; the model's classes would be taken for the test "
         "set's classes of the same index (give both jsons the same categories with the same ids: classes are "
         "numbered in the order of their ids)"
     ]

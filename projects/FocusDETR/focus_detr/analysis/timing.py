@@ -100,21 +100,23 @@ def median_ratio(numerators: List[float], denominators: List[float]) -> float:
 def resnet50_yardstick(sizes: Sequence[Tuple[int, int]], device) -> Callable[[], None]:
     """A machine-speed unit: one forward of torchvision's ``resnet50()`` (random weights, eval, float32, batch 1,
     no autocast) per call, on a ``(1, 3, height, width)`` input, cycling through ``sizes`` ((height, width) each) in
-    step with a model that cycles through images of those sizes (:func:`inference_call`), so each round compares
-    the same pixels (``restart()`` starts the cycle again, as a new ``inference_call`` does). Benchmarks report times
-    also as multiples of it, measured in the same run, so numbers compare across machines and loads."""
+    step with a model that cycles through images of those sizes (:func:`inference_call`; with batches, the size of
+    each call's first image), so each round compares work at the same image size (``restart()`` starts the cycle
+    again, as a new ``inference_call`` does). The inputs wait on the host and are copied to ``device`` per call, as
+    the model's are, so they add nothing to the device's peak memory. Benchmarks report times also as multiples of
+    it, measured in the same run, so numbers compare across machines and loads."""
     import torchvision
 
     if not sizes:
         raise ValueError("the yardstick needs at least one input size")
     network = torchvision.models.resnet50(weights=None).eval().to(device)
     generator = torch.Generator().manual_seed(0)
-    images = {size: torch.randn(1, 3, *size, generator=generator).to(device) for size in dict.fromkeys(sizes)}
+    images = {size: torch.randn(1, 3, *size, generator=generator) for size in dict.fromkeys(sizes)}
     position = {"next": 0}
 
     @torch.no_grad()
     def forward():
-        network(images[sizes[position["next"] % len(sizes)]])
+        network(images[sizes[position["next"] % len(sizes)]].to(device))
         position["next"] += 1
 
     forward.restart = lambda: position.update(next=0)

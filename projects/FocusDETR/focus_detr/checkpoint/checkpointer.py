@@ -12,8 +12,15 @@ from .safe_load import CheckpointError, checked_checkpoint_path, missing_checkpo
 
 # Prefixes of a complete detector: a checkpoint with any of them must fill the whole model.
 _DETECTOR_PREFIXES = ("transformer.", "class_embed.", "bbox_embed.")
+# The tensors with one row per class (the class heads, the denoising's label embedding): all that differs between a
+# detector and the same one for another set of classes.
+_CLASS_DEPENDENT_PREFIXES = ("class_embed.", "label_enc.")
 # Keys listed per kind of mismatch in an error message (a full list can be tens of thousands of characters).
 _KEYS_SHOWN = 3
+
+
+def _classes(count):
+    return f"{count} class" + ("" if count == 1 else "es")
 
 
 def _first_keys(keys):
@@ -166,17 +173,18 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
 
     def _other_class_count(self, incompatible):
         """The checkpoint's class count when the only mismatch of ``incompatible`` is that count: every wrongly shaped
-        tensor differs from the model's in its first dimension alone, which is the model's ``num_classes`` there and
-        one and the same other count in the checkpoint; else None."""
+        tensor is a class-dependent one (:data:`_CLASS_DEPENDENT_PREFIXES`) and differs from the model's in its first
+        dimension alone, which is the model's ``num_classes`` there and one and the same other count in the
+        checkpoint; else None."""
         wrong_shape = {key for key, _, _ in incompatible.incorrect_shapes}
         model_classes = self._model_classes()
         if (not wrong_shape or incompatible.unexpected_keys or not isinstance(model_classes, int)
                 or any(key not in wrong_shape for key in incompatible.missing_keys)):
             return None
         counts = set()
-        for _, in_checkpoint, in_model in incompatible.incorrect_shapes:
-            if (len(in_checkpoint) != len(in_model) or tuple(in_checkpoint[1:]) != tuple(in_model[1:])
-                    or in_model[0] != model_classes):
+        for key, in_checkpoint, in_model in incompatible.incorrect_shapes:
+            if (not key.startswith(_CLASS_DEPENDENT_PREFIXES) or len(in_checkpoint) != len(in_model)
+                    or tuple(in_checkpoint[1:]) != tuple(in_model[1:]) or in_model[0] != model_classes):
                 return None
             counts.add(in_checkpoint[0])
         return counts.pop() if len(counts) == 1 else None
@@ -241,9 +249,10 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
                 keys = sorted(key for key, _, _ in incompatible.incorrect_shapes)
                 self._class_keys_named = set(keys)
                 self.logger.warning(
-                    f"checkpoint {self._source} was trained for {checkpoint_classes} classes and the model has "
-                    f"{self._model_classes()}: its {len(keys)} class-dependent tensors ({_first_keys(keys)}) keep the "
-                    "model's initialisation, all its other weights are loaded (fine-tuning on another set of classes)")
+                    f"checkpoint {self._source} was trained for {_classes(checkpoint_classes)} and the model has "
+                    f"{_classes(self._model_classes())}: its {len(keys)} class-dependent tensors ({_first_keys(keys)}) "
+                    "keep the model's initialisation, all its other weights are loaded (fine-tuning on another set of "
+                    "classes)")
             elif mismatch:
                 # a size the config sets (num_queries, num_classes, a width, a layer count) other than in training:
                 # the tensor names alone did not say which setting to look at

@@ -7,12 +7,14 @@ from .checks import (
     check_image_files,
     check_num_classes,
     dataset_classes,
+    declared_classes,
     get_checked_dataset_dicts,
 )
 from .dataset_mapper import DetrDatasetMapper
 from .image_io import expand_globs, image_files, open_image, read_image
 from .registration import register_coco_dataset
-from .trees import TreesCacheError, ensure_trees_cache, register_trees
+from .tree_registration import register_trees
+from .trees import TreesCacheError, ensure_trees_cache
 
 __all__ = [
     "DetrDatasetMapper",
@@ -23,6 +25,7 @@ __all__ = [
     "check_image_files",
     "check_num_classes",
     "dataset_classes",
+    "declared_classes",
     "expand_globs",
     "ensure_trees_cache",
     "get_checked_dataset_dicts",

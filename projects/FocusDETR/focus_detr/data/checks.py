@@ -13,6 +13,7 @@ dropped from the training dicts would still be scored (a NaN ground-truth box si
 The same loader function serves training and test data, so both refuse the same boxes.
 """
 import contextlib
+import json
 import logging
 import math
 import os
@@ -246,6 +247,24 @@ def dataset_classes(name):
         with _dataset_errors_in_one_line([name]):
             DatasetCatalog.get(name)
     return metadata.get("thing_classes", None)
+
+
+def declared_classes(name):
+    """The class names dataset ``name`` declares, ordered as detectron2 numbers them, without loading its images'
+    records: its metadata's ``thing_classes``, else its COCO json's categories sorted by id (read, not checked: for a
+    dataset a command only compares, e.g. the training set of an evaluation); None when neither says. Raises
+    OSError / ValueError when the json cannot be read."""
+    metadata = MetadataCatalog.get(name)
+    if metadata.get("thing_classes", None) is not None:
+        return list(metadata.thing_classes)
+    json_file = metadata.get("json_file", None)
+    if json_file is None:
+        return None
+    with PathManager.open(json_file) as f:
+        categories = json.load(f).get("categories", None)
+    if not isinstance(categories, list):
+        return None
+    return [category["name"] for category in sorted(categories, key=lambda category: category["id"])]
 
 
 def check_num_classes(num_classes, names, what="model.num_classes"):

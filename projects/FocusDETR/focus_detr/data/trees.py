@@ -1,4 +1,5 @@
-"""The embedded demo dataset: real NEON aerial RGB tree crowns, tiled and registered as ``trees_train`` / ``trees_val``.
+"""The embedded demo dataset: real NEON aerial RGB tree crowns, tiled into the cache that :mod:`.tree_registration`
+registers as ``trees_train`` / ``trees_val``.
 
 Source: the ``deepforest`` wheel on PyPI (MIT licence), pinned by hash in ``requirements/demo-data.txt``. The wheel is
 only a data carrier: it is downloaded with ``pip download --no-deps`` and read as a zip file, never installed or
@@ -19,7 +20,7 @@ Cache layout (``<data root>/trees/``, data root = ``$DETECTRON2_DATASETS`` or ``
 
 The cache is built in a temporary folder and renamed into place, and ``manifest.json`` is written last, so a cache
 is either complete and verified or rejected: a missing, stale or corrupt cache is rebuilt (``ensure_trees_cache``)
-or reported with a ``TreesCacheError`` naming the fix (``register_trees``).
+or reported with a ``TreesCacheError`` naming the fix (``verify_trees_cache``, which registration runs first).
 """
 from __future__ import annotations
 
@@ -53,7 +54,6 @@ __all__ = [
     "ensure_trees_cache",
     "find_source_wheel",
     "read_data_requirement",
-    "register_trees",
     "tile_edges",
     "verify_trees_cache",
 ]
@@ -381,37 +381,3 @@ def ensure_trees_cache(
     wheel_path = download_source_wheel(data_root, requirement_file)
     build_trees_cache(cache_dir, wheel_path, params, TREE_SOURCES)
     return verify_trees_cache(cache_dir, params, TREE_SOURCES, requirement_file)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# registration
-# ----------------------------------------------------------------------------------------------------------------
-def register_trees(
-    data_root: Optional[os.PathLike] = None, name_prefix: str = "trees", build_if_missing: bool = False
-) -> Dict[str, str]:
-    """Registers ``<name_prefix>_train`` / ``<name_prefix>_val`` (cache ``<data_root>/trees``) with detectron2's
-    ``register_coco_instances``; returns ``{split: dataset name}``.
-
-    The cache is verified first: if it is missing, stale or corrupt this raises ``TreesCacheError`` naming the fix,
-    or rebuilds it when ``build_if_missing``. Registering the same names for the same cache again is a no-op.
-    """
-    # imported here because detectron2 imports torch (seconds); building or checking the cache does not need it
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances
-
-    cache_dir = default_cache_dir(data_root)
-    if build_if_missing:
-        ensure_trees_cache(data_root)
-    else:
-        verify_trees_cache(cache_dir)
-    names = {}
-    for split in SPLITS:
-        name = f"{name_prefix}_{split}"
-        json_file = str(cache_dir / f"{split}.json")
-        if name in DatasetCatalog.list():
-            if MetadataCatalog.get(name).get("json_file") != json_file:
-                raise ValueError(f"dataset name {name!r} is already registered for another file; pick another name_prefix")
-        else:
-            register_coco_instances(name, {"thing_classes": [CLASS_NAME]}, json_file, str(cache_dir / "images"))
-        names[split] = name
-    return names

@@ -285,6 +285,6 @@ def check_datasets_registered(cfg_node, started_process=False):
             raise ConfigError(
                 f"dataset {name!r} is not registered{hint}; a config registers its own data (the tree sets: "
                 "configs/common/data/trees.py, i.e. focus_detr.data.register_trees()), COCO names need "
-                "DETECTRON2_DATASETS pointing at the COCO folder, and a run's saved config.yaml registers nothing "
-                "(give its .py config, or a .py config that registers the data and loads the yaml)"
+                "DETECTRON2_DATASETS pointing at the COCO folder, and a run's saved config.yaml registers only the "
+                "tree sets (give its .py config, or a .py config that registers the data and loads the yaml)"
             )

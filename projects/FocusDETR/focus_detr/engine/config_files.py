@@ -8,7 +8,8 @@ import yaml
 from detectron2.config import LazyConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, _flat, apply_overrides
+from ..data.tree_registration import register_named_tree_sets
+from .config import ConfigError, _dataset_names_in, _flat, apply_overrides
 from .train_section import unknown_train_entry
 
 __all__ = ["check_train_entries", "load_config", "load_config_for_tool"]
@@ -141,26 +142,11 @@ def load_config(config_file, overrides=()):
                         "loader drops")
             raise ConfigError(f"config file {config_file} {what}: a Focus-DETR LazyConfig defines model, "
                               f"train, dataloader, optimizer and lr_multiplier (e.g. {_EXAMPLE_CONFIG})")
-    if config_file.endswith((".yaml", ".yml")):
-        _register_tree_datasets_named(cfg)
     cfg = apply_overrides(cfg, overrides)
     check_train_entries(cfg)
+    if config_file.endswith((".yaml", ".yml")):  # a run's saved config.yaml: the .py it came from registered them
+        register_named_tree_sets(_dataset_names_in(cfg.get("dataloader", None) or {}))
     return cfg
-
-
-def _register_tree_datasets_named(cfg):
-    """Registers the embedded tree datasets when a YAML config (a run's saved ``config.yaml``) names them: the .py
-    config it was saved from registered them when it ran, and a YAML file runs no code."""
-    from detectron2.data import DatasetCatalog
-
-    from ..data.trees import SPLITS, register_trees
-    from .config import _dataset_names_in
-
-    tree_names = {f"trees_{split}" for split in SPLITS}
-    dataloader = cfg.get("dataloader", None)
-    named = set(_dataset_names_in(dataloader)) if isinstance(dataloader, DictConfig) else set()
-    if named & tree_names - set(DatasetCatalog.list()):
-        register_trees()
 
 
 def check_train_entries(cfg):

@@ -18,7 +18,8 @@ from ..analysis.selection_quality_evaluator import (
     TokenSelectionOutputs,
     supports_token_selection,
 )
-from ..data import check_dataset_jsons, check_evaluable, check_image_files, check_num_classes, dataset_classes
+from ..data import (check_dataset_jsons, check_evaluable, check_image_files, check_num_classes, dataset_classes,
+                    declared_classes)
 from .agreement import ProcessFailed, failure_report, raise_agreed_failure
 from .checkpoint import atomic_write
 from .cli import is_out_of_memory
@@ -28,8 +29,9 @@ from .precision import amp_autocast, inference_amp_dtype
 from .settings import FORMAT_KEYS, mapper_entry
 
 __all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "check_evaluation_datasets", "check_model_classes",
-           "check_same_classes", "check_same_input_format", "check_trained_classes", "class_names_of_loader",
-           "class_names_of_test_set", "evaluate", "read_eval_results", "selection_quality_enabled", "write_eval_results"]
+           "check_same_classes", "check_same_input_format", "check_test_set", "check_trained_classes",
+           "class_names_of_loader", "class_names_of_test_set", "evaluate", "read_eval_results",
+           "selection_quality_enabled", "write_eval_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +188,23 @@ def check_evaluation_datasets(cfg):
         check_evaluable([scored])  # what only pycocotools reads, found before inference (or training) starts
 
 
+def check_test_set(cfg, model=None):
+    """Checks, before a training run's first step, what its evaluations will read (the one at the end runs whatever
+    ``train.eval_period``): one dataset named by loader and evaluator, the classes of ``model`` (when given) and of
+    the training set, the channel order, a test loader that can be built (batch size, workers, mapper) and every
+    test image file present. Each failure is a one-line error, not one found after all of training."""
+    check_evaluation_datasets(cfg)
+    if model is not None:
+        check_model_classes(model, cfg.dataloader.test)
+    check_same_classes(cfg.dataloader.train, cfg.dataloader.test)
+    check_same_input_format(cfg.dataloader.train, cfg.dataloader.test)
+    try:
+        instantiate(cfg.dataloader.test)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"the config's test loader (dataloader.test) cannot be built: {error}") from None
+    check_test_images(cfg)
+
+
 def check_test_images(cfg):
     """ValueError naming the first test image whose file is missing, checked before training: the evaluation at its
     end would stop there, after all of it (a stat per image)."""
@@ -205,19 +224,21 @@ def _is_coco_evaluator(node):
     return isinstance(target, type) and issubclass(target, COCOEvaluator)
 
 
-def check_same_classes(train_node, test_node):
+def check_same_classes(train_node, test_node, train_classes=dataset_classes):
     """Raises ConfigError (one line) when the datasets of a training loader and of a test loader name their classes
     differently (other names, or another order): the model's class i, learnt as the training set's i-th class,
-    would be scored as the test set's i-th. Datasets without class names are not compared."""
-    def classes(names):
+    would be taken for the test set's i-th. Datasets without class names are not compared. ``train_classes``: how
+    the training sets' names are read (dataset name -> list or None)."""
+    def classes(names, read):
         found = {}
         for name in names:
-            thing_classes = dataset_classes(name)
+            thing_classes = read(name)
             if thing_classes is not None:
                 found[name] = list(thing_classes)
         return found
 
-    trained, tested = classes(_dataset_names_in(train_node)), classes(_dataset_names_in(test_node))
+    trained = classes(_dataset_names_in(train_node), train_classes)
+    tested = classes(_dataset_names_in(test_node), dataset_classes)
     for train_name, train_classes in trained.items():
         for test_name, test_classes in tested.items():
             if test_classes != train_classes:
@@ -226,7 +247,7 @@ def check_same_classes(train_node, test_node):
                 raise ConfigError(
                     f"the training set {train_name} and the test set {test_name} name their classes differently: "
                     f"class {index} is {_class_at(train_classes, index)} in {train_name} and "
-                    f"{_class_at(test_classes, index)} in {test_name}; the model's classes would be scored as the "
+                    f"{_class_at(test_classes, index)} in {test_name}; the model's classes would be taken for the "
                     "test set's classes of the same index (give both jsons the same categories with the same ids: "
                     "classes are numbered in the order of their ids)"
                 )
@@ -241,14 +262,13 @@ def check_trained_classes(cfg):
     train, test = dataloader.get("train", None), dataloader.get("test", None)
     if train is None or test is None:
         return
-    try:
-        for name in _dataset_names_in(train):
-            dataset_classes(name)
+    try:  # the names alone: the training set's records are not built or checked for this
+        trained = {name: declared_classes(name) for name in _dataset_names_in(train)}
     except (ValueError, OSError, KeyError) as error:
         logger.info(f"The training set's class names are not compared with the test set's (it cannot be read "
                     f"here: {error})")
         return
-    check_same_classes(train, test)
+    check_same_classes(train, test, train_classes=trained.get)
 
 
 def check_same_input_format(train_node, test_node):

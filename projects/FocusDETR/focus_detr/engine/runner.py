@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from .checkpoint import AtomicDetectionCheckpointer
 from .cli import is_user_error, user_errors_without_tracebacks
 from .config import ConfigError
-from .evaluation import (check_evaluation_datasets, check_model_classes, check_same_classes, check_same_input_format,
-                         check_test_images, check_trained_classes, evaluate, write_eval_results)
+from .evaluation import (check_evaluation_datasets, check_model_classes, check_test_set, check_trained_classes,
+                         evaluate, write_eval_results)
 from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, check_lr_multiplier,
                     restore_rank_state, schedule_change_warning)
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
@@ -143,15 +143,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     check_model_classes(model, cfg.dataloader.train)
     evaluates = cfg.dataloader.get("evaluator", None) is not None
     if evaluates:  # the final evaluation runs whatever train.eval_period
-        check_evaluation_datasets(cfg)
-        check_model_classes(model, cfg.dataloader.test)
-        check_same_classes(cfg.dataloader.train, cfg.dataloader.test)
-        check_same_input_format(cfg.dataloader.train, cfg.dataloader.test)
-        try:  # its batch size, workers and mapper checked now, not at the final evaluation after all of training
-            instantiate(cfg.dataloader.test)
-        except (ValueError, TypeError) as error:
-            raise ConfigError(f"the config's test loader (dataloader.test) cannot be built: {error}") from None
-        check_test_images(cfg)
+        check_test_set(cfg, model)
     model = wrap_ddp(model, cfg, device)
 
     amp_dtype = training_amp_dtype(cfg, device)
@@ -284,7 +276,7 @@ def load_inference_weights(model, cfg, path):
         (model.module if hasattr(model, "module") else model).load_state_dict(ema_state["shadow"])
     elif ema_enabled and ema_for_eval and path:  # asked for, absent: say which weights the numbers are of
         logger.warning(f"train.model_ema asks for the EMA weights, but {path} holds none: using its trained weights")
-    elif ema_state is not None:  # its training evaluated the average: these numbers are of other weights
+    elif ema_state is not None and not ema_enabled:  # use_for_eval=False: the trained weights asked for by name
         logger.warning(f"{path} also holds the EMA weights (their average over its training): using its trained "
                        "weights; train.model_ema.enabled=True uses the average")
 

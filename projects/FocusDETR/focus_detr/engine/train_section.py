@@ -9,10 +9,12 @@ from .detrex_names import detrex_hint
 
 __all__ = ["train_entry_problem", "unknown_train_entry"]
 
-# name -> None for a value, or the entries of a section; OPEN: a section passed on as keyword arguments
+# name -> None for a value, or the entries of a section; OPEN: a section passed on as keyword arguments. Read by
+# the engine, and by detectron2's default_setup (output_dir, seed, cudnn_benchmark).
 OPEN = "any keyword argument"
 TRAIN_ENTRIES = {
     "output_dir": None, "init_checkpoint": None, "max_iter": None, "device": None, "seed": None,
+    "cudnn_benchmark": None,
     "eval_period": None, "log_period": None, "selection_quality": None,
     "release_freed_memory_period": None, "malloc_mmap_threshold_mib": None,
     "amp": {"enabled": None, "precision": None},
@@ -24,12 +26,14 @@ TRAIN_ENTRIES = {
     "checkpointer": {"period": None, "max_to_keep": None, "save_safetensors": None},
 }
 
-# detrex's train entries whose value, as detrex's common config writes it, asks for nothing: a config ported from
-# detrex keeps them without effect
+# detrex's train entries whose value, as detrex's common config writes it, asks for nothing here: a config ported
+# from detrex keeps them without effect. Each judges (its value, the section holding it).
 _DETREX_OFF = {
-    "train.fast_dev_run": lambda value: isinstance(value, DictConfig) and value.get("enabled", False) is False,
-    "train.wandb": lambda value: isinstance(value, DictConfig) and value.get("enabled", False) is False,
-    "train.model_ema.device": lambda value: value in ("", None),
+    "train.fast_dev_run": lambda value, _: isinstance(value, DictConfig) and value.get("enabled", False) is False,
+    "train.wandb": lambda value, _: isinstance(value, DictConfig) and value.get("enabled", False) is False,
+    "train.model_ema.device": lambda value, _: value in ("", None),
+    # only without an average does it not matter that detrex's False (evaluate the trained weights) is not ours
+    "train.model_ema.use_ema_weights_for_eval_only": lambda value, ema: value is False and not ema.get("enabled"),
 }
 
 
@@ -59,7 +63,7 @@ def unknown_train_entry(train):
             child = node._get_node(name)
             problem = train_entry_problem(key)
             if problem is not None:
-                if key in _DETREX_OFF and _DETREX_OFF[key](node.get(name)):
+                if key in _DETREX_OFF and _DETREX_OFF[key](node.get(name), node):
                     continue
                 return problem
             if isinstance(child, DictConfig):

@@ -96,9 +96,15 @@ def _onnx_predictor(cfg, path):
     # the graph carries its weights: a train.init_checkpoint given with --onnx is not what runs
     init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
     random_weights = onnx.metadata.get("init_checkpoint") == ""
-    exported_from = graph_weights(onnx, init_checkpoint) or ("random weights" if random_weights else None)
+    # without the EMA asked for, PyTorch would run the file's trained weights (asked for, it runs the average only
+    # when the file holds one, which is not read here)
+    ema_asked = (cfg.get("train", None) or {}).get("model_ema", None) or {}
+    weights = None if ema_asked.get("enabled", False) and ema_asked.get("use_for_eval", True) else "trained"
+    exported_from = graph_weights(onnx, init_checkpoint, weights) or ("random weights" if random_weights else None)
     if random_weights or (exported_from and init_checkpoint):
         named = f", not from train.init_checkpoint {init_checkpoint!r}" if init_checkpoint else ""
+        if exported_from.startswith("the EMA weights"):
+            named = f", not from the trained weights that train.init_checkpoint {init_checkpoint!r} gives this config"
         print(f"warning: {path} was exported from {exported_from} (its model.json){named}: its detections are that "
               "model's", file=sys.stderr)
 

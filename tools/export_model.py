@@ -224,14 +224,15 @@ def _check_arguments(args):
 
 
 def _load_model(cfg, args, init_checkpoint):
+    """The model in eval mode, and which weights it has ("ema", "trained" or "random")."""
     torch.manual_seed(args.seed)
     model = build_model(cfg, "cpu")
-    if init_checkpoint:
-        load_inference_weights(model, cfg, init_checkpoint)  # the EMA weights where evaluation uses them
-    else:
+    # the EMA weights where evaluation uses them
+    weights = load_inference_weights(model, cfg, init_checkpoint) if init_checkpoint else "random"
+    if not init_checkpoint:
         doing = "evaluating PyTorch with" if args.onnx else "exporting"
         print(f"warning: train.init_checkpoint is empty: {doing} a randomly initialised model", file=sys.stderr)
-    return model.eval()
+    return model.eval(), weights
 
 
 # What an export writes besides model.onnx / model.json: results about one graph, which a new graph in the folder
@@ -253,7 +254,7 @@ def clear_earlier_export(folder):
     print(f"replacing the earlier export in {folder}{removed}", file=sys.stderr)
 
 
-def export(model, cfg, args, init_checkpoint):
+def export(model, cfg, args, init_checkpoint, weights):
     """Writes DIR/model.onnx and DIR/model.json, replacing an earlier export only once both are complete (see
     :func:`clear_earlier_export`); returns the graph's path and the traced sample."""
     path = os.path.join(args.output, "model.onnx")
@@ -275,6 +276,7 @@ def export(model, cfg, args, init_checkpoint):
             config_file=args.config_file,
             overrides=list(args.opts),
             init_checkpoint=init_checkpoint,
+            weights=weights,  # "ema": the checkpoint's average (train.model_ema), "trained" or "random"
             sample_size=list(args.sample_size),
             export_seconds=round(seconds, 1),
             file_size_mib=round(os.path.getsize(partial.path) / 2**20, 1),
@@ -342,16 +344,18 @@ def _json_number(value):
     return None if math.isnan(value) else value
 
 
-def report_evaluation(cfg, model, path, args, init_checkpoint):
+def report_evaluation(cfg, model, path, args, init_checkpoint, weights):
     """COCO AP of the graph and of PyTorch on the config's test set: printed, and written to DIR/evaluation.json."""
     predictor = OnnxPredictor(path, num_threads=args.threads, spin_wait=False)
     unchecked = check_graph_fits_config(cfg, predictor)  # before the evaluations: they take minutes
     if unchecked:
         print(f"warning: {unchecked}; it is scored as the config says", file=sys.stderr)
-    exported_from = graph_weights(predictor, init_checkpoint)
+    exported_from = graph_weights(predictor, init_checkpoint, weights)
     if exported_from:
-        print(f"warning: {path} was exported from {exported_from} (its model.json), PyTorch runs "
-              f"{init_checkpoint or 'random weights'!r}: their AP differ for that reason too", file=sys.stderr)
+        runs = {"ema": f"the EMA weights of {init_checkpoint!r}", "trained": f"the trained weights of "
+                f"{init_checkpoint!r}"}.get(weights, "random weights")
+        print(f"warning: {path} was exported from {exported_from} (its model.json), PyTorch runs {runs}: their AP "
+              "differ for that reason too (train.model_ema.enabled picks the EMA weights)", file=sys.stderr)
     folder = os.path.join(args.output, "evaluation")
     print("evaluating PyTorch, then the graph, on the config's test set ...", flush=True)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its own tables of each run; ours follows
@@ -390,16 +394,16 @@ def main(args):
             raise ValueError(f"{args.config_file} has no dataloader.test: --evaluate needs a test set")
         check_datasets_registered(cfg.dataloader.test)
     init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
-    model = _load_model(cfg, args, init_checkpoint)
+    model, weights = _load_model(cfg, args, init_checkpoint)
 
     failures = []
     if args.onnx is None:
-        path, sample = export(model, cfg, args, init_checkpoint)
+        path, sample = export(model, cfg, args, init_checkpoint, weights)
         failures = verify(model, path, args)
         if args.benchmark:
             report_benchmark(model, path, sample, args)
     if args.evaluate:
-        report_evaluation(cfg, model, args.onnx or path, args, init_checkpoint)
+        report_evaluation(cfg, model, args.onnx or path, args, init_checkpoint, weights)
     if failures:
         # Query-ranking ties are taken into account above; a near-tie at the edge of a foreground or fine-grained
         # token set (rarer: one edge per set) could still change a few detections. Anything more is a problem.

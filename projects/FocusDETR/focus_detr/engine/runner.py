@@ -267,18 +267,22 @@ def load_inference_weights(model, cfg, path):
     """Loads the weights file ``path`` into ``model`` (a DDP wrapper is unwrapped) without running code from it: our
     checkpoints, weights-only files, official detrex weights. When ``cfg.train.model_ema`` is enabled with
     ``use_for_eval``, the EMA weights a checkpoint carries replace the trained ones, as in evaluation during training.
-    A file without detector weights (a backbone initialisation) is refused. An empty ``path`` loads nothing."""
+    A file without detector weights (a backbone initialisation) is refused. An empty ``path`` loads nothing.
+
+    Returns which weights the model now has: "ema", "trained" or "random" (nothing loaded)."""
     extra = AtomicDetectionCheckpointer(model, require_detector=True).load(path)
     ema_enabled, _, ema_for_eval = _ema_settings(cfg)
     ema_state = (extra.get("trainer") or {}).get("hooks", {}).get(EMA_HOOK_KEY) if extra else None
     if ema_enabled and ema_for_eval and ema_state is not None:
         logger.info("Using the EMA weights stored in the checkpoint")
         (model.module if hasattr(model, "module") else model).load_state_dict(ema_state["shadow"])
-    elif ema_enabled and ema_for_eval and path:  # asked for, absent: say which weights the numbers are of
+        return "ema"
+    if ema_enabled and ema_for_eval and path:  # asked for, absent: say which weights the numbers are of
         logger.warning(f"train.model_ema asks for the EMA weights, but {path} holds none: using its trained weights")
     elif ema_state is not None and not ema_enabled:  # use_for_eval=False: the trained weights asked for by name
         logger.warning(f"{path} also holds the EMA weights (their average over its training): using its trained "
                        "weights; train.model_ema.enabled=True uses the average")
+    return "trained" if path else "random"
 
 
 def run_evaluation(cfg, resume=False):

@@ -121,7 +121,7 @@ def _checked_batch_outputs(outputs, image_sizes) -> list:
 
 # What model.json's readers rely on, by key ("input.format": the "format" of "input"); the tool writes more.
 _METADATA_TYPES = {"input": dict, "input.format": str, "num_classes": int, "config_file": str, "init_checkpoint": str,
-                   "overrides": list}
+                   "weights": str, "overrides": list}
 
 
 def _check_metadata(metadata, path: str) -> None:
@@ -144,14 +144,20 @@ def _same_weights_file(a: str, b: str) -> bool:
     return (os.path.realpath(a) if a else "") == (os.path.realpath(b) if b else "")
 
 
-def graph_weights(predictor: "OnnxPredictor", init_checkpoint: str) -> Optional[str]:
+def graph_weights(predictor: "OnnxPredictor", init_checkpoint: str, weights: Optional[str] = None) -> Optional[str]:
     """What the graph was exported from (model.json's ``init_checkpoint``, quoted; "random weights" when it is
-    empty) when that is not ``init_checkpoint`` (the same file, or both empty, match); None when they match or the
-    graph does not say."""
+    empty) when that is not ``init_checkpoint`` (the same file, or both empty, match), or when it is but the graph
+    holds other weights of it than ``weights`` ("ema" or "trained": a checkpoint's average or its trained weights;
+    None: not compared); None when they match or the graph does not say."""
     exported_from = predictor.metadata.get("init_checkpoint")
-    if exported_from is None or _same_weights_file(exported_from, init_checkpoint):
+    if exported_from is None:
         return None
-    return repr(exported_from) if exported_from else "random weights"
+    if not _same_weights_file(exported_from, init_checkpoint):
+        return repr(exported_from) if exported_from else "random weights"
+    exported_weights = predictor.metadata.get("weights")
+    if weights in ("ema", "trained") and exported_weights in ("ema", "trained") and exported_weights != weights:
+        return f"the {'EMA' if exported_weights == 'ema' else 'trained'} weights of {exported_from!r}"
+    return None
 
 
 def _image_detections(outputs: Dict[str, np.ndarray], index: int) -> Dict[str, np.ndarray]:

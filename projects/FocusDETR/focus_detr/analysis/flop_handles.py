@@ -12,7 +12,8 @@ from fvcore.nn.jit_handles import get_shape
 
 from ..layers.ms_deform_attn_op import OP_NAME
 
-__all__ = ["MSDA_FLOP_HANDLES", "flop_count_analysis", "msda_flop_handle", "msda_flops", "register_flop_handles"]
+__all__ = ["MSDA_FLOP_HANDLES", "attention_products", "flop_count_analysis", "msda_flop_handle", "msda_flops",
+           "register_flop_handles", "sdpa_flop_handle"]
 
 
 
@@ -34,6 +35,21 @@ def msda_flop_handle(inputs: List[Any], outputs: List[Any]) -> Counter:
     return Counter({"ms_deform_attn": msda_flops(batch, num_queries, num_heads, num_levels, num_points, head_dim)})
 
 
+def attention_products(query_shape, key_shape, value_shape) -> int:
+    """Multiply-adds of ``QK^T`` + ``AV`` for q ``(..., Lq, d)``, k ``(..., Lk, d)``, v ``(..., Lk, dv)``:
+    ``batch * Lq * Lk * (d + dv)``, ``batch`` the product of the leading dims."""
+    batch = 1
+    for size in query_shape[:-2]:
+        batch *= size
+    return batch * query_shape[-2] * key_shape[-2] * (query_shape[-1] + value_shape[-1])
+
+
+def sdpa_flop_handle(inputs, outputs):
+    """``aten::scaled_dot_product_attention(q, k, v)``: :func:`attention_products` multiply-adds."""
+    query, key, value = (get_shape(tensor) for tensor in inputs[:3])
+    return Counter({"attention": attention_products(query, key, value)})
+
+
 MSDA_FLOP_HANDLES: Dict[str, Any] = {OP_NAME: msda_flop_handle}
 
 # No multiply-adds, so fvcore should not report them as unsupported: the traced shape reads of
@@ -42,8 +58,10 @@ ZERO_FLOP_OPS = ("aten::_shape_as_tensor", "aten::__or__")
 
 
 def register_flop_handles(analysis):
-    """Adds the project's handles to an fvcore (or detectron2) ``FlopCountAnalysis``; returns it."""
-    return analysis.set_op_handle(**MSDA_FLOP_HANDLES, **{name: None for name in ZERO_FLOP_OPS})
+    """Adds the project's handles (the deformable attention, the fine-grained tokens' scaled-dot-product attention,
+    which fvcore has no handle for) to an fvcore (or detectron2) ``FlopCountAnalysis``; returns it."""
+    return analysis.set_op_handle(**MSDA_FLOP_HANDLES, **{"aten::scaled_dot_product_attention": sdpa_flop_handle},
+                                  **{name: None for name in ZERO_FLOP_OPS})
 
 
 def flop_count_analysis(model, inputs) -> FlopCountAnalysis:

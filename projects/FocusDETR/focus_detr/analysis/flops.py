@@ -2,7 +2,7 @@
 
 fvcore's convention: one fused multiply-add = one flop (the "GFLOPs" of DETR papers are GMACs). Only ops that
 multiply-add count: linear / matmul / conv / attention / normalisation / interpolation and the deformable-attention op
-(handle in ``flop_handles``). Element-wise, reduction and indexing ops (``NOT_COUNTED_OPS``) are left out as in
+(handles in ``flop_handles``). Element-wise, reduction and indexing ops (``NOT_COUNTED_OPS``) are left out as in
 fvcore and detrex; any other op without a handle is reported in ``unsupported_ops`` so nothing is missed silently.
 Every row of the per-module table is a disjoint set of modules and the "other" row holds the remainder, so rows
 always sum to the total.
@@ -13,10 +13,9 @@ from typing import Callable, Dict, List
 
 import torch
 from detectron2.utils.analysis import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 from torch.utils.flop_counter import FlopCounterMode
 
-from .flop_handles import register_flop_handles
+from .flop_handles import attention_products, register_flop_handles
 
 __all__ = [
     "FlopReport",
@@ -24,7 +23,6 @@ __all__ = [
     "NOT_COUNTED_OPS",
     "count_flops",
     "executed_multiply_adds",
-    "sdpa_flop_handle",
 ]
 
 # table row -> module names (relative to the model); first match wins, unmatched flops go to "other"
@@ -59,20 +57,6 @@ NOT_COUNTED_OPS = [
 ]
 
 
-def _attention_products(query_shape, key_shape, value_shape) -> int:
-    """Multiply-adds of ``QK^T`` + ``AV`` for q ``(..., Lq, d)``, k ``(..., Lk, d)``, v ``(..., Lk, dv)``:
-    ``batch * Lq * Lk * (d + dv)``, ``batch`` the product of the leading dims."""
-    batch = 1
-    for size in query_shape[:-2]:
-        batch *= size
-    return batch * query_shape[-2] * key_shape[-2] * (query_shape[-1] + value_shape[-1])
-
-
-def sdpa_flop_handle(inputs, outputs):
-    """``aten::scaled_dot_product_attention(q, k, v)``: :func:`_attention_products` multiply-adds."""
-    return Counter({"attention": _attention_products(get_shape(inputs[0]), get_shape(inputs[1]), get_shape(inputs[2]))})
-
-
 @dataclass
 class FlopReport:
     """FLOPs (multiply-adds) averaged over the analysed inputs."""
@@ -87,7 +71,6 @@ class FlopReport:
 def _analysis(model, single_input):
     analysis = FlopCountAnalysis(model, [single_input])
     register_flop_handles(analysis)
-    analysis.set_op_handle(**{"aten::scaled_dot_product_attention": sdpa_flop_handle})
     analysis.set_op_handle(**{name: None for name in NOT_COUNTED_OPS})
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
@@ -142,13 +125,13 @@ def count_flops(model, inputs: List[dict]) -> FlopReport:
 
 # torch's counter counts flops (2 per multiply-add)
 def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
-    return 2 * _attention_products(query_shape, key_shape, value_shape)
+    return 2 * attention_products(query_shape, key_shape, value_shape)
 
 
 def _cpu_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
                                   **kwargs):
     # dQ, dK, dV and d(scores): twice the forward's products (a kernel that recomputes the scores does more)
-    return 4 * _attention_products(query_shape, key_shape, value_shape)
+    return 4 * attention_products(query_shape, key_shape, value_shape)
 
 
 # torch's counter knows the CUDA attention kernels, not the CPU one that scaled_dot_product_attention runs here.

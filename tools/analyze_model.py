@@ -15,7 +15,6 @@ import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnin
 import argparse
 import json
 import logging
-import os
 import sys
 
 import numpy as np

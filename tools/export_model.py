@@ -59,8 +59,8 @@ from focus_detr.engine import build_model, check_datasets_registered, check_outp
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides, positive_int
 from focus_detr.engine.checkpoint import atomic_write
 from focus_detr.engine.cli import run_reporting_errors
-from focus_detr.engine.evaluation import check_trained_classes, class_names_of_test_set
-from focus_detr.engine.predictor import input_format
+from focus_detr.engine.evaluation import category_ids_of_test_set, check_trained_classes, class_names_of_test_set
+from focus_detr.engine.predictor import inference_resize, input_format
 from focus_detr.engine.runner import load_inference_weights
 from focus_detr.export import (
     DEFAULT_OPSET,
@@ -131,15 +131,17 @@ def parse_args(argv=None):
     return parse_args_with_overrides(parser, argv)
 
 
-def _class_names(cfg):
-    """The test set's class names for model.json; None when unknown, with a warning when its dataset cannot be
+def _classes(cfg):
+    """The test set's class names for model.json, and the dataset category id of each output label (as detectron2's
+    COCO loader numbers them, e.g. [3, 7, 42]); (None, None) when unknown, with a warning when its dataset cannot be
     read."""
     try:
         check_trained_classes(cfg)  # the model's classes are the training set's
-        return class_names_of_test_set(cfg)
+        names = class_names_of_test_set(cfg)
     except (ValueError, OSError, KeyError) as error:
         print(f"warning: model.json gets no class names: {error}", file=sys.stderr)
-        return None
+        return None, None
+    return names, category_ids_of_test_set(cfg) if names else None
 
 
 def check_graph(path):
@@ -269,8 +271,10 @@ def export(model, cfg, args, init_checkpoint, weights):
     with PartialPath(args.output, prefix=".model.", suffix=".onnx.partial") as partial:
         seconds = export_onnx(model, partial.path, sample["image"], args.opset, args.msda_form, args.batched)
         check_graph(partial.path)
+        class_names, category_ids = _classes(cfg)
         metadata = export_metadata(
-            model, args.opset, args.msda_form, input_format(cfg), _class_names(cfg), batched=args.batched
+            model, args.opset, args.msda_form, input_format(cfg), class_names, batched=args.batched,
+            resize=inference_resize(cfg), category_ids=category_ids,
         )
         metadata.update(
             config_file=args.config_file,

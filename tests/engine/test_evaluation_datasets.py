@@ -151,7 +151,7 @@ def test_the_test_sets_class_names_come_from_its_json_when_registered_without_th
     from omegaconf import OmegaConf
     from toy_detector import register_edited_toy_dataset
 
-    from focus_detr.engine.evaluation import class_names_of_test_set
+    from focus_detr.engine.evaluation import category_ids_of_test_set, class_names_of_test_set
 
     def two_classes(coco):
         coco["categories"] = [{"id": 9, "name": "crate"}, {"id": 2, "name": "box"}]
@@ -164,6 +164,8 @@ def test_the_test_sets_class_names_come_from_its_json_when_registered_without_th
         return OmegaConf.create({"dataloader": {"test": {"dataset": {"names": name}}}})
 
     assert class_names_of_test_set(test_set("focus_detr_toy_two_classes")) == ["box", "crate"]  # by category id
+    # each label's category id, for a deployment writing COCO results from the exported graph (its model.json)
+    assert category_ids_of_test_set(test_set("focus_detr_toy_two_classes")) == [2, 9]
     assert class_names_of_test_set(OmegaConf.create({"dataloader": {}})) is None
     register_coco_instances("focus_detr_toy_no_json", {}, str(tmp_path / "missing.json"), str(tmp_path))
     with pytest.raises((ValueError, OSError), match="missing.json"):

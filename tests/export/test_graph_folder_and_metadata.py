@@ -92,8 +92,31 @@ def test_an_export_removes_the_files_killed_exports_left_and_keeps_those_being_w
             ".model.json.killed.tmp") in capfd.readouterr().err
 
 
+def test_a_graph_predicts_a_raw_image_from_its_folder_alone(tiny_export, fixture_checkpoint, tmp_path):
+    # model.json held no test-time resize: a deployment needed the Python config to prepare images, and an image fed
+    # unresized ran without a word and found other objects
+    import cv2
+
+    from focus_detr import FocusDETRPredictor
+    from focus_detr.export import match_detections
+
+    metadata = json.loads((tiny_export / "model.json").read_text())
+    assert metadata["resize"] == {"short_edge": 800, "max_size": 1333, "interpolation": 2}  # no test loader: default
+    image = cv2.imread(noise_png(tmp_path / "noise.png", (120, 200, 3)))
+    graph = OnnxPredictor(str(tiny_export / "model.onnx")).predict_image(image)
+    pytorch = FocusDETRPredictor(str(TINY_CONFIG), weights=fixture_checkpoint)(image)["instances"]
+    assert graph.image_size == (120, 200)
+    matched, compared = match_detections(pytorch.to("cpu"), graph)
+    assert compared > 0 and matched == compared
+    unresizable = OnnxPredictor(copy_graph(tiny_export, tmp_path / "old", {"resize": None}))
+    with pytest.raises(ValueError, match=r"model.json does not say how to resize an image for .*: export it again"):
+        unresizable.predict_image(image)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"input": "RGB"}, 'has input = "RGB", not a json object'),
+    ({"resize": {"short_edge": "800", "max_size": 1333, "interpolation": 2}}, 'has resize.short_edge = "800", not a '
+                                                                              'int'),
     ({"input": {"format": 3}}, "has input.format = 3, not a str"),
     ({"num_classes": "80"}, 'has num_classes = "80", not a int'),
     ({"num_classes": True}, "has num_classes = true, not a int"),

@@ -5,6 +5,7 @@ import math
 
 import torch
 from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (COCOEvaluator, DatasetEvaluator, DatasetEvaluators, inference_on_dataset,
                                    print_csv_format)
 from detectron2.utils import comm
@@ -28,10 +29,10 @@ from .cuda_graphs import CUDAGraphInference, graphs_available, graphs_supported,
 from .precision import amp_autocast, inference_amp_dtype
 from .settings import FORMAT_KEYS, mapper_entry
 
-__all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "check_evaluation_datasets", "check_model_classes",
-           "check_same_classes", "check_same_input_format", "check_test_set", "check_trained_classes",
-           "class_names_of_loader", "class_names_of_test_set", "evaluate", "read_eval_results",
-           "selection_quality_enabled", "write_eval_results"]
+__all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "category_ids_of_test_set",
+           "check_evaluation_datasets", "check_model_classes", "check_same_classes", "check_same_input_format",
+           "check_test_set", "check_trained_classes", "class_names_of_loader", "class_names_of_test_set", "evaluate",
+           "read_eval_results", "selection_quality_enabled", "write_eval_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +310,17 @@ def class_names_of_loader(loader_node):
 def class_names_of_test_set(cfg):
     """:func:`class_names_of_loader` of the config's test set (``dataloader.test``); None without one."""
     return class_names_of_loader((cfg.get("dataloader", None) or {}).get("test", None))
+
+
+def category_ids_of_test_set(cfg):
+    """The dataset category id of each class index of the config's test set, e.g. ``[3, 7, 42]`` (detectron2's COCO
+    loader numbers the categories in the order of their ids); None when its metadata maps none. Call it after
+    :func:`class_names_of_test_set`, which loads the dataset when its metadata is not there yet."""
+    names = _dataset_names_in((cfg.get("dataloader", None) or {}).get("test", None) or {})
+    to_index = MetadataCatalog.get(names[0]).get("thing_dataset_id_to_contiguous_id", None) if names else None
+    if not isinstance(to_index, dict) or sorted(to_index.values()) != list(range(len(to_index))):
+        return None
+    return [int(category_id) for category_id in sorted(to_index, key=to_index.get)]
 
 
 def _model_device(model):

@@ -11,13 +11,13 @@ from .onnx_export import (
     OUTPUT_NAMES,
     BatchedExportableFocusDETR,
     ExportableFocusDETR,
-    export_metadata,
     export_onnx,
     max_export_opset,
     pad_batch,
     require_packages,
 )
-from .predictor import OnnxPredictor, check_graph_fits_config, check_onnx_file, graph_weights
+from .metadata import export_metadata, graph_weights
+from .predictor import OnnxPredictor, check_graph_fits_config, check_onnx_file
 from .ranking import QUERY_RANKING_OUTPUT, ForcedQueryRanking, graph_decisions, graph_with_decisions
 
 __all__ = [

@@ -14,7 +14,7 @@ import importlib.util
 import numbers
 import time
 import warnings
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,7 +38,6 @@ __all__ = [
     "ExportableFocusDETR",
     "clip_to_image",
     "export_onnx",
-    "export_metadata",
     "max_export_opset",
     "require_packages",
 ]
@@ -250,37 +249,3 @@ def export_onnx(
     return time.perf_counter() - start
 
 
-def export_metadata(
-    model: FocusDETR,
-    opset: int,
-    msda_form: str,
-    input_format: str = "RGB",
-    class_names: Optional[Sequence[str]] = None,
-    batched: bool = False,
-) -> Dict:
-    """What a runtime needs besides the graph (written as ``model.json`` next to ``model.onnx``)."""
-    import onnx
-
-    selector = model.transformer.foreground_selector
-    image_input = {"name": INPUT_NAME, "dtype": "uint8", "shape": ["3", "height", "width"], "format": input_format,
-                   "note": "already resized like the test loader; the graph normalises it"}
-    if batched:
-        image_input.update(name=BATCHED_INPUT_NAMES[0], shape=["batch", "3", "height", "width"])
-        image_input["note"] += (f"; padded bottom / right, each image's own (height, width) in "
-                                f"{BATCHED_INPUT_NAMES[1]} (batch, 2) int64")
-    return {
-        "input": image_input,
-        "outputs": list(BATCHED_OUTPUT_NAMES if batched else OUTPUT_NAMES),
-        "batch_size": "dynamic" if batched else 1,
-        "pixel_mean": model.pixel_mean.flatten().tolist(),
-        "pixel_std": model.pixel_std.flatten().tolist(),
-        "num_classes": model.num_classes,
-        "class_names": list(class_names) if class_names else None,
-        "num_detections": model.num_detections,
-        "keep_ratio": selector.keep_ratio,
-        "cascade_keep_ratios": list(selector.cascade_keep_ratios),
-        "opset": opset,
-        "msda_form": msda_form,
-        "torch_version": torch.__version__,
-        "onnx_version": onnx.__version__,
-    }

@@ -9,7 +9,7 @@ import torch
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-from ..engine.predictor import input_format
+from ..engine.predictor import input_format, model_input
 from .onnx_export import (
     BATCHED_INPUT_NAMES,
     BATCHED_OUTPUT_NAMES,
@@ -18,9 +18,10 @@ from .onnx_export import (
     pad_batch,
     require_packages,
 )
+from .metadata import check_metadata, resize_of
 from .ranking import graph_with_decisions
 
-__all__ = ["OnnxPredictor", "check_graph_fits_config", "check_onnx_file", "graph_weights"]
+__all__ = ["OnnxPredictor", "check_graph_fits_config", "check_onnx_file"]
 
 
 def _checked_graph_path(path) -> str:
@@ -119,47 +120,6 @@ def _checked_batch_outputs(outputs, image_sizes) -> list:
     return [(int(height), int(width)) for height, width in sizes]
 
 
-# What model.json's readers rely on, by key ("input.format": the "format" of "input"); the tool writes more.
-_METADATA_TYPES = {"input": dict, "input.format": str, "num_classes": int, "config_file": str, "init_checkpoint": str,
-                   "weights": str, "overrides": list}
-
-
-def _check_metadata(metadata, path: str) -> None:
-    """ValueError (one line) when the json object ``metadata`` read from ``path`` does not have the types
-    ``tools/export_model.py`` writes, for the keys it has."""
-    fix = "export the graph again, or remove the file"
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{path} (the graph's metadata) is not a json object: {fix}")
-    entries = dict(metadata)
-    if isinstance(metadata.get("input"), dict):
-        entries["input.format"] = metadata["input"].get("format")
-    for key, kind in _METADATA_TYPES.items():
-        value = entries.get(key)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            raise ValueError(f"{path} (the graph's metadata) has {key} = {json.dumps(value)[:60]}, not a "
-                             f"{'json object' if kind is dict else kind.__name__}: {fix}")
-
-
-def _same_weights_file(a: str, b: str) -> bool:
-    return (os.path.realpath(a) if a else "") == (os.path.realpath(b) if b else "")
-
-
-def graph_weights(predictor: "OnnxPredictor", init_checkpoint: str, weights: Optional[str] = None) -> Optional[str]:
-    """What the graph was exported from (model.json's ``init_checkpoint``, quoted; "random weights" when it is
-    empty) when that is not ``init_checkpoint`` (the same file, or both empty, match), or when it is but the graph
-    holds other weights of it than ``weights`` ("ema" or "trained": a checkpoint's average or its trained weights;
-    None: not compared); None when they match or the graph does not say."""
-    exported_from = predictor.metadata.get("init_checkpoint")
-    if exported_from is None:
-        return None
-    if not _same_weights_file(exported_from, init_checkpoint):
-        return repr(exported_from) if exported_from else "random weights"
-    exported_weights = predictor.metadata.get("weights")
-    if weights in ("ema", "trained") and exported_weights in ("ema", "trained") and exported_weights != weights:
-        return f"the {'EMA' if exported_weights == 'ema' else 'trained'} weights of {exported_from!r}"
-    return None
-
-
 def _image_detections(outputs: Dict[str, np.ndarray], index: int) -> Dict[str, np.ndarray]:
     """Image ``index``'s ``boxes``, ``scores`` and ``labels`` from a batched graph's outputs, without the boxes that
     clipping left empty: what a one-image graph outputs."""
@@ -232,7 +192,7 @@ class OnnxPredictor:
                 except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
                     raise ValueError(f"{self.metadata_path} (the graph's metadata) is not readable json: {error}; "
                                      "export the graph again, or remove the file") from None
-            _check_metadata(self.metadata, self.metadata_path)
+            check_metadata(self.metadata, self.metadata_path)
 
     @staticmethod
     def _as_array(image: Union[torch.Tensor, np.ndarray], name: str = "image") -> np.ndarray:
@@ -313,6 +273,19 @@ class OnnxPredictor:
         return (f" (the graph was traced at {traced[0]}x{traced[1]}, its model.json says: a backbone that freezes its "
                 "shapes while traced runs only at that size; export again with --sample-size "
                 f"{size[0]} {size[1]}, the network-input size of your images)")
+
+    def predict_image(self, image_bgr: np.ndarray) -> Instances:
+        """One BGR uint8 ``(H, W, 3)`` image, as ``cv2.imread`` gives it, -> its ``Instances`` in its own pixels:
+        resized and put in the channel order the graph was exported with (``model.json``), as the PyTorch predictor
+        does, without the config."""
+        resize = resize_of(self.metadata)
+        if resize is None:
+            raise ValueError(f"{self.metadata_path} does not say how to resize an image for {self.path} (a graph "
+                             "exported before it did, or a config whose test-time resize is not one fixed "
+                             "ResizeShortestEdge): export it again, or prepare the image with "
+                             "focus_detr.engine.predictor.model_input and the config")
+        item = model_input(image_bgr, resize, self.metadata.get("input", {}).get("format", "RGB"))
+        return self(item["image"], item["height"], item["width"])
 
     def __call__(
         self, image: Union[torch.Tensor, np.ndarray], height: Optional[int] = None, width: Optional[int] = None

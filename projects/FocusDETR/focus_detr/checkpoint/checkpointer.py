@@ -74,8 +74,8 @@ def _prefix_hint(keys, model_keys):
 
 
 def _missing_prefix_hint(keys, model_keys, source):
-    """" (the model's keys are these under 'P': ...)" when putting a prefix of the model's keys (``backbone.``) before
-    ``keys`` makes some of them the model's, with detectron2's option that matches them; else ""."""
+    """" (the model has them under 'P': ...)" when putting a prefix of the model's keys (``backbone.``) before ``keys``
+    makes some of them the model's, naming detectron2's option that matches such a file (``source``); else ""."""
     model_keys = set(model_keys)
     for prefix in sorted({key.split(".", 1)[0] + "." for key in model_keys}):
         if any(prefix + key in model_keys for key in keys):

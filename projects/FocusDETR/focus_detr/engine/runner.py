@@ -279,7 +279,7 @@ def load_inference_weights(model, cfg, path):
         return "ema"
     if ema_enabled and ema_for_eval and path:  # asked for, absent: say which weights the numbers are of
         logger.warning(f"train.model_ema asks for the EMA weights, but {path} holds none: using its trained weights")
-    elif ema_state is not None and not ema_enabled:  # use_for_eval=False: the trained weights asked for by name
+    elif ema_state is not None and not ema_enabled:  # (enabled with use_for_eval=False asks for the trained ones)
         logger.warning(f"{path} also holds the EMA weights (their average over its training): using its trained "
                        "weights; train.model_ema.enabled=True uses the average")
     return "trained" if path else "random"

@@ -119,7 +119,6 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         self.require_detector = require_detector
         self.other_class_count = other_class_count
         self._source = None  # the file being loaded, for error messages
-        self._class_keys_named = set()  # class-dependent keys left out, named in one warning already
 
     def load(self, path, *args, **kwargs):
         """detectron2's ``load``: ``path`` a weights file (str or os.PathLike) or URL; None or "" loads nothing. A
@@ -146,19 +145,19 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         return incompatible
 
     def _log_incompatible_keys(self, incompatible):
-        """detectron2's per-key warnings, less those of the class-dependent tensors already named in one line."""
-        named, self._class_keys_named = self._class_keys_named, set()
-        if named:
+        """detectron2's per-key warnings, less those of the class-dependent tensors that a load for another class
+        count left out (:meth:`_load_model` named them in one line)."""
+        if self.other_class_count and self._other_class_count(incompatible) is not None:
+            left_out = {key for key, _, _ in incompatible.incorrect_shapes}
             incompatible = incompatible._replace(
-                missing_keys=[key for key in incompatible.missing_keys if key not in named],
-                incorrect_shapes=[entry for entry in incompatible.incorrect_shapes if entry[0] not in named])
+                missing_keys=[key for key in incompatible.missing_keys if key not in left_out], incorrect_shapes=[])
         super()._log_incompatible_keys(incompatible)
 
     def _warn_of_caffe2_inputs(self, filename):
         """Caffe2's (detectron2's MSRA) ImageNet weights were trained on BGR images with pixel_std 1; a model that
         normalises its inputs as torchvision does (this project's default) starts fine-tuning from features that do
         not fit them, which nothing else would say."""
-        pixel_std = getattr(getattr(self.model, "module", self.model), "pixel_std", None)
+        pixel_std = getattr(self.model, "pixel_std", None)  # fvcore's checkpointer holds the model unwrapped
         if pixel_std is None or bool((pixel_std.flatten() < 2).all()):
             return
         shown = ", ".join(f"{value:g}" for value in pixel_std.flatten().tolist())
@@ -169,7 +168,7 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
             "model.pixel_std and the mappers' img_format as detectron2's MSRA configs do")
 
     def _model_classes(self):
-        return getattr(getattr(self.model, "module", self.model), "num_classes", None)
+        return getattr(self.model, "num_classes", None)
 
     def _other_class_count(self, incompatible):
         """The checkpoint's class count when the only mismatch of ``incompatible`` is that count: every wrongly shaped
@@ -247,7 +246,6 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
             checkpoint_classes = self._other_class_count(incompatible) if self.other_class_count else None
             if checkpoint_classes is not None:
                 keys = sorted(key for key, _, _ in incompatible.incorrect_shapes)
-                self._class_keys_named = set(keys)
                 self.logger.warning(
                     f"checkpoint {self._source} was trained for {_classes(checkpoint_classes)} and the model has "
                     f"{_classes(self._model_classes())}: its {len(keys)} class-dependent tensors ({_first_keys(keys)}) "
@@ -276,8 +274,7 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         initialisation (a file for another depth, or cut short): detectron2 lists every missing key among those of
         the rest of the model, which stays random by design. Buffers (frozen norm statistics, index tables) are not
         counted: they are not random."""
-        model = getattr(self.model, "module", self.model)
-        backbone = [name for name, _ in model.named_parameters() if name.startswith("backbone.")]
+        backbone = [name for name, _ in self.model.named_parameters() if name.startswith("backbone.")]
         unfilled = sorted(set(incompatible.missing_keys) & set(backbone))
         if backbone and unfilled:
             self.logger.warning(

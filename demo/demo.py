@@ -48,7 +48,7 @@ from focus_detr.data.video_io import VIDEO_CODECS, VideoWriter, check_frame_rate
 from focus_detr.engine import FocusDETRPredictor, inference_amp_dtype, load_config, resolve_device
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import print_skipped, run_reporting_errors
-from focus_detr.engine.evaluation import check_trained_classes, class_names_of_test_set
+from focus_detr.engine.evaluation import class_names_of_model
 from focus_detr.engine.predictor import inference_resize, input_format, model_input
 from focus_detr.engine.settings import nearest_existing
 from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights
@@ -74,11 +74,10 @@ def parse_args(argv=None):
 
 
 def _class_names(cfg):
-    """The test set's class names for the labels; [] (boxes labelled with class numbers) when unknown, with a
+    """The model's class names for the labels; [] (boxes labelled with class numbers) when unknown, with a
     warning when its dataset cannot be read."""
     try:
-        check_trained_classes(cfg)  # the model's classes are the training set's
-        return class_names_of_test_set(cfg) or []
+        return class_names_of_model(cfg) or []
     except (ValueError, OSError, KeyError) as error:
         print(f"warning: no class names for the labels, boxes are numbered by class instead: {error}", file=sys.stderr)
         return []

@@ -31,8 +31,9 @@ from .settings import FORMAT_KEYS, mapper_entry
 
 __all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "category_ids_of_test_set",
            "check_evaluation_datasets", "check_model_classes", "check_same_classes", "check_same_input_format",
-           "check_test_set", "check_trained_classes", "class_names_of_loader", "class_names_of_test_set", "evaluate",
-           "read_eval_results", "selection_quality_enabled", "write_eval_results"]
+           "check_test_set", "check_trained_classes", "class_names_of_loader", "class_names_of_model",
+           "class_names_of_test_set", "evaluate", "read_eval_results", "selection_quality_enabled",
+           "write_eval_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +311,13 @@ def class_names_of_loader(loader_node):
 def class_names_of_test_set(cfg):
     """:func:`class_names_of_loader` of the config's test set (``dataloader.test``); None without one."""
     return class_names_of_loader((cfg.get("dataloader", None) or {}).get("test", None))
+
+
+def class_names_of_model(cfg):
+    """The names of the model's classes, for labels: the test set's (:func:`class_names_of_test_set`) once checked
+    against the training set's (:func:`check_trained_classes`, a ConfigError when they differ); None when unknown."""
+    check_trained_classes(cfg)
+    return class_names_of_test_set(cfg)
 
 
 def category_ids_of_test_set(cfg):

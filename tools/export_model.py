@@ -48,15 +48,13 @@ import json
 import math
 import os
 import shutil
-import statistics
 import sys
 
 import torch
 
 from focus_detr.analysis.inputs import synthetic_inputs
-from focus_detr.analysis.timing import median_ratio, time_interleaved
 from focus_detr.engine import build_model, check_datasets_registered, check_output_dir, load_config
-from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides, positive_int
+from focus_detr.engine.arguments import add_overrides_argument, image_size, parse_args_with_overrides, positive_int
 from focus_detr.engine.checkpoint import atomic_write
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.evaluation import category_ids_of_test_set, class_names_of_model
@@ -77,20 +75,10 @@ from focus_detr.export import (
     max_export_opset,
     require_packages,
 )
+from focus_detr.export.benchmark import time_batches, time_graphs
 from focus_detr.export.verification import check_batch_sizes, compare_with_pytorch, inputs_label
 from focus_detr.layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
 from focus_detr.partial_files import PartialPath, remove_abandoned
-
-
-
-def parse_size(text):
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW (e.g. 480x640), got {text!r}") from None
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return height, width
 
 
 def parse_args(argv=None):
@@ -110,9 +98,9 @@ def parse_args(argv=None):
     parser.add_argument("--batched", action="store_true",
                         help="a graph that takes a padded batch of any size: images (B, 3, H, W) and image_sizes "
                              "(B, 2) (default: one image (3, H, W) at a time)")
-    parser.add_argument("--verify-sizes", type=parse_size, nargs="*", default=[], metavar="HxW",
+    parser.add_argument("--verify-sizes", type=image_size, nargs="*", default=[], metavar="HxW",
                         help="also compare onnxruntime with PyTorch at these sizes")
-    parser.add_argument("--benchmark", type=parse_size, nargs="*", default=[], metavar="HxW",
+    parser.add_argument("--benchmark", type=image_size, nargs="*", default=[], metavar="HxW",
                         help="time onnxruntime against PyTorch at these sizes (interleaved)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="with --batched, --benchmark also times this many images (default 4) run one by one and "
@@ -151,49 +139,6 @@ def check_graph(path):
     custom = sorted({n.domain for n in onnx.load(path, load_external_data=False).graph.node} - {"", "ai.onnx"})
     if custom:
         raise RuntimeError(f"{path} has nodes in custom domains {custom}")
-
-
-def benchmark(model, predictors, sizes, warmup, repeats):
-    """Median latency (ms) of PyTorch and each onnxruntime predictor (name -> OnnxPredictor; the first is the
-    exported graph) per size, all timed in turn on the same image."""
-    rows = []
-    for height, width in sizes:
-        item = synthetic_inputs(height, width)[0]
-        runs = {"pytorch": lambda: model([item])}
-        runs.update({name: (lambda p=p: p(item["image"])) for name, p in predictors.items()})
-        with torch.no_grad():
-            seconds = time_interleaved(runs, "cpu", warmup, repeats)
-        medians = {name: 1000 * statistics.median(s) for name, s in seconds.items()}
-        rows.append({"size": f"{height}x{width}", "repeats": repeats, **{f"{k}_ms": v for k, v in medians.items()},
-                     "speedup": medians["pytorch"] / medians["onnxruntime"],
-                     "runs_ms": {k: [round(1000 * t, 1) for t in v] for k, v in seconds.items()}})
-    return rows
-
-
-def benchmark_batches(model, predictor, sizes, batch_size, warmup, repeats):
-    """Per size, the median time per image (ms) of ``batch_size`` images run one by one and as one batch, by PyTorch
-    and by a batched graph, the four timed in turn; and each runtime's batch time over its one-by-one time (median of
-    the rounds' ratios)."""
-    rows = []
-    for height, width in sizes:
-        items = synthetic_inputs(height, width, count=batch_size)
-        images = [item["image"] for item in items]
-        runs = {
-            "pytorch_one_by_one": lambda: [model([item]) for item in items],
-            "pytorch_batched": lambda: model(items),
-            "onnxruntime_one_by_one": lambda: [predictor(image) for image in images],
-            "onnxruntime_batched": lambda: predictor.predict_batch(images),
-        }
-        with torch.no_grad():
-            seconds = time_interleaved(runs, "cpu", warmup, repeats)
-        row = {"size": f"{height}x{width}", "batch_size": batch_size, "repeats": repeats}
-        row.update({f"{name}_ms_per_image": 1000 * statistics.median(s) / batch_size for name, s in seconds.items()})
-        for runtime in ("pytorch", "onnxruntime"):
-            row[f"{runtime}_batched_over_one_by_one"] = median_ratio(
-                seconds[f"{runtime}_batched"], seconds[f"{runtime}_one_by_one"]
-            )
-        rows.append(row)
-    return rows
 
 
 def _check_opset(opset):
@@ -321,7 +266,7 @@ def report_benchmark(model, path, sample, args):
                 other = os.path.join(args.output, f"model_{form}.onnx")
                 export_onnx(model, other, sample["image"], args.opset, form, args.batched)
                 predictors[f"onnxruntime_{form}"] = OnnxPredictor(other, num_threads=args.threads, spin_wait=False)
-    rows = benchmark(model, predictors, args.benchmark, args.warmup, args.repeats)
+    rows = time_graphs(model, predictors, args.benchmark, args.warmup, args.repeats)
     names = list(predictors)
     header = "".join(f"{n + ' ms':>{len(n) + 5}}" for n in names)
     print(f"{'size':<12}{'pytorch ms':>12}{header}{'speed-up':>10}   ({args.threads} threads, median of "
@@ -331,7 +276,7 @@ def report_benchmark(model, path, sample, args):
         print(f"{row['size']:<12}{row['pytorch_ms']:>12.0f}{cells}{row['speedup']:>9.2f}x")
     report = {"threads": args.threads, "msda_form": args.msda_form, "rows": rows}
     if predictors["onnxruntime"].batched:
-        report["batches"] = benchmark_batches(model, predictors["onnxruntime"], args.benchmark, args.batch_size or 4,
+        report["batches"] = time_batches(model, predictors["onnxruntime"], args.benchmark, args.batch_size or 4,
                                               args.warmup, args.repeats)
         for row in report["batches"]:
             print(f"{row['size']}, {row['batch_size']} images one by one and as a batch, ms per image (median of "

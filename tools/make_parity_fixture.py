@@ -15,9 +15,10 @@ given sizes; each is postprocessed to 1.5x its size. Recorded: single-image eval
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
+import functools
 import os
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 from detectron2.config import instantiate
@@ -27,7 +28,7 @@ from focus_detr.engine.settings import check_output_file
 from focus_detr.checkpoint import FocusDETRCheckpointer
 from focus_detr.checkpoint.safe_load import missing_checkpoint_error
 from focus_detr.engine import atomic_write, load_config
-from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+from focus_detr.engine.arguments import add_overrides_argument, image_size, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 
 
@@ -106,16 +107,6 @@ class DecisionRecorder:
             del layer.select_fine_grained
 
 
-def parse_size(text: str) -> Tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"image size must look like 800x1066 (height x width), got {text!r}")
-    if height < 32 or width < 32:
-        raise argparse.ArgumentTypeError(f"image size must be at least 32x32, got {text!r}")
-    return height, width
-
-
 def record(model, inputs: List[Dict], seed: int) -> Dict:
     single = []
     with DecisionRecorder(model) as recorder:
@@ -158,7 +149,7 @@ def parse_args(argv=None):
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--weights", help="checkpoint to load (default: perturbed initialisation)")
-    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(200, 276), (270, 196)],
+    parser.add_argument("--sizes", nargs="+", type=functools.partial(image_size, minimum=32), default=[(200, 276), (270, 196)],
                         help="input image sizes, HxW")
     parser.add_argument("--seed", type=int, default=0)
     add_overrides_argument(parser)

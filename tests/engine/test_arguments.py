@@ -1,9 +1,11 @@
 """``key=value`` config overrides are accepted anywhere on a command line, with detectron2's parser and ours."""
 import argparse
+import functools
 
 from detectron2.engine import default_argument_parser
+import pytest
 
-from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
+from focus_detr.engine.arguments import add_overrides_argument, image_size, parse_args_with_overrides
 
 
 def test_detectron2_parser_takes_overrides_before_its_flags():
@@ -35,3 +37,14 @@ def test_values_that_contain_equals_signs_stay_with_their_option():
     assert args.output == "run=3" and args.flag
     assert args.opts == ["a.b=1", "s3://bucket/x=1"]  # not an override: left for load_config to refuse
     assert parse_args_with_overrides(_parser(), ["--output=run=3"]).output == "run=3"
+
+
+def test_image_sizes_are_height_by_width_and_bad_ones_are_one_line():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", nargs="+", type=image_size)
+    assert parser.parse_args(["--sizes", "480x640", "1X2"]).sizes == [(480, 640), (1, 2)]
+    fixture_size = functools.partial(image_size, minimum=32)
+    for parse, text, message in ((image_size, "480,640", "image size must be HxW"), (image_size, "0x640", "positive"),
+                                 (fixture_size, "16x64", "at least 32x32, got '16x64'")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse(text)

@@ -6,7 +6,7 @@ import math
 import re
 import sys
 
-__all__ = ["add_overrides_argument", "non_negative_float", "parse_args_with_overrides", "positive_float",
+__all__ = ["add_overrides_argument", "image_size", "non_negative_float", "parse_args_with_overrides", "positive_float",
            "positive_int", "split_overrides"]
 
 # A config override: a dotted config key (optionally "+key" to add, or "~key", a deletion refused later) followed by
@@ -24,6 +24,19 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def image_size(text, minimum=1):
+    """An argparse type: an image size written ``HxW`` (``480x640``) -> ``(height, width)``, each side >= ``minimum``
+    pixels (bind it with ``functools.partial`` for another minimum)."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size must be HxW, height x width (e.g. 480x640), got {text!r}") from None
+    if height < minimum or width < minimum:
+        least = "positive" if minimum == 1 else f"at least {minimum}x{minimum}"
+        raise argparse.ArgumentTypeError(f"image size must be {least}, got {text!r}")
+    return height, width
 
 
 def _finite_float(text):

@@ -111,9 +111,9 @@ FAILURES = {
                                      TWO_PROCESS_RUN + ["dataloader.train.num_workers=1"],
                                      "error: a data-loading worker process died (process ",
                                      " killed by SIGKILL: out of memory?) (process 1 of 2)", None),
-    "an unreadable test image in its share of an evaluation": (
-        "FOCUS_DETR_TOY_TEST_UNREADABLE", "1:1", EVALUATING_RUN + ["train.eval_period=7"], "error: cannot read image ",
-        ": image file is truncated (process 1 of 2) (in the evaluation after iteration 6)", 6),
+    "a test image refused in its share of an evaluation": (
+        "FOCUS_DETR_TOY_TEST_REFUSED", "1:1", EVALUATING_RUN + ["train.eval_period=7"], "error: image ",
+        " but the dataset gives width 20 and height 20 (process 1 of 2) (in the evaluation after iteration 6)", 6),
 }
 
 
@@ -134,9 +134,9 @@ def test_a_failure_in_one_of_two_processes_saves_both_and_the_resume_repeats_the
     worker mid-run: both stop at that iteration (the other would otherwise wait in the forward's or backward's
     collectives), the iterations done are saved with each rank's state as it was when the failed iteration began,
     one line says how to resume, and the resumed run ends with the weights of a run that never failed (the failed
-    iteration repeated: both ranks' batches and random draws). An unreadable test image in one process's share of
-    an evaluation during training (the other would wait in the evaluator's gather): both stop there, that
-    iteration saved."""
+    iteration repeated: both ranks' batches and random draws). A test image refused in one process's share of an
+    evaluation during training (the other would wait in the evaluator's gather): both stop there, that iteration
+    saved. (An unreadable test image is left out of the evaluation instead.)"""
     variable, value, arguments, line_start, line_part, iteration = FAILURES[failure]
     out = tmp_path / "out"
     monkeypatch.setenv(variable, value)

@@ -228,28 +228,34 @@ def test_a_data_loading_worker_killed_mid_run_saves_what_was_trained_and_the_res
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)  # as if nothing had happened
 
 
-def test_an_unreadable_test_image_in_an_evaluation_during_training_saves_that_iteration(
+def _register_with_a_wrong_size(name, root):
+    """The toy data, its last image recorded at another size than its file's: the test mapper refuses it (an
+    unreadable file would be left out of the evaluation instead)."""
+    from toy_detector import register_edited_toy_dataset
+
+    register_edited_toy_dataset(name, root, lambda coco: coco["images"][-1].update(height=40))
+
+
+def test_a_test_image_refused_in_an_evaluation_during_training_saves_that_iteration(
     train_net, toy_dataset, tmp_path, capsys
 ):
     # the periodic evaluation runs before that iteration's checkpoint: it used to end the run with every iteration
     # since the last checkpoint lost
     import shlex
 
-    from toy_detector import register_toy_dataset
-
-    register_toy_dataset("focus_detr_toy_bad_test", str(tmp_path / "bad"), bad_image=True)
+    _register_with_a_wrong_size("focus_detr_toy_test_with_a_wrong_image_size", str(tmp_path / "bad"))
     run = ["train.max_iter=10", "train.eval_period=7", "train.checkpointer.period=100"]
     full = tmp_path / "full"
     assert _train(train_net, full, *run) == 0
 
     out = tmp_path / "out"
     capsys.readouterr()
-    assert _train(train_net, out, *run, "dataloader.test.dataset.names=focus_detr_toy_bad_test") == 2
+    assert _train(train_net, out, *run, "dataloader.test.dataset.names=focus_detr_toy_test_with_a_wrong_image_size") == 2
     err = capsys.readouterr().err
     assert not shows_traceback(err), err[-3000:]
     line = err.strip().splitlines()[-1]
-    assert line.startswith("error: cannot read image ") and (
-        f" (in the evaluation after iteration 6); training stopped after iteration 6, checkpoint "
+    assert line.startswith("error: image ") and (
+        f"fix the dataset's width/height of this image (in the evaluation after iteration 6); training stopped after iteration 6, checkpoint "
         f"{out / 'model_0000006.pth'} (a resume continues at iteration 7): fix or remove what it names, then resume "
         "with: "
     ) in line, line
@@ -263,14 +269,12 @@ def test_an_unreadable_test_image_in_an_evaluation_during_training_saves_that_it
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
 
 
-def test_an_unreadable_test_image_in_the_final_evaluation_says_training_is_saved_and_how_to_evaluate(
+def test_a_test_image_refused_in_the_final_evaluation_says_training_is_saved_and_how_to_evaluate(
     train_net, toy_dataset, tmp_path, capsys
 ):
     import shlex
 
-    from toy_detector import register_toy_dataset
-
-    register_toy_dataset("focus_detr_toy_bad_final_test", str(tmp_path / "bad"), bad_image=True)
+    _register_with_a_wrong_size("focus_detr_toy_bad_final_test", str(tmp_path / "bad"))
     out = tmp_path / "out"
     assert _train(train_net, out, "train.max_iter=3", "train.eval_period=0",
                   "dataloader.test.dataset.names=focus_detr_toy_bad_final_test") == 2
@@ -278,8 +282,8 @@ def test_an_unreadable_test_image_in_the_final_evaluation_says_training_is_saved
     assert not shows_traceback(err), err[-3000:]
     line = err.strip().splitlines()[-1]
     final = out / "model_final.pth"
-    assert line.startswith("error: cannot read image ") and (
-        f" (in the evaluation at the end of training); training is complete and saved in {final}: "
+    assert line.startswith("error: image ") and (
+        f"fix the dataset's width/height of this image (in the evaluation at the end of training); training is complete and saved in {final}: "
     ) in line and ", then evaluate with: " in line, line
     command = shlex.split(line.split("evaluate with: ")[1])
     assert command[-2:] == ["--eval-only", f"train.init_checkpoint={final}"] and "--resume" not in command

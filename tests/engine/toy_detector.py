@@ -18,6 +18,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
+from focus_detr.data import UnreadableImageError
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
@@ -156,12 +157,13 @@ def write_toy_coco(root, num_images=8, height=48, width=64, seed=0, bad_image=Fa
 class FailingOnCall:
     """A mapper that fails on its ``call``-th call (1-based) in the process of rank ``rank`` and maps with
     ``mapper`` otherwise: ``how="unreadable"`` raises as an unreadable image does (a corrupt file met mid-run by one
-    process of several); ``how="killed"`` kills the process it runs in with SIGKILL, as the out-of-memory killer does
-    (use it with data-loading workers: in the training process itself it ends the run)."""
+    process of several); ``how="refused"`` raises as a readable image of another size than its dataset record does;
+    ``how="killed"`` kills the process it runs in with SIGKILL, as the out-of-memory killer does (use it with
+    data-loading workers: in the training process itself it ends the run)."""
 
     def __init__(self, mapper, rank, call, how="unreadable"):
-        if how not in ("unreadable", "killed"):
-            raise ValueError(f"how must be 'unreadable' or 'killed', got {how!r}")
+        if how not in ("unreadable", "refused", "killed"):
+            raise ValueError(f"how must be 'unreadable', 'refused' or 'killed', got {how!r}")
         self.mapper, self.rank, self.call, self.how = mapper, rank, call, how
         self.calls = 0
         self.process_rank = comm.get_rank()  # built in each training process; a worker may not know its rank
@@ -171,7 +173,10 @@ class FailingOnCall:
         if self.process_rank == self.rank and self.calls == self.call:
             if self.how == "killed":
                 os.kill(os.getpid(), signal.SIGKILL)
-            raise ValueError(f"cannot read image {dataset_dict['file_name']}: image file is truncated")
+            if self.how == "refused":
+                raise ValueError(f"image {dataset_dict['file_name']} is 10x10 pixels (width x height) but the dataset "
+                                 "gives width 20 and height 20")
+            raise UnreadableImageError(f"cannot read image {dataset_dict['file_name']}: image file is truncated")
         return self.mapper(dataset_dict)
 
 

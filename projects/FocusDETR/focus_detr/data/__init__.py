@@ -11,7 +11,7 @@ from .checks import (
     get_checked_dataset_dicts,
 )
 from .dataset_mapper import DetrDatasetMapper
-from .image_io import expand_globs, image_files, open_image, read_image
+from .image_io import UnreadableImageError, expand_globs, image_files, open_image, read_image
 from .registration import register_coco_dataset
 from .tree_registration import register_trees
 from .trees import TreesCacheError, ensure_trees_cache
@@ -19,6 +19,7 @@ from .trees import TreesCacheError, ensure_trees_cache
 __all__ = [
     "DetrDatasetMapper",
     "TreesCacheError",
+    "UnreadableImageError",
     "check_dataset_jsons",
     "check_evaluable",
     "check_finite_boxes",

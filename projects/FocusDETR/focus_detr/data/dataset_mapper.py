@@ -12,7 +12,7 @@ import torch
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 
-from .image_io import open_image
+from .image_io import UnreadableImageError, open_image
 
 __all__ = ["DetrDatasetMapper", "check_image_size"]
 
@@ -121,10 +121,10 @@ class DetrDatasetMapper:
             transforms = _augment(self._choose_pipeline(), aug_input)
         except ValueError as error:  # PIL's "height and width must be > 0": a resize made a side 0 pixels
             height, width = image.shape[:2]
-            raise ValueError(f"image {dataset_dict['file_name']} ({height}x{width} pixels) cannot be resized by the "
-                             f"mapper's augmentation: {error} (a side resized to 0 pixels: the image is too elongated, "
-                             "or a size of the mapper's augmentation is 0); remove it from the dataset, or fix the "
-                             "size") from None
+            raise UnreadableImageError(
+                f"image {dataset_dict['file_name']} ({height}x{width} pixels) cannot be resized by the mapper's "
+                f"augmentation: {error} (a side resized to 0 pixels: the image is too elongated, or a size of the "
+                "mapper's augmentation is 0); remove it from the dataset, or fix the size") from None
         image = aug_input.image
         image_shape = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))

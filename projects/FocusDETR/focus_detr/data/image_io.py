@@ -19,17 +19,24 @@ import numpy as np
 from detectron2.data import detection_utils
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageRead", "expand_globs", "image_files", "open_image", "read_image", "to_8bit"]
+__all__ = ["ImageRead", "UnreadableImageError", "expand_globs", "image_files", "open_image", "read_image",
+           "to_8bit"]
 
 # PIL modes whose conversion to RGB is right as PIL does it
 _CONVERTIBLE_MODES = {"1", "L", "P", "PA", "LA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"}
 _16_BIT_MAX = 65535
 
 
+class UnreadableImageError(ValueError):
+    """An image file whose content cannot be used (corrupt, truncated, not an image, pixel values out of range, a
+    side resized to 0 pixels): the one-line message names the file. The evaluation leaves such an image out, where
+    any other error of its data stops it."""
+
+
 def _scaled_16_bit(pixels, file_name, mode):
     low, high = int(pixels.min()), int(pixels.max())
     if low < 0 or high > _16_BIT_MAX:
-        raise ValueError(
+        raise UnreadableImageError(
             f"cannot read image {file_name}: PIL mode {mode!r} pixel values span {low}..{high}, outside the 16-bit "
             f"range 0..{_16_BIT_MAX}"
         )
@@ -38,10 +45,11 @@ def _scaled_16_bit(pixels, file_name, mode):
 
 def _scaled_float(pixels, file_name, mode):
     if not np.isfinite(pixels).all():
-        raise ValueError(f"cannot read image {file_name}: PIL mode {mode!r} has NaN or infinite pixel values")
+        raise UnreadableImageError(f"cannot read image {file_name}: PIL mode {mode!r} has NaN or infinite pixel "
+                                   "values")
     low, high = float(pixels.min()), float(pixels.max())
     if low < 0.0 or high > 1.0:
-        raise ValueError(
+        raise UnreadableImageError(
             f"cannot read image {file_name}: PIL mode {mode!r} pixel values span {low:g}..{high:g}; float images "
             "must lie in 0..1"
         )
@@ -60,7 +68,7 @@ def to_8bit(image, file_name="<image>"):
         return Image.fromarray(_scaled_float(np.asarray(image), file_name, mode), mode="L")
     if mode in _CONVERTIBLE_MODES:
         return image.convert("RGB")
-    raise ValueError(
+    raise UnreadableImageError(
         f"cannot read image {file_name}: PIL mode {mode!r} is not supported (convert it to RGB, L, or 16-bit grayscale)"
     )
 
@@ -87,7 +95,7 @@ def open_image(file_name, img_format="RGB"):
         FileNotFoundError / ValueError, with one line naming the file and the problem.
     """
     if os.path.exists(file_name) and not os.path.isfile(file_name):  # a pipe would block forever, a folder fail
-        raise ValueError(f"cannot read image {file_name}: not a regular file")
+        raise UnreadableImageError(f"cannot read image {file_name}: not a regular file")
     try:
         with Image.open(file_name) as image:
             orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
@@ -98,7 +106,7 @@ def open_image(file_name, img_format="RGB"):
         raise FileNotFoundError(f"image file not found: {file_name}") from None
     # what PIL raises for corrupt, truncated, oversized or unreadable files
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot read image {file_name}: {type(error).__name__}: {error}") from None
+        raise UnreadableImageError(f"cannot read image {file_name}: {type(error).__name__}: {error}") from None
     # writable: detectron2 returns PIL's read-only buffer, and the flips' torch.from_numpy warned about it in every
     # training run ("The given NumPy array is not writable ... undefined behavior")
     pixels = np.require(detection_utils.convert_PIL_to_numpy(to_8bit(image, file_name), img_format),

@@ -22,6 +22,7 @@ __all__ = [
     "is_user_error",
     "one_line",
     "print_skipped",
+    "raised_as",
     "report_interruption",
     "run_reporting_errors",
     "user_errors_without_tracebacks",
@@ -70,6 +71,12 @@ def _origin(error):
                 return None, "\n".join(lines[index:])
             return _resolve_type(match.group(1)), "\n".join([match.group(2) or ""] + lines[index + 1:])
     return None, message
+
+
+def raised_as(error, error_type) -> bool:
+    """Whether ``error`` (or, for one re-raised from another process, its original) is an ``error_type``."""
+    origin_type, _ = _origin(error)
+    return origin_type is not None and issubclass(origin_type, error_type)
 
 
 def is_out_of_memory(error):

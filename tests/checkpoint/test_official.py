@@ -63,3 +63,57 @@ def test_checkpointer_refuses_pickled_objects(tmp_path):
     torch.save({"model": {}, "trainer": argparse.Namespace(hook="arbitrary code could run here")}, path)
     with pytest.raises(ValueError, match=r"evil.pth: it refers to argparse.Namespace, which is not allowed"):
         FocusDETRCheckpointer(build_tiny_model()).load(str(path))
+
+
+def test_a_ddp_prefixed_official_checkpoint_loads(parity_fixture, tmp_path):
+    path = tmp_path / "ddp.pth"
+    torch.save({"model": {f"module.{key}": value for key, value in parity_fixture["state_dict"].items()}}, path)
+    model = build_tiny_model()
+    FocusDETRCheckpointer(model, require_detector=True).load(str(path))
+    assert torch.equal(model.transformer.foreground_selector.modulation_weights,
+                       parity_fixture["state_dict"]["transformer.alpha"])
+
+
+@pytest.mark.parametrize("ema_enabled", [True, False])
+def test_detrex_ema_weights_are_used_where_the_config_asks_for_them(parity_fixture, tmp_path, caplog, ema_enabled):
+    from omegaconf import OmegaConf
+
+    from focus_detr.engine.runner import load_inference_weights
+
+    trained = parity_fixture["state_dict"]
+    # detrex keeps its average under "ema_state", in the official layout, each shared head under one of its names
+    ema = {key: value * 0.5 for key, value in trained.items() if not key.startswith("transformer.decoder.class_embed")}
+    path = tmp_path / "detrex_ema.pth"
+    torch.save({"model": trained, "ema_state": ema}, path)
+    model = build_tiny_model()
+    cfg = OmegaConf.create({"train": {"model_ema": {"enabled": ema_enabled}}})
+    weights = load_inference_weights(model, cfg, str(path))
+    expected = trained["transformer.alpha"] * (0.5 if ema_enabled else 1.0)
+    assert weights == ("ema" if ema_enabled else "trained")
+    assert torch.equal(model.transformer.foreground_selector.modulation_weights, expected)
+    assert torch.equal(model.class_embed[0].weight, trained["class_embed.0.weight"] * (0.5 if ema_enabled else 1.0))
+    assert ("also holds the EMA weights" in caplog.text) is not ema_enabled
+
+
+def test_resuming_from_a_detrex_training_checkpoint_is_refused_in_one_line(parity_fixture, tmp_path):
+    from focus_detr.engine.checkpoint import AtomicDetectionCheckpointer
+
+    class Trainer:
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            raise AssertionError("detrex's trainer state reached ours")
+
+    path = tmp_path / "model_0004999.pth"
+    detrex_trainer = {"iteration": 4999, "optimizer": {"state": {}, "param_groups": []}, "hooks": {}}
+    torch.save({"model": parity_fixture["state_dict"], "trainer": detrex_trainer, "iteration": 4999}, path)
+    (tmp_path / "last_checkpoint").write_text(path.name)
+    checkpointer = AtomicDetectionCheckpointer(build_tiny_model(), str(tmp_path), trainer=Trainer())
+    with pytest.raises(ValueError, match=(
+            rf"^cannot resume from {path}: it is a detrex \(official Focus-DETR\) checkpoint, whose optimizer and "
+            rf"schedule state do not fit this project's trainer; start a new run from its weights with "
+            rf"train.init_checkpoint={path} in another train.output_dir \(without --resume\)$")):
+        checkpointer.resume_or_load("", resume=True)
+    # its weights start a new run
+    assert checkpointer.resume_or_load(str(path), resume=False) == {"trainer": detrex_trainer, "iteration": 4999}

@@ -1,5 +1,5 @@
 from .checkpointer import FocusDETRCheckpointer, describe_mismatch
-from .official import convert_official_state_dict, is_official_layout
+from .official import convert_official_state_dict, is_official_layout, to_model_keys
 from .safe_load import CheckpointError, UnreadableCheckpointError, read_weights_file
 from .safetensors_io import write_safetensors
 
@@ -11,5 +11,6 @@ __all__ = [
     "describe_mismatch",
     "is_official_layout",
     "read_weights_file",
+    "to_model_keys",
     "write_safetensors",
 ]

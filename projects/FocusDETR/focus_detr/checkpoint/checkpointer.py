@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .official import convert_official_state_dict, is_official_layout
+from .official import is_official_layout, to_model_keys
 from .safe_load import CheckpointError, checked_checkpoint_path, missing_checkpoint_error, read_weights_file
 
 # Prefixes of a complete detector: a checkpoint with any of them must fill the whole model.
@@ -221,10 +221,9 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         return data
 
     def _load_model(self, checkpoint):
-        state_dict = checkpoint["model"]
-        if is_official_layout(state_dict):
+        if is_official_layout(checkpoint["model"]):
             self.logger.info("Checkpoint is in the official detrex Focus-DETR layout; converting its keys.")
-            checkpoint["model"] = state_dict = convert_official_state_dict(state_dict)
+        checkpoint["model"] = state_dict = to_model_keys(checkpoint["model"])
         if not state_dict:
             raise CheckpointError(f"checkpoint {self._source} holds no weights")
         # the names as the model sees them (fvcore drops a "module." every key has, e.g. a DDP model's); detectron2's

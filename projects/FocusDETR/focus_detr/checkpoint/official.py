@@ -35,6 +35,14 @@ def is_official_layout(state_dict: Dict[str, torch.Tensor]) -> bool:
     return any(marker in key for key in state_dict for marker in _OFFICIAL_MARKERS)
 
 
+def to_model_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``state_dict`` less a ``module.`` prefix that every key has (a DDP model's, as fvcore strips it), and converted
+    from the official detrex layout when it is in that layout (:func:`convert_official_state_dict`)."""
+    if state_dict and all(key.startswith("module.") for key in state_dict):
+        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
+    return convert_official_state_dict(state_dict) if is_official_layout(state_dict) else state_dict
+
+
 def _num_heads(state_dict: Dict[str, torch.Tensor]) -> int:
     indices = set()
     for key in state_dict:

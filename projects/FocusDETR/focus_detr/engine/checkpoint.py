@@ -8,7 +8,8 @@ import re
 
 import torch
 
-from ..checkpoint import CheckpointError, FocusDETRCheckpointer, UnreadableCheckpointError, write_safetensors
+from ..checkpoint import (CheckpointError, FocusDETRCheckpointer, UnreadableCheckpointError, is_official_layout,
+                          write_safetensors)
 from ..checkpoint.safe_load import checked_checkpoint_path
 from ..partial_files import PartialPath, remove_abandoned
 from .interrupt import stop_signals_deferred
@@ -72,6 +73,10 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
             ``other_class_count`` applies to the initial weights of :meth:`resume_or_load`, never to a resume.
         **checkpointables: objects with ``state_dict``/``load_state_dict`` saved alongside (e.g. ``trainer``).
     """
+
+    def __init__(self, model, save_dir="", **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self._resuming = False  # within resume_or_load's loading of the run's own checkpoint
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -137,11 +142,14 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
         self.other_class_count = False
         problems = []
         for candidate in self._resume_candidates():
+            self._resuming = True
             try:
                 extra = self.load(candidate)
             except (FileNotFoundError, UnreadableCheckpointError) as error:
                 problems.append(str(error))
                 continue
+            finally:
+                self._resuming = False
             if problems:
                 logger.warning(f"Resumed from {candidate}, the newest readable checkpoint, instead of: " + "; ".join(problems))
             return extra
@@ -149,6 +157,16 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
             f"cannot resume from {self.save_dir}: no readable checkpoint ({'; '.join(problems)}); "
             "remove the folder's last_checkpoint to start from scratch"
         )
+
+    def _load_model(self, checkpoint):
+        if self._resuming and is_official_layout(checkpoint["model"]):
+            # detrex's optimizer holds its parameters in another order: its Adam moments would land on parameters of
+            # other shapes (torch then fails deep inside, or crashes) or, where the shapes agree, on the wrong ones
+            raise CheckpointError(
+                f"cannot resume from {self._source}: it is a detrex (official Focus-DETR) checkpoint, whose optimizer "
+                "and schedule state do not fit this project's trainer; start a new run from its weights with "
+                f"train.init_checkpoint={self._source} in another train.output_dir (without --resume)")
+        return super()._load_model(checkpoint)
 
     def load(self, path, *args, **kwargs):
         """``FocusDETRCheckpointer.load`` (a missing local file is a one-line error); a URL that cannot be fetched is a

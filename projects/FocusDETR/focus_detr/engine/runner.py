@@ -263,6 +263,19 @@ def _lr_multiplier_of(optimizer):
     return group["lr"] / group["initial_lr"] if group.get("initial_lr") else None
 
 
+def _ema_weights(extra):
+    """The EMA weights a checkpoint holds beside its model (``extra``: what the checkpointer's ``load`` returns): ours
+    (the EMA hook's state) or detrex's (its top-level ``ema_state``, in the official layout); None when it holds
+    none."""
+    if not extra:
+        return None
+    ours = (extra.get("trainer") or {}).get("hooks", {}).get(EMA_HOOK_KEY)
+    if ours is not None:
+        return ours["shadow"]
+    detrex = extra.get("ema_state")
+    return detrex if isinstance(detrex, dict) and detrex else None
+
+
 def load_inference_weights(model, cfg, path):
     """Loads the weights file ``path`` into ``model`` (a DDP wrapper is unwrapped) without running code from it: our
     checkpoints, weights-only files, official detrex weights. When ``cfg.train.model_ema`` is enabled with
@@ -270,16 +283,17 @@ def load_inference_weights(model, cfg, path):
     A file without detector weights (a backbone initialisation) is refused. An empty ``path`` loads nothing.
 
     Returns which weights the model now has: "ema", "trained" or "random" (nothing loaded)."""
-    extra = AtomicDetectionCheckpointer(model, require_detector=True).load(path)
+    checkpointer = AtomicDetectionCheckpointer(model, require_detector=True)
+    extra = checkpointer.load(path)
     ema_enabled, _, ema_for_eval = _ema_settings(cfg)
-    ema_state = (extra.get("trainer") or {}).get("hooks", {}).get(EMA_HOOK_KEY) if extra else None
-    if ema_enabled and ema_for_eval and ema_state is not None:
+    ema_weights = _ema_weights(extra)
+    if ema_enabled and ema_for_eval and ema_weights is not None:
         logger.info("Using the EMA weights stored in the checkpoint")
-        (model.module if hasattr(model, "module") else model).load_state_dict(ema_state["shadow"])
+        checkpointer.load_model_state(ema_weights, source=f"the EMA weights of {path}")
         return "ema"
     if ema_enabled and ema_for_eval and path:  # asked for, absent: say which weights the numbers are of
         logger.warning(f"train.model_ema asks for the EMA weights, but {path} holds none: using its trained weights")
-    elif ema_state is not None and not ema_enabled:  # (enabled with use_for_eval=False asks for the trained ones)
+    elif ema_weights is not None and not ema_enabled:  # (enabled with use_for_eval=False asks for the trained ones)
         logger.warning(f"{path} also holds the EMA weights (their average over its training): using its trained "
                        "weights; train.model_ema.enabled=True uses the average")
     return "trained" if path else "random"

@@ -2,8 +2,9 @@
 
 The official COCO recipes use 16 images per iteration, so one COCO epoch (~118k images) is taken as 7500 iterations:
 12 ep = 90000 iters with the decay after epoch 11 (iter 82500); 24 ep = 180000 with the decay after epoch 20 (150000);
-36 ep = 270000 with the decay after epoch 30 (225000). The official R50 36 ep config imported a schedule
-(``lr_multiplier_24_36ep``) that does not exist; ``lr_multiplier_36ep`` below is the schedule it meant.
+36 ep = 270000 with the decay after epoch 30 (225000), as the official Swin 36 ep configs train. (The official R50
+36 ep config imported a schedule that does not exist; configs/focus_detr_r50_4scale_36ep.py trains as the released
+R50 36 ep weights were trained, see there.)
 For another dataset, call ``default_multistep(epochs, decay_epochs, iters_per_epoch=ceil(num_images / batch))``.
 """
 from detectron2.config import LazyCall as L

@@ -112,6 +112,18 @@ def test_training_with_an_image_without_boxes_gives_finite_losses(parity_fixture
     sum(losses.values()).backward()
 
 
+def test_a_training_step_draws_its_random_numbers_in_the_official_order(parity_fixture, monkeypatch):
+    """The backbone (whose stochastic depth draws, for Swin) runs before the denoising noise is drawn, as in the
+    official forward: a run seeded as an official one draws the same numbers."""
+    model = build_tiny_model().train()
+    calls = []
+    backbone, denoising = model.backbone.forward, model.denoising.forward
+    monkeypatch.setattr(model.backbone, "forward", lambda *a, **k: calls.append("backbone") or backbone(*a, **k))
+    monkeypatch.setattr(model.denoising, "forward", lambda *a, **k: calls.append("denoising") or denoising(*a, **k))
+    model(_fixture_inputs(parity_fixture, with_instances=True))
+    assert calls == ["backbone", "denoising"]
+
+
 def test_a_few_training_steps_reduce_the_loss_on_cpu(parity_fixture):
     torch.manual_seed(0)
     model = build_tiny_model().train()

@@ -205,25 +205,32 @@ class FocusDETR(nn.Module):
         return targets
 
     # ------------------------------------------------------------------------------------------------ forward
-    def run_transformer(
-        self, images: ImageList, denoising: Optional[DenoisingQueries] = None, last_layer_only: bool = False
-    ) -> TransformerOutput:
-        """Backbone -> neck -> token layout (padding masks, position embeddings, ...) -> transformer on a padded
-        batch. Padding masks hold for each image's own size also at test time (unlike the official code). A smaller
-        image of a padded batch still differs from itself alone: the backbone sees the padding, and every encoder
-        layer keeps a share of the batch's largest foreground budget (tests/modeling/test_batched_inference.py).
-        last_layer_only: the decoder's last layer alone reaches the output (inference)."""
+    def image_features(self, images: ImageList) -> List[torch.Tensor]:
+        """Backbone -> neck on a padded batch: one ``(B, C, H_l, W_l)`` map per level."""
         pixels = images.tensor
         if self.backbone_channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
-        features = self.neck(self.backbone(pixels))
+        return self.neck(self.backbone(pixels))
+
+    def run_transformer(
+        self, images: ImageList, denoising: Optional[DenoisingQueries] = None, last_layer_only: bool = False,
+        features: Optional[List[torch.Tensor]] = None,
+    ) -> TransformerOutput:
+        """Backbone -> neck (or the given ``features`` of :meth:`image_features`) -> token layout (padding masks,
+        position embeddings, ...) -> transformer on a padded batch. Padding masks hold for each image's own size also
+        at test time (unlike the official code). A smaller image of a padded batch still differs from itself alone:
+        the backbone sees the padding, and every encoder layer keeps a share of the batch's largest foreground budget
+        (tests/modeling/test_batched_inference.py). last_layer_only: the decoder's last layer alone reaches the
+        output (inference)."""
+        if features is None:
+            features = self.image_features(images)
         layout = token_layout(
             images.image_sizes,
-            pixels.shape[-2:],
+            images.tensor.shape[-2:],
             [f.shape[-2:] for f in features],
             self.position_embedding,
             self.transformer.proposal_base_size,
-            pixels.device,
+            images.tensor.device,
         )
         return self.transformer(features, layout, self.class_embed, self.bbox_embed, denoising, last_layer_only)
 
@@ -257,9 +264,12 @@ class FocusDETR(nn.Module):
         """Losses for a batch; ``denoising`` replaces the randomly generated denoising queries when given."""
         images = self.preprocess_image(batched_inputs)
         targets = self.prepare_targets(batched_inputs)
+        # The backbone before the denoising queries, as in the official code: a seeded run draws its random numbers
+        # (Swin's stochastic depth, then the denoising noise) in the official order.
+        features = self.image_features(images)
         if denoising is None:
             denoising = self.denoising(targets, self.label_enc, self.transformer.num_queries)
-        out = self.run_transformer(images, denoising)
+        out = self.run_transformer(images, denoising, features=features)
         logits, boxes = self.predict(out)
         if denoising is None:
             # Keeps label_enc in the graph when a batch has no boxes, so DDP sees every parameter used.

@@ -52,6 +52,17 @@ def _output_side(item, key, index, default):
 
 
 @META_ARCH_REGISTRY.register()
+def _check_pixel_range(image: torch.Tensor, index: int) -> None:
+    """ValueError when a float image's pixels all lie in (0, 1]: torchvision's ``to_tensor`` scale, which the model
+    would see as a black image (it takes 0..255), detecting next to nothing without a word. Float images only: a
+    uint8 one is never read back (one device read per float image)."""
+    brightest = float(image.max()) if image.numel() else 0.0
+    if 0.0 < brightest <= 1.0:
+        raise ValueError(f"FocusDETR: batched_inputs[{index}]['image'] is a float image whose pixels all lie in 0..1 "
+                         f"(brightest {brightest:g}); the model takes pixels in 0..255: multiply by 255 (torchvision's "
+                         "to_tensor scales to 0..1), or pass the uint8 image")
+
+
 class FocusDETR(nn.Module):
     """Focus-DETR ("Less is More: Focus Attention for Efficient DETR").
 
@@ -176,6 +187,8 @@ class FocusDETR(nn.Module):
                 raise ValueError(f"FocusDETR: batched_inputs[{i}]['image'] has dtype {image.dtype}; pixels are uint8 "
                                  "(or floats in 0..255): scale other images to 0..255 first, as "
                                  "focus_detr.data.read_image does")
+            if image.is_floating_point() and not torch.jit.is_tracing():
+                _check_pixel_range(image, i)
             images.append((image.to(self.device).float() - self.pixel_mean) / self.pixel_std)
         return batch_images(images)
 

@@ -86,7 +86,7 @@ def test_batch_equals_single_calls_also_across_sizes(predictor):
 @pytest.mark.parametrize(
     "image, words",
     [
-        ([[0, 0, 0]], "got list"),
+        ([np.zeros((8, 8, 3), np.uint8)] * 2, "got a list: for several, call predictor.predict_batch(images)"),
         (torch.zeros(8, 8, 3, dtype=torch.uint8), "got Tensor"),
         (np.zeros((8, 8, 3), np.float32), "got dtype float32"),
         (np.zeros((8, 8), np.uint8), "gray image"),
@@ -101,6 +101,16 @@ def test_images_that_are_not_bgr_uint8_hwc_get_one_line(predictor, image, words)
     with pytest.raises(ValueError) as info:
         predictor(image)
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_metadata_is_the_test_sets_for_detectron2_s_visualizer(predictor):
+    from detectron2.utils.visualizer import Visualizer
+
+    assert predictor.metadata.thing_classes == ["tree"] and predictor.metadata.name == "trees_val"
+    image = _image(96, 128, 0)
+    drawn = Visualizer(image[:, :, ::-1], predictor.metadata).draw_instance_predictions(
+        predictor(image)["instances"][:3].to("cpu"))
+    assert drawn.get_image().shape == (96, 128, 3)
 
 
 def test_an_image_cv2_could_not_read_says_so(predictor, tmp_path):

@@ -49,7 +49,7 @@ from focus_detr.engine import FocusDETRPredictor, inference_amp_dtype, load_conf
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import print_skipped, run_reporting_errors
 from focus_detr.engine.evaluation import class_names_of_model
-from focus_detr.engine.predictor import inference_resize, input_format, model_input
+from focus_detr.engine.predictor import inference_resize, input_format, model_input, resize_scale
 from focus_detr.engine.settings import nearest_existing
 from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights
 
@@ -211,9 +211,30 @@ def check_image_output(output, paths, show_tokens, skipped=()):
                                  f"{inputs[os.path.realpath(picture)]}; choose another --output folder")
 
 
-def run_images(predictor, paths, output, threshold, class_names, show_tokens):
+# Shrunk more than this, an image's objects are much smaller to the model than in training (the test resize is the
+# training scale's middle): worth a word, where a photo of a few megapixels shrunk for COCO's 800 px is not.
+_SHRINK_NOTED = 0.5
+
+
+def detection_notes(scale, returned, drawn, threshold):
+    """What a user should know about one image's detections: its test-time resize shrinks it by more than half
+    (``scale``: :func:`~focus_detr.engine.predictor.resize_scale`, None when unknown), or every detection the model
+    returns (``returned``) reaches ``threshold`` (``drawn`` of them), so that there may be more objects than it can
+    return."""
+    notes = []
+    if scale is not None and scale < _SHRINK_NOTED:
+        notes.append(f"the config's test-time resize shrinks it {1 / scale:.1f}x (as it does every test image): "
+                     "small objects may be missed; cut a large image into tiles of the training images' size")
+    if returned and drawn == returned:
+        notes.append(f"all {returned} detections the model returns score >= {threshold}: there may be more objects "
+                     "(model.num_detections caps them; or cut the image into tiles)")
+    return notes
+
+
+def run_images(predictor, paths, output, threshold, class_names, show_tokens, resize):
     """Draws every readable image of ``paths`` into the folder ``output`` (checked by :func:`check_image_output`);
-    returns the paths written."""
+    ``resize`` is the config's test-time resize (:func:`inference_resize`), for the notes. Returns the paths
+    written."""
     os.makedirs(output, exist_ok=True)
     written, drawn = [], 0
     for path, name in zip(paths, picture_names(paths)):
@@ -230,6 +251,9 @@ def run_images(predictor, paths, output, threshold, class_names, show_tokens):
             print_skipped(path, str(error))
             continue
         picture, count = _draw(image, result["instances"], class_names, threshold)
+        for note in detection_notes(resize_scale(resize, *image.shape[:2]), len(result["instances"]), count,
+                                    threshold):
+            print(f"note: {path}: {note}", file=sys.stderr)
         detection_png = os.path.join(output, f"{name}_detections.png")
         try:
             _save_png(detection_png, picture)
@@ -318,7 +342,8 @@ def main(args):
     class_names = _class_names(cfg)
     if args.video_input:
         return [run_video(predictor, args.video_input, args.output, args.confidence_threshold, class_names)]
-    return run_images(predictor, paths, args.output, args.confidence_threshold, class_names, args.show_tokens)
+    return run_images(predictor, paths, args.output, args.confidence_threshold, class_names, args.show_tokens,
+                      inference_resize(cfg))
 
 
 if __name__ == "__main__":

@@ -250,3 +250,39 @@ def test_labels_of_a_test_set_that_names_the_classes_otherwise_are_not_drawn(dem
         "set's classes of the same index (give both jsons the same categories with the same ids: classes are "
         "numbered in the order of their ids)"
     ]
+
+
+def test_a_large_image_shrunk_by_the_test_resize_and_a_full_set_of_detections_are_noted(demo, toy_dataset, tmp_path,
+                                                                                         capsys):
+    # a 960 x 1280 photo drawn by a model tested at 48 px is a thumbnail to it; at threshold 0 every returned
+    # detection is drawn, so the image may hold more objects than the model returns
+    large = tmp_path / "large.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (960, 1280, 3), dtype=np.uint8)).save(large)
+    small = _png(tmp_path / "small.png")
+    from focus_detr.engine.cli import run_reporting_errors
+
+    code = run_reporting_errors(demo.main, demo.parse_args(
+        ["--config-file", TINY_TOY_CONFIG, "--input", str(large), small, "--output", str(tmp_path / "out"),
+         "--confidence-threshold", "0"]
+    ))
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert code == 0 and not shows_traceback(err)
+    shrunk = [note for note in notes if "test-time resize shrinks it" in note]
+    assert shrunk == [f"note: {large}: the config's test-time resize shrinks it 20.0x (as it does every test image): "
+                      "small objects may be missed; cut a large image into tiles of the training images' size"]
+    full = [note for note in notes if "detections the model returns score >= 0.0" in note]
+    assert len(full) == 2 and full[0].startswith(f"note: {large}: all ")
+
+
+def test_resize_scale_follows_a_fixed_shortest_edge_resize_only():
+    from detectron2.data import transforms as T
+
+    from focus_detr.engine.predictor import resize_scale
+
+    fixed = T.AugmentationList([T.ResizeShortestEdge(800, 1333)])
+    assert resize_scale(fixed, 3000, 4000) == pytest.approx(800 / 3000, abs=1e-3)
+    assert resize_scale(fixed, 1000, 8000) == pytest.approx(1333 / 8000, abs=1e-3)  # the long side caps it
+    assert resize_scale(fixed, 400, 600) == pytest.approx(2.0)
+    assert resize_scale(T.AugmentationList([T.ResizeShortestEdge((640, 800), 1333, "choice")]), 600, 800) is None
+    assert resize_scale(T.AugmentationList([T.RandomFlip(), T.ResizeShortestEdge(800, 1333)]), 600, 800) is None

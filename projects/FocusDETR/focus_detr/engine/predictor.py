@@ -14,7 +14,7 @@ import functools
 import logging
 import numbers
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ __all__ = [
     "inference_resize",
     "input_format",
     "model_input",
+    "resize_scale",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,20 @@ def inference_resize(cfg) -> T.AugmentationList:
         raise ConfigError(f"dataloader.test.mapper has no {' or '.join(RESIZE_KEYS)}: the predictor cannot resize "
                           "images as the test loader does")
     return T.AugmentationList([instantiate(a) for a in augmentation])
+
+
+def resize_scale(resize: T.AugmentationList, height: int, width: int) -> Optional[float]:
+    """The factor by which ``resize`` (:func:`inference_resize`) scales an image of ``height`` x ``width`` pixels (0.25:
+    to a quarter of its side), from the sizes alone; None for a resize other than one fixed ResizeShortestEdge."""
+    augmentations = getattr(resize, "augs", [])
+    if len(augmentations) != 1 or not isinstance(augmentations[0], T.ResizeShortestEdge):
+        return None
+    resize_shortest_edge = augmentations[0]
+    if len(set(resize_shortest_edge.short_edge_length)) != 1:  # a range or a choice: random sizes
+        return None
+    new_height, new_width = T.ResizeShortestEdge.get_output_shape(
+        height, width, resize_shortest_edge.short_edge_length[0], resize_shortest_edge.max_size)
+    return max(new_height, new_width) / max(height, width)
 
 
 def input_format(cfg) -> str:

@@ -44,6 +44,7 @@ from tqdm import tqdm
 from focus_detr.analysis.detection_drawing import draw_detections
 from focus_detr.analysis.token_maps import save_foreground_figure, save_token_figure
 from focus_detr.data import expand_globs, image_files, open_image
+from focus_detr.data.image_io import dark_image_warning
 from focus_detr.data.video_io import VIDEO_CODECS, VideoWriter, check_frame_rate, open_video, read_frames
 from focus_detr.engine import FocusDETRPredictor, inference_amp_dtype, load_config, resolve_device
 from focus_detr.engine.arguments import parse_args_with_overrides
@@ -132,6 +133,9 @@ def _read_or_skip(path):
     if image.frames > 1:
         print(f"note: {path} is animated ({image.frames} frames): its first frame is drawn (--video-input draws "
               "every frame)", file=sys.stderr)
+    dark = dark_image_warning(path, image.bits_used)
+    if dark is not None:
+        print(f"note: {dark}", file=sys.stderr)
     return image.pixels
 
 

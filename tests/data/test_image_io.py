@@ -166,3 +166,25 @@ def test_open_image_reports_the_orientation_tag_and_the_frame_count(tmp_path):
     frames[0].save(tmp_path / "two.gif", save_all=True, append_images=frames[1:])
     image = open_image(str(tmp_path / "two.gif"), "RGB")
     assert (image.orientation, image.frames, int(image.pixels.max())) == (1, 2, 0)  # the first frame
+
+
+def test_a_16_bit_image_using_12_bits_is_named_as_read_nearly_black(tmp_path, caplog):
+    from detectron2.data import transforms as T
+
+    from focus_detr.data import DetrDatasetMapper
+    from focus_detr.data.image_io import dark_image_warning
+
+    twelve_bit = RAMP.astype(np.uint16) * 16  # a 12-bit sensor's 0..4080 in a 16-bit PNG
+    paths = [_save(tmp_path, f"raw{i}.png", Image.fromarray(twelve_bit)) for i in range(2)]
+    full = _save(tmp_path, "full.png", Image.fromarray(RAMP.astype(np.uint16) * 257))
+    assert open_image(paths[0]).bits_used == 12 and open_image(full).bits_used == 16
+    assert open_image(_save(tmp_path, "eight.png", Image.fromarray(RAMP))).bits_used is None
+    assert dark_image_warning(paths[0], 12) == (
+        f"image {paths[0]} is a 16-bit image whose brightest pixel is below 4096 (12 bits used): read as 16-bit it "
+        "becomes 0..16 of 255, nearly black; scale its pixels to 16 bits (or save it as 8-bit) first")
+    assert dark_image_warning(full, 16) is None
+    mapper = DetrDatasetMapper([T.ResizeShortestEdge(16, 64)], is_train=False)
+    for path in [full, *paths]:
+        mapper({"file_name": path, "height": 16, "width": 64, "image_id": 0})
+    named = [record.getMessage() for record in caplog.records if "16-bit image whose" in record.getMessage()]
+    assert named == [dark_image_warning(paths[0], 12) + "; other such images are not named"]  # once per mapper

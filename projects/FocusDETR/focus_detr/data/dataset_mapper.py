@@ -12,7 +12,7 @@ import torch
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 
-from .image_io import UnreadableImageError, open_image
+from .image_io import UnreadableImageError, dark_image_warning, open_image
 
 __all__ = ["DetrDatasetMapper", "check_image_size"]
 
@@ -94,6 +94,7 @@ class DetrDatasetMapper:
         self.img_format = img_format
         self.crop_probability = crop_probability
         self._orientation_named = False  # one warning per mapper (and data-loader worker) is enough
+        self._dark_named = False
         logger.info(
             f"DetrDatasetMapper (train={is_train}): augmentation {augmentation}; with crop (p={crop_probability}) "
             f"{augmentation_with_crop}"
@@ -107,7 +108,7 @@ class DetrDatasetMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image, orientation, _ = open_image(dataset_dict["file_name"], self.img_format)
+        image, orientation, _, bits_used = open_image(dataset_dict["file_name"], self.img_format)
         size_given = "height" in dataset_dict and "width" in dataset_dict
         check_image_size(dataset_dict, image)
         if not self._orientation_named:
@@ -115,6 +116,11 @@ class DetrDatasetMapper:
             if warning is not None:
                 logger.warning(warning)
                 self._orientation_named = True
+        if not self._dark_named:
+            warning = dark_image_warning(dataset_dict["file_name"], bits_used)
+            if warning is not None:
+                logger.warning(f"{warning}; other such images are not named")
+                self._dark_named = True
 
         aug_input = T.AugInput(image)
         try:

@@ -13,13 +13,13 @@ annotation made on the stored pixels of a rotated photo, an animated image drawn
 """
 import glob
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 from detectron2.data import detection_utils
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageRead", "UnreadableImageError", "expand_globs", "image_files", "open_image", "read_image",
+__all__ = ["ImageRead", "UnreadableImageError", "dark_image_warning", "expand_globs", "image_files", "open_image", "read_image",
            "to_8bit"]
 
 # PIL modes whose conversion to RGB is right as PIL does it
@@ -79,6 +79,23 @@ class ImageRead(NamedTuple):
     pixels: np.ndarray  # (H, W, C) uint8, upright (EXIF orientation applied), writable
     orientation: int  # the EXIF orientation tag, 1 (as stored) when the file has none
     frames: int  # frames in the file (an animated GIF/PNG/WebP has several; the pixels are the first one's)
+    # of a 16-bit (or 32-bit integer) image, the bits its brightest pixel needs (12 for a 12-bit sensor's data stored in
+    # 16 bits, read nearly black); None for other images
+    bits_used: Optional[int] = None
+
+
+# A 16-bit image whose brightest pixel needs this many bits or fewer becomes 0..16 of 255 when read: nearly black.
+_DARK_BITS = 12
+
+
+def dark_image_warning(file_name, bits_used):
+    """A warning for a 16-bit image whose pixels use at most 12 of its bits (a 12-bit camera's raw data, stored in 16
+    bits): scaled from 0..65535 to 0..255 as every 16-bit image is, it is nearly black; None otherwise."""
+    if bits_used is None or bits_used > _DARK_BITS:
+        return None
+    return (f"image {file_name} is a 16-bit image whose brightest pixel is below {2 ** bits_used} ({bits_used} bits "
+            f"used): read as 16-bit it becomes 0..{round(255 * (2 ** bits_used - 1) / _16_BIT_MAX)} of 255, nearly "
+            "black; scale its pixels to 16 bits (or save it as 8-bit) first")
 
 
 def open_image(file_name, img_format="RGB"):
@@ -89,7 +106,8 @@ def open_image(file_name, img_format="RGB"):
         img_format (str): "RGB", "BGR", "L" or another format ``detection_utils.convert_PIL_to_numpy`` accepts.
 
     Returns:
-        ImageRead: the pixels ``(H, W, C)`` uint8 (C = 3, or 1 for "L"), the orientation tag and the frame count.
+        ImageRead: the pixels ``(H, W, C)`` uint8 (C = 3, or 1 for "L"), the orientation tag, the frame count and,
+        for a 16-bit image, the bits its pixels use.
 
     Raises:
         FileNotFoundError / ValueError, with one line naming the file and the problem.
@@ -109,9 +127,12 @@ def open_image(file_name, img_format="RGB"):
         raise UnreadableImageError(f"cannot read image {file_name}: {type(error).__name__}: {error}") from None
     # writable: detectron2 returns PIL's read-only buffer, and the flips' torch.from_numpy warned about it in every
     # training run ("The given NumPy array is not writable ... undefined behavior")
+    bits_used = None
+    if image.mode.startswith("I;16") or image.mode == "I":
+        bits_used = max(int(np.asarray(image).max()), 0).bit_length()
     pixels = np.require(detection_utils.convert_PIL_to_numpy(to_8bit(image, file_name), img_format),
                         requirements="W")
-    return ImageRead(pixels, orientation if orientation in range(1, 9) else 1, frames)
+    return ImageRead(pixels, orientation if orientation in range(1, 9) else 1, frames, bits_used)
 
 
 def read_image(file_name, img_format="RGB"):

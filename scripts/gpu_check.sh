@@ -61,7 +61,8 @@ if [[ -z "${PYTHON:-}" ]]; then
     [[ $DRY_RUN == 1 && -x "$REPO_ROOT/.venv/bin/python" ]] && PYTHON="$REPO_ROOT/.venv/bin/python"
 fi
 command -v "$PYTHON" >/dev/null || die "python not found: $PYTHON (set PYTHON)"
-CORES="$(nproc)"
+# the machine's cores: nproc alone obeys OMP_NUM_THREADS, which a caller sets for the stages, not for the build
+CORES="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
 export MAX_JOBS="${MAX_JOBS:-$CORES}"
 BUDGET_S="${GPU_CHECK_BUDGET_S:-450}"
 START=$SECONDS

@@ -42,6 +42,8 @@ def test_dry_run_runs_every_cpu_stage_and_plans_the_gpu_ones(dry_run):
     # the build is the fresh one in the scratch copy, not the checkout's
     assert any("backends on cpu" in line and "'cpu'" in line for line in stages["build"]["log_tail"])
     assert not any(str(REPO_ROOT / "projects") in line for line in stages["build"]["log_tail"][-2:])
+    # compiled on every core the machine lends, though the stages' threads were capped by OMP_NUM_THREADS=1
+    assert stages["build"]["note"].endswith(f"MAX_JOBS={len(os.sched_getaffinity(0))}")
     assert report["imports"]["missing"] == [] and "detectron2" in report["imports"]["modules"]
     assert report["parity_r50"]["verdict"] == "PARITY OK" and report["parity_r50"]["checks"] > 0
     assert report["msda"] and report["e2e_fp32"]["train"]["median_ms"] > 0

@@ -105,3 +105,17 @@ def test_graph_token_decisions_are_pytorchs_and_a_check_takes_ties_only(tiny_exp
 
     line, ok = compare_with_pytorch(model, Tampered(), [item])
     assert not ok and "layer0 fine-grained tokens 1 differ" in line and "NOT A TIE" in line, line
+
+
+def test_an_input_pytorch_refuses_is_named_and_not_counted_as_a_difference(tiny_export, parity_fixture, monkeypatch):
+    # e.g. --verify-sizes 4x4 with a model whose GroupNorm then sees one value per group: the graph runs there
+    model = tiny_model(parity_fixture)
+    predictor = OnnxPredictor(str(tiny_export / "model.onnx"), num_threads=1, decisions=True)
+
+    def refuse(items, **kwargs):
+        raise ValueError("the image is too small for this model: a GroupNorm layer gets a single value per group")
+
+    monkeypatch.setattr(model, "forward_inference", refuse)
+    line, ok = compare_with_pytorch(model, predictor, synthetic_inputs(4, 4, seed=1))
+    assert ok and line == ("4x4: not compared, PyTorch refuses this input: the image is too small for this model: a "
+                           "GroupNorm layer gets a single value per group")

@@ -83,8 +83,11 @@ def compare_with_pytorch(model, predictor, items):
         outputs, ours = _run_graph(predictor, items)
     except ValueError as error:  # the graph does not run at this size (a backbone that froze its sizes when traced)
         return f"{label}: {error} MISMATCH", False
-    with torch.no_grad():
-        references = model.forward_inference(items, return_token_selection=True)
+    try:
+        with torch.no_grad():
+            references = model.forward_inference(items, return_token_selection=True)
+    except ValueError as error:  # an input the model refuses (e.g. too small): nothing to compare the graph with
+        return f"{label}: not compared, PyTorch refuses this input: {error}", True
 
     def matched_counts(results):
         return [match_detections(result["instances"], mine, TOP_DETECTIONS) for result, mine in zip(results, ours)]

@@ -67,6 +67,15 @@ def test_a_ddp_prefixed_detector_loads_and_must_fit(tmp_path, trained_state):
         FocusDETRCheckpointer(build_tiny_model()).load(path)
 
 
+def test_a_detector_of_another_backbone_family_names_both(tmp_path, trained_state):
+    # a Swin-T detector's checkpoint given to an R50 config (tensor names are all the difference shows)
+    swin_like = {key.replace("backbone.res", "backbone.layers.").replace("backbone.stem.", "backbone.patch_embed."):
+                 value for key, value in trained_state.items()}
+    with pytest.raises(ValueError, match=r"its backbone is a Swin Transformer and the config builds a ResNet: use the "
+                                         r"config of the checkpoint's model$"):
+        FocusDETRCheckpointer(build_tiny_model()).load(_save(tmp_path, "swin.pth", swin_like))
+
+
 def test_initial_weights_for_another_class_count_load_all_but_the_class_tensors(tmp_path, trained_state, caplog):
     # fine-tuning a detector on another set of classes was refused with no way around it ("9 shape mismatches")
     path = _save(tmp_path, "coco.pth", trained_state)

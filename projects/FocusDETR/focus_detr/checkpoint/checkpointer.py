@@ -19,6 +19,19 @@ _CLASS_DEPENDENT_PREFIXES = ("class_embed.", "label_enc.")
 _KEYS_SHOWN = 3
 
 
+# The first keys of each backbone family's weights (detectron2's ResNet and SwinTransformer), to name a checkpoint
+# of one family loaded into a model of the other.
+_BACKBONE_FAMILIES = (("a ResNet", ("backbone.stem.", "backbone.res")),
+                      ("a Swin Transformer", ("backbone.patch_embed.", "backbone.layers.")))
+
+
+def _backbone_family(keys):
+    for family, prefixes in _BACKBONE_FAMILIES:
+        if any(key.startswith(prefixes) for key in keys):
+            return family
+    return None
+
+
 def _classes(count):
     return f"{count} class" + ("" if count == 1 else "es")
 
@@ -256,6 +269,10 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
                 hint = ("; the config builds the model with other sizes than the checkpoint's (compare its "
                         "num_queries, num_classes, widths and layer counts with the training run's config.yaml)"
                         if incompatible.incorrect_shapes else "")
+                theirs, ours = _backbone_family(names), _backbone_family(model_keys)
+                if theirs and ours and theirs != ours:
+                    hint = (f"; its backbone is {theirs} and the config builds {ours}: use the config of the "
+                            "checkpoint's model")
                 raise CheckpointError(f"checkpoint {self._source} does not fit the model: {mismatch}{hint}")
         wrong_shape = {key for key, _, _ in incompatible.incorrect_shapes}
         if not matched_by_heuristics and not (names & set(model_keys)) - wrong_shape:

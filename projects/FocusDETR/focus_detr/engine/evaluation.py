@@ -103,8 +103,6 @@ def evaluate(cfg, model):
     left_out = readable.left_out_everywhere()
     if results:
         print_csv_format({task: value for task, value in results.items() if task != RESULTS_KEY})
-    if left_out:
-        logger.warning(left_out)
         box_metrics = list(results.get("bbox", {}).values())
         if box_metrics and all(math.isnan(value) for value in box_metrics):  # COCO's -1: no ground truth at all
             logger.warning(f"Every COCO metric is NaN: the test set {_dataset_names_in(cfg.dataloader.test)} has no "
@@ -113,6 +111,8 @@ def evaluate(cfg, model):
         # COCOEvaluator only logs "Annotations are not available for evaluation." and returns nothing
         logger.warning(f"No COCO metric: the test set {_dataset_names_in(cfg.dataloader.test)} has no "
                        "annotations (its json has no \"annotations\" list) to score the detections against")
+    if left_out and comm.is_main_process():
+        logger.warning(left_out)
     return results or {}
 
 

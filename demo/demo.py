@@ -227,7 +227,7 @@ def detection_notes(scale, returned, drawn, threshold):
     return."""
     notes = []
     if scale is not None and scale < _SHRINK_NOTED:
-        notes.append(f"the config's test-time resize shrinks it {1 / scale:.1f}x (as it does every test image): "
+        notes.append(f"the config's test-time resize (evaluation's) shrinks it {1 / scale:.1f}x: "
                      "small objects may be missed; cut a large image into tiles of the training images' size")
     if returned and drawn == returned:
         notes.append(f"all {returned} detections the model returns score >= {threshold}: there may be more objects "

@@ -268,8 +268,8 @@ def test_a_large_image_shrunk_by_the_test_resize_and_a_full_set_of_detections_ar
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if line.startswith("note:")]
     assert code == 0 and not shows_traceback(err)
-    shrunk = [note for note in notes if "test-time resize shrinks it" in note]
-    assert shrunk == [f"note: {large}: the config's test-time resize shrinks it 20.0x (as it does every test image): "
+    shrunk = [note for note in notes if "shrinks it" in note]
+    assert shrunk == [f"note: {large}: the config's test-time resize (evaluation's) shrinks it 20.0x: "
                       "small objects may be missed; cut a large image into tiles of the training images' size"]
     full = [note for note in notes if "detections the model returns score >= 0.0" in note]
     assert len(full) == 2 and full[0].startswith(f"note: {large}: all ")

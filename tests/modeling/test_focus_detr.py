@@ -227,14 +227,24 @@ def test_float_images_in_0_to_255_are_accepted_as_detectron2_allows(tiny_model, 
     assert torch.equal(as_uint8.scores, as_float.scores)
 
 
+def test_focus_detr_is_a_registered_meta_architecture():
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from focus_detr.modeling import FocusDETR
+
+    assert META_ARCH_REGISTRY.get("FocusDETR") is FocusDETR
+
+
 def test_float_images_in_0_to_1_are_refused_in_one_line(tiny_model, parity_fixture):
     item = _fixture_inputs(parity_fixture)[0]
-    with pytest.raises(ValueError, match=r"^FocusDETR: batched_inputs\[0\]\['image'\] is a float image whose pixels all "
-                                         r"lie in 0\.\.1 \(brightest 0\.917647\); the model takes pixels in 0\.\.255: multiply by "
-                                         r"255 \(torchvision's to_tensor scales to 0\.\.1\), or pass the uint8 image$"):
+    with pytest.raises(ValueError, match=(
+            r"^FocusDETR: batched_inputs\[0\]\['image'\] is a float image whose pixels all lie in 0\.\.1 \(brightest "
+            r"0\.917647\); the model takes pixels in 0\.\.255: multiply by 255 \(torchvision's to_tensor scales to "
+            r"0\.\.1\), or pass the uint8 image$")):
         tiny_model([dict(item, image=item["image"].float() / 255)])
-    black = torch.zeros_like(item["image"], dtype=torch.float32)  # the same in either scale
-    assert len(tiny_model([dict(item, image=black)])[0]["instances"]) > 0
+    for dark in (0.0, 1.0):  # black, and a nearly black 0..255 image: whole values, read the same in either scale
+        image = torch.full(item["image"].shape, dark)
+        assert len(tiny_model([dict(item, image=image)])[0]["instances"]) > 0
 
 
 def test_bfloat16_autocast_computes_in_bfloat16_and_returns_float32_detections(tiny_model, parity_fixture):

@@ -2,7 +2,6 @@
 import contextlib
 import logging
 import math
-import numbers
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -20,49 +19,14 @@ from .assembly_checks import check_position_embedding, check_token_widths, level
 from .criterion import FocusDETRCriterion
 from .denoising import ContrastiveDenoising, DenoisingQueries, split_denoising_outputs
 from .detections import batch_images, rescale_detections
+from .input_checks import check_batched_inputs, check_pixel_range, output_side
 from .token_layout import token_layout
 from .transformer import FocusDETRTransformer, TransformerOutput
 
 logger = logging.getLogger(__name__)
 
 
-def _check_batched_inputs(batched_inputs):
-    """ValueError (one line) unless ``batched_inputs`` is detectron2's model input: a non-empty list of dicts (a
-    dict, a tensor or an empty list failed deep inside with an AttributeError or ``max() arg is an empty sequence``;
-    a generator would be used up by the first pass over it)."""
-    expected = "a non-empty list of dicts, each with an 'image' (3, H, W) tensor (detectron2's model input)"
-    if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
-        got = "an empty list" if isinstance(batched_inputs, (list, tuple)) else type(batched_inputs).__name__
-        raise ValueError(f"FocusDETR: batched_inputs must be {expected}, got {got}")
-    for i, item in enumerate(batched_inputs):
-        if not isinstance(item, dict):
-            raise ValueError(f"FocusDETR: batched_inputs[{i}] must be a dict with an 'image', got {type(item).__name__}")
-
-
-def _output_side(item, key, index, default):
-    """The ``height`` / ``width`` to rescale an input's detections to: its own when given (a positive integer; 0 or
-    a negative size silently gave no detection), else ``default``."""
-    value = item.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"FocusDETR: batched_inputs[{index}]['{key}'] must be a positive integer (the original "
-                         f"image's size, which the boxes are rescaled to) or absent, got {value!r}")
-    return int(value)
-
-
 @META_ARCH_REGISTRY.register()
-def _check_pixel_range(image: torch.Tensor, index: int) -> None:
-    """ValueError when a float image's pixels all lie in (0, 1]: torchvision's ``to_tensor`` scale, which the model
-    would see as a black image (it takes 0..255), detecting next to nothing without a word. Float images only: a
-    uint8 one is never read back (one device read per float image)."""
-    brightest = float(image.max()) if image.numel() else 0.0
-    if 0.0 < brightest <= 1.0:
-        raise ValueError(f"FocusDETR: batched_inputs[{index}]['image'] is a float image whose pixels all lie in 0..1 "
-                         f"(brightest {brightest:g}); the model takes pixels in 0..255: multiply by 255 (torchvision's "
-                         "to_tensor scales to 0..1), or pass the uint8 image")
-
-
 class FocusDETR(nn.Module):
     """Focus-DETR ("Less is More: Focus Attention for Efficient DETR").
 
@@ -167,7 +131,7 @@ class FocusDETR(nn.Module):
     # ------------------------------------------------------------------------------------------------- inputs
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise and pad (bottom/right, with 0 after normalisation) -> ImageList ``(B, 3, H, W)``."""
-        _check_batched_inputs(batched_inputs)
+        check_batched_inputs(batched_inputs)
         if self.pixel_mean.dtype != torch.float32:  # .half() / .to(torch.bfloat16): a dtype mismatch deep inside
             raise ValueError(f"FocusDETR runs with float32 weights, got {self.pixel_mean.dtype}: for bfloat16 or "
                              "float16 keep them float32 and autocast (train.inference_amp.enabled=True, "
@@ -187,8 +151,8 @@ class FocusDETR(nn.Module):
                 raise ValueError(f"FocusDETR: batched_inputs[{i}]['image'] has dtype {image.dtype}; pixels are uint8 "
                                  "(or floats in 0..255): scale other images to 0..255 first, as "
                                  "focus_detr.data.read_image does")
-            if image.is_floating_point() and not torch.jit.is_tracing():
-                _check_pixel_range(image, i)
+            if image.is_floating_point() and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+                check_pixel_range(image, i)
             images.append((image.to(self.device).float() - self.pixel_mean) / self.pixel_std)
         return batch_images(images)
 
@@ -329,7 +293,7 @@ class FocusDETR(nn.Module):
         ``token_selection`` (:func:`token_selection_of`), ``image_size``, ``padded_size`` and ``level_strides`` (the
         stride of each level, None when the neck does not say)."""
         output_sizes = [
-            (_output_side(item, "height", i, image_size[0]), _output_side(item, "width", i, image_size[1]))
+            (output_side(item, "height", i, image_size[0]), output_side(item, "width", i, image_size[1]))
             for i, (item, image_size) in enumerate(zip(batched_inputs, images.image_sizes))
         ]
         results = self.instances_of(*detections[:3], images.image_sizes)

@@ -223,13 +223,13 @@ _SHRINK_NOTED = 0.5
 def detection_notes(scale, returned, drawn, threshold):
     """What a user should know about one image's detections: its test-time resize shrinks it by more than half
     (``scale``: :func:`~focus_detr.engine.predictor.resize_scale`, None when unknown), or every detection the model
-    returns (``returned``) reaches ``threshold`` (``drawn`` of them), so that there may be more objects than it can
-    return."""
+    returns (``returned``) reaches a threshold above 0 (``drawn`` of them), so that there may be more objects than it
+    can return."""
     notes = []
     if scale is not None and scale < _SHRINK_NOTED:
         notes.append(f"the config's test-time resize (evaluation's) shrinks it {1 / scale:.1f}x: "
                      "small objects may be missed; cut a large image into tiles of the training images' size")
-    if returned and drawn == returned:
+    if returned and drawn == returned and threshold > 0:  # (at 0 every detection is drawn by request)
         notes.append(f"all {returned} detections the model returns score >= {threshold}: there may be more objects "
                      "(model.num_detections caps them; or cut the image into tiles)")
     return notes

@@ -241,19 +241,24 @@ def export(model, cfg, args, init_checkpoint, weights):
 
 def verify(model, path, args):
     """Compares the graph with PyTorch at the sample size and each --verify-sizes, and a batched graph also on a
-    padded batch (``check_batch_sizes``); returns the checks that differ."""
+    padded batch (``check_batch_sizes``); returns the checks that differ (one PyTorch refuses is named, not counted)."""
     predictor = OnnxPredictor(path, num_threads=args.threads, spin_wait=False, decisions=True)
     sizes = [tuple(args.sample_size)] + list(args.verify_sizes)
     checks = [[synthetic_inputs(height, width, seed=1)[0]] for height, width in sizes]
     if predictor.batched:
         checks.append([synthetic_inputs(height, width, seed=2 + i)[0]
                        for i, (height, width) in enumerate(check_batch_sizes(args.sample_size))])
-    failures = []
+    failures, not_compared = [], []
     for items in checks:
         line, ok = compare_with_pytorch(model, predictor, items)
         print(line)
-        if not ok:
+        if ok is None:
+            not_compared.append(inputs_label(items))
+        elif not ok:
             failures.append(inputs_label(items))
+    if not_compared:
+        print(f"warning: the graph was not compared with PyTorch at {', '.join(not_compared)}: PyTorch refuses those "
+              "inputs (see above)", file=sys.stderr)
     return failures
 
 
@@ -277,7 +282,7 @@ def report_benchmark(model, path, sample, args):
     report = {"threads": args.threads, "msda_form": args.msda_form, "rows": rows}
     if predictors["onnxruntime"].batched:
         report["batches"] = time_batches(model, predictors["onnxruntime"], args.benchmark, args.batch_size or 4,
-                                              args.warmup, args.repeats)
+                                         args.warmup, args.repeats)
         for row in report["batches"]:
             print(f"{row['size']}, {row['batch_size']} images one by one and as a batch, ms per image (median of "
                   f"{args.repeats}, interleaved): " + "; ".join(

@@ -149,8 +149,8 @@ def parse_args(argv=None):
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--weights", help="checkpoint to load (default: perturbed initialisation)")
-    parser.add_argument("--sizes", nargs="+", type=functools.partial(image_size, minimum=32), default=[(200, 276), (270, 196)],
-                        help="input image sizes, HxW")
+    parser.add_argument("--sizes", nargs="+", type=functools.partial(image_size, minimum=32), metavar="HxW",
+                        default=[(200, 276), (270, 196)], help="input image sizes, at least 32x32")
     parser.add_argument("--seed", type=int, default=0)
     add_overrides_argument(parser)
     return parse_args_with_overrides(parser, argv)

@@ -250,12 +250,14 @@ def test_a_test_image_refused_in_an_evaluation_during_training_saves_that_iterat
 
     out = tmp_path / "out"
     capsys.readouterr()
-    assert _train(train_net, out, *run, "dataloader.test.dataset.names=focus_detr_toy_test_with_a_wrong_image_size") == 2
+    names = "dataloader.test.dataset.names=focus_detr_toy_test_with_a_wrong_image_size"
+    assert _train(train_net, out, *run, names) == 2
     err = capsys.readouterr().err
     assert not shows_traceback(err), err[-3000:]
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: image ") and (
-        f"fix the dataset's width/height of this image (in the evaluation after iteration 6); training stopped after iteration 6, checkpoint "
+        "fix the dataset's width/height of this image (in the evaluation after iteration 6); training stopped after "
+        "iteration 6, checkpoint "
         f"{out / 'model_0000006.pth'} (a resume continues at iteration 7): fix or remove what it names, then resume "
         "with: "
     ) in line, line
@@ -283,7 +285,8 @@ def test_a_test_image_refused_in_the_final_evaluation_says_training_is_saved_and
     line = err.strip().splitlines()[-1]
     final = out / "model_final.pth"
     assert line.startswith("error: image ") and (
-        f"fix the dataset's width/height of this image (in the evaluation at the end of training); training is complete and saved in {final}: "
+        "fix the dataset's width/height of this image (in the evaluation at the end of training); training is "
+        f"complete and saved in {final}: "
     ) in line and ", then evaluate with: " in line, line
     command = shlex.split(line.split("evaluate with: ")[1])
     assert command[-2:] == ["--eval-only", f"train.init_checkpoint={final}"] and "--resume" not in command

@@ -8,8 +8,8 @@ import torch
 from cli_output import logged_warnings, shows_traceback
 from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
 from focus_detr.data import UnreadableImageError
-from focus_detr.engine import evaluation
-from focus_detr.engine.evaluation import ReadableBatches
+from focus_detr.engine import evaluation, readable_batches
+from focus_detr.engine.readable_batches import ReadableBatches
 
 
 class _Images(torch.utils.data.Dataset):
@@ -38,7 +38,7 @@ def _loader(dataset, num_workers, batch_size=1):
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_unreadable_images_are_left_out_and_named_in_this_process_and_in_a_worker(num_workers):
     readable = ReadableBatches(_loader(_Images(6, unreadable=(1, 4)), num_workers))
-    with logged_warnings(evaluation.logger.name) as warnings:
+    with logged_warnings(readable_batches.logger.name) as warnings:
         ids = [item["image_id"] for batch in readable for item in batch]
     assert ids == [0, 2, 3, 5] and len(readable) == 6
     assert warnings == [f"left out of the evaluation: cannot read image im{i}.png: image file is truncated"
@@ -66,6 +66,37 @@ def test_all_read_says_nothing_and_other_errors_stop_the_evaluation():
         nothing.left_out_everywhere()
 
 
+class _Stream(torch.utils.data.IterableDataset):
+    """An iterable dataset whose third image is unreadable: the error ends its generator."""
+
+    def __iter__(self):
+        for index in range(5):
+            if index == 2:
+                raise UnreadableImageError(f"cannot read image im{index}.png: image file is truncated")
+            yield {"image_id": index}
+
+
+def test_an_unreadable_image_of_an_iterable_dataset_stops_the_evaluation():
+    # going on would end the iteration there: the images after it dropped without a word
+    with pytest.raises(UnreadableImageError, match="im2.png"):
+        list(ReadableBatches(_loader(_Stream(), num_workers=0)))
+
+
+def test_a_loader_without_a_dataset_counts_batches_left_out():
+    class Batches:
+        def __len__(self):
+            return 3
+
+        def __iter__(self):
+            yield [{"image_id": 0}, {"image_id": 1}]
+            raise UnreadableImageError("cannot read image im2.png: image file is truncated")
+
+    readable = ReadableBatches(Batches())
+    assert len(list(readable)) == 1
+    assert readable.left_out_everywhere().startswith(
+        "The metrics are over the 2 test images read: 1 batch(es) held an image that could not be read")
+
+
 def test_the_processes_counts_are_summed(monkeypatch):
     gathered = []
 
@@ -73,8 +104,8 @@ def test_the_processes_counts_are_summed(monkeypatch):
         gathered.append(counts)
         return [counts, (3, 0)]  # the other process read its 3 images
 
-    monkeypatch.setattr(evaluation.comm, "get_world_size", lambda: 2)
-    monkeypatch.setattr(evaluation.comm, "all_gather", all_gather)
+    monkeypatch.setattr(readable_batches.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(readable_batches.comm, "all_gather", all_gather)
     # each process's loader holds the whole test set and reads its share (here the first 4 of 7)
     share = torch.utils.data.DataLoader(_Images(7, unreadable=(0,)), sampler=range(4), collate_fn=lambda b: b)
     readable = ReadableBatches(share)
@@ -89,13 +120,14 @@ def test_eval_only_with_a_corrupt_test_image_scores_the_others_and_says_so(train
 
     register_toy_dataset("focus_detr_toy_corrupt_test", str(tmp_path / "data"), bad_image=True)  # 8, the last bad
     out = tmp_path / "out"
-    with logged_warnings(evaluation.logger.name) as warnings:
+    with logged_warnings(readable_batches.logger.name) as left_out, logged_warnings(evaluation.logger.name) as summary:
         code = train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", "dataloader.test.dataset.names="
                               "focus_detr_toy_corrupt_test", f"train.output_dir={out}"])
     err = capsys.readouterr().err
     assert code == 0, err[-3000:]
     assert not shows_traceback(err)
     corrupt = tmp_path / "data" / "images" / "toy_007.png"
-    assert warnings[0].startswith(f"left out of the evaluation: cannot read image {corrupt}: UnidentifiedImageError")
-    assert warnings[-1].startswith("The metrics are over 7 of the 8 test images: 1 could not be read")
+    assert left_out == [f"left out of the evaluation: cannot read image {corrupt}: UnidentifiedImageError: cannot "
+                        f"identify image file '{corrupt}'"]
+    assert summary[-1].startswith("The metrics are over 7 of the 8 test images: 1 could not be read")
     assert "AP" in json.loads((out / "eval_results.json").read_text())["bbox"]

@@ -42,11 +42,10 @@ dataloader.test.dataset.names = "focus_detr_toy"
 dataloader.test.mapper.augmentation = [L(T.ResizeShortestEdge)(short_edge_length=48, max_size=96)]
 dataloader.test.num_workers = 0
 # "RANK:CALL": in every evaluation, the test mapper of process RANK refuses its CALL-th image (a size that is not its
-# dataset record's), or finds it unreadable (a corrupt file: left out of the evaluation)
-for _variable, _how in (("FOCUS_DETR_TOY_TEST_REFUSED", "refused"), ("FOCUS_DETR_TOY_TEST_UNREADABLE", "unreadable")):
-    if os.environ.get(_variable):
-        _rank, _call = (int(value) for value in os.environ[_variable].split(":"))
-        dataloader.test.mapper = L(FailingOnCall)(mapper=dataloader.test.mapper, rank=_rank, call=_call, how=_how)
+# dataset record's)
+if os.environ.get("FOCUS_DETR_TOY_TEST_REFUSED"):
+    _rank, _call = (int(value) for value in os.environ["FOCUS_DETR_TOY_TEST_REFUSED"].split(":"))
+    dataloader.test.mapper = L(FailingOnCall)(mapper=dataloader.test.mapper, rank=_rank, call=_call, how="refused")
 
 optimizer.lr = 1e-3
 lr_multiplier = default_multistep(epochs=10, decay_epochs=8, iters_per_epoch=1)

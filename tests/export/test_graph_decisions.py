@@ -117,5 +117,5 @@ def test_an_input_pytorch_refuses_is_named_and_not_counted_as_a_difference(tiny_
 
     monkeypatch.setattr(model, "forward_inference", refuse)
     line, ok = compare_with_pytorch(model, predictor, synthetic_inputs(4, 4, seed=1))
-    assert ok and line == ("4x4: not compared, PyTorch refuses this input: the image is too small for this model: a "
-                           "GroupNorm layer gets a single value per group")
+    assert ok is None and line == ("4x4: not compared, PyTorch refuses this input: the image is too small for this "
+                                   "model: a GroupNorm layer gets a single value per group")

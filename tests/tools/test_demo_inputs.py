@@ -254,8 +254,8 @@ def test_labels_of_a_test_set_that_names_the_classes_otherwise_are_not_drawn(dem
 
 def test_a_large_image_shrunk_by_the_test_resize_and_a_full_set_of_detections_are_noted(demo, toy_dataset, tmp_path,
                                                                                          capsys):
-    # a 960 x 1280 photo drawn by a model tested at 48 px is a thumbnail to it; at threshold 0 every returned
-    # detection is drawn, so the image may hold more objects than the model returns
+    # a 960 x 1280 photo drawn by a model tested at 48 px is a thumbnail to it; at a threshold this low every returned
+    # detection is drawn, so the image may hold more objects than the model returns (at 0, drawing all is asked for)
     large = tmp_path / "large.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (960, 1280, 3), dtype=np.uint8)).save(large)
     small = _png(tmp_path / "small.png")
@@ -263,7 +263,7 @@ def test_a_large_image_shrunk_by_the_test_resize_and_a_full_set_of_detections_ar
 
     code = run_reporting_errors(demo.main, demo.parse_args(
         ["--config-file", TINY_TOY_CONFIG, "--input", str(large), small, "--output", str(tmp_path / "out"),
-         "--confidence-threshold", "0"]
+         "--confidence-threshold", "1e-9"]
     ))
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if line.startswith("note:")]
@@ -271,7 +271,7 @@ def test_a_large_image_shrunk_by_the_test_resize_and_a_full_set_of_detections_ar
     shrunk = [note for note in notes if "shrinks it" in note]
     assert shrunk == [f"note: {large}: the config's test-time resize (evaluation's) shrinks it 20.0x: "
                       "small objects may be missed; cut a large image into tiles of the training images' size"]
-    full = [note for note in notes if "detections the model returns score >= 0.0" in note]
+    full = [note for note in notes if "detections the model returns score >= 1e-09" in note]
     assert len(full) == 2 and full[0].startswith(f"note: {large}: all ")
 
 

@@ -12,7 +12,7 @@ import torch
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 
-from .image_io import UnreadableImageError, dark_image_warning, open_image
+from .image_io import dark_image_warning, open_image
 
 __all__ = ["DetrDatasetMapper", "check_image_size"]
 
@@ -127,7 +127,7 @@ class DetrDatasetMapper:
             transforms = _augment(self._choose_pipeline(), aug_input)
         except ValueError as error:  # PIL's "height and width must be > 0": a resize made a side 0 pixels
             height, width = image.shape[:2]
-            raise UnreadableImageError(
+            raise ValueError(
                 f"image {dataset_dict['file_name']} ({height}x{width} pixels) cannot be resized by the mapper's "
                 f"augmentation: {error} (a side resized to 0 pixels: the image is too elongated, or a size of the "
                 "mapper's augmentation is 0); remove it from the dataset, or fix the size") from None

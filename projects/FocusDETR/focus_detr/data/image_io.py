@@ -19,8 +19,8 @@ import numpy as np
 from detectron2.data import detection_utils
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageRead", "UnreadableImageError", "dark_image_warning", "expand_globs", "image_files", "open_image", "read_image",
-           "to_8bit"]
+__all__ = ["ImageRead", "UnreadableImageError", "dark_image_warning", "expand_globs", "image_files", "open_image",
+           "read_image", "to_8bit"]
 
 # PIL modes whose conversion to RGB is right as PIL does it
 _CONVERTIBLE_MODES = {"1", "L", "P", "PA", "LA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"}
@@ -28,9 +28,10 @@ _16_BIT_MAX = 65535
 
 
 class UnreadableImageError(ValueError):
-    """An image file whose content cannot be used (corrupt, truncated, not an image, pixel values out of range, a
-    side resized to 0 pixels): the one-line message names the file. The evaluation leaves such an image out, where
-    any other error of its data stops it."""
+    """An image file whose content cannot be used (corrupt, truncated, not an image, pixel values out of range): the
+    one-line message names the file. The evaluation leaves such an image out, where any other error of its data (a
+    size that is not its record's, a resize to 0 pixels, which a config's size may cause for every image) stops
+    it."""
 
 
 def _scaled_16_bit(pixels, file_name, mode):
@@ -91,7 +92,7 @@ _DARK_BITS = 12
 def dark_image_warning(file_name, bits_used):
     """A warning for a 16-bit image whose pixels use at most 12 of its bits (a 12-bit camera's raw data, stored in 16
     bits): scaled from 0..65535 to 0..255 as every 16-bit image is, it is nearly black; None otherwise."""
-    if bits_used is None or bits_used > _DARK_BITS:
+    if not bits_used or bits_used > _DARK_BITS:  # (0: an all-black image, black in any bit depth)
         return None
     return (f"image {file_name} is a 16-bit image whose brightest pixel is below {2 ** bits_used} ({bits_used} bits "
             f"used): read as 16-bit it becomes 0..{round(255 * (2 ** bits_used - 1) / _16_BIT_MAX)} of 255, nearly "

@@ -32,7 +32,8 @@ def image_size(text, minimum=1):
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"image size must be HxW, height x width (e.g. 480x640), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"image size must be HxW, height x width (e.g. 480x640), got {text!r}") from None
     if height < minimum or width < minimum:
         least = "positive" if minimum == 1 else f"at least {minimum}x{minimum}"
         raise argparse.ArgumentTypeError(f"image size must be {least}, got {text!r}")

@@ -19,21 +19,22 @@ from ..analysis.selection_quality_evaluator import (
     TokenSelectionOutputs,
     supports_token_selection,
 )
-from ..data import (UnreadableImageError, check_dataset_jsons, check_evaluable, check_image_files, check_num_classes,
-                    dataset_classes, declared_classes)
+from ..data import (check_dataset_jsons, check_evaluable, check_image_files, check_num_classes, dataset_classes,
+                    declared_classes)
 from .agreement import ProcessFailed, failure_report, raise_agreed_failure
 from .checkpoint import atomic_write
-from .cli import is_out_of_memory, one_line, raised_as
+from .cli import is_out_of_memory
 from .config import ConfigError, _dataset_names_in
 from .cuda_graphs import CUDAGraphInference, graphs_available, graphs_supported, inference_cuda_graphs
 from .precision import amp_autocast, inference_amp_dtype
+from .readable_batches import ReadableBatches
 from .settings import FORMAT_KEYS, mapper_entry
 
-__all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "ReadableBatches", "category_ids_of_test_set",
+__all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "category_ids_of_test_set",
            "check_evaluation_datasets", "check_model_classes", "check_same_classes", "check_same_input_format",
            "check_test_set", "check_trained_classes", "class_names_of_loader", "class_names_of_model",
-           "class_names_of_test_set", "evaluate", "read_eval_results", "selection_quality_enabled",
-           "write_eval_results"]
+           "class_names_of_test_set", "evaluate", "metadata_of_test_set", "read_eval_results",
+           "selection_quality_enabled", "write_eval_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,57 +115,6 @@ def evaluate(cfg, model):
     if left_out and comm.is_main_process():
         logger.warning(left_out)
     return results or {}
-
-
-class ReadableBatches:
-    """Iterates a test loader (detectron2's ``inference_on_dataset`` takes it as the loader), leaving out each batch
-    that holds an image the mapper cannot read (:class:`~focus_detr.data.UnreadableImageError`, in this process or a
-    data-loading worker), with a warning naming it: an evaluation of thousands of images is not lost to one corrupt
-    file. Any other error stops the iteration."""
-
-    def __init__(self, loader):
-        self.loader = loader
-        self.images = 0  # images yielded
-        self.unreadable = 0
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        self.images = self.unreadable = 0
-        batches = iter(self.loader)
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except Exception as error:
-                if not raised_as(error, UnreadableImageError):
-                    raise
-                self.unreadable += 1
-                logger.warning(f"left out of the evaluation: {one_line(error)}")
-                continue
-            self.images += len(batch)
-            yield batch
-
-    def left_out_everywhere(self):
-        """None when every process read all its images; else one line (on the main process; the same on every
-        process) saying how many of the test set's images the metrics are without. A ValueError when no image at all
-        could be read. A collective with several processes: every process calls it."""
-        counts = [(self.images, self.unreadable)]
-        if comm.get_world_size() > 1:
-            counts = comm.all_gather(counts[0])
-        images, unreadable = (sum(column) for column in zip(*counts))
-        if not unreadable:
-            return None
-        if not images:
-            raise ValueError(f"no test image could be read ({unreadable} unreadable, each named in a warning above)")
-        total = len(getattr(self.loader, "dataset", ())) or images + unreadable
-        batch_size = getattr(self.loader, "batch_size", 1) or 1
-        shared = f" or shared a batch of {batch_size} with one" if batch_size > 1 else ""
-        return (f"The metrics are over {images} of the {total} test images: {total - images} could not be read"
-                f"{shared} (each unreadable one is named in a warning above); the objects of those left out count as "
-                "missed")
 
 
 class _AgreeingEvaluator(DatasetEvaluator):
@@ -375,12 +325,19 @@ def class_names_of_model(cfg):
     return class_names_of_test_set(cfg)
 
 
+def metadata_of_test_set(cfg):
+    """detectron2's ``Metadata`` of the config's test set (the first, where it names several), or None without one.
+    A COCO json's ``thing_classes`` are in it once :func:`class_names_of_test_set` has run."""
+    names = _dataset_names_in((cfg.get("dataloader", None) or {}).get("test", None) or {})
+    return MetadataCatalog.get(names[0]) if names else None
+
+
 def category_ids_of_test_set(cfg):
     """The dataset category id of each class index of the config's test set, e.g. ``[3, 7, 42]`` (detectron2's COCO
     loader numbers the categories in the order of their ids); None when its metadata maps none. Call it after
     :func:`class_names_of_test_set`, which loads the dataset when its metadata is not there yet."""
-    names = _dataset_names_in((cfg.get("dataloader", None) or {}).get("test", None) or {})
-    to_index = MetadataCatalog.get(names[0]).get("thing_dataset_id_to_contiguous_id", None) if names else None
+    metadata = metadata_of_test_set(cfg)
+    to_index = metadata.get("thing_dataset_id_to_contiguous_id", None) if metadata is not None else None
     if not isinstance(to_index, dict) or sorted(to_index.values()) != list(range(len(to_index))):
         return None
     return [int(category_id) for category_id in sorted(to_index, key=to_index.get)]

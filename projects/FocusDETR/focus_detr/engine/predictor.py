@@ -19,15 +19,14 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from detectron2.config import instantiate
-from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from omegaconf import DictConfig
 
-from .config import ConfigError, _dataset_names_in, apply_overrides
+from .config import ConfigError, apply_overrides
 from .config_files import load_config
 from .cuda_graphs import CUDAGraphInference, graphs_available, inference_cuda_graphs
-from .evaluation import class_names_of_model
+from .evaluation import class_names_of_model, metadata_of_test_set
 from .precision import amp_autocast, amp_dtype_of
 from .runner import build_model, load_inference_weights
 from .settings import FORMAT_KEYS, RESIZE_KEYS, mapper_entry, require_sections, resolve_device
@@ -229,9 +228,8 @@ class FocusDETRPredictor:
         after checking that the training set names the classes alike (a ValueError, one line, when it does not). An
         empty ``Metadata`` for a config without a test set."""
         class_names_of_model(self.cfg)  # the test set's classes loaded, and checked against the training set's
-        test = (self.cfg.get("dataloader", None) or {}).get("test", None)
-        names = _dataset_names_in(test) if test is not None else []
-        return MetadataCatalog.get(names[0]) if names else Metadata(name="")
+        metadata = metadata_of_test_set(self.cfg)
+        return metadata if metadata is not None else Metadata(name="")
 
     def predict_batch(self, images: Sequence[np.ndarray], batch_size: int = 4) -> List[Dict]:
         """``predictor(image)`` for each of ``images`` (BGR uint8 ``(H, W, 3)`` arrays, all checked before the first

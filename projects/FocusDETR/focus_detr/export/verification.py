@@ -77,7 +77,8 @@ def compare_with_pytorch(model, predictor, items):
     """PyTorch vs onnxruntime (``predictor`` with ``decisions``) on input dicts: one, or a batch for a batched graph.
     Returns a line for the log and whether they agree: the top detections of every image matched and the same token
     counts; or, when some detections differ, the graph's ranking decisions (token sets and query ranking) are
-    PyTorch's up to ties and PyTorch run with them gives the graph's detections."""
+    PyTorch's up to ties and PyTorch run with them gives the graph's detections. None instead of a verdict where
+    PyTorch refuses the input (e.g. too small for the model): nothing to compare the graph with."""
     label = inputs_label(items)
     try:
         outputs, ours = _run_graph(predictor, items)
@@ -87,7 +88,7 @@ def compare_with_pytorch(model, predictor, items):
         with torch.no_grad():
             references = model.forward_inference(items, return_token_selection=True)
     except ValueError as error:  # an input the model refuses (e.g. too small): nothing to compare the graph with
-        return f"{label}: not compared, PyTorch refuses this input: {error}", True
+        return f"{label}: not compared, PyTorch refuses this input: {error}", None
 
     def matched_counts(results):
         return [match_detections(result["instances"], mine, TOP_DETECTIONS) for result, mine in zip(results, ours)]

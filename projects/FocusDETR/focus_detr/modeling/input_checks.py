@@ -17,7 +17,8 @@ def check_batched_inputs(batched_inputs):
         raise ValueError(f"FocusDETR: batched_inputs must be {expected}, got {got}")
     for i, item in enumerate(batched_inputs):
         if not isinstance(item, dict):
-            raise ValueError(f"FocusDETR: batched_inputs[{i}] must be a dict with an 'image', got {type(item).__name__}")
+            raise ValueError(
+                f"FocusDETR: batched_inputs[{i}] must be a dict with an 'image', got {type(item).__name__}")
 
 
 def output_side(item, key, index, default):

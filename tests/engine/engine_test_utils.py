@@ -51,14 +51,17 @@ class TrainNetProcess:
     """``python train_net.py ARGV`` in its own process group (as a terminal runs a command), stdout and stderr in
     files under ``folder``; :meth:`wait_for` polls stdout for a pattern."""
 
-    def __init__(self, argv, folder, data_root):
+    def __init__(self, argv, folder, data_root, tmpdir=None):
         import subprocess
 
         self.command = [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), *argv]
         self.stdout_path, self.stderr_path = os.path.join(folder, "stdout.txt"), os.path.join(folder, "stderr.txt")
+        env = toy_subprocess_env(data_root)
+        if tmpdir is not None:  # the process's (and its data-loading workers') temporary files go there
+            env["TMPDIR"] = str(tmpdir)
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen(self.command, stdout=out, stderr=err, cwd=REPO_ROOT,
-                                            env=toy_subprocess_env(data_root), start_new_session=True)
+            self.process = subprocess.Popen(self.command, stdout=out, stderr=err, cwd=REPO_ROOT, env=env,
+                                            start_new_session=True)
 
     @property
     def pid(self):

@@ -65,10 +65,14 @@ def test_a_signal_stops_after_an_iteration_and_the_printed_command_resumes_bit_e
     # one data-loader worker: it gets the signal too (the whole process group, as from a terminal or a scheduler)
     argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN, "dataloader.train.num_workers=1",
             "model.step_seconds=0.3"]
-    run = TrainNetProcess(argv, str(tmp_path), tmp_path / "data")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    run = TrainNetProcess(argv, str(tmp_path), tmp_path / "data", tmpdir=temporary)
     run.wait_for(r"iter: 1 ")
     run.signal_group(number)
     assert run.wait(timeout=120) == status
+    # the worker stopped with its iterator, cleaning up after itself (terminated at exit, it left a pymp-* folder)
+    assert not list(temporary.glob("pymp-*"))
     stderr = run.stderr()
     assert not shows_traceback(stderr + run.stdout()) and "KeyboardInterrupt" not in stderr
     assert len(_stop_lines(stderr)) == 1 and stderr.strip().splitlines()[-1] == _stop_lines(stderr)[0]

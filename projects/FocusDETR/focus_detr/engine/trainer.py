@@ -195,6 +195,13 @@ class DetrTrainer(SimpleTrainer):
             f"{', '.join(remedies[:-1])} or {remedies[-1]}"
         )
 
+    def after_train(self):
+        super().after_train()
+        # The data-loading workers stop now, as torch stops them when their iterator goes. Left to the interpreter's
+        # exit, they are terminated instead, which skips their clean-up: a pymp-* folder each stayed in $TMPDIR.
+        # (The loader's position, which a save after a failure records, is the loader's own, not the iterator's.)
+        self._data_loader_iter_obj = None
+
     def rewind_to_step_start(self):
         """Puts the RNG state and the data loader's position back to where the current iteration began: what a
         checkpoint after the previous iteration holds, so that a save now lets a resume repeat this iteration."""

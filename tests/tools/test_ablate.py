@@ -118,7 +118,7 @@ def test_latency_is_timed_in_the_precision_the_runs_are_evaluated_in(ablate, toy
 
 def test_a_study_runs_and_a_second_invocation_skips_finished_runs(tmp_path):
     arguments = ["--config-file", TREES_CONFIG, "--output", str(tmp_path), "--variants", "no_top_down", "--seeds", "1", "--flop-images", "1", "--latency-rounds", "5", "--threads", "1",
-                 "train.max_iter=1", "dataloader.train.total_batch_size=1"]
+                 "train.max_iter=3", "train.checkpointer.period=1", "dataloader.train.total_batch_size=1"]
     first = _run(*arguments)  # ~20 s on 2 cores: one training iteration, one evaluation, the measurements
     assert first.returncode == 0, first.stderr[-2000:]
     with open(tmp_path / "ablation.csv") as f:
@@ -131,6 +131,8 @@ def test_a_study_runs_and_a_second_invocation_skips_finished_runs(tmp_path):
     # and was timed as training
     assert (tmp_path / "no_top_down" / "seed1" / "ablation_output.txt").read_text().count("Start inference on") == 1
     weights = tmp_path / "no_top_down" / "seed1" / "model_final.pth"
+    # the last numbered checkpoint is all a resume needs
+    assert [p.name for p in weights.parent.glob("model_0*.pth")] == ["model_0000001.pth"]
     modified = weights.stat().st_mtime_ns
     second = _run(*arguments)
     assert second.returncode == 0, second.stderr[-2000:]

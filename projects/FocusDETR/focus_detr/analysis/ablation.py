@@ -162,11 +162,12 @@ def training_overrides(run: AblationRun, settings: Dict) -> List[str]:
 
 
 def training_command_overrides(run: AblationRun, settings: Dict) -> List[str]:
-    """The overrides of ``run``'s training command: :func:`training_overrides`, then no evaluator. The run is scored
-    by its own ``--eval-only`` command, so the training's final evaluation was a second pass over the test set, timed
-    as training (more for the dense variant). Not among the settings compared across invocations: it changes what
-    the command does after training, not the trained run."""
-    return [*training_overrides(run, settings), "dataloader.evaluator=null"]
+    """The overrides of ``run``'s training command: :func:`training_overrides`, then no evaluator and one numbered
+    checkpoint kept. The run is scored by its own ``--eval-only`` command, so the training's final evaluation was a
+    second pass over the test set, timed as training (more for the dense variant); a resume needs the last checkpoint
+    only, where the configs keep 100 (a tree run's 4 intermediate checkpoints took 245 MB per run). Not among the
+    settings compared across invocations: they change what the command does besides training, not the trained run."""
+    return [*training_overrides(run, settings), "dataloader.evaluator=null", "train.checkpointer.max_to_keep=1"]
 
 
 # a run folder holding any of these has results a later invocation reuses (skips, evaluates or resumes)

@@ -13,7 +13,6 @@ Examples:
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
-import json
 import logging
 import sys
 
@@ -22,7 +21,7 @@ import numpy as np
 from focus_detr.analysis.flops import count_flops
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
 from focus_detr.analysis.keep_ratios import dense_keep_ratios, foreground_selector_of, keep_ratios_applied
-from focus_detr.engine import build_model, check_datasets_registered, load_config
+from focus_detr.engine import build_model, check_datasets_registered, load_config, write_json
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.settings import check_output_file
@@ -157,8 +156,7 @@ def main(args):
             flat = {k: flop[k] for k in ("total_gflops", "per_module", "unsupported_ops") if k in flop}
             if "dense_total_gflops" in flop:
                 flat["dense_total_gflops"] = flop["dense_total_gflops"]
-        with open(args.json, "w") as f:
-            json.dump({**flat, **results}, f, indent=2)
+        write_json(args.json, {**flat, **results})
         print(f"wrote {args.json}")
     return results
 

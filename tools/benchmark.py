@@ -49,7 +49,6 @@ Examples:
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import itertools
-import json
 import os
 import platform
 import statistics
@@ -80,6 +79,7 @@ from focus_detr.engine import (
     resolve_amp_dtype,
     resolve_device,
     training_amp_dtype,
+    write_json,
 )
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cuda_graphs import CUDAGraphInference, graphs_available
@@ -381,8 +381,7 @@ def main(args):
     if torch.device(device).type == "cpu":
         print("peak MiB on CPU = peak resident set size of the whole process during that task")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results)
         print(f"wrote {args.json}")
     return results
 

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from focus_detr.engine import resolve_device
+from focus_detr.engine import atomic_write, resolve_device
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.layers.ms_deform_attn_backends import available_backends
 from focus_detr.layers.ms_deform_attn_op import multi_scale_deformable_attention
@@ -233,8 +233,7 @@ def main(argv=None):
         if args.json == "-":
             print(text)
         else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+            atomic_write(args.json, lambda f: f.write(text + "\n"), mode="w")
     return all_rows
 
 

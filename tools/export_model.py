@@ -55,7 +55,7 @@ import torch
 from focus_detr.analysis.inputs import synthetic_inputs
 from focus_detr.engine import build_model, check_datasets_registered, check_output_dir, load_config
 from focus_detr.engine.arguments import add_overrides_argument, image_size, parse_args_with_overrides, positive_int
-from focus_detr.engine.checkpoint import atomic_write
+from focus_detr.engine.checkpoint import atomic_write, write_json
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.evaluation import category_ids_of_test_set, class_names_of_model
 from focus_detr.engine.predictor import inference_resize, input_format
@@ -289,8 +289,7 @@ def report_benchmark(model, path, sample, args):
                       f"{runtime} {row[runtime + '_one_by_one_ms_per_image']:.0f} and "
                       f"{row[runtime + '_batched_ms_per_image']:.0f} ({row[runtime + '_batched_over_one_by_one']:.2f}x)"
                       for runtime in ("pytorch", "onnxruntime")))
-    with open(os.path.join(args.output, "benchmark.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(os.path.join(args.output, "benchmark.json"), report)
 
 
 def _json_number(value):
@@ -329,8 +328,7 @@ def report_evaluation(cfg, model, path, args, init_checkpoint, weights):
         "onnx_minus_pytorch": {k: _json_number(v) for k, v in compare_ap(results).items()},
     }
     json_path = os.path.join(args.output, "evaluation.json")
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(json_path, report)
     print(f"wrote {json_path}")
     return report
 

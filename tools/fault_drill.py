@@ -19,7 +19,6 @@ Examples:
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -29,6 +28,7 @@ from dataclasses import asdict
 from focus_detr.checkpoint import read_weights_file
 from focus_detr.engine.config_files import load_config_for_tool
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides, positive_float, positive_int
+from focus_detr.engine.checkpoint import write_json
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.settings import check_output_file
 from focus_detr.engine.fault_drill import (
@@ -88,8 +88,7 @@ def main(args) -> int:
         report = {"config": args.config_file, "overrides": overrides, "seed": args.seed,
                   "reference": asdict(reference), "summary": summary,
                   "trials": [dict(asdict(t), ok=t.ok) for t in trials]}
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(args.json, report)
     return 1 if summary["failures"] else 0
 
 

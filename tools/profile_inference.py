@@ -10,7 +10,6 @@ image (``focus_detr.analysis.gpu_profile``). On a CPU only the operator counts a
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
-import json
 import sys
 
 import torch
@@ -18,7 +17,7 @@ import torch
 from focus_detr.analysis.gpu_profile import profile_summary
 from focus_detr.analysis.inputs import synthetic_inputs
 from focus_detr.analysis.timing import inference_call
-from focus_detr.engine import build_model, load_config, resolve_amp_dtype, resolve_device
+from focus_detr.engine import build_model, load_config, resolve_amp_dtype, resolve_device, write_json
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.cuda_graphs import CUDAGraphInference, graphs_available
@@ -94,8 +93,7 @@ def main(args):
             print(f"longest kernels ({precision}, ms per image): " + "; ".join(
                 f"{k['name'][:60]} {k['ms']:.2f} ({k['launches']:.0f}x)" for k in summary["top_kernels"][:5]))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        write_json(args.json, results, indent=1)
         print(f"wrote {args.json}")
     return results
 

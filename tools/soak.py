@@ -17,7 +17,6 @@ Examples:
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -26,6 +25,7 @@ from dataclasses import asdict
 from focus_detr.engine.config_files import load_config_for_tool
 from focus_detr.engine.arguments import (add_overrides_argument, non_negative_float, parse_args_with_overrides,
                                          positive_float, positive_int)
+from focus_detr.engine.checkpoint import write_json
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.settings import check_output_file
 from focus_detr.engine.soak import SOAK_OVERRIDES, Limits, SampleTable, run_soak, soak_verdict, warmup_iterations
@@ -92,8 +92,7 @@ def main(args) -> int:
                   "run": {"exit_status": run.exit_status, "iterations": run.iterations,
                           "seconds": round(run.seconds, 1)},
                   "verdict": dict(asdict(verdict), ok=verdict.ok), "samples": [asdict(s) for s in run.samples]}
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(args.json, report)
     return 0 if verdict.ok else 1
 
 

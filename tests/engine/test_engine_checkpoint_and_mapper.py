@@ -134,3 +134,17 @@ def test_coco_schedules(name, decay_iter, total):
     assert scheduler(0.0) == 1.0
     assert scheduler((decay_iter - 1) / total) == 1.0
     assert scheduler(decay_iter / total) == pytest.approx(0.1)
+
+
+def test_a_json_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import json
+
+    from focus_detr.engine import write_json
+
+    path = tmp_path / "report.json"
+    write_json(path, {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+    # what a tool holds can fail to encode: the earlier report stays whole, no temporary file is left
+    with pytest.raises(TypeError):
+        write_json(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["report.json"]

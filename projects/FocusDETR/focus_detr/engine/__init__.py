@@ -2,7 +2,7 @@
 the training step (AMP on CPU/GPU, gradient clipping), the autocast settings of training and inference, atomic
 checkpoints with exact resume (RNG + data position), EMA, evaluation, the Python predictor, one run per output
 folder, and stopping cleanly on Ctrl-C / SIGTERM."""
-from .checkpoint import AtomicDetectionCheckpointer, atomic_write
+from .checkpoint import AtomicDetectionCheckpointer, atomic_write, write_json
 from .config import ConfigError, check_datasets_registered, check_override_keys
 from .config_files import load_config
 from .evaluation import evaluate
@@ -58,4 +58,5 @@ __all__ = [
     "run_training",
     "training_amp_dtype",
     "wrap_ddp",
+    "write_json",
 ]

@@ -2,6 +2,7 @@
 missing files and full disks."""
 import errno
 import glob
+import json
 import logging
 import os
 import re
@@ -14,7 +15,7 @@ from ..checkpoint.safe_load import checked_checkpoint_path
 from ..partial_files import PartialPath, remove_abandoned
 from .interrupt import stop_signals_deferred
 
-__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "save_weights"]
+__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "save_weights", "write_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,13 @@ def atomic_write(path, write_fn, mode="wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp.path, path)
+
+
+def write_json(path, data, indent=2):
+    """``data`` as JSON in ``path``, through :func:`atomic_write`: a tool killed while writing its report leaves the
+    earlier file or none, never a torn one."""
+    text = json.dumps(data, indent=indent)
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def save_weights(path, state_dict):

@@ -154,6 +154,10 @@ def test_an_argument_a_config_file_gives_that_its_part_does_not_take_is_one_line
      "train.model_ema.use_ema_weights_for_eval_only is train.model_ema.use_for_eval here)"),
     ("train.checkpointer.max_to_kep = 3", "config key train.checkpointer.max_to_kep is not a setting of the train "
      "section: nothing would read it (did you mean: train.checkpointer.max_to_keep?)"),
+    # DistributedDataParallel's TypeError, only in a run of several processes
+    ("train.ddp.find_unused_parameter = True", "config key train.ddp.find_unused_parameter is not a setting of the "
+     "train section: nothing would read it (did you mean: train.ddp.find_unused_parameters, "
+     "train.ddp.skip_all_reduce_unused_params?)"),
     # detrex's common train config, switched off as it writes them, asks for nothing: a ported config keeps them
     ("train.fast_dev_run = dict(enabled=False)\ntrain.wandb = dict(enabled=False, params=dict(project='detrex'))\n"
      "train.model_ema.device = ''\ntrain.ddp.static_graph = True", None),

@@ -12,10 +12,19 @@ CASES = {
     "negative warm-up factor": (["lr_multiplier.warmup_length=0.2", "lr_multiplier.warmup_factor=-1.0"],
                                 "error: lr_multiplier gives the learning rate a multiplier of -1 at 0% of "
                                 "train.max_iter"),
-    # fvcore's RuntimeError traceback
+    # fvcore's "where in ParamScheduler must be in [0, 1]"; a negative length switched the warm-up off
     "warm-up longer than the run": (["lr_multiplier.warmup_length=2.0"],
-                                    "error: the config's lr_multiplier cannot be built: where in ParamScheduler must "
-                                    "be in [0, 1]: got 2.0"),
+                                    "error: lr_multiplier.warmup_length is the warm-up's share of train.max_iter, in "
+                                    "[0, 1), got 2.0 (e.g. 1000 iterations of "),
+    "negative warm-up": (["lr_multiplier.warmup_length=-1"],
+                         "error: lr_multiplier.warmup_length is the warm-up's share of train.max_iter, in [0, 1), got "
+                         "-1"),
+    # exit 0 with the initial weights evaluated as the trained ones
+    "learning rate 0": (["optimizer.lr=0"], "error: optimizer.lr is 0: the training would change no weight (to "
+                        "evaluate the initial weights, use --eval-only)"),
+    # the whole run written into a folder named None
+    "a path set to None": (["train.output_dir=None"], "error: train.output_dir=None sets the text 'None', not "
+                           "nothing: write train.output_dir=null for no value"),
     "schedule values of the wrong count": (["lr_multiplier.scheduler.values=[1.0]"],
                                            "error: the config's lr_multiplier cannot be built: "),
     # a negative type made the norm 0 (clipping off), 0 counted entries
@@ -99,3 +108,20 @@ def test_ema_weights_present_but_not_asked_for_are_named(train_net, toy_dataset,
                               f"train.init_checkpoint={tmp_path / 'model_final.pth'}", "train.model_ema.enabled=True",
                               "train.model_ema.use_for_eval=False"]) == 0
     assert warnings == []
+
+
+@pytest.mark.parametrize("override, part, error", [
+    ("model.backbone.stages.0.num_blocks=0", "detectron2.modeling.backbone.resnet.ResNet", "AssertionError: 0"),
+    ("model.backbone.stem.norm=XYZ", "detectron2.modeling.backbone.resnet.BasicStem", "KeyError: 'XYZ'"),
+])
+def test_a_backbone_setting_detectron2_asserts_on_names_the_part(override, part, error):
+    # detectron2's assertion or lookup, as a traceback naming neither the part nor the setting
+    import os
+
+    from focus_detr.engine import ConfigError, build_model, load_config
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    trees = os.path.join(repo, "configs", "focus_detr_r18_trees.py")
+    with pytest.raises(ConfigError, match=rf"^the config's model cannot be built: {part} failed with {error}; check "
+                                          r"the settings you gave it \(model\.\*\)$"):
+        build_model(load_config(trees, [override]), "cpu")

@@ -52,3 +52,11 @@ def test_box_embedding_is_the_spec_formula_in_y_x_w_h_order(num_coords):
 def test_box_embedding_rejects_other_coordinate_counts():
     with pytest.raises(ValueError, match="2 or 4 coordinates"):
         box_sine_embedding(torch.rand(3, 5))
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0])
+def test_a_normalised_embedding_needs_a_positive_scale(scale):
+    # 0 gave every token the same position, without a word
+    with pytest.raises(ValueError, match=rf"^scale must be positive when normalize=True, got {scale}$"):
+        PositionEmbeddingSine(normalize=True, scale=scale)
+    PositionEmbeddingSine(normalize=False, scale=scale)  # not used unnormalised

@@ -224,6 +224,11 @@ def apply_overrides(cfg, overrides=()):
     """``key=value`` overrides (a list of strings) applied to ``cfg`` (in place; returned), each key and value type
     checked first. Raises ConfigError with a one-line message."""
     overrides = _override_list(overrides)
+    for override in overrides:
+        key, value = (part.strip() for part in override.split("=", 1))
+        if value == "None":  # Python's None, which the override syntax reads as text (an output folder named None)
+            raise ConfigError(f"{override} sets the text 'None', not nothing: write {key}=null for no value (or "
+                              f"{key}=./None for a path named None)")
     check_override_keys(cfg, overrides)
     old_values = {o.split("=", 1)[0].strip(): _current_value(cfg, o.split("=", 1)[0].strip()) for o in overrides}
     try:

@@ -45,10 +45,28 @@ def build_model(cfg, device=None):
         device = resolve_device((cfg.get("train", None) or {}).get("device", "auto"))
     else:
         device = resolve_device(device, "device", "device='cpu'")
-    model = instantiate(cfg.model)
+    try:
+        model = instantiate(cfg.model)
+    except (AssertionError, KeyError, IndexError, TypeError) as error:
+        # detectron2's parts check their settings with assertions and lookups (a stage of 0 blocks: "AssertionError:
+        # 0"; depth 42: "KeyError: 42"), whose tracebacks name neither the part nor the setting
+        raise ConfigError(f"the config's model cannot be built: {_failing_part(error)} failed with "
+                          f"{type(error).__name__}: {error}; check the settings you gave it (model.*)") from None
     model.to(device)
     logger.info(f"Model on {device}:\n{model}")
     return model
+
+
+def _failing_part(error):
+    """The class (or function) that LazyConfig's ``instantiate`` was building when ``error`` was raised: the innermost
+    ``instantiate`` call on the traceback that had resolved its target."""
+    part, traceback = "a part of the model", error.__traceback__
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if frame.f_code.co_name == "instantiate" and "cls_name" in frame.f_locals:
+            part = frame.f_locals["cls_name"]
+        traceback = traceback.tb_next
+    return part
 
 
 def wrap_ddp(model, cfg, device):
@@ -135,6 +153,9 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         optimizer = instantiate(cfg.optimizer)
     except ValueError as error:  # torch's checks of its settings ("Invalid learning rate: nan") name no config key
         raise ConfigError(f"the config's optimizer settings (optimizer.*) are invalid: {error}") from None
+    if all(group["lr"] == 0 for group in optimizer.param_groups):  # torch allows it; the run trains nothing
+        raise ConfigError("optimizer.lr is 0: the training would change no weight (to evaluate the initial weights, "
+                          "use --eval-only)")
     lr_factor_func = OmegaConf.select(cfg, "optimizer.params.lr_factor_func", default=None)
     if lr_factor_func is not None:
         check_lr_factor(instantiate(lr_factor_func), model)
@@ -177,6 +198,13 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         check_free_space(cfg.train.output_dir, needed_bytes=_checkpoint_bytes(model, optimizer),
                          needed_for="one checkpoint of this model (weights and optimizer state)")
         cut_incomplete_last_line(cfg.train.output_dir)  # a resumed run's records must not go onto a line cut short
+    warmup_length = OmegaConf.select(cfg, "lr_multiplier.warmup_length", default=None)
+    if isinstance(warmup_length, (int, float)) and not 0 <= warmup_length < 1:
+        # a share of train.max_iter: a negative one switched the warm-up off without a word, 1 or more is fvcore's
+        # "where in ParamScheduler must be in [0, 1]"
+        raise ConfigError(f"lr_multiplier.warmup_length is the warm-up's share of train.max_iter, in [0, 1), got "
+                          f"{warmup_length} (e.g. 1000 iterations of {cfg.train.max_iter}: "
+                          f"{1000 / cfg.train.max_iter:.4g})")
     try:
         lr_multiplier = instantiate(cfg.lr_multiplier)
     except (ValueError, TypeError, AssertionError, RuntimeError) as error:  # fvcore's checks name no config key

@@ -2,16 +2,26 @@
 (detrex's ``train.fast_dev_run.enabled=True`` ran all 90,000 iterations, ``+train.wandb.enabled=True`` logged
 nowhere), so it is refused in one line naming it, with close names or detrex's counterpart."""
 import difflib
+import inspect
 
 from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
 
 from .detrex_names import detrex_hint
 
 __all__ = ["train_entry_problem", "unknown_train_entry"]
 
-# name -> None for a value, or the entries of a section; OPEN: a section passed on as keyword arguments. Read by
-# the engine, and by detectron2's default_setup (output_dir, seed, cudnn_benchmark).
-OPEN = "any keyword argument"
+
+def _ddp_arguments():
+    """``train.ddp``'s entries: the keyword arguments of the installed torch's DistributedDataParallel and
+    detectron2's ``create_ddp_model`` (``fp16_compression``). Checked in every run: a misspelled one
+    (``find_unused_parameter``) failed only in a run of several processes, in DistributedDataParallel."""
+    parameters = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {**{name: None for name in parameters if name not in ("self", "module")}, "fp16_compression": None}
+
+
+# name -> None for a value, or the entries of a section. Read by the engine, and by detectron2's default_setup
+# (output_dir, seed, cudnn_benchmark).
 TRAIN_ENTRIES = {
     "output_dir": None, "init_checkpoint": None, "max_iter": None, "device": None, "seed": None,
     "cudnn_benchmark": None,
@@ -20,7 +30,7 @@ TRAIN_ENTRIES = {
     "amp": {"enabled": None, "precision": None},
     "inference_amp": {"enabled": None, "precision": None},
     "inference_cuda_graphs": {"enabled": None, "max_graphs": None},
-    "ddp": OPEN,  # DistributedDataParallel's arguments
+    "ddp": _ddp_arguments(),
     "clip_grad": {"enabled": None, "params": {"max_norm": None, "norm_type": None}},
     "model_ema": {"enabled": None, "decay": None, "use_for_eval": None},
     "checkpointer": {"period": None, "max_to_keep": None, "save_safetensors": None},
@@ -39,10 +49,10 @@ _DETREX_OFF = {
 
 def train_entry_problem(key):
     """Why the dotted ``key`` (``train.<...>``) is no entry the engine reads, as ``(unknown key, hint)``, or None.
-    Keys inside an open section (``train.ddp.*``) and values' own insides are not judged."""
+    Values' own insides are not judged."""
     entries, parts = TRAIN_ENTRIES, key.split(".")[1:]
     for index, part in enumerate(parts):
-        if entries is None or entries is OPEN:
+        if entries is None:
             return None
         if part not in entries:
             unknown = ".".join(["train"] + parts[: index + 1])

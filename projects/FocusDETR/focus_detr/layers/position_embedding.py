@@ -56,6 +56,8 @@ class PositionEmbeddingSine(nn.Module):
             raise ValueError(f"num_pos_feats must be a positive even number, got {num_pos_feats}")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        if normalize and not scale > 0:  # 0 gives every token one position; a negative scale mirrors them
+            raise ValueError(f"scale must be positive when normalize=True, got {scale}")
         self.num_pos_feats = num_pos_feats
         self.temperature = temperature
         self.normalize = normalize

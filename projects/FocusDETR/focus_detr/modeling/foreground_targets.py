@@ -42,6 +42,16 @@ class ForegroundTargetAssigner(nn.Module):
                 raise ValueError(
                     f"ForegroundTargetAssigner: each scale range must be (lo, hi) with lo < hi, got {low_high}"
                 )
+        # Finest level first, each range starting where the one before ends (or overlapping it): a reversed list
+        # labels large objects on the finest level, and a gap leaves objects of its sizes background on every level,
+        # both trained on without a word.
+        for (low, high), (next_low, next_high) in zip(scale_ranges, scale_ranges[1:]):
+            if not (low <= next_low <= high and next_high >= high):
+                why = f"leaves object sizes {(high, next_low)} on no level" if next_low > high else "goes back"
+                raise ValueError(
+                    f"ForegroundTargetAssigner: scale_ranges must run from the finest level to the coarsest, each "
+                    f"(lo, hi) starting where the one before ends: ({low}, {high}) then ({next_low}, {next_high}) {why}"
+                )
         self.strides = strides
         self.scale_ranges = scale_ranges
 

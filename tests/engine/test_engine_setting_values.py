@@ -113,6 +113,8 @@ def test_ema_weights_present_but_not_asked_for_are_named(train_net, toy_dataset,
 @pytest.mark.parametrize("override, part, error", [
     ("model.backbone.stages.0.num_blocks=0", "detectron2.modeling.backbone.resnet.ResNet", "AssertionError: 0"),
     ("model.backbone.stem.norm=XYZ", "detectron2.modeling.backbone.resnet.BasicStem", "KeyError: 'XYZ'"),
+    ("model.backbone.stem.out_channels=16", "detectron2.modeling.backbone.resnet.BasicStem",
+     r"ValueError: num_channels \(16\) must be divisible by num_groups \(32\)"),
 ])
 def test_a_backbone_setting_detectron2_asserts_on_names_the_part(override, part, error):
     # detectron2's assertion or lookup, as a traceback naming neither the part nor the setting

@@ -47,14 +47,26 @@ def build_model(cfg, device=None):
         device = resolve_device(device, "device", "device='cpu'")
     try:
         model = instantiate(cfg.model)
-    except (AssertionError, KeyError, IndexError, TypeError) as error:
-        # detectron2's parts check their settings with assertions and lookups (a stage of 0 blocks: "AssertionError:
-        # 0"; depth 42: "KeyError: 42"), whose tracebacks name neither the part nor the setting
+    except (AssertionError, KeyError, IndexError, TypeError, ValueError) as error:
+        # detectron2's and torch's parts check their settings with assertions, lookups and messages (a stage of 0
+        # blocks: "AssertionError: 0"; depth 42: "KeyError: 42"; "num_channels (16) must be divisible by num_groups
+        # (32)") that name neither the part nor the setting; this package's own ValueErrors name them already
+        if isinstance(error, ValueError) and _raised_in_this_package(error):
+            raise
         raise ConfigError(f"the config's model cannot be built: {_failing_part(error)} failed with "
                           f"{type(error).__name__}: {error}; check the settings you gave it (model.*)") from None
     model.to(device)
     logger.info(f"Model on {device}:\n{model}")
     return model
+
+
+def _raised_in_this_package(error):
+    """Whether the innermost frame of ``error``'s traceback is in focus_detr's own code."""
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return traceback is not None and os.path.abspath(traceback.tb_frame.f_code.co_filename).startswith(package + os.sep)
 
 
 def _failing_part(error):

@@ -44,7 +44,6 @@ import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnin
 import argparse
 import contextlib
 import io
-import json
 import math
 import os
 import shutil
@@ -55,7 +54,7 @@ import torch
 from focus_detr.analysis.inputs import synthetic_inputs
 from focus_detr.engine import build_model, check_datasets_registered, check_output_dir, load_config
 from focus_detr.engine.arguments import add_overrides_argument, image_size, parse_args_with_overrides, positive_int
-from focus_detr.engine.checkpoint import atomic_write, write_json
+from focus_detr.engine.checkpoint import write_json
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.evaluation import category_ids_of_test_set, class_names_of_model
 from focus_detr.engine.predictor import inference_resize, input_format
@@ -231,8 +230,7 @@ def export(model, cfg, args, init_checkpoint, weights):
         )
         clear_earlier_export(args.output)
         os.replace(partial.path, path)
-    text = json.dumps(metadata, indent=2)
-    atomic_write(os.path.join(args.output, "model.json"), lambda f: f.write(text), mode="w")
+    write_json(os.path.join(args.output, "model.json"), metadata)
     batch = "any batch size" if args.batched else "one image at a time"
     print(f"wrote {path} ({metadata['file_size_mib']} MiB, exported in {seconds:.1f} s, opset {args.opset}, "
           f"MSDA as {args.msda_form}, {batch}) and model.json")

@@ -40,10 +40,11 @@ def atomic_write(path, write_fn, mode="wb"):
         os.replace(tmp.path, path)
 
 
-def write_json(path, data, indent=2):
+def write_json(path, data, indent=2, allow_nan=True):
     """``data`` as JSON in ``path``, through :func:`atomic_write`: a tool killed while writing its report leaves the
-    earlier file or none, never a torn one."""
-    text = json.dumps(data, indent=indent)
+    earlier file or none, never a torn one. ``allow_nan=False``: a NaN or infinity is a ValueError (standard JSON has
+    none), not Python's bare ``NaN``."""
+    text = json.dumps(data, indent=indent, allow_nan=allow_nan)
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 

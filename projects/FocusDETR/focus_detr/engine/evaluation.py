@@ -22,7 +22,7 @@ from ..analysis.selection_quality_evaluator import (
 from ..data import (check_dataset_jsons, check_evaluable, check_image_files, check_num_classes, dataset_classes,
                     declared_classes)
 from .agreement import ProcessFailed, failure_report, raise_agreed_failure
-from .checkpoint import atomic_write
+from .checkpoint import write_json
 from .cli import is_out_of_memory
 from .config import ConfigError, _dataset_names_in
 from .cuda_graphs import CUDAGraphInference, graphs_available, graphs_supported, inference_cuda_graphs
@@ -358,8 +358,7 @@ def write_eval_results(path, results):
     """Writes the results dict of :func:`evaluate` to ``path`` as standard JSON: a metric COCO leaves undefined (NaN,
     e.g. APl without large objects) is ``null``, which every JSON reader parses (a bare ``NaN`` is Python's
     extension), atomically."""
-    text = json.dumps(_nan_as_null(results), indent=2, allow_nan=False)
-    atomic_write(path, lambda f: f.write(text), mode="w")  # never a torn file, whenever the process dies
+    write_json(path, _nan_as_null(results), allow_nan=False)
 
 
 def read_eval_results(path):

@@ -95,7 +95,7 @@ def _onnx_predictor(cfg, path):
               file=sys.stderr)
     # the graph carries its weights: a train.init_checkpoint given with --onnx is not what runs
     init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
-    random_weights = onnx.metadata.get("init_checkpoint") == ""
+    random_weights = onnx.model_json.get("init_checkpoint") == ""
     # without the EMA asked for, PyTorch would run the file's trained weights (asked for, it runs the average only
     # when the file holds one, which is not read here)
     ema_asked = (cfg.get("train", None) or {}).get("model_ema", None) or {}

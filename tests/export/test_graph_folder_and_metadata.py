@@ -5,6 +5,7 @@ import os
 import re
 
 import pytest
+import torch
 
 from conftest import TINY_CONFIG
 
@@ -186,3 +187,28 @@ def test_demo_says_when_the_graph_carries_other_weights_than_asked_for(tiny_expo
                 "--onnx", graph, *overrides]
         assert demo.run_reporting_errors(demo.main, demo.parse_args(argv)) == 0
         assert _stderr_lines(capfd.readouterr().err, "warning:", "error:") == ([expected] if expected else [])
+
+
+def test_the_graphs_metadata_names_its_classes_for_detectron2s_visualizer(tiny_export, tmp_path):
+    # OnnxPredictor.metadata was model.json's dict: Visualizer read no thing_classes from it and labelled the
+    # boxes with numbers, where DefaultPredictor.metadata and FocusDETRPredictor.metadata are detectron2's Metadata
+    import numpy as np
+    from detectron2.data.catalog import Metadata
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.visualizer import Visualizer
+
+    predictor = OnnxPredictor(copy_graph(tiny_export, tmp_path / "named", {
+        "num_classes": 2, "class_names": ["oak", "pine"], "category_ids": [3, 7]}))
+    metadata = predictor.metadata
+    assert isinstance(metadata, Metadata) and metadata.thing_classes == ["oak", "pine"]
+    assert metadata.thing_dataset_id_to_contiguous_id == {3: 0, 7: 1}
+    assert predictor.model_json["num_classes"] == 2
+    detections = Instances((40, 60), pred_boxes=Boxes([[1.0, 2.0, 30.0, 20.0]]), scores=torch.tensor([0.9]),
+                           pred_classes=torch.tensor([1]))
+    visualizer = Visualizer(np.zeros((40, 60, 3), np.uint8), metadata)
+    labels = [text.get_text() for text in visualizer.draw_instance_predictions(detections).ax.texts]
+    assert labels == ["pine 90%"]
+
+    assert not hasattr(OnnxPredictor(copy_graph(tiny_export, tmp_path / "bare")).metadata, "thing_classes")
+    with pytest.raises(ValueError, match=r"has class_names = \"oak\", not a list"):
+        OnnxPredictor(copy_graph(tiny_export, tmp_path / "broken", {"class_names": "oak"}))

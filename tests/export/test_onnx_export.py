@@ -425,7 +425,7 @@ def test_a_graph_that_fails_at_another_size_than_it_was_traced_at_says_which(tin
             raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Reshape")
 
     predictor.session = FailingSession()
-    predictor.metadata["sample_size"] = [320, 416]
+    predictor.model_json["sample_size"] = [320, 416]
     with pytest.raises(ValueError) as info:
         predictor(torch.zeros(3, 352, 448, dtype=torch.uint8))
     assert str(info.value).endswith("running Reshape (the graph was traced at 320x416, its model.json says: a backbone "

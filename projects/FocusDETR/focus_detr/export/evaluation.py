@@ -30,7 +30,7 @@ class OnnxAsModel(nn.Module):
     def __init__(self, predictor: OnnxPredictor, num_classes: Optional[int] = None):
         super().__init__()
         self.predictor = predictor
-        self.num_classes = num_classes if num_classes is not None else predictor.metadata.get("num_classes")
+        self.num_classes = num_classes if num_classes is not None else predictor.model_json.get("num_classes")
         self.images_run = 0
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:

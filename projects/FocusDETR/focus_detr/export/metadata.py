@@ -84,7 +84,7 @@ def export_metadata(
 # What model.json's readers rely on, by key ("input.format": the "format" of "input"); the tool writes more.
 _METADATA_TYPES = {"input": dict, "input.format": str, "num_classes": int, "config_file": str, "init_checkpoint": str,
                    "weights": str, "overrides": list, "resize": dict, "resize.short_edge": int, "resize.max_size": int,
-                   "resize.interpolation": int, "category_ids": list}
+                   "resize.interpolation": int, "category_ids": list, "class_names": list}
 
 
 def check_metadata(metadata, path: str) -> None:
@@ -113,12 +113,12 @@ def graph_weights(predictor: "OnnxPredictor", init_checkpoint: str, weights: Opt
     empty) when that is not ``init_checkpoint`` (the same file, or both empty, match), or when it is but the graph
     holds other weights of it than ``weights`` ("ema" or "trained": a checkpoint's average or its trained weights;
     None: not compared); None when they match or the graph does not say."""
-    exported_from = predictor.metadata.get("init_checkpoint")
+    exported_from = predictor.model_json.get("init_checkpoint")
     if exported_from is None:
         return None
     if not _same_weights_file(exported_from, init_checkpoint):
         return repr(exported_from) if exported_from else "random weights"
-    exported_weights = predictor.metadata.get("weights")
+    exported_weights = predictor.model_json.get("weights")
     if weights in ("ema", "trained") and exported_weights in ("ema", "trained") and exported_weights != weights:
         return f"the {'EMA' if exported_weights == 'ema' else 'trained'} weights of {exported_from!r}"
     return None

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from detectron2.data.catalog import Metadata
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
@@ -184,15 +185,31 @@ class OnnxPredictor:
                 f"{list(BATCHED_OUTPUT_NAMES) + decision_outputs})"
             )
         self.metadata_path = os.path.join(os.path.dirname(path), "model.json")
-        self.metadata: Dict = {}  # empty when the graph has no model.json next to it (exported elsewhere)
+        self.model_json: Dict = {}  # empty when the graph has no model.json next to it (exported elsewhere)
         if os.path.isfile(self.metadata_path):
             with open(self.metadata_path, "rb") as f:
                 try:
-                    self.metadata = json.load(f)
+                    self.model_json = json.load(f)
                 except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
                     raise ValueError(f"{self.metadata_path} (the graph's metadata) is not readable json: {error}; "
                                      "export the graph again, or remove the file") from None
-            check_metadata(self.metadata, self.metadata_path)
+            check_metadata(self.model_json, self.metadata_path)
+
+    @property
+    def metadata(self) -> Metadata:
+        """detectron2's ``Metadata`` of the graph's classes (``thing_classes``, and
+        ``thing_dataset_id_to_contiguous_id`` where ``model.json`` has the dataset's category ids), as
+        ``DefaultPredictor.metadata`` and ``FocusDETRPredictor.metadata``: for ``Visualizer``. Empty (labels drawn
+        as numbers) without ``model.json`` or class names in it. ``model_json`` holds the whole file."""
+        metadata = Metadata(name=self.path)
+        class_names, category_ids = self.model_json.get("class_names"), self.model_json.get("category_ids")
+        if class_names:
+            metadata.thing_classes = [str(name) for name in class_names]
+        if class_names and category_ids and len(category_ids) == len(class_names) and all(
+            isinstance(c, int) and not isinstance(c, bool) for c in category_ids
+        ):
+            metadata.thing_dataset_id_to_contiguous_id = {c: i for i, c in enumerate(category_ids)}
+        return metadata
 
     @staticmethod
     def _as_array(image: Union[torch.Tensor, np.ndarray], name: str = "image") -> np.ndarray:
@@ -265,7 +282,7 @@ class OnnxPredictor:
 
     def _traced_size_hint(self, size) -> str:
         """What to do when the graph failed at ``size`` (H, W) and model.json says it was traced at another one."""
-        traced = self.metadata.get("sample_size")
+        traced = self.model_json.get("sample_size")
         if not (isinstance(traced, list) and len(traced) == 2 and all(isinstance(v, int) for v in traced)):
             return ""
         if tuple(traced) == tuple(size):
@@ -278,13 +295,13 @@ class OnnxPredictor:
         """One BGR uint8 ``(H, W, 3)`` image, as ``cv2.imread`` gives it, -> its ``Instances`` in its own pixels:
         resized and put in the channel order the graph was exported with (``model.json``), as the PyTorch predictor
         does, without the config."""
-        resize = resize_of(self.metadata)
+        resize = resize_of(self.model_json)
         if resize is None:
             raise ValueError(f"{self.metadata_path} does not say how to resize an image for {self.path} (a graph "
                              "exported before it did, or a config whose test-time resize is not one fixed "
                              "ResizeShortestEdge): export it again, or prepare the image with "
                              "focus_detr.engine.predictor.model_input and the config")
-        item = model_input(image_bgr, resize, self.metadata.get("input", {}).get("format", "RGB"))
+        item = model_input(image_bgr, resize, self.model_json.get("input", {}).get("format", "RGB"))
         return self(item["image"], item["height"], item["width"])
 
     def __call__(
@@ -345,7 +362,7 @@ def check_graph_fits_config(cfg, predictor: OnnxPredictor) -> Optional[str]:
     classes). Returns None when model.json agrees (a value it lacks is not compared), and the warning for the user
     when the graph has no model.json (exported elsewhere): nothing could be checked.
     """
-    metadata = predictor.metadata
+    metadata = predictor.model_json
     if not metadata:
         return (
             f"{predictor.path} has no model.json next to it (exported elsewhere?): its input format and classes "

@@ -192,6 +192,30 @@ def test_bad_input_raises_value_error_naming_argument(case):
         multi_scale_deformable_attention(*args)
 
 
+def test_a_new_level_start_index_equal_to_the_checked_one_is_taken():
+    # the layout check's memo compared a new, value-equal level_start_index with `==`: "Boolean value of Tensor with
+    # more than one value is ambiguous" while the first one lived; a wrong one got that message too
+    args = _valid()
+    level_start_index = args[2]  # kept alive through the calls below, as the memo's entry
+    expected = multi_scale_deformable_attention(*args)
+    args[2] = level_start_index.clone()
+    assert torch.equal(multi_scale_deformable_attention(*args), expected)
+    args[2] = torch.tensor([0, 11])
+    with pytest.raises(ValueError, match="level_start_index must be the exclusive cumulative sum"):
+        multi_scale_deformable_attention(*args)
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_never_reads_a_level_whose_size_overflows():
+    # h * w = 2**64 wrapped to 0 in int64 and passed the kernel's bounds test: a segfault where the Python checks
+    # are skipped (the op called directly, a traced graph); such a level is now never read, like any that does not fit
+    value, _, _, locations, weights = _valid()
+    spatial_shapes, level_start_index = torch.tensor([[2 ** 33, 2 ** 31], [2, 2]]), torch.tensor([0, 0])
+    output = torch.ops.focus_detr.ms_deform_attn(value[:, :4].contiguous(), spatial_shapes, level_start_index,
+                                                 locations, weights, "cpu")
+    assert torch.isfinite(output).all()
+
+
 def test_im2col_step_must_be_positive():
     with pytest.raises(ValueError, match="im2col_step"):
         multi_scale_deformable_attention(*_valid(), im2col_step=0)
@@ -215,7 +239,10 @@ def test_environment_variable_forces_backend(monkeypatch):
     monkeypatch.setenv(BACKEND_ENV_VAR, "pytorch")
     assert select_backend(value) == "pytorch"
     monkeypatch.setenv(BACKEND_ENV_VAR, "cuda")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=f"'cuda' \\(from \\${BACKEND_ENV_VAR}; unset it"):
+        select_backend(value)
+    monkeypatch.setenv(BACKEND_ENV_VAR, "gpu")  # set far from the call: the message says where it came from
+    with pytest.raises(ValueError, match=f"got 'gpu' \\(from \\${BACKEND_ENV_VAR}"):
         select_backend(value)
     # an explicit argument wins over the environment
     assert select_backend(value, backend="pytorch") == "pytorch"

@@ -131,6 +131,18 @@ def test_level_outside_the_value_tensor_is_never_read(emulated):
     assert relative_error(emulated.forward(*args), expected) < 1e-6
 
 
+def test_level_whose_size_overflows_is_never_read(emulated):
+    # h * w = 2**64 wrapped to 0 in int64 and passed the bounds test: an illegal memory access on a GPU
+    value, shapes, starts, locations, weights = make_inputs(channels=32)
+    bad_shapes = shapes.clone()
+    bad_shapes[1] = torch.tensor([2 ** 33, 2 ** 31])
+    args = (value.float(), bad_shapes, starts, locations.float(), weights.float())
+    weights_without_level1 = weights.clone()
+    weights_without_level1[:, :, :, 1] = 0
+    expected = reference(value, shapes, starts, locations, weights_without_level1, torch.zeros(2, 12, 64))[0]
+    assert relative_error(emulated.forward(*args), expected) < 1e-6
+
+
 def test_no_queries_gives_an_empty_output(emulated):
     value, shapes, starts, locations, weights = make_inputs(channels=32, queries=0)
     out = emulated.forward(value.float(), shapes, starts, locations.float(), weights.float())

@@ -235,6 +235,24 @@ def test_module_rejects_indivisible_embed_dim():
         MultiScaleDeformableAttention(embed_dim=30, num_heads=8)
 
 
+@pytest.mark.parametrize("argument,value", [("num_heads", 0), ("embed_dim", 0), ("im2col_step", 0),
+                                            ("num_points", 2.0), ("backend", "gpu")])
+def test_module_refuses_a_bad_argument_when_built(argument, value):
+    # num_heads=0 / embed_dim=0 were a ZeroDivisionError; im2col_step=0 and backend="gpu" failed at the first forward
+    with pytest.raises(ValueError, match=f"MultiScaleDeformableAttention: {argument} must be"):
+        MultiScaleDeformableAttention(**{"embed_dim": 16, "num_heads": 2, argument: value})
+
+
+@pytest.mark.parametrize("box_refs", [False, True])
+def test_module_takes_no_queries_and_an_empty_batch(box_refs):
+    # sampling_locations reshaped with -1, which zero rows leave undefined: a RuntimeError the op itself does not have
+    module, query, value, refs, spatial_shapes, level_start_index = _module_and_inputs(box_refs)
+    no_queries = module(query[:, :0], value, refs[:, :0], spatial_shapes, level_start_index)
+    assert no_queries.shape == (2, 0, 16)
+    empty_batch = module(query[:0], value[:0], refs[:0], spatial_shapes, level_start_index)
+    assert empty_batch.shape == (0, 5, 16)
+
+
 @pytest.mark.parametrize("backend", BACKENDS_UNDER_TEST)
 def test_torch_compile_fullgraph_forward_and_backward(backend):
     module, query, value, refs, spatial_shapes, level_start_index = _module_and_inputs(False)

@@ -7,6 +7,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .ms_deform_attn_backends import BACKENDS
 from .ms_deform_attn_op import multi_scale_deformable_attention
 
 __all__ = [
@@ -83,11 +84,11 @@ def sampling_locations(reference: SamplingReference, offsets: Tensor) -> Tensor:
     """offsets ``(B * Nq, H, L*P*2)`` as the sampling-offset projection gives them -> the normalised sampling
     locations ``(B * Nq, H, L*P*2)``: around the points, offsets in pixels of each level; around the boxes, in half
     box sizes over P."""
-    rows = offsets.shape[0]
-    origin = reference.origin.reshape(rows, 1, -1)
+    rows, width = offsets.shape[0], offsets.shape[-1]  # not -1 in reshape: no queries (rows 0) leave it undefined
+    origin = reference.origin.reshape(rows, 1, width)
     if reference.boxes:
         # not addcmul: its fused multiply-add rounds once where the official formula rounds twice
-        return origin + offsets * reference.extent.reshape(rows, 1, -1)
+        return origin + offsets * reference.extent.reshape(rows, 1, width)
     return origin + offsets / reference.extent
 
 
@@ -118,12 +119,16 @@ class MultiScaleDeformableAttention(nn.Module):
             backend: force an op backend (see :func:`select_backend`); None = env var / automatic.
         """
         super().__init__()
+        sizes = {"embed_dim": embed_dim, "num_heads": num_heads, "num_levels": num_levels, "num_points": num_points,
+                 "im2col_step": im2col_step}
+        for name, size in sizes.items():
+            if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+                raise ValueError(f"MultiScaleDeformableAttention: {name} must be a positive integer, got {size!r}")
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        if min(num_heads, num_levels, num_points) <= 0:
-            raise ValueError(
-                f"num_heads, num_levels, num_points must be positive, got {num_heads}, {num_levels}, {num_points}"
-            )
+        if backend is not None and (not isinstance(backend, str) or backend.strip().lower() not in BACKENDS):
+            raise ValueError(f"MultiScaleDeformableAttention: backend must be one of {BACKENDS} or None (automatic), "
+                             f"got {backend!r}")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.num_levels = num_levels

@@ -95,12 +95,14 @@ def select_backend(value: Tensor, backend: Optional[str] = None) -> str:
     """
     requested = backend if backend is not None else (os.environ.get(BACKEND_ENV_VAR) or None)
     if requested is not None:
+        # a bad value from the environment is set far from the failing call: name where it came from
+        source = "" if backend is not None else f" (from ${BACKEND_ENV_VAR}; unset it for the automatic choice)"
         requested = requested.strip().lower()
         if requested not in BACKENDS:
-            raise ValueError(f"MSDA backend must be one of {BACKENDS}, got {requested!r}")
+            raise ValueError(f"MSDA backend must be one of {BACKENDS}, got {requested!r}{source}")
         reason = _kernel_unavailable_reason(requested, value)
         if reason is not None:
-            raise RuntimeError(f"MSDA backend {requested!r} was requested but cannot run: {reason}")
+            raise RuntimeError(f"MSDA backend {requested!r}{source} was requested but cannot run: {reason}")
         return requested
     native = value.device.type if value.device.type in ("cpu", "cuda") else None
     if native is None:

@@ -105,8 +105,9 @@ def _check_level_layout(spatial_shapes: Tensor, level_start_index: Tensor, num_v
     checked = _CHECKED_LAYOUTS.get(spatial_shapes)
     if checked is not None:
         version, start_index, start_index_version, values = checked
-        if (version, start_index(), start_index_version, values) == (
-            spatial_shapes._version, level_start_index, level_start_index._version, num_values
+        # `is`, not `==`: a tensor's == is elementwise, and a value-equal new level_start_index is checked again
+        if start_index() is level_start_index and (version, start_index_version, values) == (
+            spatial_shapes._version, level_start_index._version, num_values
         ):
             return
     _read_and_check_level_layout(spatial_shapes, level_start_index, num_values)

@@ -10,7 +10,10 @@ Shapes (B batch, S value tokens over all levels, H heads, C channels per head, Q
 
 Sampling is bilinear with zero padding and pixel centres at ``(i + 0.5) / size`` -- exactly
 ``F.grid_sample(..., mode="bilinear", padding_mode="zeros", align_corners=False)``. Every backend
-(:mod:`focus_detr.layers.ms_deform_attn_backends`) computes this function.
+(:mod:`focus_detr.layers.ms_deform_attn_backends`) computes this function for finite locations, with two
+differences of the compiled kernels, whose bounds test is the official CUDA kernel's (``-1 < x < w`` in pixels):
+a NaN or infinite location samples nothing there (zero output and gradients; here it gives NaN), and the location
+gradient at exactly ``x = -1`` (or ``y = -1``) pixel is 0 there, the one-sided derivative here.
 """
 import torch
 import torch.nn.functional as F

@@ -38,8 +38,9 @@ std::vector<Level> read_levels(const at::Tensor& spatial_shapes, const at::Tenso
   std::vector<Level> levels(spatial_shapes.size(0));
   for (size_t l = 0; l < levels.size(); ++l) {
     Level level{shapes[2 * l], shapes[2 * l + 1], starts[l]};
-    const bool fits = level.height > 0 && level.width > 0 && level.start >= 0 &&
-                      level.start + level.height * level.width <= num_values;
+    // height <= (S - start) / width, not start + height * width <= S: the product can overflow int64 and wrap
+    const bool fits = level.height > 0 && level.width > 0 && level.start >= 0 && level.start <= num_values &&
+                      level.height <= (num_values - level.start) / level.width;
     levels[l] = fits ? level : Level{0, 0, 0};
   }
   return levels;

@@ -57,7 +57,9 @@ __device__ __forceinline__ void stage_levels(const int64_t* __restrict__ spatial
                                              int64_t num_values, int64_t* shared) {
   for (int64_t l = threadIdx.x; l < levels; l += blockDim.x) {
     const int64_t height = spatial_shapes[2 * l], width = spatial_shapes[2 * l + 1], start = level_start_index[l];
-    const bool fits = height > 0 && width > 0 && start >= 0 && start + height * width <= num_values;
+    // height <= (S - start) / width, not start + height * width <= S: the product can overflow int64 and wrap
+    const bool fits = height > 0 && width > 0 && start >= 0 && start <= num_values &&
+                      height <= (num_values - start) / width;
     shared[3 * l] = fits ? height : 0;
     shared[3 * l + 1] = fits ? width : 0;
     shared[3 * l + 2] = fits ? start : 0;

@@ -117,3 +117,22 @@ def test_resuming_from_a_detrex_training_checkpoint_is_refused_in_one_line(parit
         checkpointer.resume_or_load("", resume=True)
     # its weights start a new run
     assert checkpointer.resume_or_load(str(path), resume=False) == {"trainer": detrex_trainer, "iteration": 4999}
+
+
+def test_detectron2s_checkpointer_and_load_state_dict_load_an_official_checkpoint_whole(parity_fixture, tmp_path):
+    # detectron2's DetectionCheckpointer (detrex's loader) left most of the transformer at its random weights, with
+    # only a log line of missing keys; a plain load_state_dict raised on the official names
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    official = parity_fixture["state_dict"]
+    reference = build_tiny_model()
+    FocusDETRCheckpointer(reference).load_model_state(dict(official))
+    path = tmp_path / "official.pth"
+    torch.save({"model": official}, path)
+    model = build_tiny_model()
+    DetectionCheckpointer(model).load(str(path))
+    assert all(torch.equal(value, reference.state_dict()[key]) for key, value in model.state_dict().items())
+    plain = build_tiny_model()
+    plain.load_state_dict(dict(official))  # strict: every key of the model filled, no key left over
+    assert all(torch.equal(value, reference.state_dict()[key]) for key, value in plain.state_dict().items())
+    assert set(official) == set(parity_fixture["state_dict"])  # the caller's dict is left as it was

@@ -9,6 +9,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
+from ..checkpoint.official import convert_official_state_dict, is_official_layout
 from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
 from ..layers.frozen_bn_folding import enable_frozen_bn_folding
 from ..layers.group_norm import use_channels_last_group_norm
@@ -24,6 +25,18 @@ from .token_layout import token_layout
 from .transformer import FocusDETRTransformer, TransformerOutput
 
 logger = logging.getLogger(__name__)
+
+
+def _official_layout_to_model_keys(module, state_dict, prefix, *unused):
+    """``load_state_dict`` pre-hook: an official detrex Focus-DETR state dict is converted to this model's keys in
+    place, so that detectron2's ``DetectionCheckpointer`` (detrex's loader) and a plain ``load_state_dict`` load it
+    whole; without it most of the transformer kept its random weights, with only a log line of missing keys."""
+    keys = {key[len(prefix):]: key for key in state_dict if key.startswith(prefix)}
+    if not is_official_layout(keys):
+        return
+    logger.info("The state dict is in the official detrex Focus-DETR layout; converting its keys.")
+    converted = convert_official_state_dict({short: state_dict.pop(key) for short, key in keys.items()})
+    state_dict.update((prefix + key, value) for key, value in converted.items())
 
 
 @META_ARCH_REGISTRY.register()
@@ -123,6 +136,7 @@ class FocusDETR(nn.Module):
         for head in self.bbox_embed:
             nn.init.constant_(head.layers[-1].weight, 0.0)
             nn.init.constant_(head.layers[-1].bias, 0.0)
+        self.register_load_state_dict_pre_hook(_official_layout_to_model_keys)
 
     @property
     def device(self) -> torch.device:

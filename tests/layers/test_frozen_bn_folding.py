@@ -113,6 +113,32 @@ def test_folded_weights_follow_loaded_weights_and_are_dropped_in_training():
     assert "_folded_cache" not in conv.__dict__
 
 
+def test_folded_weights_follow_in_place_edits_and_are_not_saved_with_the_module():
+    # the cache is a second copy of the weights: torch.save(model) of an R50 grew from 198 to 292 MB after one
+    # inference, and deepcopy (the EMA) copied it too
+    import copy
+    import io
+    import pickle
+
+    conv, reference = _conv_pair(bias=True, seed=0)
+    x = torch.randn(1, 8, 11, 11)
+    with torch.no_grad():
+        conv(x)
+        assert "_folded_cache" in conv.__dict__
+        saved = io.BytesIO()
+        torch.save(conv, saved)
+        for restored in (pickle.loads(pickle.dumps(conv)), copy.deepcopy(conv),
+                         torch.load(io.BytesIO(saved.getvalue()), weights_only=False)):
+            assert "_folded_cache" not in restored.__dict__
+            assert torch.allclose(restored(x), reference(x), rtol=1e-5, atol=1e-5)
+        assert len(saved.getvalue()) < 1.5 * len(pickle.dumps(reference))
+        for module in (conv, reference):
+            module.weight.mul_(0.5)
+            module.norm.running_var.mul_(4.0)
+            module.bias.data = module.bias + 1  # assigned: a new tensor
+        assert torch.allclose(conv(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
 def test_only_frozen_bn_convolutions_are_converted():
     plain = Conv2d(4, 4, 1, norm=None)
     group_norm = Conv2d(4, 4, 1, norm=torch.nn.GroupNorm(2, 4))

@@ -210,13 +210,13 @@ def test_model_inputs_that_are_not_detectron2_s_are_one_line(tiny_model, batched
         tiny_model(batched_inputs)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_weights_cast_to_half_precision_name_autocast(dtype):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_weights_cast_to_another_precision_name_autocast(dtype):
     # model.half() / .to(torch.bfloat16) ended in "Input type (torch.FloatTensor) and weight type ... should be the
-    # same"
+    # same"; .double() was told of bfloat16 and float16 only
     model = build_tiny_model().eval().to(dtype)
-    with pytest.raises(ValueError, match=rf"^FocusDETR runs with float32 weights, got {dtype}: for bfloat16 or "
-                                         r"float16 keep them float32 and autocast"):
+    with pytest.raises(ValueError, match=rf"^FocusDETR runs with float32 weights, got {dtype} \(float64 is not "
+                                         r"supported either\): for bfloat16 or float16 keep them float32 and autocast"):
         model([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8)}])
 
 

@@ -21,8 +21,11 @@ class FrozenBNFoldingConv2d(Conv2d):
 
     Where the folded weights need no gradient (gradients disabled, or a frozen convolution) they are a cache beside
     the parameters, recomputed whenever a parameter or buffer they derive from changes (loading weights, ``.to()``,
-    in-place updates). Where they do (training a convolution), they are recomputed differentiably on every call, so
-    the gradients of ``weight`` and ``bias`` equal those of convolution-then-norm up to float rounding.
+    assigning ``.data``, in-place updates such as ``with torch.no_grad(): conv.weight.mul_(2)``). An in-place edit
+    through ``.data`` (``conv.weight.data.mul_(2)``) bypasses the tensor's version counter and is not seen: edit
+    under ``torch.no_grad()`` instead. Where they do (training a convolution), they are recomputed differentiably on
+    every call, so the gradients of ``weight`` and ``bias`` equal those of convolution-then-norm up to float
+    rounding. The cache is not pickled or deep-copied (``torch.save(model)``, the EMA's copy).
     """
 
     def _fold(self) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +51,11 @@ class FrozenBNFoldingConv2d(Conv2d):
             # Kept out of the module's parameters and buffers (and so out of the state dict) on purpose.
             self.__dict__["_folded_cache"] = cache
         return cache[1], cache[2]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_folded_cache", None)  # a second copy of the weights, derived from the saved ones
+        return state
 
     def train(self, mode: bool = True):
         if mode and self.weight.requires_grad:

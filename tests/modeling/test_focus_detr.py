@@ -210,6 +210,17 @@ def test_model_inputs_that_are_not_detectron2_s_are_one_line(tiny_model, batched
         tiny_model(batched_inputs)
 
 
+def test_a_whole_float_or_a_tensor_size_is_taken_as_detectron2_takes_it(tiny_model):
+    # a COCO json written with "height": 345.0 reaches the model as a float: every image was refused
+    image = torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    as_ints = tiny_model([{"image": image, "height": 64, "width": 96}])[0]["instances"]
+    for height, width in ((64.0, 96.0), (torch.tensor(64), torch.tensor([96]))):
+        other = tiny_model([{"image": image, "height": height, "width": width}])[0]["instances"]
+        assert other.image_size == (64, 96) and torch.equal(other.pred_boxes.tensor, as_ints.pred_boxes.tensor)
+    with pytest.raises(ValueError, match=r"\['height'\] must be a positive integer .* got 64.5"):
+        tiny_model([{"image": image, "height": torch.tensor(64.5), "width": 96}])
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 def test_weights_cast_to_another_precision_name_autocast(dtype):
     # model.half() / .to(torch.bfloat16) ended in "Input type (torch.FloatTensor) and weight type ... should be the

@@ -27,7 +27,11 @@ def output_side(item, key, index, default):
     value = item.get(key)
     if value is None:
         return default
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+    # detectron2 takes a whole float (a COCO json written as 345.0) and a one-element tensor as well
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+        value = value.item()
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if not whole or isinstance(value, bool) or value < 1:
         raise ValueError(f"FocusDETR: batched_inputs[{index}]['{key}'] must be a positive integer (the original "
                          f"image's size, which the boxes are rescaled to) or absent, got {value!r}")
     return int(value)

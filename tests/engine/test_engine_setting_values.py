@@ -68,6 +68,12 @@ CASES = {
                               "error: config key dataloader.train.mapper.crop_probability must be a number, got None"),
     # detectron2's "AssertionError: []"
     "no training set": (["dataloader.train.dataset.names=[]"], "error: a dataset loader's names is empty"),
+    # torch's and this package's messages named no config key
+    "negative training workers": (["dataloader.train.num_workers=-1"],
+                                  "error: the config's training loader (dataloader.train) cannot be built: "
+                                  "num_workers must be >= 0, got -1"),
+    "training batch of 0": (["dataloader.train.total_batch_size=0"],
+                            "error: the config's training loader (dataloader.train) cannot be built: total_batch_size"),
 }
 
 
@@ -81,6 +87,19 @@ def test_a_setting_value_that_cannot_be_meant_is_one_line_before_training(train_
     assert len(errors) == 1 and errors[0].startswith(expected), errors
     assert not shows_traceback(err)
     assert not list(tmp_path.glob("model_*.pth"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataloader.test.batch_size=0", "batch_size should be a positive integer value, but got batch_size=0"),
+    ("dataloader.test.num_workers=-1", "num_workers option should be non-negative"),
+])
+def test_a_test_loader_setting_torch_refuses_names_the_section_in_an_evaluation(train_net, toy_dataset, tmp_path,
+                                                                                 capsys, override, message):
+    # --eval-only gave torch's line alone, naming no config key
+    assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path}", override]) == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: the config's test loader (dataloader.test) cannot be built: {message}"), errors
 
 
 def test_ema_weights_asked_for_but_absent_are_named(train_net, toy_dataset, tmp_path, capsys):

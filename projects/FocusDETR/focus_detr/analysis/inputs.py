@@ -2,8 +2,9 @@
 import itertools
 
 import torch
-from detectron2.config import instantiate
 from detectron2.structures import Boxes, Instances
+
+from ..engine.evaluation import build_loader
 
 __all__ = ["synthetic_inputs", "synthetic_training_batch", "dataset_inputs"]
 
@@ -38,7 +39,7 @@ def dataset_inputs(cfg, count):
     """The first ``count`` input dicts of ``cfg.dataloader.test`` (resized by its mapper, batch 1 each)."""
     if count <= 0:
         raise ValueError(f"the number of inputs must be positive, got {count}")
-    loader = instantiate(cfg.dataloader.test)
+    loader = build_loader(cfg, "test")
     inputs = []
     for batch in itertools.islice(loader, count):
         inputs.extend(batch)

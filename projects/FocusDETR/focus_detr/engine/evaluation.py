@@ -79,7 +79,7 @@ def evaluate(cfg, model):
         model = model.module
     device = _model_device(model)
     amp_dtype = inference_amp_dtype(cfg, device)
-    loader = instantiate(cfg.dataloader.test)  # loads (and checks) the test data before the evaluator reads it
+    loader = build_loader(cfg, "test")  # loads (and checks) the test data before the evaluator reads it
     check_model_classes(model, cfg.dataloader.test)
     evaluator = instantiate(cfg.dataloader.evaluator)
     scores_boxes = isinstance(evaluator, COCOEvaluator)
@@ -205,11 +205,19 @@ def check_test_set(cfg, model=None):
         check_model_classes(model, cfg.dataloader.test)
     check_same_classes(cfg.dataloader.train, cfg.dataloader.test)
     check_same_input_format(cfg.dataloader.train, cfg.dataloader.test)
-    try:
-        instantiate(cfg.dataloader.test)
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"the config's test loader (dataloader.test) cannot be built: {error}") from None
+    build_loader(cfg, "test")
     check_test_images(cfg)
+
+
+def build_loader(cfg, section: str):
+    """``instantiate(cfg.dataloader.<section>)`` ("train" or "test"); a ValueError or TypeError of building it (a
+    batch size of 0, negative workers, a mapper setting: detectron2's and torch's messages name no config key) as a
+    ConfigError naming the section."""
+    try:
+        return instantiate(cfg.dataloader[section])
+    except (ValueError, TypeError) as error:
+        what = "training" if section == "train" else section
+        raise ConfigError(f"the config's {what} loader (dataloader.{section}) cannot be built: {error}") from None
 
 
 def check_test_images(cfg):

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from .checkpoint import AtomicDetectionCheckpointer
 from .cli import is_user_error, user_errors_without_tracebacks
 from .config import ConfigError
-from .evaluation import (check_evaluation_datasets, check_model_classes, check_test_set, check_trained_classes,
-                         evaluate, write_eval_results)
+from .evaluation import (build_loader, check_evaluation_datasets, check_model_classes, check_test_set,
+                         check_trained_classes, evaluate, write_eval_results)
 from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, check_lr_multiplier,
                     restore_rank_state, schedule_change_warning)
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
@@ -171,7 +171,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     lr_factor_func = OmegaConf.select(cfg, "optimizer.params.lr_factor_func", default=None)
     if lr_factor_func is not None:
         check_lr_factor(instantiate(lr_factor_func), model)
-    train_loader = instantiate(cfg.dataloader.train)
+    train_loader = build_loader(cfg, "train")
     # before the first step: a class count that does not fit the data would crash only at the first evaluation
     check_model_classes(model, cfg.dataloader.train)
     evaluates = cfg.dataloader.get("evaluator", None) is not None

@@ -70,10 +70,9 @@ CASES = {
     "no training set": (["dataloader.train.dataset.names=[]"], "error: a dataset loader's names is empty"),
     # torch's and this package's messages named no config key
     "negative training workers": (["dataloader.train.num_workers=-1"],
-                                  "error: the config's training loader (dataloader.train) cannot be built: "
-                                  "num_workers must be >= 0, got -1"),
+                                  "error: dataloader.train.num_workers must be >= 0, got -1"),
     "training batch of 0": (["dataloader.train.total_batch_size=0"],
-                            "error: the config's training loader (dataloader.train) cannot be built: total_batch_size"),
+                            "error: dataloader.train.total_batch_size (0) must be positive and divisible"),
 }
 
 

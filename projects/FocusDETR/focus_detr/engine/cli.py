@@ -4,6 +4,7 @@ traceback; Ctrl-C is one line (an interrupted training run's says where it stopp
 status 130."""
 import contextlib
 import logging
+import os
 import re
 import sys
 
@@ -23,6 +24,7 @@ __all__ = [
     "one_line",
     "print_skipped",
     "raised_as",
+    "raised_in_this_package",
     "report_interruption",
     "run_reporting_errors",
     "user_errors_without_tracebacks",
@@ -169,3 +171,13 @@ def run_reporting_errors(function, *args, **kwargs):
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
+
+
+def raised_in_this_package(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is in focus_detr's own code (whose messages name what
+    they check), not in detectron2's or torch's."""
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return traceback is not None and os.path.abspath(traceback.tb_frame.f_code.co_filename).startswith(package + os.sep)

@@ -23,7 +23,7 @@ from ..data import (check_dataset_jsons, check_evaluable, check_image_files, che
                     declared_classes)
 from .agreement import ProcessFailed, failure_report, raise_agreed_failure
 from .checkpoint import write_json
-from .cli import is_out_of_memory
+from .cli import is_out_of_memory, raised_in_this_package
 from .config import ConfigError, _dataset_names_in
 from .cuda_graphs import CUDAGraphInference, graphs_available, graphs_supported, inference_cuda_graphs
 from .precision import amp_autocast, inference_amp_dtype
@@ -205,17 +205,24 @@ def check_test_set(cfg, model=None):
         check_model_classes(model, cfg.dataloader.test)
     check_same_classes(cfg.dataloader.train, cfg.dataloader.test)
     check_same_input_format(cfg.dataloader.train, cfg.dataloader.test)
-    build_loader(cfg, "test")
+    try:
+        build_loader(cfg, "test")
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:  # this package's (a mapper setting for training only) are named here
+        raise ConfigError(f"the config's test loader (dataloader.test) cannot be built: {error}") from None
     check_test_images(cfg)
 
 
 def build_loader(cfg, section: str):
-    """``instantiate(cfg.dataloader.<section>)`` ("train" or "test"); a ValueError or TypeError of building it (a
-    batch size of 0, negative workers, a mapper setting: detectron2's and torch's messages name no config key) as a
-    ConfigError naming the section."""
+    """``instantiate(cfg.dataloader.<section>)`` ("train" or "test"); a ValueError or TypeError of detectron2's or
+    torch's parts (a batch size of 0, negative workers: their messages name no config key) as a ConfigError naming
+    the section. This package's own errors (a dataset's file and problem) pass unchanged."""
     try:
         return instantiate(cfg.dataloader[section])
     except (ValueError, TypeError) as error:
+        if raised_in_this_package(error):
+            raise
         what = "training" if section == "train" else section
         raise ConfigError(f"the config's {what} loader (dataloader.{section}) cannot be built: {error}") from None
 

@@ -13,7 +13,7 @@ from detectron2.utils import comm
 from omegaconf import OmegaConf
 
 from .checkpoint import AtomicDetectionCheckpointer
-from .cli import is_user_error, user_errors_without_tracebacks
+from .cli import is_user_error, raised_in_this_package, user_errors_without_tracebacks
 from .config import ConfigError
 from .evaluation import (build_loader, check_evaluation_datasets, check_model_classes, check_test_set,
                          check_trained_classes, evaluate, write_eval_results)
@@ -51,22 +51,13 @@ def build_model(cfg, device=None):
         # detectron2's and torch's parts check their settings with assertions, lookups and messages (a stage of 0
         # blocks: "AssertionError: 0"; depth 42: "KeyError: 42"; "num_channels (16) must be divisible by num_groups
         # (32)") that name neither the part nor the setting; this package's own ValueErrors name them already
-        if isinstance(error, ValueError) and _raised_in_this_package(error):
+        if isinstance(error, ValueError) and raised_in_this_package(error):
             raise
         raise ConfigError(f"the config's model cannot be built: {_failing_part(error)} failed with "
                           f"{type(error).__name__}: {error}; check the settings you gave it (model.*)") from None
     model.to(device)
     logger.info(f"Model on {device}:\n{model}")
     return model
-
-
-def _raised_in_this_package(error):
-    """Whether the innermost frame of ``error``'s traceback is in focus_detr's own code."""
-    traceback = error.__traceback__
-    while traceback is not None and traceback.tb_next is not None:
-        traceback = traceback.tb_next
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return traceback is not None and os.path.abspath(traceback.tb_frame.f_code.co_filename).startswith(package + os.sep)
 
 
 def _failing_part(error):

@@ -140,13 +140,13 @@ class ResumableTrainLoader:
         world_size = comm.get_world_size()
         if total_batch_size <= 0 or total_batch_size % world_size != 0:
             raise ValueError(
-                f"total_batch_size ({total_batch_size}) must be positive and divisible by the number of processes "
-                f"({world_size})"
+                f"dataloader.train.total_batch_size ({total_batch_size}) must be positive and divisible by the number "
+                f"of processes ({world_size})"
             )
         if len(dataset) == 0:
             raise ValueError("the training dataset is empty")
         if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+            raise ValueError(f"dataloader.train.num_workers must be >= 0, got {num_workers}")
         self.dataset = dataset if not isinstance(dataset, list) else DatasetFromList(dataset, copy=False)
         self.mapper = mapper
         self.batch_size = total_batch_size // world_size

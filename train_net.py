@@ -41,6 +41,7 @@ from focus_detr.engine import (
 )
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import report_interruption, run_reporting_errors
+from focus_detr.engine.config_files import keep_saved_config_order
 from focus_detr.engine.interrupt import ForwardedStop, StopRequest, resume_command, stop_signals_interrupt
 from focus_detr.engine.output_lock import claim_output_dir
 from focus_detr.engine.resume import run_record_kept
@@ -61,6 +62,8 @@ def main(args, cfg=None):
     check_before_setup(cfg, resume=args.resume, eval_only=args.eval_only)  # before config.yaml is overwritten
     with run_record_kept(cfg.train.output_dir):  # and put back if refused after that
         default_setup(cfg, args)
+        if comm.is_main_process() and cfg.train.output_dir:
+            keep_saved_config_order(cfg, os.path.join(cfg.train.output_dir, "config.yaml"))
         setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="focus_detr")
         if args.eval_only:
             return run_evaluation(cfg, resume=args.resume)

@@ -9,10 +9,11 @@ from detectron2.config import LazyConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.tree_registration import register_named_tree_sets
+from .checkpoint import atomic_write
 from .config import ConfigError, _dataset_names_in, _flat, apply_overrides
 from .train_section import unknown_train_entry
 
-__all__ = ["check_train_entries", "load_config", "load_config_for_tool"]
+__all__ = ["check_train_entries", "keep_saved_config_order", "load_config", "load_config_for_tool"]
 
 # detectron2 runs every config file (the one named and those it imports) in a package named like this, and re-raises
 # a syntax error of any of them as "Config file <path> has syntax error!" from the parser's error.
@@ -169,3 +170,34 @@ def load_config_for_tool(config_file, tool_overrides, user_overrides, tool):
     cfg = apply_overrides(cfg, user_overrides)
     check_train_entries(cfg)
     return cfg
+
+
+def _put_in_order(node, order):
+    """Orders each mapping of the YAML node tree ``node`` as the same mapping of ``order`` (plain dicts and lists)."""
+    if isinstance(node, yaml.MappingNode) and isinstance(order, dict):
+        position = {key: i for i, key in enumerate(order)}
+        node.value.sort(key=lambda pair: position.get(getattr(pair[0], "value", None), len(position)))
+        for key, value in node.value:
+            _put_in_order(value, order.get(getattr(key, "value", None)))
+    elif isinstance(node, yaml.SequenceNode) and isinstance(order, list) and len(node.value) == len(order):
+        for item, item_order in zip(node.value, order):
+            _put_in_order(item, item_order)
+
+
+def keep_saved_config_order(cfg, path):
+    """Rewrites the ``config.yaml`` at ``path``, which detectron2's ``LazyConfig.save`` writes with its keys sorted,
+    in ``cfg``'s key order. ``instantiate`` builds a config's parts in that order, and so draws their random initial
+    weights in it: sorted, ResNet's ``stages`` were built before its ``stem``, and a run trained from its own
+    config.yaml got other weights than the run it came from (39 of the tree model's 264 tensors). The file is
+    reordered as YAML nodes (nothing in it is constructed, its tags such as detectron2's ShapeSpec stay as written);
+    one that is not YAML is left as it is."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            node = yaml.compose(f)
+    except (OSError, yaml.YAMLError):
+        return
+    if node is None:
+        return
+    _put_in_order(node, OmegaConf.to_container(cfg, resolve=False))
+    dumped = yaml.serialize(node, allow_unicode=True, width=9999)  # each node keeps its flow or block style
+    atomic_write(path, lambda f: f.write(dumped), mode="w")

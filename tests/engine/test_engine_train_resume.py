@@ -218,3 +218,61 @@ def test_the_ema_starts_from_the_weights_training_starts_from(train_net, toy_dat
     expected = {name: 0.999 * value + 0.001 * resumed["model"][name] if value.dtype.is_floating_point
                 else resumed["model"][name] for name, value in shadow.items()}
     assert _largest_difference(resumed["trainer"]["hooks"]["EMAHook"]["shadow"], expected) < 1e-6
+
+
+def _warnings(err):
+    return [line for line in err.splitlines() if line.startswith("warning: ")]
+
+
+def test_an_evaluation_says_when_it_evaluates_other_weights_than_the_runs_own(train_net, toy_dataset, tmp_path, capsys,
+                                                                                monkeypatch):
+    run = tmp_path / "train"
+    _train(train_net, run, "train.max_iter=2", "train.checkpointer.period=1")
+    first, last = run / "model_0000000.pth", run / "model_final.pth"
+    capsys.readouterr()
+    # --eval-only --resume evaluated the run's last checkpoint and left the file named by the user unmentioned
+    assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", "--resume", f"train.output_dir={run}",
+                          f"train.init_checkpoint={first}"]) == 0
+    assert _warnings(capsys.readouterr().err) == [
+        f"warning: train.init_checkpoint {first} is not evaluated: --eval-only --resume evaluates the last checkpoint "
+        f"of train.output_dir, {last}; without --resume the file is evaluated"]
+    # a fine-tuned run's own config.yaml names the weights it started from: they were scored in the run's folder
+    assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={run}",
+                          f"train.init_checkpoint={first}"]) == 0
+    assert _warnings(capsys.readouterr().err) == [
+        f"warning: train.output_dir {run} holds a training run (its last checkpoint: {last}) but train.init_checkpoint "
+        f"{first} is evaluated, and its results replace the run's; --resume evaluates the run's own model"]
+    # the run's own last checkpoint, either way: nothing to say
+    assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={run}",
+                          f"train.init_checkpoint={last}"]) == 0
+    assert _warnings(capsys.readouterr().err) == []
+
+
+def test_an_evaluation_that_stops_leaves_no_earlier_detections_behind(train_net, toy_dataset, tmp_path, monkeypatch):
+    # coco_instances_results.json and instances_predictions.pth of the earlier model stayed next to a config.yaml
+    # naming other weights; the visualising tools would have drawn them as this model's
+    import focus_detr.engine.runner as runner
+
+    run = tmp_path / "train"
+    _train(train_net, run, "train.max_iter=2")
+    evaluation = ["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path / 'eval'}",
+                  f"train.init_checkpoint={run / 'model_final.pth'}"]
+    assert train_net.cli(evaluation) == 0
+    written = {"eval_results.json", "coco_instances_results.json", "instances_predictions.pth"}
+    assert written <= {path.name for path in (tmp_path / "eval").iterdir()}
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "evaluate", stopped)
+    assert train_net.cli(evaluation) == 130
+    assert not written & {path.name for path in (tmp_path / "eval").iterdir()}
+
+
+def test_resume_into_a_folder_without_a_checkpoint_says_a_new_run_starts(train_net, toy_dataset, tmp_path, capsys):
+    # a mistyped or moved train.output_dir: a new run started in its place, with detectron2's INFO line only
+    assert train_net.cli(["--config-file", TOY_CONFIG, "--resume", f"train.output_dir={tmp_path / 'typo'}",
+                          "train.max_iter=1"]) == 0
+    assert _warnings(capsys.readouterr().err) == [
+        f"warning: --resume: train.output_dir {tmp_path / 'typo'} holds no checkpoint to resume; a new run starts "
+        "there from random weights"]

@@ -232,6 +232,11 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     )
 
     configured = optimizer_settings(optimizer)
+    if resume and not checkpointer.has_checkpoint():
+        # a mistyped or moved train.output_dir: a new run would start in its place with detectron2's INFO line only
+        start = f"train.init_checkpoint {cfg.train.init_checkpoint}" if cfg.train.init_checkpoint else "random weights"
+        _warn_on_stderr(f"--resume: train.output_dir {cfg.train.output_dir} holds no checkpoint to resume; a new run "
+                        f"starts there from {start}")
     extra = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter, rng_state = 0, None
     if resume and checkpointer.has_checkpoint():
@@ -330,6 +335,32 @@ def load_inference_weights(model, cfg, path):
     return "trained" if path else "random"
 
 
+def _same_file(a, b):
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _warn_on_stderr(message):
+    logger.warning(message)
+    if comm.is_main_process():  # the log scrolls by; this is what the numbers mean
+        print(f"warning: {message}", file=sys.stderr)
+
+
+# What an evaluation writes into train.output_dir (COCOEvaluator's files where its output_dir is that folder).
+_RESULT_FILES = ("eval_results.json", "coco_instances_results.json", "instances_predictions.pth")
+
+
+def _remove_earlier_results(cfg):
+    """An earlier evaluation's results must not outlive an interrupted or failed one next to this config.yaml (the
+    visualising tools would draw the earlier model's detections as this one's)."""
+    folders = {cfg.train.output_dir, (cfg.dataloader.get("evaluator", None) or {}).get("output_dir", None)}
+    for folder in sorted(folder for folder in folders if folder):
+        removed = [name for name in _RESULT_FILES if os.path.isfile(os.path.join(folder, name))]
+        for name in removed:
+            os.remove(os.path.join(folder, name))
+        if removed:
+            logger.info(f"Removed the earlier {', '.join(removed)} from {folder}: this evaluation replaces them")
+
+
 def run_evaluation(cfg, resume=False):
     """Loads ``cfg.train.init_checkpoint`` (our, official detrex, or EMA weights when enabled), or with ``resume``
     the last checkpoint in ``cfg.train.output_dir`` (detectron2's ``--eval-only --resume``), and evaluates. Writes
@@ -344,27 +375,30 @@ def run_evaluation(cfg, resume=False):
         check_trained_classes(cfg)
     model = wrap_ddp(model, cfg, device)  # its set-up gives every process rank 0's weights (random ones differ)
     weights = cfg.train.init_checkpoint
+    run = AtomicDetectionCheckpointer(model, cfg.train.output_dir) if cfg.train.output_dir else None
+    last = run.get_checkpoint_file() if run is not None and run.has_checkpoint() else None
     if resume:
-        last = AtomicDetectionCheckpointer(model, cfg.train.output_dir)
-        if not last.has_checkpoint():
+        if last is None:
             raise ConfigError(f"--eval-only --resume evaluates the last checkpoint in train.output_dir "
                               f"{cfg.train.output_dir}, which holds none; or evaluate a file: train.init_checkpoint=FILE")
-        weights = last.get_checkpoint_file()
+        if weights and not _same_file(weights, last):
+            _warn_on_stderr(f"train.init_checkpoint {weights} is not evaluated: --eval-only --resume evaluates the "
+                            f"last checkpoint of train.output_dir, {last}; without --resume the file is evaluated")
+        weights = last
         logger.info(f"Evaluating the last checkpoint of {cfg.train.output_dir}: {weights}")
     elif not weights:
-        message = ("train.init_checkpoint is empty: evaluating randomly initialised weights (set "
-                   "train.init_checkpoint=FILE, or add --resume for the last checkpoint in train.output_dir)")
-        logger.warning(message)
-        if comm.is_main_process():  # the log scrolls by; this is what the numbers mean
-            print(f"warning: {message}", file=sys.stderr)
+        _warn_on_stderr("train.init_checkpoint is empty: evaluating randomly initialised weights (set "
+                        "train.init_checkpoint=FILE, or add --resume for the last checkpoint in train.output_dir)")
+    elif last is not None and not _same_file(weights, last):
+        # e.g. --eval-only with a fine-tuned run's own config.yaml, whose init_checkpoint is what it started from
+        _warn_on_stderr(f"train.output_dir {cfg.train.output_dir} holds a training run (its last checkpoint: {last}) "
+                        f"but train.init_checkpoint {weights} is evaluated, and its results replace the run's; "
+                        "--resume evaluates the run's own model")
     load_inference_weights(model, cfg, weights)
-    results_path = os.path.join(cfg.train.output_dir, "eval_results.json") if cfg.train.output_dir else None
-    if comm.is_main_process() and results_path and os.path.isfile(results_path):
-        # an earlier evaluation's results must not outlive an interrupted or failed one next to this config.yaml
-        os.remove(results_path)
-        logger.info(f"Removed the earlier {results_path}: this evaluation replaces it")
+    if comm.is_main_process():
+        _remove_earlier_results(cfg)
     results = evaluate(cfg, model)
     if comm.is_main_process() and cfg.train.output_dir:
         os.makedirs(cfg.train.output_dir, exist_ok=True)
-        write_eval_results(results_path, results)
+        write_eval_results(os.path.join(cfg.train.output_dir, "eval_results.json"), results)
     return results

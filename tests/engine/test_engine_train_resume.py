@@ -276,3 +276,17 @@ def test_resume_into_a_folder_without_a_checkpoint_says_a_new_run_starts(train_n
     assert _warnings(capsys.readouterr().err) == [
         f"warning: --resume: train.output_dir {tmp_path / 'typo'} holds no checkpoint to resume; a new run starts "
         "there from random weights"]
+
+
+def test_resume_with_another_batch_size_continues_as_with_another_process_count(train_net, toy_dataset, tmp_path):
+    # "the saved data-loader state is for 1 processes x 2 images; this run has 1 x 1" named no setting, where a
+    # changed process count (the same data-order problem) resumed with a warning
+    from cli_output import logged_warnings
+
+    _train(train_net, tmp_path, "train.max_iter=2")
+    with logged_warnings("focus_detr.engine.hooks") as warnings:
+        _train(train_net, tmp_path, "train.max_iter=3", "dataloader.train.total_batch_size=1", resume=True)
+    assert warnings == ["The checkpoint was written with 2 images per process and this run has 1 "
+                        "(dataloader.train.total_batch_size): resuming the iteration, weights, optimizer and schedule, "
+                        "but not the RNG or the data order."]
+    assert _load(tmp_path / "model_final.pth")["iteration"] == 2

@@ -109,8 +109,8 @@ def restore_rank_state(extra_checkpoint_data, data_loader):
     """Puts this rank's data-loader position back from a checkpoint written by :class:`ResumableCheckpointHook`.
 
     Returns this rank's saved RNG state (restore it with ``rng.restore_rng_state`` right before training starts),
-    or None when the checkpoint has none or was written with a different number of processes (then training
-    continues from the right iteration with fresh randomness and data order, and a warning says so).
+    or None when the checkpoint has none or was written with a different number of processes or images per process
+    (then training continues from the right iteration with fresh randomness and data order, and a warning says so).
     """
     rank_states = extra_checkpoint_data.get("rank_states")
     if not rank_states:
@@ -123,6 +123,15 @@ def restore_rank_state(extra_checkpoint_data, data_loader):
         return None
     state = rank_states[comm.get_rank()]
     if data_loader is not None and "data_loader" in state and hasattr(data_loader, "load_state_dict"):
+        saved_batch, batch = state["data_loader"].get("batch_size"), getattr(data_loader, "batch_size", None)
+        if saved_batch is not None and batch is not None and saved_batch != batch:
+            # a changed dataloader.train.total_batch_size, as a changed process count: the order cannot continue
+            logger.warning(
+                f"The checkpoint was written with {saved_batch} images per process and this run has {batch} "
+                "(dataloader.train.total_batch_size): resuming the iteration, weights, optimizer and schedule, but "
+                "not the RNG or the data order."
+            )
+            return None
         data_loader.load_state_dict(state["data_loader"])
     return state["rng"]
 

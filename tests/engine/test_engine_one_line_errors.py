@@ -1,5 +1,6 @@
 """A user error is one line ``error: <what> <where>: <why>`` with exit status 2 and no traceback, with the
 project's message intact; a bug keeps its traceback."""
+import io
 import os
 
 import pytest
@@ -142,6 +143,33 @@ def test_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoint(train
     assert not (out / "model_final.pth").exists() and not list(out.glob(".*.tmp"))
     # the error came at once: no final evaluation of the unsaved model ran first
     assert "Evaluation results" not in (out / "log.txt").read_text() and not (out / "eval_results.json").exists()
+
+
+def test_a_disk_that_fills_while_torch_writes_a_checkpoint_is_one_line(tmp_path, monkeypatch):
+    # torch.save's zip writer raises "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos ..."
+    # from the OSError of a write midway: four tracebacks instead of the full-disk line
+    import errno
+
+    import focus_detr.engine.checkpoint as checkpoint
+    from focus_detr.checkpoint import CheckpointError
+
+    class FillingDisk(io.FileIO):
+        def write(self, data):
+            if self.tell() + len(data) > 4096:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    def filling_disk(path, mode="r", *args, **kwargs):
+        return FillingDisk(path, mode.replace("b", "")) if "w" in mode else open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "open", filling_disk, raising=False)
+    model = torch.nn.Linear(64, 64)
+    with pytest.raises(CheckpointError, match=r"cannot save checkpoint .*model_0000001.pth: no space left on device "
+                                              r"\(no earlier checkpoint exists\)"):
+        checkpoint.AtomicDetectionCheckpointer(model, str(tmp_path)).save("model_0000001")
+    with pytest.raises(CheckpointError, match=r"cannot save weights .*weights.pth: no space left on device$"):
+        checkpoint.save_weights(str(tmp_path / "weights.pth"), model.state_dict())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_evaluating_a_missing_weights_file_leaves_the_folder_s_config_as_it_was(train_net, toy_dataset, capsys,

@@ -48,6 +48,22 @@ def write_json(path, data, indent=2, allow_nan=True):
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 
+def _write_error(error):
+    """The OSError behind a failed write: ``error`` itself, or the one torch.save's zip writer raises a RuntimeError
+    from ("[enforce fail at inline_container.cc] unexpected pos ..." on a full disk); None for any other error."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _why_not_written(error):
+    return "no space left on device" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
+
+
 def save_weights(path, state_dict):
     """Writes model weights alone (name -> tensor), atomically: a safetensors file when ``path`` ends in
     ``.safetensors`` (tensors only: any reader can load it without running code), else a torch file holding
@@ -60,9 +76,11 @@ def save_weights(path, state_dict):
 
     try:
         atomic_write(path, write)
-    except OSError as error:
-        why = "no space left on device" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
-        raise CheckpointError(f"cannot save weights {path}: {why}") from error
+    except (OSError, RuntimeError) as error:
+        write_error = _write_error(error)
+        if write_error is None:
+            raise
+        raise CheckpointError(f"cannot save weights {path}: {_why_not_written(write_error)}") from error
 
 
 class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
@@ -100,11 +118,14 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
         try:
             atomic_write(save_file, lambda f: torch.save(data, f))
             self.tag_last_checkpoint(basename)
-        except OSError as error:
+        except (OSError, RuntimeError) as error:
+            write_error = _write_error(error)
+            if write_error is None:
+                raise
             previous = self.get_checkpoint_file() if self.has_checkpoint() else None
             kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
-            why = "no space left on device" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
-            raise CheckpointError(f"cannot save checkpoint {save_file}: {why} ({kept})") from error
+            raise CheckpointError(f"cannot save checkpoint {save_file}: {_why_not_written(write_error)} ({kept})"
+                                  ) from error
 
     def save_weights(self, name, state_dict=None):
         """Writes ``save_dir/name`` with the weights alone (default: the model's), as :func:`save_weights` does: for

@@ -39,7 +39,7 @@ from focus_detr.engine import (
     run_evaluation,
     run_training,
 )
-from focus_detr.engine.arguments import parse_args_with_overrides
+from focus_detr.engine.arguments import check_tcp_rendezvous, parse_args_with_overrides
 from focus_detr.engine.cli import report_interruption, run_reporting_errors
 from focus_detr.engine.config_files import keep_saved_config_order
 from focus_detr.engine.interrupt import ForwardedStop, StopRequest, resume_command, stop_signals_interrupt
@@ -129,6 +129,9 @@ def _check_process_arguments(args):
             or not (port.isdigit() and 0 < int(port) < 65536)):  # torch: "Port could not be cast to integer value"
         raise ValueError(f"--dist-url must be tcp://HOST:PORT of the first machine (or auto on one machine), got "
                          f"{args.dist_url!r}")
+    if scheme == "tcp" and args.num_gpus * args.num_machines > 1:
+        host = args.dist_url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+        check_tcp_rendezvous(host, int(port), listens=args.machine_rank == 0)
 
 
 def _check_batch_splits(cfg, args):

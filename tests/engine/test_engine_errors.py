@@ -161,6 +161,23 @@ def test_process_arguments_that_would_hang_or_fail_in_launch_are_one_line(train_
     assert _cli_error(train_net, capsys, *arguments, f"train.output_dir={tmp_path}") == f"error: {message}"
 
 
+def test_a_rendezvous_the_processes_could_not_make_is_one_line(train_net, toy_dataset, capsys, tmp_path):
+    # a port in use: two tracebacks ending in EADDRINUSE; a host that does not resolve: retried without a word
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = _cli_error(train_net, capsys, "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{port}",
+                          f"train.output_dir={tmp_path}")
+        assert line == (f"error: --dist-url port {port} cannot be listened on here: already in use; choose another "
+                        "port (or --dist-url auto on one machine)")
+    line = _cli_error(train_net, capsys, "--num-gpus", "2", "--dist-url", "tcp://nosuchhost.invalid:1234",
+                      f"train.output_dir={tmp_path}")
+    assert line.startswith("error: --dist-url host 'nosuchhost.invalid' cannot be resolved (")
+
+
 def test_one_machine_takes_a_free_port_not_the_fixed_default(train_net):
     # the default --dist-url is the same for every run of a user: a second multi-process run found it in use
     args = train_net.parse_args(["--config-file", "cfg.py", "--num-gpus", "2"])

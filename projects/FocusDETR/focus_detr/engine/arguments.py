@@ -2,12 +2,14 @@
 accepted anywhere on the line, also between the values of a multi-value option (``--keep-ratios 0.3 0.5
 train.init_checkpoint=W.pth --no-dense``), which a plain argparse ``nargs="+"`` option would swallow."""
 import argparse
+import errno
 import math
 import re
+import socket
 import sys
 
-__all__ = ["add_overrides_argument", "image_size", "non_negative_float", "parse_args_with_overrides", "positive_float",
-           "positive_int", "split_overrides"]
+__all__ = ["add_overrides_argument", "check_tcp_rendezvous", "image_size", "non_negative_float",
+           "parse_args_with_overrides", "positive_float", "positive_int", "split_overrides"]
 
 # A config override: a dotted config key (optionally "+key" to add, or "~key", a deletion refused later) followed by
 # "=". Paths and URLs with "=" do not match ("/" or ":" before the "="); a bare file name like "a=1.png" does, except
@@ -127,3 +129,25 @@ def parse_args_with_overrides(parser, argv=None):
     args = parser.parse_args(arguments)
     args.opts = overrides + list(getattr(args, "opts", None) or [])
     return args
+
+
+def check_tcp_rendezvous(host: str, port: int, listens: bool) -> None:
+    """ValueError (one line) when the processes could not meet at ``--dist-url tcp://host:port``: a host name that
+    does not resolve (torch's rendezvous retried it without a word until killed), or, on the machine whose first
+    process listens there (``listens``), a port already in use (two tracebacks ending in EADDRINUSE). A port freed
+    between this check and the launch is not caught here."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise ValueError(f"--dist-url host {host!r} cannot be resolved ({error.strerror}): give the first machine's "
+                         "address") from None
+    if not listens:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's store: a closing port is free
+        try:
+            probe.bind(("", port))  # torch's store listens on every interface
+        except OSError as error:
+            why = "already in use" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
+            raise ValueError(f"--dist-url port {port} cannot be listened on here: {why}; choose another port (or "
+                             "--dist-url auto on one machine)") from None

@@ -21,6 +21,7 @@ written is finished first). See docs/reliability.md.
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import os
+import signal
 import sys
 
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -42,7 +43,8 @@ from focus_detr.engine import (
 from focus_detr.engine.arguments import check_tcp_rendezvous, parse_args_with_overrides
 from focus_detr.engine.cli import report_interruption, run_reporting_errors
 from focus_detr.engine.config_files import keep_saved_config_order
-from focus_detr.engine.interrupt import ForwardedStop, StopRequest, resume_command, stop_signals_interrupt
+from focus_detr.engine.interrupt import (ForwardedStop, SignalInterrupt, StopRequest, resume_command,
+                                        stop_signals_interrupt)
 from focus_detr.engine.output_lock import claim_output_dir
 from focus_detr.engine.resume import run_record_kept
 
@@ -107,7 +109,11 @@ def _launch_processes(args):
                 return exited.exit_code
             if forwarded.signal_number is None:
                 raise
-            return report_interruption(KeyboardInterrupt(f"interrupted by a signal ({exited})"))
+            # a process ended by the signal passed on (an evaluation, a start-up): the line and status of the signal
+            # this process got, as one process gives them
+            interrupt = (KeyboardInterrupt() if forwarded.signal_number == signal.SIGINT
+                         else SignalInterrupt(forwarded.signal_number))
+            return report_interruption(interrupt)
     return 0
 
 

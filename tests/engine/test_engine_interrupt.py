@@ -269,3 +269,23 @@ def test_a_closed_terminal_stops_training_like_sigterm_unless_started_with_nohup
         assert train_net.cli(argv[:2] + [f"train.output_dir={tmp_path / 'nohup'}"] + argv[3:]) == 0
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+@pytest.mark.parametrize("signal_number, line, status", [(signal.SIGTERM, "interrupted by SIGTERM", 143),
+                                                         (signal.SIGINT, "interrupted", 130)])
+def test_processes_ended_by_a_passed_on_signal_give_that_signal_s_line_and_status(train_net, toy_dataset, tmp_path,
+                                                                                   capsys, monkeypatch, signal_number,
+                                                                                   line, status):
+    # an --eval-only of several processes, stopped: "interrupted by a signal (process 0 terminated with signal
+    # SIGTERM)" and status 130, also for a Ctrl-C; one process says "interrupted by SIGTERM" with 143
+    from torch.multiprocessing import ProcessExitedException
+
+    def launch_stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal_number)  # recorded and passed on by the launching process
+        raise ProcessExitedException("process 0 terminated with signal SIGTERM", error_index=0, error_pid=1,
+                                     exit_code=-signal.SIGTERM, signal_name="SIGTERM")
+
+    monkeypatch.setattr(train_net, "launch", launch_stopped)
+    assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", "--num-gpus", "2",
+                          f"train.output_dir={tmp_path}"]) == status
+    assert capsys.readouterr().err.strip().splitlines()[-1] == line

@@ -43,8 +43,8 @@ from focus_detr.engine import (
 from focus_detr.engine.arguments import check_tcp_rendezvous, parse_args_with_overrides
 from focus_detr.engine.cli import report_interruption, run_reporting_errors
 from focus_detr.engine.config_files import keep_saved_config_order
-from focus_detr.engine.interrupt import (ForwardedStop, SignalInterrupt, StopRequest, resume_command,
-                                        stop_signals_interrupt)
+from focus_detr.engine.interrupt import (ForwardedStop, SignalInterrupt, StopRequest, killed_process_error,
+                                        resume_command, stop_signals_interrupt)
 from focus_detr.engine.output_lock import claim_output_dir
 from focus_detr.engine.resume import run_record_kept
 
@@ -97,9 +97,10 @@ def _hide_gpus_for_cpu_processes(cfg, args):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
-def _launch_processes(args):
+def _launch_processes(args, output_dir):
     """``launch`` of several processes. SIGINT / SIGTERM sent to this process alone reach them as a stop request;
-    returns the exit status of a stopped run (its main process printed the line), else 0."""
+    returns the exit status of a stopped run (its main process printed the line), else 0. A process killed from
+    outside is one line naming the checkpoint in ``output_dir`` a resume starts from."""
     with ForwardedStop() as forwarded:
         try:
             launch(_process_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
@@ -108,7 +109,10 @@ def _launch_processes(args):
             if ForwardedStop.stopped_status(exited.exit_code):
                 return exited.exit_code
             if forwarded.signal_number is None:
-                raise
+                if exited.signal_name is None:
+                    raise
+                raise killed_process_error(exited, output_dir, args.resume_command,
+                                           training=not args.eval_only) from None
             # a process ended by the signal passed on (an evaluation, a start-up): the line and status of the signal
             # this process got, as one process gives them
             interrupt = (KeyboardInterrupt() if forwarded.signal_number == signal.SIGINT
@@ -168,7 +172,7 @@ def _launch(args):
                   f"{args.dist_url} (the same command with --machine-rank 0 to {args.num_machines - 1})",
                   file=sys.stderr, flush=True)
         if args.num_gpus * args.num_machines > 1:
-            return _launch_processes(args)
+            return _launch_processes(args, cfg.train.output_dir)
         return main(args, cfg)  # one process: here, reusing this config
 
 

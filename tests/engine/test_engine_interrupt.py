@@ -289,3 +289,28 @@ def test_processes_ended_by_a_passed_on_signal_give_that_signal_s_line_and_statu
     assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", "--num-gpus", "2",
                           f"train.output_dir={tmp_path}"]) == status
     assert capsys.readouterr().err.strip().splitlines()[-1] == line
+
+
+def test_a_process_killed_from_outside_is_one_line_naming_the_resume(train_net, toy_dataset, tmp_path, capsys,
+                                                                     monkeypatch):
+    # kill -9 of one training process (the out-of-memory killer): two tracebacks ending in "process 1 terminated with
+    # signal SIGKILL", and no word of the checkpoint or the resume
+    from torch.multiprocessing import ProcessExitedException
+
+    out = tmp_path / "out"
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN]) == 0
+
+    def launch_killed(*args, **kwargs):
+        raise ProcessExitedException("process 1 terminated with signal SIGKILL", error_index=1, error_pid=4242,
+                                     exit_code=-signal.SIGKILL, signal_name="SIGKILL")
+
+    monkeypatch.setattr(train_net, "launch", launch_killed)
+    capsys.readouterr()
+    argv = ["--config-file", TOY_CONFIG, "--resume", "--num-gpus", "2", f"train.output_dir={out}", "train.max_iter=20"]
+    assert train_net.cli(argv) == 2
+    err = capsys.readouterr().err
+    last = (out / "last_checkpoint").read_text()
+    assert err.strip().splitlines()[-1].startswith(
+        "error: process 1 (pid 4242) was killed by SIGKILL (the out-of-memory killer's signal); the others stopped; "
+        f"its last checkpoint is {out / last}; resume with: ")
+    assert not shows_traceback(err)

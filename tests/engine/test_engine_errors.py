@@ -48,6 +48,10 @@ def test_a_new_entry_of_a_plain_dict_is_shown_the_plus_form():
     ("train.init_checkpoint=R-50.pkl?matching_heuristics=True", "cannot read config override "
      "'train.init_checkpoint=R-50.pkl?matching_heuristics=True': mismatched input '=' expecting <EOF>; a value "
      "holding '=' goes in quotes, inside the shell's: 'train.init_checkpoint=\"R-50.pkl?matching_heuristics=True\"'"),
+    # the grammar takes ASCII only outside quotes: a path with an accented letter, without a word on quoting it
+    ("train.output_dir=/data/ünï", "cannot read config override 'train.output_dir=/data/ünï': "
+     "LexerNoViableAltException: train.output_dir=/data/ünï; a value with characters beyond ASCII goes in quotes, "
+     "inside the shell's: 'train.output_dir=\"/data/ünï\"'"),
 ])
 def test_an_override_that_cannot_be_read_is_named_alone(override, message):
     from focus_detr.engine import load_config

@@ -216,6 +216,10 @@ def _override_error(overrides, error):
             hint = "; write key=value without spaces around it" if spaced else ""
             if not hint and "=" in value and not value.strip().startswith(("'", '"')):
                 hint = f"; a value holding '=' goes in quotes, inside the shell's: '{key.strip()}=\"{value.strip()}\"'"
+            elif not hint and not value.isascii() and not value.strip().startswith(("'", '"')):
+                # the override grammar takes only ASCII outside quotes: a path with an accented letter
+                hint = (f"; a value with characters beyond ASCII goes in quotes, inside the shell's: "
+                        f"'{key.strip()}=\"{value.strip()}\"'")
             return f"cannot read config override {override!r}: {_flat(str(parse_error).splitlines()[0])}{hint}"
     return f"cannot apply overrides {overrides}: {_flat(error)}"
 

@@ -2,6 +2,7 @@
 run came from, down to the random initial weights."""
 import os
 
+import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
 from omegaconf import OmegaConf
@@ -60,3 +61,22 @@ def test_train_net_saves_the_config_in_its_own_order(train_net, toy_dataset, tmp
     saved = OmegaConf.to_container(LazyConfig.load(str(tmp_path / "config.yaml")), resolve=False)
     source = OmegaConf.to_container(load_config(TOY_CONFIG, [f"train.output_dir={tmp_path}"]), resolve=False)
     assert _key_orders(saved) == _key_orders(source)
+
+
+def test_a_saved_config_that_held_a_lambda_says_to_use_the_py_config(tmp_path):
+    # detectron2 writes such a config.yaml as a readable copy and pickles the config beside it; given back, it was
+    # "invalid YAML ... (cannot find module ...)" and the .pkl "neither a LazyConfig .py file nor a .yaml file"
+    from focus_detr.engine import ConfigError
+
+    cfg = load_config(TREES)
+    cfg.optimizer.params.lr_factor_func = lambda name: 1.0
+    path = str(tmp_path / "config.yaml")
+    LazyConfig.save(cfg, path)
+    keep_saved_config_order(cfg, path)
+    with pytest.raises(ConfigError, match=r"invalid YAML .*; detectron2 wrote it as a readable copy only, beside "
+                                          r"config.yaml.pkl \(the config held what YAML cannot, e.g. a lambda\): use "
+                                          r"the .py config the run came from$"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"config.yaml.pkl is neither a LazyConfig .py file nor a .yaml file "
+                                          r"\(detectron2's pickled copy .*: not loaded, unpickling runs code"):
+        load_config(path + ".pkl")

@@ -74,7 +74,9 @@ def _load_lazy_config(config_file):
     that raises while it runs (a NameError, a failed import, anything): the innermost config file in the traceback,
     which may be one the named config imports."""
     if not config_file.endswith(_CONFIG_EXTENSIONS):
-        raise ConfigError(f"config file {config_file} is neither a LazyConfig .py file nor a .yaml file")
+        pickled = (" (detectron2's pickled copy of a config it could not write as YAML: not loaded, unpickling runs "
+                   "code; use the .py config the run came from)") if config_file.endswith(".yaml.pkl") else ""
+        raise ConfigError(f"config file {config_file} is neither a LazyConfig .py file nor a .yaml file{pickled}")
     try:
         return LazyConfig.load(config_file)
     except SyntaxError as error:
@@ -87,7 +89,10 @@ def _load_lazy_config(config_file):
                               ) from error
         # raised before any config code ran: reading or parsing the file
         if isinstance(error, yaml.YAMLError):
-            raise ConfigError(_yaml_error_message(config_file, error)) from error
+            unreadable_copy = ("; detectron2 wrote it as a readable copy only, beside config.yaml.pkl (the config held "
+                               "what YAML cannot, e.g. a lambda): use the .py config the run came from"
+                               ) if os.path.isfile(config_file + ".pkl") else ""
+            raise ConfigError(_yaml_error_message(config_file, error) + unreadable_copy) from error
         if isinstance(error, UnicodeDecodeError):
             raise ConfigError(f"config file {config_file} is not a text file ({error.reason} at byte {error.start})"
                               ) from error

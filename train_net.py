@@ -43,10 +43,10 @@ from focus_detr.engine import (
 from focus_detr.engine.arguments import check_tcp_rendezvous, parse_args_with_overrides
 from focus_detr.engine.cli import report_interruption, run_reporting_errors
 from focus_detr.engine.config_files import keep_saved_config_order
-from focus_detr.engine.interrupt import (ForwardedStop, SignalInterrupt, StopRequest, killed_process_error,
-                                        resume_command, stop_signals_interrupt)
+from focus_detr.engine.interrupt import (ForwardedStop, SignalInterrupt, StopRequest, resume_command,
+                                        stop_signals_interrupt)
 from focus_detr.engine.output_lock import claim_output_dir
-from focus_detr.engine.resume import run_record_kept
+from focus_detr.engine.resume import killed_process_error, run_record_kept
 
 
 def parse_args(argv=None):
@@ -68,7 +68,8 @@ def main(args, cfg=None):
             keep_saved_config_order(cfg, os.path.join(cfg.train.output_dir, "config.yaml"))
         setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="focus_detr")
         if args.eval_only:
-            return run_evaluation(cfg, resume=args.resume)
+            given = any(override.split("=", 1)[0] == "train.init_checkpoint" for override in args.opts)
+            return run_evaluation(cfg, resume=args.resume, init_checkpoint_given=given)
         with StopRequest() as stop_request:
             command = getattr(args, "resume_command", None) or resume_command()
             run_training(cfg, resume=args.resume, stop_request=stop_request, resume_command=command)
@@ -109,9 +110,9 @@ def _launch_processes(args, output_dir):
             if ForwardedStop.stopped_status(exited.exit_code):
                 return exited.exit_code
             if forwarded.signal_number is None:
-                if exited.signal_name is None:
+                if exited.signal_name != "SIGKILL":  # a crash (SIGSEGV, SIGABRT, ...) keeps its report
                     raise
-                raise killed_process_error(exited, output_dir, args.resume_command,
+                raise killed_process_error(exited, output_dir if args.machine_rank == 0 else "", args.resume_command,
                                            training=not args.eval_only) from None
             # a process ended by the signal passed on (an evaluation, a start-up): the line and status of the signal
             # this process got, as one process gives them

@@ -5,4 +5,3 @@ from .focus_detr_r50_4scale_12ep import dataloader, lr_multiplier, model, optimi
 model.backbone.stages.depth = 101
 train.init_checkpoint = "detectron2://ImageNetPretrained/torchvision/R-101.pkl"
 train.output_dir = "./output/focus_detr_r101_4scale_12ep"
-dataloader.evaluator.output_dir = train.output_dir

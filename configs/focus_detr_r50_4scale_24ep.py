@@ -12,4 +12,3 @@ train.max_iter = 180000
 # torchvision's ImageNet ResNet-50 in detectron2 format (the official r50_v1.pkl is the same conversion).
 train.init_checkpoint = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
 train.output_dir = "./output/focus_detr_r50_4scale_24ep"
-dataloader.evaluator.output_dir = train.output_dir

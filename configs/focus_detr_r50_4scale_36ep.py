@@ -24,4 +24,3 @@ lr_multiplier = L(WarmupParamScheduler)(
 # torchvision's ImageNet ResNet-50 in detectron2 format (the official r50_v1.pkl is the same conversion).
 train.init_checkpoint = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
 train.output_dir = "./output/focus_detr_r50_4scale_36ep"
-dataloader.evaluator.output_dir = train.output_dir

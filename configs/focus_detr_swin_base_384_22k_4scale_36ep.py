@@ -13,4 +13,3 @@ model.backbone.drop_path_rate = 0.2  # detectron2 SwinTransformer's default, whi
 model.neck.input_shapes = {"p1": ShapeSpec(channels=256), "p2": ShapeSpec(channels=512), "p3": ShapeSpec(channels=1024)}
 train.init_checkpoint = "./pretrained/swin_base_patch4_window12_384_22k.pth"
 train.output_dir = "./output/focus_detr_swin_base_384_22k_4scale_36ep"
-dataloader.evaluator.output_dir = train.output_dir

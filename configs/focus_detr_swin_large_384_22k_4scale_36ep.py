@@ -8,4 +8,3 @@ model.backbone.num_heads = (6, 12, 24, 48)
 model.neck.input_shapes = {"p1": ShapeSpec(channels=384), "p2": ShapeSpec(channels=768), "p3": ShapeSpec(channels=1536)}
 train.init_checkpoint = "./pretrained/swin_large_patch4_window12_384_22k.pth"
 train.output_dir = "./output/focus_detr_swin_large_384_22k_4scale_36ep"
-dataloader.evaluator.output_dir = train.output_dir

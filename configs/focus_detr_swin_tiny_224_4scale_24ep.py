@@ -10,4 +10,3 @@ train.max_iter = 180000
 # Convert the official Swin-T ImageNet-1k weights to detectron2 keys and point here.
 train.init_checkpoint = "./pretrained/swin_tiny_patch4_window7_224.pth"
 train.output_dir = "./output/focus_detr_swin_tiny_224_4scale_24ep"
-dataloader.evaluator.output_dir = train.output_dir

@@ -165,21 +165,37 @@ def test_process_arguments_that_would_hang_or_fail_in_launch_are_one_line(train_
     assert _cli_error(train_net, capsys, *arguments, f"train.output_dir={tmp_path}") == f"error: {message}"
 
 
-def test_a_rendezvous_the_processes_could_not_make_is_one_line(train_net, toy_dataset, capsys, tmp_path):
-    # a port in use: two tracebacks ending in EADDRINUSE; a host that does not resolve: retried without a word
+@pytest.mark.parametrize("family, address", [("AF_INET", "127.0.0.1"), ("AF_INET6", "::1")])
+def test_a_port_in_use_for_the_rendezvous_is_one_line(train_net, toy_dataset, capsys, tmp_path, family, address):
+    # two tracebacks ending in EADDRINUSE
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
-        busy.bind(("127.0.0.1", 0))
+    try:
+        busy = socket.socket(getattr(socket, family), socket.SOCK_STREAM)
+        busy.bind((address, 0))
+    except OSError:
+        pytest.skip(f"no {family} on this machine")
+    with busy:
         busy.listen()
         port = busy.getsockname()[1]
-        line = _cli_error(train_net, capsys, "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{port}",
+        line = _cli_error(train_net, capsys, "--num-gpus", "2", "--dist-url", f"tcp://localhost:{port}",
                           f"train.output_dir={tmp_path}")
-        assert line == (f"error: --dist-url port {port} cannot be listened on here: already in use; choose another "
-                        "port (or --dist-url auto on one machine)")
-    line = _cli_error(train_net, capsys, "--num-gpus", "2", "--dist-url", "tcp://nosuchhost.invalid:1234",
+    assert line == (f"error: --dist-url port {port} cannot be listened on here: already in use; choose another port "
+                    "(or --dist-url auto on one machine)")
+
+
+def test_a_rendezvous_host_that_does_not_resolve_is_one_line(train_net, toy_dataset, capsys, tmp_path, monkeypatch):
+    # torch's rendezvous retried it without a word until killed
+    import socket
+
+    def no_such_host(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)  # as a resolver answers, without asking one
+    line = _cli_error(train_net, capsys, "--num-gpus", "2", "--dist-url", "tcp://nosuchhost:1234",
                       f"train.output_dir={tmp_path}")
-    assert line.startswith("error: --dist-url host 'nosuchhost.invalid' cannot be resolved (")
+    assert line == ("error: --dist-url host 'nosuchhost' cannot be resolved (Name or service not known): give the "
+                    "first machine's address")
 
 
 def test_one_machine_takes_a_free_port_not_the_fixed_default(train_net):

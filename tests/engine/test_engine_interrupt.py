@@ -311,6 +311,14 @@ def test_a_process_killed_from_outside_is_one_line_naming_the_resume(train_net, 
     err = capsys.readouterr().err
     last = (out / "last_checkpoint").read_text()
     assert err.strip().splitlines()[-1].startswith(
-        "error: process 1 (pid 4242) was killed by SIGKILL (the out-of-memory killer's signal); the others stopped; "
-        f"its last checkpoint is {out / last}; resume with: ")
+        "error: process 1 (pid 4242) was killed by SIGKILL (kill -9, or the out-of-memory killer: see dmesg); the "
+        f"others stopped; a resume continues at iteration 10 from {out / last}; resume with: ")
     assert not shows_traceback(err)
+
+    def launch_crashed(*args, **kwargs):
+        raise ProcessExitedException("process 1 terminated with signal SIGSEGV", error_index=1, error_pid=4242,
+                                     exit_code=-signal.SIGSEGV, signal_name="SIGSEGV")
+
+    monkeypatch.setattr(train_net, "launch", launch_crashed)  # a crash is a bug: it keeps torch's report
+    with pytest.raises(ProcessExitedException, match="SIGSEGV"):
+        train_net.cli(argv)

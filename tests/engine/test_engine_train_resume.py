@@ -224,28 +224,44 @@ def _warnings(err):
     return [line for line in err.splitlines() if line.startswith("warning: ")]
 
 
-def test_an_evaluation_says_when_it_evaluates_other_weights_than_the_runs_own(train_net, toy_dataset, tmp_path, capsys,
-                                                                                monkeypatch):
-    run = tmp_path / "train"
+def test_an_evaluation_says_when_it_evaluates_other_weights_than_the_runs_own(train_net, toy_dataset, tmp_path, capsys):
+    run, other = tmp_path / "train", tmp_path / "other"
     _train(train_net, run, "train.max_iter=2", "train.checkpointer.period=1")
-    first, last = run / "model_0000000.pth", run / "model_final.pth"
+    _train(train_net, other, "train.max_iter=2")
+    first, last, foreign = run / "model_0000000.pth", run / "model_final.pth", other / "model_final.pth"
     capsys.readouterr()
     # --eval-only --resume evaluated the run's last checkpoint and left the file named by the user unmentioned
     assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", "--resume", f"train.output_dir={run}",
-                          f"train.init_checkpoint={first}"]) == 0
+                          f"train.init_checkpoint={foreign}"]) == 0
     assert _warnings(capsys.readouterr().err) == [
-        f"warning: train.init_checkpoint {first} is not evaluated: --eval-only --resume evaluates the last checkpoint "
-        f"of train.output_dir, {last}; without --resume the file is evaluated"]
+        f"warning: train.init_checkpoint {foreign} is not evaluated: --eval-only --resume evaluates the last "
+        f"checkpoint of train.output_dir, {last}; without --resume the file is evaluated"]
     # a fine-tuned run's own config.yaml names the weights it started from: they were scored in the run's folder
     assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={run}",
-                          f"train.init_checkpoint={first}"]) == 0
+                          f"train.init_checkpoint={foreign}"]) == 0
     assert _warnings(capsys.readouterr().err) == [
         f"warning: train.output_dir {run} holds a training run (its last checkpoint: {last}) but train.init_checkpoint "
-        f"{first} is evaluated, and its results replace the run's; --resume evaluates the run's own model"]
-    # the run's own last checkpoint, either way: nothing to say
+        f"{foreign} is evaluated, and its results replace the run's; --resume evaluates the run's own model"]
+    # any weights of the run's own folder (an earlier checkpoint): nothing to say
     assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={run}",
-                          f"train.init_checkpoint={last}"]) == 0
+                          f"train.init_checkpoint={first}"]) == 0
     assert _warnings(capsys.readouterr().err) == []
+
+
+def test_eval_only_resume_names_the_configs_own_init_checkpoint_in_the_log_only(toy_dataset, tmp_path, capsys):
+    # the COCO configs' train.init_checkpoint is the ImageNet backbone: every --eval-only --resume warned of it
+    from cli_output import logged_warnings
+
+    from focus_detr.engine import load_config, run_training
+    from focus_detr.engine.runner import run_evaluation
+
+    run = tmp_path / "train"
+    run_training(load_config(TOY_CONFIG, [f"train.output_dir={run}", "train.max_iter=2"]))
+    cfg = load_config(TOY_CONFIG, [f"train.output_dir={run}", f"train.init_checkpoint={tmp_path / 'backbone.pkl'}"])
+    capsys.readouterr()
+    with logged_warnings("focus_detr.engine.runner") as warnings:
+        run_evaluation(cfg, resume=True, init_checkpoint_given=False)
+    assert warnings == [] and _warnings(capsys.readouterr().err) == []
 
 
 def test_an_evaluation_that_stops_leaves_no_earlier_detections_behind(train_net, toy_dataset, tmp_path, monkeypatch):
@@ -274,8 +290,8 @@ def test_resume_into_a_folder_without_a_checkpoint_says_a_new_run_starts(train_n
     assert train_net.cli(["--config-file", TOY_CONFIG, "--resume", f"train.output_dir={tmp_path / 'typo'}",
                           "train.max_iter=1"]) == 0
     assert _warnings(capsys.readouterr().err) == [
-        f"warning: --resume: train.output_dir {tmp_path / 'typo'} holds no checkpoint to resume; a new run starts "
-        "there from random weights"]
+        f"warning: --resume: train.output_dir {tmp_path / 'typo'} has no last_checkpoint to resume from; a new run "
+        "starts there from random weights"]
 
 
 def test_resume_with_another_batch_size_continues_as_with_another_process_count(train_net, toy_dataset, tmp_path):
@@ -286,7 +302,29 @@ def test_resume_with_another_batch_size_continues_as_with_another_process_count(
     _train(train_net, tmp_path, "train.max_iter=2")
     with logged_warnings("focus_detr.engine.hooks") as warnings:
         _train(train_net, tmp_path, "train.max_iter=3", "dataloader.train.total_batch_size=1", resume=True)
-    assert warnings == ["The checkpoint was written with 2 images per process and this run has 1 "
-                        "(dataloader.train.total_batch_size): resuming the iteration, weights, optimizer and schedule, "
-                        "but not the RNG or the data order."]
+    assert warnings == ["The checkpoint was written with dataloader.train.total_batch_size 2 (2 per process) and this "
+                        "run has 1 (1 per process): resuming the iteration, weights, optimizer and schedule, but not "
+                        "the RNG or the data order."]
     assert _load(tmp_path / "model_final.pth")["iteration"] == 2
+
+
+def test_an_evaluation_leaves_another_folders_detections_alone_and_says_where_they_go(train_net, toy_dataset,
+                                                                                         tmp_path):
+    # detrex's configs copy train.output_dir into the evaluator's: with train.output_dir overridden, the evaluation
+    # removed the config's default folder's results (another run's), and its own went there without a word
+    from cli_output import logged_warnings
+
+    run, elsewhere = tmp_path / "train", tmp_path / "elsewhere"
+    _train(train_net, run, "train.max_iter=2")
+    elsewhere.mkdir()
+    (elsewhere / "coco_instances_results.json").write_text("[]")
+    (elsewhere / "eval_results.json").write_text("{}")
+    with logged_warnings("focus_detr.engine.runner") as warnings:
+        assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path / 'eval'}",
+                              f"train.init_checkpoint={run / 'model_final.pth'}",
+                              f"dataloader.evaluator.output_dir={elsewhere}"]) == 0
+    assert (elsewhere / "eval_results.json").read_text() == "{}"
+    assert warnings == [f"dataloader.evaluator.output_dir {elsewhere} is not train.output_dir {tmp_path / 'eval'}: "
+                        "the evaluator writes coco_instances_results.json and instances_predictions.pth there; a "
+                        "config that copies train.output_dir into it keeps the copy when train.output_dir is "
+                        "overridden: write dataloader.evaluator.output_dir='${...train.output_dir}'"]

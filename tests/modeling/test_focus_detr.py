@@ -224,10 +224,10 @@ def test_a_whole_float_or_a_tensor_size_is_taken_as_detectron2_takes_it(tiny_mod
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 def test_weights_cast_to_another_precision_name_autocast(dtype):
     # model.half() / .to(torch.bfloat16) ended in "Input type (torch.FloatTensor) and weight type ... should be the
-    # same"; .double() was told of bfloat16 and float16 only
+    # same"; .double() was not told how to undo it
     model = build_tiny_model().eval().to(dtype)
-    with pytest.raises(ValueError, match=rf"^FocusDETR runs with float32 weights, got {dtype} \(float64 is not "
-                                         r"supported either\): for bfloat16 or float16 keep them float32 and autocast"):
+    with pytest.raises(ValueError, match=rf"^FocusDETR runs with float32 weights, got {dtype}: model.float\(\) "
+                                         r"puts them back; for bfloat16 or float16 keep them float32 and autocast"):
         model([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8)}])
 
 

@@ -143,11 +143,18 @@ def check_tcp_rendezvous(host: str, port: int, listens: bool) -> None:
                          "address") from None
     if not listens:
         return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's store: a closing port is free
+    # torch's store listens on every interface, IPv6 and IPv4 where it can: probe the same way, IPv4 alone where the
+    # machine has no IPv6
+    for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "")):
         try:
-            probe.bind(("", port))  # torch's store listens on every interface
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's store: a closing port is free
+                probe.bind((address, port))
+            return
         except OSError as error:
-            why = "already in use" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
-            raise ValueError(f"--dist-url port {port} cannot be listened on here: {why}; choose another port (or "
-                             "--dist-url auto on one machine)") from None
+            if error.errno in (errno.EADDRINUSE, errno.EACCES):
+                why = "already in use" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
+                raise ValueError(f"--dist-url port {port} cannot be listened on here: {why}; choose another port (or "
+                                 "--dist-url auto on one machine)") from None

@@ -15,7 +15,7 @@ from ..checkpoint.safe_load import checked_checkpoint_path
 from ..partial_files import PartialPath, remove_abandoned
 from .interrupt import stop_signals_deferred
 
-__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "save_weights", "write_json"]
+__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "same_file", "save_weights", "write_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,12 @@ def atomic_write(path, write_fn, mode="wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp.path, path)
+
+
+def same_file(a, b):
+    """Whether the paths ``a`` and ``b`` name one file (or folder), through links and relative parts; two empty paths
+    (no file) are the same, an empty and a given one are not."""
+    return (os.path.realpath(a) if a else "") == (os.path.realpath(b) if b else "")
 
 
 def write_json(path, data, indent=2, allow_nan=True):

@@ -197,12 +197,12 @@ def keep_saved_config_order(cfg, path):
     reordered as YAML nodes (nothing in it is constructed, its tags such as detectron2's ShapeSpec stay as written);
     one that is not YAML is left as it is."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path) as f:  # the locale's encoding, in which detectron2 wrote it and atomic_write writes
             node = yaml.compose(f)
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: UnicodeDecodeError
         return
     if node is None:
         return
     _put_in_order(node, OmegaConf.to_container(cfg, resolve=False))
     dumped = yaml.serialize(node, allow_unicode=True, width=9999)  # each node keeps its flow or block style
-    atomic_write(path, lambda f: f.write(dumped), mode="w")
+    atomic_write(os.path.realpath(path), lambda f: f.write(dumped), mode="w")  # a linked config.yaml stays a link

@@ -126,10 +126,11 @@ def restore_rank_state(extra_checkpoint_data, data_loader):
         saved_batch, batch = state["data_loader"].get("batch_size"), getattr(data_loader, "batch_size", None)
         if saved_batch is not None and batch is not None and saved_batch != batch:
             # a changed dataloader.train.total_batch_size, as a changed process count: the order cannot continue
+            processes = len(rank_states)
             logger.warning(
-                f"The checkpoint was written with {saved_batch} images per process and this run has {batch} "
-                "(dataloader.train.total_batch_size): resuming the iteration, weights, optimizer and schedule, but "
-                "not the RNG or the data order."
+                f"The checkpoint was written with dataloader.train.total_batch_size {saved_batch * processes} "
+                f"({saved_batch} per process) and this run has {batch * processes} ({batch} per process): resuming "
+                "the iteration, weights, optimizer and schedule, but not the RNG or the data order."
             )
             return None
         data_loader.load_state_dict(state["data_loader"])

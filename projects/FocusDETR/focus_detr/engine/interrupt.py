@@ -147,25 +147,6 @@ def ignore_stop_signals(worker_id=None):
     threading.Thread(target=_exit_on_sigterm_from, args=(os.getppid(),), daemon=True).start()
 
 
-def killed_process_error(exited, output_dir, command=None, training=True):
-    """The one-line error (a ``ChildProcessError``, a user error of the machine) for a started process that a signal
-    ended which no process here passed on (``kill -9``, the out-of-memory killer): which process, and for training the
-    checkpoint a resume starts from and the command. torch's own report was two tracebacks. ``exited``: torch's
-    ``ProcessExitedException``."""
-    name = exited.signal_name or f"exit status {exited.exit_code}"
-    oom = " (the out-of-memory killer's signal)" if exited.signal_name == "SIGKILL" else ""
-    message = f"process {exited.error_index} (pid {exited.error_pid}) was killed by {name}{oom}; the others stopped"
-    if training:
-        tag = os.path.join(output_dir, "last_checkpoint") if output_dir else ""
-        try:
-            with open(tag) as f:
-                resume_point = f"its last checkpoint is {os.path.join(output_dir, f.read().strip())}"
-        except OSError:
-            resume_point = "no checkpoint yet: a resume starts from scratch"
-        message += f"; {resume_point}; " + (f"resume with: {command}" if command else "continue it with --resume")
-    return ChildProcessError(message)
-
-
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on a signal. ``str()`` is the line to show; ``exit_status`` is 128 + the signal number.
 

@@ -16,8 +16,8 @@ from .interrupt import evaluation_command
 from .settings import check_seed
 from .trainer import DataLoadingFailed, StepOutOfMemory, TrainingDiverged
 
-__all__ = ["check_before_setup", "final_evaluation_error", "nothing_to_resume", "resume_point", "run_record_kept",
-           "save_before_failed_iteration"]
+__all__ = ["check_before_setup", "final_evaluation_error", "killed_process_error", "nothing_to_resume", "resume_point",
+           "run_record_kept", "save_before_failed_iteration"]
 
 # What a run writes as it makes progress: while none of these changed, it has added nothing to the folder's record.
 _PROGRESS_FILES = ("last_checkpoint", "metrics.json", "eval_results.json")
@@ -92,6 +92,23 @@ def resume_point(output_dir):
     except Exception:  # noqa: BLE001 (anything unreadable is left to the resume, which names it)
         return None
     return (path, iteration + 1) if isinstance(iteration, int) and not isinstance(iteration, bool) else None
+
+
+def killed_process_error(exited, output_dir, command=None, training=True):
+    """The one-line error (a ``ChildProcessError``, a user error of the machine) for a started process that SIGKILL
+    ended (``kill -9``, the out-of-memory killer): which process, and for training the checkpoint in ``output_dir``
+    a resume starts from (none named without ``output_dir``: another machine's folder) and the command. torch's own
+    report was two tracebacks. ``exited``: torch's ``ProcessExitedException``."""
+    message = (f"process {exited.error_index} (pid {exited.error_pid}) was killed by {exited.signal_name} (kill -9, "
+               "or the out-of-memory killer: see dmesg); the others stopped")
+    if training:
+        if output_dir:
+            point = resume_point(output_dir)
+            where = (f"a resume continues at iteration {point[1]} from {point[0]}" if point is not None
+                     else "no readable checkpoint yet: a resume starts from scratch")
+            message += f"; {where}"
+        message += "; " + (f"resume with: {command}" if command else "continue it with --resume")
+    return ChildProcessError(message)
 
 
 def final_evaluation_error(error, checkpoint, resume_command):

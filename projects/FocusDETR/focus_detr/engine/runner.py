@@ -12,7 +12,7 @@ from detectron2.engine import create_ddp_model, default_writers, hooks
 from detectron2.utils import comm
 from omegaconf import OmegaConf
 
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import AtomicDetectionCheckpointer, same_file
 from .cli import is_user_error, raised_in_this_package, user_errors_without_tracebacks
 from .config import ConfigError
 from .evaluation import (build_loader, check_evaluation_datasets, check_model_classes, check_test_set,
@@ -235,8 +235,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     if resume and not checkpointer.has_checkpoint():
         # a mistyped or moved train.output_dir: a new run would start in its place with detectron2's INFO line only
         start = f"train.init_checkpoint {cfg.train.init_checkpoint}" if cfg.train.init_checkpoint else "random weights"
-        _warn_on_stderr(f"--resume: train.output_dir {cfg.train.output_dir} holds no checkpoint to resume; a new run "
-                        f"starts there from {start}")
+        _warn_on_stderr(f"--resume: train.output_dir {cfg.train.output_dir} has no last_checkpoint to resume from; a "
+                        f"new run starts there from {start}")
     extra = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter, rng_state = 0, None
     if resume and checkpointer.has_checkpoint():
@@ -335,36 +335,45 @@ def load_inference_weights(model, cfg, path):
     return "trained" if path else "random"
 
 
-def _same_file(a, b):
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
 def _warn_on_stderr(message):
     logger.warning(message)
     if comm.is_main_process():  # the log scrolls by; this is what the numbers mean
         print(f"warning: {message}", file=sys.stderr)
 
 
-# What an evaluation writes into train.output_dir (COCOEvaluator's files where its output_dir is that folder).
-_RESULT_FILES = ("eval_results.json", "coco_instances_results.json", "instances_predictions.pth")
+# COCOEvaluator's files, which it writes into its output_dir.
+_EVALUATOR_FILES = ("coco_instances_results.json", "instances_predictions.pth")
 
 
 def _remove_earlier_results(cfg):
-    """An earlier evaluation's results must not outlive an interrupted or failed one next to this config.yaml (the
-    visualising tools would draw the earlier model's detections as this one's)."""
-    folders = {cfg.train.output_dir, (cfg.dataloader.get("evaluator", None) or {}).get("output_dir", None)}
-    for folder in sorted(folder for folder in folders if folder):
-        removed = [name for name in _RESULT_FILES if os.path.isfile(os.path.join(folder, name))]
-        for name in removed:
-            os.remove(os.path.join(folder, name))
-        if removed:
-            logger.info(f"Removed the earlier {', '.join(removed)} from {folder}: this evaluation replaces them")
+    """An earlier evaluation's results in ``train.output_dir`` must not outlive an interrupted or failed one next to
+    this config.yaml (the visualising tools would draw the earlier model's detections as this one's): its
+    ``eval_results.json``, and COCOEvaluator's files where the evaluator writes into that folder (never another
+    folder's, which may be another run's)."""
+    folder = cfg.train.output_dir
+    evaluator_folder = (cfg.dataloader.get("evaluator", None) or {}).get("output_dir", None)
+    names = ["eval_results.json"]
+    if evaluator_folder and same_file(evaluator_folder, folder):
+        names += _EVALUATOR_FILES
+    elif evaluator_folder:
+        # detrex's configs copy train.output_dir into the evaluator's: an override of the one leaves the other
+        logger.warning(f"dataloader.evaluator.output_dir {evaluator_folder} is not train.output_dir {folder}: the "
+                       f"evaluator writes {' and '.join(_EVALUATOR_FILES)} there; a config that copies "
+                       "train.output_dir into it keeps the copy when train.output_dir is overridden: write "
+                       "dataloader.evaluator.output_dir='${...train.output_dir}'")
+    removed = [name for name in names if os.path.isfile(os.path.join(folder, name))]
+    for name in removed:
+        os.remove(os.path.join(folder, name))
+    if removed:
+        logger.info(f"Removed the earlier {', '.join(removed)} from {folder}: this evaluation replaces them")
 
 
-def run_evaluation(cfg, resume=False):
+def run_evaluation(cfg, resume=False, init_checkpoint_given=True):
     """Loads ``cfg.train.init_checkpoint`` (our, official detrex, or EMA weights when enabled), or with ``resume``
     the last checkpoint in ``cfg.train.output_dir`` (detectron2's ``--eval-only --resume``), and evaluates. Writes
-    ``eval_results.json`` in ``cfg.train.output_dir``; returns the results dict."""
+    ``eval_results.json`` in ``cfg.train.output_dir``; returns the results dict. ``init_checkpoint_given``: the
+    user named ``train.init_checkpoint`` (on the command line), so that ``resume`` not evaluating it is a warning;
+    else the config's own (a backbone initialisation) and an INFO line."""
     require_sections(cfg, ("dataloader.test",), "evaluation")
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, device)
@@ -381,16 +390,21 @@ def run_evaluation(cfg, resume=False):
         if last is None:
             raise ConfigError(f"--eval-only --resume evaluates the last checkpoint in train.output_dir "
                               f"{cfg.train.output_dir}, which holds none; or evaluate a file: train.init_checkpoint=FILE")
-        if weights and not _same_file(weights, last):
-            _warn_on_stderr(f"train.init_checkpoint {weights} is not evaluated: --eval-only --resume evaluates the "
-                            f"last checkpoint of train.output_dir, {last}; without --resume the file is evaluated")
+        if weights and not same_file(weights, last):
+            not_evaluated = (f"train.init_checkpoint {weights} is not evaluated: --eval-only --resume evaluates the "
+                             f"last checkpoint of train.output_dir, {last}")
+            if init_checkpoint_given:
+                _warn_on_stderr(f"{not_evaluated}; without --resume the file is evaluated")
+            else:
+                logger.info(not_evaluated)
         weights = last
         logger.info(f"Evaluating the last checkpoint of {cfg.train.output_dir}: {weights}")
     elif not weights:
         _warn_on_stderr("train.init_checkpoint is empty: evaluating randomly initialised weights (set "
                         "train.init_checkpoint=FILE, or add --resume for the last checkpoint in train.output_dir)")
-    elif last is not None and not _same_file(weights, last):
-        # e.g. --eval-only with a fine-tuned run's own config.yaml, whose init_checkpoint is what it started from
+    elif last is not None and not same_file(os.path.dirname(weights) or ".", cfg.train.output_dir):
+        # e.g. --eval-only with a fine-tuned run's own config.yaml, whose init_checkpoint is what it started from;
+        # any file of the run's own folder (an earlier checkpoint, model_final.safetensors) is the run's
         _warn_on_stderr(f"train.output_dir {cfg.train.output_dir} holds a training run (its last checkpoint: {last}) "
                         f"but train.init_checkpoint {weights} is evaluated, and its results replace the run's; "
                         "--resume evaluates the run's own model")

@@ -1,12 +1,12 @@
 """``model.json``, written next to an exported ``model.onnx``: what a runtime needs besides the graph (input format,
 classes, the test-time resize) and what the graph was exported from; read back and checked by the predictor."""
 import json
-import os
 from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 import torch
 from detectron2.data import transforms as T
 
+from ..engine.checkpoint import same_file
 from ..modeling import FocusDETR
 from .onnx_export import BATCHED_INPUT_NAMES, BATCHED_OUTPUT_NAMES, INPUT_NAME, OUTPUT_NAMES
 
@@ -104,10 +104,6 @@ def check_metadata(metadata, path: str) -> None:
                              f"{'json object' if kind is dict else kind.__name__}: {fix}")
 
 
-def _same_weights_file(a: str, b: str) -> bool:
-    return (os.path.realpath(a) if a else "") == (os.path.realpath(b) if b else "")
-
-
 def graph_weights(predictor: "OnnxPredictor", init_checkpoint: str, weights: Optional[str] = None) -> Optional[str]:
     """What the graph was exported from (model.json's ``init_checkpoint``, quoted; "random weights" when it is
     empty) when that is not ``init_checkpoint`` (the same file, or both empty, match), or when it is but the graph
@@ -116,7 +112,7 @@ def graph_weights(predictor: "OnnxPredictor", init_checkpoint: str, weights: Opt
     exported_from = predictor.model_json.get("init_checkpoint")
     if exported_from is None:
         return None
-    if not _same_weights_file(exported_from, init_checkpoint):
+    if not same_file(exported_from, init_checkpoint):
         return repr(exported_from) if exported_from else "random weights"
     exported_weights = predictor.model_json.get("weights")
     if weights in ("ema", "trained") and exported_weights in ("ema", "trained") and exported_weights != weights:

@@ -194,10 +194,10 @@ class OnnxPredictor:
                     raise ValueError(f"{self.metadata_path} (the graph's metadata) is not readable json: {error}; "
                                      "export the graph again, or remove the file") from None
             check_metadata(self.model_json, self.metadata_path)
+        self.metadata = self._classes_metadata()
 
-    @property
-    def metadata(self) -> Metadata:
-        """detectron2's ``Metadata`` of the graph's classes (``thing_classes``, and
+    def _classes_metadata(self) -> Metadata:
+        """``metadata``: detectron2's ``Metadata`` of the graph's classes (``thing_classes``, and
         ``thing_dataset_id_to_contiguous_id`` where ``model.json`` has the dataset's category ids), as
         ``DefaultPredictor.metadata`` and ``FocusDETRPredictor.metadata``: for ``Visualizer``. Empty (labels drawn
         as numbers) without ``model.json`` or class names in it. ``model_json`` holds the whole file."""

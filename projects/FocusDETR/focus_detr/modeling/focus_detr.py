@@ -147,8 +147,8 @@ class FocusDETR(nn.Module):
         """Normalise and pad (bottom/right, with 0 after normalisation) -> ImageList ``(B, 3, H, W)``."""
         check_batched_inputs(batched_inputs)
         if self.pixel_mean.dtype != torch.float32:  # .half() / .to(torch.bfloat16): a dtype mismatch deep inside
-            raise ValueError(f"FocusDETR runs with float32 weights, got {self.pixel_mean.dtype} (float64 is not "
-                             "supported either): for bfloat16 or float16 keep them float32 and autocast "
+            raise ValueError(f"FocusDETR runs with float32 weights, got {self.pixel_mean.dtype}: model.float() puts "
+                             "them back; for bfloat16 or float16 keep them float32 and autocast "
                              "(train.inference_amp.enabled=True, FocusDETRPredictor(..., amp=True), or torch.autocast "
                              "around the call)")
         images = []

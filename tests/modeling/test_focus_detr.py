@@ -372,7 +372,9 @@ def test_an_empty_proposal_size_is_refused(size):
      r"DINODecoder \(model.transformer.decoder\): FFN: feedforward_dim must be >= 1"),
     ("model.transformer.encoder.num_heads", 3,  # said which attention, not which part
      r"CascadeDualAttentionEncoder \(model.transformer.encoder\): MultiheadAttention: embed_dim"),
-    ("model.transformer.decoder.num_points", 0, r"DINODecoder \(model.transformer.decoder\): num_heads, num_levels"),
+    ("model.transformer.decoder.num_points", 0, r"DINODecoder \(model.transformer.decoder\): "
+                                                r"MultiScaleDeformableAttention: num_points must be a positive integer, "
+                                                r"got 0"),
     ("model.transformer.foreground_selector.modulation_init_range", -1.0,
      "ForegroundTokenSelector: modulation_init_range must be >= 0"),  # torch's "uniform_ expects from <= to"
     ("model.pixel_mean", [1.0, 2.0], "must have one value per channel of the 3-channel images"),

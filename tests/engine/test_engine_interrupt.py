@@ -5,7 +5,6 @@ import os
 import re
 import shlex
 import signal
-import sys
 
 import pytest
 import torch

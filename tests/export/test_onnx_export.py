@@ -8,7 +8,7 @@ import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
 
-from conftest import FIXTURE_PATH, REPO_ROOT, TINY_CONFIG, build_tiny_model
+from conftest import REPO_ROOT, TINY_CONFIG, build_tiny_model
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -328,3 +328,16 @@ def test_an_evaluation_leaves_another_folders_detections_alone_and_says_where_th
                         "the evaluator writes coco_instances_results.json and instances_predictions.pth there; a "
                         "config that copies train.output_dir into it keeps the copy when train.output_dir is "
                         "overridden: write dataloader.evaluator.output_dir='${...train.output_dir}'"]
+
+
+def test_an_evaluation_without_an_output_folder_leaves_the_working_folders_files(train_net, toy_dataset, tmp_path,
+                                                                                 monkeypatch):
+    from focus_detr.engine import load_config
+    from focus_detr.engine.runner import run_evaluation
+
+    run = tmp_path / "train"
+    _train(train_net, run, "train.max_iter=2")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eval_results.json").write_text("the user's")
+    run_evaluation(load_config(TOY_CONFIG, ["train.output_dir=''", f"train.init_checkpoint={run / 'model_final.pth'}"]))
+    assert (tmp_path / "eval_results.json").read_text() == "the user's"

@@ -351,6 +351,8 @@ def _remove_earlier_results(cfg):
     ``eval_results.json``, and COCOEvaluator's files where the evaluator writes into that folder (never another
     folder's, which may be another run's)."""
     folder = cfg.train.output_dir
+    if not folder:  # no output: nothing of an earlier evaluation to remove (not the working folder's files)
+        return
     evaluator_folder = (cfg.dataloader.get("evaluator", None) or {}).get("output_dir", None)
     names = ["eval_results.json"]
     if evaluator_folder and same_file(evaluator_folder, folder):

@@ -341,3 +341,25 @@ def test_an_evaluation_without_an_output_folder_leaves_the_working_folders_files
     (tmp_path / "eval_results.json").write_text("the user's")
     run_evaluation(load_config(TOY_CONFIG, ["train.output_dir=''", f"train.init_checkpoint={run / 'model_final.pth'}"]))
     assert (tmp_path / "eval_results.json").read_text() == "the user's"
+
+
+def test_a_resumed_runs_records_show_each_iteration_once(train_net, toy_dataset, tmp_path):
+    # metrics.json and TensorBoard showed the iterations after the last checkpoint twice (15, 16, 17, 15, 16, ...),
+    # with other values: detectron2's writers append and its smoothing window restarts
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _train(train_net, tmp_path, "train.max_iter=10", "train.checkpointer.period=5", "train.log_period=1",
+           "dataloader.evaluator=null")
+    # a run killed after iteration 9 and before its final checkpoint: the resume starts at 5
+    (tmp_path / "model_final.pth").unlink()
+    (tmp_path / "last_checkpoint").write_text("model_0000004.pth")
+    _train(train_net, tmp_path, "train.max_iter=10", "train.checkpointer.period=5", "train.log_period=1",
+           "dataloader.evaluator=null", resume=True)
+    with open(tmp_path / "metrics.json") as f:
+        iterations = [json.loads(line)["iteration"] for line in f if line.strip()]
+    assert iterations == list(range(10))
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [event.step for event in events.Scalars("total_loss")] == list(range(10))

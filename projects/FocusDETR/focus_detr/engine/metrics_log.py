@@ -7,7 +7,9 @@ import json
 import logging
 import os
 
-__all__ = ["METRICS_FILE", "cut_incomplete_last_line", "is_whole_json"]
+from .checkpoint import atomic_write
+
+__all__ = ["METRICS_FILE", "cut_incomplete_last_line", "drop_records_from", "is_whole_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +59,32 @@ def cut_incomplete_last_line(output_dir: str) -> None:
         f.truncate(start)
     logger.warning(f"Cut the incomplete last line ({len(last_line)} bytes, left by an interrupted write) off {path}, "
                    "so the resumed run's records start on a line of their own")
+
+
+def _iteration_of(line: bytes):
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    iteration = record.get("iteration") if isinstance(record, dict) else None
+    return iteration if isinstance(iteration, int) and not isinstance(iteration, bool) else None
+
+
+def drop_records_from(output_dir: str, start_iter: int) -> int:
+    """Removes from ``output_dir``'s metrics.json the records of iterations ``start_iter`` and later: a run killed
+    after its last checkpoint logged iterations that the resume (from ``start_iter``) does again, and each would
+    otherwise appear twice, with other values (detectron2's smoothing window restarts). Lines that are not such a
+    record stay. Written atomically; returns how many records were removed."""
+    path = os.path.join(output_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return 0
+    with open(path, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    iterations = [_iteration_of(line) for line in lines]
+    kept = [line for line, iteration in zip(lines, iterations) if iteration is None or iteration < start_iter]
+    removed = len(lines) - len(kept)
+    if removed:
+        atomic_write(path, lambda f: f.writelines(kept))
+        logger.info(f"Removed the {removed} records of iterations {start_iter} and later from {path}: the resumed run "
+                    "logs them again")
+    return removed

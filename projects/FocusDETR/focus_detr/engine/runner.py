@@ -10,6 +10,7 @@ import torch
 from detectron2.config import instantiate
 from detectron2.engine import create_ddp_model, default_writers, hooks
 from detectron2.utils import comm
+from detectron2.utils.events import TensorboardXWriter
 from omegaconf import OmegaConf
 
 from .checkpoint import AtomicDetectionCheckpointer, same_file
@@ -21,7 +22,7 @@ from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, Resuma
                     restore_rank_state, schedule_change_warning)
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
-from .metrics_log import cut_incomplete_last_line
+from .metrics_log import cut_incomplete_last_line, drop_records_from
 from .optim import check_lr_factor, optimizer_settings, restore_optimizer_settings
 from .rng import restore_rng_state
 from .settings import check_free_space, check_schedule, require_sections, resolve_device
@@ -213,6 +214,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     except (ValueError, TypeError, AssertionError, RuntimeError) as error:  # fvcore's checks name no config key
         raise ConfigError(f"the config's lr_multiplier cannot be built: {error}") from None
     check_lr_multiplier(lr_multiplier)
+    # filled once the start is known (_start_records_at): metrics.json is opened only after a resume trimmed it
+    writers = [] if comm.is_main_process() else None
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -225,9 +228,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
             # whose after_train writes the last iteration's metrics (writing one iteration twice divides by zero
             # in detectron2's ETA estimate)
             StopOnRequestHook(stop_request, checkpoint_hook, resume_command) if stop_request is not None else None,
-            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
-            if comm.is_main_process()
-            else None,
+            hooks.PeriodicWriter(writers, period=cfg.train.log_period) if writers is not None else None,
         ]
     )
 
@@ -257,6 +258,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         if cfg.train.init_checkpoint:  # it starts a run; a new run from it goes to another train.output_dir
             logger.info(f"train.init_checkpoint {cfg.train.init_checkpoint} is not loaded: the run continues from "
                         f"{checkpointer.get_checkpoint_file()}")
+    if writers is not None:
+        _start_records_at(writers, cfg, start_iter)
     if rng_state is not None:
         restore_rng_state(rng_state)  # last, so nothing between here and the first step draws from the generators
     try:
@@ -333,6 +336,21 @@ def load_inference_weights(model, cfg, path):
         logger.warning(f"{path} also holds the EMA weights (their average over its training): using its trained "
                        "weights; train.model_ema.enabled=True uses the average")
     return "trained" if path else "random"
+
+
+def _start_records_at(writers, cfg, start_iter):
+    """Fills ``writers`` (the list the PeriodicWriter holds) with detectron2's ``default_writers``. A resumed run's
+    records continue at ``start_iter``: metrics.json first loses the records of the iterations done again, and
+    TensorBoard discards them from the earlier event files (``purge_step``); each was shown twice, with other values
+    (detectron2's smoothing window restarts)."""
+    output_dir = cfg.train.output_dir
+    if start_iter > 0 and output_dir:
+        drop_records_from(output_dir, start_iter)
+    writers.extend(default_writers(output_dir, cfg.train.max_iter))
+    if start_iter > 0:
+        for i, writer in enumerate(writers):
+            if isinstance(writer, TensorboardXWriter):  # not written yet: its event file is opened at the first write
+                writers[i] = TensorboardXWriter(output_dir, purge_step=start_iter)
 
 
 def _warn_on_stderr(message):

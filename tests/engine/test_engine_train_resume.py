@@ -363,3 +363,23 @@ def test_a_resumed_runs_records_show_each_iteration_once(train_net, toy_dataset,
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     assert [event.step for event in events.Scalars("total_loss")] == list(range(10))
+
+
+def test_a_new_run_in_the_folder_of_a_run_that_left_no_checkpoint_shows_its_own_records(train_net, toy_dataset,
+                                                                                         tmp_path):
+    # its metrics.json went on from the killed run's: iterations 0, 1, 2, 0, 1, 2, ...
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = ["train.max_iter=3", "train.checkpointer.period=100", "train.log_period=1", "dataloader.evaluator=null"]
+    _train(train_net, tmp_path, *run)
+    for path in tmp_path.glob("model_*.pth"):  # as a run killed before its first checkpoint leaves the folder
+        path.unlink()
+    (tmp_path / "last_checkpoint").unlink()
+    _train(train_net, tmp_path, *run)
+    with open(tmp_path / "metrics.json") as f:
+        assert [json.loads(line)["iteration"] for line in f if line.strip()] == [0, 1, 2]
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [event.step for event in events.Scalars("total_loss")] == [0, 1, 2]

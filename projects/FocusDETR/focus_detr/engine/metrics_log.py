@@ -72,9 +72,10 @@ def _iteration_of(line: bytes):
 
 def drop_records_from(output_dir: str, start_iter: int) -> int:
     """Removes from ``output_dir``'s metrics.json the records of iterations ``start_iter`` and later: a run killed
-    after its last checkpoint logged iterations that the resume (from ``start_iter``) does again, and each would
-    otherwise appear twice, with other values (detectron2's smoothing window restarts). Lines that are not such a
-    record stay. Written atomically; returns how many records were removed."""
+    after its last checkpoint logged iterations that the resume (from ``start_iter``) does again, a run killed before
+    its first checkpoint all those a new run does again, and each would otherwise appear twice, with other values
+    (detectron2's smoothing window restarts). Lines that are not such a record stay. Written atomically; returns how
+    many records were removed."""
     path = os.path.join(output_dir, METRICS_FILE)
     if not os.path.isfile(path):
         return 0
@@ -85,6 +86,6 @@ def drop_records_from(output_dir: str, start_iter: int) -> int:
     removed = len(lines) - len(kept)
     if removed:
         atomic_write(path, lambda f: f.writelines(kept))
-        logger.info(f"Removed the {removed} records of iterations {start_iter} and later from {path}: the resumed run "
-                    "logs them again")
+        logger.info(f"Removed the {removed} records of iterations {start_iter} and later from {path}: this run logs "
+                    "them again")
     return removed

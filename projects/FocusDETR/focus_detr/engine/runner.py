@@ -339,15 +339,14 @@ def load_inference_weights(model, cfg, path):
 
 
 def _start_records_at(writers, cfg, start_iter):
-    """Fills ``writers`` (the list the PeriodicWriter holds) with detectron2's ``default_writers``. A resumed run's
-    records continue at ``start_iter``: metrics.json first loses the records of the iterations done again, and
-    TensorBoard discards them from the earlier event files (``purge_step``); each was shown twice, with other values
-    (detectron2's smoothing window restarts)."""
+    """Fills ``writers`` (the list the PeriodicWriter holds) with detectron2's ``default_writers``. The run's records
+    start at ``start_iter``: metrics.json first loses the records of the iterations done again (a resumed run's, or
+    all of those of an earlier run that left no checkpoint in the folder), and TensorBoard discards them from the
+    earlier event files (``purge_step``); each was shown twice, with other values."""
     output_dir = cfg.train.output_dir
-    if start_iter > 0 and output_dir:
-        drop_records_from(output_dir, start_iter)
+    removed = drop_records_from(output_dir, start_iter) if output_dir else 0
     writers.extend(default_writers(output_dir, cfg.train.max_iter))
-    if start_iter > 0:
+    if start_iter > 0 or removed:
         for i, writer in enumerate(writers):
             if isinstance(writer, TensorboardXWriter):  # not written yet: its event file is opened at the first write
                 writers[i] = TensorboardXWriter(output_dir, purge_step=start_iter)

@@ -192,6 +192,19 @@ def test_bad_input_raises_value_error_naming_argument(case):
         multi_scale_deformable_attention(*args)
 
 
+@pytest.mark.parametrize("backend", BACKENDS_UNDER_TEST)
+def test_an_empty_level_samples_nothing_on_every_backend(backend):
+    # the checks accept a level of height or width 0 and the kernels sample nothing there; the PyTorch reference
+    # failed in grid_sample ("expected input to have non-empty spatial dimensions")
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs([(3, 4), (0, 5), (2, 2)])
+    without_it = weights.clone()
+    without_it[:, :, :, 1] = 0
+    expected = oracle(value, spatial_shapes, level_start_index, locations, without_it)
+    got = multi_scale_deformable_attention(value, spatial_shapes, level_start_index, locations, weights,
+                                           backend=backend)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
 def test_a_new_level_start_index_equal_to_the_checked_one_is_taken():
     # the layout check's memo compared a new, value-equal level_start_index with `==`: "Boolean value of Tensor with
     # more than one value is ambiguous" while the first one lived; a wrong one got that message too

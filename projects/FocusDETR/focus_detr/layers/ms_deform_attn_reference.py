@@ -46,7 +46,7 @@ def multi_scale_deformable_attention_pytorch(
     value = value.to(compute_dtype)
     sampling_locations = sampling_locations.to(compute_dtype)
     attention_weights = attention_weights.to(compute_dtype)
-    if batch == 0 or num_queries == 0 or num_heads == 0 or head_dim == 0:
+    if batch == 0 or num_queries == 0 or num_heads == 0 or head_dim == 0 or num_levels == 0:
         # Keeps the graph connected so backward yields zero gradients instead of "does not require grad".
         empty = value.new_zeros((batch, num_queries, num_heads * head_dim))
         touch = value.sum() + sampling_locations.sum() + attention_weights.sum()
@@ -61,6 +61,9 @@ def multi_scale_deformable_attention_pytorch(
         value_l = value_list[level].flatten(2).transpose(1, 2).reshape(batch * num_heads, head_dim, height, width)
         # (B, Q, H, P, 2) -> (B*H, Q, P, 2)
         grid_l = sampling_grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        if height * width == 0:  # an empty level samples nothing, as in the kernels (grid_sample refuses it)
+            sampled_per_level.append(value_l.new_zeros(batch * num_heads, head_dim, num_queries, num_points))
+            continue
         # (B*H, C, Q, P)
         sampled_per_level.append(
             F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -205,23 +205,21 @@ def check_test_set(cfg, model=None):
         check_model_classes(model, cfg.dataloader.test)
     check_same_classes(cfg.dataloader.train, cfg.dataloader.test)
     check_same_input_format(cfg.dataloader.train, cfg.dataloader.test)
-    try:
-        build_loader(cfg, "test")
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as error:  # this package's (a mapper setting for training only) are named here
-        raise ConfigError(f"the config's test loader (dataloader.test) cannot be built: {error}") from None
+    # its own errors named too: the test json is checked above, what fails here is a setting of the loader
+    build_loader(cfg, "test", name_own_errors=True)
     check_test_images(cfg)
 
 
-def build_loader(cfg, section: str):
+def build_loader(cfg, section: str, name_own_errors: bool = False):
     """``instantiate(cfg.dataloader.<section>)`` ("train" or "test"); a ValueError or TypeError of detectron2's or
     torch's parts (a batch size of 0, negative workers: their messages name no config key) as a ConfigError naming
-    the section. This package's own errors (a dataset's file and problem) pass unchanged."""
+    the section. This package's own errors (a dataset's file and problem) pass unchanged, unless
+    ``name_own_errors`` (a mapper's, "DetrDatasetMapper: augmentation_with_crop is for training only", names no
+    section); its ConfigErrors always do."""
     try:
         return instantiate(cfg.dataloader[section])
     except (ValueError, TypeError) as error:
-        if raised_in_this_package(error):
+        if isinstance(error, ConfigError) or (raised_in_this_package(error) and not name_own_errors):
             raise
         what = "training" if section == "train" else section
         raise ConfigError(f"the config's {what} loader (dataloader.{section}) cannot be built: {error}") from None

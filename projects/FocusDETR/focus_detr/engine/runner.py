@@ -201,7 +201,6 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         # a full disk is found now, not at the first save after hours of training
         check_free_space(cfg.train.output_dir, needed_bytes=_checkpoint_bytes(model, optimizer),
                          needed_for="one checkpoint of this model (weights and optimizer state)")
-        cut_incomplete_last_line(cfg.train.output_dir)  # a resumed run's records must not go onto a line cut short
     warmup_length = OmegaConf.select(cfg, "lr_multiplier.warmup_length", default=None)
     if isinstance(warmup_length, (int, float)) and not 0 <= warmup_length < 1:
         # a share of train.max_iter: a negative one switched the warm-up off without a word, 1 or more is fvcore's
@@ -339,12 +338,16 @@ def load_inference_weights(model, cfg, path):
 
 
 def _start_records_at(writers, cfg, start_iter):
-    """Fills ``writers`` (the list the PeriodicWriter holds) with detectron2's ``default_writers``. The run's records
-    start at ``start_iter``: metrics.json first loses the records of the iterations done again (a resumed run's, or
-    all of those of an earlier run that left no checkpoint in the folder), and TensorBoard discards them from the
-    earlier event files (``purge_step``); each was shown twice, with other values."""
+    """Fills ``writers`` (the list the PeriodicWriter holds) with detectron2's ``default_writers``, once metrics.json
+    is ready to be appended to. The run's records start at ``start_iter``: metrics.json first loses a last line cut
+    short and the records of the iterations done again (a resumed run's, or all of those of an earlier run that left
+    no checkpoint in the folder), and TensorBoard discards them from the earlier event files (``purge_step``); each
+    was shown twice, with other values."""
     output_dir = cfg.train.output_dir
-    removed = drop_records_from(output_dir, start_iter) if output_dir else 0
+    removed = 0
+    if output_dir:
+        cut_incomplete_last_line(output_dir)  # the appended records must not go onto a line cut short
+        removed = drop_records_from(output_dir, start_iter)
     writers.extend(default_writers(output_dir, cfg.train.max_iter))
     if start_iter > 0 or removed:
         for i, writer in enumerate(writers):

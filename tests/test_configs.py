@@ -27,7 +27,7 @@ def test_variants_fix_the_official_config_bugs():
     assert r50_36.train.max_iter == 270000
     assert list(r50_36.lr_multiplier.scheduler.milestones) == [210000, 250000, 270000]
     r101_36 = _load("focus_detr_r101_4scale_36ep.py")
-    assert r101_36.model.backbone.stages.depth == 101 and "R-101" in r101_36.train.init_checkpoint
+    assert r101_36.model.backbone.stages.depth == 101 and "resnet101" in r101_36.train.init_checkpoint
     r50_24 = _load("focus_detr_r50_4scale_24ep.py")
     assert (r50_24.model.position_embedding.temperature, r50_24.model.position_embedding.offset) == (20, 0.0)
     assert list(r50_24.lr_multiplier.scheduler.milestones) == [150000, 180000]

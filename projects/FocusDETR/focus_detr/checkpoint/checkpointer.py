@@ -9,6 +9,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .official import is_official_layout, to_model_keys
 from .safe_load import CheckpointError, checked_checkpoint_path, missing_checkpoint_error, read_weights_file
+from .torchvision_resnet import is_torchvision_resnet, torchvision_resnet_to_backbone
 
 # Prefixes of a complete detector: a checkpoint with any of them must fill the whole model.
 _DETECTOR_PREFIXES = ("transformer.", "class_embed.", "bbox_embed.")
@@ -110,8 +111,8 @@ def _check_state_dict(state_dict, source):
 
 class FocusDETRCheckpointer(DetectionCheckpointer):
     """Loads our checkpoints, official detrex Focus-DETR ones (converted on the fly), detectron2 model-zoo ``.pkl``
-    files, safetensors files and backbone-only weights, of any extension, without running code from the file
-    (:func:`~focus_detr.checkpoint.safe_load.read_weights_file`).
+    files, torchvision's ResNet weights, safetensors files and backbone-only weights, of any extension, without
+    running code from the file (:func:`~focus_detr.checkpoint.safe_load.read_weights_file`).
 
     A checkpoint holding detector weights must match the model exactly: missing or unexpected keys raise a
     :class:`CheckpointError` naming the file, the counts and the first few keys, unless ``allow_partial=True``.
@@ -237,6 +238,10 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         if is_official_layout(checkpoint["model"]):
             self.logger.info("Checkpoint is in the official detrex Focus-DETR layout; converting its keys.")
         checkpoint["model"] = state_dict = to_model_keys(checkpoint["model"])
+        if is_torchvision_resnet(state_dict):
+            self.logger.info("Checkpoint is torchvision's ResNet; converting its keys to the backbone's (its "
+                             "classifier, fc.*, is not used).")
+            checkpoint["model"] = state_dict = torchvision_resnet_to_backbone(state_dict)
         if not state_dict:
             raise CheckpointError(f"checkpoint {self._source} holds no weights")
         # the names as the model sees them (fvcore drops a "module." every key has, e.g. a DDP model's); detectron2's

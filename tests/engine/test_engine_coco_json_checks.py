@@ -1,7 +1,11 @@
 """A COCO json whose ids or file names do not mean one thing each stops training and --eval-only with one line naming
 the json and the id, before any step or inference: pycocotools would otherwise merge, drop or double images and
 annotations and score another dataset than the json describes (duplicate image ids changed AP 0.075 to 0.130)."""
+import json
+
 import pytest
+import torch
+from detectron2.structures import Boxes, Instances
 
 from cli_output import error_lines, shows_traceback
 from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
@@ -85,3 +89,21 @@ def test_a_test_set_without_ground_truth_is_evaluated_with_a_warning(train_net, 
     assert code in (0, None), err
     log = (tmp_path / "out" / "log.txt").read_text()
     assert f"Every COCO metric is NaN: the test set ['{name}'] has no ground-truth boxes" in log
+
+
+def test_a_model_that_detects_nothing_scores_zero_not_nan(train_net, toy_dataset, capsys, tmp_path, monkeypatch):
+    import toy_detector
+
+    def no_detections(self, batched_inputs, logits, boxes):
+        return [{"instances": Instances((item["height"], item["width"]), pred_boxes=Boxes(torch.zeros(0, 4)),
+                                        scores=torch.zeros(0), pred_classes=torch.zeros(0, dtype=torch.int64))}
+                for item in batched_inputs]
+
+    monkeypatch.setattr(toy_detector.ToyDetector, "inference", no_detections)
+    code, err = _run(train_net, capsys, "--eval-only", f"train.output_dir={tmp_path / 'out'}")
+    assert code in (0, None), err
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "The model detected nothing on the test set ['focus_detr_toy']: its COCO metrics are 0" in log
+    assert "Every COCO metric is NaN" not in log
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert results["bbox"]["AP"] == 0.0 and results["bbox"]["AP50"] == 0.0

@@ -24,6 +24,7 @@ from ..data import (check_dataset_jsons, check_evaluable, check_image_files, che
 from .agreement import ProcessFailed, failure_report, raise_agreed_failure
 from .checkpoint import write_json
 from .cli import is_out_of_memory, raised_in_this_package
+from .coco_metrics import metrics_of_no_detections
 from .config import ConfigError, _dataset_names_in
 from .cuda_graphs import CUDAGraphInference, graphs_available, graphs_supported, inference_cuda_graphs
 from .precision import amp_autocast, inference_amp_dtype
@@ -83,6 +84,7 @@ def evaluate(cfg, model):
     check_model_classes(model, cfg.dataloader.test)
     evaluator = instantiate(cfg.dataloader.evaluator)
     scores_boxes = isinstance(evaluator, COCOEvaluator)
+    evaluator_of_boxes = evaluator if scores_boxes else None
     graph_settings = inference_cuda_graphs(cfg)
     if graph_settings is not None:
         if not graphs_available(device):
@@ -103,11 +105,22 @@ def evaluate(cfg, model):
         results = _inference_on_every_process(model, readable, evaluator)
     left_out = readable.left_out_everywhere()
     if results:
-        print_csv_format({task: value for task, value in results.items() if task != RESULTS_KEY})
         box_metrics = list(results.get("bbox", {}).values())
-        if box_metrics and all(math.isnan(value) for value in box_metrics):  # COCO's -1: no ground truth at all
-            logger.warning(f"Every COCO metric is NaN: the test set {_dataset_names_in(cfg.dataloader.test)} has no "
-                           "ground-truth boxes to score the detections against")
+        if box_metrics and all(math.isnan(value) for value in box_metrics):
+            # detectron2's NaN for no detections at all, or COCO's -1 for no ground truth
+            names = _dataset_names_in(cfg.dataloader.test)
+            no_detections = None
+            if evaluator_of_boxes is not None:  # its ground truth and classes, as its own evaluate() reads them
+                no_detections = metrics_of_no_detections(evaluator_of_boxes._coco_api,
+                                                         evaluator_of_boxes._metadata.get("thing_classes", None))
+            if no_detections is not None:
+                results["bbox"] = no_detections
+                logger.warning(f"The model detected nothing on the test set {names}: its COCO metrics are 0 (no box "
+                               "found), where detectron2 reports NaN")
+            else:
+                logger.warning(f"Every COCO metric is NaN: the test set {names} has no ground-truth boxes to score the "
+                               "detections against")
+        print_csv_format({task: value for task, value in results.items() if task != RESULTS_KEY})
     if scores_boxes and "bbox" not in (results or {}) and comm.is_main_process():
         # COCOEvaluator only logs "Annotations are not available for evaluation." and returns nothing
         logger.warning(f"No COCO metric: the test set {_dataset_names_in(cfg.dataloader.test)} has no "

@@ -328,10 +328,22 @@ def test_parts_built_for_other_token_widths_are_named_at_build(override, width):
     ({"model.transformer.encoder.num_levels": 3},
      r"other numbers of feature levels \(.*model.transformer.encoder.num_levels 3"),
     ({"model.neck.num_outs": 3}, r"other numbers of feature levels \(model.neck.num_outs 3"),
+    ({"model.transformer.num_levels": 3},
+     r"foreground_selector.num_levels is 4 and num_levels 3 \(model.transformer.foreground_selector.num_levels and "
+     r"model.transformer.num_levels in the configs\)"),
 ])
 def test_parts_built_for_other_feature_levels_are_named_at_build(overrides, message):
     with pytest.raises(ValueError, match=message):
         build_tiny_model(**overrides)
+
+
+@pytest.mark.parametrize("override", ["model.denoising.num_classes", "model.criterion.num_classes"])
+def test_a_loss_or_denoising_built_for_other_classes_is_named_at_build(override):
+    """The configs give both model.num_classes' value; an override of one alone drew the denoising's label noise from
+    some of the classes only (a smaller count), or failed in the loss at the first step (a larger one)."""
+    with pytest.raises(ValueError, match=rf"FocusDETR: the parts are built for other numbers of classes \("
+                                         rf"model.num_classes \d+, .*{override} 2.*\); set model.num_classes alone"):
+        build_tiny_model(**{override: 2})
 
 
 def test_a_position_embedding_the_token_layout_would_not_call_is_refused():

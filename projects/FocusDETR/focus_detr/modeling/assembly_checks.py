@@ -13,7 +13,7 @@ from ..layers.ms_deform_attn import MultiScaleDeformableAttention
 from ..layers.position_embedding import PositionEmbeddingSine
 from .neck import ChannelMapper
 
-__all__ = ["check_position_embedding", "check_token_widths", "level_strides"]
+__all__ = ["check_class_counts", "check_position_embedding", "check_token_widths", "level_strides"]
 
 
 def _token_width(module):
@@ -59,6 +59,19 @@ def check_token_widths(embed_dim, position_embedding, neck, transformer) -> None
         "model.transformer.decoder.embed_dim": getattr(transformer.decoder, "embed_dim", None),
     }
     _require_one_value(widths, "tokens of other widths", "give them all one width (the embed_dim of each part)")
+
+
+def check_class_counts(num_classes, criterion, denoising) -> None:
+    """ValueError naming every class count when the loss or the denoising were built for another number of classes
+    than the heads (an override of the count the configs derive from ``model.num_classes``): a smaller one drew the
+    denoising's label noise from some classes only, without an error."""
+    counts = {
+        "model.num_classes": num_classes,
+        "model.criterion.num_classes": getattr(criterion, "num_classes", None),
+        "model.denoising.num_classes": getattr(denoising, "num_classes", None),
+    }
+    _require_one_value(counts, "other numbers of classes",
+                       "set model.num_classes alone (the configs give the criterion and the denoising its value)")
 
 
 def _norm_width(neck: ChannelMapper) -> Optional[int]:

@@ -16,7 +16,7 @@ from ..layers.group_norm import use_channels_last_group_norm
 from ..layers.mlp import MLP
 from ..layers.position_embedding import PositionEmbeddingSine
 from ..layers.traced_shapes import capped_count
-from .assembly_checks import check_position_embedding, check_token_widths, level_strides
+from .assembly_checks import check_class_counts, check_position_embedding, check_token_widths, level_strides
 from .criterion import FocusDETRCriterion
 from .denoising import ContrastiveDenoising, DenoisingQueries, split_denoising_outputs
 from .detections import batch_images, rescale_detections
@@ -101,6 +101,7 @@ class FocusDETR(nn.Module):
         if not isinstance(aux_loss, bool):
             raise ValueError(f"FocusDETR: aux_loss must be True or False, got {aux_loss!r}")
         check_position_embedding(position_embedding)
+        check_class_counts(num_classes, criterion, denoising)
         check_token_widths(embed_dim, position_embedding, neck, transformer)
         # the stride of each level (None for another neck): the token pictures place the levels with them
         self.level_strides = level_strides(backbone, neck, transformer, criterion)

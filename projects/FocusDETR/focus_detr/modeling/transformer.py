@@ -76,7 +76,9 @@ class FocusDETRTransformer(nn.Module):
             )
         if foreground_selector.num_levels != num_levels:
             raise ValueError(
-                f"foreground_selector.num_levels ({foreground_selector.num_levels}) != num_levels ({num_levels})"
+                f"FocusDETRTransformer: foreground_selector.num_levels is {foreground_selector.num_levels} and "
+                f"num_levels {num_levels} (model.transformer.foreground_selector.num_levels and "
+                "model.transformer.num_levels in the configs): give them one value, the number of feature levels"
             )
         if num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {num_queries}")

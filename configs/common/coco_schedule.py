@@ -1,4 +1,8 @@
-"""Multi-step learning-rate schedules measured in iterations.
+"""Multi-step learning-rate schedules, written in iterations of the run they were made for.
+
+detectron2 reads a schedule at ``iteration / train.max_iter``, so the milestones and the warm-up are shares of the
+run: the 12 ep schedule with ``train.max_iter=180000`` decays at 165000, not at the 24 ep schedule's 150000. For
+another length, build the schedule for it (``default_multistep`` below).
 
 The official COCO recipes use 16 images per iteration, so one COCO epoch (~118k images) is taken as 7500 iterations:
 12 ep = 90000 iters with the decay after epoch 11 (iter 82500); 24 ep = 180000 with the decay after epoch 20 (150000);
@@ -17,7 +21,8 @@ COCO_ITERS_PER_EPOCH_16_IMAGES = 7500
 def default_multistep(epochs, decay_epochs, warmup_epochs=0, iters_per_epoch=COCO_ITERS_PER_EPOCH_16_IMAGES):
     """lr x1 until ``decay_epochs``, then x0.1 until ``epochs``; optional linear warm-up from x0.001.
 
-    Returns a LazyCall of ``WarmupParamScheduler``; its milestones are in iterations.
+    Returns a LazyCall of ``WarmupParamScheduler``; its milestones are in iterations of a run of ``epochs`` epochs
+    (``train.max_iter = epochs * iters_per_epoch``; another ``train.max_iter`` stretches them in proportion).
     """
     if not 0 < decay_epochs <= epochs:
         raise ValueError(f"decay_epochs must be in (0, epochs={epochs}], got {decay_epochs}")

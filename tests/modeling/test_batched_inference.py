@@ -88,3 +88,16 @@ def test_each_images_reported_fine_grained_tokens_are_among_its_own_kept_tokens(
         selection = result["token_selection"]
         for kept, fine in zip(selection["foreground_inds"], selection["fine_grained_inds"]):
             assert torch.isin(fine, kept).all() and len(fine) > 0
+
+
+def test_a_batch_of_mixed_sizes_is_warned_of_once(caplog):
+    """Called directly, the model cannot group images by size as the predictor does: a mixed batch changes the
+    smaller images' detections, so it says so."""
+    model = build_tiny_model().eval()
+    with caplog.at_level("WARNING", logger="focus_detr"), torch.no_grad():
+        model(_images((96, 128), (96, 128)))
+        assert "different sizes" not in caplog.text
+        model(_images((96, 128), (64, 96)))
+        model(_images((96, 128), (48, 64)))
+    warnings = [r.getMessage() for r in caplog.records if "different sizes" in r.getMessage()]
+    assert len(warnings) == 1 and "(96x128, 64x96)" in warnings[0] and "predict_batch" in warnings[0]

@@ -123,6 +123,7 @@ class FocusDETR(nn.Module):
         self.denoising = denoising
         self.num_classes = num_classes
         self.num_detections = num_detections
+        self._warned_of_mixed_sizes = False  # once per model: an evaluation at batch > 1 would repeat it per batch
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
 
@@ -291,6 +292,14 @@ class FocusDETR(nn.Module):
         ``(h, w)``) and ``padded_size`` (the padded batch's ``(H, W)``, which the token grid divides).
         """
         images = self.preprocess_image(batched_inputs)
+        if not self._warned_of_mixed_sizes and not torch.jit.is_tracing() and len(set(images.image_sizes)) > 1:
+            self._warned_of_mixed_sizes = True
+            sizes = ", ".join(f"{height}x{width}" for height, width in images.image_sizes)
+            logger.warning(
+                f"FocusDETR: a batch of images of different sizes ({sizes}) is padded to the largest, which changes "
+                "the smaller ones' detections and token selection (the backbone and the neck see the padding, and "
+                "every image keeps the batch's largest token budget): give one size per call, or one image at a "
+                "time, for the detections each image gets alone (FocusDETRPredictor.predict_batch groups by size)")
         return self.detection_outputs(self.detect(images, return_token_selection), images, batched_inputs)
 
     def detect(self, images: ImageList, return_token_selection: bool = False) -> Tuple:

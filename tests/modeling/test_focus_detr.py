@@ -160,6 +160,22 @@ def test_without_aux_loss_only_the_last_layer_trains_and_every_parameter_still_g
     assert model.class_embed[1].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("variant", ["full", "no_top_down", "no_cascade", "no_fine_grained_attention",
+                                     "foreground_only_scoring", "random_selection", "dense"])
+def test_every_ablation_variant_gives_each_trainable_parameter_a_gradient(parity_fixture, variant):
+    """DDP (find_unused_parameters=False, the default) stops at the second step of a multi-process run when a
+    trainable parameter got no gradient: without top-down modulation, its weights did."""
+    from detectron2.config import LazyConfig, instantiate
+
+    from conftest import TINY_CONFIG
+    from focus_detr.analysis.ablation import variant_overrides
+
+    cfg = LazyConfig.load(str(TINY_CONFIG))
+    model = instantiate(LazyConfig.apply_overrides(cfg, variant_overrides(cfg, variant)).model).train()
+    sum(model(_fixture_inputs(parity_fixture, with_instances=True)).values()).backward()
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
 def test_attention_and_feed_forward_dropout_are_set_apart():
     model = build_tiny_model(**{"model.transformer.encoder.attn_dropout": 0.1,
                                 "model.transformer.encoder.ffn_dropout": 0.2,

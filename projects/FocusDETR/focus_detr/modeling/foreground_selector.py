@@ -131,6 +131,10 @@ class ForegroundTokenSelector(nn.Module):
         self.predictor = ForegroundPredictor(embed_dim)
         self.modulation_weights = nn.Parameter(torch.empty(num_levels - 1))
         nn.init.uniform_(self.modulation_weights, -modulation_init_range, modulation_init_range)
+        if not top_down_modulation:
+            # Unused, so no gradient: trainable, it stopped every multi-process run (DDP waits for a gradient of each
+            # trainable parameter). Still built, so every other weight draws the same initial values.
+            self.modulation_weights.requires_grad_(False)
 
     def set_keep_ratios(self, keep_ratio: float = None, cascade_keep_ratios: Sequence[float] = None) -> None:
         """Changes the token budget of a built model (e.g. to trade accuracy for speed at evaluation time); None

@@ -69,6 +69,33 @@ def test_every_image_once_per_epoch_and_aug_differs_between_epochs(toy_dataset):
     assert [b[0][0] for b in first_epoch] != [b[0][0] for b in second_epoch]
 
 
+@pytest.mark.parametrize("saved_world_size", [1, 2])
+def test_a_run_with_another_batch_or_process_count_continues_after_the_images_drawn(toy_dataset, saved_world_size,
+                                                                                  monkeypatch):
+    """Resumed with another process count or batch size, the data went back to the start of the first epoch (the
+    same images again, with a fixed train.seed); it now continues in the same order after the furthest image any
+    process drew."""
+    from detectron2.utils import comm
+
+    saved = []
+    for rank in range(saved_world_size):
+        monkeypatch.setattr(comm, "get_world_size", lambda: saved_world_size)
+        monkeypatch.setattr(comm, "get_rank", lambda: rank)
+        loader = ResumableTrainLoader(_dataset(toy_dataset), _mapper(), 2 * saved_world_size, seed=5,
+                                      aspect_ratio_grouping=False)
+        _take(iter(loader), 3 - rank)  # ranks draw unequally far
+        saved.append(loader.state_dict())
+    monkeypatch.setattr(comm, "get_world_size", lambda: 1)
+    monkeypatch.setattr(comm, "get_rank", lambda: 0)
+    continued = ResumableTrainLoader(_dataset(toy_dataset), _mapper(), 1, seed=999, aspect_ratio_grouping=False)
+    continued.continue_after(saved)
+    stream = _take(iter(ResumableTrainLoader(_dataset(toy_dataset), _mapper(), 1, seed=5,
+                                             aspect_ratio_grouping=False)), 14)
+    # 1 process: global positions 0..5 drawn; 2: rank 0 drew 0, 2, .., 10 and rank 1 drew 1, 3, 5, 7
+    furthest = 5 if saved_world_size == 1 else 10
+    assert _take(iter(continued), 3) == stream[furthest + 1:furthest + 4]
+
+
 def test_state_for_another_world_size_is_rejected(toy_dataset):
     loader = ResumableTrainLoader(_dataset(toy_dataset), _mapper(), 2, seed=5)
     state = dict(loader.state_dict(), world_size=4)

@@ -303,8 +303,8 @@ def test_resume_with_another_batch_size_continues_as_with_another_process_count(
     with logged_warnings("focus_detr.engine.hooks") as warnings:
         _train(train_net, tmp_path, "train.max_iter=3", "dataloader.train.total_batch_size=1", resume=True)
     assert warnings == ["The checkpoint was written with dataloader.train.total_batch_size 2 (2 per process) and this "
-                        "run has 1 (1 per process): resuming the iteration, weights, optimizer and schedule, but not "
-                        "the RNG or the data order."]
+                        "run has 1 (1 per process): resuming the iteration, weights, optimizer and schedule, and the "
+                        "data after the images it drew, but not its batches or RNG."]
     assert _load(tmp_path / "model_final.pth")["iteration"] == 2
 
 

@@ -109,32 +109,40 @@ def restore_rank_state(extra_checkpoint_data, data_loader):
     """Puts this rank's data-loader position back from a checkpoint written by :class:`ResumableCheckpointHook`.
 
     Returns this rank's saved RNG state (restore it with ``rng.restore_rng_state`` right before training starts),
-    or None when the checkpoint has none or was written with a different number of processes or images per process
-    (then training continues from the right iteration with fresh randomness and data order, and a warning says so).
+    or None when the checkpoint has none or was written with a different number of processes or images per process:
+    then training continues from the right iteration, and the data stream after the samples the run drew (its
+    batches and RNG cannot continue), with a warning that says so.
     """
     rank_states = extra_checkpoint_data.get("rank_states")
     if not rank_states:
         return None
-    if len(rank_states) != comm.get_world_size():
-        logger.warning(
-            f"The checkpoint was written by {len(rank_states)} processes and this run has {comm.get_world_size()}: "
-            "resuming the iteration, weights, optimizer and schedule, but not the RNG or the data order."
-        )
-        return None
-    state = rank_states[comm.get_rank()]
-    if data_loader is not None and "data_loader" in state and hasattr(data_loader, "load_state_dict"):
-        saved_batch, batch = state["data_loader"].get("batch_size"), getattr(data_loader, "batch_size", None)
-        if saved_batch is not None and batch is not None and saved_batch != batch:
-            # a changed dataloader.train.total_batch_size, as a changed process count: the order cannot continue
-            processes = len(rank_states)
-            logger.warning(
-                f"The checkpoint was written with dataloader.train.total_batch_size {saved_batch * processes} "
-                f"({saved_batch} per process) and this run has {batch * processes} ({batch} per process): resuming "
-                "the iteration, weights, optimizer and schedule, but not the RNG or the data order."
-            )
-            return None
-        data_loader.load_state_dict(state["data_loader"])
-    return state["rng"]
+    processes = len(rank_states)
+    loader_states = [state.get("data_loader") for state in rank_states]
+    continues = data_loader is not None and hasattr(data_loader, "load_state_dict") and None not in loader_states
+    saved_batch, batch = (loader_states[0] or {}).get("batch_size"), getattr(data_loader, "batch_size", None)
+    if processes != comm.get_world_size():
+        changed = (f"The checkpoint was written by {_processes(processes)} and this run has "
+                   f"{_processes(comm.get_world_size())}")
+    elif continues and saved_batch is not None and batch is not None and saved_batch != batch:
+        changed = (f"The checkpoint was written with dataloader.train.total_batch_size {saved_batch * processes} "
+                   f"({saved_batch} per process) and this run has {batch * processes} ({batch} per process)")
+    else:
+        state = rank_states[comm.get_rank()]
+        if continues:
+            data_loader.load_state_dict(state["data_loader"])
+        return state["rng"]
+    if continues and hasattr(data_loader, "continue_after"):
+        data_loader.continue_after(loader_states)
+        resumed = ("resuming the iteration, weights, optimizer and schedule, and the data after the images it drew, "
+                   "but not its batches or RNG.")
+    else:
+        resumed = "resuming the iteration, weights, optimizer and schedule, but not the RNG or the data order."
+    logger.warning(f"{changed}: {resumed}")
+    return None
+
+
+def _processes(count):
+    return f"{count} process" + ("" if count == 1 else "es")
 
 
 def check_lr_multiplier(lr_multiplier, points=200):

@@ -179,6 +179,19 @@ class ResumableTrainLoader:
         self._next_position = int(state["next_position"])
         self._waiting_positions = [list(bucket) for bucket in state["waiting_positions"]]
 
+    def continue_after(self, states):
+        """Continues the stream of a run with another process count or batch size: ``states`` are the
+        ``state_dict()`` of each of its processes. The next sample is the one after the furthest any of them drew,
+        in the same order (the same seed); the samples they drew but had not yet batched are skipped. The exact
+        batches cannot continue: they depend on the batch size and on which process draws which position."""
+        drawn = [state["rank"] + state["world_size"] * (state["next_position"] - 1)
+                 for state in states if state["next_position"] > 0]
+        following = max(drawn) + 1 if drawn else 0
+        self.seed = int(states[0]["seed"])
+        # this rank's first global position at or after `following`: rank + world_size * local position
+        self._next_position = max(0, -(-(following - self.rank) // self.world_size))
+        self._waiting_positions = [[], []]
+
     def _bucket_of(self, sample):
         if not self.aspect_ratio_grouping:
             return 0

@@ -12,6 +12,7 @@ from ..data.tree_registration import register_named_tree_sets
 from .checkpoint import atomic_write
 from .config import ConfigError, _dataset_names_in, _flat, apply_overrides
 from .train_section import unknown_train_entry
+from .yaml_config import load_yaml_config
 
 __all__ = ["check_train_entries", "keep_saved_config_order", "load_config", "load_config_for_tool"]
 
@@ -77,8 +78,17 @@ def _load_lazy_config(config_file):
         pickled = (" (detectron2's pickled copy of a config it could not write as YAML: not loaded, unpickling runs "
                    "code; use the .py config the run came from)") if config_file.endswith(".yaml.pkl") else ""
         raise ConfigError(f"config file {config_file} is neither a LazyConfig .py file nor a .yaml file{pickled}")
+    unreadable_copy = ("detectron2 wrote it as a readable copy only, beside config.yaml.pkl (the config held what YAML "
+                       "cannot, e.g. a lambda): use the .py config the run came from"
+                       ) if os.path.isfile(config_file + ".pkl") else ""
     try:
+        if config_file.endswith((".yaml", ".yml")):
+            return load_yaml_config(config_file)
         return LazyConfig.load(config_file)
+    except ConfigError as error:
+        if unreadable_copy:  # the tag of the lambda (or whatever it held) is refused: say why it is there
+            raise ConfigError(f"config file {config_file}: {unreadable_copy}") from error
+        raise
     except SyntaxError as error:
         raise ConfigError(_syntax_error_message(config_file, error)) from error
     except Exception as error:
@@ -89,10 +99,8 @@ def _load_lazy_config(config_file):
                               ) from error
         # raised before any config code ran: reading or parsing the file
         if isinstance(error, yaml.YAMLError):
-            unreadable_copy = ("; detectron2 wrote it as a readable copy only, beside config.yaml.pkl (the config held "
-                               "what YAML cannot, e.g. a lambda): use the .py config the run came from"
-                               ) if os.path.isfile(config_file + ".pkl") else ""
-            raise ConfigError(_yaml_error_message(config_file, error) + unreadable_copy) from error
+            raise ConfigError(_yaml_error_message(config_file, error) + (unreadable_copy and "; " + unreadable_copy)
+                              ) from error
         if isinstance(error, UnicodeDecodeError):
             raise ConfigError(f"config file {config_file} is not a text file ({error.reason} at byte {error.start})"
                               ) from error

@@ -43,10 +43,10 @@ def _mean_and_range(values: List[float]):
 
 def summarize_variants(rows: List[Dict], metric: str = "AP", reference: str = "full") -> List[Dict]:
     """Per variant (in the order first seen in ``rows``): ``seeds`` (the runs with a value of ``metric``: NaN, e.g.
-    APl on a test set without large objects, is no value; a model that detected nothing scores 0 and counts) of ``runs``, mean, min and max of ``metric``, the
-    difference of the means to ``reference``, and whether it exceeds the seed spread: True when the two variants'
-    ranges over seeds do not overlap, False when they do, None when either has fewer than two values (no spread to
-    compare)."""
+    APl on a test set without large objects, is no value; a model that detected nothing scores 0 and counts) of
+    ``runs``, mean, min and max of ``metric``, the difference of the means to ``reference``, and whether it exceeds
+    the seed spread: True when the two variants' ranges over seeds do not overlap, False when they do, None when
+    either has fewer than two values (no spread to compare)."""
     by_variant: Dict[str, List[float]] = {}
     for row in rows:
         by_variant.setdefault(row["variant"], []).append(float(row[metric]))

@@ -46,7 +46,7 @@ from focus_detr.engine.config_files import keep_saved_config_order
 from focus_detr.engine.interrupt import (ForwardedStop, SignalInterrupt, StopRequest, resume_command,
                                         stop_signals_interrupt)
 from focus_detr.engine.output_lock import claim_output_dir
-from focus_detr.engine.resume import killed_process_error, run_record_kept
+from focus_detr.engine.resume import keep_training_config, killed_process_error, run_record_kept
 
 
 def parse_args(argv=None):
@@ -62,11 +62,13 @@ def main(args, cfg=None):
     if cfg is None:
         cfg = load_config(args.config_file, args.opts)
     check_before_setup(cfg, resume=args.resume, eval_only=args.eval_only)  # before config.yaml is overwritten
-    with run_record_kept(cfg.train.output_dir):  # and put back if refused after that
+    with run_record_kept(cfg.train.output_dir) as earlier_config:  # and put back if refused after that
         default_setup(cfg, args)
         if comm.is_main_process() and cfg.train.output_dir:
             keep_saved_config_order(cfg, os.path.join(cfg.train.output_dir, "config.yaml"))
         setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="focus_detr")
+        if args.eval_only and comm.is_main_process() and cfg.train.output_dir:
+            keep_training_config(cfg.train.output_dir, earlier_config)
         if args.eval_only:
             given = any(override.split("=", 1)[0] == "train.init_checkpoint" for override in args.opts)
             return run_evaluation(cfg, resume=args.resume, init_checkpoint_given=given)

@@ -383,3 +383,21 @@ def test_a_new_run_in_the_folder_of_a_run_that_left_no_checkpoint_shows_its_own_
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     assert [event.step for event in events.Scalars("total_loss")] == [0, 1, 2]
+
+
+def test_an_evaluation_in_a_training_runs_folder_keeps_the_runs_config(train_net, toy_dataset, tmp_path):
+    # detectron2's set-up wrote the evaluation's config over the run's: evaluated with other settings, the run
+    # was described by them, and the config it trained with was lost
+    from detectron2.config import LazyConfig
+
+    _train(train_net, tmp_path, "train.max_iter=2")
+    trained_config = (tmp_path / "config.yaml").read_bytes()
+    assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", "--resume", f"train.output_dir={tmp_path}",
+                          "model.feature_noise=0.01"]) in (0, None)
+    assert (tmp_path / "config.yaml").read_bytes() == trained_config
+    assert LazyConfig.load(str(tmp_path / "eval_config.yaml")).model.feature_noise == 0.01
+    assert (tmp_path / "eval_results.json").exists()
+
+    fresh = tmp_path / "fresh"  # a folder without a training run: the evaluation's config is its config.yaml
+    assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={fresh}"]) in (0, None)
+    assert (fresh / "config.yaml").exists() and not (fresh / "eval_config.yaml").exists()

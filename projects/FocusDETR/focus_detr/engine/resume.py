@@ -2,6 +2,7 @@
 stops before its end (a user error in a batch, a diverging loss, a step out of memory, a failed evaluation) saves
 and says: the checkpoint, and the command that continues or evaluates it."""
 import contextlib
+import logging
 import os
 
 import torch
@@ -16,8 +17,10 @@ from .interrupt import evaluation_command
 from .settings import check_seed
 from .trainer import DataLoadingFailed, StepOutOfMemory, TrainingDiverged
 
-__all__ = ["check_before_setup", "final_evaluation_error", "killed_process_error", "nothing_to_resume", "resume_point",
-           "run_record_kept", "save_before_failed_iteration"]
+__all__ = ["check_before_setup", "final_evaluation_error", "keep_training_config", "killed_process_error",
+           "nothing_to_resume", "resume_point", "run_record_kept", "save_before_failed_iteration"]
+
+logger = logging.getLogger(__name__)
 
 # What a run writes as it makes progress: while none of these changed, it has added nothing to the folder's record.
 _PROGRESS_FILES = ("last_checkpoint", "metrics.json", "eval_results.json")
@@ -64,7 +67,8 @@ def run_record_kept(output_dir):
     wrote a checkpoint, a metrics record or results. detectron2's set-up replaces that file before the model is
     built, so a command refused after it (a model setting out of range, a resume whose checkpoints cannot be read)
     left the earlier run's weights described by the refused command's config. On the main process only (the one
-    the set-up writes from)."""
+    the set-up writes from). Yields the earlier ``config.yaml``'s bytes (None: there was none), for
+    :func:`keep_training_config`."""
     path = os.path.join(output_dir, "config.yaml") if output_dir and comm.is_main_process() else None
     try:
         with open(path, "rb") as f:
@@ -73,11 +77,26 @@ def run_record_kept(output_dir):
         earlier = None
     marks = _progress_marks(output_dir) if earlier is not None else None
     try:
-        yield
+        yield earlier
     except BaseException:
         if earlier is not None and _progress_marks(output_dir) == marks:
             atomic_write(path, lambda f: f.write(earlier))
         raise
+
+
+def keep_training_config(output_dir, earlier):
+    """After detectron2's set-up of an evaluation wrote its config as ``config.yaml`` into ``output_dir``: when the
+    folder holds a training run (a ``last_checkpoint``) whose ``config.yaml`` was ``earlier`` (bytes), puts that
+    back and saves the evaluation's as ``eval_config.yaml``. The run's config was lost otherwise (an evaluation with
+    another keep ratio left the run described by it). Returns whether it did."""
+    if earlier is None or not os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+        return False
+    path = os.path.join(output_dir, "config.yaml")
+    os.replace(path, os.path.join(output_dir, "eval_config.yaml"))
+    atomic_write(path, lambda f: f.write(earlier))
+    logger.info(f"--eval-only into a training run's folder: {path} stays the run's config; this evaluation's is "
+                "eval_config.yaml")
+    return True
 
 
 def resume_point(output_dir):

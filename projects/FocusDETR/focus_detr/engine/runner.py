@@ -367,7 +367,7 @@ _EVALUATOR_FILES = ("coco_instances_results.json", "instances_predictions.pth")
 
 def _remove_earlier_results(cfg):
     """An earlier evaluation's results in ``train.output_dir`` must not outlive an interrupted or failed one next to
-    this config.yaml (the visualising tools would draw the earlier model's detections as this one's): its
+    this evaluation's config (the visualising tools would draw the earlier model's detections as this one's): its
     ``eval_results.json``, and COCOEvaluator's files where the evaluator writes into that folder (never another
     folder's, which may be another run's)."""
     folder = cfg.train.output_dir

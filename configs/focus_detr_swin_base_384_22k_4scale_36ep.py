@@ -11,5 +11,5 @@ model.backbone.num_heads = (4, 8, 16, 32)
 model.backbone.window_size = 12
 model.backbone.drop_path_rate = 0.2  # detectron2 SwinTransformer's default, which the official config left in place
 model.neck.input_shapes = {"p1": ShapeSpec(channels=256), "p2": ShapeSpec(channels=512), "p3": ShapeSpec(channels=1024)}
-train.init_checkpoint = "./pretrained/swin_base_patch4_window12_384_22k.pth"
+train.init_checkpoint = "./pretrained/swin_base_patch4_window12_384_22k.pth?matching_heuristics=True"
 train.output_dir = "./output/focus_detr_swin_base_384_22k_4scale_36ep"

@@ -7,6 +7,6 @@ from .models.focus_detr_swin import model
 
 dataloader.train.dataset.filter_empty = True
 train.max_iter = 270000
-# Convert the official Swin-T ImageNet-1k weights to detectron2 keys and point here.
-train.init_checkpoint = "./pretrained/swin_tiny_patch4_window7_224.pth"
+# Microsoft's Swin-T ImageNet-1k weights file, as released (detectron2's heuristics match its keys).
+train.init_checkpoint = "./pretrained/swin_tiny_patch4_window7_224.pth?matching_heuristics=True"
 train.output_dir = "./output/focus_detr_swin_tiny_224_4scale_36ep"

@@ -131,6 +131,31 @@ def test_a_backbone_file_without_the_models_prefix_names_the_option_that_matches
     assert all(torch.equal(model.state_dict()["backbone." + key], value) for key, value in plain.items())
 
 
+def test_a_backbone_file_matched_by_heuristics_fills_the_backbone_only_and_must_fill_some(tmp_path, trained_state):
+    # detectron2's heuristics match keys by the end of their names over the whole model: a Swin file's last "norm.*"
+    # also named the neck's norms; and a file of another backbone size matched nothing, which it only warned of,
+    # and training went on from random weights
+    from focus_detr.checkpoint import CheckpointError
+
+    plain = {key[len("backbone."):]: value for key, value in _backbone_only(trained_state).items()}
+    model = build_tiny_model()
+    neck_norm = next(key for key in model.state_dict() if key.startswith("neck.") and key.endswith("norm.weight"))
+    stray = {**plain, "norm.weight": torch.full_like(model.state_dict()[neck_norm], 7.0)}
+    path = _save(tmp_path, "stray_norm.pth", stray)
+    before = {key: value.clone() for key, value in model.state_dict().items() if not key.startswith("backbone.")}
+    FocusDETRCheckpointer(model).load(f"{path}?matching_heuristics=True")
+    assert all(torch.equal(model.state_dict()["backbone." + key], value) for key, value in plain.items())
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in before.items())
+
+    resized = {key: torch.zeros(value.shape[0] + 1, *value.shape[1:]) for key, value in plain.items() if value.dim()}
+    path = _save(tmp_path, "other_size.pth", resized)
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {path}\?matching_heuristics=True fills none of the "
+                                              r"model's weights: detectron2's matching heuristics match none of its "
+                                              r"\d+ keys \(.*\) to a backbone weight of the same name ending and "
+                                              r"shape"):
+        FocusDETRCheckpointer(build_tiny_model()).load(f"{path}?matching_heuristics=True")
+
+
 @pytest.mark.parametrize("pixel_std, warned", [(None, True), ([1.0, 1.0, 1.0], False)])
 def test_caffe2_imagenet_weights_for_a_model_normalised_as_torchvision_is_named(tmp_path, caplog, pixel_std, warned):
     # detectron2's MSRA R-50.pkl (BGR, pixel_std 1) loaded into a torchvision-normalised model without a word
@@ -164,5 +189,37 @@ def test_backbone_weights_that_leave_part_of_the_backbone_random_say_how_much(tm
             FocusDETRCheckpointer(build_tiny_model()).load(path)
         lines = [r.getMessage() for r in caplog.records if "of the backbone's" in r.getMessage()]
         expected = (f"checkpoint {path} fills {len(parameters) - 1} of the backbone's {len(parameters)} parameters: "
-                    f"the other 1 ({parameters[-1]}) keep their random initialisation")
+                    f"the other 1 ({parameters[-1]}) keep the model's initialisation")
         assert lines == ([expected] if named else [])
+
+
+def test_the_swin_configs_take_microsofts_released_weights_file_as_it_is(tmp_path):
+    # the configs said to convert the file to detectron2's keys, and nothing said how; its keys are detectron2's
+    # SwinTransformer's without "backbone.", plus the classifier, the last norm and (newer files) attention masks
+    import re
+
+    from detectron2.config import LazyConfig, instantiate
+    from torch import nn
+
+    from conftest import REPO_ROOT
+
+    cfg = LazyConfig.load(str(REPO_ROOT / "configs" / "focus_detr_swin_tiny_224_4scale_12ep.py"))
+    assert cfg.train.init_checkpoint.endswith(".pth?matching_heuristics=True")
+    small = dict(embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4))
+    cfg.model.backbone.update(small)
+    holder = nn.Module()
+    holder.backbone = instantiate(cfg.model.backbone)
+    released = {key[len("backbone."):] if key.startswith("backbone.") else key:
+                torch.randn_like(value) if value.is_floating_point() else value
+                for key, value in instantiate(cfg.model.backbone).state_dict().items()
+                if not re.match(r"(backbone\.)?norm\d\.", key)}
+    released.update({"norm.weight": torch.ones(192), "norm.bias": torch.zeros(192), "head.bias": torch.zeros(1000),
+                     "head.weight": torch.zeros(1000, 192), "layers.0.blocks.0.attn_mask": torch.zeros(64, 49, 49)})
+    path = tmp_path / "swin_tiny_patch4_window7_224.pth"
+    torch.save({"model": released}, path)
+    query = cfg.train.init_checkpoint[cfg.train.init_checkpoint.index("?"):]
+    FocusDETRCheckpointer(holder).load(str(path) + query)
+    loaded = holder.backbone.state_dict()
+    matched = [key for key in released if key in loaded]
+    assert len(matched) == len(loaded) - 6  # all but the detection-only output norms norm1..3
+    assert all(torch.equal(loaded[key], released[key]) for key in matched)

@@ -6,6 +6,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
 from .official import is_official_layout, to_model_keys
 from .safe_load import CheckpointError, checked_checkpoint_path, missing_checkpoint_error, read_weights_file
@@ -244,11 +245,15 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
             checkpoint["model"] = state_dict = torchvision_resnet_to_backbone(state_dict)
         if not state_dict:
             raise CheckpointError(f"checkpoint {self._source} holds no weights")
-        # the names as the model sees them (fvcore drops a "module." every key has, e.g. a DDP model's); detectron2's
-        # matching heuristics (model-zoo files) rename keys their own way and are left to it
+        # the names as the model sees them (fvcore drops a "module." every key has, e.g. a DDP model's)
         names = {key[len("module."):] if key.startswith("module.") else key for key in state_dict}
         is_detector = any(name.startswith(_DETECTOR_PREFIXES) for name in names)
-        model_keys = list(self.model.state_dict())
+        model_state = self.model.state_dict()
+        model_keys = list(model_state)
+        if checkpoint.get("matching_heuristics", False) and not is_detector:
+            checkpoint["model"] = self._backbone_weights_by_heuristics(checkpoint, model_state)
+            checkpoint["matching_heuristics"] = False  # its keys are the model's now
+            names = set(checkpoint["model"])
         if not is_detector and self.require_detector:
             raise CheckpointError(
                 f"checkpoint {self._source} holds no Focus-DETR detector weights: none of its {len(state_dict)} keys "
@@ -290,6 +295,27 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
             self._name_unfilled_backbone(incompatible)
         return incompatible
 
+    def _backbone_weights_by_heuristics(self, checkpoint, model_state):
+        """The backbone initialisation ``checkpoint`` (detectron2's model-zoo, Caffe2 and pycls files, a file given
+        with ``?matching_heuristics=True``) under the model's keys, by detectron2's name-matching heuristics, matched
+        against the backbone only: matched by the end of their names, a Swin file's last ``norm.*`` also named the
+        neck's norms (an error where two have its shape). CheckpointError when they match nothing of the backbone:
+        detectron2 only warned, and training went on from random weights."""
+        state_dict = checkpoint["model"]
+        self._convert_ndarray_to_tensor(state_dict)
+        # a model without a backbone (the checkpointer of another module): all of it, as detectron2 matches
+        targets = {key: value for key, value in model_state.items() if key.startswith("backbone.")} or model_state
+        aligned = align_and_update_state_dicts(targets, state_dict,
+                                               c2_conversion=checkpoint.get("__author__", None) == "Caffe2")
+        aligned = {key: value for key, value in aligned.items() if key in targets}  # none matched: its own keys
+        if not aligned:
+            what = "a backbone weight" if targets is not model_state else "a weight of the model"
+            raise CheckpointError(
+                f"checkpoint {self._source} fills none of the model's weights: detectron2's matching heuristics match "
+                f"none of its {len(state_dict)} keys ({_first_keys(state_dict)}) to {what} of the same name ending "
+                "and shape (a file for another backbone, or another size of it?)")
+        return aligned
+
     def _name_unfilled_backbone(self, incompatible):
         """One warning when backbone initial weights leave some of the backbone's parameters at their random
         initialisation (a file for another depth, or cut short): detectron2 lists every missing key among those of
@@ -300,4 +326,4 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         if backbone and unfilled:
             self.logger.warning(
                 f"checkpoint {self._source} fills {len(backbone) - len(unfilled)} of the backbone's {len(backbone)} "
-                f"parameters: the other {len(unfilled)} ({_first_keys(unfilled)}) keep their random initialisation")
+                f"parameters: the other {len(unfilled)} ({_first_keys(unfilled)}) keep the model's initialisation")

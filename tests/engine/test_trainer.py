@@ -57,6 +57,64 @@ def test_a_non_finite_loss_stops_the_step_before_the_optimiser_and_names_the_rem
     assert "total_loss" in storage.histories() and "loss_b" in storage.histories()
 
 
+class _NanGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+class _FiniteLossNanGradient(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.broken, self.fine = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3))
+
+    def forward(self, batch):
+        return {"loss": _NanGradient.apply(self.broken).sum() + (self.fine ** 2).sum()}
+
+
+def _nan_gradient_trainer(amp_dtype):
+    model = _FiniteLossNanGradient()
+    trainer = DetrTrainer(model, itertools.repeat(None), torch.optim.AdamW(model.parameters(), lr=0.1),
+                          clip_grad_max_norm=0.1, amp_dtype=amp_dtype)
+    trainer.iter = 0
+    return trainer
+
+
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
+def test_gradients_that_are_not_finite_stop_the_step_though_the_losses_are(amp_dtype):
+    # their clipping turned every weight NaN, the finite ones too, and the step went on; the next one's NaN loss
+    # stopped training after the NaN weights were saved for the resume
+    trainer = _nan_gradient_trainer(amp_dtype)
+    weights = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    with EventStorage(), pytest.raises(TrainingDiverged, match=r"^training diverged at iteration 0: the gradient norm is "
+                                                                r"nan while the losses are finite, so its step was not "
+                                                                r"applied; lower optimizer.lr"):
+        trainer.run_step()
+    assert all(torch.equal(weights[name], value) for name, value in trainer.model.state_dict().items())
+
+
+def test_float16_steps_the_grad_scaler_skips_again_and_again_stop_training():
+    # the scaler skips a step whose float16 gradients overflow and halves its scale (how it finds its scale); with
+    # gradients that always overflow it skipped every step, without a word
+    from focus_detr.engine.trainer import MAX_OVERFLOWED_STEPS
+
+    trainer = _nan_gradient_trainer(torch.float16)
+    with EventStorage() as storage:
+        for iteration in range(MAX_OVERFLOWED_STEPS - 1):
+            trainer.iter = storage.iter = iteration
+            trainer.run_step()
+        assert "grad_norm" not in storage.histories()  # no Infinity in metrics.json
+        trainer.iter = MAX_OVERFLOWED_STEPS - 1
+        with pytest.raises(TrainingDiverged, match=rf"the float16 gradients overflowed in {MAX_OVERFLOWED_STEPS} steps "
+                                                   r"in a row, which the grad scaler skipped \(its scale is now "
+                                                   r".*\); train in bfloat16"):
+            trainer.run_step()
+
+
 def test_rewinding_puts_back_the_random_state_the_step_began_with():
     trainer = _trainer()
     with EventStorage():

@@ -22,6 +22,11 @@ class DataLoadingFailed(ProcessFailed):
     is that of the failing process's error (None: the default)."""
 
 
+# float16 steps in a row whose gradients may overflow before training is said to have diverged: the grad scaler
+# halves its scale at each, from 65536 to below 0.001
+MAX_OVERFLOWED_STEPS = 25
+
+
 class TrainingDiverged(ValueError, FloatingPointError):
     """A loss became infinite or NaN; the step that computed it was not applied. A user error (the learning rate,
     clipping or precision need changing: the message names the remedies this run can take), raised by every process
@@ -81,6 +86,7 @@ class DetrTrainer(SimpleTrainer):
         self.amp_dtype = amp_dtype
         self.device_type = device_type
         self.grad_scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
+        self._overflowed_steps = 0  # float16 steps in a row whose gradients overflowed (the scaler skipped them)
         self.data_failed_at = None  # the iteration whose batch could not be loaded (one process)
         self._step_start = None  # (RNG state, data-loader position) when the current iteration began
 
@@ -161,6 +167,8 @@ class DetrTrainer(SimpleTrainer):
                for name, value in rank_losses.items() if not math.isfinite(value)]
         if bad:  # nothing of this iteration is logged: a resume repeats it
             raise TrainingDiverged(self._divergence_message(iter, bad, len(reports)))
+        if grad_norm is not None:  # the same on every process: the gradients are all-reduced
+            self._check_gradient_norm(iter, grad_norm)
         storage = get_event_storage()
         storage.put_scalar("rank_data_time", data_time, cur_iter=iter)
         if not comm.is_main_process():
@@ -170,11 +178,31 @@ class DetrTrainer(SimpleTrainer):
         storage.put_scalar(f"{prefix}total_loss", sum(means.values()), cur_iter=iter)
         if len(means) > 1:
             storage.put_scalars(cur_iter=iter, **{f"{prefix}{name}": value for name, value in means.items()})
-        if grad_norm is not None:
+        if grad_norm is not None and math.isfinite(grad_norm):  # a step float16's scaler skips has no norm
             storage.put_scalar("grad_norm", grad_norm, smoothing_hint=True, cur_iter=iter)
 
-    def _divergence_message(self, iteration, bad, world_size):
-        """``bad``: (rank, loss name, value) of every non-finite loss. The remedies are those this run can take."""
+    def _check_gradient_norm(self, iteration, grad_norm):
+        """Raises :class:`TrainingDiverged` for gradients that are not finite while the losses are: in float32 and
+        bfloat16 their clipping made every weight NaN, and the step went on; in float16 the grad scaler skips such a
+        step and halves its scale, which is how it finds its scale at the start, but after
+        ``MAX_OVERFLOWED_STEPS`` in a row it skipped every step without a word."""
+        if math.isfinite(grad_norm):
+            self._overflowed_steps = 0
+            return
+        if not self.grad_scaler.is_enabled():
+            raise TrainingDiverged(self._divergence_message(
+                iteration, [(comm.get_rank(), "the gradient norm", grad_norm)], 1, "while the losses are finite"))
+        self._overflowed_steps += 1
+        if self._overflowed_steps >= MAX_OVERFLOWED_STEPS:
+            raise TrainingDiverged(
+                f"training diverged at iteration {iteration}: the float16 gradients overflowed in "
+                f"{self._overflowed_steps} steps in a row, which the grad scaler skipped (its scale is now "
+                f"{self.grad_scaler.get_scale():g}); train in bfloat16 (train.amp.precision=bfloat16, where the "
+                "device has it) or in float32 (train.amp.enabled=False)")
+
+    def _divergence_message(self, iteration, bad, world_size, context=""):
+        """``bad``: (rank, loss name, value) of every non-finite loss; ``context`` follows them. The remedies are
+        those this run can take."""
         names = []
         for _, name, value in bad:
             if f"{name} is {value}" not in names:
@@ -191,7 +219,8 @@ class DetrTrainer(SimpleTrainer):
         if self.amp_dtype is not None:
             remedies.append("train in float32 (train.amp.enabled=False)")
         return (
-            f"training diverged at iteration {iteration}: {', '.join(names)}{where}, so its step was not applied; "
+            f"training diverged at iteration {iteration}: {', '.join(names)}{where}{context and ' ' + context}, so "
+            "its step was not applied; "
             f"{', '.join(remedies[:-1])} or {remedies[-1]}"
         )
 

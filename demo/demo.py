@@ -340,9 +340,8 @@ def main(args):
         predictor = _onnx_predictor(cfg, args.onnx)
     else:
         device = resolve_device(args.device, "--device", "--device cpu")
-        amp = inference_amp_dtype(cfg, device) is not None  # train.inference_amp
-        # --cuda-graphs on, else the config's train.inference_cuda_graphs
-        predictor = FocusDETRPredictor(cfg, device=device, amp=amp, cuda_graphs=args.cuda_graphs or None)
+        # the config's train.inference_amp; --cuda-graphs on, else the config's train.inference_cuda_graphs
+        predictor = FocusDETRPredictor(cfg, device=device, cuda_graphs=args.cuda_graphs or None)
     class_names = _class_names(cfg)
     if args.video_input:
         return [run_video(predictor, args.video_input, args.output, args.confidence_threshold, class_names)]

@@ -177,8 +177,17 @@ def test_no_weights_warns_once_and_amp_runs_bfloat16(small_tree_cfg, caplog):
     assert len(warnings) == 1 and "\n" not in warnings[0]
     assert predictor.amp_dtype == torch.bfloat16
     assert predictor(_image(48, 64, 6))["instances"].scores.dtype == torch.float32  # heads run in float32
-    with pytest.raises(ValueError, match="amp must be True or False"):
+    with pytest.raises(ValueError, match=r"amp must be True, False or None \(the config's\)"):
         FocusDETRPredictor(small_tree_cfg, device="cpu", amp="bf16")
+
+
+def test_amp_follows_the_configs_inference_amp_unless_given(small_tree_cfg):
+    # train.inference_amp.enabled=True ran the predictor in float32 without a word, as the evaluation and the demo
+    # did not
+    on = ["train.inference_amp.enabled=True"]
+    assert FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=on).amp_dtype == torch.bfloat16
+    assert FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=on, amp=False).amp_dtype is None
+    assert FocusDETRPredictor(small_tree_cfg, device="cpu").amp_dtype is None
 
 
 def test_cuda_graphs_off_a_gpu_warn_and_run_eagerly(predictor, small_tree_cfg, caplog):

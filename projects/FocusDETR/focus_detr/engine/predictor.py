@@ -147,7 +147,7 @@ class FocusDETRPredictor:
             warning says so).
         device: "auto" (a GPU when one is visible), "cpu", "cuda", "cuda:1", ...
         amp: autocast inference (bfloat16 where the device computes it, see ``train.inference_amp.precision``);
-            False: float32.
+            False: float32. None: the config's ``train.inference_amp.enabled``.
         overrides: a list of ``key=value`` config overrides (``["train.seed=3"]``), checked as on the command
             line; a single string is refused with a ValueError (write it as a one-element list).
         cuda_graphs: on a CUDA device, replay the network from a CUDA graph per input size once a size repeats
@@ -156,7 +156,7 @@ class FocusDETRPredictor:
             ``train.inference_cuda_graphs``.
     """
 
-    def __init__(self, config, weights=None, device="auto", amp=False, overrides=(), cuda_graphs=None):
+    def __init__(self, config, weights=None, device="auto", amp=None, overrides=(), cuda_graphs=None):
         if isinstance(config, (str, os.PathLike)):
             cfg = load_config(os.fspath(config), overrides)
         elif isinstance(config, DictConfig):
@@ -168,15 +168,17 @@ class FocusDETRPredictor:
         if weights is not None and not isinstance(weights, (str, os.PathLike)):
             raise ValueError(f"weights must be a weights file path or None (the config's train.init_checkpoint), got "
                              f"{type(weights).__name__}")
-        if not isinstance(amp, bool):
-            raise ValueError(f"amp must be True or False, got {amp!r}")
+        if amp is not None and not isinstance(amp, bool):
+            raise ValueError(f"amp must be True, False or None (the config's), got {amp!r}")
         if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be True, False or None (the config's), got {cuda_graphs!r}")
         train = cfg.get("train", None) or {}
         self.cfg = cfg
         self.device = resolve_device(device, "device", "device='cpu'")
-        precision = (train.get("inference_amp", None) or {}).get("precision", "auto")
-        self.amp_dtype = amp_dtype_of(dict(enabled=amp, precision=precision), self.device, "train.inference_amp")
+        inference_amp = train.get("inference_amp", None) or {}
+        enabled = inference_amp.get("enabled", False) if amp is None else amp
+        self.amp_dtype = amp_dtype_of(dict(enabled=enabled, precision=inference_amp.get("precision", "auto")),
+                                      self.device, "train.inference_amp")
         self.resize = inference_resize(cfg)
         self.input_format = input_format(cfg)
         self.model = build_model(cfg, self.device)

@@ -113,6 +113,9 @@ def test_evaluation_errors_are_one_line(export_tool, evaluated_export, tmp_path,
         # the graph takes RGB; a BGR test loader would feed it swapped channels
         (["--onnx", graph, "--evaluate", "dataloader.test.mapper.img_format=BGR"], "takes RGB images"),
         (["--evaluate", "dataloader.test.dataset.names=no_such_set"], "'no_such_set' is not registered"),
+        # PyTorch in bfloat16 against the float32 graph: the table showed bfloat16's AP loss as the graph's gain
+        (["--onnx", graph, "--evaluate", "train.inference_amp.enabled=True"],
+         "train.inference_amp autocasts the PyTorch model and the graph runs in float32"),
     ]
     for extra, message in cases:
         code = export_tool.run_reporting_errors(export_tool.main, export_tool.parse_args(base + extra))

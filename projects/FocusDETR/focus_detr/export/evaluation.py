@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 from torch import nn
 
 from ..engine.evaluation import evaluate
+from ..engine.precision import inference_amp_dtype
 from .predictor import OnnxPredictor, check_graph_fits_config
 
 __all__ = ["AP_KEYS", "OnnxAsModel", "ap_table", "compare_ap", "evaluate_onnx_and_pytorch"]
@@ -60,6 +61,11 @@ def evaluate_onnx_and_pytorch(cfg, model: nn.Module, predictor: OnnxPredictor, o
     """
     if cfg.dataloader.get("evaluator", None) is None:
         raise ValueError("the config has no dataloader.evaluator: nothing to score the graph with")
+    device = next(model.parameters()).device
+    if inference_amp_dtype(cfg, device) is not None:  # the table showed bfloat16's AP loss as the graph's gain
+        raise ValueError("train.inference_amp autocasts the PyTorch model and the graph runs in float32: the AP "
+                         "comparison would be of the two precisions, not of the graph with PyTorch; leave "
+                         "train.inference_amp.enabled off")
     check_graph_fits_config(cfg, predictor)
     graph = OnnxAsModel(predictor)
     results = {}

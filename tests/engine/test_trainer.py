@@ -115,6 +115,24 @@ def test_float16_steps_the_grad_scaler_skips_again_and_again_stop_training():
             trainer.run_step()
 
 
+@pytest.mark.parametrize("saved, resumed, scaler_note", [
+    (torch.float16, None, True), (torch.bfloat16, None, False), (None, torch.float16, True),
+    (torch.bfloat16, torch.bfloat16, None)])
+def test_a_resume_in_another_precision_says_so(saved, resumed, scaler_note, caplog):
+    # a float16 run resumed without train.amp trained on in float32 and dropped its grad scaler without a word
+    state = _trainer(amp_dtype=saved).state_dict()
+    with caplog.at_level("WARNING", logger="focus_detr.engine.trainer"):
+        _trainer(amp_dtype=resumed).load_state_dict(state)
+    warned = [r.getMessage() for r in caplog.records if "The checkpoint was trained in" in r.getMessage()]
+    if scaler_note is None:
+        assert warned == []
+    else:
+        names = {None: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+        assert len(warned) == 1 and warned[0].startswith(
+            f"The checkpoint was trained in {names[saved]} and this run trains in {names[resumed]} (train.amp)")
+        assert ("grad scaler starts afresh" in warned[0]) == scaler_note
+
+
 def test_rewinding_puts_back_the_random_state_the_step_began_with():
     trainer = _trainer()
     with EventStorage():

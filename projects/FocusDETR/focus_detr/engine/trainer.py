@@ -1,4 +1,5 @@
 """The training step: forward, backward, optional gradient clipping, optimiser step, with AMP on CPU or GPU."""
+import logging
 import math
 import time
 
@@ -14,6 +15,8 @@ from .precision import amp_autocast
 from .rng import capture_rng_state, restore_rng_state
 
 __all__ = ["DataLoadingFailed", "DetrTrainer", "ProcessOutOfMemory", "StepOutOfMemory", "TrainingDiverged"]
+
+logger = logging.getLogger(__name__)
 
 
 class DataLoadingFailed(ProcessFailed):
@@ -267,13 +270,25 @@ class DetrTrainer(SimpleTrainer):
         if any_failed.item():
             raise_agreed_failure(failure, comm.all_gather(failure_report(failure, agreed_type)), what)
 
+    @property
+    def precision(self) -> str:
+        """What the steps compute in: "float32", or the autocast dtype ("bfloat16", "float16")."""
+        return "float32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")
+
     def state_dict(self):
         state = super().state_dict()
+        state["precision"] = self.precision
         if self.grad_scaler.is_enabled():
             state["grad_scaler"] = self.grad_scaler.state_dict()
         return state
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        # a checkpoint from before the record: a grad scaler's state tells float16 only
+        saved = state_dict.get("precision", "float16" if "grad_scaler" in state_dict else None)
+        if saved is not None and saved != self.precision:
+            logger.warning(f"The checkpoint was trained in {saved} and this run trains in {self.precision} "
+                           "(train.amp): resuming the weights, optimizer and schedule in the new precision" +
+                           ("; the float16 grad scaler starts afresh" if "float16" in (saved, self.precision) else ""))
         if "grad_scaler" in state_dict and self.grad_scaler.is_enabled():
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])

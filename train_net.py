@@ -20,6 +20,7 @@ with the command that resumes it (exit status 130 / 143 / 129); a second Ctrl-C 
 written is finished first). See docs/reliability.md.
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
+import logging
 import os
 import signal
 import sys
@@ -104,8 +105,13 @@ def _launch_processes(args, output_dir):
     """``launch`` of several processes. SIGINT / SIGTERM sent to this process alone reach them as a stop request;
     returns the exit status of a stopped run (its main process printed the line), else 0. A process killed from
     outside is one line naming the checkpoint in ``output_dir`` a resume starts from."""
+    # torch logs "Terminating process N via signal SIGTERM" for the others when one process fails, ahead of the line
+    # that says what happened
+    spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+    spawn_level = spawn_log.level
     with ForwardedStop() as forwarded:
         try:
+            spawn_log.setLevel(logging.ERROR)
             launch(_process_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                    dist_url=args.dist_url, args=(args,))  # each process loads the config file itself
         except ProcessExitedException as exited:
@@ -121,6 +127,8 @@ def _launch_processes(args, output_dir):
             interrupt = (KeyboardInterrupt() if forwarded.signal_number == signal.SIGINT
                          else SignalInterrupt(forwarded.signal_number))
             return report_interruption(interrupt)
+        finally:
+            spawn_log.setLevel(spawn_level)
     return 0
 
 

@@ -73,7 +73,8 @@ def test_a_saved_config_that_held_a_lambda_says_to_use_the_py_config(tmp_path):
     path = str(tmp_path / "config.yaml")
     LazyConfig.save(cfg, path)
     keep_saved_config_order(cfg, path)
-    with pytest.raises(ConfigError, match=r"config.yaml: detectron2 wrote it as a readable copy only, beside "
+    with pytest.raises(ConfigError, match=r"config.yaml at line \d+: !!python/name:test_saved_config.<lambda> is not "
+                                          r"a callable of .*; detectron2 wrote it as a readable copy only, beside "
                                           r"config.yaml.pkl \(the config held what YAML cannot, e.g. a lambda\): use "
                                           r"the .py config the run came from$"):
         load_config(path)

@@ -14,8 +14,7 @@ from focus_detr.engine.yaml_config import load_yaml_config
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
-@pytest.mark.parametrize("name", ["focus_detr_r18_trees.py", "focus_detr_r50_4scale_36ep.py",
-                                  "focus_detr_swin_base_384_22k_4scale_36ep.py"])
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(CONFIGS) if n.endswith(".py")))
 def test_a_saved_config_reads_back_as_detectron2_reads_it(tmp_path, name):
     path = str(tmp_path / "config.yaml")
     LazyConfig.save(LazyConfig.load(os.path.join(CONFIGS, name)), path)  # ShapeSpec objects, block classes by name
@@ -36,6 +35,14 @@ HOSTILE = {
                r" at line 2: !!python/object:argparse.Namespace is not a dataclass of"),
     "target": ("model: {{backbone: {{_target_: os.system, command: 'touch {marker}'}}}}",
                r": model.backbone._target_ os.system is not a callable of"),
+    # names that start with a buildable module and reach another through what it imported
+    "target through a module": ("model: {{_target_: torch.nn.parallel.distributed.os.system, "
+                                "command: 'touch {marker}'}}",
+                                r": model._target_ torch.nn.parallel.distributed.os.system is not a callable of"),
+    "name through a module": ("model:\n  load: !!python/name:torch.nn.functional.torch.hub.load",
+                              r" at line 2: !!python/name:torch.nn.functional.torch.hub.load is not a callable of"),
+    "private name": ("model: {{_target_: torch.nn.Module.__init_subclass__}}",
+                     r": model._target_ torch.nn.Module.__init_subclass__ is not a callable of"),
 }
 
 

@@ -86,8 +86,8 @@ def _load_lazy_config(config_file):
             return load_yaml_config(config_file)
         return LazyConfig.load(config_file)
     except ConfigError as error:
-        if unreadable_copy:  # the tag of the lambda (or whatever it held) is refused: say why it is there
-            raise ConfigError(f"config file {config_file}: {unreadable_copy}") from error
+        if unreadable_copy:  # the tag of the lambda (or whatever it held) was refused: say why it is there
+            raise ConfigError(f"{error}; {unreadable_copy}") from error
         raise
     except SyntaxError as error:
         raise ConfigError(_syntax_error_message(config_file, error)) from error

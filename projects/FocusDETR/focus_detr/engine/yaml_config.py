@@ -7,6 +7,9 @@ and ``!!python/name`` tags must name callables of the modules below, and its onl
 (detectron2's ``ShapeSpec``), made from their fields. Anything else is refused in one line, before any of it runs.
 """
 import dataclasses
+import functools
+import importlib
+import types
 
 import yaml
 from detectron2.utils.registry import locate
@@ -32,8 +35,49 @@ _REMEDY = ("a .yaml config is read as data and builds only what this project's c
            "came from")
 
 
-def _is_buildable(name: str) -> bool:
-    return name in _BUILDABLE_CALLABLES or any(name == m or name.startswith(m + ".") for m in BUILDABLE_MODULES)
+def _in_buildable_module(module_name: str) -> bool:
+    return any(module_name == m or module_name.startswith(m + ".") for m in BUILDABLE_MODULES)
+
+
+@functools.lru_cache(maxsize=None)
+def _buildable_callables():
+    """Each of ``_BUILDABLE_CALLABLES`` by its name and by the one detectron2 may save it under (its module's)."""
+    found = {}
+    for name in _BUILDABLE_CALLABLES:
+        target = locate(name)
+        found[name] = found[f"{target.__module__}.{target.__qualname__}"] = target
+    return found
+
+
+def _buildable(name: str):
+    """What ``name`` names when it is a callable of the buildable modules, else None. Checked on what it resolves
+    to, not on its text: ``torch.nn.parallel.distributed.os.system`` starts with ``torch.nn`` and is ``os.system``.
+    Only the buildable modules are imported; each step may reach a module of theirs only, no ``_`` name (the way to
+    ``__globals__`` and the like), and the end must be defined in one of them."""
+    exact = _buildable_callables()
+    if name in exact:
+        return exact[name]
+    parts = name.split(".")
+    module = next((m for m in BUILDABLE_MODULES if name.startswith(m + ".")), None)
+    if module is None or any(not part or part.startswith("_") for part in parts):
+        return None
+    found = importlib.import_module(module)
+    for part in name[len(module) + 1:].split("."):
+        try:
+            step = getattr(found, part)
+        except AttributeError:
+            if not isinstance(found, types.ModuleType):
+                return None
+            try:  # a submodule not imported yet
+                step = importlib.import_module(f"{found.__name__}.{part}")
+            except ImportError:
+                return None
+        if isinstance(step, types.ModuleType) and not _in_buildable_module(step.__name__):
+            return None
+        found = step
+    if isinstance(found, types.ModuleType) or not _in_buildable_module(getattr(found, "__module__", None) or ""):
+        return None
+    return found
 
 
 def _refuse(config_file, what, node):
@@ -49,12 +93,13 @@ def _loader_for(config_file):
         pass
 
     def python_name(loader, suffix, node):
-        if not _is_buildable(suffix):
+        found = _buildable(suffix)
+        if found is None:
             _refuse(config_file, f"!!python/name:{suffix} is not a callable of {', '.join(BUILDABLE_MODULES)}", node)
-        return locate(suffix)
+        return found
 
     def python_object(loader, suffix, node):
-        cls = locate(suffix) if _is_buildable(suffix) else None
+        cls = _buildable(suffix)
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             _refuse(config_file, f"!!python/object:{suffix} is not a dataclass of {', '.join(BUILDABLE_MODULES)}",
                     node)
@@ -81,7 +126,7 @@ def _check_targets(config_file, node, key=""):
         target = node.get("_target_", None)
         if target is not None:
             name = target if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}"
-            if not _is_buildable(name):
+            if _buildable(name) is None:
                 _refuse(config_file, f"{key}._target_ {name} is not a callable of {', '.join(BUILDABLE_MODULES)}",
                         None)
         for child in node:

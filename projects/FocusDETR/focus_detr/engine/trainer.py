@@ -26,7 +26,7 @@ class DataLoadingFailed(ProcessFailed):
 
 
 # float16 steps in a row whose gradients may overflow before training is said to have diverged: the grad scaler
-# halves its scale at each, from 65536 to below 0.001
+# halves its scale after each, from 65536 to 0.004 by the last
 MAX_OVERFLOWED_STEPS = 25
 
 
@@ -122,19 +122,20 @@ class DetrTrainer(SimpleTrainer):
         return loss_dict, failure
 
     def _backward(self, loss_dict):
-        """The gradients of the losses (unscaled and clipped when clipping is on); returns the total gradient norm
-        before clipping (None without clipping). Raises :class:`StepOutOfMemory` when the backward runs out of
-        memory (with several processes, each alone: the others wait in the backward's all-reduce)."""
+        """The gradients of the losses (unscaled, and clipped when clipping is on); returns their total norm (before
+        clipping), which tells a step whose gradients are not finite. Raises :class:`StepOutOfMemory` when the
+        backward runs out of memory (with several processes, each alone: the others wait in the backward's
+        all-reduce)."""
         losses = sum(loss.float() for loss in loss_dict.values())
         self.optimizer.zero_grad()
         _, failure = self._unless_out_of_memory(self.grad_scaler.scale(losses).backward)
         if failure is not None:
             raise failure
         self.after_backward()
-        if self.clip_grad_max_norm is None:
-            return None
         self.grad_scaler.unscale_(self.optimizer)
         parameters = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self.clip_grad_max_norm is None:
+            return torch.nn.utils.get_total_norm([p.grad for p in parameters], self.clip_grad_norm_type)
         return torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad_max_norm, self.clip_grad_norm_type)
 
     def _unless_out_of_memory(self, function, *args):
@@ -165,19 +166,20 @@ class DetrTrainer(SimpleTrainer):
             values.append(grad_norm.detach().float().reshape(()))
         read = torch.stack(values).tolist()
         losses, grad_norm = dict(zip(names, read)), read[len(names)] if grad_norm is not None else None
-        reports = comm.all_gather((losses, data_time)) if comm.get_world_size() > 1 else [(losses, data_time)]
-        bad = [(rank, name, value) for rank, (rank_losses, _) in enumerate(reports)
+        reports = ([(losses, data_time, grad_norm)] if comm.get_world_size() == 1
+                   else comm.all_gather((losses, data_time, grad_norm)))
+        bad = [(rank, name, value) for rank, (rank_losses, _, _) in enumerate(reports)
                for name, value in rank_losses.items() if not math.isfinite(value)]
         if bad:  # nothing of this iteration is logged: a resume repeats it
             raise TrainingDiverged(self._divergence_message(iter, bad, len(reports)))
-        if grad_norm is not None:  # the same on every process: the gradients are all-reduced
-            self._check_gradient_norm(iter, grad_norm)
+        if grad_norm is not None:  # every process decides on the same norms (all-reduced gradients: equal ones)
+            self._check_gradient_norm(iter, max(norm for _, _, norm in reports if norm is not None))
         storage = get_event_storage()
         storage.put_scalar("rank_data_time", data_time, cur_iter=iter)
         if not comm.is_main_process():
             return
-        means = {name: sum(rank_losses[name] for rank_losses, _ in reports) / len(reports) for name in names}
-        storage.put_scalar("data_time", max(rank_data_time for _, rank_data_time in reports), cur_iter=iter)
+        means = {name: sum(rank_losses[name] for rank_losses, _, _ in reports) / len(reports) for name in names}
+        storage.put_scalar("data_time", max(rank_data_time for _, rank_data_time, _ in reports), cur_iter=iter)
         storage.put_scalar(f"{prefix}total_loss", sum(means.values()), cur_iter=iter)
         if len(means) > 1:
             storage.put_scalars(cur_iter=iter, **{f"{prefix}{name}": value for name, value in means.items()})
@@ -194,7 +196,8 @@ class DetrTrainer(SimpleTrainer):
             return
         if not self.grad_scaler.is_enabled():
             raise TrainingDiverged(self._divergence_message(
-                iteration, [(comm.get_rank(), "the gradient norm", grad_norm)], 1, "while the losses are finite"))
+                iteration, [(comm.get_rank(), "the gradient norm", grad_norm)], 1, "while the losses are finite",
+                clipping_helps=False))
         self._overflowed_steps += 1
         if self._overflowed_steps >= MAX_OVERFLOWED_STEPS:
             raise TrainingDiverged(
@@ -203,9 +206,9 @@ class DetrTrainer(SimpleTrainer):
                 f"{self.grad_scaler.get_scale():g}); train in bfloat16 (train.amp.precision=bfloat16, where the "
                 "device has it) or in float32 (train.amp.enabled=False)")
 
-    def _divergence_message(self, iteration, bad, world_size, context=""):
+    def _divergence_message(self, iteration, bad, world_size, context="", clipping_helps=True):
         """``bad``: (rank, loss name, value) of every non-finite loss; ``context`` follows them. The remedies are
-        those this run can take."""
+        those this run can take (clipping: not for gradients that are not finite)."""
         names = []
         for _, name, value in bad:
             if f"{name} is {value}" not in names:
@@ -215,16 +218,16 @@ class DetrTrainer(SimpleTrainer):
         if world_size > 1:
             where = f" (process{'es' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {world_size})"
         remedies = ["lower optimizer.lr"]
-        if self.clip_grad_max_norm is None:
+        if clipping_helps and self.clip_grad_max_norm is None:
             remedies.append("clip gradients (train.clip_grad.enabled=True)")
-        else:
+        elif clipping_helps:
             remedies.append(f"clip gradients harder (train.clip_grad.params.max_norm, now {self.clip_grad_max_norm})")
         if self.amp_dtype is not None:
             remedies.append("train in float32 (train.amp.enabled=False)")
         return (
             f"training diverged at iteration {iteration}: {', '.join(names)}{where}{context and ' ' + context}, so "
             "its step was not applied; "
-            f"{', '.join(remedies[:-1])} or {remedies[-1]}"
+            + (f"{', '.join(remedies[:-1])} or {remedies[-1]}" if len(remedies) > 1 else remedies[0])
         )
 
     def after_train(self):

@@ -75,6 +75,7 @@ from focus_detr.export import (
     require_packages,
 )
 from focus_detr.export.benchmark import time_batches, time_graphs
+from focus_detr.export.evaluation import check_comparable_precision
 from focus_detr.export.verification import check_batch_sizes, compare_with_pytorch, inputs_label
 from focus_detr.layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
 from focus_detr.partial_files import PartialPath, remove_abandoned
@@ -342,6 +343,7 @@ def main(args):
         if cfg.get("dataloader", None) is None or cfg.dataloader.get("test", None) is None:
             raise ValueError(f"{args.config_file} has no dataloader.test: --evaluate needs a test set")
         check_datasets_registered(cfg.dataloader.test)
+        check_comparable_precision(cfg, "cpu")  # the tool runs PyTorch on the CPU
     init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
     model, weights = _load_model(cfg, args, init_checkpoint)
 

@@ -116,6 +116,8 @@ def test_evaluation_errors_are_one_line(export_tool, evaluated_export, tmp_path,
         # PyTorch in bfloat16 against the float32 graph: the table showed bfloat16's AP loss as the graph's gain
         (["--onnx", graph, "--evaluate", "train.inference_amp.enabled=True"],
          "train.inference_amp autocasts the PyTorch model and the graph runs in float32"),
+        (["--evaluate", "train.inference_amp.enabled=True"],  # before an export that takes a while
+         "train.inference_amp autocasts the PyTorch model and the graph runs in float32"),
     ]
     for extra, message in cases:
         code = export_tool.run_reporting_errors(export_tool.main, export_tool.parse_args(base + extra))

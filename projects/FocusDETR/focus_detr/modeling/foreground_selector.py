@@ -130,11 +130,8 @@ class ForegroundTokenSelector(nn.Module):
         self.top_down_modulation = top_down_modulation
         self.predictor = ForegroundPredictor(embed_dim)
         self.modulation_weights = nn.Parameter(torch.empty(num_levels - 1))
+        # built without modulation too: every other weight draws the same initial values
         nn.init.uniform_(self.modulation_weights, -modulation_init_range, modulation_init_range)
-        if not top_down_modulation:
-            # Unused, so no gradient: trainable, it stopped every multi-process run (DDP waits for a gradient of each
-            # trainable parameter). Still built, so every other weight draws the same initial values.
-            self.modulation_weights.requires_grad_(False)
 
     def set_keep_ratios(self, keep_ratio: float = None, cascade_keep_ratios: Sequence[float] = None) -> None:
         """Changes the token budget of a built model (e.g. to trade accuracy for speed at evaluation time); None
@@ -188,6 +185,10 @@ class ForegroundTokenSelector(nn.Module):
             raise ValueError(f"ForegroundTokenSelector: expected {self.num_levels} levels, got {len(spatial_shapes)}")
         batch_size, num_tokens = memory.shape[:2]
         foreground_logits = self.score_tokens(memory, spatial_shapes)
+        if self.training and not self.top_down_modulation:
+            # a (zero) gradient for the unused modulation weights: DDP stopped every multi-process run at its second
+            # step without one; frozen instead, they would leave earlier runs' optimizer states unloadable
+            foreground_logits = foreground_logits + 0.0 * self.modulation_weights.sum()
         scores = foreground_logits.squeeze(-1)
         selection_scores = scores if padding_mask is None else scores.masked_fill(padding_mask, scores.min())
         ranking = selection_scores if self.token_ranking == "foreground" else _random_ranking(scores, padding_mask)

@@ -211,3 +211,11 @@ def test_graph_replays_equal_eager_inference_on_a_gpu(precision):
                 _assert_same(model(frame), output)
     assert graphed.counts["captured"] == 2 and graphed.counts["replayed"] >= 4
     assert "not_captured" not in graphed.counts
+
+
+def test_a_batch_of_mixed_sizes_is_warned_of_as_by_the_model(caplog):
+    # the wrapper calls the model's pieces itself, which skipped the model's warning
+    graphed = CUDAGraphInference(build_tiny_model().eval())
+    with caplog.at_level("WARNING", logger="focus_detr"), torch.no_grad():
+        graphed(_images((96, 128), (64, 96)))
+    assert "a batch of images of different sizes (96x128, 64x96)" in caplog.text

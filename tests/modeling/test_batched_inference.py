@@ -101,3 +101,11 @@ def test_a_batch_of_mixed_sizes_is_warned_of_once(caplog):
         model(_images((96, 128), (48, 64)))
     warnings = [r.getMessage() for r in caplog.records if "different sizes" in r.getMessage()]
     assert len(warnings) == 1 and "(96x128, 64x96)" in warnings[0] and "predict_batch" in warnings[0]
+
+
+def test_tools_that_batch_mixed_sizes_on_purpose_are_not_warned_of(caplog):
+    # the export's and the parity check's padded batches call forward_inference
+    model = build_tiny_model().eval()
+    with caplog.at_level("WARNING", logger="focus_detr"), torch.no_grad():
+        model.forward_inference(_images((96, 128), (64, 96)))
+    assert "different sizes" not in caplog.text

@@ -139,6 +139,7 @@ class CUDAGraphInference(nn.Module):
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
         if self.model.training:
             return self.model(batched_inputs)
+        getattr(self.model, "warn_of_mixed_sizes", lambda inputs: None)(batched_inputs)  # as model() does
         return self.forward_inference(batched_inputs)
 
     @torch.no_grad()

@@ -250,6 +250,7 @@ class FocusDETR(nn.Module):
         """Training: dict of weighted losses. Inference: list of ``{"instances": Instances}``."""
         if self.training:
             return self.forward_training(batched_inputs)
+        self.warn_of_mixed_sizes(batched_inputs)
         return self.forward_inference(batched_inputs)
 
     def forward_training(
@@ -292,15 +293,25 @@ class FocusDETR(nn.Module):
         ``(h, w)``) and ``padded_size`` (the padded batch's ``(H, W)``, which the token grid divides).
         """
         images = self.preprocess_image(batched_inputs)
-        if not self._warned_of_mixed_sizes and not torch.jit.is_tracing() and len(set(images.image_sizes)) > 1:
-            self._warned_of_mixed_sizes = True
-            sizes = ", ".join(f"{height}x{width}" for height, width in images.image_sizes)
-            logger.warning(
-                f"FocusDETR: a batch of images of different sizes ({sizes}) is padded to the largest, which changes "
-                "the smaller ones' detections and token selection (the backbone and the neck see the padding, and "
-                "every image keeps the batch's largest token budget): give one size per call, or one image at a "
-                "time, for the detections each image gets alone (FocusDETRPredictor.predict_batch groups by size)")
         return self.detection_outputs(self.detect(images, return_token_selection), images, batched_inputs)
+
+    def warn_of_mixed_sizes(self, batched_inputs: List[Dict]) -> None:
+        """Warns once per model when an inference call's batch holds images of different sizes: the call of
+        ``model(batched_inputs)``, which cannot group them as the predictor does. Tools that batch sizes on purpose
+        (the export's checks, the parity check) call :meth:`forward_inference` instead."""
+        if self._warned_of_mixed_sizes or torch.jit.is_tracing():
+            return
+        sizes = [tuple(item["image"].shape[-2:]) for item in batched_inputs  # bad inputs: preprocess_image names them
+                 if isinstance(item, dict) and torch.is_tensor(item.get("image")) and item["image"].dim() == 3]
+        if len(set(sizes)) < 2:
+            return
+        self._warned_of_mixed_sizes = True
+        shown = ", ".join(f"{height}x{width}" for height, width in sizes)
+        logger.warning(
+            f"FocusDETR: a batch of images of different sizes ({shown}) is padded to the largest, which changes the "
+            "smaller ones' detections and token selection (the backbone and the neck see the padding, and every "
+            "image keeps the batch's largest token budget): give one size per call, or one image at a time, for the "
+            "detections each image gets alone (FocusDETRPredictor.predict_batch groups by size)")
 
     def detect(self, images: ImageList, return_token_selection: bool = False) -> Tuple:
         """Padded pixels -> the top detections ``(scores, labels, boxes)`` (:meth:`select_detections`), with

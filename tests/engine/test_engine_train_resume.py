@@ -401,3 +401,13 @@ def test_an_evaluation_in_a_training_runs_folder_keeps_the_runs_config(train_net
     fresh = tmp_path / "fresh"  # a folder without a training run: the evaluation's config is its config.yaml
     assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={fresh}"]) in (0, None)
     assert (fresh / "config.yaml").exists() and not (fresh / "eval_config.yaml").exists()
+
+
+def test_an_evaluation_keeps_the_config_of_a_run_killed_before_its_first_checkpoint(train_net, toy_dataset, tmp_path):
+    # its metrics.json is the run's record; a folder of earlier evaluations only is no training run
+    _train(train_net, tmp_path, "train.max_iter=2")
+    (tmp_path / "last_checkpoint").unlink()
+    trained_config = (tmp_path / "config.yaml").read_bytes()
+    assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path}",
+                          "model.feature_noise=0.01"]) in (0, None)
+    assert (tmp_path / "config.yaml").read_bytes() == trained_config and (tmp_path / "eval_config.yaml").exists()

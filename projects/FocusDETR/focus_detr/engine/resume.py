@@ -86,10 +86,12 @@ def run_record_kept(output_dir):
 
 def keep_training_config(output_dir, earlier):
     """After detectron2's set-up of an evaluation wrote its config as ``config.yaml`` into ``output_dir``: when the
-    folder holds a training run (a ``last_checkpoint``) whose ``config.yaml`` was ``earlier`` (bytes), puts that
-    back and saves the evaluation's as ``eval_config.yaml``. The run's config was lost otherwise (an evaluation with
+    folder holds a training run (a ``last_checkpoint`` or a ``metrics.json``) whose ``config.yaml`` was ``earlier``
+    (bytes), puts that back and saves the evaluation's as ``eval_config.yaml``. The run's config was lost otherwise (an evaluation with
     another keep ratio left the run described by it). Returns whether it did."""
-    if earlier is None or not os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+    # a training run's marks: a checkpoint, or the records of one killed before its first checkpoint
+    if earlier is None or not any(os.path.isfile(os.path.join(output_dir, name))
+                                  for name in ("last_checkpoint", "metrics.json")):
         return False
     path = os.path.join(output_dir, "config.yaml")
     os.replace(path, os.path.join(output_dir, "eval_config.yaml"))

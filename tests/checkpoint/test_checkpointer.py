@@ -193,7 +193,7 @@ def test_backbone_weights_that_leave_part_of_the_backbone_random_say_how_much(tm
         assert lines == ([expected] if named else [])
 
 
-def test_the_swin_configs_take_microsofts_released_weights_file_as_it_is(tmp_path):
+def test_the_swin_configs_take_microsofts_released_weights_file_as_it_is(tmp_path, caplog):
     # the configs said to convert the file to detectron2's keys, and nothing said how; its keys are detectron2's
     # SwinTransformer's without "backbone.", plus the classifier, the last norm and (newer files) attention masks
     import re
@@ -218,7 +218,11 @@ def test_the_swin_configs_take_microsofts_released_weights_file_as_it_is(tmp_pat
     path = tmp_path / "swin_tiny_patch4_window7_224.pth"
     torch.save({"model": released}, path)
     query = cfg.train.init_checkpoint[cfg.train.init_checkpoint.index("?"):]
-    FocusDETRCheckpointer(holder).load(str(path) + query)
+    with caplog.at_level("INFO"):
+        FocusDETRCheckpointer(holder).load(str(path) + query)
+    # the detection-only output norms are named once, as expected; no warning of a backbone left partly random
+    assert "The backbone's output norms (backbone.norm1.bias, backbone.norm1.weight" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and "of the backbone's" in r.getMessage()]
     loaded = holder.backbone.state_dict()
     matched = [key for key in released if key in loaded]
     assert len(matched) == len(loaded) - 6  # all but the detection-only output norms norm1..3

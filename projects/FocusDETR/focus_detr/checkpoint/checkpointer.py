@@ -1,6 +1,7 @@
 """A DetectionCheckpointer that reads weights without running code from them, also reads official detrex
 Focus-DETR checkpoints, and refuses partial loads of detector weights."""
 import os
+import re
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -25,6 +26,10 @@ _KEYS_SHOWN = 3
 # of one family loaded into a model of the other.
 _BACKBONE_FAMILIES = (("a ResNet", ("backbone.stem.", "backbone.res")),
                       ("a Swin Transformer", ("backbone.patch_embed.", "backbone.layers.")))
+
+
+# detectron2's SwinTransformer normalises each output with a LayerNorm of its own, which ImageNet weights lack
+_SWIN_OUTPUT_NORM = re.compile(r"^backbone\.norm\d+\.(weight|bias)$")
 
 
 def _backbone_family(keys):
@@ -323,7 +328,10 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         counted: they are not random."""
         backbone = [name for name, _ in self.model.named_parameters() if name.startswith("backbone.")]
         unfilled = sorted(set(incompatible.missing_keys) & set(backbone))
-        if backbone and unfilled:
+        if unfilled and all(_SWIN_OUTPUT_NORM.match(name) for name in unfilled):
+            self.logger.info(f"The backbone's output norms ({_first_keys(unfilled)}), which ImageNet weights do not "
+                             "have, start from ones and zeros")
+        elif backbone and unfilled:
             self.logger.warning(
                 f"checkpoint {self._source} fills {len(backbone) - len(unfilled)} of the backbone's {len(backbone)} "
                 f"parameters: the other {len(unfilled)} ({_first_keys(unfilled)}) keep the model's initialisation")

@@ -15,10 +15,11 @@
 #   TORCH_CUDA_ARCH_LIST  GPU architectures to compile for (default: "8.0;8.6;9.0")
 #   FORCE_CUDA=1          a missing toolkit or a failed CUDA compile is an error (default: CPU-only build then)
 #   MAX_JOBS              parallel compile jobs (default: 2)
-#   SETUP_FORCE=1         ignore the stamps and redo every stage
+#   SETUP_FORCE=1         ignore the stamps and redo every stage, .venv from scratch (the way to mend a damaged one)
+if [ -z "${BASH_VERSION:-}" ]; then echo "[setup_env] ERROR: run it with bash: bash scripts/setup_env.sh" >&2; exit 1; fi
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO_ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
 cd "$REPO_ROOT"
 
 VENV="$REPO_ROOT/.venv"
@@ -34,6 +35,17 @@ SETUP_FORCE="${SETUP_FORCE:-0}"
 log() { echo "[setup_env] $*" >&2; }
 die() { echo "[setup_env] ERROR: $*" >&2; exit 1; }
 start_time=$SECONDS
+# an interrupted stage left no stamp: the next run redoes it (pip's and the compiler's own messages say little)
+trap 'echo "[setup_env] interrupted: run it again to resume" >&2; exit 130' INT TERM
+
+# Two set-ups of one checkout at once installed into one .venv together and failed inside pip.
+if command -v flock >/dev/null; then
+    exec 9> "$REPO_ROOT/.setup_env.lock"
+    if ! flock -n 9; then
+        log "another set-up of this checkout is running: waiting for it to finish"
+        flock 9
+    fi
+fi
 
 hash_files() {  # sha256 over the names and contents of the given files, in the given order
     local f
@@ -48,16 +60,24 @@ stamp_matches() {  # stamp_matches FILE VALUE
 }
 
 # --- 1. the virtual environment ------------------------------------------------------------------------------
-if [[ -x "$PY" ]] && ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
-    log "$VENV does not run python 3.11: recreating it"
-    rm -f "$DEPS_STAMP" "$INSTALL_STAMP" "$BUILD_STAMP"
-    "$PYTHON" -m venv --clear "$VENV"
-elif [[ ! -x "$PY" ]]; then
+# Working: python 3.11 with pip. A venv creation cut short has no pip, and one whose interpreter was removed or
+# upgraded does not run: either is made again, never installed into.
+venv_works() {
+    [[ -x "$PY" ]] && "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null \
+        && "$PY" -m pip --version >/dev/null 2>&1
+}
+if [[ "$SETUP_FORCE" == "1" ]] || ! venv_works; then
     command -v "$PYTHON" >/dev/null || die "'$PYTHON' not found: install python 3.11 or set PYTHON=/path/to/python3.11"
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
         || die "'$PYTHON' is not python 3.11 (set PYTHON=/path/to/python3.11)"
-    log "creating $VENV with $("$PYTHON" --version 2>&1)"
-    "$PYTHON" -m venv "$VENV"
+    if [[ -e "$VENV" ]]; then
+        why="SETUP_FORCE=1"
+        venv_works || why="it is no working python 3.11 environment"
+        log "recreating $VENV ($why) with $("$PYTHON" --version 2>&1)"
+    else
+        log "creating $VENV with $("$PYTHON" --version 2>&1)"
+    fi
+    "$PYTHON" -m venv --clear "$VENV" || die "creating $VENV with $PYTHON failed"
 fi
 
 # --- 2. dependencies (torch, detectron2, the rest) -----------------------------------------------------------
@@ -119,10 +139,17 @@ build_hash="$( { echo "$install_hash"; hash_files "${csrc_files[@]}";
                  echo "CUDA_HOME=${CUDA_HOME:-} ARCH=$TORCH_CUDA_ARCH_LIST FORCE_CUDA=${FORCE_CUDA:-0}" \
                       "NO_CUDA=${NO_CUDA:-0}"; } | sha256sum)"
 built_extension() { find "$EXT_DIR" -maxdepth 1 -name '_C*.so' | head -n 1; }
-editable_installed() { compgen -G "$VENV/lib/python3.11/site-packages/__editable__.focus_detr-*.pth" >/dev/null; }
+# installed editable from this checkout: a moved or copied checkout's .venv still imports the first one's code
+editable_installed() {
+    "$PY" -c 'import importlib.util as u, os, sys; s = u.find_spec("focus_detr")
+sys.exit(s is None or not os.path.realpath(s.origin).startswith(os.path.realpath(sys.argv[1]) + os.sep))' \
+        "$REPO_ROOT" 2>/dev/null
+}
+# loads, in a process of its own: a damaged one can kill the interpreter (a bus error)
+extension_loads() { "$PY" -c 'import torch, focus_detr.layers._C' >/dev/null 2>&1; }
 
 if stamp_matches "$BUILD_STAMP" "$build_hash" && editable_installed \
-        && { [[ ${#csrc_files[@]} -eq 0 ]] || [[ -n "$(built_extension)" ]]; }; then
+        && { [[ ${#csrc_files[@]} -eq 0 ]] || { [[ -n "$(built_extension)" ]] && extension_loads; }; }; then
     log "focus_detr (editable) and its extension up to date"
 else
     rm -f "$BUILD_STAMP"
@@ -137,8 +164,10 @@ else
             [[ "${FORCE_CUDA:-0}" == "1" ]] && die "FORCE_CUDA=1 and NO_CUDA=1 contradict each other: set one of them"
             log "compiling the extension: CPU kernel only (NO_CUDA=1)"
         else
-            [[ "${FORCE_CUDA:-0}" == "1" ]] && die "FORCE_CUDA=1 but no CUDA toolkit (nvcc) or no CUDA sources under $CSRC/cuda"
-            log "compiling the extension: CPU kernel only (no nvcc/CUDA toolkit found or no CUDA sources)"
+            why="no nvcc/CUDA toolkit found or no CUDA sources"
+            [[ -n "${CUDA_HOME:-}" && ! -x "$CUDA_HOME/bin/nvcc" ]] && why="CUDA_HOME=$CUDA_HOME has no bin/nvcc"
+            [[ "${FORCE_CUDA:-0}" == "1" ]] && die "FORCE_CUDA=1 but $why"
+            log "compiling the extension: CPU kernel only ($why)"
         fi
     fi
     if stamp_matches "$INSTALL_STAMP" "$install_hash" && editable_installed; then
@@ -159,6 +188,7 @@ else
         echo "$install_hash" > "$INSTALL_STAMP"
     fi
     "$PY" -c 'import focus_detr, detectron2' || die "focus_detr does not import after the editable install"
+    [[ ${#csrc_files[@]} -eq 0 ]] || extension_loads || die "the compiled extension does not load after the build"
     echo "$build_hash" > "$BUILD_STAMP"
     log "focus_detr installed (editable) and its extension built in $((SECONDS - build_start)) s"
 fi

@@ -129,6 +129,12 @@ def test_a_backbone_file_without_the_models_prefix_names_the_option_that_matches
     model = build_tiny_model()
     FocusDETRCheckpointer(model).load(f"{path}?matching_heuristics=True")  # what it says works
     assert all(torch.equal(model.state_dict()["backbone." + key], value) for key, value in plain.items())
+    # a file of another size: the option would fill nothing (and be refused), so it is not offered
+    resized = {key: torch.zeros(value.shape[0] + 1, *value.shape[1:]) for key, value in plain.items() if value.dim()}
+    path = _save(tmp_path, "other_size.pth", resized)
+    with pytest.raises(ValueError, match=r"\(the model has them under 'backbone\.', but none of them with the model's "
+                                         r"shape: a file for another backbone, or another size of it\)$"):
+        FocusDETRCheckpointer(build_tiny_model()).load(path)
 
 
 def test_a_backbone_file_matched_by_heuristics_fills_the_backbone_only_and_must_fill_some(tmp_path, trained_state):

@@ -93,14 +93,20 @@ def _prefix_hint(keys, model_keys):
     return f" (every key starts with '{prefix}', which the model's keys do not have)"
 
 
-def _missing_prefix_hint(keys, model_keys, source):
-    """" (the model has them under 'P': ...)" when putting a prefix of the model's keys (``backbone.``) before ``keys``
-    makes some of them the model's, naming detectron2's option that matches such a file (``source``); else ""."""
-    model_keys = set(model_keys)
-    for prefix in sorted({key.split(".", 1)[0] + "." for key in model_keys}):
-        if any(prefix + key in model_keys for key in keys):
+def _missing_prefix_hint(state_dict, model_state, source):
+    """" (the model has them under 'P': ...)" when putting a prefix of the model's keys (``backbone.``) before the
+    keys of ``state_dict`` makes some of them the model's with the model's shape, naming detectron2's option that
+    matches such a file (``source``); a file whose tensors have other shapes is said to be of another size (with the
+    option, it would fill nothing and be refused); else ""."""
+    for prefix in sorted({key.split(".", 1)[0] + "." for key in model_state}):
+        named = [key for key in state_dict if prefix + key in model_state]
+        if not named:
+            continue
+        if any(tuple(state_dict[key].shape) == tuple(model_state[prefix + key].shape) for key in named):
             return (f" (the model has them under '{prefix}': detectron2's matching heuristics load such a file, "
                     f"on the command line 'train.init_checkpoint=\"{source}?matching_heuristics=True\"')")
+        return (f" (the model has them under '{prefix}', but none of them with the model's shape: a file for another "
+                f"{prefix[:-1]}, or another size of it)")
     return ""
 
 
@@ -294,7 +300,7 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
             raise CheckpointError(
                 f"checkpoint {self._source} fills none of the model's weights: its {len(state_dict)} keys "
                 f"({_first_keys(state_dict)}) name none of the model's ({_first_keys(model_keys)})"
-                f"{_prefix_hint(state_dict, model_keys) or _missing_prefix_hint(names, model_keys, self._source)}"
+                f"{_prefix_hint(state_dict, model_keys) or _missing_prefix_hint(state_dict, model_state, self._source)}"
             )
         if not is_detector:
             self._name_unfilled_backbone(incompatible)

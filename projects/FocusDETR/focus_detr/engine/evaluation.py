@@ -83,8 +83,8 @@ def evaluate(cfg, model):
     loader = build_loader(cfg, "test")  # loads (and checks) the test data before the evaluator reads it
     check_model_classes(model, cfg.dataloader.test)
     evaluator = instantiate(cfg.dataloader.evaluator)
-    scores_boxes = isinstance(evaluator, COCOEvaluator)
-    evaluator_of_boxes = evaluator if scores_boxes else None
+    # the COCO evaluator itself, before the selection-quality metrics may wrap it (None: another evaluator)
+    coco_evaluator = evaluator if isinstance(evaluator, COCOEvaluator) else None
     graph_settings = inference_cuda_graphs(cfg)
     if graph_settings is not None:
         if not graphs_available(device):
@@ -110,9 +110,9 @@ def evaluate(cfg, model):
             # detectron2's NaN for no detections at all, or COCO's -1 for no ground truth
             names = _dataset_names_in(cfg.dataloader.test)
             no_detections = None
-            if evaluator_of_boxes is not None:  # its ground truth and classes, as its own evaluate() reads them
-                no_detections = metrics_of_no_detections(evaluator_of_boxes._coco_api,
-                                                         evaluator_of_boxes._metadata.get("thing_classes", None))
+            if coco_evaluator is not None:  # its ground truth and classes, as its own evaluate() reads them
+                no_detections = metrics_of_no_detections(coco_evaluator._coco_api,
+                                                         coco_evaluator._metadata.get("thing_classes", None))
             if no_detections is not None:
                 results["bbox"] = no_detections
                 logger.warning(f"The model detected nothing on the test set {names}: its COCO metrics are 0 (no box "
@@ -121,7 +121,7 @@ def evaluate(cfg, model):
                 logger.warning(f"Every COCO metric is NaN: the test set {names} has no ground-truth boxes to score the "
                                "detections against")
         print_csv_format({task: value for task, value in results.items() if task != RESULTS_KEY})
-    if scores_boxes and "bbox" not in (results or {}) and comm.is_main_process():
+    if coco_evaluator is not None and "bbox" not in (results or {}) and comm.is_main_process():
         # COCOEvaluator only logs "Annotations are not available for evaluation." and returns nothing
         logger.warning(f"No COCO metric: the test set {_dataset_names_in(cfg.dataloader.test)} has no "
                        "annotations (its json has no \"annotations\" list) to score the detections against")

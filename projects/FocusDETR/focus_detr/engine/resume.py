@@ -22,8 +22,10 @@ __all__ = ["check_before_setup", "final_evaluation_error", "keep_training_config
 
 logger = logging.getLogger(__name__)
 
+# What a training run leaves in its folder: a checkpoint, or the records of one killed before its first checkpoint.
+_TRAINING_FILES = ("last_checkpoint", "metrics.json")
 # What a run writes as it makes progress: while none of these changed, it has added nothing to the folder's record.
-_PROGRESS_FILES = ("last_checkpoint", "metrics.json", "eval_results.json")
+_PROGRESS_FILES = _TRAINING_FILES + ("eval_results.json",)
 
 
 def nothing_to_resume(cfg, start_iter):
@@ -86,12 +88,10 @@ def run_record_kept(output_dir):
 
 def keep_training_config(output_dir, earlier):
     """After detectron2's set-up of an evaluation wrote its config as ``config.yaml`` into ``output_dir``: when the
-    folder holds a training run (a ``last_checkpoint`` or a ``metrics.json``) whose ``config.yaml`` was ``earlier``
-    (bytes), puts that back and saves the evaluation's as ``eval_config.yaml``. The run's config was lost otherwise (an evaluation with
+    folder holds a training run (:data:`_TRAINING_FILES`) whose ``config.yaml`` was ``earlier`` (bytes), puts that
+    back and saves the evaluation's as ``eval_config.yaml``. The run's config was lost otherwise (an evaluation with
     another keep ratio left the run described by it). Returns whether it did."""
-    # a training run's marks: a checkpoint, or the records of one killed before its first checkpoint
-    if earlier is None or not any(os.path.isfile(os.path.join(output_dir, name))
-                                  for name in ("last_checkpoint", "metrics.json")):
+    if earlier is None or not any(os.path.isfile(os.path.join(output_dir, name)) for name in _TRAINING_FILES):
         return False
     path = os.path.join(output_dir, "config.yaml")
     os.replace(path, os.path.join(output_dir, "eval_config.yaml"))

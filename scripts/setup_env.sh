@@ -62,18 +62,19 @@ stamp_matches() {  # stamp_matches FILE VALUE
 # --- 1. the virtual environment ------------------------------------------------------------------------------
 # Working: python 3.11 with pip. A venv creation cut short has no pip, and one whose interpreter was removed or
 # upgraded does not run: either is made again, never installed into.
-venv_works() {
-    [[ -x "$PY" ]] && "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null \
-        && "$PY" -m pip --version >/dev/null 2>&1
-}
-if [[ "$SETUP_FORCE" == "1" ]] || ! venv_works; then
+is_python311() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; }
+venv_works() { [[ -x "$PY" ]] && is_python311 "$PY" && "$PY" -m pip --version >/dev/null 2>&1; }
+remake_why=""
+if [[ "$SETUP_FORCE" == "1" ]]; then
+    remake_why="SETUP_FORCE=1"
+elif ! venv_works; then
+    remake_why="it is no working python 3.11 environment"
+fi
+if [[ -n "$remake_why" ]]; then
     command -v "$PYTHON" >/dev/null || die "'$PYTHON' not found: install python 3.11 or set PYTHON=/path/to/python3.11"
-    "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
-        || die "'$PYTHON' is not python 3.11 (set PYTHON=/path/to/python3.11)"
+    is_python311 "$PYTHON" || die "'$PYTHON' is not python 3.11 (set PYTHON=/path/to/python3.11)"
     if [[ -e "$VENV" ]]; then
-        why="SETUP_FORCE=1"
-        venv_works || why="it is no working python 3.11 environment"
-        log "recreating $VENV ($why) with $("$PYTHON" --version 2>&1)"
+        log "recreating $VENV ($remake_why) with $("$PYTHON" --version 2>&1)"
     else
         log "creating $VENV with $("$PYTHON" --version 2>&1)"
     fi

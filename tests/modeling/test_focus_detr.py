@@ -242,9 +242,18 @@ def test_weights_cast_to_another_precision_name_autocast(dtype):
     # model.half() / .to(torch.bfloat16) ended in "Input type (torch.FloatTensor) and weight type ... should be the
     # same"; .double() was not told how to undo it
     model = build_tiny_model().eval().to(dtype)
-    with pytest.raises(ValueError, match=rf"^FocusDETR runs with float32 weights, got {dtype}: model.float\(\) "
-                                         r"puts them back; for bfloat16 or float16 keep them float32 and autocast"):
+    # model.float() gives float32 weights, but rounded: the detections differ from the original weights'
+    with pytest.raises(ValueError, match=rf"^FocusDETR runs with float32 weights, got {dtype}: load the weights "
+                                         r"again \(model.float\(\) alone keeps their rounded values\); for bfloat16 "
+                                         r"or float16 keep them float32 and autocast"):
         model([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8)}])
+
+
+def test_a_model_in_training_mode_called_for_detections_names_eval():
+    # instantiate(cfg.model) builds it in training mode, which then asked for ground truth only
+    with pytest.raises(ValueError, match=r"^FocusDETR: training needs batched_inputs\[0\]\['instances'\] \(the model "
+                                         r"is in training mode: model.eval\(\) for inference\)$"):
+        build_tiny_model()([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8)}])
 
 
 def test_float_images_in_0_to_255_are_accepted_as_detectron2_allows(tiny_model, parity_fixture):
@@ -272,6 +281,28 @@ def test_float_images_in_0_to_1_are_refused_in_one_line(tiny_model, parity_fixtu
     for dark in (0.0, 1.0):  # black, and a nearly black 0..255 image: whole values, read the same in either scale
         image = torch.full(item["image"].shape, dark)
         assert len(tiny_model([dict(item, image=image)])[0]["instances"]) > 0
+
+
+@pytest.mark.parametrize("convert, message", [
+    (lambda x: (x / 255 - 0.45) / 0.226, r"looks normalised already \(pixels -0\.95\d*\.\.2\.06\d*\); the model "
+                                          r"takes pixels in 0\.\.255 and normalises them itself"),
+    (lambda x: x - 128, r"has pixels -68\.\.106; the model takes pixels in 0\.\.255"),
+    (lambda x: x * 257, r"has pixels 15420\.\.60138; the model takes pixels in 0\.\.255: scale the image to 0\.\.255 "
+                        r"first \(a 16-bit image: divide by 257\)$"),
+    (lambda x: torch.where(x == x.max(), float("nan"), x), r"has pixels that are not finite"),
+    (lambda x: torch.where(x == x.max(), float("inf"), x), r"has pixels that are not finite"),
+], ids=["normalised", "centred", "16-bit", "nan", "inf"])
+def test_float_images_outside_0_to_255_are_refused_in_one_line(tiny_model, parity_fixture, convert, message):
+    item = _fixture_inputs(parity_fixture)[0]
+    with pytest.raises(ValueError, match=r"^FocusDETR: batched_inputs\[0\]\['image'\] " + message):
+        tiny_model([dict(item, image=convert(item["image"].float()))])
+
+
+def test_float_images_resampled_past_0_to_255_are_accepted(tiny_model, parity_fixture):
+    item = _fixture_inputs(parity_fixture)[0]
+    image = item["image"].float()
+    image[:, 0, 0], image[:, 0, 1] = -20.0, 280.0  # what a bicubic resize of a 0..255 image overshoots near edges
+    assert len(tiny_model([dict(item, image=image)])[0]["instances"]) > 0
 
 
 def test_bfloat16_autocast_computes_in_bfloat16_and_returns_float32_detections(tiny_model, parity_fixture):
@@ -382,6 +413,22 @@ def test_a_position_embedding_the_token_layout_would_not_call_is_refused():
 def test_more_detections_than_candidates_are_announced(caplog):
     build_tiny_model(**{"model.num_detections": 100000})
     assert any("model.num_detections is 100000, but the model has only" in r.getMessage() for r in caplog.records)
+
+
+def test_num_detections_is_checked_at_build_and_when_assigned(tiny_model, parity_fixture):
+    for value in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=rf"^FocusDETR: num_detections must be an integer >= 1, got {value!r}$"):
+            build_tiny_model(**{"model.num_detections": value})
+    for value in (0, -1, 2.5, None, True):
+        with pytest.raises(ValueError, match=rf"^FocusDETR: num_detections must be an integer >= 1, got {value!r}$"):
+            tiny_model.num_detections = value  # 0 returned no detection without a word
+    item = _fixture_inputs(parity_fixture)[0]
+    saved = tiny_model.num_detections
+    try:
+        tiny_model.num_detections = 7
+        assert len(tiny_model([item])[0]["instances"]) == 7
+    finally:
+        tiny_model.num_detections = saved
 
 
 @pytest.mark.parametrize("size", [0.0, -1.0])

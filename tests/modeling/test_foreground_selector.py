@@ -130,6 +130,34 @@ def test_keep_ratios_can_be_changed_on_a_built_model():
     assert (selector.keep_ratio, selector.cascade_keep_ratios) == (1.0, [1.0, 0.5])
 
 
+def test_assigned_keep_ratios_are_checked_as_the_constructor_checks_them():
+    # the Python form of the config override: a negative ratio kept no token, 5.0 all of them, without a word
+    selector = _selector(cascade_keep_ratios=[1.0, 0.5])
+    selector.keep_ratio = 0.25
+    selector.cascade_keep_ratios = (1.0, 0.2)
+    assert (selector.keep_ratio, selector.cascade_keep_ratios) == (0.25, [1.0, 0.2])
+    selection = selector(torch.randn(1, NUM_TOKENS, 32), None, SHAPES)
+    assert selection.num_selected_tokens_per_layer == [NUM_TOKENS // 4 + 1, (NUM_TOKENS // 4 + 1) // 5]
+    for value in (-1.0, 5.0, float("nan")):
+        with pytest.raises(ValueError, match=rf"keep_ratio must be in \(0, 1\], got {value}"):
+            selector.keep_ratio = value
+    with pytest.raises(ValueError, match="one entry per encoder layer"):
+        selector.cascade_keep_ratios = [1.0]
+    assert (selector.keep_ratio, selector.cascade_keep_ratios) == (0.25, [1.0, 0.2])
+
+
+def test_a_selector_pickled_whole_before_the_ratios_were_properties_loads():
+    import pickle
+
+    selector = _selector(keep_ratio=0.3)
+    state = selector.__getstate__()
+    state["keep_ratio"], state["cascade_keep_ratios"] = state.pop("_keep_ratio"), state.pop("_cascade_keep_ratios")
+    restored = ForegroundTokenSelector.__new__(ForegroundTokenSelector)
+    restored.__setstate__(state)
+    assert (restored.keep_ratio, restored.cascade_keep_ratios) == (0.3, selector.cascade_keep_ratios)
+    assert pickle.loads(pickle.dumps(selector)).keep_ratio == 0.3
+
+
 def test_host_budgets_follow_the_same_float32_arithmetic_as_the_tensor_ones():
     # eager inference counts the budgets on the host from the image sizes; an exported graph counts them as tensors
     from focus_detr.modeling.foreground_selector import focus_token_nums_of, layer_token_counts

@@ -39,7 +39,7 @@ def keep_ratios_applied(model, keep_ratio=None, cascade_keep_ratios=None):
     try:
         yield selector
     finally:
-        selector.keep_ratio, selector.cascade_keep_ratios = saved
+        selector.set_keep_ratios(*saved)
 
 
 @dataclass(frozen=True)

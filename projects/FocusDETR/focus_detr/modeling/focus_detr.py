@@ -2,6 +2,7 @@
 import contextlib
 import logging
 import math
+import numbers
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -85,10 +86,9 @@ class FocusDETR(nn.Module):
         backbone_channels_last: bool = False,
     ):
         super().__init__()
+        self.num_detections = num_detections
         if num_classes < 1:
             raise ValueError(f"FocusDETR: num_classes must be >= 1, got {num_classes}")
-        if num_detections < 1:
-            raise ValueError(f"FocusDETR: num_detections must be >= 1, got {num_detections}")
         if len(pixel_mean) != 3 or len(pixel_std) != 3 or any(s <= 0 for s in pixel_std):
             raise ValueError(f"FocusDETR: pixel_mean {pixel_mean} / pixel_std {pixel_std} must have one value per "
                              "channel of the 3-channel images, and std be > 0")
@@ -122,7 +122,6 @@ class FocusDETR(nn.Module):
         self.criterion = criterion
         self.denoising = denoising
         self.num_classes = num_classes
-        self.num_detections = num_detections
         self._warned_of_mixed_sizes = False  # once per model: an evaluation at batch > 1 would repeat it per batch
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
@@ -141,6 +140,23 @@ class FocusDETR(nn.Module):
         self.register_load_state_dict_pre_hook(_official_layout_to_model_keys)
 
     @property
+    def num_detections(self) -> int:
+        """Detections returned per image (the highest-scoring query-class pairs)."""
+        return self._num_detections
+
+    @num_detections.setter
+    def num_detections(self, value: int) -> None:
+        # a property, so that an assignment to a built model is checked too: 0 returned no detection without a word
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"FocusDETR: num_detections must be an integer >= 1, got {value!r}")
+        self._num_detections = int(value)
+
+    def __setstate__(self, state):
+        if "num_detections" in state:  # a model pickled whole before it was a property
+            state["_num_detections"] = state.pop("num_detections")
+        super().__setstate__(state)
+
+    @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
@@ -149,8 +165,9 @@ class FocusDETR(nn.Module):
         """Normalise and pad (bottom/right, with 0 after normalisation) -> ImageList ``(B, 3, H, W)``."""
         check_batched_inputs(batched_inputs)
         if self.pixel_mean.dtype != torch.float32:  # .half() / .to(torch.bfloat16): a dtype mismatch deep inside
-            raise ValueError(f"FocusDETR runs with float32 weights, got {self.pixel_mean.dtype}: model.float() puts "
-                             "them back; for bfloat16 or float16 keep them float32 and autocast "
+            raise ValueError(f"FocusDETR runs with float32 weights, got {self.pixel_mean.dtype}: load the weights "
+                             "again (model.float() alone keeps their rounded values); for bfloat16 or float16 keep "
+                             "them float32 and autocast "
                              "(train.inference_amp.enabled=True, FocusDETRPredictor(..., amp=True), or torch.autocast "
                              "around the call)")
         images = []
@@ -180,7 +197,8 @@ class FocusDETR(nn.Module):
         targets = []
         for i, item in enumerate(batched_inputs):
             if "instances" not in item:
-                raise ValueError(f"FocusDETR: training needs batched_inputs[{i}]['instances']")
+                raise ValueError(f"FocusDETR: training needs batched_inputs[{i}]['instances'] (the model is in "
+                                 "training mode: model.eval() for inference)")
             instances = item["instances"]
             h, w = instances.image_size
             boxes = instances.gt_boxes.tensor

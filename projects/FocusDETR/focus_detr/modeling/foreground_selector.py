@@ -126,7 +126,7 @@ class ForegroundTokenSelector(nn.Module):
             )
         self.token_ranking = token_ranking
         self.num_levels = num_levels
-        self.keep_ratio, self.cascade_keep_ratios = _validated_keep_ratios(keep_ratio, cascade_keep_ratios)
+        self._keep_ratio, self._cascade_keep_ratios = _validated_keep_ratios(keep_ratio, cascade_keep_ratios)
         self.top_down_modulation = top_down_modulation
         self.predictor = ForegroundPredictor(embed_dim)
         self.modulation_weights = nn.Parameter(torch.empty(num_levels - 1))
@@ -143,7 +143,33 @@ class ForegroundTokenSelector(nn.Module):
                 f"ForegroundTokenSelector: cascade_keep_ratios needs one entry per encoder layer "
                 f"({len(self.cascade_keep_ratios)}), got {list(cascade_keep_ratios)}"
             )
-        self.keep_ratio, self.cascade_keep_ratios = _validated_keep_ratios(keep_ratio, cascade_keep_ratios)
+        self._keep_ratio, self._cascade_keep_ratios = _validated_keep_ratios(keep_ratio, cascade_keep_ratios)
+
+    # Properties, so that an assignment (``selector.keep_ratio = 0.3``, the Python form of the config override) is
+    # checked as the constructor checks it: a negative ratio kept no token without a word.
+    @property
+    def keep_ratio(self) -> float:
+        """The fraction of each image's tokens the first encoder layer updates."""
+        return self._keep_ratio
+
+    @keep_ratio.setter
+    def keep_ratio(self, value: float) -> None:
+        self.set_keep_ratios(keep_ratio=value)
+
+    @property
+    def cascade_keep_ratios(self) -> List[float]:
+        """Per encoder layer, the fraction of the foreground budget it updates."""
+        return self._cascade_keep_ratios
+
+    @cascade_keep_ratios.setter
+    def cascade_keep_ratios(self, value: Sequence[float]) -> None:
+        self.set_keep_ratios(cascade_keep_ratios=value)
+
+    def __setstate__(self, state):
+        for name in ("keep_ratio", "cascade_keep_ratios"):  # a model pickled whole before they were properties
+            if name in state:
+                state["_" + name] = state.pop(name)
+        super().__setstate__(state)
 
     def score_tokens(self, memory: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]]) -> torch.Tensor:
         """memory ``(B, N, C)`` -> raw foreground logits ``(B, N, 1)``, scored coarsest level first."""

@@ -1,5 +1,6 @@
 """The checks of detectron2-style model inputs: one line naming the input and the problem, where torch would fail deep
 inside or, worse, detect without a word on pixels it misreads."""
+import math
 import numbers
 
 import torch
@@ -37,13 +38,34 @@ def output_side(item, key, index, default):
     return int(value)
 
 
+# A 0..255 image resampled with a bicubic or Lanczos kernel overshoots near sharp edges; this much is still one.
+_RESAMPLING_OVERSHOOT = 32.0
+# Mean/std normalised pixels (torchvision's Normalize after to_tensor) lie within about -2.2..2.7.
+_NORMALISED_BRIGHTEST = 3.0
+
+
 def check_pixel_range(image: torch.Tensor, index: int) -> None:
-    """ValueError when a float image holds fractional pixels all within (0, 1]: torchvision's ``to_tensor`` scale,
-    which the model would see as a black image (it takes 0..255), detecting next to nothing without a word. A nearly
-    black 0..255 image (whole values 0 and 1) passes. Float images only: a uint8 one is never read back (one device
+    """ValueError (one line) when a float image is not one of 0..255 pixels, each of which the model would misread
+    and detect next to nothing on without a word: pixels that are not finite; fractional pixels all within (0, 1]
+    (torchvision's ``to_tensor`` scale; a nearly black 0..255 image, whole values 0 and 1, passes); pixels already
+    normalised (negative, the brightest at most a few units); pixels far outside 0..255 (a 16-bit image, pixels
+    centred on 0), beyond what resampling overshoots. Float images only: a uint8 one is never read back (one device
     read per float image)."""
-    brightest = float(image.max()) if image.numel() else 0.0
+    if not image.numel():
+        return
+    darkest, brightest = torch.stack(torch.aminmax(image)).tolist()
+    name = f"FocusDETR: batched_inputs[{index}]['image']"
+    if not (math.isfinite(darkest) and math.isfinite(brightest)):
+        raise ValueError(f"{name} has pixels that are not finite (NaN or infinite): a damaged or wrongly converted "
+                         "image")
+    if darkest < 0.0 and brightest <= _NORMALISED_BRIGHTEST:
+        raise ValueError(f"{name} looks normalised already (pixels {darkest:g}..{brightest:g}); the model takes "
+                         "pixels in 0..255 and normalises them itself (model.pixel_mean / pixel_std): pass the image "
+                         "before normalising")
+    if darkest < -_RESAMPLING_OVERSHOOT or brightest > 255.0 + _RESAMPLING_OVERSHOOT:
+        raise ValueError(f"{name} has pixels {darkest:g}..{brightest:g}; the model takes pixels in 0..255: scale the "
+                         "image to 0..255 first (a 16-bit image: divide by 257)")
     if 0.0 < brightest <= 1.0 and bool((image != image.round()).any()):
-        raise ValueError(f"FocusDETR: batched_inputs[{index}]['image'] is a float image whose pixels all lie in 0..1 "
-                         f"(brightest {brightest:g}); the model takes pixels in 0..255: multiply by 255 (torchvision's "
-                         "to_tensor scales to 0..1), or pass the uint8 image")
+        raise ValueError(f"{name} is a float image whose pixels all lie in 0..1 (brightest {brightest:g}); the model "
+                         "takes pixels in 0..255: multiply by 255 (torchvision's to_tensor scales to 0..1), or pass "
+                         "the uint8 image")

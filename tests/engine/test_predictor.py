@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import instantiate
+from PIL import Image
 
 from focus_detr.engine import AtomicDetectionCheckpointer, FocusDETRPredictor, load_config
 from focus_detr.export import match_detections
@@ -87,7 +88,10 @@ def test_batch_equals_single_calls_also_across_sizes(predictor):
     "image, words",
     [
         ([np.zeros((8, 8, 3), np.uint8)] * 2, "got a list: for several, call predictor.predict_batch(images)"),
-        (torch.zeros(8, 8, 3, dtype=torch.uint8), "got Tensor"),
+        (torch.zeros(8, 8, 3, dtype=torch.uint8), "got Tensor (a tensor? pass a (H, W, 3) uint8 BGR array"),
+        ("image.png", "got str (a file? focus_detr.data.read_image(path, 'BGR') reads it)"),
+        (Image.new("RGB", (8, 8)), "got Image (a PIL image? np.asarray(image.convert('RGB'))[:, :, ::-1])"),
+        (np.zeros((2, 8, 8, 3), np.uint8), "got shape (2, 8, 8, 3) (several images? predictor.predict_batch"),
         (np.zeros((8, 8, 3), np.float32), "got dtype float32"),
         (np.zeros((8, 8), np.uint8), "gray image"),
         (np.zeros((8, 8, 4), np.uint8), "BGRA"),
@@ -95,7 +99,7 @@ def test_batch_equals_single_calls_also_across_sizes(predictor):
         (np.zeros((0, 8, 3), np.uint8), "is empty"),
         (np.zeros((8, 0, 3), np.uint8), "is empty"),
     ],
-    ids=["list", "tensor", "float32", "gray", "4-channels", "4-d", "no-rows", "no-columns"],
+    ids=["list", "tensor", "path", "pil", "stacked", "float32", "gray", "4-channels", "4-d", "no-rows", "no-columns"],
 )
 def test_images_that_are_not_bgr_uint8_hwc_get_one_line(predictor, image, words):
     with pytest.raises(ValueError) as info:
@@ -261,6 +265,21 @@ def test_a_test_mapper_written_as_detectron2_s_dataset_mapper_is_followed(predic
     with pytest.raises(ValueError, match="dataloader.test.mapper has no augmentation or augmentations: the predictor "
                                          "cannot resize images as the test loader does"):
         inference_resize(cfg)
+
+
+def test_a_config_without_a_test_loader_says_how_images_are_resized(caplog):
+    import logging
+
+    from focus_detr.engine import load_config
+    from focus_detr.engine.predictor import inference_resize
+
+    cfg = load_config("configs/focus_detr_r18_trees.py")
+    del cfg.dataloader  # a model-only config: the trees were trained at 352..512 pixels, not 800 / 1333
+    with caplog.at_level(logging.WARNING, logger="focus_detr"):
+        resize = inference_resize(cfg)
+    assert resize.augs[0].short_edge_length == (800, 800) and resize.augs[0].max_size == 1333
+    assert any("no dataloader.test.mapper: images are resized as detectron2's default ResizeShortestEdge(800, 1333)"
+               in record.getMessage() for record in caplog.records)
 
 
 @pytest.mark.parametrize("config, words", [

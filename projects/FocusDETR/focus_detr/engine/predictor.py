@@ -60,6 +60,10 @@ def inference_resize(cfg) -> T.AugmentationList:
     the predictor would resize otherwise than the test loader, and find other objects."""
     mapper = _test_mapper(cfg)
     if mapper is None:
+        # right for the COCO models, a silent loss for one trained at other sizes (the trees: 352..512 pixels)
+        logger.warning(f"The config has no dataloader.test.mapper: images are resized as detectron2's default "
+                       f"ResizeShortestEdge{_DEFAULT_RESIZE} and given to the model in RGB; a model trained at other "
+                       "sizes finds less: use its training config, or add its dataloader.test")
         return T.AugmentationList([T.ResizeShortestEdge(*_DEFAULT_RESIZE)])
     key, augmentation = mapper_entry(mapper, RESIZE_KEYS)
     if key is None:
@@ -94,20 +98,35 @@ def input_format(cfg) -> str:
     return fmt
 
 
+def _conversion_hint(image) -> str:
+    """How to make ``image`` (a PIL image, a path, a tensor) the array the predictor takes, or ""."""
+    if isinstance(image, (str, os.PathLike)):
+        return " (a file? focus_detr.data.read_image(path, 'BGR') reads it)"
+    if torch.is_tensor(image):
+        return " (a tensor? pass a (H, W, 3) uint8 BGR array, e.g. tensor.permute(1, 2, 0).numpy() of a BGR one)"
+    if hasattr(image, "getbands"):  # a PIL image, without importing PIL
+        return " (a PIL image? np.asarray(image.convert('RGB'))[:, :, ::-1])"
+    return ""
+
+
 def check_bgr_image(image, name="image") -> None:
     """ValueError (one line, naming ``name``) unless ``image`` is a non-empty uint8 numpy array ``(H, W, 3)``."""
     expected = "a uint8 numpy array (H, W, 3) in BGR order"
     if image is None:  # what cv2.imread gives for a file it cannot read, without an error of its own
         raise ValueError(f"{name} must be {expected}, got None (cv2.imread returns None for a file it cannot read)")
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"{name} must be {expected}, got {type(image).__name__}")
+        raise ValueError(f"{name} must be {expected}, got {type(image).__name__}{_conversion_hint(image)}")
     if image.dtype != np.uint8:
         raise ValueError(f"{name} must be {expected}, got dtype {image.dtype}")
     if image.ndim == 2:
         raise ValueError(f"{name} must be {expected}, got a (H, W) gray image {image.shape}; "
                          "give it 3 channels, e.g. cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)")
     if image.ndim != 3 or image.shape[2] != 3:
-        hint = " (BGRA? drop alpha with image[:, :, :3])" if image.ndim == 3 and image.shape[2] == 4 else ""
+        hint = ""
+        if image.ndim == 3 and image.shape[2] == 4:
+            hint = " (BGRA? drop alpha with image[:, :, :3])"
+        elif image.ndim == 4 and image.shape[3] == 3:
+            hint = " (several images? predictor.predict_batch(list(images)))"
         raise ValueError(f"{name} must be {expected}, got shape {image.shape}{hint}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"{name} is empty: shape {image.shape}")

@@ -81,8 +81,13 @@ def test_detrex_ema_weights_are_used_where_the_config_asks_for_them(parity_fixtu
     from focus_detr.engine.runner import load_inference_weights
 
     trained = parity_fixture["state_dict"]
-    # detrex keeps its average under "ema_state", in the official layout, each shared head under one of its names
-    ema = {key: value * 0.5 for key, value in trained.items() if not key.startswith("transformer.decoder.class_embed")}
+    # detrex keeps its average under "ema_state", in the official layout, from named_parameters(): each shared tensor
+    # under the first of its names only (the last class head as transformer.encoder.enhance_MCSP.0.* alone)
+    first_names = {}
+    for key, value in trained.items():
+        first_names.setdefault((value.data_ptr(), value.shape), key)
+    ema = {key: trained[key] * 0.5 for key in first_names.values()}
+    assert "class_embed.2.weight" not in ema and "transformer.decoder.class_embed.2.weight" not in ema
     path = tmp_path / "detrex_ema.pth"
     torch.save({"model": trained, "ema_state": ema}, path)
     model = build_tiny_model()
@@ -91,7 +96,9 @@ def test_detrex_ema_weights_are_used_where_the_config_asks_for_them(parity_fixtu
     expected = trained["transformer.alpha"] * (0.5 if ema_enabled else 1.0)
     assert weights == ("ema" if ema_enabled else "trained")
     assert torch.equal(model.transformer.foreground_selector.modulation_weights, expected)
-    assert torch.equal(model.class_embed[0].weight, trained["class_embed.0.weight"] * (0.5 if ema_enabled else 1.0))
+    for head in (0, 2):  # a decoder layer's, and the proposals' (enhance_MCSP)
+        assert torch.equal(model.class_embed[head].weight,
+                           trained[f"class_embed.{head}.weight"] * (0.5 if ema_enabled else 1.0))
     assert ("also holds the EMA weights" in caplog.text) is not ema_enabled
 
 

@@ -44,9 +44,12 @@ def to_model_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor
 
 
 def _num_heads(state_dict: Dict[str, torch.Tensor]) -> int:
+    """Heads per prediction set: decoder layers + the proposals'. Counted on the class and the box heads, since a file
+    holding each shared tensor once (detrex's EMA, from ``named_parameters``) has the last class head only under an
+    ``enhance_MCSP`` name."""
     indices = set()
     for key in state_dict:
-        match = re.match(r"^(?:transformer\.decoder\.)?class_embed\.(\d+)\.", key)
+        match = re.match(r"^(?:transformer\.decoder\.)?(?:class_embed|bbox_embed)\.(\d+)\.", key)
         if match:
             indices.add(int(match.group(1)))
     if not indices:

@@ -1,9 +1,13 @@
 """Setting values that trained or evaluated the wrong thing without a word, or failed with a traceback or only after
 training: each is one line, before the first step (and before the folder's config.yaml is rewritten)."""
+import pathlib
+
 import pytest
 
 from cli_output import error_lines, logged_warnings, shows_traceback
 from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
+
+TREE_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "focus_detr_r18_trees.py"
 
 CASES = {
     # gradient ascent: lr -4e-07, then -0.0004, status 0
@@ -145,3 +149,22 @@ def test_a_backbone_setting_detectron2_asserts_on_names_the_part(override, part,
     with pytest.raises(ConfigError, match=rf"^the config's model cannot be built: {part} failed with {error}; check "
                                           r"the settings you gave it \(model\.\*\)$"):
         build_model(load_config(trees, [override]), "cpu")
+
+
+def test_an_evaluator_folder_copied_from_train_output_dir_follows_its_override(tmp_path):
+    # detrex's configs write `dataloader.evaluator.output_dir = train.output_dir`, a copy: with train.output_dir
+    # overridden, the run's results went into the config's folder (another run's, perhaps) without a word
+    from focus_detr.engine import load_config
+
+    config = tmp_path / "detrex_style.py"
+    config.write_text(f"from detectron2.config import LazyConfig\n"
+                      f"_base = LazyConfig.load({str(TREE_CONFIG.resolve())!r})\n"
+                      "model, train, dataloader = _base.model, _base.train, _base.dataloader\n"
+                      f"train.output_dir = {str(tmp_path / 'configured')!r}\n"
+                      "dataloader.evaluator.output_dir = train.output_dir\n")
+    run = str(tmp_path / "run")
+    assert load_config(str(config)).dataloader.evaluator.output_dir == str(tmp_path / "configured")
+    assert load_config(str(config), [f"train.output_dir={run}"]).dataloader.evaluator.output_dir == run
+    elsewhere = str(tmp_path / "elsewhere")  # both overridden: each its own
+    cfg = load_config(str(config), [f"train.output_dir={run}", f"dataloader.evaluator.output_dir={elsewhere}"])
+    assert (cfg.train.output_dir, cfg.dataloader.evaluator.output_dir) == (run, elsewhere)

@@ -310,8 +310,8 @@ def test_resume_with_another_batch_size_continues_as_with_another_process_count(
 
 def test_an_evaluation_leaves_another_folders_detections_alone_and_says_where_they_go(train_net, toy_dataset,
                                                                                          tmp_path):
-    # detrex's configs copy train.output_dir into the evaluator's: with train.output_dir overridden, the evaluation
-    # removed the config's default folder's results (another run's), and its own went there without a word
+    # an evaluator folder set apart from train.output_dir: the evaluation removed that folder's results (another
+    # run's), and its own went there without a word
     from cli_output import logged_warnings
 
     run, elsewhere = tmp_path / "train", tmp_path / "elsewhere"
@@ -325,9 +325,7 @@ def test_an_evaluation_leaves_another_folders_detections_alone_and_says_where_th
                               f"dataloader.evaluator.output_dir={elsewhere}"]) == 0
     assert (elsewhere / "eval_results.json").read_text() == "{}"
     assert warnings == [f"dataloader.evaluator.output_dir {elsewhere} is not train.output_dir {tmp_path / 'eval'}: "
-                        "the evaluator writes coco_instances_results.json and instances_predictions.pth there; a "
-                        "config that copies train.output_dir into it keeps the copy when train.output_dir is "
-                        "overridden: write dataloader.evaluator.output_dir='${...train.output_dir}'"]
+                        "the evaluator writes coco_instances_results.json and instances_predictions.pth there"]
 
 
 def test_an_evaluation_without_an_output_folder_leaves_the_working_folders_files(train_net, toy_dataset, tmp_path,

@@ -2,6 +2,7 @@
 nulls and lines that do not parse; unregistered datasets. Loading config files: :mod:`.config_files`."""
 import difflib
 import inspect
+import logging
 from typing import Dict
 
 from detectron2.config import LazyConfig
@@ -19,6 +20,9 @@ __all__ = [
     "check_datasets_registered",
     "flattened",
 ]
+
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -224,9 +228,35 @@ def _override_error(overrides, error):
     return f"cannot apply overrides {overrides}: {_flat(error)}"
 
 
+_TIED_OUTPUT = "dataloader.evaluator.output_dir"
+
+
+def _copies_train_output_dir(cfg) -> bool:
+    """Whether ``dataloader.evaluator.output_dir`` holds a copy of ``train.output_dir``'s value, as detrex's configs
+    write it (``dataloader.evaluator.output_dir = train.output_dir``), rather than a reference to it."""
+    train, evaluator = cfg.get("train", None), (cfg.get("dataloader", None) or {}).get("evaluator", None)
+    if not isinstance(train, DictConfig) or not isinstance(evaluator, DictConfig):
+        return False
+    if "output_dir" not in train or "output_dir" not in evaluator or OmegaConf.is_interpolation(evaluator, "output_dir"):
+        return False
+    value = evaluator._get_node("output_dir")._value()
+    return isinstance(value, str) and value != "" and value == train._get_node("output_dir")._value()
+
+
+def _keep_evaluator_output_tied(cfg, overrides):
+    """After an override of ``train.output_dir`` alone, a copied evaluator folder (:func:`_copies_train_output_dir`)
+    follows it: the evaluation's results went into the config's folder (another run's, perhaps) without a word."""
+    keys = {override.split("=", 1)[0].strip().lstrip("+") for override in overrides}
+    if "train.output_dir" in keys and _TIED_OUTPUT not in keys:
+        cfg.dataloader.evaluator.output_dir = "${...train.output_dir}"
+        logger.info(f"{_TIED_OUTPUT} held a copy of train.output_dir (detrex's configs copy it): it follows the "
+                    f"override to {cfg.train.output_dir}")
+
+
 def apply_overrides(cfg, overrides=()):
     """``key=value`` overrides (a list of strings) applied to ``cfg`` (in place; returned), each key and value type
-    checked first. Raises ConfigError with a one-line message."""
+    checked first. An evaluator folder copied from ``train.output_dir`` follows an override of it. Raises
+    ConfigError with a one-line message."""
     overrides = _override_list(overrides)
     for override in overrides:
         key, value = (part.strip() for part in override.split("=", 1))
@@ -235,11 +265,14 @@ def apply_overrides(cfg, overrides=()):
                               f"{key}=./None for a path named None)")
     check_override_keys(cfg, overrides)
     old_values = {o.split("=", 1)[0].strip(): _current_value(cfg, o.split("=", 1)[0].strip()) for o in overrides}
+    tied_output = _copies_train_output_dir(cfg)
     try:
         cfg = LazyConfig.apply_overrides(cfg, overrides)
     except Exception as error:
         raise ConfigError(_override_error(overrides, error)) from None
     check_override_types(old_values, cfg, overrides)
+    if tied_output:
+        _keep_evaluator_output_tied(cfg, overrides)
     check_argument_types(cfg)
     return cfg
 

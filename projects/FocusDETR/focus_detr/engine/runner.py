@@ -377,12 +377,9 @@ def _remove_earlier_results(cfg):
     names = ["eval_results.json"]
     if evaluator_folder and same_file(evaluator_folder, folder):
         names += _EVALUATOR_FILES
-    elif evaluator_folder:
-        # detrex's configs copy train.output_dir into the evaluator's: an override of the one leaves the other
+    elif evaluator_folder:  # (a detrex-style copy of train.output_dir follows its override: config.apply_overrides)
         logger.warning(f"dataloader.evaluator.output_dir {evaluator_folder} is not train.output_dir {folder}: the "
-                       f"evaluator writes {' and '.join(_EVALUATOR_FILES)} there; a config that copies "
-                       "train.output_dir into it keeps the copy when train.output_dir is overridden: write "
-                       "dataloader.evaluator.output_dir='${...train.output_dir}'")
+                       f"evaluator writes {' and '.join(_EVALUATOR_FILES)} there")
     removed = [name for name in names if os.path.isfile(os.path.join(folder, name))]
     for name in removed:
         os.remove(os.path.join(folder, name))

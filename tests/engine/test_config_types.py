@@ -151,7 +151,8 @@ def test_an_argument_a_config_file_gives_that_its_part_does_not_take_is_one_line
      "train.eval_period=10 train.log_period=1)"),
     ("train.model_ema.use_ema_weights_for_eval_only = True", "config key train.model_ema.use_ema_weights_for_eval_only "
      "is not a setting of the train section: nothing would read it (detrex's "
-     "train.model_ema.use_ema_weights_for_eval_only is train.model_ema.use_for_eval here)"),
+     "train.model_ema.use_ema_weights_for_eval_only is train.model_ema.use_for_eval here, which defaults to True and "
+     "applies to the evaluations during training too)"),
     ("train.checkpointer.max_to_kep = 3", "config key train.checkpointer.max_to_kep is not a setting of the train "
      "section: nothing would read it (did you mean: train.checkpointer.max_to_keep?)"),
     # DistributedDataParallel's TypeError, only in a run of several processes

@@ -50,6 +50,13 @@ CASES = {
         {"cfg.py": "def schedule(epochs):\n    return 100 // epochs\n\nmax_iter = schedule(0)\n"},
         "error: config file {cfg.py}: ZeroDivisionError at line 2: integer division or modulo by zero",
     ),
+    # an official config where detrex is not installed: the next step, not only the missing module
+    "detrex config": (
+        {"cfg.py": "from detrex.config import get_config\nfrom .models.focus_detr_r50 import model\n"},
+        "error: config file {cfg.py}: ModuleNotFoundError at line 1: No module named 'detrex'; it is a detrex config: "
+        "use this project's config of the same name in configs/ (e.g. configs/focus_detr_r50_4scale_12ep.py), which "
+        "loads official weights too (train.init_checkpoint=FILE)",
+    ),
     "invalid YAML": (
         {"cfg.yaml": "train:\n  max_iter: [1, 2\nmodel: {}\n"},
         "error: config file {cfg.yaml}: invalid YAML at line 3 (expected ',' or ']', but got ':'): model: {}",
@@ -108,6 +115,14 @@ NOT_A_FOCUS_DETR_CONFIG = {
                                "optimizer and lr_multiplier (e.g. configs/focus_detr_r18_trees.py)"),
     "no train section": ({"cfg.py": "model = dict()\n"}, [], "error: the config defines no 'train', which train_net.py "
                          "needs"),
+    # an official config where detrex is installed built detrex's FOCUS_DETR, and official weights were "355 missing
+    # keys" (our loader converts them to our layout)
+    "the official code's model": ({"cfg.py": "model = dict(_target_='projects.focus_detr.modeling.FOCUS_DETR')\n"
+                                             "train = dict()\n"}, [],
+                                  "error: config file {cfg.py} builds the official code's model (projects.focus_detr."
+                                  "modeling); it is a detrex config: use this project's config of the same name in "
+                                  "configs/ (e.g. configs/focus_detr_r50_4scale_12ep.py), which loads official "
+                                  "weights too (train.init_checkpoint=FILE)"),
     "an empty output folder": ({"cfg.py": "model = dict()\ntrain = dict(output_dir='')\n"}, ["--eval-only"],
                                "error: train.output_dir is empty: name the folder for the log, the config and the "
                                "results"),

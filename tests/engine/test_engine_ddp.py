@@ -179,3 +179,20 @@ def test_a_dataset_the_started_processes_do_not_have_is_one_line_saying_where_to
         "dataset 'focus_detr_registered_by_a_script' is not registered in the processes that --num-gpus / "
         "--num-machines start: they run the config file but not a script's `if __name__ == \"__main__\":` block; "
         "register it in the config file (docs/data.md)")
+
+
+def test_fp16_compression_on_cpu_processes_says_it_does_nothing(monkeypatch):
+    # detrex's train.ddp.fp16_compression=True was dropped without a word where the processes run on the CPU
+    from omegaconf import OmegaConf
+
+    from cli_output import logged_warnings
+    from focus_detr.engine import runner
+
+    monkeypatch.setattr(runner.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(runner, "create_ddp_model", lambda model, **kwargs: kwargs)
+    cfg = OmegaConf.create({"train": {"ddp": {"fp16_compression": True, "find_unused_parameters": False}}})
+    with logged_warnings("focus_detr.engine.runner") as warnings:
+        assert runner.wrap_ddp(torch.nn.Linear(1, 1), cfg, "cpu") == {"device_ids": None,
+                                                                      "find_unused_parameters": False}
+    assert warnings == ["train.ddp.fp16_compression sends the gradients between GPUs in float16; CPU processes "
+                        "(gloo) exchange them in float32"]

@@ -460,3 +460,12 @@ def test_part_settings_that_cannot_build_a_working_model_are_refused(override, v
         overrides["model.pixel_std"] = [1.0, 1.0]  # a 2-channel normalisation: failed at the first image
     with pytest.raises(ValueError, match=message):
         build_tiny_model(**overrides)
+
+
+def test_an_encoder_depth_without_its_keep_ratios_names_both_keys():
+    # detrex used the first entries without a word; the message named neither config key
+    with pytest.raises(ValueError, match=r"^FocusDETRTransformer: model.transformer.foreground_selector."
+                                         r"cascade_keep_ratios has 2 entries but the encoder has 3 layers "
+                                         r"\(model.transformer.encoder.num_layers\); give one keep ratio per encoder "
+                                         r"layer$"):
+        build_tiny_model(**{"model.transformer.encoder.num_layers": 3})

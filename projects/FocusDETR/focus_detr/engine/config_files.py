@@ -95,8 +95,9 @@ def _load_lazy_config(config_file):
         frame = _config_frame(error.__traceback__)
         if frame is not None:
             failing_file, line = frame
+            hint = _DETREX_CONFIG_HINT if isinstance(error, ImportError) and _is_detrex_module(error.name) else ""
             raise ConfigError(f"config file {failing_file}: {type(error).__name__} at line {line}: {_flat(error)}"
-                              ) from error
+                              f"{hint}") from error
         # raised before any config code ran: reading or parsing the file
         if isinstance(error, yaml.YAMLError):
             raise ConfigError(_yaml_error_message(config_file, error) + (unreadable_copy and "; " + unreadable_copy)
@@ -108,6 +109,23 @@ def _load_lazy_config(config_file):
 
 
 _EXAMPLE_CONFIG = "configs/focus_detr_r18_trees.py"
+# The official code's packages: detrex, and its projects/focus_detr (FOCUS_DETR, its mapper).
+_DETREX_PACKAGES = ("detrex", "projects.focus_detr")
+_DETREX_CONFIG_HINT = ("; it is a detrex config: use this project's config of the same name in configs/ (e.g. "
+                       "configs/focus_detr_r50_4scale_12ep.py), which loads official weights too "
+                       "(train.init_checkpoint=FILE)")
+
+
+def _is_detrex_module(name) -> bool:
+    return isinstance(name, str) and any(name == p or name.startswith(p + ".") for p in _DETREX_PACKAGES)
+
+
+def _detrex_model_problem(cfg):
+    """The model target's module when it is the official code's (a detrex config, run where detrex is installed: its
+    own FOCUS_DETR, which our checkpoint loader and mapper checks do not fit), else None."""
+    target = cfg.model.get("_target_", None) if isinstance(cfg.get("model", None), DictConfig) else None
+    module = getattr(target, "__module__", None) if callable(target) else str(target or "").rpartition(".")[0]
+    return module if _is_detrex_module(module) else None
 
 
 def _assigns_at_top_level(config_file, name):
@@ -156,6 +174,10 @@ def load_config(config_file, overrides=()):
                         "loader drops")
             raise ConfigError(f"config file {config_file} {what}: a Focus-DETR LazyConfig defines model, "
                               f"train, dataloader, optimizer and lr_multiplier (e.g. {_EXAMPLE_CONFIG})")
+    detrex_module = _detrex_model_problem(cfg)
+    if detrex_module is not None:
+        raise ConfigError(f"config file {config_file} builds the official code's model ({detrex_module})"
+                          f"{_DETREX_CONFIG_HINT}")
     cfg = apply_overrides(cfg, overrides)
     check_train_entries(cfg)
     if config_file.endswith((".yaml", ".yml")):  # a run's saved config.yaml: the .py it came from registered them

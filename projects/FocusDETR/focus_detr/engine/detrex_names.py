@@ -20,6 +20,13 @@ _RENAMED = {
     "train.model_ema.use_ema_weights_for_eval_only": "train.model_ema.use_for_eval",
 }
 
+# renamed keys whose meaning differs too -> how
+_RENAMED_NOTES = {
+    # detrex: --eval-only alone, default False; evaluation during training always used the average
+    "train.model_ema.use_ema_weights_for_eval_only": ", which defaults to True and applies to the evaluations during "
+                                                     "training too",
+}
+
 # detrex key -> why it has no counterpart
 _FIXED = {
     "model.criterion.loss_class_type": "the class loss is the official sigmoid focal loss",
@@ -39,7 +46,7 @@ def detrex_hint(key: str) -> str:
     """`` (detrex's KEY is OURS here)`` when ``key`` is a detrex config key with another name or no counterpart
     here; else ''. An entry inside such a key (``train.fast_dev_run.enabled``) gets that key's hint."""
     if key in _RENAMED:
-        return f" (detrex's {key} is {_RENAMED[key]} here)"
+        return f" (detrex's {key} is {_RENAMED[key]} here{_RENAMED_NOTES.get(key, '')})"
     parts = key.split(".")
     for end in range(len(parts), 0, -1):
         prefix = ".".join(parts[:end])

@@ -81,7 +81,9 @@ def wrap_ddp(model, cfg, device):
     ddp_kwargs = dict(cfg.train.get("ddp", {}))
     if torch.device(device).type == "cpu":
         ddp_kwargs["device_ids"] = None
-        ddp_kwargs.pop("fp16_compression", None)
+        if ddp_kwargs.pop("fp16_compression", False) and comm.get_world_size() > 1:
+            logger.warning("train.ddp.fp16_compression sends the gradients between GPUs in float16; CPU "
+                           "processes (gloo) exchange them in float32")
     if "broadcast_buffers" in ddp_kwargs and "forward_sync_buffers" not in ddp_kwargs and _ddp_accepts(
         "forward_sync_buffers"
     ):

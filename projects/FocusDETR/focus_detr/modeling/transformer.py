@@ -71,8 +71,9 @@ class FocusDETRTransformer(nn.Module):
         super().__init__()
         if len(foreground_selector.cascade_keep_ratios) != encoder.num_layers:
             raise ValueError(
-                f"cascade_keep_ratios has {len(foreground_selector.cascade_keep_ratios)} entries but the encoder has "
-                f"{encoder.num_layers} layers; give one keep ratio per encoder layer"
+                f"FocusDETRTransformer: model.transformer.foreground_selector.cascade_keep_ratios has "
+                f"{len(foreground_selector.cascade_keep_ratios)} entries but the encoder has {encoder.num_layers} "
+                "layers (model.transformer.encoder.num_layers); give one keep ratio per encoder layer"
             )
         if foreground_selector.num_levels != num_levels:
             raise ValueError(

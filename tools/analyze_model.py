@@ -125,7 +125,7 @@ def activation_task(model, inputs):
 def main(args):
     logging.basicConfig(level=logging.WARNING)
     if args.json:  # before the counting, which takes minutes on a real test set
-        check_output_file(args.json, "--json", "report.json")
+        check_output_file(args.json, "--json", "report.json", inputs={"--config-file": args.config_file})
     cfg = load_config(args.config_file, args.opts)
     # no train.init_checkpoint: FLOPs, parameter and activation counts and the structure do not depend on the
     # weights' values (the kept token counts are set by the keep ratios), so nothing is read or downloaded

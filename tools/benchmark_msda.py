@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Benchmark multi-scale deformable attention backends (forward, forward+backward, GPU peak memory).
 
-Shapes: the R50 encoder at 800x1333 (levels (100,167), (50,84), (25,42), (13,21): 17821 value tokens, 8 heads x 32
+Shapes: the R50 encoder at 800x1333 (levels (100,167), (50,84), (25,42), (13,21): 22223 value tokens, 8 heads x 32
 channels, 4 points) with three query sets: every token (dense encoder), the Focus-DETR kept fraction of tokens
 (--keep-fraction, default 0.3), and 900 decoder queries; batch sizes from --batch. Sampling locations imitate the
 model: encoder queries sample around their own position (pixel-scale offsets), decoder queries inside random boxes.
 
-Prints one table per dtype with the pytorch reference as 1.0x; --json writes the rows too.
+The backends of one case run in turn in every timed round (the first one rotating), so that a change of the
+machine's load reaches all of them; each prints its median time and the median over rounds of its speed-up against
+the pytorch reference (1.0x), one table per dtype; --json writes the rows too.
 
     python tools/benchmark_msda.py --threads 2
     python tools/benchmark_msda.py --device cuda --dtype float32 float16 bfloat16 --json msda.json
@@ -22,16 +24,18 @@ import torch
 
 from focus_detr.engine import atomic_write, resolve_device
 from focus_detr.engine.cli import run_reporting_errors
-from focus_detr.layers.ms_deform_attn_backends import available_backends
+from focus_detr.engine.settings import check_output_file
+from focus_detr.layers.ms_deform_attn_backends import BACKENDS, available_backends
 from focus_detr.layers.ms_deform_attn_op import multi_scale_deformable_attention
 
 R50_SPATIAL_SHAPES = ((100, 167), (50, 84), (25, 42), (13, 21))
+DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    parser.add_argument("--dtype", nargs="+", default=None,
+    parser.add_argument("--dtype", nargs="+", default=None, choices=DTYPES,
                         help="dtypes to run (default: float32 on cpu; float32 float16 bfloat16 on cuda)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 2])
@@ -48,6 +52,28 @@ def parse_args(argv=None):
     parser.add_argument("--no-backward", action="store_true", help="time the forward only")
     parser.add_argument("--json", default=None, help="write the result rows to this file ('-' = stdout)")
     return parser.parse_args(argv)
+
+
+def check_arguments(args):
+    """ValueError (one line) for a setting that cannot be timed, before anything runs: a size that is not positive,
+    a keep fraction outside (0, 1] (5 timed the dense encoder as the Focus-DETR case), an unknown backend, an unusable
+    --json path."""
+    threads = 1 if args.threads is None else args.threads
+    for flag, values, least in (("--batch", args.batch, 1), ("--decoder-queries", [args.decoder_queries], 1),
+                                ("--heads", [args.heads], 1), ("--head-dim", [args.head_dim], 1),
+                                ("--points", [args.points], 1), ("--repeats", [args.repeats], 1),
+                                ("--warmup", [args.warmup], 0), ("--threads", [threads], 1)):
+        for value in values:
+            if value < least:
+                raise ValueError(f"{flag} must be at least {least}, got {value}")
+    if not 0.0 < args.keep_fraction <= 1.0:
+        raise ValueError(f"--keep-fraction is the share of tokens the Focus-DETR case keeps, in (0, 1], got "
+                         f"{args.keep_fraction}")
+    unknown = sorted(set(args.backends or ()) - set(BACKENDS))
+    if unknown:
+        raise ValueError(f"--backends: unknown {', '.join(unknown)}; the backends are {', '.join(BACKENDS)}")
+    if args.json and args.json != "-":
+        check_output_file(args.json, "--json", "msda.json")
 
 
 def level_layout(device):
@@ -109,18 +135,28 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device, repeats, warmup):
-    """Median wall time in ms of ``fn()`` over ``repeats`` runs."""
-    for _ in range(warmup):
-        fn()
+def run_once(fn, device):
+    """Wall time in ms of one ``fn()``, the device's queued work included."""
+    start = time.perf_counter()
+    fn()
     synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return (time.perf_counter() - start) * 1e3
+
+
+def interleaved_times(functions, device, repeats, warmup):
+    """name -> wall times in ms of ``functions[name]()`` in each of ``repeats`` rounds; every round runs each function
+    once, starting with another one each round."""
+    names = list(functions)
+    for _ in range(warmup):
+        for name in names:
+            functions[name]()
+    synchronize(device)
+    times = {name: [] for name in names}
+    for round_index in range(repeats):
+        first = round_index % len(names)
+        for name in names[first:] + names[:first]:
+            times[name].append(run_once(functions[name], device))
+    return times
 
 
 def peak_memory_mb(fn, device):
@@ -134,7 +170,8 @@ def peak_memory_mb(fn, device):
     return (torch.cuda.max_memory_allocated(device) - baseline) / 2**20
 
 
-def measure(backend, inputs, args, device):
+def backend_calls(backend, inputs):
+    """The forward (no gradient) and forward+backward calls of ``backend`` on ``inputs``."""
     value, spatial_shapes, level_start_index, locations, weights = inputs
 
     def forward():
@@ -155,12 +192,34 @@ def measure(backend, inputs, args, device):
             grad_output = torch.randn_like(out)
         out.backward(grad_output)
 
-    row = {"forward_ms": timed(forward, device, args.repeats, args.warmup)}
-    row["forward_peak_mb"] = peak_memory_mb(forward, device)
-    if not args.no_backward:
-        row["forward_backward_ms"] = timed(forward_backward, device, args.repeats, args.warmup)
-        row["forward_backward_peak_mb"] = peak_memory_mb(forward_backward, device)
-    return row
+    return forward, forward_backward
+
+
+def measure_case(backends, inputs, args, device, what):
+    """backend -> its row (times in ms, speed-ups against "pytorch", GPU peak memory) for one case; a backend that
+    cannot run it (e.g. this dtype) is left out with a line on stderr naming ``what``."""
+    calls = {}
+    for backend in backends:
+        forward, forward_backward = backend_calls(backend, inputs)
+        try:  # once each, before any timing: what cannot run is known before the rounds
+            forward()
+            if not args.no_backward:
+                forward_backward()
+        except RuntimeError as error:
+            print(f"  skip {backend} {what}: {error}", file=sys.stderr)
+            continue
+        calls[backend] = (forward, forward_backward)
+    rows = {backend: {} for backend in calls}
+    passes = [("forward", 0)] + ([] if args.no_backward else [("forward_backward", 1)])
+    for name, position in passes:
+        times = interleaved_times({b: c[position] for b, c in calls.items()}, device, args.repeats, args.warmup)
+        for backend, row in rows.items():
+            row[f"{name}_ms"] = statistics.median(times[backend])
+            if "pytorch" in times:
+                row[f"{name}_speedup"] = statistics.median(
+                    reference / own for reference, own in zip(times["pytorch"], times[backend]))
+            row[f"{name}_peak_mb"] = peak_memory_mb(calls[backend][position], device)
+    return rows
 
 
 def format_table(rows, has_memory):
@@ -169,12 +228,10 @@ def format_table(rows, has_memory):
         header += ["fwd MiB", "fwd+bwd MiB"]
     lines = [header]
     for r in rows:
-        line = [r["case"], str(r["batch"]), str(r["queries"]), r["backend"], f"{r['forward_ms']:.2f}",
-                f"{r['forward_speedup']:.2f}x"]
-        if "forward_backward_ms" in r:
-            line += [f"{r['forward_backward_ms']:.2f}", f"{r['forward_backward_speedup']:.2f}x"]
-        else:
-            line += ["-", "-"]
+        line = [r["case"], str(r["batch"]), str(r["queries"]), r["backend"]]
+        for name in ("forward", "forward_backward"):
+            line += [f"{r[name + '_ms']:.2f}" if name + "_ms" in r else "-",
+                     f"{r[name + '_speedup']:.2f}x" if name + "_speedup" in r else "-"]
         if has_memory:
             line += [f"{r['forward_peak_mb']:.0f}",
                      "-" if r.get("forward_backward_peak_mb") is None else f"{r['forward_backward_peak_mb']:.0f}"]
@@ -185,6 +242,7 @@ def format_table(rows, has_memory):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_arguments(args)
     device = torch.device(resolve_device(args.device, "--device", "--device cpu"))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -205,29 +263,15 @@ def main(argv=None):
         for case in args.cases:
             for batch in args.batch:
                 inputs = make_case(case, batch, args, dtype, device, generator)
-                baseline = None
-                for backend in backends:
-                    try:
-                        result = measure(backend, inputs, args, device)
-                    except RuntimeError as error:  # e.g. a backend that cannot run this dtype
-                        print(f"  skip {backend} {case} B={batch} {dtype_name}: {error}", file=sys.stderr)
-                        continue
-                    row = {"case": case, "batch": batch, "queries": inputs[3].shape[1], "backend": backend,
-                           "dtype": dtype_name, "device": description, **result}
-                    if backend == "pytorch":
-                        baseline = row
-                    rows.append(row)
-                for row in rows:
-                    if row["case"] == case and row["batch"] == batch and baseline is not None:
-                        row["forward_speedup"] = baseline["forward_ms"] / row["forward_ms"]
-                        if "forward_backward_ms" in row:
-                            row["forward_backward_speedup"] = (
-                                baseline["forward_backward_ms"] / row["forward_backward_ms"]
-                            )
+                measured = measure_case(backends, inputs, args, device, f"{case} B={batch} {dtype_name}")
+                rows += [{"case": case, "batch": batch, "queries": inputs[3].shape[1], "backend": backend,
+                          "dtype": dtype_name, "device": description, **row} for backend, row in measured.items()]
                 del inputs
         print(f"\n{dtype_name}:")
         print(format_table(rows, has_memory=device.type == "cuda"), flush=True)
         all_rows += rows
+    if not all_rows:
+        raise ValueError(f"no backend could run {', '.join(dtype_names)} on {device} (see the lines above)")
     if args.json:
         text = json.dumps(all_rows, indent=1)
         if args.json == "-":

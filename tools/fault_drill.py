@@ -72,7 +72,8 @@ def main(args) -> int:
     if args.trials < 1 or args.max_kills < 1:
         raise ValueError(f"--trials and --max-kills must be >= 1 (got {args.trials}, {args.max_kills})")
     if args.json:
-        check_output_file(args.json, "--json", "report.json")  # now, not after the drill's minutes
+        # now, not after the run's minutes
+        check_output_file(args.json, "--json", "report.json", inputs={"--config-file": args.config_file})
     overrides = [*DRILL_OVERRIDES, *args.opts]
     cfg = load_config_for_tool(args.config_file, DRILL_OVERRIDES, args.opts, "tools/fault_drill.py")
     if cfg.train.seed < 0:

@@ -58,7 +58,7 @@ def main(args):
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)
     if args.json:  # before the profiling, not after it
-        check_output_file(args.json, "--json", "profile.json")
+        check_output_file(args.json, "--json", "profile.json", inputs={"--config-file": args.config_file})
     device = resolve_device(args.device, "--device", "--device cpu")
     if args.cuda_graphs and not graphs_available(device):
         raise ValueError(f"--cuda-graphs needs a CUDA device, got --device {device}")

@@ -70,7 +70,8 @@ def main(args) -> int:
     if min(args.max_fd_growth, args.max_thread_growth) < 0:
         raise ValueError("the --max-*-growth limits must be >= 0")
     if args.json:
-        check_output_file(args.json, "--json", "report.json")  # now, not after the soak's minutes
+        # now, not after the run's minutes
+        check_output_file(args.json, "--json", "report.json", inputs={"--config-file": args.config_file})
     overrides = [*SOAK_OVERRIDES, *args.opts]
     cfg = load_config_for_tool(args.config_file, SOAK_OVERRIDES, args.opts, "tools/soak.py")
     max_iter = int(cfg.train.max_iter)

@@ -196,6 +196,24 @@ def test_tool_arguments_that_cannot_work_are_refused_before_any_work(analyze_mod
         assert not err.out
 
 
+def test_a_json_report_never_replaces_the_config_it_was_given(analyze_model, tmp_path, capsys):
+    # --json naming the config file wrote the report over it, exit 0
+    from focus_detr.engine.cli import run_reporting_errors
+
+    config = tmp_path / "config.py"
+    config.write_text(f"from detectron2.config import LazyConfig\n_base = LazyConfig.load({str(FIXTURE_CONFIG)!r})\n"
+                      "model = _base.model\n")
+    text = config.read_text()
+    tools = (analyze_model, load_script("tools/benchmark.py", "benchmark"),
+             load_script("tools/profile_inference.py", "profile_inference"))
+    for tool in tools:
+        args = tool.parse_args(["--config-file", str(config), "--json", str(config)])
+        assert run_reporting_errors(tool.main, args) == 2
+        assert capsys.readouterr().err.strip() == (f"error: --json {config} is the --config-file file: the output would "
+                                                   "replace it; name another file")
+        assert config.read_text() == text
+
+
 def test_benchmark_times_the_training_loader_beside_the_training_step(tmp_path, capsys):
     benchmark = load_script("tools/benchmark.py", "benchmark")
     tree_config = os.path.join(os.path.dirname(FIXTURE_CONFIG), "..", "focus_detr_r18_trees.py")

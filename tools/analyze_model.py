@@ -33,12 +33,17 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=["flop"])
-    parser.add_argument("-n", "--num-inputs", type=int, default=100, help="dataset images to average over (default 100)")
+    parser.add_argument("-n", "--num-inputs", type=int, default=None,
+                        help="dataset images to average over (default 100); not with --input-size")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="one synthetic image of this size")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense (all keep ratios 1.0) comparison")
     add_overrides_argument(parser)
     args = parse_args_with_overrides(parser, argv)
+    if args.num_inputs is not None and args.input_size:  # the synthetic image alone was counted, without a word
+        parser.error("give --num-inputs (dataset images) or --input-size (one synthetic image), not both")
+    if args.num_inputs is None:
+        args.num_inputs = 100
     if args.num_inputs <= 0:
         parser.error(f"--num-inputs must be positive, got {args.num_inputs}")
     return args

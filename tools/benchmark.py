@@ -285,6 +285,9 @@ def main(args):
     count_dispatch = args.count_dispatch or args.sync_sites
     compare = {"inference": args.compare_fp32 and inference_dtype is not None,
                "train": args.compare_fp32 and train_dtype is not None}
+    if args.compare_fp32 and not any(compare[task] for task in compare if task in args.tasks):
+        raise ValueError("--compare-fp32 times autocast against float32, and nothing runs in autocast: add --amp (or "
+                         "train.inference_amp.enabled=True / train.amp.enabled=True)")
     # no train.init_checkpoint: the weights' values do not change the work done (token counts follow the keep
     # ratios), so nothing is read or downloaded
     model = build_model(cfg, device)

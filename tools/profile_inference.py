@@ -44,14 +44,19 @@ def parse_args(argv=None):
     return parse_args_with_overrides(parser, argv)
 
 
-def _row(precision, s):
+def _row(precision, s, on_gpu):
+    """One table row; the GPU's columns are "-" on the CPU, where the profiler records no kernel."""
     busy = "-" if s["busy_fraction"] is None else f"{100 * s['busy_fraction']:.0f}%"
     copies = s["copies"].get("HtoD", 0) + s["copies"].get("DtoH", 0)
-    return (f"{precision:<16}{s['wall_ms']:>9.1f}{s['device_active_ms']:>11.1f}{busy:>7}{s['kernels']:>9.0f}"
-            f"{s['launches']:>10.0f}{copies:>8.0f}{s['syncs']:>7.0f}{s['operators']:>8.0f}{s['casts']:>7.0f}")
+    gpu = [f"{s['device_active_ms']:.1f}", busy, f"{s['kernels']:.0f}", f"{s['launches']:.0f}", f"{copies:.0f}",
+           f"{s['syncs']:.0f}"] if on_gpu else ["-"] * 6
+    cells = "".join(cell.rjust(width) for cell, width in zip(gpu, (11, 7, 9, 10, 8, 7)))
+    return f"{precision:<16}{s['wall_ms']:>9.1f}{cells}{s['operators']:>8.0f}{s['casts']:>7.0f}"
 
 
 def main(args):
+    if len(set(args.precision)) < len(args.precision):  # one row each: a repeat was profiled once
+        raise ValueError(f"--precision names a precision twice: {' '.join(args.precision)}")
     if args.profiled < 1 or args.repeats < 1 or args.warmup < 0 or args.threads < 0:
         raise ValueError("--profiled and --repeats must be at least 1, --warmup and --threads at least 0")
     if args.threads > 0:
@@ -86,8 +91,11 @@ def main(args):
     print(f"{args.config_file} on {results['hardware']} ({device}), {height}x{width}, batch 1, per image:")
     print(f"{'precision':<16}{'wall ms':>9}{'device ms':>11}{'busy':>7}{'kernels':>9}{'launches':>10}"
           f"{'H<->D':>8}{'syncs':>7}{'ops':>8}{'casts':>7}")
+    on_gpu = torch.device(device).type == "cuda"
     for precision, summary in results["precisions"].items():
-        print(_row(precision, summary))
+        print(_row(precision, summary, on_gpu))
+    print("ops: the profiler's operator events, nested calls included (tools/benchmark.py --count-dispatch counts "
+          "each dispatched operator once)")
     for precision, summary in results["precisions"].items():
         if summary["top_kernels"]:
             print(f"longest kernels ({precision}, ms per image): " + "; ".join(

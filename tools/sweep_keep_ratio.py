@@ -96,6 +96,13 @@ def _check_output_holds_no_results(folder):
     if os.path.exists(os.path.join(folder, "sweep.csv")):
         raise ValueError(f"--output {folder} already holds a sweep (sweep.csv): choose another --output, or delete "
                          "that folder to sweep into it again")
+    # an interrupted sweep's settings, without their sweep.csv: the new one would list only some of the folders
+    earlier = sorted(name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))
+                     and (name == "dense" or name.startswith("keep_")))
+    if earlier:
+        raise ValueError(f"--output {folder} holds the results of an earlier sweep that did not finish "
+                         f"({', '.join(earlier)}): choose another --output, or delete that folder to sweep into it "
+                         "again")
 
 
 def _sweep(args, cfg):

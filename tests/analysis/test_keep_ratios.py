@@ -52,6 +52,9 @@ def test_settings_are_sorted_by_keep_ratio_with_dense_last():
 @pytest.mark.parametrize("keep_ratios, cascade, message", [
     ([0.3, 0.3], None, "'keep 0.3' and 'keep 0.3' are the same setting"),
     ([1.0], [1.0, 1.0], "'dense' and 'keep 1' are the same setting"),
+    # one row, one folder and one latency for both, the second's results in place of the first's
+    ([0.3, 0.3000001], None, "keep ratios 0.3 and 0.3000001 are both 'keep 0.3': give ratios that differ within 6 "
+                             "significant digits"),
     ([1.5], None, "bad keep ratios 1.5"),
     ([0.3], [0.5], "bad keep ratios"),
 ])

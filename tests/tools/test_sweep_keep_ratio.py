@@ -44,7 +44,13 @@ def test_an_output_holding_results_or_in_use_is_refused_before_any_work(sweep, t
     (training / "last_checkpoint").write_text("model_final.pth")
     in_use = tmp_path / "in_use"
     in_use.mkdir()
+    interrupted = tmp_path / "interrupted"  # Ctrl-C after two settings: their folders, no sweep.csv yet
+    for setting in ("keep_0.2", "keep_0.5"):
+        (interrupted / setting).mkdir(parents=True)
+        (interrupted / setting / "coco_instances_results.json").write_text("[]")
     expected = {
+        interrupted: f"error: --output {interrupted} holds the results of an earlier sweep that did not finish "
+                     "(keep_0.2, keep_0.5): choose another --output, or delete that folder to sweep into it again",
         earlier_sweep: f"error: --output {earlier_sweep} already holds a sweep (sweep.csv): choose another --output, "
                        "or delete that folder to sweep into it again",
         training: f"error: --output {training} holds a training run (last_checkpoint): the sweep would write its files "

@@ -175,6 +175,9 @@ def test_tool_arguments_that_cannot_work_are_refused_before_any_work(analyze_mod
         (["--train-boxes", "-1"], "--train-boxes must be at least 0, got -1"),
         (["--train-batch-size", "0"], "--train-batch-size must be at least 1, got 0"),
         (["--threads", "-2"], "--threads must be at least 0, got -2"),
+        # no float32 line appeared, and nothing said why
+        (["--compare-fp32"], "--compare-fp32 times autocast against float32, and nothing runs in autocast: add --amp "
+                             "(or train.inference_amp.enabled=True / train.amp.enabled=True)"),
     ):
         args = benchmark.parse_args(["--config-file", str(FIXTURE_CONFIG), "--tasks", "train", *argv])
         assert run_reporting_errors(benchmark.main, args) == 2
@@ -212,6 +215,22 @@ def test_a_json_report_never_replaces_the_config_it_was_given(analyze_model, tmp
         assert capsys.readouterr().err.strip() == (f"error: --json {config} is the --config-file file: the output would "
                                                    "replace it; name another file")
         assert config.read_text() == text
+
+
+def test_settings_a_tool_would_ignore_are_refused(analyze_model, capsys):
+    from focus_detr.engine.cli import run_reporting_errors
+
+    # -n was ignored beside --input-size: one synthetic image counted
+    with pytest.raises(SystemExit):
+        analyze_model.parse_args(["--config-file", str(FIXTURE_CONFIG), "-n", "5", "--input-size", "32", "32"])
+    assert capsys.readouterr().err.strip().endswith(
+        "error: give --num-inputs (dataset images) or --input-size (one synthetic image), not both")
+    assert analyze_model.parse_args(["--config-file", str(FIXTURE_CONFIG)]).num_inputs == 100
+    # a precision named twice was profiled once
+    profile = load_script("tools/profile_inference.py", "profile_inference")
+    args = profile.parse_args(["--config-file", str(FIXTURE_CONFIG), "--precision", "float32", "float32"])
+    assert run_reporting_errors(profile.main, args) == 2
+    assert capsys.readouterr().err.strip() == "error: --precision names a precision twice: float32 float32"
 
 
 def test_benchmark_times_the_training_loader_beside_the_training_step(tmp_path, capsys):

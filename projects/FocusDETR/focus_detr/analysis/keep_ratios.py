@@ -65,13 +65,16 @@ def keep_ratio_settings(
     if dense:
         keep_ratio, dense_cascade = dense_keep_ratios(model)
         settings.append(KeepRatioSetting("dense", keep_ratio, tuple(dense_cascade)))
-    seen = {}
+    seen, named = {}, {}
     for setting in settings:
         key = (setting.keep_ratio, setting.cascade_keep_ratios)
         if key in seen:
             raise ValueError(f"keep-ratio sweep: {setting.name!r} and {seen[key]!r} are the same setting "
                              f"(keep {setting.keep_ratio:g}, cascade {list(setting.cascade_keep_ratios)})")
-        seen[key] = setting.name
+        if setting.name in named:  # one name, one row, one folder: the second's results replaced the first's
+            raise ValueError(f"keep-ratio sweep: keep ratios {named[setting.name]!r} and {setting.keep_ratio!r} are "
+                             f"both {setting.name!r}: give ratios that differ within 6 significant digits")
+        seen[key], named[setting.name] = setting.name, setting.keep_ratio
         with setting.applied(model):  # a ratio outside (0, 1] or a wrong cascade length: one line now, not later
             pass
     return sorted(settings, key=lambda s: (s.keep_ratio, s.cascade_keep_ratios))

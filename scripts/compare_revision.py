@@ -28,7 +28,7 @@ from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs, synthet
 from focus_detr.analysis.timing import median_ratio, time_interleaved
 from focus_detr.engine import amp_autocast, load_config
 from focus_detr.engine.cli import run_reporting_errors
-from focus_detr.engine.runner import load_inference_weights
+from focus_detr.engine.inference_weights import load_inference_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "projects/FocusDETR/focus_detr"

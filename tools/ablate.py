@@ -151,7 +151,7 @@ def _measure(args, runs, records, overrides_of):
     from focus_detr.analysis.inputs import dataset_inputs
     from focus_detr.analysis.timing import inference_call, summarize, time_interleaved
     from focus_detr.engine import build_model, inference_amp_dtype, load_config, resolve_device
-    from focus_detr.engine.runner import load_inference_weights
+    from focus_detr.engine.inference_weights import load_inference_weights
 
     device = resolve_device(args.device, "--device", "--device cpu")
     inputs, calls = None, {}

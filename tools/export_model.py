@@ -58,7 +58,7 @@ from focus_detr.engine.checkpoint import write_json
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.evaluation import category_ids_of_test_set, class_names_of_model
 from focus_detr.engine.predictor import inference_resize, input_format
-from focus_detr.engine.runner import load_inference_weights
+from focus_detr.engine.inference_weights import load_inference_weights
 from focus_detr.export import (
     DEFAULT_OPSET,
     MIN_OPSET,

@@ -43,7 +43,7 @@ from focus_detr.engine import (
 )
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
-from focus_detr.engine.runner import load_inference_weights
+from focus_detr.engine.inference_weights import load_inference_weights
 
 
 def parse_args(argv=None):

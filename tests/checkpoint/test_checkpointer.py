@@ -5,7 +5,7 @@ import torch
 
 from conftest import build_tiny_model
 from focus_detr.checkpoint import FocusDETRCheckpointer
-from focus_detr.engine.runner import load_inference_weights
+from focus_detr.engine.inference_weights import load_inference_weights
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,7 @@ def test_a_ddp_prefixed_official_checkpoint_loads(parity_fixture, tmp_path):
 def test_detrex_ema_weights_are_used_where_the_config_asks_for_them(parity_fixture, tmp_path, caplog, ema_enabled):
     from omegaconf import OmegaConf
 
-    from focus_detr.engine.runner import load_inference_weights
+    from focus_detr.engine.inference_weights import load_inference_weights
 
     trained = parity_fixture["state_dict"]
     # detrex keeps its average under "ema_state", in the official layout, from named_parameters(): each shared tensor

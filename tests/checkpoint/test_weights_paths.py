@@ -12,7 +12,7 @@ from torch import nn
 from conftest import build_tiny_model
 from focus_detr.checkpoint import FocusDETRCheckpointer, UnreadableCheckpointError, read_weights_file
 from focus_detr.engine.checkpoint import AtomicDetectionCheckpointer
-from focus_detr.engine.runner import load_inference_weights
+from focus_detr.engine.inference_weights import load_inference_weights
 
 LOADERS = {
     "read_weights_file": read_weights_file,

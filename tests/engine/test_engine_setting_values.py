@@ -108,7 +108,7 @@ def test_a_test_loader_setting_torch_refuses_names_the_section_in_an_evaluation(
 def test_ema_weights_asked_for_but_absent_are_named(train_net, toy_dataset, tmp_path, capsys):
     # the trained weights were evaluated as if they were the EMA ones, without a word
     assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}", "train.max_iter=2"]) == 0
-    with logged_warnings("focus_detr.engine.runner") as warnings:
+    with logged_warnings("focus_detr.engine.inference_weights") as warnings:
         assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path / 'eval'}",
                               f"train.init_checkpoint={tmp_path / 'model_final.pth'}",
                               "train.model_ema.enabled=True"]) == 0
@@ -120,12 +120,12 @@ def test_ema_weights_present_but_not_asked_for_are_named(train_net, toy_dataset,
     # a checkpoint trained with the average (and evaluated with it) was evaluated with its trained weights, silently
     assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}", "train.max_iter=2",
                           "train.model_ema.enabled=True"]) == 0
-    with logged_warnings("focus_detr.engine.runner") as warnings:
+    with logged_warnings("focus_detr.engine.inference_weights") as warnings:
         assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path / 'eval'}",
                               f"train.init_checkpoint={tmp_path / 'model_final.pth'}"]) == 0
     assert warnings == [f"{tmp_path / 'model_final.pth'} also holds the EMA weights (their average over its "
                         "training): using its trained weights; train.model_ema.enabled=True uses the average"]
-    with logged_warnings("focus_detr.engine.runner") as warnings:  # the trained weights asked for by name
+    with logged_warnings("focus_detr.engine.inference_weights") as warnings:  # the trained weights asked for by name
         assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path / 'eval2'}",
                               f"train.init_checkpoint={tmp_path / 'model_final.pth'}", "train.model_ema.enabled=True",
                               "train.model_ema.use_for_eval=False"]) == 0

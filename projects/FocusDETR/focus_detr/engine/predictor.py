@@ -28,7 +28,8 @@ from .config_files import load_config
 from .cuda_graphs import CUDAGraphInference, graphs_available, inference_cuda_graphs
 from .evaluation import class_names_of_model, metadata_of_test_set
 from .precision import amp_autocast, amp_dtype_of
-from .runner import build_model, load_inference_weights
+from .inference_weights import load_inference_weights
+from .runner import build_model
 from .settings import FORMAT_KEYS, RESIZE_KEYS, mapper_entry, require_sections, resolve_device
 
 __all__ = [

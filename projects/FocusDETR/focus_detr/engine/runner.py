@@ -20,6 +20,7 @@ from .evaluation import (build_loader, check_evaluation_datasets, check_model_cl
                          check_trained_classes, evaluate, write_eval_results)
 from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, check_lr_multiplier,
                     restore_rank_state, schedule_change_warning)
+from .inference_weights import ema_settings, load_inference_weights
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
 from .metrics_log import cut_incomplete_last_line, drop_records_from
@@ -31,12 +32,9 @@ from .precision import inference_amp_dtype, training_amp_dtype
 from .resume import final_evaluation_error, nothing_to_resume, save_before_failed_iteration
 from .trainer import DetrTrainer
 
-__all__ = ["build_model", "end_process_group", "load_inference_weights", "run_evaluation", "run_training", "wrap_ddp"]
+__all__ = ["build_model", "end_process_group", "run_evaluation", "run_training", "wrap_ddp"]
 
 logger = logging.getLogger(__name__)
-
-EMA_HOOK_KEY = EMAHook.__qualname__
-
 
 def build_model(cfg, device=None):
     """Instantiates ``cfg.model`` on ``device`` (checked: "cuda" without a GPU is one line, not torch's driver
@@ -115,11 +113,6 @@ def _checkpoint_bytes(model, optimizer):
     return weights * (1 + states_per_weight)
 
 
-def _ema_settings(cfg):
-    ema = (cfg.get("train", None) or {}).get("model_ema", None) or {}
-    return bool(ema.get("enabled", False)), float(ema.get("decay", 0.999)), bool(ema.get("use_for_eval", True))
-
-
 def build_trainer(cfg, model, data_loader, optimizer, device, amp_dtype):
     """The :class:`DetrTrainer` that ``train_net.py`` trains with: ``cfg.train.clip_grad`` and the autocast
     ``amp_dtype`` (None: float32) on ``device``; no clipping for a config without ``train``."""
@@ -182,7 +175,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     if comm.is_main_process():
         checkpointer.remove_stale_temporary_files()  # left by a save that was killed midway
 
-    ema_enabled, ema_decay, ema_for_eval = _ema_settings(cfg)
+    ema_enabled, ema_decay, ema_for_eval = ema_settings(cfg)
     ema_hook = EMAHook(model, ema_decay) if ema_enabled else None
 
     def evaluate_current_model():
@@ -301,42 +294,6 @@ def _lr_multiplier_of(optimizer):
     detectron2's scheduler has run on it)."""
     group = optimizer.param_groups[0]
     return group["lr"] / group["initial_lr"] if group.get("initial_lr") else None
-
-
-def _ema_weights(extra):
-    """The EMA weights a checkpoint holds beside its model (``extra``: what the checkpointer's ``load`` returns): ours
-    (the EMA hook's state) or detrex's (its top-level ``ema_state``, in the official layout); None when it holds
-    none."""
-    if not extra:
-        return None
-    ours = (extra.get("trainer") or {}).get("hooks", {}).get(EMA_HOOK_KEY)
-    if ours is not None:
-        return ours["shadow"]
-    detrex = extra.get("ema_state")
-    return detrex if isinstance(detrex, dict) and detrex else None
-
-
-def load_inference_weights(model, cfg, path):
-    """Loads the weights file ``path`` into ``model`` (a DDP wrapper is unwrapped) without running code from it: our
-    checkpoints, weights-only files, official detrex weights. When ``cfg.train.model_ema`` is enabled with
-    ``use_for_eval``, the EMA weights a checkpoint carries replace the trained ones, as in evaluation during training.
-    A file without detector weights (a backbone initialisation) is refused. An empty ``path`` loads nothing.
-
-    Returns which weights the model now has: "ema", "trained" or "random" (nothing loaded)."""
-    checkpointer = AtomicDetectionCheckpointer(model, require_detector=True)
-    extra = checkpointer.load(path)
-    ema_enabled, _, ema_for_eval = _ema_settings(cfg)
-    ema_weights = _ema_weights(extra)
-    if ema_enabled and ema_for_eval and ema_weights is not None:
-        logger.info("Using the EMA weights stored in the checkpoint")
-        checkpointer.load_model_state(ema_weights, source=f"the EMA weights of {path}")
-        return "ema"
-    if ema_enabled and ema_for_eval and path:  # asked for, absent: say which weights the numbers are of
-        logger.warning(f"train.model_ema asks for the EMA weights, but {path} holds none: using its trained weights")
-    elif ema_weights is not None and not ema_enabled:  # (enabled with use_for_eval=False asks for the trained ones)
-        logger.warning(f"{path} also holds the EMA weights (their average over its training): using its trained "
-                       "weights; train.model_ema.enabled=True uses the average")
-    return "trained" if path else "random"
 
 
 def _start_records_at(writers, cfg, start_iter):

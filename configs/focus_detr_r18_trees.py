@@ -1,5 +1,5 @@
 # The README's demo: the small Focus-DETR (half-width ResNet-18, 128-wide transformer) trained from scratch on the embedded
-# tree-crown tiles, on a CPU in about ten minutes.
+# tree-crown tiles, on a CPU in about 8-10 minutes (2 idle cores; longer on shared ones).
 from .common.data.trees import dataloader
 from .common.coco_schedule import default_multistep
 from .common.optim import AdamW as optimizer
@@ -21,5 +21,6 @@ train.output_dir = "./output/focus_detr_r18_trees"
 # Flat resident memory over long runs (tools/soak.py, 1000 iterations: +4.6% after warm-up with it, +6.8% without)
 # for ~2% of a training step (interleaved, docs/reliability.md); unmeasured at R50 sizes, so off in common/train.py.
 train.malloc_mmap_threshold_mib = 4
-# A fixed seed makes the demo numbers of docs/demo.md reproducible (seed 2 gave AP50 11.8 instead of 17.6).
+# A fixed seed makes the demo numbers of docs/demo.md reproducible (the seed alone moves AP by more than any
+# component of the model does: docs/ablation.md).
 train.seed = 1

@@ -3,7 +3,7 @@
 CPU, evaluate COCO AP on ``trees_val`` next to a trivial baseline, draw detections, token pictures and the training
 curves, and print where everything is.
 
-    python tools/main_job.py                      # ~10 minutes on 2 CPU cores
+    python tools/main_job.py                      # ~8-10 minutes on 2 idle CPU cores
     python tools/main_job.py --output output/mine # a folder of your choice (an earlier run there is refused)
     python tools/main_job.py --output output/mine --resume  # finish an interrupted job there
     python tools/main_job.py train.max_iter=1200  # any config override

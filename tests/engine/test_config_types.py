@@ -202,6 +202,22 @@ def test_detrex_common_train_section_as_detrex_writes_it_is_accepted(tmp_path):
         load_config(str(config), [])  # with an average, detrex's False means other weights than ours
 
 
+def test_every_key_a_config_file_gives_that_nothing_takes_is_named_at_once(tmp_path):
+    # a config ported from detrex met its keys one run at a time
+    config = tmp_path / "ported.py"
+    config.write_text(
+        "from detectron2.config import LazyConfig\n"
+        f"globals().update(LazyConfig.load({_trees_config()!r}))\n"
+        "model.device = 'cuda'\n"
+        "model.criterion.loss_class_type = 'focal_loss'\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(str(config), [])
+    assert str(error.value) == (
+        "2 config keys are not settings: model.device is not a setting of FocusDETR (detrex's model.device is "
+        "train.device here); model.criterion.loss_class_type is not a setting of FocusDETRCriterion (detrex's "
+        "model.criterion.loss_class_type has no setting here: the class loss is the official sigmoid focal loss)")
+
+
 def test_detrex_names_on_the_command_line_are_pointed_to_ours():
     with pytest.raises(ConfigError) as error:
         load_config(_trees_config(), ["model.dn_number=50"])

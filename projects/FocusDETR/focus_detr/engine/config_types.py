@@ -169,6 +169,7 @@ def check_argument_types(cfg) -> None:
     annotates (``int``, ``float``, ``bool``; None only where the argument is Optional or defaults to None)."""
     from .config import ConfigError
 
+    unknown = []
     for path, node in _lazy_calls(cfg, ""):
         target = located_target(node.get("_target_"))
         if target is None:
@@ -179,8 +180,14 @@ def check_argument_types(cfg) -> None:
                 # traceback from the instantiation
                 close = difflib.get_close_matches(str(name), _argument_names(target), n=3)
                 hint = detrex_hint(f"{path}.{name}") or (f" (did you mean: {', '.join(close)}?)" if close else "")
-                raise ConfigError(f"config key {path}.{name} is not a setting of "
-                                  f"{getattr(target, '__name__', target)}{hint}")
+                unknown.append(f"{path}.{name} is not a setting of {getattr(target, '__name__', target)}{hint}")
+    if unknown:  # all at once: a config ported from detrex met them one run at a time
+        raise ConfigError("config key " + unknown[0] if len(unknown) == 1 else
+                          f"{len(unknown)} config keys are not settings: " + "; ".join(unknown))
+    for path, node in _lazy_calls(cfg, ""):
+        target = located_target(node.get("_target_"))
+        if target is None:
+            continue
         typed = _typed_arguments(target)
         for name in _required_arguments(target):
             if name in node and name not in typed and node._get_node(name)._is_none():  # typed: named below

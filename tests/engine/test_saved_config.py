@@ -74,10 +74,11 @@ def test_a_saved_config_that_held_a_lambda_says_to_use_the_py_config(tmp_path):
     LazyConfig.save(cfg, path)
     keep_saved_config_order(cfg, path)
     with pytest.raises(ConfigError, match=r"config.yaml at line \d+: !!python/name:test_saved_config.<lambda> is not "
-                                          r"a callable of .*; detectron2 wrote it as a readable copy only, beside "
-                                          r"config.yaml.pkl \(the config held what YAML cannot, e.g. a lambda\): use "
-                                          r"the .py config the run came from$"):
+                                          r"a callable of .*: use the .py config it came from; detectron2 wrote it as "
+                                          r"a readable copy only, beside config.yaml.pkl \(the config held what YAML "
+                                          r"cannot, e.g. a lambda\)$") as error:
         load_config(path)
+    assert str(error.value).count("use the .py config") == 1  # it was said twice
     with pytest.raises(ConfigError, match=r"config.yaml.pkl is neither a LazyConfig .py file nor a .yaml file "
                                           r"\(detectron2's pickled copy .*: not loaded, unpickling runs code"):
         load_config(path + ".pkl")

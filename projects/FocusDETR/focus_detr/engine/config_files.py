@@ -79,15 +79,14 @@ def _load_lazy_config(config_file):
                    "code; use the .py config the run came from)") if config_file.endswith(".yaml.pkl") else ""
         raise ConfigError(f"config file {config_file} is neither a LazyConfig .py file nor a .yaml file{pickled}")
     unreadable_copy = ("detectron2 wrote it as a readable copy only, beside config.yaml.pkl (the config held what YAML "
-                       "cannot, e.g. a lambda): use the .py config the run came from"
-                       ) if os.path.isfile(config_file + ".pkl") else ""
+                       "cannot, e.g. a lambda)") if os.path.isfile(config_file + ".pkl") else ""
     try:
         if config_file.endswith((".yaml", ".yml")):
             return load_yaml_config(config_file)
         return LazyConfig.load(config_file)
     except ConfigError as error:
         if unreadable_copy:  # the tag of the lambda (or whatever it held) was refused: say why it is there
-            raise ConfigError(f"{error}; {unreadable_copy}") from error
+            raise ConfigError(f"{error}; {unreadable_copy}") from error  # (its message says to use the .py config)
         raise
     except SyntaxError as error:
         raise ConfigError(_syntax_error_message(config_file, error)) from error
@@ -100,8 +99,8 @@ def _load_lazy_config(config_file):
                               f"{hint}") from error
         # raised before any config code ran: reading or parsing the file
         if isinstance(error, yaml.YAMLError):
-            raise ConfigError(_yaml_error_message(config_file, error) + (unreadable_copy and "; " + unreadable_copy)
-                              ) from error
+            raise ConfigError(_yaml_error_message(config_file, error) + (
+                unreadable_copy and f"; {unreadable_copy}: use the .py config the run came from")) from error
         if isinstance(error, UnicodeDecodeError):
             raise ConfigError(f"config file {config_file} is not a text file ({error.reason} at byte {error.start})"
                               ) from error

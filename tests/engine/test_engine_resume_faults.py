@@ -42,6 +42,61 @@ def test_corrupt_last_checkpoint_falls_back_to_the_newest_readable_one(train_net
         assert torch.equal(value, resumed[name]), name
 
 
+@pytest.mark.parametrize("damage, problem", [
+    # fvcore read any unreadable tag as "", which loaded nothing: training restarted at iteration 1 from random weights
+    # (then a scheduler traceback)
+    ("/dev/zero", "{tag} is not a regular file"),  # read until memory ran out
+    ("empty", "{tag} is empty"),
+    ("binary", "{tag} is not text (it holds the name of a checkpoint)"),
+    # followed without a word: another run's weights and optimizer continued in this folder
+    ("elsewhere", "{tag} names '{elsewhere}', not a file of {out} (it holds the name of one of its checkpoints)"),
+    ("parent", "{tag} names '../full/model_0000004.pth', not a file of {out} (it holds the name of one of its "
+               "checkpoints)"),
+])
+def test_a_last_checkpoint_that_cannot_be_used_resumes_from_the_folder_s_newest_checkpoint(
+        train_net, toy_dataset, tmp_path, caplog, damage, problem):
+    import os
+
+    full = tmp_path / "full"
+    assert _train(train_net, full, "train.max_iter=8", "train.checkpointer.period=4") == 0
+    out = tmp_path / "out"
+    shutil.copytree(full, out)
+    os.utime(out / "model_final.pth", (1, 1))  # the newest checkpoint of the folder is then model_0000003.pth
+    tag = out / "last_checkpoint"
+    tag.unlink()
+    elsewhere = full / "model_final.pth"
+    if damage == "/dev/zero":
+        tag.symlink_to("/dev/zero")
+    else:
+        tag.write_bytes({"empty": b"", "binary": b"\x80\x81PK", "elsewhere": str(elsewhere).encode(),
+                         "parent": b"../full/model_0000004.pth"}[damage])
+    log = logging.getLogger("focus_detr.engine.checkpoint")
+    log.addHandler(caplog.handler)  # train_net's logger set-up stops propagation to the root logger
+    try:
+        assert _train(train_net, out, "--resume", "train.max_iter=8", "train.checkpointer.period=4") == 0
+    finally:
+        log.removeHandler(caplog.handler)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "focus_detr.engine.checkpoint"]
+    assert f"Resumed from {out / 'model_0000003.pth'}, the newest readable checkpoint, instead of: " + problem.format(
+        tag=tag, elsewhere=elsewhere, out=out) in warnings
+    resumed = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert resumed["iteration"] == 7  # continued from iteration 4, not restarted
+
+
+def test_a_folder_in_place_of_last_checkpoint_is_one_line_for_a_new_run_and_a_resume(train_net, toy_dataset, tmp_path,
+                                                                                       capsys):
+    (tmp_path / "last_checkpoint").mkdir()  # a new run took it for no earlier run; a resume restarted at iteration 1
+    assert _train(train_net, tmp_path, "--resume") == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: cannot resume from {tmp_path}: {tmp_path / 'last_checkpoint'} is a folder, where the run writes the "
+        "name of its last checkpoint; remove that folder"]
+    assert _train(train_net, tmp_path) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: train.output_dir {tmp_path} holds an earlier run's checkpoints ({tmp_path / 'last_checkpoint'} is not "
+        "a regular file): add --resume to continue that run, or choose another train.output_dir (or remove that "
+        "folder) to start a new one"]
+
+
 def test_no_readable_checkpoint_is_an_error_not_a_restart_from_zero(train_net, toy_dataset, tmp_path, capsys):
     assert _train(train_net, tmp_path, "train.max_iter=5", "train.checkpointer.period=100") == 0
     (tmp_path / "model_final.pth").write_bytes(b"")

@@ -15,12 +15,41 @@ from ..checkpoint.safe_load import checked_checkpoint_path
 from ..partial_files import PartialPath, remove_abandoned
 from .interrupt import stop_signals_deferred
 
-__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "same_file", "save_weights", "write_json"]
+__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "read_checkpoint_tag", "same_file", "save_weights",
+           "write_json"]
 
 logger = logging.getLogger(__name__)
 
 # Names of the checkpoints ResumableCheckpointHook writes: <prefix>_<7-digit iteration>.pth, <prefix>_final.pth.
 _CHECKPOINT_NAME = re.compile(r"^(.+)_(?:\d{7}|final)\.pth$")
+
+
+# A tag holds one file name; more than this is not one (a link to /dev/zero would be read until memory ran out).
+_TAG_BYTES = 4096
+
+
+def read_checkpoint_tag(folder):
+    """``(name, problem)`` of ``folder``'s ``last_checkpoint``: the checkpoint file name it holds, or why it cannot
+    be used (one line naming the tag); ``(None, None)`` when there is no tag. A tag is a file name of ``folder``, as
+    detectron2 writes it: a path elsewhere (another run's checkpoint) is a problem, not followed."""
+    tag = os.path.join(folder, "last_checkpoint")
+    if not os.path.lexists(tag):
+        return None, None
+    if not os.path.isfile(tag):
+        return None, f"{tag} is not a regular file"
+    try:
+        with open(tag, "rb") as f:
+            name = f.read(_TAG_BYTES + 1).decode("utf-8").strip()
+    except OSError as error:
+        return None, f"cannot read {tag}: {error.strerror or error}"
+    except UnicodeDecodeError:
+        return None, f"{tag} is not text (it holds the name of a checkpoint)"
+    if not name:
+        return None, f"{tag} is empty"
+    if len(name) > _TAG_BYTES or "\n" in name or os.path.basename(name) != name or name in (".", ".."):
+        shown = name if len(name) <= 300 and "\n" not in name else name[:300].split("\n")[0] + "..."
+        return None, f"{tag} names {shown!r}, not a file of {folder} (it holds the name of one of its checkpoints)"
+    return name, None
 
 
 def atomic_write(path, write_fn, mode="wb"):
@@ -128,7 +157,8 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
             write_error = _write_error(error)
             if write_error is None:
                 raise
-            previous = self.get_checkpoint_file() if self.has_checkpoint() else None
+            previous, _ = read_checkpoint_tag(self.save_dir)  # (an unusable tag must not hide this error)
+            previous = os.path.join(self.save_dir, previous) if previous else None
             kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
             raise CheckpointError(f"cannot save checkpoint {save_file}: {_why_not_written(write_error)} ({kept})"
                                   ) from error
@@ -156,28 +186,46 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
             logger.warning(f"Removed {len(stale)} temporary file(s) left by an interrupted save: {stale}")
         return stale
 
+    def get_checkpoint_file(self):
+        """The checkpoint ``last_checkpoint`` names, in ``save_dir``; a CheckpointError naming the tag when it cannot
+        be used (fvcore returned "" for an unreadable tag, which loaded nothing and counted as a resume)."""
+        name, problem = read_checkpoint_tag(self.save_dir)
+        if problem is not None:
+            raise CheckpointError(problem)
+        return os.path.join(self.save_dir, name) if name is not None else ""
+
     def _resume_candidates(self):
-        """The checkpoint ``last_checkpoint`` names, then the other checkpoints of ``save_dir`` named like it
-        (``<prefix>_<iteration>.pth``, ``<prefix>_final.pth``), newest first."""
-        tagged = self.get_checkpoint_file()
-        match = _CHECKPOINT_NAME.match(os.path.basename(tagged))
+        """``(candidates, problems)``: the checkpoint ``last_checkpoint`` names, then the other checkpoints of
+        ``save_dir`` named like it (``<prefix>_<iteration>.pth``, ``<prefix>_final.pth``), newest first; a tag that
+        cannot be used is a problem, and the others remain."""
+        try:
+            tagged, problems = [self.get_checkpoint_file()], []
+        except CheckpointError as error:
+            tagged, problems = [], [str(error)]
+        match = _CHECKPOINT_NAME.match(os.path.basename(tagged[0])) if tagged else None
         prefix = match.group(1) if match else "model"
         others = [
             path for path in glob.glob(os.path.join(self.save_dir, f"{glob.escape(prefix)}_*.pth"))
-            if _CHECKPOINT_NAME.match(os.path.basename(path)) and os.path.abspath(path) != os.path.abspath(tagged)
+            if _CHECKPOINT_NAME.match(os.path.basename(path))
+            and not (tagged and os.path.abspath(path) == os.path.abspath(tagged[0]))
         ]
         others.sort(key=lambda path: (os.path.getmtime(path), path), reverse=True)
-        return [tagged] + others
+        return tagged + others, problems
 
     def resume_or_load(self, path, *, resume=True):
-        """detectron2's ``resume_or_load``; on resume, a missing or unreadable ``last_checkpoint`` target falls back
-        to the newest readable checkpoint of ``save_dir`` with a warning, and none readable is an error."""
+        """detectron2's ``resume_or_load``; on resume, a ``last_checkpoint`` that cannot be used or names a missing or
+        unreadable file falls back to the newest readable checkpoint of ``save_dir`` with a warning, and none readable
+        is an error. ``resumed_from`` then names the checkpoint the run continues from."""
         if not (resume and self.has_checkpoint()):
             return self.load(path, checkpointables=[])
         # a run's own checkpoint fits its model; another class count is for initial weights only
         self.other_class_count = False
-        problems = []
-        for candidate in self._resume_candidates():
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        if os.path.isdir(tag) and not os.path.islink(tag):  # the first save would fail to write the tag over it
+            raise CheckpointError(f"cannot resume from {self.save_dir}: {tag} is a folder, where the run writes the "
+                                  "name of its last checkpoint; remove that folder")
+        candidates, problems = self._resume_candidates()
+        for candidate in candidates:
             self._resuming = True
             try:
                 extra = self.load(candidate)
@@ -188,6 +236,7 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
                 self._resuming = False
             if problems:
                 logger.warning(f"Resumed from {candidate}, the newest readable checkpoint, instead of: " + "; ".join(problems))
+            self.resumed_from = candidate
             return extra
         raise CheckpointError(
             f"cannot resume from {self.save_dir}: no readable checkpoint ({'; '.join(problems)}); "

@@ -15,6 +15,7 @@ import os
 import socket
 
 from ..partial_files import hold_descriptor, release_descriptor
+from .checkpoint import read_checkpoint_tag
 from .config import ConfigError
 from .settings import check_output_dir
 
@@ -126,8 +127,7 @@ def check_no_earlier_run(folder, key="train.output_dir"):
     """Raises ConfigError when ``folder`` holds the checkpoints of an earlier run (a ``last_checkpoint`` tag), which
     a new run from scratch would overwrite and mix its metrics with: the message says how to resume it instead; or
     checkpoint files (``model_*.pth`` / ``.safetensors``) without that tag, which it would write over."""
-    tag = os.path.join(folder, "last_checkpoint")
-    if not os.path.isfile(tag):
+    if not os.path.lexists(os.path.join(folder, "last_checkpoint")):
         # checkpoints without the tag (copied in, or the tag deleted): a new run would still write over them
         names = sorted(name for name in os.listdir(folder) if name.startswith("model_")
                        and name.endswith((".pth", ".safetensors"))) if os.path.isdir(folder) else []
@@ -136,14 +136,11 @@ def check_no_earlier_run(folder, key="train.output_dir"):
             raise ConfigError(f"{key} {folder} holds checkpoints ({shown}) that a new run would write over: choose "
                               f"another {key}, or move them away")
         return
-    try:
-        with open(tag) as f:
-            named = f.read().strip()
-    except OSError:
-        named = ""
+    named, problem = read_checkpoint_tag(folder)
+    tag = f"last_checkpoint names {named}" if named else problem
     raise ConfigError(
-        f"{key} {folder} holds an earlier run's checkpoints (last_checkpoint names {named or 'nothing'}): add --resume "
-        f"to continue that run, or choose another {key} (or remove that folder) to start a new one"
+        f"{key} {folder} holds an earlier run's checkpoints ({tag}): add --resume to continue that run, or choose "
+        f"another {key} (or remove that folder) to start a new one"
     )
 
 

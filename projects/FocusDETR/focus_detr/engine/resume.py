@@ -10,7 +10,7 @@ from detectron2.utils import comm
 
 from ..checkpoint.checkpointer import check_weights_path
 from .agreement import ProcessFailed
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, read_checkpoint_tag
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line
 from .config import ConfigError
 from .interrupt import evaluation_command
@@ -105,9 +105,11 @@ def resume_point(output_dir):
     """``(checkpoint, iteration)``: the checkpoint a resume from ``output_dir`` starts from (the one its
     ``last_checkpoint`` names) and the iteration it continues at (that checkpoint's + 1); None when that cannot be
     told cheaply (no checkpoint, an unreadable or foreign one: the resume itself reports those)."""
+    name, _ = read_checkpoint_tag(output_dir)
+    if name is None:
+        return None
+    path = os.path.join(output_dir, name)
     try:
-        with open(os.path.join(output_dir, "last_checkpoint")) as f:
-            path = os.path.join(output_dir, f.read().strip())
         # memory-mapped: the weights are not read, only the small records
         iteration = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("iteration")
     except Exception:  # noqa: BLE001 (anything unreadable is left to the resume, which names it)

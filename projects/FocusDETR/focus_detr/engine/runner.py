@@ -247,11 +247,11 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         if schedule_change:
             logger.warning(schedule_change)
         rng_state = restore_rank_state(extra, train_loader)
-        checkpoint_hook.resume_at(start_iter - 1, checkpointer.get_checkpoint_file())
+        checkpoint_hook.resume_at(start_iter - 1, checkpointer.resumed_from)
         logger.info(f"Resuming at iteration {start_iter} (RNG and data position {'restored' if rng_state else 'NOT restored'})")
         if cfg.train.init_checkpoint:  # it starts a run; a new run from it goes to another train.output_dir
             logger.info(f"train.init_checkpoint {cfg.train.init_checkpoint} is not loaded: the run continues from "
-                        f"{checkpointer.get_checkpoint_file()}")
+                        f"{checkpointer.resumed_from}")
     if writers is not None:
         _start_records_at(writers, cfg, start_iter)
     if rng_state is not None:

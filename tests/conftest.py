@@ -72,6 +72,35 @@ def build_tiny_model(**overrides):
     return instantiate(cfg.model)
 
 
+def image_input(image, height=None, width=None, boxes=None, classes=None):
+    """A detectron2 model input dict for ``image`` ``(3, H, W)``: with ``height`` / ``width`` when given, and with
+    ground truth when ``boxes`` (XYXY pixels) and ``classes`` are."""
+    from detectron2.structures import Boxes, Instances
+
+    item = {"image": image}
+    if height is not None:
+        item.update(height=height, width=width)
+    if boxes is not None:
+        item["instances"] = Instances(
+            tuple(image.shape[-2:]), gt_boxes=Boxes(boxes.clone()), gt_classes=classes.clone()
+        )
+    return item
+
+
+def fixture_inputs(parity_fixture, with_instances=False):
+    """The parity fixture's images as model inputs, with their ground truth when ``with_instances``."""
+    items = []
+    for item in parity_fixture["inputs"]:
+        inst = item["instances"]
+        items.append(
+            image_input(
+                item["image"], item["height"], item["width"],
+                inst["gt_boxes"] if with_instances else None, inst["gt_classes"] if with_instances else None,
+            )
+        )
+    return items
+
+
 @pytest.fixture
 def tiny_model(parity_fixture):
     """The tiny configuration loaded with the official fixture weights, in eval mode."""

@@ -205,6 +205,7 @@ def measure_case(backends, inputs, args, device, what):
             forward()
             if not args.no_backward:
                 forward_backward()
+            synchronize(device)  # a CUDA error surfaces here, not in the timed rounds
         except RuntimeError as error:
             print(f"  skip {backend} {what}: {error}", file=sys.stderr)
             continue

@@ -88,7 +88,9 @@ def test_batch_equals_single_calls_also_across_sizes(predictor):
     "image, words",
     [
         ([np.zeros((8, 8, 3), np.uint8)] * 2, "got a list: for several, call predictor.predict_batch(images)"),
-        (torch.zeros(8, 8, 3, dtype=torch.uint8), "got Tensor (a tensor? pass a (H, W, 3) uint8 BGR array"),
+        (torch.zeros(8, 8, 3, dtype=torch.uint8), "got Tensor (a tensor? pass its BGR pixels as a (H, W, 3) uint8 "
+                                                  "array, e.g. tensor.numpy())"),
+        (torch.zeros(3, 8, 8, dtype=torch.uint8), "e.g. tensor.permute(1, 2, 0).numpy())"),
         ("image.png", "got str (a file? focus_detr.data.read_image(path, 'BGR') reads it)"),
         (Image.new("RGB", (8, 8)), "got Image (a PIL image? np.asarray(image.convert('RGB'))[:, :, ::-1])"),
         (np.zeros((2, 8, 8, 3), np.uint8), "got shape (2, 8, 8, 3) (several images? predictor.predict_batch"),
@@ -99,7 +101,8 @@ def test_batch_equals_single_calls_also_across_sizes(predictor):
         (np.zeros((0, 8, 3), np.uint8), "is empty"),
         (np.zeros((8, 0, 3), np.uint8), "is empty"),
     ],
-    ids=["list", "tensor", "path", "pil", "stacked", "float32", "gray", "4-channels", "4-d", "no-rows", "no-columns"],
+    ids=["list", "tensor", "chw-tensor", "path", "pil", "stacked", "float32", "gray", "4-channels", "4-d", "no-rows",
+         "no-columns"],
 )
 def test_images_that_are_not_bgr_uint8_hwc_get_one_line(predictor, image, words):
     with pytest.raises(ValueError) as info:

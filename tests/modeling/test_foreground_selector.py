@@ -103,7 +103,7 @@ def test_top_down_modulation_changes_fine_scores():
         ({"cascade_keep_ratios": []}, "cascade_keep_ratios"),
         ({"cascade_keep_ratios": [1.0, 0.0]}, "cascade_keep_ratios"),
         ({"cascade_keep_ratios": [1.2]}, "cascade_keep_ratios"),
-        ({"keep_ratio": None}, r"keep_ratio must be in \(0, 1\], got None"),  # a config's null: was a TypeError
+        ({"keep_ratio": None}, r"keep_ratio must be a number in \(0, 1\], got None"),  # a config's null: a TypeError
         ({"cascade_keep_ratios": None}, "cascade_keep_ratios must be a non-empty list .* got None"),
         ({"cascade_keep_ratios": [1.0, None]}, r"got \[1.0, None\]"),
         # eager inference silently kept the first layer's count in every later layer, the ONNX graph the counts
@@ -138,11 +138,17 @@ def test_assigned_keep_ratios_are_checked_as_the_constructor_checks_them():
     assert (selector.keep_ratio, selector.cascade_keep_ratios) == (0.25, [1.0, 0.2])
     selection = selector(torch.randn(1, NUM_TOKENS, 32), None, SHAPES)
     assert selection.num_selected_tokens_per_layer == [NUM_TOKENS // 4 + 1, (NUM_TOKENS // 4 + 1) // 5]
-    for value in (-1.0, 5.0, float("nan")):
-        with pytest.raises(ValueError, match=rf"keep_ratio must be in \(0, 1\], got {value}"):
+    for value, shown in ((-1.0, "-1.0"), (5.0, "5.0"), (float("nan"), "nan"), ("0.3", "'0.3'"), (True, "True")):
+        with pytest.raises(ValueError, match=rf"^ForegroundTokenSelector: keep_ratio must be a number in \(0, 1\], got "
+                                             rf"{shown}$"):
             selector.keep_ratio = value
-    with pytest.raises(ValueError, match="one entry per encoder layer"):
-        selector.cascade_keep_ratios = [1.0]
+    for value, message in (([1.0], "one entry per encoder layer"), (0.5, r"must be a non-empty list .* got 0.5$"),
+                           (None, "^ForegroundTokenSelector: cascade_keep_ratios cannot be None$")):
+        with pytest.raises(ValueError, match=message):
+            selector.cascade_keep_ratios = value
+    with pytest.raises(ValueError, match="^ForegroundTokenSelector: keep_ratio cannot be None$"):
+        selector.keep_ratio = None  # (set_keep_ratios' None keeps the value: assigned, it did so without a word)
+    selector.cascade_keep_ratios[0] = -5.0  # a copy: the model's ratios change only through the checks
     assert (selector.keep_ratio, selector.cascade_keep_ratios) == (0.25, [1.0, 0.2])
 
 

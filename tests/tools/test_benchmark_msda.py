@@ -6,6 +6,8 @@ import pytest
 
 from tools_test_utils import load_script
 
+KEEP_FRACTION = "--keep-fraction is the share of tokens the Focus-DETR case keeps, in (0, 1], got"
+
 
 @pytest.fixture(scope="module")
 def benchmark_msda():
@@ -27,8 +29,8 @@ def test_every_backend_gets_a_row_with_its_speed_up_against_the_reference(benchm
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--keep-fraction", "5"], "--keep-fraction is the share of tokens the Focus-DETR case keeps, in (0, 1], got 5.0"),
-    (["--keep-fraction", "-1"], "--keep-fraction is the share of tokens the Focus-DETR case keeps, in (0, 1], got -1.0"),
+    (["--keep-fraction", "5"], f"{KEEP_FRACTION} 5.0"),
+    (["--keep-fraction", "-1"], f"{KEEP_FRACTION} -1.0"),
     (["--batch", "1", "0"], "--batch must be at least 1, got 0"),
     (["--heads", "0"], "--heads must be at least 1, got 0"),
     (["--threads", "0"], "--threads must be at least 1, got 0"),

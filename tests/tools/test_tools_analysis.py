@@ -212,8 +212,8 @@ def test_a_json_report_never_replaces_the_config_it_was_given(analyze_model, tmp
     for tool in tools:
         args = tool.parse_args(["--config-file", str(config), "--json", str(config)])
         assert run_reporting_errors(tool.main, args) == 2
-        assert capsys.readouterr().err.strip() == (f"error: --json {config} is the --config-file file: the output would "
-                                                   "replace it; name another file")
+        assert capsys.readouterr().err.strip() == (
+            f"error: --json {config} is the --config-file file: the output would replace it; name another file")
         assert config.read_text() == text
 
 

@@ -53,7 +53,8 @@ def _num_heads(state_dict: Dict[str, torch.Tensor]) -> int:
         if match:
             indices.add(int(match.group(1)))
     if not indices:
-        raise ValueError("official Focus-DETR checkpoint has no class_embed.* (nor transformer.decoder.class_embed.*) keys")
+        raise ValueError("official Focus-DETR checkpoint has no class_embed.* / bbox_embed.* keys (nor "
+                         "transformer.decoder.class_embed.* / bbox_embed.*)")
     return max(indices) + 1
 
 

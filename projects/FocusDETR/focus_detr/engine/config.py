@@ -237,7 +237,9 @@ def _copies_train_output_dir(cfg) -> bool:
     train, evaluator = cfg.get("train", None), (cfg.get("dataloader", None) or {}).get("evaluator", None)
     if not isinstance(train, DictConfig) or not isinstance(evaluator, DictConfig):
         return False
-    if "output_dir" not in train or "output_dir" not in evaluator or OmegaConf.is_interpolation(evaluator, "output_dir"):
+    if "output_dir" not in train or "output_dir" not in evaluator:
+        return False
+    if OmegaConf.is_interpolation(evaluator, "output_dir"):  # a reference (our configs): it follows by itself
         return False
     value = evaluator._get_node("output_dir")._value()
     return isinstance(value, str) and value != "" and value == train._get_node("output_dir")._value()
@@ -249,8 +251,9 @@ def _keep_evaluator_output_tied(cfg, overrides):
     keys = {override.split("=", 1)[0].strip().lstrip("+") for override in overrides}
     if "train.output_dir" in keys and _TIED_OUTPUT not in keys:
         cfg.dataloader.evaluator.output_dir = "${...train.output_dir}"
-        logger.info(f"{_TIED_OUTPUT} held a copy of train.output_dir (detrex's configs copy it): it follows the "
-                    f"override to {cfg.train.output_dir}")
+        # a warning: the config's logging is not set up yet, and where the results go is worth the line
+        logger.warning(f"{_TIED_OUTPUT} held a copy of train.output_dir (detrex's configs copy it): it follows the "
+                       f"override to {cfg.train.output_dir}")
 
 
 def apply_overrides(cfg, overrides=()):

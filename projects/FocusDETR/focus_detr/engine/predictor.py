@@ -104,7 +104,8 @@ def _conversion_hint(image) -> str:
     if isinstance(image, (str, os.PathLike)):
         return " (a file? focus_detr.data.read_image(path, 'BGR') reads it)"
     if torch.is_tensor(image):
-        return " (a tensor? pass a (H, W, 3) uint8 BGR array, e.g. tensor.permute(1, 2, 0).numpy() of a BGR one)"
+        as_array = "tensor.permute(1, 2, 0).numpy()" if image.dim() == 3 and image.shape[0] == 3 else "tensor.numpy()"
+        return f" (a tensor? pass its BGR pixels as a (H, W, 3) uint8 array, e.g. {as_array})"
     if hasattr(image, "getbands"):  # a PIL image, without importing PIL
         return " (a PIL image? np.asarray(image.convert('RGB'))[:, :, ::-1])"
     return ""

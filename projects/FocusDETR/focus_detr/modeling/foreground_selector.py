@@ -1,5 +1,6 @@
 """The Foreground Token Selector (FTS): scores every token as foreground, modulating fine levels with the scores of
 coarser ones (top-down), and picks how many and which tokens each encoder layer updates."""
+import collections.abc
 import functools
 import numbers
 from dataclasses import dataclass
@@ -67,13 +68,14 @@ class ForegroundSelection:
 
 
 def _validated_keep_ratios(keep_ratio: float, cascade_keep_ratios: Sequence[float]) -> Tuple[float, List[float]]:
-    if not isinstance(keep_ratio, numbers.Real) or not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"ForegroundTokenSelector: keep_ratio must be in (0, 1], got {keep_ratio}")
-    if not cascade_keep_ratios or any(not isinstance(r, numbers.Real) or not 0.0 < r <= 1.0
-                                      for r in cascade_keep_ratios):
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real) or not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"ForegroundTokenSelector: keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
+    is_list = isinstance(cascade_keep_ratios, collections.abc.Sequence) and not isinstance(cascade_keep_ratios, str)
+    if not is_list or not cascade_keep_ratios or any(not isinstance(r, numbers.Real) or not 0.0 < r <= 1.0
+                                                     for r in cascade_keep_ratios):
         raise ValueError(
             f"ForegroundTokenSelector: cascade_keep_ratios must be a non-empty list of values in (0, 1], "
-            f"got {cascade_keep_ratios if cascade_keep_ratios is None else list(cascade_keep_ratios)}"
+            f"got {list(cascade_keep_ratios) if is_list else repr(cascade_keep_ratios)}"
         )
     ratios = [float(r) for r in cascade_keep_ratios]
     if any(later > earlier for earlier, later in zip(ratios, ratios[1:])):
@@ -82,6 +84,13 @@ def _validated_keep_ratios(keep_ratio: float, cascade_keep_ratios: Sequence[floa
         raise ValueError(f"ForegroundTokenSelector: cascade_keep_ratios must not grow from one encoder layer to the "
                          f"next (e.g. [1.0, 0.8, 0.6]), got {ratios}")
     return float(keep_ratio), ratios
+
+
+def _assigned(value, name):
+    """``value`` assigned to ``name``, which None does not leave as it was (``set_keep_ratios``' None does)."""
+    if value is None:
+        raise ValueError(f"ForegroundTokenSelector: {name} cannot be None")
+    return value
 
 
 TOKEN_RANKINGS = ("foreground", "random")
@@ -118,7 +127,8 @@ class ForegroundTokenSelector(nn.Module):
         if num_levels < 1:
             raise ValueError(f"ForegroundTokenSelector: num_levels must be >= 1, got {num_levels}")
         if not modulation_init_range >= 0:  # the bounds of a uniform draw, U(-r, r)
-            raise ValueError(f"ForegroundTokenSelector: modulation_init_range must be >= 0, got {modulation_init_range}")
+            raise ValueError(
+                f"ForegroundTokenSelector: modulation_init_range must be >= 0, got {modulation_init_range}")
         if token_ranking not in TOKEN_RANKINGS:
             raise ValueError(
                 f"ForegroundTokenSelector: token_ranking must be one of {', '.join(TOKEN_RANKINGS)}, "
@@ -136,14 +146,15 @@ class ForegroundTokenSelector(nn.Module):
     def set_keep_ratios(self, keep_ratio: float = None, cascade_keep_ratios: Sequence[float] = None) -> None:
         """Changes the token budget of a built model (e.g. to trade accuracy for speed at evaluation time); None
         keeps the current value. The number of cascade ratios stays the number of encoder layers."""
-        keep_ratio = self.keep_ratio if keep_ratio is None else keep_ratio
-        cascade_keep_ratios = self.cascade_keep_ratios if cascade_keep_ratios is None else cascade_keep_ratios
-        if len(cascade_keep_ratios) != len(self.cascade_keep_ratios):
+        keep_ratio = self._keep_ratio if keep_ratio is None else keep_ratio
+        cascade_keep_ratios = self._cascade_keep_ratios if cascade_keep_ratios is None else cascade_keep_ratios
+        keep_ratio, cascade_keep_ratios = _validated_keep_ratios(keep_ratio, cascade_keep_ratios)
+        if len(cascade_keep_ratios) != len(self._cascade_keep_ratios):
             raise ValueError(
                 f"ForegroundTokenSelector: cascade_keep_ratios needs one entry per encoder layer "
-                f"({len(self.cascade_keep_ratios)}), got {list(cascade_keep_ratios)}"
+                f"({len(self._cascade_keep_ratios)}), got {cascade_keep_ratios}"
             )
-        self._keep_ratio, self._cascade_keep_ratios = _validated_keep_ratios(keep_ratio, cascade_keep_ratios)
+        self._keep_ratio, self._cascade_keep_ratios = keep_ratio, cascade_keep_ratios
 
     # Properties, so that an assignment (``selector.keep_ratio = 0.3``, the Python form of the config override) is
     # checked as the constructor checks it: a negative ratio kept no token without a word.
@@ -154,16 +165,17 @@ class ForegroundTokenSelector(nn.Module):
 
     @keep_ratio.setter
     def keep_ratio(self, value: float) -> None:
-        self.set_keep_ratios(keep_ratio=value)
+        self.set_keep_ratios(keep_ratio=_assigned(value, "keep_ratio"))
 
     @property
     def cascade_keep_ratios(self) -> List[float]:
-        """Per encoder layer, the fraction of the foreground budget it updates."""
-        return self._cascade_keep_ratios
+        """Per encoder layer, the fraction of the foreground budget it updates (a copy: assign a new list to change
+        them)."""
+        return list(self._cascade_keep_ratios)
 
     @cascade_keep_ratios.setter
     def cascade_keep_ratios(self, value: Sequence[float]) -> None:
-        self.set_keep_ratios(cascade_keep_ratios=value)
+        self.set_keep_ratios(cascade_keep_ratios=_assigned(value, "cascade_keep_ratios"))
 
     def __setstate__(self, state):
         for name in ("keep_ratio", "cascade_keep_ratios"):  # a model pickled whole before they were properties
@@ -194,7 +206,7 @@ class ForegroundTokenSelector(nn.Module):
     def layer_token_counts(self, focus_token_nums, num_tokens: int) -> List[int]:
         """Tokens updated by each encoder layer (:func:`layer_token_counts`) for foreground budgets
         ``focus_token_nums`` (a ``(B,)`` tensor or Python ints)."""
-        return layer_token_counts(focus_token_nums, self.cascade_keep_ratios, num_tokens)
+        return layer_token_counts(focus_token_nums, self._cascade_keep_ratios, num_tokens)
 
     def forward(
         self,
@@ -224,14 +236,14 @@ class ForegroundTokenSelector(nn.Module):
         if valid_token_nums is None:
             # Under tracing the counts are graph values (exported graphs follow the input size), which a slice would
             # freeze: one top-k per layer.
-            focus_token_nums = focus_token_nums_of((~padding_mask).sum(-1), self.keep_ratio, num_tokens)
+            focus_token_nums = focus_token_nums_of((~padding_mask).sum(-1), self._keep_ratio, num_tokens)
             foreground_inds = [
                 ranking.topk(k, dim=1)[1] for k in self.layer_token_counts(focus_token_nums, num_tokens)
             ]
             focus_token_counts = None
         else:
             # Counted on the host from the image sizes: no value is read back from the device.
-            focus_token_counts = focus_token_nums_of(valid_token_nums, self.keep_ratio, num_tokens)
+            focus_token_counts = focus_token_nums_of(valid_token_nums, self._keep_ratio, num_tokens)
             counts = self.layer_token_counts(focus_token_counts, num_tokens)
             focus_token_nums = _int_tensor(tuple(focus_token_counts), memory.device)
             # Each layer keeps a prefix of one ranking: views of the first layer's indices (the encoder relies on it).

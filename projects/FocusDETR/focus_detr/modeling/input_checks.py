@@ -38,19 +38,24 @@ def output_side(item, key, index, default):
     return int(value)
 
 
-# A 0..255 image resampled with a bicubic or Lanczos kernel overshoots near sharp edges; this much is still one.
-_RESAMPLING_OVERSHOOT = 32.0
-# Mean/std normalised pixels (torchvision's Normalize after to_tensor) lie within about -2.2..2.7.
-_NORMALISED_BRIGHTEST = 3.0
+# Bounds of what a 0..255 float image can reach in a legitimate pipeline: resampling with a bicubic kernel overshoots
+# near sharp edges (a 1-pixel checkerboard at 1.5x: -62..317), and detectron2's photometric augmentations leave float
+# images unclipped (contrast and brightness 1.5: about -96..382).
+_BRIGHTEST_OF_0_TO_255 = 2.0 * 255
+_DARKEST_OF_0_TO_255 = -255.0
+# Pixels centred on 0 (x - 128: -128..127) or mean/std normalised (torchvision's Normalize after to_tensor: about
+# -2.2..2.7), told apart from a 0..255 image by their brightest pixel, which such an image far exceeds.
+_CENTRED = (-64.0, 128.0)
+_NORMALISED = (-0.5, 3.0)
 
 
 def check_pixel_range(image: torch.Tensor, index: int) -> None:
     """ValueError (one line) when a float image is not one of 0..255 pixels, each of which the model would misread
-    and detect next to nothing on without a word: pixels that are not finite; fractional pixels all within (0, 1]
-    (torchvision's ``to_tensor`` scale; a nearly black 0..255 image, whole values 0 and 1, passes); pixels already
-    normalised (negative, the brightest at most a few units); pixels far outside 0..255 (a 16-bit image, pixels
-    centred on 0), beyond what resampling overshoots. Float images only: a uint8 one is never read back (one device
-    read per float image)."""
+    and detect next to nothing on without a word: pixels that are not finite; pixels centred on 0 or normalised
+    already (darkest well below 0, brightest a fraction of 255); a 16-bit image or pixels far outside 0..255 (beyond
+    what resampling and augmentations reach); fractional pixels all within (0, 1] (torchvision's ``to_tensor`` scale;
+    a nearly black 0..255 image, whole values 0 and 1, passes). Float images only: a uint8 one is never read back (one
+    device read per float image)."""
     if not image.numel():
         return
     darkest, brightest = torch.stack(torch.aminmax(image)).tolist()
@@ -58,11 +63,12 @@ def check_pixel_range(image: torch.Tensor, index: int) -> None:
     if not (math.isfinite(darkest) and math.isfinite(brightest)):
         raise ValueError(f"{name} has pixels that are not finite (NaN or infinite): a damaged or wrongly converted "
                          "image")
-    if darkest < 0.0 and brightest <= _NORMALISED_BRIGHTEST:
-        raise ValueError(f"{name} looks normalised already (pixels {darkest:g}..{brightest:g}); the model takes "
-                         "pixels in 0..255 and normalises them itself (model.pixel_mean / pixel_std): pass the image "
-                         "before normalising")
-    if darkest < -_RESAMPLING_OVERSHOOT or brightest > 255.0 + _RESAMPLING_OVERSHOOT:
+    for (below, at_most), what in ((_NORMALISED, "normalised already"), (_CENTRED, "centred on 0")):
+        if darkest < below and brightest <= at_most:
+            raise ValueError(f"{name} looks {what} (pixels {darkest:g}..{brightest:g}); the model takes pixels in "
+                             "0..255 and normalises them itself (model.pixel_mean / pixel_std): pass the image before "
+                             "normalising")
+    if darkest < _DARKEST_OF_0_TO_255 or brightest > _BRIGHTEST_OF_0_TO_255:
         raise ValueError(f"{name} has pixels {darkest:g}..{brightest:g}; the model takes pixels in 0..255: scale the "
                          "image to 0..255 first (a 16-bit image: divide by 257)")
     if 0.0 < brightest <= 1.0 and bool((image != image.round()).any()):

@@ -62,3 +62,19 @@ def test_a_yaml_config_that_is_no_mapping_is_one_line(tmp_path):
     config.write_text("5\n")
     with pytest.raises(ConfigError, match=rf"^config file {config} holds a int, not a LazyConfig"):
         load_config(str(config))
+
+
+def test_a_saved_config_cut_inside_its_model_section_is_one_line(tmp_path):
+    # the saved YAML writes each _target_ last: cut short, the model section built a DictConfig, and `model.to(device)`
+    # failed with omegaconf's "Missing key to"
+    from focus_detr.engine import build_model
+
+    cfg = load_config(os.path.join(CONFIGS, "focus_detr_r18_trees.py"))
+    path = tmp_path / "config.yaml"
+    LazyConfig.save(cfg, str(path))
+    text = path.read_text()
+    cut = tmp_path / "cut.yaml"
+    cut.write_text(text[:text.index("model:")] + "model:\n  num_classes: 1\n")
+    with pytest.raises(ConfigError, match=r"^the config's model builds a DictConfig, not a model: model has no "
+                                          r"_target_ \(a saved config.yaml cut short\?\)$"):
+        build_model(load_config(str(cut)), "cpu")

@@ -54,6 +54,9 @@ def build_model(cfg, device=None):
             raise
         raise ConfigError(f"the config's model cannot be built: {_failing_part(error)} failed with "
                           f"{type(error).__name__}: {error}; check the settings you gave it (model.*)") from None
+    if not isinstance(model, torch.nn.Module):  # e.g. a config.yaml cut short: its model section lost its _target_
+        raise ConfigError(f"the config's model builds a {type(model).__name__}, not a model: model has no _target_ "
+                          "(a saved config.yaml cut short?)")
     model.to(device)
     logger.info(f"Model on {device}:\n{model}")
     return model

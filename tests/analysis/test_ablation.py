@@ -124,6 +124,31 @@ def test_runs_go_seed_by_seed_and_finished_runs_are_skipped(tmp_path):
     assert [r["AP"] for r in records] == [1.0, 4.0, 5.0, 6.0]
 
 
+@pytest.mark.parametrize("edit", [
+    # each reached the report: a KeyError or TypeError traceback, a ValueError naming no file, or infinities summarised
+    {"AP": None}, {"AP": "high"}, {"AP": float("inf")}, {"APs": True}, {"train_minutes": "ten"},
+    {"eval_results": [1]}, {"AP": 1.0, "delete": "AP"},
+])
+def test_an_edited_record_is_evaluated_again_not_reported(tmp_path, edit):
+    run = planned_runs(str(tmp_path), ["full"], [1])[0]
+    write_finished_run(run, {"AP": 5.0, "AP50": 18.0, "train_minutes": 8.0, "eval_results": {}})
+    assert read_finished_run(run)["AP"] == 5.0
+    with open(run.record_path) as f:
+        record = json.load(f)
+    record.update({key: value for key, value in edit.items() if key != "delete"})
+    record.pop(edit.get("delete"), None)
+    with open(run.record_path, "w") as f:
+        json.dump(record, f)
+    assert read_finished_run(run) is None
+    assert run_pending([run], lambda run: {"AP": 6.0}, log=lambda line: None)[0]["AP"] == 6.0
+
+
+def test_selection_columns_of_an_edited_record_are_nan():
+    columns = selection_columns({"selection_quality": {"object_recall/layerX": 90.0, "object_recall/layer2": "high",
+                                                       "foreground_precision/layer2": 55.0}})
+    assert math.isnan(columns["recall_last_layer"]) and columns["precision_last_layer"] == 55.0
+
+
 def test_a_run_another_invocation_holds_is_left_to_it(tmp_path):
     import fcntl
 

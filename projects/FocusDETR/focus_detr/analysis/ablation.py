@@ -9,6 +9,7 @@ is only reused with the settings it was started with, the contents of the config
 """
 import contextlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -137,14 +138,28 @@ def _write_json(path: str, content: Dict) -> None:
     atomic_write(path, lambda f: json.dump(content, f, indent=1), mode="w")
 
 
+# A record's numbers, which the report computes with: each a number (NaN: COCO left it undefined) where present.
+_RECORD_NUMBERS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "train_minutes")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isinf(value)
+
+
 def read_finished_run(run: AblationRun):
-    """``run``'s record, or None when it is not finished (no record, or one that cannot be read)."""
+    """``run``'s record, or None when it is not finished: no record, or one that cannot be used (unreadable, another
+    run's, or edited: a metric that is not a number, results that are not a mapping), which the study then evaluates
+    again rather than report from (the report failed with a traceback, or summarised infinities)."""
     try:
         with open(run.record_path) as f:
             record = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or record.get("variant") != run.variant or record.get("seed") != run.seed:
+        return None
+    if "AP" not in record or not all(_is_number(record[key]) for key in _RECORD_NUMBERS if key in record):
+        return None
+    if not isinstance(record.get("eval_results", {}), dict):
         return None
     return record
 

@@ -22,15 +22,20 @@ def selection_columns(eval_results: Dict) -> Dict[str, float]:
     evaluation did not measure it): object recall overall and for small objects, foreground precision."""
     quality = (eval_results or {}).get("selection_quality") or {}
     layers = [int(key.rsplit("layer", 1)[1]) for key in quality if key.startswith("object_recall/layer") and
-              key.count("/") == 1]
+              key.count("/") == 1 and key.rsplit("layer", 1)[1].isdigit()]
     if not layers:
         return {name: float("nan") for name in ("recall_last_layer", "recall_small_last_layer",
                                                 "precision_last_layer")}
     last = f"layer{max(layers)}"
+
+    def number(key):  # NaN where the record holds none (an edited or older record)
+        value = quality.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
     return {
-        "recall_last_layer": quality.get(f"object_recall/{last}", float("nan")),
-        "recall_small_last_layer": quality.get(f"object_recall/{last}/small", float("nan")),
-        "precision_last_layer": quality.get(f"foreground_precision/{last}", float("nan")),
+        "recall_last_layer": number(f"object_recall/{last}"),
+        "recall_small_last_layer": number(f"object_recall/{last}/small"),
+        "precision_last_layer": number(f"foreground_precision/{last}"),
     }
 
 

@@ -122,6 +122,18 @@ def test_a_graph_predicts_a_raw_image_from_its_folder_alone(tiny_export, fixture
     ({"num_classes": "80"}, 'has num_classes = "80", not a int'),
     ({"num_classes": True}, "has num_classes = true, not a int"),
     ({"init_checkpoint": ["a.pth"]}, 'has init_checkpoint = ["a.pth"], not a str'),
+    # values no export writes (a file edited by hand): a 10**6-pixel side ran out of memory, 0 did not resize, a
+    # format other than RGB / BGR failed naming the config, class names of another count were drawn as given
+    ({"resize": {"short_edge": 10**6, "max_size": 1333, "interpolation": 2}}, "has resize.short_edge = 1000000, not "
+                                                                              "a side of 1 to 8192 pixels"),
+    ({"resize": {"short_edge": 800, "max_size": 0, "interpolation": 2}},
+     "has resize.max_size = 0, not a side of 1 to 8192 pixels"),
+    ({"resize": {"short_edge": 800, "max_size": 1333, "interpolation": 99}}, "has resize.interpolation = 99, not one "
+                                                                             "of PIL's filters (0 to 5)"),
+    ({"input": {"format": "XYZ"}}, 'has input.format = "XYZ", not "RGB" or "BGR"'),
+    ({"num_classes": 0}, "has num_classes = 0, not at least 1"),
+    ({"num_classes": 1, "class_names": ["a", "b", "c"], "category_ids": [1]}, "has 3 class_names for num_classes = 1"),
+    ({"num_classes": 1, "class_names": [5], "category_ids": [1]}, "has class_names = [5], not a list of strs"),
 ])
 def test_model_json_of_other_types_is_one_line(tiny_export, tmp_path, changes, message):
     # {"input": "RGB"} was an AttributeError traceback in the demo

@@ -102,6 +102,38 @@ def check_metadata(metadata, path: str) -> None:
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
             raise ValueError(f"{path} (the graph's metadata) has {key} = {json.dumps(value)[:60]}, not a "
                              f"{'json object' if kind is dict else kind.__name__}: {fix}")
+    problem = _value_problem(entries)
+    if problem is not None:  # an edited file: a 10**6-pixel resize ran out of memory, a 0 one did not resize
+        raise ValueError(f"{path} (the graph's metadata) has {problem}: {fix}")
+
+
+# Pixels of an image's side a resize may ask for; what the tool writes is a config's test-time resize (800 / 1333).
+_MAX_SIDE = 8192
+# PIL's resampling filters (Image.Resampling: NEAREST 0 ... HAMMING 5), which ResizeShortestEdge takes.
+_INTERPOLATIONS = range(6)
+
+
+def _value_problem(entries) -> Optional[str]:
+    """What in model.json's ``entries`` (dotted keys, types checked) no export writes, or None."""
+    shown = {key: json.dumps(value)[:60] for key, value in entries.items()}
+    if entries.get("input.format") not in (None, "RGB", "BGR"):
+        return f"input.format = {shown['input.format']}, not \"RGB\" or \"BGR\""
+    if entries.get("num_classes") is not None and entries["num_classes"] < 1:
+        return f"num_classes = {shown['num_classes']}, not at least 1"
+    for key in ("resize.short_edge", "resize.max_size"):
+        if entries.get(key) is not None and not 1 <= entries[key] <= _MAX_SIDE:
+            return f"{key} = {shown[key]}, not a side of 1 to {_MAX_SIDE} pixels"
+    if entries.get("resize.interpolation") is not None and entries["resize.interpolation"] not in _INTERPOLATIONS:
+        return f"resize.interpolation = {shown['resize.interpolation']}, not one of PIL's filters (0 to 5)"
+    for key, kind in (("class_names", str), ("category_ids", int)):
+        values = entries.get(key)
+        if values is None:
+            continue
+        if not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+            return f"{key} = {shown[key]}, not a list of {kind.__name__}s"
+        if entries.get("num_classes") is not None and len(values) != entries["num_classes"]:
+            return f"{len(values)} {key} for num_classes = {entries['num_classes']}"
+    return None
 
 
 def graph_weights(predictor: "OnnxPredictor", init_checkpoint: str, weights: Optional[str] = None) -> Optional[str]:

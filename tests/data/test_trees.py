@@ -214,6 +214,28 @@ def test_damaged_manifest_or_changed_parameters_are_rejected(copied_data_root):
         verify_trees_cache(cache)
 
 
+@pytest.mark.parametrize("edit", ["image removed with its entry", "no entries", "entry outside the cache"])
+def test_a_manifest_that_leaves_out_what_the_cache_needs_is_rejected(copied_data_root, edit):
+    # the manifest vouched only for what it listed: an image deleted with its entry, or "files": {}, passed, and a
+    # "../" entry was hashed wherever it pointed
+    cache = copied_data_root / "trees"
+    manifest = json.loads((cache / "manifest.json").read_text())
+    image = sorted(name for name in manifest["files"] if name.startswith("images/val/"))[0]
+    if edit == "image removed with its entry":
+        (cache / image).unlink()
+        del manifest["files"][image]
+        expected = f"manifest.json does not list {image}"
+    elif edit == "no entries":
+        manifest["files"] = {}
+        expected = "manifest.json does not list train.json"
+    else:
+        manifest["files"]["../downloads/x.whl"] = "0" * 64
+        expected = "manifest.json does not list ../downloads/x.whl inside the cache"
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TreesCacheError, match=re.escape(expected)):
+        verify_trees_cache(cache)
+
+
 def test_failed_build_leaves_previous_cache_intact(copied_data_root):
     cache = copied_data_root / "trees"
     broken_wheel = copied_data_root / "broken.whl"

@@ -333,6 +333,21 @@ def build_trees_cache(
     return manifest
 
 
+def _unlisted_files(cache_dir: Path, files: dict, sources: Sequence[TreeSource]) -> Optional[str]:
+    """The first file the cache needs that the manifest ``files`` does not list (each split's json, every image it
+    names), or one it lists outside the cache (``../x`` was hashed wherever it pointed); None when there is none."""
+    outside = [p for p in files if Path(p).is_absolute() or ".." in Path(p).parts]
+    needed = []
+    for annotation_file in sorted({f"{source.split}.json" for source in sources}):
+        try:  # an unreadable json is named by its hash check
+            images = json.loads((cache_dir / annotation_file).read_text())["images"]
+            needed += [annotation_file] + [f"images/{image['file_name']}" for image in images]
+        except (OSError, ValueError, KeyError, TypeError):
+            needed.append(annotation_file)
+    missing = [name for name in needed if name not in files]
+    return f"{outside[0]} inside the cache" if outside else (missing[0] if missing else None)
+
+
 def verify_trees_cache(
     cache_dir: os.PathLike,
     params: TilingParams = TilingParams(),
@@ -356,6 +371,9 @@ def verify_trees_cache(
     if build_record != expected:
         changed = sorted(key for key in expected if build_record[key] != expected[key])
         raise TreesCacheError(f"tree dataset cache {cache_dir} is stale ({', '.join(changed)} changed); {fix}")
+    unlisted = _unlisted_files(cache_dir, files, sources)
+    if unlisted:  # a hand-edited manifest checks only what it lists: an image removed with its entry went unseen
+        raise TreesCacheError(f"tree dataset cache {cache_dir}: {MANIFEST_NAME} does not list {unlisted}; {fix}")
     for relative_path, sha256 in files.items():
         path = cache_dir / relative_path
         if not path.is_file():

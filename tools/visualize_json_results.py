@@ -81,6 +81,8 @@ def main(args):
     if detections and len(unknown) == len(detections):
         raise ValueError(f"no result of {args.input} is for an image of the test set {names} (image ids such as "
                          f"{unknown[:3]}): were these results written for another dataset?")
+    if not detections:  # a model that detected nothing, or another file: every picture's left half is empty
+        print(f"warning: {args.input} holds no detection: the pictures show the ground truth alone", file=sys.stderr)
     if unknown:
         print(f"warning: {len(unknown)} of the {len(detections)} images in {args.input} are not in the test set "
               f"{names} (image ids such as {unknown[:3]}); their detections are not drawn", file=sys.stderr)

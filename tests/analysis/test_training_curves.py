@@ -73,10 +73,17 @@ def test_lines_cut_short_before_a_resume_are_skipped_with_one_warning(tmp_path):
     ('{"iteration": true, "total_loss": 1.0}\n', "line 1 is not a metrics record"),  # was "the last True"
     (b"\x89PNG\r\n\x1a\n\xff\xfe", "is not a text file"),
     ("[" * 100_000 + "\n", "line 1 is nested too deeply"),
+    # Python's digit limit: one line naming neither the file nor the line
+    ('{"iteration": 1, "total_loss": ' + "9" * 5000 + "}\n", r"line 1 cannot be read \(Exceeds the limit"),
+    # taken for a resume's restart: every record before it was dropped, the plot showed one iteration
+    ('{"iteration": 1}\n{"iteration": 2}\n{"iteration": -5}\n', "line 3 is not a metrics record"),
+    ("folder", "is not a regular file"),  # it said "no such file"
 ])
 def test_bad_metrics_files_are_refused_in_one_line(tmp_path, content, message):
     path = tmp_path / "metrics.json"
-    if isinstance(content, bytes):
+    if content == "folder":
+        path.mkdir()
+    elif isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content)

@@ -62,6 +62,9 @@ def test_results_for_another_dataset_are_refused_and_unknown_images_counted(tool
     assert "no result of" in capfd.readouterr().err
     assert _run(tool, tmp_path, _results(tmp_path, [entry, {**entry, "image_id": 99}]), dataset) == 0
     assert "warning: 1 of the 2 images in" in capfd.readouterr().err
+    # a file without detections drew the ground truth alone, without a word
+    assert _run(tool, tmp_path, _results(tmp_path, []), dataset) == 0
+    assert "results.json holds no detection: the pictures show the ground truth alone" in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("content, message", [

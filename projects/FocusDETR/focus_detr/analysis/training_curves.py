@@ -50,10 +50,17 @@ def metrics_path(output: str) -> str:
 
 
 def _parse_line(line: str, number: int, path: str) -> Dict:
-    record = json.loads(line)  # JSONDecodeError is handled by the caller
-    if not isinstance(record, dict) or type(record.get("iteration")) is not int:  # true is no iteration
+    try:
+        record = json.loads(line)  # JSONDecodeError is handled by the caller
+    except json.JSONDecodeError:
+        raise
+    except ValueError as error:  # e.g. an integer of more than 4300 digits, which Python will not read
+        raise MetricsFileError(f"{path} line {number} cannot be read ({error}): not a detectron2 metrics.json"
+                               ) from None
+    # true is no iteration; a negative one took every record before it for a resume's
+    if not isinstance(record, dict) or type(record.get("iteration")) is not int or record["iteration"] < 0:
         raise MetricsFileError(f"{path} line {number} is not a metrics record (a JSON object with an integer "
-                               "'iteration'): not a detectron2 metrics.json")
+                               "'iteration' >= 0): not a detectron2 metrics.json")
     return record
 
 
@@ -76,6 +83,8 @@ def read_metrics(path: str) -> TrainingMetrics:
     :mod:`focus_detr.engine.metrics_log`), other lines (records cut short before a resume that appended to them).
     A file without any record, or with a line that is JSON but not a record, raises :class:`MetricsFileError`."""
     if not os.path.isfile(path):
+        if os.path.exists(path):  # a folder, a pipe, a device
+            raise MetricsFileError(f"{path} is not a regular file: not a detectron2 metrics.json")
         raise MetricsFileError(f"{path}: no such file (training writes {METRICS_FILE} into train.output_dir)")
     try:
         with open(path, encoding="utf-8") as f:

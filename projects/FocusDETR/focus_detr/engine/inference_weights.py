@@ -1,13 +1,11 @@
 """Which weights an evaluation or a prediction uses: a checkpoint's trained weights, or the EMA average it holds beside
-them (ours or detrex's), as ``train.model_ema`` asks; and the record of what an evaluation's numbers are of."""
+them (ours or detrex's), as ``train.model_ema`` asks."""
 import logging
 
 from .checkpoint import AtomicDetectionCheckpointer
-from .config import _dataset_names_in
 from .hooks import EMAHook
-from .precision import inference_amp_dtype
 
-__all__ = ["ema_settings", "evaluation_record", "load_inference_weights"]
+__all__ = ["ema_settings", "load_inference_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +52,3 @@ def load_inference_weights(model, cfg, path):
         logger.warning(f"{path} also holds the EMA weights (their average over its training): using its trained "
                        "weights; train.model_ema.enabled=True uses the average")
     return "trained" if path else "random"
-
-
-def evaluation_record(cfg, model, device, weights: str, weights_used: str) -> dict:
-    """What an evaluation's numbers are of, for ``eval_results.json`` beside them: the weights file and which of its
-    weights (:func:`load_inference_weights`' answer), the precision on ``device``, the test sets and batch size, and a
-    Focus-DETR's keep ratios: each changes the AP, and can be changed at evaluation time."""
-    model = getattr(model, "module", model)  # a DDP wrapper
-    precision = inference_amp_dtype(cfg, device)
-    test = cfg.dataloader.test
-    record = {
-        "weights": weights or "",
-        "weights_used": weights_used,
-        "precision": "float32" if precision is None else str(precision).replace("torch.", ""),
-        "test_sets": _dataset_names_in(test.get("dataset", None) or {}),
-        "test_batch_size": test.get("batch_size", 1),
-    }
-    selector = getattr(getattr(model, "transformer", None), "foreground_selector", None)
-    if selector is not None:
-        record.update(keep_ratio=selector.keep_ratio, cascade_keep_ratios=list(selector.cascade_keep_ratios))
-    return record

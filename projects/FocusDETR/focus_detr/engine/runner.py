@@ -20,7 +20,7 @@ from .evaluation import (build_loader, check_evaluation_datasets, check_model_cl
                          check_trained_classes, evaluate, write_eval_results)
 from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, check_lr_multiplier,
                     restore_rank_state, schedule_change_warning)
-from .inference_weights import ema_settings, evaluation_record, load_inference_weights
+from .inference_weights import ema_settings, load_inference_weights
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
 from .metrics_log import cut_incomplete_last_line, drop_records_from
@@ -352,8 +352,7 @@ def _remove_earlier_results(cfg):
 def run_evaluation(cfg, resume=False, init_checkpoint_given=True):
     """Loads ``cfg.train.init_checkpoint`` (our, official detrex, or EMA weights when enabled), or with ``resume``
     the last checkpoint in ``cfg.train.output_dir`` (detectron2's ``--eval-only --resume``), and evaluates. Writes
-    ``eval_results.json`` in ``cfg.train.output_dir`` (the results, and under ``evaluated`` what they are of:
-    :func:`.inference_weights.evaluation_record`); returns the results dict. ``init_checkpoint_given``: the
+    ``eval_results.json`` in ``cfg.train.output_dir``; returns the results dict. ``init_checkpoint_given``: the
     user named ``train.init_checkpoint`` (on the command line), so that ``resume`` not evaluating it is a warning;
     else the config's own (a backbone initialisation) and an INFO line."""
     require_sections(cfg, ("dataloader.test",), "evaluation")
@@ -390,12 +389,11 @@ def run_evaluation(cfg, resume=False, init_checkpoint_given=True):
         _warn_on_stderr(f"train.output_dir {cfg.train.output_dir} holds a training run (its last checkpoint: {last}) "
                         f"but train.init_checkpoint {weights} is evaluated, and its results replace the run's; "
                         "--resume evaluates the run's own model")
-    weights_used = load_inference_weights(model, cfg, weights)
+    load_inference_weights(model, cfg, weights)
     if comm.is_main_process():
         _remove_earlier_results(cfg)
     results = evaluate(cfg, model)
     if comm.is_main_process() and cfg.train.output_dir:
         os.makedirs(cfg.train.output_dir, exist_ok=True)
-        record = evaluation_record(cfg, model, device, weights, weights_used)
-        write_eval_results(os.path.join(cfg.train.output_dir, "eval_results.json"), {**results, "evaluated": record})
+        write_eval_results(os.path.join(cfg.train.output_dir, "eval_results.json"), results)
     return results

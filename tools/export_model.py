@@ -119,14 +119,18 @@ def parse_args(argv=None):
     return parse_args_with_overrides(parser, argv)
 
 
-def _classes(cfg):
+def _classes(cfg, num_classes):
     """The model's class names for model.json, and the dataset category id of each output label (as detectron2's
     COCO loader numbers them, e.g. [3, 7, 42]); (None, None) when unknown, with a warning when its dataset cannot be
-    read."""
+    read or names another number of classes than the model's ``num_classes`` (the graph would be refused)."""
     try:
         names = class_names_of_model(cfg)
     except (ValueError, OSError, KeyError) as error:
         print(f"warning: model.json gets no class names: {error}", file=sys.stderr)
+        return None, None
+    if names and len(names) != num_classes:
+        print(f"warning: model.json gets no class names: the test set has {len(names)} classes, the model "
+              f"{num_classes} (model.num_classes)", file=sys.stderr)
         return None, None
     return names, category_ids_of_test_set(cfg) if names else None
 
@@ -215,7 +219,7 @@ def export(model, cfg, args, init_checkpoint, weights):
     with PartialPath(args.output, prefix=".model.", suffix=".onnx.partial") as partial:
         seconds = export_onnx(model, partial.path, sample["image"], args.opset, args.msda_form, args.batched)
         check_graph(partial.path)
-        class_names, category_ids = _classes(cfg)
+        class_names, category_ids = _classes(cfg, model.num_classes)
         metadata = export_metadata(
             model, args.opset, args.msda_form, input_format(cfg), class_names, batched=args.batched,
             resize=inference_resize(cfg), category_ids=category_ids,

@@ -45,7 +45,7 @@ def test_corrupt_last_checkpoint_falls_back_to_the_newest_readable_one(train_net
 @pytest.mark.parametrize("damage, problem", [
     # fvcore read any unreadable tag as "", which loaded nothing: training restarted at iteration 1 from random weights
     # (then a scheduler traceback)
-    ("/dev/zero", "{tag} is not a regular file"),  # read until memory ran out
+    ("dangling link", "{tag} is not a regular file"),  # fvcore saw no tag: a new run overwrote the finished one
     ("empty", "{tag} is empty"),
     ("binary", "{tag} is not text (it holds the name of a checkpoint)"),
     # followed without a word: another run's weights and optimizer continued in this folder
@@ -65,8 +65,8 @@ def test_a_last_checkpoint_that_cannot_be_used_resumes_from_the_folder_s_newest_
     tag = out / "last_checkpoint"
     tag.unlink()
     elsewhere = full / "model_final.pth"
-    if damage == "/dev/zero":
-        tag.symlink_to("/dev/zero")
+    if damage == "dangling link":
+        tag.symlink_to(out / "model_0000009.pth")
     else:
         tag.write_bytes({"empty": b"", "binary": b"\x80\x81PK", "elsewhere": str(elsewhere).encode(),
                          "parent": b"../full/model_0000004.pth"}[damage])
@@ -90,11 +90,41 @@ def test_a_folder_in_place_of_last_checkpoint_is_one_line_for_a_new_run_and_a_re
     assert error_lines(capsys.readouterr().err) == [
         f"error: cannot resume from {tmp_path}: {tmp_path / 'last_checkpoint'} is a folder, where the run writes the "
         "name of its last checkpoint; remove that folder"]
-    assert _train(train_net, tmp_path) == 2
+    assert _train(train_net, tmp_path) == 2  # (it said to add --resume, which then said to remove the folder)
     assert error_lines(capsys.readouterr().err) == [
-        f"error: train.output_dir {tmp_path} holds an earlier run's checkpoints ({tmp_path / 'last_checkpoint'} is not "
-        "a regular file): add --resume to continue that run, or choose another train.output_dir (or remove that "
-        "folder) to start a new one"]
+        f"error: train.output_dir {tmp_path} holds a folder named last_checkpoint, where a run writes the name of its "
+        "last checkpoint: remove that folder"]
+
+
+def test_a_tag_linked_to_dev_zero_is_read_no_further_than_a_file_name(tmp_path):
+    # it was read until memory ran out; a child process with little memory, so that a regression cannot take the
+    # suite's
+    import subprocess
+    import sys
+
+    (tmp_path / "last_checkpoint").symlink_to("/dev/zero")
+    code = ("import resource, sys\n"
+            "from focus_detr.engine.checkpoint import read_checkpoint_tag\n"
+            "size = next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmSize'))\n"
+            "resource.setrlimit(resource.RLIMIT_AS, ((size << 10) + (1 << 30),) * 2)  # 1 GiB more than imported\n"
+            "print(read_checkpoint_tag(sys.argv[1]))")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == repr((None, f"{tmp_path / 'last_checkpoint'} is not a regular file"))
+
+
+def test_an_evaluation_reads_the_run_s_tag_only_for_resume(train_net, toy_dataset, tmp_path, capsys):
+    # --eval-only of a named file failed on the folder's broken tag; --eval-only --resume had no fallback
+    assert _train(train_net, tmp_path, "train.max_iter=4", "train.checkpointer.period=2") == 0
+    (tmp_path / "last_checkpoint").write_text("")
+    weights = tmp_path / "model_0000001.pth"
+    assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path}",
+                          f"train.init_checkpoint={weights}"]) == 0
+    capsys.readouterr()
+    assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", "--resume", f"train.output_dir={tmp_path}"]) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: evaluating")] == [
+        f"warning: evaluating {tmp_path / 'model_final.pth'}, the newest checkpoint of train.output_dir, instead of: "
+        f"{tmp_path / 'last_checkpoint'} is empty"]
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_restart_from_zero(train_net, toy_dataset, tmp_path, capsys):

@@ -253,13 +253,13 @@ def test_eval_only_resume_names_the_configs_own_init_checkpoint_in_the_log_only(
     from cli_output import logged_warnings
 
     from focus_detr.engine import load_config, run_training
-    from focus_detr.engine.runner import run_evaluation
+    from focus_detr.engine.evaluation_run import run_evaluation
 
     run = tmp_path / "train"
     run_training(load_config(TOY_CONFIG, [f"train.output_dir={run}", "train.max_iter=2"]))
     cfg = load_config(TOY_CONFIG, [f"train.output_dir={run}", f"train.init_checkpoint={tmp_path / 'backbone.pkl'}"])
     capsys.readouterr()
-    with logged_warnings("focus_detr.engine.runner") as warnings:
+    with logged_warnings("focus_detr.engine.evaluation_run") as warnings:
         run_evaluation(cfg, resume=True, init_checkpoint_given=False)
     assert warnings == [] and _warnings(capsys.readouterr().err) == []
 
@@ -267,7 +267,7 @@ def test_eval_only_resume_names_the_configs_own_init_checkpoint_in_the_log_only(
 def test_an_evaluation_that_stops_leaves_no_earlier_detections_behind(train_net, toy_dataset, tmp_path, monkeypatch):
     # coco_instances_results.json and instances_predictions.pth of the earlier model stayed next to a config.yaml
     # naming other weights; the visualising tools would have drawn them as this model's
-    import focus_detr.engine.runner as runner
+    import focus_detr.engine.evaluation_run as evaluation_run
 
     run = tmp_path / "train"
     _train(train_net, run, "train.max_iter=2")
@@ -280,7 +280,7 @@ def test_an_evaluation_that_stops_leaves_no_earlier_detections_behind(train_net,
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "evaluate", stopped)
+    monkeypatch.setattr(evaluation_run, "evaluate", stopped)
     assert train_net.cli(evaluation) == 130
     assert not written & {path.name for path in (tmp_path / "eval").iterdir()}
 
@@ -319,7 +319,7 @@ def test_an_evaluation_leaves_another_folders_detections_alone_and_says_where_th
     elsewhere.mkdir()
     (elsewhere / "coco_instances_results.json").write_text("[]")
     (elsewhere / "eval_results.json").write_text("{}")
-    with logged_warnings("focus_detr.engine.runner") as warnings:
+    with logged_warnings("focus_detr.engine.evaluation_run") as warnings:
         assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path / 'eval'}",
                               f"train.init_checkpoint={run / 'model_final.pth'}",
                               f"dataloader.evaluator.output_dir={elsewhere}"]) == 0
@@ -331,7 +331,7 @@ def test_an_evaluation_leaves_another_folders_detections_alone_and_says_where_th
 def test_an_evaluation_without_an_output_folder_leaves_the_working_folders_files(train_net, toy_dataset, tmp_path,
                                                                                  monkeypatch):
     from focus_detr.engine import load_config
-    from focus_detr.engine.runner import run_evaluation
+    from focus_detr.engine.evaluation_run import run_evaluation
 
     run = tmp_path / "train"
     _train(train_net, run, "train.max_iter=2")

@@ -127,7 +127,7 @@ def test_a_test_set_without_annotations_says_it_gives_no_ap(train_net, toy_datas
 
 def test_an_evaluation_that_stops_leaves_no_earlier_results_behind(train_net, toy_dataset, tmp_path, monkeypatch):
     # an interrupted --eval-only left the previous model's AP next to a config.yaml naming the new weights
-    import focus_detr.engine.runner as runner
+    import focus_detr.engine.evaluation_run as evaluation_run
 
     assert _eval_only(train_net, tmp_path) == 0
     results = tmp_path / "eval_results.json"
@@ -136,7 +136,7 @@ def test_an_evaluation_that_stops_leaves_no_earlier_results_behind(train_net, to
     def interrupted(cfg, model):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "evaluate", interrupted)
+    monkeypatch.setattr(evaluation_run, "evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_net.main(train_net.parse_args(["--config-file", TOY_CONFIG, "--eval-only",
                                              f"train.output_dir={tmp_path}"]))

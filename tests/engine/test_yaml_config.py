@@ -75,6 +75,6 @@ def test_a_saved_config_cut_inside_its_model_section_is_one_line(tmp_path):
     text = path.read_text()
     cut = tmp_path / "cut.yaml"
     cut.write_text(text[:text.index("model:")] + "model:\n  num_classes: 1\n")
-    with pytest.raises(ConfigError, match=r"^the config's model builds a DictConfig, not a model: model has no "
-                                          r"_target_ \(a saved config.yaml cut short\?\)$"):
+    with pytest.raises(ConfigError, match=r"^the config's model builds a DictConfig, not an nn.Module \(no "
+                                          r"model._target_: a saved config.yaml cut short\?\)$"):
         build_model(load_config(str(cut)), "cpu")

@@ -17,6 +17,8 @@ from tools_test_utils import load_script  # noqa: E402
 
 from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights  # noqa: E402
 
+TREE_CONFIG = TINY_CONFIG.parents[1] / "focus_detr_r18_trees.py"
+
 
 def _stderr_lines(err, *prefixes):
     return [line for line in err.splitlines() if line.startswith(prefixes)]
@@ -125,9 +127,9 @@ def test_a_graph_predicts_a_raw_image_from_its_folder_alone(tiny_export, fixture
     # values no export writes (a file edited by hand): a 10**6-pixel side ran out of memory, 0 did not resize, a
     # format other than RGB / BGR failed naming the config, class names of another count were drawn as given
     ({"resize": {"short_edge": 10**6, "max_size": 1333, "interpolation": 2}}, "has resize.short_edge = 1000000, not "
-                                                                              "a side of 1 to 8192 pixels"),
+                                                                              "a side of 0 to 8192 pixels"),
     ({"resize": {"short_edge": 800, "max_size": 0, "interpolation": 2}},
-     "has resize.max_size = 0, not a side of 1 to 8192 pixels"),
+     "has resize.max_size = 0, not at least 1 pixel"),
     ({"resize": {"short_edge": 800, "max_size": 1333, "interpolation": 99}}, "has resize.interpolation = 99, not one "
                                                                              "of PIL's filters (0 to 5)"),
     ({"input": {"format": "XYZ"}}, 'has input.format = "XYZ", not "RGB" or "BGR"'),
@@ -141,6 +143,25 @@ def test_model_json_of_other_types_is_one_line(tiny_export, tmp_path, changes, m
     expected = f"model.json (the graph's metadata) {message}: export the graph again"
     with pytest.raises(ValueError, match=re.escape(expected)):
         OnnxPredictor(graph)
+
+
+@pytest.mark.parametrize("resize", [{"short_edge": 800, "max_size": 9223372036854775807, "interpolation": 2},
+                                    {"short_edge": 0, "max_size": 1333, "interpolation": 2}])
+def test_model_json_of_every_resize_detectron2_configs_take_is_accepted(tiny_export, tmp_path, resize):
+    # ResizeShortestEdge(800) writes its default max_size, sys.maxsize; a short edge of 0 is "do not resize"
+    assert OnnxPredictor(copy_graph(tiny_export, tmp_path / "graph", {"resize": resize})).model_json["resize"] == resize
+
+
+def test_the_export_writes_no_class_names_of_another_count_than_the_model_s(capsys):
+    # the tree set's one name beside model.num_classes=2: the predictor then refused the graph it had just written
+    from focus_detr.engine import load_config
+
+    export_model = load_script("tools/export_model.py", "export_model")
+    cfg = load_config(str(TREE_CONFIG))
+    assert export_model._classes(cfg, 1)[0] == ["tree"]
+    assert export_model._classes(cfg, 2) == (None, None)
+    assert capsys.readouterr().err.strip() == ("warning: model.json gets no class names: the test set has 1 classes, "
+                                               "the model 2 (model.num_classes)")
 
 
 def test_the_class_count_refusal_names_the_overrides_the_graph_was_exported_with(tiny_export, tmp_path):

@@ -336,8 +336,7 @@ def build_trees_cache(
 def _unlisted_files(cache_dir: Path, files: dict, sources: Sequence[TreeSource]) -> Optional[str]:
     """The first file the cache needs that the manifest ``files`` does not list (each split's json, every image it
     names), or one it lists outside the cache (``../x`` was hashed wherever it pointed); None when there is none."""
-    outside = [p for p in files if Path(p).is_absolute() or ".." in Path(p).parts]
-    needed = []
+    outside, needed = [p for p in files if Path(p).is_absolute() or ".." in Path(p).parts], []
     for annotation_file in sorted({f"{source.split}.json" for source in sources}):
         try:  # an unreadable json is named by its hash check
             images = json.loads((cache_dir / annotation_file).read_text())["images"]

@@ -14,7 +14,8 @@ from .predictor import FocusDETRPredictor
 from .precision import amp_autocast, inference_amp_dtype, resolve_amp_dtype, training_amp_dtype
 from .rng import capture_rng_state, isolated_rng, restore_rng_state
 from .resume import check_before_setup
-from .runner import build_model, end_process_group, run_evaluation, run_training, wrap_ddp
+from .evaluation_run import run_evaluation
+from .runner import build_model, end_process_group, run_training, wrap_ddp
 from .settings import check_output_dir, require_sections, resolve_device
 from .train_loader import ResumableTrainLoader, build_resumable_train_loader
 from .trainer import DetrTrainer

@@ -186,6 +186,11 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
             logger.warning(f"Removed {len(stale)} temporary file(s) left by an interrupted save: {stale}")
         return stale
 
+    def has_checkpoint(self):
+        """Whether ``save_dir`` has a ``last_checkpoint`` tag, also one that cannot be used (a dangling link: fvcore
+        said no, and a resume started a new run over the finished one's checkpoints)."""
+        return os.path.lexists(os.path.join(self.save_dir, "last_checkpoint"))
+
     def get_checkpoint_file(self):
         """The checkpoint ``last_checkpoint`` names, in ``save_dir``; a CheckpointError naming the tag when it cannot
         be used (fvcore returned "" for an unreadable tag, which loaded nothing and counted as a resume)."""
@@ -194,7 +199,7 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
             raise CheckpointError(problem)
         return os.path.join(self.save_dir, name) if name is not None else ""
 
-    def _resume_candidates(self):
+    def resume_candidates(self):
         """``(candidates, problems)``: the checkpoint ``last_checkpoint`` names, then the other checkpoints of
         ``save_dir`` named like it (``<prefix>_<iteration>.pth``, ``<prefix>_final.pth``), newest first; a tag that
         cannot be used is a problem, and the others remain."""
@@ -212,6 +217,16 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
         others.sort(key=lambda path: (os.path.getmtime(path), path), reverse=True)
         return tagged + others, problems
 
+    def last_checkpoint(self):
+        """``(path, problems)``: the checkpoint a resume continues from without loading it (``last_checkpoint``'s,
+        else the newest of ``save_dir``; None when there is none) and why the tag's was passed over."""
+        candidates, problems = self.resume_candidates() if self.has_checkpoint() else ([], [])
+        for candidate in candidates:
+            if os.path.isfile(candidate):
+                return candidate, problems
+            problems.append(f"{candidate} does not exist")
+        return None, problems
+
     def resume_or_load(self, path, *, resume=True):
         """detectron2's ``resume_or_load``; on resume, a ``last_checkpoint`` that cannot be used or names a missing or
         unreadable file falls back to the newest readable checkpoint of ``save_dir`` with a warning, and none readable
@@ -224,7 +239,7 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
         if os.path.isdir(tag) and not os.path.islink(tag):  # the first save would fail to write the tag over it
             raise CheckpointError(f"cannot resume from {self.save_dir}: {tag} is a folder, where the run writes the "
                                   "name of its last checkpoint; remove that folder")
-        candidates, problems = self._resume_candidates()
+        candidates, problems = self.resume_candidates()
         for candidate in candidates:
             self._resuming = True
             try:

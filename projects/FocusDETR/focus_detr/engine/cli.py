@@ -9,6 +9,7 @@ import re
 import sys
 
 import torch
+from detectron2.utils import comm
 
 from ..data import TreesCacheError
 from .interrupt import stop_signals_interrupt
@@ -28,6 +29,7 @@ __all__ = [
     "report_interruption",
     "run_reporting_errors",
     "user_errors_without_tracebacks",
+    "warn_on_stderr",
 ]
 
 # Errors about the user's input or machine (config, files, datasets, permissions, full disks). Anything else is a bug.
@@ -113,6 +115,14 @@ def one_line(error, limit=MAX_LINE_CHARS):
     if len(text) > limit:
         text = text[: limit - 40] + f" ... ({len(text) - limit + 40} more characters)"
     return text
+
+
+def warn_on_stderr(message, logger):
+    """``message`` as a warning in ``logger``'s log and, on the main process, as ``warning: <message>`` on stderr:
+    the log scrolls by, and this says what the numbers that follow are of."""
+    logger.warning(message)
+    if comm.is_main_process():
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def print_skipped(path, why):

@@ -25,6 +25,7 @@ from typing import List
 import torch
 
 from ..checkpoint import read_weights_file
+from .checkpoint import read_checkpoint_tag
 from .training_process import POLL_S, TEMPORARY_FILE, last_error
 
 __all__ = ["DRILL_OVERRIDES", "KINDS", "Kill", "Reference", "Trial", "check_output", "checkpoint_differences",
@@ -202,12 +203,9 @@ def check_output(output_dir, expected):
                                     f"entries ({shown})")
     if "model_final.pth" not in names:
         problems.append("no model_final.pth")
-    tag = os.path.join(output_dir, "last_checkpoint")
-    if os.path.isfile(tag):
-        with open(tag) as f:
-            named = f.read().strip()
-        if named != "model_final.pth":
-            problems.append(f"last_checkpoint names {named!r}, not model_final.pth")
+    named, problem = read_checkpoint_tag(output_dir)
+    if problem is not None or (named is not None and named != "model_final.pth"):
+        problems.append(problem or f"last_checkpoint names {named!r}, not model_final.pth")
     return problems
 
 

@@ -138,6 +138,9 @@ def check_no_earlier_run(folder, key="train.output_dir"):
         return
     named, problem = read_checkpoint_tag(folder)
     tag = f"last_checkpoint names {named}" if named else problem
+    if os.path.isdir(os.path.join(folder, "last_checkpoint")):  # neither run can write the tag over it
+        raise ConfigError(f"{key} {folder} holds a folder named last_checkpoint, where a run writes the name of its "
+                          "last checkpoint: remove that folder")
     raise ConfigError(
         f"{key} {folder} holds an earlier run's checkpoints ({tag}): add --resume to continue that run, or choose "
         f"another {key} (or remove that folder) to start a new one"

@@ -1,10 +1,9 @@
-"""Building and running training / evaluation from a LazyConfig (what ``train_net.py`` calls on every process)."""
+"""Building the model and running training from a LazyConfig (what ``train_net.py`` calls on every process;
+``--eval-only``: :mod:`.evaluation_run`)."""
 import gc
 import inspect
 import logging
-import os
 import signal
-import sys
 
 import torch
 from detectron2.config import instantiate
@@ -13,14 +12,13 @@ from detectron2.utils import comm
 from detectron2.utils.events import TensorboardXWriter
 from omegaconf import OmegaConf
 
-from .checkpoint import AtomicDetectionCheckpointer, same_file
-from .cli import is_user_error, raised_in_this_package, user_errors_without_tracebacks
+from .checkpoint import AtomicDetectionCheckpointer
+from .cli import is_user_error, raised_in_this_package, user_errors_without_tracebacks, warn_on_stderr
 from .config import ConfigError
-from .evaluation import (build_loader, check_evaluation_datasets, check_model_classes, check_test_set,
-                         check_trained_classes, evaluate, write_eval_results)
+from .evaluation import build_loader, check_model_classes, check_test_set, evaluate
 from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, check_lr_multiplier,
                     restore_rank_state, schedule_change_warning)
-from .inference_weights import ema_settings, load_inference_weights
+from .inference_weights import ema_settings
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
 from .metrics_log import cut_incomplete_last_line, drop_records_from
@@ -32,9 +30,10 @@ from .precision import inference_amp_dtype, training_amp_dtype
 from .resume import final_evaluation_error, nothing_to_resume, save_before_failed_iteration
 from .trainer import DetrTrainer
 
-__all__ = ["build_model", "end_process_group", "run_evaluation", "run_training", "wrap_ddp"]
+__all__ = ["build_model", "end_process_group", "run_training", "wrap_ddp"]
 
 logger = logging.getLogger(__name__)
+
 
 def build_model(cfg, device=None):
     """Instantiates ``cfg.model`` on ``device`` (checked: "cuda" without a GPU is one line, not torch's driver
@@ -55,8 +54,8 @@ def build_model(cfg, device=None):
         raise ConfigError(f"the config's model cannot be built: {_failing_part(error)} failed with "
                           f"{type(error).__name__}: {error}; check the settings you gave it (model.*)") from None
     if not isinstance(model, torch.nn.Module):  # e.g. a config.yaml cut short: its model section lost its _target_
-        raise ConfigError(f"the config's model builds a {type(model).__name__}, not a model: model has no _target_ "
-                          "(a saved config.yaml cut short?)")
+        raise ConfigError(f"the config's model builds a {type(model).__name__}, not an nn.Module (no model._target_: "
+                          "a saved config.yaml cut short?)")
     model.to(device)
     logger.info(f"Model on {device}:\n{model}")
     return model
@@ -233,8 +232,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     if resume and not checkpointer.has_checkpoint():
         # a mistyped or moved train.output_dir: a new run would start in its place with detectron2's INFO line only
         start = f"train.init_checkpoint {cfg.train.init_checkpoint}" if cfg.train.init_checkpoint else "random weights"
-        _warn_on_stderr(f"--resume: train.output_dir {cfg.train.output_dir} has no last_checkpoint to resume from; a "
-                        f"new run starts there from {start}")
+        warn_on_stderr(f"--resume: train.output_dir {cfg.train.output_dir} has no last_checkpoint to resume from; a "
+                       f"new run starts there from {start}", logger)
     extra = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter, rng_state = 0, None
     if resume and checkpointer.has_checkpoint():
@@ -315,85 +314,3 @@ def _start_records_at(writers, cfg, start_iter):
         for i, writer in enumerate(writers):
             if isinstance(writer, TensorboardXWriter):  # not written yet: its event file is opened at the first write
                 writers[i] = TensorboardXWriter(output_dir, purge_step=start_iter)
-
-
-def _warn_on_stderr(message):
-    logger.warning(message)
-    if comm.is_main_process():  # the log scrolls by; this is what the numbers mean
-        print(f"warning: {message}", file=sys.stderr)
-
-
-# COCOEvaluator's files, which it writes into its output_dir.
-_EVALUATOR_FILES = ("coco_instances_results.json", "instances_predictions.pth")
-
-
-def _remove_earlier_results(cfg):
-    """An earlier evaluation's results in ``train.output_dir`` must not outlive an interrupted or failed one next to
-    this evaluation's config (the visualising tools would draw the earlier model's detections as this one's): its
-    ``eval_results.json``, and COCOEvaluator's files where the evaluator writes into that folder (never another
-    folder's, which may be another run's)."""
-    folder = cfg.train.output_dir
-    if not folder:  # no output: nothing of an earlier evaluation to remove (not the working folder's files)
-        return
-    evaluator_folder = (cfg.dataloader.get("evaluator", None) or {}).get("output_dir", None)
-    names = ["eval_results.json"]
-    if evaluator_folder and same_file(evaluator_folder, folder):
-        names += _EVALUATOR_FILES
-    elif evaluator_folder:  # (a detrex-style copy of train.output_dir follows its override: config.apply_overrides)
-        logger.warning(f"dataloader.evaluator.output_dir {evaluator_folder} is not train.output_dir {folder}: the "
-                       f"evaluator writes {' and '.join(_EVALUATOR_FILES)} there")
-    removed = [name for name in names if os.path.isfile(os.path.join(folder, name))]
-    for name in removed:
-        os.remove(os.path.join(folder, name))
-    if removed:
-        logger.info(f"Removed the earlier {', '.join(removed)} from {folder}: this evaluation replaces them")
-
-
-def run_evaluation(cfg, resume=False, init_checkpoint_given=True):
-    """Loads ``cfg.train.init_checkpoint`` (our, official detrex, or EMA weights when enabled), or with ``resume``
-    the last checkpoint in ``cfg.train.output_dir`` (detectron2's ``--eval-only --resume``), and evaluates. Writes
-    ``eval_results.json`` in ``cfg.train.output_dir``; returns the results dict. ``init_checkpoint_given``: the
-    user named ``train.init_checkpoint`` (on the command line), so that ``resume`` not evaluating it is a warning;
-    else the config's own (a backbone initialisation) and an INFO line."""
-    require_sections(cfg, ("dataloader.test",), "evaluation")
-    device = resolve_device(cfg.train.device)
-    model = build_model(cfg, device)
-    if cfg.dataloader.get("evaluator", None) is not None:
-        # before the weights: a class count that does not fit the data says so, not "the checkpoint does not fit"
-        check_evaluation_datasets(cfg)
-        check_model_classes(model, cfg.dataloader.test)
-        check_trained_classes(cfg)
-    model = wrap_ddp(model, cfg, device)  # its set-up gives every process rank 0's weights (random ones differ)
-    weights = cfg.train.init_checkpoint
-    run = AtomicDetectionCheckpointer(model, cfg.train.output_dir) if cfg.train.output_dir else None
-    last = run.get_checkpoint_file() if run is not None and run.has_checkpoint() else None
-    if resume:
-        if last is None:
-            raise ConfigError(f"--eval-only --resume evaluates the last checkpoint in train.output_dir "
-                              f"{cfg.train.output_dir}, which holds none; or evaluate a file: train.init_checkpoint=FILE")
-        if weights and not same_file(weights, last):
-            not_evaluated = (f"train.init_checkpoint {weights} is not evaluated: --eval-only --resume evaluates the "
-                             f"last checkpoint of train.output_dir, {last}")
-            if init_checkpoint_given:
-                _warn_on_stderr(f"{not_evaluated}; without --resume the file is evaluated")
-            else:
-                logger.info(not_evaluated)
-        weights = last
-        logger.info(f"Evaluating the last checkpoint of {cfg.train.output_dir}: {weights}")
-    elif not weights:
-        _warn_on_stderr("train.init_checkpoint is empty: evaluating randomly initialised weights (set "
-                        "train.init_checkpoint=FILE, or add --resume for the last checkpoint in train.output_dir)")
-    elif last is not None and not same_file(os.path.dirname(weights) or ".", cfg.train.output_dir):
-        # e.g. --eval-only with a fine-tuned run's own config.yaml, whose init_checkpoint is what it started from;
-        # any file of the run's own folder (an earlier checkpoint, model_final.safetensors) is the run's
-        _warn_on_stderr(f"train.output_dir {cfg.train.output_dir} holds a training run (its last checkpoint: {last}) "
-                        f"but train.init_checkpoint {weights} is evaluated, and its results replace the run's; "
-                        "--resume evaluates the run's own model")
-    load_inference_weights(model, cfg, weights)
-    if comm.is_main_process():
-        _remove_earlier_results(cfg)
-    results = evaluate(cfg, model)
-    if comm.is_main_process() and cfg.train.output_dir:
-        os.makedirs(cfg.train.output_dir, exist_ok=True)
-        write_eval_results(os.path.join(cfg.train.output_dir, "eval_results.json"), results)
-    return results

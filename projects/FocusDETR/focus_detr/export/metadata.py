@@ -120,9 +120,11 @@ def _value_problem(entries) -> Optional[str]:
         return f"input.format = {shown['input.format']}, not \"RGB\" or \"BGR\""
     if entries.get("num_classes") is not None and entries["num_classes"] < 1:
         return f"num_classes = {shown['num_classes']}, not at least 1"
-    for key in ("resize.short_edge", "resize.max_size"):
-        if entries.get(key) is not None and not 1 <= entries[key] <= _MAX_SIDE:
-            return f"{key} = {shown[key]}, not a side of 1 to {_MAX_SIDE} pixels"
+    # 0: detectron2's "do not resize"; max_size has no bound (ResizeShortestEdge's default is sys.maxsize)
+    if entries.get("resize.short_edge") is not None and not 0 <= entries["resize.short_edge"] <= _MAX_SIDE:
+        return f"resize.short_edge = {shown['resize.short_edge']}, not a side of 0 to {_MAX_SIDE} pixels"
+    if entries.get("resize.max_size") is not None and entries["resize.max_size"] < 1:
+        return f"resize.max_size = {shown['resize.max_size']}, not at least 1 pixel"
     if entries.get("resize.interpolation") is not None and entries["resize.interpolation"] not in _INTERPOLATIONS:
         return f"resize.interpolation = {shown['resize.interpolation']}, not one of PIL's filters (0 to 5)"
     for key, kind in (("class_names", str), ("category_ids", int)):

@@ -103,7 +103,7 @@ def check_metadata(metadata, path: str) -> None:
             raise ValueError(f"{path} (the graph's metadata) has {key} = {json.dumps(value)[:60]}, not a "
                              f"{'json object' if kind is dict else kind.__name__}: {fix}")
     problem = _value_problem(entries)
-    if problem is not None:  # an edited file: a 10**6-pixel resize ran out of memory, a 0 one did not resize
+    if problem is not None:  # an edited file: a resize to 10**6 pixels ran out of memory
         raise ValueError(f"{path} (the graph's metadata) has {problem}: {fix}")
 
 

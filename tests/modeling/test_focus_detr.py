@@ -335,3 +335,17 @@ def test_an_encoder_depth_without_its_keep_ratios_names_both_keys():
                                          r"\(model.transformer.encoder.num_layers\); give one keep ratio per encoder "
                                          r"layer$"):
         build_tiny_model(**{"model.transformer.encoder.num_layers": 3})
+
+
+@pytest.mark.parametrize("override, value, message", [
+    ("model.backbone.stem.out_channels", 8, "model.backbone.stem.out_channels is 8, but block 0 of the backbone's "
+                                            "stage res2 takes 16 channels"),
+    ("model.backbone.stages.0.in_channels", 24, "model.backbone.stem.out_channels is 16, but block 0 of the "
+                                                "backbone's stage res2 takes 24 channels"),
+])
+def test_a_resnet_stem_and_stages_built_for_other_widths_are_named_at_build(override, value, message):
+    # a shape error at the first forward ("expected input[1, 8, 16, 16] to have 16 channels"), naming no setting
+    with pytest.raises(ValueError, match=rf"^FocusDETR: {message}: build model.backbone.stem and "
+                                         r"model.backbone.stages for each other$"):
+        build_tiny_model(**{override: value})
+

@@ -61,6 +61,23 @@ def check_token_widths(embed_dim, position_embedding, neck, transformer) -> None
     _require_one_value(widths, "tokens of other widths", "give them all one width (the embed_dim of each part)")
 
 
+def _check_backbone_channels(backbone) -> None:
+    """ValueError naming both settings when a detectron2 ResNet's stem and stages were built for other widths
+    (``model.backbone.stem.out_channels=32`` beside the default stages' 64): a shape error at the first forward
+    otherwise, naming no setting. Backbones without a stem and stages (Swin) are not checked."""
+    stem, stages = getattr(backbone, "stem", None), getattr(backbone, "stages", None)
+    if getattr(stem, "out_channels", None) is None or stages is None:
+        return
+    channels, source = stem.out_channels, "model.backbone.stem.out_channels"
+    for stage_name, stage in zip(getattr(backbone, "stage_names", ()), stages):
+        for index, block in enumerate(stage):
+            if getattr(block, "in_channels", channels) != channels:
+                raise ValueError(f"FocusDETR: {source} is {channels}, but block {index} of the backbone's stage "
+                                 f"{stage_name} takes {block.in_channels} channels: build model.backbone.stem and "
+                                 "model.backbone.stages for each other")
+            channels, source = getattr(block, "out_channels", channels), f"the output of {stage_name} block {index}"
+
+
 def check_class_counts(num_classes, criterion, denoising) -> None:
     """ValueError naming every class count when the loss or the denoising were built for another number of classes
     than the heads (an override of the count the configs derive from ``model.num_classes``): a smaller one drew the
@@ -94,9 +111,10 @@ def _check_levels(neck_levels: Optional[int], transformer) -> None:
 
 def level_strides(backbone, neck, transformer, criterion) -> Optional[Tuple[int, ...]]:
     """The stride of each feature level the transformer sees, finest first, from the backbone outputs the neck
-    reads (each extra level halves the last); None for a neck other than :class:`ChannelMapper`. Checks that the
-    neck reads outputs the backbone produces, with their channels, that every part expects as many levels, and that
-    the foreground assigner's strides are these."""
+    reads (each extra level halves the last); None for a neck other than :class:`ChannelMapper`. Checks that a
+    ResNet's stem and stages fit, that the neck reads outputs the backbone produces, with their channels, that every
+    part expects as many levels, and that the foreground assigner's strides are these."""
+    _check_backbone_channels(backbone)
     if not isinstance(neck, ChannelMapper):
         _check_levels(None, transformer)
         return None

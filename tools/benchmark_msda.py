@@ -18,10 +18,10 @@ import argparse
 import json
 import statistics
 import sys
-import time
 
 import torch
 
+from focus_detr.analysis.timing import median_ratio, synchronize, time_interleaved
 from focus_detr.engine import atomic_write, resolve_device
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.settings import check_output_file
@@ -130,35 +130,6 @@ def make_case(case, batch, args, dtype, device, generator):
     )
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_once(fn, device):
-    """Wall time in ms of one ``fn()``, the device's queued work included."""
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return (time.perf_counter() - start) * 1e3
-
-
-def interleaved_times(functions, device, repeats, warmup):
-    """name -> wall times in ms of ``functions[name]()`` in each of ``repeats`` rounds; every round runs each function
-    once, starting with another one each round."""
-    names = list(functions)
-    for _ in range(warmup):
-        for name in names:
-            functions[name]()
-    synchronize(device)
-    times = {name: [] for name in names}
-    for round_index in range(repeats):
-        first = round_index % len(names)
-        for name in names[first:] + names[:first]:
-            times[name].append(run_once(functions[name], device))
-    return times
-
-
 def peak_memory_mb(fn, device):
     if device.type != "cuda":
         return None
@@ -213,12 +184,11 @@ def measure_case(backends, inputs, args, device, what):
     rows = {backend: {} for backend in calls}
     passes = [("forward", 0)] + ([] if args.no_backward else [("forward_backward", 1)])
     for name, position in passes:
-        times = interleaved_times({b: c[position] for b, c in calls.items()}, device, args.repeats, args.warmup)
+        seconds = time_interleaved({b: c[position] for b, c in calls.items()}, device, args.warmup, args.repeats)
         for backend, row in rows.items():
-            row[f"{name}_ms"] = statistics.median(times[backend])
-            if "pytorch" in times:
-                row[f"{name}_speedup"] = statistics.median(
-                    reference / own for reference, own in zip(times["pytorch"], times[backend]))
+            row[f"{name}_ms"] = statistics.median(seconds[backend]) * 1e3
+            if "pytorch" in seconds:
+                row[f"{name}_speedup"] = median_ratio(seconds["pytorch"], seconds[backend])
             row[f"{name}_peak_mb"] = peak_memory_mb(calls[backend][position], device)
     return rows
 

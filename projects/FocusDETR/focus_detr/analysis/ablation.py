@@ -19,6 +19,7 @@ import yaml
 
 from ..engine.checkpoint import atomic_write
 from ..engine.config import flattened
+from ..engine.config_types import is_number
 from ..engine.output_lock import OutputDirInUseError, OutputDirLock
 
 __all__ = [
@@ -142,10 +143,6 @@ def _write_json(path: str, content: Dict) -> None:
 _RECORD_NUMBERS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "train_minutes")
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isinf(value)
-
-
 def read_finished_run(run: AblationRun):
     """``run``'s record, or None when it is not finished: no record, or one that cannot be used (unreadable, another
     run's, or edited: a metric that is not a number, results that are not a mapping), which the study then evaluates
@@ -157,7 +154,8 @@ def read_finished_run(run: AblationRun):
         return None
     if not isinstance(record, dict) or record.get("variant") != run.variant or record.get("seed") != run.seed:
         return None
-    if "AP" not in record or not all(_is_number(record[key]) for key in _RECORD_NUMBERS if key in record):
+    if "AP" not in record or not all(is_number(record[key]) and not math.isinf(record[key])
+                                   for key in _RECORD_NUMBERS if key in record):
         return None
     if not isinstance(record.get("eval_results", {}), dict):
         return None

@@ -7,6 +7,7 @@ import math
 import statistics
 from typing import Dict, List, Sequence
 
+from ..engine.config_types import is_number
 from .ablation import VARIANTS
 
 SELECTION_KEYS = ("recall_last_layer", "recall_small_last_layer", "precision_last_layer")
@@ -30,7 +31,7 @@ def selection_columns(eval_results: Dict) -> Dict[str, float]:
 
     def number(key):  # NaN where the record holds none (an edited or older record)
         value = quality.get(key)
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+        return float(value) if is_number(value) else float("nan")
 
     return {
         "recall_last_layer": number(f"object_recall/{last}"),

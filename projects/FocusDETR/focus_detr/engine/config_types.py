@@ -169,11 +169,10 @@ def check_argument_types(cfg) -> None:
     annotates (``int``, ``float``, ``bool``; None only where the argument is Optional or defaults to None)."""
     from .config import ConfigError
 
+    calls = [(path, node, located_target(node.get("_target_"))) for path, node in _lazy_calls(cfg, "")]
+    calls = [(path, node, target) for path, node, target in calls if target is not None]
     unknown = []
-    for path, node in _lazy_calls(cfg, ""):
-        target = located_target(node.get("_target_"))
-        if target is None:
-            continue
+    for path, node, target in calls:
         for name in node.keys():
             if name != "_target_" and not accepts_keyword(target, name):
                 # set in a config file (the command line checks its keys first): "unexpected keyword argument", a
@@ -184,10 +183,7 @@ def check_argument_types(cfg) -> None:
     if unknown:  # all at once: a config ported from detrex met them one run at a time
         raise ConfigError("config key " + unknown[0] if len(unknown) == 1 else
                           f"{len(unknown)} config keys are not settings: " + "; ".join(unknown))
-    for path, node in _lazy_calls(cfg, ""):
-        target = located_target(node.get("_target_"))
-        if target is None:
-            continue
+    for path, node, target in calls:
         typed = _typed_arguments(target)
         for name in _required_arguments(target):
             if name in node and name not in typed and node._get_node(name)._is_none():  # typed: named below

@@ -28,6 +28,7 @@ import torch
 from focus_detr.analysis.inputs import dataset_inputs
 from focus_detr.analysis.keep_ratio_sweep import (
     MIN_LATENCY_REPEATS,
+    is_setting_folder,
     sweep_keep_ratios,
     write_sweep_csv,
     write_sweep_plot,
@@ -97,8 +98,8 @@ def _check_output_holds_no_results(folder):
         raise ValueError(f"--output {folder} already holds a sweep (sweep.csv): choose another --output, or delete "
                          "that folder to sweep into it again")
     # an interrupted sweep's settings, without their sweep.csv: the new one would list only some of the folders
-    earlier = sorted(name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))
-                     and (name == "dense" or name.startswith("keep_")))
+    earlier = sorted(name for name in os.listdir(folder)
+                     if os.path.isdir(os.path.join(folder, name)) and is_setting_folder(name))
     if earlier:
         raise ValueError(f"--output {folder} holds the results of an earlier sweep that did not finish "
                          f"({', '.join(earlier)}): choose another --output, or delete that folder to sweep into it "

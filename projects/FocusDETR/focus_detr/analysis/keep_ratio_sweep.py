@@ -11,8 +11,8 @@ from .flops import count_flops
 from .keep_ratios import KeepRatioSetting, interleaved_latencies
 from .timing import median_ratio
 
-__all__ = ["CSV_COLUMNS", "MIN_LATENCY_REPEATS", "setting_folder", "sweep_keep_ratios", "write_sweep_csv",
-           "write_sweep_plot"]
+__all__ = ["CSV_COLUMNS", "MIN_LATENCY_REPEATS", "is_setting_folder", "setting_folder", "sweep_keep_ratios",
+           "write_sweep_csv", "write_sweep_plot"]
 
 CSV_COLUMNS = ["setting", "keep_ratio", "cascade_keep_ratios", "AP", "AP50", "AP75", "gflops", "latency_ms",
                "latency_vs_dense", "latency_repeats"]
@@ -23,6 +23,11 @@ MIN_LATENCY_REPEATS = 5
 def setting_folder(setting: KeepRatioSetting) -> str:
     """The name of the folder a setting's evaluation files go to: ``keep 0.3`` -> ``keep_0.3``, ``dense``."""
     return setting.name.replace(" ", "_")
+
+
+def is_setting_folder(name: str) -> bool:
+    """Whether ``name`` is one :func:`setting_folder` gives (of any keep ratio)."""
+    return name == "dense" or name.startswith("keep_")
 
 
 @contextlib.contextmanager

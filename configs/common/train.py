@@ -1,13 +1,13 @@
 """Training-loop defaults shared by every config (read by ``train_net.py`` and the tools)."""
-import torch
 
 train = dict(
     output_dir="./output",
     # a detectron2/torchvision backbone .pkl/.pth, one of our checkpoints, or an official detrex Focus-DETR .pth
     init_checkpoint="",
     max_iter=90000,
-    # "cuda" when a GPU is visible, else "cpu"; any torch device string works ("cpu", "cuda:1", ...).
-    device="cuda" if torch.cuda.is_available() else "cpu",
+    # "auto": "cuda" when a GPU is visible where the run starts, else "cpu" (decided then, so a config.yaml written on a
+    # GPU machine evaluates on a CPU one); or "cpu", "cuda", "cuda:1", ...
+    device="auto",
     # precision: "auto" = bfloat16 where the device supports it (CPU, Ampere+ GPUs), else float16 with a grad scaler
     amp=dict(enabled=False, precision="auto"),
     # the same for inference (--eval-only, evaluation during training, demo/demo.py, tools/benchmark.py); off: float32.

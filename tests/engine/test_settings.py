@@ -26,6 +26,20 @@ def test_the_cpu_is_one_device(monkeypatch):
         resolve_device("banana")
 
 
+def test_a_run_saved_on_a_gpu_machine_runs_on_a_cpu_one(tmp_path, monkeypatch):
+    # the common config chose "cuda" when it was read on a GPU machine, and its config.yaml kept that choice: the
+    # same run evaluated (or resumed) on a CPU machine stopped at "no CUDA GPU is visible"
+    from detectron2.config import LazyConfig
+
+    from conftest import REPO_ROOT
+    from focus_detr.engine import load_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    LazyConfig.save(load_config(str(REPO_ROOT / "configs" / "focus_detr_r18_trees.py")), str(tmp_path / "config.yaml"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(load_config(str(tmp_path / "config.yaml")).train.device) == "cpu"
+
+
 def test_a_gpu_index_past_the_visible_ones_is_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

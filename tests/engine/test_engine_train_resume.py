@@ -341,48 +341,6 @@ def test_an_evaluation_without_an_output_folder_leaves_the_working_folders_files
     assert (tmp_path / "eval_results.json").read_text() == "the user's"
 
 
-def test_a_resumed_runs_records_show_each_iteration_once(train_net, toy_dataset, tmp_path):
-    # metrics.json and TensorBoard showed the iterations after the last checkpoint twice (15, 16, 17, 15, 16, ...),
-    # with other values: detectron2's writers append and its smoothing window restarts
-    import json
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    _train(train_net, tmp_path, "train.max_iter=10", "train.checkpointer.period=5", "train.log_period=1",
-           "dataloader.evaluator=null")
-    # a run killed after iteration 9 and before its final checkpoint: the resume starts at 5
-    (tmp_path / "model_final.pth").unlink()
-    (tmp_path / "last_checkpoint").write_text("model_0000004.pth")
-    _train(train_net, tmp_path, "train.max_iter=10", "train.checkpointer.period=5", "train.log_period=1",
-           "dataloader.evaluator=null", resume=True)
-    with open(tmp_path / "metrics.json") as f:
-        iterations = [json.loads(line)["iteration"] for line in f if line.strip()]
-    assert iterations == list(range(10))
-    events = EventAccumulator(str(tmp_path))
-    events.Reload()
-    assert [event.step for event in events.Scalars("total_loss")] == list(range(10))
-
-
-def test_a_new_run_in_the_folder_of_a_run_that_left_no_checkpoint_shows_its_own_records(train_net, toy_dataset,
-                                                                                         tmp_path):
-    # its metrics.json went on from the killed run's: iterations 0, 1, 2, 0, 1, 2, ...
-    import json
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    run = ["train.max_iter=3", "train.checkpointer.period=100", "train.log_period=1", "dataloader.evaluator=null"]
-    _train(train_net, tmp_path, *run)
-    for path in tmp_path.glob("model_*.pth"):  # as a run killed before its first checkpoint leaves the folder
-        path.unlink()
-    (tmp_path / "last_checkpoint").unlink()
-    _train(train_net, tmp_path, *run)
-    with open(tmp_path / "metrics.json") as f:
-        assert [json.loads(line)["iteration"] for line in f if line.strip()] == [0, 1, 2]
-    events = EventAccumulator(str(tmp_path))
-    events.Reload()
-    assert [event.step for event in events.Scalars("total_loss")] == [0, 1, 2]
-
-
 def test_an_evaluation_in_a_training_runs_folder_keeps_the_runs_config(train_net, toy_dataset, tmp_path):
     # detectron2's set-up wrote the evaluation's config over the run's: evaluated with other settings, the run
     # was described by them, and the config it trained with was lost

@@ -2,6 +2,7 @@
 failure stops mid-way (an unreadable image, a diverging loss, a step out of memory, a data-loading worker killed, a
 failed evaluation) saves what it trained, says so in one line and resumes exactly."""
 import logging
+import re
 import shutil
 
 import pytest
@@ -239,6 +240,9 @@ def test_a_step_that_fails_before_the_optimiser_saves_the_iterations_before_it_a
     ), line
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert saved["iteration"] == 6 and all(torch.isfinite(value).all() for value in saved["model"].values())
+    # the progress line printed at the end showed iteration 6's losses as iteration 7's, below the error
+    progress = re.findall(r"\biter: (\d+)\b", (out / "log.txt").read_text())
+    assert progress[-1] == "6", progress
 
     # the checkpoint is the run just before iteration 7 (its batch and random draws to come): resumed without the
     # failure, it ends where the run that never failed ended

@@ -1,5 +1,6 @@
 """Training hooks: checkpoints that carry every rank's RNG and data position, an EMA of the weights, an
-evaluation hook that consumes no randomness of the training run, and the periodic return of freed memory."""
+evaluation hook that consumes no randomness of the training run, the periodic return of freed memory, and a writer
+that prints no stale progress line after a failed iteration."""
 import contextlib
 import logging
 import math
@@ -8,15 +9,16 @@ import re
 
 import torch
 from detectron2.engine import HookBase
-from detectron2.engine.hooks import EvalHook
+from detectron2.engine.hooks import EvalHook, PeriodicWriter
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter
 from fvcore.common.param_scheduler import ParamScheduler
 
 from .interrupt import stop_signals_deferred
 from .memory import release_freed_memory
 from .rng import capture_rng_state, isolated_rng
 
-__all__ = ["ResumableCheckpointHook", "EMAHook", "IsolatedRngEvalHook", "ReleaseFreedMemoryHook"]
+__all__ = ["ResumableCheckpointHook", "EMAHook", "IsolatedRngEvalHook", "ReleaseFreedMemoryHook", "ProgressWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -285,3 +287,18 @@ class ReleaseFreedMemoryHook(HookBase):
     def after_step(self):
         if self.period and (self.trainer.iter + 1) % self.period == 0:
             release_freed_memory()
+
+
+class ProgressWriter(PeriodicWriter):
+    """detectron2's PeriodicWriter, except at the end of a run whose last iteration failed: its console printer
+    showed the last completed iteration's losses and rate under the failed iteration's number, right after the error
+    (``iter: 1 total_loss: 25.6 ...`` below "training diverged at iteration 1"). The failed iteration recorded nothing,
+    so the printer is skipped then; the JSON and TensorBoard writers write only what is new, and still run."""
+
+    def after_train(self):
+        storage = self.trainer.storage
+        recorded_now = any(iteration == storage.iter for _, iteration in storage.latest().values())
+        for writer in self._writers:
+            if recorded_now or not isinstance(writer, CommonMetricPrinter):
+                writer.write()
+            writer.close()

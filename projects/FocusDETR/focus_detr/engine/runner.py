@@ -16,8 +16,8 @@ from .checkpoint import AtomicDetectionCheckpointer
 from .cli import is_user_error, raised_in_this_package, user_errors_without_tracebacks, warn_on_stderr
 from .config import ConfigError
 from .evaluation import build_loader, check_model_classes, check_test_set, evaluate
-from .hooks import (EMAHook, IsolatedRngEvalHook, ReleaseFreedMemoryHook, ResumableCheckpointHook, check_lr_multiplier,
-                    restore_rank_state, schedule_change_warning)
+from .hooks import (EMAHook, IsolatedRngEvalHook, ProgressWriter, ReleaseFreedMemoryHook, ResumableCheckpointHook,
+                    check_lr_multiplier, restore_rank_state, schedule_change_warning)
 from .inference_weights import ema_settings
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
@@ -224,7 +224,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
             # whose after_train writes the last iteration's metrics (writing one iteration twice divides by zero
             # in detectron2's ETA estimate)
             StopOnRequestHook(stop_request, checkpoint_hook, resume_command) if stop_request is not None else None,
-            hooks.PeriodicWriter(writers, period=cfg.train.log_period) if writers is not None else None,
+            ProgressWriter(writers, period=cfg.train.log_period) if writers is not None else None,
         ]
     )
 

@@ -32,6 +32,9 @@ CASES = {
     "schedule values of the wrong count": (["lr_multiplier.scheduler.values=[1.0]"],
                                            "error: the config's lr_multiplier cannot be built: "),
     # a negative type made the norm 0 (clipping off), 0 counted entries
+    "clip norm 0": (["train.clip_grad.enabled=True", "train.clip_grad.params.max_norm=0"],
+                    "error: train.clip_grad.params.max_norm must be positive (train.clip_grad.enabled=False: no "
+                    "clipping), got 0"),
     "clip norm type 0": (["train.clip_grad.enabled=True", "train.clip_grad.params.norm_type=0"],
                          "error: train.clip_grad.params.norm_type must be positive"),
     "seed beyond numpy's": (["train.seed=99999999999999"], "error: train.seed must be an integer from 0 to 2**32 - 1, "

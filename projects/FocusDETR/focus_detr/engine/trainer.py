@@ -80,7 +80,8 @@ class DetrTrainer(SimpleTrainer):
     ):
         super().__init__(model, data_loader, optimizer)
         if clip_grad_max_norm is not None and clip_grad_max_norm <= 0:
-            raise ValueError(f"clip_grad max_norm must be positive, got {clip_grad_max_norm}")
+            raise ValueError(f"train.clip_grad.params.max_norm must be positive (train.clip_grad.enabled=False: no "
+                             f"clipping), got {clip_grad_max_norm}")
         if not clip_grad_norm_type > 0:  # also NaN: a negative type made the norm 0 (no clipping), 0 counted entries
             raise ValueError(f"train.clip_grad.params.norm_type must be positive (2.0: the Euclidean norm; inf: the "
                              f"largest entry), got {clip_grad_norm_type}")

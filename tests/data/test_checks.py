@@ -49,6 +49,43 @@ def test_finite_boxes_pass_and_dicts_without_ids_are_named_by_position(tmp_path)
         check_finite_boxes([record], "custom")
 
 
+def _register_in_code(name, records, thing_classes=("a", "b")):
+    """A dataset registered the plain detectron2 way: a function returning the records, its classes in metadata."""
+    for catalog in (DatasetCatalog, MetadataCatalog):
+        if name in catalog.list():
+            catalog.remove(name)
+    DatasetCatalog.register(name, records)
+    MetadataCatalog.get(name).thing_classes = list(thing_classes)
+    return name
+
+
+def _record(category_id):
+    from detectron2.structures import BoxMode
+
+    return {"file_name": "x.png", "image_id": 1, "height": 32, "width": 32, "annotations": [
+        {"bbox": [1, 2, 10, 12], "bbox_mode": BoxMode.XYXY_ABS, "category_id": category_id, "iscrowd": 0}]}
+
+
+@pytest.mark.parametrize("category_id", [2, -1])
+def test_a_category_id_outside_the_classes_of_a_dataset_registered_in_code_is_one_line(category_id):
+    # detectron2's AssertionError traceback, "Got an invalid category_id=2 for a dataset of 2 classes"
+    name = _register_in_code("checks_in_code_ids", lambda: [_record(0), _record(category_id)])
+    with pytest.raises(ValueError) as error:
+        get_checked_dataset_dicts(name)
+    assert str(error.value) == (f"dataset 'checks_in_code_ids': an annotation has category_id {category_id}, but the "
+                                "dataset has 2 classes (thing_classes): the category_id of records registered in code "
+                                "is the class's index, from 0 to 1")
+
+
+def test_a_dataset_function_returning_a_generator_is_one_line():
+    # was "object of type 'generator' has no len()", naming neither the dataset nor the fix
+    name = _register_in_code("checks_in_code_generator", lambda: (r for r in [_record(0)]))
+    with pytest.raises(ValueError, match=r"^dataset 'checks_in_code_generator': its registered function returned a "
+                                         r"generator, not a list of dicts \(DatasetCatalog.register"):
+        get_checked_dataset_dicts(name)
+    assert len(get_checked_dataset_dicts(_register_in_code("checks_in_code_list", lambda: [_record(1)]))) == 1
+
+
 def test_class_count_mismatch_names_both_counts(tmp_path):
     name = _register(tmp_path, "checks_classes", [[1, 2, 3, 4]], categories=("tree",))
     check_num_classes(1, name)

@@ -82,14 +82,38 @@ def _json_of(name):
     return f" ({json_file})" if json_file else ""
 
 
+def _not_a_list_message(names):
+    """The one line for a dataset of ``names`` whose registered function returned something other than a list (a
+    generator: detectron2's "object of type 'generator' has no len()"), or None when each returns a list. Called
+    after such a failure only: it runs the functions again."""
+    for name in names:
+        records = DatasetCatalog.get(name)
+        if not isinstance(records, list):
+            return (f"dataset {name!r}: its registered function returned a {type(records).__name__}, not a list of "
+                    "dicts (DatasetCatalog.register(name, func): func() must return a list, e.g. list(...))")
+    return None
+
+
 @contextlib.contextmanager
 def _dataset_errors_in_one_line(names):
     """Turns detectron2's assertions for unusable datasets into ValueErrors that name the dataset and say what is
-    wrong; other errors pass unchanged."""
+    wrong, as well as the TypeError of a dataset function that returns no list; other errors pass unchanged."""
     try:
         yield
+    except TypeError as error:
+        message = _not_a_list_message(names)
+        if message is None:
+            raise
+        raise ValueError(message) from error
     except AssertionError as error:
         text = str(error)
+        category = re.fullmatch(r"Got an invalid category_id=(-?\d+)(?: for a dataset of (\d+) classes)?", text)
+        if category:  # detectron2's class histogram, before training
+            shown = ", ".join(f"{name!r}{_json_of(name)}" for name in names)
+            count = int(category.group(2) or len(MetadataCatalog.get(names[0]).thing_classes))
+            raise ValueError(f"dataset {shown}: an annotation has category_id {category.group(1)}, but the dataset "
+                             f"has {count} classes (thing_classes): the category_id of records registered in code "
+                             f"is the class's index, from 0 to {count - 1}") from None
         empty = re.fullmatch(r"Dataset '(.*)' is empty!", text)
         if empty:
             name = empty.group(1)

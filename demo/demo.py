@@ -49,7 +49,7 @@ from focus_detr.data.video_io import VIDEO_CODECS, VideoWriter, check_frame_rate
 from focus_detr.engine import FocusDETRPredictor, inference_amp_dtype, load_config, resolve_device
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import print_skipped, run_reporting_errors
-from focus_detr.engine.evaluation import class_names_of_model
+from focus_detr.engine.test_set import class_names_of_model
 from focus_detr.engine.predictor import inference_resize, input_format, model_input, resize_scale
 from focus_detr.engine.settings import nearest_existing
 from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights

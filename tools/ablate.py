@@ -179,7 +179,7 @@ def main(args):
     )
     from focus_detr.analysis.ablation_report import selection_columns, write_csv, write_markdown, write_plot
     from focus_detr.engine import check_datasets_registered, load_config, resolve_device
-    from focus_detr.engine.evaluation import check_test_set
+    from focus_detr.engine.test_set import check_test_set
 
     if args.threads < 0:
         raise ValueError(f"--threads must be 0 (all cores) or more, got {args.threads}")

@@ -56,7 +56,7 @@ from focus_detr.engine import build_model, check_datasets_registered, check_outp
 from focus_detr.engine.arguments import add_overrides_argument, image_size, parse_args_with_overrides, positive_int
 from focus_detr.engine.checkpoint import write_json
 from focus_detr.engine.cli import run_reporting_errors
-from focus_detr.engine.evaluation import category_ids_of_test_set, class_names_of_model
+from focus_detr.engine.test_set import category_ids_of_test_set, class_names_of_model
 from focus_detr.engine.predictor import inference_resize, input_format
 from focus_detr.engine.inference_weights import load_inference_weights
 from focus_detr.export import (

@@ -79,7 +79,7 @@ def test_a_training_set_that_cannot_be_read_here_is_not_compared(toy_dataset, ot
     from detectron2.data.datasets import register_coco_instances
     from omegaconf import OmegaConf
 
-    from focus_detr.engine.evaluation import check_trained_classes
+    from focus_detr.engine.test_set import check_trained_classes
 
     register_coco_instances("focus_detr_toy_elsewhere", {}, str(tmp_path / "missing.json"), str(tmp_path))
     cfg = OmegaConf.create({"dataloader": {"train": {"dataset": {"names": "focus_detr_toy_elsewhere"}},
@@ -94,7 +94,7 @@ def test_the_training_sets_class_names_are_read_without_loading_its_records(tmp_
     from toy_detector import register_edited_toy_dataset
 
     from focus_detr.engine.config import ConfigError
-    from focus_detr.engine.evaluation import check_trained_classes
+    from focus_detr.engine.test_set import check_trained_classes
 
     def renumbered(coco):  # the same two names, their ids in the other order
         coco["categories"] = [{"id": 2, "name": "box"}, {"id": 1, "name": "crate"}]
@@ -151,7 +151,7 @@ def test_the_test_sets_class_names_come_from_its_json_when_registered_without_th
     from omegaconf import OmegaConf
     from toy_detector import register_edited_toy_dataset
 
-    from focus_detr.engine.evaluation import category_ids_of_test_set, class_names_of_test_set
+    from focus_detr.engine.test_set import category_ids_of_test_set, class_names_of_test_set
 
     def two_classes(coco):
         coco["categories"] = [{"id": 9, "name": "crate"}, {"id": 2, "name": "box"}]

@@ -5,12 +5,9 @@ import math
 
 import torch
 from detectron2.config import instantiate
-from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (COCOEvaluator, DatasetEvaluator, DatasetEvaluators, inference_on_dataset,
                                    print_csv_format)
 from detectron2.utils import comm
-from detectron2.utils.registry import locate
-from omegaconf import DictConfig, ListConfig
 from torch.nn.parallel import DistributedDataParallel
 
 from ..analysis.selection_quality_evaluator import (
@@ -19,22 +16,17 @@ from ..analysis.selection_quality_evaluator import (
     TokenSelectionOutputs,
     supports_token_selection,
 )
-from ..data import (check_dataset_jsons, check_evaluable, check_image_files, check_num_classes, dataset_classes,
-                    declared_classes)
 from .agreement import ProcessFailed, failure_report, raise_agreed_failure
 from .checkpoint import write_json
-from .cli import is_out_of_memory, raised_in_this_package
+from .cli import is_out_of_memory
 from .coco_metrics import metrics_of_no_detections
 from .config import ConfigError, _dataset_names_in
 from .cuda_graphs import CUDAGraphInference, graphs_available, graphs_supported, inference_cuda_graphs
 from .precision import amp_autocast, inference_amp_dtype
 from .readable_batches import ReadableBatches
-from .settings import FORMAT_KEYS, mapper_entry
+from .test_set import build_loader, check_evaluation_datasets, check_model_classes
 
-__all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "category_ids_of_test_set",
-           "check_evaluation_datasets", "check_model_classes", "check_same_classes", "check_same_input_format",
-           "check_test_set", "check_trained_classes", "class_names_of_loader", "class_names_of_model",
-           "class_names_of_test_set", "evaluate", "metadata_of_test_set", "read_eval_results",
+__all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "evaluate", "read_eval_results",
            "selection_quality_enabled", "write_eval_results"]
 
 logger = logging.getLogger(__name__)
@@ -176,197 +168,6 @@ def selection_quality_enabled(cfg) -> bool:
     if not isinstance(enabled, bool):
         raise ConfigError(f"train.selection_quality must be True or False, got {enabled!r}")
     return enabled
-
-
-def check_evaluation_datasets(cfg):
-    """Raises ConfigError (one line) unless the test loader and the evaluator name one and the same dataset: a test
-    set of no name, or a list of several (detectron2's COCOEvaluator scores one dataset, and one given as a list is
-    looked up as a name), or an evaluator scoring another dataset than the one run through the model (its
-    detections were silently scored against the other set's annotations: AP 0.0 for trees_val against
-    trees_train's)."""
-    dataset = cfg.dataloader.test.get("dataset", None)
-    names = dataset.get("names", None) if isinstance(dataset, DictConfig) else None
-    if isinstance(names, (list, ListConfig)) and len(names) == 0:
-        raise ConfigError("dataloader.test.dataset.names is empty: name the test set, e.g. "
-                          "dataloader.test.dataset.names=trees_val")
-    evaluator = cfg.dataloader.get("evaluator", None)
-    scored = evaluator.get("dataset_name", None) if isinstance(evaluator, DictConfig) else None
-    if scored is None:
-        return
-    if not isinstance(scored, str):
-        scored = list(scored)
-        several = f"lists {len(scored)} datasets" if len(scored) != 1 else "is a list"
-        raise ConfigError(f"dataloader.evaluator.dataset_name {several} ({', '.join(map(str, scored))}): COCO "
-                          "evaluation scores one dataset, named as a string (e.g. dataloader.test.dataset.names="
-                          f"{scored[0] if scored else 'NAME'}); evaluate each test set with its own command")
-    tested = _dataset_names_in(dataset) if dataset is not None else []
-    if tested and tested != [scored]:
-        raise ConfigError(f"dataloader.evaluator.dataset_name is {scored} but the test loader reads "
-                          f"{', '.join(tested)}: the detections would be scored against {scored}'s annotations; "
-                          "name one dataset in both (the configs' evaluator follows dataloader.test.dataset.names)")
-    if _is_coco_evaluator(evaluator):
-        check_evaluable([scored])  # what only pycocotools reads, found before inference (or training) starts
-
-
-def check_test_set(cfg, model=None):
-    """Checks, before a training run's first step, what its evaluations will read (the one at the end runs whatever
-    ``train.eval_period``): one dataset named by loader and evaluator, the classes of ``model`` (when given) and of
-    the training set, the channel order, a test loader that can be built (batch size, workers, mapper) and every
-    test image file present. Each failure is a one-line error, not one found after all of training."""
-    check_evaluation_datasets(cfg)
-    if model is not None:
-        check_model_classes(model, cfg.dataloader.test)
-    check_same_classes(cfg.dataloader.train, cfg.dataloader.test)
-    check_same_input_format(cfg.dataloader.train, cfg.dataloader.test)
-    # its own errors named too: the test json is checked above, what fails here is a setting of the loader
-    build_loader(cfg, "test", name_own_errors=True)
-    check_test_images(cfg)
-
-
-def build_loader(cfg, section: str, name_own_errors: bool = False):
-    """``instantiate(cfg.dataloader.<section>)`` ("train" or "test"); a ValueError or TypeError of detectron2's or
-    torch's parts (a batch size of 0, negative workers: their messages name no config key) as a ConfigError naming
-    the section. This package's own errors (a dataset's file and problem) pass unchanged, unless
-    ``name_own_errors`` (a mapper's, "DetrDatasetMapper: augmentation_with_crop is for training only", names no
-    section); its ConfigErrors always do."""
-    try:
-        return instantiate(cfg.dataloader[section])
-    except (ValueError, TypeError) as error:
-        if isinstance(error, ConfigError) or (raised_in_this_package(error) and not name_own_errors):
-            raise
-        what = "training" if section == "train" else section
-        raise ConfigError(f"the config's {what} loader (dataloader.{section}) cannot be built: {error}") from None
-
-
-def check_test_images(cfg):
-    """ValueError naming the first test image whose file is missing, checked before training: the evaluation at its
-    end would stop there, after all of it (a stat per image)."""
-    dataset = cfg.dataloader.test.get("dataset", None)
-    if dataset is not None:
-        check_image_files(_dataset_names_in(dataset), "the evaluation at the end of training")
-
-
-def _is_coco_evaluator(node):
-    """Whether the LazyCall ``node`` builds a detectron2 COCOEvaluator (its class, or its name from a YAML config)."""
-    target = node.get("_target_", None) if isinstance(node, DictConfig) else None
-    if isinstance(target, str):
-        try:
-            target = locate(target)
-        except ImportError:
-            return False
-    return isinstance(target, type) and issubclass(target, COCOEvaluator)
-
-
-def check_same_classes(train_node, test_node, train_classes=dataset_classes):
-    """Raises ConfigError (one line) when the datasets of a training loader and of a test loader name their classes
-    differently (other names, or another order): the model's class i, learnt as the training set's i-th class,
-    would be taken for the test set's i-th. Datasets without class names are not compared. ``train_classes``: how
-    the training sets' names are read (dataset name -> list or None)."""
-    def classes(names, read):
-        found = {}
-        for name in names:
-            thing_classes = read(name)
-            if thing_classes is not None:
-                found[name] = list(thing_classes)
-        return found
-
-    trained = classes(_dataset_names_in(train_node), train_classes)
-    tested = classes(_dataset_names_in(test_node), dataset_classes)
-    for train_name, train_classes in trained.items():
-        for test_name, test_classes in tested.items():
-            if test_classes != train_classes:
-                index = next((i for i, (a, b) in enumerate(zip(train_classes, test_classes)) if a != b),
-                             min(len(train_classes), len(test_classes)))
-                raise ConfigError(
-                    f"the training set {train_name} and the test set {test_name} name their classes differently: "
-                    f"class {index} is {_class_at(train_classes, index)} in {train_name} and "
-                    f"{_class_at(test_classes, index)} in {test_name}; the model's classes would be taken for the "
-                    "test set's classes of the same index (give both jsons the same categories with the same ids: "
-                    "classes are numbered in the order of their ids)"
-                )
-
-
-def check_trained_classes(cfg):
-    """:func:`check_same_classes` for a command that does not train (``--eval-only``, the demo, the export): the
-    model's classes are the config's training set's, so a test set that names them otherwise would be scored, or
-    its labels drawn, as other classes. A training set that cannot be read here (its json on another machine) is
-    not compared."""
-    dataloader = cfg.get("dataloader", None) or {}
-    train, test = dataloader.get("train", None), dataloader.get("test", None)
-    if train is None or test is None:
-        return
-    try:  # the names alone: the training set's records are not built or checked for this
-        trained = {name: declared_classes(name) for name in _dataset_names_in(train)}
-    except (ValueError, OSError, KeyError) as error:
-        logger.info(f"The training set's class names are not compared with the test set's (it cannot be read "
-                    f"here: {error})")
-        return
-    check_same_classes(train, test, train_classes=trained.get)
-
-
-def check_same_input_format(train_node, test_node):
-    """Raises ConfigError when the training and the test mapper give the model images in other channel orders
-    (``img_format`` RGB against BGR: the tree model's AP fell from 5.58 to 0.32, silently). Mappers that do not say
-    are not compared."""
-    formats = [mapper_entry((node or {}).get("mapper", None), FORMAT_KEYS) for node in (train_node, test_node)]
-    (train_key, train_format), (test_key, test_format) = formats
-    if train_key and test_key and train_format != test_format:
-        raise ConfigError(f"dataloader.train.mapper.{train_key} is {train_format} but dataloader.test.mapper."
-                          f"{test_key} is {test_format}: the model would be scored on images in another channel order "
-                          "than it learnt; give both the same")
-
-
-def _class_at(classes, index):
-    return repr(classes[index]) if index < len(classes) else "missing"
-
-
-def check_model_classes(model, dataloader_node):
-    """Raises ValueError when the datasets a loader config names have another number of classes than ``model``
-    (models without a ``num_classes`` attribute are not checked) or an inconsistent COCO json (duplicate ids, ...)."""
-    check_dataset_jsons(_dataset_names_in(dataloader_node))  # the test data too, before training starts
-    num_classes = getattr(getattr(model, "module", model), "num_classes", None)
-    if num_classes is not None:
-        check_num_classes(num_classes, _dataset_names_in(dataloader_node))
-
-
-def class_names_of_loader(loader_node):
-    """The class names of the first dataset a loader config (``dataloader.train`` / ``.test``) names, or None when it
-    names no dataset or its metadata no classes. The dataset is loaded when its metadata holds none yet: a COCO json
-    registered without ``thing_classes`` (``register_coco_dataset(name, json, images)``) gets them then. Raises
-    ValueError / OSError (one line) when the dataset cannot be read."""
-    names = _dataset_names_in(loader_node) if loader_node is not None else []
-    classes = dataset_classes(names[0]) if names else None
-    return None if classes is None else list(classes)
-
-
-def class_names_of_test_set(cfg):
-    """:func:`class_names_of_loader` of the config's test set (``dataloader.test``); None without one."""
-    return class_names_of_loader((cfg.get("dataloader", None) or {}).get("test", None))
-
-
-def class_names_of_model(cfg):
-    """The names of the model's classes, for labels: the test set's (:func:`class_names_of_test_set`) once checked
-    against the training set's (:func:`check_trained_classes`, a ConfigError when they differ); None when unknown."""
-    check_trained_classes(cfg)
-    return class_names_of_test_set(cfg)
-
-
-def metadata_of_test_set(cfg):
-    """detectron2's ``Metadata`` of the config's test set (the first, where it names several), or None without one.
-    A COCO json's ``thing_classes`` are in it once :func:`class_names_of_test_set` has run."""
-    names = _dataset_names_in((cfg.get("dataloader", None) or {}).get("test", None) or {})
-    return MetadataCatalog.get(names[0]) if names else None
-
-
-def category_ids_of_test_set(cfg):
-    """The dataset category id of each class index of the config's test set, e.g. ``[3, 7, 42]`` (detectron2's COCO
-    loader numbers the categories in the order of their ids); None when its metadata maps none. Call it after
-    :func:`class_names_of_test_set`, which loads the dataset when its metadata is not there yet."""
-    metadata = metadata_of_test_set(cfg)
-    to_index = metadata.get("thing_dataset_id_to_contiguous_id", None) if metadata is not None else None
-    if not isinstance(to_index, dict) or sorted(to_index.values()) != list(range(len(to_index))):
-        return None
-    return [int(category_id) for category_id in sorted(to_index, key=to_index.get)]
 
 
 def _model_device(model):

@@ -8,11 +8,11 @@ from detectron2.utils import comm
 from .checkpoint import AtomicDetectionCheckpointer, same_file
 from .cli import warn_on_stderr
 from .config import ConfigError
-from .evaluation import (check_evaluation_datasets, check_model_classes, check_trained_classes, evaluate,
-                         write_eval_results)
+from .evaluation import evaluate, write_eval_results
 from .inference_weights import load_inference_weights
 from .runner import build_model, wrap_ddp
 from .settings import require_sections, resolve_device
+from .test_set import check_evaluation_datasets, check_model_classes, check_trained_classes
 
 __all__ = ["run_evaluation"]
 

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from .config import ConfigError, apply_overrides
 from .config_files import load_config
 from .cuda_graphs import CUDAGraphInference, graphs_available, inference_cuda_graphs
-from .evaluation import class_names_of_model, metadata_of_test_set
+from .test_set import class_names_of_model, metadata_of_test_set
 from .precision import amp_autocast, amp_dtype_of
 from .inference_weights import load_inference_weights
 from .runner import build_model

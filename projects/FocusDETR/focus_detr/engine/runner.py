@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from .checkpoint import AtomicDetectionCheckpointer
 from .cli import is_user_error, raised_in_this_package, user_errors_without_tracebacks, warn_on_stderr
 from .config import ConfigError
-from .evaluation import build_loader, check_model_classes, check_test_set, evaluate
+from .evaluation import evaluate
+from .test_set import build_loader, check_model_classes, check_test_set
 from .hooks import (EMAHook, IsolatedRngEvalHook, ProgressWriter, ReleaseFreedMemoryHook, ResumableCheckpointHook,
                     check_lr_multiplier, restore_rank_state, schedule_change_warning)
 from .inference_weights import ema_settings

@@ -40,6 +40,9 @@ def _eval_only(train_net, output, *overrides):
      "scores one dataset"),
     ("dataloader.test.dataset.names=[focus_detr_toy]", "dataloader.evaluator.dataset_name is a list (focus_detr_toy)"),
     ("dataloader.test.dataset.names=[]", "dataloader.test.dataset.names is empty: name the test set"),
+    # the images without annotations were not run but still scored: no false detection on them counted (AP up)
+    ("dataloader.test.dataset.filter_empty=True", "dataloader.test.dataset.filter_empty is True (or left at its "
+     "default, True): the test images without annotations would not be run"),
 ])
 def test_the_evaluator_scores_the_dataset_the_model_ran_on(train_net, toy_dataset, other_toy_datasets, tmp_path,
                                                            capsys, override, message):
@@ -123,6 +126,54 @@ def test_a_test_set_without_annotations_says_it_gives_no_ap(train_net, toy_datas
         assert _eval_only(train_net, tmp_path, "dataloader.test.dataset.names=focus_detr_toy_unlabelled") == 0
     assert warnings == ["No COCO metric: the test set ['focus_detr_toy_unlabelled'] has no annotations (its json has "
                         "no \"annotations\" list) to score the detections against"]
+
+
+def _register_in_code(name, edit=lambda record: None):
+    """The toy test set registered the plain detectron2 way (a function returning records), each record edited."""
+    import copy
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    records = copy.deepcopy(DatasetCatalog.get("focus_detr_toy"))
+    for record in records:
+        edit(record)
+    for catalog in (DatasetCatalog, MetadataCatalog):
+        if name in catalog.list():
+            catalog.remove(name)
+    DatasetCatalog.register(name, lambda: copy.deepcopy(records))
+    MetadataCatalog.get(name).thing_classes = ["box"]
+    return name
+
+
+def test_a_test_set_registered_in_code_is_scored_against_its_records_of_now(train_net, toy_dataset, tmp_path):
+    # detectron2's COCOEvaluator reused the COCO json it had converted in an earlier evaluation into the same folder,
+    # with a warning only: a dataset corrected since was scored against its old boxes (AP 0.0 for boxes moved 40 px)
+    name = _register_in_code("focus_detr_toy_in_code")
+    assert _eval_only(train_net, tmp_path, f"dataloader.test.dataset.names={name}") == 0
+    converted = tmp_path / f"{name}_coco_format.json"
+    written = json.loads(converted.read_text())
+    stale = dict(written, annotations=[dict(a, bbox=[b + 40 for b in a["bbox"]]) for a in written["annotations"]])
+    converted.write_text(json.dumps(stale))  # as if an earlier version of the dataset had been evaluated here
+    _register_in_code(name)  # as a new process registers it (detectron2 keeps the converted json's path in metadata)
+    assert _eval_only(train_net, tmp_path, f"dataloader.test.dataset.names={name}") == 0
+    assert json.loads(converted.read_text())["annotations"] == written["annotations"]
+
+
+@pytest.mark.parametrize("field", ["image_id", "width"])
+def test_a_test_set_registered_in_code_without_what_coco_evaluation_reads_is_one_line_before_training(
+        train_net, toy_dataset, tmp_path, capsys, field):
+    # a KeyError traceback in detectron2's conversion to COCO json, after all of training (training does without)
+    from detectron2.data import DatasetCatalog
+
+    name = _register_in_code(f"focus_detr_toy_without_{field}", lambda record: record.pop(field))
+    first_file = DatasetCatalog.get(name)[0]["file_name"]
+    code = train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}",
+                          f"dataloader.test.dataset.names={name}"])
+    assert code == 2 and not (tmp_path / "model_final.pth").exists()
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: dataset '{name}': record #0 (0-based, {first_file}) has no '{field}', which COCO "
+        "evaluation needs to score the test set: give every record of a dataset registered in code an image_id and "
+        "the image's height and width"]
 
 
 def test_an_evaluation_that_stops_leaves_no_earlier_results_behind(train_net, toy_dataset, tmp_path, monkeypatch):

@@ -205,7 +205,11 @@ def _reports(names):
 def check_evaluable(names):
     """Raises ValueError when a dataset of ``names``, scored by COCO evaluation, lacks what only that reads: an
     ``area`` for every annotation (training does without; pycocotools fails with a KeyError after the whole
-    inference, and during training that lost the run)."""
+    inference, and during training that lost the run); and of a dataset registered in code, every record's
+    ``image_id``, ``height`` and ``width`` (a KeyError traceback at the same point)."""
+    for name in _as_list(names):
+        if not MetadataCatalog.get(name).get("json_file", None):
+            _check_records_have_coco_fields(name)
     for name, json_file, report in _reports(names):
         missing = report.missing_area
         if missing.count:
@@ -213,6 +217,21 @@ def check_evaluable(names):
                 f"dataset {name!r} ({json_file}): {_annotations(missing.count)} without an 'area', "
                 f"{_example(missing.example)}, which COCO evaluation needs to score this test set; {AREA_FIX}"
             )
+
+
+def _check_records_have_coco_fields(name):
+    """Raises ValueError naming the first record of dataset ``name``, registered in code, that lacks what COCO
+    evaluation reads (detectron2 converts the records to a COCO json): ``image_id``, ``height`` and ``width``, which
+    training does without (the mapper reads the size from the image)."""
+    with _dataset_errors_in_one_line([name]):
+        records = DatasetCatalog.get(name)
+        for index, record in enumerate(records):
+            missing = [key for key in ("image_id", "height", "width") if key not in record]
+            if missing:
+                raise ValueError(f"dataset {name!r}: record #{index} (0-based, {record.get('file_name')}) has no "
+                                 f"{', '.join(repr(key) for key in missing)}, which COCO evaluation needs to score "
+                                 "the test set: give every record of a dataset registered in code an image_id and "
+                                 "the image's height and width")
 
 
 def check_image_files(names, purpose):

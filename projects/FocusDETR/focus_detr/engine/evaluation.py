@@ -8,6 +8,7 @@ from detectron2.config import instantiate
 from detectron2.evaluation import (COCOEvaluator, DatasetEvaluator, DatasetEvaluators, inference_on_dataset,
                                    print_csv_format)
 from detectron2.utils import comm
+from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
 from ..analysis.selection_quality_evaluator import (
@@ -24,7 +25,7 @@ from .config import ConfigError, _dataset_names_in
 from .cuda_graphs import CUDAGraphInference, graphs_available, graphs_supported, inference_cuda_graphs
 from .precision import amp_autocast, inference_amp_dtype
 from .readable_batches import ReadableBatches
-from .test_set import build_loader, check_evaluation_datasets, check_model_classes
+from .test_set import build_loader, check_evaluation_datasets, check_model_classes, is_coco_evaluator
 
 __all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "evaluate", "read_eval_results",
            "selection_quality_enabled", "write_eval_results"]
@@ -74,7 +75,7 @@ def evaluate(cfg, model):
     amp_dtype = inference_amp_dtype(cfg, device)
     loader = build_loader(cfg, "test")  # loads (and checks) the test data before the evaluator reads it
     check_model_classes(model, cfg.dataloader.test)
-    evaluator = instantiate(cfg.dataloader.evaluator)
+    evaluator = _build_evaluator(cfg.dataloader.evaluator)
     # the COCO evaluator itself, before the selection-quality metrics may wrap it (None: another evaluator)
     coco_evaluator = evaluator if isinstance(evaluator, COCOEvaluator) else None
     graph_settings = inference_cuda_graphs(cfg)
@@ -120,6 +121,20 @@ def evaluate(cfg, model):
     if left_out and comm.is_main_process():
         logger.warning(left_out)
     return results or {}
+
+
+def _build_evaluator(node):
+    """``instantiate(node)``; a COCOEvaluator converts a dataset registered in code to COCO json anew each time,
+    unless the config asks for detectron2's default (``allow_cached_coco=True``), which reuses the json of an
+    earlier evaluation in the same folder even after the dataset changed: boxes moved by 40 pixels scored AP 0.0
+    against their own ground truth, with only a warning."""
+    if not (isinstance(node, DictConfig) and is_coco_evaluator(node) and "allow_cached_coco" not in node):
+        return instantiate(node)
+    node.allow_cached_coco = False  # in place, not on a copy: the node's interpolations resolve against the config
+    try:
+        return instantiate(node)
+    finally:
+        del node["allow_cached_coco"]
 
 
 class _AgreeingEvaluator(DatasetEvaluator):

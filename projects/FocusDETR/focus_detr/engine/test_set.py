@@ -2,6 +2,7 @@
 the same): one test set named by loader and evaluator, the classes of model, training set and test set, the channel
 order, a test loader that builds, and its image files; the class names and category ids exports and the demo take
 from it; and ``build_loader``, which names the config section a loader's construction failed in."""
+import inspect
 import logging
 
 from detectron2.config import instantiate
@@ -18,7 +19,8 @@ from .settings import FORMAT_KEYS, mapper_entry
 
 __all__ = ["build_loader", "category_ids_of_test_set", "check_evaluation_datasets", "check_model_classes",
            "check_same_classes", "check_same_input_format", "check_test_set", "check_trained_classes",
-           "class_names_of_loader", "class_names_of_model", "class_names_of_test_set", "metadata_of_test_set"]
+           "class_names_of_loader", "class_names_of_model", "class_names_of_test_set", "is_coco_evaluator",
+           "metadata_of_test_set"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,11 @@ def check_evaluation_datasets(cfg):
         raise ConfigError("dataloader.test.dataset.names is empty: name the test set, e.g. "
                           "dataloader.test.dataset.names=trees_val")
     evaluator = cfg.dataloader.get("evaluator", None)
+    if evaluator is not None and _filters_empty_images(dataset):
+        # a toy test set with one background image: AP 50.0 unfiltered, 100.0 filtered
+        raise ConfigError("dataloader.test.dataset.filter_empty is True (or left at its default, True): the test "
+                          "images without annotations would not be run, while the evaluation still scores them, so "
+                          "no false detection on them would count; set dataloader.test.dataset.filter_empty=False")
     scored = evaluator.get("dataset_name", None) if isinstance(evaluator, DictConfig) else None
     if scored is None:
         return
@@ -49,8 +56,28 @@ def check_evaluation_datasets(cfg):
         raise ConfigError(f"dataloader.evaluator.dataset_name is {scored} but the test loader reads "
                           f"{', '.join(tested)}: the detections would be scored against {scored}'s annotations; "
                           "name one dataset in both (the configs' evaluator follows dataloader.test.dataset.names)")
-    if _is_coco_evaluator(evaluator):
+    if is_coco_evaluator(evaluator):
         check_evaluable([scored])  # what only pycocotools reads, found before inference (or training) starts
+
+
+def _filters_empty_images(dataset_node) -> bool:
+    """Whether the LazyCall ``dataset_node`` (detectron2's ``get_detection_dataset_dicts`` or ours) drops the images
+    without annotations: its ``filter_empty``, or the default of the function it calls when not given."""
+    if not isinstance(dataset_node, DictConfig):
+        return False
+    if "filter_empty" in dataset_node:
+        return dataset_node.filter_empty is True
+    target = dataset_node.get("_target_", None)
+    if isinstance(target, str):
+        try:
+            target = locate(target)
+        except ImportError:
+            return False
+    try:
+        default = inspect.signature(target).parameters["filter_empty"].default
+    except (TypeError, ValueError, KeyError):  # not callable, no signature, no such argument
+        return False
+    return default is True
 
 
 def check_test_set(cfg, model=None):
@@ -91,7 +118,7 @@ def check_test_images(cfg):
         check_image_files(_dataset_names_in(dataset), "the evaluation at the end of training")
 
 
-def _is_coco_evaluator(node):
+def is_coco_evaluator(node):
     """Whether the LazyCall ``node`` builds a detectron2 COCOEvaluator (its class, or its name from a YAML config)."""
     target = node.get("_target_", None) if isinstance(node, DictConfig) else None
     if isinstance(target, str):

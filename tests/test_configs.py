@@ -44,3 +44,33 @@ def test_swin_tiny_builds_and_detects():
         out = model([{"image": torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)}])
     assert out[0]["instances"].image_size == (96, 128)
     assert any(k.startswith("backbone.layers.0.blocks.0.attn") for k in model.state_dict())
+
+
+def _lazy_calls(node, path):
+    """(config path, target, node) of every LazyCall in ``node``'s subtree."""
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node._target_, node
+        for key in node:
+            if key != "_target_":
+                yield from _lazy_calls(node._get_node(key), f"{path}.{key}")
+    elif isinstance(node, ListConfig):
+        for index, child in enumerate(node):
+            yield from _lazy_calls(child, f"{path}[{index}]")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_argument_of_the_models_parts_is_in_the_config(name):
+    # a knob missing from the config is missing from the run's config.yaml, and a reader of the config cannot know
+    # it exists (class_prior_prob, proposal_base_size, token_ranking, ... were only constructor defaults)
+    import inspect
+
+    missing = []
+    for path, target, node in _lazy_calls(_load(name).model, "model"):
+        if getattr(target, "__module__", "").startswith("focus_detr."):
+            parameters = inspect.signature(target).parameters.values()
+            missing += [f"{path}.{p.name}" for p in parameters
+                        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in node]
+    assert not missing

@@ -49,9 +49,10 @@ from focus_detr.data.video_io import VIDEO_CODECS, VideoWriter, check_frame_rate
 from focus_detr.engine import FocusDETRPredictor, inference_amp_dtype, load_config, resolve_device
 from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import print_skipped, run_reporting_errors
-from focus_detr.engine.test_set import class_names_of_model
+from focus_detr.engine.inference_weights import ema_settings
 from focus_detr.engine.predictor import inference_resize, input_format, model_input, resize_scale
 from focus_detr.engine.settings import nearest_existing
+from focus_detr.engine.test_set import class_names_of_model
 from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights
 
 
@@ -98,8 +99,8 @@ def _onnx_predictor(cfg, path):
     random_weights = onnx.model_json.get("init_checkpoint") == ""
     # without the EMA asked for, PyTorch would run the file's trained weights (asked for, it runs the average only
     # when the file holds one, which is not read here)
-    ema_asked = (cfg.get("train", None) or {}).get("model_ema", None) or {}
-    weights = None if ema_asked.get("enabled", False) and ema_asked.get("use_for_eval", True) else "trained"
+    ema_enabled, _, ema_for_eval = ema_settings(cfg)
+    weights = None if ema_enabled and ema_for_eval else "trained"
     exported_from = graph_weights(onnx, init_checkpoint, weights) or ("random weights" if random_weights else None)
     if random_weights or (exported_from and init_checkpoint):
         named = f", not from train.init_checkpoint {init_checkpoint!r}" if init_checkpoint else ""

@@ -22,7 +22,6 @@ __all__ = [
     "batch_sizes_cycle",
     "summarize",
     "inference_call",
-    "inference_latency",
     "peak_memory_mib",
     "reset_peak_memory",
 ]
@@ -197,8 +196,3 @@ def batch_sizes_cycle(inputs, batch_size=1) -> List[Tuple[int, int]]:
     cycling through ``inputs``) over one whole cycle of calls: the sizes a yardstick runs in step with it."""
     calls = len(inputs) // math.gcd(len(inputs), batch_size)
     return [tuple(inputs[(call * batch_size) % len(inputs)]["image"].shape[-2:]) for call in range(calls)]
-
-
-def inference_latency(model, inputs, device, warmup, repeats, amp_dtype=None):
-    """Times :func:`inference_call`; returns :func:`summarize` of the per-image seconds."""
-    return summarize(time_calls(inference_call(model, inputs, device, amp_dtype), device, warmup, repeats))

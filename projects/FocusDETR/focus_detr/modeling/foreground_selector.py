@@ -51,7 +51,8 @@ class ForegroundSelection:
     Attributes:
         foreground_logits: ``(B, N, 1)`` raw foreground logits, unmasked (the foreground loss reads these).
         selection_scores: ``(B, N)`` the logits with padding set to the batch minimum, used for ranking.
-        focus_token_nums: ``(B,)`` int, foreground tokens kept per image (written back by the encoder).
+        focus_token_nums: ``(B,)`` int, foreground tokens kept per image (the encoder writes back only that many of
+            each image's tokens; read-only: the tensor may be shared through a cache).
         foreground_inds: per encoder layer, ``(B, k_j)`` int64 token indices sorted by descending score.
         focus_token_counts: ``focus_token_nums`` as Python ints, where known without a device read (else None).
     """

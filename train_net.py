@@ -42,7 +42,7 @@ from focus_detr.engine import (
     run_training,
 )
 from focus_detr.engine.arguments import check_tcp_rendezvous, parse_args_with_overrides
-from focus_detr.engine.cli import report_interruption, run_reporting_errors
+from focus_detr.engine.cli import report_interruption, run_reporting_errors, stop_recorded_in_log
 from focus_detr.engine.config_files import keep_saved_config_order
 from focus_detr.engine.interrupt import (ForwardedStop, SignalInterrupt, StopRequest, resume_command,
                                         stop_signals_interrupt)
@@ -70,12 +70,13 @@ def main(args, cfg=None):
         setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="focus_detr")
         if args.eval_only and comm.is_main_process() and cfg.train.output_dir:
             keep_training_config(cfg.train.output_dir, earlier_config)
-        if args.eval_only:
-            given = any(override.split("=", 1)[0] == "train.init_checkpoint" for override in args.opts)
-            return run_evaluation(cfg, resume=args.resume, init_checkpoint_given=given)
-        with StopRequest() as stop_request:
-            command = getattr(args, "resume_command", None) or resume_command()
-            run_training(cfg, resume=args.resume, stop_request=stop_request, resume_command=command)
+        with stop_recorded_in_log(cfg.train.output_dir):
+            if args.eval_only:
+                given = any(override.split("=", 1)[0] == "train.init_checkpoint" for override in args.opts)
+                return run_evaluation(cfg, resume=args.resume, init_checkpoint_given=given)
+            with StopRequest() as stop_request:
+                command = getattr(args, "resume_command", None) or resume_command()
+                run_training(cfg, resume=args.resume, stop_request=stop_request, resume_command=command)
     return None
 
 

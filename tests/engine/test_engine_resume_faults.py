@@ -241,8 +241,10 @@ def test_a_step_that_fails_before_the_optimiser_saves_the_iterations_before_it_a
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert saved["iteration"] == 6 and all(torch.isfinite(value).all() for value in saved["model"].values())
     # the progress line printed at the end showed iteration 6's losses as iteration 7's, below the error
-    progress = re.findall(r"\biter: (\d+)\b", (out / "log.txt").read_text())
+    log = (out / "log.txt").read_text()
+    progress = re.findall(r"\biter: (\d+)\b", log)
     assert progress[-1] == "6", progress
+    assert log.rstrip().endswith(line)  # the run's record says why it stopped and how to resume, as the terminal
 
     # the checkpoint is the run just before iteration 7 (its batch and random draws to come): resumed without the
     # failure, it ends where the run that never failed ended

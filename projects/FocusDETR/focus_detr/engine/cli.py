@@ -160,8 +160,39 @@ INTERRUPTED_EXIT_STATUS = 130
 def report_interruption(interrupt):
     """Prints the one line for a KeyboardInterrupt (its message, e.g. a ``TrainingInterrupted``'s, else
     "interrupted") to stderr; returns the exit status (its ``exit_status``, else 130)."""
-    print(str(interrupt) or "interrupted", file=sys.stderr, flush=True)
+    print(stop_line(interrupt), file=sys.stderr, flush=True)
     return getattr(interrupt, "exit_status", INTERRUPTED_EXIT_STATUS)
+
+
+def stop_line(error):
+    """The one line :func:`run_reporting_errors` prints for ``error`` (``error: ...`` for a user error, the message
+    of an interruption), or None for a bug, which keeps its traceback."""
+    if isinstance(error, KeyboardInterrupt):
+        return str(error) or "interrupted"
+    if isinstance(error, Exception) and is_user_error(error):
+        return f"error: {one_line(error)}"
+    return None
+
+
+@contextlib.contextmanager
+def stop_recorded_in_log(output_dir, logger_name="focus_detr"):
+    """Within the block (a run, after detectron2's set-up opened ``output_dir``'s log.txt), a user error or an
+    interruption also leaves its one line at the end of the log file: the terminal's last line, which says why the
+    run stopped and how to resume, was missing from the run's record (a batch job's log.txt ended mid-way). Written
+    through the logger's file handlers only; the caller prints the line on the terminal."""
+    try:
+        yield
+    except BaseException as error:
+        line = stop_line(error)
+        if line is not None and output_dir:
+            record = logging.LogRecord(logger_name, logging.ERROR, __file__, 0, line, None, None)
+            log_file = os.path.abspath(os.path.join(output_dir, "log.txt"))
+            for handler in logging.getLogger(logger_name).handlers:
+                name = getattr(getattr(handler, "stream", None), "name", None)
+                # log.txt on the main process, log.txt.rankN on the others
+                if isinstance(name, str) and os.path.abspath(name).startswith(log_file):
+                    handler.handle(record)
+        raise
 
 
 def run_reporting_errors(function, *args, **kwargs):
@@ -176,9 +207,10 @@ def run_reporting_errors(function, *args, **kwargs):
     except KeyboardInterrupt as interrupt:
         return report_interruption(interrupt)
     except Exception as error:
-        if not is_user_error(error):
+        line = stop_line(error)
+        if line is None:
             raise
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(line, file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
 

@@ -86,6 +86,28 @@ def test_a_dataset_function_returning_a_generator_is_one_line():
     assert len(get_checked_dataset_dicts(_register_in_code("checks_in_code_list", lambda: [_record(1)]))) == 1
 
 
+@pytest.mark.parametrize("bbox, warned", [
+    # fractions of the image: trained without a word (first total_loss 762 against 45)
+    ([0.1, 0.2, 0.3, 0.4], "dataset 'checks_in_code_boxes' (registered in code): every box is smaller than 1.5 "
+                           "pixels on both sides (2 boxes, e.g. annotation id #0 (0-based) of image x.png (image_id "
+                           "1), bbox [0.1, 0.2, 0.3, 0.4] in a 32 x 32 image)"),
+    # clipped in training, scored as written
+    ([20, 2, 60, 12], "dataset 'checks_in_code_boxes' (registered in code): 2 boxes reaching more than 1 pixel "
+                      "outside the image, e.g. annotation id #0 (0-based) of image x.png (image_id 1), bbox "
+                      "[20, 2, 60, 12] in a 32 x 32 image"),
+    ([1, 2, 10, 12], None),
+])
+def test_boxes_of_a_dataset_registered_in_code_get_the_json_checks_warnings(bbox, warned, monkeypatch):
+    from focus_detr.data import checks
+
+    warnings = []
+    monkeypatch.setattr(checks.logger, "warning", warnings.append)
+    record = _record(0)
+    record["annotations"][0]["bbox"] = bbox
+    get_checked_dataset_dicts(_register_in_code("checks_in_code_boxes", lambda: [record, dict(record, image_id=2)]))
+    assert len(warnings) == (1 if warned else 0) and all(w.startswith(warned) for w in warnings), warnings
+
+
 def test_class_count_mismatch_names_both_counts(tmp_path):
     name = _register(tmp_path, "checks_classes", [[1, 2, 3, 4]], categories=("tree",))
     check_num_classes(1, name)

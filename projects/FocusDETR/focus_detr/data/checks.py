@@ -16,15 +16,17 @@ import contextlib
 import json
 import logging
 import math
+import numbers
 import os
 import re
 
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from .coco_boxes import describe_box
+from .coco_boxes import BoxRef, BoxTally, box_fit, describe_box
 from .coco_fields import AREA_FIX
-from .coco_json import SUB_PIXEL_SIDE, check_coco_json
+from .coco_json import PIXEL_IMAGE_SIDE, SUB_PIXEL_SIDE, CocoJsonReport, check_coco_json
 
 __all__ = [
     "check_dataset_jsons",
@@ -267,6 +269,37 @@ def check_dataset_jsons(names):
         _warn_about_legal_surprises(name, json_file, report)
 
 
+def _box_report_of_records(dataset_dicts):
+    """The json check's counts of boxes training drops or clips, and of coordinates in fractions of the image, over
+    loaded records (of datasets registered in code, which have no json to check): absolute boxes of non-crowd
+    annotations in records that give their image's size."""
+    report, boxes, first = CocoJsonReport(), 0, None
+    all_sub_pixel, smallest_side = True, math.inf
+    for record in dataset_dicts:
+        width, height = record.get("width"), record.get("height")
+        if not (isinstance(width, int) and isinstance(height, int)):
+            continue
+        smallest_side = min(smallest_side, width, height)
+        for index, annotation in enumerate(record.get("annotations") or ()):
+            mode, bbox = annotation.get("bbox_mode"), annotation.get("bbox")
+            if (annotation.get("iscrowd", 0) or mode not in (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS)
+                    or not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+                    or not all(isinstance(value, numbers.Real) for value in bbox)):
+                continue
+            x, y, a, b = (float(value) for value in bbox)
+            xywh = [x, y, a - x, b - y] if mode == BoxMode.XYXY_ABS else [x, y, a, b]
+            box = BoxRef(f"#{index} (0-based)", record.get("image_id"), record.get("file_name"), list(bbox),
+                         (width, height))
+            fit = box_fit(xywh, {"width": width, "height": height})
+            if fit is not None:
+                (report.empty_boxes if fit == "empty" else report.outside_boxes).add(box)
+            boxes, first = boxes + 1, first or box
+            all_sub_pixel = all_sub_pixel and xywh[2] < SUB_PIXEL_SIDE and xywh[3] < SUB_PIXEL_SIDE
+    if boxes and all_sub_pixel and smallest_side >= PIXEL_IMAGE_SIDE:  # tiny images may hold tiny boxes
+        report.sub_pixel_boxes = BoxTally(boxes, first)
+    return report
+
+
 def get_checked_dataset_dicts(names, filter_empty=True, **kwargs):
     """detectron2's ``get_detection_dataset_dicts`` (same arguments), after :func:`check_dataset_jsons`, refusing
     non-finite boxes (:func:`check_finite_boxes`), and with one-line ValueErrors for an empty dataset and a dataset
@@ -278,6 +311,9 @@ def get_checked_dataset_dicts(names, filter_empty=True, **kwargs):
     with _dataset_errors_in_one_line(_as_list(names)):
         dataset_dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty, **kwargs)
     check_finite_boxes(dataset_dicts, names)
+    if not any(MetadataCatalog.get(name).get("json_file", None) for name in _as_list(names)):
+        _warn_about_legal_surprises(", ".join(_as_list(names)), "registered in code",
+                                    _box_report_of_records(dataset_dicts))
     return dataset_dicts
 
 

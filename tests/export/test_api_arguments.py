@@ -97,4 +97,9 @@ def test_a_graph_path_that_is_no_path_is_named(path, shown):
 def test_a_pathlib_graph_path_and_an_int_like_thread_count_work(graph):
     predictor = OnnxPredictor(pathlib.Path(graph), num_threads=np.int64(1))
     assert predictor.path == str(graph)
-    assert len(predictor(SAMPLE)) >= 0
+    assert predictor.session.get_session_options().intra_op_num_threads == 1
+    ours, reference = predictor(SAMPLE), OnnxPredictor(str(graph))(SAMPLE)
+    assert len(reference) > 0  # else equal detections would be two empty lists
+    torch.testing.assert_close(ours.scores, reference.scores)
+    torch.testing.assert_close(ours.pred_boxes.tensor, reference.pred_boxes.tensor)
+    assert torch.equal(ours.pred_classes, reference.pred_classes)

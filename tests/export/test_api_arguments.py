@@ -42,12 +42,24 @@ def test_export_leaves_every_part_of_the_model_in_its_own_mode(training_model, g
     assert not any(module.training for module in training_model.backbone.modules())
 
 
-def test_a_failed_export_also_leaves_the_model_in_its_own_mode(training_model, tmp_path):
+class _ExportFailed(Exception):
+    pass
+
+
+def test_a_failed_export_also_leaves_the_model_in_its_own_mode(training_model, tmp_path, monkeypatch):
     training_model.train()
     training_model.backbone.eval()
     before = _modes(training_model)
-    with pytest.raises(Exception):
-        export_onnx(training_model, str(tmp_path / "no_such_folder" / "model.onnx"), SAMPLE)
+    during = {}
+
+    def failing_export(*args, **kwargs):
+        during.update(_modes(training_model))
+        raise _ExportFailed("the exporter failed")
+
+    monkeypatch.setattr(torch.onnx, "export", failing_export)
+    with pytest.raises(_ExportFailed):
+        export_onnx(training_model, str(tmp_path / "model.onnx"), SAMPLE)
+    assert during.keys() == before.keys() and not any(during.values())  # traced in eval mode
     assert _modes(training_model) == before
 
 

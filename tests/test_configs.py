@@ -13,13 +13,44 @@ def _load(name):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_loads_with_the_paper_defaults(name):
+def test_config_loads(name):
     cfg = _load(name)
     for key in ("model", "dataloader", "optimizer", "lr_multiplier", "train"):
         assert key in cfg, f"{name} lacks '{key}'"
     selector = cfg.model.transformer.foreground_selector
     assert len(selector.cascade_keep_ratios) == cfg.model.transformer.encoder.num_layers
     assert cfg.train.output_dir.endswith(name[: -len(".py")])
+
+
+# The paper's configs (R50, R101, Swin; not the tree demo) share the official recipe. The values are the spec's
+# (shared/spec/FOCUS_DETR.md sections 0, 2.2, 10.1-10.3), written out here so that a config edit cannot move both.
+PAPER_CONFIGS = [name for name in CONFIGS if "_4scale_" in name]
+PAPER_MAX_ITER = {"12ep": 90000, "24ep": 180000, "36ep": 270000}  # 16 images per iteration
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_config_loads_with_the_paper_defaults(name):
+    cfg = _load(name)
+    model, transformer = cfg.model, cfg.model.transformer
+    selector, encoder = transformer.foreground_selector, transformer.encoder
+    assert selector.keep_ratio == 0.5
+    assert list(selector.cascade_keep_ratios) == [1.0, 0.8, 0.6, 0.6, 0.4, 0.2]
+    assert (encoder.num_layers, encoder.num_fine_grained_tokens, transformer.decoder.num_layers) == (6, 300, 6)
+    assert (transformer.num_queries, model.num_detections, model.num_classes) == (900, 300, 80)
+    denoising = model.denoising
+    assert (denoising.dn_number, denoising.label_noise_ratio, denoising.box_noise_scale) == (100, 0.5, 1.0)
+    criterion, matcher = model.criterion, model.criterion.matcher
+    assert (matcher.cost_class, matcher.cost_bbox, matcher.cost_giou) == (2.0, 5.0, 2.0)
+    assert (criterion.class_weight, criterion.bbox_weight, criterion.giou_weight) == (1.0, 5.0, 2.0)
+    assert criterion.foreground_loss_weight == 1.5
+    assert list(criterion.foreground_assigner.strides) == [8, 16, 32, 64]
+    optimizer = cfg.optimizer
+    assert (optimizer.lr, tuple(optimizer.betas), optimizer.weight_decay) == (1e-4, (0.9, 0.999), 1e-4)
+    assert (optimizer.params.lr_factor_func.substring, optimizer.params.lr_factor_func.factor) == ("backbone", 0.1)
+    clip = cfg.train.clip_grad
+    assert clip.enabled and (clip.params.max_norm, clip.params.norm_type) == (0.1, 2)
+    assert cfg.dataloader.train.total_batch_size == 16
+    assert cfg.train.max_iter == PAPER_MAX_ITER[name.split("_")[-1][: -len(".py")]]
 
 
 def test_variants_fix_the_official_config_bugs():

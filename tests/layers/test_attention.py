@@ -104,9 +104,13 @@ def test_fewer_operators_than_nn_multiheadattention():
     assert got <= 0.65 * expected, (got, expected)
 
 
-@pytest.mark.parametrize("args", [(30, 4, 0.0), (0, 1, 0.0), (32, 4, 1.0)])
-def test_bad_settings_are_one_clear_error(args):
-    with pytest.raises(ValueError, match="MultiheadAttention"):
+@pytest.mark.parametrize("args, message", [
+    ((30, 4, 0.0), r"^MultiheadAttention: embed_dim \(30\) must be a positive multiple of num_heads \(4\)$"),
+    ((0, 1, 0.0), r"^MultiheadAttention: embed_dim \(0\) must be a positive multiple of num_heads \(1\)$"),
+    ((32, 4, 1.0), r"^MultiheadAttention: dropout must be in \[0, 1\), got 1.0$"),
+])
+def test_bad_settings_are_one_clear_error(args, message):
+    with pytest.raises(ValueError, match=message):
         MultiheadAttention(*args)
 
 

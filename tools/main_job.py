@@ -21,7 +21,6 @@ refuses, naming them, when there are none or several (then give ``--output``).
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import importlib.util
-import json
 import os
 import re
 import shlex
@@ -222,7 +221,7 @@ def _steps(args, command, progress):
 
     from focus_detr.analysis.baseline import evaluate_grid_baseline
     from focus_detr.analysis.training_curves import plot_training_curves, read_metrics
-    from focus_detr.engine import atomic_write, check_datasets_registered, load_config
+    from focus_detr.engine import check_datasets_registered, load_config, write_json
     from focus_detr.engine.config import ConfigError
 
     torch.set_num_threads(args.threads if args.threads > 0 else (os.cpu_count() or 1))
@@ -298,7 +297,7 @@ def _steps(args, command, progress):
     }
     progress["stage"] = "while writing the summary"
     # whole or not at all: a summary marks the job finished (--resume refuses it)
-    atomic_write(summary_path, lambda f: json.dump(summary, f, indent=2), mode="w")
+    write_json(summary_path, summary)
 
     def fmt(value):
         return "n/a" if value is None else f"{value:.1f}"

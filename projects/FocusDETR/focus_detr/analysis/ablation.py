@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-from ..engine.checkpoint import atomic_write
+from ..engine.checkpoint import write_json
 from ..engine.config import flattened
 from ..engine.config_types import is_number
 from ..engine.output_lock import OutputDirInUseError, OutputDirLock
@@ -132,11 +132,7 @@ def planned_runs(output: str, variants: Sequence[str], seeds: Sequence[int]) -> 
 
 def write_finished_run(run: AblationRun, record: Dict) -> None:
     """Marks ``run`` finished with its ``record`` (metrics, training time), written atomically."""
-    _write_json(run.record_path, {"variant": run.variant, "seed": run.seed, **record})
-
-
-def _write_json(path: str, content: Dict) -> None:
-    atomic_write(path, lambda f: json.dump(content, f, indent=1), mode="w")
+    write_json(run.record_path, {"variant": run.variant, "seed": run.seed, **record}, indent=1)
 
 
 # A record's numbers, which the report computes with: each a number (NaN: COCO left it undefined) where present.
@@ -303,7 +299,7 @@ def _start(run: AblationRun, settings: Dict) -> None:
     """Checks ``run``'s folder against ``settings`` once more (another invocation may have started it meanwhile) and
     records them in it, with the config they resolve to now (what the training about to start reads)."""
     check_run_settings(run, settings)
-    _write_json(run.settings_path, {**settings, "config": resolved_config(run, settings)})
+    write_json(run.settings_path, {**settings, "config": resolved_config(run, settings)}, indent=1)
 
 
 @contextlib.contextmanager

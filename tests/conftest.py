@@ -63,6 +63,39 @@ def parity_fixture(parity_fixture_path):
         return torch.load(parity_fixture_path, map_location="cpu", weights_only=True)
 
 
+# The export tests' shared fixtures are here, defined once for the session: imported from a helper module, each test
+# module got its own copy and exported the same graph again; a tests/export/conftest.py would be imported as
+# ``conftest`` too and shadow this one for every later ``from conftest import``.
+@pytest.fixture(scope="session")
+def export_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_model", REPO_ROOT / "tools" / "export_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def fixture_checkpoint(parity_fixture, tmp_path_factory):
+    path = tmp_path_factory.mktemp("checkpoint") / "official_tiny.pth"
+    torch.save({"model": parity_fixture["state_dict"]}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_export(export_tool, fixture_checkpoint, tmp_path_factory):
+    """The tiny configuration with the fixture's official weights, exported by the tool at 224x288. Shared by the
+    session: read it, or copy it (``export_test_utils.copy_graph``) to change it."""
+    output = tmp_path_factory.mktemp("tiny_onnx")
+    failures = export_tool.main(export_tool.parse_args([
+        "--config-file", str(TINY_CONFIG), "--output", str(output), "--sample-size", "224", "288", "--threads", "1",
+        f"+train.init_checkpoint={fixture_checkpoint}",
+    ]))
+    assert failures == []
+    return output
+
+
 def build_tiny_model(**overrides):
     """The fixture's tiny configuration, with ``dotted.key=value`` style overrides given as a dict."""
     from detectron2.config import LazyConfig, instantiate

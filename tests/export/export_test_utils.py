@@ -1,44 +1,18 @@
-"""Fixtures and helpers shared by the export tests: the export tool, the official tiny weights as a checkpoint, the
-tiny configuration exported once, and copies of that graph with other metadata.
+"""Helpers shared by the export tests: the tiny model with the official weights, copies of the tiny graph with other
+metadata, images, the comparison with PyTorch. The graph itself and the export tool are session fixtures of
+``tests/conftest.py`` (``tiny_export``, ``export_tool``, ``fixture_checkpoint``).
 
-A uniquely named module rather than a ``conftest.py`` (``tests/conftest.py`` is imported as ``conftest``); test
-modules import the fixtures they use from here.
+A uniquely named module rather than a ``conftest.py`` (``tests/conftest.py`` is imported as ``conftest``).
 """
 import json
 import shutil
 import sys
 
-import pytest
 import torch
 
-from conftest import REPO_ROOT, TINY_CONFIG, build_tiny_model
+from conftest import REPO_ROOT, build_tiny_model
 
-sys.path.insert(0, str(REPO_ROOT / "tests" / "tools"))
-from tools_test_utils import load_script  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def export_tool():
-    return load_script("tools/export_model.py", "export_model")
-
-
-@pytest.fixture(scope="module")
-def fixture_checkpoint(parity_fixture, tmp_path_factory):
-    path = tmp_path_factory.mktemp("checkpoint") / "official_tiny.pth"
-    torch.save({"model": parity_fixture["state_dict"]}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_export(export_tool, fixture_checkpoint, tmp_path_factory):
-    """The tiny configuration with the fixture's official weights, exported by the tool at 224x288."""
-    output = tmp_path_factory.mktemp("tiny_onnx")
-    failures = export_tool.main(export_tool.parse_args([
-        "--config-file", str(TINY_CONFIG), "--output", str(output), "--sample-size", "224", "288", "--threads", "1",
-        f"+train.init_checkpoint={fixture_checkpoint}",
-    ]))
-    assert failures == []
-    return output
+sys.path.insert(0, str(REPO_ROOT / "tests" / "tools"))  # the export tests' tools_test_utils (load_script)
 
 
 def tiny_model(parity_fixture):

@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from export_test_utils import export_tool, fixture_checkpoint, tiny_export, tiny_model  # noqa: E402,F401
+from export_test_utils import tiny_model  # noqa: E402
 
 from focus_detr.analysis.inputs import synthetic_inputs  # noqa: E402
 from focus_detr.export import ForcedQueryRanking, OnnxPredictor, graph_decisions  # noqa: E402

@@ -12,7 +12,7 @@ from conftest import TINY_CONFIG
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from export_test_utils import copy_graph, export_tool, fixture_checkpoint, noise_png, tiny_export  # noqa: E402,F401
+from export_test_utils import copy_graph, noise_png  # noqa: E402
 from tools_test_utils import load_script  # noqa: E402
 
 from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights  # noqa: E402

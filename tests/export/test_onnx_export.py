@@ -15,15 +15,7 @@ pytest.importorskip("onnxruntime")
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "tools"))
 from tools_test_utils import load_script  # noqa: E402
-from export_test_utils import (  # noqa: E402,F401
-    check_against_pytorch,
-    copy_graph,
-    export_tool,
-    fixture_checkpoint,
-    noise_png,
-    tiny_export,
-    tiny_model,
-)
+from export_test_utils import check_against_pytorch, copy_graph, noise_png, tiny_model  # noqa: E402
 
 from focus_detr.analysis.inputs import synthetic_inputs  # noqa: E402
 from focus_detr.export import OnnxPredictor, export_onnx, match_detections  # noqa: E402

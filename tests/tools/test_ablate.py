@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from tools_test_utils import REPO_ROOT, TINY_TOY_CONFIG, load_script, toy_dataset  # noqa: F401 (fixture)
+from tools_test_utils import (REPO_ROOT, TINY_TOY_CONFIG, load_script, toy_dataset,  # noqa: F401 (fixture)
+                              toy_subprocess_env)
 
 TREES_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
 
@@ -16,9 +17,11 @@ def ablate():
     return load_script("tools/ablate.py", "ablate_tool")
 
 
-def _run(*arguments, cwd=REPO_ROOT):
+def _run(*arguments, data_root, cwd=REPO_ROOT):
+    """tools/ablate.py on the tiny toy config: its training and evaluation runs register the toy data in
+    ``data_root``."""
     return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "ablate.py"), *arguments],
-                          capture_output=True, text=True, cwd=cwd)
+                          capture_output=True, text=True, cwd=cwd, env=toy_subprocess_env(data_root))
 
 
 def test_each_variants_overrides_are_printed(ablate, tmp_path, capsys):
@@ -117,24 +120,26 @@ def test_latency_is_timed_in_the_precision_the_runs_are_evaluated_in(ablate, toy
 
 
 def test_a_study_runs_and_a_second_invocation_skips_finished_runs(tmp_path):
-    arguments = ["--config-file", TREES_CONFIG, "--output", str(tmp_path), "--variants", "no_top_down", "--seeds", "1", "--flop-images", "1", "--latency-rounds", "5", "--threads", "1",
+    study = tmp_path / "study"
+    arguments = ["--config-file", TINY_TOY_CONFIG, "--output", str(study), "--variants", "no_top_down", "--seeds", "1",
+                 "--flop-images", "1", "--latency-rounds", "5", "--threads", "1",
                  "train.max_iter=3", "train.checkpointer.period=1", "dataloader.train.total_batch_size=1"]
-    first = _run(*arguments)  # ~20 s on 2 cores: one training iteration, one evaluation, the measurements
+    first = _run(*arguments, data_root=tmp_path / "data")
     assert first.returncode == 0, first.stderr[-2000:]
-    with open(tmp_path / "ablation.csv") as f:
+    with open(study / "ablation.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["variant"], r["seed"]) for r in rows] == [("no_top_down", "1")]
     assert all(float(r["gflops"]) > 0 and float(r["latency_ms"]) > 0 and r["AP"] != "" for r in rows)
-    assert (tmp_path / "ablation.png").stat().st_size > 10_000
-    assert "| no_top_down | 1 |" in (tmp_path / "ablation.md").read_text()
+    assert (study / "ablation.png").stat().st_size > 10_000
+    assert "| no_top_down | 1 |" in (study / "ablation.md").read_text()
     # evaluated once, by its --eval-only command: the training's own final evaluation doubled the test-set inference
     # and was timed as training
-    assert (tmp_path / "no_top_down" / "seed1" / "ablation_output.txt").read_text().count("Start inference on") == 1
-    weights = tmp_path / "no_top_down" / "seed1" / "model_final.pth"
+    assert (study / "no_top_down" / "seed1" / "ablation_output.txt").read_text().count("Start inference on") == 1
+    weights = study / "no_top_down" / "seed1" / "model_final.pth"
     # the last numbered checkpoint is all a resume needs
     assert [p.name for p in weights.parent.glob("model_0*.pth")] == ["model_0000001.pth"]
     modified = weights.stat().st_mtime_ns
-    second = _run(*arguments)
+    second = _run(*arguments, data_root=tmp_path / "data")
     assert second.returncode == 0, second.stderr[-2000:]
     assert "run 1/1: no_top_down, seed 1: finished earlier, skipped" in second.stdout
     assert weights.stat().st_mtime_ns == modified
@@ -143,9 +148,10 @@ def test_a_study_runs_and_a_second_invocation_skips_finished_runs(tmp_path):
 def test_runs_of_other_overrides_are_refused_not_mixed_into_the_study(tmp_path):
     # started elsewhere with relative paths: the runs must be where this invocation looks for them (the children run
     # in the repository)
-    arguments = ["--config-file", os.path.relpath(TREES_CONFIG, tmp_path), "--output", "study", "--variants", "full",
+    arguments = ["--config-file", os.path.relpath(TINY_TOY_CONFIG, tmp_path), "--output", "study", "--variants", "full",
                  "--seeds", "1", "--flop-images", "1", "--latency-rounds", "5", "--threads", "1"]
-    first = _run(*arguments, "train.max_iter=1", "dataloader.train.total_batch_size=1", cwd=tmp_path)
+    first = _run(*arguments, "train.max_iter=1", "dataloader.train.total_batch_size=1", data_root=tmp_path / "data",
+                 cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     report = (tmp_path / "study" / "ablation.md").read_text()
     assert "- every variant (given after the variant's own): `train.max_iter=1` `dataloader.train.total_batch_size=1`" \
@@ -153,7 +159,7 @@ def test_runs_of_other_overrides_are_refused_not_mixed_into_the_study(tmp_path):
     weights = tmp_path / "study" / "full" / "seed1" / "model_final.pth"
     modified = weights.stat().st_mtime_ns
     second = _run(*arguments, "train.max_iter=2", "dataloader.train.total_batch_size=1",
-                  "model.transformer.foreground_selector.keep_ratio=0.2", cwd=tmp_path)
+                  "model.transformer.foreground_selector.keep_ratio=0.2", data_root=tmp_path / "data", cwd=tmp_path)
     errors = second.stderr.strip().splitlines()
     assert second.returncode == 2 and len(errors) == 1, second.stderr[-2000:]
     assert errors[0].startswith(f"error: {tmp_path / 'study' / 'full' / 'seed1'} holds a run started with other "

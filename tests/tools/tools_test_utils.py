@@ -8,7 +8,7 @@ TINY_TOY_CONFIG = os.path.join(TOOLS_TESTS, "tiny_focus_detr_toy_config.py")
 FIXTURE_CONFIG = os.path.join(REPO_ROOT, "configs", "testing", "focus_detr_tiny_fixture.py")
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "engine"))  # toy_detector, engine_test_utils
-from engine_test_utils import TOY_DATASET, load_script, toy_dataset  # noqa: E402,F401
+from engine_test_utils import TOY_DATASET, load_script, toy_dataset, toy_subprocess_env  # noqa: E402,F401
 
 
 def register_two_class_dataset(folder, name, broken_image=False, image_ids=(1, 2)):

@@ -15,7 +15,7 @@ from detectron2.utils.registry import locate
 from ..data.dataset_mapper import check_image_size
 from ..data.image_io import read_image
 from ..engine.config import ConfigError, _dataset_names_in
-from ..engine.evaluation import class_names_of_loader
+from ..engine.test_set import class_names_of_loader
 from ..engine.settings import FORMAT_KEYS, mapper_entry
 
 __all__ = ["SOURCES", "GroundTruth", "annotation_samples", "check_output_outside_data", "loader_class_names",

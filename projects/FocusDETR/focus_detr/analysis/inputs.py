@@ -4,7 +4,7 @@ import itertools
 import torch
 from detectron2.structures import Boxes, Instances
 
-from ..engine.evaluation import build_loader
+from ..engine.test_set import build_loader
 
 __all__ = ["synthetic_inputs", "synthetic_training_batch", "dataset_inputs"]
 

@@ -105,7 +105,7 @@ def _check(status, what, run, log_path):
 def _train_and_evaluate(args, settings, overrides_of):
     """The function :func:`run_pending` calls for an unfinished run: trains (resuming an interrupted training) and
     evaluates the final weights with the run's ``settings``, returns the run's record."""
-    from focus_detr.analysis.ablation import training_command_overrides
+    from focus_detr.analysis.ablation_settings import training_command_overrides
     from focus_detr.child_processes import child_environment
     from focus_detr.engine.evaluation import read_eval_results
 
@@ -170,13 +170,8 @@ def _measure(args, runs, records, overrides_of):
 
 
 def main(args):
-    from focus_detr.analysis.ablation import (
-        check_shared_overrides,
-        planned_runs,
-        run_pending,
-        run_settings,
-        variant_overrides,
-    )
+    from focus_detr.analysis.ablation import check_shared_overrides, planned_runs, run_pending, variant_overrides
+    from focus_detr.analysis.ablation_settings import run_settings
     from focus_detr.analysis.ablation_report import selection_columns, write_csv, write_markdown, write_plot
     from focus_detr.engine import check_datasets_registered, load_config, resolve_device
     from focus_detr.engine.test_set import check_test_set

@@ -9,15 +9,14 @@ from detectron2.structures import Boxes, Instances
 from focus_detr.analysis.ablation import (
     VARIANTS,
     AblationRun,
-    check_run_settings,
     planned_runs,
     read_finished_run,
     run_pending,
-    run_settings,
-    training_overrides,
     variant_overrides,
     write_finished_run,
 )
+from focus_detr.analysis.ablation_settings import (check_run_settings, resolved_config, run_settings,
+                                                   training_overrides)
 from focus_detr.analysis.ablation_report import (
     selection_columns,
     summarize_variants,
@@ -25,7 +24,7 @@ from focus_detr.analysis.ablation_report import (
     write_markdown,
     write_plot,
 )
-from focus_detr.engine import build_model, load_config
+from focus_detr.engine import build_model, load_config, resolve_device
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TREES_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
@@ -268,6 +267,30 @@ def test_a_run_folder_from_before_the_settings_record_is_checked_against_its_con
     os.remove(run.settings_path)
     os.remove(os.path.join(run.folder, "config.yaml"))
     with pytest.raises(ValueError, match="holds a run without a readable record of its settings"):
+        check_run_settings(run, started)
+
+
+def test_a_run_recorded_by_an_older_config_that_left_arguments_at_their_defaults_is_reused(tmp_path):
+    # a config listing more of its constructors' arguments (at their defaults), and train.device "auto" where the
+    # record has the device it resolved to, refused every run of a study started before: "model.class_prior_prob:
+    # (not set), now 0.01; ..."
+    run = planned_runs(str(tmp_path), ["full"], [1])[0]
+    started = run_settings(TREES_CONFIG, ["train.max_iter=2"], run)
+    recorded = resolved_config(run, started)
+    for key in ("model.class_prior_prob", "model.transformer.proposal_base_size", "model.position_embedding.eps"):
+        del recorded[key]
+    recorded["train.device"] = resolve_device("auto")
+    os.makedirs(run.folder)
+    with open(run.settings_path, "w") as f:
+        json.dump({**started, "config": recorded}, f)
+    write_finished_run(run, {"AP": 1.0})
+    check_run_settings(run, started)
+    with pytest.raises(ValueError, match=r"other settings \(model.class_prior_prob: \(not set\), now 0.02\)"):
+        check_run_settings(run, run_settings(TREES_CONFIG, ["train.max_iter=2", "model.class_prior_prob=0.02"], run))
+    recorded["train.device"] = "cuda:7"  # another device than this machine's
+    with open(run.settings_path, "w") as f:
+        json.dump({**started, "config": recorded}, f)
+    with pytest.raises(ValueError, match=r"other settings \(train.device: cuda:7, now auto\)"):
         check_run_settings(run, started)
 
 

@@ -1,5 +1,6 @@
 """The paper's component ablations as config overrides, and the bookkeeping of an ablation study: which runs it holds,
-which are finished (the per-variant summary is :mod:`.ablation_report`'s).
+which are finished (the per-variant summary is :mod:`.ablation_report`'s, what a run is trained with and the check of
+a run folder's settings :mod:`.ablation_settings`'s).
 
 A study folder holds one folder per run, ``<variant>/seed<k>/``: ``ablation_settings.json`` (what the run was started
 with: config file, overrides and the config they resolve to), a training run (its checkpoints, log and metrics), its
@@ -11,16 +12,14 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-import yaml
 
 from ..engine.checkpoint import write_json
-from ..engine.config import flattened
 from ..engine.config_types import is_number
 from ..engine.output_lock import OutputDirInUseError, OutputDirLock
+from .ablation_settings import check_run_settings, overrides_by_key, resolved_config
 
 __all__ = [
     "VARIANTS",
@@ -29,10 +28,6 @@ __all__ = [
     "variant_overrides",
     "read_finished_run",
     "write_finished_run",
-    "run_settings",
-    "training_command_overrides",
-    "training_overrides",
-    "check_run_settings",
     "check_shared_overrides",
 ]
 
@@ -114,7 +109,8 @@ def check_shared_overrides(overrides: Sequence[str], overrides_of: Dict[str, Lis
     variant, and rows labelled with it would be another variant's."""
     for override in overrides:
         key = override.partition("=")[0].strip()
-        undone = [variant for variant, own in overrides_of.items() if any(_overlap(key, k) for k in _by_key(own))]
+        undone = [variant for variant, own in overrides_of.items()
+                  if any(_overlap(key, k) for k in overrides_by_key(own))]
         if undone:
             names, whose = ", ".join(undone), "variants'" if len(undone) > 1 else "variant's"
             raise ValueError(f"{override} would undo the {names} {whose} own setting of {key} (your overrides are "
@@ -156,143 +152,6 @@ def read_finished_run(run: AblationRun):
     if not isinstance(record.get("eval_results", {}), dict):
         return None
     return record
-
-
-def run_settings(config_file: str, overrides: Sequence[str], run: AblationRun) -> Dict:
-    """What ``run`` is trained and evaluated with: the config file and the overrides (the variant's and the user's),
-    its seed last."""
-    return {"config_file": os.path.abspath(config_file), "overrides": [*overrides, f"train.seed={run.seed}"]}
-
-
-def training_overrides(run: AblationRun, settings: Dict) -> List[str]:
-    """The overrides of ``run``'s training: its folder, no periodic evaluation (the run is evaluated by its own
-    ``--eval-only`` command), then its ``settings``."""
-    return [f"train.output_dir={run.folder}", "train.eval_period=0", *settings["overrides"]]
-
-
-def training_command_overrides(run: AblationRun, settings: Dict) -> List[str]:
-    """The overrides of ``run``'s training command: :func:`training_overrides`, then no evaluator and one numbered
-    checkpoint kept. The run is scored by its own ``--eval-only`` command, so the training's final evaluation was a
-    second pass over the test set, timed as training (more for the dense variant); a resume needs the last checkpoint
-    only, where the configs keep 100 (a tree run's 4 intermediate checkpoints took 245 MB per run). Not among the
-    settings compared across invocations: they change what the command does besides training, not the trained run."""
-    return [*training_overrides(run, settings), "dataloader.evaluator=null", "train.checkpointer.max_to_keep=1"]
-
-
-# a run folder holding any of these has results a later invocation reuses (skips, evaluates or resumes)
-_RESULT_FILES = ("ablation_run.json", "model_final.pth", "last_checkpoint")
-_MAX_LISTED_DIFFERENCES = 4  # the rest counted: the refusal stays one readable line
-
-
-def _listed(differences: List[str]) -> str:
-    more = len(differences) - _MAX_LISTED_DIFFERENCES
-    return "; ".join(differences[:_MAX_LISTED_DIFFERENCES]) + (f"; and {more} more" if more > 0 else "")
-
-
-def _differences(recorded: Dict, current: Dict) -> List[str]:
-    return [f"{key}: {recorded.get(key, '(not set)')}, now {current.get(key, '(not set)')}"
-            for key in sorted(recorded.keys() | current.keys()) if recorded.get(key) != current.get(key)]
-
-
-def _by_key(overrides: Sequence[str]) -> Dict[str, str]:
-    # applied in order, so the last value of a key is the one that counts; the order of different keys does not
-    return {key.strip(): value.strip() for key, _, value in (o.partition("=") for o in overrides)}
-
-
-class _SavedConfigLoader(yaml.SafeLoader):
-    """Reads a saved LazyConfig (``config.yaml``) as plain data: a Python object in it (``!!python/object:...``, e.g.
-    a ShapeSpec) becomes ``{"!<its tag>": <its fields>}`` instead of being built."""
-
-
-def _python_object_as_data(loader, tag_suffix, node):
-    if isinstance(node, yaml.MappingNode):
-        value = loader.construct_mapping(node, deep=True)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_scalar(node)
-    return {"!" + tag_suffix: value}
-
-
-_SavedConfigLoader.add_multi_constructor("tag:yaml.org,2002:python/", _python_object_as_data)
-
-
-def _saved_config(path: str) -> Dict:
-    """A saved ``config.yaml``, flattened, as it reads back from JSON (how ``ablation_settings.json`` keeps it),
-    without ``train.output_dir``: where the run is, not how (the same folder may be named another way)."""
-    with open(path) as f:
-        config = flattened(yaml.load(f, _SavedConfigLoader))
-    config.pop("train.output_dir", None)
-    return json.loads(json.dumps(config))
-
-
-def resolved_config(run: AblationRun, settings: Dict) -> Dict:
-    """The config ``run``'s training gets from ``settings`` (:func:`run_settings`), flattened as LazyConfig.save
-    writes it: the config file's contents and those of the files it imports, not just its path, so an edit of any
-    of them shows as changed keys."""
-    from detectron2.config import LazyConfig
-
-    from ..engine import load_config
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "config.yaml")
-        LazyConfig.save(load_config(settings["config_file"], training_overrides(run, settings)), path)
-        return _saved_config(path)
-
-
-def _recorded_config(run: AblationRun, recorded: Optional[Dict]) -> Dict:
-    """The resolved config ``run`` was started with: recorded in ``ablation_settings.json``, or for runs from before
-    that record, its ``config.yaml`` (what its last training started with)."""
-    if isinstance((recorded or {}).get("config"), dict):
-        return recorded["config"]
-    try:
-        return _saved_config(os.path.join(run.folder, "config.yaml"))
-    except (OSError, yaml.YAMLError):
-        raise ValueError(f"{run.folder} holds a run without a readable record of its settings "
-                         f"({os.path.basename(run.settings_path)} or config.yaml), so it cannot be checked against "
-                         f"this command's: give a new --output, or delete {run.folder} to train that run "
-                         "again") from None
-
-
-def _read_settings(run: AblationRun) -> Optional[Dict]:
-    """``run``'s ``ablation_settings.json``, or None for a run from before that record."""
-    try:
-        with open(run.settings_path) as f:
-            recorded = json.load(f)
-        if not isinstance(recorded, dict):
-            raise ValueError("not a JSON object")
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read {run.settings_path} ({error}): give a new --output, or delete {run.folder} to "
-                         "train that run again") from None
-    return recorded
-
-
-def _settings_differences(run: AblationRun, settings: Dict) -> List[str]:
-    """The config file and overrides first (the shortest way to say what changed); when they are the same, the
-    resolved configs, which differ when the contents of the config file or of a file it imports changed."""
-    recorded = _read_settings(run)
-    if recorded is not None:
-        differences = []
-        if recorded.get("config_file") != settings["config_file"]:
-            differences.append(f"config file: {recorded.get('config_file')}, now {settings['config_file']}")
-        differences += _differences(_by_key(recorded.get("overrides", [])), _by_key(settings["overrides"]))
-        if differences:
-            return differences
-    return _differences(_recorded_config(run, recorded), resolved_config(run, settings))
-
-
-def check_run_settings(run: AblationRun, settings: Dict) -> None:
-    """Refuses (ValueError naming ``run.folder`` and the differences) a run folder holding results (a finished run,
-    final weights, a checkpoint to resume) of other settings than ``settings`` (:func:`run_settings`): reusing them
-    would mix the two settings in one study."""
-    if not any(os.path.exists(os.path.join(run.folder, name)) for name in _RESULT_FILES):
-        return
-    differences = _settings_differences(run, settings)
-    if differences:
-        raise ValueError(f"{run.folder} holds a run started with other settings ({_listed(differences)}): give a new "
-                         f"--output for these settings, or delete {run.folder} to train that run again with them")
 
 
 def _start(run: AblationRun, settings: Dict) -> None:

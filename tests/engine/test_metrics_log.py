@@ -5,6 +5,7 @@ their own and the curves read every one of them."""
 import json
 import logging
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
@@ -58,13 +59,22 @@ def test_a_new_run_in_the_folder_of_a_run_that_left_no_checkpoint_shows_its_own_
     assert _iterations(tmp_path, "total_loss") == ([0, 1, 2], [0, 1, 2])
 
 
-def test_a_finished_run_continued_for_longer_keeps_its_final_evaluation(train_net, toy_dataset, tmp_path):
+@pytest.mark.parametrize("case", ["extended", "evaluating at its start", "after a killed attempt"])
+def test_a_finished_run_continued_for_longer_keeps_its_final_evaluation(train_net, toy_dataset, tmp_path, case):
     # detectron2 records the final evaluation at max_iter, the iteration a longer run resumed from model_final starts
-    # at: it was dropped as "logged again" (metrics.json and TensorBoard), and the finished run's AP was gone
+    # at: it was dropped as "logged again" (metrics.json and TensorBoard), and the finished run's AP was gone. Unless
+    # the longer run evaluates at that iteration itself (an AP after 5 steps beside the one after 4, both at 4), and
+    # without the records of an earlier attempt at the continuation that went on from there
     _train(train_net, tmp_path, "train.max_iter=4", "train.eval_period=0")
-    _train(train_net, tmp_path, "train.max_iter=6", "train.eval_period=0", resume=True)
-    assert _iterations(tmp_path, "bbox/AP") == ([4, 6], [4, 6])
-    assert _iterations(tmp_path, "total_loss") == (list(range(6)), list(range(6)))
+    if case == "after a killed attempt":  # killed before its first checkpoint, after logging iteration 4
+        with open(tmp_path / "metrics.json", "a") as f:
+            f.write(json.dumps({"iteration": 4, "total_loss": 99.0}) + "\n")
+    period = 5 if case == "evaluating at its start" else 0
+    _train(train_net, tmp_path, "train.max_iter=6", f"train.eval_period={period}", resume=True)
+    evaluated, evaluated_in_tensorboard = _iterations(tmp_path, "bbox/AP")
+    assert evaluated == [4, 6] and _iterations(tmp_path, "total_loss")[0] == list(range(6))
+    if case != "after a killed attempt":  # whose iteration 4 TensorBoard discards, and the evaluation with it
+        assert evaluated_in_tensorboard == [4, 6]
 
 
 def test_resume_after_a_torn_last_line_logs_every_record_on_its_own_line(train_net, toy_dataset, tmp_path):

@@ -61,31 +61,44 @@ def cut_incomplete_last_line(output_dir: str) -> None:
                    "so the resumed run's records start on a line of their own")
 
 
-def _iteration_of(line: bytes):
+def _record(line: bytes):
+    """The metrics record (a dict with an int ``iteration``) on ``line``, or None for a line that is not one."""
     try:
         record = json.loads(line)
     except (ValueError, RecursionError):
         return None
     iteration = record.get("iteration") if isinstance(record, dict) else None
-    return iteration if isinstance(iteration, int) and not isinstance(iteration, bool) else None
+    return record if isinstance(iteration, int) and not isinstance(iteration, bool) else None
 
 
-def drop_records_from(output_dir: str, start_iter: int) -> int:
+def drop_records_from(output_dir: str, start_iter: int, keep_evaluations_at_start: bool = False):
     """Removes from ``output_dir``'s metrics.json the records of iterations ``start_iter`` and later: a run killed
     after its last checkpoint logged iterations that the resume (from ``start_iter``) does again, a run killed before
     its first checkpoint all those a new run does again, and each would otherwise appear twice, with other values
-    (detectron2's smoothing window restarts). Lines that are not such a record stay. Written atomically; returns how
-    many records were removed."""
+    (detectron2's smoothing window restarts). Lines that are not such a record stay. Written atomically.
+
+    ``keep_evaluations_at_start``: the records of ``start_iter`` that hold no training metrics (no ``total_loss``)
+    stay: a finished run's final evaluation, which detectron2 records at its max_iter, where a longer run resumed from
+    its last checkpoint starts.
+
+    Returns (how many records were removed, whether one of them was a training record of ``start_iter``: an earlier
+    attempt went on from there)."""
     path = os.path.join(output_dir, METRICS_FILE)
     if not os.path.isfile(path):
-        return 0
+        return 0, False
     with open(path, "rb") as f:
         lines = f.read().splitlines(keepends=True)
-    iterations = [_iteration_of(line) for line in lines]
-    kept = [line for line, iteration in zip(lines, iterations) if iteration is None or iteration < start_iter]
+
+    def redone(record):
+        if record is None or record["iteration"] < start_iter:
+            return False
+        return not (keep_evaluations_at_start and record["iteration"] == start_iter and "total_loss" not in record)
+
+    records = [_record(line) for line in lines]
+    kept = [line for line, record in zip(lines, records) if not redone(record)]
     removed = len(lines) - len(kept)
     if removed:
         atomic_write(path, lambda f: f.writelines(kept))
         logger.info(f"Removed the {removed} records of iterations {start_iter} and later from {path}: this run logs "
                     "them again")
-    return removed
+    return removed, any(redone(r) and r["iteration"] == start_iter and "total_loss" in r for r in records)

@@ -236,8 +236,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         warn_on_stderr(f"--resume: train.output_dir {cfg.train.output_dir} has no last_checkpoint to resume from; a "
                        f"new run starts there from {start}", logger)
     extra = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
-    start_iter, rng_state = 0, None
-    records_redone_from = 0  # the iteration from which the folder's earlier records are logged again by this run
+    start_iter, rng_state, extends_finished_run = 0, None, False
     if resume and checkpointer.has_checkpoint():
         start_iter = trainer.iter + 1
         resumed_multiplier = _lr_multiplier_of(optimizer)  # the checkpoint's, before the config's settings return
@@ -251,16 +250,14 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         if schedule_change:
             logger.warning(schedule_change)
         rng_state = restore_rank_state(extra, train_loader)
-        # a finished run's final evaluation is recorded at its max_iter (detectron2's EvalHook.after_train), which is
-        # where a longer run resumed from its last checkpoint starts: that evaluation is not done again, so it stays
-        records_redone_from = start_iter + 1 if extra.get("max_iter") == start_iter else start_iter
+        extends_finished_run = extra.get("max_iter") == start_iter
         checkpoint_hook.resume_at(start_iter - 1, checkpointer.resumed_from)
         logger.info(f"Resuming at iteration {start_iter} (RNG and data position {'restored' if rng_state else 'NOT restored'})")
         if cfg.train.init_checkpoint:  # it starts a run; a new run from it goes to another train.output_dir
             logger.info(f"train.init_checkpoint {cfg.train.init_checkpoint} is not loaded: the run continues from "
                         f"{checkpointer.resumed_from}")
     if writers is not None:
-        _start_records_at(writers, cfg, records_redone_from)
+        _start_records_at(writers, cfg, start_iter, extends_finished_run)
     if rng_state is not None:
         restore_rng_state(rng_state)  # last, so nothing between here and the first step draws from the generators
     try:
@@ -303,19 +300,28 @@ def _lr_multiplier_of(optimizer):
     return group["lr"] / group["initial_lr"] if group.get("initial_lr") else None
 
 
-def _start_records_at(writers, cfg, redone_from):
+def _start_records_at(writers, cfg, start_iter, extends_finished_run=False):
     """Fills ``writers`` (the list the PeriodicWriter holds) with detectron2's ``default_writers``, once metrics.json
-    is ready to be appended to. The run logs the iterations from ``redone_from`` again: metrics.json first loses a
-    last line cut short and the earlier records of those iterations (a resumed run's, or all of those of an earlier
-    run that left no checkpoint in the folder), and TensorBoard discards them from the earlier event files
-    (``purge_step``); each was shown twice, with other values."""
+    is ready to be appended to. The run's records start at ``start_iter``: metrics.json first loses a last line cut
+    short and the records of the iterations done again (a resumed run's, or all of those of an earlier run that left
+    no checkpoint in the folder), and TensorBoard discards them from the earlier event files (``purge_step``); each
+    was shown twice, with other values.
+
+    ``extends_finished_run`` (a longer run resumed from a finished run's last checkpoint): the finished run's final
+    evaluation, which detectron2 records at its max_iter (``start_iter``), stays, unless this run evaluates at
+    ``start_iter`` itself (two APs of one iteration, after ``start_iter`` and ``start_iter + 1`` steps); in TensorBoard
+    too, unless an earlier attempt at this continuation logged ``start_iter``'s training metrics there."""
     output_dir = cfg.train.output_dir
-    removed = 0
+    period = cfg.train.eval_period
+    keep_evaluation = extends_finished_run and not (period > 0 and (start_iter + 1) % period == 0
+                                                    and start_iter + 1 != cfg.train.max_iter)
+    removed, training_logged_at_start = 0, False
     if output_dir:
         cut_incomplete_last_line(output_dir)  # the appended records must not go onto a line cut short
-        removed = drop_records_from(output_dir, redone_from)
+        removed, training_logged_at_start = drop_records_from(output_dir, start_iter, keep_evaluation)
     writers.extend(default_writers(output_dir, cfg.train.max_iter))
-    if redone_from > 0 or removed:
+    if start_iter > 0 or removed:
+        purge_step = start_iter + 1 if keep_evaluation and not training_logged_at_start else start_iter
         for i, writer in enumerate(writers):
             if isinstance(writer, TensorboardXWriter):  # not written yet: its event file is opened at the first write
-                writers[i] = TensorboardXWriter(output_dir, purge_step=redone_from)
+                writers[i] = TensorboardXWriter(output_dir, purge_step=purge_step)

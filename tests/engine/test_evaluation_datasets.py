@@ -159,6 +159,20 @@ def test_a_test_set_registered_in_code_is_scored_against_its_records_of_now(trai
     assert json.loads(converted.read_text())["annotations"] == written["annotations"]
 
 
+@pytest.mark.parametrize("lock", ["set_readonly", "set_struct"])
+def test_the_evaluator_builds_from_a_locked_config(toy_dataset, tmp_path, lock):
+    # the in-place allow_cached_coco failed on a read-only or struct config that instantiate itself builds from
+    from omegaconf import OmegaConf
+
+    from focus_detr.engine import load_config
+    from focus_detr.engine.evaluation import _build_evaluator
+
+    cfg = load_config(TOY_CONFIG, [f"train.output_dir={tmp_path}"])
+    getattr(OmegaConf, lock)(cfg, True)
+    assert _build_evaluator(cfg.dataloader.evaluator)._metadata.name == "focus_detr_toy"
+    assert "allow_cached_coco" not in cfg.dataloader.evaluator
+
+
 @pytest.mark.parametrize("field", ["image_id", "width"])
 def test_a_test_set_registered_in_code_without_what_coco_evaluation_reads_is_one_line_before_training(
         train_net, toy_dataset, tmp_path, capsys, field):

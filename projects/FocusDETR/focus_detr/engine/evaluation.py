@@ -8,7 +8,7 @@ from detectron2.config import instantiate
 from detectron2.evaluation import (COCOEvaluator, DatasetEvaluator, DatasetEvaluators, inference_on_dataset,
                                    print_csv_format)
 from detectron2.utils import comm
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 from torch.nn.parallel import DistributedDataParallel
 
 from ..analysis.selection_quality_evaluator import (
@@ -130,11 +130,13 @@ def _build_evaluator(node):
     against their own ground truth, with only a warning."""
     if not (isinstance(node, DictConfig) and is_coco_evaluator(node) and "allow_cached_coco" not in node):
         return instantiate(node)
-    node.allow_cached_coco = False  # in place, not on a copy: the node's interpolations resolve against the config
-    try:
-        return instantiate(node)
-    finally:
-        del node["allow_cached_coco"]
+    # in place, not on a copy: the node's interpolations resolve against the config (read-only or struct too)
+    with read_write(node), open_dict(node):
+        node.allow_cached_coco = False
+        try:
+            return instantiate(node)
+        finally:
+            del node["allow_cached_coco"]
 
 
 class _AgreeingEvaluator(DatasetEvaluator):

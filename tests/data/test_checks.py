@@ -108,6 +108,20 @@ def test_boxes_of_a_dataset_registered_in_code_get_the_json_checks_warnings(bbox
     assert len(warnings) == (1 if warned else 0) and all(w.startswith(warned) for w in warnings), warnings
 
 
+def test_boxes_of_a_dataset_registered_in_code_with_numpy_values_are_checked_too(monkeypatch):
+    # records built from arrays (pandas, numpy) were skipped: np.int64 sizes, an ndarray bbox
+    import numpy as np
+
+    from focus_detr.data import checks
+
+    warnings = []
+    monkeypatch.setattr(checks.logger, "warning", warnings.append)
+    record = dict(_record(0), height=np.int64(32), width=np.int64(32))
+    record["annotations"] = [dict(record["annotations"][0], bbox=np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32))]
+    get_checked_dataset_dicts(_register_in_code("checks_in_code_numpy", lambda: [record]))
+    assert len(warnings) == 1 and "every box is smaller than 1.5 pixels on both sides (1 box" in warnings[0]
+
+
 def test_class_count_mismatch_names_both_counts(tmp_path):
     name = _register(tmp_path, "checks_classes", [[1, 2, 3, 4]], categories=("tree",))
     check_num_classes(1, name)

@@ -244,7 +244,8 @@ def test_a_step_that_fails_before_the_optimiser_saves_the_iterations_before_it_a
     log = (out / "log.txt").read_text()
     progress = re.findall(r"\biter: (\d+)\b", log)
     assert progress[-1] == "6", progress
-    assert log.rstrip().endswith(line)  # the run's record says why it stopped and how to resume, as the terminal
+    # the run's record says why it stopped and how to resume, as the terminal does
+    assert log.rstrip().endswith(f" ERROR: {line.removeprefix('error: ')}")
 
     # the checkpoint is the run just before iteration 7 (its batch and random draws to come): resumed without the
     # failure, it ends where the run that never failed ended

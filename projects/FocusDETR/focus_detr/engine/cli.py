@@ -185,7 +185,9 @@ def stop_recorded_in_log(output_dir, logger_name="focus_detr"):
     except BaseException as error:
         line = stop_line(error)
         if line is not None and output_dir:
-            record = logging.LogRecord(logger_name, logging.ERROR, __file__, 0, line, None, None)
+            # the log's own level stands for the terminal's "error: "; an interruption is no error
+            level = logging.WARNING if isinstance(error, KeyboardInterrupt) else logging.ERROR
+            record = logging.LogRecord(logger_name, level, __file__, 0, line.removeprefix("error: "), None, None)
             log_file = os.path.abspath(os.path.join(output_dir, "log.txt"))
             for handler in logging.getLogger(logger_name).handlers:
                 name = getattr(getattr(handler, "stream", None), "name", None)

@@ -204,15 +204,15 @@ def test_a_signal_after_the_final_evaluation_says_nothing_needs_redoing(train_ne
                                                                        monkeypatch, evaluator):
     """A signal while the run wraps up (its writers' last metrics), after the final evaluation or without one, must
     not send the user to evaluate again."""
-    from detectron2.engine import hooks
+    from focus_detr.engine.hooks import ProgressWriter
 
-    write_last_metrics = hooks.PeriodicWriter.after_train
+    write_last_metrics = ProgressWriter.after_train
 
     def pressing_ctrl_c(self):
         os.kill(os.getpid(), signal.SIGINT)
         return write_last_metrics(self)
 
-    monkeypatch.setattr(hooks.PeriodicWriter, "after_train", pressing_ctrl_c)
+    monkeypatch.setattr(ProgressWriter, "after_train", pressing_ctrl_c)
     out = tmp_path / "out"
     argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN[:-1]]
     if evaluator == "null":

@@ -16,7 +16,6 @@ from .checkpoint import AtomicDetectionCheckpointer
 from .cli import is_user_error, raised_in_this_package, user_errors_without_tracebacks, warn_on_stderr
 from .config import ConfigError
 from .evaluation import evaluate
-from .test_set import build_loader, check_model_classes, check_test_set
 from .hooks import (EMAHook, IsolatedRngEvalHook, ProgressWriter, ReleaseFreedMemoryHook, ResumableCheckpointHook,
                     check_lr_multiplier, restore_rank_state, schedule_change_warning)
 from .inference_weights import ema_settings
@@ -29,6 +28,7 @@ from .settings import check_free_space, check_schedule, require_sections, resolv
 from .cuda_graphs import inference_cuda_graphs
 from .precision import inference_amp_dtype, training_amp_dtype
 from .resume import final_evaluation_error, nothing_to_resume, save_before_failed_iteration
+from .test_set import build_loader, check_model_classes, check_test_set
 from .trainer import DetrTrainer
 
 __all__ = ["build_model", "end_process_group", "run_training", "wrap_ddp"]

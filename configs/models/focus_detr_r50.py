@@ -1,4 +1,4 @@
-# Focus-DETR R50, 4 feature levels: the official model (spec §10.1) with every method knob exposed.
+# Focus-DETR R50, 4 feature levels: the official model (spec section 10.1) with every method knob exposed.
 import math
 
 from detectron2.config import LazyCall as L

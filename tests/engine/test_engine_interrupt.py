@@ -270,6 +270,19 @@ def test_a_closed_terminal_stops_training_like_sigterm_unless_started_with_nohup
         signal.signal(signal.SIGHUP, previous)
 
 
+def test_ctrl_c_ignored_at_start_stays_ignored(train_net, toy_dataset, tmp_path):
+    # a script's background job (`python train_net.py ... &` in a non-interactive shell) starts with SIGINT ignored,
+    # so that a Ctrl-C at the terminal stops the script alone: training installed its own handler and stopped
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}", *RUN, "model.signal_step=3",
+            f"model.signals=[{int(signal.SIGINT)}]"]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert train_net.cli(argv) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("signal_number, line, status", [(signal.SIGTERM, "interrupted by SIGTERM", 143),
                                                          (signal.SIGINT, "interrupted", 130)])
 def test_processes_ended_by_a_passed_on_signal_give_that_signal_s_line_and_status(train_net, toy_dataset, tmp_path,

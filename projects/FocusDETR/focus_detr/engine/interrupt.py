@@ -60,13 +60,15 @@ def evaluation_command(resume_command, checkpoint):
 
 
 def _install(handler, numbers=STOP_SIGNALS):
-    """``handler`` for each of the signals ``numbers``, except a SIGHUP ignored at start (``nohup``: the run must
-    outlive its terminal); returns the handlers it replaced. Installs nothing outside the main thread."""
+    """``handler`` for each of the signals ``numbers``, except those ignored at start: a SIGHUP under ``nohup`` (the
+    run must outlive its terminal), a SIGINT in a background job of a script (the shell ignores it there, so that a
+    Ctrl-C at the terminal stops the script alone). Returns the handlers it replaced. Installs nothing outside the
+    main thread."""
     if threading.current_thread() is not threading.main_thread():
         return {}
     replaced = {}
     for number in numbers:
-        if number != getattr(signal, "SIGHUP", None) or signal.getsignal(number) is not signal.SIG_IGN:
+        if signal.getsignal(number) is not signal.SIG_IGN:
             replaced[number] = signal.signal(number, handler)
     return replaced
 

@@ -91,7 +91,8 @@ def _log_fallback_once(device_type: str, dtype: torch.dtype, reason: str) -> Non
 def select_backend(value: Tensor, backend: Optional[str] = None) -> str:
     """The backend that runs for ``value``: ``backend`` if given, else ``$FOCUS_DETR_MSDA_BACKEND``, else automatic.
 
-    Raises ``RuntimeError`` if a requested backend cannot run on ``value`` (never a silent fallback).
+    Raises ``RuntimeError`` if a requested backend cannot run on ``value`` (never a silent fallback); a ValueError,
+    the error of a user's setting (one line from the command line), when the environment variable requested it.
     """
     requested = backend if backend is not None else (os.environ.get(BACKEND_ENV_VAR) or None)
     if requested is not None:
@@ -102,7 +103,8 @@ def select_backend(value: Tensor, backend: Optional[str] = None) -> str:
             raise ValueError(f"MSDA backend must be one of {BACKENDS}, got {requested!r}{source}")
         reason = _kernel_unavailable_reason(requested, value)
         if reason is not None:
-            raise RuntimeError(f"MSDA backend {requested!r}{source} was requested but cannot run: {reason}")
+            error = RuntimeError if backend is not None else ValueError
+            raise error(f"MSDA backend {requested!r}{source} was requested but cannot run: {reason}")
         return requested
     native = value.device.type if value.device.type in ("cpu", "cuda") else None
     if native is None:

@@ -51,7 +51,7 @@ from focus_detr.engine.arguments import parse_args_with_overrides
 from focus_detr.engine.cli import print_skipped, run_reporting_errors
 from focus_detr.engine.inference_weights import ema_settings
 from focus_detr.engine.predictor import inference_resize, input_format, model_input, resize_scale
-from focus_detr.engine.settings import nearest_existing
+from focus_detr.engine.settings import check_output_dir, nearest_existing
 from focus_detr.engine.test_set import class_names_of_model
 from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights
 
@@ -206,6 +206,8 @@ def check_image_output(output, paths, show_tokens, skipped=()):
     if os.path.exists(output) and not os.path.isdir(output):
         raise ValueError(f"--output {output} is a file; for image inputs it must be a folder (the pictures are "
                          "written into it)")
+    # read-only, full or not ours: one line now, not one skipped picture per image after the model ran on each
+    check_output_dir(output, key="--output")
     inputs = {os.path.realpath(path): path for path in [*skipped, *paths]}
     kinds = ("detections", "foreground", "tokens") if show_tokens else ("detections",)
     for path, name in zip(paths, picture_names(paths)):

@@ -196,6 +196,17 @@ def test_an_existing_file_as_output_for_images_is_one_line_naming_it(demo, toy_d
                                "pictures are written into it)"])
 
 
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_the_model_runs(demo, toy_dataset, tmp_path,
+                                                                                    capsys, monkeypatch):
+    # the model ran on every image, then each picture was "skipped ...: Read-only file system", one line per image
+    (tmp_path / "taken").write_text("a file where the folder would go")
+    output = tmp_path / "taken" / "pictures"
+    monkeypatch.setattr(demo, "FocusDETRPredictor", lambda *args, **kwargs: pytest.fail("the model was built"))
+    code, _, err = _run(demo, [_png(tmp_path / "a.png")], output, capsys)
+    assert (code, err) == (2, [f"error: --output {output} cannot be created: {tmp_path / 'taken'} is a file, not a "
+                               "folder"])
+
+
 def test_a_cuda_device_without_a_gpu_names_the_device_flag(demo, toy_dataset, tmp_path, capsys, monkeypatch):
     import torch
 

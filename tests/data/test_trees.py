@@ -295,3 +295,12 @@ def test_a_build_removes_the_folders_killed_builds_left_and_keeps_a_running_buil
         build_trees_cache(tmp_path / "trees", wheel_path)  # over the first one, which goes too
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([os.path.basename(running.path), "trees"])
     verify_trees_cache(tmp_path / "trees")
+
+
+def test_the_data_root_expands_a_tilde_as_detectron2_does(monkeypatch):
+    # a quoted "~/datasets" was a folder named "~" in the working folder: the cache built there, training looking for
+    # it under the home folder
+    from focus_detr.data.trees import default_data_root
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", "~/datasets")
+    assert default_data_root() == Path.home() / "datasets"

@@ -124,9 +124,10 @@ class TilingParams:
 # locations and the source wheel
 # ----------------------------------------------------------------------------------------------------------------
 def default_data_root() -> Path:
-    """``$DETECTRON2_DATASETS`` if set, else ``<repo>/datasets``."""
+    """``$DETECTRON2_DATASETS`` if set (``~`` expanded, as detectron2 does: quoted, the shell left it), else
+    ``<repo>/datasets``."""
     env = os.environ.get("DETECTRON2_DATASETS")
-    return Path(env) if env else REPO_ROOT / "datasets"
+    return Path(env).expanduser() if env else REPO_ROOT / "datasets"
 
 
 def default_cache_dir(data_root: Optional[os.PathLike] = None) -> Path:

@@ -40,6 +40,19 @@ def test_a_run_saved_on_a_gpu_machine_runs_on_a_cpu_one(tmp_path, monkeypatch):
     assert resolve_device(load_config(str(tmp_path / "config.yaml")).train.device) == "cpu"
 
 
+def test_a_run_folder_in_the_tree_data_cache_is_refused_before_anything_is_written(train_net, toy_dataset, tmp_path,
+                                                                                    capsys, monkeypatch):
+    # results written among the tree images ran with exit 0; the next rebuild of the cache deleted them
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
+    (tmp_path / "data" / "trees" / "images").mkdir(parents=True)
+    output = tmp_path / "data" / "trees" / "images" / "run"
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={output}", "train.max_iter=1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: train.output_dir {output} is in the tree data's cache {tmp_path / 'data' / 'trees'}, which a rebuild "
+        "of the data replaces whole, results included: choose a folder outside it")
+    assert not output.exists()
+
+
 def test_a_gpu_index_past_the_visible_ones_is_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

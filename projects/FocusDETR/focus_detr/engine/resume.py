@@ -14,7 +14,7 @@ from .checkpoint import atomic_write, read_checkpoint_tag
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line
 from .config import ConfigError
 from .interrupt import evaluation_command
-from .settings import check_seed
+from .settings import check_output_outside_tree_cache, check_seed
 from .trainer import DataLoadingFailed, StepOutOfMemory, TrainingDiverged
 
 __all__ = ["check_before_setup", "final_evaluation_error", "keep_training_config", "killed_process_error",
@@ -40,8 +40,10 @@ def check_before_setup(cfg, resume=False, eval_only=False):
     """The refusals that need no model, made before detectron2's set-up writes ``config.yaml`` and ``log.txt`` into
     ``train.output_dir``, so that a refused command leaves a finished run's record as it was: a resume of a run that
     is complete, an evaluation of a weights file that does not exist. (The same checks run again later, with the
-    model, for callers that skip this one.) Also checks ``train.seed``, which the set-up uses."""
+    model, for callers that skip this one.) Also checks ``train.seed``, which the set-up uses, and that the folder is
+    outside the tree data's cache."""
     check_seed(cfg.train)
+    check_output_outside_tree_cache(cfg.train.output_dir)
     if eval_only:
         if not resume:
             check_weights_path(cfg.train.get("init_checkpoint", ""))

@@ -6,11 +6,13 @@ import tempfile
 
 import torch
 
+from ..data.trees import default_cache_dir
 from .config import ConfigError
 from .config_types import is_number
 
-__all__ = ["FORMAT_KEYS", "RESIZE_KEYS", "check_free_space", "check_output_dir", "check_output_file", "check_schedule",
-           "check_seed", "mapper_entry", "nearest_existing", "require_sections", "resolve_device"]
+__all__ = ["FORMAT_KEYS", "RESIZE_KEYS", "check_free_space", "check_output_dir", "check_output_file",
+           "check_output_outside_tree_cache", "check_schedule", "check_seed", "mapper_entry", "nearest_existing",
+           "require_sections", "resolve_device"]
 
 
 def require_sections(cfg, sections, task):
@@ -129,6 +131,18 @@ def check_output_dir(path, key="train.output_dir"):
     except OSError as error:
         raise ConfigError(f"{key} {path} is not writable: {error.strerror or error}") from None
     check_free_space(path, key)
+
+
+def check_output_outside_tree_cache(path, key="train.output_dir"):
+    """ConfigError when the output folder ``path`` (config entry ``key``) is in the tree data's cache folder, which a
+    rebuild (``tools/prepare_trees.py --force``, or of a damaged cache) replaces whole: a run's checkpoints and
+    results there were deleted with it."""
+    if not path:
+        return
+    cache, target = os.path.realpath(default_cache_dir()), os.path.realpath(path)
+    if target == cache or target.startswith(cache + os.sep):
+        raise ConfigError(f"{key} {path} is in the tree data's cache {cache}, which a rebuild of the data replaces "
+                          "whole, results included: choose a folder outside it")
 
 
 def check_output_file(path, option, example, inputs=None):

@@ -34,6 +34,7 @@ Example:
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -161,6 +162,8 @@ def _save_png(path, picture):
         with open(path, "wb") as f:
             f.write(encoded.tobytes())
     except OSError as error:
+        with contextlib.suppress(OSError):  # a picture cut short (a full disk) is no picture: not left under its name
+            os.remove(path)
         raise OSError(f"cannot write {path}: {error.strerror}") from None
 
 

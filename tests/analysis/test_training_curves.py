@@ -3,6 +3,7 @@ incomplete last line and lines cut short before a resume skipped with a warning,
 readable PNG written."""
 import json
 import math
+import os
 
 import pytest
 from PIL import Image
@@ -113,3 +114,13 @@ def test_curves_png_is_written_with_and_without_evaluations(tmp_path):
         with Image.open(png) as picture:
             assert picture.format == "PNG" and picture.size[0] >= 1000 and picture.size[1] >= 700, picture.size
         assert 20_000 < (tmp_path / name).stat().st_size < 1_000_000
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full to fill the disk with")
+def test_a_picture_cut_short_by_a_full_disk_is_not_left_under_its_name(tmp_path):
+    # a 1 MiB disk kept the first 64 KB of the picture as curves.png, beside the error
+    metrics = read_metrics(str(_write(tmp_path / "metrics.json", [_training_record(i) for i in range(19, 200, 20)])))
+    (tmp_path / "curves.png").symlink_to("/dev/full")  # every write there fails with "No space left on device"
+    with pytest.raises(OSError):
+        plot_training_curves(metrics, str(tmp_path / "curves.png"))
+    assert not os.path.lexists(tmp_path / "curves.png")

@@ -161,6 +161,18 @@ def test_a_picture_that_cannot_be_written_is_named_with_why_and_the_others_are_d
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b_detections.png"]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full to fill the disk with")
+def test_a_picture_cut_short_by_a_full_disk_is_not_left_under_its_name(demo, toy_dataset, tmp_path, capsys):
+    # a 1 MiB disk kept the first megabyte of a 2.2 MB picture as <name>_detections.png
+    output = tmp_path / "out"
+    output.mkdir()
+    picture = output / "a_detections.png"
+    picture.symlink_to("/dev/full")  # every write there fails with "No space left on device"
+    code, _, err = _run(demo, [_png(tmp_path / "a.png", 0), _png(tmp_path / "b.png", 1)], output, capsys)
+    assert code == 0 and err == [f"skipped {tmp_path / 'a.png'}: cannot write {picture}: No space left on device"]
+    assert sorted(p.name for p in output.iterdir()) == ["b_detections.png"]
+
+
 def test_inputs_with_one_name_do_not_overwrite_each_other(demo, toy_dataset, tmp_path, capsys):
     (tmp_path / "x").mkdir()
     (tmp_path / "y").mkdir()

@@ -1,5 +1,6 @@
 """Training curves from detectron2's ``metrics.json`` (its JSONWriter appends one JSON object of scalars per logged
 iteration): total loss, the main loss components, the learning rate and the periodic COCO AP, drawn to one PNG."""
+import contextlib
 import json
 import math
 import os
@@ -199,6 +200,12 @@ def plot_training_curves(metrics: TrainingMetrics, png_path: str, title: Optiona
     last = metrics.records[-1]["iteration"]
     fig.suptitle(title or f"{metrics.path} ({len(metrics.records)} logged iterations, the last {last})", fontsize=11)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(png_path, dpi=110)
+    except OSError:
+        with contextlib.suppress(OSError):  # a picture cut short (a full disk) is no picture: not left under its name
+            os.remove(png_path)
+        raise
+    finally:
+        plt.close(fig)
     return png_path

@@ -58,3 +58,22 @@ def test_importing_the_package_leaves_the_process_settings_alone():
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert "FutureWarning: `torch.jit.script` is deprecated" in err  # still the user's to see
+
+
+def test_output_whose_reader_is_gone_is_dropped_and_the_command_goes_on(tmp_path):
+    # `train_net.py ... | head -1`: each logging call printed a BrokenPipeError traceback, and the next print()
+    # (pycocotools' in an evaluation) ended the work with "error: [Errno 32] Broken pipe"
+    done = tmp_path / "done"
+    script = ("import focus_detr.entry_point, logging, sys\n"
+              "log = logging.getLogger('x'); log.addHandler(logging.StreamHandler(sys.stdout))\n"
+              "print('first', flush=True); sys.stdin.readline()\n"  # the reader closes its end meanwhile
+              "for i in range(2000):\n    log.warning('line %d', i); print('x' * 100)\n"
+              f"open({str(done)!r}, 'w').close()\n")
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "first\n"
+    process.stdout.close()
+    process.stdin.write("go\n")
+    process.stdin.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 0 and err == "" and done.exists()

@@ -7,9 +7,13 @@ and the Python scripts of ``scripts/`` import this module first, before torch an
   ("interrupted", or the interruption's own message) and exit status 130 (Python's, for an unhandled
   KeyboardInterrupt), not a traceback. Any other uncaught exception keeps its traceback.
 - A command a tool started as its child (:mod:`focus_detr.child_processes`) stops when that tool dies.
+- Standard output whose reader is gone (``train_net.py ... | head``, a closed terminal) takes what is written without
+  a word from then on: every logging call printed a BrokenPipeError traceback to stderr, and the next ``print``
+  (pycocotools' during an evaluation) ended the work. The run's log.txt still has everything.
 
 Only commands import this module: ``import focus_detr`` in a user's own program leaves the process's warning filters
 and ``sys.excepthook`` alone."""
+import os
 import sys
 import warnings
 
@@ -27,3 +31,39 @@ def _interrupt_in_one_line(exc_type, exc, traceback, previous_hook=sys.excepthoo
 
 
 sys.excepthook = _interrupt_in_one_line
+
+
+class _OutputWithoutReader:
+    """``stream`` (standard output), until a write or flush finds its reader gone: then the descriptor is pointed at
+    the null device (as Python's documentation on SIGPIPE advises: also what the interpreter flushes at exit goes
+    there) and the call returns as if written."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _reader_gone(self):
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, self._stream.fileno())
+        finally:
+            os.close(null)
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+if sys.stdout is not None and hasattr(sys.stdout, "fileno"):
+    sys.stdout = _OutputWithoutReader(sys.stdout)

@@ -9,7 +9,7 @@ from torch.multiprocessing.spawn import ProcessRaisedException
 
 from cli_output import error_lines, shows_traceback
 from engine_test_utils import REPO_ROOT, TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
-from focus_detr.engine.cli import is_out_of_memory, is_user_error, one_line, run_reporting_errors
+from focus_detr.engine.cli import MAX_LINE_CHARS, is_out_of_memory, is_user_error, one_line, run_reporting_errors
 
 TREES_CONFIG = os.path.join(REPO_ROOT, "configs", "focus_detr_r18_trees.py")
 
@@ -27,6 +27,14 @@ def _remote_traceback(exception_line, *more_lines):
 def test_a_multi_line_message_keeps_the_projects_first_line():
     error = ValueError("cannot read checkpoint /w/model.pth: it is damaged\n\nCheck the documentation of torch.load.")
     assert one_line(error) == "cannot read checkpoint /w/model.pth: it is damaged Check the documentation of torch.load."
+
+
+def test_a_message_too_long_for_one_line_keeps_its_end_which_says_why():
+    # an output folder 4,078 characters long: "cannot access /tmp/bbb... (2178 more characters)", the reason cut off
+    path = "/tmp/" + "b" * 4000 + "/.config.yaml.tmp"
+    line = one_line(OSError(36, "File name too long", path))
+    assert line.startswith("cannot access /tmp/bbb") and line.endswith("/.config.yaml.tmp: File name too long")
+    assert " characters left out) ... " in line and len(line) <= MAX_LINE_CHARS
 
 
 def test_an_error_from_a_spawned_process_is_reported_by_its_original_message():

@@ -105,7 +105,7 @@ def is_user_error(error):
 
 def one_line(error, limit=MAX_LINE_CHARS):
     """The whole message of ``error`` (of its original, for one re-raised from another process) on one line, cut to
-    ``limit`` characters."""
+    about ``limit`` characters in the middle: its end usually says why (a long path's "File name too long")."""
     origin_type, message = _origin(error)
     if isinstance(error, OSError) and error.strerror and error.filename and _TRACEBACK not in str(error):
         message = f"cannot access {error.filename}: {error.strerror}"
@@ -113,7 +113,9 @@ def one_line(error, limit=MAX_LINE_CHARS):
     if not text:
         text = origin_type.__name__ if origin_type is not None else type(error).__name__
     if len(text) > limit:
-        text = text[: limit - 40] + f" ... ({len(text) - limit + 40} more characters)"
+        kept = limit - 40
+        head, tail = kept * 2 // 3, kept - kept * 2 // 3
+        text = f"{text[:head]} ... ({len(text) - kept} characters left out) ... {text[-tail:]}"
     return text
 
 

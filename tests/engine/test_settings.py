@@ -83,3 +83,14 @@ def test_training_refuses_a_disk_without_room_for_one_checkpoint(train_net, toy_
     assert line.startswith(f"error: train.output_dir {tmp_path} has ") and "less than one checkpoint of this model " \
         "(weights and optimizer state) take (1073741824.0 MiB)" in line
     assert not list(tmp_path.glob("model_*.pth"))
+
+
+def test_an_output_folder_that_is_a_dangling_link_is_named_as_one(tmp_path):
+    # "train.output_dir .../runs is not writable: File exists", though nothing was in the way but a broken link
+    from focus_detr.engine.settings import check_output_dir
+
+    (tmp_path / "runs").symlink_to(tmp_path / "gone")
+    with pytest.raises(ValueError) as error:
+        check_output_dir(str(tmp_path / "runs"))
+    assert str(error.value) == (f"train.output_dir {tmp_path / 'runs'} is a link to {tmp_path / 'gone'}, which does "
+                                "not exist: create that folder or remove the link")

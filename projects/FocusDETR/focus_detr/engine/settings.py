@@ -121,6 +121,9 @@ def check_output_dir(path, key="train.output_dir"):
     file in the way, read-only, no permission, a full disk)."""
     if not path:
         return
+    if os.path.islink(path) and not os.path.exists(path):  # makedirs would say "File exists"
+        raise ConfigError(f"{key} {path} is a link to {os.readlink(path)}, which does not exist: create that folder "
+                          "or remove the link")
     existing = nearest_existing(path)
     if not os.path.isdir(existing):
         raise ConfigError(f"{key} {path} cannot be created: {existing} is a file, not a folder")

@@ -35,6 +35,14 @@ def test_a_command_prints_no_import_time_future_warning():
     assert "FutureWarning" not in err and err.strip() == ""
 
 
+def test_a_command_on_a_cpu_machine_says_nothing_of_a_missing_cuda_runtime():
+    # every train_net.py run printed torch's "No CUDA runtime is found, using CUDA_HOME=..." where a CUDA toolkit is
+    # installed without a GPU (detectron2's environment report imports the extension builder); silent elsewhere
+    process = _python("-c", "import focus_detr.entry_point, torch.utils.cpp_extension")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and "No CUDA runtime" not in err
+
+
 def test_an_unhandled_ctrl_c_is_one_line_and_status_130():
     process = _python("-c", "import focus_detr.entry_point, time; print('ready', flush=True); time.sleep(60)")
     assert process.stdout.readline() == "ready\n"

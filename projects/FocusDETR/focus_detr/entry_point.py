@@ -2,7 +2,9 @@
 and the Python scripts of ``scripts/`` import this module first, before torch and detectron2.
 
 - fvcore and detectron2 call ``torch.jit.script`` while they are imported, and recent torch answers each call with a
-  FutureWarning that the user can do nothing about: a command does not print it.
+  FutureWarning that the user can do nothing about: a command does not print it. Nor torch's "No CUDA runtime is
+  found" on a CPU machine with a CUDA toolkit (detectron2's environment report imports the extension builder, which
+  says it; the commands build nothing).
 - A Ctrl-C that nothing handles, e.g. during the seconds of those imports, ends the command with one line
   ("interrupted", or the interruption's own message) and exit status 130 (Python's, for an unhandled
   KeyboardInterrupt), not a traceback. Any other uncaught exception keeps its traceback.
@@ -13,6 +15,7 @@ and the Python scripts of ``scripts/`` import this module first, before torch an
 
 Only commands import this module: ``import focus_detr`` in a user's own program leaves the process's warning filters
 and ``sys.excepthook`` alone."""
+import logging
 import os
 import sys
 import warnings
@@ -21,6 +24,8 @@ from .child_processes import stop_with_parent
 
 stop_with_parent()
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+logging.getLogger("torch.utils.cpp_extension").addFilter(
+    lambda record: not record.getMessage().startswith("No CUDA runtime is found"))
 
 
 def _interrupt_in_one_line(exc_type, exc, traceback, previous_hook=sys.excepthook):

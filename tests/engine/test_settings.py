@@ -1,5 +1,7 @@
 """What a config asks for is checked before the work starts: the device it names must be one the project runs on, the
 output folder must have room."""
+import os
+import re
 import shutil
 
 import pytest
@@ -94,3 +96,17 @@ def test_an_output_folder_that_is_a_dangling_link_is_named_as_one(tmp_path):
         check_output_dir(str(tmp_path / "runs"))
     assert str(error.value) == (f"train.output_dir {tmp_path / 'runs'} is a link to {tmp_path / 'gone'}, which does "
                                 "not exist: create that folder or remove the link")
+
+
+def test_an_output_path_starting_with_a_tilde_no_shell_expanded_is_refused(tmp_path, monkeypatch):
+    # 'train.output_dir="~/runs"' wrote the whole run into a folder named "~" in the working folder, exit 0
+    from focus_detr.engine.settings import check_output_dir, check_output_file
+
+    monkeypatch.chdir(tmp_path)
+    expanded = os.path.expanduser("~/runs")
+    with pytest.raises(ValueError, match=rf"^train.output_dir ~/runs starts with '~', which only a shell expands .*"
+                                         rf"e.g. {re.escape(expanded)}$"):
+        check_output_dir("~/runs")
+    with pytest.raises(ValueError, match=r"^--output ~/model.onnx starts with '~'"):
+        check_output_file("~/model.onnx", "--output", "model.onnx")
+    assert not os.path.exists(tmp_path / "~")

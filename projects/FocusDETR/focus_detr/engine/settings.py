@@ -115,12 +115,23 @@ def nearest_existing(path):
 MIN_FREE_BYTES = 1 << 20
 
 
+def _check_no_unexpanded_home(path, key):
+    """ConfigError for a ``path`` whose first part is a ``~`` no shell expanded (quoted, or written in a config): a
+    folder named ``~`` was made in the working folder, and the run's results went there (one ``rm -rf ~`` from
+    deleting the user's home). A ``~`` folder that exists is taken as meant."""
+    first = str(path).split(os.sep, 1)[0]
+    if first.startswith("~") and not os.path.exists(first):
+        raise ConfigError(f"{key} {path} starts with {first!r}, which only a shell expands (not inside quotes, nor in "
+                          f"a config): write the path out, e.g. {os.path.expanduser(str(path))}")
+
+
 def check_output_dir(path, key="train.output_dir"):
     """Creates the output folder ``path`` (config entry ``key``) and checks that a file can be written in it and that
     its disk has room for a log (:func:`check_free_space`); raises ConfigError naming the folder and the reason (a
     file in the way, read-only, no permission, a full disk)."""
     if not path:
         return
+    _check_no_unexpanded_home(path, key)
     if os.path.islink(path) and not os.path.exists(path):  # makedirs would say "File exists"
         raise ConfigError(f"{key} {path} is a link to {os.readlink(path)}, which does not exist: create that folder "
                           "or remove the link")
@@ -154,6 +165,7 @@ def check_output_file(path, option, example, inputs=None):
     checks one, and ``path`` must not be one of the tool's input files, ``inputs`` (option -> path; a fixture or a
     checkpoint was replaced by the tool's output). Tools call it before their runs, which take minutes, not after
     them."""
+    _check_no_unexpanded_home(path, option)
     if os.path.isdir(path):
         raise IsADirectoryError(f"{option} {path} is a folder: give a file name, e.g. {os.path.join(path, example)}")
     for input_option, input_path in (inputs or {}).items():

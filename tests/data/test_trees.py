@@ -304,3 +304,5 @@ def test_the_data_root_expands_a_tilde_as_detectron2_does(monkeypatch):
 
     monkeypatch.setenv("DETECTRON2_DATASETS", "~/datasets")
     assert default_data_root() == Path.home() / "datasets"
+    monkeypatch.setenv("DETECTRON2_DATASETS", "~nosuchuser/datasets")  # as os.path.expanduser: left as written
+    assert default_data_root() == Path("~nosuchuser/datasets")

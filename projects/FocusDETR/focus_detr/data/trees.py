@@ -127,7 +127,7 @@ def default_data_root() -> Path:
     """``$DETECTRON2_DATASETS`` if set (``~`` expanded, as detectron2 does: quoted, the shell left it), else
     ``<repo>/datasets``."""
     env = os.environ.get("DETECTRON2_DATASETS")
-    return Path(env).expanduser() if env else REPO_ROOT / "datasets"
+    return Path(os.path.expanduser(env)) if env else REPO_ROOT / "datasets"  # ~user unknown: left as written
 
 
 def default_cache_dir(data_root: Optional[os.PathLike] = None) -> Path:

@@ -92,10 +92,16 @@ def test_an_output_folder_that_is_a_dangling_link_is_named_as_one(tmp_path):
     from focus_detr.engine.settings import check_output_dir
 
     (tmp_path / "runs").symlink_to(tmp_path / "gone")
-    with pytest.raises(ValueError) as error:
-        check_output_dir(str(tmp_path / "runs"))
-    assert str(error.value) == (f"train.output_dir {tmp_path / 'runs'} is a link to {tmp_path / 'gone'}, which does "
-                                "not exist: create that folder or remove the link")
+    for written in (str(tmp_path / "runs"), str(tmp_path / "runs") + "/"):  # a tab-completed path ends with one
+        with pytest.raises(ValueError) as error:
+            check_output_dir(written)
+        assert str(error.value) == (f"train.output_dir {written} is a link to {tmp_path / 'gone'}, which does not "
+                                    "exist: create that folder or remove the link")
+    with pytest.raises(ValueError) as error:  # a run folder under an unmounted link: "No such file or directory"
+        check_output_dir(str(tmp_path / "runs" / "exp1"))
+    assert str(error.value) == (f"train.output_dir {tmp_path / 'runs' / 'exp1'} is in {tmp_path / 'runs'}, which is a "
+                                f"link to {tmp_path / 'gone'}, which does not exist: create that folder or remove the "
+                                "link")
 
 
 def test_an_output_path_starting_with_a_tilde_no_shell_expanded_is_refused(tmp_path, monkeypatch):

@@ -125,6 +125,14 @@ def _check_no_unexpanded_home(path, key):
                           f"a config): write the path out, e.g. {os.path.expanduser(str(path))}")
 
 
+def _dangling_link_on(path):
+    """The link on the way to ``path`` (the nearest part of it that is there) when it points at nothing, else None."""
+    part = os.path.abspath(path)
+    while not os.path.lexists(part) and os.path.dirname(part) != part:
+        part = os.path.dirname(part)
+    return part if os.path.islink(part) and not os.path.exists(part) else None
+
+
 def check_output_dir(path, key="train.output_dir"):
     """Creates the output folder ``path`` (config entry ``key``) and checks that a file can be written in it and that
     its disk has room for a log (:func:`check_free_space`); raises ConfigError naming the folder and the reason (a
@@ -132,9 +140,11 @@ def check_output_dir(path, key="train.output_dir"):
     if not path:
         return
     _check_no_unexpanded_home(path, key)
-    if os.path.islink(path) and not os.path.exists(path):  # makedirs would say "File exists"
-        raise ConfigError(f"{key} {path} is a link to {os.readlink(path)}, which does not exist: create that folder "
-                          "or remove the link")
+    link = _dangling_link_on(path)
+    if link is not None:  # makedirs would say "File exists" or "No such file or directory"
+        where = "is" if link == os.path.abspath(path) else f"is in {link}, which is"
+        raise ConfigError(f"{key} {path} {where} a link to {os.readlink(link)}, which does not exist: create that "
+                          "folder or remove the link")
     existing = nearest_existing(path)
     if not os.path.isdir(existing):
         raise ConfigError(f"{key} {path} cannot be created: {existing} is a file, not a folder")

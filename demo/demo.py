@@ -159,8 +159,12 @@ def _save_png(path, picture):
     if not ok:
         raise OSError(f"cannot write {path}: OpenCV cannot encode a {picture.shape} picture as PNG")
     try:
-        with open(path, "wb") as f:
-            f.write(encoded.tobytes())
+        picture_file = open(path, "wb")
+    except OSError as error:  # nothing written: a file that was there stays
+        raise OSError(f"cannot write {path}: {error.strerror}") from None
+    try:
+        with picture_file:
+            picture_file.write(encoded.tobytes())
     except OSError as error:
         with contextlib.suppress(OSError):  # a picture cut short (a full disk) is no picture: not left under its name
             os.remove(path)

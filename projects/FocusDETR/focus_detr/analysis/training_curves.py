@@ -201,11 +201,13 @@ def plot_training_curves(metrics: TrainingMetrics, png_path: str, title: Optiona
     fig.suptitle(title or f"{metrics.path} ({len(metrics.records)} logged iterations, the last {last})", fontsize=11)
     fig.tight_layout()
     try:
-        fig.savefig(png_path, dpi=110)
-    except OSError:
-        with contextlib.suppress(OSError):  # a picture cut short (a full disk) is no picture: not left under its name
-            os.remove(png_path)
-        raise
+        with open(png_path, "wb") as picture_file:  # a file there stays when this cannot open it
+            try:
+                fig.savefig(picture_file, format=os.path.splitext(png_path)[1][1:] or "png", dpi=110)
+            except BaseException:
+                with contextlib.suppress(OSError):  # cut short (a full disk): no picture left under its name
+                    os.remove(png_path)
+                raise
     finally:
         plt.close(fig)
     return png_path

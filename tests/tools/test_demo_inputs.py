@@ -173,6 +173,24 @@ def test_a_picture_cut_short_by_a_full_disk_is_not_left_under_its_name(demo, toy
     assert sorted(p.name for p in output.iterdir()) == ["b_detections.png"]
 
 
+def test_a_picture_that_cannot_be_opened_is_left_as_it_was(demo, toy_dataset, tmp_path, capsys, monkeypatch):
+    # the clean-up of a picture cut short deleted an earlier picture the demo could not open (read-only)
+    output = tmp_path / "out"
+    output.mkdir()
+    earlier = output / "a_detections.png"
+    earlier.write_bytes(b"an earlier picture")
+
+    def read_only(path, *args, **kwargs):
+        if str(path) == str(earlier):
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(demo, "open", read_only, raising=False)
+    code, _, err = _run(demo, [_png(tmp_path / "a.png", 0)], output, capsys)
+    assert err[0] == f"skipped {tmp_path / 'a.png'}: cannot write {earlier}: Permission denied"
+    assert earlier.read_bytes() == b"an earlier picture"
+
+
 def test_inputs_with_one_name_do_not_overwrite_each_other(demo, toy_dataset, tmp_path, capsys):
     (tmp_path / "x").mkdir()
     (tmp_path / "y").mkdir()

@@ -54,6 +54,7 @@ from focus_detr.engine.inference_weights import ema_settings
 from focus_detr.engine.predictor import inference_resize, input_format, model_input, resize_scale
 from focus_detr.engine.settings import check_output_dir, nearest_existing
 from focus_detr.engine.test_set import class_names_of_model
+from focus_detr.layers.ms_deform_attn_backends import check_backend_setting
 from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights
 
 
@@ -350,6 +351,7 @@ def main(args):
         predictor = _onnx_predictor(cfg, args.onnx)
     else:
         device = resolve_device(args.device, "--device", "--device cpu")
+        check_backend_setting(device)  # once, not as every image's problem
         # the config's train.inference_amp; --cuda-graphs on, else the config's train.inference_cuda_graphs
         predictor = FocusDETRPredictor(cfg, device=device, cuda_graphs=args.cuda_graphs or None)
     class_names = _class_names(cfg)

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tools_test_utils import TINY_TOY_CONFIG, load_script, toy_dataset  # noqa: F401 (fixture)
@@ -235,6 +236,16 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_before_the_model_ru
     code, _, err = _run(demo, [_png(tmp_path / "a.png")], output, capsys)
     assert (code, err) == (2, [f"error: --output {output} cannot be created: {tmp_path / 'taken'} is a file, not a "
                                "folder"])
+
+
+def test_a_backend_the_environment_asks_for_that_cannot_run_is_one_line_not_each_images_problem(
+        demo, toy_dataset, tmp_path, capsys, monkeypatch):
+    # FOCUS_DETR_MSDA_BACKEND=cuda on a CPU machine: "skipped <image>: MSDA backend 'cuda' ..." for every image, then
+    # "no image drawn: none of the 3 image files could be used"
+    monkeypatch.setenv("FOCUS_DETR_MSDA_BACKEND", "cuda" if not torch.cuda.is_available() else "banana")
+    code, _, err = _run(demo, [_png(tmp_path / "a.png", 0), _png(tmp_path / "b.png", 1)], tmp_path / "out", capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: MSDA backend ")
+    assert "FOCUS_DETR_MSDA_BACKEND" in err[0]
 
 
 def test_a_cuda_device_without_a_gpu_names_the_device_flag(demo, toy_dataset, tmp_path, capsys, monkeypatch):

@@ -27,7 +27,8 @@ except ImportError as _import_error:  # the extension was not built: the referen
 else:
     _C_IMPORT_ERROR = None
 
-__all__ = ["BACKENDS", "BACKEND_ENV_VAR", "available_backends", "extension_status", "select_backend"]
+__all__ = ["BACKENDS", "BACKEND_ENV_VAR", "available_backends", "check_backend_setting", "extension_status",
+           "select_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,14 @@ def _kernel_unavailable_reason(backend: str, value: Tensor) -> Optional[str]:
 @functools.lru_cache(maxsize=None)
 def _log_fallback_once(device_type: str, dtype: torch.dtype, reason: str) -> None:
     logger.warning("MSDA on %s/%s uses the pytorch reference: %s", device_type, dtype, reason)
+
+
+def check_backend_setting(device) -> None:
+    """Raises, before a command's work, the ValueError that ``$FOCUS_DETR_MSDA_BACKEND`` would raise at the first
+    forward on ``device``: a command that goes on after a failed input (the demo's next image) would meet it once per
+    input, and name each input as the problem."""
+    if os.environ.get(BACKEND_ENV_VAR):
+        select_backend(torch.zeros(1, device=device))
 
 
 def select_backend(value: Tensor, backend: Optional[str] = None) -> str:

@@ -76,6 +76,7 @@ def test_output_whose_reader_is_gone_is_dropped_and_the_command_goes_on(tmp_path
               "log = logging.getLogger('x'); log.addHandler(logging.StreamHandler(sys.stdout))\n"
               "print('first', flush=True); sys.stdin.readline()\n"  # the reader closes its end meanwhile
               "for i in range(2000):\n    log.warning('line %d', i); print('x' * 100)\n"
+              "sys.stdout.writelines(['y\\n'] * 100); sys.stdout.flush()\n"
               f"open({str(done)!r}, 'w').close()\n")
     process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -83,5 +84,21 @@ def test_output_whose_reader_is_gone_is_dropped_and_the_command_goes_on(tmp_path
     process.stdout.close()
     process.stdin.write("go\n")
     process.stdin.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 0 and err == "" and done.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="no pseudo-terminals here")
+def test_output_to_a_closed_terminal_is_dropped_and_the_command_goes_on(tmp_path):
+    # a closed terminal answers a write with EIO, not a broken pipe: "OSError: [Errno 5] Input/output error"
+    done = tmp_path / "done"
+    script = ("import focus_detr.entry_point, sys, time\nprint('first', flush=True); time.sleep(1)\n"
+              f"for i in range(200):\n    print('x' * 100)\nsys.stdout.flush(); open({str(done)!r}, 'w').close()\n")
+    terminal, terminal_end = os.openpty()
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=terminal_end,
+                               stderr=subprocess.PIPE, text=True)
+    os.close(terminal_end)
+    assert os.read(terminal, 100).startswith(b"first")
+    os.close(terminal)  # the terminal goes away
     err = process.stderr.read()
     assert process.wait(timeout=120) == 0 and err == "" and done.exists()

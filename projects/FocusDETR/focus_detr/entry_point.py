@@ -15,6 +15,7 @@ and the Python scripts of ``scripts/`` import this module first, before torch an
 
 Only commands import this module: ``import focus_detr`` in a user's own program leaves the process's warning filters
 and ``sys.excepthook`` alone."""
+import errno
 import logging
 import os
 import sys
@@ -39,34 +40,38 @@ sys.excepthook = _interrupt_in_one_line
 
 
 class _OutputWithoutReader:
-    """``stream`` (standard output), until a write or flush finds its reader gone: then the descriptor is pointed at
-    the null device (as Python's documentation on SIGPIPE advises: also what the interpreter flushes at exit goes
-    there) and the call returns as if written."""
+    """``stream`` (standard output), until a write or flush finds its reader gone (a broken pipe; EIO from a closed
+    terminal): then the descriptor is pointed at the null device (as Python's documentation on SIGPIPE advises: also
+    what the interpreter flushes at exit goes there) and the call returns as if written."""
 
     def __init__(self, stream):
         self._stream = stream
 
-    def _reader_gone(self):
-        null = os.open(os.devnull, os.O_WRONLY)
+    def _written_or_dropped(self, call, *args, dropped=None):
         try:
-            os.dup2(null, self._stream.fileno())
-        finally:
-            os.close(null)
+            return call(*args)
+        except OSError as error:
+            if not isinstance(error, BrokenPipeError) and error.errno != errno.EIO:
+                raise
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, self._stream.fileno())
+            finally:
+                os.close(null)
+            return dropped
 
     def write(self, text):
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            self._reader_gone()
-            return len(text)
+        return self._written_or_dropped(self._stream.write, text, dropped=len(text))
+
+    def writelines(self, lines):
+        self._written_or_dropped(self._stream.writelines, lines)
 
     def flush(self):
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            self._reader_gone()
+        self._written_or_dropped(self._stream.flush)
 
     def __getattr__(self, name):
+        if name == "_stream":  # not set yet (a copy made without __init__): no endless lookup
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
 

@@ -64,8 +64,8 @@ def parse_args(argv=None):
 def _run_logged(command, log_path, child_env=None):
     """Runs ``command`` with its output appended to ``log_path``; returns its exit status. The child works in this
     process's working directory (a relative path in an override means what it means here) and has its own process
-    group, so a Ctrl-C reaches it once, forwarded from here: a training child then saves a checkpoint at its current
-    iteration and exits, and this waits for that before stopping."""
+    group, so a stop reaches it once, forwarded from here as SIGTERM: a training child then saves a checkpoint at its
+    current iteration and exits, and this waits for that before stopping."""
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
@@ -74,20 +74,23 @@ def _run_logged(command, log_path, child_env=None):
         try:
             return child.wait()
         except KeyboardInterrupt:
-            child.send_signal(signal.SIGINT)
+            # SIGTERM: a SIGINT this tool was started ignoring, the training inherited ignoring, and ignores
+            child.send_signal(signal.SIGTERM)
             child.wait()
             raise
 
 
 def _stop_on_sigterm_too():
-    """SIGTERM (a scheduler's stop) stops the study like Ctrl-C; both work even where the shell started this in the
-    background with SIGINT ignored."""
+    """SIGTERM (a scheduler's stop) stops the study like Ctrl-C. A SIGINT ignored at start stays ignored, as in
+    train_net.py: in a script's background job (``tools/ablate.py ... &``) a Ctrl-C is meant for the script; SIGTERM
+    stops the study there."""
 
     def stop(signum, frame):
         raise KeyboardInterrupt(f"ablation stopped by {signal.Signals(signum).name}; run the same command again to "
                                 "resume")
 
-    signal.signal(signal.SIGINT, stop)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
 
 

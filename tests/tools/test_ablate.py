@@ -166,3 +166,29 @@ def test_runs_of_other_overrides_are_refused_not_mixed_into_the_study(tmp_path):
                                 "settings (model.transformer.foreground_selector.keep_ratio: (not set), now 0.2; "
                                 "train.max_iter: 1, now 2)")
     assert weights.stat().st_mtime_ns == modified and (tmp_path / "study" / "ablation.md").read_text() == report
+
+
+def test_a_study_started_ignoring_ctrl_c_stops_on_sigterm_and_its_training_saves(tmp_path):
+    # a script's background job ignores SIGINT, and so did the training it started: the SIGINT the study forwarded
+    # on a stop was ignored there, and the study waited for the whole training
+    import signal
+    import time
+
+    study = tmp_path / "study"
+    arguments = ["--config-file", TINY_TOY_CONFIG, "--output", str(study), "--variants", "full", "--seeds", "1",
+                 "--threads", "1", "train.max_iter=100000", "train.log_period=1", "dataloader.train.total_batch_size=1"]
+    process = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "tools", "ablate.py"), *arguments],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                               env=toy_subprocess_env(tmp_path / "data"),
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    output = study / "full" / "seed1" / "ablation_output.txt"
+    deadline = time.monotonic() + 300
+    while not (output.exists() and " iter: 2 " in output.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)  # meant for the script that started it in the background
+    time.sleep(2)
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert "ablation stopped by SIGTERM" in err
+    assert (study / "full" / "seed1" / "last_checkpoint").exists()  # the training saved where it stopped

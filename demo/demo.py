@@ -211,6 +211,8 @@ def check_image_output(output, paths, show_tokens, skipped=()):
     only say "File exists"), or when a picture would be written over one of the input images ``paths`` or of the
     inputs ``skipped`` as no image (e.g. ``--output`` is their folder and it holds a file named like a picture: a
     damaged image is still the user's). Called before the model is built."""
+    if not output:
+        raise ValueError("--output is empty: name the folder for the pictures")
     if os.path.exists(output) and not os.path.isdir(output):
         raise ValueError(f"--output {output} is a file; for image inputs it must be a folder (the pictures are "
                          "written into it)")

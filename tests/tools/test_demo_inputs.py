@@ -236,6 +236,8 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_before_the_model_ru
     code, _, err = _run(demo, [_png(tmp_path / "a.png")], output, capsys)
     assert (code, err) == (2, [f"error: --output {output} cannot be created: {tmp_path / 'taken'} is a file, not a "
                                "folder"])
+    code, _, err = _run(demo, [_png(tmp_path / "a.png")], "", capsys)  # makedirs("") after the model ran
+    assert (code, err) == (2, ["error: --output is empty: name the folder for the pictures"])
 
 
 def test_a_backend_the_environment_asks_for_that_cannot_run_is_one_line_not_each_images_problem(

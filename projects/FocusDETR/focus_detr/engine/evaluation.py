@@ -124,10 +124,11 @@ def evaluate(cfg, model):
 
 
 def _build_evaluator(node):
-    """``instantiate(node)``; a COCOEvaluator converts a dataset registered in code to COCO json anew each time,
-    unless the config asks for detectron2's default (``allow_cached_coco=True``), which reuses the json of an
-    earlier evaluation in the same folder even after the dataset changed: boxes moved by 40 pixels scored AP 0.0
-    against their own ground truth, with only a warning."""
+    """``instantiate(node)``; a COCOEvaluator converts a dataset registered in code to COCO json anew in each run
+    (detectron2 then keeps the json's path in the dataset's metadata for the rest of the process), unless the config
+    asks for detectron2's default (``allow_cached_coco=True``), which reuses the json an earlier run left in the same
+    folder even after the dataset changed: boxes moved by 40 pixels scored AP 0.0 against their own ground truth,
+    with only a warning."""
     if not (isinstance(node, DictConfig) and is_coco_evaluator(node) and "allow_cached_coco" not in node):
         return instantiate(node)
     # in place, not on a copy: the node's interpolations resolve against the config (read-only or struct too)

@@ -112,7 +112,8 @@ def _dataset_errors_in_one_line(names):
         category = re.fullmatch(r"Got an invalid category_id=(-?\d+)(?: for a dataset of (\d+) classes)?", text)
         if category:  # detectron2's class histogram, before training
             shown = ", ".join(f"{name!r}{_json_of(name)}" for name in names)
-            count = int(category.group(2) or len(MetadataCatalog.get(names[0]).thing_classes))
+            classes = MetadataCatalog.get(names[0]).get("thing_classes", None) or ()
+            count = int(category.group(2) or len(classes))
             raise ValueError(f"dataset {shown}: an annotation has category_id {category.group(1)}, but the dataset "
                              f"has {count} classes (thing_classes): the category_id of records registered in code "
                              f"is the class's index, from 0 to {count - 1}") from None
@@ -277,7 +278,7 @@ def _box_report_of_records(dataset_dicts):
     """The json check's counts of boxes training drops or clips, and of coordinates in fractions of the image, over
     loaded records (of datasets registered in code, which have no json to check): absolute boxes of non-crowd
     annotations in records that give their image's size. One pass, a few operations per box (COCO's 860,000 boxes
-    built in code take about a second)."""
+    built in code took 2.5 s on a busy 2-core machine)."""
     report, boxes, first = CocoJsonReport(), 0, None
     all_sub_pixel, smallest_side = True, math.inf
 

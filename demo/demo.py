@@ -216,8 +216,9 @@ def check_image_output(output, paths, show_tokens, skipped=()):
     if os.path.exists(output) and not os.path.isdir(output):
         raise ValueError(f"--output {output} is a file; for image inputs it must be a folder (the pictures are "
                          "written into it)")
-    # read-only, full or not ours: one line now, not one skipped picture per image after the model ran on each
-    check_output_dir(output, key="--output")
+    # read-only, full or not ours: one line now, not one skipped picture per image after the model ran on each (the
+    # folder itself is made once every other argument has passed)
+    check_output_dir(output, key="--output", create=False)
     inputs = {os.path.realpath(path): path for path in [*skipped, *paths]}
     kinds = ("detections", "foreground", "tokens") if show_tokens else ("detections",)
     for path, name in zip(paths, picture_names(paths)):

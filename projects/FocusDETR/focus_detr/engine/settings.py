@@ -133,10 +133,11 @@ def _dangling_link_on(path):
     return part if os.path.islink(part) and not os.path.exists(part) else None
 
 
-def check_output_dir(path, key="train.output_dir"):
+def check_output_dir(path, key="train.output_dir", create=True):
     """Creates the output folder ``path`` (config entry ``key``) and checks that a file can be written in it and that
     its disk has room for a log (:func:`check_free_space`); raises ConfigError naming the folder and the reason (a
-    file in the way, read-only, no permission, a full disk)."""
+    file in the way, read-only, no permission, a full disk). ``create=False``: the folder is made later (by a command
+    that may still refuse its other arguments), and the nearest existing part of ``path`` is checked instead."""
     if not path:
         return
     _check_no_unexpanded_home(path, key)
@@ -149,8 +150,9 @@ def check_output_dir(path, key="train.output_dir"):
     if not os.path.isdir(existing):
         raise ConfigError(f"{key} {path} cannot be created: {existing} is a file, not a folder")
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        if create:
+            os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path if create else existing):
             pass
     except OSError as error:
         raise ConfigError(f"{key} {path} is not writable: {error.strerror or error}") from None

@@ -9,9 +9,10 @@ import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import yaml
-from detectron2.utils.registry import locate
 
 from ..engine.config import flattened
+from ..engine.config_types import located_target
+from ..engine.settings import resolve_device
 
 __all__ = ["check_run_settings", "overrides_by_key", "resolved_config", "run_settings",
            "training_command_overrides", "training_overrides"]
@@ -79,15 +80,13 @@ def _constructor_default(target, argument):
     """The default of ``argument`` in the signature of ``target`` (a dotted name, as a saved config writes it), or a
     value nothing equals when there is none."""
     try:
-        parameter = inspect.signature(locate(target)).parameters[argument]
-    except Exception:  # not a name, not importable, no signature, no such argument: no default to compare with
+        parameter = inspect.signature(located_target(target)).parameters[argument]
+    except (TypeError, ValueError, KeyError):  # not found or not callable, no signature, no such argument
         return _NO_DEFAULT
     return _NO_DEFAULT if parameter.default is inspect.Parameter.empty else parameter.default
 
 
 def _device_here(device):
-    from ..engine import resolve_device
-
     try:
         return resolve_device(device)
     except ValueError:  # e.g. "cuda" on a machine without one: compared as written

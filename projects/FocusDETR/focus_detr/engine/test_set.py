@@ -8,13 +8,13 @@ import logging
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
-from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig
 
 from ..data import (check_dataset_jsons, check_evaluable, check_image_files, check_num_classes, dataset_classes,
                     declared_classes)
 from .cli import raised_in_this_package
 from .config import ConfigError, _dataset_names_in
+from .config_types import located_target
 from .settings import FORMAT_KEYS, mapper_entry
 
 __all__ = ["build_loader", "category_ids_of_test_set", "check_evaluation_datasets", "check_model_classes",
@@ -67,15 +67,9 @@ def _filters_empty_images(dataset_node) -> bool:
         return False
     if "filter_empty" in dataset_node:
         return dataset_node.filter_empty is True
-    target = dataset_node.get("_target_", None)
-    if isinstance(target, str):
-        try:
-            target = locate(target)
-        except ImportError:
-            return False
     try:
-        default = inspect.signature(target).parameters["filter_empty"].default
-    except (TypeError, ValueError, KeyError):  # not callable, no signature, no such argument
+        default = inspect.signature(located_target(dataset_node.get("_target_"))).parameters["filter_empty"].default
+    except (TypeError, ValueError, KeyError):  # not found or not callable, no signature, no such argument
         return False
     return default is True
 
@@ -120,12 +114,7 @@ def check_test_images(cfg):
 
 def is_coco_evaluator(node):
     """Whether the LazyCall ``node`` builds a detectron2 COCOEvaluator (its class, or its name from a YAML config)."""
-    target = node.get("_target_", None) if isinstance(node, DictConfig) else None
-    if isinstance(target, str):
-        try:
-            target = locate(target)
-        except ImportError:
-            return False
+    target = located_target(node.get("_target_")) if isinstance(node, DictConfig) else None
     return isinstance(target, type) and issubclass(target, COCOEvaluator)
 
 

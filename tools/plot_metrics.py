@@ -5,8 +5,9 @@ from the run's ``metrics.json`` (detectron2's JSONWriter format) and drawn to on
     python tools/plot_metrics.py OUTPUT_DIR [--output PNG]
 
 ``OUTPUT_DIR`` is a training output folder (``train.output_dir``) or its ``metrics.json``; the PNG defaults to
-``OUTPUT_DIR/training_curves.png``. The extension of ``--output`` picks the format (.png, .svg, .pdf, ...); a name
-without one gets ``.png``. A run still writing its last line is drawn up to the line before.
+``OUTPUT_DIR/training_curves.png``, and a folder given as ``--output`` gets that name in it. The extension of
+``--output`` picks the format (.png, .svg, .pdf, ...); a name without one gets ``.png``, and a device
+(``/dev/stdout``) is written as named, in PNG. A run still writing its last line is drawn up to the line before.
 
 Example:
     python tools/plot_metrics.py output/main_job
@@ -26,7 +27,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="a training output folder, or its metrics.json")
     parser.add_argument("--output", metavar="PNG", default=None,
-                        help=f"default: OUTPUT_DIR/{DEFAULT_PNG}; the extension picks the format, none gets .png")
+                        help=f"default: OUTPUT_DIR/{DEFAULT_PNG}; a folder gets {DEFAULT_PNG} in it; the extension "
+                             "picks the format, a name without one gets .png, a device (/dev/stdout) is written as named")
     return parser.parse_args(argv)
 
 
@@ -34,9 +36,11 @@ def main(args):
     metrics = read_metrics(metrics_path(args.output_dir))
     if metrics.warning:
         print(f"warning: {metrics.warning}", file=sys.stderr)
-    png = args.output or os.path.join(os.path.dirname(metrics.path), DEFAULT_PNG)
-    if not os.path.splitext(png)[1]:  # so the name printed below is the file written (matplotlib adds it unseen)
-        png += ".png"
+    png = args.output or os.path.dirname(metrics.path)
+    if os.path.isdir(png):
+        png = os.path.join(png, DEFAULT_PNG)
+    elif not os.path.splitext(png)[1] and (os.path.isfile(png) or not os.path.exists(png)):
+        png += ".png"  # so the name printed below is the file written (matplotlib adds it unseen)
     os.makedirs(os.path.dirname(png) or ".", exist_ok=True)
     plot_training_curves(metrics, png)
     print(f"wrote {png} ({len(metrics.records)} logged iterations, the last {metrics.records[-1]['iteration']})")

@@ -53,3 +53,13 @@ def test_the_file_written_is_the_one_reported(tmp_path, capfd):
     code, out, _ = _run([str(tmp_path), "--output", str(tmp_path / "curves" / "mixed.svg")], capfd)
     assert code == 0 and out[0].startswith(f"wrote {tmp_path / 'curves' / 'mixed.svg'} ")
     assert (tmp_path / "curves" / "mixed.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_a_folder_gets_the_default_name_and_a_device_is_written_as_named(tmp_path, capfd):
+    (tmp_path / "metrics.json").write_text(json.dumps({"iteration": 0, "total_loss": 2.0}) + "\n")
+    (tmp_path / "pictures").mkdir()
+    code, out, _ = _run([str(tmp_path), "--output", str(tmp_path / "pictures")], capfd)
+    assert code == 0 and out[0].startswith(f"wrote {tmp_path / 'pictures' / 'training_curves.png'} ")  # was: .png
+    assert [p.name for p in (tmp_path / "pictures").iterdir()] == ["training_curves.png"]
+    code, out, _ = _run([str(tmp_path), "--output", "/dev/null"], capfd)
+    assert code == 0 and out[0].startswith("wrote /dev/null ")  # was: /dev/null.png, a new file in /dev

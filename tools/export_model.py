@@ -78,7 +78,7 @@ from focus_detr.export.benchmark import time_batches, time_graphs
 from focus_detr.export.evaluation import check_comparable_precision
 from focus_detr.export.verification import check_batch_sizes, compare_with_pytorch, inputs_label
 from focus_detr.layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
-from focus_detr.partial_files import PartialPath, remove_abandoned
+from focus_detr.partial_files import PartialPath, naming_file, remove_abandoned
 
 
 def parse_args(argv=None):
@@ -216,7 +216,7 @@ def export(model, cfg, args, init_checkpoint, weights):
     if abandoned:
         print(f"removed {len(abandoned)} temporary file(s) left by an interrupted export: "
               f"{', '.join(os.path.basename(path) for path in abandoned)}", file=sys.stderr)
-    with PartialPath(args.output, prefix=".model.", suffix=".onnx.partial") as partial:
+    with naming_file(path), PartialPath(args.output, prefix=".model.", suffix=".onnx.partial") as partial:
         seconds = export_onnx(model, partial.path, sample["image"], args.opset, args.msda_form, args.batched)
         check_graph(partial.path)
         class_names, category_ids = _classes(cfg, model.num_classes)

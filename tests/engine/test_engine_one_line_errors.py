@@ -235,3 +235,16 @@ def test_a_tool_stopped_by_sigterm_or_sighup_says_so_and_cleans_up(capsys, signa
     assert capsys.readouterr().err == f"interrupted by {signal_name}\n"
     assert cleaned == [True]
     assert signal.getsignal(getattr(signal, signal_name)) == previous  # restored for whatever runs next
+
+
+def test_a_full_disk_under_a_report_names_the_file(tmp_path, monkeypatch):
+    import focus_detr.engine.checkpoint as checkpoint
+
+    # a real full device: the write fails with ENOSPC, an OSError naming no file ("[Errno 28] ..." alone)
+    monkeypatch.setattr(checkpoint, "open", lambda path, mode="r", *args, **kwargs: open("/dev/full", mode),
+                        raising=False)
+    report = tmp_path / "eval_results.json"
+    with pytest.raises(OSError) as raised:
+        checkpoint.write_json(str(report), {"AP": 1.0})
+    assert one_line(raised.value) == f"cannot access {report}: No space left on device"
+    assert is_user_error(raised.value) and not list(tmp_path.iterdir())

@@ -15,7 +15,7 @@ try:
 except ImportError:  # not a POSIX system: nothing is locked, nothing is removed as abandoned
     fcntl = None
 
-__all__ = ["PartialPath", "hold_descriptor", "release_descriptor", "remove_abandoned", "usual_mode"]
+__all__ = ["PartialPath", "hold_descriptor", "naming_file", "release_descriptor", "remove_abandoned", "usual_mode"]
 
 # Lock descriptors this process holds. A forked child (a data-loader worker) shares them, and a shared descriptor
 # keeps an flock held until its last copy closes: each child closes its copies at once, so only this process's life
@@ -35,6 +35,19 @@ def _close_inherited_descriptors():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_inherited_descriptors)
+
+
+@contextlib.contextmanager
+def naming_file(path):
+    """Within the block, an OSError that names no file is raised again naming ``path``. A full disk fails a
+    ``write`` with only "[Errno 28] No space left on device", which left a user's one line without the file (or the
+    folder) that could not be written."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise type(error)(error.errno, error.strerror, os.fspath(path)) from error
 
 
 def hold_descriptor(descriptor):

@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
-from ..partial_files import PartialPath, remove_abandoned
+from ..partial_files import PartialPath, naming_file, remove_abandoned
 
 __all__ = [
     "CLASS_NAME",
@@ -312,7 +312,9 @@ def build_trees_cache(
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     # the folders of builds that were killed (kill -9, power loss); those of a build still running are kept
     remove_abandoned(cache_dir.parent, f".{cache_dir.name}.tmp-", folders=True)
-    with PartialPath(cache_dir.parent, prefix=f".{cache_dir.name}.tmp-", folder=True) as building, \
+    # a full disk names the cache folder, not only "[Errno 28]"
+    with naming_file(cache_dir), \
+            PartialPath(cache_dir.parent, prefix=f".{cache_dir.name}.tmp-", folder=True) as building, \
             PartialPath(cache_dir.parent, prefix=f".{cache_dir.name}.tmp-", folder=True) as replaced:
         tmp_dir = Path(building.path)
         with zipfile.ZipFile(wheel_path) as wheel:

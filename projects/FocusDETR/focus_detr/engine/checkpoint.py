@@ -12,7 +12,7 @@ import torch
 from ..checkpoint import (CheckpointError, FocusDETRCheckpointer, UnreadableCheckpointError, is_official_layout,
                           write_safetensors)
 from ..checkpoint.safe_load import checked_checkpoint_path
-from ..partial_files import PartialPath, remove_abandoned
+from ..partial_files import PartialPath, naming_file, remove_abandoned
 from .interrupt import stop_signals_deferred
 
 __all__ = ["AtomicDetectionCheckpointer", "atomic_write", "read_checkpoint_tag", "same_file", "save_weights",
@@ -61,7 +61,8 @@ def atomic_write(path, write_fn, mode="wb"):
     os.makedirs(folder, exist_ok=True)
     # A Ctrl-C meanwhile takes effect once the file is in place: cut short, torch.save's clean-up fails on the torn
     # file (a traceback instead of the interrupt) and its writer can abort the process later.
-    with stop_signals_deferred(), PartialPath(folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp") as tmp:
+    with naming_file(path), stop_signals_deferred(), \
+            PartialPath(folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp") as tmp:
         with open(tmp.path, mode) as f:
             write_fn(f)
             f.flush()

@@ -28,7 +28,7 @@ def parse_args(argv=None):
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="a training output folder, or its metrics.json")
     parser.add_argument("--output", metavar="PNG", default=None,
                         help=f"default: OUTPUT_DIR/{DEFAULT_PNG}; a folder gets {DEFAULT_PNG} in it; the extension "
-                             "picks the format, a name without one gets .png, a device (/dev/stdout) is written as named")
+                             "picks the format, a name without one gets .png, a device (/dev/null) is written as named")
     return parser.parse_args(argv)
 
 

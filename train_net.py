@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException
@@ -42,7 +42,8 @@ from focus_detr.engine import (
     run_training,
 )
 from focus_detr.engine.arguments import check_tcp_rendezvous, parse_args_with_overrides
-from focus_detr.engine.cli import report_interruption, run_reporting_errors, stop_recorded_in_log
+from focus_detr.engine.cli import (report_interruption, run_reporting_errors, setup_with_plain_log,
+                                  stop_recorded_in_log)
 from focus_detr.engine.config_files import keep_saved_config_order
 from focus_detr.engine.interrupt import (ForwardedStop, SignalInterrupt, StopRequest, resume_command,
                                         stop_signals_interrupt)
@@ -65,7 +66,7 @@ def main(args, cfg=None):
         cfg = load_config(args.config_file, args.opts)
     check_before_setup(cfg, resume=args.resume, eval_only=args.eval_only)  # before config.yaml is overwritten
     with run_record_kept(cfg.train.output_dir) as earlier_config:  # and put back if refused after that
-        default_setup(cfg, args)
+        setup_with_plain_log(cfg, args)
         if comm.is_main_process() and cfg.train.output_dir:
             keep_saved_config_order(cfg, os.path.join(cfg.train.output_dir, "config.yaml"))
         setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="focus_detr")

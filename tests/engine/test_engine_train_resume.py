@@ -367,3 +367,11 @@ def test_an_evaluation_keeps_the_config_of_a_run_killed_before_its_first_checkpo
     assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path}",
                           "model.feature_noise=0.01"]) in (0, None)
     assert (tmp_path / "config.yaml").read_bytes() == trained_config and (tmp_path / "eval_config.yaml").exists()
+
+
+def test_log_txt_is_plain_text(train_net, toy_dataset, tmp_path):
+    # detectron2's set-up logs the config file coloured for a terminal (pygments, which pytest brings)
+    _train(train_net, tmp_path / "out", "train.max_iter=1")
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert log.count("Contents of args.config_file=") == 1 and "\x1b[" not in log  # was: the file in colour codes
+    assert f"Contents of args.config_file={TOY_CONFIG}:\n" in log and "\ntrain.max_iter = 10\n" in log

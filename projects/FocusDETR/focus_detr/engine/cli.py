@@ -9,7 +9,9 @@ import re
 import sys
 
 import torch
+from detectron2.engine import default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..data import TreesCacheError
 from .interrupt import stop_signals_interrupt
@@ -28,6 +30,7 @@ __all__ = [
     "raised_in_this_package",
     "report_interruption",
     "run_reporting_errors",
+    "setup_with_plain_log",
     "user_errors_without_tracebacks",
     "warn_on_stderr",
 ]
@@ -37,6 +40,8 @@ USER_ERRORS = (ValueError, OSError, TreesCacheError)
 
 # torch's error for a data-loading worker process that died (the out-of-memory killer, a crash): the machine's
 # problem, not a bug of ours; torch raises it where a batch is late or, from its SIGCHLD handler, anywhere
+# Terminal colours and styles (pygments', termcolor's): detectron2's set-up logs the config file coloured
+TERMINAL_STYLE = re.compile(r"\x1b\[[0-9;]*m")
 DATA_WORKER_DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? [^)]*\) (exited unexpectedly|is killed by signal)")
 
 # The CPU allocator's error when memory runs out (torch.OutOfMemoryError is the GPU's)
@@ -176,6 +181,40 @@ def stop_line(error):
     return None
 
 
+class _WithoutTerminalStyle(logging.Formatter):
+    """A log file handler's formatter, with terminal colour codes removed from what it formats."""
+
+    def __init__(self, formatter):
+        super().__init__()
+        self.formatter = formatter
+
+    def format(self, record):
+        return TERMINAL_STYLE.sub("", self.formatter.format(record))
+
+
+def setup_with_plain_log(cfg, args):
+    """detectron2's ``default_setup`` (loggers, log.txt, config.yaml), with log.txt in plain text. It logs the config
+    file coloured for a terminal when pygments is installed (pytest brings it), and the colour codes went into
+    log.txt too, unreadable in an editor, ``less`` or ``grep``."""
+    rank = comm.get_rank()
+    # default_setup's own two calls, made first with the same arguments: setup_logger caches its loggers by them
+    for logger in (setup_logger(cfg.train.output_dir, distributed_rank=rank, name="fvcore"),
+                   setup_logger(cfg.train.output_dir, distributed_rank=rank)):
+        for handler in _log_file_handlers(logger, cfg.train.output_dir):
+            if not isinstance(handler.formatter, _WithoutTerminalStyle):
+                handler.setFormatter(_WithoutTerminalStyle(handler.formatter or logging.Formatter()))
+    default_setup(cfg, args)
+
+
+def _log_file_handlers(logger, output_dir):
+    """``logger``'s handlers writing ``output_dir``'s log.txt on the main process, log.txt.rankN on the others."""
+    log_file = os.path.abspath(os.path.join(output_dir, "log.txt"))
+    for handler in logger.handlers:
+        name = getattr(getattr(handler, "stream", None), "name", None)
+        if isinstance(name, str) and os.path.abspath(name).startswith(log_file):
+            yield handler
+
+
 @contextlib.contextmanager
 def stop_recorded_in_log(output_dir, logger_name="focus_detr"):
     """Within the block (a run, after detectron2's set-up opened ``output_dir``'s log.txt), a user error or an
@@ -190,12 +229,8 @@ def stop_recorded_in_log(output_dir, logger_name="focus_detr"):
             # the log's own level stands for the terminal's "error: "; an interruption is no error
             level = logging.WARNING if isinstance(error, KeyboardInterrupt) else logging.ERROR
             record = logging.LogRecord(logger_name, level, __file__, 0, line.removeprefix("error: "), None, None)
-            log_file = os.path.abspath(os.path.join(output_dir, "log.txt"))
-            for handler in logging.getLogger(logger_name).handlers:
-                name = getattr(getattr(handler, "stream", None), "name", None)
-                # log.txt on the main process, log.txt.rankN on the others
-                if isinstance(name, str) and os.path.abspath(name).startswith(log_file):
-                    handler.handle(record)
+            for handler in _log_file_handlers(logging.getLogger(logger_name), output_dir):
+                handler.handle(record)
         raise
 
 

@@ -14,6 +14,12 @@ GPU_PLANNED = {"gpu_tests", "msda_cuda", "e2e_cuda_fp32", "e2e_cuda_bf16", "e2e_
                "sbs_cuda_bf16", "sbs_memory_cuda"}
 
 
+def _checkout_extension_is_current():
+    built = sorted((REPO_ROOT / "projects/FocusDETR/focus_detr/layers").glob("_C*.so"))
+    sources = [REPO_ROOT / "setup.py", *(REPO_ROOT / "projects/FocusDETR/focus_detr/layers/csrc").rglob("*")]
+    return bool(built) and all(source.stat().st_mtime < built[0].stat().st_mtime for source in sources)
+
+
 def _stages(report):
     return {stage["name"]: stage for stage in report["stages"]}
 
@@ -40,8 +46,10 @@ def test_dry_run_runs_every_cpu_stage_and_plans_the_gpu_ones(dry_run):
                  "batch8"):
         assert stages[name]["status"] == "ok", (name, stages[name]["log_tail"])
     assert {name for name, stage in stages.items() if stage["status"] == "planned"} == GPU_PLANNED
-    # the build is the fresh one in the scratch copy, not the checkout's
+    # the extension is loaded from the scratch copy, not from the checkout
     assert any("backends on cpu" in line and "'cpu'" in line for line in stages["build"]["log_tail"])
+    # copied from the checkout when built after its sources changed (make test's set-up builds it), else compiled
+    assert ("copied to a scratch copy, not compiled" in stages["build"]["note"]) == _checkout_extension_is_current()
     assert not any(str(REPO_ROOT / "projects") in line for line in stages["build"]["log_tail"][-2:])
     # compiled on every core the machine lends, though the stages' threads were capped by OMP_NUM_THREADS=1
     assert stages["build"]["note"].endswith(f"MAX_JOBS={len(os.sched_getaffinity(0))}")

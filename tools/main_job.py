@@ -73,7 +73,7 @@ def _parser():
                         "evaluate, draw and summarise (training already complete: only those)")
     parser.add_argument("--demo-images", type=_count(1), default=2,
                         help="validation images to draw (at least 1; the first ones of the set)")
-    parser.add_argument("--threads", type=_count(0), default=0, help="CPU threads (0: all cores)")
+    parser.add_argument("--threads", type=_count(0), default=0, help="CPU threads (0: every core this process may use)")
     add_overrides_argument(parser)
     return parser
 
@@ -216,6 +216,12 @@ def _finish_line(args, interrupt, stage, command):
             f"{command}")
 
 
+def cpu_threads(requested):
+    """``requested``, or for 0 the cores this process may run on (taskset, a container's cpuset, a SLURM job): the
+    machine's count oversubscribed a process given fewer."""
+    return requested if requested > 0 else len(os.sched_getaffinity(0))
+
+
 def _steps(args, command, progress):
     from detectron2.data import DatasetCatalog
 
@@ -224,7 +230,7 @@ def _steps(args, command, progress):
     from focus_detr.engine import check_datasets_registered, load_config, write_json
     from focus_detr.engine.config import ConfigError
 
-    torch.set_num_threads(args.threads if args.threads > 0 else (os.cpu_count() or 1))
+    torch.set_num_threads(cpu_threads(args.threads))
     output = os.path.abspath(args.output)
     summary_path = os.path.join(output, SUMMARY)
     overrides = [f"train.output_dir={output}", *args.opts]

@@ -22,3 +22,9 @@ def test_bad_counts_are_refused_in_one_line_before_anything_runs(arguments, mess
 def test_counts_in_range_are_taken():
     args = main_job.parse_args(["--demo-images", "1", "--threads", "0", "train.max_iter=2"])
     assert (args.demo_images, args.threads, args.opts) == (1, 0, ["train.max_iter=2"])
+
+
+def test_all_threads_means_the_cores_this_process_may_use(monkeypatch):
+    # taskset -c 0 on a 2-core machine: one thread, not os.cpu_count()'s two
+    monkeypatch.setattr(main_job.os, "sched_getaffinity", lambda pid: {0})
+    assert (main_job.cpu_threads(0), main_job.cpu_threads(3)) == (1, 3)

@@ -369,9 +369,13 @@ def test_an_evaluation_keeps_the_config_of_a_run_killed_before_its_first_checkpo
     assert (tmp_path / "config.yaml").read_bytes() == trained_config and (tmp_path / "eval_config.yaml").exists()
 
 
-def test_log_txt_is_plain_text(train_net, toy_dataset, tmp_path):
+def test_log_txt_is_plain_text_and_names_the_kernel_and_threads(train_net, toy_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("FOCUS_DETR_MSDA_BACKEND", "pytorch")
     # detectron2's set-up logs the config file coloured for a terminal (pygments, which pytest brings)
     _train(train_net, tmp_path / "out", "train.max_iter=1")
     log = (tmp_path / "out" / "log.txt").read_text()
+    # two runs' results compare only with the same attention backend and thread count
+    assert "deformable attention (MSDA) on cpu: the pytorch backend ($FOCUS_DETR_MSDA_BACKEND=pytorch); " in log
+    assert f"CPU threads: {torch.get_num_threads()} intra-op, " in log
     assert log.count("Contents of args.config_file=") == 1 and "\x1b[" not in log  # was: the file in colour codes
     assert f"Contents of args.config_file={TOY_CONFIG}:\n" in log and "\ntrain.max_iter = 10\n" in log

@@ -3,6 +3,7 @@
 import gc
 import inspect
 import logging
+import os
 import signal
 
 import torch
@@ -13,6 +14,7 @@ from detectron2.utils.events import TensorboardXWriter
 from omegaconf import OmegaConf
 
 from .checkpoint import AtomicDetectionCheckpointer
+from ..layers.ms_deform_attn_backends import backend_summary
 from .cli import is_user_error, raised_in_this_package, user_errors_without_tracebacks, warn_on_stderr
 from .config import ConfigError
 from .evaluation import evaluate
@@ -59,6 +61,11 @@ def build_model(cfg, device=None):
                           "a saved config.yaml cut short?)")
     model.to(device)
     logger.info(f"Model on {device}:\n{model}")
+    logger.info(backend_summary(device))
+    # results are bit-identical only at one thread count, and busy-waiting threads slow a shared machine
+    logger.info(f"CPU threads: {torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op "
+                f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+                f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
     return model
 
 

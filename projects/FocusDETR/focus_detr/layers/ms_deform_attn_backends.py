@@ -27,8 +27,8 @@ except ImportError as _import_error:  # the extension was not built: the referen
 else:
     _C_IMPORT_ERROR = None
 
-__all__ = ["BACKENDS", "BACKEND_ENV_VAR", "available_backends", "check_backend_setting", "extension_status",
-           "select_backend"]
+__all__ = ["BACKENDS", "BACKEND_ENV_VAR", "available_backends", "backend_summary", "check_backend_setting",
+           "extension_status", "select_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,15 @@ def extension_status() -> str:
         return f"focus_detr.layers._C not importable ({_C_IMPORT_ERROR}); only the pytorch reference is available"
     cuda = "with" if _C.has_cuda() else "without"
     return f"focus_detr.layers._C loaded ({cuda} the CUDA kernel)"
+
+
+def backend_summary(device) -> str:
+    """One line for a run's log: the MSDA backend float32 inputs on ``device`` get, and who chose it. The backends'
+    results differ in the last bits, so two runs compare only when they name the same one."""
+    backend = select_backend(torch.zeros(1, device=device))
+    chosen = f"${BACKEND_ENV_VAR}={os.environ[BACKEND_ENV_VAR]}" if os.environ.get(BACKEND_ENV_VAR) else "automatic"
+    return f"deformable attention (MSDA) on {torch.device(device).type}: the {backend} backend ({chosen}); " \
+           f"{extension_status()}"
 
 
 def _kernel_unavailable_reason(backend: str, value: Tensor) -> Optional[str]:

@@ -422,3 +422,43 @@ def test_an_evaluation_out_of_memory_during_training_saves_that_iteration_and_na
     ), line
     assert (": lower dataloader.test.batch_size or the test image size (or model.transformer.num_queries where "
             "raised), or evaluate with train.inference_amp.enabled=True, then resume with: ") in line
+
+
+def _evaluation_bug(monkeypatch):
+    """The toy model's inference raises a bug's error (no user error): what a wrong evaluator setting that no check
+    catches ends in, after inference (pycocotools' KeyError: 'id' for tasks=[segm])."""
+    from toy_detector import ToyDetector
+
+    def bug(self, batched_inputs, logits, boxes):
+        raise KeyError("id")
+
+    monkeypatch.setattr(ToyDetector, "inference", bug)
+
+
+def test_a_bug_in_an_evaluation_during_training_keeps_its_traceback_and_saves_that_iteration(
+    train_net, toy_dataset, tmp_path, monkeypatch
+):
+    # the periodic evaluation runs before its iteration's checkpoint: a bug in it lost every iteration since the last
+    _evaluation_bug(monkeypatch)
+    run = ["train.max_iter=4", "train.eval_period=2", "train.checkpointer.period=100"]
+    with pytest.raises(RuntimeError) as raised:
+        _train(train_net, tmp_path, *run)
+    assert isinstance(raised.value.__cause__, KeyError)  # the bug's own traceback is shown above the line
+    assert str(raised.value).startswith(
+        "KeyError: 'id' (in the evaluation after iteration 1); training stopped after iteration 1, checkpoint "
+        f"{tmp_path / 'model_0000001.pth'} (a resume continues at iteration 2): mend what the traceback above shows, "
+        "then resume with: "), str(raised.value)
+    monkeypatch.undo()
+    assert _train(train_net, tmp_path, *run, "--resume") == 0
+
+
+def test_a_bug_in_the_final_evaluation_keeps_its_traceback_and_says_training_is_saved(
+    train_net, toy_dataset, tmp_path, monkeypatch
+):
+    _evaluation_bug(monkeypatch)
+    with pytest.raises(RuntimeError) as raised:
+        _train(train_net, tmp_path, "train.max_iter=3", "train.eval_period=0")
+    assert isinstance(raised.value.__cause__, KeyError)
+    assert str(raised.value).startswith(
+        "KeyError: 'id' (in the evaluation at the end of training); training is complete and saved in "
+        f"{tmp_path / 'model_final.pth'}: mend what the traceback above shows, then evaluate with: "), str(raised.value)

@@ -136,14 +136,27 @@ def killed_process_error(exited, output_dir, command=None, training=True):
     return ChildProcessError(message)
 
 
+def _stop_error(error, where, state, then, default_fix, error_type=ValueError):
+    """The error a stopped run raises for ``error``: for a user error, ``error_type`` with its line, ``where`` it
+    happened, the ``state`` training is saved in, its remedy (``default_fix`` when it has none) and ``then`` (what to
+    run once mended); for a bug (it keeps its traceback, chained above this one), a RuntimeError saying the same,
+    its line led by its type."""
+    line = one_line(error, MAX_MESSAGE_CHARS)
+    if is_user_error(error):
+        fix = getattr(error, "remedy", None) or default_fix
+        return error_type(f"{line}{where}; {state}: {fix}, then {then}")
+    return RuntimeError(f"{type(error).__name__}: {line}{where}; {state}: mend what the traceback above shows, "
+                        f"then {then}")
+
+
 def final_evaluation_error(error, checkpoint, resume_command):
-    """The error to raise for a user error in the evaluation after the last iteration: the original line, and that
-    training is complete, where it is saved and how to evaluate it once the error is mended."""
+    """The error to raise for an error (a user error, or a bug: it keeps its traceback) in the evaluation after the
+    last iteration: the original line, and that training is complete, where it is saved and how to evaluate it once
+    the error is mended."""
     redo = f"evaluate with: {evaluation_command(resume_command, checkpoint)}" if resume_command else (
         f"evaluate it with --eval-only train.init_checkpoint={checkpoint}")
-    fix = getattr(error, "remedy", None) or "fix what it names"
-    return ValueError(f"{one_line(error, MAX_MESSAGE_CHARS)} (in the evaluation at the end of training); training is "
-                      f"complete and saved in {checkpoint}: {fix}, then {redo}")
+    return _stop_error(error, " (in the evaluation at the end of training)",
+                       f"training is complete and saved in {checkpoint}", redo, "fix what it names")
 
 
 def save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, start_iter, resume_command):
@@ -152,10 +165,12 @@ def save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, sta
 
     That is a user error in loading an iteration's batch (a corrupt image hours into a run), a diverging loss or a
     step out of memory (neither step was applied): saved are the iterations before it, with the RNG state and data
-    position it began with, so a resume repeats it; or a user error in an evaluation during training (an unreadable
-    test image), which ran after its iteration and before that iteration's checkpoint: saved is that iteration,
-    whose evaluation is lost. None when there is nothing to add: another kind of error, or nothing completed since
-    the last save. With several processes, only for the errors they all raise together (the save is collective)."""
+    position it began with, so a resume repeats it; or any error in an evaluation during training (an unreadable
+    test image; a bug too, which keeps its traceback), which ran after its iteration and before that iteration's
+    checkpoint: saved is that iteration, whose evaluation is lost (the first evaluation of the configs comes with
+    their first checkpoint: a failure lost all of it). None when there is nothing to add: another kind of error, or
+    nothing completed since the last save. With several processes, only for the errors they all raise together (the
+    save is collective)."""
     diverged = isinstance(error, TrainingDiverged)
     step_failed = diverged or isinstance(error, StepOutOfMemory)  # before the optimiser step: nothing applied
     data_failed = trainer.data_failed_at == trainer.iter or isinstance(error, DataLoadingFailed)
@@ -165,7 +180,7 @@ def save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, sta
     if (
         not (step_failed or evaluation or data_failed)
         or completed < start_iter
-        or not is_user_error(error)
+        or not (evaluation or is_user_error(error))
         or (several and not isinstance(error, (ProcessFailed, TrainingDiverged)))  # those all raise together
         or not checkpoint_hook.checkpointer.save_dir
     ):
@@ -175,9 +190,8 @@ def save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, sta
     trainer.iter = completed  # what the checkpoint records (the trainer is done with: training ended)
     checkpoint_hook.save_current_iteration()
     resume = f"resume with: {resume_command}" if resume_command else "continue with --resume"
-    fix = getattr(error, "remedy", None) or "fix or remove what it names"
     where = f" (in the evaluation after iteration {completed})" if evaluation else ""
-    return (TrainingDiverged if diverged else ValueError)(
-        f"{one_line(error, MAX_MESSAGE_CHARS)}{where}; training stopped after iteration {completed}, checkpoint "
-        f"{checkpoint_hook.last_saved[1]} (a resume continues at iteration {completed + 1}): {fix}, then {resume}"
-    )
+    state = (f"training stopped after iteration {completed}, checkpoint {checkpoint_hook.last_saved[1]} (a resume "
+             f"continues at iteration {completed + 1})")
+    return _stop_error(error, where, state, resume, "fix or remove what it names",
+                       TrainingDiverged if diverged else ValueError)

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from .checkpoint import AtomicDetectionCheckpointer
 from ..layers.ms_deform_attn_backends import backend_summary
-from .cli import is_user_error, raised_in_this_package, user_errors_without_tracebacks, warn_on_stderr
+from .cli import raised_in_this_package, user_errors_without_tracebacks, warn_on_stderr
 from .config import ConfigError
 from .evaluation import evaluate
 from .hooks import (EMAHook, IsolatedRngEvalHook, ProgressWriter, ReleaseFreedMemoryHook, ResumableCheckpointHook,
@@ -275,7 +275,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     except TrainingInterrupted:
         raise
     except Exception as error:
-        if eval_hook.final_evaluation_failed and is_user_error(error) and checkpoint_hook.last_saved is not None:
+        # any error of the final evaluation, a bug too (its traceback stays): the line says training is saved
+        if eval_hook.final_evaluation_failed and checkpoint_hook.last_saved is not None:
             raise final_evaluation_error(error, checkpoint_hook.last_saved[1], resume_command) from error
         stopped = save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, start_iter,
                                                resume_command)

@@ -25,7 +25,8 @@ from .config import ConfigError, _dataset_names_in
 from .cuda_graphs import CUDAGraphInference, graphs_available, graphs_supported, inference_cuda_graphs
 from .precision import amp_autocast, inference_amp_dtype
 from .readable_batches import ReadableBatches
-from .test_set import build_loader, check_evaluation_datasets, check_model_classes, is_coco_evaluator
+from .test_set import (build_loader, check_evaluation_datasets, check_evaluator_settings, check_model_classes,
+                       evaluator_nodes, is_coco_evaluator)
 
 __all__ = ["EVALUATION_OUT_OF_MEMORY_REMEDY", "EvaluationFailed", "evaluate", "read_eval_results",
            "selection_quality_enabled", "write_eval_results"]
@@ -53,6 +54,8 @@ def evaluate(cfg, model):
     With several processes, each evaluates its share with the model itself (not its DDP wrapper, whose forward may
     broadcast buffers: a collective); when one fails, all raise :class:`EvaluationFailed` together.
 
+    ``dataloader.evaluator`` may be a list of evaluators, which run as one (detectron2's ``DatasetEvaluators``).
+
     Returns:
         dict: e.g. ``{"bbox": {"AP": ..., ...}, "selection_quality": {"object_recall/layer0": ..., ...}}`` (empty
         dict on non-main ranks of a DDP run).
@@ -60,6 +63,7 @@ def evaluate(cfg, model):
     if cfg.dataloader.get("evaluator", None) is None:
         logger.warning("The config has no dataloader.evaluator: skipping evaluation")
         return {}
+    check_evaluator_settings(cfg)
     check_evaluation_datasets(cfg)
     score_selection = selection_quality_enabled(cfg)
     batch_size = cfg.dataloader.test.get("batch_size", 1)
@@ -75,9 +79,10 @@ def evaluate(cfg, model):
     amp_dtype = inference_amp_dtype(cfg, device)
     loader = build_loader(cfg, "test")  # loads (and checks) the test data before the evaluator reads it
     check_model_classes(model, cfg.dataloader.test)
-    evaluator = _build_evaluator(cfg.dataloader.evaluator)
-    # the COCO evaluator itself, before the selection-quality metrics may wrap it (None: another evaluator)
-    coco_evaluator = evaluator if isinstance(evaluator, COCOEvaluator) else None
+    evaluators = [_build_evaluator(node) for _, node in evaluator_nodes(cfg)]
+    evaluator = evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+    # the COCO evaluator itself, before the selection-quality metrics may wrap it (None: other evaluators)
+    coco_evaluator = next((each for each in evaluators if isinstance(each, COCOEvaluator)), None)
     graph_settings = inference_cuda_graphs(cfg)
     if graph_settings is not None:
         if not graphs_available(device):

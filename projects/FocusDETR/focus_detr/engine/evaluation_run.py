@@ -4,6 +4,7 @@ import logging
 import os
 
 from detectron2.utils import comm
+from omegaconf import DictConfig
 
 from .checkpoint import AtomicDetectionCheckpointer, same_file
 from .cli import warn_on_stderr
@@ -12,7 +13,8 @@ from .evaluation import evaluate, write_eval_results
 from .inference_weights import load_inference_weights
 from .runner import build_model, wrap_ddp
 from .settings import require_sections, resolve_device
-from .test_set import check_evaluation_datasets, check_model_classes, check_trained_classes
+from .test_set import (check_evaluation_datasets, check_evaluator_settings, check_model_classes,
+                       check_trained_classes, evaluator_nodes)
 
 __all__ = ["run_evaluation"]
 
@@ -31,13 +33,14 @@ def _remove_earlier_results(cfg):
     folder = cfg.train.output_dir
     if not folder:  # no output: nothing of an earlier evaluation to remove (not the working folder's files)
         return
-    evaluator_folder = (cfg.dataloader.get("evaluator", None) or {}).get("output_dir", None)
     names = ["eval_results.json"]
-    if evaluator_folder and same_file(evaluator_folder, folder):
-        names += _EVALUATOR_FILES
-    elif evaluator_folder:  # (a detrex-style copy of train.output_dir follows its override: config.apply_overrides)
-        logger.warning(f"dataloader.evaluator.output_dir {evaluator_folder} is not train.output_dir {folder}: the "
-                       f"evaluator writes {' and '.join(_EVALUATOR_FILES)} there")
+    for key, evaluator in evaluator_nodes(cfg):
+        evaluator_folder = evaluator.get("output_dir", None) if isinstance(evaluator, DictConfig) else None
+        if evaluator_folder and same_file(evaluator_folder, folder):
+            names += [name for name in _EVALUATOR_FILES if name not in names]
+        elif evaluator_folder:  # (a detrex-style copy of train.output_dir follows its override: config.apply_overrides)
+            logger.warning(f"{key}.output_dir {evaluator_folder} is not train.output_dir {folder}: the "
+                           f"evaluator writes {' and '.join(_EVALUATOR_FILES)} there")
     removed = [name for name in names if os.path.isfile(os.path.join(folder, name))]
     for name in removed:
         os.remove(os.path.join(folder, name))
@@ -52,13 +55,13 @@ def run_evaluation(cfg, resume=False, init_checkpoint_given=True):
     user named ``train.init_checkpoint`` (on the command line), so that ``resume`` not evaluating it is a warning;
     else the config's own (a backbone initialisation) and an INFO line."""
     require_sections(cfg, ("dataloader.test",), "evaluation")
+    check_evaluator_settings(cfg, required_by="--eval-only")
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, device)
-    if cfg.dataloader.get("evaluator", None) is not None:
-        # before the weights: a class count that does not fit the data says so, not "the checkpoint does not fit"
-        check_evaluation_datasets(cfg)
-        check_model_classes(model, cfg.dataloader.test)
-        check_trained_classes(cfg)
+    # before the weights: a class count that does not fit the data says so, not "the checkpoint does not fit"
+    check_evaluation_datasets(cfg)
+    check_model_classes(model, cfg.dataloader.test)
+    check_trained_classes(cfg)
     model = wrap_ddp(model, cfg, device)  # its set-up gives every process rank 0's weights (random ones differ)
     weights = cfg.train.init_checkpoint
     run = AtomicDetectionCheckpointer(model, cfg.train.output_dir) if cfg.train.output_dir else None

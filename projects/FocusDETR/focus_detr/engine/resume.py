@@ -15,6 +15,7 @@ from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line
 from .config import ConfigError
 from .interrupt import evaluation_command
 from .settings import check_output_outside_tree_cache, check_seed
+from .test_set import check_evaluator_settings
 from .trainer import DataLoadingFailed, StepOutOfMemory, TrainingDiverged
 
 __all__ = ["check_before_setup", "final_evaluation_error", "keep_training_config", "killed_process_error",
@@ -39,11 +40,12 @@ def nothing_to_resume(cfg, start_iter):
 def check_before_setup(cfg, resume=False, eval_only=False):
     """The refusals that need no model, made before detectron2's set-up writes ``config.yaml`` and ``log.txt`` into
     ``train.output_dir``, so that a refused command leaves a finished run's record as it was: a resume of a run that
-    is complete, an evaluation of a weights file that does not exist. (The same checks run again later, with the
-    model, for callers that skip this one.) Also checks ``train.seed``, which the set-up uses, and that the folder is
-    outside the tree data's cache."""
+    is complete, an evaluation of a weights file that does not exist or without an evaluator, evaluator settings
+    that cannot work. (The same checks run again later, with the model, for callers that skip this one.) Also checks
+    ``train.seed``, which the set-up uses, and that the folder is outside the tree data's cache."""
     check_seed(cfg.train)
     check_output_outside_tree_cache(cfg.train.output_dir)
+    check_evaluator_settings(cfg, required_by="--eval-only" if eval_only else None)
     if eval_only:
         if not resume:
             check_weights_path(cfg.train.get("init_checkpoint", ""))

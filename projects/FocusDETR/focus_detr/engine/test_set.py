@@ -1,7 +1,8 @@
 """What an evaluation reads, checked before it runs (and before a training run's first step, whose evaluations read
-the same): one test set named by loader and evaluator, the classes of model, training set and test set, the channel
-order, a test loader that builds, and its image files; the class names and category ids exports and the demo take
-from it; and ``build_loader``, which names the config section a loader's construction failed in."""
+the same): evaluator settings that can work, one test set named by loader and evaluators, the classes of model,
+training set and test set, the channel order, a test loader that builds, and its image files; the class names and
+category ids exports and the demo take from it; and ``build_loader``, which names the config section a loader's
+construction failed in."""
 import inspect
 import logging
 
@@ -17,47 +18,113 @@ from .config import ConfigError, _dataset_names_in
 from .config_types import located_target
 from .settings import FORMAT_KEYS, mapper_entry
 
-__all__ = ["build_loader", "category_ids_of_test_set", "check_evaluation_datasets", "check_model_classes",
-           "check_same_classes", "check_same_input_format", "check_test_set", "check_trained_classes",
-           "class_names_of_loader", "class_names_of_model", "class_names_of_test_set", "is_coco_evaluator",
-           "metadata_of_test_set"]
+__all__ = ["build_loader", "category_ids_of_test_set", "check_evaluation_datasets", "check_evaluator_settings",
+           "check_model_classes", "check_same_classes", "check_same_input_format", "check_test_set",
+           "check_trained_classes", "class_names_of_loader", "class_names_of_model", "class_names_of_test_set",
+           "evaluator_nodes", "is_coco_evaluator", "metadata_of_test_set"]
 
 logger = logging.getLogger(__name__)
 
 
 def check_evaluation_datasets(cfg):
-    """Raises ConfigError (one line) unless the test loader and the evaluator name one and the same dataset: a test
-    set of no name, or a list of several (detectron2's COCOEvaluator scores one dataset, and one given as a list is
-    looked up as a name), or an evaluator scoring another dataset than the one run through the model (its
-    detections were silently scored against the other set's annotations: AP 0.0 for trees_val against
+    """Raises ConfigError (one line) unless the test loader and each evaluator (:func:`evaluator_nodes`) name one and
+    the same dataset: a test set of no name, or a list of several (detectron2's COCOEvaluator scores one dataset, and
+    one given as a list is looked up as a name), or an evaluator scoring another dataset than the one run through the
+    model (its detections were silently scored against the other set's annotations: AP 0.0 for trees_val against
     trees_train's)."""
     dataset = cfg.dataloader.test.get("dataset", None)
     names = dataset.get("names", None) if isinstance(dataset, DictConfig) else None
     if isinstance(names, (list, ListConfig)) and len(names) == 0:
         raise ConfigError("dataloader.test.dataset.names is empty: name the test set, e.g. "
                           "dataloader.test.dataset.names=trees_val")
-    evaluator = cfg.dataloader.get("evaluator", None)
-    if evaluator is not None and _filters_empty_images(dataset):
+    evaluators = evaluator_nodes(cfg)
+    if evaluators and _filters_empty_images(dataset):
         # a toy test set with one background image: AP 50.0 unfiltered, 100.0 filtered
         raise ConfigError("dataloader.test.dataset.filter_empty is True (or left at its default, True): the test "
                           "images without annotations would not be run, while the evaluation still scores them, so "
                           "no false detection on them would count; set dataloader.test.dataset.filter_empty=False")
+    for key, evaluator in evaluators:
+        _check_scored_dataset(key, evaluator, dataset)
+
+
+def _check_scored_dataset(key, evaluator, dataset):
+    """:func:`check_evaluation_datasets` for the evaluator ``evaluator`` of the config key ``key`` and the test
+    loader's ``dataset`` node."""
     scored = evaluator.get("dataset_name", None) if isinstance(evaluator, DictConfig) else None
     if scored is None:
         return
     if not isinstance(scored, str):
         scored = list(scored)
         several = f"lists {len(scored)} datasets" if len(scored) != 1 else "is a list"
-        raise ConfigError(f"dataloader.evaluator.dataset_name {several} ({', '.join(map(str, scored))}): COCO "
+        raise ConfigError(f"{key}.dataset_name {several} ({', '.join(map(str, scored))}): COCO "
                           "evaluation scores one dataset, named as a string (e.g. dataloader.test.dataset.names="
                           f"{scored[0] if scored else 'NAME'}); evaluate each test set with its own command")
     tested = _dataset_names_in(dataset) if dataset is not None else []
     if tested and tested != [scored]:
-        raise ConfigError(f"dataloader.evaluator.dataset_name is {scored} but the test loader reads "
+        raise ConfigError(f"{key}.dataset_name is {scored} but the test loader reads "
                           f"{', '.join(tested)}: the detections would be scored against {scored}'s annotations; "
                           "name one dataset in both (the configs' evaluator follows dataloader.test.dataset.names)")
     if is_coco_evaluator(evaluator):
         check_evaluable([scored])  # what only pycocotools reads, found before inference (or training) starts
+
+
+def evaluator_nodes(cfg):
+    """``(config key, LazyCall node)`` of each evaluator of ``cfg.dataloader.evaluator``: one, or each of a list
+    (detectron2's ``inference_on_dataset`` runs a list as one ``DatasetEvaluators``); none for null."""
+    evaluator = (cfg.get("dataloader", None) or {}).get("evaluator", None)
+    if isinstance(evaluator, (list, ListConfig)):
+        return [(f"dataloader.evaluator[{index}]", node) for index, node in enumerate(evaluator)]
+    return [] if evaluator is None else [("dataloader.evaluator", evaluator)]
+
+
+def check_evaluator_settings(cfg, required_by=None):
+    """Raises ConfigError (one line) for evaluator settings that fail only once the detections are scored, after the
+    inference (in training, after the iterations since the last checkpoint): an empty list of evaluators, two
+    COCOEvaluators (detectron2's ``DatasetEvaluators`` refuses two results named "bbox"), or a COCOEvaluator's
+    ``tasks`` other than a list of bbox (:func:`_check_coco_tasks`). ``required_by``: the command that needs an
+    evaluator (``--eval-only``, which without one loaded the model, scored nothing and wrote ``{}`` as its
+    results), refused for ``dataloader.evaluator=null``; None: null is no evaluation (training skips it)."""
+    evaluator = (cfg.get("dataloader", None) or {}).get("evaluator", None)
+    if evaluator is None and required_by:
+        raise ConfigError(f"{required_by} needs dataloader.evaluator, and the config has none: nothing would score "
+                          "the detections; leave out the override dataloader.evaluator=null (or give the config an "
+                          "evaluator)")
+    if isinstance(evaluator, (list, ListConfig)) and len(evaluator) == 0:
+        raise ConfigError("dataloader.evaluator is an empty list, which evaluates nothing: give it an evaluator (e.g. "
+                          "the configs' COCOEvaluator), or set dataloader.evaluator=null to train without evaluation")
+    coco = [(key, node) for key, node in evaluator_nodes(cfg) if is_coco_evaluator(node)]
+    if len(coco) > 1:
+        raise ConfigError(f"{coco[0][0]} and {coco[1][0]} are both COCOEvaluators: detectron2 refuses two results "
+                          "named 'bbox' (after the inference); keep one, and evaluate other settings with a command "
+                          "each")
+    for key, node in coco:
+        _check_coco_tasks(key, node.get("tasks", None))
+
+
+# COCOEvaluator's tasks, and what the model must predict for each but bbox
+_COCO_TASKS = {"bbox": None, "segm": "masks", "keypoints": "keypoints"}
+
+
+def _check_coco_tasks(key, tasks):
+    """A COCOEvaluator's ``tasks`` (config key ``key``) must be None (its default: the predictions' tasks) or a list
+    of bbox: a string is read letter by letter ("Got unknown task: b!"), and segm or keypoints need predictions this
+    box detector does not make (segm ended in pycocotools' "KeyError: 'id'")."""
+    if tasks is None:
+        return
+    fix = f"set {key}.tasks=[bbox] (or leave it out)"
+    if not isinstance(tasks, (list, tuple, ListConfig)):
+        raise ConfigError(f"{key}.tasks must be a list of tasks, got {tasks!r} (COCOEvaluator would read a string "
+                          f"letter by letter): {fix}")
+    unknown = [task for task in tasks if not (isinstance(task, str) and task in _COCO_TASKS)]
+    if unknown:
+        raise ConfigError(f"{key}.tasks has {unknown[0]!r}, not one of COCOEvaluator's tasks "
+                          f"({', '.join(_COCO_TASKS)}): {fix}")
+    other = [task for task in tasks if task != "bbox"]
+    if other:
+        raise ConfigError(f"{key}.tasks has {other[0]}, which needs {_COCO_TASKS[other[0]]}, which Focus-DETR does "
+                          f"not predict (it predicts boxes): {fix}")
+    if not tasks:
+        raise ConfigError(f"{key}.tasks is empty, which scores nothing: {fix}")
 
 
 def _filters_empty_images(dataset_node) -> bool:
@@ -79,6 +146,7 @@ def check_test_set(cfg, model=None):
     ``train.eval_period``): one dataset named by loader and evaluator, the classes of ``model`` (when given) and of
     the training set, the channel order, a test loader that can be built (batch size, workers, mapper) and every
     test image file present. Each failure is a one-line error, not one found after all of training."""
+    check_evaluator_settings(cfg)
     check_evaluation_datasets(cfg)
     if model is not None:
         check_model_classes(model, cfg.dataloader.test)

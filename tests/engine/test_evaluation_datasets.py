@@ -12,15 +12,20 @@ from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (
 
 @pytest.fixture(scope="module")
 def other_toy_datasets(tmp_path_factory):
-    """A second toy set with the same class, one whose class has another name, and one without "annotations"."""
+    """A second toy set with the same class, one whose class has another name, one with a second class and one
+    without "annotations"."""
     from toy_detector import register_edited_toy_dataset, register_toy_dataset
 
     def rename_class(coco):
         coco["categories"] = [{"id": 1, "name": "crate"}]
 
+    def add_class(coco):
+        coco["categories"] = [{"id": 0, "name": "crate"}, *coco["categories"]]
+
     root = tmp_path_factory.mktemp("other_toys")
     register_toy_dataset("focus_detr_toy_other", str(root / "other"))
     register_edited_toy_dataset("focus_detr_toy_crates", str(root / "crates"), rename_class)
+    register_edited_toy_dataset("focus_detr_toy_two_classes", str(root / "two_classes"), add_class)
     register_edited_toy_dataset("focus_detr_toy_unlabelled", str(root / "unlabelled"), lambda coco: coco.pop("annotations"))
     return root
 
@@ -75,6 +80,20 @@ def test_an_evaluation_refuses_a_test_set_whose_classes_are_named_otherwise_too(
         "error: the training set focus_detr_toy and the test set focus_detr_toy_crates name their classes differently"
     ), errors
     assert not (tmp_path / "eval_results.json").exists()
+
+
+@pytest.mark.parametrize("eval_only", [False, True])
+def test_a_test_set_with_other_classes_says_so_before_its_class_count(train_net, toy_dataset, other_toy_datasets,
+                                                                       tmp_path, capsys, eval_only):
+    # "model.num_classes is 1 but dataset 'focus_detr_toy_two_classes' has 2 classes: set model.num_classes=2",
+    # which the training set's count then refused: "... has 1 class (box): set model.num_classes=1"
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}", "train.max_iter=1",
+            "dataloader.test.dataset.names=focus_detr_toy_two_classes"]
+    assert train_net.cli(argv + (["--eval-only"] if eval_only else [])) == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: the training set focus_detr_toy and the test set focus_detr_toy_two_classes name their classes "
+        "differently: class 0 is 'box' in focus_detr_toy and 'crate' in focus_detr_toy_two_classes;"), errors
 
 
 def test_a_training_set_that_cannot_be_read_here_is_not_compared(toy_dataset, other_toy_datasets, tmp_path):

@@ -60,8 +60,8 @@ def run_evaluation(cfg, resume=False, init_checkpoint_given=True):
     model = build_model(cfg, device)
     # before the weights: a class count that does not fit the data says so, not "the checkpoint does not fit"
     check_evaluation_datasets(cfg)
+    check_trained_classes(cfg)  # before the count, which would name the test set's (not the model's training set's)
     check_model_classes(model, cfg.dataloader.test)
-    check_trained_classes(cfg)
     model = wrap_ddp(model, cfg, device)  # its set-up gives every process rank 0's weights (random ones differ)
     weights = cfg.train.init_checkpoint
     run = AtomicDetectionCheckpointer(model, cfg.train.output_dir) if cfg.train.output_dir else None

@@ -148,9 +148,11 @@ def check_test_set(cfg, model=None):
     test image file present. Each failure is a one-line error, not one found after all of training."""
     check_evaluator_settings(cfg)
     check_evaluation_datasets(cfg)
+    # the class names first: a class count that fits the training set but not the test set would otherwise be
+    # "set model.num_classes=<the test set's>", which the training set's check then refuses in turn
+    check_same_classes(cfg.dataloader.train, cfg.dataloader.test)
     if model is not None:
         check_model_classes(model, cfg.dataloader.test)
-    check_same_classes(cfg.dataloader.train, cfg.dataloader.test)
     check_same_input_format(cfg.dataloader.train, cfg.dataloader.test)
     # its own errors named too: the test json is checked above, what fails here is a setting of the loader
     build_loader(cfg, "test", name_own_errors=True)

@@ -49,6 +49,19 @@ def test_finite_boxes_pass_and_dicts_without_ids_are_named_by_position(tmp_path)
         check_finite_boxes([record], "custom")
 
 
+def test_datasets_of_one_loader_with_other_classes_are_one_line_naming_both_and_the_class(tmp_path):
+    # detectron2's "Datasets have different metadata 'thing_classes'!" named neither the datasets nor the classes
+    first = _register(tmp_path, "checks_classes_ab", [[1, 2, 3, 4]], categories=("a", "b"))
+    second = _register(tmp_path, "checks_classes_ac", [[1, 2, 3, 4]], categories=("a", "c"))
+    with pytest.raises(ValueError) as error:
+        get_checked_dataset_dicts([first, first, second])
+    assert str(error.value) == (
+        f"the datasets checks_classes_ab ({tmp_path / 'checks_classes_ab.json'}) and checks_classes_ac "
+        f"({tmp_path / 'checks_classes_ac.json'}) of one loader name their classes differently: class 1 is 'b' in "
+        "checks_classes_ab and 'c' in checks_classes_ac; their class indices would mean other classes (give their "
+        "jsons the same categories with the same ids: classes are numbered in the order of their ids)")
+
+
 def _register_in_code(name, records, thing_classes=("a", "b")):
     """A dataset registered the plain detectron2 way: a function returning the records, its classes in metadata."""
     for catalog in (DatasetCatalog, MetadataCatalog):

@@ -84,6 +84,24 @@ def _json_of(name):
     return f" ({json_file})" if json_file else ""
 
 
+def _different_classes_message(names):
+    """The one line for datasets ``names`` of one loader that name their classes otherwise (detectron2 said "Datasets
+    have different metadata 'thing_classes'!", naming neither): the first dataset that differs from the first one,
+    and the first class where. Called after such a failure only, when every dataset's classes are loaded."""
+    classes = [list(MetadataCatalog.get(name).get("thing_classes", None) or ()) for name in names]
+    other = next(index for index in range(1, len(names)) if classes[index] != classes[0])
+    first, second = classes[0], classes[other]
+    index = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+
+    def at(dataset_classes):
+        return repr(dataset_classes[index]) if index < len(dataset_classes) else "missing"
+
+    return (f"the datasets {names[0]}{_json_of(names[0])} and {names[other]}{_json_of(names[other])} of one loader "
+            f"name their classes differently: class {index} is {at(first)} in {names[0]} and {at(second)} in "
+            f"{names[other]}; their class indices would mean other classes (give their jsons the same categories "
+            "with the same ids: classes are numbered in the order of their ids)")
+
+
 def _not_a_list_message(names):
     """The one line for a dataset of ``names`` whose registered function returned something without a length (a
     generator: detectron2's "object of type 'generator' has no len()"), or None when each has one. Called after such
@@ -99,9 +117,14 @@ def _not_a_list_message(names):
 @contextlib.contextmanager
 def _dataset_errors_in_one_line(names):
     """Turns detectron2's assertions for unusable datasets into ValueErrors that name the dataset and say what is
-    wrong, as well as the TypeError of a dataset function that returns no list; other errors pass unchanged."""
+    wrong, as well as the TypeError of a dataset function that returns no list and its ValueError for datasets of
+    other classes; other errors pass unchanged."""
     try:
         yield
+    except ValueError as error:
+        if str(error) != "Datasets have different metadata 'thing_classes'!":
+            raise
+        raise ValueError(_different_classes_message(names)) from None
     except TypeError as error:
         message = _not_a_list_message(names)
         if message is None:

@@ -276,7 +276,14 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
         incompatible = super()._load_model(checkpoint)
         if is_detector and not self.allow_partial:
             mismatch = describe_mismatch(incompatible)
-            checkpoint_classes = self._other_class_count(incompatible) if self.other_class_count else None
+            checkpoint_classes = self._other_class_count(incompatible)
+            if checkpoint_classes is not None and not self.other_class_count:
+                # an evaluation or a resume: the tensor list said only "9 shape mismatches (class_embed.0.bias ...)"
+                raise CheckpointError(
+                    f"checkpoint {self._source} was trained for {_classes(checkpoint_classes)} and the model has "
+                    f"{_classes(self._model_classes())} (model.num_classes): use it with the config it was trained "
+                    f"with (model.num_classes={checkpoint_classes} and datasets of its classes); to train it on "
+                    "these classes, start a new run from it (train.init_checkpoint)")
             if checkpoint_classes is not None:
                 keys = sorted(key for key, _, _ in incompatible.incorrect_shapes)
                 self.logger.warning(

@@ -97,11 +97,15 @@ def _process_main(args):
         end_process_group()
 
 
-def _hide_gpus_for_cpu_processes(cfg, args):
-    """On a GPU machine, CPU multi-process training must not pick NCCL: hide the GPUs from the worker processes
-    (detectron2's ``launch`` chooses gloo when no GPU is visible)."""
+def _set_up_cpu_processes(cfg, args):
+    """For several CPU processes on this machine: on a GPU machine they must not pick NCCL, so the GPUs are hidden
+    from them (detectron2's ``launch`` chooses gloo when no GPU is visible); and each gets its share of the cores
+    as its thread count, as torchrun does, unless OMP_NUM_THREADS is set: with torch's default, every process used
+    every core (2 processes on 2 busy cores: 20.6 s per iteration against 0.9 s)."""
     if args.num_gpus * args.num_machines > 1 and resolve_device(cfg.train.device) == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        if "OMP_NUM_THREADS" not in os.environ:  # read by each process's torch when it starts
+            os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // args.num_gpus))
 
 
 def _launch_processes(args, output_dir):
@@ -177,7 +181,7 @@ def _launch(args):
     check_output_outside_tree_cache(cfg.train.output_dir)  # before the claim creates the folder there
     check_datasets_registered(cfg.get("dataloader", {}))
     _check_batch_splits(cfg, args)
-    _hide_gpus_for_cpu_processes(cfg, args)
+    _set_up_cpu_processes(cfg, args)
     # The lock is held here, by the process that runs main or waits for the processes running it, from before
     # anything is written into the folder until every process has ended; on a multi-machine run, by the first machine.
     with claim_output_dir(cfg.train.output_dir, fresh_training=not (args.resume or args.eval_only),

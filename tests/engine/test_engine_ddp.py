@@ -91,6 +91,9 @@ def test_train_net_with_two_cpu_processes_stops_together_on_ctrl_c_and_checkpoin
     positions = [state["data_loader"] for state in checkpoint["rank_states"]]
     assert [p["rank"] for p in positions] == [0, 1] and all(p["world_size"] == 2 for p in positions)
     assert not torch.equal(checkpoint["rank_states"][0]["rng"]["torch"], checkpoint["rank_states"][1]["rng"]["torch"])
+    # each process its share of the cores (with torch's default, each used them all: 20x slower on a busy machine)
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert f"CPU threads: {threads} intra-op, " in (tmp_path / "log.txt").read_text()
 
 
 EVALUATING_RUN = ["--config-file", TOY_CONFIG, "--num-gpus", "2", "--dist-url", "auto", "train.max_iter=10",

@@ -124,3 +124,14 @@ def test_a_picture_cut_short_by_a_full_disk_is_not_left_under_its_name(tmp_path)
     with pytest.raises(OSError):
         plot_training_curves(metrics, str(tmp_path / "curves.png"))
     assert not os.path.lexists(tmp_path / "curves.png")
+
+
+def test_a_series_of_one_logged_value_is_drawn(tmp_path):
+    # a run shorter than train.log_period logs once: a line through one point drew nothing (an empty lr panel)
+    metrics = read_metrics(str(_write(tmp_path / "metrics.json", [_training_record(3)])))
+    with Image.open(plot_training_curves(metrics, str(tmp_path / "curves.png"))) as picture:
+        width, height = picture.size
+        lr_panel = picture.convert("RGB").crop((0, height // 2, width // 2, height))  # bottom left: nothing else there
+        green = sum(count for count, (r, g, b) in lr_panel.getcolors(width * height)
+                    if abs(r - 44) + abs(g - 160) + abs(b - 44) < 30)  # tab:green, the learning rate's colour
+    assert green > 20

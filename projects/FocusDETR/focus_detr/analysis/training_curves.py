@@ -134,6 +134,11 @@ def _note(axis, text):
     axis.text(0.5, 0.5, text, ha="center", va="center", transform=axis.transAxes, color="0.4", fontsize=9, wrap=True)
 
 
+def _marker(values):
+    """A dot for a series of one value (a run shorter than train.log_period), which a line alone leaves unseen."""
+    return "o" if len(values) == 1 else None
+
+
 def _plot_ap(axis, metrics: TrainingMetrics) -> None:
     drawn = False
     for key, color in zip(AP_KEYS, ("tab:blue", "tab:orange")):
@@ -169,14 +174,15 @@ def plot_training_curves(metrics: TrainingMetrics, png_path: str, title: Optiona
     iterations, values = metrics.series("total_loss")
     total_axis.set_title("total loss (every term: all decoder layers, denoising, encoder)")
     if values:
-        total_axis.plot(iterations, values, color="black", linewidth=1.2)
+        total_axis.plot(iterations, values, color="black", linewidth=1.2, marker=_marker(values))
     else:
         _note(total_axis, "no total_loss in this log")
 
     parts_axis.set_title("main loss terms (without per-layer, denoising, encoder copies)")
     components = loss_components(metrics)
     for key in components:
-        parts_axis.plot(*metrics.series(key), linewidth=1.2, label=key)
+        iterations, values = metrics.series(key)
+        parts_axis.plot(iterations, values, linewidth=1.2, label=key, marker=_marker(values))
     if components:
         parts_axis.legend(fontsize=8, loc="upper right")
     else:
@@ -185,7 +191,7 @@ def plot_training_curves(metrics: TrainingMetrics, png_path: str, title: Optiona
     lr_axis.set_title("learning rate")
     iterations, values = metrics.series("lr")
     if values:
-        lr_axis.plot(iterations, values, color="tab:green", linewidth=1.2)
+        lr_axis.plot(iterations, values, color="tab:green", linewidth=1.2, marker=_marker(values))
         lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         lr_axis.set_ylim(bottom=0)
     else:

@@ -198,6 +198,8 @@ def test_corrupt_cache_is_rejected_then_rebuilt(copied_data_root):
     messages = []
     ensure_trees_cache(copied_data_root, log=messages.append)
     assert any("corrupt" in m for m in messages)
+    # the rebuild says what it does, not "run tools/prepare_trees.py": the command a user has just run
+    assert not any("prepare_trees" in m or "make data" in m for m in messages), messages
     assert tile.read_bytes() == original
     verify_trees_cache(cache)
 

@@ -72,7 +72,12 @@ BoxXYXY = Tuple[float, float, float, float]
 
 
 class TreesCacheError(RuntimeError):
-    """The tree dataset cache is missing, stale or corrupt (the message says which and how to fix it)."""
+    """The tree dataset cache is missing, stale or corrupt (the message says which and how to fix it; ``problem``,
+    which alone)."""
+
+    def __init__(self, message, problem=None):
+        super().__init__(message)
+        self.problem = problem or message
 
 
 @dataclass(frozen=True)
@@ -350,6 +355,10 @@ def _unlisted_files(cache_dir: Path, files: dict, sources: Sequence[TreeSource])
     return f"{outside[0]} inside the cache" if outside else (missing[0] if missing else None)
 
 
+def _cache_error(problem, fix):
+    return TreesCacheError(f"{problem}; {fix}", problem)
+
+
 def verify_trees_cache(
     cache_dir: os.PathLike,
     params: TilingParams = TilingParams(),
@@ -362,26 +371,26 @@ def verify_trees_cache(
     fix = "run `make data` (`.venv/bin/python tools/prepare_trees.py`) to (re)build it"
     manifest_path = cache_dir / MANIFEST_NAME
     if not manifest_path.is_file():
-        raise TreesCacheError(f"tree dataset cache {cache_dir} is missing or incomplete (no {MANIFEST_NAME}); {fix}")
+        raise _cache_error(f"tree dataset cache {cache_dir} is missing or incomplete (no {MANIFEST_NAME})", fix)
     try:
         manifest = json.loads(manifest_path.read_text())
         files = dict(manifest["files"])
         build_record = {key: manifest[key] for key in ("format", "params", "sources", "source_wheel_sha256")}
     except (ValueError, KeyError, TypeError) as e:
-        raise TreesCacheError(f"tree dataset cache {cache_dir}: unreadable {MANIFEST_NAME} ({e!r}); {fix}") from e
+        raise _cache_error(f"tree dataset cache {cache_dir}: unreadable {MANIFEST_NAME} ({e!r})", fix) from e
     expected = _expected_build_record(params, sources, read_data_requirement(requirement_file)[2])
     if build_record != expected:
         changed = sorted(key for key in expected if build_record[key] != expected[key])
-        raise TreesCacheError(f"tree dataset cache {cache_dir} is stale ({', '.join(changed)} changed); {fix}")
+        raise _cache_error(f"tree dataset cache {cache_dir} is stale ({', '.join(changed)} changed)", fix)
     unlisted = _unlisted_files(cache_dir, files, sources)
     if unlisted:  # a hand-edited manifest checks only what it lists: an image removed with its entry went unseen
-        raise TreesCacheError(f"tree dataset cache {cache_dir}: {MANIFEST_NAME} does not list {unlisted}; {fix}")
+        raise _cache_error(f"tree dataset cache {cache_dir}: {MANIFEST_NAME} does not list {unlisted}", fix)
     for relative_path, sha256 in files.items():
         path = cache_dir / relative_path
         if not path.is_file():
-            raise TreesCacheError(f"tree dataset cache {cache_dir}: {relative_path} is missing; {fix}")
+            raise _cache_error(f"tree dataset cache {cache_dir}: {relative_path} is missing", fix)
         if _sha256_file(path) != sha256:
-            raise TreesCacheError(f"tree dataset cache {cache_dir}: {relative_path} is corrupt (hash mismatch); {fix}")
+            raise _cache_error(f"tree dataset cache {cache_dir}: {relative_path} is corrupt (hash mismatch)", fix)
     return manifest
 
 
@@ -397,7 +406,8 @@ def ensure_trees_cache(
     try:
         return verify_trees_cache(cache_dir, params, TREE_SOURCES, requirement_file)
     except TreesCacheError as e:
-        log(f"[trees] {e}\n[trees] rebuilding {cache_dir}")
+        # not the message's remedy, which is this very command
+        log(f"[trees] {e.problem}\n[trees] rebuilding {cache_dir}")
     wheel_path = download_source_wheel(data_root, requirement_file)
     build_trees_cache(cache_dir, wheel_path, params, TREE_SOURCES)
     return verify_trees_cache(cache_dir, params, TREE_SOURCES, requirement_file)

@@ -9,8 +9,9 @@ curves, and print where everything is.
     python tools/main_job.py train.max_iter=1200  # any config override
 
 Stopped by Ctrl-C (or SIGTERM), the job ends with one line naming the command that finishes it: the same command with
-``--output FOLDER --resume``. ``--resume`` continues training from the folder's last checkpoint; when training there
-is already complete (its last checkpoint is at ``train.max_iter``), it goes on with what is left: the evaluation, the
+``--output FOLDER --resume``. ``--resume`` continues training from the folder's last checkpoint, to the length the
+job was started with unless ``train.max_iter`` is given; when training there is already complete (its last
+checkpoint is at ``train.max_iter``), it goes on with what is left: the evaluation, the
 pictures, the curves and the summary. A job whose training is complete and whose summary is written is finished:
 ``--resume`` refuses it (raise ``train.max_iter`` to train it longer).
 
@@ -155,7 +156,23 @@ def _complete_training(output, max_iter):
     from focus_detr.engine.resume import resume_point
 
     point = resume_point(output)
-    return point[0] if point is not None and point[1] >= max_iter else None
+    return point.checkpoint if point is not None and point.next_iteration >= max_iter else None
+
+
+def _job_length(output, args):
+    """For ``--resume`` without a ``train.max_iter`` override: the override of the length the job in ``output`` was
+    started with. The config's own length had taken its place, so a finished job of 4 iterations trained on to 900
+    (and lost its summary), and an interrupted one started with train.max_iter=1200 stopped at 900."""
+    from focus_detr.engine.resume import resume_point
+
+    if not args.resume or any(override.split("=", 1)[0] == "train.max_iter" for override in args.opts):
+        return []
+    point = resume_point(output)
+    if point is None or point.max_iter is None:
+        return []
+    print(f"[main job] --resume: the job's length, train.max_iter={point.max_iter} (give train.max_iter to train "
+          "it longer)", flush=True)
+    return [f"train.max_iter={point.max_iter}"]
 
 
 class JobInterrupted(KeyboardInterrupt):
@@ -233,7 +250,7 @@ def _steps(args, command, progress):
     torch.set_num_threads(cpu_threads(args.threads))
     output = os.path.abspath(args.output)
     summary_path = os.path.join(output, SUMMARY)
-    overrides = [f"train.output_dir={output}", *args.opts]
+    overrides = [f"train.output_dir={output}", *args.opts, *_job_length(output, args)]
     cfg = load_config(args.config_file, overrides)  # registers the tree data (or names the command that builds it)
     check_datasets_registered(cfg.dataloader)
     train_set = _dataset_name(cfg.dataloader.train.dataset.names)

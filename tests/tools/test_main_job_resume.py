@@ -101,6 +101,11 @@ def test_ctrl_c_after_training_names_a_command_that_finishes_the_job_without_ret
     # finished: a further --resume says so in one line instead of redoing it
     status, line = _run(arguments, capsys)
     assert status == 2 and line.startswith(f"error: nothing to resume in {out}: its job is finished")
+    # also without the train.max_iter=2 it was started with: the config's 10 trained it on and removed its summary
+    bare = [word for word in arguments if word != "train.max_iter=2"]
+    status, line = _run(bare, capsys)
+    assert status == 2 and line.startswith(f"error: nothing to resume in {out}: its job is finished"), line
+    assert _summary_finished(out) and final.read_bytes() == trained
 
 
 def test_a_job_stopped_before_its_first_checkpoint_is_resumed_in_its_own_folder(

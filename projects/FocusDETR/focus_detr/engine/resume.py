@@ -4,6 +4,7 @@ and says: the checkpoint, and the command that continues or evaluates it."""
 import contextlib
 import logging
 import os
+from typing import NamedTuple, Optional
 
 import torch
 from detectron2.utils import comm
@@ -105,20 +106,33 @@ def keep_training_config(output_dir, earlier):
     return True
 
 
+class ResumePoint(NamedTuple):
+    checkpoint: str
+    next_iteration: int
+    max_iter: Optional[int]  # the train.max_iter it was trained for (None: a checkpoint from before it was saved)
+
+
 def resume_point(output_dir):
-    """``(checkpoint, iteration)``: the checkpoint a resume from ``output_dir`` starts from (the one its
-    ``last_checkpoint`` names) and the iteration it continues at (that checkpoint's + 1); None when that cannot be
-    told cheaply (no checkpoint, an unreadable or foreign one: the resume itself reports those)."""
+    """The :class:`ResumePoint` of ``output_dir``: the checkpoint a resume starts from (the one its
+    ``last_checkpoint`` names), the iteration it continues at (that checkpoint's + 1) and the run's length; None when
+    that cannot be told cheaply (no checkpoint, an unreadable or foreign one: the resume itself reports those)."""
     name, _ = read_checkpoint_tag(output_dir)
     if name is None:
         return None
     path = os.path.join(output_dir, name)
     try:
         # memory-mapped: the weights are not read, only the small records
-        iteration = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("iteration")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        iteration, max_iter = checkpoint.get("iteration"), checkpoint.get("max_iter")
     except Exception:  # noqa: BLE001 (anything unreadable is left to the resume, which names it)
         return None
-    return (path, iteration + 1) if isinstance(iteration, int) and not isinstance(iteration, bool) else None
+    if not _is_count(iteration):
+        return None
+    return ResumePoint(path, iteration + 1, max_iter if _is_count(max_iter) else None)
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def killed_process_error(exited, output_dir, command=None, training=True):

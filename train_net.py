@@ -49,7 +49,6 @@ from focus_detr.engine.interrupt import (ForwardedStop, SignalInterrupt, StopReq
                                         stop_signals_interrupt)
 from focus_detr.engine.output_lock import claim_output_dir
 from focus_detr.engine.resume import keep_training_config, killed_process_error, run_record_kept
-from focus_detr.engine.settings import check_output_outside_tree_cache
 
 
 def parse_args(argv=None):
@@ -178,7 +177,8 @@ def _launch(args):
     require_sections(cfg, ("train",), "train_net.py")
     if not cfg.train.get("output_dir", ""):  # detectron2's set-up writes its log and the config there
         raise ConfigError("train.output_dir is empty: name the folder for the log, the config and the results")
-    check_output_outside_tree_cache(cfg.train.output_dir)  # before the claim creates the folder there
+    # before the claim creates the folder: a refused command left an empty one (or config.yaml and log.txt)
+    check_before_setup(cfg, resume=args.resume, eval_only=args.eval_only)
     check_datasets_registered(cfg.get("dataloader", {}))
     _check_batch_splits(cfg, args)
     _set_up_cpu_processes(cfg, args)

@@ -192,6 +192,14 @@ def test_evaluating_a_missing_weights_file_leaves_the_folder_s_config_as_it_was(
     assert (tmp_path / "config.yaml").read_bytes() == config  # it named the missing file
 
 
+@pytest.mark.parametrize("refused", [["--eval-only", "train.init_checkpoint=nowhere.pth"], ["train.device=mps"]])
+def test_a_command_refused_before_its_run_creates_no_output_folder(train_net, toy_dataset, capsys, tmp_path,
+                                                                    refused):
+    # the folder's claim created it before these checks: an empty folder, or one with config.yaml and log.txt
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path / 'new'}", *refused]) == 2
+    assert len(error_lines(capsys.readouterr().err)) == 1 and not (tmp_path / "new").exists()
+
+
 def test_a_weights_file_with_detectron2_s_query_is_not_refused_before_set_up(train_net, toy_dataset, tmp_path):
     # the check before detectron2's set-up is the checkpointer's own: "?matching_heuristics=True" is not part of the file
     assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}", "train.max_iter=2"]) == 0

@@ -15,7 +15,7 @@ from .checkpoint import atomic_write, read_checkpoint_tag
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line
 from .config import ConfigError
 from .interrupt import evaluation_command
-from .settings import check_output_outside_tree_cache, check_seed
+from .settings import check_output_outside_tree_cache, check_seed, resolve_device
 from .test_set import check_evaluator_settings
 from .trainer import DataLoadingFailed, StepOutOfMemory, TrainingDiverged
 
@@ -42,9 +42,11 @@ def check_before_setup(cfg, resume=False, eval_only=False):
     """The refusals that need no model, made before detectron2's set-up writes ``config.yaml`` and ``log.txt`` into
     ``train.output_dir``, so that a refused command leaves a finished run's record as it was: a resume of a run that
     is complete, an evaluation of a weights file that does not exist or without an evaluator, evaluator settings
-    that cannot work. (The same checks run again later, with the model, for callers that skip this one.) Also checks
-    ``train.seed``, which the set-up uses, and that the folder is outside the tree data's cache."""
+    that cannot work, a device this machine lacks. (The same checks run again later, with the model, for callers that
+    skip this one; train_net.py makes them before it creates the folder too.) Also checks ``train.seed``, which the
+    set-up uses, and that the folder is outside the tree data's cache."""
     check_seed(cfg.train)
+    resolve_device(cfg.train.get("device", "auto"))  # train.device=mps had written config.yaml and log.txt
     check_output_outside_tree_cache(cfg.train.output_dir)
     check_evaluator_settings(cfg, required_by="--eval-only" if eval_only else None)
     if eval_only:

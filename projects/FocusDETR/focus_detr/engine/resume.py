@@ -15,7 +15,7 @@ from .checkpoint import atomic_write, read_checkpoint_tag
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line
 from .config import ConfigError
 from .interrupt import evaluation_command
-from .settings import check_output_outside_tree_cache, check_seed, resolve_device
+from .settings import check_output_outside_tree_cache, check_seed, require_sections, resolve_device
 from .test_set import check_evaluator_settings
 from .trainer import DataLoadingFailed, StepOutOfMemory, TrainingDiverged
 
@@ -48,6 +48,8 @@ def check_before_setup(cfg, resume=False, eval_only=False):
     check_seed(cfg.train)
     resolve_device(cfg.train.get("device", "auto"))  # train.device=mps had written config.yaml and log.txt
     check_output_outside_tree_cache(cfg.train.output_dir)
+    if eval_only:  # a config without test data says so, not that its (absent) evaluator is missing
+        require_sections(cfg, ("dataloader.test",), "evaluation")
     check_evaluator_settings(cfg, required_by="--eval-only" if eval_only else None)
     if eval_only:
         if not resume:

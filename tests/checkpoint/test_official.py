@@ -144,3 +144,22 @@ def test_detectron2s_checkpointer_and_load_state_dict_load_an_official_checkpoin
     plain.load_state_dict(official)  # strict: every key of the model filled, no key left over
     assert all(torch.equal(value, reference.state_dict()[key]) for key, value in plain.state_dict().items())
     assert list(official) == official_keys  # the caller's dict is left as it was
+
+
+def test_detectron2s_checkpointer_fine_tunes_an_official_checkpoint_to_another_class_count(parity_fixture, tmp_path):
+    # fvcore dropped the mismatched class_embed.* and the pre-hook rebuilt them from their aliases
+    # (transformer.decoder.class_embed.*, enhance_MCSP*) with the checkpoint's class count: the load raised
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    official = parity_fixture["state_dict"]
+    path = tmp_path / "official.pth"
+    torch.save({"model": official}, path)
+    reference = build_tiny_model()
+    FocusDETRCheckpointer(reference).load_model_state(dict(official))
+    torch.manual_seed(0)
+    model = build_tiny_model(**{"model.num_classes": 5})
+    initial = {key: value.clone() for key, value in model.state_dict().items()}
+    DetectionCheckpointer(model).load(str(path))
+    for key, value in model.state_dict().items():
+        expected = initial[key] if key.startswith(("class_embed.", "label_enc.")) else reference.state_dict()[key]
+        assert torch.equal(value, expected), key

@@ -1,6 +1,6 @@
 """Reading official detrex Focus-DETR checkpoints: key renaming and the aliased shared heads."""
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -58,12 +58,16 @@ def _num_heads(state_dict: Dict[str, torch.Tensor]) -> int:
     return max(indices) + 1
 
 
-def convert_official_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def convert_official_state_dict(
+    state_dict: Dict[str, torch.Tensor], model_shapes: Optional[Mapping[str, torch.Size]] = None
+) -> Dict[str, torch.Tensor]:
     """Maps an official detrex Focus-DETR state dict to this project's keys.
 
     Aliased copies of the shared heads (``transformer.decoder.{class,bbox}_embed.*``, ``enhance_MCSP*``) are folded
     into ``class_embed.*`` / ``bbox_embed.*``; any subset of the aliases is accepted, and present copies must be
-    identical. Raises ``ValueError`` when they differ.
+    identical. Raises ``ValueError`` when they differ. With ``model_shapes`` (the model's key -> shape), an alias is
+    not folded into a key absent from ``state_dict`` whose shape the model does not share: a loader that drops the
+    mismatched keys first (fvcore's, for another class count) then finds it missing rather than rebuilt.
     """
     last_head = _num_heads(state_dict) - 1
     canonical: Dict[str, torch.Tensor] = {}
@@ -85,7 +89,8 @@ def convert_official_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str
     for alias, target in aliases:
         value = state_dict[alias]
         if target not in canonical:
-            canonical[target] = value
+            if model_shapes is None or model_shapes.get(target, value.shape) == value.shape:
+                canonical[target] = value
         elif canonical[target].shape != value.shape or not torch.equal(canonical[target], value):
             raise ValueError(f"checkpoint keys '{alias}' and '{target}' should share one tensor but hold different values")
     return canonical

@@ -32,12 +32,16 @@ logger = logging.getLogger(__name__)
 def _official_layout_to_model_keys(module, state_dict, prefix, *unused):
     """``load_state_dict`` pre-hook: an official detrex Focus-DETR state dict is converted to this model's keys in
     place, so that detectron2's ``DetectionCheckpointer`` (detrex's loader) and a plain ``load_state_dict`` load it
-    whole; without it most of the transformer kept its random weights, with only a log line of missing keys."""
+    whole; without it most of the transformer kept its random weights, with only a log line of missing keys. The
+    aliases of a head whose shape the model does not share (another class count) fill nothing: fvcore drops the
+    mismatched ``class_embed.*`` before this hook, and rebuilding them from the aliases made its load raise."""
     keys = {key[len(prefix):]: key for key in state_dict if key.startswith(prefix)}
     if not is_official_layout(keys):
         return
     logger.info("The state dict is in the official detrex Focus-DETR layout; converting its keys.")
-    converted = convert_official_state_dict({short: state_dict.pop(key) for short, key in keys.items()})
+    model_shapes = {key: value.shape for key, value in module.state_dict().items()}
+    official = {short: state_dict.pop(key) for short, key in keys.items()}
+    converted = convert_official_state_dict(official, model_shapes)
     state_dict.update((prefix + key, value) for key, value in converted.items())
 
 

@@ -349,3 +349,16 @@ def test_a_resnet_stem_and_stages_built_for_other_widths_are_named_at_build(over
                                          r"model.backbone.stages for each other$"):
         build_tiny_model(**{override: value})
 
+
+
+def test_inference_outputs_follow_the_callers_grad_mode(tiny_model, parity_fixture):
+    # forward_inference ran under torch.no_grad() whatever the caller asked: no saliency map or adversarial input
+    image = fixture_inputs(parity_fixture)[0]["image"].float().requires_grad_()
+    with torch.no_grad():
+        expected = tiny_model([{"image": image}])[0]["instances"]
+    assert not expected.scores.requires_grad
+    instances = tiny_model([{"image": image}])[0]["instances"]
+    (instances.scores[0] + instances.pred_boxes.tensor[0].sum()).backward()  # boxes: scaled and clipped in place
+    assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
+    assert torch.allclose(instances.scores, expected.scores, atol=1e-5)
+    assert torch.allclose(instances.pred_boxes.tensor, expected.pred_boxes.tensor, atol=1e-3)

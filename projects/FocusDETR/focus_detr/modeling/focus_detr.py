@@ -307,9 +307,12 @@ class FocusDETR(nn.Module):
         }
         return self.criterion(outputs, targets, denoising, dn_outputs)
 
-    @torch.no_grad()
     def forward_inference(self, batched_inputs: List[Dict], return_token_selection: bool = False) -> List[Dict]:
         """Detections per image, rescaled to its ``height`` x ``width`` (default: the input size).
+
+        Differentiable under the caller's grad mode, as detectron2's meta-architectures are (saliency maps,
+        adversarial inputs, test-time adaptation); the predictor and ``inference_on_dataset`` run it under
+        ``torch.no_grad()``, which also takes the faster in-place paths.
 
         With ``return_token_selection``, each result also holds ``token_selection`` (per-token foreground logits,
         kept and fine-grained token indices per encoder layer, level layout), ``image_size`` (the network input's
@@ -386,12 +389,14 @@ class FocusDETR(nn.Module):
     def instances_of(scores, labels, boxes, image_sizes) -> List[Instances]:
         """:meth:`select_detections`' outputs -> Instances per image, boxes scaled (in place) to its ``(h, w)``."""
         results = []
-        for scores_i, labels_i, boxes_i, (h, w) in zip(scores, labels, boxes, image_sizes):
+        # Each image's rows indexed, not iterated: iterating unbinds, and autograd refuses in-place edits (the
+        # scaling, then rescale_detections') of a view that unbind made, under grad.
+        for i, (h, w) in enumerate(image_sizes):
             result = Instances((h, w))
-            result.pred_boxes = Boxes(boxes_i)
+            result.pred_boxes = Boxes(boxes[i])
             result.pred_boxes.scale(scale_x=w, scale_y=h)
-            result.scores = scores_i
-            result.pred_classes = labels_i
+            result.scores = scores[i]
+            result.pred_classes = labels[i]
             results.append(result)
         return results
 

@@ -111,5 +111,29 @@ def test_unknown_fine_grained_settings_are_one_line_errors():
 
     with pytest.raises(ValueError, match="fine_grained_scoring must be one of multi_category, foreground"):
         CascadeDualAttentionEncoder(num_layers=1, embed_dim=32, num_heads=4, fine_grained_scoring="class")
-    with pytest.raises(ValueError, match="num_fine_grained_tokens must be >= 0"):
+    with pytest.raises(ValueError, match="num_fine_grained_tokens must be an integer >= 0"):
         CascadeDualAttentionEncoder(num_layers=1, embed_dim=32, num_heads=4, num_fine_grained_tokens=-1)
+
+
+def test_an_assigned_fine_grained_token_count_is_checked_and_reaches_every_layer():
+    # the encoder had no such attribute (an assignment made a new one that nothing read), and a layer took -5 to
+    # fail in the forward ("selected index k out of range")
+    import re
+
+    import pytest
+
+    encoder = CascadeDualAttentionEncoder(num_layers=2, embed_dim=32, num_heads=4, num_fine_grained_tokens=5)
+    encoder.num_fine_grained_tokens = 3
+    assert encoder.num_fine_grained_tokens == 3
+    assert [layer.num_fine_grained_tokens for layer in encoder.layers] == [3, 3]
+    for value in (-5, 2.5, None, True):
+        message = (r"num_fine_grained_tokens must be an integer >= 0 \(0: no fine-grained attention\), got "
+                   + re.escape(repr(value)) + "$")
+        with pytest.raises(ValueError, match=r"^CascadeDualAttentionEncoder \(model.transformer.encoder\): " + message):
+            encoder.num_fine_grained_tokens = value
+        with pytest.raises(ValueError, match="^" + message):
+            encoder.layers[1].num_fine_grained_tokens = value
+    assert [layer.num_fine_grained_tokens for layer in encoder.layers] == [3, 3]
+    without = CascadeDualAttentionEncoder(num_layers=1, embed_dim=32, num_heads=4, num_fine_grained_tokens=0)
+    with pytest.raises(ValueError, match="the layer was built without fine-grained attention"):
+        without.num_fine_grained_tokens = 10

@@ -362,3 +362,15 @@ def test_inference_outputs_follow_the_callers_grad_mode(tiny_model, parity_fixtu
     assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
     assert torch.allclose(instances.scores, expected.scores, atol=1e-5)
     assert torch.allclose(instances.pred_boxes.tensor, expected.pred_boxes.tensor, atol=1e-3)
+
+
+def test_a_fine_grained_token_count_assigned_to_a_built_model_is_used(tiny_model, parity_fixture):
+    item = fixture_inputs(parity_fixture)[0]
+    encoder = tiny_model.transformer.encoder
+    try:
+        encoder.num_fine_grained_tokens = 10
+        with torch.no_grad():
+            selection = tiny_model.forward_inference([item], return_token_selection=True)[0]["token_selection"]
+    finally:
+        encoder.num_fine_grained_tokens = 300
+    assert [len(inds) for inds in selection["fine_grained_inds"]] == [10, 10]

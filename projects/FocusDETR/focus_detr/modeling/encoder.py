@@ -1,5 +1,6 @@
 """The cascade dual-attention encoder: each layer refines only the foreground tokens the selector kept for it."""
 import dataclasses
+import numbers
 from typing import Callable, List, Optional, Tuple, Union
 
 import torch
@@ -62,6 +63,14 @@ def _positions_within(inds_0: torch.Tensor, layer_inds: List[torch.Tensor], num_
 FINE_GRAINED_SCORINGS = ("multi_category", "foreground")
 
 
+def _checked_fine_grained_count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(
+            f"num_fine_grained_tokens must be an integer >= 0 (0: no fine-grained attention), got {value!r}"
+        )
+    return int(value)
+
+
 class DualAttentionEncoderLayer(nn.Module):
     """One encoder layer over a set of foreground tokens (post-norm):
 
@@ -96,15 +105,11 @@ class DualAttentionEncoderLayer(nn.Module):
         fine_grained_scoring: str = "multi_category",
     ):
         super().__init__()
-        if num_fine_grained_tokens < 0:
-            raise ValueError(
-                f"num_fine_grained_tokens must be >= 0 (0: no fine-grained attention), got {num_fine_grained_tokens}"
-            )
         if fine_grained_scoring not in FINE_GRAINED_SCORINGS:
             raise ValueError(
                 f"fine_grained_scoring must be one of {', '.join(FINE_GRAINED_SCORINGS)}, got {fine_grained_scoring!r}"
             )
-        self.num_fine_grained_tokens = num_fine_grained_tokens
+        self._num_fine_grained_tokens = _checked_fine_grained_count(num_fine_grained_tokens)
         self.fine_grained_scoring = fine_grained_scoring
         if num_fine_grained_tokens:
             # Not built when unused: parameters without gradients would stall DDP and load as unexpected keys.
@@ -115,6 +120,26 @@ class DualAttentionEncoderLayer(nn.Module):
         self.cross_attn_norm = nn.LayerNorm(embed_dim)
         self.ffn = FFN(embed_dim, feedforward_dim, ffn_dropout)
         self.ffn_norm = nn.LayerNorm(embed_dim)
+
+    # A property, so that an assignment to a built model is checked as the constructor checks it: -5 failed deep in
+    # the forward ("selected index k out of range"), a count on a layer built without the attention at its first use.
+    @property
+    def num_fine_grained_tokens(self) -> int:
+        """Tokens that get self-attention (0: none)."""
+        return self._num_fine_grained_tokens
+
+    @num_fine_grained_tokens.setter
+    def num_fine_grained_tokens(self, value: int) -> None:
+        value = _checked_fine_grained_count(value)
+        if value and not self._num_fine_grained_tokens:
+            raise ValueError(f"num_fine_grained_tokens cannot become {value}: the layer was built without fine-grained "
+                             "attention (num_fine_grained_tokens=0); build the model with the count in its config")
+        self._num_fine_grained_tokens = value
+
+    def __setstate__(self, state):
+        if "num_fine_grained_tokens" in state:  # a model pickled whole before it was a property
+            state["_num_fine_grained_tokens"] = state.pop("num_fine_grained_tokens")
+        super().__setstate__(state)
 
     def multi_category_scores(
         self, queries: torch.Tensor, foreground_scores: torch.Tensor, category_head: Callable
@@ -221,6 +246,20 @@ class CascadeDualAttentionEncoder(nn.Module):
         except ValueError as error:  # a layer's part names itself ("MultiheadAttention: ..."), not the encoder
             raise ValueError(f"CascadeDualAttentionEncoder (model.transformer.encoder): {error}") from None
         self.layers = nn.ModuleList(layers)
+
+    # A property setting every layer's: the layers hold the count, so an attribute of the encoder alone changed nothing.
+    @property
+    def num_fine_grained_tokens(self) -> int:
+        """Tokens per layer that get self-attention (the first layer's, where a layer was given its own count)."""
+        return self.layers[0].num_fine_grained_tokens
+
+    @num_fine_grained_tokens.setter
+    def num_fine_grained_tokens(self, value: int) -> None:
+        try:
+            for layer in self.layers:  # built alike: a refused value is refused by the first, before any change
+                layer.num_fine_grained_tokens = value
+        except ValueError as error:
+            raise ValueError(f"CascadeDualAttentionEncoder (model.transformer.encoder): {error}") from None
 
     def forward(
         self,

@@ -276,9 +276,20 @@ def test_a_position_embedding_the_token_layout_would_not_call_is_refused():
         instantiate(cfg.model)
 
 
-def test_more_detections_than_candidates_are_announced(caplog):
-    build_tiny_model(**{"model.num_detections": 100000})
-    assert any("model.num_detections is 100000, but the model has only" in r.getMessage() for r in caplog.records)
+def test_more_detections_than_candidates_are_announced_at_build_and_when_assigned(caplog):
+    # an assignment to a built model was capped without a word
+    def announced():
+        messages = [r.getMessage() for r in caplog.records if "but the model has only" in r.getMessage()]
+        caplog.clear()
+        return messages
+
+    model = build_tiny_model(**{"model.num_detections": 100000})
+    assert announced() == ["model.num_detections is 100000, but the model has only 4000 candidates (queries x "
+                           "classes): it returns at most that many detections per image"]
+    model.num_detections = 100
+    assert announced() == []
+    model.num_detections = 5000
+    assert [message.split(",")[0] for message in announced()] == ["model.num_detections is 5000"]
 
 
 def test_num_detections_is_checked_at_build_and_when_assigned(tiny_model, parity_fixture):

@@ -91,7 +91,6 @@ class FocusDETR(nn.Module):
         backbone_channels_last: bool = False,
     ):
         super().__init__()
-        self.num_detections = num_detections
         if num_classes < 1:
             raise ValueError(f"FocusDETR: num_classes must be >= 1, got {num_classes}")
         if len(pixel_mean) != 3 or len(pixel_std) != 3 or any(s <= 0 for s in pixel_std):
@@ -99,10 +98,6 @@ class FocusDETR(nn.Module):
                              "channel of the 3-channel images, and std be > 0")
         if not 0.0 < class_prior_prob < 1.0:
             raise ValueError(f"FocusDETR: class_prior_prob must be in (0, 1), got {class_prior_prob}")
-        candidates = getattr(transformer, "num_queries", num_detections) * num_classes
-        if num_detections > candidates:
-            logger.warning(f"model.num_detections is {num_detections}, but the model has only {candidates} "
-                           "candidates (queries x classes): it returns at most that many detections per image")
         if not isinstance(aux_loss, bool):
             raise ValueError(f"FocusDETR: aux_loss must be True or False, got {aux_loss!r}")
         check_position_embedding(position_embedding)
@@ -127,6 +122,7 @@ class FocusDETR(nn.Module):
         self.criterion = criterion
         self.denoising = denoising
         self.num_classes = num_classes
+        self.num_detections = num_detections
         self._warned_of_mixed_sizes = False  # once per model: an evaluation at batch > 1 would repeat it per batch
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
@@ -154,6 +150,11 @@ class FocusDETR(nn.Module):
         # a property, so that an assignment to a built model is checked too: 0 returned no detection without a word
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"FocusDETR: num_detections must be an integer >= 1, got {value!r}")
+        # here rather than at build alone: an assignment to a built model was capped without a word
+        candidates = getattr(self.transformer, "num_queries", value) * self.num_classes
+        if value > candidates:
+            logger.warning(f"model.num_detections is {value}, but the model has only {candidates} candidates "
+                           "(queries x classes): it returns at most that many detections per image")
         self._num_detections = int(value)
 
     def __setstate__(self, state):

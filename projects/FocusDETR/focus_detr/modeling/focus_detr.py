@@ -40,8 +40,7 @@ def _official_layout_to_model_keys(module, state_dict, prefix, *unused):
         return
     logger.info("The state dict is in the official detrex Focus-DETR layout; converting its keys.")
     model_shapes = {key: value.shape for key, value in module.state_dict().items()}
-    official = {short: state_dict.pop(key) for short, key in keys.items()}
-    converted = convert_official_state_dict(official, model_shapes)
+    converted = convert_official_state_dict({short: state_dict.pop(key) for short, key in keys.items()}, model_shapes)
     state_dict.update((prefix + key, value) for key, value in converted.items())
 
 
@@ -311,9 +310,8 @@ class FocusDETR(nn.Module):
     def forward_inference(self, batched_inputs: List[Dict], return_token_selection: bool = False) -> List[Dict]:
         """Detections per image, rescaled to its ``height`` x ``width`` (default: the input size).
 
-        Differentiable under the caller's grad mode, as detectron2's meta-architectures are (saliency maps,
-        adversarial inputs, test-time adaptation); the predictor and ``inference_on_dataset`` run it under
-        ``torch.no_grad()``, which also takes the faster in-place paths.
+        Differentiable under the caller's grad mode, as detectron2's models are; the predictor and
+        ``inference_on_dataset`` run it under ``torch.no_grad()`` (faster in-place paths).
 
         With ``return_token_selection``, each result also holds ``token_selection`` (per-token foreground logits,
         kept and fine-grained token indices per encoder layer, level layout), ``image_size`` (the network input's
@@ -390,8 +388,7 @@ class FocusDETR(nn.Module):
     def instances_of(scores, labels, boxes, image_sizes) -> List[Instances]:
         """:meth:`select_detections`' outputs -> Instances per image, boxes scaled (in place) to its ``(h, w)``."""
         results = []
-        # Each image's rows indexed, not iterated: iterating unbinds, and autograd refuses in-place edits (the
-        # scaling, then rescale_detections') of a view that unbind made, under grad.
+        # Indexed, not iterated: autograd refuses in-place edits (the scaling, rescale_detections') of unbind's views.
         for i, (h, w) in enumerate(image_sizes):
             result = Instances((h, w))
             result.pred_boxes = Boxes(boxes[i])

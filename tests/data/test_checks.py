@@ -61,6 +61,16 @@ def test_datasets_of_one_loader_with_other_classes_are_one_line_naming_both_and_
         "jsons the same categories with the same ids: classes are numbered in the order of their ids)")
 
 
+def test_datasets_with_the_same_classes_as_a_tuple_and_a_list_keep_detectron2s_line(tmp_path):
+    # detectron2 tells ("a", "b") from ["a", "b"]; the line naming the differing class found none (StopIteration)
+    first = _register(tmp_path, "checks_classes_list", [[1, 2, 3, 4]], categories=("a", "b"))
+    second = _register_in_code("checks_classes_tuple", lambda: [_record(0)])
+    MetadataCatalog.remove(second)
+    MetadataCatalog.get(second).thing_classes = ("a", "b")
+    with pytest.raises(ValueError, match="^Datasets have different metadata 'thing_classes'!$"):
+        get_checked_dataset_dicts([first, second])
+
+
 def _register_in_code(name, records, thing_classes=("a", "b")):
     """A dataset registered the plain detectron2 way: a function returning the records, its classes in metadata."""
     for catalog in (DatasetCatalog, MetadataCatalog):

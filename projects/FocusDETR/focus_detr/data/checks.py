@@ -84,12 +84,19 @@ def _json_of(name):
     return f" ({json_file})" if json_file else ""
 
 
+# detectron2's error for datasets of one loader with other class lists
+_DIFFERENT_CLASSES = "Datasets have different metadata 'thing_classes'!"
+
+
 def _different_classes_message(names):
     """The one line for datasets ``names`` of one loader that name their classes otherwise (detectron2 said "Datasets
     have different metadata 'thing_classes'!", naming neither): the first dataset that differs from the first one,
-    and the first class where. Called after such a failure only, when every dataset's classes are loaded."""
+    and the first class where; None when they name the same classes (a tuple and a list, which detectron2 tells
+    apart). Called after such a failure only, when every dataset's classes are loaded."""
     classes = [list(MetadataCatalog.get(name).get("thing_classes", None) or ()) for name in names]
-    other = next(index for index in range(1, len(names)) if classes[index] != classes[0])
+    other = next((index for index in range(1, len(names)) if classes[index] != classes[0]), None)
+    if other is None:
+        return None
     first, second = classes[0], classes[other]
     index = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
 
@@ -122,9 +129,10 @@ def _dataset_errors_in_one_line(names):
     try:
         yield
     except ValueError as error:
-        if str(error) != "Datasets have different metadata 'thing_classes'!":
+        message = _different_classes_message(names) if str(error) == _DIFFERENT_CLASSES else None
+        if message is None:
             raise
-        raise ValueError(_different_classes_message(names)) from None
+        raise ValueError(message) from None
     except TypeError as error:
         message = _not_a_list_message(names)
         if message is None:

@@ -20,6 +20,7 @@ with the command that resumes it (exit status 130 / 143 / 129); a second Ctrl-C 
 written is finished first). See docs/reliability.md.
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
+import contextlib
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ import sys
 from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+import torch
 from torch.multiprocessing import ProcessExitedException
 
 from focus_detr.engine import (
@@ -96,15 +98,28 @@ def _process_main(args):
         end_process_group()
 
 
-def _set_up_cpu_processes(cfg, args):
-    """For several CPU processes on this machine: on a GPU machine they must not pick NCCL, so the GPUs are hidden
-    from them (detectron2's ``launch`` chooses gloo when no GPU is visible); and each gets its share of the cores
-    as its thread count, as torchrun does, unless OMP_NUM_THREADS is set: with torch's default, every process used
-    every core (2 processes on 2 busy cores: 20.6 s per iteration against 0.9 s)."""
+@contextlib.contextmanager
+def _cpu_processes_environment(cfg, args):
+    """For several CPU processes on this machine, the environment they start with, put back afterwards (a caller's
+    later runs in this Python process, or processes it starts, keep their own): on a GPU machine the GPUs are hidden,
+    which must not pick NCCL (detectron2's ``launch`` chooses gloo when no GPU is visible); and each process gets its
+    share of torch's threads, unless OMP_NUM_THREADS is set: with torch's default, each process used every core
+    (2 processes on 2 busy cores: 20.6 s per iteration against 0.9 s)."""
+    changes = {}
     if args.num_gpus * args.num_machines > 1 and resolve_device(cfg.train.device) == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        if "OMP_NUM_THREADS" not in os.environ:  # read by each process's torch when it starts
-            os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // args.num_gpus))
+        changes["CUDA_VISIBLE_DEVICES"] = ""
+        if args.num_gpus > 1 and "OMP_NUM_THREADS" not in os.environ:  # read by each process's torch at its start
+            changes["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads() // args.num_gpus))
+    earlier = {key: os.environ.get(key) for key in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for key, value in earlier.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _launch_processes(args, output_dir):
@@ -181,11 +196,10 @@ def _launch(args):
     check_before_setup(cfg, resume=args.resume, eval_only=args.eval_only)
     check_datasets_registered(cfg.get("dataloader", {}))
     _check_batch_splits(cfg, args)
-    _set_up_cpu_processes(cfg, args)
     # The lock is held here, by the process that runs main or waits for the processes running it, from before
     # anything is written into the folder until every process has ended; on a multi-machine run, by the first machine.
-    with claim_output_dir(cfg.train.output_dir, fresh_training=not (args.resume or args.eval_only),
-                          lock=args.machine_rank == 0):
+    with _cpu_processes_environment(cfg, args), claim_output_dir(
+            cfg.train.output_dir, fresh_training=not (args.resume or args.eval_only), lock=args.machine_rank == 0):
         if args.num_machines > 1:  # launch waits without a word until every machine has joined
             print(f"machine {args.machine_rank} of {args.num_machines}: waiting for the other machines at "
                   f"{args.dist_url} (the same command with --machine-rank 0 to {args.num_machines - 1})",

@@ -2,6 +2,8 @@
 same total batch: data sharding, DDP gradient averaging and the loss normalisation agree."""
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -67,13 +69,14 @@ def test_two_gloo_processes_match_one_process(case, tmp_path, monkeypatch):
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_train_net_with_two_cpu_processes_stops_together_on_ctrl_c_and_checkpoints_both_ranks(tmp_path):
+def test_train_net_with_two_cpu_processes_stops_together_on_ctrl_c_and_checkpoints_both_ranks(tmp_path, monkeypatch):
     """``train_net.py --num-gpus 2`` on CPU: two gloo processes. A terminal's Ctrl-C (the launcher, both processes and
     their data-loader workers get it) stops both after the same iteration: one line, status 130, and a checkpoint
     holding each rank's RNG and data position (what ``--resume`` gives back to each rank)."""
     argv = ["--config-file", TOY_CONFIG, "--num-gpus", "2", "--dist-url", "auto", f"train.output_dir={tmp_path}",
             "train.max_iter=10", "train.log_period=1", "dataloader.evaluator=null", "dataloader.train.num_workers=1",
             "model.step_seconds=0.3"]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the processes' thread counts are the command's choice
     run = TrainNetProcess(argv, str(tmp_path), tmp_path / "data")
     run.wait_for(r"iter: 1 ")
     run.signal_group(signal.SIGINT)
@@ -91,9 +94,10 @@ def test_train_net_with_two_cpu_processes_stops_together_on_ctrl_c_and_checkpoin
     positions = [state["data_loader"] for state in checkpoint["rank_states"]]
     assert [p["rank"] for p in positions] == [0, 1] and all(p["world_size"] == 2 for p in positions)
     assert not torch.equal(checkpoint["rank_states"][0]["rng"]["torch"], checkpoint["rank_states"][1]["rng"]["torch"])
-    # each process its share of the cores (with torch's default, each used them all: 20x slower on a busy machine)
-    threads = max(1, len(os.sched_getaffinity(0)) // 2)
-    assert f"CPU threads: {threads} intra-op, " in (tmp_path / "log.txt").read_text()
+    # each process its share of torch's threads (with its default, each used them all: 20x slower on a busy machine)
+    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                             capture_output=True, text=True, check=True).stdout
+    assert f"CPU threads: {max(1, int(default) // 2)} intra-op, " in (tmp_path / "log.txt").read_text()
 
 
 EVALUATING_RUN = ["--config-file", TOY_CONFIG, "--num-gpus", "2", "--dist-url", "auto", "train.max_iter=10",
@@ -226,3 +230,16 @@ def test_fp16_compression_on_cpu_processes_says_it_does_nothing(monkeypatch):
                                                                       "find_unused_parameters": False}
     assert warnings == ["train.ddp.fp16_compression sends the gradients between GPUs in float16; CPU processes "
                         "(gloo) exchange them in float32"]
+
+
+def test_the_environment_set_for_cpu_processes_is_put_back(train_net, monkeypatch):
+    # a later single-process run in this Python process (or a process it starts) kept OMP_NUM_THREADS=1
+    from omegaconf import OmegaConf
+
+    for name in ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    args = train_net.parse_args(["--config-file", TOY_CONFIG, "--num-gpus", "2"])
+    with train_net._cpu_processes_environment(OmegaConf.create({"train": {"device": "cpu"}}), args):
+        assert os.environ["OMP_NUM_THREADS"] == str(max(1, torch.get_num_threads() // 2))
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert "OMP_NUM_THREADS" not in os.environ and "CUDA_VISIBLE_DEVICES" not in os.environ

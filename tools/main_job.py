@@ -236,7 +236,9 @@ def _finish_line(args, interrupt, stage, command):
 def cpu_threads(requested):
     """``requested``, or for 0 the cores this process may run on (taskset, a container's cpuset, a SLURM job): the
     machine's count oversubscribed a process given fewer."""
-    return requested if requested > 0 else len(os.sched_getaffinity(0))
+    if requested > 0:
+        return requested
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # Linux only
 
 
 def _steps(args, command, progress):
@@ -246,6 +248,7 @@ def _steps(args, command, progress):
     from focus_detr.analysis.training_curves import plot_training_curves, read_metrics
     from focus_detr.engine import check_datasets_registered, load_config, write_json
     from focus_detr.engine.config import ConfigError
+    from focus_detr.engine.test_set import check_evaluator_settings
 
     torch.set_num_threads(cpu_threads(args.threads))
     output = os.path.abspath(args.output)
@@ -253,6 +256,7 @@ def _steps(args, command, progress):
     overrides = [f"train.output_dir={output}", *args.opts, *_job_length(output, args)]
     cfg = load_config(args.config_file, overrides)  # registers the tree data (or names the command that builds it)
     check_datasets_registered(cfg.dataloader)
+    check_evaluator_settings(cfg, required_by="the main job, which evaluates its model,")  # before, not after training
     train_set = _dataset_name(cfg.dataloader.train.dataset.names)
     val_set = _dataset_name(cfg.dataloader.test.dataset.names)
 

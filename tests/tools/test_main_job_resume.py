@@ -175,3 +175,10 @@ def test_the_resume_command_repeats_the_options_given_and_names_the_folder():
     assert words == [sys.executable, MAIN_JOB, "--output", "out dir", "--resume", "--threads", "2", "train.max_iter=5",
                      "train.seed=3"]
     assert main_job.parse_args(words[2:]).resume
+
+
+def test_a_job_without_an_evaluator_is_refused_before_training(toy_dataset, tmp_path, capsys):
+    # the evaluation after training refused it, after all of the training
+    status, line = _run([*JOB, "--output", str(tmp_path / "job"), "dataloader.evaluator=null"], capsys)
+    assert status == 2 and line.startswith("error: the main job, which evaluates its model, needs dataloader.evaluator")
+    assert not list((tmp_path / "job").glob("*.pth"))

@@ -134,6 +134,9 @@ def test_an_assigned_fine_grained_token_count_is_checked_and_reaches_every_layer
         with pytest.raises(ValueError, match="^" + message):
             encoder.layers[1].num_fine_grained_tokens = value
     assert [layer.num_fine_grained_tokens for layer in encoder.layers] == [3, 3]
+    encoder.num_fine_grained_tokens = 0  # an ablation at evaluation, then back
+    encoder.num_fine_grained_tokens = 5
+    assert [layer.num_fine_grained_tokens for layer in encoder.layers] == [5, 5]
     without = CascadeDualAttentionEncoder(num_layers=1, embed_dim=32, num_heads=4, num_fine_grained_tokens=0)
     with pytest.raises(ValueError, match="the layer was built without fine-grained attention"):
         without.num_fine_grained_tokens = 10

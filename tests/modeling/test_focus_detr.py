@@ -365,7 +365,9 @@ def test_a_resnet_stem_and_stages_built_for_other_widths_are_named_at_build(over
 def test_inference_outputs_follow_the_callers_grad_mode(tiny_model, parity_fixture):
     # forward_inference ran under torch.no_grad() whatever the caller asked: no saliency map or adversarial input
     image = fixture_inputs(parity_fixture)[0]["image"].float().requires_grad_()
-    with torch.no_grad():
+    for module in tiny_model.modules():  # the folded frozen-BN weights made anew under inference_mode, which must
+        module.__dict__.pop("_folded_cache", None)  # not make them inference tensors the grad call cannot save
+    with torch.inference_mode():
         expected = tiny_model([{"image": image}])[0]["instances"]
     assert not expected.scores.requires_grad
     instances = tiny_model([{"image": image}])[0]["instances"]

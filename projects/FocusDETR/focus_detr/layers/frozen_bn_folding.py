@@ -45,7 +45,9 @@ class FrozenBNFoldingConv2d(Conv2d):
         key = tuple((t.data_ptr(), t._version) if t is not None else None for t in sources) + (norm.eps,)
         cache = self.__dict__.get("_folded_cache")
         if cache is None or cache[0] != key:
-            with torch.no_grad():
+            # not inference tensors, even when made under inference_mode: a later call under grad (an input
+            # gradient of a frozen backbone) saves them for its backward
+            with torch.inference_mode(False), torch.no_grad():
                 weight, bias = self._fold()
             cache = (key, weight, bias)
             # Kept out of the module's parameters and buffers (and so out of the state dict) on purpose.

@@ -131,7 +131,7 @@ class DualAttentionEncoderLayer(nn.Module):
     @num_fine_grained_tokens.setter
     def num_fine_grained_tokens(self, value: int) -> None:
         value = _checked_fine_grained_count(value)
-        if value and not self._num_fine_grained_tokens:
+        if value and not hasattr(self, "fine_grained_attn"):  # not the count: one set to 0 can be set back
             raise ValueError(f"num_fine_grained_tokens cannot become {value}: the layer was built without fine-grained "
                              "attention (num_fine_grained_tokens=0); build the model with the count in its config")
         self._num_fine_grained_tokens = value

@@ -7,7 +7,7 @@ from the run's ``metrics.json`` (detectron2's JSONWriter format) and drawn to on
 ``OUTPUT_DIR`` is a training output folder (``train.output_dir``) or its ``metrics.json``; the PNG defaults to
 ``OUTPUT_DIR/training_curves.png``, and a folder given as ``--output`` gets that name in it. The extension of
 ``--output`` picks the format (.png, .svg, .pdf, ...); a name without one gets ``.png``, and a device
-(``/dev/stdout``) is written as named, in PNG. A run still writing its last line is drawn up to the line before.
+(``/dev/stdout``) is written as named, in PNG (the line saying so then goes to stderr). A run still writing its last line is drawn up to the line before.
 
 Example:
     python tools/plot_metrics.py output/main_job
@@ -36,14 +36,17 @@ def main(args):
     metrics = read_metrics(metrics_path(args.output_dir))
     if metrics.warning:
         print(f"warning: {metrics.warning}", file=sys.stderr)
-    png = args.output or os.path.dirname(metrics.path)
+    png = args.output or os.path.join(os.path.dirname(metrics.path), DEFAULT_PNG)
+    device = os.path.dirname(os.path.abspath(png)) == "/dev"  # /dev/null, /dev/stdout: written as named
     if os.path.isdir(png):
         png = os.path.join(png, DEFAULT_PNG)
-    elif not os.path.splitext(png)[1] and (os.path.isfile(png) or not os.path.exists(png)):
+    elif not os.path.splitext(png)[1] and not device:
         png += ".png"  # so the name printed below is the file written (matplotlib adds it unseen)
     os.makedirs(os.path.dirname(png) or ".", exist_ok=True)
     plot_training_curves(metrics, png)
-    print(f"wrote {png} ({len(metrics.records)} logged iterations, the last {metrics.records[-1]['iteration']})")
+    # not into the picture when it goes to stdout
+    print(f"wrote {png} ({len(metrics.records)} logged iterations, the last {metrics.records[-1]['iteration']})",
+          file=sys.stderr if device else sys.stdout)
     return png
 
 

@@ -61,5 +61,12 @@ def test_a_folder_gets_the_default_name_and_a_device_is_written_as_named(tmp_pat
     code, out, _ = _run([str(tmp_path), "--output", str(tmp_path / "pictures")], capfd)
     assert code == 0 and out[0].startswith(f"wrote {tmp_path / 'pictures' / 'training_curves.png'} ")  # was: .png
     assert [p.name for p in (tmp_path / "pictures").iterdir()] == ["training_curves.png"]
-    code, out, _ = _run([str(tmp_path), "--output", "/dev/null"], capfd)
-    assert code == 0 and out[0].startswith("wrote /dev/null ")  # was: /dev/null.png, a new file in /dev
+    code, out, err = _run([str(tmp_path), "--output", "/dev/null"], capfd)
+    assert code == 0 and out == [] and err[0].startswith("wrote /dev/null ")  # was: /dev/null.png, a new file in /dev
+
+
+def test_a_metrics_file_named_from_its_own_folder_gets_the_default_picture(tmp_path, capfd, monkeypatch):
+    (tmp_path / "metrics.json").write_text(json.dumps({"iteration": 0, "total_loss": 2.0}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = _run(["metrics.json"], capfd)
+    assert code == 0 and out[0].startswith("wrote training_curves.png ") and (tmp_path / "training_curves.png").is_file()

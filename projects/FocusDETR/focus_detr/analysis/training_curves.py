@@ -211,8 +211,12 @@ def plot_training_curves(metrics: TrainingMetrics, png_path: str, title: Optiona
             try:
                 fig.savefig(picture_file, format=os.path.splitext(png_path)[1][1:] or "png", dpi=110)
             except BaseException:
-                with contextlib.suppress(OSError):  # cut short (a full disk): no picture left under its name
-                    os.remove(png_path)
+                # cut short (a full disk): no picture left under its name; never a device (/dev/stdout, a link,
+                # into a closed pipe)
+                if os.path.dirname(os.path.abspath(png_path)) != "/dev" and (
+                        os.path.isfile(png_path) or os.path.islink(png_path)):
+                    with contextlib.suppress(OSError):
+                        os.remove(png_path)
                 raise
     finally:
         plt.close(fig)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from focus_detr.layers.ms_deform_attn import MultiScaleDeformableAttention
-from focus_detr.layers.ms_deform_attn_backends import BACKEND_ENV_VAR, select_backend
+from focus_detr.layers.ms_deform_attn_backends import BACKEND_ENV_VAR, backend_summary, select_backend
 from focus_detr.layers.ms_deform_attn_op import OP_NAME, multi_scale_deformable_attention
 from focus_detr.layers.ms_deform_attn_reference import multi_scale_deformable_attention_pytorch
 from msda_inputs import BACKENDS_UNDER_TEST, HAS_CPU_KERNEL, level_layout, make_inputs, needs_cpu_kernel, oracle
@@ -320,3 +320,12 @@ def test_jit_trace_records_one_msda_node(backend):
     assert kinds.count(OP_NAME) == 1
     assert "aten::grid_sampler" not in kinds
     torch.testing.assert_close(traced(*args), module(*args))
+
+
+def test_the_log_line_names_the_backend_and_never_refuses(monkeypatch):
+    # build_model logs it for every model, including those of commands that never run the attention
+    monkeypatch.setenv(BACKEND_ENV_VAR, "pytorch")
+    assert backend_summary("cpu").startswith(
+        f"deformable attention (MSDA) on cpu: the pytorch backend (${BACKEND_ENV_VAR}=pytorch); ")
+    monkeypatch.setenv(BACKEND_ENV_VAR, "cuda")
+    assert "'cuda'" in backend_summary("cpu") and "cannot run" in backend_summary("cpu")

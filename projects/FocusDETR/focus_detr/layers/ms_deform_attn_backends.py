@@ -65,10 +65,13 @@ def extension_status() -> str:
 def backend_summary(device) -> str:
     """One line for a run's log: the MSDA backend float32 inputs on ``device`` get, and who chose it. The backends'
     results differ in the last bits, so two runs compare only when they name the same one."""
-    backend = select_backend(torch.zeros(1, device=device))
+    where = f"deformable attention (MSDA) on {torch.device(device).type}"
+    try:
+        backend = select_backend(torch.zeros(1, device=device))
+    except (RuntimeError, ValueError) as error:  # refused where the attention runs, not for a model that never does
+        return f"{where}: {error}"
     chosen = f"${BACKEND_ENV_VAR}={os.environ[BACKEND_ENV_VAR]}" if os.environ.get(BACKEND_ENV_VAR) else "automatic"
-    return f"deformable attention (MSDA) on {torch.device(device).type}: the {backend} backend ({chosen}); " \
-           f"{extension_status()}"
+    return f"{where}: the {backend} backend ({chosen}); {extension_status()}"
 
 
 def _kernel_unavailable_reason(backend: str, value: Tensor) -> Optional[str]:

@@ -229,8 +229,10 @@ if [[ $DRY_RUN == 1 ]]; then
     BUILD_NOTE="dry run: CPU kernel only (NO_CUDA=1), in a scratch copy of the sources"
     # A compile took most of the dry run's time, and setup_env.sh has just compiled the same sources: its extension
     # is copied when it is newer than every source (make's rule), and checked as a fresh build would be.
-    BUILT_EXTENSION="$(ls projects/FocusDETR/focus_detr/layers/_C*.so 2>/dev/null | head -n 1)"
-    if [[ "${GPU_CHECK_FRESH_BUILD:-0}" != 1 && -n "$BUILT_EXTENSION" && -z "$(find -L setup.py \
+    # this python's own file name (_C.cpython-311-x86_64-linux-gnu.so): a build for another python is no use
+    BUILT_EXTENSION="projects/FocusDETR/focus_detr/layers/_C$("$PYTHON" -c \
+        'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))' 2>/dev/null)"
+    if [[ "${GPU_CHECK_FRESH_BUILD:-0}" != 1 && -f "$BUILT_EXTENSION" && -z "$(find -L setup.py \
             projects/FocusDETR/focus_detr/layers/csrc -newer "$BUILT_EXTENSION" -print -quit)" ]]; then
         cp "$BUILT_EXTENSION" "$BUILD_ROOT/projects/FocusDETR/focus_detr/layers/"
         BUILD_NOTE="dry run: the checkout's extension (newer than its sources) copied to a scratch copy, not compiled"
@@ -244,19 +246,24 @@ else
     BUILD_NOTE="CUDA + CPU kernels, in place"
 fi
 export PYTHONPATH="$BUILD_ROOT/projects/FocusDETR${PYTHONPATH:+:$PYTHONPATH}"
-build_in_place() {
-    if [[ -z "${BUILT_EXTENSION:-}" ]]; then
-        (cd "$BUILD_ROOT" && "$PYTHON" setup.py build_ext --inplace) || return 1
-    fi
+extension_loads() {
     "$PYTHON" -c 'import focus_detr.layers.ms_deform_attn_backends as m, sys; s = m.extension_status(); print(m.__file__, s)
 want = "cpu" if sys.argv[1] == "1" else "cuda"
 backends = m.available_backends(want)
 print("backends on", want, backends)
 sys.exit(0 if want in backends else 1)' "$DRY_RUN"
 }
+build_in_place() {
+    if [[ -n "${BUILT_EXTENSION:-}" ]]; then
+        extension_loads && return 0
+        echo "the copied extension does not load with this python and torch: compiling it"
+    fi
+    (cd "$BUILD_ROOT" && "$PYTHON" setup.py build_ext --inplace) || return 1
+    extension_loads
+}
 
 export BUILD_ROOT DRY_RUN BUILT_EXTENSION
-export -f build_in_place
+export -f extension_loads build_in_place
 
 R50_CONFIG=configs/focus_detr_r50_4scale_12ep.py
 R50_FIXTURE="$WORK/r50_fixture.pt"

@@ -254,5 +254,5 @@ def test_a_full_disk_under_a_report_names_the_file(tmp_path, monkeypatch):
     report = tmp_path / "eval_results.json"
     with pytest.raises(OSError) as raised:
         checkpoint.write_json(str(report), {"AP": 1.0})
-    assert one_line(raised.value) == f"cannot access {report}: No space left on device"
+    assert one_line(raised.value) == f"cannot write {report}: No space left on device"
     assert is_user_error(raised.value) and not list(tmp_path.iterdir())

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,9 @@ GPU_PLANNED = {"gpu_tests", "msda_cuda", "e2e_cuda_fp32", "e2e_cuda_bf16", "e2e_
 
 
 def _checkout_extension_is_current():
-    built = sorted((REPO_ROOT / "projects/FocusDETR/focus_detr/layers").glob("_C*.so"))
+    built = REPO_ROOT / "projects/FocusDETR/focus_detr/layers" / ("_C" + sysconfig.get_config_var("EXT_SUFFIX"))
     sources = [REPO_ROOT / "setup.py", *(REPO_ROOT / "projects/FocusDETR/focus_detr/layers/csrc").rglob("*")]
-    return bool(built) and all(source.stat().st_mtime < built[0].stat().st_mtime for source in sources)
+    return built.is_file() and all(source.stat().st_mtime < built.stat().st_mtime for source in sources)
 
 
 def _stages(report):

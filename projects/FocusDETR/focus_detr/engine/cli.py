@@ -3,6 +3,7 @@ datasets, disk, memory) becomes one line ``error: <what> <where>: <why>`` on std
 traceback; Ctrl-C is one line (an interrupted training run's says where it stopped and how to resume) and exit
 status 130."""
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -40,9 +41,13 @@ USER_ERRORS = (ValueError, OSError, TreesCacheError)
 
 # torch's error for a data-loading worker process that died (the out-of-memory killer, a crash): the machine's
 # problem, not a bug of ours; torch raises it where a batch is late or, from its SIGCHLD handler, anywhere
+DATA_WORKER_DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? [^)]*\) (exited unexpectedly|is killed by signal)")
+
+# A write that found no room: the disk, the user's quota, the largest file allowed
+_FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
 # Terminal colours and styles (pygments', termcolor's): detectron2's set-up logs the config file coloured
 TERMINAL_STYLE = re.compile(r"\x1b\[[0-9;]*m")
-DATA_WORKER_DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? [^)]*\) (exited unexpectedly|is killed by signal)")
 
 # The CPU allocator's error when memory runs out (torch.OutOfMemoryError is the GPU's)
 _CPU_OUT_OF_MEMORY = re.compile(r"DefaultCPUAllocator: can't allocate memory")
@@ -113,7 +118,8 @@ def one_line(error, limit=MAX_LINE_CHARS):
     about ``limit`` characters in the middle: its end usually says why (a long path's "File name too long")."""
     origin_type, message = _origin(error)
     if isinstance(error, OSError) and error.strerror and error.filename and _TRACEBACK not in str(error):
-        message = f"cannot access {error.filename}: {error.strerror}"
+        verb = "write" if error.errno in _FULL_DISK_ERRNOS else "access"
+        message = f"cannot {verb} {error.filename}: {error.strerror}"
     text = " ".join(line.strip() for line in message.splitlines() if line.strip())
     if not text:
         text = origin_type.__name__ if origin_type is not None else type(error).__name__
@@ -208,6 +214,8 @@ def setup_with_plain_log(cfg, args):
 
 def _log_file_handlers(logger, output_dir):
     """``logger``'s handlers writing ``output_dir``'s log.txt on the main process, log.txt.rankN on the others."""
+    if not output_dir:  # detectron2 writes no log file then
+        return
     log_file = os.path.abspath(os.path.join(output_dir, "log.txt"))
     for handler in logger.handlers:
         name = getattr(getattr(handler, "stream", None), "name", None)

@@ -150,24 +150,19 @@ def default_output(resume, base=DEFAULT_OUTPUT):
                       "without --resume to start one")
 
 
-def _complete_training(output, max_iter):
-    """The checkpoint that ``output``'s ``last_checkpoint`` names when it holds a run trained to ``max_iter``, else
-    None (no checkpoint, an unreadable one: training resumes and sorts that out)."""
-    from focus_detr.engine.resume import resume_point
-
-    point = resume_point(output)
+def _complete_training(point, max_iter):
+    """The checkpoint of the folder's resume point ``point`` (:func:`focus_detr.engine.resume.resume_point`) when it
+    holds a run trained to ``max_iter``, else None (no checkpoint, an unreadable one: training resumes and sorts that
+    out)."""
     return point.checkpoint if point is not None and point.next_iteration >= max_iter else None
 
 
-def _job_length(output, args):
-    """For ``--resume`` without a ``train.max_iter`` override: the override of the length the job in ``output`` was
-    started with. The config's own length had taken its place, so a finished job of 4 iterations trained on to 900
-    (and lost its summary), and an interrupted one started with train.max_iter=1200 stopped at 900."""
-    from focus_detr.engine.resume import resume_point
-
+def _job_length(point, args):
+    """For ``--resume`` without a ``train.max_iter`` override: the override of the length the job was started with,
+    from its resume point ``point``. The config's own length had taken its place, so a finished job of 4 iterations
+    trained on to 900 (and lost its summary), and an interrupted one started with train.max_iter=1200 stopped at 900."""
     if not args.resume or any(override.split("=", 1)[0] == "train.max_iter" for override in args.opts):
         return []
-    point = resume_point(output)
     if point is None or point.max_iter is None:
         return []
     print(f"[main job] --resume: the job's length, train.max_iter={point.max_iter} (give train.max_iter to train "
@@ -248,12 +243,14 @@ def _steps(args, command, progress):
     from focus_detr.analysis.training_curves import plot_training_curves, read_metrics
     from focus_detr.engine import check_datasets_registered, load_config, write_json
     from focus_detr.engine.config import ConfigError
+    from focus_detr.engine.resume import resume_point
     from focus_detr.engine.test_set import check_evaluator_settings
 
     torch.set_num_threads(cpu_threads(args.threads))
     output = os.path.abspath(args.output)
     summary_path = os.path.join(output, SUMMARY)
-    overrides = [f"train.output_dir={output}", *args.opts, *_job_length(output, args)]
+    point = resume_point(output) if args.resume else None  # its checkpoint, read once
+    overrides = [f"train.output_dir={output}", *args.opts, *_job_length(point, args)]
     cfg = load_config(args.config_file, overrides)  # registers the tree data (or names the command that builds it)
     check_datasets_registered(cfg.dataloader)
     check_evaluator_settings(cfg, required_by="the main job, which evaluates its model,")  # before, not after training
@@ -261,7 +258,7 @@ def _steps(args, command, progress):
     val_set = _dataset_name(cfg.dataloader.test.dataset.names)
 
     train_net = _load_script("train_net.py", "train_net")
-    complete = _complete_training(output, cfg.train.max_iter) if args.resume else None
+    complete = _complete_training(point, cfg.train.max_iter)
     if complete is not None and os.path.isfile(summary_path):
         raise ConfigError(
             f"nothing to resume in {output}: its job is finished (training at train.max_iter {cfg.train.max_iter}, "

@@ -7,7 +7,8 @@ from the run's ``metrics.json`` (detectron2's JSONWriter format) and drawn to on
 ``OUTPUT_DIR`` is a training output folder (``train.output_dir``) or its ``metrics.json``; the PNG defaults to
 ``OUTPUT_DIR/training_curves.png``, and a folder given as ``--output`` gets that name in it. The extension of
 ``--output`` picks the format (.png, .svg, .pdf, ...); a name without one gets ``.png``, and a device
-(``/dev/stdout``) is written as named, in PNG (the line saying so then goes to stderr). A run still writing its last line is drawn up to the line before.
+(``/dev/stdout``) is written as named, in PNG (the line saying so then goes to stderr). A run still writing its
+last line is drawn up to the line before.
 
 Example:
     python tools/plot_metrics.py output/main_job
@@ -17,7 +18,7 @@ import argparse
 import os
 import sys
 
-from focus_detr.analysis.training_curves import metrics_path, plot_training_curves, read_metrics
+from focus_detr.analysis.training_curves import is_device_path, metrics_path, plot_training_curves, read_metrics
 from focus_detr.engine.cli import run_reporting_errors
 
 DEFAULT_PNG = "training_curves.png"
@@ -37,7 +38,7 @@ def main(args):
     if metrics.warning:
         print(f"warning: {metrics.warning}", file=sys.stderr)
     png = args.output or os.path.join(os.path.dirname(metrics.path), DEFAULT_PNG)
-    device = os.path.dirname(os.path.abspath(png)) == "/dev"  # /dev/null, /dev/stdout: written as named
+    device = is_device_path(png)
     if os.path.isdir(png):
         png = os.path.join(png, DEFAULT_PNG)
     elif not os.path.splitext(png)[1] and not device:

@@ -10,8 +10,8 @@ from typing import Dict, List, Optional
 
 from ..engine.metrics_log import METRICS_FILE
 
-__all__ = ["MetricsFileError", "TrainingMetrics", "loss_components", "metrics_path", "plot_training_curves",
-           "read_metrics"]
+__all__ = ["MetricsFileError", "TrainingMetrics", "is_device_path", "loss_components", "metrics_path",
+           "plot_training_curves", "read_metrics"]
 
 # per decoder layer (loss_bbox_0), denoising (loss_class_dn), encoder proposals (loss_giou_enc): auxiliary copies of
 # the main components, which would crowd the plot
@@ -161,6 +161,11 @@ def _plot_ap(axis, metrics: TrainingMetrics) -> None:
         _note(axis, "no evaluation in this log\n(train.eval_period sets how often training evaluates)")
 
 
+def is_device_path(path: str) -> bool:
+    """Whether ``path`` is in /dev (/dev/null, /dev/stdout): a picture goes there as named, and is never removed."""
+    return os.path.dirname(os.path.abspath(path)) == "/dev"
+
+
 def plot_training_curves(metrics: TrainingMetrics, png_path: str, title: Optional[str] = None) -> str:
     """Draws total loss, the main loss components, the learning rate and the periodic AP (each panel says when its
     values are not in the log) against the iteration into ``png_path``; returns ``png_path``."""
@@ -213,8 +218,7 @@ def plot_training_curves(metrics: TrainingMetrics, png_path: str, title: Optiona
             except BaseException:
                 # cut short (a full disk): no picture left under its name; never a device (/dev/stdout, a link,
                 # into a closed pipe)
-                if os.path.dirname(os.path.abspath(png_path)) != "/dev" and (
-                        os.path.isfile(png_path) or os.path.islink(png_path)):
+                if not is_device_path(png_path) and (os.path.isfile(png_path) or os.path.islink(png_path)):
                     with contextlib.suppress(OSError):
                         os.remove(png_path)
                 raise

@@ -10,7 +10,8 @@ import argparse
 import sys
 import time
 
-from focus_detr.data.trees import build_trees_cache, default_cache_dir, download_source_wheel, ensure_trees_cache
+from focus_detr.data.tree_source import default_cache_dir, download_source_wheel
+from focus_detr.data.trees import build_trees_cache, ensure_trees_cache
 from focus_detr.engine.cli import run_reporting_errors
 
 

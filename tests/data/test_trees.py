@@ -22,12 +22,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from focus_detr.data import TreesCacheError, ensure_trees_cache, register_trees
+from focus_detr.data.tree_source import default_cache_dir, find_source_wheel
 from focus_detr.data.trees import (
     TREE_SOURCES,
     TilingParams,
     build_trees_cache,
-    default_cache_dir,
-    find_source_wheel,
     tile_edges,
     verify_trees_cache,
 )
@@ -302,7 +301,7 @@ def test_a_build_removes_the_folders_killed_builds_left_and_keeps_a_running_buil
 def test_the_data_root_expands_a_tilde_as_detectron2_does(monkeypatch):
     # a quoted "~/datasets" was a folder named "~" in the working folder: the cache built there, training looking for
     # it under the home folder
-    from focus_detr.data.trees import default_data_root
+    from focus_detr.data.tree_source import default_data_root
 
     monkeypatch.setenv("DETECTRON2_DATASETS", "~/datasets")
     assert default_data_root() == Path.home() / "datasets"

@@ -14,7 +14,8 @@ from .dataset_mapper import DetrDatasetMapper
 from .image_io import UnreadableImageError, expand_globs, image_files, open_image, read_image
 from .registration import register_coco_dataset
 from .tree_registration import register_trees
-from .trees import TreesCacheError, ensure_trees_cache
+from .tree_source import TreesCacheError
+from .trees import ensure_trees_cache
 
 __all__ = [
     "DetrDatasetMapper",

@@ -3,7 +3,8 @@
 import os
 from typing import Dict, Iterable, Optional
 
-from .trees import CLASS_NAME, SPLITS, default_cache_dir, ensure_trees_cache, verify_trees_cache
+from .tree_source import default_cache_dir
+from .trees import CLASS_NAME, SPLITS, ensure_trees_cache, verify_trees_cache
 
 __all__ = ["register_named_tree_sets", "register_trees"]
 

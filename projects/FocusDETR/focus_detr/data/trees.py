@@ -1,9 +1,8 @@
 """The embedded demo dataset: real NEON aerial RGB tree crowns, tiled into the cache that :mod:`.tree_registration`
 registers as ``trees_train`` / ``trees_val``.
 
-Source: the ``deepforest`` wheel on PyPI (MIT licence), pinned by hash in ``requirements/demo-data.txt``. The wheel is
-only a data carrier: it is downloaded with ``pip download --no-deps`` and read as a zip file, never installed or
-imported. Its annotated images (Pascal-VOC XML, one box per tree crown) become a COCO dataset with one class, ``tree``:
+Source: the ``deepforest`` wheel (:mod:`.tree_source` finds or downloads it), read as a zip file. Its annotated
+images (Pascal-VOC XML, one box per tree crown) become a COCO dataset with one class, ``tree``:
 
 * each image is partitioned into a grid of ``round(width / tile_size)`` x ``round(height / tile_size)`` near-equal,
   non-overlapping tiles (about ``tile_size`` pixels a side; a 400 px image stays whole);
@@ -24,13 +23,9 @@ or reported with a ``TreesCacheError`` naming the fix (``verify_trees_cache``, w
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import re
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import asdict, dataclass
@@ -40,27 +35,26 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from PIL import Image
 
 from ..partial_files import PartialPath, naming_file, remove_abandoned
+from .tree_source import (
+    DATA_REQUIREMENT_FILE,
+    TreesCacheError,
+    default_cache_dir,
+    download_source_wheel,
+    read_data_requirement,
+    sha256_file,
+)
 
 __all__ = [
     "CLASS_NAME",
     "TREE_SOURCES",
     "TilingParams",
     "TreeSource",
-    "TreesCacheError",
     "build_trees_cache",
-    "default_cache_dir",
-    "default_data_root",
-    "download_source_wheel",
     "ensure_trees_cache",
-    "find_source_wheel",
-    "read_data_requirement",
     "tile_edges",
     "verify_trees_cache",
 ]
 
-# projects/FocusDETR/focus_detr/data/trees.py -> the repository root (the package is installed editable)
-REPO_ROOT = Path(__file__).resolve().parents[4]
-DATA_REQUIREMENT_FILE = REPO_ROOT / "requirements" / "demo-data.txt"
 # bump whenever a change to this file changes what the cache contains: older caches are then rebuilt
 CACHE_FORMAT_VERSION = 2
 CLASS_NAME = "tree"
@@ -69,15 +63,6 @@ MANIFEST_NAME = "manifest.json"
 LICENSE_MEMBER = "deepforest-2.1.0.dist-info/licenses/LICENSE"
 
 BoxXYXY = Tuple[float, float, float, float]
-
-
-class TreesCacheError(RuntimeError):
-    """The tree dataset cache is missing, stale or corrupt (the message says which and how to fix it; ``problem``,
-    which alone)."""
-
-    def __init__(self, message, problem=None):
-        super().__init__(message)
-        self.problem = problem or message
 
 
 @dataclass(frozen=True)
@@ -123,81 +108,6 @@ class TilingParams:
             raise ValueError(f"min_visible_fraction must be in (0, 1], got {self.min_visible_fraction}")
         if self.min_box_side < 0:
             raise ValueError(f"min_box_side must be >= 0, got {self.min_box_side}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# locations and the source wheel
-# ----------------------------------------------------------------------------------------------------------------
-def default_data_root() -> Path:
-    """``$DETECTRON2_DATASETS`` if set (``~`` expanded, as detectron2 does: quoted, the shell left it), else
-    ``<repo>/datasets``."""
-    env = os.environ.get("DETECTRON2_DATASETS")
-    return Path(os.path.expanduser(env)) if env else REPO_ROOT / "datasets"  # ~user unknown: left as written
-
-
-def default_cache_dir(data_root: Optional[os.PathLike] = None) -> Path:
-    return Path(data_root or default_data_root()) / "trees"
-
-
-def _download_dir(data_root: Optional[os.PathLike] = None) -> Path:
-    return Path(data_root or default_data_root()) / "downloads"
-
-
-def read_data_requirement(requirement_file: os.PathLike = DATA_REQUIREMENT_FILE) -> Tuple[str, str, str]:
-    """``(name, version, sha256)`` of the single hash-pinned ``name==version --hash=sha256:...`` line."""
-    lines = [
-        line.strip()
-        for line in Path(requirement_file).read_text().splitlines()
-        if line.strip() and not line.strip().startswith("#")
-    ]
-    if len(lines) != 1:
-        raise ValueError(f"{requirement_file}: expected exactly one requirement line, found {len(lines)}")
-    match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==(\S+)\s+--hash=sha256:([0-9a-f]{64})", lines[0])
-    if match is None:
-        raise ValueError(f"{requirement_file}: expected 'name==version --hash=sha256:<hex>', got {lines[0]!r}")
-    return match.group(1), match.group(2), match.group(3)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def find_source_wheel(
-    data_root: Optional[os.PathLike] = None, requirement_file: os.PathLike = DATA_REQUIREMENT_FILE
-) -> Optional[Path]:
-    """The downloaded source wheel if it is present with the pinned hash, else None."""
-    name, version, sha256 = read_data_requirement(requirement_file)
-    for candidate in sorted(_download_dir(data_root).glob(f"{name}-{version}-*.whl")):
-        if _sha256_file(candidate) == sha256:
-            return candidate
-    return None
-
-
-def download_source_wheel(
-    data_root: Optional[os.PathLike] = None, requirement_file: os.PathLike = DATA_REQUIREMENT_FILE
-) -> Path:
-    """Fetches the hash-pinned data wheel from the package index (no dependencies, never installed)."""
-    found = find_source_wheel(data_root, requirement_file)
-    if found is not None:
-        return found
-    download_dir = _download_dir(data_root)
-    download_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-        "--require-hashes", "-r", str(requirement_file), "-d", str(download_dir),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True)
-    found = find_source_wheel(data_root, requirement_file)
-    if result.returncode != 0 or found is None:
-        raise TreesCacheError(
-            f"could not download the demo-data wheel pinned in {requirement_file} into {download_dir} "
-            f"(pip exit code {result.returncode}):\n{result.stderr.strip()[-2000:]}"
-        )
-    return found
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -329,9 +239,9 @@ def build_trees_cache(
             }
             (tmp_dir / "LICENSE.deepforest").write_bytes(wheel.read(LICENSE_MEMBER))
         files = {
-            str(path.relative_to(tmp_dir)): _sha256_file(path) for path in sorted(tmp_dir.rglob("*")) if path.is_file()
+            str(path.relative_to(tmp_dir)): sha256_file(path) for path in sorted(tmp_dir.rglob("*")) if path.is_file()
         }
-        manifest = {**_expected_build_record(params, sources, _sha256_file(wheel_path)), "stats": stats, "files": files}
+        manifest = {**_expected_build_record(params, sources, sha256_file(wheel_path)), "stats": stats, "files": files}
         # written last: a folder without a manifest is never accepted as a cache
         (tmp_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
         if cache_dir.exists():
@@ -389,7 +299,7 @@ def verify_trees_cache(
         path = cache_dir / relative_path
         if not path.is_file():
             raise _cache_error(f"tree dataset cache {cache_dir}: {relative_path} is missing", fix)
-        if _sha256_file(path) != sha256:
+        if sha256_file(path) != sha256:
             raise _cache_error(f"tree dataset cache {cache_dir}: {relative_path} is corrupt (hash mismatch)", fix)
     return manifest
 

@@ -6,7 +6,7 @@ import tempfile
 
 import torch
 
-from ..data.trees import default_cache_dir
+from ..data.tree_source import default_cache_dir
 from .config import ConfigError
 from .config_types import is_number
 

@@ -120,10 +120,10 @@ def test_a_dataset_function_returning_a_generator_is_one_line():
     ([1, 2, 10, 12], None),
 ])
 def test_boxes_of_a_dataset_registered_in_code_get_the_json_checks_warnings(bbox, warned, monkeypatch):
-    from focus_detr.data import checks
+    from focus_detr.data import box_warnings
 
     warnings = []
-    monkeypatch.setattr(checks.logger, "warning", warnings.append)
+    monkeypatch.setattr(box_warnings.logger, "warning", warnings.append)
     record = _record(0)
     record["annotations"][0]["bbox"] = bbox
     get_checked_dataset_dicts(_register_in_code("checks_in_code_boxes", lambda: [record, dict(record, image_id=2)]))
@@ -134,10 +134,10 @@ def test_boxes_of_a_dataset_registered_in_code_with_numpy_values_are_checked_too
     # records built from arrays (pandas, numpy) were skipped: np.int64 sizes, an ndarray bbox
     import numpy as np
 
-    from focus_detr.data import checks
+    from focus_detr.data import box_warnings
 
     warnings = []
-    monkeypatch.setattr(checks.logger, "warning", warnings.append)
+    monkeypatch.setattr(box_warnings.logger, "warning", warnings.append)
     record = dict(_record(0), height=np.int64(32), width=np.int64(32))
     record["annotations"] = [dict(record["annotations"][0], bbox=np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32))]
     get_checked_dataset_dicts(_register_in_code("checks_in_code_numpy", lambda: [record]))

@@ -223,7 +223,7 @@ def test_valid_fields_pass_including_sub_pixel_boxes_and_integral_float_sizes(tm
         coco["annotations"].append(dict(coco["annotations"][1], id=102, iscrowd=1, area=100,
                                         segmentation={"counts": [205, 10, 985], "size": [30, 40]}))
 
-    with logged_warnings("focus_detr.data.checks") as messages:
+    with logged_warnings("focus_detr.data.box_warnings") as messages:
         _register(tmp_path, "valid_fields", edit)
         assert len(get_checked_dataset_dicts("valid_fields")) == 2
     assert messages == []
@@ -236,7 +236,7 @@ def test_an_area_that_does_not_fit_its_box_is_warned_about(tmp_path):
         name = f"misfit_area_{int(area)}"
         (tmp_path / name).mkdir()
         json_file = _register(tmp_path / name, name, _first_annotation(area=area))
-        with logged_warnings("focus_detr.data.checks") as messages:
+        with logged_warnings("focus_detr.data.box_warnings") as messages:
             check_dataset_jsons(name)
         assert messages == [
             f"dataset '{name}' ({json_file}): 1 annotation whose area does not fit the box (0 for a box of positive "
@@ -246,7 +246,7 @@ def test_an_area_that_does_not_fit_its_box_is_warned_about(tmp_path):
         ]
     (tmp_path / "rounding").mkdir()
     _register(tmp_path / "rounding", "area_within_rounding", _first_annotation(area=121.0))
-    with logged_warnings("focus_detr.data.checks") as messages:
+    with logged_warnings("focus_detr.data.box_warnings") as messages:
         check_dataset_jsons("area_within_rounding")
     assert messages == []
 
@@ -285,7 +285,7 @@ def _boxes_training_drops_or_clips(coco):
 def test_boxes_training_drops_or_clips_are_warned_about_once_per_dataset(tmp_path):
     json_file = _register(tmp_path, "dropped_boxes", _boxes_training_drops_or_clips)
     where = f"dataset 'dropped_boxes' ({json_file})"
-    with logged_warnings("focus_detr.data.checks") as messages:
+    with logged_warnings("focus_detr.data.box_warnings") as messages:
         dicts = get_checked_dataset_dicts("dropped_boxes", filter_empty=False)
         check_dataset_jsons("dropped_boxes")  # checked again (train loader, evaluations): no second warning
         get_checked_dataset_dicts("dropped_boxes")
@@ -314,7 +314,7 @@ def _corner_boxes(coco):
 def test_boxes_written_as_corners_are_named_as_such(tmp_path):
     # converted from Pascal VOC without turning corners into sizes: only "clipped to the image" was said
     json_file = _register(tmp_path, "corner_boxes", _corner_boxes)
-    with logged_warnings("focus_detr.data.checks") as messages:
+    with logged_warnings("focus_detr.data.box_warnings") as messages:
         check_dataset_jsons("corner_boxes")
     assert len(messages) == 1 and messages[0].startswith(
         f"dataset 'corner_boxes' ({json_file}): 2 boxes reaching more than 1 pixel outside the image")
@@ -347,7 +347,7 @@ def _boxes_in_fractions_of_the_image(coco):
 
 def test_boxes_all_under_a_pixel_and_a_half_are_warned_about_as_fractions(tmp_path):
     json_file = _register(tmp_path, "fraction_boxes", _boxes_in_fractions_of_the_image)
-    with logged_warnings("focus_detr.data.checks") as messages:
+    with logged_warnings("focus_detr.data.box_warnings") as messages:
         assert len(get_checked_dataset_dicts("fraction_boxes")) == 2  # legal: tiny objects exist
         check_dataset_jsons("fraction_boxes")
     assert messages == [
@@ -363,7 +363,7 @@ def test_categories_sharing_a_name_are_warned_about_once_per_dataset(tmp_path):
         coco["categories"] = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "a"}]
 
     json_file = _register(tmp_path, "shared_names", edit)
-    with logged_warnings("focus_detr.data.checks") as messages:
+    with logged_warnings("focus_detr.data.box_warnings") as messages:
         assert len(get_checked_dataset_dicts("shared_names")) == 2  # legal: loaded as three classes
         check_dataset_jsons("shared_names")
     assert messages == [
@@ -479,7 +479,7 @@ def test_eval_only_warns_about_dropped_boxes_and_scores_them(train_net, toy_data
     zero_width = _first_annotation(bbox=[10, 10, 0, 15], area=0)
     json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), zero_width)
     out = tmp_path / "out"
-    with logged_warnings("focus_detr.data.checks") as messages:
+    with logged_warnings("focus_detr.data.box_warnings") as messages:
         code, err = _train_net(train_net, capsys, name, "eval", out)
     assert code == 0 and (out / "eval_results.json").exists()
     assert [m for m in messages if m.startswith(f"dataset '{name}' ({json_file}): 1 box with no area ")]

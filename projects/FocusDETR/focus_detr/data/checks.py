@@ -6,7 +6,7 @@ A COCO json is checked first (:func:`check_dataset_jsons`, see :mod:`focus_detr.
 missing or mistyped fields and boxes of negative size change what is trained on and scored without a word, or stop
 detectron2 with a traceback deep in loading or training. Boxes that training drops (no area inside their image) or
 clips (reaching outside it) are legal but scored as written by the COCO evaluator: one warning per dataset says how
-many there are.
+many there are (:mod:`.box_warnings`).
 
 A NaN or infinite box is refused, never dropped: the COCO evaluator reads the dataset's json file itself, so a box
 dropped from the training dicts would still be scored (a NaN ground-truth box silently raised AP from 0.228 to 0.320).
@@ -14,19 +14,16 @@ The same loader function serves training and test data, so both refuse the same 
 """
 import contextlib
 import json
-import logging
 import math
-import numbers
 import os
 import re
 
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
-from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from .coco_boxes import BoxRef, BoxTally, box_fit, describe_box
+from .box_warnings import box_example, box_report_of_records, count_of_annotations, warn_about_legal_surprises
 from .coco_fields import AREA_FIX
-from .coco_json import PIXEL_IMAGE_SIDE, SUB_PIXEL_SIDE, CocoJsonReport, check_coco_json
+from .coco_json import check_coco_json
 
 __all__ = [
     "check_dataset_jsons",
@@ -37,8 +34,6 @@ __all__ = [
     "dataset_classes",
     "get_checked_dataset_dicts",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 def _as_list(names):
@@ -163,68 +158,6 @@ def _dataset_errors_in_one_line(names):
         raise
 
 
-def _boxes(count):
-    return f"{count} box{'es' if count != 1 else ''}"
-
-
-def _example(box):
-    width, height = box.image_size
-    return f"e.g. {describe_box(box)}, bbox {box.bbox} in a {width} x {height} image"
-
-
-def _warn_about_sub_pixel_boxes(where, boxes):
-    if boxes.count:
-        logger.warning(
-            f"{where}: every box is smaller than {SUB_PIXEL_SIDE} pixels on both sides ({_boxes(boxes.count)}, "
-            f"{_example(boxes.example)}): a COCO bbox is [x, y, width, height] in pixels, not in fractions of the "
-            "image (0..1); multiply x and width by the image's width, y and height by its height"
-        )
-
-
-def _warn_about_legal_surprises(name, json_file, report):
-    """Warns once per dataset and json version about what is legal but rarely meant: boxes training drops or clips
-    while the COCO evaluator scores them as written (real datasets have a few, each costs recall or IoU),
-    categories sharing a name, and boxes that are all under a pixel and a half (coordinates in 0..1)."""
-    if name in report.warned_datasets:
-        return
-    report.warned_datasets.add(name)
-    where = f"dataset {name!r} ({json_file})"
-    empty, outside = report.empty_boxes, report.outside_boxes
-    if empty.count:
-        logger.warning(
-            f"{where}: {_boxes(empty.count)} with no area inside the image (zero width or height, or outside "
-            f"it), {_example(empty.example)}: training ignores such boxes, but the COCO evaluator counts each as an "
-            "object to find, which lowers recall and AP; fix or remove them"
-        )
-    if outside.count:
-        logger.warning(
-            f"{where}: {_boxes(outside.count)} reaching more than 1 pixel outside the image, "
-            f"{_example(outside.example)}: training clips such boxes to the image, but the COCO evaluator scores "
-            "them as written, so even a perfect detection of the visible part matches them with a lower IoU"
-            + (report.boxes_read_as_corners and "; every box of the json, read as corners [x1, y1, x2, y2], lies "
-               "inside its image: if they are corners (as in Pascal VOC), write them as COCO's [x, y, width, "
-               "height], width = x2 - x1 and height = y2 - y1" or "")
-        )
-    for class_name, ids in report.shared_names.items():
-        listed = f"{', '.join(map(str, ids[:-1]))} and {ids[-1]} are {'both' if len(ids) == 2 else 'all'}"
-        logger.warning(
-            f"{where}: categories {listed} named {class_name!r}: the model learns them as {len(ids)} classes, which "
-            "evaluation tables and drawn detections show under one name; merge them into one category or rename them"
-        )
-    _warn_about_sub_pixel_boxes(where, report.sub_pixel_boxes)
-    misfit = report.misfit_area
-    if misfit.count:
-        logger.warning(
-            f"{where}: {_annotations(misfit.count)} whose area does not fit the box (0 for a box of positive size, "
-            f"or larger than the box), {_example(misfit.example)}: COCO evaluation sorts objects into small / medium "
-            f"/ large by their area, so APs / APm / APl count them as another size; {AREA_FIX}"
-        )
-
-
-def _annotations(count):
-    return f"{count} annotation{'s' if count != 1 else ''}"
-
-
 def _reports(names):
     """(name, json file, report) of each dataset of ``names`` that has a COCO json (checked, cached)."""
     for name in _as_list(names):
@@ -248,8 +181,8 @@ def check_evaluable(names):
         missing = report.missing_area
         if missing.count:
             raise ValueError(
-                f"dataset {name!r} ({json_file}): {_annotations(missing.count)} without an 'area', "
-                f"{_example(missing.example)}, which COCO evaluation needs to score this test set; {AREA_FIX}"
+                f"dataset {name!r} ({json_file}): {count_of_annotations(missing.count)} without an 'area', "
+                f"{box_example(missing.example)}, which COCO evaluation needs to score this test set; {AREA_FIX}"
             )
 
 
@@ -298,51 +231,11 @@ def check_dataset_jsons(names):
             raise ValueError(
                 _non_finite_box_message([name], f"annotation id {box.annotation_id}", file_name, box.image_id, box.bbox)
             )
-        _warn_about_legal_surprises(name, json_file, report)
+        warn_about_legal_surprises(name, json_file, report)
 
 
 # The registrations in code (dataset name, id of its function) whose boxes were checked in this process.
 _CHECKED_IN_CODE = set()
-
-
-def _box_report_of_records(dataset_dicts):
-    """The json check's counts of boxes training drops or clips, and of coordinates in fractions of the image, over
-    loaded records (of datasets registered in code, which have no json to check): absolute boxes of non-crowd
-    annotations in records that give their image's size. One pass, a few operations per box (COCO's 860,000 boxes
-    built in code took 2.5 s on a busy 2-core machine)."""
-    report, boxes, first = CocoJsonReport(), 0, None
-    all_sub_pixel, smallest_side = True, math.inf
-
-    def box_ref(record, index, bbox, width, height):
-        return BoxRef(f"#{index} (0-based)", record.get("image_id"), record.get("file_name"),
-                      [value.item() if hasattr(value, "item") else value for value in bbox], (int(width), int(height)))
-
-    for record in dataset_dicts:
-        width, height = record.get("width"), record.get("height")
-        if not (isinstance(width, numbers.Integral) and isinstance(height, numbers.Integral)):
-            continue
-        image = {"width": width, "height": height}
-        smallest_side = min(smallest_side, width, height)
-        for index, annotation in enumerate(record.get("annotations") or ()):
-            mode, bbox = annotation.get("bbox_mode"), annotation.get("bbox")
-            if annotation.get("iscrowd", 0) or mode not in (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS):
-                continue
-            try:  # a list, a tuple, an array (numpy values): any 4 real numbers
-                x, y, a, b = (float(value) for value in bbox)
-            except (TypeError, ValueError):
-                continue
-            xywh = [x, y, a - x, b - y] if mode == BoxMode.XYXY_ABS else [x, y, a, b]
-            fit = box_fit(xywh, image)
-            if fit is not None:
-                tally = report.empty_boxes if fit == "empty" else report.outside_boxes
-                tally.count += 1
-                tally.example = tally.example or box_ref(record, index, bbox, width, height)
-            boxes += 1
-            first = first or box_ref(record, index, bbox, width, height)
-            all_sub_pixel = all_sub_pixel and xywh[2] < SUB_PIXEL_SIDE and xywh[3] < SUB_PIXEL_SIDE
-    if boxes and all_sub_pixel and smallest_side >= PIXEL_IMAGE_SIDE:  # tiny images may hold tiny boxes
-        report.sub_pixel_boxes = BoxTally(boxes, first)
-    return report
 
 
 def get_checked_dataset_dicts(names, filter_empty=True, **kwargs):
@@ -361,8 +254,8 @@ def get_checked_dataset_dicts(names, filter_empty=True, **kwargs):
     if registered not in _CHECKED_IN_CODE and not any(MetadataCatalog.get(name).get("json_file", None)
                                                       for name in _as_list(names)):
         _CHECKED_IN_CODE.add(registered)
-        _warn_about_legal_surprises(", ".join(_as_list(names)), "registered in code",
-                                    _box_report_of_records(dataset_dicts))
+        warn_about_legal_surprises(", ".join(_as_list(names)), "registered in code",
+                                    box_report_of_records(dataset_dicts))
     return dataset_dicts
 
 

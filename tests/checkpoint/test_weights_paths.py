@@ -58,7 +58,7 @@ def test_read_weights_file_needs_a_path():
 def test_a_named_pipe_or_a_device_is_not_a_regular_file(loader, tmp_path):
     pipe = tmp_path / "pipe.pth"
     os.mkfifo(pipe)  # reading it would wait for a writer forever
-    for path, kind in ((str(pipe), "a named pipe"), ("/dev/zero", "a character device")):
+    for path, kind in ((str(pipe), "a named pipe (FIFO)"), ("/dev/zero", "a character device")):
         with pytest.raises(UnreadableCheckpointError) as error:
             LOADERS[loader](path)
         assert str(error.value) == f"checkpoint {path} is {kind}, not a regular file: give a weights file"

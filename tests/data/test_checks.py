@@ -10,7 +10,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
 from focus_detr.data import check_dataset_jsons, check_finite_boxes, check_num_classes, get_checked_dataset_dicts
-from focus_detr.data.coco_json import check_coco_json, coco_json_problem
+from focus_detr.data.coco_json import coco_json_problem
+from focus_detr.data.coco_json_file import check_coco_json
 
 
 def _register(tmp_path, name, bboxes, categories=("a",)):

@@ -17,13 +17,13 @@ import collections
 import os
 import pickle
 import re
-import stat
 import zipfile
 from typing import Any, NamedTuple, Union
 
 import numpy as np
 import torch
 
+from ..special_files import special_file_kind
 from .safetensors_io import looks_like_safetensors, read_safetensors
 
 __all__ = [
@@ -133,18 +133,12 @@ def _read_plain_pickle(path, f):
     return content
 
 
-# What a path that exists but is neither a regular file nor a folder is (reading a named pipe waits for a writer
-# forever, a device such as /dev/zero never ends).
-_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
-                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
 def _special_file_kind(path):
     try:
         mode = os.stat(path).st_mode
     except OSError:  # missing, a broken link, no permission on a folder above: not found
         return None
-    return next((kind for test, kind in _SPECIAL_FILES if test(mode)), None)
+    return special_file_kind(mode)
 
 
 def missing_checkpoint_error(path):

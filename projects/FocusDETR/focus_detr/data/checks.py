@@ -23,7 +23,7 @@ from detectron2.utils.file_io import PathManager
 
 from .box_warnings import box_example, box_report_of_records, count_of_annotations, warn_about_legal_surprises
 from .coco_fields import AREA_FIX
-from .coco_json import check_coco_json
+from .coco_json_file import check_coco_json
 
 __all__ = [
     "check_dataset_jsons",

@@ -16,13 +16,9 @@ or clips (reaching outside it) are counted for a warning, as the COCO evaluator 
 The fields only the COCO evaluator or detectron2's loader reads (area, segmentation, ``ignore``, keypoints) are
 checked by :mod:`.coco_fields`.
 """
-import codecs
 import dataclasses
-import functools
-import json
 import math
 import os
-import stat
 from typing import Optional
 
 from .coco_boxes import (
@@ -40,7 +36,7 @@ from .coco_boxes import (
 )
 from .coco_fields import field_problem
 
-__all__ = ["CocoJsonReport", "check_coco_json", "coco_json_problem", "coco_json_report"]
+__all__ = ["CocoJsonReport", "coco_json_problem", "coco_json_report"]
 
 # Every box under this many pixels on both sides, in images of at least PIXEL_IMAGE_SIDE pixels: fractions, not pixels
 SUB_PIXEL_SIDE = 1.5
@@ -377,77 +373,3 @@ def coco_json_problem(coco):
         box = report.non_finite_box
         return f"{describe_box(box)} has a bbox that is not finite numbers: {box.bbox}; fix or remove it"
     return report.problem
-
-
-def _encoding_problem(data):
-    """Why the json text ``data`` (bytes) is in an encoding pycocotools cannot read, or None. pycocotools opens the
-    file as text in the locale's encoding (UTF-8), where a byte order mark is a json syntax error."""
-    if data.startswith(codecs.BOM_UTF8):
-        return (
-            "the file starts with a UTF-8 byte order mark (BOM), which pycocotools cannot read: save it as UTF-8 "
-            "without BOM"
-        )
-    encoding = json.detect_encoding(data[:4])  # the json module's own guess: UTF-8, -16 or -32, from the first bytes
-    if encoding != "utf-8":
-        return f"the file is saved as {encoding.upper()}, which pycocotools cannot read: save it as UTF-8 without BOM"
-    return None
-
-
-@functools.lru_cache(maxsize=16)
-def _report_of_file(path, size, mtime_ns, image_root):
-    # size and mtime_ns are part of the cache key: a json rewritten in the same process is read again
-    with open(path, "rb") as f:
-        data = f.read()
-    problem = _encoding_problem(data)
-    if problem:
-        return CocoJsonReport(problem=problem)
-    try:
-        coco = json.loads(data)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return CocoJsonReport(problem=f"not a readable json file: {type(error).__name__}: {error}")
-    del data  # the parsed json is large enough on its own
-    return coco_json_report(coco, image_root)
-
-
-_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def _special_file_problem(mode):
-    """What the file of ``mode`` is when it is neither a regular file nor a folder (reading a named pipe waits for a
-    writer forever), or None. A folder is left to ``open``, whose error says so."""
-    return next((f"{kind}, not a regular file" for test, kind in _SPECIAL_FILES if test(mode)), None)
-
-
-def _local_folder(image_root):
-    """``image_root`` as an absolute local folder, or None where there is none or it is a URL (not resolvable)."""
-    if not image_root or "://" in str(image_root):
-        return None
-    return os.path.abspath(image_root)
-
-
-def check_coco_json(json_file, what=None, image_root=None):
-    """Raises ValueError naming ``json_file`` (after ``what``, e.g. "dataset 'my_val'") when it cannot be used
-    (``problem`` of :func:`coco_json_report`, with ``image_root`` the folder of the images), is not json, is not
-    UTF-8 or is not a regular file (a named pipe); OSError when it cannot be read (a folder).
-
-    The report is kept per (path, size, modification time, image root), so checking the same file again in one
-    process (train and test loaders, every evaluation) costs a ``stat``.
-
-    Returns:
-        CocoJsonReport: the report (the same object while the file is unchanged), for its ``non_finite_box`` and
-        the boxes training drops or clips.
-    """
-    path = os.path.abspath(json_file)
-    where = f"{what} ({json_file})" if what else str(json_file)
-    try:
-        file_stat = os.stat(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{where}: json file not found") from None
-    special = _special_file_problem(file_stat.st_mode)
-    if special:
-        raise ValueError(f"{where}: the json file is {special}; name the COCO json file itself")
-    report = _report_of_file(path, file_stat.st_size, file_stat.st_mtime_ns, _local_folder(image_root))
-    if report.problem:
-        raise ValueError(f"{where}: {report.problem}")
-    return report

@@ -1,11 +1,14 @@
-"""The model's two ends on the host side: batching images from their sizes, and detections rescaled to each
-image's output size with a single device read for the whole batch."""
+"""The model's two ends: batching images from their sizes; the top detections over queries x classes, made
+Instances and rescaled to each image's output size with a single device read for the whole batch."""
 from typing import List, Sequence, Tuple
 
 import torch
 from detectron2.structures import Boxes, ImageList, Instances
 
-__all__ = ["batch_images", "rescale_detections"]
+from ..layers.box_ops import box_cxcywh_to_xyxy
+from ..layers.traced_shapes import capped_count
+
+__all__ = ["batch_images", "instances_of", "rescale_detections", "top_detections"]
 
 
 def batch_images(images: List[torch.Tensor]) -> ImageList:
@@ -57,3 +60,29 @@ def rescale_detections(results: List[Instances], output_sizes: Sequence[Tuple[in
                       pred_classes=fields["pred_classes"])
         )
     return rescaled
+
+
+def top_detections(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, num_detections: int):
+    """Top ``num_detections`` over queries x classes (no NMS). pred_logits ``(B, Q, K)``, pred_boxes ``(B, Q, 4)``
+    normalised cxcywh -> scores ``(B, k)``, labels ``(B, k)`` int64 and boxes ``(B, k, 4)`` normalised xyxy."""
+    batch, num_queries, num_classes = pred_logits.shape
+    k = capped_count(num_detections, num_queries * num_classes)
+    scores, inds = pred_logits.sigmoid().view(batch, -1).topk(k, dim=1)
+    query_inds = torch.div(inds, num_classes, rounding_mode="floor")
+    labels = inds % num_classes
+    boxes = pred_boxes.gather(1, query_inds[..., None].expand(-1, -1, 4))
+    return scores, labels, box_cxcywh_to_xyxy(boxes)
+
+
+def instances_of(scores, labels, boxes, image_sizes) -> List[Instances]:
+    """:func:`top_detections`' outputs -> Instances per image, boxes scaled (in place) to its ``(h, w)``."""
+    results = []
+    # Indexed, not iterated: autograd refuses in-place edits (the scaling, rescale_detections') of unbind's views.
+    for i, (h, w) in enumerate(image_sizes):
+        result = Instances((h, w))
+        result.pred_boxes = Boxes(boxes[i])
+        result.pred_boxes.scale(scale_x=w, scale_y=h)
+        result.scores = scores[i]
+        result.pred_classes = labels[i]
+        results.append(result)
+    return results

@@ -7,20 +7,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from ..checkpoint.official import convert_official_state_dict, is_official_layout
-from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
+from ..layers.box_ops import box_xyxy_to_cxcywh, inverse_sigmoid
 from ..layers.frozen_bn_folding import enable_frozen_bn_folding
 from ..layers.group_norm import use_channels_last_group_norm
 from ..layers.mlp import MLP
 from ..layers.position_embedding import PositionEmbeddingSine
-from ..layers.traced_shapes import capped_count
 from .assembly_checks import check_class_counts, check_position_embedding, check_token_widths, level_strides
 from .criterion import FocusDETRCriterion
 from .denoising import ContrastiveDenoising, DenoisingQueries, split_denoising_outputs
-from .detections import batch_images, rescale_detections
+from .detections import batch_images, instances_of, rescale_detections, top_detections
 from .input_checks import check_batched_inputs, check_pixel_range, output_side
 from .token_layout import token_layout
 from .token_selection import token_selection_of, token_selection_tensors
@@ -357,7 +356,7 @@ class FocusDETR(nn.Module):
             (output_side(item, "height", i, image_size[0]), output_side(item, "width", i, image_size[1]))
             for i, (item, image_size) in enumerate(zip(batched_inputs, images.image_sizes))
         ]
-        results = self.instances_of(*detections[:3], images.image_sizes)
+        results = instances_of(*detections[:3], images.image_sizes)
         processed = [{"instances": instances} for instances in rescale_detections(results, output_sizes)]
         if len(detections) > 3:
             selection = detections[3]
@@ -370,33 +369,12 @@ class FocusDETR(nn.Module):
         return processed
 
     def select_detections(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor):
-        """Top ``num_detections`` over queries x classes (no NMS). pred_logits ``(B, Q, K)``, pred_boxes ``(B, Q, 4)``
-        normalised cxcywh -> scores ``(B, k)``, labels ``(B, k)`` int64 and boxes ``(B, k, 4)`` normalised xyxy."""
-        batch, num_queries, num_classes = pred_logits.shape
-        k = capped_count(self.num_detections, num_queries * num_classes)
-        scores, inds = pred_logits.sigmoid().view(batch, -1).topk(k, dim=1)
-        query_inds = torch.div(inds, num_classes, rounding_mode="floor")
-        labels = inds % num_classes
-        boxes = pred_boxes.gather(1, query_inds[..., None].expand(-1, -1, 4))
-        return scores, labels, box_cxcywh_to_xyxy(boxes)
+        """:func:`top_detections` of the model's ``num_detections``."""
+        return top_detections(pred_logits, pred_boxes, self.num_detections)
 
     def postprocess(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor, image_sizes) -> List[Instances]:
         """:meth:`select_detections` -> Instances in input-image pixels."""
-        return self.instances_of(*self.select_detections(pred_logits, pred_boxes), image_sizes)
-
-    @staticmethod
-    def instances_of(scores, labels, boxes, image_sizes) -> List[Instances]:
-        """:meth:`select_detections`' outputs -> Instances per image, boxes scaled (in place) to its ``(h, w)``."""
-        results = []
-        # Indexed, not iterated: autograd refuses in-place edits (the scaling, rescale_detections') of unbind's views.
-        for i, (h, w) in enumerate(image_sizes):
-            result = Instances((h, w))
-            result.pred_boxes = Boxes(boxes[i])
-            result.pred_boxes.scale(scale_x=w, scale_y=h)
-            result.scores = scores[i]
-            result.pred_classes = labels[i]
-            results.append(result)
-        return results
+        return instances_of(*self.select_detections(pred_logits, pred_boxes), image_sizes)
 
 
 def _float32_under_autocast(device_type: str):

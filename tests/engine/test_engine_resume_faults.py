@@ -448,6 +448,9 @@ def test_a_bug_in_an_evaluation_during_training_keeps_its_traceback_and_saves_th
         "KeyError: 'id' (in the evaluation after iteration 1); training stopped after iteration 1, checkpoint "
         f"{tmp_path / 'model_0000001.pth'} (a resume continues at iteration 2): mend what the traceback above shows, "
         "then resume with: "), str(raised.value)
+    # the run's record ends as the terminal does: the bug's traceback, its last line naming the checkpoint
+    log = (tmp_path / "log.txt").read_text()
+    assert log.rstrip().endswith(f"RuntimeError: {raised.value}") and "KeyError: 'id'" in log.split("stopped on")[-1]
     monkeypatch.undo()
     assert _train(train_net, tmp_path, *run, "--resume") == 0
 
@@ -462,3 +465,4 @@ def test_a_bug_in_the_final_evaluation_keeps_its_traceback_and_says_training_is_
     assert str(raised.value).startswith(
         "KeyError: 'id' (in the evaluation at the end of training); training is complete and saved in "
         f"{tmp_path / 'model_final.pth'}: mend what the traceback above shows, then evaluate with: "), str(raised.value)
+    assert (tmp_path / "log.txt").read_text().rstrip().endswith(f"RuntimeError: {raised.value}")

@@ -225,18 +225,22 @@ def _log_file_handlers(logger, output_dir):
 
 @contextlib.contextmanager
 def stop_recorded_in_log(output_dir, logger_name="focus_detr"):
-    """Within the block (a run, after detectron2's set-up opened ``output_dir``'s log.txt), a user error or an
-    interruption also leaves its one line at the end of the log file: the terminal's last line, which says why the
-    run stopped and how to resume, was missing from the run's record (a batch job's log.txt ended mid-way). Written
-    through the logger's file handlers only; the caller prints the line on the terminal."""
+    """Within the block (a run, after detectron2's set-up opened ``output_dir``'s log.txt), what stops the run is
+    also written at the end of the log file: the one line of a user error or an interruption, and a bug's traceback,
+    whose last line says what was saved and how to resume (a training run's). The terminal's last lines were
+    missing from the run's record (a batch job's log.txt ended mid-way). Written through the logger's file handlers
+    only; the caller prints them on the terminal."""
     try:
         yield
     except BaseException as error:
         line = stop_line(error)
-        if line is not None and output_dir:
+        if output_dir and (line is not None or isinstance(error, Exception)):
             # the log's own level stands for the terminal's "error: "; an interruption is no error
             level = logging.WARNING if isinstance(error, KeyboardInterrupt) else logging.ERROR
-            record = logging.LogRecord(logger_name, level, __file__, 0, line.removeprefix("error: "), None, None)
+            message, exc_info = (line.removeprefix("error: "), None) if line is not None else (
+                "the run stopped on this error:",
+                (type(error), error, error.__traceback__))
+            record = logging.LogRecord(logger_name, level, __file__, 0, message, None, exc_info)
             for handler in _log_file_handlers(logging.getLogger(logger_name), output_dir):
                 handler.handle(record)
         raise

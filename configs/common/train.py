@@ -37,6 +37,6 @@ train = dict(
     release_freed_memory_period=10,
     malloc_mmap_threshold_mib=0,
     log_period=20,
-    # -1: draw a random seed (recorded in the log and in checkpoints, so --resume stays exact)
+    # -1: draw a random seed (written into the run's config.yaml and log; checkpoints keep the generators' states)
     seed=-1,
 )

@@ -7,8 +7,10 @@ import random
 
 import numpy as np
 import torch
+import yaml
+from detectron2.utils import comm
 
-__all__ = ["capture_rng_state", "restore_rng_state", "isolated_rng", "seed_for_position"]
+__all__ = ["capture_rng_state", "fix_random_seed", "restore_rng_state", "isolated_rng", "seed_for_position"]
 
 
 def capture_rng_state(include_cuda=True):
@@ -67,3 +69,32 @@ def isolated_rng(seed=None):
 def seed_for_position(base_seed, *keys):
     """A 31-bit seed that depends only on (base_seed, *keys) (non-negative ints), e.g. (seed, stream, position)."""
     return int(np.random.SeedSequence([int(base_seed) % 2**63, *map(int, keys)]).generate_state(1)[0]) & 0x7FFFFFFF
+
+
+def fix_random_seed(train, earlier_config=None):
+    """For a training run with ``train.seed`` -1 (draw a random seed), sets ``train.seed`` to the seed it runs with,
+    before detectron2's set-up seeds the generators with it and writes ``config.yaml``: the file said -1, so running
+    it again drew another seed and trained another model. A fresh run draws the seed (one for all processes, as
+    detectron2 offsets it by the rank); a resume keeps the one in ``earlier_config`` (the folder's ``config.yaml``
+    bytes, read on the main process) when it holds one, since the generators' states come from the checkpoint and
+    the file must keep describing the run's start. Returns the line to log, or None when the seed was set."""
+    if train.get("seed", -1) != -1:
+        return None
+    earlier = _seed_of_saved_config(earlier_config)
+    drawn = int(np.random.randint(2**31))  # numpy draws from the OS's entropy until the set-up seeds it
+    if comm.get_world_size() > 1:  # every process takes the main process's (only it reads the folder's files)
+        earlier, drawn = comm.all_gather((earlier, drawn))[0]
+    if earlier is not None:
+        train.seed = earlier
+        return f"train.seed is -1: keeping {earlier}, the seed this run started with (config.yaml)"
+    train.seed = drawn
+    return f"train.seed is -1: drew {drawn} (in config.yaml: running that file again repeats this run)"
+
+
+def _seed_of_saved_config(data):
+    """``train.seed`` of a saved config (bytes) when it is a seed (not -1), else None (no file, or unreadable)."""
+    try:
+        seed = yaml.safe_load(data)["train"]["seed"]
+    except Exception:  # noqa: BLE001 (any other file, or none: draw a new seed)
+        return None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32 else None

@@ -53,6 +53,7 @@ from focus_detr.engine.cli import print_skipped, run_reporting_errors
 from focus_detr.engine.inference_weights import ema_settings
 from focus_detr.engine.predictor import inference_resize, input_format, model_input, resize_scale
 from focus_detr.engine.settings import check_output_dir, nearest_existing
+from focus_detr.engine.checkpoint_classes import check_test_set_classes
 from focus_detr.engine.test_set import class_names_of_model
 from focus_detr.layers.ms_deform_attn_backends import check_backend_setting
 from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights
@@ -77,14 +78,20 @@ def parse_args(argv=None):
     return parse_args_with_overrides(parser, argv)
 
 
-def _class_names(cfg):
+def _class_names(cfg, trained=None, weights=""):
     """The model's class names for the labels; [] (boxes labelled with class numbers) when unknown, with a
-    warning when its dataset cannot be read."""
+    warning when its dataset cannot be read. ``trained``: the class names the weights file ``weights`` records
+    (None: none), which name the labels when the config's dataset cannot; a test set that names them otherwise is
+    refused (a ValueError): its names would label the model's classes as others."""
     try:
-        return class_names_of_model(cfg) or []
+        names = class_names_of_model(cfg)
     except (ValueError, OSError, KeyError) as error:
+        if trained is not None:
+            return trained
         print(f"warning: no class names for the labels, boxes are numbered by class instead: {error}", file=sys.stderr)
         return []
+    check_test_set_classes(cfg, trained, weights, "the demo would label the model's classes")
+    return names or trained or []
 
 
 def _onnx_predictor(cfg, path):
@@ -357,7 +364,8 @@ def main(args):
         check_backend_setting(device)  # once, not as every image's problem
         # the config's train.inference_amp; --cuda-graphs on, else the config's train.inference_cuda_graphs
         predictor = FocusDETRPredictor(cfg, device=device, cuda_graphs=args.cuda_graphs or None)
-    class_names = _class_names(cfg)
+    # the PyTorch predictor's checkpoint may name the classes it was trained on (an --onnx graph: the config does)
+    class_names = _class_names(cfg, getattr(predictor, "trained_classes", None), getattr(predictor, "weights", ""))
     if args.video_input:
         return [run_video(predictor, args.video_input, args.output, args.confidence_threshold, class_names)]
     return run_images(predictor, paths, args.output, args.confidence_threshold, class_names, args.show_tokens,

@@ -58,7 +58,8 @@ from focus_detr.engine.checkpoint import write_json
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.test_set import category_ids_of_test_set, class_names_of_model
 from focus_detr.engine.predictor import inference_resize, input_format
-from focus_detr.engine.inference_weights import load_inference_weights
+from focus_detr.engine.checkpoint_classes import check_test_set_classes
+from focus_detr.engine.inference_weights import InferenceWeights, read_inference_weights
 from focus_detr.export import (
     DEFAULT_OPSET,
     MIN_OPSET,
@@ -119,15 +120,22 @@ def parse_args(argv=None):
     return parse_args_with_overrides(parser, argv)
 
 
-def _classes(cfg, num_classes):
+def _classes(cfg, num_classes, trained=None, init_checkpoint=""):
     """The model's class names for model.json, and the dataset category id of each output label (as detectron2's
     COCO loader numbers them, e.g. [3, 7, 42]); (None, None) when unknown, with a warning when its dataset cannot be
-    read or names another number of classes than the model's ``num_classes`` (the graph would be refused)."""
+    read or names another number of classes than the model's ``num_classes`` (the graph would be refused).
+    ``trained``: the class names the checkpoint ``init_checkpoint`` records (None: none), which a test set naming
+    them otherwise is refused against (a ValueError), and which name the classes when the config's data cannot."""
     try:
         names = class_names_of_model(cfg)
     except (ValueError, OSError, KeyError) as error:
+        if trained is not None and len(trained) == num_classes:
+            return trained, None  # the model's own names; the dataset's category ids are unknown
         print(f"warning: model.json gets no class names: {error}", file=sys.stderr)
         return None, None
+    check_test_set_classes(cfg, trained, init_checkpoint, "model.json would name the model's classes")
+    if not names and trained is not None and len(trained) == num_classes:
+        return trained, None
     if names and len(names) != num_classes:
         print(f"warning: model.json gets no class names: the test set has {len(names)} classes, the model "
               f"{num_classes} (model.num_classes)", file=sys.stderr)
@@ -174,15 +182,18 @@ def _check_arguments(args):
 
 
 def _load_model(cfg, args, init_checkpoint):
-    """The model in eval mode, and which weights it has ("ema", "trained" or "random")."""
+    """The model in eval mode, which weights it has ("ema", "trained" or "random") and the class names its
+    checkpoint records (None: none)."""
     torch.manual_seed(args.seed)
     model = build_model(cfg, "cpu")
     # the EMA weights where evaluation uses them
-    weights = load_inference_weights(model, cfg, init_checkpoint) if init_checkpoint else "random"
+    loaded = InferenceWeights("random", None)
+    if init_checkpoint:
+        loaded = read_inference_weights(model, cfg, init_checkpoint)
     if not init_checkpoint:
         doing = "evaluating PyTorch with" if args.onnx else "exporting"
         print(f"warning: train.init_checkpoint is empty: {doing} a randomly initialised model", file=sys.stderr)
-    return model.eval(), weights
+    return model.eval(), loaded.kind, loaded.thing_classes
 
 
 # What an export writes besides model.onnx / model.json: results about one graph, which a new graph in the folder
@@ -204,9 +215,10 @@ def clear_earlier_export(folder):
     print(f"replacing the earlier export in {folder}{removed}", file=sys.stderr)
 
 
-def export(model, cfg, args, init_checkpoint, weights):
+def export(model, cfg, args, init_checkpoint, weights, trained_classes=None):
     """Writes DIR/model.onnx and DIR/model.json, replacing an earlier export only once both are complete (see
-    :func:`clear_earlier_export`); returns the graph's path and the traced sample."""
+    :func:`clear_earlier_export`); returns the graph's path and the traced sample. ``trained_classes``: the class
+    names the checkpoint records (see :func:`_classes`)."""
     path = os.path.join(args.output, "model.onnx")
     sample = synthetic_inputs(*args.sample_size)[0]
     # traced into a name of its own: an interrupted or failed export leaves the earlier graph (and what was written
@@ -219,7 +231,7 @@ def export(model, cfg, args, init_checkpoint, weights):
     with naming_file(path), PartialPath(args.output, prefix=".model.", suffix=".onnx.partial") as partial:
         seconds = export_onnx(model, partial.path, sample["image"], args.opset, args.msda_form, args.batched)
         check_graph(partial.path)
-        class_names, category_ids = _classes(cfg, model.num_classes)
+        class_names, category_ids = _classes(cfg, model.num_classes, trained_classes, init_checkpoint)
         metadata = export_metadata(
             model, args.opset, args.msda_form, input_format(cfg), class_names, batched=args.batched,
             resize=inference_resize(cfg), category_ids=category_ids,
@@ -349,11 +361,13 @@ def main(args):
         check_datasets_registered(cfg.dataloader.test)
         check_comparable_precision(cfg, "cpu")  # the tool runs PyTorch on the CPU
     init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
-    model, weights = _load_model(cfg, args, init_checkpoint)
+    model, weights, trained_classes = _load_model(cfg, args, init_checkpoint)
+    if args.evaluate:  # before the export and the evaluations, which take minutes
+        check_test_set_classes(cfg, trained_classes, init_checkpoint, "the evaluation would score the model's classes")
 
     failures = []
     if args.onnx is None:
-        path, sample = export(model, cfg, args, init_checkpoint, weights)
+        path, sample = export(model, cfg, args, init_checkpoint, weights, trained_classes)
         failures = verify(model, path, args)
         if args.benchmark:
             report_benchmark(model, path, sample, args)

@@ -44,7 +44,8 @@ from focus_detr.engine import (
 )
 from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_overrides
 from focus_detr.engine.cli import run_reporting_errors
-from focus_detr.engine.inference_weights import load_inference_weights
+from focus_detr.engine.checkpoint_classes import check_test_set_classes
+from focus_detr.engine.inference_weights import read_inference_weights
 
 
 def parse_args(argv=None):
@@ -113,7 +114,9 @@ def _sweep(args, cfg):
     amp_dtype = inference_amp_dtype(cfg, device)  # latency in the precision the evaluation runs in
     model = build_model(cfg, device)
     if cfg.train.init_checkpoint:
-        load_inference_weights(model, cfg, cfg.train.init_checkpoint)  # EMA weights where evaluation uses them
+        # EMA weights where evaluation uses them; the AP of each ratio scores the outputs as the test set's classes
+        trained = read_inference_weights(model, cfg, cfg.train.init_checkpoint).thing_classes
+        check_test_set_classes(cfg, trained, cfg.train.init_checkpoint, "the sweep would score the model's classes")
     else:
         print("warning: train.init_checkpoint is empty: sweeping randomly initialised weights", file=sys.stderr)
     model.eval()

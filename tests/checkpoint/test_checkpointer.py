@@ -102,6 +102,16 @@ def test_initial_weights_for_another_class_count_load_all_but_the_class_tensors(
                                 "another set of classes)")
 
 
+def test_a_checkpoint_of_another_class_count_names_the_classes_it_records(tmp_path, trained_state):
+    # a training checkpoint records its classes (thing_classes): the count's line names them, the first ten
+    path = tmp_path / "named.pth"
+    torch.save({"model": trained_state, "thing_classes": [f"class{i}" for i in range(80)]}, path)
+    shown = ", ".join(f"'class{i}'" for i in range(10))
+    with pytest.raises(ValueError, match=rf"^checkpoint .*named.pth was trained for 80 classes \({shown}, \.\.\. "
+                                         r"\(70 more\)\) and the model has 3 classes \(model.num_classes\): use it"):
+        FocusDETRCheckpointer(build_tiny_model(**{"model.num_classes": 3})).load(str(path))
+
+
 @pytest.mark.parametrize("num_classes, num_queries", [(3, 7), (7, 7)])
 def test_another_class_count_does_not_excuse_other_mismatches(tmp_path, trained_state, num_classes, num_queries):
     # (7, 7): only the query embedding differs, in its first dimension, which equals the model's class count

@@ -164,6 +164,24 @@ def test_the_export_writes_no_class_names_of_another_count_than_the_model_s(caps
                                                "the model 2 (model.num_classes)")
 
 
+def test_the_export_refuses_class_names_the_checkpoint_orders_otherwise_and_else_takes_its_names(capsys):
+    # a checkpoint records its training classes: model.json named a renumbered test set's classes without a word
+    from focus_detr.engine import load_config
+
+    export_model = load_script("tools/export_model.py", "export_model")
+    cfg = load_config(str(TREE_CONFIG))
+    assert export_model._classes(cfg, 1, ["tree"], "w.pth")[0] == ["tree"]
+    with pytest.raises(ValueError, match=r"^checkpoint w.pth and the test set trees_val name their classes "
+                                         r"differently: class 0 is 'shrub' in the checkpoint and 'tree' in trees_val; "
+                                         r"model.json would name the model's classes as trees_val's classes"):
+        export_model._classes(cfg, 1, ["shrub"], "w.pth")
+    # a test set that cannot be read: the checkpoint's names, and no warning
+    unreadable = load_config(str(TREE_CONFIG), ["dataloader.test.dataset.names=focus_detr_nowhere",
+                                                "dataloader.train.dataset.names=focus_detr_nowhere"])
+    assert export_model._classes(unreadable, 1, ["shrub"], "w.pth") == (["shrub"], None)
+    assert capsys.readouterr().err == ""
+
+
 def test_the_class_count_refusal_names_the_overrides_the_graph_was_exported_with(tiny_export, tmp_path):
     # it said "use the config it was exported from (configs/x.py)" when that was the config given
     from focus_detr.engine import load_config

@@ -43,6 +43,16 @@ def _classes(count):
     return f"{count} class" + ("" if count == 1 else "es")
 
 
+def _recorded_names(checkpoint, count, most=10):
+    """" ('tree', 'shrub')": the ``count`` class names a training checkpoint records (its ``thing_classes``, see
+    focus_detr.engine.checkpoint_classes), to name the classes of another count; "" when it records none."""
+    names = checkpoint.get("thing_classes")
+    if not isinstance(names, (list, tuple)) or len(names) != count or not all(isinstance(n, str) for n in names):
+        return ""
+    more = f", ... ({count - most} more)" if count > most else ""
+    return f" ({', '.join(repr(name) for name in names[:most])}{more})"
+
+
 def _first_keys(keys):
     keys = sorted(keys)
     shown = ", ".join(keys[:_KEYS_SHOWN])
@@ -280,14 +290,16 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
             if checkpoint_classes is not None and not self.other_class_count:
                 # an evaluation or a resume: the tensor list said only "9 shape mismatches (class_embed.0.bias ...)"
                 raise CheckpointError(
-                    f"checkpoint {self._source} was trained for {_classes(checkpoint_classes)} and the model has "
+                    f"checkpoint {self._source} was trained for {_classes(checkpoint_classes)}"
+                    f"{_recorded_names(checkpoint, checkpoint_classes)} and the model has "
                     f"{_classes(self._model_classes())} (model.num_classes): use it with the config it was trained "
                     f"with (model.num_classes={checkpoint_classes} and datasets of its classes); to train it on "
                     "these classes, start a new run from it (train.init_checkpoint)")
             if checkpoint_classes is not None:
                 keys = sorted(key for key, _, _ in incompatible.incorrect_shapes)
                 self.logger.warning(
-                    f"checkpoint {self._source} was trained for {_classes(checkpoint_classes)} and the model has "
+                    f"checkpoint {self._source} was trained for {_classes(checkpoint_classes)}"
+                    f"{_recorded_names(checkpoint, checkpoint_classes)} and the model has "
                     f"{_classes(self._model_classes())}: its {len(keys)} class-dependent tensors ({_first_keys(keys)}) "
                     "keep the model's initialisation, all its other weights are loaded (fine-tuning on another set of "
                     "classes)")

@@ -15,10 +15,14 @@ from ..checkpoint.safe_load import checked_checkpoint_path
 from ..partial_files import PartialPath, naming_file, remove_abandoned
 from .interrupt import stop_signals_deferred
 
-__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "read_checkpoint_tag", "same_file", "save_weights",
-           "write_json"]
+__all__ = ["CLASSES_KEY", "AtomicDetectionCheckpointer", "atomic_write", "read_checkpoint_tag", "same_file",
+           "save_weights", "write_json"]
 
 logger = logging.getLogger(__name__)
+
+# The entry of a training checkpoint holding its training set's class names, in the order of the model's outputs
+# (detectron2's metadata name for them).
+CLASSES_KEY = "thing_classes"
 
 # Names of the checkpoints ResumableCheckpointHook writes: <prefix>_<7-digit iteration>.pth, <prefix>_final.pth.
 _CHECKPOINT_NAME = re.compile(r"^(.+)_(?:\d{7}|final)\.pth$")
@@ -134,11 +138,15 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
         save_dir (str): folder of the checkpoints and of the ``last_checkpoint`` tag.
         allow_partial, require_detector, other_class_count (bool): see ``FocusDETRCheckpointer``;
             ``other_class_count`` applies to the initial weights of :meth:`resume_or_load`, never to a resume.
+        thing_classes (list of str or None): the training set's class names, in the order of the model's outputs,
+            which every checkpoint :meth:`save` writes records as ``thing_classes`` (plain data, which the safe
+            reader accepts) for the commands that later name the outputs by a dataset's classes.
         **checkpointables: objects with ``state_dict``/``load_state_dict`` saved alongside (e.g. ``trainer``).
     """
 
-    def __init__(self, model, save_dir="", **kwargs):
+    def __init__(self, model, save_dir="", *, thing_classes=None, **kwargs):
         super().__init__(model, save_dir, **kwargs)
+        self.thing_classes = None if thing_classes is None else [str(name) for name in thing_classes]
         self._resuming = False  # within resume_or_load's loading of the run's own checkpoint
 
     def save(self, name, **kwargs):
@@ -147,6 +155,8 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        if self.thing_classes is not None:
+            data[CLASSES_KEY] = list(self.thing_classes)
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)

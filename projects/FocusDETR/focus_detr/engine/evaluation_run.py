@@ -10,7 +10,8 @@ from .checkpoint import AtomicDetectionCheckpointer, same_file
 from .cli import warn_on_stderr
 from .config import ConfigError
 from .evaluation import evaluate, write_eval_results
-from .inference_weights import load_inference_weights
+from .checkpoint_classes import check_test_set_classes
+from .inference_weights import read_inference_weights
 from .runner import build_model, wrap_ddp
 from .settings import require_sections, resolve_device
 from .test_set import (check_evaluation_datasets, check_evaluator_settings, check_model_classes,
@@ -92,7 +93,9 @@ def run_evaluation(cfg, resume=False, init_checkpoint_given=True):
         warn_on_stderr(f"train.output_dir {cfg.train.output_dir} holds a training run (its last checkpoint: {last}) "
                        f"but train.init_checkpoint {weights} is evaluated, and its results replace the run's; "
                        "--resume evaluates the run's own model", logger)
-    load_inference_weights(model, cfg, weights)
+    loaded = read_inference_weights(model, cfg, weights)
+    # the same number of classes in another order loads without a mismatch, and would be scored as the test set's
+    check_test_set_classes(cfg, loaded.thing_classes, weights, "the evaluation would score the model's classes")
     if comm.is_main_process():
         _remove_earlier_results(cfg)
     results = evaluate(cfg, model)

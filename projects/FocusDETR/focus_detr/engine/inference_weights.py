@@ -1,11 +1,13 @@
 """Which weights an evaluation or a prediction uses: a checkpoint's trained weights, or the EMA average it holds beside
 them (ours or detrex's), as ``train.model_ema`` asks."""
 import logging
+from typing import List, NamedTuple, Optional
 
 from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint_classes import checkpoint_classes
 from .hooks import EMAHook
 
-__all__ = ["ema_settings", "load_inference_weights"]
+__all__ = ["InferenceWeights", "ema_settings", "load_inference_weights", "read_inference_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,24 +33,40 @@ def _ema_weights(extra):
     return detrex if isinstance(detrex, dict) and detrex else None
 
 
+class InferenceWeights(NamedTuple):
+    """What :func:`read_inference_weights` loaded: which weights (``kind``: "ema", "trained" or "random") and the
+    class names the checkpoint was trained on, in the order of the model's outputs (None when it records none)."""
+
+    kind: str
+    thing_classes: Optional[List[str]]
+
+
 def load_inference_weights(model, cfg, path):
+    """:func:`read_inference_weights`'s ``kind`` alone, for callers that pair the outputs with no class names."""
+    return read_inference_weights(model, cfg, path).kind
+
+
+def read_inference_weights(model, cfg, path) -> InferenceWeights:
     """Loads the weights file ``path`` into ``model`` (a DDP wrapper is unwrapped) without running code from it: our
     checkpoints, weights-only files, official detrex weights. When ``cfg.train.model_ema`` is enabled with
     ``use_for_eval``, the EMA weights a checkpoint carries replace the trained ones, as in evaluation during training.
     A file without detector weights (a backbone initialisation) is refused. An empty ``path`` loads nothing.
 
-    Returns which weights the model now has: "ema", "trained" or "random" (nothing loaded)."""
+    Returns which weights the model now has ("ema", "trained" or "random": nothing loaded) and the class names the
+    checkpoint records (:func:`~.checkpoint_classes.checkpoint_classes`), which a caller compares with the classes
+    it names the outputs by."""
     checkpointer = AtomicDetectionCheckpointer(model, require_detector=True)
     extra = checkpointer.load(path)
+    classes = checkpoint_classes(extra, path)
     ema_enabled, _, ema_for_eval = ema_settings(cfg)
     ema_weights = _ema_weights(extra)
     if ema_enabled and ema_for_eval and ema_weights is not None:
         logger.info("Using the EMA weights stored in the checkpoint")
         checkpointer.load_model_state(ema_weights, source=f"the EMA weights of {path}")
-        return "ema"
+        return InferenceWeights("ema", classes)
     if ema_enabled and ema_for_eval and path:  # asked for, absent: say which weights the numbers are of
         logger.warning(f"train.model_ema asks for the EMA weights, but {path} holds none: using its trained weights")
     elif ema_weights is not None and not ema_enabled:  # (enabled with use_for_eval=False asks for the trained ones)
         logger.warning(f"{path} also holds the EMA weights (their average over its training): using its trained "
                        "weights; train.model_ema.enabled=True uses the average")
-    return "trained" if path else "random"
+    return InferenceWeights("trained" if path else "random", classes)

@@ -28,7 +28,8 @@ from .config_files import load_config
 from .cuda_graphs import CUDAGraphInference, graphs_available, inference_cuda_graphs
 from .test_set import class_names_of_model, metadata_of_test_set
 from .precision import amp_autocast, amp_dtype_of
-from .inference_weights import load_inference_weights
+from .checkpoint_classes import check_test_set_classes
+from .inference_weights import read_inference_weights
 from .runner import build_model
 from .settings import FORMAT_KEYS, RESIZE_KEYS, mapper_entry, require_sections, resolve_device
 
@@ -159,7 +160,9 @@ class FocusDETRPredictor:
 
     ``predictor(image)`` takes one BGR uint8 ``(H, W, 3)`` numpy array and returns ``{"instances": Instances}`` with
     ``pred_boxes`` (XYXY, in the pixels of ``image``), ``scores`` and ``pred_classes``, on the predictor's device: the
-    same as ``model([model_input(image, ...)])[0]``. :meth:`predict_batch` runs a list.
+    same as ``model([model_input(image, ...)])[0]``. :meth:`predict_batch` runs a list. ``trained_classes``: the
+    class names the weights file records, in the order of ``pred_classes`` (None for files from before training
+    recorded them, and for official detrex weights); :attr:`metadata` refuses a test set that names them otherwise.
 
     Args:
         config: a LazyConfig file path, or an already loaded config (copied, not changed).
@@ -205,8 +208,11 @@ class FocusDETRPredictor:
         self.model = build_model(cfg, self.device)
         self.model.eval()
         weights = train.get("init_checkpoint", "") if weights is None else os.fspath(weights)
+        self.weights = weights
+        # the class names the checkpoint was trained on, in the order of the outputs (None: it records none)
+        self.trained_classes = None
         if weights:
-            load_inference_weights(self.model, cfg, weights)
+            self.trained_classes = read_inference_weights(self.model, cfg, weights).thing_classes
         else:
             logger.warning("FocusDETRPredictor: no weights given and train.init_checkpoint is empty: predicting with "
                            "randomly initialised weights")
@@ -248,10 +254,16 @@ class FocusDETRPredictor:
     def metadata(self) -> Metadata:
         """The test set's detectron2 ``Metadata`` (``thing_classes``, ...), as ``DefaultPredictor.metadata``: for
         ``Visualizer(image[:, :, ::-1], predictor.metadata)``. Read on first use (it may load the test set's json),
-        after checking that the training set names the classes alike (a ValueError, one line, when it does not). An
-        empty ``Metadata`` for a config without a test set."""
-        class_names_of_model(self.cfg)  # the test set's classes loaded, and checked against the training set's
+        after checking that the training set and the checkpoint's recorded classes (``trained_classes``) name the
+        classes alike (a ValueError, one line, when they do not: the names, and the category ids the metadata maps
+        them to, would be another class's). A config without a test set, or whose test set names no classes, gets
+        the checkpoint's names (else an empty ``Metadata``)."""
+        names = class_names_of_model(self.cfg)  # the test set's classes loaded, and checked against the training set's
+        check_test_set_classes(self.cfg, self.trained_classes, self.weights,
+                               "predictor.metadata would name the model's classes")
         metadata = metadata_of_test_set(self.cfg)
+        if names is None and self.trained_classes is not None:
+            return Metadata(name=metadata.name if metadata is not None else "", thing_classes=self.trained_classes)
         return metadata if metadata is not None else Metadata(name="")
 
     def predict_batch(self, images: Sequence[np.ndarray], batch_size: int = 4) -> List[Dict]:

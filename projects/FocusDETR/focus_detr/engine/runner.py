@@ -14,6 +14,7 @@ from detectron2.utils.events import TensorboardXWriter
 from omegaconf import OmegaConf
 
 from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint_classes import check_resumed_classes, note_fine_tuned_classes, training_classes
 from ..layers.ms_deform_attn_backends import backend_summary
 from .cli import raised_in_this_package, user_errors_without_tracebacks, warn_on_stderr
 from .config import ConfigError
@@ -171,6 +172,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     train_loader = build_loader(cfg, "train")
     # before the first step: a class count that does not fit the data would crash only at the first evaluation
     check_model_classes(model, cfg.dataloader.train)
+    classes = training_classes(cfg)  # recorded in the checkpoints, for the commands that name the outputs later
     evaluates = cfg.dataloader.get("evaluator", None) is not None
     if evaluates:  # the final evaluation runs whatever train.eval_period
         check_test_set(cfg, model)
@@ -181,7 +183,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     inference_cuda_graphs(cfg)
     trainer = build_trainer(cfg, model, train_loader, optimizer, device, amp_dtype)
     # train.init_checkpoint may be a detector trained on other classes: fine-tuning keeps all but its class heads
-    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer, other_class_count=True)
+    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer, other_class_count=True,
+                                               thing_classes=classes)
     if comm.is_main_process():
         checkpointer.remove_stale_temporary_files()  # left by a save that was killed midway
 
@@ -245,6 +248,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     extra = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter, rng_state, extends_finished_run = 0, None, False
     if resume and checkpointer.has_checkpoint():
+        check_resumed_classes(cfg, extra, checkpointer.resumed_from, classes)
         start_iter = trainer.iter + 1
         resumed_multiplier = _lr_multiplier_of(optimizer)  # the checkpoint's, before the config's settings return
         changes = restore_optimizer_settings(optimizer, configured)
@@ -263,6 +267,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
         if cfg.train.init_checkpoint:  # it starts a run; a new run from it goes to another train.output_dir
             logger.info(f"train.init_checkpoint {cfg.train.init_checkpoint} is not loaded: the run continues from "
                         f"{checkpointer.resumed_from}")
+    elif cfg.train.init_checkpoint:  # fine-tuning: other classes are expected, and not refused
+        note_fine_tuned_classes(extra, cfg.train.init_checkpoint, classes)
     if writers is not None:
         _start_records_at(writers, cfg, start_iter, extends_finished_run)
     if rng_state is not None:

@@ -122,3 +122,22 @@ def test_unusable_dataset_is_one_line_before_training_or_evaluation(train_net, t
     assert [line for line in err if line.startswith("error:")] == ["error: " + why.format(name=name, json=json_file)]
     assert not shows_traceback("\n".join(err) + "\n")
     assert not (out / "eval_results.json").exists() and not list(out.glob("model_*.pth"))
+
+
+def test_eval_only_finds_a_missing_test_image_before_the_inference(train_net, toy_dataset, capsys, tmp_path,
+                                                                    monkeypatch):
+    from focus_detr.engine import evaluation_run
+
+    name = "focus_detr_toy_missing_eval"
+    json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), lambda coco: None)
+    missing = tmp_path / "data" / "images" / "toy_001.png"
+    missing.unlink()
+    # the inference found it only when it reached it, after the images before it, naming neither dataset nor json
+    monkeypatch.setattr(evaluation_run, "evaluate", lambda cfg, model: pytest.fail("the inference started"))
+    out = tmp_path / "out"
+    code, err = _run(train_net, capsys, "--eval-only", f"dataloader.test.dataset.names={name}",
+                     f"train.output_dir={out}")
+    assert code == 2
+    assert err[-1] == (f"error: dataset '{name}' ({json_file}): image file not found: {missing}; the evaluation would "
+                       "stop there: fix the dataset's image folder (image_root) or its file names")
+    assert not (out / "eval_results.json").exists()

@@ -15,7 +15,7 @@ from .inference_weights import read_inference_weights
 from .runner import build_model, wrap_ddp
 from .settings import require_sections, resolve_device
 from .test_set import (check_evaluation_datasets, check_evaluator_settings, check_model_classes,
-                       check_trained_classes, evaluator_nodes)
+                       check_test_images, check_trained_classes, evaluator_nodes)
 
 __all__ = ["run_evaluation"]
 
@@ -63,6 +63,8 @@ def run_evaluation(cfg, resume=False, init_checkpoint_given=True):
     check_evaluation_datasets(cfg)
     check_trained_classes(cfg)  # before the count, which would name the test set's (not the model's training set's)
     check_model_classes(model, cfg.dataloader.test)
+    # before the weights and the inference, which found a missing image only when it reached it
+    check_test_images(cfg, "the evaluation")
     model = wrap_ddp(model, cfg, device)  # its set-up gives every process rank 0's weights (random ones differ)
     weights = cfg.train.init_checkpoint
     run = AtomicDetectionCheckpointer(model, cfg.train.output_dir) if cfg.train.output_dir else None

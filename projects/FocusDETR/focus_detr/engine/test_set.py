@@ -19,9 +19,9 @@ from .config_types import located_target
 from .settings import FORMAT_KEYS, mapper_entry
 
 __all__ = ["build_loader", "category_ids_of_test_set", "check_evaluation_datasets", "check_evaluator_settings",
-           "check_model_classes", "check_same_classes", "check_same_input_format", "check_test_set",
-           "check_trained_classes", "class_names_of_loader", "class_names_of_model", "class_names_of_test_set",
-           "evaluator_nodes", "is_coco_evaluator", "metadata_of_test_set"]
+           "check_model_classes", "check_same_classes", "check_same_input_format", "check_test_images",
+           "check_test_set", "check_trained_classes", "class_names_of_loader", "class_names_of_model",
+           "class_names_of_test_set", "evaluator_nodes", "is_coco_evaluator", "metadata_of_test_set"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,12 +174,13 @@ def build_loader(cfg, section: str, name_own_errors: bool = False):
         raise ConfigError(f"the config's {what} loader (dataloader.{section}) cannot be built: {error}") from None
 
 
-def check_test_images(cfg):
-    """ValueError naming the first test image whose file is missing, checked before training: the evaluation at its
-    end would stop there, after all of it (a stat per image)."""
+def check_test_images(cfg, purpose="the evaluation at the end of training"):
+    """ValueError naming the test set, its json and the first test image whose file is missing (a stat per image),
+    checked before training or an ``--eval-only`` inference: ``purpose``, the evaluation that would stop there, would
+    find it only after the images before it (after all of training, for the one at its end)."""
     dataset = cfg.dataloader.test.get("dataset", None)
     if dataset is not None:
-        check_image_files(_dataset_names_in(dataset), "the evaluation at the end of training")
+        check_image_files(_dataset_names_in(dataset), purpose)
 
 
 def is_coco_evaluator(node):

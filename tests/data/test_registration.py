@@ -6,7 +6,8 @@ import os
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from focus_detr.data import register_coco_dataset
+from focus_detr.data import (DatasetClassesError, declared_classes, get_checked_dataset_dicts,
+                             register_coco_dataset)
 
 
 @pytest.fixture
@@ -132,3 +133,34 @@ def test_a_missing_json_is_named_with_its_dataset_by_the_checked_loader(name, tm
     with pytest.raises(FileNotFoundError) as error:
         get_checked_dataset_dicts(name)
     assert str(error.value) == f"dataset '{name}' ({tmp_path}/later.json): json file not found"
+
+
+def _two_class_files(folder):
+    """``folder``/ann.json of classes 'tree' (id 1) and 'shrub' (id 2), listed in the json in the other order."""
+    _coco_files(folder, "tree")
+    coco = json.loads((folder / "ann.json").read_text())
+    coco["categories"] = [{"id": 2, "name": "shrub"}, {"id": 1, "name": "tree"}]
+    (folder / "ann.json").write_text(json.dumps(coco))
+    return folder / "ann.json"
+
+
+def test_thing_classes_given_as_a_tuple_are_the_jsons_list(name, tmp_path):
+    json_file = _two_class_files(tmp_path / "d")
+    register_coco_dataset(name, json_file, tmp_path / "d" / "imgs", metadata={"thing_classes": ("tree", "shrub")})
+    register_coco_dataset(name, json_file, tmp_path / "d" / "imgs", metadata={"thing_classes": ["tree", "shrub"]})
+    # detectron2 refused a tuple: "cannot be set to a different value"
+    assert len(get_checked_dataset_dicts([name])) == 1
+    assert MetadataCatalog.get(name).thing_classes == ["tree", "shrub"]
+
+
+@pytest.mark.parametrize("load", ["catalog", "checked", "declared"])
+def test_thing_classes_other_than_the_jsons_are_one_line_naming_both(name, tmp_path, load):
+    json_file = _two_class_files(tmp_path / "d")
+    register_coco_dataset(name, json_file, tmp_path / "d" / "imgs", metadata={"thing_classes": ["shrub", "tree"]})
+    loads = {"catalog": DatasetCatalog.get, "checked": get_checked_dataset_dicts, "declared": declared_classes}
+    with pytest.raises(DatasetClassesError) as error:
+        loads[load](name)
+    assert str(error.value) == (
+        f"dataset '{name}' ({json_file}): its metadata gives thing_classes ['shrub', 'tree'], but its json's "
+        "categories, sorted by id as detectron2 numbers the classes, are ['tree', 'shrub']: give thing_classes in "
+        "that order, or leave them out of the registration's metadata (they are read from the json)")

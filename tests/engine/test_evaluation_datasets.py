@@ -109,6 +109,26 @@ def test_a_training_set_that_cannot_be_read_here_is_not_compared(toy_dataset, ot
     check_trained_classes(cfg)
 
 
+def test_a_training_set_registered_with_other_classes_than_its_json_is_named_not_the_jsons(toy_dataset, tmp_path):
+    # the line had said the two jsons name their classes differently, where both name 'box' as class 0
+    from omegaconf import OmegaConf
+    from toy_detector import register_toy_dataset
+
+    from focus_detr.data import DatasetClassesError, register_coco_dataset
+    from focus_detr.engine.test_set import check_trained_classes
+
+    register_toy_dataset("focus_detr_toy_plain", str(tmp_path / "data"))
+    register_coco_dataset("focus_detr_toy_given_classes", tmp_path / "data" / "toy.json", tmp_path / "data" / "images",
+                          metadata={"thing_classes": ["crate"]})
+    cfg = OmegaConf.create({"dataloader": {"train": {"dataset": {"names": "focus_detr_toy_given_classes"}},
+                                           "test": {"dataset": {"names": "focus_detr_toy_plain"}}}})
+    with pytest.raises(DatasetClassesError, match=r"^dataset 'focus_detr_toy_given_classes' \(.*toy.json\): its "
+                                                  r"metadata gives thing_classes \['crate'\], but its json's "
+                                                  r"categories, sorted by id as detectron2 numbers the classes, are "
+                                                  r"\['box'\]: "):
+        check_trained_classes(cfg)
+
+
 def test_the_training_sets_class_names_are_read_without_loading_its_records(tmp_path, monkeypatch):
     # the demo and --eval-only built and checked the whole training set (tens of seconds at COCO's size) for its names
     from detectron2.data import DatasetCatalog

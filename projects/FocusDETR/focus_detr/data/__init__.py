@@ -1,7 +1,9 @@
 """Data: the embedded tree-crown demo dataset (build, verify, register), checked dataset loading, image reading and
 the DETR dataset mapper."""
 from .checks import (
+    DatasetClassesError,
     check_dataset_jsons,
+    check_declared_classes,
     check_evaluable,
     check_finite_boxes,
     check_image_files,
@@ -18,10 +20,12 @@ from .tree_source import TreesCacheError
 from .trees import ensure_trees_cache
 
 __all__ = [
+    "DatasetClassesError",
     "DetrDatasetMapper",
     "TreesCacheError",
     "UnreadableImageError",
     "check_dataset_jsons",
+    "check_declared_classes",
     "check_evaluable",
     "check_finite_boxes",
     "check_image_files",

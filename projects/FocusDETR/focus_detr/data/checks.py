@@ -26,7 +26,9 @@ from .coco_fields import AREA_FIX
 from .coco_json_file import check_coco_json
 
 __all__ = [
+    "DatasetClassesError",
     "check_dataset_jsons",
+    "check_declared_classes",
     "check_evaluable",
     "check_finite_boxes",
     "check_image_files",
@@ -158,15 +160,45 @@ def _dataset_errors_in_one_line(names):
         raise
 
 
+class DatasetClassesError(ValueError):
+    """A dataset whose metadata gives ``thing_classes`` other than its COCO json's categories sorted by id: detectron2
+    sets the json's when it loads the dataset, and refused the other value with an assertion and a traceback."""
+
+
+def _check_given_classes(name, json_file, json_classes):
+    """Raises :class:`DatasetClassesError` (one line) when the metadata of dataset ``name`` gives ``thing_classes``
+    that are not ``json_classes``, its json's names sorted by id; the same names as a tuple are the same classes."""
+    given = MetadataCatalog.get(name).get("thing_classes", None)
+    if given is None or json_classes is None or (not isinstance(given, str) and list(given) == list(json_classes)):
+        return
+    raise DatasetClassesError(
+        f"dataset {name!r} ({json_file}): its metadata gives thing_classes {given!r}, but its json's categories, "
+        f"sorted by id as detectron2 numbers the classes, are {list(json_classes)!r}: give thing_classes in that "
+        "order, or leave them out of the registration's metadata (they are read from the json)"
+    )
+
+
 def _reports(names):
-    """(name, json file, report) of each dataset of ``names`` that has a COCO json (checked, cached)."""
+    """(name, json file, report) of each dataset of ``names`` that has a COCO json (checked, cached, and the
+    ``thing_classes`` its metadata gives compared with the json's)."""
     for name in _as_list(names):
         metadata = MetadataCatalog.get(name)
         json_file = metadata.get("json_file", None)
         if json_file:
             # as detectron2's load_coco_json reads it (a local path stays as it is)
-            yield name, json_file, check_coco_json(PathManager.get_local_path(json_file), what=f"dataset {name!r}",
-                                                   image_root=metadata.get("image_root", None))
+            report = check_coco_json(PathManager.get_local_path(json_file), what=f"dataset {name!r}",
+                                     image_root=metadata.get("image_root", None))
+            _check_given_classes(name, json_file, report.class_names)
+            yield name, json_file, report
+
+
+def check_declared_classes(names):
+    """Raises :class:`DatasetClassesError` (one line) when a dataset of ``names`` is registered with metadata
+    ``thing_classes`` that are not its COCO json's categories sorted by id; datasets whose metadata gives none, or
+    without a json, are not read. Its json is checked first (:func:`check_dataset_jsons`' errors)."""
+    given = [name for name in _as_list(names) if MetadataCatalog.get(name).get("thing_classes", None) is not None]
+    for _ in _reports(given):
+        pass
 
 
 def check_evaluable(names):
@@ -274,13 +306,28 @@ def declared_classes(name):
     """The class names dataset ``name`` declares, ordered as detectron2 numbers them, without loading its images'
     records: its metadata's ``thing_classes``, else its COCO json's categories sorted by id (read, not checked: for a
     dataset a command only compares, e.g. the training set of an evaluation); None when neither says. Raises
-    OSError / ValueError when the json cannot be read."""
+    OSError / ValueError when the json cannot be read and the metadata gives no classes, and
+    :class:`DatasetClassesError` when it gives others than the json's (before the dataset's first load, which
+    would refuse them)."""
     metadata = MetadataCatalog.get(name)
-    if metadata.get("thing_classes", None) is not None:
-        return list(metadata.thing_classes)
+    given = metadata.get("thing_classes", None)
     json_file = metadata.get("json_file", None)
-    if json_file is None:
-        return None
+    # a dataset loaded already has the json's classes in its metadata (and the id map detectron2 sets with them)
+    if json_file is None or (given is not None and metadata.get("thing_dataset_id_to_contiguous_id", None)):
+        return None if given is None else list(given)
+    try:
+        json_classes = _json_class_names(json_file)
+    except (OSError, ValueError, KeyError, TypeError):
+        if given is None:
+            raise
+        return list(given)  # the given names, not compared with a json that cannot be read here
+    _check_given_classes(name, json_file, json_classes)
+    return list(given) if given is not None else json_classes
+
+
+def _json_class_names(json_file):
+    """The names of the categories of the COCO json ``json_file`` sorted by id, read without checking the rest;
+    None when it has no list of categories."""
     with PathManager.open(json_file) as f:
         categories = json.load(f).get("categories", None)
     if not isinstance(categories, list):

@@ -69,6 +69,8 @@ class CocoJsonReport:
             form).
         warned_datasets (set): the datasets whose warnings about these boxes and names were logged (a report is one
             version of a file, cached: each dataset using it warns once).
+        class_names (list or None): the categories' names sorted by id, as detectron2 numbers the classes (None when
+            the json has a problem).
     """
 
     problem: Optional[str] = None
@@ -81,6 +83,7 @@ class CocoJsonReport:
     sub_pixel_boxes: BoxTally = dataclasses.field(default_factory=BoxTally)
     boxes_read_as_corners: bool = False
     warned_datasets: set = dataclasses.field(default_factory=set)
+    class_names: Optional[list] = None
 
 
 def _usable_id(value):
@@ -362,6 +365,8 @@ def coco_json_report(coco, image_root=None):
         or _category_problem(coco.get("categories", []), names_by_id, report)
         or _annotation_problem(coco.get("annotations", []), images_by_id, names_by_id, report)
     )
+    if report.problem is None:
+        report.class_names = [names_by_id[category_id] for category_id in sorted(names_by_id)]
     return report
 
 

@@ -1,7 +1,7 @@
 """Registering COCO-format datasets from config files, safely more than once per process."""
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 __all__ = ["register_coco_dataset"]
 
@@ -47,7 +47,13 @@ def _checked_metadata(metadata):
     given = [key for key in _ARGUMENT_KEYS if key in metadata]
     if given:
         raise ValueError(f"{_WHAT}: metadata sets {', '.join(given)}; pass the file(s) as the {given[0]} argument")
-    return dict(metadata)
+    metadata = dict(metadata)
+    classes = metadata.get("thing_classes", None)
+    if isinstance(classes, Sequence) and not isinstance(classes, (str, list)):
+        # detectron2 sets the json's names as a list when it loads the dataset, and refused the same names as a
+        # tuple ("cannot be set to a different value!")
+        metadata["thing_classes"] = list(classes)
+    return metadata
 
 
 def _real(path):
@@ -80,9 +86,13 @@ def _metadata_difference(registered, metadata):
 
 
 def _load_registered(name, json_file, image_root):
-    """detectron2's ``load_coco_json`` for dataset ``name``, after a check that names the dataset: its json is read
-    only now, when it may have gone since registration (or never existed: registering does not read it)."""
+    """detectron2's ``load_coco_json`` for dataset ``name``, after checks that name the dataset: its json is read
+    only now, when it may have gone since registration (or never existed: registering does not read it); and
+    ``thing_classes`` given in the metadata must be the json's (detectron2's assertion when it sets the json's
+    was a traceback naming neither)."""
     from detectron2.data.datasets import load_coco_json
+
+    from .checks import check_declared_classes
 
     if not _is_url(json_file):
         if not os.path.exists(json_file):
@@ -90,6 +100,7 @@ def _load_registered(name, json_file, image_root):
         if not os.path.isfile(json_file):  # a folder; or a named pipe, whose reading would wait forever
             raise ValueError(f"dataset {name!r}: json file {json_file} is not a regular file; name the COCO json "
                              "file itself")
+        check_declared_classes([name])  # a stat where the loaders checked the json just before (cached)
     return load_coco_json(json_file, image_root, name)
 
 
@@ -108,7 +119,9 @@ def register_coco_dataset(name, json_file, image_root, metadata=None):
         json_file (str or os.PathLike): COCO instances json (a URL is passed to detectron2 as it is).
         image_root (str or os.PathLike): folder the json's ``file_name`` entries are relative to.
         metadata (dict or None): extra metadata (e.g. ``thing_classes``), as for ``register_coco_instances``; must not
-            set ``json_file`` / ``image_root`` (the arguments do). When ``name`` is registered already, a key given
+            set ``json_file`` / ``image_root`` (the arguments do). ``thing_classes`` (a list or tuple, stored as a
+            list) must be the json's category names sorted by id, which detectron2 sets when it loads the dataset:
+            other names or another order are refused then, naming both. When ``name`` is registered already, a key given
             here with another value than the registered one is refused; keys left out are not compared.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog

@@ -11,8 +11,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from omegaconf import DictConfig, ListConfig
 
-from ..data import (check_dataset_jsons, check_evaluable, check_image_files, check_num_classes, dataset_classes,
-                    declared_classes)
+from ..data import (DatasetClassesError, check_dataset_jsons, check_evaluable, check_image_files, check_num_classes,
+                    dataset_classes, declared_classes)
 from .cli import raised_in_this_package
 from .config import ConfigError, _dataset_names_in
 from .config_types import located_target
@@ -229,6 +229,8 @@ def check_trained_classes(cfg):
         return
     try:  # the names alone: the training set's records are not built or checked for this
         trained = {name: declared_classes(name) for name in _dataset_names_in(train)}
+    except DatasetClassesError:  # its metadata's classes are not its json's: neither can be taken for the model's
+        raise
     except (ValueError, OSError, KeyError) as error:
         logger.info(f"The training set's class names are not compared with the test set's (it cannot be read "
                     f"here: {error})")

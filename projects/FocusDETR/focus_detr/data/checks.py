@@ -24,6 +24,7 @@ from detectron2.utils.file_io import PathManager
 from .box_warnings import box_example, box_report_of_records, count_of_annotations, warn_about_legal_surprises
 from .coco_fields import AREA_FIX
 from .coco_json_file import check_coco_json
+from .image_io import image_path_problem
 
 __all__ = [
     "DatasetClassesError",
@@ -234,20 +235,27 @@ def _check_records_have_coco_fields(name):
 
 
 def check_image_files(names, purpose):
-    """Raises ValueError naming the first image of the datasets ``names`` whose file is not there (a ``stat`` per
-    image, nothing read), and how many are missing; ``purpose`` says what would have failed ("the final
-    evaluation, after all of training"). Images behind a URL are not checked."""
+    """Raises ValueError naming the first image of the datasets ``names`` whose file cannot be opened (a ``stat`` per
+    image, nothing read: :func:`.image_io.image_path_problem`), and how many such images there are; ``purpose`` says
+    what would have met it ("the evaluation at the end of training"), which stops at a missing file and leaves out a
+    folder or a link loop (:class:`.image_io.UnreadableImageError`). Those are refused too: a wrong path found for a
+    stat before the run, where the metrics would be short of its objects. Images behind a URL are not checked."""
     for name in _as_list(names):
         with _dataset_errors_in_one_line([name]):
             records = DatasetCatalog.get(name)
-        files = [str(r["file_name"]) for r in records if r.get("file_name") is not None]
-        missing = [f for f in files if "://" not in f and not os.path.isfile(f)]
-        if missing:
-            others = f" (and {len(missing) - 1} more of its {len(records)} images)" if len(missing) > 1 else ""
-            raise ValueError(
-                f"dataset {name!r}{_json_of(name)}: image file not found: {missing[0]}{others}; {purpose} would "
-                "stop there: fix the dataset's image folder (image_root) or its file names"
-            )
+        problems = []
+        for record in records:
+            file_name = record.get("file_name", None)
+            problem = None if file_name is None or "://" in str(file_name) else image_path_problem(str(file_name))
+            if problem is not None:
+                problems.append(problem)
+        if not problems:
+            continue
+        why, missing = problems[0]
+        others = f" (and {len(problems) - 1} more of its {len(records)} images)" if len(problems) > 1 else ""
+        consequence = "would stop there" if missing else "would leave it out, its objects counted as missed"
+        raise ValueError(f"dataset {name!r}{_json_of(name)}: {why}{others}; {purpose} {consequence}: fix the "
+                         "dataset's image folder (image_root) or its file names")
 
 
 def check_dataset_jsons(names):

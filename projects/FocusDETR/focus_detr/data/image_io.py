@@ -11,16 +11,20 @@ annotation made on the stored pixels of a rotated photo, an animated image drawn
 :func:`image_files` sorts a mix of files and folders into the images to read and the rest, each with why;
 :func:`expand_globs` expands quoted glob patterns first.
 """
+import errno
 import glob
 import os
+import stat
 from typing import NamedTuple, Optional
 
 import numpy as np
 from detectron2.data import detection_utils
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageRead", "UnreadableImageError", "dark_image_warning", "expand_globs", "image_files", "open_image",
-           "read_image", "to_8bit"]
+from ..special_files import special_file_kind
+
+__all__ = ["ImageRead", "UnreadableImageError", "dark_image_warning", "expand_globs", "image_files",
+           "image_path_problem", "open_image", "read_image", "to_8bit"]
 
 # PIL modes whose conversion to RGB is right as PIL does it
 _CONVERTIBLE_MODES = {"1", "L", "P", "PA", "LA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"}
@@ -139,6 +143,28 @@ def open_image(file_name, img_format="RGB"):
 def read_image(file_name, img_format="RGB"):
     """The pixels of :func:`open_image` alone: ``(H, W, C)`` uint8, upright, writable."""
     return open_image(file_name, img_format).pixels
+
+
+def image_path_problem(path):
+    """Why the image file ``path`` cannot be opened, judged from a ``stat`` (nothing is read), or None for a regular
+    file (a link to one included), as ``(why, missing)``: ``why`` names the path ("image file not found: <path>",
+    "image <path> is a folder, not an image file"), ``missing`` is True where :func:`open_image` raises
+    FileNotFoundError (no such file, or a link to none) and False where it raises :class:`UnreadableImageError`
+    (a folder, a symbolic link loop, a named pipe or device, no access)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        target = f" (a symbolic link to {os.readlink(path)}, which is not there)" if os.path.islink(path) else ""
+        return f"image file not found: {path}{target}", True
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"image {path} is a symbolic link loop, not an image file", False
+        return f"image {path} cannot be accessed: {error.strerror or error}", False
+    if stat.S_ISDIR(mode):
+        return f"image {path} is a folder, not an image file", False
+    if not stat.S_ISREG(mode):
+        return f"image {path} is {special_file_kind(mode) or 'not a regular file'}, not an image file", False
+    return None
 
 
 def _why_not_an_image(path):

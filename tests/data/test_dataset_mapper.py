@@ -1,6 +1,6 @@
 """The mapper refuses an image whose size is not the dataset's (its boxes would land elsewhere) with one line that
-says which number is which, and names EXIF orientation when the sides are swapped; an orientation tag the dataset's
-size cannot vouch for is named once in a warning."""
+says which number is which, and names the file's EXIF orientation when that swapped the sides; an orientation tag the
+dataset's size cannot vouch for is named once in a warning."""
 import logging
 
 import numpy as np
@@ -26,10 +26,25 @@ def test_a_photo_stored_sideways_names_its_exif_orientation(tmp_path):
         mapper({"file_name": path, "width": 40, "height": 20, "image_id": 0})  # the stored size, as many tools write
     assert str(info.value) == (
         f"image {path} is 20x40 pixels (width x height) but the dataset gives width 40 and height 20 (swapped: the "
-        "image file probably has an EXIF orientation tag, which is applied when it is read; give the size of the "
-        "upright image): fix the dataset's width/height of this image"
+        "image file has EXIF orientation 6, which turns it rotated 90 degrees clockwise when it is read, as "
+        "detectron2 reads it; give the size of the upright image): fix the dataset's width/height of this image"
     )
     assert mapper({"file_name": path, "width": 20, "height": 40, "image_id": 0})["image"].shape == (3, 40, 20)
+
+
+@pytest.mark.parametrize("suffix, orientation", [(".png", None), (".jpg", 1), (".jpg", 3)])
+def test_a_swapped_size_without_a_tag_that_swaps_the_sides_names_no_exif_tag(tmp_path, suffix, orientation):
+    # "the image file probably has an EXIF orientation tag" was said of a PNG without any
+    path = tmp_path / f"image{suffix}"
+    if suffix == ".png":
+        Image.fromarray(np.zeros((20, 40, 3), dtype=np.uint8)).save(path)
+    else:
+        _jpeg(path, width=40, height=20, orientation=orientation)
+    mapper = DetrDatasetMapper(augmentation=[], is_train=False)
+    with pytest.raises(ValueError) as info:
+        mapper({"file_name": str(path), "width": 20, "height": 40, "image_id": 0})
+    assert str(info.value) == (f"image {path} is 40x20 pixels (width x height) but the dataset gives width 20 and "
+                               "height 40 (the two are swapped): fix the dataset's width/height of this image")
 
 
 @pytest.mark.parametrize("orientation, width, height, size_given, named", [

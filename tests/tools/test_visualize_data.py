@@ -147,3 +147,17 @@ def test_an_image_of_another_size_than_the_dataset_says_is_skipped_not_drawn_wro
     written = _pictures(tool, ["--config-file", TREE_CONFIG, "--source", "annotation", *overrides], tmp_path / "out")
     assert [os.path.basename(p) for p in written] == ["im0_annotations.png"]
     assert "is 120x100 pixels (width x height) but the dataset gives width 80 and height 60" in capfd.readouterr().err
+
+
+def test_a_sideways_photo_whose_stored_size_the_dataset_gives_is_skipped_naming_its_orientation(tool, tmp_path, capfd):
+    from PIL import Image
+
+    overrides = register_two_class_dataset(str(tmp_path / "data"), "visualize_sideways")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # read upright, the stored 80x60 is 60x80
+    Image.fromarray(np.full((60, 80, 3), 90, np.uint8)).save(tmp_path / "data" / "im1.png", exif=exif)
+    written = _pictures(tool, ["--config-file", TREE_CONFIG, "--source", "annotation", *overrides], tmp_path / "out")
+    assert [os.path.basename(p) for p in written] == ["im0_annotations.png"]
+    assert ("is 60x80 pixels (width x height) but the dataset gives width 80 and height 60 (swapped: the image file "
+            "has EXIF orientation 6, which turns it rotated 90 degrees clockwise when it is read"
+            ) in capfd.readouterr().err

@@ -13,7 +13,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.registry import locate
 
 from ..data.dataset_mapper import check_image_size
-from ..data.image_io import read_image
+from ..data.image_io import open_image
 from ..engine.config import ConfigError, _dataset_names_in
 from ..engine.test_set import class_names_of_loader
 from ..engine.settings import FORMAT_KEYS, mapper_entry
@@ -76,8 +76,8 @@ def annotation_samples(records: List[dict], skip: Callable[[str, str], None]) ->
     is passed to ``skip(file_name, why)`` and left out."""
     for record in records:
         try:
-            image = read_image(record["file_name"], "BGR")
-            check_image_size(dict(record), image)
+            image, orientation, _, _ = open_image(record["file_name"], "BGR")
+            check_image_size(dict(record), image, orientation)
         except (OSError, ValueError) as error:
             skip(record["file_name"], str(error))
             continue

@@ -14,28 +14,43 @@ from detectron2.data import transforms as T
 
 from .image_io import dark_image_warning, open_image
 
-__all__ = ["DetrDatasetMapper", "check_image_size"]
+__all__ = ["DetrDatasetMapper", "check_image_size", "image_size_problem"]
 
 logger = logging.getLogger(__name__)
 
 # what each EXIF orientation tag does to the stored pixels when the file is read upright; 5-8 swap the sides
 _ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down", 5: "transposed",
                  6: "rotated 90 degrees clockwise", 7: "transversed", 8: "rotated 90 degrees counter-clockwise"}
+_SIDES_SWAPPED = (5, 6, 7, 8)
 
 
-def check_image_size(dataset_dict, image):
-    """detectron2's ``check_image_size``: the image read ``(H, W, C)`` must have the dataset's ``height`` and
-    ``width`` (boxes are in those pixels), which it fills in where the dataset gives none; its message names the
-    file, says which number is which, and names EXIF orientation where the sizes are swapped (the reader applies it,
-    as detectron2's does, so a photo stored sideways with an orientation tag has its sides swapped)."""
-    height, width = image.shape[:2]
+def image_size_problem(dataset_dict, height, width, orientation=1):
+    """The one line for an image read ``height`` x ``width`` pixels (upright: its EXIF ``orientation`` applied) where
+    its dataset dict gives another ``height`` / ``width`` (its boxes are in those pixels), or None. It names the file
+    and says which number is which; where the two are swapped, it names the orientation tag that swapped the sides
+    (a photo stored sideways, read upright as detectron2 reads it) when the file has one, else the dataset's swap."""
     expected = (dataset_dict.get("height", height), dataset_dict.get("width", width))
-    if expected != (height, width):
-        swapped = " (swapped: the image file probably has an EXIF orientation tag, which is applied when it is read; "\
-                  "give the size of the upright image)" if expected == (width, height) else ""
-        raise ValueError(f"image {dataset_dict.get('file_name')} is {width}x{height} pixels (width x height) but the "
-                         f"dataset gives width {expected[1]} and height {expected[0]}{swapped}: fix the dataset's "
-                         "width/height of this image")
+    if expected == (height, width):
+        return None
+    swapped = ""
+    if expected == (width, height) and orientation in _SIDES_SWAPPED:
+        swapped = (f" (swapped: the image file has EXIF orientation {orientation}, which turns it "
+                   f"{_ORIENTATIONS[orientation]} when it is read, as detectron2 reads it; give the size of the "
+                   "upright image)")
+    elif expected == (width, height):
+        swapped = " (the two are swapped)"
+    return (f"image {dataset_dict.get('file_name')} is {width}x{height} pixels (width x height) but the dataset gives "
+            f"width {expected[1]} and height {expected[0]}{swapped}: fix the dataset's width/height of this image")
+
+
+def check_image_size(dataset_dict, image, orientation=1):
+    """detectron2's ``check_image_size``: the image read ``(H, W, C)``, with the EXIF ``orientation`` its file has
+    (:func:`.image_io.open_image`'s), must have the dataset's ``height`` and ``width``, which it fills in where the
+    dataset gives none; ValueError (:func:`image_size_problem`) otherwise."""
+    height, width = image.shape[:2]
+    problem = image_size_problem(dataset_dict, height, width, orientation)
+    if problem is not None:
+        raise ValueError(problem)
     dataset_dict["height"], dataset_dict["width"] = height, width
 
 
@@ -53,7 +68,7 @@ def orientation_warning(file_name, orientation, upright_size, size_given):
     """
     if orientation not in _ORIENTATIONS:
         return None
-    if orientation >= 5 and upright_size[0] != upright_size[1] and size_given:
+    if orientation in _SIDES_SWAPPED and upright_size[0] != upright_size[1] and size_given:
         return None
     return (f"image {file_name} has EXIF orientation {orientation}: it is read {_ORIENTATIONS[orientation]} from its "
             "stored pixels, as detectron2 reads it, so its boxes must have been drawn on the upright image "
@@ -110,7 +125,7 @@ class DetrDatasetMapper:
         dataset_dict = copy.deepcopy(dataset_dict)
         image, orientation, _, bits_used = open_image(dataset_dict["file_name"], self.img_format)
         size_given = "height" in dataset_dict and "width" in dataset_dict
-        check_image_size(dataset_dict, image)
+        check_image_size(dataset_dict, image, orientation)
         if not self._orientation_named:
             warning = orientation_warning(dataset_dict["file_name"], orientation, image.shape[:2], size_given)
             if warning is not None:

@@ -141,3 +141,20 @@ def test_eval_only_finds_a_missing_test_image_before_the_inference(train_net, to
     assert err[-1] == (f"error: dataset '{name}' ({json_file}): image file not found: {missing}; the evaluation would "
                        "stop there: fix the dataset's image folder (image_root) or its file names")
     assert not (out / "eval_results.json").exists()
+
+
+def test_a_test_image_of_another_size_than_its_json_gives_is_found_before_training(train_net, toy_dataset, tmp_path,
+                                                                                   capsys):
+    # the final evaluation found it, after all of training (its header gives the size: no pixel is decoded)
+    json_file = register_edited_toy_dataset("focus_detr_toy_wrong_size_test", str(tmp_path / "data"),
+                                            lambda coco: coco["images"][-1].update(height=40))
+    out = tmp_path / "out"
+    code, err = _run(train_net, capsys, "train.max_iter=3", f"train.output_dir={out}",
+                     "dataloader.test.dataset.names=focus_detr_toy_wrong_size_test")
+    line = err[-1]
+    assert code == 2
+    image = tmp_path / "data" / "images" / "toy_002.png"
+    assert line == (f"error: dataset 'focus_detr_toy_wrong_size_test' ({json_file}): image {image} is 64x48 pixels "
+                    "(width x height) but the dataset gives width 64 and height 40; the evaluation at the end of "
+                    "training would stop there: fix the dataset's width/height of this image"), line
+    assert not list(out.glob("model_*.pth"))  # refused before the first step

@@ -320,35 +320,37 @@ def test_a_data_loading_worker_killed_mid_run_saves_what_was_trained_and_the_res
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)  # as if nothing had happened
 
 
-def _register_with_a_wrong_size(name, root):
-    """The toy data, its last image recorded at another size than its file's: the test mapper refuses it (an
-    unreadable file would be left out of the evaluation instead)."""
-    from toy_detector import register_edited_toy_dataset
-
-    register_edited_toy_dataset(name, root, lambda coco: coco["images"][-1].update(height=40))
+def _refusing_test_image(monkeypatch, call=8):
+    """The toy config's test mapper refuses its ``call``-th image in every evaluation, as the mapper refuses an image
+    recorded at another size than its file's (an unreadable file would be left out of the evaluation instead; a
+    wrong size in the json itself is found before training, from the image's header)."""
+    monkeypatch.setenv("FOCUS_DETR_TOY_TEST_REFUSED", f"0:{call}")
 
 
 def test_a_test_image_refused_in_an_evaluation_during_training_saves_that_iteration(
-    train_net, toy_dataset, tmp_path, capsys
+    train_net, toy_dataset, tmp_path, capsys, monkeypatch
 ):
     # the periodic evaluation runs before that iteration's checkpoint: it used to end the run with every iteration
     # since the last checkpoint lost
     import shlex
 
-    _register_with_a_wrong_size("focus_detr_toy_test_with_a_wrong_image_size", str(tmp_path / "bad"))
     run = ["train.max_iter=10", "train.eval_period=7", "train.checkpointer.period=100"]
     full = tmp_path / "full"
     assert _train(train_net, full, *run) == 0
 
+    from toy_detector import register_toy_dataset
+
     out = tmp_path / "out"
     capsys.readouterr()
-    names = "dataloader.test.dataset.names=focus_detr_toy_test_with_a_wrong_image_size"
+    _refusing_test_image(monkeypatch)
+    register_toy_dataset("focus_detr_toy_test_set_with_an_image_its_mapper_refuses", str(tmp_path / "bad"))
+    names = "dataloader.test.dataset.names=focus_detr_toy_test_set_with_an_image_its_mapper_refuses"
     assert _train(train_net, out, *run, names) == 2
     err = capsys.readouterr().err
     assert not shows_traceback(err), err[-3000:]
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: image ") and (
-        "fix the dataset's width/height of this image (in the evaluation after iteration 6); training stopped after "
+        "but the dataset gives width 20 and height 20 (in the evaluation after iteration 6); training stopped after "
         "iteration 6, checkpoint "
         f"{out / 'model_0000006.pth'} (a resume continues at iteration 7): fix or remove what it names, then resume "
         "with: "
@@ -357,33 +359,32 @@ def test_a_test_image_refused_in_an_evaluation_during_training_saves_that_iterat
     # a long line (pytest's paths, twice) keeps its whole resume command
     assert len(line) > 800 and line.endswith(" --resume")
     command = shlex.split(line.split("resume with: ")[1])
-    fixed = [arg for arg in command[2:] if not arg.startswith("dataloader.test.dataset.names=")]  # the data fixed
-    assert train_net.cli(fixed) == 0
+    monkeypatch.delenv("FOCUS_DETR_TOY_TEST_REFUSED")  # the data fixed
+    assert train_net.cli(command[2:]) == 0
     expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
 
 
 def test_a_test_image_refused_in_the_final_evaluation_says_training_is_saved_and_how_to_evaluate(
-    train_net, toy_dataset, tmp_path, capsys
+    train_net, toy_dataset, tmp_path, capsys, monkeypatch
 ):
     import shlex
 
-    _register_with_a_wrong_size("focus_detr_toy_bad_final_test", str(tmp_path / "bad"))
+    _refusing_test_image(monkeypatch)
     out = tmp_path / "out"
-    assert _train(train_net, out, "train.max_iter=3", "train.eval_period=0",
-                  "dataloader.test.dataset.names=focus_detr_toy_bad_final_test") == 2
+    assert _train(train_net, out, "train.max_iter=3", "train.eval_period=0") == 2
     err = capsys.readouterr().err
     assert not shows_traceback(err), err[-3000:]
     line = err.strip().splitlines()[-1]
     final = out / "model_final.pth"
     assert line.startswith("error: image ") and (
-        "fix the dataset's width/height of this image (in the evaluation at the end of training); training is "
+        "but the dataset gives width 20 and height 20 (in the evaluation at the end of training); training is "
         f"complete and saved in {final}: "
     ) in line and ", then evaluate with: " in line, line
     command = shlex.split(line.split("evaluate with: ")[1])
     assert command[-2:] == ["--eval-only", f"train.init_checkpoint={final}"] and "--resume" not in command
-    fixed = [arg for arg in command[2:] if not arg.startswith("dataloader.test.dataset.names=")]  # the data fixed
-    assert train_net.cli(fixed) == 0
+    monkeypatch.delenv("FOCUS_DETR_TOY_TEST_REFUSED")  # the data fixed
+    assert train_net.cli(command[2:]) == 0
 
 
 def test_a_missing_test_image_is_found_before_training(train_net, toy_dataset, tmp_path, capsys):

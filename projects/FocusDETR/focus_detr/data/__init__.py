@@ -6,13 +6,13 @@ from .checks import (
     check_declared_classes,
     check_evaluable,
     check_finite_boxes,
-    check_image_files,
     check_num_classes,
     dataset_classes,
     declared_classes,
     get_checked_dataset_dicts,
 )
 from .dataset_mapper import DetrDatasetMapper
+from .image_checks import check_image_files
 from .image_io import UnreadableImageError, expand_globs, image_files, open_image, read_image
 from .registration import register_coco_dataset
 from .tree_registration import register_trees

@@ -24,7 +24,6 @@ from detectron2.utils.file_io import PathManager
 from .box_warnings import box_example, box_report_of_records, count_of_annotations, warn_about_legal_surprises
 from .coco_fields import AREA_FIX
 from .coco_json_file import check_coco_json
-from .image_io import image_path_problem
 
 __all__ = [
     "DatasetClassesError",
@@ -32,7 +31,6 @@ __all__ = [
     "check_declared_classes",
     "check_evaluable",
     "check_finite_boxes",
-    "check_image_files",
     "check_num_classes",
     "dataset_classes",
     "get_checked_dataset_dicts",
@@ -232,30 +230,6 @@ def _check_records_have_coco_fields(name):
                                  f"{', '.join(repr(key) for key in missing)}, which COCO evaluation needs to score "
                                  "the test set: give every record of a dataset registered in code an image_id and "
                                  "the image's height and width")
-
-
-def check_image_files(names, purpose):
-    """Raises ValueError naming the first image of the datasets ``names`` whose file cannot be opened (a ``stat`` per
-    image, nothing read: :func:`.image_io.image_path_problem`), and how many such images there are; ``purpose`` says
-    what would have met it ("the evaluation at the end of training"), which stops at a missing file and leaves out a
-    folder or a link loop (:class:`.image_io.UnreadableImageError`). Those are refused too: a wrong path found for a
-    stat before the run, where the metrics would be short of its objects. Images behind a URL are not checked."""
-    for name in _as_list(names):
-        with _dataset_errors_in_one_line([name]):
-            records = DatasetCatalog.get(name)
-        problems = []
-        for record in records:
-            file_name = record.get("file_name", None)
-            problem = None if file_name is None or "://" in str(file_name) else image_path_problem(str(file_name))
-            if problem is not None:
-                problems.append(problem)
-        if not problems:
-            continue
-        why, missing = problems[0]
-        others = f" (and {len(problems) - 1} more of its {len(records)} images)" if len(problems) > 1 else ""
-        consequence = "would stop there" if missing else "would leave it out, its objects counted as missed"
-        raise ValueError(f"dataset {name!r}{_json_of(name)}: {why}{others}; {purpose} {consequence}: fix the "
-                         "dataset's image folder (image_root) or its file names")
 
 
 def check_dataset_jsons(names):

@@ -14,7 +14,7 @@ from detectron2.data import transforms as T
 
 from .image_io import dark_image_warning, open_image
 
-__all__ = ["DetrDatasetMapper", "check_image_size", "image_size_problem"]
+__all__ = ["SIZE_FIX", "DetrDatasetMapper", "check_image_size", "image_size_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +24,16 @@ _ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside dow
 _SIDES_SWAPPED = (5, 6, 7, 8)
 
 
+# what the size lines ask for
+SIZE_FIX = "fix the dataset's width/height of this image"
+
+
 def image_size_problem(dataset_dict, height, width, orientation=1):
-    """The one line for an image read ``height`` x ``width`` pixels (upright: its EXIF ``orientation`` applied) where
-    its dataset dict gives another ``height`` / ``width`` (its boxes are in those pixels), or None. It names the file
-    and says which number is which; where the two are swapped, it names the orientation tag that swapped the sides
-    (a photo stored sideways, read upright as detectron2 reads it) when the file has one, else the dataset's swap."""
+    """What is wrong, in one line without the fix (:data:`SIZE_FIX`), with an image read ``height`` x ``width``
+    pixels (upright: its EXIF ``orientation`` applied) where its dataset dict gives another ``height`` / ``width``
+    (its boxes are in those pixels), or None. It names the file and says which number is which; where the two are
+    swapped, it names the orientation tag that swapped the sides (a photo stored sideways, read upright as detectron2
+    reads it) when the file has one, else the dataset's swap."""
     expected = (dataset_dict.get("height", height), dataset_dict.get("width", width))
     if expected == (height, width):
         return None
@@ -40,7 +45,7 @@ def image_size_problem(dataset_dict, height, width, orientation=1):
     elif expected == (width, height):
         swapped = " (the two are swapped)"
     return (f"image {dataset_dict.get('file_name')} is {width}x{height} pixels (width x height) but the dataset gives "
-            f"width {expected[1]} and height {expected[0]}{swapped}: fix the dataset's width/height of this image")
+            f"width {expected[1]} and height {expected[0]}{swapped}")
 
 
 def check_image_size(dataset_dict, image, orientation=1):
@@ -50,7 +55,7 @@ def check_image_size(dataset_dict, image, orientation=1):
     height, width = image.shape[:2]
     problem = image_size_problem(dataset_dict, height, width, orientation)
     if problem is not None:
-        raise ValueError(problem)
+        raise ValueError(f"{problem}: {SIZE_FIX}")
     dataset_dict["height"], dataset_dict["width"] = height, width
 
 

@@ -23,8 +23,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..special_files import special_file_kind
 
-__all__ = ["ImageRead", "UnreadableImageError", "dark_image_warning", "expand_globs", "image_files",
-           "image_path_problem", "open_image", "read_image", "to_8bit"]
+__all__ = ["ImageRead", "UnreadableImageError", "dark_image_warning", "exact_orientation", "expand_globs",
+           "header_size", "image_files", "image_path_problem", "open_image", "read_image", "to_8bit"]
 
 # PIL modes whose conversion to RGB is right as PIL does it
 _CONVERTIBLE_MODES = {"1", "L", "P", "PA", "LA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"}
@@ -165,6 +165,34 @@ def image_path_problem(path):
     if not stat.S_ISREG(mode):
         return f"image {path} is {special_file_kind(mode) or 'not a regular file'}, not an image file", False
     return None
+
+
+def header_size(file_name):
+    """``(height, width, orientation)`` of the image file ``file_name`` as :func:`open_image` reads it (upright: its
+    EXIF orientation applied), from its header alone, no pixel decoded; None when PIL cannot open it (:func:`open_image`
+    names why when it reads it). A 416x416 PNG tile takes about 0.04 ms (warm file cache), a JPEG with EXIF 0.05 ms.
+
+    PIL's ``getexif`` of a PNG decodes the whole image (9 ms a tile) to look for an EXIF chunk after the pixels; here
+    only the chunks before them are read, so such a rare PNG reads as untagged: :func:`exact_orientation` tells."""
+    try:
+        with Image.open(file_name) as image:
+            orientation = Image.Image.getexif(image).get(ExifTags.Base.Orientation, 1)  # the base class's: no decode
+            width, height = image.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+        return None
+    orientation = orientation if orientation in range(1, 9) else 1
+    return (width, height, orientation) if orientation >= 5 else (height, width, orientation)
+
+
+def exact_orientation(file_name):
+    """The EXIF orientation :func:`open_image` applies to ``file_name`` (1 when none), where :func:`header_size` may
+    have missed it (a PNG's EXIF chunk after its pixels, found by decoding them); None when PIL cannot read it."""
+    try:
+        with Image.open(file_name) as image:
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+        return None
+    return orientation if orientation in range(1, 9) else 1
 
 
 def _why_not_an_image(path):

@@ -42,6 +42,18 @@ def test_official_aliases_are_folded_and_checked(parity_fixture):
         convert_official_state_dict(state)
 
 
+def test_official_aliases_that_are_nan_alike_are_one_tensor(parity_fixture):
+    # a diverged run's copies, NaN in both, were refused as "should share one tensor but hold different values"
+    state = dict(parity_fixture["state_dict"])
+    nan = torch.full_like(state["class_embed.0.weight"], float("nan"))
+    for key in ("class_embed.0.weight", "transformer.decoder.class_embed.0.weight"):
+        state[key] = nan.clone()
+    assert torch.isnan(convert_official_state_dict(state)["class_embed.0.weight"]).all()
+    state["transformer.decoder.class_embed.0.weight"][0, 0] = 1.0
+    with pytest.raises(ValueError, match="should share one tensor but hold different values"):
+        convert_official_state_dict(state)
+
+
 def test_checkpointer_loads_official_files_and_refuses_partial_ones(parity_fixture, tmp_path):
     model = build_tiny_model()
     path = tmp_path / "official.pth"

@@ -58,6 +58,14 @@ def _num_heads(state_dict: Dict[str, torch.Tensor]) -> int:
     return max(indices) + 1
 
 
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two copies of one tensor agree, NaN included: a diverged run's copies are NaN alike, and refusing them
+    as "different values" hid the reason (its weights are not finite)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return torch.equal(a, b) or (a.is_floating_point() and torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True))
+
+
 def convert_official_state_dict(
     state_dict: Dict[str, torch.Tensor], model_shapes: Optional[Mapping[str, torch.Size]] = None
 ) -> Dict[str, torch.Tensor]:
@@ -91,6 +99,6 @@ def convert_official_state_dict(
         if target not in canonical:
             if model_shapes is None or model_shapes.get(target, value.shape) == value.shape:
                 canonical[target] = value
-        elif canonical[target].shape != value.shape or not torch.equal(canonical[target], value):
+        elif not _same_values(canonical[target], value):
             raise ValueError(f"checkpoint keys '{alias}' and '{target}' should share one tensor but hold different values")
     return canonical

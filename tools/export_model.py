@@ -24,6 +24,8 @@ same token counts), a batched graph also on a padded batch of three. Where detec
 with the graph's ranking decisions (foreground and fine-grained tokens of each encoder layer, query ranking), if each
 is PyTorch's own up to near-tied scores (see ``focus_detr.export.ranking``: a swapped pair of near-equal scores
 changes detections, common with random weights); a difference beyond that is reported, and the exit status is 1.
+The graph is written and checked in a temporary folder inside DIR and moved into DIR only then: a failed or
+differing export leaves an earlier one there as it was (``focus_detr.export.folder``).
 ``--benchmark`` times onnxruntime against PyTorch at each size, interleaved in one run, with ``--threads`` threads
 for both, and writes ``DIR/benchmark.json``; ``--compare-msda-forms`` times the other deformable-attention form(s)
 in the same rounds; for a ``--batched`` graph it also times ``--batch-size`` images run one by one and as one batch,
@@ -46,7 +48,6 @@ import contextlib
 import io
 import math
 import os
-import shutil
 import sys
 
 import torch
@@ -59,7 +60,7 @@ from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.test_set import category_ids_of_test_set, class_names_of_model
 from focus_detr.engine.predictor import inference_resize, input_format
 from focus_detr.engine.checkpoint_classes import check_test_set_classes
-from focus_detr.engine.inference_weights import InferenceWeights, read_inference_weights
+from focus_detr.engine.inference_weights import InferenceWeights, check_finite_weights, read_inference_weights
 from focus_detr.export import (
     DEFAULT_OPSET,
     MIN_OPSET,
@@ -77,9 +78,11 @@ from focus_detr.export import (
 )
 from focus_detr.export.benchmark import time_batches, time_graphs
 from focus_detr.export.evaluation import check_comparable_precision
+from focus_detr.export.folder import (STAGE_PREFIX, STAGE_SUFFIX, check_graph_targets, earlier_export, install_export,
+                                      naming_final_file, remove_abandoned_exports)
 from focus_detr.export.verification import check_batch_sizes, compare_with_pytorch, inputs_label
 from focus_detr.layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
-from focus_detr.partial_files import PartialPath, naming_file, remove_abandoned
+from focus_detr.partial_files import PartialPath
 
 
 def parse_args(argv=None):
@@ -190,68 +193,72 @@ def _load_model(cfg, args, init_checkpoint):
     loaded = InferenceWeights("random", None)
     if init_checkpoint:
         loaded = read_inference_weights(model, cfg, init_checkpoint)
-    if not init_checkpoint:
+        # a diverged run's: its graph would find nothing, and PyTorch fail in the verification
+        check_finite_weights(model, f"the {'EMA ' if loaded.kind == 'ema' else ''}weights of {init_checkpoint}")
+    else:
         doing = "evaluating PyTorch with" if args.onnx else "exporting"
         print(f"warning: train.init_checkpoint is empty: {doing} a randomly initialised model", file=sys.stderr)
     return model.eval(), loaded.kind, loaded.thing_classes
 
 
-# What an export writes besides model.onnx / model.json: results about one graph, which a new graph in the folder
-# would otherwise appear to have.
-_RESULTS_OF_A_GRAPH = ("evaluation.json", "evaluation", "benchmark.json",
-                       *(f"model_{form}.onnx" for form in MSDA_ONNX_FORMS))
-
-
-def clear_earlier_export(folder):
-    """Removes the files an earlier export into ``folder`` wrote about its graph (evaluation, benchmark, the other
-    MSDA forms) and says so, before a new graph replaces it."""
-    earlier = [name for name in _RESULTS_OF_A_GRAPH if os.path.lexists(os.path.join(folder, name))]
-    if not os.path.isfile(os.path.join(folder, "model.onnx")) and not earlier:
-        return
-    for name in earlier:
-        path = os.path.join(folder, name)
-        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
-    removed = f"; removed its {', '.join(earlier)}" if earlier else ""
-    print(f"replacing the earlier export in {folder}{removed}", file=sys.stderr)
-
-
-def export(model, cfg, args, init_checkpoint, weights, trained_classes=None):
-    """Writes DIR/model.onnx and DIR/model.json, replacing an earlier export only once both are complete (see
-    :func:`clear_earlier_export`); returns the graph's path and the traced sample. ``trained_classes``: the class
-    names the checkpoint records (see :func:`_classes`)."""
-    path = os.path.join(args.output, "model.onnx")
-    sample = synthetic_inputs(*args.sample_size)[0]
-    # traced into a name of its own: an interrupted or failed export leaves the earlier graph (and what was written
-    # about it) as it was, and two exports into one folder do not write into one file
-    abandoned = (remove_abandoned(args.output, ".model.", ".onnx.partial")
-                 + remove_abandoned(args.output, ".model.json.", ".tmp"))
+def _print_removed_abandoned(folder):
+    abandoned = remove_abandoned_exports(folder)
     if abandoned:
         print(f"removed {len(abandoned)} temporary file(s) left by an interrupted export: "
               f"{', '.join(os.path.basename(path) for path in abandoned)}", file=sys.stderr)
-    with naming_file(path), PartialPath(args.output, prefix=".model.", suffix=".onnx.partial") as partial:
-        seconds = export_onnx(model, partial.path, sample["image"], args.opset, args.msda_form, args.batched)
-        check_graph(partial.path)
-        class_names, category_ids = _classes(cfg, model.num_classes, trained_classes, init_checkpoint)
-        metadata = export_metadata(
-            model, args.opset, args.msda_form, input_format(cfg), class_names, batched=args.batched,
-            resize=inference_resize(cfg), category_ids=category_ids,
-        )
-        metadata.update(
-            config_file=args.config_file,
-            overrides=list(args.opts),
-            init_checkpoint=init_checkpoint,
-            weights=weights,  # "ema": the checkpoint's average (train.model_ema), "trained" or "random"
-            sample_size=list(args.sample_size),
-            export_seconds=round(seconds, 1),
-            file_size_mib=round(os.path.getsize(partial.path) / 2**20, 1),
-        )
-        clear_earlier_export(args.output)
-        os.replace(partial.path, path)
-    write_json(os.path.join(args.output, "model.json"), metadata)
+
+
+def export(model, cfg, args, init_checkpoint, weights, stage, trained_classes=None):
+    """Writes model.onnx and model.json into the folder ``stage`` (an export's temporary folder, see
+    :mod:`focus_detr.export.folder`); returns the graph's path there, its metadata and the traced sample.
+    ``trained_classes``: the class names the checkpoint records (see :func:`_classes`)."""
+    path = os.path.join(stage, "model.onnx")
+    sample = synthetic_inputs(*args.sample_size)[0]
+    with naming_final_file(stage, "model.onnx", args.output):
+        seconds = export_onnx(model, path, sample["image"], args.opset, args.msda_form, args.batched)
+    check_graph(path)
+    class_names, category_ids = _classes(cfg, model.num_classes, trained_classes, init_checkpoint)
+    metadata = export_metadata(
+        model, args.opset, args.msda_form, input_format(cfg), class_names, batched=args.batched,
+        resize=inference_resize(cfg), category_ids=category_ids,
+    )
+    metadata.update(
+        config_file=args.config_file,
+        overrides=list(args.opts),
+        init_checkpoint=init_checkpoint,
+        weights=weights,  # "ema": the checkpoint's average (train.model_ema), "trained" or "random"
+        sample_size=list(args.sample_size),
+        export_seconds=round(seconds, 1),
+        file_size_mib=round(os.path.getsize(path) / 2**20, 1),
+    )
+    with naming_final_file(stage, "model.json", args.output):
+        write_json(os.path.join(stage, "model.json"), metadata)
+    return path, metadata, sample
+
+
+def export_and_verify(model, cfg, args, init_checkpoint, weights, trained_classes=None):
+    """Exports the graph and verifies it in a temporary folder inside DIR, then moves it into DIR, replacing an
+    earlier export and what was written about it, unless the new graph differs from PyTorch while DIR holds an
+    earlier export (kept as it was). An export that fails or is interrupted leaves DIR as it was. Returns the
+    graph's path in DIR (None when it was not moved there), the sizes where it differs and the traced sample."""
+    _print_removed_abandoned(args.output)
+    with PartialPath(args.output, prefix=STAGE_PREFIX, suffix=STAGE_SUFFIX, folder=True) as stage:
+        staged, metadata, sample = export(model, cfg, args, init_checkpoint, weights, stage.path, trained_classes)
+        failures = verify(model, staged, args)
+        earlier = earlier_export(args.output)
+        if failures and earlier:
+            print(f"the new graph differs from PyTorch: it is not written, and the earlier export in {args.output} "
+                  "is kept as it was", file=sys.stderr)
+            return None, failures, sample
+        removed = install_export(stage.path, args.output)
+    if earlier:
+        removed = f"; removed its {', '.join(removed)}" if removed else ""
+        print(f"replaced the earlier export in {args.output}{removed}", file=sys.stderr)
+    path = os.path.join(args.output, "model.onnx")
     batch = "any batch size" if args.batched else "one image at a time"
-    print(f"wrote {path} ({metadata['file_size_mib']} MiB, exported in {seconds:.1f} s, opset {args.opset}, "
-          f"MSDA as {args.msda_form}, {batch}) and model.json")
-    return path, sample
+    print(f"wrote {path} ({metadata['file_size_mib']} MiB, exported in {metadata['export_seconds']:.1f} s, opset "
+          f"{args.opset}, MSDA as {args.msda_form}, {batch}) and model.json")
+    return path, failures, sample
 
 
 def verify(model, path, args):
@@ -355,6 +362,8 @@ def main(args):
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)
     check_output_dir(args.output, "--output")
+    if args.onnx is None:
+        check_graph_targets(args.output)  # a folder in the way is found now, not after the tracing
     if args.evaluate:  # before the export: a config that cannot be evaluated fails in seconds
         if cfg.get("dataloader", None) is None or cfg.dataloader.get("test", None) is None:
             raise ValueError(f"{args.config_file} has no dataloader.test: --evaluate needs a test set")
@@ -365,14 +374,13 @@ def main(args):
     if args.evaluate:  # before the export and the evaluations, which take minutes
         check_test_set_classes(cfg, trained_classes, init_checkpoint, "the evaluation would score the model's classes")
 
-    failures = []
+    failures, path = [], args.onnx
     if args.onnx is None:
-        path, sample = export(model, cfg, args, init_checkpoint, weights, trained_classes)
-        failures = verify(model, path, args)
-        if args.benchmark:
+        path, failures, sample = export_and_verify(model, cfg, args, init_checkpoint, weights, trained_classes)
+        if args.benchmark and path:
             report_benchmark(model, path, sample, args)
-    if args.evaluate:
-        report_evaluation(cfg, model, args.onnx or path, args, init_checkpoint, weights)
+    if args.evaluate and path:
+        report_evaluation(cfg, model, path, args, init_checkpoint, weights)
     if failures:
         # Query-ranking ties are taken into account above; a near-tie at the edge of a foreground or fine-grained
         # token set (rarer: one edge per set) could still change a few detections. Anything more is a problem.

@@ -38,7 +38,7 @@ def test_a_new_export_removes_what_was_written_about_the_earlier_graph(export_to
         "model.num_classes=3",
     ]))
     err = capfd.readouterr().err
-    assert (f"replacing the earlier export in {output}; removed its evaluation.json, evaluation, model_gather.onnx"
+    assert (f"replaced the earlier export in {output}; removed its evaluation.json, evaluation, model_gather.onnx"
             in err)
     assert sorted(p.name for p in output.iterdir()) == ["model.json", "model.onnx", "notes.txt"]
     metadata = json.loads((output / "model.json").read_text())
@@ -69,30 +69,32 @@ def test_an_export_that_stops_leaves_the_earlier_export_whole(export_tool, tmp_p
 
 def test_an_export_removes_the_files_killed_exports_left_and_keeps_those_being_written(export_tool, tmp_path,
                                                                                          monkeypatch, capfd):
-    # an export killed midway (kill -9) left its hidden .model.*.onnx.partial (185 MiB for R50) for good
+    # an export killed midway (kill -9) left its hidden temporary graph (185 MiB for R50) for good
     from focus_detr.partial_files import PartialPath, remove_abandoned
 
     output = tmp_path / "onnx"
     output.mkdir()
-    (output / ".model.killed.onnx.partial").write_bytes(b"half a graph")
+    (output / ".export.killed.partial").mkdir()
+    (output / ".export.killed.partial" / "model.onnx").write_bytes(b"half a graph")
+    (output / ".model.killed.onnx.partial").write_bytes(b"half a graph")  # an earlier version's names
     (output / ".model.json.killed.tmp").write_text("{")
     real_export = export_tool.export_onnx
 
     def export_checking_the_lock(model, path, *args):
         seconds = real_export(model, path, *args)
-        # what torch wrote is the file locked as being written, not another file of the same name
-        assert remove_abandoned(output, ".model.", ".onnx.partial") == []
+        # the folder torch wrote into is the one locked as being written, not another of the same name
+        assert remove_abandoned(output, ".export.", ".partial", folders=True) == []
         return seconds
 
     monkeypatch.setattr(export_tool, "export_onnx", export_checking_the_lock)
-    with PartialPath(output, prefix=".model.", suffix=".onnx.partial") as running:  # another export, still going
+    with PartialPath(output, prefix=".export.", suffix=".partial", folder=True) as running:  # another export, going
         export_tool.main(export_tool.parse_args([
             "--config-file", str(TINY_CONFIG), "--output", str(output), "--sample-size", "160", "192",
             "--threads", "1"]))
         assert sorted(p.name for p in output.iterdir()) == sorted(
             ["model.json", "model.onnx", os.path.basename(running.path)])
-    assert ("removed 2 temporary file(s) left by an interrupted export: .model.killed.onnx.partial, "
-            ".model.json.killed.tmp") in capfd.readouterr().err
+    assert ("removed 3 temporary file(s) left by an interrupted export: .export.killed.partial, "
+            ".model.killed.onnx.partial, .model.json.killed.tmp") in capfd.readouterr().err
 
 
 def test_a_graph_predicts_a_raw_image_from_its_folder_alone(tiny_export, fixture_checkpoint, tmp_path):

@@ -3,11 +3,14 @@ them (ours or detrex's), as ``train.model_ema`` asks."""
 import logging
 from typing import List, NamedTuple, Optional
 
+import torch
+
 from .checkpoint import AtomicDetectionCheckpointer
 from .checkpoint_classes import checkpoint_classes
 from .hooks import EMAHook
 
-__all__ = ["InferenceWeights", "ema_settings", "load_inference_weights", "read_inference_weights"]
+__all__ = ["InferenceWeights", "check_finite_weights", "ema_settings", "load_inference_weights",
+           "read_inference_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,3 +73,15 @@ def read_inference_weights(model, cfg, path) -> InferenceWeights:
         logger.warning(f"{path} also holds the EMA weights (their average over its training): using its trained "
                        "weights; train.model_ema.enabled=True uses the average")
     return InferenceWeights("trained" if path else "random", classes)
+
+
+def check_finite_weights(model, source):
+    """ValueError (one line) naming the first parameter or buffer of ``model`` that holds a NaN or infinite value,
+    and ``source``, the weights it came from ("the weights of <checkpoint>"; a diverged run's): PyTorch refuses its
+    NaN boxes, while an exported graph drops them and finds nothing, without a word."""
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        more = f" (and {len(bad) - 1} more tensor{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+        raise ValueError(f"{source} are not finite: {bad[0]} holds NaN or infinite values{more}; a run "
+                         "that diverged saves such weights: use a checkpoint from before it diverged")

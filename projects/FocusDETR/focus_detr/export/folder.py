@@ -1,0 +1,87 @@
+"""The folder an export writes (``tools/export_model.py --output DIR``): ``model.onnx`` and ``model.json`` are written
+into a temporary folder inside DIR (:data:`STAGE_PREFIX`), checked there, and only then moved into DIR, replacing an
+earlier export and the files written about its graph (evaluation, benchmark, the other MSDA forms), which the new
+graph would otherwise appear to have."""
+import contextlib
+import os
+
+from ..layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
+from ..partial_files import remove_abandoned
+
+__all__ = ["GRAPH_FILES", "RESULTS_OF_A_GRAPH", "STAGE_PREFIX", "STAGE_SUFFIX", "check_graph_targets",
+           "earlier_export", "install_export", "naming_final_file", "remove_abandoned_exports"]
+
+GRAPH_FILES = ("model.onnx", "model.json")
+RESULTS_OF_A_GRAPH = ("evaluation.json", "evaluation", "benchmark.json",
+                      *(f"model_{form}.onnx" for form in MSDA_ONNX_FORMS))
+# the temporary folder of an export being written: .export.<random>.partial/{model.onnx, model.json}
+STAGE_PREFIX, STAGE_SUFFIX = ".export.", ".partial"
+
+
+def check_graph_targets(folder):
+    """ValueError (one line) naming ``folder``'s model.onnx or model.json when it is a folder: the new file cannot
+    replace it. Checked before the export starts (seconds, not after the tracing) and again before anything moves."""
+    for name in GRAPH_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder, where the export writes its {name}: move or remove it")
+
+
+def remove_abandoned_exports(folder):
+    """Removes what exports killed midway left in ``folder`` (their temporary folders, and the temporary files of
+    exports that wrote into ``folder`` itself), keeping those of exports still running; returns the removed paths."""
+    return (remove_abandoned(folder, STAGE_PREFIX, STAGE_SUFFIX, folders=True)
+            + remove_abandoned(folder, ".model.", ".onnx.partial") + remove_abandoned(folder, ".model.json.", ".tmp"))
+
+
+@contextlib.contextmanager
+def naming_final_file(stage, name, folder):
+    """Within the block, an OSError about a file in the temporary folder ``stage`` (a full disk's names none) is
+    raised again naming ``folder``'s file ``name``, which the user knows: the temporary one is gone by then."""
+    try:
+        yield
+    except OSError as error:
+        inside = error.filename is None or os.path.abspath(os.fspath(error.filename)).startswith(
+            os.path.abspath(stage) + os.sep)
+        if error.errno is None or not inside:
+            raise
+        raise type(error)(error.errno, error.strerror, os.path.join(folder, name)) from error
+
+
+def earlier_export(folder):
+    """The names of what ``folder`` holds of an earlier export: its graph files and the results about its graph."""
+    return [name for name in GRAPH_FILES + RESULTS_OF_A_GRAPH if os.path.lexists(os.path.join(folder, name))]
+
+
+def _move(source, target, done):
+    """``os.replace(source, target)``, recorded in ``done``; an OSError names ``target`` (the file the user knows,
+    not a temporary one)."""
+    try:
+        os.replace(source, target)
+    except OSError as error:
+        raise type(error)(error.errno, error.strerror, target) from error
+    done.append((source, target))
+
+
+def install_export(stage, folder):
+    """Moves ``stage``'s model.onnx and model.json (a temporary folder inside ``folder``, on its file system) into
+    ``folder``. The earlier export's files (:func:`earlier_export`) are first moved into ``stage/earlier``, where
+    they go with the temporary folder. Every step is a rename; when one fails, those done are undone, which leaves
+    the earlier export as it was, and the error names the file in ``folder``. Returns the names of the earlier
+    results (not the graph files) that were removed."""
+    check_graph_targets(folder)
+    aside = os.path.join(stage, "earlier")
+    os.mkdir(aside)
+    earlier, done = earlier_export(folder), []
+    try:
+        for name in earlier:
+            _move(os.path.join(folder, name), os.path.join(aside, name), done)
+        for name in GRAPH_FILES:
+            _move(os.path.join(stage, name), os.path.join(folder, name), done)
+    except BaseException:
+        for source, target in reversed(done):
+            os.replace(target, source)
+        with contextlib.suppress(OSError):
+            os.rmdir(aside)
+        raise
+    return [name for name in earlier if name not in GRAPH_FILES]

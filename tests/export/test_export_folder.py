@@ -1,0 +1,116 @@
+"""An export replaces an earlier one only once the new graph and its model.json are written and verified
+(``focus_detr.export.folder``), and refuses weights that are not finite before it starts."""
+import os
+
+import pytest
+import torch
+
+from conftest import TINY_CONFIG
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from focus_detr.export.folder import install_export  # noqa: E402
+
+EARLIER = {"model.onnx": "the earlier graph", "model.json": "{}", "evaluation.json": "{}"}
+
+
+def _earlier_export(folder):
+    folder.mkdir()
+    for name, text in EARLIER.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def _contents(folder):
+    return {p.name: p.read_text() if p.is_file() else "folder" for p in folder.iterdir()}
+
+
+def _argv(output, *overrides):
+    return ["--config-file", str(TINY_CONFIG), "--output", str(output), "--sample-size", "160", "192", "--threads", "1",
+            *overrides]
+
+
+def test_non_finite_weights_are_one_line_and_leave_the_earlier_export(export_tool, parity_fixture, tmp_path, capfd):
+    # a diverged run's checkpoint replaced the earlier graph by one finding nothing, then the verification's
+    # FloatingPointError ended in a traceback
+    state = dict(parity_fixture["state_dict"])
+    for key in ("class_embed.0.weight", "transformer.decoder.class_embed.0.weight"):  # the official file's two copies
+        state[key] = torch.full_like(state[key], float("nan"))
+    checkpoint = tmp_path / "diverged.pth"
+    torch.save({"model": state}, checkpoint)
+    output = _earlier_export(tmp_path / "onnx")
+    argv = _argv(output, f"+train.init_checkpoint={checkpoint}")
+    assert export_tool.run_reporting_errors(export_tool.cli, export_tool.parse_args(argv)) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [f"error: the weights of {checkpoint} are not finite: class_embed.0.weight holds NaN or infinite "
+                   "values; a run that diverged saves such weights: use a checkpoint from before it diverged"]
+    assert _contents(output) == EARLIER
+
+
+def test_a_verification_that_fails_leaves_the_earlier_export(export_tool, tmp_path, monkeypatch, capfd):
+    output = _earlier_export(tmp_path / "onnx")
+
+    def failing(*args):
+        raise FloatingPointError("FocusDETR: the predicted boxes of image 0 contain infinite or NaN values")
+
+    monkeypatch.setattr(export_tool, "compare_with_pytorch", failing)
+    with pytest.raises(FloatingPointError):
+        export_tool.main(export_tool.parse_args(_argv(output)))
+    assert _contents(output) == EARLIER  # and no temporary folder left
+
+    monkeypatch.setattr(export_tool, "compare_with_pytorch", lambda *args: ("160x192: ... MISMATCH", False))
+    assert export_tool.run_reporting_errors(export_tool.cli, export_tool.parse_args(_argv(output))) == 1
+    assert (f"the new graph differs from PyTorch: it is not written, and the earlier export in {output} is kept as "
+            "it was") in capfd.readouterr().err
+    assert _contents(output) == EARLIER
+
+
+def test_a_folder_named_model_json_is_refused_before_the_export_and_before_the_replacement(export_tool, tmp_path,
+                                                                                          monkeypatch, capfd):
+    # the earlier model.onnx was overwritten, then writing model.json failed naming '.model.json.ie5d72cg.tmp'
+    output = _earlier_export(tmp_path / "onnx")
+    (output / "model.json").unlink()
+    (output / "model.json").mkdir()
+    expected = f"error: {output / 'model.json'} is a folder, where the export writes its model.json: move or remove it"
+    assert export_tool.run_reporting_errors(export_tool.cli, export_tool.parse_args(_argv(output))) == 2
+    assert capfd.readouterr().err.strip() == expected
+
+    # made while the export runs: found before anything is replaced
+    (output / "model.json").rmdir()
+    real_verify = export_tool.verify
+
+    def verify_while_a_folder_appears(*args):
+        (output / "model.json").mkdir()
+        return real_verify(*args)
+
+    monkeypatch.setattr(export_tool, "verify", verify_while_a_folder_appears)
+    assert export_tool.run_reporting_errors(export_tool.cli, export_tool.parse_args(_argv(output))) == 2
+    assert capfd.readouterr().err.strip().splitlines()[-1] == expected
+    assert _contents(output) == {"model.onnx": "the earlier graph", "evaluation.json": "{}", "model.json": "folder"}
+
+
+def test_install_export_undoes_its_moves_when_one_fails_and_names_the_final_file(tmp_path, monkeypatch):
+    folder = _earlier_export(tmp_path / "onnx")
+    stage = folder / ".export.x.partial"
+    stage.mkdir()
+    (stage / "model.onnx").write_text("the new graph")
+    (stage / "model.json").write_text('{"new": 1}')
+    real_replace = os.replace
+
+    def replace_failing_on_model_json(source, target):  # the new one's move
+        if str(source) == str(stage / "model.json"):
+            raise PermissionError(13, "Permission denied", str(source), None, str(target))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_failing_on_model_json)
+    with pytest.raises(PermissionError) as info:
+        install_export(str(stage), str(folder))
+    assert info.value.filename == str(folder / "model.json")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert {name: text for name, text in _contents(folder).items() if name != stage.name} == EARLIER
+    assert (stage / "model.onnx").read_text() == "the new graph"
+
+    assert install_export(str(stage), str(folder)) == ["evaluation.json"]
+    assert {name: text for name, text in _contents(folder).items() if name != stage.name} == {
+        "model.onnx": "the new graph", "model.json": '{"new": 1}'}

@@ -276,6 +276,30 @@ def test_the_test_sets_class_names_come_from_its_json_when_registered_without_th
         class_names_of_test_set(test_set("focus_detr_toy_no_json"))
 
 
+def test_the_test_sets_category_ids_come_from_its_json_when_registered_with_class_names(tmp_path):
+    # the tree sets are registered with their thing_classes, so nothing loaded the json, and model.json got
+    # "category_ids": null where the json's one category has id 1
+    import json
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+    from omegaconf import OmegaConf
+
+    from focus_detr.engine.test_set import category_ids_of_test_set
+
+    json_file = tmp_path / "named.json"
+    json_file.write_text(json.dumps({"images": [], "annotations": [],
+                                     "categories": [{"id": 9, "name": "crate"}, {"id": 2, "name": "box"}]}))
+    name = "focus_detr_toy_named_categories"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_coco_instances(name, {"thing_classes": ["box", "crate"]}, str(json_file), str(tmp_path))
+    cfg = OmegaConf.create({"dataloader": {"test": {"dataset": {"names": name}}}})
+    assert category_ids_of_test_set(cfg) == [2, 9]
+    assert MetadataCatalog.get(name).get("thing_dataset_id_to_contiguous_id", None) is None  # not loaded for it
+
+
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("wrapper", ["TokenSelectionOutputs", "CUDAGraphInference"])
 def test_an_evaluation_leaves_the_model_in_the_mode_it_was_in(wrapper, training):

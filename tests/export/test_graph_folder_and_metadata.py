@@ -160,7 +160,7 @@ def test_the_export_writes_no_class_names_of_another_count_than_the_model_s(caps
 
     export_model = load_script("tools/export_model.py", "export_model")
     cfg = load_config(str(TREE_CONFIG))
-    assert export_model._classes(cfg, 1)[0] == ["tree"]
+    assert export_model._classes(cfg, 1) == (["tree"], [1])  # the json's category id (it was None: not loaded)
     assert export_model._classes(cfg, 2) == (None, None)
     assert capsys.readouterr().err.strip() == ("warning: model.json gets no class names: the test set has 1 classes, "
                                                "the model 2 (model.num_classes)")

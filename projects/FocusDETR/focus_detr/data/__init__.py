@@ -8,6 +8,7 @@ from .checks import (
     check_finite_boxes,
     check_num_classes,
     dataset_classes,
+    declared_category_ids,
     declared_classes,
     get_checked_dataset_dicts,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "check_image_files",
     "check_num_classes",
     "dataset_classes",
+    "declared_category_ids",
     "declared_classes",
     "expand_globs",
     "ensure_trees_cache",

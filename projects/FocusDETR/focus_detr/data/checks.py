@@ -33,6 +33,7 @@ __all__ = [
     "check_finite_boxes",
     "check_num_classes",
     "dataset_classes",
+    "declared_category_ids",
     "get_checked_dataset_dicts",
 ]
 
@@ -307,14 +308,37 @@ def declared_classes(name):
     return list(given) if given is not None else json_classes
 
 
-def _json_class_names(json_file):
-    """The names of the categories of the COCO json ``json_file`` sorted by id, read without checking the rest;
-    None when it has no list of categories."""
+def _json_categories(json_file):
+    """The categories of the COCO json ``json_file`` sorted by id (as detectron2 numbers the classes), read without
+    checking the rest; None when it has no list of categories."""
     with PathManager.open(json_file) as f:
         categories = json.load(f).get("categories", None)
     if not isinstance(categories, list):
         return None
-    return [category["name"] for category in sorted(categories, key=lambda category: category["id"])]
+    return sorted(categories, key=lambda category: category["id"])
+
+
+def _json_class_names(json_file):
+    categories = _json_categories(json_file)
+    return None if categories is None else [category["name"] for category in categories]
+
+
+def declared_category_ids(name):
+    """The dataset category id of each class index of dataset ``name`` (e.g. ``[3, 7, 42]``), without loading its
+    images' records: its metadata's ``thing_dataset_id_to_contiguous_id`` (set once detectron2 has loaded the
+    json), else its COCO json's category ids in order, as detectron2 numbers them; None when neither says (a
+    dataset registered in code) or the map is not one id per index. Raises OSError / ValueError when the json
+    cannot be read."""
+    metadata = MetadataCatalog.get(name)
+    to_index = metadata.get("thing_dataset_id_to_contiguous_id", None)
+    if to_index is None:
+        json_file = metadata.get("json_file", None)
+        categories = _json_categories(json_file) if json_file is not None else None
+        ids = None if categories is None else [category["id"] for category in categories]
+        return ids if ids and all(type(i) is int for i in ids) and len(set(ids)) == len(ids) else None
+    if not isinstance(to_index, dict) or sorted(to_index.values()) != list(range(len(to_index))):
+        return None
+    return [int(category_id) for category_id in sorted(to_index, key=to_index.get)]
 
 
 def check_num_classes(num_classes, names, what="model.num_classes"):

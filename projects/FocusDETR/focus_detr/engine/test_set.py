@@ -12,7 +12,7 @@ from detectron2.evaluation import COCOEvaluator
 from omegaconf import DictConfig, ListConfig
 
 from ..data import (DatasetClassesError, check_dataset_jsons, check_evaluable, check_image_files, check_num_classes,
-                    dataset_classes, declared_classes)
+                    dataset_classes, declared_category_ids, declared_classes)
 from .cli import raised_in_this_package
 from .config import ConfigError, _dataset_names_in
 from .config_types import located_target
@@ -293,11 +293,8 @@ def metadata_of_test_set(cfg):
 
 
 def category_ids_of_test_set(cfg):
-    """The dataset category id of each class index of the config's test set, e.g. ``[3, 7, 42]`` (detectron2's COCO
-    loader numbers the categories in the order of their ids); None when its metadata maps none. Call it after
-    :func:`class_names_of_test_set`, which loads the dataset when its metadata is not there yet."""
-    metadata = metadata_of_test_set(cfg)
-    to_index = metadata.get("thing_dataset_id_to_contiguous_id", None) if metadata is not None else None
-    if not isinstance(to_index, dict) or sorted(to_index.values()) != list(range(len(to_index))):
-        return None
-    return [int(category_id) for category_id in sorted(to_index, key=to_index.get)]
+    """The dataset category id of each class index of the config's test set (the first, where it names several),
+    e.g. ``[3, 7, 42]`` (:func:`focus_detr.data.declared_category_ids`: detectron2's numbering, read from the json's
+    categories when the dataset is not loaded yet); None without a test set or when it does not say."""
+    names = _dataset_names_in((cfg.get("dataloader", None) or {}).get("test", None) or {})
+    return declared_category_ids(names[0]) if names else None

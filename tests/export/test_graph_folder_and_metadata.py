@@ -195,6 +195,26 @@ def test_the_class_count_refusal_names_the_overrides_the_graph_was_exported_with
         check_graph_fits_config(load_config(str(TINY_CONFIG)), OnnxPredictor(graph))
 
 
+def test_a_graph_exported_with_another_resize_than_the_config_s_is_refused_in_one_line(tiny_export, tmp_path, capfd):
+    # the demo resized as the config says and predict_image as model.json says: other boxes for one image and graph
+    from focus_detr.engine import load_config
+
+    graph = copy_graph(tiny_export, tmp_path / "graph", {"resize": {"short_edge": 512, "max_size": 800,
+                                                                    "interpolation": 2}})
+    expected = ("model.json) was exported for images resized to a short edge of 512 pixels, the long one at most 800 "
+                "but the config's test loader resizes them to a short edge of 800 pixels, the long one at most 1333 "
+                "(dataloader.test.mapper.augmentation): use the config it was exported from")
+    cfg = load_config(str(TINY_CONFIG))
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        check_graph_fits_config(cfg, OnnxPredictor(graph))
+    assert check_graph_fits_config(cfg, OnnxPredictor(str(tiny_export / "model.onnx"))) is None
+    demo = load_script("demo/demo.py", "demo")
+    argv = ["--config-file", str(TINY_CONFIG), "--input", noise_png(tmp_path / "noise.png"), "--output",
+            str(tmp_path / "out"), "--onnx", graph]
+    assert demo.run_reporting_errors(demo.main, demo.parse_args(argv)) == 2
+    assert expected in _stderr_lines(capfd.readouterr().err, "error:")[0]
+
+
 def test_graph_weights_names_what_the_graph_was_exported_from_when_it_differs(tiny_export, tmp_path):
     trained = OnnxPredictor(copy_graph(tiny_export, tmp_path / "trained", {"init_checkpoint": "out/model_final.pth"}))
     random = OnnxPredictor(copy_graph(tiny_export, tmp_path / "random", {"init_checkpoint": ""}))

@@ -361,16 +361,26 @@ def test_demo_refuses_a_config_that_does_not_fit_the_graph_in_one_line(tiny_expo
 
     demo = load_script("demo/demo.py", "demo")
     image = noise_png(tmp_path / "noise.png")
-    one_class_rgb = copy_graph(tiny_export, tmp_path / "one_class", {"num_classes": 1})
+    # the tree config's test-time resize (352 / 512), that the graph was exported with: only the tested entry differs
+    tree_resize = {"resize": {"short_edge": 352, "max_size": 512, "interpolation": 2}}
+    one_class_rgb = copy_graph(tiny_export, tmp_path / "one_class", {"num_classes": 1, **tree_resize})
+    classes_80 = copy_graph(tiny_export, tmp_path / "classes_80", tree_resize)
     cases = [
         # the graph takes RGB: fed BGR it found 11 instead of 23 trees, silently
         ([str(TREE_CONFIG), "dataloader.test.mapper.img_format=BGR"], one_class_rgb,
          f"error: {one_class_rgb} (its model.json) takes RGB images but the config's test loader gives BGR "
          "(dataloader.test.mapper.img_format): use the config it was exported from"),
         # an 80-class graph named and drawn with a one-class config (and the other way round: 0 detections)
-        ([str(TREE_CONFIG)], str(tiny_export / "model.onnx"),
-         f"error: {tiny_export / 'model.onnx'} (its model.json) predicts 80 classes but the config's model has 1 "
+        ([str(TREE_CONFIG)], classes_80,
+         f"error: {classes_80} (its model.json) predicts 80 classes but the config's model has 1 "
          "(model.num_classes): use the config it was exported from"),
+        # both, and the tiny config's resize (800 / 1333): all three named
+        ([str(TREE_CONFIG), "dataloader.test.mapper.img_format=BGR"], str(tiny_export / "model.onnx"),
+         f"error: {tiny_export / 'model.onnx'} (its model.json) takes RGB images but the config's test loader gives "
+         "BGR (dataloader.test.mapper.img_format) and predicts 80 classes but the config's model has 1 "
+         "(model.num_classes) and was exported for images resized to a short edge of 800 pixels, the long one at "
+         "most 1333 but the config's test loader resizes them to a short edge of 352 pixels, the long one at most "
+         "512 (dataloader.test.mapper.augmentation): use the config it was exported from"),
     ]
     for (config, *overrides), graph, message in cases:
         argv = ["--config-file", config, "--input", image, "--output", str(tmp_path / "out"), "--onnx", graph,

@@ -17,7 +17,8 @@ from .onnx_export import (
     require_packages,
 )
 from .metadata import export_metadata, graph_weights
-from .predictor import OnnxPredictor, check_graph_fits_config, check_onnx_file
+from .graph_config import check_graph_fits_config
+from .predictor import OnnxPredictor, check_onnx_file
 from .ranking import QUERY_RANKING_OUTPUT, ForcedQueryRanking, graph_decisions, graph_with_decisions
 
 __all__ = [

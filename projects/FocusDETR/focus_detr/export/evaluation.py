@@ -12,7 +12,8 @@ from torch import nn
 
 from ..engine.evaluation import evaluate
 from ..engine.precision import inference_amp_dtype
-from .predictor import OnnxPredictor, check_graph_fits_config
+from .graph_config import check_graph_fits_config
+from .predictor import OnnxPredictor
 
 __all__ = ["AP_KEYS", "OnnxAsModel", "ap_table", "check_comparable_precision", "compare_ap",
            "evaluate_onnx_and_pytorch"]

@@ -10,7 +10,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-from ..engine.predictor import input_format, model_input
+from ..engine.predictor import model_input
 from .onnx_export import (
     BATCHED_INPUT_NAMES,
     BATCHED_OUTPUT_NAMES,
@@ -22,7 +22,7 @@ from .onnx_export import (
 from .metadata import check_metadata, resize_of
 from .ranking import graph_with_decisions
 
-__all__ = ["OnnxPredictor", "check_graph_fits_config", "check_onnx_file"]
+__all__ = ["OnnxPredictor", "check_onnx_file"]
 
 
 def _checked_graph_path(path) -> str:
@@ -328,54 +328,3 @@ class OnnxPredictor:
         result.scores = torch.from_numpy(outputs["scores"])
         result.pred_classes = torch.from_numpy(outputs["labels"])
         return detector_postprocess(result, height or image_size[0], width or image_size[1])
-
-
-def _format_mismatch(cfg, graph_format: Optional[str]) -> Optional[str]:
-    config_format = input_format(cfg)
-    if graph_format is None or graph_format == config_format:
-        return None
-    return (f"takes {graph_format} images but the config's test loader gives {config_format} "
-            "(dataloader.test.mapper.img_format)")
-
-
-def _config_num_classes(cfg) -> Optional[int]:
-    try:
-        return cfg.model.num_classes
-    except (AttributeError, KeyError):  # left at the model's default: nothing to compare
-        return None
-
-
-def _class_count_mismatch(cfg, graph_classes: Optional[int]) -> Optional[str]:
-    config_classes = _config_num_classes(cfg)
-    if graph_classes is None or config_classes is None or graph_classes == config_classes:
-        return None
-    return (f"predicts {graph_classes} class{'es' if graph_classes != 1 else ''} but the config's model has "
-            f"{config_classes} (model.num_classes)")
-
-
-def check_graph_fits_config(cfg, predictor: OnnxPredictor) -> Optional[str]:
-    """Whether ``cfg`` may drive ``predictor``'s graph (prepare its images, name its classes, score it).
-
-    Raises ValueError, in one line naming both values, when the graph's ``model.json`` says it takes another channel
-    order than the config's test loader gives (it would see swapped colours and silently find other objects) or
-    predicts another number of classes than the config's model (its labels would be named and scored as other
-    classes). Returns None when model.json agrees (a value it lacks is not compared), and the warning for the user
-    when the graph has no model.json (exported elsewhere): nothing could be checked.
-    """
-    metadata = predictor.model_json
-    if not metadata:
-        return (
-            f"{predictor.path} has no model.json next to it (exported elsewhere?): its input format and classes "
-            "cannot be checked against the config's"
-        )
-    problems = [problem for problem in (
-        _format_mismatch(cfg, (metadata.get("input") or {}).get("format")),
-        _class_count_mismatch(cfg, metadata.get("num_classes")),
-    ) if problem]
-    if problems:
-        overrides = " ".join(metadata.get("overrides") or [])
-        exported_from = metadata.get("config_file") or ""
-        exported_from = f" ({exported_from}{' with ' + overrides if overrides else ''})" if exported_from else ""
-        raise ValueError(f"{predictor.path} (its model.json) {' and '.join(problems)}: use the config it was "
-                         f"exported from{exported_from} or export the graph from this one")
-    return None

@@ -2,12 +2,14 @@
 project's message intact; a bug keeps its traceback."""
 import io
 import os
+import shlex
+import sys
 
 import pytest
 import torch
 from torch.multiprocessing.spawn import ProcessRaisedException
 
-from cli_output import error_lines, shows_traceback
+from cli_output import error_lines, logged_warnings, shows_traceback
 from engine_test_utils import REPO_ROOT, TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
 from focus_detr.engine.cli import MAX_LINE_CHARS, is_out_of_memory, is_user_error, one_line, run_reporting_errors
 
@@ -127,6 +129,10 @@ def test_output_folder_under_a_file_is_named(train_net, toy_dataset, capsys, tmp
     ]
 
 
+def _resume_command(train_net, argv):
+    return shlex.join([sys.executable, os.path.abspath(train_net.__file__), *argv, "--resume"])
+
+
 def test_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoint(train_net, toy_dataset, capsys, tmp_path,
                                                                             monkeypatch):
     import focus_detr.engine.checkpoint as checkpoint
@@ -139,11 +145,13 @@ def test_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoint(train
     # atomic_write's temporary file is opened by name
     monkeypatch.setattr(checkpoint, "open", full_disk_for_the_final_checkpoint, raising=False)
     out = tmp_path / "out"
-    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}"]) == 2
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}"]
+    assert train_net.cli(argv) == 2
     captured = capsys.readouterr()
     assert error_lines(captured.err) == [
         f"error: cannot save checkpoint {out / 'model_final.pth'}: no space left on device "
-        f"(the previous checkpoint {out / 'model_0000004.pth'} is kept)"
+        f"(the previous checkpoint {out / 'model_0000004.pth'} is kept); once {out} can be written again, resume "
+        f"with: {_resume_command(train_net, argv)}"
     ]
     assert not shows_traceback(captured.out + captured.err)
     assert (out / "last_checkpoint").read_text() == "model_0000004.pth"
@@ -151,6 +159,69 @@ def test_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoint(train
     assert not (out / "model_final.pth").exists() and not list(out.glob(".*.tmp"))
     # the error came at once: no final evaluation of the unsaved model ran first
     assert "Evaluation results" not in (out / "log.txt").read_text() and not (out / "eval_results.json").exists()
+
+
+# log period 1: TensorBoard's event file is open, its last write fails; 20: it would be created at the end (its writing
+# thread printed a traceback)
+@pytest.mark.parametrize("log_period", [1, 20])
+def test_a_folder_that_stops_being_writable_ends_with_the_save_s_line_and_the_resume_command(
+        train_net, toy_dataset, capsys, tmp_path, monkeypatch, log_period):
+    # `chattr +i` on the folder mid-run (root ignores chmod): the save failed, then the lock file's removal and the
+    # TensorBoard writer's last write failed too, and the lock's PermissionError took the place of the save's line
+    import errno
+
+    import focus_detr.engine.checkpoint as checkpoint
+    import focus_detr.engine.hooks as hooks
+    import focus_detr.engine.output_lock as output_lock
+    from detectron2.utils.events import TensorboardXWriter
+
+    out = tmp_path / "out"
+    denied = []
+
+    def not_permitted(path):
+        denied.append(path)
+        return PermissionError(errno.EPERM, "Operation not permitted", str(path))
+
+    def open_until_iteration_3(path, mode="r", *args, **kwargs):
+        if "w" in mode and (os.path.basename(path).startswith(".model_0000003.pth.") or denied):
+            raise not_permitted(path)
+        return open(path, mode, *args, **kwargs)
+
+    def remove(path, remove=os.remove):
+        if denied:
+            raise not_permitted(path)
+        remove(path)
+
+    def write(writer, write=TensorboardXWriter.write):
+        if denied:
+            raise not_permitted(out / "events.out.tfevents")
+        write(writer)
+
+    monkeypatch.setattr(checkpoint, "open", open_until_iteration_3, raising=False)
+    monkeypatch.setattr(output_lock.os, "remove", remove)
+    monkeypatch.setattr(TensorboardXWriter, "write", write)
+    monkeypatch.setattr(hooks.os, "access", lambda path, mode, access=os.access: not denied and access(path, mode))
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", "train.checkpointer.period=2",
+            f"train.log_period={log_period}"]
+    with logged_warnings("focus_detr") as warnings:
+        assert train_net.cli(argv) == 2
+    captured = capsys.readouterr()
+    assert error_lines(captured.err) == [
+        f"error: cannot save checkpoint {out / 'model_0000003.pth'}: Operation not permitted (the previous checkpoint "
+        f"{out / 'model_0000001.pth'} is kept); once {out} can be written again, resume with: "
+        f"{_resume_command(train_net, argv)}"
+    ]
+    assert captured.err.strip().splitlines()[-1].startswith("error: cannot save checkpoint")
+    assert not shows_traceback(captured.out + captured.err)
+    assert len(warnings) == 2 and warnings[0].startswith(
+        "The last metrics were not written (TensorboardXWriter): " if log_period == 1 else
+        f"TensorBoard's event file is not written: {out} is not writable")
+    assert bool(list(out.glob("events.out.tfevents.*"))) == (log_period == 1)
+    assert warnings[1] == (f"Cannot remove the lock file {out / '.focus_detr.lock'} (Operation not permitted): the "
+                           "lock is released all the same (a file no process holds blocks no run)")
+    monkeypatch.undo()
+    with output_lock.OutputDirLock(str(out)):  # released all the same
+        pass
 
 
 def test_a_disk_that_fills_while_torch_writes_a_checkpoint_is_one_line(tmp_path, monkeypatch):

@@ -15,14 +15,20 @@ from ..checkpoint.safe_load import checked_checkpoint_path
 from ..partial_files import PartialPath, naming_file, remove_abandoned
 from .interrupt import stop_signals_deferred
 
-__all__ = ["CLASSES_KEY", "AtomicDetectionCheckpointer", "atomic_write", "read_checkpoint_tag", "same_file",
-           "save_weights", "write_json"]
+__all__ = ["CLASSES_KEY", "AtomicDetectionCheckpointer", "CheckpointNotSavedError", "atomic_write",
+           "read_checkpoint_tag", "same_file", "save_weights", "write_json"]
 
 logger = logging.getLogger(__name__)
 
 # The entry of a training checkpoint holding its training set's class names, in the order of the model's outputs
 # (detectron2's metadata name for them).
 CLASSES_KEY = "thing_classes"
+
+
+class CheckpointNotSavedError(CheckpointError):
+    """A training checkpoint that could not be written (a full disk, a folder no longer writable); the message names
+    it, why, and the checkpoint kept."""
+
 
 # Names of the checkpoints ResumableCheckpointHook writes: <prefix>_<7-digit iteration>.pth, <prefix>_final.pth.
 _CHECKPOINT_NAME = re.compile(r"^(.+)_(?:\d{7}|final)\.pth$")
@@ -171,8 +177,8 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
             previous, _ = read_checkpoint_tag(self.save_dir)  # (an unusable tag must not hide this error)
             previous = os.path.join(self.save_dir, previous) if previous else None
             kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
-            raise CheckpointError(f"cannot save checkpoint {save_file}: {_why_not_written(write_error)} ({kept})"
-                                  ) from error
+            raise CheckpointNotSavedError(f"cannot save checkpoint {save_file}: {_why_not_written(write_error)} "
+                                          f"({kept})") from error
 
     def save_weights(self, name, state_dict=None):
         """Writes ``save_dir/name`` with the weights alone (default: the model's), as :func:`save_weights` does: for

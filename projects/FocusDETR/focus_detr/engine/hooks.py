@@ -11,7 +11,7 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.engine.hooks import EvalHook, PeriodicWriter
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter
+from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 from fvcore.common.param_scheduler import ParamScheduler
 
 from .interrupt import stop_signals_deferred
@@ -290,15 +290,55 @@ class ReleaseFreedMemoryHook(HookBase):
 
 
 class ProgressWriter(PeriodicWriter):
-    """detectron2's PeriodicWriter, except at the end of a run whose last iteration failed: its console printer
-    showed the last completed iteration's losses and rate under the failed iteration's number, right after the error
-    (``iter: 1 total_loss: 25.6 ...`` below "training diverged at iteration 1"). The failed iteration recorded nothing,
-    so the printer is skipped then; the JSON and TensorBoard writers write only what is new, and still run."""
+    """detectron2's PeriodicWriter, except:
+
+    - at the end of a run whose last iteration failed: its console printer showed the last completed iteration's
+      losses and rate under the failed iteration's number, right after the error (``iter: 1 total_loss: 25.6 ...``
+      below "training diverged at iteration 1"). The failed iteration recorded nothing, so the printer is skipped
+      then; the JSON and TensorBoard writers write only what is new, and still run;
+    - at the end of a run that failed or stopped, a writer that fails (the folder no longer writable: the reason the
+      run failed, often) is a warning: its error took the place of the run's own, whose line names the checkpoint;
+    - the TensorBoard writer, which opens its event file at its first write, does not open it in a folder that is gone
+      (it created the removed output folder again) or not writable (its writing thread printed a traceback).
+    """
+
+    def __init__(self, writers, period=20):
+        super().__init__(writers, period)
+        self._warned = set()  # the writers warned about by _may_write
+
+    def after_step(self):
+        if (self.trainer.iter + 1) % self._period == 0 or self.trainer.iter == self.trainer.max_iter - 1:
+            for writer in self._writers:
+                if self._may_write(writer):
+                    writer.write()
 
     def after_train(self):
         storage = self.trainer.storage
         recorded_now = any(iteration == storage.iter for _, iteration in storage.latest().values())
+        ended_early = self.trainer.iter < self.trainer.max_iter  # detectron2 counts max_iter once all completed
         for writer in self._writers:
-            if recorded_now or not isinstance(writer, CommonMetricPrinter):
-                writer.write()
-            writer.close()
+            try:
+                if (recorded_now or not isinstance(writer, CommonMetricPrinter)) and self._may_write(writer):
+                    writer.write()
+                writer.close()
+            except OSError as error:
+                if not ended_early:
+                    raise
+                logger.warning(f"The last metrics were not written ({type(writer).__name__}): {error}")
+
+    def _may_write(self, writer):
+        """False (with a warning, once) for a TensorBoard writer whose event file is not open yet, in a folder that is
+        gone or not writable."""
+        if not isinstance(writer, TensorboardXWriter) or "_writer" in writer.__dict__:  # detectron2's cached_property
+            return True
+        folder = writer._writer_args["log_dir"]
+        if not os.path.isdir(folder):
+            why = f"{folder} is gone"
+        elif not os.access(folder, os.W_OK):
+            why = f"{folder} is not writable"
+        else:
+            return True
+        if id(writer) not in self._warned:
+            self._warned.add(id(writer))
+            logger.warning(f"TensorBoard's event file is not written: {why}")
+        return False

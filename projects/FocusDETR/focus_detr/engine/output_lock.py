@@ -108,13 +108,20 @@ class OutputDirLock:
         return self
 
     def release(self):
+        """Releases the lock and removes its file. Runs while the run's own error is on its way: a file that cannot
+        be removed (a folder no longer writable) is a warning, never an error in the error's place."""
         if self._descriptor is None:
             return
-        # removed while still locked, so a run that opened this file meanwhile notices and opens the new one
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.path)
-        release_descriptor(self._descriptor)
-        self._descriptor = None
+        descriptor, self._descriptor = self._descriptor, None
+        try:
+            # removed while still locked, so a run that opened this file meanwhile notices and opens the new one
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+        except OSError as error:
+            logger.warning(f"Cannot remove the lock file {self.path} ({error.strerror or error}): the lock is released "
+                           "all the same (a file no process holds blocks no run)")
+        finally:
+            release_descriptor(descriptor)
 
     def __enter__(self):
         return self.acquire()

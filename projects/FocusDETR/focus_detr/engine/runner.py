@@ -13,7 +13,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import TensorboardXWriter
 from omegaconf import OmegaConf
 
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import AtomicDetectionCheckpointer, CheckpointNotSavedError
 from .checkpoint_classes import check_resumed_classes, note_fine_tuned_classes, training_classes
 from ..layers.ms_deform_attn_backends import backend_summary
 from .cli import raised_in_this_package, user_errors_without_tracebacks, warn_on_stderr
@@ -286,6 +286,9 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
             raise final_evaluation_error(error, checkpoint_hook.last_saved[1], resume_command) from error
         stopped = save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, start_iter,
                                                resume_command)
+        if stopped is None and isinstance(error, CheckpointNotSavedError) and resume_command:
+            stopped = CheckpointNotSavedError(f"{error}; once {cfg.train.output_dir} can be written again, resume "
+                                              f"with: {resume_command}")
         if stopped is None:
             raise
         raise stopped from error

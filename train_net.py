@@ -63,7 +63,8 @@ def main(args, cfg=None):
     """Trains or evaluates on this process. ``cfg``: the config already loaded from ``args`` in this process
     (loading a config file twice in one process would run its code twice, e.g. register its datasets again).
     Training stops after the current iteration on SIGINT / SIGTERM (raising ``TrainingInterrupted``, whose message
-    names the checkpoint and ``args.resume_command``, by default this process's command line with ``--resume``)."""
+    names the checkpoint and ``args.resume_command``, by default this process's command line with ``--resume``).
+    ``args.output_claim``: the lock held on ``train.output_dir`` (see ``claim_output_dir``), checked at each save."""
     if cfg is None:
         cfg = load_config(args.config_file, args.opts)
     check_before_setup(cfg, resume=args.resume, eval_only=args.eval_only)  # before config.yaml is overwritten
@@ -83,7 +84,8 @@ def main(args, cfg=None):
                 return run_evaluation(cfg, resume=args.resume, init_checkpoint_given=given)
             with StopRequest() as stop_request:
                 command = getattr(args, "resume_command", None) or resume_command()
-                run_training(cfg, resume=args.resume, stop_request=stop_request, resume_command=command)
+                run_training(cfg, resume=args.resume, stop_request=stop_request, resume_command=command,
+                             output_claim=getattr(args, "output_claim", None))
     return None
 
 
@@ -203,7 +205,9 @@ def _launch(args):
     # The lock is held here, by the process that runs main or waits for the processes running it, from before
     # anything is written into the folder until every process has ended; on a multi-machine run, by the first machine.
     with _cpu_processes_environment(cfg, args), claim_output_dir(
-            cfg.train.output_dir, fresh_training=not (args.resume or args.eval_only), lock=args.machine_rank == 0):
+            cfg.train.output_dir, fresh_training=not (args.resume or args.eval_only),
+            lock=args.machine_rank == 0) as claim:
+        args.output_claim = claim  # the main process checks it before each save (started processes get it too)
         if args.num_machines > 1:  # launch waits without a word until every machine has joined
             print(f"machine {args.machine_rank} of {args.num_machines}: waiting for the other machines at "
                   f"{args.dist_url} (the same command with --machine-rank 0 to {args.num_machines - 1})",

@@ -195,7 +195,8 @@ def main(args):
             print(f"[main job] resuming the unfinished job in {args.output}", flush=True)
         elif args.output != DEFAULT_OUTPUT:
             print(f"[main job] {DEFAULT_OUTPUT} holds an earlier run: this one goes to {args.output}", flush=True)
-    with claim_output_dir(os.path.abspath(args.output), key="--output", fresh_training=not args.resume):
+    with claim_output_dir(os.path.abspath(args.output), key="--output", fresh_training=not args.resume) as claim:
+        args.output_claim = claim  # the training checks it at each save
         return _run_job(args)
 
 
@@ -277,6 +278,7 @@ def _steps(args, command, progress):
             ["--config-file", args.config_file] + (["--resume"] if args.resume else []) + overrides
         )
         train_args.resume_command = command  # names the folder, whatever picked it
+        train_args.output_claim = getattr(args, "output_claim", None)
         print(f"[main job] training {args.config_file} for {cfg.train.max_iter} iterations on "
               f"{torch.get_num_threads()} CPU threads -> {output}", flush=True)
         train_net.main(train_args)

@@ -2,15 +2,17 @@
 refused with one line naming the folder and the holder's pid; a killed run's lock file does not block; training from
 scratch into a folder holding an earlier run's checkpoints is refused with how to resume it."""
 import os
+import pickle
 import re
+import shutil
 import signal
 
 import pytest
 
-from cli_output import error_lines
+from cli_output import error_lines, shows_traceback
 from engine_test_utils import TOY_CONFIG, TrainNetProcess, toy_dataset, train_net  # noqa: F401 (fixtures)
 from focus_detr.engine import OutputDirInUseError, OutputDirLock
-from focus_detr.engine.output_lock import LOCK_FILE_NAME
+from focus_detr.engine.output_lock import LOCK_FILE_NAME, OutputDirReplacedError
 
 
 def _cli(train_net, capsys, out, *argv):
@@ -105,3 +107,72 @@ def test_a_forked_child_does_not_hold_the_lock(tmp_path):
         os.close(read_end)
         os.waitpid(child, 0)
     assert held_by_child == b"0"
+
+
+def _folder_removed_after_iteration_2(monkeypatch, out, then=None):
+    """Removes ``out`` (rm -rf) once iteration 2 of the training in this process has run, before its hooks save;
+    ``then()`` runs right after (e.g. another run claiming a new folder there)."""
+    from focus_detr.engine.hooks import ResumableCheckpointHook
+
+    def after_step(hook, after_step=ResumableCheckpointHook.after_step):
+        if hook.trainer.iter == 2 and out.exists():
+            shutil.rmtree(out)
+            if then is not None:
+                then()
+        after_step(hook)
+
+    monkeypatch.setattr(ResumableCheckpointHook, "after_step", after_step)
+
+
+def _removed_or_replaced(out, why, iteration):
+    return (f"error: train.output_dir {out} was removed or replaced while this run wrote there ({out / LOCK_FILE_NAME} "
+            f"{why}): the run stops without writing into it, so the checkpoint of iteration {iteration} "
+            f"(model_{iteration:07d}.pth) is not written, nor anything since the last one (its earlier checkpoints "
+            "went with the folder); start the run again, or resume it where the folder was moved to, in a "
+            "train.output_dir of its own")
+
+
+# log period 20: TensorBoard's event file, opened at its first write, is not open yet; 1: it is, and written by path
+@pytest.mark.parametrize("log_period", [20, 1])
+def test_a_run_whose_folder_is_removed_stops_at_its_next_save_without_creating_it_again(
+        train_net, toy_dataset, tmp_path, capsys, monkeypatch, log_period):
+    # its save created the folder again, holding only checkpoints, and a --resume into it was not refused
+    out = tmp_path / "out"
+    _folder_removed_after_iteration_2(monkeypatch, out)
+    code = train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}", "train.checkpointer.period=2",
+                          f"train.log_period={log_period}"])
+    captured = capsys.readouterr()
+    assert (code, error_lines(captured.err)) == (2, [_removed_or_replaced(out, "is gone", 3)])
+    assert not shows_traceback(captured.err) and not out.exists()
+
+
+def test_a_run_whose_folder_is_replaced_by_another_run_s_stops_and_leaves_that_run_s_lock(
+        train_net, toy_dataset, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    other = OutputDirLock(str(out))  # a second run, started in the folder made again at the same path
+
+    def claimed_by_another_run():
+        out.mkdir()
+        other.acquire()
+
+    _folder_removed_after_iteration_2(monkeypatch, out, then=claimed_by_another_run)
+    try:
+        code, errors = _cli(train_net, capsys, out, "train.checkpointer.period=2")
+        assert (code, errors) == (2, [_removed_or_replaced(out, "is another file, maybe another run's lock", 3)])
+        assert sorted(os.listdir(out)) == [LOCK_FILE_NAME]  # nothing of the stopped run's
+        with pytest.raises(OutputDirInUseError):  # the other run's lock file was left, and its lock held
+            OutputDirLock(str(out)).acquire()
+    finally:
+        other.release()
+
+
+def test_the_claim_that_started_processes_check_names_its_lock_file_by_identity(tmp_path):
+    with OutputDirLock(str(tmp_path), key="--output") as lock:
+        claim = pickle.loads(pickle.dumps(lock.claim()))  # as --num-gpus N hands it to its processes
+        claim.check("nothing")
+        os.rename(tmp_path / LOCK_FILE_NAME, tmp_path / "moved")
+        (tmp_path / LOCK_FILE_NAME).write_text("")
+        with pytest.raises(OutputDirReplacedError, match=rf"^--output {re.escape(str(tmp_path))} was removed or "
+                                                         r"replaced .*another file.*, so nothing \(its earlier"):
+            claim.check("nothing")
+    assert (tmp_path / LOCK_FILE_NAME).exists()  # not the released lock's file: left

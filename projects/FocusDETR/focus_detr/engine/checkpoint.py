@@ -142,6 +142,9 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
     Args:
         model (nn.Module): the model (a DDP wrapper is unwrapped).
         save_dir (str): folder of the checkpoints and of the ``last_checkpoint`` tag.
+        output_claim (OutputDirClaim): the lock the run holds on ``save_dir``
+            (:func:`~focus_detr.engine.output_lock.claim_output_dir`), checked before each save: a folder removed
+            or replaced meanwhile is an error, not created again. None: not checked.
         allow_partial, require_detector, other_class_count (bool): see ``FocusDETRCheckpointer``;
             ``other_class_count`` applies to the initial weights of :meth:`resume_or_load`, never to a resume.
         thing_classes (list of str or None): the training set's class names, in the order of the model's outputs,
@@ -150,14 +153,19 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
         **checkpointables: objects with ``state_dict``/``load_state_dict`` saved alongside (e.g. ``trainer``).
     """
 
-    def __init__(self, model, save_dir="", *, thing_classes=None, **kwargs):
+    def __init__(self, model, save_dir="", output_claim=None, *, thing_classes=None, **kwargs):
         super().__init__(model, save_dir, **kwargs)
+        self.output_claim = output_claim
         self.thing_classes = None if thing_classes is None else [str(name) for name in thing_classes]
         self._resuming = False  # within resume_or_load's loading of the run's own checkpoint
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
             return
+        if self.output_claim is not None:
+            done = f"iteration {kwargs['iteration']}" if "iteration" in kwargs else "training"
+            self.output_claim.check(f"the checkpoint of {done} ({name}.pth) is not written, nor anything since the "
+                                    "last one")
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
@@ -185,6 +193,8 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
         publishing or ``train.init_checkpoint``, not for ``--resume`` (which needs the optimizer, scheduler, RNG and
         data position, hence a ``.pth`` from :meth:`save`). Returns the path."""
         path = os.path.join(self.save_dir, name)
+        if self.output_claim is not None:
+            self.output_claim.check(f"{name} is not written")
         self.logger.info(f"Saving weights to {path}")
         save_weights(path, self.model.state_dict() if state_dict is None else state_dict)
         return path

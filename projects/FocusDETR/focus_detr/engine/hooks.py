@@ -299,11 +299,15 @@ class ProgressWriter(PeriodicWriter):
     - at the end of a run that failed or stopped, a writer that fails (the folder no longer writable: the reason the
       run failed, often) is a warning: its error took the place of the run's own, whose line names the checkpoint;
     - the TensorBoard writer, which opens its event file at its first write, does not open it in a folder that is gone
-      (it created the removed output folder again) or not writable (its writing thread printed a traceback).
+      (it created the removed output folder again) or not writable (its writing thread printed a traceback);
+    - with ``output_claim`` (the run's :class:`~focus_detr.engine.output_lock.OutputDirClaim`), the TensorBoard
+      writer stops writing once the folder was removed or replaced: it writes by path (its thread printed a traceback
+      for a removed folder, and wrote into the new run's folder that replaced it). The next save stops the run.
     """
 
-    def __init__(self, writers, period=20):
+    def __init__(self, writers, period=20, output_claim=None):
         super().__init__(writers, period)
+        self.output_claim = output_claim
         self._warned = set()  # the writers warned about by _may_write
 
     def after_step(self):
@@ -327,12 +331,17 @@ class ProgressWriter(PeriodicWriter):
                 logger.warning(f"The last metrics were not written ({type(writer).__name__}): {error}")
 
     def _may_write(self, writer):
-        """False (with a warning, once) for a TensorBoard writer whose event file is not open yet, in a folder that is
-        gone or not writable."""
-        if not isinstance(writer, TensorboardXWriter) or "_writer" in writer.__dict__:  # detectron2's cached_property
+        """False (with a warning, once) for a TensorBoard writer in a folder removed or replaced since the run claimed
+        it, or whose event file is not open yet, in a folder that is gone or not writable."""
+        if not isinstance(writer, TensorboardXWriter):
             return True
         folder = writer._writer_args["log_dir"]
-        if not os.path.isdir(folder):
+        lost = self.output_claim.lost() if self.output_claim is not None else None
+        if lost is not None:
+            why = f"{folder} was removed or replaced ({lost})"
+        elif "_writer" in writer.__dict__:  # detectron2's cached_property: the event file is open
+            return True
+        elif not os.path.isdir(folder):
             why = f"{folder} is gone"
         elif not os.access(folder, os.W_OK):
             why = f"{folder} is not writable"

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+from typing import NamedTuple
 
 from ..partial_files import hold_descriptor, release_descriptor
 from .checkpoint import read_checkpoint_tag
@@ -24,7 +25,8 @@ try:
 except ImportError:  # not a POSIX system: runs go unlocked (with a warning)
     fcntl = None
 
-__all__ = ["LOCK_FILE_NAME", "OutputDirInUseError", "OutputDirLock", "claim_output_dir", "check_no_earlier_run"]
+__all__ = ["LOCK_FILE_NAME", "OutputDirClaim", "OutputDirInUseError", "OutputDirLock", "OutputDirReplacedError",
+           "claim_output_dir", "check_no_earlier_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,53 @@ LOCK_FILE_NAME = ".focus_detr.lock"
 
 class OutputDirInUseError(ConfigError):
     """Another live process holds the output folder's lock (message names the folder and the process)."""
+
+
+class OutputDirReplacedError(ConfigError):
+    """The output folder a run holds was removed or replaced while it ran (message names the folder)."""
+
+
+def _names_file(path, status):
+    """Whether ``path`` names the file whose ``os.stat`` result is ``status`` (False when nothing is there)."""
+    try:
+        return os.path.samestat(status, os.stat(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+class OutputDirClaim(NamedTuple):
+    """The lock file a run holds, by identity: what the processes writing into the folder (the launching one's
+    started processes too: it is picklable) check before each checkpoint with :meth:`check`. While the holder keeps
+    the file open, no other file can have its device and inode numbers."""
+
+    folder: str
+    key: str
+    path: str
+    device: int
+    inode: int
+
+    def lost(self):
+        """Why the folder's lock file is no longer the one the run holds ("<path> is gone", "<path> is another
+        file, ..."), or None while it is."""
+        try:
+            status = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return f"{self.path} is gone"
+        if (status.st_dev, status.st_ino) == (self.device, self.inode):
+            return None
+        return f"{self.path} is another file, maybe another run's lock"
+
+    def check(self, unsaved):
+        """Raises :class:`OutputDirReplacedError` when the folder's lock file is no longer the one the run holds: the
+        folder was removed (a save would create it again, holding only checkpoints) or replaced (maybe by a new run's
+        folder: a save would mix the two runs). ``unsaved``: what the run therefore leaves unwritten."""
+        why = self.lost()
+        if why is None:
+            return
+        raise OutputDirReplacedError(
+            f"{self.key} {self.folder} was removed or replaced while this run wrote there ({why}): the run stops "
+            f"without writing into it, so {unsaved} (its earlier checkpoints went with the folder); start the run "
+            f"again, or resume it where the folder was moved to, in a {self.key} of its own")
 
 
 def _read_holder(descriptor):
@@ -95,9 +144,8 @@ class OutputDirLock:
                 return self
             # A holder releasing the lock removes the file: if that happened between our open and our lock, we hold
             # a file no one else will look at; open the current one again.
-            with contextlib.suppress(FileNotFoundError):
-                if os.path.samestat(os.fstat(descriptor), os.stat(self.path)):
-                    break
+            if _names_file(self.path, os.fstat(descriptor)):
+                break
             os.close(descriptor)
         self._descriptor = descriptor
         hold_descriptor(descriptor)  # a forked data-loader worker must not keep the folder locked
@@ -107,6 +155,13 @@ class OutputDirLock:
         os.pwrite(descriptor, (json.dumps(record) + "\n").encode(), 0)
         return self
 
+    def claim(self):
+        """The :class:`OutputDirClaim` of the lock held, or None when none is (no file locks on this system)."""
+        if self._descriptor is None:
+            return None
+        status = os.fstat(self._descriptor)
+        return OutputDirClaim(self.folder, self.key, self.path, status.st_dev, status.st_ino)
+
     def release(self):
         """Releases the lock and removes its file. Runs while the run's own error is on its way: a file that cannot
         be removed (a folder no longer writable) is a warning, never an error in the error's place."""
@@ -114,8 +169,9 @@ class OutputDirLock:
             return
         descriptor, self._descriptor = self._descriptor, None
         try:
-            # removed while still locked, so a run that opened this file meanwhile notices and opens the new one
-            with contextlib.suppress(FileNotFoundError):
+            # removed while still locked, so a run that opened this file meanwhile notices and opens the new one;
+            # left when the path names another file (the folder was replaced: maybe by another run's, whose lock it is)
+            if _names_file(self.path, os.fstat(descriptor)):
                 os.remove(self.path)
         except OSError as error:
             logger.warning(f"Cannot remove the lock file {self.path} ({error.strerror or error}): the lock is released "
@@ -159,12 +215,13 @@ def claim_output_dir(folder, key="train.output_dir", fresh_training=False, lock=
     """Creates ``folder`` and checks it is writable (``check_output_dir``), holds its lock for the block (unless
     ``lock`` is False, e.g. on the machines of a multi-machine run other than the first), and for ``fresh_training``
     (training without ``--resume``) refuses a folder that holds an earlier run's checkpoints. An empty ``folder``
-    (no output) claims nothing."""
+    (no output) claims nothing. Yields the :class:`OutputDirClaim` (None when nothing is locked), for the training's
+    checkpointer to check."""
     check_output_dir(folder, key)
     if not folder or not lock:
-        yield
+        yield None
         return
-    with OutputDirLock(folder, key):
+    with OutputDirLock(folder, key) as held:
         if fresh_training:
             check_no_earlier_run(folder, key)
-        yield
+        yield held.claim()

@@ -139,7 +139,7 @@ def build_trainer(cfg, model, data_loader, optimizer, device, amp_dtype):
     )
 
 
-def run_training(cfg, resume=False, stop_request=None, resume_command=None):
+def run_training(cfg, resume=False, stop_request=None, resume_command=None, output_claim=None):
     """Trains ``cfg.model`` for ``cfg.train.max_iter`` iterations (continuing from the last checkpoint in
     ``cfg.train.output_dir`` when ``resume``). Returns the trainer.
 
@@ -149,6 +149,9 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     iteration, the checkpoint a resume starts from and ``resume_command``; once training is complete and saved, a
     stop (of the final evaluation, or after it) raises
     :class:`~focus_detr.engine.interrupt.TrainingFinishedInterrupted`.
+
+    ``output_claim``: the :class:`~focus_detr.engine.output_lock.OutputDirClaim` the run holds on
+    ``cfg.train.output_dir``; each save checks it, and stops the run when the folder was removed or replaced.
     """
     require_sections(cfg, ("optimizer", "lr_multiplier", "dataloader.train"), "training")
     if cfg.dataloader.get("evaluator", None) is not None:
@@ -183,8 +186,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
     inference_cuda_graphs(cfg)
     trainer = build_trainer(cfg, model, train_loader, optimizer, device, amp_dtype)
     # train.init_checkpoint may be a detector trained on other classes: fine-tuning keeps all but its class heads
-    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer, other_class_count=True,
-                                               thing_classes=classes)
+    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, output_claim=output_claim, trainer=trainer,
+                                               other_class_count=True, thing_classes=classes)
     if comm.is_main_process():
         checkpointer.remove_stale_temporary_files()  # left by a save that was killed midway
 
@@ -235,7 +238,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None):
             # whose after_train writes the last iteration's metrics (writing one iteration twice divides by zero
             # in detectron2's ETA estimate)
             StopOnRequestHook(stop_request, checkpoint_hook, resume_command) if stop_request is not None else None,
-            ProgressWriter(writers, period=cfg.train.log_period) if writers is not None else None,
+            ProgressWriter(writers, period=cfg.train.log_period, output_claim=output_claim) if writers is not None
+            else None,
         ]
     )
 

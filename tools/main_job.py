@@ -66,8 +66,8 @@ def _parser():
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE")
     parser.add_argument(
         "--output", default=None, metavar="DIR",
-        help=f"default: {DEFAULT_OUTPUT}, or {DEFAULT_OUTPUT}-2, -3, ... when it holds an earlier run (with --resume: "
-        "the one of them whose job is unfinished)",
+        help=f"default: {DEFAULT_OUTPUT}, or {DEFAULT_OUTPUT}-2, -3, ... when it holds an earlier or running job "
+        "(with --resume: the one of them whose job is unfinished)",
     )
     parser.add_argument("--resume", action="store_true",
                         help="finish the job in --output: continue its training from the last checkpoint, then "
@@ -126,16 +126,19 @@ def _job_folders(base):
 
 
 def default_output(resume, base=DEFAULT_OUTPUT):
-    """Without ``resume``: ``base``, or ``base-2``, ``base-3``, ... , the first that holds no run (no checkpoint), so
-    running the job again never touches an earlier run's results. With ``resume``: the one of the existing folders
+    """Without ``resume``: ``base``, or ``base-2``, ``base-3``, ... , the first that holds no run (no checkpoint, no
+    live run holding its lock: one started just before has none yet), so running the job again, or twice at once,
+    never touches another run's results. With ``resume``: the one of the existing folders
     ``base``, ``base-N`` whose job is unfinished (no summary written: interrupted in training or after it, or before
     its first checkpoint); none or several is a ConfigError naming them (the job to finish is then given with
     ``--output``): continuing the wrong run, or a finished one, is never guessed."""
     from focus_detr.engine.config import ConfigError
+    from focus_detr.engine.output_lock import live_holder
 
     if not resume:
         candidates = [base] + [f"{base}-{n}" for n in range(2, 10_000)]
-        return next(folder for folder in candidates if not os.path.exists(os.path.join(folder, "last_checkpoint")))
+        return next(folder for folder in candidates
+                    if not os.path.exists(os.path.join(folder, "last_checkpoint")) and live_holder(folder) is None)
     folders = _job_folders(base)
     unfinished = [folder for folder in folders if not os.path.isfile(os.path.join(folder, SUMMARY))]
     if len(unfinished) == 1:
@@ -194,7 +197,8 @@ def main(args):
         if args.resume:
             print(f"[main job] resuming the unfinished job in {args.output}", flush=True)
         elif args.output != DEFAULT_OUTPUT:
-            print(f"[main job] {DEFAULT_OUTPUT} holds an earlier run: this one goes to {args.output}", flush=True)
+            print(f"[main job] {DEFAULT_OUTPUT} holds an earlier or running job: this one goes to {args.output}",
+                  flush=True)
     with claim_output_dir(os.path.abspath(args.output), key="--output", fresh_training=not args.resume) as claim:
         args.output_claim = claim  # the training checks it at each save
         return _run_job(args)

@@ -2,8 +2,10 @@
 import os
 import shutil
 
+import pytest
 import torch
 
+from focus_detr.engine.output_lock import LOCK_FILE_NAME, OutputDirInUseError, OutputDirLock
 from tools_test_utils import TINY_TOY_CONFIG, load_script, toy_dataset  # noqa: F401 (fixture)
 
 
@@ -44,6 +46,16 @@ def test_main_job_never_reuses_a_folder_holding_a_run(tmp_path):
     finish_run(base)
     assert main_job.default_output(resume=False, base=base) == base + "-2"
     finish_run(base + "-2")
+    assert main_job.default_output(resume=False, base=base) == base + "-3"
+    # a job started just before this one holds its folder and has no checkpoint yet (it was refused: "--output ... is
+    # in use by another run", although no --output was given)
+    os.makedirs(base + "-3")
+    with OutputDirLock(base + "-3", key="--output"):
+        assert main_job.default_output(resume=False, base=base) == base + "-4"
+        with pytest.raises(OutputDirInUseError, match=r"^--output .*main_job-3 is in use by another run"):
+            main_job.main(main_job.parse_args(["--config-file", TINY_TOY_CONFIG, "--output", base + "-3"]))
+    assert not os.path.exists(os.path.join(base + "-3", LOCK_FILE_NAME))
+    open(os.path.join(base + "-3", LOCK_FILE_NAME), "w").close()  # left by a killed job: no one holds it
     assert main_job.default_output(resume=False, base=base) == base + "-3"
 
 

@@ -26,7 +26,7 @@ except ImportError:  # not a POSIX system: runs go unlocked (with a warning)
     fcntl = None
 
 __all__ = ["LOCK_FILE_NAME", "OutputDirClaim", "OutputDirInUseError", "OutputDirLock", "OutputDirReplacedError",
-           "claim_output_dir", "check_no_earlier_run"]
+           "claim_output_dir", "check_no_earlier_run", "live_holder"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,36 @@ def _names_file(path, status):
         return os.path.samestat(status, os.stat(path))
     except (FileNotFoundError, NotADirectoryError):
         return False
+
+
+def _take(descriptor):
+    """Takes the exclusive lock of ``descriptor`` without waiting; False when a live process holds it. This is the
+    test of liveness: the kernel drops a process's lock when it dies, however it dies."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def live_holder(folder, lock_name=LOCK_FILE_NAME):
+    """The live process that holds ``folder``'s lock, as a refusal names it ("pid 41235, since ..."), or None when
+    none does (no lock file, one a killed run left, no file locks on this system)."""
+    if fcntl is None:
+        return None
+    try:  # never created here: a folder no run holds stays as it was
+        descriptor = os.open(os.path.join(folder, lock_name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        if _take(descriptor):  # taken only for this test, given back at once
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+            return None
+        return _describe(_read_holder(descriptor))
+    except OSError:  # a file system without locks
+        return None
+    finally:
+        os.close(descriptor)
 
 
 class OutputDirClaim(NamedTuple):
@@ -127,14 +157,7 @@ class OutputDirLock:
             # never through a symbolic link: the file is truncated and written
             descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
             try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(descriptor)
-                os.close(descriptor)
-                raise OutputDirInUseError(
-                    f"{self.key} {self.folder} is in use by another run ({_describe(holder)}): wait for it to end, "
-                    f"or choose another {self.key}"
-                ) from None
+                taken = _take(descriptor)
             except OSError as error:
                 os.close(descriptor)
                 if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
@@ -142,6 +165,13 @@ class OutputDirLock:
                 logger.warning(f"Cannot lock {self.path} ({error.strerror}): nothing stops a second run from writing "
                                f"into {self.folder} at the same time")
                 return self
+            if not taken:
+                holder = _read_holder(descriptor)
+                os.close(descriptor)
+                raise OutputDirInUseError(
+                    f"{self.key} {self.folder} is in use by another run ({_describe(holder)}): wait for it to end, "
+                    f"or choose another {self.key}"
+                )
             # A holder releasing the lock removes the file: if that happened between our open and our lock, we hold
             # a file no one else will look at; open the current one again.
             if _names_file(self.path, os.fstat(descriptor)):

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -69,7 +70,12 @@ def test_two_gloo_processes_match_one_process(case, tmp_path, monkeypatch):
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_train_net_with_two_cpu_processes_stops_together_on_ctrl_c_and_checkpoints_both_ranks(tmp_path, monkeypatch):
+# Ctrl-C mid-run, and while the data-loading workers start (they were spawned, importing torch for seconds before
+# ignoring the signal: "a data-loading worker process died (... killed by SIGINT)", status 2, nothing saved)
+@pytest.mark.parametrize("when, delay", [(r"iter: 1 ", 0), (r"Starting training from iteration", 0.8)],
+                         ids=["mid-run", "workers-start"])
+def test_train_net_with_two_cpu_processes_stops_together_on_ctrl_c_and_checkpoints_both_ranks(tmp_path, monkeypatch,
+                                                                                             when, delay):
     """``train_net.py --num-gpus 2`` on CPU: two gloo processes. A terminal's Ctrl-C (the launcher, both processes and
     their data-loader workers get it) stops both after the same iteration: one line, status 130, and a checkpoint
     holding each rank's RNG and data position (what ``--resume`` gives back to each rank)."""
@@ -78,7 +84,8 @@ def test_train_net_with_two_cpu_processes_stops_together_on_ctrl_c_and_checkpoin
             "model.step_seconds=0.3"]
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the processes' thread counts are the command's choice
     run = TrainNetProcess(argv, str(tmp_path), tmp_path / "data")
-    run.wait_for(r"iter: 1 ")
+    run.wait_for(when)
+    time.sleep(delay)
     run.signal_group(signal.SIGINT)
     assert run.wait(timeout=300) == 130, run.stderr()[-3000:]
     stderr = run.stderr()

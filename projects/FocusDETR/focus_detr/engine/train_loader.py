@@ -9,6 +9,7 @@ detectron2's ``AspectRatioGroupedDataset``; the loader's state (next position, t
 aspect-ratio buckets) is recorded after every batch, and restoring it regenerates exactly the same future batches.
 """
 import logging
+import multiprocessing
 import signal
 import threading
 import time
@@ -212,6 +213,7 @@ class ResumableTrainLoader:
             generator=torch.Generator().manual_seed(self.seed),
             persistent_workers=False,
             worker_init_fn=ignore_stop_signals,  # a Ctrl-C / SIGTERM stops training at an iteration boundary
+            multiprocessing_context=_worker_start_method() if self.num_workers > 0 else None,
         )
         replay_set = set(replay)
         buckets = [[], []]
@@ -229,6 +231,14 @@ class ResumableTrainLoader:
                 buckets[bucket] = []
                 self._waiting_positions[bucket] = []
                 yield batch
+
+
+def _worker_start_method():
+    """How the workers start: forked where the platform can, as in a plain Python process on Linux. The processes
+    ``--num-gpus N`` starts are spawned, and their default is then to spawn the workers too: each imported torch,
+    detectron2 and the config's modules afresh (seconds), and a Ctrl-C to the job in that window killed them before
+    :func:`ignore_stop_signals` ran, ending the run as "a data-loading worker process died" with nothing saved."""
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
 def _reporting_dead_workers(loader):

@@ -132,15 +132,16 @@ def _removed_or_replaced(out, why, iteration):
             "train.output_dir of its own")
 
 
-# log period 20: TensorBoard's event file, opened at its first write, is not open yet; 1: it is, and written by path
-@pytest.mark.parametrize("log_period", [20, 1])
+# log period 20: TensorBoard's event file, opened at its first write, is not open yet; 1: it is, and written by path;
+# eval period 2: an evaluation before the save (its evaluator wrote its predictions there, creating the folder again)
+@pytest.mark.parametrize("log_period, eval_period", [(20, 0), (1, 0), (20, 2)])
 def test_a_run_whose_folder_is_removed_stops_at_its_next_save_without_creating_it_again(
-        train_net, toy_dataset, tmp_path, capsys, monkeypatch, log_period):
+        train_net, toy_dataset, tmp_path, capsys, monkeypatch, log_period, eval_period):
     # its save created the folder again, holding only checkpoints, and a --resume into it was not refused
     out = tmp_path / "out"
     _folder_removed_after_iteration_2(monkeypatch, out)
     code = train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}", "train.checkpointer.period=2",
-                          f"train.log_period={log_period}"])
+                          f"train.log_period={log_period}", f"train.eval_period={eval_period}"])
     captured = capsys.readouterr()
     assert (code, error_lines(captured.err)) == (2, [_removed_or_replaced(out, "is gone", 3)])
     assert not shows_traceback(captured.err) and not out.exists()
@@ -176,3 +177,11 @@ def test_the_claim_that_started_processes_check_names_its_lock_file_by_identity(
                                                          r"replaced .*another file.*, so nothing \(its earlier"):
             claim.check("nothing")
     assert (tmp_path / LOCK_FILE_NAME).exists()  # not the released lock's file: left
+
+
+def test_a_named_pipe_in_place_of_the_lock_file_holds_nothing_and_does_not_block(tmp_path):
+    # opened to read, a named pipe waited for a writer forever: main_job without --output hung
+    from focus_detr.engine.output_lock import live_holder
+
+    os.mkfifo(tmp_path / LOCK_FILE_NAME)
+    assert live_holder(str(tmp_path)) is None

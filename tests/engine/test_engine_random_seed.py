@@ -45,3 +45,13 @@ def test_a_resume_keeps_the_seed_the_run_started_with(train_net, toy_dataset, tm
 def test_a_given_seed_is_left_as_it_is(train_net, toy_dataset, tmp_path):
     _train(train_net, tmp_path, "train.seed=5", "train.max_iter=1")
     assert _saved_seed(tmp_path) == 5 and "train.seed is -1" not in (tmp_path / "log.txt").read_text()
+
+
+def test_a_resume_of_a_run_whose_config_yaml_records_no_seed_keeps_minus_1(train_net, toy_dataset, tmp_path):
+    # a run started before seeds were written: a drawn seed was written as if the run had started with it
+    _train(train_net, tmp_path, "train.seed=-1", "train.max_iter=2")
+    config = tmp_path / "config.yaml"
+    config.write_text(re.sub(r"(?m)^  seed: \d+$", "  seed: -1", config.read_text()))
+    _train(train_net, tmp_path, "train.seed=-1", "train.max_iter=4", resume=True)
+    assert _saved_seed(tmp_path) == -1
+    assert "the seed it started with is unknown, and config.yaml keeps -1" in (tmp_path / "log.txt").read_text()

@@ -65,7 +65,9 @@ def live_holder(folder, lock_name=LOCK_FILE_NAME):
     if fcntl is None:
         return None
     try:  # never created here: a folder no run holds stays as it was
-        descriptor = os.open(os.path.join(folder, lock_name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # non-blocking: opening a named pipe in its place to read would wait for a writer forever
+        descriptor = os.open(os.path.join(folder, lock_name),
+                             os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return None
     try:

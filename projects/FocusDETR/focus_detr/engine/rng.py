@@ -4,6 +4,7 @@ States are stored as tensors / plain Python objects so checkpoints stay loadable
 """
 import contextlib
 import random
+import secrets
 
 import numpy as np
 import torch
@@ -71,22 +72,28 @@ def seed_for_position(base_seed, *keys):
     return int(np.random.SeedSequence([int(base_seed) % 2**63, *map(int, keys)]).generate_state(1)[0]) & 0x7FFFFFFF
 
 
-def fix_random_seed(train, earlier_config=None):
+def fix_random_seed(train, earlier_config=None, continues_run=False):
     """For a training run with ``train.seed`` -1 (draw a random seed), sets ``train.seed`` to the seed it runs with,
     before detectron2's set-up seeds the generators with it and writes ``config.yaml``: the file said -1, so running
-    it again drew another seed and trained another model. A fresh run draws the seed (one for all processes, as
-    detectron2 offsets it by the rank); a resume keeps the one in ``earlier_config`` (the folder's ``config.yaml``
-    bytes, read on the main process) when it holds one, since the generators' states come from the checkpoint and
-    the file must keep describing the run's start. Returns the line to log, or None when the seed was set."""
+    it again drew another seed and trained another model. A new run draws the seed (one for all processes, as
+    detectron2 offsets it by the rank). A run that ``continues_run`` (a resume from a checkpoint) keeps the one in
+    ``earlier_config`` (the folder's ``config.yaml`` bytes, read on the main process), since the generators' states
+    come from the checkpoint and the file must keep describing the run's start; without one there (a run started
+    before seeds were written) it stays -1, as nothing can tell the seed the run started with. Returns the line to
+    log, or None when the seed was given."""
     if train.get("seed", -1) != -1:
         return None
     earlier = _seed_of_saved_config(earlier_config)
-    drawn = int(np.random.randint(2**31))  # numpy draws from the OS's entropy until the set-up seeds it
+    # not numpy's global generator: earlier code in this process (a tool's previous run) would have seeded it
+    drawn = secrets.randbelow(2**31)
     if comm.get_world_size() > 1:  # every process takes the main process's (only it reads the folder's files)
-        earlier, drawn = comm.all_gather((earlier, drawn))[0]
+        earlier, drawn, continues_run = comm.all_gather((earlier, drawn, continues_run))[0]
     if earlier is not None:
         train.seed = earlier
         return f"train.seed is -1: keeping {earlier}, the seed this run started with (config.yaml)"
+    if continues_run:
+        return ("train.seed is -1, and the run's config.yaml records no seed (it was started before seeds were "
+                "written there): the seed it started with is unknown, and config.yaml keeps -1")
     train.seed = drawn
     return f"train.seed is -1: drew {drawn} (in config.yaml: running that file again repeats this run)"
 

@@ -195,6 +195,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None, outp
     ema_hook = EMAHook(model, ema_decay) if ema_enabled else None
 
     def evaluate_current_model():
+        if output_claim is not None:  # the evaluator writes its predictions there, creating a removed folder again
+            output_claim.check(f"the evaluation after iteration {trainer.iter} is not run, nor its checkpoint written")
         if ema_hook is not None and ema_for_eval:
             with ema_hook.weights_applied():
                 return evaluate(cfg, model)

@@ -9,8 +9,8 @@ detectron2's ``AspectRatioGroupedDataset``; the loader's state (next position, t
 aspect-ratio buckets) is recorded after every batch, and restoring it regenerates exactly the same future batches.
 """
 import logging
-import multiprocessing
 import signal
+import sys
 import threading
 import time
 from typing import Optional
@@ -234,11 +234,11 @@ class ResumableTrainLoader:
 
 
 def _worker_start_method():
-    """How the workers start: forked where the platform can, as in a plain Python process on Linux. The processes
+    """How the workers start: forked on Linux, as in a plain Python process there. The processes
     ``--num-gpus N`` starts are spawned, and their default is then to spawn the workers too: each imported torch,
     detectron2 and the config's modules afresh (seconds), and a Ctrl-C to the job in that window killed them before
     :func:`ignore_stop_signals` ran, ending the run as "a data-loading worker process died" with nothing saved."""
-    return "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    return "fork" if sys.platform.startswith("linux") else None  # macOS spawns: fork is unsafe with its frameworks
 
 
 def _reporting_dead_workers(loader):

@@ -78,8 +78,8 @@ from focus_detr.export import (
 )
 from focus_detr.export.benchmark import time_batches, time_graphs
 from focus_detr.export.evaluation import check_comparable_precision
-from focus_detr.export.folder import (STAGE_PREFIX, STAGE_SUFFIX, check_graph_targets, earlier_export, install_export,
-                                      naming_final_file, remove_abandoned_exports)
+from focus_detr.export.folder import (GRAPH_FILES, STAGE_PREFIX, STAGE_SUFFIX, check_graph_targets, earlier_export,
+                                      install_export, naming_final_file, remove_abandoned_exports)
 from focus_detr.export.verification import check_batch_sizes, compare_with_pytorch, inputs_label
 from focus_detr.layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
 from focus_detr.partial_files import PartialPath
@@ -246,9 +246,9 @@ def export_and_verify(model, cfg, args, init_checkpoint, weights, trained_classe
         staged, metadata, sample = export(model, cfg, args, init_checkpoint, weights, stage.path, trained_classes)
         failures = verify(model, staged, args)
         earlier = earlier_export(args.output)
-        if failures and earlier:
+        if failures and any(name in GRAPH_FILES for name in earlier):
             print(f"the new graph differs from PyTorch: it is not written, and the earlier export in {args.output} "
-                  "is kept as it was", file=sys.stderr)
+                  "is kept as it was (export into another --output to keep the new one)", file=sys.stderr)
             return None, failures, sample
         removed = install_export(stage.path, args.output)
     if earlier:
@@ -371,8 +371,9 @@ def main(args):
         check_comparable_precision(cfg, "cpu")  # the tool runs PyTorch on the CPU
     init_checkpoint = (cfg.get("train", None) or {}).get("init_checkpoint", "")
     model, weights, trained_classes = _load_model(cfg, args, init_checkpoint)
-    if args.evaluate:  # before the export and the evaluations, which take minutes
-        check_test_set_classes(cfg, trained_classes, init_checkpoint, "the evaluation would score the model's classes")
+    # before the export and the evaluations, which take minutes
+    use = "the evaluation would score" if args.evaluate else "model.json would name"
+    check_test_set_classes(cfg, trained_classes, init_checkpoint, f"{use} the model's classes")
 
     failures, path = [], args.onnx
     if args.onnx is None:

@@ -111,6 +111,13 @@ def test_the_predictor_names_the_classes_by_the_checkpoint_or_refuses(run):
     # a config without a test set: the checkpoint names the classes
     bare = FocusDETRPredictor(TOY_CONFIG, weights=path, device="cpu", overrides=[TWO_CLASSES, "dataloader.test=null"])
     assert bare.metadata.thing_classes == ["a", "b"]
+    # a test set whose json cannot be read here (as the docs say: the checkpoint's names; it raised the json's error)
+    from detectron2.data.datasets import register_coco_instances
+
+    register_coco_instances("focus_detr_toy_gone", {}, str(run / "no_such.json"), str(run))
+    gone = FocusDETRPredictor(TOY_CONFIG, weights=path, device="cpu",
+                              overrides=[TWO_CLASSES, "dataloader.test.dataset.names=focus_detr_toy_gone"])
+    assert gone.metadata.thing_classes == ["a", "b"]
 
 
 def test_the_demo_refuses_labels_of_other_classes_and_uses_the_checkpoints_without_a_dataset(run):

@@ -64,6 +64,12 @@ def test_a_verification_that_fails_leaves_the_earlier_export(export_tool, tmp_pa
     assert (f"the new graph differs from PyTorch: it is not written, and the earlier export in {output} is kept as "
             "it was") in capfd.readouterr().err
     assert _contents(output) == EARLIER
+    # results without a graph are no earlier export to keep: the new graph is written, to be inspected
+    results_only = tmp_path / "results_only"
+    results_only.mkdir()
+    (results_only / "evaluation.json").write_text("{}")
+    assert export_tool.run_reporting_errors(export_tool.cli, export_tool.parse_args(_argv(results_only))) == 1
+    assert sorted(os.listdir(results_only)) == ["model.json", "model.onnx"]
 
 
 def test_a_folder_named_model_json_is_refused_before_the_export_and_before_the_replacement(export_tool, tmp_path,

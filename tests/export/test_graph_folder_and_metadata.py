@@ -184,6 +184,27 @@ def test_the_export_refuses_class_names_the_checkpoint_orders_otherwise_and_else
     assert capsys.readouterr().err == ""
 
 
+def test_the_export_refuses_a_checkpoint_of_other_class_names_before_it_traces(export_tool, tmp_path, monkeypatch,
+                                                                              capfd):
+    # refused only after the trace (minutes for an R50) unless --evaluate was given
+    from focus_detr.engine import load_config
+    from focus_detr.engine.runner import build_model
+
+    checkpoint = tmp_path / "shrub.pth"
+    torch.save({"model": build_model(load_config(str(TREE_CONFIG)), "cpu").state_dict(), "thing_classes": ["shrub"]},
+               checkpoint)
+
+    def traced(*args):
+        raise AssertionError("the graph was traced")
+
+    monkeypatch.setattr(export_tool, "export_onnx", traced)
+    argv = ["--config-file", str(TREE_CONFIG), "--output", str(tmp_path / "onnx"), "--sample-size", "64", "64",
+            f"train.init_checkpoint={checkpoint}"]
+    assert export_tool.run_reporting_errors(export_tool.cli, export_tool.parse_args(argv)) == 2
+    assert ("name their classes differently: class 0 is 'shrub' in the checkpoint and 'tree' in trees_val; model.json "
+            "would name the model's classes") in capfd.readouterr().err
+
+
 def test_the_class_count_refusal_names_the_overrides_the_graph_was_exported_with(tiny_export, tmp_path):
     # it said "use the config it was exported from (configs/x.py)" when that was the config given
     from focus_detr.engine import load_config
@@ -213,6 +234,10 @@ def test_a_graph_exported_with_another_resize_than_the_config_s_is_refused_in_on
             str(tmp_path / "out"), "--onnx", graph]
     assert demo.run_reporting_errors(demo.main, demo.parse_args(argv)) == 2
     assert expected in _stderr_lines(capfd.readouterr().err, "error:")[0]
+    # an entry missing a field (an older or edited model.json) is no resize to compare, as predict_image reads it:
+    # it was a KeyError traceback
+    partial = copy_graph(tiny_export, tmp_path / "partial", {"resize": {"short_edge": 512}})
+    assert check_graph_fits_config(cfg, OnnxPredictor(partial)) is None
 
 
 def test_graph_weights_names_what_the_graph_was_exported_from_when_it_differs(tiny_export, tmp_path):

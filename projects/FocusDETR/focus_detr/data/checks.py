@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-def _as_list(names):
+def as_list(names):
     return [names] if isinstance(names, str) else list(names)
 
 
@@ -65,7 +65,7 @@ def check_finite_boxes(dataset_dicts, names):
         dataset_dicts (list[dict]): detectron2 dataset dicts.
         names (str or list[str]): the datasets they come from (for the message).
     """
-    names = _as_list(names)
+    names = as_list(names)
     for record in dataset_dicts:
         for index, annotation in enumerate(record.get("annotations", ())):
             bbox = annotation.get("bbox", None)
@@ -76,7 +76,7 @@ def check_finite_boxes(dataset_dicts, names):
             raise ValueError(_non_finite_box_message(names, which, file_name, image_id, bbox))
 
 
-def _json_of(name):
+def json_of(name):
     json_file = MetadataCatalog.get(name).get("json_file", None)
     return f" ({json_file})" if json_file else ""
 
@@ -100,7 +100,7 @@ def _different_classes_message(names):
     def at(dataset_classes):
         return repr(dataset_classes[index]) if index < len(dataset_classes) else "missing"
 
-    return (f"the datasets {names[0]}{_json_of(names[0])} and {names[other]}{_json_of(names[other])} of one loader "
+    return (f"the datasets {names[0]}{json_of(names[0])} and {names[other]}{json_of(names[other])} of one loader "
             f"name their classes differently: class {index} is {at(first)} in {names[0]} and {at(second)} in "
             f"{names[other]}; their class indices would mean other classes (give their jsons the same categories "
             "with the same ids: classes are numbered in the order of their ids)")
@@ -119,7 +119,7 @@ def _not_a_list_message(names):
 
 
 @contextlib.contextmanager
-def _dataset_errors_in_one_line(names):
+def dataset_errors_in_one_line(names):
     """Turns detectron2's assertions for unusable datasets into ValueErrors that name the dataset and say what is
     wrong, as well as the TypeError of a dataset function that returns no list and its ValueError for datasets of
     other classes; other errors pass unchanged."""
@@ -139,7 +139,7 @@ def _dataset_errors_in_one_line(names):
         text = str(error)
         category = re.fullmatch(r"Got an invalid category_id=(-?\d+)(?: for a dataset of (\d+) classes)?", text)
         if category:  # detectron2's class histogram, before training
-            shown = ", ".join(f"{name!r}{_json_of(name)}" for name in names)
+            shown = ", ".join(f"{name!r}{json_of(name)}" for name in names)
             classes = MetadataCatalog.get(names[0]).get("thing_classes", None) or ()
             count = int(category.group(2) or len(classes))
             raise ValueError(f"dataset {shown}: an annotation has category_id {category.group(1)}, but the dataset "
@@ -148,11 +148,11 @@ def _dataset_errors_in_one_line(names):
         empty = re.fullmatch(r"Dataset '(.*)' is empty!", text)
         if empty:
             name = empty.group(1)
-            raise ValueError(f"dataset {name!r}{_json_of(name)} is empty: it lists no images") from None
+            raise ValueError(f"dataset {name!r}{json_of(name)} is empty: it lists no images") from None
         if text.startswith("No valid data found in "):
             # detectron2 also drops annotations whose polygons are all invalid, but the json check refuses those
             # before loading: crowd boxes (or none) are what is left to say
-            shown = ", ".join(f"{name!r}{_json_of(name)}" for name in names)
+            shown = ", ".join(f"{name!r}{json_of(name)}" for name in names)
             raise ValueError(
                 f"No valid data found in dataset {shown}: no image has a box that is not crowd (iscrowd 0), and "
                 "training uses only such images"
@@ -181,7 +181,7 @@ def _check_given_classes(name, json_file, json_classes):
 def _reports(names):
     """(name, json file, report) of each dataset of ``names`` that has a COCO json (checked, cached, and the
     ``thing_classes`` its metadata gives compared with the json's)."""
-    for name in _as_list(names):
+    for name in as_list(names):
         metadata = MetadataCatalog.get(name)
         json_file = metadata.get("json_file", None)
         if json_file:
@@ -196,7 +196,7 @@ def check_declared_classes(names):
     """Raises :class:`DatasetClassesError` (one line) when a dataset of ``names`` is registered with metadata
     ``thing_classes`` that are not its COCO json's categories sorted by id; datasets whose metadata gives none, or
     without a json, are not read. Its json is checked first (:func:`check_dataset_jsons`' errors)."""
-    given = [name for name in _as_list(names) if MetadataCatalog.get(name).get("thing_classes", None) is not None]
+    given = [name for name in as_list(names) if MetadataCatalog.get(name).get("thing_classes", None) is not None]
     for _ in _reports(given):
         pass
 
@@ -206,7 +206,7 @@ def check_evaluable(names):
     ``area`` for every annotation (training does without; pycocotools fails with a KeyError after the whole
     inference, and during training that lost the run); and of a dataset registered in code, every record's
     ``image_id``, ``height`` and ``width`` (a KeyError traceback at the same point)."""
-    for name in _as_list(names):
+    for name in as_list(names):
         if not MetadataCatalog.get(name).get("json_file", None):
             _check_records_have_coco_fields(name)
     for name, json_file, report in _reports(names):
@@ -222,7 +222,7 @@ def _check_records_have_coco_fields(name):
     """Raises ValueError naming the first record of dataset ``name``, registered in code, that lacks what COCO
     evaluation reads (detectron2 converts the records to a COCO json): ``image_id``, ``height`` and ``width``, which
     training does without (the mapper reads the size from the image)."""
-    with _dataset_errors_in_one_line([name]):
+    with dataset_errors_in_one_line([name]):
         records = DatasetCatalog.get(name)
         for index, record in enumerate(records):
             missing = [key for key in ("image_id", "height", "width") if key not in record]
@@ -257,19 +257,19 @@ def get_checked_dataset_dicts(names, filter_empty=True, **kwargs):
     """detectron2's ``get_detection_dataset_dicts`` (same arguments), after :func:`check_dataset_jsons`, refusing
     non-finite boxes (:func:`check_finite_boxes`), and with one-line ValueErrors for an empty dataset and a dataset
     left with no image by ``filter_empty`` ("No valid data found")."""
-    if not _as_list(names):  # detectron2 asserts: "AssertionError: []"
+    if not as_list(names):  # detectron2 asserts: "AssertionError: []"
         raise ValueError("a dataset loader's names is empty: name at least one registered dataset, e.g. "
                          "dataloader.train.dataset.names=trees_train")
     check_dataset_jsons(names)
-    with _dataset_errors_in_one_line(_as_list(names)):
+    with dataset_errors_in_one_line(as_list(names)):
         dataset_dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty, **kwargs)
     check_finite_boxes(dataset_dicts, names)
     # a training run loads its test set up to three times: warned once per registration
-    registered = tuple((name, id(DatasetCatalog[name])) for name in _as_list(names))
+    registered = tuple((name, id(DatasetCatalog[name])) for name in as_list(names))
     if registered not in _CHECKED_IN_CODE and not any(MetadataCatalog.get(name).get("json_file", None)
-                                                      for name in _as_list(names)):
+                                                      for name in as_list(names)):
         _CHECKED_IN_CODE.add(registered)
-        warn_about_legal_surprises(", ".join(_as_list(names)), "registered in code",
+        warn_about_legal_surprises(", ".join(as_list(names)), "registered in code",
                                     box_report_of_records(dataset_dicts))
     return dataset_dicts
 
@@ -280,7 +280,7 @@ def dataset_classes(name):
     metadata = MetadataCatalog.get(name)
     if metadata.get("thing_classes", None) is None:
         check_dataset_jsons([name])
-        with _dataset_errors_in_one_line([name]):
+        with dataset_errors_in_one_line([name]):
             DatasetCatalog.get(name)
     return metadata.get("thing_classes", None)
 
@@ -344,7 +344,7 @@ def declared_category_ids(name):
 def check_num_classes(num_classes, names, what="model.num_classes"):
     """Raises ValueError when a dataset of ``names`` has a number of classes other than ``num_classes``.
     Datasets without class metadata are not checked."""
-    for name in _as_list(names):
+    for name in as_list(names):
         classes = dataset_classes(name)
         if classes is None or len(classes) == num_classes:
             continue

@@ -3,7 +3,7 @@ would otherwise meet them only when it reaches them (after all of training, for 
 no image file (a ``stat`` each) and a size other than the json's (each file's header, no pixel decoded)."""
 from detectron2.data import DatasetCatalog
 
-from .checks import _as_list, _dataset_errors_in_one_line, _json_of
+from .checks import as_list, dataset_errors_in_one_line, json_of
 from .dataset_mapper import SIZE_FIX, image_size_problem
 from .image_io import exact_orientation, header_size, image_path_problem
 
@@ -61,15 +61,15 @@ def check_image_files(names, purpose):
     :class:`.image_io.UnreadableImageError`); those are refused here too: a wrong path costs a stat to find, and
     left in, the metrics would count its objects as missed. Images behind a URL are not checked."""
     fix = "fix the dataset's image folder (image_root) or its file names"
-    for name in _as_list(names):
-        with _dataset_errors_in_one_line([name]):
+    for name in as_list(names):
+        with dataset_errors_in_one_line([name]):
             records = DatasetCatalog.get(name)
         problems = _path_problems(records)
         if problems:
             why, missing = problems[0]
             others = f" (and {len(problems) - 1} more of its {len(records)} images)" if len(problems) > 1 else ""
             consequence = "would stop there" if missing else "would leave it out, its objects counted as missed"
-            raise ValueError(f"dataset {name!r}{_json_of(name)}: {why}{others}; {purpose} {consequence}: {fix}")
+            raise ValueError(f"dataset {name!r}{json_of(name)}: {why}{others}; {purpose} {consequence}: {fix}")
         _check_sizes(name, records, purpose)
 
 
@@ -84,5 +84,5 @@ def _check_sizes(name, records, purpose):
         # the later ones by their headers: one whose EXIF tag only decoding finds may be right
         up_to = "up to " if any(_may_be_turned(*each) for each in later) else ""
         others = f" (and {up_to}{len(later)} more of its {len(records)} images)" if later else ""
-        raise ValueError(f"dataset {name!r}{_json_of(name)}: {problem}{others}; {purpose} would stop there: "
+        raise ValueError(f"dataset {name!r}{json_of(name)}: {problem}{others}; {purpose} would stop there: "
                          f"{SIZE_FIX}")

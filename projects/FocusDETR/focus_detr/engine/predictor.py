@@ -256,9 +256,14 @@ class FocusDETRPredictor:
         ``Visualizer(image[:, :, ::-1], predictor.metadata)``. Read on first use (it may load the test set's json),
         after checking that the training set and the checkpoint's recorded classes (``trained_classes``) name the
         classes alike (a ValueError, one line, when they do not: the names, and the category ids the metadata maps
-        them to, would be another class's). A config without a test set, or whose test set names no classes, gets
-        the checkpoint's names (else an empty ``Metadata``)."""
-        names = class_names_of_model(self.cfg)  # the test set's classes loaded, and checked against the training set's
+        them to, would be another class's). A config without a test set, or whose test set names no classes or
+        cannot be read, gets the checkpoint's names (else an empty ``Metadata``, or the dataset's error)."""
+        try:
+            names = class_names_of_model(self.cfg)  # the test set's classes, checked against the training set's
+        except (ValueError, OSError, KeyError):
+            if self.trained_classes is None:
+                raise
+            return Metadata(name="", thing_classes=self.trained_classes)  # a dataset that cannot be read here
         check_test_set_classes(self.cfg, self.trained_classes, self.weights,
                                "predictor.metadata would name the model's classes")
         metadata = metadata_of_test_set(self.cfg)

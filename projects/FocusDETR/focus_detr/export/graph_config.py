@@ -19,7 +19,9 @@ def _shown_resize(entry: Optional[Dict], interpolation: bool) -> str:
 def _resize_mismatch(cfg, graph_resize: Optional[Dict]) -> Optional[str]:
     """The graph was verified, and ``predict_image`` runs it, on images resized as its model.json says; the config's
     test-time resize feeds it in the demo and the evaluation, where another one gave other boxes for one image."""
-    if graph_resize is None:  # a graph exported before model.json said, or from a config that resizes otherwise
+    # a graph exported before model.json said, from a config that resizes otherwise, or an entry missing a field
+    # (predict_image then uses no resize of its own either)
+    if not isinstance(graph_resize, dict) or not {"short_edge", "max_size", "interpolation"} <= graph_resize.keys():
         return None
     config_resize = resize_entry(inference_resize(cfg))
     if config_resize == graph_resize:

@@ -143,13 +143,45 @@ def test_a_signal_during_set_up_stops_before_the_first_iteration(toy_dataset, tm
     assert not (tmp_path / "last_checkpoint").exists()
 
 
-def test_a_signal_during_the_last_iteration_lets_the_run_finish(train_net, toy_dataset, tmp_path, capsys):
+def _assert_stopped_before_the_final_evaluation(err, out, name):
+    """The run saved its final checkpoint, ran no evaluation and its last line gives the command that evaluates."""
+    assert not shows_traceback(err) and not _stop_lines(err)
+    final = out / "model_final.pth"
+    prefix = (f"training finished (train.max_iter 10; checkpoint {final}); its evaluation was stopped by {name}; "
+              "evaluate it with: ")
+    assert err.strip().splitlines()[-1].startswith(prefix)
+    assert err.strip().splitlines()[-1].endswith(f" --eval-only train.init_checkpoint={final}")
+    assert (out / "last_checkpoint").read_text() == "model_final.pth" and _load(final)["iteration"] == 9
+    assert "Start inference" not in (out / "log.txt").read_text()
+
+
+def test_a_signal_during_the_last_iteration_stops_the_run_before_the_final_evaluation(train_net, toy_dataset,
+                                                                                     tmp_path, capsys):
+    # it was recorded and never acted on: a scheduler's SIGTERM ran the whole final evaluation, and the run exited 0
     out = tmp_path / "out"
-    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN, "model.signal_step=9",
-            f"model.signals=[{int(signal.SIGTERM)}]"]
-    assert train_net.cli(argv) == 0
-    assert not _stop_lines(capsys.readouterr().err)
-    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN[:-1], "model.signal_step=9",
+            f"model.signals=[{int(signal.SIGTERM)}]", "train.checkpointer.save_safetensors=True"]
+    assert train_net.cli(argv) == 143
+    _assert_stopped_before_the_final_evaluation(capsys.readouterr().err, out, "SIGTERM")
+    assert (out / "model_final.safetensors").exists()  # written with the final checkpoint, before the evaluation
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
+def test_a_signal_during_the_final_save_stops_the_run_once_it_is_written(train_net, toy_dataset, tmp_path, capsys,
+                                                                         monkeypatch):
+    from focus_detr.engine import AtomicDetectionCheckpointer
+
+    save = AtomicDetectionCheckpointer.save
+
+    def save_closing_the_terminal(self, name, **kwargs):
+        if name == "model_final":
+            os.kill(os.getpid(), signal.SIGHUP)
+        return save(self, name, **kwargs)
+
+    monkeypatch.setattr(AtomicDetectionCheckpointer, "save", save_closing_the_terminal)
+    out = tmp_path / "out"
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN[:-1]]) == 129
+    _assert_stopped_before_the_final_evaluation(capsys.readouterr().err, out, "SIGHUP")
 
 
 

@@ -4,10 +4,11 @@ The first signal asks the run to stop at the end of the current iteration: there
 save a periodic checkpoint makes, so ``--resume`` continues bit-exactly) and ends with one line naming the iteration,
 the checkpoint a resume starts from and the command that resumes. A second Ctrl-C stops at once, without saving: the
 last saved checkpoint stays the resume point. A file being written (a checkpoint) is finished first: signals that
-arrive meanwhile take effect once it is complete. Once the last iteration is saved, a signal stops the final
-evaluation at once. All processes of a multi-process run agree on the iteration to stop after. SIGHUP (the terminal
-closed) counts as SIGTERM, unless the run was started ignoring it (``nohup``). The exit status is 128 + the signal
-number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP), as shells do.
+arrive meanwhile take effect once it is complete. A signal during the last iteration stops the run once that is
+saved, before the final evaluation; a signal during the final evaluation stops it at once. All processes of a
+multi-process run agree on the iteration to stop after. SIGHUP (the terminal closed) counts as SIGTERM, unless the
+run was started ignoring it (``nohup``). The exit status is 128 + the signal number (130 for SIGINT, 143 for SIGTERM,
+129 for SIGHUP), as shells do.
 """
 import contextlib
 import logging
@@ -294,8 +295,9 @@ class ForwardedStop(logging.Filter):
 class StopOnRequestHook(HookBase):
     """Ends training at an iteration boundary once ``stop_request`` holds a signal on any process: saves a checkpoint
     there through ``checkpoint_hook`` (a :class:`ResumableCheckpointHook`; no second save when it has just saved this
-    iteration) and raises :class:`TrainingInterrupted`. A request during the last iteration lets the run finish;
-    after it, a new signal stops the final evaluation at once.
+    iteration) and raises :class:`TrainingInterrupted`. A request during the last iteration (or its save) stops the
+    run once it is saved, before the final evaluation; after it, a new signal stops the final evaluation at once
+    (KeyboardInterrupt in both cases, which ``run_training`` turns into :class:`TrainingFinishedInterrupted`).
 
     Register it after the checkpoint hook (and the hooks whose state that one saves), on every process: the
     decision is collective (an all-gather per iteration when there are several processes), so all of them stop after
@@ -324,12 +326,19 @@ class StopOnRequestHook(HookBase):
             raise self.interrupted(signal_number, f"before iteration {self.trainer.start_iter}")
 
     def after_step(self):
+        signal_number = self._requested_signal()
         if self.trainer.iter >= self.trainer.max_iter - 1:
             # the checkpoint hook (before this one) has saved the final state: what follows (the final evaluation)
-            # loses nothing when stopped
+            # loses nothing when stopped, a signal from now on stops it at once
             self.stop_request.stop_at_once()
+            if comm.get_world_size() == 1:  # also one that came since the check above (processes decide together)
+                signal_number = self.stop_request.signal_number
+            # one that came during the last iteration or its save stops the run here, the final evaluation undone: a
+            # scheduler's SIGTERM ran the whole evaluation (its SIGKILL could come first) and the run exited 0
+            if signal_number is not None:
+                self.stop_request.last_signal = signal_number
+                raise KeyboardInterrupt
             return
-        signal_number = self._requested_signal()
         if signal_number is None:
             return
         self.checkpoint_hook.save_current_iteration()

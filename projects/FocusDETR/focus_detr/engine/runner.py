@@ -210,6 +210,15 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None, outp
         data_loader=train_loader,
         max_to_keep=cfg.train.checkpointer.get("max_to_keep", None),
     )
+
+    def save_final_weights(trainer):
+        # with the final checkpoint, before the final evaluation, which a signal may stop (the file was then missing)
+        if trainer.iter >= trainer.max_iter - 1 and comm.is_main_process():
+            weights = ema_hook.shadow if ema_hook and ema_for_eval else None  # the weights an evaluation uses
+            checkpointer.save_weights("model_final.safetensors", weights)
+
+    final_weights_hook = (hooks.CallbackHook(after_step=save_final_weights)
+                          if cfg.train.checkpointer.get("save_safetensors", False) else None)
     if comm.is_main_process() and cfg.train.output_dir:
         # a full disk is found now, not at the first save after hours of training
         check_free_space(cfg.train.output_dir, needed_bytes=_checkpoint_bytes(model, optimizer),
@@ -236,6 +245,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None, outp
             eval_hook,
             ReleaseFreedMemoryHook(cfg.train.get("release_freed_memory_period", 0)),
             checkpoint_hook,
+            final_weights_hook,
             # after the checkpoint hook, so the checkpoint at a stop holds every hook's state; before the writer,
             # whose after_train writes the last iteration's metrics (writing one iteration twice divides by zero
             # in detectron2's ETA estimate)
@@ -282,8 +292,6 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None, outp
     try:
         with user_errors_without_tracebacks():  # a full disk at a save is one line, here and in spawned processes
             trainer.train(start_iter, cfg.train.max_iter)
-            if cfg.train.checkpointer.get("save_safetensors", False) and comm.is_main_process():  # weights alone
-                checkpointer.save_weights("model_final.safetensors", ema_hook.shadow if ema_hook and ema_for_eval else None)
     except TrainingInterrupted:
         raise
     except Exception as error:

@@ -1,6 +1,7 @@
 """Ctrl-C (SIGINT) and SIGTERM during training: the run stops after the current iteration with a checkpoint saved
 there, prints one line (iteration, checkpoint, the command that resumes) and no traceback, exits 130 / 143, and the
 resumed run ends bit-identical to an uninterrupted one. A second Ctrl-C stops at once."""
+import logging
 import os
 import re
 import shlex
@@ -285,6 +286,34 @@ def test_writes_hold_stop_signals_until_the_file_is_complete(tmp_path):
         atomic_write(str(path), write_pressing_ctrl_c)
     assert path.read_bytes() == b"new, complete" and os.listdir(tmp_path) == ["file.bin"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_during_a_checkpoint_save_is_announced_once_and_taken_once(tmp_path):
+    # the checkpoint hook's save holds the signals around atomic_write, which holds them too: the inner block handed
+    # its signal on to the outer one, and each said "received while a file is being written"
+    from focus_detr.engine import atomic_write
+    from focus_detr.engine.interrupt import stop_signals_deferred
+
+    def write_receiving_sigterm(f):
+        signal.raise_signal(signal.SIGTERM)
+        f.write(b"complete")
+
+    received, records = [], []
+    log = logging.getLogger("focus_detr.engine.interrupt")  # its own handler: a run's set-up stops propagation
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    log.addHandler(handler)
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: received.append(number))
+    try:
+        with stop_signals_deferred():
+            atomic_write(str(tmp_path / "file.bin"), write_receiving_sigterm)
+            assert received == []  # held until the save is complete
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        log.removeHandler(handler)
+    assert received == [signal.SIGTERM]
+    assert [record.getMessage() for record in records] == [
+        "SIGTERM received while a file is being written: it takes effect once the file is complete"]
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")

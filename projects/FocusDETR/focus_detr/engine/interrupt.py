@@ -84,7 +84,12 @@ def _restore(replaced):
 def stop_signals_deferred():
     """Within the block, stop signals are held and then handled when it ends, by the handlers in place then (in the
     order they came): a file being written is never cut short by a Ctrl-C (a torn write can also abort the process
-    from a destructor later), the signal takes effect once it is complete."""
+    from a destructor later), the signal takes effect once it is complete. Within an enclosing block (a checkpoint
+    save around its file's write) it changes nothing: the enclosing block holds the signals, and says so once (the
+    inner block's held signal, handed on to it, was announced twice)."""
+    if any(getattr(signal.getsignal(number), "holds_stop_signals", False) for number in STOP_SIGNALS):
+        yield
+        return
     held = []
 
     def hold(signal_number, frame):
@@ -93,6 +98,7 @@ def stop_signals_deferred():
                            "effect once the file is complete")
         held.append(signal_number)
 
+    hold.holds_stop_signals = True
     replaced = _install(hold)
     try:
         yield

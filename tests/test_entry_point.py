@@ -1,5 +1,6 @@
 """Every command imports ``focus_detr.entry_point`` first: no FutureWarning from fvcore's and detectron2's imports,
-and a Ctrl-C that nothing handles (e.g. during the seconds of imports) is one line and exit status 130."""
+and a Ctrl-C that nothing handles (e.g. during the seconds of imports) is one line and exit status 130; a SIGTERM or
+SIGHUP one line and 143 / 129."""
 import ast
 import glob
 import os
@@ -50,6 +51,76 @@ def test_an_unhandled_ctrl_c_is_one_line_and_status_130():
     _, err = process.communicate(timeout=60)
     assert err == "interrupted\n"
     assert process.returncode == -signal.SIGINT  # as Python ends on an unhandled KeyboardInterrupt: 130 in a shell
+
+
+@pytest.mark.parametrize("name, status", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_or_sighup_before_the_command_s_own_handlers_is_one_line_and_its_status(name, status):
+    # it ended the command silently (a scheduler's SIGTERM, a closed terminal during the seconds of the imports)
+    process = _python("-c", "import focus_detr.entry_point, sys, time; print('printed'); "  # not flushed yet
+                            "print('ready', file=sys.stderr, flush=True); time.sleep(60)")
+    assert process.stderr.readline() == "ready\n"
+    process.send_signal(getattr(signal, name))
+    out, err = process.communicate(timeout=60)
+    assert (out, err, process.returncode) == ("printed\n", f"interrupted by {name}\n", status)
+
+
+def test_the_command_s_own_handlers_take_over_from_the_entry_point_s():
+    # run_reporting_errors raises SIGTERM as an interruption, so that the work's clean-up runs before its line
+    process = _python("-c", "import focus_detr.entry_point, os, signal, sys, time\n"
+                            "from focus_detr.engine.cli import run_reporting_errors\n"
+                            "def work():\n    try:\n        os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
+                            "    finally:\n        print('cleaned up', flush=True)\n"
+                            "sys.exit(run_reporting_errors(work))")
+    out, err = process.communicate(timeout=120)
+    assert (out, err, process.returncode) == ("cleaned up\n", "interrupted by SIGTERM\n", 143)
+
+
+# Runs a command, sending itself SIGTERM at its first import of a module not loaded yet once focus_detr.entry_point
+# has installed its handler: in the middle of the command's imports (torch's, detectron2's, ...).
+_SIGTERM_DURING_IMPORTS = """
+import os, runpy, signal, sys
+class SigtermAtTheNextImport:
+    def find_spec(self, name, path=None, target=None):
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+sys.meta_path.insert(0, SigtermAtTheNextImport())
+sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_answers_sigterm_during_its_imports_with_one_line(command):
+    process = _python("-c", _SIGTERM_DURING_IMPORTS, command, "--help")
+    out, err = process.communicate(timeout=120)
+    assert (err, process.returncode) == ("interrupted by SIGTERM\n", 143)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
+def test_a_signal_ignored_at_start_stays_ignored():
+    # nohup: the command must outlive its terminal
+    process = _python("-c", "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+                            "import focus_detr.entry_point; assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN; "
+                            "assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+
+
+def test_a_process_started_by_multiprocessing_keeps_the_default_sigterm(tmp_path):
+    # a training process of --num-gpus N imports train_net.py again: the launching process reports its stop, which
+    # one line from each process would repeat
+    script = tmp_path / "command.py"
+    script.write_text("import focus_detr.entry_point\nimport multiprocessing, signal\n\n\n"
+                      "def report():\n    print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)\n\n\n"
+                      "if __name__ == '__main__':\n    report()\n"
+                      "    process = multiprocessing.get_context('spawn').Process(target=report)\n"
+                      "    process.start()\n    process.join()\n")
+    process = _python(str(script))
+    out, err = process.communicate(timeout=120)
+    assert (out, process.returncode) == ("False\nTrue\n", 0), err
 
 
 def test_other_uncaught_errors_keep_their_traceback():

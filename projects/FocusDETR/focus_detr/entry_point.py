@@ -8,6 +8,13 @@ and the Python scripts of ``scripts/`` import this module first, before torch an
 - A Ctrl-C that nothing handles, e.g. during the seconds of those imports, ends the command with one line
   ("interrupted", or the interruption's own message) and exit status 130 (Python's, for an unhandled
   KeyboardInterrupt), not a traceback. Any other uncaught exception keeps its traceback.
+- A SIGTERM or SIGHUP before the command installs its own handlers (a scheduler's stop, a closed terminal, during
+  those imports) ends it with one line ("interrupted by SIGTERM") and exit status 143 / 129, at once, as the default
+  action would have ended it without a word: raised as an exception instead, it could be swallowed by the C code
+  being imported (torch's import of numpy clears the errors it meets) and end in an unrelated traceback. A signal
+  ignored at start stays ignored (SIGHUP under ``nohup``). A process that ``multiprocessing`` starts (a training
+  process of ``--num-gpus N``, which imports the command again) keeps the default: its launching process says why it
+  ended.
 - A command a tool started as its child (:mod:`focus_detr.child_processes`) stops when that tool dies.
 - Standard output whose reader is gone (``train_net.py ... | head``, a closed terminal) takes what is written without
   a word from then on: every logging call printed a BrokenPipeError traceback to stderr, and the next ``print``
@@ -18,7 +25,9 @@ and ``sys.excepthook`` alone."""
 import errno
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from .child_processes import stop_with_parent
@@ -37,6 +46,32 @@ def _interrupt_in_one_line(exc_type, exc, traceback, previous_hook=sys.excepthoo
 
 
 sys.excepthook = _interrupt_in_one_line
+
+
+def _end_in_one_line(signal_number, frame):
+    for stream in (sys.stdout, sys.stderr):  # what was printed before, as an exit would flush it
+        try:
+            stream.flush()
+        except (OSError, RuntimeError, ValueError):  # gone or closed, or interrupted in the middle of a write
+            pass
+    os.write(2, f"interrupted by {signal.Signals(signal_number).name}\n".encode())
+    os._exit(128 + signal_number)
+
+
+def _stop_signals_end_in_one_line():
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may install handlers
+        return
+    multiprocessing = sys.modules.get("multiprocessing")
+    # a process that multiprocessing starts imports its parent's main module (a command) while "inheriting"
+    if multiprocessing is not None and getattr(multiprocessing.current_process(), "_inheriting", False):
+        return
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
+            signal.signal(number, _end_in_one_line)
+
+
+_stop_signals_end_in_one_line()
 
 
 class _OutputWithoutReader:

@@ -107,6 +107,35 @@ def test_a_second_ctrl_c_stops_at_once_and_names_the_last_checkpoint(train_net, 
     assert not (out / "model_0000006.pth").exists() and not list(out.glob(".*.tmp"))
 
 
+def test_a_second_ctrl_c_while_the_workers_stop_is_quiet_and_the_stop_line_stays_last(train_net, toy_dataset,
+                                                                                      tmp_path, capsys, monkeypatch):
+    # the second Ctrl-C (0.3 s after the first, to a terminal's process group with --num-gpus 2) came while torch's
+    # iterator destructor joined the data-loading workers: "Exception ignored in: <function
+    # _MultiProcessingDataLoaderIter.__del__ ...> ... KeyboardInterrupt" after the stop line, their stop cut short
+    import sys
+
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    shutdown = _MultiProcessingDataLoaderIter._shutdown_workers
+
+    def shutdown_pressing_ctrl_c(self):
+        if not self._shutdown:
+            os.kill(os.getpid(), signal.SIGINT)
+        return shutdown(self)
+
+    unraisable = []
+    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "_shutdown_workers", shutdown_pressing_ctrl_c)
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    out = tmp_path / "out"
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN, "dataloader.train.num_workers=1",
+            "model.signal_step=3", f"model.signals=[{int(signal.SIGINT)}]"]
+    assert train_net.cli(argv) == 130
+    err = capsys.readouterr().err
+    assert not unraisable and not shows_traceback(err)
+    name, iteration = STOP_LINE.match(err.strip().splitlines()[-1]).group(1, 2)
+    assert (name, iteration) == ("SIGINT", "3") and (out / "last_checkpoint").read_text() == "model_0000003.pth"
+
+
 def test_a_stop_before_the_first_checkpoint_says_a_resume_starts_from_scratch(train_net, toy_dataset, tmp_path,
                                                                               capsys):
     out = tmp_path / "out"

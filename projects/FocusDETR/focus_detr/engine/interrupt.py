@@ -81,10 +81,11 @@ def _restore(replaced):
 
 
 @contextlib.contextmanager
-def stop_signals_deferred():
+def stop_signals_deferred(what="a file is being written", until="the file is complete"):
     """Within the block, stop signals are held and then handled when it ends, by the handlers in place then (in the
     order they came): a file being written is never cut short by a Ctrl-C (a torn write can also abort the process
-    from a destructor later), the signal takes effect once it is complete. Within an enclosing block (a checkpoint
+    from a destructor later), the signal takes effect once it is complete. The first signal held is logged as
+    "SIGINT received while {what}: it takes effect once {until}". Within an enclosing block (a checkpoint
     save around its file's write) it changes nothing: the enclosing block holds the signals, and says so once (the
     inner block's held signal, handed on to it, was announced twice)."""
     if any(getattr(signal.getsignal(number), "holds_stop_signals", False) for number in STOP_SIGNALS):
@@ -94,8 +95,7 @@ def stop_signals_deferred():
 
     def hold(signal_number, frame):
         if not held:
-            logger.warning(f"{signal.Signals(signal_number).name} received while a file is being written: it takes "
-                           "effect once the file is complete")
+            logger.warning(f"{signal.Signals(signal_number).name} received while {what}: it takes effect once {until}")
         held.append(signal_number)
 
     hold.holds_stop_signals = True

@@ -11,6 +11,7 @@ from detectron2.utils.events import get_event_storage
 
 from .agreement import ProcessFailed, failure_report, raise_agreed_failure
 from .cli import is_out_of_memory, one_line
+from .interrupt import stop_signals_deferred
 from .precision import amp_autocast
 from .rng import capture_rng_state, restore_rng_state
 
@@ -236,7 +237,11 @@ class DetrTrainer(SimpleTrainer):
         # The data-loading workers stop now, as torch stops them when their iterator goes. Left to the interpreter's
         # exit, they are terminated instead, which skips their clean-up: a pymp-* folder each stayed in $TMPDIR.
         # (The loader's position, which a save after a failure records, is the loader's own, not the iterator's.)
-        self._data_loader_iter_obj = None
+        # A stop signal meanwhile (a second Ctrl-C after a stop) takes effect once they have: raised in torch's
+        # iterator destructor, it was printed as an "Exception ignored" traceback after the stop line and cut their
+        # stop short.
+        with stop_signals_deferred("the data-loading workers stop", "they have stopped"):
+            self._data_loader_iter_obj = None
 
     def rewind_to_step_start(self):
         """Puts the RNG state and the data loader's position back to where the current iteration began: what a

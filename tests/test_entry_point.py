@@ -64,6 +64,24 @@ def test_sigterm_or_sighup_before_the_command_s_own_handlers_is_one_line_and_its
     assert (out, err, process.returncode) == ("printed\n", f"interrupted by {name}\n", status)
 
 
+@pytest.mark.parametrize("stderr", ["closed", "broken pipe"])
+def test_sigterm_before_the_command_s_own_handlers_ends_it_without_a_stderr_too(stderr):
+    # the handler's write raised (EBADF, EPIPE) before its exit: the command went on as if nothing had come
+    script = ("import focus_detr.entry_point, os, signal, sys, time; print('ready', flush=True); "
+              "os.kill(os.getpid(), signal.SIGTERM); time.sleep(1); print('survived', flush=True)")
+    if stderr == "closed":  # 2>&-
+        process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: os.close(2))
+    else:
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # nobody reads: a write raises BrokenPipeError
+        process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                   stderr=write_end, text=True)
+        os.close(write_end)
+    out, _ = process.communicate(timeout=120)
+    assert (out, process.returncode) == ("ready\n", 143)
+
+
 def test_the_command_s_own_handlers_take_over_from_the_entry_point_s():
     # run_reporting_errors raises SIGTERM as an interruption, so that the work's clean-up runs before its line
     process = _python("-c", "import focus_detr.entry_point, os, signal, sys, time\n"
@@ -73,6 +91,17 @@ def test_the_command_s_own_handlers_take_over_from_the_entry_point_s():
                             "sys.exit(run_reporting_errors(work))")
     out, err = process.communicate(timeout=120)
     assert (out, err, process.returncode) == ("cleaned up\n", "interrupted by SIGTERM\n", 143)
+
+
+def test_after_the_command_s_own_handling_sigterm_has_its_default_action_again():
+    # the entry point's handler came back and stayed until the exit, where no Python handler runs while a driver's
+    # teardown hangs in C code: a SIGTERM no longer ended such a process
+    process = _python("-c", "import focus_detr.entry_point, signal\n"
+                            "from focus_detr.engine.cli import run_reporting_errors\n"
+                            "run_reporting_errors(lambda: None)\n"
+                            "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)")
+    out, err = process.communicate(timeout=120)
+    assert (out, process.returncode) == ("True\n", 0), err
 
 
 # Runs a command, sending itself SIGTERM at its first import of a module not loaded yet once focus_detr.entry_point

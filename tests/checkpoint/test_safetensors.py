@@ -193,3 +193,22 @@ def test_trainer_writes_the_final_weights_as_safetensors_on_request(train_net, t
     weights = read_weights_file(str(tmp_path / "model_final.safetensors")).content
     _same(weights, final["trainer"]["hooks"]["EMAHook"]["shadow"])  # the weights --eval-only would evaluate
     assert not torch.equal(weights["class_embed.weight"], final["model"]["class_embed.weight"])
+
+
+def test_final_weights_that_cannot_be_written_leave_the_final_evaluation_run(train_net, toy_dataset, tmp_path,
+                                                                             monkeypatch, capsys):
+    # written before the final evaluation (which a stop may cut short), a full disk there had skipped the evaluation
+    import focus_detr.engine.checkpoint as checkpoint_module
+    from focus_detr.checkpoint import CheckpointError
+
+    def full_disk(path, state_dict):
+        raise CheckpointError(f"cannot save weights {path}: No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "save_weights", full_disk)
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={tmp_path}", "train.max_iter=2",
+            "train.checkpointer.save_safetensors=True"]
+    assert train_net.cli(argv) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (f"error: cannot save weights {tmp_path / 'model_final.safetensors'}: No space left on device; "
+                    f"training is complete and saved in {tmp_path / 'model_final.pth'}, and evaluated")
+    assert (tmp_path / "eval_results.json").is_file() or "Evaluation results" in (tmp_path / "log.txt").read_text()

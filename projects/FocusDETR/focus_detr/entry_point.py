@@ -14,14 +14,15 @@ and the Python scripts of ``scripts/`` import this module first, before torch an
   being imported (torch's import of numpy clears the errors it meets) and end in an unrelated traceback. A signal
   ignored at start stays ignored (SIGHUP under ``nohup``). A process that ``multiprocessing`` starts (a training
   process of ``--num-gpus N``, which imports the command again) keeps the default: its launching process says why it
-  ended.
+  ended. Once the command's own handling has run, the default action is back (no Python handler runs while a
+  process hangs in C code, e.g. a driver's teardown at exit).
 - A command a tool started as its child (:mod:`focus_detr.child_processes`) stops when that tool dies.
 - Standard output whose reader is gone (``train_net.py ... | head``, a closed terminal) takes what is written without
   a word from then on: every logging call printed a BrokenPipeError traceback to stderr, and the next ``print``
   (pycocotools' during an evaluation) ended the work. The run's log.txt still has everything.
 
-Only commands import this module: ``import focus_detr`` in a user's own program leaves the process's warning filters
-and ``sys.excepthook`` alone."""
+Only commands import this module: ``import focus_detr`` in a user's own program leaves the process's warning filters,
+``sys.excepthook`` and signal handlers alone."""
 import errno
 import logging
 import os
@@ -49,13 +50,22 @@ sys.excepthook = _interrupt_in_one_line
 
 
 def _end_in_one_line(signal_number, frame):
-    for stream in (sys.stdout, sys.stderr):  # what was printed before, as an exit would flush it
-        try:
-            stream.flush()
-        except (OSError, RuntimeError, ValueError):  # gone or closed, or interrupted in the middle of a write
-            pass
-    os.write(2, f"interrupted by {signal.Signals(signal_number).name}\n".encode())
-    os._exit(128 + signal_number)
+    try:
+        for stream in (sys.stdout, sys.stderr):  # what was printed before, as an exit would flush it
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 (None, gone or closed, interrupted in the middle of a write)
+                pass
+        os.write(2, f"interrupted by {signal.Signals(signal_number).name}\n".encode())
+    except OSError:  # no stderr to say it on (a closed terminal, a broken pipe, 2>&-): the process ends all the same
+        pass
+    finally:
+        os._exit(128 + signal_number)
+
+
+# For the imports only: a command's own handling puts the default back after it (focus_detr.engine.interrupt), so
+# that a SIGTERM still ends a process stuck in C code (a driver's teardown at exit), where no Python handler runs.
+_end_in_one_line.restored_as_default = True
 
 
 def _stop_signals_end_in_one_line():

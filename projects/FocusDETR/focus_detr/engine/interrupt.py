@@ -76,8 +76,10 @@ def _install(handler, numbers=STOP_SIGNALS):
 
 def _restore(replaced):
     for number, handler in replaced.items():
-        # None: a handler not installed from Python; the default is the closest Python can put back
-        signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        # None: a handler not installed from Python; the default is the closest Python can put back. A handler
+        # meant for a command's imports only (focus_detr.entry_point's) is not put back either.
+        restore_default = handler is None or getattr(handler, "restored_as_default", False)
+        signal.signal(number, signal.SIG_DFL if restore_default else handler)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import TensorboardXWriter
 from omegaconf import OmegaConf
 
+from ..checkpoint import CheckpointError
 from .checkpoint import AtomicDetectionCheckpointer, CheckpointNotSavedError
 from .checkpoint_classes import check_resumed_classes, note_fine_tuned_classes, training_classes
 from ..layers.ms_deform_attn_backends import backend_summary
@@ -211,11 +212,17 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None, outp
         max_to_keep=cfg.train.checkpointer.get("max_to_keep", None),
     )
 
+    final_weights_failures = []
+
     def save_final_weights(trainer):
         # with the final checkpoint, before the final evaluation, which a signal may stop (the file was then missing)
         if trainer.iter >= trainer.max_iter - 1 and comm.is_main_process():
             weights = ema_hook.shadow if ema_hook and ema_for_eval else None  # the weights an evaluation uses
-            checkpointer.save_weights("model_final.safetensors", weights)
+            try:
+                checkpointer.save_weights("model_final.safetensors", weights)
+            except CheckpointError as error:  # a full disk: the evaluation still runs, then the run ends with this
+                logger.warning(f"{error}; the final evaluation runs first")
+                final_weights_failures.append(error)
 
     final_weights_hook = (hooks.CallbackHook(after_step=save_final_weights)
                           if cfg.train.checkpointer.get("save_safetensors", False) else None)
@@ -292,6 +299,9 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None, outp
     try:
         with user_errors_without_tracebacks():  # a full disk at a save is one line, here and in spawned processes
             trainer.train(start_iter, cfg.train.max_iter)
+        if final_weights_failures:
+            raise CheckpointError(f"{final_weights_failures[0]}; training is complete and saved in "
+                                  f"{checkpoint_hook.last_saved[1]}, and evaluated")
     except TrainingInterrupted:
         raise
     except Exception as error:

@@ -424,3 +424,31 @@ def test_a_process_killed_from_outside_is_one_line_naming_the_resume(train_net, 
     monkeypatch.setattr(train_net, "launch", launch_crashed)  # a crash is a bug: it keeps torch's report
     with pytest.raises(ProcessExitedException, match="SIGSEGV"):
         train_net.cli(argv)
+
+
+def test_with_several_processes_a_signal_just_after_the_last_check_still_stops_the_run(monkeypatch):
+    # the processes agreed on "no signal" in the last iteration's all-gather; one that came before stop_at_once was
+    # recorded and never read again: the run evaluated and exited 0
+    from types import SimpleNamespace
+
+    from detectron2.utils import comm
+
+    from focus_detr.engine.interrupt import StopOnRequestHook
+
+    class StopRequestSignalledAfterTheFirstCheck:
+        signal_number, last_signal = None, None
+
+        def stop_at_once(self):
+            self.signal_number = signal.SIGTERM  # came between the all-gather and this call
+
+    def all_gather(value):
+        return [value, None]
+
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(comm, "all_gather", all_gather)
+    request = StopRequestSignalledAfterTheFirstCheck()
+    hook = StopOnRequestHook(request, checkpoint_hook=None)
+    hook.trainer = SimpleNamespace(iter=9, max_iter=10)
+    with pytest.raises(KeyboardInterrupt):
+        hook.after_step()
+    assert request.last_signal == signal.SIGTERM

@@ -339,8 +339,9 @@ class StopOnRequestHook(HookBase):
             # the checkpoint hook (before this one) has saved the final state: what follows (the final evaluation)
             # loses nothing when stopped, a signal from now on stops it at once
             self.stop_request.stop_at_once()
-            if comm.get_world_size() == 1:  # also one that came since the check above (processes decide together)
-                signal_number = self.stop_request.signal_number
+            # also one that came since the check above, which nothing would read again (the processes decide
+            # together: one more all-gather per run)
+            signal_number = self._requested_signal()
             # one that came during the last iteration or its save stops the run here, the final evaluation undone: a
             # scheduler's SIGTERM ran the whole evaluation (its SIGKILL could come first) and the run exited 0
             if signal_number is not None:

@@ -32,6 +32,7 @@ __all__ = [
     "check_evaluable",
     "check_finite_boxes",
     "check_num_classes",
+    "class_difference",
     "dataset_classes",
     "declared_category_ids",
     "get_checked_dataset_dicts",
@@ -94,16 +95,26 @@ def _different_classes_message(names):
     other = next((index for index in range(1, len(names)) if classes[index] != classes[0]), None)
     if other is None:
         return None
-    first, second = classes[0], classes[other]
-    index = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
-
-    def at(dataset_classes):
-        return repr(dataset_classes[index]) if index < len(dataset_classes) else "missing"
-
+    index, first, second = class_difference(classes[0], classes[other])
     return (f"the datasets {names[0]}{json_of(names[0])} and {names[other]}{json_of(names[other])} of one loader "
-            f"name their classes differently: class {index} is {at(first)} in {names[0]} and {at(second)} in "
+            f"name their classes differently: class {index} is {first} in {names[0]} and {second} in "
             f"{names[other]}; their class indices would mean other classes (give their jsons the same categories "
             "with the same ids: classes are numbered in the order of their ids)")
+
+
+def class_difference(first, second):
+    """``(index, name in first, name in second)`` of the first class index where the class name lists ``first`` and
+    ``second`` differ (names as ``repr``, "missing" past the end of the shorter), or None when they are the same:
+    what the lines for two class lists that mean other classes name."""
+    first, second = list(first), list(second)
+    if first == second:
+        return None
+    index = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+
+    def at(names):
+        return repr(names[index]) if index < len(names) else "missing"
+
+    return index, at(first), at(second)
 
 
 def _not_a_list_message(names):

@@ -8,12 +8,13 @@ are not compared."""
 import logging
 
 from ..checkpoint import CheckpointError
+from ..data import class_difference
 from .checkpoint import CLASSES_KEY
 from .config import _dataset_names_in
 from .test_set import class_names_of_loader
 
 __all__ = ["check_checkpoint_classes", "check_resumed_classes", "check_test_set_classes", "checkpoint_classes",
-           "class_difference", "note_fine_tuned_classes", "training_classes"]
+           "note_fine_tuned_classes", "training_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,19 +30,6 @@ def checkpoint_classes(extra, source):
         raise CheckpointError(f"cannot use checkpoint {source}: its {CLASSES_KEY} entry is a "
                               f"{type(names).__name__} ({str(names)[:60]}), not a list of class names")
     return list(names)
-
-
-def class_difference(trained, classes):
-    """``(index, trained name, name in classes)`` of the first class index where the lists ``trained`` and
-    ``classes`` differ ("missing" past the end of the shorter), or None when they are the same."""
-    if list(trained) == list(classes):
-        return None
-    index = next((i for i, (a, b) in enumerate(zip(trained, classes)) if a != b), min(len(trained), len(classes)))
-    return index, _name_at(trained, index), _name_at(classes, index)
-
-
-def _name_at(names, index):
-    return repr(names[index]) if index < len(names) else "missing"
 
 
 def check_checkpoint_classes(trained, classes, source, dataset, use, otherwise=""):

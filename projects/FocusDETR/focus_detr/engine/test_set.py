@@ -12,7 +12,7 @@ from detectron2.evaluation import COCOEvaluator
 from omegaconf import DictConfig, ListConfig
 
 from ..data import (DatasetClassesError, check_dataset_jsons, check_evaluable, check_image_files, check_num_classes,
-                    dataset_classes, declared_category_ids, declared_classes)
+                    class_difference, dataset_classes, declared_category_ids, declared_classes)
 from .cli import raised_in_this_package
 from .config import ConfigError, _dataset_names_in
 from .config_types import located_target
@@ -206,15 +206,14 @@ def check_same_classes(train_node, test_node, train_classes=dataset_classes):
     tested = classes(_dataset_names_in(test_node), dataset_classes)
     for train_name, train_classes in trained.items():
         for test_name, test_classes in tested.items():
-            if test_classes != train_classes:
-                index = next((i for i, (a, b) in enumerate(zip(train_classes, test_classes)) if a != b),
-                             min(len(train_classes), len(test_classes)))
+            difference = class_difference(train_classes, test_classes)
+            if difference is not None:
+                index, in_train, in_test = difference
                 raise ConfigError(
                     f"the training set {train_name} and the test set {test_name} name their classes differently: "
-                    f"class {index} is {_class_at(train_classes, index)} in {train_name} and "
-                    f"{_class_at(test_classes, index)} in {test_name}; the model's classes would be taken for the "
-                    "test set's classes of the same index (give both jsons the same categories with the same ids: "
-                    "classes are numbered in the order of their ids)"
+                    f"class {index} is {in_train} in {train_name} and {in_test} in {test_name}; the model's classes "
+                    "would be taken for the test set's classes of the same index (give both jsons the same categories "
+                    "with the same ids: classes are numbered in the order of their ids)"
                 )
 
 
@@ -249,9 +248,6 @@ def check_same_input_format(train_node, test_node):
                           f"{test_key} is {test_format}: the model would be scored on images in another channel order "
                           "than it learnt; give both the same")
 
-
-def _class_at(classes, index):
-    return repr(classes[index]) if index < len(classes) else "missing"
 
 
 def check_model_classes(model, dataloader_node):

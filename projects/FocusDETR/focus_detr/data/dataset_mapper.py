@@ -12,7 +12,7 @@ import torch
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 
-from .image_io import dark_image_warning, open_image
+from .image_io import SIDES_SWAPPED, dark_image_warning, open_image
 
 __all__ = ["SIZE_FIX", "DetrDatasetMapper", "check_image_size", "image_size_problem"]
 
@@ -21,7 +21,6 @@ logger = logging.getLogger(__name__)
 # what each EXIF orientation tag does to the stored pixels when the file is read upright; 5-8 swap the sides
 _ORIENTATIONS = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down", 5: "transposed",
                  6: "rotated 90 degrees clockwise", 7: "transversed", 8: "rotated 90 degrees counter-clockwise"}
-_SIDES_SWAPPED = (5, 6, 7, 8)
 
 
 # what the size lines ask for
@@ -38,7 +37,7 @@ def image_size_problem(dataset_dict, height, width, orientation=1):
     if expected == (height, width):
         return None
     swapped = ""
-    if expected == (width, height) and orientation in _SIDES_SWAPPED:
+    if expected == (width, height) and orientation in SIDES_SWAPPED:
         swapped = (f" (swapped: the image file has EXIF orientation {orientation}, which turns it "
                    f"{_ORIENTATIONS[orientation]} when it is read, as detectron2 reads it; give the size of the "
                    "upright image)")
@@ -73,7 +72,7 @@ def orientation_warning(file_name, orientation, upright_size, size_given):
     """
     if orientation not in _ORIENTATIONS:
         return None
-    if orientation in _SIDES_SWAPPED and upright_size[0] != upright_size[1] and size_given:
+    if orientation in SIDES_SWAPPED and upright_size[0] != upright_size[1] and size_given:
         return None
     return (f"image {file_name} has EXIF orientation {orientation}: it is read {_ORIENTATIONS[orientation]} from its "
             "stored pixels, as detectron2 reads it, so its boxes must have been drawn on the upright image "

@@ -5,7 +5,7 @@ from detectron2.data import DatasetCatalog
 
 from .checks import as_list, dataset_errors_in_one_line, json_of
 from .dataset_mapper import SIZE_FIX, image_size_problem
-from .image_io import exact_orientation, header_size, image_path_problem
+from .image_io import SIDES_SWAPPED, exact_orientation, header_size, image_path_problem
 
 __all__ = ["check_image_files"]
 
@@ -38,7 +38,7 @@ def _may_be_turned(record, size):
     orientation tag that swaps the sides: a PNG's EXIF chunk after its pixels may have one, which only decoding
     them reads."""
     height, width, orientation = size
-    return orientation < 5 and (record.get("height"), record.get("width")) == (width, height)
+    return orientation not in SIDES_SWAPPED and (record.get("height"), record.get("width")) == (width, height)
 
 
 def _size_problem(record, size):
@@ -47,7 +47,7 @@ def _size_problem(record, size):
     for every image)."""
     if _may_be_turned(record, size):
         exact = exact_orientation(record["file_name"])
-        if exact is not None and exact >= 5:
+        if exact in SIDES_SWAPPED:
             return None
     return image_size_problem(record, *size)
 

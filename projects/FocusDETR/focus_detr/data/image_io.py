@@ -23,8 +23,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..special_files import special_file_kind
 
-__all__ = ["ImageRead", "UnreadableImageError", "dark_image_warning", "exact_orientation", "expand_globs",
-           "header_size", "image_files", "image_path_problem", "open_image", "read_image", "to_8bit"]
+__all__ = ["SIDES_SWAPPED", "ImageRead", "UnreadableImageError", "dark_image_warning", "exact_orientation",
+           "expand_globs", "header_size", "image_files", "image_path_problem", "open_image", "read_image", "to_8bit"]
 
 # PIL modes whose conversion to RGB is right as PIL does it
 _CONVERTIBLE_MODES = {"1", "L", "P", "PA", "LA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"}
@@ -167,6 +167,18 @@ def image_path_problem(path):
     return None
 
 
+# the EXIF orientations that turn an image by a quarter: read upright, its width and height are swapped
+SIDES_SWAPPED = (5, 6, 7, 8)
+# what PIL raises for a file it cannot open as an image (its format plugins, for a damaged header)
+_NOT_OPENED = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError)
+
+
+def _orientation_of(exif):
+    """The EXIF orientation tag of ``exif`` that :func:`open_image` applies (1 when none, or one out of range)."""
+    orientation = exif.get(ExifTags.Base.Orientation, 1)
+    return orientation if orientation in range(1, 9) else 1
+
+
 def header_size(file_name):
     """``(height, width, orientation)`` of the image file ``file_name`` as :func:`open_image` reads it (upright: its
     EXIF orientation applied), from its header alone, no pixel decoded; None when PIL cannot open it (:func:`open_image`
@@ -176,12 +188,11 @@ def header_size(file_name):
     only the chunks before them are read, so such a rare PNG reads as untagged: :func:`exact_orientation` tells."""
     try:
         with Image.open(file_name) as image:
-            orientation = Image.Image.getexif(image).get(ExifTags.Base.Orientation, 1)  # the base class's: no decode
+            orientation = _orientation_of(Image.Image.getexif(image))  # the base class's: no decode
             width, height = image.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+    except _NOT_OPENED:
         return None
-    orientation = orientation if orientation in range(1, 9) else 1
-    return (width, height, orientation) if orientation >= 5 else (height, width, orientation)
+    return (width, height, orientation) if orientation in SIDES_SWAPPED else (height, width, orientation)
 
 
 def exact_orientation(file_name):
@@ -189,10 +200,9 @@ def exact_orientation(file_name):
     have missed it (a PNG's EXIF chunk after its pixels, found by decoding them); None when PIL cannot read it."""
     try:
         with Image.open(file_name) as image:
-            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+            return _orientation_of(image.getexif())
+    except _NOT_OPENED:
         return None
-    return orientation if orientation in range(1, 9) else 1
 
 
 def _why_not_an_image(path):

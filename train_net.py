@@ -50,7 +50,7 @@ from focus_detr.engine.config_files import keep_saved_config_order
 from focus_detr.engine.interrupt import (ForwardedStop, SignalInterrupt, StopRequest, resume_command,
                                         stop_signals_interrupt)
 from focus_detr.engine.output_lock import claim_output_dir
-from focus_detr.engine.resume import keep_training_config, killed_process_error, resume_point, run_record_kept
+from focus_detr.engine.resume import keep_training_config, killed_process_error, run_record_kept
 from focus_detr.engine.rng import fix_random_seed
 
 
@@ -67,11 +67,11 @@ def main(args, cfg=None):
     ``args.output_claim``: the lock held on ``train.output_dir`` (see ``claim_output_dir``), checked at each save."""
     if cfg is None:
         cfg = load_config(args.config_file, args.opts)
-    check_before_setup(cfg, resume=args.resume, eval_only=args.eval_only)  # before config.yaml is overwritten
+    # before config.yaml is overwritten
+    continued = check_before_setup(cfg, resume=args.resume, eval_only=args.eval_only)
     with run_record_kept(cfg.train.output_dir) as earlier_config:  # and put back if refused after that
         seed_note = None if args.eval_only else fix_random_seed(
-            cfg.train, earlier_config if args.resume else None,
-            continues_run=args.resume and resume_point(cfg.train.output_dir) is not None)
+            cfg.train, earlier_config if args.resume else None, continues_run=continued is not None)
         setup_with_plain_log(cfg, args)
         if comm.is_main_process() and cfg.train.output_dir:
             keep_saved_config_order(cfg, os.path.join(cfg.train.output_dir, "config.yaml"))

@@ -44,7 +44,8 @@ def check_before_setup(cfg, resume=False, eval_only=False):
     is complete, an evaluation of a weights file that does not exist or without an evaluator, evaluator settings
     that cannot work, a device this machine lacks. (The same checks run again later, with the model, for callers that
     skip this one; train_net.py makes them before it creates the folder too.) Also checks ``train.seed``, which the
-    set-up uses, and that the folder is outside the tree data's cache."""
+    set-up uses, and that the folder is outside the tree data's cache. Returns the :class:`ResumePoint` a training
+    ``resume`` continues from (None: none, or not a training resume)."""
     check_seed(cfg.train)
     resolve_device(cfg.train.get("device", "auto"))  # train.device=mps had written config.yaml and log.txt
     check_output_outside_tree_cache(cfg.train.output_dir)
@@ -54,11 +55,11 @@ def check_before_setup(cfg, resume=False, eval_only=False):
     if eval_only:
         if not resume:
             check_weights_path(cfg.train.get("init_checkpoint", ""))
-        return
-    if resume:
-        point = resume_point(cfg.train.output_dir)
-        if point is not None and point[1] >= cfg.train.max_iter:
-            raise nothing_to_resume(cfg, point[1])
+        return None
+    point = resume_point(cfg.train.output_dir) if resume else None
+    if point is not None and point[1] >= cfg.train.max_iter:
+        raise nothing_to_resume(cfg, point[1])
+    return point
 
 
 def _progress_marks(output_dir):

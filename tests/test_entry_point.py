@@ -128,6 +128,51 @@ def test_every_command_answers_sigterm_during_its_imports_with_one_line(command)
     assert (err, process.returncode) == ("interrupted by SIGTERM\n", 143)
 
 
+# Runs a command whose next import, once focus_detr.entry_point is in place, meets a Ctrl-C that the imported code
+# swallows, as a C extension's initialisation can (scipy's, importing numpy: an unrelated RecursionError followed).
+_CTRL_C_SWALLOWED_DURING_IMPORTS = """
+import os, runpy, signal, sys
+class SwallowedCtrlCAtTheNextImport:
+    def find_spec(self, name, path=None, target=None):
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            sys.meta_path.remove(self)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            except KeyboardInterrupt:
+                pass
+        return None
+sys.meta_path.insert(0, SwallowedCtrlCAtTheNextImport())
+sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("command", ["train_net.py", "tools/export_model.py"])
+def test_a_ctrl_c_during_the_command_s_imports_ends_it_in_one_line_even_if_swallowed(command):
+    # the command went on as if never interrupted (here: printed its help), or ended in an unrelated traceback
+    process = _python("-c", _CTRL_C_SWALLOWED_DURING_IMPORTS, command, "--help")
+    out, err = process.communicate(timeout=120)
+    assert (out, err, process.returncode) == ("", "interrupted\n", -signal.SIGINT)
+
+
+def test_a_ctrl_c_outside_the_command_s_imports_is_a_keyboard_interrupt_it_can_handle(tmp_path):
+    # in the command's own code, and in an import that a function of it makes later (cleaning up is its to do)
+    script = tmp_path / "command.py"
+    script.write_text("import focus_detr.entry_point\nimport os, signal, sys\n\n\n"
+                      "class CtrlCAtTheNextImport:\n    def find_spec(self, name, path=None, target=None):\n"
+                      "        sys.meta_path.remove(self)\n        os.kill(os.getpid(), signal.SIGINT)\n\n\n"
+                      "def main():\n    try:\n        os.kill(os.getpid(), signal.SIGINT)\n"
+                      "    except KeyboardInterrupt:\n        print('handled')\n"
+                      "    sys.meta_path.insert(0, CtrlCAtTheNextImport())\n"
+                      "    try:\n        import fractions\n    except KeyboardInterrupt:\n"
+                      "        print('handled in an import')\n\n\n"
+                      "main()\n")
+    process = _python(str(script))
+    out, err = process.communicate(timeout=120)
+    assert (out, process.returncode) == ("handled\nhandled in an import\n", 0), err
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
 def test_a_signal_ignored_at_start_stays_ignored():
     # nohup: the command must outlive its terminal

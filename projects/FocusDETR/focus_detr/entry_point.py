@@ -7,7 +7,9 @@ and the Python scripts of ``scripts/`` import this module first, before torch an
   says it; the commands build nothing).
 - A Ctrl-C that nothing handles, e.g. during the seconds of those imports, ends the command with one line
   ("interrupted", or the interruption's own message) and exit status 130 (Python's, for an unhandled
-  KeyboardInterrupt), not a traceback. Any other uncaught exception keeps its traceback.
+  KeyboardInterrupt), not a traceback. Any other uncaught exception keeps its traceback. Within the command's own
+  imports the process ends at once, as for SIGTERM below: a KeyboardInterrupt raised in a C extension's
+  initialisation can be swallowed there.
 - A SIGTERM or SIGHUP before the command installs its own handlers (a scheduler's stop, a closed terminal, during
   those imports) ends it with one line ("interrupted by SIGTERM") and exit status 143 / 129, at once, as the default
   action would have ended it without a word: raised as an exception instead, it could be swallowed by the C code
@@ -49,16 +51,21 @@ def _interrupt_in_one_line(exc_type, exc, traceback, previous_hook=sys.excepthoo
 sys.excepthook = _interrupt_in_one_line
 
 
-def _end_in_one_line(signal_number, frame):
+def _say(line):
     try:
         for stream in (sys.stdout, sys.stderr):  # what was printed before, as an exit would flush it
             try:
                 stream.flush()
             except Exception:  # noqa: BLE001 (None, gone or closed, interrupted in the middle of a write)
                 pass
-        os.write(2, f"interrupted by {signal.Signals(signal_number).name}\n".encode())
+        os.write(2, f"{line}\n".encode())
     except OSError:  # no stderr to say it on (a closed terminal, a broken pipe, 2>&-): the process ends all the same
         pass
+
+
+def _end_in_one_line(signal_number, frame):
+    try:
+        _say(f"interrupted by {signal.Signals(signal_number).name}")
     finally:
         os._exit(128 + signal_number)
 
@@ -68,7 +75,34 @@ def _end_in_one_line(signal_number, frame):
 _end_in_one_line.restored_as_default = True
 
 
-def _stop_signals_end_in_one_line():
+def _in_the_command_s_imports(frame):
+    """Whether ``frame`` runs inside an import statement of the command's own module-level code (``__main__``):
+    its imports of torch, detectron2 and the package, not an import that a function makes later."""
+    inner = None
+    while frame is not None:
+        if (inner is not None and frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__"
+                and inner.f_code.co_filename.startswith("<frozen importlib")):
+            return True
+        inner, frame = frame, frame.f_back
+    return False
+
+
+def _ctrl_c_in_one_line(signal_number, frame):
+    """Python's own SIGINT handling (a KeyboardInterrupt), except within the command's imports: raised there, the
+    KeyboardInterrupt can land in a C extension's initialisation, which may swallow it (scipy's, about one Ctrl-C in
+    three at that moment) and go on to an unrelated RecursionError traceback. There the process says "interrupted"
+    and ends as an unhandled KeyboardInterrupt ends it, by SIGINT (status 130 in a shell)."""
+    if not _in_the_command_s_imports(frame):
+        raise KeyboardInterrupt
+    try:
+        _say("interrupted")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        os._exit(128 + signal_number)  # should the default action not end the process
+
+
+def _signals_end_in_one_line():
     if threading.current_thread() is not threading.main_thread():  # only the main thread may install handlers
         return
     multiprocessing = sys.modules.get("multiprocessing")
@@ -79,9 +113,11 @@ def _stop_signals_end_in_one_line():
         number = getattr(signal, name, None)
         if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
             signal.signal(number, _end_in_one_line)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not SIG_IGN (a script's background job)
+        signal.signal(signal.SIGINT, _ctrl_c_in_one_line)
 
 
-_stop_signals_end_in_one_line()
+_signals_end_in_one_line()
 
 
 class _OutputWithoutReader:

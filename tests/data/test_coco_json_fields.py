@@ -5,7 +5,6 @@ silently turned into another). Boxes that training drops or clips while the COCO
 are legal, and warned about once per dataset."""
 import json
 import os
-import re
 import sys
 
 import pytest
@@ -13,10 +12,10 @@ import pytest
 from focus_detr.data import check_dataset_jsons, check_evaluable, get_checked_dataset_dicts, register_coco_dataset
 from focus_detr.data.coco_json import coco_json_problem
 
+from coco_edits import AREA, BOX, first_annotation, first_annotation_without, first_bbox, first_image, first_image_without
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine"))
-from cli_output import error_lines, logged_warnings, shows_traceback  # noqa: E402
-from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: E402,F401 (fixtures)
-from toy_detector import register_edited_toy_dataset  # noqa: E402
+from cli_output import logged_warnings  # noqa: E402
 
 IMAGE = "image im0.png (image_id 10)"
 
@@ -52,41 +51,6 @@ def _register(tmp_path, name, edit=None, text=None):
     return json_file
 
 
-def _first_bbox(bbox):
-    def edit(coco):
-        coco["annotations"][0]["bbox"] = bbox
-
-    return edit
-
-
-def _first_annotation_without(key):
-    def edit(coco):
-        del coco["annotations"][0][key]
-
-    return edit
-
-
-def _first_annotation(**fields):
-    def edit(coco):
-        coco["annotations"][0].update(fields)
-
-    return edit
-
-
-def _first_image(**fields):
-    def edit(coco):
-        coco["images"][0].update(fields)
-
-    return edit
-
-
-def _first_image_without(key):
-    def edit(coco):
-        del coco["images"][0][key]
-
-    return edit
-
-
 def _no_categories(coco):
     del coco["categories"]
 
@@ -100,61 +64,59 @@ def _string_image_id(coco):
     coco["images"][1]["id"] = coco["annotations"][1]["image_id"] = "b"
 
 
-BOX = "; fix or remove it"
 MALFORMED = {
-    "negative_width": (_first_bbox([10, 10, -20, 15]), f"annotation id 100 of {IMAGE} has bbox [10, 10, -20, 15]: "
+    "negative_width": (first_bbox([10, 10, -20, 15]), f"annotation id 100 of {IMAGE} has bbox [10, 10, -20, 15]: "
                        f"width and height must be >= 0 (a bbox is [x, y, width, height], not two corners){BOX}"),
-    "negative_height": (_first_bbox([10, 10, 5, -1.5]), f"annotation id 100 of {IMAGE} has bbox [10, 10, 5, -1.5]: "
+    "negative_height": (first_bbox([10, 10, 5, -1.5]), f"annotation id 100 of {IMAGE} has bbox [10, 10, 5, -1.5]: "
                         f"width and height must be >= 0 (a bbox is [x, y, width, height], not two corners){BOX}"),
-    "huge_width": (_first_bbox([10, 10, 1e300, 15]), f"annotation id 100 of {IMAGE} has bbox [10, 10, 1e+300, 15]: "
+    "huge_width": (first_bbox([10, 10, 1e300, 15]), f"annotation id 100 of {IMAGE} has bbox [10, 10, 1e+300, 15]: "
                    f"a coordinate is beyond float32's range (3.4e38), so no usable number for training{BOX}"),
-    "huge_integer": (_first_bbox([10, 10, 10**400, 15]), f"annotation id 100 of {IMAGE} has bbox [10, 10, <an integer "
+    "huge_integer": (first_bbox([10, 10, 10**400, 15]), f"annotation id 100 of {IMAGE} has bbox [10, 10, <an integer "
                      f"of 401 digits>, 15]: a coordinate is beyond float32's range (3.4e38), so no usable number for "
                      f"training{BOX}"),
-    "no_bbox": (_first_annotation_without("bbox"), f"annotation id 100 of {IMAGE} has no 'bbox'; give each annotation "
+    "no_bbox": (first_annotation_without("bbox"), f"annotation id 100 of {IMAGE} has no 'bbox'; give each annotation "
                 "its box [x, y, width, height]"),
-    "null_bbox": (_first_bbox(None), f"annotation id 100 of {IMAGE} has bbox None: a bbox is a list of 4 numbers "
+    "null_bbox": (first_bbox(None), f"annotation id 100 of {IMAGE} has bbox None: a bbox is a list of 4 numbers "
                   f"[x, y, width, height]{BOX}"),
-    "three_numbers": (_first_bbox([10, 10, 20]), f"annotation id 100 of {IMAGE} has bbox [10, 10, 20]: a bbox is a "
+    "three_numbers": (first_bbox([10, 10, 20]), f"annotation id 100 of {IMAGE} has bbox [10, 10, 20]: a bbox is a "
                       f"list of 4 numbers [x, y, width, height]{BOX}"),
-    "string_number": (_first_bbox([10, 10, "20", 15]), f"annotation id 100 of {IMAGE} has bbox [10, 10, '20', 15]: a "
+    "string_number": (first_bbox([10, 10, "20", 15]), f"annotation id 100 of {IMAGE} has bbox [10, 10, '20', 15]: a "
                       f"bbox is 4 numbers [x, y, width, height], and '20' is a string{BOX}"),
-    "no_category_id": (_first_annotation_without("category_id"), "annotation id 100 of image_id 10 has no "
+    "no_category_id": (first_annotation_without("category_id"), "annotation id 100 of image_id 10 has no "
                        "category_id; give each annotation one"),
     "no_categories": (_no_categories, "no categories: list the dataset's classes in the json's 'categories'"),
     "duplicate_category_id": (_duplicate_category_id, "category id 1 is used by two categories ('a' and 'b'); "
                               "category ids must be unique (detectron2 would count two classes, the COCO evaluator "
                               "one)"),
-    "no_height": (_first_image_without("height"), "image id 10 ('im0.png') has no 'height'; give each image its "
+    "no_height": (first_image_without("height"), "image id 10 ('im0.png') has no 'height'; give each image its "
                   "height and width"),
-    "no_width": (_first_image_without("width"), "image id 10 ('im0.png') has no 'width'; give each image its height "
+    "no_width": (first_image_without("width"), "image id 10 ('im0.png') has no 'width'; give each image its height "
                  "and width"),
-    "string_height": (_first_image(height="30"), "image id 10 ('im0.png') has height '30' (a string): height and "
+    "string_height": (first_image(height="30"), "image id 10 ('im0.png') has height '30' (a string): height and "
                       "width must be positive integers, the image's size in pixels"),
-    "zero_width": (_first_image(width=0), "image id 10 ('im0.png') has width 0: height and width must be positive "
+    "zero_width": (first_image(width=0), "image id 10 ('im0.png') has width 0: height and width must be positive "
                    "integers, the image's size in pixels"),
     # a crowd to the mapper and to pycocotools alike, so silently never trained on
-    "string_iscrowd": (_first_annotation(iscrowd="0"), "annotation id 100 of image_id 10 has iscrowd '0' (a string): "
+    "string_iscrowd": (first_annotation(iscrowd="0"), "annotation id 100 of image_id 10 has iscrowd '0' (a string): "
                        "iscrowd is 0 or 1"),
-    "iscrowd_two": (_first_annotation(iscrowd=2), "annotation id 100 of image_id 10 has iscrowd 2: iscrowd is 0 or 1"),
+    "iscrowd_two": (first_annotation(iscrowd=2), "annotation id 100 of image_id 10 has iscrowd 2: iscrowd is 0 or 1"),
     "mixed_image_ids": (_string_image_id, "image ids mix numbers and strings (image id 10 and image id 'b'); give all "
                         "images ids of one kind, numbers as in COCO"),
     # 1.0 is no category id to detectron2's id map; "not among the json's categories (ids 1)" only puzzled
-    "float_category_id": (_first_annotation(category_id=1.0), "annotation id 100 of image_id 10 has category_id 1.0, "
+    "float_category_id": (first_annotation(category_id=1.0), "annotation id 100 of image_id 10 has category_id 1.0, "
                           "not an integer; give it the integer id of one of the json's categories (ids 1)"),
 }
 
 # pycocotools counts an object by its area, not its box: these lowered AP, made every metric NaN or failed the
 # evaluation after the whole inference
-AREA = "; give the object's area in pixels (its mask's, or width * height of its bbox for box-only data)"
 OUTSIDE_RANGE = ": COCO evaluation ignores objects whose area is outside 0 to 1e10, so this one would not count"
 BAD_AREA = {
-    "string_area": (_first_annotation(area="100"), f"annotation id 100 of {IMAGE} has area '100' (a string): an area "
+    "string_area": (first_annotation(area="100"), f"annotation id 100 of {IMAGE} has area '100' (a string): an area "
                     f"is a number{AREA}"),
-    "nan_area": (_first_annotation(area=float("nan")), f"annotation id 100 of {IMAGE} has area nan: an area is a "
+    "nan_area": (first_annotation(area=float("nan")), f"annotation id 100 of {IMAGE} has area nan: an area is a "
                  f"finite number{AREA}"),
-    "negative_area": (_first_annotation(area=-1), f"annotation id 100 of {IMAGE} has area -1{OUTSIDE_RANGE}{AREA}"),
-    "huge_area": (_first_annotation(area=1e11), f"annotation id 100 of {IMAGE} has area 100000000000.0"
+    "negative_area": (first_annotation(area=-1), f"annotation id 100 of {IMAGE} has area -1{OUTSIDE_RANGE}{AREA}"),
+    "huge_area": (first_annotation(area=1e11), f"annotation id 100 of {IMAGE} has area 100000000000.0"
                   f"{OUTSIDE_RANGE}{AREA}"),
 }
 MALFORMED.update(BAD_AREA)
@@ -164,28 +126,28 @@ SEGMENTATION = "; fix the segmentation, or remove it for box-only data"
 DROPPED = (", where a polygon is a list of at least 6 numbers [x1, y1, x2, y2, x3, y3, ...]; detectron2 drops an "
            "annotation without a valid polygon, box included, which the COCO evaluator still scores" + SEGMENTATION)
 MALFORMED.update({
-    "ignore": (_first_annotation(ignore=1), f"annotation id 100 of {IMAGE} has ignore 1, which detectron2's loader "
+    "ignore": (first_annotation(ignore=1), f"annotation id 100 of {IMAGE} has ignore 1, which detectron2's loader "
                "does not support (an assertion); remove the field, or mark a region to ignore with iscrowd 1"),
-    "string_keypoint": (_first_annotation(keypoints=[3, "a", 2]), f"annotation id 100 of {IMAGE} has keypoints "
+    "string_keypoint": (first_annotation(keypoints=[3, "a", 2]), f"annotation id 100 of {IMAGE} has keypoints "
                         "holding 'a' (a string) at #1: keypoints are a list of numbers [x1, y1, v1, x2, y2, v2, ...], "
                         "and detectron2's loader fails on anything else; fix them, or remove them (Focus-DETR does not "
                         "use them)"),
-    "rle_size": (_first_annotation(segmentation={"counts": [1, 2, 3], "size": [5]}), f"annotation id 100 of {IMAGE} "
+    "rle_size": (first_annotation(segmentation={"counts": [1, 2, 3], "size": [5]}), f"annotation id 100 of {IMAGE} "
                  "has an RLE segmentation that detectron2's loader cannot read: its 'size' is [5], not [height, width] "
                  f"(2 integers >= 0){SEGMENTATION}"),
-    "rle_counts": (_first_annotation(segmentation={"counts": [1, -2], "size": [30, 40]}), f"annotation id 100 of "
+    "rle_counts": (first_annotation(segmentation={"counts": [1, -2], "size": [30, 40]}), f"annotation id 100 of "
                    f"{IMAGE} has an RLE segmentation that detectron2's loader cannot read: its 'counts' is [1, -2], "
                    f"not a string or a list of integers from 0 to 2**32 - 1{SEGMENTATION}"),
     # detectron2 silently drops these annotations, box included, which the evaluator still scores
-    "short_polygon": (_first_annotation(segmentation=[[5, 5, 15, 5]]), f"annotation id 100 of {IMAGE} has an invalid "
+    "short_polygon": (first_annotation(segmentation=[[5, 5, 15, 5]]), f"annotation id 100 of {IMAGE} has an invalid "
                       f"segmentation: polygon #0 has 4 values{DROPPED}"),
-    "empty_polygon": (_first_annotation(segmentation=[[]]), f"annotation id 100 of {IMAGE} has an invalid "
+    "empty_polygon": (first_annotation(segmentation=[[]]), f"annotation id 100 of {IMAGE} has an invalid "
                       f"segmentation: polygon #0 has 0 values{DROPPED}"),
-    "odd_polygon": (_first_annotation(segmentation=[[5, 5, 15, 5, 15, 15, 5]]), f"annotation id 100 of {IMAGE} has an "
+    "odd_polygon": (first_annotation(segmentation=[[5, 5, 15, 5, 15, 15, 5]]), f"annotation id 100 of {IMAGE} has an "
                     f"invalid segmentation: polygon #0 has 7 values{DROPPED}"),
-    "string_in_polygon": (_first_annotation(segmentation=[[5, 5, 15, 5, 15, "15"]]), f"annotation id 100 of {IMAGE} "
+    "string_in_polygon": (first_annotation(segmentation=[[5, 5, 15, 5, 15, "15"]]), f"annotation id 100 of {IMAGE} "
                           f"has an invalid segmentation: polygon #0 holds '15' (a string) at #5{DROPPED}"),
-    "string_segmentation": (_first_annotation(segmentation="5 5 15 5 15 15"), f"annotation id 100 of {IMAGE} has an "
+    "string_segmentation": (first_annotation(segmentation="5 5 15 5 15 15"), f"annotation id 100 of {IMAGE} has an "
                             f"invalid segmentation: it is a string ('5 5 15 5 15 15'){DROPPED}"),
 })
 
@@ -235,7 +197,7 @@ def test_an_area_that_does_not_fit_its_box_is_warned_about(tmp_path):
     for area in (0, 400.0):
         name = f"misfit_area_{int(area)}"
         (tmp_path / name).mkdir()
-        json_file = _register(tmp_path / name, name, _first_annotation(area=area))
+        json_file = _register(tmp_path / name, name, first_annotation(area=area))
         with logged_warnings("focus_detr.data.box_warnings") as messages:
             check_dataset_jsons(name)
         assert messages == [
@@ -245,7 +207,7 @@ def test_an_area_that_does_not_fit_its_box_is_warned_about(tmp_path):
             f"APs / APm / APl count them as another size{AREA}"
         ]
     (tmp_path / "rounding").mkdir()
-    _register(tmp_path / "rounding", "area_within_rounding", _first_annotation(area=121.0))
+    _register(tmp_path / "rounding", "area_within_rounding", first_annotation(area=121.0))
     with logged_warnings("focus_detr.data.box_warnings") as messages:
         check_dataset_jsons("area_within_rounding")
     assert messages == []
@@ -253,7 +215,7 @@ def test_an_area_that_does_not_fit_its_box_is_warned_about(tmp_path):
 
 def test_a_missing_area_is_refused_only_where_coco_evaluation_reads_it(tmp_path):
     # pycocotools failed with KeyError: 'area' after the whole inference; training does not read it
-    json_file = _register(tmp_path, "no_area", _first_annotation_without("area"))
+    json_file = _register(tmp_path, "no_area", first_annotation_without("area"))
     check_dataset_jsons("no_area")
     with pytest.raises(ValueError) as error:
         check_evaluable("no_area")
@@ -376,7 +338,7 @@ def test_categories_sharing_a_name_are_warned_about_once_per_dataset(tmp_path):
 def test_a_non_finite_box_is_found_in_the_json_before_loading(tmp_path):
     """A test json is checked before training starts without being loaded: its NaN box is refused there too, with
     the line the loaded dicts give."""
-    _register(tmp_path, "nan_box", _first_bbox([1, float("nan"), 3, 4]))
+    _register(tmp_path, "nan_box", first_bbox([1, float("nan"), 3, 4]))
     with pytest.raises(ValueError) as error:
         check_dataset_jsons("nan_box")
     assert str(error.value) == (
@@ -390,97 +352,3 @@ def test_a_non_finite_box_is_found_in_the_json_before_loading(tmp_path):
 
 
 # train_net.py, end to end, on the toy data (3 images of 64 x 48; annotation i+1 of image i+1, toy_00i.png)
-def _toy_duplicate_category_id(coco):
-    coco["categories"].append({"id": 1, "name": "other"})
-
-
-def _toy_string_height(coco):
-    coco["images"][0]["height"] = "48"
-
-
-TOY_IMAGE = "image toy_000.png (image_id 1)"
-TOY_CASES = {
-    "negative_width": (_first_bbox([10, 10, -20, 15]), f"annotation id 1 of {TOY_IMAGE} has bbox [10, 10, -20, "
-                       f"15]: width and height must be >= 0 (a bbox is [x, y, width, height], not two corners){BOX}"),
-    "string_number": (_first_bbox([10, 10, "20", 15]), f"annotation id 1 of {TOY_IMAGE} has bbox [10, 10, '20', "
-                      f"15]: a bbox is 4 numbers [x, y, width, height], and '20' is a string{BOX}"),
-    "no_bbox": (lambda coco: coco["annotations"][0].pop("bbox"), f"annotation id 1 of {TOY_IMAGE} has no 'bbox'; give "
-                "each annotation its box [x, y, width, height]"),
-    "duplicate_category_id": (_toy_duplicate_category_id, "category id 1 is used by two categories ('box' and "
-                              "'other'); category ids must be unique (detectron2 would count two classes, the COCO "
-                              "evaluator one)"),
-    "string_height": (_toy_string_height, "image id 1 ('toy_000.png') has height '48' (a string): height and width "
-                      "must be positive integers, the image's size in pixels"),
-}
-
-
-def _train_net(train_net, capsys, name, mode, out, *extra):
-    split = "test" if mode in ("eval", "train_with_bad_test_data") else "train"
-    argv = ["--config-file", TOY_CONFIG, *(["--eval-only"] if mode == "eval" else []),
-            f"dataloader.{split}.dataset.names={name}", "train.max_iter=2", "train.checkpointer.period=1",
-            f"train.output_dir={out}", *extra]
-    code = train_net.cli(argv)
-    return code, capsys.readouterr().err
-
-
-@pytest.mark.parametrize("case", list(TOY_CASES))
-@pytest.mark.parametrize("mode", ["train", "eval", "train_with_bad_test_data"])
-def test_train_net_stops_with_one_line_before_any_step_or_inference(train_net, toy_dataset, capsys, tmp_path, case,
-                                                                    mode):
-    edit, why = TOY_CASES[case]
-    name = f"focus_detr_toy_fields_{case}_{mode}"
-    json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), edit)
-    out = tmp_path / "out"
-    # the toy config's train.eval_period is 0: the test data is checked up front all the same (its final evaluation
-    # runs anyway)
-    code, err = _train_net(train_net, capsys, name, mode, out)
-    assert code == 2
-    assert error_lines(err) == [f"error: dataset '{name}' ({json_file}): {why}"]
-    assert not shows_traceback(err)
-    assert not list(out.glob("model_*.pth")) and not (out / "eval_results.json").exists()
-
-
-@pytest.mark.parametrize("mode", ["train", "eval", "train_with_bad_test_data"])
-def test_a_test_set_without_areas_stops_before_any_step_or_inference(train_net, toy_dataset, capsys, tmp_path, mode):
-    # COCO evaluation needs them: a KeyError after the whole inference, or at the end of a training run; a training
-    # set does without
-    name = f"focus_detr_toy_fields_no_area_{mode}"
-    json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), lambda coco: coco["annotations"][0].pop("area"))
-    out = tmp_path / "out"
-    code, err = _train_net(train_net, capsys, name, mode, out)
-    if mode == "train":
-        assert code == 0 and error_lines(err) == []
-        return
-    assert code == 2
-    errors = error_lines(err)
-    assert len(errors) == 1 and re.fullmatch(
-        re.escape(f"error: dataset '{name}' ({json_file}): 1 annotation without an 'area', e.g. annotation id 1 of "
-                  f"{TOY_IMAGE}, bbox ") + r"\[[^]]*\]" + re.escape(" in a 64 x 48 image, which COCO evaluation needs "
-                                                                  f"to score this test set{AREA}"), errors[0]), errors
-    assert not list(out.glob("model_*.pth")) and not (out / "eval_results.json").exists()
-
-
-def test_a_nan_box_in_the_test_data_stops_training_before_the_first_step(train_net, toy_dataset, capsys, tmp_path):
-    name = "focus_detr_toy_fields_nan_test_box"
-    register_edited_toy_dataset(name, str(tmp_path / "data"), _first_bbox([10, float("nan"), 20, 15]))
-    out = tmp_path / "out"
-    code, err = _train_net(train_net, capsys, name, "train_with_bad_test_data", out)
-    assert code == 2
-    image = tmp_path / "data" / "images" / "toy_000.png"
-    assert error_lines(err) == [
-        f"error: dataset '{name}': annotation id 1 of image {image} (image_id 1) has a bbox that is not finite "
-        "numbers: [10, nan, 20, 15]; fix or remove it"
-    ]
-    assert not list(out.glob("model_*.pth")) and not (out / "metrics.json").exists()
-
-
-def test_eval_only_warns_about_dropped_boxes_and_scores_them(train_net, toy_dataset, capsys, tmp_path):
-    name = "focus_detr_toy_fields_zero_width"
-    zero_width = _first_annotation(bbox=[10, 10, 0, 15], area=0)
-    json_file = register_edited_toy_dataset(name, str(tmp_path / "data"), zero_width)
-    out = tmp_path / "out"
-    with logged_warnings("focus_detr.data.box_warnings") as messages:
-        code, err = _train_net(train_net, capsys, name, "eval", out)
-    assert code == 0 and (out / "eval_results.json").exists()
-    assert [m for m in messages if m.startswith(f"dataset '{name}' ({json_file}): 1 box with no area ")]
-    assert len(messages) == 1

@@ -3,7 +3,6 @@ there, prints one line (iteration, checkpoint, the command that resumes) and no 
 resumed run ends bit-identical to an uninterrupted one. A second Ctrl-C stops at once."""
 import logging
 import os
-import re
 import shlex
 import signal
 
@@ -12,22 +11,7 @@ import torch
 
 from cli_output import shows_traceback
 from engine_test_utils import TOY_CONFIG, TrainNetProcess, toy_dataset, train_net  # noqa: F401 (fixtures)
-
-STOP_LINE = re.compile(
-    r"^training stopped by (SIG\w+) after iteration (\d+) \(train\.max_iter (\d+)\); checkpoint (\S+) \(saved now; "
-    r"a resume continues at iteration (\d+)\); resume with: (.+)$"
-)
-# 10 iterations of the toy detector, a checkpoint every 5, the log line of every iteration
-RUN = ["train.max_iter=10", "train.checkpointer.period=5", "train.log_period=1", "dataloader.evaluator=null"]
-
-
-def _stop_lines(stderr):
-    return [line for line in stderr.splitlines() if line.startswith("training stopped")]
-
-
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
+from interrupted_runs import RUN, STOP_LINE, load_checkpoint, stop_lines
 
 def _assert_same_checkpoint(expected, actual):
     for part in ("model", "trainer", "rank_states"):
@@ -53,7 +37,7 @@ def uninterrupted_final(train_net, toy_dataset, tmp_path_factory):
     """The final checkpoint of the run the interrupted ones must end up equal to."""
     out = tmp_path_factory.mktemp("uninterrupted")
     assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN]) == 0
-    return _load(out / "model_final.pth")
+    return load_checkpoint(out / "model_final.pth")
 
 
 @pytest.mark.parametrize("number, status", [pytest.param(signal.SIGINT, 130, id="SIGINT"),
@@ -75,20 +59,20 @@ def test_a_signal_stops_after_an_iteration_and_the_printed_command_resumes_bit_e
     assert not list(temporary.glob("pymp-*"))
     stderr = run.stderr()
     assert not shows_traceback(stderr + run.stdout()) and "KeyboardInterrupt" not in stderr
-    assert len(_stop_lines(stderr)) == 1 and stderr.strip().splitlines()[-1] == _stop_lines(stderr)[0]
-    name, iteration, max_iter, checkpoint, next_iteration, command = STOP_LINE.match(_stop_lines(stderr)[0]).groups()
+    assert len(stop_lines(stderr)) == 1 and stderr.strip().splitlines()[-1] == stop_lines(stderr)[0]
+    name, iteration, max_iter, checkpoint, next_iteration, command = STOP_LINE.match(stop_lines(stderr)[0]).groups()
     assert name == signal.Signals(number).name and max_iter == "10"
     assert 1 <= int(iteration) < 9 and int(next_iteration) == int(iteration) + 1
     assert checkpoint == str(out / f"model_{int(iteration):07d}.pth")
     assert (out / "last_checkpoint").read_text() == f"model_{int(iteration):07d}.pth"
-    assert _load(checkpoint)["iteration"] == int(iteration)
+    assert load_checkpoint(checkpoint)["iteration"] == int(iteration)
     assert shlex.split(command) == [*run.command, "--resume"]
 
     # the printed command's arguments, run here; neither the sleep nor the number of data-loader workers changes the
     # numbers (in-process workers would cost seconds at shutdown)
     assert train_net.cli(shlex.split(command)[2:] + ["model.step_seconds=0", "dataloader.train.num_workers=0"]) == 0
     assert f"Resuming at iteration {next_iteration} (RNG and data position restored)" in (out / "log.txt").read_text()
-    _assert_same_checkpoint(uninterrupted_final, _load(out / "model_final.pth"))
+    _assert_same_checkpoint(uninterrupted_final, load_checkpoint(out / "model_final.pth"))
 
 
 def test_a_second_ctrl_c_stops_at_once_and_names_the_last_checkpoint(train_net, toy_dataset, tmp_path, capsys):
@@ -98,8 +82,8 @@ def test_a_second_ctrl_c_stops_at_once_and_names_the_last_checkpoint(train_net, 
             f"model.signals=[{int(signal.SIGINT)},{int(signal.SIGINT)}]"]
     assert train_net.cli(argv) == 130
     err = capsys.readouterr().err
-    assert len(_stop_lines(err)) == 1 and not shows_traceback(err)
-    line = _stop_lines(err)[0]
+    assert len(stop_lines(err)) == 1 and not shows_traceback(err)
+    line = stop_lines(err)[0]
     assert line.startswith(f"training stopped by SIGINT during iteration 6 (train.max_iter 10), without saving; "
                            f"checkpoint {out / 'model_0000004.pth'} (a resume continues at iteration 5); resume with: ")
     assert line.endswith(" --resume")
@@ -142,7 +126,7 @@ def test_a_stop_before_the_first_checkpoint_says_a_resume_starts_from_scratch(tr
     argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN, "model.signal_step=2",
             f"model.signals=[{int(signal.SIGTERM)},{int(signal.SIGINT)}]"]
     assert train_net.cli(argv) == 130  # the second signal, a Ctrl-C, stopped it
-    assert _stop_lines(capsys.readouterr().err)[0].startswith(
+    assert stop_lines(capsys.readouterr().err)[0].startswith(
         "training stopped by SIGINT during iteration 2 (train.max_iter 10), without saving; "
         "no checkpoint yet: a resume starts from scratch; resume with: "
     )
@@ -156,7 +140,7 @@ def test_a_signal_in_an_early_iteration_stops_after_it(train_net, toy_dataset, t
             f"model.signals=[{int(signal.SIGTERM)}]"]
     assert train_net.cli(argv) == 143
     err = capsys.readouterr().err
-    assert STOP_LINE.match(_stop_lines(err)[0]).group(2) == "1" and not shows_traceback(err)
+    assert STOP_LINE.match(stop_lines(err)[0]).group(2) == "1" and not shows_traceback(err)
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
 
 
@@ -171,48 +155,6 @@ def test_a_signal_during_set_up_stops_before_the_first_iteration(toy_dataset, tm
     assert str(stopped.value) == ("training stopped by SIGTERM before iteration 0 (train.max_iter 10); no checkpoint "
                                   "yet: a resume starts from scratch; resume with: RESUME")
     assert not (tmp_path / "last_checkpoint").exists()
-
-
-def _assert_stopped_before_the_final_evaluation(err, out, name):
-    """The run saved its final checkpoint, ran no evaluation and its last line gives the command that evaluates."""
-    assert not shows_traceback(err) and not _stop_lines(err)
-    final = out / "model_final.pth"
-    prefix = (f"training finished (train.max_iter 10; checkpoint {final}); its evaluation was stopped by {name}; "
-              "evaluate it with: ")
-    assert err.strip().splitlines()[-1].startswith(prefix)
-    assert err.strip().splitlines()[-1].endswith(f" --eval-only train.init_checkpoint={final}")
-    assert (out / "last_checkpoint").read_text() == "model_final.pth" and _load(final)["iteration"] == 9
-    assert "Start inference" not in (out / "log.txt").read_text()
-
-
-def test_a_signal_during_the_last_iteration_stops_the_run_before_the_final_evaluation(train_net, toy_dataset,
-                                                                                     tmp_path, capsys):
-    # it was recorded and never acted on: a scheduler's SIGTERM ran the whole final evaluation, and the run exited 0
-    out = tmp_path / "out"
-    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN[:-1], "model.signal_step=9",
-            f"model.signals=[{int(signal.SIGTERM)}]", "train.checkpointer.save_safetensors=True"]
-    assert train_net.cli(argv) == 143
-    _assert_stopped_before_the_final_evaluation(capsys.readouterr().err, out, "SIGTERM")
-    assert (out / "model_final.safetensors").exists()  # written with the final checkpoint, before the evaluation
-
-
-@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
-def test_a_signal_during_the_final_save_stops_the_run_once_it_is_written(train_net, toy_dataset, tmp_path, capsys,
-                                                                         monkeypatch):
-    from focus_detr.engine import AtomicDetectionCheckpointer
-
-    save = AtomicDetectionCheckpointer.save
-
-    def save_closing_the_terminal(self, name, **kwargs):
-        if name == "model_final":
-            os.kill(os.getpid(), signal.SIGHUP)
-        return save(self, name, **kwargs)
-
-    monkeypatch.setattr(AtomicDetectionCheckpointer, "save", save_closing_the_terminal)
-    out = tmp_path / "out"
-    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN[:-1]]) == 129
-    _assert_stopped_before_the_final_evaluation(capsys.readouterr().err, out, "SIGHUP")
-
 
 
 def test_a_ctrl_c_during_a_save_takes_effect_once_the_checkpoint_is_written(train_net, toy_dataset, tmp_path, capsys,
@@ -235,57 +177,10 @@ def test_a_ctrl_c_during_a_save_takes_effect_once_the_checkpoint_is_written(trai
     assert train_net.cli(argv) == 130
     err = capsys.readouterr().err
     assert not shows_traceback(err)
-    name, iteration, _, checkpoint, next_iteration, _ = STOP_LINE.match(_stop_lines(err)[0]).groups()
+    name, iteration, _, checkpoint, next_iteration, _ = STOP_LINE.match(stop_lines(err)[0]).groups()
     assert (name, iteration, next_iteration) == ("SIGINT", "6", "7") and checkpoint == str(out / "model_0000006.pth")
     assert (out / "last_checkpoint").read_text() == "model_0000006.pth"
-    assert _load(checkpoint)["iteration"] == 6 and not list(out.glob(".*.tmp"))
-
-
-def test_a_signal_in_the_final_evaluation_stops_it_at_once_and_says_how_to_evaluate(train_net, toy_dataset,
-                                                                                  tmp_path, capsys):
-    out = tmp_path / "out"
-    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", "train.max_iter=10", "train.checkpointer.period=5",
-            f"model.inference_signals=[{int(signal.SIGINT)}]"]
-    assert train_net.cli(argv) == 130
-    err = capsys.readouterr().err
-    assert not shows_traceback(err) and not _stop_lines(err)
-    line = err.strip().splitlines()[-1]
-    final = out / "model_final.pth"
-    prefix = (f"training finished (train.max_iter 10; checkpoint {final}); its evaluation was stopped by SIGINT; "
-              "evaluate it with: ")
-    assert line.startswith(prefix)
-    command = shlex.split(line[len(prefix):])
-    assert command[-2:] == ["--eval-only", f"train.init_checkpoint={final}"] and "--resume" not in command
-    # the command evaluates the final checkpoint (without the test's signal)
-    assert train_net.cli(command[2:] + ["model.inference_signals=[]"]) == 0
-    assert (out / "eval_results.json").exists()
-
-
-@pytest.mark.parametrize("evaluator", ["null", "default"])
-def test_a_signal_after_the_final_evaluation_says_nothing_needs_redoing(train_net, toy_dataset, tmp_path, capsys,
-                                                                       monkeypatch, evaluator):
-    """A signal while the run wraps up (its writers' last metrics), after the final evaluation or without one, must
-    not send the user to evaluate again."""
-    from focus_detr.engine.hooks import ProgressWriter
-
-    write_last_metrics = ProgressWriter.after_train
-
-    def pressing_ctrl_c(self):
-        os.kill(os.getpid(), signal.SIGINT)
-        return write_last_metrics(self)
-
-    monkeypatch.setattr(ProgressWriter, "after_train", pressing_ctrl_c)
-    out = tmp_path / "out"
-    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN[:-1]]
-    if evaluator == "null":
-        argv.append("dataloader.evaluator=null")
-    assert train_net.cli(argv) == 130
-    err = capsys.readouterr().err
-    assert not shows_traceback(err) and not _stop_lines(err)
-    assert err.strip().splitlines()[-1] == (
-        f"training finished (train.max_iter 10; checkpoint {out / 'model_final.pth'}); SIGINT stopped the run as it "
-        "was wrapping up: nothing needs to be redone"
-    )
+    assert load_checkpoint(checkpoint)["iteration"] == 6 and not list(out.glob(".*.tmp"))
 
 
 def test_sigterm_outside_training_is_one_line_and_releases_the_folder(train_net, toy_dataset, tmp_path, capsys):
@@ -352,7 +247,7 @@ def test_a_closed_terminal_stops_training_like_sigterm_unless_started_with_nohup
     argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", *RUN, "model.signal_step=3",
             f"model.signals=[{int(signal.SIGHUP)}]"]
     assert train_net.cli(argv) == 129
-    assert STOP_LINE.match(_stop_lines(capsys.readouterr().err)[0]).group(1, 2) == ("SIGHUP", "3")
+    assert STOP_LINE.match(stop_lines(capsys.readouterr().err)[0]).group(1, 2) == ("SIGHUP", "3")
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts it
     try:
         assert train_net.cli(argv[:2] + [f"train.output_dir={tmp_path / 'nohup'}"] + argv[3:]) == 0

@@ -134,7 +134,7 @@ FAILURES = {
 # A resume in two processes gives each rank its own saved state back; these cases repeat the run from their save (a
 # failure in one rank's data loading, where the other holds a batch it must give back; a worker that dies, which the
 # resumed run starts again). For the others the save is compared with the uninterrupted run's, which is what a resume
-# continues from (the single-process resumes of tests/engine/test_engine_resume_faults.py repeat those failures).
+# continues from (the single-process resumes of tests/engine/test_engine_stopped_runs.py repeat those failures).
 RESUMED = {"an unreadable image", "a killed data-loading worker"}
 
 

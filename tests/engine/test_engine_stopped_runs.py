@@ -111,6 +111,39 @@ def test_a_step_that_fails_before_the_optimiser_saves_the_iterations_before_it_a
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
 
 
+def test_a_stop_whose_save_finds_the_disk_full_names_both_and_how_to_resume(train_net, toy_dataset, tmp_path, capsys,
+                                                                           monkeypatch):
+    # the save's own line took the place of the stop's, without the resume command the periodic save's line has
+    import os
+    import shlex
+    import sys
+
+    import focus_detr.engine.checkpoint as checkpoint
+
+    def full_disk_for_iteration_6(path, mode="r", *args, **kwargs):
+        if os.path.basename(path).startswith(".model_0000006.pth."):  # a real full device: writes fail with ENOSPC
+            return open("/dev/full", mode, *args, **kwargs)
+        return open(path, mode, *args, **kwargs)
+
+    knob, cause, remedy = STEP_FAILURES["a diverging loss"]
+    out = tmp_path / "out"
+    argv = ["--config-file", TOY_CONFIG, f"train.output_dir={out}", "train.max_iter=10", "train.checkpointer.period=4",
+            "dataloader.evaluator=null"]
+    monkeypatch.setattr(checkpoint, "open", full_disk_for_iteration_6, raising=False)  # atomic_write's temporary file
+    assert train_net.cli([*argv, knob]) == 2
+    err = capsys.readouterr().err
+    assert not shows_traceback(err), err[-3000:]
+    command = shlex.join([sys.executable, os.path.abspath(train_net.__file__), *argv, knob, "--resume"])
+    assert err.strip().splitlines()[-1] == (
+        f"{cause}; training stopped after iteration 6 and cannot save checkpoint {out / 'model_0000006.pth'}: no space "
+        f"left on device (the previous checkpoint {out / 'model_0000003.pth'} is kept): {remedy}, then once {out} can "
+        f"be written again, resume with: {command}")
+    assert (out / "last_checkpoint").read_text() == "model_0000003.pth" and not list(out.glob(".*.tmp"))
+
+    monkeypatch.undo()  # room again
+    assert train_net.cli([arg for arg in shlex.split(command)[2:] if arg != knob]) == 0
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 9
+
 def test_a_loss_diverging_at_the_first_iteration_is_one_line_without_a_checkpoint(train_net, toy_dataset, tmp_path,
                                                                                    capsys):
     assert _train(train_net, tmp_path, "train.max_iter=3", "dataloader.evaluator=null", "model.nan_step=0") == 2

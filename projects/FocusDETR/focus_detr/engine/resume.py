@@ -11,7 +11,7 @@ from detectron2.utils import comm
 
 from ..checkpoint.checkpointer import check_weights_path
 from .agreement import ProcessFailed
-from .checkpoint import atomic_write, read_checkpoint_tag
+from .checkpoint import CheckpointNotSavedError, atomic_write, read_checkpoint_tag
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line
 from .config import ConfigError
 from .interrupt import evaluation_command
@@ -19,8 +19,9 @@ from .settings import check_output_outside_tree_cache, check_seed, require_secti
 from .test_set import check_evaluator_settings
 from .trainer import DataLoadingFailed, StepOutOfMemory, TrainingDiverged
 
-__all__ = ["check_before_setup", "final_evaluation_error", "keep_training_config", "killed_process_error",
-           "nothing_to_resume", "resume_point", "run_record_kept", "save_before_failed_iteration"]
+__all__ = ["check_before_setup", "checkpoint_not_saved_error", "final_evaluation_error", "keep_training_config",
+           "killed_process_error", "nothing_to_resume", "resume_point", "run_record_kept",
+           "save_before_failed_iteration"]
 
 logger = logging.getLogger(__name__)
 
@@ -209,10 +210,31 @@ def save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, sta
     if not evaluation:
         trainer.rewind_to_step_start()  # a resume repeats this iteration: its batch, its random draws
     trainer.iter = completed  # what the checkpoint records (the trainer is done with: training ended)
-    checkpoint_hook.save_current_iteration()
-    resume = f"resume with: {resume_command}" if resume_command else "continue with --resume"
     where = f" (in the evaluation after iteration {completed})" if evaluation else ""
-    state = (f"training stopped after iteration {completed}, checkpoint {checkpoint_hook.last_saved[1]} (a resume "
-             f"continues at iteration {completed + 1})")
-    return _stop_error(error, where, state, resume, "fix or remove what it names",
+    try:
+        checkpoint_hook.save_current_iteration()
+    except CheckpointNotSavedError as not_saved:  # a full disk: the line still names the error and the resume
+        state = f"training stopped after iteration {completed} and {one_line(not_saved, MAX_MESSAGE_CHARS)}"
+        then = _once_writable(checkpoint_hook.checkpointer.save_dir, resume_command)
+    else:
+        state = (f"training stopped after iteration {completed}, checkpoint {checkpoint_hook.last_saved[1]} (a "
+                 f"resume continues at iteration {completed + 1})")
+        then = _resume_with(resume_command)
+    return _stop_error(error, where, state, then, "fix or remove what it names",
                        TrainingDiverged if diverged else ValueError)
+
+
+def _resume_with(resume_command):
+    return f"resume with: {resume_command}" if resume_command else "continue with --resume"
+
+
+def _once_writable(output_dir, resume_command):
+    return f"once {output_dir} can be written again, {_resume_with(resume_command)}"
+
+
+def checkpoint_not_saved_error(error, output_dir, resume_command):
+    """The error to raise for ``error``, a :class:`CheckpointNotSavedError` of a save during training (a full disk,
+    a folder no longer writable): its line, and how to resume once ``output_dir`` can be written again (with
+    ``resume_command``, else ``--resume``). A stop that saves what it trained says the same when that save fails
+    (:func:`save_before_failed_iteration`)."""
+    return CheckpointNotSavedError(f"{error}; {_once_writable(output_dir, resume_command)}")

@@ -31,7 +31,8 @@ from .rng import restore_rng_state
 from .settings import check_free_space, check_schedule, require_sections, resolve_device
 from .cuda_graphs import inference_cuda_graphs
 from .precision import inference_amp_dtype, training_amp_dtype
-from .resume import final_evaluation_error, nothing_to_resume, save_before_failed_iteration
+from .resume import (checkpoint_not_saved_error, final_evaluation_error, nothing_to_resume,
+                     save_before_failed_iteration)
 from .test_set import build_loader, check_model_classes, check_test_set
 from .trainer import DetrTrainer
 
@@ -310,9 +311,8 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None, outp
             raise final_evaluation_error(error, checkpoint_hook.last_saved[1], resume_command) from error
         stopped = save_before_failed_iteration(error, trainer, checkpoint_hook, eval_hook, start_iter,
                                                resume_command)
-        if stopped is None and isinstance(error, CheckpointNotSavedError) and resume_command:
-            stopped = CheckpointNotSavedError(f"{error}; once {cfg.train.output_dir} can be written again, resume "
-                                              f"with: {resume_command}")
+        if stopped is None and isinstance(error, CheckpointNotSavedError):
+            stopped = checkpoint_not_saved_error(error, cfg.train.output_dir, resume_command)
         if stopped is None:
             raise
         raise stopped from error

@@ -147,6 +147,21 @@ def test_a_run_whose_folder_is_removed_stops_at_its_next_save_without_creating_i
     assert not shows_traceback(captured.err) and not out.exists()
 
 
+@pytest.mark.parametrize("replaced", [False, True])
+def test_a_resume_whose_folder_is_removed_does_not_get_its_earlier_config_back(
+        train_net, toy_dataset, tmp_path, capsys, monkeypatch, replaced):
+    # a --resume into a folder holding only an earlier config.yaml put that file back once the run had stopped: the
+    # folder, removed, was made again, or the folder made in its place got it
+    out = tmp_path / "out"
+    assert _cli(train_net, capsys, out, "train.max_iter=1") == (0, [])
+    for name in os.listdir(out):  # a run refused after its set-up leaves its config alone
+        if name != "config.yaml":
+            os.remove(out / name)
+    _folder_removed_after_iteration_2(monkeypatch, out, then=out.mkdir if replaced else None)
+    code, errors = _cli(train_net, capsys, out, "--resume", "train.checkpointer.period=2")
+    assert (code, errors) == (2, [_removed_or_replaced(out, "is gone", 3)])
+    assert (os.listdir(out) == []) if replaced else not out.exists()
+
 def test_a_run_whose_folder_is_replaced_by_another_run_s_stops_and_leaves_that_run_s_lock(
         train_net, toy_dataset, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"

@@ -26,7 +26,7 @@ except ImportError:  # not a POSIX system: runs go unlocked (with a warning)
     fcntl = None
 
 __all__ = ["LOCK_FILE_NAME", "OutputDirClaim", "OutputDirInUseError", "OutputDirLock", "OutputDirReplacedError",
-           "claim_output_dir", "check_no_earlier_run", "live_holder"]
+           "claim_output_dir", "check_no_earlier_run", "live_holder", "names_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ class OutputDirReplacedError(ConfigError):
     """The output folder a run holds was removed or replaced while it ran (message names the folder)."""
 
 
-def _names_file(path, status):
-    """Whether ``path`` names the file whose ``os.stat`` result is ``status`` (False when nothing is there)."""
+def names_file(path, status):
+    """Whether ``path`` names the file (or folder) whose ``os.stat`` result is ``status`` (False when nothing is
+    there)."""
     try:
         return os.path.samestat(status, os.stat(path))
     except (FileNotFoundError, NotADirectoryError):
@@ -176,7 +177,7 @@ class OutputDirLock:
                 )
             # A holder releasing the lock removes the file: if that happened between our open and our lock, we hold
             # a file no one else will look at; open the current one again.
-            if _names_file(self.path, os.fstat(descriptor)):
+            if names_file(self.path, os.fstat(descriptor)):
                 break
             os.close(descriptor)
         self._descriptor = descriptor
@@ -203,7 +204,7 @@ class OutputDirLock:
         try:
             # removed while still locked, so a run that opened this file meanwhile notices and opens the new one;
             # left when the path names another file (the folder was replaced: maybe by another run's, whose lock it is)
-            if _names_file(self.path, os.fstat(descriptor)):
+            if names_file(self.path, os.fstat(descriptor)):
                 os.remove(self.path)
         except OSError as error:
             logger.warning(f"Cannot remove the lock file {self.path} ({error.strerror or error}): the lock is released "

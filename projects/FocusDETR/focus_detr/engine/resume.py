@@ -15,6 +15,7 @@ from .checkpoint import CheckpointNotSavedError, atomic_write, read_checkpoint_t
 from .cli import MAX_MESSAGE_CHARS, is_user_error, one_line
 from .config import ConfigError
 from .interrupt import evaluation_command
+from .output_lock import names_file
 from .settings import check_output_outside_tree_cache, check_seed, require_sections, resolve_device
 from .test_set import check_evaluator_settings
 from .trainer import DataLoadingFailed, StepOutOfMemory, TrainingDiverged
@@ -79,20 +80,22 @@ def run_record_kept(output_dir):
     """Puts an earlier run's ``config.yaml`` in ``output_dir`` back when the command in the block fails before it
     wrote a checkpoint, a metrics record or results. detectron2's set-up replaces that file before the model is
     built, so a command refused after it (a model setting out of range, a resume whose checkpoints cannot be read)
-    left the earlier run's weights described by the refused command's config. On the main process only (the one
-    the set-up writes from). Yields the earlier ``config.yaml``'s bytes (None: there was none), for
-    :func:`keep_training_config`."""
+    left the earlier run's weights described by the refused command's config. Not into a folder removed or replaced
+    meanwhile: the earlier run went with it (and its progress files, whose absence looked like no progress), and the
+    file made the folder again. On the main process only (the one the set-up writes from). Yields the earlier
+    ``config.yaml``'s bytes (None: there was none), for :func:`keep_training_config`."""
     path = os.path.join(output_dir, "config.yaml") if output_dir and comm.is_main_process() else None
     try:
         with open(path, "rb") as f:
             earlier = f.read()
+        folder = os.stat(output_dir)
     except (OSError, TypeError):  # none yet (or no folder): nothing to keep
         earlier = None
     marks = _progress_marks(output_dir) if earlier is not None else None
     try:
         yield earlier
     except BaseException:
-        if earlier is not None and _progress_marks(output_dir) == marks:
+        if earlier is not None and names_file(output_dir, folder) and _progress_marks(output_dir) == marks:
             atomic_write(path, lambda f: f.write(earlier))
         raise
 

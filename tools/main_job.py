@@ -21,7 +21,9 @@ refuses, naming them, when there are none or several (then give ``--output``).
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
+import contextlib
 import importlib.util
+import itertools
 import os
 import re
 import shlex
@@ -125,20 +127,48 @@ def _job_folders(base):
     return [os.path.join(parent, entry) for _, entry in sorted(numbered) if os.path.isdir(os.path.join(parent, entry))]
 
 
-def default_output(resume, base=DEFAULT_OUTPUT):
-    """Without ``resume``: ``base``, or ``base-2``, ``base-3``, ... , the first that holds no run (no checkpoint, no
-    live run holding its lock: one started just before has none yet), so running the job again, or twice at once,
-    never touches another run's results. With ``resume``: the one of the existing folders
-    ``base``, ``base-N`` whose job is unfinished (no summary written: interrupted in training or after it, or before
-    its first checkpoint); none or several is a ConfigError naming them (the job to finish is then given with
-    ``--output``): continuing the wrong run, or a finished one, is never guessed."""
+def _holds_run(folder):
+    """Whether ``folder`` holds an earlier run's checkpoints (a ``last_checkpoint`` tag, or checkpoint files)."""
     from focus_detr.engine.config import ConfigError
-    from focus_detr.engine.output_lock import live_holder
+    from focus_detr.engine.output_lock import check_no_earlier_run
 
-    if not resume:
-        candidates = [base] + [f"{base}-{n}" for n in range(2, 10_000)]
-        return next(folder for folder in candidates
-                    if not os.path.exists(os.path.join(folder, "last_checkpoint")) and live_holder(folder) is None)
+    try:
+        check_no_earlier_run(folder, key="--output")
+    except ConfigError:
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def claimed_new_folder(base=DEFAULT_OUTPUT):
+    """Holds, for the block, the first of ``base``, ``base-2``, ``base-3``, ... that holds no run (no checkpoint) and
+    that no live job holds (one started just before has no checkpoint yet), so running the job again, or twice at
+    once, never touches another run's results. Choosing is claiming: a folder whose lock another job took first,
+    also in the same instant, is passed over like one holding a run, never refused (naming an ``--output`` that was
+    never given). Yields ``(folder, claim)``: the :class:`~focus_detr.engine.output_lock.OutputDirClaim` held."""
+    from focus_detr.engine import OutputDirInUseError, claim_output_dir
+
+    candidates = (base if n == 1 else f"{base}-{n}" for n in itertools.count(1))
+    with contextlib.ExitStack() as held:
+        for folder in candidates:
+            if _holds_run(folder):
+                continue
+            try:
+                claim = held.enter_context(claim_output_dir(os.path.abspath(folder), key="--output",
+                                                            fresh_training=True))
+            except OutputDirInUseError:  # a live job holds it
+                continue
+            yield folder, claim
+            return
+
+
+def unfinished_job(base=DEFAULT_OUTPUT):
+    """For ``--resume`` without ``--output``: the one of the existing folders ``base``, ``base-N`` whose job is
+    unfinished (no summary written: interrupted in training or after it, or before its first checkpoint); none or
+    several is a ConfigError naming them (the job to finish is then given with ``--output``): continuing the wrong
+    run, or a finished one, is never guessed."""
+    from focus_detr.engine.config import ConfigError
+
     folders = _job_folders(base)
     unfinished = [folder for folder in folders if not os.path.isfile(os.path.join(folder, SUMMARY))]
     if len(unfinished) == 1:
@@ -188,19 +218,23 @@ def _signal_name(interrupt):
 
 
 def main(args):
-    """The whole job holds the output folder (one run at a time in it); without --resume, a folder given with
-    --output that holds an earlier run's checkpoints is refused rather than overwritten."""
+    """The whole job holds the output folder (one run at a time in it; ``args.output_claim``, which the training
+    checks at each save); without --resume, a folder given with --output that holds an earlier run's checkpoints is
+    refused rather than overwritten."""
     from focus_detr.engine import claim_output_dir
 
-    if args.output is None:
-        args.output = default_output(args.resume)
-        if args.resume:
-            print(f"[main job] resuming the unfinished job in {args.output}", flush=True)
-        elif args.output != DEFAULT_OUTPUT:
-            print(f"[main job] {DEFAULT_OUTPUT} holds an earlier or running job: this one goes to {args.output}",
-                  flush=True)
-    with claim_output_dir(os.path.abspath(args.output), key="--output", fresh_training=not args.resume) as claim:
-        args.output_claim = claim  # the training checks it at each save
+    with contextlib.ExitStack() as held:
+        if args.output is None and not args.resume:
+            args.output, args.output_claim = held.enter_context(claimed_new_folder())
+            if args.output != DEFAULT_OUTPUT:
+                print(f"[main job] {DEFAULT_OUTPUT} holds an earlier or running job: this one goes to {args.output}",
+                      flush=True)
+        else:
+            if args.output is None:
+                args.output = unfinished_job()
+                print(f"[main job] resuming the unfinished job in {args.output}", flush=True)
+            args.output_claim = held.enter_context(claim_output_dir(os.path.abspath(args.output), key="--output",
+                                                                    fresh_training=not args.resume))
         return _run_job(args)
 
 

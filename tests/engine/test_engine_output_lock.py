@@ -194,9 +194,13 @@ def test_the_claim_that_started_processes_check_names_its_lock_file_by_identity(
     assert (tmp_path / LOCK_FILE_NAME).exists()  # not the released lock's file: left
 
 
-def test_a_named_pipe_in_place_of_the_lock_file_holds_nothing_and_does_not_block(tmp_path):
-    # opened to read, a named pipe waited for a writer forever: main_job without --output hung
-    from focus_detr.engine.output_lock import live_holder
+def test_a_named_pipe_in_place_of_the_lock_file_is_one_line_and_does_not_block(tmp_path):
+    # opened to read, a named pipe waited for a writer forever (main_job without --output hung); opened to write, its
+    # truncation failed with a bare "Invalid argument"
+    from focus_detr.engine.config import ConfigError
 
     os.mkfifo(tmp_path / LOCK_FILE_NAME)
-    assert live_holder(str(tmp_path)) is None
+    with pytest.raises(ConfigError) as refused:
+        OutputDirLock(str(tmp_path), key="--output").acquire()
+    assert str(refused.value) == (f"--output {tmp_path}: {tmp_path / LOCK_FILE_NAME} is a named pipe (FIFO), where a "
+                                  "run keeps its lock file: remove it")

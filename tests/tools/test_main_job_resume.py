@@ -151,22 +151,23 @@ def _job_folder(path, checkpoint=False, finished=False):
 def test_resume_without_output_picks_the_one_unfinished_job_or_names_the_candidates(tmp_path):
     base = str(tmp_path / "main_job")
     with pytest.raises(ConfigError, match=r"nothing to resume, no main job folder .*main_job \(or .*main_job-2, "):
-        main_job.default_output(resume=True, base=base)
+        main_job.unfinished_job(base)
 
     _job_folder(base, checkpoint=True, finished=True)
     _job_folder(base + "-2", checkpoint=True, finished=True)
     with pytest.raises(ConfigError, match=f"nothing to resume, every main job is finished \\({base}, {base}-2\\)"):
-        main_job.default_output(resume=True, base=base)
+        main_job.unfinished_job(base)
 
     _job_folder(base + "-3")  # stopped before its first checkpoint
     _job_folder(base + "-10", checkpoint=True, finished=True)
-    assert main_job.default_output(resume=True, base=base) == base + "-3"
-    assert main_job.default_output(resume=False, base=base) == base + "-3"  # holds nothing to lose
+    assert main_job.unfinished_job(base) == base + "-3"
+    with main_job.claimed_new_folder(base) as (folder, _):
+        assert folder == base + "-3"  # holds nothing to lose
 
     _job_folder(base + "-11", checkpoint=True)  # stopped in training
     with pytest.raises(ConfigError, match=f"several main jobs are unfinished \\({base}-3, {base}-11\\): name the one "
                                           "to finish with --output"):
-        main_job.default_output(resume=True, base=base)
+        main_job.unfinished_job(base)
 
 
 def test_the_resume_command_repeats_the_options_given_and_names_the_folder():

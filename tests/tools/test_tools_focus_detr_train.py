@@ -33,30 +33,59 @@ def test_focus_detr_resume_from_iteration_5_is_bit_exact(toy_dataset, tmp_path):
     assert torch.equal(expected["rank_states"][0]["rng"]["torch"], resumed["rank_states"][0]["rng"]["torch"])
 
 
+def _new_job_folder(main_job, base):
+    with main_job.claimed_new_folder(base) as (folder, claim):
+        assert claim.folder == os.path.abspath(folder)
+        return folder
+
+
 def test_main_job_never_reuses_a_folder_holding_a_run(tmp_path):
     """(Which folder ``--resume`` picks: tests/tools/test_main_job_resume.py.)"""
     main_job = load_script("tools/main_job.py", "main_job")
     base = str(tmp_path / "main_job")
 
-    def finish_run(folder):
-        os.makedirs(folder)
-        open(os.path.join(folder, "last_checkpoint"), "w").close()
+    def finish_run(folder, checkpoint="last_checkpoint"):
+        os.makedirs(folder, exist_ok=True)
+        open(os.path.join(folder, checkpoint), "w").close()
 
-    assert main_job.default_output(resume=False, base=base) == base
+    assert _new_job_folder(main_job, base) == base
     finish_run(base)
-    assert main_job.default_output(resume=False, base=base) == base + "-2"
-    finish_run(base + "-2")
-    assert main_job.default_output(resume=False, base=base) == base + "-3"
+    assert _new_job_folder(main_job, base) == base + "-2"
+    finish_run(base + "-2", "model_final.pth")  # copied in, without its tag: a new job would write over it
+    assert _new_job_folder(main_job, base) == base + "-3"
     # a job started just before this one holds its folder and has no checkpoint yet (it was refused: "--output ... is
     # in use by another run", although no --output was given)
-    os.makedirs(base + "-3")
     with OutputDirLock(base + "-3", key="--output"):
-        assert main_job.default_output(resume=False, base=base) == base + "-4"
+        assert _new_job_folder(main_job, base) == base + "-4"
         with pytest.raises(OutputDirInUseError, match=r"^--output .*main_job-3 is in use by another run"):
             main_job.main(main_job.parse_args(["--config-file", TINY_TOY_CONFIG, "--output", base + "-3"]))
     assert not os.path.exists(os.path.join(base + "-3", LOCK_FILE_NAME))
     open(os.path.join(base + "-3", LOCK_FILE_NAME), "w").close()  # left by a killed job: no one holds it
-    assert main_job.default_output(resume=False, base=base) == base + "-3"
+    assert _new_job_folder(main_job, base) == base + "-3"
+
+
+def test_two_main_jobs_started_at_once_without_output_each_get_a_folder(tmp_path, monkeypatch, capsys):
+    # both chose output/main_job (no lock held yet), and the second to claim it was refused naming an --output that
+    # was never given
+    main_job = load_script("tools/main_job.py", "main_job")
+    monkeypatch.chdir(tmp_path)
+    other_job = OutputDirLock(os.path.abspath(main_job.DEFAULT_OUTPUT), key="--output")
+    acquire = OutputDirLock.acquire
+
+    def claimed_first_by_the_other_job(lock):
+        if other_job.claim() is None:
+            acquire(other_job)
+        return acquire(lock)
+
+    monkeypatch.setattr(OutputDirLock, "acquire", claimed_first_by_the_other_job)
+    monkeypatch.setattr(main_job, "_run_job", lambda args: (args.output, args.output_claim.folder))
+    try:
+        folder, claimed = main_job.main(main_job.parse_args([]))
+    finally:
+        other_job.release()
+    assert (folder, claimed) == (main_job.DEFAULT_OUTPUT + "-2", str(tmp_path / "output" / "main_job-2"))
+    assert capsys.readouterr().out == (f"[main job] {main_job.DEFAULT_OUTPUT} holds an earlier or running job: this "
+                                       f"one goes to {folder}\n")
 
 
 def test_main_job_trains_evaluates_and_draws(toy_dataset, tmp_path, capsys):

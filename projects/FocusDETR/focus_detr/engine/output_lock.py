@@ -13,9 +13,11 @@ import json
 import logging
 import os
 import socket
+import stat
 from typing import NamedTuple
 
 from ..partial_files import hold_descriptor, release_descriptor
+from ..special_files import special_file_kind
 from .checkpoint import read_checkpoint_tag
 from .config import ConfigError
 from .settings import check_output_dir
@@ -26,7 +28,7 @@ except ImportError:  # not a POSIX system: runs go unlocked (with a warning)
     fcntl = None
 
 __all__ = ["LOCK_FILE_NAME", "OutputDirClaim", "OutputDirInUseError", "OutputDirLock", "OutputDirReplacedError",
-           "claim_output_dir", "check_no_earlier_run", "live_holder", "names_file"]
+           "claim_output_dir", "check_no_earlier_run", "names_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,28 +60,6 @@ def _take(descriptor):
     except BlockingIOError:
         return False
     return True
-
-
-def live_holder(folder, lock_name=LOCK_FILE_NAME):
-    """The live process that holds ``folder``'s lock, as a refusal names it ("pid 41235, since ..."), or None when
-    none does (no lock file, one a killed run left, no file locks on this system)."""
-    if fcntl is None:
-        return None
-    try:  # never created here: a folder no run holds stays as it was
-        # non-blocking: opening a named pipe in its place to read would wait for a writer forever
-        descriptor = os.open(os.path.join(folder, lock_name),
-                             os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    try:
-        if _take(descriptor):  # taken only for this test, given back at once
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
-            return None
-        return _describe(_read_holder(descriptor))
-    except OSError:  # a file system without locks
-        return None
-    finally:
-        os.close(descriptor)
 
 
 class OutputDirClaim(NamedTuple):
@@ -157,8 +137,16 @@ class OutputDirLock:
             logger.warning(f"No file locks on this system: nothing stops a second run from writing into {self.folder}")
             return self
         while True:
-            # never through a symbolic link: the file is truncated and written
-            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            # never through a symbolic link: the file is truncated and written; non-blocking: a named pipe in its
+            # place must not wait for a reader
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0),
+                                 0o666)
+            mode = os.fstat(descriptor).st_mode
+            if not stat.S_ISREG(mode):  # its truncation failed with a bare "Invalid argument"
+                os.close(descriptor)
+                what = special_file_kind(mode) or "not a regular file"
+                raise ConfigError(f"{self.key} {self.folder}: {self.path} is {what}, where a run keeps its lock file: "
+                                  "remove it")
             try:
                 taken = _take(descriptor)
             except OSError as error:

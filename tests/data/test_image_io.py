@@ -88,7 +88,7 @@ def test_unreadable_and_missing_files_are_named(tmp_path):
         read_image(str(tmp_path / "missing.png"))
     # a named pipe in place of an image blocked the data loader for good
     os.mkfifo(tmp_path / "pipe.png")
-    with pytest.raises(ValueError, match=r"^cannot read image .*pipe\.png: not a regular file$"):
+    with pytest.raises(ValueError, match=r"^cannot read image .*pipe\.png: a named pipe \(FIFO\), not an image file$"):
         read_image(str(tmp_path / "pipe.png"))
 
 
@@ -125,10 +125,20 @@ def test_image_files_expands_folders_sorted_and_names_what_is_not_an_image(tmp_p
     assert skipped == [
         (str(folder / "locked.png"), "cannot open it: Permission denied"),
         (str(folder / "notes.txt"), "not an image (Pillow does not recognise its format)"),
-        (str(folder / "pipe"), "not a regular file"),
+        (str(folder / "pipe"), "a named pipe (FIFO), not an image file"),
         (str(tmp_path / "empty_dir"), "an empty folder"),
     ]
 
+
+def test_image_files_names_links_to_nothing_and_link_loops_as_what_they_are(tmp_path):
+    # both were "not found", as the test set's check (which said what they are) was not
+    os.symlink("gone.png", tmp_path / "dangling.png")
+    os.symlink("loop.png", tmp_path / "loop.png")
+    images, skipped = image_files([str(tmp_path / "dangling.png"), str(tmp_path / "loop.png")])
+    assert images == [] and skipped == [
+        (str(tmp_path / "dangling.png"), "not found (a symbolic link to gone.png, which is not there)"),
+        (str(tmp_path / "loop.png"), "a symbolic link loop, not an image file"),
+    ]
 
 def test_a_glob_through_a_link_to_a_folder_above_gives_each_file_once(tmp_path):
     # "in/loop/**/*.png" with in/loop/up -> .. drew every image about 25 times, under ever longer paths

@@ -17,9 +17,17 @@ def _local_file(record):
 
 
 def _path_problems(records):
-    """``(why, missing)`` of :func:`.image_io.image_path_problem` for each record's file that cannot be opened."""
-    files = [_local_file(record) for record in records]
-    return [problem for problem in map(image_path_problem, filter(None, files)) if problem is not None]
+    """``(why, missing)`` for each record's file that cannot be opened (:func:`.image_io.image_path_problem`): why,
+    naming the file, and whether the evaluation's reader finds nothing there (else it leaves the image out)."""
+    problems = []
+    for path in filter(None, map(_local_file, records)):
+        problem = image_path_problem(path)
+        if problem is not None:
+            what, missing = problem
+            why = (f"image file not found: {path}" + (f" ({what})" if what else "") if missing
+                   else f"image {path} is {what}")
+            problems.append((why, missing))
+    return problems
 
 
 def _header_sizes_not_given(records):

@@ -117,8 +117,9 @@ def open_image(file_name, img_format="RGB"):
     Raises:
         FileNotFoundError / ValueError, with one line naming the file and the problem.
     """
-    if os.path.exists(file_name) and not os.path.isfile(file_name):  # a pipe would block forever, a folder fail
-        raise UnreadableImageError(f"cannot read image {file_name}: not a regular file")
+    problem = image_path_problem(file_name)
+    if problem is not None and not problem[1]:  # a pipe would block forever, a folder fail
+        raise UnreadableImageError(f"cannot read image {file_name}: {problem[0]}")
     try:
         with Image.open(file_name) as image:
             orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
@@ -145,25 +146,29 @@ def read_image(file_name, img_format="RGB"):
     return open_image(file_name, img_format).pixels
 
 
+_A_FOLDER = "a folder, not an image file"
+
+
 def image_path_problem(path):
-    """Why the image file ``path`` cannot be opened, judged from a ``stat`` (nothing is read), or None for a regular
-    file (a link to one included), as ``(why, missing)``: ``why`` names the path ("image file not found: <path>",
-    "image <path> is a folder, not an image file"), ``missing`` is True where :func:`open_image` raises
-    FileNotFoundError (no such file, or a link to none) and False where it raises :class:`UnreadableImageError`
-    (a folder, a symbolic link loop, a named pipe or device, no access)."""
+    """What keeps ``path`` from being opened as an image file, judged from a ``stat`` (nothing is read), or None for
+    a regular file (a link to one included), as ``(what, missing)``, for a line naming the path. ``missing``: nothing
+    is there, or a link to nothing (:func:`open_image` raises FileNotFoundError), and ``what`` is "" or that link ("a
+    symbolic link to <target>, which is not there"). Otherwise (:class:`UnreadableImageError` there) ``what``
+    completes "<path> is ...": "a folder, not an image file", "a symbolic link loop, not an image file", "a named
+    pipe (FIFO), not an image file" (or another special file), "inaccessible: <why>" (no permission on a folder
+    above it, a file in place of one)."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        target = f" (a symbolic link to {os.readlink(path)}, which is not there)" if os.path.islink(path) else ""
-        return f"image file not found: {path}{target}", True
+        return (f"a symbolic link to {os.readlink(path)}, which is not there" if os.path.islink(path) else ""), True
     except OSError as error:
         if error.errno == errno.ELOOP:
-            return f"image {path} is a symbolic link loop, not an image file", False
-        return f"image {path} cannot be accessed: {error.strerror or error}", False
+            return "a symbolic link loop, not an image file", False
+        return f"inaccessible: {error.strerror or error}", False
     if stat.S_ISDIR(mode):
-        return f"image {path} is a folder, not an image file", False
+        return _A_FOLDER, False
     if not stat.S_ISREG(mode):
-        return f"image {path} is {special_file_kind(mode) or 'not a regular file'}, not an image file", False
+        return f"{special_file_kind(mode) or 'not a regular file'}, not an image file", False
     return None
 
 
@@ -207,12 +212,14 @@ def exact_orientation(file_name):
 
 def _why_not_an_image(path):
     """Why ``path`` cannot be an image, judged from its header (cheap), or None when it may be one."""
-    if not os.path.exists(path):
-        return "not found"
-    if os.path.isdir(path):  # only reached for a folder inside an input folder: input folders are expanded
-        return "a folder inside an input folder (only the files of an input folder are read)"
-    if not os.path.isfile(path):  # a pipe or a device: reading it could block forever
-        return "not a regular file"
+    problem = image_path_problem(path)
+    if problem is not None:
+        what, missing = problem
+        if missing:
+            return f"not found ({what})" if what else "not found"
+        if what == _A_FOLDER:  # only reached for a folder inside an input folder: input folders are expanded
+            return "a folder inside an input folder (only the files of an input folder are read)"
+        return what
     try:
         if os.path.getsize(path) == 0:
             return "an empty file (0 bytes)"

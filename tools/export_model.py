@@ -57,7 +57,6 @@ from focus_detr.engine import build_model, check_datasets_registered, check_outp
 from focus_detr.engine.arguments import add_overrides_argument, image_size, parse_args_with_overrides, positive_int
 from focus_detr.engine.checkpoint import write_json
 from focus_detr.engine.cli import run_reporting_errors
-from focus_detr.engine.test_set import category_ids_of_test_set, class_names_of_model
 from focus_detr.engine.predictor import inference_resize, input_format
 from focus_detr.engine.checkpoint_classes import check_test_set_classes
 from focus_detr.engine.inference_weights import InferenceWeights, check_finite_weights, read_inference_weights
@@ -70,10 +69,12 @@ from focus_detr.export import (
     check_onnx_file,
     compare_ap,
     evaluate_onnx_and_pytorch,
+    check_graph,
     export_metadata,
     export_onnx,
     graph_weights,
     max_export_opset,
+    model_classes,
     require_packages,
 )
 from focus_detr.export.benchmark import time_batches, time_graphs
@@ -121,39 +122,6 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights when train.init_checkpoint is empty")
     add_overrides_argument(parser)
     return parse_args_with_overrides(parser, argv)
-
-
-def _classes(cfg, num_classes, trained=None, init_checkpoint=""):
-    """The model's class names for model.json, and the dataset category id of each output label (as detectron2's
-    COCO loader numbers them, e.g. [3, 7, 42]); (None, None) when unknown, with a warning when its dataset cannot be
-    read or names another number of classes than the model's ``num_classes`` (the graph would be refused).
-    ``trained``: the class names the checkpoint ``init_checkpoint`` records (None: none), which a test set naming
-    them otherwise is refused against (a ValueError), and which name the classes when the config's data cannot."""
-    try:
-        names = class_names_of_model(cfg)
-    except (ValueError, OSError, KeyError) as error:
-        if trained is not None and len(trained) == num_classes:
-            return trained, None  # the model's own names; the dataset's category ids are unknown
-        print(f"warning: model.json gets no class names: {error}", file=sys.stderr)
-        return None, None
-    check_test_set_classes(cfg, trained, init_checkpoint, "model.json would name the model's classes")
-    if not names and trained is not None and len(trained) == num_classes:
-        return trained, None
-    if names and len(names) != num_classes:
-        print(f"warning: model.json gets no class names: the test set has {len(names)} classes, the model "
-              f"{num_classes} (model.num_classes)", file=sys.stderr)
-        return None, None
-    return names, category_ids_of_test_set(cfg) if names else None
-
-
-def check_graph(path):
-    """onnx.checker, and every node in the default ONNX domain (no plugin needed)."""
-    import onnx
-
-    onnx.checker.check_model(path)
-    custom = sorted({n.domain for n in onnx.load(path, load_external_data=False).graph.node} - {"", "ai.onnx"})
-    if custom:
-        raise RuntimeError(f"{path} has nodes in custom domains {custom}")
 
 
 def _check_opset(opset):
@@ -211,13 +179,15 @@ def _print_removed_abandoned(folder):
 def export(model, cfg, args, init_checkpoint, weights, stage, trained_classes=None):
     """Writes model.onnx and model.json into the folder ``stage`` (an export's temporary folder, see
     :mod:`focus_detr.export.folder`); returns the graph's path there, its metadata and the traced sample.
-    ``trained_classes``: the class names the checkpoint records (see :func:`_classes`)."""
+    ``trained_classes``: the class names the checkpoint records (see :func:`~focus_detr.export.model_classes`)."""
     path = os.path.join(stage, "model.onnx")
     sample = synthetic_inputs(*args.sample_size)[0]
     with naming_final_file(stage, "model.onnx", args.output):
         seconds = export_onnx(model, path, sample["image"], args.opset, args.msda_form, args.batched)
     check_graph(path)
-    class_names, category_ids = _classes(cfg, model.num_classes, trained_classes, init_checkpoint)
+    class_names, category_ids, unnamed = model_classes(cfg, model.num_classes, trained_classes, init_checkpoint)
+    if unnamed:
+        print(f"warning: model.json gets no class names: {unnamed}", file=sys.stderr)
     metadata = export_metadata(
         model, args.opset, args.msda_form, input_format(cfg), class_names, batched=args.batched,
         resize=inference_resize(cfg), category_ids=category_ids,

@@ -154,34 +154,31 @@ def test_model_json_of_every_resize_detectron2_configs_take_is_accepted(tiny_exp
     assert OnnxPredictor(copy_graph(tiny_export, tmp_path / "graph", {"resize": resize})).model_json["resize"] == resize
 
 
-def test_the_export_writes_no_class_names_of_another_count_than_the_model_s(capsys):
+def test_the_export_writes_no_class_names_of_another_count_than_the_model_s():
     # the tree set's one name beside model.num_classes=2: the predictor then refused the graph it had just written
     from focus_detr.engine import load_config
+    from focus_detr.export import model_classes
 
-    export_model = load_script("tools/export_model.py", "export_model")
     cfg = load_config(str(TREE_CONFIG))
-    assert export_model._classes(cfg, 1) == (["tree"], [1])  # the json's category id (it was None: not loaded)
-    assert export_model._classes(cfg, 2) == (None, None)
-    assert capsys.readouterr().err.strip() == ("warning: model.json gets no class names: the test set has 1 classes, "
-                                               "the model 2 (model.num_classes)")
+    assert model_classes(cfg, 1) == (["tree"], [1], None)  # the json's category id (it was None: not loaded)
+    assert model_classes(cfg, 2) == (None, None, "the test set has 1 classes, the model 2 (model.num_classes)")
 
 
-def test_the_export_refuses_class_names_the_checkpoint_orders_otherwise_and_else_takes_its_names(capsys):
+def test_the_export_refuses_class_names_the_checkpoint_orders_otherwise_and_else_takes_its_names():
     # a checkpoint records its training classes: model.json named a renumbered test set's classes without a word
     from focus_detr.engine import load_config
+    from focus_detr.export import model_classes
 
-    export_model = load_script("tools/export_model.py", "export_model")
     cfg = load_config(str(TREE_CONFIG))
-    assert export_model._classes(cfg, 1, ["tree"], "w.pth")[0] == ["tree"]
+    assert model_classes(cfg, 1, ["tree"], "w.pth")[0] == ["tree"]
     with pytest.raises(ValueError, match=r"^checkpoint w.pth and the test set trees_val name their classes "
                                          r"differently: class 0 is 'shrub' in the checkpoint and 'tree' in trees_val; "
                                          r"model.json would name the model's classes as trees_val's classes"):
-        export_model._classes(cfg, 1, ["shrub"], "w.pth")
+        model_classes(cfg, 1, ["shrub"], "w.pth")
     # a test set that cannot be read: the checkpoint's names, and no warning
     unreadable = load_config(str(TREE_CONFIG), ["dataloader.test.dataset.names=focus_detr_nowhere",
                                                 "dataloader.train.dataset.names=focus_detr_nowhere"])
-    assert export_model._classes(unreadable, 1, ["shrub"], "w.pth") == (["shrub"], None)
-    assert capsys.readouterr().err == ""
+    assert model_classes(unreadable, 1, ["shrub"], "w.pth") == (["shrub"], None, None)
 
 
 def test_the_export_refuses_a_checkpoint_of_other_class_names_before_it_traces(export_tool, tmp_path, monkeypatch,

@@ -11,12 +11,13 @@ from .onnx_export import (
     OUTPUT_NAMES,
     BatchedExportableFocusDETR,
     ExportableFocusDETR,
+    check_graph,
     export_onnx,
     max_export_opset,
     pad_batch,
     require_packages,
 )
-from .metadata import export_metadata, graph_weights
+from .metadata import export_metadata, graph_weights, model_classes
 from .graph_config import check_graph_fits_config
 from .predictor import OnnxPredictor, check_onnx_file
 from .ranking import QUERY_RANKING_OUTPUT, ForcedQueryRanking, graph_decisions, graph_with_decisions
@@ -36,6 +37,7 @@ __all__ = [
     "OnnxAsModel",
     "OnnxPredictor",
     "ap_table",
+    "check_graph",
     "check_graph_fits_config",
     "check_onnx_file",
     "graph_weights",
@@ -47,6 +49,7 @@ __all__ = [
     "graph_with_decisions",
     "match_detections",
     "max_export_opset",
+    "model_classes",
     "pad_batch",
     "require_packages",
 ]

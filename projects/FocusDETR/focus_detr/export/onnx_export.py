@@ -36,6 +36,7 @@ __all__ = [
     "MIN_OPSET",
     "OUTPUT_NAMES",
     "ExportableFocusDETR",
+    "check_graph",
     "clip_to_image",
     "export_onnx",
     "max_export_opset",
@@ -249,3 +250,12 @@ def export_onnx(
     return time.perf_counter() - start
 
 
+def check_graph(path: str) -> None:
+    """``onnx.checker`` on the graph file ``path``, and every node in the default ONNX domain (no plugin needed):
+    RuntimeError naming the custom domains otherwise."""
+    import onnx
+
+    onnx.checker.check_model(path)
+    custom = sorted({n.domain for n in onnx.load(path, load_external_data=False).graph.node} - {"", "ai.onnx"})
+    if custom:
+        raise RuntimeError(f"{path} has nodes in custom domains {custom}")

@@ -25,7 +25,9 @@ with the graph's ranking decisions (foreground and fine-grained tokens of each e
 is PyTorch's own up to near-tied scores (see ``focus_detr.export.ranking``: a swapped pair of near-equal scores
 changes detections, common with random weights); a difference beyond that is reported, and the exit status is 1.
 The graph is written and checked in a temporary folder inside DIR and moved into DIR only then: a failed or
-differing export leaves an earlier one there as it was (``focus_detr.export.folder``).
+differing export leaves an earlier one there as it was (``focus_detr.export.folder``). The tool holds DIR's lock
+for its whole run, as ``train_net.py`` holds its output folder: a second export, a training or a sweep into DIR
+meanwhile is refused in one line naming the holder's pid (a killed run's lock blocks nothing).
 ``--benchmark`` times onnxruntime against PyTorch at each size, interleaved in one run, with ``--threads`` threads
 for both, and writes ``DIR/benchmark.json``; ``--compare-msda-forms`` times the other deformable-attention form(s)
 in the same rounds; for a ``--batched`` graph it also times ``--batch-size`` images run one by one and as one batch,
@@ -53,7 +55,7 @@ import sys
 import torch
 
 from focus_detr.analysis.inputs import synthetic_inputs
-from focus_detr.engine import build_model, check_datasets_registered, check_output_dir, load_config
+from focus_detr.engine import build_model, check_datasets_registered, claim_output_dir, load_config
 from focus_detr.engine.arguments import add_overrides_argument, image_size, parse_args_with_overrides, positive_int
 from focus_detr.engine.checkpoint import write_json
 from focus_detr.engine.cli import run_reporting_errors
@@ -331,7 +333,14 @@ def main(args):
     _check_arguments(args)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, args.opts)
-    check_output_dir(args.output, "--output")
+    # train_net.py's lock on its output folder, held to the end: a second export (or a training, or a sweep) into
+    # DIR is refused before the model loads, instead of moving its files in between ours
+    with claim_output_dir(args.output, key="--output"):
+        return _run(cfg, args)
+
+
+def _run(cfg, args):
+    """:func:`main`'s work, in its output folder ``args.output``, which it holds."""
     if args.onnx is None:
         check_graph_targets(args.output)  # a folder in the way is found now, not after the tracing
     if args.evaluate:  # before the export: a config that cannot be evaluated fails in seconds

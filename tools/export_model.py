@@ -29,8 +29,9 @@ differing export leaves an earlier one there as it was (``focus_detr.export.fold
 for its whole run, as ``train_net.py`` holds its output folder: a second export, a training or a sweep into DIR
 meanwhile is refused in one line naming the holder's pid (a killed run's lock blocks nothing).
 ``--benchmark`` times onnxruntime against PyTorch at each size, interleaved in one run, with ``--threads`` threads
-for both, and writes ``DIR/benchmark.json``; ``--compare-msda-forms`` times the other deformable-attention form(s)
-in the same rounds; for a ``--batched`` graph it also times ``--batch-size`` images run one by one and as one batch,
+for both, and writes ``DIR/benchmark.json``; ``--compare-msda-forms`` also exports the graph in the other
+deformable-attention form(s) (``DIR/model_<form>.onnx``, moved into DIR with model.onnx) and times them in the same
+rounds; for a ``--batched`` graph it also times ``--batch-size`` images run one by one and as one batch,
 by PyTorch and onnxruntime. Random weights (empty ``train.init_checkpoint``) are seeded by ``--seed``.
 
 ``--evaluate`` then scores the graph and the PyTorch model with COCO AP on the config's test set
@@ -113,7 +114,7 @@ def parse_args(argv=None):
                         help="with --batched, --benchmark also times this many images (default 4) run one by one and "
                              "as a batch")
     parser.add_argument("--compare-msda-forms", action="store_true",
-                        help="also export the other MSDA form(s) (DIR/model_<form>.onnx) and time them in the benchmark")
+                        help="also export the other MSDA form(s) (DIR/model_<form>.onnx) and time them in --benchmark")
     parser.add_argument("--evaluate", action="store_true",
                         help="COCO AP of the graph and of PyTorch on the config's test set (DIR/evaluation.json)")
     parser.add_argument("--onnx", metavar="FILE", default=None,
@@ -211,8 +212,9 @@ def export(model, cfg, args, init_checkpoint, weights, stage, trained_classes=No
 def export_and_verify(model, cfg, args, init_checkpoint, weights, trained_classes=None):
     """Exports the graph and verifies it in a temporary folder inside DIR, then moves it into DIR, replacing an
     earlier export and what was written about it, unless the new graph differs from PyTorch while DIR holds an
-    earlier export (kept as it was). An export that fails or is interrupted leaves DIR as it was. Returns the
-    graph's path in DIR (None when it was not moved there), the sizes where it differs and the traced sample."""
+    earlier export (kept as it was). With --compare-msda-forms the graphs in the other forms go along. An export that
+    fails or is interrupted leaves DIR as it was. Returns the graph's path in DIR (None when it was not moved there)
+    and the sizes where it differs."""
     _print_removed_abandoned(args.output)
     with PartialPath(args.output, prefix=STAGE_PREFIX, suffix=STAGE_SUFFIX, folder=True) as stage:
         staged, metadata, sample = export(model, cfg, args, init_checkpoint, weights, stage.path, trained_classes)
@@ -221,7 +223,8 @@ def export_and_verify(model, cfg, args, init_checkpoint, weights, trained_classe
         if failures and any(name in GRAPH_FILES for name in earlier):
             print(f"the new graph differs from PyTorch: it is not written, and the earlier export in {args.output} "
                   "is kept as it was (export into another --output to keep the new one)", file=sys.stderr)
-            return None, failures, sample
+            return None, failures
+        forms = _export_other_forms(model, sample, args, stage.path)
         removed = install_export(stage.path, args.output)
     if earlier:
         removed = f"; removed its {', '.join(removed)}" if removed else ""
@@ -229,8 +232,23 @@ def export_and_verify(model, cfg, args, init_checkpoint, weights, trained_classe
     path = os.path.join(args.output, "model.onnx")
     batch = "any batch size" if args.batched else "one image at a time"
     print(f"wrote {path} ({metadata['file_size_mib']} MiB, exported in {metadata['export_seconds']:.1f} s, opset "
-          f"{args.opset}, MSDA as {args.msda_form}, {batch}) and model.json")
-    return path, failures, sample
+          f"{args.opset}, MSDA as {args.msda_form}, {batch}) and {' and '.join(['model.json', *forms.values()])}")
+    return path, failures
+
+
+def _other_forms(args):
+    """The MSDA forms --compare-msda-forms exports beside ``--msda-form``'s (none without it)."""
+    return [form for form in MSDA_ONNX_FORMS if args.compare_msda_forms and form != args.msda_form]
+
+
+def _export_other_forms(model, sample, args, stage):
+    """Writes the graph in each of :func:`_other_forms` into the export's temporary folder ``stage``, to be moved into
+    DIR with the main graph (an interrupted export leaves none of them there); returns form -> file name."""
+    forms = {form: f"model_{form}.onnx" for form in _other_forms(args)}
+    for form, name in forms.items():
+        with naming_final_file(stage, name, args.output):
+            export_onnx(model, os.path.join(stage, name), sample["image"], args.opset, form, args.batched)
+    return forms
 
 
 def verify(model, path, args):
@@ -256,15 +274,12 @@ def verify(model, path, args):
     return failures
 
 
-def report_benchmark(model, path, sample, args):
+def report_benchmark(model, path, args):
     # onnxruntime's waiting threads would slow down the PyTorch runs in between (tiny config: 2x and more)
     predictors = {"onnxruntime": OnnxPredictor(path, num_threads=args.threads, spin_wait=False)}
-    if args.compare_msda_forms:
-        for form in MSDA_ONNX_FORMS:
-            if form != args.msda_form:
-                other = os.path.join(args.output, f"model_{form}.onnx")
-                export_onnx(model, other, sample["image"], args.opset, form, args.batched)
-                predictors[f"onnxruntime_{form}"] = OnnxPredictor(other, num_threads=args.threads, spin_wait=False)
+    for form in _other_forms(args):  # exported with the main graph (export_and_verify)
+        predictors[f"onnxruntime_{form}"] = OnnxPredictor(os.path.join(args.output, f"model_{form}.onnx"),
+                                                          num_threads=args.threads, spin_wait=False)
     rows = time_graphs(model, predictors, args.benchmark, args.warmup, args.repeats)
     names = list(predictors)
     header = "".join(f"{n + ' ms':>{len(n) + 5}}" for n in names)
@@ -356,9 +371,9 @@ def _run(cfg, args):
 
     failures, path = [], args.onnx
     if args.onnx is None:
-        path, failures, sample = export_and_verify(model, cfg, args, init_checkpoint, weights, trained_classes)
+        path, failures = export_and_verify(model, cfg, args, init_checkpoint, weights, trained_classes)
         if args.benchmark and path:
-            report_benchmark(model, path, sample, args)
+            report_benchmark(model, path, args)
     if args.evaluate and path:
         report_evaluation(cfg, model, path, args, init_checkpoint, weights)
     if failures:

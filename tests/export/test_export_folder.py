@@ -27,7 +27,7 @@ def _earlier_export(folder):
 
 
 def _contents(folder):
-    return {p.name: p.read_text() if p.is_file() else "folder" for p in folder.iterdir()}
+    return {p.name: p.read_bytes().decode(errors="replace") if p.is_file() else "folder" for p in folder.iterdir()}
 
 
 def _argv(output, *overrides):
@@ -127,3 +127,36 @@ def test_install_export_undoes_its_moves_when_one_fails_and_names_the_final_file
     assert install_export(str(stage), str(folder)) == ["evaluation.json"]
     assert {name: text for name, text in _contents(folder).items() if name != stage.name} == {
         "model.onnx": "the new graph", "model.json": '{"new": 1}'}
+
+
+def test_the_other_msda_form_is_moved_in_with_the_graph_and_an_interrupted_one_leaves_the_earlier_export(
+        export_tool, tmp_path, monkeypatch, capfd):
+    # --compare-msda-forms traced model_gather.onnx straight into DIR after the new graph was moved in: interrupted,
+    # DIR held the new graph beside a cut-short model_gather.onnx
+    output = _earlier_export(tmp_path / "onnx")
+    (output / "model_gather.onnx").write_text("the earlier gather graph")
+    earlier = _contents(output)
+    real_export = export_tool.export_onnx
+
+    def interrupted_in_the_gather_form(model, path, image, opset, form, batched):
+        if form != "gather":
+            return real_export(model, path, image, opset, form, batched)
+        with open(path, "wb") as f:
+            f.write(b"half a graph")
+        raise KeyboardInterrupt
+
+    argv = _argv(output, "--compare-msda-forms", "--benchmark", "160x192", "--warmup", "0", "--repeats", "1")
+    with monkeypatch.context() as patched:
+        patched.setattr(export_tool, "export_onnx", interrupted_in_the_gather_form)
+        with pytest.raises(KeyboardInterrupt):
+            export_tool.main(export_tool.parse_args(argv))
+    assert _contents(output) == earlier  # and no temporary folder left
+
+    # without --benchmark too (it exported nothing then), and replaced, not "removed"
+    assert export_tool.run_reporting_errors(export_tool.cli, export_tool.parse_args(
+        _argv(output, "--compare-msda-forms"))) == 0
+    assert sorted(os.listdir(output)) == ["model.json", "model.onnx", "model_gather.onnx"]
+    import onnx
+
+    onnx.checker.check_model(str(output / "model_gather.onnx"))
+    assert f"replaced the earlier export in {output}; removed its evaluation.json\n" in capfd.readouterr().err

@@ -1,20 +1,21 @@
-"""The folder an export writes (``tools/export_model.py --output DIR``): ``model.onnx`` and ``model.json`` are written
-into a temporary folder inside DIR (:data:`STAGE_PREFIX`), checked there, and only then moved into DIR, replacing an
-earlier export and the files written about its graph (evaluation, benchmark, the other MSDA forms), which the new
-graph would otherwise appear to have."""
+"""The folder an export writes (``tools/export_model.py --output DIR``): ``model.onnx`` and ``model.json`` (and the
+graphs in the other MSDA forms, :data:`FORM_GRAPHS`) are written into a temporary folder inside DIR
+(:data:`STAGE_PREFIX`), checked there, and only then moved into DIR, replacing an earlier export and the files written
+about its graph (evaluation, benchmark, the other MSDA forms), which the new graph would otherwise appear to have."""
 import contextlib
 import os
 
 from ..layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
 from ..partial_files import remove_abandoned
 
-__all__ = ["GRAPH_FILES", "RESULTS_OF_A_GRAPH", "STAGE_PREFIX", "STAGE_SUFFIX", "check_graph_targets",
+__all__ = ["FORM_GRAPHS", "GRAPH_FILES", "RESULTS_OF_A_GRAPH", "STAGE_PREFIX", "STAGE_SUFFIX", "check_graph_targets",
            "earlier_export", "install_export", "naming_final_file", "remove_abandoned_exports"]
 
 GRAPH_FILES = ("model.onnx", "model.json")
-RESULTS_OF_A_GRAPH = ("evaluation.json", "evaluation", "benchmark.json",
-                      *(f"model_{form}.onnx" for form in MSDA_ONNX_FORMS))
-# the temporary folder of an export being written: .export.<random>.partial/{model.onnx, model.json}
+# the graph in each MSDA form, for --compare-msda-forms' benchmark: staged with the main graph when asked for
+FORM_GRAPHS = tuple(f"model_{form}.onnx" for form in MSDA_ONNX_FORMS)
+RESULTS_OF_A_GRAPH = ("evaluation.json", "evaluation", "benchmark.json", *FORM_GRAPHS)
+# the temporary folder of an export being written: .export.<random>.partial/{model.onnx, model.json, ...}
 STAGE_PREFIX, STAGE_SUFFIX = ".export.", ".partial"
 
 
@@ -64,19 +65,20 @@ def _move(source, target, done):
 
 
 def install_export(stage, folder):
-    """Moves ``stage``'s model.onnx and model.json (a temporary folder inside ``folder``, on its file system) into
-    ``folder``. The earlier export's files (:func:`earlier_export`) are first moved into ``stage/earlier``, where
-    they go with the temporary folder. Every step is a rename; when one fails, those done are undone, which leaves
-    the earlier export as it was, and the error names the file in ``folder``. Returns the names of the earlier
-    results (not the graph files) that were removed."""
+    """Moves ``stage``'s model.onnx and model.json, and those of :data:`FORM_GRAPHS` it holds (a temporary folder
+    inside ``folder``, on its file system) into ``folder``. The earlier export's files (:func:`earlier_export`) are
+    first moved into ``stage/earlier``, where they go with the temporary folder. Every step is a rename; when one
+    fails, those done are undone, which leaves the earlier export as it was, and the error names the file in
+    ``folder``. Returns the names of the earlier results that were removed (not those replaced by a new file)."""
     check_graph_targets(folder)
     aside = os.path.join(stage, "earlier")
     os.mkdir(aside)
+    new = GRAPH_FILES + tuple(name for name in FORM_GRAPHS if os.path.lexists(os.path.join(stage, name)))
     earlier, done = earlier_export(folder), []
     try:
         for name in earlier:
             _move(os.path.join(folder, name), os.path.join(aside, name), done)
-        for name in GRAPH_FILES:
+        for name in new:
             _move(os.path.join(stage, name), os.path.join(folder, name), done)
     except BaseException:
         for source, target in reversed(done):
@@ -84,4 +86,4 @@ def install_export(stage, folder):
         with contextlib.suppress(OSError):
             os.rmdir(aside)
         raise
-    return [name for name in earlier if name not in GRAPH_FILES]
+    return [name for name in earlier if name not in new]

@@ -160,3 +160,54 @@ def test_the_other_msda_form_is_moved_in_with_the_graph_and_an_interrupted_one_l
 
     onnx.checker.check_model(str(output / "model_gather.onnx"))
     assert f"replaced the earlier export in {output}; removed its evaluation.json\n" in capfd.readouterr().err
+
+
+def _staged_export(folder):
+    stage = folder / ".export.x.partial"
+    stage.mkdir()
+    (stage / "model.onnx").write_text("the new graph")
+    (stage / "model.json").write_text('{"new": 1}')
+    return stage
+
+
+def _outside(folder, stage):
+    return {name: text for name, text in _contents(folder).items() if name != stage.name}
+
+
+def test_a_ctrl_c_while_an_export_is_moved_in_takes_effect_once_the_moves_are_done_or_undone(tmp_path, monkeypatch):
+    # a Ctrl-C just after a rename, before it was recorded, stranded that earlier file in the temporary folder (and
+    # removed it with the folder); one while undoing stopped the undoing: DIR held parts of both exports
+    import signal
+
+    folder = _earlier_export(tmp_path / "onnx")
+    stage = _staged_export(folder)
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_ctrl_c(source, target):
+        calls.append(source)
+        real_replace(source, target)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        install_export(str(stage), str(folder))
+    assert _outside(folder, stage) == {"model.onnx": "the new graph", "model.json": '{"new": 1}'}  # all moved
+
+    folder = _earlier_export(tmp_path / "again")
+    stage = _staged_export(folder)
+    calls.clear()
+
+    def new_model_json_fails_and_undoing_is_interrupted(source, target):
+        calls.append(source)
+        if str(source) == str(stage / "model.json"):
+            raise PermissionError(13, "Permission denied", str(source), None, str(target))
+        real_replace(source, target)
+        if str(target) == str(stage / "model.onnx"):  # the undoing's first move back
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", new_model_json_fails_and_undoing_is_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        install_export(str(stage), str(folder))
+    assert _outside(folder, stage) == EARLIER  # every move undone

@@ -5,6 +5,7 @@ about its graph (evaluation, benchmark, the other MSDA forms), which the new gra
 import contextlib
 import os
 
+from ..engine.interrupt import stop_signals_deferred
 from ..layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
 from ..partial_files import remove_abandoned
 
@@ -69,21 +70,25 @@ def install_export(stage, folder):
     inside ``folder``, on its file system) into ``folder``. The earlier export's files (:func:`earlier_export`) are
     first moved into ``stage/earlier``, where they go with the temporary folder. Every step is a rename; when one
     fails, those done are undone, which leaves the earlier export as it was, and the error names the file in
-    ``folder``. Returns the names of the earlier results that were removed (not those replaced by a new file)."""
+    ``folder``. A Ctrl-C or SIGTERM meanwhile takes effect once every file is moved (or every move undone).
+    Returns the names of the earlier results that were removed (not those replaced by a new file)."""
     check_graph_targets(folder)
     aside = os.path.join(stage, "earlier")
     os.mkdir(aside)
     new = GRAPH_FILES + tuple(name for name in FORM_GRAPHS if os.path.lexists(os.path.join(stage, name)))
     earlier, done = earlier_export(folder), []
-    try:
-        for name in earlier:
-            _move(os.path.join(folder, name), os.path.join(aside, name), done)
-        for name in new:
-            _move(os.path.join(stage, name), os.path.join(folder, name), done)
-    except BaseException:
-        for source, target in reversed(done):
-            os.replace(target, source)
-        with contextlib.suppress(OSError):
-            os.rmdir(aside)
-        raise
+    # An interruption right after a rename, before ``done`` records it, left that file in the temporary folder (gone
+    # with it), and one while undoing stopped the undoing: DIR held parts of both exports.
+    with stop_signals_deferred(f"the export is moved into {folder}", "it is there"):
+        try:
+            for name in earlier:
+                _move(os.path.join(folder, name), os.path.join(aside, name), done)
+            for name in new:
+                _move(os.path.join(stage, name), os.path.join(folder, name), done)
+        except BaseException:
+            for source, target in reversed(done):
+                os.replace(target, source)
+            with contextlib.suppress(OSError):
+                os.rmdir(aside)
+            raise
     return [name for name in earlier if name not in new]

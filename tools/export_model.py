@@ -83,7 +83,7 @@ from focus_detr.export import (
 from focus_detr.export.benchmark import time_batches, time_graphs
 from focus_detr.export.evaluation import check_comparable_precision
 from focus_detr.export.folder import (GRAPH_FILES, STAGE_PREFIX, STAGE_SUFFIX, check_graph_targets, earlier_export,
-                                      install_export, naming_final_file, remove_abandoned_exports)
+                                      install_evaluation, install_export, naming_final_file, remove_abandoned_exports)
 from focus_detr.export.verification import check_batch_sizes, compare_with_pytorch, inputs_label
 from focus_detr.layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
 from focus_detr.partial_files import PartialPath
@@ -215,7 +215,6 @@ def export_and_verify(model, cfg, args, init_checkpoint, weights, trained_classe
     earlier export (kept as it was). With --compare-msda-forms the graphs in the other forms go along. An export that
     fails or is interrupted leaves DIR as it was. Returns the graph's path in DIR (None when it was not moved there)
     and the sizes where it differs."""
-    _print_removed_abandoned(args.output)
     with PartialPath(args.output, prefix=STAGE_PREFIX, suffix=STAGE_SUFFIX, folder=True) as stage:
         staged, metadata, sample = export(model, cfg, args, init_checkpoint, weights, stage.path, trained_classes)
         failures = verify(model, staged, args)
@@ -306,7 +305,9 @@ def _json_number(value):
 
 
 def report_evaluation(cfg, model, path, args, init_checkpoint, weights):
-    """COCO AP of the graph and of PyTorch on the config's test set: printed, and written to DIR/evaluation.json."""
+    """COCO AP of the graph and of PyTorch on the config's test set: printed, and written to DIR/evaluation.json
+    (the evaluators' files to DIR/evaluation/), both moved in once complete: an evaluation that fails or is
+    interrupted leaves an earlier one as it was."""
     predictor = OnnxPredictor(path, num_threads=args.threads, spin_wait=False)
     unchecked = check_graph_fits_config(cfg, predictor)  # before the evaluations: they take minutes
     if unchecked:
@@ -317,28 +318,30 @@ def report_evaluation(cfg, model, path, args, init_checkpoint, weights):
                 f"{init_checkpoint!r}"}.get(weights, "random weights")
         print(f"warning: {path} was exported from {exported_from} (its model.json), PyTorch runs {runs}: their AP "
               "differ for that reason too (train.model_ema.enabled picks the EMA weights)", file=sys.stderr)
-    folder = os.path.join(args.output, "evaluation")
     print("evaluating PyTorch, then the graph, on the config's test set ...", flush=True)
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its own tables of each run; ours follows
-        results = evaluate_onnx_and_pytorch(
-            cfg, model, predictor, {runtime: os.path.join(folder, runtime) for runtime in ("pytorch", "onnx")}
-        )
-    dataset = cfg.dataloader.test.dataset.names
-    dataset = dataset if isinstance(dataset, str) else ",".join(dataset)
-    threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
-    print(ap_table(results, f"COCO box AP on {dataset} ({results['num_images']} images, CPU, {threads}):"))
-    report = {
-        "config_file": args.config_file,
-        "init_checkpoint": init_checkpoint,
-        "graph": path,
-        "dataset": dataset,
-        "num_images": results["num_images"],
-        **{runtime: {k: _json_number(v) for k, v in results[runtime].items()} for runtime in ("pytorch", "onnx")},
-        "onnx_minus_pytorch": {k: _json_number(v) for k, v in compare_ap(results).items()},
-    }
-    json_path = os.path.join(args.output, "evaluation.json")
-    write_json(json_path, report)
-    print(f"wrote {json_path}")
+    # written into a temporary folder, then moved into DIR with evaluation.json: an interrupted evaluation left its
+    # files cut short or beside an earlier evaluation.json
+    with PartialPath(args.output, prefix=STAGE_PREFIX, suffix=STAGE_SUFFIX, folder=True) as stage:
+        folders = {runtime: os.path.join(stage.path, "evaluation", runtime) for runtime in ("pytorch", "onnx")}
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its own tables of each run; ours follows
+            results = evaluate_onnx_and_pytorch(cfg, model, predictor, folders)
+        dataset = cfg.dataloader.test.dataset.names
+        dataset = dataset if isinstance(dataset, str) else ",".join(dataset)
+        threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
+        print(ap_table(results, f"COCO box AP on {dataset} ({results['num_images']} images, CPU, {threads}):"))
+        report = {
+            "config_file": args.config_file,
+            "init_checkpoint": init_checkpoint,
+            "graph": path,
+            "dataset": dataset,
+            "num_images": results["num_images"],
+            **{runtime: {k: _json_number(v) for k, v in results[runtime].items()} for runtime in ("pytorch", "onnx")},
+            "onnx_minus_pytorch": {k: _json_number(v) for k, v in compare_ap(results).items()},
+        }
+        with naming_final_file(stage.path, "evaluation.json", args.output):
+            write_json(os.path.join(stage.path, "evaluation.json"), report)
+        install_evaluation(stage.path, args.output)
+    print(f"wrote {os.path.join(args.output, 'evaluation.json')}")
     return report
 
 
@@ -356,6 +359,7 @@ def main(args):
 
 def _run(cfg, args):
     """:func:`main`'s work, in its output folder ``args.output``, which it holds."""
+    _print_removed_abandoned(args.output)  # no other export is running there: it would hold the folder
     if args.onnx is None:
         check_graph_targets(args.output)  # a folder in the way is found now, not after the tracing
     if args.evaluate:  # before the export: a config that cannot be evaluated fails in seconds

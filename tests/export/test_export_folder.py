@@ -1,5 +1,6 @@
 """An export replaces an earlier one only once the new graph and its model.json are written and verified
-(``focus_detr.export.folder``), and refuses weights that are not finite before it starts."""
+(``focus_detr.export.folder``), an evaluation likewise, and refuses weights that are not finite before it starts."""
+import json
 import os
 import sys
 
@@ -16,6 +17,7 @@ pytest.importorskip("onnxruntime")
 from cli_output import error_lines, shows_traceback  # noqa: E402
 from focus_detr.export.folder import install_export  # noqa: E402
 
+TREE_CONFIG = TINY_CONFIG.parents[1] / "focus_detr_r18_trees.py"  # has a test set
 EARLIER = {"model.onnx": "the earlier graph", "model.json": "{}", "evaluation.json": "{}"}
 
 
@@ -211,3 +213,47 @@ def test_a_ctrl_c_while_an_export_is_moved_in_takes_effect_once_the_moves_are_do
     with pytest.raises(KeyboardInterrupt):
         install_export(str(stage), str(folder))
     assert _outside(folder, stage) == EARLIER  # every move undone
+
+
+def _files(folder):
+    return {str(path.relative_to(folder)): path.read_text() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_an_interrupted_evaluation_leaves_the_earlier_one_and_a_finished_one_replaces_it_whole(
+        export_tool, tiny_export, tmp_path, monkeypatch):
+    # the evaluators wrote straight into DIR/evaluation/: interrupted, their new detections sat beside the earlier
+    # evaluation.json (and a file of theirs could be cut short)
+    from focus_detr.export.evaluation import AP_KEYS
+
+    output = tmp_path / "scored"
+    (output / "evaluation" / "pytorch").mkdir(parents=True)
+    (output / "evaluation.json").write_text('{"earlier": 1}')
+    (output / "evaluation" / "pytorch" / "coco_instances_results.json").write_text("earlier detections")
+    (output / "evaluation" / "earlier_only.txt").write_text("earlier")
+    earlier = _files(output)
+    stopped = {"yes": True}
+
+    def evaluation(cfg, model, predictor, folders):
+        for runtime, folder in folders.items():
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, "coco_instances_results.json"), "w") as f:
+                f.write(f"new {runtime} detections")
+            if stopped["yes"]:
+                raise KeyboardInterrupt
+        return {"num_images": 9, **{runtime: dict.fromkeys(AP_KEYS, 1.0) for runtime in folders}}
+
+    monkeypatch.setattr(export_tool, "_load_model", lambda *args: (torch.nn.Linear(1, 1), "random", None))
+    monkeypatch.setattr(export_tool, "check_graph_fits_config", lambda *args: None)  # the tiny graph, a tree config
+    monkeypatch.setattr(export_tool, "evaluate_onnx_and_pytorch", evaluation)
+    argv = export_tool.parse_args(["--config-file", str(TREE_CONFIG), "--output", str(output), "--onnx",
+                                   str(tiny_export / "model.onnx"), "--evaluate", "--threads", "1"])
+    with pytest.raises(KeyboardInterrupt):
+        export_tool.main(argv)
+    assert _files(output) == earlier and sorted(os.listdir(output)) == ["evaluation", "evaluation.json"]
+
+    stopped["yes"] = False
+    export_tool.main(argv)
+    assert sorted(_files(output)) == ["evaluation.json", "evaluation/onnx/coco_instances_results.json",
+                                      "evaluation/pytorch/coco_instances_results.json"]
+    assert (output / "evaluation" / "onnx" / "coco_instances_results.json").read_text() == "new onnx detections"
+    assert json.loads((output / "evaluation.json").read_text())["onnx"]["AP"] == 1.0

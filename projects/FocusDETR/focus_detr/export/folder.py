@@ -1,7 +1,8 @@
 """The folder an export writes (``tools/export_model.py --output DIR``): ``model.onnx`` and ``model.json`` (and the
 graphs in the other MSDA forms, :data:`FORM_GRAPHS`) are written into a temporary folder inside DIR
 (:data:`STAGE_PREFIX`), checked there, and only then moved into DIR, replacing an earlier export and the files written
-about its graph (evaluation, benchmark, the other MSDA forms), which the new graph would otherwise appear to have."""
+about its graph (evaluation, benchmark, the other MSDA forms), which the new graph would otherwise appear to have.
+``--evaluate`` writes its report and the evaluators' files likewise (:func:`install_evaluation`)."""
 import contextlib
 import os
 
@@ -9,14 +10,17 @@ from ..engine.interrupt import stop_signals_deferred
 from ..layers.ms_deform_attn_onnx import MSDA_ONNX_FORMS
 from ..partial_files import remove_abandoned
 
-__all__ = ["FORM_GRAPHS", "GRAPH_FILES", "RESULTS_OF_A_GRAPH", "STAGE_PREFIX", "STAGE_SUFFIX", "check_graph_targets",
-           "earlier_export", "install_export", "naming_final_file", "remove_abandoned_exports"]
+__all__ = ["EVALUATION_FILES", "FORM_GRAPHS", "GRAPH_FILES", "RESULTS_OF_A_GRAPH", "STAGE_PREFIX", "STAGE_SUFFIX",
+           "check_graph_targets", "earlier_export", "install_evaluation", "install_export", "naming_final_file",
+           "remove_abandoned_exports"]
 
 GRAPH_FILES = ("model.onnx", "model.json")
 # the graph in each MSDA form, for --compare-msda-forms' benchmark: staged with the main graph when asked for
 FORM_GRAPHS = tuple(f"model_{form}.onnx" for form in MSDA_ONNX_FORMS)
-RESULTS_OF_A_GRAPH = ("evaluation.json", "evaluation", "benchmark.json", *FORM_GRAPHS)
-# the temporary folder of an export being written: .export.<random>.partial/{model.onnx, model.json, ...}
+# --evaluate's report and the evaluators' files (DIR/evaluation/{pytorch,onnx}/), staged and moved in together
+EVALUATION_FILES = ("evaluation.json", "evaluation")
+RESULTS_OF_A_GRAPH = (*EVALUATION_FILES, "benchmark.json", *FORM_GRAPHS)
+# the temporary folder of an export or evaluation being written: .export.<random>.partial/{model.onnx, ...}
 STAGE_PREFIX, STAGE_SUFFIX = ".export.", ".partial"
 
 
@@ -65,21 +69,18 @@ def _move(source, target, done):
     done.append((source, target))
 
 
-def install_export(stage, folder):
-    """Moves ``stage``'s model.onnx and model.json, and those of :data:`FORM_GRAPHS` it holds (a temporary folder
-    inside ``folder``, on its file system) into ``folder``. The earlier export's files (:func:`earlier_export`) are
-    first moved into ``stage/earlier``, where they go with the temporary folder. Every step is a rename; when one
-    fails, those done are undone, which leaves the earlier export as it was, and the error names the file in
-    ``folder``. A Ctrl-C or SIGTERM meanwhile takes effect once every file is moved (or every move undone).
-    Returns the names of the earlier results that were removed (not those replaced by a new file)."""
-    check_graph_targets(folder)
+def _install(stage, folder, new, earlier, what):
+    """Moves the names ``earlier`` of ``folder`` into ``stage/earlier``, where they go with the temporary folder
+    ``stage`` (inside ``folder``, on its file system), then the names ``new`` of ``stage`` into ``folder``. Every step
+    is a rename; when one fails, those done are undone, which leaves ``folder`` as it was, and the error names the file
+    in ``folder``. A Ctrl-C or SIGTERM meanwhile takes effect once every file is moved (or every move undone).
+    ``what``: what is moved, for the line that says a signal was held."""
     aside = os.path.join(stage, "earlier")
     os.mkdir(aside)
-    new = GRAPH_FILES + tuple(name for name in FORM_GRAPHS if os.path.lexists(os.path.join(stage, name)))
-    earlier, done = earlier_export(folder), []
+    done = []
     # An interruption right after a rename, before ``done`` records it, left that file in the temporary folder (gone
     # with it), and one while undoing stopped the undoing: DIR held parts of both exports.
-    with stop_signals_deferred(f"the export is moved into {folder}", "it is there"):
+    with stop_signals_deferred(f"{what} is moved into {folder}", "it is there"):
         try:
             for name in earlier:
                 _move(os.path.join(folder, name), os.path.join(aside, name), done)
@@ -91,4 +92,21 @@ def install_export(stage, folder):
             with contextlib.suppress(OSError):
                 os.rmdir(aside)
             raise
+
+
+def install_export(stage, folder):
+    """Moves ``stage``'s model.onnx and model.json, and those of :data:`FORM_GRAPHS` it holds, into ``folder``
+    (:func:`_install`), replacing the earlier export's files (:func:`earlier_export`). Returns the names of the
+    earlier results that were removed (not those replaced by a new file)."""
+    check_graph_targets(folder)
+    new = GRAPH_FILES + tuple(name for name in FORM_GRAPHS if os.path.lexists(os.path.join(stage, name)))
+    earlier = earlier_export(folder)
+    _install(stage, folder, new, earlier, "the export")
     return [name for name in earlier if name not in new]
+
+
+def install_evaluation(stage, folder):
+    """Moves ``stage``'s evaluation.json and evaluation/ into ``folder`` (:func:`_install`), replacing both of an
+    earlier evaluation: an evaluation.json never sits beside another evaluation's detections."""
+    earlier = [name for name in EVALUATION_FILES if os.path.lexists(os.path.join(folder, name))]
+    _install(stage, folder, EVALUATION_FILES, earlier, "the evaluation")

@@ -53,8 +53,7 @@ from focus_detr.engine.cli import print_skipped, run_reporting_errors
 from focus_detr.engine.inference_weights import ema_settings
 from focus_detr.engine.predictor import inference_resize, input_format, model_input, resize_scale
 from focus_detr.engine.settings import check_output_dir, nearest_existing
-from focus_detr.engine.checkpoint_classes import check_test_set_classes
-from focus_detr.engine.test_set import class_names_of_model
+from focus_detr.engine.checkpoint_classes import model_classes
 from focus_detr.layers.ms_deform_attn_backends import check_backend_setting
 from focus_detr.export import OnnxPredictor, check_graph_fits_config, graph_weights
 
@@ -79,19 +78,16 @@ def parse_args(argv=None):
 
 
 def _class_names(cfg, trained=None, weights=""):
-    """The model's class names for the labels; [] (boxes labelled with class numbers) when unknown, with a
-    warning when its dataset cannot be read. ``trained``: the class names the weights file ``weights`` records
-    (None: none), which name the labels when the config's dataset cannot; a test set that names them otherwise is
-    refused (a ValueError): its names would label the model's classes as others."""
-    try:
-        names = class_names_of_model(cfg)
-    except (ValueError, OSError, KeyError) as error:
-        if trained is not None:
-            return trained
-        print(f"warning: no class names for the labels, boxes are numbered by class instead: {error}", file=sys.stderr)
-        return []
-    check_test_set_classes(cfg, trained, weights, "the demo would label the model's classes")
-    return names or trained or []
+    """The model's class names for the labels (:func:`~focus_detr.engine.checkpoint_classes.model_classes`); []
+    (boxes labelled with class numbers) when unknown, with a warning when its dataset cannot be read. ``trained``:
+    the class names the weights file ``weights`` records (None: none), which name the labels when the config's
+    dataset cannot; a test set that names them otherwise is refused (a ValueError): its names would label the
+    model's classes as others."""
+    classes = model_classes(cfg, trained, weights, "the demo would label the model's classes")
+    if classes.names is None and classes.error is not None:
+        print(f"warning: no class names for the labels, boxes are numbered by class instead: {classes.error}",
+              file=sys.stderr)
+    return classes.names or []
 
 
 def _onnx_predictor(cfg, path):

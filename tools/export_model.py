@@ -61,7 +61,7 @@ from focus_detr.engine.arguments import add_overrides_argument, image_size, pars
 from focus_detr.engine.checkpoint import write_json
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.predictor import inference_resize, input_format
-from focus_detr.engine.checkpoint_classes import check_test_set_classes
+from focus_detr.engine.checkpoint_classes import model_classes
 from focus_detr.engine.inference_weights import InferenceWeights, check_finite_weights, read_inference_weights
 from focus_detr.export import (
     DEFAULT_OPSET,
@@ -77,7 +77,7 @@ from focus_detr.export import (
     export_onnx,
     graph_weights,
     max_export_opset,
-    model_classes,
+    model_json_classes,
     require_packages,
 )
 from focus_detr.export.benchmark import time_batches, time_graphs
@@ -179,16 +179,16 @@ def _print_removed_abandoned(folder):
               f"{', '.join(os.path.basename(path) for path in abandoned)}", file=sys.stderr)
 
 
-def export(model, cfg, args, init_checkpoint, weights, stage, trained_classes=None):
+def export(model, cfg, args, init_checkpoint, weights, stage, classes):
     """Writes model.onnx and model.json into the folder ``stage`` (an export's temporary folder, see
     :mod:`focus_detr.export.folder`); returns the graph's path there, its metadata and the traced sample.
-    ``trained_classes``: the class names the checkpoint records (see :func:`~focus_detr.export.model_classes`)."""
+    ``classes``: the model's class names (:func:`~focus_detr.engine.checkpoint_classes.model_classes`)."""
     path = os.path.join(stage, "model.onnx")
     sample = synthetic_inputs(*args.sample_size)[0]
     with naming_final_file(stage, "model.onnx", args.output):
         seconds = export_onnx(model, path, sample["image"], args.opset, args.msda_form, args.batched)
     check_graph(path)
-    class_names, category_ids, unnamed = model_classes(cfg, model.num_classes, trained_classes, init_checkpoint)
+    class_names, category_ids, unnamed = model_json_classes(cfg, classes, model.num_classes)
     if unnamed:
         print(f"warning: model.json gets no class names: {unnamed}", file=sys.stderr)
     metadata = export_metadata(
@@ -209,14 +209,14 @@ def export(model, cfg, args, init_checkpoint, weights, stage, trained_classes=No
     return path, metadata, sample
 
 
-def export_and_verify(model, cfg, args, init_checkpoint, weights, trained_classes=None):
+def export_and_verify(model, cfg, args, init_checkpoint, weights, classes):
     """Exports the graph and verifies it in a temporary folder inside DIR, then moves it into DIR, replacing an
     earlier export and what was written about it, unless the new graph differs from PyTorch while DIR holds an
     earlier export (kept as it was). With --compare-msda-forms the graphs in the other forms go along. An export that
     fails or is interrupted leaves DIR as it was. Returns the graph's path in DIR (None when it was not moved there)
     and the sizes where it differs."""
     with PartialPath(args.output, prefix=STAGE_PREFIX, suffix=STAGE_SUFFIX, folder=True) as stage:
-        staged, metadata, sample = export(model, cfg, args, init_checkpoint, weights, stage.path, trained_classes)
+        staged, metadata, sample = export(model, cfg, args, init_checkpoint, weights, stage.path, classes)
         failures = verify(model, staged, args)
         earlier = earlier_export(args.output)
         if failures and any(name in GRAPH_FILES for name in earlier):
@@ -371,11 +371,13 @@ def _run(cfg, args):
     model, weights, trained_classes = _load_model(cfg, args, init_checkpoint)
     # before the export and the evaluations, which take minutes
     use = "the evaluation would score" if args.evaluate else "model.json would name"
-    check_test_set_classes(cfg, trained_classes, init_checkpoint, f"{use} the model's classes")
+    classes = model_classes(cfg, trained_classes, init_checkpoint, f"{use} the model's classes")
+    if args.evaluate and classes.error is not None:  # what the evaluation reads
+        raise classes.error
 
     failures, path = [], args.onnx
     if args.onnx is None:
-        path, failures = export_and_verify(model, cfg, args, init_checkpoint, weights, trained_classes)
+        path, failures = export_and_verify(model, cfg, args, init_checkpoint, weights, classes)
         if args.benchmark and path:
             report_benchmark(model, path, args)
     if args.evaluate and path:

@@ -136,6 +136,29 @@ def test_the_demo_refuses_labels_of_other_classes_and_uses_the_checkpoints_witho
     assert demo._class_names(unreadable, ["a", "b"], path) == ["a", "b"]
 
 
+def test_a_test_set_naming_the_checkpoints_classes_otherwise_is_refused_whatever_the_training_set(run):
+    # the training set's own refusal (ab against the test set's ba) was taken for a dataset that cannot be read, and
+    # the demo and the predictor labelled with the checkpoint's names without comparing them, as the export did
+    from focus_detr.engine import FocusDETRPredictor, load_config
+
+    demo = load_script("demo/demo.py", "demo_classes")
+    path = str(run / "model_final.pth")
+    overrides = [TWO_CLASSES, "dataloader.train.dataset.names=focus_detr_toy_ab",
+                 "dataloader.test.dataset.names=focus_detr_toy_ba"]
+    with pytest.raises(CheckpointError, match="class 0 is 'a' in the checkpoint and 'b' in focus_detr_toy_ba; the "
+                                              "demo would label"):
+        demo._class_names(load_config(TOY_CONFIG, overrides), ["a", "b"], path)
+    predictor = FocusDETRPredictor(TOY_CONFIG, weights=path, device="cpu", overrides=overrides)
+    with pytest.raises(CheckpointError, match="class 0 is 'a' in the checkpoint and 'b' in focus_detr_toy_ba; "
+                                              "predictor.metadata would name"):
+        predictor.metadata
+    # the checkpoint's names and the test set's agree: the config's training set is not the model's
+    agreeing = FocusDETRPredictor(TOY_CONFIG, weights=path, device="cpu",
+                                  overrides=[TWO_CLASSES, "dataloader.train.dataset.names=focus_detr_toy_ba",
+                                             "dataloader.test.dataset.names=focus_detr_toy_ab"])
+    assert agreeing.metadata.thing_classes == ["a", "b"] and agreeing.metadata.name == "focus_detr_toy_ab"
+
+
 def test_class_lists_are_compared_index_by_index():
     check_checkpoint_classes(["a", "b"], ["a", "b"], "w.pth", ("the test set", "s"), "use")
     check_checkpoint_classes(None, ["a"], "w.pth", ("the test set", "s"), "use")  # recorded none: not compared

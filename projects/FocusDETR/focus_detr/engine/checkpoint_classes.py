@@ -6,15 +6,16 @@ category ids; a re-exported json that numbers the same objects otherwise gives t
 that the evaluation scores the model's "tree" as "shrub". Checkpoints without the entry (older runs, detrex weights)
 are not compared."""
 import logging
+from typing import List, NamedTuple, Optional
 
 from ..checkpoint import CheckpointError
 from ..data import class_difference
 from .checkpoint import CLASSES_KEY
 from .config import _dataset_names_in
-from .test_set import class_names_of_loader
+from .test_set import check_trained_classes, class_names_of_loader, class_names_of_test_set
 
-__all__ = ["check_checkpoint_classes", "check_resumed_classes", "check_test_set_classes", "checkpoint_classes",
-           "note_fine_tuned_classes", "training_classes"]
+__all__ = ["ModelClasses", "check_checkpoint_classes", "check_resumed_classes", "check_test_set_classes",
+           "checkpoint_classes", "model_classes", "note_fine_tuned_classes", "training_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +33,13 @@ def checkpoint_classes(extra, source):
     return list(names)
 
 
-def check_checkpoint_classes(trained, classes, source, dataset, use, otherwise=""):
+def check_checkpoint_classes(trained, classes, source, dataset, use, otherwise="", kind="checkpoint"):
     """Raises CheckpointError (one line) when the checkpoint ``source`` was trained on the classes ``trained`` and
     the dataset ``dataset`` (``(role, name)``, e.g. ``("the test set", "trees_val")``; name None when unknown)
     names its classes ``classes`` otherwise (another order, other names): ``use`` (e.g. "the evaluation would score
     the model's classes") would take the model's class i for the dataset's. Either list None (not recorded, or no
-    class names) is not compared. ``otherwise``: another way out, ending the message after the json's fix."""
+    class names) is not compared. ``otherwise``: another way out, ending the message after the json's fix.
+    ``kind``: what ``source`` is, "checkpoint" or "graph" (an exported graph, whose model.json records them)."""
     if trained is None or classes is None:
         return
     difference = class_difference(trained, classes)
@@ -46,9 +48,9 @@ def check_checkpoint_classes(trained, classes, source, dataset, use, otherwise="
     index, theirs, ours = difference
     role, name = dataset
     raise CheckpointError(
-        f"checkpoint {source} and {role}{f' {name}' if name else ''} name their classes differently: class {index} is "
-        f"{theirs} in the checkpoint and {ours} in {name or 'the dataset'}; {use} as {name or 'the dataset'}'s "
-        f"classes of the same index (give its json the checkpoint's classes, {_shown(trained)}, with ids in this "
+        f"{kind} {source} and {role}{f' {name}' if name else ''} name their classes differently: class {index} is "
+        f"{theirs} in the {kind} and {ours} in {name or 'the dataset'}; {use} as {name or 'the dataset'}'s "
+        f"classes of the same index (give its json the {kind}'s classes, {_shown(trained)}, with ids in this "
         f"order: classes are numbered in the order of their ids){otherwise}")
 
 
@@ -62,14 +64,54 @@ def _first_dataset(loader_node):
     return names[0] if names else None
 
 
-def check_test_set_classes(cfg, trained, source, use):
-    """:func:`check_checkpoint_classes` of the classes ``trained`` that checkpoint ``source`` records against the
-    config's test set (``dataloader.test``), whose classes are read only then: a checkpoint that records none reads
-    nothing more than before."""
+def _test_loader(cfg):
+    return (cfg.get("dataloader", None) or {}).get("test", None)
+
+
+def check_test_set_classes(cfg, trained, source, use, kind="checkpoint"):
+    """:func:`check_checkpoint_classes` of the classes ``trained`` that checkpoint ``source`` (or graph: ``kind``)
+    records against the config's test set (``dataloader.test``), whose classes are read only then: a checkpoint
+    that records none reads nothing more than before."""
     if trained is None:
         return
-    test = (cfg.get("dataloader", None) or {}).get("test", None)
-    check_checkpoint_classes(trained, class_names_of_loader(test), source, ("the test set", _first_dataset(test)), use)
+    test = _test_loader(cfg)
+    check_checkpoint_classes(trained, class_names_of_loader(test), source, ("the test set", _first_dataset(test)), use,
+                             kind=kind)
+
+
+class ModelClasses(NamedTuple):
+    """What :func:`model_classes` found: the ``names`` of the model's classes in the order of its outputs (None:
+    unknown); whether they are the config's test set's (``from_test_set``: its metadata and category ids describe
+    them), else the recorded ones; and ``error``, why the config's datasets named none (a dataset that cannot be
+    read here, or a training set naming them otherwise than the test set, with nothing recorded), else None."""
+
+    names: Optional[List[str]]
+    from_test_set: bool
+    error: Optional[Exception]
+
+
+def model_classes(cfg, recorded, source, use, kind="checkpoint") -> ModelClasses:
+    """The names of the model's classes for a command that names its outputs (the demo's labels, model.json, the
+    predictor's metadata): the config's test set's, refused (CheckpointError, :func:`check_checkpoint_classes`, with
+    ``use``) when the checkpoint ``source`` (or graph: ``kind``) records them otherwise (``recorded``; None: it
+    records none); the recorded names when the test set names none or cannot be read here. With nothing recorded,
+    a test set that names the classes otherwise than the training set (:func:`~.test_set.check_trained_classes`)
+    gives no names and that error: the model's classes are the training set's."""
+    try:
+        names = class_names_of_test_set(cfg)
+    except (ValueError, OSError, KeyError) as error:  # not registered, its json missing or broken
+        return ModelClasses(recorded, False, error)
+    check_checkpoint_classes(recorded, names, source, ("the test set", _first_dataset(_test_loader(cfg))), use,
+                             kind=kind)
+    try:
+        check_trained_classes(cfg)
+    except (ValueError, OSError, KeyError) as error:
+        if recorded is None:
+            return ModelClasses(None, False, error)
+        # the recorded names, which the test set's equal, are the model's whatever the config's training set says
+    if not names:
+        return ModelClasses(recorded, False, None)
+    return ModelClasses(names, True, None)
 
 
 def training_classes(cfg):

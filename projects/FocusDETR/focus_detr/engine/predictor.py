@@ -26,9 +26,9 @@ from omegaconf import DictConfig
 from .config import ConfigError, apply_overrides
 from .config_files import load_config
 from .cuda_graphs import CUDAGraphInference, graphs_available, inference_cuda_graphs
-from .test_set import class_names_of_model, metadata_of_test_set
+from .test_set import metadata_of_test_set
 from .precision import amp_autocast, amp_dtype_of
-from .checkpoint_classes import check_test_set_classes
+from .checkpoint_classes import model_classes
 from .inference_weights import read_inference_weights
 from .runner import build_model
 from .settings import FORMAT_KEYS, RESIZE_KEYS, mapper_entry, require_sections, resolve_device
@@ -258,18 +258,16 @@ class FocusDETRPredictor:
         classes alike (a ValueError, one line, when they do not: the names, and the category ids the metadata maps
         them to, would be another class's). A config without a test set, or whose test set names no classes or
         cannot be read, gets the checkpoint's names (else an empty ``Metadata``, or the dataset's error)."""
-        try:
-            names = class_names_of_model(self.cfg)  # the test set's classes, checked against the training set's
-        except (ValueError, OSError, KeyError):
-            if self.trained_classes is None:
-                raise
-            return Metadata(name="", thing_classes=self.trained_classes)  # a dataset that cannot be read here
-        check_test_set_classes(self.cfg, self.trained_classes, self.weights,
-                               "predictor.metadata would name the model's classes")
+        classes = model_classes(self.cfg, self.trained_classes, self.weights,
+                                "predictor.metadata would name the model's classes")
+        if classes.error is not None:  # a dataset that cannot be read here, or one refused with nothing recorded
+            if classes.names is None:
+                raise classes.error
+            return Metadata(name="", thing_classes=classes.names)
         metadata = metadata_of_test_set(self.cfg)
-        if names is None and self.trained_classes is not None:
-            return Metadata(name=metadata.name if metadata is not None else "", thing_classes=self.trained_classes)
-        return metadata if metadata is not None else Metadata(name="")
+        if classes.from_test_set or classes.names is None:
+            return metadata if metadata is not None else Metadata(name="")
+        return Metadata(name=metadata.name if metadata is not None else "", thing_classes=classes.names)
 
     def predict_batch(self, images: Sequence[np.ndarray], batch_size: int = 4) -> List[Dict]:
         """``predictor(image)`` for each of ``images`` (BGR uint8 ``(H, W, 3)`` arrays, all checked before the first

@@ -20,8 +20,8 @@ from .settings import FORMAT_KEYS, mapper_entry
 
 __all__ = ["build_loader", "category_ids_of_test_set", "check_evaluation_datasets", "check_evaluator_settings",
            "check_model_classes", "check_same_classes", "check_same_input_format", "check_test_images",
-           "check_test_set", "check_trained_classes", "class_names_of_loader", "class_names_of_model",
-           "class_names_of_test_set", "evaluator_nodes", "is_coco_evaluator", "metadata_of_test_set"]
+           "check_test_set", "check_trained_classes", "class_names_of_loader", "class_names_of_test_set",
+           "evaluator_nodes", "is_coco_evaluator", "metadata_of_test_set"]
 
 logger = logging.getLogger(__name__)
 
@@ -272,13 +272,6 @@ def class_names_of_loader(loader_node):
 def class_names_of_test_set(cfg):
     """:func:`class_names_of_loader` of the config's test set (``dataloader.test``); None without one."""
     return class_names_of_loader((cfg.get("dataloader", None) or {}).get("test", None))
-
-
-def class_names_of_model(cfg):
-    """The names of the model's classes, for labels: the test set's (:func:`class_names_of_test_set`) once checked
-    against the training set's (:func:`check_trained_classes`, a ConfigError when they differ); None when unknown."""
-    check_trained_classes(cfg)
-    return class_names_of_test_set(cfg)
 
 
 def metadata_of_test_set(cfg):

@@ -17,7 +17,7 @@ from .onnx_export import (
     pad_batch,
     require_packages,
 )
-from .metadata import export_metadata, graph_weights, model_classes
+from .metadata import export_metadata, graph_weights, model_json_classes
 from .graph_config import check_graph_fits_config
 from .predictor import OnnxPredictor, check_onnx_file
 from .ranking import QUERY_RANKING_OUTPUT, ForcedQueryRanking, graph_decisions, graph_with_decisions
@@ -49,7 +49,7 @@ __all__ = [
     "graph_with_decisions",
     "match_detections",
     "max_export_opset",
-    "model_classes",
+    "model_json_classes",
     "pad_batch",
     "require_packages",
 ]

@@ -7,15 +7,15 @@ import torch
 from detectron2.data import transforms as T
 
 from ..engine.checkpoint import same_file
-from ..engine.checkpoint_classes import check_test_set_classes
-from ..engine.test_set import category_ids_of_test_set, class_names_of_model
+from ..engine.test_set import category_ids_of_test_set
 from ..modeling import FocusDETR
 from .onnx_export import BATCHED_INPUT_NAMES, BATCHED_OUTPUT_NAMES, INPUT_NAME, OUTPUT_NAMES
 
 if TYPE_CHECKING:  # the predictor reads model.json through this module
+    from ..engine.checkpoint_classes import ModelClasses
     from .predictor import OnnxPredictor
 
-__all__ = ["check_metadata", "export_metadata", "graph_weights", "model_classes", "resize_entry", "resize_of"]
+__all__ = ["check_metadata", "export_metadata", "graph_weights", "model_json_classes", "resize_entry", "resize_of"]
 
 
 def resize_entry(resize: T.AugmentationList) -> Optional[Dict]:
@@ -156,23 +156,17 @@ def graph_weights(predictor: "OnnxPredictor", init_checkpoint: str, weights: Opt
     return None
 
 
-def model_classes(
-    cfg, num_classes: int, trained: Optional[Sequence[str]] = None, init_checkpoint: str = ""
-) -> Tuple[Optional[List[str]], Optional[List[int]], Optional[str]]:
-    """The model's class names for model.json, the dataset category id of each output label (as detectron2's COCO
-    loader numbers them, e.g. [3, 7, 42]) and why there are none: ``(None, None, why)`` when its dataset cannot be
-    read or names another number of classes than the model's ``num_classes`` (the graph would be refused).
-    ``trained``: the class names the checkpoint ``init_checkpoint`` records (None: none), which a test set naming
-    them otherwise is refused against (a ValueError), and which name the classes when the config's data cannot."""
-    try:
-        names = class_names_of_model(cfg)
-    except (ValueError, OSError, KeyError) as error:
-        if trained is not None and len(trained) == num_classes:
-            return list(trained), None, None  # the model's own names; the dataset's category ids are unknown
-        return None, None, str(error)
-    check_test_set_classes(cfg, trained, init_checkpoint, "model.json would name the model's classes")
-    if not names and trained is not None and len(trained) == num_classes:
-        return list(trained), None, None
-    if names and len(names) != num_classes:
-        return None, None, f"the test set has {len(names)} classes, the model {num_classes} (model.num_classes)"
-    return names, category_ids_of_test_set(cfg) if names else None, None
+def model_json_classes(cfg, classes: "ModelClasses", num_classes: int
+                       ) -> Tuple[Optional[List[str]], Optional[List[int]], Optional[str]]:
+    """model.json's class names, the dataset category id of each output label (as detectron2's COCO loader numbers
+    them, e.g. [3, 7, 42]; only for the test set's names) and why there are none, from ``classes``
+    (:func:`~focus_detr.engine.checkpoint_classes.model_classes`: the test set's names, else the checkpoint's):
+    ``(None, None, why)`` when the config's dataset cannot be read or the names are of another number of classes than
+    the model's ``num_classes`` (the graph would be refused); ``(None, None, None)`` when nothing names them."""
+    names = classes.names
+    if names is None:
+        return None, None, None if classes.error is None else str(classes.error)
+    if len(names) != num_classes:
+        where = "the test set has" if classes.from_test_set else "the checkpoint records"
+        return None, None, f"{where} {len(names)} classes, the model {num_classes} (model.num_classes)"
+    return list(names), category_ids_of_test_set(cfg) if classes.from_test_set else None, None

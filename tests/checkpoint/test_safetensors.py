@@ -66,6 +66,35 @@ def test_checkpointer_loads_safetensors_of_any_extension_and_checks_keys(tmp_pat
         FocusDETRCheckpointer(nn.Linear(1, 1)).load(str(tmp_path / "detector.safetensors"))
 
 
+def test_weights_files_record_class_names_and_hostile_ones_are_one_line(tmp_path):
+    # model_final.safetensors recorded no class names: a test set naming them otherwise went unchecked
+    from focus_detr.checkpoint import CheckpointError, write_safetensors
+    from focus_detr.engine.checkpoint_classes import checkpoint_classes
+
+    source = nn.Linear(1, 1)
+    for name in ("w.safetensors", "w.pth"):
+        save_weights(tmp_path / name, source.state_dict(), thing_classes=["tree", "shrub"])
+        extra = FocusDETRCheckpointer(nn.Linear(1, 1)).load(str(tmp_path / name))
+        assert checkpoint_classes(extra, name) == ["tree", "shrub"]
+    assert read_weights_file(str(tmp_path / "w.safetensors")).metadata == {
+        "format": "pt", "thing_classes": '["tree", "shrub"]'}
+    save_weights(tmp_path / "bare.safetensors", source.state_dict())  # as before: nothing recorded, nothing checked
+    assert checkpoint_classes(FocusDETRCheckpointer(nn.Linear(1, 1)).load(str(tmp_path / "bare.safetensors")),
+                              "bare.safetensors") is None
+
+    for value, why in (("[tree", r"its safetensors __metadata__ entry thing_classes is not JSON \(JSONDecodeError"),
+                       ('{"a": 1}', r"its thing_classes entry is a dict \(\{'a': 1\}\), not a list of class names"),
+                       ('["a", 3]', r"its thing_classes entry is a list \(\['a', 3\]\), not a list of class names"),
+                       ("[" * 100_000 + "]" * 100_000, r"its safetensors __metadata__ entry thing_classes is not JSON "
+                                                       r"\(RecursionError")):
+        path = tmp_path / "hostile.safetensors"
+        with open(path, "wb") as f:
+            write_safetensors(f, source.state_dict(), metadata={"thing_classes": value})
+        with pytest.raises(CheckpointError, match=f"^cannot use checkpoint {path}: {why}") as raised:
+            checkpoint_classes(FocusDETRCheckpointer(nn.Linear(1, 1)).load(str(path)), str(path))
+        assert "\n" not in str(raised.value) and len(str(raised.value)) < len(str(path)) + 250
+
+
 def _raw(header, data=b"", length=None):
     """A safetensors file's bytes: ``header`` (an object, or bytes as they are), ``data``, and a header length that
     is the real one unless ``length`` says otherwise."""
@@ -201,7 +230,7 @@ def test_final_weights_that_cannot_be_written_leave_the_final_evaluation_run(tra
     import focus_detr.engine.checkpoint as checkpoint_module
     from focus_detr.checkpoint import CheckpointError
 
-    def full_disk(path, state_dict):
+    def full_disk(path, state_dict, thing_classes=None):
         raise CheckpointError(f"cannot save weights {path}: No space left on device")
 
     monkeypatch.setattr(checkpoint_module, "save_weights", full_disk)

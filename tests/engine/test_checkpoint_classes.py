@@ -32,7 +32,7 @@ def run(train_net, tmp_path_factory):  # noqa: F811 (fixture)
     root = tmp_path_factory.mktemp("classes")
     register_edited_toy_dataset("focus_detr_toy_ab", str(root / "ab"), classes("a", "b"))
     register_edited_toy_dataset("focus_detr_toy_ba", str(root / "ba"), classes("b", "a"))
-    _cli(train_net, root / "run", "ab", "train.max_iter=2")
+    _cli(train_net, root / "run", "ab", "train.max_iter=2", "train.checkpointer.save_safetensors=True")
     return root / "run"
 
 
@@ -58,6 +58,15 @@ def test_eval_only_refuses_a_test_set_that_numbers_classes_otherwise(train_net, 
     with logged_warnings("focus_detr") as warnings:
         assert _cli(train_net, tmp_path, "ab", f"train.init_checkpoint={path}", flags=["--eval-only"]) == 0
     assert not [line for line in warnings if "class" in line], warnings
+
+
+def test_eval_only_of_the_final_safetensors_weights_checks_the_classes_too(train_net, run, tmp_path,  # noqa: F811
+                                                                           capsys):
+    # model_final.safetensors recorded no class names, and a test set that numbers them otherwise was scored
+    path = run / "model_final.safetensors"
+    assert _cli(train_net, tmp_path, "ba", f"train.init_checkpoint={path}", flags=["--eval-only"]) == 2
+    assert error_lines(capsys.readouterr().err) == ["error: " + SWAPPED.format(path=path)]
+    assert _cli(train_net, tmp_path, "ab", f"train.init_checkpoint={path}", flags=["--eval-only"]) == 0
 
 
 def test_a_checkpoint_without_class_names_is_evaluated_as_before(train_net, run, tmp_path, capsys):  # noqa: F811

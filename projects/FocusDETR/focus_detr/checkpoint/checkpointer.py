@@ -1,5 +1,6 @@
 """A DetectionCheckpointer that reads weights without running code from them, also reads official detrex
 Focus-DETR checkpoints, and refuses partial loads of detector weights."""
+import json
 import os
 import re
 from urllib.parse import parse_qs, urlparse
@@ -20,6 +21,10 @@ _DETECTOR_PREFIXES = ("transformer.", "class_embed.", "bbox_embed.")
 _CLASS_DEPENDENT_PREFIXES = ("class_embed.", "label_enc.")
 # Keys listed per kind of mismatch in an error message (a full list can be tens of thousands of characters).
 _KEYS_SHOWN = 3
+# The entry of a training checkpoint holding its training set's class names, in the order of the model's outputs
+# (detectron2's metadata name for them); in a safetensors file's __metadata__, the same list as JSON text (the map
+# holds strings only).
+CLASSES_KEY = "thing_classes"
 
 
 # The first keys of each backbone family's weights (detectron2's ResNet and SwinTransformer), to name a checkpoint
@@ -46,11 +51,26 @@ def _classes(count):
 def _recorded_names(checkpoint, count, most=10):
     """" ('tree', 'shrub')": the ``count`` class names a training checkpoint records (its ``thing_classes``, see
     focus_detr.engine.checkpoint_classes), to name the classes of another count; "" when it records none."""
-    names = checkpoint.get("thing_classes")
+    names = checkpoint.get(CLASSES_KEY)
     if not isinstance(names, (list, tuple)) or len(names) != count or not all(isinstance(n, str) for n in names):
         return ""
     more = f", ... ({count - most} more)" if count > most else ""
     return f" ({', '.join(repr(name) for name in names[:most])}{more})"
+
+
+def _safetensors_entries(metadata, filename):
+    """The checkpoint entries a safetensors file's header ``metadata`` (str -> str) records beside its weights: its
+    class names (:data:`CLASSES_KEY`, decoded from JSON; focus_detr.engine.checkpoint_classes checks that they are
+    a list of names), or none. CheckpointError (one line) when the value is not JSON."""
+    text = (metadata or {}).get(CLASSES_KEY)
+    if text is None:
+        return {}
+    try:
+        return {CLASSES_KEY: json.loads(text)}
+    except (ValueError, RecursionError) as error:
+        raise CheckpointError(f"cannot use checkpoint {filename}: its safetensors __metadata__ entry {CLASSES_KEY} is "
+                              f"not JSON ({type(error).__name__}: {str(error)[:80]}), where it holds the class names "
+                              "as a JSON list of strings") from None
 
 
 def _first_keys(keys):
@@ -246,7 +266,9 @@ class FocusDETRCheckpointer(DetectionCheckpointer):
             weights = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
             data = {"model": weights, "__author__": "pycls", "matching_heuristics": True}
         else:
-            if loaded.format == "safetensors" or "model" not in data:  # a safetensors file is one flat state dict
+            if loaded.format == "safetensors":  # one flat state dict; what else it records is in its header
+                data = {"model": data, **_safetensors_entries(loaded.metadata, filename)}
+            elif "model" not in data:
                 data = {"model": data}
             queries = parse_qs(self._parsed_url_during_load.query) if self._parsed_url_during_load else {}
             if queries.pop("matching_heuristics", "False") == ["True"]:

@@ -18,7 +18,7 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, NamedTuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -95,10 +95,12 @@ class WeightsUnpickler(pickle.Unpickler):
 
 class WeightsFile(NamedTuple):
     """What :func:`read_weights_file` read: the ``content`` and its ``format``: "torch", "pickle" (both: whatever
-    was pickled) or "safetensors" (a dict of tensors by name)."""
+    was pickled) or "safetensors" (a dict of tensors by name, and its header's ``metadata``, str -> str; None for
+    the other formats)."""
 
     content: Any
     format: str
+    metadata: Optional[Dict[str, str]] = None
 
 
 def _why_torch_load_failed(error):
@@ -205,7 +207,8 @@ def read_weights_file(path: Union[str, os.PathLike], *, torch_safe_globals=()) -
             if zipfile.is_zipfile(f) or head[:4] == b"PK\x03\x04":
                 return WeightsFile(_torch_load(path, torch_safe_globals, unreadable), "torch")
             if looks_like_safetensors(head):
-                return WeightsFile(read_safetensors(f, size, unreadable), "safetensors")
+                tensors, metadata = read_safetensors(f, size, unreadable)
+                return WeightsFile(tensors, "safetensors", metadata)
             f.seek(0)
             try:
                 first = _read_plain_pickle(path, f)

@@ -110,8 +110,9 @@ def _parse_entry(name: str, entry) -> _Entry:
     return _Entry(name, torch_dtype, tuple(shape), offsets[0], offsets[1])
 
 
-def _parse_header(raw: bytes, data_size: int) -> List[_Entry]:
-    """The header's tensors, ordered by offset, after checking that they tile the ``data_size`` bytes of data."""
+def _parse_header(raw: bytes, data_size: int) -> Tuple[List[_Entry], Dict[str, str]]:
+    """The header's tensors, ordered by offset, after checking that they tile the ``data_size`` bytes of data, and
+    its ``__metadata__`` map."""
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_object_without_duplicates)
     except _DuplicateKey as key:
@@ -138,14 +139,15 @@ def _parse_header(raw: bytes, data_size: int) -> List[_Entry]:
         position, previous = entry.end, entry.name
     if position != data_size:
         raise ValueError(f"the last {data_size - position} bytes of the file belong to no tensor")
-    return entries
+    return entries, metadata
 
 
 def read_safetensors(
     f: BinaryIO, file_size: int, unreadable: Callable[[str], Exception]
-) -> Dict[str, torch.Tensor]:
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     """The tensors of the safetensors file open as ``f`` (``file_size`` bytes), by name, in the file's order of
-    offsets. Raises ``unreadable(why)`` (one clause) for anything that is not a well-formed file."""
+    offsets, and its header's ``__metadata__`` (str -> str; empty when it has none). Raises ``unreadable(why)`` (one
+    clause) for anything that is not a well-formed file."""
     if sys.byteorder != "little":
         raise unreadable("safetensors files are read on little-endian machines only")
     f.seek(0)
@@ -160,7 +162,7 @@ def read_safetensors(
         raise unreadable(f"the file is truncated: its safetensors header length is {header_size} bytes but only "
                          f"{file_size - 8} follow")
     try:
-        entries = _parse_header(f.read(header_size), file_size - 8 - header_size)
+        entries, metadata = _parse_header(f.read(header_size), file_size - 8 - header_size)
     except ValueError as error:
         raise unreadable(str(error)) from None
     tensors = {}
@@ -175,7 +177,7 @@ def read_safetensors(
         if f.readinto(buffer) != size:
             raise unreadable(f"the file is truncated (it ended inside tensor {_brief(entry.name)})")
         tensors[entry.name] = torch.frombuffer(buffer, dtype=entry.dtype).reshape(entry.shape)
-    return tensors
+    return tensors, metadata
 
 
 def write_safetensors(f: BinaryIO, tensors: Mapping[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None):

@@ -9,8 +9,8 @@ import re
 
 import torch
 
-from ..checkpoint import (CheckpointError, FocusDETRCheckpointer, UnreadableCheckpointError, is_official_layout,
-                          write_safetensors)
+from ..checkpoint import (CLASSES_KEY, CheckpointError, FocusDETRCheckpointer, UnreadableCheckpointError,
+                          is_official_layout, write_safetensors)
 from ..checkpoint.safe_load import checked_checkpoint_path
 from ..partial_files import PartialPath, naming_file, remove_abandoned
 from .interrupt import stop_signals_deferred
@@ -19,11 +19,6 @@ __all__ = ["CLASSES_KEY", "AtomicDetectionCheckpointer", "CheckpointNotSavedErro
            "read_checkpoint_tag", "same_file", "save_weights", "write_json"]
 
 logger = logging.getLogger(__name__)
-
-# The entry of a training checkpoint holding its training set's class names, in the order of the model's outputs
-# (detectron2's metadata name for them).
-CLASSES_KEY = "thing_classes"
-
 
 class CheckpointNotSavedError(CheckpointError):
     """A training checkpoint that could not be written (a full disk, a folder no longer writable); the message names
@@ -110,15 +105,22 @@ def _why_not_written(error):
     return "no space left on device" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
 
 
-def save_weights(path, state_dict):
+def save_weights(path, state_dict, thing_classes=None):
     """Writes model weights alone (name -> tensor), atomically: a safetensors file when ``path`` ends in
     ``.safetensors`` (tensors only: any reader can load it without running code), else a torch file holding
-    ``{"model": state_dict}``. Both load with ``train.init_checkpoint``. A full disk is a one-line CheckpointError."""
+    ``{"model": state_dict}``. Both load with ``train.init_checkpoint``. ``thing_classes``: the class names of the
+    model's outputs, recorded as a training checkpoint records them (:data:`CLASSES_KEY`; in a safetensors file, as
+    JSON in its header's ``__metadata__``); None: none. A full disk is a one-line CheckpointError."""
+    classes = None if thing_classes is None else [str(name) for name in thing_classes]
+
     def write(f):
         if str(path).endswith(".safetensors"):
-            write_safetensors(f, state_dict, metadata={"format": "pt"})  # "pt": Hugging Face readers' convention
+            metadata = {"format": "pt"}  # "pt": Hugging Face readers' convention
+            if classes is not None:
+                metadata[CLASSES_KEY] = json.dumps(classes)
+            write_safetensors(f, state_dict, metadata=metadata)
         else:
-            torch.save({"model": state_dict}, f)
+            torch.save({"model": state_dict, **({CLASSES_KEY: classes} if classes is not None else {})}, f)
 
     try:
         atomic_write(path, write)
@@ -149,7 +151,8 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
             ``other_class_count`` applies to the initial weights of :meth:`resume_or_load`, never to a resume.
         thing_classes (list of str or None): the training set's class names, in the order of the model's outputs,
             which every checkpoint :meth:`save` writes records as ``thing_classes`` (plain data, which the safe
-            reader accepts) for the commands that later name the outputs by a dataset's classes.
+            reader accepts), and every weights file :meth:`save_weights` writes (a safetensors file in its header),
+            for the commands that later name the outputs by a dataset's classes.
         **checkpointables: objects with ``state_dict``/``load_state_dict`` saved alongside (e.g. ``trainer``).
     """
 
@@ -189,14 +192,14 @@ class AtomicDetectionCheckpointer(FocusDETRCheckpointer):
                                           f"({kept})") from error
 
     def save_weights(self, name, state_dict=None):
-        """Writes ``save_dir/name`` with the weights alone (default: the model's), as :func:`save_weights` does: for
-        publishing or ``train.init_checkpoint``, not for ``--resume`` (which needs the optimizer, scheduler, RNG and
-        data position, hence a ``.pth`` from :meth:`save`). Returns the path."""
+        """Writes ``save_dir/name`` with the weights alone (default: the model's) and ``thing_classes``, as
+        :func:`save_weights` does: for publishing or ``train.init_checkpoint``, not for ``--resume`` (which needs the
+        optimizer, scheduler, RNG and data position, hence a ``.pth`` from :meth:`save`). Returns the path."""
         path = os.path.join(self.save_dir, name)
         if self.output_claim is not None:
             self.output_claim.check(f"{name} is not written")
         self.logger.info(f"Saving weights to {path}")
-        save_weights(path, self.model.state_dict() if state_dict is None else state_dict)
+        save_weights(path, self.model.state_dict() if state_dict is None else state_dict, self.thing_classes)
         return path
 
     def tag_last_checkpoint(self, last_filename_basename):

@@ -77,13 +77,13 @@ def parse_args(argv=None):
     return parse_args_with_overrides(parser, argv)
 
 
-def _class_names(cfg, trained=None, weights=""):
+def _class_names(cfg, trained=None, weights="", kind="checkpoint"):
     """The model's class names for the labels (:func:`~focus_detr.engine.checkpoint_classes.model_classes`); []
     (boxes labelled with class numbers) when unknown, with a warning when its dataset cannot be read. ``trained``:
-    the class names the weights file ``weights`` records (None: none), which name the labels when the config's
-    dataset cannot; a test set that names them otherwise is refused (a ValueError): its names would label the
-    model's classes as others."""
-    classes = model_classes(cfg, trained, weights, "the demo would label the model's classes")
+    the class names the weights file ``weights`` records (None: none), or ``kind="graph"``, the --onnx graph's
+    model.json; they name the labels when the config's dataset cannot; a test set that names them otherwise is
+    refused (a ValueError): its names would label the model's classes as others."""
+    classes = model_classes(cfg, trained, weights, "the demo would label the model's classes", kind)
     if classes.names is None and classes.error is not None:
         print(f"warning: no class names for the labels, boxes are numbered by class instead: {classes.error}",
               file=sys.stderr)
@@ -91,7 +91,8 @@ def _class_names(cfg, trained=None, weights=""):
 
 
 def _onnx_predictor(cfg, path):
-    """BGR image -> {"instances"} from the exported graph, prepared as the PyTorch predictor prepares it."""
+    """BGR image -> {"instances"} from the exported graph, prepared as the PyTorch predictor prepares it; and the
+    class names its model.json records (None: none)."""
     if inference_amp_dtype(cfg, "cpu") is not None:
         raise ValueError("train.inference_amp autocasts the PyTorch model; the --onnx graph runs in float32")
     onnx, resize, fmt = OnnxPredictor(path), inference_resize(cfg), input_format(cfg)
@@ -118,7 +119,7 @@ def _onnx_predictor(cfg, path):
         item = model_input(image_bgr, resize, fmt)
         return {"instances": onnx(item["image"], item["height"], item["width"])}
 
-    return predict
+    return predict, onnx.metadata.get("thing_classes", None)
 
 
 def _draw(image_bgr, instances, class_names, threshold):
@@ -354,14 +355,16 @@ def main(args):
         check_frame_rate(video_output_path(args.output, args.video_input), fps)
     cfg = load_config(args.config_file, args.opts)
     if args.onnx:
-        predictor = _onnx_predictor(cfg, args.onnx)
+        predictor, graph_classes = _onnx_predictor(cfg, args.onnx)
+        recorded = (graph_classes, args.onnx, "graph")
     else:
         device = resolve_device(args.device, "--device", "--device cpu")
         check_backend_setting(device)  # once, not as every image's problem
         # the config's train.inference_amp; --cuda-graphs on, else the config's train.inference_cuda_graphs
         predictor = FocusDETRPredictor(cfg, device=device, cuda_graphs=args.cuda_graphs or None)
-    # the PyTorch predictor's checkpoint may name the classes it was trained on (an --onnx graph: the config does)
-    class_names = _class_names(cfg, getattr(predictor, "trained_classes", None), getattr(predictor, "weights", ""))
+        recorded = (predictor.trained_classes, predictor.weights, "checkpoint")
+    # the classes the checkpoint was trained on, or the graph exported for, where it records them
+    class_names = _class_names(cfg, *recorded)
     if args.video_input:
         return [run_video(predictor, args.video_input, args.output, args.confidence_threshold, class_names)]
     return run_images(predictor, paths, args.output, args.confidence_threshold, class_names, args.show_tokens,

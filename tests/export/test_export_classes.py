@@ -11,6 +11,8 @@ from conftest import TINY_CONFIG
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from export_test_utils import copy_graph, noise_png  # noqa: E402 (first: it puts tests/tools on the path)
+from tools_test_utils import load_script  # noqa: E402
 
 TREE_CONFIG = TINY_CONFIG.parents[1] / "focus_detr_r18_trees.py"
 
@@ -111,3 +113,50 @@ def test_the_export_evaluates_no_test_set_naming_the_classes_otherwise_than_the_
     with pytest.raises(ValueError, match="^the training set focus_detr_export_shrubs and the test set trees_val name "
                                          "their classes differently: class 0 is 'shrub'"):
         export_tool.main(export_tool.parse_args(argv))
+
+
+def _renamed_tree_graph(tiny_export, folder, class_names):
+    """The tiny graph, its model.json saying it was exported from the tree config for ``class_names``."""
+    return copy_graph(tiny_export, folder, {"num_classes": 1, "class_names": class_names, "category_ids": None,
+                                            "resize": {"short_edge": 352, "max_size": 512, "interpolation": 2}})
+
+
+def _graph_refusal(graph, use):
+    return (f"graph {graph} and the test set trees_val name their classes differently: class 0 is 'shrub' in the "
+            f"graph and 'tree' in trees_val; {use} as trees_val's classes of the same index (give its json the "
+            "graph's classes, 'shrub', with ids in this order: classes are numbered in the order of their ids)")
+
+
+def test_the_demo_refuses_a_graph_exported_for_other_class_names_and_else_takes_them(tiny_export, tmp_path, capfd):
+    # only the class count was compared: a graph of the same count of other (or reordered) classes was labelled
+    # with the test set's names
+    from cli_output import shows_traceback
+    from focus_detr.engine import load_config
+
+    demo = load_script("demo/demo.py", "demo")
+    shrub = _renamed_tree_graph(tiny_export, tmp_path / "shrub", ["shrub"])
+    argv = ["--config-file", str(TREE_CONFIG), "--input", noise_png(tmp_path / "noise.png"), "--output",
+            str(tmp_path / "out"), "--onnx", shrub]
+    assert demo.run_reporting_errors(demo.main, demo.parse_args(argv)) == 2
+    err = capfd.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        "error: " + _graph_refusal(shrub, "the demo would label the model's classes")]
+    assert not shows_traceback(err) and not (tmp_path / "out").exists()
+    # the test set's names, the graph's where the config's dataset cannot be read, none where neither names them
+    cfg = load_config(str(TREE_CONFIG))
+    unreadable = load_config(str(TREE_CONFIG), ["dataloader.test.dataset.names=focus_detr_nowhere",
+                                                "dataloader.train.dataset.names=focus_detr_nowhere"])
+    assert demo._class_names(cfg, ["tree"], "g.onnx", "graph") == ["tree"]
+    assert demo._class_names(unreadable, ["shrub"], "g.onnx", "graph") == ["shrub"]
+    assert demo._class_names(cfg, None, "g.onnx", "graph") == ["tree"]  # model.json without names: not compared
+
+
+def test_evaluate_onnx_refuses_a_graph_exported_for_other_class_names(export_tool, tiny_export, tmp_path):
+    # --onnx --evaluate scored a graph of other classes of the same count as the test set's, without a word
+    shrub = _renamed_tree_graph(tiny_export, tmp_path / "shrub", ["shrub"])
+    argv = ["--config-file", str(TREE_CONFIG), "--output", str(tmp_path / "out"), "--onnx", shrub, "--evaluate",
+            "--threads", "1"]
+    with pytest.raises(ValueError) as refused:
+        export_tool.main(export_tool.parse_args(argv))
+    assert str(refused.value) == _graph_refusal(shrub, "the evaluation would score the graph's classes")
+    assert not (tmp_path / "out" / "evaluation.json").exists()

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 
 from torch import nn
 
+from ..engine.checkpoint_classes import check_test_set_classes
 from ..engine.evaluation import evaluate
 from ..engine.precision import inference_amp_dtype
 from .graph_config import check_graph_fits_config
@@ -65,7 +66,9 @@ def check_comparable_precision(cfg, device) -> None:
 def evaluate_onnx_and_pytorch(cfg, model: nn.Module, predictor: OnnxPredictor, output_dirs: Dict[str, str]) -> Dict:
     """Evaluates ``model`` (PyTorch), then the graph of ``predictor``, on ``cfg.dataloader.test`` with
     ``cfg.dataloader.evaluator``; the evaluator of each writes its files into ``output_dirs["pytorch"]`` /
-    ``output_dirs["onnx"]`` (``cfg`` itself is left as it is).
+    ``output_dirs["onnx"]`` (``cfg`` itself is left as it is). A graph that does not fit the config
+    (:func:`check_graph_fits_config`), or whose model.json names the classes otherwise than the test set, is refused
+    first (ValueError, one line).
 
     Returns ``{"pytorch": {AP key: value}, "onnx": {...}, "num_images": N}`` (COCO percentages; NaN where the test
     set has no object of that size).
@@ -74,6 +77,9 @@ def evaluate_onnx_and_pytorch(cfg, model: nn.Module, predictor: OnnxPredictor, o
         raise ValueError("the config has no dataloader.evaluator: nothing to score the graph with")
     check_comparable_precision(cfg, next(model.parameters()).device)
     check_graph_fits_config(cfg, predictor)
+    # model.json's class names are the graph's (a count alike can hide another order)
+    check_test_set_classes(cfg, predictor.metadata.get("thing_classes", None), predictor.path,
+                           "the evaluation would score the graph's classes", kind="graph")
     graph = OnnxAsModel(predictor)
     results = {}
     for runtime, runner in (("pytorch", model), ("onnx", graph)):

@@ -33,9 +33,10 @@
 # target dir (tags of CPython 3.12 when this python is not 3.12: the bundle is checked, not imported), a CPU-only
 # build in a scratch copy of the sources (the checkout's own extension may be loaded by running processes; when that
 # extension is newer than csrc/ and setup.py, as `make test` leaves it, it is copied there instead of compiled again,
-# unless GPU_CHECK_FRESH_BUILD=1), the selection of the GPU tests, and small CPU versions of the benchmark, parity
-# and export stages -- and prints each GPU stage's command as planned. The official model runs there too, on the CPU
-# at 480x640 (inference only).
+# unless GPU_CHECK_FRESH_BUILD=1), the selection of the GPU tests, and small CPU versions of the kernel benchmark,
+# parity, e2e, profile, batch8 and export stages -- and prints each GPU stage's command as planned. The official
+# model runs there too, on the CPU at 480x640 (inference only: sbs_fp32, sbs_memory). The same budget bounds it: on
+# a few busy cores raise GPU_CHECK_BUDGET_S, or stages time out.
 #
 # Environment: PYTHON (default: python3; --dry-run: .venv/bin/python when present), TINY_FIXTURE (default: the first
 # of ../shared/fixtures/, shared/fixtures/, WHEEL_DIR/ holding focus_detr_tiny.pt), OFFICIAL_SRC (default: the first

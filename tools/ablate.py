@@ -9,7 +9,8 @@ Writes into --output:
   <variant>/seed<k>/   each run: train_net.py's output (checkpoints, log.txt, metrics.json), eval/ (eval_results.json)
   ablation.csv         one row per run: AP, AP50, AP75, APs/m/l, GFLOPs, latency (median of interleaved rounds),
                        training minutes, the last encoder layer's token-selection quality (recall, small, precision)
-  ablation.md          per variant: mean and seed range, difference to full, whether it exceeds the seed spread
+  ablation.md          per variant: mean and seed range, difference to full over the seeds both have, whether it
+                       exceeds the seed spread
   ablation.png         AP against GFLOPs and against latency, seed range as error bars
 
 Runs go seed by seed (every variant with the first seed, then the second, ...). Run the same command again to

@@ -296,10 +296,10 @@ def test_a_run_recorded_by_an_older_config_that_left_arguments_at_their_defaults
 
 def test_summary_compares_the_seed_ranges():
     rows = [
-        {"variant": "full", "AP": 5.0}, {"variant": "full", "AP": 6.0},
-        {"variant": "dense", "AP": 5.5}, {"variant": "dense", "AP": 7.0},
-        {"variant": "random_selection", "AP": 1.0}, {"variant": "random_selection", "AP": 2.0},
-        {"variant": "no_top_down", "AP": 9.0},
+        {"variant": "full", "seed": 1, "AP": 5.0}, {"variant": "full", "seed": 2, "AP": 6.0},
+        {"variant": "dense", "seed": 1, "AP": 5.5}, {"variant": "dense", "seed": 2, "AP": 7.0},
+        {"variant": "random_selection", "seed": 1, "AP": 1.0}, {"variant": "random_selection", "seed": 2, "AP": 2.0},
+        {"variant": "no_top_down", "seed": 1, "AP": 9.0},
     ]
     summary = {entry["variant"]: entry for entry in summarize_variants(rows)}
     assert summary["full"]["mean"] == 5.5 and summary["full"]["exceeds_seed_spread"] is None
@@ -313,11 +313,41 @@ def test_a_seed_without_ap_is_not_counted_as_one():
     # a run that detects nothing scores AP NaN: it was counted as a seed, and one run's AP made the verdict "exceeds
     # the seed spread: yes" against full's two
     nan = float("nan")
-    rows = [{"variant": "full", "AP": 6.1}, {"variant": "full", "AP": 3.3},
-            {"variant": "random_selection", "AP": nan}, {"variant": "random_selection", "AP": 9.0}]
+    rows = [{"variant": "full", "seed": 1, "AP": 6.1}, {"variant": "full", "seed": 2, "AP": 3.3},
+            {"variant": "random_selection", "seed": 1, "AP": nan},
+            {"variant": "random_selection", "seed": 2, "AP": 9.0}]
     entry = {e["variant"]: e for e in summarize_variants(rows)}["random_selection"]
     assert (entry["seeds"], entry["runs"], entry["mean"]) == (1, 2, 9.0)
     assert entry["exceeds_seed_spread"] is None
+    assert (entry["paired_seeds"], entry["difference"]) == (1, pytest.approx(9.0 - 3.3))  # seed 2 against seed 2
+
+
+def test_differences_pair_the_seeds_both_variants_have(tmp_path):
+    # a report written while another invocation still trained dense seed 2 (as the audit's runs were): dense seed 1
+    # minus the mean of full's seeds 1 and 2 is -0.05, though against the same seed dense is +0.05
+    rows = [{"variant": "dense", "seed": 1, "AP": 0.109, "AP50": 0.5},
+            {"variant": "full", "seed": 1, "AP": 0.059, "AP50": 0.3},
+            {"variant": "full", "seed": 2, "AP": 0.247, "AP50": 1.4},
+            {"variant": "no_cascade", "seed": 3, "AP": 0.2, "AP50": 1.0}]
+    summary = {entry["variant"]: entry for entry in summarize_variants(rows)}
+    assert summary["dense"]["difference"] == pytest.approx(0.05)
+    assert summary["dense"]["paired_seeds"] == 1 and summary["dense"]["exceeds_seed_spread"] is None
+    assert summary["dense"]["mean"] == pytest.approx(0.109)  # the variant's own mean stays over all its seeds
+    assert math.isnan(summary["no_cascade"]["difference"]) and summary["no_cascade"]["paired_seeds"] == 0
+    write_markdown(rows, {"full": [], "dense": [], "no_cascade": []}, str(tmp_path / "a.md"), "test")
+    markdown = (tmp_path / "a.md").read_text()
+    assert "| 0.50 | +0.05 (1 seed) | n/a (needs 2 shared seeds) |" in markdown
+    assert "| n/a (no seed in common) | n/a (needs 2 shared seeds) |" in markdown
+
+
+def test_the_seed_spread_is_compared_over_the_shared_seeds():
+    # full's seed 3 (AP 1.0) widened full's range to overlap dense's, though dense beat full on both seeds they share
+    rows = [{"variant": "full", "seed": 1, "AP": 5.0}, {"variant": "full", "seed": 2, "AP": 5.2},
+            {"variant": "full", "seed": 3, "AP": 1.0},
+            {"variant": "dense", "seed": 1, "AP": 6.0}, {"variant": "dense", "seed": 2, "AP": 6.5}]
+    entry = {e["variant"]: e for e in summarize_variants(rows)}["dense"]
+    assert entry["paired_seeds"] == 2 and entry["exceeds_seed_spread"] is True
+    assert entry["difference"] == pytest.approx(1.15)
 
 
 def test_selection_columns_read_the_last_encoder_layer():
@@ -342,7 +372,7 @@ def test_reports_are_written(tmp_path):
     write_plot(rows, str(tmp_path / "a.png"), "test")
     assert (tmp_path / "a.csv").read_text().splitlines()[1].startswith("full,1,5.0,10.0")
     markdown = (tmp_path / "a.md").read_text()
-    assert "| dense | 2 | 4.50 | 4.00-5.00 | 9.00 | 0.00 | no (within seed spread) | 4.500 |" in markdown
+    assert "| dense | 2 | 4.50 | 4.00-5.00 | 9.00 | +0.00 (2 seeds) | no (within seed spread) | 4.500 |" in markdown
     rows[-1]["AP"] = float("nan")  # dense, seed 2: no detections
     write_markdown(rows, {"full": [], "dense": ["x=1"]}, str(tmp_path / "b.md"), "test")
     assert "| dense | 1 of 2 | 5.00 | 5.00-5.00 |" in (tmp_path / "b.md").read_text()

@@ -48,25 +48,34 @@ def _mean_and_range(values: List[float]):
 
 
 def summarize_variants(rows: List[Dict], metric: str = "AP", reference: str = "full") -> List[Dict]:
-    """Per variant (in the order first seen in ``rows``): ``seeds`` (the runs with a value of ``metric``: NaN, e.g.
-    APl on a test set without large objects, is no value; a model that detected nothing scores 0 and counts) of
-    ``runs``, mean, min and max of ``metric``, the difference of the means to ``reference``, and whether it exceeds
-    the seed spread: True when the two variants' ranges over seeds do not overlap, False when they do, None when
-    either has fewer than two values (no spread to compare)."""
-    by_variant: Dict[str, List[float]] = {}
+    """Per variant (in the order first seen in ``rows``, each row one run with its ``seed``): ``seeds`` (the runs
+    with a value of ``metric``: NaN, e.g. APl on a test set without large objects, is no value; a model that detected
+    nothing scores 0 and counts) of ``runs``, mean, min and max of ``metric`` over them; against ``reference``,
+    over the ``paired_seeds`` both have a value for (a run still running elsewhere, or other ``--seeds``, leaves a
+    seed unpaired: its AP says as much about the seed as about the variant), the mean ``difference`` (NaN when they
+    share none) and whether it exceeds the seed spread: True when the two variants' ranges over those seeds do not
+    overlap, False when they do, None when fewer than two seeds are shared (no spread to compare)."""
+    by_variant: Dict[str, Dict[int, float]] = {}
+    runs: Dict[str, int] = {}
     for row in rows:
-        by_variant.setdefault(row["variant"], []).append(float(row[metric]))
-    stats = {v: (sum(not math.isnan(x) for x in values), len(values)) + _mean_and_range(values)
-             for v, values in by_variant.items()}
+        runs[row["variant"]] = runs.get(row["variant"], 0) + 1
+        value = float(row[metric])
+        values = by_variant.setdefault(row["variant"], {})
+        if not math.isnan(value):
+            values[row["seed"]] = value
     summary = []
-    for variant, (seeds, runs, mean, low, high) in stats.items():
-        entry = {"variant": variant, "seeds": seeds, "runs": runs, "mean": mean, "min": low, "max": high,
-                 "difference": float("nan"), "exceeds_seed_spread": None}
-        if reference in stats and variant != reference:
-            ref_seeds, _, ref_mean, ref_low, ref_high = stats[reference]
-            entry["difference"] = mean - ref_mean
-            if seeds >= 2 and ref_seeds >= 2:
-                entry["exceeds_seed_spread"] = high < ref_low or low > ref_high
+    for variant, values in by_variant.items():
+        mean, low, high = _mean_and_range(list(values.values()))
+        entry = {"variant": variant, "seeds": len(values), "runs": runs[variant], "mean": mean, "min": low,
+                 "max": high, "paired_seeds": 0, "difference": float("nan"), "exceeds_seed_spread": None}
+        if reference in by_variant and variant != reference:
+            shared = sorted(set(values) & set(by_variant[reference]))
+            mine, theirs = [values[s] for s in shared], [by_variant[reference][s] for s in shared]
+            entry["paired_seeds"] = len(shared)
+            if shared:
+                entry["difference"] = statistics.fmean(mine) - statistics.fmean(theirs)
+            if len(shared) >= 2:
+                entry["exceeds_seed_spread"] = max(mine) < min(theirs) or min(mine) > max(theirs)
         summary.append(entry)
     return summary
 
@@ -85,9 +94,19 @@ def _number(value, digits=2):
 def _verdict(entry):
     if entry["variant"] == "full":
         return "reference"
-    return {True: "yes", False: "no (within seed spread)", None: "n/a (needs 2 seeds of both)"}[
+    return {True: "yes", False: "no (within seed spread)", None: "n/a (needs 2 shared seeds)"}[
         entry["exceeds_seed_spread"]
     ]
+
+
+def _difference(entry):
+    """The paired difference and the seeds it is over: "+0.05 (2 seeds)"; "n/a (no seed in common)"."""
+    if entry["variant"] == "full":
+        return "n/a"
+    if not entry["paired_seeds"]:
+        return "n/a (no seed in common)"
+    count = entry["paired_seeds"]
+    return f"{entry['difference']:+.2f} ({count} seed{'s' if count > 1 else ''})"
 
 
 def _mean_of(rows, variant, key):
@@ -118,15 +137,17 @@ def write_markdown(rows: List[Dict], overrides: Dict[str, List[str]], path: str,
         means = {key: _mean_of(rows, variant, key) for key in ("gflops", "latency_ms", "train_minutes") + SELECTION_KEYS}
         lines.append(
             f"| {variant} | {_seeds(entry)} | {_number(entry['mean'])} | {_number(entry['min'])}-"
-            f"{_number(entry['max'])} | {_number(ap50[variant]['mean'])} | {_number(entry['difference'])} | "
+            f"{_number(entry['max'])} | {_number(ap50[variant]['mean'])} | {_difference(entry)} | "
             f"{_verdict(entry)} | {_number(means['gflops'], 3)} | {_number(means['latency_ms'], 1)} | "
             f"{_number(means['train_minutes'], 1)} | " + " / ".join(_number(means[key], 1) for key in SELECTION_KEYS)
             + " |"
         )
-    lines += ["", "A difference exceeds the seed spread when the variant's AP range over seeds does not overlap "
-              "`full`'s. Latency: batch 1, median over interleaved rounds (every model once per round). The last "
-              "columns: the last encoder layer's kept tokens against ground truth (percent; docs/training.md): share "
-              "of objects with a kept token inside, of small objects, and share of kept tokens inside an object.", "",
+    lines += ["", "Differences to `full` are over the seeds both variants have (paired: the same seed's runs "
+              "subtracted, the mean of that), and a difference exceeds the seed spread when the variant's AP range "
+              "over those seeds does not overlap `full`'s. Latency: batch 1, median over interleaved rounds (every "
+              "model once per round). The last columns: the last encoder layer's kept tokens against ground truth "
+              "(percent; docs/training.md): share of objects with a kept token inside, of small objects, and share "
+              "of kept tokens inside an object.", "",
               "## Overrides", "", f"- every variant (given after the variant's own): {_listed(shared_overrides)}"]
     for variant, variant_overrides in overrides.items():
         lines.append(f"- `{variant}` ({VARIANTS[variant]}): {_listed(variant_overrides)}")

@@ -16,11 +16,12 @@ Writes into --output:
 Runs go seed by seed (every variant with the first seed, then the second, ...). Run the same command again to
 resume: finished runs are skipped, an interrupted training continues from its last checkpoint (Ctrl-C or SIGTERM
 stops the current training after a checkpoint). A run folder holding a run started with other settings (config file,
-the contents of it or of a file it imports, overrides, seed) is refused before anything runs: give a new --output, or
-delete that run folder. The same command started twice at once shares the runs between the two (each takes the next
-run nobody is running; e.g. with --threads 1 on a 2-core machine). GFLOPs and latency (in the evaluation's precision,
-train.inference_amp) are measured afresh over every finished run at the end of each invocation. Overrides given after
-the options apply to every variant; one that sets a key a variant sets itself is refused (it would undo that variant).
+the contents of it or of a file it imports, overrides, seed, CPU thread count) is refused before anything runs: give
+a new --output, or delete that run folder. The same command started twice at once shares the runs between the two
+(each takes the next run nobody is running; e.g. with --threads 1 on a 2-core machine). GFLOPs and latency (in the
+evaluation's precision, train.inference_amp) are measured afresh over every finished run at the end of each
+invocation. Overrides given after the options apply to every variant; one that sets a key a variant sets itself is
+refused (it would undo that variant).
 
 Example (the main job's schedule, 2 seeds; ~10 minutes per run on 2 CPU cores):
     python tools/ablate.py --config-file configs/focus_detr_r18_trees.py --output output/ablation --seeds 2
@@ -205,7 +206,10 @@ def main(args):
     runs = planned_runs(args.output, args.variants, range(1, args.seeds + 1))
     overrides_of = {v: variant_overrides(cfg, v) for v in args.variants}
     check_shared_overrides(args.opts, overrides_of)  # also before printing: the printed variants would be wrong too
-    settings = {run: run_settings(args.config_file, overrides_of[run.variant] + list(args.opts), run) for run in runs}
+    # the children's thread count: --threads, or torch's default, which they read from the same environment as this
+    threads = torch.get_num_threads()
+    settings = {run: run_settings(args.config_file, overrides_of[run.variant] + list(args.opts), run, threads)
+                for run in runs}
     for variant, overrides in overrides_of.items():
         print(f"[ablation] {variant}: {' '.join(overrides) or '(no overrides)'}")
     if args.print_overrides:

@@ -22,9 +22,9 @@ def test_a_run_folder_is_reused_only_with_the_settings_it_was_started_with(tmp_p
         trained.append(run)
         return {"AP": 1.0}
 
-    def study(*overrides, config_file=TREES_CONFIG):
+    def study(*overrides, config_file=TREES_CONFIG, threads=1):
         return run_pending([run], fake_train, log=lambda line: None,
-                           settings={run: run_settings(config_file, overrides, run)})
+                           settings={run: run_settings(config_file, overrides, run, threads)})
 
     study("train.max_iter=2", "train.eval_period=0")
     with open(run.settings_path) as f:  # recorded when the run started
@@ -37,6 +37,9 @@ def test_a_run_folder_is_reused_only_with_the_settings_it_was_started_with(tmp_p
     assert (f"{KEEP_RATIO}: (not set), now 0.2; train.eval_period: 0, now (not set); train.max_iter: 2, now 4)"
             in message)
     assert "give a new --output for these settings, or delete" in message and len(trained) == 1
+    # trained at another thread count (--threads, OMP_NUM_THREADS), which alone changes the weights: was reused
+    with pytest.raises(ValueError, match=r"other settings \(CPU threads \(--threads\): 1, now 2\): give a new"):
+        study("train.max_iter=2", "train.eval_period=0", threads=2)
     other_config = os.path.join(REPO_ROOT, "configs", "focus_detr_r50_4scale_12ep.py")
     with pytest.raises(ValueError, match=f"config file: {TREES_CONFIG}, now {other_config}"):
         study("train.max_iter=2", "train.eval_period=0", config_file=other_config)
@@ -59,7 +62,7 @@ def test_a_run_folder_is_refused_after_a_file_of_its_config_changed(tmp_path):
 
     def study():
         return run_pending([run], lambda run: trained.append(run) or {"AP": 1.0}, log=lambda line: None,
-                           settings={run: run_settings(str(config), ["train.max_iter=2"], run)})
+                           settings={run: run_settings(str(config), ["train.max_iter=2"], run, threads=1)})
 
     study()
     assert study()[0]["AP"] == 1.0 and len(trained) == 1  # unchanged: reused
@@ -76,14 +79,14 @@ def test_a_run_another_invocation_finished_with_other_settings_is_refused_at_the
     import fcntl
 
     runs = planned_runs(str(tmp_path), ["full", "dense"], [1])
-    settings = {run: run_settings(TREES_CONFIG, ["train.max_iter=2"], run) for run in runs}
+    settings = {run: run_settings(TREES_CONFIG, ["train.max_iter=2"], run, threads=1) for run in runs}
     os.makedirs(runs[0].folder)
     with open(os.path.join(runs[0].folder, ".ablation_run.lock"), "a") as held:  # another invocation runs it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
         def train_while_the_other_finishes(run):  # the other invocation was started with train.max_iter=3
             with open(runs[0].settings_path, "w") as f:
-                json.dump(run_settings(TREES_CONFIG, ["train.max_iter=3"], runs[0]), f)
+                json.dump(run_settings(TREES_CONFIG, ["train.max_iter=3"], runs[0], threads=1), f)
             write_finished_run(runs[0], {"AP": 3.0})
             return {"AP": 1.0}
 
@@ -96,7 +99,7 @@ def test_a_run_folder_from_before_the_settings_record_is_checked_against_its_con
     from detectron2.config import LazyConfig
 
     run = planned_runs(str(tmp_path), ["full"], [1])[0]
-    started = run_settings(TREES_CONFIG, ["train.max_iter=2"], run)
+    started = run_settings(TREES_CONFIG, ["train.max_iter=2"], run, threads=1)
     os.makedirs(run.folder)
     spelled_otherwise = AblationRun(run.variant, run.seed, os.path.join(tmp_path, ".", "full", "seed1"))
     LazyConfig.save(load_config(TREES_CONFIG, training_overrides(spelled_otherwise, started)),
@@ -105,10 +108,13 @@ def test_a_run_folder_from_before_the_settings_record_is_checked_against_its_con
         f.write("model_0000000.pth")
     check_run_settings(run, started)
     with pytest.raises(ValueError, match=rf"other settings \({KEEP_RATIO}: 0.5, now 0.2; train.max_iter: 2, now 4\)"):
-        check_run_settings(run, run_settings(TREES_CONFIG, ["train.max_iter=4", f"{KEEP_RATIO}=0.2"], run))
+        check_run_settings(run, run_settings(TREES_CONFIG, ["train.max_iter=4", f"{KEEP_RATIO}=0.2"], run, threads=1))
     with open(run.settings_path, "w") as f:  # a record from before it held the resolved config: config.yaml has it
         json.dump(started, f)
     check_run_settings(run, started)
+    with open(run.settings_path, "w") as f:  # nor the thread count: unknown, not checked
+        json.dump({key: value for key, value in started.items() if key != "threads"}, f)
+    check_run_settings(run, {**started, "threads": 2})
     os.remove(run.settings_path)
     os.remove(os.path.join(run.folder, "config.yaml"))
     with pytest.raises(ValueError, match="holds a run without a readable record of its settings"):
@@ -120,7 +126,7 @@ def test_a_run_recorded_by_an_older_config_that_left_arguments_at_their_defaults
     # record has the device it resolved to, refused every run of a study started before: "model.class_prior_prob:
     # (not set), now 0.01; ..."
     run = planned_runs(str(tmp_path), ["full"], [1])[0]
-    started = run_settings(TREES_CONFIG, ["train.max_iter=2"], run)
+    started = run_settings(TREES_CONFIG, ["train.max_iter=2"], run, threads=1)
     recorded = resolved_config(run, started)
     for key in ("model.class_prior_prob", "model.transformer.proposal_base_size", "model.position_embedding.eps"):
         del recorded[key]
@@ -131,7 +137,8 @@ def test_a_run_recorded_by_an_older_config_that_left_arguments_at_their_defaults
     write_finished_run(run, {"AP": 1.0})
     check_run_settings(run, started)
     with pytest.raises(ValueError, match=r"other settings \(model.class_prior_prob: \(not set\), now 0.02\)"):
-        check_run_settings(run, run_settings(TREES_CONFIG, ["train.max_iter=2", "model.class_prior_prob=0.02"], run))
+        check_run_settings(run, run_settings(TREES_CONFIG, ["train.max_iter=2", "model.class_prior_prob=0.02"], run,
+                                             threads=1))
     recorded["train.device"] = "cuda:7"  # another device than this machine's
     with open(run.settings_path, "w") as f:
         json.dump({**started, "config": recorded}, f)

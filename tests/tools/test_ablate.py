@@ -165,6 +165,13 @@ def test_runs_of_other_overrides_are_refused_not_mixed_into_the_study(tmp_path):
     assert errors[0].startswith(f"error: {tmp_path / 'study' / 'full' / 'seed1'} holds a run started with other "
                                 "settings (model.transformer.foreground_selector.keep_ratio: (not set), now 0.2; "
                                 "train.max_iter: 1, now 2)")
+    # the same settings at another thread count, which alone changes the trained weights: was reused as finished
+    other_threads = arguments[:-1] + ["2"]  # --threads 2
+    third = _run(*other_threads, "train.max_iter=1", "dataloader.train.total_batch_size=1",
+                 data_root=tmp_path / "data", cwd=tmp_path)
+    assert third.returncode == 2 and third.stderr.strip().endswith(
+        "holds a run started with other settings (CPU threads (--threads): 1, now 2): give a new --output for these "
+        f"settings, or delete {tmp_path / 'study' / 'full' / 'seed1'} to train that run again with them"), third.stderr
     assert weights.stat().st_mtime_ns == modified and (tmp_path / "study" / "ablation.md").read_text() == report
 
 

@@ -1,7 +1,7 @@
 """What an ablation run is trained with, and whether a run folder holds a run of the same settings: the config file,
-the overrides, and the config they resolve to (the contents of the config's files included). A run folder is only
-reused with the settings it was started with; arguments a newer config lists at their constructor's defaults, and a
-device of "auto" that resolves to the recorded one, are no change."""
+the overrides, the CPU thread count, and the config they resolve to (the contents of the config's files included). A
+run folder is only reused with the settings it was started with; arguments a newer config lists at their
+constructor's defaults, and a device of "auto" that resolves to the recorded one, are no change."""
 import inspect
 import json
 import os
@@ -18,10 +18,11 @@ __all__ = ["check_run_settings", "overrides_by_key", "resolved_config", "run_set
            "training_command_overrides", "training_overrides"]
 
 
-def run_settings(config_file: str, overrides: Sequence[str], run) -> Dict:
+def run_settings(config_file: str, overrides: Sequence[str], run, threads: int) -> Dict:
     """What ``run`` is trained and evaluated with: the config file and the overrides (the variant's and the user's),
-    its seed last."""
-    return {"config_file": os.path.abspath(config_file), "overrides": [*overrides, f"train.seed={run.seed}"]}
+    its seed last, and the CPU threads of its processes (the thread count alone changes the trained weights)."""
+    return {"config_file": os.path.abspath(config_file), "overrides": [*overrides, f"train.seed={run.seed}"],
+            "threads": threads}
 
 
 def training_overrides(run, settings: Dict) -> List[str]:
@@ -169,13 +170,16 @@ def _read_settings(run) -> Optional[Dict]:
 
 
 def _settings_differences(run, settings: Dict) -> List[str]:
-    """The config file and overrides first (the shortest way to say what changed); when they are the same, the
-    resolved configs, which differ when the contents of the config file or of a file it imports changed."""
+    """The config file, the thread count and the overrides first (the shortest way to say what changed); when they
+    are the same, the resolved configs, which differ when the contents of the config file or of a file it imports
+    changed. A record without a thread count (written before it held one) is not checked for it."""
     recorded = _read_settings(run)
     if recorded is not None:
         differences = []
         if recorded.get("config_file") != settings["config_file"]:
             differences.append(f"config file: {recorded.get('config_file')}, now {settings['config_file']}")
+        if "threads" in recorded and recorded["threads"] != settings["threads"]:
+            differences.append(f"CPU threads (--threads): {recorded['threads']}, now {settings['threads']}")
         differences += _differences(overrides_by_key(recorded.get("overrides", [])),
                                     overrides_by_key(settings["overrides"]))
         if differences:

@@ -41,3 +41,22 @@ def test_detectron2s_flop_analysis_with_the_projects_handles_counts_what_the_too
     by_operator = analysis.by_operator()
     assert by_operator["ms_deform_attn"] > 0 and by_operator["attention"] > 0
     assert analysis.total() == count_flops(model, [item]).total
+
+
+def test_the_shared_projection_is_counted_in_the_row_of_each_call():
+    # the transformer's enc_output + enc_output_norm project tokens + position for the foreground selector, then the
+    # encoder's memory for the two-stage proposals: both calls were counted in the two-stage row
+    import os
+
+    from focus_detr.analysis.flops import count_flops
+    from focus_detr.analysis.inputs import synthetic_inputs
+    from focus_detr.engine import build_model, load_config
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    model = build_model(load_config(os.path.join(repo, "configs", "focus_detr_r18_trees.py")), "cpu")
+    tokens, width = 16 * 20 + 8 * 10 + 4 * 5 + 2 * 3, 128  # 128x160 at strides 8 to 64; the config's token width
+    one_call = tokens * width * width + 5 * tokens * width  # Linear, then LayerNorm (5 per element, fvcore)
+    report = count_flops(model, synthetic_inputs(128, 160))
+    assert report.per_module["two-stage proposals"] == one_call == 7_252_224
+    assert report.per_module["foreground selector"] > one_call
+    assert sum(report.per_module.values()) == report.total and report.per_module["other"] == 0

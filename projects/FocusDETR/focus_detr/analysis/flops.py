@@ -4,9 +4,11 @@ fvcore's convention: one fused multiply-add = one flop (the "GFLOPs" of DETR pap
 multiply-add count: linear / matmul / conv / attention / normalisation / interpolation and the deformable-attention op
 (handles in ``flop_handles``). Element-wise, reduction and indexing ops (``NOT_COUNTED_OPS``) are left out as in
 fvcore and detrex; any other op without a handle is reported in ``unsupported_ops`` so nothing is missed silently.
-Every row of the per-module table is a disjoint set of modules and the "other" row holds the remainder, so rows
-always sum to the total.
+Every row of the per-module table is a disjoint set of modules (one module split by call, ``SHARED_PROJECTION``) and
+the "other" row holds the remainder, so rows always sum to the total.
 """
+import contextlib
+import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List
@@ -38,6 +40,11 @@ MODULE_GROUPS = OrderedDict(
     ]
 )
 OTHER_ROW = "other"
+# The transformer's projection runs on tokens + position as the foreground selector's input, then on the encoder's
+# memory for the two-stage proposals (the same weights, as released; spec sections 2.1 and 6.1). fvcore counts by
+# module, so both calls land on these names: the calls made before the selector runs move to its row, by their share
+# of the projected tokens (a Linear's and a LayerNorm's multiply-adds are per token).
+SHARED_PROJECTION = ("transformer.enc_output", "transformer.enc_output_norm")
 
 # Ops with no multiply-adds worth counting under fvcore's convention (element-wise maths, reductions, comparisons,
 # indexing and tensor creation). They are silenced instead of being reported as unsupported.
@@ -77,14 +84,53 @@ def _analysis(model, single_input):
     return analysis
 
 
-def _group_flops(by_module):
-    """Sums ``by_module`` (names prefixed with "model." by detectron2's tracing adapter) into MODULE_GROUPS rows."""
+@contextlib.contextmanager
+def _projection_calls(model):
+    """Yields a list that collects, for each call of the model's ``transformer.enc_output`` (the first of
+    ``SHARED_PROJECTION``) meanwhile, ``(tokens projected, whether the foreground selector had yet to run in that
+    pass)``; stays empty for a model without them."""
+    transformer = getattr(getattr(model, "module", model), "transformer", None)
+    projection = getattr(transformer, "enc_output", None)
+    selector = getattr(transformer, "foreground_selector", None)
+    calls, selector_ran = [], [False]
+    if projection is None or selector is None:
+        yield calls
+        return
+
+    def pass_starts(module, args):
+        selector_ran[0] = False
+
+    def selector_runs(module, args):
+        selector_ran[0] = True
+
+    def projection_runs(module, args):
+        calls.append((math.prod(int(size) for size in args[0].shape[:-1]), not selector_ran[0]))
+
+    handles = [transformer.register_forward_pre_hook(pass_starts), selector.register_forward_pre_hook(selector_runs),
+               projection.register_forward_pre_hook(projection_runs)]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _group_flops(by_module, projection_calls=()):
+    """Sums ``by_module`` (names prefixed with "model." by detectron2's tracing adapter) into MODULE_GROUPS rows; the
+    share of ``SHARED_PROJECTION`` that ``projection_calls`` (:func:`_projection_calls`) made for the foreground
+    selector moves to its row."""
     def flops_of(name):
         return by_module.get("model." + name, by_module.get(name, 0))
 
     rows = OrderedDict()
     for row, names in MODULE_GROUPS.items():
         rows[row] = sum(flops_of(name) for name in names)
+    all_tokens = sum(tokens for tokens, _ in projection_calls)
+    selector_tokens = sum(tokens for tokens, before_selector in projection_calls if before_selector)
+    if selector_tokens:
+        moved = sum(flops_of(name) for name in SHARED_PROJECTION) * selector_tokens / all_tokens
+        rows["two-stage proposals"] -= moved
+        rows["foreground selector"] += moved
     total = by_module[""]
     rows[OTHER_ROW] = total - sum(rows.values())
     return rows, total
@@ -105,7 +151,9 @@ def count_flops(model, inputs: List[dict]) -> FlopReport:
     try:
         for single_input in inputs:
             analysis = _analysis(model, single_input)
-            rows, total = _group_flops(analysis.by_module())
+            with _projection_calls(model) as projection_calls:  # the model runs (is traced) at the first query
+                by_module = analysis.by_module()
+            rows, total = _group_flops(by_module, projection_calls)
             totals.append(total)
             rows_sum.update(rows)
             ops_sum.update(analysis.by_operator())

@@ -11,7 +11,8 @@ the dense point, each setting's time is also given as the median of its per-roun
 
 Writes into --output: sweep.csv, sweep.png, and each setting's detections (the evaluator's files) in a folder of its
 own (keep_0.3/, dense/, ...). The folder is locked while the sweep runs (a second sweep or a training into it is
-refused), and an --output holding a training run (last_checkpoint) or an earlier sweep (sweep.csv) is refused.
+refused), and an --output holding a training run (last_checkpoint) or an earlier sweep (sweep.csv) is refused. So is
+a config without an evaluator (dataloader.evaluator=null): the sweep is AP against cost.
 
 Example:
     python tools/sweep_keep_ratio.py --config-file configs/focus_detr_r18_trees.py --output output/sweep \
@@ -46,6 +47,7 @@ from focus_detr.engine.arguments import add_overrides_argument, parse_args_with_
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.checkpoint_classes import check_test_set_classes
 from focus_detr.engine.inference_weights import read_inference_weights
+from focus_detr.engine.test_set import check_evaluator_settings
 
 
 def parse_args(argv=None):
@@ -83,6 +85,8 @@ def main(args):
     if "dataloader" not in cfg:
         raise ValueError(f"{args.config_file} has no dataloader to evaluate on")
     check_datasets_registered(cfg.dataloader)
+    # AP against cost is the sweep: without an evaluator every row's AP was NaN, found after all the settings ran
+    check_evaluator_settings(cfg, required_by="the sweep (AP against GFLOPs and latency)")
     # the lock train_net.py takes on its output folder: a second sweep, or a training, into --output is refused
     with claim_output_dir(args.output, key="--output"):
         _check_output_holds_no_results(args.output)

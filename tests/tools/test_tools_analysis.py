@@ -108,6 +108,14 @@ def test_sweep_writes_csv_and_plot_in_keep_ratio_order(toy_dataset, tmp_path, ca
     argv = ["--config-file", TINY_TOY_CONFIG, "--output", str(tmp_path / "x"), "--flop-images", "0"]
     assert sweep.run_reporting_errors(sweep.main, sweep.parse_args(argv)) == 2
     assert capfd.readouterr().err.strip() == "error: --flop-images must be at least 1, got 0"
+    # AP against cost is what it is for: without an evaluator it wrote rows of AP nan after all the settings ran
+    argv = ["--config-file", TINY_TOY_CONFIG, "--output", str(tmp_path / "x"), "dataloader.evaluator=null"]
+    assert sweep.run_reporting_errors(sweep.main, sweep.parse_args(argv)) == 2
+    assert capfd.readouterr().err.strip() == (
+        "error: the sweep (AP against GFLOPs and latency) needs dataloader.evaluator, and the config has none: "
+        "nothing would score the detections; leave out the override dataloader.evaluator=null (or give the config an "
+        "evaluator)")
+    assert not (tmp_path / "x").exists()  # before any work
     blocker = tmp_path / "sweep.csv"  # a file where the output folder should be
     argv = ["--config-file", TINY_TOY_CONFIG, "--output", str(blocker)]
     assert sweep.run_reporting_errors(sweep.main, sweep.parse_args(argv)) == 2

@@ -186,8 +186,9 @@ def _token_pictures(predictor, image_bgr, name, output):
     height, width = result["image_size"]
     paths = [os.path.join(output, f"{name}_foreground.png"), os.path.join(output, f"{name}_tokens.png")]
     strides = result["level_strides"]  # the model's (a neck reading other backbone levels has other ones)
-    save_foreground_figure(network_image[:height, :width], result["token_selection"], paths[0], strides)
-    save_token_figure(network_image[:height, :width], result["token_selection"], paths[1], strides)
+    padded = result["padded_size"]  # the batch the tokens were computed on: their cells divide it
+    save_foreground_figure(network_image[:height, :width], result["token_selection"], paths[0], strides, padded)
+    save_token_figure(network_image[:height, :width], result["token_selection"], paths[1], strides, padded)
     return result, paths
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "ground_truth_of",
     "image_selection_counts",
     "selection_quality_metrics",
+    "token_centres",
     "token_grid",
 ]
 
@@ -88,6 +89,13 @@ def _sampled_valid(image_extent: int, padded_extent: int, cells: int) -> np.ndar
     return F.interpolate(inside[None, None], size=cells, mode="nearest")[0, 0].numpy() > 0.5
 
 
+def token_centres(cells: int, padded_extent: int) -> np.ndarray:
+    """The centres ``(cells,)`` of one level's token rows (or columns) in pixels of the padded network input: token
+    ``i`` covers ``[i, i + 1) * padded_extent / cells``, as the model's reference points place it (not ``i`` times
+    the level's nominal stride, which the rounded-up level sizes do not divide evenly)."""
+    return (np.arange(cells) + 0.5) * (padded_extent / cells)
+
+
 def token_grid(spatial_shapes, image_size, padded_size, original_size) -> TokenGrid:
     """The :class:`TokenGrid` of an image.
 
@@ -104,8 +112,8 @@ def token_grid(spatial_shapes, image_size, padded_size, original_size) -> TokenG
     start = 0
     for level_h, level_w in shapes:
         starts.append(start)
-        centres_y.append((np.arange(level_h) + 0.5) * (padded_h / level_h) * scale_y)
-        centres_x.append((np.arange(level_w) + 0.5) * (padded_w / level_w) * scale_x)
+        centres_y.append(token_centres(level_h, padded_h) * scale_y)
+        centres_x.append(token_centres(level_w, padded_w) * scale_x)
         rows, cols = _sampled_valid(h, padded_h, level_h), _sampled_valid(w, padded_w, level_w)
         valid.append((rows[:, None] & cols[None, :]).reshape(-1))
         start += level_h * level_w

@@ -3,14 +3,17 @@
 Input: the ``token_selection`` dict of ``FocusDETR.forward_inference(..., return_token_selection=True)``:
 ``spatial_shapes`` (L, 2), ``foreground_logits`` (N,) over all tokens (level-major, row-major per level),
 ``foreground_inds`` / ``fine_grained_inds``: per encoder layer, indices into the N tokens. Token (r, c) of level l
-covers ``stride_l`` x ``stride_l`` pixels of the network input (strides (8, 16, 32, 64) for the 4-level models).
+with spatial shape ``(h_l, w_l)`` covers a ``H / h_l`` x ``W / w_l`` cell of the padded network input ``(H, W)``, as
+the model's reference points place it (:func:`~focus_detr.analysis.selection_quality.token_centres`): about its
+nominal stride (8, 16, 32, 64 for the 4-level models), exactly that only where the stride divides ``H`` and ``W``.
 """
-import math
-
 import numpy as np
 import torch
 
-__all__ = ["level_grids", "foreground_heatmaps", "token_masks", "save_foreground_figure", "save_token_figure"]
+from .selection_quality import token_centres
+
+__all__ = ["level_grids", "foreground_heatmaps", "grid_to_image", "token_masks", "save_foreground_figure",
+           "save_token_figure"]
 
 KEPT_COLOR = (0.12, 0.47, 0.71)  # blue: updated by the encoder layer (foreground tokens)
 FINE_COLOR = (0.89, 0.10, 0.11)  # red: fine-grained tokens (also in self-attention)
@@ -48,15 +51,22 @@ def token_masks(token_selection, layer):
     return level_grids(codes, shapes)
 
 
-def _grid_to_image(grid, stride, image_size):
-    """Nearest-neighbour upsampling of a token grid to the pixels of the (unpadded) network input ``(h, w)``."""
+def _cells_of_pixels(extent: int, padded_extent: int, cells: int) -> np.ndarray:
+    """For each of ``extent`` pixel rows (or columns) of the network input, the token row whose cell holds the
+    pixel's centre (the nearest token centre)."""
+    centres = token_centres(cells, padded_extent)
+    return np.abs((np.arange(extent) + 0.5)[:, None] - centres[None, :]).argmin(1)
+
+
+def grid_to_image(grid, image_size, padded_size=None):
+    """A level's token grid ``(h_l, w_l)`` drawn on the pixels of the unpadded network input ``image_size``
+    ``(h, w)``: each pixel shows the token whose cell of the padded input ``padded_size`` ``(H, W)`` (default: the
+    image's own size, a batch of one) holds it."""
     height, width = image_size
-    rows = min(grid.shape[0], math.ceil(height / stride))
-    cols = min(grid.shape[1], math.ceil(width / stride))
-    up = np.repeat(np.repeat(grid[:rows, :cols], stride, axis=0), stride, axis=1)
-    out = np.zeros((height, width), dtype=up.dtype)
-    out[: min(height, up.shape[0]), : min(width, up.shape[1])] = up[:height, :width]
-    return out
+    padded_height, padded_width = padded_size or image_size
+    rows = _cells_of_pixels(height, padded_height, grid.shape[0])
+    cols = _cells_of_pixels(width, padded_width, grid.shape[1])
+    return grid[rows[:, None], cols[None, :]]
 
 
 def _strides(num_levels, strides):
@@ -86,16 +96,18 @@ def _figure(rows, cols, panel_height=2.6, aspect=1.0):
     return plt, fig, axes
 
 
-def save_foreground_figure(image, token_selection, path, strides=None):
+def save_foreground_figure(image, token_selection, path, strides=None, padded_size=None):
     """One panel per feature level: the foreground probability over the image. ``image`` (h, w, 3) uint8 RGB of the
-    network input (``token_selection``'s ``image_size``)."""
+    network input (the model output's ``image_size``); ``padded_size``: the output's ``padded_size``, the batch the
+    tokens were computed on (default: the image's size); ``strides``: each level's, for the panel titles."""
     heatmaps = foreground_heatmaps(token_selection)
     strides = _strides(len(heatmaps), strides)
     image_size = image.shape[:2]
     plt, fig, axes = _figure(1, len(heatmaps), aspect=image_size[1] / image_size[0])
     for level, (axis, heatmap, stride) in enumerate(zip(axes[0], heatmaps, strides)):
         axis.imshow(image)
-        shown = axis.imshow(_grid_to_image(heatmap, stride, image_size), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+        shown = axis.imshow(grid_to_image(heatmap, image_size, padded_size), cmap="jet", alpha=0.5, vmin=0.0,
+                            vmax=1.0)
         axis.set_title(f"level {level} (stride {stride})", fontsize=9)
     fig.colorbar(shown, ax=list(axes[0]), fraction=0.02, label="foreground probability")
     fig.suptitle("Foreground token selector: scores per level", fontsize=10)
@@ -103,9 +115,10 @@ def save_foreground_figure(image, token_selection, path, strides=None):
     plt.close(fig)
 
 
-def save_token_figure(image, token_selection, path, strides=None):
+def save_token_figure(image, token_selection, path, strides=None, padded_size=None):
     """Rows: encoder layers; columns: feature levels. Blue: tokens the layer updates (kept foreground tokens);
-    red: its fine-grained tokens (kept and also refined by self-attention)."""
+    red: its fine-grained tokens (kept and also refined by self-attention). Arguments as
+    :func:`save_foreground_figure`'s."""
     num_layers = len(token_selection["foreground_inds"])
     shapes = _as_numpy(token_selection["spatial_shapes"])
     strides = _strides(len(shapes), strides)
@@ -117,7 +130,7 @@ def save_token_figure(image, token_selection, path, strides=None):
         fine = len(token_selection["fine_grained_inds"][layer])
         for level, (grid, stride) in enumerate(zip(token_masks(token_selection, layer), strides)):
             axis = axes[layer][level]
-            codes = _grid_to_image(grid, stride, image_size)
+            codes = grid_to_image(grid, image_size, padded_size)
             overlay = np.zeros(image_size + (4,), dtype=np.float32)
             overlay[codes == 1] = KEPT_COLOR + (0.55,)
             overlay[codes == 2] = FINE_COLOR + (0.75,)

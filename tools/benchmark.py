@@ -31,6 +31,8 @@ means the model computes faster per multiply-add than a plain ResNet-50 forward 
 and one training step dispatch, and the operations among them that make the host wait for a GPU (value reads such
 as ``.item()``, data-dependent shapes, host-device copies; ``focus_detr.analysis.dispatch_counts``):
 ``operators_per_inference``, ``syncs_per_inference``, ``operators_per_train_step``, ``syncs_per_train_step``.
+On the CPU its tensors are told apart as a GPU run would hold them: the inputs, in host memory as the data loader
+leaves them, count a copy where they are moved to the device, and reads of host data count none.
 ``--sync-sites`` also lists where in the code each synchronisation comes from.
 
 ``--tasks data`` times the config's training loader as training builds it (``dataloader.train``: its workers,
@@ -148,10 +150,11 @@ def _flop_floor(task_run, yardstick):
     return {"gmac": task / 1e9, "yardstick_gmac": unit / 1e9, "flop_ratio": task / unit}
 
 
-def _dispatch_counts(task_run, device, sync_sites):
-    """``operators`` and ``syncs`` of one ``task_run`` after a warm-up call (plus their reasons, and sites if asked)."""
+def _dispatch_counts(task_run, device, sync_sites, inputs):
+    """``operators`` and ``syncs`` of one ``task_run`` after a warm-up call (plus their reasons, and sites if asked);
+    ``inputs``: what it reads, where a data loader leaves it (host memory, whose moves to a GPU are copies)."""
     task_run()
-    return {"dispatch": dispatch_counts(task_run, device, record_sites=sync_sites).as_dict()}
+    return {"dispatch": dispatch_counts(task_run, device, record_sites=sync_sites, host_data=inputs).as_dict()}
 
 
 def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats, yardstick, compare_fp32=False,
@@ -177,7 +180,8 @@ def benchmark_inference(model, inputs, device, amp_dtype, warmup, repeats, yards
         # the call that is timed (all batch_size images), eager: a CUDA graph's replay dispatches no operator
         stats.update(_flop_floor(inference_call(eager, inputs, device, amp_dtype, batch_size), yardstick))
     if count_dispatch:
-        stats.update(_dispatch_counts(inference_call(model, inputs[:1], device, amp_dtype), device, sync_sites))
+        stats.update(_dispatch_counts(inference_call(model, inputs[:1], device, amp_dtype), device, sync_sites,
+                                      inputs[:1]))
     return stats
 
 
@@ -204,7 +208,7 @@ def benchmark_training(cfg, model, optimizer, batch, device, amp_dtype, warmup, 
     if flop_floor:
         stats.update(_flop_floor(step_in(amp_dtype), yardstick))
     if count_dispatch:
-        stats.update(_dispatch_counts(step_in(amp_dtype), device, sync_sites))
+        stats.update(_dispatch_counts(step_in(amp_dtype), device, sync_sites, batch))
     return stats
 
 

@@ -88,3 +88,43 @@ def test_sync_sites_name_the_calling_line():
     (site,) = counts.sync_sites
     assert site.startswith(__file__) and "lambda" in site
     assert not dispatch_counts(lambda: x.sum().item()).sync_sites
+
+
+def test_a_cpu_count_tells_host_inputs_from_device_tensors_as_a_gpu_run_would():
+    # on the CPU image.to(self.device) is a no-op that never reaches the dispatcher, so the count missed every copy
+    # of the data loader's (pageable) memory to a GPU; and checks in host memory counted as GPU waits
+    from detectron2.structures import Boxes, Instances
+
+    weight = torch.randn(3)
+    instances = Instances((4, 4), gt_boxes=Boxes(torch.tensor([[0.0, 0.0, 2.0, 2.0]])))
+    batch = [{"image": torch.arange(3.0), "instances": instances}]
+
+    def step():
+        item = batch[0]
+        boxes = item["instances"].gt_boxes.tensor
+        assert bool((boxes[:, 2:] >= boxes[:, :2]).all())  # in host memory: waits for no GPU
+        pixels = item["image"].to(weight.device) * weight  # a copy to the device
+        assert pixels.to(weight.device) is pixels  # already there: none
+        boxes = boxes.to(weight.device, torch.float64)  # a copy (and a conversion)
+        return pixels.sum().item(), boxes  # a read of device data
+
+    counts = dispatch_counts(step, host_data=batch)
+    assert counts.syncs_by_reason == {"Tensor.to: copy between devices (host data to the device)": 2,
+                                      "aten._local_scalar_dense: reads a value on the host": 1}
+    assert dispatch_counts(step).syncs == 2  # without host_data, the inputs count as device data: no copies
+
+
+def test_a_cpu_count_keeps_host_built_tensors_and_host_copies_on_the_host():
+    weight = torch.randn(3)
+    buffer = torch.zeros(3, device=weight.device)
+
+    def run():
+        host = torch.zeros(3) + 1  # built on the default device, computed from host data only
+        assert host.sum().item() == 3  # a host read
+        buffer.copy_(host)  # a copy to the device
+        on_host = (buffer * weight).cpu()  # a copy to the host
+        return on_host.tolist(), on_host.to(weight.device)  # a host read, and a copy back
+
+    counts = dispatch_counts(run)
+    assert counts.syncs_by_reason == {"aten.copy_: copy between devices": 1, "Tensor.cpu: copy to the host": 1,
+                                      "Tensor.to: copy between devices (host data to the device)": 1}

@@ -98,3 +98,23 @@ def test_rescaled_detections_equal_detectron2_postprocessing():
         assert ours.image_size == expected.image_size and len(ours) == len(expected) < 50
         assert torch.equal(ours.pred_boxes.tensor, expected.pred_boxes.tensor)
         assert torch.equal(ours.scores, expected.scores) and torch.equal(ours.pred_classes, expected.pred_classes)
+
+
+def test_a_training_step_counted_on_the_cpu_waits_for_a_gpu_where_a_gpu_run_would():
+    # counted on the CPU, the copies of the data loader's images and targets to the device (no-ops there) were left
+    # out, and the checks of the targets in host memory counted as GPU waits
+    from focus_detr.analysis.inputs import synthetic_training_batch
+
+    model = _model().train()
+    batch = synthetic_training_batch(96, 128, 2, 3, model.num_classes)
+
+    def step():
+        sum(model(batch).values()).backward()
+
+    step()
+    counts = dispatch_counts(step, record_sites=True, host_data=batch)
+    assert counts.syncs_by_reason == {"Tensor.to: copy between devices (host data to the device)": 6,
+                                      "aten.nonzero: data-dependent output size": 1,
+                                      "Tensor.cpu: copy to the host": 1}, counts.sync_sites
+    copies = {site.rsplit(" ", 1)[1]: count for site, count in counts.sync_sites.items()}
+    assert copies["(preprocess_image)"] == 2 and copies["(prepare_targets)"] == 4  # each image; labels, boxes

@@ -5,8 +5,15 @@ the host to wait for the device: reading a value (``.item()``, ``bool()``, ``int
 output shape depends on the data (``nonzero``, ``masked_select``, boolean-mask indexing, ``unique``,
 ``repeat_interleave`` without ``output_size``), copies between the host and the device, and tensors built from
 Python data for the device (``torch.tensor(..., device=...)`` on a GPU is a blocking host-to-device copy; one built
-without a device stays on the host and is not counted). Both are properties of the code, not
-of the device, so they are counted on the CPU as well: :func:`count_dispatch` / :func:`dispatch_counts`.
+without a device stays on the host and is not counted). Both are properties of the code, so they are counted on the
+CPU as well (:func:`count_dispatch` / :func:`dispatch_counts`), where host and device are one memory: a CPU count
+tells them apart as a GPU run would hold them. Host tensors are the run's inputs as the data loader delivers them
+(``host_data``), tensors built without naming a device (from Python data, or by a factory such as ``torch.zeros``
+given no tensor), what ``.cpu()`` returns, and whatever an operator computes from host tensors alone. Every other
+tensor (the model's parameters and buffers, what is built on a named device or computed with a device tensor) is on
+the device. So ``.to(<the device>)`` of a host tensor and ``copy_`` between the two count as copies (a no-op on the
+CPU, a blocking copy from pageable memory on a GPU), and value reads and data-dependent operators on host tensors
+do not count (they wait for no GPU). A device named as ``"cpu"`` in a CPU count is the device.
 
 The operators are the ATen operators that reach the dispatcher's Python key (what a ``TorchDispatchMode`` sees:
 composite operators such as ``linear`` appear as the operators they decompose into, views included).
@@ -21,6 +28,7 @@ from typing import Callable, Dict, Iterator, Optional
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ["DispatchCounts", "count_dispatch", "dispatch_counts", "sync_reason", "tensors_in"]
 
@@ -64,6 +72,25 @@ def tensors_in(tree) -> Iterator[torch.Tensor]:
     elif isinstance(tree, dict):
         for item in tree.values():
             yield from tensors_in(item)
+
+
+def _tensors_held(tree, seen=None) -> Iterator[torch.Tensor]:
+    """The tensors of nested tuples, lists, dicts and objects' attributes (a data loader's ``Instances`` and their
+    ``Boxes``), each object visited once."""
+    seen = set() if seen is None else seen
+    if id(tree) in seen:
+        return
+    seen.add(id(tree))
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, (list, tuple)):
+        for item in tree:
+            yield from _tensors_held(item, seen)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from _tensors_held(item, seen)
+    elif hasattr(tree, "__dict__") and not isinstance(tree, type):
+        yield from _tensors_held(vars(tree), seen)
 
 
 def sync_reason(func, args, kwargs) -> Optional[str]:
@@ -130,16 +157,39 @@ def _calling_site() -> str:
 
 
 class _Recorder:
-    def __init__(self, counts: DispatchCounts, device: torch.device, record_sites: bool):
+    def __init__(self, counts: DispatchCounts, device: torch.device, record_sites: bool, host_data=None):
         self.counts = counts
         self.device = device
         self.record_sites = record_sites
         self.in_conversion = 0
+        self.silent = 0  # operators this module dispatches itself: not the run's
+        # a CPU count: the tensors a GPU run would hold on the host (in a GPU run, their device says)
+        self.host = WeakIdKeyDictionary() if device.type == "cpu" else None
+        self.mark_host(host_data)
+
+    def is_host(self, tensor) -> bool:
+        if self.host is None:
+            return tensor.device.type != self.device.type
+        return tensor in self.host
+
+    def mark_host(self, tree) -> None:
+        if self.host is not None:
+            for tensor in _tensors_held(tree):
+                self.host[tensor] = True
 
     def on_device(self, args, kwargs) -> bool:
-        """Whether the operation touches a tensor on the measured device (a CPU tensor in a GPU run is host data)."""
+        """Whether the operation touches a tensor on the measured device (host data does not)."""
         tensors = list(tensors_in(args)) + list(tensors_in(kwargs))
-        return not tensors or any(t.device.type == self.device.type for t in tensors)
+        return not tensors or any(not self.is_host(t) for t in tensors)
+
+    def alias(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A new tensor object for ``tensor``'s data: on the CPU ``.to`` and ``.cpu()`` return the tensor itself,
+        which a GPU run would hold on the other side."""
+        self.silent += 1
+        try:
+            return tensor.view_as(tensor)
+        finally:
+            self.silent -= 1
 
     def sync(self, name: str, reason: str) -> None:
         self.counts.syncs += 1
@@ -156,13 +206,23 @@ class _OperatorMode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         recorder = self.recorder
+        if recorder.silent:
+            return func(*args, **kwargs)
         recorder.counts.operators += 1
         recorder.counts.by_operator[str(func.overloadpacket)] += 1
         if not recorder.in_conversion:
             reason = sync_reason(func, args, kwargs)
+            if reason is None and recorder.host is not None and func in (_aten.copy_.default, _aten.copy.default):
+                if recorder.is_host(args[0]) != recorder.is_host(args[1]):
+                    reason = "copy between devices"
             if reason is not None and (reason == "copy between devices" or recorder.on_device(args, kwargs)):
                 recorder.sync(str(func.overloadpacket), reason)
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        if recorder.host is not None:
+            tensors = list(tensors_in(args)) + list(tensors_in(kwargs))
+            if tensors and all(recorder.is_host(t) for t in tensors):  # computed on the host
+                recorder.mark_host(result)
+        return result
 
 
 class _ConversionMode(TorchFunctionMode):
@@ -173,46 +233,90 @@ class _ConversionMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         recorder = self.recorder
-        if func in _FROM_PYTHON_DATA:
-            data = args[1] if func is torch.Tensor.new_tensor else (args[0] if args else kwargs.get("data"))
-            default = args[0].device if func is torch.Tensor.new_tensor else torch.get_default_device()
-            target = torch.device(kwargs.get("device") or default)
-            host_data = kwargs.get("device") is None and func is not torch.Tensor.new_tensor and default.type == "cpu"
-            if not isinstance(data, torch.Tensor) and not host_data and target.type == recorder.device.type:
-                owner = "Tensor" if func is torch.Tensor.new_tensor else "torch"
-                recorder.sync(f"{owner}.{func.__name__}", _UPLOAD)
+        if recorder.silent:
             return func(*args, **kwargs)
+        if func in _FROM_PYTHON_DATA:
+            return self._from_python_data(func, args, kwargs)
+        if func is torch.Tensor.to and recorder.host is not None and recorder.is_host(args[0]):
+            target = torch._C._nn._parse_to(*args[1:], **kwargs)[0]
+            if target is not None and target.type == recorder.device.type:
+                return self._to_the_device(func, args, kwargs)
         reason = _HOST_CONVERSIONS.get(func)
         if reason is None:
-            return func(*args, **kwargs)
-        if recorder.on_device(args, kwargs):
+            result = func(*args, **kwargs)
+            # built on the default device without a tensor to follow (torch.zeros(n), torch.arange(n)): the host
+            if (recorder.host is not None and isinstance(result, torch.Tensor) and kwargs.get("device") is None
+                    and torch.get_default_device().type == "cpu" and next(tensors_in((args, kwargs)), None) is None):
+                recorder.mark_host(result)
+            return result
+        on_device = recorder.on_device(args, kwargs)
+        if on_device:
             recorder.sync(f"Tensor.{func.__name__}", reason)
         # One sync for the whole conversion: the operators it dispatches (a copy, a value read) are not counted again.
         recorder.in_conversion += 1
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
         finally:
             recorder.in_conversion -= 1
+        if func is torch.Tensor.cpu and on_device and recorder.host is not None:
+            result = recorder.alias(result) if result is args[0] else result
+            recorder.mark_host(result)
+        return result
+
+    def _from_python_data(self, func, args, kwargs):
+        recorder = self.recorder
+        data = args[1] if func is torch.Tensor.new_tensor else (args[0] if args else kwargs.get("data"))
+        if kwargs.get("device") is not None:
+            on_host = torch.device(kwargs["device"]).type != recorder.device.type
+        elif func is torch.Tensor.new_tensor:  # where the tensor it is called on is
+            on_host = recorder.is_host(args[0])
+        else:
+            on_host = torch.get_default_device().type == "cpu"
+        if not isinstance(data, torch.Tensor) and not on_host:
+            owner = "Tensor" if func is torch.Tensor.new_tensor else "torch"
+            recorder.sync(f"{owner}.{func.__name__}", _UPLOAD)
+        result = func(*args, **kwargs)
+        if on_host and not isinstance(data, torch.Tensor):
+            recorder.mark_host(result)
+        return result
+
+    def _to_the_device(self, func, args, kwargs):
+        """``host_tensor.to(<the measured device>, ...)`` in a CPU count: the copy a GPU run makes."""
+        recorder = self.recorder
+        recorder.sync("Tensor.to", "copy between devices (host data to the device)")
+        recorder.in_conversion += 1
+        try:
+            result = func(*args, **kwargs)
+        finally:
+            recorder.in_conversion -= 1
+        result = recorder.alias(result) if result is args[0] else result
+        recorder.host.pop(result, None)  # a dtype change computed it from host data alone
+        return result
 
 
 @contextlib.contextmanager
-def count_dispatch(device="cpu", record_sites: bool = False) -> Iterator[DispatchCounts]:
+def count_dispatch(device="cpu", record_sites: bool = False, host_data=None) -> Iterator[DispatchCounts]:
     """Counts, inside the ``with`` block, the operators dispatched and the host-device synchronisations.
 
     Args:
-        device: where the measured model runs. On a CPU every operation counts (a CPU run stands for a GPU one); on
-            a GPU, value reads and data-dependent operators on host (CPU) tensors are free and not counted.
+        device: where the measured model runs. A CPU run stands for a GPU one, its tensors told apart as host or
+            device data by the module's rule; on a GPU, by their device. Value reads and data-dependent operators on
+            host data are free and not counted.
         record_sites: also record, per synchronisation, the calling code's ``file:line`` (slower; for diagnosis).
+        host_data: in a CPU count, the run's inputs as the data loader delivers them (dicts, lists, ``Instances``):
+            host memory, whose moves to the device count as copies. None: its inputs count as device data.
 
     Yields the :class:`DispatchCounts`, filled in as the block runs (autograd's backward included).
     """
-    recorder = _Recorder(DispatchCounts(), torch.device(device), record_sites)
+    recorder = _Recorder(DispatchCounts(), torch.device(device), record_sites, host_data)
     with _ConversionMode(recorder), _OperatorMode(recorder):
         yield recorder.counts
 
 
-def dispatch_counts(function: Callable[[], object], device="cpu", record_sites: bool = False) -> DispatchCounts:
-    """:class:`DispatchCounts` of one call of ``function()`` (call it once before to count a warm run)."""
-    with count_dispatch(device, record_sites) as counts:
+def dispatch_counts(function: Callable[[], object], device="cpu", record_sites: bool = False,
+                    host_data=None) -> DispatchCounts:
+    """:class:`DispatchCounts` of one call of ``function()`` (call it once before to count a warm run);
+    ``host_data``: see :func:`count_dispatch`."""
+    with count_dispatch(device, record_sites, host_data) as counts:
         function()
     return counts

@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from focus_detr.analysis.activations import count_activations
 from focus_detr.analysis.flops import count_flops
 from focus_detr.analysis.inputs import dataset_inputs, synthetic_inputs
 from focus_detr.analysis.keep_ratios import dense_keep_ratios, foreground_selector_of, keep_ratios_applied
@@ -116,15 +117,11 @@ def parameter_task(model):
 
 
 def activation_task(model, inputs):
-    from detectron2.utils.analysis import activation_count_operators
-
-    # detectron2's helper offers no switch for fvcore's per-op warnings (activations have no custom handles)
+    # detectron2's helper offers no switch for fvcore's per-op warnings: count_activations returns what they say
     logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
-    totals = []
-    for single_input in inputs:
-        # millions of output elements of the counted (conv / linear / matmul-like) ops
-        totals.append(sum(activation_count_operators(model, [single_input]).values()))
-    return {"mean_mactivations": float(np.mean(totals)), "std_mactivations": float(np.std(totals))}
+    totals, uncounted = count_activations(model, inputs)
+    return {"mean_mactivations": float(np.mean(totals)), "std_mactivations": float(np.std(totals)),
+            "uncounted_ops": {op: round(n / len(inputs)) for op, n in sorted(uncounted.items())}}  # per image
 
 
 def main(args):
@@ -150,7 +147,10 @@ def main(args):
         print(f"unique parameters: {results['parameter']['total']:,}")
     if "activation" in args.tasks:
         results["activation"] = activation_task(model, inputs)
-        print(f"activations (M): {results['activation']['mean_mactivations']:.3f} ± {results['activation']['std_mactivations']:.3f}")
+        activation = results["activation"]
+        print(f"activations (M): {activation['mean_mactivations']:.3f} ± {activation['std_mactivations']:.3f} "
+              "(outputs of convolutions, linear layers, matrix products and attention)")
+        print("not counted: " + (", ".join(f"{op} x{n}" for op, n in activation["uncounted_ops"].items()) or "none"))
     if "structure" in args.tasks:
         print(model)
     if args.json:

@@ -1,4 +1,5 @@
-"""executed_multiply_adds: what a run computes in dense layers, backward passes included."""
+"""Counting a model's work: executed_multiply_adds (dense layers, backward passes included), the FLOP table's rows
+and the activation count."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,3 +61,18 @@ def test_the_shared_projection_is_counted_in_the_row_of_each_call():
     assert report.per_module["two-stage proposals"] == one_call == 7_252_224
     assert report.per_module["foreground selector"] > one_call
     assert sum(report.per_module.values()) == report.total and report.per_module["other"] == 0
+
+
+def test_activations_count_the_attention_outputs():
+    # detectron2's activation_count_operators dropped the deformable and the fine-grained attention without a word
+    from conftest import build_tiny_model
+    from detectron2.utils.analysis import activation_count_operators
+
+    from focus_detr.analysis.activations import count_activations
+
+    torch.manual_seed(0)
+    model = build_tiny_model().eval()
+    item = {"image": torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)}
+    (total,), uncounted = count_activations(model, [item])
+    assert total > sum(activation_count_operators(model, [item]).values())
+    assert "aten::layer_norm" in uncounted and "focus_detr::ms_deform_attn" not in uncounted

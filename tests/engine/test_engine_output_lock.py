@@ -162,6 +162,23 @@ def test_a_resume_whose_folder_is_removed_does_not_get_its_earlier_config_back(
     assert (code, errors) == (2, [_removed_or_replaced(out, "is gone", 3)])
     assert (os.listdir(out) == []) if replaced else not out.exists()
 
+
+def test_a_folder_made_in_place_of_a_removed_one_never_gets_its_config_back(tmp_path):
+    # a folder removed and made again often gets the removed one's inode number, so the two compared as one folder
+    from focus_detr.engine.resume import run_record_kept
+
+    out = tmp_path / "out"
+    for _ in range(5):
+        out.mkdir()
+        (out / "config.yaml").write_text("earlier run")
+        with pytest.raises(RuntimeError), run_record_kept(str(out)):
+            shutil.rmtree(out)
+            out.mkdir()
+            raise RuntimeError("the command failed")
+        assert os.listdir(out) == []
+        shutil.rmtree(out)
+
+
 def test_a_run_whose_folder_is_replaced_by_another_run_s_stops_and_leaves_that_run_s_lock(
         train_net, toy_dataset, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"

@@ -85,19 +85,23 @@ def run_record_kept(output_dir):
     file made the folder again. On the main process only (the one the set-up writes from). Yields the earlier
     ``config.yaml``'s bytes (None: there was none), for :func:`keep_training_config`."""
     path = os.path.join(output_dir, "config.yaml") if output_dir and comm.is_main_process() else None
+    folder = None  # held open: a folder made in place of a removed one could otherwise get its inode number
     try:
         with open(path, "rb") as f:
             earlier = f.read()
-        folder = os.stat(output_dir)
+        folder = os.open(output_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except (OSError, TypeError):  # none yet (or no folder): nothing to keep
         earlier = None
     marks = _progress_marks(output_dir) if earlier is not None else None
     try:
         yield earlier
     except BaseException:
-        if earlier is not None and names_file(output_dir, folder) and _progress_marks(output_dir) == marks:
+        if earlier is not None and names_file(output_dir, os.fstat(folder)) and _progress_marks(output_dir) == marks:
             atomic_write(path, lambda f: f.write(earlier))
         raise
+    finally:
+        if folder is not None:
+            os.close(folder)
 
 
 def keep_training_config(output_dir, earlier):

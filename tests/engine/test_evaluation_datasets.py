@@ -82,6 +82,18 @@ def test_an_evaluation_refuses_a_test_set_whose_classes_are_named_otherwise_too(
     assert not (tmp_path / "eval_results.json").exists()
 
 
+def test_an_evaluation_of_a_checkpoint_recording_the_test_set_s_classes_ignores_the_config_s_training_set(
+        train_net, toy_dataset, other_toy_datasets, tmp_path, capsys):
+    # the recorded names are the model's: the export, the demo and the predictor took them, --eval-only refused
+    trained = tmp_path / "trained"
+    assert train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={trained}", "train.max_iter=1",
+                          "dataloader.evaluator=null"]) == 0  # trained on focus_detr_toy: ['box']
+    checkpoint = f"train.init_checkpoint={trained / 'model_final.pth'}"
+    capsys.readouterr()
+    assert _eval_only(train_net, tmp_path / "eval", checkpoint, "dataloader.train.dataset.names=focus_detr_toy_crates") == 0
+    assert error_lines(capsys.readouterr().err) == [] and (tmp_path / "eval" / "eval_results.json").exists()
+
+
 @pytest.mark.parametrize("eval_only", [False, True])
 def test_a_test_set_with_other_classes_says_so_before_its_class_count(train_net, toy_dataset, other_toy_datasets,
                                                                        tmp_path, capsys, eval_only):

@@ -61,8 +61,17 @@ def run_evaluation(cfg, resume=False, init_checkpoint_given=True):
     model = build_model(cfg, device)
     # before the weights: a class count that does not fit the data says so, not "the checkpoint does not fit"
     check_evaluation_datasets(cfg)
-    check_trained_classes(cfg)  # before the count, which would name the test set's (not the model's training set's)
-    check_model_classes(model, cfg.dataloader.test)
+    try:  # the model's classes are the training set's, unless its checkpoint records them (read below)
+        check_trained_classes(cfg)
+        training_set_differs = None
+    except ConfigError as error:
+        training_set_differs = error
+    try:
+        check_model_classes(model, cfg.dataloader.test)
+    except ValueError:
+        if training_set_differs is not None:  # the cause, where the count would name the test set's
+            raise training_set_differs from None
+        raise
     # before the weights and the inference, which found a missing image only when it reached it
     check_test_images(cfg, "the evaluation")
     model = wrap_ddp(model, cfg, device)  # its set-up gives every process rank 0's weights (random ones differ)
@@ -96,6 +105,8 @@ def run_evaluation(cfg, resume=False, init_checkpoint_given=True):
                        f"but train.init_checkpoint {weights} is evaluated, and its results replace the run's; "
                        "--resume evaluates the run's own model", logger)
     loaded = read_inference_weights(model, cfg, weights)
+    if loaded.thing_classes is None and training_set_differs is not None:
+        raise training_set_differs
     # the same number of classes in another order loads without a mismatch, and would be scored as the test set's
     check_test_set_classes(cfg, loaded.thing_classes, weights, "the evaluation would score the model's classes")
     if comm.is_main_process():

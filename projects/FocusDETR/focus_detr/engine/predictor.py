@@ -254,9 +254,9 @@ class FocusDETRPredictor:
     def metadata(self) -> Metadata:
         """The test set's detectron2 ``Metadata`` (``thing_classes``, ...), as ``DefaultPredictor.metadata``: for
         ``Visualizer(image[:, :, ::-1], predictor.metadata)``. Read on first use (it may load the test set's json),
-        after checking that the training set and the checkpoint's recorded classes (``trained_classes``) name the
-        classes alike (a ValueError, one line, when they do not: the names, and the category ids the metadata maps
-        them to, would be another class's). A config without a test set, or whose test set names no classes or
+        after checking that it names the classes as the checkpoint records them (``trained_classes``; where it records
+        none, as the config's training set does): a ValueError, one line, when it does not (the names, and the
+        category ids the metadata maps them to, would be another class's). A config without a test set, or whose test set names no classes or
         cannot be read, gets the checkpoint's names (else an empty ``Metadata``, or the dataset's error)."""
         classes = model_classes(self.cfg, self.trained_classes, self.weights,
                                 "predictor.metadata would name the model's classes")

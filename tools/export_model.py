@@ -175,8 +175,8 @@ def _load_model(cfg, args, init_checkpoint):
 def _print_removed_abandoned(folder):
     abandoned = remove_abandoned_exports(folder)
     if abandoned:
-        print(f"removed {len(abandoned)} temporary file(s) left by an interrupted export: "
-              f"{', '.join(os.path.basename(path) for path in abandoned)}", file=sys.stderr)
+        print(f"removed {len(abandoned)} temporary file(s) or folder(s) left by an interrupted export or "
+              f"evaluation: {', '.join(os.path.basename(path) for path in abandoned)}", file=sys.stderr)
 
 
 def export(model, cfg, args, init_checkpoint, weights, stage, classes):

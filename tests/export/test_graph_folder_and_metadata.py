@@ -93,8 +93,8 @@ def test_an_export_removes_the_files_killed_exports_left_and_keeps_those_being_w
             "--threads", "1"]))
         assert sorted(p.name for p in output.iterdir()) == sorted(
             ["model.json", "model.onnx", os.path.basename(running.path)])
-    assert ("removed 3 temporary file(s) left by an interrupted export: .export.killed.partial, "
-            ".model.killed.onnx.partial, .model.json.killed.tmp") in capfd.readouterr().err
+    assert ("removed 3 temporary file(s) or folder(s) left by an interrupted export or evaluation: "
+            ".export.killed.partial, .model.killed.onnx.partial, .model.json.killed.tmp") in capfd.readouterr().err
 
 
 def test_a_graph_predicts_a_raw_image_from_its_folder_alone(tiny_export, fixture_checkpoint, tmp_path):

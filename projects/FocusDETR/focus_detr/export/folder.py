@@ -80,7 +80,7 @@ def _install(stage, folder, new, earlier, what):
     done = []
     # An interruption right after a rename, before ``done`` records it, left that file in the temporary folder (gone
     # with it), and one while undoing stopped the undoing: DIR held parts of both exports.
-    with stop_signals_deferred(f"{what} is moved into {folder}", "it is there"):
+    with stop_signals_deferred(f"{what} is moved into {folder}", "every file is moved in, or every move undone"):
         try:
             for name in earlier:
                 _move(os.path.join(folder, name), os.path.join(aside, name), done)

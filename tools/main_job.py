@@ -16,16 +16,14 @@ pictures, the curves and the summary. A job whose training is complete and whose
 ``--resume`` refuses it (raise ``train.max_iter`` to train it longer).
 
 Without ``--output``, a new job goes to ``output/main_job``, or ``output/main_job-2``, ``-3``, ... when that one
-holds a run; ``--resume`` picks the one of those folders whose job is unfinished (no ``main_job_summary.json``), and
-refuses, naming them, when there are none or several (then give ``--output``).
+holds a run; ``--resume`` picks the one of those folders whose job is unfinished (no ``main_job_summary.json``) and
+not running, and refuses, naming them, when there are none or several (then give ``--output``).
 """
 import focus_detr.entry_point  # noqa: F401  (first: no import-time FutureWarnings; Ctrl-C is one line)
 import argparse
 import contextlib
 import importlib.util
-import itertools
 import os
-import re
 import shlex
 import signal
 import sys
@@ -115,74 +113,6 @@ def _dataset_name(names):
     return names if isinstance(names, str) else names[0]
 
 
-def _job_folders(base):
-    """The folders ``base``, ``base-2``, ``base-3``, ... that exist, in that order."""
-    parent, name = os.path.split(base)
-    try:
-        entries = os.listdir(parent or ".")
-    except OSError:
-        return []
-    pattern = re.compile(re.escape(name) + r"(?:-([2-9]|[1-9]\d+))?")
-    numbered = [(int(match.group(1) or 1), entry) for entry in entries if (match := pattern.fullmatch(entry))]
-    return [os.path.join(parent, entry) for _, entry in sorted(numbered) if os.path.isdir(os.path.join(parent, entry))]
-
-
-def _holds_run(folder):
-    """Whether ``folder`` holds an earlier run's checkpoints (a ``last_checkpoint`` tag, or checkpoint files)."""
-    from focus_detr.engine.config import ConfigError
-    from focus_detr.engine.output_lock import check_no_earlier_run
-
-    try:
-        check_no_earlier_run(folder, key="--output")
-    except ConfigError:
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def claimed_new_folder(base=DEFAULT_OUTPUT):
-    """Holds, for the block, the first of ``base``, ``base-2``, ``base-3``, ... that holds no run (no checkpoint) and
-    that no live job holds (one started just before has no checkpoint yet), so running the job again, or twice at
-    once, never touches another run's results. Choosing is claiming: a folder whose lock another job took first,
-    also in the same instant, is passed over like one holding a run, never refused (naming an ``--output`` that was
-    never given). Yields ``(folder, claim)``: the :class:`~focus_detr.engine.output_lock.OutputDirClaim` held."""
-    from focus_detr.engine import OutputDirInUseError, claim_output_dir
-
-    candidates = (base if n == 1 else f"{base}-{n}" for n in itertools.count(1))
-    with contextlib.ExitStack() as held:
-        for folder in candidates:
-            if _holds_run(folder):
-                continue
-            try:
-                claim = held.enter_context(claim_output_dir(os.path.abspath(folder), key="--output",
-                                                            fresh_training=True))
-            except OutputDirInUseError:  # a live job holds it
-                continue
-            yield folder, claim
-            return
-
-
-def unfinished_job(base=DEFAULT_OUTPUT):
-    """For ``--resume`` without ``--output``: the one of the existing folders ``base``, ``base-N`` whose job is
-    unfinished (no summary written: interrupted in training or after it, or before its first checkpoint); none or
-    several is a ConfigError naming them (the job to finish is then given with ``--output``): continuing the wrong
-    run, or a finished one, is never guessed."""
-    from focus_detr.engine.config import ConfigError
-
-    folders = _job_folders(base)
-    unfinished = [folder for folder in folders if not os.path.isfile(os.path.join(folder, SUMMARY))]
-    if len(unfinished) == 1:
-        return unfinished[0]
-    if unfinished:
-        raise ConfigError(f"--resume: several main jobs are unfinished ({', '.join(unfinished)}): name the one to "
-                          "finish with --output")
-    if folders:
-        raise ConfigError(f"--resume: nothing to resume, every main job is finished ({', '.join(folders)}); to train "
-                          "one longer: --output FOLDER --resume train.max_iter=N (more than before)")
-    raise ConfigError(f"--resume: nothing to resume, no main job folder {base} (or {base}-2, ...) exists; run "
-                      "without --resume to start one")
-
-
 def _complete_training(point, max_iter):
     """The checkpoint of the folder's resume point ``point`` (:func:`focus_detr.engine.resume.resume_point`) when it
     holds a run trained to ``max_iter``, else None (no checkpoint, an unreadable one: training resumes and sorts that
@@ -222,16 +152,17 @@ def main(args):
     checks at each save); without --resume, a folder given with --output that holds an earlier run's checkpoints is
     refused rather than overwritten."""
     from focus_detr.engine import claim_output_dir
+    from focus_detr.engine.job_folders import claimed_new_folder, unfinished_job
 
     with contextlib.ExitStack() as held:
         if args.output is None and not args.resume:
-            args.output, args.output_claim = held.enter_context(claimed_new_folder())
+            args.output, args.output_claim = held.enter_context(claimed_new_folder(DEFAULT_OUTPUT))
             if args.output != DEFAULT_OUTPUT:
                 print(f"[main job] {DEFAULT_OUTPUT} holds an earlier or running job: this one goes to {args.output}",
                       flush=True)
         else:
             if args.output is None:
-                args.output = unfinished_job()
+                args.output = unfinished_job(DEFAULT_OUTPUT, SUMMARY)
                 print(f"[main job] resuming the unfinished job in {args.output}", flush=True)
             args.output_claim = held.enter_context(claim_output_dir(os.path.abspath(args.output), key="--output",
                                                                     fresh_training=not args.resume))

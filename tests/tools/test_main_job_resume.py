@@ -12,6 +12,7 @@ from tools_test_utils import REPO_ROOT, TINY_TOY_CONFIG, load_script, toy_datase
 
 from focus_detr.engine.cli import run_reporting_errors
 from focus_detr.engine.config import ConfigError
+from focus_detr.engine.job_folders import claimed_new_folder, unfinished_job
 
 MAIN_JOB = os.path.join(REPO_ROOT, "tools", "main_job.py")
 JOB = ["--config-file", TINY_TOY_CONFIG, "--demo-images", "1", "--threads", "1", "train.max_iter=2"]
@@ -151,23 +152,42 @@ def _job_folder(path, checkpoint=False, finished=False):
 def test_resume_without_output_picks_the_one_unfinished_job_or_names_the_candidates(tmp_path):
     base = str(tmp_path / "main_job")
     with pytest.raises(ConfigError, match=r"nothing to resume, no main job folder .*main_job \(or .*main_job-2, "):
-        main_job.unfinished_job(base)
+        unfinished_job(base, main_job.SUMMARY)
 
     _job_folder(base, checkpoint=True, finished=True)
     _job_folder(base + "-2", checkpoint=True, finished=True)
     with pytest.raises(ConfigError, match=f"nothing to resume, every main job is finished \\({base}, {base}-2\\)"):
-        main_job.unfinished_job(base)
+        unfinished_job(base, main_job.SUMMARY)
 
     _job_folder(base + "-3")  # stopped before its first checkpoint
     _job_folder(base + "-10", checkpoint=True, finished=True)
-    assert main_job.unfinished_job(base) == base + "-3"
-    with main_job.claimed_new_folder(base) as (folder, _):
+    assert unfinished_job(base, main_job.SUMMARY) == base + "-3"
+    with claimed_new_folder(base) as (folder, _):
         assert folder == base + "-3"  # holds nothing to lose
 
     _job_folder(base + "-11", checkpoint=True)  # stopped in training
     with pytest.raises(ConfigError, match=f"several main jobs are unfinished \\({base}-3, {base}-11\\): name the one "
                                           "to finish with --output"):
-        main_job.unfinished_job(base)
+        unfinished_job(base, main_job.SUMMARY)
+
+
+def test_resume_without_output_passes_over_a_job_that_is_running(tmp_path):
+    # a running job counted as unfinished: with a stopped one beside it, "several main jobs are unfinished"; alone,
+    # it was chosen and the claim then refused it, naming an --output never given
+    from focus_detr.engine import OutputDirLock
+
+    base = str(tmp_path / "main_job")
+    _job_folder(base)
+    running = OutputDirLock(os.path.abspath(base), key="--output")
+    running.acquire()
+    try:
+        with pytest.raises(ConfigError, match=r"--resume: the only unfinished main job\(s\) \(.*main_job\) are running "
+                                              "now: wait for them to end"):
+            unfinished_job(base, main_job.SUMMARY)
+        _job_folder(base + "-2", checkpoint=True)  # stopped in training
+        assert unfinished_job(base, main_job.SUMMARY) == base + "-2"
+    finally:
+        running.release()
 
 
 def test_the_resume_command_repeats_the_options_given_and_names_the_folder():

@@ -33,8 +33,10 @@ def test_focus_detr_resume_from_iteration_5_is_bit_exact(toy_dataset, tmp_path):
     assert torch.equal(expected["rank_states"][0]["rng"]["torch"], resumed["rank_states"][0]["rng"]["torch"])
 
 
-def _new_job_folder(main_job, base):
-    with main_job.claimed_new_folder(base) as (folder, claim):
+def _new_job_folder(base):
+    from focus_detr.engine.job_folders import claimed_new_folder
+
+    with claimed_new_folder(base) as (folder, claim):
         assert claim.folder == os.path.abspath(folder)
         return folder
 
@@ -48,20 +50,20 @@ def test_main_job_never_reuses_a_folder_holding_a_run(tmp_path):
         os.makedirs(folder, exist_ok=True)
         open(os.path.join(folder, checkpoint), "w").close()
 
-    assert _new_job_folder(main_job, base) == base
+    assert _new_job_folder(base) == base
     finish_run(base)
-    assert _new_job_folder(main_job, base) == base + "-2"
+    assert _new_job_folder(base) == base + "-2"
     finish_run(base + "-2", "model_final.pth")  # copied in, without its tag: a new job would write over it
-    assert _new_job_folder(main_job, base) == base + "-3"
+    assert _new_job_folder(base) == base + "-3"
     # a job started just before this one holds its folder and has no checkpoint yet (it was refused: "--output ... is
     # in use by another run", although no --output was given)
     with OutputDirLock(base + "-3", key="--output"):
-        assert _new_job_folder(main_job, base) == base + "-4"
+        assert _new_job_folder(base) == base + "-4"
         with pytest.raises(OutputDirInUseError, match=r"^--output .*main_job-3 is in use by another run"):
             main_job.main(main_job.parse_args(["--config-file", TINY_TOY_CONFIG, "--output", base + "-3"]))
     assert not os.path.exists(os.path.join(base + "-3", LOCK_FILE_NAME))
     open(os.path.join(base + "-3", LOCK_FILE_NAME), "w").close()  # left by a killed job: no one holds it
-    assert _new_job_folder(main_job, base) == base + "-3"
+    assert _new_job_folder(base) == base + "-3"
 
 
 def test_two_main_jobs_started_at_once_without_output_each_get_a_folder(tmp_path, monkeypatch, capsys):
@@ -86,6 +88,26 @@ def test_two_main_jobs_started_at_once_without_output_each_get_a_folder(tmp_path
     assert (folder, claimed) == (main_job.DEFAULT_OUTPUT + "-2", str(tmp_path / "output" / "main_job-2"))
     assert capsys.readouterr().out == (f"[main job] {main_job.DEFAULT_OUTPUT} holds an earlier or running job: this "
                                        f"one goes to {folder}\n")
+
+
+def test_a_main_job_passes_over_a_folder_whose_job_saved_and_ended_while_it_chose(tmp_path, monkeypatch):
+    # between the look at the folder and its claim, the job holding it saved a checkpoint and ended: the claim
+    # refused it as "--output output/main_job holds an earlier run's checkpoints", an --output never given
+    main_job = load_script("tools/main_job.py", "main_job")
+    monkeypatch.chdir(tmp_path)
+    acquire = OutputDirLock.acquire
+
+    def saved_by_the_job_that_just_ended(lock):
+        if os.path.basename(lock.folder) == os.path.basename(main_job.DEFAULT_OUTPUT):
+            with open(os.path.join(lock.folder, "model_0000009.pth"), "wb"):
+                pass
+            with open(os.path.join(lock.folder, "last_checkpoint"), "w") as f:
+                f.write("model_0000009.pth")
+        return acquire(lock)
+
+    monkeypatch.setattr(OutputDirLock, "acquire", saved_by_the_job_that_just_ended)
+    monkeypatch.setattr(main_job, "_run_job", lambda args: args.output)
+    assert main_job.main(main_job.parse_args([])) == main_job.DEFAULT_OUTPUT + "-2"
 
 
 def test_main_job_trains_evaluates_and_draws(toy_dataset, tmp_path, capsys):

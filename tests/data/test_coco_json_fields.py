@@ -12,7 +12,8 @@ import pytest
 from focus_detr.data import check_dataset_jsons, check_evaluable, get_checked_dataset_dicts, register_coco_dataset
 from focus_detr.data.coco_json import coco_json_problem
 
-from coco_edits import AREA, BOX, first_annotation, first_annotation_without, first_bbox, first_image, first_image_without
+from coco_edits import (AREA, BOX, first_annotation, first_annotation_without, first_bbox, first_image,
+                        first_image_without)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine"))
 from cli_output import logged_warnings  # noqa: E402

@@ -140,6 +140,16 @@ def test_image_files_names_links_to_nothing_and_link_loops_as_what_they_are(tmp_
         (str(tmp_path / "loop.png"), "a symbolic link loop, not an image file"),
     ]
 
+def test_reading_a_link_to_nothing_names_its_target(tmp_path):
+    # training's reader said "image file not found" alone, where the demo and the test-set check name the target
+    os.symlink("gone.png", tmp_path / "dangling.png")
+    with pytest.raises(FileNotFoundError, match=r"^image file not found: \S*dangling.png \(a symbolic link to "
+                                                r"gone.png, which is not there\)$"):
+        open_image(str(tmp_path / "dangling.png"))
+    with pytest.raises(FileNotFoundError, match=r"^image file not found: \S*absent.png$"):
+        open_image(str(tmp_path / "absent.png"))
+
+
 def test_a_glob_through_a_link_to_a_folder_above_gives_each_file_once(tmp_path):
     # "in/loop/**/*.png" with in/loop/up -> .. drew every image about 25 times, under ever longer paths
     folder = tmp_path / "in"

@@ -118,8 +118,11 @@ def open_image(file_name, img_format="RGB"):
         FileNotFoundError / ValueError, with one line naming the file and the problem.
     """
     problem = image_path_problem(file_name)
-    if problem is not None and not problem[1]:  # a pipe would block forever, a folder fail
-        raise UnreadableImageError(f"cannot read image {file_name}: {problem[0]}")
+    if problem is not None:  # a pipe would block forever, a folder fail
+        what, missing = problem
+        if missing:
+            raise FileNotFoundError(f"image file not found: {file_name}" + (f" ({what})" if what else ""))
+        raise UnreadableImageError(f"cannot read image {file_name}: {what}")
     try:
         with Image.open(file_name) as image:
             orientation = image.getexif().get(ExifTags.Base.Orientation, 1)

@@ -18,6 +18,18 @@ if ENGINE_TESTS not in sys.path:  # toy_config.py imports toy_detector; spawned 
     sys.path.insert(0, ENGINE_TESTS)
 
 
+def load_checkpoint(path):
+    """A checkpoint file's dict, its tensors on the CPU."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train_toy(train_net, output_dir, *overrides):
+    """``train_net.py`` in this process on the toy config into ``output_dir``; returns its exit status."""
+    return train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={output_dir}", *overrides])
+
+
 def load_script(relative_path, name):
     """Imports a script of the repository (train_net.py, tools/*.py, demo/demo.py) as a module."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, relative_path))

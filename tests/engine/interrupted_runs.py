@@ -1,8 +1,6 @@
 """What the tests of stopped training runs share: the toy run they stop and the line a stop prints."""
 import re
 
-import torch
-
 STOP_LINE = re.compile(
     r"^training stopped by (SIG\w+) after iteration (\d+) \(train\.max_iter (\d+)\); checkpoint (\S+) \(saved now; "
     r"a resume continues at iteration (\d+)\); resume with: (.+)$"
@@ -13,7 +11,3 @@ RUN = ["train.max_iter=10", "train.checkpointer.period=5", "train.log_period=1",
 
 def stop_lines(stderr):
     return [line for line in stderr.splitlines() if line.startswith("training stopped")]
-
-
-def load_checkpoint(path):
-    return torch.load(path, map_location="cpu", weights_only=True)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cli_output import shows_traceback
-from engine_test_utils import TOY_CONFIG, TrainNetProcess, toy_dataset, train_net  # noqa: F401 (fixtures)
-from interrupted_runs import RUN, STOP_LINE, load_checkpoint, stop_lines
+from engine_test_utils import TOY_CONFIG, TrainNetProcess, load_checkpoint, toy_dataset, train_net  # noqa: F401
+from interrupted_runs import RUN, STOP_LINE, stop_lines
 
 def _assert_same_checkpoint(expected, actual):
     for part in ("model", "trainer", "rank_states"):

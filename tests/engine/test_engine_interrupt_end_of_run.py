@@ -8,8 +8,8 @@ import signal
 import pytest
 
 from cli_output import shows_traceback
-from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
-from interrupted_runs import RUN, load_checkpoint, stop_lines
+from engine_test_utils import TOY_CONFIG, load_checkpoint, toy_dataset, train_net  # noqa: F401 (fixtures)
+from interrupted_runs import RUN, stop_lines
 
 
 def _assert_stopped_before_the_final_evaluation(err, out, name):

@@ -8,21 +8,13 @@ import pytest
 import torch
 
 from cli_output import error_lines
-from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
-
-
-def _train(train_net, out, *extra):
-    return train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}", *extra])
-
-
-def _weights(path):
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+from engine_test_utils import TOY_CONFIG, load_checkpoint, toy_dataset, train_net, train_toy  # noqa: F401
 
 
 def test_corrupt_last_checkpoint_falls_back_to_the_newest_readable_one(train_net, toy_dataset, tmp_path, caplog):
     full = tmp_path / "full"
-    assert _train(train_net, full) == 0
-    expected = _weights(full / "model_final.pth")
+    assert train_toy(train_net, full) == 0
+    expected = load_checkpoint(full / "model_final.pth")["model"]
 
     crashed = tmp_path / "crashed"
     shutil.copytree(full, crashed)
@@ -31,13 +23,13 @@ def test_corrupt_last_checkpoint_falls_back_to_the_newest_readable_one(train_net
     log = logging.getLogger("focus_detr.engine.checkpoint")
     log.addHandler(caplog.handler)  # train_net's logger set-up stops propagation to the root logger
     try:
-        assert _train(train_net, crashed, "--resume") == 0
+        assert train_toy(train_net, crashed, "--resume") == 0
     finally:
         log.removeHandler(caplog.handler)
     warnings = [r.getMessage() for r in caplog.records if r.name == "focus_detr.engine.checkpoint"]
     assert any(m.startswith(f"Resumed from {crashed / 'model_0000004.pth'}, the newest readable checkpoint, instead of: "
                             f"cannot read checkpoint {final}: the file is truncated or corrupt") for m in warnings)
-    resumed = _weights(final)
+    resumed = load_checkpoint(final)["model"]
     for name, value in expected.items():
         assert torch.equal(value, resumed[name]), name
 
@@ -58,7 +50,7 @@ def test_a_last_checkpoint_that_cannot_be_used_resumes_from_the_folder_s_newest_
     import os
 
     full = tmp_path / "full"
-    assert _train(train_net, full, "train.max_iter=8", "train.checkpointer.period=4") == 0
+    assert train_toy(train_net, full, "train.max_iter=8", "train.checkpointer.period=4") == 0
     out = tmp_path / "out"
     shutil.copytree(full, out)
     os.utime(out / "model_final.pth", (1, 1))  # the newest checkpoint of the folder is then model_0000003.pth
@@ -73,7 +65,7 @@ def test_a_last_checkpoint_that_cannot_be_used_resumes_from_the_folder_s_newest_
     log = logging.getLogger("focus_detr.engine.checkpoint")
     log.addHandler(caplog.handler)  # train_net's logger set-up stops propagation to the root logger
     try:
-        assert _train(train_net, out, "--resume", "train.max_iter=8", "train.checkpointer.period=4") == 0
+        assert train_toy(train_net, out, "--resume", "train.max_iter=8", "train.checkpointer.period=4") == 0
     finally:
         log.removeHandler(caplog.handler)
     warnings = [r.getMessage() for r in caplog.records if r.name == "focus_detr.engine.checkpoint"]
@@ -86,11 +78,11 @@ def test_a_last_checkpoint_that_cannot_be_used_resumes_from_the_folder_s_newest_
 def test_a_folder_in_place_of_last_checkpoint_is_one_line_for_a_new_run_and_a_resume(train_net, toy_dataset, tmp_path,
                                                                                        capsys):
     (tmp_path / "last_checkpoint").mkdir()  # a new run took it for no earlier run; a resume restarted at iteration 1
-    assert _train(train_net, tmp_path, "--resume") == 2
+    assert train_toy(train_net, tmp_path, "--resume") == 2
     assert error_lines(capsys.readouterr().err) == [
         f"error: cannot resume from {tmp_path}: {tmp_path / 'last_checkpoint'} is a folder, where the run writes the "
         "name of its last checkpoint; remove that folder"]
-    assert _train(train_net, tmp_path) == 2  # (it said to add --resume, which then said to remove the folder)
+    assert train_toy(train_net, tmp_path) == 2  # (it said to add --resume, which then said to remove the folder)
     assert error_lines(capsys.readouterr().err) == [
         f"error: train.output_dir {tmp_path} holds a folder named last_checkpoint, where a run writes the name of its "
         "last checkpoint: remove that folder"]
@@ -115,7 +107,7 @@ def test_a_tag_linked_to_dev_zero_is_read_no_further_than_a_file_name(tmp_path):
 
 def test_an_evaluation_reads_the_run_s_tag_only_for_resume(train_net, toy_dataset, tmp_path, capsys):
     # --eval-only of a named file failed on the folder's broken tag; --eval-only --resume had no fallback
-    assert _train(train_net, tmp_path, "train.max_iter=4", "train.checkpointer.period=2") == 0
+    assert train_toy(train_net, tmp_path, "train.max_iter=4", "train.checkpointer.period=2") == 0
     (tmp_path / "last_checkpoint").write_text("")
     weights = tmp_path / "model_0000001.pth"
     assert train_net.cli(["--config-file", TOY_CONFIG, "--eval-only", f"train.output_dir={tmp_path}",
@@ -128,10 +120,10 @@ def test_an_evaluation_reads_the_run_s_tag_only_for_resume(train_net, toy_datase
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_restart_from_zero(train_net, toy_dataset, tmp_path, capsys):
-    assert _train(train_net, tmp_path, "train.max_iter=5", "train.checkpointer.period=100") == 0
+    assert train_toy(train_net, tmp_path, "train.max_iter=5", "train.checkpointer.period=100") == 0
     (tmp_path / "model_final.pth").write_bytes(b"")
     capsys.readouterr()
-    assert _train(train_net, tmp_path, "--resume") == 2
+    assert train_toy(train_net, tmp_path, "--resume") == 2
     assert error_lines(capsys.readouterr().err) == [
         f"error: cannot resume from {tmp_path}: no readable checkpoint (cannot read checkpoint "
         f"{tmp_path / 'model_final.pth'}: the file is empty (0 bytes)); remove the folder's last_checkpoint to start "
@@ -141,15 +133,15 @@ def test_no_readable_checkpoint_is_an_error_not_a_restart_from_zero(train_net, t
 
 def test_a_refused_resume_leaves_the_run_s_config_as_it_was(train_net, toy_dataset, tmp_path, capsys):
     # detectron2's set-up wrote the refused command's config.yaml (max_iter 4) beside weights trained with max_iter 2
-    assert _train(train_net, tmp_path, "train.max_iter=2", "train.checkpointer.period=100") == 0
+    assert train_toy(train_net, tmp_path, "train.max_iter=2", "train.checkpointer.period=100") == 0
     before = (tmp_path / "config.yaml").read_bytes()
     (tmp_path / "model_final.pth").write_bytes(b"")
-    assert _train(train_net, tmp_path, "--resume", "train.max_iter=4") == 2
+    assert train_toy(train_net, tmp_path, "--resume", "train.max_iter=4") == 2
     assert (tmp_path / "config.yaml").read_bytes() == before
     # a resume that trains writes its own
     (tmp_path / "model_final.pth").unlink()
     (tmp_path / "last_checkpoint").unlink()
-    assert _train(train_net, tmp_path, "--resume", "train.max_iter=3") == 0
+    assert train_toy(train_net, tmp_path, "--resume", "train.max_iter=3") == 0
     assert "max_iter: 3" in (tmp_path / "config.yaml").read_text()
 
 
@@ -157,6 +149,6 @@ def test_temporary_files_of_a_killed_save_are_removed_at_start(train_net, toy_da
     tmp_path.joinpath(".model_0000004.pth.k3j2_x.tmp").write_bytes(b"half a checkpoint")
     tmp_path.joinpath(".last_checkpoint.abc123.tmp").write_bytes(b"model_00")
     tmp_path.joinpath("notes.tmp").write_text("not ours: kept")
-    assert _train(train_net, tmp_path, "train.max_iter=1") == 0
+    assert train_toy(train_net, tmp_path, "train.max_iter=1") == 0
     assert not list(tmp_path.glob(".*.tmp"))
     assert tmp_path.joinpath("notes.tmp").exists()

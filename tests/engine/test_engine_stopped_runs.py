@@ -6,16 +6,8 @@ import pytest
 import torch
 
 from cli_output import shows_traceback
-from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
+from engine_test_utils import TOY_CONFIG, load_checkpoint, toy_dataset, train_net, train_toy  # noqa: F401
 from focus_detr.engine.cli import MAX_MESSAGE_CHARS
-
-
-def _train(train_net, out, *extra):
-    return train_net.cli(["--config-file", TOY_CONFIG, f"train.output_dir={out}", *extra])
-
-
-def _weights(path):
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def test_an_unreadable_image_mid_run_saves_what_was_trained_and_says_how_to_resume(train_net, toy_dataset, tmp_path,
@@ -27,7 +19,7 @@ def test_an_unreadable_image_mid_run_saves_what_was_trained_and_says_how_to_resu
 
     run = ["train.max_iter=10", "train.checkpointer.period=100", "dataloader.evaluator=null"]
     full = tmp_path / "full"
-    assert _train(train_net, full, *run) == 0
+    assert train_toy(train_net, full, *run) == 0
 
     mapped = DetrDatasetMapper.__call__
     calls = []
@@ -41,7 +33,7 @@ def test_an_unreadable_image_mid_run_saves_what_was_trained_and_says_how_to_resu
     monkeypatch.setattr(DetrDatasetMapper, "__call__", unreadable_seventh)
     out = tmp_path / "out"
     capsys.readouterr()
-    assert _train(train_net, out, *run) == 2
+    assert train_toy(train_net, out, *run) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: cannot read image ")
     assert ": image file is truncated; training stopped after iteration " in line
@@ -54,7 +46,7 @@ def test_an_unreadable_image_mid_run_saves_what_was_trained_and_says_how_to_resu
     monkeypatch.setattr(DetrDatasetMapper, "__call__", mapped)  # the image fixed
     command = shlex.split(line.split("resume with: ")[1])
     assert command[-1] == "--resume" and train_net.cli(command[2:]) == 0
-    expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
+    expected, resumed = load_checkpoint(full / "model_final.pth")["model"], load_checkpoint(out / "model_final.pth")["model"]
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)  # as if nothing had happened
 
 
@@ -80,11 +72,11 @@ def test_a_step_that_fails_before_the_optimiser_saves_the_iterations_before_it_a
     knob, cause, remedy = STEP_FAILURES[failure]
     run = ["train.max_iter=10", "train.checkpointer.period=100", "dataloader.evaluator=null"]
     full = tmp_path / "full"
-    assert _train(train_net, full, *run) == 0
+    assert train_toy(train_net, full, *run) == 0
 
     out = tmp_path / "out"
     capsys.readouterr()
-    assert _train(train_net, out, *run, knob) == 2
+    assert train_toy(train_net, out, *run, knob) == 2
     err = capsys.readouterr().err
     assert not shows_traceback(err), err[-3000:]
     line = err.strip().splitlines()[-1]
@@ -107,7 +99,7 @@ def test_a_step_that_fails_before_the_optimiser_saves_the_iterations_before_it_a
     command = shlex.split(line.split("resume with: ")[1])
     assert command[-1] == "--resume"
     assert train_net.cli([arg for arg in command[2:] if arg != knob]) == 0
-    expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
+    expected, resumed = load_checkpoint(full / "model_final.pth")["model"], load_checkpoint(out / "model_final.pth")["model"]
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
 
 
@@ -146,7 +138,7 @@ def test_a_stop_whose_save_finds_the_disk_full_names_both_and_how_to_resume(trai
 
 def test_a_loss_diverging_at_the_first_iteration_is_one_line_without_a_checkpoint(train_net, toy_dataset, tmp_path,
                                                                                    capsys):
-    assert _train(train_net, tmp_path, "train.max_iter=3", "dataloader.evaluator=null", "model.nan_step=0") == 2
+    assert train_toy(train_net, tmp_path, "train.max_iter=3", "dataloader.evaluator=null", "model.nan_step=0") == 2
     err = capsys.readouterr().err
     assert not shows_traceback(err), err[-3000:]
     assert err.strip().splitlines()[-1].startswith("error: training diverged at iteration 0: loss_bbox is nan, so ")
@@ -204,7 +196,7 @@ def test_a_data_loading_worker_killed_mid_run_saves_what_was_trained_and_the_res
 
     run = TrainNetProcess(common + [f"train.output_dir={out}", "--resume"], str(tmp_path), tmp_path / "data")
     assert run.wait(timeout=300) == 0, run.stderr()[-3000:]
-    expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
+    expected, resumed = load_checkpoint(full / "model_final.pth")["model"], load_checkpoint(out / "model_final.pth")["model"]
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)  # as if nothing had happened
 
 
@@ -224,7 +216,7 @@ def test_a_test_image_refused_in_an_evaluation_during_training_saves_that_iterat
 
     run = ["train.max_iter=10", "train.eval_period=7", "train.checkpointer.period=100"]
     full = tmp_path / "full"
-    assert _train(train_net, full, *run) == 0
+    assert train_toy(train_net, full, *run) == 0
 
     from toy_detector import register_toy_dataset
 
@@ -233,7 +225,7 @@ def test_a_test_image_refused_in_an_evaluation_during_training_saves_that_iterat
     _refusing_test_image(monkeypatch)
     register_toy_dataset("focus_detr_toy_test_set_with_an_image_its_mapper_refuses", str(tmp_path / "bad"))
     names = "dataloader.test.dataset.names=focus_detr_toy_test_set_with_an_image_its_mapper_refuses"
-    assert _train(train_net, out, *run, names) == 2
+    assert train_toy(train_net, out, *run, names) == 2
     err = capsys.readouterr().err
     assert not shows_traceback(err), err[-3000:]
     line = err.strip().splitlines()[-1]
@@ -249,7 +241,7 @@ def test_a_test_image_refused_in_an_evaluation_during_training_saves_that_iterat
     command = shlex.split(line.split("resume with: ")[1])
     monkeypatch.delenv("FOCUS_DETR_TOY_TEST_REFUSED")  # the data fixed
     assert train_net.cli(command[2:]) == 0
-    expected, resumed = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
+    expected, resumed = load_checkpoint(full / "model_final.pth")["model"], load_checkpoint(out / "model_final.pth")["model"]
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
 
 
@@ -260,7 +252,7 @@ def test_a_test_image_refused_in_the_final_evaluation_says_training_is_saved_and
 
     _refusing_test_image(monkeypatch)
     out = tmp_path / "out"
-    assert _train(train_net, out, "train.max_iter=3", "train.eval_period=0") == 2
+    assert train_toy(train_net, out, "train.max_iter=3", "train.eval_period=0") == 2
     err = capsys.readouterr().err
     assert not shows_traceback(err), err[-3000:]
     line = err.strip().splitlines()[-1]
@@ -286,7 +278,7 @@ def test_a_missing_test_image_is_found_before_training(train_net, toy_dataset, t
     missing = tmp_path / "data" / "images" / first
     missing.unlink()
     out = tmp_path / "out"
-    assert _train(train_net, out, "train.max_iter=3", "dataloader.test.dataset.names=focus_detr_toy_missing_test") == 2
+    assert train_toy(train_net, out, "train.max_iter=3", "dataloader.test.dataset.names=focus_detr_toy_missing_test") == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: dataset 'focus_detr_toy_missing_test' (") and (
         f": image file not found: {missing}; the evaluation at the end of training would stop there: fix the "
@@ -303,7 +295,7 @@ def test_an_evaluation_out_of_memory_during_training_saves_that_iteration_and_na
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB.")
 
     monkeypatch.setattr(ToyDetector, "inference", out_of_memory)
-    assert _train(train_net, tmp_path, "train.max_iter=10", "train.eval_period=7", "train.checkpointer.period=100") == 2
+    assert train_toy(train_net, tmp_path, "train.max_iter=10", "train.eval_period=7", "train.checkpointer.period=100") == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(
         "error: CUDA out of memory. Tried to allocate 8.00 GiB. (in the evaluation after iteration 6); training stopped "
@@ -331,7 +323,7 @@ def test_a_bug_in_an_evaluation_during_training_keeps_its_traceback_and_saves_th
     _evaluation_bug(monkeypatch)
     run = ["train.max_iter=4", "train.eval_period=2", "train.checkpointer.period=100"]
     with pytest.raises(RuntimeError) as raised:
-        _train(train_net, tmp_path, *run)
+        train_toy(train_net, tmp_path, *run)
     assert isinstance(raised.value.__cause__, KeyError)  # the bug's own traceback is shown above the line
     assert str(raised.value).startswith(
         "KeyError: 'id' (in the evaluation after iteration 1); training stopped after iteration 1, checkpoint "
@@ -341,7 +333,7 @@ def test_a_bug_in_an_evaluation_during_training_keeps_its_traceback_and_saves_th
     log = (tmp_path / "log.txt").read_text()
     assert log.rstrip().endswith(f"RuntimeError: {raised.value}") and "KeyError: 'id'" in log.split("stopped on")[-1]
     monkeypatch.undo()
-    assert _train(train_net, tmp_path, *run, "--resume") == 0
+    assert train_toy(train_net, tmp_path, *run, "--resume") == 0
 
 
 def test_a_bug_in_the_final_evaluation_keeps_its_traceback_and_says_training_is_saved(
@@ -349,7 +341,7 @@ def test_a_bug_in_the_final_evaluation_keeps_its_traceback_and_says_training_is_
 ):
     _evaluation_bug(monkeypatch)
     with pytest.raises(RuntimeError) as raised:
-        _train(train_net, tmp_path, "train.max_iter=3", "train.eval_period=0")
+        train_toy(train_net, tmp_path, "train.max_iter=3", "train.eval_period=0")
     assert isinstance(raised.value.__cause__, KeyError)
     assert str(raised.value).startswith(
         "KeyError: 'id' (in the evaluation at the end of training); training is complete and saved in "

@@ -108,6 +108,11 @@ def test_null_for_a_part_with_a_default_is_that_default():
                           "train.max_iter=..."),
     ("~train.max_iter=", "config override '~train.max_iter=' deletes a key, which detectron2's configs do not "
                          "support; set it to another value, or to null where null is a setting"),
+    # without '=': "not enough values to unpack (expected 2, got 1)"
+    ("~train.seed", "config override '~train.seed' deletes a key, which detectron2's configs do not support; set it "
+                    "to another value, or to null where null is a setting"),
+    ("train.max_iter", "config override 'train.max_iter' is not of the form key=value"),
+    ("train.max_iter 5", "config override 'train.max_iter 5' is not of the form key=value"),
     # a train entry that nothing reads was ignored (detrex's fast_dev_run ran every iteration, wandb logged nowhere)
     ("+train.wandb.enabled=True", "unknown config key 'train.wandb' in override '+train.wandb.enabled=...': the "
      "train section has no such setting: nothing would read it (detrex's train.wandb has no setting here: metrics go "

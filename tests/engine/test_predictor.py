@@ -240,6 +240,9 @@ def test_overrides_must_be_a_list_of_key_value_strings(small_tree_cfg):
     )
     with pytest.raises(ValueError, match=r"got 3 in it"):
         FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=["train.seed=3", 3])
+    with pytest.raises(ValueError) as info:  # "not enough values to unpack (expected 2, got 1)"
+        FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=["train.seed"])
+    assert str(info.value) == "config override 'train.seed' is not of the form key=value"
     predictor = FocusDETRPredictor(small_tree_cfg, device="cpu", overrides=("train.seed=3",))
     assert predictor.cfg.train.seed == 3
 

@@ -262,7 +262,7 @@ def apply_overrides(cfg, overrides=()):
     ConfigError with a one-line message."""
     overrides = _override_list(overrides)
     for override in overrides:
-        key, value = (part.strip() for part in override.split("=", 1))
+        key, value = (part.strip() for part in override.partition("=")[::2])  # no "=": check_override_keys says so
         if value == "None":  # Python's None, which the override syntax reads as text (an output folder named None)
             raise ConfigError(f"{override} sets the text 'None', not nothing: write {key}=null for no value (or "
                               f"{key}=./None for a path named None)")

@@ -1,7 +1,11 @@
-"""Optimiser helpers that configs refer to (kept as classes so a config stays serialisable)."""
+"""The optimiser of a training run, its settings checked (:func:`build_optimizer`), and helpers that configs refer to
+(kept as classes so a config stays serialisable)."""
+from detectron2.config import instantiate
+from omegaconf import OmegaConf
+
 from .config import ConfigError
 
-__all__ = ["LrFactorByName", "check_lr_factor", "optimizer_settings", "restore_optimizer_settings"]
+__all__ = ["LrFactorByName", "build_optimizer", "check_lr_factor", "optimizer_settings", "restore_optimizer_settings"]
 
 
 class LrFactorByName:
@@ -19,6 +23,23 @@ class LrFactorByName:
 
     def __repr__(self):
         return f"LrFactorByName(substring={self.substring!r}, factor={self.factor})"
+
+
+def build_optimizer(cfg, model):
+    """``instantiate(cfg.optimizer)`` for ``model`` (set as ``optimizer.params.model``); a setting torch refuses, or
+    one that would train nothing or the wrong parameters, is a ConfigError (one line)."""
+    cfg.optimizer.params.model = model
+    try:
+        optimizer = instantiate(cfg.optimizer)
+    except ValueError as error:  # torch's checks of its settings ("Invalid learning rate: nan") name no config key
+        raise ConfigError(f"the config's optimizer settings (optimizer.*) are invalid: {error}") from None
+    if all(group["lr"] == 0 for group in optimizer.param_groups):  # torch allows it; the run trains nothing
+        raise ConfigError("optimizer.lr is 0: the training would change no weight (to evaluate the initial weights, "
+                          "use --eval-only)")
+    lr_factor_func = OmegaConf.select(cfg, "optimizer.params.lr_factor_func", default=None)
+    if lr_factor_func is not None:
+        check_lr_factor(instantiate(lr_factor_func), model)
+    return optimizer
 
 
 def check_lr_factor(lr_factor_func, model, key="optimizer.params.lr_factor_func"):

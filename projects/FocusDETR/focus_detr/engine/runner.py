@@ -26,7 +26,7 @@ from .inference_weights import ema_settings
 from .interrupt import StopOnRequestHook, TrainingFinishedInterrupted, TrainingInterrupted, evaluation_command
 from .memory import set_mmap_threshold
 from .metrics_log import cut_incomplete_last_line, drop_records_from
-from .optim import check_lr_factor, optimizer_settings, restore_optimizer_settings
+from .optim import build_optimizer, optimizer_settings, restore_optimizer_settings
 from .rng import restore_rng_state
 from .settings import check_free_space, check_schedule, require_sections, resolve_device
 from .cuda_graphs import inference_cuda_graphs
@@ -163,17 +163,7 @@ def run_training(cfg, resume=False, stop_request=None, resume_command=None, outp
     if cfg.train.get("malloc_mmap_threshold_mib", 0):
         set_mmap_threshold(cfg.train.malloc_mmap_threshold_mib)
     model = build_model(cfg, device)
-    cfg.optimizer.params.model = model
-    try:
-        optimizer = instantiate(cfg.optimizer)
-    except ValueError as error:  # torch's checks of its settings ("Invalid learning rate: nan") name no config key
-        raise ConfigError(f"the config's optimizer settings (optimizer.*) are invalid: {error}") from None
-    if all(group["lr"] == 0 for group in optimizer.param_groups):  # torch allows it; the run trains nothing
-        raise ConfigError("optimizer.lr is 0: the training would change no weight (to evaluate the initial weights, "
-                          "use --eval-only)")
-    lr_factor_func = OmegaConf.select(cfg, "optimizer.params.lr_factor_func", default=None)
-    if lr_factor_func is not None:
-        check_lr_factor(instantiate(lr_factor_func), model)
+    optimizer = build_optimizer(cfg, model)
     train_loader = build_loader(cfg, "train")
     # before the first step: a class count that does not fit the data would crash only at the first evaluation
     check_model_classes(model, cfg.dataloader.train)

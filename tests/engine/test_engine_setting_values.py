@@ -26,6 +26,11 @@ CASES = {
     # exit 0 with the initial weights evaluated as the trained ones
     "learning rate 0": (["optimizer.lr=0"], "error: optimizer.lr is 0: the training would change no weight (to "
                         "evaluate the initial weights, use --eval-only)"),
+    # an omegaconf IndexError traceback from torch's Adam; a third value dropped without a word
+    "one Adam beta": (["optimizer.betas=[0.9]"], "error: optimizer.betas must be two numbers (the averaging rates of "
+                      "the gradient and of its square, e.g. [0.9,0.999]), got [0.9]"),
+    "no Adam beta": (["optimizer.betas=[]"], "error: optimizer.betas must be two numbers"),
+    "three Adam betas": (["optimizer.betas=[0.9,0.999,0.5]"], "error: optimizer.betas must be two numbers"),
     # the whole run written into a folder named None
     "a path set to None": (["train.output_dir=None"], "error: train.output_dir=None sets the text 'None', not "
                            "nothing: write train.output_dir=null for no value"),

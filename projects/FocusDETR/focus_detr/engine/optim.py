@@ -1,8 +1,9 @@
 """The optimiser of a training run, its settings checked (:func:`build_optimizer`), and helpers that configs refer to
 (kept as classes so a config stays serialisable)."""
 from detectron2.config import instantiate
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
+from .cli import raised_in_this_package
 from .config import ConfigError
 
 __all__ = ["LrFactorByName", "build_optimizer", "check_lr_factor", "optimizer_settings", "restore_optimizer_settings"]
@@ -29,9 +30,17 @@ def build_optimizer(cfg, model):
     """``instantiate(cfg.optimizer)`` for ``model`` (set as ``optimizer.params.model``); a setting torch refuses, or
     one that would train nothing or the wrong parameters, is a ConfigError (one line)."""
     cfg.optimizer.params.model = model
+    betas = cfg.optimizer.get("betas", None)
+    # Adam's: torch indexes the first two (a third was dropped without a word, one gave an omegaconf IndexError)
+    if isinstance(betas, (list, tuple, ListConfig)) and len(betas) != 2:
+        raise ConfigError(f"optimizer.betas must be two numbers (the averaging rates of the gradient and of its "
+                          f"square, e.g. [0.9,0.999]), got {list(betas)}")
     try:
         optimizer = instantiate(cfg.optimizer)
-    except ValueError as error:  # torch's checks of its settings ("Invalid learning rate: nan") name no config key
+    except (IndexError, TypeError, ValueError) as error:
+        # torch's checks of its settings ("Invalid learning rate: nan") name no config key
+        if not isinstance(error, ValueError) and raised_in_this_package(error):
+            raise  # a fault of this package's code, not a setting
         raise ConfigError(f"the config's optimizer settings (optimizer.*) are invalid: {error}") from None
     if all(group["lr"] == 0 for group in optimizer.param_groups):  # torch allows it; the run trains nothing
         raise ConfigError("optimizer.lr is 0: the training would change no weight (to evaluate the initial weights, "

@@ -71,6 +71,26 @@ CASES = {
                                     "augmentation_with_crop}"],
                                    "error: the config's test loader (dataloader.test) cannot be built: "
                                    "DetrDatasetMapper: augmentation_with_crop is for training only"),
+    # detectron2's AssertionError tracebacks, naming no key (one with no message, one at the first crop)
+    "resize of no sample style": (["dataloader.train.mapper.augmentation.1.sample_style=bogus"],
+                                  "error: dataloader.train.mapper.augmentation.1 (ResizeShortestEdge) cannot be built: "
+                                  "AssertionError: bogus (assert sample_style in [\"range\", \"choice\"], "
+                                  "sample_style); check its settings (dataloader.train.mapper.augmentation.1.*)"),
+    "resize range of three sizes": (["dataloader.train.mapper.augmentation.1.sample_style=range"],
+                                    "error: dataloader.train.mapper.augmentation.1 (ResizeShortestEdge) cannot be "
+                                    "built: AssertionError: short_edge_length must be two values using 'range' sample "
+                                    "style. Got [40, 48, 56]!"),
+    "crop of no type": (["dataloader.train.mapper.augmentation_with_crop.1.crop_type=bogus"],
+                        "error: dataloader.train.mapper.augmentation_with_crop.1 (RandomCrop) cannot be built: "
+                        "AssertionError (assert crop_type in [\"relative_range\", \"relative\", \"absolute\", "
+                        "\"absolute_range\"]); check its settings"),
+    "crop range largest first": (["dataloader.train.mapper.augmentation_with_crop.1.crop_size=[48,32]",
+                                  "dataloader.train.mapper.crop_probability=1.0"],
+                                 "error: dataloader.train.mapper.augmentation_with_crop.1.crop_size is the (smallest, "
+                                 "largest) side of a crop of crop_type absolute_range, got [48, 32]: give [32, 48]"),
+    "test resize of no sample style": (["dataloader.test.mapper.augmentation.0.sample_style=bogus"],
+                                       "error: dataloader.test.mapper.augmentation.0 (ResizeShortestEdge) cannot be "
+                                       "built: AssertionError: bogus"),
     # an integer argument given None: a TypeError traceback where it is used
     "integer setting null": (["dataloader.test.batch_size=null"],
                              "error: config key dataloader.test.batch_size must be an integer, got None"),

@@ -271,6 +271,11 @@ def test_a_test_mapper_written_as_detectron2_s_dataset_mapper_is_followed(predic
     with pytest.raises(ValueError, match="dataloader.test.mapper has no augmentation or augmentations: the predictor "
                                          "cannot resize images as the test loader does"):
         inference_resize(cfg)
+    # detectron2's bare "AssertionError: bogus" traceback
+    cfg.dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=96, sample_style="bogus")]
+    with pytest.raises(ValueError, match=r"^dataloader.test.mapper.augmentations.0 \(ResizeShortestEdge\) cannot be "
+                                         "built: AssertionError: bogus"):
+        inference_resize(cfg)
 
 
 def test_a_config_without_a_test_loader_says_how_images_are_resized(caplog):

@@ -23,6 +23,7 @@ from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from omegaconf import DictConfig
 
+from .augmentations import check_augmentations
 from .config import ConfigError, apply_overrides
 from .config_files import load_config
 from .cuda_graphs import CUDAGraphInference, graphs_available, inference_cuda_graphs
@@ -71,6 +72,7 @@ def inference_resize(cfg) -> T.AugmentationList:
     if key is None:
         raise ConfigError(f"dataloader.test.mapper has no {' or '.join(RESIZE_KEYS)}: the predictor cannot resize "
                           "images as the test loader does")
+    check_augmentations(augmentation, f"dataloader.test.mapper.{key}")
     return T.AugmentationList([instantiate(a) for a in augmentation])
 
 

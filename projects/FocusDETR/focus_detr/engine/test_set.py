@@ -13,6 +13,7 @@ from omegaconf import DictConfig, ListConfig
 
 from ..data import (DatasetClassesError, check_dataset_jsons, check_evaluable, check_image_files, check_num_classes,
                     class_difference, dataset_classes, declared_category_ids, declared_classes)
+from .augmentations import check_augmentations
 from .cli import raised_in_this_package
 from .config import ConfigError, _dataset_names_in
 from .config_types import located_target
@@ -164,7 +165,9 @@ def build_loader(cfg, section: str, name_own_errors: bool = False):
     torch's parts (a batch size of 0, negative workers: their messages name no config key) as a ConfigError naming
     the section. This package's own errors (a dataset's file and problem) pass unchanged, unless
     ``name_own_errors`` (a mapper's, "DetrDatasetMapper: augmentation_with_crop is for training only", names no
-    section); its ConfigErrors always do."""
+    section); its ConfigErrors always do. Its mapper's augmentations are checked first, each named by its config key
+    (:func:`.augmentations.check_augmentations`)."""
+    check_augmentations(cfg.dataloader[section], f"dataloader.{section}")
     try:
         return instantiate(cfg.dataloader[section])
     except (ValueError, TypeError) as error:

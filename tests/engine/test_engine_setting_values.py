@@ -31,6 +31,11 @@ CASES = {
                       "the gradient and of its square, e.g. [0.9,0.999]), got [0.9]"),
     "no Adam beta": (["optimizer.betas=[]"], "error: optimizer.betas must be two numbers"),
     "three Adam betas": (["optimizer.betas=[0.9,0.999,0.5]"], "error: optimizer.betas must be two numbers"),
+    # every weight NaN after the first step, or "training diverged" naming no setting
+    "infinite learning rate": (["optimizer.lr=inf"], "error: optimizer.lr must be a finite number, got inf"),
+    "infinite learning-rate factor": (["optimizer.params.lr_factor_func.factor=inf"],
+                                      "error: optimizer.params.lr_factor_func: factor must be a finite number >= 0, "
+                                      "got inf"),
     # the whole run written into a folder named None
     "a path set to None": (["train.output_dir=None"], "error: train.output_dir=None sets the text 'None', not "
                            "nothing: write train.output_dir=null for no value"),

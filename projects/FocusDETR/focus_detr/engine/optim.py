@@ -1,10 +1,13 @@
 """The optimiser of a training run, its settings checked (:func:`build_optimizer`), and helpers that configs refer to
 (kept as classes so a config stays serialisable)."""
+import math
+
 from detectron2.config import instantiate
 from omegaconf import ListConfig, OmegaConf
 
 from .cli import raised_in_this_package
 from .config import ConfigError
+from .config_types import is_number
 
 __all__ = ["LrFactorByName", "build_optimizer", "check_lr_factor", "optimizer_settings", "restore_optimizer_settings"]
 
@@ -14,8 +17,8 @@ class LrFactorByName:
     ``substring`` (e.g. "backbone" -> backbone lr x0.1), 1.0 for the rest."""
 
     def __init__(self, substring="backbone", factor=0.1):
-        if factor < 0:
-            raise ValueError(f"factor must be >= 0, got {factor}")
+        if not (math.isfinite(factor) and factor >= 0):  # an infinite factor made every weight it scales NaN
+            raise ValueError(f"factor must be a finite number >= 0, got {factor}")
         self.substring = substring
         self.factor = factor
 
@@ -35,6 +38,15 @@ def build_optimizer(cfg, model):
     if isinstance(betas, (list, tuple, ListConfig)) and len(betas) != 2:
         raise ConfigError(f"optimizer.betas must be two numbers (the averaging rates of the gradient and of its "
                           f"square, e.g. [0.9,0.999]), got {list(betas)}")
+    lr = cfg.optimizer.get("lr", None)
+    if is_number(lr) and math.isinf(lr):  # torch takes it, and the first step makes every weight NaN
+        raise ConfigError(f"optimizer.lr must be a finite number, got {lr}")
+    factor_key = "optimizer.params.lr_factor_func"
+    factor_node = OmegaConf.select(cfg, factor_key, default=None)
+    try:
+        lr_factor_func = None if factor_node is None else instantiate(factor_node)
+    except ValueError as error:  # LrFactorByName's, which names no config key
+        raise ConfigError(f"{factor_key}: {error}") from None
     try:
         optimizer = instantiate(cfg.optimizer)
     except (IndexError, TypeError, ValueError) as error:
@@ -45,9 +57,8 @@ def build_optimizer(cfg, model):
     if all(group["lr"] == 0 for group in optimizer.param_groups):  # torch allows it; the run trains nothing
         raise ConfigError("optimizer.lr is 0: the training would change no weight (to evaluate the initial weights, "
                           "use --eval-only)")
-    lr_factor_func = OmegaConf.select(cfg, "optimizer.params.lr_factor_func", default=None)
     if lr_factor_func is not None:
-        check_lr_factor(instantiate(lr_factor_func), model)
+        check_lr_factor(lr_factor_func, model, factor_key)
     return optimizer
 
 

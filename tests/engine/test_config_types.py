@@ -122,6 +122,11 @@ def test_null_for_a_part_with_a_default_is_that_default():
      "train.max_iter=20 train.eval_period=10 train.log_period=1)"),
     ("+train.foo=1", "unknown config key 'train.foo' in override '+train.foo=...': the train section has no such "
                      "setting: nothing would read it"),
+    # a new section, or a new entry of dataloader, was added and ignored; the error without + recommended +
+    ("+foo.bar=1", "unknown config key 'foo' in override '+foo.bar=...': nothing would read it"),
+    ("foo.bar=1", "unknown config key 'foo' in override 'foo.bar=1'"),
+    ("+dataloader.tset.num_workers=0", "unknown config key 'dataloader.tset' in override "
+     "'+dataloader.tset.num_workers=...': nothing would read it (did you mean: dataloader.test?)"),
 ])
 def test_added_deleted_and_unread_keys_are_checked(override, message):
     with pytest.raises(ConfigError) as error:

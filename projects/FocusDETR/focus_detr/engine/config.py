@@ -66,12 +66,35 @@ def _is_entry(cfg, dotted_key):
     return isinstance(parent, DictConfig) and name in parent
 
 
+# what the commands read of a config: its sections, and of its dataloader the loaders and the evaluator
+_READ_SECTIONS = ("model", "train", "dataloader", "optimizer", "lr_multiplier")
+_READ_DATALOADER_ENTRIES = ("train", "test", "evaluator")
+
+
+def _unread_new_entry(cfg, key):
+    """``(config key, close matches)`` of the new top-level section or ``dataloader`` entry that setting ``key`` would
+    add and that nothing reads (``+dataloader.tset.num_workers=0`` was accepted and ignored), or None."""
+    parts = key.split(".")
+    if parts[0] not in cfg and parts[0] not in _READ_SECTIONS:
+        return parts[0], difflib.get_close_matches(parts[0], [str(name) for name in cfg.keys()], n=3)
+    dataloader = cfg.get("dataloader", None) if parts[0] == "dataloader" else None
+    if len(parts) > 1 and isinstance(dataloader, DictConfig) and "_target_" not in dataloader \
+            and parts[1] not in dataloader and parts[1] not in _READ_DATALOADER_ENTRIES:
+        close = difflib.get_close_matches(parts[1], [str(name) for name in dataloader.keys()], n=3)
+        return f"dataloader.{parts[1]}", [f"dataloader.{name}" for name in close]
+    return None
+
+
 def _added_key_problem(cfg, key):
     """Why ``+key=value`` cannot add ``key``, or None. ``+`` adds an entry to a plain dict (a loss weight_dict, DDP
     arguments); an argument of a LazyCall node must be one its callable takes (``+model.foo=1`` reached the
     constructor: "unexpected keyword argument"), and an existing entry is set without ``+`` (as in Hydra)."""
     if _is_entry(cfg, key):
         return f"config override '+{key}=...' adds a key that exists already: set it with {key}=..."
+    unread_entry = _unread_new_entry(cfg, key)
+    if unread_entry is not None:
+        close = f" (did you mean: {', '.join(unread_entry[1])}?)" if unread_entry[1] else ""
+        return f"unknown config key {unread_entry[0]!r} in override '+{key}=...': nothing would read it{close}"
     unread = train_entry_problem(key) if key.startswith("train.") else None
     if unread is not None:
         return (f"unknown config key {unread[0]!r} in override '+{key}=...': the train section has no such setting: "
@@ -111,7 +134,8 @@ def check_override_keys(cfg, overrides):
             unread = train_entry_problem(key) if key.startswith("train.") else None
             if unread is not None:  # adding it with + would be ignored
                 missing_key, hint = unread[0], unread[1] or hint
-            elif not hint and isinstance(parent, DictConfig) and "_target_" not in parent:
+            elif not hint and isinstance(parent, DictConfig) and "_target_" not in parent \
+                    and _unread_new_entry(cfg, key) is None:
                 hint = f" (a new entry of a plain dict is added with +{key}={override.split('=', 1)[1].strip()})"
             raise ConfigError(f"unknown config key {missing_key!r} in override {override!r}{hint}")
 

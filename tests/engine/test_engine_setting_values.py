@@ -50,6 +50,11 @@ CASES = {
     "seed beyond numpy's": (["train.seed=99999999999999"], "error: train.seed must be an integer from 0 to 2**32 - 1, "
                             "or -1 for a random seed, got 99999999999999"),
     "seed negative": (["train.seed=-5"], "error: train.seed must be an integer from 0 to 2**32 - 1"),
+    # "Overflow when unpacking long long" at iteration 0
+    "data seed beyond torch's": (["dataloader.train.seed=99999999999999999999"],
+                                 "error: dataloader.train.seed must be an integer from 0 to 2**32 - 1, or null for a "
+                                 "seed drawn at the start, got 99999999999999999999"),
+    "data seed negative": (["dataloader.train.seed=-1"], "error: dataloader.train.seed must be an integer from 0"),
     # AP 5.58 -> 0.32 on the tree model
     "train and test channel orders differ": (["dataloader.test.mapper.img_format=BGR"],
                                              "error: dataloader.train.mapper.img_format is RGB but "

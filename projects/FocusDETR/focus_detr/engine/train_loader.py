@@ -148,6 +148,10 @@ class ResumableTrainLoader:
             raise ValueError("the training dataset is empty")
         if num_workers < 0:
             raise ValueError(f"dataloader.train.num_workers must be >= 0, got {num_workers}")
+        # as train.seed: torch's Generator refused a larger one only at the first batch ("Overflow when unpacking")
+        if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**32):
+            raise ValueError(f"dataloader.train.seed must be an integer from 0 to 2**32 - 1, or null for a seed drawn "
+                             f"at the start, got {seed!r}")
         self.dataset = dataset if not isinstance(dataset, list) else DatasetFromList(dataset, copy=False)
         self.mapper = mapper
         self.batch_size = total_batch_size // world_size

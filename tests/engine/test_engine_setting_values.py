@@ -36,6 +36,10 @@ CASES = {
     "infinite learning-rate factor": (["optimizer.params.lr_factor_func.factor=inf"],
                                       "error: optimizer.params.lr_factor_func: factor must be a finite number >= 0, "
                                       "got inf"),
+    # torch checks optimizer.weight_decay, not the parameter groups': the normalisation weights grew
+    "negative decay of the norms": (["optimizer.params.weight_decay_norm=-1"],
+                                    "error: optimizer.params.weight_decay_norm must be a finite number >= 0 (0: no "
+                                    "weight decay), got -1"),
     # the whole run written into a folder named None
     "a path set to None": (["train.output_dir=None"], "error: train.output_dir=None sets the text 'None', not "
                            "nothing: write train.output_dir=null for no value"),

@@ -3,7 +3,7 @@
 import math
 
 from detectron2.config import instantiate
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .cli import raised_in_this_package
 from .config import ConfigError
@@ -38,6 +38,12 @@ def build_optimizer(cfg, model):
     if isinstance(betas, (list, tuple, ListConfig)) and len(betas) != 2:
         raise ConfigError(f"optimizer.betas must be two numbers (the averaging rates of the gradient and of its "
                           f"square, e.g. [0.9,0.999]), got {list(betas)}")
+    params = cfg.optimizer.get("params", None)
+    for name in ("weight_decay", "weight_decay_norm", "weight_decay_bias"):
+        # the parameter groups' own decay, which torch does not check (a negative one grew those weights)
+        value = params.get(name, None) if isinstance(params, DictConfig) else None
+        if is_number(value) and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"optimizer.params.{name} must be a finite number >= 0 (0: no weight decay), got {value}")
     lr = cfg.optimizer.get("lr", None)
     if is_number(lr) and math.isinf(lr):  # torch takes it, and the first step makes every weight NaN
         raise ConfigError(f"optimizer.lr must be a finite number, got {lr}")

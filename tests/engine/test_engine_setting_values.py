@@ -40,6 +40,11 @@ CASES = {
     "negative decay of the norms": (["optimizer.params.weight_decay_norm=-1"],
                                     "error: optimizer.params.weight_decay_norm must be a finite number >= 0 (0: no "
                                     "weight decay), got -1"),
+    # as the learning rate 0: exit 0, the initial weights saved as trained ones
+    "lr multiplier 0 throughout": (["lr_multiplier.scheduler.values=[0.0,0.0]"],
+                                   "error: lr_multiplier gives the learning rate a multiplier of 0 throughout "
+                                   "train.max_iter: the training would change no weight (to evaluate the initial "
+                                   "weights, use --eval-only)"),
     # the whole run written into a folder named None
     "a path set to None": (["train.output_dir=None"], "error: train.output_dir=None sets the text 'None', not "
                            "nothing: write train.output_dir=null for no value"),

@@ -150,10 +150,11 @@ def _processes(count):
 def check_lr_multiplier(lr_multiplier, points=200):
     """Raises ValueError (one line, naming ``lr_multiplier``) when the schedule, evaluated as detectron2 does at
     ``iteration / max_iter`` over the run, fails (a warm-up longer than the run) or gives a multiplier that is
-    negative or not finite: a negative one trained by gradient ascent without a word. Other schedulers (torch's
-    own) are not checked."""
+    negative or not finite (a negative one trained by gradient ascent without a word), or is 0 throughout. Other
+    schedulers (torch's own) are not checked."""
     if not isinstance(lr_multiplier, ParamScheduler):
         return
+    values = []
     for step in range(points):
         where = step / points
         try:
@@ -164,6 +165,10 @@ def check_lr_multiplier(lr_multiplier, points=200):
             raise ValueError(f"lr_multiplier gives the learning rate a multiplier of {value:g} at {where:.0%} of "
                              "train.max_iter: it must be a finite number >= 0 throughout (check its values and "
                              "warmup_factor)")
+        values.append(value)
+    if not any(values):  # as optimizer.lr=0: the run would save its initial weights as trained ones
+        raise ValueError("lr_multiplier gives the learning rate a multiplier of 0 throughout train.max_iter: the "
+                         "training would change no weight (to evaluate the initial weights, use --eval-only)")
 
 
 def schedule_change_warning(lr_multiplier, trained_max_iter, max_iter, start_iter, resumed_multiplier=None):

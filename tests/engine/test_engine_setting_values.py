@@ -107,6 +107,10 @@ CASES = {
                                   "dataloader.train.mapper.crop_probability=1.0"],
                                  "error: dataloader.train.mapper.augmentation_with_crop.1.crop_size is the (smallest, "
                                  "largest) side of a crop of crop_type absolute_range, got [48, 32]: give [32, 48]"),
+    # every image flipped, without a word
+    "flip probability above 1": (["dataloader.train.mapper.augmentation.0.prob=1.5"],
+                                 "error: dataloader.train.mapper.augmentation.0.prob is the probability that "
+                                 "RandomFlip applies, in [0, 1], got 1.5"),
     "test resize of no sample style": (["dataloader.test.mapper.augmentation.0.sample_style=bogus"],
                                        "error: dataloader.test.mapper.augmentation.0 (ResizeShortestEdge) cannot be "
                                        "built: AssertionError: bogus"),

@@ -1,5 +1,6 @@
 """The augmentations of a loader's mapper, checked before the loader is built: detectron2 checks their settings with
-assertions that name no config key (some with no message, one only at the first image it crops)."""
+assertions that name no config key (some with no message, one only at the first image it crops), and takes a
+probability outside [0, 1] without a word."""
 import traceback
 
 from detectron2.config import instantiate
@@ -8,7 +9,7 @@ from omegaconf import DictConfig, ListConfig
 
 from .cli import raised_in_this_package
 from .config import ConfigError
-from .config_types import located_target
+from .config_types import is_number, located_target
 
 __all__ = ["augmentation_nodes", "check_augmentations"]
 
@@ -35,11 +36,15 @@ def augmentation_nodes(node, key):
 
 def check_augmentations(node, key):
     """Raises ConfigError (one line naming the config key) for the first augmentation under ``node`` (config key
-    ``key``) that detectron2 refuses to build (``sample_style=bogus``: "AssertionError: bogus"), or a RandomCrop of
-    ``crop_type`` absolute_range whose ``crop_size`` is not (min, max) (refused only at the first image it crops). A fault of this package's own
-    code passes unchanged."""
+    ``key``) that detectron2 refuses to build (``sample_style=bogus``: "AssertionError: bogus"), that has a ``prob``
+    outside [0, 1] (RandomFlip's ``prob=1.5`` flipped every image without a word), or a RandomCrop of ``crop_type``
+    absolute_range whose ``crop_size`` is not (min, max) (refused only at the first image it crops). A fault of this
+    package's own code passes unchanged."""
     for part_key, part in augmentation_nodes(node, key):
         name = getattr(located_target(part.get("_target_")), "__name__", "augmentation")
+        prob = part.get("prob", None)
+        if is_number(prob) and not 0 <= prob <= 1:
+            raise ConfigError(f"{part_key}.prob is the probability that {name} applies, in [0, 1], got {prob}")
         try:
             augmentation = instantiate(part)
         except (AssertionError, TypeError, ValueError) as error:

@@ -46,7 +46,8 @@ def test_an_unreadable_image_mid_run_saves_what_was_trained_and_says_how_to_resu
     monkeypatch.setattr(DetrDatasetMapper, "__call__", mapped)  # the image fixed
     command = shlex.split(line.split("resume with: ")[1])
     assert command[-1] == "--resume" and train_net.cli(command[2:]) == 0
-    expected, resumed = load_checkpoint(full / "model_final.pth")["model"], load_checkpoint(out / "model_final.pth")["model"]
+    expected = load_checkpoint(full / "model_final.pth")["model"]
+    resumed = load_checkpoint(out / "model_final.pth")["model"]
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)  # as if nothing had happened
 
 
@@ -99,7 +100,8 @@ def test_a_step_that_fails_before_the_optimiser_saves_the_iterations_before_it_a
     command = shlex.split(line.split("resume with: ")[1])
     assert command[-1] == "--resume"
     assert train_net.cli([arg for arg in command[2:] if arg != knob]) == 0
-    expected, resumed = load_checkpoint(full / "model_final.pth")["model"], load_checkpoint(out / "model_final.pth")["model"]
+    expected = load_checkpoint(full / "model_final.pth")["model"]
+    resumed = load_checkpoint(out / "model_final.pth")["model"]
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
 
 
@@ -196,7 +198,8 @@ def test_a_data_loading_worker_killed_mid_run_saves_what_was_trained_and_the_res
 
     run = TrainNetProcess(common + [f"train.output_dir={out}", "--resume"], str(tmp_path), tmp_path / "data")
     assert run.wait(timeout=300) == 0, run.stderr()[-3000:]
-    expected, resumed = load_checkpoint(full / "model_final.pth")["model"], load_checkpoint(out / "model_final.pth")["model"]
+    expected = load_checkpoint(full / "model_final.pth")["model"]
+    resumed = load_checkpoint(out / "model_final.pth")["model"]
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)  # as if nothing had happened
 
 
@@ -241,7 +244,8 @@ def test_a_test_image_refused_in_an_evaluation_during_training_saves_that_iterat
     command = shlex.split(line.split("resume with: ")[1])
     monkeypatch.delenv("FOCUS_DETR_TOY_TEST_REFUSED")  # the data fixed
     assert train_net.cli(command[2:]) == 0
-    expected, resumed = load_checkpoint(full / "model_final.pth")["model"], load_checkpoint(out / "model_final.pth")["model"]
+    expected = load_checkpoint(full / "model_final.pth")["model"]
+    resumed = load_checkpoint(out / "model_final.pth")["model"]
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
 
 

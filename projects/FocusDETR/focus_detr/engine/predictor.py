@@ -258,8 +258,9 @@ class FocusDETRPredictor:
         ``Visualizer(image[:, :, ::-1], predictor.metadata)``. Read on first use (it may load the test set's json),
         after checking that it names the classes as the checkpoint records them (``trained_classes``; where it records
         none, as the config's training set does): a ValueError, one line, when it does not (the names, and the
-        category ids the metadata maps them to, would be another class's). A config without a test set, or whose test set names no classes or
-        cannot be read, gets the checkpoint's names (else an empty ``Metadata``, or the dataset's error)."""
+        category ids the metadata maps them to, would be another class's). A config without a test set, or whose
+        test set names no classes or cannot be read, gets the checkpoint's names (else an empty ``Metadata``, or the
+        dataset's error)."""
         classes = model_classes(self.cfg, self.trained_classes, self.weights,
                                 "predictor.metadata would name the model's classes")
         if classes.error is not None:  # a dataset that cannot be read here, or one refused with nothing recorded

@@ -128,3 +128,22 @@ def test_a_cpu_count_keeps_host_built_tensors_and_host_copies_on_the_host():
     counts = dispatch_counts(run)
     assert counts.syncs_by_reason == {"aten.copy_: copy between devices": 1, "Tensor.cpu: copy to the host": 1,
                                       "Tensor.to: copy between devices (host data to the device)": 1}
+
+
+def test_a_cpu_count_labels_tensors_built_on_a_named_device_from_host_ones_as_device_data():
+    # zeros_like / new_zeros / full_like of host data on a named device were labelled host (their reads free), and
+    # as_tensor(host, device=...) was neither a copy nor device data
+    weight = torch.randn(3)
+    labels = torch.tensor([1, 2])
+    read = {"aten._local_scalar_dense: reads a value on the host": 1}
+    assert dispatch_counts(lambda: torch.zeros_like(labels, device=weight.device).sum().item(),
+                           host_data=[labels]).syncs_by_reason == read
+    assert dispatch_counts(lambda: labels.new_zeros(2, device=weight.device).sum().item(),
+                           host_data=[labels]).syncs_by_reason == read
+    assert dispatch_counts(lambda: torch.full_like(labels, 1, device=weight.device).nonzero(),
+                           host_data=[labels]).syncs_by_reason == {"aten.nonzero: data-dependent output size": 1}
+    counts = dispatch_counts(lambda: torch.as_tensor(labels, device=weight.device).sum().item(), host_data=[labels])
+    assert counts.syncs_by_reason == {"torch.as_tensor: copy between devices (host data to the device)": 1, **read}
+    # without a device named, all stay host data
+    assert dispatch_counts(lambda: (torch.zeros_like(labels).sum().item(), torch.as_tensor(labels).sum().item()),
+                           host_data=[labels]).syncs == 0

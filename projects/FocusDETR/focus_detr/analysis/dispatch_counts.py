@@ -13,7 +13,14 @@ given no tensor), what ``.cpu()`` returns, and whatever an operator computes fro
 tensor (the model's parameters and buffers, what is built on a named device or computed with a device tensor) is on
 the device. So ``.to(<the device>)`` of a host tensor and ``copy_`` between the two count as copies (a no-op on the
 CPU, a blocking copy from pageable memory on a GPU), and value reads and data-dependent operators on host tensors
-do not count (they wait for no GPU). A device named as ``"cpu"`` in a CPU count is the device.
+do not count (they wait for no GPU). A device named as ``"cpu"`` in a CPU count is the device: a tensor built or
+converted there (``zeros_like(host, device=...)``, ``as_tensor(host, device=...)``, the latter a copy) is device data.
+
+A CPU count cannot see what a GPU run would do in these cases: ``torch.from_numpy`` (it does not pass
+``__torch_function__``: its tensor counts as device data), ``host.type_as(device_tensor)`` (no copy counted; the
+result counts as host data), a device name taken off a host tensor (``torch.zeros(2, device=host.device)`` is host
+memory on a GPU, device data here), and ``bincount`` and ``torch.tensor`` of a list of device tensors (waits on a GPU,
+not counted).
 
 The operators are the ATen operators that reach the dispatcher's Python key (what a ``TorchDispatchMode`` sees:
 composite operators such as ``linear`` appear as the operators they decompose into, views included).
@@ -220,7 +227,10 @@ class _OperatorMode(TorchDispatchMode):
         result = func(*args, **kwargs)
         if recorder.host is not None:
             tensors = list(tensors_in(args)) + list(tensors_in(kwargs))
-            if tensors and all(recorder.is_host(t) for t in tensors):  # computed on the host
+            # built on a named device (zeros_like(host, device=...)): the device, as .to(device) is; _to_copy's
+            # device comes from .to / type_as, which the function mode labels
+            named = kwargs.get("device") is not None and func is not _aten._to_copy.default
+            if tensors and not named and all(recorder.is_host(t) for t in tensors):  # computed on the host
                 recorder.mark_host(result)
         return result
 
@@ -272,6 +282,9 @@ class _ConversionMode(TorchFunctionMode):
             on_host = recorder.is_host(args[0])
         else:
             on_host = torch.get_default_device().type == "cpu"
+        if isinstance(data, torch.Tensor) and kwargs.get("device") is not None and func is not torch.Tensor.new_tensor:
+            if recorder.host is not None and recorder.is_host(data) and not on_host:  # as .to(device) of it
+                return self._to_the_device(func, args, kwargs, f"torch.{func.__name__}")
         if not isinstance(data, torch.Tensor) and not on_host:
             owner = "Tensor" if func is torch.Tensor.new_tensor else "torch"
             recorder.sync(f"{owner}.{func.__name__}", _UPLOAD)
@@ -280,10 +293,11 @@ class _ConversionMode(TorchFunctionMode):
             recorder.mark_host(result)
         return result
 
-    def _to_the_device(self, func, args, kwargs):
-        """``host_tensor.to(<the measured device>, ...)`` in a CPU count: the copy a GPU run makes."""
+    def _to_the_device(self, func, args, kwargs, name="Tensor.to"):
+        """``host_tensor.to(<the measured device>, ...)`` (or ``torch.as_tensor(host_tensor, device=...)``) in a CPU
+        count: the copy a GPU run makes."""
         recorder = self.recorder
-        recorder.sync("Tensor.to", "copy between devices (host data to the device)")
+        recorder.sync(name, "copy between devices (host data to the device)")
         recorder.in_conversion += 1
         try:
             result = func(*args, **kwargs)

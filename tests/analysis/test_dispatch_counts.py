@@ -147,3 +147,14 @@ def test_a_cpu_count_labels_tensors_built_on_a_named_device_from_host_ones_as_de
     # without a device named, all stay host data
     assert dispatch_counts(lambda: (torch.zeros_like(labels).sum().item(), torch.as_tensor(labels).sum().item()),
                            host_data=[labels]).syncs == 0
+
+
+def test_tensors_built_in_the_warm_up_are_labelled_as_in_the_count():
+    # non-fused AdamW keeps its step on the host: built in an uncounted warm-up, it counted as device data and each
+    # parameter's step read as a GPU wait
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=False, foreach=False)
+    model(torch.randn(2, 4)).sum().backward()
+    assert dispatch_counts(optimizer.step, warmup=1).syncs == 0
+    assert dispatch_counts(optimizer.step, warmup=1).operators > 0

@@ -13,8 +13,11 @@ given no tensor), what ``.cpu()`` returns, and whatever an operator computes fro
 tensor (the model's parameters and buffers, what is built on a named device or computed with a device tensor) is on
 the device. So ``.to(<the device>)`` of a host tensor and ``copy_`` between the two count as copies (a no-op on the
 CPU, a blocking copy from pageable memory on a GPU), and value reads and data-dependent operators on host tensors
-do not count (they wait for no GPU). A device named as ``"cpu"`` in a CPU count is the device: a tensor built or
-converted there (``zeros_like(host, device=...)``, ``as_tensor(host, device=...)``, the latter a copy) is device data.
+do not count (they wait for no GPU). A device named as ``"cpu"`` in a CPU count is the device (unless torch's own
+code names it: host memory, such as non-fused AdamW's ``step``): a tensor built or converted there
+(``zeros_like(host, device=...)``, ``as_tensor(host, device=...)``, the latter a copy) is device data. A tensor built
+before the counted call and not in ``host_data`` counts as device data: warm up under the same tracking
+(:func:`dispatch_counts`'s ``warmup``).
 
 A CPU count cannot see what a GPU run would do in these cases: ``torch.from_numpy`` (it does not pass
 ``__torch_function__``: its tensor counts as device data), ``host.type_as(device_tensor)`` (no copy counted; the
@@ -29,6 +32,7 @@ import collections
 import contextlib
 import dataclasses
 import os
+import sys
 import traceback
 from typing import Callable, Dict, Iterator, Optional
 
@@ -163,6 +167,17 @@ def _calling_site() -> str:
     return "<unknown>"
 
 
+def _named_by_torch() -> bool:
+    """Whether the code that called the operator being handled is torch's own (not the model's)."""
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename) in (_THIS_FILE, _OVERRIDES_FILE):
+        frame = frame.f_back
+    return frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_TORCH_DIR)
+
+
+_OVERRIDES_FILE = os.path.abspath(torch.overrides.__file__)
+
+
 class _Recorder:
     def __init__(self, counts: DispatchCounts, device: torch.device, record_sites: bool, host_data=None):
         self.counts = counts
@@ -277,7 +292,9 @@ class _ConversionMode(TorchFunctionMode):
         recorder = self.recorder
         data = args[1] if func is torch.Tensor.new_tensor else (args[0] if args else kwargs.get("data"))
         if kwargs.get("device") is not None:
-            on_host = torch.device(kwargs["device"]).type != recorder.device.type
+            device = torch.device(kwargs["device"])
+            # torch's own code names "cpu" only for host memory (non-fused AdamW's step), not the model's device
+            on_host = device.type != recorder.device.type or (device.type == "cpu" and _named_by_torch())
         elif func is torch.Tensor.new_tensor:  # where the tensor it is called on is
             on_host = recorder.is_host(args[0])
         else:
@@ -328,9 +345,17 @@ def count_dispatch(device="cpu", record_sites: bool = False, host_data=None) -> 
 
 
 def dispatch_counts(function: Callable[[], object], device="cpu", record_sites: bool = False,
-                    host_data=None) -> DispatchCounts:
-    """:class:`DispatchCounts` of one call of ``function()`` (call it once before to count a warm run);
-    ``host_data``: see :func:`count_dispatch`."""
-    with count_dispatch(device, record_sites, host_data) as counts:
+                    host_data=None, warmup: int = 0) -> DispatchCounts:
+    """:class:`DispatchCounts` of one call of ``function()`` after ``warmup`` uncounted calls; ``host_data``: see
+    :func:`count_dispatch`. The warm-up runs under the same host tracking, so what it builds (an optimizer's state,
+    such as non-fused AdamW's ``step`` kept on the host) is labelled by the module's rule: a tensor built before the
+    call and not in ``host_data`` counts as device data."""
+    if warmup < 0:
+        raise ValueError(f"need warmup >= 0, got {warmup}")
+    recorder = _Recorder(DispatchCounts(), torch.device(device), False, host_data)
+    with _ConversionMode(recorder), _OperatorMode(recorder):
+        for _ in range(warmup):
+            function()
+        recorder.counts, recorder.record_sites = DispatchCounts(), record_sites
         function()
-    return counts
+    return recorder.counts

@@ -221,6 +221,19 @@ def test_the_seed_spread_is_compared_over_the_shared_seeds():
     assert entry["difference"] == pytest.approx(1.15)
 
 
+def test_the_verdict_names_the_ranges_it_compared_and_a_study_without_full_says_so(tmp_path):
+    # dense's row shows 9-13 over its three seeds, overlapping full's 10-11, beside a bare "yes" (over seeds 1-2);
+    # without full, every row said "no seed in common" / "needs 2 shared seeds"
+    rows = [{"variant": variant, "seed": seed, "AP": ap, "AP50": 1}
+            for variant, seed, ap in (("full", 1, 10.0), ("full", 2, 11.0), ("dense", 1, 12.0), ("dense", 2, 13.0),
+                                      ("dense", 3, 9.0))]
+    write_markdown(rows, {"full": [], "dense": []}, str(tmp_path / "a.md"), "test")
+    assert "| 9.00-13.00 | 1.00 | +2.00 (2 seeds) | yes (12.00-13.00 vs 10.00-11.00, seeds 1-2) |" in (
+        tmp_path / "a.md").read_text()
+    write_markdown(rows[2:], {"dense": []}, str(tmp_path / "b.md"), "test")
+    assert "| n/a (no full in this study) | n/a (no full in this study) |" in (tmp_path / "b.md").read_text()
+
+
 def test_selection_columns_read_the_last_encoder_layer():
     quality = {"object_recall/layer0": 99.0, "object_recall/layer0/small": 98.0, "foreground_precision/layer0": 40.0,
                "object_recall/layer2": 90.0, "object_recall/layer2/small": 80.0, "foreground_precision/layer2": 60.0,
@@ -243,7 +256,8 @@ def test_reports_are_written(tmp_path):
     write_plot(rows, str(tmp_path / "a.png"), "test")
     assert (tmp_path / "a.csv").read_text().splitlines()[1].startswith("full,1,5.0,10.0")
     markdown = (tmp_path / "a.md").read_text()
-    assert "| dense | 2 | 4.50 | 4.00-5.00 | 9.00 | +0.00 (2 seeds) | no (within seed spread) | 4.500 |" in markdown
+    assert ("| dense | 2 | 4.50 | 4.00-5.00 | 9.00 | +0.00 (2 seeds) | "
+            "no, within seed spread (4.00-5.00 vs 4.00-5.00, seeds 1-2) | 4.500 |") in markdown
     rows[-1]["AP"] = float("nan")  # dense, seed 2: no detections
     write_markdown(rows, {"full": [], "dense": ["x=1"]}, str(tmp_path / "b.md"), "test")
     assert "| dense | 1 of 2 | 5.00 | 5.00-5.00 |" in (tmp_path / "b.md").read_text()

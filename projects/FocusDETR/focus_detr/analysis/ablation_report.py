@@ -54,7 +54,9 @@ def summarize_variants(rows: List[Dict], metric: str = "AP", reference: str = "f
     over the ``paired_seeds`` both have a value for (a run still running elsewhere, or other ``--seeds``, leaves a
     seed unpaired: its AP says as much about the seed as about the variant), the mean ``difference`` (NaN when they
     share none) and whether it exceeds the seed spread: True when the two variants' ranges over those seeds do not
-    overlap, False when they do, None when fewer than two seeds are shared (no spread to compare)."""
+    overlap, False when they do, None when fewer than two seeds are shared (no spread to compare); ``compared``: the
+    two ranges and the seeds of that verdict (``(low, high)``, ``(reference_low, reference_high)``, seeds), else None;
+    ``has_reference``: whether ``rows`` hold ``reference`` at all."""
     by_variant: Dict[str, Dict[int, float]] = {}
     runs: Dict[str, int] = {}
     for row in rows:
@@ -67,7 +69,8 @@ def summarize_variants(rows: List[Dict], metric: str = "AP", reference: str = "f
     for variant, values in by_variant.items():
         mean, low, high = _mean_and_range(list(values.values()))
         entry = {"variant": variant, "seeds": len(values), "runs": runs[variant], "mean": mean, "min": low,
-                 "max": high, "paired_seeds": 0, "difference": float("nan"), "exceeds_seed_spread": None}
+                 "max": high, "paired_seeds": 0, "difference": float("nan"), "exceeds_seed_spread": None,
+                 "compared": None, "has_reference": reference in by_variant}
         if reference in by_variant and variant != reference:
             shared = sorted(set(values) & set(by_variant[reference]))
             mine, theirs = [values[s] for s in shared], [by_variant[reference][s] for s in shared]
@@ -76,6 +79,7 @@ def summarize_variants(rows: List[Dict], metric: str = "AP", reference: str = "f
                 entry["difference"] = statistics.fmean(mine) - statistics.fmean(theirs)
             if len(shared) >= 2:
                 entry["exceeds_seed_spread"] = max(mine) < min(theirs) or min(mine) > max(theirs)
+                entry["compared"] = ((min(mine), max(mine)), (min(theirs), max(theirs)), shared)
         summary.append(entry)
     return summary
 
@@ -91,18 +95,33 @@ def _number(value, digits=2):
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _seed_list(seeds: List[int]) -> str:
+    """"1-3" for consecutive seeds, else "1, 3"."""
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(str(seed) for seed in seeds)
+
+
 def _verdict(entry):
+    """Whether the difference exceeds the seed spread, with the ranges compared (over the shared seeds, which the
+    row's min-max, over all the variant's seeds, need not be): "yes (12.00-13.00 vs 10.00-11.00, seeds 1-2)"."""
     if entry["variant"] == "full":
         return "reference"
-    return {True: "yes", False: "no (within seed spread)", None: "n/a (needs 2 shared seeds)"}[
-        entry["exceeds_seed_spread"]
-    ]
+    if not entry["has_reference"]:
+        return "n/a (no full in this study)"
+    if entry["compared"] is None:
+        return "n/a (needs 2 shared seeds)"
+    (low, high), (full_low, full_high), seeds = entry["compared"]
+    ranges = f"{low:.2f}-{high:.2f} vs {full_low:.2f}-{full_high:.2f}, seeds {_seed_list(seeds)}"
+    return f"yes ({ranges})" if entry["exceeds_seed_spread"] else f"no, within seed spread ({ranges})"
 
 
 def _difference(entry):
     """The paired difference and the seeds it is over: "+0.05 (2 seeds)"; "n/a (no seed in common)"."""
     if entry["variant"] == "full":
         return "n/a"
+    if not entry["has_reference"]:
+        return "n/a (no full in this study)"
     if not entry["paired_seeds"]:
         return "n/a (no seed in common)"
     count = entry["paired_seeds"]

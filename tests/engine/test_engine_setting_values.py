@@ -3,6 +3,7 @@ training: each is one line, before the first step (and before the folder's confi
 import pathlib
 
 import pytest
+import torch
 
 from cli_output import error_lines, logged_warnings, shows_traceback
 from engine_test_utils import TOY_CONFIG, toy_dataset, train_net  # noqa: F401 (fixtures)
@@ -107,6 +108,9 @@ CASES = {
                                   "dataloader.train.mapper.crop_probability=1.0"],
                                  "error: dataloader.train.mapper.augmentation_with_crop.1.crop_size is the (smallest, "
                                  "largest) side of a crop of crop_type absolute_range, got [48, 32]: give [32, 48]"),
+    "crop range of three sides": (["dataloader.train.mapper.augmentation_with_crop.1.crop_size=[32,48,64]"],
+                                  "error: dataloader.train.mapper.augmentation_with_crop.1.crop_size is the (smallest, "
+                                  "largest) side of a crop of crop_type absolute_range, two numbers, got [32, 48, 64]"),
     # every image flipped, without a word
     "flip probability above 1": (["dataloader.train.mapper.augmentation.0.prob=1.5"],
                                  "error: dataloader.train.mapper.augmentation.0.prob is the probability that "
@@ -230,3 +234,27 @@ def test_an_evaluator_folder_copied_from_train_output_dir_follows_its_override(t
     elsewhere = str(tmp_path / "elsewhere")  # both overridden: each its own
     cfg = load_config(str(config), [f"train.output_dir={run}", f"dataloader.evaluator.output_dir={elsewhere}"])
     assert (cfg.train.output_dir, cfg.dataloader.evaluator.output_dir) == (run, elsewhere)
+
+
+class _ThreeBetas(torch.optim.SGD):
+    """An optimizer of three betas by default, as timm's Adan."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.98, 0.92, 0.99), weight_decay=0.0):
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
+
+
+def test_optimizers_of_three_betas_and_late_schedules_and_text_factors_are_judged_right():
+    # a valid Adan-like optimizer was refused for its three betas, a schedule starting in the last 0.5% of the run
+    # as "0 throughout", and a text factor written in a config file was a TypeError traceback
+    from detectron2.config import LazyCall as L
+    from detectron2.solver import LRMultiplier
+    from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+    from focus_detr.engine.hooks import check_lr_multiplier
+    from focus_detr.engine.optim import LrFactorByName, _default_betas
+
+    assert _default_betas(L(_ThreeBetas)()) == 3 and _default_betas(L(torch.optim.AdamW)()) == 2
+    assert _default_betas(L(torch.optim.SGD)()) is None
+    check_lr_multiplier(MultiStepParamScheduler(values=[0.0, 1.0], milestones=[997], num_updates=1000))
+    with pytest.raises(ValueError, match="factor must be a finite number >= 0, got '0.1'"):
+        LrFactorByName(factor="0.1")

@@ -53,7 +53,11 @@ def check_augmentations(node, key):
             raise ConfigError(f"{part_key} ({name}) cannot be built: {_failure(error)}; check its settings "
                               f"({part_key}.*)") from None
         if isinstance(augmentation, T.RandomCrop) and augmentation.crop_type == "absolute_range":
-            low, high = augmentation.crop_size
+            sides = augmentation.crop_size
+            if not (isinstance(sides, (list, tuple, ListConfig)) and len(sides) == 2 and all(map(is_number, sides))):
+                raise ConfigError(f"{part_key}.crop_size is the (smallest, largest) side of a crop of crop_type "
+                                  f"absolute_range, two numbers, got {sides!r}")
+            low, high = sides
             if low > high:
                 raise ConfigError(f"{part_key}.crop_size is the (smallest, largest) side of a crop of crop_type "
                                   f"absolute_range, got [{low}, {high}]: give [{high}, {low}]")

@@ -155,8 +155,7 @@ def check_lr_multiplier(lr_multiplier, points=200):
     if not isinstance(lr_multiplier, ParamScheduler):
         return
     values = []
-    for step in range(points):
-        where = step / points
+    for where in [step / points for step in range(points)] + [1 - 1e-9]:  # and the last iteration's
         try:
             value = lr_multiplier(where)
         except (RuntimeError, ValueError, AssertionError) as error:

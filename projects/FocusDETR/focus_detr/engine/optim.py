@@ -1,5 +1,6 @@
 """The optimiser of a training run, its settings checked (:func:`build_optimizer`), and helpers that configs refer to
 (kept as classes so a config stays serialisable)."""
+import inspect
 import math
 
 from detectron2.config import instantiate
@@ -7,7 +8,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .cli import raised_in_this_package
 from .config import ConfigError
-from .config_types import is_number
+from .config_types import is_number, located_target
 
 __all__ = ["LrFactorByName", "build_optimizer", "check_lr_factor", "optimizer_settings", "restore_optimizer_settings"]
 
@@ -17,8 +18,8 @@ class LrFactorByName:
     ``substring`` (e.g. "backbone" -> backbone lr x0.1), 1.0 for the rest."""
 
     def __init__(self, substring="backbone", factor=0.1):
-        if not (math.isfinite(factor) and factor >= 0):  # an infinite factor made every weight it scales NaN
-            raise ValueError(f"factor must be a finite number >= 0, got {factor}")
+        if not is_number(factor) or not (math.isfinite(factor) and factor >= 0):  # an infinite factor made every weight it scales NaN
+            raise ValueError(f"factor must be a finite number >= 0, got {factor!r}")
         self.substring = substring
         self.factor = factor
 
@@ -29,13 +30,23 @@ class LrFactorByName:
         return f"LrFactorByName(substring={self.substring!r}, factor={self.factor})"
 
 
+def _default_betas(node):
+    """How many ``betas`` the optimizer class of ``node`` takes by default (None: it has no such default)."""
+    try:
+        default = inspect.signature(located_target(node.get("_target_", None))).parameters["betas"].default
+    except (KeyError, TypeError, ValueError):  # no betas argument, or no class to inspect
+        return None
+    return len(default) if isinstance(default, (list, tuple)) else None
+
+
 def build_optimizer(cfg, model):
     """``instantiate(cfg.optimizer)`` for ``model`` (set as ``optimizer.params.model``); a setting torch refuses, or
     one that would train nothing or the wrong parameters, is a ConfigError (one line)."""
     cfg.optimizer.params.model = model
     betas = cfg.optimizer.get("betas", None)
-    # Adam's: torch indexes the first two (a third was dropped without a word, one gave an omegaconf IndexError)
-    if isinstance(betas, (list, tuple, ListConfig)) and len(betas) != 2:
+    # Adam's: torch indexes the first two (a third was dropped without a word, one gave an omegaconf IndexError);
+    # optimizers of three (timm's Adan) are not compared
+    if isinstance(betas, (list, tuple, ListConfig)) and len(betas) != 2 and _default_betas(cfg.optimizer) == 2:
         raise ConfigError(f"optimizer.betas must be two numbers (the averaging rates of the gradient and of its "
                           f"square, e.g. [0.9,0.999]), got {list(betas)}")
     params = cfg.optimizer.get("params", None)

@@ -65,9 +65,8 @@ def claimed_new_folder(base):
 def unfinished_job(base, finished_file):
     """For ``--resume`` without ``--output``: the one of the existing folders ``base``, ``base-N`` whose job is
     unfinished (no ``finished_file`` written: interrupted in training or after it, or before its first checkpoint),
-    passing over those a live job holds; none or
-    several is a ConfigError naming them (the job to finish is then given with ``--output``): continuing the wrong
-    run, or a finished one, is never guessed."""
+    passing over those a live job holds; none or several is a ConfigError naming them (the job to finish is then
+    given with ``--output``): continuing the wrong run, or a finished one, is never guessed."""
     folders = _numbered_folders(base)
     unfinished = [folder for folder in folders if not os.path.isfile(os.path.join(folder, finished_file))]
     running = [folder for folder in unfinished if _running(folder)]
